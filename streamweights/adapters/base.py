@@ -1,0 +1,164 @@
+"""The adapter contract every online algorithm in ``streamweights.adapters`` follows.
+
+An adapter is a small stateful object with the same verbs (see ``design.md``):
+
+* ``predict(x)`` — current output for one input; pure, changes nothing.
+* ``learn(x, y)`` — a label arrived for an input that was earlier given to ``predict``.
+* ``observe(x)`` — an unlabelled input; a no-op unless the adapter uses unlabelled data.
+* ``on_drift()`` — a drift detector fired upstream; each adapter reacts its own way
+  (forget faster, re-mix weights, reset a curvature estimate). No-op by default.
+* ``predict_many`` / ``learn_many`` / ``observe_many`` — the same over a batch; the
+  result equals the sequential loop.
+* ``state_dict()`` / ``load_state_dict(d)`` — the full state as plain values and numpy
+  arrays; a round trip is bit exact, so a restored adapter continues exactly where the
+  original would have.
+
+Adapters never do I/O, never read the clock and take their randomness from an explicit
+seed, so the same inputs and seed give the same numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+
+from streamweights.adapters.state_codec import dumps_state, encode_state
+
+_REGISTRY: dict[str, type[Adapter]] = {}
+
+
+class Adapter:
+    """Base class: subclasses implement ``predict``, ``learn``, ``get_config`` and the two
+    private state hooks ``_get_state`` / ``_set_state``."""
+
+    #: Bumped when the layout of ``_get_state`` changes; ``load_state_dict`` refuses a
+    #: snapshot of another version with a message saying what to do.
+    state_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    # -- the five verbs ---------------------------------------------------------------
+    def predict(self, x: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def learn(self, x: Any, y: Any) -> None:
+        raise NotImplementedError
+
+    def observe(self, x: Any) -> None:
+        """Take an unlabelled input into account. Default: nothing to do."""
+        return None
+
+    def on_drift(self) -> None:
+        """React to a drift alarm raised by the pipeline. Default: nothing to do."""
+        return None
+
+    # -- batch forms ------------------------------------------------------------------
+    def predict_many(self, xs: Any) -> np.ndarray:
+        """Outputs for a batch of inputs; row ``i`` equals ``predict(xs[i])``."""
+        return np.stack([self.predict(x) for x in xs]) if len(xs) else np.empty((0,))
+
+    def learn_many(self, xs: Any, ys: Any) -> None:
+        """Learn from a batch of labelled inputs, in order; equals the sequential loop."""
+        if len(xs) != len(ys):
+            raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
+        for x, y in zip(xs, ys, strict=True):
+            self.learn(x, y)
+
+    def observe_many(self, xs: Any) -> None:
+        """Observe a batch of unlabelled inputs, in order."""
+        for x in xs:
+            self.observe(x)
+
+    # -- state ------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able) that rebuild an equivalent fresh adapter."""
+        raise NotImplementedError
+
+    def _get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full state: ``{"adapter", "version", "config", "state"}``; arrays are copies."""
+        return {
+            "adapter": type(self).__name__,
+            "version": type(self).state_version,
+            "config": copy.deepcopy(self.get_config()),
+            "state": copy.deepcopy(self._get_state()),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state written by ``state_dict`` of an adapter with the same config."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: not a state dict (missing 'state')")
+        if state_dict.get("adapter") != name:
+            raise ValueError(f"{name}.load_state_dict: snapshot is of adapter "
+                             f"{state_dict.get('adapter')!r}, not {name!r}")
+        version = state_dict.get("version")
+        if version != type(self).state_version:
+            raise ValueError(
+                f"{name}.load_state_dict: snapshot format version {version}, this build reads "
+                f"version {type(self).state_version}; replay the stream from the last offsets "
+                "or restore with the streamweights release that wrote it")
+        if dumps_state(state_dict.get("config")) != dumps_state(self.get_config()):
+            differing = _differing_keys(state_dict.get("config") or {}, self.get_config())
+            raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
+                             f"configuration (differs in: {', '.join(differing)})")
+        self._set_state(copy.deepcopy(state_dict["state"]))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _differing_keys(left: dict[str, Any], right: dict[str, Any]) -> list[str]:
+    keys = sorted(set(left) | set(right))
+    return [k for k in keys if encode_state(left.get(k)) != encode_state(right.get(k))] or ["?"]
+
+
+def adapter_spec(adapter: Adapter) -> dict[str, Any]:
+    """``{"adapter": name, "config": {...}}``: enough to rebuild a fresh copy."""
+    return {"adapter": type(adapter).__name__, "config": copy.deepcopy(adapter.get_config())}
+
+
+def build_adapter(spec: dict[str, Any]) -> Adapter:
+    """Build a fresh adapter from ``adapter_spec`` output (or a snapshot)."""
+    name = spec.get("adapter") if isinstance(spec, dict) else None
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"adapter: unknown adapter {name!r}; known: {known}")
+    return _REGISTRY[name](**copy.deepcopy(spec.get("config") or {}))
+
+
+def restore_adapter(state_dict: dict[str, Any]) -> Adapter:
+    """Build an adapter from its snapshot and load the snapshot's state into it."""
+    adapter = build_adapter(state_dict)
+    adapter.load_state_dict(state_dict)
+    return adapter
+
+
+def rng_state(generator: np.random.Generator) -> dict[str, Any]:
+    """JSON-able state of a PCG64 generator (big integers written as decimal strings)."""
+    state = generator.bit_generator.state
+    inner = state["state"]
+    return {"state": str(inner["state"]), "inc": str(inner["inc"]),
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
+    """Rebuild a PCG64 generator from :func:`rng_state` output."""
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": int(state["state"]), "inc": int(state["inc"])},
+        "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"]),
+    }
+    return np.random.Generator(bit_generator)

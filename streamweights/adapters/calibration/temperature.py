@@ -1,0 +1,190 @@
+"""Online temperature scaling: soften or sharpen a multiclass model's probabilities."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from streamweights.adapters.base import Adapter
+from streamweights.adapters.calibration._newton import OnlineNewtonStep, check_newton_settings
+from streamweights.adapters.validation import (
+    check_class_label,
+    check_count,
+    check_in_range,
+    check_probabilities,
+    check_probability_rows,
+)
+
+#: Probabilities are floored at this value before the log (algorithms.md §7: 1e-6), so a
+#: class the model rules out exactly still gets a finite score.
+PROBABILITY_FLOOR = 1e-6
+#: ``tau = ln T`` is kept in ``[ln 0.05, ln 20]`` (algorithms.md §2.6): beyond, the map
+#: is a near-argmax or a near-uniform forecast, never a calibration.
+LOG_TEMPERATURE_RANGE = (math.log(0.05), math.log(20.0))
+
+
+class OnlineTemperature(Adapter):
+    """Online temperature scaling: ``p = softmax(ln p_in / T (+ b))``, fitted online.
+
+    Deep classifiers are typically over-confident; dividing their logits by one number
+    ``T > 1`` fixes much of it without changing which class wins (Guo et al. 2017). Here
+    ``T`` is fitted online from delayed labels: Online Newton Step on ``tau = ln T`` with
+    the multinomial log-loss, the constants mirroring Online Platt scaling. The log of
+    the input probability plays the role of the logits (the same up to a constant per
+    event, which softmax ignores). This multiclass analogue is ours (algorithms.md §2.6),
+    not Gupta & Ramdas'.
+
+    Parameters
+    ----------
+    n_classes
+        Number of classes ``C >= 2``; inputs and outputs are probability vectors ``(C,)``.
+    bias
+        Also learn a bias per class (``softmax(ln p_in / T + b)``): corrects a model that
+        is wrong about the class mix, not only over/under-confident. Off by default: one
+        parameter is the most robust recalibration when labels are few. The biases join
+        ``tau`` in one ONS over ``1 + C`` parameters (full curvature matrix, Sherman-
+        Morrison), with an L2 pull ``bias_regularization / 2 * ||b||^2`` added to the loss
+        so that the bias of a class that never occurs stays finite [ours].
+    bias_regularization
+        Strength of that pull towards 0; ``1e-3``: negligible next to the log-loss
+        gradient of any class seen more than about once in a thousand events.
+    discount
+        Memory of the curvature, in ``(0, 1]``, as in ``OnlinePlatt`` [ours]: ``1.0`` is
+        plain ONS (steps shrink like ``1/t``), the default ``0.9999`` keeps adapting with
+        a memory of about 10,000 events.
+    exp_concavity
+        ONS ``beta`` (steps ``A^{-1} g / beta``); ``0.1`` as for Platt scaling.
+    initial_curvature
+        ``A_0 = initial_curvature * I``; ``100`` as for Platt scaling.
+
+    ``tau`` starts at 0 (``T = 1``, the identity) and is clipped to ``[ln 0.05, ln 20]``
+    after each step (a Euclidean clip, not the A-norm projection; the biases are not
+    bounded other than by the pull). Probabilities are floored at ``1e-6`` before the
+    log. ``on_drift`` resets the curvature to ``A_0``, keeping ``T`` and the biases.
+
+    Example
+    -------
+    A 3-class model whose logits are 2.5 times too large:
+
+    >>> import numpy as np
+    >>> from streamweights.adapters import OnlineTemperature
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(scale=4.0, size=(3000, 3))
+    >>> model = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    >>> truth = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    >>> labels = (rng.random((3000, 1)) > truth.cumsum(axis=1)).sum(axis=1)
+    >>> calibrator = OnlineTemperature(n_classes=3)
+    >>> calibrator.learn_many(model, labels)
+    >>> bool(2.0 < calibrator.temperature_ < 3.0)
+    True
+
+    References
+    ----------
+    C. Guo, G. Pleiss, Y. Sun and K. Q. Weinberger, "On calibration of modern neural
+    networks", ICML 2017 (temperature scaling). C. Gupta and A. Ramdas, "Online Platt
+    Scaling with Calibeating", ICML 2023 (arXiv:2305.00070) — the online fitting by ONS.
+    """
+
+    def __init__(self, n_classes: int, bias: bool = False, bias_regularization: float = 1e-3,
+                 discount: float = 0.9999, exp_concavity: float = 0.1,
+                 initial_curvature: float = 100.0) -> None:
+        self.n_classes = check_count(n_classes, "n_classes", minimum=2)
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias: must be True or False, got {bias!r}")
+        self.bias = bias
+        self.bias_regularization = check_in_range(bias_regularization, "bias_regularization",
+                                                  0.0, math.inf, low_open=False)
+        check_newton_settings(exp_concavity, initial_curvature, None, discount)
+        self.discount = float(discount)
+        self.exp_concavity = float(exp_concavity)
+        self.initial_curvature = float(initial_curvature)
+        start = [0.0] * (1 + (self.n_classes if bias else 0))
+        self._newton = OnlineNewtonStep(start, initial_curvature, exp_concavity, None, discount)
+
+    @property
+    def temperature_(self) -> float:
+        """Current temperature ``T = exp(tau)``."""
+        return math.exp(self._newton.theta[0])
+
+    @property
+    def biases_(self) -> np.ndarray:
+        """Current per-class biases (zeros when ``bias=False``)."""
+        if not self.bias:
+            return np.zeros(self.n_classes)
+        return np.array(self._newton.theta[1:])
+
+    # -- verbs ------------------------------------------------------------------------
+    def predict(self, x: Any) -> np.ndarray:
+        p = check_probabilities(x, "x", self.n_classes)
+        return self._calibrate(np.log(np.maximum(p, PROBABILITY_FLOOR)))[0]
+
+    def predict_many(self, xs: Any) -> np.ndarray:
+        if len(xs) == 0:
+            return np.empty((0, self.n_classes))
+        p = check_probability_rows(xs, "xs", -1, self.n_classes)
+        theta = self._newton.theta
+        scores = np.log(np.maximum(p, PROBABILITY_FLOOR)) * math.exp(-theta[0])
+        if self.bias:
+            scores += np.array(theta[1:])
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def learn(self, x: Any, y: Any) -> None:
+        p = check_probabilities(x, "x", self.n_classes)
+        label = check_class_label(y, "y", self.n_classes)
+        self._learn_one(p, label)
+
+    def learn_many(self, xs: Any, ys: Any) -> None:
+        if len(xs) != len(ys):
+            raise ValueError(f"ys: {len(xs)} inputs but {len(ys)} labels")
+        if len(xs) == 0:
+            return
+        p = check_probability_rows(xs, "xs", -1, self.n_classes)
+        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
+        for row, label in zip(p, labels, strict=True):
+            self._learn_one(row, label)
+
+    def on_drift(self) -> None:
+        """Reset the curvature to ``A_0`` (keep ``T`` and biases): adapt fast again."""
+        self._newton.reset_curvature()
+
+    def _calibrate(self, log_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and the scaled log-probabilities ``ln p_in / T``."""
+        theta = self._newton.theta
+        scaled = log_p * math.exp(-theta[0])
+        scores = scaled + np.array(theta[1:]) if self.bias else scaled
+        weights = np.exp(scores - scores.max())
+        return weights / weights.sum(), scaled
+
+    def _learn_one(self, p: np.ndarray, label: int) -> None:
+        calibrated, scaled = self._calibrate(np.log(np.maximum(p, PROBABILITY_FLOOR)))
+        # d(-ln q_y)/d tau = s_y - sum_k q_k s_k with s = ln p / T  (algorithms.md §2.6);
+        # d(-ln q_y)/d b_k = q_k - 1{k = y}, plus the pull on b.
+        temperature_gradient = float(scaled[label] - calibrated @ scaled)
+        newton = self._newton
+        if self.bias:
+            bias_gradient = calibrated
+            bias_gradient[label] -= 1.0
+            if self.bias_regularization:
+                bias_gradient += self.bias_regularization * np.array(newton.theta[1:])
+            newton.step([temperature_gradient, *bias_gradient.tolist()])
+        else:
+            newton.step((temperature_gradient,))
+        low, high = LOG_TEMPERATURE_RANGE
+        newton.theta[0] = min(max(newton.theta[0], low), high)
+
+    # -- state ------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes, "bias": self.bias,
+                "bias_regularization": self.bias_regularization, "discount": self.discount,
+                "exp_concavity": self.exp_concavity,
+                "initial_curvature": self.initial_curvature}
+
+    def _get_state(self) -> dict[str, Any]:
+        return self._newton.get_state()
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._newton.set_state(state)

@@ -1,0 +1,123 @@
+"""Stages in sequence, each learning on exactly what it saw when the label comes late.
+
+A deployed stream typically runs ``ensemble (K, C) -> calibrator (C,) -> prior-shift
+corrector (C,)``. Labels arrive minutes after the prediction, by which time the earlier
+stages have moved on; if a later stage learned on a re-computed input it would learn on
+something it never served. ``Chain.predict_trace`` therefore returns, with the output,
+the input each stage received; the caller keeps that trace with the pending prediction
+(the pipeline's join buffer does, and snapshots it) and hands it back to
+``learn_trace`` when the label arrives. ``learn(x, y)`` re-computes the trace with the
+current state, which is what the contract means when the label arrives immediately.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamweights.adapters.base import Adapter, adapter_spec, build_adapter
+
+#: What ``predict_trace`` returns besides the output: the input of every stage, in order.
+Trace = tuple[np.ndarray, ...]
+
+
+class Chain(Adapter):
+    """Run ``stages`` one after another; stage ``i+1`` consumes stage ``i``'s output.
+
+    Parameters
+    ----------
+    stages
+        Adapters, or their specs (``{"adapter": name, "config": {...}}``) as written by
+        ``get_config``, so a chain can be rebuilt from a snapshot.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from streamweights.adapters import Chain, FixedShare, OnlineTemperature
+    >>> chain = Chain([FixedShare(n_models=2, n_classes=2), OnlineTemperature(n_classes=2)])
+    >>> outputs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    >>> proba, trace = chain.predict_trace(outputs)
+    >>> [stage_input.shape for stage_input in trace]
+    [(2, 2), (2,)]
+    >>> chain.learn_trace(trace, 1)
+    """
+
+    def __init__(self, stages: list[Adapter | dict[str, Any]]) -> None:
+        if not stages:
+            raise ValueError("stages: a chain needs at least one stage")
+        self.stages: list[Adapter] = []
+        for index, stage in enumerate(stages):
+            if isinstance(stage, Adapter):
+                self.stages.append(stage)
+            elif isinstance(stage, dict):
+                try:
+                    self.stages.append(build_adapter(stage))
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"stages[{index}]: {error}") from None
+            else:
+                raise ValueError(f"stages[{index}]: expected an Adapter or a spec dict, got "
+                                 f"{type(stage).__name__}")
+        class_counts = {getattr(stage, "n_classes", None) for stage in self.stages} - {None}
+        if len(class_counts) > 1:
+            raise ValueError(f"stages: stages disagree on the number of classes "
+                             f"({sorted(class_counts)})")
+
+    def predict(self, x: Any) -> np.ndarray:
+        return self.predict_trace(x)[0]
+
+    def predict_trace(self, x: Any) -> tuple[np.ndarray, Trace]:
+        """Output of the last stage and the input each stage received."""
+        inputs = []
+        for stage in self.stages:
+            output = stage.predict(x)  # validates x before it is recorded
+            inputs.append(np.asarray(x, dtype=np.float64))
+            x = output
+        return np.asarray(x), tuple(inputs)
+
+    def observe_predict_trace(self, x: Any) -> tuple[np.ndarray, Trace]:
+        """``observe`` then ``predict_trace`` in one pass: each stage observes its input,
+        then its (updated) output feeds the next stage. This is what the pipeline does
+        with every served prediction."""
+        inputs = []
+        for stage in self.stages:
+            stage.observe(x)
+            output = stage.predict(x)
+            inputs.append(np.asarray(x, dtype=np.float64))
+            x = output
+        return np.asarray(x), tuple(inputs)
+
+    def learn_trace(self, trace: Trace, y: Any) -> None:
+        """Teach every stage the label ``y`` on the input it saw at prediction time.
+
+        Every adapter checks ``(x, y)`` before it changes anything, and the stages of a
+        chain share one label space (checked at construction), so a bad label is
+        rejected by the first stage and leaves the whole chain unchanged.
+        """
+        if len(trace) != len(self.stages):
+            raise ValueError(f"trace: expected {len(self.stages)} stage inputs, got {len(trace)}")
+        for stage, stage_input in zip(self.stages, trace, strict=True):
+            stage.learn(stage_input, y)
+
+    def learn(self, x: Any, y: Any) -> None:
+        self.learn_trace(self.predict_trace(x)[1], y)
+
+    def observe(self, x: Any) -> None:
+        """Each stage observes its own input, computed through the stages before it."""
+        for stage in self.stages:
+            stage.observe(x)
+            x = stage.predict(x)
+
+    def on_drift(self) -> None:
+        for stage in self.stages:
+            stage.on_drift()
+
+    def get_config(self) -> dict[str, Any]:
+        return {"stages": [adapter_spec(stage) for stage in self.stages]}
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"stages": [stage.state_dict() for stage in self.stages]}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        for stage, stage_state in zip(self.stages, state["stages"], strict=True):
+            stage.load_state_dict(stage_state)

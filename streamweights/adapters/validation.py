@@ -1,0 +1,147 @@
+"""Input checks shared by every adapter.
+
+Every public entry point of an adapter validates what it is given and raises
+``ValueError`` naming the field and the problem, so the runtime can turn a bad record
+into a dead-letter entry instead of a crash or a silent skip.
+
+Probability vectors must be finite, lie in ``[0, 1]`` and sum to 1 within
+``PROBABILITY_TOLERANCE`` (absolute). Within that tolerance they are renormalised, so
+an upstream model that rounds its probabilities to three decimals is accepted.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+#: Absolute tolerance on ``sum(p) == 1``. Models commonly emit float32 softmax outputs
+#: (error ~1e-7 per class) or JSON rounded to 3-4 decimals (error up to ~5e-4 for
+#: C <= 10 classes), so 1e-3 accepts both while still rejecting logits or scores.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def as_finite_array(value: object, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Return ``value`` as a float64 array, checking shape and finiteness.
+
+    ``shape`` may contain ``-1`` for a free dimension.
+    """
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: not numeric ({error})") from None
+    if shape is not None and (array.ndim != len(shape) or any(
+            want not in (-1, got) for want, got in zip(shape, array.shape, strict=True))):
+        wanted = "(" + ", ".join("n" if s == -1 else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {wanted}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = "NaN" if np.isnan(array).any() else "inf"
+        raise ValueError(f"{name}: contains {bad}")
+    return array
+
+
+def check_probabilities(value: object, name: str, n_classes: int) -> np.ndarray:
+    """Validate one probability vector of length ``n_classes``; return it renormalised."""
+    p = as_finite_array(value, name, (n_classes,))
+    _check_simplex(p, name, axis=None)
+    return p / p.sum()
+
+
+def check_probability_rows(value: object, name: str, n_rows: int, n_classes: int) -> np.ndarray:
+    """Validate a ``(n_rows, n_classes)`` array whose rows are probability vectors."""
+    p = as_finite_array(value, name, (n_rows, n_classes))
+    _check_simplex(p, name, axis=1)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _check_simplex(p: np.ndarray, name: str, axis: int | None) -> None:
+    if p.size and (p.min() < 0.0 or p.max() > 1.0 + PROBABILITY_TOLERANCE):
+        raise ValueError(f"{name}: probabilities must lie in [0, 1], got min {p.min():.6g}, "
+                         f"max {p.max():.6g}")
+    total = p.sum(axis=-1) if axis is not None else p.sum()
+    worst = float(np.max(np.abs(np.asarray(total) - 1.0))) if p.size else 0.0
+    if worst > PROBABILITY_TOLERANCE:
+        raise ValueError(f"{name}: probabilities must sum to 1 (tolerance "
+                         f"{PROBABILITY_TOLERANCE}), off by {worst:.6g}")
+
+
+def check_model_outputs(value: object, name: str, n_models: int,
+                        n_classes: int | None) -> np.ndarray:
+    """Validate one event's deployed-model outputs.
+
+    ``(n_models, n_classes)`` probability rows for classification, ``(n_models,)``
+    real values for regression (``n_classes is None``).
+    """
+    if n_classes is None:
+        return as_finite_array(value, name, (n_models,))
+    return check_probability_rows(value, name, n_models, n_classes)
+
+
+def check_class_label(value: object, name: str, n_classes: int) -> int:
+    """Validate a class label: an integer in ``[0, n_classes)``."""
+    if isinstance(value, bool | np.bool_):
+        value = int(value)
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer())
+    if integral:
+        label = int(value)
+    else:
+        raise ValueError(f"{name}: class label must be an integer, got {value!r}")
+    if not 0 <= label < n_classes:
+        raise ValueError(f"{name}: unknown class {label}, expected 0..{n_classes - 1}")
+    return label
+
+
+def check_target(value: object, name: str, n_outputs: int = 1) -> np.ndarray:
+    """Validate a regression target: a finite number, or ``n_outputs`` of them."""
+    target = as_finite_array(value, name)
+    if target.size != n_outputs or target.ndim > 1:
+        raise ValueError(f"{name}: expected {n_outputs} target value(s), got shape {target.shape}")
+    return target.reshape(n_outputs)
+
+
+def check_positive(value: float, name: str) -> float:
+    """Validate a strictly positive, finite hyper-parameter."""
+    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_in_range(value: float, name: str, low: float, high: float, *,
+                   low_open: bool = True, high_open: bool = True) -> float:
+    """Validate a hyper-parameter inside an interval (open ends by default)."""
+    ok = isinstance(value, numbers.Real) and np.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(f"{name}: must be in {left}{low}, {high}{right}, got {value!r}")
+    return float(value)
+
+
+def check_count(value: int, name: str, minimum: int = 1) -> int:
+    """Validate an integer hyper-parameter that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_class_labels(values: object, name: str, n_classes: int) -> np.ndarray:
+    """Validate a batch of class labels at once; return them as an int64 array."""
+    items = list(values) if not isinstance(values, np.ndarray) else values
+    try:
+        labels = np.asarray(items)
+    except (TypeError, ValueError):
+        labels = np.asarray(items, dtype=object)
+    if labels.ndim == 1 and labels.dtype.kind in "iub":
+        array = labels.astype(np.int64)
+        bad = np.flatnonzero((array < 0) | (array >= n_classes))
+        if bad.size:
+            index = int(bad[0])
+            raise ValueError(f"{name}[{index}]: unknown class {int(array[index])}, expected "
+                             f"0..{n_classes - 1}")
+        return array
+    return np.array([check_class_label(v, f"{name}[{i}]", n_classes)
+                     for i, v in enumerate(items)], dtype=np.int64)

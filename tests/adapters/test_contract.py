@@ -1,0 +1,146 @@
+"""One generic suite over every registered adapter (see ``contract.py``).
+
+A new adapter is tested here by adding an ``AdapterCase`` for it to a ``cases_*.py``
+module: JSON round trip, batch = sequential, bad input, determinism.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from streamweights.adapters.base import restore_adapter
+from streamweights.adapters.state_codec import dumps_state, encode_state, loads_state
+
+_HERE = pathlib.Path(__file__).parent
+CASES = []
+for _path in sorted(_HERE.glob("cases_*.py")):
+    _module = importlib.import_module(f"tests.adapters.{_path.stem}")
+    CASES.extend(_module.CASES)
+
+
+def _drive(adapter, case, xs, ys, collect):
+    """Feed events the way the pipeline does: observe, predict, then learn."""
+    outputs = []
+    for x, y in zip(xs, ys, strict=True):
+        if case.uses_observe:
+            adapter.observe(x)
+        outputs.append(np.asarray(adapter.predict(x)))
+        adapter.learn(x, y)
+    if collect:
+        return outputs
+    return None
+
+
+def _stream(case, seed, n):
+    rng = np.random.default_rng(seed)
+    xs = case.make_inputs(rng, n)
+    ys = case.make_labels(rng, xs)
+    return xs, ys
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_json_round_trip_is_bit_exact(case):
+    original = case.factory()
+    xs, ys = _stream(case, 1, 1300)
+    _drive(original, case, xs[:300], ys[:300], collect=False)
+    original.on_drift()
+    text = json.dumps(encode_state(original.state_dict()))
+    restored = restore_adapter(loads_state(text))
+    assert dumps_state(restored.state_dict()) == dumps_state(original.state_dict())
+    out_original = _drive(original, case, xs[300:], ys[300:], collect=True)
+    out_restored = _drive(restored, case, xs[300:], ys[300:], collect=True)
+    for a, b in zip(out_original, out_restored, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert dumps_state(restored.state_dict()) == dumps_state(original.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_load_state_dict_into_fresh_instance(case):
+    original = case.factory()
+    xs, ys = _stream(case, 2, 200)
+    _drive(original, case, xs, ys, collect=False)
+    fresh = case.factory()
+    fresh.load_state_dict(original.state_dict())
+    assert dumps_state(fresh.state_dict()) == dumps_state(original.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_state_dict_is_a_copy(case):
+    adapter = case.factory()
+    xs, ys = _stream(case, 3, 50)
+    snapshot_text = dumps_state(adapter.state_dict())
+    snapshot = adapter.state_dict()
+    _drive(adapter, case, xs, ys, collect=False)
+    assert dumps_state(snapshot) == snapshot_text
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_batch_forms_equal_sequential_loop(case):
+    xs, ys = _stream(case, 4, 400)
+    warm_xs, warm_ys = _stream(case, 5, 100)
+    sequential, batched = case.factory(), case.factory()
+    for adapter in (sequential, batched):
+        _drive(adapter, case, warm_xs, warm_ys, collect=False)
+    many = np.asarray(batched.predict_many(xs))
+    loop = np.stack([np.asarray(sequential.predict(x)) for x in xs])
+    assert many.shape == loop.shape
+    np.testing.assert_allclose(many, loop, rtol=1e-12, atol=1e-15)
+    if case.uses_observe:
+        batched.observe_many(xs)
+        for x in xs:
+            sequential.observe(x)
+    batched.learn_many(xs, ys)
+    for x, y in zip(xs, ys, strict=True):
+        sequential.learn(x, y)
+    assert dumps_state(batched.state_dict()) == dumps_state(sequential.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_same_seed_same_numbers(case):
+    xs, ys = _stream(case, 6, 500)
+    first, second = case.factory(), case.factory()
+    out_first = _drive(first, case, xs, ys, collect=True)
+    out_second = _drive(second, case, xs, ys, collect=True)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(out_first, out_second, strict=True))
+    assert dumps_state(first.state_dict()) == dumps_state(second.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_bad_inputs_raise_and_change_nothing(case):
+    adapter = case.factory()
+    xs, ys = _stream(case, 7, 50)
+    _drive(adapter, case, xs, ys, collect=False)
+    before = dumps_state(adapter.state_dict())
+    assert case.bad_inputs, "every adapter case must list bad inputs"
+    for word, bad in case.bad_inputs:
+        for verb in ("predict", "learn", "observe"):
+            with pytest.raises(ValueError) as error:
+                if verb == "learn":
+                    adapter.learn(bad, ys[0])
+                else:
+                    getattr(adapter, verb)(bad)
+                    if verb == "observe" and not case.uses_observe:
+                        raise ValueError(word)  # observe is a documented no-op here
+            assert word.lower() in str(error.value).lower(), (verb, word, str(error.value))
+    for word, bad in case.bad_labels:
+        with pytest.raises(ValueError) as error:
+            adapter.learn(xs[0], bad)
+        assert word.lower() in str(error.value).lower(), (word, str(error.value))
+    assert dumps_state(adapter.state_dict()) == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_load_refuses_foreign_snapshot(case):
+    adapter = case.factory()
+    state = adapter.state_dict()
+    wrong_version = dict(state, version=state["version"] + 1)
+    with pytest.raises(ValueError, match="version"):
+        adapter.load_state_dict(wrong_version)
+    wrong_name = dict(state, adapter="SomethingElse")
+    with pytest.raises(ValueError, match="SomethingElse"):
+        adapter.load_state_dict(wrong_name)

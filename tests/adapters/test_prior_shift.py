@@ -1,0 +1,209 @@
+"""PriorShift: online EM re-estimation of the class mix (algorithms.md §4.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamweights.adapters import PriorShift
+
+#: Class means at ±2 (unit variance): the exact Bayes posterior under a 50/50 source mix is
+#: sigmoid(4x), so the "deployed model" below is perfectly calibrated on the source.
+MEAN = 2.0
+
+
+def _binary_stream(rng, n, share_of_class_1, logit_offset=0.0):
+    """Events of two Gaussian classes and the source-calibrated posterior for each.
+
+    ``logit_offset`` != 0 makes the model miscalibrated (biased toward class 1)."""
+    labels = (rng.random(n) < share_of_class_1).astype(int)
+    x = rng.normal(np.where(labels == 1, MEAN, -MEAN), 1.0)
+    p1 = 1.0 / (1.0 + np.exp(-(2.0 * MEAN * x + logit_offset)))
+    return np.stack([1.0 - p1, p1], axis=1), labels
+
+
+def _ten_class_stream(rng, n, prior, separation=3.0):
+    """C-dimensional Gaussians N(separation·e_k, I); the posterior under a uniform source
+    mix is softmax(separation·x), exactly."""
+    n_classes = len(prior)
+    labels = rng.choice(n_classes, size=n, p=prior)
+    x = rng.normal(size=(n, n_classes))
+    x[np.arange(n), labels] += separation
+    logits = separation * x
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True), labels
+
+
+def _batch_em(p, source, iterations=1000):
+    """Saerens et al.'s EM run to convergence on the whole sample (the offline reference)."""
+    prior = source.copy()
+    for _ in range(iterations):
+        r = p * (prior / source)
+        r /= r.sum(axis=1, keepdims=True)
+        new = r.mean(axis=0)
+        if np.abs(new - prior).sum() < 1e-12:
+            return new
+        prior = new
+    return prior
+
+
+def _log_loss(p, labels):
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def test_tracks_a_shift_from_50_50_to_90_10_without_labels():
+    """Scenario: a model calibrated under a 50/50 mix serves 5,000 events at 50/50, then the
+    mix moves to 90/10; no labels arrive. Each event is predicted, then observed.
+    We expect, on each of three seeds: 5,000 events after the shift the estimate is within
+    0.02 of 0.9, and the corrected posteriors have a lower log-loss over the post-shift
+    events than the raw ones."""
+    for seed in (11, 12, 13):
+        rng = np.random.default_rng(seed)
+        before, _ = _binary_stream(rng, 5000, 0.5)
+        after, labels_after = _binary_stream(rng, 5000, 0.1)
+        corrector = PriorShift(n_classes=2)
+        corrector.observe_many(before)
+        corrected = np.empty_like(after)
+        for i, p in enumerate(after):
+            corrected[i] = corrector.predict(p)
+            corrector.observe(p)
+        assert abs(corrector.prior_[0] - 0.9) < 0.02
+        assert _log_loss(corrected, labels_after) < _log_loss(after, labels_after)
+
+
+def test_recovers_ten_class_priors_like_batch_em():
+    """Scenario: a 10-class model calibrated under a uniform mix sees 10,000 events from a
+    skewed mix (0.30 ... 0.02). With min_step=1e-4 the step never floors before the end, so
+    the stream is averaged as a whole.
+    We expect: L1 distance to the true mix below 0.05, and no worse than the offline EM on
+    the same sample by more than 0.01 (the sampling error itself is about 0.02)."""
+    target = np.array([0.30, 0.20, 0.12, 0.10, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02])
+    rng = np.random.default_rng(5)
+    p, _ = _ten_class_stream(rng, 10_000, target)
+    corrector = PriorShift(n_classes=10, min_step=1e-4)
+    corrector.observe_many(p)
+    streaming_l1 = np.abs(corrector.prior_ - target).sum()
+    batch_l1 = np.abs(_batch_em(p, np.full(10, 0.1)) - target).sum()
+    assert streaming_l1 < 0.05
+    assert streaming_l1 < batch_l1 + 0.01
+
+
+def test_stays_near_the_source_prior_without_shift():
+    """Scenario: the target mix equals the source mix (50/50) for 10,000 events.
+    We expect: over the second half the estimate stays within 0.05 of 0.5 and is within 0.02
+    on average, so the served probabilities barely differ from the model's."""
+    rng = np.random.default_rng(3)
+    p, _ = _binary_stream(rng, 10_000, 0.5)
+    corrector = PriorShift(n_classes=2)
+    trace = np.empty(len(p))
+    for i, row in enumerate(p):
+        corrector.observe(row)
+        trace[i] = corrector.prior_[0]
+    deviation = np.abs(trace[5000:] - 0.5)
+    assert deviation.max() < 0.05
+    assert deviation.mean() < 0.02
+    assert np.abs(corrector.predict_many(p[-1000:]) - p[-1000:]).mean() < 0.02
+
+
+def test_labels_anchor_the_estimate_when_the_model_is_miscalibrated():
+    """Scenario: the model's logits are biased by +3 toward class 1 (miscalibrated), the
+    true mix is 70/30; unlabelled EM then over-estimates class 1.
+    We expect: the label-free estimate is biased (> 0.04 off), labels alone recover the mix
+    within 0.02, and observing every event and learning its label lands in between."""
+    rng = np.random.default_rng(8)
+    p, labels = _binary_stream(rng, 10_000, 0.3, logit_offset=3.0)
+    unlabelled = PriorShift(n_classes=2)
+    unlabelled.observe_many(p)
+    labelled_only = PriorShift(n_classes=2)
+    labelled_only.learn_many(p, labels)
+    both = PriorShift(n_classes=2)
+    for row, label in zip(p, labels, strict=True):
+        both.observe(row)
+        both.learn(row, label)
+    error_unlabelled = abs(unlabelled.prior_[1] - 0.3)
+    assert error_unlabelled > 0.04
+    assert abs(labelled_only.prior_[1] - 0.3) < 0.02
+    assert abs(both.prior_[1] - 0.3) < error_unlabelled
+
+
+def test_on_drift_resets_to_source_and_reconverges():
+    """Scenario: the mix moves 50/50 -> 90/10; an alarm arrives 100 events after the shift.
+    We expect: on_drift puts the estimate back to the source prior and restarts the step
+    schedule; 900 events later the estimate is within 0.05 of 0.9. Without reset the step
+    restarts but the estimate is kept."""
+    rng = np.random.default_rng(2)
+    before, _ = _binary_stream(rng, 5000, 0.5)
+    after, _ = _binary_stream(rng, 1000, 0.1)
+    corrector = PriorShift(n_classes=2)
+    corrector.observe_many(before)
+    corrector.observe_many(after[:100])
+    corrector.on_drift()
+    assert corrector.steps == 0
+    np.testing.assert_array_equal(corrector.prior_, corrector.source_prior)
+    corrector.observe_many(after[100:])
+    assert abs(corrector.prior_[0] - 0.9) < 0.05
+
+    keeping = PriorShift(n_classes=2, reset_on_drift=False)
+    keeping.observe_many(after[:300])
+    estimate = keeping.prior_
+    keeping.on_drift()
+    assert keeping.steps == 0
+    np.testing.assert_array_equal(keeping.prior_, estimate)
+
+
+def test_ratio_is_clipped_and_prior_floored():
+    """Scenario: the source prior gives class 0 only 1%, and the stream is all class 0.
+    We expect: π̂_0 / π_s,0 would be ~100, the served ratio is clipped at 20; class 1 is
+    floored at 1e-4 (up to the renormalisation), never zero."""
+    corrector = PriorShift(n_classes=2, source_prior=[0.01, 0.99])
+    confident_zero = np.tile([0.999, 0.001], (3000, 1))
+    corrector.observe_many(confident_zero)
+    prior = corrector.prior_
+    assert prior[0] / 0.01 > 20
+    assert prior[1] >= 1e-4 / (1 + 2 * 1e-4)
+    p = np.array([0.3, 0.7])
+    ratio = np.minimum(prior / np.array([0.01, 0.99]), 20.0)
+    expected = ratio * p / (ratio * p).sum()
+    np.testing.assert_allclose(corrector.predict(p), expected, rtol=1e-12)
+
+
+def test_source_prior_defaults_to_uniform_and_is_validated():
+    np.testing.assert_array_equal(PriorShift(n_classes=4).source_prior, np.full(4, 0.25))
+    np.testing.assert_allclose(PriorShift(3, [0.2, 0.3, 0.5]).source_prior, [0.2, 0.3, 0.5])
+    bad = [([0.5, 0.5], "shape"), ([0.0, 0.5, 0.5], "positive"), ([0.2, 0.2, 0.2], "sum"),
+           ([np.nan, 0.5, 0.5], "NaN"), ("abc", "numeric")]
+    for value, word in bad:
+        with pytest.raises(ValueError, match="source_prior") as error:
+            PriorShift(3, value)
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"n_classes": 1}, "n_classes"), ({"min_step": 0.0}, "min_step"),
+    ({"min_step": 1.5}, "min_step"), ({"step_offset": -1.0}, "step_offset"),
+    ({"label_weight": 0.0}, "label_weight"), ({"prior_floor": 0.6}, "prior_floor"),
+    ({"max_ratio": 0.5}, "max_ratio"), ({"reset_on_drift": "yes"}, "reset_on_drift"),
+])
+def test_hyper_parameters_are_validated(kwargs, field):
+    arguments = {"n_classes": 2, **kwargs}
+    with pytest.raises(ValueError, match=field):
+        PriorShift(**arguments)
+
+
+def test_batch_verbs_match_the_loop_for_ten_classes():
+    rng = np.random.default_rng(4)
+    p, labels = _ten_class_stream(rng, 300, np.full(10, 0.1))
+    sequential, batched = PriorShift(10), PriorShift(10)
+    for start in range(0, 300, 64):
+        for row in p[start:start + 64]:
+            sequential.observe(row)
+        for row, label in zip(p[start:start + 64], labels[start:start + 64], strict=True):
+            sequential.learn(row, label)
+    for start in range(0, 300, 64):
+        batched.observe_many(p[start:start + 64])
+        batched.learn_many(p[start:start + 64], labels[start:start + 64])
+    assert sequential.prior_.tobytes() != PriorShift(10).prior_.tobytes()
+    assert batched.state_dict()["state"]["prior"].tobytes() == \
+        sequential.state_dict()["state"]["prior"].tobytes()
+    assert batched.predict_many(np.empty((0, 10))).shape == (0, 10)
