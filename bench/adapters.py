@@ -1,0 +1,260 @@
+"""Per-event cost of learn + predict for every adapter, side by side with river.
+
+Setting (issue 2): micro-batches of 256 events, K = 5 deployed models, C = 2 classes,
+d = 16 features. For each pair both contenders see the same events in the same process,
+timed in alternating rounds so machine noise hits both alike; the best round of each is
+reported (the least disturbed one). Ours uses the batch verbs the service uses
+(``predict_many`` then ``learn_many`` on each micro-batch); river uses its per-event verbs
+(``predict_one`` / ``learn_one``), which is how river is meant to be fed a stream, and,
+where river offers a mini-batch verb that applies (``learn_many`` needs pandas), that too
+as a separate, stronger baseline.
+
+Run: ``python bench/adapters.py [--events 4096] [--rounds 5] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from river import base as river_base
+from river import drift as river_drift
+from river import ensemble as river_ensemble
+from river import linear_model as river_linear
+from river import optim as river_optim
+
+import streamweights
+from streamweights import adapters
+
+BATCH = 256
+N_MODELS = 5
+N_CLASSES = 2
+N_FEATURES = 16
+
+
+@dataclass
+class Contender:
+    name: str
+    setup: Callable[[], object]
+    run: Callable[[object], None]
+
+
+@dataclass
+class Pair:
+    adapter: str
+    ours: Contender
+    river: list[Contender]
+
+
+class _DeployedModel(river_base.Regressor):
+    """A frozen deployed model inside river: returns its precomputed output, learns nothing.
+
+    As cheap as a river model can be, so the mixture's own cost is what gets measured."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def learn_one(self, x, y):
+        return None
+
+    def predict_one(self, x):
+        return x[self.index]
+
+
+def _data(n_events: int, seed: int = 0) -> dict[str, object]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n_events, N_FEATURES))
+    true_weights = rng.normal(size=N_FEATURES)
+    target = features @ true_weights + 0.3 * rng.normal(size=n_events)
+    p_true = 1 / (1 + np.exp(-(features @ true_weights) / 2))
+    labels = (rng.random(n_events) < p_true).astype(int)
+    noise = rng.normal(scale=1.0, size=(n_events, N_MODELS))
+    model_p1 = 1 / (1 + np.exp(-(np.log(p_true / (1 - p_true))[:, None] + noise)))
+    model_outputs = np.stack([1 - model_p1, model_p1], axis=2)
+    model_values = target[:, None] + rng.normal(scale=[0.5, 1, 1.5, 2, 3], size=(n_events, 5))
+    return {
+        "features": features, "target": target, "labels": labels,
+        "model_outputs": model_outputs, "model_values": model_values,
+        "calib_in": model_outputs[:, 0, :],
+        "features_dicts": [dict(enumerate(row)) for row in features.tolist()],
+        "p1_dicts": [dict(enumerate(row)) for row in model_p1.tolist()],
+        "values_dicts": [dict(enumerate(row)) for row in model_values.tolist()],
+        "logit_dicts": [{"logit": math.log(p / (1 - p))} for p in model_p1[:, 0].tolist()],
+        "losses": (-np.log(model_outputs[np.arange(n_events), 0, labels])).tolist(),
+    }
+
+
+def _ours(name: str, factory: Callable[[], adapters.Adapter], inputs: np.ndarray,
+          labels: np.ndarray, observe: bool = False) -> Contender:
+    label_list = labels.tolist()
+
+    def run(adapter):
+        for start in range(0, len(inputs), BATCH):
+            xs = inputs[start:start + BATCH]
+            if observe:
+                adapter.observe_many(xs)
+            adapter.predict_many(xs)
+            adapter.learn_many(xs, label_list[start:start + BATCH])
+
+    return Contender(name, factory, run)
+
+
+def _river(name: str, factory: Callable[[], object], xs: list, ys: list,
+           predict: str = "predict_one") -> Contender:
+    def run(model):
+        model_predict = getattr(model, predict)
+        learn = model.learn_one
+        for x, y in zip(xs, ys, strict=True):
+            model_predict(x)
+            learn(x, y)
+
+    return Contender(name, factory, run)
+
+
+def _river_detector(name: str, factory: Callable[[], object], values: list) -> Contender:
+    def run(detector):
+        update = detector.update
+        for value in values:
+            update(value)
+
+    return Contender(name, factory, run)
+
+
+def build_pairs(data: dict[str, object]) -> list[Pair]:
+    labels = data["labels"]
+    target = data["target"]
+    ys_class = [bool(v) for v in labels.tolist()]
+    ys_reg = target.tolist()
+    p1_targets = labels.astype(float).tolist()
+    ewa = lambda: river_ensemble.EWARegressor(  # noqa: E731
+        [_DeployedModel(i) for i in range(N_MODELS)], learning_rate=0.5)
+    pairs = [
+        Pair("KalmanWeights regression",
+             _ours("KalmanWeights(regression, forgetting=learn)",
+                   lambda: adapters.KalmanWeights(N_FEATURES), data["features"], target),
+             [_river("BayesianLinearRegression(smoothing=0.999)",
+                     lambda: river_linear.BayesianLinearRegression(smoothing=0.999),
+                     data["features_dicts"], ys_reg),
+              _river("LinearRegression(SGD)", river_linear.LinearRegression,
+                     data["features_dicts"], ys_reg)]),
+        Pair("KalmanWeights classification",
+             _ours("KalmanWeights(classification, forgetting=learn)",
+                   lambda: adapters.KalmanWeights(N_FEATURES, n_outputs=N_CLASSES,
+                                                  task="classification"),
+                   data["features"], labels),
+             [_river("LogisticRegression(SGD)", river_linear.LogisticRegression,
+                     data["features_dicts"], ys_class, "predict_proba_one")]),
+        Pair("Hedge",
+             _ours("Hedge(log-loss, auto)", lambda: adapters.Hedge(N_MODELS, N_CLASSES),
+                   data["model_outputs"], labels),
+             [_river("EWARegressor(5 frozen models)", ewa, data["p1_dicts"], p1_targets)]),
+        Pair("FixedShare",
+             _ours("FixedShare(log-loss, auto)",
+                   lambda: adapters.FixedShare(N_MODELS, N_CLASSES),
+                   data["model_outputs"], labels),
+             [_river("EWARegressor(5 frozen models)", ewa, data["p1_dicts"], p1_targets)]),
+        Pair("OnlineStacking",
+             _ours("OnlineStacking(regression)",
+                   lambda: adapters.OnlineStacking(N_MODELS), data["model_values"], target),
+             [_river("LinearRegression on model outputs", river_linear.LinearRegression,
+                     data["values_dicts"], ys_reg)]),
+        Pair("OnlinePlatt",
+             _ours("OnlinePlatt", adapters.OnlinePlatt, data["calib_in"], labels),
+             [_river("LogisticRegression on the logit",
+                     lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+                     data["logit_dicts"], ys_class, "predict_proba_one")]),
+        Pair("OnlineBetaScaling",
+             _ours("OnlineBetaScaling", adapters.OnlineBetaScaling, data["calib_in"], labels),
+             [_river("LogisticRegression on the logit",
+                     lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+                     data["logit_dicts"], ys_class, "predict_proba_one")]),
+        Pair("Calibeating",
+             _ours("Calibeating(OnlinePlatt, tracking)",
+                   lambda: adapters.Calibeating(adapters.OnlinePlatt()), data["calib_in"],
+                   labels),
+             [_river("LogisticRegression on the logit",
+                     lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+                     data["logit_dicts"], ys_class, "predict_proba_one")]),
+        Pair("OnlineTemperature",
+             _ours("OnlineTemperature", lambda: adapters.OnlineTemperature(N_CLASSES),
+                   data["calib_in"], labels),
+             [_river("LogisticRegression on the logit",
+                     lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+                     data["logit_dicts"], ys_class, "predict_proba_one")]),
+        Pair("PriorShift",
+             _ours("PriorShift (observe+predict+learn)",
+                   lambda: adapters.PriorShift(N_CLASSES), data["calib_in"], labels,
+                   observe=True),
+             []),
+        Pair("DriftMemory",
+             _ours("DriftMemory(64, adwin) (observe+predict+learn)",
+                   lambda: adapters.DriftMemory(64, N_CLASSES), data["calib_in"], labels,
+                   observe=True),
+             [_river_detector("ADWIN.update on the loss alone", river_drift.ADWIN,
+                              data["losses"])]),
+    ]
+    return pairs
+
+
+def _time(contender: Contender) -> float:
+    model = contender.setup()
+    start = time.perf_counter()
+    contender.run(model)
+    return time.perf_counter() - start
+
+
+def measure(pairs: list[Pair], n_events: int, rounds: int) -> list[dict[str, object]]:
+    rows = []
+    for pair in pairs:
+        contenders = [pair.ours, *pair.river]
+        best = [math.inf] * len(contenders)
+        for _ in range(rounds):
+            for index, contender in enumerate(contenders):
+                best[index] = min(best[index], _time(contender))
+        ours_rate = n_events / best[0]
+        row = {"adapter": pair.adapter, "ours": pair.ours.name, "ours_events_per_s": ours_rate,
+               "river": []}
+        for contender, seconds in zip(pair.river, best[1:], strict=True):
+            rate = n_events / seconds
+            row["river"].append({"name": contender.name, "events_per_s": rate,
+                                 "speedup": ours_rate / rate})
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+def _print_row(row: dict[str, object]) -> None:
+    print(f"{row['adapter']:<30} ours {row['ours_events_per_s']:>10,.0f} ev/s  "
+          f"[{row['ours']}]", flush=True)
+    for baseline in row["river"]:
+        print(f"{'':<30} river {baseline['events_per_s']:>9,.0f} ev/s  "
+              f"x{baseline['speedup']:.2f}  [{baseline['name']}]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4096, help="events per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per pair")
+    parser.add_argument("--only", default=None, help="substring filter on adapter names")
+    parser.add_argument("--json", default=None, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    print(f"streamweights {streamweights.__version__}, numpy {np.__version__}, "
+          f"batch {BATCH}, K={N_MODELS}, C={N_CLASSES}, d={N_FEATURES}, "
+          f"{args.events} events x {args.rounds} rounds", flush=True)
+    pairs = [p for p in build_pairs(_data(args.events))
+             if args.only is None or args.only.lower() in p.adapter.lower()]
+    rows = measure(pairs, args.events, args.rounds)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
