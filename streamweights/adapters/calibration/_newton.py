@@ -5,9 +5,13 @@ The calibrators of this package fit 1 to a handful of parameters by online logis
 sum ``A`` of the outer products of the gradients (a running curvature estimate) and step
 ``theta <- theta - A^{-1} g / beta``. Logarithmic regret, no learning rate to tune.
 
-Everything runs on Python floats in flat row-major lists: for two or three parameters
-that is several times faster than numpy's per-call overhead. The generalised projection
-onto the ball ``||theta|| <= radius`` is rare and uses numpy.
+Everything per event runs on Python floats: for one to three parameters that is several
+times faster than numpy's per-call overhead. :class:`OnlineNewtonStep` holds the state
+(flat row-major lists) and has a generic :meth:`~OnlineNewtonStep.step` for any
+dimension; the hot loops of the calibrators (``OnlinePlatt._learn_scores`` and the like)
+write the same update out by hand for their dimension and hand the state back at the end
+of a batch. The generalised projection onto the ball ``||theta|| <= radius`` is rare and
+uses numpy.
 
 Two things are ours, not the paper's (see :class:`OnlineNewtonStep`): ``discount``
 (forget old curvature so the step does not shrink for ever) and :meth:`reset_curvature`
@@ -18,6 +22,7 @@ binary calibrators (Platt and beta scaling), which differ only in their features
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +31,11 @@ import numpy as np
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     check_class_label,
+    check_class_labels,
     check_in_range,
     check_positive,
-    check_probabilities,
-    check_probability_rows,
+    check_probability_vector,
+    check_probability_vector_rows,
 )
 
 #: Scores are clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] before a logit or a log
@@ -54,11 +60,11 @@ def check_newton_settings(exp_concavity: float, initial_curvature: float,
 
 
 class OnlineNewtonStep:
-    """ONS state ``(theta, A, A^{-1})`` for a parameter vector of dimension ``d``.
+    """ONS state ``(theta, A)`` for a parameter vector of dimension ``d``.
 
     Per gradient ``g`` (Gupta & Ramdas 2023, Algorithm 1 as in the authors' code)::
 
-        A      <- A + g g^T              (A^{-1} by Sherman-Morrison)
+        A      <- A + g g^T
         theta  <- theta - A^{-1} g / exp_concavity
         theta  <- argmin_{||x|| <= radius} (x - theta)^T A (x - theta)   if ||theta|| > radius
 
@@ -69,10 +75,15 @@ class OnlineNewtonStep:
     Fading towards ``A_0`` rather than towards zero keeps ``A >= A_0``, so ``A^{-1}``
     stays bounded even when the gradients span fewer than ``d`` directions for a long
     time (a paused or constant-score model). ``discount = 1`` is the paper's algorithm.
+
+    ``A^{-1} g`` is solved afresh from ``A`` at each step (closed forms up to 3x3, a
+    Cholesky factorisation beyond) rather than carried by Sherman-Morrison: the discount
+    re-weights ``A`` at every step anyway, and one code path serves both. ``A^{-1}`` is
+    therefore not state; :attr:`inverse` computes it for inspection.
     """
 
-    __slots__ = ("_identity_scale", "curvature", "dimension", "discount", "exp_concavity",
-                 "initial_curvature", "inverse", "radius", "theta")
+    __slots__ = ("curvature", "dimension", "discount", "exp_concavity", "identity_scale",
+                 "initial_curvature", "radius", "theta")
 
     def __init__(self, start: Sequence[float], initial_curvature: float, exp_concavity: float,
                  radius: float | None, discount: float) -> None:
@@ -82,50 +93,45 @@ class OnlineNewtonStep:
         self.exp_concavity = float(exp_concavity)
         self.radius = None if radius is None else float(radius)
         self.discount = float(discount)
-        self._identity_scale = (1.0 - self.discount) * self.initial_curvature
+        #: what the discount adds back on the diagonal, ``(1 - discount) * A_0``
+        self.identity_scale = (1.0 - self.discount) * self.initial_curvature
         self.curvature: list[float] = []
-        self.inverse: list[float] = []
         self.reset_curvature()
+
+    @property
+    def inverse(self) -> list[float]:
+        """``A^{-1}``, flat row-major (derived from ``A``; not part of the update)."""
+        return _invert_positive_definite(self.curvature, self.dimension)
 
     def reset_curvature(self) -> None:
         """``A <- A_0``, keeping ``theta``: the next steps are as large as the first ones."""
         d = self.dimension
-        diagonal = range(0, d * d, d + 1)
         self.curvature = [0.0] * (d * d)
-        self.inverse = [0.0] * (d * d)
-        for index in diagonal:
+        for index in range(0, d * d, d + 1):
             self.curvature[index] = self.initial_curvature
-            self.inverse[index] = 1.0 / self.initial_curvature
 
     def step(self, gradient: Sequence[float]) -> None:
-        """One ONS update with the loss gradient at the current ``theta``."""
+        """One ONS update with the loss gradient at the current ``theta``.
+
+        Each entry of ``A`` becomes ``discount * A_ij (+ (1 - discount) A_0 on the
+        diagonal) + g_i g_j``, evaluated in that order (the calibrators' hand-written
+        loops use the same order).
+        """
         d = self.dimension
+        keep, add = self.discount, self.identity_scale
         curvature = self.curvature
-        if self.discount < 1.0:
-            keep, add = self.discount, self._identity_scale
-            for index in range(d * d):
-                curvature[index] *= keep
-            for index in range(0, d * d, d + 1):
-                curvature[index] += add
-            inverse = _invert_positive_definite(curvature, d)
-        else:
-            inverse = self.inverse
-        # Sherman-Morrison: with v = A^{-1} g, (A + g g^T)^{-1} = A^{-1} - v v^T / (1 + g.v),
-        # and the new inverse applied to g is v / (1 + g.v).
-        v = [sum(inverse[row * d + col] * gradient[col] for col in range(d)) for row in range(d)]
-        denominator = 1.0 + sum(g * vi for g, vi in zip(gradient, v, strict=True))
         for row in range(d):
             g_row = gradient[row]
-            v_row = v[row] / denominator
-            base = row * d
-            for col in range(d):
-                curvature[base + col] += g_row * gradient[col]
-                inverse[base + col] -= v_row * v[col]
-        self.inverse = inverse
-        scale = 1.0 / (self.exp_concavity * denominator)
+            start, diagonal = row * d, row * (d + 1)
+            kept_diagonal = keep * curvature[diagonal] + add
+            curvature[start:start + d] = [keep * entry + g_row * g for entry, g
+                                          in zip(curvature[start:start + d], gradient, strict=True)]
+            curvature[diagonal] = kept_diagonal + g_row * g_row
+        direction = _solve_positive_definite(curvature, d, gradient)
+        scale = 1.0 / self.exp_concavity
         theta = self.theta
         for row in range(d):
-            theta[row] -= scale * v[row]
+            theta[row] -= scale * direction[row]
         if self.radius is not None and sum(t * t for t in theta) > self.radius * self.radius:
             self.theta = _project_onto_ball(theta, curvature, d, self.radius)
 
@@ -136,6 +142,8 @@ class OnlineNewtonStep:
                 "inverse": np.array(self.inverse).reshape(d, d)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Load ``theta`` and ``A``; the stored ``inverse`` is derived, so only its shape
+        is checked (it is recomputed from ``A``)."""
         d = self.dimension
         theta = np.asarray(state["theta"], dtype=np.float64)
         curvature = np.asarray(state["curvature"], dtype=np.float64)
@@ -145,15 +153,59 @@ class OnlineNewtonStep:
                              f"{theta.shape}, {curvature.shape}, {inverse.shape}")
         self.theta = theta.tolist()
         self.curvature = curvature.ravel().tolist()
-        self.inverse = inverse.ravel().tolist()
+
+
+def _solve_positive_definite(matrix: list[float], d: int,
+                             rhs: Sequence[float]) -> list[float]:
+    """``matrix^{-1} rhs`` for a small symmetric positive definite matrix (flat).
+
+    Adjugate over determinant up to 3x3 (the same formulas the calibrators' loops write
+    out), Cholesky factorisation and two triangular solves beyond.
+    """
+    if d == 1:
+        return [rhs[0] / matrix[0]]
+    if d == 2:
+        a, b, c = matrix[0], matrix[1], matrix[3]
+        g0, g1 = rhs[0], rhs[1]
+        scale = 1.0 / (a * c - b * b)
+        return [(c * g0 - b * g1) * scale, (a * g1 - b * g0) * scale]
+    if d == 3:
+        a, b, c, e, f, i = matrix[0], matrix[1], matrix[2], matrix[4], matrix[5], matrix[8]
+        m00, m01, m02 = e * i - f * f, c * f - b * i, b * f - c * e
+        m11, m12, m22 = a * i - c * c, b * c - a * f, a * e - b * b
+        g0, g1, g2 = rhs[0], rhs[1], rhs[2]
+        scale = 1.0 / (a * m00 + b * m01 + c * m02)
+        return [(m00 * g0 + m01 * g1 + m02 * g2) * scale,
+                (m01 * g0 + m11 * g1 + m12 * g2) * scale,
+                (m02 * g0 + m12 * g1 + m22 * g2) * scale]
+    lower: list[list[float]] = []  # matrix = L L^T, L lower triangular (rows, ragged)
+    for row in range(d):
+        lower_row: list[float] = []
+        for col in range(row):
+            lower_col = lower[col]
+            total = matrix[row * d + col] - sum(map(operator.mul, lower_row, lower_col))
+            lower_row.append(total / lower_col[col])
+        lower_row.append(math.sqrt(matrix[row * (d + 1)] - sum(map(operator.mul, lower_row,
+                                                                     lower_row))))
+        lower.append(lower_row)
+    forward: list[float] = []  # L w = rhs
+    for row in range(d):
+        lower_row = lower[row]
+        forward.append((rhs[row] - sum(map(operator.mul, lower_row, forward))) / lower_row[row])
+    solution = [0.0] * d  # L^T x = w
+    for row in range(d - 1, -1, -1):
+        total = forward[row]
+        for k in range(row + 1, d):
+            total -= lower[k][row] * solution[k]
+        solution[row] = total / lower[row][row]
+    return solution
 
 
 def _invert_positive_definite(matrix: list[float], d: int) -> list[float]:
     """Inverse of a small symmetric positive definite matrix (flat, row-major).
 
     Closed forms up to 3x3; beyond, Gauss-Jordan elimination without pivoting (stable
-    for such matrices). The result is exactly symmetric, so the Sherman-Morrison updates
-    keep it so.
+    for such matrices). The result is exactly symmetric.
     """
     if d == 1:
         return [1.0 / matrix[0]]
@@ -166,9 +218,10 @@ def _invert_positive_definite(matrix: list[float], d: int) -> list[float]:
         a, b, c, e, f, i = matrix[0], matrix[1], matrix[2], matrix[4], matrix[5], matrix[8]
         m00, m01, m02 = e * i - f * f, c * f - b * i, b * f - c * e
         m11, m12, m22 = a * i - c * c, b * c - a * f, a * e - b * b
-        scale = 1.0 / (a * m00 + b * m01 + c * m02)
-        m01, m02, m12 = m01 * scale, m02 * scale, m12 * scale
-        return [m00 * scale, m01, m02, m01, m11 * scale, m12, m02, m12, m22 * scale]
+        determinant = a * m00 + b * m01 + c * m02
+        m01, m02, m12 = m01 / determinant, m02 / determinant, m12 / determinant
+        return [m00 / determinant, m01, m02, m01, m11 / determinant, m12, m02, m12,
+                m22 / determinant]
     work = [matrix[row * d:(row + 1) * d] + [1.0 if col == row else 0.0 for col in range(d)]
             for row in range(d)]
     for pivot in range(d):
@@ -218,8 +271,17 @@ def _project_onto_ball(theta: list[float], curvature: list[float], d: int,
 class _BinaryNewtonCalibrator(Adapter):
     """``q = sigmoid(theta . features(f))`` fitted by ONS; ``f`` is the class-1 probability.
 
-    Subclasses give the features of one score (``_features``, Python floats) and of a
-    batch (``_feature_rows``, numpy) and the identity map ``_identity``.
+    Subclasses write the per-event work for their dimension, all on clipped scores
+    ``f`` (``clip_probability``):
+
+    * ``_probability(f)`` — the calibrated probability of one score (Python floats);
+    * ``_probability_rows(f)`` — the same for an array of scores (numpy; equal to the
+      former within a few units in the last place, the logs being numpy's);
+    * ``_learn_scores(scores, labels, collect)`` — the ONS loop over a list of scores and
+      0/1 labels. ``learn`` runs it on a batch of one and ``learn_many`` on the whole
+      batch, so both do the same arithmetic; with ``collect`` it returns the probability
+      of each event before its update, which is ``_probability(f)`` bit for bit
+      (Calibeating records it).
     """
 
     n_classes = 2
@@ -235,60 +297,56 @@ class _BinaryNewtonCalibrator(Adapter):
         self._newton = OnlineNewtonStep(self._identity, initial_curvature, exp_concavity,
                                         radius, discount)
 
-    @staticmethod
-    def _features(f: float) -> tuple[float, ...]:
+    def _probability(self, f: float) -> float:
         raise NotImplementedError
 
-    @staticmethod
-    def _feature_rows(f: np.ndarray) -> np.ndarray:
+    def _probability_rows(self, f: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _learn_scores(self, scores: list[float], labels: list[int],
+                      collect: bool) -> list[float] | None:
         raise NotImplementedError
 
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        q = self._probability(float(check_probabilities(x, "x", 2)[1]))
+        q = self._probability(clip_probability(check_probability_vector(x, "x", 2)[1]))
         return np.array([1.0 - q, q])
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
             return np.empty((0, 2))
-        p = check_probability_rows(xs, "xs", -1, 2)
-        score = self._feature_rows(np.clip(p[:, 1], PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP))
-        score = score @ np.array(self._newton.theta)
-        score = np.clip(score, -SIGMOID_ARGUMENT_LIMIT, SIGMOID_ARGUMENT_LIMIT)
-        q = 1.0 / (1.0 + np.exp(-score))
-        return np.stack([1.0 - q, q], axis=1)
+        q = self._probability_rows(self._score_array(xs, "xs"))
+        out = np.empty((q.shape[0], 2))
+        out[:, 0] = 1.0 - q
+        out[:, 1] = q
+        return out
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probabilities(x, "x", 2)
+        f = check_probability_vector(x, "x", 2)[1]
         label = check_class_label(y, "y", 2)
-        self._learn_one(float(p[1]), label)
+        self._learn_scores([clip_probability(f)], [label], False)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"ys: {len(xs)} inputs but {len(ys)} labels")
         if len(xs) == 0:
             return
-        p = check_probability_rows(xs, "xs", -1, 2)
-        labels = [check_class_label(y, f"ys[{i}]", 2) for i, y in enumerate(ys)]
-        for f, label in zip(p[:, 1].tolist(), labels, strict=True):
-            self._learn_one(f, label)
+        scores = self._score_array(xs, "xs").tolist()
+        labels = check_class_labels(ys, "ys", 2).tolist()
+        self._learn_scores(scores, labels, False)
 
     def on_drift(self) -> None:
         """Reset the curvature to ``A_0``, keeping the map: the next steps are large again."""
         self._newton.reset_curvature()
 
-    # -- unchecked per-event work, shared by the single and batch paths (and Calibeating)
-    def _probability(self, f: float) -> float:
-        """Calibrated class-1 probability of a (validated) class-1 score ``f``."""
-        features = self._features(f)
-        return sigmoid(sum(t * u for t, u in zip(self._newton.theta, features, strict=True)))
+    @staticmethod
+    def _score_array(xs: Any, name: str) -> np.ndarray:
+        """Validated, renormalised, clipped class-1 probabilities of a batch of rows.
 
-    def _learn_one(self, f: float, label: int) -> None:
-        features = self._features(f)
-        newton = self._newton
-        residual = sigmoid(sum(t * u for t, u in zip(newton.theta, features, strict=True)))
-        residual -= label
-        newton.step([residual * u for u in features])
+        ``p_1 / (p_0 + p_1)`` per row, clipped: bit for bit what ``learn`` and ``predict``
+        take from ``check_probability_vector`` and ``clip_probability`` for each row."""
+        p = check_probability_vector_rows(xs, name, 2)
+        return np.clip(p[:, 1], PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
 
     # -- state ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -13,11 +13,12 @@ from streamweights.adapters.base import (
     rng_from_state,
     rng_state,
 )
-from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator
+from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator, clip_probability
 from streamweights.adapters.validation import (
     check_class_label,
+    check_class_labels,
     check_count,
-    check_probability_rows,
+    check_probability_vector,
 )
 
 _MODES = ("tracking", "hedging")
@@ -193,6 +194,25 @@ class Calibeating(Adapter):
         self._ones[base_bin][interval] += label
         self._uniform = float(self._random.random())
 
+    def _record_batch(self, served: list[float], labels: np.ndarray) -> None:
+        """``_record`` for each event in order (``labels``: 0/1 array). Tracking records
+        are counts, which do not depend on the order, so they are added per bin at once."""
+        if self.mode != "tracking":
+            for q, label in zip(served, labels.tolist(), strict=True):
+                self._record(q, label)
+            return
+        bins = self._bins(np.array(served))
+        counts = np.bincount(bins, minlength=self.n_bins).tolist()
+        ones = np.bincount(bins[labels.astype(bool)], minlength=self.n_bins).tolist()
+        self._counts = [old + new for old, new in zip(self._counts, counts, strict=True)]
+        self._ones = [old + new for old, new in zip(self._ones, ones, strict=True)]
+
+    def _bins(self, q: np.ndarray) -> np.ndarray:
+        """``_bin`` of each entry (``astype`` truncates towards zero, like ``int``)."""
+        bins = (q * self.n_bins).astype(np.int64)
+        np.maximum(bins, 0, out=bins)
+        return np.minimum(bins, self.n_bins - 1, out=bins)
+
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
         forecast = self._forecast(self._base_probability(self.base.predict(x)))
@@ -202,31 +222,55 @@ class Calibeating(Adapter):
         if len(xs) == 0:
             return np.empty((0, 2))
         outputs = np.asarray(self.base.predict_many(xs), dtype=np.float64)
-        forecasts = [self._forecast(self._base_probability(row)) for row in outputs]
-        forecast = np.array(forecasts)
-        return np.stack([1.0 - forecast, forecast], axis=1)
+        if outputs.shape != (len(xs), 2):
+            raise ValueError(f"base: outputs must be binary probability vectors (n, 2), got "
+                             f"shape {outputs.shape}")
+        q = outputs[:, 1].copy()
+        # The base's batch output may differ from its per-event one in the last place
+        # (numpy's logs against math's): harmless, except where that moves q across a bin
+        # edge. Events that close to an edge take the per-event route, so each row equals
+        # ``predict`` of its input.
+        edges = q * self.n_bins
+        for index in np.flatnonzero(np.abs(edges - np.rint(edges)) < 1e-9).tolist():
+            q[index] = self._base_probability(self.base.predict(xs[index]))
+        if self.mode == "tracking":  # each bin's forecast, as _forecast computes it
+            table = [(ones + midpoint) / (count + 1) for ones, midpoint, count
+                     in zip(self._ones, self._midpoints, self._counts, strict=True)]
+            forecast = np.array(table)[self._bins(q)]
+        else:
+            forecast = np.array([self._forecast(value) for value in q.tolist()])
+        out = np.empty((forecast.shape[0], 2))
+        out[:, 0] = 1.0 - forecast
+        out[:, 1] = forecast
+        return out
 
     def learn(self, x: Any, y: Any) -> None:
         label = check_class_label(y, "y", 2)
-        q = self._base_probability(self.base.predict(x))
-        self.base.learn(x, label)
+        base = self.base
+        if isinstance(base, _BinaryNewtonCalibrator):
+            # the base's own loop on a batch of one: the same arithmetic as learn_many,
+            # and the probability it returns is what base.predict(x) said
+            f = clip_probability(check_probability_vector(x, "x", 2)[1])
+            served = base._learn_scores([f], [label], True)
+            self._record(served[0], label)
+            return
+        q = self._base_probability(base.predict(x))
+        base.learn(x, label)
         self._record(q, label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"ys: {len(xs)} inputs but {len(ys)} labels")
-        labels = [check_class_label(y, f"ys[{i}]", 2) for i, y in enumerate(ys)]
+        label_array = check_class_labels(ys, "ys", 2)
         if len(xs) == 0:
             return
+        labels = label_array.tolist()
         base = self.base
         if isinstance(base, _BinaryNewtonCalibrator):
-            # Fast path: validate once, then the base's own unchecked per-event steps
-            # (the same functions its predict and learn run, so the same numbers).
-            scores = check_probability_rows(xs, "xs", -1, 2)[:, 1].tolist()
-            for f, label in zip(scores, labels, strict=True):
-                q = base._probability(f)
-                base._learn_one(f, label)
-                self._record(q, label)
+            # Fast path: validate once, then the base's own loop, which also returns the
+            # probability it served each event before learning from it.
+            scores = base._score_array(xs, "xs").tolist()
+            self._record_batch(base._learn_scores(scores, labels, True), label_array)
             return
         base.predict_many(xs)  # validates every input before anything changes
         for x, label in zip(xs, labels, strict=True):

@@ -11,10 +11,11 @@ from streamweights.adapters.base import Adapter
 from streamweights.adapters.calibration._newton import OnlineNewtonStep, check_newton_settings
 from streamweights.adapters.validation import (
     check_class_label,
+    check_class_labels,
     check_count,
     check_in_range,
-    check_probabilities,
-    check_probability_rows,
+    check_probability_vector,
+    check_probability_vector_rows,
 )
 
 #: Probabilities are floored at this value before the log (algorithms.md §7: 1e-6), so a
@@ -44,9 +45,10 @@ class OnlineTemperature(Adapter):
         Also learn a bias per class (``softmax(ln p_in / T + b)``): corrects a model that
         is wrong about the class mix, not only over/under-confident. Off by default: one
         parameter is the most robust recalibration when labels are few. The biases join
-        ``tau`` in one ONS over ``1 + C`` parameters (full curvature matrix, Sherman-
-        Morrison), with an L2 pull ``bias_regularization / 2 * ||b||^2`` added to the loss
-        so that the bias of a class that never occurs stays finite [ours].
+        ``tau`` in one ONS over ``1 + C`` parameters (full curvature matrix, its system
+        solved afresh at each step: slower per event than ``tau`` alone), with an L2 pull
+        ``bias_regularization / 2 * ||b||^2`` added to the loss so that the bias of a
+        class that never occurs stays finite [ours].
     bias_regularization
         Strength of that pull towards 0; ``1e-3``: negligible next to the log-loss
         gradient of any class seen more than about once in a thousand events.
@@ -117,13 +119,23 @@ class OnlineTemperature(Adapter):
 
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        p = check_probabilities(x, "x", self.n_classes)
-        return self._calibrate(np.log(np.maximum(p, PROBABILITY_FLOOR)))[0]
+        p = check_probability_vector(x, "x", self.n_classes)
+        theta = self._newton.theta
+        inverse_temperature = math.exp(-theta[0])
+        log = math.log
+        scores = [log(v if v > PROBABILITY_FLOOR else PROBABILITY_FLOOR) * inverse_temperature
+                  for v in p]
+        if self.bias:
+            scores = [score + b for score, b in zip(scores, theta[1:], strict=True)]
+        top = max(scores)
+        weights = [math.exp(score - top) for score in scores]
+        total = sum(weights)
+        return np.array([weight / total for weight in weights])
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
             return np.empty((0, self.n_classes))
-        p = check_probability_rows(xs, "xs", -1, self.n_classes)
+        p = check_probability_vector_rows(xs, "xs", self.n_classes)
         theta = self._newton.theta
         scores = np.log(np.maximum(p, PROBABILITY_FLOOR)) * math.exp(-theta[0])
         if self.bias:
@@ -133,48 +145,110 @@ class OnlineTemperature(Adapter):
         return weights / weights.sum(axis=1, keepdims=True)
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probabilities(x, "x", self.n_classes)
+        p = check_probability_vector(x, "x", self.n_classes)
         label = check_class_label(y, "y", self.n_classes)
-        self._learn_one(p, label)
+        floor = PROBABILITY_FLOOR
+        self._learn_columns([[v if v > floor else floor] for v in p], [label])
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"ys: {len(xs)} inputs but {len(ys)} labels")
         if len(xs) == 0:
             return
-        p = check_probability_rows(xs, "xs", -1, self.n_classes)
-        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        for row, label in zip(p, labels, strict=True):
-            self._learn_one(row, label)
+        columns = self._floored_columns(xs)
+        labels = check_class_labels(ys, "ys", self.n_classes).tolist()
+        self._learn_columns(columns, labels)
 
     def on_drift(self) -> None:
         """Reset the curvature to ``A_0`` (keep ``T`` and biases): adapt fast again."""
         self._newton.reset_curvature()
 
-    def _calibrate(self, log_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities and the scaled log-probabilities ``ln p_in / T``."""
-        theta = self._newton.theta
-        scaled = log_p * math.exp(-theta[0])
-        scores = scaled + np.array(theta[1:]) if self.bias else scaled
-        weights = np.exp(scores - scores.max())
-        return weights / weights.sum(), scaled
+    # -- per-event work, shared by learn (a batch of one) and learn_many ----------------
+    def _floored_columns(self, xs: Any) -> list[list[float]]:
+        """Validated inputs, renormalised and floored, one list per class: row ``i`` is
+        what ``learn`` takes from ``check_probability_vector(xs[i])``."""
+        p = check_probability_vector_rows(xs, "xs", self.n_classes)
+        return np.maximum(p, PROBABILITY_FLOOR).T.tolist()
 
-    def _learn_one(self, p: np.ndarray, label: int) -> None:
-        calibrated, scaled = self._calibrate(np.log(np.maximum(p, PROBABILITY_FLOOR)))
-        # d(-ln q_y)/d tau = s_y - sum_k q_k s_k with s = ln p / T  (algorithms.md §2.6);
-        # d(-ln q_y)/d b_k = q_k - 1{k = y}, plus the pull on b.
-        temperature_gradient = float(scaled[label] - calibrated @ scaled)
-        newton = self._newton
+    def _learn_columns(self, columns: list[list[float]], labels: list[int]) -> None:
         if self.bias:
-            bias_gradient = calibrated
-            bias_gradient[label] -= 1.0
-            if self.bias_regularization:
-                bias_gradient += self.bias_regularization * np.array(newton.theta[1:])
-            newton.step([temperature_gradient, *bias_gradient.tolist()])
+            self._learn_with_bias(columns, labels)
+        elif self.n_classes == 2:
+            self._learn_two_classes(columns[0], columns[1], labels)
         else:
-            newton.step((temperature_gradient,))
+            self._learn_temperature(columns, labels)
+
+    def _learn_two_classes(self, first: list[float], second: list[float],
+                           labels: list[int]) -> None:
+        # Two classes, tau only: with d = s_0 - s_1 = ln(p_0 / p_1) / T the calibrated
+        # class-1 probability is q = 1 / (1 + e^d), and the tau-gradient of the log-loss
+        # s_y - sum_k q_k s_k simplifies to (q - y) d. ONS in one dimension.
+        newton = self._newton
+        tau, curvature = newton.theta[0], newton.curvature[0]
+        keep, add, beta = newton.discount, newton.identity_scale, newton.exp_concavity
         low, high = LOG_TEMPERATURE_RANGE
-        newton.theta[0] = min(max(newton.theta[0], low), high)
+        log, exp = math.log, math.exp
+        for p0, p1, y in zip(first, second, labels, strict=True):
+            d = log(p0 / p1) * exp(-tau)
+            gradient = (1.0 / (1.0 + exp(d)) - y) * d
+            curvature = keep * curvature + add + gradient * gradient
+            tau -= gradient / (beta * curvature)
+            if tau < low:
+                tau = low
+            elif tau > high:
+                tau = high
+        newton.theta = [tau]
+        newton.curvature = [curvature]
+
+    def _learn_temperature(self, columns: list[list[float]], labels: list[int]) -> None:
+        # tau only, any number of classes: d(-ln q_y)/d tau = s_y - sum_k q_k s_k with
+        # s = ln p / T (algorithms.md §2.6). ONS in one dimension.
+        newton = self._newton
+        tau, curvature = newton.theta[0], newton.curvature[0]
+        keep, add, beta = newton.discount, newton.identity_scale, newton.exp_concavity
+        low, high = LOG_TEMPERATURE_RANGE
+        log, exp = math.log, math.exp
+        for row, y in zip(zip(*columns, strict=True), labels, strict=True):
+            inverse_temperature = exp(-tau)
+            scaled = [log(v) * inverse_temperature for v in row]
+            top = max(scaled)
+            weights = [exp(s - top) for s in scaled]
+            mean = sum([w * s for w, s in zip(weights, scaled, strict=True)]) / sum(weights)
+            gradient = scaled[y] - mean
+            curvature = keep * curvature + add + gradient * gradient
+            tau -= gradient / (beta * curvature)
+            if tau < low:
+                tau = low
+            elif tau > high:
+                tau = high
+        newton.theta = [tau]
+        newton.curvature = [curvature]
+
+    def _learn_with_bias(self, columns: list[list[float]], labels: list[int]) -> None:
+        # tau and the biases: d(-ln q_y)/d tau = s_y - sum_k q_k s_k with s = ln p / T;
+        # d(-ln q_y)/d b_k = q_k - 1{k = y}, plus the pull on b. ONS in 1 + C dimensions.
+        newton = self._newton
+        low, high = LOG_TEMPERATURE_RANGE
+        pull = self.bias_regularization
+        log, exp = math.log, math.exp
+        for row, y in zip(zip(*columns, strict=True), labels, strict=True):
+            theta = newton.theta
+            biases = theta[1:]
+            inverse_temperature = exp(-theta[0])
+            scaled = [log(v) * inverse_temperature for v in row]
+            scores = [s + b for s, b in zip(scaled, biases, strict=True)]
+            top = max(scores)
+            weights = [exp(s - top) for s in scores]
+            total = sum(weights)
+            calibrated = [w / total for w in weights]
+            gradient = [scaled[y] - sum([q * s for q, s in zip(calibrated, scaled, strict=True)])]
+            gradient.extend(calibrated)
+            gradient[1 + y] -= 1.0
+            if pull:
+                for index, b in enumerate(biases, start=1):
+                    gradient[index] += pull * b
+            newton.step(gradient)
+            newton.theta[0] = min(max(newton.theta[0], low), high)
 
     # -- state ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
