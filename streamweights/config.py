@@ -1,0 +1,310 @@
+"""Service configuration: YAML in, validated dataclasses out.
+
+Every error names the path of the bad field, e.g.
+``streams[0].adapters[1].share: must be in (0, 1), got 2``, so a user can fix a config
+without reading code. ``streamweights validate FILE`` runs exactly this.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from streamweights.adapters import Adapter, Chain, build_adapter
+from streamweights.adapters.base import _REGISTRY as ADAPTER_TYPES
+
+TASKS = ("classification", "regression")
+#: Stages that take the K deployed models' outputs; every chain starts with one.
+ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
+#: Stages that take and return class probabilities; they follow the ensemble.
+PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
+                      "PriorShift", "DriftMemory")
+SOURCE_KINDS = ("replay", "jsonl", "csv")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message starts with its path."""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One stream: its deployed models, its adapter chain, its join and publishing."""
+
+    name: str
+    task: str
+    n_classes: int | None
+    models: tuple[str, ...]
+    adapters: tuple[dict[str, Any], ...]
+    max_pending: int = 100_000
+    ttl_seconds: float = 3_600.0
+    publish_every_labels: int = 1_000
+    publish_every_seconds: float = 60.0
+    react_to_drift: bool = True
+
+    def build_chain(self) -> Chain:
+        """A fresh adapter chain for this stream (already validated at load time)."""
+        return Chain([_build_stage(spec, self, f"streams[{self.name}].adapters[{i}]")
+                      for i, spec in enumerate(self.adapters)])
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "replay"
+    scenario: str = "agrawal-recurring"
+    events: int = 60_000
+    seed: int = 7
+    path: str | None = None
+    label_column: str | None = None
+    timestamp_column: str | None = None
+    feature_columns: tuple[str, ...] | None = None
+    stream: str = "demo"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    source: SourceConfig
+    streams: tuple[StreamConfig, ...]
+    state_dir: str = "./streamweights-state"
+    checkpoint_every_records: int = 20_000
+    checkpoint_every_seconds: float = 30.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 9108
+    adapted_path: str | None = None
+    weights_path: str | None = None
+    dead_letter_path: str | None = None
+    log_format: str = "text"
+    progress_every_seconds: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_config(path: str | pathlib.Path) -> ServiceConfig:
+    """Read and validate a YAML config file."""
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    return parse_config(document or {})
+
+
+def parse_config(document: Any) -> ServiceConfig:
+    """Validate an already-parsed config mapping."""
+    root = _Mapping(document, "")
+    source = _source(root.sub("source", default={}))
+    checkpoint = root.sub("checkpoint", default={})
+    http = root.sub("http", default={})
+    outputs = root.sub("outputs", default={})
+    logging = root.sub("logging", default={})
+    streams_raw = root.get("streams", list, default=None)
+    if not streams_raw:
+        raise ConfigError("streams: at least one stream is required")
+    streams = tuple(_stream(item, f"streams[{i}]") for i, item in enumerate(streams_raw))
+    names = [s.name for s in streams]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"streams: stream name {duplicate!r} appears twice")
+    port = http.get("port", int, default=9108, allow_none=True)
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"http.port: must be in 0..65535 (0 = any free port), got {port}")
+    log_format = logging.get("format", str, default="text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"logging.format: must be 'text' or 'json', got {log_format!r}")
+    config = ServiceConfig(
+        source=source,
+        streams=streams,
+        state_dir=root.get("state_dir", str, default="./streamweights-state"),
+        checkpoint_every_records=checkpoint.positive_int("every_records", 20_000),
+        checkpoint_every_seconds=checkpoint.positive_float("every_seconds", 30.0),
+        http_host=http.get("host", str, default="127.0.0.1"),
+        http_port=port,
+        adapted_path=outputs.get("adapted", str, default=None, allow_none=True),
+        weights_path=outputs.get("weights", str, default=None, allow_none=True),
+        dead_letter_path=outputs.get("dead_letter", str, default=None, allow_none=True),
+        log_format=log_format,
+        progress_every_seconds=logging.positive_float("progress_every_seconds", 5.0),
+    )
+    for mapping in (root, checkpoint, http, outputs, logging):
+        mapping.reject_unknown()
+    return config
+
+
+def _source(mapping: _Mapping) -> SourceConfig:
+    kind = mapping.get("kind", str, default="replay")
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"source.kind: must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
+    columns = mapping.get("feature_columns", list, default=None, allow_none=True)
+    config = SourceConfig(
+        kind=kind,
+        scenario=mapping.get("scenario", str, default="agrawal-recurring"),
+        events=mapping.positive_int("events", 60_000),
+        seed=mapping.get("seed", int, default=7),
+        path=mapping.get("path", str, default=None, allow_none=True),
+        label_column=mapping.get("label_column", str, default=None, allow_none=True),
+        timestamp_column=mapping.get("timestamp_column", str, default=None, allow_none=True),
+        feature_columns=tuple(str(c) for c in columns) if columns else None,
+        stream=mapping.get("stream", str, default="demo"),
+    )
+    if kind in ("jsonl", "csv") and not config.path:
+        raise ConfigError(f"source.path: required for source.kind {kind!r}")
+    if kind == "csv" and not config.label_column:
+        raise ConfigError("source.label_column: required for source.kind 'csv'")
+    mapping.reject_unknown()
+    return config
+
+
+def _stream(item: Any, path: str) -> StreamConfig:
+    mapping = _Mapping(item, path)
+    name = mapping.get("name", str)
+    task = mapping.get("task", str, default="classification")
+    if task not in TASKS:
+        raise ConfigError(f"{path}.task: must be one of {', '.join(TASKS)}, got {task!r}")
+    n_classes = None
+    if task == "classification":
+        n_classes = mapping.get("classes", int, default=2)
+        if n_classes < 2:
+            raise ConfigError(f"{path}.classes: must be >= 2, got {n_classes}")
+    elif mapping.get("classes", object, default=None) is not None:
+        raise ConfigError(f"{path}.classes: only classification streams have classes; remove "
+                          "it or set task: classification")
+    models = mapping.get("models", list)
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{path}.models: must be a non-empty list of model names")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"{path}.models: model names must be unique")
+    adapters = mapping.get("adapters", list, default=[{"type": "FixedShare"}])
+    join = mapping.sub("join", default={})
+    publish = mapping.sub("publish", default={})
+    on_drift = mapping.get("on_drift", str, default="react")
+    if on_drift not in ("react", "ignore"):
+        raise ConfigError(f"{path}.on_drift: must be 'react' or 'ignore', got {on_drift!r}")
+    specs = []
+    for index, spec in enumerate(adapters):
+        stage_path = f"{path}.adapters[{index}]"
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ConfigError(f"{stage_path}: expected a mapping with a 'type'")
+        specs.append(dict(spec))
+    config = StreamConfig(
+        name=name, task=task, n_classes=n_classes, models=tuple(models),
+        adapters=tuple(specs),
+        max_pending=join.positive_int("max_pending", 100_000),
+        ttl_seconds=join.positive_float("ttl_seconds", 3_600.0),
+        publish_every_labels=publish.positive_int("every_labels", 1_000),
+        publish_every_seconds=publish.positive_float("every_seconds", 60.0),
+        react_to_drift=on_drift == "react",
+    )
+    for mapping_ in (mapping, join, publish):
+        mapping_.reject_unknown()
+    for index, spec in enumerate(specs):
+        stage_path = f"{path}.adapters[{index}]"
+        if index == 0 and spec["type"] not in ENSEMBLE_TYPES:
+            raise ConfigError(f"{stage_path}.type: the first stage combines the deployed "
+                              f"models and must be one of {', '.join(ENSEMBLE_TYPES)}, got "
+                              f"{spec['type']!r}")
+        if index > 0 and spec["type"] in ENSEMBLE_TYPES:
+            raise ConfigError(f"{stage_path}.type: {spec['type']} combines models and can "
+                              "only be the first stage")
+        if task == "regression" and index > 0:
+            raise ConfigError(f"{stage_path}: regression streams take a single ensemble stage")
+        if (index > 0 and spec["type"] in ADAPTER_TYPES and spec["type"] != "Chain"
+                and spec["type"] not in PROBABILITY_STAGES):
+            raise ConfigError(f"{stage_path}.type: after the ensemble come stages that map "
+                              f"probabilities to probabilities ({', '.join(PROBABILITY_STAGES)})"
+                              f"; got {spec['type']!r}")
+        _build_stage(spec, config, stage_path)
+    return config
+
+
+def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapter:
+    """Build one adapter, filling in the sizes the stream already knows."""
+    options = {k: v for k, v in spec.items() if k != "type"}
+    kind = spec["type"]
+    if kind not in ADAPTER_TYPES or kind == "Chain":
+        known = ", ".join(sorted(set(ADAPTER_TYPES) - {"Chain"}))
+        raise ConfigError(f"{path}.type: unknown adapter {kind!r}; known: {known}")
+    parameters = inspect.signature(ADAPTER_TYPES[kind]).parameters
+    implied = {"n_models": len(stream.models), "n_classes": stream.n_classes}
+    for name, value in implied.items():
+        if name in options:
+            raise ConfigError(f"{path}.{name}: set by the stream; remove it")
+        if name in parameters:
+            options[name] = value
+    if kind in ("OnlinePlatt", "OnlineBetaScaling", "Calibeating") and stream.n_classes != 2:
+        raise ConfigError(f"{path}.type: {kind} calibrates binary streams; use "
+                          "OnlineTemperature for more classes")
+    if kind == "Calibeating" and isinstance(options.get("base"), str):
+        options["base"] = {"adapter": options["base"], "config": {}}
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown option for {kind} (options: "
+                          f"{', '.join(p for p in parameters if p not in implied)})")
+    required = [name for name, parameter in parameters.items()
+                if parameter.default is inspect.Parameter.empty and name not in options
+                and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+    if required:
+        raise ConfigError(f"{path}.{required[0]}: required option for {kind}")
+    try:
+        return build_adapter({"adapter": kind, "config": options})
+    except ValueError as error:  # adapters name the field first: "share: must be ..."
+        raise ConfigError(f"{path}.{error}") from None
+    except TypeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+class _Mapping:
+    """A YAML mapping being validated: typed lookups that know their path."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path or 'config'}: expected a mapping, got "
+                              f"{type(value).__name__}")
+        self.value = value
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type, default: Any = ..., allow_none: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.value:
+            if default is ...:
+                raise ConfigError(f"{self._key_path(key)}: required")
+            return default
+        value = self.value[key]
+        if value is None and allow_none:
+            return None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self._key_path(key)}: expected {kind.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+        return value
+
+    def sub(self, key: str, default: Any = ...) -> _Mapping:
+        value = self.get(key, dict, default=default)
+        return _Mapping(value, self._key_path(key))
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.get(key, int, default=default)
+        if value < 1:
+            raise ConfigError(f"{self._key_path(key)}: must be >= 1, got {value}")
+        return value
+
+    def positive_float(self, key: str, default: float) -> float:
+        value = self.get(key, float, default=default)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{self._key_path(key)}: must be a positive number, got {value}")
+        return value
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.value) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self._key_path(unknown[0])}: unknown setting")

@@ -1,0 +1,97 @@
+"""Bounded join of predictions with their delayed labels.
+
+A prediction waits here, with what every adapter stage saw when it was served, until its
+label arrives. The buffer is bounded twice: by ``max_pending`` entries (the oldest is
+evicted when a new one would not fit) and by ``ttl_seconds`` of *event time* (a
+prediction older than the newest event time seen minus the TTL is expired). Nothing
+leaves silently: every eviction is counted by cause and returned to the caller, which
+counts and logs it.
+
+Entries are kept in arrival order. Within a task the runtime merges records in
+event-time order, so arrival order is event-time order and expiry only ever looks at
+the head; a prediction that arrives out of order expires when it reaches the head.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Pending:
+    """A served prediction waiting for its label."""
+
+    id: str
+    ts: float
+    payload: Any
+
+
+class PendingJoin:
+    """Pending predictions keyed by id, bounded in count and in event-time age."""
+
+    def __init__(self, max_pending: int = 100_000, ttl_seconds: float = 86_400.0) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending: must be >= 1, got {max_pending}")
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds: must be > 0, got {ttl_seconds}")
+        self.max_pending = int(max_pending)
+        self.ttl_seconds = float(ttl_seconds)
+        self._entries: OrderedDict[str, Pending] = OrderedDict()
+        self.expired_total = 0
+        self.evicted_total = 0
+        self.joined_total = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._entries
+
+    def add(self, event_id: str, ts: float, payload: Any) -> list[Pending]:
+        """Hold a prediction; return the entries pushed out to make room (counted)."""
+        if event_id in self._entries:
+            raise ValueError(f"id: prediction {event_id!r} is already waiting for its label")
+        evicted = []
+        while len(self._entries) >= self.max_pending:
+            evicted.append(self._entries.popitem(last=False)[1])
+        self.evicted_total += len(evicted)
+        self._entries[event_id] = Pending(event_id, ts, payload)
+        return evicted
+
+    def pop(self, event_id: str) -> Pending | None:
+        """Take the prediction a label belongs to, or ``None`` if it is not (or no longer) here."""
+        entry = self._entries.pop(event_id, None)
+        if entry is not None:
+            self.joined_total += 1
+        return entry
+
+    def expire(self, now: float) -> list[Pending]:
+        """Remove and return predictions older than ``now - ttl_seconds`` (event time)."""
+        horizon = now - self.ttl_seconds
+        expired = []
+        entries = self._entries
+        while entries:
+            head = next(iter(entries.values()))
+            if head.ts >= horizon:
+                break
+            expired.append(entries.popitem(last=False)[1])
+        self.expired_total += len(expired)
+        return expired
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "entries": [[e.id, e.ts, e.payload] for e in self._entries.values()],
+            "expired_total": self.expired_total,
+            "evicted_total": self.evicted_total,
+            "joined_total": self.joined_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._entries = OrderedDict(
+            (event_id, Pending(event_id, float(ts), payload))
+            for event_id, ts, payload in state["entries"])
+        self.expired_total = int(state["expired_total"])
+        self.evicted_total = int(state["evicted_total"])
+        self.joined_total = int(state["joined_total"])

@@ -1,0 +1,326 @@
+"""Per-stream adaptation: join predictions with late labels, run the adapter chain,
+score everything prequentially, publish weights, react to drift.
+
+The pipeline is pure and deterministic: records in, records out, no I/O and no clock
+(every time is event time from the records). The runtime feeds it records in a fixed
+order and routes what comes back (adapted predictions, weights versions, dead letters);
+restoring a snapshot and feeding the same remaining records gives the same numbers.
+
+What happens per record (``design.md``):
+
+* prediction — outputs are put in the configured model order and checked; every stage
+  observes its input and predicts; the served probabilities and what each stage saw
+  wait in the bounded join; an adapted record is emitted.
+* label — the waiting prediction is taken from the join; the raw models and the served
+  output are scored (test), then every stage learns on what it saw (train); if a drift
+  detector in the chain fired, the configured reaction runs and is recorded; every
+  ``publish_every_labels`` labels or ``publish_every_seconds`` of event time a new
+  weights version is emitted.
+* anything wrong — a :class:`DeadLetter` naming the reason; counted, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamweights.adapters import Adapter, DriftMemory, PriorShift
+from streamweights.config import ENSEMBLE_TYPES, StreamConfig
+from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
+from streamweights.join import Pending, PendingJoin
+from streamweights.scoring import StreamScores
+
+#: Drift events remembered in the weights record (the count is exact; this is the tail).
+DRIFT_HISTORY = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be used, with why and where it came from."""
+
+    reason: str
+    error: str
+    raw: bytes | None = None
+    stream: str | None = None
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one input record produced."""
+
+    adapted: Adapted | None = None
+    weights: list[Weights] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    expired: list[Pending] = field(default_factory=list)
+    evicted: list[Pending] = field(default_factory=list)
+    drift: dict[str, Any] | None = None
+    learned: bool = False
+    stream: str | None = None
+
+
+class StreamPipeline:
+    """One stream's chain, join, scores and weights versions."""
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.classification = config.task == "classification"
+        self.chain = config.build_chain()
+        self.join = PendingJoin(config.max_pending, config.ttl_seconds)
+        self.scores = StreamScores(list(config.models), self.classification)
+        self._model_index = {name: i for i, name in enumerate(config.models)}
+        self._memories = [i for i, s in enumerate(self.chain.stages) if isinstance(s, DriftMemory)]
+        self.predictions = 0
+        self.labels = 0
+        self.weights_version = 0
+        self.labels_since_publish = 0
+        self.last_publish_ts: float | None = None
+        self.latest_ts: float | None = None
+        self.drift_events: list[dict[str, Any]] = []
+        self.drift_total = 0
+        self.latest_weights: Weights | None = None
+
+    # -- records ----------------------------------------------------------------------
+    def outputs_array(self, prediction: Prediction) -> np.ndarray:
+        """The models' outputs as ``(K, C)`` (or ``(K,)``) in configured order."""
+        outputs = prediction.outputs
+        for model in outputs:
+            if model not in self._model_index:
+                raise RecordError("unknown_model", f"outputs.{model}: unknown model for stream "
+                                  f"{self.name!r} (configured: {', '.join(self.config.models)})")
+        missing = [m for m in self.config.models if m not in outputs]
+        if missing:
+            raise RecordError("missing_model", f"outputs.{missing[0]}: missing (stream "
+                              f"{self.name!r} expects every configured model)")
+        rows = [outputs[m] for m in self.config.models]
+        if self.classification:
+            width = self.config.n_classes
+            for model, row in zip(self.config.models, rows, strict=True):
+                if not isinstance(row, list) or len(row) != width:
+                    raise RecordError("wrong_shape", f"outputs.{model}: expected {width} class "
+                                      "probabilities")
+        else:
+            for model, row in zip(self.config.models, rows, strict=True):
+                if isinstance(row, list):
+                    raise RecordError("wrong_shape", f"outputs.{model}: expected one number")
+        return np.array(rows, dtype=np.float64)
+
+    def on_prediction(self, prediction: Prediction) -> Outcome:
+        outcome = Outcome(stream=self.name)
+        outputs = self.outputs_array(prediction)
+        if prediction.id in self.join:
+            raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
+                              "waiting for its label")
+        try:
+            # The first stage is an ensemble (config enforces it): its observe is a no-op
+            # and its predict validates the outputs before any later stage observes.
+            served, trace = self.chain.observe_predict_trace(outputs)
+        except ValueError as error:
+            raise RecordError("invalid_outputs", str(error)) from None
+        self._advance_time(prediction.ts, outcome)
+        outcome.evicted = self.join.add(prediction.id, prediction.ts,
+                                        {"trace": list(trace), "served": served})
+        self.predictions += 1
+        if self.classification:
+            outcome.adapted = Adapted(self.name, prediction.id, prediction.ts,
+                                      served.tolist(), None, self.weights_version)
+        else:
+            outcome.adapted = Adapted(self.name, prediction.id, prediction.ts, None,
+                                      float(served), self.weights_version)
+        self._maybe_publish(prediction.ts, outcome)
+        return outcome
+
+    def on_label(self, label: Label) -> Outcome:
+        outcome = Outcome(stream=self.name)
+        value = self._check_label(label)
+        pending = self.join.pop(label.id)
+        if pending is None:
+            raise RecordError("unmatched_label", f"id: no prediction {label.id!r} is waiting "
+                              "(never seen, already labelled, or expired)")
+        trace = tuple(np.asarray(t) for t in pending.payload["trace"])
+        served = np.asarray(pending.payload["served"])
+        self._advance_time(label.ts, outcome)
+        self.scores.update(trace[0], served, value)
+        drift_before = [self.chain.stages[i].drift_count for i in self._memories]
+        self.chain.learn_trace(trace, value)
+        self.labels += 1
+        self.labels_since_publish += 1
+        outcome.learned = True
+        drift_after = [self.chain.stages[i].drift_count for i in self._memories]
+        if drift_after != drift_before:
+            outcome.drift = self._react_to_drift(label)
+        self._maybe_publish(label.ts, outcome)
+        return outcome
+
+    def _check_label(self, label: Label) -> int | float:
+        value = label.label
+        if self.classification:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise RecordError("invalid_label", f"label: class label must be an "
+                                      f"integer, got {value!r}")
+                value = int(value)
+            if not 0 <= value < self.config.n_classes:
+                raise RecordError("invalid_label", f"label: unknown class {value}, expected "
+                                  f"0..{self.config.n_classes - 1}")
+            return value
+        return float(value)
+
+    def _advance_time(self, ts: float, outcome: Outcome) -> None:
+        if self.latest_ts is None or ts > self.latest_ts:
+            self.latest_ts = ts
+        outcome.expired.extend(self.join.expire(self.latest_ts))
+
+    # -- drift and publishing ---------------------------------------------------------
+    def _react_to_drift(self, label: Label) -> dict[str, Any]:
+        reaction = "on_drift" if self.config.react_to_drift else "none"
+        if self.config.react_to_drift:
+            self.chain.on_drift()
+        self.drift_total += 1
+        event = {"n": self.drift_total, "ts": label.ts, "label_count": self.labels,
+                 "reaction": reaction}
+        self.drift_events = [*self.drift_events, event][-DRIFT_HISTORY:]
+        return event
+
+    def _maybe_publish(self, ts: float, outcome: Outcome) -> None:
+        if self.last_publish_ts is None:
+            self.last_publish_ts = ts
+        due_labels = self.labels_since_publish >= self.config.publish_every_labels
+        due_time = (self.labels_since_publish > 0
+                    and ts - self.last_publish_ts >= self.config.publish_every_seconds)
+        if due_labels or due_time:
+            outcome.weights.append(self.publish(ts))
+
+    def publish(self, ts: float) -> Weights:
+        """Emit a new weights version describing every stage now."""
+        self.weights_version += 1
+        self.labels_since_publish = 0
+        self.last_publish_ts = ts
+        self.latest_weights = Weights(
+            stream=self.name, version=self.weights_version, ts=ts,
+            ensemble=self.ensemble_weights(), calibration=self._calibration(),
+            prior=self._prior(), drift={"events": self.drift_total,
+                                        "recent": list(self.drift_events)})
+        return self.latest_weights
+
+    def ensemble_weights(self) -> dict[str, float]:
+        weights = getattr(self.chain.stages[0], "weights_", None)
+        if weights is None:
+            return {}
+        return {m: float(w) for m, w in zip(self.config.models, weights, strict=True)}
+
+    def _calibration(self) -> dict[str, Any]:
+        described = {}
+        for index, stage in enumerate(self.chain.stages):
+            if type(stage).__name__ in ENSEMBLE_TYPES or isinstance(stage, PriorShift):
+                continue
+            described[f"{index}:{type(stage).__name__}"] = describe(stage)
+        return described
+
+    def _prior(self) -> list[float] | None:
+        for stage in self.chain.stages:
+            if isinstance(stage, PriorShift):
+                return [float(v) for v in stage.prior_]
+        return None
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain.state_dict(), "join": self.join.state_dict(),
+            "scores": self.scores.state_dict(), "predictions": self.predictions,
+            "labels": self.labels, "weights_version": self.weights_version,
+            "labels_since_publish": self.labels_since_publish,
+            "last_publish_ts": self.last_publish_ts, "latest_ts": self.latest_ts,
+            "drift_events": self.drift_events, "drift_total": self.drift_total,
+            "latest_weights": None if self.latest_weights is None
+            else self.latest_weights.to_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.chain.load_state_dict(state["chain"])
+        self.join.load_state_dict(state["join"])
+        self.scores.load_state_dict(state["scores"])
+        self.predictions = int(state["predictions"])
+        self.labels = int(state["labels"])
+        self.weights_version = int(state["weights_version"])
+        self.labels_since_publish = int(state["labels_since_publish"])
+        self.last_publish_ts = state["last_publish_ts"]
+        self.latest_ts = state["latest_ts"]
+        self.drift_events = list(state["drift_events"])
+        self.drift_total = int(state["drift_total"])
+        latest = state["latest_weights"]
+        self.latest_weights = None if latest is None else Weights(
+            **{k: v for k, v in latest.items() if k != "schema"})
+
+    def summary(self) -> dict[str, Any]:
+        return {"task": self.config.task, "models": list(self.config.models),
+                "predictions": self.predictions, "labels": self.labels,
+                "pending": len(self.join), "expired": self.join.expired_total,
+                "evicted": self.join.evicted_total, "drift_events": self.drift_total,
+                "weights_version": self.weights_version, "scores": self.scores.summary(),
+                "weights": None if self.latest_weights is None
+                else self.latest_weights.to_json()}
+
+
+def describe(stage: Adapter) -> dict[str, Any]:
+    """The few numbers a dashboard shows for a stage (plain floats)."""
+    found: dict[str, Any] = {}
+    for attribute in ("coefficients_", "temperature_", "biases_", "forgetting_", "drift_count"):
+        value = getattr(stage, attribute, None)
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray | tuple | list):
+            found[attribute.rstrip("_")] = [float(v) for v in np.ravel(value)]
+        else:
+            found[attribute.rstrip("_")] = float(value)
+    if hasattr(stage, "base"):
+        found["base"] = describe(stage.base)
+    return found
+
+
+class Pipeline:
+    """All configured streams; routes each record to its stream."""
+
+    def __init__(self, streams: list[StreamConfig] | tuple[StreamConfig, ...]) -> None:
+        self.streams = {config.name: StreamPipeline(config) for config in streams}
+        self.invalid: dict[str, int] = {}
+
+    def process(self, record: Prediction | Label) -> Outcome:
+        """Apply one decoded record; a bad one comes back as a dead letter."""
+        stream = self.streams.get(record.stream)
+        try:
+            if stream is None:
+                raise RecordError("unknown_stream", f"stream: unknown stream {record.stream!r} "
+                                  f"(configured: {', '.join(self.streams)})")
+            if isinstance(record, Prediction):
+                return stream.on_prediction(record)
+            return stream.on_label(record)
+        except RecordError as error:
+            return self.reject(error, None, record.stream, record.id)
+
+    def reject(self, error: RecordError, raw: bytes | None, stream: str | None = None,
+               record_id: str | None = None) -> Outcome:
+        """Count a bad record by reason and turn it into a dead letter."""
+        self.invalid[error.reason] = self.invalid.get(error.reason, 0) + 1
+        return Outcome(dead_letters=[DeadLetter(error.reason, str(error), raw, stream,
+                                                record_id)], stream=stream)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streams": {name: s.state_dict() for name, s in self.streams.items()},
+                "invalid": dict(self.invalid)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = set(self.streams) - set(state["streams"])
+        if missing:
+            raise ValueError(f"snapshot: has no state for stream(s) {sorted(missing)}; was it "
+                             "taken with another config?")
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state["streams"][name])
+        self.invalid = {k: int(v) for k, v in state["invalid"].items()}
+
+    def summary(self) -> dict[str, Any]:
+        return {"streams": {name: s.summary() for name, s in self.streams.items()},
+                "invalid": dict(self.invalid)}
