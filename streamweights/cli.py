@@ -1,0 +1,175 @@
+"""Command line: ``streamweights run | validate | inspect | scenarios``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from streamweights import __version__
+from streamweights.config import ConfigError, load_config
+from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.replay import SCENARIOS
+from streamweights.runtime.state_store import LocalStateStore
+
+log = logging.getLogger("streamweights")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def setup_logging(log_format: str, verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                               datefmt="%H:%M:%S"))
+    root = logging.getLogger("streamweights")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamweights", description="Keep deployed models "
+                                     "adapted online: re-weighting, calibration, prior shift, "
+                                     "drift-aware memory.")
+    parser.add_argument("--version", action="version", version=f"streamweights {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the service")
+    run.add_argument("--config", required=True, help="YAML config (e.g. configs/demo.yaml)")
+    run.add_argument("--state-dir", help="snapshot folder (overrides state_dir)")
+    run.add_argument("--max-events", type=int, help="stop after this many input records")
+    run.add_argument("--summary", help="write the JSON summary here")
+    run.add_argument("--http-port", type=int, help="override http.port (0 = any free port)")
+    run.add_argument("--no-http", action="store_true", help="do not serve HTTP endpoints")
+    run.add_argument("--log-format", choices=("text", "json"), help="override logging.format")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    validate = commands.add_parser("validate", help="check a config file and exit")
+    validate.add_argument("config")
+    inspect = commands.add_parser("inspect", help="describe a state folder's snapshot")
+    inspect.add_argument("state_dir")
+    commands.add_parser("scenarios", help="list the built-in replay scenarios")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "validate":
+            config = load_config(args.config)
+            print(f"{args.config}: ok ({len(config.streams)} stream(s), source "
+                  f"{config.source.kind})")
+            return 0
+        if args.command == "inspect":
+            return _inspect(args.state_dir)
+        for scenario in SCENARIOS.values():
+            print(f"{scenario.name:<20} {scenario.description}")
+        return 0
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except (RuntimeSetupError, SnapshotError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamweights.runtime.service import Service
+
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.http_port is not None:
+        overrides["http_port"] = args.http_port
+    if args.no_http:
+        overrides["http_port"] = None
+    if args.log_format:
+        overrides["log_format"] = args.log_format
+    config = dataclasses.replace(config, **overrides)
+    setup_logging(config.log_format, args.verbose)
+    if args.max_events is not None and args.max_events < 1:
+        raise ConfigError(f"--max-events: must be >= 1, got {args.max_events}")
+    started = time.monotonic()
+    service = Service(config, state_dir=args.state_dir, max_events=args.max_events)
+    service.install_signal_handlers()
+    log.info("streamweights %s: source %s, %d stream(s), state in %s", __version__,
+             service.source.name, len(config.streams), service.state_dir)
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+    elapsed = time.monotonic() - started
+    if args.summary:
+        path = pathlib.Path(args.summary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 |
+                                      orjson.OPT_SERIALIZE_NUMPY))
+    print(format_summary(summary, elapsed))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], elapsed: float | None = None) -> str:
+    """A human-readable table of the run's prequential scores."""
+    lines = [f"source {summary['source']}: {summary['records']:,} records"
+             + (f" in {elapsed:.1f}s" if elapsed else "")
+             + ("" if summary["complete"] else " (stopped before the end)")]
+    for name, stream in summary["streams"].items():
+        scores = stream["scores"]
+        classification = stream["task"] == "classification"
+        columns = ("log_loss", "brier", "accuracy", "ece") if classification else ("mse", "mae")
+        lines.append("")
+        lines.append(f"stream {name}: {stream['predictions']:,} predictions, {stream['labels']:,} "
+                     f"labels, {stream['pending']:,} pending, {stream['expired']:,} expired, "
+                     f"{stream['drift_events']} drift events, weights v{stream['weights_version']}")
+        lines.append(f"  {'forecaster':<28}" + "".join(f"{c:>10}" for c in columns))
+        rows = [(f"raw {m}", s) for m, s in scores["models"].items()]
+        if scores["raw_best"]:
+            rows.append((f"raw best ({scores['raw_best']['model']})", scores["raw_best"]))
+        rows.append(("adapted", scores["adapted"]))
+        for label, values in rows:
+            lines.append(f"  {label:<28}" + "".join(f"{values[c]:>10.4f}" for c in columns))
+        if scores["raw_best"] and classification:
+            best = scores["raw_best"]
+            adapted = scores["adapted"]
+            ratio = adapted["log_loss"] / best["log_loss"]
+            lines.append(f"  adapted / raw best: log-loss x{ratio:.3f}, "
+                         f"ECE x{adapted['ece'] / max(best['ece'], 1e-12):.3f}")
+        weights = (stream.get("weights") or {}).get("ensemble") or {}
+        if weights:
+            lines.append("  ensemble weights: " + ", ".join(f"{m} {w:.3f}"
+                                                            for m, w in weights.items()))
+    if summary["invalid"]:
+        lines.append("")
+        lines.append("dead letters: " + ", ".join(f"{r} {n}" for r, n in
+                                                  sorted(summary["invalid"].items())))
+    return "\n".join(lines)
+
+
+def _inspect(state_dir: str) -> int:
+    snapshot = LocalStateStore(state_dir).load()
+    if snapshot is None:
+        print(f"{state_dir}: no snapshot")
+        return 1
+    print(f"{state_dir}: snapshot format {snapshot['format']}, source {snapshot['source']}, "
+          f"next input position {snapshot['position']}, {snapshot['records_seen']:,} records "
+          f"seen{' (input exhausted)' if snapshot.get('exhausted') else ''}")
+    for name, stream in snapshot["pipeline"]["streams"].items():
+        weights = stream["latest_weights"] or {}
+        print(f"  stream {name}: {stream['predictions']:,} predictions, {stream['labels']:,} "
+              f"labels, {len(stream['join']['entries']):,} pending, weights "
+              f"v{stream['weights_version']}, {stream['drift_total']} drift events")
+        for model, weight in (weights.get("ensemble") or {}).items():
+            print(f"    {model:<24} {weight:.4f}")
+    if snapshot["pipeline"]["invalid"]:
+        print("  dead letters: " + ", ".join(f"{r} {n}" for r, n in
+                                             sorted(snapshot["pipeline"]["invalid"].items())))
+    return 0

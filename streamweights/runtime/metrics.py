@@ -1,0 +1,74 @@
+"""Prometheus metrics of the service (``streamweights_`` prefix, base units).
+
+Stable names (dashboards and alerts rely on them):
+
+================================================  =========  =============================
+name                                              type       labels
+================================================  =========  =============================
+streamweights_events_total                        counter    stream, kind (prediction|label)
+streamweights_labels_joined_total                 counter    stream
+streamweights_predictions_expired_total           counter    stream, cause (ttl|capacity)
+streamweights_pending_labels                      gauge      stream
+streamweights_ensemble_weight                     gauge      stream, model
+streamweights_log_loss                            gauge      stream, forecaster
+streamweights_ece                                 gauge      stream, forecaster
+streamweights_drift_events_total                  counter    stream
+streamweights_weights_version                     gauge      stream
+streamweights_invalid_records_total               counter    reason
+streamweights_checkpoint_duration_seconds         histogram  —
+streamweights_snapshot_bytes                      gauge      —
+streamweights_update_latency_seconds              histogram  kind
+streamweights_ready                               gauge      —
+================================================  =========  =============================
+
+``forecaster`` is ``adapted``, ``raw_best`` or ``raw:<model>``. Loss and ECE gauges are
+prequential means over the whole run (for regression streams, ``log_loss`` holds MSE).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+_CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class ServiceMetrics:
+    """All metrics of one service instance, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("streamweights_events", "Records processed.",
+                              ["stream", "kind"], registry=r)
+        self.joined = Counter("streamweights_labels_joined", "Labels joined to a prediction.",
+                              ["stream"], registry=r)
+        self.expired = Counter("streamweights_predictions_expired",
+                               "Predictions that left the join without a label.",
+                               ["stream", "cause"], registry=r)
+        self.pending = Gauge("streamweights_pending_labels",
+                             "Predictions waiting for their label.", ["stream"], registry=r)
+        self.ensemble_weight = Gauge("streamweights_ensemble_weight",
+                                     "Current ensemble weight of a deployed model.",
+                                     ["stream", "model"], registry=r)
+        self.log_loss = Gauge("streamweights_log_loss", "Prequential mean log-loss (MSE for "
+                              "regression).", ["stream", "forecaster"], registry=r)
+        self.ece = Gauge("streamweights_ece", "Prequential top-label expected calibration "
+                         "error (15 bins).", ["stream", "forecaster"], registry=r)
+        self.drift = Counter("streamweights_drift_events", "Drift alarms acted upon.",
+                             ["stream"], registry=r)
+        self.weights_version = Gauge("streamweights_weights_version",
+                                     "Latest published weights version.", ["stream"],
+                                     registry=r)
+        self.invalid = Counter("streamweights_invalid_records", "Records sent to the dead "
+                               "letter sink.", ["reason"], registry=r)
+        self.checkpoint_duration = Histogram("streamweights_checkpoint_duration_seconds",
+                                             "Time to write a snapshot.",
+                                             buckets=_CHECKPOINT_BUCKETS, registry=r)
+        self.snapshot_bytes = Gauge("streamweights_snapshot_bytes",
+                                    "Size of the last snapshot written.", registry=r)
+        self.update_latency = Histogram("streamweights_update_latency_seconds",
+                                        "Time to process one record through the pipeline.",
+                                        ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ready = Gauge("streamweights_ready", "1 once state is restored and the source is "
+                           "open.", registry=r)
