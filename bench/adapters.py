@@ -23,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
 from river import base as river_base
 from river import drift as river_drift
 from river import ensemble as river_ensemble

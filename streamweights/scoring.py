@@ -28,25 +28,25 @@ class ClassificationScore:
         self.log_loss_sum = 0.0
         self.brier_sum = 0.0
         self.correct = 0
-        self.bin_count = np.zeros(ECE_BINS)
-        self.bin_confidence = np.zeros(ECE_BINS)
-        self.bin_correct = np.zeros(ECE_BINS)
+        self._bins = [[0.0, 0.0, 0.0] for _ in range(ECE_BINS)]
 
-    def update(self, proba: np.ndarray, label: int) -> float:
-        """Score one prediction; return its log-loss."""
-        chance = float(proba[label])
+    def update(self, proba: np.ndarray | list[float], label: int) -> float:
+        """Score one prediction; return its log-loss. Plain floats: per-event numpy calls
+        on a handful of classes would cost more than the arithmetic."""
+        values = proba.tolist() if type(proba) is np.ndarray else proba
+        chance = values[label]
         loss = -math.log(max(chance, PROBABILITY_FLOOR))
-        top = int(np.argmax(proba))
-        confidence = float(proba[top])
+        confidence = max(values)
+        top = values.index(confidence)
         hit = top == label
         self.count += 1
         self.log_loss_sum += loss
-        self.brier_sum += float(proba @ proba) - 2.0 * chance + 1.0
+        self.brier_sum += math.fsum(v * v for v in values) - 2.0 * chance + 1.0
         self.correct += hit
         index = min(int(confidence * ECE_BINS), ECE_BINS - 1)
-        self.bin_count[index] += 1
-        self.bin_confidence[index] += confidence
-        self.bin_correct[index] += hit
+        self._bins[index][0] += 1.0
+        self._bins[index][1] += confidence
+        self._bins[index][2] += hit
         return loss
 
     def summary(self) -> dict[str, float]:
@@ -56,23 +56,21 @@ class ClassificationScore:
             "log_loss": self.log_loss_sum / n,
             "brier": self.brier_sum / n,
             "accuracy": self.correct / n,
-            "ece": float(np.abs(self.bin_confidence - self.bin_correct).sum()) / n,
+            "ece": math.fsum(abs(confidence - correct)
+                             for _, confidence, correct in self._bins) / n,
         }
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "log_loss_sum": self.log_loss_sum,
                 "brier_sum": self.brier_sum, "correct": self.correct,
-                "bin_count": self.bin_count.copy(), "bin_confidence": self.bin_confidence.copy(),
-                "bin_correct": self.bin_correct.copy()}
+                "bins": [list(b) for b in self._bins]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = int(state["count"])
         self.log_loss_sum = float(state["log_loss_sum"])
         self.brier_sum = float(state["brier_sum"])
         self.correct = int(state["correct"])
-        self.bin_count = np.array(state["bin_count"], dtype=np.float64)
-        self.bin_confidence = np.array(state["bin_confidence"], dtype=np.float64)
-        self.bin_correct = np.array(state["bin_correct"], dtype=np.float64)
+        self._bins = [[float(v) for v in b] for b in state["bins"]]
 
 
 class RegressionScore:
@@ -120,7 +118,8 @@ class StreamScores:
         self.adapted = factory()
 
     def update(self, raw_outputs: np.ndarray, adapted: np.ndarray, label: int | float) -> None:
-        for score, output in zip(self.models, raw_outputs, strict=True):
+        rows = raw_outputs.tolist() if type(raw_outputs) is np.ndarray else raw_outputs
+        for score, output in zip(self.models, rows, strict=True):
             score.update(output, label)
         self.adapted.update(adapted, label)
 

@@ -23,8 +23,9 @@ from streamweights.adapters.validation import (
     check_class_label,
     check_count,
     check_in_range,
-    check_probabilities,
     check_probability_rows,
+    check_probability_vector,
+    check_probability_vector_rows,
 )
 
 #: Probabilities are clipped here before the log-loss (algorithms.md §7), so one confident
@@ -228,13 +229,13 @@ class DriftMemory(Adapter):
 
     # -- chain verbs -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return check_probabilities(x, "x", self.n_classes)
+        return np.array(check_probability_vector(x, "x", self.n_classes))
 
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")
 
     def observe(self, x: Any) -> None:
-        p = check_probabilities(x, "x", self.n_classes)
+        p = np.array(check_probability_vector(x, "x", self.n_classes))
         self._observe_unchecked(p, int(p.argmax()), _entropy(p))
 
     def observe_many(self, xs: Any) -> None:
@@ -245,7 +246,7 @@ class DriftMemory(Adapter):
             self._observe_unchecked(row, label, entropy)
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probabilities(x, "x", self.n_classes)
+        p = np.array(check_probability_vector(x, "x", self.n_classes))
         label = check_class_label(y, "y", self.n_classes)
         self._learn_unchecked(p, label, int(p.argmax()), _entropy(p))
 
@@ -425,8 +426,9 @@ class DriftMemory(Adapter):
         array = as_finite_array(xs, name)
         if array.shape in ((0,), (0, self.n_classes)):
             return array.reshape(0, self.n_classes)
-        return check_probability_rows(array, name, array.shape[0] if array.ndim else -1,
-                                      self.n_classes)
+        if array.ndim != 2:
+            return check_probability_rows(array, name, -1, self.n_classes)  # raises
+        return check_probability_vector_rows(array, name, self.n_classes)
 
     # -- state -----------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from streamweights.adapters.validation import (
     check_positive,
     check_probabilities,
     check_probability_rows,
+    check_probability_vector,
+    check_probability_vector_rows,
 )
 
 
@@ -161,7 +163,7 @@ class PriorShift(Adapter):
 
     # -- the verbs ------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        p = check_probabilities(x, "x", self.n_classes)
+        p = np.array(check_probability_vector(x, "x", self.n_classes))
         q = self._ratio_vector() * p
         return q / q.sum()
 
@@ -171,7 +173,7 @@ class PriorShift(Adapter):
         return q / q.sum(axis=1, keepdims=True)
 
     def observe(self, x: Any) -> None:
-        p = check_probabilities(x, "x", self.n_classes)
+        p = np.array(check_probability_vector(x, "x", self.n_classes))
         self._observe_unchecked(p.tolist())
 
     def observe_many(self, xs: Any) -> None:
@@ -180,7 +182,7 @@ class PriorShift(Adapter):
             self._observe_unchecked(row)
 
     def learn(self, x: Any, y: Any) -> None:
-        check_probabilities(x, "x", self.n_classes)
+        np.array(check_probability_vector(x, "x", self.n_classes))
         label = check_class_label(y, "y", self.n_classes)
         self._learn_unchecked(label)
 
@@ -242,8 +244,9 @@ class PriorShift(Adapter):
         array = as_finite_array(xs, name)
         if array.shape in ((0,), (0, self.n_classes)):
             return array.reshape(0, self.n_classes)
-        return check_probability_rows(array, name, array.shape[0] if array.ndim else -1,
-                                      self.n_classes)
+        if array.ndim != 2:
+            return check_probability_rows(array, name, -1, self.n_classes)  # raises
+        return check_probability_vector_rows(array, name, self.n_classes)
 
     # -- state ----------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
