@@ -130,13 +130,13 @@ def format_summary(summary: dict[str, Any], elapsed: float | None = None) -> str
         lines.append(f"stream {name}: {stream['predictions']:,} predictions, {stream['labels']:,} "
                      f"labels, {stream['pending']:,} pending, {stream['expired']:,} expired, "
                      f"{stream['drift_events']} drift events, weights v{stream['weights_version']}")
-        lines.append(f"  {'forecaster':<28}" + "".join(f"{c:>10}" for c in columns))
+        lines.append(f"  {'forecaster':<34}" + "".join(f"{c:>10}" for c in columns))
         rows = [(f"raw {m}", s) for m, s in scores["models"].items()]
         if scores["raw_best"]:
             rows.append((f"raw best ({scores['raw_best']['model']})", scores["raw_best"]))
         rows.append(("adapted", scores["adapted"]))
         for label, values in rows:
-            lines.append(f"  {label:<28}" + "".join(f"{values[c]:>10.4f}" for c in columns))
+            lines.append(f"  {label:<34}" + "".join(f"{values[c]:>10.4f}" for c in columns))
         if scores["raw_best"] and classification:
             best = scores["raw_best"]
             adapted = scores["adapted"]

@@ -66,6 +66,8 @@ class Service:
         self.records_seen = 0
         self.http: HttpServer | None = None
         self._stop = threading.Event()
+        self._event_counters: dict[tuple[str, str], Any] = {}
+        self._joined_counters: dict[str, Any] = {}
         self._exhausted = False
         self._config_digest = hashlib.sha256(orjson.dumps(
             [asdict(s) for s in config.streams])).hexdigest()
@@ -167,14 +169,17 @@ class Service:
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
         progress_count = 0
-        latency = self.metrics.update_latency
+        latency = {}
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
             if self._stop.is_set():
                 log.info("stop requested: checkpointing at input position %d", self.position)
                 return
             began = time.perf_counter()
             kind = self._process(position, raw)
-            latency.labels(kind).observe(time.perf_counter() - began)
+            child = latency.get(kind)
+            if child is None:
+                child = latency[kind] = self.metrics.update_latency.labels(kind)
+            child.observe(time.perf_counter() - began)
             self.position = position + 1
             self.records_seen += 1
             if self.max_events is not None and processed >= self.max_events:
@@ -203,7 +208,11 @@ class Service:
             self._route(self.pipeline.reject(error, raw), position)
             return "invalid"
         kind = "prediction" if isinstance(record, events.Prediction) else "label"
-        self.metrics.events.labels(record.stream, kind).inc()
+        counter = self._event_counters.get((record.stream, kind))
+        if counter is None:
+            counter = self.metrics.events.labels(record.stream, kind)
+            self._event_counters[(record.stream, kind)] = counter
+        counter.inc()
         outcome = self.pipeline.process(record)
         self._route(outcome, position, raw)
         return kind
@@ -228,7 +237,11 @@ class Service:
                 log.warning("join full for stream %s: evicted %d oldest pending predictions",
                             stream, len(outcome.evicted))
         if outcome.learned:
-            self.metrics.joined.labels(self._stream_of(outcome)).inc()
+            stream = self._stream_of(outcome)
+            counter = self._joined_counters.get(stream)
+            if counter is None:
+                counter = self._joined_counters[stream] = self.metrics.joined.labels(stream)
+            counter.inc()
         if outcome.drift is not None:
             stream = self._stream_of(outcome)
             self.metrics.drift.labels(stream).inc()

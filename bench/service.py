@@ -1,0 +1,508 @@
+"""Events/s of the whole in-process pipeline, side by side with the closest pure-river one.
+
+Stream: the default scenario (``configs/demo.yaml``: Agrawal concepts recurring, three
+frozen deployed models, labels ~20 s later in event time), replayed by
+``streamweights.runtime.replay.ReplayStream``. Its raw JSON records are generated once,
+before any timing: generation runs the river models that play the deployed models, and
+that is the world's work, not the pipeline's. Both contenders then consume the *same
+bytes*, which carry the deployed models' precomputed outputs; neither calls a model.
+An *event* is one input record, a prediction or a label (what
+``streamweights_events_total`` counts); predictions/s is printed too.
+
+ours — exactly what the service does per record, minus I/O and metrics:
+``events.decode`` (orjson + strict validation) → ``Pipeline.process`` (join, the demo's
+chain FixedShare → OnlinePlatt → DriftMemory(ADWIN), prequential scores of the three raw
+models and the served output, drift reaction, weights versions) → ``events.encode`` of the
+adapted record and of every weights version. ``--service-loop`` also times the service's
+own per-record path (``Service._process``: the same plus Prometheus counters, the latency
+histogram and routing to sinks, here none).
+
+river — the closest pure-river pipeline, built to be fast and fair:
+
+* decode: ``orjson.loads`` (the same library ours uses), no validation at all;
+* join: a plain ``dict`` id → (model outputs, served probability), unbounded, no TTL;
+* mixture: ``river.ensemble.EWARegressor`` over the three deployed models' class-1
+  probabilities (each model is a frozen river ``Regressor`` that returns its
+  precomputed output), squared loss, learning rate 0.5. Why this one: river has no
+  classifier that mixes experts by exponential weights. EWARegressor is river's own
+  exponentially-weighted-average forecaster, the algorithm family FixedShare belongs to
+  (Hedge plus a share step), and its output is the same linear pool of probabilities;
+  squared loss on the class-1 probability is half the binary Brier score, a proper
+  scoring rule. river's log loss (``optim.losses.Log``) takes margins, not
+  probabilities, so it would turn the mixture into a pool of logits; the
+  ``model_selection`` bandits pick one model instead of mixing, and
+  ``ensemble.StackingClassifier`` learns a meta-model rather than expert weights.
+* score: ``river.metrics.LogLoss`` of the served probability, before learning;
+* drift: ``river.drift.ADWIN`` on the zero-one loss of the served probability (what
+  ours' DriftMemory monitors by default); on a detection the mixture's weights are reset
+  to uniform;
+* encode: ``orjson.dumps`` of the adapted record and, every 1,000 labels or 60 s of
+  event time (the demo's publishing rule), of a weights record.
+
+The river side therefore does strictly less work than ours: no input validation, no
+bounded join, no calibration stage, no replay memory, one score instead of four scores
+for four forecasters. The comparison is conservative for ours.
+
+Timing: fresh state per round, rounds alternate ours / river so machine noise hits both
+alike, best round of each is reported. ``--one-core`` pins the process to one CPU first
+(``os.sched_setaffinity``); ``--profile`` runs ours once under cProfile and prints the
+top 15 functions by own time.
+
+Run: ``python bench/service.py [--rounds 5] [--events 60000] [--one-core] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import gc
+import io
+import json
+import logging
+import math
+import os
+import platform
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from the repo root without installing the package
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+import river  # noqa: E402
+from river import base as river_base  # noqa: E402
+from river import drift as river_drift  # noqa: E402
+from river import ensemble as river_ensemble  # noqa: E402
+from river import linear_model as river_linear  # noqa: E402
+from river import metrics as river_metrics  # noqa: E402
+from river import optim as river_optim  # noqa: E402
+
+import streamweights  # noqa: E402
+from streamweights import events  # noqa: E402
+from streamweights.config import ServiceConfig, load_config  # noqa: E402
+from streamweights.pipeline import Pipeline  # noqa: E402
+from streamweights.runtime.replay import ReplayStream  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
+
+
+# -- the stream ---------------------------------------------------------------------------
+def generate_records(config: ServiceConfig, n_events: int | None) -> list[bytes]:
+    """The replay's raw records, all of them, generated before any timing."""
+    source = config.source if n_events is None else dataclasses.replace(config.source,
+                                                                        events=n_events)
+    started = time.perf_counter()
+    records = []
+    for _, raw in ReplayStream(source).records():
+        records.append(raw)
+        if len(records) % 50_000 == 0:
+            print(f"  generated {len(records):,} records ...", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"generated {len(records):,} records of scenario {source.scenario!r} "
+          f"({source.events:,} events, seed {source.seed}) in {seconds:.1f}s "
+          f"({len(records) / seconds:,.0f} records/s, not timed)", flush=True)
+    return records
+
+
+# -- ours ---------------------------------------------------------------------------------
+def ours_setup(config: ServiceConfig) -> Callable[[], Pipeline]:
+    return lambda: Pipeline(config.streams)
+
+
+def ours_run(records: list[bytes]) -> Callable[[Pipeline], object]:
+    decode, encode = events.decode, events.encode
+    record_error = events.RecordError
+
+    def run(pipeline: Pipeline) -> object:
+        process, reject = pipeline.process, pipeline.reject
+        out = 0
+        for raw in records:
+            try:
+                record = decode(raw)
+            except record_error as error:
+                reject(error, raw)
+                continue
+            outcome = process(record)
+            if outcome.adapted is not None:
+                out += len(encode(outcome.adapted))
+            for weights in outcome.weights:
+                out += len(encode(weights))
+        return out
+
+    return run
+
+
+def service_setup(config: ServiceConfig, state_dir: str) -> Callable[[], object]:
+    from streamweights.runtime.service import Service
+
+    # The service logs each drift detection as a warning; a handful of lines per run, but
+    # not wanted between the benchmark's own lines.
+    logging.getLogger("streamweights").setLevel(logging.ERROR)
+    bare = dataclasses.replace(config, http_port=None, adapted_path=None, weights_path=None,
+                               dead_letter_path=None, state_dir=state_dir)
+    return lambda: Service(bare, state_dir=state_dir)
+
+
+def service_run(records: list[bytes]) -> Callable[[object], object]:
+    def run(service) -> object:
+        # The body of Service._loop for one record, minus checkpoints and progress lines.
+        process = service._process
+        latency = service.metrics.update_latency
+        for position, raw in enumerate(records):
+            began = time.perf_counter()
+            kind = process(position, raw)
+            latency.labels(kind).observe(time.perf_counter() - began)
+        return service.pipeline.summary()
+
+    return run
+
+
+# -- river --------------------------------------------------------------------------------
+class FrozenModel(river_base.Regressor):
+    """A deployed model as river sees it: returns its precomputed class-1 probability
+    (from the prediction record) and learns nothing, so only the mixture's cost counts."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def learn_one(self, x, y):
+        return None
+
+    def predict_one(self, x):
+        return x[self.name]
+
+
+@dataclasses.dataclass
+class RiverPipeline:
+    models: tuple[str, ...]
+    mixture: river_ensemble.EWARegressor
+    detector: river_drift.ADWIN
+    score: river_metrics.LogLoss
+    pending: dict
+    publish_every_labels: int
+    publish_every_seconds: float
+
+
+def river_setup(config: ServiceConfig) -> Callable[[], RiverPipeline]:
+    stream = config.streams[0]
+
+    def setup() -> RiverPipeline:
+        return RiverPipeline(
+            models=tuple(stream.models),
+            mixture=river_ensemble.EWARegressor([FrozenModel(m) for m in stream.models],
+                                                learning_rate=0.5),
+            detector=river_drift.ADWIN(), score=river_metrics.LogLoss(), pending={},
+            publish_every_labels=stream.publish_every_labels,
+            publish_every_seconds=stream.publish_every_seconds)
+
+    return setup
+
+
+def river_run(records: list[bytes]) -> Callable[[RiverPipeline], object]:
+    loads, dumps = orjson.loads, orjson.dumps
+
+    def run(state: RiverPipeline) -> object:
+        mixture, detector, score, pending = state.mixture, state.detector, state.score, \
+            state.pending
+        predict, learn, update_detector = mixture.predict_one, mixture.learn_one, \
+            detector.update
+        update_score = score.update
+        models = state.models
+        every_labels, every_seconds = state.publish_every_labels, state.publish_every_seconds
+        version = labels_since = drifts = out = 0
+        last_publish = None
+        for raw in records:
+            record = loads(raw)
+            ts = record["ts"]
+            if last_publish is None:
+                last_publish = ts
+            if "outputs" in record:
+                outputs = record["outputs"]
+                x = {name: outputs[name][1] for name in models}
+                p1 = predict(x)
+                pending[record["id"]] = (x, p1)
+                out += len(dumps({"schema": 1, "stream": record["stream"], "id": record["id"],
+                                  "ts": ts, "proba": [1.0 - p1, p1],
+                                  "weights_version": version}))
+            else:
+                joined = pending.pop(record["id"], None)
+                if joined is None:
+                    continue
+                x, p1 = joined
+                y = record["label"]
+                update_score(y == 1, p1)
+                learn(x, float(y))
+                update_detector(float((p1 >= 0.5) != (y == 1)))
+                if detector.drift_detected:
+                    drifts += 1
+                    mixture.weights = [1.0 / len(models)] * len(models)
+                labels_since += 1
+            if labels_since >= every_labels or (labels_since and
+                                                ts - last_publish >= every_seconds):
+                version += 1
+                labels_since, last_publish = 0, ts
+                out += len(dumps({"schema": 1, "stream": record["stream"], "version": version,
+                                  "ts": ts, "ensemble": dict(zip(models, mixture.weights,
+                                                                 strict=True)),
+                                  "drift": {"events": drifts}}))
+        return out
+
+    return run
+
+
+def river_like_setup(config: ServiceConfig) -> Callable[[], dict]:
+    stream = config.streams[0]
+    forecasters = [*stream.models, "served"]
+
+    def setup() -> dict:
+        return {
+            "models": tuple(stream.models),
+            "mixture": river_ensemble.EWARegressor([FrozenModel(m) for m in stream.models],
+                                                   learning_rate=0.5),
+            "platt": river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+            "detector": river_drift.ADWIN(),
+            "scores": [(river_metrics.LogLoss(), river_metrics.MSE(), river_metrics.Accuracy())
+                       for _ in forecasters],
+            "pending": {},
+            "publish": (stream.publish_every_labels, stream.publish_every_seconds),
+        }
+
+    return setup
+
+
+def river_like_run(records: list[bytes]) -> Callable[[dict], object]:
+    """The river pipeline with ours' extra work where river has a counterpart: Platt
+    scaling of the mixture (``linear_model.LogisticRegression`` on its logit, the same
+    two-parameter model OnlinePlatt fits) and log-loss, Brier (``MSE`` of the class-1
+    probability, half the binary Brier score) and accuracy of each raw model and of the
+    served output. Still no validation, no bounded join, no memory, no ECE."""
+    loads, dumps, log = orjson.loads, orjson.dumps, math.log
+
+    def run(state: dict) -> object:
+        mixture, platt, detector, pending = (state["mixture"], state["platt"],
+                                             state["detector"], state["pending"])
+        predict, learn, update_detector = mixture.predict_one, mixture.learn_one, \
+            detector.update
+        platt_proba, platt_learn = platt.predict_proba_one, platt.learn_one
+        scores = state["scores"]
+        models = state["models"]
+        every_labels, every_seconds = state["publish"]
+        version = labels_since = drifts = out = 0
+        last_publish = None
+        for raw in records:
+            record = loads(raw)
+            ts = record["ts"]
+            if last_publish is None:
+                last_publish = ts
+            if "outputs" in record:
+                outputs = record["outputs"]
+                x = {name: outputs[name][1] for name in models}
+                mixed = min(max(predict(x), 1e-6), 1.0 - 1e-6)
+                logit = {"logit": log(mixed / (1.0 - mixed))}
+                p1 = platt_proba(logit)[True]
+                pending[record["id"]] = (x, logit, p1)
+                out += len(dumps({"schema": 1, "stream": record["stream"], "id": record["id"],
+                                  "ts": ts, "proba": [1.0 - p1, p1],
+                                  "weights_version": version}))
+            else:
+                joined = pending.pop(record["id"], None)
+                if joined is None:
+                    continue
+                x, logit, p1 = joined
+                y = record["label"]
+                truth = y == 1
+                for (log_loss, brier, accuracy), p in zip(scores, [*x.values(), p1],
+                                                          strict=True):
+                    log_loss.update(truth, p)
+                    brier.update(float(y), p)
+                    accuracy.update(truth, p >= 0.5)
+                learn(x, float(y))
+                platt_learn(logit, truth)
+                update_detector(float((p1 >= 0.5) != truth))
+                if detector.drift_detected:
+                    drifts += 1
+                    mixture.weights = [1.0 / len(models)] * len(models)
+                labels_since += 1
+            if labels_since >= every_labels or (labels_since and
+                                                ts - last_publish >= every_seconds):
+                version += 1
+                labels_since, last_publish = 0, ts
+                out += len(dumps({"schema": 1, "stream": record["stream"], "version": version,
+                                  "ts": ts, "ensemble": dict(zip(models, mixture.weights,
+                                                                 strict=True)),
+                                  "calibration": {"weights": dict(platt.weights),
+                                                  "intercept": platt.intercept},
+                                  "drift": {"events": drifts}}))
+        return out
+
+    return run
+
+
+# -- timing -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Contender:
+    name: str
+    setup: Callable[[], object]
+    run: Callable[[object], object]
+    best: float = math.inf
+    rounds: list[float] = dataclasses.field(default_factory=list)
+
+
+def time_once(contender: Contender) -> float:
+    state = contender.setup()
+    gc.collect()
+    started = time.perf_counter()
+    contender.run(state)
+    seconds = time.perf_counter() - started
+    contender.rounds.append(seconds)
+    contender.best = min(contender.best, seconds)
+    return seconds
+
+
+#: Entry points whose cumulative time says where a record's time goes (path suffix, function).
+PHASES = (
+    ("streamweights/events.py", "decode"), ("streamweights/pipeline.py", "outputs_array"),
+    ("streamweights/adapters/chain.py", "observe_predict_trace"),
+    ("streamweights/join.py", "add"), ("streamweights/join.py", "expire"),
+    ("streamweights/join.py", "pop"), ("streamweights/scoring.py", "update"),
+    ("streamweights/adapters/chain.py", "learn_trace"),
+    ("adapters/validation.py", "check_probabilities"),
+    ("streamweights/pipeline.py", "_maybe_publish"), ("streamweights/events.py", "encode"),
+)
+
+
+def profile_ours(contender: Contender, top: int) -> str:
+    state = contender.setup()
+    gc.collect()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    contender.run(state)
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    total = sum(row[2] for row in stats.stats.values())  # own times add up to the run
+    stats.sort_stats("tottime").print_stats(top)
+    lines = [f"where the time goes (cumulative, share of the profiled {total:.2f}s; "
+             "nested entries overlap):"]
+    for (filename, lineno, function), row in sorted(stats.stats.items(),
+                                                    key=lambda item: -item[1][3]):
+        adapter_verb = ("/streamweights/adapters/" in filename
+                        and function in ("predict", "learn", "observe"))
+        if adapter_verb or any(function == name and filename.endswith("/" + suffix)
+                               for suffix, name in PHASES):
+            where = "/".join(filename.split("/")[-2:])
+            lines.append(f"  {100 * row[3] / total:5.1f}%  {row[1]:>8,} calls  "
+                         f"{where}:{lineno}({function})")
+    return "\n".join(lines) + "\n\n" + text.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Numbers from a shared machine are noisy; compare the two sides of one run.")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="service config whose source and first stream are used "
+                             "(default: configs/demo.yaml)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="prediction events to replay (default: the config's, 60,000 "
+                             "for the demo, i.e. ~120,000 records)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating timed rounds per contender; the best is reported")
+    parser.add_argument("--one-core", action="store_true",
+                        help="pin this process to one CPU (see --core) before anything runs")
+    parser.add_argument("--core", type=int, default=0, help="the CPU --one-core pins to")
+    parser.add_argument("--service-loop", action="store_true",
+                        help="also time the service's own per-record path (Prometheus "
+                             "metrics, latency histogram, routing)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one run of ours (cProfile, top 15 by own time)")
+    parser.add_argument("--json", default=None, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+
+    if args.one_core:
+        os.sched_setaffinity(0, {args.core})
+    affinity = sorted(os.sched_getaffinity(0))
+    print(f"python {platform.python_version()}, streamweights {streamweights.__version__}, "
+          f"river {river.__version__}, orjson {orjson.__version__}; cpu affinity {affinity} "
+          f"of {os.cpu_count()} cpus{' (pinned)' if args.one_core else ''}", flush=True)
+
+    config = load_config(args.config)
+    records = generate_records(config, args.events)
+    n_records = len(records)
+    n_predictions = sum(1 for raw in records if b'"outputs"' in raw)
+
+    contenders = [
+        Contender("ours: decode -> Pipeline.process -> encode", ours_setup(config),
+                  ours_run(records)),
+        Contender("river: orjson -> dict join -> EWARegressor + LogLoss + ADWIN -> orjson",
+                  river_setup(config), river_run(records)),
+        Contender("river like-for-like: + Platt (LogisticRegression on the logit), "
+                  "log-loss/Brier/accuracy of 3 models + served",
+                  river_like_setup(config), river_like_run(records)),
+    ]
+    scratch = None
+    if args.service_loop:
+        scratch = tempfile.TemporaryDirectory(prefix="sw-bench-")
+        contenders.append(Contender("ours, service loop: + Prometheus metrics and latency",
+                                    service_setup(config, scratch.name),
+                                    service_run(records)))
+
+    # Sanity: both sides process the same stream to the end.
+    pipeline = contenders[0].setup()
+    contenders[0].run(pipeline)
+    demo = next(iter(pipeline.summary()["streams"].values()))
+    print(f"ours processed {demo['predictions']:,} predictions, {demo['labels']:,} labels, "
+          f"{demo['drift_events']} drift events, invalid {pipeline.invalid or 0}; "
+          f"adapted log-loss {demo['scores']['adapted']['log_loss']:.4f} vs raw best "
+          f"{demo['scores']['raw_best']['log_loss']:.4f}", flush=True)
+    river_state = contenders[1].setup()
+    contenders[1].run(river_state)
+    print(f"river processed {river_state.score._mean.n:,.0f} labels, log-loss "
+          f"{river_state.score.get():.4f}, final weights "
+          f"{[round(w, 3) for w in river_state.mixture.weights]}", flush=True)
+
+    print(f"timing {args.rounds} alternating rounds of {n_records:,} records "
+          f"({n_predictions:,} predictions) each", flush=True)
+    for round_index in range(args.rounds):
+        line = []
+        for contender in contenders:
+            seconds = time_once(contender)
+            line.append(f"{contender.name.split(':')[0]} {n_records / seconds:,.0f}/s")
+        print(f"  round {round_index + 1}: " + ", ".join(line), flush=True)
+
+    results = {"records": n_records, "predictions": n_predictions, "rounds": args.rounds,
+               "affinity": affinity, "one_core": args.one_core, "contenders": []}
+    print("\nbest round (events = records: predictions + labels)")
+    for contender in contenders:
+        rate = n_records / contender.best
+        print(f"  {rate:>9,.0f} events/s  {n_predictions / contender.best:>9,.0f} "
+              f"predictions/s  {contender.name}")
+        results["contenders"].append({"name": contender.name, "events_per_s": rate,
+                                      "best_seconds": contender.best,
+                                      "rounds_seconds": contender.rounds})
+    ratio = contenders[1].best / contenders[0].best
+    results["ours_over_river"] = ratio
+    results["ours_over_river_like_for_like"] = contenders[2].best / contenders[0].best
+    print(f"  ours / river = {ratio:.2f}x  (goal >= 3x; goal >= 30,000 events/s on one core)")
+    print(f"  ours / river like-for-like = {contenders[2].best / contenders[0].best:.2f}x")
+    if args.service_loop:
+        print(f"  service loop / river = {contenders[1].best / contenders[3].best:.2f}x")
+
+    if args.profile:
+        print("\nprofile of ours, one run (top 15 by own time; cProfile slows it down):")
+        print(profile_ours(contenders[0], 15))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if scratch is not None:
+        scratch.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
