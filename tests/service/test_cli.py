@@ -48,3 +48,9 @@ def test_scenarios_lists_the_default():
     result = cli("scenarios")
     assert result.returncode == 0
     assert "agrawal-recurring" in result.stdout
+
+
+def test_every_shipped_config_validates():
+    for path in sorted((DEMO_CONFIG.parent).glob("*.yaml")):
+        result = cli("validate", str(path))
+        assert result.returncode == 0, (path.name, result.stderr)
