@@ -23,9 +23,8 @@ from streamweights.adapters.validation import (
     check_class_label,
     check_count,
     check_in_range,
-    check_probability_rows,
+    check_probability_batch,
     check_probability_vector,
-    check_probability_vector_rows,
 )
 
 #: Probabilities are clipped here before the log-loss (algorithms.md §7), so one confident
@@ -423,12 +422,7 @@ class DriftMemory(Adapter):
         self._change_point: int | None = None
 
     def _check_rows(self, xs: Any, name: str) -> np.ndarray:
-        array = as_finite_array(xs, name)
-        if array.shape in ((0,), (0, self.n_classes)):
-            return array.reshape(0, self.n_classes)
-        if array.ndim != 2:
-            return check_probability_rows(array, name, -1, self.n_classes)  # raises
-        return check_probability_vector_rows(array, name, self.n_classes)
+        return check_probability_batch(xs, name, self.n_classes)
 
     # -- state -----------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -239,3 +239,14 @@ def check_class_labels(values: object, name: str, n_classes: int) -> np.ndarray:
         return array
     return np.array([check_class_label(v, f"{name}[{i}]", n_classes)
                      for i, v in enumerate(items)], dtype=np.int64)
+
+
+def check_probability_batch(xs: object, name: str, n_classes: int) -> np.ndarray:
+    """A batch of probability vectors ``(n, C)`` for the ``*_many`` verbs (an empty batch
+    is fine); rows renormalised exactly as :func:`check_probability_vector` does."""
+    array = as_finite_array(xs, name)
+    if array.shape in ((0,), (0, n_classes)):
+        return array.reshape(0, n_classes)
+    if array.ndim != 2:
+        return check_probability_rows(array, name, -1, n_classes)  # raises: wrong shape
+    return check_probability_vector_rows(array, name, n_classes)
