@@ -165,6 +165,10 @@ class DriftMemory(Adapter):
                  timeliness_weight: float = 1.0, uncertainty_weight: float = 1.0,
                  entropy_filter: float | None = None, standardise_warmup: int = 30) -> None:
         self.capacity = check_count(capacity, "capacity")
+        # Timeliness 1 / (1 + exp(-age / capacity)) looked up instead of recomputed on
+        # every offer; past 40 x capacity it is 1.0 to double precision.
+        ages = np.arange(40 * self.capacity + 1, dtype=np.float64)
+        self._timeliness = 1.0 / (1.0 + np.exp(ages / -self.capacity))
         self.n_classes = check_count(n_classes, "n_classes", minimum=2)
         if detector is not None and detector not in _DETECTORS:
             raise ValueError(f"detector: must be one of {_DETECTORS} or None, got {detector!r}")
@@ -319,9 +323,8 @@ class DriftMemory(Adapter):
     def _scores(self) -> np.ndarray:
         """Score of every stored item: high = old or uncertain = first to go."""
         n = self._size
-        ages = (self._adds - self._births[:n]).astype(np.float64)
-        timeliness = 1.0 / (1.0 + np.exp(ages / -self.capacity))
-        return self.timeliness_weight * timeliness + self._uncertainty_scores[:n]
+        ages = np.minimum(self._adds - self._births[:n], len(self._timeliness) - 1)
+        return self.timeliness_weight * self._timeliness[ages] + self._uncertainty_scores[:n]
 
     def _highest(self, candidates: np.ndarray, above: float) -> int:
         """Index of the highest-scoring item where ``candidates`` is True if its score
