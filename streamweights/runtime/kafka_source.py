@@ -1,0 +1,312 @@
+"""Records from Kafka: one consumer on the predictions and labels topics, merged per task.
+
+Predictions and labels are two co-partitioned topics keyed by stream, so partition ``p``
+of both holds the same streams; the unit of work is a *task* = one partition number.
+Kafka hands back records of the two topics in whatever batches it fetched, and an
+adapter that observes predictions and learns from labels ends with different numbers if
+that interleaving changes. So, as ``design.md`` asks (and as Kafka Streams does with its
+per-task timestamp synchronisation), each task buffers the heads of its two partitions
+and releases records in a fixed order: event time ``ts``, then topic (predictions before
+labels, as the embedded replay does at equal times), then offset. A record is released
+only when the other partition of its task has a buffered record to compare with, or has
+been read up to its high watermark (it is idle, nothing is known to be waiting). The same
+input therefore yields the same sequence, whatever the poll batches.
+
+This is the foundation of the Kafka runtime: it does not yet restore snapshots on
+assignment or commit offsets in transactions; :meth:`KafkaSource.next_offsets` already
+gives what a transaction must commit (the offset after the last record *released*, not
+the consumer's position, which runs ahead by what is buffered).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from streamweights.runtime.exceptions import RuntimeSetupError
+
+#: Order of the topics at equal event time (the embedded replay emits predictions first).
+PREDICTIONS, LABELS = 0, 1
+
+
+def event_time(raw: bytes) -> float:
+    """The record's ``ts`` for ordering; a record without a readable one sorts first
+    (it is bound for the dead-letter topic and changes no state)."""
+    try:
+        ts = orjson.loads(raw).get("ts")
+    except (orjson.JSONDecodeError, AttributeError):
+        return -math.inf
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
+        return float(ts)
+    return -math.inf
+
+
+class TaskMerge:
+    """The fixed-order merge of one task's two partitions (pure: no Kafka calls).
+
+    ``add(side, offset, ts, raw)`` buffers a fetched record; ``pop(caught_up)`` releases
+    the next record in ``(ts, side, offset)`` order, or ``None`` when the order is not yet
+    known. ``caught_up[side]`` says the partition has nothing more to fetch right now.
+
+    >>> merge = TaskMerge()
+    >>> merge.add(LABELS, 0, 5.0, b"label")
+    >>> merge.pop((False, False)) is None  # predictions may still hold something earlier
+    True
+    >>> merge.add(PREDICTIONS, 0, 5.0, b"prediction")
+    >>> [merge.pop((True, True))[2] for _ in range(2)]
+    [b'prediction', b'label']
+    """
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: tuple[deque, deque] = (deque(), deque())
+
+    def add(self, side: int, offset: int, ts: float, raw: bytes) -> None:
+        self.buffers[side].append((ts, side, offset, raw))
+
+    def __len__(self) -> int:
+        return len(self.buffers[0]) + len(self.buffers[1])
+
+    def pop(self, caught_up: tuple[bool, bool]) -> tuple[int, int, bytes] | None:
+        """``(side, offset, raw)`` of the next record, or ``None`` to wait for more."""
+        predictions, labels = self.buffers
+        if predictions and labels:
+            chosen = predictions if predictions[0][:3] <= labels[0][:3] else labels
+        elif predictions and caught_up[LABELS]:
+            chosen = predictions
+        elif labels and caught_up[PREDICTIONS]:
+            chosen = labels
+        else:
+            return None
+        _, side, offset, raw = chosen.popleft()
+        return side, offset, raw
+
+
+class KafkaSource:
+    """Merged prediction and label records of the partitions this consumer owns.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        Kafka address(es), ``host:port[,host:port]``.
+    predictions_topic, labels_topic
+        The two co-partitioned input topics (same partition count, keyed by stream).
+    group_id
+        Consumer group; replicas with the same group share the tasks.
+    stop_at_end
+        Stop once every owned partition is read up to the end it had when reading began
+        (a bounded replay, for tests and benchmarks). Default ``False``: run until closed.
+    max_buffered
+        Per-partition bound on records held for the merge; a partition that runs this far
+        ahead of its partner is paused until the partner catches up (bounded memory).
+    poll_timeout_ms
+        Longest single wait for records; keeps each loop iteration short, far inside
+        ``max_poll_interval_ms``.
+    client_settings
+        Passed to ``kafka.KafkaConsumer`` as they are: security (``security_protocol``,
+        ``sasl_mechanism``, ``ssl_cafile`` ...), timeouts, client id.
+    """
+
+    def __init__(self, bootstrap_servers: str, predictions_topic: str, labels_topic: str, *,
+                 group_id: str, stop_at_end: bool = False, max_buffered: int = 10_000,
+                 poll_timeout_ms: int = 100,
+                 client_settings: dict[str, Any] | None = None) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = (predictions_topic, labels_topic)
+        self.group_id = group_id
+        self.stop_at_end = stop_at_end
+        self.max_buffered = max_buffered
+        self.poll_timeout_ms = poll_timeout_ms
+        self.client_settings = dict(client_settings or {})
+        self.name = f"kafka:{predictions_topic}+{labels_topic}"
+        self.consumer: Any = None
+        self.tasks: dict[int, TaskMerge] = {}
+        self._released: dict[Any, int] = {}
+        self._end: dict[Any, int] = {}
+        #: ``(topic, partition, offset)`` of the record last yielded (dead-letter origin).
+        self.last_origin: tuple[str, int, int] | None = None
+
+    # -- setup --------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Create the consumer, check both topics exist and are co-partitioned, subscribe."""
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaTimeoutError
+
+        settings = {"enable_auto_commit": False, "auto_offset_reset": "earliest",
+                    "isolation_level": "read_committed", "bootstrap_timeout_ms": 10_000,
+                    # a missing input topic is a configuration error, never created silently
+                    "allow_auto_create_topics": False, **self.client_settings}
+        try:
+            self.consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers,
+                                          group_id=self.group_id, **settings)
+        except KafkaTimeoutError:  # kafka-python: 'Unable to bootstrap from ...'
+            raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
+                                    f"{self.bootstrap_servers}") from None
+        counts = []
+        for topic in self.topics:
+            partitions = self.consumer.partitions_for_topic(topic)
+            if not partitions:
+                self.close()
+                raise RuntimeSetupError(f"kafka topic {topic!r} does not exist on "
+                                        f"{self.bootstrap_servers}; create it (same partition "
+                                        "count for predictions and labels)")
+            counts.append(len(partitions))
+        if counts[0] != counts[1]:
+            self.close()
+            raise RuntimeSetupError(
+                f"kafka topics {self.topics[0]!r} ({counts[0]} partitions) and "
+                f"{self.topics[1]!r} ({counts[1]} partitions) are not co-partitioned; give "
+                "them the same partition count")
+        self.consumer.subscribe(list(self.topics))
+
+    # -- reading ------------------------------------------------------------------------
+    def open(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Merged records as ``(sequence number, raw value)``; the sequence counts from
+        ``start`` (the embedded service's position). Offsets live in :meth:`next_offsets`."""
+        if self.consumer is None:
+            self.connect()
+        sequence = start
+        while True:
+            released = self._release()
+            if released is not None:
+                topic, partition, offset, raw = released
+                self.last_origin = (topic, partition, offset)
+                yield sequence, raw
+                sequence += 1
+                continue
+            if self.stop_at_end and self._at_end():
+                return
+            self._fetch()
+
+    def _fetch(self) -> None:
+        from kafka import TopicPartition
+
+        batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        assigned = self.consumer.assignment()
+        self._forget_revoked(assigned)
+        if self.stop_at_end and assigned and not all(tp in self._end for tp in assigned):
+            missing = [tp for tp in assigned if tp not in self._end]
+            self._end.update(self.consumer.end_offsets(missing))
+        for tp, records in batches.items():
+            side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
+            task = self.tasks.get(tp.partition)
+            if task is None:
+                task = self.tasks[tp.partition] = TaskMerge()
+            for record in records:
+                task.add(side, record.offset, event_time(record.value), record.value)
+        # Back-pressure: pause a partition far ahead of its partner, resume it once drained.
+        pause, resume = [], []
+        paused = self.consumer.paused()
+        for number, task in self.tasks.items():
+            for side in (PREDICTIONS, LABELS):
+                tp = TopicPartition(self.topics[side], number)
+                if tp not in assigned:
+                    continue
+                if len(task.buffers[side]) >= self.max_buffered:
+                    if tp not in paused:
+                        pause.append(tp)
+                elif tp in paused:
+                    resume.append(tp)
+        if pause:
+            self.consumer.pause(*pause)
+        if resume:
+            self.consumer.resume(*resume)
+
+    def _forget_revoked(self, assigned: set) -> None:
+        """Drop buffers of partitions no longer owned (their new owner re-reads them)."""
+        owned = {tp.partition for tp in assigned}
+        for number in [n for n in self.tasks if n not in owned]:
+            del self.tasks[number]
+
+    def _caught_up(self, number: int) -> tuple[bool, bool]:
+        from kafka import TopicPartition
+
+        flags = []
+        for topic in self.topics:
+            tp = TopicPartition(topic, number)
+            try:
+                highwater = self.consumer.highwater(tp)
+                position = self.consumer.position(tp, timeout_ms=0)
+            except Exception:  # not assigned (yet), or no position known
+                flags.append(False)
+                continue
+            flags.append(highwater is not None and position is not None
+                         and position >= highwater)
+        return flags[0], flags[1]
+
+    def _release(self) -> tuple[str, int, int, bytes] | None:
+        """The next record of the task whose head comes first; ``None`` if none is ready."""
+        candidates = []
+        for number, task in self.tasks.items():
+            if not task:
+                continue
+            heads = [buffer[0][:3] for buffer in task.buffers if buffer]
+            candidates.append((min(heads), number))
+        heapq.heapify(candidates)
+        while candidates:
+            _, number = heapq.heappop(candidates)
+            task = self.tasks[number]
+            caught_up = (True, True) if self._drained(number) else self._caught_up(number)
+            popped = task.pop(caught_up)
+            if popped is not None:
+                side, offset, raw = popped
+                topic = self.topics[side]
+                self._released[(topic, number)] = offset + 1
+                return topic, number, offset, raw
+        return None
+
+    def _drained(self, number: int) -> bool:
+        """Bounded mode: both partitions of the task are fetched up to their end."""
+        if not self.stop_at_end:
+            return False
+        from kafka import TopicPartition
+
+        for topic in self.topics:
+            tp = TopicPartition(topic, number)
+            end = self._end.get(tp)
+            if end is None:
+                return False
+            try:
+                if self.consumer.position(tp, timeout_ms=0) < end:
+                    return False
+            except Exception:
+                return False
+        return True
+
+    def _at_end(self) -> bool:
+        assigned = self.consumer.assignment()
+        if not assigned or any(tp not in self._end for tp in assigned):
+            return False
+        if any(len(task) for task in self.tasks.values()):
+            return False
+        return all(self._drained(tp.partition) for tp in assigned)
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """Per ``(topic, partition)``: the offset after the last record released, i.e.
+        what to commit (the consumer's own position is ahead by the buffered records)."""
+        return dict(self._released)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
+
+
+def wait_for_assignment(source: KafkaSource, timeout: float = 30.0) -> None:
+    """Poll until the group has given this consumer partitions (test and bench helper);
+    records fetched meanwhile are buffered, not lost."""
+    if source.consumer is None:
+        source.connect()
+    deadline = time.monotonic() + timeout
+    while not source.consumer.assignment():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no partitions assigned to group {source.group_id} "
+                               f"after {timeout:.0f}s")
+        source._fetch()
