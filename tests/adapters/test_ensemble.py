@@ -166,3 +166,18 @@ def test_bad_hyper_parameters_are_named(kwargs, message):
 def test_fixed_share_rejects_bad_share(share):
     with pytest.raises(ValueError, match="share"):
         FixedShare(n_models=3, n_classes=2, share=share)
+
+
+def test_adahedge_gap_ignores_models_without_weight():
+    """A model whose weight has underflowed to 0 but whose loss is lowest must not make
+    the mixability gap overflow (it once turned into NaN and was clipped to 0)."""
+    import warnings
+
+    from streamweights.adapters.ensemble.hedge import _mixability_gap
+
+    weights = np.array([1.0, 0.0])
+    losses = np.array([5.0, -5000.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gap = _mixability_gap(weights, losses, rate=1.0)
+    assert gap == pytest.approx(0.0, abs=1e-12)

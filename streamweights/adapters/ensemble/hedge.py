@@ -198,5 +198,6 @@ def _mixability_gap(weights: np.ndarray, losses: np.ndarray, rate: float) -> flo
     if math.isinf(rate):
         mix_loss = best
     else:
-        mix_loss = best - math.log(float(weights @ np.exp(-rate * (losses - best)))) / rate
+        kept = weights[support] @ np.exp(-rate * (losses[support] - best))
+        mix_loss = best - math.log(float(kept)) / rate
     return max(0.0, hedge_loss - mix_loss)
