@@ -1,4 +1,4 @@
-"""Command line: ``streamweights run | validate | inspect | scenarios``."""
+"""Command line: ``streamweights run | validate | inspect | scenarios | evaluate | report``."""
 
 from __future__ import annotations
 
@@ -56,11 +56,30 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-http", action="store_true", help="do not serve HTTP endpoints")
     run.add_argument("--log-format", choices=("text", "json"), help="override logging.format")
     run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument("--report", metavar="DIR", help="record the run's time series in DIR "
+                     "and write DIR/report.html (plots; needs matplotlib)")
     validate = commands.add_parser("validate", help="check a config file and exit")
     validate.add_argument("config")
     inspect = commands.add_parser("inspect", help="describe a state folder's snapshot")
     inspect.add_argument("state_dir")
     commands.add_parser("scenarios", help="list the built-in replay scenarios")
+    evaluate = commands.add_parser("evaluate", help="run the evaluation suite: every adapter "
+                                   "and river's answers on real and drifting streams")
+    evaluate.add_argument("--streams", help="comma-separated stream names (default: all)")
+    evaluate.add_argument("--events", type=int, help="at most this many events per stream")
+    evaluate.add_argument("--train-window", type=int, help="at most this many training "
+                          "examples for the deployed models")
+    evaluate.add_argument("--seed", type=int, default=7)
+    evaluate.add_argument("--jobs", type=int, default=1, help="streams run in parallel")
+    evaluate.add_argument("--replicates", type=int, default=1_000, help="bootstrap replicates")
+    evaluate.add_argument("--results", help="write the markdown results page here")
+    evaluate.add_argument("--record", metavar="DIR", help="record the default chain's run "
+                          "per stream in DIR/STREAM and write its report.html")
+    evaluate.add_argument("--list", action="store_true", help="list the suite's streams")
+    report = commands.add_parser("report", help="render a recorded run as an HTML page")
+    report.add_argument("run_dir", help="a folder written by `run --report` or "
+                        "`evaluate --record` (one per stream)")
+    report.add_argument("--output", help="the page (default RUN_DIR/report.html)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -72,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "inspect":
             return _inspect(args.state_dir)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "report":
+            return _report(args.run_dir, args.output)
         for scenario in SCENARIOS.values():
             print(f"{scenario.name:<20} {scenario.description}")
         return 0
@@ -101,6 +124,11 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     service = Service(config, state_dir=args.state_dir, max_events=args.max_events)
     service.install_signal_handlers()
+    recorder = None
+    if args.report:
+        from streamweights.evaluation.trace import TraceRecorder
+
+        recorder = TraceRecorder(service.pipeline).install()
     log.info("streamweights %s: source %s, %d stream(s), state in %s", __version__,
              service.source.name, len(config.streams), service.state_dir)
     try:
@@ -108,6 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         service.close()
     elapsed = time.monotonic() - started
+    if recorder is not None:
+        recorder.save(args.report, meta={"source": service.source.name,
+                                         "records_in_run": summary["records"]})
+        _report(args.report, None)
     if args.summary:
         path = pathlib.Path(args.summary)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +184,46 @@ def format_summary(summary: dict[str, Any], elapsed: float | None = None) -> str
         lines.append("dead letters: " + ", ".join(f"{r} {n}" for r, n in
                                                   sorted(summary["invalid"].items())))
     return "\n".join(lines)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from streamweights.evaluation.command import evaluate
+    from streamweights.evaluation.streams import suite_streams
+
+    if args.list:
+        for stream in suite_streams():
+            print(f"{stream.name:<22} {stream.kind:<9} {stream.task:<14} {stream.drift:<24} "
+                  f"{stream.description}")
+        return 0
+    for option in ("events", "train_window", "jobs", "replicates"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')}: must be >= 1, got {value}")
+    names = [n.strip() for n in args.streams.split(",") if n.strip()] if args.streams else None
+    try:
+        evaluate(names, events=args.events, train_window=args.train_window, seed=args.seed,
+                 jobs=args.jobs, replicates=args.replicates, results_path=args.results,
+                 record_dir=args.record)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(run_dir: str, output: str | None) -> int:
+    try:
+        from streamweights.report import build_report
+    except ImportError as error:
+        print(f"error: the report needs matplotlib ({error}); pip install "
+              "'streamweights[report]'", file=sys.stderr)
+        return 1
+    try:
+        page, plots = build_report(run_dir, output)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {page} ({sum(len(p) for p in plots.values())} plots)")
+    return 0
 
 
 def _inspect(state_dir: str) -> int:
