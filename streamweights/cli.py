@@ -172,7 +172,7 @@ def format_summary(summary: dict[str, Any], elapsed: float | None = None) -> str
         if scores["raw_best"] and classification:
             best = scores["raw_best"]
             adapted = scores["adapted"]
-            ratio = adapted["log_loss"] / best["log_loss"]
+            ratio = adapted["log_loss"] / max(best["log_loss"], 1e-12)  # 0 with no labels
             lines.append(f"  adapted / raw best: log-loss x{ratio:.3f}, "
                          f"ECE x{adapted['ece'] / max(best['ece'], 1e-12):.3f}")
         weights = (stream.get("weights") or {}).get("ensemble") or {}

@@ -24,7 +24,7 @@ ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
                       "PriorShift", "DriftMemory")
-SOURCE_KINDS = ("replay", "jsonl", "csv")
+SOURCE_KINDS = ("replay", "jsonl", "csv", "kafka")
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,39 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class KafkaConfig:
+    """The ``kafka:`` block (``source.kind: kafka``): where the topics are and how to talk
+    to the broker. Topic defaults share the ``streamweights.`` prefix; ``None`` for an
+    output topic means that output is not written."""
+
+    bootstrap_servers: str
+    group_id: str = "streamweights"
+    predictions_topic: str = "streamweights.predictions"
+    labels_topic: str = "streamweights.labels"
+    weights_topic: str | None = "streamweights.weights"
+    adapted_topic: str | None = None
+    dead_letter_topic: str | None = "streamweights.dead-letter"
+    changelog_topic: str = "streamweights.changelog"
+    #: Stable per replica (a restart with the same id fences its killed predecessor's
+    #: open transaction); default ``<group_id>-<hostname>``, right for a StatefulSet.
+    transactional_id: str | None = None
+    #: Passed to every kafka-python client that knows the key (SASL/SSL, timeouts ...).
+    client: dict[str, Any] = field(default_factory=dict)
+    create_topics: bool = True
+    partitions: int = 6
+    replication_factor: int = 1
+    #: Bounded replay: stop once the input read at start-up is processed (tests, bench).
+    stop_at_end: bool = False
+    #: Live mode: how long a topic read to its end must stay quiet before the other
+    #: topic's records of the task may pass it (see ``KafkaSource``).
+    max_task_idle_ms: int = 100
+    #: A task snapshot above this fraction of the changelog's message limit is refused.
+    snapshot_limit_fraction: float = 0.5
+    #: The changelog's message limit; ``None`` = ask the broker at start-up.
+    max_message_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     source: SourceConfig
     streams: tuple[StreamConfig, ...]
@@ -79,6 +112,7 @@ class ServiceConfig:
     dead_letter_path: str | None = None
     log_format: str = "text"
     progress_every_seconds: float = 5.0
+    kafka: KafkaConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +148,13 @@ def parse_config(document: Any) -> ServiceConfig:
     port = http.get("port", int, default=9108, allow_none=True)
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError(f"http.port: must be in 0..65535 (0 = any free port), got {port}")
+    kafka = None
+    if source.kind == "kafka":
+        kafka = _kafka(root.sub("kafka") if "kafka" in root.value else None)
+    elif "kafka" in root.value:
+        root.get("kafka", object)
+        raise ConfigError("kafka: only used with source.kind 'kafka'; set source.kind or "
+                          "remove the block")
     log_format = logging.get("format", str, default="text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"logging.format: must be 'text' or 'json', got {log_format!r}")
@@ -130,6 +171,7 @@ def parse_config(document: Any) -> ServiceConfig:
         dead_letter_path=outputs.get("dead_letter", str, default=None, allow_none=True),
         log_format=log_format,
         progress_every_seconds=logging.positive_float("progress_every_seconds", 5.0),
+        kafka=kafka,
     )
     for mapping in (root, checkpoint, http, outputs, logging):
         mapping.reject_unknown()
@@ -156,6 +198,53 @@ def _source(mapping: _Mapping) -> SourceConfig:
         raise ConfigError(f"source.path: required for source.kind {kind!r}")
     if kind == "csv" and not config.label_column:
         raise ConfigError("source.label_column: required for source.kind 'csv'")
+    mapping.reject_unknown()
+    return config
+
+
+def _kafka(mapping: _Mapping | None) -> KafkaConfig:
+    if mapping is None:
+        raise ConfigError("kafka: required for source.kind 'kafka' (at least "
+                          "kafka.bootstrap_servers)")
+
+    def topic(key: str, default: str | None, optional: bool = True) -> str | None:
+        value = mapping.get(key, str, default=default, allow_none=optional)
+        if value is not None and not value.strip():
+            raise ConfigError(f"kafka.{key}: must be a topic name, got an empty string")
+        return value
+
+    client = mapping.get("client", dict, default={})
+    for key in client:
+        if not isinstance(key, str):
+            raise ConfigError(f"kafka.client: keys must be strings, got {key!r}")
+    fraction = mapping.positive_float("snapshot_limit_fraction", 0.5)
+    if fraction > 1:
+        raise ConfigError(f"kafka.snapshot_limit_fraction: must be in (0, 1], got {fraction}")
+    limit = mapping.get("max_message_bytes", int, default=None, allow_none=True)
+    if limit is not None and limit < 1024:
+        raise ConfigError(f"kafka.max_message_bytes: must be >= 1024, got {limit}")
+    config = KafkaConfig(
+        bootstrap_servers=mapping.get("bootstrap_servers", str),
+        group_id=mapping.get("group_id", str, default="streamweights"),
+        predictions_topic=topic("predictions_topic", "streamweights.predictions", False),
+        labels_topic=topic("labels_topic", "streamweights.labels", False),
+        weights_topic=topic("weights_topic", "streamweights.weights"),
+        adapted_topic=topic("adapted_topic", None),
+        dead_letter_topic=topic("dead_letter_topic", "streamweights.dead-letter"),
+        changelog_topic=topic("changelog_topic", "streamweights.changelog", False),
+        transactional_id=mapping.get("transactional_id", str, default=None, allow_none=True),
+        client=dict(client),
+        create_topics=mapping.get("create_topics", bool, default=True),
+        partitions=mapping.positive_int("partitions", 6),
+        replication_factor=mapping.positive_int("replication_factor", 1),
+        stop_at_end=mapping.get("stop_at_end", bool, default=False),
+        max_task_idle_ms=mapping.get("max_task_idle_ms", int, default=100),
+        snapshot_limit_fraction=fraction,
+        max_message_bytes=limit,
+    )
+    if config.max_task_idle_ms < 0:
+        raise ConfigError(f"kafka.max_task_idle_ms: must be >= 0, got "
+                          f"{config.max_task_idle_ms}")
     mapping.reject_unknown()
     return config
 

@@ -6,9 +6,11 @@ route its outputs to either. Records are keyed by stream (taken from the record'
 ``stream`` field unless given), so one stream's versions stay in order on one partition
 and a compacted weights topic keeps the latest version per stream.
 
-Delivery here is idempotent (no duplicates from producer retries) but not yet
-transactional: outputs, snapshot and offsets in one Kafka transaction come next, and
-until then ``truncate`` cannot take back records already sent (it only resets the count).
+Delivery here is idempotent (no duplicates from producer retries) but not transactional,
+and ``truncate`` cannot take back records already sent (it only resets the count). The
+Kafka runtime does not use it: its outputs go through one transactional producer
+(:class:`streamweights.runtime.kafka_runtime.TransactionalSink`); this sink is for
+embedding and tests that want plain Kafka output from the embedded service.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ class KafkaSink:
         """Records handed to the producer so far."""
         return self._sent
 
-    def write(self, raw: bytes, key: bytes | None = None) -> None:
+    def write(self, raw: bytes, key: bytes | None = None,
+              headers: list[tuple[str, bytes]] | None = None) -> None:
         self._raise_pending()
-        future = self.producer.send(self.topic, value=raw,
+        future = self.producer.send(self.topic, value=raw, headers=headers,
                                     key=key if key is not None else stream_key(raw))
         future.add_errback(self._remember)
         self._sent += 1

@@ -12,10 +12,14 @@ only when the other partition of its task has a buffered record to compare with,
 been read up to its high watermark (it is idle, nothing is known to be waiting). The same
 input therefore yields the same sequence, whatever the poll batches.
 
-This is the foundation of the Kafka runtime: it does not yet restore snapshots on
-assignment or commit offsets in transactions; :meth:`KafkaSource.next_offsets` already
-gives what a transaction must commit (the offset after the last record *released*, not
-the consumer's position, which runs ahead by what is buffered).
+Assignment and revocation are noticed after each ``poll`` in the caller's thread (never
+in a rebalance-listener callback, which runs on the client's IO thread that also
+heartbeats; the listener only raises a flag): ``on_rebalance(owned, revoked)`` rolls
+the owned tasks back to their snapshots and returns their offsets, which the source seeks
+to (records fetched before are dropped).
+:meth:`KafkaSource.next_offsets` gives what a transaction must commit: the offset after
+the last record *released*, not the consumer's position, which runs ahead by what is
+buffered. The transactional cycle itself lives in :mod:`streamweights.runtime.kafka_runtime`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -106,6 +110,12 @@ class KafkaSource:
     max_buffered
         Per-partition bound on records held for the merge; a partition that runs this far
         ahead of its partner is paused until the partner catches up (bounded memory).
+    max_task_idle_ms
+        Live mode: a partition read to its high watermark counts as idle (so its partner's
+        records may pass it) only after it brought nothing new for this long. A producer
+        of the two topics is rarely exactly in step; without a wait, a label whose
+        prediction is still in flight could be released first. Default 0 (the foundation's
+        behaviour); the Kafka runtime sets ``kafka.max_task_idle_ms``.
     poll_timeout_ms
         Longest single wait for records; keeps each loop iteration short, far inside
         ``max_poll_interval_ms``.
@@ -116,9 +126,11 @@ class KafkaSource:
 
     def __init__(self, bootstrap_servers: str, predictions_topic: str, labels_topic: str, *,
                  group_id: str, stop_at_end: bool = False, max_buffered: int = 10_000,
-                 poll_timeout_ms: int = 100,
+                 poll_timeout_ms: int = 100, max_task_idle_ms: int = 0,
                  client_settings: dict[str, Any] | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.max_task_idle = max_task_idle_ms / 1000.0
+        self._last_data: dict[Any, float] = {}
         self.topics = (predictions_topic, labels_topic)
         self.group_id = group_id
         self.stop_at_end = stop_at_end
@@ -132,14 +144,33 @@ class KafkaSource:
         self._end: dict[Any, int] = {}
         #: ``(topic, partition, offset)`` of the record last yielded (dead-letter origin).
         self.last_origin: tuple[str, int, int] | None = None
+        #: Records released per task (restored from its snapshot on assignment).
+        self.released_counts: dict[int, int] = {}
+        #: ``on_rebalance(owned, revoked) -> {(topic, partition): offset}``: called in the
+        #: caller's thread after every group rebalance; rolls the owned tasks back to their
+        #: last committed snapshots and says where to resume (missing: the group's
+        #: committed offset, else the start). ``None``: keep the consumer's positions.
+        self.on_rebalance: Callable[[list[int], list[int]], dict[tuple[str, int], int]] \
+            | None = None
+        #: ``on_idle()``: a fetch brought nothing new (the runtime commits pending work,
+        #: so a quiet input does not leave results uncommitted).
+        self.on_idle: Callable[[], None] | None = None
+        #: Set (by the service) to make :meth:`open` return at the next fetch.
+        self.stop_event: Any = None
+        self._rebalanced = False
+        self._client_drained = False
+        self._owned: set[int] = set()
 
     # -- setup --------------------------------------------------------------------------
     def connect(self) -> None:
         """Create the consumer, check both topics exist and are co-partitioned, subscribe."""
         from kafka import KafkaConsumer
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
         from kafka.errors import KafkaTimeoutError
 
         settings = {"enable_auto_commit": False, "auto_offset_reset": "earliest",
+                    # range keeps partition p of both topics on one member (co-partitioning)
+                    "partition_assignment_strategy": [RangePartitionAssignor],
                     "isolation_level": "read_committed", "bootstrap_timeout_ms": 10_000,
                     # a missing input topic is a configuration error, never created silently
                     "allow_auto_create_topics": False, **self.client_settings}
@@ -164,7 +195,7 @@ class KafkaSource:
                 f"kafka topics {self.topics[0]!r} ({counts[0]} partitions) and "
                 f"{self.topics[1]!r} ({counts[1]} partitions) are not co-partitioned; give "
                 "them the same partition count")
-        self.consumer.subscribe(list(self.topics))
+        self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
 
     # -- reading ------------------------------------------------------------------------
     def open(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -174,6 +205,9 @@ class KafkaSource:
             self.connect()
         sequence = start
         while True:
+            if self._rebalanced and self.on_rebalance is not None:
+                self._fetch()  # roll back before releasing anything more
+                continue
             released = self._release()
             if released is not None:
                 topic, partition, offset, raw = released
@@ -183,14 +217,36 @@ class KafkaSource:
                 continue
             if self.stop_at_end and self._at_end():
                 return
-            self._fetch()
+            if self.stop_event is not None and self.stop_event.is_set():
+                return
+            if not self._fetch() and self.on_idle is not None:
+                self.on_idle()
 
-    def _fetch(self) -> None:
+    def _fetch(self) -> int:
+        """Poll once; return how many records were buffered."""
         from kafka import TopicPartition
 
         batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        # kafka-python parses a fetched partition (and only then updates its high
+        # watermark) when poll drains it; a poll that filled max_poll_records may leave
+        # records in the client, so no partition may be taken as read to its end.
+        returned = sum(len(records) for records in batches.values())
+        self._client_drained = returned < self.consumer.config["max_poll_records"]
         assigned = self.consumer.assignment()
-        self._forget_revoked(assigned)
+        owned = {tp.partition for tp in assigned}
+        if self.on_rebalance is not None and (self._rebalanced or owned != self._owned):
+            # Positions after a rebalance are the group's committed offsets again (eager
+            # protocol), so every owned task restarts from its last committed snapshot.
+            self._rebalanced = False
+            revoked = sorted(self._owned - owned)
+            self._owned = owned
+            self.tasks.clear()
+            self._released.clear()
+            self._start_tasks(sorted(owned), self.on_rebalance(sorted(owned), revoked))
+            batches = {}
+        elif self.on_rebalance is None:
+            self._forget_revoked(assigned)
+        fetched = 0
         if self.stop_at_end and assigned and not all(tp in self._end for tp in assigned):
             missing = [tp for tp in assigned if tp not in self._end]
             self._end.update(self.consumer.end_offsets(missing))
@@ -201,6 +257,9 @@ class KafkaSource:
                 task = self.tasks[tp.partition] = TaskMerge()
             for record in records:
                 task.add(side, record.offset, event_time(record.value), record.value)
+            fetched += len(records)
+            if records:
+                self._last_data[tp] = time.monotonic()
         # Back-pressure: pause a partition far ahead of its partner, resume it once drained.
         pause, resume = [], []
         paused = self.consumer.paused()
@@ -218,6 +277,26 @@ class KafkaSource:
             self.consumer.pause(*pause)
         if resume:
             self.consumer.resume(*resume)
+        return fetched
+
+    def _start_tasks(self, numbers: list[int], offsets: dict[tuple[str, int], int]) -> None:
+        """Seek newly owned tasks to where their state left off; forget what was fetched."""
+        from kafka import TopicPartition
+
+        for number in numbers:
+            self.tasks.pop(number, None)
+            for topic in self.topics:
+                tp = TopicPartition(topic, number)
+                offset = offsets.get((topic, number))
+                if offset is None:
+                    offset = self.consumer.committed(tp)
+                if offset is None:
+                    self.consumer.seek_to_beginning(tp)
+                    self._released.pop((topic, number), None)
+                else:
+                    self.consumer.seek(tp, offset)
+                    self._released[(topic, number)] = offset
+                self._last_data[tp] = time.monotonic()
 
     def _forget_revoked(self, assigned: set) -> None:
         """Drop buffers of partitions no longer owned (their new owner re-reads them)."""
@@ -228,6 +307,8 @@ class KafkaSource:
     def _caught_up(self, number: int) -> tuple[bool, bool]:
         from kafka import TopicPartition
 
+        if not self._client_drained:
+            return False, False
         flags = []
         for topic in self.topics:
             tp = TopicPartition(topic, number)
@@ -237,8 +318,10 @@ class KafkaSource:
             except Exception:  # not assigned (yet), or no position known
                 flags.append(False)
                 continue
-            flags.append(highwater is not None and position is not None
-                         and position >= highwater)
+            idle = (highwater is not None and position is not None and position >= highwater)
+            if idle and self.max_task_idle:
+                idle = time.monotonic() - self._last_data.get(tp, 0.0) >= self.max_task_idle
+            flags.append(idle)
         return flags[0], flags[1]
 
     def _release(self) -> tuple[str, int, int, bytes] | None:
@@ -259,6 +342,7 @@ class KafkaSource:
                 side, offset, raw = popped
                 topic = self.topics[side]
                 self._released[(topic, number)] = offset + 1
+                self.released_counts[number] = self.released_counts.get(number, 0) + 1
                 return topic, number, offset, raw
         return None
 
@@ -297,6 +381,21 @@ class KafkaSource:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
             self.consumer = None
+
+
+def _rebalance_flag(source: KafkaSource) -> Any:
+    """A rebalance listener that only raises a flag: it runs inside the client (possibly
+    on its IO thread, which also heartbeats), so the real work waits for the main loop."""
+    from kafka import ConsumerRebalanceListener
+
+    class RebalanceFlag(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            source._rebalanced = True
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            source._rebalanced = True
+
+    return RebalanceFlag()
 
 
 def wait_for_assignment(source: KafkaSource, timeout: float = 30.0) -> None:

@@ -19,6 +19,10 @@ streamweights_checkpoint_duration_seconds         histogram  —
 streamweights_snapshot_bytes                      gauge      —
 streamweights_update_latency_seconds              histogram  kind
 streamweights_ready                               gauge      —
+streamweights_kafka_transactions_total            counter    outcome (commit|abort)
+streamweights_kafka_rebalances_total              counter    —
+streamweights_kafka_restore_seconds               histogram  —
+streamweights_kafka_consumer_lag                  gauge      topic, partition
 ================================================  =========  =============================
 
 ``forecaster`` is ``adapted``, ``raw_best`` or ``raw:<model>``. Loss and ECE gauges are
@@ -70,5 +74,15 @@ class ServiceMetrics:
         self.update_latency = Histogram("streamweights_update_latency_seconds",
                                         "Time to process one record through the pipeline.",
                                         ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.transactions = Counter("streamweights_kafka_transactions", "Kafka transactions "
+                                    "ended, by outcome.", ["outcome"], registry=r)
+        self.rebalances = Counter("streamweights_kafka_rebalances", "Task assignments "
+                                  "received (each restores the new tasks).", registry=r)
+        self.restore_seconds = Histogram("streamweights_kafka_restore_seconds", "Time to "
+                                         "restore newly assigned tasks from the changelog.",
+                                         buckets=_CHECKPOINT_BUCKETS, registry=r)
+        self.consumer_lag = Gauge("streamweights_kafka_consumer_lag", "Records of an input "
+                                  "partition not yet committed (at the last commit).",
+                                  ["topic", "partition"], registry=r)
         self.ready = Gauge("streamweights_ready", "1 once state is restored and the source is "
                            "open.", registry=r)

@@ -1,6 +1,11 @@
 """The service loop: source -> decode -> pipeline -> sinks, with checkpoints, metrics,
 HTTP endpoints, progress lines and graceful shutdown.
 
+Where records come from, where outputs go and how state is kept is a :class:`Runtime`
+built from the config: the embedded default below, or Kafka
+(:mod:`streamweights.runtime.kafka_runtime`, with its own guarantees); the loop is the
+same for both.
+
 Guarantees (embedded mode):
 
 * Exactly-once effect on state: a snapshot holds the pipeline state and the position of
@@ -23,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -45,23 +50,104 @@ log = logging.getLogger("streamweights")
 DEAD_LETTER_MAX_RAW = 64 * 1024
 
 
+class LocalCheckpoints:
+    """The embedded state backend: whole-service snapshots in a local folder."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.store = LocalStateStore(state_dir)
+
+    def restore(self, service: Service) -> None:
+        snapshot = self.store.load()
+        if snapshot is None:
+            log.info("no snapshot in %s: starting from the beginning", self.state_dir)
+            return
+        if snapshot["config_digest"] != service._config_digest:
+            raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
+                                    "other stream settings; use a fresh state_dir or the old "
+                                    "config")
+        started = time.perf_counter()
+        service.pipeline.load_state_dict(snapshot["pipeline"])
+        service.position = int(snapshot["position"])
+        service.records_seen = int(snapshot["records_seen"])
+        service._exhausted = bool(snapshot.get("exhausted", False))
+        for name, sink in service.sinks.items():
+            sink.truncate(int(snapshot["sinks"].get(name, 0)))
+        for name, stream in service.pipeline.streams.items():
+            if stream.latest_weights is not None:
+                service.view.weights[name] = events.encode(stream.latest_weights)
+        log.info("restored snapshot from %s at input position %d in %.3fs", self.state_dir,
+                 service.position, time.perf_counter() - started)
+
+    def checkpoint(self, service: Service) -> int:
+        for sink in service.sinks.values():
+            sink.flush()
+        return self.store.save({
+            "pipeline": service.pipeline.state_dict(), "position": service.position,
+            "records_seen": service.records_seen, "exhausted": service._exhausted,
+            "sinks": {name: sink.position for name, sink in service.sinks.items()},
+            "source": service.source.name, "config_digest": service._config_digest,
+        })
+
+    def on_dead_letter(self, reason: str) -> None:
+        """Dead letters are counted in the pipeline state already."""
+
+    def dead_letter_origin(self) -> str | None:
+        return None
+
+    def finished_before(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: the sinks belong to the service."""
+
+
+@dataclass
+class Runtime:
+    """Where a service reads from, writes to and keeps its state: the embedded default
+    (replay / JSONL / CSV, JSONL files, a local folder) or Kafka."""
+
+    source: Any
+    sinks: dict[str, Any]
+    state: Any
+
+
+def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> Runtime:
+    """The runtime the config asks for."""
+    if config.source.kind == "kafka":
+        from streamweights.runtime.kafka_runtime import KafkaRuntime
+
+        assert config.kafka is not None  # the config requires the block
+        kafka = KafkaRuntime(config.kafka, config_digest)
+        return Runtime(kafka.source, dict(kafka.sinks), kafka)
+    source = make_source(config.source)
+    sinks = {name: JsonlSink(path) for name, path in (
+        ("adapted", config.adapted_path), ("weights", config.weights_path),
+        ("dead_letter", config.dead_letter_path)) if path}
+    return Runtime(source, sinks, LocalCheckpoints(state_dir))
+
+
 class Service:
-    """One embedded-mode service instance."""
+    """One service instance; its source, sinks and state backend come from
+    :func:`build_runtime` (or are given, for tests and embedding)."""
 
     def __init__(self, config: ServiceConfig, *, state_dir: str | None = None,
-                 max_events: int | None = None) -> None:
+                 max_events: int | None = None, runtime: Runtime | None = None) -> None:
         self.config = config
         self.state_dir = state_dir or config.state_dir
         self.max_events = max_events
         self.metrics = ServiceMetrics()
         self.view = ServiceView()
         self.pipeline = Pipeline(config.streams)
-        self.store = LocalStateStore(self.state_dir)
-        self.source = make_source(config.source)
+        self._config_digest = hashlib.sha256(orjson.dumps(
+            [asdict(s) for s in config.streams])).hexdigest()
+        if runtime is None:
+            runtime = build_runtime(config, self.state_dir, self._config_digest)
+        self.source = runtime.source
+        self.sinks = runtime.sinks
+        self.state = runtime.state
+        self.store = getattr(self.state, "store", None)
         self._check_source_matches_streams()
-        self.sinks = {name: JsonlSink(path) for name, path in (
-            ("adapted", config.adapted_path), ("weights", config.weights_path),
-            ("dead_letter", config.dead_letter_path)) if path}
         self.position = 0
         self.records_seen = 0
         self.http: HttpServer | None = None
@@ -69,8 +155,6 @@ class Service:
         self._event_counters: dict[tuple[str, str], Any] = {}
         self._joined_counters: dict[str, Any] = {}
         self._exhausted = False
-        self._config_digest = hashlib.sha256(orjson.dumps(
-            [asdict(s) for s in config.streams])).hexdigest()
 
     def _check_source_matches_streams(self) -> None:
         if isinstance(self.source, ReplaySource):
@@ -105,37 +189,11 @@ class Service:
         log.info("http listening on %s:%d", self.config.http_host, self.http.port)
 
     def restore(self) -> None:
-        snapshot = self.store.load()
-        if snapshot is None:
-            log.info("no snapshot in %s: starting from the beginning", self.state_dir)
-            return
-        if snapshot["config_digest"] != self._config_digest:
-            raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
-                                    "other stream settings; use a fresh state_dir or the old "
-                                    "config")
-        started = time.perf_counter()
-        self.pipeline.load_state_dict(snapshot["pipeline"])
-        self.position = int(snapshot["position"])
-        self.records_seen = int(snapshot["records_seen"])
-        self._exhausted = bool(snapshot.get("exhausted", False))
-        for name, sink in self.sinks.items():
-            sink.truncate(int(snapshot["sinks"].get(name, 0)))
-        for name, stream in self.pipeline.streams.items():
-            if stream.latest_weights is not None:
-                self.view.weights[name] = events.encode(stream.latest_weights)
-        log.info("restored snapshot from %s at input position %d in %.3fs", self.state_dir,
-                 self.position, time.perf_counter() - started)
+        self.state.restore(self)
 
     def checkpoint(self) -> None:
         started = time.perf_counter()
-        for sink in self.sinks.values():
-            sink.flush()
-        size = self.store.save({
-            "pipeline": self.pipeline.state_dict(), "position": self.position,
-            "records_seen": self.records_seen, "exhausted": self._exhausted,
-            "sinks": {name: sink.position for name, sink in self.sinks.items()},
-            "source": self.source.name, "config_digest": self._config_digest,
-        })
+        size = self.state.checkpoint(self)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
         self.metrics.snapshot_bytes.set(size)
 
@@ -160,8 +218,11 @@ class Service:
     def close(self) -> None:
         if self.http is not None:
             self.http.stop()
-        for sink in self.sinks.values():
-            sink.close()
+        try:
+            for sink in self.sinks.values():
+                sink.close()
+        finally:
+            self.state.close()
 
     # -- processing -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -198,8 +259,12 @@ class Service:
                     self._progress(processed - progress_count, now - last_progress,
                                    processed, now - started)
                     progress_count, last_progress = processed, now
+        if self._stop.is_set():  # a live source returned because a stop was requested
+            log.info("stop requested: checkpointing at input position %d", self.position)
+            return
         self._exhausted = True
-        self._finish()
+        if not self.state.finished_before():
+            self._finish()
 
     def _process(self, position: int, raw: bytes) -> str:
         try:
@@ -253,14 +318,17 @@ class Service:
 
     def _dead_letter(self, letter: DeadLetter, position: int, raw: bytes | None) -> None:
         self.metrics.invalid.labels(letter.reason).inc()
+        self.state.on_dead_letter(letter.reason)
+        origin = self.state.dead_letter_origin() or f"{self.source.name}@{position}"
         source_raw = letter.raw if letter.raw is not None else raw
         text = (source_raw or b"")[:DEAD_LETTER_MAX_RAW].decode("utf-8", "replace")
         record = {"schema": 1, "reason": letter.reason, "error": letter.error,
-                  "origin": f"{self.source.name}@{position}", "stream": letter.stream,
-                  "id": letter.id, "record": text}
+                  "origin": origin, "stream": letter.stream, "id": letter.id, "record": text}
         if "dead_letter" in self.sinks:
-            self.sinks["dead_letter"].write(orjson.dumps(record))
-        log.debug("dead letter at %s@%d: %s", self.source.name, position, letter.error)
+            self.sinks["dead_letter"].write(orjson.dumps(record), headers=[
+                ("reason", letter.reason.encode()), ("error", letter.error.encode()),
+                ("origin", origin.encode())])
+        log.debug("dead letter at %s: %s", origin, letter.error)
 
     def _finish(self) -> None:
         """The input ended: publish a final weights version per stream."""

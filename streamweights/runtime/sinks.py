@@ -33,7 +33,9 @@ class JsonlSink:
         """Bytes written so far (the checkpoint stores this)."""
         return self._position
 
-    def write(self, raw: bytes) -> None:
+    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Append one line; ``headers`` (Kafka's dead-letter metadata) are already in the
+        record for files and are ignored."""
         self._handle.write(raw)
         self._handle.write(b"\n")
         self._position += len(raw) + 1

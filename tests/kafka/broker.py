@@ -235,6 +235,10 @@ class KafkaBroker:
             "broker.session.timeout.ms": "3000",
             "broker.heartbeat.interval.ms": "500",
             "log.segment.bytes": str(16 * 1024 * 1024),
+            # A killed transactional producer's open transaction is aborted within a
+            # second of its timeout (default: checked every 10 s), so a takeover waits
+            # for it seconds, not tens of seconds.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         }
         values.update(self.overrides)
         return values

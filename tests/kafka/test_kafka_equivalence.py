@@ -3,81 +3,16 @@ embedded JSONL source gives the same weights, bit for bit."""
 
 from __future__ import annotations
 
-import heapq
 import json
-import pathlib
 import random
-from collections import defaultdict
 
 import orjson
-import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
-from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime.kafka_sink import KafkaSink
 from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, KafkaSource, TaskMerge
-from streamweights.runtime.replay import ReplayStream
-from streamweights.runtime.service import Service
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-STREAMS = (("demo", 7), ("other", 11))
-EVENTS_PER_STREAM = 3_000
-
-
-def write_input(path: pathlib.Path) -> list[bytes]:
-    """Two replayed drifting streams interleaved in event-time order (as live producers
-    write them), as JSONL; returns the lines. Each replay is already in event-time order
-    (ties: prediction first), and the merge keeps each stream's own order."""
-    replays = []
-    for stream, seed in STREAMS:
-        replay = ReplayStream(SourceConfig(events=EVENTS_PER_STREAM, seed=seed, stream=stream))
-        replays.append([raw for _, raw in replay.records()])
-    lines = list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
-    path.write_bytes(b"".join(line + b"\n" for line in lines))
-    return lines
-
-
-def make_config(folder: pathlib.Path, input_path: pathlib.Path):
-    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    stream = document["streams"][0]
-    stream["publish"] = {"every_labels": 250, "every_seconds": 60}
-    document["streams"] = [{**stream, "name": name} for name, _ in STREAMS]
-    document["source"] = {"kind": "jsonl", "path": str(input_path)}
-    document["state_dir"] = str(folder / "state")
-    document["checkpoint"] = {"every_records": 10_000_000, "every_seconds": 3600}
-    document["http"] = {"host": "127.0.0.1", "port": None}
-    document["outputs"] = {"adapted": str(folder / "adapted.jsonl"),
-                           "weights": str(folder / "weights.jsonl"),
-                           "dead_letter": str(folder / "dead-letter.jsonl")}
-    return parse_config(document)
-
-
-def by_stream(values: list[bytes]) -> dict[str, list[bytes]]:
-    grouped: dict[str, list[bytes]] = defaultdict(list)
-    for value in values:
-        grouped[orjson.loads(value)["stream"]].append(value)
-    return dict(grouped)
-
-
-def read_topic(bootstrap: str, topic: str) -> list[bytes]:
-    """Every committed record of ``topic``, in offset order per partition."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False)
-    try:
-        numbers = sorted(consumer.partitions_for_topic(topic))
-        partitions = [TopicPartition(topic, number) for number in numbers]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: dict[TopicPartition, list] = defaultdict(list)
-        for _ in range(600):
-            if all(consumer.position(tp) >= end[tp] for tp in partitions):
-                break
-            for tp, batch in consumer.poll(timeout_ms=100).items():
-                records[tp].extend(r.value for r in batch)
-        return [value for tp in partitions for value in records[tp]]
-    finally:
-        consumer.close()
+from streamweights.runtime.service import LocalCheckpoints, Runtime, Service
+from tests.kafka.helpers import STREAMS, by_stream, make_config, read_topic, write_input
 
 
 def test_task_merge_order_does_not_depend_on_fetch_batches():
@@ -138,14 +73,12 @@ def test_same_stream_through_kafka_and_jsonl_gives_identical_weights(
     producer.flush()
     producer.close()
 
-    service = Service(make_config(tmp_path / "kafka", input_path))
     source = KafkaSource(kafka_bootstrap, predictions, labels, group_id=f"g-{predictions}",
                          stop_at_end=True)
-    service.source = source
-    service.sinks["weights"].close()
-    service.sinks["adapted"].close()
-    service.sinks["weights"] = KafkaSink(kafka_bootstrap, weights_topic)
-    service.sinks["adapted"] = KafkaSink(kafka_bootstrap, adapted_topic)
+    sinks = {"weights": KafkaSink(kafka_bootstrap, weights_topic),
+             "adapted": KafkaSink(kafka_bootstrap, adapted_topic)}
+    service = Service(make_config(tmp_path / "kafka", input_path),
+                      runtime=Runtime(source, sinks, LocalCheckpoints(str(tmp_path / "state"))))
     try:
         kafka_summary = service.run()
     finally:

@@ -1,0 +1,580 @@
+"""The Kafka runtime: exactly-once adaptation from Kafka topics to Kafka topics.
+
+``source.kind: kafka`` builds this in place of the embedded source, sinks and snapshot
+folder; the service loop is the same. One process = one consumer (a member of
+``kafka.group_id``) and ONE transactional producer. Every ``checkpoint.every_records``
+records (or ``every_seconds``) the open transaction receives, after the outputs already
+sent in it (weights versions, adapted predictions, dead letters), one snapshot per owned
+task (partition number) to the compacted changelog topic, keyed by the task, plus the
+input offsets (``send_offsets_to_transaction`` with the consumer's group metadata), and
+is committed; the next one begins at once. On assignment of a task (in the main loop,
+never in a client callback, so no blocking work runs on the client's IO thread) its latest
+committed snapshot is read from the changelog (``read_committed``, up to the end),
+restored, and both input partitions are sought to the snapshot's offsets.
+
+Guarantees
+    * Exactly-once effect: outputs, snapshots and input offsets of one cycle become
+      visible together or not at all, so a ``read_committed`` reader of the weights topic
+      sees every version of a stream once, numbered 1, 2, 3 ... without gap, and after any
+      crash the state resumes from the last committed snapshot and the input from the
+      offsets committed with it.
+    * Bit-identical results to the embedded service for the same records, *provided each
+      input partition is in event-time order* (records are merged per task by
+      ``(ts, topic, offset)``; see :mod:`streamweights.runtime.kafka_source`) *and*, in
+      live mode, neither topic of a task reaches the broker more than
+      ``kafka.max_task_idle_ms`` after the other (a partition read to its end is taken
+      as idle after that long, and its partner's records pass it). Replaying input that
+      is already written (``stop_at_end``, or a restart behind the end) is always exact.
+      Otherwise the state is still exactly-once, but the numbers depend on arrival.
+    * Bad records go to the dead-letter topic (inside the same transaction) with headers
+      ``reason``, ``error`` and ``origin`` (``topic-partition@offset``).
+
+Failure scenarios
+    * kill -9 / crash / a failed ``commit_transaction``: the open transaction is aborted
+      (by the broker on timeout, or at once when the restarted process, with the same
+      ``transactional_id``, calls ``init_transactions``); the restart recomputes the lost
+      cycle from the committed offsets and produces the same outputs again, once.
+    * A commit that fails (a broker restart that outlasts the transaction timeout fences
+      the producer, for one) is followed by a new producer with the same transactional
+      id and a roll-back of every owned task to its last committed snapshot; the lost
+      cycle is recomputed. Three failures in a row end the process (non-zero exit):
+      fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
+    * A snapshot larger than ``snapshot_limit_fraction`` of the changelog's message limit
+      is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
+      the trend long before), instead of failing inside the broker.
+
+Limitations (this is what the guarantee does NOT cover)
+    * Kafka transactions themselves: the guarantee is the broker's read-committed
+      isolation (KIP-98 / KIP-447). Known gaps in brokers before the KIP-890 fixes
+      (hanging or late-arriving transactional writes, as in Jepsen's Bufstream analysis)
+      are not worked around here; readers that use ``read_uncommitted`` see aborted data.
+    * The transactional id must be stable per replica and unique in the group (default
+      ``<group_id>-<hostname>``); two replicas with the same id fence each other.
+    * A rebalance (the eager protocol, range assignor: partition p of both inputs goes to
+      one member) aborts the open transaction and rolls every task this member still
+      owns back to its last committed snapshot: up to one checkpoint interval of work is
+      redone, by this member or by the new owner. Revoked tasks' streams keep their
+      reset state in this process (its summary covers only what it owns).
+    * Streams are mapped to tasks with Kafka's default partitioner (murmur2 of the stream
+      name); producers must key records by stream with that partitioner, and the
+      predictions and labels topics must have the same partition count.
+    * Consumer lag per partition is refreshed at each commit, not continuously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from streamweights import events
+from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.config import KafkaConfig
+from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.kafka_sink import stream_key
+from streamweights.runtime.kafka_source import KafkaSource
+
+if TYPE_CHECKING:
+    from streamweights.runtime.service import Service
+
+log = logging.getLogger("streamweights")
+
+#: Layout of a task snapshot on the changelog; bumped when it changes.
+TASK_SNAPSHOT_FORMAT = 1
+#: Test-only fault injection: raise before the N-th ``commit_transaction`` of a process.
+FAIL_BEFORE_COMMIT_ENV = "STREAMWEIGHTS_TEST_FAIL_BEFORE_COMMIT"
+#: Broker default ``message.max.bytes`` (used when the broker cannot be asked).
+BROKER_DEFAULT_MESSAGE_BYTES = 1_048_588
+
+
+class InjectedCommitError(RuntimeError):
+    """Raised by the test-only hook before a commit (see ``FAIL_BEFORE_COMMIT_ENV``)."""
+
+
+def task_of(stream: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key ``stream``."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(stream.encode()) & 0x7FFFFFFF) % partitions
+
+
+def client_settings(kafka: KafkaConfig, client: type) -> dict[str, Any]:
+    """The ``kafka.client`` settings that this kafka-python client class accepts."""
+    return {k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}
+
+
+def check_client_settings(kafka: KafkaConfig) -> None:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    known = (set(KafkaConsumer.DEFAULT_CONFIG) | set(KafkaProducer.DEFAULT_CONFIG)
+             | set(KafkaAdminClient.DEFAULT_CONFIG))
+    for key in kafka.client:
+        if key not in known:
+            raise RuntimeSetupError(f"kafka.client.{key}: not a kafka-python client setting")
+
+
+class TransactionalSink:
+    """An output topic written through the runtime's transactional producer: what is
+    written becomes visible only when the cycle's transaction commits."""
+
+    def __init__(self, runtime: KafkaRuntime, topic: str) -> None:
+        self.runtime = runtime
+        self.topic = topic
+        self.path = f"kafka:{topic}"
+        self._sent = 0
+
+    @property
+    def position(self) -> int:
+        return self._sent
+
+    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.runtime.dirty = True
+        self.runtime.producer.send(self.topic, value=raw, key=stream_key(raw), headers=headers)
+        self._sent += 1
+
+    def flush(self) -> None:
+        """Nothing to do: the transaction's commit flushes."""
+
+    def truncate(self, position: int) -> None:
+        self._sent = position
+
+    def close(self) -> None:
+        """The producer is the runtime's; it closes it."""
+
+
+class KafkaRuntime:
+    """Source, sinks and state of one Kafka-mode replica (see the module docstring).
+
+    Built by the service from the config; setup (broker reachable, topics present or
+    created, co-partitioned, message limit known) happens here, so a bad setup fails
+    before anything is read.
+    """
+
+    def __init__(self, kafka: KafkaConfig, config_digest: str) -> None:
+        check_client_settings(kafka)
+        self.kafka = kafka
+        self.config_digest = config_digest
+        self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
+        self.partitions = self._setup_topics()
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.source = KafkaSource(kafka.bootstrap_servers, kafka.predictions_topic,
+                                  kafka.labels_topic, group_id=kafka.group_id,
+                                  stop_at_end=kafka.stop_at_end,
+                                  max_task_idle_ms=kafka.max_task_idle_ms,
+                                  client_settings=client_settings(kafka, KafkaConsumer))
+        self.source.on_rebalance = self._on_rebalance
+        self.source.on_idle = self._on_idle
+        self._committed_offsets: dict[tuple[str, int], int] = {}
+        # 10 s transaction timeout (as Kafka Streams uses for exactly-once): a killed
+        # replica's open transaction, which holds back read_committed readers and its
+        # tasks' offsets, is aborted by the broker that soon after.
+        producer_settings = {"acks": "all", "enable_idempotence": True, "linger_ms": 5,
+                             "transaction_timeout_ms": 10_000,
+                             "bootstrap_timeout_ms": 10_000,
+                             "max_request_size": max(self.limit + 64 * 1024, 1_048_576),
+                             **client_settings(kafka, KafkaProducer)}
+        self._producer_settings = producer_settings
+        self._recoveries = 0
+        try:
+            self.producer = self._new_producer()
+        except Exception as error:
+            raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
+                                    f"{kafka.bootstrap_servers} ({type(error).__name__})"
+                                    ) from None
+        self.sinks: dict[str, TransactionalSink] = {
+            name: TransactionalSink(self, topic) for name, topic in (
+                ("adapted", kafka.adapted_topic), ("weights", kafka.weights_topic),
+                ("dead_letter", kafka.dead_letter_topic)) if topic}
+        self.service: Service | None = None
+        self.owned: set[int] = set()
+        self.task_invalid: dict[int, dict[str, int]] = {}
+        self.task_exhausted: dict[int, bool] = {}
+        self.commits = 0
+        self._in_transaction = False
+        #: Something was sent in the open transaction (a rebalance must abort it).
+        self.dirty = False
+        self._initial: dict[str, str] = {}
+        fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
+        self._fail_before_commit = int(fault) if fault else None
+
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
+                             transactional_id=self.transactional_id,
+                             **self._producer_settings)
+
+    # -- setup --------------------------------------------------------------------------
+    def _setup_topics(self) -> int:
+        """Check (or create) every topic; return the input partition count."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        kafka = self.kafka
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers,
+                                     client_id=f"{kafka.group_id}-setup",
+                                     **{"bootstrap_timeout_ms": 10_000,
+                                        **client_settings(kafka, KafkaAdminClient)})
+        except Exception as error:
+            raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
+                                    f"{kafka.bootstrap_servers} ({type(error).__name__})"
+                                    ) from None
+        try:
+            existing = set(admin.list_topics())
+            compacted = {"cleanup.policy": "compact"}
+            wanted = {kafka.predictions_topic: ("predictions_topic", {}),
+                      kafka.labels_topic: ("labels_topic", {}),
+                      kafka.changelog_topic: ("changelog_topic", compacted)}
+            for key, topic, settings in (("weights_topic", kafka.weights_topic, compacted),
+                                         ("adapted_topic", kafka.adapted_topic, {}),
+                                         ("dead_letter_topic", kafka.dead_letter_topic, {})):
+                if topic:
+                    wanted[topic] = (key, settings)
+            missing = [topic for topic in wanted if topic not in existing]
+            if missing and not kafka.create_topics:
+                key = wanted[missing[0]][0]
+                raise RuntimeSetupError(f"kafka.{key}: topic {missing[0]!r} does not exist on "
+                                        f"{kafka.bootstrap_servers}; create it or set "
+                                        "kafka.create_topics: true")
+            if missing:
+                inputs = [t for t in (kafka.predictions_topic, kafka.labels_topic)
+                          if t in existing]
+                count = (self._partition_count(admin, inputs[0]) if inputs
+                         else kafka.partitions)
+                admin.create_topics([NewTopic(topic, count, kafka.replication_factor,
+                                              topic_configs=wanted[topic][1])
+                                     for topic in missing])
+                log.info("created kafka topics %s (%d partitions, replication %d)",
+                         ", ".join(missing), count, kafka.replication_factor)
+            counts = {topic: self._partition_count(admin, topic)
+                      for topic in (kafka.predictions_topic, kafka.labels_topic,
+                                    kafka.changelog_topic)}
+            if counts[kafka.predictions_topic] != counts[kafka.labels_topic]:
+                raise RuntimeSetupError(
+                    f"kafka topics {kafka.predictions_topic!r} ({counts[kafka.predictions_topic]}"
+                    f" partitions) and {kafka.labels_topic!r} ({counts[kafka.labels_topic]} "
+                    "partitions) are not co-partitioned; give them the same partition count")
+            partitions = counts[kafka.predictions_topic]
+            if counts[kafka.changelog_topic] < partitions:
+                raise RuntimeSetupError(
+                    f"kafka.changelog_topic: {kafka.changelog_topic!r} has "
+                    f"{counts[kafka.changelog_topic]} partitions, the inputs {partitions}; it "
+                    "needs at least as many (one per task)")
+            self.limit = kafka.max_message_bytes or self._message_limit(admin)
+            return partitions
+        except RuntimeSetupError:
+            raise
+        except Exception as error:
+            raise RuntimeSetupError(f"kafka: topic setup on {kafka.bootstrap_servers} failed: "
+                                    f"{type(error).__name__}: {error}") from None
+        finally:
+            admin.close()
+
+    @staticmethod
+    def _partition_count(admin: Any, topic: str, timeout: float = 15.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            described = admin.describe_topics([topic])
+            partitions = described[0].get("partitions", []) if described else []
+            if partitions and all(p.get("leader_id", -1) >= 0 for p in partitions):
+                return len(partitions)
+            if time.monotonic() > deadline:
+                raise RuntimeSetupError(f"kafka topic {topic!r}: no partition leaders after "
+                                        f"{timeout:.0f}s")
+            time.sleep(0.05)
+
+    def _message_limit(self, admin: Any) -> int:
+        """The changelog topic's ``max.message.bytes`` (broker default if not readable)."""
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        try:
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.kafka.changelog_topic,
+                                configs=["max.message.bytes"])], config_filter="all")
+            value = _find_config_value(found, "max.message.bytes")
+            return int(value) if value is not None else BROKER_DEFAULT_MESSAGE_BYTES
+        except Exception as error:  # an old broker or ACLs: fall back, say so
+            log.warning("kafka: cannot read max.message.bytes of %s (%s); assuming %d",
+                        self.kafka.changelog_topic, error, BROKER_DEFAULT_MESSAGE_BYTES)
+            return BROKER_DEFAULT_MESSAGE_BYTES
+
+    # -- state backend (called by the service) ------------------------------------------
+    def restore(self, service: Service) -> None:
+        """Start transactions (fencing a killed predecessor) and join the group; tasks are
+        restored as they are assigned."""
+        self.service = service
+        self._initial = {name: dumps_state(stream.state_dict())
+                         for name, stream in service.pipeline.streams.items()}
+        self.source.stop_event = service._stop
+        try:
+            self.producer.init_transactions()
+        except Exception as error:
+            raise RuntimeSetupError(f"kafka: cannot start transactions as "
+                                    f"{self.transactional_id!r}: {type(error).__name__}: "
+                                    f"{error}") from None
+        self._begin()
+        self.source.connect()
+
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+        self._in_transaction = True
+        self.dirty = False
+
+    def checkpoint(self, service: Service) -> int:
+        """Commit the cycle: snapshots + offsets + the outputs already sent, atomically."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if self.source.consumer is None or not self._in_transaction:
+            return 0
+        released = self.source.next_offsets()
+        total = 0
+        for number in sorted(self.owned):
+            data = self._encode_task(service, number, released)
+            total += len(data)
+            self.dirty = True
+            self.producer.send(self.kafka.changelog_topic, key=str(number).encode(),
+                               value=data, partition=number)
+        offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)
+                   for (topic, number), offset in released.items() if number in self.owned}
+        # Metadata first, then the flag: a rebalance that starts after this point makes
+        # the broker refuse the offsets (stale generation), one before it is seen here.
+        group = self.source.consumer.group_metadata()
+        if self.source._rebalanced:
+            log.warning("kafka: group rebalancing at commit time: aborting this cycle")
+            service.metrics.transactions.labels("abort").inc()
+            self._abort()
+            self._begin()
+            return 0
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group)
+            self.commits += 1
+            if self._fail_before_commit is not None and self.commits == self._fail_before_commit:
+                self.producer.flush()  # the cycle's records really are in the log
+                raise InjectedCommitError(f"{FAIL_BEFORE_COMMIT_ENV}: failing before commit "
+                                            f"{self.commits}")
+            self.producer.commit_transaction()
+        except InjectedCommitError:
+            service.metrics.transactions.labels("abort").inc()
+            self._abort()
+            raise
+        except Exception as error:
+            service.metrics.transactions.labels("abort").inc()
+            self._recover(error)
+            return 0
+        self._recoveries = 0
+        self._in_transaction = False
+        self._committed_offsets = released
+        service.metrics.transactions.labels("commit").inc()
+        self._update_lag(service, released)
+        self._begin()
+        return total
+
+    def _recover(self, error: Exception) -> None:
+        """A commit failed (e.g. the broker restarted and timed the transaction out, which
+        fences this producer): start a new producer with the same transactional id and
+        roll every owned task back to its last committed snapshot, as after a rebalance.
+        Three failures in a row without a commit end the process (fail-stop)."""
+        self._recoveries += 1
+        if self._recoveries > 3:
+            raise error
+        log.warning("kafka: commit failed (%s: %s); restarting the producer and resuming "
+                    "from the last committed snapshots", type(error).__name__, error)
+        self._abort()
+        with contextlib.suppress(Exception):  # a fenced producer may not close cleanly
+            self.producer.close(timeout=5)
+        self.producer = self._new_producer()
+        self.producer.init_transactions()
+        self._begin()
+        self.source._rebalanced = True  # the source rolls back at its next fetch
+
+    def _on_idle(self) -> None:
+        """Nothing new to read: commit what is pending now rather than at the next
+        checkpoint (which a quiet input may never reach)."""
+        if self.service is not None and self._in_transaction and (
+                self.dirty or self.source.next_offsets() != self._committed_offsets):
+            self.service.checkpoint()
+
+    def _abort(self) -> None:
+        self._in_transaction = False
+        try:
+            self.producer.abort_transaction()
+        except Exception as error:  # fenced / broken producer: the broker aborts it
+            log.warning("kafka: abort_transaction failed (%s); the broker aborts the "
+                        "transaction when it times out or the restart fences it", error)
+
+    def _encode_task(self, service: Service, number: int,
+                     released: dict[tuple[str, int], int]) -> bytes:
+        streams = {name: stream.state_dict() for name, stream in service.pipeline.streams.items()
+                   if task_of(name, self.partitions) == number}
+        offsets = {topic: released[(topic, number)] for topic in self.source.topics
+                   if (topic, number) in released}
+        document = {"format": TASK_SNAPSHOT_FORMAT, "task": number,
+                    "config_digest": self.config_digest, "streams": streams,
+                    "invalid": self.task_invalid.get(number, {}),
+                    "records": self.source.released_counts.get(number, 0),
+                    "offsets": offsets, "exhausted": service._exhausted}
+        data = zlib.compress(dumps_state(document).encode("utf-8"), 1)
+        service.metrics.snapshot_bytes.set(len(data))
+        allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
+        if len(data) > allowed:
+            raise SnapshotError(
+                f"task {number} snapshot is {len(data):,} bytes, above "
+                f"kafka.snapshot_limit_fraction ({self.kafka.snapshot_limit_fraction}) of the "
+                f"changelog's message limit ({self.limit:,} bytes); lower join.max_pending or "
+                "adapter capacities, spread streams over more partitions, or raise "
+                "max.message.bytes on the changelog topic")
+        return data
+
+    def _update_lag(self, service: Service, released: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+
+        consumer = self.source.consumer
+        for (topic, number), offset in released.items():
+            highwater = consumer.highwater(TopicPartition(topic, number))
+            if highwater is not None:
+                service.metrics.consumer_lag.labels(topic, str(number)).set(highwater - offset)
+
+    def on_dead_letter(self, reason: str) -> None:
+        origin = self.source.last_origin
+        if origin is None:
+            return
+        counts = self.task_invalid.setdefault(origin[1], {})
+        counts[reason] = counts.get(reason, 0) + 1
+
+    def dead_letter_origin(self) -> str | None:
+        origin = self.source.last_origin
+        return None if origin is None else f"{origin[0]}-{origin[1]}@{origin[2]}"
+
+    # -- assignment (called from the source's fetch, in the main loop) -------------------
+    def _on_rebalance(self, owned: list[int], revoked: list[int]) -> dict[tuple[str, int], int]:
+        """After any rebalance: abort what the open transaction holds and roll every owned
+        task back to its last committed snapshot (fresh state if it has none), since the
+        consumer resumes from the committed offsets. Returns the offsets to seek to."""
+        service = self.service
+        assert service is not None, "restore() starts the runtime"
+        started = time.perf_counter()
+        if self.dirty:
+            service.metrics.transactions.labels("abort").inc()
+            self._abort()
+            self._begin()
+            log.warning("kafka: rebalance: aborted the open transaction; tasks %s resume "
+                        "from their last committed snapshots", owned)
+        if revoked:
+            log.info("kafka: tasks %s revoked; their new owner resumes them", revoked)
+        snapshots = self._read_changelog(owned) if owned else {}
+        self.owned = set(owned)
+        self.task_invalid = {}
+        self.task_exhausted = {}
+        self.source.released_counts.clear()
+        offsets: dict[tuple[str, int], int] = {}
+        for name, stream in service.pipeline.streams.items():
+            number = task_of(name, self.partitions)
+            if number in self.owned or number in revoked:
+                stream.load_state_dict(loads_state(self._initial[name]))
+                service.view.weights.pop(name, None)
+        for number in owned:
+            self.task_invalid[number] = {}
+            snapshot = snapshots.get(number)
+            if snapshot is not None:
+                offsets.update(self._restore_task(service, number, snapshot))
+        service.records_seen = sum(self.source.released_counts.values())
+        service.pipeline.invalid = {}
+        for counts in self.task_invalid.values():
+            for reason, count in counts.items():
+                service.pipeline.invalid[reason] = service.pipeline.invalid.get(reason, 0) + count
+        elapsed = time.perf_counter() - started
+        service.metrics.rebalances.inc()
+        service.metrics.restore_seconds.observe(elapsed)
+        log.info("kafka: assigned tasks %s, restored %d snapshot(s) in %.3fs", owned,
+                 len(snapshots), elapsed)
+        return offsets
+
+    def _restore_task(self, service: Service, number: int,
+                      snapshot: dict[str, Any]) -> dict[tuple[str, int], int]:
+        if snapshot.get("format") != TASK_SNAPSHOT_FORMAT:
+            raise SnapshotError(f"kafka.changelog_topic: task {number} snapshot format "
+                                f"{snapshot.get('format')}, this build reads "
+                                f"{TASK_SNAPSHOT_FORMAT}")
+        if snapshot["config_digest"] != self.config_digest:
+            raise RuntimeSetupError(f"kafka.changelog_topic: task {number}'s snapshot was "
+                                    "taken with other stream settings; use a new "
+                                    "changelog topic and group, or the old config")
+        for name, state in snapshot["streams"].items():
+            stream = service.pipeline.streams.get(name)
+            if stream is None:
+                continue
+            stream.load_state_dict(state)
+            if stream.latest_weights is not None:
+                service.view.weights[name] = events.encode(stream.latest_weights)
+        self.task_invalid[number] = {k: int(v) for k, v in snapshot["invalid"].items()}
+        self.source.released_counts[number] = int(snapshot["records"])
+        self.task_exhausted[number] = bool(snapshot.get("exhausted"))
+        return {(topic, number): int(offset) for topic, offset in snapshot["offsets"].items()}
+
+    def _read_changelog(self, numbers: list[int], timeout: float = 60.0) -> dict[int, dict]:
+        """The latest committed snapshot of each task (absent: the task starts fresh)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, group_id=None,
+                                 enable_auto_commit=False, isolation_level="read_committed",
+                                 **client_settings(self.kafka, KafkaConsumer))
+        try:
+            partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            end = consumer.end_offsets(partitions)
+            latest: dict[int, bytes] = {}
+            deadline = time.monotonic() + timeout
+            while any(consumer.position(tp) < end[tp] for tp in partitions):
+                if time.monotonic() > deadline:
+                    raise SnapshotError(f"kafka.changelog_topic: could not read "
+                                        f"{self.kafka.changelog_topic} to its end in "
+                                        f"{timeout:.0f}s")
+                for tp, batch in consumer.poll(timeout_ms=200).items():
+                    for record in batch:
+                        if record.key == str(tp.partition).encode():
+                            latest[tp.partition] = record.value
+        finally:
+            consumer.close()
+        return {number: loads_state(zlib.decompress(data).decode("utf-8"))
+                for number, data in latest.items()}
+
+    def finished_before(self) -> bool:
+        """A bounded replay whose every task had already finished (and published its
+        final versions) before this restart: do not publish them again."""
+        return bool(self.kafka.stop_at_end and self.task_exhausted
+                    and all(self.task_exhausted.values()))
+
+    def close(self) -> None:
+        try:
+            if self._in_transaction:
+                self._abort()
+            self.producer.close(timeout=5)
+        finally:
+            self.source.close()
+
+
+def _find_config_value(found: Any, key: str) -> str | None:
+    """Dig ``key``'s value out of kafka-python's describe_configs answer (its shape
+    differs between versions)."""
+    if isinstance(found, dict):
+        for name, value in found.items():
+            if name == key:
+                return value.get("value") if isinstance(value, dict) else value
+            nested = _find_config_value(value, key)
+            if nested is not None:
+                return nested
+    elif isinstance(found, list | tuple):
+        for item in found:
+            nested = _find_config_value(item, key)
+            if nested is not None:
+                return nested
+    return None

@@ -1,0 +1,149 @@
+"""Shared pieces of the Kafka runtime tests: the input, configs, producing and reading."""
+
+from __future__ import annotations
+
+import heapq
+import pathlib
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamweights.config import SourceConfig, parse_config
+from streamweights.runtime.replay import ReplayStream
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+STREAMS = (("demo", 7), ("other", 11))
+EVENTS_PER_STREAM = 3_000
+
+
+def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM) -> list[bytes]:
+    """Two replayed drifting streams interleaved in event-time order (as live producers
+    write them), as JSONL; returns the lines. Each replay is already in event-time order
+    (ties: prediction first), and the merge keeps each stream's own order."""
+    replays = []
+    for stream, seed in STREAMS:
+        replay = ReplayStream(SourceConfig(events=events, seed=seed, stream=stream))
+        replays.append([raw for _, raw in replay.records()])
+    lines = list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return lines
+
+
+def config_document(folder: pathlib.Path, input_path: pathlib.Path,
+                    checkpoint_every_records: int = 10_000_000) -> dict[str, Any]:
+    """The embedded (JSONL) config of the two streams, outputs in ``folder``."""
+    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    stream = document["streams"][0]
+    stream["publish"] = {"every_labels": 250, "every_seconds": 60}
+    document["streams"] = [{**stream, "name": name} for name, _ in STREAMS]
+    document["source"] = {"kind": "jsonl", "path": str(input_path)}
+    document["state_dir"] = str(folder / "state")
+    document["checkpoint"] = {"every_records": checkpoint_every_records, "every_seconds": 3600}
+    document["http"] = {"host": "127.0.0.1", "port": None}
+    document["outputs"] = {"adapted": str(folder / "adapted.jsonl"),
+                           "weights": str(folder / "weights.jsonl"),
+                           "dead_letter": str(folder / "dead-letter.jsonl")}
+    document["logging"] = {"format": "json", "progress_every_seconds": 60}
+    return document
+
+
+def make_config(folder: pathlib.Path, input_path: pathlib.Path):
+    return parse_config(config_document(folder, input_path))
+
+
+def kafka_document(folder: pathlib.Path, bootstrap: str, topics: dict[str, str], *,
+                   checkpoint_every_records: int = 500, **kafka: Any) -> dict[str, Any]:
+    """A ``source.kind: kafka`` config on ``topics`` (keys: predictions, labels, weights,
+    adapted, dead_letter, changelog), bounded (``stop_at_end``), short group timeouts."""
+    document = config_document(folder, folder / "unused.jsonl", checkpoint_every_records)
+    document["source"] = {"kind": "kafka"}
+    document["outputs"] = {}
+    document["kafka"] = {
+        "bootstrap_servers": bootstrap, "group_id": f"group-{topics['predictions']}",
+        "predictions_topic": topics["predictions"], "labels_topic": topics["labels"],
+        "weights_topic": topics["weights"], "adapted_topic": topics.get("adapted"),
+        "dead_letter_topic": topics.get("dead_letter"),
+        "changelog_topic": topics["changelog"],
+        "transactional_id": f"tx-{topics['predictions']}",
+        "create_topics": False, "stop_at_end": True,
+        # a killed member leaves the group after 6 s (the broker's minimum), not 45 s
+        "client": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+                   "transaction_timeout_ms": 5000},
+        **kafka}
+    return document
+
+
+def write_kafka_config(folder: pathlib.Path, bootstrap: str, topics: dict[str, str],
+                       **options: Any) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(kafka_document(folder, bootstrap, topics, **options)))
+    return path
+
+
+def make_topics(topic_factory, partitions: int = 3, *, adapted: bool = False,
+                dead_letter: bool = False) -> dict[str, str]:
+    topics = {"predictions": topic_factory("predictions", partitions=partitions),
+              "labels": topic_factory("labels", partitions=partitions),
+              "weights": topic_factory("weights", partitions=partitions,
+                                       config={"cleanup.policy": "compact"}),
+              "changelog": topic_factory("changelog", partitions=partitions,
+                                         config={"cleanup.policy": "compact"})}
+    if adapted:
+        topics["adapted"] = topic_factory("adapted", partitions=partitions)
+    if dead_letter:
+        topics["dead_letter"] = topic_factory("dead-letter", partitions=partitions)
+    return topics
+
+
+def produce_inputs(bootstrap: str, lines: list[bytes], predictions: str, labels: str) -> None:
+    """Each record to the predictions or labels topic, keyed by its stream."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    for raw in lines:
+        try:
+            record = orjson.loads(raw)
+            stream = record["stream"].encode()
+            topic = labels if "label" in record else predictions
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            stream, topic = b"demo", predictions
+        producer.send(topic, key=stream, value=raw)
+    producer.flush()
+    producer.close()
+
+
+def by_stream(values: list[bytes]) -> dict[str, list[bytes]]:
+    grouped: dict[str, list[bytes]] = defaultdict(list)
+    for value in values:
+        grouped[orjson.loads(value)["stream"]].append(value)
+    return dict(grouped)
+
+
+def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") -> list:
+    """Every record of ``topic`` visible at this isolation, in offset order per partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             isolation_level=isolation, enable_auto_commit=False)
+    try:
+        numbers = sorted(consumer.partitions_for_topic(topic))
+        partitions = [TopicPartition(topic, number) for number in numbers]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: dict[TopicPartition, list] = defaultdict(list)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(consumer.position(tp) >= end[tp] for tp in partitions):
+                break
+            for tp, batch in consumer.poll(timeout_ms=100).items():
+                records[tp].extend(batch)
+        return [record for tp in partitions for record in records[tp]]
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[bytes]:
+    """Every committed record value of ``topic``, in offset order per partition."""
+    return [record.value for record in read_records(bootstrap, topic)]

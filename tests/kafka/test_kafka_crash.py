@@ -1,0 +1,178 @@
+"""Crashes of the Kafka runtime (must-hold #2 and #7): kill -9 mid-stream, and a
+transaction commit that fails after the outputs were produced. Both end, after a
+restart, with the weights of an uninterrupted run and no duplicate or missing version."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.config import load_config
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
+from streamweights.runtime.kafka_source import wait_for_assignment
+from streamweights.runtime.service import Service
+from tests.kafka.helpers import (
+    REPO,
+    STREAMS,
+    by_stream,
+    make_config,
+    make_topics,
+    produce_inputs,
+    read_records,
+    read_topic,
+    write_input,
+    write_kafka_config,
+)
+
+PARTITIONS = 3
+
+
+def cli(*args: str, env: dict | None = None, wait: bool = True):
+    command = [sys.executable, "-m", "streamweights", "run", "--no-http", *args]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=environment, cwd=REPO)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO,
+                          timeout=120)
+
+
+def committed_offsets(bootstrap: str, group: str, topics: dict[str, str]) -> dict:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        return {tp: consumer.committed(tp) or 0
+                for tp in (TopicPartition(topics[kind], number)
+                           for kind in ("predictions", "labels")
+                           for number in range(PARTITIONS))}
+    finally:
+        consumer.close()
+
+
+def embedded_reference(tmp_path, lines_path):
+    service = Service(make_config(tmp_path / "embedded", lines_path))
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+    weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
+    return json.loads(orjson.dumps(summary["streams"])), weights
+
+
+def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
+    for name, _ in STREAMS:
+        versions = [orjson.loads(value)["version"] for value in weights[name]]
+        assert versions == list(range(1, len(versions) + 1)), name
+
+
+def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the service runs as a subprocess (`streamweights run`) on ~12,000 records
+    in 3 partitions, committing every 300 records; once some transactions have committed
+    (and more work is in flight) it is killed with SIGKILL, then started again with the
+    same config and runs to the end. We expect: the kill landed mid-stream (offsets
+    committed, but not all); the restart finishes with exit 0 and the same per-stream
+    summary as an uninterrupted embedded run; a read_committed reader of the weights topic
+    sees, per stream, exactly the uninterrupted run's versions 1..n, none twice or lost."""
+    lines = write_input(tmp_path / "input.jsonl")
+    reference_streams, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
+    topics = make_topics(topic_factory, PARTITIONS)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    config_path = write_kafka_config(tmp_path / "kafka", kafka_bootstrap, topics,
+                                     checkpoint_every_records=300)
+    group = load_config(config_path).kafka.group_id
+
+    process = cli("--config", str(config_path), wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        done = 0
+        while time.monotonic() < deadline and process.poll() is None:
+            done = sum(committed_offsets(kafka_bootstrap, group, topics).values())
+            if done >= len(lines) // 4:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed: " + \
+            process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert len(lines) // 4 <= done < len(lines)
+
+    summary_path = tmp_path / "summary.json"
+    restarted = cli("--config", str(config_path), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["complete"] and summary["records"] == len(lines)
+    assert summary["streams"] == reference_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == reference_weights
+    assert_versions_once_each(weights)
+    assert sum(committed_offsets(kafka_bootstrap, group, topics).values()) == len(lines)
+
+
+def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: a test-only hook makes the 5th transaction fail after its outputs and
+    snapshots were sent and its offsets added, just before commit_transaction; the process
+    exits non-zero. We expect: the failed cycle is invisible to read_committed readers
+    (it is in the log, uncommitted); a replica started afterwards restores exactly the last
+    committed snapshot (its pipeline state serialises to the same bytes) at the committed
+    offsets; a restart then finishes with the uninterrupted run's weights, each version
+    once."""
+    lines = write_input(tmp_path / "input.jsonl")
+    reference_streams, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
+    topics = make_topics(topic_factory, PARTITIONS)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    config_path = write_kafka_config(tmp_path / "kafka", kafka_bootstrap, topics,
+                                     checkpoint_every_records=300)
+    config = load_config(config_path)
+
+    failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "5"})
+    assert failed.returncode != 0
+    assert "failing before commit 5" in failed.stderr
+
+    committed = read_records(kafka_bootstrap, topics["changelog"])
+    everything = read_records(kafka_bootstrap, topics["changelog"], "read_uncommitted")
+    assert len(everything) > len(committed) > 0  # the 5th cycle's snapshots: aborted
+    latest = {r.partition: loads_state(zlib.decompress(r.value).decode()) for r in committed}
+    offsets = committed_offsets(kafka_bootstrap, config.kafka.group_id, topics)
+    for number, snapshot in latest.items():
+        for kind in ("predictions", "labels"):
+            topic = topics[kind]
+            assert snapshot["offsets"].get(topic, 0) == offsets[TopicPartition(topic, number)]
+    assert 0 < sum(offsets.values()) < len(lines)
+
+    replica = Service(config)
+    try:
+        replica.restore()
+        wait_for_assignment(replica.source)
+        for snapshot in latest.values():
+            for name, state in snapshot["streams"].items():
+                assert dumps_state(replica.pipeline.streams[name].state_dict()) == \
+                    dumps_state(state)
+        restored_streams = {name for s in latest.values() for name in s["streams"]}
+        assert restored_streams == {name for name, _ in STREAMS}
+    finally:
+        replica.close()
+
+    summary_path = tmp_path / "summary.json"
+    restarted = cli("--config", str(config_path), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["streams"] == reference_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == reference_weights
+    assert_versions_once_each(weights)

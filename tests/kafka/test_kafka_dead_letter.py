@@ -1,0 +1,98 @@
+"""Poison records in the Kafka inputs (must-hold #5): each lands once in the dead-letter
+topic with its reason and origin in headers, and the streams end as if they were absent."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import orjson
+from kafka import KafkaProducer
+
+from streamweights.config import parse_config
+from streamweights.runtime.service import Service
+from tests.kafka.helpers import (
+    kafka_document,
+    make_config,
+    make_topics,
+    read_records,
+    read_topic,
+    write_input,
+)
+from tests.service.test_bad_records import _bad_records
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: two clean streams go through the embedded service; the same records, with
+    twelve kinds of poison (broken JSON, NaN, wrong shape, unknown model/stream, label
+    without prediction ...) inserted at random places of the Kafka input topics, go
+    through the Kafka runtime (a transaction every 400 records); three labels are also
+    delivered twice. We expect: the summaries' streams are equal (no label is learned
+    twice); each poison record is in the dead-letter topic once (read
+    committed), with headers reason (the expected one), error, and origin
+    topic-partition@offset pointing at exactly where the poison sits in its input topic;
+    the invalid counts by reason match the poison (duplicates: unmatched_label)."""
+    clean = write_input(tmp_path / "input.jsonl", events=2_000)
+    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
+    try:
+        clean_summary = service.run()
+    finally:
+        service.close()
+
+    poison = [(reason, line.encode()) for reason, line in _bad_records()
+              if reason != "oversized"]  # above Kafka's 1 MB request limit: refused at send
+    rng = random.Random(11)
+    positions = sorted(rng.sample(range(len(clean)), len(poison)))
+    topics = make_topics(topic_factory, partitions=2, dead_letter=True)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=20)
+    where = {}
+    poison_at = dict(zip(positions, poison, strict=True))
+    # duplicate delivery (must-hold #8): three labels are sent twice, back to back
+    label_indexes = [i for i, raw in enumerate(clean) if b'"label"' in raw]
+    resent = set(rng.sample(label_indexes, 3))
+    for index, raw in enumerate(clean):
+        if index in poison_at:
+            reason, bad = poison_at[index]
+            topic = topics["labels"] if reason == "unmatched_label" else topics["predictions"]
+            metadata = producer.send(topic, key=b"demo", value=bad).get(30)
+            where[bad] = (reason, f"{topic}-{metadata.partition}@{metadata.offset}")
+        record = orjson.loads(raw)
+        topic = topics["labels"] if "label" in record else topics["predictions"]
+        producer.send(topic, key=record["stream"].encode(), value=raw)
+        if index in resent:
+            metadata = producer.send(topic, key=record["stream"].encode(), value=raw).get(30)
+            where[raw] = ("unmatched_label", f"{topic}-{metadata.partition}@{metadata.offset}")
+            poison.append(("unmatched_label", raw))
+    producer.flush()
+    producer.close()
+
+    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                                         checkpoint_every_records=400))
+    service = Service(config)
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(clean_summary["streams"]))
+    expected_counts: dict[str, int] = {}
+    for reason, _ in poison:
+        expected_counts[reason] = expected_counts.get(reason, 0) + 1
+    assert summary["invalid"] == expected_counts
+    letters = read_records(kafka_bootstrap, topics["dead_letter"])
+    assert len(letters) == len(poison)
+    seen = {}
+    for letter in letters:
+        headers = {key: value.decode() for key, value in letter.headers}
+        body = orjson.loads(letter.value)
+        original = body["record"].encode()
+        assert original in where, original[:80]
+        reason, origin = where[original]
+        assert headers["reason"] == body["reason"] == reason
+        assert headers["origin"] == body["origin"] == origin
+        assert headers["error"]
+        seen[original] = True
+    assert len(seen) == len(poison)
+    assert read_topic(kafka_bootstrap, topics["weights"])

@@ -1,0 +1,173 @@
+"""The Kafka runtime end to end, in process: configured with ``source.kind: kafka``, it
+commits outputs, task snapshots and offsets in one transaction per cycle, and gives the
+embedded service's numbers bit for bit."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import orjson
+import pytest
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from streamweights.adapters.state_codec import loads_state
+from streamweights.config import parse_config
+from streamweights.runtime.exceptions import SnapshotError
+from streamweights.runtime.service import Service
+from tests.kafka.helpers import (
+    STREAMS,
+    by_stream,
+    kafka_document,
+    make_config,
+    make_topics,
+    produce_inputs,
+    read_records,
+    read_topic,
+    write_input,
+)
+
+
+def run_embedded(folder, input_path) -> dict:
+    service = Service(make_config(folder, input_path))
+    try:
+        return service.run()
+    finally:
+        service.close()
+
+
+def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: two drifting streams (~12,000 records) through the full Kafka runtime
+    (3 partitions, a transaction every 500 records) and through the embedded service.
+    We expect: equal summaries and per-stream weights/adapted records; the weights
+    versions read with read_committed are 1..n per stream; the group's committed offsets
+    are the ends of the inputs; the changelog holds one snapshot per task whose offsets
+    are those same ends."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path)
+    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
+
+    topics = make_topics(topic_factory, adapted=True)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                                         checkpoint_every_records=500))
+    service = Service(config)
+    try:
+        summary = service.run()
+        commits = service.state.commits
+        limit = service.state.limit
+    finally:
+        service.close()
+
+    assert summary["complete"] and summary["records"] == len(lines)
+    assert commits >= len(lines) // 500
+    assert limit == 1_048_588  # the changelog's max.message.bytes, asked of the broker
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    folder = tmp_path / "embedded"
+    embedded_weights = by_stream((folder / "weights.jsonl").read_bytes().splitlines())
+    kafka_weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert kafka_weights == embedded_weights
+    for name, _ in STREAMS:
+        versions = [orjson.loads(v)["version"] for v in kafka_weights[name]]
+        assert versions == list(range(1, len(versions) + 1))
+    assert by_stream(read_topic(kafka_bootstrap, topics["adapted"])) == \
+        by_stream((folder / "adapted.jsonl").read_bytes().splitlines())
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap,
+                             group_id=config.kafka.group_id, enable_auto_commit=False)
+    try:
+        inputs = [TopicPartition(t, p) for t in (topics["predictions"], topics["labels"])
+                  for p in range(3)]
+        ends = consumer.end_offsets(inputs)
+        committed = {tp: consumer.committed(tp) for tp in inputs}
+    finally:
+        consumer.close()
+    # a partition no stream hashes to has no records and so nothing to commit
+    assert {tp: offset or 0 for tp, offset in committed.items()} == ends
+    assert sum(ends.values()) == len(lines)
+    latest = {}
+    for record in read_records(kafka_bootstrap, topics["changelog"]):
+        latest[record.partition] = loads_state(zlib.decompress(record.value).decode())
+    assert sorted(latest) == [0, 1, 2]
+    for number, snapshot in latest.items():
+        assert snapshot["task"] == number
+        for topic in (topics["predictions"], topics["labels"]):
+            assert snapshot["offsets"].get(topic, 0) == ends[TopicPartition(topic, number)]
+
+
+def test_snapshot_above_the_message_limit_fraction_is_refused(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the changelog's message limit is configured as 2 KiB and the fraction
+    0.5, far below what a task snapshot of a chain with a 64-state drift memory needs.
+    We expect: the first commit raises a SnapshotError naming the size, the limit and the
+    setting, the snapshot-size metric shows the refused size, and nothing is committed."""
+    lines = write_input(tmp_path / "input.jsonl", events=300)
+    topics = make_topics(topic_factory, partitions=1)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                              checkpoint_every_records=100, max_message_bytes=2048,
+                              snapshot_limit_fraction=0.5)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    service = Service(parse_config(document))
+    try:
+        with pytest.raises(SnapshotError, match=r"task 0 snapshot is [\d,]+ bytes, above "
+                           r"kafka.snapshot_limit_fraction \(0.5\).*\(2,048 bytes\)"):
+            service.run()
+        size = service.metrics.registry.get_sample_value("streamweights_snapshot_bytes")
+    finally:
+        service.close()
+    assert size > 1024
+    assert read_topic(kafka_bootstrap, topics["changelog"]) == []
+    assert read_topic(kafka_bootstrap, topics["weights"]) == []
+
+
+def test_a_failed_commit_is_recovered_in_process_with_identical_results(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the 3rd commit_transaction of the runtime's producer raises a Kafka
+    error (as when a broker restart timed the transaction out and fenced the producer),
+    after that cycle's outputs and snapshots were sent. We expect: the run carries on by
+    itself (a new producer, every task rolled back to its last committed snapshot), one
+    abort is counted, and the summary and the read_committed weights (versions 1..n per
+    stream, none twice) equal the embedded run's."""
+    from kafka.errors import KafkaError
+
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=1_500)
+    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
+    topics = make_topics(topic_factory)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                                         checkpoint_every_records=400))
+    service = Service(config)
+    first_producer = service.state.producer
+    real_commit = first_producer.commit_transaction
+    calls = {"n": 0}
+
+    def flaky_commit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            first_producer.flush()
+            raise KafkaError("injected: transaction timed out during a broker restart")
+        return real_commit(*args, **kwargs)
+
+    first_producer.commit_transaction = flaky_commit
+    try:
+        summary = service.run()
+        aborts = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "abort"})
+        replaced = service.state.producer is not first_producer
+    finally:
+        service.close()
+    assert calls["n"] == 3 and replaced and aborts == 1
+    assert summary["records"] == len(lines)
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
+                                .splitlines())
+    for name, _ in STREAMS:
+        versions = [orjson.loads(v)["version"] for v in weights[name]]
+        assert versions == list(range(1, len(versions) + 1))
