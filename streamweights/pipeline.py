@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, PriorShift
+from streamweights.adapters.validation import check_class_label
 from streamweights.config import ENSEMBLE_TYPES, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
 from streamweights.join import Pending, PendingJoin
@@ -156,18 +157,12 @@ class StreamPipeline:
         return outcome
 
     def _check_label(self, label: Label) -> int | float:
-        value = label.label
-        if self.classification:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise RecordError("invalid_label", f"label: class label must be an "
-                                      f"integer, got {value!r}")
-                value = int(value)
-            if not 0 <= value < self.config.n_classes:
-                raise RecordError("invalid_label", f"label: unknown class {value}, expected "
-                                  f"0..{self.config.n_classes - 1}")
-            return value
-        return float(value)
+        if not self.classification:
+            return float(label.label)
+        try:
+            return check_class_label(label.label, "label", self.config.n_classes)
+        except ValueError as error:
+            raise RecordError("invalid_label", str(error)) from None
 
     def _advance_time(self, ts: float, outcome: Outcome) -> None:
         if self.latest_ts is None or ts > self.latest_ts:

@@ -286,11 +286,7 @@ class Service:
         if outcome.adapted is not None and "adapted" in self.sinks:
             self.sinks["adapted"].write(events.encode(outcome.adapted))
         for weights in outcome.weights:
-            encoded = events.encode(weights)
-            if "weights" in self.sinks:
-                self.sinks["weights"].write(encoded)
-            self.view.weights[weights.stream] = encoded
-            self._publish_metrics(weights.stream)
+            self._emit_weights(weights)
         for letter in outcome.dead_letters:
             self._dead_letter(letter, position, raw)
         if outcome.expired or outcome.evicted:
@@ -332,16 +328,19 @@ class Service:
 
     def _finish(self) -> None:
         """The input ended: publish a final weights version per stream."""
-        for name, stream in self.pipeline.streams.items():
+        for stream in self.pipeline.streams.values():
             if stream.latest_ts is None:
                 continue
-            weights = stream.publish(stream.latest_ts)
-            encoded = events.encode(weights)
-            if "weights" in self.sinks:
-                self.sinks["weights"].write(encoded)
-            self.view.weights[name] = encoded
-            self._publish_metrics(name)
+            self._emit_weights(stream.publish(stream.latest_ts))
         self._refresh_view()
+
+    def _emit_weights(self, weights: events.Weights) -> None:
+        """A new weights version: to the sink, to the HTTP view, into the metrics."""
+        encoded = events.encode(weights)
+        if "weights" in self.sinks:
+            self.sinks["weights"].write(encoded)
+        self.view.weights[weights.stream] = encoded
+        self._publish_metrics(weights.stream)
 
     # -- observability ----------------------------------------------------------------
     def _publish_metrics(self, name: str) -> None:
