@@ -25,6 +25,7 @@ buffered. The transactional cycle itself lives in :mod:`streamweights.runtime.ka
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from typing import Any
 import orjson
 
 from streamweights.runtime.exceptions import RuntimeSetupError
+
+log = logging.getLogger("streamweights")
 
 #: Order of the topics at equal event time (the embedded replay emits predictions first).
 PREDICTIONS, LABELS = 0, 1
@@ -160,6 +163,11 @@ class KafkaSource:
         self._rebalanced = False
         self._client_drained = False
         self._owned: set[int] = set()
+        #: When a record was last released, and when a stall was last reported.
+        self._last_release = time.monotonic()
+        self._last_stall_report = 0.0
+        #: How long buffered records may wait, unreleased, before a warning says why.
+        self.stall_report_seconds = 5.0
 
     # -- setup --------------------------------------------------------------------------
     def connect(self) -> None:
@@ -212,6 +220,7 @@ class KafkaSource:
             if released is not None:
                 topic, partition, offset, raw = released
                 self.last_origin = (topic, partition, offset)
+                self._last_release = time.monotonic()
                 yield sequence, raw
                 sequence += 1
                 continue
@@ -221,6 +230,7 @@ class KafkaSource:
                 return
             if not self._fetch() and self.on_idle is not None:
                 self.on_idle()
+            self._report_stall()
 
     def _fetch(self) -> int:
         """Poll once; return how many records were buffered."""
@@ -297,6 +307,44 @@ class KafkaSource:
                     self.consumer.seek(tp, offset)
                     self._released[(topic, number)] = offset
                 self._last_data[tp] = time.monotonic()
+
+    def _report_stall(self) -> None:
+        """Warn (every ``stall_report_seconds``) when records sit buffered but none was
+        released for that long: the merge is waiting for a partition that neither brings
+        records nor counts as caught up. Says, per task, what it waits for."""
+        now = time.monotonic()
+        if (now - self._last_release < self.stall_report_seconds
+                or now - self._last_stall_report < self.stall_report_seconds
+                or not any(len(task) for task in self.tasks.values())):
+            return
+        self._last_stall_report = now
+        log.warning("kafka source: nothing released for %.0fs although records are buffered: %s",
+                    now - self._last_release, "; ".join(self.describe_tasks()))
+
+    def describe_tasks(self) -> list[str]:
+        """Per owned task: buffered records, position and high watermark of each input
+        partition, and whether it counts as caught up (for stall diagnostics)."""
+        from kafka import TopicPartition
+
+        lines = []
+        for number in sorted(set(self.tasks) | self._owned):
+            task = self.tasks.get(number)
+            caught_up = self._caught_up(number)
+            parts = []
+            for side, topic in enumerate(self.topics):
+                tp = TopicPartition(topic, number)
+                try:
+                    position = self.consumer.position(tp, timeout_ms=0)
+                except Exception as error:  # not assigned, or no position
+                    position = type(error).__name__
+                parts.append(f"{('predictions', 'labels')[side]} buffered "
+                             f"{len(task.buffers[side]) if task else 0} position {position} "
+                             f"highwater {self.consumer.highwater(tp)} "
+                             f"caught_up {caught_up[side]} paused "
+                             f"{tp in self.consumer.paused()}")
+            lines.append(f"task {number}: " + ", ".join(parts))
+        lines.append(f"client drained {self._client_drained}")
+        return lines
 
     def _forget_revoked(self, assigned: set) -> None:
         """Drop buffers of partitions no longer owned (their new owner re-reads them)."""
