@@ -108,8 +108,12 @@ class KafkaSource:
     group_id
         Consumer group; replicas with the same group share the tasks.
     stop_at_end
-        Stop once every owned partition is read up to the end it had when reading began
-        (a bounded replay, for tests and benchmarks). Default ``False``: run until closed.
+        A bounded replay (tests, benchmarks, back-fills): stop once the input that was
+        in the topics at start-up is done, i.e. every owned partition is released up to
+        its end at connect time *and* every other partition's committed offset (its
+        owner's) has reached its end too, so a replica never leaves while tasks that
+        may still come back to it (a member that dies or leaves) are unfinished.
+        Default ``False``: run until closed.
     max_buffered
         Per-partition bound on records held for the merge; a partition that runs this far
         ahead of its partner is paused until the partner catches up (bounded memory).
@@ -144,7 +148,9 @@ class KafkaSource:
         self.consumer: Any = None
         self.tasks: dict[int, TaskMerge] = {}
         self._released: dict[Any, int] = {}
+        #: Bounded mode: every input partition's end offset at connect time.
         self._end: dict[Any, int] = {}
+        self._last_group_check = 0.0
         #: ``(topic, partition, offset)`` of the record last yielded (dead-letter origin).
         self.last_origin: tuple[str, int, int] | None = None
         #: Records released per task (restored from its snapshot on assignment).
@@ -203,6 +209,12 @@ class KafkaSource:
                 f"kafka topics {self.topics[0]!r} ({counts[0]} partitions) and "
                 f"{self.topics[1]!r} ({counts[1]} partitions) are not co-partitioned; give "
                 "them the same partition count")
+        if self.stop_at_end:
+            from kafka import TopicPartition
+
+            self._end = self.consumer.end_offsets(
+                [TopicPartition(topic, number) for topic in self.topics
+                 for number in range(counts[0])])
         self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
 
     # -- reading ------------------------------------------------------------------------
@@ -237,6 +249,9 @@ class KafkaSource:
         from kafka import TopicPartition
 
         batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        if complete_orphaned_rejoin(self.consumer):
+            log.warning("kafka: the consumer left a group rejoin half-done (a kafka-python "
+                        "3.0 race); asked it to finish the rejoin")
         # kafka-python parses a fetched partition (and only then updates its high
         # watermark) when poll drains it; a poll that filled max_poll_records may leave
         # records in the client, so no partition may be taken as read to its end.
@@ -257,9 +272,6 @@ class KafkaSource:
         elif self.on_rebalance is None:
             self._forget_revoked(assigned)
         fetched = 0
-        if self.stop_at_end and assigned and not all(tp in self._end for tp in assigned):
-            missing = [tp for tp in assigned if tp not in self._end]
-            self._end.update(self.consumer.end_offsets(missing))
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
             task = self.tasks.get(tp.partition)
@@ -413,12 +425,28 @@ class KafkaSource:
         return True
 
     def _at_end(self) -> bool:
-        assigned = self.consumer.assignment()
-        if not assigned or any(tp not in self._end for tp in assigned):
-            return False
+        """Bounded mode: the owned tasks are released to their ends and every other
+        partition is committed (by its owner) to its end; checked at most 5 times a
+        second, since the second half asks the group coordinator."""
         if any(len(task) for task in self.tasks.values()):
             return False
-        return all(self._drained(tp.partition) for tp in assigned)
+        assigned = self.consumer.assignment()
+        if not all(self._drained(tp.partition) for tp in assigned):
+            return False
+        now = time.monotonic()
+        if now - self._last_group_check < 0.2:
+            return False
+        self._last_group_check = now
+        for tp, end in self._end.items():
+            if tp in assigned or end == 0:
+                continue
+            try:
+                committed = self.consumer.committed(tp) or 0
+            except Exception:  # coordinator moving: ask again at the next check
+                return False
+            if committed < end:
+                return False
+        return True
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per ``(topic, partition)``: the offset after the last record released, i.e.
@@ -429,6 +457,30 @@ class KafkaSource:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
             self.consumer = None
+
+
+def complete_orphaned_rejoin(consumer: Any) -> bool:
+    """Work around a kafka-python 3.0.x race that leaves a consumer stuck mid-rebalance;
+    call after every ``poll``. Returns whether it had to step in.
+
+    A rejoin that the group *leader* starts because topic metadata changed (partitions
+    added, or metadata that arrives after the first join) is only driven while
+    ``need_rejoin()`` is true; performing the assignment makes it false. If ``poll``'s
+    timeout expires between the JoinGroup and SyncGroup answers, later polls no longer
+    drive the join: every partition stays marked pending revocation (its records are
+    fetched and dropped) and no assignment ever completes. Reproduced against the real
+    broker in ``tests/kafka/test_kafka_rejoin_race.py``. Asking for a rejoin makes the
+    next poll await the join already in flight (no duplicate JoinGroup), which then
+    completes normally. Uses the client's internals; a client without them is left alone.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        orphaned = bool(coordinator.rejoining) and not coordinator.need_rejoin()
+    except AttributeError:
+        return False
+    if orphaned:
+        coordinator.request_rejoin()
+    return orphaned
 
 
 def _rebalance_flag(source: KafkaSource) -> Any:
