@@ -151,6 +151,8 @@ class KafkaSource:
         #: Bounded mode: every input partition's end offset at connect time.
         self._end: dict[Any, int] = {}
         self._last_group_check = 0.0
+        #: The group has completed a join that gave this member its tasks (maybe none).
+        self._joined = False
         #: ``(topic, partition, offset)`` of the record last yielded (dead-letter origin).
         self.last_origin: tuple[str, int, int] | None = None
         #: Records released per task (restored from its snapshot on assignment).
@@ -168,6 +170,9 @@ class KafkaSource:
         self.stop_event: Any = None
         self._rebalanced = False
         self._client_drained = False
+        #: Per task, whether each partition may be passed (see ``_release``), worked out
+        #: once per fetch: positions and watermarks only move when the consumer polls.
+        self._passable: dict[int, tuple[bool, bool]] = {}
         self._owned: set[int] = set()
         #: When a record was last released, and when a stall was last reported.
         self._last_release = time.monotonic()
@@ -257,6 +262,7 @@ class KafkaSource:
         # records in the client, so no partition may be taken as read to its end.
         returned = sum(len(records) for records in batches.values())
         self._client_drained = returned < self.consumer.config["max_poll_records"]
+        self._passable.clear()
         assigned = self.consumer.assignment()
         owned = {tp.partition for tp in assigned}
         if self.on_rebalance is not None and (self._rebalanced or owned != self._owned):
@@ -396,7 +402,10 @@ class KafkaSource:
         while candidates:
             _, number = heapq.heappop(candidates)
             task = self.tasks[number]
-            caught_up = (True, True) if self._drained(number) else self._caught_up(number)
+            caught_up = self._passable.get(number)
+            if caught_up is None:
+                caught_up = self._passable[number] = (
+                    (True, True) if self._drained(number) else self._caught_up(number))
             popped = task.pop(caught_up)
             if popped is not None:
                 side, offset, raw = popped
@@ -428,7 +437,7 @@ class KafkaSource:
         """Bounded mode: the owned tasks are released to their ends and every other
         partition is committed (by its owner) to its end; checked at most 5 times a
         second, since the second half asks the group coordinator."""
-        if any(len(task) for task in self.tasks.values()):
+        if not self._joined or self._rebalanced or any(len(t) for t in self.tasks.values()):
             return False
         assigned = self.consumer.assignment()
         if not all(self._drained(tp.partition) for tp in assigned):
@@ -494,6 +503,7 @@ def _rebalance_flag(source: KafkaSource) -> Any:
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             source._rebalanced = True
+            source._joined = True
 
     return RebalanceFlag()
 
