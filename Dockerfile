@@ -29,7 +29,7 @@ RUN groupadd --system --gid 10001 streamweights \
     && useradd --system --uid 10001 --gid streamweights --home-dir /var/lib/streamweights \
        --create-home --shell /usr/sbin/nologin streamweights
 COPY --from=build /opt/venv /opt/venv
-COPY services/streamweights_service.py /app/services/streamweights_service.py
+COPY services/ /app/services/
 COPY configs/demo.yaml /etc/streamweights/config.yaml
 USER 10001:10001
 WORKDIR /var/lib/streamweights
