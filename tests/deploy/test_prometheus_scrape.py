@@ -139,9 +139,11 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(prometheus):
     broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not broken, broken
 
-    empty = []
-    for title, expression in panel_queries(load()):
-        result = _query(port, concrete(expression))   # fails unless the query is valid
-        if not result and not any(word in expression for word in NO_DATA_IN_THE_DEMO):
-            empty.append(title)
-    assert not empty, f"dashboard panels without data: {empty}"
+    # Every dashboard query is valid; those the demo feeds return data (waited for: the
+    # drift counter, a labelled series, exists only from the demo's first drift alarm,
+    # after ~12,000 labels, and its recording rule needs two samples of it).
+    for _, expression in panel_queries(load()):
+        if any(word in expression for word in NO_DATA_IN_THE_DEMO):
+            _query(port, concrete(expression))
+        else:
+            _wait_for(port, concrete(expression), process)
