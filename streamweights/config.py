@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import pathlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ import yaml
 
 from streamweights.adapters import Adapter, Chain, build_adapter
 from streamweights.adapters.base import _REGISTRY as ADAPTER_TYPES
+from streamweights.config_env import EnvironmentReferenceError, expand_environment
 
 TASKS = ("classification", "regression")
 #: Stages that take the K deployed models' outputs; every chain starts with one.
@@ -116,8 +119,10 @@ class ServiceConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_config(path: str | pathlib.Path) -> ServiceConfig:
-    """Read and validate a YAML config file."""
+def load_config(path: str | pathlib.Path,
+                environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Read a YAML config file, expand its ``${NAME}`` references from ``environ``
+    (default: the process environment; see :mod:`streamweights.config_env`), validate."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except OSError as error:
@@ -126,7 +131,11 @@ def load_config(path: str | pathlib.Path) -> ServiceConfig:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    return parse_config(document or {})
+    try:
+        document = expand_environment(document or {}, os.environ if environ is None else environ)
+    except EnvironmentReferenceError as error:
+        raise ConfigError(str(error)) from None
+    return parse_config(document)
 
 
 def parse_config(document: Any) -> ServiceConfig:

@@ -523,9 +523,12 @@ class KafkaRuntime:
         """The latest committed snapshot of each task (absent: the task starts fresh)."""
         from kafka import KafkaConsumer, TopicPartition
 
+        # a group-less reader: kafka-python refuses a group_instance_id without a group
+        settings = client_settings(self.kafka, KafkaConsumer)
+        settings.pop("group_instance_id", None)
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, group_id=None,
                                  enable_auto_commit=False, isolation_level="read_committed",
-                                 **client_settings(self.kafka, KafkaConsumer))
+                                 **settings)
         try:
             partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
             consumer.assign(partitions)

@@ -232,9 +232,8 @@ class Service:
         progress_count = 0
         latency = {}
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
-            if self._stop.is_set():
-                log.info("stop requested: checkpointing at input position %d", self.position)
-                return
+            # A record the source has handed over is processed before a stop is honoured:
+            # the Kafka source counts it as consumed in the offsets the stop commits.
             began = time.perf_counter()
             kind = self._process(position, raw)
             child = latency.get(kind)
@@ -259,6 +258,9 @@ class Service:
                     self._progress(processed - progress_count, now - last_progress,
                                    processed, now - started)
                     progress_count, last_progress = processed, now
+            if self._stop.is_set():
+                log.info("stop requested: checkpointing at input position %d", self.position)
+                return
         if self._stop.is_set():  # a live source returned because a stop was requested
             log.info("stop requested: checkpointing at input position %d", self.position)
             return
