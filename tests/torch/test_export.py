@@ -17,6 +17,7 @@ from streamweights.adapters.torch.weights_file import (
     decode_weights,
     encode_weights,
     load_into_model,
+    read_metadata,
 )
 from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.http import HttpServer, ServiceView
@@ -56,6 +57,7 @@ def test_an_exported_version_reproduces_the_adapted_model_exactly(adapted, tmp_p
         assert torch.equal(fresh(inputs), expected)
         assert not torch.equal(small_cnn(n_classes=10).eval()(inputs), expected)
     assert encode_weights(adapter.export_tensors(), {"stream": "digits"}) == (data, digest)
+    assert read_metadata(data) == {"stream": "digits"}
 
 
 def test_a_corrupted_artifact_is_detected_by_its_digest(adapted, tmp_path):

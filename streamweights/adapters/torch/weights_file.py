@@ -11,6 +11,7 @@ pickled code to execute on load) and torch, numpy and other runtimes read it dir
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from streamweights.adapters.torch._require import require_safetensors
 
 DIGEST_PREFIX = "sha256:"
+#: The one metadata entry of a weights file: JSON of what it is (stream, version, model).
+METADATA_KEY = "streamweights"
 
 
 class DigestMismatchError(ValueError):
@@ -43,8 +46,23 @@ def encode_weights(tensors: dict[str, np.ndarray],
         if array.dtype == object:
             raise ValueError(f"tensors.{name}: not a numeric array")
         arrays[name] = array
-    data = safetensors_numpy.save(arrays, metadata=dict(metadata or {}))
+    # safetensors writes its metadata map in hash order, which changes from one map to the
+    # next: one key holding sorted JSON keeps equal inputs at equal bytes (and digests).
+    header = {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+    data = safetensors_numpy.save(arrays, metadata=header)
     return data, digest_of(data)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The metadata written by :func:`encode_weights` (without loading the tensors)."""
+    if len(data) < 8:
+        raise ValueError("weights file: too short for a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8:8 + size])
+        return json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"weights file: unreadable header ({error})") from None
 
 
 def decode_weights(data: bytes, digest: str | None) -> dict[str, np.ndarray]:
