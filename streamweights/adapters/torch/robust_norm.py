@@ -74,14 +74,16 @@ def _define() -> type:
                 return functional.batch_norm(x, self.running_mean, self.running_var,
                                              self.weight, self.bias, False, 0.0, self.eps)
             axes = [0, *range(2, x.dim())]
+            shape = [1, -1] + [1] * (x.dim() - 2)
             batch_mean = x.mean(dim=axes)
-            batch_var = x.var(dim=axes, unbiased=False)
+            # The mean of squared deviations, not Tensor.var: the same biased variance,
+            # several times faster on CPU for small feature maps.
+            batch_var = (x - batch_mean.view(shape)).square().mean(dim=axes)
             mean = (1.0 - self.momentum) * self.running_mean + self.momentum * batch_mean
             var = (1.0 - self.momentum) * self.running_var + self.momentum * batch_var
             with torch.no_grad():
                 self.running_mean.copy_(mean.detach())
                 self.running_var.copy_(var.detach())
-            shape = [1, -1] + [1] * (x.dim() - 2)
             normalised = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
             return normalised * self.weight.view(shape) + self.bias.view(shape)
 
