@@ -125,11 +125,13 @@ class TestTimeAdapter:
     >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
     ...                           torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
-    >>> adapter = TestTimeAdapter(net, n_classes=3, input_shape=(4,), update_every=8)
+    >>> # An untrained network is unsure of everything: admit any entropy to the memory.
+    >>> adapter = TestTimeAdapter(net, n_classes=3, input_shape=(4,), update_every=8,
+    ...                           entropy_margin=1.0)
     >>> stream = torch.randn(32, 4) * 2 + 1          # a shifted input distribution
     >>> served = adapter.predict_observe_many(stream)
-    >>> served.shape, adapter.n_updates_
-    ((32, 3), 4)
+    >>> served.shape, adapter.n_updates_, sum(adapter.memory_counts_) > 0
+    ((32, 3), 4, True)
     """
 
     state_version: ClassVar[int] = 1
