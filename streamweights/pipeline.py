@@ -20,8 +20,9 @@ What happens per record (``design.md``):
 
 A stream with a ``torch:`` block also holds its deployed torch model
 (:class:`~streamweights.adapters.torch.stream_model.DeployedTorchModel`): predictions
-carry the model's input as ``features``; the model's probabilities become its row of the
-outputs (test-time adaptation observes the input once the record is accepted); labels
+carry the model's input as ``features``; the adapted model's probabilities become its
+row of the outputs (test-time adaptation observes the input once the record is
+accepted), while the scores' "raw" row for it is the deployed model as shipped; labels
 also train its Kalman head; and every ``export.every_updates`` adaptation steps a new
 weights version carries a freshly exported weights file (``Outcome.artifacts``, written
 to the artifact store by the runtime).
@@ -150,13 +151,14 @@ class StreamPipeline:
         if prediction.id in self.join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
                               "waiting for its label")
-        head_features = inputs = None
+        head_features = inputs = frozen = None
         if self.torch_model is not None:
             try:
                 inputs = self.torch_model.inputs(prediction.features)
             except ValueError as error:
                 raise RecordError("invalid_features", str(error)) from None
             row, head_features = self.torch_model.serve(inputs)
+            frozen = self.torch_model.frozen_probabilities(inputs)
             outputs[self._model_index[self.torch_model.name]] = row
         try:
             # The first stage is an ensemble (config enforces it): its observe is a no-op
@@ -170,6 +172,8 @@ class StreamPipeline:
         payload = {"trace": list(trace), "served": served}
         if head_features is not None:
             payload["head_features"] = head_features
+        if frozen is not None:
+            payload["frozen"] = frozen.tolist()
         outcome.evicted = self.join.add(prediction.id, prediction.ts, payload)
         self.predictions += 1
         if self.classification:
@@ -192,7 +196,11 @@ class StreamPipeline:
         trace = tuple(np.asarray(t) for t in pending.payload["trace"])
         served = np.asarray(pending.payload["served"])
         self._advance_time(label.ts, outcome)
-        self.scores.update(trace[0], served, value)
+        raw = trace[0]
+        if "frozen" in pending.payload:  # score the deployed torch model as it was shipped
+            raw = raw.copy()
+            raw[self._model_index[self.torch_model.name]] = pending.payload["frozen"]
+        self.scores.update(raw, served, value)
         drift_before = [self.chain.stages[i].drift_count for i in self._memories]
         self.chain.learn_trace(trace, value)
         if self.torch_model is not None:

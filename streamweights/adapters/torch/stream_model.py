@@ -130,6 +130,11 @@ class DeployedTorchModel:
             return self.test_time.predict_many(inputs)[0], None
         return _softmax_of(self.deployed, inputs), None
 
+    def frozen_probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """What the deployed model, as shipped, says about one input (for scoring the
+        adaptation against it)."""
+        return _softmax_of(self.deployed, inputs)
+
     def observe(self, inputs: np.ndarray) -> None:
         """Let test-time adaptation see an input that was served and accepted."""
         if self.test_time is not None:
