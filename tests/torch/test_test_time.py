@@ -48,7 +48,9 @@ def test_raises_accuracy_over_the_frozen_model_averaged_over_corruptions(digit_m
 
 def test_twenty_passes_never_fall_below_the_frozen_model(digit_model, digit_split):
     """Scenario: one continual stream (all five corruptions at severity 4, one after the
-    other, class-correlated) replayed twenty times to the same adapter, never reset.
+    other, class-correlated) replayed twenty times to the same adapter, never reset, taking
+    a step every 32 images (at the default 64 the statistics lag each domain change longer:
+    the worst pass then sat 0.5 points above the frozen model; at 32, 6.7 points above).
     We expect: no collapse — every pass's accuracy is at least the frozen model's."""
     _, _, test_x, test_y = digit_split
     parts = [digits.corrupted_stream(test_x, test_y, kind, (4,), seed=20 + i)
@@ -56,7 +58,7 @@ def test_twenty_passes_never_fall_below_the_frozen_model(digit_model, digit_spli
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     frozen = digits.accuracy(frozen_probabilities(digit_model, images), labels)
-    adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, seed=3)
+    adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32, seed=3)
     passes = [digits.accuracy(adapter.predict_observe_many(images), labels) for _ in range(20)]
     print(f"frozen {frozen:.3f}; passes {np.round(passes, 3).tolist()}")
     assert min(passes) >= frozen, (frozen, passes)
