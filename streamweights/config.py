@@ -48,6 +48,9 @@ class StreamConfig:
     publish_every_labels: int = 1_000
     publish_every_seconds: float = 60.0
     react_to_drift: bool = True
+    #: The stream's ``torch:`` block (a deployed torch model the service runs and adapts,
+    #: see ``streamweights.adapters.torch.stream_model``), validated; ``None`` if absent.
+    torch: dict[str, Any] | None = None
 
     def build_chain(self) -> Chain:
         """A fresh adapter chain for this stream (already validated at load time)."""
@@ -116,6 +119,10 @@ class ServiceConfig:
     log_format: str = "text"
     progress_every_seconds: float = 5.0
     kafka: KafkaConfig | None = None
+    #: Where torch streams' weight files go (``None``: ``<state_dir>/artifacts``) and how
+    #: many versions per stream are kept.
+    artifacts_dir: str | None = None
+    artifacts_retain: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,6 +153,7 @@ def parse_config(document: Any) -> ServiceConfig:
     http = root.sub("http", default={})
     outputs = root.sub("outputs", default={})
     logging = root.sub("logging", default={})
+    artifacts = root.sub("artifacts", default={})
     streams_raw = root.get("streams", list, default=None)
     if not streams_raw:
         raise ConfigError("streams: at least one stream is required")
@@ -181,8 +189,10 @@ def parse_config(document: Any) -> ServiceConfig:
         log_format=log_format,
         progress_every_seconds=logging.positive_float("progress_every_seconds", 5.0),
         kafka=kafka,
+        artifacts_dir=artifacts.get("dir", str, default=None, allow_none=True),
+        artifacts_retain=artifacts.positive_int("retain", 10),
     )
-    for mapping in (root, checkpoint, http, outputs, logging):
+    for mapping in (root, checkpoint, http, outputs, logging, artifacts):
         mapping.reject_unknown()
     return config
 
@@ -280,6 +290,9 @@ def _stream(item: Any, path: str) -> StreamConfig:
     adapters = mapping.get("adapters", list, default=[{"type": "FixedShare"}])
     join = mapping.sub("join", default={})
     publish = mapping.sub("publish", default={})
+    torch_block = mapping.get("torch", dict, default=None, allow_none=True)
+    if torch_block is not None:
+        torch_block = _torch_block(torch_block, f"{path}.torch", task, tuple(models))
     on_drift = mapping.get("on_drift", str, default="react")
     if on_drift not in ("react", "ignore"):
         raise ConfigError(f"{path}.on_drift: must be 'react' or 'ignore', got {on_drift!r}")
@@ -297,6 +310,7 @@ def _stream(item: Any, path: str) -> StreamConfig:
         publish_every_labels=publish.positive_int("every_labels", 1_000),
         publish_every_seconds=publish.positive_float("every_seconds", 60.0),
         react_to_drift=on_drift == "react",
+        torch=torch_block,
     )
     for mapping_ in (mapping, join, publish):
         mapping_.reject_unknown()
@@ -318,6 +332,20 @@ def _stream(item: Any, path: str) -> StreamConfig:
                               f"; got {spec['type']!r}")
         _build_stage(spec, config, stage_path)
     return config
+
+
+def _torch_block(block: dict[str, Any], path: str, task: str,
+                 models: tuple[str, ...]) -> dict[str, Any]:
+    """Validate a stream's ``torch:`` block (structure only: torch is imported when the
+    pipeline loads the model)."""
+    from streamweights.adapters.torch.stream_model import check_torch_config
+
+    if task != "classification":
+        raise ConfigError(f"{path}: torch models are supported on classification streams")
+    try:
+        return check_torch_config(block, path, models)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapter:

@@ -108,11 +108,17 @@ class Weights:
     calibration: dict[str, Any]
     prior: list[float] | None
     drift: dict[str, Any]
+    #: A torch stream's latest exported weights file: ``{"version", "digest", "location",
+    #: "format", "bytes"}`` (never the tensors); absent for other streams.
+    artifact: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "stream": self.stream, "version": self.version,
-                "ts": self.ts, "ensemble": self.ensemble, "calibration": self.calibration,
-                "prior": self.prior, "drift": self.drift}
+        record = {"schema": SCHEMA_VERSION, "stream": self.stream, "version": self.version,
+                  "ts": self.ts, "ensemble": self.ensemble, "calibration": self.calibration,
+                  "prior": self.prior, "drift": self.drift}
+        if self.artifact is not None:
+            record["artifact"] = self.artifact
+        return record
 
 
 Record = Prediction | Label
@@ -218,11 +224,13 @@ def _prediction(obj: dict[str, Any]) -> Prediction:
     outputs = obj.get("outputs")
     if outputs is None:
         raise RecordError("missing_field", "outputs: missing")
-    if type(outputs) is not dict or not outputs:
+    features = obj.get("features")
+    # A stream whose only model is a torch model run by the service sends its input as
+    # features and no outputs.
+    if type(outputs) is not dict or (not outputs and features is None):
         raise RecordError("wrong_type", "outputs: expected a non-empty object of model outputs")
     for model, value in outputs.items():
         _numbers(value, f"outputs.{model}", allow_scalar=True)
-    features = obj.get("features")
     if features is not None:
         _numbers(features, "features", allow_scalar=False)
     return Prediction(stream, record_id, ts, outputs, features)

@@ -17,6 +17,15 @@ What happens per record (``design.md``):
   ``publish_every_labels`` labels or ``publish_every_seconds`` of event time a new
   weights version is emitted.
 * anything wrong — a :class:`DeadLetter` naming the reason; counted, never dropped.
+
+A stream with a ``torch:`` block also holds its deployed torch model
+(:class:`~streamweights.adapters.torch.stream_model.DeployedTorchModel`): predictions
+carry the model's input as ``features``; the adapted model's probabilities become its
+row of the outputs (test-time adaptation observes the input once the record is
+accepted), while the scores' "raw" row for it is the deployed model as shipped; labels
+also train its Kalman head; and every ``export.every_updates`` adaptation steps a new
+weights version carries a freshly exported weights file (``Outcome.artifacts``, written
+to the artifact store by the runtime).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, PriorShift
 from streamweights.adapters.validation import check_class_label
-from streamweights.config import ENSEMBLE_TYPES, StreamConfig
+from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
 from streamweights.join import Pending, PendingJoin
 from streamweights.scoring import StreamScores
@@ -48,6 +57,16 @@ class DeadLetter:
     id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """An exported weights file for the artifact store: its bytes and digest."""
+
+    stream: str
+    version: int
+    data: bytes
+    digest: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one input record produced."""
@@ -60,6 +79,7 @@ class Outcome:
     drift: dict[str, Any] | None = None
     learned: bool = False
     stream: str | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
 
 
 class StreamPipeline:
@@ -83,20 +103,36 @@ class StreamPipeline:
         self.drift_events: list[dict[str, Any]] = []
         self.drift_total = 0
         self.latest_weights: Weights | None = None
+        self.latest_artifact: dict[str, Any] | None = None
+        self.torch_model = None
+        if config.torch is not None:
+            from streamweights.adapters.torch.stream_model import DeployedTorchModel
+
+            path = f"streams[{self.name}].torch"
+            try:
+                self.torch_model = DeployedTorchModel(config.torch, config.n_classes, path)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            except ImportError as error:  # torch missing: "install streamweights[torch]"
+                raise ConfigError(f"{path}: {error}") from None
 
     # -- records ----------------------------------------------------------------------
     def outputs_array(self, prediction: Prediction) -> np.ndarray:
         """The models' outputs as ``(K, C)`` (or ``(K,)``) in configured order."""
         outputs = prediction.outputs
+        torch_name = self.torch_model.name if self.torch_model is not None else None
         for model in outputs:
+            if model == torch_name:
+                raise RecordError("unknown_model", f"outputs.{model}: computed by the service "
+                                  "from features (a torch model); do not send it")
             if model not in self._model_index:
                 raise RecordError("unknown_model", f"outputs.{model}: unknown model for stream "
                                   f"{self.name!r} (configured: {', '.join(self.config.models)})")
-        missing = [m for m in self.config.models if m not in outputs]
+        missing = [m for m in self.config.models if m not in outputs and m != torch_name]
         if missing:
             raise RecordError("missing_model", f"outputs.{missing[0]}: missing (stream "
                               f"{self.name!r} expects every configured model)")
-        rows = [outputs[m] for m in self.config.models]
+        rows = [outputs.get(m, [0.0] * (self.config.n_classes or 1)) for m in self.config.models]
         if self.classification:
             width = self.config.n_classes
             for model, row in zip(self.config.models, rows, strict=True):
@@ -115,15 +151,30 @@ class StreamPipeline:
         if prediction.id in self.join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
                               "waiting for its label")
+        head_features = inputs = frozen = None
+        if self.torch_model is not None:
+            try:
+                inputs = self.torch_model.inputs(prediction.features)
+            except ValueError as error:
+                raise RecordError("invalid_features", str(error)) from None
+            row, head_features = self.torch_model.serve(inputs)
+            frozen = self.torch_model.frozen_probabilities(inputs)
+            outputs[self._model_index[self.torch_model.name]] = row
         try:
             # The first stage is an ensemble (config enforces it): its observe is a no-op
             # and its predict validates the outputs before any later stage observes.
             served, trace = self.chain.observe_predict_trace(outputs)
         except ValueError as error:
             raise RecordError("invalid_outputs", str(error)) from None
+        if inputs is not None:
+            self.torch_model.observe(inputs)  # only once the record is accepted
         self._advance_time(prediction.ts, outcome)
-        outcome.evicted = self.join.add(prediction.id, prediction.ts,
-                                        {"trace": list(trace), "served": served})
+        payload = {"trace": list(trace), "served": served}
+        if head_features is not None:
+            payload["head_features"] = head_features
+        if frozen is not None:
+            payload["frozen"] = frozen.tolist()
+        outcome.evicted = self.join.add(prediction.id, prediction.ts, payload)
         self.predictions += 1
         if self.classification:
             outcome.adapted = Adapted(self.name, prediction.id, prediction.ts,
@@ -131,6 +182,7 @@ class StreamPipeline:
         else:
             outcome.adapted = Adapted(self.name, prediction.id, prediction.ts, None,
                                       float(served), self.weights_version)
+        self._maybe_export(prediction.ts, outcome)
         self._maybe_publish(prediction.ts, outcome)
         return outcome
 
@@ -144,15 +196,22 @@ class StreamPipeline:
         trace = tuple(np.asarray(t) for t in pending.payload["trace"])
         served = np.asarray(pending.payload["served"])
         self._advance_time(label.ts, outcome)
-        self.scores.update(trace[0], served, value)
+        raw = trace[0]
+        if "frozen" in pending.payload:  # score the deployed torch model as it was shipped
+            raw = raw.copy()
+            raw[self._model_index[self.torch_model.name]] = pending.payload["frozen"]
+        self.scores.update(raw, served, value)
         drift_before = [self.chain.stages[i].drift_count for i in self._memories]
         self.chain.learn_trace(trace, value)
+        if self.torch_model is not None:
+            self.torch_model.learn(pending.payload.get("head_features"), value)
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
         drift_after = [self.chain.stages[i].drift_count for i in self._memories]
         if drift_after != drift_before:
             outcome.drift = self._react_to_drift(label)
+        self._maybe_export(label.ts, outcome)
         self._maybe_publish(label.ts, outcome)
         return outcome
 
@@ -174,6 +233,8 @@ class StreamPipeline:
         reaction = "on_drift" if self.config.react_to_drift else "none"
         if self.config.react_to_drift:
             self.chain.on_drift()
+            if self.torch_model is not None:
+                self.torch_model.on_drift()
         self.drift_total += 1
         event = {"n": self.drift_total, "ts": label.ts, "label_count": self.labels,
                  "reaction": reaction}
@@ -189,6 +250,19 @@ class StreamPipeline:
         if due_labels or due_time:
             outcome.weights.append(self.publish(ts))
 
+    def _maybe_export(self, ts: float, outcome: Outcome) -> None:
+        """A torch stream adapted enough since its last export: a weights version with a
+        new weights file."""
+        if self.torch_model is None or not self.torch_model.export_due():
+            return
+        version = self.weights_version + 1
+        data, digest = self.torch_model.export(self.name, version)
+        self.latest_artifact = {"version": version, "digest": digest,
+                                "location": artifact_location(self.name, version),
+                                "format": "safetensors", "bytes": len(data)}
+        outcome.artifacts.append(Artifact(self.name, version, data, digest))
+        outcome.weights.append(self.publish(ts))
+
     def publish(self, ts: float) -> Weights:
         """Emit a new weights version describing every stage now."""
         self.weights_version += 1
@@ -198,7 +272,8 @@ class StreamPipeline:
             stream=self.name, version=self.weights_version, ts=ts,
             ensemble=self.ensemble_weights(), calibration=self._calibration(),
             prior=self._prior(), drift={"events": self.drift_total,
-                                        "recent": list(self.drift_events)})
+                                        "recent": list(self.drift_events)},
+            artifact=None if self.latest_artifact is None else dict(self.latest_artifact))
         return self.latest_weights
 
     def ensemble_weights(self) -> dict[str, float]:
@@ -232,6 +307,9 @@ class StreamPipeline:
             "drift_events": self.drift_events, "drift_total": self.drift_total,
             "latest_weights": None if self.latest_weights is None
             else self.latest_weights.to_json(),
+            **({} if self.torch_model is None else {
+                "torch": self.torch_model.state_dict(),
+                "latest_artifact": self.latest_artifact}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,6 +327,12 @@ class StreamPipeline:
         latest = state["latest_weights"]
         self.latest_weights = None if latest is None else Weights(
             **{k: v for k, v in latest.items() if k != "schema"})
+        if self.torch_model is not None:
+            if "torch" not in state:
+                raise ValueError(f"snapshot: stream {self.name!r} has no torch state; was it "
+                                 "taken before the torch block was added?")
+            self.torch_model.load_state_dict(state["torch"])
+            self.latest_artifact = state["latest_artifact"]
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.config.task, "models": list(self.config.models),
@@ -258,6 +342,14 @@ class StreamPipeline:
                 "weights_version": self.weights_version, "scores": self.scores.summary(),
                 "weights": None if self.latest_weights is None
                 else self.latest_weights.to_json()}
+
+
+def artifact_location(stream: str, version: int) -> str:
+    """Where a weights file lives relative to the artifact store's root (the store in
+    ``runtime/artifact_store.py`` uses the same layout)."""
+    from urllib.parse import quote
+
+    return f"{quote(stream, safe='')}/{version:010d}.safetensors"
 
 
 def describe(stage: Adapter) -> dict[str, Any]:

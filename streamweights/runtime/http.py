@@ -1,5 +1,5 @@
 """HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz``, ``/v1/streams``,
-``/v1/streams/{stream}/weights``.
+``/v1/streams/{stream}/weights``, ``/v1/streams/{stream}/artifacts/{version}``.
 
 Served from a daemon thread. Handlers only read values the processing loop publishes by
 replacing whole objects (a dict, a bytes record), so no lock is needed and a slow
@@ -8,6 +8,7 @@ scraper never blocks processing.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +27,8 @@ class ServiceView:
         self.ready = False
         self.streams: dict[str, Any] = {}
         self.weights: dict[str, bytes] = {}
+        #: The artifact store of torch streams' weight files (``None``: no torch stream).
+        self.artifacts: Any = None
 
 
 class HttpServer:
@@ -55,9 +58,12 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics) -> type[BaseHTTPRe
         def log_message(self, format: str, *args: Any) -> None:
             return None  # access logs would drown the service log
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -85,7 +91,34 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics) -> type[BaseHTTPRe
                                                   "published weights yet"}))
                 else:
                     self._send(404, orjson.dumps({"error": f"unknown stream {stream!r}"}))
+            elif path.startswith("/v1/streams/") and "/artifacts/" in path:
+                self._artifact(path)
             else:
                 self._send(404, orjson.dumps({"error": f"no endpoint {path}"}))
+
+        def _artifact(self, path: str) -> None:
+            """One stored weights version: the safetensors bytes, digest-checked, with the
+            digest and version in headers."""
+            stream_part, _, version_part = path[len("/v1/streams/"):].rpartition("/artifacts/")
+            stream = unquote(stream_part)
+            if not version_part.isdigit():
+                self._send(400, orjson.dumps({"error": f"version: expected an integer, got "
+                                              f"{version_part!r}"}))
+                return
+            found = view.artifacts.read(stream, int(version_part)) if view.artifacts else None
+            if found is None:
+                self._send(404, orjson.dumps({"error": f"stream {stream!r} has no stored "
+                                              f"artifact version {int(version_part)}"}))
+                return
+            data, manifest = found
+            actual = "sha256:" + hashlib.sha256(data).hexdigest()
+            if actual != manifest["digest"]:
+                self._send(500, orjson.dumps({"error": f"artifact {stream}/{version_part} is "
+                                              f"corrupted: digest {actual}, published "
+                                              f"{manifest['digest']}"}))
+                return
+            self._send(200, data, "application/octet-stream",
+                       {"X-Streamweights-Digest": manifest["digest"],
+                        "X-Streamweights-Version": str(manifest["version"])})
 
     return Handler

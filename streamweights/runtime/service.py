@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ import orjson
 from streamweights import events
 from streamweights.config import ServiceConfig
 from streamweights.pipeline import DeadLetter, Outcome, Pipeline
+from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.http import HttpServer, ServiceView
 from streamweights.runtime.metrics import ServiceMetrics
@@ -139,6 +141,12 @@ class Service:
         self.metrics = ServiceMetrics()
         self.view = ServiceView()
         self.pipeline = Pipeline(config.streams)
+        self.artifacts: ArtifactStore | None = None
+        if any(stream.torch is not None for stream in config.streams):
+            self.artifacts = ArtifactStore(
+                config.artifacts_dir or os.path.join(self.state_dir, "artifacts"),
+                config.artifacts_retain)
+            self.view.artifacts = self.artifacts
         self._config_digest = hashlib.sha256(orjson.dumps(
             [asdict(s) for s in config.streams])).hexdigest()
         if runtime is None:
@@ -287,6 +295,10 @@ class Service:
     def _route(self, outcome: Outcome, position: int, raw: bytes | None = None) -> None:
         if outcome.adapted is not None and "adapted" in self.sinks:
             self.sinks["adapted"].write(events.encode(outcome.adapted))
+        for artifact in outcome.artifacts:  # before the weights record that names it
+            assert self.artifacts is not None  # a torch stream implies a store
+            self.artifacts.write(artifact.stream, artifact.version, artifact.data,
+                                 artifact.digest)
         for weights in outcome.weights:
             self._emit_weights(weights)
         for letter in outcome.dead_letters:
