@@ -253,6 +253,7 @@ class KafkaSource:
         """Poll once; return how many records were buffered."""
         from kafka import TopicPartition
 
+        restore_parked_records(self.consumer)
         batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         if complete_orphaned_rejoin(self.consumer):
             log.warning("kafka: the consumer left a group rejoin half-done (a kafka-python "
@@ -478,7 +479,7 @@ def complete_orphaned_rejoin(consumer: Any) -> bool:
     timeout expires between the JoinGroup and SyncGroup answers, later polls no longer
     drive the join: every partition stays marked pending revocation (its records are
     fetched and dropped) and no assignment ever completes. Reproduced against the real
-    broker in ``tests/kafka/test_kafka_rejoin_race.py``. Asking for a rejoin makes the
+    broker in ``tests/kafka/test_kafka_client_races.py``. Asking for a rejoin makes the
     next poll await the join already in flight (no duplicate JoinGroup), which then
     completes normally. Uses the client's internals; a client without them is left alone.
     """
@@ -490,6 +491,26 @@ def complete_orphaned_rejoin(consumer: Any) -> bool:
     if orphaned:
         coordinator.request_rejoin()
     return orphaned
+
+
+def restore_parked_records(consumer: Any) -> None:
+    """Work around a kafka-python 3.0.x bug that starves a resumed partition; call before
+    every ``poll``.
+
+    Records already fetched for a partition that gets paused are parked, and handed back
+    after ``resume`` only if the fetcher's in-line slot is ``None``. That slot keeps the
+    last partition's drained (empty) records object instead, so the parked records never
+    come back, and a partition with parked records is never fetched again: the merge
+    waits for it forever. An empty in-line slot means the same as ``None`` everywhere
+    else in the fetcher, so clearing it is safe. Reproduced against the real broker in
+    ``tests/kafka/test_kafka_client_races.py``. A client without these internals is
+    left alone.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current and getattr(fetcher, "_paused_partition_records",
+                                                       None):
+        fetcher._next_partition_records = None
 
 
 def _rebalance_flag(source: KafkaSource) -> Any:
