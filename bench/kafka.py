@@ -1,0 +1,345 @@
+"""The Kafka runtime through a real broker: events/s per replica against kafka-python's
+consume-only ceiling, and label-to-weights latency at half the measured rate.
+
+What runs (issue 4's benchmark): the real single-node KRaft broker of the test harness
+(``tests/kafka/broker.py``, fetched with Maven on first use) unless ``--bootstrap`` names
+one. ``--streams`` drifting streams of the default scenario (``configs/demo.yaml``:
+three frozen deployed models, labels ~20 s later in event time) are generated once,
+before any timing, and produced to co-partitioned predictions and labels topics keyed by
+stream.
+
+throughput, alternating rounds, best of ``--rounds`` each:
+
+* ceiling — kafka-python at its fastest on the same two topics: a consumer with no group
+  (``assign`` + ``seek_to_beginning``), 50 MiB fetches, 10 MiB per partition, 10,000
+  records per poll, reading every record of both topics and doing nothing with it.
+* ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
+  bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
+  output topics each round: consume (``read_committed``), merge per task, decode,
+  adapt, publish weights versions and adapted records, and every
+  ``--checkpoint-records`` records commit a transaction with the task snapshots and the
+  input offsets (configs/kafka.yaml's cadence). Outputs as configs/kafka.yaml: weights
+  versions (every 1,000 labels per stream), no adapted topic (``--adapted`` adds one
+  record per prediction). Its rate counts from the first record released (group join
+  excluded) to the last commit.
+
+latency — the same replica as a separate ``streamweights run`` process, live (not
+bounded), committing every ``--commit-ms``; this process produces fresh records at half
+of ours' best rate, paced by the clock, and a ``read_committed`` reader of the weights
+topic matches each new version (its ``ts`` is the label's that triggered it) to the
+moment that label was sent. p50/p99 over the versions after a 3 s warm-up.
+
+The machine is small and shared (2 cores, the broker's JVM on the same cores), so
+absolute numbers move between runs; the ratio is what the rounds make comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import orjson
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path and its name would shadow
+# the kafka package: drop the folder, put the repository in its place.
+sys.path[:] = [str(REPO)] + [entry for entry in sys.path
+                             if pathlib.Path(entry or ".").resolve() != REPO / "bench"]
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+
+from streamweights.config import SourceConfig, parse_config  # noqa: E402
+from streamweights.runtime.replay import ReplayStream  # noqa: E402
+from streamweights.runtime.service import Service  # noqa: E402
+
+
+def generate(streams: int, events_per_stream: int) -> list[bytes]:
+    """``streams`` replayed drifting streams merged in event-time order (as JSON lines)."""
+    replays = []
+    for number in range(streams):
+        replay = ReplayStream(SourceConfig(events=events_per_stream, seed=number + 1,
+                                           stream=f"s{number}"))
+        replays.append([raw for _, raw in replay.records()])
+        print(f"  generated stream s{number}: {len(replays[-1]):,} records", flush=True)
+    return list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
+
+
+def route(raw: bytes) -> tuple[bool, bytes]:
+    record = orjson.loads(raw)
+    return "label" in record, record["stream"].encode()
+
+
+class Topics:
+    def __init__(self, bootstrap: str, partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
+
+    def make(self, prefix: str, compacted: bool = False) -> str:
+        name = f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+        config = {"cleanup.policy": "compact"} if compacted else {}
+        self.admin.create_topics([NewTopic(name, self.partitions, 1, topic_configs=config)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            described = self.admin.describe_topics([name])
+            parts = described[0].get("partitions", []) if described else []
+            if len(parts) == self.partitions and all(p.get("leader_id", -1) >= 0
+                                                     for p in parts):
+                return name
+            time.sleep(0.05)
+        raise TimeoutError(f"topic {name} has no leaders")
+
+    def outputs(self, adapted: bool = False) -> dict[str, str | None]:
+        return {"weights": self.make("weights", True), "changelog": self.make("changelog", True),
+                "adapted": self.make("adapted") if adapted else None}
+
+
+def produce_all(bootstrap: str, lines: list[bytes], predictions: str, labels: str) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             batch_size=1 << 20)
+    for raw in lines:
+        is_label, key = route(raw)
+        producer.send(labels if is_label else predictions, key=key, value=raw)
+    producer.flush()
+    producer.close()
+
+
+def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int) -> float:
+    """kafka-python's best: no group, large fetches, nothing done per record. Records/s."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, fetch_max_bytes=50 << 20,
+                             max_partition_fetch_bytes=10 << 20, max_poll_records=10_000)
+    try:
+        assigned = [TopicPartition(t, n) for t in topics for n in range(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        consumer.poll(timeout_ms=0)  # connect and look up the partitions' leaders
+        count = 0
+        started = time.perf_counter()
+        while count < total:
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                count += len(records)
+        return count / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, str],
+                    streams: int, state_dir: str, *, checkpoint_records: int,
+                    checkpoint_seconds: float, bounded: bool,
+                    publish_every_labels: int) -> dict:
+    document = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())
+    stream = document["streams"][0]
+    stream["publish"] = {"every_labels": publish_every_labels, "every_seconds": 60}
+    document["streams"] = [{**stream, "name": f"s{n}"} for n in range(streams)]
+    document["state_dir"] = state_dir
+    document["http"] = {"host": "127.0.0.1", "port": None}
+    document["logging"] = {"format": "text", "progress_every_seconds": 3600}
+    document["checkpoint"] = {"every_records": checkpoint_records,
+                              "every_seconds": checkpoint_seconds}
+    suffix = uuid.uuid4().hex[:8]
+    document["kafka"].update({
+        "bootstrap_servers": bootstrap, "group_id": f"bench-{suffix}",
+        "transactional_id": f"bench-tx-{suffix}",
+        "predictions_topic": inputs["predictions"], "labels_topic": inputs["labels"],
+        "weights_topic": outputs["weights"], "changelog_topic": outputs["changelog"],
+        "adapted_topic": outputs["adapted"], "dead_letter_topic": None,
+        "create_topics": False, "stop_at_end": bounded})
+    return document
+
+
+def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
+             total: int, checkpoint_records: int, state_dir: str,
+             adapted: bool) -> tuple[float, int]:
+    """One bounded replica from a fresh group; records/s from the first record released,
+    and the number of transactions committed."""
+    document = config_document(bootstrap, inputs, topics.outputs(adapted), streams, state_dir,
+                               checkpoint_records=checkpoint_records, checkpoint_seconds=5,
+                               bounded=True, publish_every_labels=1000)
+    service = Service(parse_config(document))
+    first: list[float] = []
+    opened = service.source.open
+
+    def timed_open(start: int = 0):
+        for item in opened(start):
+            if not first:
+                first.append(time.perf_counter())
+            yield item
+
+    service.source.open = timed_open
+    try:
+        summary = service.run()
+        ended = time.perf_counter()
+        commits = service.state.commits
+    finally:
+        service.close()
+    assert summary["records"] == total, f"ours read {summary['records']} of {total}"
+    return total / (ended - first[0]), commits
+
+
+def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
+            seconds: float, commit_ms: int, state_dir: str) -> dict[str, float]:
+    """Label sent → weights version readable (read_committed), at ``rate`` records/s."""
+    inputs = {"predictions": topics.make("predictions"), "labels": topics.make("labels")}
+    outputs = topics.outputs()
+    document = config_document(bootstrap, inputs, outputs, streams, state_dir,
+                               checkpoint_records=10_000_000,
+                               checkpoint_seconds=commit_ms / 1000, bounded=False,
+                               publish_every_labels=100)
+    config_path = pathlib.Path(state_dir) / "latency.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(document))
+    service = subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
+                                "--config", str(config_path)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sent: dict[tuple[str, float], float] = {}
+    seen: list[tuple[float, float]] = []  # (sent at, latency)
+    stop = threading.Event()
+
+    def read_weights() -> None:
+        consumer = KafkaConsumer(outputs["weights"], bootstrap_servers=bootstrap,
+                                 group_id=None, isolation_level="read_committed",
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=5)
+        try:
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=20).values():
+                    now = time.perf_counter()
+                    for record in records:
+                        weights = orjson.loads(record.value)
+                        at = sent.get((weights["stream"], weights["ts"]))
+                        if at is not None:
+                            seen.append((at, now - at))
+        finally:
+            consumer.close()
+
+    reader = threading.Thread(target=read_weights, daemon=True)
+    reader.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    try:
+        time.sleep(3)  # the service joins its group
+        count = int(rate * seconds)
+        started = time.perf_counter()
+        for index, raw in enumerate(lines[:count]):
+            due = started + index / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            is_label, key = route(raw)
+            if is_label:
+                record = orjson.loads(raw)
+                sent.setdefault((record["stream"], record["ts"]), time.perf_counter())
+            producer.send(inputs["labels" if is_label else "predictions"], key=key,
+                          value=raw)
+        producer.flush()
+        produced_for = time.perf_counter() - started
+        time.sleep(2)  # let the last versions commit
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+        producer.close()
+        service.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.wait(timeout=30)
+        if service.poll() is None:
+            service.kill()
+    warm = [lat for at, lat in sorted(seen) if at - started > 3.0]
+    if len(warm) < 20:
+        error = service.stderr.read().decode(errors="replace")[-2000:] if service.stderr else ""
+        raise RuntimeError(f"only {len(warm)} weights versions were matched; service said:\n"
+                           f"{error}")
+    quantiles = statistics.quantiles(warm, n=100)
+    third = max(len(warm) // 3, 1)
+    return {"versions": len(warm), "p50_ms": 1000 * quantiles[49],
+            "first_third_p50_ms": 1000 * statistics.median(warm[:third]),
+            "last_third_p50_ms": 1000 * statistics.median(warm[-third:]),
+            "p99_ms": 1000 * quantiles[98], "max_ms": 1000 * max(warm),
+            "achieved_rate": count / produced_for}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", help="an existing broker (default: start one)")
+    parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--events", type=int, default=40_000,
+                        help="predictions per stream (records are ~2x)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--checkpoint-records", type=int, default=1000)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--rate", type=float,
+                        help="skip the throughput rounds; measure latency at this many "
+                             "records/s")
+    parser.add_argument("--adapted", action="store_true",
+                        help="also publish every adapted prediction (configs/kafka.yaml: off)")
+    args = parser.parse_args(argv)
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            from tests.kafka.broker import KafkaBroker
+
+            print("starting a Kafka broker (tests/kafka/broker.py) ...", flush=True)
+            broker = KafkaBroker(pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="bench-kafka-"))))
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-state-"))
+        print(f"broker {bootstrap}; generating {args.streams} streams x "
+              f"{args.events:,} predictions ...", flush=True)
+        lines = generate(args.streams, args.events)
+        topics = Topics(bootstrap, args.partitions)
+        inputs = {"predictions": topics.make("predictions"), "labels": topics.make("labels")}
+        produce_all(bootstrap, lines, inputs["predictions"], inputs["labels"])
+        total = len(lines)
+        print(f"produced {total:,} records to {args.partitions} partitions x 2 topics",
+              flush=True)
+
+        ceiling, ours = [], []
+        for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
+            ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
+                                        total))
+            rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
+                                     args.checkpoint_records,
+                                     str(pathlib.Path(workdir) / f"round{round_number}"),
+                                     args.adapted)
+            ours.append(rate)
+            print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s, "
+                  f"ours {rate:,.0f} records/s ({commits} transactions)", flush=True)
+        if args.rate is None:
+            best_ceiling, best_ours = max(ceiling), max(ours)
+            print(f"\nthroughput (best of {args.rounds}): ours {best_ours:,.0f} records/s per "
+                  f"replica, kafka-python consume-only {best_ceiling:,.0f} records/s -> "
+                  f"{best_ours / best_ceiling:.1%} of the ceiling (goal >= 50%)")
+        rate = best_ours / 2 if args.rate is None else args.rate
+        label = "half of ours' rate" if args.rate is None else "a set rate"
+        print(f"\nlatency at {label} "
+              f"({rate:,.0f} records/s, commit every "
+              f"{args.commit_ms} ms, {args.latency_seconds:.0f} s) ...", flush=True)
+        more = generate(args.streams, int(rate * args.latency_seconds / args.streams) + 1000)
+        found = latency(bootstrap, topics, more, args.streams, rate, args.latency_seconds,
+                        args.commit_ms, str(pathlib.Path(workdir) / "latency"))
+        print(f"label produced -> weights version readable (read_committed), "
+              f"{found['versions']} versions at {found['achieved_rate']:,.0f} records/s: "
+              f"p50 {found['p50_ms']:.0f} ms, p99 {found['p99_ms']:.0f} ms, "
+              f"max {found['max_ms']:.0f} ms (goal p99 < 250 ms); p50 of the first third "
+              f"{found['first_third_p50_ms']:.0f} ms, of the last third "
+              f"{found['last_third_p50_ms']:.0f} ms (a rise = the replica falls behind)")
+
+
+if __name__ == "__main__":
+    main()
