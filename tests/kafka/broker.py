@@ -263,7 +263,7 @@ class KafkaBroker:
             self._java = find_java()
         config = self._write_config()
         command = self._java_command("kafka.tools.StorageTool", "format", "--config", str(config),
-                                     "--cluster-id", _cluster_id(), "--ignore-formatted")
+                                     f"--cluster-id={_cluster_id()}", "--ignore-formatted")
         completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                    timeout=120)
         if completed.returncode != 0:
