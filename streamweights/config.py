@@ -98,6 +98,10 @@ class KafkaConfig:
     #: Live mode: how long a topic read to its end must stay quiet before the other
     #: topic's records of the task may pass it (see ``KafkaSource``).
     max_task_idle_ms: int = 100
+    #: When the input goes quiet, pending results are committed at once, but at most
+    #: this often (a live input that keeps catching up would otherwise commit after
+    #: every small batch and spend its time committing).
+    idle_commit_ms: int = 100
     #: A task snapshot above this fraction of the changelog's message limit is refused.
     snapshot_limit_fraction: float = 0.5
     #: The changelog's message limit; ``None`` = ask the broker at start-up.
@@ -258,12 +262,13 @@ def _kafka(mapping: _Mapping | None) -> KafkaConfig:
         replication_factor=mapping.positive_int("replication_factor", 1),
         stop_at_end=mapping.get("stop_at_end", bool, default=False),
         max_task_idle_ms=mapping.get("max_task_idle_ms", int, default=100),
+        idle_commit_ms=mapping.get("idle_commit_ms", int, default=100),
         snapshot_limit_fraction=fraction,
         max_message_bytes=limit,
     )
-    if config.max_task_idle_ms < 0:
-        raise ConfigError(f"kafka.max_task_idle_ms: must be >= 0, got "
-                          f"{config.max_task_idle_ms}")
+    for key in ("max_task_idle_ms", "idle_commit_ms"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"kafka.{key}: must be >= 0, got {getattr(config, key)}")
     mapping.reject_unknown()
     return config
 

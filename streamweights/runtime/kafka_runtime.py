@@ -51,14 +51,18 @@ Limitations (this is what the guarantee does NOT cover)
     * The transactional id must be stable per replica and unique in the group (default
       ``<group_id>-<hostname>``); two replicas with the same id fence each other.
     * A rebalance (the eager protocol, range assignor: partition p of both inputs goes to
-      one member) aborts the open transaction and rolls every task this member still
-      owns back to its last committed snapshot: up to one checkpoint interval of work is
-      redone, by this member or by the new owner. Revoked tasks' streams keep their
-      reset state in this process (its summary covers only what it owns).
+      one member) first commits the open cycle from the rebalance listener, while this
+      member is still in the generation, so tasks move with their latest state and
+      nothing is redone; every owned task is then restored from that snapshot. If that
+      commit fails, or the member was evicted (``on_partitions_lost``: session expired,
+      fenced), the open transaction is aborted instead and up to one checkpoint interval
+      is redone by whoever owns the task next. Revoked tasks' streams keep their reset
+      state in this process (its summary covers only what it owns).
     * Streams are mapped to tasks with Kafka's default partitioner (murmur2 of the stream
       name); producers must key records by stream with that partitioner, and the
       predictions and labels topics must have the same partition count.
-    * Consumer lag per partition is refreshed at each commit, not continuously.
+    * Consumer lag per partition (high watermark minus the next offset to commit) is
+      refreshed at each commit and about once a second between them.
 """
 
 from __future__ import annotations
@@ -169,6 +173,12 @@ class KafkaRuntime:
                                   client_settings=client_settings(kafka, KafkaConsumer))
         self.source.on_rebalance = self._on_rebalance
         self.source.on_idle = self._on_idle
+        self.source.on_revoked = self._on_revoked
+        self.source.on_fetched = self._on_fetched
+        self._last_commit = time.monotonic()
+        self._last_lag_update = 0.0
+        #: Commits made in the rebalance listener before tasks moved (tests, metrics).
+        self.handovers = 0
         self._committed_offsets: dict[tuple[str, int], int] = {}
         # 10 s transaction timeout (as Kafka Streams uses for exactly-once): a killed
         # replica's open transaction, which holds back read_committed readers and its
@@ -372,6 +382,7 @@ class KafkaRuntime:
         self._recoveries = 0
         self._in_transaction = False
         self._committed_offsets = released
+        self._last_commit = self._last_lag_update = time.monotonic()
         service.metrics.transactions.labels("commit").inc()
         self._update_lag(service, released)
         self._begin()
@@ -397,10 +408,40 @@ class KafkaRuntime:
 
     def _on_idle(self) -> None:
         """Nothing new to read: commit what is pending now rather than at the next
-        checkpoint (which a quiet input may never reach)."""
-        if self.service is not None and self._in_transaction and (
-                self.dirty or self.source.next_offsets() != self._committed_offsets):
+        checkpoint (which a quiet input may never reach), but at most every
+        ``kafka.idle_commit_ms``: a live input that keeps catching up would otherwise
+        commit after every small batch."""
+        if (self.service is not None and self._in_transaction
+                and time.monotonic() - self._last_commit >= self.kafka.idle_commit_ms / 1000
+                and (self.dirty or self.source.next_offsets() != self._committed_offsets)):
             self.service.checkpoint()
+
+    def _on_revoked(self) -> None:
+        """Tasks are about to move (a rebalance, this member still in the generation):
+        commit the cycle now, so they move with their latest state and nothing is redone
+        (the eager protocol revokes every task, so kept ones lose nothing either). On
+        any failure the main loop's abort-and-roll-back path applies, as before."""
+        service = self.service
+        if service is None or not self._in_transaction or self.source.consumer is None:
+            return
+        try:
+            started = time.perf_counter()
+            service.checkpoint()
+            self.handovers += 1
+            log.info("kafka: rebalance: committed the cycle in %.3fs before the tasks move",
+                     time.perf_counter() - started)
+        except Exception as error:  # never raise inside the client's listener
+            log.warning("kafka: rebalance: could not commit before the tasks move (%s: %s);"
+                        " they resume from their last committed snapshots",
+                        type(error).__name__, error)
+
+    def _on_fetched(self) -> None:
+        """Refresh the consumer-lag metric about once a second (between commits too)."""
+        service = self.service
+        if service is None or time.monotonic() - self._last_lag_update < 1.0:
+            return
+        self._last_lag_update = time.monotonic()
+        self._update_lag(service, self.source.next_offsets())
 
     def _abort(self) -> None:
         self._in_transaction = False
@@ -469,6 +510,10 @@ class KafkaRuntime:
                         "from their last committed snapshots", owned)
         if revoked:
             log.info("kafka: tasks %s revoked; their new owner resumes them", revoked)
+            for number in revoked:
+                for topic in self.source.topics:
+                    with contextlib.suppress(KeyError):  # never measured
+                        service.metrics.consumer_lag.remove(topic, str(number))
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
         self.task_invalid = {}

@@ -166,6 +166,13 @@ class KafkaSource:
         #: ``on_idle()``: a fetch brought nothing new (the runtime commits pending work,
         #: so a quiet input does not leave results uncommitted).
         self.on_idle: Callable[[], None] | None = None
+        #: ``on_revoked()``: the group is about to take this member's tasks away (called
+        #: inside ``poll``, on the client's IO thread, while the caller's thread waits in
+        #: ``poll``: the state is quiet). The runtime commits the cycle here, so the tasks
+        #: move with nothing to redo. Must not raise; must be quick.
+        self.on_revoked: Callable[[], None] | None = None
+        #: ``on_fetched()``: after every fetch (the runtime refreshes the lag metric).
+        self.on_fetched: Callable[[], None] | None = None
         #: Set (by the service) to make :meth:`open` return at the next fetch.
         self.stop_event: Any = None
         self._rebalanced = False
@@ -277,6 +284,7 @@ class KafkaSource:
             self._start_tasks(sorted(owned), self.on_rebalance(sorted(owned), revoked))
             batches = {}
         elif self.on_rebalance is None:
+            self._rebalanced = False
             self._forget_revoked(assigned)
         fetched = 0
         for tp, records in batches.items():
@@ -306,6 +314,8 @@ class KafkaSource:
             self.consumer.pause(*pause)
         if resume:
             self.consumer.resume(*resume)
+        if self.on_fetched is not None:
+            self.on_fetched()
         return fetched
 
     def _start_tasks(self, numbers: list[int], offsets: dict[tuple[str, int], int]) -> None:
@@ -514,12 +524,22 @@ def restore_parked_records(consumer: Any) -> None:
 
 
 def _rebalance_flag(source: KafkaSource) -> Any:
-    """A rebalance listener that only raises a flag: it runs inside the client (possibly
-    on its IO thread, which also heartbeats), so the real work waits for the main loop."""
+    """The rebalance listener: raises a flag for the main loop, which does the real work
+    (restoring tasks) after ``poll`` returns; on revocation it first lets the runtime
+    commit the cycle (``on_revoked``), bounded and never raising, since it runs inside
+    the client, on the IO thread that also heartbeats."""
     from kafka import ConsumerRebalanceListener
 
     class RebalanceFlag(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
+            # The member still belongs to the current generation: commit what was done
+            # (unless an earlier rebalance is still unprocessed: then the abort path).
+            if revoked and not source._rebalanced and source.on_revoked is not None:
+                source.on_revoked()
+            source._rebalanced = True
+
+        def on_partitions_lost(self, lost: Any) -> None:
+            # Evicted (session expired, fenced): a commit would be refused; abort instead.
             source._rebalanced = True
 
         def on_partitions_assigned(self, assigned: Any) -> None:

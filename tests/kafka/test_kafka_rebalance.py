@@ -35,6 +35,7 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     works through ~12,000 records while a second member joins its group (taking tasks
     away from it) and leaves again (giving them back), three times. We expect: the
     service logged more than one assignment (the rebalances happened while it worked),
+    committed its open cycle before each move instead of aborting it (nothing redone),
     exits 0, and its summary and read_committed weights topic (versions 1..n once each)
     equal an uninterrupted embedded run."""
     lines = write_input(tmp_path / "input.jsonl")
@@ -84,6 +85,9 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     log_text = log_path.read_text(errors="replace")
     assert returncode == 0, log_text[-4000:]
     assert len(re.findall(r"assigned tasks", log_text)) >= 2, log_text[-3000:]
+    # every rebalance while it worked committed the cycle first instead of aborting it
+    assert "before the tasks move" in log_text, log_text[-3000:]
+    assert "aborted the open transaction" not in log_text, log_text[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["streams"] == reference
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
