@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import pathlib
 import time
 from collections import defaultdict
@@ -14,6 +15,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime.replay import ReplayStream
+from streamweights.runtime.service import Service
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STREAMS = (("demo", 7), ("other", 11))
@@ -147,3 +149,23 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
 def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     """Every committed record value of ``topic``, in offset order per partition."""
     return [record.value for record in read_records(bootstrap, topic)]
+
+
+def embedded_reference(tmp_path: pathlib.Path, lines_path: pathlib.Path
+                       ) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """The uninterrupted embedded run every Kafka result is compared with: its summary's
+    streams (as JSON values) and its weights records per stream."""
+    service = Service(make_config(tmp_path / "embedded", lines_path))
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+    weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
+    return json.loads(orjson.dumps(summary["streams"])), weights
+
+
+def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
+    """Each stream's weights versions are 1, 2, ... n: none missing, none twice."""
+    for name, _ in STREAMS:
+        versions = [orjson.loads(value)["version"] for value in weights[name]]
+        assert versions == list(range(1, len(versions) + 1)), name

@@ -12,7 +12,6 @@ import sys
 import time
 import zlib
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
@@ -23,8 +22,9 @@ from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
     REPO,
     STREAMS,
+    assert_versions_once_each,
     by_stream,
-    make_config,
+    embedded_reference,
     make_topics,
     produce_inputs,
     read_records,
@@ -57,21 +57,6 @@ def committed_offsets(bootstrap: str, group: str, topics: dict[str, str]) -> dic
     finally:
         consumer.close()
 
-
-def embedded_reference(tmp_path, lines_path):
-    service = Service(make_config(tmp_path / "embedded", lines_path))
-    try:
-        summary = service.run()
-    finally:
-        service.close()
-    weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
-    return json.loads(orjson.dumps(summary["streams"])), weights
-
-
-def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
-    for name, _ in STREAMS:
-        versions = [orjson.loads(value)["version"] for value in weights[name]]
-        assert versions == list(range(1, len(versions) + 1)), name
 
 
 def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(

@@ -11,16 +11,14 @@ import subprocess
 import sys
 import time
 
-import orjson
 from kafka import KafkaConsumer
 
 from streamweights.config import load_config
-from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
     REPO,
-    STREAMS,
+    assert_versions_once_each,
     by_stream,
-    make_config,
+    embedded_reference,
     make_topics,
     produce_inputs,
     read_topic,
@@ -39,13 +37,7 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     exits 0, and its summary and read_committed weights topic (versions 1..n once each)
     equal an uninterrupted embedded run."""
     lines = write_input(tmp_path / "input.jsonl")
-    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
-    try:
-        reference = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
-    reference_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                  .splitlines())
+    reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     topics = make_topics(topic_factory, 3)
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
     config_path = write_kafka_config(tmp_path / "kafka", kafka_bootstrap, topics,
@@ -92,6 +84,4 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     assert summary["streams"] == reference
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
-    for name, _ in STREAMS:
-        versions = [orjson.loads(value)["version"] for value in weights[name]]
-        assert versions == list(range(1, len(versions) + 1)), name
+    assert_versions_once_each(weights)

@@ -12,17 +12,16 @@ import subprocess
 import sys
 import time
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.config import load_config
 from streamweights.runtime.kafka_runtime import task_of
-from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
     REPO,
     STREAMS,
+    assert_versions_once_each,
     by_stream,
-    make_config,
+    embedded_reference,
     make_topics,
     produce_inputs,
     read_topic,
@@ -66,13 +65,7 @@ def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
     publishes the final versions, and the summary and the read_committed weights topic
     (versions 1..n per stream, none twice) equal an uninterrupted embedded run."""
     lines = write_input(tmp_path / "input.jsonl")
-    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
-    try:
-        reference = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
-    reference_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                  .splitlines())
+    reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     assert {task_of(name, PARTITIONS) for name, _ in STREAMS} == {0, 1}
 
     topics = make_topics(topic_factory, PARTITIONS)
@@ -143,6 +136,4 @@ def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
     assert summary["streams"] == reference
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
-    for name, _ in STREAMS:
-        versions = [orjson.loads(value)["version"] for value in weights[name]]
-        assert versions == list(range(1, len(versions) + 1))
+    assert_versions_once_each(weights)

@@ -13,10 +13,10 @@ from kafka.structs import OffsetAndMetadata
 from streamweights.config import parse_config
 from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
-    STREAMS,
+    assert_versions_once_each,
     by_stream,
+    embedded_reference,
     kafka_document,
-    make_config,
     make_topics,
     produce_inputs,
     read_topic,
@@ -62,13 +62,7 @@ def test_rewound_group_offsets_do_not_apply_records_twice(tmp_path, kafka_bootst
     run publishes no new version and reports the same streams."""
     input_path = tmp_path / "input.jsonl"
     lines = write_input(input_path)
-    service = Service(make_config(tmp_path / "embedded", input_path))
-    try:
-        reference = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
-    reference_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                  .splitlines())
+    reference, reference_weights = embedded_reference(tmp_path, input_path)
 
     topics = make_topics(topic_factory, PARTITIONS)
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
@@ -86,9 +80,7 @@ def test_rewound_group_offsets_do_not_apply_records_twice(tmp_path, kafka_bootst
     assert resumed["streams"] == reference
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
-    for name, _ in STREAMS:
-        versions = [orjson.loads(value)["version"] for value in weights[name]]
-        assert versions == list(range(1, len(versions) + 1)), name
+    assert_versions_once_each(weights)
 
     rewind_group(kafka_bootstrap, group, topics)
     again = run(config)

@@ -15,20 +15,16 @@ import yaml
 
 from streamweights.config import load_config
 from tests.kafka.helpers import (
+    assert_versions_once_each,
     by_stream,
+    embedded_reference,
     make_topics,
     produce_inputs,
     read_topic,
     write_input,
     write_kafka_config,
 )
-from tests.kafka.test_kafka_crash import (
-    PARTITIONS,
-    assert_versions_once_each,
-    cli,
-    committed_offsets,
-    embedded_reference,
-)
+from tests.kafka.test_kafka_crash import PARTITIONS, cli, committed_offsets
 
 GRACE_SECONDS = yaml.safe_load((__import__("pathlib").Path(__file__).resolve().parents[2]
                                 / "k8s" / "base" / "statefulset.yaml").read_text())[

@@ -9,16 +9,14 @@ import subprocess
 import sys
 import time
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.config import load_config
-from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
     REPO,
-    STREAMS,
+    assert_versions_once_each,
     by_stream,
-    make_config,
+    embedded_reference,
     make_topics,
     produce_inputs,
     read_topic,
@@ -35,13 +33,7 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
     weights topic holds each stream's versions 1..n once, equal to that run's."""
     bootstrap = kafka_broker.bootstrap
     lines = write_input(tmp_path / "input.jsonl")
-    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
-    try:
-        reference = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
-    reference_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                  .splitlines())
+    reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     topics = make_topics(topic_factory, 3)
     produce_inputs(bootstrap, lines, topics["predictions"], topics["labels"])
     config_path = write_kafka_config(tmp_path / "kafka", bootstrap, topics,
@@ -83,6 +75,4 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
     weights = by_stream(read_topic(bootstrap, topics["weights"]))
     assert weights == reference_weights, "\n".join(
         line for line in log_path.read_text().splitlines() if '"progress"' not in line)[-4000:]
-    for name, _ in STREAMS:
-        versions = [orjson.loads(value)["version"] for value in weights[name]]
-        assert versions == list(range(1, len(versions) + 1))
+    assert_versions_once_each(weights)
