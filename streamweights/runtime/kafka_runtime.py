@@ -57,7 +57,11 @@ Limitations (this is what the guarantee does NOT cover)
       commit fails, or the member was evicted (``on_partitions_lost``: session expired,
       fenced), the open transaction is aborted instead and up to one checkpoint interval
       is redone by whoever owns the task next. Revoked tasks' streams keep their reset
-      state in this process (its summary covers only what it owns).
+      state in this process (its summary covers only what it owns). That commit runs on
+      the consumer's IO thread inside ``poll`` (kafka-python's listener contract): while
+      it waits for the broker (usually 5-30 ms; as long as the broker is unreachable if
+      it went away, exactly as a commit in the main loop would), this member's rejoin
+      waits too.
     * Streams are mapped to tasks with Kafka's default partitioner (murmur2 of the stream
       name); producers must key records by stream with that partitioner, and the
       predictions and labels topics must have the same partition count.
