@@ -96,27 +96,37 @@ class Adapter:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state written by ``state_dict`` of an adapter with the same config."""
-        name = type(self).__name__
-        if not isinstance(state_dict, dict) or "state" not in state_dict:
-            raise ValueError(f"{name}.load_state_dict: not a state dict (missing 'state')")
-        if state_dict.get("adapter") != name:
-            raise ValueError(f"{name}.load_state_dict: snapshot is of adapter "
-                             f"{state_dict.get('adapter')!r}, not {name!r}")
-        version = state_dict.get("version")
-        if version != type(self).state_version:
-            raise ValueError(
-                f"{name}.load_state_dict: snapshot format version {version}, this build reads "
-                f"version {type(self).state_version}; replay the stream from the last offsets "
-                "or restore with the streamweights release that wrote it")
-        if dumps_state(state_dict.get("config")) != dumps_state(self.get_config()):
-            differing = _differing_keys(state_dict.get("config") or {}, self.get_config())
-            raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
-                             f"configuration (differs in: {', '.join(differing)})")
-        self._set_state(copy.deepcopy(state_dict["state"]))
+        state = snapshot_state(state_dict, type(self).__name__, type(self).state_version,
+                               self.get_config())
+        self._set_state(copy.deepcopy(state))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def snapshot_state(state_dict: Any, name: str, state_version: int,
+                   config: dict[str, Any]) -> Any:
+    """The ``state`` of an adapter snapshot, once its header says it was written by
+    adapter ``name`` in format ``state_version`` with this ``config``; otherwise a
+    ValueError saying which of the three differs (shared by every adapter, torch ones
+    included, so a foreign snapshot is refused the same way everywhere)."""
+    if not isinstance(state_dict, dict) or "state" not in state_dict:
+        raise ValueError(f"{name}.load_state_dict: not a state dict (missing 'state')")
+    if state_dict.get("adapter") != name:
+        raise ValueError(f"{name}.load_state_dict: snapshot is of adapter "
+                         f"{state_dict.get('adapter')!r}, not {name!r}")
+    version = state_dict.get("version")
+    if version != state_version:
+        raise ValueError(
+            f"{name}.load_state_dict: snapshot format version {version}, this build reads "
+            f"version {state_version}; replay the stream from the last offsets "
+            "or restore with the streamweights release that wrote it")
+    if dumps_state(state_dict.get("config")) != dumps_state(config):
+        differing = _differing_keys(state_dict.get("config") or {}, config)
+        raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
+                         f"configuration (differs in: {', '.join(differing)})")
+    return state_dict["state"]
 
 
 def _differing_keys(left: dict[str, Any], right: dict[str, Any]) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from streamweights.adapters.base import snapshot_state
 from streamweights.adapters.kalman import KalmanWeights
 from streamweights.adapters.torch._require import require_torch
 from streamweights.adapters.torch._tensors import check_input, check_inputs
@@ -270,16 +271,7 @@ class KalmanHead:
                           "n_averaged": self._n_averaged}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("adapter") != "KalmanHead":
-            raise ValueError("KalmanHead.load_state_dict: not a KalmanHead snapshot")
-        if state_dict.get("version") != self.state_version:
-            raise ValueError(f"KalmanHead.load_state_dict: snapshot format version "
-                             f"{state_dict.get('version')}, this build reads "
-                             f"{self.state_version}")
-        if state_dict.get("config") != self.get_config():
-            raise ValueError("KalmanHead.load_state_dict: snapshot was taken with another "
-                             "configuration")
-        state = state_dict["state"]
+        state = snapshot_state(state_dict, "KalmanHead", self.state_version, self.get_config())
         self.filter.load_state_dict(state["filter"])
         self._initialised = bool(state["initialised"])
         average = state["average"]

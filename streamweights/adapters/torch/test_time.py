@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from streamweights.adapters.base import snapshot_state
 from streamweights.adapters.torch._require import require_torch
 from streamweights.adapters.torch._tensors import (
     check_input,
@@ -484,16 +485,8 @@ class TestTimeAdapter:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state written by :meth:`state_dict` for the same model and config."""
         torch = require_torch()
-        if state_dict.get("adapter") != "TestTimeAdapter":
-            raise ValueError("TestTimeAdapter.load_state_dict: not a TestTimeAdapter snapshot")
-        if state_dict.get("version") != self.state_version:
-            raise ValueError(f"TestTimeAdapter.load_state_dict: snapshot format version "
-                             f"{state_dict.get('version')}, this build reads "
-                             f"{self.state_version}")
-        if state_dict.get("config") != self.get_config():
-            raise ValueError("TestTimeAdapter.load_state_dict: snapshot was taken with "
-                             "another configuration")
-        state = state_dict["state"]
+        state = snapshot_state(state_dict, "TestTimeAdapter", self.state_version,
+                               self.get_config())
         for name, network in (("student", self._student), ("teacher", self._teacher),
                               ("anchor", self._anchor)):
             copy_into(network.state_dict(), state[name], f"TestTimeAdapter {name}")
