@@ -68,14 +68,19 @@ def _encode_leaf(value: Any) -> Any:
 
 
 def _check_keys(tree: Any) -> None:
+    """Refuse non-string dict keys anywhere in ``tree``. Only containers are descended
+    into, so long lists of numbers cost one type test per item, not a call."""
+    containers = dict, list, tuple
     if isinstance(tree, dict):
         for key, value in tree.items():
             if not isinstance(key, str):
                 raise ValueError(f"state: dict keys must be strings, got {key!r}")
-            _check_keys(value)
+            if isinstance(value, containers):
+                _check_keys(value)
     elif isinstance(tree, list | tuple):
         for value in tree:
-            _check_keys(value)
+            if isinstance(value, containers):
+                _check_keys(value)
 
 
 def dumps_state(tree: Any) -> str:
