@@ -181,8 +181,6 @@ class KafkaRuntime:
         self.source.on_fetched = self._on_fetched
         self._last_commit = time.monotonic()
         self._last_lag_update = 0.0
-        #: Commits made in the rebalance listener before tasks moved (tests, metrics).
-        self.handovers = 0
         self._committed_offsets: dict[tuple[str, int], int] = {}
         # 10 s transaction timeout (as Kafka Streams uses for exactly-once): a killed
         # replica's open transaction, which holds back read_committed readers and its
@@ -431,7 +429,6 @@ class KafkaRuntime:
         try:
             started = time.perf_counter()
             service.checkpoint()
-            self.handovers += 1
             log.info("kafka: rebalance: committed the cycle in %.3fs before the tasks move",
                      time.perf_counter() - started)
         except Exception as error:  # never raise inside the client's listener
