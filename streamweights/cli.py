@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import pathlib
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 
 from streamweights import __version__
-from streamweights.config import ConfigError, load_config
+from streamweights.config import TABLE_KINDS, ConfigError, load_config
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.replay import SCENARIOS
 from streamweights.runtime.state_store import LocalStateStore
@@ -85,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "validate":
-            config = load_config(args.config)
-            print(f"{args.config}: ok ({len(config.streams)} stream(s), source "
-                  f"{config.source.kind})")
-            return 0
+            return _validate(args.config)
         if args.command == "inspect":
             return _inspect(args.state_dir)
         if args.command == "evaluate":
@@ -104,6 +102,42 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeSetupError, SnapshotError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _validate(path: str) -> int:
+    """Check the config; for a table source also open the file and check its header, the
+    label column, the classes (against ``streams[].classes``) and its first rows."""
+    config = load_config(path)
+    source = config.source
+    if source.kind not in TABLE_KINDS:
+        print(f"{path}: ok ({len(config.streams)} stream(s), source {source.kind})")
+        return 0
+    from streamweights.runtime.tabular import SAMPLE_ROWS, BadRow, Table, TableError
+
+    try:
+        table = Table(source)
+    except TableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    stream = next((s for s in config.streams if s.name == source.stream), None)
+    if stream is None:
+        print(f"error: source.stream: {source.stream!r} is not configured (streams: "
+              f"{', '.join(s.name for s in config.streams)})", file=sys.stderr)
+        return 1
+    if stream.n_classes != len(table.classes):
+        print(f"error: streams[{stream.name}].classes: {stream.n_classes}, but {table.path} has "
+              f"{len(table.classes)} classes {table.classes}; set it to {len(table.classes)}",
+              file=sys.stderr)
+        return 1
+    bad = [row for row in itertools.islice(table.rows(), SAMPLE_ROWS) if isinstance(row, BadRow)]
+    print(f"{path}: ok ({len(config.streams)} stream(s), source {source.kind})")
+    print(f"  {table.describe()}")
+    checked = min(SAMPLE_ROWS, table.rows_total)
+    print(f"  first {checked} rows: {checked - len(bad)} usable, {len(bad)} would be "
+          "dead letters" + (":" if bad else ""))
+    for row in bad[:10]:
+        print(f"    {row.reason}: {row.error}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -27,7 +27,11 @@ ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
                       "PriorShift", "DriftMemory")
-SOURCE_KINDS = ("replay", "jsonl", "csv", "kafka")
+SOURCE_KINDS = ("replay", "jsonl", "csv", "parquet", "kafka")
+#: Table sources: a user's labelled CSV or Parquet file replayed through deployed models.
+TABLE_KINDS = ("csv", "parquet")
+#: How a table's labels arrive after their predictions (``source.label_delay``).
+LABEL_DELAYS = ("exponential", "fixed", "column")
 
 
 class ConfigError(ValueError):
@@ -62,13 +66,26 @@ class StreamConfig:
 class SourceConfig:
     kind: str = "replay"
     scenario: str = "agrawal-recurring"
-    events: int = 60_000
+    #: Prediction events to replay; ``None``: a built-in scenario's
+    #: ``DEFAULT_SCENARIO_EVENTS``, a table's every row.
+    events: int | None = None
     seed: int = 7
     path: str | None = None
     label_column: str | None = None
     timestamp_column: str | None = None
     feature_columns: tuple[str, ...] | None = None
     stream: str = "demo"
+    #: A table's class labels in class-index order; ``None``: every label in the file.
+    classes: tuple[Any, ...] | None = None
+    #: A table's row-id column (not a feature); ``None``: ``id`` if the file has one.
+    id_column: str | None = None
+    label_delay: str = "exponential"
+    #: The mean (``exponential``) or the delay (``fixed``) of a label, in seconds.
+    label_delay_seconds: float = 20.0
+    #: The column holding each label's arrival time (``label_delay: column``).
+    label_time_column: str | None = None
+    #: Rows of a table the deployed models train on before the replay starts.
+    train_rows: int = 3_000
 
 
 @dataclass(frozen=True)
@@ -206,21 +223,59 @@ def _source(mapping: _Mapping) -> SourceConfig:
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"source.kind: must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
     columns = mapping.get("feature_columns", list, default=None, allow_none=True)
+    classes = mapping.get("classes", list, default=None, allow_none=True)
+    if classes is not None:
+        for i, value in enumerate(classes):
+            if isinstance(value, (list, dict)) or value is None or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"source.classes[{i}]: expected a label (a number or a "
+                                  f"string), got {value!r}")
+    events = mapping.get("events", int, default=None, allow_none=True)
+    if events is not None and events < 1:
+        raise ConfigError(f"source.events: must be >= 1, got {events}")
     config = SourceConfig(
         kind=kind,
         scenario=mapping.get("scenario", str, default="agrawal-recurring"),
-        events=mapping.positive_int("events", 60_000),
+        events=events,
         seed=mapping.get("seed", int, default=7),
         path=mapping.get("path", str, default=None, allow_none=True),
         label_column=mapping.get("label_column", str, default=None, allow_none=True),
         timestamp_column=mapping.get("timestamp_column", str, default=None, allow_none=True),
         feature_columns=tuple(str(c) for c in columns) if columns else None,
         stream=mapping.get("stream", str, default="demo"),
+        classes=tuple(classes) if classes is not None else None,
+        id_column=mapping.get("id_column", str, default=None, allow_none=True),
+        label_delay=mapping.get("label_delay", str, default="exponential"),
+        label_delay_seconds=mapping.get("label_delay_seconds", float, default=20.0),
+        label_time_column=mapping.get("label_time_column", str, default=None, allow_none=True),
+        train_rows=mapping.positive_int("train_rows", 3_000),
     )
-    if kind in ("jsonl", "csv") and not config.path:
+    if kind in ("jsonl", *TABLE_KINDS) and not config.path:
         raise ConfigError(f"source.path: required for source.kind {kind!r}")
-    if kind == "csv" and not config.label_column:
-        raise ConfigError("source.label_column: required for source.kind 'csv'")
+    if kind in TABLE_KINDS:
+        if not config.label_column:
+            raise ConfigError(f"source.label_column: required for source.kind {kind!r}")
+        if config.classes is not None and len(config.classes) < 2:
+            raise ConfigError("source.classes: list at least two class labels")
+        if config.label_delay not in LABEL_DELAYS:
+            raise ConfigError(f"source.label_delay: must be one of {', '.join(LABEL_DELAYS)}, "
+                              f"got {config.label_delay!r}")
+        if not (math.isfinite(config.label_delay_seconds) and config.label_delay_seconds >= 0):
+            raise ConfigError("source.label_delay_seconds: must be a number >= 0, got "
+                              f"{config.label_delay_seconds}")
+        if (config.label_delay == "column") != (config.label_time_column is not None):
+            raise ConfigError("source.label_time_column: set it exactly when "
+                              "source.label_delay is 'column'")
+        if config.label_time_column is not None and config.timestamp_column is None:
+            raise ConfigError("source.timestamp_column: required with source.label_time_column "
+                              "(label times are compared with event times)")
+    else:
+        for key in ("classes", "id_column", "label_time_column", "train_rows", "label_delay",
+                    "label_delay_seconds", "label_column", "timestamp_column",
+                    "feature_columns"):
+            if key in mapping.value:
+                raise ConfigError(f"source.{key}: only used with source.kind csv or parquet; "
+                                  "remove it or set source.kind")
     mapping.reject_unknown()
     return config
 

@@ -1,12 +1,13 @@
 """The embedded default source: a drifting stream replayed through deployed models.
 
 A scenario takes a standard drift generator from ``river.datasets.synth`` (or the
-user's own labelled CSV file), trains K deployed models of different families on an
-initial window and freezes them, as deployed models are, then emits for every later
-event a prediction record (the frozen models' probabilities) and, after a random
-delay in event time, its label record. Records come out merged in event-time order
-with a fixed tie rule (predictions before labels at equal times, then by event
-index), so a replay is the same sequence every time for the same seed.
+user's own labelled CSV or Parquet file, read by :mod:`streamweights.runtime.tabular`),
+trains K deployed models of different families on an initial window and freezes them,
+as deployed models are, then emits for every later event a prediction record (the
+frozen models' probabilities) and, after a random delay in event time, its label
+record. Records come out merged in event-time order with a fixed tie rule (predictions
+before labels at equal times, then by event index), so a replay is the same sequence
+every time for the same seed.
 
 Generation is lazy (one event at a time), so memory stays flat however long the
 replay, and a restart skips ahead deterministically to the saved position.
@@ -14,20 +15,27 @@ replay, and a restart skips ahead deterministically to the saved position.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import itertools
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
-from river import compose, naive_bayes, preprocessing, tree
+from river import compose, multiclass, naive_bayes, preprocessing, tree
 from river import linear_model as river_linear
 from river.datasets import synth
 
-from streamweights.config import SourceConfig
+from streamweights.config import TABLE_KINDS, SourceConfig
+from streamweights.runtime.tabular import BadRow, Table
+
+log = logging.getLogger("streamweights.source")
+
+#: Prediction events a built-in scenario replays when ``source.events`` is not set
+#: (scenarios are endless; this is four to five of their concept changes).
+DEFAULT_SCENARIO_EVENTS = 60_000
 
 #: The deployed models every scenario trains: three model families with different
 #: inductive biases, so that which one is best changes as the concept drifts.
@@ -110,18 +118,48 @@ def deployed_models() -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A source row that cannot become a record: the service dead-letters it (same sink,
+    same ``streamweights_invalid_records_total{reason}`` counter as a bad record)."""
+
+    reason: str
+    error: str
+    raw: bytes
+    stream: str
+    id: str | None = None
+
+
+def table_models(n_classes: int) -> dict[str, object]:
+    """The deployed model families for a table with ``n_classes`` classes, learning on
+    class indexes. river's logistic regression is binary (it reads a label as a bool),
+    so with more than two classes it runs one-vs-rest."""
+    models = deployed_models()
+    if n_classes > 2:
+        models["logistic_regression"] = multiclass.OneVsRestClassifier(
+            models["logistic_regression"])
+    return models
+
+
 class ReplayStream:
     """Event-time ordered prediction and label records of one scenario.
 
     ``records(start)`` yields ``(position, raw_bytes)`` from ``start`` on; position ``p``
-    is the p-th record of the merged sequence.
+    is the p-th record of the merged sequence. A table source also yields
+    ``(position, Rejected)`` for a row that cannot be used.
     """
 
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
-        if config.kind == "csv":
-            self.scenario = Scenario(f"csv:{config.path}", f"labelled CSV file {config.path}",
-                                     lambda seed: iter(()))
+        self.table: Table | None = None
+        self.classes: list[object] | None = None
+        if config.kind in TABLE_KINDS:
+            self.table = Table(config)
+            self.classes = list(self.table.classes)
+            log.info("source: %s", self.table.describe())
+            self.scenario = Scenario(f"{config.kind}:{config.path}",
+                                     f"labelled {config.kind} file {config.path}",
+                                     lambda seed: iter(()), train_window=config.train_rows)
         elif config.scenario not in SCENARIOS:
             raise ValueError(f"source.scenario: unknown scenario {config.scenario!r}; known: "
                              f"{', '.join(SCENARIOS)}")
@@ -129,25 +167,20 @@ class ReplayStream:
             self.scenario = SCENARIOS[config.scenario]
         self.stream = config.stream
         self.models = MODEL_NAMES
-        self.classes: list[object] | None = None
 
     @property
     def n_classes(self) -> int:
         return len(self.classes) if self.classes is not None else 2
 
-    def _examples(self) -> Iterator[tuple[dict, object]]:
-        if self.config.kind == "csv":
-            return _csv_examples(self.config)
-        return self.scenario.make_stream(self.config.seed)
-
-    def records(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    def records(self, start: int = 0) -> Iterator[tuple[int, bytes | Rejected]]:
         """Yield ``(position, raw record)`` from ``start`` (earlier ones are regenerated
         and skipped, which is what makes a restart deterministic)."""
-        return itertools.islice(self._generate(), start, None)
+        generate = self._generate_table if self.table is not None else self._generate
+        return itertools.islice(generate(), start, None)
 
     def _generate(self) -> Iterator[tuple[int, bytes]]:
         scenario, config = self.scenario, self.config
-        examples = self._examples()
+        examples = scenario.make_stream(config.seed)
         window = list(itertools.islice(examples, scenario.train_window))
         if len(window) < scenario.train_window:
             raise ValueError(f"source: only {len(window)} examples; the deployed models need "
@@ -165,19 +198,14 @@ class ReplayStream:
         pending: list[tuple[float, int, bytes]] = []
         position = 0
         t0 = 1_750_000_000.0
-        for index, (x, y) in enumerate(itertools.islice(examples, config.events)):
+        events = DEFAULT_SCENARIO_EVENTS if config.events is None else config.events
+        for index, (x, y) in enumerate(itertools.islice(examples, events)):
             ts = round(t0 + index * scenario.seconds_between_events, 3)
             while pending and pending[0][0] < ts:
                 yield position, heapq.heappop(pending)[2]
                 position += 1
             event_id = f"{self.stream}-{index}"
-            outputs = {}
-            for name, model in models.items():
-                proba = model.predict_proba_one(x)
-                row = [float(proba.get(c, 0.0)) for c in classes]
-                total = math.fsum(row)
-                outputs[name] = [v / total for v in row] if total > 0 else [
-                    1.0 / len(classes)] * len(classes)
+            outputs = _outputs(models, classes, x)
             yield position, orjson.dumps({"schema": 1, "stream": self.stream, "id": event_id,
                                           "ts": ts, "outputs": outputs})
             position += 1
@@ -191,54 +219,79 @@ class ReplayStream:
             yield position, heapq.heappop(pending)[2]
             position += 1
 
+    def _generate_table(self) -> Iterator[tuple[int, bytes | Rejected]]:
+        """A table's rows: the first ``train_rows`` usable ones train the deployed models,
+        every later one is a prediction (event time from the timestamp column, or
+        ``seconds_between_events`` apart) and a label (its delay fixed, exponential or
+        from the label-time column). Bad rows come out as :class:`Rejected` in file order.
+        Nothing is held but the labels not yet due, so memory stays flat."""
+        table, config, scenario = self.table, self.config, self.scenario
+        assert table is not None
+        classes = list(range(len(table.classes)))
+        models = table_models(len(classes))
+        delays = random.Random(config.seed * 7919 + 17)
+        pending: list[tuple[float, int, bytes]] = []
+        position = 0
+        trained = 0
+        events = 0
+        t0 = 1_750_000_000.0
+        for row in table.rows():
+            if isinstance(row, BadRow):
+                yield position, Rejected(row.reason, row.error, row.raw, self.stream,
+                                         self._event_id(row.number, row.id))
+                position += 1
+                continue
+            if trained < scenario.train_window:
+                for model in models.values():
+                    model.learn_one(row.features, row.label)
+                trained += 1
+                continue
+            if config.events is not None and events >= config.events:
+                log.info("source.events: stopped after %d events (row %d of %d)", events,
+                         row.number, table.rows_total)
+                break
+            ts = row.ts if row.ts is not None else t0 + events * scenario.seconds_between_events
+            ts = round(ts, 3)
+            while pending and pending[0][0] < ts:
+                yield position, heapq.heappop(pending)[2]
+                position += 1
+            event_id = self._event_id(row.number, row.id)
+            yield position, orjson.dumps({"schema": 1, "stream": self.stream, "id": event_id,
+                                          "ts": ts, "outputs": _outputs(models, classes,
+                                                                        row.features)})
+            position += 1
+            if config.label_delay == "column":
+                assert row.label_ts is not None  # the table requires the column
+                label_ts = round(row.label_ts, 3)
+            elif config.label_delay == "fixed":
+                label_ts = round(ts + config.label_delay_seconds, 3)
+            else:
+                mean = config.label_delay_seconds
+                label_ts = round(ts + (delays.expovariate(1.0 / mean) if mean > 0 else 0.0), 3)
+            heapq.heappush(pending, (label_ts, events, orjson.dumps(
+                {"schema": 1, "stream": self.stream, "id": event_id, "ts": label_ts,
+                 "label": row.label})))
+            events += 1
+        if trained < scenario.train_window:
+            log.warning("source: only %d usable rows, all used to train the deployed models "
+                        "(source.train_rows %d); nothing left to replay", trained,
+                        scenario.train_window)
+        while pending:
+            yield position, heapq.heappop(pending)[2]
+            position += 1
 
-def _csv_examples(config: SourceConfig) -> Iterator[tuple[dict, object]]:
-    """Rows of a labelled CSV file as (features, label), ordered by the timestamp column
-    if one is configured. Feature columns default to every numeric column but the label
-    and timestamp."""
-    path = config.path
-    assert path is not None
-    if path.endswith(".parquet"):
-        raise ValueError("source.path: Parquet input is not supported yet; export the "
-                         "table as CSV")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
-        raise ValueError(f"source.path: cannot read {path} ({error.strerror})") from None
-    if not rows:
-        raise ValueError(f"source.path: {path} has no data rows")
-    columns = list(rows[0])
-    label = config.label_column
-    if label not in columns:
-        raise ValueError(f"source.label_column: column {label!r} not in {path} "
-                         f"(columns: {', '.join(columns)})")
-    if config.timestamp_column:
-        if config.timestamp_column not in columns:
-            raise ValueError(f"source.timestamp_column: column {config.timestamp_column!r} "
-                             f"not in {path}")
-        rows.sort(key=lambda r: _number(r[config.timestamp_column], config.timestamp_column))
-    excluded = {label, config.timestamp_column}
-    features = list(config.feature_columns or [c for c in columns if c not in excluded
-                                               and _is_numeric(rows, c)])
-    for column in features:
-        if column not in columns:
-            raise ValueError(f"source.feature_columns: column {column!r} not in {path}")
-    for row in rows:
-        yield {c: _number(row[c], c) for c in features}, row[label]
+    def _event_id(self, number: int, row_id: str | None) -> str:
+        return row_id if row_id is not None else f"{self.stream}-row{number}"
 
 
-def _is_numeric(rows: list[dict[str, str]], column: str) -> bool:
-    try:
-        for row in rows[:100]:
-            float(row[column])
-    except ValueError:
-        return False
-    return True
-
-
-def _number(text: str, column: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"source: column {column!r} holds {text!r}, not a number") from None
+def _outputs(models: dict[str, object], classes: list[object], x: dict) -> dict[str, list]:
+    """Each deployed model's probabilities over ``classes``; a model with no answer yet
+    (all zeros) says uniform."""
+    outputs = {}
+    for name, model in models.items():
+        proba = model.predict_proba_one(x)
+        row = [float(proba.get(c, 0.0)) for c in classes]
+        total = math.fsum(row)
+        outputs[name] = [v / total for v in row] if total > 0 else [
+            1.0 / len(classes)] * len(classes)
+    return outputs

@@ -41,6 +41,7 @@ from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.http import HttpServer, ServiceView
 from streamweights.runtime.metrics import ServiceMetrics
+from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
 from streamweights.runtime.sources import ReplaySource, make_source
 from streamweights.runtime.state_store import LocalStateStore
@@ -174,6 +175,13 @@ class Service:
             if tuple(stream.config.models) != tuple(self.source.models):
                 raise RuntimeSetupError(f"streams[{stream.name}].models: the replay's deployed "
                                         f"models are {list(self.source.models)}")
+            table = self.source.replay.table
+            if table is not None and stream.config.n_classes != len(table.classes):
+                raise RuntimeSetupError(
+                    f"streams[{stream.name}].classes: {stream.config.n_classes}, but "
+                    f"{table.path} has {len(table.classes)} classes {table.classes}; set "
+                    f"streams[{stream.name}].classes to {len(table.classes)} (or list the "
+                    "labels in source.classes)")
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -276,7 +284,11 @@ class Service:
         if not self.state.finished_before():
             self._finish()
 
-    def _process(self, position: int, raw: bytes) -> str:
+    def _process(self, position: int, raw: bytes | Rejected) -> str:
+        if isinstance(raw, Rejected):  # a source row that cannot become a record
+            self._route(self.pipeline.reject(events.RecordError(raw.reason, raw.error), raw.raw,
+                                             raw.stream, raw.id), position)
+            return "invalid"
         try:
             record = events.decode(raw)
         except events.RecordError as error:
