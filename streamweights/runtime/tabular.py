@@ -4,7 +4,7 @@ of rows, read in chunks so that memory stays flat however long the file.
 Opening a :class:`Table` reads the header and makes one streaming pass over the label
 (and time) columns, so that everything that would make the whole run wrong is an error
 at start-up, in one line naming the setting and what to do: a missing column, an empty
-file, a label outside ``source.classes``, rows out of time order. Everything that spoils
+file, a label outside ``source.classes``. Everything that spoils
 only one row is a :class:`BadRow` the service dead-letters (row number, column, reason),
 counted and never dropped silently: a non-numeric, empty or non-finite cell, a row with
 the wrong number of cells, a missing label.
@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import csv
 import datetime
+import heapq
+import itertools
 import logging
 import math
+import os
+import pickle
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +41,21 @@ SAMPLE_ROWS = 100
 MAX_CLASSES = 1_000
 #: Rows per Parquet record batch: a few MiB for tens of columns.
 PARQUET_BATCH_ROWS = 8_192
+#: Rows sorted in memory at a time when a table is not in time order: tens of MiB
+#: for tens of columns (a row of text cells is ~100 bytes + ~60 per cell).
+SORT_CHUNK_ROWS = 50_000
 #: A column with this name is taken as the row id (not a feature) unless
 #: ``source.id_column`` says otherwise.
 DEFAULT_ID_COLUMN = "id"
+
+
+def _unpickled(path: str) -> Iterator[tuple[tuple[float, int], int, list[Any]]]:
+    with open(path, "rb") as handle:
+        while True:
+            try:
+                yield pickle.load(handle)
+            except EOFError:
+                return
 
 
 class TableError(ValueError):
@@ -203,7 +220,8 @@ class _MalformedRow:
 
 class Table:
     """A labelled table opened for replay: its columns resolved and checked, its classes
-    known, its rows streamed by :meth:`rows`."""
+    known, its rows streamed by :meth:`rows` (in time order: a file that is not is sorted
+on disk by :meth:`_sorted_cells`)."""
 
     def __init__(self, config: SourceConfig) -> None:
         assert config.path is not None  # the config requires it
@@ -312,6 +330,7 @@ class Table:
                              "class once")
         seen: dict[str, int] = {}
         previous: tuple[float, int] | None = None
+        self.in_order = True
         self.rows_total = 0
         cells = self._cells()
         try:
@@ -337,12 +356,11 @@ class Table:
                         ts = _time(row[self.ts_index], config.timestamp_column or "")
                     except _CellError:
                         continue  # a dead letter when streamed
-                    if previous is not None and ts < previous[0]:
-                        raise TableError(
-                            f"source.timestamp_column: row {number} of {self.path} "
-                            f"({row[self.ts_index]}) is earlier than row {previous[1]}; the "
-                            f"file is replayed as a stream, so sort it by "
-                            f"{config.timestamp_column!r} first")
+                    if previous is not None and ts < previous[0] and self.in_order:
+                        self.in_order = False
+                        log.info("source: row %d of %s is earlier than row %d; the rows are "
+                                 "sorted by %r on disk, %d at a time, for each replay", number,
+                                 self.path, previous[1], config.timestamp_column, SORT_CHUNK_ROWS)
                     previous = (ts, number)
         finally:
             cells.close()
@@ -379,7 +397,7 @@ class Table:
         config = self.config
         header = self.header
         width = len(header)
-        cells = self._cells()
+        cells = self._cells() if self.in_order else self._sorted_cells()
         try:
             next(cells)
             for number, row in cells:
@@ -395,6 +413,43 @@ class Table:
                 yield self._row(number, row, config)
         finally:
             cells.close()
+
+    def _sorted_cells(self) -> Iterator[tuple[int, list[Any]]]:
+        """The rows in time order (ties and unreadable times: file order; unreadable times
+        first, they are dead letters) by an external merge sort: runs of
+        ``SORT_CHUNK_ROWS`` rows sorted in memory and pickled to a temporary folder, then
+        merged, so memory stays bounded by one run however long the file."""
+        column = self.config.timestamp_column or ""
+        assert self.ts_index is not None
+        index = self.ts_index
+
+        def key(number: int, row: list[Any]) -> tuple[float, int]:
+            try:
+                return (_time(row[index], column) if len(row) > index else -math.inf, number)
+            except _CellError:
+                return (-math.inf, number)
+
+        with tempfile.TemporaryDirectory(prefix="streamweights-sort-") as folder:
+            runs: list[str] = []
+            cells = self._cells()
+            try:
+                yield next(cells)
+                while True:
+                    run = sorted(((key(n, row), n, row) for n, row in
+                                  itertools.islice(cells, SORT_CHUNK_ROWS)),
+                                 key=lambda item: item[0])
+                    if not run:
+                        break
+                    runs.append(os.path.join(folder, f"run-{len(runs):05d}"))
+                    with open(runs[-1], "wb") as handle:
+                        for item in run:
+                            pickle.dump(item, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                    del run
+            finally:
+                cells.close()
+            for _, number, row in heapq.merge(*(_unpickled(path) for path in runs),
+                                              key=lambda item: item[0]):
+                yield number, row
 
     def _row(self, number: int, row: list[Any], config: SourceConfig) -> Row | BadRow:
         row_id = None

@@ -18,6 +18,7 @@ import yaml
 from river.datasets import synth
 
 from streamweights.config import SourceConfig
+from streamweights.runtime import tabular
 from streamweights.runtime.replay import Rejected, ReplayStream
 from streamweights.runtime.tabular import Table, TableError
 from tests.service.conftest import cli, read_json, start_cli
@@ -84,10 +85,12 @@ def one_line_error(result) -> str:
 
 
 def test_csv_file_replays_in_timestamp_order(config_factory, tmp_path):
-    """Scenario: a labelled CSV (SEA concept change at row 3,500) with a timestamp
-    column. We expect: the three deployed models train on the first 3,000 rows, every later
-    row is scored, no dead letters, and the adapted mixture beats the best raw model."""
-    path = write_csv(tmp_path / "mine.csv", sea_rows(5000, change_at=3500))
+    """Scenario: a labelled CSV (SEA concept change at row 3,500), rows shuffled but with
+    a timestamp column. We expect: the rows are replayed in time order, the three deployed
+    models train on the first 3,000, every later row is scored, no dead letters, and the
+    adapted mixture beats the best raw model."""
+    rows = sea_rows(5000, change_at=3500)
+    path = write_csv(tmp_path / "mine.csv", rows[::2] + rows[1::2])
     config = table_config(config_factory, "csv", {"path": path, "timestamp_column": "when"})
     summary_path = config.parent / "summary.json"
     result = cli("run", "--config", str(config), "--summary", str(summary_path))
@@ -262,8 +265,7 @@ def test_class_count_disagreeing_with_config_is_a_startup_error(config_factory, 
 
 
 @pytest.mark.parametrize("case", ["missing_label_column", "empty_file", "header_only",
-                                  "missing_file", "feature_not_in_file", "unsorted",
-                                  "single_class"])
+                                  "missing_file", "feature_not_in_file", "single_class"])
 def test_startup_errors_are_one_line_naming_the_field(config_factory, tmp_path, case):
     """Scenario: a CSV that cannot be replayed at all. We expect: ``run`` and ``validate``
     exit non-zero with one line naming the setting and what to do (before: tracebacks for
@@ -275,7 +277,6 @@ def test_startup_errors_are_one_line_naming_the_field(config_factory, tmp_path, 
                 "header_only": "error: source.path: ",
                 "missing_file": "error: source.path: cannot read",
                 "feature_not_in_file": "error: source.feature_columns: column 'f9' is not",
-                "unsorted": "error: source.timestamp_column: row 2 of",
                 "single_class": "error: source.label_column: 'target' holds a single class"}
     rows = sea_rows(3200)
     if case == "missing_label_column":
@@ -287,9 +288,6 @@ def test_startup_errors_are_one_line_naming_the_field(config_factory, tmp_path, 
     elif case == "feature_not_in_file":
         write_csv(path, rows)
         source["feature_columns"] = ["f0", "f9"]
-    elif case == "unsorted":
-        write_csv(path, [rows[1], rows[0], *rows[2:]])
-        source["timestamp_column"] = "when"
     elif case == "single_class":
         write_csv(path, [{**r, "target": 1} for r in rows])
     config = table_config(config_factory, case, source)
@@ -432,3 +430,23 @@ def test_long_csv_replays_in_flat_memory(config_factory, tmp_path):
     print(f"RSS {at_100k / 1024:.1f} MiB after 100k rows, {at_end / 1024:.1f} MiB after "
           f"{records_at_end // 2:,} rows")
     assert at_end <= 1.05 * at_100k, samples
+
+
+def test_rows_out_of_time_order_are_sorted_on_disk(tmp_path, monkeypatch, caplog):
+    """Scenario: the same rows in time order and shuffled (with an unreadable time in
+    one), sorted in runs of 700 rows. We expect: the shuffled file replays exactly the
+    records of the sorted one, and the log says it sorted."""
+    rows = [{"id": f"e{r['when']}", **r} for r in sea_rows(4000)]
+    rows[10]["when"] = "soon"
+    in_order = write_csv(tmp_path / "sorted.csv", rows)
+    shuffled = write_csv(tmp_path / "shuffled.csv", rows[1::3] + rows[0::3] + rows[2::3])
+    monkeypatch.setattr(tabular, "SORT_CHUNK_ROWS", 700)
+    _, expected = replay(in_order, timestamp_column="when")
+    with caplog.at_level("INFO", logger="streamweights"):
+        stream, records = replay(shuffled, timestamp_column="when")
+    assert stream.table is not None and not stream.table.in_order
+    assert "the rows are sorted by 'when' on disk, 700 at a time" in caplog.text
+    assert [r for r in records if not isinstance(r, Rejected)] == \
+        [r for r in expected if not isinstance(r, Rejected)]
+    assert [(r.reason, r.id) for r in records if isinstance(r, Rejected)] == \
+        [("bad_cell", "e10")]
