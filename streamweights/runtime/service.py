@@ -176,6 +176,9 @@ class Service:
                 raise RuntimeSetupError(f"streams[{stream.name}].models: the replay's deployed "
                                         f"models are {list(self.source.models)}")
             table = self.source.replay.table
+            if table is not None and stream.config.task != "classification":
+                raise RuntimeSetupError(f"streams[{stream.name}].task: a table source replays "
+                                        "classifiers; set task: classification")
             if table is not None and stream.config.n_classes != len(table.classes):
                 raise RuntimeSetupError(
                     f"streams[{stream.name}].classes: {stream.config.n_classes}, but "

@@ -168,7 +168,8 @@ def _raw(header: list[str], cells: list[Any]) -> bytes:
 def _csv_cells(path: str) -> Iterator[tuple[int, list[Any]]]:
     """(data row number, cells) of a CSV file, header first as row 0. The csv module
     reads the file in buffered chunks, one row at a time."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.reader(handle)
         number = -1
         while True:

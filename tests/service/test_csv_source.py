@@ -450,3 +450,43 @@ def test_rows_out_of_time_order_are_sorted_on_disk(tmp_path, monkeypatch, caplog
         [r for r in expected if not isinstance(r, Rejected)]
     assert [(r.reason, r.id) for r in records if isinstance(r, Rejected)] == \
         [("bad_cell", "e10")]
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(config_factory, tmp_path):
+    """Scenario: a shuffled CSV with bad rows is run to ``--max-events 1500`` (a stop
+    with a checkpoint, past the training window's dead letters), then resumed on the same
+    state folder. We expect: the summary and the weights, adapted and dead-letter files
+    equal an uninterrupted run's byte for byte."""
+    path = pathlib.Path(write_bad_cells(tmp_path / "bad.csv"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *lines[2::2], *lines[1::2]]) + "\n")
+    outputs = {"adapted": "adapted.jsonl", "weights": "weights.jsonl",
+               "dead_letter": "dead-letter.jsonl"}
+    runs = {}
+    for name in ("reference", "resumed"):
+        config = table_config(config_factory, name, {"path": str(path),
+                                                      "timestamp_column": "when"})
+        summary_path = config.parent / "summary.json"
+        if name == "resumed":
+            first = cli("run", "--config", str(config), "--max-events", "1500")
+            assert first.returncode == 0, first.stderr[-2000:]
+        result = cli("run", "--config", str(config), "--summary", str(summary_path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert ("restored snapshot" in result.stderr) == (name == "resumed")
+        runs[name] = (read_json(summary_path),
+                      {k: (config.parent / v).read_bytes() for k, v in outputs.items()})
+    assert runs["resumed"][0] == runs["reference"][0]
+    assert runs["resumed"][0]["invalid"] == {"bad_cell": 3, "non_finite": 2, "ragged_row": 1,
+                                             "missing_label": 1}
+    for key in outputs:
+        assert runs["resumed"][1][key] == runs["reference"][1][key], key
+
+
+def test_excel_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    """Scenario: a CSV saved with a UTF-8 byte-order mark (as spreadsheets do). We expect:
+    its first column is found by name."""
+    path = tmp_path / "bom.csv"
+    write_csv(path, sea_rows(3010))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _, records = replay(str(path), timestamp_column="when")
+    assert len(predictions(records)) == 10
