@@ -228,7 +228,8 @@ on disk by :meth:`_sorted_cells`)."""
         assert config.path is not None  # the config requires it
         self.config = config
         self.path = config.path
-        self.parquet = self.path.endswith(".parquet") or self.path.endswith(".pq")
+        self.parquet = (config.kind == "parquet" or self.path.endswith(".parquet")
+                        or self.path.endswith(".pq"))
         try:
             open(self.path, "rb").close()
         except OSError as error:

@@ -490,3 +490,49 @@ def test_excel_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     _, records = replay(str(path), timestamp_column="when")
     assert len(predictions(records)) == 10
+
+
+def test_bad_rows_are_counted_in_the_invalid_records_metric(config_factory, tmp_path):
+    """Scenario: the service, in-process, on a CSV with bad rows. We expect:
+    ``streamweights_invalid_records_total{reason}`` counts them by reason, as for any bad
+    record."""
+    from prometheus_client import generate_latest
+
+    from streamweights.config import load_config
+    from streamweights.runtime.service import Service
+
+    path = write_bad_cells(tmp_path / "bad.csv")
+    config = load_config(str(table_config(config_factory, "metric", {
+        "path": path, "timestamp_column": "when"})))
+    service = Service(config)
+    try:
+        service.run()
+    finally:
+        service.close()
+    text = generate_latest(service.metrics.registry).decode()
+    counts = dict(re.findall(r'streamweights_invalid_records_total\{reason="(\w+)"\} (\S+)',
+                             text))
+    assert counts == {"bad_cell": "3.0", "non_finite": "2.0", "ragged_row": "1.0",
+                      "missing_label": "1.0"}
+
+
+def test_parquet_timestamps_and_typed_labels(tmp_path):
+    """Scenario: a Parquet file whose time column is a timestamp type, labels booleans
+    and a null feature cell. We expect: event times from the timestamps, classes
+    [False, True] as class indexes 0 and 1, the null cell a ``bad_cell`` dead letter."""
+    import datetime as dt
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [{"at": start + dt.timedelta(seconds=r["when"]), "f0": r["f0"], "f1": r["f1"],
+             "f2": r["f2"], "target": bool(r["target"])} for r in sea_rows(3100)]
+    rows[3050]["f2"] = None
+    path = str(tmp_path / "typed.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1000)
+    stream, records = replay(path, kind="parquet", timestamp_column="at")
+    assert stream.classes == ["False", "True"]
+    outputs = predictions(records)
+    assert len(outputs) == 99
+    assert outputs[0]["ts"] == start.timestamp() + 3000
+    assert {r["label"] for r in labels(records)} == {0, 1}
+    assert [(r.reason, r.error) for r in records if isinstance(r, Rejected)] == [
+        ("bad_cell", "row 3051: column 'f2' is empty")]
