@@ -22,7 +22,7 @@ def _uninterrupted(config_factory, name="reference"):
 
 def _wait_for_snapshot(folder, process, timeout=60.0):
     deadline = time.monotonic() + timeout
-    while not (folder / "state" / "snapshot.json").exists():
+    while not list((folder / "state").glob("snapshot-*.snap")):
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no snapshot written"
         time.sleep(0.02)
