@@ -71,6 +71,11 @@ class StateLockedError(RuntimeSetupError):
     """Another process holds the state folder."""
 
 
+class SnapshotFormatError(SnapshotError):
+    """A snapshot of a format this build does not read (written by another release):
+    not damage, so no fallback to an older snapshot either."""
+
+
 def snapshot_header(payload: bytes) -> bytes:
     """The header line (with its newline) that belongs to ``payload``."""
     return (f"streamweights-snapshot {SNAPSHOT_FORMAT} bytes={len(payload)} "
@@ -93,7 +98,7 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
     header, payload = data[:end + 1], data[end + 1:]
     parsed = _HEADER.fullmatch(header[:-1])
     if parsed is not None and int(parsed["format"]) != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"{where}: snapshot format {int(parsed['format'])}, this build "
+        raise SnapshotFormatError(f"{where}: snapshot format {int(parsed['format'])}, this build "
                             f"reads formats 1 and {SNAPSHOT_FORMAT}; restore with the release "
                             "that wrote it, or start from an empty state_dir")
     if header != snapshot_header(payload):
@@ -198,11 +203,15 @@ class LocalStateStore:
 
         Damaged newer ones are listed in the result and, with ``set_aside``, renamed to
         ``*.corrupt`` so that the next checkpoint does not keep them as its fallback.
-        If every snapshot is damaged: SnapshotError listing them."""
+        If every snapshot is damaged: SnapshotError listing them. The newest one of
+        another format: SnapshotFormatError (another release's state is not damage, and
+        going back past it would silently undo that release's work)."""
         damaged: list[tuple[pathlib.Path, str]] = []
         for _, path in self.snapshots():
             try:
                 snapshot = self.read(path)
+            except SnapshotFormatError:
+                raise
             except SnapshotError as error:
                 damaged.append((path, str(error)))
                 continue
