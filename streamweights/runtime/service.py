@@ -12,7 +12,8 @@ Guarantees (embedded mode):
   the next input record; restoring it and resuming from that position gives the same
   weights and summary as an uninterrupted run, bit for bit.
 * Exactly-once output lines for file sinks: each sink's byte position is in the
-  snapshot and the sink is truncated back to it on restore.
+  snapshot and the sink is truncated back to it on restore (to 0 on a fresh start, when
+  the folder holds no snapshot). The state folder is locked: one process per folder.
 * No silent loss: every bad record is counted by reason and written to the dead-letter
   sink with its reason and origin; predictions that never get a label are counted.
 

@@ -177,6 +177,9 @@ class LocalStateStore:
             for old_seq, path in self.snapshots():
                 if old_seq < seq - 1:
                     path.unlink(missing_ok=True)
+            for name in os.listdir(self.directory):  # left by writes killed half way
+                if name.startswith(".snapshot-") and name.endswith(".tmp"):
+                    (self.directory / name).unlink(missing_ok=True)
             (self.directory / LEGACY_SNAPSHOT_FILE).unlink(missing_ok=True)
         except OSError as error:
             raise SnapshotError(f"state_dir {self.directory}: cannot write snapshot "
