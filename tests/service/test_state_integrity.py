@@ -21,7 +21,6 @@ from streamweights.runtime.state_store import (
     LocalStateStore,
     decode_snapshot,
     encode_snapshot,
-    snapshot_header,
 )
 from tests.service.drifting import (
     OUTPUTS,
@@ -155,6 +154,9 @@ def test_every_single_byte_corruption_of_a_snapshot_is_detected(tmp_path, drifti
                 decode_snapshot(bytes(corrupt), "x")
             checked += 1
     assert len(data) > 10_000
+    hit = data.replace(b"snapshot 2 ", b"snapshot 3 ", 1)  # the format digit alone: damage
+    with pytest.raises(SnapshotError, match="damaged snapshot"):
+        decode_snapshot(hit, "x")
     assert checked == (len(data) - header_end) + 255 * header_end
     for cut in (0, 1, header_end - 1, header_end, len(data) // 2, len(data) - 1):
         with pytest.raises(SnapshotError):
@@ -221,8 +223,7 @@ def test_format_one_snapshot_is_restored_with_a_warning_and_replaced(tmp_path, d
 
     newest = sorted(state.glob("snapshot-*.snap"))[-1]
     payload = newest.read_bytes().split(b"\n", 1)[1]
-    newest.write_bytes(snapshot_header(payload).replace(b"snapshot 2 ", b"snapshot 3 ")
-                       + payload)
+    newest.write_bytes(b"streamweights-snapshot 3 zstd=1 xxh3=0123abcd\n" + payload)
     line = _error_line(_run(folder))
     assert "snapshot format 3, this build reads formats 1 and 2" in line
 
