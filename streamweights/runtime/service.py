@@ -307,7 +307,9 @@ class Service:
             # A record the source has handed over is processed before a stop is honoured:
             # the Kafka source counts it as consumed in the offsets the stop commits.
             if self.max_records is not None and position >= self.max_records:
-                self._bound_reached()  # a file source skipped blank lines past the bound
+                # a file source skipped blank lines up to and past the bound
+                log.info("reached --max-records %d (input position %d)", self.max_records,
+                         position)
                 return
             began = time.perf_counter()
             kind = self._process(position, raw)

@@ -293,3 +293,20 @@ def test_bounded_run_ends_at_the_same_input_position_after_a_stop(tmp_path, drif
     assert again.returncode == 0
     assert "--max-events is deprecated: it is now --max-records" in again.stderr
     assert outputs(folder) == expected
+
+
+def test_bound_just_past_a_blank_line_stops_before_the_next_record(tmp_path, drifting):
+    """Scenario: the bound's last position (2017) is a blank line, so the source hands
+    over the record at 2018 next. We expect: that record is not processed (the run holds
+    exactly the records before position 2018), and the same command again changes
+    nothing."""
+    input_path, lines, _ = drifting
+    assert lines[2017] == "" and lines[2018]
+    folder = tmp_path / "blank"
+    write_config(folder, input_path)
+    assert _run(folder, "--max-records", "2018").returncode == 0
+    first = outputs(folder)
+    assert json.loads(first["summary.json"])["records"] == sum(1 for line in lines[:2018]
+                                                                 if line)
+    assert _run(folder, "--max-records", "2018").returncode == 0
+    assert outputs(folder) == first
