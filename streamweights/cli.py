@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the service")
     run.add_argument("--config", required=True, help="YAML config (e.g. configs/demo.yaml)")
     run.add_argument("--state-dir", help="snapshot folder (overrides state_dir)")
-    run.add_argument("--max-events", type=int, help="stop after this many input records")
+    run.add_argument("--max-records", type=int, metavar="N", help="stop at input position "
+                     "N: after the first N input records (lines of a file), counted from the "
+                     "start of the input, not of this run, so the same command after a crash "
+                     "ends at the same record")
+    run.add_argument("--max-events", type=int, metavar="N", help=argparse.SUPPRESS)
     run.add_argument("--summary", help="write the JSON summary here")
     run.add_argument("--http-port", type=int, help="override http.port (0 = any free port)")
     run.add_argument("--no-http", action="store_true", help="do not serve HTTP endpoints")
@@ -153,10 +157,16 @@ def _run(args: argparse.Namespace) -> int:
         overrides["log_format"] = args.log_format
     config = dataclasses.replace(config, **overrides)
     setup_logging(config.log_format, args.verbose)
-    if args.max_events is not None and args.max_events < 1:
-        raise ConfigError(f"--max-events: must be >= 1, got {args.max_events}")
+    if args.max_events is not None:
+        if args.max_records is not None:
+            raise ConfigError("--max-events is the old name of --max-records; give one")
+        log.warning("--max-events is deprecated: it is now --max-records, and counts input "
+                    "records from the start of the input (not of this run)")
+        args.max_records = args.max_events
+    if args.max_records is not None and args.max_records < 1:
+        raise ConfigError(f"--max-records: must be >= 1, got {args.max_records}")
     started = time.monotonic()
-    service = Service(config, state_dir=args.state_dir, max_events=args.max_events)
+    service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
     service.install_signal_handlers()
     recorder = None
     if args.report:
@@ -261,7 +271,14 @@ def _report(run_dir: str, output: str | None) -> int:
 
 
 def _inspect(state_dir: str) -> int:
-    snapshot = LocalStateStore(state_dir).load()
+    store = LocalStateStore(state_dir)
+    for _, path in store.snapshots():  # each file verified; nothing is changed
+        try:
+            store.read(path)
+            print(f"{path.name}: intact")
+        except SnapshotError as error:
+            print(f"{path.name}: {error}")
+    snapshot = store.load()
     if snapshot is None:
         print(f"{state_dir}: no snapshot")
         return 1

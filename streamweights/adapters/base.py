@@ -122,7 +122,8 @@ def snapshot_state(state_dict: Any, name: str, state_version: int,
             f"{name}.load_state_dict: snapshot format version {version}, this build reads "
             f"version {state_version}; replay the stream from the last offsets "
             "or restore with the streamweights release that wrote it")
-    if dumps_state(state_dict.get("config")) != dumps_state(config):
+    stored = dumps_state(state_dict.get("config"), sort_keys=True)
+    if stored != dumps_state(config, sort_keys=True):  # key order of a config is no change
         differing = _differing_keys(state_dict.get("config") or {}, config)
         raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
                          f"configuration (differs in: {', '.join(differing)})")

@@ -83,15 +83,20 @@ def _check_keys(tree: Any) -> None:
                 _check_keys(value)
 
 
-def dumps_state(tree: Any) -> str:
-    """Encode a state tree as compact JSON with sorted keys: equal states, equal text.
+def dumps_state(tree: Any, *, sort_keys: bool = False) -> str:
+    """Encode a state tree as compact JSON, keys in the tree's own order.
+
+    Key order is kept, not sorted, so ``loads_state(dumps_state(s))`` rebuilds dicts in
+    the order they were made: a published weights record kept in a snapshot encodes to
+    the same bytes after a restore as before it (with sorted keys it did not). Pass
+    ``sort_keys=True`` to compare two trees regardless of how their dicts were built.
 
     The same text as ``json.dumps(encode_state(tree), ...)``, but the C encoder walks the
     tree and only calls back for arrays and numpy scalars (about 4x faster on a stream's
     state with a few hundred pending predictions; snapshots are taken every checkpoint).
     """
     _check_keys(tree)  # json.dumps would quietly turn 1 into "1": not a round trip
-    return json.dumps(tree, sort_keys=True, separators=(",", ":"), allow_nan=True,
+    return json.dumps(tree, sort_keys=sort_keys, separators=(",", ":"), allow_nan=True,
                       default=_encode_leaf)
 
 

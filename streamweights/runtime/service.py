@@ -12,7 +12,8 @@ Guarantees (embedded mode):
   the next input record; restoring it and resuming from that position gives the same
   weights and summary as an uninterrupted run, bit for bit.
 * Exactly-once output lines for file sinks: each sink's byte position is in the
-  snapshot and the sink is truncated back to it on restore.
+  snapshot and the sink is truncated back to it on restore (to 0 on a fresh start, when
+  the folder holds no snapshot). The state folder is locked: one process per folder.
 * No silent loss: every bad record is counted by reason and written to the dead-letter
   sink with its reason and origin; predictions that never get a label are counted.
 
@@ -37,14 +38,15 @@ import orjson
 from streamweights import events
 from streamweights.config import ServiceConfig
 from streamweights.pipeline import DeadLetter, Outcome, Pipeline
+from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
-from streamweights.runtime.exceptions import RuntimeSetupError
+from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.http import HttpServer, ServiceView
 from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
 from streamweights.runtime.sources import ReplaySource, make_source
-from streamweights.runtime.state_store import LocalStateStore
+from streamweights.runtime.state_store import LocalStateStore, StateDirLock
 
 log = logging.getLogger("streamweights")
 
@@ -54,33 +56,68 @@ DEAD_LETTER_MAX_RAW = 64 * 1024
 
 
 class LocalCheckpoints:
-    """The embedded state backend: whole-service snapshots in a local folder."""
+    """The embedded state backend: whole-service snapshots in a local folder, which this
+    process locks (:class:`StateDirLock`) before anything in it or in the outputs is
+    touched."""
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
+        self.lock = StateDirLock(state_dir)
+        self.lock.acquire()
         self.store = LocalStateStore(state_dir)
 
     def restore(self, service: Service) -> None:
-        snapshot = self.store.load()
-        if snapshot is None:
-            log.info("no snapshot in %s: starting from the beginning", self.state_dir)
+        loaded = self.store.load_latest()
+        if loaded is None:
+            self._fresh_start(service)
+            faults.at("restored")
             return
+        for path, reason in loaded.damaged:
+            log.error("snapshot %s is damaged and was set aside as %s.corrupt (%s); falling "
+                      "back to the previous snapshot %s: the input is replayed from there, "
+                      "so the results are the same, only recomputed", path.name, path.name,
+                      reason, loaded.path.name)
+        if loaded.legacy:
+            log.warning("%s is a format-1 snapshot (no checksum): restored as it is; the next "
+                        "checkpoint replaces it with a checksummed one", loaded.path)
+        snapshot = loaded.snapshot
         if snapshot["config_digest"] != service._config_digest:
             raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
                                     "other stream settings; use a fresh state_dir or the old "
                                     "config")
         started = time.perf_counter()
-        service.pipeline.load_state_dict(snapshot["pipeline"])
-        service.position = int(snapshot["position"])
-        service.records_seen = int(snapshot["records_seen"])
-        service._exhausted = bool(snapshot.get("exhausted", False))
+        try:
+            service.pipeline.load_state_dict(snapshot["pipeline"])
+            service.position = int(snapshot["position"])
+            service.records_seen = int(snapshot["records_seen"])
+            service._exhausted = bool(snapshot.get("exhausted", False))
+            positions = {name: int(snapshot["sinks"].get(name, 0)) for name in service.sinks}
+        except (KeyError, TypeError, ValueError) as error:
+            raise SnapshotError(f"{loaded.path}: intact, but its content does not fit this "
+                                f"build ({type(error).__name__}: {error}); restore with the "
+                                "release that wrote it, or start from an empty state_dir"
+                                ) from None
         for name, sink in service.sinks.items():
-            sink.truncate(int(snapshot["sinks"].get(name, 0)))
+            sink.truncate(positions[name])
         for name, stream in service.pipeline.streams.items():
             if stream.latest_weights is not None:
                 service.view.weights[name] = events.encode(stream.latest_weights)
-        log.info("restored snapshot from %s at input position %d in %.3fs", self.state_dir,
+        faults.at("restored")
+        log.info("restored snapshot %s at input position %d in %.3fs", loaded.path,
                  service.position, time.perf_counter() - started)
+
+    def _fresh_start(self, service: Service) -> None:
+        """No snapshot: the run starts at input position 0, so the outputs start empty.
+        Lines in them came from an earlier run (one killed before its first checkpoint,
+        or one whose state folder was deleted to start over); kept, they would be
+        followed by the same lines again."""
+        log.info("no snapshot in %s: starting from the beginning", self.state_dir)
+        for name, sink in service.sinks.items():
+            if sink.position:
+                log.warning("fresh start: emptying %s output %s (%d bytes from an earlier "
+                            "run without a snapshot here) so that the outputs match the state",
+                            name, sink.path, sink.position)
+            sink.truncate(0)
 
     def checkpoint(self, service: Service) -> int:
         for sink in service.sinks.values():
@@ -102,7 +139,8 @@ class LocalCheckpoints:
         return False
 
     def close(self) -> None:
-        """Nothing to release: the sinks belong to the service."""
+        """Release the state folder (the sinks belong to the service)."""
+        self.lock.release()
 
 
 @dataclass
@@ -123,11 +161,16 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> 
         assert config.kafka is not None  # the config requires the block
         kafka = KafkaRuntime(config.kafka, config_digest)
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
-    source = make_source(config.source)
-    sinks = {name: JsonlSink(path) for name, path in (
-        ("adapted", config.adapted_path), ("weights", config.weights_path),
-        ("dead_letter", config.dead_letter_path)) if path}
-    return Runtime(source, sinks, LocalCheckpoints(state_dir))
+    state = LocalCheckpoints(state_dir)  # locked before the outputs are opened
+    try:
+        source = make_source(config.source)
+        sinks = {name: JsonlSink(path) for name, path in (
+            ("adapted", config.adapted_path), ("weights", config.weights_path),
+            ("dead_letter", config.dead_letter_path)) if path}
+    except BaseException:
+        state.close()
+        raise
+    return Runtime(source, sinks, state)
 
 
 class Service:
@@ -135,10 +178,13 @@ class Service:
     :func:`build_runtime` (or are given, for tests and embedding)."""
 
     def __init__(self, config: ServiceConfig, *, state_dir: str | None = None,
-                 max_events: int | None = None, runtime: Runtime | None = None) -> None:
+                 max_records: int | None = None, runtime: Runtime | None = None,
+                 max_events: int | None = None) -> None:
+        """``max_records``: stop at this input position (see :meth:`run`); ``max_events``
+        is its old name, kept for callers written before the rename."""
         self.config = config
         self.state_dir = state_dir or config.state_dir
-        self.max_events = max_events
+        self.max_records = max_records if max_records is not None else max_events
         self.metrics = ServiceMetrics()
         self.view = ServiceView()
         self.pipeline = Pipeline(config.streams)
@@ -156,7 +202,11 @@ class Service:
         self.sinks = runtime.sinks
         self.state = runtime.state
         self.store = getattr(self.state, "store", None)
-        self._check_source_matches_streams()
+        try:
+            self._check_source_matches_streams()
+        except BaseException:
+            self.state.close()  # the state folder's lock
+            raise
         self.position = 0
         self.records_seen = 0
         self.http: HttpServer | None = None
@@ -217,8 +267,14 @@ class Service:
         self.metrics.snapshot_bytes.set(size)
 
     def run(self) -> dict[str, Any]:
-        """Restore, process until the source ends, ``max_events`` or a stop request;
-        checkpoint; return the summary."""
+        """Restore, process until the source ends, input position ``max_records`` or a
+        stop request; checkpoint; return the summary.
+
+        ``max_records`` bounds the input *position*, not the records of this run: with a
+        file or replay source the same bounded command ends at the same record whether or
+        not an earlier attempt was killed half way (a restored run already at or past the
+        bound processes nothing). A Kafka source numbers records from 0 in each process,
+        so there it counts the records this process consumes."""
         if self.http is None:
             self.start_http()
         try:
@@ -226,7 +282,7 @@ class Service:
             self.view.ready = True
             self.metrics.ready.set(1)
             self._refresh_view()
-            if not self._exhausted:
+            if not self._exhausted and not self._bound_reached():
                 self._loop()
             self.checkpoint()
         finally:
@@ -243,9 +299,17 @@ class Service:
         finally:
             self.state.close()
 
+    def _bound_reached(self) -> bool:
+        if self.max_records is None or self.position < self.max_records:
+            return False
+        log.info("reached --max-records %d (input position %d)", self.max_records,
+                 self.position)
+        return True
+
     # -- processing -------------------------------------------------------------------
     def _loop(self) -> None:
         config = self.config
+        kill_at = faults.kill_position()
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
         progress_count = 0
@@ -253,6 +317,11 @@ class Service:
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
             # A record the source has handed over is processed before a stop is honoured:
             # the Kafka source counts it as consumed in the offsets the stop commits.
+            if self.max_records is not None and position >= self.max_records:
+                # a file source skipped blank lines up to and past the bound
+                log.info("reached --max-records %d (input position %d)", self.max_records,
+                         position)
+                return
             began = time.perf_counter()
             kind = self._process(position, raw)
             child = latency.get(kind)
@@ -261,8 +330,9 @@ class Service:
             child.observe(time.perf_counter() - began)
             self.position = position + 1
             self.records_seen += 1
-            if self.max_events is not None and processed >= self.max_events:
-                log.info("reached --max-events %d", self.max_events)
+            if kill_at is not None and self.position == kill_at:
+                faults.kill()
+            if self._bound_reached():
                 return
             if processed - last_checkpoint_records >= config.checkpoint_every_records:
                 self.checkpoint()

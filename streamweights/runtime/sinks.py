@@ -12,6 +12,8 @@ import pathlib
 import sys
 from typing import BinaryIO
 
+from streamweights.runtime.exceptions import RuntimeSetupError
+
 
 class JsonlSink:
     """Appends one JSON record per line to a file (``-`` = standard output)."""
@@ -46,9 +48,18 @@ class JsonlSink:
             os.fsync(self._handle.fileno())
 
     def truncate(self, position: int) -> None:
-        """Drop everything after ``position`` (lines written after the last checkpoint)."""
+        """Drop everything after ``position`` (lines written after the last checkpoint).
+
+        A file shorter than ``position`` was cut or replaced by someone else: extending it
+        would fill it with zero bytes, so that is refused (RuntimeSetupError)."""
         if self._stdout:
             return
+        if position > self._position:
+            raise RuntimeSetupError(
+                f"{self.path}: holds {self._position} bytes, but the snapshot says "
+                f"{position} were written to it; the file was cut or replaced outside "
+                "streamweights. Put the original back, or move the state folder away to "
+                "rewrite every output from the input")
         self._handle.flush()
         self._handle.truncate(position)
         self._handle.seek(position)

@@ -1,0 +1,51 @@
+"""Test-only fault injection: the process kills itself with SIGKILL at a named point.
+
+SIGKILL is what ``kill -9`` sends: no handler, no ``atexit``, Python's unflushed buffers
+lost, so a test can land a real hard kill exactly inside a snapshot write or right after
+a given input record, which a timer cannot do reliably. Nothing here runs unless the
+variable is set::
+
+    STREAMWEIGHTS_TEST_KILL_AT=record:N            once input position N is reached (the
+                                                   record at N-1 processed, its outputs
+                                                   written to the sinks' buffers)
+    STREAMWEIGHTS_TEST_KILL_AT=snapshot:K:STAGE    in this process's K-th snapshot write;
+                                                   STAGE is ``partial`` (half the temporary
+                                                   file written), ``written`` (temporary
+                                                   file complete, not yet renamed) or
+                                                   ``renamed`` (in place, older ones not
+                                                   yet removed)
+    STREAMWEIGHTS_TEST_KILL_AT=restored            after a restore (or a fresh start) has
+                                                   truncated the outputs
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_AT_ENV = "STREAMWEIGHTS_TEST_KILL_AT"
+_POINT = tuple(os.environ.get(KILL_AT_ENV, "").split(":")) if os.environ.get(KILL_AT_ENV) \
+    else None
+
+
+def kill() -> None:
+    """Die now, as ``kill -9`` would make the process die."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(*point: object) -> bool:
+    """Whether the variable names this point (e.g. ``armed("snapshot", 2, "written")``)."""
+    return _POINT is not None and tuple(str(part) for part in point) == _POINT
+
+
+def at(*point: object) -> None:
+    """Die here if the variable names this point."""
+    if armed(*point):
+        kill()
+
+
+def kill_position() -> int | None:
+    """N of ``record:N``, else ``None`` (the service loop compares its position)."""
+    if _POINT is not None and len(_POINT) == 2 and _POINT[0] == "record":
+        return int(_POINT[1])
+    return None
