@@ -83,6 +83,7 @@ from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import KafkaConfig
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
 
@@ -111,8 +112,10 @@ def task_of(stream: str, partitions: int) -> int:
 
 
 def client_settings(kafka: KafkaConfig, client: type) -> dict[str, Any]:
-    """The ``kafka.client`` settings that this kafka-python client class accepts."""
-    return {k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}
+    """The security settings (``kafka.security_protocol``, ``sasl_*``, ``ssl_*``) and the
+    ``kafka.client`` settings that this kafka-python client class accepts."""
+    return {**kafka.security.client_settings(),
+            **{k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}}
 
 
 def check_client_settings(kafka: KafkaConfig) -> None:
@@ -164,6 +167,9 @@ class KafkaRuntime:
 
     def __init__(self, kafka: KafkaConfig, config_digest: str) -> None:
         check_client_settings(kafka)
+        from kafka import KafkaAdminClient
+
+        check_credentials(kafka, client_settings(kafka, KafkaAdminClient))
         self.kafka = kafka
         self.config_digest = config_digest
         self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
