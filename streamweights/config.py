@@ -88,6 +88,46 @@ class SourceConfig:
     train_rows: int = 3_000
 
 
+#: ``kafka.security_protocol`` values (kafka-python's names).
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: ``kafka.sasl_mechanism`` values that take a user name and password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How the clients authenticate and encrypt (``kafka.security_protocol`` and the
+    ``sasl_*`` / ``ssl_*`` keys beside it). The password comes from ``sasl_password``
+    (write ``"${KAFKA_PASSWORD}"`` to take it from the environment) or from the file
+    named by ``sasl_password_file`` (a mounted Kubernetes secret); it is kept out of
+    ``repr`` so it never reaches a log line."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    def client_settings(self) -> dict[str, Any]:
+        """The kafka-python client settings these stand for (nothing for PLAINTEXT)."""
+        settings: dict[str, Any] = {}
+        if self.security_protocol != "PLAINTEXT":
+            settings["security_protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            settings.update(sasl_mechanism=self.sasl_mechanism,
+                            sasl_plain_username=self.sasl_username,
+                            sasl_plain_password=self.sasl_password)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            settings["ssl_check_hostname"] = self.ssl_check_hostname
+            for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, key):
+                    settings[key] = getattr(self, key)
+        return settings
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     """The ``kafka:`` block (``source.kind: kafka``): where the topics are and how to talk
@@ -123,6 +163,8 @@ class KafkaConfig:
     snapshot_limit_fraction: float = 0.5
     #: The changelog's message limit; ``None`` = ask the broker at start-up.
     max_message_bytes: int | None = None
+    #: TLS and SASL settings (``kafka.security_protocol``, ``kafka.sasl_*``, ``kafka.ssl_*``).
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True)
@@ -320,12 +362,75 @@ def _kafka(mapping: _Mapping | None) -> KafkaConfig:
         idle_commit_ms=mapping.get("idle_commit_ms", int, default=100),
         snapshot_limit_fraction=fraction,
         max_message_bytes=limit,
+        security=_kafka_security(mapping, client),
     )
     for key in ("max_task_idle_ms", "idle_commit_ms"):
         if getattr(config, key) < 0:
             raise ConfigError(f"kafka.{key}: must be >= 0, got {getattr(config, key)}")
     mapping.reject_unknown()
     return config
+
+
+def _kafka_security(mapping: _Mapping, client: dict[str, Any]) -> KafkaSecurity:
+    """The ``kafka.security_protocol`` / ``sasl_*`` / ``ssl_*`` keys, checked together so a
+    half-configured connection fails here (and in ``validate``), not at the broker."""
+    protocol = mapping.get("security_protocol", str, default="PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol: must be one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+    mechanism = mapping.get("sasl_mechanism", str, default=None, allow_none=True)
+    username = mapping.get("sasl_username", str, default=None, allow_none=True)
+    password = mapping.get("sasl_password", str, default=None, allow_none=True)
+    password_file = mapping.get("sasl_password_file", str, default=None, allow_none=True)
+    files = {key: mapping.get(key, str, default=None, allow_none=True)
+             for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
+    check_hostname = mapping.get("ssl_check_hostname", bool, default=True)
+    sasl = protocol.startswith("SASL_")
+    if sasl:
+        if mechanism is None or mechanism.upper() not in SASL_MECHANISMS:
+            raise ConfigError(f"kafka.sasl_mechanism: must be one of {', '.join(SASL_MECHANISMS)}"
+                              f" with security_protocol {protocol}, got {mechanism!r}")
+        mechanism = mechanism.upper()
+        if not username:
+            raise ConfigError(f"kafka.sasl_username: required with sasl_mechanism {mechanism}")
+        if (password is None) == (password_file is None):
+            raise ConfigError("kafka.sasl_password: give exactly one of sasl_password (e.g. "
+                              "\"${KAFKA_PASSWORD}\") and sasl_password_file")
+        if password_file is not None:
+            try:
+                password = pathlib.Path(password_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"kafka.sasl_password_file: cannot read {password_file!r} "
+                                  f"({getattr(error, 'strerror', None) or error})") from None
+            password = password.rstrip("\r\n")
+        if not password:
+            raise ConfigError("kafka.sasl_password: the password is empty")
+    else:
+        for key, value in (("sasl_mechanism", mechanism), ("sasl_username", username),
+                           ("sasl_password", password), ("sasl_password_file", password_file)):
+            if value is not None:
+                raise ConfigError(f"kafka.{key}: only used with security_protocol SASL_SSL or "
+                                  f"SASL_PLAINTEXT (got {protocol})")
+    if protocol in ("SSL", "SASL_SSL"):
+        for key, value in files.items():
+            if value is not None and not pathlib.Path(value).is_file():
+                raise ConfigError(f"kafka.{key}: no such file {value!r}")
+    else:
+        for key, value in files.items():
+            if value is not None:
+                raise ConfigError(f"kafka.{key}: only used with security_protocol SSL or "
+                                  f"SASL_SSL (got {protocol})")
+    taken = {"security_protocol", "sasl_mechanism", "sasl_plain_username",
+             "sasl_plain_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+             "ssl_check_hostname"} & set(client)
+    if taken:
+        key = sorted(taken)[0]
+        raise ConfigError(f"kafka.client.{key}: set the security settings beside it in the "
+                          "kafka block (kafka.security_protocol, kafka.sasl_*, kafka.ssl_*), "
+                          "not in kafka.client")
+    return KafkaSecurity(security_protocol=protocol, sasl_mechanism=mechanism if sasl else None,
+                         sasl_username=username, sasl_password=password if sasl else None,
+                         ssl_check_hostname=check_hostname, **files)
 
 
 def _stream(item: Any, path: str) -> StreamConfig:

@@ -83,6 +83,7 @@ from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import KafkaConfig
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
 
@@ -111,8 +112,10 @@ def task_of(stream: str, partitions: int) -> int:
 
 
 def client_settings(kafka: KafkaConfig, client: type) -> dict[str, Any]:
-    """The ``kafka.client`` settings that this kafka-python client class accepts."""
-    return {k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}
+    """The security settings (``kafka.security_protocol``, ``sasl_*``, ``ssl_*``) and the
+    ``kafka.client`` settings that this kafka-python client class accepts."""
+    return {**kafka.security.client_settings(),
+            **{k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}}
 
 
 def check_client_settings(kafka: KafkaConfig) -> None:
@@ -164,6 +167,9 @@ class KafkaRuntime:
 
     def __init__(self, kafka: KafkaConfig, config_digest: str) -> None:
         check_client_settings(kafka)
+        from kafka import KafkaAdminClient
+
+        check_credentials(kafka, client_settings(kafka, KafkaAdminClient))
         self.kafka = kafka
         self.config_digest = config_digest
         self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
@@ -361,8 +367,7 @@ class KafkaRuntime:
         if self.source._rebalanced:
             log.warning("kafka: group rebalancing at commit time: aborting this cycle")
             service.metrics.transactions.labels("abort").inc()
-            self._abort()
-            self._begin()
+            self._abort_and_begin()
             return 0
         try:
             if offsets:
@@ -401,12 +406,31 @@ class KafkaRuntime:
         log.warning("kafka: commit failed (%s: %s); restarting the producer and resuming "
                     "from the last committed snapshots", type(error).__name__, error)
         self._abort()
+        self._replace_producer()
+        self._begin()
+        self.source._rebalanced = True  # the source rolls back at its next fetch
+
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional id (its ``init_transactions`` fences
+        whatever the old one still had open)."""
         with contextlib.suppress(Exception):  # a fenced producer may not close cleanly
             self.producer.close(timeout=5)
         self.producer = self._new_producer()
         self.producer.init_transactions()
-        self._begin()
-        self.source._rebalanced = True  # the source rolls back at its next fetch
+
+    def _abort_and_begin(self) -> None:
+        """Abort the open cycle and begin the next one. A producer that cannot begin (it
+        was fenced: cut off from the broker past the transaction timeout, its transaction
+        was aborted and its epoch bumped) is replaced, and the cycle begins on the new one;
+        the caller rolls the tasks back to their last committed snapshots either way."""
+        self._abort()
+        try:
+            self._begin()
+        except Exception as error:
+            log.warning("kafka: the producer cannot begin a transaction (%s: %s); starting a "
+                        "new one with the same transactional id", type(error).__name__, error)
+            self._replace_producer()
+            self._begin()
 
     def _on_idle(self) -> None:
         """Nothing new to read: commit what is pending now rather than at the next
@@ -505,8 +529,7 @@ class KafkaRuntime:
         started = time.perf_counter()
         if self.dirty:
             service.metrics.transactions.labels("abort").inc()
-            self._abort()
-            self._begin()
+            self._abort_and_begin()
             log.warning("kafka: rebalance: aborted the open transaction; tasks %s resume "
                         "from their last committed snapshots", owned)
         if revoked:

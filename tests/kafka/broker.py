@@ -179,12 +179,23 @@ class KafkaBroker:
     topic creation (so a missing topic is an error the service must report) and no
     initial rebalance delay, and a short broker session so a kill -9 and restart is
     back in about as long as a clean start.
+
+    ``host`` is the address the client listener binds and advertises (the controller
+    stays on loopback); ``command_prefix`` runs the JVM through another program, e.g.
+    ``ip netns exec NS`` for a broker in its own network namespace (``tests/kafka/netns.py``;
+    readiness is then checked from whatever namespace calls ``start``);
+    ``format_arguments`` go to the KRaft storage tool, e.g. ``--add-scram`` credentials.
     """
 
     def __init__(self, workdir: pathlib.Path | str, *, overrides: dict[str, str] | None = None,
                  jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", host: str = "127.0.0.1",
+                 command_prefix: tuple[str, ...] = (),
+                 format_arguments: tuple[str, ...] = ()) -> None:
         self.workdir = pathlib.Path(workdir)
+        self.host = host
+        self.command_prefix = tuple(command_prefix)
+        self.format_arguments = tuple(format_arguments)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.controller_port = free_port()
@@ -202,7 +213,7 @@ class KafkaBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> pathlib.Path:
@@ -213,9 +224,9 @@ class KafkaBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},"
                          f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -263,7 +274,8 @@ class KafkaBroker:
             self._java = find_java()
         config = self._write_config()
         command = self._java_command("kafka.tools.StorageTool", "format", "--config", str(config),
-                                     f"--cluster-id={_cluster_id()}", "--ignore-formatted")
+                                     f"--cluster-id={_cluster_id()}", "--ignore-formatted",
+                                     *self.format_arguments)
         completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                    timeout=120)
         if completed.returncode != 0:
@@ -282,7 +294,8 @@ class KafkaBroker:
         started = time.monotonic()
         with open(self.workdir / "stdout.log", "ab") as output:
             self.process = subprocess.Popen(
-                self._java_command("kafka.Kafka", str(config)), stdout=output,
+                [*self.command_prefix, *self._java_command("kafka.Kafka", str(config))],
+                stdout=output,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready(timeout)
         self.startup_seconds = time.monotonic() - started
@@ -324,7 +337,7 @@ class KafkaBroker:
         """A plain TCP connect: cheap to poll, and spares the admin client's bootstrap
         back-off (which grows to seconds) while the JVM is still starting."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            with socket.create_connection((self.host, self.port), timeout=0.5):
                 return True
         except OSError:
             return False
