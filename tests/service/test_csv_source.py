@@ -453,7 +453,7 @@ def test_rows_out_of_time_order_are_sorted_on_disk(tmp_path, monkeypatch, caplog
 
 
 def test_stop_and_resume_equals_an_uninterrupted_run(config_factory, tmp_path):
-    """Scenario: a shuffled CSV with bad rows is run to ``--max-events 1500`` (a stop
+    """Scenario: a shuffled CSV with bad rows is run to ``--max-records 1500`` (a stop
     with a checkpoint, past the training window's dead letters), then resumed on the same
     state folder. We expect: the summary and the weights, adapted and dead-letter files
     equal an uninterrupted run's byte for byte."""
@@ -468,7 +468,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(config_factory, tmp_path):
                                                       "timestamp_column": "when"})
         summary_path = config.parent / "summary.json"
         if name == "resumed":
-            first = cli("run", "--config", str(config), "--max-events", "1500")
+            first = cli("run", "--config", str(config), "--max-records", "1500")
             assert first.returncode == 0, first.stderr[-2000:]
         result = cli("run", "--config", str(config), "--summary", str(summary_path))
         assert result.returncode == 0, result.stderr[-2000:]
