@@ -1,12 +1,13 @@
-"""README's Set-up: two commands, the demo and the test command, and the test command
-(what .ci/run extracts and runs) installs every Debian package a test names as its
-install step."""
+"""README's Set-up: two commands, the demo and the test command; the test command (what
+.ci/run extracts and runs) installs every Debian package a test names as its install
+step; and a skipped test fails the run (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pathlib
 import re
 import subprocess
+import sys
 
 from tests.deploy.tools import _INSTALL
 
@@ -52,3 +53,19 @@ def test_every_debian_install_step_a_test_names_is_in_the_test_command():
              for match in re.findall(r"apt-get install -y (\S+)", hint)}
     named |= {"chromium"}   # tests/evaluation/chromium.py
     assert named and named <= set(packages), named - set(packages)
+
+
+def test_a_skipped_test_fails_the_run(tmp_path):
+    """Scenario: a suite with this repository's tests/conftest.py and one test that skips
+    itself. We expect: pytest exits 1 and says the skip is a missing install step."""
+    (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n\n@pytest.mark.skipif(True, reason='no frobnicator')\n"
+        "def test_marked():\n    pass\n\n\ndef test_called():\n    pytest.skip('no widget')\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(tmp_path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.splitlines()[-1].startswith("1 failed, 1 error"), result.stdout
+    assert "missing install step" in result.stdout and "no frobnicator" in result.stdout
+    assert "no widget" in result.stdout
