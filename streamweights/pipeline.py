@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, PriorShift
-from streamweights.adapters.validation import check_class_label
+from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
 from streamweights.join import Pending, PendingJoin
@@ -147,6 +147,7 @@ class StreamPipeline:
 
     def on_prediction(self, prediction: Prediction) -> Outcome:
         outcome = Outcome(stream=self.name)
+        self._check_event_time(prediction.ts)
         outputs = self.outputs_array(prediction)
         if prediction.id in self.join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
@@ -187,24 +188,33 @@ class StreamPipeline:
         return outcome
 
     def on_label(self, label: Label) -> Outcome:
+        """Every check comes before the first change of state, and the first change is
+        the chain's update, whose first stage (the ensemble) refuses a non-finite one
+        before changing anything: a refused label leaves the stream as it was."""
         outcome = Outcome(stream=self.name)
         value = self._check_label(label)
-        pending = self.join.pop(label.id)
+        self._check_event_time(label.ts)
+        pending = self.join.get(label.id)
         if pending is None:
             raise RecordError("unmatched_label", f"id: no prediction {label.id!r} is waiting "
                               "(never seen, already labelled, or expired)")
         trace = tuple(np.asarray(t) for t in pending.payload["trace"])
         served = np.asarray(pending.payload["served"])
-        self._advance_time(label.ts, outcome)
         raw = trace[0]
         if "frozen" in pending.payload:  # score the deployed torch model as it was shipped
             raw = raw.copy()
             raw[self._model_index[self.torch_model.name]] = pending.payload["frozen"]
-        self.scores.update(raw, served, value)
         drift_before = [self.chain.stages[i].drift_count for i in self._memories]
-        self.chain.learn_trace(trace, value)
+        try:
+            self.chain.learn_trace(trace, value)
+        except NonFiniteUpdate as error:
+            raise RecordError("non_finite_state", f"label: {error}; the stream keeps its "
+                              "last good state") from None
         if self.torch_model is not None:
             self.torch_model.learn(pending.payload.get("head_features"), value)
+        self.join.pop(label.id)
+        self._advance_time(label.ts, outcome)
+        self.scores.update(raw, served, value)
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
@@ -222,6 +232,16 @@ class StreamPipeline:
             return check_class_label(label.label, "label", self.config.n_classes)
         except ValueError as error:
             raise RecordError("invalid_label", str(error)) from None
+
+    def _check_event_time(self, ts: float) -> None:
+        """Refuse an event time too far ahead of the stream's newest: accepted, it would
+        expire every pending prediction and hold time-based publishing for good."""
+        latest = self.latest_ts
+        if latest is not None and ts - latest > self.config.max_event_time_skew_seconds:
+            raise RecordError("event_time_skew", f"ts: {ts!r} is {ts - latest:.6g} s ahead of "
+                              f"stream {self.name!r}'s newest event time ({latest!r}); the "
+                              f"limit is join.max_event_time_skew_seconds = "
+                              f"{self.config.max_event_time_skew_seconds:g}")
 
     def _advance_time(self, ts: float, outcome: Outcome) -> None:
         if self.latest_ts is None or ts > self.latest_ts:

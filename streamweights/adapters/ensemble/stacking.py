@@ -13,6 +13,7 @@ from streamweights.adapters.validation import (
     check_class_label,
     check_class_labels,
     check_count,
+    check_finite_update,
     check_in_range,
     check_model_outputs,
     check_probability_rows,
@@ -273,6 +274,9 @@ class OnlineStacking(Adapter):
     def _learn_outputs(self, outputs: np.ndarray, label: Any) -> None:
         features = self._features(outputs)
         if self.n_classes is None:
+            # The filter's update squares the design and the residual: refuse (before any
+            # change) values whose squares overflow, which would turn every weight NaN.
+            check_finite_update(np.array([features @ features, label * label]), "update")
             self._filter._learn_row(features, np.array([label]), None)
         else:
             self._filter._learn_block(features, self._class_targets[label], None)
