@@ -45,6 +45,11 @@ from streamweights.scoring import StreamScores
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
 
+#: Refused records, agreeing with each other, that move a stream's event time on past
+#: ``join.max_event_time_skew_seconds`` (see ``StreamPipeline._check_event_time``). One
+#: stray far-future ts is refused; a stream that really jumped loses two records.
+SKEW_CONFIRMATIONS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -100,6 +105,8 @@ class StreamPipeline:
         self.labels_since_publish = 0
         self.last_publish_ts: float | None = None
         self.latest_ts: float | None = None
+        self.skew_anchor: float | None = None  # see _check_event_time
+        self.skew_count = 0
         self.drift_events: list[dict[str, Any]] = []
         self.drift_total = 0
         self.latest_weights: Weights | None = None
@@ -235,13 +242,29 @@ class StreamPipeline:
 
     def _check_event_time(self, ts: float) -> None:
         """Refuse an event time too far ahead of the stream's newest: accepted, it would
-        expire every pending prediction and hold time-based publishing for good."""
+        expire every pending prediction and hold time-based publishing for good.
+
+        A stream whose time really moved on (a pause longer than the limit, a producer's
+        clock put right) is not refused for ever: ``SKEW_CONFIRMATIONS`` refused records
+        that agree with each other (within the limit) move it on, the last one accepted."""
         latest = self.latest_ts
-        if latest is not None and ts - latest > self.config.max_event_time_skew_seconds:
-            raise RecordError("event_time_skew", f"ts: {ts!r} is {ts - latest:.6g} s ahead of "
-                              f"stream {self.name!r}'s newest event time ({latest!r}); the "
-                              f"limit is join.max_event_time_skew_seconds = "
-                              f"{self.config.max_event_time_skew_seconds:g}")
+        limit = self.config.max_event_time_skew_seconds
+        if latest is None or ts - latest <= limit:
+            return
+        anchor = self.skew_anchor
+        if anchor is not None and abs(ts - anchor) <= limit:
+            count = self.skew_count + 1
+        else:
+            anchor, count = ts, 1
+        if count >= SKEW_CONFIRMATIONS:
+            self.skew_anchor, self.skew_count = None, 0
+            return
+        self.skew_anchor, self.skew_count = anchor, count
+        raise RecordError("event_time_skew", f"ts: {ts!r} is {ts - latest:.6g} s ahead of "
+                          f"stream {self.name!r}'s newest event time ({latest!r}); the limit "
+                          f"is join.max_event_time_skew_seconds = {limit:g} (refused "
+                          f"{count} of {SKEW_CONFIRMATIONS} agreeing records that would "
+                          "move the stream's time on)")
 
     def _advance_time(self, ts: float, outcome: Outcome) -> None:
         if self.latest_ts is None or ts > self.latest_ts:
@@ -324,6 +347,7 @@ class StreamPipeline:
             "labels": self.labels, "weights_version": self.weights_version,
             "labels_since_publish": self.labels_since_publish,
             "last_publish_ts": self.last_publish_ts, "latest_ts": self.latest_ts,
+            "skew_anchor": self.skew_anchor, "skew_count": self.skew_count,
             "drift_events": self.drift_events, "drift_total": self.drift_total,
             "latest_weights": None if self.latest_weights is None
             else self.latest_weights.to_json(),
@@ -342,6 +366,8 @@ class StreamPipeline:
         self.labels_since_publish = int(state["labels_since_publish"])
         self.last_publish_ts = state["last_publish_ts"]
         self.latest_ts = state["latest_ts"]
+        self.skew_anchor = state.get("skew_anchor")  # absent from older snapshots
+        self.skew_count = int(state.get("skew_count", 0))
         self.drift_events = list(state["drift_events"])
         self.drift_total = int(state["drift_total"])
         latest = state["latest_weights"]

@@ -121,6 +121,8 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> 
 
         assert config.kafka is not None  # the config requires the block
         kafka = KafkaRuntime(config.kafka, config_digest)
+        kafka.source.max_event_time_skew = max(
+            stream.max_event_time_skew_seconds for stream in config.streams)
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
     source = make_source(config.source)
     sinks = {name: JsonlSink(path) for name, path in (
