@@ -121,6 +121,13 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _integer(text: str) -> int | float:
+    """An integer as orjson reads it: exact within 64 bits (signed or unsigned), beyond
+    that the nearest double."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ContractBreachError(f"accepted a record holding {name}")
 
@@ -139,15 +146,16 @@ def check_contract(raw: bytes, record: Prediction | Label) -> None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ContractBreachError("accepted bytes that are not UTF-8") from None
-    # Integers read as doubles: orjson reads one past 64 bits as the nearest double.
     oracle = json.loads(text, object_pairs_hook=_reject_duplicates,
-                        parse_constant=_refuse_constant, parse_int=float)
+                        parse_constant=_refuse_constant, parse_int=_integer)
     for name in ("stream", "id"):
         value = getattr(record, name)
         if type(value) is not str or not value or value != oracle[name]:
             raise ContractBreachError(f"{name}: {value!r} differs or is empty")
         value.encode("utf-8")  # a lone surrogate would raise here
-    if type(record.ts) is not float or not math.isfinite(record.ts) or record.ts != oracle["ts"]:
+    # The decoder reads ts as a double (an integer ts past 2**53 rounds, as documented).
+    if (type(record.ts) is not float or not math.isfinite(record.ts)
+            or record.ts != float(oracle["ts"])):
         raise ContractBreachError(f"ts: {record.ts!r}")
     if isinstance(record, Label):
         _bounded_number(record.label, "label")

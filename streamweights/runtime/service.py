@@ -23,6 +23,7 @@ the current record, write a checkpoint, flush the sinks and exit 0.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -368,12 +369,18 @@ class Service:
         self.state.on_dead_letter(letter.reason)
         origin = self.state.dead_letter_origin() or f"{self.source.name}@{position}"
         source_raw = letter.raw if letter.raw is not None else raw
-        text = (source_raw or b"")[:DEAD_LETTER_MAX_RAW].decode("utf-8", "replace")
+        chunk = (source_raw or b"")[:DEAD_LETTER_MAX_RAW]
+        try:
+            text, exact = chunk.decode("utf-8"), None
+        except UnicodeDecodeError:  # readable text for people, and the bytes as they came
+            text, exact = chunk.decode("utf-8", "replace"), base64.b64encode(chunk).decode()
         # An exception's message may hold anything (a lone surrogate): made UTF-8-safe so
         # the dead letter itself always encodes.
         error = letter.error.encode("utf-8", "backslashreplace").decode("utf-8")
         record = {"schema": 1, "reason": letter.reason, "error": error,
                   "origin": origin, "stream": letter.stream, "id": letter.id, "record": text}
+        if exact is not None:
+            record["record_base64"] = exact
         if "dead_letter" in self.sinks:
             self.sinks["dead_letter"].write(orjson.dumps(record), headers=[
                 ("reason", letter.reason.encode()), ("error", error.encode()),

@@ -4,6 +4,7 @@ record's results equal a run without it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -82,6 +83,10 @@ def test_hostile_records_are_dead_lettered_and_change_nothing(config_factory, tm
     assert sorted(letter["reason"] for letter in letters) == sorted(r for r, _ in hostile)
     for letter in letters:
         assert letter["error"] and letter["origin"].startswith("jsonl:") and letter["record"]
+    # Bytes that are not UTF-8 are kept as they came (base64) beside the readable text.
+    kept = [base64.b64decode(letter["record_base64"]) for letter in letters
+            if "record_base64" in letter]
+    assert kept == [line for _, line in hostile if b"\xff\xfe" in line]
 
 
 def _regression_lines(events: int, seed: int) -> list[bytes]:
