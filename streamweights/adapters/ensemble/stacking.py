@@ -218,6 +218,9 @@ class OnlineStacking(Adapter):
             if targets.shape != (len(batch),):
                 raise ValueError(f"ys: expected shape ({len(batch)},), got {targets.shape}")
             labels: list[Any] = [float(value) for value in targets]
+            # The whole batch or nothing: no row learned before a later one is refused.
+            check_finite_update(np.array([float(np.square(batch).sum()),
+                                          float(np.square(targets).sum())]), "update")
         else:
             if isinstance(ys, str | bytes) or not hasattr(ys, "__len__"):
                 raise ValueError(f"ys: expected a sequence of integer class labels, "
