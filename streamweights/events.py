@@ -9,13 +9,16 @@ One JSON object per Kafka message or JSONL line (see ``design.md``)::
                  "calibration":{...},"prior":[...],"drift":{...}}
     adapted:    {"schema":1,"stream":"fraud","id":"e-17","proba":[0.2,0.8],"weights_version":42}
 
-Decoding is strict: a record that is not valid JSON, comes from a newer schema, lacks a
-field, has a field of the wrong type, an unknown field, a non-finite number, or is
-larger than the size limit raises :class:`RecordError`, a ``ValueError`` whose
-``reason`` is a short stable label (used as a metric label and dead-letter header) and
-whose message names the field. Encoding is compact JSON via orjson, chosen because it
-decodes and encodes these records several times faster than the standard library
-(``bench/events.py`` measures both).
+Decoding is strict and total: one orjson parse (no second parser ever reads the text),
+and a record that is not valid JSON, not UTF-8 (lone surrogates included), nested past
+the parser's limit, comes from a newer schema, lacks a field, has a field of the wrong
+type, an unknown field, a duplicate key, NaN / Infinity, a number beyond
+:data:`MAX_MAGNITUDE`, or is larger than the size limit raises :class:`RecordError`, a
+``ValueError`` whose ``reason`` is a short stable label (used as a metric label and
+dead-letter header) and whose message names the field. Nothing else escapes, whatever
+the bytes (``tests/test_fuzz.py``, ``bench/fuzz.py``). Encoding is compact JSON via
+orjson, chosen because it decodes and encodes these records several times faster than
+the standard library (``bench/events.py`` measures both).
 """
 
 from __future__ import annotations
