@@ -19,6 +19,7 @@ import orjson
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from streamweights import events
 from streamweights.config import SourceConfig
 from streamweights.runtime.replay import ReplayStream
 
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         n = len(raws)
         print(f"{name:<16}{n / times['json']:>14,.0f}{n / times['orjson']:>14,.0f}"
               f"{times['json'] / times['orjson']:>7.1f}x")
+    # The whole strict decoder (parse, shape and bounds checks, duplicate-key check).
+    full = _best(lambda: [events.decode(r) for r in raws], args.rounds)
+    print(f"{'events.decode':<16}{'':>14}{len(raws) / full:>14,.0f}"
+          f"{full / len(raws) * 1e6:>6.2f}us")
     return 0
 
 

@@ -49,6 +49,10 @@ class StreamConfig:
     adapters: tuple[dict[str, Any], ...]
     max_pending: int = 100_000
     ttl_seconds: float = 3_600.0
+    #: A record whose event time is further than this ahead of the stream's newest one
+    #: is dead-lettered (``event_time_skew``): one far-future ``ts`` would otherwise
+    #: expire every pending prediction and stop time-based publishing for good.
+    max_event_time_skew_seconds: float = 86_400.0
     publish_every_labels: int = 1_000
     publish_every_seconds: float = 60.0
     react_to_drift: bool = True
@@ -472,6 +476,8 @@ def _stream(item: Any, path: str) -> StreamConfig:
         adapters=tuple(specs),
         max_pending=join.positive_int("max_pending", 100_000),
         ttl_seconds=join.positive_float("ttl_seconds", 3_600.0),
+        max_event_time_skew_seconds=join.positive_float("max_event_time_skew_seconds",
+                                                        86_400.0),
         publish_every_labels=publish.positive_int("every_labels", 1_000),
         publish_every_seconds=publish.positive_float("every_seconds", 60.0),
         react_to_drift=on_drift == "react",

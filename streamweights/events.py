@@ -9,19 +9,22 @@ One JSON object per Kafka message or JSONL line (see ``design.md``)::
                  "calibration":{...},"prior":[...],"drift":{...}}
     adapted:    {"schema":1,"stream":"fraud","id":"e-17","proba":[0.2,0.8],"weights_version":42}
 
-Decoding is strict: a record that is not valid JSON, comes from a newer schema, lacks a
-field, has a field of the wrong type, an unknown field, a non-finite number, or is
-larger than the size limit raises :class:`RecordError`, a ``ValueError`` whose
-``reason`` is a short stable label (used as a metric label and dead-letter header) and
-whose message names the field. Encoding is compact JSON via orjson, chosen because it
-decodes and encodes these records several times faster than the standard library
-(``bench/events.py`` measures both).
+Decoding is strict and total: one orjson parse (no second parser ever reads the text),
+and a record that is not valid JSON, not UTF-8 (lone surrogates included), nested past
+the parser's limit, comes from a newer schema, lacks a field, has a field of the wrong
+type, an unknown field, a duplicate key, NaN / Infinity, a number beyond
+:data:`MAX_MAGNITUDE`, or is larger than the size limit raises :class:`RecordError`, a
+``ValueError`` whose ``reason`` is a short stable label (used as a metric label and
+dead-letter header) and whose message names the field. Nothing else escapes, whatever
+the bytes (``tests/test_fuzz.py``, ``bench/fuzz.py``). Encoding is compact JSON via
+orjson, chosen because it decodes and encodes these records several times faster than
+the standard library (``bench/events.py`` measures both).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,13 @@ SCHEMA_VERSION = 1
 #: classes at ~20 bytes per number is ~200 KB; 1 MiB (Kafka's default message size)
 #: leaves room for features while keeping one bad producer from exhausting memory.
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+#: Bound on the magnitude of every model output, feature and label. Far beyond any real
+#: score or target, it keeps the arithmetic the adapters do finite: squares of
+#: differences (squared loss, Brier, variances) stay below 4e200, their sums over any
+#: feasible number of records stay finite, and so do products of three such numbers
+#: (1e300 < 1.8e308). Without it, one output above ~1.3e154 overflows the squared loss.
+MAX_MAGNITUDE = 1e100
 
 
 class RecordError(ValueError):
@@ -135,44 +145,63 @@ def encode(record: Prediction | Label | Adapted | Weights) -> bytes:
 
 def decode(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
     """Decode a prediction or a label (told apart by their fields)."""
+    raw = _as_bytes(raw)
     obj = _load(raw, max_bytes)
     if "outputs" in obj:
-        return _prediction(obj)
+        return _prediction(obj, raw)
     if "label" in obj:
-        return _label(obj)
+        return _label(obj, raw)
     raise RecordError("missing_field", "record: neither 'outputs' (prediction) nor 'label' "
                       "(label) present")
 
 
 def decode_prediction(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Prediction:
     """Decode a record that must be a prediction."""
-    return _prediction(_load(raw, max_bytes))
+    raw = _as_bytes(raw)
+    return _prediction(_load(raw, max_bytes), raw)
 
 
 def decode_label(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Label:
     """Decode a record that must be a label."""
-    return _label(_load(raw, max_bytes))
+    raw = _as_bytes(raw)
+    return _label(_load(raw, max_bytes), raw)
 
 
-def _load(raw: bytes | str, max_bytes: int) -> dict[str, Any]:
-    # The limit is in bytes: a str is measured as the UTF-8 it would be on the wire.
-    size = len(raw) if isinstance(raw, bytes | bytearray) else len(raw.encode("utf-8"))
+def _as_bytes(raw: bytes | str) -> bytes:
+    """The record as the UTF-8 bytes it is on the wire (a str is encoded, strictly)."""
+    if type(raw) is not bytes:
+        if isinstance(raw, bytearray | memoryview):
+            raw = bytes(raw)
+        elif isinstance(raw, str):
+            try:  # a str holding a lone surrogate has no UTF-8 form: it cannot be on a wire
+                raw = raw.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise RecordError("invalid_utf8", f"record: not valid UTF-8 at character "
+                                  f"{error.start} (a lone surrogate); send UTF-8 text") from None
+        else:
+            raise RecordError("wrong_type", f"record: expected bytes or text, got "
+                              f"{type(raw).__name__}")
+    return raw
+
+
+def _load(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """One strict parse: size first, then orjson, whose refusals are sorted into reasons
+    without a second parser ever seeing the text."""
+    size = len(raw)
     if size > max_bytes:
         raise RecordError("oversized", f"record: {size} bytes exceeds the limit of {max_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        obj = _load_non_finite(raw)
-        if obj is None:
-            raise RecordError("malformed_json", f"record: malformed JSON ({error})") from None
-    if not isinstance(obj, dict):
+        raise _parse_error(raw, error) from None
+    if type(obj) is not dict:
         raise RecordError("wrong_type", f"record: expected a JSON object, got "
                           f"{type(obj).__name__}")
     schema = obj.get("schema")
     if schema is None:
         raise RecordError("missing_field", "schema: missing")
     if type(schema) is not int:
-        raise RecordError("wrong_type", f"schema: expected an integer, got {schema!r}")
+        raise RecordError("wrong_type", f"schema: expected an integer, got {_show(schema)}")
     if schema > SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema: version {schema} is newer than this "
                           f"build understands ({SCHEMA_VERSION}); upgrade streamweights")
@@ -181,31 +210,98 @@ def _load(raw: bytes | str, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
-def _load_non_finite(raw: bytes | str) -> Any:
-    """Producers in Python write NaN / Infinity, which strict JSON (orjson) refuses. Parse
-    those with the lenient standard library so the error names the field that held them;
-    anything else that failed stays malformed."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    if "NaN" not in text and "Infinity" not in text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
+#: orjson's refusal messages that get a reason of their own (the rest are malformed JSON).
+_PARSE_REASONS = (
+    ("UTF-8", "invalid_utf8"), ("surrogate", "invalid_utf8"),
+    ("depth limit", "too_deep"), ("infinity when parsed", "out_of_range"),
+)
+_NON_FINITE_TOKENS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _parse_error(raw: bytes, error: orjson.JSONDecodeError) -> RecordError:
+    """Name why orjson refused ``raw``. NaN / Infinity (which Python producers write) are
+    recognised by the token where parsing stopped, never by parsing again."""
+    message = str(error)
+    position = error.pos
+    if not raw.isascii():  # orjson counts characters; find the byte offset they end at
+        position = len(raw.decode("utf-8", "replace")[:position].encode("utf-8"))
+    for start in (position, position - 1):
+        if 0 <= start < len(raw) and raw.startswith(_NON_FINITE_TOKENS, start):
+            return RecordError("non_finite", f"{_field_at(raw, start)}: not finite (NaN / "
+                               f"Infinity at byte {start} is not JSON); send finite numbers")
+    for fragment, reason in _PARSE_REASONS:
+        if fragment in message:
+            if reason == "out_of_range":
+                return RecordError(reason, f"{_field_at(raw, position)}: a number too large "
+                                   f"for a double at byte {position}; rescale the values")
+            return RecordError(reason, f"record: {message}")
+    return RecordError("malformed_json", f"record: malformed JSON ({message})")
+
+
+#: Strings and the structural characters that open, close or name a JSON value.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _field_at(raw: bytes, position: int) -> str:
+    """The dotted field path of the value at byte ``position`` of a document that parsed
+    well up to there: a scan over its strings and brackets (no values are parsed), so
+    a refusal can name the field as the validators do."""
+    enclosing: list[bytes | None] = []
+    key = last = None
+    for match in _TOKENS.finditer(raw, 0, position):
+        token = match.group()
+        first = token[0]
+        if first == 0x22:  # "
+            last = token
+        elif first == 0x3A:  # :
+            key = last
+        elif first in (0x7B, 0x5B):  # { [
+            enclosing.append(key)
+            key = None
+        elif enclosing:  # } ]
+            key = enclosing.pop()
+    path = [k for k in (*enclosing, key) if k is not None]
+    return ".".join(k[1:-1].decode("utf-8", "replace") for k in path) or "record"
+
+
+def _show(value: Any) -> str:
+    """A refused value for an error message, cut short (a message is not a second copy
+    of a megabyte record)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _check_unique_keys(raw: bytes, members: int) -> None:
+    """Refuse a record whose text holds more object members than were parsed: orjson keeps
+    the last of duplicate keys silently, and a duplicate can hide a value from review.
+
+    After shape validation the only objects are the record and its ``outputs``, so every
+    name separator (``:`` outside a string) is one of their ``members``. Counting all colons
+    is a ~100 ns ``bytes.count``; only when strings hold colons too are strings blanked
+    out first (one regex pass in C)."""
+    colons = raw.count(b":")
+    if colons != members:
+        colons = _STRING.sub(b'""', raw).count(b":")
+    if colons != members:
+        raise RecordError("duplicate_key", f"record: {colons - members} duplicate key(s); each "
+                          "field may appear once")
 
 
 def _check_fields(obj: dict[str, Any], allowed: set[str]) -> tuple[str, str, float]:
     unknown = obj.keys() - allowed
     if unknown:
-        raise RecordError("unknown_field", f"{sorted(unknown)[0]}: unknown field")
+        raise RecordError("unknown_field", f"{sorted(unknown)[0][:80]}: unknown field")
     stream = _string(obj, "stream")
     record_id = _string(obj, "id")
     ts = obj.get("ts")
     if ts is None:
         raise RecordError("missing_field", "ts: missing")
     if type(ts) not in (int, float):
-        raise RecordError("wrong_type", f"ts: expected a number, got {ts!r}")
-    if not math.isfinite(ts):
+        raise RecordError("wrong_type", f"ts: expected a number, got {_show(ts)}")
+    if not math.isfinite(ts):  # unreachable through orjson; kept for hand-built objects
         raise RecordError("non_finite", f"ts: not finite ({ts})")
     return stream, record_id, float(ts)
 
@@ -215,11 +311,12 @@ def _string(obj: dict[str, Any], name: str) -> str:
     if value is None:
         raise RecordError("missing_field", f"{name}: missing")
     if type(value) is not str or not value:
-        raise RecordError("wrong_type", f"{name}: expected a non-empty string, got {value!r}")
+        raise RecordError("wrong_type", f"{name}: expected a non-empty string, got "
+                          f"{_show(value)}")
     return value
 
 
-def _prediction(obj: dict[str, Any]) -> Prediction:
+def _prediction(obj: dict[str, Any], raw: bytes) -> Prediction:
     stream, record_id, ts = _check_fields(obj, _PREDICTION_FIELDS)
     outputs = obj.get("outputs")
     if outputs is None:
@@ -233,18 +330,20 @@ def _prediction(obj: dict[str, Any]) -> Prediction:
         _numbers(value, f"outputs.{model}", allow_scalar=True)
     if features is not None:
         _numbers(features, "features", allow_scalar=False)
+    _check_unique_keys(raw, len(obj) + len(outputs))
     return Prediction(stream, record_id, ts, outputs, features)
 
 
-def _label(obj: dict[str, Any]) -> Label:
+def _label(obj: dict[str, Any], raw: bytes) -> Label:
     stream, record_id, ts = _check_fields(obj, _LABEL_FIELDS)
     label = obj.get("label")
     if label is None:
         raise RecordError("missing_field", "label: missing")
     if type(label) not in (int, float):
-        raise RecordError("wrong_type", f"label: expected a number, got {label!r}")
-    if not math.isfinite(label):
-        raise RecordError("non_finite", f"label: not finite ({label})")
+        raise RecordError("wrong_type", f"label: expected a number, got {_show(label)}")
+    if not -MAX_MAGNITUDE <= label <= MAX_MAGNITUDE:
+        raise _range_error("label", label)
+    _check_unique_keys(raw, len(obj))
     return Label(stream, record_id, ts, label)
 
 
@@ -258,8 +357,16 @@ def _numbers(value: Any, name: str, allow_scalar: bool) -> None:
     else:
         raise RecordError("wrong_type", f"{name}: expected a number or a non-empty list of "
                           f"numbers, got {type(value).__name__}")
+    low, high = -MAX_MAGNITUDE, MAX_MAGNITUDE
     for item in items:
         if type(item) not in (int, float):
-            raise RecordError("wrong_type", f"{name}: expected numbers, got {item!r}")
-        if not math.isfinite(item):
-            raise RecordError("non_finite", f"{name}: not finite ({item})")
+            raise RecordError("wrong_type", f"{name}: expected numbers, got {_show(item)}")
+        if not low <= item <= high:  # also false for NaN
+            raise _range_error(name, item)
+
+
+def _range_error(name: str, value: float) -> RecordError:
+    if isinstance(value, float) and not math.isfinite(value):
+        return RecordError("non_finite", f"{name}: not finite ({value})")
+    return RecordError("out_of_range", f"{name}: {_show(value)} is beyond the contract's bound "
+                       f"of +-{MAX_MAGNITUDE:g}; rescale the values")

@@ -60,6 +60,10 @@ class PendingJoin:
         self._entries[event_id] = Pending(event_id, ts, payload)
         return evicted
 
+    def get(self, event_id: str) -> Pending | None:
+        """The waiting prediction for ``event_id`` (left in place), or ``None``."""
+        return self._entries.get(event_id)
+
     def pop(self, event_id: str) -> Pending | None:
         """Take the prediction a label belongs to, or ``None`` if it is not (or no longer) here."""
         entry = self._entries.pop(event_id, None)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, PriorShift
-from streamweights.adapters.validation import check_class_label
+from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
 from streamweights.join import Pending, PendingJoin
@@ -44,6 +44,11 @@ from streamweights.scoring import StreamScores
 
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
+
+#: Refused records, agreeing with each other, that move a stream's event time on past
+#: ``join.max_event_time_skew_seconds`` (see ``StreamPipeline._check_event_time``). One
+#: stray far-future ts is refused; a stream that really jumped loses two records.
+SKEW_CONFIRMATIONS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,8 @@ class StreamPipeline:
         self.labels_since_publish = 0
         self.last_publish_ts: float | None = None
         self.latest_ts: float | None = None
+        self.skew_anchor: float | None = None  # see _check_event_time
+        self.skew_count = 0
         self.drift_events: list[dict[str, Any]] = []
         self.drift_total = 0
         self.latest_weights: Weights | None = None
@@ -147,6 +154,7 @@ class StreamPipeline:
 
     def on_prediction(self, prediction: Prediction) -> Outcome:
         outcome = Outcome(stream=self.name)
+        self._check_event_time(prediction.ts)
         outputs = self.outputs_array(prediction)
         if prediction.id in self.join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
@@ -187,24 +195,33 @@ class StreamPipeline:
         return outcome
 
     def on_label(self, label: Label) -> Outcome:
+        """Every check comes before the first change of state, and the first change is
+        the chain's update, whose first stage (the ensemble) refuses a non-finite one
+        before changing anything: a refused label leaves the stream as it was."""
         outcome = Outcome(stream=self.name)
         value = self._check_label(label)
-        pending = self.join.pop(label.id)
+        self._check_event_time(label.ts)
+        pending = self.join.get(label.id)
         if pending is None:
             raise RecordError("unmatched_label", f"id: no prediction {label.id!r} is waiting "
                               "(never seen, already labelled, or expired)")
         trace = tuple(np.asarray(t) for t in pending.payload["trace"])
         served = np.asarray(pending.payload["served"])
-        self._advance_time(label.ts, outcome)
         raw = trace[0]
         if "frozen" in pending.payload:  # score the deployed torch model as it was shipped
             raw = raw.copy()
             raw[self._model_index[self.torch_model.name]] = pending.payload["frozen"]
-        self.scores.update(raw, served, value)
         drift_before = [self.chain.stages[i].drift_count for i in self._memories]
-        self.chain.learn_trace(trace, value)
+        try:
+            self.chain.learn_trace(trace, value)
+        except NonFiniteUpdate as error:
+            raise RecordError("non_finite_state", f"label: {error}; the stream keeps its "
+                              "last good state") from None
         if self.torch_model is not None:
             self.torch_model.learn(pending.payload.get("head_features"), value)
+        self.join.pop(label.id)
+        self._advance_time(label.ts, outcome)
+        self.scores.update(raw, served, value)
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
@@ -222,6 +239,32 @@ class StreamPipeline:
             return check_class_label(label.label, "label", self.config.n_classes)
         except ValueError as error:
             raise RecordError("invalid_label", str(error)) from None
+
+    def _check_event_time(self, ts: float) -> None:
+        """Refuse an event time too far ahead of the stream's newest: accepted, it would
+        expire every pending prediction and hold time-based publishing for good.
+
+        A stream whose time really moved on (a pause longer than the limit, a producer's
+        clock put right) is not refused for ever: ``SKEW_CONFIRMATIONS`` refused records
+        that agree with each other (within the limit) move it on, the last one accepted."""
+        latest = self.latest_ts
+        limit = self.config.max_event_time_skew_seconds
+        if latest is None or ts - latest <= limit:
+            return
+        anchor = self.skew_anchor
+        if anchor is not None and abs(ts - anchor) <= limit:
+            count = self.skew_count + 1
+        else:
+            anchor, count = ts, 1
+        if count >= SKEW_CONFIRMATIONS:
+            self.skew_anchor, self.skew_count = None, 0
+            return
+        self.skew_anchor, self.skew_count = anchor, count
+        raise RecordError("event_time_skew", f"ts: {ts!r} is {ts - latest:.6g} s ahead of "
+                          f"stream {self.name!r}'s newest event time ({latest!r}); the limit "
+                          f"is join.max_event_time_skew_seconds = {limit:g} (refused "
+                          f"{count} of {SKEW_CONFIRMATIONS} agreeing records that would "
+                          "move the stream's time on)")
 
     def _advance_time(self, ts: float, outcome: Outcome) -> None:
         if self.latest_ts is None or ts > self.latest_ts:
@@ -304,6 +347,7 @@ class StreamPipeline:
             "labels": self.labels, "weights_version": self.weights_version,
             "labels_since_publish": self.labels_since_publish,
             "last_publish_ts": self.last_publish_ts, "latest_ts": self.latest_ts,
+            "skew_anchor": self.skew_anchor, "skew_count": self.skew_count,
             "drift_events": self.drift_events, "drift_total": self.drift_total,
             "latest_weights": None if self.latest_weights is None
             else self.latest_weights.to_json(),
@@ -322,6 +366,8 @@ class StreamPipeline:
         self.labels_since_publish = int(state["labels_since_publish"])
         self.last_publish_ts = state["last_publish_ts"]
         self.latest_ts = state["latest_ts"]
+        self.skew_anchor = state.get("skew_anchor")  # absent from older snapshots
+        self.skew_count = int(state.get("skew_count", 0))
         self.drift_events = list(state["drift_events"])
         self.drift_total = int(state["drift_total"])
         latest = state["latest_weights"]

@@ -124,7 +124,7 @@ def test_encoding_is_compact_json():
 
 # -- reasons -------------------------------------------------------------------------
 @pytest.mark.parametrize("raw", [b"{", b"not json", b'{"schema": 1,}', b"", b'{"a" 1}',
-                                 b'{"schema":1,"stream":"NaN",', b"\xff\xfe"])
+                                 b'{"schema":1,"stream":"NaN",'])
 def test_malformed_json(raw):
     error = _error(raw)
     assert error.reason == "malformed_json"
@@ -299,3 +299,94 @@ def test_every_reason_is_a_short_stable_label():
     reasons = {_error(raw).reason for raw in cases} | {_error(b"xx", max_bytes=1).reason}
     assert reasons == {"malformed_json", "oversized", "schema_version", "missing_field",
                        "wrong_type", "unknown_field", "non_finite"}
+
+
+# -- a strict, total decoder (issue 12) ------------------------------------------------
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"ts":2,"label":1}', "ts"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"label":NaN,"label":1}', "label"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":[0.5,0.5],"a":[0.1,0.9]}}',
+     "outputs.a"),
+    (b'{"schema":1,"stream":"s:x","id":"i:y","ts":1,"label":1,"label":0}', "label"),
+])
+def test_duplicate_keys_are_refused(raw, field):
+    """orjson keeps the last duplicate silently; the decoder refuses the record instead
+    (a hidden NaN is refused as such: it never parses)."""
+    error = _error(raw)
+    assert error.reason in ("duplicate_key", "non_finite")
+    if error.reason == "non_finite":
+        assert str(error).startswith(f"{field}:")
+
+
+def test_colons_and_escaped_quotes_inside_strings_are_not_duplicates():
+    record = decode(_raw(_label(id='a:b"c:\\\\:', stream="x:y")))
+    assert (record.id, record.stream) == ('a:b"c:\\\\:', "x:y")
+    prediction = decode(_raw(_prediction(outputs={"g:b": [0.1, 0.9], 'm"l:p': [0.3, 0.7]})))
+    assert list(prediction.outputs) == ["g:b", 'm"l:p']
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"schema":1,"stream":"s","id":"\xff","ts":1,"label":1}',
+    b'{"schema":1,"stream":"s","id":"\\ud800","ts":1,"label":1}',
+    '{"schema":1,"stream":"s","id":"\ud800","ts":1,"label":1}',
+    b"\xff\xfe",
+])
+def test_invalid_utf8_and_lone_surrogates_are_refused(raw):
+    """Never replaced silently: an id that is not UTF-8 cannot be encoded on the way out."""
+    assert _error(raw).reason == "invalid_utf8"
+
+
+def test_nesting_is_bounded():
+    deep = b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":' + b"[" * 5000 + b"1" \
+        + b"]" * 5000 + b"}}"
+    assert _error(deep).reason == "too_deep"
+    # Shallower than the parser's limit but deeper than the contract: a shape error.
+    nested = b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":[[0.5,0.5]]}}'
+    assert _error(nested).reason == "wrong_type"
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"label":1e400}', "label"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":-1e309,"label":1}', "ts"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"label":1e101}', "label"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":[1,-1e200]}}', "outputs.a"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":2e154}}', "outputs.a"),
+    (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":1},"features":[1e300]}',
+     "features"),
+])
+def test_numbers_beyond_the_bound_are_refused(raw, field):
+    error = _error(raw)
+    assert error.reason == "out_of_range"
+    assert str(error).startswith(f"{field}:")
+
+
+def test_numbers_at_the_bound_and_huge_integers_are_accepted():
+    assert decode(_raw(_label(label=events.MAX_MAGNITUDE))).label == 1e100
+    record = decode(b'{"schema":1,"stream":"s","id":"i","ts":1,"label":18446744073709551615}')
+    assert record.label == 2**64 - 1
+
+
+def test_non_finite_tokens_are_named_without_a_second_parse(monkeypatch):
+    """The old decoder re-parsed with the standard library (OverflowError, RecursionError
+    and lone surrogates came through it); now nothing else parses the text."""
+    import json as standard
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("second parse")
+
+    monkeypatch.setattr(standard, "loads", refuse)
+    raw = b'{"schema":1,"stream":"\xc3\xa9","id":"i","ts":1,"outputs":{"a":[0.5,-Infinity]}}'
+    error = _error(raw)
+    assert error.reason == "non_finite"
+    assert str(error).startswith("outputs.a:")
+    assert _error(b'{"schema":1,"stream":"s","id":"' + b"[" * 3000 + b'","ts":NaN' +
+                  b"1" * 10).reason == "non_finite"
+
+
+def test_every_new_reason_is_documented_in_the_readme():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for reason in ("duplicate_key", "invalid_utf8", "too_deep", "out_of_range", "non_finite",
+                   "internal_error", "event_time_skew", "non_finite_state"):
+        assert f"`{reason}`" in readme, reason

@@ -26,6 +26,21 @@ import numpy as np
 PROBABILITY_TOLERANCE = 1e-3
 
 
+class NonFiniteUpdate(ValueError):  # noqa: N818 - reads as what happened, like the others
+    """An update refused because it would make an adapter's state non-finite; raised
+    before anything changed, so the adapter keeps its last good state."""
+
+
+def check_finite_update(values: np.ndarray, name: str) -> None:
+    """Refuse an update whose inputs (losses, gradients) are not all finite. The sum is
+    one reduction (a NaN or an infinity anywhere makes it non-finite, and so does an
+    overflow, which the running totals would reach too)."""
+    total = float(values.sum())
+    if total - total != 0.0:  # NaN or +-inf; cheaper than math.isfinite on a numpy float
+        raise NonFiniteUpdate(f"{name}: not finite for this update (an output or a target "
+                              "too large for the arithmetic)")
+
+
 def as_finite_array(value: object, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Return ``value`` as a float64 array, checking shape and finiteness.
 

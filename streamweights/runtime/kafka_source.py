@@ -38,6 +38,11 @@ from streamweights.runtime.exceptions import RuntimeSetupError
 
 log = logging.getLogger("streamweights")
 
+#: How far one record's ts may jump past its partition's previous one and still be merged
+#: at its own time: the default of the streams' ``join.max_event_time_skew_seconds`` (the
+#: Kafka runtime sets the largest configured one).
+DEFAULT_MAX_SKEW = 86_400.0
+
 #: Order of the topics at equal event time (the embedded replay emits predictions first).
 PREDICTIONS, LABELS = 0, 1
 
@@ -47,7 +52,7 @@ def event_time(raw: bytes) -> float:
     (it is bound for the dead-letter topic and changes no state)."""
     try:
         ts = orjson.loads(raw).get("ts")
-    except (orjson.JSONDecodeError, AttributeError):
+    except Exception:  # anything unreadable sorts first; the decoder names what is wrong
         return -math.inf
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return float(ts)
@@ -70,13 +75,27 @@ class TaskMerge:
     [b'prediction', b'label']
     """
 
-    __slots__ = ("buffers",)
+    __slots__ = ("buffers", "keys", "last", "max_skew")
 
-    def __init__(self) -> None:
+    def __init__(self, max_skew: float = DEFAULT_MAX_SKEW) -> None:
         self.buffers: tuple[deque, deque] = (deque(), deque())
+        self.max_skew = max_skew
+        self.last: list[float | None] = [None, None]  # each side's latest readable ts
+        self.keys: list[float] = [-math.inf, -math.inf]  # ... and the key it was merged at
 
     def add(self, side: int, offset: int, ts: float, raw: bytes) -> None:
-        self.buffers[side].append((ts, side, offset, raw))
+        """Buffer a record. One whose ts jumps more than ``max_skew`` past its partition's
+        previous record is merged at that record's place instead: the pipeline refuses it
+        (``event_time_skew``), and merged at 1e308 it would hold back every record behind
+        it on its partition until the other partition ran dry."""
+        key = ts
+        previous = self.last[side]
+        if previous is not None and ts - previous > self.max_skew:
+            key = self.keys[side]
+        if ts != -math.inf:
+            self.last[side] = ts
+            self.keys[side] = key
+        self.buffers[side].append((key, side, offset, raw))
 
     def __len__(self) -> int:
         return len(self.buffers[0]) + len(self.buffers[1])
@@ -137,6 +156,7 @@ class KafkaSource:
                  client_settings: dict[str, Any] | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.max_task_idle = max_task_idle_ms / 1000.0
+        self.max_event_time_skew = DEFAULT_MAX_SKEW
         self._last_data: dict[Any, float] = {}
         self.topics = (predictions_topic, labels_topic)
         self.group_id = group_id
@@ -291,7 +311,7 @@ class KafkaSource:
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
             task = self.tasks.get(tp.partition)
             if task is None:
-                task = self.tasks[tp.partition] = TaskMerge()
+                task = self.tasks[tp.partition] = TaskMerge(self.max_event_time_skew)
             for record in records:
                 task.add(side, record.offset, event_time(record.value), record.value)
             fetched += len(records)

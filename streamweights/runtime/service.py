@@ -24,6 +24,7 @@ the current record, write a checkpoint, flush the sinks and exit 0.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -160,6 +161,8 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> 
 
         assert config.kafka is not None  # the config requires the block
         kafka = KafkaRuntime(config.kafka, config_digest)
+        kafka.source.max_event_time_skew = max(
+            stream.max_event_time_skew_seconds for stream in config.streams)
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
     state = LocalCheckpoints(state_dir)  # locked before the outputs are opened
     try:
@@ -358,6 +361,9 @@ class Service:
             self._finish()
 
     def _process(self, position: int, raw: bytes | Rejected) -> str:
+        """Decode and apply one record. Nothing raised here stops the stream: a contract
+        breach is dead-lettered with its reason, anything else (a bug) as
+        ``internal_error`` naming the exception, and the loop goes on."""
         if isinstance(raw, Rejected):  # a source row that cannot become a record
             self._route(self.pipeline.reject(events.RecordError(raw.reason, raw.error), raw.raw,
                                              raw.stream, raw.id), position)
@@ -367,25 +373,57 @@ class Service:
         except events.RecordError as error:
             self._route(self.pipeline.reject(error, raw), position)
             return "invalid"
+        except Exception as error:
+            self._route(self._internal_error(error, "decode", position, raw), position)
+            return "invalid"
         kind = "prediction" if isinstance(record, events.Prediction) else "label"
         counter = self._event_counters.get((record.stream, kind))
         if counter is None:
             counter = self.metrics.events.labels(record.stream, kind)
             self._event_counters[(record.stream, kind)] = counter
         counter.inc()
-        outcome = self.pipeline.process(record)
-        self._route(outcome, position, raw)
+        try:
+            outcome = self.pipeline.process(record)
+            encoded = self._encode(outcome)
+        except Exception as error:
+            self._route(self._internal_error(error, "process", position, raw, record),
+                        position)
+            return "invalid"
+        self._route(outcome, position, raw, encoded)
         return kind
 
-    def _route(self, outcome: Outcome, position: int, raw: bytes | None = None) -> None:
-        if outcome.adapted is not None and "adapted" in self.sinks:
-            self.sinks["adapted"].write(events.encode(outcome.adapted))
+    def _internal_error(self, error: Exception, stage: str, position: int, raw: bytes,
+                        record: events.Record | None = None) -> Outcome:
+        """An unexpected exception on one record: a dead letter naming it, a counter and
+        a log line with the traceback (which is what a bug report needs)."""
+        origin = self.state.dead_letter_origin() or f"{self.source.name}@{position}"
+        log.error("internal error while %s the record at %s: %s: %s (dead-lettered as "
+                  "internal_error; the stream goes on)",
+                  "decoding" if stage == "decode" else "processing", origin,
+                  type(error).__name__, error, exc_info=True)
+        message = f"{stage}: {type(error).__name__}: {error}"
+        return self.pipeline.reject(events.RecordError("internal_error", message), raw,
+                                    record.stream if record is not None else None,
+                                    record.id if record is not None else None)
+
+    @staticmethod
+    def _encode(outcome: Outcome) -> tuple[bytes | None, list[bytes]]:
+        """Every output of one record encoded before any is written, so a record that
+        cannot be encoded writes nothing rather than half of its outputs."""
+        adapted = None if outcome.adapted is None else events.encode(outcome.adapted)
+        return adapted, [events.encode(weights) for weights in outcome.weights]
+
+    def _route(self, outcome: Outcome, position: int, raw: bytes | None = None,
+               encoded: tuple[bytes | None, list[bytes]] | None = None) -> None:
+        adapted, weights_encoded = encoded if encoded is not None else self._encode(outcome)
+        if adapted is not None and "adapted" in self.sinks:
+            self.sinks["adapted"].write(adapted)
         for artifact in outcome.artifacts:  # before the weights record that names it
             assert self.artifacts is not None  # a torch stream implies a store
             self.artifacts.write(artifact.stream, artifact.version, artifact.data,
                                  artifact.digest)
-        for weights in outcome.weights:
-            self._emit_weights(weights)
+        for weights, weights_raw in zip(outcome.weights, weights_encoded, strict=True):
+            self._emit_weights(weights, weights_raw)
         for letter in outcome.dead_letters:
             self._dead_letter(letter, position, raw)
         if outcome.expired or outcome.evicted:
@@ -416,12 +454,21 @@ class Service:
         self.state.on_dead_letter(letter.reason)
         origin = self.state.dead_letter_origin() or f"{self.source.name}@{position}"
         source_raw = letter.raw if letter.raw is not None else raw
-        text = (source_raw or b"")[:DEAD_LETTER_MAX_RAW].decode("utf-8", "replace")
-        record = {"schema": 1, "reason": letter.reason, "error": letter.error,
+        chunk = (source_raw or b"")[:DEAD_LETTER_MAX_RAW]
+        try:
+            text, exact = chunk.decode("utf-8"), None
+        except UnicodeDecodeError:  # readable text for people, and the bytes as they came
+            text, exact = chunk.decode("utf-8", "replace"), base64.b64encode(chunk).decode()
+        # An exception's message may hold anything (a lone surrogate): made UTF-8-safe so
+        # the dead letter itself always encodes.
+        error = letter.error.encode("utf-8", "backslashreplace").decode("utf-8")
+        record = {"schema": 1, "reason": letter.reason, "error": error,
                   "origin": origin, "stream": letter.stream, "id": letter.id, "record": text}
+        if exact is not None:
+            record["record_base64"] = exact
         if "dead_letter" in self.sinks:
             self.sinks["dead_letter"].write(orjson.dumps(record), headers=[
-                ("reason", letter.reason.encode()), ("error", letter.error.encode()),
+                ("reason", letter.reason.encode()), ("error", error.encode()),
                 ("origin", origin.encode())])
         log.debug("dead letter at %s: %s", origin, letter.error)
 
@@ -433,9 +480,10 @@ class Service:
             self._emit_weights(stream.publish(stream.latest_ts))
         self._refresh_view()
 
-    def _emit_weights(self, weights: events.Weights) -> None:
+    def _emit_weights(self, weights: events.Weights, encoded: bytes | None = None) -> None:
         """A new weights version: to the sink, to the HTTP view, into the metrics."""
-        encoded = events.encode(weights)
+        if encoded is None:
+            encoded = events.encode(weights)
         if "weights" in self.sinks:
             self.sinks["weights"].write(encoded)
         self.view.weights[weights.stream] = encoded

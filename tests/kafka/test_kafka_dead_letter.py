@@ -96,3 +96,67 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
         seen[original] = True
     assert len(seen) == len(poison)
     assert read_topic(kafka_bootstrap, topics["weights"])
+
+
+def test_hostile_records_cannot_crash_the_kafka_runtime(tmp_path, kafka_bootstrap,
+                                                        topic_factory):
+    """Scenario (issue 12): the records that put a stream into a crash loop (NaN sending
+    the text to a second parser that raised OverflowError / RecursionError or let a lone
+    surrogate through, non-UTF-8 and duplicate keys accepted, a far-future ts) are
+    produced into the Kafka prediction topic among two clean streams.
+    We expect: the run ends normally (before: it raised on the first one, and on restart
+    died on the same record, the partition blocked); each is in the dead-letter topic
+    (read committed) with its reason and origin headers; the streams' summaries equal the
+    embedded run without them."""
+    from tests.service.test_hostile_records import _hostile_classification
+
+    clean = write_input(tmp_path / "input.jsonl", events=1_000)
+    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
+    try:
+        clean_summary = service.run()
+    finally:
+        service.close()
+
+    hostile = _hostile_classification()
+    rng = random.Random(12)
+    positions = sorted(rng.sample(range(200, len(clean)), len(hostile)))
+    hostile_at = dict(zip(positions, hostile, strict=True))
+    topics = make_topics(topic_factory, partitions=2, dead_letter=True)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=20)
+    where = {}
+    for index, raw in enumerate(clean):
+        if index in hostile_at:
+            reason, bad = hostile_at[index]
+            # At its neighbour's event time: a ts ahead of it is merged later (as it
+            # should be), which would move the labels behind it.
+            bad = bad.replace(b"1750000100.0", repr(orjson.loads(raw)["ts"]).encode())
+            metadata = producer.send(topics["predictions"], key=b"demo", value=bad).get(30)
+            where[f"{topics['predictions']}-{metadata.partition}@{metadata.offset}"] = reason
+        record = orjson.loads(raw)
+        topic = topics["labels"] if "label" in record else topics["predictions"]
+        producer.send(topic, key=record["stream"].encode(), value=raw)
+    producer.flush()
+    producer.close()
+
+    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                                         checkpoint_every_records=400))
+    service = Service(config)
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(clean_summary["streams"]))
+    expected: dict[str, int] = {}
+    for reason, _ in hostile:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert summary["invalid"] == expected
+    letters = read_records(kafka_bootstrap, topics["dead_letter"])
+    assert len(letters) == len(hostile)
+    for letter in letters:
+        headers = {key: value.decode() for key, value in letter.headers}
+        assert headers["origin"] in where
+        assert headers["reason"] == where.pop(headers["origin"])
+        assert orjson.loads(letter.value)["record"]
+    assert not where

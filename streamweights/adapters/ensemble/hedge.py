@@ -13,7 +13,7 @@ from streamweights.adapters.ensemble._expert_losses import (
     resolve_learning_rate,
     resolve_loss,
 )
-from streamweights.adapters.validation import check_count, check_in_range
+from streamweights.adapters.validation import check_count, check_finite_update, check_in_range
 
 
 def exponential_weights(cumulative_loss: np.ndarray, learning_rate: float) -> np.ndarray:
@@ -131,7 +131,9 @@ class Hedge(Adapter):
     def learn(self, x: Any, y: Any) -> None:
         outputs = self._inputs.outputs(x)
         labels = self._inputs.label(y)
-        self._learn_losses(self._inputs.losses_many(outputs[None], labels))
+        losses = self._inputs.losses_many(outputs[None], labels)
+        check_finite_update(losses, "loss")  # before any change: refused, nothing moved
+        self._learn_losses(losses)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
@@ -140,7 +142,9 @@ class Hedge(Adapter):
             return
         outputs = self._inputs.outputs_many(xs)
         labels = self._inputs.labels_many(ys)
-        self._learn_losses(self._inputs.losses_many(outputs, labels))
+        losses = self._inputs.losses_many(outputs, labels)
+        check_finite_update(losses, "loss")
+        self._learn_losses(losses)
 
     @property
     def _adaptive(self) -> bool:

@@ -13,6 +13,7 @@ from streamweights.adapters.validation import (
     check_class_label,
     check_class_labels,
     check_count,
+    check_finite_update,
     check_in_range,
     check_model_outputs,
     check_probability_rows,
@@ -217,6 +218,9 @@ class OnlineStacking(Adapter):
             if targets.shape != (len(batch),):
                 raise ValueError(f"ys: expected shape ({len(batch)},), got {targets.shape}")
             labels: list[Any] = [float(value) for value in targets]
+            # The whole batch or nothing: no row learned before a later one is refused.
+            check_finite_update(np.array([float(np.square(batch).sum()),
+                                          float(np.square(targets).sum())]), "update")
         else:
             if isinstance(ys, str | bytes) or not hasattr(ys, "__len__"):
                 raise ValueError(f"ys: expected a sequence of integer class labels, "
@@ -273,6 +277,9 @@ class OnlineStacking(Adapter):
     def _learn_outputs(self, outputs: np.ndarray, label: Any) -> None:
         features = self._features(outputs)
         if self.n_classes is None:
+            # The filter's update squares the design and the residual: refuse (before any
+            # change) values whose squares overflow, which would turn every weight NaN.
+            check_finite_update(np.array([features @ features, label * label]), "update")
             self._filter._learn_row(features, np.array([label]), None)
         else:
             self._filter._learn_block(features, self._class_targets[label], None)

@@ -1,0 +1,209 @@
+"""Shared pieces of the fuzzing (``tests/test_fuzz.py`` with hypothesis, bounded for CI;
+``bench/fuzz.py`` for the long run): valid records to start from, byte mutations that
+aim at the decoder's edges, the contract an accepted record must satisfy (checked
+against an independent parser), and the pipeline's invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+import numpy as np
+
+from streamweights import events
+from streamweights.config import parse_config
+from streamweights.events import MAX_MAGNITUDE, Label, Prediction, RecordError
+from streamweights.pipeline import Pipeline
+
+#: Streams the pipeline fuzz feeds: a classification chain (the demo's) and regression
+#: streams with each ensemble (the overflow of issue 12 was in regression).
+STREAMS = [
+    {"name": "c", "task": "classification", "classes": 2, "models": ["a", "b"],
+     "adapters": [{"type": "FixedShare", "share": 0.01}, {"type": "OnlinePlatt"},
+                  {"type": "DriftMemory", "capacity": 8, "detector": "adwin"}],
+     "join": {"max_pending": 64, "ttl_seconds": 100}, "publish": {"every_labels": 5}},
+    {"name": "r", "task": "regression", "models": ["a", "b"],
+     "adapters": [{"type": "FixedShare"}], "join": {"max_pending": 64},
+     "publish": {"every_labels": 5}},
+    {"name": "h", "task": "regression", "models": ["a", "b"], "adapters": [{"type": "Hedge"}],
+     "join": {"max_pending": 64}, "publish": {"every_labels": 5}},
+    {"name": "k", "task": "regression", "models": ["a", "b"],
+     "adapters": [{"type": "OnlineStacking"}], "join": {"max_pending": 64},
+     "publish": {"every_labels": 5}},
+]
+
+#: Fragments a mutation inserts: structure, the tokens the old decoder mishandled, numbers
+#: at and past the bounds, escapes, invalid UTF-8.
+FRAGMENTS = [
+    b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\", b" ", b"\n", b"NaN", b"Infinity",
+    b"-Infinity", b"1e400", b"-1e400", b"1e308", b"2e154", b"1e100", b"1e101", b"1" + b"0" * 400,
+    b"18446744073709551616", b"-0", b"0.0", b"1e-400", b"true", b"null", b"\\ud800",
+    b"\\udc00", b"\\u0000", b"\\ud83d\\ude00", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xef\xbb\xbf",
+    b'"ts":', b'"id":', b'"label":', b'"outputs":', b'"features":', b'"schema":',
+    b'"stream":', b'"a":', b'"b":', b"[" * 40, b"]" * 40, b"[" * 2000, b'"c"', b'"r"',
+]
+
+
+def valid_record(rng: random.Random, index: int) -> bytes:
+    """A record the decoder accepts, for one of ``STREAMS`` (predictions and labels)."""
+    stream = rng.choice("crhk")
+    ts = 1000.0 + index + rng.random()
+    record_id = f"i{rng.randrange(40)}"
+    if rng.random() < 0.5:
+        record: dict[str, Any] = {"schema": 1, "stream": stream, "id": record_id, "ts": ts,
+                                  "label": rng.randrange(2) if stream == "c"
+                                  else rng.gauss(0, 10)}
+    elif stream == "c":
+        p, q = rng.random(), rng.random()
+        record = {"schema": 1, "stream": stream, "id": record_id, "ts": ts,
+                  "outputs": {"a": [p, 1 - p], "b": [q, 1 - q]}}
+    else:
+        scale = 10.0 ** rng.choice([0, 0, 3, 50, 99, 100])
+        record = {"schema": 1, "stream": stream, "id": record_id, "ts": ts,
+                  "outputs": {"a": rng.uniform(-1, 1) * scale, "b": rng.gauss(0, 10)}}
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def mutate(raw: bytes, rng: random.Random) -> bytes:
+    """One to four edits: insert, replace or delete a fragment or a random byte, or
+    duplicate a slice (duplicate keys, repeated members)."""
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(data) + 1)
+        choice = rng.random()
+        piece = rng.choice(FRAGMENTS) if rng.random() < 0.8 else bytes([rng.randrange(256)])
+        if choice < 0.4:
+            data[at:at] = piece
+        elif choice < 0.7:
+            data[at:at + len(piece)] = piece
+        elif choice < 0.85:
+            del data[at:at + rng.randint(1, 8)]
+        else:
+            end = min(len(data), at + rng.randint(1, 30))
+            data[at:at] = data[at:end]
+    return bytes(data)
+
+
+def generated(rng: random.Random) -> bytes:
+    """A document built from scratch: random fields, duplicate keys, odd values."""
+    keys = ["schema", "stream", "id", "ts", "label", "outputs", "features", "x"]
+    values = [b"1", b"0", b"-1", b"1.5", b"1e400", b"NaN", b"null", b"true", b'"c"', b'"r"',
+              b'"\\ud800"', b'"\xff"', b"[]", b"{}", b'{"a":[0.5,0.5],"b":[0.2,0.8]}',
+              b'{"a":1e100,"b":2}', b'{"a":2e154,"b":1}', b"[1,2]", b"1e308", b"[[[1]]]",
+              b"18446744073709551615", b'"' + b"x" * rng.randrange(100) + b'"']
+    members = [b'"' + rng.choice(keys).encode() + b'":' + rng.choice(values)
+               for _ in range(rng.randint(0, 9))]
+    return b"{" + b",".join(members) + b"}"
+
+
+def random_input(rng: random.Random, index: int) -> bytes:
+    """The fuzz mix: mostly mutated valid records, some generated, some random bytes."""
+    draw = rng.random()
+    if draw < 0.6:
+        return mutate(valid_record(rng, index), rng)
+    if draw < 0.75:
+        return valid_record(rng, index)
+    if draw < 0.95:
+        return generated(rng)
+    return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+
+
+class ContractBreachError(AssertionError):
+    """An accepted record that breaks the wire contract."""
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ContractBreachError(f"accepted a record with duplicate keys {keys}")
+    return dict(pairs)
+
+
+def _integer(text: str) -> int | float:
+    """An integer as orjson reads it: exact within 64 bits (signed or unsigned), beyond
+    that the nearest double."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ContractBreachError(f"accepted a record holding {name}")
+
+
+def _bounded_number(value: Any, where: str) -> None:
+    if type(value) not in (int, float):
+        raise ContractBreachError(f"{where}: {value!r} is not a number")
+    if not (math.isfinite(value) and abs(value) <= MAX_MAGNITUDE):
+        raise ContractBreachError(f"{where}: {value!r} is not finite and bounded")
+
+
+def check_contract(raw: bytes, record: Prediction | Label) -> None:
+    """What an accepted record must be, checked against the standard library's parser
+    (an independent reading of the same bytes; duplicates and NaN refused there)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractBreachError("accepted bytes that are not UTF-8") from None
+    oracle = json.loads(text, object_pairs_hook=_reject_duplicates,
+                        parse_constant=_refuse_constant, parse_int=_integer)
+    for name in ("stream", "id"):
+        value = getattr(record, name)
+        if type(value) is not str or not value or value != oracle[name]:
+            raise ContractBreachError(f"{name}: {value!r} differs or is empty")
+        value.encode("utf-8")  # a lone surrogate would raise here
+    # The decoder reads ts as a double (an integer ts past 2**53 rounds, as documented).
+    if (type(record.ts) is not float or not math.isfinite(record.ts)
+            or record.ts != float(oracle["ts"])):
+        raise ContractBreachError(f"ts: {record.ts!r}")
+    if isinstance(record, Label):
+        _bounded_number(record.label, "label")
+        if record.label != oracle["label"]:
+            raise ContractBreachError("label differs from the oracle's")
+    else:
+        if record.outputs != oracle["outputs"] or record.features != oracle.get("features"):
+            raise ContractBreachError("outputs/features differ from the oracle's")
+        for model, value in record.outputs.items():
+            model.encode("utf-8")
+            for item in value if type(value) is list else [value]:
+                _bounded_number(item, f"outputs.{model}")
+        for item in record.features or []:
+            _bounded_number(item, "features")
+    if events.decode(events.encode(record)) != record:
+        raise ContractBreachError("the record does not survive encode -> decode")
+
+
+def new_pipeline() -> Pipeline:
+    document = {"source": {"kind": "jsonl", "path": "-"}, "streams": STREAMS}
+    return Pipeline(parse_config(document).streams)
+
+
+def check_outcome(pipeline: Pipeline, outcome: Any) -> None:
+    """The pipeline's invariants after one record: outputs finite and encodable, the
+    ensemble's weights finite and summing to one."""
+    if outcome.adapted is not None:
+        adapted = outcome.adapted
+        values = adapted.proba if adapted.proba is not None else [adapted.value]
+        if not all(math.isfinite(v) for v in values):
+            raise ContractBreachError(f"adapted output not finite: {values}")
+        events.encode(adapted)
+    for weights in outcome.weights:
+        events.encode(weights)
+    if outcome.stream in pipeline.streams:
+        stream = pipeline.streams[outcome.stream]
+        weights = np.asarray(list(stream.ensemble_weights().values()))
+        if not np.isfinite(weights).all():
+            raise ContractBreachError(f"stream {outcome.stream}: weights not finite: {weights}")
+
+
+def run_one(pipeline: Pipeline, raw: bytes) -> bool:
+    """Decode one input and, if accepted, check it and apply it; ``True`` if accepted.
+    Anything but a RecordError (or a breach) propagates to the caller."""
+    try:
+        record = events.decode(raw)
+    except RecordError:
+        return False
+    check_contract(raw, record)
+    check_outcome(pipeline, pipeline.process(record))
+    return True
