@@ -26,6 +26,9 @@ DEBIAN_PACKAGES=(
     chromium        # opens the HTML report headless (tests/evaluation/test_report.py)
     buildah         # builds and runs the image (tests/deploy/test_image_build.py)
     mmdebstrap      # makes that image's Debian base (same test)
+    iproute2        # ip netns / veth / bridge: the cross-host Kafka faults (tests/kafka/netns.py)
+    ethtool         # switches offloads off for the lossy link's forwarder (same harness)
+    openssl         # the SASL/TLS broker's CA and certificate (tests/kafka/secure_broker.py)
 )
 KUSTOMIZE_VERSION=v5.5.0
 
