@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "validate":
+            from streamweights.runtime.preflight import check_startup
+
             config = load_config(args.config)
+            check_startup(config)  # what run's start-up would refuse, without any I/O
             print(f"{args.config}: ok ({len(config.streams)} stream(s), source "
                   f"{config.source.kind})")
             return 0
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from streamweights.runtime.preflight import check_startup
     from streamweights.runtime.service import Service
 
     config = load_config(args.config)
@@ -121,8 +126,16 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.log_format, args.verbose)
     if args.max_events is not None and args.max_events < 1:
         raise ConfigError(f"--max-events: must be >= 1, got {args.max_events}")
+    # What validate checks beyond the objects Service builds below: paths, the token
+    # (so these are refused with one line, before any log line).
+    check_startup(dataclasses.replace(config, state_dir=args.state_dir or config.state_dir),
+                  os.environ, objects=False)
     started = time.monotonic()
-    service = Service(config, state_dir=args.state_dir, max_events=args.max_events)
+    try:
+        service = Service(config, state_dir=args.state_dir, max_events=args.max_events)
+    except OSError as error:  # an output file or folder that cannot be opened: one line
+        raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
+                                f"({error.strerror or error})") from None
     service.install_signal_handlers()
     recorder = None
     if args.report:
