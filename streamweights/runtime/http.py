@@ -107,6 +107,41 @@ class ServiceView:
         self.artifacts: Any = None
 
 
+class _Exposition:
+    """The ``/metrics`` text, generated once for every request that arrives while a
+    generation is running (single flight): 50 scrapers at once cost a few generations
+    (~1 ms each for the demo's series), not 50, so none waits behind the others' work.
+    A request may get text whose generation began up to one generation before it
+    arrived, never older."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._registry = metrics.registry
+        self._condition = threading.Condition()
+        self._running = False
+        self._finished = 0
+        self._latest: bytes | None = None
+
+    def text(self) -> bytes:
+        with self._condition:
+            if self._running:
+                seen = self._finished
+                while self._finished == seen:
+                    self._condition.wait()
+                if self._latest is not None:
+                    return self._latest
+            self._running = True
+        body = None
+        try:
+            body = generate_latest(self._registry)
+            return body
+        finally:
+            with self._condition:
+                self._latest = body
+                self._running = False
+                self._finished += 1
+                self._condition.notify_all()
+
+
 class _Server(ThreadingHTTPServer):
     """A threading server with a real backlog, a connection cap, and errors as log
     lines instead of socketserver's tracebacks on stderr."""
@@ -199,6 +234,7 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics, token: str | None,
                   stream_names: tuple[str, ...] | None,
                   idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     expected = token.encode("ascii") if token is not None else None
+    exposition = _Exposition(metrics)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "streamweights"
@@ -257,7 +293,7 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics, token: str | None,
                 self._error(400, "the path is not valid percent-encoded UTF-8")
                 return
             if segments == ["metrics"]:
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                self._send(200, exposition.text(), CONTENT_TYPE_LATEST)
             elif segments == ["healthz"]:
                 self._send(200, b'{"status":"ok"}')
             elif segments == ["readyz"]:

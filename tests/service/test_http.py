@@ -308,7 +308,7 @@ def test_fifty_concurrent_scrapers_all_answer(server):
     on a fresh connection, as Prometheus instances and dashboards do.
     We expect: all 500 scrapes answer 200 with a parseable body, none times out (a
     backlog of 5 made 20 scrapers wait seconds on SYN retries, one timed out); the
-    latency figures are printed (bench/http.py measures them properly)."""
+    latency figures are printed (bench/http_scrapers.py measures them properly)."""
     port = server().port
     barrier = threading.Barrier(50)
     latencies: list[float] = []
