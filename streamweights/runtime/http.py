@@ -192,7 +192,8 @@ class HttpServer:
 
     ``token``: the bearer token ``/v1/...`` requires (``None``: open).
     ``stream_names``: the configured streams, the only names ``/v1/streams/{stream}/...``
-    accepts (``None``: those the view lists). ``idle_timeout`` / ``max_connections``:
+    accepts (``None``, for a server without a service: any name; the artifact store
+    still confines paths to its root). ``idle_timeout`` / ``max_connections``:
     see :data:`IDLE_TIMEOUT_SECONDS` and :data:`MAX_CONNECTIONS`."""
 
     def __init__(self, host: str, port: int, view: ServiceView, metrics: ServiceMetrics,
@@ -329,16 +330,17 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics, token: str | None,
                 self._error(404, "no endpoint /v1/" + "/".join(segments)[:200])
                 return
             stream = segments[1]
-            known = stream_names if stream_names is not None else tuple(view.streams)
-            if stream not in known:
+            if stream_names is not None and stream not in stream_names:
                 self._error(404, f"unknown stream {stream[:200]!r}")
                 return
             if segments[2:] == ["weights"]:
                 record = view.weights.get(stream)
                 if record is not None:
                     self._send(200, record)
-                else:
+                elif stream_names is not None or stream in view.streams:
                     self._error(404, f"stream {stream!r} has not published weights yet")
+                else:
+                    self._error(404, f"unknown stream {stream[:200]!r}")
             elif len(segments) == 4 and segments[2] == "artifacts":
                 self._artifact(stream, segments[3])
             else:

@@ -126,8 +126,8 @@ def server(tmp_path):
         view.artifacts = ArtifactStore(tmp_path / "state" / "artifacts")
         data = b"weights of demo v7"
         view.artifacts.write("demo", 7, data, "sha256:" + hashlib.sha256(data).hexdigest())
-        server = HttpServer("127.0.0.1", 0, view, ServiceMetrics(), stream_names=("demo",),
-                            **options)
+        options.setdefault("stream_names", ("demo",))
+        server = HttpServer("127.0.0.1", 0, view, ServiceMetrics(), **options)
         server.start()
         started.append(server)
         return server
@@ -200,9 +200,10 @@ def test_artifact_paths_stay_inside_the_store(server, tmp_path):
     """Scenario: a file planted one folder above the artifact root under the name that
     `/v1/streams/%2E%2E/artifacts/7` used to read; requests that try to reach it with
     encoded dots, slashes and unconfigured names.
-    We expect: each is a 400/404 with a JSON error and never the planted bytes; the store
-    itself refuses '.' and '..' as stream names; the real artifact still serves."""
-    port = server().port
+    We expect: each is a 400/404 with a JSON error and never the planted bytes, whether
+    the server checks names against the configured streams or only the store confines
+    them; the store itself refuses '.' and '..'; the real artifact still serves."""
+    checked, unchecked = server().port, server(stream_names=None).port
     above = tmp_path / "state"
     (above / "0000000007.safetensors").write_bytes(b"SECRET outside the root")
     (above / "0000000007.json").write_bytes(json.dumps(
@@ -212,16 +213,17 @@ def test_artifact_paths_stay_inside_the_store(server, tmp_path):
                  "/v1/streams/%2e%2e/artifacts/0000000007", "/v1/streams/./artifacts/7",
                  "/v1/streams/demo%2F..%2F..%2F/artifacts/7", "/v1/streams/%2F/artifacts/7",
                  "/v1/streams/demo/../../artifacts/7", "/v1/streams/%252E%252E/artifacts/7"):
-        status, _, body = _request(port, path)
-        assert status in (400, 404), path
-        assert b"SECRET" not in body, path
-        assert "error" in json.loads(body), path
+        for port in (checked, unchecked):  # with and without the configured-name check
+            status, _, body = _request(port, path)
+            assert status in (400, 404), path
+            assert b"SECRET" not in body, path
+            assert "error" in json.loads(body), path
     store = ArtifactStore(tmp_path / "state" / "artifacts")
     assert store.read("..", 7) is None and store.read(".", 7) is None
     assert store.versions("..") == []
     with pytest.raises(ValueError, match="cannot name an artifact folder"):
         store.write("..", 8, b"x", "sha256:x")
-    assert _request(port, "/v1/streams/demo/artifacts/7")[2] == b"weights of demo v7"
+    assert _request(checked, "/v1/streams/demo/artifacts/7")[2] == b"weights of demo v7"
 
 
 def test_every_handler_is_total_and_disconnects_leave_no_traceback(server, capfd, caplog):
