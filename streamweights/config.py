@@ -48,7 +48,18 @@ STAGE_INTEGER_MAXIMUM = 1_000_000
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message starts with its path."""
+    """A configuration value that cannot be used; the message starts with its path.
+
+    The message is kept to one line of at most :data:`MESSAGE_LIMIT` characters (a
+    quoted value may be a 10,000-character string)."""
+
+    MESSAGE_LIMIT = 500
+
+    def __init__(self, message: str) -> None:
+        text = " ".join(str(message).split())
+        if len(text) > self.MESSAGE_LIMIT:
+            text = f"{text[:self.MESSAGE_LIMIT]}... ({len(text):,} characters)"
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -460,8 +471,11 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (an adapter's
+    message may quote a 10,000-character value)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class _Mapping:

@@ -4,9 +4,11 @@ field so a user can fix a config without reading code."""
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 import time
@@ -576,3 +578,92 @@ def test_bounds_name_their_limits():
     stages = [{"type": "FixedShare"}, {"type": "OnlinePlatt"},
               {"type": "DriftMemory", "capacity": STAGE_INTEGER_LIMITS["capacity"] + 1}]
     assert "adapters[2].capacity: must be at most 100,000" in _error(_document(adapters=stages))
+
+
+_HOSTILE_VALUES = [None, True, 0, -1, 1, 2**53, 2**64, 10**400, -(10**30), 0.5, -0.0, 1e308,
+                   float("inf"), float("-inf"), float("nan"), "", "x", "1e12", "..", "\udc80",
+                   "a" * 10_000, [], [1, 2], [[[]]], {}, {"type": {}}, {"a": {"b": {}}},
+                   {1: 2}, {None: 1}, {"type": "Hedge"}, datetime.date(2001, 12, 14),
+                   b"\xff\xfe"]
+
+
+def _leaves(node, path=()):
+    yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _leaves(value, (*path, index))
+
+
+def _mutated(document, rng: random.Random):
+    document = copy.deepcopy(document)
+    for _ in range(rng.randint(1, 3)):
+        paths = list(_leaves(document))
+        path = rng.choice(paths[1:])
+        parent = document
+        for step in path[:-1]:
+            parent = parent[step]
+        choice = rng.random()
+        if choice < 0.7:
+            parent[path[-1]] = copy.deepcopy(rng.choice(_HOSTILE_VALUES))
+        elif choice < 0.85 and isinstance(parent, dict):
+            parent[rng.choice(["type", "share", "capacity", "classes", "extra", 1, None])] = \
+                copy.deepcopy(rng.choice(_HOSTILE_VALUES))
+        elif isinstance(parent, dict):
+            del parent[path[-1]]
+    return document
+
+
+def test_mutated_documents_only_ever_raise_config_error():
+    """Seeded fuzz over the validator: 3,000 copies of a valid document, each with 1-3
+    values replaced by hostile ones (huge and non-finite numbers, wrong types, nested
+    containers, surrogates, bytes, dates) or keys added or removed.
+    We expect: each one validates or raises ConfigError with a one-line message; no other
+    exception (before: OverflowError, TypeError, MemoryError, RecursionError ...)."""
+    base = {**_document(), "checkpoint": {"every_records": 100, "every_seconds": 5.0},
+            "http": {"host": "127.0.0.1", "port": None}, "outputs": {"weights": "w.jsonl"}}
+    base["streams"][0]["join"] = {"max_pending": 1000, "ttl_seconds": 60.0}
+    base["streams"][0]["publish"] = {"every_labels": 10, "every_seconds": 5.0}
+    rng = random.Random(12)
+    outcomes = {"valid": 0, "refused": 0}
+    for _ in range(3_000):
+        document = _mutated(base, rng)
+        try:
+            parse_config(document)
+            outcomes["valid"] += 1
+        except ConfigError as error:
+            assert "\n" not in str(error) and len(str(error)) < 1_000, str(error)[:300]
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 2_000 and outcomes["valid"] > 0, outcomes
+
+
+def test_mutated_yaml_text_only_ever_raises_config_error(tmp_path):
+    """Seeded fuzz over the reader: 2,000 byte-level mutations of the base config's text
+    (bytes replaced, inserted, deleted; YAML punctuation favoured) read with load_config.
+    We expect: a ServiceConfig or a one-line ConfigError, nothing else."""
+    text = _BASE.replace("STATE", str(tmp_path / "s")).replace("OUT", str(tmp_path / "o"))
+    data = text.encode()
+    rng = random.Random(5)
+    alphabet = b"{}[]:,-&*!|>'\"#%@`?\\\n\t 0123456789eE.+x\xff\xc3"
+    path = tmp_path / "fuzz.yaml"
+    refused = 0
+    for _ in range(2_000):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(mutated))
+            operation = rng.random()
+            if operation < 0.4:
+                mutated[position] = rng.choice(alphabet)
+            elif operation < 0.7:
+                mutated.insert(position, rng.choice(alphabet))
+            else:
+                del mutated[position]
+        path.write_bytes(bytes(mutated))
+        try:
+            load_config(path, environ={})
+        except ConfigError as error:
+            assert "\n" not in str(error), str(error)[:300]
+            refused += 1
+    assert refused > 500
