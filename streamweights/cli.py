@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             from streamweights.runtime.preflight import check_startup
 
             config = load_config(args.config)
-            check_startup(config)  # what run's start-up would refuse, without any I/O
+            try:
+                check_startup(config)  # what run's start-up would refuse, without any I/O
+            except (ConfigError, RuntimeSetupError, SnapshotError):
+                raise
+            except Exception as error:  # a constructor's surprise: still one line
+                raise ConfigError(f"start-up check failed ({type(error).__name__}: "
+                                  f"{error})") from None
             print(f"{args.config}: ok ({len(config.streams)} stream(s), source "
                   f"{config.source.kind})")
             return 0
@@ -136,6 +142,14 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as error:  # an output file or folder that cannot be opened: one line
         raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
                                 f"({error.strerror or error})") from None
+    except (ConfigError, RuntimeSetupError, SnapshotError):
+        raise
+    except Exception as error:
+        if args.verbose:
+            raise
+        message = " ".join(str(error).split())[:300]
+        raise RuntimeSetupError(f"start-up failed ({type(error).__name__}: {message}); "
+                                "--verbose shows the traceback") from None
     service.install_signal_handlers()
     recorder = None
     if args.report:

@@ -667,3 +667,22 @@ def test_mutated_yaml_text_only_ever_raises_config_error(tmp_path):
             assert "\n" not in str(error), str(error)[:300]
             refused += 1
     assert refused > 500
+
+
+def test_a_torch_model_too_large_to_build_is_a_config_error(tmp_path):
+    """A torch stream whose factory options ask for terabytes: building the pipeline (as
+    validate and run's start-up do) is a one-line ConfigError naming the torch block, not
+    torch's RuntimeError."""
+    from streamweights.pipeline import Pipeline
+
+    weights = tmp_path / "cnn.pt"
+    weights.write_bytes(b"")
+    document = {"source": {"kind": "jsonl", "path": "-"}, "streams": [{
+        "name": "digits", "classes": 10, "models": ["cnn"], "adapters": [{"type": "FixedShare"}],
+        "torch": {"model": "cnn", "factory": "streamweights.adapters.torch.examples:small_cnn",
+                  "factory_options": {"n_classes": 10**11}, "state_dict": str(weights),
+                  "input_shape": [1, 8, 8]}}]}
+    config = parse_config(document)
+    with pytest.raises(ConfigError, match=r"^streams\[digits\]\.torch: cannot build the model "
+                                          r"\(RuntimeError: .*allocate"):
+        Pipeline(config.streams)
