@@ -242,7 +242,7 @@ def _source(mapping: _Mapping) -> SourceConfig:
         kind=kind,
         scenario=mapping.get("scenario", str, default="agrawal-recurring"),
         events=mapping.positive_int("events", 60_000),
-        seed=mapping.integer("seed", 7, minimum=0),
+        seed=mapping.integer("seed", 7),
         path=mapping.get("path", str, default=None, allow_none=True),
         label_column=mapping.get("label_column", str, default=None, allow_none=True),
         timestamp_column=mapping.get("timestamp_column", str, default=None, allow_none=True),

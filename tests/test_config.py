@@ -400,7 +400,7 @@ MUTATIONS = {
                          "source.events"),
     "events_5000_digits": (_replace("events: 200", "events: " + "9" * 5000),
                            "cannot be read"),
-    "negative_seed": (_replace("seed: 7", "seed: -1"), "source.seed"),
+    "seed_beyond_2_53": (_replace("seed: 7", "seed: 9007199254740992"), "source.seed"),
     "classes_huge": (_replace("classes: 2", "classes: 100000000000"), "streams[0].classes"),
     "top_level_list": (lambda text: "- a\n- b\n", "config: expected a mapping"),
     "top_level_scalar": (lambda text: "just words\n", "config: expected a mapping"),
