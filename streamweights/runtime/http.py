@@ -10,8 +10,9 @@ Hardening (the endpoints face a network in Kafka mode):
 * a real listen backlog (:data:`LISTEN_BACKLOG`; socketserver's default of 5 made 20
   concurrent scrapers wait seconds on SYN retries), one thread per connection, at most
   :data:`MAX_CONNECTIONS` at once (more get a 503 and are closed);
-* an idle/read timeout per connection (:data:`IDLE_TIMEOUT_SECONDS`): a silent or slow
-  client is dropped instead of holding a thread;
+* an idle/read timeout per connection (:data:`IDLE_TIMEOUT_SECONDS`): a silent client,
+  or one whose request line and headers take longer than that in all (a byte every few
+  seconds), is dropped instead of holding a thread;
 * every handler is total: a bad path or version is a 400/404 with a JSON body, an
   unexpected error a 500 and one log line; a client that disconnects is a debug log
   line, never a traceback on stderr;
@@ -32,6 +33,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -151,10 +153,47 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int) -> None:
+                 max_connections: int, request_deadline: float) -> None:
         super().__init__(address, handler)
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        # Connections waiting for (or reading) a request's line and headers, with the
+        # time by which those must have arrived. The socket timeout bounds each silent
+        # gap; this bounds the whole: a client trickling a byte every few seconds
+        # ("slowloris") is cut off too.
+        self.request_deadline = request_deadline
+        self._waiting: dict[Any, float] = {}
+        self._waiting_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="streamweights-http-reaper",
+                                        daemon=True)
+        self._reaper.start()
+
+    def waiting(self, connection: Any) -> None:
+        """``connection`` starts waiting for a request (line and headers)."""
+        with self._waiting_lock:
+            self._waiting[connection] = time.monotonic() + self.request_deadline
+
+    def received(self, connection: Any) -> None:
+        """``connection``'s request line and headers are in (or it is done)."""
+        with self._waiting_lock:
+            self._waiting.pop(connection, None)
+
+    def _reap(self) -> None:
+        interval = min(1.0, self.request_deadline / 4)
+        while not self._closed.wait(interval):
+            now = time.monotonic()
+            with self._waiting_lock:
+                late = [c for c, deadline in self._waiting.items() if deadline <= now]
+                for connection in late:
+                    del self._waiting[connection]
+            for connection in late:  # the handler's blocked read returns; it ends quietly
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -201,7 +240,7 @@ class HttpServer:
                  idle_timeout: float = IDLE_TIMEOUT_SECONDS,
                  max_connections: int = MAX_CONNECTIONS) -> None:
         handler = _make_handler(view, metrics, token, stream_names, idle_timeout)
-        self._server = _Server((host, port), handler, max_connections)
+        self._server = _Server((host, port), handler, max_connections, idle_timeout)
         self.port = self._server.server_address[1]
         self.host = host
         self.token_required = token is not None
@@ -255,6 +294,17 @@ def _make_handler(view: ServiceView, metrics: ServiceMetrics, token: str | None,
                 self.close_connection = True
                 log.debug("http: client %s went away (%s)", _client(self.client_address),
                           type(error).__name__)
+            finally:
+                self.server.received(self.connection)
+
+        def handle_one_request(self) -> None:
+            self.server.waiting(self.connection)  # line and headers due within the deadline
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            self.server.received(self.connection)
+            return parsed
 
         def _send(self, status: int, body: bytes, content_type: str = "application/json",
                   headers: dict[str, str] | None = None) -> None:

@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import pathlib
+import select
 import socket
 import struct
 import threading
@@ -303,6 +304,36 @@ def test_idle_connections_do_not_hold_the_server(server):
     finally:
         for client in idle + slow:
             client.close()
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off(server):
+    """Scenario ("slowloris"): a client sends its request line and headers one byte every
+    0.2 s, so no single read ever waits as long as the 1 s idle timeout.
+    We expect: the server closes the connection once the request has taken longer than
+    the timeout in all (well before the 40 s the trickle would take), and keeps serving."""
+    port = server(idle_timeout=1.0).port
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 150 + b"\r\n\r\n"
+    started = time.monotonic()
+    cut_off = None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        for byte in request:
+            try:
+                client.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut_off = time.monotonic() - started
+                break
+            readable, _, _ = select.select([client], [], [], 0.2)
+            if readable:
+                try:
+                    data = client.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if data == b"":
+                    cut_off = time.monotonic() - started
+                    break
+    assert cut_off is not None, "the trickled request was served to the end"
+    assert cut_off < 5.0, cut_off
+    assert _request(port, "/healthz")[0] == 200
 
 
 def test_fifty_concurrent_scrapers_all_answer(server):
