@@ -23,6 +23,9 @@ RUN /opt/venv/bin/pip install --no-compile . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime
+# The endpoints listen on every interface of the container; /metrics and the probes are
+# open, /v1/... should require a token: run with -e STREAMWEIGHTS_HTTP_TOKEN=<secret> (or
+# http.token_file in the config; README.md, "HTTP endpoints").
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -111,28 +112,25 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(path: str) -> int:
     """Check the config; for a table source also open the file and check its header, the
     label column, the classes (against ``streams[].classes``) and its first rows."""
+    from streamweights.runtime.preflight import check_startup
+
     config = load_config(path)
+    try:
+        check_startup(config)  # what run's start-up would refuse, without any I/O
+    except (ConfigError, RuntimeSetupError, SnapshotError):
+        raise
+    except Exception as error:  # a constructor's surprise: still one line
+        raise ConfigError(f"start-up check failed ({type(error).__name__}: "
+                          f"{error})") from None
     source = config.source
     if source.kind not in TABLE_KINDS:
         print(f"{path}: ok ({len(config.streams)} stream(s), source {source.kind})")
         return 0
-    from streamweights.runtime.tabular import SAMPLE_ROWS, BadRow, Table, TableError
+    from streamweights.runtime.tabular import SAMPLE_ROWS, BadRow, Table
 
-    try:
-        table = Table(source)
-    except TableError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    stream = next((s for s in config.streams if s.name == source.stream), None)
-    if stream is None:
-        print(f"error: source.stream: {source.stream!r} is not configured (streams: "
-              f"{', '.join(s.name for s in config.streams)})", file=sys.stderr)
-        return 1
-    if stream.n_classes != len(table.classes):
-        print(f"error: streams[{stream.name}].classes: {stream.n_classes}, but {table.path} has "
-              f"{len(table.classes)} classes {table.classes}; set it to {len(table.classes)}",
-              file=sys.stderr)
-        return 1
+    # check_startup opened the table and matched its classes to the stream; this second
+    # look lists what the first rows would dead-letter.
+    table = Table(source)
     bad = [row for row in itertools.islice(table.rows(), SAMPLE_ROWS) if isinstance(row, BadRow)]
     print(f"{path}: ok ({len(config.streams)} stream(s), source {source.kind})")
     print(f"  {table.describe()}")
@@ -145,6 +143,7 @@ def _validate(path: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from streamweights.runtime.preflight import check_startup
     from streamweights.runtime.service import Service
 
     config = load_config(args.config)
@@ -165,8 +164,24 @@ def _run(args: argparse.Namespace) -> int:
         args.max_records = args.max_events
     if args.max_records is not None and args.max_records < 1:
         raise ConfigError(f"--max-records: must be >= 1, got {args.max_records}")
+    # What validate checks beyond the objects Service builds below: paths, the token
+    # (so these are refused with one line, before any log line).
+    check_startup(dataclasses.replace(config, state_dir=args.state_dir or config.state_dir),
+                  os.environ, objects=False)
     started = time.monotonic()
-    service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
+    try:
+        service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
+    except OSError as error:  # an output file or folder that cannot be opened: one line
+        raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
+                                f"({error.strerror or error})") from None
+    except (ConfigError, RuntimeSetupError, SnapshotError):
+        raise
+    except Exception as error:
+        if args.verbose:
+            raise
+        message = " ".join(str(error).split())[:300]
+        raise RuntimeSetupError(f"start-up failed ({type(error).__name__}: {message}); "
+                                "--verbose shows the traceback") from None
     service.install_signal_handlers()
     recorder = None
     if args.report:

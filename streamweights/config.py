@@ -3,6 +3,13 @@
 Every error names the path of the bad field, e.g.
 ``streams[0].adapters[1].share: must be in (0, 1), got 2``, so a user can fix a config
 without reading code. ``streamweights validate FILE`` runs exactly this.
+
+Every invalid config is a :class:`ConfigError` with a one-line message, never another
+exception: the YAML is read within bounds (:mod:`streamweights.config_yaml`: size,
+nesting, alias expansion, UTF-8, duplicate keys), integers are bounded (at most
+:data:`MAX_INTEGER`, sizes that allocate memory less, see :data:`STAGE_INTEGER_LIMITS`),
+numbers that must be real numbers must be finite, and an adapter's constructor failing
+in any way is reported against the stage's path.
 """
 
 from __future__ import annotations
@@ -15,11 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from streamweights.adapters import Adapter, Chain, build_adapter
 from streamweights.adapters.base import _REGISTRY as ADAPTER_TYPES
 from streamweights.config_env import EnvironmentReferenceError, expand_environment
+from streamweights.config_yaml import ConfigYamlError, read_yaml
 
 TASKS = ("classification", "regression")
 #: Stages that take the K deployed models' outputs; every chain starts with one.
@@ -32,10 +38,32 @@ SOURCE_KINDS = ("replay", "jsonl", "csv", "parquet", "kafka")
 TABLE_KINDS = ("csv", "parquet")
 #: How a table's labels arrive after their predictions (``source.label_delay``).
 LABEL_DELAYS = ("exponential", "fixed", "column")
+#: Largest integer any setting takes: 2**53 - 1, the largest a JSON reader (and a float)
+#: holds exactly; a count beyond it is a typo, and larger ones crash deep in the run
+#: (``islice``, numpy's int64) instead of here.
+MAX_INTEGER = 2**53 - 1
+#: Most classes a classification stream may have (adapters allocate C x C matrices).
+MAX_CLASSES = 10_000
+#: Upper bounds for adapter options that size memory allocated at construction; every
+#: other integer adapter option is at most :data:`STAGE_INTEGER_MAXIMUM`.
+STAGE_INTEGER_LIMITS = {"capacity": 100_000, "n_bins": 100_000, "n_features": 4_096,
+                        "seed": 2**32 - 1}
+STAGE_INTEGER_MAXIMUM = 1_000_000
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message starts with its path."""
+    """A configuration value that cannot be used; the message starts with its path.
+
+    The message is kept to one line of at most :data:`MESSAGE_LIMIT` characters (a
+    quoted value may be a 10,000-character string)."""
+
+    MESSAGE_LIMIT = 500
+
+    def __init__(self, message: str) -> None:
+        text = " ".join(str(message).split())
+        if len(text) > self.MESSAGE_LIMIT:
+            text = f"{text[:self.MESSAGE_LIMIT]}... ({len(text):,} characters)"
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,9 @@ class ServiceConfig:
     checkpoint_every_seconds: float = 30.0
     http_host: str = "127.0.0.1"
     http_port: int | None = 9108
+    #: A file holding the bearer token ``/v1/...`` requires (a mounted Secret); ``None``:
+    #: the token comes from ``STREAMWEIGHTS_HTTP_TOKEN`` if set, else no token.
+    http_token_file: str | None = None
     adapted_path: str | None = None
     weights_path: str | None = None
     dead_letter_path: str | None = None
@@ -198,13 +229,9 @@ def load_config(path: str | pathlib.Path,
     """Read a YAML config file, expand its ``${NAME}`` references from ``environ``
     (default: the process environment; see :mod:`streamweights.config_env`), validate."""
     try:
-        text = pathlib.Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        document = read_yaml(pathlib.Path(path))
+    except ConfigYamlError as error:
+        raise ConfigError(str(error)) from None
     try:
         document = expand_environment(document or {}, os.environ if environ is None else environ)
     except EnvironmentReferenceError as error:
@@ -230,6 +257,10 @@ def parse_config(document: Any) -> ServiceConfig:
     if duplicate:
         raise ConfigError(f"streams: stream name {duplicate!r} appears twice")
     port = http.get("port", int, default=9108, allow_none=True)
+    token_file = http.get("token_file", str, default=None, allow_none=True)
+    if token_file is not None and not token_file.strip():
+        raise ConfigError("http.token_file: must be a path, got an empty string (remove it "
+                          "for no token)")
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError(f"http.port: must be in 0..65535 (0 = any free port), got {port}")
     kafka = None
@@ -250,6 +281,7 @@ def parse_config(document: Any) -> ServiceConfig:
         checkpoint_every_seconds=checkpoint.positive_float("every_seconds", 30.0),
         http_host=http.get("host", str, default="127.0.0.1"),
         http_port=port,
+        http_token_file=token_file,
         adapted_path=outputs.get("adapted", str, default=None, allow_none=True),
         weights_path=outputs.get("weights", str, default=None, allow_none=True),
         dead_letter_path=outputs.get("dead_letter", str, default=None, allow_none=True),
@@ -283,7 +315,7 @@ def _source(mapping: _Mapping) -> SourceConfig:
         kind=kind,
         scenario=mapping.get("scenario", str, default="agrawal-recurring"),
         events=events,
-        seed=mapping.get("seed", int, default=7),
+        seed=mapping.integer("seed", 7),
         path=mapping.get("path", str, default=None, allow_none=True),
         label_column=mapping.get("label_column", str, default=None, allow_none=True),
         timestamp_column=mapping.get("timestamp_column", str, default=None, allow_none=True),
@@ -345,6 +377,9 @@ def _kafka(mapping: _Mapping | None) -> KafkaConfig:
     if fraction > 1:
         raise ConfigError(f"kafka.snapshot_limit_fraction: must be in (0, 1], got {fraction}")
     limit = mapping.get("max_message_bytes", int, default=None, allow_none=True)
+    if limit is not None and limit > 2**31 - 1:
+        raise ConfigError(f"kafka.max_message_bytes: must be < 2**31 (Kafka's limit is an "
+                          f"int32), got {limit}")
     if limit is not None and limit < 1024:
         raise ConfigError(f"kafka.max_message_bytes: must be >= 1024, got {limit}")
     config = KafkaConfig(
@@ -359,11 +394,11 @@ def _kafka(mapping: _Mapping | None) -> KafkaConfig:
         transactional_id=mapping.get("transactional_id", str, default=None, allow_none=True),
         client=dict(client),
         create_topics=mapping.get("create_topics", bool, default=True),
-        partitions=mapping.positive_int("partitions", 6),
-        replication_factor=mapping.positive_int("replication_factor", 1),
+        partitions=mapping.positive_int("partitions", 6, maximum=2**31 - 1),
+        replication_factor=mapping.positive_int("replication_factor", 1, maximum=2**15 - 1),
         stop_at_end=mapping.get("stop_at_end", bool, default=False),
-        max_task_idle_ms=mapping.get("max_task_idle_ms", int, default=100),
-        idle_commit_ms=mapping.get("idle_commit_ms", int, default=100),
+        max_task_idle_ms=mapping.integer("max_task_idle_ms", 100, minimum=0),
+        idle_commit_ms=mapping.integer("idle_commit_ms", 100, minimum=0),
         snapshot_limit_fraction=fraction,
         max_message_bytes=limit,
         security=_kafka_security(mapping, client),
@@ -440,14 +475,15 @@ def _kafka_security(mapping: _Mapping, client: dict[str, Any]) -> KafkaSecurity:
 def _stream(item: Any, path: str) -> StreamConfig:
     mapping = _Mapping(item, path)
     name = mapping.get("name", str)
+    if not name or name in (".", "..") or not name.isprintable():
+        raise ConfigError(f"{path}.name: must be a non-empty printable name other than '.' "
+                          f"and '..' (it names folders and URLs), got {name!r}")
     task = mapping.get("task", str, default="classification")
     if task not in TASKS:
         raise ConfigError(f"{path}.task: must be one of {', '.join(TASKS)}, got {task!r}")
     n_classes = None
     if task == "classification":
-        n_classes = mapping.get("classes", int, default=2)
-        if n_classes < 2:
-            raise ConfigError(f"{path}.classes: must be >= 2, got {n_classes}")
+        n_classes = mapping.integer("classes", 2, minimum=2, maximum=MAX_CLASSES)
     elif mapping.get("classes", object, default=None) is not None:
         raise ConfigError(f"{path}.classes: only classification streams have classes; remove "
                           "it or set task: classification")
@@ -470,6 +506,10 @@ def _stream(item: Any, path: str) -> StreamConfig:
         stage_path = f"{path}.adapters[{index}]"
         if not isinstance(spec, dict) or "type" not in spec:
             raise ConfigError(f"{stage_path}: expected a mapping with a 'type'")
+        if not isinstance(spec["type"], str):
+            raise ConfigError(f"{stage_path}.type: expected an adapter name, got "
+                              f"{type(spec['type']).__name__} {_short(spec['type'])}")
+        _check_stage_numbers(spec, stage_path)
         specs.append(dict(spec))
     config = StreamConfig(
         name=name, task=task, n_classes=n_classes, models=tuple(models),
@@ -538,7 +578,7 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
                           "OnlineTemperature for more classes")
     if kind == "Calibeating" and isinstance(options.get("base"), str):
         options["base"] = {"adapter": options["base"], "config": {}}
-    unknown = sorted(set(options) - set(parameters))
+    unknown = sorted(set(options) - set(parameters), key=str)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown option for {kind} (options: "
                           f"{', '.join(p for p in parameters if p not in implied)})")
@@ -550,9 +590,58 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
     try:
         return build_adapter({"adapter": kind, "config": options})
     except ValueError as error:  # adapters name the field first: "share: must be ..."
-        raise ConfigError(f"{path}.{error}") from None
+        raise ConfigError(f"{path}.{_one_line(error)}") from None
     except TypeError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(f"{path}: {_one_line(error)}") from None
+    except MemoryError:
+        raise ConfigError(f"{path}: {kind} with these options needs more memory than there "
+                          "is; use smaller sizes") from None
+    except Exception as error:  # a constructor's surprise is still a config error
+        raise ConfigError(f"{path}: {kind} refused these options ({type(error).__name__}: "
+                          f"{_one_line(error)})") from None
+
+
+def _check_stage_numbers(spec: dict[str, Any], path: str) -> None:
+    """Bound an adapter's numeric options before its constructor sees them: integers
+    within :data:`STAGE_INTEGER_LIMITS` / :data:`STAGE_INTEGER_MAXIMUM` (sizes allocate
+    memory at construction), real numbers finite. Nested options (``detector_options``)
+    are checked too."""
+    def check(value: Any, where: str, key: str) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            limit = STAGE_INTEGER_LIMITS.get(key, STAGE_INTEGER_MAXIMUM)
+            if abs(value) > limit:
+                raise ConfigError(f"{where}: must be at most {limit:,}, got "
+                                  f"{_short(value)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value}")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                check(item, f"{where}.{name}", str(name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                check(item, f"{where}[{index}]", key)
+
+    for name, value in spec.items():
+        if name != "type":
+            check(value, f"{path}.{name}", str(name))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 5,000-digit number stays one line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (an adapter's
+    message may quote a 10,000-character value)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class _Mapping:
@@ -562,6 +651,11 @@ class _Mapping:
         if not isinstance(value, dict):
             raise ConfigError(f"{path or 'config'}: expected a mapping, got "
                               f"{type(value).__name__}")
+        for key in value:
+            if not isinstance(key, str):
+                where = f"{path}." if path else ""
+                raise ConfigError(f"{where}{_short(key)}: setting names are text, got "
+                                  f"{type(key).__name__} {_short(key)}")
         self.value = value
         self.path = path
         self.seen: set[str] = set()
@@ -579,20 +673,39 @@ class _Mapping:
         if value is None and allow_none:
             return None
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(f"{self._key_path(key)}: must be a finite number, got "
+                                  f"{_short(value)}") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            hint = ""
+            if kind in (int, float) and isinstance(value, str) and _looks_numeric(value):
+                hint = (" (YAML reads it as text: write the digits for an integer, or a "
+                        "float with a dot, e.g. 1.0e+6)")
             raise ConfigError(f"{self._key_path(key)}: expected {kind.__name__}, got "
-                              f"{type(value).__name__} {value!r}")
+                              f"{type(value).__name__} {_short(value)}{hint}")
+        if kind is int and abs(value) > MAX_INTEGER:
+            raise ConfigError(f"{self._key_path(key)}: must be at most {MAX_INTEGER:,} "
+                              f"(2**53 - 1), got {_short(value)}")
         return value
 
     def sub(self, key: str, default: Any = ...) -> _Mapping:
         value = self.get(key, dict, default=default)
         return _Mapping(value, self._key_path(key))
 
-    def positive_int(self, key: str, default: int) -> int:
+    def positive_int(self, key: str, default: int, maximum: int = MAX_INTEGER) -> int:
+        return self.integer(key, default, minimum=1, maximum=maximum)
+
+    def integer(self, key: str, default: int, minimum: int = -MAX_INTEGER,
+                maximum: int = MAX_INTEGER) -> int:
+        """An integer setting within ``[minimum, maximum]``."""
         value = self.get(key, int, default=default)
-        if value < 1:
-            raise ConfigError(f"{self._key_path(key)}: must be >= 1, got {value}")
+        if value < minimum:
+            raise ConfigError(f"{self._key_path(key)}: must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise ConfigError(f"{self._key_path(key)}: must be at most {maximum:,}, got "
+                              f"{_short(value)}")
         return value
 
     def positive_float(self, key: str, default: float) -> float:
@@ -602,6 +715,15 @@ class _Mapping:
         return value
 
     def reject_unknown(self) -> None:
-        unknown = sorted(set(self.value) - self.seen)
+        """Refuse a setting nobody asked for (a typo would otherwise be ignored)."""
+        unknown = sorted(set(self.value) - self.seen, key=str)
         if unknown:
             raise ConfigError(f"{self._key_path(unknown[0])}: unknown setting")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

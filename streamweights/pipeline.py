@@ -122,6 +122,10 @@ class StreamPipeline:
                 raise ConfigError(str(error)) from None
             except ImportError as error:  # torch missing: "install streamweights[torch]"
                 raise ConfigError(f"{path}: {error}") from None
+            except (RuntimeError, MemoryError, OverflowError, TypeError) as error:
+                # e.g. factory_options that ask torch for terabytes: a config error
+                raise ConfigError(f"{path}: cannot build the model ({type(error).__name__}: "
+                                  f"{error})") from None
 
     # -- records ----------------------------------------------------------------------
     def outputs_array(self, prediction: Prediction) -> np.ndarray:

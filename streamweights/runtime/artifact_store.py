@@ -45,7 +45,18 @@ class ArtifactStore:
                                     f"({error.strerror})") from None
 
     def _folder(self, stream: str) -> pathlib.Path:
-        return self.root / urllib.parse.quote(stream, safe="")
+        """The stream's folder, confined to the root: quoting leaves no ``/``, the names
+        ``.`` and ``..`` are refused, and the resolved path must lie inside the root
+        (a symlink planted in the root cannot lead out either)."""
+        name = urllib.parse.quote(stream, safe="")
+        if name in ("", ".", ".."):
+            raise ValueError(f"stream: {stream!r} cannot name an artifact folder")
+        folder = self.root / name
+        root = self.root.resolve()
+        if os.path.commonpath([root, folder.resolve()]) != str(root):
+            raise ValueError(f"stream: the artifact folder of {stream!r} lies outside "
+                             f"{self.root}")
+        return folder
 
     @staticmethod
     def location(stream: str, version: int) -> str:
@@ -65,7 +76,10 @@ class ArtifactStore:
 
     def versions(self, stream: str) -> list[int]:
         """Stored versions of a stream, oldest first."""
-        folder = self._folder(stream)
+        try:
+            folder = self._folder(stream)
+        except ValueError:
+            return []
         if not folder.is_dir():
             return []
         found = []
@@ -76,8 +90,12 @@ class ArtifactStore:
         return sorted(found)
 
     def read(self, stream: str, version: int) -> tuple[bytes, dict[str, Any]] | None:
-        """``(bytes, manifest)`` of a stored version, or ``None`` if it is not stored."""
-        folder = self._folder(stream)
+        """``(bytes, manifest)`` of a stored version, or ``None`` if it is not stored
+        (or ``stream`` cannot name a folder inside the root)."""
+        try:
+            folder = self._folder(stream)
+        except ValueError:
+            return None
         name = f"{version:0{_VERSION_WIDTH}d}"
         try:
             manifest = orjson.loads((folder / f"{name}.json").read_bytes())

@@ -42,11 +42,12 @@ from streamweights.pipeline import DeadLetter, Outcome, Pipeline
 from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
-from streamweights.runtime.http import HttpServer, ServiceView
+from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
 from streamweights.runtime.metrics import ServiceMetrics
+from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
-from streamweights.runtime.sources import ReplaySource, make_source
+from streamweights.runtime.sources import make_source
 from streamweights.runtime.state_store import LocalStateStore, StateDirLock
 
 log = logging.getLogger("streamweights")
@@ -219,25 +220,7 @@ class Service:
         self._exhausted = False
 
     def _check_source_matches_streams(self) -> None:
-        if isinstance(self.source, ReplaySource):
-            stream = self.pipeline.streams.get(self.source.stream)
-            if stream is None:
-                raise RuntimeSetupError(f"source.stream: the replay emits stream "
-                                        f"{self.source.stream!r}, which is not configured "
-                                        f"(streams: {', '.join(self.pipeline.streams)})")
-            if tuple(stream.config.models) != tuple(self.source.models):
-                raise RuntimeSetupError(f"streams[{stream.name}].models: the replay's deployed "
-                                        f"models are {list(self.source.models)}")
-            table = self.source.replay.table
-            if table is not None and stream.config.task != "classification":
-                raise RuntimeSetupError(f"streams[{stream.name}].task: a table source replays "
-                                        "classifiers; set task: classification")
-            if table is not None and stream.config.n_classes != len(table.classes):
-                raise RuntimeSetupError(
-                    f"streams[{stream.name}].classes: {stream.config.n_classes}, but "
-                    f"{table.path} has {len(table.classes)} classes {table.classes}; set "
-                    f"streams[{stream.name}].classes to {len(table.classes)} (or list the "
-                    "labels in source.classes)")
+        check_source_matches_streams(self.source, self.pipeline)  # validate runs it too
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -253,7 +236,9 @@ class Service:
             return
         try:
             self.http = HttpServer(self.config.http_host, self.config.http_port, self.view,
-                                   self.metrics)
+                                   self.metrics, token=load_http_token(
+                                       self.config.http_token_file, os.environ),
+                                   stream_names=tuple(self.pipeline.streams))
         except OSError as error:
             raise RuntimeSetupError(f"http.port: cannot listen on {self.config.http_host}:"
                                     f"{self.config.http_port} ({error.strerror})") from None

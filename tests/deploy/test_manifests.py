@@ -88,7 +88,7 @@ def test_validation_rejects_a_misspelt_field_and_a_wrong_type(rendered):
 def test_base_applies_without_crds_and_prod_brings_monitoring_and_keda(rendered):
     """What needs the Prometheus Operator or KEDA lives in components, so the base (and
     the dev overlay) apply on a bare cluster."""
-    bare = {"v1", "apps/v1", "policy/v1", "batch/v1"}
+    bare = {"v1", "apps/v1", "policy/v1", "batch/v1", "networking.k8s.io/v1"}
     for name in ("base", "overlays/dev"):
         versions = {d["apiVersion"] for d in rendered[name]}
         assert versions <= bare, f"k8s/{name} needs CRDs: {versions - bare}"
@@ -116,6 +116,43 @@ def test_the_workload_is_hardened_and_probed(rendered):
         assert _by_kind(documents, "PodDisruptionBudget"), name
         service = _one(documents, "Service", "streamweights")
         assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_only_prometheus_and_the_namespace_reach_the_http_port(rendered):
+    """Every overlay carries the base's NetworkPolicy: it selects the service's pods,
+    restricts ingress (not egress: the brokers), and admits on the http port only pods
+    of the same namespace and Prometheus pods of the monitoring namespace."""
+    for name, documents in rendered.items():
+        policy = _one(documents, "NetworkPolicy", "streamweights")
+        spec = policy["spec"]
+        statefulset = _one(documents, "StatefulSet", "streamweights")
+        pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items(), name
+        assert spec["policyTypes"] == ["Ingress"], name
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}], name
+        container = statefulset["spec"]["template"]["spec"]["containers"][0]
+        assert {p["name"] for p in container["ports"]} == {"http"}, name
+        peers = rule["from"]
+        assert {"podSelector": {}} in peers, name
+        assert {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+                } in peers, name
+        assert len(peers) == 2, name   # nothing else: no ipBlock, no bare namespaceSelector
+
+
+def test_the_http_token_comes_from_an_optional_secret(rendered):
+    """/v1's bearer token reaches the pod from the Secret streamweights-http-token when
+    it exists (optional: the pods start without it), never as a literal value."""
+    for name, documents in rendered.items():
+        container = _one(documents, "StatefulSet", "streamweights")["spec"]["template"][
+            "spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        token = env["STREAMWEIGHTS_HTTP_TOKEN"]
+        assert "value" not in token, name
+        assert token["valueFrom"]["secretKeyRef"] == {
+            "name": "streamweights-http-token", "key": "token", "optional": True}, name
 
 
 def _service_config(documents: list[dict], environment: dict[str, str], tmp_path) -> object:
