@@ -155,8 +155,11 @@ class Runtime:
     state: Any
 
 
-def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> Runtime:
-    """The runtime the config asks for."""
+def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
+                  pipeline: Pipeline) -> Runtime:
+    """The runtime the config asks for. A local source is opened and checked against the
+    streams before the state folder is locked (and so created): a refused config leaves
+    nothing behind."""
     if config.source.kind == "kafka":
         from streamweights.runtime.kafka_runtime import KafkaRuntime
 
@@ -165,9 +168,10 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str) -> 
         kafka.source.max_event_time_skew = max(
             stream.max_event_time_skew_seconds for stream in config.streams)
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
+    source = make_source(config.source)
+    check_source_matches_streams(source, pipeline)  # validate runs it too
     state = LocalCheckpoints(state_dir)  # locked before the outputs are opened
     try:
-        source = make_source(config.source)
         sinks = {name: JsonlSink(path) for name, path in (
             ("adapted", config.adapted_path), ("weights", config.weights_path),
             ("dead_letter", config.dead_letter_path)) if path}
@@ -201,16 +205,18 @@ class Service:
         self._config_digest = hashlib.sha256(orjson.dumps(
             [asdict(s) for s in config.streams])).hexdigest()
         if runtime is None:
-            runtime = build_runtime(config, self.state_dir, self._config_digest)
+            runtime = build_runtime(config, self.state_dir, self._config_digest,
+                                    self.pipeline)
+        else:  # given (tests, embedding): check it here
+            try:
+                check_source_matches_streams(runtime.source, self.pipeline)
+            except BaseException:
+                runtime.state.close()  # the state folder's lock
+                raise
         self.source = runtime.source
         self.sinks = runtime.sinks
         self.state = runtime.state
         self.store = getattr(self.state, "store", None)
-        try:
-            self._check_source_matches_streams()
-        except BaseException:
-            self.state.close()  # the state folder's lock
-            raise
         self.position = 0
         self.records_seen = 0
         self.http: HttpServer | None = None
@@ -218,9 +224,6 @@ class Service:
         self._event_counters: dict[tuple[str, str], Any] = {}
         self._joined_counters: dict[str, Any] = {}
         self._exhausted = False
-
-    def _check_source_matches_streams(self) -> None:
-        check_source_matches_streams(self.source, self.pipeline)  # validate runs it too
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
