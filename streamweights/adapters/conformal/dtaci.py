@@ -1,0 +1,137 @@
+"""Dynamically-tuned ACI (DtACI): several ACI step sizes, mixed by exponential weights.
+
+ACI's step ``gamma`` trades reaction speed for steadiness, and the right one depends on
+how fast the stream drifts, which nobody knows in advance. Gibbs & Candès (2022) run
+one ACI expert per step on a grid; per target level ``alpha`` each expert ``i`` keeps a
+working level ``alpha^i_t``, and the served level is their weighted mean
+``alpha_t = sum_i p^i_t alpha^i_t``. When the label arrives, with ``beta_t`` the largest
+level at which it would still have been covered, every expert pays the pinball loss
+
+    l(beta_t, theta) = alpha (beta_t - theta) - min(0, beta_t - theta),
+
+the weights become ``w^i <- w^i exp(-eta l(beta_t, alpha^i_t))``, then Fixed-Share
+mixing ``w <- (1 - sigma) w / sum w + sigma / k`` keeps every expert revivable after a
+change, and each expert takes its own ACI step ``alpha^i <- alpha^i + gamma_i (alpha -
+err^i_t)`` with ``err^i_t`` judged on the threshold that expert had when the prediction
+was served. The mixture tracks the best step size on every stretch of the stream
+(dynamic regret); the served level is deterministic (the weighted mean, not a draw).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from streamweights.adapters.conformal._layer import _ConformalLayer
+from streamweights.adapters.conformal.scores import covered_level, empirical_quantile
+from streamweights.adapters.validation import check_in_range, check_positive
+
+#: The paper's grid of step sizes.
+DEFAULT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
+
+
+class DtACI(_ConformalLayer):
+    """DtACI prediction sets or intervals per level (the default conformal method).
+
+    Parameters
+    ----------
+    alphas, n_classes, score, window
+        As for :class:`~streamweights.adapters.conformal.aci.AdaptiveConformal`.
+    steps
+        The experts' ACI step sizes (default: the paper's grid 0.001 ... 0.128).
+    learning_rate
+        ``eta`` of the exponential weights (default 2.72, the reference code's value).
+    share
+        ``sigma``, the Fixed-Share mixing (default 0.001, the reference code's value).
+
+    Example
+    -------
+    >>> dtaci = DtACI(alphas=[0.1], n_classes=2)
+    >>> for t in range(300):
+    ...     dtaci.learn([0.8, 0.2] if t % 3 else [0.3, 0.7], 0 if t % 5 else 1)
+    >>> dtaci.sets([0.8, 0.2])
+    {'0.1': [0, 1]}
+
+    References
+    ----------
+    Gibbs, I. & Candès, E. (2022). Conformal inference for online prediction with
+    arbitrary distribution shifts. arXiv:2208.08401 (JMLR 2024).
+    """
+
+    def __init__(self, alphas: list[float] | tuple[float, ...] = (0.1, 0.05),
+                 n_classes: int | None = None, score: str | None = None,
+                 window: int = 1000, steps: list[float] | tuple[float, ...] = DEFAULT_STEPS,
+                 learning_rate: float = 2.72, share: float = 0.001) -> None:
+        super().__init__(alphas, n_classes, score, window)
+        if not isinstance(steps, list | tuple) or not steps:
+            raise ValueError(f"steps: expected a non-empty list of step sizes, got {steps!r}")
+        self.steps = [check_in_range(g, f"steps[{i}]", 0.0, 1.0, high_open=False)
+                      for i, g in enumerate(steps)]
+        self.learning_rate = check_positive(learning_rate, "learning_rate")
+        self.share = check_in_range(share, "share", 0.0, 1.0, low_open=False)
+        k = len(self.steps)
+        #: Per level: each expert's working level and weight (weights sum to 1).
+        self.levels_ = [[alpha] * k for alpha in self.alphas]
+        self.weights_ = [[1.0 / k] * k for _ in self.alphas]
+        self._refresh()
+
+    def _served_state(self) -> list[float]:
+        """Served threshold per level, then every expert's threshold, level by level."""
+        return list(self._thresholds) + [q for row in self._expert_thresholds for q in row]
+
+    def mixed_levels(self) -> list[float]:
+        """The served working level per target level (the weighted mean of the experts)."""
+        mixed = []
+        for levels, weights in zip(self.levels_, self.weights_, strict=True):
+            total = 0.0
+            for level, weight in zip(levels, weights, strict=True):
+                total += weight * level
+            mixed.append(total)
+        return mixed
+
+    def _update(self, value: float, served: list[float]) -> None:
+        beta = covered_level(self.scores_.ordered, value)
+        k = len(self.steps)
+        n_levels = len(self.alphas)
+        for row, alpha in enumerate(self.alphas):
+            start = n_levels + row * k
+            expert_served = served[start:start + k]
+            levels = self.levels_[row]
+            weights = self.weights_[row]
+            raised = []
+            for level, weight in zip(levels, weights, strict=True):
+                gap = beta - level
+                loss = alpha * gap - min(0.0, gap)
+                raised.append(weight * math.exp(-self.learning_rate * loss))
+            total = 0.0
+            for w in raised:
+                total += w
+            if total > 0.0:
+                self.weights_[row] = [(1.0 - self.share) * w / total + self.share / k
+                                      for w in raised]
+            else:  # every expert's loss underflowed the weights: start the mixture again
+                self.weights_[row] = [1.0 / k] * k
+            errors = self.errors(value, expert_served)
+            self.levels_[row] = [level + step * (alpha - err) for level, step, err
+                                 in zip(levels, self.steps, errors, strict=True)]
+
+    def _refresh(self) -> None:
+        ordered = self.scores_.ordered
+        self._thresholds = [empirical_quantile(ordered, 1.0 - level)
+                            for level in self.mixed_levels()]
+        self._expert_thresholds = [[empirical_quantile(ordered, 1.0 - level) for level in row]
+                                   for row in self.levels_]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "steps": list(self.steps),
+                "learning_rate": self.learning_rate, "share": self.share}
+
+    def _get_state(self) -> dict[str, Any]:
+        return {**self._base_state(), "levels": [list(r) for r in self.levels_],
+                "weights": [list(r) for r in self.weights_]}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._load_base(state)
+        self.levels_ = [[float(v) for v in r] for r in state["levels"]]
+        self.weights_ = [[float(v) for v in r] for r in state["weights"]]
+        self._refresh()

@@ -1,0 +1,151 @@
+"""Label-free performance estimation: how well is the model doing *now*, before the
+labels come?
+
+If served probabilities ``p`` are calibrated, the label of a prediction is distributed
+as ``p`` itself, so its expected accuracy is ``max_k p_k``, its expected Brier score
+``E_{y~p} sum_k (p_k - 1{k=y})^2 = 1 - sum_k p_k^2`` and its expected log-loss the
+entropy ``-sum_k p_k log p_k`` — all computable the moment the prediction is served.
+Averaged over the last ``window`` served predictions they estimate the current accuracy,
+Brier and log-loss (confidence-based performance estimation, the idea behind NannyML's
+CBPE, done online here). The realised values over the last ``window`` labels are kept
+beside them: the estimate is only as good as calibration, and the gap between the two
+is what to watch. Under covariate shift the model's confidence moves at once, while the
+realised metrics wait for the label delay, so the estimate moves first.
+
+``observe`` takes a served prediction, ``learn`` its label; ``predict`` returns
+``[estimated accuracy, estimated Brier, estimated log-loss, realised accuracy,
+realised Brier, realised log-loss]`` (NaN until there is something to average).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from streamweights.adapters.base import Adapter
+from streamweights.adapters.validation import (
+    check_class_label,
+    check_count,
+    check_probability_vector,
+)
+
+#: As in ``streamweights.scoring``: a confident miss costs -ln(1e-6), not infinity.
+PROBABILITY_FLOOR = 1e-6
+#: The names of ``predict``'s six numbers, in order.
+FIELDS = ("estimated_accuracy", "estimated_brier", "estimated_log_loss",
+          "realised_accuracy", "realised_brier", "realised_log_loss")
+
+
+def expected_scores(p: list[float]) -> tuple[float, float, float]:
+    """Expected accuracy, Brier and log-loss of ``p`` if its label were drawn from ``p``."""
+    squares = 0.0
+    entropy = 0.0
+    for value in p:
+        squares += value * value
+        entropy -= value * math.log(max(value, PROBABILITY_FLOOR))
+    return max(p), 1.0 - squares, entropy
+
+
+def realised_scores(p: list[float], y: int) -> tuple[float, float, float]:
+    """Accuracy (top class is ``y``, first index on ties), Brier and log-loss of ``p``."""
+    squares = 0.0
+    for value in p:
+        squares += value * value
+    hit = 1.0 if p.index(max(p)) == y else 0.0
+    return hit, squares - 2.0 * p[y] + 1.0, -math.log(max(p[y], PROBABILITY_FLOOR))
+
+
+class _Ring:
+    """The last ``size`` triples; means are taken fresh (``math.fsum``) so that no
+    running sum drifts and a restored ring gives the same bits."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: list[list[float]] = []
+        self.head = 0
+
+    def push(self, item: tuple[float, float, float]) -> None:
+        if len(self.items) < self.size:
+            self.items.append(list(item))
+        else:
+            self.items[self.head] = list(item)
+            self.head = (self.head + 1) % self.size
+
+    def means(self) -> list[float]:
+        if not self.items:
+            return [math.nan] * 3
+        n = len(self.items)
+        return [math.fsum(item[j] for item in self.items) / n for j in range(3)]
+
+
+class ConfidenceEstimate(Adapter):
+    """Estimated (label-free) and realised accuracy, Brier and log-loss over a window.
+
+    Parameters
+    ----------
+    n_classes
+        Number of classes.
+    window
+        Served predictions (and labels) averaged over (default 500).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> estimate = ConfidenceEstimate(n_classes=2, window=1000)
+    >>> rng = np.random.default_rng(0)
+    >>> for _ in range(2000):
+    ...     p1 = float(rng.uniform(0.05, 0.95))
+    ...     estimate.observe([1 - p1, p1])
+    ...     estimate.learn([1 - p1, p1], int(rng.random() < p1))
+    >>> accuracy, _, _, realised, _, _ = estimate.predict([0.5, 0.5])
+    >>> bool(abs(accuracy - realised) < 0.03)
+    True
+
+    References
+    ----------
+    NannyML, "Confidence-based performance estimation (CBPE)", documentation (2022);
+    the calibration argument is Guo et al., "On calibration of modern neural networks",
+    ICML 2017.
+    """
+
+    def __init__(self, n_classes: int, window: int = 500) -> None:
+        self.n_classes = check_count(n_classes, "n_classes", 2)
+        self.window = check_count(window, "window", 1)
+        self.expected_ = _Ring(self.window)
+        self.realised_ = _Ring(self.window)
+
+    def observe(self, x: Any) -> None:
+        p = check_probability_vector(x, "x", self.n_classes)
+        self.expected_.push(expected_scores(p))
+
+    def learn(self, x: Any, y: Any) -> None:
+        p = check_probability_vector(x, "x", self.n_classes)
+        label = check_class_label(y, "y", self.n_classes)
+        self.realised_.push(realised_scores(p, label))
+
+    def predict(self, x: Any) -> np.ndarray:
+        check_probability_vector(x, "x", self.n_classes)
+        return np.array(self.expected_.means() + self.realised_.means())
+
+    def estimates(self) -> dict[str, float | None]:
+        """The six numbers by name (``None`` for an empty window)."""
+        values = self.expected_.means() + self.realised_.means()
+        return {name: None if math.isnan(v) else v for name, v in zip(FIELDS, values,
+                                                                       strict=True)}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes, "window": self.window}
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"expected": [list(i) for i in self.expected_.items],
+                "expected_head": self.expected_.head,
+                "realised": [list(i) for i in self.realised_.items],
+                "realised_head": self.realised_.head}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.expected_.items = [[float(v) for v in i] for i in state["expected"]]
+        self.expected_.head = int(state["expected_head"])
+        self.realised_.items = [[float(v) for v in i] for i in state["realised"]]
+        self.realised_.head = int(state["realised_head"])
