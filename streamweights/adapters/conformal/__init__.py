@@ -15,7 +15,9 @@ no assumption on how the data drift.
 * :mod:`.scores` — the nonconformity scores and the window of recent scores.
 """
 
-from streamweights.adapters.conformal._layer import level_key
+from typing import Any
+
+from streamweights.adapters.conformal._layer import _ConformalLayer, level_key
 from streamweights.adapters.conformal.aci import AdaptiveConformal
 from streamweights.adapters.conformal.dtaci import DtACI
 from streamweights.adapters.conformal.pid import ConformalPID
@@ -23,4 +25,40 @@ from streamweights.adapters.conformal.pid import ConformalPID
 #: ``conformal.method`` in a stream's config -> the layer class.
 METHODS = {"aci": AdaptiveConformal, "pid": ConformalPID, "dtaci": DtACI}
 
-__all__ = ["METHODS", "AdaptiveConformal", "ConformalPID", "DtACI", "level_key"]
+__all__ = ["METHODS", "AdaptiveConformal", "ConformalPID", "DtACI", "build_layer",
+           "check_conformal_config", "level_key"]
+
+
+def check_conformal_config(block: Any, path: str, n_classes: int | None) -> dict[str, Any]:
+    """Validate a stream's ``conformal:`` block and return it normalised:
+    ``{"alpha": [levels], "method": name, **options}`` (``alpha`` may be given as one
+    number). ``n_classes`` is ``None`` for a regression stream. Raises ``ValueError``
+    naming the key under ``path``."""
+    if not isinstance(block, dict):
+        raise ValueError(f"{path}: expected a mapping like {{alpha: [0.1, 0.05], "
+                         f"method: dtaci}}, got {type(block).__name__}")
+    options = dict(block)
+    alpha = options.pop("alpha", [0.1, 0.05])
+    alphas = [alpha] if isinstance(alpha, int | float) and not isinstance(alpha, bool) \
+        else alpha
+    method = options.pop("method", "dtaci")
+    if method not in METHODS:
+        raise ValueError(f"{path}.method: must be one of {', '.join(METHODS)}, got {method!r}")
+    normalised = {"alpha": alphas, "method": method, **options}
+    try:
+        build_layer(normalised, n_classes)
+    except TypeError as error:
+        raise ValueError(f"{path}: {error} (options of method {method!r}: see "
+                         f"{METHODS[method].__name__})") from None
+    except ValueError as error:
+        message = str(error)
+        if message.startswith("alphas"):
+            message = "alpha" + message[len("alphas"):]
+        raise ValueError(f"{path}.{message}") from None
+    return normalised
+
+
+def build_layer(config: dict[str, Any], n_classes: int | None) -> _ConformalLayer:
+    """A fresh layer from a normalised ``conformal:`` block."""
+    options = {k: v for k, v in config.items() if k not in ("alpha", "method")}
+    return METHODS[config["method"]](alphas=config["alpha"], n_classes=n_classes, **options)

@@ -24,7 +24,7 @@ from typing import Any
 
 from streamweights.adapters.conformal._layer import _ConformalLayer
 from streamweights.adapters.conformal.scores import covered_level, empirical_quantile
-from streamweights.adapters.validation import check_in_range, check_positive
+from streamweights.adapters.validation import check_count, check_in_range, check_positive
 
 #: The paper's grid of step sizes.
 DEFAULT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
@@ -39,10 +39,14 @@ class DtACI(_ConformalLayer):
         As for :class:`~streamweights.adapters.conformal.aci.AdaptiveConformal`.
     steps
         The experts' ACI step sizes (default: the paper's grid 0.001 ... 0.128).
+    interval
+        ``I``, the length of the stretches on which the mixture should track the best
+        step (default 500 labels). It sets the paper's defaults for the two below.
     learning_rate
-        ``eta`` of the exponential weights (default 2.72, the reference code's value).
+        ``eta`` of the exponential weights; ``None`` (default) takes the paper's choice
+        per level, ``sqrt(3 / I) sqrt((log(I k) + 2) / ((1 - alpha)^2 alpha^3))``.
     share
-        ``sigma``, the Fixed-Share mixing (default 0.001, the reference code's value).
+        ``sigma``, the Fixed-Share mixing; ``None`` (default) takes ``1 / (2 I)``.
 
     Example
     -------
@@ -61,15 +65,25 @@ class DtACI(_ConformalLayer):
     def __init__(self, alphas: list[float] | tuple[float, ...] = (0.1, 0.05),
                  n_classes: int | None = None, score: str | None = None,
                  window: int = 1000, steps: list[float] | tuple[float, ...] = DEFAULT_STEPS,
-                 learning_rate: float = 2.72, share: float = 0.001) -> None:
+                 interval: int = 500, learning_rate: float | None = None,
+                 share: float | None = None) -> None:
         super().__init__(alphas, n_classes, score, window)
         if not isinstance(steps, list | tuple) or not steps:
             raise ValueError(f"steps: expected a non-empty list of step sizes, got {steps!r}")
         self.steps = [check_in_range(g, f"steps[{i}]", 0.0, 1.0, high_open=False)
                       for i, g in enumerate(steps)]
-        self.learning_rate = check_positive(learning_rate, "learning_rate")
-        self.share = check_in_range(share, "share", 0.0, 1.0, low_open=False)
+        self.interval = check_count(interval, "interval", 2)
+        self.learning_rate = None if learning_rate is None else check_positive(
+            learning_rate, "learning_rate")
+        self.share = None if share is None else check_in_range(share, "share", 0.0, 1.0,
+                                                                low_open=False)
         k = len(self.steps)
+        span = self.interval
+        self._etas = [self.learning_rate if self.learning_rate is not None else
+                      math.sqrt(3.0 / span) * math.sqrt((math.log(span * k) + 2.0)
+                                                        / ((1.0 - a) ** 2 * a ** 3))
+                      for a in self.alphas]
+        self._sigma = self.share if self.share is not None else 1.0 / (2.0 * span)
         #: Per level: each expert's working level and weight (weights sum to 1).
         self.levels_ = [[alpha] * k for alpha in self.alphas]
         self.weights_ = [[1.0 / k] * k for _ in self.alphas]
@@ -93,7 +107,9 @@ class DtACI(_ConformalLayer):
         beta = covered_level(self.scores_.ordered, value)
         k = len(self.steps)
         n_levels = len(self.alphas)
+        sigma = self._sigma
         for row, alpha in enumerate(self.alphas):
+            eta = self._etas[row]
             start = n_levels + row * k
             expert_served = served[start:start + k]
             levels = self.levels_[row]
@@ -102,12 +118,12 @@ class DtACI(_ConformalLayer):
             for level, weight in zip(levels, weights, strict=True):
                 gap = beta - level
                 loss = alpha * gap - min(0.0, gap)
-                raised.append(weight * math.exp(-self.learning_rate * loss))
+                raised.append(weight * math.exp(-eta * loss))
             total = 0.0
             for w in raised:
                 total += w
             if total > 0.0:
-                self.weights_[row] = [(1.0 - self.share) * w / total + self.share / k
+                self.weights_[row] = [(1.0 - sigma) * w / total + sigma / k
                                       for w in raised]
             else:  # every expert's loss underflowed the weights: start the mixture again
                 self.weights_[row] = [1.0 / k] * k
@@ -123,7 +139,7 @@ class DtACI(_ConformalLayer):
                                    for row in self.levels_]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "steps": list(self.steps),
+        return {**super().get_config(), "steps": list(self.steps), "interval": self.interval,
                 "learning_rate": self.learning_rate, "share": self.share}
 
     def _get_state(self) -> dict[str, Any]:
