@@ -208,9 +208,61 @@ def evaluate_conformal(episode: Episode, served: np.ndarray,
                         if math.isfinite(s)), default=0.0) for level in range(len(alphas))]
     result.best_aci = min(pool, key=lambda n: result.runs[n].capped_mean_size(result.caps)[0])
     for name, run in result.runs.items():
+        if not change_points:
+            continue
         worst: list[int | None] = []
         for level, alpha in enumerate(alphas):
             times = [recovery_events(run, level, alpha, c) for c in change_points]
             worst.append(None if any(t is None for t in times) else max(times, default=0))
         result.recovery[name] = worst
     return result
+
+
+def conformal_summary(result: ConformalResult) -> dict[str, Any]:
+    """The plain numbers a results page keeps (picklable, no per-event arrays)."""
+    return {"n_labelled": result.n_labelled, "alphas": list(result.alphas),
+            "best_aci": result.best_aci,
+            "methods": {name: result.row(name) for name in result.runs}}
+
+
+#: Streams with fewer labels are reported, not held to the ±1 point target.
+ASSERTED_LABELS = 1_000
+#: The long-run coverage target's half-width.
+COVERAGE_TOLERANCE = 0.01
+
+
+def conformal_rows(summaries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per stream: DtACI's coverage and size per level against the best fixed
+    ACI step in hindsight, conformal PID's and split conformal's coverage, and the worst
+    recovery after a change (DtACI and split)."""
+    rows = []
+    for name, summary in summaries:
+        methods = summary["methods"]
+        alphas = summary["alphas"]
+        dtaci, best = methods["dtaci"], methods[summary["best_aci"]]
+        asserted = summary["n_labelled"] >= ASSERTED_LABELS
+        within = all(abs(c - (1 - a)) <= COVERAGE_TOLERANCE
+                     for c, a in zip(dtaci["coverage"], alphas, strict=True))
+        row = {"stream": name, "labels": summary["n_labelled"],
+               "held": ("yes" if within else "NO") if asserted else
+               ("(yes)" if within else "(no)")}
+        for level, alpha in enumerate(alphas):
+            key = f"{alpha:g}"
+            row[f"DtACI cov {key}"] = dtaci["coverage"][level]
+            row[f"DtACI size {key}"] = dtaci["mean_size"][level]
+            row[f"best ACI size {key}"] = best["mean_size"][level]
+            row[f"PID cov {key}"] = methods["pid"]["coverage"][level]
+            row[f"split cov {key}"] = methods["split"]["coverage"][level]
+        row["best ACI step"] = summary["best_aci"].split(":")[1]
+        row["DtACI recovery"] = _worst(dtaci["recovery"])
+        row["split recovery"] = _worst(methods["split"]["recovery"])
+        rows.append(row)
+    return rows
+
+
+def _worst(recovery: list[int | None] | None) -> str:
+    if not recovery:
+        return "—"
+    if any(r is None for r in recovery):
+        return "never"
+    return f"{max(recovery):,}"
