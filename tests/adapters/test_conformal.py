@@ -69,8 +69,8 @@ def test_quantile_helpers_follow_the_conformal_rank():
     assert empirical_quantile([], 0.5) == math.inf
     # beta is the largest level still covering the value
     beta = covered_level(ordered, 0.25)
-    assert 0.25 <= empirical_quantile(ordered, 1 - beta + 1e-12)
-    assert 0.25 > empirical_quantile(ordered, 1 - beta - 0.01)
+    assert empirical_quantile(ordered, 1 - beta + 1e-12) >= 0.25
+    assert empirical_quantile(ordered, 1 - beta - 0.01) < 0.25
 
 
 def test_score_window_keeps_the_last_scores_sorted():
