@@ -39,8 +39,10 @@ class StreamUncertainty:
         self.layers = []
         self.monitors: list[CoverageMonitor] = []
         if conformal is not None:
-            self.layers = [build_layer(conformal, n_classes) for _ in self.forecasters]
-            self.monitors = [CoverageMonitor(self.layers[0].alphas) for _ in self.forecasters]
+            # the adapted output's layer, then (compare_raw) one per deployed model
+            count = len(self.forecasters) if conformal.get("compare_raw", True) else 1
+            self.layers = [build_layer(conformal, n_classes) for _ in range(count)]
+            self.monitors = [CoverageMonitor(self.layers[0].alphas) for _ in range(count)]
         self.estimates: list[ConfidenceEstimate] = []
         if estimate is not None and n_classes is not None:
             self.estimates = [ConfidenceEstimate(n_classes, estimate["window"])
@@ -57,13 +59,13 @@ class StreamUncertainty:
         every layer served, to keep with the prediction."""
         rows = self._rows(served, raw)
         for estimate, row in zip(self.estimates, rows, strict=False):
-            estimate.observe(row)
+            estimate.observe_trusted(row)
         if not self.layers:
             return None, None
         kept = []
         wire = None
         for index, (layer, monitor, row) in enumerate(zip(self.layers, self.monitors, rows,
-                                                          strict=True)):
+                                                          strict=False)):
             thresholds = layer._served_state()
             kept.append(thresholds)
             levels = thresholds[:len(layer.alphas)]
@@ -83,14 +85,15 @@ class StreamUncertainty:
         """The label ``value`` of a prediction served as ``served`` from ``raw``."""
         rows = self._rows(served, raw)
         for estimate, row in zip(self.estimates, rows, strict=False):
-            estimate.learn(row, value)
+            estimate.learn_trusted(row, value)
         if not self.layers:
             return
+        # the chain validated the outputs and the pipeline the label: no second check
         for layer, monitor, row, thresholds in zip(self.layers, self.monitors, rows,
-                                                   np.asarray(kept).tolist(), strict=True):
+                                                   np.asarray(kept).tolist(), strict=False):
             s = score(layer.score, row, value)
             monitor.record_label([0 if s > q else 1 for q in thresholds[:len(layer.alphas)]])
-            layer.learn_served(row, thresholds, value)
+            layer.learn_scored(s, thresholds)
 
     def describe(self) -> dict[str, Any] | None:
         """For the weights record: the method and the adapted output's thresholds now."""
@@ -105,7 +108,7 @@ class StreamUncertainty:
         found: dict[str, Any] = {}
         if self.monitors:
             found["coverage"] = {name: monitor.summary() for name, monitor
-                                 in zip(self.forecasters, self.monitors, strict=True)}
+                                 in zip(self.forecasters, self.monitors, strict=False)}
         if self.estimates:
             found["estimates"] = {name: estimate.estimates() for name, estimate
                                   in zip(self.forecasters, self.estimates, strict=True)}

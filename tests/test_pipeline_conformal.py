@@ -19,6 +19,11 @@ from tests.test_pipeline import _demo_stream, _published, _replay, _restored, _r
 CONFORMAL = {"alpha": [0.1, 0.05], "method": "dtaci"}
 
 
+def _plain():
+    """The demo stream without its conformal and performance_estimate blocks."""
+    return dataclasses.replace(_demo_stream(), conformal=None, performance_estimate=None)
+
+
 def _with_blocks(method: str = "dtaci"):
     return dataclasses.replace(_demo_stream(), conformal={"alpha": [0.1, 0.05],
                                                           "method": method},
@@ -83,7 +88,7 @@ def test_snapshot_restore_with_conformal_state_is_bit_exact(cut):
 
 
 def test_snapshot_without_conformal_state_is_refused_with_a_hint():
-    plain = Pipeline([_demo_stream()])
+    plain = Pipeline([_plain()])
     _run(plain, _replay()[:50])
     with_blocks = Pipeline([_with_blocks()])
     with pytest.raises(ValueError, match="conformal"):
@@ -92,13 +97,13 @@ def test_snapshot_without_conformal_state_is_refused_with_a_hint():
 
 def test_streams_without_the_blocks_publish_what_they_did_before():
     records = _replay()[:400]
-    outcomes = _run(Pipeline([_demo_stream()]), records)
+    outcomes = _run(Pipeline([_plain()]), records)
     for outcome in outcomes:
         if outcome.adapted is not None:
             assert b'"sets"' not in events.encode(outcome.adapted)
         for weights in outcome.weights:
             assert b'"conformal"' not in events.encode(weights)
-    assert "uncertainty" not in Pipeline([_demo_stream()]).streams["demo"].state_dict()
+    assert "uncertainty" not in Pipeline([_plain()]).streams["demo"].state_dict()
 
 
 def test_regression_stream_publishes_intervals():
@@ -140,3 +145,15 @@ def test_performance_estimate_needs_a_classification_stream():
         parse_config({"streams": [{"name": "s", "task": "regression", "models": ["m"],
                                    "adapters": [{"type": "Hedge"}],
                                    "performance_estimate": {"window": 100}}]})
+
+
+def test_compare_raw_false_runs_the_adapted_layer_only():
+    stream = dataclasses.replace(_demo_stream(), conformal={
+        "alpha": [0.1], "method": "aci", "compare_raw": False})
+    both = dataclasses.replace(_demo_stream(), conformal={"alpha": [0.1], "method": "aci"})
+    records = _replay()[:2_000]
+    alone, compared = Pipeline([stream]), Pipeline([both])
+    out_alone, out_compared = _run(alone, records), _run(compared, records)
+    assert _published(out_alone) == _published(out_compared)  # same served sets
+    assert set(alone.summary()["streams"]["demo"]["coverage"]) == {"adapted"}
+    assert len(alone.streams["demo"].uncertainty.layers) == 1

@@ -117,12 +117,18 @@ class ConfidenceEstimate(Adapter):
         self.realised_ = _Ring(self.window)
 
     def observe(self, x: Any) -> None:
-        p = check_probability_vector(x, "x", self.n_classes)
-        self.expected_.push(expected_scores(p))
+        self.observe_trusted(check_probability_vector(x, "x", self.n_classes))
 
     def learn(self, x: Any, y: Any) -> None:
         p = check_probability_vector(x, "x", self.n_classes)
-        label = check_class_label(y, "y", self.n_classes)
+        self.learn_trusted(p, check_class_label(y, "y", self.n_classes))
+
+    def observe_trusted(self, p: list[float]) -> None:
+        """``observe`` for a caller that validated ``p`` (a list of floats) already."""
+        self.expected_.push(expected_scores(p))
+
+    def learn_trusted(self, p: list[float], label: int) -> None:
+        """``learn`` for a caller that validated ``p`` and ``label`` already."""
         self.realised_.push(realised_scores(p, label))
 
     def predict(self, x: Any) -> np.ndarray:

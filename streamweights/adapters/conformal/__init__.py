@@ -31,8 +31,9 @@ __all__ = ["METHODS", "AdaptiveConformal", "ConformalPID", "DtACI", "build_layer
 
 def check_conformal_config(block: Any, path: str, n_classes: int | None) -> dict[str, Any]:
     """Validate a stream's ``conformal:`` block and return it normalised:
-    ``{"alpha": [levels], "method": name, **options}`` (``alpha`` may be given as one
-    number). ``n_classes`` is ``None`` for a regression stream. Raises ``ValueError``
+    ``{"alpha": [levels], "method": name, "compare_raw": bool, **options}`` (``alpha``
+    may be given as one number; ``compare_raw``, default true, also runs a layer on each
+    deployed model's output, for the raw-vs-adapted metrics, at about twice the cost). ``n_classes`` is ``None`` for a regression stream. Raises ``ValueError``
     naming the key under ``path``."""
     if not isinstance(block, dict):
         raise ValueError(f"{path}: expected a mapping like {{alpha: [0.1, 0.05], "
@@ -42,9 +43,12 @@ def check_conformal_config(block: Any, path: str, n_classes: int | None) -> dict
     alphas = [alpha] if isinstance(alpha, int | float) and not isinstance(alpha, bool) \
         else alpha
     method = options.pop("method", "dtaci")
+    compare_raw = options.pop("compare_raw", True)
+    if not isinstance(compare_raw, bool):
+        raise ValueError(f"{path}.compare_raw: must be true or false, got {compare_raw!r}")
     if method not in METHODS:
         raise ValueError(f"{path}.method: must be one of {', '.join(METHODS)}, got {method!r}")
-    normalised = {"alpha": alphas, "method": method, **options}
+    normalised = {"alpha": alphas, "method": method, "compare_raw": compare_raw, **options}
     try:
         build_layer(normalised, n_classes)
     except TypeError as error:
@@ -60,5 +64,5 @@ def check_conformal_config(block: Any, path: str, n_classes: int | None) -> dict
 
 def build_layer(config: dict[str, Any], n_classes: int | None) -> _ConformalLayer:
     """A fresh layer from a normalised ``conformal:`` block."""
-    options = {k: v for k, v in config.items() if k not in ("alpha", "method")}
+    options = {k: v for k, v in config.items() if k not in ("alpha", "method", "compare_raw")}
     return METHODS[config["method"]](alphas=config["alpha"], n_classes=n_classes, **options)

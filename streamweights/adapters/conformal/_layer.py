@@ -147,9 +147,14 @@ class _ConformalLayer(Adapter):
         given = [float(v) for v in np.asarray(served, dtype=np.float64).reshape(-1)]
         if len(given) != expected:
             raise ValueError(f"served: expected {expected} thresholds, got {len(given)}")
-        s = score(self.score, value, label)
-        self._update(s, given)
-        self.scores_.push(s)
+        self.learn_scored(score(self.score, value, label), given)
+
+    def learn_scored(self, value: float, served: list[float]) -> None:
+        """``learn_served`` for a caller that validated its inputs and computed the
+        label's score ``value`` itself (the pipeline: validation happens once, at the
+        edge); ``served`` is the plain list ``serve`` returned."""
+        self._update(value, served)
+        self.scores_.push(value)
         self.labels_ += 1
         self._refresh()
 

@@ -108,28 +108,26 @@ class DtACI(_ConformalLayer):
         k = len(self.steps)
         n_levels = len(self.alphas)
         sigma = self._sigma
+        exp = math.exp
         for row, alpha in enumerate(self.alphas):
             eta = self._etas[row]
             start = n_levels + row * k
-            expert_served = served[start:start + k]
             levels = self.levels_[row]
-            weights = self.weights_[row]
             raised = []
-            for level, weight in zip(levels, weights, strict=True):
-                gap = beta - level
-                loss = alpha * gap - min(0.0, gap)
-                raised.append(weight * math.exp(-eta * loss))
             total = 0.0
-            for w in raised:
+            for level, weight in zip(levels, self.weights_[row], strict=True):
+                gap = beta - level
+                loss = alpha * gap - (gap if gap < 0.0 else 0.0)  # the pinball loss
+                w = weight * exp(-eta * loss)
+                raised.append(w)
                 total += w
             if total > 0.0:
-                self.weights_[row] = [(1.0 - sigma) * w / total + sigma / k
-                                      for w in raised]
+                self.weights_[row] = [(1.0 - sigma) * w / total + sigma / k for w in raised]
             else:  # every expert's loss underflowed the weights: start the mixture again
                 self.weights_[row] = [1.0 / k] * k
-            errors = self.errors(value, expert_served)
-            self.levels_[row] = [level + step * (alpha - err) for level, step, err
-                                 in zip(levels, self.steps, errors, strict=True)]
+            self.levels_[row] = [
+                level + step * (alpha - (1.0 if value > q else 0.0)) for level, step, q
+                in zip(levels, self.steps, served[start:start + k], strict=True)]
 
     def _refresh(self) -> None:
         ordered = self.scores_.ordered
