@@ -33,8 +33,9 @@ def check_conformal_config(block: Any, path: str, n_classes: int | None) -> dict
     """Validate a stream's ``conformal:`` block and return it normalised:
     ``{"alpha": [levels], "method": name, "compare_raw": bool, **options}`` (``alpha``
     may be given as one number; ``compare_raw``, default true, also runs a layer on each
-    deployed model's output, for the raw-vs-adapted metrics, at about twice the cost). ``n_classes`` is ``None`` for a regression stream. Raises ``ValueError``
-    naming the key under ``path``."""
+    deployed model's output, for the raw-vs-adapted metrics, at about twice the cost).
+    ``n_classes`` is ``None`` for a regression stream. Raises ``ValueError`` naming the
+    key under ``path``."""
     if not isinstance(block, dict):
         raise ValueError(f"{path}: expected a mapping like {{alpha: [0.1, 0.05], "
                          f"method: dtaci}}, got {type(block).__name__}")
