@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 
 from streamweights.evaluation.conformal import (
@@ -32,8 +33,9 @@ SUBSET = {"sine-abrupt": 12_000, "bananas": None, "segment": None, "friedman-abr
 
 
 @functools.cache
-def _result(name: str):
-    (stream,) = suite_streams([name], events=SUBSET[name])
+def _served(name: str, events: int | None):
+    """The stream's episode and the default chain's output on it."""
+    (stream,) = suite_streams([name], events=events)
     episode = build_episode(
         stream.make_examples(7), task=stream.task, train_window=stream.train_window,
         events=stream.events, seed=7, seconds_between_events=stream.seconds_between_events,
@@ -41,7 +43,12 @@ def _result(name: str):
         missing_label_rate=stream.missing_label_rate, name=stream.name)
     chain = PipelineContender("default chain", "ours", "",
                               adapters=default_chain(episode.task, episode.n_classes))
-    served = chain.run(episode).predictions
+    return stream, episode, chain.run(episode).predictions
+
+
+@functools.cache
+def _result(name: str):
+    stream, episode, served = _served(name, SUBSET[name])
     return stream, evaluate_conformal(episode, served, stream.change_points)
 
 
@@ -74,3 +81,20 @@ def test_dtaci_sets_no_larger_than_the_best_fixed_aci_step(name):
     best = result.runs[result.best_aci].capped_mean_size(result.caps)
     dtaci = result.runs["dtaci"].capped_mean_size(result.caps)
     assert dtaci[0] <= best[0] * 1.005, (result.best_aci, dtaci, best)
+
+
+@pytest.mark.parametrize(("name", "events"), [("agrawal-recurring", 8_000)])
+def test_label_free_accuracy_estimate_on_calibrated_suite_streams(name, events):
+    """Scenario: the default chain's served probabilities (calibrated by OnlinePlatt:
+    ECE about 0.01 on this stream). We expect: the label-free accuracy estimate
+    of every 500 consecutive labelled predictions, available when they are served, is
+    within 0.02 on average of the accuracy their labels later show."""
+    _, episode, served = _served(name, events)
+    labelled = episode.labelled
+    confidence = served.max(axis=1)[labelled]
+    hits = (served.argmax(axis=1) == episode.targets)[labelled].astype(float)
+    window = 500
+    estimated = np.convolve(confidence, np.ones(window) / window, mode="valid")
+    realised = np.convolve(hits, np.ones(window) / window, mode="valid")
+    mae = float(np.abs(estimated - realised).mean())
+    assert mae <= 0.02, mae
