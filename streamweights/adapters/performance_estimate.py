@@ -5,7 +5,8 @@ If served probabilities ``p`` are calibrated, the label of a prediction is distr
 as ``p`` itself, so its expected accuracy is ``max_k p_k``, its expected Brier score
 ``E_{y~p} sum_k (p_k - 1{k=y})^2 = 1 - sum_k p_k^2`` and its expected log-loss the
 entropy ``-sum_k p_k log p_k`` — all computable the moment the prediction is served.
-Averaged over the last ``window`` served predictions they estimate the current accuracy,
+Averaged over the last ``window`` served predictions (to within a tenth: the window is
+kept as ten blocks of sums) they estimate the current accuracy,
 Brier and log-loss (confidence-based performance estimation, the idea behind NannyML's
 CBPE, done online here). The realised values over the last ``window`` labels are kept
 beside them: the estimate is only as good as calibration, and the gap between the two
@@ -57,27 +58,47 @@ def realised_scores(p: list[float], y: int) -> tuple[float, float, float]:
     return hit, squares - 2.0 * p[y] + 1.0, -math.log(max(p[y], PROBABILITY_FLOOR))
 
 
-class _Ring:
-    """The last ``size`` triples; means are taken fresh (``math.fsum``) so that no
-    running sum drifts and a restored ring gives the same bits."""
+#: A window is kept as this many blocks of running sums, not item by item: the state is
+#: a few dozen numbers whatever the window, and a mean covers the last ``window`` to
+#: ``window + window / BLOCKS`` items.
+BLOCKS = 10
+
+
+class _BlockWindow:
+    """Sums of the last ``size``-odd triples, in blocks of ``ceil(size / BLOCKS)``.
+
+    Each block is ``[count, sum_0, sum_1, sum_2]``, summed in arrival order; the oldest
+    block is dropped once the others cover ``size`` items. Exact and deterministic (no
+    running total that subtracts), and a restored window gives the same bits.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.items: list[list[float]] = []
-        self.head = 0
+        self.block = -(-size // BLOCKS)
+        self.blocks: list[list[float]] = []
 
     def push(self, item: tuple[float, float, float]) -> None:
-        if len(self.items) < self.size:
-            self.items.append(list(item))
-        else:
-            self.items[self.head] = list(item)
-            self.head = (self.head + 1) % self.size
+        if not self.blocks or self.blocks[-1][0] >= self.block:
+            self.blocks.append([0.0, 0.0, 0.0, 0.0])
+        last = self.blocks[-1]
+        last[0] += 1.0
+        last[1] += item[0]
+        last[2] += item[1]
+        last[3] += item[2]
+        while sum(b[0] for b in self.blocks) - self.blocks[0][0] >= self.size:
+            del self.blocks[0]
 
     def means(self) -> list[float]:
-        if not self.items:
+        count = math.fsum(b[0] for b in self.blocks)
+        if count == 0:
             return [math.nan] * 3
-        n = len(self.items)
-        return [math.fsum(item[j] for item in self.items) / n for j in range(3)]
+        return [math.fsum(b[j] for b in self.blocks) / count for j in (1, 2, 3)]
+
+    def state(self) -> list[list[float]]:
+        return [list(b) for b in self.blocks]
+
+    def load(self, state: list[list[float]]) -> None:
+        self.blocks = [[float(v) for v in b] for b in state]
 
 
 class ConfidenceEstimate(Adapter):
@@ -113,8 +134,8 @@ class ConfidenceEstimate(Adapter):
     def __init__(self, n_classes: int, window: int = 500) -> None:
         self.n_classes = check_count(n_classes, "n_classes", 2)
         self.window = check_count(window, "window", 1)
-        self.expected_ = _Ring(self.window)
-        self.realised_ = _Ring(self.window)
+        self.expected_ = _BlockWindow(self.window)
+        self.realised_ = _BlockWindow(self.window)
 
     def observe(self, x: Any) -> None:
         self.observe_trusted(check_probability_vector(x, "x", self.n_classes))
@@ -145,13 +166,8 @@ class ConfidenceEstimate(Adapter):
         return {"n_classes": self.n_classes, "window": self.window}
 
     def _get_state(self) -> dict[str, Any]:
-        return {"expected": [list(i) for i in self.expected_.items],
-                "expected_head": self.expected_.head,
-                "realised": [list(i) for i in self.realised_.items],
-                "realised_head": self.realised_.head}
+        return {"expected": self.expected_.state(), "realised": self.realised_.state()}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self.expected_.items = [[float(v) for v in i] for i in state["expected"]]
-        self.expected_.head = int(state["expected_head"])
-        self.realised_.items = [[float(v) for v in i] for i in state["realised"]]
-        self.realised_.head = int(state["realised_head"])
+        self.expected_.load(state["expected"])
+        self.realised_.load(state["realised"])
