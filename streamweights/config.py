@@ -87,6 +87,11 @@ class StreamConfig:
     #: The stream's ``torch:`` block (a deployed torch model the service runs and adapts,
     #: see ``streamweights.adapters.torch.stream_model``), validated; ``None`` if absent.
     torch: dict[str, Any] | None = None
+    #: The stream's ``conformal:`` block, normalised (``{"alpha": [...], "method": ...,
+    #: options}``); ``None``: no prediction sets or intervals.
+    conformal: dict[str, Any] | None = None
+    #: The stream's ``performance_estimate:`` block (``{"window": n}``); ``None``: off.
+    performance_estimate: dict[str, Any] | None = None
 
     def build_chain(self) -> Chain:
         """A fresh adapter chain for this stream (already validated at load time)."""
@@ -498,6 +503,12 @@ def _stream(item: Any, path: str) -> StreamConfig:
     torch_block = mapping.get("torch", dict, default=None, allow_none=True)
     if torch_block is not None:
         torch_block = _torch_block(torch_block, f"{path}.torch", task, tuple(models))
+    conformal_block = mapping.get("conformal", dict, default=None, allow_none=True)
+    if conformal_block is not None:
+        conformal_block = _conformal_block(conformal_block, f"{path}.conformal", n_classes)
+    estimate_block = mapping.get("performance_estimate", dict, default=None, allow_none=True)
+    if estimate_block is not None:
+        estimate_block = _estimate_block(estimate_block, f"{path}.performance_estimate", task)
     on_drift = mapping.get("on_drift", str, default="react")
     if on_drift not in ("react", "ignore"):
         raise ConfigError(f"{path}.on_drift: must be 'react' or 'ignore', got {on_drift!r}")
@@ -522,6 +533,8 @@ def _stream(item: Any, path: str) -> StreamConfig:
         publish_every_seconds=publish.positive_float("every_seconds", 60.0),
         react_to_drift=on_drift == "react",
         torch=torch_block,
+        conformal=conformal_block,
+        performance_estimate=estimate_block,
     )
     for mapping_ in (mapping, join, publish):
         mapping_.reject_unknown()
@@ -543,6 +556,31 @@ def _stream(item: Any, path: str) -> StreamConfig:
                               f"; got {spec['type']!r}")
         _build_stage(spec, config, stage_path)
     return config
+
+
+def _conformal_block(block: dict[str, Any], path: str,
+                     n_classes: int | None) -> dict[str, Any]:
+    """Validate a stream's ``conformal:`` block (online prediction sets / intervals)."""
+    from streamweights.adapters.conformal import check_conformal_config
+
+    try:
+        return check_conformal_config(block, path, n_classes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _estimate_block(block: dict[str, Any], path: str, task: str) -> dict[str, Any]:
+    """Validate a stream's ``performance_estimate:`` block (label-free estimates)."""
+    if task != "classification":
+        raise ConfigError(f"{path}: label-free estimates need class probabilities "
+                          "(classification streams only); remove the block")
+    unknown = sorted(set(block) - {"window"})
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key (known: window)")
+    window = block.get("window", 500)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"{path}.window: must be an integer >= 1, got {window!r}")
+    return {"window": window}
 
 
 def _torch_block(block: dict[str, Any], path: str, task: str,

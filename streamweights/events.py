@@ -95,6 +95,11 @@ class Adapted:
     proba: list[float] | None
     value: float | None
     weights_version: int
+    #: Conformal prediction sets per miscoverage level (``{"0.1": [1], ...}``, class
+    #: indices) or intervals (``{"0.1": [lo, hi]}``, ``null`` for an unbounded end);
+    #: present only on streams with a ``conformal:`` block.
+    sets: dict[str, list[int]] | None = None
+    intervals: dict[str, list[float | None]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"schema": SCHEMA_VERSION, "stream": self.stream, "id": self.id,
@@ -103,6 +108,10 @@ class Adapted:
             record["proba"] = self.proba
         else:
             record["value"] = self.value
+        if self.sets is not None:
+            record["sets"] = self.sets
+        if self.intervals is not None:
+            record["intervals"] = self.intervals
         record["weights_version"] = self.weights_version
         return record
 
@@ -121,6 +130,9 @@ class Weights:
     #: A torch stream's latest exported weights file: ``{"version", "digest", "location",
     #: "format", "bytes"}`` (never the tensors); absent for other streams.
     artifact: dict[str, Any] | None = None
+    #: A stream with a ``conformal:`` block: the method and the score threshold served
+    #: now per level (``{"method": "dtaci", "thresholds": {"0.1": 0.83}, ...}``).
+    conformal: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = {"schema": SCHEMA_VERSION, "stream": self.stream, "version": self.version,
@@ -128,6 +140,8 @@ class Weights:
                   "prior": self.prior, "drift": self.drift}
         if self.artifact is not None:
             record["artifact"] = self.artifact
+        if self.conformal is not None:
+            record["conformal"] = self.conformal
         return record
 
 

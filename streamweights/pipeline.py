@@ -41,6 +41,7 @@ from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
 from streamweights.join import Pending, PendingJoin
 from streamweights.scoring import StreamScores
+from streamweights.uncertainty import StreamUncertainty
 
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
@@ -111,6 +112,10 @@ class StreamPipeline:
         self.drift_total = 0
         self.latest_weights: Weights | None = None
         self.latest_artifact: dict[str, Any] | None = None
+        self.uncertainty = None  # conformal sets / label-free estimates, when configured
+        if config.conformal is not None or config.performance_estimate is not None:
+            self.uncertainty = StreamUncertainty(config.conformal, config.performance_estimate,
+                                                 config.models, config.n_classes)
         self.torch_model = None
         if config.torch is not None:
             from streamweights.adapters.torch.stream_model import DeployedTorchModel
@@ -186,14 +191,19 @@ class StreamPipeline:
             payload["head_features"] = head_features
         if frozen is not None:
             payload["frozen"] = frozen.tolist()
+        wire = None
+        if self.uncertainty is not None:  # the sets served now are the ones scored later
+            wire, kept = self.uncertainty.serve(served, trace[0])
+            if kept is not None:
+                payload["conformal"] = kept
         outcome.evicted = self.join.add(prediction.id, prediction.ts, payload)
         self.predictions += 1
         if self.classification:
             outcome.adapted = Adapted(self.name, prediction.id, prediction.ts,
-                                      served.tolist(), None, self.weights_version)
+                                      served.tolist(), None, self.weights_version, sets=wire)
         else:
             outcome.adapted = Adapted(self.name, prediction.id, prediction.ts, None,
-                                      float(served), self.weights_version)
+                                      float(served), self.weights_version, intervals=wire)
         self._maybe_export(prediction.ts, outcome)
         self._maybe_publish(prediction.ts, outcome)
         return outcome
@@ -226,6 +236,8 @@ class StreamPipeline:
         self.join.pop(label.id)
         self._advance_time(label.ts, outcome)
         self.scores.update(raw, served, value)
+        if self.uncertainty is not None:
+            self.uncertainty.learn(pending.payload.get("conformal"), served, trace[0], value)
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
@@ -320,7 +332,8 @@ class StreamPipeline:
             ensemble=self.ensemble_weights(), calibration=self._calibration(),
             prior=self._prior(), drift={"events": self.drift_total,
                                         "recent": list(self.drift_events)},
-            artifact=None if self.latest_artifact is None else dict(self.latest_artifact))
+            artifact=None if self.latest_artifact is None else dict(self.latest_artifact),
+            conformal=None if self.uncertainty is None else self.uncertainty.describe())
         return self.latest_weights
 
     def ensemble_weights(self) -> dict[str, float]:
@@ -358,6 +371,8 @@ class StreamPipeline:
             **({} if self.torch_model is None else {
                 "torch": self.torch_model.state_dict(),
                 "latest_artifact": self.latest_artifact}),
+            **({} if self.uncertainty is None else {
+                "uncertainty": self.uncertainty.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -383,6 +398,12 @@ class StreamPipeline:
                                  "taken before the torch block was added?")
             self.torch_model.load_state_dict(state["torch"])
             self.latest_artifact = state["latest_artifact"]
+        if self.uncertainty is not None:
+            if "uncertainty" not in state:
+                raise ValueError(f"snapshot: stream {self.name!r} has no conformal / "
+                                 "performance_estimate state; was it taken before the block "
+                                 "was added? Replay the stream from the start")
+            self.uncertainty.load_state_dict(state["uncertainty"])
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.config.task, "models": list(self.config.models),
@@ -391,7 +412,8 @@ class StreamPipeline:
                 "evicted": self.join.evicted_total, "drift_events": self.drift_total,
                 "weights_version": self.weights_version, "scores": self.scores.summary(),
                 "weights": None if self.latest_weights is None
-                else self.latest_weights.to_json()}
+                else self.latest_weights.to_json(),
+                **({} if self.uncertainty is None else self.uncertainty.summary())}
 
 
 def artifact_location(stream: str, version: int) -> str:

@@ -13,7 +13,10 @@ sees each input at prediction time (``predict``, ``observe``) and, later, the la
 * ``PriorShift`` — the class mix has moved; re-estimate it without labels;
 * ``DriftMemory`` — a small class-balanced memory of recent, informative examples and a
   river drift detector on the loss stream;
-* ``Chain`` — stages in sequence, each learning on what it saw.
+* ``Chain`` — stages in sequence, each learning on what it saw;
+* online conformal layers (:mod:`.conformal`) — prediction sets / intervals whose
+  coverage holds under drift: ``AdaptiveConformal``, ``ConformalPID``, ``DtACI``;
+* ``ConfidenceEstimate`` — accuracy, Brier and log-loss estimated before labels arrive.
 
 All share the contract of :mod:`.base`; states encode to JSON with :mod:`.state_codec`.
 """
@@ -26,9 +29,11 @@ from streamweights.adapters.calibration import (
     OnlineTemperature,
 )
 from streamweights.adapters.chain import Chain
+from streamweights.adapters.conformal import AdaptiveConformal, ConformalPID, DtACI
 from streamweights.adapters.drift_memory import DriftMemory
 from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
 from streamweights.adapters.kalman import KalmanWeights
+from streamweights.adapters.performance_estimate import ConfidenceEstimate
 from streamweights.adapters.prior_shift import PriorShift
 from streamweights.adapters.state_codec import (
     decode_state,
@@ -41,9 +46,13 @@ from streamweights.adapters.validation import PROBABILITY_TOLERANCE
 __all__ = [
     "PROBABILITY_TOLERANCE",
     "Adapter",
+    "AdaptiveConformal",
     "Calibeating",
     "Chain",
+    "ConfidenceEstimate",
+    "ConformalPID",
     "DriftMemory",
+    "DtACI",
     "FixedShare",
     "Hedge",
     "KalmanWeights",

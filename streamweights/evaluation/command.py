@@ -8,6 +8,7 @@ import pathlib
 import sys
 from typing import TextIO
 
+from streamweights.evaluation.conformal import conformal_rows
 from streamweights.evaluation.progress import ProgressBar
 from streamweights.evaluation.results_page import render_results
 from streamweights.evaluation.suite import SuiteResult, headline, results_table, run_suite
@@ -28,6 +29,11 @@ def evaluate(names: list[str] | None = None, *, events: int | None = None,
         print(f"{row['stream']:<22} {row['metric']:<8} best raw {row['best raw loss']:<10.4g} "
               f"default chain {row['default chain']:<10.4g} vs best raw {row['vs best raw']:<5} "
               f"vs river EWA {row['vs river EWA'] or '-'}", file=out)
+    for row in conformal_rows([(r.name, r.conformal) for r in suite.streams if r.conformal]):
+        print(f"{row['stream']:<22} conformal: DtACI coverage {row['DtACI cov 0.1']:.4f} / "
+              f"{row['DtACI cov 0.05']:.4f} (target 0.9 / 0.95, held {row['held']}), size "
+              f"{row['DtACI size 0.1']:.3g} vs best ACI {row['best ACI size 0.1']:.3g}; split "
+              f"{row['split cov 0.1']:.4f} / {row['split cov 0.05']:.4f}", file=out)
     top = headline(suite)
     print(f"default chain no worse than the best raw model on {top['no_worse_than_best_raw']} "
           f"of {top['streams']} streams ({100 * top['share_no_worse_than_best_raw']:.0f}%); "

@@ -29,6 +29,7 @@ from streamweights.evaluation.bootstrap import (
     block_bootstrap_means,
     default_block_length,
 )
+from streamweights.evaluation.conformal import conformal_summary, evaluate_conformal
 from streamweights.evaluation.contenders import PipelineContender, contenders_for
 from streamweights.evaluation.episode import START_TS, build_episode
 from streamweights.evaluation.metrics import PRIMARY, losses_for, summary_for
@@ -81,6 +82,8 @@ class StreamResult:
     block_length: int
     seconds: float
     build_seconds: float
+    #: Online conformal layers on the default chain's output (``conformal_summary``).
+    conformal: dict[str, Any] | None = None
 
     def loss(self, name: str) -> float:
         return self.contenders[name].metrics[self.primary]
@@ -115,6 +118,7 @@ def evaluate_stream(stream: SuiteStream, seed: int = 7, replicates: int = REPLIC
     summaries: dict[str, dict[str, float]] = {}
     speeds: dict[str, float | None] = {}
     drift_alarms = 0
+    conformal = None
     for number, contender in enumerate(contenders, start=1):
         if progress is not None:
             progress(f"{stream.name}: {contender.name} ({number}/{len(contenders)})")
@@ -124,6 +128,9 @@ def evaluate_stream(stream: SuiteStream, seed: int = 7, replicates: int = REPLIC
         summaries[contender.name] = summary_for(stream.task, losses)
         speeds[contender.name] = None if not run.seconds else \
             (episode.n_events + n_labelled) / run.seconds
+        if contender.name == DEFAULT_CHAIN:
+            conformal = conformal_summary(evaluate_conformal(episode, run.predictions,
+                                                             stream.change_points))
         if contender.name == DEFAULT_CHAIN and run.pipeline is not None:
             drift_alarms = next(iter(run.pipeline.streams.values())).drift_total
             if record_dir is not None:
@@ -168,7 +175,8 @@ def evaluate_stream(stream: SuiteStream, seed: int = 7, replicates: int = REPLIC
         models=list(episode.model_names), primary=primary, best_raw=best_raw,
         best_river=best_river, contenders=results, comparisons=comparisons,
         drift_alarms=drift_alarms, change_points=len(stream.change_points), block_length=block,
-        seconds=time.perf_counter() - started, build_seconds=build_seconds)
+        seconds=time.perf_counter() - started, build_seconds=build_seconds,
+        conformal=conformal)
 
 
 def _record(contender: Any, episode: Any, stream: SuiteStream,

@@ -62,6 +62,11 @@ class StreamTrace:
         self.prior_ts: list[float] = []
         self.prior: list[list[float]] = []
         self.drift: list[dict[str, Any]] = []
+        #: Conformal levels (as the adapted records write them) and, per labelled event,
+        #: whether the served set / interval covered the label and its size, per level.
+        self.levels: list[str] = []
+        self.covered: list[list[float]] = []
+        self.set_size: list[list[float]] = []
 
     @property
     def prior_stage(self) -> PriorShift | None:
@@ -88,7 +93,8 @@ class StreamTrace:
             adapted = outcome.adapted
             if adapted is not None and seen is not None:
                 served = adapted.proba if self.classification else adapted.value
-                self._pending[record.id] = (record.ts, seen[0], seen[1], served)
+                shown = adapted.sets if self.classification else adapted.intervals
+                self._pending[record.id] = (record.ts, seen[0], seen[1], served, shown)
             return
         if not outcome.learned:
             return
@@ -101,11 +107,31 @@ class StreamTrace:
         self.raw.append(entry[1])
         self.before.append(entry[2])
         self.served.append(entry[3])
+        if entry[4] is not None:
+            self._record_coverage(entry[4], record.label)
         if outcome.drift is not None:
             self.drift.append({"ts": record.ts, "label_count": outcome.drift["label_count"],
                                "n": outcome.drift["n"], "reaction": outcome.drift["reaction"]})
         if len(self.labels) % self.weights_every_labels == 0 or outcome.drift is not None:
             self._sample_weights(record.ts)
+
+    def _record_coverage(self, shown: dict[str, list], label: Any) -> None:
+        """Whether the set / interval served for this label covered it, and its size."""
+        if not self.levels:
+            self.levels = list(shown)
+        covered, sizes = [], []
+        for level in self.levels:
+            if self.classification:
+                covered.append(1.0 if int(label) in shown[level] else 0.0)
+                sizes.append(float(len(shown[level])))
+            else:
+                lo, hi = shown[level]
+                lo = -np.inf if lo is None else lo
+                hi = np.inf if hi is None else hi
+                covered.append(1.0 if lo <= float(label) <= hi else 0.0)
+                sizes.append(hi - lo)
+        self.covered.append(covered)
+        self.set_size.append(sizes)
 
     def _sample_weights(self, ts: float) -> None:
         weights = self.stream.ensemble_weights()
@@ -140,6 +166,8 @@ class StreamTrace:
             "weights": matrix(self.weights, n_models),
             "prior_ts": np.array(self.prior_ts, dtype=np.float64),
             "prior": matrix(self.prior, n_classes),
+            "covered": matrix(self.covered, len(self.levels)),
+            "set_size": matrix(self.set_size, len(self.levels)),
         }
 
 
@@ -214,6 +242,7 @@ class TraceRecorder:
                 "has_calibrator": trace.has_calibrator,
                 "has_prior_shift": trace.prior_stage is not None,
                 "drift_events": trace.drift, "drift_total": stream.drift_total,
+                "conformal_levels": list(trace.levels),
                 "change_points_ts": (change_points_ts or {}).get(name, []),
                 "summary": stream.summary(),
             }

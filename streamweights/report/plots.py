@@ -304,7 +304,86 @@ def pending_throughput_plot(data: StreamData, samples: dict[str, list]) -> Plot:
                                                            if len(pending) else 0.0})
 
 
+#: Labels in the rolling coverage window (as the service's rolling coverage gauge).
+COVERAGE_WINDOW = 500
+
+
+def coverage_plot(data: StreamData) -> Plot:
+    """Rolling coverage of the served conformal sets / intervals per level against its
+    target, and their rolling mean size (classes) or width."""
+    title = "Conformal coverage and set size"
+    covered = data.arrays.get("covered")
+    levels = data.meta.get("conformal_levels") or []
+    if covered is None or covered.size == 0 or not levels:
+        return _empty("coverage", title, "No conformal layer on this stream (add a "
+                      "conformal: block to its config).")
+    clock = _Clock(data)
+    x = clock(data.arrays["label_ts"])
+    window = min(COVERAGE_WINDOW, len(covered))
+    sizes = data.arrays["set_size"]
+    figure = Figure(figsize=(WIDTH, HEIGHT))
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    lines = 0
+    for index, level in enumerate(levels):
+        target = 1.0 - float(level)
+        line, = left.plot(x, _rolling(covered[:, index], window), linewidth=1.2,
+                          label=f"alpha {level} ({covered[:, index].mean():.3f})")
+        left.axhline(target, color=line.get_color(), linestyle=":", linewidth=1.0)
+        finite = np.where(np.isfinite(sizes[:, index]), sizes[:, index], np.nan)
+        right.plot(x, _rolling(np.nan_to_num(finite, nan=np.nanmax(finite)
+                                             if np.isfinite(finite).any() else 0.0), window),
+                   color=line.get_color(), linewidth=1.2, label=f"alpha {level}")
+        lines += 1
+    alarms, changes = _mark_drift(left, data, clock)
+    _mark_drift(right, data, clock)
+    left.set_title(f"{data.name}: coverage over the last {window} labels (target dotted)",
+                   fontsize=9)
+    left.set_xlabel(clock.label, fontsize=8)
+    left.legend(loc="lower left", fontsize=7)
+    unit = "classes per set" if data.meta.get("task") == "classification" else \
+        "interval width"
+    right.set_title(f"mean {unit}, trailing {window} labels", fontsize=9)
+    right.set_xlabel(clock.label, fontsize=8)
+    figure.subplots_adjust(wspace=0.3)
+    return Plot("coverage", title, _png(figure), {"lines": lines, "window": window,
+                                                 "drift_markers": alarms,
+                                                 "change_markers": changes,
+                                                 "coverage": covered.mean(axis=0).tolist()})
+
+
+def estimate_plot(data: StreamData) -> Plot:
+    """Label-free estimated accuracy (mean top probability of the served predictions,
+    by prediction time) against the realised accuracy (by label arrival time)."""
+    title = "Estimated (label-free) vs realised accuracy"
+    n = len(data.arrays["labels"])
+    if data.meta.get("task") != "classification" or n == 0:
+        return _empty("estimate", title, "Label-free estimates need classification "
+                      "probabilities and at least one label.")
+    clock = _Clock(data)
+    served = data.arrays["served"]
+    labels = data.arrays["labels"].astype(np.int64)
+    order = np.argsort(data.arrays["prediction_ts"], kind="stable")
+    window = _window(n)
+    estimated = _rolling(served.max(axis=1)[order], window)
+    realised = _rolling((served.argmax(axis=1) == labels).astype(np.float64), window)
+    figure = Figure(figsize=(WIDTH, HEIGHT))
+    axes = figure.add_subplot()
+    axes.plot(clock(data.arrays["prediction_ts"][order]), estimated, linewidth=1.5,
+              label=f"estimated, at prediction time ({estimated.mean():.3f})")
+    axes.plot(clock(data.arrays["label_ts"]), realised, linewidth=1.5, color="black",
+              label=f"realised, as labels arrive ({realised.mean():.3f})")
+    alarms, changes = _mark_drift(axes, data, clock)
+    axes.set_xlabel(clock.label)
+    axes.set_ylabel(f"accuracy, trailing {window} events")
+    axes.set_title(f"{data.name}: accuracy estimated without labels vs realised")
+    axes.legend(loc="lower left", fontsize=8)
+    return Plot("estimate", title, _png(figure), {"lines": 2, "window": window,
+                                                 "drift_markers": alarms,
+                                                 "change_markers": changes})
+
+
 def stream_plots(data: StreamData, samples: dict[str, list]) -> list[Plot]:
     """Every plot of one stream, in page order."""
     return [weights_plot(data), rolling_loss_plot(data), reliability_plot(data),
-            class_mix_plot(data), pending_throughput_plot(data, samples)]
+            class_mix_plot(data), coverage_plot(data), estimate_plot(data),
+            pending_throughput_plot(data, samples)]

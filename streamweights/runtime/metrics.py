@@ -23,7 +23,18 @@ streamweights_kafka_transactions_total            counter    outcome (commit|abo
 streamweights_kafka_rebalances_total              counter    —
 streamweights_kafka_restore_seconds               histogram  —
 streamweights_kafka_consumer_lag                  gauge      topic, partition
+streamweights_conformal_coverage                  gauge      stream, forecaster, alpha, window
+streamweights_conformal_target_coverage           gauge      stream, alpha
+streamweights_conformal_mean_size                 gauge      stream, forecaster, alpha
+streamweights_performance                         gauge      stream, forecaster, metric, source
 ================================================  =========  =============================
+
+Conformal gauges exist for streams with a ``conformal:`` block: ``window`` is ``run``
+(long-run coverage) or ``rolling`` (the last 500 labels); ``alpha`` is the level as in
+the adapted records (``"0.1"``); ``mean_size`` is classes per set or interval width.
+``streamweights_performance`` (streams with ``performance_estimate:``) holds ``metric``
+``accuracy``, ``brier`` or ``log_loss`` with ``source`` ``estimated`` (label-free, over
+the last window of served predictions) or ``realised`` (over the last window of labels).
 
 ``forecaster`` is ``adapted``, ``raw_best`` or ``raw:<model>``. Loss and ECE gauges are
 prequential means over the whole run (for regression streams, ``log_loss`` holds MSE).
@@ -84,5 +95,39 @@ class ServiceMetrics:
         self.consumer_lag = Gauge("streamweights_kafka_consumer_lag", "Records of an input "
                                   "partition not yet committed (at the last commit).",
                                   ["topic", "partition"], registry=r)
+        self.conformal_coverage = Gauge(
+            "streamweights_conformal_coverage", "Share of labels inside the conformal set "
+            "or interval served for them.", ["stream", "forecaster", "alpha", "window"],
+            registry=r)
+        self.conformal_target = Gauge("streamweights_conformal_target_coverage",
+                                      "Coverage the conformal layer targets (1 - alpha).",
+                                      ["stream", "alpha"], registry=r)
+        self.conformal_size = Gauge("streamweights_conformal_mean_size", "Mean conformal "
+                                    "set size (classes) or interval width served.",
+                                    ["stream", "forecaster", "alpha"], registry=r)
+        self.performance = Gauge("streamweights_performance", "Accuracy, Brier and log-loss "
+                                 "over a recent window: estimated without labels, or "
+                                 "realised.", ["stream", "forecaster", "metric", "source"],
+                                 registry=r)
         self.ready = Gauge("streamweights_ready", "1 once state is restored and the source is "
                            "open.", registry=r)
+
+    def publish_uncertainty(self, stream: str, summary: dict) -> None:
+        """Set the conformal and performance gauges from ``StreamUncertainty.summary()``
+        (values not yet known — no labels — are left unset)."""
+        for forecaster, levels in summary.get("coverage", {}).items():
+            for alpha, values in levels.items():
+                self.conformal_target.labels(stream, alpha).set(values["target"])
+                for window, key in (("run", "coverage"), ("rolling", "rolling_coverage")):
+                    if values[key] is not None:
+                        self.conformal_coverage.labels(stream, forecaster, alpha,
+                                                       window).set(values[key])
+                if values["mean_size"] is not None:
+                    self.conformal_size.labels(stream, forecaster, alpha).set(
+                        values["mean_size"])
+        for forecaster, values in summary.get("estimates", {}).items():
+            for name, value in values.items():
+                if value is None:
+                    continue
+                source, metric = name.split("_", 1)
+                self.performance.labels(stream, forecaster, metric, source).set(value)

@@ -495,6 +495,8 @@ class Service:
             metrics.log_loss.labels(name, label).set(values[primary])
             if stream.classification:
                 metrics.ece.labels(name, label).set(values["ece"])
+        if stream.uncertainty is not None:
+            metrics.publish_uncertainty(name, stream.uncertainty.summary())
         self._refresh_view()
 
     def _refresh_view(self) -> None:

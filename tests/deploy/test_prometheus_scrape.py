@@ -131,6 +131,12 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(prometheus):
     assert abs(float(weights[0]["value"][1]) - 1.0) < 1e-6
     _wait_for(port, "streamweights:log_loss:adapted_minus_raw_best", process)
     _wait_for(port, "streamweights:update_latency_seconds:p99", process)
+    # the demo turns the conformal layer and the label-free estimates on
+    gaps = _wait_for(port, "streamweights:conformal_coverage:rolling_minus_target", process)
+    assert {g["metric"]["alpha"] for g in gaps} == {"0.1", "0.05"}
+    assert all(abs(float(g["value"][1])) < 0.1 for g in gaps), gaps
+    _wait_for(port, 'streamweights_performance{source="estimated",metric="accuracy"}', process)
+    _wait_for(port, "streamweights:estimated_accuracy:drop_from_6h_max", process)
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10) as reply:
         groups = json.loads(reply.read())["data"]["groups"]

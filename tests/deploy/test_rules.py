@@ -22,7 +22,8 @@ PROMETHEUS_RULE = K8S / "components" / "monitoring" / "prometheusrule.yaml"
 REQUIRED_ALERTS = {"StreamweightsConsumerLagGrowing", "StreamweightsAdaptedWorseThanRawBest",
                    "StreamweightsDriftStorm", "StreamweightsNoEvents",
                    "StreamweightsCheckpointsStalled", "StreamweightsKafkaTransactionAborts",
-                   "StreamweightsDeadLetterRate"}
+                   "StreamweightsDeadLetterRate", "StreamweightsConformalCoverageBelowTarget",
+                   "StreamweightsEstimatedAccuracyDrop"}
 
 
 def _rules():
@@ -100,3 +101,17 @@ def test_prometheus_rule_object_carries_the_same_groups():
         "run: python scripts/sync_prometheusrule.py"
     rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
     assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
+
+
+def test_a_coverage_alert_that_cannot_fire_fails_the_unit_tests(tmp_path):
+    """The conformal coverage alert's unit test can fail: with its threshold out of
+    reach, promtool reports the missing alert."""
+    broken = RULES_FILE.read_text().replace(
+        "streamweights:conformal_coverage:rolling_minus_target < -0.05",
+        "streamweights:conformal_coverage:rolling_minus_target < -0.5")
+    assert broken != RULES_FILE.read_text()
+    (tmp_path / "streamweights.rules.yml").write_text(broken)
+    (tmp_path / "tests.yml").write_text(RULES_TESTS.read_text())
+    result = run_tool("promtool", "test", "rules", "tests.yml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "StreamweightsConformalCoverageBelowTarget" in result.stdout + result.stderr

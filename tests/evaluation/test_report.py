@@ -26,7 +26,8 @@ from tests.evaluation.chromium import Chromium
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOT_KEYS = ["weights", "rolling_loss", "reliability", "class_mix", "pending_throughput"]
+PLOT_KEYS = ["weights", "rolling_loss", "reliability", "class_mix", "coverage", "estimate",
+             "pending_throughput"]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -108,6 +109,14 @@ def test_plots_match_the_run(service_run):
     records = load_trace(report_dir).meta["records"]
     assert drawn["pending_throughput"]["samples"] == math.ceil(records / 256)
     assert drawn["pending_throughput"]["max_pending"] > 0
+    # conformal (demo.yaml turns it on): one coverage line per level, and the plotted
+    # long-run coverage is the run's
+    assert drawn["coverage"]["lines"] == 2 and drawn["coverage"]["window"] == 500
+    for level, value in zip(("0.1", "0.05"), drawn["coverage"]["coverage"], strict=True):
+        assert value == pytest.approx(stream["coverage"]["adapted"][level]["coverage"],
+                                      abs=1e-12)
+        assert abs(value - (1 - float(level))) < 0.015
+    assert drawn["estimate"]["lines"] == 2
 
 
 def test_prior_shift_chain_draws_its_estimate(tmp_path):
@@ -144,6 +153,8 @@ def test_regression_trace_says_what_does_not_apply(tmp_path):
     by_key = {plot.key: plot for plot in plots["friedman"]}
     assert by_key["reliability"].drawn == {"empty": True}
     assert by_key["class_mix"].drawn == {"empty": True}
+    assert by_key["coverage"].drawn == {"empty": True}
+    assert by_key["estimate"].drawn == {"empty": True}
     assert by_key["rolling_loss"].drawn["lines"] == 3 + 1
     text = page.read_text()
     assert "no probabilities to calibrate" in text and "there is no class mix" in text

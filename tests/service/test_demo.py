@@ -43,3 +43,9 @@ def test_demo_adapts_better_than_the_best_deployed_model(tmp_path: pathlib.Path)
             == stream["predictions"])
     assert stream["drift_events"] >= 1
     assert summary["invalid"] == {}
+    # the demo turns the conformal layer on: long-run coverage within a point of target
+    for level, values in stream["coverage"]["adapted"].items():
+        assert abs(values["coverage"] - (1 - float(level))) <= 0.01, (level, values)
+        assert values["labels"] == stream["labels"]
+    estimates = stream["estimates"]["adapted"]
+    assert abs(estimates["estimated_accuracy"] - estimates["realised_accuracy"]) < 0.05
