@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 import yaml
 
+from streamweights.runtime.state_store import LocalStateStore
 from tests.deploy.image import DOCKERFILE, final_stage, start_entry_command
 from tests.deploy.tools import K8S, REPO, run_tool
 from tests.service.conftest import cli, read_json
@@ -99,7 +100,7 @@ def test_entry_command_serves_health_ready_and_metrics_on_the_embedded_demo(tmp_
     assert code == 0, stderr[-3000:]
     assert seconds < GRACE_SECONDS
     assert "stop requested: checkpointing" in stderr
-    assert (tmp_path / "streamweights-state" / "snapshot.json").is_file()
+    assert LocalStateStore(tmp_path / "streamweights-state").load() is not None
 
 
 def _demo_config(folder, events: int) -> str:
@@ -134,12 +135,12 @@ def test_sigterm_checkpoints_exits_zero_within_grace_and_a_restart_loses_nothing
     stage = final_stage()
     folder = tmp_path / "terminated"
     config = _demo_config(folder, events)
-    snapshot = folder / "state" / "snapshot.json"
+    store = LocalStateStore(folder / "state")
     first = folder / "first.json"
     process = start_entry_command(stage, tmp_path, "--summary", str(first),
                                   env={"STREAMWEIGHTS_CONFIG": config})
-    wait_until(snapshot.exists, process, "a first snapshot")
-    first_position = json.loads(snapshot.read_text())["position"]
+    wait_until(lambda: bool(store.snapshots()), process, "a first snapshot")
+    first_position = store.load()["position"]
     code, seconds = stop(process, timeout=GRACE_SECONDS)
     stderr = process.stderr.read().decode()
     assert code == 0, stderr[-3000:]
@@ -147,7 +148,7 @@ def test_sigterm_checkpoints_exits_zero_within_grace_and_a_restart_loses_nothing
     print(f"SIGTERM to exit: {seconds:.2f} s (grace {GRACE_SECONDS} s)")
     stopped = read_json(first)
     assert stopped["complete"] is False
-    assert json.loads(snapshot.read_text())["position"] == stopped["records"] >= first_position
+    assert store.load()["position"] == stopped["records"] >= first_position
 
     restarted = start_entry_command(stage, tmp_path, "--summary", str(folder / "final.json"),
                                     env={"STREAMWEIGHTS_CONFIG": config})
