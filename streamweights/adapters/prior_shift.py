@@ -416,15 +416,15 @@ class PriorShift(Adapter):
             raise ValueError(f"state.evidence: must be a finite number >= 0, got {evidence!r}")
         self._evidence = float(evidence)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a snapshot; one written before ``source_window`` existed (no such key in
-        its config) loads too and continues with the source prior it had (see above)."""
+    def upgrade_snapshot(self, state_dict: Any) -> Any:
+        """A snapshot written before ``source_window`` existed (no such key in its config)
+        loads and continues with the source prior it had (see the class docstring)."""
         config = state_dict.get("config") if isinstance(state_dict, dict) else None
         if isinstance(config, dict) and "source_window" not in config:
-            state_dict = {**state_dict, "config": {**config,
-                                                   "source_window": self.source_window,
+            state_dict = {**state_dict, "config": {
+                **config, "source_window": self.source_window,
                 "evidence_threshold": self.evidence_threshold}}
-        super().load_state_dict(state_dict)
+        return state_dict
 
 
 def _source_as_list(value: Any, n_classes: int) -> list[float]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from streamweights.adapters import PriorShift
+from streamweights.adapters.state_codec import dumps_state
 
 #: Class means at ±2 (unit variance): the exact Bayes posterior under a 50/50 source mix is
 #: sigmoid(4x), so the "deployed model" below is perfectly calibrated on the source.
@@ -319,3 +320,34 @@ def test_snapshot_from_before_the_learned_source_prior_continues_as_it_was():
     assert again.state_dict()["state"]["source"].tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="another configuration"):
         PriorShift(n_classes=2, min_step=0.01).load_state_dict(old)
+
+
+def test_chain_snapshot_from_before_the_learned_source_prior_loads():
+    """Scenario: a service restarts on this release from a chain snapshot (OnlineTemperature
+    then PriorShift) written before PriorShift had ``source_window`` and
+    ``evidence_threshold``; its chain config lists the stage's old config.
+    We expect: the chain loads it (the stage upgrades its part), the PriorShift stage keeps
+    its estimate and the uniform source, and the temperature stage its state."""
+    from streamweights.adapters import Chain, OnlineTemperature
+
+    rng = np.random.default_rng(9)
+    p, labels = _imbalanced_stream(rng, 300, 0.31)
+    writer = Chain([OnlineTemperature(n_classes=2), PriorShift(2, source_prior=[0.5, 0.5])])
+    for row, label in zip(p, labels, strict=True):
+        writer.observe(row)
+        writer.learn(row, label)
+    old = writer.state_dict()
+    stage_config = old["config"]["stages"][1]["config"]
+    stage_config["source_prior"] = None  # the old default meant uniform
+    for key in ("source_window", "evidence_threshold"):
+        del stage_config[key]
+    stage_snapshot = old["state"]["stages"][1]
+    stage_snapshot["config"] = dict(stage_config)
+    for key in ("source", "source_sum", "source_count", "evidence"):
+        del stage_snapshot["state"][key]
+    reader = Chain([OnlineTemperature(n_classes=2), PriorShift(2)])
+    reader.load_state_dict(old)
+    np.testing.assert_array_equal(reader.stages[1].prior_, writer.stages[1].prior_)
+    np.testing.assert_array_equal(reader.stages[1].source_prior, [0.5, 0.5])
+    assert dumps_state(reader.stages[0].state_dict()) == dumps_state(
+        writer.stages[0].state_dict())
