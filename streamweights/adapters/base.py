@@ -94,8 +94,15 @@ class Adapter:
             "state": copy.deepcopy(self._get_state()),
         }
 
+    def upgrade_snapshot(self, state_dict: Any) -> Any:
+        """A snapshot written before options or state fields were added, in today's layout
+        (added options take this adapter's values); adapters that added some override
+        this, containers pass it on to their parts. Default: unchanged."""
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state written by ``state_dict`` of an adapter with the same config."""
+        state_dict = self.upgrade_snapshot(state_dict)
         state = snapshot_state(state_dict, type(self).__name__, type(self).state_version,
                                self.get_config())
         self._set_state(copy.deepcopy(state))

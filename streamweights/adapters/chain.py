@@ -118,6 +118,25 @@ class Chain(Adapter):
     def _get_state(self) -> dict[str, Any]:
         return {"stages": [stage.state_dict() for stage in self.stages]}
 
+    def upgrade_snapshot(self, state_dict: Any) -> Any:
+        """Each stage upgrades its own part (snapshot and spec in the chain's config), so a
+        chain snapshot from before a stage gained an option still loads."""
+        try:
+            specs = state_dict["config"]["stages"]
+            parts = state_dict["state"]["stages"]
+        except (KeyError, TypeError):
+            return state_dict  # not a chain snapshot: load_state_dict says what is wrong
+        if not (isinstance(specs, list) and isinstance(parts, list)
+                and len(specs) == len(parts) == len(self.stages)):
+            return state_dict
+        upgraded = [stage.upgrade_snapshot(part) for stage, part in
+                    zip(self.stages, parts, strict=True)]
+        new_specs = [dict(spec, config=part["config"]) if isinstance(spec, dict)
+                     and isinstance(part, dict) and "config" in part else spec
+                     for spec, part in zip(specs, upgraded, strict=True)]
+        return {**state_dict, "config": {**state_dict["config"], "stages": new_specs},
+                "state": {**state_dict["state"], "stages": upgraded}}
+
     def _set_state(self, state: dict[str, Any]) -> None:
         for stage, stage_state in zip(self.stages, state["stages"], strict=True):
             stage.load_state_dict(stage_state)

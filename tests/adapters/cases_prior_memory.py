@@ -25,6 +25,11 @@ CASES = [
     _case("PriorShift-source-prior-keep-on-drift",
           lambda: PriorShift(n_classes=_C, source_prior=[0.5, 0.3, 0.2], min_step=0.01,
                              label_weight=3.0, reset_on_drift=False)),
+    # A short warm-up and a low evidence bar: the contract checks cross the end of the
+    # source-prior warm-up, the refinement and the gate switching on.
+    _case("PriorShift-learned-source-short-warm-up",
+          lambda: PriorShift(n_classes=_C, source_window=8, evidence_threshold=0.5,
+                             min_step=0.05)),
     _case("DriftMemory-adwin", lambda: DriftMemory(capacity=16, n_classes=_C)),
     _case("DriftMemory-page-hinkley",
           lambda: DriftMemory(capacity=16, n_classes=_C, detector="page_hinkley", loss="log")),

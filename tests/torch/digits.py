@@ -135,3 +135,34 @@ def corrupted_stream(images: np.ndarray, labels: np.ndarray, kind: str,
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def sensor_change(images: np.ndarray, kind: str, noise: float, seed: int) -> np.ndarray:
+    """A new sensor with strong noise on top: ``"gain"`` (0.3·x + 0.4: a washed-out,
+    brighter sensor) or ``"blur"`` (softer optics, σ = 1.2), then Gaussian noise of
+    standard deviation ``noise``; clipped to [0, 1]."""
+    x = images.astype(np.float64)
+    if kind == "gain":
+        x = 0.3 * x + 0.4
+    elif kind == "blur":
+        x = _blur(x, 1.2)
+    else:
+        raise ValueError(f"kind: 'gain' or 'blur', got {kind!r}")
+    x = x + np.random.default_rng(seed).normal(0.0, noise, size=x.shape)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def hindsight_batch_norm(model: torch.nn.Module, images: np.ndarray) -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are those of all of ``images`` at once
+    (AdaBN on the whole stream, in hindsight): the reference a label-free adapter of the
+    normalisation statistics can at best reach."""
+    import copy
+
+    adapted = copy.deepcopy(model)
+    for module in adapted.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0  # running statistics := this batch's
+    adapted.train()
+    with torch.no_grad():
+        adapted(torch.from_numpy(images))
+    return adapted.eval()

@@ -168,3 +168,77 @@ def test_bad_inputs_and_models_get_clear_errors(digit_model):
     adapter = TestTimeAdapter(no_norm, 10, INPUT_SHAPE, adapt_parameters=["1"])
     assert adapter.predict_many(np.zeros((2, 1, 8, 8))).shape == (2, 10)
     assert adapter.outlier_scores(np.zeros((2, 1, 8, 8))).shape == (2,)
+
+
+@pytest.mark.parametrize("sensor", ["gain", "blur"])
+def test_severe_shift_adapts_statistics_like_hindsight_batch_norm(digit_model, digit_split,
+                                                                  sensor):
+    """Scenario (issue 14): a new sensor (washed-out gain, or blur) with strong noise on top
+    (σ = 0.35) takes the deployed CNN near chance; the held-out digits pass three times,
+    each in a class-correlated order (2,703 images), served then observed.
+    We expect: the adapter's accuracy gain over the frozen model is at least the gain of
+    BatchNorm statistics re-estimated on the whole stream in hindsight, minus 2 points, and
+    the adapter is never below the frozen model. Without stream statistics (the former
+    behaviour, ``stream_statistics=False``) the gain fell short by more than 2 points."""
+    _, _, test_x, test_y = digit_split
+    images, labels = [], []
+    for rep in range(3):
+        order = digits.class_correlated_order(test_y, 7 + rep)
+        images.append(digits.sensor_change(test_x[order], sensor, 0.35, seed=11 + rep))
+        labels.append(test_y[order])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    frozen = digits.accuracy(frozen_probabilities(digit_model, images), labels)
+    hindsight_model = digits.hindsight_batch_norm(digit_model, images)
+    hindsight = digits.accuracy(frozen_probabilities(hindsight_model, images), labels)
+    adapted = digits.accuracy(
+        TestTimeAdapter(digit_model, 10, INPUT_SHAPE, seed=0).predict_observe_many(images),
+        labels)
+    former = digits.accuracy(
+        TestTimeAdapter(digit_model, 10, INPUT_SHAPE, seed=0, stream_statistics=False)
+        .predict_observe_many(images), labels)
+    print(f"{sensor}: frozen {frozen:.3f}, hindsight BN {hindsight:.3f}, adapter "
+          f"{adapted:.3f}, without stream statistics {former:.3f}")
+    assert frozen < 0.2  # near chance (10 classes)
+    assert adapted - frozen >= hindsight - frozen - 0.02
+    assert adapted >= frozen
+    assert former - frozen < hindsight - frozen - 0.02
+
+
+def test_statistics_adapt_when_the_filters_admit_nothing(digit_model, digit_split):
+    """Scenario: the same severe shift with filters that admit no input at all
+    (entropy_margin 1e-6), so the memory stays empty and no memory update ever runs.
+    We expect: the memory is empty, yet the robust statistics moved and accuracy rises
+    over the frozen model's; without stream statistics the model stays frozen exactly."""
+    _, _, test_x, test_y = digit_split
+    order = digits.class_correlated_order(test_y, 7)
+    images = digits.sensor_change(test_x[order], "gain", 0.35, seed=11)
+    labels = test_y[order]
+    frozen = digits.accuracy(frozen_probabilities(digit_model, images), labels)
+    adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, entropy_margin=1e-6)
+    adapted = digits.accuracy(adapter.predict_observe_many(images), labels)
+    assert sum(adapter.memory_counts_) == 0
+    assert adapted > frozen + 0.03, (frozen, adapted)
+    still = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, entropy_margin=1e-6,
+                            stream_statistics=False)
+    np.testing.assert_array_equal(still.predict_observe_many(images),
+                                  frozen_probabilities(still.model, images).astype(np.float64))
+
+
+def test_snapshot_from_before_stream_statistics_loads(digit_model, digit_split):
+    """Scenario: a state dict written before ``stream_statistics`` existed (no such config
+    key, no ``recent`` / ``stream_steps`` state) is restored into a default adapter.
+    We expect: it loads, serves what the snapshot's teacher serves, and adapts on."""
+    _, _, test_x, test_y = digit_split
+    images, _ = digits.corrupted_stream(test_x, test_y, "blur", (4,), seed=9)
+    original = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32,
+                               stream_statistics=False)
+    original.predict_observe_many(images[:400])
+    old = original.state_dict()
+    del old["config"]["stream_statistics"]
+    del old["state"]["recent"], old["state"]["stream_steps"]
+    restored = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32)
+    restored.load_state_dict(loads_state(dumps_state(old)))
+    np.testing.assert_array_equal(restored.predict_many(images[400:450]),
+                                  original.predict_many(images[400:450]))
+    restored.predict_observe_many(images[400:])
+    assert restored.n_updates_ > original.n_updates_

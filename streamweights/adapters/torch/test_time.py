@@ -22,6 +22,24 @@ methods (algorithms.md §4.2, §4.3):
   outliers a small network classifies confidently (noise images; see
   :meth:`TestTimeAdapter.outlier_scores`).
 
+Under a severe shift the filters can starve the memory: a deployed CNN near chance is
+unsure of almost everything (nothing enters), or confidently wrong (the memory fills with
+mislabelled items and its statistics move at α per update). So, beside RoTTA's memory
+update, the robust statistics also move at every update toward the statistics of all the
+inputs seen since the previous one, unfiltered (AdaBN, Li et al. 2016, on the stream; see
+:meth:`TestTimeAdapter._stream_statistics_step`): a running average of the source and
+the stream batches first, then RoTTA's momentum α, so a class-correlated batch weighs
+1/20. Measured on digits with a new sensor plus noise σ = 0.35 (frozen 11 % / 14.5 %),
+this gains 8.6 / 11.4 points where BatchNorm statistics re-estimated on the whole stream
+in hindsight gain 9.5 / 11.7 (without it: 7.2 / 9.1); it also raised the five-corruption
+average gain from 21 to 27 points and every pass of the twenty-pass test (from about
+0.40 to 0.50 against 0.31 frozen). The price: outlier images enter the statistics too
+(the typicality score's AUROC on Gaussian-noise digits fell from 0.95 to 0.90); and where
+re-estimated statistics hurt (an inverted sensor: hindsight BatchNorm 11.9 % against
+14.4 % frozen) the adapter follows them (11.9 %). It costs one no-gradient forward of
+the three networks on each update's inputs (digits CNN, one core: about 5,000 → 3,700
+images/s). ``stream_statistics=False`` restores the memory-only statistics.
+
 Deviations, said plainly: STAMP's SAM optimiser and its 16-view averaged prediction are
 left out (4x and 16x the cost per update; we use plain Adam and the teacher's single
 view); STAMP's entropy weights are detached (its paper's objective; its code does not);
@@ -119,6 +137,10 @@ class TestTimeAdapter:
         augmentation, reduced to what is safe for any input; see :mod:`.augment`).
     seed
         Seed of the augmentation draws.
+    stream_statistics
+        Also move the robust statistics toward the unfiltered inputs at every update (see
+        the module docstring). Snapshots written before this option existed load; the
+        statistics then follow the stream from the next update on.
 
     Example
     -------
@@ -144,7 +166,7 @@ class TestTimeAdapter:
                  entropy_margin: float = 0.5, require_agreement: bool = True,
                  entropy_weight: float = 0.2, typicality_margin: float | None = 10.0,
                  adapt_parameters: str | list[str] = "normalisation", augment: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, stream_statistics: bool = True) -> None:
         torch = require_torch()
         if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
             raise ValueError("model: test-time adaptation replaces BatchNorm layers and needs "
@@ -174,6 +196,10 @@ class TestTimeAdapter:
         self.entropy_margin = entropy_margin
         self.require_agreement = require_agreement
         self.entropy_weight = entropy_weight
+        if not isinstance(stream_statistics, bool):
+            raise ValueError(f"stream_statistics: must be True or False, got "
+                             f"{stream_statistics!r}")
+        self.stream_statistics = stream_statistics
         if typicality_margin is not None and not typicality_margin > 1:
             raise ValueError(f"typicality_margin: must be > 1 or None, got {typicality_margin}")
         self.typicality_margin = typicality_margin
@@ -209,6 +235,14 @@ class TestTimeAdapter:
         self._since_update = 0
         self._n_updates = 0
         self._n_observed = 0
+        #: Every input since the last update (the batch of the stream-statistics step) and
+        #: the stream-statistics steps taken since the start or the last drift alarm.
+        self._recent: list[np.ndarray] = []
+        self._stream_steps = 0
+        self._all_robust_layers = [m for network in (self._student, self._teacher,
+                                                     self._anchor)
+                                   for m in network.modules()
+                                   if type(m).__name__ == "RobustBatchNorm"]
 
     def _select_parameters(self) -> list[str]:
         names = [name for name, _ in self._student.named_parameters()]
@@ -376,6 +410,8 @@ class TestTimeAdapter:
                 self._memory.add(arrays[index], label, u)
             else:
                 self._memory.add_time()
+        if self.stream_statistics and self._all_robust_layers:
+            self._recent.extend(arrays.copy())
         self._n_observed += len(inputs)
         self._since_update += len(inputs)
         if self._since_update >= self.update_every:
@@ -384,8 +420,12 @@ class TestTimeAdapter:
         return probabilities.double().numpy()
 
     def _update(self) -> None:
-        """One adaptation step on the memory (RoTTA's update with STAMP's entropy term)."""
+        """One adaptation step: the robust statistics move toward the stream's inputs since
+        the last update, then RoTTA's update on the memory with STAMP's entropy term."""
         torch = require_torch()
+        recent, self._recent = self._recent, []
+        if len(recent) >= 2:  # batch statistics need two items
+            self._stream_statistics_step(np.stack(recent))
         inputs, _, ages = self._memory.items()
         if len(inputs) < 2:  # batch statistics need two items
             return
@@ -422,6 +462,30 @@ class TestTimeAdapter:
             self._typicality_reference = np.maximum(np.median(deviations, axis=1), 1e-12)
         self._n_updates += 1
 
+    def _stream_statistics_step(self, inputs: np.ndarray) -> None:
+        """AdaBN on the stream [ours, after Li et al. 2016 and RoTTA's robust BN]: move the
+        robust statistics of all three networks toward those of the inputs since the last
+        update, unfiltered, so they adapt even when the stability filters admit nothing.
+        The k-th step since the start (or a drift alarm) uses momentum max(1/(k+2), α): a
+        running average of the source and the stream batches at first, so the statistics
+        reach the stream's quickly, then RoTTA's α, a window of about 1/α updates that
+        keeps one class-correlated batch from dominating."""
+        torch = require_torch()
+        momentum = max(1.0 / (self._stream_steps + 2), self.statistics_momentum)
+        batch = torch.from_numpy(inputs)
+        for layer in self._all_robust_layers:
+            layer.momentum = momentum
+            layer.train()
+        try:
+            with torch.no_grad():
+                for network in (self._student, self._teacher, self._anchor):
+                    network(batch)
+        finally:
+            for layer in self._all_robust_layers:
+                layer.momentum = self.statistics_momentum
+                layer.eval()
+        self._stream_steps += 1
+
     def _adam_step(self, gradients: Any) -> None:
         torch = require_torch()
         beta1, beta2 = _ADAM_BETAS
@@ -440,8 +504,10 @@ class TestTimeAdapter:
 
     def on_drift(self) -> None:
         """A drift alarm: forget memory items older than one update interval
-        (algorithms.md §5.4), so the next steps learn from post-change inputs."""
+        (algorithms.md §5.4), so the next steps learn from post-change inputs; restart the
+        stream statistics' running average."""
         self._memory.evict_older_than(self.update_every)
+        self._stream_steps = 0
 
     # -- export and state -------------------------------------------------------------
     def export_tensors(self) -> dict[str, np.ndarray]:
@@ -460,7 +526,7 @@ class TestTimeAdapter:
                 "entropy_weight": self.entropy_weight,
                 "typicality_margin": self.typicality_margin,
                 "adapt_parameters": self.adapt_parameters, "augment": self.augment,
-                "seed": self.seed}
+                "seed": self.seed, "stream_statistics": self.stream_statistics}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that evolves: the three networks' states, Adam moments, the memory,
@@ -479,12 +545,21 @@ class TestTimeAdapter:
                 "memory": self._memory.state_dict(),
                 "generator": self._generator.get_state().numpy().copy(),
                 "typicality_reference": self._typicality_reference.copy(),
+                "recent": (np.stack(self._recent) if self._recent
+                           else np.empty((0, *self.input_shape), dtype=np.float32)),
+                "stream_steps": self._stream_steps,
             },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state written by :meth:`state_dict` for the same model and config."""
         torch = require_torch()
+        config = state_dict.get("config") if isinstance(state_dict, dict) else None
+        if isinstance(config, dict) and "stream_statistics" not in config:
+            # Written before stream statistics existed: load it, and let them apply from the
+            # next update on (see the state defaults below).
+            state_dict = {**state_dict, "config": {
+                **config, "stream_statistics": self.stream_statistics}}
         state = snapshot_state(state_dict, "TestTimeAdapter", self.state_version,
                                self.get_config())
         for name, network in (("student", self._student), ("teacher", self._teacher),
@@ -504,3 +579,13 @@ class TestTimeAdapter:
                                                 dtype=np.float64).copy()
         self._generator.set_state(torch.from_numpy(np.asarray(state["generator"],
                                                               dtype=np.uint8)))
+        # Defaults for snapshots without these fields: the inputs since the last update
+        # were not kept (the next step uses the ones that follow) and the running average
+        # starts afresh.
+        recent = np.asarray(state.get("recent", np.empty((0, *self.input_shape))),
+                            dtype=np.float32)
+        if recent.shape[1:] != self.input_shape or not np.isfinite(recent).all():
+            raise ValueError(f"TestTimeAdapter.load_state_dict: state.recent must be finite "
+                             f"inputs of shape {self.input_shape}, got {recent.shape}")
+        self._recent = list(recent.copy())
+        self._stream_steps = int(state.get("stream_steps", 0))
