@@ -10,9 +10,13 @@ stream.
 
 throughput, alternating rounds, best of ``--rounds`` each:
 
-* ceiling — kafka-python at its fastest on the same two topics: a consumer with no group
-  (``assign`` + ``seek_to_beginning``), 50 MiB fetches, 10 MiB per partition, 10,000
-  records per poll, reading every record of both topics and doing nothing with it.
+* ceiling — kafka-python consume-only on the same two topics: a consumer with no group
+  (``assign`` + ``seek_to_beginning``) created with exactly the settings the service's
+  consumer gets (``kafka_source.consumer_settings`` of this config's ``kafka.client``
+  and security settings, imported, not copied: read_committed, 10,000 records per poll,
+  4 MiB per partition, 50 MiB per fetch), polling with the service's timeout, reading
+  every record of both topics and doing nothing with it. Its clock starts when the first
+  batch arrives (connect and first fetch excluded, as for ours).
 * ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
   bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
   output topics each round: consume (``read_committed``), merge per task, decode,
@@ -63,8 +67,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
+from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
+from streamweights.runtime.kafka_source import KafkaSource, consumer_settings  # noqa: E402
 from streamweights.runtime.replay import ReplayStream  # noqa: E402
 from streamweights.runtime.service import Service  # noqa: E402
+
+#: The poll timeout the service's source uses (its default).
+POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
 
 
 def generate(streams: int, events_per_stream: int) -> list[bytes]:
@@ -118,21 +127,26 @@ def produce_all(bootstrap: str, lines: list[bytes], predictions: str, labels: st
     producer.close()
 
 
-def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int) -> float:
-    """kafka-python's best: no group, large fetches, nothing done per record. Records/s."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, fetch_max_bytes=50 << 20,
-                             max_partition_fetch_bytes=10 << 20, max_poll_records=10_000)
+def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
+                 settings: dict) -> float:
+    """kafka-python reading both topics with the service's own consumer settings
+    (``settings``: :func:`~streamweights.runtime.kafka_source.consumer_settings` of the
+    benchmark's config), no group (``assign``), nothing done per record. Records/s from
+    the moment the first batch is fetched (connecting and the first fetch excluded, as
+    ours' clock starts at its first released record), the first batch counted."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **settings)
     try:
         assigned = [TopicPartition(t, n) for t in topics for n in range(partitions)]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
-        consumer.poll(timeout_ms=0)  # connect and look up the partitions' leaders
-        count = 0
-        started = time.perf_counter()
+        count, started = 0, None
         while count < total:
-            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                count += len(records)
+            # the timeout the service polls with (KafkaSource.poll_timeout_ms)
+            batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            fetched = sum(len(records) for records in batches.values())
+            if fetched and started is None:
+                started = time.perf_counter()
+            count += fetched
         return count / (time.perf_counter() - started)
     finally:
         consumer.close()
@@ -328,10 +342,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"produced {total:,} records to {args.partitions} partitions x 2 topics",
               flush=True)
 
+        # the service's consumer settings for this config (what run_ours' replica uses)
+        probe = config_document(bootstrap, inputs, {"weights": "w", "changelog": "c",
+                                                    "adapted": None}, args.streams, workdir,
+                                checkpoint_records=args.checkpoint_records,
+                                checkpoint_seconds=5, bounded=True, publish_every_labels=1000)
+        settings = consumer_settings(client_settings(parse_config(probe).kafka, KafkaConsumer))
+        print("consumer settings (service and ceiling): " + ", ".join(
+            f"{key}={settings[key]}" for key in ("max_poll_records", "max_partition_fetch_bytes",
+                                                 "fetch_max_bytes", "isolation_level")),
+              flush=True)
         ceiling, ours = [], []
         for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
             ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
-                                        total))
+                                        total, settings))
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
                                      args.checkpoint_records,
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
