@@ -47,8 +47,8 @@ DEFAULT_MAX_SKEW = 86_400.0
 PREDICTIONS, LABELS = 0, 1
 
 #: How the consumer fetches, sized for throughput rather than kafka-python's defaults
-#: (500 records per poll, 1 MiB per partition: the issue-11 measurement capped the
-#: service's client near 29k records/s on the benchmark topic from that alone). The
+#: (500 records per poll, 1 MiB per partition: with those, kafka-python consuming only
+#: read 33-35k records/s on ``bench/kafka.py``'s topics, 116k with these). The
 #: arithmetic (README "Kafka mode", "Client settings"), for the default scenario's records
 #: (``configs/demo.yaml``: a prediction of three models' two class probabilities is ~235
 #: bytes of JSON, a label ~70; a few bytes of key and record header each on the wire):
