@@ -10,9 +10,15 @@ stream.
 
 throughput, alternating rounds, best of ``--rounds`` each:
 
-* ceiling — kafka-python at its fastest on the same two topics: a consumer with no group
-  (``assign`` + ``seek_to_beginning``), 50 MiB fetches, 10 MiB per partition, 10,000
-  records per poll, reading every record of both topics and doing nothing with it.
+* ceiling — kafka-python consume-only on the same two topics: a consumer with no group
+  (``assign`` + ``seek_to_beginning``) created with exactly the settings the service's
+  consumer gets (``kafka_source.consumer_settings`` of this config's ``kafka.client``
+  and security settings, imported, not copied: read_committed, 10,000 records per poll,
+  4 MiB per partition, 50 MiB per fetch), polling with the service's timeout, reading
+  every record of both topics and doing nothing with it. Its clock starts when the first
+  batch arrives (connect and first fetch excluded, as for ours). Beside it, for reference
+  only, the same consumer with kafka-python's fetch defaults (500 records per poll, 1 MiB
+  per partition), which is what the service read with before issue 11.
 * ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
   bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
   output topics each round: consume (``read_committed``), merge per task, decode,
@@ -63,8 +69,17 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
+from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
+from streamweights.runtime.kafka_source import (  # noqa: E402
+    THROUGHPUT_SETTINGS,
+    KafkaSource,
+    consumer_settings,
+)
 from streamweights.runtime.replay import ReplayStream  # noqa: E402
 from streamweights.runtime.service import Service  # noqa: E402
+
+#: The poll timeout the service's source uses (its default).
+POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
 
 
 def generate(streams: int, events_per_stream: int) -> list[bytes]:
@@ -118,21 +133,26 @@ def produce_all(bootstrap: str, lines: list[bytes], predictions: str, labels: st
     producer.close()
 
 
-def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int) -> float:
-    """kafka-python's best: no group, large fetches, nothing done per record. Records/s."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, fetch_max_bytes=50 << 20,
-                             max_partition_fetch_bytes=10 << 20, max_poll_records=10_000)
+def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
+                 settings: dict) -> float:
+    """kafka-python reading both topics with the service's own consumer settings
+    (``settings``: :func:`~streamweights.runtime.kafka_source.consumer_settings` of the
+    benchmark's config), no group (``assign``), nothing done per record. Records/s from
+    the moment the first batch is fetched (connecting and the first fetch excluded, as
+    ours' clock starts at its first released record), the first batch counted."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **settings)
     try:
         assigned = [TopicPartition(t, n) for t in topics for n in range(partitions)]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
-        consumer.poll(timeout_ms=0)  # connect and look up the partitions' leaders
-        count = 0
-        started = time.perf_counter()
+        count, started = 0, None
         while count < total:
-            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                count += len(records)
+            # the timeout the service polls with (KafkaSource.poll_timeout_ms)
+            batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+            fetched = sum(len(records) for records in batches.values())
+            if fetched and started is None:
+                started = time.perf_counter()
+            count += fetched
         return count / (time.perf_counter() - started)
     finally:
         consumer.close()
@@ -328,22 +348,41 @@ def main(argv: list[str] | None = None) -> None:
         print(f"produced {total:,} records to {args.partitions} partitions x 2 topics",
               flush=True)
 
-        ceiling, ours = [], []
+        # the service's consumer settings for this config (what run_ours' replica uses)
+        probe = config_document(bootstrap, inputs, {"weights": "w", "changelog": "c",
+                                                    "adapted": None}, args.streams, workdir,
+                                checkpoint_records=args.checkpoint_records,
+                                checkpoint_seconds=5, bounded=True, publish_every_labels=1000)
+        settings = consumer_settings(client_settings(parse_config(probe).kafka, KafkaConsumer))
+        print("consumer settings (service and ceiling): " + ", ".join(
+            f"{key}={settings[key]}" for key in ("max_poll_records", "max_partition_fetch_bytes",
+                                                 "fetch_max_bytes", "isolation_level")),
+              flush=True)
+        # kafka-python's own fetch defaults (500 records per poll, 1 MiB per partition), to
+        # show what the throughput settings are worth; never the ceiling
+        defaults = {**settings, **{key: KafkaConsumer.DEFAULT_CONFIG[key]
+                                   for key in THROUGHPUT_SETTINGS}}
+        ceiling, ours, at_defaults = [], [], []
         for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
             ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
-                                        total))
+                                        total, settings))
+            at_defaults.append(consume_only(bootstrap, list(inputs.values()),
+                                            args.partitions, total, defaults))
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
                                      args.checkpoint_records,
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
                                      args.adapted)
             ours.append(rate)
-            print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s, "
+            print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s "
+                  f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}), "
                   f"ours {rate:,.0f} records/s ({commits} transactions)", flush=True)
         if args.rate is None:
             best_ceiling, best_ours = max(ceiling), max(ours)
             print(f"\nthroughput (best of {args.rounds}): ours {best_ours:,.0f} records/s per "
                   f"replica, kafka-python consume-only {best_ceiling:,.0f} records/s -> "
-                  f"{best_ours / best_ceiling:.1%} of the ceiling (goal >= 50%)")
+                  f"{best_ours / best_ceiling:.1%} of the ceiling (goal >= 50%); "
+                  f"consume-only with kafka-python's fetch defaults {max(at_defaults):,.0f} "
+                  f"records/s")
         rate = best_ours / 2 if args.rate is None else args.rate
         label = "half of ours' rate" if args.rate is None else "a set rate"
         print(f"\nlatency at {label} "

@@ -46,6 +46,57 @@ DEFAULT_MAX_SKEW = 86_400.0
 #: Order of the topics at equal event time (the embedded replay emits predictions first).
 PREDICTIONS, LABELS = 0, 1
 
+#: How the consumer fetches, sized for throughput rather than kafka-python's defaults
+#: (500 records per poll, 1 MiB per partition: with those, kafka-python consuming only
+#: read 33-35k records/s on ``bench/kafka.py``'s topics, 116k with these). The
+#: arithmetic (README "Kafka mode", "Client settings"), for the default scenario's records
+#: (``configs/demo.yaml``: a prediction of three models' two class probabilities is ~235
+#: bytes of JSON, a label ~70; a few bytes of key and record header each on the wire):
+#:
+#: * ``max_poll_records`` 10,000: every poll costs the same fixed work whatever it brings
+#:   (kafka-python's poll and fetch bookkeeping, then ours: positions, high watermarks,
+#:   pause/resume per partition, the lag gauge), so 20x more records per poll spread it
+#:   20x thinner. One poll is then 10,000 records of work: ~0.8 s at today's ~80 us per
+#:   record, ~0.1 s at 100k/s, far inside ``max_poll_interval_ms`` (300 s; heartbeats run
+#:   on the client's own thread). A partition is paused once ``max_buffered``
+#:   (10,000) of its records wait in a task, so a task's buffer per side stays under
+#:   ``max_buffered + max_poll_records`` = 20,000 records (~5 MiB).
+#: * ``max_partition_fetch_bytes`` 4 MiB: ~16,000 predictions or ~50,000 labels of one
+#:   partition per fetch response, more than a poll takes, so a poll is rarely cut short by a
+#:   partition whose fetched data ran out before the next response; and it is >= the
+#:   broker's default ``message.max.bytes`` (1 MiB), so the largest batch always fits.
+#: * ``fetch_max_bytes`` 50 MiB (kafka-python's default, stated so the bound is visible):
+#:   one fetch response from one broker over all its partitions; 12 partitions x 4 MiB
+#:   fit. It bounds the raw bytes one replica holds per broker (~50 MiB worst case).
+#: * ``fetch_min_bytes`` stays 1 and ``fetch_max_wait_ms`` 500 (the defaults): the broker
+#:   answers as soon as any record is there, so the sizes above add no latency when the
+#:   input is quiet.
+#:
+#: ``kafka.client`` overrides any of these (see :func:`consumer_settings`);
+#: ``bench/kafka.py`` imports the same function for its consume-only ceiling.
+THROUGHPUT_SETTINGS: dict[str, Any] = {
+    "max_poll_records": 10_000,
+    "max_partition_fetch_bytes": 4 << 20,
+    "fetch_max_bytes": 50 << 20,
+}
+
+
+def consumer_settings(client_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the service's input consumer is created with besides the bootstrap
+    servers and the group id: read_committed, the co-partitioning assignor,
+    :data:`THROUGHPUT_SETTINGS`, then ``client_settings`` (``kafka.client`` and the
+    security settings), which win. One function, so the benchmark's ceiling reads with
+    exactly the service's settings."""
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+    return {"enable_auto_commit": False, "auto_offset_reset": "earliest",
+            # range keeps partition p of both topics on one member (co-partitioning)
+            "partition_assignment_strategy": [RangePartitionAssignor],
+            "isolation_level": "read_committed", "bootstrap_timeout_ms": 10_000,
+            # a missing input topic is a configuration error, never created silently
+            "allow_auto_create_topics": False, **THROUGHPUT_SETTINGS,
+            **(client_settings or {})}
+
 
 def event_time(raw: bytes) -> float:
     """The record's ``ts`` for ordering; a record without a readable one sorts first
@@ -211,15 +262,9 @@ class KafkaSource:
     def connect(self) -> None:
         """Create the consumer, check both topics exist and are co-partitioned, subscribe."""
         from kafka import KafkaConsumer
-        from kafka.coordinator.assignors.range import RangePartitionAssignor
         from kafka.errors import KafkaTimeoutError
 
-        settings = {"enable_auto_commit": False, "auto_offset_reset": "earliest",
-                    # range keeps partition p of both topics on one member (co-partitioning)
-                    "partition_assignment_strategy": [RangePartitionAssignor],
-                    "isolation_level": "read_committed", "bootstrap_timeout_ms": 10_000,
-                    # a missing input topic is a configuration error, never created silently
-                    "allow_auto_create_topics": False, **self.client_settings}
+        settings = consumer_settings(self.client_settings)
         try:
             self.consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers,
                                           group_id=self.group_id, **settings)

@@ -58,9 +58,15 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
         summary = service.run()
         commits = service.state.commits
         limit = service.state.limit
+        consumer_config = dict(service.source.consumer.config)
     finally:
         service.close()
 
+    # the throughput settings (kafka_source.THROUGHPUT_SETTINGS) reach the real consumer
+    assert consumer_config["max_poll_records"] == 10_000
+    assert consumer_config["max_partition_fetch_bytes"] == 4 << 20
+    assert consumer_config["fetch_max_bytes"] == 50 << 20
+    assert consumer_config["session_timeout_ms"] == 6000  # and kafka.client's own
     assert summary["complete"] and summary["records"] == len(lines)
     assert commits >= len(lines) // 500
     assert limit == 1_048_588  # the changelog's max.message.bytes, asked of the broker
@@ -171,3 +177,33 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     for name, _ in STREAMS:
         versions = [orjson.loads(v)["version"] for v in weights[name]]
         assert versions == list(range(1, len(versions) + 1))
+
+
+def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: ``kafka.client`` sets tiny fetches (7 records per poll, 2 KiB per
+    partition) in place of the throughput defaults. We expect: the consumer runs with the
+    user's values, and the many short polls give the embedded run's summary and weights
+    bit for bit (the merge does not depend on how records arrive)."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=1_000)
+    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
+    topics = make_topics(topic_factory)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics)
+    document["kafka"]["client"].update({"max_poll_records": 7,
+                                        "max_partition_fetch_bytes": 2048})
+    service = Service(parse_config(document))
+    try:
+        summary = service.run()
+        consumer_config = dict(service.source.consumer.config)
+    finally:
+        service.close()
+    assert consumer_config["max_poll_records"] == 7
+    assert consumer_config["max_partition_fetch_bytes"] == 2048
+    assert consumer_config["fetch_max_bytes"] == 50 << 20  # the default that was not set
+    assert summary["complete"] and summary["records"] == len(lines)
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == \
+        by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
