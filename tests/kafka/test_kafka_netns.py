@@ -313,7 +313,15 @@ def test_rolling_restart_of_three_replicas_under_load(cluster, tmp_path):
     nodes = ("r0", "r1", "r2")
     paths = {node: write_kafka_config(tmp_path / node, cluster.bootstrap, topics,
                                       checkpoint_every_records=300, stop_at_end=False,
-                                      transactional_id=f"tx-{node}-{topics['predictions']}")
+                                      transactional_id=f"tx-{node}-{topics['predictions']}",
+                                      # Live mode releases a partition's records past a
+                                      # partner read to its end once the partner has been
+                                      # quiet this long. The producer writes both topics
+                                      # every 0.3 s; at the default 100 ms a loaded
+                                      # machine let predictions pass labels still in
+                                      # flight (1 run in ~10), and the interleaving, so
+                                      # the weights, then differ from the embedded run.
+                                      max_task_idle_ms=3000)
              for node in nodes}
     group = load_config(paths["r0"]).kafka.group_id
     logs = {node: tmp_path / f"{node}.log" for node in nodes}
