@@ -22,6 +22,39 @@ from tests.kafka.helpers import (
 from tests.service.test_bad_records import _bad_records
 
 
+def _embedded_summary(tmp_path, events: int) -> tuple[list[bytes], dict]:
+    """The clean input and the embedded service's summary of it (the reference)."""
+    clean = write_input(tmp_path / "input.jsonl", events=events)
+    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
+    try:
+        return clean, service.run()
+    finally:
+        service.close()
+
+
+def _run_kafka_against(tmp_path, bootstrap: str, topics: dict[str, str], clean_summary: dict,
+                       reasons: list[str]) -> list:
+    """Run the Kafka runtime over ``topics`` (a transaction every 400 records); its streams
+    must equal the clean embedded run's and its invalid counts ``reasons``. Returns the
+    dead-letter topic's records (read committed), one per reason."""
+    config = parse_config(kafka_document(tmp_path / "kafka", bootstrap, topics,
+                                         checkpoint_every_records=400))
+    service = Service(config)
+    try:
+        summary = service.run()
+    finally:
+        service.close()
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(clean_summary["streams"]))
+    expected: dict[str, int] = {}
+    for reason in reasons:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert summary["invalid"] == expected
+    letters = read_records(bootstrap, topics["dead_letter"])
+    assert len(letters) == len(reasons)
+    return letters
+
+
 def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: two clean streams go through the embedded service; the same records, with
@@ -33,12 +66,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
     committed), with headers reason (the expected one), error, and origin
     topic-partition@offset pointing at exactly where the poison sits in its input topic;
     the invalid counts by reason match the poison (duplicates: unmatched_label)."""
-    clean = write_input(tmp_path / "input.jsonl", events=2_000)
-    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
-    try:
-        clean_summary = service.run()
-    finally:
-        service.close()
+    clean, clean_summary = _embedded_summary(tmp_path, 2_000)
 
     poison = [(reason, line.encode()) for reason, line in _bad_records()
               if reason != "oversized"]  # above Kafka's 1 MB request limit: refused at send
@@ -67,22 +95,8 @@ def test_poison_records_go_to_the_dead_letter_topic_and_change_nothing(
     producer.flush()
     producer.close()
 
-    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
-                                         checkpoint_every_records=400))
-    service = Service(config)
-    try:
-        summary = service.run()
-    finally:
-        service.close()
-
-    assert json.loads(orjson.dumps(summary["streams"])) == \
-        json.loads(orjson.dumps(clean_summary["streams"]))
-    expected_counts: dict[str, int] = {}
-    for reason, _ in poison:
-        expected_counts[reason] = expected_counts.get(reason, 0) + 1
-    assert summary["invalid"] == expected_counts
-    letters = read_records(kafka_bootstrap, topics["dead_letter"])
-    assert len(letters) == len(poison)
+    letters = _run_kafka_against(tmp_path, kafka_bootstrap, topics, clean_summary,
+                                 [reason for reason, _ in poison])
     seen = {}
     for letter in letters:
         headers = {key: value.decode() for key, value in letter.headers}
@@ -110,12 +124,7 @@ def test_hostile_records_cannot_crash_the_kafka_runtime(tmp_path, kafka_bootstra
     embedded run without them."""
     from tests.service.test_hostile_records import _hostile_classification
 
-    clean = write_input(tmp_path / "input.jsonl", events=1_000)
-    service = Service(make_config(tmp_path / "embedded", tmp_path / "input.jsonl"))
-    try:
-        clean_summary = service.run()
-    finally:
-        service.close()
+    clean, clean_summary = _embedded_summary(tmp_path, 1_000)
 
     hostile = _hostile_classification()
     rng = random.Random(12)
@@ -138,22 +147,8 @@ def test_hostile_records_cannot_crash_the_kafka_runtime(tmp_path, kafka_bootstra
     producer.flush()
     producer.close()
 
-    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
-                                         checkpoint_every_records=400))
-    service = Service(config)
-    try:
-        summary = service.run()
-    finally:
-        service.close()
-
-    assert json.loads(orjson.dumps(summary["streams"])) == \
-        json.loads(orjson.dumps(clean_summary["streams"]))
-    expected: dict[str, int] = {}
-    for reason, _ in hostile:
-        expected[reason] = expected.get(reason, 0) + 1
-    assert summary["invalid"] == expected
-    letters = read_records(kafka_bootstrap, topics["dead_letter"])
-    assert len(letters) == len(hostile)
+    letters = _run_kafka_against(tmp_path, kafka_bootstrap, topics, clean_summary,
+                                 [reason for reason, _ in hostile])
     for letter in letters:
         headers = {key: value.decode() for key, value in letter.headers}
         assert headers["origin"] in where
