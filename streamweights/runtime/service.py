@@ -273,7 +273,7 @@ class Service:
             self.view.ready = True
             self.metrics.ready.set(1)
             self._refresh_view()
-            if not self._exhausted and not self._bound_reached():
+            if not self._exhausted and not self._bound_reached(self.position):
                 self._loop()
             self.checkpoint()
         finally:
@@ -290,11 +290,11 @@ class Service:
         finally:
             self.state.close()
 
-    def _bound_reached(self) -> bool:
-        if self.max_records is None or self.position < self.max_records:
+    def _bound_reached(self, position: int) -> bool:
+        """Input position ``position`` is at or past ``max_records`` (logged)."""
+        if self.max_records is None or position < self.max_records:
             return False
-        log.info("reached --max-records %d (input position %d)", self.max_records,
-                 self.position)
+        log.info("reached --max-records %d (input position %d)", self.max_records, position)
         return True
 
     # -- processing -------------------------------------------------------------------
@@ -308,10 +308,7 @@ class Service:
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
             # A record the source has handed over is processed before a stop is honoured:
             # the Kafka source counts it as consumed in the offsets the stop commits.
-            if self.max_records is not None and position >= self.max_records:
-                # a file source skipped blank lines up to and past the bound
-                log.info("reached --max-records %d (input position %d)", self.max_records,
-                         position)
+            if self._bound_reached(position):  # a file source skipped blank lines past it
                 return
             began = time.perf_counter()
             kind = self._process(position, raw)
@@ -323,7 +320,7 @@ class Service:
             self.records_seen += 1
             if kill_at is not None and self.position == kill_at:
                 faults.kill()
-            if self._bound_reached():
+            if self._bound_reached(self.position):
                 return
             if processed - last_checkpoint_records >= config.checkpoint_every_records:
                 self.checkpoint()
