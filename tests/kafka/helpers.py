@@ -6,16 +6,19 @@ import heapq
 import json
 import pathlib
 import time
+import uuid
 from collections import defaultdict
 from typing import Any
 
 import orjson
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 
 from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
+from tests.kafka.conftest import _wait_for_leaders
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STREAMS = (("demo", 7), ("other", 11))
@@ -169,3 +172,36 @@ def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
     for name, _ in STREAMS:
         versions = [orjson.loads(value)["version"] for value in weights[name]]
         assert versions == list(range(1, len(versions) + 1)), name
+
+
+def make_topics_at(bootstrap: str, tag: str, partitions: int, *,
+                   adapted: bool = False) -> dict[str, str]:
+    """:func:`make_topics` through an admin client of its own at ``bootstrap``: for a
+    broker the session's ``topic_factory`` does not reach (another namespace, another
+    listener)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{tag}-admin")
+    try:
+        def make(prefix: str = "t", *, partitions: int = 1,
+                 config: dict[str, str] | None = None) -> str:
+            name = f"{prefix}-{tag}-{uuid.uuid4().hex[:8]}"
+            admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
+            _wait_for_leaders(admin, name, partitions)
+            return name
+
+        return make_topics(make, partitions, adapted=adapted)
+    finally:
+        admin.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topics: dict[str, str],
+                      partitions: int) -> dict:
+    """The group's committed offset (0 if none) of every input partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        return {tp: consumer.committed(tp) or 0
+                for tp in (TopicPartition(topics[kind], number)
+                           for kind in ("predictions", "labels")
+                           for number in range(partitions))}
+    finally:
+        consumer.close()

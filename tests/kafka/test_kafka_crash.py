@@ -12,7 +12,7 @@ import sys
 import time
 import zlib
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import load_config
@@ -24,6 +24,7 @@ from tests.kafka.helpers import (
     STREAMS,
     assert_versions_once_each,
     by_stream,
+    committed_offsets,
     embedded_reference,
     make_topics,
     produce_inputs,
@@ -44,18 +45,6 @@ def cli(*args: str, env: dict | None = None, wait: bool = True):
                                 env=environment, cwd=REPO)
     return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO,
                           timeout=120)
-
-
-def committed_offsets(bootstrap: str, group: str, topics: dict[str, str]) -> dict:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        return {tp: consumer.committed(tp) or 0
-                for tp in (TopicPartition(topics[kind], number)
-                           for kind in ("predictions", "labels")
-                           for number in range(PARTITIONS))}
-    finally:
-        consumer.close()
 
 
 
@@ -81,7 +70,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
         deadline = time.monotonic() + 60
         done = 0
         while time.monotonic() < deadline and process.poll() is None:
-            done = sum(committed_offsets(kafka_bootstrap, group, topics).values())
+            done = sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values())
             if done >= len(lines) // 4:
                 break
             time.sleep(0.05)
@@ -105,7 +94,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
     assert_versions_once_each(weights)
-    assert sum(committed_offsets(kafka_bootstrap, group, topics).values()) == len(lines)
+    assert sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values()) == len(lines)
 
 
 def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
@@ -133,7 +122,7 @@ def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
     everything = read_records(kafka_bootstrap, topics["changelog"], "read_uncommitted")
     assert len(everything) > len(committed) > 0  # the 5th cycle's snapshots: aborted
     latest = {r.partition: loads_state(zlib.decompress(r.value).decode()) for r in committed}
-    offsets = committed_offsets(kafka_bootstrap, config.kafka.group_id, topics)
+    offsets = committed_offsets(kafka_bootstrap, config.kafka.group_id, topics, PARTITIONS)
     for number, snapshot in latest.items():
         for kind in ("predictions", "labels"):
             topic = topics[kind]

@@ -16,21 +16,19 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamweights.config import load_config
 from tests.kafka.broker import KafkaBroker
-from tests.kafka.conftest import _wait_for_leaders
 from tests.kafka.helpers import (
     REPO,
     assert_versions_once_each,
     by_stream,
+    committed_offsets,
     embedded_reference,
-    make_topics,
+    make_topics_at,
     produce_inputs,
     read_records,
     read_topic,
@@ -53,18 +51,7 @@ class Cluster:
 
     def topics(self, adapted: bool = False) -> dict[str, str]:
         """Fresh topics, created from the client node."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="netns-admin")
-        try:
-            def make(prefix: str = "t", *, partitions: int = 1,
-                     config: dict[str, str] | None = None) -> str:
-                name = f"{prefix}-netns-{uuid.uuid4().hex[:8]}"
-                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
-                _wait_for_leaders(admin, name, partitions)
-                return name
-
-            return make_topics(make, PARTITIONS, adapted=adapted)
-        finally:
-            admin.close()
+        return make_topics_at(self.bootstrap, "netns", PARTITIONS, adapted=adapted)
 
     def replica(self, node: str, config_path, log_path, *args: str) -> subprocess.Popen:
         """``streamweights run`` on ``node`` (its stderr, the JSON log, to ``log_path``)."""
@@ -124,18 +111,6 @@ def wait_for(condition, timeout: float, what: str, detail=lambda: "") -> None:
         time.sleep(0.1)
 
 
-def committed_offsets(bootstrap: str, group: str, topics: dict[str, str]) -> dict:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        return {tp: consumer.committed(tp) or 0
-                for tp in (TopicPartition(topics[kind], number)
-                           for kind in ("predictions", "labels")
-                           for number in range(PARTITIONS))}
-    finally:
-        consumer.close()
-
-
 def end_offsets(bootstrap: str, topics: dict[str, str]) -> dict:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
@@ -167,7 +142,8 @@ def assert_like_reference(cluster: Cluster, topics, group: str, summary, lines, 
     weights = by_stream(read_topic(cluster.bootstrap, topics["weights"]))
     assert weights == reference_weights
     assert_versions_once_each(weights)
-    assert sum(committed_offsets(cluster.bootstrap, group, topics).values()) == len(lines)
+    committed = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
+    assert sum(committed.values()) == len(lines)
 
 
 def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tmp_path):
@@ -205,7 +181,8 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
     ends = end_offsets(cluster.bootstrap, topics)
 
     def detail() -> str:
-        return (f"committed {committed_offsets(cluster.bootstrap, group, topics)}, end {ends}"
+        offsets = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
+        return (f"committed {offsets}, end {ends}"
                 f"\nA's log:\n{log_text(logs['a'])[-3000:]}\nB's log:\n"
                 f"{log_text(logs['b'])[-3000:]}")
 
@@ -224,12 +201,12 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
         ends = end_offsets(cluster.bootstrap, topics)
 
         def a_quiet() -> bool:
-            before = committed_offsets(cluster.bootstrap, group, topics)
+            before = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
             time.sleep(1.5)
-            return before == committed_offsets(cluster.bootstrap, group, topics)
+            return before == committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
 
         wait_for(a_quiet, 60, "A to read the second part and go quiet", detail)
-        at_cut = committed_offsets(cluster.bootstrap, group, topics)
+        at_cut = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
         assert 0 < sum(at_cut[tp] for tp in a_inputs) < sum(ends[tp] for tp in a_inputs), \
             "A has no open transaction to cut: " + detail()
         lines_before = len(log_text(logs["a"]).splitlines())
@@ -366,8 +343,9 @@ def test_rolling_restart_of_three_replicas_under_load(cluster, tmp_path):
         assert restarts == 3
         assert producing_done.wait(120) and not failures, failures
         ends = end_offsets(cluster.bootstrap, topics)
-        wait_for(lambda: committed_offsets(cluster.bootstrap, group, topics) == ends, 60,
-                 "the group to commit to the end", detail)
+        wait_for(lambda: committed_offsets(cluster.bootstrap, group, topics,
+                                           PARTITIONS) == ends,
+                 60, "the group to commit to the end", detail)
         for node in nodes:
             assert stop(processes[node]) == 0, log_text(logs[node])[-3000:]
     finally:

@@ -14,16 +14,13 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
-from tests.kafka.conftest import _wait_for_leaders
 from tests.kafka.helpers import (
     REPO,
     assert_versions_once_each,
     by_stream,
     embedded_reference,
-    make_topics,
+    make_topics_at,
     produce_inputs,
     read_topic,
     write_input,
@@ -50,18 +47,7 @@ def secured(tmp_path_factory):
 
 def make_plain_topics(broker) -> dict[str, str]:
     """Topics made through the harness's PLAINTEXT listener."""
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, client_id="sasl-test-admin")
-    try:
-        def make(prefix: str = "t", *, partitions: int = 1,
-                 config: dict[str, str] | None = None) -> str:
-            name = f"{prefix}-sasl-{uuid.uuid4().hex[:8]}"
-            admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
-            _wait_for_leaders(admin, name, partitions)
-            return name
-
-        return make_topics(make, 2)
-    finally:
-        admin.close()
+    return make_topics_at(broker.bootstrap, "sasl", 2)
 
 
 def secure_config(tmp_path, broker, certificates, topics, **security):

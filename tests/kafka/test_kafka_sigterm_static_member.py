@@ -17,6 +17,7 @@ from streamweights.config import load_config
 from tests.kafka.helpers import (
     assert_versions_once_each,
     by_stream,
+    committed_offsets,
     embedded_reference,
     make_topics,
     produce_inputs,
@@ -24,7 +25,7 @@ from tests.kafka.helpers import (
     write_input,
     write_kafka_config,
 )
-from tests.kafka.test_kafka_crash import PARTITIONS, cli, committed_offsets
+from tests.kafka.test_kafka_crash import PARTITIONS, cli
 
 GRACE_SECONDS = yaml.safe_load((__import__("pathlib").Path(__file__).resolve().parents[2]
                                 / "k8s" / "base" / "statefulset.yaml").read_text())[
@@ -60,7 +61,7 @@ def test_sigterm_commits_and_exits_zero_within_grace_then_the_same_pod_resumes(
         deadline = time.monotonic() + 90
         before = 0
         while time.monotonic() < deadline and process.poll() is None:
-            before = sum(committed_offsets(kafka_bootstrap, group, topics).values())
+            before = sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values())
             if before >= len(lines) // 4:
                 break
             time.sleep(0.05)
@@ -78,7 +79,7 @@ def test_sigterm_commits_and_exits_zero_within_grace_then_the_same_pod_resumes(
     assert code == 0, stderr[-3000:]
     assert seconds < GRACE_SECONDS
     print(f"Kafka mode, SIGTERM to exit: {seconds:.2f} s (grace {GRACE_SECONDS} s)")
-    after = sum(committed_offsets(kafka_bootstrap, group, topics).values())
+    after = sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values())
     assert len(lines) // 4 <= before < after < len(lines)
 
     summary_path = tmp_path / "summary.json"
@@ -89,4 +90,4 @@ def test_sigterm_commits_and_exits_zero_within_grace_then_the_same_pod_resumes(
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
     assert_versions_once_each(weights)
-    assert sum(committed_offsets(kafka_bootstrap, group, topics).values()) == len(lines)
+    assert sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values()) == len(lines)
