@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
+import pytest
 import yaml
 
 from tests.deploy.metric_names import (
@@ -67,18 +68,24 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test():
     assert alerts <= silent, f"never tested silent: {alerts - silent}"
 
 
-def test_a_broken_rule_fails_the_unit_tests(tmp_path):
-    """The unit tests can fail: with the drift-storm threshold raised out of reach,
-    promtool reports the missing alert."""
-    broken = RULES_FILE.read_text().replace(
-        "(increase(streamweights_drift_events_total[10m])) > 5",
-        "(increase(streamweights_drift_events_total[10m])) > 500")
+@pytest.mark.parametrize(("expression", "out_of_reach", "alert"), [
+    ("(increase(streamweights_drift_events_total[10m])) > 5",
+     "(increase(streamweights_drift_events_total[10m])) > 500", "StreamweightsDriftStorm"),
+    ("streamweights:conformal_coverage:rolling_minus_target < -0.05",
+     "streamweights:conformal_coverage:rolling_minus_target < -0.5",
+     "StreamweightsConformalCoverageBelowTarget"),
+])
+def test_an_alert_that_cannot_fire_fails_the_unit_tests(tmp_path, expression, out_of_reach,
+                                                        alert):
+    """The unit tests can fail: with an alert's threshold raised out of reach, promtool
+    reports the missing alert."""
+    broken = RULES_FILE.read_text().replace(expression, out_of_reach)
     assert broken != RULES_FILE.read_text()
     (tmp_path / "streamweights.rules.yml").write_text(broken)
     (tmp_path / "tests.yml").write_text(RULES_TESTS.read_text())
     result = run_tool("promtool", "test", "rules", "tests.yml", cwd=tmp_path)
     assert result.returncode != 0
-    assert "StreamweightsDriftStorm" in result.stdout + result.stderr
+    assert alert in result.stdout + result.stderr
 
 
 def test_rules_name_only_exported_or_recorded_series():
@@ -101,17 +108,3 @@ def test_prometheus_rule_object_carries_the_same_groups():
         "run: python scripts/sync_prometheusrule.py"
     rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
     assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
-
-
-def test_a_coverage_alert_that_cannot_fire_fails_the_unit_tests(tmp_path):
-    """The conformal coverage alert's unit test can fail: with its threshold out of
-    reach, promtool reports the missing alert."""
-    broken = RULES_FILE.read_text().replace(
-        "streamweights:conformal_coverage:rolling_minus_target < -0.05",
-        "streamweights:conformal_coverage:rolling_minus_target < -0.5")
-    assert broken != RULES_FILE.read_text()
-    (tmp_path / "streamweights.rules.yml").write_text(broken)
-    (tmp_path / "tests.yml").write_text(RULES_TESTS.read_text())
-    result = run_tool("promtool", "test", "rules", "tests.yml", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "StreamweightsConformalCoverageBelowTarget" in result.stdout + result.stderr
