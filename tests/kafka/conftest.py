@@ -11,8 +11,6 @@ A missing ``java`` or ``mvn`` fails the fixture with a message saying what to in
 from __future__ import annotations
 
 import atexit
-import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -52,27 +50,7 @@ def kafka_admin(kafka_broker: KafkaBroker):
 def topic_factory(kafka_admin, request) -> Callable[..., str]:
     """``make(prefix="t", partitions=1, config=None) -> name``: a new topic, ready to use
     (its partitions have leaders) when the call returns."""
-    from kafka.admin import NewTopic
+    from tests.kafka.helpers import topic_maker
 
     test_name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
-
-    def make(prefix: str = "t", *, partitions: int = 1,
-             config: dict[str, str] | None = None) -> str:
-        name = f"{prefix}-{test_name}-{uuid.uuid4().hex[:8]}"
-        kafka_admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
-        _wait_for_leaders(kafka_admin, name, partitions)
-        return name
-
-    return make
-
-
-def _wait_for_leaders(admin, topic: str, partitions: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        described = admin.describe_topics([topic])
-        if described and described[0].get("error_code", 0) == 0:
-            leaders = [p.get("leader_id", -1) for p in described[0].get("partitions", [])]
-            if len(leaders) == partitions and all(leader >= 0 for leader in leaders):
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"topic {topic}: partitions have no leader after {timeout:.0f}s")
+    return topic_maker(kafka_admin, test_name)

@@ -8,6 +8,7 @@ import pathlib
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,7 +19,6 @@ from kafka.admin import NewTopic
 from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
-from tests.kafka.conftest import _wait_for_leaders
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STREAMS = (("demo", 7), ("other", 11))
@@ -174,6 +174,32 @@ def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
         assert versions == list(range(1, len(versions) + 1)), name
 
 
+def topic_maker(admin: KafkaAdminClient, tag: str) -> Callable[..., str]:
+    """``make(prefix="t", partitions=1, config=None) -> name``: a new uniquely named
+    topic through ``admin``, ready to use (its partitions have leaders) on return."""
+    def make(prefix: str = "t", *, partitions: int = 1,
+             config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{tag}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
+        wait_for_leaders(admin, name, partitions)
+        return name
+
+    return make
+
+
+def wait_for_leaders(admin: KafkaAdminClient, topic: str, partitions: int,
+                     timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = admin.describe_topics([topic])
+        if described and described[0].get("error_code", 0) == 0:
+            leaders = [p.get("leader_id", -1) for p in described[0].get("partitions", [])]
+            if len(leaders) == partitions and all(leader >= 0 for leader in leaders):
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"topic {topic}: partitions have no leader after {timeout:.0f}s")
+
+
 def make_topics_at(bootstrap: str, tag: str, partitions: int, *,
                    adapted: bool = False) -> dict[str, str]:
     """:func:`make_topics` through an admin client of its own at ``bootstrap``: for a
@@ -181,14 +207,7 @@ def make_topics_at(bootstrap: str, tag: str, partitions: int, *,
     listener)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{tag}-admin")
     try:
-        def make(prefix: str = "t", *, partitions: int = 1,
-                 config: dict[str, str] | None = None) -> str:
-            name = f"{prefix}-{tag}-{uuid.uuid4().hex[:8]}"
-            admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
-            _wait_for_leaders(admin, name, partitions)
-            return name
-
-        return make_topics(make, partitions, adapted=adapted)
+        return make_topics(topic_maker(admin, tag), partitions, adapted=adapted)
     finally:
         admin.close()
 
