@@ -5,8 +5,10 @@
 # a machine that has it all this is a quick check (about a second) before pytest:
 #
 #   Debian packages  apt-get update + install, only when one of DEBIAN_PACKAGES is missing
-#   .venv            python3 -m venv, pip install -e '.[test]' (again when pyproject.toml
-#                    changes: a stamp in .venv keeps its hash)
+#   cargo            must be on PATH or in ~/.cargo/env (one clear line if it is not)
+#   .venv            python3 -m venv, pip install -e '.[test]', which builds the native
+#                    core with maturin (again when pyproject.toml or native/ changes: a
+#                    stamp in .venv keeps their hash)
 #   kustomize        kubectl's own where it embeds kustomize v4+ (components need it;
 #                    bookworm's kubectl 1.20 embeds v2), else kustomize v5.5.0 built from
 #                    the Go module proxy into the ignored .cache/bin (about a minute, once)
@@ -53,9 +55,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${missing[@]}" >/dev/null
 fi
 
+# --- the Rust toolchain (the native core, native/, is built by pip through maturin) -------
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    say "cargo not found: the native core (native/) needs a Rust toolchain:" \
+        "install rustup (https://rustup.rs) or Debian's cargo, then rerun"
+    exit 1
+fi
+
 # --- the virtualenv with the test extras --------------------------------------------------
+# Reinstalled (which rebuilds the native core) when pyproject.toml or native/ changes.
 stamp=.venv/.streamweights-test-extras
-want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want_stamp="$( { cat pyproject.toml; find native -path native/target -prune -o -type f \
+    -print | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1)"
 [ -x .venv/bin/python ] || { say "creating .venv"; python3 -m venv .venv; }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
     say "installing the package with its test extras into .venv"
