@@ -1,0 +1,1 @@
+"""Reference oracles: the plain-Python/numpy implementations the native core is checked against."""
