@@ -6,86 +6,72 @@ quantity the online methods guarantee) and over the last ``rolling`` labels (wha
 dashboard and an alert watch) — and the mean size of what was served (classes in a set,
 or interval width; unbounded intervals are counted apart, not averaged in). Integer
 counts and a ring of 0/1 flags: exact, O(1) per event, a few numbers in a snapshot.
+The counts live in the native core (``CoverageCore``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from streamweights import _native
 
 #: Labels in the rolling coverage window (the issue's "rolling 500").
 ROLLING_LABELS = 500
 
 
 class CoverageMonitor:
-    """Coverage and size of one forecaster's served sets, per level."""
+    """Coverage and size of one forecaster's served sets, per level (the counts live in
+    the native core's ``CoverageCore``)."""
 
     def __init__(self, alphas: list[float], rolling: int = ROLLING_LABELS) -> None:
         self.alphas = list(alphas)
         self.rolling = rolling
-        n = len(self.alphas)
-        self.labelled = 0
-        self.covered = [0] * n
-        self.served = 0
-        self.size_sums = [0.0] * n
-        self.unbounded = [0] * n
-        self.ring: list[list[int]] = []  # per label: covered flag per level
-        self.head = 0
-        self.ring_covered = [0] * n
+        self._core = _native.CoverageCore(len(self.alphas), rolling)
+
+    @property
+    def labelled(self) -> int:
+        """Labels recorded."""
+        return self._core.counts()[0]
+
+    @property
+    def covered(self) -> list[int]:
+        """Labels inside the set served for them, per level."""
+        return self._core.counts()[1]
+
+    @property
+    def served(self) -> int:
+        """Predictions served."""
+        return self._core.counts()[2]
 
     def record_served(self, sizes: list[float]) -> None:
         """Sizes (class count or width, ``inf`` for unbounded) served, per level."""
-        self.served += 1
-        for i, size in enumerate(sizes):
-            if math.isinf(size):
-                self.unbounded[i] += 1
-            else:
-                self.size_sums[i] += size
+        self._core.record_served(sizes)
 
     def record_label(self, covered: list[int]) -> None:
         """Whether the label fell inside the set served for it (1) or not (0), per level."""
-        self.labelled += 1
-        for i, flag in enumerate(covered):
-            self.covered[i] += flag
-            self.ring_covered[i] += flag
-        if len(self.ring) < self.rolling:
-            self.ring.append(list(covered))
-        else:
-            for i, flag in enumerate(self.ring[self.head]):
-                self.ring_covered[i] -= flag
-            self.ring[self.head] = list(covered)
-            self.head = (self.head + 1) % self.rolling
+        self._core.record_label(covered)
 
     def summary(self) -> dict[str, dict[str, float | int | None]]:
         """``{"0.1": {"target", "coverage", "rolling_coverage", "mean_size", ...}}``."""
         from streamweights.adapters.conformal import level_key
 
+        labelled, covered, served, size_sums, unbounded, ring, ring_covered = \
+            self._core.counts()
         found: dict[str, dict[str, float | int | None]] = {}
         for i, alpha in enumerate(self.alphas):
-            bounded = self.served - self.unbounded[i]
+            bounded = served - unbounded[i]
             found[level_key(alpha)] = {
                 "target": 1.0 - alpha,
-                "labels": self.labelled,
-                "coverage": self.covered[i] / self.labelled if self.labelled else None,
-                "rolling_coverage": (self.ring_covered[i] / len(self.ring)
-                                     if self.ring else None),
-                "mean_size": self.size_sums[i] / bounded if bounded else None,
-                "unbounded": self.unbounded[i],
+                "labels": labelled,
+                "coverage": covered[i] / labelled if labelled else None,
+                "rolling_coverage": ring_covered[i] / ring if ring else None,
+                "mean_size": size_sums[i] / bounded if bounded else None,
+                "unbounded": unbounded[i],
             }
         return found
 
     def state_dict(self) -> dict[str, Any]:
-        return {"labelled": self.labelled, "covered": list(self.covered),
-                "served": self.served, "size_sums": list(self.size_sums),
-                "unbounded": list(self.unbounded), "ring": [list(r) for r in self.ring],
-                "head": self.head}
+        return self._core.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.labelled = int(state["labelled"])
-        self.covered = [int(v) for v in state["covered"]]
-        self.served = int(state["served"])
-        self.size_sums = [float(v) for v in state["size_sums"]]
-        self.unbounded = [int(v) for v in state["unbounded"]]
-        self.ring = [[int(v) for v in r] for r in state["ring"]]
-        self.head = int(state["head"])
-        self.ring_covered = [sum(r[i] for r in self.ring) for i in range(len(self.alphas))]
+        self._core.load_state_dict(state)

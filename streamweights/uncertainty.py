@@ -6,8 +6,9 @@ The pipeline calls ``serve`` for every accepted prediction (it returns the wire-
 sets or intervals of the adapted output and what must wait in the join with the
 prediction) and ``learn`` when that prediction's label arrives (every layer learns on
 the thresholds it served, every monitor records whether the served set covered the
-label). Everything is per-record float arithmetic on small state; ``state_dict`` holds
-it all, so a restored stream serves the same sets, bit for bit.
+label). Both run in the native core in one call per record (``UncertaintyCore``, which
+holds the same layer, monitor and estimate objects as this class, so their
+``state_dict`` sees every change); a restored stream serves the same sets, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.conformal import build_layer, level_key
-from streamweights.adapters.conformal.scores import class_set, score
 from streamweights.adapters.performance_estimate import ConfidenceEstimate
 from streamweights.coverage import CoverageMonitor
 
@@ -47,6 +48,10 @@ class StreamUncertainty:
         if estimate is not None and n_classes is not None:
             self.estimates = [ConfidenceEstimate(n_classes, estimate["window"])
                               for _ in self.forecasters]
+        self._core = _native.UncertaintyCore(
+            self.classification, [layer._core for layer in self.layers],
+            [monitor._core for monitor in self.monitors],
+            [estimate._core for estimate in self.estimates])
 
     def _rows(self, served: Any, raw: np.ndarray) -> list[Any]:
         if self.classification:
@@ -56,44 +61,20 @@ class StreamUncertainty:
     def serve(self, served: Any, raw: np.ndarray) -> tuple[dict[str, Any] | None, Any]:
         """For a prediction the chain served (``raw``: the models' rows): the adapted
         output's sets or intervals (``None`` without conformal) and the thresholds
-        every layer served, to keep with the prediction."""
-        rows = self._rows(served, raw)
-        for estimate, row in zip(self.estimates, rows, strict=False):
-            estimate.observe_trusted(row)
+        every layer served, to keep with the prediction (one row per layer)."""
+        wire, kept, width = self._core.serve(self._rows(served, raw))
         if not self.layers:
             return None, None
-        kept = []
-        wire = None
-        for index, (layer, monitor, row) in enumerate(zip(self.layers, self.monitors, rows,
-                                                          strict=False)):
-            thresholds = layer._served_state()
-            kept.append(thresholds)
-            levels = thresholds[:len(layer.alphas)]
-            if self.classification:
-                sets = [class_set(layer.score, row, q) for q in levels]
-                monitor.record_served([float(len(s)) for s in sets])
-                if index == 0:
-                    wire = {level_key(a): s for a, s in zip(layer.alphas, sets, strict=True)}
-            else:
-                monitor.record_served([math.inf if math.isinf(q) else 2.0 * max(q, 0.0)
-                                       for q in levels])
-                if index == 0:
-                    wire = layer.intervals(row, levels)
-        return wire, np.array(kept, dtype=np.float64)
+        keys = [level_key(a) for a in self.layers[0].alphas]
+        return (dict(zip(keys, wire, strict=True)),
+                np.array(kept, dtype=np.float64).reshape(len(self.layers), width))
 
     def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float) -> None:
-        """The label ``value`` of a prediction served as ``served`` from ``raw``."""
-        rows = self._rows(served, raw)
-        for estimate, row in zip(self.estimates, rows, strict=False):
-            estimate.learn_trusted(row, value)
-        if not self.layers:
-            return
-        # the chain validated the outputs and the pipeline the label: no second check
-        for layer, monitor, row, thresholds in zip(self.layers, self.monitors, rows,
-                                                   np.asarray(kept).tolist(), strict=False):
-            s = score(layer.score, row, value)
-            monitor.record_label([0 if s > q else 1 for q in thresholds[:len(layer.alphas)]])
-            layer.learn_scored(s, thresholds)
+        """The label ``value`` of a prediction served as ``served`` from ``raw``; the
+        chain validated the outputs and the pipeline the label: no second check."""
+        thresholds = [] if kept is None else np.asarray(kept, dtype=np.float64).reshape(
+            -1).tolist()
+        self._core.learn(thresholds, self._rows(served, raw), value)
 
     def describe(self) -> dict[str, Any] | None:
         """For the weights record: the method and the adapted output's thresholds now."""

@@ -8,6 +8,7 @@
 
 use pyo3::prelude::*;
 
+mod conformal;
 mod scores;
 
 /// The core's version, to check that the compiled module matches the Python package.
@@ -20,5 +21,6 @@ fn core_version() -> &'static str {
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
     scores::register(module)?;
+    conformal::register(module)?;
     Ok(())
 }

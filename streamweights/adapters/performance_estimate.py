@@ -16,6 +16,7 @@ realised metrics wait for the label delay, so the estimate moves first.
 ``observe`` takes a served prediction, ``learn`` its label; ``predict`` returns
 ``[estimated accuracy, estimated Brier, estimated log-loss, realised accuracy,
 realised Brier, realised log-loss]`` (NaN until there is something to average).
+The windows and their arithmetic run in the native core (``EstimateCore``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     check_class_label,
@@ -41,64 +43,20 @@ FIELDS = ("estimated_accuracy", "estimated_brier", "estimated_log_loss",
 
 def expected_scores(p: list[float]) -> tuple[float, float, float]:
     """Expected accuracy, Brier and log-loss of ``p`` if its label were drawn from ``p``."""
-    squares = 0.0
-    entropy = 0.0
-    for value in p:
-        squares += value * value
-        entropy -= value * math.log(max(value, PROBABILITY_FLOOR))
-    return max(p), 1.0 - squares, entropy
+    return _native.expected_scores(p)
 
 
 def realised_scores(p: list[float], y: int) -> tuple[float, float, float]:
     """Accuracy (top class is ``y``, first index on ties), Brier and log-loss of ``p``."""
-    squares = 0.0
-    for value in p:
-        squares += value * value
-    hit = 1.0 if p.index(max(p)) == y else 0.0
-    return hit, squares - 2.0 * p[y] + 1.0, -math.log(max(p[y], PROBABILITY_FLOOR))
+    return _native.realised_scores(p, y)
 
 
 #: A window is kept as this many blocks of running sums, not item by item: the state is
 #: a few dozen numbers whatever the window, and a mean covers the last ``window`` to
-#: ``window + window / BLOCKS`` items.
+#: ``window + window / BLOCKS`` items. Each block is ``[count, sum_0, sum_1, sum_2]``,
+#: summed in arrival order; the oldest block is dropped once the others cover
+#: ``window`` items (exact and deterministic: no running total that subtracts).
 BLOCKS = 10
-
-
-class _BlockWindow:
-    """Sums of the last ``size``-odd triples, in blocks of ``ceil(size / BLOCKS)``.
-
-    Each block is ``[count, sum_0, sum_1, sum_2]``, summed in arrival order; the oldest
-    block is dropped once the others cover ``size`` items. Exact and deterministic (no
-    running total that subtracts), and a restored window gives the same bits.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.block = -(-size // BLOCKS)
-        self.blocks: list[list[float]] = []
-
-    def push(self, item: tuple[float, float, float]) -> None:
-        if not self.blocks or self.blocks[-1][0] >= self.block:
-            self.blocks.append([0.0, 0.0, 0.0, 0.0])
-        last = self.blocks[-1]
-        last[0] += 1.0
-        last[1] += item[0]
-        last[2] += item[1]
-        last[3] += item[2]
-        while sum(b[0] for b in self.blocks) - self.blocks[0][0] >= self.size:
-            del self.blocks[0]
-
-    def means(self) -> list[float]:
-        count = math.fsum(b[0] for b in self.blocks)
-        if count == 0:
-            return [math.nan] * 3
-        return [math.fsum(b[j] for b in self.blocks) / count for j in (1, 2, 3)]
-
-    def state(self) -> list[list[float]]:
-        return [list(b) for b in self.blocks]
-
-    def load(self, state: list[list[float]]) -> None:
-        self.blocks = [[float(v) for v in b] for b in state]
 
 
 class ConfidenceEstimate(Adapter):
@@ -134,8 +92,7 @@ class ConfidenceEstimate(Adapter):
     def __init__(self, n_classes: int, window: int = 500) -> None:
         self.n_classes = check_count(n_classes, "n_classes", 2)
         self.window = check_count(window, "window", 1)
-        self.expected_ = _BlockWindow(self.window)
-        self.realised_ = _BlockWindow(self.window)
+        self._core = _native.EstimateCore(self.window)
 
     def observe(self, x: Any) -> None:
         self.observe_trusted(check_probability_vector(x, "x", self.n_classes))
@@ -146,19 +103,19 @@ class ConfidenceEstimate(Adapter):
 
     def observe_trusted(self, p: list[float]) -> None:
         """``observe`` for a caller that validated ``p`` (a list of floats) already."""
-        self.expected_.push(expected_scores(p))
+        self._core.observe(p)
 
     def learn_trusted(self, p: list[float], label: int) -> None:
         """``learn`` for a caller that validated ``p`` and ``label`` already."""
-        self.realised_.push(realised_scores(p, label))
+        self._core.learn(p, label)
 
     def predict(self, x: Any) -> np.ndarray:
         check_probability_vector(x, "x", self.n_classes)
-        return np.array(self.expected_.means() + self.realised_.means())
+        return np.array(self._core.means())
 
     def estimates(self) -> dict[str, float | None]:
         """The six numbers by name (``None`` for an empty window)."""
-        values = self.expected_.means() + self.realised_.means()
+        values = self._core.means()
         return {name: None if math.isnan(v) else v for name, v in zip(FIELDS, values,
                                                                        strict=True)}
 
@@ -166,8 +123,9 @@ class ConfidenceEstimate(Adapter):
         return {"n_classes": self.n_classes, "window": self.window}
 
     def _get_state(self) -> dict[str, Any]:
-        return {"expected": self.expected_.state(), "realised": self.realised_.state()}
+        expected, realised = self._core.blocks()
+        return {"expected": expected, "realised": realised}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self.expected_.load(state["expected"])
-        self.realised_.load(state["realised"])
+        self._core.load([[float(v) for v in b] for b in state["expected"]],
+                        [[float(v) for v in b] for b in state["realised"]])

@@ -8,6 +8,10 @@ returns, with the output, the thresholds it used (``served``: a small float arra
 caller keeps them with the pending prediction (the pipeline's join does, as it keeps a
 chain's stage inputs) and hands them to ``learn_served`` with the label. ``learn(x, y)``
 uses the current thresholds: the label arrived at once.
+
+The state and the per-label arithmetic live in the native core (``ConformalCore`` in
+``native/src/conformal.rs``); these classes configure it, validate inputs at the edge
+and keep the snapshot format.
 """
 
 from __future__ import annotations
@@ -61,23 +65,25 @@ class _ConformalLayer(Adapter):
             raise ValueError(f"score: must be one of {', '.join(allowed)} for {task}, got "
                              f"{score!r}")
         self.window = check_count(window, "window", 2)
-        self.scores_ = ScoreWindow(self.window)
-        self.labels_ = 0
+        self._core: Any = None  # the method's ConformalCore, made by the subclass
 
-    # -- method hooks -----------------------------------------------------------------
+    # -- the core's state, read-only views ------------------------------------------
     def _served_state(self) -> list[float]:
         """The thresholds a prediction served now is judged by when its label comes;
         the first ``L`` are the served score thresholds, one per level."""
-        raise NotImplementedError
+        return self._core.served_state()
 
-    def _update(self, value: float, served: list[float]) -> None:
-        """Move the method's state on a label whose score is ``value``, given what was
-        served with its prediction; called before ``value`` joins the window."""
-        raise NotImplementedError
+    @property
+    def labels_(self) -> int:
+        """Labels learned so far."""
+        return self._core.labels
 
-    def _refresh(self) -> None:
-        """Recompute the served thresholds after a label (cached: predictions only read)."""
-        raise NotImplementedError
+    @property
+    def scores_(self) -> ScoreWindow:
+        """A copy of the window of recent scores (``ring``, ``ordered``, ``head``)."""
+        window = ScoreWindow(self.window)
+        window.load({"ring": self._core.ring, "head": self._core.head})
+        return window
 
     # -- inputs -----------------------------------------------------------------------
     def _input(self, x: Any) -> Any:
@@ -96,7 +102,7 @@ class _ConformalLayer(Adapter):
     @property
     def thresholds_(self) -> list[float]:
         """The score threshold served now, per level."""
-        return self._served_state()[:len(self.alphas)]
+        return self._core.thresholds
 
     def predict(self, x: Any) -> np.ndarray:
         return self._output(self._input(x), self.thresholds_)
@@ -143,20 +149,17 @@ class _ConformalLayer(Adapter):
         """The label ``y`` of a prediction ``x`` that was served with ``served``."""
         value = self._input(x)
         label = self._label(y)
-        expected = len(self._served_state())
-        given = [float(v) for v in np.asarray(served, dtype=np.float64).reshape(-1)]
+        expected = self._core.served_len()
+        given = np.asarray(served, dtype=np.float64).reshape(-1).tolist()
         if len(given) != expected:
             raise ValueError(f"served: expected {expected} thresholds, got {len(given)}")
         self.learn_scored(score(self.score, value, label), given)
 
     def learn_scored(self, value: float, served: list[float]) -> None:
         """``learn_served`` for a caller that validated its inputs and computed the
-        label's score ``value`` itself (the pipeline: validation happens once, at the
-        edge); ``served`` is the plain list ``serve`` returned."""
-        self._update(value, served)
-        self.scores_.push(value)
-        self.labels_ += 1
-        self._refresh()
+        label's score ``value`` itself (validation happens once, at the edge);
+        ``served`` is the plain list ``serve`` returned."""
+        self._core.learn_scored(value, served)
 
     @staticmethod
     def errors(value: float, thresholds: list[float]) -> list[int]:
@@ -169,11 +172,18 @@ class _ConformalLayer(Adapter):
                 "score": self.score, "window": self.window}
 
     def _base_state(self) -> dict[str, Any]:
-        return {"scores": self.scores_.state(), "labels": self.labels_}
+        # the ring as an array: its bytes (base64) take about half the room of floats
+        return {"scores": {"ring": np.array(self._core.ring, dtype=np.float64),
+                           "head": self._core.head}, "labels": self._core.labels}
 
-    def _load_base(self, state: dict[str, Any]) -> None:
-        self.scores_.load(state["scores"])
-        self.labels_ = int(state["labels"])
+    def _get_state(self) -> dict[str, Any]:
+        return {**self._base_state(), **self._core.method_state()}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Window, label count and method state at once: a bad snapshot changes nothing."""
+        scores = state["scores"]
+        self._core.load(np.asarray(scores["ring"], dtype=np.float64).tolist(),
+                        int(scores["head"]), int(state["labels"]), state)
 
 
 def level_key(alpha: float) -> str:

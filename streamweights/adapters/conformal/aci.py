@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamweights import _native
 from streamweights.adapters.conformal._layer import _ConformalLayer
-from streamweights.adapters.conformal.scores import empirical_quantile
 from streamweights.adapters.validation import check_in_range
 
 
@@ -63,28 +63,12 @@ class AdaptiveConformal(_ConformalLayer):
                  window: int = 1000, step: float = 0.005) -> None:
         super().__init__(alphas, n_classes, score, window)
         self.step = check_in_range(step, "step", 0.0, 1.0, high_open=False)
-        self.levels_ = list(self.alphas)
-        self._refresh()
+        self._core = _native.ConformalCore.aci(self.alphas, self.score, self.window, self.step)
 
-    def _served_state(self) -> list[float]:
-        return list(self._thresholds)
-
-    def _update(self, value: float, served: list[float]) -> None:
-        errors = self.errors(value, served)
-        self.levels_ = [level + self.step * (alpha - err) for level, alpha, err
-                        in zip(self.levels_, self.alphas, errors, strict=True)]
-
-    def _refresh(self) -> None:
-        ordered = self.scores_.ordered
-        self._thresholds = [empirical_quantile(ordered, 1.0 - level) for level in self.levels_]
+    @property
+    def levels_(self) -> list[float]:
+        """The working level per target level."""
+        return self._core.method_state()["levels"]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "step": self.step}
-
-    def _get_state(self) -> dict[str, Any]:
-        return {**self._base_state(), "levels": list(self.levels_)}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._load_base(state)
-        self.levels_ = [float(v) for v in state["levels"]]
-        self._refresh()

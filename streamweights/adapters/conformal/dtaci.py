@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streamweights import _native
 from streamweights.adapters.conformal._layer import _ConformalLayer
-from streamweights.adapters.conformal.scores import covered_level, empirical_quantile
 from streamweights.adapters.validation import check_count, check_in_range, check_positive
 
 #: The paper's grid of step sizes.
@@ -84,68 +84,23 @@ class DtACI(_ConformalLayer):
                                                         / ((1.0 - a) ** 2 * a ** 3))
                       for a in self.alphas]
         self._sigma = self.share if self.share is not None else 1.0 / (2.0 * span)
-        #: Per level: each expert's working level and weight (weights sum to 1).
-        self.levels_ = [[alpha] * k for alpha in self.alphas]
-        self.weights_ = [[1.0 / k] * k for _ in self.alphas]
-        self._refresh()
+        self._core = _native.ConformalCore.dtaci(self.alphas, self.score, self.window,
+                                                 self.steps, self._etas, self._sigma)
 
-    def _served_state(self) -> list[float]:
-        """Served threshold per level, then every expert's threshold, level by level."""
-        return list(self._thresholds) + [q for row in self._expert_thresholds for q in row]
+    @property
+    def levels_(self) -> list[list[float]]:
+        """Per target level: each expert's working level."""
+        return self._core.method_state()["levels"]
+
+    @property
+    def weights_(self) -> list[list[float]]:
+        """Per target level: the experts' weights (summing to 1)."""
+        return self._core.method_state()["weights"]
 
     def mixed_levels(self) -> list[float]:
         """The served working level per target level (the weighted mean of the experts)."""
-        mixed = []
-        for levels, weights in zip(self.levels_, self.weights_, strict=True):
-            total = 0.0
-            for level, weight in zip(levels, weights, strict=True):
-                total += weight * level
-            mixed.append(total)
-        return mixed
-
-    def _update(self, value: float, served: list[float]) -> None:
-        beta = covered_level(self.scores_.ordered, value)
-        k = len(self.steps)
-        n_levels = len(self.alphas)
-        sigma = self._sigma
-        exp = math.exp
-        for row, alpha in enumerate(self.alphas):
-            eta = self._etas[row]
-            start = n_levels + row * k
-            levels = self.levels_[row]
-            raised = []
-            total = 0.0
-            for level, weight in zip(levels, self.weights_[row], strict=True):
-                gap = beta - level
-                loss = alpha * gap - (gap if gap < 0.0 else 0.0)  # the pinball loss
-                w = weight * exp(-eta * loss)
-                raised.append(w)
-                total += w
-            if total > 0.0:
-                self.weights_[row] = [(1.0 - sigma) * w / total + sigma / k for w in raised]
-            else:  # every expert's loss underflowed the weights: start the mixture again
-                self.weights_[row] = [1.0 / k] * k
-            self.levels_[row] = [
-                level + step * (alpha - (1.0 if value > q else 0.0)) for level, step, q
-                in zip(levels, self.steps, served[start:start + k], strict=True)]
-
-    def _refresh(self) -> None:
-        ordered = self.scores_.ordered
-        self._thresholds = [empirical_quantile(ordered, 1.0 - level)
-                            for level in self.mixed_levels()]
-        self._expert_thresholds = [[empirical_quantile(ordered, 1.0 - level) for level in row]
-                                   for row in self.levels_]
+        return self._core.mixed_levels()
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "steps": list(self.steps), "interval": self.interval,
                 "learning_rate": self.learning_rate, "share": self.share}
-
-    def _get_state(self) -> dict[str, Any]:
-        return {**self._base_state(), "levels": [list(r) for r in self.levels_],
-                "weights": [list(r) for r in self.weights_]}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._load_base(state)
-        self.levels_ = [[float(v) for v in r] for r in state["levels"]]
-        self.weights_ = [[float(v) for v in r] for r in state["weights"]]
-        self._refresh()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streamweights import _native
 from streamweights.adapters.conformal._layer import _ConformalLayer
 from streamweights.adapters.validation import check_count, check_in_range, check_positive
 
@@ -67,52 +68,19 @@ class ConformalPID(_ConformalLayer):
         self.horizon = check_count(horizon, "horizon", 3)
         log_h = math.log(self.horizon)
         self._saturation = (2.0 / math.pi) * (math.ceil(log_h) - 1.0 / log_h)
-        self.tracked_ = [0.0] * len(self.alphas)
-        self.error_sums_ = [0.0] * len(self.alphas)
-        self._refresh()
+        self._core = _native.ConformalCore.pid(self.alphas, self.score, self.window, self.lr,
+                                               self.gain, self._saturation)
 
-    def _served_state(self) -> list[float]:
-        return list(self._thresholds)
+    @property
+    def tracked_(self) -> list[float]:
+        """The quantile tracker's threshold per level (before the integral term)."""
+        return self._core.method_state()["tracked"]
 
-    def _scale(self, value: float) -> float:
-        """The spread of recent scores; the newest score's size while there is none."""
-        spread = self.scores_.spread()
-        return spread if spread > 0.0 else max(abs(value), 1e-12)
-
-    def _update(self, value: float, served: list[float]) -> None:
-        scale = self._scale(value)
-        errors = self.errors(value, served)
-        for i, (alpha, err) in enumerate(zip(self.alphas, errors, strict=True)):
-            self.tracked_[i] = self.tracked_[i] + self.lr * scale * (err - alpha)
-            self.error_sums_[i] = self.error_sums_[i] + (err - alpha)
-
-    def _refresh(self) -> None:
-        t = self.labels_
-        scale = self.scores_.spread() if t else 0.0
-        thresholds = []
-        for tracked, total in zip(self.tracked_, self.error_sums_, strict=True):
-            integral = 0.0
-            if self.gain > 0.0 and t > 0:
-                argument = total * math.log(t + 1) / (self._saturation * (t + 1))
-                if argument >= math.pi / 2:
-                    integral = math.inf
-                elif argument <= -math.pi / 2:
-                    integral = -math.inf
-                else:
-                    integral = self.gain * scale * math.tan(argument)
-            thresholds.append(tracked + integral)
-        self._thresholds = thresholds
+    @property
+    def error_sums_(self) -> list[float]:
+        """``E_t = sum (err_i - alpha)`` per level."""
+        return self._core.method_state()["error_sums"]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "lr": self.lr, "gain": self.gain,
                 "horizon": self.horizon}
-
-    def _get_state(self) -> dict[str, Any]:
-        return {**self._base_state(), "tracked": list(self.tracked_),
-                "error_sums": list(self.error_sums_)}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        self._load_base(state)
-        self.tracked_ = [float(v) for v in state["tracked"]]
-        self.error_sums_ = [float(v) for v in state["error_sums"]]
-        self._refresh()

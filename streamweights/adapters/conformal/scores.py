@@ -16,17 +16,18 @@ holds every label whose score is at most ``q``:
 * ``"absolute"`` (regression, the only one): ``s(yhat, y) = |y - yhat|``; the interval
   is ``[yhat - q, yhat + q]``.
 
-Everything here is plain per-event float arithmetic on Python floats (no numpy calls),
-so it ports line for line to the native core.
+The arithmetic runs in the native core (``native/src/conformal.rs``); these are its
+Python faces for the layers' public verbs and the evaluation. The plain-Python version
+is kept in ``tests/reference/conformal`` as the oracle.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 from typing import Any
 
 import numpy as np
+
+from streamweights import _native
 
 CLASSIFICATION_SCORES = ("probability", "aps")
 REGRESSION_SCORES = ("absolute",)
@@ -34,29 +35,12 @@ REGRESSION_SCORES = ("absolute",)
 
 def score(kind: str, x: Any, y: Any) -> float:
     """The nonconformity of label ``y`` for prediction ``x`` (probabilities or a value)."""
-    if kind == "probability":
-        return 1.0 - x[y]
-    if kind == "aps":
-        return _aps_mass(x, y)
-    return abs(y - x)
-
-
-def _aps_mass(p: list[float], y: int) -> float:
-    """Mass of the classes ranked at or above ``y``: higher probability, or equal
-    probability and a lower index; summed in class order (a fixed order of additions)."""
-    target = p[y]
-    total = 0.0
-    for k, value in enumerate(p):
-        if value > target or (value == target and k <= y):
-            total += value
-    return total
+    return _native.nonconformity(kind, x, y)
 
 
 def class_set(kind: str, p: list[float], q: float) -> list[int]:
     """The classes whose score is at most ``q``, in class order."""
-    if kind == "probability":
-        return [k for k, value in enumerate(p) if 1.0 - value <= q]
-    return [k for k in range(len(p)) if _aps_mass(p, k) <= q]
+    return _native.class_set(kind, p, q)
 
 
 def interval(value: float, q: float) -> tuple[float, float]:
@@ -72,56 +56,50 @@ def empirical_quantile(ordered: list[float], level: float) -> float:
     """The ``level`` quantile of the scores ``ordered`` (ascending) in the conformal
     sense: the ``ceil(level (n + 1))``-th smallest, ``+inf`` past the largest (too few
     scores to certify the level) and ``-inf`` for a level of 0 or less."""
-    n = len(ordered)
-    rank = math.ceil(level * (n + 1))
-    if rank > n:
-        return math.inf
-    if rank < 1:
-        return -math.inf
-    return ordered[rank - 1]
+    return _native.empirical_quantile(ordered, level)
 
 
 def covered_level(ordered: list[float], value: float) -> float:
     """``beta``: the largest miscoverage level whose quantile still covers ``value``,
     ``1 - #{scores < value} / (n + 1)`` (the supremum of ``a`` with
     ``value <= empirical_quantile(ordered, 1 - a)``)."""
-    below = bisect.bisect_left(ordered, value)
-    return 1.0 - below / (len(ordered) + 1)
+    return _native.covered_level(ordered, value)
 
 
 class ScoreWindow:
     """The last ``size`` scores, in arrival order (a ring) and sorted (for quantiles).
 
-    Insertion and eviction keep the sorted copy with a binary search and one list
-    shift, O(size) per label at worst and no sort; the sorted copy is rebuilt from the
-    ring on restore, so only the ring is state.
+    Insertion and eviction keep the sorted copy with a binary search and one shift, no
+    sort; the sorted copy is rebuilt from the ring on restore, so only the ring is state.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, core: Any = None) -> None:
+        self._core = _native.ScoreWindowCore(size) if core is None else core
         self.size = size
-        self.ring: list[float] = []
-        self.head = 0  # where the next score goes once the ring is full
-        self.ordered: list[float] = []
+
+    @property
+    def ring(self) -> list[float]:
+        return self._core.ring
+
+    @property
+    def ordered(self) -> list[float]:
+        return self._core.ordered
+
+    @property
+    def head(self) -> int:
+        return self._core.head
 
     def push(self, value: float) -> None:
-        if len(self.ring) < self.size:
-            self.ring.append(value)
-        else:
-            oldest = self.ring[self.head]
-            del self.ordered[bisect.bisect_left(self.ordered, oldest)]
-            self.ring[self.head] = value
-            self.head = (self.head + 1) % self.size
-        bisect.insort(self.ordered, value)
+        self._core.push(float(value))
 
     def spread(self) -> float:
         """Largest minus smallest score (0 with fewer than two)."""
-        return self.ordered[-1] - self.ordered[0] if self.ordered else 0.0
+        return self._core.spread()
 
     def state(self) -> dict[str, Any]:
         # an array: its bytes (base64) take about half the room of printed floats
         return {"ring": np.array(self.ring, dtype=np.float64), "head": self.head}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.ring = np.asarray(state["ring"], dtype=np.float64).tolist()
-        self.head = int(state["head"])
-        self.ordered = sorted(self.ring)
+        self._core.load(np.asarray(state["ring"], dtype=np.float64).tolist(),
+                        int(state["head"]))

@@ -1,0 +1,1246 @@
+//! Online conformal prediction in the core: nonconformity scores, the window of recent
+//! scores, the three online methods (ACI, conformal PID, DtACI), coverage bookkeeping,
+//! label-free performance estimates, and a stream's whole uncertainty layer served and
+//! learned in one call per record.
+//!
+//! The Python classes (`streamweights.adapters.conformal`, `ConfidenceEstimate`,
+//! `CoverageMonitor`, `StreamUncertainty`) keep their constructors, validation and state
+//! formats and hold these as their state. The arithmetic follows the plain-Python
+//! reference (`tests/reference/conformal.py`) operation for operation, so per-event
+//! thresholds, weights and levels are the same floats; the estimates' window means sum
+//! left to right where the reference used `math.fsum`.
+//!
+//! References: Gibbs & Candès (2021) ACI; Gibbs & Candès (2022) DtACI; Angelopoulos,
+//! Candès & Tibshirani (2023) conformal PID; Romano, Sesia & Candès (2020) APS scores.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use pyo3::IntoPyObjectExt;
+
+use crate::scores::PROBABILITY_FLOOR;
+
+/// How badly a label fits a prediction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreKind {
+    /// `1 - p_y` (classification).
+    Probability,
+    /// Adaptive prediction sets, non-randomised (classification).
+    Aps,
+    /// `|y - yhat|` (regression).
+    Absolute,
+}
+
+impl ScoreKind {
+    fn parse(name: &str) -> PyResult<Self> {
+        match name {
+            "probability" => Ok(Self::Probability),
+            "aps" => Ok(Self::Aps),
+            "absolute" => Ok(Self::Absolute),
+            other => Err(PyValueError::new_err(format!(
+                "score: unknown nonconformity score {other:?}"
+            ))),
+        }
+    }
+
+    /// The score of class `y` for probabilities `p`.
+    fn of_class(self, p: &[f64], y: usize) -> f64 {
+        match self {
+            Self::Aps => aps_mass(p, y),
+            _ => 1.0 - p[y],
+        }
+    }
+}
+
+/// Mass of the classes ranked at or above `y` (higher probability, or equal and a lower
+/// index), summed in class order.
+pub fn aps_mass(p: &[f64], y: usize) -> f64 {
+    let target = p[y];
+    let mut total = 0.0;
+    for (k, &value) in p.iter().enumerate() {
+        if value > target || (value == target && k <= y) {
+            total += value;
+        }
+    }
+    total
+}
+
+/// The classes whose score is at most `q`, in class order.
+pub fn class_set_of(kind: ScoreKind, p: &[f64], q: f64) -> Vec<usize> {
+    (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).collect()
+}
+
+/// `[value - q, value + q]`; a negative threshold gives `[value, value]`.
+pub fn interval_of(value: f64, q: f64) -> (f64, f64) {
+    if q < 0.0 {
+        (value, value)
+    } else {
+        (value - q, value + q)
+    }
+}
+
+/// The `level` quantile of ascending `ordered` in the conformal sense: the
+/// `ceil(level (n + 1))`-th smallest, `+inf` past the largest, `-inf` below the first.
+/// (A NaN level, which validation never lets through, serves everything: `+inf`.)
+pub fn quantile(ordered: &[f64], level: f64) -> f64 {
+    let n = ordered.len();
+    let rank = (level * (n as f64 + 1.0)).ceil();
+    if rank.is_nan() || rank > n as f64 {
+        f64::INFINITY
+    } else if rank < 1.0 {
+        f64::NEG_INFINITY
+    } else {
+        ordered[rank as usize - 1]
+    }
+}
+
+/// `1 - #{scores < value} / (n + 1)`: the largest miscoverage level still covering it.
+pub fn covered(ordered: &[f64], value: f64) -> f64 {
+    let below = ordered.partition_point(|&v| v < value);
+    1.0 - below as f64 / (ordered.len() as f64 + 1.0)
+}
+
+/// The last `size` scores in arrival order (a ring) and sorted (for quantiles).
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub size: usize,
+    pub ring: Vec<f64>,
+    pub head: usize,
+    pub ordered: Vec<f64>,
+}
+
+impl Window {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size,
+            ring: Vec::with_capacity(size),
+            head: 0,
+            ordered: Vec::with_capacity(size),
+        }
+    }
+
+    pub fn push(&mut self, value: f64) {
+        if self.ring.len() < self.size {
+            self.ring.push(value);
+        } else {
+            let oldest = self.ring[self.head];
+            let at = self.ordered.partition_point(|&v| v < oldest);
+            self.ordered.remove(at);
+            self.ring[self.head] = value;
+            self.head = (self.head + 1) % self.size;
+        }
+        let at = self.ordered.partition_point(|&v| v <= value);
+        self.ordered.insert(at, value);
+    }
+
+    pub fn spread(&self) -> f64 {
+        match (self.ordered.first(), self.ordered.last()) {
+            (Some(low), Some(high)) => high - low,
+            _ => 0.0,
+        }
+    }
+
+    /// Restores the ring; the sorted copy is rebuilt (a stable sort, as Python's).
+    pub fn load(&mut self, ring: Vec<f64>, head: usize) -> PyResult<()> {
+        if ring.len() > self.size || (head > 0 && head >= ring.len()) {
+            return Err(PyValueError::new_err(format!(
+                "scores: a ring of {} scores with head {head} does not fit a window of {}",
+                ring.len(),
+                self.size
+            )));
+        }
+        let mut ordered = ring.clone();
+        ordered.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        self.ring = ring;
+        self.head = head;
+        self.ordered = ordered;
+        Ok(())
+    }
+}
+
+/// What each method keeps beyond the window.
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// One working level per target level, moved by `step` on every label.
+    Aci { step: f64, levels: Vec<f64> },
+    /// Quantile tracker plus a saturating integrator, per level.
+    Pid {
+        lr: f64,
+        gain: f64,
+        saturation: f64,
+        tracked: Vec<f64>,
+        error_sums: Vec<f64>,
+    },
+    /// One ACI expert per step, mixed by exponential weights with Fixed-Share.
+    Dtaci {
+        steps: Vec<f64>,
+        etas: Vec<f64>,
+        sigma: f64,
+        levels: Vec<Vec<f64>>,
+        weights: Vec<Vec<f64>>,
+        expert_thresholds: Vec<Vec<f64>>,
+    },
+}
+
+/// One online conformal layer (plain Rust; `ConformalCore` is its Python handle).
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub alphas: Vec<f64>,
+    pub kind: ScoreKind,
+    pub window: Window,
+    pub labels: u64,
+    pub method: Method,
+    pub thresholds: Vec<f64>,
+}
+
+fn miss(value: f64, q: f64) -> f64 {
+    if value > q {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+impl Layer {
+    fn new(alphas: Vec<f64>, kind: ScoreKind, window: usize, method: Method) -> Self {
+        let mut layer = Self {
+            alphas,
+            kind,
+            window: Window::new(window),
+            labels: 0,
+            method,
+            thresholds: vec![],
+        };
+        layer.refresh();
+        layer
+    }
+
+    /// The thresholds a prediction served now is judged by: per level, then (DtACI)
+    /// every expert's, level by level.
+    pub fn served_state(&self) -> Vec<f64> {
+        let mut served = self.thresholds.clone();
+        if let Method::Dtaci {
+            expert_thresholds, ..
+        } = &self.method
+        {
+            for row in expert_thresholds {
+                served.extend_from_slice(row);
+            }
+        }
+        served
+    }
+
+    pub fn served_len(&self) -> usize {
+        match &self.method {
+            Method::Dtaci { steps, .. } => self.alphas.len() * (1 + steps.len()),
+            _ => self.alphas.len(),
+        }
+    }
+
+    /// A label whose score is `value`, judged by what was `served` with its prediction.
+    pub fn learn_scored(&mut self, value: f64, served: &[f64]) {
+        self.update(value, served);
+        self.window.push(value);
+        self.labels += 1;
+        self.refresh();
+    }
+
+    fn update(&mut self, value: f64, served: &[f64]) {
+        let alphas = &self.alphas;
+        match &mut self.method {
+            Method::Aci { step, levels } => {
+                for ((level, &alpha), &q) in levels.iter_mut().zip(alphas).zip(served) {
+                    *level += *step * (alpha - miss(value, q));
+                }
+            }
+            Method::Pid {
+                lr,
+                tracked,
+                error_sums,
+                ..
+            } => {
+                let spread = self.window.spread();
+                let scale = if spread > 0.0 {
+                    spread
+                } else {
+                    value.abs().max(1e-12)
+                };
+                for (i, &alpha) in alphas.iter().enumerate() {
+                    let err = miss(value, served[i]);
+                    tracked[i] += *lr * scale * (err - alpha);
+                    error_sums[i] += err - alpha;
+                }
+            }
+            Method::Dtaci {
+                steps,
+                etas,
+                sigma,
+                levels,
+                weights,
+                ..
+            } => {
+                let beta = covered(&self.window.ordered, value);
+                let k = steps.len();
+                let n_levels = alphas.len();
+                let share = *sigma / k as f64;
+                for (row, &alpha) in alphas.iter().enumerate() {
+                    let eta = etas[row];
+                    let start = n_levels + row * k;
+                    let mut raised = Vec::with_capacity(k);
+                    let mut total = 0.0;
+                    for (&level, &weight) in levels[row].iter().zip(&weights[row]) {
+                        let gap = beta - level;
+                        let loss = alpha * gap - if gap < 0.0 { gap } else { 0.0 };
+                        let w = weight * (-eta * loss).exp();
+                        raised.push(w);
+                        total += w;
+                    }
+                    weights[row] = if total > 0.0 {
+                        raised
+                            .iter()
+                            .map(|&w| (1.0 - *sigma) * w / total + share)
+                            .collect()
+                    } else {
+                        vec![1.0 / k as f64; k]
+                    };
+                    for (i, level) in levels[row].iter_mut().enumerate() {
+                        *level += steps[i] * (alpha - miss(value, served[start + i]));
+                    }
+                }
+            }
+        }
+    }
+
+    fn refresh(&mut self) {
+        let ordered = &self.window.ordered;
+        match &mut self.method {
+            Method::Aci { levels, .. } => {
+                self.thresholds = levels.iter().map(|&l| quantile(ordered, 1.0 - l)).collect();
+            }
+            Method::Pid {
+                gain,
+                saturation,
+                tracked,
+                error_sums,
+                ..
+            } => {
+                let t = self.labels;
+                let scale = if t > 0 { self.window.spread() } else { 0.0 };
+                let half_pi = std::f64::consts::FRAC_PI_2;
+                self.thresholds = tracked
+                    .iter()
+                    .zip(error_sums.iter())
+                    .map(|(&tracked, &total)| {
+                        let mut integral = 0.0;
+                        if *gain > 0.0 && t > 0 {
+                            let next = (t + 1) as f64;
+                            let argument = total * next.ln() / (*saturation * next);
+                            integral = if argument >= half_pi {
+                                f64::INFINITY
+                            } else if argument <= -half_pi {
+                                f64::NEG_INFINITY
+                            } else {
+                                *gain * scale * argument.tan()
+                            };
+                        }
+                        tracked + integral
+                    })
+                    .collect();
+            }
+            Method::Dtaci {
+                levels,
+                weights,
+                expert_thresholds,
+                ..
+            } => {
+                self.thresholds = levels
+                    .iter()
+                    .zip(weights.iter())
+                    .map(|(levels, weights)| {
+                        let mut mixed = 0.0;
+                        for (&level, &weight) in levels.iter().zip(weights) {
+                            mixed += weight * level;
+                        }
+                        quantile(ordered, 1.0 - mixed)
+                    })
+                    .collect();
+                *expert_thresholds = levels
+                    .iter()
+                    .map(|row| row.iter().map(|&l| quantile(ordered, 1.0 - l)).collect())
+                    .collect();
+            }
+        }
+    }
+}
+
+/// Python handle of one conformal layer; the Python class validates and configures.
+#[pyclass(module = "streamweights._native")]
+pub struct ConformalCore {
+    pub layer: Layer,
+}
+
+fn rows_of(
+    value: &Bound<'_, PyAny>,
+    name: &str,
+    rows: usize,
+    width: usize,
+) -> PyResult<Vec<Vec<f64>>> {
+    let found: Vec<Vec<f64>> = value.extract()?;
+    if found.len() != rows || found.iter().any(|r| r.len() != width) {
+        return Err(PyValueError::new_err(format!(
+            "{name}: expected {rows} rows of {width}"
+        )));
+    }
+    Ok(found)
+}
+
+#[pymethods]
+impl ConformalCore {
+    /// ACI with step `step`.
+    #[staticmethod]
+    fn aci(alphas: Vec<f64>, score: &str, window: usize, step: f64) -> PyResult<Self> {
+        let levels = alphas.clone();
+        let method = Method::Aci { step, levels };
+        Ok(Self {
+            layer: Layer::new(alphas, ScoreKind::parse(score)?, window, method),
+        })
+    }
+
+    /// Conformal PID; `saturation` is `C_sat` (computed by the Python class).
+    #[staticmethod]
+    fn pid(
+        alphas: Vec<f64>,
+        score: &str,
+        window: usize,
+        lr: f64,
+        gain: f64,
+        saturation: f64,
+    ) -> PyResult<Self> {
+        let n = alphas.len();
+        let method = Method::Pid {
+            lr,
+            gain,
+            saturation,
+            tracked: vec![0.0; n],
+            error_sums: vec![0.0; n],
+        };
+        Ok(Self {
+            layer: Layer::new(alphas, ScoreKind::parse(score)?, window, method),
+        })
+    }
+
+    /// DtACI with the experts' `steps`, one `eta` per level and Fixed-Share `sigma`.
+    #[staticmethod]
+    fn dtaci(
+        alphas: Vec<f64>,
+        score: &str,
+        window: usize,
+        steps: Vec<f64>,
+        etas: Vec<f64>,
+        sigma: f64,
+    ) -> PyResult<Self> {
+        let k = steps.len();
+        if k == 0 || etas.len() != alphas.len() {
+            return Err(PyValueError::new_err(
+                "dtaci: one eta per level and at least one step",
+            ));
+        }
+        let method = Method::Dtaci {
+            steps,
+            etas,
+            sigma,
+            levels: alphas.iter().map(|&a| vec![a; k]).collect(),
+            weights: alphas.iter().map(|_| vec![1.0 / k as f64; k]).collect(),
+            expert_thresholds: vec![],
+        };
+        Ok(Self {
+            layer: Layer::new(alphas, ScoreKind::parse(score)?, window, method),
+        })
+    }
+
+    fn served_state(&self) -> Vec<f64> {
+        self.layer.served_state()
+    }
+
+    fn served_len(&self) -> usize {
+        self.layer.served_len()
+    }
+
+    #[getter]
+    fn thresholds(&self) -> Vec<f64> {
+        self.layer.thresholds.clone()
+    }
+
+    /// Learns a label whose score is `value` given the thresholds `served` (validated
+    /// length; the caller validated the score).
+    fn learn_scored(&mut self, value: f64, served: Vec<f64>) -> PyResult<()> {
+        let expected = self.layer.served_len();
+        if served.len() != expected {
+            return Err(PyValueError::new_err(format!(
+                "served: expected {expected} thresholds, got {}",
+                served.len()
+            )));
+        }
+        self.layer.learn_scored(value, &served);
+        Ok(())
+    }
+
+    /// DtACI's served working level per target level (the experts' weighted mean).
+    fn mixed_levels(&self) -> Vec<f64> {
+        match &self.layer.method {
+            Method::Dtaci {
+                levels, weights, ..
+            } => levels
+                .iter()
+                .zip(weights)
+                .map(|(l, w)| {
+                    let mut total = 0.0;
+                    for (&level, &weight) in l.iter().zip(w) {
+                        total += weight * level;
+                    }
+                    total
+                })
+                .collect(),
+            Method::Aci { levels, .. } => levels.clone(),
+            Method::Pid { .. } => self.layer.alphas.clone(),
+        }
+    }
+
+    #[getter]
+    fn labels(&self) -> u64 {
+        self.layer.labels
+    }
+    #[getter]
+    fn ring(&self) -> Vec<f64> {
+        self.layer.window.ring.clone()
+    }
+    #[getter]
+    fn head(&self) -> usize {
+        self.layer.window.head
+    }
+    #[getter]
+    fn ordered(&self) -> Vec<f64> {
+        self.layer.window.ordered.clone()
+    }
+
+    /// Method state: `levels` (ACI: per level; DtACI: per level per expert),
+    /// `weights` (DtACI), `tracked` and `error_sums` (PID).
+    fn method_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        match &self.layer.method {
+            Method::Aci { levels, .. } => out.set_item("levels", levels.clone())?,
+            Method::Pid {
+                tracked,
+                error_sums,
+                ..
+            } => {
+                out.set_item("tracked", tracked.clone())?;
+                out.set_item("error_sums", error_sums.clone())?;
+            }
+            Method::Dtaci {
+                levels, weights, ..
+            } => {
+                out.set_item("levels", levels.clone())?;
+                out.set_item("weights", weights.clone())?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the window, the label count and the method state (keys as
+    /// `method_state`), then the cached thresholds.
+    fn load(
+        &mut self,
+        ring: Vec<f64>,
+        head: usize,
+        labels: u64,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let n = self.layer.alphas.len();
+        let mut method = self.layer.method.clone();
+        match &mut method {
+            Method::Aci { levels, .. } => {
+                let found: Vec<f64> = state.get_item("levels")?.extract()?;
+                if found.len() != n {
+                    return Err(PyValueError::new_err(format!(
+                        "levels: expected {n} levels"
+                    )));
+                }
+                *levels = found;
+            }
+            Method::Pid {
+                tracked,
+                error_sums,
+                ..
+            } => {
+                let t: Vec<f64> = state.get_item("tracked")?.extract()?;
+                let e: Vec<f64> = state.get_item("error_sums")?.extract()?;
+                if t.len() != n || e.len() != n {
+                    return Err(PyValueError::new_err(format!(
+                        "tracked/error_sums: expected {n}"
+                    )));
+                }
+                *tracked = t;
+                *error_sums = e;
+            }
+            Method::Dtaci {
+                steps,
+                levels,
+                weights,
+                ..
+            } => {
+                let k = steps.len();
+                *levels = rows_of(&state.get_item("levels")?, "levels", n, k)?;
+                *weights = rows_of(&state.get_item("weights")?, "weights", n, k)?;
+            }
+        }
+        let mut window = self.layer.window.clone();
+        window.load(ring, head)?;
+        self.layer.window = window;
+        self.layer.method = method;
+        self.layer.labels = labels;
+        self.layer.refresh();
+        Ok(())
+    }
+}
+
+/// The window of scores alone (the Python `ScoreWindow`).
+#[pyclass(module = "streamweights._native")]
+pub struct ScoreWindowCore {
+    window: Window,
+}
+
+#[pymethods]
+impl ScoreWindowCore {
+    #[new]
+    fn new(size: usize) -> PyResult<Self> {
+        if size == 0 {
+            return Err(PyValueError::new_err("window: must be at least 1"));
+        }
+        Ok(Self {
+            window: Window::new(size),
+        })
+    }
+    fn push(&mut self, value: f64) {
+        self.window.push(value);
+    }
+    fn spread(&self) -> f64 {
+        self.window.spread()
+    }
+    #[getter]
+    fn size(&self) -> usize {
+        self.window.size
+    }
+    #[getter]
+    fn ring(&self) -> Vec<f64> {
+        self.window.ring.clone()
+    }
+    #[getter]
+    fn head(&self) -> usize {
+        self.window.head
+    }
+    #[getter]
+    fn ordered(&self) -> Vec<f64> {
+        self.window.ordered.clone()
+    }
+    fn load(&mut self, ring: Vec<f64>, head: usize) -> PyResult<()> {
+        self.window.load(ring, head)
+    }
+}
+
+/// Coverage and size of one forecaster's served sets, per level (the Python
+/// `CoverageMonitor` keeps the summary; this keeps the counts).
+#[derive(Clone, Debug)]
+pub struct Coverage {
+    pub rolling: usize,
+    pub labelled: u64,
+    pub covered: Vec<u64>,
+    pub served: u64,
+    pub size_sums: Vec<f64>,
+    pub unbounded: Vec<u64>,
+    pub ring: Vec<Vec<u8>>,
+    pub head: usize,
+    pub ring_covered: Vec<u64>,
+}
+
+impl Coverage {
+    fn new(levels: usize, rolling: usize) -> Self {
+        Self {
+            rolling,
+            labelled: 0,
+            covered: vec![0; levels],
+            served: 0,
+            size_sums: vec![0.0; levels],
+            unbounded: vec![0; levels],
+            ring: Vec::new(),
+            head: 0,
+            ring_covered: vec![0; levels],
+        }
+    }
+
+    fn record_served(&mut self, sizes: &[f64]) {
+        self.served += 1;
+        for (i, &size) in sizes.iter().enumerate() {
+            if size.is_infinite() {
+                self.unbounded[i] += 1;
+            } else {
+                self.size_sums[i] += size;
+            }
+        }
+    }
+
+    fn record_label(&mut self, flags: Vec<u8>) {
+        self.labelled += 1;
+        for (i, &flag) in flags.iter().enumerate() {
+            self.covered[i] += u64::from(flag);
+            self.ring_covered[i] += u64::from(flag);
+        }
+        if self.ring.len() < self.rolling {
+            self.ring.push(flags);
+        } else {
+            for (i, &flag) in self.ring[self.head].iter().enumerate() {
+                self.ring_covered[i] -= u64::from(flag);
+            }
+            self.ring[self.head] = flags;
+            self.head = (self.head + 1) % self.rolling;
+        }
+    }
+}
+
+/// Python handle of one coverage monitor.
+#[pyclass(module = "streamweights._native")]
+pub struct CoverageCore {
+    pub coverage: Coverage,
+}
+
+#[pymethods]
+impl CoverageCore {
+    #[new]
+    fn new(levels: usize, rolling: usize) -> PyResult<Self> {
+        if rolling == 0 {
+            return Err(PyValueError::new_err("rolling: must be at least 1"));
+        }
+        Ok(Self {
+            coverage: Coverage::new(levels, rolling),
+        })
+    }
+    fn record_served(&mut self, sizes: Vec<f64>) -> PyResult<()> {
+        if sizes.len() != self.coverage.covered.len() {
+            return Err(PyValueError::new_err("sizes: one per level"));
+        }
+        self.coverage.record_served(&sizes);
+        Ok(())
+    }
+    fn record_label(&mut self, covered: Vec<u8>) -> PyResult<()> {
+        if covered.len() != self.coverage.covered.len() || covered.iter().any(|&f| f > 1) {
+            return Err(PyValueError::new_err("covered: one 0/1 flag per level"));
+        }
+        self.coverage.record_label(covered);
+        Ok(())
+    }
+    /// `(labelled, covered, served, size_sums, unbounded, ring length, ring_covered)`.
+    #[allow(clippy::type_complexity)]
+    fn counts(&self) -> (u64, Vec<u64>, u64, Vec<f64>, Vec<u64>, usize, Vec<u64>) {
+        let c = &self.coverage;
+        (
+            c.labelled,
+            c.covered.clone(),
+            c.served,
+            c.size_sums.clone(),
+            c.unbounded.clone(),
+            c.ring.len(),
+            c.ring_covered.clone(),
+        )
+    }
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.coverage;
+        let out = PyDict::new(py);
+        out.set_item("labelled", c.labelled)?;
+        out.set_item("covered", c.covered.clone())?;
+        out.set_item("served", c.served)?;
+        out.set_item("size_sums", c.size_sums.clone())?;
+        out.set_item("unbounded", c.unbounded.clone())?;
+        let ring: Vec<Vec<u64>> = c
+            .ring
+            .iter()
+            .map(|r| r.iter().map(|&f| u64::from(f)).collect())
+            .collect();
+        out.set_item("ring", ring)?;
+        out.set_item("head", c.head)?;
+        Ok(out)
+    }
+    fn load_state_dict(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        let levels = self.coverage.covered.len();
+        let ring: Vec<Vec<u8>> = state.get_item("ring")?.extract()?;
+        let head: usize = state.get_item("head")?.extract()?;
+        let mut loaded = Coverage {
+            rolling: self.coverage.rolling,
+            labelled: state.get_item("labelled")?.extract()?,
+            covered: state.get_item("covered")?.extract()?,
+            served: state.get_item("served")?.extract()?,
+            size_sums: state.get_item("size_sums")?.extract()?,
+            unbounded: state.get_item("unbounded")?.extract()?,
+            ring,
+            head,
+            ring_covered: vec![0; levels],
+        };
+        if loaded.covered.len() != levels
+            || loaded.size_sums.len() != levels
+            || loaded.unbounded.len() != levels
+            || loaded.ring.len() > loaded.rolling
+            || loaded
+                .ring
+                .iter()
+                .any(|r| r.len() != levels || r.iter().any(|&f| f > 1))
+            || (head > 0 && head >= loaded.ring.len())
+        {
+            return Err(PyValueError::new_err(
+                "coverage: snapshot does not fit the monitor",
+            ));
+        }
+        for row in &loaded.ring {
+            for (i, &flag) in row.iter().enumerate() {
+                loaded.ring_covered[i] += u64::from(flag);
+            }
+        }
+        self.coverage = loaded;
+        Ok(())
+    }
+}
+
+/// A window kept as blocks of `[count, sum_0, sum_1, sum_2]`; the oldest block is
+/// dropped once the others cover `size` items (see `performance_estimate.py`).
+#[derive(Clone, Debug)]
+pub struct Blocks {
+    pub size: usize,
+    pub block: usize,
+    pub blocks: Vec<[f64; 4]>,
+}
+
+/// Blocks per window (the Python module's `BLOCKS`).
+pub const BLOCKS: usize = 10;
+
+impl Blocks {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            block: (size + BLOCKS - 1) / BLOCKS,
+            blocks: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: (f64, f64, f64)) {
+        let full = self
+            .blocks
+            .last()
+            .map_or(true, |b| b[0] >= self.block as f64);
+        if full {
+            self.blocks.push([0.0; 4]);
+        }
+        if let Some(last) = self.blocks.last_mut() {
+            last[0] += 1.0;
+            last[1] += item.0;
+            last[2] += item.1;
+            last[3] += item.2;
+        }
+        loop {
+            let total: f64 = self.blocks.iter().map(|b| b[0]).sum();
+            if total - self.blocks[0][0] >= self.size as f64 {
+                self.blocks.remove(0);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn means(&self) -> [f64; 3] {
+        let count: f64 = self.blocks.iter().map(|b| b[0]).sum();
+        if count == 0.0 {
+            return [f64::NAN; 3];
+        }
+        let mut out = [0.0; 3];
+        for (j, slot) in out.iter_mut().enumerate() {
+            let total: f64 = self.blocks.iter().map(|b| b[j + 1]).sum();
+            *slot = total / count;
+        }
+        out
+    }
+
+    fn load(&mut self, blocks: Vec<Vec<f64>>) -> PyResult<()> {
+        if blocks.iter().any(|b| b.len() != 4) {
+            return Err(PyValueError::new_err(
+                "blocks: expected [count, s0, s1, s2] each",
+            ));
+        }
+        self.blocks = blocks
+            .into_iter()
+            .map(|b| [b[0], b[1], b[2], b[3]])
+            .collect();
+        Ok(())
+    }
+}
+
+fn top_class(p: &[f64]) -> (usize, f64) {
+    let mut top = 0;
+    let mut best = p[0];
+    for (k, &v) in p.iter().enumerate() {
+        if v > best {
+            best = v;
+            top = k;
+        }
+    }
+    (top, best)
+}
+
+/// Expected accuracy, Brier and log-loss of `p` if its label were drawn from `p`.
+pub fn expected_scores(p: &[f64]) -> (f64, f64, f64) {
+    let mut squares = 0.0;
+    let mut entropy = 0.0;
+    for &value in p {
+        squares += value * value;
+        entropy -= value * value.max(PROBABILITY_FLOOR).ln();
+    }
+    (top_class(p).1, 1.0 - squares, entropy)
+}
+
+/// Accuracy (first top class is `y`), Brier and log-loss of `p` on label `y`.
+pub fn realised_scores(p: &[f64], y: usize) -> (f64, f64, f64) {
+    let mut squares = 0.0;
+    for &value in p {
+        squares += value * value;
+    }
+    let hit = if top_class(p).0 == y { 1.0 } else { 0.0 };
+    (
+        hit,
+        squares - 2.0 * p[y] + 1.0,
+        -p[y].max(PROBABILITY_FLOOR).ln(),
+    )
+}
+
+/// Label-free (expected) and realised accuracy, Brier and log-loss over a window.
+#[derive(Clone, Debug)]
+pub struct Estimate {
+    pub expected: Blocks,
+    pub realised: Blocks,
+}
+
+/// Python handle of a `ConfidenceEstimate`'s state.
+#[pyclass(module = "streamweights._native")]
+pub struct EstimateCore {
+    pub estimate: Estimate,
+}
+
+#[pymethods]
+impl EstimateCore {
+    #[new]
+    fn new(window: usize) -> PyResult<Self> {
+        if window == 0 {
+            return Err(PyValueError::new_err("window: must be at least 1"));
+        }
+        Ok(Self {
+            estimate: Estimate {
+                expected: Blocks::new(window),
+                realised: Blocks::new(window),
+            },
+        })
+    }
+    /// A served prediction (validated probabilities).
+    fn observe(&mut self, p: Vec<f64>) {
+        self.estimate.expected.push(expected_scores(&p));
+    }
+    /// Its label (validated).
+    fn learn(&mut self, p: Vec<f64>, label: usize) -> PyResult<()> {
+        if label >= p.len() {
+            return Err(PyValueError::new_err("y: class outside the probabilities"));
+        }
+        self.estimate.realised.push(realised_scores(&p, label));
+        Ok(())
+    }
+    /// Estimated accuracy, Brier, log-loss, then the realised three (NaN when empty).
+    fn means(&self) -> Vec<f64> {
+        let mut out = self.estimate.expected.means().to_vec();
+        out.extend_from_slice(&self.estimate.realised.means());
+        out
+    }
+    fn blocks(&self) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let dump = |b: &Blocks| b.blocks.iter().map(|x| x.to_vec()).collect();
+        (dump(&self.estimate.expected), dump(&self.estimate.realised))
+    }
+    fn load(&mut self, expected: Vec<Vec<f64>>, realised: Vec<Vec<f64>>) -> PyResult<()> {
+        let mut estimate = self.estimate.clone();
+        estimate.expected.load(expected)?;
+        estimate.realised.load(realised)?;
+        self.estimate = estimate;
+        Ok(())
+    }
+}
+
+/// A stream's uncertainty layer in one object: per forecaster (the adapted output, then
+/// each deployed model) a conformal layer and coverage monitor (when configured) and a
+/// performance estimate (when configured). It holds the same objects the Python layers
+/// hold, so their `state_dict` sees every change.
+#[pyclass(module = "streamweights._native")]
+pub struct UncertaintyCore {
+    classification: bool,
+    layers: Vec<Py<ConformalCore>>,
+    monitors: Vec<Py<CoverageCore>>,
+    estimates: Vec<Py<EstimateCore>>,
+}
+
+/// A Rust value as a Python object (lists of lists, `None` for `Option::None`).
+fn to_object<'py, T>(py: Python<'py>, value: T) -> PyResult<PyObject>
+where
+    T: IntoPyObject<'py>,
+    PyErr: From<T::Error>,
+{
+    Ok(value.into_bound_py_any(py)?.unbind())
+}
+
+fn finite(value: f64) -> Option<f64> {
+    if value.is_infinite() {
+        None
+    } else {
+        Some(value)
+    }
+}
+
+#[pymethods]
+impl UncertaintyCore {
+    #[new]
+    fn new(
+        classification: bool,
+        layers: Vec<Py<ConformalCore>>,
+        monitors: Vec<Py<CoverageCore>>,
+        estimates: Vec<Py<EstimateCore>>,
+    ) -> PyResult<Self> {
+        if layers.len() != monitors.len() {
+            return Err(PyValueError::new_err(
+                "one coverage monitor per conformal layer",
+            ));
+        }
+        Ok(Self {
+            classification,
+            layers,
+            monitors,
+            estimates,
+        })
+    }
+
+    /// A served prediction: `rows` are the forecasters' outputs (probability lists, or
+    /// one value each), adapted first. Returns the adapted output's sets or intervals
+    /// per level (`None` without layers) and every layer's served thresholds, flat, with
+    /// the row length.
+    fn serve(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyList>,
+    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        let mut wire = None;
+        let mut kept = Vec::new();
+        let mut width = 0;
+        if self.classification {
+            let rows: Vec<Vec<f64>> = rows.extract()?;
+            for (estimate, row) in self.estimates.iter().zip(&rows) {
+                estimate
+                    .borrow_mut(py)
+                    .estimate
+                    .expected
+                    .push(expected_scores(row));
+            }
+            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+                let layer = layer.borrow(py);
+                let layer = &layer.layer;
+                let served = layer.served_state();
+                width = served.len();
+                let levels = &served[..layer.alphas.len()];
+                let sets: Vec<Vec<usize>> = levels
+                    .iter()
+                    .map(|&q| class_set_of(layer.kind, &rows[index], q))
+                    .collect();
+                let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
+                monitor.borrow_mut(py).coverage.record_served(&sizes);
+                if index == 0 {
+                    wire = Some(to_object(py, sets)?);
+                }
+                kept.extend_from_slice(&served);
+            }
+        } else {
+            let values: Vec<f64> = rows.extract()?;
+            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+                let layer = layer.borrow(py);
+                let layer = &layer.layer;
+                let served = layer.served_state();
+                width = served.len();
+                let levels = &served[..layer.alphas.len()];
+                let sizes: Vec<f64> = levels
+                    .iter()
+                    .map(|&q| {
+                        if q.is_infinite() {
+                            f64::INFINITY
+                        } else {
+                            2.0 * q.max(0.0)
+                        }
+                    })
+                    .collect();
+                monitor.borrow_mut(py).coverage.record_served(&sizes);
+                if index == 0 {
+                    let intervals: Vec<Vec<Option<f64>>> = levels
+                        .iter()
+                        .map(|&q| {
+                            let (lo, hi) = interval_of(values[index], q);
+                            vec![finite(lo), finite(hi)]
+                        })
+                        .collect();
+                    wire = Some(to_object(py, intervals)?);
+                }
+                kept.extend_from_slice(&served);
+            }
+        }
+        Ok((wire, kept, width))
+    }
+
+    /// The label of a prediction served from `rows` with thresholds `kept` (flat, as
+    /// `serve` returned them): estimates, coverage, then every layer learns.
+    fn learn(
+        &self,
+        py: Python<'_>,
+        kept: Vec<f64>,
+        rows: &Bound<'_, PyList>,
+        label: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let widths: Vec<usize> = self
+            .layers
+            .iter()
+            .map(|l| l.borrow(py).layer.served_len())
+            .collect();
+        if kept.len() != widths.iter().sum::<usize>() {
+            return Err(PyValueError::new_err(format!(
+                "conformal: the pending prediction kept {} thresholds, the layers expect {}",
+                kept.len(),
+                widths.iter().sum::<usize>()
+            )));
+        }
+        if self.classification {
+            let rows: Vec<Vec<f64>> = rows.extract()?;
+            let y: usize = label.extract()?;
+            if rows.iter().any(|r| y >= r.len()) {
+                return Err(PyValueError::new_err(
+                    "label: class outside the probabilities",
+                ));
+            }
+            for (estimate, row) in self.estimates.iter().zip(&rows) {
+                estimate
+                    .borrow_mut(py)
+                    .estimate
+                    .realised
+                    .push(realised_scores(row, y));
+            }
+            let mut start = 0;
+            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+                let mut layer = layer.borrow_mut(py);
+                let layer = &mut layer.layer;
+                let thresholds = &kept[start..start + widths[index]];
+                start += widths[index];
+                let s = layer.kind.of_class(&rows[index], y);
+                let flags = thresholds[..layer.alphas.len()]
+                    .iter()
+                    .map(|&q| if s > q { 0 } else { 1 })
+                    .collect();
+                monitor.borrow_mut(py).coverage.record_label(flags);
+                layer.learn_scored(s, thresholds);
+            }
+        } else {
+            let values: Vec<f64> = rows.extract()?;
+            let y: f64 = label.extract()?;
+            let mut start = 0;
+            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+                let mut layer = layer.borrow_mut(py);
+                let layer = &mut layer.layer;
+                let thresholds = &kept[start..start + widths[index]];
+                start += widths[index];
+                let s = (y - values[index]).abs();
+                let flags = thresholds[..layer.alphas.len()]
+                    .iter()
+                    .map(|&q| if s > q { 0 } else { 1 })
+                    .collect();
+                monitor.borrow_mut(py).coverage.record_label(flags);
+                layer.learn_scored(s, thresholds);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The nonconformity of label `y` for prediction `x` (probabilities or one value).
+#[pyfunction]
+fn nonconformity(kind: &str, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<f64> {
+    match ScoreKind::parse(kind)? {
+        ScoreKind::Absolute => Ok((y.extract::<f64>()? - x.extract::<f64>()?).abs()),
+        other => {
+            let p = crate::scores::float_vector(x)?;
+            let label: usize = y.extract()?;
+            if label >= p.len() {
+                return Err(PyValueError::new_err("y: class outside the probabilities"));
+            }
+            Ok(other.of_class(&p, label))
+        }
+    }
+}
+
+/// The classes whose score is at most `q`, in class order.
+#[pyfunction]
+fn class_set(kind: &str, p: &Bound<'_, PyAny>, q: f64) -> PyResult<Vec<usize>> {
+    Ok(class_set_of(
+        ScoreKind::parse(kind)?,
+        &crate::scores::float_vector(p)?,
+        q,
+    ))
+}
+
+/// The conformal quantile of ascending scores (see `quantile`).
+#[pyfunction]
+fn empirical_quantile(ordered: Vec<f64>, level: f64) -> f64 {
+    quantile(&ordered, level)
+}
+
+/// The largest miscoverage level whose quantile still covers `value`.
+#[pyfunction]
+fn covered_level(ordered: Vec<f64>, value: f64) -> f64 {
+    covered(&ordered, value)
+}
+
+/// Expected accuracy, Brier and log-loss of `p` if its label were drawn from `p`.
+#[pyfunction(name = "expected_scores")]
+fn py_expected_scores(p: &Bound<'_, PyAny>) -> PyResult<(f64, f64, f64)> {
+    let p = crate::scores::float_vector(p)?;
+    if p.is_empty() {
+        return Err(PyValueError::new_err("p: no probabilities"));
+    }
+    Ok(expected_scores(&p))
+}
+
+/// Accuracy (first top class is `y`), Brier and log-loss of `p` on label `y`.
+#[pyfunction(name = "realised_scores")]
+fn py_realised_scores(p: &Bound<'_, PyAny>, y: usize) -> PyResult<(f64, f64, f64)> {
+    let p = crate::scores::float_vector(p)?;
+    if y >= p.len() {
+        return Err(PyValueError::new_err("y: class outside the probabilities"));
+    }
+    Ok(realised_scores(&p, y))
+}
+
+/// Adds the conformal classes and functions to the module.
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<ConformalCore>()?;
+    module.add_class::<ScoreWindowCore>()?;
+    module.add_class::<CoverageCore>()?;
+    module.add_class::<EstimateCore>()?;
+    module.add_class::<UncertaintyCore>()?;
+    module.add_function(wrap_pyfunction!(nonconformity, module)?)?;
+    module.add_function(wrap_pyfunction!(class_set, module)?)?;
+    module.add_function(wrap_pyfunction!(empirical_quantile, module)?)?;
+    module.add_function(wrap_pyfunction!(covered_level, module)?)?;
+    module.add_function(wrap_pyfunction!(py_expected_scores, module)?)?;
+    module.add_function(wrap_pyfunction!(py_realised_scores, module)?)?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+"""Reference oracle (plain Python, not a product path): the implementation the native
+core replaced, kept to check it against (tests/test_native_conformal.py).
+
+A stream's uncertainty layer: conformal sets or intervals on what it serves, their
+coverage, and label-free performance estimates — for the adapted output and, beside it,
+for each deployed model as shipped (the "raw vs adapted" comparison).
+
+The pipeline calls ``serve`` for every accepted prediction (it returns the wire-form
+sets or intervals of the adapted output and what must wait in the join with the
+prediction) and ``learn`` when that prediction's label arrives (every layer learns on
+the thresholds it served, every monitor records whether the served set covered the
+label). Everything is per-record float arithmetic on small state; ``state_dict`` holds
+it all, so a restored stream serves the same sets, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tests.reference.conformal import build_layer, level_key
+from tests.reference.conformal.scores import class_set, score
+from tests.reference.coverage import CoverageMonitor
+from tests.reference.performance_estimate import ConfidenceEstimate
+
+
+class StreamUncertainty:
+    """Conformal layers and/or performance estimates of one stream.
+
+    ``conformal`` and ``estimate`` are the stream's normalised config blocks (either may
+    be ``None``); ``models`` the deployed models in configured order.
+    """
+
+    def __init__(self, conformal: dict[str, Any] | None, estimate: dict[str, Any] | None,
+                 models: tuple[str, ...], n_classes: int | None) -> None:
+        self.models = list(models)
+        self.classification = n_classes is not None
+        self.forecasters = ["adapted", *(f"raw:{m}" for m in self.models)]
+        self.conformal = conformal
+        self.layers = []
+        self.monitors: list[CoverageMonitor] = []
+        if conformal is not None:
+            # the adapted output's layer, then (compare_raw) one per deployed model
+            count = len(self.forecasters) if conformal.get("compare_raw", True) else 1
+            self.layers = [build_layer(conformal, n_classes) for _ in range(count)]
+            self.monitors = [CoverageMonitor(self.layers[0].alphas) for _ in range(count)]
+        self.estimates: list[ConfidenceEstimate] = []
+        if estimate is not None and n_classes is not None:
+            self.estimates = [ConfidenceEstimate(n_classes, estimate["window"])
+                              for _ in self.forecasters]
+
+    def _rows(self, served: Any, raw: np.ndarray) -> list[Any]:
+        if self.classification:
+            return [served.tolist(), *raw.tolist()]
+        return [float(served), *(float(v) for v in raw)]
+
+    def serve(self, served: Any, raw: np.ndarray) -> tuple[dict[str, Any] | None, Any]:
+        """For a prediction the chain served (``raw``: the models' rows): the adapted
+        output's sets or intervals (``None`` without conformal) and the thresholds
+        every layer served, to keep with the prediction."""
+        rows = self._rows(served, raw)
+        for estimate, row in zip(self.estimates, rows, strict=False):
+            estimate.observe_trusted(row)
+        if not self.layers:
+            return None, None
+        kept = []
+        wire = None
+        for index, (layer, monitor, row) in enumerate(zip(self.layers, self.monitors, rows,
+                                                          strict=False)):
+            thresholds = layer._served_state()
+            kept.append(thresholds)
+            levels = thresholds[:len(layer.alphas)]
+            if self.classification:
+                sets = [class_set(layer.score, row, q) for q in levels]
+                monitor.record_served([float(len(s)) for s in sets])
+                if index == 0:
+                    wire = {level_key(a): s for a, s in zip(layer.alphas, sets, strict=True)}
+            else:
+                monitor.record_served([math.inf if math.isinf(q) else 2.0 * max(q, 0.0)
+                                       for q in levels])
+                if index == 0:
+                    wire = layer.intervals(row, levels)
+        return wire, np.array(kept, dtype=np.float64)
+
+    def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float) -> None:
+        """The label ``value`` of a prediction served as ``served`` from ``raw``."""
+        rows = self._rows(served, raw)
+        for estimate, row in zip(self.estimates, rows, strict=False):
+            estimate.learn_trusted(row, value)
+        if not self.layers:
+            return
+        # the chain validated the outputs and the pipeline the label: no second check
+        for layer, monitor, row, thresholds in zip(self.layers, self.monitors, rows,
+                                                   np.asarray(kept).tolist(), strict=False):
+            s = score(layer.score, row, value)
+            monitor.record_label([0 if s > q else 1 for q in thresholds[:len(layer.alphas)]])
+            layer.learn_scored(s, thresholds)
+
+    def describe(self) -> dict[str, Any] | None:
+        """For the weights record: the method and the adapted output's thresholds now."""
+        if not self.layers:
+            return None
+        layer = self.layers[0]
+        return {"method": self.conformal["method"], "score": layer.score,
+                "thresholds": {level_key(a): None if math.isinf(q) else q
+                               for a, q in zip(layer.alphas, layer.thresholds_, strict=True)}}
+
+    def summary(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if self.monitors:
+            found["coverage"] = {name: monitor.summary() for name, monitor
+                                 in zip(self.forecasters, self.monitors, strict=False)}
+        if self.estimates:
+            found["estimates"] = {name: estimate.estimates() for name, estimate
+                                  in zip(self.forecasters, self.estimates, strict=True)}
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layers": [layer.state_dict() for layer in self.layers],
+                "monitors": [monitor.state_dict() for monitor in self.monitors],
+                "estimates": [estimate.state_dict() for estimate in self.estimates]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (len(state["layers"]) != len(self.layers)
+                or len(state["estimates"]) != len(self.estimates)):
+            raise ValueError("snapshot: the stream's conformal / performance_estimate "
+                             "blocks differ from the snapshot's; replay from the start or "
+                             "restore with the config it was taken with")
+        for layer, layer_state in zip(self.layers, state["layers"], strict=True):
+            layer.load_state_dict(layer_state)
+        for monitor, monitor_state in zip(self.monitors, state["monitors"], strict=True):
+            monitor.load_state_dict(monitor_state)
+        for estimate, estimate_state in zip(self.estimates, state["estimates"], strict=True):
+            estimate.load_state_dict(estimate_state)

@@ -1,0 +1,138 @@
+"""The native core's conformal layers, coverage monitors and performance estimates
+against the plain-Python reference they replaced (``tests/reference``): a stream's whole
+uncertainty layer fed the same drifting stream with delayed labels, every served set,
+interval and kept threshold compared event by event, and the state at the end.
+
+Thresholds, weights and levels follow the reference operation for operation and must be
+the same floats; the estimates' window means sum left to right where the reference used
+``math.fsum`` (within 1e-9 relative)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+
+from streamweights.uncertainty import StreamUncertainty
+from tests.reference.uncertainty import StreamUncertainty as ReferenceUncertainty
+
+MODELS = ("a", "b", "c")
+
+
+def _classification_stream(rng, n, n_classes):
+    """Three models whose sharpness and accuracy drift; labels from a moving truth."""
+    for t in range(n):
+        phase = math.sin(t / 3_000.0)
+        logits = rng.normal(scale=1.0 + 2.0 * abs(phase), size=(len(MODELS) + 1, n_classes))
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        if t % 1_013 == 0:
+            p[1] = np.eye(n_classes)[0]        # a confident model, exact 0/1
+        truth = p[0] if (t // 7_000) % 2 == 0 else p[-1]
+        yield p[0], p[1:], int(rng.choice(n_classes, p=truth))
+
+
+def _regression_stream(rng, n):
+    for t in range(n):
+        scale = 1.0 + 4.0 * ((t // 5_000) % 2)
+        target = float(rng.normal(scale=scale))
+        raw = np.array([target + rng.normal(scale=s) for s in (0.5, 1.0, 3.0)])
+        yield float(raw.mean()), raw, target
+
+
+def _compare(conformal, estimate, n_classes, events, seed, delay=50):
+    rng = np.random.default_rng(seed)
+    native = StreamUncertainty(conformal, estimate, MODELS, n_classes)
+    oracle = ReferenceUncertainty(conformal, estimate, MODELS, n_classes)
+    stream = (_classification_stream(rng, events, n_classes) if n_classes is not None
+              else _regression_stream(rng, events))
+    pending = deque()
+    for served, raw, label in stream:
+        got, want = native.serve(served, raw), oracle.serve(served, raw)
+        assert got[0] == want[0]
+        if want[1] is None:
+            assert got[1] is None
+        else:
+            np.testing.assert_array_equal(got[1], want[1])
+        pending.append((got[1], served, raw, label))
+        if len(pending) > delay:
+            kept, s, r, y = pending.popleft()
+            native.learn(kept, s, r, y)
+            oracle.learn(kept, s, r, y)
+    if estimate:
+        _summaries_close(native.summary(), oracle.summary())
+    else:
+        assert native.summary() == oracle.summary()
+    for got, want in zip(native.state_dict()["layers"], oracle.state_dict()["layers"],
+                         strict=True):
+        assert got["config"] == want["config"]
+        np.testing.assert_array_equal(got["state"]["scores"]["ring"],
+                                      want["state"]["scores"]["ring"])
+        for key, value in want["state"].items():
+            if key != "scores":
+                assert got["state"][key] == value, key
+    assert native.state_dict()["monitors"] == oracle.state_dict()["monitors"]
+    return native
+
+
+def _summaries_close(got, want):
+    assert got["coverage"] == want["coverage"]
+    for name, values in want["estimates"].items():
+        for key, value in values.items():
+            assert got["estimates"][name][key] == pytest.approx(value, rel=1e-9), (name, key)
+
+
+@pytest.mark.slow
+def test_dtaci_classification_with_estimates_matches_the_reference_over_1e5_events():
+    native = _compare({"alpha": [0.1, 0.05], "method": "dtaci", "compare_raw": True},
+                      {"window": 500}, 3, 100_000, seed=1)
+    weights = native.layers[0].weights_[0]
+    assert max(weights) > 0.2   # the stream really moved the experts' weights
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("aci", {"step": 0.01}), ("pid", {}), ("pid", {"gain": 0.0}), ("dtaci", {}),
+    ("dtaci", {"score": "aps", "window": 200}), ("aci", {"score": "aps"})])
+def test_each_method_and_score_matches_the_reference(method, options):
+    _compare({"alpha": [0.2, 0.1], "method": method, "compare_raw": True, **options},
+             None, 4, 20_000, seed=2)
+
+
+@pytest.mark.parametrize("method", ["aci", "pid", "dtaci"])
+def test_regression_intervals_match_the_reference(method):
+    _compare({"alpha": [0.1], "method": method, "compare_raw": False}, None, None, 20_000,
+             seed=3)
+
+
+def test_a_restored_layer_serves_the_same_thresholds_and_continues_identically():
+    rng = np.random.default_rng(4)
+    config = {"alpha": [0.1, 0.05], "method": "dtaci", "compare_raw": True}
+    first = StreamUncertainty(config, {"window": 100}, MODELS, 3)
+    events = list(_classification_stream(rng, 3_000, 3))
+    for served, raw, label in events[:1_500]:
+        kept = first.serve(served, raw)[1]
+        first.learn(kept, served, raw, label)
+    second = StreamUncertainty(config, {"window": 100}, MODELS, 3)
+    second.load_state_dict(first.state_dict())
+    for served, raw, label in events[1_500:]:
+        a, b = first.serve(served, raw), second.serve(served, raw)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+        first.learn(a[1], served, raw, label)
+        second.learn(b[1], served, raw, label)
+    assert repr(first.state_dict()) == repr(second.state_dict())
+
+
+def test_a_snapshot_that_does_not_fit_changes_nothing():
+    config = {"alpha": [0.1], "method": "dtaci", "compare_raw": False}
+    layer = StreamUncertainty(config, None, MODELS, 3).layers[0]
+    for t in range(200):
+        layer.learn([0.7, 0.2, 0.1], t % 3)
+    before = repr(layer.state_dict())
+    broken = layer.state_dict()
+    broken["state"]["weights"] = [[0.5, 0.5]]   # two experts where there are eight
+    with pytest.raises(ValueError, match="weights"):
+        layer.load_state_dict(broken)
+    assert repr(layer.state_dict()) == before
