@@ -237,6 +237,10 @@ impl Window {
     /// Test the splits oldest first; on the first that differs, drop the oldest summary
     /// and say so (the caller tests again).
     fn cut_once(&mut self) -> bool {
+        // Per pass, not per split as river does: the width and variance only change when a
+        // summary is dropped, which ends the pass, so the values are the same bits.
+        let delta_prime = (2.0 * self.width.ln() / self.delta).ln();
+        let variance_per_value = self.variance / self.width;
         let mut old_count = 0.0_f64;
         let mut new_count = self.width;
         let mut old_total = 0.0_f64;
@@ -256,7 +260,13 @@ impl Window {
                 let mean_difference = (old_total / old_count) - (new_total / new_count);
                 if new_count >= self.min_window_length
                     && old_count >= self.min_window_length
-                    && self.differs(old_count, new_count, mean_difference)
+                    && self.differs(
+                        old_count,
+                        new_count,
+                        mean_difference,
+                        delta_prime,
+                        variance_per_value,
+                    )
                     && self.width > 0.0
                 {
                     self.drop_oldest();
@@ -267,11 +277,18 @@ impl Window {
         false
     }
 
-    fn differs(&self, old_count: f64, new_count: f64, mean_difference: f64) -> bool {
-        let delta_prime = (2.0 * self.width.ln() / self.delta).ln();
+    /// The Hoeffding-type test of one split (river's `_evaluate_cut`).
+    fn differs(
+        &self,
+        old_count: f64,
+        new_count: f64,
+        mean_difference: f64,
+        delta_prime: f64,
+        variance_per_value: f64,
+    ) -> bool {
         let harmonic = 1.0 / (old_count - self.min_window_length + 1.0)
             + 1.0 / (new_count - self.min_window_length + 1.0);
-        let epsilon = (2.0 * harmonic * (self.variance / self.width) * delta_prime).sqrt()
+        let epsilon = (2.0 * harmonic * variance_per_value * delta_prime).sqrt()
             + 2.0 / 3.0 * delta_prime * harmonic;
         mean_difference.abs() > epsilon
     }
