@@ -151,3 +151,18 @@ def test_damaged_detector_state_is_refused_and_changes_nothing(detector):
     with pytest.raises(ValueError, match=r"state\.detector\.(window|sums)"):
         target.load_state_dict(snapshot)
     assert dumps_state(target.state_dict()) == before
+
+
+@pytest.mark.parametrize(("detector", "options"), [
+    ("adwin", {"clock": 0}), ("adwin", {"max_buckets": 0}), ("adwin", {"delta": 2.0}),
+    ("adwin", {"max_buckets": -1}), ("page_hinkley", {"threshold": float("nan")}),
+])
+def test_detector_options_river_would_crash_on_are_refused_at_construction(detector, options):
+    """Scenario: ADWIN options with which river's detector panics at the first updates
+    (clock 0: remainder by zero; max_buckets 0: index out of bounds; both raise
+    PanicException, a BaseException that no per-record handler catches), a δ outside
+    (0, 1), a negative bucket count, a NaN Page-Hinkley threshold.
+    We expect: ValueError naming ``detector_options`` when the adapter is built, before
+    any record is processed."""
+    with pytest.raises(ValueError, match="detector_options"):
+        DriftMemory(capacity=8, n_classes=2, detector=detector, detector_options=options)
