@@ -8,7 +8,9 @@
 
 use pyo3::prelude::*;
 
+mod adwin;
 mod conformal;
+mod page_hinkley;
 mod scores;
 
 /// The core's version, to check that the compiled module matches the Python package.
@@ -22,5 +24,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
     scores::register(module)?;
     conformal::register(module)?;
+    adwin::register(module)?;
+    page_hinkley::register(module)?;
     Ok(())
 }

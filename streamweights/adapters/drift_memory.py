@@ -14,9 +14,8 @@ import numbers
 from typing import Any
 
 import numpy as np
-import river
-from river import drift as river_drift
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     as_finite_array,
@@ -47,6 +46,13 @@ _PAGE_HINKLEY_DEFAULTS = {"delta": 0.5, "threshold": 50.0}
 #: ~40-100 for an error rate 0.1 -> 0.4), and the split needs as many values on the old
 #: side, so 1,024 (8 KiB of state) covers them with room to spare.
 _HISTORY = 1024
+
+#: The detectors are the core's ports of river's (``native/src/adwin.rs``,
+#: ``page_hinkley.rs``; tests/adapters/test_native_drift_river.py proves them identical to
+#: river 0.26.1's) and keep river 0.26.1's state layout, so snapshots written while this
+#: adapter held river's own detectors load, and their ``river_version`` field keeps
+#: naming that layout. Snapshots written under other river versions are refused.
+_RIVER_STATE_LAYOUT = "0.26.1"
 
 
 class DriftMemory(Adapter):
@@ -79,7 +85,9 @@ class DriftMemory(Adapter):
     relabelled one). ``entropy_filter`` optionally admits only confident observations,
     as STAMP does (§4.3).
 
-    **Detector** (§5.1, §5.2; river's classes, not copies). ``signal="loss"`` monitors
+    **Detector** (§5.1, §5.2; river's ADWIN and Page-Hinkley, run by the core's ports,
+    which raise the same alarms as river's on the same values — a test compares them).
+    ``signal="loss"`` monitors
     the labelled loss — ``loss="zero_one"`` (default: bounded in [0, 1], what ADWIN's
     Hoeffding bound is made for, and insensitive to a single over-confident mistake) or
     ``loss="log"`` (clipped at ln 1e6; also sees calibration drift). ``signal="entropy"``
@@ -107,12 +115,13 @@ class DriftMemory(Adapter):
     external alarm carries no change point and leaves the items to the age term, which
     replaces a whole memory within about two capacities of events (tests).
 
-    **Snapshots of the detector are river-version specific.** river does not offer a
-    public state format; this adapter stores ADWIN's Rust window as the bytes of its own
-    pickle state (``__getstate__``) and Page-Hinkley's six running sums as floats, plus
-    ``river.__version__``; loading a snapshot under another river version fails with a
-    message saying so (replay from the snapshot's offsets instead). Nothing is unpickled,
-    so a tampered snapshot cannot execute code.
+    **Snapshots of the detector keep river 0.26.1's layout**: ADWIN's window as the bytes
+    river's ``AdaptiveWindowing.__getstate__`` writes and Page-Hinkley's six running sums
+    as floats, tagged ``river_version = "0.26.1"`` (the layout, whichever river is
+    installed), so snapshots written when this adapter ran river 0.26.1's detectors load
+    unchanged. A snapshot from another river version is refused with a message saying so
+    (replay from the snapshot's offsets instead). Nothing is unpickled, and the bytes are
+    checked field by field, so a tampered snapshot is refused, never executed.
 
     Parameters
     ----------
@@ -128,7 +137,8 @@ class DriftMemory(Adapter):
     loss
         ``"zero_one"`` (default) or ``"log"``: what ``learn`` feeds when monitoring losses.
     detector_options
-        Keyword arguments for river's detector class, over the defaults above.
+        Keyword arguments of river's detector class (``ADWIN`` / ``PageHinkley``, same
+        names and meaning), over the defaults above.
     timeliness_weight, uncertainty_weight
         λ_t and λ_u of the score (RoTTA: 1 and 1).
     entropy_filter
@@ -484,7 +494,7 @@ class DriftMemory(Adapter):
 
 
 class _Monitor:
-    """A river detector plus what the memory needs around it: the standardisation of its
+    """A drift detector plus what the memory needs around it: the standardisation of its
     input (Page-Hinkley), a change-point estimate on an alarm, and a plain-value state."""
 
     def __init__(self, kind: str, options: dict[str, Any], warmup: int) -> None:
@@ -492,13 +502,12 @@ class _Monitor:
         self.warmup = warmup
         arguments = dict(_PAGE_HINKLEY_DEFAULTS) if kind == "page_hinkley" else {}
         arguments.update(options)
-        factory = river_drift.ADWIN if kind == "adwin" else river_drift.PageHinkley
+        factory = _native.Adwin if kind == "adwin" else _native.PageHinkley
         try:
             self.detector = factory(**arguments)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"detector_options: river's {factory.__name__} rejected "
-                             f"{arguments}: {error}") from None
-        _check_layout(self.detector)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"detector_options: {factory.__name__} (river's parameters) "
+                             f"rejected {arguments}: {error}") from None
         # The last _HISTORY monitored values (ring buffer) and how many arrived since the
         # last alarm; Page-Hinkley's standardisation moments since its last alarm.
         self._history = np.zeros(_HISTORY, dtype=np.float64)
@@ -553,42 +562,46 @@ class _Monitor:
 
     def get_state(self) -> dict[str, Any]:
         detector = self.detector
-        state: dict[str, Any] = {"river_version": river.__version__, "kind": self.kind,
+        state: dict[str, Any] = {"river_version": _RIVER_STATE_LAYOUT, "kind": self.kind,
                                  "drift_detected": bool(detector.drift_detected),
                                  "history": self._history.copy(),
                                  "since_alarm": self._since_alarm}
         if self.kind == "adwin":
-            state["window"] = np.frombuffer(detector._helper.__getstate__(), dtype=np.uint8).copy()
+            state["window"] = np.frombuffer(detector.window_state(), dtype=np.uint8).copy()
         else:
-            mean = detector._x_mean
-            state["sums"] = np.array([detector._sum_increase, detector._min_increase,
-                                      detector._sum_decrease, detector._max_decrease,
-                                      mean.n, mean._mean], dtype=np.float64)
+            state["sums"] = np.array(detector.sums(), dtype=np.float64)
             state["moments"] = np.array([self._count, self._mean, self._squares],
                                         dtype=np.float64)
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         version = state.get("river_version")
-        if version != river.__version__:
+        if version != _RIVER_STATE_LAYOUT:
             raise ValueError(
-                f"state.detector: written with river {version}, this process has river "
-                f"{river.__version__}; river has no stable state format, so drift-detector "
-                "snapshots only load under the same river version. Install that version, or "
-                "start the adapter fresh and replay the stream from the snapshot's offsets")
+                f"state.detector: written with river {version}; drift-detector snapshots "
+                f"load when written by river {_RIVER_STATE_LAYOUT} or by this release (the "
+                "same river version's state layout), as river has no stable state format. "
+                "Start the adapter fresh and replay the stream from the snapshot's offsets")
         if state.get("kind") != self.kind:
             raise ValueError(f"state.detector: snapshot holds a {state.get('kind')!r} "
                              f"detector, this adapter uses {self.kind!r}")
         detector = self.detector
-        if self.kind == "adwin":
-            detector._helper.__setstate__(np.asarray(state["window"], dtype=np.uint8).tobytes())
-        else:
-            sums = np.asarray(state["sums"], dtype=np.float64).tolist()
-            (detector._sum_increase, detector._min_increase, detector._sum_decrease,
-             detector._max_decrease, detector._x_mean.n, detector._x_mean._mean) = sums
+        drift_detected = bool(state["drift_detected"])
+        field = "window" if self.kind == "adwin" else "sums"
+        try:
+            if self.kind == "adwin":
+                detector.load_window_state(
+                    np.asarray(state["window"], dtype=np.uint8).tobytes(), drift_detected)
+            else:
+                detector.load_sums(np.asarray(state["sums"], dtype=np.float64).tolist(),
+                                   drift_detected)
+        except ValueError as error:
+            raise ValueError(f"state.detector.{field}: {error}; the snapshot is damaged or "
+                             "was not written by this adapter: start it fresh and replay "
+                             "the stream from the snapshot's offsets") from None
+        if self.kind == "page_hinkley":
             count, self._mean, self._squares = np.asarray(state["moments"], np.float64).tolist()
             self._count = int(count)
-        detector._drift_detected = bool(state["drift_detected"])
         self._history = np.array(state["history"], dtype=np.float64)
         self._since_alarm = int(state["since_alarm"])
 
@@ -605,22 +618,6 @@ def _run_length(values: np.ndarray) -> int:
     cumulative = np.cumsum(values)
     statistic = np.abs(cumulative[:-1] - k / m * cumulative[-1]) / np.sqrt(k * (m - k) / m)
     return m - (int(statistic.argmax()) + 1)
-
-
-def _check_layout(detector: Any) -> None:
-    """Fail at construction, not at the first checkpoint, if river's internals moved."""
-    if isinstance(detector, river_drift.ADWIN):
-        needed = ("_helper", "_drift_detected")
-    else:
-        needed = ("_sum_increase", "_min_increase", "_sum_decrease", "_max_decrease",
-                  "_x_mean", "_drift_detected")
-    missing = [name for name in needed if not hasattr(detector, name)]
-    if missing or (isinstance(detector, river_drift.ADWIN)
-                   and not hasattr(detector._helper, "__getstate__")):
-        raise RuntimeError(f"DriftMemory: river {river.__version__}'s "
-                           f"{type(detector).__name__} lacks {missing or '__getstate__'}; "
-                           "its state layout changed — this streamweights release supports the "
-                           "river versions listed in its CHANGELOG")
 
 
 def _check_options(options: Any) -> dict[str, Any]:
