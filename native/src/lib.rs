@@ -8,6 +8,12 @@
 
 use pyo3::prelude::*;
 
+mod beta;
+mod calibeating;
+mod newton;
+mod platt;
+mod temperature;
+
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -17,5 +23,10 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
+    newton::register(module)?;
+    platt::register(module)?;
+    beta::register(module)?;
+    temperature::register(module)?;
+    calibeating::register(module)?;
     Ok(())
 }
