@@ -12,6 +12,7 @@ mod beta;
 mod calibeating;
 mod newton;
 mod platt;
+mod probability_input;
 mod temperature;
 
 /// The core's version, to check that the compiled module matches the Python package.

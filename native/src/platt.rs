@@ -8,6 +8,8 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::probability_input::{quick_label, quick_probabilities};
+
 use crate::newton::{project_onto_ball, Newton};
 
 /// The sigmoid's argument is clipped to +-100 (authors' code).
@@ -140,6 +142,36 @@ impl PlattCore {
             .iter()
             .map(|&f| self.inner.probability(clip_probability(f)))
             .collect()
+    }
+
+    /// `predict`'s class-1 probability for a raw input `x`, or `None` when the core's
+    /// input check does not clear it (the Python adapter then checks it itself).
+    fn predict_input(&self, x: &Bound<'_, PyAny>) -> Option<f64> {
+        let mut p = [0.0; 2];
+        if quick_probabilities(x, &mut p) {
+            Some(self.inner.probability(clip_probability(p[1])))
+        } else {
+            None
+        }
+    }
+
+    /// `learn(x, y)` on raw inputs: `true` when the core's input check cleared both and
+    /// the event was learnt, `false` (nothing changed) to let Python check them.
+    fn learn_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> bool {
+        self.learn_served_input(x, y).is_some()
+    }
+
+    /// `learn_input` that returns the probability served to the event before its update.
+    fn learn_served_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> Option<f64> {
+        let mut p = [0.0; 2];
+        if !quick_probabilities(x, &mut p) {
+            return None;
+        }
+        let label = quick_label(y, 2)?;
+        let mut served = Vec::with_capacity(1);
+        self.inner
+            .learn(&[clip_probability(p[1])], &[label], Some(&mut served));
+        Some(served[0])
     }
 
     fn learn(&mut self, f: f64, y: i64) {

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use crate::newton::Newton;
 use crate::platt::check_state;
+use crate::probability_input::{quick_label, quick_probabilities};
 
 /// Probabilities are floored at this value before the log.
 pub const PROBABILITY_FLOOR: f64 = 1e-6;
@@ -261,6 +262,34 @@ impl TemperatureCore {
                 initial_curvature,
             ),
         })
+    }
+
+    /// `predict` of a raw input `x`, or `None` when the core's input check does not
+    /// clear it (the Python adapter then checks it itself).
+    fn predict_input(&self, x: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+        let mut p = vec![0.0; self.inner.n_classes];
+        if !quick_probabilities(x, &mut p) {
+            return None;
+        }
+        let mut out = vec![0.0; p.len()];
+        self.inner.predict_into(&p, &mut out);
+        Some(out)
+    }
+
+    /// `learn(x, y)` on raw inputs: `true` when the core's input check cleared both and
+    /// the event was learnt, `false` (nothing changed) to let Python check them.
+    fn learn_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> bool {
+        let mut p = vec![0.0; self.inner.n_classes];
+        if !quick_probabilities(x, &mut p) {
+            return false;
+        }
+        match quick_label(y, self.inner.n_classes) {
+            Some(label) => {
+                self.inner.learn(&floored(p), &[label]);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Calibrated probabilities of one validated probability vector.

@@ -15,6 +15,7 @@ same expressions in the same order, and is compared bit for bit where it applies
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -285,3 +286,72 @@ def test_core_projection_is_the_references_within_a_few_ulp():
             reference = np.array(_project_onto_ball(theta, curvature, d, radius))
             np.testing.assert_allclose(core, reference, rtol=1e-12, atol=1e-12)
             assert math.sqrt(float(core @ core)) <= radius * (1 + 1e-15)
+
+
+# -- the core's per-event input check ----------------------------------------------------
+def _input_forms(p):
+    """The same probability vector as the forms a caller may hand over: the core clears
+    the first three itself, the others go through Python's checks."""
+    array = np.asarray(p, dtype=np.float64)
+    strided = np.empty(2 * array.size)
+    strided[::2] = array
+    return {"array": array, "list": array.tolist(), "tuple": tuple(array.tolist()),
+            "numpy floats": [np.float64(v) for v in array], "strided view": strided[::2],
+            "float32": array.astype(np.float32), "2-d row": array[None, :][0]}
+
+
+@pytest.mark.parametrize("name", ["platt", "beta", "temperature-4", "temperature-bias-2",
+                                  "calibeating-hedging-beta"])
+def test_core_input_check_and_python_checks_give_the_same_numbers(name):
+    """Scenario: each event handed over in several forms (numpy row, list, tuple, numpy
+    floats, a strided view, float32, with an int or a numpy-int label), some summing to 1
+    only within the tolerance.
+    We expect: the same served bytes and the same state whichever form, i.e. the core's
+    fast check and Python's checks accept with the same arithmetic."""
+    make_core, _, n_classes = CASES[name]
+    xs, ys = _stream(name, n_classes, 600)
+    rng = np.random.default_rng(13)
+    xs = xs * (1.0 + rng.uniform(-9e-4, 9e-4, size=(len(xs), 1)))  # off 1 within tolerance
+    forms = list(_input_forms(xs[0]))
+    adapters = {form: make_core() for form in forms}
+    for index, (x, y) in enumerate(zip(xs, ys.tolist(), strict=True)):
+        served = {}
+        for form, adapter in adapters.items():
+            value = _input_forms(x)[form]
+            if form == "float32":  # float32 input differs by design; only check it runs
+                adapter.predict(value)
+                adapter.learn(value, y)
+                continue
+            served[form] = adapter.predict(value).tobytes()
+            adapter.learn(value, np.int64(y) if index % 2 else y)
+        assert len(set(served.values())) == 1, (name, index)
+    states = {form: dumps_state(adapter.state_dict()) for form, adapter in adapters.items()
+              if form != "float32"}
+    assert len(set(states.values())) == 1
+
+
+@pytest.mark.parametrize("name", ["platt", "temperature-4", "calibeating-tracking-platt"])
+@pytest.mark.parametrize(("x", "y", "word"), [
+    ([0.5, float("nan")], 0, "NaN"), ([0.4, 0.4], 0, "sum"), ([1.2, -0.2], 0, "[0, 1]"),
+    ([0.5, 0.5], 7, "unknown class"), ([0.5, 0.5], -1, "unknown class"),
+    ([0.5, 0.5], True, None), ([0.5, 0.5], 1.0, None), ([0.5, 0.5], "1", "integer")])
+def test_core_input_check_refuses_what_python_refuses(name, x, y, word):
+    """The core's check clears nothing Python refuses: a bad input or label raises the
+    Python error and leaves the state as it was; labels Python accepts (True, 1.0) are
+    learnt as Python learns them."""
+    make_core, _, n_classes = CASES[name]
+    if n_classes != 2:
+        x = [*x, 0.0, 0.0]
+    adapter, twin = make_core(), make_core()
+    before = dumps_state(adapter.state_dict())
+    if word is None:
+        adapter.learn(x, y)
+        twin.learn(x, int(y))
+        assert dumps_state(adapter.state_dict()) == dumps_state(twin.state_dict())
+        return
+    with pytest.raises(ValueError, match=re.escape(word)):
+        adapter.learn(x, y)
+    if y in (0,):
+        with pytest.raises(ValueError, match=re.escape(word)):
+            adapter.predict(x)
+    assert dumps_state(adapter.state_dict()) == before

@@ -85,7 +85,11 @@ class _BinaryNewtonCalibrator(Adapter):
     ``learn_served(fs, ys)`` / ``learn_served_one(f, y)`` (which also return the
     probability each event was served before its update; Calibeating records it),
     ``reset_curvature`` and ``get_state`` / ``set_state``. The core clips ``f``; the batch
-    and per-event verbs run the same code, so they agree bit for bit.
+    and per-event verbs run the same code, so they agree bit for bit. The per-event verbs
+    first offer the raw input to the core (``predict_input`` / ``learn_input``), whose
+    check clears the usual inputs (a numpy row or a list of floats, a plain ``int``
+    label) with the arithmetic of ``check_probability_vector``; what it does not clear
+    goes through the Python checks, which raise with the usual message or accept.
     """
 
     n_classes = 2
@@ -104,8 +108,10 @@ class _BinaryNewtonCalibrator(Adapter):
 
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        q = self._core.probability(check_probability_vector(x, "x", 2)[1])
-        return np.array([1.0 - q, q])
+        q = self._core.predict_input(x)  # the core clears the usual inputs itself
+        if q is None:  # anything else: Python's checks, which raise or accept
+            q = self._core.probability(check_probability_vector(x, "x", 2)[1])
+        return binary_output(q)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
@@ -117,8 +123,9 @@ class _BinaryNewtonCalibrator(Adapter):
         return out
 
     def learn(self, x: Any, y: Any) -> None:
-        f = check_probability_vector(x, "x", 2)[1]
-        self._core.learn(f, check_class_label(y, "y", 2))
+        if not self._core.learn_input(x, y):
+            f = check_probability_vector(x, "x", 2)[1]
+            self._core.learn(f, check_class_label(y, "y", 2))
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
@@ -150,6 +157,18 @@ class _BinaryNewtonCalibrator(Adapter):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         load_newton_state(self._core, state, self._dimension)
+
+
+_empty = np.empty
+
+
+def binary_output(q: float) -> np.ndarray:
+    """``[1 - q, q]`` as a new float64 array (filling an empty one is the cheapest way
+    numpy has to build a 2-vector from two floats, about half of ``np.array([..])``)."""
+    out = _empty(2)
+    out[0] = 1.0 - q
+    out[1] = q
+    return out
 
 
 def clip_probability(f: float) -> float:

@@ -14,7 +14,7 @@ from streamweights.adapters.base import (
     rng_from_state,
     rng_state,
 )
-from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator
+from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator, binary_output
 from streamweights.adapters.validation import (
     check_class_label,
     check_class_labels,
@@ -146,11 +146,13 @@ class Calibeating(Adapter):
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
         if self._native_base():
-            q = self.base._core.probability(check_probability_vector(x, "x", 2)[1])
+            core = self.base._core
+            q = core.predict_input(x)
+            if q is None:
+                q = core.probability(check_probability_vector(x, "x", 2)[1])
         else:
             q = self._base_probability(self.base.predict(x))
-        forecast = self._core.forecast(q)
-        return np.array([1.0 - forecast, forecast])
+        return binary_output(self._core.forecast(q))
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
@@ -181,13 +183,19 @@ class Calibeating(Adapter):
         return q.tolist()
 
     def learn(self, x: Any, y: Any) -> None:
-        label = check_class_label(y, "y", 2)
         base = self.base
         if self._native_base():
-            # the base's core learns and says what it served x before learning
+            # the base's core learns and says what it served x before learning (its
+            # input check clears the usual inputs; Python checks the rest)
+            q = base._core.learn_served_input(x, y)
+            if q is not None:
+                self._core.record(q, y)
+                return
+            label = check_class_label(y, "y", 2)
             f = check_probability_vector(x, "x", 2)[1]
             self._core.record(base._core.learn_served_one(f, label), label)
             return
+        label = check_class_label(y, "y", 2)
         q = self._base_probability(base.predict(x))
         base.learn(x, label)
         self._core.record(q, label)

@@ -126,7 +126,10 @@ class OnlineTemperature(Adapter):
 
     # -- verbs (validation here, the arithmetic in the core) ---------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return np.array(self._core.predict(check_probability_vector(x, "x", self.n_classes)))
+        out = self._core.predict_input(x)  # the core clears the usual inputs itself
+        if out is None:  # anything else: Python's checks, which raise or accept
+            out = self._core.predict(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
@@ -135,8 +138,9 @@ class OnlineTemperature(Adapter):
         return np.array(self._core.predict_many(p.ravel().tolist())).reshape(-1, self.n_classes)
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probability_vector(x, "x", self.n_classes)
-        self._core.learn(p, check_class_label(y, "y", self.n_classes))
+        if not self._core.learn_input(x, y):
+            p = check_probability_vector(x, "x", self.n_classes)
+            self._core.learn(p, check_class_label(y, "y", self.n_classes))
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
