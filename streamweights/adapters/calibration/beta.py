@@ -1,4 +1,9 @@
-"""Online beta scaling: a three-parameter recalibration of a binary model's probability."""
+"""Online beta scaling: a three-parameter recalibration of a binary model's probability.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/beta.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/beta.py``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Calibeating: make a binary calibrator's output calibrated per bin, whatever the outcomes."""
+"""Calibeating: make a binary calibrator's output calibrated per bin, whatever the outcomes.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/calibeating.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/calibeating.py``).
+"""
 
 from __future__ import annotations
 

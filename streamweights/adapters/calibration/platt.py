@@ -1,4 +1,9 @@
-"""Online Platt scaling: recalibrate a binary model's probability with two numbers."""
+"""Online Platt scaling: recalibrate a binary model's probability with two numbers.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/platt.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/platt.py``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Online temperature scaling: soften or sharpen a multiclass model's probabilities."""
+"""Online temperature scaling: soften or sharpen a multiclass model's probabilities.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/temperature.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/temperature.py``).
+"""
 
 from __future__ import annotations
 
