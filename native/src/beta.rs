@@ -165,20 +165,32 @@ impl BetaCore {
         served[0]
     }
 
-    fn learn_many(&mut self, scores: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
+    /// The batch loop, with the GIL released (the arrays are copied in already).
+    fn learn_many(&mut self, py: Python<'_>, scores: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
         check_lengths(scores.len(), labels.len())?;
-        let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
-        self.inner.learn(&scores, &labels, None);
+        let inner = &mut self.inner;
+        py.allow_threads(|| {
+            let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
+            inner.learn(&scores, &labels, None);
+        });
         Ok(())
     }
 
     /// `learn_many` that returns the probability served to each event before its update.
-    fn learn_served(&mut self, scores: Vec<f64>, labels: Vec<i64>) -> PyResult<Vec<f64>> {
+    fn learn_served(
+        &mut self,
+        py: Python<'_>,
+        scores: Vec<f64>,
+        labels: Vec<i64>,
+    ) -> PyResult<Vec<f64>> {
         check_lengths(scores.len(), labels.len())?;
-        let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
-        let mut served = Vec::with_capacity(scores.len());
-        self.inner.learn(&scores, &labels, Some(&mut served));
-        Ok(served)
+        let inner = &mut self.inner;
+        Ok(py.allow_threads(|| {
+            let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
+            let mut served = Vec::with_capacity(scores.len());
+            inner.learn(&scores, &labels, Some(&mut served));
+            served
+        }))
     }
 
     fn reset_curvature(&mut self) {

@@ -318,9 +318,10 @@ impl TemperatureCore {
     }
 
     /// Learn from validated probability rows (flat, row-major; floored here) and labels.
-    fn learn_many(&mut self, rows: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
+    fn learn_many(&mut self, py: Python<'_>, rows: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
         self.check_rows(&rows, &labels)?;
-        self.inner.learn(&floored(rows), &labels);
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.learn(&floored(rows), &labels));
         Ok(())
     }
 
