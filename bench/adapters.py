@@ -159,6 +159,14 @@ def _river_detector(name: str, factory: Callable[[], object], values: list) -> C
     return Contender(name, factory, run)
 
 
+def _beta_feature_dicts(data: dict[str, object]) -> list[dict[str, float]]:
+    """Beta calibration's features ``(ln f, ln(1 - f))`` of the calibrators' input, as
+    river takes them: beta scaling is logistic regression on these two (Kull et al.)."""
+    f = np.clip(np.asarray(data["calib_in"])[:, 1], 1e-5, 1 - 1e-5)
+    return [{"ln_f": u, "ln_1_minus_f": v}
+            for u, v in zip(np.log(f).tolist(), np.log1p(-f).tolist(), strict=True)]
+
+
 def build_pairs(data: dict[str, object]) -> list[Pair]:
     labels = data["labels"]
     target = data["target"]
@@ -204,9 +212,9 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
                      data["logit_dicts"], ys_class, "predict_proba_one")]),
         Pair("OnlineBetaScaling",
              *_ours("OnlineBetaScaling", adapters.OnlineBetaScaling, data["calib_in"], labels),
-             [_river("LogisticRegression on the logit",
+             [_river("LogisticRegression on (ln f, ln(1 - f))",
                      lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
-                     data["logit_dicts"], ys_class, "predict_proba_one")]),
+                     _beta_feature_dicts(data), ys_class, "predict_proba_one")]),
         Pair("Calibeating",
              *_ours("Calibeating(OnlinePlatt, tracking)",
                     lambda: adapters.Calibeating(adapters.OnlinePlatt()), data["calib_in"],
@@ -214,6 +222,14 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
              [_river("LogisticRegression on the logit",
                      lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
                      data["logit_dicts"], ys_class, "predict_proba_one")]),
+        Pair("Calibeating hedging",
+             *_ours("Calibeating(OnlineBetaScaling, hedging)",
+                    lambda: adapters.Calibeating(adapters.OnlineBetaScaling(), mode="hedging",
+                                                 seed=1),
+                    data["calib_in"], labels),
+             [_river("LogisticRegression on (ln f, ln(1 - f))",
+                     lambda: river_linear.LogisticRegression(optimizer=river_optim.SGD(0.05)),
+                     _beta_feature_dicts(data), ys_class, "predict_proba_one")]),
         Pair("OnlineTemperature",
              *_ours("OnlineTemperature", lambda: adapters.OnlineTemperature(N_CLASSES),
                     data["calib_in"], labels),

@@ -9,9 +9,15 @@
 use pyo3::prelude::*;
 
 mod adwin;
+mod beta;
+mod calibeating;
 mod conformal;
+mod newton;
 mod page_hinkley;
+mod platt;
+mod probability_input;
 mod scores;
+mod temperature;
 
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
@@ -26,5 +32,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     conformal::register(module)?;
     adwin::register(module)?;
     page_hinkley::register(module)?;
+    newton::register(module)?;
+    platt::register(module)?;
+    beta::register(module)?;
+    temperature::register(module)?;
+    calibeating::register(module)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ from streamweights.adapters import (
     adapter_spec,
     build_adapter,
 )
-from streamweights.adapters.calibration._newton import OnlineNewtonStep, _project_onto_ball
+from streamweights.adapters.calibration._newton import NewtonStep, project_onto_ball
 
 N_ECE_BINS = 15
 
@@ -195,7 +195,7 @@ def test_platt_on_drift_resets_curvature_and_keeps_the_map():
 def test_newton_inverse_tracks_the_curvature(discount):
     """Sherman-Morrison (and, with a discount, the re-inversion) keeps A^-1 the inverse
     of A, and a discount keeps A above A_0."""
-    newton = OnlineNewtonStep((0.5, -0.2, 0.1), 25.0, 0.1, 100.0, discount)
+    newton = NewtonStep((0.5, -0.2, 0.1), 25.0, 0.1, 100.0, discount)
     rng = np.random.default_rng(4)
     for gradient in rng.normal(scale=2.0, size=(3_000, 3)):
         newton.step(gradient.tolist())
@@ -213,7 +213,7 @@ def test_projection_is_the_curvature_norm_minimiser():
         root = rng.normal(size=(2, 2))
         curvature = root @ root.T + 0.3 * np.eye(2)
         theta = rng.normal(scale=5.0, size=2)
-        projected = np.array(_project_onto_ball(theta.tolist(), curvature.ravel().tolist(),
+        projected = np.array(project_onto_ball(theta.tolist(), curvature.ravel().tolist(),
                                                 2, 1.0))
         solved = minimize(lambda x, t=theta, a=curvature: (x - t) @ a @ (x - t),
                           theta / np.linalg.norm(theta), method="SLSQP",

@@ -1,4 +1,9 @@
-"""Calibeating: make a binary calibrator's output calibrated per bin, whatever the outcomes."""
+"""Calibeating: make a binary calibrator's output calibrated per bin, whatever the outcomes.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/calibeating.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/calibeating.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import (
     Adapter,
     adapter_spec,
@@ -13,7 +19,7 @@ from streamweights.adapters.base import (
     rng_from_state,
     rng_state,
 )
-from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator, clip_probability
+from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator, binary_output
 from streamweights.adapters.validation import (
     check_class_label,
     check_class_labels,
@@ -128,135 +134,76 @@ class Calibeating(Adapter):
         self.mode = mode
         self.n_bins = check_count(n_bins, "n_bins", minimum=2)
         self.seed = check_count(seed, "seed", minimum=0)
-        self._midpoints = [(index + 0.5) / self.n_bins for index in range(self.n_bins)]
-        self._reset_records()
-        self._random = np.random.default_rng(self.seed)
-        self._uniform = float(self._random.random())
+        # The records and the hedging generator live in the core (calibeating.rs), which
+        # draws from numpy's PCG64 stream: seeded here by numpy, continued there.
+        generator = np.random.default_rng(self.seed)
+        uniform = float(generator.random())
+        random = rng_state(generator)
+        self._rng_extra = (random["has_uint32"], random["uinteger"])
+        self._core = _native.CalibeatingCore(self.mode == "hedging", self.n_bins,
+                                             random["state"], random["inc"], uniform)
 
-    def _reset_records(self) -> None:
-        bins = self.n_bins
-        if self.mode == "tracking":
-            # per base bin: number of outcomes and number of ones
-            self._counts = [0] * bins
-            self._ones = [0] * bins
-        else:
-            # per base bin b, per output interval i: outcomes and ones when i was played
-            self._counts = [[0] * bins for _ in range(bins)]
-            self._ones = [[0] * bins for _ in range(bins)]
-
-    # -- the forecasters --------------------------------------------------------------
-    def _bin(self, q: float) -> int:
-        return min(max(int(q * self.n_bins), 0), self.n_bins - 1)
-
-    def _forecast(self, q: float) -> float:
-        """Class-1 forecast for a base output ``q``, from the records; changes nothing."""
-        base_bin = self._bin(q)
-        if self.mode == "tracking":
-            return ((self._ones[base_bin] + self._midpoints[base_bin])
-                    / (self._counts[base_bin] + 1))
-        return self._midpoints[self._hedged_interval(base_bin)]
-
-    def _hedged_interval(self, base_bin: int) -> int:
-        """Foster's choice of output interval in base bin ``base_bin`` (uses ``_uniform``).
-
-        Interval ``i`` is [i/m, (i+1)/m]; its record is consistent when the mean outcome
-        of the events it was played on lies inside it (an empty record counts as its
-        midpoint, so as consistent). Exact integer comparisons: the mean ``k/n`` lies in
-        the interval iff ``i*n <= k*m <= (i+1)*n``.
-        """
-        counts, ones, m = self._counts[base_bin], self._ones[base_bin], self.n_bins
-
-        def consistent(i: int) -> bool:
-            n, k = counts[i], ones[i]
-            return n == 0 or i * n <= k * m <= (i + 1) * n
-
-        if consistent(base_bin):
-            return base_bin
-        for i in range(m):
-            if consistent(i):
-                return i
-        # No interval is consistent. Interval 0 cannot have its mean below it and the
-        # last cannot have it above, so there is a first j whose mean is below it, and
-        # j - 1 has its mean above it: hedge between the two.
-        j = next(i for i in range(1, m) if ones[i] * m < i * counts[i])
-        below = j / m - ones[j] / counts[j]              # d_j = L_j - mean_j > 0
-        above = ones[j - 1] / counts[j - 1] - j / m      # e_{j-1} = mean_{j-1} - R_{j-1} > 0
-        return j - 1 if self._uniform < below / (below + above) else j
-
-    def _record(self, q: float, label: int) -> None:
-        base_bin = self._bin(q)
-        if self.mode == "tracking":
-            self._counts[base_bin] += 1
-            self._ones[base_bin] += label
-            return
-        interval = self._hedged_interval(base_bin)
-        self._counts[base_bin][interval] += 1
-        self._ones[base_bin][interval] += label
-        self._uniform = float(self._random.random())
-
-    def _record_batch(self, served: list[float], labels: np.ndarray) -> None:
-        """``_record`` for each event in order (``labels``: 0/1 array). Tracking records
-        are counts, which do not depend on the order, so they are added per bin at once."""
-        if self.mode != "tracking":
-            for q, label in zip(served, labels.tolist(), strict=True):
-                self._record(q, label)
-            return
-        bins = self._bins(np.array(served))
-        counts = np.bincount(bins, minlength=self.n_bins).tolist()
-        ones = np.bincount(bins[labels.astype(bool)], minlength=self.n_bins).tolist()
-        self._counts = [old + new for old, new in zip(self._counts, counts, strict=True)]
-        self._ones = [old + new for old, new in zip(self._ones, ones, strict=True)]
-
-    def _bins(self, q: np.ndarray) -> np.ndarray:
-        """``_bin`` of each entry (``astype`` truncates towards zero, like ``int``)."""
-        bins = (q * self.n_bins).astype(np.int64)
-        np.maximum(bins, 0, out=bins)
-        return np.minimum(bins, self.n_bins - 1, out=bins)
+    def _native_base(self) -> bool:
+        """Whether the base is a native ONS calibrator, whose core this one talks to
+        directly (same numbers as its verbs, without the numpy round trips)."""
+        return isinstance(self.base, _BinaryNewtonCalibrator)
 
     # -- verbs ------------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        forecast = self._forecast(self._base_probability(self.base.predict(x)))
-        return np.array([1.0 - forecast, forecast])
+        if self._native_base():
+            core = self.base._core
+            q = core.predict_input(x)
+            if q is None:
+                q = core.probability(check_probability_vector(x, "x", 2)[1])
+        else:
+            q = self._base_probability(self.base.predict(x))
+        return binary_output(self._core.forecast(q))
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
             return np.empty((0, 2))
-        outputs = np.asarray(self.base.predict_many(xs), dtype=np.float64)
-        if outputs.shape != (len(xs), 2):
-            raise ValueError(f"base: outputs must be binary probability vectors (n, 2), got "
-                             f"shape {outputs.shape}")
-        q = outputs[:, 1].copy()
-        # The base's batch output may differ from its per-event one in the last place
-        # (numpy's logs against math's): harmless, except where that moves q across a bin
-        # edge. Events that close to an edge take the per-event route, so each row equals
-        # ``predict`` of its input.
-        edges = q * self.n_bins
-        for index in np.flatnonzero(np.abs(edges - np.rint(edges)) < 1e-9).tolist():
-            q[index] = self._base_probability(self.base.predict(xs[index]))
-        if self.mode == "tracking":  # each bin's forecast, as _forecast computes it
-            table = [(ones + midpoint) / (count + 1) for ones, midpoint, count
-                     in zip(self._ones, self._midpoints, self._counts, strict=True)]
-            forecast = np.array(table)[self._bins(q)]
+        if self._native_base():
+            # the base core's batch is its per-event arithmetic, bit for bit
+            q = self.base._core.probabilities(self.base._score_array(xs, "xs").tolist())
         else:
-            forecast = np.array([self._forecast(value) for value in q.tolist()])
+            q = self._generic_base_probabilities(xs)
+        forecast = np.array(self._core.forecasts(q))
         out = np.empty((forecast.shape[0], 2))
         out[:, 0] = 1.0 - forecast
         out[:, 1] = forecast
         return out
 
+    def _generic_base_probabilities(self, xs: Any) -> list[float]:
+        outputs = np.asarray(self.base.predict_many(xs), dtype=np.float64)
+        if outputs.shape != (len(xs), 2):
+            raise ValueError(f"base: outputs must be binary probability vectors (n, 2), got "
+                             f"shape {outputs.shape}")
+        q = outputs[:, 1].copy()
+        # A base's batch output may differ from its per-event one in the last place:
+        # harmless, except where that moves q across a bin edge. Events that close to an
+        # edge take the per-event route, so each row equals ``predict`` of its input.
+        edges = q * self.n_bins
+        for index in np.flatnonzero(np.abs(edges - np.rint(edges)) < 1e-9).tolist():
+            q[index] = self._base_probability(self.base.predict(xs[index]))
+        return q.tolist()
+
     def learn(self, x: Any, y: Any) -> None:
-        label = check_class_label(y, "y", 2)
         base = self.base
-        if isinstance(base, _BinaryNewtonCalibrator):
-            # the base's own loop on a batch of one: the same arithmetic as learn_many,
-            # and the probability it returns is what base.predict(x) said
-            f = clip_probability(check_probability_vector(x, "x", 2)[1])
-            served = base._learn_scores([f], [label], True)
-            self._record(served[0], label)
+        if self._native_base():
+            # the base's core learns and says what it served x before learning (its
+            # input check clears the usual inputs; Python checks the rest)
+            q = base._core.learn_served_input(x, y)
+            if q is not None:
+                self._core.record(q, y)
+                return
+            label = check_class_label(y, "y", 2)
+            f = check_probability_vector(x, "x", 2)[1]
+            self._core.record(base._core.learn_served_one(f, label), label)
             return
+        label = check_class_label(y, "y", 2)
         q = self._base_probability(base.predict(x))
         base.learn(x, label)
-        self._record(q, label)
+        self._core.record(q, label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
@@ -266,17 +213,17 @@ class Calibeating(Adapter):
             return
         labels = label_array.tolist()
         base = self.base
-        if isinstance(base, _BinaryNewtonCalibrator):
-            # Fast path: validate once, then the base's own loop, which also returns the
-            # probability it served each event before learning from it.
+        if self._native_base():
+            # validate once, then the base core's loop, which also returns the
+            # probability it served each event before learning from it
             scores = base._score_array(xs, "xs").tolist()
-            self._record_batch(base._learn_scores(scores, labels, True), label_array)
+            self._core.record_many(base._core.learn_served(scores, labels), labels)
             return
         base.predict_many(xs)  # validates every input before anything changes
         for x, label in zip(xs, labels, strict=True):
             q = self._base_probability(base.predict(x))
             base.learn(x, label)
-            self._record(q, label)
+            self._core.record(q, label)
 
     def observe(self, x: Any) -> None:
         self.base.observe(x)
@@ -284,7 +231,7 @@ class Calibeating(Adapter):
     def on_drift(self) -> None:
         """Pass the alarm to the base and start the bin records afresh."""
         self.base.on_drift()
-        self._reset_records()
+        self._core.reset()
 
     @staticmethod
     def _base_probability(output: Any) -> float:
@@ -300,10 +247,15 @@ class Calibeating(Adapter):
                 "seed": self.seed}
 
     def _get_state(self) -> dict[str, Any]:
+        counts, ones, random_state, random_increment, uniform = self._core.get_state()
+        shape = (self.n_bins,) if self.mode == "tracking" else (self.n_bins, self.n_bins)
+        has_uint32, uinteger = self._rng_extra
         return {"base": self.base.state_dict(),
-                "counts": np.array(self._counts, dtype=np.int64),
-                "ones": np.array(self._ones, dtype=np.int64),
-                "random": rng_state(self._random), "uniform": self._uniform}
+                "counts": np.array(counts, dtype=np.int64).reshape(shape),
+                "ones": np.array(ones, dtype=np.int64).reshape(shape),
+                "random": {"state": random_state, "inc": random_increment,
+                           "has_uint32": has_uint32, "uinteger": uinteger},
+                "uniform": uniform}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         counts = np.asarray(state["counts"], dtype=np.int64)
@@ -312,8 +264,9 @@ class Calibeating(Adapter):
         if counts.shape != expected or ones.shape != expected:
             raise ValueError(f"state: bin records of shape {expected} expected, got "
                              f"{counts.shape} and {ones.shape}")
+        random = rng_state(rng_from_state(state["random"]))  # checks and normalises it
+        uniform = float(state["uniform"])
         self.base.load_state_dict(state["base"])
-        self._counts = counts.tolist()
-        self._ones = ones.tolist()
-        self._random = rng_from_state(state["random"])
-        self._uniform = float(state["uniform"])
+        self._core.set_state(counts.ravel().tolist(), ones.ravel().tolist(), random["state"],
+                             random["inc"], uniform)
+        self._rng_extra = (random["has_uint32"], random["uinteger"])

@@ -1,17 +1,14 @@
-"""Online Platt scaling: recalibrate a binary model's probability with two numbers."""
+"""Online Platt scaling: recalibrate a binary model's probability with two numbers.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/platt.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/platt.py``).
+"""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from streamweights.adapters.calibration._newton import (
-    SIGMOID_ARGUMENT_LIMIT,
-    _BinaryNewtonCalibrator,
-    _project_onto_ball,
-    sigmoid,
-)
+from streamweights import _native
+from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator
 
 
 class OnlinePlatt(_BinaryNewtonCalibrator):
@@ -75,7 +72,8 @@ class OnlinePlatt(_BinaryNewtonCalibrator):
     for online convex optimization", Machine Learning 69, 2007 (Online Newton Step).
     """
 
-    _identity = (1.0, 0.0)
+    _dimension = 2
+    _core_type = _native.PlattCore
 
     def __init__(self, discount: float = 0.9999, exp_concavity: float = 0.1,
                  initial_curvature: float = 100.0, radius: float = 100.0) -> None:
@@ -84,54 +82,5 @@ class OnlinePlatt(_BinaryNewtonCalibrator):
     @property
     def coefficients_(self) -> tuple[float, float]:
         """``(a, b)`` of ``q = sigmoid(a * logit(f) + b)``."""
-        a, b = self._newton.theta
+        a, b = self._core.theta
         return a, b
-
-    # -- per-event work (see _BinaryNewtonCalibrator) ---------------------------------
-    def _probability(self, f: float) -> float:
-        a, b = self._newton.theta
-        return sigmoid(a * math.log(f / (1.0 - f)) + b)
-
-    def _probability_rows(self, f: np.ndarray) -> np.ndarray:
-        a, b = self._newton.theta
-        score = np.clip(a * np.log(f / (1.0 - f)) + b, -SIGMOID_ARGUMENT_LIMIT,
-                        SIGMOID_ARGUMENT_LIMIT)
-        return 1.0 / (1.0 + np.exp(-score))
-
-    def _learn_scores(self, scores: list[float], labels: list[int],
-                      collect: bool) -> list[float] | None:
-        # ONS on theta = (a, b) with features (x, 1), x = logit f, written out in floats:
-        # gradient g = (q - y) (x, 1); A (entries k00, k01, k11) <- discount A + add I
-        # + g g^T; theta <- theta - adj(A) g / (det A * beta): OnlineNewtonStep.step for d = 2.
-        newton = self._newton
-        a, b = newton.theta
-        k00, k01, _, k11 = newton.curvature
-        keep, add, beta = newton.discount, newton.identity_scale, newton.exp_concavity
-        limit = SIGMOID_ARGUMENT_LIMIT
-        radius = self.radius
-        squared_radius = radius * radius
-        log, exp = math.log, math.exp
-        served: list[float] = []
-        for f, y in zip(scores, labels, strict=True):
-            x = log(f / (1.0 - f))
-            z = a * x + b
-            if z > limit:
-                z = limit
-            elif z < -limit:
-                z = -limit
-            q = 1.0 / (1.0 + exp(-z))
-            if collect:
-                served.append(q)
-            r = q - y           # gradient (r x, r)
-            g = r * x
-            k00 = keep * k00 + add + g * g
-            k01 = keep * k01 + g * r
-            k11 = keep * k11 + add + r * r
-            scale = 1.0 / (beta * (k00 * k11 - k01 * k01))
-            a -= (k11 * g - k01 * r) * scale
-            b -= (k00 * r - k01 * g) * scale
-            if a * a + b * b > squared_radius:
-                a, b = _project_onto_ball([a, b], [k00, k01, k01, k11], 2, radius)
-        newton.theta = [a, b]
-        newton.curvature = [k00, k01, k01, k11]
-        return served if collect else None

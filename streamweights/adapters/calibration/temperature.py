@@ -1,4 +1,9 @@
-"""Online temperature scaling: soften or sharpen a multiclass model's probabilities."""
+"""Online temperature scaling: soften or sharpen a multiclass model's probabilities.
+
+A thin handle: validation here, the state and the per-event arithmetic in the native core
+(``native/src/temperature.rs``); the numpy version it replaced is the test oracle
+(``tests/reference/temperature.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter
-from streamweights.adapters.calibration._newton import OnlineNewtonStep, check_newton_settings
+from streamweights.adapters.calibration._newton import (
+    check_newton_settings,
+    load_newton_state,
+    newton_state,
+)
 from streamweights.adapters.validation import (
     check_class_label,
     check_class_labels,
@@ -19,10 +29,11 @@ from streamweights.adapters.validation import (
 )
 
 #: Probabilities are floored at this value before the log (algorithms.md §7: 1e-6), so a
-#: class the model rules out exactly still gets a finite score.
+#: class the model rules out exactly still gets a finite score (the core floors:
+#: ``native/src/temperature.rs``).
 PROBABILITY_FLOOR = 1e-6
 #: ``tau = ln T`` is kept in ``[ln 0.05, ln 20]`` (algorithms.md §2.6): beyond, the map
-#: is a near-argmax or a near-uniform forecast, never a calibration.
+#: is a near-argmax or a near-uniform forecast, never a calibration (the core's clip).
 LOG_TEMPERATURE_RANGE = (math.log(0.05), math.log(20.0))
 
 
@@ -102,153 +113,52 @@ class OnlineTemperature(Adapter):
         self.discount = float(discount)
         self.exp_concavity = float(exp_concavity)
         self.initial_curvature = float(initial_curvature)
-        start = [0.0] * (1 + (self.n_classes if bias else 0))
-        self._newton = OnlineNewtonStep(start, initial_curvature, exp_concavity, None, discount)
+        self._core = _native.TemperatureCore(self.n_classes, self.bias,
+                                             self.bias_regularization, self.discount,
+                                             self.exp_concavity, self.initial_curvature)
 
     @property
     def temperature_(self) -> float:
         """Current temperature ``T = exp(tau)``."""
-        return math.exp(self._newton.theta[0])
+        return math.exp(self._core.theta[0])
 
     @property
     def biases_(self) -> np.ndarray:
         """Current per-class biases (zeros when ``bias=False``)."""
         if not self.bias:
             return np.zeros(self.n_classes)
-        return np.array(self._newton.theta[1:])
+        return np.array(self._core.theta[1:])
 
-    # -- verbs ------------------------------------------------------------------------
+    # -- verbs (validation here, the arithmetic in the core) ---------------------------
     def predict(self, x: Any) -> np.ndarray:
-        p = check_probability_vector(x, "x", self.n_classes)
-        theta = self._newton.theta
-        inverse_temperature = math.exp(-theta[0])
-        log = math.log
-        scores = [log(v if v > PROBABILITY_FLOOR else PROBABILITY_FLOOR) * inverse_temperature
-                  for v in p]
-        if self.bias:
-            scores = [score + b for score, b in zip(scores, theta[1:], strict=True)]
-        top = max(scores)
-        weights = [math.exp(score - top) for score in scores]
-        total = sum(weights)
-        return np.array([weight / total for weight in weights])
+        out = self._core.predict_input(x)  # the core clears the usual inputs itself
+        if out is None:  # anything else: Python's checks, which raise or accept
+            out = self._core.predict(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:
             return np.empty((0, self.n_classes))
         p = check_probability_vector_rows(xs, "xs", self.n_classes)
-        theta = self._newton.theta
-        scores = np.log(np.maximum(p, PROBABILITY_FLOOR)) * math.exp(-theta[0])
-        if self.bias:
-            scores += np.array(theta[1:])
-        scores -= scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores)
-        return weights / weights.sum(axis=1, keepdims=True)
+        return np.array(self._core.predict_many(p.ravel().tolist())).reshape(-1, self.n_classes)
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probability_vector(x, "x", self.n_classes)
-        label = check_class_label(y, "y", self.n_classes)
-        floor = PROBABILITY_FLOOR
-        self._learn_columns([[v if v > floor else floor] for v in p], [label])
+        if not self._core.learn_input(x, y):
+            p = check_probability_vector(x, "x", self.n_classes)
+            self._core.learn(p, check_class_label(y, "y", self.n_classes))
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"ys: {len(xs)} inputs but {len(ys)} labels")
         if len(xs) == 0:
             return
-        columns = self._floored_columns(xs)
+        p = check_probability_vector_rows(xs, "xs", self.n_classes)
         labels = check_class_labels(ys, "ys", self.n_classes).tolist()
-        self._learn_columns(columns, labels)
+        self._core.learn_many(p.ravel().tolist(), labels)
 
     def on_drift(self) -> None:
         """Reset the curvature to ``A_0`` (keep ``T`` and biases): adapt fast again."""
-        self._newton.reset_curvature()
-
-    # -- per-event work, shared by learn (a batch of one) and learn_many ----------------
-    def _floored_columns(self, xs: Any) -> list[list[float]]:
-        """Validated inputs, renormalised and floored, one list per class: row ``i`` is
-        what ``learn`` takes from ``check_probability_vector(xs[i])``."""
-        p = check_probability_vector_rows(xs, "xs", self.n_classes)
-        return np.maximum(p, PROBABILITY_FLOOR).T.tolist()
-
-    def _learn_columns(self, columns: list[list[float]], labels: list[int]) -> None:
-        if self.bias:
-            self._learn_with_bias(columns, labels)
-        elif self.n_classes == 2:
-            self._learn_two_classes(columns[0], columns[1], labels)
-        else:
-            self._learn_temperature(columns, labels)
-
-    def _learn_two_classes(self, first: list[float], second: list[float],
-                           labels: list[int]) -> None:
-        # Two classes, tau only: with d = s_0 - s_1 = ln(p_0 / p_1) / T the calibrated
-        # class-1 probability is q = 1 / (1 + e^d), and the tau-gradient of the log-loss
-        # s_y - sum_k q_k s_k simplifies to (q - y) d. ONS in one dimension.
-        newton = self._newton
-        tau, curvature = newton.theta[0], newton.curvature[0]
-        keep, add, beta = newton.discount, newton.identity_scale, newton.exp_concavity
-        low, high = LOG_TEMPERATURE_RANGE
-        log, exp = math.log, math.exp
-        for p0, p1, y in zip(first, second, labels, strict=True):
-            d = log(p0 / p1) * exp(-tau)
-            gradient = (1.0 / (1.0 + exp(d)) - y) * d
-            curvature = keep * curvature + add + gradient * gradient
-            tau -= gradient / (beta * curvature)
-            if tau < low:
-                tau = low
-            elif tau > high:
-                tau = high
-        newton.theta = [tau]
-        newton.curvature = [curvature]
-
-    def _learn_temperature(self, columns: list[list[float]], labels: list[int]) -> None:
-        # tau only, any number of classes: d(-ln q_y)/d tau = s_y - sum_k q_k s_k with
-        # s = ln p / T (algorithms.md §2.6). ONS in one dimension.
-        newton = self._newton
-        tau, curvature = newton.theta[0], newton.curvature[0]
-        keep, add, beta = newton.discount, newton.identity_scale, newton.exp_concavity
-        low, high = LOG_TEMPERATURE_RANGE
-        log, exp = math.log, math.exp
-        for row, y in zip(zip(*columns, strict=True), labels, strict=True):
-            inverse_temperature = exp(-tau)
-            scaled = [log(v) * inverse_temperature for v in row]
-            top = max(scaled)
-            weights = [exp(s - top) for s in scaled]
-            mean = sum([w * s for w, s in zip(weights, scaled, strict=True)]) / sum(weights)
-            gradient = scaled[y] - mean
-            curvature = keep * curvature + add + gradient * gradient
-            tau -= gradient / (beta * curvature)
-            if tau < low:
-                tau = low
-            elif tau > high:
-                tau = high
-        newton.theta = [tau]
-        newton.curvature = [curvature]
-
-    def _learn_with_bias(self, columns: list[list[float]], labels: list[int]) -> None:
-        # tau and the biases: d(-ln q_y)/d tau = s_y - sum_k q_k s_k with s = ln p / T;
-        # d(-ln q_y)/d b_k = q_k - 1{k = y}, plus the pull on b. ONS in 1 + C dimensions.
-        newton = self._newton
-        low, high = LOG_TEMPERATURE_RANGE
-        pull = self.bias_regularization
-        log, exp = math.log, math.exp
-        for row, y in zip(zip(*columns, strict=True), labels, strict=True):
-            theta = newton.theta
-            biases = theta[1:]
-            inverse_temperature = exp(-theta[0])
-            scaled = [log(v) * inverse_temperature for v in row]
-            scores = [s + b for s, b in zip(scaled, biases, strict=True)]
-            top = max(scores)
-            weights = [exp(s - top) for s in scores]
-            total = sum(weights)
-            calibrated = [w / total for w in weights]
-            gradient = [scaled[y] - sum([q * s for q, s in zip(calibrated, scaled, strict=True)])]
-            gradient.extend(calibrated)
-            gradient[1 + y] -= 1.0
-            if pull:
-                for index, b in enumerate(biases, start=1):
-                    gradient[index] += pull * b
-            newton.step(gradient)
-            newton.theta[0] = min(max(newton.theta[0], low), high)
+        self._core.reset_curvature()
 
     # -- state ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -258,7 +168,7 @@ class OnlineTemperature(Adapter):
                 "initial_curvature": self.initial_curvature}
 
     def _get_state(self) -> dict[str, Any]:
-        return self._newton.get_state()
+        return newton_state(self._core)
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._newton.set_state(state)
+        load_newton_state(self._core, state, 1 + (self.n_classes if self.bias else 0))
