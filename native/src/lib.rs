@@ -8,6 +8,9 @@
 
 use pyo3::prelude::*;
 
+mod kalman;
+mod prior_shift;
+
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -17,5 +20,7 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
+    kalman::register(module)?;
+    prior_shift::register(module)?;
     Ok(())
 }
