@@ -880,8 +880,21 @@ fn read_rows(value: &Bound<'_, PyAny>, width: usize) -> PyResult<Vec<f64>> {
     buffer.to_vec(value.py())
 }
 
+/// The Python `NonFiniteUpdate` (a ValueError) for a refused update; a plain ValueError
+/// if that class cannot be imported (only on this error path).
 fn refused(message: String) -> PyErr {
-    PyValueError::new_err(message)
+    Python::with_gil(|py| {
+        let class = py
+            .import("streamweights.adapters.validation")
+            .and_then(|module| module.getattr("NonFiniteUpdate"));
+        match class {
+            Ok(class) => match class.call1((message.clone(),)) {
+                Ok(error) => PyErr::from_value(error),
+                Err(_) => PyValueError::new_err(message),
+            },
+            Err(_) => PyValueError::new_err(message),
+        }
+    })
 }
 
 /// The core of `KalmanWeights`: state and per-event arithmetic (see the module docs).

@@ -7,9 +7,10 @@
 //! implementation it was ported from is the oracle in `tests/reference/prior_shift.py`.
 //!
 //! Arithmetic order: every sum over classes is plain left to right (k = 0..C-1). The
-//! reference summed with Python's `sum()`, which since Python 3.12 is compensated
-//! (Neumaier) for floats, and `predict` normalised with numpy's `sum` (pairwise from 8
-//! classes on); so the two agree to rounding, not always bit for bit.
+//! reference summed with Python's `sum()` (left to right up to Python 3.11, which this
+//! project runs; compensated, Neumaier, from 3.12 on) and renormalised in `predict` with
+//! numpy's `sum` (left to right below 8 classes, pairwise from 8 on). So the two agree
+//! bit for bit below 8 classes on Python 3.11, and to rounding otherwise.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
