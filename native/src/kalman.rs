@@ -123,6 +123,15 @@ fn dot(left: &[f64], right: &[f64]) -> f64 {
     total
 }
 
+/// True when no value is NaN or ±inf. An integer fold over the exponent bits (no early
+/// exit), so the compiler can vectorise it: this runs on the whole state every update.
+fn all_finite(values: &[f64]) -> bool {
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    values.iter().fold(0u64, |bad, v| {
+        bad | u64::from(v.to_bits() & EXPONENT == EXPONENT)
+    }) == 0
+}
+
 fn logistic(rho: f64) -> f64 {
     1.0 / (1.0 + (-rho).exp())
 }
@@ -770,9 +779,7 @@ impl Filter {
     }
 
     fn state_is_finite(&self) -> bool {
-        self.scalars.all_finite()
-            && self.deviation.iter().all(|v| v.is_finite())
-            && self.covariance.iter().all(|v| v.is_finite())
+        self.scalars.all_finite() && all_finite(&self.deviation) && all_finite(&self.covariance)
     }
 
     /// Run `update` all or nothing: if it fails or leaves the state non-finite, the state
@@ -903,6 +910,30 @@ pub struct KalmanCore {
     filter: Filter,
 }
 
+impl KalmanCore {
+    fn learn_one_checked(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        target: Option<&[f64]>,
+        label: Option<usize>,
+    ) -> PyResult<bool> {
+        let mut features = std::mem::take(&mut self.filter.scratch_x);
+        let result = match read_vector(x, &mut features, "x") {
+            Ok(true) => self
+                .filter
+                .guarded(|filter| {
+                    filter.learn_one(&features, target, label);
+                    Ok(())
+                })
+                .map(|_| true)
+                .map_err(|message| refused(format!("update: {message}"))),
+            other => other,
+        };
+        self.filter.scratch_x = features;
+        result
+    }
+}
+
 #[pymethods]
 impl KalmanCore {
     #[new]
@@ -1017,31 +1048,23 @@ impl KalmanCore {
         Ok(out)
     }
 
-    /// `learn(x, y)`: `target` (length n_outputs, validated) for regression or a validated
-    /// class `label`. False when `x` is not a 1-d float64 buffer of length n_features
-    /// (the handle converts it and calls again). Refuses (ValueError, state unchanged) an
-    /// update that would leave the state non-finite.
-    #[pyo3(signature = (x, target=None, label=None))]
-    fn learn(
-        &mut self,
-        x: &Bound<'_, PyAny>,
-        target: Option<Vec<f64>>,
-        label: Option<usize>,
-    ) -> PyResult<bool> {
-        let mut features = std::mem::take(&mut self.filter.scratch_x);
-        let result = match read_vector(x, &mut features, "x") {
-            Ok(true) => self
-                .filter
-                .guarded(|filter| {
-                    filter.learn_one(&features, target.as_deref(), label);
-                    Ok(())
-                })
-                .map(|_| true)
-                .map_err(|message| refused(format!("update: {message}"))),
-            other => other,
-        };
-        self.filter.scratch_x = features;
-        result
+    /// `learn(x, y)` for regression: `target` (length n_outputs, validated). False when
+    /// `x` is not a 1-d float64 buffer of length n_features (the handle converts it and
+    /// calls again). Refuses (NonFiniteUpdate, state unchanged) an update that would
+    /// leave the state non-finite.
+    fn learn_target(&mut self, x: &Bound<'_, PyAny>, target: Vec<f64>) -> PyResult<bool> {
+        if target.len() != self.filter.config.n_outputs {
+            return Err(PyValueError::new_err("y: wrong number of target values"));
+        }
+        self.learn_one_checked(x, Some(&target), None)
+    }
+
+    /// `learn(x, y)` for classification: a validated class `label`; as `learn_target`.
+    fn learn_label(&mut self, x: &Bound<'_, PyAny>, label: usize) -> PyResult<bool> {
+        if label >= self.filter.config.n_outputs {
+            return Err(PyValueError::new_err(format!("y: unknown class {label}")));
+        }
+        self.learn_one_checked(x, None, Some(label))
     }
 
     /// `learn_many`: validated rows `(n, n_features)` and targets `(n, n_outputs)` or

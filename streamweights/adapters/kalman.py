@@ -346,15 +346,15 @@ class KalmanWeights(Adapter):
         if self._classify:
             label = y if type(y) is int and 0 <= y < self.n_outputs else check_class_label(
                 y, "y", self.n_outputs)
-            if not self._core.learn(x, label=label):
-                self._core.learn(as_finite_array(x, "x", (self.n_features,)), label=label)
+            if not self._core.learn_label(x, label):
+                self._core.learn_label(as_finite_array(x, "x", (self.n_features,)), label)
             return
         if type(y) is float and self.n_outputs == 1 and y - y == 0.0:
             target = [y]  # one finite Python float: the common regression case
         else:
             target = check_target(y, "y", self.n_outputs).tolist()
-        if not self._core.learn(x, target=target):
-            self._core.learn(as_finite_array(x, "x", (self.n_features,)), target=target)
+        if not self._core.learn_target(x, target):
+            self._core.learn_target(as_finite_array(x, "x", (self.n_features,)), target)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         rows = self._check_rows(xs, "xs")
@@ -484,9 +484,9 @@ class KalmanWeights(Adapter):
         """One validated labelled event: ``target`` ``(K,)``, and the class for
         classification (its target is recomputed from the class)."""
         if label is None:
-            self._core.learn(x, target=[float(value) for value in target])
+            self._core.learn_target(x, [float(value) for value in target])
         else:
-            self._core.learn(x, label=int(label))
+            self._core.learn_label(x, int(label))
 
     def _learn_block(self, rows: np.ndarray, targets: np.ndarray, labels: Any) -> None:
         """``b`` validated simultaneous rows ``(b, d)`` with targets ``(b, K)`` (and their
