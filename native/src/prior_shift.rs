@@ -12,6 +12,7 @@
 //! numpy's `sum` (left to right below 8 classes, pairwise from 8 on). So the two agree
 //! bit for bit below 8 classes on Python 3.11, and to rounding otherwise.
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -223,6 +224,42 @@ impl Estimator {
 pub struct PriorShiftCore {
     config: Config,
     estimator: Estimator,
+    /// The quick probability check (`check_probability_vector`'s): entries in [0, high],
+    /// |Σ - 1| <= quick_tolerance.
+    high: f64,
+    quick_tolerance: f64,
+    scratch: Vec<f64>,
+}
+
+impl PriorShiftCore {
+    /// The quick path of `check_probability_vector` for a 1-d float64 buffer of length C:
+    /// the vector renormalised by its left-to-right sum into `scratch`, or false when
+    /// `value` is not such a buffer or does not pass (the handle then validates it in
+    /// Python, which accepts it with the same result or raises the usual message).
+    fn quick_probabilities(&mut self, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let buffer = match PyBuffer::<f64>::get(value) {
+            Ok(buffer) => buffer,
+            Err(_) => return Ok(false),
+        };
+        if buffer.dimensions() != 1 || buffer.item_count() != self.config.n_classes {
+            return Ok(false);
+        }
+        buffer.copy_to_slice(value.py(), &mut self.scratch)?;
+        let mut total = 0.0;
+        for item in &self.scratch {
+            if !(0.0 <= *item && *item <= self.high) {
+                return Ok(false);
+            }
+            total += item;
+        }
+        if (total - 1.0).abs() > self.quick_tolerance {
+            return Ok(false);
+        }
+        for item in self.scratch.iter_mut() {
+            *item /= total;
+        }
+        Ok(true)
+    }
 }
 
 fn check_length(values: &[f64], n: usize, name: &str) -> PyResult<()> {
@@ -239,7 +276,8 @@ fn check_length(values: &[f64], n: usize, name: &str) -> PyResult<()> {
 impl PriorShiftCore {
     #[new]
     #[pyo3(signature = (n_classes, source, learn_source, step_offset, min_step, label_weight,
-        reset_on_drift, prior_floor, max_ratio, source_window, evidence_threshold))]
+        reset_on_drift, prior_floor, max_ratio, source_window, evidence_threshold, high,
+        quick_tolerance))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         n_classes: usize,
@@ -253,6 +291,8 @@ impl PriorShiftCore {
         max_ratio: f64,
         source_window: i64,
         evidence_threshold: f64,
+        high: f64,
+        quick_tolerance: f64,
     ) -> PyResult<Self> {
         check_length(&source, n_classes, "source")?;
         let config = Config {
@@ -267,11 +307,29 @@ impl PriorShiftCore {
             evidence_threshold,
         };
         let estimator = Estimator::new(&config, source, learn_source);
-        Ok(PriorShiftCore { config, estimator })
+        Ok(PriorShiftCore {
+            config,
+            estimator,
+            high,
+            quick_tolerance,
+            scratch: vec![0.0; n_classes],
+        })
     }
 
-    /// The served output for one validated probability vector.
-    fn predict(&self, p: Vec<f64>) -> PyResult<Vec<f64>> {
+    /// `predict(x)` when `x` passes the quick check; None otherwise (see
+    /// `quick_probabilities`).
+    fn predict(&mut self, x: &Bound<'_, PyAny>) -> PyResult<Option<Vec<f64>>> {
+        if !self.quick_probabilities(x)? {
+            return Ok(None);
+        }
+        let mut out = vec![0.0; self.config.n_classes];
+        self.estimator
+            .predict(&self.config, &self.scratch, &mut out);
+        Ok(Some(out))
+    }
+
+    /// The served output for one probability vector validated by the handle.
+    fn predict_checked(&self, p: Vec<f64>) -> PyResult<Vec<f64>> {
         check_length(&p, self.config.n_classes, "x")?;
         let mut out = vec![0.0; p.len()];
         self.estimator.predict(&self.config, &p, &mut out);
@@ -288,7 +346,16 @@ impl PriorShiftCore {
         out
     }
 
-    fn observe(&mut self, p: Vec<f64>) -> PyResult<()> {
+    /// `observe(x)` when `x` passes the quick check; false otherwise.
+    fn observe(&mut self, x: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if !self.quick_probabilities(x)? {
+            return Ok(false);
+        }
+        self.estimator.observe(&self.config, &self.scratch);
+        Ok(true)
+    }
+
+    fn observe_checked(&mut self, p: Vec<f64>) -> PyResult<()> {
         check_length(&p, self.config.n_classes, "x")?;
         self.estimator.observe(&self.config, &p);
         Ok(())
@@ -302,7 +369,20 @@ impl PriorShiftCore {
         }
     }
 
-    fn learn(&mut self, p: Vec<f64>, label: usize) -> PyResult<()> {
+    /// `learn(x, y)` with a validated label when `x` passes the quick check; false
+    /// otherwise (nothing learned).
+    fn learn(&mut self, x: &Bound<'_, PyAny>, label: usize) -> PyResult<bool> {
+        if label >= self.config.n_classes {
+            return Err(PyValueError::new_err(format!("y: unknown class {label}")));
+        }
+        if !self.quick_probabilities(x)? {
+            return Ok(false);
+        }
+        self.estimator.learn(&self.config, &self.scratch, label);
+        Ok(true)
+    }
+
+    fn learn_checked(&mut self, p: Vec<f64>, label: usize) -> PyResult<()> {
         check_length(&p, self.config.n_classes, "x")?;
         if label >= self.config.n_classes {
             return Err(PyValueError::new_err(format!("y: unknown class {label}")));

@@ -26,6 +26,8 @@ import numpy as np
 from streamweights._native import PriorShiftCore
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
+    _QUICK_SUM_MARGIN,
+    PROBABILITY_TOLERANCE,
     as_finite_array,
     check_class_label,
     check_count,
@@ -197,7 +199,8 @@ class PriorShift(Adapter):
         self._core = PriorShiftCore(
             self.n_classes, source, self._source_config is None, self.step_offset,
             self.min_step, self.label_weight, self.reset_on_drift, self.prior_floor,
-            self.max_ratio, self.source_window, self.evidence_threshold)
+            self.max_ratio, self.source_window, self.evidence_threshold,
+            1.0 + PROBABILITY_TOLERANCE, PROBABILITY_TOLERANCE - _QUICK_SUM_MARGIN)
 
     # -- public views ---------------------------------------------------------------
     @property
@@ -234,8 +237,14 @@ class PriorShift(Adapter):
         return self._core.correcting
 
     # -- the verbs ------------------------------------------------------------------
+    # Each verb first offers ``x`` to the core's copy of the quick check of
+    # ``check_probability_vector`` (a float64 vector of C entries in range, summing to 1
+    # well inside the tolerance); anything else is decided here, with the usual messages.
     def predict(self, x: Any) -> np.ndarray:
-        return np.array(self._core.predict(check_probability_vector(x, "x", self.n_classes)))
+        out = self._core.predict(x)
+        if out is None:
+            out = self._core.predict_checked(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         p = self._check_rows(xs, "xs")
@@ -244,16 +253,17 @@ class PriorShift(Adapter):
         return np.array(self._core.predict_many(p.reshape(-1).tolist())).reshape(p.shape)
 
     def observe(self, x: Any) -> None:
-        self._core.observe(check_probability_vector(x, "x", self.n_classes))
+        if not self._core.observe(x):
+            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes))
 
     def observe_many(self, xs: Any) -> None:
         self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
 
     def learn(self, x: Any, y: Any) -> None:
-        p = check_probability_vector(x, "x", self.n_classes)
         label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
             y, "y", self.n_classes)
-        self._core.learn(p, label)
+        if not self._core.learn(x, label):
+            self._core.learn_checked(check_probability_vector(x, "x", self.n_classes), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
