@@ -854,12 +854,29 @@ fn read_vector(value: &Bound<'_, PyAny>, target: &mut [f64], name: &str) -> PyRe
         Ok(buffer) => buffer,
         Err(_) => return Ok(false),
     };
-    if buffer.dimensions() != 1 || buffer.item_count() != target.len() {
+    if !native_float64(&buffer) || buffer.dimensions() != 1 || buffer.item_count() != target.len() {
         return Ok(false);
     }
     buffer.copy_to_slice(value.py(), target)?;
     check_finite(target, name)?;
     Ok(true)
+}
+
+/// True when the buffer holds float64 in this machine's byte order. PyO3 accepts any
+/// 8-byte float format, a byte-swapped (`>d` on x86) array included, whose values it
+/// would read as garbage.
+pub fn native_float64(buffer: &PyBuffer<f64>) -> bool {
+    let format = buffer.format().to_bytes();
+    let native: &[u8] = if cfg!(target_endian = "little") {
+        b"<"
+    } else {
+        b">"
+    };
+    match format {
+        [b'd'] => true,
+        [order, b'd'] => matches!(order, b'@' | b'=') || *order == native[0],
+        _ => false,
+    }
 }
 
 /// A ValueError `"{name}: contains NaN"` (or inf), as `as_finite_array` words it.
@@ -879,9 +896,9 @@ pub fn check_finite(values: &[f64], name: &str) -> PyResult<()> {
 fn read_rows(value: &Bound<'_, PyAny>, width: usize) -> PyResult<Vec<f64>> {
     let buffer = PyBuffer::<f64>::get(value)?;
     let shape = buffer.shape();
-    if buffer.dimensions() != 2 || shape[1] != width {
+    if !native_float64(&buffer) || buffer.dimensions() != 2 || shape[1] != width {
         return Err(PyValueError::new_err(format!(
-            "rows: expected a float64 array of shape (n, {width}), got shape {shape:?}"
+            "rows: expected a native float64 array of shape (n, {width}), got shape {shape:?}"
         )));
     }
     buffer.to_vec(value.py())

@@ -241,7 +241,10 @@ impl PriorShiftCore {
             Ok(buffer) => buffer,
             Err(_) => return Ok(false),
         };
-        if buffer.dimensions() != 1 || buffer.item_count() != self.config.n_classes {
+        if !crate::kalman::native_float64(&buffer)
+            || buffer.dimensions() != 1
+            || buffer.item_count() != self.config.n_classes
+        {
             return Ok(false);
         }
         buffer.copy_to_slice(value.py(), &mut self.scratch)?;

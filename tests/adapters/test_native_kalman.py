@@ -236,3 +236,31 @@ def test_an_update_that_would_go_non_finite_is_refused_and_changes_nothing(confi
     head.learn(x, labels[1])
     reference_twin.learn(x, labels[1])
     assert dumps_state(head.state_dict()) == dumps_state(reference_twin.state_dict())
+
+
+def test_every_input_layout_gives_the_same_numbers():
+    """Scenario: the same features reach the core as a contiguous float64 row, a strided
+    column view, a byte-swapped ('>f8') array, float32 and a list. We expect: identical
+    predictions and states (the core reads float64 buffers directly; before this test a
+    byte-swapped buffer was read as garbage by the fast path)."""
+    rng = np.random.default_rng(19)
+    columns = rng.normal(size=(3, 400))
+    targets = [float(v) for v in rng.normal(size=400)]
+    layouts = {
+        "contiguous": lambda i: np.ascontiguousarray(columns[:, i]),
+        "strided": lambda i: columns[:, i],
+        "byte-swapped": lambda i: columns[:, i].astype(">f8"),
+        "list": lambda i: columns[:, i].tolist(),
+    }
+    heads = {name: KalmanWeights(3, noise_variance="learn") for name in layouts}
+    for i in range(400):
+        outputs = {name: heads[name].predict(make(i)).tobytes()
+                   for name, make in layouts.items()}
+        assert len(set(outputs.values())) == 1, outputs
+        for name, make in layouts.items():
+            heads[name].learn(make(i), targets[i])
+    states = {dumps_state(head.state_dict()) for head in heads.values()}
+    assert len(states) == 1
+    swapped = KalmanWeights(3, noise_variance="learn")
+    swapped.learn_many(columns.T.astype(">f8"), targets)
+    assert dumps_state(swapped.state_dict()) in states

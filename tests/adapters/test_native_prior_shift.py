@@ -168,3 +168,28 @@ def test_old_snapshot_without_source_window_loads_and_continues_like_the_referen
         core.learn(p, y)
         reference.learn(p, y)
     assert dumps_state(core.state_dict()) == dumps_state(reference.state_dict())
+
+
+def test_every_input_layout_gives_the_same_numbers():
+    """Scenario: the same probability vectors reach the core as contiguous float64 rows,
+    strided column views, byte-swapped ('>f8') arrays and lists. We expect: identical
+    outputs and states (a byte-swapped buffer must not be read as native floats)."""
+    posteriors, labels = _drifting_mix_stream(25, 3000, 3)
+    columns = np.ascontiguousarray(posteriors.T)
+    layouts = {
+        "contiguous": lambda i: posteriors[i],
+        "strided": lambda i: columns[:, i],
+        "byte-swapped": lambda i: posteriors[i].astype(">f8"),
+        "list": lambda i: posteriors[i].tolist(),
+    }
+    correctors = {name: PriorShift(3, source_window=100, evidence_threshold=1.0)
+                  for name in layouts}
+    for i in range(3000):
+        for name, make in layouts.items():
+            correctors[name].observe(make(i))
+        outputs = {correctors[name].predict(make(i)).tobytes()
+                   for name, make in layouts.items()}
+        assert len(outputs) == 1
+        for name, make in layouts.items():
+            correctors[name].learn(make(i), labels[i])
+    assert len({dumps_state(c.state_dict()) for c in correctors.values()}) == 1
