@@ -1094,6 +1094,7 @@ impl KalmanCore {
         targets: Option<&Bound<'_, PyAny>>,
         labels: Option<Vec<usize>>,
     ) -> PyResult<()> {
+        let py = rows.py();
         let d = self.filter.config.n_features;
         let k = self.filter.config.n_outputs;
         let rows = read_rows(rows, d)?;
@@ -1102,8 +1103,10 @@ impl KalmanCore {
             None => None,
         };
         let n = rows.len() / d;
-        self.filter
-            .guarded(|filter| {
+        let filter = &mut self.filter;
+        // The loop holds no Python object: other threads may run meanwhile.
+        let outcome = py.allow_threads(|| {
+            filter.guarded(|filter| {
                 for i in 0..n {
                     let x = &rows[i * d..(i + 1) * d];
                     let target = targets.as_ref().map(|t| &t[i * k..(i + 1) * k]);
@@ -1111,15 +1114,15 @@ impl KalmanCore {
                     filter.learn_one(x, target, label);
                     if !filter.state_is_finite() {
                         return Err(format!(
-                            "row {i}: the filter state would become \
-                                            non-finite (an input or a target too large \
-                                            for the arithmetic)"
+                            "row {i}: the filter state would become non-finite (an input \
+                             or a target too large for the arithmetic)"
                         ));
                     }
                 }
                 Ok(())
             })
-            .map_err(|message| refused(format!("update: {message}")))
+        });
+        outcome.map_err(|message| refused(format!("update: {message}")))
     }
 
     /// `learn_rows`: one block of simultaneous rows (validated); all or nothing.

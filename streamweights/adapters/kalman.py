@@ -6,6 +6,11 @@ prior noise, ``w_t ~ N(γ w_{t-1} + (1 - γ) μ0, (1 - γ²) σ_w² I)``, so the
 variance of every weight stays ``σ_w²`` and ``γ = 1`` is ordinary Bayesian linear
 regression. The filter keeps the exact Gaussian posterior (one covariance shared by all
 outputs) and learns ``γ`` itself from how well it predicts the next label.
+
+The filter's state and arithmetic live in the native core (``native/src/kalman.rs``);
+this class validates inputs and configuration and keeps the public API and snapshot
+layout. The numpy implementation it replaced is the test oracle in
+``tests/reference/kalman.py`` (equal within 1e-9 relative; the core sums left to right).
 """
 
 from __future__ import annotations

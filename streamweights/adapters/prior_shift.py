@@ -14,6 +14,11 @@ mean of the model's own outputs, which for a calibrated model is the class mix i
 calibrated under (Saerens et al. 2002, §2; the EM's fixed point is then π̂ = π_s, no
 correction, on a stream without shift). And the correction is only served once the
 stream gives evidence for it (a likelihood-ratio CUSUM, below).
+
+The estimate's state and arithmetic live in the native core (``native/src/prior_shift.rs``);
+this class validates inputs and configuration and keeps the public API and snapshot
+layout. The implementation it replaced is the test oracle in
+``tests/reference/prior_shift.py`` (bit for bit alike below 8 classes).
 """
 
 from __future__ import annotations
