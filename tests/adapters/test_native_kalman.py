@@ -70,6 +70,7 @@ def _relative_gap(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want) / scale))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_core_matches_numpy_reference_over_100k_drifting_events(name):
     """Scenario: the core and the numpy reference see the same 10^5 drifting events
@@ -102,6 +103,7 @@ def test_core_matches_numpy_reference_over_100k_drifting_events(name):
     assert core.n_updates_ == reference.n_updates_ == N_EVENTS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classify", [False, True])
 def test_learn_rows_blocks_match_the_reference(classify):
     """Scenario: 10^5 events arrive in blocks of 1 to 5 rows through ``learn_rows``

@@ -65,6 +65,7 @@ def _relative_gap(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want) / scale))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_core_matches_numpy_reference_over_100k_drifting_events(name):
     """Scenario: core and reference see the same 10^5 events (observe, predict, and a
