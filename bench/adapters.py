@@ -23,7 +23,10 @@ one).
   outputs for OnlineStacking (the meta-learner river's stacking would train; river's
   ``StackingClassifier`` is classification-only); ``LogisticRegression`` on the logit
   for the calibrators (Platt scaling is exactly that); ``ADWIN.update`` on the loss for
-  DriftMemory (its detector alone: river has no replay memory). PriorShift has none.
+  DriftMemory (its detector alone: river has no replay memory). PriorShift: river has no
+  label-shift corrector; its nearest part is ``proba.Multinomial``, the online class-mix
+  estimate alone (``update(y)`` per label, the C class probabilities read per event),
+  far less work than an EM step, a CUSUM gate and a corrected output.
 
 Run: ``python bench/adapters.py [--events 4096] [--rounds 5] [--json FILE]``.
 """
@@ -47,6 +50,7 @@ from river import drift as river_drift
 from river import ensemble as river_ensemble
 from river import linear_model as river_linear
 from river import optim as river_optim
+from river import proba as river_proba
 
 import streamweights
 from streamweights import adapters
@@ -165,6 +169,18 @@ def _beta_feature_dicts(data: dict[str, object]) -> list[dict[str, float]]:
     f = np.clip(np.asarray(data["calib_in"])[:, 1], 1e-5, 1 - 1e-5)
     return [{"ln_f": u, "ln_1_minus_f": v}
             for u, v in zip(np.log(f).tolist(), np.log1p(-f).tolist(), strict=True)]
+def _river_class_mix(name: str, labels: list, n_classes: int) -> Contender:
+    """river's online class-mix estimate: the C class probabilities read per event (the
+    counterpart of ``predict``), ``update(y)`` per label (of ``learn``)."""
+
+    def run(model):
+        classes = range(n_classes)
+        update = model.update
+        for y in labels:
+            [model(c) for c in classes]
+            update(y)
+
+    return Contender(name, river_proba.Multinomial, run)
 
 
 def build_pairs(data: dict[str, object]) -> list[Pair]:
@@ -240,7 +256,8 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
              *_ours("PriorShift (observe+predict+learn)",
                     lambda: adapters.PriorShift(N_CLASSES), data["calib_in"], labels,
                     observe=True),
-             []),
+             [_river_class_mix("proba.Multinomial (class mix alone)", labels.tolist(),
+                               N_CLASSES)]),
         Pair("DriftMemory",
              *_ours("DriftMemory(64, adwin) (observe+predict+learn)",
                     lambda: adapters.DriftMemory(64, N_CLASSES), data["calib_in"], labels,

@@ -12,9 +12,11 @@ mod adwin;
 mod beta;
 mod calibeating;
 mod conformal;
+mod kalman;
 mod newton;
 mod page_hinkley;
 mod platt;
+mod prior_shift;
 mod probability_input;
 mod scores;
 mod temperature;
@@ -37,5 +39,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     beta::register(module)?;
     temperature::register(module)?;
     calibeating::register(module)?;
+    kalman::register(module)?;
+    prior_shift::register(module)?;
     Ok(())
 }

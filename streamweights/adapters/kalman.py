@@ -6,6 +6,11 @@ prior noise, ``w_t ~ N(γ w_{t-1} + (1 - γ) μ0, (1 - γ²) σ_w² I)``, so the
 variance of every weight stays ``σ_w²`` and ``γ = 1`` is ordinary Bayesian linear
 regression. The filter keeps the exact Gaussian posterior (one covariance shared by all
 outputs) and learns ``γ`` itself from how well it predicts the next label.
+
+The filter's state and arithmetic live in the native core (``native/src/kalman.rs``);
+this class validates inputs and configuration and keeps the public API and snapshot
+layout. The numpy implementation it replaced is the test oracle in
+``tests/reference/kalman.py`` (equal within 1e-9 relative; the core sums left to right).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights._native import KalmanCore
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     as_finite_array,
@@ -33,23 +39,9 @@ _PROBABILITY_METHODS = ("probit", "monte_carlo")
 #: ~5e5 events, far more than any stream we serve stays stationary, and keeps ρ finite.
 _MAX_FORGETTING = 1.0 - 1e-6
 
-# Adam constants for the forgetting logit (the usual ones of Kingma & Ba).
-_ADAM_MEAN_DECAY = 0.9
-_ADAM_SQUARE_DECAY = 0.999
-_ADAM_EPSILON = 1e-12
-
 #: Bounds on a learned noise variance (in log): wide enough for any target units,
 #: finite so a run of exact fits cannot drive σ² to zero.
 _LOG_NOISE_BOUND = 30.0
-
-#: Probit approximation of E[softmax(β f)], f ~ N(μ, s I): softmax(β μ / sqrt(1 + c β² s)).
-#: Every pair of logits differs by N(μ_k - μ_j, 2 s), and the probit approximation of a
-#: logistic integral N(m, v) is sigmoid(m / sqrt(1 + π v / 8)); hence c = π·2/8 = π/4
-#: (exact in form for two classes; the pairwise "mean-field" approximation for more).
-_PROBIT_FACTOR = math.pi / 4.0
-
-#: Adagrad's guard against dividing by zero on the first calibration step.
-_ADAGRAD_EPSILON = 1e-12
 
 #: Bounds on the learned calibration β: beyond e^±5 (≈0.007 .. 148) the probabilities are
 #: saturated or flat anyway, and an unbounded log β could run away on a separable stream.
@@ -58,16 +50,6 @@ _LOG_CALIBRATION_BOUND = 5.0
 
 def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
-
-
-def _adam_step(moments: list[float], at: int, gradient: float, mean_correction: float,
-               square_correction: float) -> float:
-    """Update Adam moments ``moments[at:at + 2]`` in place; return the normalised step."""
-    mean = _ADAM_MEAN_DECAY * moments[at] + (1.0 - _ADAM_MEAN_DECAY) * gradient
-    square = (_ADAM_SQUARE_DECAY * moments[at + 1]
-              + (1.0 - _ADAM_SQUARE_DECAY) * gradient * gradient)
-    moments[at], moments[at + 1] = mean, square
-    return (mean / mean_correction) / (math.sqrt(square / square_correction) + _ADAM_EPSILON)
 
 
 class KalmanWeights(Adapter):
@@ -294,79 +276,100 @@ class KalmanWeights(Adapter):
                                  f"{shape}, got {mean.shape}")
             self._prior_mean_config = np.asarray(prior_mean, dtype=np.float64).tolist()
             self._prior_mean = np.ascontiguousarray(mean)
-        self._has_prior_mean = bool(np.any(self._prior_mean))
+        self._prior_mean.flags.writeable = False
 
-        self._learns_forgetting = self.forgetting == "learn"
-        self._learns_noise = self.noise_variance == "learn"
-        self._learns_variances = self._learns_forgetting or self._learns_noise
-        self._rho_low = _logit(self.min_forgetting)
-        self._rho_high = _logit(self.max_forgetting)
-        self._learns_calibration = self._classify and self.calibration == "learn"
         self._target_offset = 1.0 / self.n_outputs if self._classify else 0.0
+        learns_forgetting = self.forgetting == "learn"
+        learns_noise = self.noise_variance == "learn"
+        fixed_calibration = self.calibration != "learn"
         # Fixed standard-normal draws for Monte-Carlo probabilities; a function of the
         # config alone, so they are rebuilt rather than saved.
-        self._draws = (np.random.default_rng(self.seed).standard_normal(
-            (self.n_samples, self.n_outputs)) if self._classify else None)
-
-        self._covariance = np.zeros((self.n_features, self.n_features))
-        # A writable view of the diagonal, for the in-place blend toward σ_w² I.
-        self._covariance_diagonal = self._covariance.reshape(-1)[:: self.n_features + 1]
-        self._deviation = np.zeros(shape)  # posterior mean minus prior mean
-        self._reset()
+        draws = (np.random.default_rng(self.seed).standard_normal(
+            (self.n_samples, self.n_outputs)) if self._classify else np.empty((0,)))
+        # The state and the arithmetic live in the core (native/src/kalman.rs); the
+        # starting values are computed here exactly as the numpy version did.
+        self._core = KalmanCore(
+            self.n_features, self.n_outputs, self._classify, self.probabilities == "probit",
+            learns_forgetting, 0.0 if learns_forgetting else float(self.forgetting),
+            learns_noise, 0.0 if learns_noise else float(self.noise_variance),
+            self._classify and not fixed_calibration, self.prior_variance,
+            self.min_forgetting, self.max_forgetting, _logit(self.min_forgetting),
+            _logit(self.max_forgetting), self.forgetting_learning_rate,
+            self.noise_learning_rate, self.drift_forgetting, self.calibration_learning_rate,
+            _logit(self.initial_forgetting) if learns_forgetting else 0.0,
+            math.log(self.initial_noise_variance if learns_noise
+                     else float(self.noise_variance)),
+            math.log(float(self.calibration) if fixed_calibration
+                     else self.initial_calibration),
+            self._prior_mean.reshape(-1).tolist(), draws.reshape(-1).tolist())
 
     # -- public read-only views -------------------------------------------------------
     @property
     def forgetting_(self) -> float:
         """Current forgetting factor γ."""
-        return self._gamma
+        return self._core.current()[0]
 
     @property
     def noise_variance_(self) -> float:
         """Current observation-noise variance σ² (learned or fixed)."""
-        return self._noise
+        return self._core.current()[1]
 
     @property
     def calibration_(self) -> float:
         """Current calibration β of the predictive probabilities (classification)."""
-        return math.exp(self._log_calibration)
+        return math.exp(self._core.current()[2])
 
     @property
     def mean_(self) -> np.ndarray:
         """Posterior mean of the weights, ``(n_features, n_outputs)`` (a copy)."""
-        return self._prior_mean + self._deviation
+        return self._prior_mean + self._state_arrays()[0]
 
     @property
     def covariance_(self) -> np.ndarray:
         """Posterior covariance shared by all outputs, ``(n_features, n_features)`` (a copy)."""
-        return self._covariance.copy()
+        return self._state_arrays()[1]
 
     @property
     def n_updates_(self) -> int:
         """Number of labelled events (rows) the filter has learned from."""
-        return self._n_updates
+        return self._core.current()[3]
 
     # -- the contract -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        features = as_finite_array(x, "x", (self.n_features,))
-        return self._predict_row(features)
+        out = self._core.predict(x)
+        if out is None:  # not a float64 vector of the right length: convert or refuse
+            out = self._core.predict(as_finite_array(x, "x", (self.n_features,)))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         rows = self._check_rows(xs, "xs")
         if not len(rows):
             return np.empty((0, self.n_outputs))
-        return np.stack([self._predict_row(row) for row in rows])
+        return np.array(self._core.predict_rows(rows)).reshape(len(rows), self.n_outputs)
 
     def learn(self, x: Any, y: Any) -> None:
-        features = as_finite_array(x, "x", (self.n_features,))
-        target, label = self._check_label(y, "y")
-        self._learn_row(features, target, label)
+        if self._classify:
+            label = y if type(y) is int and 0 <= y < self.n_outputs else check_class_label(
+                y, "y", self.n_outputs)
+            if not self._core.learn_label(x, label):
+                self._core.learn_label(as_finite_array(x, "x", (self.n_features,)), label)
+            return
+        if type(y) is float and self.n_outputs == 1 and y - y == 0.0:
+            target = [y]  # one finite Python float: the common regression case
+        else:
+            target = check_target(y, "y", self.n_outputs).tolist()
+        if not self._core.learn_target(x, target):
+            self._core.learn_target(as_finite_array(x, "x", (self.n_features,)), target)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         rows = self._check_rows(xs, "xs")
         targets, labels = self._check_labels(ys, len(rows), "ys")
-        for index in range(len(rows)):
-            self._learn_row(rows[index], targets[index],
-                            None if labels is None else labels[index])
+        if not len(rows):
+            return
+        if labels is None:
+            self._core.learn_many(rows, targets=targets)
+        else:
+            self._core.learn_many(rows, labels=labels.tolist())
 
     def learn_rows(self, rows: Any, targets: Any) -> None:
         """Learn ``b`` simultaneous observations in one exact update.
@@ -386,7 +389,7 @@ class KalmanWeights(Adapter):
     def on_drift(self) -> None:
         """One-off transition with γ = ``drift_forgetting``: the mean shrinks toward the
         prior and the covariance moves toward ``σ_w² I`` (algorithms.md §5.4)."""
-        self._transition(self.drift_forgetting)
+        self._core.on_drift()
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -404,32 +407,42 @@ class KalmanWeights(Adapter):
             "noise_learning_rate": self.noise_learning_rate, "seed": self.seed,
         }
 
+    def _state_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Deviation ``(d, K)`` and covariance ``(d, d)``, fresh arrays from the core."""
+        deviation, covariance = self._core.get_state()[:2]
+        return (np.array(deviation).reshape(self.n_features, self.n_outputs),
+                np.array(covariance).reshape(self.n_features, self.n_features))
+
     def _get_state(self) -> dict[str, Any]:
+        (deviation, covariance, rho, log_noise, adam_steps, adam_moments, log_calibration,
+         calibration_square_sum, n_updates) = self._core.get_state()
         return {
-            "deviation": self._deviation, "covariance": self._covariance,
-            "rho": self._rho, "log_noise": self._log_noise, "adam_steps": self._adam_steps,
-            "adam_moments": list(self._adam_moments),
-            "log_calibration": self._log_calibration,
-            "calibration_square_sum": self._calibration_square_sum,
-            "n_updates": self._n_updates,
+            "deviation": np.array(deviation).reshape(self.n_features, self.n_outputs),
+            "covariance": np.array(covariance).reshape(self.n_features, self.n_features),
+            "rho": rho, "log_noise": log_noise, "adam_steps": adam_steps,
+            "adam_moments": adam_moments,
+            "log_calibration": log_calibration,
+            "calibration_square_sum": calibration_square_sum,
+            "n_updates": n_updates,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
         deviation = np.asarray(state["deviation"], dtype=np.float64)
         covariance = np.asarray(state["covariance"], dtype=np.float64)
-        if deviation.shape != self._deviation.shape or covariance.shape != self._covariance.shape:
+        shapes = ((self.n_features, self.n_outputs), (self.n_features, self.n_features))
+        if (deviation.shape, covariance.shape) != shapes:
             raise ValueError(f"KalmanWeights.load_state_dict: state arrays have shapes "
                              f"{deviation.shape}, {covariance.shape}, expected "
-                             f"{self._deviation.shape}, {self._covariance.shape}")
-        np.copyto(self._deviation, deviation)
-        np.copyto(self._covariance, covariance)
-        self._set_rho(float(state["rho"]))
-        self._set_log_noise(float(state["log_noise"]))
-        self._adam_steps = int(state["adam_steps"])
-        self._adam_moments = [float(value) for value in state["adam_moments"]]
-        self._log_calibration = float(state["log_calibration"])
-        self._calibration_square_sum = float(state["calibration_square_sum"])
-        self._n_updates = int(state["n_updates"])
+                             f"{shapes[0]}, {shapes[1]}")
+        moments = [float(value) for value in state["adam_moments"]]
+        if len(moments) != 4:
+            raise ValueError(f"KalmanWeights.load_state_dict: state.adam_moments has "
+                             f"{len(moments)} values, expected 4")
+        self._core.set_state(
+            deviation.reshape(-1).tolist(), covariance.reshape(-1).tolist(),
+            float(state["rho"]), float(state["log_noise"]), int(state["adam_steps"]), moments,
+            float(state["log_calibration"]), float(state["calibration_square_sum"]),
+            int(state["n_updates"]))
 
     # -- validation -------------------------------------------------------------------
     def _check_rows(self, rows: Any, name: str) -> np.ndarray:
@@ -437,14 +450,6 @@ class KalmanWeights(Adapter):
         if isinstance(rows, list | tuple) and not rows:
             return np.empty((0, self.n_features))
         return as_finite_array(rows, name, (-1, self.n_features))
-
-    def _check_label(self, y: Any, name: str) -> tuple[np.ndarray, int | None]:
-        if self._classify:
-            label = check_class_label(y, name, self.n_outputs)
-            target = np.full(self.n_outputs, -self._target_offset)
-            target[label] += 1.0
-            return target, label
-        return check_target(y, name, self.n_outputs), None
 
     def _check_labels(self, ys: Any, n_rows: int,
                       name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -468,227 +473,32 @@ class KalmanWeights(Adapter):
                              f"got {targets.shape}")
         return targets, None
 
-    # -- the filter -------------------------------------------------------------------
-    def _reset(self) -> None:
-        self._deviation[...] = 0.0
-        self._covariance[...] = 0.0
-        self._covariance_diagonal[...] = self.prior_variance
-        self._set_rho(_logit(self.initial_forgetting) if self._learns_forgetting else 0.0)
-        self._set_log_noise(math.log(self.initial_noise_variance if self._learns_noise
-                                     else float(self.noise_variance)))
-        # Adam moments: mean and square of the ρ gradient, then of the log σ² gradient.
-        self._adam_moments = [0.0, 0.0, 0.0, 0.0]
-        self._adam_steps = 0
-        fixed = self.calibration != "learn"
-        self._log_calibration = math.log(float(self.calibration) if fixed
-                                         else self.initial_calibration)
-        self._calibration_square_sum = 0.0
-        self._n_updates = 0
-
-    def _set_rho(self, rho: float) -> None:
-        self._rho = rho
-        if self._learns_forgetting:
-            gamma = 1.0 / (1.0 + math.exp(-rho))
-            self._gamma = min(max(gamma, self.min_forgetting), self.max_forgetting)
-        else:
-            self._gamma = float(self.forgetting)
-
-    def _set_log_noise(self, log_noise: float) -> None:
-        self._log_noise = log_noise
-        self._noise = math.exp(log_noise) if self._learns_noise else float(self.noise_variance)
-
-    def _transition(self, gamma: float) -> None:
-        """Apply the drift transition in place: mean shrinks, covariance blends to σ_w² I."""
-        squared = gamma * gamma
-        self._deviation *= gamma
-        self._covariance *= squared
-        self._covariance_diagonal += (1.0 - squared) * self.prior_variance
-
-    def _predictive(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """Predictive mean (K,) and weight-uncertainty variance xᵀA⁻x at the current γ."""
-        squared = self._gamma * self._gamma
-        mean = self._predictive_means(x)
-        variance = (squared * float(x @ (self._covariance @ x))
-                    + (1.0 - squared) * self.prior_variance * float(x @ x))
-        return mean, variance
+    # -- validated entry points (used by OnlineStacking, which validates its own input) --
+    def _predict_row(self, x: np.ndarray) -> np.ndarray:
+        """``predict`` of one already validated float64 row ``(n_features,)``."""
+        return np.array(self._core.predict(x))
 
     def _predictive_means(self, rows: np.ndarray) -> np.ndarray:
-        """Predictive means, ``(K,)`` for one row or ``(b, K)`` for several, at the current
-        γ (no variance)."""
-        means = rows @ self._deviation
-        means *= self._gamma
-        if self._has_prior_mean:
-            means += rows @ self._prior_mean
-        return means
+        """Predictive means of validated rows: ``(K,)`` for one row, ``(b, K)`` for
+        several, at the current γ (no variance, no probabilities)."""
+        matrix = np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, self.n_features)
+        means = np.array(self._core.predict_rows(matrix, True))
+        return means.reshape((*rows.shape[:-1], self.n_outputs))
 
-    def _predict_row(self, x: np.ndarray) -> np.ndarray:
-        if not self._classify:
-            return self._predictive_means(x)  # the variance is not needed
-        mean, variance = self._predictive(x)
-        probabilities, _ = self._class_probabilities(mean[None, :], np.array([variance]), None)
-        return probabilities[0]
-
-    def _learn_row(self, x: np.ndarray, target: np.ndarray, label: Any) -> None:
-        """One labelled event: calibration step, γ and σ² steps, transition, rank-one update."""
-        covariance = self._covariance
-        covariance_x = covariance @ x
-        weight_variance = float(x @ covariance_x)  # xᵀ A x
-        prior_spread = self.prior_variance * float(x @ x)  # σ_w² xᵀx
-        along = x @ self._deviation  # ∂(predictive mean)/∂γ, per output
-        base = x @ self._prior_mean if self._has_prior_mean else 0.0
-        gamma = self._gamma
-        if label is not None and self._learns_calibration:
-            squared = gamma * gamma
-            mean = base + gamma * along
-            variance = squared * weight_variance + (1.0 - squared) * prior_spread
-            _, gradient = self._class_probabilities(mean[None, :], np.array([variance]),
-                                                    [label])
-            self._step_calibration(gradient)
-        if self._learns_variances:
-            # Gradients of ℓ = Σ_k log N(y_k | μ_k, s) at the served (γ, σ²), with
-            # μ = base + γ q and s = γ² a + (1 - γ²) c + σ² (algorithms.md §1.1).
-            squared = gamma * gamma
-            innovation = (squared * weight_variance + (1.0 - squared) * prior_spread
-                          + self._noise)
-            residual = target - base - gamma * along
-            # ½ Σ_k (r_k² / s² - 1 / s): the derivative of ℓ with respect to s.
-            spread = 0.5 * (float(residual @ residual) / (innovation * innovation)
-                            - self.n_outputs / innovation)
-            forgetting_gradient = (float(residual @ along) / innovation
-                                   + 2.0 * gamma * (weight_variance - prior_spread) * spread)
-            self._step_variances(forgetting_gradient * gamma * (1.0 - gamma),
-                                 spread * self._noise)
-            gamma = self._gamma
-        squared = gamma * gamma
-        blend = (1.0 - squared) * self.prior_variance
-        innovation = squared * weight_variance + blend * float(x @ x) + self._noise
-        residual = target - base - gamma * along
-        predicted_covariance_x = covariance_x * squared
-        predicted_covariance_x += blend * x  # A⁻ x
-        self._deviation *= gamma
-        self._deviation += np.outer(predicted_covariance_x * (1.0 / innovation), residual)
-        covariance *= squared
-        self._covariance_diagonal += blend
-        scaled = predicted_covariance_x * (1.0 / math.sqrt(innovation))
-        covariance -= np.outer(scaled, scaled)
-        self._n_updates += 1
+    def _learn_row(self, x: np.ndarray, target: np.ndarray, label: int | None) -> None:
+        """One validated labelled event: ``target`` ``(K,)``, and the class for
+        classification (its target is recomputed from the class)."""
+        if label is None:
+            self._core.learn_target(x, [float(value) for value in target])
+        else:
+            self._core.learn_label(x, int(label))
 
     def _learn_block(self, rows: np.ndarray, targets: np.ndarray, labels: Any) -> None:
-        """b simultaneous rows: calibration step, γ and σ² steps, transition, b × b update."""
-        n_rows = len(rows)
-        rows_t = rows.T
-        covariance_rows = self._covariance @ rows_t  # A Φᵀ, (d, b)
-        weight_block = rows @ covariance_rows  # Φ A Φᵀ
-        prior_block = rows @ rows_t
-        prior_block *= self.prior_variance  # σ_w² Φ Φᵀ
-        along = rows @ self._deviation  # (b, K)
-        base = rows @ self._prior_mean if self._has_prior_mean else 0.0
-        gamma = self._gamma
-        if labels is not None and self._learns_calibration:
-            squared = gamma * gamma
-            variances = (squared * np.diagonal(weight_block)
-                         + (1.0 - squared) * np.diagonal(prior_block))
-            _, gradient = self._class_probabilities(base + gamma * along, variances, labels)
-            self._step_calibration(gradient)
-        if self._learns_variances:
-            # ℓ = Σ_k log N(Y_k | μ_k, S); ∂ℓ/∂S = ½ Σ_k (u_k u_kᵀ - S⁻¹) with u_k = S⁻¹ r_k,
-            # ∂S/∂γ = 2γ (Φ A Φᵀ - σ_w² Φ Φᵀ), ∂S/∂σ² = I, ∂μ/∂γ = Φ (m - μ0).
-            squared = gamma * gamma
-            innovation = squared * weight_block + (1.0 - squared) * prior_block
-            innovation.flat[:: n_rows + 1] += self._noise
-            residual = targets - base - gamma * along
-            inverse = np.linalg.inv(innovation)
-            scaled_residual = inverse @ residual  # (b, K)
-            spread = scaled_residual @ scaled_residual.T
-            spread -= self.n_outputs * inverse
-            spread *= 0.5
-            forgetting_gradient = (float(np.vdot(along, scaled_residual))
-                                   + 2.0 * gamma * float(np.vdot(spread,
-                                                                 weight_block - prior_block)))
-            self._step_variances(forgetting_gradient * gamma * (1.0 - gamma),
-                                 float(np.trace(spread)) * self._noise)
-            gamma = self._gamma
-        squared = gamma * gamma
-        blend = (1.0 - squared) * self.prior_variance
-        innovation = squared * weight_block + (1.0 - squared) * prior_block
-        innovation.flat[:: n_rows + 1] += self._noise
-        residual = targets - base - gamma * along
-        # S = L Lᵀ (only the lower triangle of S is read); V = L⁻¹ Φ A⁻ and W = L⁻¹ R give
-        # the gain term Vᵀ W and the covariance correction Vᵀ V, positive semi-definite
-        # by construction.
-        inverse_factor = np.linalg.inv(np.linalg.cholesky(innovation))
-        predicted_covariance_rows = covariance_rows * squared
-        predicted_covariance_rows += blend * rows_t  # A⁻ Φᵀ
-        whitened_gain = inverse_factor @ predicted_covariance_rows.T  # (b, d)
-        correction = whitened_gain.T @ whitened_gain
-        correction += correction.T
-        correction *= 0.5
-        self._transition(gamma)
-        self._deviation += whitened_gain.T @ (inverse_factor @ residual)
-        self._covariance -= correction
-        self._n_updates += n_rows
-
-    # -- learned forgetting, noise and calibration ------------------------------------
-    def _step_variances(self, forgetting_gradient: float, noise_gradient: float) -> None:
-        """One Adam ascent step on ρ = logit(γ) and/or log σ², then clamp.
-
-        Arguments are the log-likelihood gradients with respect to ρ and to log σ².
-        """
-        self._adam_steps += 1
-        moments = self._adam_moments
-        mean_correction = 1.0 - _ADAM_MEAN_DECAY ** self._adam_steps
-        square_correction = 1.0 - _ADAM_SQUARE_DECAY ** self._adam_steps
-        if self._learns_forgetting:
-            step = _adam_step(moments, 0, forgetting_gradient, mean_correction,
-                              square_correction)
-            rho = self._rho + self.forgetting_learning_rate * step
-            self._set_rho(min(max(rho, self._rho_low), self._rho_high))
-        if self._learns_noise:
-            step = _adam_step(moments, 2, noise_gradient, mean_correction, square_correction)
-            log_noise = self._log_noise + self.noise_learning_rate * step
-            self._set_log_noise(min(max(log_noise, -_LOG_NOISE_BOUND), _LOG_NOISE_BOUND))
-
-    def _step_calibration(self, gradient: float) -> None:
-        """One Adagrad descent step on log β (gradient of the summed log-loss)."""
-        self._calibration_square_sum += gradient * gradient
-        step = (self.calibration_learning_rate * gradient
-                / (math.sqrt(self._calibration_square_sum) + _ADAGRAD_EPSILON))
-        self._log_calibration = min(max(self._log_calibration - step,
-                                        -_LOG_CALIBRATION_BOUND), _LOG_CALIBRATION_BOUND)
-
-    def _class_probabilities(self, means: np.ndarray, variances: np.ndarray,
-                             labels: Any) -> tuple[np.ndarray, float]:
-        """Probabilities (n, C) from logits N(means, variances I); with ``labels``, also the
-        gradient of the summed log-loss with respect to log β."""
-        beta = math.exp(self._log_calibration)
-        if self.probabilities == "probit":
-            shrink = 1.0 / np.sqrt(1.0 + _PROBIT_FACTOR * beta * beta * variances)
-            logits = means * (beta * shrink)[:, None]
-            logits -= logits.max(axis=1, keepdims=True)
-            weights = np.exp(logits)
-            probabilities = weights / weights.sum(axis=1, keepdims=True)
-            if labels is None:
-                return probabilities, 0.0
-            # ∂z/∂β = μ κ³ with κ = (1 + π β² s / 4)^(-1/2); ∂L/∂z = p - onehot(y).
-            error = probabilities.copy()
-            error[np.arange(len(labels)), labels] -= 1.0
-            gradient = beta * float(np.sum(error * means * (shrink ** 3)[:, None]))
-            return probabilities, gradient
-        draws = self._draws  # (S, C)
-        logits_unscaled = means[:, None, :] + np.sqrt(variances)[:, None, None] * draws
-        logits = beta * logits_unscaled
-        logits -= logits.max(axis=2, keepdims=True)
-        weights = np.exp(logits)
-        per_draw = weights / weights.sum(axis=2, keepdims=True)  # (n, S, C)
-        probabilities = per_draw.mean(axis=1)
+        """``b`` validated simultaneous rows ``(b, d)`` with targets ``(b, K)`` (and their
+        classes for classification): one block update, all or nothing."""
+        matrix = np.ascontiguousarray(rows, dtype=np.float64)
         if labels is None:
-            return probabilities, 0.0
-        rows = np.arange(len(labels))
-        label_index = np.asarray(labels)
-        own = per_draw[rows, :, label_index]  # (n, S)
-        spread = (logits_unscaled[rows, :, label_index]
-                  - np.sum(per_draw * logits_unscaled, axis=2))
-        derivative = np.mean(own * spread, axis=1)  # ∂p_y/∂β
-        label_probability = np.maximum(probabilities[rows, label_index], 1e-300)
-        gradient = -beta * float(np.sum(derivative / label_probability))
-        return probabilities, gradient
+            self._core.learn_block(matrix, targets=np.ascontiguousarray(
+                targets, dtype=np.float64).reshape(len(matrix), self.n_outputs))
+        else:
+            self._core.learn_block(matrix, labels=[int(value) for value in labels])

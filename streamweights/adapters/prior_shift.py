@@ -14,6 +14,11 @@ mean of the model's own outputs, which for a calibrated model is the class mix i
 calibrated under (Saerens et al. 2002, §2; the EM's fixed point is then π̂ = π_s, no
 correction, on a stream without shift). And the correction is only served once the
 stream gives evidence for it (a likelihood-ratio CUSUM, below).
+
+The estimate's state and arithmetic live in the native core (``native/src/prior_shift.rs``);
+this class validates inputs and configuration and keeps the public API and snapshot
+layout. The implementation it replaced is the test oracle in
+``tests/reference/prior_shift.py`` (bit for bit alike below 8 classes).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from streamweights._native import PriorShiftCore
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
+    _QUICK_SUM_MARGIN,
+    PROBABILITY_TOLERANCE,
     as_finite_array,
     check_class_label,
     check_count,
@@ -186,191 +194,92 @@ class PriorShift(Adapter):
                                                  0.0, math.inf, low_open=False)
         self._source_config = None if source_prior is None else _source_as_list(
             source_prior, self.n_classes)
-        #: Sum and count of the model outputs seen while the source prior is being learned
-        #: (``source_prior=None``); ``None`` once it is known.
-        self._source_sum: list[float] | None = None
-        self._source_count = 0
         if self._source_config is None:
-            self._source_sum = [0.0] * self.n_classes
             source = [1.0 / self.n_classes] * self.n_classes  # placeholder, never served
         else:
             total = math.fsum(self._source_config)
             source = [v / total for v in self._source_config]
-        self._set_source(source)
-        self._reset_estimate()
+        # The state and the per-event arithmetic live in the core
+        # (native/src/prior_shift.rs); inputs are validated here.
+        self._core = PriorShiftCore(
+            self.n_classes, source, self._source_config is None, self.step_offset,
+            self.min_step, self.label_weight, self.reset_on_drift, self.prior_floor,
+            self.max_ratio, self.source_window, self.evidence_threshold,
+            1.0 + PROBABILITY_TOLERANCE, PROBABILITY_TOLERANCE - _QUICK_SUM_MARGIN)
 
     # -- public views ---------------------------------------------------------------
     @property
     def prior_(self) -> np.ndarray:
         """Current estimate π̂ of the target class mix (a copy)."""
-        return np.array(self._prior)
+        return np.array(self._core.prior)
 
     @property
     def source_prior(self) -> np.ndarray:
         """The class mix π_s the model was calibrated under (a copy); while it is being
         learned, the mean of the model outputs seen so far (uniform before the first)."""
-        return self._source_array.copy()
+        return np.array(self._core.source)
 
     @property
     def source_learned(self) -> bool:
         """False during the warm-up, while the first ``source_window`` outputs are averaged
         into π_s (the stage then serves the model's probabilities unchanged)."""
-        return not self._warming_up()
+        return not self._core.warming_up
 
     @property
     def steps(self) -> int:
         """Updates since construction or the last ``on_drift`` (t in ρ_t)."""
-        return self._steps
+        return self._core.steps
 
-    # -- the verbs ------------------------------------------------------------------
     @property
     def evidence_(self) -> float:
         """The CUSUM of log likelihood ratios (corrected vs uncorrected) since the estimate
         last left π_s; the correction is served while it is >= ``evidence_threshold``."""
-        return self._evidence
+        return self._core.evidence
 
     @property
     def correcting(self) -> bool:
         """True when ``predict`` serves the correction (else the input unchanged)."""
-        return not self._warming_up() and self._evidence >= self.evidence_threshold
+        return self._core.correcting
 
+    # -- the verbs ------------------------------------------------------------------
+    # Each verb first offers ``x`` to the core's copy of the quick check of
+    # ``check_probability_vector`` (a float64 vector of C entries in range, summing to 1
+    # well inside the tolerance); anything else is decided here, with the usual messages.
     def predict(self, x: Any) -> np.ndarray:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        if not self.correcting:
-            return p / p.sum()
-        q = self._ratio_vector() * p
-        return q / q.sum()
+        out = self._core.predict(x)
+        if out is None:
+            out = self._core.predict_checked(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         p = self._check_rows(xs, "xs")
-        if not self.correcting:
+        if not len(p):
             return p / p.sum(axis=1, keepdims=True)
-        q = p * self._ratio_vector()
-        return q / q.sum(axis=1, keepdims=True)
+        return np.array(self._core.predict_many(p.reshape(-1).tolist())).reshape(p.shape)
 
     def observe(self, x: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        self._observe_unchecked(p.tolist())
+        if not self._core.observe(x):
+            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes))
 
     def observe_many(self, xs: Any) -> None:
-        rows = self._check_rows(xs, "xs").tolist()
-        for row in rows:
-            self._observe_unchecked(row)
+        self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
 
     def learn(self, x: Any, y: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        label = check_class_label(y, "y", self.n_classes)
-        self._learn_unchecked(p.tolist(), label)
+        label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
+            y, "y", self.n_classes)
+        if not self._core.learn(x, label):
+            self._core.learn_checked(check_probability_vector(x, "x", self.n_classes), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
-        rows = self._check_rows(xs, "xs").tolist()
+        rows = self._check_rows(xs, "xs")
         labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        for row, label in zip(rows, labels, strict=True):
-            self._learn_unchecked(row, label)
+        self._core.learn_many(rows.reshape(-1).tolist(), labels)
 
     def on_drift(self) -> None:
         """Restart the averaging; reset π̂ to π_s when ``reset_on_drift``."""
-        if self.reset_on_drift:
-            self._reset_estimate()
-        else:
-            self._steps = 0
-
-    # -- inner loop (shared by the single and batch verbs) ---------------------------
-    def _observe_unchecked(self, p: list[float]) -> None:
-        if self._warming_up():
-            self._learn_source(p)
-            return
-        weighted = [w * v for w, v in zip(self._ratio, p, strict=True)]
-        total = sum(weighted)
-        # log of the input's likelihood under the corrected mix over the source mix
-        self._add_evidence(math.log(total))
-        self._step([v / total for v in weighted], 1.0)
-        self._refine_source(p)
-
-    def _learn_unchecked(self, p: list[float], label: int) -> None:
-        if self._warming_up():
-            self._learn_source(p)
-            return
-        # log of the label's probability, corrected over uncorrected: log r_y - log Σ r p
-        total = sum(w * v for w, v in zip(self._ratio, p, strict=True))
-        self._add_evidence(math.log(self._ratio[label]) - math.log(total))
-        one_hot = [0.0] * self.n_classes
-        one_hot[label] = 1.0
-        self._step(one_hot, self.label_weight)
-        self._refine_source(p)
-
-    def _warming_up(self) -> bool:
-        return self._source_sum is not None and self._source_count < self.source_window
-
-    def _refine_source(self, p: list[float]) -> None:
-        """After the warm-up a learned π_s keeps averaging every model output, so its
-        sampling error keeps shrinking on a stationary stream, until the correction is
-        first served: from then on it is fixed, so outputs after a shift do not leak into
-        it. (Averaging only the calm stretches instead would select outputs that agree
-        with π_s and bias it: tried, it doubled the stationary loss.)"""
-        if self._source_sum is None:
-            return
-        if self._evidence >= self.evidence_threshold:
-            self._source_sum = None
-        else:
-            self._learn_source(p)
-
-    def _add_evidence(self, log_ratio: float) -> None:
-        """CUSUM step (Page 1954): the sum restarts at 0 whenever the correction has been
-        losing, so evidence for a later shift is not buried under an earlier calm."""
-        self._evidence = max(0.0, self._evidence + log_ratio)
-
-    def _step(self, responsibilities: list[float], weight: float) -> None:
-        self._steps += 1
-        step = 1.0 / (self._steps + self.step_offset)
-        if step < self.min_step:
-            step = self.min_step
-        step = min(1.0, weight * step)
-        keep = 1.0 - step
-        floor = self.prior_floor
-        moved = [max(keep * old + step * new, floor)
-                 for old, new in zip(self._prior, responsibilities, strict=True)]
-        total = sum(moved)
-        self._set_prior([v / total for v in moved])
-
-    def _learn_source(self, p: list[float]) -> None:
-        """Add one model output to the source-prior average. During the warm-up π̂ follows
-        π_s (nothing is corrected); afterwards π̂ is left where EM put it."""
-        self._source_sum = [s + v for s, v in zip(self._source_sum, p, strict=True)]
-        self._source_count += 1
-        count = self._source_count
-        mean = [s / count for s in self._source_sum]
-        total = sum(mean)
-        # The floor keeps π_s > 0 for a class the model never predicts, so ratios stay finite.
-        floored = [max(v / total, self.prior_floor) for v in mean]
-        total = sum(floored)
-        self._set_source([v / total for v in floored])
-        if count <= self.source_window:
-            self._reset_estimate()
-        else:
-            self._set_prior(self._prior)  # the ratios change with π_s
-
-    def _set_source(self, source: list[float]) -> None:
-        self._source = source
-        self._source_array = np.array(source)
-
-    def _set_prior(self, prior: list[float]) -> None:
-        self._prior = prior
-        cap = self.max_ratio
-        self._ratio = [min(v / s, cap) for v, s in zip(prior, self._source, strict=True)]
-        self._ratio_array = None
-
-    def _ratio_vector(self) -> np.ndarray:
-        if self._ratio_array is None:
-            self._ratio_array = np.array(self._ratio)
-        return self._ratio_array
-
-    def _reset_estimate(self) -> None:
-        self._steps = 0
-        self._evidence = 0.0
-        self._set_prior(list(self._source))
+        self._core.on_drift()
 
     def _check_rows(self, xs: Any, name: str) -> np.ndarray:
         return check_probability_batch(xs, name, self.n_classes)
@@ -385,10 +294,10 @@ class PriorShift(Adapter):
                 "evidence_threshold": self.evidence_threshold}
 
     def _get_state(self) -> dict[str, Any]:
-        return {"prior": np.array(self._prior), "steps": self._steps,
-                "source": np.array(self._source),
-                "source_sum": None if self._source_sum is None else np.array(self._source_sum),
-                "source_count": self._source_count, "evidence": self._evidence}
+        prior, steps, source, source_sum, source_count, evidence = self._core.get_state()
+        return {"prior": np.array(prior), "steps": steps, "source": np.array(source),
+                "source_sum": None if source_sum is None else np.array(source_sum),
+                "source_count": source_count, "evidence": evidence}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         shape = (self.n_classes,)
@@ -406,15 +315,11 @@ class PriorShift(Adapter):
             source = ([1.0 / self.n_classes] * self.n_classes if self._source_config is None
                       else [v / math.fsum(self._source_config) for v in self._source_config])
             total, count = None, 0
-        self._set_source(source)
-        self._source_sum = total
-        self._source_count = count
-        self._set_prior(prior.tolist())
-        self._steps = int(state["steps"])
+        steps = int(state["steps"])
         evidence = state.get("evidence", 0.0)
         if not (isinstance(evidence, float | int) and math.isfinite(evidence) and evidence >= 0):
             raise ValueError(f"state.evidence: must be a finite number >= 0, got {evidence!r}")
-        self._evidence = float(evidence)
+        self._core.set_state(prior.tolist(), steps, source, total, count, float(evidence))
 
     def upgrade_snapshot(self, state_dict: Any) -> Any:
         """A snapshot written before ``source_window`` existed (no such key in its config)
