@@ -26,7 +26,7 @@ Streams (none has a change):
 Regression streams have no drift reaction to measure: the service's regression chain is a
 single ensemble stage and ``DriftMemory`` is a classification stage.
 
-Run: ``python bench/false_alarms.py [--events 100000] [--seeds 3] [--skip-real]``
+Run: ``python bench/false_alarms.py [--events 100000] [--seeds 3] [--skip-real] [--only TEXT]``
 (~10 s per 100,000 synthetic events and chain on one core; both chains run per stream).
 """
 
@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--only", default="", help="run only the streams whose name "
+                        "contains this text")
     args = parser.parse_args()
     cases = [("iid calibrated", 2, 1.0, False, False),
              ("iid overconfident +constant", 2, 3.0, True, False),
@@ -143,6 +145,8 @@ def main() -> None:
     print(f"{'stream':32} {'seed':>4} {'labels':>7} {'before':>7} {'after':>6}  first reactions "
           "before / after")
     for name, n_classes, sharpness, constant, wandering in cases:
+        if args.only not in name:
+            continue
         for seed in range(args.seeds):
             counts = {}
             for label, memory in (("before", BEFORE), ("after", AFTER)):
@@ -155,7 +159,7 @@ def main() -> None:
             print(f"{name:32} {seed:4d} {labels:7d} {counts['before'][1]:7d} "
                   f"{counts['after'][1]:6d}  {counts['before'][2]} / {counts['after'][2]}",
                   flush=True)
-    if not args.skip_real:
+    if not args.skip_real and args.only in "shuttle-shuffled":
         for seed in range(args.seeds):
             counts = {}
             for label, memory in (("before", BEFORE), ("after", AFTER)):

@@ -318,8 +318,8 @@ class StreamPipeline:
             return
         outputs = (*trace[1:], served)
         for index, evidence in self._stage_evidence.items():
-            probability = float(outputs[index][value])
-            evidence.update(-math.log(max(probability, _STAGE_LOSS_CLIP)))
+            probability = min(max(float(outputs[index][value]), _STAGE_LOSS_CLIP), 1.0)
+            evidence.update(-math.log(probability))
 
     def _moved_stages(self, fired: list[int]) -> list[int]:
         """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,

@@ -161,3 +161,15 @@ def test_negative_or_nan_losses_are_refused():
     for value in (-0.5, math.nan):
         with pytest.raises(ValueError, match=r"^loss:"):
             evidence.update(value)
+
+
+def test_a_loss_a_hair_below_zero_is_fed_as_zero():
+    """Scenario: ``-log p`` for a probability a rounding error above 1 is -2.2e-16 (seen
+    on a stream whose ensemble output summed to 1 + 2^-52); a signed value can also come
+    through ``update_loss``. We expect: no error (before the clamp, the evidence refused
+    it after the detector had already moved), and the evidence treats it as 0."""
+    memory = DriftMemory(capacity=8, n_classes=2)
+    for value in [-2.220446049250313e-16, -1.0] * 300:
+        memory.update_loss(value)
+    assert memory.signals_seen == 600 and memory.drift_count == 0
+    assert memory.evidence == 0.0
