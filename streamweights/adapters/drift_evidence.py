@@ -117,7 +117,10 @@ class RiseEvidence:
     @property
     def statistic(self) -> float:
         """The current evidence R_t (an e-value scale: 1/α is the alarm level)."""
-        return math.fsum(self._statistics) / len(self._statistics)
+        total = 0.0
+        for statistic in self._statistics:  # left to right, as the native core will
+            total += statistic
+        return total / len(self._statistics)
 
     @property
     def baseline(self) -> float | None:
@@ -132,22 +135,26 @@ class RiseEvidence:
         if not value >= 0.0:  # also refuses NaN
             raise ValueError(f"loss: must be a finite number >= 0, got {value!r}")
         baseline = self.baseline
+        alarm = False
         if baseline is not None:
-            excess = value - baseline
-            self._statistics = [min((1.0 + fraction / baseline * excess) * (statistic + 1.0),
-                                    _CAP)
-                                for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
-                                                               strict=True)]
+            relative = (value - baseline) / baseline
+            statistics = self._statistics
+            total = 0.0
+            for index, fraction in enumerate(BET_FRACTIONS):
+                statistic = min((1.0 + fraction * relative) * (statistics[index] + 1.0), _CAP)
+                statistics[index] = statistic
+                total += statistic
+            alarm = total / len(statistics) >= self.threshold
         self._recent.append(value)
         if len(self._recent) <= self.lag:
-            return baseline is not None and self.statistic >= self.threshold
+            return alarm
         value = self._recent.popleft()
         count = self._count + 1
         delta = value - self._mean
         self._mean += delta / count
         self._squares += delta * (value - self._mean)
         self._count = count
-        return baseline is not None and self.statistic >= self.threshold
+        return alarm
 
     def get_config(self) -> dict[str, Any]:
         return {"significance": self.significance, "margin": self.margin,
