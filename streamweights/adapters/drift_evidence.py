@@ -113,6 +113,7 @@ class RiseEvidence:
         self._squares = 0.0
         self._recent: deque[float] = deque()  # the newest values, oldest first, at most lag
         self._statistics = [0.0] * len(BET_FRACTIONS)
+        self._refresh_baseline()
 
     @property
     def statistic(self) -> float:
@@ -125,24 +126,30 @@ class RiseEvidence:
     @property
     def baseline(self) -> float | None:
         """The baseline m_t the next value is tested against (None during warm-up)."""
+        return self._baseline
+
+    def _refresh_baseline(self) -> None:
+        """Recompute m_t from the baseline's moments (kept, not recomputed per value)."""
         if self._count < self.warmup:
-            return None
+            self._baseline: float | None = None
+            return
         spread = math.sqrt(self._squares / (self._count - 1) / self._count)
-        return (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise)
+        self._baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise)
 
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
-        if not value >= 0.0:  # also refuses NaN
+        if not 0.0 <= value < math.inf:  # also refuses NaN
             raise ValueError(f"loss: must be a finite number >= 0, got {value!r}")
-        baseline = self.baseline
+        baseline = self._baseline
         alarm = False
         if baseline is not None:
             relative = (value - baseline) / baseline
-            statistics = self._statistics
+            statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
+                          for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
+                                                         strict=True)]
+            self._statistics = statistics
             total = 0.0
-            for index, fraction in enumerate(BET_FRACTIONS):
-                statistic = min((1.0 + fraction * relative) * (statistics[index] + 1.0), _CAP)
-                statistics[index] = statistic
+            for statistic in statistics:  # left to right, as the native core will
                 total += statistic
             alarm = total / len(statistics) >= self.threshold
         self._recent.append(value)
@@ -154,6 +161,7 @@ class RiseEvidence:
         self._mean += delta / count
         self._squares += delta * (value - self._mean)
         self._count = count
+        self._refresh_baseline()
         return alarm
 
     def get_config(self) -> dict[str, Any]:
@@ -175,3 +183,4 @@ class RiseEvidence:
         self._squares = float(state["squares"])
         self._recent = deque(float(v) for v in state["recent"])
         self._statistics = statistics
+        self._refresh_baseline()

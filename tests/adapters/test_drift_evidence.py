@@ -156,9 +156,9 @@ def test_evidence_settings_are_validated(kwargs, field):
         DriftMemory(capacity=8, n_classes=2, **kwargs)
 
 
-def test_negative_or_nan_losses_are_refused():
+def test_negative_nan_or_infinite_losses_are_refused():
     evidence = RiseEvidence()
-    for value in (-0.5, math.nan):
+    for value in (-0.5, math.nan, math.inf):
         with pytest.raises(ValueError, match=r"^loss:"):
             evidence.update(value)
 
