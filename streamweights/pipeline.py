@@ -13,7 +13,9 @@ What happens per record (``design.md``):
   wait in the bounded join; an adapted record is emitted.
 * label — the waiting prediction is taken from the join; the raw models and the served
   output are scored (test), then every stage learns on what it saw (train); if a drift
-  detector in the chain fired, the configured reaction runs and is recorded; every
+  memory in the chain confirmed a drift (its detector's alarm *and* evidence of a rise,
+  see ``adapters/drift_evidence.py``), the configured reaction runs — on the stages whose
+  own loss rose — and is recorded; every
   ``publish_every_labels`` labels or ``publish_every_seconds`` of event time a new
   weights version is emitted.
 * anything wrong — a :class:`DeadLetter` naming the reason; counted, never dropped.
@@ -30,12 +32,14 @@ to the artifact store by the runtime).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, PriorShift
+from streamweights.adapters.drift_evidence import RiseEvidence
 from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
@@ -45,6 +49,16 @@ from streamweights.uncertainty import StreamUncertainty
 
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
+
+#: Evidence (e-value scale) a stage's own log-loss needs, when a drift is confirmed, to
+#: count as a stage whose loss moved and so react (per-component reaction). The drift
+#: itself already passed its memory's test at α = 1e-5; this only names the stages, at
+#: α = 1e-3 (on stationary stages the statistic stays in the tens to hundreds).
+STAGE_EVIDENCE = 1e3
+
+#: A stage's log-loss is clipped here (as DriftMemory's), so one confident mistake costs
+#: at most ln 1e6 ≈ 13.8.
+_STAGE_LOSS_CLIP = 1e-6
 
 #: Refused records, agreeing with each other, that move a stream's event time on past
 #: ``join.max_event_time_skew_seconds`` (see ``StreamPipeline._check_event_time``). One
@@ -100,6 +114,11 @@ class StreamPipeline:
         self.scores = StreamScores(list(config.models), self.classification)
         self._model_index = {name: i for i, name in enumerate(config.models)}
         self._memories = [i for i, s in enumerate(self.chain.stages) if isinstance(s, DriftMemory)]
+        # Per-component reactions: the log-loss of every stage's output that is not a
+        # memory (a memory passes its input through) carries its own rise evidence.
+        self._tracked = [i for i in range(len(self.chain.stages)) if i not in self._memories]
+        self._stage_evidence = {i: RiseEvidence() for i in self._tracked} \
+            if self._memories and self.classification else {}
         self.predictions = 0
         self.labels = 0
         self.weights_version = 0
@@ -241,9 +260,12 @@ class StreamPipeline:
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
+        self._track_stage_losses(trace, served, value)
         drift_after = [self.chain.stages[i].drift_count for i in self._memories]
         if drift_after != drift_before:
-            outcome.drift = self._react_to_drift(label)
+            fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
+                                          strict=True) if a != b]
+            outcome.drift = self._react_to_drift(label, fired)
         self._maybe_export(label.ts, outcome)
         self._maybe_publish(label.ts, outcome)
         return outcome
@@ -288,15 +310,47 @@ class StreamPipeline:
         outcome.expired.extend(self.join.expire(self.latest_ts))
 
     # -- drift and publishing ---------------------------------------------------------
-    def _react_to_drift(self, label: Label) -> dict[str, Any]:
+    def _track_stage_losses(self, trace: tuple[np.ndarray, ...], served: np.ndarray,
+                            value: int | float) -> None:
+        """Feed each tracked stage's evidence the log-loss of what it output for this event
+        (stage i's output is stage i+1's input; the last stage's is what was served)."""
+        if not self._stage_evidence:
+            return
+        outputs = (*trace[1:], served)
+        for index, evidence in self._stage_evidence.items():
+            probability = min(max(float(outputs[index][value]), _STAGE_LOSS_CLIP), 1.0)
+            evidence.update(-math.log(probability))
+
+    def _moved_stages(self, fired: list[int]) -> list[int]:
+        """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,
+        the stage that feeds the memory that confirmed the drift (its output is the loss
+        that moved). Memories are always included (their reaction is idempotent)."""
+        moved = [i for i, evidence in self._stage_evidence.items()
+                 if evidence.statistic >= STAGE_EVIDENCE]
+        if not moved:
+            feeding = [max((i for i in self._tracked if i < memory), default=None)
+                       for memory in fired]
+            moved = sorted({i for i in feeding if i is not None})
+        return sorted({*moved, *self._memories})
+
+    def _react_to_drift(self, label: Label, fired: list[int]) -> dict[str, Any]:
         reaction = "on_drift" if self.config.react_to_drift else "none"
+        stages = self._moved_stages(fired)
         if self.config.react_to_drift:
-            self.chain.on_drift()
-            if self.torch_model is not None:
+            if len(stages) == len(self.chain.stages):
+                self.chain.on_drift()
+            else:
+                for index in stages:
+                    self.chain.stages[index].on_drift()
+            # The deployed torch model is an input of the first stage: it reacts with it.
+            if self.torch_model is not None and 0 in stages:
                 self.torch_model.on_drift()
+        for index in stages:  # a stage that reacted starts a new baseline
+            if index in self._stage_evidence:
+                self._stage_evidence[index].reset()
         self.drift_total += 1
         event = {"n": self.drift_total, "ts": label.ts, "label_count": self.labels,
-                 "reaction": reaction}
+                 "reaction": reaction, "stages": stages}
         self.drift_events = [*self.drift_events, event][-DRIFT_HISTORY:]
         return event
 
@@ -366,6 +420,7 @@ class StreamPipeline:
             "last_publish_ts": self.last_publish_ts, "latest_ts": self.latest_ts,
             "skew_anchor": self.skew_anchor, "skew_count": self.skew_count,
             "drift_events": self.drift_events, "drift_total": self.drift_total,
+            "stage_evidence": {str(i): e.get_state() for i, e in self._stage_evidence.items()},
             "latest_weights": None if self.latest_weights is None
             else self.latest_weights.to_json(),
             **({} if self.torch_model is None else {
@@ -389,6 +444,13 @@ class StreamPipeline:
         self.skew_count = int(state.get("skew_count", 0))
         self.drift_events = list(state["drift_events"])
         self.drift_total = int(state["drift_total"])
+        # Absent from snapshots written before per-stage evidence: it starts afresh.
+        for index, evidence in self._stage_evidence.items():
+            saved = state.get("stage_evidence", {}).get(str(index))
+            if saved is None:
+                evidence.reset()
+            else:
+                evidence.set_state(saved)
         latest = state["latest_weights"]
         self.latest_weights = None if latest is None else Weights(
             **{k: v for k, v in latest.items() if k != "schema"})

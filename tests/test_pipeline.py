@@ -444,6 +444,63 @@ def test_drift_history_survives_a_snapshot():
     assert dumps_state(resumed.state_dict()) == dumps_state(uninterrupted.state_dict())
 
 
+def _stationary(n_events=6_000, seed=1):
+    """Two models; the label follows model a's confident forecasts 90 % of the time,
+    throughout: nothing about the stream changes."""
+    rng = np.random.default_rng(seed)
+    p1 = np.where(rng.random(n_events) < 0.5, 0.9, 0.1)
+    correct = rng.random(n_events) < 0.9
+    labels = np.where(correct, p1 > 0.5, p1 < 0.5).astype(int)
+    records = []
+    for i in range(n_events):
+        outputs = {"a": [1 - p1[i], p1[i]], "b": [0.5, 0.5]}
+        records.append(Prediction("s", f"e{i}", float(i), outputs))
+        records.append(Label("s", f"e{i}", i + 0.5, int(labels[i])))
+    return records
+
+
+def test_a_drift_in_one_stage_reacts_in_that_stage_only():
+    """Scenario: FixedShare -> OnlinePlatt -> DriftMemory on a stationary stream; after
+    3,000 events the calibrator's map is replaced by its mirror image (a calibrator gone
+    bad, as a wrong restore would leave it) while models and ensemble stay as they were.
+    The same records run through a twin stream with on_drift: ignore.
+    We expect: a drift is confirmed soon after; its event names the calibrator and the
+    memory ([1, 2]), not the ensemble; the calibrator reacted (its curvature is back at
+    A_0) and the ensemble did not (its weights equal the ignoring twin's, bit for bit;
+    before this change the whole chain reacted and moved them half-way to uniform)."""
+    def config(on_drift):
+        (stream_config,) = parse_config({"streams": [{
+            "name": "s", "classes": 2, "models": ["a", "b"], "on_drift": on_drift,
+            "adapters": [{"type": "FixedShare"}, {"type": "OnlinePlatt"},
+                         {"type": "DriftMemory", "capacity": 16}],
+            "publish": {"every_labels": 1000, "every_seconds": 1e9}}]}).streams
+        return stream_config
+    records = _stationary()
+    reacting, ignoring = Pipeline([config("react")]), Pipeline([config("ignore")])
+    for record in records[:6_000]:
+        assert reacting.process(record).drift is None
+        ignoring.process(record)
+    for pipeline in (reacting, ignoring):
+        platt = pipeline.streams["s"].chain.stages[1]
+        snapshot = platt.state_dict()
+        snapshot["state"]["theta"] = -np.asarray(snapshot["state"]["theta"])
+        platt.load_state_dict(snapshot)
+    for record in records[6_000:]:
+        outcome = reacting.process(record)
+        ignoring.process(record)
+        if outcome.drift is not None:
+            break
+    drift = outcome.drift
+    assert drift is not None and drift["reaction"] == "on_drift"
+    assert 3_000 < drift["label_count"] < 3_300
+    assert drift["stages"] == [1, 2]
+    stages, twin = reacting.streams["s"].chain.stages, ignoring.streams["s"].chain.stages
+    curvature = stages[1].state_dict()["state"]["curvature"]
+    assert np.array_equal(curvature, 100.0 * np.eye(2))
+    assert np.array_equal(stages[0].state_dict()["state"]["weights"],
+                          twin[0].state_dict()["state"]["weights"])
+
+
 def test_replayed_drift_scenario_reports_drift(stream):
     """Scenario: the demo stream on the abrupt SEA scenario (concept switch after 9,000
     replayed events). We expect: the demo chain's DriftMemory fires after the switch,
