@@ -8,6 +8,8 @@
 
 use pyo3::prelude::*;
 
+mod feature_correction;
+
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -17,5 +19,6 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
+    feature_correction::register(module)?;
     Ok(())
 }

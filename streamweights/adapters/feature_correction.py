@@ -17,11 +17,11 @@ so on a stream where the features carry nothing the stage stays near the identit
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
+from streamweights._native import FeatureCorrectionCore
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     NonFiniteUpdate,
@@ -34,20 +34,13 @@ from streamweights.adapters.validation import (
     check_probability_rows,
 )
 
-#: Probabilities are floored here before the log, as in ``OnlineTemperature``, so a
-#: class a model rules out exactly still has a finite logit.
-PROBABILITY_FLOOR = 1e-6
-#: Variance added before the square root of the standardiser, so a constant regressor
-#: (variance 0) maps to 0 rather than dividing by zero.
-VARIANCE_FLOOR = 1e-12
-#: The most a standardised regressor may be away from its mean, in standard deviations:
-#: one outlying feature value (or the first events, before the scale is known) moves the
-#: head by a bounded step instead of an arbitrary one.
-MAX_STANDARDISED = 5.0
-#: Probit moderation of the correction, ``Wᵀz / sqrt(1 + (π/4) zᵀPz)``: class
-#: probabilities depend on differences of two logits, each with variance ``zᵀPz``, and the
-#: probit approximation of a logistic integral N(m, v) is sigmoid(m / sqrt(1 + π v / 8)).
-MODERATION = math.pi / 4.0
+# The arithmetic and the state live in the native core (``native/src/feature_correction.rs``,
+# design.md "The native core"); this class validates at the edge and keeps the API. The
+# core's constants: probabilities floored at 1e-6 before the log (as OnlineTemperature);
+# 1e-12 added to a variance before its square root (a constant regressor maps to 0); a
+# standardised regressor clipped to ±5 standard deviations (an outlier, or the first
+# events before the scale is known, moves the head a bounded step); probit moderation
+# ``Wᵀz / sqrt(1 + (π/4) zᵀPz)`` (logit differences have variance ``2 zᵀPz``).
 
 
 class FeatureCorrection(Adapter):
@@ -173,13 +166,27 @@ class FeatureCorrection(Adapter):
         self._reset()
 
     def _reset(self) -> None:
-        m, c = self.n_regressors, self.n_classes
-        self.head_weights_ = np.zeros((m, c))
-        self.covariance_ = self.prior_variance * np.eye(m)
-        self.mean_ = np.zeros(m - 1)
-        self.variance_ = np.zeros(m - 1)
-        self.guard_weight_ = 0.5
-        self.n_learned_ = 0
+        self._core = FeatureCorrectionCore(
+            self.n_classes, self.n_models, self.n_features, self.forgetting,
+            self.prior_variance, self.scaling_window, self.drift_forgetting, self.moderate,
+            self.guard, self.guard_share)
+
+    # -- the state, read from the core (for dashboards and tests) ------------------------
+    @property
+    def head_weights_(self) -> np.ndarray:
+        """``W``, ``(n_regressors, n_classes)``: row 0 the constant, then the regressors."""
+        return np.array(self._core.get_state()[0]).reshape(self.n_regressors, self.n_classes)
+
+    @property
+    def covariance_(self) -> np.ndarray:
+        """``P``, ``(n_regressors, n_regressors)``."""
+        m = self.n_regressors
+        return np.array(self._core.get_state()[1]).reshape(m, m)
+
+    @property
+    def guard_weight_(self) -> float:
+        """The guard's weight on the corrected probabilities (0.5 at the start)."""
+        return float(self._core.get_state()[4])
 
     # -- input --------------------------------------------------------------------------
     @staticmethod
@@ -197,84 +204,55 @@ class FeatureCorrection(Adapter):
         outputs = check_probability_rows(packed[c:c + k * c].reshape(k, c), "x.outputs", k, c)
         return proba, outputs, packed[c + k * c:]
 
-    def _regressors(self, proba: np.ndarray, outputs: np.ndarray,
-                    features: np.ndarray) -> np.ndarray:
-        """Raw regressors: centred log-probabilities (upstream, then each model), features."""
-        logs = np.log(np.maximum(np.vstack([proba[None, :], outputs]), PROBABILITY_FLOOR))
-        logs = logs - logs.mean(axis=1, keepdims=True)
-        return np.concatenate([logs.ravel(), features])
+    def _checked_many(self, xs: Any) -> list[float]:
+        """Every packed input of a batch validated (in order), flattened for the core."""
+        flat: list[float] = []
+        for index, x in enumerate(xs):
+            try:
+                flat.extend(self._edge(x))
+            except ValueError as error:
+                raise ValueError(f"xs[{index}]: {error}") from None
+        return flat
 
-    def _standardised(self, raw: np.ndarray) -> np.ndarray:
-        scaled = (raw - self.mean_) / np.sqrt(self.variance_ + VARIANCE_FLOOR)
-        return np.concatenate([[1.0], np.clip(scaled, -MAX_STANDARDISED, MAX_STANDARDISED)])
-
-    def _head(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Regressors ``z``, raw regressors, the upstream and the corrected probabilities."""
+    def _edge(self, x: Any) -> list[float]:
+        """The validated packed input, probabilities renormalised, as the core takes it."""
         proba, outputs, features = self._check(x)
-        raw = self._regressors(proba, outputs, features)
-        z = self._standardised(raw)
-        correction = z @ self.head_weights_
-        if self.moderate:
-            correction = correction / np.sqrt(1.0 + MODERATION * float(z @ self.covariance_ @ z))
-        logits = np.log(np.maximum(proba, PROBABILITY_FLOOR)) + correction
-        logits -= logits.max()
-        q = np.exp(logits)
-        return z, raw, proba, q / q.sum()
-
-    def _served(self, proba: np.ndarray, corrected: np.ndarray) -> np.ndarray:
-        if not self.guard:
-            return corrected
-        share = self.guard_weight_
-        return (1.0 - share) * proba + share * corrected
+        return [*proba.tolist(), *outputs.ravel().tolist(), *features.tolist()]
 
     # -- the verbs ----------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        _, _, proba, corrected = self._head(x)
-        return self._served(proba, corrected)
+        return np.array(self._core.predict(self._edge(x)))
+
+    def predict_many(self, xs: Any) -> np.ndarray:
+        if not len(xs):
+            return np.empty((0,))
+        served = self._core.predict_many(self._checked_many(xs))
+        return np.array(served).reshape(len(xs), self.n_classes)
 
     def learn(self, x: Any, y: Any) -> None:
-        """One extended-Kalman step on the label, then the drift transition, then the
-        standardiser takes in this event (so ``z`` here is what ``predict`` served)."""
+        """One extended-Kalman step on the label (at the head's current output for ``x``),
+        the drift transition, then the guard and the standardiser take the event in."""
         label = check_class_label(y, "y", self.n_classes)
-        z, raw, proba, q = self._head(x)
-        guard_weight = self.guard_weight_
-        if self.guard:  # Bayes mixture of the two on log-loss, then a fixed share
-            trusted = guard_weight * q[label]
-            evidence = trusted + (1.0 - guard_weight) * proba[label]
-            if evidence > 0.0:  # both gave the label probability 0: no evidence either way
-                guard_weight = trusted / evidence
-            guard_weight = (1.0 - self.guard_share) * guard_weight + self.guard_share / 2.0
-        residual = -q
-        residual[label] += 1.0
-        curvature = float(np.sum(q * (1.0 - q)))
-        gain = self.covariance_ @ z
-        denominator = 1.0 + curvature * float(z @ gain)
-        covariance = self.covariance_ - (curvature / denominator) * np.outer(gain, gain)
-        coefficients = self.head_weights_ + np.outer(gain / denominator, residual)
-        gamma = self.forgetting
-        coefficients *= gamma
-        covariance = gamma * gamma * covariance + (1.0 - gamma * gamma) * self.prior_variance \
-            * np.eye(self.n_regressors)
-        rate = max(1.0 / (self.n_learned_ + 1), 1.0 / self.scaling_window)
-        delta = raw - self.mean_
-        mean = self.mean_ + rate * delta
-        variance = (1.0 - rate) * (self.variance_ + rate * delta * delta)
-        if not (np.isfinite(coefficients).all() and np.isfinite(covariance).all()
-                and np.isfinite(variance).all()):
-            raise NonFiniteUpdate("FeatureCorrection: the update is not finite for this "
-                                  "event (features too large for the arithmetic)")
-        self.head_weights_, self.covariance_ = coefficients, covariance
-        self.mean_, self.variance_ = mean, variance
-        self.guard_weight_ = guard_weight
-        self.n_learned_ += 1
+        packed = self._edge(x)
+        try:
+            self._core.learn(packed, label)
+        except ValueError as error:  # the core refused a non-finite update, unchanged
+            raise NonFiniteUpdate(str(error)) from None
+
+    def learn_many(self, xs: Any, ys: Any) -> None:
+        if len(xs) != len(ys):
+            raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
+        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
+        flat = self._checked_many(xs)
+        try:
+            self._core.learn_many(flat, labels)
+        except ValueError as error:
+            raise NonFiniteUpdate(str(error)) from None
 
     def on_drift(self) -> None:
         """A change was detected: move the covariance toward the prior and shrink the
         weights by ``drift_forgetting``, so the head relearns quickly."""
-        gamma = self.drift_forgetting
-        self.head_weights_ = gamma * self.head_weights_
-        self.covariance_ = gamma * gamma * self.covariance_ + (1.0 - gamma * gamma) \
-            * self.prior_variance * np.eye(self.n_regressors)
+        self._core.on_drift()
 
     # -- state --------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -285,9 +263,12 @@ class FeatureCorrection(Adapter):
                 "guard": self.guard, "guard_share": self.guard_share}
 
     def _get_state(self) -> dict[str, Any]:
-        return {"coefficients": self.head_weights_.copy(), "covariance": self.covariance_.copy(),
-                "mean": self.mean_.copy(), "variance": self.variance_.copy(),
-                "guard_weight": self.guard_weight_, "n_learned": self.n_learned_}
+        weights, covariance, mean, variance, guard_weight, n_learned = self._core.get_state()
+        m, c = self.n_regressors, self.n_classes
+        return {"coefficients": np.array(weights).reshape(m, c),
+                "covariance": np.array(covariance).reshape(m, m),
+                "mean": np.array(mean), "variance": np.array(variance),
+                "guard_weight": guard_weight, "n_learned": n_learned}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         m, c = self.n_regressors, self.n_classes
@@ -296,13 +277,11 @@ class FeatureCorrection(Adapter):
         mean = as_finite_array(state["mean"], "state.mean", (m - 1,))
         variance = as_finite_array(state["variance"], "state.variance", (m - 1,))
         n_learned = check_count(state["n_learned"], "state.n_learned", 0)
-        self.head_weights_, self.covariance_ = coefficients.copy(), covariance.copy()
-        self.mean_, self.variance_ = mean.copy(), variance.copy()
         guard_weight = float(state["guard_weight"])
         if not 0.0 <= guard_weight <= 1.0:
             raise ValueError(f"state.guard_weight: must be in [0, 1], got {guard_weight!r}")
-        self.guard_weight_ = guard_weight
-        self.n_learned_ = n_learned
+        self._core.set_state((coefficients.ravel().tolist(), covariance.ravel().tolist(),
+                              mean.tolist(), variance.tolist(), guard_weight, n_learned))
 
 
 def _check_flag(value: Any, name: str) -> bool:
