@@ -24,6 +24,9 @@ one).
   ``StackingClassifier`` is classification-only); ``LogisticRegression`` on the logit
   for the calibrators (Platt scaling is exactly that); ``ADWIN.update`` on the loss for
   DriftMemory (its detector alone: river has no replay memory). PriorShift has none.
+  FeatureCorrection: SGD ``LogisticRegression`` on the features and the models'
+  probabilities (the same regressors, first-order), and the ADWIN-retrained Hoeffding
+  tree on the features (the evaluation's ``river ADWIN retrain``, what it competes with).
 
 Run: ``python bench/adapters.py [--events 4096] [--rounds 5] [--json FILE]``.
 """
@@ -47,6 +50,7 @@ from river import drift as river_drift
 from river import ensemble as river_ensemble
 from river import linear_model as river_linear
 from river import optim as river_optim
+from river import tree as river_tree
 
 import streamweights
 from streamweights import adapters
@@ -109,6 +113,12 @@ def _data(n_events: int, seed: int = 0) -> dict[str, object]:
         "values_dicts": [dict(enumerate(row)) for row in model_values.tolist()],
         "logit_dicts": [{"logit": math.log(p / (1 - p))} for p in model_p1[:, 0].tolist()],
         "losses": (-np.log(model_outputs[np.arange(n_events), 0, labels])).tolist(),
+        # FeatureCorrection's packed input: [the models' average, their rows, features]
+        "packed": np.concatenate([model_outputs.mean(axis=1),
+                                  model_outputs.reshape(n_events, -1), features], axis=1),
+        "features_p1_dicts": [{**dict(enumerate(f)), **{f"p{k}": p for k, p in enumerate(q)}}
+                              for f, q in zip(features.tolist(), model_p1.tolist(),
+                                              strict=True)],
     }
 
 
@@ -231,6 +241,17 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
                     observe=True),
              [_river_detector("ADWIN.update on the loss alone", river_drift.ADWIN,
                               data["losses"])]),
+        Pair("FeatureCorrection",
+             *_ours("FeatureCorrection(d=16, K=5)",
+                    lambda: adapters.FeatureCorrection(N_CLASSES, N_MODELS, N_FEATURES),
+                    data["packed"], labels),
+             [_river("LogisticRegression(SGD) on features + model p1",
+                     river_linear.LogisticRegression, data["features_p1_dicts"], ys_class,
+                     "predict_proba_one"),
+              _river("DriftRetrainingClassifier(HoeffdingTree) on features",
+                     lambda: river_drift.DriftRetrainingClassifier(
+                         river_tree.HoeffdingTreeClassifier()),
+                     data["features_dicts"], ys_class, "predict_proba_one")]),
     ]
     return pairs
 

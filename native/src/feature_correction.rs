@@ -21,6 +21,60 @@ const MAX_STANDARDISED: f64 = 5.0;
 /// approximation of a logistic integral N(m, v) divides by sqrt(1 + π v / 8).
 const MODERATION: f64 = std::f64::consts::PI / 4.0;
 
+/// How far a probability vector may be off the simplex (the Python package's
+/// `PROBABILITY_TOLERANCE`): entries in `[0, 1 + tol]`, sums within `1 ± tol`.
+const PROBABILITY_TOLERANCE: f64 = 1e-3;
+
+/// Check a packed input `[p (C), outputs (K*C), features]` of the right length the way
+/// the Python validators do (same messages: the field, what is wrong) and renormalise
+/// each probability vector by its sum taken left to right.
+pub fn check_packed(packed: &mut [f64], n_classes: usize, n_models: usize) -> Result<(), String> {
+    if packed.iter().any(|v| v.is_nan()) {
+        return Err("x: contains NaN".to_string());
+    }
+    if packed.iter().any(|v| v.is_infinite()) {
+        return Err("x: contains inf".to_string());
+    }
+    let c = n_classes;
+    let blocks = [("x.proba", 0, 1), ("x.outputs", c, n_models)];
+    for (name, start, rows) in blocks.iter() {
+        let block = &packed[*start..*start + rows * c];
+        let low = block.iter().cloned().fold(f64::INFINITY, f64::min);
+        let high = block.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if low < 0.0 || high > 1.0 + PROBABILITY_TOLERANCE {
+            return Err(format!(
+                "{}: probabilities must lie in [0, 1], got min {}, max {}",
+                name, low, high
+            ));
+        }
+        let mut worst: f64 = 0.0;
+        for row in block.chunks(c) {
+            worst = worst.max((row_sum(row) - 1.0).abs());
+        }
+        if worst > PROBABILITY_TOLERANCE {
+            return Err(format!(
+                "{}: probabilities must sum to 1 (tolerance {}), off by {}",
+                name, PROBABILITY_TOLERANCE, worst
+            ));
+        }
+    }
+    for row in packed[..c + n_models * c].chunks_mut(c) {
+        let total = row_sum(row);
+        for value in row.iter_mut() {
+            *value /= total;
+        }
+    }
+    Ok(())
+}
+
+fn row_sum(row: &[f64]) -> f64 {
+    let mut total = 0.0;
+    for value in row {
+        total += value;
+    }
+    total
+}
+
 /// The settings a FeatureCorrection is built with (validated in Python).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -345,22 +399,16 @@ impl FeatureCorrectionCore {
         })
     }
 
-    /// Served probabilities for one packed input.
-    fn predict(&self, packed: Vec<f64>) -> PyResult<Vec<f64>> {
-        self.check(&packed)?;
+    /// Served probabilities for one packed input (checked and renormalised first).
+    fn predict(&self, mut packed: Vec<f64>) -> PyResult<Vec<f64>> {
+        self.check(&mut packed)?;
         Ok(self.inner.predict(&packed))
     }
 
     /// Served probabilities for a batch of packed inputs (flat, row by row).
-    fn predict_many(&self, py: Python<'_>, packed: Vec<f64>) -> PyResult<Vec<f64>> {
+    fn predict_many(&self, py: Python<'_>, mut packed: Vec<f64>) -> PyResult<Vec<f64>> {
+        self.check_many(&mut packed)?;
         let size = self.inner.input_size();
-        if packed.len() % size != 0 {
-            return Err(PyValueError::new_err(format!(
-                "x: a batch of packed inputs of {} numbers each, got {} numbers",
-                size,
-                packed.len()
-            )));
-        }
         let inner = &self.inner;
         Ok(py.allow_threads(|| {
             packed
@@ -371,9 +419,9 @@ impl FeatureCorrectionCore {
     }
 
     /// Learn one label; ValueError (state unchanged) if the update is not finite.
-    fn learn(&mut self, packed: Vec<f64>, label: usize) -> PyResult<()> {
-        self.check(&packed)?;
+    fn learn(&mut self, mut packed: Vec<f64>, label: usize) -> PyResult<()> {
         self.check_label(label)?;
+        self.check(&mut packed)?;
         self.inner
             .learn(&packed, label)
             .map_err(PyValueError::new_err)
@@ -384,7 +432,7 @@ impl FeatureCorrectionCore {
     fn learn_many(
         &mut self,
         py: Python<'_>,
-        packed: Vec<f64>,
+        mut packed: Vec<f64>,
         labels: Vec<usize>,
     ) -> PyResult<usize> {
         let size = self.inner.input_size();
@@ -399,6 +447,7 @@ impl FeatureCorrectionCore {
         for label in &labels {
             self.check_label(*label)?;
         }
+        self.check_many(&mut packed)?;
         let inner = &mut self.inner;
         let outcome = py.allow_threads(|| {
             for (done, (row, label)) in packed.chunks(size).zip(&labels).enumerate() {
@@ -454,13 +503,32 @@ impl FeatureCorrectionCore {
 }
 
 impl FeatureCorrectionCore {
-    fn check(&self, packed: &[f64]) -> PyResult<()> {
+    fn check(&self, packed: &mut [f64]) -> PyResult<()> {
         if packed.len() != self.inner.input_size() {
             return Err(PyValueError::new_err(format!(
-                "x: expected {} packed numbers, got {}",
+                "x: expected shape ({},), got ({},)",
                 self.inner.input_size(),
                 packed.len()
             )));
+        }
+        let s = &self.inner.settings;
+        check_packed(packed, s.n_classes, s.n_models).map_err(PyValueError::new_err)
+    }
+
+    /// Every row of a flat batch checked (in order) before anything is used.
+    fn check_many(&self, packed: &mut [f64]) -> PyResult<()> {
+        let size = self.inner.input_size();
+        if packed.len() % size != 0 {
+            return Err(PyValueError::new_err(format!(
+                "xs: a batch of packed inputs of {} numbers each, got {} numbers",
+                size,
+                packed.len()
+            )));
+        }
+        let s = &self.inner.settings;
+        for (index, row) in packed.chunks_mut(size).enumerate() {
+            check_packed(row, s.n_classes, s.n_models)
+                .map_err(|error| PyValueError::new_err(format!("xs[{}]: {}", index, error)))?;
         }
         Ok(())
     }
@@ -498,6 +566,23 @@ mod tests {
             guard: true,
             guard_share: 0.01,
         }
+    }
+
+    #[test]
+    fn check_packed_names_the_field_and_renormalises() {
+        let mut good = [0.2, 0.8005, 0.5, 0.5, 3.0];
+        check_packed(&mut good, 2, 1).unwrap();
+        assert!((good[0] + good[1] - 1.0).abs() < 1e-15);
+        let mut off = [0.2, 0.8, 0.5, 0.7, 3.0];
+        assert!(check_packed(&mut off, 2, 1)
+            .unwrap_err()
+            .starts_with("x.outputs: "));
+        let mut negative = [-0.2, 1.2, 0.5, 0.5, 3.0];
+        assert!(check_packed(&mut negative, 2, 1)
+            .unwrap_err()
+            .contains("[0, 1]"));
+        let mut nan = [0.5, 0.5, 0.5, 0.5, f64::NAN];
+        assert_eq!(check_packed(&mut nan, 2, 1).unwrap_err(), "x: contains NaN");
     }
 
     #[test]

@@ -30,8 +30,6 @@ from streamweights.adapters.validation import (
     check_count,
     check_in_range,
     check_positive,
-    check_probabilities,
-    check_probability_rows,
 )
 
 # The arithmetic and the state live in the native core (``native/src/feature_correction.rs``,
@@ -196,16 +194,9 @@ class FeatureCorrection(Adapter):
                                np.ravel(np.asarray(outputs, dtype=np.float64)),
                                np.ravel(np.asarray(features, dtype=np.float64))])
 
-    def _check(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Split and validate a packed input; ValueError names the part that is wrong."""
-        packed = as_finite_array(x, "x", (self.input_size,))
-        c, k = self.n_classes, self.n_models
-        proba = check_probabilities(packed[:c], "x.proba", c)
-        outputs = check_probability_rows(packed[c:c + k * c].reshape(k, c), "x.outputs", k, c)
-        return proba, outputs, packed[c + k * c:]
-
     def _checked_many(self, xs: Any) -> list[float]:
-        """Every packed input of a batch validated (in order), flattened for the core."""
+        """A batch of packed inputs, flattened for the core (which checks every row, in
+        order, before using any)."""
         flat: list[float] = []
         for index, x in enumerate(xs):
             try:
@@ -215,9 +206,17 @@ class FeatureCorrection(Adapter):
         return flat
 
     def _edge(self, x: Any) -> list[float]:
-        """The validated packed input, probabilities renormalised, as the core takes it."""
-        proba, outputs, features = self._check(x)
-        return [*proba.tolist(), *outputs.ravel().tolist(), *features.tolist()]
+        """``x`` as the core takes it: numeric and of the packed length. The core checks
+        the rest (finite; ``x.proba`` and the rows of ``x.outputs`` on the simplex within
+        ``PROBABILITY_TOLERANCE``, with the messages of :mod:`.validation`) and
+        renormalises, before anything changes."""
+        try:
+            packed = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"x: not numeric ({error})") from None
+        if packed.shape != (self.input_size,):
+            raise ValueError(f"x: expected shape ({self.input_size},), got {packed.shape}")
+        return packed.tolist()
 
     # -- the verbs ----------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
