@@ -432,7 +432,8 @@ def artifact_location(stream: str, version: int) -> str:
 def describe(stage: Adapter) -> dict[str, Any]:
     """The few numbers a dashboard shows for a stage (plain floats)."""
     found: dict[str, Any] = {}
-    for attribute in ("coefficients_", "temperature_", "biases_", "forgetting_", "drift_count"):
+    for attribute in ("coefficients_", "temperature_", "biases_", "forgetting_", "drift_count",
+                      "guard_weight_"):  # FeatureCorrection: how far its head is trusted
         value = getattr(stage, attribute, None)
         if value is None:
             continue

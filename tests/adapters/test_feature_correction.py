@@ -199,6 +199,9 @@ def test_pipeline_passes_features_and_restores_bit_exact_mid_stream():
             assert a.adapted.proba == b.adapted.proba
     assert dumps_state(second.state_dict()) == dumps_state(straight.state_dict())
     assert straight.invalid == {}
+    published = straight.streams["s"].latest_weights.calibration["2:FeatureCorrection"]
+    assert set(published) == {"guard_weight"}  # the last version's, published every 200
+    assert published["guard_weight"] > 0.9  # the features help here: the head is trusted
 
 
 def test_prediction_without_or_with_bad_features_is_a_dead_letter_that_changes_nothing():
