@@ -8,7 +8,7 @@
 //! index (class `c = 0..C-1`, regressor `j = 0..m-1`); the numpy reference uses `@` and
 //! `mean` (pairwise / BLAS order), so the two agree to rounding, not bit for bit.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyArithmeticError, PyValueError};
 use pyo3::prelude::*;
 
 /// Probabilities are floored here before the log (as in the Python reference).
@@ -418,13 +418,14 @@ impl FeatureCorrectionCore {
         }))
     }
 
-    /// Learn one label; ValueError (state unchanged) if the update is not finite.
+    /// Learn one label: ValueError for a bad input, ArithmeticError (state unchanged) for
+    /// an update that would not be finite.
     fn learn(&mut self, mut packed: Vec<f64>, label: usize) -> PyResult<()> {
         self.check_label(label)?;
         self.check(&mut packed)?;
         self.inner
             .learn(&packed, label)
-            .map_err(PyValueError::new_err)
+            .map_err(PyArithmeticError::new_err)
     }
 
     /// Learn a batch in order (flat packed rows); stops at the first refused update,
@@ -458,7 +459,7 @@ impl FeatureCorrectionCore {
             Ok(labels.len())
         });
         outcome.map_err(|(done, error)| {
-            PyValueError::new_err(format!("{} (after {} learned)", error, done))
+            PyArithmeticError::new_err(format!("{} (after {} learned)", error, done))
         })
     }
 

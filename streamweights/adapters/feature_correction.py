@@ -234,8 +234,8 @@ class FeatureCorrection(Adapter):
         label = check_class_label(y, "y", self.n_classes)
         packed = self._edge(x)
         try:
-            self._core.learn(packed, label)
-        except ValueError as error:  # the core refused a non-finite update, unchanged
+            self._core.learn(packed, label)  # ValueError for a bad x passes through
+        except ArithmeticError as error:  # a non-finite update, refused: nothing changed
             raise NonFiniteUpdate(str(error)) from None
 
     def learn_many(self, xs: Any, ys: Any) -> None:
@@ -244,8 +244,8 @@ class FeatureCorrection(Adapter):
         labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
         flat = self._checked_many(xs)
         try:
-            self._core.learn_many(flat, labels)
-        except ValueError as error:
+            self._core.learn_many(flat, labels)  # every row checked before the first step
+        except ArithmeticError as error:  # the loop would have raised at the same event
             raise NonFiniteUpdate(str(error)) from None
 
     def on_drift(self) -> None:

@@ -220,3 +220,33 @@ def test_prediction_without_or_with_bad_features_is_a_dead_letter_that_changes_n
     assert pipeline.invalid == {"missing_features": 1, "invalid_features": 1}
     pipeline.invalid = {}
     assert dumps_state(pipeline.state_dict()) == before
+
+
+def test_a_non_finite_update_is_refused_and_a_bad_input_is_a_plain_value_error():
+    """Scenario: a feature so large its square overflows, then a malformed input. We
+    expect: NonFiniteUpdate (the pipeline's ``non_finite_state``) for the first, a plain
+    ValueError naming the field for the second, and no change either time."""
+    from streamweights.adapters.validation import NonFiniteUpdate
+
+    outputs, features, labels = _stream(200, seed=9)
+    stage = FeatureCorrection(n_classes=2, n_models=3, n_features=3)
+    _run(stage, outputs, features, labels)
+    before = dumps_state(stage.state_dict())
+    huge = FeatureCorrection.pack([0.5, 0.5], outputs[0], [1e200, 0.0, 0.0])
+    with pytest.raises(NonFiniteUpdate, match="not finite"):
+        stage.learn(huge, 1)
+    with pytest.raises(NonFiniteUpdate):
+        stage.learn_many([FeatureCorrection.pack([0.5, 0.5], outputs[0], features[0]), huge],
+                         [0, 1])
+    stage.load_state_dict(json_round_trip(before))  # learn_many kept the first event
+    off_simplex = FeatureCorrection.pack([0.5, 0.7], outputs[0], features[0])
+    with pytest.raises(ValueError, match=r"x\.proba") as error:
+        stage.learn(off_simplex, 1)
+    assert not isinstance(error.value, NonFiniteUpdate)
+    assert dumps_state(stage.state_dict()) == before
+
+
+def json_round_trip(text):
+    from streamweights.adapters import loads_state
+
+    return loads_state(text)
