@@ -27,6 +27,10 @@ one).
   label-shift corrector; its nearest part is ``proba.Multinomial``, the online class-mix
   estimate alone (``update(y)`` per label, the C class probabilities read per event),
   far less work than an EM step, a CUSUM gate and a corrected output.
+  DriftMemory (its detector alone: river has no replay memory). PriorShift has none.
+  FeatureCorrection: SGD ``LogisticRegression`` on the features and the models'
+  probabilities (the same regressors, first-order), and the ADWIN-retrained Hoeffding
+  tree on the features (the evaluation's ``river ADWIN retrain``, what it competes with).
 
 Run: ``python bench/adapters.py [--events 4096] [--rounds 5] [--json FILE]``.
 """
@@ -51,6 +55,7 @@ from river import ensemble as river_ensemble
 from river import linear_model as river_linear
 from river import optim as river_optim
 from river import proba as river_proba
+from river import tree as river_tree
 
 import streamweights
 from streamweights import adapters
@@ -113,6 +118,12 @@ def _data(n_events: int, seed: int = 0) -> dict[str, object]:
         "values_dicts": [dict(enumerate(row)) for row in model_values.tolist()],
         "logit_dicts": [{"logit": math.log(p / (1 - p))} for p in model_p1[:, 0].tolist()],
         "losses": (-np.log(model_outputs[np.arange(n_events), 0, labels])).tolist(),
+        # FeatureCorrection's packed input: [the models' average, their rows, features]
+        "packed": np.concatenate([model_outputs.mean(axis=1),
+                                  model_outputs.reshape(n_events, -1), features], axis=1),
+        "features_p1_dicts": [{**dict(enumerate(f)), **{f"p{k}": p for k, p in enumerate(q)}}
+                              for f, q in zip(features.tolist(), model_p1.tolist(),
+                                              strict=True)],
     }
 
 
@@ -264,6 +275,17 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
                     observe=True),
              [_river_detector("ADWIN.update on the loss alone", river_drift.ADWIN,
                               data["losses"])]),
+        Pair("FeatureCorrection",
+             *_ours("FeatureCorrection(d=16, K=5)",
+                    lambda: adapters.FeatureCorrection(N_CLASSES, N_MODELS, N_FEATURES),
+                    data["packed"], labels),
+             [_river("LogisticRegression(SGD) on features + model p1",
+                     river_linear.LogisticRegression, data["features_p1_dicts"], ys_class,
+                     "predict_proba_one"),
+              _river("DriftRetrainingClassifier(HoeffdingTree) on features",
+                     lambda: river_drift.DriftRetrainingClassifier(
+                         river_tree.HoeffdingTreeClassifier()),
+                     data["features_dicts"], ys_class, "predict_proba_one")]),
     ]
     return pairs
 

@@ -32,7 +32,7 @@ TASKS = ("classification", "regression")
 ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
-                      "PriorShift", "DriftMemory")
+                      "PriorShift", "DriftMemory", "FeatureCorrection")
 SOURCE_KINDS = ("replay", "jsonl", "csv", "parquet", "kafka")
 #: Table sources: a user's labelled CSV or Parquet file replayed through deployed models.
 TABLE_KINDS = ("csv", "parquet")

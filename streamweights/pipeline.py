@@ -196,10 +196,15 @@ class StreamPipeline:
             row, head_features = self.torch_model.serve(inputs)
             frozen = self.torch_model.frozen_probabilities(inputs)
             outputs[self._model_index[self.torch_model.name]] = row
+        try:  # a FeatureCorrection stage learns from the prediction's features
+            features = self.chain.check_features(prediction.features)
+        except ValueError as error:
+            reason = "missing_features" if prediction.features is None else "invalid_features"
+            raise RecordError(reason, str(error)) from None
         try:
             # The first stage is an ensemble (config enforces it): its observe is a no-op
             # and its predict validates the outputs before any later stage observes.
-            served, trace = self.chain.observe_predict_trace(outputs)
+            served, trace = self.chain.observe_predict_trace(outputs, features)
         except ValueError as error:
             raise RecordError("invalid_outputs", str(error)) from None
         if inputs is not None:
@@ -489,7 +494,8 @@ def artifact_location(stream: str, version: int) -> str:
 def describe(stage: Adapter) -> dict[str, Any]:
     """The few numbers a dashboard shows for a stage (plain floats)."""
     found: dict[str, Any] = {}
-    for attribute in ("coefficients_", "temperature_", "biases_", "forgetting_", "drift_count"):
+    for attribute in ("coefficients_", "temperature_", "biases_", "forgetting_", "drift_count",
+                      "guard_weight_"):  # FeatureCorrection: how far its head is trusted
         value = getattr(stage, attribute, None)
         if value is None:
             continue

@@ -12,6 +12,7 @@ mod adwin;
 mod beta;
 mod calibeating;
 mod conformal;
+mod feature_correction;
 mod kalman;
 mod newton;
 mod page_hinkley;
@@ -41,5 +42,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     calibeating::register(module)?;
     kalman::register(module)?;
     prior_shift::register(module)?;
+    feature_correction::register(module)?;
     Ok(())
 }

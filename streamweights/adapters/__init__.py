@@ -6,6 +6,8 @@ sees each input at prediction time (``predict``, ``observe``) and, later, the la
 
 * ensembles (:mod:`.ensemble`) — how much to trust each of K deployed models:
   ``Hedge``, ``FixedShare`` (tracks a best model that switches), ``OnlineStacking``;
+* ``FeatureCorrection`` — a Kalman-filtered logistic head over the record's features and
+  the models' logits that corrects the chain's probabilities (needs ``features``);
 * ``KalmanWeights`` — a linear head whose weights drift, tracked by a Kalman filter
   that learns how fast to forget;
 * calibrators (:mod:`.calibration`) — how far to trust the probabilities:
@@ -32,6 +34,7 @@ from streamweights.adapters.chain import Chain
 from streamweights.adapters.conformal import AdaptiveConformal, ConformalPID, DtACI
 from streamweights.adapters.drift_memory import DriftMemory
 from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
+from streamweights.adapters.feature_correction import FeatureCorrection
 from streamweights.adapters.kalman import KalmanWeights
 from streamweights.adapters.performance_estimate import ConfidenceEstimate
 from streamweights.adapters.prior_shift import PriorShift
@@ -53,6 +56,7 @@ __all__ = [
     "ConformalPID",
     "DriftMemory",
     "DtACI",
+    "FeatureCorrection",
     "FixedShare",
     "Hedge",
     "KalmanWeights",

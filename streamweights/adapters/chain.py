@@ -8,6 +8,11 @@ the input each stage received; the caller keeps that trace with the pending pred
 (the pipeline's join buffer does, and snapshots it) and hands it back to
 ``learn_trace`` when the label arrives. ``learn(x, y)`` re-computes the trace with the
 current state, which is what the contract means when the label arrives immediately.
+
+A stage with ``uses_features = True`` (``FeatureCorrection``) also needs the record's
+``features``: ``predict_trace(x, features=...)`` hands it the packed vector
+``[its input, the chain's input (the models' outputs), features]``, and that packed
+vector is what the trace keeps for it, so ``learn_trace`` needs nothing more.
 """
 
 from __future__ import annotations
@@ -62,25 +67,67 @@ class Chain(Adapter):
         if len(class_counts) > 1:
             raise ValueError(f"stages: stages disagree on the number of classes "
                              f"({sorted(class_counts)})")
+        feature_counts = {stage.n_features for stage in self.stages  # type: ignore[attr-defined]
+                          if getattr(stage, "uses_features", False)}
+        if len(feature_counts) > 1:
+            raise ValueError(f"stages: feature stages disagree on n_features "
+                             f"({sorted(feature_counts)})")
+        #: Length of the ``features`` a feature stage needs (``None``: no stage needs them).
+        self.n_features: int | None = feature_counts.pop() if feature_counts else None
+
+    def check_features(self, features: Any) -> np.ndarray | None:
+        """The prediction's ``features`` as a float64 vector when a stage needs them
+        (``None`` otherwise); ValueError naming ``features`` when missing or malformed."""
+        if self.n_features is None:
+            return None
+        if features is None:
+            raise ValueError(f"features: a stage of this chain learns from the prediction's "
+                             f"features ({self.n_features} numbers); send them with every "
+                             "prediction")
+        vector = np.asarray(features, dtype=np.float64) if isinstance(features, list | tuple
+                                                                      | np.ndarray) else None
+        if vector is None or vector.shape != (self.n_features,):
+            got = "not a list" if vector is None else f"shape {vector.shape}"
+            raise ValueError(f"features: expected {self.n_features} numbers, got {got}")
+        if not np.all(np.isfinite(vector)):
+            raise ValueError("features: contains NaN or inf")
+        return vector
+
+    def _stage_input(self, stage: Adapter, x: Any, outputs: Any,
+                     features: np.ndarray | None) -> Any:
+        """What ``stage`` receives: ``x``, or for a feature stage the packed
+        ``[x, the chain's input (the models' outputs), features]``."""
+        if not getattr(stage, "uses_features", False):
+            return x
+        if features is None:
+            raise ValueError(f"features: {type(stage).__name__} learns from the prediction's "
+                             "features; pass them (predict_trace(x, features=...))")
+        return np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)),
+                               np.ravel(np.asarray(outputs, dtype=np.float64)), features])
 
     def predict(self, x: Any) -> np.ndarray:
         return self.predict_trace(x)[0]
 
-    def predict_trace(self, x: Any) -> tuple[np.ndarray, Trace]:
-        """Output of the last stage and the input each stage received."""
-        inputs = []
+    def predict_trace(self, x: Any, features: Any = None) -> tuple[np.ndarray, Trace]:
+        """Output of the last stage and the input each stage received (``features``: the
+        prediction's features, for a chain with a feature stage)."""
+        features = self.check_features(features)
+        outputs, inputs = x, []
         for stage in self.stages:
+            x = self._stage_input(stage, x, outputs, features)
             output = stage.predict(x)  # validates x before it is recorded
             inputs.append(np.asarray(x, dtype=np.float64))
             x = output
         return np.asarray(x), tuple(inputs)
 
-    def observe_predict_trace(self, x: Any) -> tuple[np.ndarray, Trace]:
+    def observe_predict_trace(self, x: Any, features: Any = None) -> tuple[np.ndarray, Trace]:
         """``observe`` then ``predict_trace`` in one pass: each stage observes its input,
         then its (updated) output feeds the next stage. This is what the pipeline does
         with every served prediction."""
-        inputs = []
+        features = self.check_features(features)
+        outputs, inputs = x, []
         for stage in self.stages:
+            x = self._stage_input(stage, x, outputs, features)
             stage.observe(x)
             output = stage.predict(x)
             inputs.append(np.asarray(x, dtype=np.float64))
@@ -104,7 +151,10 @@ class Chain(Adapter):
 
     def observe(self, x: Any) -> None:
         """Each stage observes its own input, computed through the stages before it."""
+        features = self.check_features(None)  # a feature stage needs observe_predict_trace
+        outputs = x
         for stage in self.stages:
+            x = self._stage_input(stage, x, outputs, features)
             stage.observe(x)
             x = stage.predict(x)
 

@@ -33,6 +33,8 @@ arrives, possibly hundreds of events later — and returns its answer for every 
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -251,11 +253,31 @@ class RiverContender(Contender):
 
 
 # -- ours ---------------------------------------------------------------------------------
-def service_records(episode: Episode, on_average: bool) -> tuple[list, list]:
+def feature_vectors(episode: Episode) -> list[list[float]]:
+    """Each event's features as a list of floats, in the sorted key order of the first
+    training example (a key an event lacks, or a value that is not a number, reads 0):
+    what a producer would send as a prediction's ``features``."""
+    cached = episode.cache.get("feature_vectors")
+    if cached is not None:
+        return cached
+    first = episode.train_features[0] if episode.train_features else episode.features[0]
+    keys = sorted(first, key=str)
+
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else 0.0
+
+    vectors = [[number(x.get(key, 0.0)) for key in keys] for x in episode.features]
+    episode.cache["feature_vectors"] = vectors
+    return vectors
+
+
+def service_records(episode: Episode, on_average: bool,
+                    with_features: bool = False) -> tuple[list, list]:
     """The episode as the pipeline's decoded records: one prediction and one label (or
     ``None``) per event. ``on_average`` gives a one-model stream whose model is the
-    uniform average (for stages that follow an ensemble)."""
-    key = ("records", on_average)
+    uniform average (for stages that follow an ensemble); ``with_features`` adds each
+    event's :func:`feature_vectors` row to its prediction."""
+    key = ("records", on_average, with_features)
     cached = episode.cache.get(key)
     if cached is not None:
         return cached
@@ -268,7 +290,9 @@ def service_records(episode: Episode, on_average: bool) -> tuple[list, list]:
     name = episode.name
     ids = [f"{name}-{i}" for i in range(episode.n_events)]
     prediction_ts = episode.prediction_ts.tolist()
-    predictions = [Prediction(name, ids[i], prediction_ts[i], rows[i])
+    features: list[Any] = feature_vectors(episode) if with_features else \
+        [None] * episode.n_events
+    predictions = [Prediction(name, ids[i], prediction_ts[i], rows[i], features[i])
                    for i in range(episode.n_events)]
     targets = episode.targets.tolist()
     label_ts = episode.label_ts.tolist()
@@ -292,13 +316,15 @@ class PipelineContender(Contender):
 
     adapters: list[dict[str, Any]] = field(default_factory=list)
     on_average: bool = False
+    #: Send each event's features with its prediction (for a ``FeatureCorrection`` stage).
+    with_features: bool = False
 
     def pipeline(self, episode: Episode) -> Pipeline:
         return Pipeline([stream_config(episode, self.adapters, self.on_average)])
 
     def run(self, episode: Episode, process: Any = None) -> ContenderRun:
         """``process`` replaces ``Pipeline.process`` (a trace recorder wraps it)."""
-        predictions, labels = service_records(episode, self.on_average)
+        predictions, labels = service_records(episode, self.on_average, self.with_features)
         pipeline = None
         if process is None:
             pipeline = self.pipeline(episode)
@@ -334,6 +360,15 @@ def default_chain(task: str, n_classes: int | None) -> list[dict[str, Any]]:
         return [dict(stage) for stage in DEFAULT_CHAIN]
     return [{"type": "OnlineTemperature"} if stage["type"] in BINARY_CALIBRATORS
             else dict(stage) for stage in DEFAULT_CHAIN]
+
+
+def feature_chain(n_classes: int, n_features: int, **options: Any) -> list[dict[str, Any]]:
+    """The default chain with a ``FeatureCorrection`` stage (``options``: its config
+    keys) before its drift memory, for classification streams whose predictions carry
+    ``n_features`` features (see :func:`feature_vectors`)."""
+    stages = default_chain("classification", n_classes)
+    correction = {"type": "FeatureCorrection", "n_features": n_features, **options}
+    return [*stages[:-1], correction, stages[-1]]
 
 
 def class_mix(episode: Episode) -> list[float]:

@@ -256,9 +256,13 @@ class ReplayStream:
                 yield position, heapq.heappop(pending)[2]
                 position += 1
             event_id = self._event_id(row.number, row.id)
+            # The row's features ride along (table column order), so a FeatureCorrection
+            # stage can learn from them; other stages ignore them.
             yield position, orjson.dumps({"schema": 1, "stream": self.stream, "id": event_id,
                                           "ts": ts, "outputs": _outputs(models, classes,
-                                                                        row.features)})
+                                                                        row.features),
+                                          "features": [row.features[c]
+                                                       for c in table.features]})
             position += 1
             if config.label_delay == "column":
                 assert row.label_ts is not None  # the table requires the column

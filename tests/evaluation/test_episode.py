@@ -81,3 +81,27 @@ def test_suite_covers_the_drift_kinds():
     for kind in ("abrupt", "gradual", "recurring", "prior shift"):
         assert kind in kinds
     assert {s.task for s in SUITE} == {"classification", "regression"}
+
+
+def test_feature_chain_runs_on_an_episode_with_its_features():
+    """Scenario: the evaluation sends an episode's features with its predictions to the
+    default chain plus FeatureCorrection. We expect: fixed-order feature vectors (a key an
+    event lacks reads 0), every prediction served and every label learned."""
+    from streamweights.evaluation.contenders import (
+        PipelineContender,
+        feature_chain,
+        feature_vectors,
+    )
+
+    (stream,) = suite_streams(["agrawal-recurring"], events=400, train_window=300)
+    episode = build_episode(stream.make_examples(2), task="classification", train_window=300,
+                            events=400, seed=2)
+    vectors = feature_vectors(episode)
+    keys = sorted(episode.train_features[0], key=str)
+    assert vectors[5] == [float(episode.features[5][k]) for k in keys]
+    contender = PipelineContender("feature chain", "ours", "", with_features=True,
+                                  adapters=feature_chain(2, len(keys)))
+    run = contender.run(episode)  # raises on any refused prediction or unlearned label
+    assert run.predictions.shape == (400, 2)
+    pipeline = next(iter(run.pipeline.streams.values()))
+    assert pipeline.labels == int(episode.labelled.sum())
