@@ -8,6 +8,10 @@
 
 use pyo3::prelude::*;
 
+mod expert_losses;
+mod fixed_share;
+mod hedge;
+
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -17,5 +21,7 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
+    hedge::register(module)?;
+    fixed_share::register(module)?;
     Ok(())
 }
