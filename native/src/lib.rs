@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 mod expert_losses;
 mod fixed_share;
 mod hedge;
+mod stacking;
 
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
@@ -23,5 +24,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
     hedge::register(module)?;
     fixed_share::register(module)?;
+    stacking::register(module)?;
     Ok(())
 }

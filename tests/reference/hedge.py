@@ -20,7 +20,7 @@ from tests.reference.expert_losses import (
 )
 
 
-class _Reference:
+class Reference:
     """The state verbs of ``Adapter`` without its registry (an oracle is no adapter)."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def exponential_weights(cumulative_loss: np.ndarray, learning_rate: float) -> np
     return weights / weights.sum()
 
 
-class Hedge(_Reference):
+class Hedge(Reference):
     """Exponentially weighted mixture of K deployed models (Hedge / EWA).
 
     Each model keeps its cumulative loss ``L_i``; the weights are ``softmax(-eta * L)`` and
