@@ -185,6 +185,9 @@ pub fn read_event(
         Ok(buffer) => buffer,
         Err(_) => return false,
     };
+    if !native_float64(&buffer) {
+        return false;
+    }
     let shape_ok = match experts.n_classes {
         None => buffer.shape() == [experts.n_models],
         Some(classes) => buffer.shape() == [experts.n_models, classes],
@@ -229,10 +232,34 @@ pub fn read_target(y: &Bound<'_, PyAny>, experts: &Experts) -> Option<Target> {
     }
 }
 
+/// `true` when the buffer holds float64 in this machine's byte order. PyO3 takes any
+/// 8-byte float format as `f64`, a byte-swapped one (`>f8` on x86) included, whose
+/// values it would read as garbage.
+pub fn native_float64(buffer: &PyBuffer<f64>) -> bool {
+    let format = buffer.format().to_bytes();
+    let swapped_free: &[u8] = if cfg!(target_endian = "little") {
+        b"<d"
+    } else {
+        b">d"
+    };
+    format == b"d" || format == b"@d" || format == b"=d" || format == swapped_free
+}
+
+/// Write `values` into `out`, a writable, C-contiguous native float64 buffer of their size.
+pub fn write_native(py: Python<'_>, out: &Bound<'_, PyAny>, values: &[f64]) -> PyResult<()> {
+    let buffer = PyBuffer::<f64>::get(out)?;
+    if !native_float64(&buffer) {
+        return Err(PyValueError::new_err(
+            "out: expected a native float64 array",
+        ));
+    }
+    buffer.copy_from_slice(py, values)
+}
+
 /// A checked batch as one flat vector: a C-contiguous float64 buffer, or any sequence.
 pub fn read_flat(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
     if let Ok(buffer) = PyBuffer::<f64>::get(values) {
-        if buffer.is_c_contiguous() {
+        if buffer.is_c_contiguous() && native_float64(&buffer) {
             return buffer.to_vec(py);
         }
     }
@@ -333,8 +360,7 @@ pub fn predict_quick<M: Mixer>(
         &mut long
     };
     mixer.experts().mix(mixer.weights(), &scratch.outputs, slot);
-    let buffer = PyBuffer::<f64>::get(out)?;
-    buffer.copy_from_slice(py, slot)?;
+    write_native(py, out, slot)?;
     Ok(true)
 }
 

@@ -7,10 +7,11 @@
 //! reference is `tests/reference/stacking.py`. Sums run left to right (see
 //! `expert_losses`), as numpy's own sums over fewer than 8 terms do.
 
-use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 
-use crate::expert_losses::{read_event, read_flat, read_target, Experts, Loss, Target};
+use crate::expert_losses::{
+    read_event, read_flat, read_target, write_native, Experts, Loss, Target,
+};
 
 /// The shape of a stacking problem.
 #[derive(Clone, Debug)]
@@ -68,10 +69,6 @@ impl Stacking {
     }
 }
 
-fn write(py: Python<'_>, out: &Bound<'_, PyAny>, values: &[f64]) -> PyResult<()> {
-    PyBuffer::<f64>::get(out)?.copy_from_slice(py, values)
-}
-
 /// The stacking-specific half of `streamweights.adapters.OnlineStacking`.
 #[pyclass(module = "streamweights._native")]
 pub struct StackingCore {
@@ -119,7 +116,7 @@ impl StackingCore {
             return Ok(false);
         }
         self.stacking.design(&self.outputs, &mut self.design);
-        write(py, out, &self.design)?;
+        write_native(py, out, &self.design)?;
         Ok(true)
     }
 
@@ -132,7 +129,7 @@ impl StackingCore {
     ) -> PyResult<()> {
         let outputs = read_flat(py, outputs)?;
         self.stacking.design(&outputs, &mut self.design);
-        write(py, out, &self.design)
+        write_native(py, out, &self.design)
     }
 
     /// For `learn(x, y)`: the design rows written into `out` when `x` and `y` clear the
@@ -157,7 +154,7 @@ impl StackingCore {
                 return Ok(false);
             }
         }
-        write(py, out, &self.design)?;
+        write_native(py, out, &self.design)?;
         Ok(true)
     }
 
@@ -177,7 +174,7 @@ impl StackingCore {
         let means = read_flat(py, means)?;
         let mut combined = vec![0.0; means.len()];
         self.stacking.combine(&means, &mut combined);
-        write(py, out, &combined)
+        write_native(py, out, &combined)
     }
 }
 

@@ -192,3 +192,23 @@ def test_snapshot_of_another_size_is_refused_with_the_field_named(core):
     state["state"]["cumulative_loss"] = [0.0, 1.0]
     with pytest.raises(ValueError, match="cumulative_loss: expected 3 values"):
         adapter.load_state_dict(state)
+
+
+@pytest.mark.parametrize("core", [Hedge, FixedShare])
+@pytest.mark.parametrize("n_classes", [None, 2])
+def test_byte_swapped_and_strided_arrays_read_as_their_values(core, n_classes):
+    """A big-endian (``>f8``) or non-contiguous float64 array holds the same numbers as a
+    native one; the core once read a byte-swapped one's raw bytes (1.5 came out as
+    1.5e-319). We expect the same predictions and the same state, bit for bit."""
+    native, swapped, strided = (core(n_models=3, n_classes=n_classes) for _ in range(3))
+    outputs, labels = drifting_stream({"n_models": 3, "n_classes": n_classes}, 500, seed=4)
+    for x, y in zip(outputs, labels, strict=True):
+        wide = np.repeat(x, 2, axis=-1)[..., ::2]  # same values, stride 2
+        expected = np.asarray(native.predict(x)).tobytes()
+        assert np.asarray(swapped.predict(x.astype(">f8"))).tobytes() == expected
+        assert np.asarray(strided.predict(wide)).tobytes() == expected
+        native.learn(x, y)
+        swapped.learn(x.astype(">f8"), y)
+        strided.learn(wide, y)
+    assert dumps_state(swapped.state_dict()) == dumps_state(native.state_dict())
+    assert dumps_state(strided.state_dict()) == dumps_state(native.state_dict())

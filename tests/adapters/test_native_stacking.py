@@ -113,3 +113,17 @@ def test_inputs_the_core_does_not_clear_take_the_checked_path_to_the_same_bits()
         fast.learn(x, y)
         checked.learn(x.tolist(), np.int64(y))
     assert dumps_state(fast.state_dict()) == dumps_state(checked.state_dict())
+
+
+@pytest.mark.parametrize("kwargs", [{"n_models": 3}, {"n_models": 3, "n_classes": 2}])
+def test_byte_swapped_arrays_read_as_their_values(kwargs):
+    """A big-endian (``>f8``) array holds the same numbers as a native one: the same
+    predictions and state, bit for bit (the core must not read its raw bytes)."""
+    native, swapped = OnlineStacking(**kwargs), OnlineStacking(**kwargs)
+    outputs, labels = drifting_stream(kwargs, 300, seed=6)
+    for x, y in zip(outputs, labels, strict=True):
+        assert (np.asarray(swapped.predict(x.astype(">f8"))).tobytes()
+                == np.asarray(native.predict(x)).tobytes())
+        native.learn(x, y)
+        swapped.learn(x.astype(">f8"), y)
+    assert dumps_state(swapped.state_dict()) == dumps_state(native.state_dict())
