@@ -212,3 +212,22 @@ def test_byte_swapped_and_strided_arrays_read_as_their_values(core, n_classes):
         strided.learn(wide, y)
     assert dumps_state(swapped.state_dict()) == dumps_state(native.state_dict())
     assert dumps_state(strided.state_dict()) == dumps_state(native.state_dict())
+
+
+@pytest.mark.parametrize("core", [Hedge, FixedShare])
+def test_pickle_and_deepcopy_carry_the_core_state(core):
+    """The numpy adapters pickled and deep-copied; the handles still do (the compiled
+    core travels as its state). We expect the copies to continue bit for bit."""
+    import copy
+    import pickle
+
+    adapter = core(n_models=3, n_classes=2, loss="squared")
+    outputs, labels = drifting_stream({"n_models": 3, "n_classes": 2}, 400, seed=8)
+    for x, y in zip(outputs[:200], labels[:200], strict=True):
+        adapter.learn(x, y)
+    copies = [pickle.loads(pickle.dumps(adapter)), copy.deepcopy(adapter)]
+    for x, y in zip(outputs[200:], labels[200:], strict=True):
+        for each in (adapter, *copies):
+            each.learn(x, y)
+    for each in copies:
+        assert dumps_state(each.state_dict()) == dumps_state(adapter.state_dict())
