@@ -16,12 +16,14 @@ one).
 * river: its per-event verbs (``predict_one`` / ``learn_one``), which is how river is
   fed a stream. The counterpart is the closest river model doing the same job, named in
   each row: ``EWARegressor`` over frozen models for Hedge / FixedShare (river's
-  exponentially weighted average forecaster, the family both belong to);
+  exponentially weighted average forecaster, the family both belong to; the
+  "regression" rows are the like-for-like ones: same task, squared loss);
   ``BayesianLinearRegression(smoothing)`` for KalmanWeights regression (a Bayesian
   linear model with forgetting is a Kalman filter on the weights), SGD
   ``LogisticRegression`` for its classification mode; ``LinearRegression`` on the models'
   outputs for OnlineStacking (the meta-learner river's stacking would train; river's
-  ``StackingClassifier`` is classification-only); ``LogisticRegression`` on the logit
+  ``StackingClassifier`` is classification-only), ``LogisticRegression`` on the models'
+  probabilities for its classification mode; ``LogisticRegression`` on the logit
   for the calibrators (Platt scaling is exactly that); ``ADWIN.update`` on the loss for
   DriftMemory (its detector alone: river has no replay memory). PriorShift: river has no
   label-shift corrector; its nearest part is ``proba.Multinomial``, the online class-mix
@@ -222,16 +224,33 @@ def build_pairs(data: dict[str, object]) -> list[Pair]:
              *_ours("Hedge(log-loss, auto)", lambda: adapters.Hedge(N_MODELS, N_CLASSES),
                     data["model_outputs"], labels),
              [_river("EWARegressor(5 frozen models)", ewa, data["p1_dicts"], p1_targets)]),
+        # The like-for-like pair: regression, squared loss, a fixed rate, as EWARegressor.
+        Pair("Hedge regression",
+             *_ours("Hedge(regression, squared, rate 0.5)",
+                    lambda: adapters.Hedge(N_MODELS, learning_rate=0.5),
+                    data["model_values"], target),
+             [_river("EWARegressor(5 frozen models)", ewa, data["values_dicts"], ys_reg)]),
         Pair("FixedShare",
              *_ours("FixedShare(log-loss, auto)",
                     lambda: adapters.FixedShare(N_MODELS, N_CLASSES),
                     data["model_outputs"], labels),
              [_river("EWARegressor(5 frozen models)", ewa, data["p1_dicts"], p1_targets)]),
+        Pair("FixedShare regression",
+             *_ours("FixedShare(regression, squared, auto)",
+                    lambda: adapters.FixedShare(N_MODELS), data["model_values"], target),
+             [_river("EWARegressor(5 frozen models)", ewa, data["values_dicts"], ys_reg)]),
         Pair("OnlineStacking",
              *_ours("OnlineStacking(regression)",
                     lambda: adapters.OnlineStacking(N_MODELS), data["model_values"], target),
              [_river("LinearRegression on model outputs", river_linear.LinearRegression,
                      data["values_dicts"], ys_reg)]),
+        Pair("OnlineStacking classification",
+             *_ours("OnlineStacking(classification)",
+                    lambda: adapters.OnlineStacking(N_MODELS, N_CLASSES),
+                    data["model_outputs"], labels),
+             [_river("LogisticRegression on model probabilities",
+                     river_linear.LogisticRegression, data["p1_dicts"], ys_class,
+                     "predict_proba_one")]),
         Pair("OnlinePlatt",
              *_ours("OnlinePlatt", adapters.OnlinePlatt, data["calib_in"], labels),
              [_river("LogisticRegression on the logit",

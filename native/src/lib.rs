@@ -12,7 +12,10 @@ mod adwin;
 mod beta;
 mod calibeating;
 mod conformal;
+mod expert_losses;
 mod feature_correction;
+mod fixed_share;
+mod hedge;
 mod kalman;
 mod newton;
 mod page_hinkley;
@@ -20,6 +23,7 @@ mod platt;
 mod prior_shift;
 mod probability_input;
 mod scores;
+mod stacking;
 mod temperature;
 
 /// The core's version, to check that the compiled module matches the Python package.
@@ -43,5 +47,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     kalman::register(module)?;
     prior_shift::register(module)?;
     feature_correction::register(module)?;
+    hedge::register(module)?;
+    fixed_share::register(module)?;
+    stacking::register(module)?;
     Ok(())
 }

