@@ -924,7 +924,7 @@ fn refused(message: String) -> PyErr {
 /// The core of `KalmanWeights`: state and per-event arithmetic (see the module docs).
 #[pyclass(module = "streamweights._native")]
 pub struct KalmanCore {
-    filter: Filter,
+    pub(crate) filter: Filter,
 }
 
 impl KalmanCore {

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use crate::expert_losses::{
     read_event, read_flat, read_target, write_native, Experts, Loss, Target,
 };
+use crate::kalman::KalmanCore;
 
 /// The shape of a stacking problem.
 #[derive(Clone, Debug)]
@@ -175,6 +176,85 @@ impl StackingCore {
         let mut combined = vec![0.0; means.len()];
         self.stacking.combine(&means, &mut combined);
         write_native(py, out, &combined)
+    }
+
+    /// `predict(x)` in one call: quick check, design, the filter's predictive means
+    /// (`kalman`, the `KalmanWeights` core holding the weights) and, for classes, the
+    /// floored mixture, written into `out`; `false` when `x` is not cleared.
+    fn predict_with(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        kalman: &Bound<'_, KalmanCore>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if !read_event(py, x, &self.stacking.experts, &mut self.outputs) {
+            return Ok(false);
+        }
+        self.stacking.design(&self.outputs, &mut self.design);
+        let core = kalman.borrow();
+        let features = self.stacking.n_features();
+        let width = self.stacking.experts.width();
+        let mut means = [0.0; 16];
+        let mut long = Vec::new();
+        let means: &mut [f64] = if width <= means.len() {
+            &mut means[..width]
+        } else {
+            long.resize(width, 0.0);
+            &mut long
+        };
+        for (row, mean) in self.design.chunks_exact(features).zip(means.iter_mut()) {
+            let mut one = [0.0];
+            core.filter.predictive_means(row, &mut one);
+            *mean = one[0];
+        }
+        if self.stacking.experts.n_classes.is_none() {
+            return write_native(py, out, means).map(|_| true);
+        }
+        let mut combined = vec![0.0; width];
+        self.stacking.combine(means, &mut combined);
+        write_native(py, out, &combined)?;
+        Ok(true)
+    }
+
+    /// `learn(x, y)` in one call; `false` (nothing changed) when `x` or `y` is not
+    /// cleared or the update is refused (the handle then checks fully and raises).
+    fn learn_with(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+        kalman: &Bound<'_, KalmanCore>,
+    ) -> PyResult<bool> {
+        if !read_event(py, x, &self.stacking.experts, &mut self.outputs) {
+            return Ok(false);
+        }
+        let target = match read_target(y, &self.stacking.experts) {
+            Some(target) => target,
+            None => return Ok(false),
+        };
+        self.stacking.design(&self.outputs, &mut self.design);
+        let mut core = kalman.borrow_mut();
+        let design = &self.design;
+        let outcome = match target {
+            Target::Value(value) => {
+                if !Stacking::update_is_finite(design, value) {
+                    return Ok(false);
+                }
+                core.filter.guarded(|filter| {
+                    filter.learn_one(design, Some(&[value]), None);
+                    Ok(())
+                })
+            }
+            Target::Class(label) => {
+                let classes = self.stacking.experts.width();
+                let mut targets = vec![0.0; classes];
+                targets[label] = 1.0;
+                core.filter
+                    .guarded(|filter| filter.learn_block(design, Some(&targets), None))
+            }
+        };
+        Ok(outcome.is_ok())
     }
 }
 

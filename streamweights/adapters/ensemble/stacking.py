@@ -177,6 +177,7 @@ class OnlineStacking(Adapter):
                                     self.probability_floor)
         self._core = _native.StackingCore(self.n_models, self.n_classes, fit_intercept,
                                           self.probability_floor)
+        self._output_shape = (self.n_classes or 1,)
         self._design_shape = ((n_features,) if self.n_classes is None
                               else (self.n_classes, n_features))
 
@@ -208,9 +209,11 @@ class OnlineStacking(Adapter):
 
     # -- the contract -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        design = _empty(self._design_shape)
-        if not self._core.design(x, design):  # not cleared quickly: check fully (may raise)
-            self._core.design_checked(self._checked(x), design)
+        out = _empty(self._output_shape)
+        if self._core.predict_with(x, self._filter._core, out):  # one call: quick path
+            return out if self.n_classes is not None else out.reshape(())
+        design = _empty(self._design_shape)  # not cleared quickly: check fully (may raise)
+        self._core.design_checked(self._checked(x), design)
         return self._predict_design(design)
 
     def predict_many(self, xs: Any) -> np.ndarray:
@@ -220,9 +223,7 @@ class OnlineStacking(Adapter):
         return np.stack([self._predict_design(self._design(outputs)) for outputs in batch])
 
     def learn(self, x: Any, y: Any) -> None:
-        design = _empty(self._design_shape)
-        if self._core.learn_design(x, y, design):  # cleared, and the update is finite
-            self._learn_design(design, y)
+        if self._core.learn_with(x, y, self._filter._core):  # one call: quick path
             return
         outputs = self._checked(x)
         if self.n_classes is None:
