@@ -154,21 +154,33 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
     return snapshot
 
 
-def encode_stream_record(name: str, stream: StreamPipeline) -> bytes:
+def encode_stream_record(name: str, stream: StreamPipeline,
+                         meta: dict[str, Any] | None = None) -> bytes:
     """One stream's state as a record: zlib (level 1) of the JSON document
-    ``{"format": 2, "stream": name, "state": ..., "join_entries": [...]}``. The join's
-    waiting predictions are not in ``state`` but beside it, as the join's kept encoding
-    (each entry encoded once, when a snapshot first holds it). The same bytes go to a
-    local snapshot and to the Kafka changelog (keyed by the stream)."""
-    head = dumps_state(stream.state_dict(join_entries=False))
-    text = (f'{{"format":{STREAM_RECORD_FORMAT},"stream":{json.dumps(name)},"state":{head},'
-            f'"join_entries":{stream.join.encoded_entries()}}}')
+    ``{"format": 2, **meta, "streams": {name: state}}``, where ``state`` is the text
+    ``dumps_state(stream.state_dict())`` gives, byte for byte, except that the join's
+    waiting predictions are its kept encoding (each entry encoded once, when a snapshot
+    first holds it) instead of being encoded again. The same bytes go to a local snapshot
+    (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
+    changelog, keyed by the stream."""
+    state = stream.state_dict(join_entries=False)
+    parts = []
+    for key, value in state.items():
+        if key == "join":  # {"entries": [...], counters...}: entries first, as state_dict
+            counters = dumps_state({k: v for k, v in value.items() if k != "entries"})
+            text = '{"entries":' + stream.join.encoded_entries() + "," + counters[1:]
+        else:
+            text = dumps_state(value)
+        parts.append(json.dumps(key) + ":" + text)
+    head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
+    text = head[:-1] + ',"streams":{' + json.dumps(name) + ":{" + ",".join(parts) + "}}}"
     return zlib.compress(text.encode("utf-8"), 1)
 
 
-def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
-    """The stream name and state (as ``StreamPipeline.state_dict()`` gives it) in a
-    record of :func:`encode_stream_record`, or SnapshotError naming ``where``."""
+def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it) and the
+    record's other fields (``meta``) in a record of :func:`encode_stream_record`, or
+    SnapshotError naming ``where``."""
     try:
         document = loads_state(zlib.decompress(data))
         if not isinstance(document, dict) or document.get("format") != STREAM_RECORD_FORMAT:
@@ -177,12 +189,12 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
                 f"{document.get('format') if isinstance(document, dict) else None}, this "
                 f"build reads {STREAM_RECORD_FORMAT}; restore with the release that wrote it, "
                 "or start from an empty state")
-        state = document["state"]
-        state["join"]["entries"] = document["join_entries"]
-        return str(document["stream"]), state
+        ((name, state),) = document.pop("streams").items()
+        return str(name), state, document
     except SnapshotError:
         raise
-    except (zlib.error, ValueError, RecursionError, KeyError, TypeError) as error:
+    except (zlib.error, ValueError, RecursionError, KeyError, TypeError, AttributeError
+            ) as error:
         raise SnapshotError(f"{where}: stream record cannot be decoded "
                             f"({type(error).__name__}: {error})") from None
 
@@ -437,7 +449,7 @@ class LocalStateStore:
                 delta_bytes += older_size
         streams = {}
         for name, data in records.items():
-            decoded_name, state = decode_stream_record(
+            decoded_name, state, _ = decode_stream_record(
                 data, f"snapshot-{seq:012d}.snap (stream {name!r})")
             streams[decoded_name] = state
         snapshot = {k: v for k, v in head.items() if k != "stream_records"}
