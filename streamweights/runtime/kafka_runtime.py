@@ -602,6 +602,10 @@ class KafkaRuntime:
             snapshot = snapshots.get(number)
             if snapshot is not None:
                 offsets.update(self._restore_task(service, number, snapshot))
+            else:  # a fresh task: its first commit writes every stream, so that from
+                # then on the changelog holds a record of each
+                for name in self._task_streams.get(number, ()):
+                    service.pipeline.streams[name].changed = True
         service.records_seen = sum(self.source.released_counts.values())
         service.pipeline.invalid = {}
         for counts in self.task_invalid.values():

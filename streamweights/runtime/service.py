@@ -511,14 +511,21 @@ class Service:
                 metrics.ece.labels(name, label).set(values["ece"])
         if stream.uncertainty is not None:
             metrics.publish_uncertainty(name, stream.uncertainty.summary())
-        self._refresh_view()
+        if name in self.view.streams:  # this stream's entry alone: a replica may hold
+            # 10,000 streams, and every one's weights version would rebuild every entry
+            self.view.streams[name] = self._stream_view(stream)
+        else:
+            self._refresh_view()
 
     def _refresh_view(self) -> None:
-        self.view.streams = {
-            name: {"task": s.config.task, "models": list(s.config.models),
-                   "predictions": s.predictions, "labels": s.labels, "pending": len(s.join),
-                   "weights_version": s.weights_version, "drift_events": s.drift_total}
-            for name, s in self.pipeline.streams.items()}
+        self.view.streams = {name: self._stream_view(s)
+                             for name, s in self.pipeline.streams.items()}
+
+    @staticmethod
+    def _stream_view(s: Any) -> dict[str, Any]:
+        return {"task": s.config.task, "models": list(s.config.models),
+                "predictions": s.predictions, "labels": s.labels, "pending": len(s.join),
+                "weights_version": s.weights_version, "drift_events": s.drift_total}
 
     def _progress(self, count: int, seconds: float, total: int, elapsed: float) -> None:
         parts = []
