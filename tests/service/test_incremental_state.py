@@ -33,11 +33,11 @@ CHECKPOINT_EVERY = 150
 BLOCK = 60  # predictions in a row for one stream: a checkpoint sees 2-4 of the 8 change
 
 
-def write_bursty_input(path: pathlib.Path, predictions: int = 1800, seed: int = 11
-                       ) -> list[str]:
+def write_bursty_input(path: pathlib.Path, predictions: int = 1800, seed: int = 11,
+                       delay: float = 6) -> list[str]:
     """Eight streams whose predictions come in blocks of ``BLOCK`` (block b goes to stream
-    ``5b mod 8``), labels 6 s later, a drift in every stream half way; a truncated line
-    (dead letter) every 97 records. Returns the lines."""
+    ``5b mod 8``), labels ``delay`` s later, a drift in every stream half way; a truncated
+    line (dead letter) every 97 records. Returns the lines."""
     rng = random.Random(seed)
     records = []
     for i in range(predictions):
@@ -53,8 +53,9 @@ def write_bursty_input(path: pathlib.Path, predictions: int = 1800, seed: int = 
         ts = 1_750_000_000 + i
         records.append((ts, 0, json.dumps({"schema": 1, "stream": stream, "id": f"e{i}",
                                            "ts": ts, "outputs": outputs})))
-        records.append((ts + 6, 1, json.dumps({"schema": 1, "stream": stream, "id": f"e{i}",
-                                               "ts": ts + 6, "label": int(y)})))
+        records.append((ts + delay, 1, json.dumps({"schema": 1, "stream": stream,
+                                                   "id": f"e{i}", "ts": ts + delay,
+                                                   "label": int(y)})))
     records.sort(key=lambda r: (r[0], r[1]))
     lines = []
     for n, (_, _, line) in enumerate(records):
@@ -65,11 +66,17 @@ def write_bursty_input(path: pathlib.Path, predictions: int = 1800, seed: int = 
     return lines
 
 
+def stream_configs() -> list[dict]:
+    """The eight streams: the demo stream's settings, a weights version every 40 labels."""
+    stream = yaml.safe_load(DEMO_CONFIG.read_text())["streams"][0]
+    stream = {**stream, "publish": {"every_labels": 40, "every_seconds": 60}}
+    return [{**stream, "name": name} for name in STREAMS]
+
+
 def write_config(folder: pathlib.Path, input_path: pathlib.Path) -> pathlib.Path:
     document = yaml.safe_load(DEMO_CONFIG.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    stream = {**document["streams"][0], "publish": {"every_labels": 40, "every_seconds": 60}}
-    document["streams"] = [{**stream, "name": name} for name in STREAMS]
+    document["streams"] = stream_configs()
     document["source"] = {"kind": "jsonl", "path": str(input_path)}
     document["state_dir"] = str(folder / "state")
     document["checkpoint"] = {"every_records": CHECKPOINT_EVERY, "every_seconds": 3600}
