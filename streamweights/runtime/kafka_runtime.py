@@ -4,13 +4,17 @@
 folder; the service loop is the same. One process = one consumer (a member of
 ``kafka.group_id``) and ONE transactional producer. Every ``checkpoint.every_records``
 records (or ``every_seconds``) the open transaction receives, after the outputs already
-sent in it (weights versions, adapted predictions, dead letters), one snapshot per owned
-task (partition number) to the compacted changelog topic, keyed by the task, plus the
-input offsets (``send_offsets_to_transaction`` with the consumer's group metadata), and
-is committed; the next one begins at once. On assignment of a task (in the main loop,
-never in a client callback, so no blocking work runs on the client's IO thread) its latest
-committed snapshot is read from the changelog (``read_committed``, up to the end),
-restored, and both input partitions are sought to the snapshot's offsets.
+sent in it (weights versions, adapted predictions, dead letters), the state of every
+stream changed in the cycle to the compacted changelog topic (one record per stream,
+keyed ``s/<stream>``, in its task's partition, each carrying the task's input offsets and
+counts; a task none of whose streams changed gets one record keyed by its number with
+the offsets and counts alone), plus the input offsets (``send_offsets_to_transaction``
+with the consumer's group metadata), and is committed; the next one begins at once. So a
+commit costs in proportion to the streams that changed, not to the streams held. On
+assignment of a task (in the main loop, never in a client callback, so no blocking work
+runs on the client's IO thread) its changelog partition is read (``read_committed``, up
+to the end), each stream restored from its newest record, and both input partitions are
+sought to the offsets of the partition's newest record.
 
 Guarantees
     * Exactly-once effect: outputs, snapshots and input offsets of one cycle become
@@ -39,8 +43,8 @@ Failure scenarios
       id and a roll-back of every owned task to its last committed snapshot; the lost
       cycle is recomputed. Three failures in a row end the process (non-zero exit):
       fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
-    * A snapshot larger than ``snapshot_limit_fraction`` of the changelog's message limit
-      is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
+    * A stream's record larger than ``snapshot_limit_fraction`` of the changelog's
+      message limit is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
       the trend long before), instead of failing inside the broker.
 
 Limitations (this is what the guarantee does NOT cover)
