@@ -252,6 +252,8 @@ class KafkaRuntime:
         self._initial: dict[str, str] = {}
         #: task number -> the configured streams Kafka's partitioner puts there.
         self._task_streams: dict[int, list[str]] = {}
+        #: task number -> its offsets and counts (JSON) as its newest record holds them.
+        self._written_meta: dict[int, str] = {}
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
 
@@ -519,9 +521,11 @@ class KafkaRuntime:
                      released: dict[tuple[str, int], int]) -> list[tuple[bytes, bytes]]:
         """Task ``number``'s changelog records for this commit, as ``(key, value)``: one
         per stream changed since the last commit, keyed ``s/<stream>`` (its state and the
-        task's offsets and counts), or, when none changed, one keyed by the task number
-        with the offsets and counts alone. Every record carries the task's current
-        offsets, so the newest record of the partition says where the task resumes."""
+        task's offsets and counts), or, when none changed but the offsets or counts did
+        (dead letters alone, a fresh task), one keyed by the task number with those
+        alone; nothing if nothing changed. Every record carries the task's offsets and
+        counts as of this commit, so the newest record of the partition says where the
+        task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
                    if (topic, number) in released}
         meta = {"task": number, "config_digest": self.config_digest,
@@ -530,13 +534,17 @@ class KafkaRuntime:
                 "offsets": offsets, "exhausted": service._exhausted}
         streams = service.pipeline.streams
         changed = [name for name in self._task_streams.get(number, ()) if streams[name].changed]
+        written = dumps_state(meta)
         if changed:
             records = [(STREAM_KEY_PREFIX + name.encode("utf-8"),
                         encode_stream_record(name, streams[name], meta)) for name in changed]
-        else:
+        elif self._written_meta.get(number) != written:
             document = {"format": TASK_SNAPSHOT_FORMAT, **meta, "streams": {}}
             records = [(str(number).encode(),
                         zlib.compress(dumps_state(document).encode("utf-8"), 1))]
+        else:  # nothing new: the task's newest record says all there is
+            return []
+        self._written_meta[number] = written
         allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
         for key, data in records:
             if len(data) > allowed:
@@ -592,6 +600,7 @@ class KafkaRuntime:
                         service.metrics.consumer_lag.remove(topic, str(number))
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
+        self._written_meta = {}
         self.task_invalid = {}
         self.task_exhausted = {}
         self.source.released_counts.clear()
@@ -652,6 +661,9 @@ class KafkaRuntime:
         if snapshot.legacy_streams:
             log.warning("%s: restored from a format-1 task snapshot; the next commit "
                         "rewrites its streams as per-stream records", where)
+        if meta.get("format") == TASK_SNAPSHOT_FORMAT:
+            self._written_meta[number] = dumps_state(
+                {k: v for k, v in meta.items() if k != "format"})
         self.task_invalid[number] = {k: int(v) for k, v in meta["invalid"].items()}
         self.source.released_counts[number] = int(meta["records"])
         self.task_exhausted[number] = bool(meta.get("exhausted"))
