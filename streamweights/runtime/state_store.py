@@ -76,7 +76,11 @@ if TYPE_CHECKING:
 
 #: Bumped when the snapshot layout changes. 1: ``snapshot.json``, plain JSON with sorted
 #: keys and no checksum (read, with a warning, and replaced at the next checkpoint).
-#: 2: numbered files with a checksummed header, keys in their order.
+#: 2: numbered files with a checksummed header, keys in their order; the payload either
+#: one whole-state JSON document (the previous release; read) or, told apart by its first
+#: line, per-stream records written incrementally (this release; see the module doc).
+#: The header's format stays 2 because the frame did not change: a reader that knows the
+#: frame checks the bytes before it looks at the payload's first line.
 SNAPSHOT_FORMAT = 2
 LEGACY_SNAPSHOT_FILE = "snapshot.json"
 LOCK_FILE = "lock"
