@@ -287,10 +287,13 @@ def _report(run_dir: str, output: str | None) -> int:
 
 def _inspect(state_dir: str) -> int:
     store = LocalStateStore(state_dir)
-    for _, path in store.snapshots():  # each file verified; nothing is changed
+    for seq, path in store.snapshots():  # each file verified; nothing is changed
         try:
-            store.read(path)
-            print(f"{path.name}: intact")
+            found = store.read(path)
+            records = found.get("stream_records")
+            print(f"{path.name}: intact" + ("" if records is None else
+                  f" ({len(records):,} stream record(s), " + (
+                      "full)" if found["base"] == seq else f"builds on {found['base']})")))
         except SnapshotError as error:
             print(f"{path.name}: {error}")
     snapshot = store.load()

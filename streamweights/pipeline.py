@@ -131,6 +131,9 @@ class StreamPipeline:
         self.drift_total = 0
         self.latest_weights: Weights | None = None
         self.latest_artifact: dict[str, Any] | None = None
+        #: Touched since the state was last saved or loaded: an incremental snapshot
+        #: writes only the streams with this set (see runtime/state_store.py).
+        self.changed = False
         self.uncertainty = None  # conformal sets / label-free estimates, when configured
         if config.conformal is not None or config.performance_estimate is not None:
             self.uncertainty = StreamUncertainty(config.conformal, config.performance_estimate,
@@ -182,6 +185,7 @@ class StreamPipeline:
 
     def on_prediction(self, prediction: Prediction) -> Outcome:
         outcome = Outcome(stream=self.name)
+        self.changed = True  # (set before the checks: a refused record may cost a write)
         self._check_event_time(prediction.ts)
         outputs = self.outputs_array(prediction)
         if prediction.id in self.join:
@@ -237,6 +241,7 @@ class StreamPipeline:
         the chain's update, whose first stage (the ensemble) refuses a non-finite one
         before changing anything: a refused label leaves the stream as it was."""
         outcome = Outcome(stream=self.name)
+        self.changed = True
         value = self._check_label(label)
         self._check_event_time(label.ts)
         pending = self.join.get(label.id)
@@ -383,6 +388,7 @@ class StreamPipeline:
 
     def publish(self, ts: float) -> Weights:
         """Emit a new weights version describing every stage now."""
+        self.changed = True
         self.weights_version += 1
         self.labels_since_publish = 0
         self.last_publish_ts = ts
@@ -416,9 +422,12 @@ class StreamPipeline:
         return None
 
     # -- state ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, join_entries: bool = True) -> dict[str, Any]:
+        """The stream's whole state; without ``join_entries`` the join's waiting
+        predictions are left out, for a snapshot that writes ``join.encoded_entries()``
+        beside it (each entry encoded once, not every commit)."""
         return {
-            "chain": self.chain.state_dict(), "join": self.join.state_dict(),
+            "chain": self.chain.state_dict(), "join": self.join.state_dict(join_entries),
             "scores": self.scores.state_dict(), "predictions": self.predictions,
             "labels": self.labels, "weights_version": self.weights_version,
             "labels_since_publish": self.labels_since_publish,
@@ -436,6 +445,7 @@ class StreamPipeline:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.changed = False
         self.chain.load_state_dict(state["chain"])
         self.join.load_state_dict(state["join"])
         self.scores.load_state_dict(state["scores"])
@@ -538,6 +548,10 @@ class Pipeline:
     def state_dict(self) -> dict[str, Any]:
         return {"streams": {name: s.state_dict() for name, s in self.streams.items()},
                 "invalid": dict(self.invalid)}
+
+    def changed_streams(self) -> list[str]:
+        """Names of the streams touched since their state was last saved or loaded."""
+        return [name for name, stream in self.streams.items() if stream.changed]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = set(self.streams) - set(state["streams"])

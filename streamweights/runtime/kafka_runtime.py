@@ -4,13 +4,17 @@
 folder; the service loop is the same. One process = one consumer (a member of
 ``kafka.group_id``) and ONE transactional producer. Every ``checkpoint.every_records``
 records (or ``every_seconds``) the open transaction receives, after the outputs already
-sent in it (weights versions, adapted predictions, dead letters), one snapshot per owned
-task (partition number) to the compacted changelog topic, keyed by the task, plus the
-input offsets (``send_offsets_to_transaction`` with the consumer's group metadata), and
-is committed; the next one begins at once. On assignment of a task (in the main loop,
-never in a client callback, so no blocking work runs on the client's IO thread) its latest
-committed snapshot is read from the changelog (``read_committed``, up to the end),
-restored, and both input partitions are sought to the snapshot's offsets.
+sent in it (weights versions, adapted predictions, dead letters), the state of every
+stream changed in the cycle to the compacted changelog topic (one record per stream,
+keyed ``s/<stream>``, in its task's partition, each carrying the task's input offsets and
+counts; a task none of whose streams changed gets one record keyed by its number with
+the offsets and counts alone), plus the input offsets (``send_offsets_to_transaction``
+with the consumer's group metadata), and is committed; the next one begins at once. So a
+commit costs in proportion to the streams that changed, not to the streams held. On
+assignment of a task (in the main loop, never in a client callback, so no blocking work
+runs on the client's IO thread) its changelog partition is read (``read_committed``, up
+to the end), each stream restored from its newest record, and both input partitions are
+sought to the offsets of the partition's newest record.
 
 Guarantees
     * Exactly-once effect: outputs, snapshots and input offsets of one cycle become
@@ -39,8 +43,8 @@ Failure scenarios
       id and a roll-back of every owned task to its last committed snapshot; the lost
       cycle is recomputed. Three failures in a row end the process (non-zero exit):
       fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
-    * A snapshot larger than ``snapshot_limit_fraction`` of the changelog's message limit
-      is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
+    * A stream's record larger than ``snapshot_limit_fraction`` of the changelog's
+      message limit is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
       the trend long before), instead of failing inside the broker.
 
 Limitations (this is what the guarantee does NOT cover)
@@ -77,6 +81,7 @@ import os
 import socket
 import time
 import zlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamweights import events
@@ -86,18 +91,46 @@ from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
+from streamweights.runtime.state_store import decode_stream_record, encode_stream_record
 
 if TYPE_CHECKING:
     from streamweights.runtime.service import Service
 
 log = logging.getLogger("streamweights")
 
-#: Layout of a task snapshot on the changelog; bumped when it changes.
-TASK_SNAPSHOT_FORMAT = 1
+#: Layout of the changelog; bumped when it changes. 1: one record per task (key: the task
+#: number) holding every stream's state, rewritten whole at each commit (still read, and
+#: rewritten per stream at the next commit). 2: one record per stream changed in a commit
+#: (key ``s/<stream>``, the state and the task's offsets and counts), or one keyed by the
+#: task number with the offsets and counts alone when none changed.
+TASK_SNAPSHOT_FORMAT = 2
+LEGACY_TASK_SNAPSHOT_FORMAT = 1
+STREAM_KEY_PREFIX = b"s/"
 #: Test-only fault injection: raise before the N-th ``commit_transaction`` of a process.
 FAIL_BEFORE_COMMIT_ENV = "STREAMWEIGHTS_TEST_FAIL_BEFORE_COMMIT"
 #: Broker default ``message.max.bytes`` (used when the broker cannot be asked).
 BROKER_DEFAULT_MESSAGE_BYTES = 1_048_588
+
+
+@dataclass
+class TaskRecords:
+    """A task's state as read back from the changelog (see ``_read_changelog``)."""
+
+    meta: dict[str, Any]
+    streams: dict[str, Any] = field(default_factory=dict)
+    legacy_streams: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
+    """Any changelog record's document (zlib of JSON), or SnapshotError naming ``where``."""
+    try:
+        document = loads_state(zlib.decompress(data).decode("utf-8"))
+    except (zlib.error, ValueError, RecursionError) as error:
+        raise SnapshotError(f"{where}: changelog record cannot be decoded "
+                            f"({type(error).__name__}: {error})") from None
+    if not isinstance(document, dict):
+        raise SnapshotError(f"{where}: changelog record is not a snapshot document")
+    return document
 
 
 class InjectedCommitError(RuntimeError):
@@ -217,6 +250,10 @@ class KafkaRuntime:
         #: Something was sent in the open transaction (a rebalance must abort it).
         self.dirty = False
         self._initial: dict[str, str] = {}
+        #: task number -> the configured streams Kafka's partitioner puts there.
+        self._task_streams: dict[int, list[str]] = {}
+        #: task number -> its offsets and counts (JSON) as its newest record holds them.
+        self._written_meta: dict[int, str] = {}
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
 
@@ -329,6 +366,9 @@ class KafkaRuntime:
         self.service = service
         self._initial = {name: dumps_state(stream.state_dict())
                          for name, stream in service.pipeline.streams.items()}
+        self._task_streams = {}
+        for name in service.pipeline.streams:
+            self._task_streams.setdefault(task_of(name, self.partitions), []).append(name)
         self.source.stop_event = service._stop
         try:
             self.producer.init_transactions()
@@ -354,11 +394,12 @@ class KafkaRuntime:
         released = self.source.next_offsets()
         total = 0
         for number in sorted(self.owned):
-            data = self._encode_task(service, number, released)
-            total += len(data)
-            self.dirty = True
-            self.producer.send(self.kafka.changelog_topic, key=str(number).encode(),
-                               value=data, partition=number)
+            for key, data in self._encode_task(service, number, released):
+                total += len(data)
+                self.dirty = True
+                self.producer.send(self.kafka.changelog_topic, key=key, value=data,
+                                   partition=number)
+        service.metrics.snapshot_bytes.set(total)
         offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)
                    for (topic, number), offset in released.items() if number in self.owned}
         # Metadata first, then the flag: a rebalance that starts after this point makes
@@ -477,27 +518,46 @@ class KafkaRuntime:
                         "transaction when it times out or the restart fences it", error)
 
     def _encode_task(self, service: Service, number: int,
-                     released: dict[tuple[str, int], int]) -> bytes:
-        streams = {name: stream.state_dict() for name, stream in service.pipeline.streams.items()
-                   if task_of(name, self.partitions) == number}
+                     released: dict[tuple[str, int], int]) -> list[tuple[bytes, bytes]]:
+        """Task ``number``'s changelog records for this commit, as ``(key, value)``: one
+        per stream changed since the last commit, keyed ``s/<stream>`` (its state and the
+        task's offsets and counts), or, when none changed but the offsets or counts did
+        (dead letters alone, a fresh task), one keyed by the task number with those
+        alone; nothing if nothing changed. Every record carries the task's offsets and
+        counts as of this commit, so the newest record of the partition says where the
+        task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
                    if (topic, number) in released}
-        document = {"format": TASK_SNAPSHOT_FORMAT, "task": number,
-                    "config_digest": self.config_digest, "streams": streams,
-                    "invalid": self.task_invalid.get(number, {}),
-                    "records": self.source.released_counts.get(number, 0),
-                    "offsets": offsets, "exhausted": service._exhausted}
-        data = zlib.compress(dumps_state(document).encode("utf-8"), 1)
-        service.metrics.snapshot_bytes.set(len(data))
+        meta = {"task": number, "config_digest": self.config_digest,
+                "invalid": self.task_invalid.get(number, {}),
+                "records": self.source.released_counts.get(number, 0),
+                "offsets": offsets, "exhausted": service._exhausted}
+        streams = service.pipeline.streams
+        changed = [name for name in self._task_streams.get(number, ()) if streams[name].changed]
+        written = dumps_state(meta)
+        if changed:
+            records = [(STREAM_KEY_PREFIX + name.encode("utf-8"),
+                        encode_stream_record(name, streams[name], meta)) for name in changed]
+        elif self._written_meta.get(number) != written:
+            document = {"format": TASK_SNAPSHOT_FORMAT, **meta, "streams": {}}
+            records = [(str(number).encode(),
+                        zlib.compress(dumps_state(document).encode("utf-8"), 1))]
+        else:  # nothing new: the task's newest record says all there is
+            return []
+        self._written_meta[number] = written
         allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
-        if len(data) > allowed:
-            raise SnapshotError(
-                f"task {number} snapshot is {len(data):,} bytes, above "
-                f"kafka.snapshot_limit_fraction ({self.kafka.snapshot_limit_fraction}) of the "
-                f"changelog's message limit ({self.limit:,} bytes); lower join.max_pending or "
-                "adapter capacities, spread streams over more partitions, or raise "
-                "max.message.bytes on the changelog topic")
-        return data
+        for key, data in records:
+            if len(data) > allowed:
+                service.metrics.snapshot_bytes.set(len(data))
+                raise SnapshotError(
+                    f"task {number} snapshot is {len(data):,} bytes, above "
+                    f"kafka.snapshot_limit_fraction ({self.kafka.snapshot_limit_fraction}) of "
+                    f"the changelog's message limit ({self.limit:,} bytes) in its record "
+                    f"{key.decode('utf-8', 'replace')!r}; lower join.max_pending or adapter "
+                    "capacities, or raise max.message.bytes on the changelog topic")
+        for name in changed:  # a failed commit rolls the task back from the changelog
+            streams[name].changed = False
+        return records
 
     def _update_lag(self, service: Service, released: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition
@@ -540,6 +600,7 @@ class KafkaRuntime:
                         service.metrics.consumer_lag.remove(topic, str(number))
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
+        self._written_meta = {}
         self.task_invalid = {}
         self.task_exhausted = {}
         self.source.released_counts.clear()
@@ -554,6 +615,10 @@ class KafkaRuntime:
             snapshot = snapshots.get(number)
             if snapshot is not None:
                 offsets.update(self._restore_task(service, number, snapshot))
+            else:  # a fresh task: its first commit writes every stream, so that from
+                # then on the changelog holds a record of each
+                for name in self._task_streams.get(number, ()):
+                    service.pipeline.streams[name].changed = True
         service.records_seen = sum(self.source.released_counts.values())
         service.pipeline.invalid = {}
         for counts in self.task_invalid.values():
@@ -567,29 +632,48 @@ class KafkaRuntime:
         return offsets
 
     def _restore_task(self, service: Service, number: int,
-                      snapshot: dict[str, Any]) -> dict[tuple[str, int], int]:
-        if snapshot.get("format") != TASK_SNAPSHOT_FORMAT:
-            raise SnapshotError(f"kafka.changelog_topic: task {number} snapshot format "
-                                f"{snapshot.get('format')}, this build reads "
-                                f"{TASK_SNAPSHOT_FORMAT}")
-        if snapshot["config_digest"] != self.config_digest:
+                      snapshot: TaskRecords) -> dict[tuple[str, int], int]:
+        """Restore task ``number`` from its changelog records: the newest one gives the
+        offsets and counts, each stream's newest record its state; a format-1 task
+        snapshot (the previous release's one blob per task) gives the streams it holds,
+        which are then marked changed, so the next commit rewrites them per stream."""
+        where = f"kafka.changelog_topic: task {number}"
+        meta = snapshot.meta
+        if meta.get("format") not in (LEGACY_TASK_SNAPSHOT_FORMAT, TASK_SNAPSHOT_FORMAT):
+            raise SnapshotError(f"{where}: snapshot format {meta.get('format')}, this build "
+                                f"reads {LEGACY_TASK_SNAPSHOT_FORMAT} and "
+                                f"{TASK_SNAPSHOT_FORMAT}; restore with the release that "
+                                "wrote it, or use a new changelog topic and group")
+        if meta["config_digest"] != self.config_digest:
             raise RuntimeSetupError(f"kafka.changelog_topic: task {number}'s snapshot was "
                                     "taken with other stream settings; use a new "
                                     "changelog topic and group, or the old config")
-        for name, state in snapshot["streams"].items():
+        states = dict(snapshot.legacy_streams)
+        states.update(snapshot.streams)
+        for name, state in states.items():
             stream = service.pipeline.streams.get(name)
             if stream is None:
                 continue
             stream.load_state_dict(state)
+            stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
             if stream.latest_weights is not None:
                 service.view.weights[name] = events.encode(stream.latest_weights)
-        self.task_invalid[number] = {k: int(v) for k, v in snapshot["invalid"].items()}
-        self.source.released_counts[number] = int(snapshot["records"])
-        self.task_exhausted[number] = bool(snapshot.get("exhausted"))
-        return {(topic, number): int(offset) for topic, offset in snapshot["offsets"].items()}
+        if snapshot.legacy_streams:
+            log.warning("%s: restored from a format-1 task snapshot; the next commit "
+                        "rewrites its streams as per-stream records", where)
+        if meta.get("format") == TASK_SNAPSHOT_FORMAT:
+            self._written_meta[number] = dumps_state(
+                {k: v for k, v in meta.items() if k != "format"})
+        self.task_invalid[number] = {k: int(v) for k, v in meta["invalid"].items()}
+        self.source.released_counts[number] = int(meta["records"])
+        self.task_exhausted[number] = bool(meta.get("exhausted"))
+        return {(topic, number): int(offset) for topic, offset in meta["offsets"].items()}
 
-    def _read_changelog(self, numbers: list[int], timeout: float = 60.0) -> dict[int, dict]:
-        """The latest committed snapshot of each task (absent: the task starts fresh)."""
+    def _read_changelog(self, numbers: list[int], timeout: float = 60.0
+                        ) -> dict[int, TaskRecords]:
+        """Each task's committed changelog records (absent: the task starts fresh): the
+        newest record's offsets and counts, the newest state of each stream, and the
+        streams of the newest format-1 task snapshot, if any."""
         from kafka import KafkaConsumer, TopicPartition
 
         # a group-less reader: kafka-python refuses a group_instance_id without a group
@@ -598,12 +682,14 @@ class KafkaRuntime:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, group_id=None,
                                  enable_auto_commit=False, isolation_level="read_committed",
                                  **settings)
+        newest: dict[int, bytes] = {}
+        legacy: dict[int, bytes] = {}
+        latest: dict[int, dict[bytes, bytes]] = {}
         try:
             partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
             consumer.assign(partitions)
             consumer.seek_to_beginning(*partitions)
             end = consumer.end_offsets(partitions)
-            latest: dict[int, bytes] = {}
             deadline = time.monotonic() + timeout
             while any(consumer.position(tp) < end[tp] for tp in partitions):
                 if time.monotonic() > deadline:
@@ -612,12 +698,33 @@ class KafkaRuntime:
                                         f"{timeout:.0f}s")
                 for tp, batch in consumer.poll(timeout_ms=200).items():
                     for record in batch:
-                        if record.key == str(tp.partition).encode():
-                            latest[tp.partition] = record.value
+                        if record.value is None or record.key is None:
+                            continue  # a tombstone, or not ours
+                        if record.key.startswith(STREAM_KEY_PREFIX):
+                            latest.setdefault(tp.partition, {})[record.key] = record.value
+                        elif record.key == str(tp.partition).encode():
+                            legacy[tp.partition] = record.value
+                        else:
+                            continue
+                        newest[tp.partition] = record.value
         finally:
             consumer.close()
-        return {number: loads_state(zlib.decompress(data).decode("utf-8"))
-                for number, data in latest.items()}
+        found = {}
+        for number, data in newest.items():
+            where = f"kafka.changelog_topic: task {number}"
+            meta = _decode_task_record(data, where)
+            task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
+            if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
+                task.legacy_streams = {}
+                if number in legacy:  # superseded by per-stream records, maybe not all
+                    old = _decode_task_record(legacy[number], where)
+                    if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
+                        task.legacy_streams = old.get("streams") or {}
+            for data in latest.get(number, {}).values():
+                name, state, _ = decode_stream_record(data, where)
+                task.streams[name] = state
+            found[number] = task
+        return found
 
     def finished_before(self) -> bool:
         """A bounded replay whose every task had already finished (and published its

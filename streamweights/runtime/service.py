@@ -48,7 +48,11 @@ from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
 from streamweights.runtime.sources import make_source
-from streamweights.runtime.state_store import LocalStateStore, StateDirLock
+from streamweights.runtime.state_store import (
+    LocalStateStore,
+    StateDirLock,
+    encode_stream_record,
+)
 
 log = logging.getLogger("streamweights")
 
@@ -67,6 +71,8 @@ class LocalCheckpoints:
         self.lock = StateDirLock(state_dir)
         self.lock.acquire()
         self.store = LocalStateStore(state_dir)
+        #: (stream records, bytes) of the latest checkpoint (for benchmarks and tests).
+        self.last_commit = (0, 0)
 
     def restore(self, service: Service) -> None:
         loaded = self.store.load_latest()
@@ -122,14 +128,25 @@ class LocalCheckpoints:
             sink.truncate(0)
 
     def checkpoint(self, service: Service) -> int:
+        """A per-stream snapshot: the streams changed since the last one (all of them
+        when the store asks for a full one), and the position, sinks and counts."""
         for sink in service.sinks.values():
             sink.flush()
-        return self.store.save({
-            "pipeline": service.pipeline.state_dict(), "position": service.position,
-            "records_seen": service.records_seen, "exhausted": service._exhausted,
+        streams = service.pipeline.streams
+        full = self.store.needs_full()
+        names = list(streams) if full else service.pipeline.changed_streams()
+        full = len(names) == len(streams)  # every stream changed: a full one anyway
+        records = [(name, encode_stream_record(name, streams[name])) for name in names]
+        size = self.store.save_streams({
+            "position": service.position, "records_seen": service.records_seen,
+            "exhausted": service._exhausted,
             "sinks": {name: sink.position for name, sink in service.sinks.items()},
             "source": service.source.name, "config_digest": service._config_digest,
-        })
+            "invalid": dict(service.pipeline.invalid)}, records, full)
+        for name in names:  # only once written (a failed write leaves them marked)
+            streams[name].changed = False
+        self.last_commit = (len(records), size)
+        return size
 
     def on_dead_letter(self, reason: str) -> None:
         """Dead letters are counted in the pipeline state already."""
@@ -494,14 +511,21 @@ class Service:
                 metrics.ece.labels(name, label).set(values["ece"])
         if stream.uncertainty is not None:
             metrics.publish_uncertainty(name, stream.uncertainty.summary())
-        self._refresh_view()
+        if name in self.view.streams:  # this stream's entry alone: a replica may hold
+            # 10,000 streams, and every one's weights version would rebuild every entry
+            self.view.streams[name] = self._stream_view(stream)
+        else:
+            self._refresh_view()
 
     def _refresh_view(self) -> None:
-        self.view.streams = {
-            name: {"task": s.config.task, "models": list(s.config.models),
-                   "predictions": s.predictions, "labels": s.labels, "pending": len(s.join),
-                   "weights_version": s.weights_version, "drift_events": s.drift_total}
-            for name, s in self.pipeline.streams.items()}
+        self.view.streams = {name: self._stream_view(s)
+                             for name, s in self.pipeline.streams.items()}
+
+    @staticmethod
+    def _stream_view(s: Any) -> dict[str, Any]:
+        return {"task": s.config.task, "models": list(s.config.models),
+                "predictions": s.predictions, "labels": s.labels, "pending": len(s.join),
+                "weights_version": s.weights_version, "drift_events": s.drift_total}
 
     def _progress(self, count: int, seconds: float, total: int, elapsed: float) -> None:
         parts = []

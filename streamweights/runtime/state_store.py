@@ -1,4 +1,5 @@
-"""Local-folder state: checksummed snapshots, the one before kept, and a lock on the folder.
+"""Local-folder state: checksummed per-stream snapshots written incrementally, the one
+before kept, and a lock on the folder.
 
 A state folder holds::
 
@@ -6,6 +7,7 @@ A state folder holds::
                                   names that process (pid, host, start time)
     snapshot-000000000042.snap    the latest snapshot
     snapshot-000000000041.snap    the one before it: the fallback if the latest is damaged
+    snapshot-000000000038.snap    ... back to the full snapshot the latest ones build on
     snapshot-000000000043.snap.corrupt   a damaged snapshot set aside at restore (kept
                                   for inspection, never read again)
 
@@ -13,26 +15,41 @@ A snapshot file (format 2) is one header line and a payload::
 
     streamweights-snapshot 2 bytes=<payload length> crc32=<8 hex> sha256=<64 hex>\\n<payload>
 
-The payload is one JSON document (the adapter-state codec keeps numpy arrays bit exact
-and dict keys in their order) holding every stream's adapter states, the pending-label
-join buffer, the prequential scores, the input position and the output sinks' byte
-positions. On load the header must be exactly the header of the payload that follows it:
-a changed byte anywhere in the file is refused (in the payload CRC-32 catches every change
-of up to four consecutive bytes with certainty and SHA-256 everything else; in the header
-the regenerated text differs).
+On load the header must be exactly the header of the payload that follows it: a changed
+byte anywhere in the file is refused (in the payload CRC-32 catches every change of up to
+four consecutive bytes with certainty and SHA-256 everything else; in the header the
+regenerated text differs).
+
+The payload is per stream (what the service writes)::
+
+    streamweights-streams\\n<meta JSON>\\n<stream record><stream record>...
+
+``meta`` holds the input position, the output sinks' byte positions, the dead-letter
+counts, ``base`` (the number of the full snapshot this one builds on) and ``records``
+(``[[stream, bytes], ...]``: which stream records follow, in order). A stream record is
+:func:`encode_stream_record`'s bytes, the same bytes the Kafka runtime writes to its
+changelog topic keyed by the stream. A *full* snapshot holds a record of every stream; an
+*incremental* one only the streams changed since the snapshot before it. Restoring
+snapshot N reads N, N-1, ... back to its base and takes each stream's newest record, so
+a commit writes only what changed while a restore reads every stream once. When the
+incremental snapshots since the base add up to more than the base itself (or 64 of them),
+the next commit writes a full one, which bounds the folder at about three times the
+state and the restore at 64 files. The payload of a whole-state JSON document (format 2
+as the previous release wrote it) still loads, as does format 1 (``snapshot.json``).
 
 Writing goes to a temporary file in the same folder, is fsync'ed, renamed to the next
-number and the folder is fsync'ed; only then are snapshots older than the previous one
-removed. So after a crash at any instant the folder holds the last complete snapshot,
-whole, and normally the one before it.
+number and the folder is fsync'ed; only then are snapshots that neither the latest nor
+the one before it need removed. So after a crash at any instant the folder holds the last
+complete snapshot and what it builds on, whole, and normally the one before it.
 
 Guarantees: restoring a snapshot and replaying input from its position reproduces what an
 uninterrupted run computes, bit for bit. Failure scenarios: a crash between two
 checkpoints loses no input (it is replayed) and duplicates no output (file sinks are
 truncated back to the snapshot's positions); a damaged latest snapshot is set aside and
-the previous one restored (loudly), which is just as exact, only older. Limitations: one
-process per folder (enforced by the lock); the folder must be on a local file system
-(atomic rename, and ``flock`` that works: not NFS).
+the previous one restored (loudly), which is just as exact, only older; a damaged
+snapshot that later ones build on takes them with it (they are set aside too).
+Limitations: one process per folder (enforced by the lock); the folder must be on a local
+file system (atomic rename, and ``flock`` that works: not NFS).
 """
 
 from __future__ import annotations
@@ -41,21 +58,29 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import json
 import os
 import pathlib
 import re
 import socket
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 
+if TYPE_CHECKING:
+    from streamweights.pipeline import StreamPipeline
+
 #: Bumped when the snapshot layout changes. 1: ``snapshot.json``, plain JSON with sorted
 #: keys and no checksum (read, with a warning, and replaced at the next checkpoint).
-#: 2: numbered files with a checksummed header, keys in their order.
+#: 2: numbered files with a checksummed header, keys in their order; the payload either
+#: one whole-state JSON document (the previous release; read) or, told apart by its first
+#: line, per-stream records written incrementally (this release; see the module doc).
+#: The header's format stays 2 because the frame did not change: a reader that knows the
+#: frame checks the bytes before it looks at the payload's first line.
 SNAPSHOT_FORMAT = 2
 LEGACY_SNAPSHOT_FILE = "snapshot.json"
 LOCK_FILE = "lock"
@@ -65,6 +90,13 @@ MAGIC = b"streamweights-snapshot"
 _HEADER_MAX = 256
 _HEADER = re.compile(rb"streamweights-snapshot (?P<format>[0-9]{1,6}) .*")
 _NAME = re.compile(r"snapshot-(?P<seq>[0-9]{12})\.snap")
+#: First line of a per-stream payload (a whole-state payload is a JSON document: "{").
+STREAMS_MAGIC = b"streamweights-streams\n"
+#: Layout of one stream record (its JSON document's "format").
+STREAM_RECORD_FORMAT = 2
+#: At most this many snapshots from a full one to the latest: bounds the files a restore
+#: reads (64 x a commit's few hundred microseconds of reading = well under a second).
+MAX_CHAIN = 64
 
 
 class StateLockedError(RuntimeSetupError):
@@ -84,8 +116,12 @@ def snapshot_header(payload: bytes) -> bytes:
 
 
 def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
-    """A snapshot file's bytes: header, then the payload."""
-    payload = dumps_state({"format": SNAPSHOT_FORMAT, **snapshot}).encode("utf-8")
+    """A whole-state snapshot file's bytes: header, then the payload."""
+    return frame_payload(dumps_state({"format": SNAPSHOT_FORMAT, **snapshot}).encode("utf-8"))
+
+
+def frame_payload(payload: bytes) -> bytes:
+    """A snapshot file's bytes: the header that belongs to ``payload``, then it."""
     return snapshot_header(payload) + payload
 
 
@@ -109,14 +145,98 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: damaged snapshot (its {len(payload)} bytes do not "
                             "match the length and checksums in its header)")
     try:
+        if payload.startswith(STREAMS_MAGIC):
+            return _decode_streams_payload(payload)
         snapshot = loads_state(payload)
-    except (ValueError, RecursionError) as error:  # checksummed, so written that way
+    except (ValueError, RecursionError, KeyError, TypeError) as error:  # checksummed, so
+        # written that way
         raise SnapshotError(f"{where}: snapshot passes its checksum but cannot be "
                             f"decoded ({type(error).__name__}: {error})") from None
     if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotError(f"{where}: snapshot passes its checksum but is not a format-"
                             f"{SNAPSHOT_FORMAT} state document")
     return snapshot
+
+
+def encode_stream_record(name: str, stream: StreamPipeline,
+                         meta: dict[str, Any] | None = None) -> bytes:
+    """One stream's state as a record: zlib (level 1) of the JSON document
+    ``{"format": 2, **meta, "streams": {name: state}}``, where ``state`` is the text
+    ``dumps_state(stream.state_dict())`` gives, byte for byte, except that the join's
+    waiting predictions are its kept encoding (each entry encoded once, when a snapshot
+    first holds it) instead of being encoded again. The same bytes go to a local snapshot
+    (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
+    changelog, keyed by the stream."""
+    state = stream.state_dict(join_entries=False)
+    parts = []
+    for key, value in state.items():
+        if key == "join":  # {"entries": [...], counters...}: entries first, as state_dict
+            counters = dumps_state({k: v for k, v in value.items() if k != "entries"})
+            text = '{"entries":' + stream.join.encoded_entries() + "," + counters[1:]
+        else:
+            text = dumps_state(value)
+        parts.append(json.dumps(key) + ":" + text)
+    head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
+    text = head[:-1] + ',"streams":{' + json.dumps(name) + ":{" + ",".join(parts) + "}}}"
+    return zlib.compress(text.encode("utf-8"), 1)
+
+
+def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it) and the
+    record's other fields (``meta``) in a record of :func:`encode_stream_record`, or
+    SnapshotError naming ``where``."""
+    try:
+        document = loads_state(zlib.decompress(data))
+        if not isinstance(document, dict) or document.get("format") != STREAM_RECORD_FORMAT:
+            raise SnapshotFormatError(
+                f"{where}: stream record format "
+                f"{document.get('format') if isinstance(document, dict) else None}, this "
+                f"build reads {STREAM_RECORD_FORMAT}; restore with the release that wrote it, "
+                "or start from an empty state")
+        ((name, state),) = document.pop("streams").items()
+        return str(name), state, document
+    except SnapshotError:
+        raise
+    except (zlib.error, ValueError, RecursionError, KeyError, TypeError, AttributeError
+            ) as error:
+        raise SnapshotError(f"{where}: stream record cannot be decoded "
+                            f"({type(error).__name__}: {error})") from None
+
+
+def encode_streams_payload(meta: dict[str, Any], records: list[tuple[str, bytes]]) -> bytes:
+    """A per-stream snapshot payload (see the module docstring)."""
+    head = {"format": SNAPSHOT_FORMAT, **meta,
+            "records": [[name, len(data)] for name, data in records]}
+    return (STREAMS_MAGIC + dumps_state(head).encode("utf-8") + b"\n"
+            + b"".join(data for _, data in records))
+
+
+def _decode_streams_payload(payload: bytes) -> dict[str, Any]:
+    """The meta of a per-stream payload, its stream records (undecoded) under
+    ``stream_records`` as ``[(name, bytes), ...]``."""
+    start = len(STREAMS_MAGIC)
+    end = payload.index(b"\n", start)
+    meta = loads_state(payload[start:end])
+    records = []
+    offset = end + 1
+    for name, size in meta.pop("records"):
+        records.append((str(name), payload[offset:offset + int(size)]))
+        offset += int(size)
+    if offset != len(payload):
+        raise ValueError(f"its stream records end at byte {offset}, the payload at "
+                         f"{len(payload)}")
+    meta["stream_records"] = records
+    return meta
+
+
+@dataclass
+class Chain:
+    """The snapshots the latest one builds on: from ``base`` (a full one) to the latest."""
+
+    base: int
+    length: int
+    base_bytes: int
+    delta_bytes: int
 
 
 @dataclass
@@ -138,6 +258,8 @@ class LocalStateStore:
         self.directory = pathlib.Path(directory)
         self._seq: int | None = None
         self._saves = 0
+        #: What the latest per-stream snapshot builds on (None: no such snapshot yet).
+        self._chain: Chain | None = None
 
     def snapshots(self) -> list[tuple[int, pathlib.Path]]:
         """The folder's snapshot files (damaged ones included), newest first."""
@@ -153,16 +275,58 @@ class LocalStateStore:
         return sorted(found, reverse=True)
 
     def save(self, snapshot: dict[str, Any]) -> int:
-        """Write ``snapshot`` as the next numbered file, atomically; keep the previous
-        one; return the size in bytes."""
+        """Write ``snapshot`` as a whole-state JSON document (the previous release's
+        payload) as the next numbered file, atomically; return its size in bytes."""
         data = encode_snapshot(snapshot)
+        seq = self._next_seq()
+        self._write(seq, data, keep_from=seq - 1 if self._chain is None
+                    else min(seq - 1, self._chain.base))
+        self._chain = None
+        return len(data)
+
+    def needs_full(self) -> bool:
+        """The next :meth:`save_streams` has to be full: there is no per-stream snapshot
+        to build on, or the ones since the last full snapshot are many (``MAX_CHAIN``) or
+        add up to more bytes than it."""
+        chain = self._chain
+        return (chain is None or chain.length >= MAX_CHAIN
+                or chain.delta_bytes > chain.base_bytes)
+
+    def save_streams(self, meta: dict[str, Any], records: list[tuple[str, bytes]],
+                     full: bool) -> int:
+        """Write a per-stream snapshot as the next numbered file, atomically: ``meta``
+        (position, sinks, counts) and ``records`` (``[(stream, encode_stream_record
+        bytes)]``): every stream's if ``full``, else only the changed ones (the rest are
+        read from the snapshots before it). Remove the files that neither this snapshot
+        nor the one before it needs; return the size in bytes."""
+        if not full and self._chain is None:
+            raise ValueError("save_streams: an incremental snapshot needs a per-stream "
+                             "snapshot to build on (check needs_full() first)")
+        seq = self._next_seq()
+        previous = self._chain
+        base = seq if full else previous.base
+        data = frame_payload(encode_streams_payload({**meta, "base": base}, records))
+        self._write(seq, data, keep_from=min(base, seq - 1 if previous is None
+                                             else previous.base))
+        if full:
+            self._chain = Chain(base=seq, length=1, base_bytes=len(data), delta_bytes=0)
+        else:
+            self._chain = Chain(base, previous.length + 1, previous.base_bytes,
+                                previous.delta_bytes + len(data))
+        return len(data)
+
+    def _next_seq(self) -> int:
+        if self._seq is None:
+            existing = self.snapshots()
+            self._seq = existing[0][0] if existing else 0
+        return self._seq + 1
+
+    def _write(self, seq: int, data: bytes, keep_from: int) -> None:
+        """Write ``data`` as snapshot ``seq`` (temporary file, fsync, rename, fsync the
+        folder), then remove snapshots numbered below ``keep_from``."""
         self._saves += 1
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            if self._seq is None:
-                existing = self.snapshots()
-                self._seq = existing[0][0] if existing else 0
-            seq = self._seq + 1
             temporary = self.directory / f".snapshot-{seq:012d}.tmp"
             final = self.directory / f"snapshot-{seq:012d}.snap"
             with open(temporary, "wb") as handle:
@@ -179,7 +343,7 @@ class LocalStateStore:
             self._seq = seq
             faults.at("snapshot", self._saves, "renamed")
             for old_seq, path in self.snapshots():
-                if old_seq < seq - 1:
+                if old_seq < keep_from:
                     path.unlink(missing_ok=True)
             for name in os.listdir(self.directory):  # left by writes killed half way
                 if name.startswith(".snapshot-") and name.endswith(".tmp"):
@@ -188,7 +352,6 @@ class LocalStateStore:
         except OSError as error:
             raise SnapshotError(f"state_dir {self.directory}: cannot write snapshot "
                                 f"({error.strerror})") from None
-        return len(data)
 
     def _fsync_folder(self) -> None:
         folder = os.open(self.directory, os.O_RDONLY)
@@ -198,25 +361,49 @@ class LocalStateStore:
             os.close(folder)
 
     def read(self, path: pathlib.Path) -> dict[str, Any]:
-        """One snapshot file, verified."""
+        """One snapshot file, verified (a per-stream one with its records undecoded)."""
+        return self._read_sized(path)[0]
+
+    def _read_sized(self, path: pathlib.Path) -> tuple[dict[str, Any], int]:
         try:
             data = path.read_bytes()
         except OSError as error:
             raise SnapshotError(f"{path}: cannot read snapshot ({error.strerror})") from None
-        return decode_snapshot(data, str(path))
+        return decode_snapshot(data, str(path)), len(data)
 
     def load_latest(self, set_aside: bool = True) -> Loaded | None:
         """The newest intact snapshot, or ``None`` if the folder has none at all.
 
-        Damaged newer ones are listed in the result and, with ``set_aside``, renamed to
-        ``*.corrupt`` so that the next checkpoint does not keep them as its fallback.
-        If every snapshot is damaged: SnapshotError listing them. The newest one of
-        another format: SnapshotFormatError (another release's state is not damage, and
-        going back past it would silently undo that release's work)."""
+        A per-stream snapshot comes back whole: its meta plus ``pipeline`` (every
+        stream's newest record, read back to its full snapshot, decoded). Damaged newer
+        ones, and newer ones that build on a damaged one, are listed in the result and,
+        with ``set_aside``, renamed to ``*.corrupt`` so that the next checkpoint does not
+        keep them as its fallback. If every snapshot is damaged: SnapshotError listing
+        them. The newest one of another format: SnapshotFormatError (another release's
+        state is not damage, and going back past it would silently undo that release's
+        work)."""
         damaged: list[tuple[pathlib.Path, str]] = []
-        for _, path in self.snapshots():
+        read: dict[int, tuple[dict[str, Any], int] | SnapshotError] = {}
+
+        def verified(seq: int) -> tuple[dict[str, Any], int]:
+            if seq not in read:
+                try:
+                    read[seq] = self._read_sized(self.directory / f"snapshot-{seq:012d}.snap")
+                except SnapshotFormatError:
+                    raise
+                except SnapshotError as error:
+                    read[seq] = error
+            found = read[seq]
+            if isinstance(found, SnapshotError):
+                raise found
+            return found
+
+        for seq, path in self.snapshots():
             try:
-                snapshot = self.read(path)
+                snapshot, size = verified(seq)
+                chain = None
+                if "stream_records" in snapshot:
+                    snapshot, chain = self._resolve(seq, snapshot, size, verified)
             except SnapshotFormatError:
                 raise
             except SnapshotError as error:
@@ -224,6 +411,8 @@ class LocalStateStore:
                 continue
             if set_aside:
                 self._set_aside(damaged)
+                self._chain = chain
+                self._seq = None
             return Loaded(snapshot, path, damaged)
         legacy = self.directory / LEGACY_SNAPSHOT_FILE
         if legacy.exists() and not damaged:
@@ -235,6 +424,41 @@ class LocalStateStore:
                 "Move the folder away to start from the beginning (the outputs are then "
                 "rewritten from the input), or put back a copy of a good snapshot")
         return None
+
+    def _resolve(self, seq: int, head: dict[str, Any], size: int,
+                 verified: Any) -> tuple[dict[str, Any], Chain]:
+        """Snapshot ``seq`` whole: its meta, and each stream's newest record from it and
+        the snapshots it builds on (back to its base), decoded under ``pipeline``."""
+        base = int(head["base"])
+        records = dict(head["stream_records"])
+        base_bytes, delta_bytes = (size, 0) if base == seq else (0, size)
+        if not 0 < base <= seq or seq - base >= MAX_CHAIN:
+            raise SnapshotError(f"snapshot-{seq:012d}.snap: builds on snapshot {base}, "
+                                "which cannot be")
+        for older in range(seq - 1, base - 1, -1):
+            try:
+                found, older_size = verified(older)
+            except SnapshotError as error:
+                raise SnapshotError(f"snapshot-{seq:012d}.snap builds on snapshot-"
+                                    f"{older:012d}.snap, which is missing or damaged ({error})"
+                                    ) from None
+            if found.get("base") != base or "stream_records" not in found:
+                raise SnapshotError(f"snapshot-{seq:012d}.snap builds on snapshot-"
+                                    f"{older:012d}.snap, which belongs to another chain")
+            for name, data in found["stream_records"]:
+                records.setdefault(name, data)
+            if older == base:
+                base_bytes = older_size
+            else:
+                delta_bytes += older_size
+        streams = {}
+        for name, data in records.items():
+            decoded_name, state, _ = decode_stream_record(
+                data, f"snapshot-{seq:012d}.snap (stream {name!r})")
+            streams[decoded_name] = state
+        snapshot = {k: v for k, v in head.items() if k != "stream_records"}
+        snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
+        return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 
     def load(self) -> dict[str, Any] | None:
         """The newest intact snapshot (nothing is renamed), or ``None``."""

@@ -122,6 +122,9 @@ def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
     everything = read_records(kafka_bootstrap, topics["changelog"], "read_uncommitted")
     assert len(everything) > len(committed) > 0  # the 5th cycle's snapshots: aborted
     latest = {r.partition: loads_state(zlib.decompress(r.value).decode()) for r in committed}
+    states = {}  # each stream's newest committed state (the changelog is keyed per stream)
+    for record in committed:
+        states.update(loads_state(zlib.decompress(record.value).decode())["streams"])
     offsets = committed_offsets(kafka_bootstrap, config.kafka.group_id, topics, PARTITIONS)
     for number, snapshot in latest.items():
         for kind in ("predictions", "labels"):
@@ -133,11 +136,10 @@ def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
     try:
         replica.restore()
         wait_for_assignment(replica.source)
-        for snapshot in latest.values():
-            for name, state in snapshot["streams"].items():
-                assert dumps_state(replica.pipeline.streams[name].state_dict()) == \
-                    dumps_state(state)
-        restored_streams = {name for s in latest.values() for name in s["streams"]}
+        for name, state in states.items():
+            assert dumps_state(replica.pipeline.streams[name].state_dict()) == \
+                dumps_state(state)
+        restored_streams = set(states)
         assert restored_streams == {name for name, _ in STREAMS}
     finally:
         replica.close()

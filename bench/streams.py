@@ -1,0 +1,202 @@
+"""Many streams in one replica: records/s, RSS per stream, and commit cost vs changed streams.
+
+One service (embedded runtime: JSONL input, JSONL outputs, local state folder) holding
+``--streams`` streams (default 10,000; say one per merchant segment), each with the demo
+config's chain (FixedShare -> OnlinePlatt -> DriftMemory(64, ADWIN)), its own join and
+scores. Steps, each timed:
+
+1. build: parse the config and build every stream's chain (RSS before and after);
+2. first records: ``--first-rounds`` predictions per stream and their labels (3 s of
+   event time later), interleaved over all streams, through ``Service.run`` (decode,
+   pipeline, adapted/weights outputs, a checkpoint every ``--checkpoint-every`` records,
+   and at the end of the input a weights version of every stream and a full checkpoint):
+   this includes each stream's one-off costs (its Prometheus series, its first weights
+   version), so records/s here is a floor; RSS after it, per stream;
+3. steady: ``--steady-rounds`` more rounds through the service's own per-record path
+   (``Service._process``: decode, pipeline, metrics, outputs), no checkpoint: records/s
+   of a replica that holds every stream already;
+4. commits: for k in 1, 10, 100, 1,000, 10,000 (capped at ``--streams``), one more
+   prediction on each of k streams, then one checkpoint: its stream records, bytes and
+   time. Commit cost should grow with k, not with the number of streams held; a commit
+   that the store makes full (every stream, because the incremental ones since the last
+   full snapshot outgrew it) is marked;
+5. restore: a new service on the same folder restores the latest snapshot (every stream
+   read back through its chain).
+
+The Kafka runtime writes the same per-stream records (plus the task's offsets) to its
+changelog, one message per changed stream, so its commit bytes follow the same column.
+The machine may be shared: say so when quoting the figures.
+
+Run: ``python bench/streams.py [--streams 10000] [--first-rounds 1] [--steady-rounds 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import tempfile
+import time
+
+import yaml
+
+from streamweights.config import parse_config
+from streamweights.runtime.service import Service
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODELS = ("logistic_regression", "naive_bayes", "hoeffding_tree")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (``VmRSS``), in bytes."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def stream_names(count: int) -> list[str]:
+    return [f"segment-{n:05d}" for n in range(count)]
+
+
+def input_records(names: list[str], rounds: range, seed: int = 7) -> list[bytes]:
+    """Rounds over every stream: a prediction each, its label 3 s of event time later,
+    in event-time order."""
+    rng = random.Random(seed + rounds.start)
+    records = []
+    ts = 1_750_000_000.0 + rounds.start * len(names) * 0.001
+    for round_number in rounds:
+        for name in names:
+            ts += 0.001
+            p = round(rng.uniform(0.05, 0.95), 6)
+            outputs = {m: [round(1 - q, 6), q] for m, q in
+                       zip(MODELS, (p, round(min(0.99, p * 1.1), 6), 0.5), strict=True)}
+            event_id = f"{name}-{round_number}"
+            records.append((ts, 0, json.dumps({"schema": 1, "stream": name, "id": event_id,
+                                               "ts": ts, "outputs": outputs})))
+            records.append((ts + 3, 1, json.dumps({"schema": 1, "stream": name,
+                                                   "id": event_id, "ts": ts + 3,
+                                                   "label": int(rng.random() < p)})))
+    records.sort(key=lambda r: (r[0], r[1]))
+    return [line.encode() for _, _, line in records]
+
+
+def config_document(folder: pathlib.Path, input_path: pathlib.Path, names: list[str],
+                    checkpoint_every: int) -> dict:
+    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    stream = document["streams"][0]
+    document["streams"] = [{**stream, "name": name} for name in names]
+    document["source"] = {"kind": "jsonl", "path": str(input_path)}
+    document["state_dir"] = str(folder / "state")
+    document["checkpoint"] = {"every_records": checkpoint_every, "every_seconds": 3600}
+    document["http"] = {"host": "127.0.0.1", "port": None}
+    document["outputs"] = {"adapted": str(folder / "adapted.jsonl"),
+                           "weights": str(folder / "weights.jsonl"),
+                           "dead_letter": str(folder / "dead-letter.jsonl")}
+    document["logging"] = {"format": "text", "progress_every_seconds": 3600}
+    return document
+
+
+def touch(service: Service, names: list[str], tag: str) -> None:
+    """One more prediction on each of ``names`` (marks them changed)."""
+    from streamweights import events
+
+    for name in names:
+        stream = service.pipeline.streams[name]
+        ts = (stream.latest_ts or 1_750_000_000.0) + 0.5
+        record = events.decode(json.dumps({
+            "schema": 1, "stream": name, "id": f"{name}-{tag}", "ts": ts,
+            "outputs": {m: [0.4, 0.6] for m in MODELS}}).encode())
+        service.pipeline.process(record)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--first-rounds", type=int, default=1,
+                        help="predictions per stream (each with its label) in the first run")
+    parser.add_argument("--steady-rounds", type=int, default=2,
+                        help="predictions per stream (each with its label) timed after it")
+    parser.add_argument("--checkpoint-every", type=int, default=20_000)
+    args = parser.parse_args()
+    names = stream_names(args.streams)
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+        folder = pathlib.Path(tmp)
+        input_path = folder / "input.jsonl"
+        first = input_records(names, range(args.first_rounds))
+        input_path.write_bytes(b"\n".join(first) + b"\n")
+        lines = len(first)
+        steady = input_records(names, range(args.first_rounds,
+                                            args.first_rounds + args.steady_rounds))
+        document = config_document(folder, input_path, names, args.checkpoint_every)
+
+        rss_start = rss_bytes()
+        started = time.perf_counter()
+        config = parse_config(document)
+        service = Service(config)
+        build_seconds = time.perf_counter() - started
+        rss_built = rss_bytes()
+
+        service.restore()
+        started, cpu = time.perf_counter(), time.process_time()
+        summary = service.run()
+        run_seconds, run_cpu = time.perf_counter() - started, time.process_time() - cpu
+        rss_run = rss_bytes()
+        assert summary["records"] == lines, summary["records"]
+        pending = sum(s["pending"] for s in summary["streams"].values())
+
+        print(f"streams held: {args.streams:,}  (one chain each: FixedShare -> OnlinePlatt "
+              "-> DriftMemory(64, ADWIN))")
+        print(f"build: {build_seconds:.2f} s, RSS {(rss_built - rss_start) / args.streams:,.0f}"
+              " B per stream")
+        print(f"first records: {lines:,} in {run_seconds:.2f} s = "
+              f"{lines / run_seconds:,.0f} records/s ({lines / run_cpu:,.0f} per CPU second; "
+              "one-off costs per stream and the final full checkpoint included); RSS "
+              f"{(rss_run - rss_start) / args.streams:,.0f} B per stream after it "
+              f"({pending:,} predictions pending), {rss_run / 2**20:,.0f} MiB in all")
+        process = service._process
+        started, cpu = time.perf_counter(), time.process_time()
+        for position, raw in enumerate(steady, start=lines + 1):
+            process(position, raw)
+        steady_seconds, steady_cpu = time.perf_counter() - started, time.process_time() - cpu
+        print(f"steady: {len(steady):,} records in {steady_seconds:.2f} s = "
+              f"{len(steady) / steady_seconds:,.0f} records/s ({len(steady) / steady_cpu:,.0f}"
+              f" per CPU second), all {args.streams:,} streams held; RSS "
+              f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
+        print()
+        print(f"{'changed':>8} {'records':>8} {'commit bytes':>13} {'bytes/changed':>14} "
+              f"{'wall ms':>9} {'CPU ms':>9} {'CPU ms/changed':>15}  kind")
+        state = service.state
+        service.checkpoint()  # the steady records' streams: written, before the table
+        sizes = [k for k in (1, 10, 100, 1_000, 10_000) if k <= args.streams]
+        if args.streams not in sizes:
+            sizes.append(args.streams)
+        rng = random.Random(1)
+        for k in sizes:
+            chosen = rng.sample(names, k)
+            touch(service, chosen, f"touch-{k}")
+            full = state.store.needs_full()
+            started, cpu = time.perf_counter(), time.process_time()
+            service.checkpoint()
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            records, size = state.last_commit
+            kind = "full" if full or records == args.streams else "incremental"
+            print(f"{k:>8,} {records:>8,} {size:>13,} {size / k:>14,.0f} "
+                  f"{seconds * 1e3:>9.1f} {cpu * 1e3:>9.1f} {cpu * 1e3 / k:>15.3f}  {kind}")
+        service.close()
+
+        again = Service(parse_config(document))
+        started, cpu = time.perf_counter(), time.process_time()
+        again.restore()
+        restore_seconds, restore_cpu = time.perf_counter() - started, time.process_time() - cpu
+        again.close()
+        files = sorted((folder / "state").glob("snapshot-*.snap"))
+        print()
+        print(f"restore of {args.streams:,} streams (a chain of {len(files)} file(s), "
+              f"{sum(f.stat().st_size for f in files):,} bytes; the service built before): "
+              f"{restore_seconds:.2f} s, {restore_cpu:.2f} s CPU")
+
+
+if __name__ == "__main__":
+    main()

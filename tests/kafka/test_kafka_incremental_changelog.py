@@ -1,0 +1,132 @@
+"""The changelog keyed per stream (issue 11 item 4): a commit writes only the streams
+changed in its cycle; a restart from those records, and from a format-1 task snapshot of
+the previous release, ends with the uninterrupted run's results."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import defaultdict
+
+import orjson
+import yaml
+from kafka import KafkaProducer
+
+from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.config import parse_config
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
+from streamweights.runtime.service import Service
+from tests.kafka.helpers import (
+    by_stream,
+    kafka_document,
+    make_topics,
+    produce_inputs,
+    read_records,
+    read_topic,
+)
+from tests.kafka.test_kafka_crash import cli
+from tests.service.test_incremental_state import (
+    STREAMS,
+    stream_configs,
+    write_bursty_input,
+    write_config,
+)
+
+
+def _kafka_config(folder, bootstrap, topics, **options):
+    document = kafka_document(folder, bootstrap, topics, checkpoint_every_records=150,
+                              **options)
+    document["streams"] = stream_configs()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _versions_once_each(weights):
+    for name, values in weights.items():
+        versions = [orjson.loads(value)["version"] for value in values]
+        assert versions == list(range(versions[0], versions[0] + len(versions))), name
+
+
+def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: eight streams whose records come in blocks, all in one task (one
+    partition), a commit every 150 records; the 8th commit fails after its records were
+    sent (test hook) and the process exits. Then (a) a restart on the same topics, and
+    (b) a fresh group on a new changelog topic that holds only a format-1 task snapshot
+    (the previous release's one blob per task) made from the committed per-stream
+    records, with its own weights topic.
+    We expect: the committed changelog holds records keyed ``s/<stream>``, and a commit
+    wrote only the streams that changed in its cycle (fewer than 8 after the first); both
+    restarts end with the uninterrupted embedded run's summary and weights versions
+    (restart (b) those after the snapshot's), each version once; restart (b) says it
+    restored a format-1 snapshot and its next commit rewrote the task per stream."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_bursty_input(input_path, predictions=1200, delay=6.5)  # no ts ties
+    service = Service(parse_config(yaml.safe_load(
+        write_config(tmp_path / "embedded", input_path).read_text())))
+    try:
+        expected_streams = json.loads(orjson.dumps(service.run()["streams"]))
+    finally:
+        service.close()
+    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
+                                 .splitlines())
+
+    topics = make_topics(topic_factory, partitions=1)
+    produce_inputs(kafka_bootstrap, [line.encode() for line in lines], topics["predictions"],
+                   topics["labels"])
+    config_path = _kafka_config(tmp_path / "kafka", kafka_bootstrap, topics)
+    failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "8"})
+    assert failed.returncode != 0 and "failing before commit 8" in failed.stderr
+
+    committed = read_records(kafka_bootstrap, topics["changelog"])
+    documents = [loads_state(zlib.decompress(r.value)) for r in committed]
+    assert {r.key for r in committed} <= {b"s/" + n.encode() for n in STREAMS} | {b"0"}
+    per_commit = defaultdict(set)  # a commit's records share the task's offsets
+    for document in documents:
+        assert document["format"] == 2 and document["task"] == 0
+        per_commit[json.dumps(document["offsets"], sort_keys=True)].update(document["streams"])
+    assert len(per_commit) >= 5  # 7 commits (an idle one may repeat offsets)
+    sizes = [len(streams) for streams in per_commit.values()]
+    assert sizes[0] == len(STREAMS) and all(0 < size < len(STREAMS) for size in sizes[1:])
+
+    # the previous release's form of the same committed state: one blob for task 0
+    streams = {}
+    for document in documents:
+        streams.update(document["streams"])
+    legacy = {**{k: v for k, v in documents[-1].items() if k != "streams"}, "format": 1,
+              "streams": streams}
+    legacy_topics = {**topics, "changelog": topic_factory("changelog-v1", partitions=1,
+                                                          config={"cleanup.policy": "compact"}),
+                     "weights": topic_factory("weights-v1", partitions=1)}
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(legacy_topics["changelog"], key=b"0", partition=0,
+                  value=zlib.compress(dumps_state(legacy).encode(), 1))
+    producer.flush()
+    producer.close()
+
+    summary_path = tmp_path / "summary.json"
+    restarted = cli("--config", str(config_path), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert json.loads(summary_path.read_text())["streams"] == expected_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == expected_weights
+    _versions_once_each(weights)
+
+    legacy_config = _kafka_config(tmp_path / "legacy", kafka_bootstrap, legacy_topics,
+                                  group_id="group-legacy", transactional_id="tx-legacy")
+    summary_path = tmp_path / "legacy-summary.json"
+    restarted = cli("--config", str(legacy_config), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "restored from a format-1 task snapshot" in restarted.stderr
+    assert json.loads(summary_path.read_text())["streams"] == expected_streams
+    weights = by_stream(read_topic(kafka_bootstrap, legacy_topics["weights"]))
+    _versions_once_each(weights)
+    for name, values in weights.items():
+        first = streams[name]["weights_version"] + 1
+        assert orjson.loads(values[0])["version"] == first, name
+        assert values == expected_weights[name][first - 1:], name
+    rewritten = read_records(kafka_bootstrap, legacy_topics["changelog"])
+    assert rewritten[0].key == b"0" and {r.key for r in rewritten[1:9]} == \
+        {b"s/" + n.encode() for n in STREAMS}

@@ -1,0 +1,257 @@
+"""Per-stream, incremental snapshots: a commit writes only the streams changed since the
+last one, a restart from such a chain equals the uninterrupted run, and the previous
+release's whole-state snapshots still load."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import signal
+
+import pytest
+import yaml
+
+from streamweights import events
+from streamweights.adapters.state_codec import dumps_state
+from streamweights.config import parse_config
+from streamweights.pipeline import Pipeline
+from streamweights.runtime.exceptions import SnapshotError
+from streamweights.runtime.faults import KILL_AT_ENV
+from streamweights.runtime.state_store import (
+    LocalStateStore,
+    SnapshotFormatError,
+    decode_stream_record,
+    encode_stream_record,
+)
+from tests.service.conftest import DEMO_CONFIG
+from tests.service.drifting import OUTPUTS, outputs, run_cli
+
+STREAMS = tuple(f"segment-{n}" for n in range(8))
+MODELS = ("logistic_regression", "naive_bayes", "hoeffding_tree")
+CHECKPOINT_EVERY = 150
+BLOCK = 60  # predictions in a row for one stream: a checkpoint sees 2-4 of the 8 change
+
+
+def write_bursty_input(path: pathlib.Path, predictions: int = 1800, seed: int = 11,
+                       delay: float = 6) -> list[str]:
+    """Eight streams whose predictions come in blocks of ``BLOCK`` (block b goes to stream
+    ``5b mod 8``), labels ``delay`` s later, a drift in every stream half way; a truncated
+    line (dead letter) every 97 records. Returns the lines."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(predictions):
+        stream = STREAMS[(i // BLOCK * 5) % len(STREAMS)]
+        y = rng.random() < 0.4
+        outputs = {}
+        for k, model in enumerate(MODELS):
+            right = 0.15 if k == 0 and i >= predictions // 2 else (0.9, 0.7, 0.6)[k]
+            sign = 1 if rng.random() < right else -1
+            p_true = round(0.5 + 0.45 * sign * rng.uniform(0.5, 1), 6)
+            p1 = p_true if y else round(1 - p_true, 6)
+            outputs[model] = [round(1 - p1, 6), p1]
+        ts = 1_750_000_000 + i
+        records.append((ts, 0, json.dumps({"schema": 1, "stream": stream, "id": f"e{i}",
+                                           "ts": ts, "outputs": outputs})))
+        records.append((ts + delay, 1, json.dumps({"schema": 1, "stream": stream,
+                                                   "id": f"e{i}", "ts": ts + delay,
+                                                   "label": int(y)})))
+    records.sort(key=lambda r: (r[0], r[1]))
+    lines = []
+    for n, (_, _, line) in enumerate(records):
+        if n % 97 == 40:
+            lines.append(line[: len(line) // 2])
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def stream_configs() -> list[dict]:
+    """The eight streams: the demo stream's settings, a weights version every 40 labels."""
+    stream = yaml.safe_load(DEMO_CONFIG.read_text())["streams"][0]
+    stream = {**stream, "publish": {"every_labels": 40, "every_seconds": 60}}
+    return [{**stream, "name": name} for name in STREAMS]
+
+
+def write_config(folder: pathlib.Path, input_path: pathlib.Path) -> pathlib.Path:
+    document = yaml.safe_load(DEMO_CONFIG.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    document["streams"] = stream_configs()
+    document["source"] = {"kind": "jsonl", "path": str(input_path)}
+    document["state_dir"] = str(folder / "state")
+    document["checkpoint"] = {"every_records": CHECKPOINT_EVERY, "every_seconds": 3600}
+    document["http"] = {"host": "127.0.0.1", "port": None}
+    document["outputs"] = {name.split(".")[0].replace("-", "_"): str(folder / name)
+                           for name in OUTPUTS}
+    document["logging"] = {"format": "json", "progress_every_seconds": 60}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _run(folder: pathlib.Path, *extra: str, env: dict | None = None):
+    return run_cli("run", "--config", str(folder / "config.yaml"), "--summary",
+                   str(folder / "summary.json"), *extra, env=env)
+
+
+@pytest.fixture(scope="module")
+def bursty(tmp_path_factory):
+    """The input, its lines, and the uninterrupted run's outputs and folder."""
+    root = tmp_path_factory.mktemp("bursty")
+    input_path = root / "input.jsonl"
+    lines = write_bursty_input(input_path)
+    folder = root / "reference"
+    write_config(folder, input_path)
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return input_path, lines, outputs(folder), folder
+
+
+def _streams_between(lines: list[str], start: int, end: int) -> set[str]:
+    """The streams whose (whole) records sit on input lines ``start .. end - 1``."""
+    found = set()
+    for line in lines[start:end]:
+        try:
+            found.add(json.loads(line)["stream"])
+        except ValueError:
+            continue  # a truncated line: a dead letter, counted in the meta
+    return found
+
+
+def test_each_commit_writes_only_the_streams_changed_since_the_last(tmp_path, bursty):
+    """Scenario: eight streams whose records come in blocks, a checkpoint every 150
+    records, a run bounded at 2,000 records (so not ended by the final publication of
+    every stream). We expect: the folder keeps the latest snapshot and every one back to
+    the full snapshot it builds on; each incremental one holds exactly the streams that
+    had records since the snapshot before it (2-4 of 8), the full one all eight."""
+    input_path, lines, _, _ = bursty
+    folder = tmp_path / "bounded"
+    write_config(folder, input_path)
+    assert _run(folder, "--max-records", "2000").returncode == 0
+    store = LocalStateStore(folder / "state")
+    kept = sorted(store.snapshots())
+    heads = {seq: store.read(path) for seq, path in kept}
+    latest_seq = kept[-1][0]
+    base = heads[latest_seq]["base"]
+    assert [seq for seq, _ in kept if seq >= base] == list(range(base, latest_seq + 1))
+    assert latest_seq - base >= 2, "the run should end on a chain of incremental snapshots"
+    assert sorted(name for name, _ in heads[base]["stream_records"]) == sorted(STREAMS)
+    for seq in range(base + 1, latest_seq + 1):
+        written = {name for name, _ in heads[seq]["stream_records"]}
+        changed = _streams_between(lines, heads[seq - 1]["position"], heads[seq]["position"])
+        assert written == changed, seq
+        assert 0 < len(written) < len(STREAMS)
+
+
+def test_restart_from_an_incremental_chain_equals_the_uninterrupted_run(tmp_path, bursty):
+    """Scenario: the same run killed with SIGKILL (the process kills itself) at input
+    records and inside snapshot writes (half written, written not renamed, renamed with
+    the older ones not yet removed), restarted after each kill; the restores read
+    per-stream records from chains of incremental snapshots.
+    We expect: adapted, weights and dead-letter files and the summary equal the
+    uninterrupted run's, byte for byte, and at least one restore started from an
+    incremental snapshot (one that builds on earlier ones)."""
+    input_path, _, expected, _ = bursty
+    folder = tmp_path / "killed"
+    write_config(folder, input_path)
+    store_path = folder / "state"
+    from_chain = 0
+    for point in ("record:700", "snapshot:3:partial", "record:1650", "snapshot:2:written",
+                  "snapshot:4:renamed", "record:3100"):
+        loaded = LocalStateStore(store_path).load_latest(set_aside=False)
+        if loaded is not None:
+            from_chain += loaded.snapshot["base"] < int(loaded.path.name[9:21])
+        result = _run(folder, env={KILL_AT_ENV: point})
+        assert result.returncode == -signal.SIGKILL, (point, result.stderr[-2000:])
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert from_chain >= 2
+    got = outputs(folder)
+    for name, data in expected.items():
+        assert got[name] == data, f"{name} differs after the kills"
+
+
+def test_whole_state_snapshot_of_the_previous_release_loads(tmp_path, bursty):
+    """Scenario: a folder whose only snapshot is a whole-state format-2 JSON document, as
+    the previous release wrote it (taken from a bounded run's state).
+    We expect: the run restores it, its first checkpoint is a full per-stream one, and
+    the run continued to the end has the uninterrupted run's outputs byte for byte."""
+    input_path, _, expected, _ = bursty
+    folder = tmp_path / "previous"
+    write_config(folder, input_path)
+    assert _run(folder, "--max-records", "1000").returncode == 0
+    store = LocalStateStore(folder / "state")
+    whole = store.load()
+    for path in (folder / "state").glob("snapshot-*.snap"):
+        path.unlink()
+    whole = {k: v for k, v in whole.items() if k not in ("format", "base", "invalid")}
+    LocalStateStore(folder / "state").save(whole)
+    assert (folder / "state" / "snapshot-000000000001.snap").read_bytes().split(b"\n")[1][:1] \
+        == b"{"
+    result = _run(folder, "--max-records", "1200")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "restored snapshot" in result.stderr
+    second = LocalStateStore(folder / "state").read(folder / "state" /
+                                                    "snapshot-000000000002.snap")
+    assert second["base"] == 2 and len(second["stream_records"]) == len(STREAMS)
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = outputs(folder)
+    for name, data in expected.items():
+        assert got[name] == data, name
+
+
+def _pipeline(names=("demo",)) -> Pipeline:
+    document = yaml.safe_load(DEMO_CONFIG.read_text())
+    document["streams"] = [{**document["streams"][0], "name": name} for name in names]
+    return Pipeline(parse_config(document).streams)
+
+
+def test_stream_record_is_the_state_dict_byte_for_byte():
+    """The join's kept entry encoding changes nothing: after every record (predictions
+    joining, labels leaving, entries evicted by max_pending), the state decoded from a
+    stream record encodes to the same text as ``state_dict()`` encoded afresh."""
+    pipeline = _pipeline()
+    stream = pipeline.streams["demo"]
+    stream.join.max_pending = 7  # evictions too
+    models = list(stream.config.models)
+    rng = random.Random(3)
+    for i in range(300):
+        p = round(rng.uniform(0.05, 0.95), 6)
+        pipeline.process(events.decode(json.dumps({
+            "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
+            "outputs": {m: [round(1 - p, 6), p] for m in models}}).encode()))
+        for j in range(i - 5, i + 1, 2):
+            if rng.random() < 0.5:
+                pipeline.process(events.decode(json.dumps({
+                    "schema": 1, "stream": "demo", "id": f"e{j}", "ts": 1e9 + i,
+                    "label": rng.randint(0, 1)}).encode()))
+        name, state, meta = decode_stream_record(
+            encode_stream_record("demo", stream, {"task": 4} if i % 2 else None), "x")
+        assert name == "demo" and meta == ({"format": 2, "task": 4} if i % 2 else {"format": 2})
+        assert dumps_state(state) == dumps_state(stream.state_dict()), i
+    assert stream.join.evicted_total > 0 and stream.join.joined_total > 0
+
+
+def test_stream_record_of_another_format_is_refused_with_what_to_do():
+    import zlib
+
+    data = zlib.compress(b'{"format":3,"streams":{"demo":{}}}')
+    with pytest.raises(SnapshotFormatError, match="stream record format 3, this build reads 2;"
+                       " restore with the release that wrote it"):
+        decode_stream_record(data, "x")
+    with pytest.raises(SnapshotError, match="x: stream record cannot be decoded"):
+        decode_stream_record(b"not zlib", "x")
+
+
+def test_changed_marks_only_touched_streams():
+    """A record marks its own stream changed; a save clears it (state_dict loading)."""
+    pipeline = _pipeline(("a", "b", "c"))
+    assert pipeline.changed_streams() == []
+    models = list(pipeline.streams["b"].config.models)
+    pipeline.process(events.decode(json.dumps({
+        "schema": 1, "stream": "b", "id": "x", "ts": 1e9,
+        "outputs": {m: [0.5, 0.5] for m in models}}).encode()))
+    assert pipeline.changed_streams() == ["b"]
+    pipeline.streams["b"].load_state_dict(pipeline.streams["b"].state_dict())
+    assert pipeline.changed_streams() == []
