@@ -29,7 +29,15 @@ from streamweights.config_yaml import ConfigYamlError, read_yaml
 
 TASKS = ("classification", "regression")
 #: Stages that take the K deployed models' outputs; every chain starts with one.
-ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
+ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking", "Portfolio")
+#: What a classification stream runs when its config names no ``adapters`` (the chain of
+#: ``configs/demo.yaml`` too): candidate chains mixed online, then the drift watch.
+DEFAULT_CLASSIFICATION_ADAPTERS: tuple[dict[str, Any], ...] = (
+    {"type": "Portfolio"},
+    {"type": "DriftMemory", "capacity": 64, "detector": "adwin"},
+)
+#: Regression streams take one ensemble stage; the portfolio mixes class probabilities.
+DEFAULT_REGRESSION_ADAPTERS: tuple[dict[str, Any], ...] = ({"type": "FixedShare"},)
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
                       "PriorShift", "DriftMemory")
@@ -497,7 +505,9 @@ def _stream(item: Any, path: str) -> StreamConfig:
         raise ConfigError(f"{path}.models: must be a non-empty list of model names")
     if len(set(models)) != len(models):
         raise ConfigError(f"{path}.models: model names must be unique")
-    adapters = mapping.get("adapters", list, default=[{"type": "FixedShare"}])
+    defaults = DEFAULT_CLASSIFICATION_ADAPTERS if task == "classification" \
+        else DEFAULT_REGRESSION_ADAPTERS
+    adapters = mapping.get("adapters", list, default=[dict(spec) for spec in defaults])
     join = mapping.sub("join", default={})
     publish = mapping.sub("publish", default={})
     torch_block = mapping.get("torch", dict, default=None, allow_none=True)
@@ -616,6 +626,10 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
                           "OnlineTemperature for more classes")
     if kind == "Calibeating" and isinstance(options.get("base"), str):
         options["base"] = {"adapter": options["base"], "config": {}}
+    if kind == "Portfolio" and stream.n_classes is None:
+        raise ConfigError(f"{path}.type: Portfolio mixes class probabilities (classification "
+                          "streams); a regression stream takes one of Hedge, FixedShare, "
+                          "OnlineStacking")
     unknown = sorted(set(options) - set(parameters), key=str)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown option for {kind} (options: "

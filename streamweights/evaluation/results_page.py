@@ -42,10 +42,10 @@ COLUMN_MEANINGS = {
     "river ADWIN retrain": "river Hoeffding tree on the features, learning online, reset on "
                            "ADWIN drift",
     "best adapter alone": "our best single adapter on this stream (ensembles on the K "
-                          "models, other stages on the uniform average)",
-    "default chain": "the chain of configs/demo.yaml (FixedShare → OnlinePlatt → "
-                     "DriftMemory; OnlineTemperature for >2 classes; FixedShare for "
-                     "regression)",
+                          "models, other stages on the uniform average, or one of the "
+                          "portfolio's candidates alone)",
+    "default chain": "the chain of configs/demo.yaml (Portfolio of four candidate chains "
+                     "→ DriftMemory; FixedShare for regression)",
     "default chain CI": "95% circular block-bootstrap interval of its mean loss",
     "vs best raw": "paired verdict of default chain against best raw: win / tie / loss",
     "vs river EWA": "same against river EWA",
