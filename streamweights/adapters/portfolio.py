@@ -36,6 +36,12 @@ weights (``on_drift``, when ``drift_share > 0``) adds at most ``ln(1 / (1 -
 drift_share))`` to both bounds; by default the weights are left to the mixture and only
 the candidates react.
 
+The bound is proved for labels that arrive in order, each before the next prediction.
+Labels that arrive late are learned in arrival order, and the mixture served meanwhile
+uses the weights of its prediction time; ``describe()["regret"]`` accounts what was
+actually served, and the tests check it against the bound with delayed labels too (no
+proof: the delayed-feedback bounds cost a factor of about the delay).
+
 Each candidate learns on what it saw at prediction time: ``predict_traced`` returns,
 besides the output, every candidate's output and every later stage's input, and the
 containing :class:`~streamweights.adapters.chain.Chain` keeps that with the pending
@@ -253,14 +259,16 @@ class Portfolio(Adapter):
 
     def predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """The mixture and what it served from: rows ``0..N-1`` each candidate's output,
-        then every candidate's stage inputs after its first stage (whose input is ``x``)."""
+        row ``N`` the mixture served, then every candidate's stage inputs after its first
+        stage (whose input is ``x``)."""
         outputs = self._check(x)
         rows, later = [], []
         for chain in self.chains:
             out, trace = chain.predict_trace(outputs)
             rows.append(out.tolist())
             later.extend(stage_input.tolist() for stage_input in trace[1:])
-        return self._mix(rows), np.array(rows + later)
+        mixed = self._mix(rows)
+        return mixed, np.array([*rows, mixed.tolist(), *later])
 
     def observe_predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """``observe`` then ``predict_traced`` in one pass (what the pipeline serves)."""
@@ -270,7 +278,8 @@ class Portfolio(Adapter):
             out, trace = chain.observe_predict_trace(outputs)
             rows.append(out.tolist())
             later.extend(stage_input.tolist() for stage_input in trace[1:])
-        return self._mix(rows), np.array(rows + later)
+        mixed = self._mix(rows)
+        return mixed, np.array([*rows, mixed.tolist(), *later])
 
     def predict(self, x: Any) -> np.ndarray:
         return self.predict_traced(x)[0]
@@ -293,29 +302,31 @@ class Portfolio(Adapter):
         rows = np.asarray(served, dtype=np.float64)
         count = len(self.chains)
         lengths = [len(chain.stages) - 1 for chain in self.chains]
-        expected = (count + sum(lengths), self.n_classes)
+        expected = (count + 1 + sum(lengths), self.n_classes)
         if rows.shape != expected:
             raise ValueError(f"trace: expected the portfolio's served rows of shape "
                              f"{expected}, got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("trace: the portfolio's served rows are not finite")
-        position = count
+        position = count + 1
         for chain, length in zip(self.chains, lengths, strict=True):
             chain.learn_trace((outputs, *rows[position:position + length]), label)
             position += length
-        self._update_weights([float(rows[i, label]) for i in range(count)])
+        self._update_weights([float(rows[i, label]) for i in range(count)],
+                             float(rows[count, label]))
 
-    def _update_weights(self, probabilities: list[float]) -> None:
+    def _update_weights(self, probabilities: list[float], served: float) -> None:
         """Bayes step (eta = 1) on the floored probabilities of the label, then share
         ``alpha_t = 1 / (t + 1)`` back to uniform (t = labels learned, this one
-        included)."""
+        included). ``served``: the mixture's probability of the label when it was served
+        (with late labels the weights have moved since), for the regret account."""
         floor = self.probability_floor
         likelihoods = [max(p, floor) for p in probabilities]
         posterior = [w * q for w, q in zip(self._weights, likelihoods, strict=True)]
         total = 0.0
         for value in posterior:
             total += value
-        self._mixture_loss -= math.log(total)
+        self._mixture_loss -= math.log(max(served, floor))
         self._cumulative_loss = [c - math.log(q) for c, q in
                                  zip(self._cumulative_loss, likelihoods, strict=True)]
         self._n_learned += 1
