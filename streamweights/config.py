@@ -36,8 +36,8 @@ DEFAULT_CLASSIFICATION_ADAPTERS: tuple[dict[str, Any], ...] = (
     {"type": "Portfolio"},
     {"type": "DriftMemory", "capacity": 64, "detector": "adwin"},
 )
-#: Regression streams take one ensemble stage; the portfolio mixes class probabilities.
-DEFAULT_REGRESSION_ADAPTERS: tuple[dict[str, Any], ...] = ({"type": "FixedShare"},)
+#: Regression streams take one ensemble stage: the portfolio of the three ensembles.
+DEFAULT_REGRESSION_ADAPTERS: tuple[dict[str, Any], ...] = ({"type": "Portfolio"},)
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
                       "PriorShift", "DriftMemory")
@@ -626,10 +626,6 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
                           "OnlineTemperature for more classes")
     if kind == "Calibeating" and isinstance(options.get("base"), str):
         options["base"] = {"adapter": options["base"], "config": {}}
-    if kind == "Portfolio" and stream.n_classes is None:
-        raise ConfigError(f"{path}.type: Portfolio mixes class probabilities (classification "
-                          "streams); a regression stream takes one of Hedge, FixedShare, "
-                          "OnlineStacking")
     unknown = sorted(set(options) - set(parameters), key=str)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown option for {kind} (options: "

@@ -42,6 +42,14 @@ uses the weights of its prediction time; ``describe()["regret"]`` accounts what 
 actually served, and the tests check it against the bound with delayed labels too (no
 proof: the delayed-feedback bounds cost a factor of about the delay).
 
+Regression streams (``n_classes=None``, squared error, no bounded range and no
+mixability to lean on) mix by AdaHedge (de Rooij et al., 2014) without sharing: the
+weights are ``softmax(-eta L)`` on the cumulative squared errors ``L`` with ``eta = ln N /
+Delta`` (``Delta`` the cumulative mixability gap), scale-free and tuning-free; since the
+squared error is convex, the mean prediction does at least as well as the weighted
+losses, whose regret against the best candidate is ``O(sqrt(L* ln N) + S ln N)`` for
+per-label losses in ``[0, S]`` (de Rooij et al., Theorem 8).
+
 Each candidate learns on what it saw at prediction time: ``predict_traced`` returns,
 besides the output, every candidate's output and every later stage's input, and the
 containing :class:`~streamweights.adapters.chain.Chain` keeps that with the pending
@@ -77,6 +85,7 @@ from streamweights.adapters.validation import (
     check_count,
     check_in_range,
     check_model_outputs,
+    check_target,
 )
 
 #: Binary streams: the chains issue 14 names; OnlineBetaScaling stands for "beta scaling".
@@ -95,9 +104,17 @@ MULTICLASS_CANDIDATES: tuple[tuple[dict[str, Any], ...], ...] = (
 )
 
 
-def default_candidates(n_classes: int) -> list[list[dict[str, Any]]]:
-    """The candidate chains a stream with ``n_classes`` classes gets by default."""
-    chosen = BINARY_CANDIDATES if n_classes == 2 else MULTICLASS_CANDIDATES
+#: Regression (``n_classes=None``): the three ensembles on the K values.
+REGRESSION_CANDIDATES: tuple[tuple[dict[str, Any], ...], ...] = (
+    ({"type": "FixedShare"},), ({"type": "Hedge"},), ({"type": "OnlineStacking"},),
+)
+
+
+def default_candidates(n_classes: int | None) -> list[list[dict[str, Any]]]:
+    """The candidate chains a stream with ``n_classes`` classes (``None``: regression)
+    gets by default."""
+    chosen = REGRESSION_CANDIDATES if n_classes is None else \
+        BINARY_CANDIDATES if n_classes == 2 else MULTICLASS_CANDIDATES
     return [[dict(stage) for stage in chain] for chain in chosen]
 
 
@@ -144,11 +161,12 @@ class Portfolio(Adapter):
     {'FixedShare': 1.0, 'Hedge': 0.0}
     """
 
-    def __init__(self, n_models: int, n_classes: int = 2,
+    def __init__(self, n_models: int, n_classes: int | None = 2,
                  candidates: list[list[dict[str, Any]]] | None = None,
                  probability_floor: float = 1e-6, drift_share: float = 0.0) -> None:
         self.n_models = check_count(n_models, "n_models")
-        self.n_classes = check_count(n_classes, "n_classes", 2)
+        self.n_classes = None if n_classes is None else check_count(n_classes, "n_classes", 2)
+        self._width = self.n_classes or 1  # columns of the traced rows
         self.probability_floor = check_in_range(probability_floor, "probability_floor",
                                                 0.0, 1.0)
         self.drift_share = check_in_range(drift_share, "drift_share", 0.0, 1.0,
@@ -167,7 +185,10 @@ class Portfolio(Adapter):
         self._weights = [1.0 / count] * count
         self._cumulative_loss = [0.0] * count
         self._mixture_loss = 0.0
+        self._mixability_gap = 0.0  # regression (AdaHedge) only
         self._n_learned = 0
+        if self.n_classes is None:
+            self._weights = _exponential_weights(self._cumulative_loss, self._rate())
 
     # -- configuration ---------------------------------------------------------------
     @staticmethod
@@ -232,9 +253,18 @@ class Portfolio(Adapter):
             return None
         return np.array([m / total for m in mixed])
 
-    def regret_bound(self) -> float:
-        """The bound ``ln N + ln T`` (nats) on the loss above the best candidate so far."""
+    def regret_bound(self) -> float | None:
+        """The bound ``ln N + ln T`` (nats) on the loss above the best candidate so far
+        (classification; ``None`` for regression, whose bound needs the loss range)."""
+        if self.n_classes is None:
+            return None
         return math.log(len(self.chains)) + math.log(max(self._n_learned, 1))
+
+    def _rate(self) -> float:
+        """AdaHedge's ``eta = ln N / Delta`` (``inf`` while nothing was mixed)."""
+        if self._mixability_gap <= 0.0:
+            return math.inf
+        return math.log(len(self.chains)) / self._mixability_gap
 
     def describe(self) -> dict[str, Any]:
         """Weights, mean losses and the regret so far against its bound (plain floats)."""
@@ -251,11 +281,12 @@ class Portfolio(Adapter):
         return check_model_outputs(x, "x", self.n_models, self.n_classes)
 
     def _mix(self, rows: list[list[float]]) -> np.ndarray:
-        """``sum_i v_i p_i`` per class, summed left to right over candidates."""
-        mixed = [0.0] * self.n_classes
+        """``sum_i v_i p_i`` per class, summed left to right over candidates (a 0-d
+        array for regression, as the ensembles return)."""
+        mixed = [0.0] * self._width
         for weight, row in zip(self._weights, rows, strict=True):
             mixed = [m + weight * p for m, p in zip(mixed, row, strict=True)]
-        return np.array(mixed)
+        return np.array(mixed) if self.n_classes is not None else np.array(mixed[0])
 
     def predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """The mixture and what it served from: rows ``0..N-1`` each candidate's output,
@@ -265,10 +296,10 @@ class Portfolio(Adapter):
         rows, later = [], []
         for chain in self.chains:
             out, trace = chain.predict_trace(outputs)
-            rows.append(out.tolist())
+            rows.append(np.reshape(out, self._width).tolist())
             later.extend(stage_input.tolist() for stage_input in trace[1:])
         mixed = self._mix(rows)
-        return mixed, np.array([*rows, mixed.tolist(), *later])
+        return mixed, np.array([*rows, np.reshape(mixed, self._width).tolist(), *later])
 
     def observe_predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """``observe`` then ``predict_traced`` in one pass (what the pipeline serves)."""
@@ -276,10 +307,10 @@ class Portfolio(Adapter):
         rows, later = [], []
         for chain in self.chains:
             out, trace = chain.observe_predict_trace(outputs)
-            rows.append(out.tolist())
+            rows.append(np.reshape(out, self._width).tolist())
             later.extend(stage_input.tolist() for stage_input in trace[1:])
         mixed = self._mix(rows)
-        return mixed, np.array([*rows, mixed.tolist(), *later])
+        return mixed, np.array([*rows, np.reshape(mixed, self._width).tolist(), *later])
 
     def predict(self, x: Any) -> np.ndarray:
         return self.predict_traced(x)[0]
@@ -298,11 +329,14 @@ class Portfolio(Adapter):
         weights take the Fixed-Share step on the candidates' losses. Everything is
         checked before the first change, so a refused label changes nothing."""
         outputs = self._check(x)
-        label = check_class_label(y, "y", self.n_classes)
+        if self.n_classes is None:
+            label: Any = float(check_target(y, "y")[0])
+        else:
+            label = check_class_label(y, "y", self.n_classes)
         rows = np.asarray(served, dtype=np.float64)
         count = len(self.chains)
         lengths = [len(chain.stages) - 1 for chain in self.chains]
-        expected = (count + 1 + sum(lengths), self.n_classes)
+        expected = (count + 1 + sum(lengths), self._width)
         if rows.shape != expected:
             raise ValueError(f"trace: expected the portfolio's served rows of shape "
                              f"{expected}, got {rows.shape}")
@@ -312,8 +346,22 @@ class Portfolio(Adapter):
         for chain, length in zip(self.chains, lengths, strict=True):
             chain.learn_trace((outputs, *rows[position:position + length]), label)
             position += length
-        self._update_weights([float(rows[i, label]) for i in range(count)],
-                             float(rows[count, label]))
+        if self.n_classes is None:
+            self._update_regression([float(rows[i, 0]) for i in range(count)],
+                                    float(rows[count, 0]), label)
+        else:
+            self._update_weights([float(rows[i, label]) for i in range(count)],
+                                 float(rows[count, label]))
+
+    def _update_regression(self, values: list[float], served: float, target: float) -> None:
+        """AdaHedge step on the candidates' squared errors (regression)."""
+        losses = [(v - target) ** 2 for v in values]
+        self._mixability_gap += _mixability_gap(self._weights, losses, self._rate())
+        self._mixture_loss += (served - target) ** 2
+        self._cumulative_loss = [c + loss for c, loss in
+                                 zip(self._cumulative_loss, losses, strict=True)]
+        self._n_learned += 1
+        self._weights = _exponential_weights(self._cumulative_loss, self._rate())
 
     def _update_weights(self, probabilities: list[float], served: float) -> None:
         """Bayes step (eta = 1) on the floored probabilities of the label, then share
@@ -340,7 +388,7 @@ class Portfolio(Adapter):
         mass back to uniform (none by default: the mixture tracks by itself)."""
         for chain in self.chains:
             chain.on_drift()
-        if self.drift_share > 0.0:
+        if self.drift_share > 0.0 and self.n_classes is not None:
             spread = self.drift_share / len(self._weights)
             self._weights = [(1.0 - self.drift_share) * w + spread for w in self._weights]
 
@@ -355,7 +403,7 @@ class Portfolio(Adapter):
         return {"candidates": [chain.state_dict() for chain in self.chains],
                 "weights": np.array(self._weights), "cumulative_loss":
                 np.array(self._cumulative_loss), "mixture_loss": self._mixture_loss,
-                "n_learned": self._n_learned}
+                "mixability_gap": self._mixability_gap, "n_learned": self._n_learned}
 
     def upgrade_snapshot(self, state_dict: Any) -> Any:
         """Each candidate chain upgrades its own part (see ``Chain.upgrade_snapshot``)."""
@@ -380,7 +428,39 @@ class Portfolio(Adapter):
         self._cumulative_loss = [float(v) for v in
                                  np.asarray(state["cumulative_loss"], dtype=np.float64)]
         self._mixture_loss = float(state["mixture_loss"])
+        self._mixability_gap = float(state["mixability_gap"])
         self._n_learned = int(state["n_learned"])
+
+
+def _exponential_weights(cumulative: list[float], rate: float) -> list[float]:
+    """``softmax(-rate * L)`` (an infinite rate: uniform over the leaders); sums left to
+    right."""
+    best = min(cumulative)
+    if math.isinf(rate):
+        raw = [1.0 if c == best else 0.0 for c in cumulative]
+    else:
+        raw = [math.exp(-rate * (c - best)) for c in cumulative]
+    total = 0.0
+    for value in raw:
+        total += value
+    return [value / total for value in raw]
+
+
+def _mixability_gap(weights: list[float], losses: list[float], rate: float) -> float:
+    """Hedge loss minus mix loss of one round (AdaHedge's delta), never negative."""
+    hedge = 0.0
+    for weight, loss in zip(weights, losses, strict=True):
+        hedge += weight * loss
+    support = [(w, loss) for w, loss in zip(weights, losses, strict=True) if w > 0.0]
+    best = min(loss for _, loss in support)
+    if math.isinf(rate):
+        mix = best
+    else:
+        kept = 0.0
+        for weight, loss in support:
+            kept += weight * math.exp(-rate * (loss - best))
+        mix = best - math.log(kept) / rate
+    return max(0.0, hedge - mix)
 
 
 def _unique(names: list[str]) -> list[str]:

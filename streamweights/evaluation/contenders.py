@@ -45,7 +45,11 @@ from river import base as river_base
 from river import linear_model as river_linear
 
 from streamweights.adapters.portfolio import default_candidates
-from streamweights.config import DEFAULT_CLASSIFICATION_ADAPTERS, StreamConfig
+from streamweights.config import (
+    DEFAULT_CLASSIFICATION_ADAPTERS,
+    DEFAULT_REGRESSION_ADAPTERS,
+    StreamConfig,
+)
 from streamweights.evaluation.episode import PREDICTION, Episode
 from streamweights.events import Label, Prediction
 from streamweights.pipeline import Pipeline
@@ -53,8 +57,9 @@ from streamweights.pipeline import Pipeline
 #: The chain of ``configs/demo.yaml`` and of a stream that names no adapters (a test
 #: keeps the three equal): the portfolio of candidate chains, then the drift watch.
 DEFAULT_CHAIN: tuple[dict[str, Any], ...] = DEFAULT_CLASSIFICATION_ADAPTERS
-#: Regression streams take one ensemble stage (the portfolio mixes probabilities).
-REGRESSION_CHAIN: tuple[dict[str, Any], ...] = ({"type": "FixedShare", "share": 0.01},)
+#: Regression streams take one ensemble stage: the portfolio of the three ensembles
+#: (each of which also runs alone as a contender).
+REGRESSION_CHAIN: tuple[dict[str, Any], ...] = DEFAULT_REGRESSION_ADAPTERS
 #: Name prefix of the contenders that run one of the portfolio's candidates alone.
 CANDIDATE = "candidate: "
 BINARY_CALIBRATORS = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating")
@@ -329,7 +334,7 @@ class PipelineContender(Contender):
 
 def default_chain(task: str, n_classes: int | None) -> list[dict[str, Any]]:
     """The demo chain for the task: classification streams (any number of classes; the
-    portfolio picks its candidates by it) as it is; regression a single FixedShare (the
+    portfolio picks its candidates by it) as it is; regression the portfolio alone (the
     service takes a single stage for regression)."""
     if task == "regression":
         return [dict(stage) for stage in REGRESSION_CHAIN]
@@ -383,11 +388,9 @@ def contenders_for(episode: Episode, seed: int = 0) -> list[Contender]:
             found.append(PipelineContender(f"{CANDIDATE}{name}", "ours", f"the portfolio's "
                                            f"candidate {name}, alone", adapters=chain))
     chain = default_chain(episode.task, episode.n_classes)
-    description = " → ".join(s["type"] for s in chain)
-    if episode.classification:
-        assert episode.n_classes is not None
-        names = "; ".join(" → ".join(stage["type"] for stage in candidate)
-                          for candidate in default_candidates(episode.n_classes))
-        description = description.replace("Portfolio", f"Portfolio({names})", 1)
+    names = "; ".join(" → ".join(stage["type"] for stage in candidate)
+                      for candidate in default_candidates(episode.n_classes))
+    description = " → ".join(s["type"] for s in chain).replace(
+        "Portfolio", f"Portfolio({names})", 1)
     found.append(PipelineContender("default chain", "ours", description, adapters=chain))
     return found

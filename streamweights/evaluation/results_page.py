@@ -45,7 +45,8 @@ COLUMN_MEANINGS = {
                           "models, other stages on the uniform average, or one of the "
                           "portfolio's candidates alone)",
     "default chain": "the chain of configs/demo.yaml (Portfolio of four candidate chains "
-                     "→ DriftMemory; FixedShare for regression)",
+                     "→ DriftMemory; for regression a Portfolio of FixedShare, Hedge and "
+                     "OnlineStacking)",
     "default chain CI": "95% circular block-bootstrap interval of its mean loss",
     "vs best raw": "paired verdict of default chain against best raw: win / tie / loss",
     "vs river EWA": "same against river EWA",

@@ -185,8 +185,8 @@ def test_config_builds_the_default_and_refuses_what_cannot_work():
                            "OnlineStacking->OnlinePlatt", "FixedShare->OnlineBetaScaling"]
     regression = StreamConfig(name="r", task="regression", n_classes=None, models=("a",),
                               adapters=())
-    with pytest.raises(ConfigError, match="classification"):
-        _build_stage({"type": "Portfolio"}, regression, "streams[r].adapters[0]")
+    built = _build_stage({"type": "Portfolio"}, regression, "streams[r].adapters[0]")
+    assert built.names == ["FixedShare", "Hedge", "OnlineStacking"]
     with pytest.raises(ConfigError, match=r"candidates\[0\]\[1\].type: unknown adapter"):
         _build_stage({"type": "Portfolio", "candidates": [[{"type": "FixedShare"},
                                                            {"type": "Nope"}]]},

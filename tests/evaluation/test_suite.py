@@ -92,12 +92,12 @@ def test_default_chain_is_the_demo_config_chain():
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert [dict(s) for s in DEFAULT_CHAIN] == demo["streams"][0]["adapters"]
     assert default_chain("classification", 7) == [dict(s) for s in DEFAULT_CHAIN]
-    assert default_chain("regression", None) == [{"type": "FixedShare", "share": 0.01}]
-    # a stream that names no adapters gets the same chain (and regression a FixedShare)
+    assert default_chain("regression", None) == [{"type": "Portfolio"}]
+    # a stream that names no adapters gets the same chain (regression: the portfolio)
     stream = {"name": "s", "models": ["a", "b"]}
     assert list(_stream(dict(stream), "streams[0]").adapters) == demo["streams"][0]["adapters"]
     regression = _stream(dict(stream, task="regression"), "streams[0]")
-    assert [s["type"] for s in regression.adapters] == ["FixedShare"]
+    assert [s["type"] for s in regression.adapters] == ["Portfolio"]
 
 
 def test_cli_verb(tmp_path, capsys):
