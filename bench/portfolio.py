@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from streamweights.adapters import Chain  # noqa: E402
-from streamweights.adapters.portfolio import candidate_name, default_candidates  # noqa: E402
-from streamweights.config import DEFAULT_CLASSIFICATION_ADAPTERS, StreamConfig  # noqa: E402
+from streamweights.adapters import Chain
+from streamweights.adapters.portfolio import candidate_name, default_candidates
+from streamweights.config import DEFAULT_CLASSIFICATION_ADAPTERS, StreamConfig
 
 OLD_DEFAULT = [{"type": "FixedShare", "share": 0.01}, {"type": "OnlinePlatt"},
                {"type": "DriftMemory", "capacity": 64, "detector": "adwin"}]

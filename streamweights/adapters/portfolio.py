@@ -253,6 +253,13 @@ class Portfolio(Adapter):
             return None
         return np.array([m / total for m in mixed])
 
+    def before_calibration(self, x: Any) -> np.ndarray:
+        """The candidates' first stages (their ensembles) mixed under the portfolio's
+        weights: what a report shows as the output "before calibration"; pure."""
+        outputs = self._check(x)
+        return self._mix([np.reshape(chain.stages[0].predict(outputs), self._width).tolist()
+                          for chain in self.chains])
+
     def regret_bound(self) -> float | None:
         """The bound ``ln N + ln T`` (nats) on the loss above the best candidate so far
         (classification; ``None`` for regression, whose bound needs the loss range)."""
