@@ -48,6 +48,9 @@ class StreamTrace:
         self.weights_every_labels = weights_every_labels
         types = [spec["type"] for spec in config.adapters]
         self.has_ensemble = bool(types) and types[0] in ENSEMBLE_TYPES
+        first = stream.chain.stages[0]
+        if isinstance(first, Portfolio):  # its candidates' calibrators count
+            types += [type(s).__name__ for chain in first.chains for s in chain.stages]
         self.has_calibrator = any(t in CALIBRATORS for t in types)
         self._pending: dict[str, tuple[float, list, Any, Any]] = {}
         self.prediction_ts: list[float] = []

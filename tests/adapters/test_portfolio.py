@@ -194,3 +194,32 @@ def test_config_builds_the_default_and_refuses_what_cannot_work():
     with pytest.raises(ConfigError, match="n_models: set by the portfolio"):
         _build_stage({"type": "Portfolio", "candidates": [[{"type": "Hedge", "n_models": 2}]]},
                      stream, "streams[s].adapters[0]")
+
+
+def test_regression_mixture_stays_within_adahedge_bound():
+    """Scenario: regression, three deployed models; the accurate one changes halfway.
+    We expect the served (mean) prediction's cumulative squared error within AdaHedge's
+    bound (de Rooij et al. 2014, Theorem 8, losses scaled to [0, S]) of the best
+    candidate, the account in ``describe`` equal to it, and no bound claimed."""
+    rng = np.random.default_rng(11)
+    portfolio = Portfolio(n_models=3, n_classes=None)
+    chain = Chain([portfolio])
+    served_losses, candidate_losses = [], []
+    for t in range(3_000):
+        target = float(rng.normal())
+        noise = rng.normal(scale=[0.2, 1.0, 2.0] if t < 1_500 else [2.0, 1.0, 0.2])
+        out, trace = chain.observe_predict_trace(target + noise)
+        chain.learn_trace(trace, target)
+        served_losses.append((float(out) - target) ** 2)
+        candidate_losses.append([(row[0] - target) ** 2 for row in trace[-1][:3]])
+    losses = np.array(candidate_losses)
+    best, count, labels = losses.sum(axis=0).min(), 3, len(served_losses)
+    scale = losses.max()
+    star = best / scale
+    bound = scale * (2 * math.sqrt(star * (labels - star) / labels * math.log(count))
+                     + 16 / 3 * math.log(count) + 2)
+    regret = sum(served_losses) - best
+    assert regret <= bound
+    assert portfolio.describe()["regret"] == pytest.approx(regret, rel=1e-9, abs=1e-9)
+    assert portfolio.regret_bound() is None
+    assert portfolio.weights_[losses[-300:].sum(axis=0).argmax()] < 0.01  # off the worst
