@@ -3,7 +3,8 @@
 Runs every stream of :mod:`streamweights.evaluation.streams` (river's bundled real
 streams and its drift generators) with K = 3 frozen deployed models and delayed labels,
 every contender on each (raw models, uniform average, river's answers, each of our
-adapters alone and the default chain), scores them prequentially with block-bootstrap
+adapters alone, each candidate of the default portfolio alone and the default chain),
+scores them prequentially with block-bootstrap
 intervals and writes the results page, with a progress bar on stderr.
 
 Run (fresh clone): ``python3 -m venv .venv && .venv/bin/pip install -q -e . &&
