@@ -29,7 +29,15 @@ from streamweights.config_yaml import ConfigYamlError, read_yaml
 
 TASKS = ("classification", "regression")
 #: Stages that take the K deployed models' outputs; every chain starts with one.
-ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking")
+ENSEMBLE_TYPES = ("Hedge", "FixedShare", "OnlineStacking", "Portfolio")
+#: What a classification stream runs when its config names no ``adapters`` (the chain of
+#: ``configs/demo.yaml`` too): candidate chains mixed online, then the drift watch.
+DEFAULT_CLASSIFICATION_ADAPTERS: tuple[dict[str, Any], ...] = (
+    {"type": "Portfolio"},
+    {"type": "DriftMemory", "capacity": 64, "detector": "adwin"},
+)
+#: Regression streams take one ensemble stage: the portfolio of the three ensembles.
+DEFAULT_REGRESSION_ADAPTERS: tuple[dict[str, Any], ...] = ({"type": "Portfolio"},)
 #: Stages that take and return class probabilities; they follow the ensemble.
 PROBABILITY_STAGES = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating", "OnlineTemperature",
                       "PriorShift", "DriftMemory", "FeatureCorrection")
@@ -497,7 +505,9 @@ def _stream(item: Any, path: str) -> StreamConfig:
         raise ConfigError(f"{path}.models: must be a non-empty list of model names")
     if len(set(models)) != len(models):
         raise ConfigError(f"{path}.models: model names must be unique")
-    adapters = mapping.get("adapters", list, default=[{"type": "FixedShare"}])
+    defaults = DEFAULT_CLASSIFICATION_ADAPTERS if task == "classification" \
+        else DEFAULT_REGRESSION_ADAPTERS
+    adapters = mapping.get("adapters", list, default=[dict(spec) for spec in defaults])
     join = mapping.sub("join", default={})
     publish = mapping.sub("publish", default={})
     torch_block = mapping.get("torch", dict, default=None, allow_none=True)

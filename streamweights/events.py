@@ -133,6 +133,9 @@ class Weights:
     #: A stream with a ``conformal:`` block: the method and the score threshold served
     #: now per level (``{"method": "dtaci", "thresholds": {"0.1": 0.83}, ...}``).
     conformal: dict[str, Any] | None = None
+    #: A stream whose first stage is a ``Portfolio``: ``{"weights": {candidate: w},
+    #: "mean_loss": {candidate: nats}, "labels", "regret", "regret_bound"}``.
+    portfolio: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record = {"schema": SCHEMA_VERSION, "stream": self.stream, "version": self.version,
@@ -142,6 +145,8 @@ class Weights:
             record["artifact"] = self.artifact
         if self.conformal is not None:
             record["conformal"] = self.conformal
+        if self.portfolio is not None:
+            record["portfolio"] = self.portfolio
         return record
 
 

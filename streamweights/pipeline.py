@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from streamweights.adapters import Adapter, DriftMemory, PriorShift
+from streamweights.adapters import Adapter, DriftMemory, Portfolio, PriorShift
 from streamweights.adapters.drift_evidence import RiseEvidence
 from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
@@ -398,18 +398,38 @@ class StreamPipeline:
             prior=self._prior(), drift={"events": self.drift_total,
                                         "recent": list(self.drift_events)},
             artifact=None if self.latest_artifact is None else dict(self.latest_artifact),
-            conformal=None if self.uncertainty is None else self.uncertainty.describe())
+            conformal=None if self.uncertainty is None else self.uncertainty.describe(),
+            portfolio=self.portfolio())
         return self.latest_weights
 
     def ensemble_weights(self) -> dict[str, float]:
-        weights = getattr(self.chain.stages[0], "weights_", None)
-        if weights is None:
+        """Per deployed model (a portfolio: ``Portfolio.model_weights``)."""
+        first = self.chain.stages[0]
+        weights = first.model_weights() if isinstance(first, Portfolio) else \
+            getattr(first, "weights_", None)
+        if weights is None or len(weights) != len(self.config.models):
             return {}
         return {m: float(w) for m, w in zip(self.config.models, weights, strict=True)}
+
+    def portfolio(self) -> dict[str, Any] | None:
+        """The portfolio's candidate weights, losses and regret (``None``: no portfolio)."""
+        first = self.chain.stages[0]
+        return first.describe() if isinstance(first, Portfolio) else None
+
+    def portfolio_weights(self) -> dict[str, float]:
+        """``{candidate: weight}`` of a portfolio stream (empty otherwise)."""
+        first = self.chain.stages[0]
+        return first.candidate_weights() if isinstance(first, Portfolio) else {}
 
     def _calibration(self) -> dict[str, Any]:
         described = {}
         for index, stage in enumerate(self.chain.stages):
+            if isinstance(stage, Portfolio):  # each candidate's calibrators, by candidate
+                for name, candidate in zip(stage.names, stage.chains, strict=True):
+                    for inner, part in enumerate(candidate.stages[1:], start=1):
+                        described[f"{index}:{name}:{inner}:{type(part).__name__}"] = \
+                            describe(part)
+                continue
             if type(stage).__name__ in ENSEMBLE_TYPES or isinstance(stage, PriorShift):
                 continue
             described[f"{index}:{type(stage).__name__}"] = describe(stage)

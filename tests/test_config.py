@@ -60,7 +60,7 @@ def test_demo_config_validates():
     assert stream.name == config.source.stream
     assert stream.task == "classification" and stream.n_classes == 2
     assert len(stream.models) >= 3
-    assert stream.adapters[0]["type"] in ("Hedge", "FixedShare", "OnlineStacking")
+    assert stream.adapters[0]["type"] == "Portfolio"  # the default: a portfolio of chains
     chain = stream.build_chain()
     assert isinstance(chain, Chain)
     assert [type(s).__name__ for s in chain.stages] == [a["type"] for a in stream.adapters]
@@ -79,7 +79,7 @@ def test_defaults_when_settings_are_left_out():
     config = parse_config({"streams": [{"name": "s", "models": ["a"]}]})
     stream = config.streams[0]
     assert stream.task == "classification" and stream.n_classes == 2
-    assert [spec["type"] for spec in stream.adapters] == ["FixedShare"]
+    assert [spec["type"] for spec in stream.adapters] == ["Portfolio", "DriftMemory"]
     assert stream.react_to_drift
     assert config.source == SourceConfig()
 
@@ -119,11 +119,13 @@ def test_load_config_reports_unreadable_and_invalid_yaml(tmp_path):
 
 
 def test_load_config_error_names_the_path_from_a_file(tmp_path):
-    text = DEMO.read_text(encoding="utf-8").replace("share: 0.01", "share: 2")
-    assert "share: 2" in text
+    text = DEMO.read_text(encoding="utf-8").replace("{type: Portfolio}",
+                                                    "{type: Portfolio, drift_share: 2}")
+    assert "drift_share: 2" in text
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"^streams\[0\]\.adapters\[0\]\.share: must be in "):
+    with pytest.raises(ConfigError,
+                       match=r"^streams\[0\]\.adapters\[0\]\.drift_share: must be in "):
         load_config(path)
 
 

@@ -16,6 +16,8 @@ sees each input at prediction time (``predict``, ``observe``) and, later, the la
 * ``DriftMemory`` — a small class-balanced memory of recent, informative examples and a
   river drift detector on the loss stream;
 * ``Chain`` — stages in sequence, each learning on what it saw;
+* ``Portfolio`` — several candidate chains side by side, served as an online Fixed-Share
+  mixture with a regret bound against the best of them (the default of a stream);
 * online conformal layers (:mod:`.conformal`) — prediction sets / intervals whose
   coverage holds under drift: ``AdaptiveConformal``, ``ConformalPID``, ``DtACI``;
 * ``ConfidenceEstimate`` — accuracy, Brier and log-loss estimated before labels arrive.
@@ -37,6 +39,7 @@ from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
 from streamweights.adapters.feature_correction import FeatureCorrection
 from streamweights.adapters.kalman import KalmanWeights
 from streamweights.adapters.performance_estimate import ConfidenceEstimate
+from streamweights.adapters.portfolio import Portfolio
 from streamweights.adapters.prior_shift import PriorShift
 from streamweights.adapters.state_codec import (
     decode_state,
@@ -64,6 +67,7 @@ __all__ = [
     "OnlinePlatt",
     "OnlineStacking",
     "OnlineTemperature",
+    "Portfolio",
     "PriorShift",
     "adapter_spec",
     "build_adapter",

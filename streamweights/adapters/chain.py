@@ -23,7 +23,8 @@ import numpy as np
 
 from streamweights.adapters.base import Adapter, adapter_spec, build_adapter
 
-#: What ``predict_trace`` returns besides the output: the input of every stage, in order.
+#: What ``predict_trace`` returns besides the output: the input of every stage, in order,
+#: then the own trace of each stage that keeps one (a ``Portfolio``'s candidates).
 Trace = tuple[np.ndarray, ...]
 
 
@@ -109,30 +110,39 @@ class Chain(Adapter):
         return self.predict_trace(x)[0]
 
     def predict_trace(self, x: Any, features: Any = None) -> tuple[np.ndarray, Trace]:
-        """Output of the last stage and the input each stage received (``features``: the
-        prediction's features, for a chain with a feature stage)."""
+        """Output of the last stage and the input each stage received (then, for each
+        stage that keeps a trace of its own, such as a ``Portfolio``, that trace);
+        ``features``: the prediction's features, for a chain with a feature stage."""
         features = self.check_features(features)
-        outputs, inputs = x, []
+        outputs, inputs, extras = x, [], []
         for stage in self.stages:
             x = self._stage_input(stage, x, outputs, features)
-            output = stage.predict(x)  # validates x before it is recorded
+            if _traced(stage):
+                output, extra = stage.predict_traced(x)
+                extras.append(extra)
+            else:
+                output = stage.predict(x)  # validates x before it is recorded
             inputs.append(np.asarray(x, dtype=np.float64))
             x = output
-        return np.asarray(x), tuple(inputs)
+        return np.asarray(x), tuple(inputs) + tuple(extras)
 
     def observe_predict_trace(self, x: Any, features: Any = None) -> tuple[np.ndarray, Trace]:
         """``observe`` then ``predict_trace`` in one pass: each stage observes its input,
         then its (updated) output feeds the next stage. This is what the pipeline does
         with every served prediction."""
         features = self.check_features(features)
-        outputs, inputs = x, []
+        outputs, inputs, extras = x, [], []
         for stage in self.stages:
             x = self._stage_input(stage, x, outputs, features)
-            stage.observe(x)
-            output = stage.predict(x)
+            if _traced(stage):
+                output, extra = stage.observe_predict_traced(x)
+                extras.append(extra)
+            else:
+                stage.observe(x)
+                output = stage.predict(x)
             inputs.append(np.asarray(x, dtype=np.float64))
             x = output
-        return np.asarray(x), tuple(inputs)
+        return np.asarray(x), tuple(inputs) + tuple(extras)
 
     def learn_trace(self, trace: Trace, y: Any) -> None:
         """Teach every stage the label ``y`` on the input it saw at prediction time.
@@ -141,10 +151,17 @@ class Chain(Adapter):
         chain share one label space (checked at construction), so a bad label is
         rejected by the first stage and leaves the whole chain unchanged.
         """
-        if len(trace) != len(self.stages):
-            raise ValueError(f"trace: expected {len(self.stages)} stage inputs, got {len(trace)}")
-        for stage, stage_input in zip(self.stages, trace, strict=True):
-            stage.learn(stage_input, y)
+        traced = [stage for stage in self.stages if _traced(stage)]
+        expected = len(self.stages) + len(traced)
+        if len(trace) != expected:
+            raise ValueError(f"trace: expected {expected} stage inputs and traces, got "
+                             f"{len(trace)}")
+        extras = iter(trace[len(self.stages):])
+        for stage, stage_input in zip(self.stages, trace[:len(self.stages)], strict=True):
+            if _traced(stage):
+                stage.learn_traced(stage_input, next(extras), y)
+            else:
+                stage.learn(stage_input, y)
 
     def learn(self, x: Any, y: Any) -> None:
         self.learn_trace(self.predict_trace(x)[1], y)
@@ -190,3 +207,8 @@ class Chain(Adapter):
     def _set_state(self, state: dict[str, Any]) -> None:
         for stage, stage_state in zip(self.stages, state["stages"], strict=True):
             stage.load_state_dict(stage_state)
+
+
+def _traced(stage: Adapter) -> bool:
+    """A stage that keeps its own trace (``predict_traced`` / ``learn_traced``)."""
+    return hasattr(stage, "learn_traced")

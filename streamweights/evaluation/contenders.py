@@ -27,7 +27,8 @@ arrives, possibly hundreds of events later — and returns its answer for every 
   deployed models enter river as estimators that look their recorded output up by event.
 * **ours** — each adapter alone where it applies (the three ensembles on the K models;
   calibrators and the prior-shift corrector on the uniform average, since a chain starts
-  with an ensemble) and the default chain of ``configs/demo.yaml``, all run through the
+  with an ensemble), each candidate of the default portfolio alone (``candidate: ...``)
+  and the default chain of ``configs/demo.yaml``, all run through the
   service's own :class:`~streamweights.pipeline.Pipeline` (join, drift reaction, the lot).
 """
 
@@ -45,17 +46,24 @@ from river import bandit, compose, drift, ensemble, metrics, model_selection, pr
 from river import base as river_base
 from river import linear_model as river_linear
 
-from streamweights.config import StreamConfig
+from streamweights.adapters.portfolio import default_candidates
+from streamweights.config import (
+    DEFAULT_CLASSIFICATION_ADAPTERS,
+    DEFAULT_REGRESSION_ADAPTERS,
+    StreamConfig,
+)
 from streamweights.evaluation.episode import PREDICTION, Episode
 from streamweights.events import Label, Prediction
 from streamweights.pipeline import Pipeline
 
-#: The chain of ``configs/demo.yaml`` (a test keeps the two equal).
-DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
-    {"type": "FixedShare", "share": 0.01},
-    {"type": "OnlinePlatt"},
-    {"type": "DriftMemory", "capacity": 64, "detector": "adwin"},
-)
+#: The chain of ``configs/demo.yaml`` and of a stream that names no adapters (a test
+#: keeps the three equal): the portfolio of candidate chains, then the drift watch.
+DEFAULT_CHAIN: tuple[dict[str, Any], ...] = DEFAULT_CLASSIFICATION_ADAPTERS
+#: Regression streams take one ensemble stage: the portfolio of the three ensembles
+#: (each of which also runs alone as a contender).
+REGRESSION_CHAIN: tuple[dict[str, Any], ...] = DEFAULT_REGRESSION_ADAPTERS
+#: Name prefix of the contenders that run one of the portfolio's candidates alone.
+CANDIDATE = "candidate: "
 BINARY_CALIBRATORS = ("OnlinePlatt", "OnlineBetaScaling", "Calibeating")
 #: Feature key that carries the event index to the frozen river wrappers.
 EVENT = "__event__"
@@ -351,15 +359,19 @@ class PipelineContender(Contender):
 
 
 def default_chain(task: str, n_classes: int | None) -> list[dict[str, Any]]:
-    """The demo chain adapted to the task: binary as it is; more classes swap the binary
-    calibrator for ``OnlineTemperature``; regression keeps the ensemble stage only (the
+    """The demo chain for the task: classification streams (any number of classes; the
+    portfolio picks its candidates by it) as it is; regression the portfolio alone (the
     service takes a single stage for regression)."""
     if task == "regression":
-        return [dict(DEFAULT_CHAIN[0])]
-    if n_classes == 2:
-        return [dict(stage) for stage in DEFAULT_CHAIN]
-    return [{"type": "OnlineTemperature"} if stage["type"] in BINARY_CALIBRATORS
-            else dict(stage) for stage in DEFAULT_CHAIN]
+        return [dict(stage) for stage in REGRESSION_CHAIN]
+    return [dict(stage) for stage in DEFAULT_CHAIN]
+
+
+def candidate_chains(n_classes: int) -> list[list[dict[str, Any]]]:
+    """Each of the default portfolio's candidates as a chain of its own, with the default
+    chain's drift watch after it: what a user who picked that candidate would run."""
+    tail = [dict(stage) for stage in DEFAULT_CHAIN[1:]]
+    return [[*candidate, *tail] for candidate in default_candidates(n_classes)]
 
 
 def feature_chain(n_classes: int, n_features: int, **options: Any) -> list[dict[str, Any]]:
@@ -404,7 +416,16 @@ def contenders_for(episode: Episode, seed: int = 0) -> list[Contender]:
             found.append(PipelineContender(
                 stage["type"], "ours", f"{stage['type']} on the uniform average",
                 adapters=[{"type": "Hedge"}, stage], on_average=True))
-    found.append(PipelineContender("default chain", "ours", " → ".join(
-        s["type"] for s in default_chain(episode.task, episode.n_classes)),
-        adapters=default_chain(episode.task, episode.n_classes)))
+    if episode.classification:
+        assert episode.n_classes is not None
+        for chain in candidate_chains(episode.n_classes):
+            name = " → ".join(stage["type"] for stage in chain)
+            found.append(PipelineContender(f"{CANDIDATE}{name}", "ours", f"the portfolio's "
+                                           f"candidate {name}, alone", adapters=chain))
+    chain = default_chain(episode.task, episode.n_classes)
+    names = "; ".join(" → ".join(stage["type"] for stage in candidate)
+                      for candidate in default_candidates(episode.n_classes))
+    description = " → ".join(s["type"] for s in chain).replace(
+        "Portfolio", f"Portfolio({names})", 1)
+    found.append(PipelineContender("default chain", "ours", description, adapters=chain))
     return found

@@ -42,10 +42,11 @@ COLUMN_MEANINGS = {
     "river ADWIN retrain": "river Hoeffding tree on the features, learning online, reset on "
                            "ADWIN drift",
     "best adapter alone": "our best single adapter on this stream (ensembles on the K "
-                          "models, other stages on the uniform average)",
-    "default chain": "the chain of configs/demo.yaml (FixedShare → OnlinePlatt → "
-                     "DriftMemory; OnlineTemperature for >2 classes; FixedShare for "
-                     "regression)",
+                          "models, other stages on the uniform average, or one of the "
+                          "portfolio's candidates alone)",
+    "default chain": "the chain of configs/demo.yaml (Portfolio of four candidate chains "
+                     "→ DriftMemory; for regression a Portfolio of FixedShare, Hedge and "
+                     "OnlineStacking)",
     "default chain CI": "95% circular block-bootstrap interval of its mean loss",
     "vs best raw": "paired verdict of default chain against best raw: win / tie / loss",
     "vs river EWA": "same against river EWA",
@@ -95,6 +96,67 @@ def _diagnosis(result: StreamResult) -> str:
     return "; ".join(facts)
 
 
+#: The default portfolio's candidates on a regression stream, which also run alone.
+REGRESSION_CANDIDATES = ("FixedShare", "Hedge", "OnlineStacking")
+
+
+def portfolio_candidates(result: StreamResult) -> list[str]:
+    """The contenders that are the default portfolio's candidates run alone."""
+    if result.task == "classification":
+        return [n for n in result.contenders if n.startswith("candidate: ")]
+    return [n for n in REGRESSION_CANDIDATES if n in result.contenders]
+
+
+def _which_candidate_section(suite: SuiteResult) -> list[str]:
+    """Which of the default portfolio's candidates did best alone on each stream, and
+    what the portfolio made of it (the measurements behind README's "which chain when")."""
+    rows = []
+    for result in suite.streams:
+        candidates = portfolio_candidates(result)
+        if not candidates:
+            continue
+        ranked = sorted(candidates, key=result.loss)
+        best, worst = ranked[0], ranked[-1]
+        rows.append([result.name, best.removeprefix("candidate: "), _number(result.loss(best)),
+                     worst.removeprefix("candidate: "), _number(result.loss(worst)),
+                     _number(result.loss(DEFAULT_CHAIN)),
+                     f"{result.loss(DEFAULT_CHAIN) / result.loss(best):.3f}"])
+    if not rows:
+        return []
+    return ["", "## Which candidate when", "",
+            "Each of the default portfolio's candidates run alone (with the default's drift "
+            "watch; regression: the three ensembles), the best and the worst of them, and "
+            "the portfolio, which mixes them online.", "",
+            *_table(["stream", "best candidate alone", "loss", "worst candidate alone", "loss",
+                     "portfolio", "portfolio ÷ best"], rows)]
+
+
+def _portfolio_headline(suite: SuiteResult) -> list[str]:
+    """Issue 14's must-hold 1: the default (a portfolio) against its best candidate
+    alone, and its ECE against the best raw model's."""
+    within, compared, ratios, calibrated, classification = 0, 0, [], 0, 0
+    for result in suite.streams:
+        candidates = portfolio_candidates(result)
+        if not candidates:
+            continue
+        ratio = result.loss(DEFAULT_CHAIN) / min(result.loss(c) for c in candidates)
+        compared += 1
+        within += ratio <= 1.02
+        ratios.append((ratio, result.name))
+        if result.task == "classification":
+            classification += 1
+            calibrated += (result.contenders[DEFAULT_CHAIN].metrics["ece"]
+                           <= result.contenders[BEST_RAW].metrics["ece"] + 0.005)
+    if not compared:
+        return []
+    worst = ", ".join(f"{name} {ratio:.3f}" for ratio, name in sorted(ratios)[::-1][:3])
+    return [f"* **Default (a portfolio) within 2% of, or better than, its best candidate "
+            f"alone in hindsight** on **{within} of {compared} streams** (loss ratio; the "
+            f"highest: {worst}). Target: at least 20 of 22.",
+            f"* Default's ECE at most 0.005 above the best raw model's on {calibrated} of "
+            f"{classification} classification streams."]
+
+
 def render_results(suite: SuiteResult, command: str, notes: dict[str, str] | None = None,
                    best_river_note: str | None = None) -> str:
     """The whole page as markdown. ``notes``: why the default chain loses on a stream
@@ -125,6 +187,7 @@ def render_results(suite: SuiteResult, command: str, notes: dict[str, str] | Non
         f"{best_river['win']} wins, {best_river['tie']} ties, {best_river['loss']} losses; "
         f"lower mean loss on {top['lower_mean_loss_than'][BEST_RIVER]} of "
         f"{best_river['streams']}.",
+        *_portfolio_headline(suite),
         "",
         "A verdict compares per-event losses of two contenders on the same events: the 95% "
         "circular block-bootstrap interval (1,000 replicates, blocks of ⌈√n⌉ events) of the "
@@ -220,6 +283,7 @@ def render_results(suite: SuiteResult, command: str, notes: dict[str, str] | Non
                       f"{r.loss(DEFAULT_CHAIN):.4g})" for r in beaten) + "."]
         lines += ["", f"Why: {best_river_note}" if best_river_note else
                   "Why: no note written yet."]
+    lines += _which_candidate_section(suite)
     lines += _conformal_section(suite)
     lines += ["", "## Streams", ""]
     lines += _table(["stream", "kind", "task", "events", "train window", "description"], [

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from streamweights.adapters import PriorShift
+from streamweights.adapters import Portfolio, PriorShift
 from streamweights.config import ENSEMBLE_TYPES
 from streamweights.events import Label, Prediction, RecordError
 from streamweights.pipeline import Outcome, Pipeline, StreamPipeline
@@ -48,6 +48,9 @@ class StreamTrace:
         self.weights_every_labels = weights_every_labels
         types = [spec["type"] for spec in config.adapters]
         self.has_ensemble = bool(types) and types[0] in ENSEMBLE_TYPES
+        first = stream.chain.stages[0]
+        if isinstance(first, Portfolio):  # its candidates' calibrators count
+            types += [type(s).__name__ for chain in first.chains for s in chain.stages]
         self.has_calibrator = any(t in CALIBRATORS for t in types)
         self._pending: dict[str, tuple[float, list, Any, Any]] = {}
         self.prediction_ts: list[float] = []
@@ -59,6 +62,10 @@ class StreamTrace:
         self.weights_ts: list[float] = []
         self.weights_labels: list[int] = []
         self.weights: list[list[float]] = []
+        #: A portfolio stream's candidate weights, sampled with the ensemble weights.
+        self.portfolio_labels: list[int] = []
+        self.portfolio_ts: list[float] = []
+        self.portfolio: list[list[float]] = []
         self.prior_ts: list[float] = []
         self.prior: list[list[float]] = []
         self.drift: list[dict[str, Any]] = []
@@ -79,8 +86,9 @@ class StreamTrace:
         the chain's first stage will hand on)."""
         try:
             outputs = self.stream.outputs_array(prediction)
-            before = self.stream.chain.stages[0].predict(outputs) if self.has_ensemble \
-                else None
+            first = self.stream.chain.stages[0]
+            before = None if not self.has_ensemble else first.before_calibration(outputs) \
+                if isinstance(first, Portfolio) else first.predict(outputs)
         except (RecordError, ValueError):
             return None
         return outputs.tolist(), None if before is None else before.tolist()
@@ -139,6 +147,11 @@ class StreamTrace:
             self.weights_ts.append(ts)
             self.weights_labels.append(len(self.labels))
             self.weights.append(list(weights.values()))
+        candidates = self.stream.portfolio_weights()
+        if candidates:
+            self.portfolio_ts.append(ts)
+            self.portfolio_labels.append(len(self.labels))
+            self.portfolio.append(list(candidates.values()))
         prior_stage = self.prior_stage
         if prior_stage is not None:
             self.prior_ts.append(ts)
@@ -164,6 +177,9 @@ class StreamTrace:
             "weights_ts": np.array(self.weights_ts, dtype=np.float64),
             "weights_labels": np.array(self.weights_labels, dtype=np.int64),
             "weights": matrix(self.weights, n_models),
+            "portfolio_ts": np.array(self.portfolio_ts, dtype=np.float64),
+            "portfolio_labels": np.array(self.portfolio_labels, dtype=np.int64),
+            "portfolio": matrix(self.portfolio, len(self.stream.portfolio_weights())),
             "prior_ts": np.array(self.prior_ts, dtype=np.float64),
             "prior": matrix(self.prior, n_classes),
             "covered": matrix(self.covered, len(self.levels)),
@@ -239,6 +255,7 @@ class TraceRecorder:
                 "file": f"trace-{index}.npz", "task": stream.config.task,
                 "models": list(stream.config.models), "n_classes": stream.config.n_classes,
                 "chain": [dict(spec) for spec in stream.config.adapters],
+                "candidates": list(stream.portfolio_weights()),
                 "has_calibrator": trace.has_calibrator,
                 "has_prior_shift": trace.prior_stage is not None,
                 "drift_events": trace.drift, "drift_total": stream.drift_total,

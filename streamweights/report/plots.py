@@ -127,6 +127,31 @@ def weights_plot(data: StreamData) -> Plot:
                                                 "points": len(x)})
 
 
+def portfolio_plot(data: StreamData) -> Plot:
+    """A portfolio's weight on each candidate chain over time, drift marked."""
+    title = "Portfolio weights over time"
+    weights = data.arrays.get("portfolio", np.zeros((0, 0)))
+    if len(weights) == 0:
+        return _empty("portfolio", title, "No portfolio: the chain's first stage is a single "
+                      "ensemble (or no label arrived).")
+    clock = _Clock(data)
+    figure = Figure(figsize=(WIDTH, HEIGHT))
+    axes = figure.add_subplot()
+    x = clock(data.arrays["portfolio_ts"])
+    for index, candidate in enumerate(data.meta.get("candidates", [])):
+        axes.plot(x, weights[:, index], linewidth=1.4, label=candidate)
+    alarms, changes = _mark_drift(axes, data, clock)
+    axes.set_xlabel(clock.label)
+    axes.set_ylabel("weight")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(f"{data.name}: portfolio weights (Fixed-Share over candidate chains)")
+    axes.legend(loc="upper left", fontsize=8)
+    return Plot("portfolio", title, _png(figure), {"lines": weights.shape[1],
+                                                  "drift_markers": alarms,
+                                                  "change_markers": changes,
+                                                  "points": len(x)})
+
+
 def _losses(data: StreamData) -> tuple[dict[str, np.ndarray], str]:
     """Per-event primary loss of each raw model, the ensemble output and the served one."""
     arrays = data.arrays
@@ -384,6 +409,6 @@ def estimate_plot(data: StreamData) -> Plot:
 
 def stream_plots(data: StreamData, samples: dict[str, list]) -> list[Plot]:
     """Every plot of one stream, in page order."""
-    return [weights_plot(data), rolling_loss_plot(data), reliability_plot(data),
-            class_mix_plot(data), coverage_plot(data), estimate_plot(data),
+    return [weights_plot(data), portfolio_plot(data), rolling_loss_plot(data),
+            reliability_plot(data), class_mix_plot(data), coverage_plot(data), estimate_plot(data),
             pending_throughput_plot(data, samples)]

@@ -10,6 +10,7 @@ streamweights_labels_joined_total                 counter    stream
 streamweights_predictions_expired_total           counter    stream, cause (ttl|capacity)
 streamweights_pending_labels                      gauge      stream
 streamweights_ensemble_weight                     gauge      stream, model
+streamweights_portfolio_weight                    gauge      stream, candidate
 streamweights_log_loss                            gauge      stream, forecaster
 streamweights_ece                                 gauge      stream, forecaster
 streamweights_drift_events_total                  counter    stream
@@ -35,6 +36,10 @@ the adapted records (``"0.1"``); ``mean_size`` is classes per set or interval wi
 ``streamweights_performance`` (streams with ``performance_estimate:``) holds ``metric``
 ``accuracy``, ``brier`` or ``log_loss`` with ``source`` ``estimated`` (label-free, over
 the last window of served predictions) or ``realised`` (over the last window of labels).
+
+``candidate`` names a portfolio's candidate chain by its stage types
+(``FixedShare->OnlinePlatt``); a portfolio stream's ensemble weights are its candidates'
+ensemble weights (Hedge / FixedShare first stages) averaged under the portfolio's weights.
 
 ``forecaster`` is ``adapted``, ``raw_best`` or ``raw:<model>``. Loss and ECE gauges are
 prequential means over the whole run (for regression streams, ``log_loss`` holds MSE).
@@ -66,6 +71,9 @@ class ServiceMetrics:
         self.ensemble_weight = Gauge("streamweights_ensemble_weight",
                                      "Current ensemble weight of a deployed model.",
                                      ["stream", "model"], registry=r)
+        self.portfolio_weight = Gauge("streamweights_portfolio_weight",
+                                      "Current mixture weight of a portfolio's candidate "
+                                      "chain.", ["stream", "candidate"], registry=r)
         self.log_loss = Gauge("streamweights_log_loss", "Prequential mean log-loss (MSE for "
                               "regression).", ["stream", "forecaster"], registry=r)
         self.ece = Gauge("streamweights_ece", "Prequential top-label expected calibration "

@@ -499,6 +499,8 @@ class Service:
         metrics.pending.labels(name).set(len(stream.join))
         for model, weight in stream.ensemble_weights().items():
             metrics.ensemble_weight.labels(name, model).set(weight)
+        for candidate, weight in stream.portfolio_weights().items():
+            metrics.portfolio_weight.labels(name, candidate).set(weight)
         scores = stream.scores.summary()
         primary = "log_loss" if stream.classification else "mse"
         forecasters = {"adapted": scores["adapted"]}

@@ -26,8 +26,8 @@ from tests.evaluation.chromium import Chromium
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOT_KEYS = ["weights", "rolling_loss", "reliability", "class_mix", "coverage", "estimate",
-             "pending_throughput"]
+PLOT_KEYS = ["weights", "portfolio", "rolling_loss", "reliability", "class_mix", "coverage",
+             "estimate", "pending_throughput"]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -90,6 +90,13 @@ def test_plots_match_the_run(service_run):
     assert len(trace.meta["drift_events"]) == stream["drift_events"]
     # one weight line per deployed model; raw models + ensemble + served losses
     assert drawn["weights"]["lines"] == len(stream["models"]) == 3
+    # one line per candidate of the portfolio; the last sample is the published weights
+    assert drawn["portfolio"]["lines"] == len(trace.meta["candidates"]) == 4
+    assert drawn["portfolio"]["drift_markers"] == stream["drift_events"]
+    published = stream["weights"]["portfolio"]["weights"]
+    assert list(published) == trace.meta["candidates"]
+    np.testing.assert_allclose(trace.arrays["portfolio"][-1], list(published.values()),
+                               atol=0.05)
     assert drawn["rolling_loss"]["lines"] == 3 + 2
     # the recorded events are the run's labelled events, scored the same way
     labels = trace.arrays["labels"].astype(np.int64)

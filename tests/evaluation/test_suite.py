@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from streamweights.cli import main
+from streamweights.config import _stream
 from streamweights.evaluation.command import evaluate
 from streamweights.evaluation.contenders import DEFAULT_CHAIN, default_chain
 from streamweights.evaluation.suite import (
@@ -90,9 +91,13 @@ def test_results_page(tiny):
 def test_default_chain_is_the_demo_config_chain():
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert [dict(s) for s in DEFAULT_CHAIN] == demo["streams"][0]["adapters"]
-    assert [s["type"] for s in default_chain("classification", 7)] == [
-        "FixedShare", "OnlineTemperature", "DriftMemory"]
-    assert default_chain("regression", None) == [dict(DEFAULT_CHAIN[0])]
+    assert default_chain("classification", 7) == [dict(s) for s in DEFAULT_CHAIN]
+    assert default_chain("regression", None) == [{"type": "Portfolio"}]
+    # a stream that names no adapters gets the same chain (regression: the portfolio)
+    stream = {"name": "s", "models": ["a", "b"]}
+    assert list(_stream(dict(stream), "streams[0]").adapters) == demo["streams"][0]["adapters"]
+    regression = _stream(dict(stream, task="regression"), "streams[0]")
+    assert [s["type"] for s in regression.adapters] == ["Portfolio"]
 
 
 def test_cli_verb(tmp_path, capsys):

@@ -18,13 +18,13 @@ def test_validate_accepts_the_demo_config():
 
 def test_validate_names_the_path_of_a_bad_field(tmp_path):
     document = yaml.safe_load(DEMO_CONFIG.read_text())
-    document["streams"][0]["adapters"][0]["share"] = 2
+    document["streams"][0]["adapters"][0]["drift_share"] = 2
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document))
     result = cli("validate", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "config error: streams[0].adapters[0].share: must be in (0, 1), got 2")
+        "config error: streams[0].adapters[0].drift_share: must be in [0, 1), got 2")
 
 
 def test_run_with_a_missing_file_source_fails_fast(config_factory, tmp_path):

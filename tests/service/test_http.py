@@ -78,6 +78,12 @@ def test_endpoints_before_and_after_restore(config_factory):
         published = (config_factory_output(config) / "weights.jsonl").read_bytes().splitlines()
         assert body == published[-1]
         assert json.loads(body)["version"] == streams["demo"]["weights_version"]
+        # the default chain's portfolio: one gauge per candidate, as published
+        portfolio = json.loads(body)["portfolio"]["weights"]
+        gauges = {s.labels["candidate"]: s.value
+                  for s in families["streamweights_portfolio_weight"].samples}
+        assert gauges == pytest.approx(portfolio) and len(gauges) == 4
+        assert sum(gauges.values()) == pytest.approx(1.0)
         assert _get(port, "/v1/streams/nope/weights")[0] == 404
         assert _get(port, "/nothing")[0] == 404
     finally:
