@@ -12,6 +12,7 @@ mod adwin;
 mod beta;
 mod calibeating;
 mod conformal;
+mod drift_evidence;
 mod expert_losses;
 mod feature_correction;
 mod fixed_share;
@@ -50,5 +51,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     hedge::register(module)?;
     fixed_share::register(module)?;
     stacking::register(module)?;
+    drift_evidence::register(module)?;
     Ok(())
 }
