@@ -13,6 +13,7 @@ mod beta;
 mod calibeating;
 mod conformal;
 mod drift_evidence;
+mod drift_memory;
 mod expert_losses;
 mod feature_correction;
 mod fixed_share;
@@ -52,5 +53,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     fixed_share::register(module)?;
     stacking::register(module)?;
     drift_evidence::register(module)?;
+    drift_memory::register(module)?;
     Ok(())
 }

@@ -5,6 +5,11 @@ often wrong) and spread over the classes (a class-correlated stream would otherw
 the memory with one class). RoTTA's category-balanced memory scores each item by age and
 uncertainty and evicts the worst; a river drift detector on the loss stream (ADWIN or
 Page-Hinkley) says when the concept changed, and the memory then drops what came before.
+
+The memory and the per-event arithmetic of ``observe`` / ``learn`` (input check, argmax,
+entropy, accept/evict, relabel, the loss) run in the native core
+(``native/src/drift_memory.rs``); the numpy version it replaced is the oracle in
+``tests/reference/drift_memory.py`` (tests/adapters/test_native_drift_memory_core.py).
 """
 
 from __future__ import annotations
@@ -229,22 +234,24 @@ class DriftMemory(Adapter):
         self._evidence = self._new_evidence()
         self._monitor = None if detector is None else _Monitor(
             detector, self.detector_options, self.standardise_warmup)
+        # The table is numpy's (its exp), handed over so scores stay the reference's bits.
+        self._core = _native.DriftMemoryCore(
+            self.capacity, self.n_classes, self._timeliness.tolist(), self.timeliness_weight,
+            self.uncertainty_weight, self.entropy_filter, signal == "entropy", loss == "log")
         self._clear()
 
     # -- pipeline-facing views -------------------------------------------------------
     def __len__(self) -> int:
-        return self._size
+        return len(self._core)
 
     def class_counts(self) -> np.ndarray:
         """Number of stored items per class, shape ``(C,)``."""
-        return self._counts.copy()
+        return np.array(self._core.class_counts(), dtype=np.int64)
 
     def items(self) -> list[tuple[np.ndarray, int, int, float]]:
         """Stored ``(item, label, age, score)`` in storage order; items are read-only."""
-        n = self._size
-        scores = self._scores().tolist()
-        ages = (self._adds - self._births[:n]).tolist()
-        return [(self._items[i], int(self._labels[i]), ages[i], scores[i]) for i in range(n)]
+        return [(_as_item(item), label, age, score)
+                for item, label, age, score, *_ in self._core.items()]
 
     @property
     def drift_count(self) -> int:
@@ -283,31 +290,43 @@ class DriftMemory(Adapter):
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")
 
+    # The core returns the value to feed the detector (NaN: none for this verb), or None
+    # when the input does not clear its fast check: then Python's full check runs (and
+    # raises with the usual message, or accepts with the same numbers).
     def observe(self, x: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        self._observe_unchecked(p, int(p.argmax()), _entropy(p))
+        value = self._core.observe(x, self._signals)
+        if value is None:
+            value = self._core.observe_checked(
+                check_probability_vector(x, "x", self.n_classes).tolist(), self._signals)
+        if value == value:
+            self._feed(value)
 
     def observe_many(self, xs: Any) -> None:
-        p = self._check_rows(xs, "xs")
-        classes = p.argmax(axis=1).tolist()
-        entropies = _entropies(p).tolist()
-        for row, label, entropy in zip(p, classes, entropies, strict=True):
-            self._observe_unchecked(row, label, entropy)
+        observe = self._core.observe_checked
+        for row in self._check_rows(xs, "xs").tolist():
+            value = observe(row, self._signals)
+            if value == value:
+                self._feed(value)
 
     def learn(self, x: Any, y: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        label = check_class_label(y, "y", self.n_classes)
-        self._learn_unchecked(p, label, int(p.argmax()), _entropy(p))
+        value = self._core.learn(x, y, self._signals)
+        if value is None:
+            label = check_class_label(y, "y", self.n_classes)
+            value = self._core.learn_checked(
+                check_probability_vector(x, "x", self.n_classes).tolist(), label, self._signals)
+        if value == value:
+            self._feed(value)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
-        p = self._check_rows(xs, "xs")
+        rows = self._check_rows(xs, "xs").tolist()
         labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        classes = p.argmax(axis=1).tolist()
-        entropies = _entropies(p).tolist()
-        for row, label, predicted, entropy in zip(p, labels, classes, entropies, strict=True):
-            self._learn_unchecked(row, label, predicted, entropy)
+        learn = self._core.learn_checked
+        for row, label in zip(rows, labels, strict=True):
+            value = learn(row, label, self._signals)
+            if value == value:
+                self._feed(value)
 
     def on_drift(self) -> None:
         """Evict items stored before the last change point this memory found (idempotent)."""
@@ -324,32 +343,17 @@ class DriftMemory(Adapter):
         value = float(as_finite_array(uncertainty, "uncertainty", ()))
         if value < 0.0:
             raise ValueError(f"uncertainty: must be >= 0, got {value!r}")
-        return self._add(array, label, value, pseudo=False)
+        if array.dtype == np.float64 and array.ndim == 1:
+            return self._core.add_item(array.tolist(), None, label, value, self._signals)
+        array.flags.writeable = False
+        return self._core.add_item([], array, label, value, self._signals)
 
     def update_loss(self, loss: Any) -> bool:
         """Feed one value to the detector; return whether it detected a drift."""
         value = float(as_finite_array(loss, "loss", ()))
         return self._feed(value)
 
-    # -- inner functions (shared by single and batch verbs) -----------------------------
-    def _observe_unchecked(self, p: np.ndarray, label: int, entropy: float) -> None:
-        normalised = entropy / self._log_classes
-        if self.entropy_filter is None or normalised < self.entropy_filter:
-            self._add(p, label, entropy, pseudo=True)
-        if self.signal == "entropy":
-            self._feed(normalised)
-
-    def _learn_unchecked(self, p: np.ndarray, label: int, predicted: int,
-                         entropy: float) -> None:
-        if not self._relabel(p, predicted, entropy, label):
-            self._add(p, label, 0.0, pseudo=False)
-        if self.signal == "loss":
-            if self.loss == "zero_one":
-                value = 0.0 if predicted == label else 1.0
-            else:
-                value = -math.log(max(float(p[label]), _LOG_LOSS_CLIP))
-            self._feed(value)
-
+    # -- the detector ----------------------------------------------------------------
     def _feed(self, value: float) -> bool:
         self._signals += 1
         if self._monitor is None:
@@ -400,108 +404,15 @@ class DriftMemory(Adapter):
             raise ValueError(str(error).replace("margin:", "evidence_margin:", 1)) from None
         return None if self.detector is None else evidence
 
-    # -- memory ------------------------------------------------------------------------
-    # Ages are not stored but derived, age = adds − birth, so one add does not have to
-    # touch every item; the score's uncertainty part is precomputed per item.
-    def _scores(self) -> np.ndarray:
-        """Score of every stored item: high = old or uncertain = first to go."""
-        n = self._size
-        ages = np.minimum(self._adds - self._births[:n], len(self._timeliness) - 1)
-        return self.timeliness_weight * self._timeliness[ages] + self._uncertainty_scores[:n]
-
-    def _highest(self, candidates: np.ndarray, above: float) -> int:
-        """Index of the highest-scoring item where ``candidates`` is True if its score
-        exceeds ``above`` (first index on ties), else -1."""
-        scores = np.where(candidates, self._scores(), -np.inf)
-        index = int(scores.argmax())
-        return index if scores[index] > above else -1
-
-    def _add(self, item: np.ndarray, label: int, uncertainty: float, *, pseudo: bool) -> bool:
-        n = self._size
-        counts = self._counts
-        uncertainty_score = self._uncertainty_scale * uncertainty
-        new_score = 0.5 * self.timeliness_weight + uncertainty_score
-        if counts[label] < self._quota:
-            if n < self.capacity:
-                slot = n
-            else:
-                stored = counts[self._labels[:n]]
-                slot = self._highest(stored == stored.max(), new_score)
-        else:
-            slot = self._highest(self._labels[:n] == label, new_score)
-        if slot >= 0:
-            stored_item = item.copy()
-            stored_item.flags.writeable = False
-            if slot == n:
-                self._size = n + 1
-                self._items.append(stored_item)
-            else:
-                counts[self._labels[slot]] -= 1
-                self._items[slot] = stored_item
-            counts[label] += 1
-            self._labels[slot] = label
-            self._uncertainties[slot] = uncertainty
-            self._uncertainty_scores[slot] = uncertainty_score
-            self._births[slot] = self._adds
-            self._stamps[slot] = self._signals
-            self._pseudo[slot] = pseudo
-        self._adds += 1
-        return slot >= 0
-
-    def _relabel(self, p: np.ndarray, predicted: int, entropy: float, label: int) -> bool:
-        """Give the stored pseudo-labelled copy of ``p`` (youngest first) its true label."""
-        n = self._size
-        candidates = np.flatnonzero(self._pseudo[:n] & (self._labels[:n] == predicted)
-                                    & (self._uncertainties[:n] == entropy))
-        if not len(candidates):
-            return False
-        key = p.tobytes()
-        youngest_first = candidates[np.argsort(-self._births[candidates], kind="stable")]
-        for index in youngest_first.tolist():
-            if self._items[index].tobytes() == key:
-                break
-        else:
-            return False
-        self._pseudo[index] = False
-        self._uncertainties[index] = 0.0
-        self._uncertainty_scores[index] = 0.0
-        if label != predicted:
-            was_full = self._counts[label] >= self._quota
-            self._counts[predicted] -= 1
-            self._counts[label] += 1
-            self._labels[index] = label
-            if was_full:
-                victim = self._highest(self._labels[:n] == label, -np.inf)
-                self._keep(np.arange(n) != victim)
-        return True
-
+    # -- memory (in the core) -----------------------------------------------------------
     def _evict_before(self, change_point: int) -> None:
-        keep = self._stamps[:self._size] >= change_point
-        if not keep.all():
-            self._keep(keep)
-
-    def _keep(self, keep: np.ndarray) -> None:
-        n = self._size
-        kept = int(keep.sum())
-        self._items = [item for item, flag in zip(self._items, keep.tolist(), strict=True)
-                       if flag]
-        for array in (self._labels, self._uncertainties, self._uncertainty_scores,
-                      self._births, self._stamps, self._pseudo):
-            array[:kept] = array[:n][keep]
-        self._size = kept
-        self._counts = np.bincount(self._labels[:kept], minlength=self.n_classes)
+        self._core.evict_before(change_point)
 
     def _clear(self) -> None:
-        self._items: list[np.ndarray] = []
-        self._labels = np.zeros(self.capacity, dtype=np.int64)
-        self._uncertainties = np.zeros(self.capacity, dtype=np.float64)
-        self._uncertainty_scores = np.zeros(self.capacity, dtype=np.float64)
-        self._births = np.zeros(self.capacity, dtype=np.int64)
-        self._stamps = np.zeros(self.capacity, dtype=np.int64)
-        self._pseudo = np.zeros(self.capacity, dtype=bool)
-        self._counts = np.zeros(self.n_classes, dtype=np.int64)
-        self._size = 0
-        self._adds = 0
+        self._core.clear()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
         self._signals = 0
         self._drift_count = 0
         self._last_drift_step: int | None = None
@@ -536,17 +447,18 @@ class DriftMemory(Adapter):
         return state_dict
 
     def _get_state(self) -> dict[str, Any]:
-        n = self._size
+        stored = self._core.items()
+        items = [_as_item(entry[0]) for entry in stored]
         return {
             # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
             # a 0-d item into shape (1,).
-            "items": [item.reshape(-1).copy() for item in self._items],
-            "item_shapes": [list(item.shape) for item in self._items],
-            "labels": self._labels[:n].copy(),
-            "uncertainties": self._uncertainties[:n].copy(),
-            "ages": self._adds - self._births[:n],
-            "stamps": self._stamps[:n].copy(),
-            "pseudo": self._pseudo[:n].copy(),
+            "items": [item.reshape(-1).copy() for item in items],
+            "item_shapes": [list(item.shape) for item in items],
+            "labels": np.array([entry[1] for entry in stored], dtype=np.int64),
+            "uncertainties": np.array([entry[4] for entry in stored], dtype=np.float64),
+            "ages": np.array([entry[2] for entry in stored], dtype=np.int64),
+            "stamps": np.array([entry[5] for entry in stored], dtype=np.int64),
+            "pseudo": np.array([entry[6] for entry in stored], dtype=bool),
             "signals": self._signals,
             "drift_count": self._drift_count,
             "last_drift_step": self._last_drift_step,
@@ -562,22 +474,23 @@ class DriftMemory(Adapter):
         if self.detector is not None:
             monitor = _Monitor(self.detector, self.detector_options, self.standardise_warmup)
             monitor.set_state(state["detector"])
-        self._clear()
-        self._monitor = monitor
         items = [np.array(item).reshape(shape)
                  for item, shape in zip(state["items"], state["item_shapes"], strict=True)]
-        n = len(items)
+        rows: list[list[float] | None] = []
+        objects: list[np.ndarray | None] = []
         for item in items:
+            is_row = item.dtype == np.float64 and item.ndim == 1
             item.flags.writeable = False
-        self._items = items
-        self._labels[:n] = state["labels"]
-        self._uncertainties[:n] = state["uncertainties"]
-        self._uncertainty_scores[:n] = self._uncertainty_scale * self._uncertainties[:n]
-        self._births[:n] = -np.asarray(state["ages"], dtype=np.int64)  # with adds = 0
-        self._stamps[:n] = state["stamps"]
-        self._pseudo[:n] = state["pseudo"]
-        self._size = n
-        self._counts = np.bincount(self._labels[:n], minlength=self.n_classes)
+            rows.append(item.tolist() if is_row else None)
+            objects.append(None if is_row else item)
+        columns = (np.asarray(state["labels"], np.int64).tolist(),
+                   np.asarray(state["uncertainties"], np.float64).tolist(),
+                   np.asarray(state["ages"], np.int64).tolist(),  # relative to adds = 0
+                   np.asarray(state["stamps"], np.int64).tolist(),
+                   np.asarray(state["pseudo"], bool).tolist())
+        self._core.load(rows, objects, *columns)  # checks all, then replaces the memory
+        self._reset_counters()
+        self._monitor = monitor
         self._signals = int(state["signals"])
         self._drift_count = int(state["drift_count"])
         self._last_drift_step = _optional_int(state["last_drift_step"])
@@ -741,12 +654,13 @@ def _check_item(item: Any) -> np.ndarray:
     return np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
 
 
-def _entropy(p: np.ndarray) -> float:
-    return float(-(p * np.log(np.maximum(p, 1e-300))).sum())
-
-
-def _entropies(p: np.ndarray) -> np.ndarray:
-    return -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+def _as_item(item: Any) -> np.ndarray:
+    """A stored item as a read-only array (the core keeps rows as lists of floats)."""
+    if isinstance(item, np.ndarray):
+        return item
+    array = np.array(item, dtype=np.float64)
+    array.flags.writeable = False
+    return array
 
 
 def _optional_int(value: Any) -> int | None:
