@@ -290,6 +290,17 @@ impl DriftMemoryCore {
         })
     }
 
+    /// `predict(x)` (a pass-through, renormalised) when `x` clears the fast input check;
+    /// None when it does not (the caller runs Python's full check).
+    fn predict(&self, x: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+        let mut p = vec![0.0; self.n_classes];
+        if quick_probabilities(x, &mut p) {
+            Some(p)
+        } else {
+            None
+        }
+    }
+
     /// `observe(x)` when `x` clears the fast input check: the value to feed the detector
     /// (NaN for none); None when it does not (the caller checks it and calls
     /// `observe_checked`).

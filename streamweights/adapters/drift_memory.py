@@ -285,7 +285,10 @@ class DriftMemory(Adapter):
 
     # -- chain verbs -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return np.array(check_probability_vector(x, "x", self.n_classes))
+        out = self._core.predict(x)
+        if out is None:
+            return np.array(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")

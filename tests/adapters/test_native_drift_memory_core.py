@@ -180,3 +180,21 @@ def test_batch_equals_loop_and_bad_input_changes_nothing() -> None:
     with pytest.raises(ValueError):
         batch.load_state_dict(damaged)
     assert dumps_state(batch.state_dict()) == before
+
+
+def test_predict_is_the_reference_pass_through_bit_for_bit() -> None:
+    """Scenario: 20,000 rows as numpy rows, lists and tuples, some off their sum by up to
+    5e-4 (inside the tolerance) or refused. We expect predict's output (renormalised) to
+    be the reference's bit for bit, and the same refusals."""
+    rng = np.random.default_rng(9)
+    p, _ = _events(9, 20_000, 4)
+    p = p * (1 + rng.uniform(-5e-4, 5e-4, size=(len(p), 1)))
+    ours, reference = DriftMemory(8, 4), ReferenceDriftMemory(8, 4)
+    for index, row in enumerate(p):
+        shown = (row, row.tolist(), tuple(row.tolist()))[index % 3]
+        assert ours.predict(shown).tobytes() == reference.predict(row).tobytes(), index
+    for bad in ([0.5, 0.5], [0.6, 0.6, 0.0, 0.0], [np.nan, 0.5, 0.25, 0.25]):
+        with pytest.raises(ValueError):
+            reference.predict(bad)
+        with pytest.raises(ValueError):
+            ours.predict(bad)
