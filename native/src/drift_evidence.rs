@@ -158,7 +158,7 @@ impl RiseEvidence {
 /// The core of `streamweights.adapters.drift_evidence.RiseEvidence` (validation there).
 #[pyclass(name = "RiseEvidence", module = "streamweights._native")]
 pub struct PyRiseEvidence {
-    inner: RiseEvidence,
+    pub(crate) inner: RiseEvidence,
 }
 
 #[pymethods]

@@ -6,10 +6,12 @@ the memory with one class). RoTTA's category-balanced memory scores each item by
 uncertainty and evicts the worst; a river drift detector on the loss stream (ADWIN or
 Page-Hinkley) says when the concept changed, and the memory then drops what came before.
 
-The memory and the per-event arithmetic of ``observe`` / ``learn`` (input check, argmax,
-entropy, accept/evict, relabel, the loss) run in the native core
-(``native/src/drift_memory.rs``); the numpy version it replaced is the oracle in
-``tests/reference/drift_memory.py`` (tests/adapters/test_native_drift_memory_core.py).
+The memory and the per-event path of ``predict`` / ``observe`` / ``learn`` (input check,
+argmax, entropy, accept/evict, relabel, the loss, feeding the detector and the evidence,
+the change point, the eviction) run in the native core (``native/src/drift_memory.rs``),
+one call per verb; this class keeps the API, the validation and the snapshots. The numpy
+version it replaced is the oracle in ``tests/reference/drift_memory.py``
+(tests/adapters/test_native_drift_memory_core.py).
 """
 
 from __future__ import annotations
@@ -235,10 +237,14 @@ class DriftMemory(Adapter):
         self._monitor = None if detector is None else _Monitor(
             detector, self.detector_options, self.standardise_warmup)
         # The table is numpy's (its exp), handed over so scores stay the reference's bits.
+        # The core feeds the detector and the evidence (objects shared with Python, which
+        # writes their snapshots) itself: one call per verb.
         self._core = _native.DriftMemoryCore(
             self.capacity, self.n_classes, self._timeliness.tolist(), self.timeliness_weight,
-            self.uncertainty_weight, self.entropy_filter, signal == "entropy", loss == "log")
-        self._clear()
+            self.uncertainty_weight, self.entropy_filter, signal == "entropy", loss == "log",
+            None if self._monitor is None else self._monitor.detector,
+            None if self._evidence is None else self._evidence._core,
+            self.standardise_warmup)
 
     # -- pipeline-facing views -------------------------------------------------------
     def __len__(self) -> int:
@@ -256,22 +262,22 @@ class DriftMemory(Adapter):
     @property
     def drift_count(self) -> int:
         """Drifts detected by this memory's own detector."""
-        return self._drift_count
+        return self._core.drift_count
 
     @property
     def last_drift_step(self) -> int | None:
         """Position (1-based) in the monitored stream of the last alarm; None before one."""
-        return self._last_drift_step
+        return self._core.counters()[2]
 
     @property
     def change_point(self) -> int | None:
         """Estimated position of the last change: values after it are the new concept."""
-        return self._change_point
+        return self._core.change_point
 
     @property
     def unconfirmed_count(self) -> int:
         """Detector alarms that lapsed without evidence of a rise (no drift, no eviction)."""
-        return self._unconfirmed_count
+        return self._core.counters()[5]
 
     @property
     def evidence(self) -> float | None:
@@ -281,7 +287,7 @@ class DriftMemory(Adapter):
     @property
     def signals_seen(self) -> int:
         """Values fed to the detector so far (the clock of ``last_drift_step``)."""
-        return self._signals
+        return self._core.signals
 
     # -- chain verbs -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
@@ -293,48 +299,34 @@ class DriftMemory(Adapter):
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")
 
-    # The core returns the value to feed the detector (NaN: none for this verb), or None
-    # when the input does not clear its fast check: then Python's full check runs (and
-    # raises with the usual message, or accepts with the same numbers).
+    # The core's verbs return False when the input does not clear its fast check: then
+    # Python's full check runs (and raises with the usual message, or accepts with the
+    # same numbers) and the checked verb runs.
     def observe(self, x: Any) -> None:
-        value = self._core.observe(x, self._signals)
-        if value is None:
-            value = self._core.observe_checked(
-                check_probability_vector(x, "x", self.n_classes).tolist(), self._signals)
-        if value == value:
-            self._feed(value)
+        if not self._core.observe(x):
+            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes).tolist())
 
     def observe_many(self, xs: Any) -> None:
-        observe = self._core.observe_checked
-        for row in self._check_rows(xs, "xs").tolist():
-            value = observe(row, self._signals)
-            if value == value:
-                self._feed(value)
+        self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
 
     def learn(self, x: Any, y: Any) -> None:
-        value = self._core.learn(x, y, self._signals)
-        if value is None:
+        if not self._core.learn(x, y):
             label = check_class_label(y, "y", self.n_classes)
-            value = self._core.learn_checked(
-                check_probability_vector(x, "x", self.n_classes).tolist(), label, self._signals)
-        if value == value:
-            self._feed(value)
+            self._core.learn_checked(
+                check_probability_vector(x, "x", self.n_classes).tolist(), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
-        rows = self._check_rows(xs, "xs").tolist()
+        rows = self._check_rows(xs, "xs")
         labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        learn = self._core.learn_checked
-        for row, label in zip(rows, labels, strict=True):
-            value = learn(row, label, self._signals)
-            if value == value:
-                self._feed(value)
+        self._core.learn_many(rows.reshape(-1).tolist(), labels)
 
     def on_drift(self) -> None:
         """Evict items stored before the last change point this memory found (idempotent)."""
-        if self._change_point is not None:
-            self._evict_before(self._change_point)
+        change_point = self._core.change_point
+        if change_point is not None:
+            self._core.evict_before(change_point)
 
     # -- generic verbs ---------------------------------------------------------------
     def add(self, item: Any, label: Any, uncertainty: Any) -> bool:
@@ -347,53 +339,14 @@ class DriftMemory(Adapter):
         if value < 0.0:
             raise ValueError(f"uncertainty: must be >= 0, got {value!r}")
         if array.dtype == np.float64 and array.ndim == 1:
-            return self._core.add_item(array.tolist(), None, label, value, self._signals)
+            return self._core.add_item(array.tolist(), None, label, value)
         array.flags.writeable = False
-        return self._core.add_item([], array, label, value, self._signals)
+        return self._core.add_item([], array, label, value)
 
     def update_loss(self, loss: Any) -> bool:
         """Feed one value to the detector; return whether it detected a drift."""
         value = float(as_finite_array(loss, "loss", ()))
-        return self._feed(value)
-
-    # -- the detector ----------------------------------------------------------------
-    def _feed(self, value: float) -> bool:
-        self._signals += 1
-        if self._monitor is None:
-            return False
-        run_length = self._monitor.update(value, self._signals)
-        change_point = None if run_length is None else self._signals - run_length
-        if self._evidence is not None:
-            change_point = self._confirmed(value, change_point)
-        if change_point is None:
-            return False
-        self._drift_count += 1
-        self._last_drift_step = self._signals
-        self._change_point = change_point
-        self._evict_before(self._change_point)
-        return True
-
-    def _confirmed(self, value: float, change_point: int | None) -> int | None:
-        """The change point of a detector alarm once the evidence confirms it, else None.
-
-        A new alarm replaces a waiting one (its change point is the newer estimate); a
-        waiting alarm lapses after ``_HISTORY`` values without evidence."""
-        # A loss is >= 0; rounding (p a hair above 1) or a signed value fed through
-        # update_loss counts as 0 here, which keeps every e-value non-negative.
-        evident = self._evidence.update(max(value, 0.0))
-        if change_point is not None:
-            self._candidate = (change_point, self._signals)
-        if self._candidate is None:
-            return None
-        if evident:
-            change_point = self._candidate[0]
-            self._candidate = None
-            self._evidence.reset()
-            return change_point
-        if self._signals - self._candidate[1] >= _HISTORY:
-            self._candidate = None
-            self._unconfirmed_count += 1
-        return None
+        return self._core.feed(value)
 
     def _new_evidence(self) -> RiseEvidence | None:
         """The evidence test (validating both settings), None without one or a detector."""
@@ -406,24 +359,6 @@ class DriftMemory(Adapter):
         except ValueError as error:
             raise ValueError(str(error).replace("margin:", "evidence_margin:", 1)) from None
         return None if self.detector is None else evidence
-
-    # -- memory (in the core) -----------------------------------------------------------
-    def _evict_before(self, change_point: int) -> None:
-        self._core.evict_before(change_point)
-
-    def _clear(self) -> None:
-        self._core.clear()
-        self._reset_counters()
-
-    def _reset_counters(self) -> None:
-        self._signals = 0
-        self._drift_count = 0
-        self._last_drift_step: int | None = None
-        self._change_point: int | None = None
-        self._candidate: tuple[int, int] | None = None  # (change point, alarm step)
-        self._unconfirmed_count = 0
-        if self._evidence is not None:
-            self._evidence.reset()
 
     def _check_rows(self, xs: Any, name: str) -> np.ndarray:
         return check_probability_batch(xs, name, self.n_classes)
@@ -451,6 +386,8 @@ class DriftMemory(Adapter):
 
     def _get_state(self) -> dict[str, Any]:
         stored = self._core.items()
+        signals, drift_count, last_drift_step, change_point, candidate, unconfirmed = \
+            self._core.counters()
         items = [_as_item(entry[0]) for entry in stored]
         return {
             # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
@@ -462,21 +399,22 @@ class DriftMemory(Adapter):
             "ages": np.array([entry[2] for entry in stored], dtype=np.int64),
             "stamps": np.array([entry[5] for entry in stored], dtype=np.int64),
             "pseudo": np.array([entry[6] for entry in stored], dtype=bool),
-            "signals": self._signals,
-            "drift_count": self._drift_count,
-            "last_drift_step": self._last_drift_step,
-            "change_point": self._change_point,
-            "detector": None if self._monitor is None else self._monitor.get_state(),
+            "signals": signals,
+            "drift_count": drift_count,
+            "last_drift_step": last_drift_step,
+            "change_point": change_point,
+            "detector": None if self._monitor is None else self._monitor.get_state(
+                *self._core.monitor_state()),
             "evidence": None if self._evidence is None else self._evidence.get_state(),
-            "candidate": None if self._candidate is None else list(self._candidate),
-            "unconfirmed_count": self._unconfirmed_count,
+            "candidate": None if candidate is None else list(candidate),
+            "unconfirmed_count": unconfirmed,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        monitor = None
+        monitor = monitor_values = None
         if self.detector is not None:
             monitor = _Monitor(self.detector, self.detector_options, self.standardise_warmup)
-            monitor.set_state(state["detector"])
+            monitor_values = monitor.set_state(state["detector"])
         items = [np.array(item).reshape(shape)
                  for item, shape in zip(state["items"], state["item_shapes"], strict=True)]
         rows: list[list[float] | None] = []
@@ -491,24 +429,30 @@ class DriftMemory(Adapter):
                    np.asarray(state["ages"], np.int64).tolist(),  # relative to adds = 0
                    np.asarray(state["stamps"], np.int64).tolist(),
                    np.asarray(state["pseudo"], bool).tolist())
-        self._core.load(rows, objects, *columns)  # checks all, then replaces the memory
-        self._reset_counters()
-        self._monitor = monitor
-        self._signals = int(state["signals"])
-        self._drift_count = int(state["drift_count"])
-        self._last_drift_step = _optional_int(state["last_drift_step"])
-        self._change_point = _optional_int(state["change_point"])
-        # Absent from snapshots written before the evidence test: it starts afresh.
-        if self._evidence is not None and state.get("evidence") is not None:
-            self._evidence.set_state(state["evidence"])
         candidate = state.get("candidate")
-        self._candidate = None if candidate is None else (int(candidate[0]), int(candidate[1]))
-        self._unconfirmed_count = int(state.get("unconfirmed_count", 0))
+        counters = (int(state["signals"]), int(state["drift_count"]),
+                    _optional_int(state["last_drift_step"]),
+                    _optional_int(state["change_point"]),
+                    None if candidate is None else (int(candidate[0]), int(candidate[1])),
+                    int(state.get("unconfirmed_count", 0)))
+        self._core.load(rows, objects, *columns)  # checks all, then replaces the memory
+        if monitor is not None:
+            self._core.set_monitor(monitor.detector, *monitor_values)
+        self._monitor = monitor
+        self._core.set_counters(*counters)
+        if self._evidence is not None:
+            # Absent from snapshots written before the evidence test: it starts afresh.
+            if state.get("evidence") is not None:
+                self._evidence.set_state(state["evidence"])
+            else:
+                self._evidence.reset()
 
 
 class _Monitor:
-    """A drift detector plus what the memory needs around it: the standardisation of its
-    input (Page-Hinkley), a change-point estimate on an alarm, and a plain-value state."""
+    """The drift detector (a core object, shared with the memory's core, which feeds it)
+    and its snapshot in river 0.26.1's layout, with the values the core keeps around it:
+    the last ``_HISTORY`` monitored values (to locate a change point), how many arrived
+    since the last alarm, Page-Hinkley's standardisation moments."""
 
     def __init__(self, kind: str, options: dict[str, Any], warmup: int) -> None:
         self.kind = kind
@@ -521,73 +465,25 @@ class _Monitor:
         except (TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"detector_options: {factory.__name__} (river's parameters) "
                              f"rejected {arguments}: {error}") from None
-        # The last _HISTORY monitored values (ring buffer) and how many arrived since the
-        # last alarm; Page-Hinkley's standardisation moments since its last alarm.
-        self._history = np.zeros(_HISTORY, dtype=np.float64)
-        self._since_alarm = 0
-        self._count = 0
-        self._mean = 0.0
-        self._squares = 0.0
 
-    def update(self, value: float, position: int) -> int | None:
-        """Feed the ``position``-th value; on an alarm return how many of the newest values
-        are estimated to belong to the new concept, else None."""
-        self._history[position % _HISTORY] = value
-        self._since_alarm += 1
-        if self.kind == "adwin":
-            self.detector.update(value)
-            if not self.detector.drift_detected:
-                return None
-            window = int(self.detector.width)
-        else:
-            if not self._update_page_hinkley(value):
-                return None
-            window = self._since_alarm
-        searched = min(window, self._since_alarm, _HISTORY)
-        self._since_alarm = 0
-        return _run_length(self._recent(position, searched))
-
-    def _update_page_hinkley(self, value: float) -> bool:
-        count = self._count
-        standardised = None
-        if count >= self.warmup and self._squares > 0.0:
-            standardised = (value - self._mean) / math.sqrt(self._squares / (count - 1))
-        count += 1
-        delta = value - self._mean
-        self._mean += delta / count
-        self._squares += delta * (value - self._mean)
-        self._count = count
-        if standardised is None:
-            return False
-        self.detector.update(standardised)
-        if not self.detector.drift_detected:
-            return False
-        # The new concept's moments start afresh (the old mean and deviation no longer apply).
-        self._count, self._mean, self._squares = 0, 0.0, 0.0
-        return True
-
-    def _recent(self, position: int, length: int) -> np.ndarray:
-        """The ``length`` newest values, oldest first, ending with the ``position``-th."""
-        end = position % _HISTORY + 1
-        if length <= end:
-            return self._history[end - length:end]
-        return np.concatenate([self._history[_HISTORY - (length - end):], self._history[:end]])
-
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, history: list[float], since_alarm: int,
+                  moments: tuple[int, float, float]) -> dict[str, Any]:
         detector = self.detector
         state: dict[str, Any] = {"river_version": _RIVER_STATE_LAYOUT, "kind": self.kind,
                                  "drift_detected": bool(detector.drift_detected),
-                                 "history": self._history.copy(),
-                                 "since_alarm": self._since_alarm}
+                                 "history": np.array(history, dtype=np.float64),
+                                 "since_alarm": since_alarm}
         if self.kind == "adwin":
             state["window"] = np.frombuffer(detector.window_state(), dtype=np.uint8).copy()
         else:
             state["sums"] = np.array(detector.sums(), dtype=np.float64)
-            state["moments"] = np.array([self._count, self._mean, self._squares],
-                                        dtype=np.float64)
+            state["moments"] = np.array(moments, dtype=np.float64)
         return state
 
-    def set_state(self, state: dict[str, Any]) -> None:
+    def set_state(self, state: dict[str, Any]) -> tuple[list[float], int,
+                                                        tuple[int, float, float]]:
+        """Load the detector's part into this (new) detector; return the core's part
+        ``(history, since_alarm, moments)``, checked."""
         version = state.get("river_version")
         if version != _RIVER_STATE_LAYOUT:
             raise ValueError(
@@ -598,6 +494,15 @@ class _Monitor:
         if state.get("kind") != self.kind:
             raise ValueError(f"state.detector: snapshot holds a {state.get('kind')!r} "
                              f"detector, this adapter uses {self.kind!r}")
+        history = np.asarray(state["history"], dtype=np.float64).reshape(-1).tolist()
+        if len(history) != _HISTORY:
+            raise ValueError(f"state.detector.history: expected {_HISTORY} values, "
+                             f"got {len(history)}")
+        since_alarm = int(state["since_alarm"])
+        moments = (0, 0.0, 0.0)
+        if self.kind == "page_hinkley":
+            count, mean, squares = np.asarray(state["moments"], np.float64).tolist()
+            moments = (int(count), mean, squares)
         detector = self.detector
         drift_detected = bool(state["drift_detected"])
         field = "window" if self.kind == "adwin" else "sums"
@@ -612,25 +517,7 @@ class _Monitor:
             raise ValueError(f"state.detector.{field}: {error}; the snapshot is damaged or "
                              "was not written by this adapter: start it fresh and replay "
                              "the stream from the snapshot's offsets") from None
-        if self.kind == "page_hinkley":
-            count, self._mean, self._squares = np.asarray(state["moments"], np.float64).tolist()
-            self._count = int(count)
-        self._history = np.array(state["history"], dtype=np.float64)
-        self._since_alarm = int(state["since_alarm"])
-
-
-def _run_length(values: np.ndarray) -> int:
-    """Number of newest values after the most likely single change of mean in ``values``.
-
-    The split k maximises |S_k − (k/m)·S_m| / sqrt(k·(m − k)/m), the likelihood-ratio
-    statistic of one mean shift in Gaussian noise (the CUSUM change-point estimate)."""
-    m = len(values)
-    if m < 2:
-        return m
-    k = np.arange(1, m, dtype=np.float64)
-    cumulative = np.cumsum(values)
-    statistic = np.abs(cumulative[:-1] - k / m * cumulative[-1]) / np.sqrt(k * (m - k) / m)
-    return m - (int(statistic.argmax()) + 1)
+        return history, since_alarm, moments
 
 
 def _check_options(options: Any) -> dict[str, Any]:
