@@ -134,6 +134,15 @@ class RiseEvidence:
         except ValueError:  # the core refuses it before touching the state
             raise ValueError(f"loss: must be a finite number >= 0, got {value!r}") from None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: settings and state as plain values (a compiled handle does
+        not travel)."""
+        return {"config": self.get_config(), "state": self.get_state()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["config"])  # type: ignore[misc]
+        self.set_state(state["state"])
+
     def get_config(self) -> dict[str, Any]:
         return {"significance": self.significance, "margin": self.margin,
                 "warmup": self.warmup, "lag": self.lag, "min_rise": self.min_rise}

@@ -115,3 +115,20 @@ def test_core_update_many_equals_loop() -> None:
     with pytest.raises(ValueError, match=r"losses\[2\]"):
         batch.update_many([0.1, 0.2, math.nan])
     assert batch.get_state() == loop.get_state()
+
+
+def test_pickle_and_deepcopy_carry_the_core_state() -> None:
+    """Scenario: a RiseEvidence after 5,000 values is pickled and deep-copied. We expect
+    copies with the same state that continue bit for bit."""
+    import copy
+    import pickle
+
+    losses = _drifting_losses(13, "log")[:10_000]
+    evidence = RiseEvidence(significance=1e-3, lag=20)
+    for value in losses[:5000]:
+        evidence.update(value)
+    copies = [pickle.loads(pickle.dumps(evidence)), copy.deepcopy(evidence)]
+    for value in losses[5000:]:
+        alarm = evidence.update(value)
+        assert all(other.update(value) == alarm for other in copies)
+    assert all(other.get_state() == evidence.get_state() for other in copies)

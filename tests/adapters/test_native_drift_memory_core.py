@@ -198,3 +198,28 @@ def test_predict_is_the_reference_pass_through_bit_for_bit() -> None:
             reference.predict(bad)
         with pytest.raises(ValueError):
             ours.predict(bad)
+
+
+def test_pickle_and_deepcopy_carry_the_core_state() -> None:
+    """Scenario: a DriftMemory (memory, detector, evidence held by the core) after 3,000
+    events is pickled and deep-copied. We expect copies with the same snapshot that
+    continue identically, and the original independent of them."""
+    import copy
+    import pickle
+
+    config = {**CONFIGS[1], "significance": None}  # every detector alarm counts
+    p, labels = _events(4, 6000, config["n_classes"])
+    memory = DriftMemory(**config)
+    for row, label in zip(p[:3000], labels[:3000].tolist(), strict=True):
+        memory.observe(row)
+        memory.learn(row, label)
+    copies = [pickle.loads(pickle.dumps(memory)), copy.deepcopy(memory)]
+    for other in copies:
+        assert dumps_state(other.state_dict()) == dumps_state(memory.state_dict())
+    for target in (memory, *copies):
+        for row, label in zip(p[3000:], labels[3000:].tolist(), strict=True):
+            target.observe(row)
+            target.learn(row, label)
+    assert memory.drift_count > 0
+    for other in copies:
+        assert dumps_state(other.state_dict()) == dumps_state(memory.state_dict())
