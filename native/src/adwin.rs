@@ -529,12 +529,17 @@ impl Adwin {
         }
         alarms
     }
+
+    /// Number of values in the window (a float, as river returns it).
+    pub fn width(&self) -> f64 {
+        self.window.width()
+    }
 }
 
 /// Python face: `streamweights._native.Adwin`, river's `ADWIN` verbs and properties.
 #[pyclass(name = "Adwin", module = "streamweights._native")]
 pub struct PyAdwin {
-    inner: Adwin,
+    pub(crate) inner: Adwin,
 }
 
 #[pymethods]

@@ -12,6 +12,8 @@ mod adwin;
 mod beta;
 mod calibeating;
 mod conformal;
+mod drift_evidence;
+mod drift_memory;
 mod expert_losses;
 mod feature_correction;
 mod fixed_share;
@@ -50,5 +52,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     hedge::register(module)?;
     fixed_share::register(module)?;
     stacking::register(module)?;
+    drift_evidence::register(module)?;
+    drift_memory::register(module)?;
     Ok(())
 }

@@ -154,7 +154,7 @@ impl PageHinkley {
 /// Python face: `streamweights._native.PageHinkley`, river's `PageHinkley` verbs.
 #[pyclass(name = "PageHinkley", module = "streamweights._native")]
 pub struct PyPageHinkley {
-    inner: PageHinkley,
+    pub(crate) inner: PageHinkley,
 }
 
 #[pymethods]

@@ -39,14 +39,19 @@ worth reacting to (default 10%); the three standard errors cover the estimation 
 of the mean, which the bound itself does not (it holds for the baseline as given). No
 evidence accumulates until ``warmup`` values have entered the baseline after a reset
 (``lag + warmup`` values), while the baseline is still rough.
+
+The state and the per-value arithmetic run in the native core
+(``native/src/drift_evidence.rs``); this class keeps the API, the validation and the
+state's plain-value layout. The numpy-free Python version it replaced is the oracle in
+``tests/reference/drift_evidence.py`` (tests/adapters/test_native_drift_evidence.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
+from streamweights import _native
 from streamweights.adapters.validation import check_count, check_in_range
 
 #: Bets as fractions of the largest allowed one (1/m). A fraction c earns most on a
@@ -54,9 +59,9 @@ from streamweights.adapters.validation import check_count, check_in_range
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.
 BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
-#: The statistic is capped here so a stream that keeps rising without a reaction
-#: (``on_drift: ignore``) never overflows to inf; capping only lowers R, so the
-#: bound holds.
+#: The statistic is capped here (by the core: native/src/drift_evidence.rs) so a stream
+#: that keeps rising without a reaction (``on_drift: ignore``) never overflows to inf;
+#: capping only lowers R, so the bound holds.
 _CAP = 1e200
 
 
@@ -105,65 +110,38 @@ class RiseEvidence:
         self.lag = check_count(lag, "lag", minimum=0)
         self.min_rise = check_in_range(min_rise, "min_rise", 0.0, math.inf)
         self.threshold = 1.0 / self.significance
-        self.reset()
+        self._core = _native.RiseEvidence(self.significance, self.margin, self.warmup,
+                                          self.lag, self.min_rise)
 
     def reset(self) -> None:
         """Forget the statistic and the baseline (after a reaction: a new concept)."""
-        self._count = 0  # values in the baseline
-        self._mean = 0.0
-        self._squares = 0.0
-        self._recent: deque[float] = deque()  # the newest values, oldest first, at most lag
-        self._statistics = [0.0] * len(BET_FRACTIONS)
-        self._refresh_baseline()
+        self._core.reset()
 
     @property
     def statistic(self) -> float:
         """The current evidence R_t (an e-value scale: 1/α is the alarm level)."""
-        total = 0.0
-        for statistic in self._statistics:  # left to right, as the native core will
-            total += statistic
-        return total / len(self._statistics)
+        return self._core.statistic
 
     @property
     def baseline(self) -> float | None:
         """The baseline m_t the next value is tested against (None during warm-up)."""
-        return self._baseline
-
-    def _refresh_baseline(self) -> None:
-        """Recompute m_t from the baseline's moments (kept, not recomputed per value)."""
-        if self._count < self.warmup:
-            self._baseline: float | None = None
-            return
-        spread = math.sqrt(self._squares / (self._count - 1) / self._count)
-        self._baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise)
+        return self._core.baseline
 
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
-        if not 0.0 <= value < math.inf:  # also refuses NaN
-            raise ValueError(f"loss: must be a finite number >= 0, got {value!r}")
-        baseline = self._baseline
-        alarm = False
-        if baseline is not None:
-            relative = (value - baseline) / baseline
-            statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
-                          for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
-                                                         strict=True)]
-            self._statistics = statistics
-            total = 0.0
-            for statistic in statistics:  # left to right, as the native core will
-                total += statistic
-            alarm = total / len(statistics) >= self.threshold
-        self._recent.append(value)
-        if len(self._recent) <= self.lag:
-            return alarm
-        value = self._recent.popleft()
-        count = self._count + 1
-        delta = value - self._mean
-        self._mean += delta / count
-        self._squares += delta * (value - self._mean)
-        self._count = count
-        self._refresh_baseline()
-        return alarm
+        try:
+            return self._core.update(value)
+        except ValueError:  # the core refuses it before touching the state
+            raise ValueError(f"loss: must be a finite number >= 0, got {value!r}") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: settings and state as plain values (a compiled handle does
+        not travel)."""
+        return {"config": self.get_config(), "state": self.get_state()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["config"])  # type: ignore[misc]
+        self.set_state(state["state"])
 
     def get_config(self) -> dict[str, Any]:
         return {"significance": self.significance, "margin": self.margin,
@@ -171,17 +149,15 @@ class RiseEvidence:
 
     def get_state(self) -> dict[str, Any]:
         """Plain floats; ``set_state`` of the same values continues bit for bit."""
-        return {"count": self._count, "mean": self._mean, "squares": self._squares,
-                "recent": list(self._recent), "statistics": list(self._statistics)}
+        count, mean, squares, recent, statistics = self._core.get_state()
+        return {"count": count, "mean": mean, "squares": squares,
+                "recent": recent, "statistics": statistics}
 
     def set_state(self, state: dict[str, Any]) -> None:
         statistics = [float(v) for v in state["statistics"]]
         if len(statistics) != len(BET_FRACTIONS):
             raise ValueError(f"state.evidence.statistics: expected {len(BET_FRACTIONS)} "
                              f"values, got {len(statistics)}")
-        self._count = int(state["count"])
-        self._mean = float(state["mean"])
-        self._squares = float(state["squares"])
-        self._recent = deque(float(v) for v in state["recent"])
-        self._statistics = statistics
-        self._refresh_baseline()
+        self._core.set_state(int(state["count"]), float(state["mean"]),
+                             float(state["squares"]), [float(v) for v in state["recent"]],
+                             statistics)

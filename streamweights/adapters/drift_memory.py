@@ -5,6 +5,13 @@ often wrong) and spread over the classes (a class-correlated stream would otherw
 the memory with one class). RoTTA's category-balanced memory scores each item by age and
 uncertainty and evicts the worst; a river drift detector on the loss stream (ADWIN or
 Page-Hinkley) says when the concept changed, and the memory then drops what came before.
+
+The memory and the per-event path of ``predict`` / ``observe`` / ``learn`` (input check,
+argmax, entropy, accept/evict, relabel, the loss, feeding the detector and the evidence,
+the change point, the eviction) run in the native core (``native/src/drift_memory.rs``),
+one call per verb; this class keeps the API, the validation and the snapshots. The numpy
+version it replaced is the oracle in ``tests/reference/drift_memory.py``
+(tests/adapters/test_native_drift_memory_core.py).
 """
 
 from __future__ import annotations
@@ -229,42 +236,48 @@ class DriftMemory(Adapter):
         self._evidence = self._new_evidence()
         self._monitor = None if detector is None else _Monitor(
             detector, self.detector_options, self.standardise_warmup)
-        self._clear()
+        # The table is numpy's (its exp), handed over so scores stay the reference's bits.
+        # The core feeds the detector and the evidence (objects shared with Python, which
+        # writes their snapshots) itself: one call per verb.
+        self._core = _native.DriftMemoryCore(
+            self.capacity, self.n_classes, self._timeliness.tolist(), self.timeliness_weight,
+            self.uncertainty_weight, self.entropy_filter, signal == "entropy", loss == "log",
+            None if self._monitor is None else self._monitor.detector,
+            None if self._evidence is None else self._evidence._core,
+            self.standardise_warmup)
 
     # -- pipeline-facing views -------------------------------------------------------
     def __len__(self) -> int:
-        return self._size
+        return len(self._core)
 
     def class_counts(self) -> np.ndarray:
         """Number of stored items per class, shape ``(C,)``."""
-        return self._counts.copy()
+        return np.array(self._core.class_counts(), dtype=np.int64)
 
     def items(self) -> list[tuple[np.ndarray, int, int, float]]:
         """Stored ``(item, label, age, score)`` in storage order; items are read-only."""
-        n = self._size
-        scores = self._scores().tolist()
-        ages = (self._adds - self._births[:n]).tolist()
-        return [(self._items[i], int(self._labels[i]), ages[i], scores[i]) for i in range(n)]
+        return [(_as_item(item), label, age, score)
+                for item, label, age, score, *_ in self._core.items()]
 
     @property
     def drift_count(self) -> int:
         """Drifts detected by this memory's own detector."""
-        return self._drift_count
+        return self._core.drift_count
 
     @property
     def last_drift_step(self) -> int | None:
         """Position (1-based) in the monitored stream of the last alarm; None before one."""
-        return self._last_drift_step
+        return self._core.counters()[2]
 
     @property
     def change_point(self) -> int | None:
         """Estimated position of the last change: values after it are the new concept."""
-        return self._change_point
+        return self._core.change_point
 
     @property
     def unconfirmed_count(self) -> int:
         """Detector alarms that lapsed without evidence of a rise (no drift, no eviction)."""
-        return self._unconfirmed_count
+        return self._core.counters()[5]
 
     @property
     def evidence(self) -> float | None:
@@ -274,45 +287,46 @@ class DriftMemory(Adapter):
     @property
     def signals_seen(self) -> int:
         """Values fed to the detector so far (the clock of ``last_drift_step``)."""
-        return self._signals
+        return self._core.signals
 
     # -- chain verbs -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        return np.array(check_probability_vector(x, "x", self.n_classes))
+        out = self._core.predict(x)
+        if out is None:
+            return np.array(check_probability_vector(x, "x", self.n_classes))
+        return np.array(out)
 
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")
 
+    # The core's verbs return False when the input does not clear its fast check: then
+    # Python's full check runs (and raises with the usual message, or accepts with the
+    # same numbers) and the checked verb runs.
     def observe(self, x: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        self._observe_unchecked(p, int(p.argmax()), _entropy(p))
+        if not self._core.observe(x):
+            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes).tolist())
 
     def observe_many(self, xs: Any) -> None:
-        p = self._check_rows(xs, "xs")
-        classes = p.argmax(axis=1).tolist()
-        entropies = _entropies(p).tolist()
-        for row, label, entropy in zip(p, classes, entropies, strict=True):
-            self._observe_unchecked(row, label, entropy)
+        self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
 
     def learn(self, x: Any, y: Any) -> None:
-        p = np.array(check_probability_vector(x, "x", self.n_classes))
-        label = check_class_label(y, "y", self.n_classes)
-        self._learn_unchecked(p, label, int(p.argmax()), _entropy(p))
+        if not self._core.learn(x, y):
+            label = check_class_label(y, "y", self.n_classes)
+            self._core.learn_checked(
+                check_probability_vector(x, "x", self.n_classes).tolist(), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
-        p = self._check_rows(xs, "xs")
+        rows = self._check_rows(xs, "xs")
         labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        classes = p.argmax(axis=1).tolist()
-        entropies = _entropies(p).tolist()
-        for row, label, predicted, entropy in zip(p, labels, classes, entropies, strict=True):
-            self._learn_unchecked(row, label, predicted, entropy)
+        self._core.learn_many(rows.reshape(-1).tolist(), labels)
 
     def on_drift(self) -> None:
         """Evict items stored before the last change point this memory found (idempotent)."""
-        if self._change_point is not None:
-            self._evict_before(self._change_point)
+        change_point = self._core.change_point
+        if change_point is not None:
+            self._core.evict_before(change_point)
 
     # -- generic verbs ---------------------------------------------------------------
     def add(self, item: Any, label: Any, uncertainty: Any) -> bool:
@@ -324,69 +338,15 @@ class DriftMemory(Adapter):
         value = float(as_finite_array(uncertainty, "uncertainty", ()))
         if value < 0.0:
             raise ValueError(f"uncertainty: must be >= 0, got {value!r}")
-        return self._add(array, label, value, pseudo=False)
+        if array.dtype == np.float64 and array.ndim == 1:
+            return self._core.add_item(array.tolist(), None, label, value)
+        array.flags.writeable = False
+        return self._core.add_item([], array, label, value)
 
     def update_loss(self, loss: Any) -> bool:
         """Feed one value to the detector; return whether it detected a drift."""
         value = float(as_finite_array(loss, "loss", ()))
-        return self._feed(value)
-
-    # -- inner functions (shared by single and batch verbs) -----------------------------
-    def _observe_unchecked(self, p: np.ndarray, label: int, entropy: float) -> None:
-        normalised = entropy / self._log_classes
-        if self.entropy_filter is None or normalised < self.entropy_filter:
-            self._add(p, label, entropy, pseudo=True)
-        if self.signal == "entropy":
-            self._feed(normalised)
-
-    def _learn_unchecked(self, p: np.ndarray, label: int, predicted: int,
-                         entropy: float) -> None:
-        if not self._relabel(p, predicted, entropy, label):
-            self._add(p, label, 0.0, pseudo=False)
-        if self.signal == "loss":
-            if self.loss == "zero_one":
-                value = 0.0 if predicted == label else 1.0
-            else:
-                value = -math.log(max(float(p[label]), _LOG_LOSS_CLIP))
-            self._feed(value)
-
-    def _feed(self, value: float) -> bool:
-        self._signals += 1
-        if self._monitor is None:
-            return False
-        run_length = self._monitor.update(value, self._signals)
-        change_point = None if run_length is None else self._signals - run_length
-        if self._evidence is not None:
-            change_point = self._confirmed(value, change_point)
-        if change_point is None:
-            return False
-        self._drift_count += 1
-        self._last_drift_step = self._signals
-        self._change_point = change_point
-        self._evict_before(self._change_point)
-        return True
-
-    def _confirmed(self, value: float, change_point: int | None) -> int | None:
-        """The change point of a detector alarm once the evidence confirms it, else None.
-
-        A new alarm replaces a waiting one (its change point is the newer estimate); a
-        waiting alarm lapses after ``_HISTORY`` values without evidence."""
-        # A loss is >= 0; rounding (p a hair above 1) or a signed value fed through
-        # update_loss counts as 0 here, which keeps every e-value non-negative.
-        evident = self._evidence.update(max(value, 0.0))
-        if change_point is not None:
-            self._candidate = (change_point, self._signals)
-        if self._candidate is None:
-            return None
-        if evident:
-            change_point = self._candidate[0]
-            self._candidate = None
-            self._evidence.reset()
-            return change_point
-        if self._signals - self._candidate[1] >= _HISTORY:
-            self._candidate = None
-            self._unconfirmed_count += 1
-        return None
+        return self._core.feed(value)
 
     def _new_evidence(self) -> RiseEvidence | None:
         """The evidence test (validating both settings), None without one or a detector."""
@@ -400,121 +360,19 @@ class DriftMemory(Adapter):
             raise ValueError(str(error).replace("margin:", "evidence_margin:", 1)) from None
         return None if self.detector is None else evidence
 
-    # -- memory ------------------------------------------------------------------------
-    # Ages are not stored but derived, age = adds − birth, so one add does not have to
-    # touch every item; the score's uncertainty part is precomputed per item.
-    def _scores(self) -> np.ndarray:
-        """Score of every stored item: high = old or uncertain = first to go."""
-        n = self._size
-        ages = np.minimum(self._adds - self._births[:n], len(self._timeliness) - 1)
-        return self.timeliness_weight * self._timeliness[ages] + self._uncertainty_scores[:n]
-
-    def _highest(self, candidates: np.ndarray, above: float) -> int:
-        """Index of the highest-scoring item where ``candidates`` is True if its score
-        exceeds ``above`` (first index on ties), else -1."""
-        scores = np.where(candidates, self._scores(), -np.inf)
-        index = int(scores.argmax())
-        return index if scores[index] > above else -1
-
-    def _add(self, item: np.ndarray, label: int, uncertainty: float, *, pseudo: bool) -> bool:
-        n = self._size
-        counts = self._counts
-        uncertainty_score = self._uncertainty_scale * uncertainty
-        new_score = 0.5 * self.timeliness_weight + uncertainty_score
-        if counts[label] < self._quota:
-            if n < self.capacity:
-                slot = n
-            else:
-                stored = counts[self._labels[:n]]
-                slot = self._highest(stored == stored.max(), new_score)
-        else:
-            slot = self._highest(self._labels[:n] == label, new_score)
-        if slot >= 0:
-            stored_item = item.copy()
-            stored_item.flags.writeable = False
-            if slot == n:
-                self._size = n + 1
-                self._items.append(stored_item)
-            else:
-                counts[self._labels[slot]] -= 1
-                self._items[slot] = stored_item
-            counts[label] += 1
-            self._labels[slot] = label
-            self._uncertainties[slot] = uncertainty
-            self._uncertainty_scores[slot] = uncertainty_score
-            self._births[slot] = self._adds
-            self._stamps[slot] = self._signals
-            self._pseudo[slot] = pseudo
-        self._adds += 1
-        return slot >= 0
-
-    def _relabel(self, p: np.ndarray, predicted: int, entropy: float, label: int) -> bool:
-        """Give the stored pseudo-labelled copy of ``p`` (youngest first) its true label."""
-        n = self._size
-        candidates = np.flatnonzero(self._pseudo[:n] & (self._labels[:n] == predicted)
-                                    & (self._uncertainties[:n] == entropy))
-        if not len(candidates):
-            return False
-        key = p.tobytes()
-        youngest_first = candidates[np.argsort(-self._births[candidates], kind="stable")]
-        for index in youngest_first.tolist():
-            if self._items[index].tobytes() == key:
-                break
-        else:
-            return False
-        self._pseudo[index] = False
-        self._uncertainties[index] = 0.0
-        self._uncertainty_scores[index] = 0.0
-        if label != predicted:
-            was_full = self._counts[label] >= self._quota
-            self._counts[predicted] -= 1
-            self._counts[label] += 1
-            self._labels[index] = label
-            if was_full:
-                victim = self._highest(self._labels[:n] == label, -np.inf)
-                self._keep(np.arange(n) != victim)
-        return True
-
-    def _evict_before(self, change_point: int) -> None:
-        keep = self._stamps[:self._size] >= change_point
-        if not keep.all():
-            self._keep(keep)
-
-    def _keep(self, keep: np.ndarray) -> None:
-        n = self._size
-        kept = int(keep.sum())
-        self._items = [item for item, flag in zip(self._items, keep.tolist(), strict=True)
-                       if flag]
-        for array in (self._labels, self._uncertainties, self._uncertainty_scores,
-                      self._births, self._stamps, self._pseudo):
-            array[:kept] = array[:n][keep]
-        self._size = kept
-        self._counts = np.bincount(self._labels[:kept], minlength=self.n_classes)
-
-    def _clear(self) -> None:
-        self._items: list[np.ndarray] = []
-        self._labels = np.zeros(self.capacity, dtype=np.int64)
-        self._uncertainties = np.zeros(self.capacity, dtype=np.float64)
-        self._uncertainty_scores = np.zeros(self.capacity, dtype=np.float64)
-        self._births = np.zeros(self.capacity, dtype=np.int64)
-        self._stamps = np.zeros(self.capacity, dtype=np.int64)
-        self._pseudo = np.zeros(self.capacity, dtype=bool)
-        self._counts = np.zeros(self.n_classes, dtype=np.int64)
-        self._size = 0
-        self._adds = 0
-        self._signals = 0
-        self._drift_count = 0
-        self._last_drift_step: int | None = None
-        self._change_point: int | None = None
-        self._candidate: tuple[int, int] | None = None  # (change point, alarm step)
-        self._unconfirmed_count = 0
-        if self._evidence is not None:
-            self._evidence.reset()
-
     def _check_rows(self, xs: Any, name: str) -> np.ndarray:
         return check_probability_batch(xs, name, self.n_classes)
 
     # -- state -----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: travels as its snapshot (compiled handles do not)."""
+        return {"snapshot": self.state_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        snapshot = state["snapshot"]
+        self.__init__(**snapshot["config"])  # type: ignore[misc]
+        self.load_state_dict(snapshot)
+
     def get_config(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "n_classes": self.n_classes,
                 "detector": self.detector, "signal": self.signal, "loss": self.loss,
@@ -536,63 +394,74 @@ class DriftMemory(Adapter):
         return state_dict
 
     def _get_state(self) -> dict[str, Any]:
-        n = self._size
+        stored = self._core.items()
+        signals, drift_count, last_drift_step, change_point, candidate, unconfirmed = \
+            self._core.counters()
+        items = [_as_item(entry[0]) for entry in stored]
         return {
             # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
             # a 0-d item into shape (1,).
-            "items": [item.reshape(-1).copy() for item in self._items],
-            "item_shapes": [list(item.shape) for item in self._items],
-            "labels": self._labels[:n].copy(),
-            "uncertainties": self._uncertainties[:n].copy(),
-            "ages": self._adds - self._births[:n],
-            "stamps": self._stamps[:n].copy(),
-            "pseudo": self._pseudo[:n].copy(),
-            "signals": self._signals,
-            "drift_count": self._drift_count,
-            "last_drift_step": self._last_drift_step,
-            "change_point": self._change_point,
-            "detector": None if self._monitor is None else self._monitor.get_state(),
+            "items": [item.reshape(-1).copy() for item in items],
+            "item_shapes": [list(item.shape) for item in items],
+            "labels": np.array([entry[1] for entry in stored], dtype=np.int64),
+            "uncertainties": np.array([entry[4] for entry in stored], dtype=np.float64),
+            "ages": np.array([entry[2] for entry in stored], dtype=np.int64),
+            "stamps": np.array([entry[5] for entry in stored], dtype=np.int64),
+            "pseudo": np.array([entry[6] for entry in stored], dtype=bool),
+            "signals": signals,
+            "drift_count": drift_count,
+            "last_drift_step": last_drift_step,
+            "change_point": change_point,
+            "detector": None if self._monitor is None else self._monitor.get_state(
+                *self._core.monitor_state()),
             "evidence": None if self._evidence is None else self._evidence.get_state(),
-            "candidate": None if self._candidate is None else list(self._candidate),
-            "unconfirmed_count": self._unconfirmed_count,
+            "candidate": None if candidate is None else list(candidate),
+            "unconfirmed_count": unconfirmed,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        monitor = None
+        monitor = monitor_values = None
         if self.detector is not None:
             monitor = _Monitor(self.detector, self.detector_options, self.standardise_warmup)
-            monitor.set_state(state["detector"])
-        self._clear()
-        self._monitor = monitor
+            monitor_values = monitor.set_state(state["detector"])
         items = [np.array(item).reshape(shape)
                  for item, shape in zip(state["items"], state["item_shapes"], strict=True)]
-        n = len(items)
+        rows: list[list[float] | None] = []
+        objects: list[np.ndarray | None] = []
         for item in items:
+            is_row = item.dtype == np.float64 and item.ndim == 1
             item.flags.writeable = False
-        self._items = items
-        self._labels[:n] = state["labels"]
-        self._uncertainties[:n] = state["uncertainties"]
-        self._uncertainty_scores[:n] = self._uncertainty_scale * self._uncertainties[:n]
-        self._births[:n] = -np.asarray(state["ages"], dtype=np.int64)  # with adds = 0
-        self._stamps[:n] = state["stamps"]
-        self._pseudo[:n] = state["pseudo"]
-        self._size = n
-        self._counts = np.bincount(self._labels[:n], minlength=self.n_classes)
-        self._signals = int(state["signals"])
-        self._drift_count = int(state["drift_count"])
-        self._last_drift_step = _optional_int(state["last_drift_step"])
-        self._change_point = _optional_int(state["change_point"])
-        # Absent from snapshots written before the evidence test: it starts afresh.
-        if self._evidence is not None and state.get("evidence") is not None:
-            self._evidence.set_state(state["evidence"])
+            rows.append(item.tolist() if is_row else None)
+            objects.append(None if is_row else item)
+        columns = (np.asarray(state["labels"], np.int64).tolist(),
+                   np.asarray(state["uncertainties"], np.float64).tolist(),
+                   np.asarray(state["ages"], np.int64).tolist(),  # relative to adds = 0
+                   np.asarray(state["stamps"], np.int64).tolist(),
+                   np.asarray(state["pseudo"], bool).tolist())
         candidate = state.get("candidate")
-        self._candidate = None if candidate is None else (int(candidate[0]), int(candidate[1]))
-        self._unconfirmed_count = int(state.get("unconfirmed_count", 0))
+        counters = (int(state["signals"]), int(state["drift_count"]),
+                    _optional_int(state["last_drift_step"]),
+                    _optional_int(state["change_point"]),
+                    None if candidate is None else (int(candidate[0]), int(candidate[1])),
+                    int(state.get("unconfirmed_count", 0)))
+        self._core.load(rows, objects, *columns)  # checks all, then replaces the memory
+        if monitor is not None:
+            self._core.set_monitor(monitor.detector, *monitor_values)
+        self._monitor = monitor
+        self._core.set_counters(*counters)
+        if self._evidence is not None:
+            # Absent from snapshots written before the evidence test: it starts afresh.
+            if state.get("evidence") is not None:
+                self._evidence.set_state(state["evidence"])
+            else:
+                self._evidence.reset()
 
 
 class _Monitor:
-    """A drift detector plus what the memory needs around it: the standardisation of its
-    input (Page-Hinkley), a change-point estimate on an alarm, and a plain-value state."""
+    """The drift detector (a core object, shared with the memory's core, which feeds it)
+    and its snapshot in river 0.26.1's layout, with the values the core keeps around it:
+    the last ``_HISTORY`` monitored values (to locate a change point), how many arrived
+    since the last alarm, Page-Hinkley's standardisation moments."""
 
     def __init__(self, kind: str, options: dict[str, Any], warmup: int) -> None:
         self.kind = kind
@@ -605,73 +474,25 @@ class _Monitor:
         except (TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"detector_options: {factory.__name__} (river's parameters) "
                              f"rejected {arguments}: {error}") from None
-        # The last _HISTORY monitored values (ring buffer) and how many arrived since the
-        # last alarm; Page-Hinkley's standardisation moments since its last alarm.
-        self._history = np.zeros(_HISTORY, dtype=np.float64)
-        self._since_alarm = 0
-        self._count = 0
-        self._mean = 0.0
-        self._squares = 0.0
 
-    def update(self, value: float, position: int) -> int | None:
-        """Feed the ``position``-th value; on an alarm return how many of the newest values
-        are estimated to belong to the new concept, else None."""
-        self._history[position % _HISTORY] = value
-        self._since_alarm += 1
-        if self.kind == "adwin":
-            self.detector.update(value)
-            if not self.detector.drift_detected:
-                return None
-            window = int(self.detector.width)
-        else:
-            if not self._update_page_hinkley(value):
-                return None
-            window = self._since_alarm
-        searched = min(window, self._since_alarm, _HISTORY)
-        self._since_alarm = 0
-        return _run_length(self._recent(position, searched))
-
-    def _update_page_hinkley(self, value: float) -> bool:
-        count = self._count
-        standardised = None
-        if count >= self.warmup and self._squares > 0.0:
-            standardised = (value - self._mean) / math.sqrt(self._squares / (count - 1))
-        count += 1
-        delta = value - self._mean
-        self._mean += delta / count
-        self._squares += delta * (value - self._mean)
-        self._count = count
-        if standardised is None:
-            return False
-        self.detector.update(standardised)
-        if not self.detector.drift_detected:
-            return False
-        # The new concept's moments start afresh (the old mean and deviation no longer apply).
-        self._count, self._mean, self._squares = 0, 0.0, 0.0
-        return True
-
-    def _recent(self, position: int, length: int) -> np.ndarray:
-        """The ``length`` newest values, oldest first, ending with the ``position``-th."""
-        end = position % _HISTORY + 1
-        if length <= end:
-            return self._history[end - length:end]
-        return np.concatenate([self._history[_HISTORY - (length - end):], self._history[:end]])
-
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, history: list[float], since_alarm: int,
+                  moments: tuple[int, float, float]) -> dict[str, Any]:
         detector = self.detector
         state: dict[str, Any] = {"river_version": _RIVER_STATE_LAYOUT, "kind": self.kind,
                                  "drift_detected": bool(detector.drift_detected),
-                                 "history": self._history.copy(),
-                                 "since_alarm": self._since_alarm}
+                                 "history": np.array(history, dtype=np.float64),
+                                 "since_alarm": since_alarm}
         if self.kind == "adwin":
             state["window"] = np.frombuffer(detector.window_state(), dtype=np.uint8).copy()
         else:
             state["sums"] = np.array(detector.sums(), dtype=np.float64)
-            state["moments"] = np.array([self._count, self._mean, self._squares],
-                                        dtype=np.float64)
+            state["moments"] = np.array(moments, dtype=np.float64)
         return state
 
-    def set_state(self, state: dict[str, Any]) -> None:
+    def set_state(self, state: dict[str, Any]) -> tuple[list[float], int,
+                                                        tuple[int, float, float]]:
+        """Load the detector's part into this (new) detector; return the core's part
+        ``(history, since_alarm, moments)``, checked."""
         version = state.get("river_version")
         if version != _RIVER_STATE_LAYOUT:
             raise ValueError(
@@ -682,6 +503,15 @@ class _Monitor:
         if state.get("kind") != self.kind:
             raise ValueError(f"state.detector: snapshot holds a {state.get('kind')!r} "
                              f"detector, this adapter uses {self.kind!r}")
+        history = np.asarray(state["history"], dtype=np.float64).reshape(-1).tolist()
+        if len(history) != _HISTORY:
+            raise ValueError(f"state.detector.history: expected {_HISTORY} values, "
+                             f"got {len(history)}")
+        since_alarm = int(state["since_alarm"])
+        moments = (0, 0.0, 0.0)
+        if self.kind == "page_hinkley":
+            count, mean, squares = np.asarray(state["moments"], np.float64).tolist()
+            moments = (int(count), mean, squares)
         detector = self.detector
         drift_detected = bool(state["drift_detected"])
         field = "window" if self.kind == "adwin" else "sums"
@@ -696,25 +526,7 @@ class _Monitor:
             raise ValueError(f"state.detector.{field}: {error}; the snapshot is damaged or "
                              "was not written by this adapter: start it fresh and replay "
                              "the stream from the snapshot's offsets") from None
-        if self.kind == "page_hinkley":
-            count, self._mean, self._squares = np.asarray(state["moments"], np.float64).tolist()
-            self._count = int(count)
-        self._history = np.array(state["history"], dtype=np.float64)
-        self._since_alarm = int(state["since_alarm"])
-
-
-def _run_length(values: np.ndarray) -> int:
-    """Number of newest values after the most likely single change of mean in ``values``.
-
-    The split k maximises |S_k − (k/m)·S_m| / sqrt(k·(m − k)/m), the likelihood-ratio
-    statistic of one mean shift in Gaussian noise (the CUSUM change-point estimate)."""
-    m = len(values)
-    if m < 2:
-        return m
-    k = np.arange(1, m, dtype=np.float64)
-    cumulative = np.cumsum(values)
-    statistic = np.abs(cumulative[:-1] - k / m * cumulative[-1]) / np.sqrt(k * (m - k) / m)
-    return m - (int(statistic.argmax()) + 1)
+        return history, since_alarm, moments
 
 
 def _check_options(options: Any) -> dict[str, Any]:
@@ -741,12 +553,13 @@ def _check_item(item: Any) -> np.ndarray:
     return np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
 
 
-def _entropy(p: np.ndarray) -> float:
-    return float(-(p * np.log(np.maximum(p, 1e-300))).sum())
-
-
-def _entropies(p: np.ndarray) -> np.ndarray:
-    return -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+def _as_item(item: Any) -> np.ndarray:
+    """A stored item as a read-only array (the core keeps rows as lists of floats)."""
+    if isinstance(item, np.ndarray):
+        return item
+    array = np.array(item, dtype=np.float64)
+    array.flags.writeable = False
+    return array
 
 
 def _optional_int(value: Any) -> int | None:

@@ -1,22 +1,26 @@
 """DriftMemory's detector as it ran before issue 11: river's own ADWIN / PageHinkley.
 
-``RiverMonitor`` is production's ``_Monitor`` with the detector swapped back to river's
-object and the state read and written through river's internals, exactly as the adapter
-did when it held river's detectors. A ``DriftMemory`` given one (``river_memory``) writes
-the snapshots that version wrote, and runs the reference the core's ports are compared
-with (``tests/adapters/test_native_drift_memory.py``). Not a product path.
+``RiverMonitor`` is the reference memory's ``_Monitor`` (``tests/reference/drift_memory.py``,
+the numpy adapter as it was) with the detector swapped back to river's object and the
+state read and written through river's internals, exactly as the adapter did when it
+held river's detectors. A ``RiverDriftMemory`` given one (``river_memory``) writes the
+snapshots that version wrote, and runs the reference the core's ports are compared with
+(``tests/adapters/test_native_drift_memory.py``). Its entropy is summed the core's way
+(left to right, libm's log: see test_native_drift_memory_core.py for the numpy way's
+last-bit drift), so the two agree bit for bit. Not a product path.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import river
 from river import drift as river_drift
 
-from streamweights.adapters import DriftMemory
-from streamweights.adapters import drift_memory as production
+from tests.reference import drift_memory as production
+from tests.reference.drift_memory import DriftMemory
 
 
 class RiverMonitor(production._Monitor):
@@ -64,9 +68,44 @@ class RiverMonitor(production._Monitor):
         self._since_alarm = int(state["since_alarm"])
 
 
+def _entropy(p: np.ndarray) -> float:
+    """The core's entropy: left to right over the classes, libm's log."""
+    total = 0.0
+    for value in p.tolist():
+        total += value * math.log(max(value, 1e-300))
+    return -total
+
+
+class RiverDriftMemory(DriftMemory):
+    """The reference memory with the core's entropy arithmetic."""
+
+    def observe(self, x: Any) -> None:
+        p = np.array(production.check_probability_vector(x, "x", self.n_classes))
+        self._observe_unchecked(p, int(p.argmax()), _entropy(p))
+
+    def observe_many(self, xs: Any) -> None:
+        for row in self._check_rows(xs, "xs"):
+            self._observe_unchecked(row, int(row.argmax()), _entropy(row))
+
+    def learn(self, x: Any, y: Any) -> None:
+        p = np.array(production.check_probability_vector(x, "x", self.n_classes))
+        label = production.check_class_label(y, "y", self.n_classes)
+        self._learn_unchecked(p, label, int(p.argmax()), _entropy(p))
+
+    def learn_many(self, xs: Any, ys: Any) -> None:
+        rows = self._check_rows(xs, "xs")
+        for row, y in zip(rows, ys, strict=True):
+            label = production.check_class_label(y, "y", self.n_classes)
+            self._learn_unchecked(row, label, int(row.argmax()), _entropy(row))
+
+
+# Snapshots carry the adapter's class name: this one writes DriftMemory's.
+RiverDriftMemory.__name__ = RiverDriftMemory.__qualname__ = "DriftMemory"
+
+
 def river_memory(**config: Any) -> DriftMemory:
     """A ``DriftMemory`` whose detector is river's own (``config`` as for DriftMemory)."""
-    memory = DriftMemory(**config)
+    memory = RiverDriftMemory(**config)
     if memory.detector is not None:
         memory._monitor = RiverMonitor(memory.detector, memory.detector_options,
                                        memory.standardise_warmup)

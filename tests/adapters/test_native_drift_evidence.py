@@ -1,0 +1,134 @@
+"""RiseEvidence in the native core against its pure-Python reference (issue 11).
+
+The core repeats the reference's arithmetic operation for operation (bets, the left-to-
+right sum of the five statistics, Welford's moments, the baseline), so the two agree bit
+for bit: alarms, statistic and baseline after every one of 10^5 values on drifting
+streams. Snapshots keep the reference's plain-value layout, so states written by either
+load into the other and continue identically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from streamweights import _native
+from streamweights.adapters.drift_evidence import RiseEvidence
+from tests.reference.drift_evidence import RiseEvidence as ReferenceRiseEvidence
+
+N_EVENTS = 100_000
+
+
+def _drifting_losses(seed: int, kind: str) -> list[float]:
+    """0/1 errors or clipped log losses whose rate wanders and jumps up and down every
+    ~7,000 values (rises the test should evidence, falls it must not)."""
+    rng = np.random.default_rng(seed)
+    segments = -(-N_EVENTS // 7000)
+    rates = rng.uniform(0.02, 0.45, size=segments)
+    rate = np.repeat(rates, 7000)[:N_EVENTS] * (1 + 0.2 * np.sin(np.arange(N_EVENTS) / 900))
+    if kind == "zero_one":
+        return (rng.random(N_EVENTS) < rate).astype(np.float64).tolist()
+    p = np.clip(1.0 - rate * rng.exponential(1.0, N_EVENTS), 1e-6, 1.0)
+    return (-np.log(p)).tolist()
+
+
+def _bits(value: float | None) -> int | None:
+    return None if value is None else np.float64(value).view(np.int64).item()
+
+
+@pytest.mark.parametrize(("seed", "kind", "options"), [
+    (0, "zero_one", {}),
+    (1, "log", {}),
+    (2, "zero_one", {"significance": 1e-3, "margin": 0.0, "warmup": 50, "lag": 0}),
+    (3, "log", {"significance": 1e-2, "margin": 0.3, "warmup": 2, "lag": 37,
+                "min_rise": 1e-9}),
+])
+def test_core_matches_reference_bit_for_bit(seed: int, kind: str,
+                                            options: dict[str, float]) -> None:
+    """Scenario: 10^5 drifting losses into both, resetting after each alarm (as the
+    pipeline does). Every alarm, statistic and baseline is the same float; there were
+    alarms to compare."""
+    core, reference = RiseEvidence(**options), ReferenceRiseEvidence(**options)
+    alarms = 0
+    for step, value in enumerate(_drifting_losses(seed, kind)):
+        alarm = core.update(value)
+        assert alarm == reference.update(value), step
+        assert _bits(core.statistic) == _bits(reference.statistic), step
+        assert _bits(core.baseline) == _bits(reference.baseline), step
+        if alarm:
+            alarms += 1
+            core.reset()
+            reference.reset()
+    assert alarms > 0
+    assert core.get_state() == reference.get_state()
+
+
+@pytest.mark.parametrize("kind", ["zero_one", "log"])
+def test_state_round_trip_both_ways(kind: str) -> None:
+    """Scenario: states written every 9,973 values (through JSON) by the reference load into
+    the core and by the core into the reference; both continue bit for bit."""
+    losses = _drifting_losses(7, kind)[:40_000]
+    core, reference = RiseEvidence(), ReferenceRiseEvidence()
+    for start in range(0, len(losses), 9973):
+        for value in losses[start:start + 9973]:
+            assert core.update(value) == reference.update(value)
+        written = json.loads(json.dumps(reference.get_state()))
+        assert written == json.loads(json.dumps(core.get_state()))
+        core = RiseEvidence()
+        core.set_state(written)
+        reference = ReferenceRiseEvidence()
+        reference.set_state(json.loads(json.dumps(core.get_state())))
+        assert _bits(core.statistic) == _bits(reference.statistic)
+
+
+def test_bad_input_leaves_state_bit_identical() -> None:
+    """Scenario: NaN, inf, a negative loss and a damaged state are refused with a message
+    naming the field; the state afterwards is what it was."""
+    evidence = RiseEvidence(warmup=2, lag=3)
+    for value in _drifting_losses(11, "zero_one")[:500]:
+        evidence.update(value)
+    before = evidence.get_state()
+    for value in (math.nan, math.inf, -0.5):
+        with pytest.raises(ValueError, match="loss: must be a finite number >= 0"):
+            evidence.update(value)
+        assert evidence.get_state() == before
+    damaged = {**before, "statistics": before["statistics"][:3]}
+    with pytest.raises(ValueError, match=r"state\.evidence\.statistics: expected 5 values"):
+        evidence.set_state(damaged)
+    with pytest.raises((ValueError, TypeError)):
+        evidence.set_state({**before, "recent": ["x"]})
+    assert evidence.get_state() == before
+
+
+def test_core_update_many_equals_loop() -> None:
+    """Scenario: the core's batch update over 20,000 values equals its per-value loop,
+    flags and final state; a bad value anywhere in a batch changes nothing."""
+    losses = _drifting_losses(5, "log")[:20_000]
+    batch, loop = (_native.RiseEvidence(1e-2, 0.0, 50, 20, 0.005) for _ in range(2))
+    flags = batch.update_many(losses)
+    assert flags == [loop.update(value) for value in losses]
+    assert any(flags)
+    assert batch.get_state() == loop.get_state()
+    with pytest.raises(ValueError, match=r"losses\[2\]"):
+        batch.update_many([0.1, 0.2, math.nan])
+    assert batch.get_state() == loop.get_state()
+
+
+def test_pickle_and_deepcopy_carry_the_core_state() -> None:
+    """Scenario: a RiseEvidence after 5,000 values is pickled and deep-copied. We expect
+    copies with the same state that continue bit for bit."""
+    import copy
+    import pickle
+
+    losses = _drifting_losses(13, "log")[:10_000]
+    evidence = RiseEvidence(significance=1e-3, lag=20)
+    for value in losses[:5000]:
+        evidence.update(value)
+    copies = [pickle.loads(pickle.dumps(evidence)), copy.deepcopy(evidence)]
+    for value in losses[5000:]:
+        alarm = evidence.update(value)
+        assert all(other.update(value) == alarm for other in copies)
+    assert all(other.get_state() == evidence.get_state() for other in copies)
