@@ -17,6 +17,7 @@ Run: ``python bench/fuzz.py [--inputs 1000000] [--seed 12] [--renew 5000]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import random
 import sys
@@ -32,6 +33,7 @@ from tests.fuzzing import (
     check_outcome,
     new_pipeline,
     random_input,
+    worst_inputs,
 )
 
 
@@ -92,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exceptions other than RecordError: {sum(crashes.values())} {dict(crashes)}")
     print(f"contract breaches: {sum(breaches.values())} {dict(breaches)}")
     print(f"slowest input: {slowest * 1e3:.2f} ms CPU ({len(slowest_input)} bytes)")
+    for raw in worst_inputs():  # the known slowest refusals, timed on their own
+        began = clock()
+        with contextlib.suppress(events.RecordError):
+            events.decode(raw)
+        took = clock() - began
+        print(f"worst-case input of {len(raw):,} bytes: {took * 1e3:.2f} ms CPU")
+        if took > slowest:
+            slowest, slowest_input = took, raw
     print("refusals by reason:")
     for reason, count in reasons.most_common():
         print(f"  {reason:<28}{count:>10,}")

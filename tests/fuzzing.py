@@ -207,3 +207,15 @@ def run_one(pipeline: Pipeline, raw: bytes) -> bool:
     check_contract(raw, record)
     check_outcome(pipeline, pipeline.process(record))
     return True
+
+
+def worst_inputs() -> list[bytes]:
+    """The decoder's slowest refusals, each under the record size limit: a megabyte of
+    strings holding colons (the duplicate-key check), a NaN at the end of a megabyte (its
+    field is named by a scan), and deep nesting."""
+    big_strings = (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{"a":1},"features":['
+                   + b",".join([b"1"] * 200_000) + b'],"x":"' + b"a:" * 100_000 + b'"}')
+    nan_at_end = (b'{"schema":1,"stream":"s","id":"i","ts":1,"outputs":{'
+                  + b",".join(b'"m%d":"[{:}]"' % i for i in range(40_000)) + b',"z":NaN}}')
+    deep = b"[" * 500_000 + b"]" * 500_000
+    return [big_strings, nan_at_end, deep]
