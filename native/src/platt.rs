@@ -8,8 +8,6 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::probability_input::{quick_label, quick_probabilities};
-
 use crate::newton::{project_onto_ball, Newton};
 
 /// The sigmoid's argument is clipped to +-100 (authors' code).
@@ -117,129 +115,174 @@ pub fn check_state(theta: &[f64], curvature: &[f64], d: usize) -> PyResult<()> {
     Ok(())
 }
 
-/// Python handle of [`Platt`]: inputs are validated by the Python adapter and clipped here.
-#[pyclass(module = "streamweights._native", name = "PlattCore")]
-pub struct PlattCore {
-    inner: Platt,
+/// Generates the Python handle of a binary ONS calibrator: a `#[pyclass]` named `$name`
+/// holding an `$inner` (which has `new(discount, exp_concavity, initial_curvature,
+/// radius)`, `probability(f)`, `learn(scores, labels, served)` and a `newton` field of
+/// dimension `$dimension`). Inputs are validated by the Python adapter and clipped here.
+/// OnlinePlatt and OnlineBetaScaling differ only in their arithmetic, not in their handle.
+macro_rules! binary_calibrator_handle {
+    ($handle:ident, $name:literal, $inner:ident, $dimension:expr) => {
+        #[doc = concat!("Python handle of [`", stringify!($inner), "`].")]
+        #[pyclass(module = "streamweights._native", name = $name)]
+        pub struct $handle {
+            inner: $inner,
+        }
+
+        #[pymethods]
+        impl $handle {
+            #[new]
+            fn py_new(
+                discount: f64,
+                exp_concavity: f64,
+                initial_curvature: f64,
+                radius: f64,
+            ) -> Self {
+                $handle {
+                    inner: $inner::new(discount, exp_concavity, initial_curvature, radius),
+                }
+            }
+
+            /// Calibrated class-1 probability of a class-1 score (clipped here).
+            fn probability(&self, f: f64) -> f64 {
+                self.inner.probability($crate::platt::clip_probability(f))
+            }
+
+            fn probabilities(&self, scores: Vec<f64>) -> Vec<f64> {
+                scores
+                    .iter()
+                    .map(|&f| self.inner.probability($crate::platt::clip_probability(f)))
+                    .collect()
+            }
+
+            /// `predict`'s class-1 probability for a raw input `x`, or `None` when the
+            /// core's input check does not clear it (the Python adapter then checks it).
+            fn predict_input(&self, x: &Bound<'_, PyAny>) -> Option<f64> {
+                let mut p = [0.0; 2];
+                if $crate::probability_input::quick_probabilities(x, &mut p) {
+                    Some(
+                        self.inner
+                            .probability($crate::platt::clip_probability(p[1])),
+                    )
+                } else {
+                    None
+                }
+            }
+
+            /// `learn(x, y)` on raw inputs: `true` when the core's input check cleared
+            /// both and the event was learnt, `false` (nothing changed) to let Python
+            /// check them.
+            fn learn_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> bool {
+                self.learn_served_input(x, y).is_some()
+            }
+
+            /// `learn_input` that returns the probability served to the event before its
+            /// update.
+            fn learn_served_input(
+                &mut self,
+                x: &Bound<'_, PyAny>,
+                y: &Bound<'_, PyAny>,
+            ) -> Option<f64> {
+                let mut p = [0.0; 2];
+                if !$crate::probability_input::quick_probabilities(x, &mut p) {
+                    return None;
+                }
+                let label = $crate::probability_input::quick_label(y, 2)?;
+                let mut served = Vec::with_capacity(1);
+                self.inner.learn(
+                    &[$crate::platt::clip_probability(p[1])],
+                    &[label],
+                    Some(&mut served),
+                );
+                Some(served[0])
+            }
+
+            fn learn(&mut self, f: f64, y: i64) {
+                self.inner
+                    .learn(&[$crate::platt::clip_probability(f)], &[y], None);
+            }
+
+            /// `learn` that returns the probability served to the event before its update.
+            fn learn_served_one(&mut self, f: f64, y: i64) -> f64 {
+                let mut served = Vec::with_capacity(1);
+                self.inner.learn(
+                    &[$crate::platt::clip_probability(f)],
+                    &[y],
+                    Some(&mut served),
+                );
+                served[0]
+            }
+
+            /// The batch loop, with the GIL released (the arrays are copied in already).
+            fn learn_many(
+                &mut self,
+                py: Python<'_>,
+                scores: Vec<f64>,
+                labels: Vec<i64>,
+            ) -> PyResult<()> {
+                $crate::platt::check_lengths(scores.len(), labels.len())?;
+                let inner = &mut self.inner;
+                py.allow_threads(|| {
+                    let scores: Vec<f64> = scores
+                        .into_iter()
+                        .map($crate::platt::clip_probability)
+                        .collect();
+                    inner.learn(&scores, &labels, None);
+                });
+                Ok(())
+            }
+
+            /// `learn_many` that returns the probability served to each event before its
+            /// update.
+            fn learn_served(
+                &mut self,
+                py: Python<'_>,
+                scores: Vec<f64>,
+                labels: Vec<i64>,
+            ) -> PyResult<Vec<f64>> {
+                $crate::platt::check_lengths(scores.len(), labels.len())?;
+                let inner = &mut self.inner;
+                Ok(py.allow_threads(|| {
+                    let scores: Vec<f64> = scores
+                        .into_iter()
+                        .map($crate::platt::clip_probability)
+                        .collect();
+                    let mut served = Vec::with_capacity(scores.len());
+                    inner.learn(&scores, &labels, Some(&mut served));
+                    served
+                }))
+            }
+
+            fn reset_curvature(&mut self) {
+                self.inner.newton.reset_curvature();
+            }
+
+            #[getter]
+            fn theta(&self) -> Vec<f64> {
+                self.inner.newton.theta.clone()
+            }
+
+            /// `(theta, A, A^{-1})`, flat row-major.
+            fn get_state(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+                let newton = &self.inner.newton;
+                (
+                    newton.theta.clone(),
+                    newton.curvature.clone(),
+                    newton.inverse(),
+                )
+            }
+
+            fn set_state(&mut self, theta: Vec<f64>, curvature: Vec<f64>) -> PyResult<()> {
+                $crate::platt::check_state(&theta, &curvature, $dimension)?;
+                self.inner.newton.theta = theta;
+                self.inner.newton.curvature = curvature;
+                Ok(())
+            }
+        }
+    };
 }
+pub(crate) use binary_calibrator_handle;
 
-#[pymethods]
-impl PlattCore {
-    #[new]
-    fn py_new(discount: f64, exp_concavity: f64, initial_curvature: f64, radius: f64) -> Self {
-        PlattCore {
-            inner: Platt::new(discount, exp_concavity, initial_curvature, radius),
-        }
-    }
-
-    /// Calibrated class-1 probability of a class-1 score (clipped here).
-    fn probability(&self, f: f64) -> f64 {
-        self.inner.probability(clip_probability(f))
-    }
-
-    fn probabilities(&self, scores: Vec<f64>) -> Vec<f64> {
-        scores
-            .iter()
-            .map(|&f| self.inner.probability(clip_probability(f)))
-            .collect()
-    }
-
-    /// `predict`'s class-1 probability for a raw input `x`, or `None` when the core's
-    /// input check does not clear it (the Python adapter then checks it itself).
-    fn predict_input(&self, x: &Bound<'_, PyAny>) -> Option<f64> {
-        let mut p = [0.0; 2];
-        if quick_probabilities(x, &mut p) {
-            Some(self.inner.probability(clip_probability(p[1])))
-        } else {
-            None
-        }
-    }
-
-    /// `learn(x, y)` on raw inputs: `true` when the core's input check cleared both and
-    /// the event was learnt, `false` (nothing changed) to let Python check them.
-    fn learn_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> bool {
-        self.learn_served_input(x, y).is_some()
-    }
-
-    /// `learn_input` that returns the probability served to the event before its update.
-    fn learn_served_input(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> Option<f64> {
-        let mut p = [0.0; 2];
-        if !quick_probabilities(x, &mut p) {
-            return None;
-        }
-        let label = quick_label(y, 2)?;
-        let mut served = Vec::with_capacity(1);
-        self.inner
-            .learn(&[clip_probability(p[1])], &[label], Some(&mut served));
-        Some(served[0])
-    }
-
-    fn learn(&mut self, f: f64, y: i64) {
-        self.inner.learn(&[clip_probability(f)], &[y], None);
-    }
-
-    /// `learn` that returns the probability served to the event before its update.
-    fn learn_served_one(&mut self, f: f64, y: i64) -> f64 {
-        let mut served = Vec::with_capacity(1);
-        self.inner
-            .learn(&[clip_probability(f)], &[y], Some(&mut served));
-        served[0]
-    }
-
-    /// The batch loop, with the GIL released (the arrays are copied in already).
-    fn learn_many(&mut self, py: Python<'_>, scores: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
-        check_lengths(scores.len(), labels.len())?;
-        let inner = &mut self.inner;
-        py.allow_threads(|| {
-            let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
-            inner.learn(&scores, &labels, None);
-        });
-        Ok(())
-    }
-
-    /// `learn_many` that returns the probability served to each event before its update.
-    fn learn_served(
-        &mut self,
-        py: Python<'_>,
-        scores: Vec<f64>,
-        labels: Vec<i64>,
-    ) -> PyResult<Vec<f64>> {
-        check_lengths(scores.len(), labels.len())?;
-        let inner = &mut self.inner;
-        Ok(py.allow_threads(|| {
-            let scores: Vec<f64> = scores.into_iter().map(clip_probability).collect();
-            let mut served = Vec::with_capacity(scores.len());
-            inner.learn(&scores, &labels, Some(&mut served));
-            served
-        }))
-    }
-
-    fn reset_curvature(&mut self) {
-        self.inner.newton.reset_curvature();
-    }
-
-    #[getter]
-    fn theta(&self) -> Vec<f64> {
-        self.inner.newton.theta.clone()
-    }
-
-    /// `(theta, A, A^{-1})`, flat row-major.
-    fn get_state(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let newton = &self.inner.newton;
-        (
-            newton.theta.clone(),
-            newton.curvature.clone(),
-            newton.inverse(),
-        )
-    }
-
-    fn set_state(&mut self, theta: Vec<f64>, curvature: Vec<f64>) -> PyResult<()> {
-        check_state(&theta, &curvature, 2)?;
-        self.inner.newton.theta = theta;
-        self.inner.newton.curvature = curvature;
-        Ok(())
-    }
-}
+binary_calibrator_handle!(PlattCore, "PlattCore", Platt, 2);
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PlattCore>()?;
