@@ -59,10 +59,9 @@ from streamweights.adapters.validation import check_count, check_in_range
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.
 BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
-#: The statistic is capped here (by the core: native/src/drift_evidence.rs) so a stream
-#: that keeps rising without a reaction (``on_drift: ignore``) never overflows to inf;
-#: capping only lowers R, so the bound holds.
-_CAP = 1e200
+# The core (native/src/drift_evidence.rs, ``CAP``) caps the statistic at 1e200 so a
+# stream that keeps rising without a reaction (``on_drift: ignore``) never overflows to
+# inf; capping only lowers R, so the bound holds.
 
 
 class RiseEvidence:

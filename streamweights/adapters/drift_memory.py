@@ -227,9 +227,6 @@ class DriftMemory(Adapter):
             entropy_filter, "entropy_filter", 0.0, 1.0, high_open=False)
         self.standardise_warmup = check_count(standardise_warmup, "standardise_warmup",
                                               minimum=2)
-        self._quota = self.capacity / self.n_classes
-        self._log_classes = math.log(self.n_classes)
-        self._uncertainty_scale = self.uncertainty_weight / self._log_classes
         # Checked by RiseEvidence (with these names in its messages).
         self.significance = significance
         self.evidence_margin = evidence_margin
