@@ -36,6 +36,11 @@ class Adapter:
     #: Bumped when the layout of ``_get_state`` changes; ``load_state_dict`` refuses a
     #: snapshot of another version with a message saying what to do.
     state_version: ClassVar[int] = 1
+    #: ``True`` when ``_get_state`` builds every object it returns anew on each call (a
+    #: native handle reading its core, a container gathering its parts' ``state_dict``):
+    #: ``state_dict`` then hands it out without the deep copy, which was most of a
+    #: checkpoint's cost (containers copied their parts' copies again, level by level).
+    fresh_state: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,11 +92,12 @@ class Adapter:
 
     def state_dict(self) -> dict[str, Any]:
         """Full state: ``{"adapter", "version", "config", "state"}``; arrays are copies."""
+        state = self._get_state()
         return {
             "adapter": type(self).__name__,
             "version": type(self).state_version,
             "config": copy.deepcopy(self.get_config()),
-            "state": copy.deepcopy(self._get_state()),
+            "state": state if self.fresh_state else copy.deepcopy(state),
         }
 
     def upgrade_snapshot(self, state_dict: Any) -> Any:

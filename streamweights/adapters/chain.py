@@ -49,6 +49,8 @@ class Chain(Adapter):
     >>> chain.learn_trace(trace, 1)
     """
 
+    fresh_state = True  # the stages' state_dicts, each a fresh copy (Adapter.fresh_state)
+
     def __init__(self, stages: list[Adapter | dict[str, Any]]) -> None:
         if not stages:
             raise ValueError("stages: a chain needs at least one stage")

@@ -197,6 +197,8 @@ class DriftMemory(Adapter):
     SDM (ADWIN). Page (1954), "Continuous inspection schemes", Biometrika (Page-Hinkley).
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, capacity: int, n_classes: int, detector: str | None = "adwin", *,
                  signal: str = "loss", loss: str = "zero_one",
                  detector_options: dict[str, Any] | None = None,

@@ -141,6 +141,8 @@ class FeatureCorrection(Adapter):
     #: The chain hands this stage the packed ``[p, outputs, features]`` vector.
     uses_features: ClassVar[bool] = True
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, n_classes: int, n_models: int, n_features: int,
                  forgetting: float = 0.9999, prior_variance: float = 1.0,
                  scaling_window: int = 1000, drift_forgetting: float = 0.7,

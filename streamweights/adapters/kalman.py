@@ -180,6 +180,8 @@ class KalmanWeights(Adapter):
     Classification of Non-Stationary Data." ICLR 2024, arXiv:2306.08448.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(
         self,
         n_features: int,

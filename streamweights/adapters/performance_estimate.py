@@ -89,6 +89,8 @@ class ConfidenceEstimate(Adapter):
     ICML 2017.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, n_classes: int, window: int = 500) -> None:
         self.n_classes = check_count(n_classes, "n_classes", 2)
         self.window = check_count(window, "window", 1)

@@ -161,6 +161,8 @@ class Portfolio(Adapter):
     {'FixedShare': 1.0, 'Hedge': 0.0}
     """
 
+    fresh_state = True  # candidates' state_dicts and new arrays (Adapter.fresh_state)
+
     def __init__(self, n_models: int, n_classes: int | None = 2,
                  candidates: list[list[dict[str, Any]]] | None = None,
                  probability_floor: float = 1e-6, drift_share: float = 0.0) -> None:

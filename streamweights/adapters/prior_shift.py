@@ -174,6 +174,8 @@ class PriorShift(Adapter):
     Page (1954), "Continuous inspection schemes", Biometrika 41 — the CUSUM of the gate.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, n_classes: int, source_prior: Any = None, *, step_offset: float = 10.0,
                  min_step: float = 0.001, label_weight: float = 1.0,
                  reset_on_drift: bool = True, prior_floor: float = 1e-4,

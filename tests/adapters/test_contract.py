@@ -79,6 +79,38 @@ def test_state_dict_is_a_copy(case):
     assert dumps_state(snapshot) == snapshot_text
 
 
+def _mutable_parts(tree, found):
+    """ids of every list, dict and array in a state tree (what a caller could mutate)."""
+    if isinstance(tree, dict | list | np.ndarray):
+        found[id(tree)] = tree  # (kept alive, so ids are not reused while comparing)
+    if isinstance(tree, dict):
+        for value in tree.values():
+            _mutable_parts(value, found)
+    elif isinstance(tree, list | tuple):
+        for value in tree:
+            _mutable_parts(value, found)
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_state_dicts_share_nothing_mutable(case):
+    """Two ``state_dict`` calls share no list, dict or array, with each other or with the
+    adapter: what ``fresh_state`` adapters skip the deep copy for must really be new."""
+    adapter = case.factory()
+    xs, ys = _stream(case, 4, 80)
+    _drive(adapter, case, xs, ys, collect=False)
+    first = _mutable_parts(adapter.state_dict(), {})
+    second = _mutable_parts(adapter.state_dict(), {})
+    assert not set(first) & set(second)
+    text = dumps_state(adapter.state_dict())
+    for part in first.values():  # scribble over the first copy: the adapter is untouched
+        if isinstance(part, np.ndarray) and part.size and part.dtype.kind == "f":
+            part.fill(np.nan)
+        elif isinstance(part, list):
+            part.clear()
+    assert dumps_state(adapter.state_dict()) == text
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_batch_forms_equal_sequential_loop(case):
     xs, ys = _stream(case, 4, 400)

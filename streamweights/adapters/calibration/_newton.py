@@ -96,6 +96,8 @@ class _BinaryNewtonCalibrator(Adapter):
     _dimension = 0
     _core_type: Any = None
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, discount: float, exp_concavity: float, initial_curvature: float,
                  radius: float) -> None:
         check_newton_settings(exp_concavity, initial_curvature, radius, discount)

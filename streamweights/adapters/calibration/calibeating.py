@@ -114,6 +114,8 @@ class Calibeating(Adapter):
 
     n_classes = 2
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, base: Adapter | dict[str, Any], mode: str = "tracking",
                  n_bins: int = 10, seed: int = 0) -> None:
         if isinstance(base, Adapter):

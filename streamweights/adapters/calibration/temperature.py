@@ -100,6 +100,8 @@ class OnlineTemperature(Adapter):
     Scaling with Calibeating", ICML 2023 (arXiv:2305.00070) — the online fitting by ONS.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, n_classes: int, bias: bool = False, bias_regularization: float = 1e-3,
                  discount: float = 0.9999, exp_concavity: float = 0.1,
                  initial_curvature: float = 100.0) -> None:

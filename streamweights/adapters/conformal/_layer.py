@@ -47,6 +47,8 @@ class _ConformalLayer(Adapter):
     ``intervals`` give the same as the wire contract writes them.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, alphas: list[float] | tuple[float, ...] = (0.1, 0.05),
                  n_classes: int | None = None, score: str | None = None,
                  window: int = 1000) -> None:

@@ -82,6 +82,8 @@ class Hedge(Adapter):
     "Follow the leader if you can, hedge if you must" (AdaHedge), JMLR 15.
     """
 
+    fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+
     def __init__(self, n_models: int, n_classes: int | None = None, loss: str | None = None,
                  learning_rate: float | str = "auto", probability_floor: float = 1e-6) -> None:
         self.n_models = check_count(n_models, "n_models")

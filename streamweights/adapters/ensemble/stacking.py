@@ -119,6 +119,8 @@ class OnlineStacking(Adapter):
     Classification of Non-Stationary Data." ICLR 2024, arXiv:2306.08448.
     """
 
+    fresh_state = True  # its filter's state_dict, a fresh copy (Adapter.fresh_state)
+
     def __init__(
         self,
         n_models: int,
