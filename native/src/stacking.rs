@@ -192,29 +192,34 @@ impl StackingCore {
             return Ok(false);
         }
         self.stacking.design(&self.outputs, &mut self.design);
-        let core = kalman.borrow();
-        let features = self.stacking.n_features();
-        let width = self.stacking.experts.width();
-        let mut means = [0.0; 16];
-        let mut long = Vec::new();
-        let means: &mut [f64] = if width <= means.len() {
-            &mut means[..width]
-        } else {
-            long.resize(width, 0.0);
-            &mut long
-        };
-        for (row, mean) in self.design.chunks_exact(features).zip(means.iter_mut()) {
-            let mut one = [0.0];
-            core.filter.predictive_means(row, &mut one);
-            *mean = one[0];
-        }
-        if self.stacking.experts.n_classes.is_none() {
-            return write_native(py, out, means).map(|_| true);
-        }
-        let mut combined = vec![0.0; width];
-        self.stacking.combine(means, &mut combined);
-        write_native(py, out, &combined)?;
+        let mut served = vec![0.0; self.stacking.experts.width()];
+        self.predict_design(&kalman.borrow(), &mut served);
+        write_native(py, out, &served)?;
         Ok(true)
+    }
+
+    /// `predict_many` of a checked batch (`(n, K)` or `(n, K, C)`, flat): every row as
+    /// `predict_with` computes it, into `out` (`n × width`), in one call.
+    fn predict_checked_many(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        kalman: &Bound<'_, KalmanCore>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let batch = read_flat(py, batch)?;
+        let width = self.stacking.experts.width();
+        let rows = batch.len() / self.outputs.len();
+        let mut served = vec![0.0; rows * width];
+        let core = kalman.borrow();
+        for (outputs, slot) in batch
+            .chunks_exact(self.outputs.len())
+            .zip(served.chunks_exact_mut(width))
+        {
+            self.stacking.design(outputs, &mut self.design);
+            self.predict_design(&core, slot);
+        }
+        write_native(py, out, &served)
     }
 
     /// `learn(x, y)` in one call; `false` (nothing changed) when `x` or `y` is not
@@ -234,12 +239,76 @@ impl StackingCore {
             None => return Ok(false),
         };
         self.stacking.design(&self.outputs, &mut self.design);
+        Ok(self.learn_design_into(&mut kalman.borrow_mut(), target))
+    }
+
+    /// `learn_many` of a checked batch (flat, as `predict_checked_many`) and its checked
+    /// targets (class indices as floats for classification), one event after the other
+    /// as `learn_with` learns them. Returns `None` when every row was learned, or the
+    /// index of the first refused row: the rows before it are learned, it and the rest
+    /// are not (the handle then learns that row through its full check, which raises the
+    /// error the per-event loop would, and goes on past it if it does not).
+    fn learn_checked_many(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        targets: Vec<f64>,
+        kalman: &Bound<'_, KalmanCore>,
+    ) -> PyResult<Option<usize>> {
+        let batch = read_flat(py, batch)?;
         let mut core = kalman.borrow_mut();
+        for (index, (outputs, &value)) in batch
+            .chunks_exact(self.outputs.len())
+            .zip(&targets)
+            .enumerate()
+        {
+            let target = match self.stacking.experts.n_classes {
+                None => Target::Value(value),
+                Some(_) => Target::Class(value as usize),
+            };
+            self.stacking.design(outputs, &mut self.design);
+            if !self.learn_design_into(&mut core, target) {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl StackingCore {
+    /// The prediction of the design rows in `self.design`: the filter's predictive
+    /// means and, for classes, their floored mixture, into `out` (`width` values).
+    fn predict_design(&self, core: &KalmanCore, out: &mut [f64]) {
+        let features = self.stacking.n_features();
+        let width = self.stacking.experts.width();
+        let mut means = [0.0; 16];
+        let mut long = Vec::new();
+        let means: &mut [f64] = if width <= means.len() {
+            &mut means[..width]
+        } else {
+            long.resize(width, 0.0);
+            &mut long
+        };
+        for (row, mean) in self.design.chunks_exact(features).zip(means.iter_mut()) {
+            let mut one = [0.0];
+            core.filter.predictive_means(row, &mut one);
+            *mean = one[0];
+        }
+        if self.stacking.experts.n_classes.is_none() {
+            out.copy_from_slice(means);
+        } else {
+            self.stacking.combine(means, out);
+        }
+    }
+
+    /// Learn the design rows in `self.design` with `target`; `false` (nothing changed)
+    /// when the update is refused.
+    fn learn_design_into(&self, core: &mut KalmanCore, target: Target) -> bool {
         let design = &self.design;
         let outcome = match target {
             Target::Value(value) => {
                 if !Stacking::update_is_finite(design, value) {
-                    return Ok(false);
+                    return false;
                 }
                 core.filter.guarded(|filter| {
                     filter.learn_one(design, Some(&[value]), None);
@@ -254,7 +323,7 @@ impl StackingCore {
                     .guarded(|filter| filter.learn_block(design, Some(&targets), None))
             }
         };
-        Ok(outcome.is_ok())
+        outcome.is_ok()
     }
 }
 

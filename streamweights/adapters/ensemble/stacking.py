@@ -222,7 +222,10 @@ class OnlineStacking(Adapter):
         batch = self._check_outputs_many(xs)
         if not len(batch):
             return np.empty((0,) if self.n_classes is None else (0, self.n_classes))
-        return np.stack([self._predict_design(self._design(outputs)) for outputs in batch])
+        out = _empty((len(batch), self._output_shape[0]) if self.n_classes is not None
+                     else (len(batch),))
+        self._core.predict_checked_many(np.ascontiguousarray(batch), self._filter._core, out)
+        return out
 
     def learn(self, x: Any, y: Any) -> None:
         if self._core.learn_with(x, y, self._filter._core):  # one call: quick path
@@ -257,8 +260,18 @@ class OnlineStacking(Adapter):
                 raise ValueError(f"ys: expected shape ({len(batch)},), "
                                  f"got {label_array.shape}")
             labels = [int(value) for value in label_array]
-        for outputs, label in zip(batch, labels, strict=True):
-            self._learn_outputs(outputs, label)
+        # The rows in one core call; a row the core refuses is learned through the full
+        # per-event path, which raises what the loop would (rows before it stay learned).
+        start = 0
+        while start < len(batch):
+            refused = self._core.learn_checked_many(np.ascontiguousarray(batch[start:]),
+                                                    [float(v) for v in labels[start:]],
+                                                    self._filter._core)
+            if refused is None:
+                return
+            start += refused
+            self._learn_outputs(batch[start], labels[start])
+            start += 1
 
     def on_drift(self) -> None:
         """Delegate to the filter: a one-off transition toward the uniform average."""
