@@ -113,6 +113,8 @@ class StreamPipeline:
         self.join = PendingJoin(config.max_pending, config.ttl_seconds)
         self.scores = StreamScores(list(config.models), self.classification)
         self._model_index = {name: i for i, name in enumerate(config.models)}
+        self._outputs_shape = ((len(config.models), config.n_classes) if self.classification
+                               else (len(config.models),))
         self._memories = [i for i, s in enumerate(self.chain.stages) if isinstance(s, DriftMemory)]
         # Per-component reactions: the log-loss of every stage's output that is not a
         # memory (a memory passes its input through) carries its own rise evidence.
@@ -158,6 +160,16 @@ class StreamPipeline:
     def outputs_array(self, prediction: Prediction) -> np.ndarray:
         """The models' outputs as ``(K, C)`` (or ``(K,)``) in configured order."""
         outputs = prediction.outputs
+        if self.torch_model is None and len(outputs) == len(self.config.models):
+            # Quick path for a well-formed record (every configured model, nothing else,
+            # the right shape); anything else goes through the checks below, which say
+            # what is wrong. The decoder has checked the values are finite numbers.
+            try:
+                array = np.array([outputs[m] for m in self.config.models], dtype=np.float64)
+            except (KeyError, ValueError, TypeError):
+                array = None
+            if array is not None and array.shape == self._outputs_shape:
+                return array
         torch_name = self.torch_model.name if self.torch_model is not None else None
         for model in outputs:
             if model == torch_name:

@@ -182,6 +182,9 @@ def _bad_records(stream: StreamConfig, pending_id: str, ts: float):
         (Label("nope", "x-1", ts, 1), "unknown_stream", "nope"),
         (prediction({**good, "gbm": [0.5, 0.5]}), "unknown_model", "gbm"),
         (prediction({m: good[m] for m in models[:-1]}), "missing_model", models[-1]),
+        # as many models as configured, one of them unknown (the quick path's count holds)
+        (prediction({**{m: good[m] for m in models[:-1]}, "gbm": [0.5, 0.5]}),
+         "unknown_model", "gbm"),
         (prediction({**good, models[0]: [0.2, 0.3, 0.5]}), "wrong_shape", models[0]),
         (prediction({**good, models[1]: 0.5}), "wrong_shape", models[1]),
         (prediction({**good, models[1]: [0.5, 0.6]}), "invalid_outputs", "sum"),
