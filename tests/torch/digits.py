@@ -139,15 +139,18 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def sensor_change(images: np.ndarray, kind: str, noise: float, seed: int) -> np.ndarray:
     """A new sensor with strong noise on top: ``"gain"`` (0.3·x + 0.4: a washed-out,
-    brighter sensor) or ``"blur"`` (softer optics, σ = 1.2), then Gaussian noise of
-    standard deviation ``noise``; clipped to [0, 1]."""
+    brighter sensor), ``"blur"`` (softer optics, σ = 1.2) or ``"invert"`` (1 - x: dark
+    strokes on a bright background, a sensor whose polarity flipped), then Gaussian noise
+    of standard deviation ``noise``; clipped to [0, 1]."""
     x = images.astype(np.float64)
     if kind == "gain":
         x = 0.3 * x + 0.4
     elif kind == "blur":
         x = _blur(x, 1.2)
+    elif kind == "invert":
+        x = 1.0 - x
     else:
-        raise ValueError(f"kind: 'gain' or 'blur', got {kind!r}")
+        raise ValueError(f"kind: 'gain', 'blur' or 'invert', got {kind!r}")
     x = x + np.random.default_rng(seed).normal(0.0, noise, size=x.shape)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
