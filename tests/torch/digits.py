@@ -155,6 +155,19 @@ def sensor_change(images: np.ndarray, kind: str, noise: float, seed: int) -> np.
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
+def sensor_stream(images: np.ndarray, labels: np.ndarray, kind: str, seed: int = 0,
+                  noise: float = 0.35, passes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The images ``passes`` times through :func:`sensor_change`, each pass in its own
+    class-correlated order (order seed ``7 + pass + seed``, noise seed ``11 + pass +
+    seed``): the near-chance streams of issue 14 (2,703 held-out digits)."""
+    xs, ys = [], []
+    for rep in range(passes):
+        order = class_correlated_order(labels, 7 + rep + seed)
+        xs.append(sensor_change(images[order], kind, noise, seed=11 + rep + seed))
+        ys.append(labels[order])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def hindsight_batch_norm(model: torch.nn.Module, images: np.ndarray) -> torch.nn.Module:
     """A copy of ``model`` whose BatchNorm statistics are those of all of ``images`` at once
     (AdaBN on the whole stream, in hindsight): the reference a label-free adapter of the

@@ -1,6 +1,7 @@
 """TestTimeAdapter on real digits under corruptions, in class-correlated order.
 
-The must-hold items 1-3 of issue 5 (accuracy gain, no collapse over twenty passes, outliers)
+The must-hold items 1-3 of issue 5 (accuracy gain, no collapse over twenty passes, outliers),
+issue 14's must-hold 5 (near-chance sensor streams; never below the frozen model)
 plus the contract: batch = sequential, state round trip, determinism, clear errors.
 """
 
@@ -244,17 +245,6 @@ def test_snapshot_from_before_stream_statistics_loads(digit_model, digit_split):
     assert restored.n_updates_ > original.n_updates_
 
 
-def sensor_stream(test_x, test_y, sensor, seed):
-    """The held-out digits three times through a new sensor with noise σ = 0.35, each pass
-    in its own class-correlated order (2,703 images)."""
-    images, labels = [], []
-    for rep in range(3):
-        order = digits.class_correlated_order(test_y, 7 + rep + seed)
-        images.append(digits.sensor_change(test_x[order], sensor, 0.35, seed=11 + rep + seed))
-        labels.append(test_y[order])
-    return np.concatenate(images), np.concatenate(labels)
-
-
 @pytest.mark.parametrize("seed", [0, 200, 400])
 def test_inverted_sensor_never_falls_below_the_frozen_model(digit_model, digit_split, seed):
     """Scenario (issue 14, must-hold 5): an inverted sensor (1 - x) with noise σ = 0.35,
@@ -265,7 +255,7 @@ def test_inverted_sensor_never_falls_below_the_frozen_model(digit_model, digit_s
     hindsight BatchNorm's gain minus 2 points); without the check (the former behaviour)
     the adapter followed the statistics below the frozen model."""
     _, _, test_x, test_y = digit_split
-    images, labels = sensor_stream(test_x, test_y, "invert", seed)
+    images, labels = digits.sensor_stream(test_x, test_y, "invert", seed)
     frozen = digits.accuracy(frozen_probabilities(digit_model, images), labels)
     hindsight = digits.accuracy(frozen_probabilities(
         digits.hindsight_batch_norm(digit_model, images), images), labels)
@@ -291,7 +281,7 @@ def test_polarity_check_leaves_upright_sensors_adapted(digit_model, digit_split,
     We expect: a positive fitted gain, the teacher served, and the served numbers equal
     to those of an adapter without the check, bit for bit."""
     _, _, test_x, test_y = digit_split
-    images, _ = sensor_stream(test_x, test_y, sensor, 0)
+    images, _ = digits.sensor_stream(test_x, test_y, sensor, 0)
     checked = TestTimeAdapter(digit_model, 10, INPUT_SHAPE)
     unchecked = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, polarity_check=False)
     assert checked.input_gain_ == pytest.approx(1.0)  # nothing seen yet: the source
@@ -307,8 +297,8 @@ def test_polarity_follows_the_stream_back_after_a_drift_alarm(digit_model, digit
     input is inverted; after the alarm the stream means restart and the adapted model is
     served again."""
     _, _, test_x, test_y = digit_split
-    inverted, _ = sensor_stream(test_x, test_y, "invert", 0)
-    upright, _ = sensor_stream(test_x, test_y, "gain", 0)
+    inverted, _ = digits.sensor_stream(test_x, test_y, "invert", 0)
+    upright, _ = digits.sensor_stream(test_x, test_y, "gain", 0)
     adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE)
     adapter.predict_observe_many(inverted[:640])
     assert adapter.serving_frozen_
@@ -348,7 +338,7 @@ def test_snapshot_round_trip_while_serving_frozen_and_from_before_the_check(digi
     We expect: the restored adapter serves the frozen model and continues exactly; the old
     snapshot loads, and the check reads its statistics at once."""
     _, _, test_x, test_y = digit_split
-    images, _ = sensor_stream(test_x, test_y, "invert", 0)
+    images, _ = digits.sensor_stream(test_x, test_y, "invert", 0)
     original = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32)
     original.predict_observe_many(images[:400])
     assert original.serving_frozen_
