@@ -1,6 +1,7 @@
 """TestTimeAdapter on real digits under corruptions, in class-correlated order.
 
-The must-hold items 1-3 of issue 5 (accuracy gain, no collapse over twenty passes, outliers)
+The must-hold items 1-3 of issue 5 (accuracy gain, no collapse over twenty passes, outliers),
+issue 14's must-hold 5 (near-chance sensor streams; never below the frozen model)
 plus the contract: batch = sequential, state round trip, determinism, clear errors.
 """
 
@@ -242,3 +243,115 @@ def test_snapshot_from_before_stream_statistics_loads(digit_model, digit_split):
                                   original.predict_many(images[400:450]))
     restored.predict_observe_many(images[400:])
     assert restored.n_updates_ > original.n_updates_
+
+
+@pytest.mark.parametrize("seed", [0, 200, 400])
+def test_inverted_sensor_never_falls_below_the_frozen_model(digit_model, digit_split, seed):
+    """Scenario (issue 14, must-hold 5): an inverted sensor (1 - x) with noise σ = 0.35,
+    where re-estimating BatchNorm statistics itself hurts (in hindsight), served then
+    observed; three seeds of order and noise.
+    We expect: the polarity check finds the input's gain negative and serves the frozen
+    model, so accuracy over the stream is at least the frozen model's (and so at least
+    hindsight BatchNorm's gain minus 2 points); without the check (the former behaviour)
+    the adapter followed the statistics below the frozen model."""
+    _, _, test_x, test_y = digit_split
+    images, labels = digits.sensor_stream(test_x, test_y, "invert", seed)
+    frozen = digits.accuracy(frozen_probabilities(digit_model, images), labels)
+    hindsight = digits.accuracy(frozen_probabilities(
+        digits.hindsight_batch_norm(digit_model, images), images), labels)
+    adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, seed=seed)
+    adapted = digits.accuracy(adapter.predict_observe_many(images), labels)
+    former = digits.accuracy(
+        TestTimeAdapter(digit_model, 10, INPUT_SHAPE, seed=seed, polarity_check=False)
+        .predict_observe_many(images), labels)
+    print(f"invert seed {seed}: frozen {frozen:.3f}, hindsight BN {hindsight:.3f}, adapter "
+          f"{adapted:.3f}, without the check {former:.3f}, fitted gain "
+          f"{adapter.input_gain_:+.2f}")
+    assert frozen < 0.2 and hindsight < frozen  # near chance; BN re-estimation hurts
+    assert adapted >= frozen
+    assert adapted - frozen >= hindsight - frozen - 0.02
+    assert adapter.serving_frozen_ and adapter.input_gain_ < -0.3
+    assert former < frozen
+
+
+@pytest.mark.parametrize("sensor", ["gain", "blur"])
+def test_polarity_check_leaves_upright_sensors_adapted(digit_model, digit_split, sensor):
+    """Scenario: the washed-out and blurred sensors of the severe-shift test, first 640
+    images.
+    We expect: a positive fitted gain, the teacher served, and the served numbers equal
+    to those of an adapter without the check, bit for bit."""
+    _, _, test_x, test_y = digit_split
+    images, _ = digits.sensor_stream(test_x, test_y, sensor, 0)
+    checked = TestTimeAdapter(digit_model, 10, INPUT_SHAPE)
+    unchecked = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, polarity_check=False)
+    assert checked.input_gain_ == pytest.approx(1.0)  # nothing seen yet: the source
+    np.testing.assert_array_equal(checked.predict_observe_many(images[:640]),
+                                  unchecked.predict_observe_many(images[:640]))
+    assert checked.input_gain_ > 0.1 and not checked.serving_frozen_
+    assert unchecked.input_gain_ is None
+
+
+def test_polarity_follows_the_stream_back_after_a_drift_alarm(digit_model, digit_split):
+    """Scenario: 640 inverted images, a drift alarm, then 640 washed-out upright ones.
+    We expect: the frozen model (its exact numbers, and its weights exported) while the
+    input is inverted; after the alarm the stream means restart and the adapted model is
+    served again."""
+    _, _, test_x, test_y = digit_split
+    inverted, _ = digits.sensor_stream(test_x, test_y, "invert", 0)
+    upright, _ = digits.sensor_stream(test_x, test_y, "gain", 0)
+    adapter = TestTimeAdapter(digit_model, 10, INPUT_SHAPE)
+    adapter.predict_observe_many(inverted[:640])
+    assert adapter.serving_frozen_
+    np.testing.assert_array_equal(
+        adapter.predict_many(inverted[640:700]),
+        frozen_probabilities(digit_model, inverted[640:700]).astype(np.float64))
+    exported = adapter.export_tensors()
+    for name, value in digit_model.state_dict().items():
+        np.testing.assert_array_equal(exported[name], value.numpy())
+    adapter.on_drift()
+    adapter.predict_observe_many(upright[:640])
+    assert not adapter.serving_frozen_ and adapter.input_gain_ > 0.1
+
+
+def test_polarity_check_needs_an_affine_first_layer(digit_split):
+    """A network whose first BatchNorm reads a nonlinear function of the input (here after
+    a ReLU) gets no polarity check (``input_gain_`` is None) and is served as before."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                              torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 10)).eval()
+    adapter = TestTimeAdapter(net, 10, INPUT_SHAPE, update_every=16, entropy_margin=1.0)
+    assert adapter.input_gain_ is None
+    _, _, test_x, _ = digit_split
+    adapter.predict_observe_many(1.0 - test_x[:64])
+    assert not adapter.serving_frozen_
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16),
+                                 torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                 torch.nn.Linear(16, 10)).eval()
+    assert TestTimeAdapter(linear, 10, INPUT_SHAPE).input_gain_ == pytest.approx(1.0)
+
+
+def test_snapshot_round_trip_while_serving_frozen_and_from_before_the_check(digit_model,
+                                                                           digit_split):
+    """Scenario: an adapter serving the frozen model on an inverted stream is snapshotted
+    and restored; and a snapshot without ``polarity_check`` / ``stream_input_means``
+    (written before the check existed) is restored into a default adapter.
+    We expect: the restored adapter serves the frozen model and continues exactly; the old
+    snapshot loads, and the check reads its statistics at once."""
+    _, _, test_x, test_y = digit_split
+    images, _ = digits.sensor_stream(test_x, test_y, "invert", 0)
+    original = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32)
+    original.predict_observe_many(images[:400])
+    assert original.serving_frozen_
+    restored = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32)
+    restored.load_state_dict(loads_state(dumps_state(original.state_dict())))
+    assert restored.serving_frozen_
+    np.testing.assert_array_equal(original.predict_observe_many(images[400:800]),
+                                  restored.predict_observe_many(images[400:800]))
+    assert dumps_state(original.state_dict()) == dumps_state(restored.state_dict())
+    old = original.state_dict()
+    del old["config"]["polarity_check"], old["state"]["stream_input_means"]
+    from_old = TestTimeAdapter(digit_model, 10, INPUT_SHAPE, update_every=32)
+    from_old.load_state_dict(loads_state(dumps_state(old)))
+    assert from_old.serving_frozen_  # the restored teacher's statistics are inverted too
+    from_old.predict_observe_many(images[800:900])
+    assert from_old.serving_frozen_
