@@ -58,6 +58,7 @@ import cProfile
 import dataclasses
 import gc
 import io
+import itertools
 import json
 import logging
 import math
@@ -144,9 +145,16 @@ def service_setup(config: ServiceConfig, state_dir: str) -> Callable[[], object]
     # The service logs each drift detection as a warning; a handful of lines per run, but
     # not wanted between the benchmark's own lines.
     logging.getLogger("streamweights").setLevel(logging.ERROR)
-    bare = dataclasses.replace(config, http_port=None, adapted_path=None, weights_path=None,
-                               dead_letter_path=None, state_dir=state_dir)
-    return lambda: Service(bare, state_dir=state_dir)
+    rounds = itertools.count()
+
+    def setup() -> object:
+        # A fresh state folder per round: each Service holds its folder's lock for its life.
+        folder = os.path.join(state_dir, f"round-{next(rounds)}")
+        bare = dataclasses.replace(config, http_port=None, adapted_path=None,
+                                   weights_path=None, dead_letter_path=None, state_dir=folder)
+        return Service(bare, state_dir=folder)
+
+    return setup
 
 
 def service_run(records: list[bytes]) -> Callable[[object], object]:
