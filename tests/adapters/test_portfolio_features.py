@@ -49,7 +49,7 @@ def drive(chain: Chain, outputs: np.ndarray, features: np.ndarray | None,
 def test_defaults_add_the_feature_candidate_only_with_features_and_the_averaging_one():
     assert len(default_candidates(2)) == 4
     binary = Portfolio(n_models=3, n_classes=2, n_features=5)
-    assert binary.names[-1] == "FixedShare->OnlinePlatt->FeatureCorrection"
+    assert binary.names[-1] == "FixedShare->OnlinePlatt->FeatureCorrection->Calibeating"
     assert binary.n_features == 5 and len(binary.names) == 5
     multi = Portfolio(n_models=3, n_classes=4, n_features=2)
     assert multi.names[-2:] == ["Hedge->OnlineTemperature",
@@ -119,7 +119,7 @@ def test_features_help_and_without_them_nothing_changes():
                   labels)[-1_500:].mean()
     assert ours < 0.9 * plain
     assert max(with_features.candidate_weights().items(), key=lambda kv: kv[1])[0] \
-        == "FixedShare->OnlinePlatt->FeatureCorrection"
+        == "FixedShare->OnlinePlatt->FeatureCorrection->Calibeating"
     before = dumps_state(with_features.state_dict())
     with pytest.raises(ValueError, match=r"features: .*3 numbers"):
         with_features.observe_predict_traced(outputs[0])
@@ -186,7 +186,7 @@ def test_pipeline_default_with_features_restores_bit_exact_mid_stream():
     assert dumps_state(second.state_dict()) == dumps_state(straight.state_dict())
     assert straight.invalid == {}
     weights = straight.streams["s"].chain.stages[0].candidate_weights()
-    assert weights["FixedShare->OnlinePlatt->FeatureCorrection"] > 0.5
+    assert weights["FixedShare->OnlinePlatt->FeatureCorrection->Calibeating"] > 0.5
 
 
 def test_missing_or_bad_features_are_dead_letters_that_change_nothing():

@@ -41,4 +41,5 @@ def test_declared_features_feed_the_default_portfolio_and_must_match_the_file(tm
     portfolio = served.streams["demo"].chain.stages[0]
     assert portfolio.n_features == 3
     weights = portfolio.candidate_weights()
-    assert weights["FixedShare->OnlinePlatt->FeatureCorrection"] == max(weights.values())
+    feature = "FixedShare->OnlinePlatt->FeatureCorrection->Calibeating"
+    assert weights[feature] == max(weights.values())
