@@ -3,8 +3,9 @@
 A user should not have to know which chain suits their stream. ``Portfolio`` runs N
 candidate chains side by side (by default FixedShare → OnlinePlatt, FixedShare →
 Calibeating, OnlineStacking → OnlinePlatt and FixedShare → OnlineBetaScaling on binary
-streams) and serves ``sum_i v_i p_i``, the mixture of their probabilities under weights
-``v`` learned online from each candidate's log-loss.
+streams, plus a feature-aware one when the stream's predictions carry ``features``) and
+serves ``sum_i v_i p_i``, the mixture of their probabilities under weights ``v`` learned
+online from each candidate's log-loss.
 
 Which mixture, and why
 ----------------------
@@ -56,6 +57,12 @@ containing :class:`~streamweights.adapters.chain.Chain` keeps that with the pend
 prediction and hands it back to ``learn_traced``. The candidates are driven only through
 their public verbs (``predict``, ``observe``, ``learn``, ``on_drift``, ``state_dict``),
 so they can be native-core handles.
+
+Features: a candidate with a ``FeatureCorrection`` stage needs each prediction's
+``features``. The containing chain passes them (``forwards_features``, ``n_features``);
+each feature candidate's chain packs them as it would alone, and the portfolio's trace
+keeps the stage's own input and, after the other rows, the features (zero-padded to
+whole rows of width C), from which ``learn_traced`` packs the same input again.
 
 Arithmetic order (kept so a port gives the same bits): sums over candidates run left to
 right, ``i = 0 .. N-1``, in Python floats.
