@@ -100,6 +100,11 @@ class StreamConfig:
     conformal: dict[str, Any] | None = None
     #: The stream's ``performance_estimate:`` block (``{"window": n}``); ``None``: off.
     performance_estimate: dict[str, Any] | None = None
+    #: Length of each prediction's ``features`` (the stream's ``features:`` key; a table
+    #: source's ``feature_columns``); ``None``: not declared. A default ``Portfolio`` of a
+    #: classification stream then adds its feature-aware candidate, and a prediction
+    #: without features is a dead letter ``missing_features``.
+    n_features: int | None = None
 
     def build_chain(self) -> Chain:
         """A fresh adapter chain for this stream (already validated at load time)."""
@@ -519,6 +524,10 @@ def _stream(item: Any, path: str) -> StreamConfig:
     estimate_block = mapping.get("performance_estimate", dict, default=None, allow_none=True)
     if estimate_block is not None:
         estimate_block = _estimate_block(estimate_block, f"{path}.performance_estimate", task)
+    n_features = mapping.get("features", int, default=None, allow_none=True)
+    if n_features is not None and not 1 <= n_features <= STAGE_INTEGER_LIMITS["n_features"]:
+        raise ConfigError(f"{path}.features: the length of each prediction's features, "
+                          f"1 to {STAGE_INTEGER_LIMITS['n_features']}, got {n_features}")
     on_drift = mapping.get("on_drift", str, default="react")
     if on_drift not in ("react", "ignore"):
         raise ConfigError(f"{path}.on_drift: must be 'react' or 'ignore', got {on_drift!r}")
@@ -545,6 +554,7 @@ def _stream(item: Any, path: str) -> StreamConfig:
         torch=torch_block,
         conformal=conformal_block,
         performance_estimate=estimate_block,
+        n_features=n_features,
     )
     for mapping_ in (mapping, join, publish):
         mapping_.reject_unknown()
@@ -615,7 +625,9 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
         known = ", ".join(sorted(set(ADAPTER_TYPES) - {"Chain"}))
         raise ConfigError(f"{path}.type: unknown adapter {kind!r}; known: {known}")
     parameters = inspect.signature(ADAPTER_TYPES[kind]).parameters
-    implied = {"n_models": len(stream.models), "n_classes": stream.n_classes}
+    implied: dict[str, Any] = {"n_models": len(stream.models), "n_classes": stream.n_classes}
+    if kind == "Portfolio" and stream.n_features is not None:
+        implied["n_features"] = stream.n_features  # its feature candidate's input
     for name, value in implied.items():
         if name in options:
             raise ConfigError(f"{path}.{name}: set by the stream; remove it")

@@ -12,7 +12,10 @@ current state, which is what the contract means when the label arrives immediate
 A stage with ``uses_features = True`` (``FeatureCorrection``) also needs the record's
 ``features``: ``predict_trace(x, features=...)`` hands it the packed vector
 ``[its input, the chain's input (the models' outputs), features]``, and that packed
-vector is what the trace keeps for it, so ``learn_trace`` needs nothing more.
+vector is what the trace keeps for it, so ``learn_trace`` needs nothing more. A stage
+with ``forwards_features = True`` and an ``n_features`` (a ``Portfolio`` with a feature
+candidate) gets the features as they are (``predict_traced(x, features=...)``) and keeps
+what its candidates need in its own trace.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ class Chain(Adapter):
             raise ValueError(f"stages: stages disagree on the number of classes "
                              f"({sorted(class_counts)})")
         feature_counts = {stage.n_features for stage in self.stages  # type: ignore[attr-defined]
-                          if getattr(stage, "uses_features", False)}
+                          if getattr(stage, "uses_features", False)
+                          or _forwards(stage)}
         if len(feature_counts) > 1:
             raise ValueError(f"stages: feature stages disagree on n_features "
                              f"({sorted(feature_counts)})")
@@ -81,20 +85,7 @@ class Chain(Adapter):
     def check_features(self, features: Any) -> np.ndarray | None:
         """The prediction's ``features`` as a float64 vector when a stage needs them
         (``None`` otherwise); ValueError naming ``features`` when missing or malformed."""
-        if self.n_features is None:
-            return None
-        if features is None:
-            raise ValueError(f"features: a stage of this chain learns from the prediction's "
-                             f"features ({self.n_features} numbers); send them with every "
-                             "prediction")
-        vector = np.asarray(features, dtype=np.float64) if isinstance(features, list | tuple
-                                                                      | np.ndarray) else None
-        if vector is None or vector.shape != (self.n_features,):
-            got = "not a list" if vector is None else f"shape {vector.shape}"
-            raise ValueError(f"features: expected {self.n_features} numbers, got {got}")
-        if not np.all(np.isfinite(vector)):
-            raise ValueError("features: contains NaN or inf")
-        return vector
+        return check_feature_vector(features, self.n_features)
 
     def _stage_input(self, stage: Adapter, x: Any, outputs: Any,
                      features: np.ndarray | None) -> Any:
@@ -119,7 +110,10 @@ class Chain(Adapter):
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
             x = self._stage_input(stage, x, outputs, features)
-            if _traced(stage):
+            if _forwards(stage):
+                output, extra = stage.predict_traced(x, features=features)
+                extras.append(extra)
+            elif _traced(stage):
                 output, extra = stage.predict_traced(x)
                 extras.append(extra)
             else:
@@ -136,7 +130,10 @@ class Chain(Adapter):
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
             x = self._stage_input(stage, x, outputs, features)
-            if _traced(stage):
+            if _forwards(stage):
+                output, extra = stage.observe_predict_traced(x, features=features)
+                extras.append(extra)
+            elif _traced(stage):
                 output, extra = stage.observe_predict_traced(x)
                 extras.append(extra)
             else:
@@ -209,6 +206,32 @@ class Chain(Adapter):
     def _set_state(self, state: dict[str, Any]) -> None:
         for stage, stage_state in zip(self.stages, state["stages"], strict=True):
             stage.load_state_dict(stage_state)
+
+
+def check_feature_vector(features: Any, n_features: int | None) -> np.ndarray | None:
+    """``features`` as a float64 vector of ``n_features`` finite numbers (``None`` when
+    ``n_features`` is); ValueError naming ``features`` when missing or malformed."""
+    if n_features is None:
+        return None
+    if features is None:
+        raise ValueError(f"features: a stage of this chain learns from the prediction's "
+                         f"features ({n_features} numbers); send them with every "
+                         "prediction")
+    vector = np.asarray(features, dtype=np.float64) if isinstance(features, list | tuple
+                                                                  | np.ndarray) else None
+    if vector is None or vector.shape != (n_features,):
+        got = "not a list" if vector is None else f"shape {vector.shape}"
+        raise ValueError(f"features: expected {n_features} numbers, got {got}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("features: contains NaN or inf")
+    return vector
+
+
+def _forwards(stage: Adapter) -> bool:
+    """A stage that takes the prediction's features as they are (a ``Portfolio`` with a
+    feature candidate)."""
+    return bool(getattr(stage, "forwards_features", False)) \
+        and getattr(stage, "n_features", None) is not None
 
 
 def _traced(stage: Adapter) -> bool:

@@ -3,8 +3,9 @@
 A user should not have to know which chain suits their stream. ``Portfolio`` runs N
 candidate chains side by side (by default FixedShare → OnlinePlatt, FixedShare →
 Calibeating, OnlineStacking → OnlinePlatt and FixedShare → OnlineBetaScaling on binary
-streams) and serves ``sum_i v_i p_i``, the mixture of their probabilities under weights
-``v`` learned online from each candidate's log-loss.
+streams, plus a feature-aware one when the stream's predictions carry ``features``) and
+serves ``sum_i v_i p_i``, the mixture of their probabilities under weights ``v`` learned
+online from each candidate's log-loss.
 
 Which mixture, and why
 ----------------------
@@ -57,6 +58,12 @@ prediction and hands it back to ``learn_traced``. The candidates are driven only
 their public verbs (``predict``, ``observe``, ``learn``, ``on_drift``, ``state_dict``),
 so they can be native-core handles.
 
+Features: a candidate with a ``FeatureCorrection`` stage needs each prediction's
+``features``. The containing chain passes them (``forwards_features``, ``n_features``);
+each feature candidate's chain packs them as it would alone, and the portfolio's trace
+keeps the stage's own input and, after the other rows, the features (zero-padded to
+whole rows of width C), from which ``learn_traced`` packs the same input again.
+
 Arithmetic order (kept so a port gives the same bits): sums over candidates run left to
 right, ``i = 0 .. N-1``, in Python floats.
 
@@ -74,12 +81,12 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from streamweights.adapters.base import _REGISTRY, Adapter, build_adapter
-from streamweights.adapters.chain import Chain
+from streamweights.adapters.chain import Chain, check_feature_vector
 from streamweights.adapters.validation import (
     check_class_label,
     check_count,
@@ -104,18 +111,52 @@ MULTICLASS_CANDIDATES: tuple[tuple[dict[str, Any], ...], ...] = (
 )
 
 
+#: More classes, added to :data:`MULTICLASS_CANDIDATES`: the models averaged, then
+#: temperature. Hedge with a slow fixed rate (0.01 per nat) stays near the uniform average
+#: for hundreds of labels and moves off it only on a lasting difference: where the models
+#: err in different ways (segment: the average beats every model) none of the other
+#: candidates averages, since FixedShare's Bayes step concentrates on one model.
+AVERAGING_CANDIDATE: tuple[dict[str, Any], ...] = (
+    {"type": "Hedge", "learning_rate": 0.01}, {"type": "OnlineTemperature"})
+
+
+def feature_candidate(n_classes: int, n_features: int) -> list[dict[str, Any]]:
+    """The candidate added when predictions carry ``n_features`` features: the first
+    default candidate (FixedShare, then OnlinePlatt or OnlineTemperature) followed by a
+    :class:`~streamweights.adapters.feature_correction.FeatureCorrection` head, which
+    learns what no re-weighting of frozen models can (a region of the feature space where
+    all of them err the same way); on binary streams then Calibeating, because the head's
+    output is miscalibrated in a shape no one-slope map fixes: under continuous drift
+    (hyperplane-gradual) it is underconfident in mid-range (0.70 served, 0.89 right: its
+    weights average over the concepts of its memory) and overconfident at the top (0.98
+    served, 0.96 right: the label noise caps accuracy). Platt or beta scaling after it
+    left the ECE at 0.062-0.065; Calibeating's per-bin correction brought it to 0.004
+    and the log-loss from 0.285 to 0.245."""
+    if n_classes == 2:
+        return [{"type": "FixedShare", "share": 0.01}, {"type": "OnlinePlatt"},
+                {"type": "FeatureCorrection", "n_features": n_features},
+                {"type": "Calibeating", "base": "OnlinePlatt"}]
+    return [{"type": "FixedShare", "share": 0.01}, {"type": "OnlineTemperature"},
+            {"type": "FeatureCorrection", "n_features": n_features}]
+
+
 #: Regression (``n_classes=None``): the three ensembles on the K values.
 REGRESSION_CANDIDATES: tuple[tuple[dict[str, Any], ...], ...] = (
     ({"type": "FixedShare"},), ({"type": "Hedge"},), ({"type": "OnlineStacking"},),
 )
 
 
-def default_candidates(n_classes: int | None) -> list[list[dict[str, Any]]]:
+def default_candidates(n_classes: int | None,
+                       n_features: int | None = None) -> list[list[dict[str, Any]]]:
     """The candidate chains a stream with ``n_classes`` classes (``None``: regression)
-    gets by default."""
+    gets by default; with ``n_features`` (classification streams whose predictions carry
+    that many features) also :func:`feature_candidate`, last."""
     chosen = REGRESSION_CANDIDATES if n_classes is None else \
-        BINARY_CANDIDATES if n_classes == 2 else MULTICLASS_CANDIDATES
-    return [[dict(stage) for stage in chain] for chain in chosen]
+        BINARY_CANDIDATES if n_classes == 2 else (*MULTICLASS_CANDIDATES, AVERAGING_CANDIDATE)
+    candidates = [[dict(stage) for stage in chain] for chain in chosen]
+    if n_classes is not None and n_features is not None:
+        candidates.append(feature_candidate(n_classes, n_features))
+    return candidates
 
 
 def candidate_name(stages: list[dict[str, Any]]) -> str:
@@ -143,6 +184,13 @@ class Portfolio(Adapter):
         On a drift alarm, this share of the weight goes back to uniform (0: only the
         candidates react; each reaction costs at most ``ln(1/(1 - drift_share))`` nats
         of the bound).
+    n_features
+        Length of each prediction's ``features`` (set by the stream when it knows it;
+        ``None``: the predictions carry none). With the default candidates of a
+        classification stream it adds :func:`feature_candidate`; in given candidates it
+        fills in the ``n_features`` of their ``FeatureCorrection`` stages. The portfolio
+        then needs the features with every prediction (``predict_traced(x,
+        features=...)``; the containing chain passes them along).
 
     Example
     -------
@@ -162,10 +210,14 @@ class Portfolio(Adapter):
     """
 
     fresh_state = True  # candidates' state_dicts and new arrays (Adapter.fresh_state)
+    #: The containing chain hands ``predict_traced`` the prediction's features (when
+    #: ``n_features`` is not ``None``); each feature candidate gets its packed input.
+    forwards_features: ClassVar[bool] = True
 
     def __init__(self, n_models: int, n_classes: int | None = 2,
                  candidates: list[list[dict[str, Any]]] | None = None,
-                 probability_floor: float = 1e-6, drift_share: float = 0.0) -> None:
+                 probability_floor: float = 1e-6, drift_share: float = 0.0,
+                 n_features: int | None = None) -> None:
         self.n_models = check_count(n_models, "n_models")
         self.n_classes = None if n_classes is None else check_count(n_classes, "n_classes", 2)
         self._width = self.n_classes or 1  # columns of the traced rows
@@ -173,7 +225,10 @@ class Portfolio(Adapter):
                                                 0.0, 1.0)
         self.drift_share = check_in_range(drift_share, "drift_share", 0.0, 1.0,
                                           low_open=False)
-        specs = default_candidates(self.n_classes) if candidates is None else candidates
+        self._given_n_features = None if n_features is None else \
+            check_count(n_features, "n_features")
+        specs = default_candidates(self.n_classes, self._given_n_features) \
+            if candidates is None else candidates
         if not isinstance(specs, list | tuple) or not specs:
             raise ValueError("candidates: a non-empty list of chains (lists of stage specs)")
         self.candidates = [self._check_chain(chain, f"candidates[{i}]")
@@ -183,6 +238,15 @@ class Portfolio(Adapter):
                               for j, stage in enumerate(chain)])
                        for i, chain in enumerate(self.candidates)]
         self.names = _unique([candidate_name(chain) for chain in self.candidates])
+        counts = {chain.n_features for chain in self.chains} - {None}
+        if len(counts) > 1:
+            raise ValueError(f"candidates: feature stages disagree on n_features "
+                             f"({sorted(counts)})")
+        #: Length of the ``features`` a candidate needs (``None``: no candidate needs them).
+        self.n_features: int | None = counts.pop() if counts else None
+        #: Rows of width ``C`` (1 for regression) that carry the features in the trace.
+        self._feature_rows = 0 if self.n_features is None else \
+            -(-self.n_features // self._width)
         count = len(self.chains)
         self._weights = [1.0 / count] * count
         self._cumulative_loss = [0.0] * count
@@ -221,6 +285,9 @@ class Portfolio(Adapter):
                 raise ValueError(f"{path}.{name}: set by the portfolio; remove it")
             if name in parameters:
                 options[name] = value
+        if "n_features" in parameters and "n_features" not in options \
+                and self._given_n_features is not None:
+            options["n_features"] = self._given_n_features
         if kind == "Calibeating" and isinstance(options.get("base"), str):
             options["base"] = {"adapter": options["base"], "config": {}}
         try:
@@ -297,29 +364,46 @@ class Portfolio(Adapter):
             mixed = [m + weight * p for m, p in zip(mixed, row, strict=True)]
         return np.array(mixed) if self.n_classes is not None else np.array(mixed[0])
 
-    def predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The mixture and what it served from: rows ``0..N-1`` each candidate's output,
-        row ``N`` the mixture served, then every candidate's stage inputs after its first
-        stage (whose input is ``x``)."""
+    def check_features(self, features: Any) -> np.ndarray | None:
+        """The prediction's ``features`` as a float64 vector when a candidate needs them
+        (``None`` otherwise); ValueError naming ``features`` when missing or malformed."""
+        return check_feature_vector(features, self.n_features)
+
+    def _served(self, x: Any, features: Any, observe: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture and its trace: rows ``0..N-1`` each candidate's output, row ``N``
+        the mixture served, then every candidate's stage inputs after its first stage
+        (whose input is ``x``; a feature stage's own input ``p``, the first ``C`` numbers
+        of its packed vector), then the features (zero-padded to whole rows), which
+        ``learn_traced`` packs again with ``x``."""
         outputs = self._check(x)
+        vector = self.check_features(features)
         rows, later = [], []
         for chain in self.chains:
-            out, trace = chain.predict_trace(outputs)
+            given = vector if chain.n_features is not None else None
+            out, trace = chain.observe_predict_trace(outputs, given) if observe else \
+                chain.predict_trace(outputs, given)
             rows.append(np.reshape(out, self._width).tolist())
-            later.extend(stage_input.tolist() for stage_input in trace[1:])
+            later.extend(stage_input[:self._width].tolist() if _packs(stage)
+                         else stage_input.tolist()
+                         for stage, stage_input in zip(chain.stages[1:], trace[1:],
+                                                       strict=True))
         mixed = self._mix(rows)
+        if vector is not None:
+            padded = [*vector.tolist(), *[0.0] * (self._feature_rows * self._width
+                                                  - len(vector))]
+            later.extend(padded[i:i + self._width] for i in range(0, len(padded),
+                                                                  self._width))
         return mixed, np.array([*rows, np.reshape(mixed, self._width).tolist(), *later])
 
-    def observe_predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+    def predict_traced(self, x: Any, features: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture and what it served from (see :meth:`_served`); ``features``: the
+        prediction's features, needed when ``n_features`` is not ``None``."""
+        return self._served(x, features, observe=False)
+
+    def observe_predict_traced(self, x: Any,
+                               features: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``observe`` then ``predict_traced`` in one pass (what the pipeline serves)."""
-        outputs = self._check(x)
-        rows, later = [], []
-        for chain in self.chains:
-            out, trace = chain.observe_predict_trace(outputs)
-            rows.append(np.reshape(out, self._width).tolist())
-            later.extend(stage_input.tolist() for stage_input in trace[1:])
-        mixed = self._mix(rows)
-        return mixed, np.array([*rows, np.reshape(mixed, self._width).tolist(), *later])
+        return self._served(x, features, observe=True)
 
     def predict(self, x: Any) -> np.ndarray:
         return self.predict_traced(x)[0]
@@ -345,15 +429,20 @@ class Portfolio(Adapter):
         rows = np.asarray(served, dtype=np.float64)
         count = len(self.chains)
         lengths = [len(chain.stages) - 1 for chain in self.chains]
-        expected = (count + 1 + sum(lengths), self._width)
+        expected = (count + 1 + sum(lengths) + self._feature_rows, self._width)
         if rows.shape != expected:
             raise ValueError(f"trace: expected the portfolio's served rows of shape "
                              f"{expected}, got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("trace: the portfolio's served rows are not finite")
+        features = None if self.n_features is None else \
+            rows[len(rows) - self._feature_rows:].ravel()[:self.n_features]
         position = count + 1
         for chain, length in zip(self.chains, lengths, strict=True):
-            chain.learn_trace((outputs, *rows[position:position + length]), label)
+            inputs = [_pack(row, outputs, features) if _packs(stage) else row
+                      for stage, row in zip(chain.stages[1:],
+                                            rows[position:position + length], strict=True)]
+            chain.learn_trace((outputs, *inputs), label)
             position += length
         if self.n_classes is None:
             self._update_regression([float(rows[i, 0]) for i in range(count)],
@@ -403,10 +492,13 @@ class Portfolio(Adapter):
 
     # -- state -------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        return {"n_models": self.n_models, "n_classes": self.n_classes,
-                "candidates": copy.deepcopy(self._given_candidates),
-                "probability_floor": self.probability_floor,
-                "drift_share": self.drift_share}
+        config = {"n_models": self.n_models, "n_classes": self.n_classes,
+                  "candidates": copy.deepcopy(self._given_candidates),
+                  "probability_floor": self.probability_floor,
+                  "drift_share": self.drift_share}
+        if self._given_n_features is not None:  # absent otherwise: older snapshots load
+            config["n_features"] = self._given_n_features
+        return config
 
     def _get_state(self) -> dict[str, Any]:
         return {"candidates": [chain.state_dict() for chain in self.chains],
@@ -439,6 +531,17 @@ class Portfolio(Adapter):
         self._mixture_loss = float(state["mixture_loss"])
         self._mixability_gap = float(state["mixability_gap"])
         self._n_learned = int(state["n_learned"])
+
+
+def _packs(stage: Adapter) -> bool:
+    """A stage the chain hands the packed ``[its input, the models' outputs, features]``."""
+    return bool(getattr(stage, "uses_features", False))
+
+
+def _pack(row: np.ndarray, outputs: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+    """A feature stage's packed input, as ``Chain`` built it at prediction time."""
+    assert features is not None  # the portfolio has feature rows when a stage packs
+    return np.concatenate([row, np.ravel(outputs), features])
 
 
 def _exponential_weights(cumulative: list[float], rate: float) -> list[float]:

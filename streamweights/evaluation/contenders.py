@@ -311,11 +311,15 @@ def service_records(episode: Episode, on_average: bool,
 
 
 def stream_config(episode: Episode, adapters: list[dict[str, Any]],
-                  on_average: bool) -> StreamConfig:
-    """A stream config for the episode (the service's defaults for join and publishing)."""
+                  on_average: bool, with_features: bool = False) -> StreamConfig:
+    """A stream config for the episode (the service's defaults for join and publishing);
+    ``with_features``: it declares the length of the :func:`feature_vectors` its
+    predictions carry, as a user's config would (``features:``)."""
     models = (AVERAGE_MODEL,) if on_average else episode.model_names
+    n_features = (len(feature_vectors(episode)[0]) or None) if with_features else None
     return StreamConfig(name=episode.name, task=episode.task, n_classes=episode.n_classes,
-                        models=tuple(models), adapters=tuple(adapters))
+                        models=tuple(models), adapters=tuple(adapters),
+                        n_features=n_features)
 
 
 @dataclass
@@ -328,7 +332,8 @@ class PipelineContender(Contender):
     with_features: bool = False
 
     def pipeline(self, episode: Episode) -> Pipeline:
-        return Pipeline([stream_config(episode, self.adapters, self.on_average)])
+        return Pipeline([stream_config(episode, self.adapters, self.on_average,
+                                       self.with_features)])
 
     def run(self, episode: Episode, process: Any = None) -> ContenderRun:
         """``process`` replaces ``Pipeline.process`` (a trace recorder wraps it)."""
@@ -367,11 +372,13 @@ def default_chain(task: str, n_classes: int | None) -> list[dict[str, Any]]:
     return [dict(stage) for stage in DEFAULT_CHAIN]
 
 
-def candidate_chains(n_classes: int) -> list[list[dict[str, Any]]]:
+def candidate_chains(n_classes: int,
+                     n_features: int | None = None) -> list[list[dict[str, Any]]]:
     """Each of the default portfolio's candidates as a chain of its own, with the default
-    chain's drift watch after it: what a user who picked that candidate would run."""
+    chain's drift watch after it: what a user who picked that candidate would run
+    (``n_features``: the predictions carry features, so the feature candidate too)."""
     tail = [dict(stage) for stage in DEFAULT_CHAIN[1:]]
-    return [[*candidate, *tail] for candidate in default_candidates(n_classes)]
+    return [[*candidate, *tail] for candidate in default_candidates(n_classes, n_features)]
 
 
 def feature_chain(n_classes: int, n_features: int, **options: Any) -> list[dict[str, Any]]:
@@ -416,16 +423,22 @@ def contenders_for(episode: Episode, seed: int = 0) -> list[Contender]:
             found.append(PipelineContender(
                 stage["type"], "ours", f"{stage['type']} on the uniform average",
                 adapters=[{"type": "Hedge"}, stage], on_average=True))
+    # Every suite stream's predictions carry the event's features (a classification
+    # stream's default portfolio then adds its feature candidate; regression has none).
+    n_features = (len(feature_vectors(episode)[0]) or None) if episode.classification \
+        else None
     if episode.classification:
         assert episode.n_classes is not None
-        for chain in candidate_chains(episode.n_classes):
+        for chain in candidate_chains(episode.n_classes, n_features):
             name = " → ".join(stage["type"] for stage in chain)
             found.append(PipelineContender(f"{CANDIDATE}{name}", "ours", f"the portfolio's "
-                                           f"candidate {name}, alone", adapters=chain))
+                                           f"candidate {name}, alone", adapters=chain,
+                                           with_features=n_features is not None))
     chain = default_chain(episode.task, episode.n_classes)
     names = "; ".join(" → ".join(stage["type"] for stage in candidate)
-                      for candidate in default_candidates(episode.n_classes))
+                      for candidate in default_candidates(episode.n_classes, n_features))
     description = " → ".join(s["type"] for s in chain).replace(
         "Portfolio", f"Portfolio({names})", 1)
-    found.append(PipelineContender("default chain", "ours", description, adapters=chain))
+    found.append(PipelineContender("default chain", "ours", description, adapters=chain,
+                                   with_features=n_features is not None))
     return found

@@ -66,6 +66,13 @@ def check_source_matches_streams(source: object, pipeline: Pipeline) -> None:
                 f"{table.path} has {len(table.classes)} classes {table.classes}; set "
                 f"streams[{stream.name}].classes to {len(table.classes)} (or list the "
                 "labels in source.classes)")
+        declared = stream.config.n_features
+        if table is not None and declared is not None and declared != len(table.features):
+            raise RuntimeSetupError(
+                f"streams[{stream.name}].features: {declared}, but {table.path} has "
+                f"{len(table.features)} feature columns {table.features}; set "
+                f"streams[{stream.name}].features to {len(table.features)} (or list the "
+                "columns in source.feature_columns)")
 
 
 def _check_creatable(path: str, field: str, *, directory: bool) -> None:

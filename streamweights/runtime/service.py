@@ -198,6 +198,19 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
     return Runtime(source, sinks, state)
 
 
+def config_digest(streams: Any) -> str:
+    """What a snapshot's ``config_digest`` is checked against: the streams' settings.
+    ``n_features`` (added later) counts only when set, so a state folder written before
+    it existed still restores with the same config."""
+    fields = []
+    for stream in streams:
+        values = asdict(stream)
+        if values.get("n_features") is None:
+            values.pop("n_features", None)
+        fields.append(values)
+    return hashlib.sha256(orjson.dumps(fields)).hexdigest()
+
+
 class Service:
     """One service instance; its source, sinks and state backend come from
     :func:`build_runtime` (or are given, for tests and embedding)."""
@@ -219,8 +232,7 @@ class Service:
                 config.artifacts_dir or os.path.join(self.state_dir, "artifacts"),
                 config.artifacts_retain)
             self.view.artifacts = self.artifacts
-        self._config_digest = hashlib.sha256(orjson.dumps(
-            [asdict(s) for s in config.streams])).hexdigest()
+        self._config_digest = config_digest(config.streams)
         if runtime is None:
             runtime = build_runtime(config, self.state_dir, self._config_digest,
                                     self.pipeline)

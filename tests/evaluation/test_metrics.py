@@ -8,6 +8,8 @@ import pytest
 from streamweights.evaluation.metrics import (
     classification_losses,
     classification_summary,
+    ece_sampling_floor,
+    expected_calibration_error,
     regression_losses,
     regression_summary,
     reliability_bins,
@@ -50,3 +52,20 @@ def test_reliability_bins_count_every_event():
     assert counts.sum() == 1_000
     filled = counts > 0
     assert np.all((mean_confidence[filled] >= 0.5) & (accuracy[filled] <= 1.0))
+
+
+def test_ece_sampling_floor_is_the_ece_of_a_calibrated_forecaster():
+    """Scenario: hits drawn from the confidences themselves (perfect calibration). We
+    expect the floor within 3% of the mean ECE over 2,000 such draws, for confidences
+    spread over bins and for a constant (whose floor is far lower on as many labels)."""
+    rng = np.random.default_rng(1)
+    spread = rng.uniform(0.5, 0.95, 2_000)
+    constant = np.full(2_000, 0.578)
+    floors = {}
+    for name, confidence in (("spread", spread), ("constant", constant)):
+        draws = [expected_calibration_error(confidence, (rng.random(2_000) < confidence)
+                                            .astype(np.float64)) for _ in range(2_000)]
+        floors[name] = ece_sampling_floor(confidence)
+        assert floors[name] == pytest.approx(np.mean(draws), rel=0.03)
+    assert floors["constant"] < 0.5 * floors["spread"]
+    assert ece_sampling_floor(np.array([])) == 0.0
