@@ -126,6 +126,17 @@ class RiseEvidence:
         """The baseline m_t the next value is tested against (None during warm-up)."""
         return self._core.baseline
 
+    @property
+    def inflation(self) -> float:
+        """The measured variance-inflation factor v of the losses (1: independent)."""
+        return self._core.inflation
+
+    @property
+    def wander(self) -> float:
+        """The measured spread of the loss's local mean beyond sampling noise (0:
+        independent losses)."""
+        return self._core.wander
+
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
         try:
@@ -148,15 +159,18 @@ class RiseEvidence:
 
     def get_state(self) -> dict[str, Any]:
         """Plain floats; ``set_state`` of the same values continues bit for bit."""
-        count, mean, squares, recent, statistics = self._core.get_state()
+        count, mean, squares, recent, statistics, dependence = self._core.get_state()
         return {"count": count, "mean": mean, "squares": squares,
-                "recent": recent, "statistics": statistics}
+                "recent": recent, "statistics": statistics, "dependence": dependence}
 
     def set_state(self, state: dict[str, Any]) -> None:
         statistics = [float(v) for v in state["statistics"]]
         if len(statistics) != len(BET_FRACTIONS):
             raise ValueError(f"state.evidence.statistics: expected {len(BET_FRACTIONS)} "
                              f"values, got {len(statistics)}")
+        # Absent from snapshots written before the dependence measure: it starts afresh.
+        dependence = state.get("dependence")
         self._core.set_state(int(state["count"]), float(state["mean"]),
                              float(state["squares"]), [float(v) for v in state["recent"]],
-                             statistics)
+                             statistics,
+                             None if dependence is None else [float(v) for v in dependence])

@@ -57,6 +57,18 @@ from streamweights.adapters.validation import check_count, check_in_range
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.
 BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
+#: Block lengths of the batch means that measure the loss's dependence (powers of 4, up to
+#: 1,024 values), and the completed blocks a length needs before its estimate counts.
+DEPENDENCE_SCALES = (4, 16, 64, 256)
+DEPENDENCE_MIN_FREEDOM = 9.0
+#: The dependence state: the pooled squares and degrees of freedom of the values, then per
+#: block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
+#: pooled squares, pooled degrees of freedom].
+DEPENDENCE_VALUES = 2 + 7 * len(DEPENDENCE_SCALES)
+DEPENDENCE_SIGNIFICANCE = 3.0
+WANDER_SCALE = 16
+WANDER_SPREADS = 2.0
+
 #: The statistic is capped here so a stream that keeps rising without a reaction
 #: (``on_drift: ignore``) never overflows to inf; capping only lowers R, so the
 #: bound holds.
@@ -108,16 +120,37 @@ class RiseEvidence:
         self.lag = check_count(lag, "lag", minimum=0)
         self.min_rise = check_in_range(min_rise, "min_rise", 0.0, math.inf)
         self.threshold = 1.0 / self.significance
+        self._dependence = [0.0] * DEPENDENCE_VALUES
+        self._count = 0
+        self._squares = 0.0
         self.reset()
 
     def reset(self) -> None:
-        """Forget the statistic and the baseline (after a reaction: a new concept)."""
+        """Forget the statistic and the baseline (after a reaction: a new concept); the
+        dependence measured so far is kept (pooled)."""
+        self._pool_dependence()
         self._count = 0  # values in the baseline
         self._mean = 0.0
         self._squares = 0.0
         self._recent: deque[float] = deque()  # the newest values, oldest first, at most lag
         self._statistics = [0.0] * len(BET_FRACTIONS)
         self._refresh_baseline()
+
+    def _pool_dependence(self) -> None:
+        """Move the finished segment's sums of squares (values and complete blocks) into
+        the pooled ones and start new blocks: the dependence is the stream's, measured
+        within segments so that a change of level between them does not count."""
+        state = self._dependence
+        if self._count >= 2:
+            state[0] += self._squares
+            state[1] += self._count - 1.0
+        for j in range(len(DEPENDENCE_SCALES)):
+            block = 2 + 7 * j
+            if state[block + 2] >= 2.0:
+                state[block + 5] += state[block + 4]
+                state[block + 6] += state[block + 2] - 1.0
+            for k in range(5):
+                state[block + k] = 0.0
 
     @property
     def statistic(self) -> float:
@@ -132,13 +165,70 @@ class RiseEvidence:
         """The baseline m_t the next value is tested against (None during warm-up)."""
         return self._baseline
 
+    @property
+    def inflation(self) -> float:
+        """The variance-inflation factor v of the baseline's values (1: independent)."""
+        return self._inflation
+
+    @property
+    def wander(self) -> float:
+        """The standard deviation of the loss's local mean beyond sampling noise (0:
+        independent values)."""
+        return self._wander
+
+    def _measure_dependence(self) -> None:
+        """v and the wander from the block means (see the module docstring)."""
+        self._inflation = 1.0
+        self._wander = 0.0
+        state = self._dependence
+        freedom = state[1] + (self._count - 1.0)
+        if freedom <= 0.0:
+            return
+        variance = (state[0] + self._squares) / freedom
+        if variance <= 0.0:
+            return
+        for j, scale in enumerate(DEPENDENCE_SCALES):
+            block = 2 + 7 * j
+            blocks = state[block + 6] + (state[block + 2] - 1.0)
+            if blocks < DEPENDENCE_MIN_FREEDOM:
+                continue
+            squares = state[block + 5]
+            if state[block + 2] >= 2.0:
+                squares += state[block + 4]
+            spread = squares / blocks
+            ratio = scale * spread / variance
+            if ratio - 1.0 <= DEPENDENCE_SIGNIFICANCE * math.sqrt(2.0 / blocks):
+                continue
+            if ratio > self._inflation:
+                self._inflation = ratio
+            excess = spread - variance / scale
+            if scale >= WANDER_SCALE and excess > 0.0:
+                wander = math.sqrt(excess)
+                if wander > self._wander:
+                    self._wander = wander
+
     def _refresh_baseline(self) -> None:
-        """Recompute m_t from the baseline's moments (kept, not recomputed per value)."""
-        if self._count < self.warmup:
+        """Recompute m_t, the dependence and the bets from the baseline's moments (kept,
+        not recomputed per value)."""
+        self._fractions = list(BET_FRACTIONS)
+        self._measure_dependence()
+        # The baseline needs ``warmup`` values' worth of information: count / v of them.
+        if self._count < self.warmup or self._count < self.warmup * self._inflation:
             self._baseline: float | None = None
             return
-        spread = math.sqrt(self._squares / (self._count - 1) / self._count)
-        self._baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise)
+        variance = self._squares / (self._count - 1)
+        spread = math.sqrt(self._inflation * variance / self._count)
+        baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise) \
+            + WANDER_SPREADS * self._wander
+        self._baseline = baseline
+        if self._inflation > 1.0:
+            # Each value counts as 1/v of an independent one, and no bet exceeds the
+            # largest whose product stays a supermartingale to second order under the
+            # measured dependence (see the module docstring).
+            largest = 2.0 * baseline * (baseline - self._mean) \
+                / (variance * (1.0 - 1.0 / self._inflation))
+            self._fractions = [(fraction if largest > fraction else largest) / self._inflation
+                               for fraction in BET_FRACTIONS]
 
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
@@ -149,7 +239,7 @@ class RiseEvidence:
         if baseline is not None:
             relative = (value - baseline) / baseline
             statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
-                          for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
+                          for fraction, statistic in zip(self._fractions, self._statistics,
                                                          strict=True)]
             self._statistics = statistics
             total = 0.0
@@ -165,6 +255,20 @@ class RiseEvidence:
         self._mean += delta / count
         self._squares += delta * (value - self._mean)
         self._count = count
+        state = self._dependence
+        for j, scale in enumerate(DEPENDENCE_SCALES):
+            block = 2 + 7 * j
+            state[block] += value
+            state[block + 1] += 1.0
+            if state[block + 1] == scale:
+                mean = state[block] / scale
+                if state[block + 2] >= 1.0:
+                    difference = mean - state[block + 3]
+                    state[block + 4] += 0.5 * difference * difference
+                state[block + 3] = mean
+                state[block + 2] += 1.0
+                state[block] = 0.0
+                state[block + 1] = 0.0
         self._refresh_baseline()
         return alarm
 
@@ -175,7 +279,8 @@ class RiseEvidence:
     def get_state(self) -> dict[str, Any]:
         """Plain floats; ``set_state`` of the same values continues bit for bit."""
         return {"count": self._count, "mean": self._mean, "squares": self._squares,
-                "recent": list(self._recent), "statistics": list(self._statistics)}
+                "recent": list(self._recent), "statistics": list(self._statistics),
+                "dependence": list(self._dependence)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         statistics = [float(v) for v in state["statistics"]]
@@ -187,4 +292,10 @@ class RiseEvidence:
         self._squares = float(state["squares"])
         self._recent = deque(float(v) for v in state["recent"])
         self._statistics = statistics
+        # Absent from snapshots written before the dependence measure: it starts afresh.
+        dependence = [float(v) for v in state.get("dependence", [0.0] * DEPENDENCE_VALUES)]
+        if len(dependence) != DEPENDENCE_VALUES:
+            raise ValueError(f"state.evidence.dependence: expected {DEPENDENCE_VALUES} "
+                             f"values, got {len(dependence)}")
+        self._dependence = dependence
         self._refresh_baseline()
