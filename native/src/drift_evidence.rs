@@ -24,11 +24,13 @@ pub const BET_FRACTIONS: [f64; 5] = [0.02, 0.05, 0.15, 0.3, 0.5];
 const CAP: f64 = 1e200;
 
 /// Block lengths of the batch means that measure the loss's dependence.
-const SCALES: [f64; 4] = [4.0, 16.0, 64.0, 256.0];
+const SCALES: [f64; 5] = [1.0, 4.0, 16.0, 64.0, 256.0];
 /// Degrees of freedom (pooled blocks − segments) a length needs before it counts.
 const MIN_FREEDOM: f64 = 9.0;
 /// A length counts only if its variance ratio exceeds 1 by this many standard errors.
 const SIGNIFICANCE: f64 = 3.0;
+/// The lag-1 autocorrelation's AR(1) extrapolation stops here (v <= 1,999).
+const MAX_CORRELATION: f64 = 0.999;
 /// The wander (local mean's own spread) is measured at block lengths from this one.
 const WANDER_SCALE: f64 = 16.0;
 /// The baseline's allowance for the wander, in its standard deviations.
@@ -36,7 +38,7 @@ const WANDER_SPREADS: f64 = 2.0;
 /// The dependence state: the values' pooled squares and degrees of freedom, then per
 /// block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
 /// pooled squares, pooled degrees of freedom].
-pub const DEPENDENCE_VALUES: usize = 2 + 7 * 4;
+pub const DEPENDENCE_VALUES: usize = 2 + 7 * 5;
 
 #[derive(Clone, Debug)]
 pub struct RiseEvidence {
@@ -137,6 +139,21 @@ impl RiseEvidence {
             }
             let spread = squares / blocks;
             let ratio = scale * spread / variance;
+            if *scale == 1.0 {
+                // Successive values: the lag-1 autocorrelation, extrapolated as an AR(1).
+                let mut correlation = 1.0 - ratio;
+                if correlation <= SIGNIFICANCE * (1.0 / blocks).sqrt() {
+                    continue;
+                }
+                if correlation > MAX_CORRELATION {
+                    correlation = MAX_CORRELATION;
+                }
+                let ratio = (1.0 + correlation) / (1.0 - correlation);
+                if ratio > self.inflation {
+                    self.inflation = ratio;
+                }
+                continue;
+            }
             if ratio - 1.0 <= SIGNIFICANCE * (2.0 / blocks).sqrt() {
                 continue;
             }

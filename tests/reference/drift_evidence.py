@@ -59,13 +59,14 @@ BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
 #: Block lengths of the batch means that measure the loss's dependence (powers of 4, up to
 #: 1,024 values), and the completed blocks a length needs before its estimate counts.
-DEPENDENCE_SCALES = (4, 16, 64, 256)
+DEPENDENCE_SCALES = (1, 4, 16, 64, 256)
 DEPENDENCE_MIN_FREEDOM = 9.0
 #: The dependence state: the pooled squares and degrees of freedom of the values, then per
 #: block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
 #: pooled squares, pooled degrees of freedom].
 DEPENDENCE_VALUES = 2 + 7 * len(DEPENDENCE_SCALES)
 DEPENDENCE_SIGNIFICANCE = 3.0
+MAX_CORRELATION = 0.999
 WANDER_SCALE = 16
 WANDER_SPREADS = 2.0
 
@@ -197,6 +198,17 @@ class RiseEvidence:
                 squares += state[block + 4]
             spread = squares / blocks
             ratio = scale * spread / variance
+            if scale == 1:
+                # Successive values: the lag-1 autocorrelation, extrapolated as an AR(1).
+                correlation = 1.0 - ratio
+                if correlation <= DEPENDENCE_SIGNIFICANCE * math.sqrt(1.0 / blocks):
+                    continue
+                if correlation > MAX_CORRELATION:
+                    correlation = MAX_CORRELATION
+                ratio = (1.0 + correlation) / (1.0 - correlation)
+                if ratio > self._inflation:
+                    self._inflation = ratio
+                continue
             if ratio - 1.0 <= DEPENDENCE_SIGNIFICANCE * math.sqrt(2.0 / blocks):
                 continue
             if ratio > self._inflation:
