@@ -38,7 +38,13 @@ const WANDER_SPREADS: f64 = 2.0;
 /// The dependence state: the values' pooled squares and degrees of freedom, then per
 /// block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
 /// pooled squares, pooled degrees of freedom].
-pub const DEPENDENCE_VALUES: usize = 2 + 7 * 5;
+/// ... then the evidence's own block: [sum, count, length].
+const EVIDENCE_BLOCK: usize = 2 + 7 * 5;
+pub const DEPENDENCE_VALUES: usize = EVIDENCE_BLOCK + 3;
+/// Evidence bets on the means of blocks of 1 + ceil(BLOCK_FACTOR · (v − 1)) values.
+const BLOCK_FACTOR: f64 = 2.0;
+/// The longest evidence block.
+const MAX_BLOCK: f64 = 512.0;
 
 #[derive(Clone, Debug)]
 pub struct RiseEvidence {
@@ -56,7 +62,6 @@ pub struct RiseEvidence {
     dependence: [f64; DEPENDENCE_VALUES],
     inflation: f64,
     wander: f64,
-    fractions: [f64; 5],
 }
 
 impl RiseEvidence {
@@ -76,7 +81,6 @@ impl RiseEvidence {
             dependence: [0.0; DEPENDENCE_VALUES],
             inflation: 1.0,
             wander: 0.0,
-            fractions: BET_FRACTIONS,
         };
         evidence.reset();
         evidence
@@ -91,6 +95,9 @@ impl RiseEvidence {
         self.squares = 0.0;
         self.recent.clear();
         self.statistics = [0.0; 5];
+        self.dependence[EVIDENCE_BLOCK] = 0.0;
+        self.dependence[EVIDENCE_BLOCK + 1] = 0.0;
+        self.dependence[EVIDENCE_BLOCK + 2] = 1.0;
         self.refresh_baseline();
     }
 
@@ -119,6 +126,8 @@ impl RiseEvidence {
         self.inflation = 1.0;
         self.wander = 0.0;
         let state = &self.dependence;
+        // The inflation the lag-1 autocorrelation alone explains.
+        let mut short = 1.0;
         let freedom = state[1] + (self.count as f64 - 1.0);
         if freedom <= 0.0 {
             return;
@@ -148,9 +157,9 @@ impl RiseEvidence {
                 if correlation > MAX_CORRELATION {
                     correlation = MAX_CORRELATION;
                 }
-                let ratio = (1.0 + correlation) / (1.0 - correlation);
-                if ratio > self.inflation {
-                    self.inflation = ratio;
+                short = (1.0 + correlation) / (1.0 - correlation);
+                if short > self.inflation {
+                    self.inflation = short;
                 }
                 continue;
             }
@@ -160,7 +169,7 @@ impl RiseEvidence {
             if ratio > self.inflation {
                 self.inflation = ratio;
             }
-            let excess = spread - variance / scale;
+            let excess = spread - short * variance / scale;
             if *scale >= WANDER_SCALE && excess > 0.0 {
                 let wander = excess.sqrt();
                 if wander > self.wander {
@@ -171,7 +180,6 @@ impl RiseEvidence {
     }
 
     fn refresh_baseline(&mut self) {
-        self.fractions = BET_FRACTIONS;
         self.measure_dependence();
         if self.count < self.warmup || (self.count as f64) < self.warmup as f64 * self.inflation {
             self.baseline = None;
@@ -188,18 +196,6 @@ impl RiseEvidence {
         };
         let baseline = (1.0 + self.margin) * self.mean + floor + WANDER_SPREADS * self.wander;
         self.baseline = Some(baseline);
-        if self.inflation > 1.0 {
-            let largest =
-                2.0 * baseline * (baseline - self.mean) / (variance * (1.0 - 1.0 / self.inflation));
-            for (bet, fraction) in self.fractions.iter_mut().zip(BET_FRACTIONS.iter()) {
-                let capped = if largest > *fraction {
-                    *fraction
-                } else {
-                    largest
-                };
-                *bet = capped / self.inflation;
-            }
-        }
     }
 
     /// The variance-inflation factor v of the baseline's values (1: independent).
@@ -226,12 +222,27 @@ impl RiseEvidence {
     pub fn update(&mut self, value: f64) -> bool {
         let mut alarm = false;
         if let Some(baseline) = self.baseline {
-            let relative = (value - baseline) / baseline;
-            for (statistic, fraction) in self.statistics.iter_mut().zip(self.fractions.iter()) {
-                let grown = (1.0 + fraction * relative) * (*statistic + 1.0);
-                *statistic = if CAP < grown { CAP } else { grown };
+            // Bets on the mean of a block of values (one value while they look independent).
+            let block = EVIDENCE_BLOCK;
+            self.dependence[block] += value;
+            self.dependence[block + 1] += 1.0;
+            if self.dependence[block + 1] >= self.dependence[block + 2] {
+                let mean = self.dependence[block] / self.dependence[block + 1];
+                let relative = (mean - baseline) / baseline;
+                for (statistic, fraction) in self.statistics.iter_mut().zip(BET_FRACTIONS.iter()) {
+                    let grown = (1.0 + fraction * relative) * (*statistic + 1.0);
+                    *statistic = if CAP < grown { CAP } else { grown };
+                }
+                alarm = self.statistic() >= self.threshold;
+                let length = (BLOCK_FACTOR * (self.inflation - 1.0)).ceil() + 1.0;
+                self.dependence[block] = 0.0;
+                self.dependence[block + 1] = 0.0;
+                self.dependence[block + 2] = if length > MAX_BLOCK {
+                    MAX_BLOCK
+                } else {
+                    length
+                };
             }
-            alarm = self.statistic() >= self.threshold;
         }
         self.recent.push_back(value);
         if self.recent.len() <= self.lag {
@@ -309,7 +320,10 @@ impl RiseEvidence {
         }
         match dependence {
             Some(values) => self.dependence.copy_from_slice(values),
-            None => self.dependence = [0.0; DEPENDENCE_VALUES],
+            None => {
+                self.dependence = [0.0; DEPENDENCE_VALUES];
+                self.dependence[EVIDENCE_BLOCK + 2] = 1.0;
+            }
         }
         self.statistics.copy_from_slice(statistics);
         self.count = count;
@@ -490,7 +504,9 @@ mod tests {
         }
         assert_eq!(alarms, 0);
         assert!(evidence.inflation() > 5.0, "{}", evidence.inflation());
-        assert!(evidence.wander() > 0.0);
+        // An AR(1) chain: its block means add nothing beyond what the lag-1 correlation
+        // explains, so (almost) no wander allowance.
+        assert!(evidence.wander() < 0.05, "{}", evidence.wander());
         // A reset keeps the measured dependence (pooled), so the next baseline waits
         // for count / v >= warmup.
         evidence.reset();

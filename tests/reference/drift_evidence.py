@@ -64,7 +64,10 @@ DEPENDENCE_MIN_FREEDOM = 9.0
 #: The dependence state: the pooled squares and degrees of freedom of the values, then per
 #: block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
 #: pooled squares, pooled degrees of freedom].
-DEPENDENCE_VALUES = 2 + 7 * len(DEPENDENCE_SCALES)
+EVIDENCE_BLOCK = 2 + 7 * len(DEPENDENCE_SCALES)
+DEPENDENCE_VALUES = EVIDENCE_BLOCK + 3
+BLOCK_FACTOR = 2.0
+MAX_BLOCK = 512.0
 DEPENDENCE_SIGNIFICANCE = 3.0
 MAX_CORRELATION = 0.999
 WANDER_SCALE = 16
@@ -135,6 +138,7 @@ class RiseEvidence:
         self._squares = 0.0
         self._recent: deque[float] = deque()  # the newest values, oldest first, at most lag
         self._statistics = [0.0] * len(BET_FRACTIONS)
+        self._dependence[EVIDENCE_BLOCK:] = [0.0, 0.0, 1.0]
         self._refresh_baseline()
 
     def _pool_dependence(self) -> None:
@@ -182,6 +186,7 @@ class RiseEvidence:
         self._inflation = 1.0
         self._wander = 0.0
         state = self._dependence
+        short = 1.0  # the inflation the lag-1 autocorrelation alone explains
         freedom = state[1] + (self._count - 1.0)
         if freedom <= 0.0:
             return
@@ -205,15 +210,15 @@ class RiseEvidence:
                     continue
                 if correlation > MAX_CORRELATION:
                     correlation = MAX_CORRELATION
-                ratio = (1.0 + correlation) / (1.0 - correlation)
-                if ratio > self._inflation:
-                    self._inflation = ratio
+                short = (1.0 + correlation) / (1.0 - correlation)
+                if short > self._inflation:
+                    self._inflation = short
                 continue
             if ratio - 1.0 <= DEPENDENCE_SIGNIFICANCE * math.sqrt(2.0 / blocks):
                 continue
             if ratio > self._inflation:
                 self._inflation = ratio
-            excess = spread - variance / scale
+            excess = spread - short * variance / scale
             if scale >= WANDER_SCALE and excess > 0.0:
                 wander = math.sqrt(excess)
                 if wander > self._wander:
@@ -222,7 +227,6 @@ class RiseEvidence:
     def _refresh_baseline(self) -> None:
         """Recompute m_t, the dependence and the bets from the baseline's moments (kept,
         not recomputed per value)."""
-        self._fractions = list(BET_FRACTIONS)
         self._measure_dependence()
         # The baseline needs ``warmup`` values' worth of information: count / v of them.
         if self._count < self.warmup or self._count < self.warmup * self._inflation:
@@ -233,14 +237,6 @@ class RiseEvidence:
         baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise) \
             + WANDER_SPREADS * self._wander
         self._baseline = baseline
-        if self._inflation > 1.0:
-            # Each value counts as 1/v of an independent one, and no bet exceeds the
-            # largest whose product stays a supermartingale to second order under the
-            # measured dependence (see the module docstring).
-            largest = 2.0 * baseline * (baseline - self._mean) \
-                / (variance * (1.0 - 1.0 / self._inflation))
-            self._fractions = [(fraction if largest > fraction else largest) / self._inflation
-                               for fraction in BET_FRACTIONS]
 
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
@@ -248,16 +244,27 @@ class RiseEvidence:
             raise ValueError(f"loss: must be a finite number >= 0, got {value!r}")
         baseline = self._baseline
         alarm = False
+        state = self._dependence
         if baseline is not None:
-            relative = (value - baseline) / baseline
-            statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
-                          for fraction, statistic in zip(self._fractions, self._statistics,
-                                                         strict=True)]
-            self._statistics = statistics
-            total = 0.0
-            for statistic in statistics:  # left to right, as the native core will
-                total += statistic
-            alarm = total / len(statistics) >= self.threshold
+            # Bets on the mean of a block of b ≈ BLOCK_FACTOR · v values (b = 1 while the
+            # losses look independent: each value is a block of its own).
+            state[EVIDENCE_BLOCK] += value
+            state[EVIDENCE_BLOCK + 1] += 1.0
+            if state[EVIDENCE_BLOCK + 1] >= state[EVIDENCE_BLOCK + 2]:
+                mean = state[EVIDENCE_BLOCK] / state[EVIDENCE_BLOCK + 1]
+                relative = (mean - baseline) / baseline
+                statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
+                              for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
+                                                             strict=True)]
+                self._statistics = statistics
+                total = 0.0
+                for statistic in statistics:  # left to right, as the native core will
+                    total += statistic
+                alarm = total / len(statistics) >= self.threshold
+                length = float(math.ceil(BLOCK_FACTOR * (self._inflation - 1.0))) + 1.0
+                state[EVIDENCE_BLOCK] = 0.0
+                state[EVIDENCE_BLOCK + 1] = 0.0
+                state[EVIDENCE_BLOCK + 2] = MAX_BLOCK if length > MAX_BLOCK else length
         self._recent.append(value)
         if len(self._recent) <= self.lag:
             return alarm
@@ -305,7 +312,8 @@ class RiseEvidence:
         self._recent = deque(float(v) for v in state["recent"])
         self._statistics = statistics
         # Absent from snapshots written before the dependence measure: it starts afresh.
-        dependence = [float(v) for v in state.get("dependence", [0.0] * DEPENDENCE_VALUES)]
+        dependence = [float(v) for v in state.get(
+            "dependence", [0.0] * EVIDENCE_BLOCK + [0.0, 0.0, 1.0])]
         if len(dependence) != DEPENDENCE_VALUES:
             raise ValueError(f"state.evidence.dependence: expected {DEPENDENCE_VALUES} "
                              f"values, got {len(dependence)}")
