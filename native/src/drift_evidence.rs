@@ -7,10 +7,11 @@
 //! summed left to right and divided by 5, the baseline's moments by Welford's update and
 //! `m = (1 + margin)·mean + max(3·sqrt(S/(n − 1)/n), min_rise)`. Python's `min`/`max`
 //! keep the first argument unless the second is strictly smaller/larger; so do these.
-//! The dependence measure (batch means at block lengths 4-1,024, pooled across resets)
-//! follows the reference's `_measure_dependence` / `_pool_dependence` in the same order:
-//! per length `ratio = B·spread/variance`, `excess = spread − variance/B`, the bets
-//! `min(c, largest)/v`. Results are identical bit for bit.
+//! The dependence measure (successive differences at block lengths 1-256, pooled across
+//! resets) follows the reference's `_measure_dependence` / `_pool_dependence` in the same
+//! order: per length `ratio = B·spread/variance`, at length 1 `(1 + r)/(1 − r)` with
+//! `r = 1 − ratio`, `excess = spread − short·variance/B`; the evidence block's length
+//! `ceil(2·(v − 1)) + 1`. Results are identical bit for bit.
 
 use std::collections::VecDeque;
 
@@ -23,7 +24,8 @@ pub const BET_FRACTIONS: [f64; 5] = [0.02, 0.05, 0.15, 0.3, 0.5];
 /// Cap on each statistic (never overflows to inf; capping only lowers R).
 const CAP: f64 = 1e200;
 
-/// Block lengths of the batch means that measure the loss's dependence.
+/// Block lengths whose successive differences measure the loss's dependence (1: the
+/// lag-1 autocorrelation; 4-256: batch means).
 const SCALES: [f64; 5] = [1.0, 4.0, 16.0, 64.0, 256.0];
 /// Degrees of freedom (pooled blocks − segments) a length needs before it counts.
 const MIN_FREEDOM: f64 = 9.0;
@@ -36,9 +38,9 @@ const WANDER_SCALE: f64 = 16.0;
 /// The baseline's allowance for the wander, in its standard deviations.
 const WANDER_SPREADS: f64 = 2.0;
 /// The dependence state: the values' pooled squares and degrees of freedom, then per
-/// block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
-/// pooled squares, pooled degrees of freedom].
-/// ... then the evidence's own block: [sum, count, length].
+/// block length [partial sum, partial count, blocks, previous block's mean, half the
+/// summed squared successive differences, pooled such sum, pooled degrees of freedom],
+/// then the evidence's own block [sum, count, length].
 const EVIDENCE_BLOCK: usize = 2 + 7 * 5;
 pub const DEPENDENCE_VALUES: usize = EVIDENCE_BLOCK + 3;
 /// Evidence bets on the means of blocks of 1 + ceil(BLOCK_FACTOR · (v − 1)) values.

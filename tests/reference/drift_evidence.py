@@ -1,5 +1,7 @@
 """The reference oracle for the native core's RiseEvidence (``native/src/drift_evidence.rs``):
-the pure-Python version production ran before issue 11, kept as it was. Not a product path.
+the pure-Python version production ran before issue 11, with the dependence measure of
+issue 14 item 3 added (lag-1 correlation, successive-difference batch means, evidence on
+block means; see ``streamweights/adapters/drift_evidence.py``). Not a product path.
 
 Evidence that a loss rose, asked for before a drift reaction.
 
@@ -57,19 +59,26 @@ from streamweights.adapters.validation import check_count, check_in_range
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.
 BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
-#: Block lengths of the batch means that measure the loss's dependence (powers of 4, up to
-#: 1,024 values), and the completed blocks a length needs before its estimate counts.
+#: Block lengths whose successive differences measure the loss's dependence (1: the lag-1
+#: autocorrelation; 4-256: batch means), and the degrees of freedom (blocks minus
+#: segments) a length needs before its estimate counts.
 DEPENDENCE_SCALES = (1, 4, 16, 64, 256)
 DEPENDENCE_MIN_FREEDOM = 9.0
 #: The dependence state: the pooled squares and degrees of freedom of the values, then per
-#: block length [partial sum, partial count, blocks, blocks' mean, blocks' squares,
-#: pooled squares, pooled degrees of freedom].
+#: block length [partial sum, partial count, blocks, previous block's mean, half the
+#: summed squared successive differences, pooled such sum, pooled degrees of freedom],
+#: then the evidence's own block [sum, count, length].
 EVIDENCE_BLOCK = 2 + 7 * len(DEPENDENCE_SCALES)
 DEPENDENCE_VALUES = EVIDENCE_BLOCK + 3
+#: Evidence blocks hold 1 + ceil(BLOCK_FACTOR (v − 1)) values, at most MAX_BLOCK.
 BLOCK_FACTOR = 2.0
 MAX_BLOCK = 512.0
+#: A length counts when its inflation exceeds the independent value by this many
+#: standard errors; the lag-1 correlation's AR(1) extrapolation stops at MAX_CORRELATION.
 DEPENDENCE_SIGNIFICANCE = 3.0
 MAX_CORRELATION = 0.999
+#: The wander is measured at block lengths from WANDER_SCALE; the baseline adds
+#: WANDER_SPREADS of it.
 WANDER_SCALE = 16
 WANDER_SPREADS = 2.0
 
