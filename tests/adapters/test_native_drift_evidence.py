@@ -31,6 +31,13 @@ def _drifting_losses(seed: int, kind: str) -> list[float]:
     rate = np.repeat(rates, 7000)[:N_EVENTS] * (1 + 0.2 * np.sin(np.arange(N_EVENTS) / 900))
     if kind == "zero_one":
         return (rng.random(N_EVENTS) < rate).astype(np.float64).tolist()
+    if kind == "runs":  # dependent: each value repeats the previous one with prob. 0.8
+        fresh = rng.random(N_EVENTS) < rate
+        keep = rng.random(N_EVENTS) < 0.8
+        for t in range(1, N_EVENTS):
+            if keep[t]:
+                fresh[t] = fresh[t - 1]
+        return fresh.astype(np.float64).tolist()
     p = np.clip(1.0 - rate * rng.exponential(1.0, N_EVENTS), 1e-6, 1.0)
     return (-np.log(p)).tolist()
 
@@ -45,28 +52,37 @@ def _bits(value: float | None) -> int | None:
     (2, "zero_one", {"significance": 1e-3, "margin": 0.0, "warmup": 50, "lag": 0}),
     (3, "log", {"significance": 1e-2, "margin": 0.3, "warmup": 2, "lag": 37,
                 "min_rise": 1e-9}),
+    (4, "runs", {}),
+    (5, "runs", {"significance": 1e-3, "warmup": 20, "lag": 0}),
 ])
 def test_core_matches_reference_bit_for_bit(seed: int, kind: str,
                                             options: dict[str, float]) -> None:
     """Scenario: 10^5 drifting losses into both, resetting after each alarm (as the
-    pipeline does). Every alarm, statistic and baseline is the same float; there were
-    alarms to compare."""
+    pipeline does); on the ``runs`` streams the losses are dependent, so the dependence
+    measure, the block bets and the pooling across resets all take part. Every alarm,
+    statistic, baseline, inflation and wander is the same float; there were alarms to
+    compare."""
     core, reference = RiseEvidence(**options), ReferenceRiseEvidence(**options)
-    alarms = 0
+    alarms, inflation = 0, 1.0
     for step, value in enumerate(_drifting_losses(seed, kind)):
         alarm = core.update(value)
         assert alarm == reference.update(value), step
         assert _bits(core.statistic) == _bits(reference.statistic), step
         assert _bits(core.baseline) == _bits(reference.baseline), step
+        assert _bits(core.inflation) == _bits(reference.inflation), step
+        assert _bits(core.wander) == _bits(reference.wander), step
+        inflation = max(inflation, core.inflation)
         if alarm:
             alarms += 1
             core.reset()
             reference.reset()
     assert alarms > 0
     assert core.get_state() == reference.get_state()
+    if kind == "runs":
+        assert inflation > 3.0
 
 
-@pytest.mark.parametrize("kind", ["zero_one", "log"])
+@pytest.mark.parametrize("kind", ["zero_one", "log", "runs"])
 def test_state_round_trip_both_ways(kind: str) -> None:
     """Scenario: states written every 9,973 values (through JSON) by the reference load into
     the core and by the core into the reference; both continue bit for bit."""
@@ -97,6 +113,9 @@ def test_bad_input_leaves_state_bit_identical() -> None:
         assert evidence.get_state() == before
     damaged = {**before, "statistics": before["statistics"][:3]}
     with pytest.raises(ValueError, match=r"state\.evidence\.statistics: expected 5 values"):
+        evidence.set_state(damaged)
+    damaged = {**before, "dependence": before["dependence"][:7]}
+    with pytest.raises(ValueError, match=r"state\.evidence\.dependence: expected 40 values"):
         evidence.set_state(damaged)
     with pytest.raises((ValueError, TypeError)):
         evidence.set_state({**before, "recent": ["x"]})
@@ -132,3 +151,25 @@ def test_pickle_and_deepcopy_carry_the_core_state() -> None:
         alarm = evidence.update(value)
         assert all(other.update(value) == alarm for other in copies)
     assert all(other.get_state() == evidence.get_state() for other in copies)
+
+
+@pytest.mark.parametrize("kind", ["zero_one", "runs"])
+def test_a_state_from_before_the_dependence_measure_loads_in_both(kind: str) -> None:
+    """Scenario: a state as written before the dependence measure (no ``dependence``
+    key) after 30,000 values, loaded into the core and into the reference.
+    We expect: both load it, measure the dependence afresh (v = 1 at first) and continue
+    bit for bit with each other."""
+    losses = _drifting_losses(9, kind)[:60_000]
+    writer = RiseEvidence()
+    for value in losses[:30_000]:
+        writer.update(value)
+    old = {k: v for k, v in writer.get_state().items() if k != "dependence"}
+    core, reference = RiseEvidence(), ReferenceRiseEvidence()
+    core.set_state(old)
+    reference.set_state(old)
+    assert core.inflation == reference.inflation == 1.0
+    assert _bits(core.baseline) == _bits(reference.baseline)
+    for value in losses[30_000:]:
+        assert core.update(value) == reference.update(value)
+        assert _bits(core.statistic) == _bits(reference.statistic)
+    assert core.get_state() == reference.get_state()

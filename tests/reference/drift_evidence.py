@@ -1,5 +1,7 @@
 """The reference oracle for the native core's RiseEvidence (``native/src/drift_evidence.rs``):
-the pure-Python version production ran before issue 11, kept as it was. Not a product path.
+the pure-Python version production ran before issue 11, with the dependence measure of
+issue 14 item 3 added (lag-1 correlation, successive-difference batch means, evidence on
+block means; see ``streamweights/adapters/drift_evidence.py``). Not a product path.
 
 Evidence that a loss rose, asked for before a drift reaction.
 
@@ -57,6 +59,29 @@ from streamweights.adapters.validation import check_count, check_in_range
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.
 BET_FRACTIONS = (0.02, 0.05, 0.15, 0.3, 0.5)
 
+#: Block lengths whose successive differences measure the loss's dependence (1: the lag-1
+#: autocorrelation; 4-256: batch means), and the degrees of freedom (blocks minus
+#: segments) a length needs before its estimate counts.
+DEPENDENCE_SCALES = (1, 4, 16, 64, 256)
+DEPENDENCE_MIN_FREEDOM = 9.0
+#: The dependence state: the pooled squares and degrees of freedom of the values, then per
+#: block length [partial sum, partial count, blocks, previous block's mean, half the
+#: summed squared successive differences, pooled such sum, pooled degrees of freedom],
+#: then the evidence's own block [sum, count, length].
+EVIDENCE_BLOCK = 2 + 7 * len(DEPENDENCE_SCALES)
+DEPENDENCE_VALUES = EVIDENCE_BLOCK + 3
+#: Evidence blocks hold 1 + ceil(BLOCK_FACTOR (v − 1)) values, at most MAX_BLOCK.
+BLOCK_FACTOR = 2.0
+MAX_BLOCK = 512.0
+#: A length counts when its inflation exceeds the independent value by this many
+#: standard errors; the lag-1 correlation's AR(1) extrapolation stops at MAX_CORRELATION.
+DEPENDENCE_SIGNIFICANCE = 3.0
+MAX_CORRELATION = 0.999
+#: The wander is measured at block lengths from WANDER_SCALE; the baseline adds
+#: WANDER_SPREADS of it.
+WANDER_SCALE = 16
+WANDER_SPREADS = 2.0
+
 #: The statistic is capped here so a stream that keeps rising without a reaction
 #: (``on_drift: ignore``) never overflows to inf; capping only lowers R, so the
 #: bound holds.
@@ -108,16 +133,38 @@ class RiseEvidence:
         self.lag = check_count(lag, "lag", minimum=0)
         self.min_rise = check_in_range(min_rise, "min_rise", 0.0, math.inf)
         self.threshold = 1.0 / self.significance
+        self._dependence = [0.0] * DEPENDENCE_VALUES
+        self._count = 0
+        self._squares = 0.0
         self.reset()
 
     def reset(self) -> None:
-        """Forget the statistic and the baseline (after a reaction: a new concept)."""
+        """Forget the statistic and the baseline (after a reaction: a new concept); the
+        dependence measured so far is kept (pooled)."""
+        self._pool_dependence()
         self._count = 0  # values in the baseline
         self._mean = 0.0
         self._squares = 0.0
         self._recent: deque[float] = deque()  # the newest values, oldest first, at most lag
         self._statistics = [0.0] * len(BET_FRACTIONS)
+        self._dependence[EVIDENCE_BLOCK:] = [0.0, 0.0, 1.0]
         self._refresh_baseline()
+
+    def _pool_dependence(self) -> None:
+        """Move the finished segment's sums of squares (values and complete blocks) into
+        the pooled ones and start new blocks: the dependence is the stream's, measured
+        within segments so that a change of level between them does not count."""
+        state = self._dependence
+        if self._count >= 2:
+            state[0] += self._squares
+            state[1] += self._count - 1.0
+        for j in range(len(DEPENDENCE_SCALES)):
+            block = 2 + 7 * j
+            if state[block + 2] >= 2.0:
+                state[block + 5] += state[block + 4]
+                state[block + 6] += state[block + 2] - 1.0
+            for k in range(5):
+                state[block + k] = 0.0
 
     @property
     def statistic(self) -> float:
@@ -132,13 +179,73 @@ class RiseEvidence:
         """The baseline m_t the next value is tested against (None during warm-up)."""
         return self._baseline
 
+    @property
+    def inflation(self) -> float:
+        """The variance-inflation factor v of the baseline's values (1: independent)."""
+        return self._inflation
+
+    @property
+    def wander(self) -> float:
+        """The standard deviation of the loss's local mean beyond sampling noise (0:
+        independent values)."""
+        return self._wander
+
+    def _measure_dependence(self) -> None:
+        """v and the wander from the block means (see the module docstring)."""
+        self._inflation = 1.0
+        self._wander = 0.0
+        state = self._dependence
+        short = 1.0  # the inflation the lag-1 autocorrelation alone explains
+        freedom = state[1] + (self._count - 1.0)
+        if freedom <= 0.0:
+            return
+        variance = (state[0] + self._squares) / freedom
+        if variance <= 0.0:
+            return
+        for j, scale in enumerate(DEPENDENCE_SCALES):
+            block = 2 + 7 * j
+            blocks = state[block + 6] + (state[block + 2] - 1.0)
+            if blocks < DEPENDENCE_MIN_FREEDOM:
+                continue
+            squares = state[block + 5]
+            if state[block + 2] >= 2.0:
+                squares += state[block + 4]
+            spread = squares / blocks
+            ratio = scale * spread / variance
+            if scale == 1:
+                # Successive values: the lag-1 autocorrelation, extrapolated as an AR(1).
+                correlation = 1.0 - ratio
+                if correlation <= DEPENDENCE_SIGNIFICANCE * math.sqrt(1.0 / blocks):
+                    continue
+                if correlation > MAX_CORRELATION:
+                    correlation = MAX_CORRELATION
+                short = (1.0 + correlation) / (1.0 - correlation)
+                if short > self._inflation:
+                    self._inflation = short
+                continue
+            if ratio - 1.0 <= DEPENDENCE_SIGNIFICANCE * math.sqrt(2.0 / blocks):
+                continue
+            if ratio > self._inflation:
+                self._inflation = ratio
+            excess = spread - short * variance / scale
+            if scale >= WANDER_SCALE and excess > 0.0:
+                wander = math.sqrt(excess)
+                if wander > self._wander:
+                    self._wander = wander
+
     def _refresh_baseline(self) -> None:
-        """Recompute m_t from the baseline's moments (kept, not recomputed per value)."""
-        if self._count < self.warmup:
+        """Recompute m_t, the dependence and the bets from the baseline's moments (kept,
+        not recomputed per value)."""
+        self._measure_dependence()
+        # The baseline needs ``warmup`` values' worth of information: count / v of them.
+        if self._count < self.warmup or self._count < self.warmup * self._inflation:
             self._baseline: float | None = None
             return
-        spread = math.sqrt(self._squares / (self._count - 1) / self._count)
-        self._baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise)
+        variance = self._squares / (self._count - 1)
+        spread = math.sqrt(self._inflation * variance / self._count)
+        baseline = (1.0 + self.margin) * self._mean + max(3.0 * spread, self.min_rise) \
+            + WANDER_SPREADS * self._wander
+        self._baseline = baseline
 
     def update(self, value: float) -> bool:
         """Feed one loss (>= 0); return whether the evidence is at its alarm level now."""
@@ -146,16 +253,27 @@ class RiseEvidence:
             raise ValueError(f"loss: must be a finite number >= 0, got {value!r}")
         baseline = self._baseline
         alarm = False
+        state = self._dependence
         if baseline is not None:
-            relative = (value - baseline) / baseline
-            statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
-                          for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
-                                                         strict=True)]
-            self._statistics = statistics
-            total = 0.0
-            for statistic in statistics:  # left to right, as the native core will
-                total += statistic
-            alarm = total / len(statistics) >= self.threshold
+            # Bets on the mean of a block of b ≈ BLOCK_FACTOR · v values (b = 1 while the
+            # losses look independent: each value is a block of its own).
+            state[EVIDENCE_BLOCK] += value
+            state[EVIDENCE_BLOCK + 1] += 1.0
+            if state[EVIDENCE_BLOCK + 1] >= state[EVIDENCE_BLOCK + 2]:
+                mean = state[EVIDENCE_BLOCK] / state[EVIDENCE_BLOCK + 1]
+                relative = (mean - baseline) / baseline
+                statistics = [min((1.0 + fraction * relative) * (statistic + 1.0), _CAP)
+                              for fraction, statistic in zip(BET_FRACTIONS, self._statistics,
+                                                             strict=True)]
+                self._statistics = statistics
+                total = 0.0
+                for statistic in statistics:  # left to right, as the native core will
+                    total += statistic
+                alarm = total / len(statistics) >= self.threshold
+                length = float(math.ceil(BLOCK_FACTOR * (self._inflation - 1.0))) + 1.0
+                state[EVIDENCE_BLOCK] = 0.0
+                state[EVIDENCE_BLOCK + 1] = 0.0
+                state[EVIDENCE_BLOCK + 2] = MAX_BLOCK if length > MAX_BLOCK else length
         self._recent.append(value)
         if len(self._recent) <= self.lag:
             return alarm
@@ -165,6 +283,20 @@ class RiseEvidence:
         self._mean += delta / count
         self._squares += delta * (value - self._mean)
         self._count = count
+        state = self._dependence
+        for j, scale in enumerate(DEPENDENCE_SCALES):
+            block = 2 + 7 * j
+            state[block] += value
+            state[block + 1] += 1.0
+            if state[block + 1] == scale:
+                mean = state[block] / scale
+                if state[block + 2] >= 1.0:
+                    difference = mean - state[block + 3]
+                    state[block + 4] += 0.5 * difference * difference
+                state[block + 3] = mean
+                state[block + 2] += 1.0
+                state[block] = 0.0
+                state[block + 1] = 0.0
         self._refresh_baseline()
         return alarm
 
@@ -175,7 +307,8 @@ class RiseEvidence:
     def get_state(self) -> dict[str, Any]:
         """Plain floats; ``set_state`` of the same values continues bit for bit."""
         return {"count": self._count, "mean": self._mean, "squares": self._squares,
-                "recent": list(self._recent), "statistics": list(self._statistics)}
+                "recent": list(self._recent), "statistics": list(self._statistics),
+                "dependence": list(self._dependence)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         statistics = [float(v) for v in state["statistics"]]
@@ -187,4 +320,11 @@ class RiseEvidence:
         self._squares = float(state["squares"])
         self._recent = deque(float(v) for v in state["recent"])
         self._statistics = statistics
+        # Absent from snapshots written before the dependence measure: it starts afresh.
+        dependence = [float(v) for v in state.get(
+            "dependence", [0.0] * EVIDENCE_BLOCK + [0.0, 0.0, 1.0])]
+        if len(dependence) != DEPENDENCE_VALUES:
+            raise ValueError(f"state.evidence.dependence: expected {DEPENDENCE_VALUES} "
+                             f"values, got {len(dependence)}")
+        self._dependence = dependence
         self._refresh_baseline()
