@@ -209,6 +209,55 @@ class Chain(Adapter):
             stage.load_state_dict(stage_state)
 
 
+def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | None:
+    """The spec by which the core drives ``stage`` on inputs of ``shape`` (``native/src/
+    chain.rs``): ``(kind, handle, cores, shape, output length)``; ``None`` when the stage
+    has no native core the chain core knows (a subclass counts as unknown: it may
+    override a verb)."""
+    from streamweights.adapters.calibration import (
+        Calibeating,
+        OnlineBetaScaling,
+        OnlinePlatt,
+        OnlineTemperature,
+    )
+    from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
+
+    kind = type(stage)
+    width = getattr(stage, "n_classes", None) or 1
+    if kind is FixedShare or kind is Hedge:
+        spec: tuple[Any, ...] = (kind.__name__, (stage._core,))  # type: ignore[attr-defined]
+    elif kind is OnlineStacking:
+        spec = ("Stacking", (stage._core, stage._filter._core))  # type: ignore[attr-defined]
+    elif kind is OnlinePlatt or kind is OnlineBetaScaling:
+        spec = ("Platt" if kind is OnlinePlatt else "Beta", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is OnlineTemperature:
+        spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]
+                                                      OnlineBetaScaling):
+        base = stage.base  # type: ignore[attr-defined]
+        spec = ("CalibeatingPlatt" if type(base) is OnlinePlatt else "CalibeatingBeta",
+                (stage._core, base._core))  # type: ignore[attr-defined]
+    else:
+        return None
+    return (spec[0], stage, spec[1], tuple(shape), width)
+
+
+def native_stage_specs(stages: list[Adapter],
+                       shape: tuple[int, ...]) -> list[tuple[Any, ...]] | None:
+    """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
+    one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
+    one of them has no native core."""
+    specs = []
+    for stage in stages:
+        spec = native_stage(stage, shape)
+        if spec is None or getattr(stage, "uses_features", False):
+            return None
+        specs.append(spec)
+        width = getattr(stage, "n_classes", None)
+        shape = () if width is None else (width,)
+    return specs
+
+
 def _traced(stage: Adapter) -> bool:
     """A stage that keeps its own trace (``predict_traced`` / ``learn_traced``)."""
     return hasattr(stage, "learn_traced")
