@@ -12,11 +12,22 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use pyo3::buffer::PyBuffer;
+use pyo3::types::{PyFloat, PyInt};
+
 use crate::chain::Sequence;
-use crate::expert_losses::{read_flat, write_native};
+use crate::expert_losses::{native_float64, read_flat, write_native, PROBABILITY_TOLERANCE};
+
+/// A quick look clears outputs only this far inside the tolerance (validation.py's
+/// `_QUICK_SUM_MARGIN`): at the edge, Python's check decides.
+const QUICK_SUM_MARGIN: f64 = 1e-12;
+/// numpy sums a row of fewer than 8 values left to right; longer rows pairwise, which
+/// the quick check does not reproduce (those go through Python's check).
+const LEFT_TO_RIGHT_ROW: usize = 8;
 
 #[pyclass(module = "streamweights._native")]
 pub struct PortfolioCore {
+    n_models: usize,
     /// Classes per served row (`None`: regression, one value).
     n_classes: Option<usize>,
     width: usize,
@@ -93,6 +104,15 @@ fn mixability_gap(weights: &[f64], losses: &[f64], rate: f64) -> f64 {
 }
 
 impl PortfolioCore {
+    fn require_candidates(&self) -> PyResult<()> {
+        if self.candidates.is_empty() {
+            return Err(PyValueError::new_err(
+                "PortfolioCore: no candidates bound (the Python handle drives them)",
+            ));
+        }
+        Ok(())
+    }
+
     fn count(&self) -> usize {
         self.weights.len()
     }
@@ -164,6 +184,150 @@ impl PortfolioCore {
         Ok(())
     }
 
+    /// The deployed models' outputs `x` as `check_model_outputs` returns them (rows
+    /// renormalised by numpy's row sum), into `self.input`, when `x` is a C-contiguous
+    /// native float64 array of the right shape whose values are clearly valid; `false`
+    /// (Python checks it, and raises or accepts) otherwise.
+    fn clear_input(&mut self, py: Python<'_>, x: &Bound<'_, PyAny>) -> bool {
+        let buffer = match PyBuffer::<f64>::get(x) {
+            Ok(buffer) => buffer,
+            Err(_) => return false,
+        };
+        let shape_ok = match self.n_classes {
+            None => buffer.shape() == [self.n_models],
+            Some(classes) => {
+                classes < LEFT_TO_RIGHT_ROW && buffer.shape() == [self.n_models, classes]
+            }
+        };
+        if !shape_ok || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+            return false;
+        }
+        self.input.resize(self.n_models * self.width, 0.0);
+        if buffer.copy_to_slice(py, &mut self.input).is_err() {
+            return false;
+        }
+        match self.n_classes {
+            None => self.input.iter().all(|value| value.is_finite()),
+            Some(classes) => {
+                let high = 1.0 + PROBABILITY_TOLERANCE;
+                for row in self.input.chunks_exact_mut(classes) {
+                    let mut total = 0.0;
+                    for &value in row.iter() {
+                        if !(0.0..=high).contains(&value) {
+                            return false; // also NaN; inf is above `high`
+                        }
+                        total += value;
+                    }
+                    if (total - 1.0).abs() > PROBABILITY_TOLERANCE - QUICK_SUM_MARGIN {
+                        return false;
+                    }
+                    for value in row.iter_mut() {
+                        *value /= total;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// The label as Python's check passes it on (an exact `int` in range; a finite
+    /// `float` or `int` as a `float` for regression), or `None`.
+    fn clear_label<'py>(&self, y: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+        match self.n_classes {
+            Some(classes) => {
+                let label: i64 = y.downcast_exact::<PyInt>().ok()?.extract().ok()?;
+                (label >= 0 && (label as u64) < classes as u64).then(|| y.clone())
+            }
+            None => {
+                let value: f64 =
+                    if y.is_exact_instance_of::<PyFloat>() || y.is_exact_instance_of::<PyInt>() {
+                        y.extract().ok()?
+                    } else {
+                        return None;
+                    };
+                value
+                    .is_finite()
+                    .then(|| PyFloat::new(y.py(), value).into_any())
+            }
+        }
+    }
+
+    /// The served rows `rows` of a trace when they are a C-contiguous native float64
+    /// array of the trace's shape, all finite.
+    fn clear_rows(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+        let buffer = PyBuffer::<f64>::get(rows).ok()?;
+        let total = self.trace_len();
+        let shape_ok = buffer.shape() == [total / self.width, self.width];
+        if !shape_ok || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+            return None;
+        }
+        let values = buffer.to_vec(py).ok()?;
+        values
+            .iter()
+            .all(|value| value.is_finite())
+            .then_some(values)
+    }
+
+    /// Every candidate on `self.input`: the trace into `self.rows`.
+    fn run_candidates(&mut self, py: Python<'_>) -> PyResult<()> {
+        let count = self.count();
+        let width = self.width;
+        let total = self.trace_len();
+        let mut trace = std::mem::take(&mut self.rows);
+        trace.clear();
+        trace.resize(total, 0.0);
+        let (served, later) = trace.split_at_mut((count + 1) * width);
+        let mut position = 0;
+        let mut outcome = Ok(());
+        for (index, candidate) in self.candidates.iter_mut().enumerate() {
+            let length = candidate.later_len();
+            outcome = candidate.predict(
+                py,
+                &self.input,
+                &mut later[position..position + length],
+                &mut served[index * width..(index + 1) * width],
+            );
+            if outcome.is_err() {
+                break;
+            }
+            position += length;
+        }
+        for column in 0..width {
+            let mut mixed = 0.0;
+            for (index, &weight) in self.weights.iter().enumerate() {
+                mixed += weight * served[index * width + column];
+            }
+            served[count * width + column] = mixed;
+        }
+        self.rows = trace;
+        outcome
+    }
+
+    /// Every candidate learns `y` on what it saw (`self.input`, the later rows of
+    /// `trace`), then the weights step.
+    fn learn_candidates(
+        &mut self,
+        py: Python<'_>,
+        trace: &[f64],
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let input = std::mem::take(&mut self.input);
+        let later = &trace[(self.count() + 1) * self.width..];
+        let mut position = 0;
+        let mut outcome = Ok(());
+        for candidate in self.candidates.iter_mut() {
+            let length = candidate.later_len();
+            outcome = candidate.learn(py, &input, &later[position..position + length], y);
+            if outcome.is_err() {
+                break;
+            }
+            position += length;
+        }
+        self.input = input;
+        outcome?;
+        self.step_on_rows(trace, y)
+    }
+
     fn trace_len(&self) -> usize {
         let later: usize = self.candidates.iter().map(Sequence::later_len).sum();
         (self.count() + 1) * self.width + later
@@ -173,9 +337,10 @@ impl PortfolioCore {
 #[pymethods]
 impl PortfolioCore {
     #[new]
-    #[pyo3(signature = (n_candidates, n_classes, probability_floor, drift_share))]
+    #[pyo3(signature = (n_candidates, n_models, n_classes, probability_floor, drift_share))]
     fn new(
         n_candidates: usize,
+        n_models: usize,
         n_classes: Option<usize>,
         probability_floor: f64,
         drift_share: f64,
@@ -184,6 +349,7 @@ impl PortfolioCore {
             return Err(PyValueError::new_err("candidates: at least one"));
         }
         let mut core = PortfolioCore {
+            n_models,
             n_classes,
             width: n_classes.unwrap_or(1),
             probability_floor,
@@ -250,40 +416,26 @@ impl PortfolioCore {
         outputs: &Bound<'_, PyAny>,
         rows: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        if self.candidates.is_empty() {
-            return Err(PyValueError::new_err(
-                "PortfolioCore: no candidates bound (the Python handle drives them)",
-            ));
-        }
+        self.require_candidates()?;
         self.input = read_flat(py, outputs)?;
-        let count = self.count();
-        let width = self.width;
-        let total = self.trace_len();
-        let mut trace = std::mem::take(&mut self.rows);
-        trace.clear();
-        trace.resize(total, 0.0);
-        let (served, later) = trace.split_at_mut((count + 1) * width);
-        let mut position = 0;
-        for (index, candidate) in self.candidates.iter_mut().enumerate() {
-            let length = candidate.later_len();
-            candidate.predict(
-                py,
-                &self.input,
-                &mut later[position..position + length],
-                &mut served[index * width..(index + 1) * width],
-            )?;
-            position += length;
+        self.run_candidates(py)?;
+        write_native(py, rows, &self.rows)
+    }
+
+    /// `predict_traced` of the raw outputs `x` when the quick check clears them (the
+    /// trace into `rows`, `true`); `false`, with nothing done, otherwise.
+    fn predict_raw(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if self.candidates.is_empty() || !self.clear_input(py, x) {
+            return Ok(false);
         }
-        for column in 0..width {
-            let mut mixed = 0.0;
-            for (index, &weight) in self.weights.iter().enumerate() {
-                mixed += weight * served[index * width + column];
-            }
-            served[count * width + column] = mixed;
-        }
-        let result = write_native(py, rows, &trace);
-        self.rows = trace;
-        result
+        self.run_candidates(py)?;
+        write_native(py, rows, &self.rows)?;
+        Ok(true)
     }
 
     /// `learn_traced` of checked outputs, the trace rows `predict_into` wrote (checked
@@ -296,7 +448,8 @@ impl PortfolioCore {
         rows: &Bound<'_, PyAny>,
         y: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let input = read_flat(py, outputs)?;
+        self.require_candidates()?;
+        self.input = read_flat(py, outputs)?;
         let trace = read_flat(py, rows)?;
         if trace.len() != self.trace_len() {
             return Err(PyValueError::new_err(format!(
@@ -305,14 +458,34 @@ impl PortfolioCore {
                 trace.len()
             )));
         }
-        let later = &trace[(self.count() + 1) * self.width..];
-        let mut position = 0;
-        for candidate in self.candidates.iter_mut() {
-            let length = candidate.later_len();
-            candidate.learn(py, &input, &later[position..position + length], y)?;
-            position += length;
+        self.learn_candidates(py, &trace, y)
+    }
+
+    /// `learn_traced` on raw `x`, `rows`, `y` when the quick checks clear all three
+    /// (`true`); `false`, with nothing changed, otherwise (Python checks them).
+    fn learn_raw(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if self.candidates.is_empty() {
+            return Ok(false);
         }
-        self.step_on_rows(&trace, y)
+        let label = match self.clear_label(y) {
+            Some(label) => label,
+            None => return Ok(false),
+        };
+        let trace = match self.clear_rows(py, rows) {
+            Some(trace) => trace,
+            None => return Ok(false),
+        };
+        if !self.clear_input(py, x) {
+            return Ok(false);
+        }
+        self.learn_candidates(py, &trace, &label)?;
+        Ok(true)
     }
 
     /// Every candidate's `on_drift` (through its handles); then the weights' share.

@@ -195,7 +195,7 @@ class Portfolio(Adapter):
 
     def _make_core(self) -> None:
         """The core holding the mixture; it drives the candidates too when it can."""
-        self._core = _native.PortfolioCore(len(self.chains), self.n_classes,
+        self._core = _native.PortfolioCore(len(self.chains), self.n_models, self.n_classes,
                                            self.probability_floor, self.drift_share)
         shape = (self.n_models,) if self.n_classes is None else (self.n_models,
                                                                   self.n_classes)
@@ -203,11 +203,13 @@ class Portfolio(Adapter):
         if all(spec is not None for spec in specs):
             self._core.bind_candidates(specs)
         self._count = len(self.chains)
+        self._native = bool(self._core.native)
+        self._trace_shape = (self._core.trace_size // self._width, self._width)
 
     @property
     def native(self) -> bool:
         """Whether the core drives the candidates (one call per verb)."""
-        return bool(self._core.native)
+        return self._native
 
     # The mixture's state, read from the core (plain floats, as before).
     @property
@@ -333,10 +335,12 @@ class Portfolio(Adapter):
             mixed = [m + weight * p for m, p in zip(mixed, row, strict=True)]
         return np.array(mixed) if self.n_classes is not None else np.array(mixed[0])
 
-    def _native_traced(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_traced`` of checked outputs in one core call."""
-        rows = _empty((self._core.trace_size // self._width, self._width))
-        self._core.predict_into(outputs, rows)
+    def _native_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_traced`` in one core call: the core checks ``x`` the quick way
+        (``check_model_outputs``'s arithmetic) or Python checks it first."""
+        rows = _empty(self._trace_shape)
+        if not self._core.predict_raw(x, rows):
+            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows)
         served = rows[self._count]
         return (served.copy() if self.n_classes is not None else np.array(served[0])), rows
 
@@ -344,9 +348,9 @@ class Portfolio(Adapter):
         """The mixture and what it served from: rows ``0..N-1`` each candidate's output,
         row ``N`` the mixture served, then every candidate's stage inputs after its first
         stage (whose input is ``x``)."""
+        if self._native:
+            return self._native_traced(x)
         outputs = self._check(x)
-        if self._core.native:
-            return self._native_traced(outputs)
         rows, later = [], []
         for chain in self.chains:
             out, trace = chain.predict_trace(outputs)
@@ -359,9 +363,9 @@ class Portfolio(Adapter):
         """``observe`` then ``predict_traced`` in one pass (what the pipeline serves).
         Natively: the candidates' stages observe nothing (none of the native kinds
         does), so this is ``predict_traced``."""
+        if self._native:
+            return self._native_traced(x)
         outputs = self._check(x)
-        if self._core.native:
-            return self._native_traced(outputs)
         rows, later = [], []
         for chain in self.chains:
             out, trace = chain.observe_predict_trace(outputs)
@@ -386,6 +390,8 @@ class Portfolio(Adapter):
         """Every candidate learns on what it saw when ``served`` was computed, then the
         weights take the Fixed-Share step on the candidates' losses. Everything is
         checked before the first change, so a refused label changes nothing."""
+        if self._native and self._core.learn_raw(x, served, y):
+            return  # the core's quick checks cleared x, the trace and y
         outputs = self._check(x)
         if self.n_classes is None:
             label: Any = float(check_target(y, "y")[0])
@@ -400,7 +406,7 @@ class Portfolio(Adapter):
                              f"{expected}, got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("trace: the portfolio's served rows are not finite")
-        if self._core.native:
+        if self._native:
             self._core.learn(np.ascontiguousarray(outputs), np.ascontiguousarray(rows), label)
             return
         position = count + 1
@@ -417,7 +423,7 @@ class Portfolio(Adapter):
     def on_drift(self) -> None:
         """Every candidate reacts its own way; the weights move ``drift_share`` of their
         mass back to uniform (none by default: the mixture tracks by itself)."""
-        if self._core.native:
+        if self._native:
             self._core.on_drift()  # each stage's handle, then the weights
             return
         for chain in self.chains:
