@@ -165,3 +165,21 @@ def test_a_refused_label_changes_nothing_on_the_native_path():
     with pytest.raises(ValueError, match="trace"):
         ours.learn_traced(outputs[0], trace[:-1], 1)
     assert dumps_state(ours.state_dict()) == before
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS[:3], ids=[name for name, _ in CONFIGS[:3]])
+def test_outputs_the_core_does_not_clear_take_pythons_check_to_the_same_bits(name, kwargs):
+    """Nested lists, a Fortran-ordered array, rows summing to 1 - 0.9e-3 (inside the
+    tolerance, outside the quick margin): Python checks them, the core runs the rest."""
+    ours, oracle = Portfolio(**kwargs), ReferencePortfolio(**kwargs)
+    outputs, labels = _stream(kwargs, 3_000, seed=21)
+    forms = [lambda x: x.tolist(), np.asfortranarray,
+             lambda x: x * (1.0 - 0.9e-3) if kwargs["n_classes"] else x.tolist()]
+    for t, (x, y) in enumerate(zip(outputs, labels, strict=True)):
+        x = forms[t % 3](x)
+        served = [p.observe_predict_traced(x) for p in (ours, oracle)]
+        assert np.array_equal(served[0][0], served[1][0])
+        assert np.array_equal(served[0][1], served[1][1])
+        for p, (_, trace) in zip((ours, oracle), served, strict=True):
+            p.learn_traced(x, trace.tolist() if t % 2 else trace, y)
+    _same_state(ours, oracle)
