@@ -15,17 +15,22 @@
 //! gives the same numbers, or raises the same error, on either path. `on_drift` always
 //! goes through the handle (rare, and some handles do more than the core there).
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use crate::beta::BetaCore;
 use crate::calibeating::CalibeatingCore;
-use crate::expert_losses::{finite_update, read_flat, read_target, Mixer, Scratch, Target};
+use crate::drift_memory::DriftMemoryCore;
+use crate::expert_losses::{
+    finite_update, native_float64, read_flat, read_target, write_native, Mixer, Scratch, Target,
+};
 use crate::fixed_share::FixedShareCore;
 use crate::hedge::HedgeCore;
 use crate::kalman::KalmanCore;
 use crate::platt::{clip_probability, PlattCore};
+use crate::portfolio::PortfolioCore;
 use crate::probability_input::{clear_probabilities, quick_label};
 use crate::stacking::{Stacking, StackingCore};
 use crate::temperature::{floored, TemperatureCore};
@@ -43,6 +48,8 @@ enum Kind {
     CalibeatingPlatt(Py<CalibeatingCore>, Py<PlattCore>),
     /// Calibeating's records over an `OnlineBetaScaling` base.
     CalibeatingBeta(Py<CalibeatingCore>, Py<BetaCore>),
+    /// The only kind here whose `observe` does something.
+    DriftMemory(Py<DriftMemoryCore>),
 }
 
 /// One stage: its core, its Python handle (for what the quick path does not clear) and
@@ -151,6 +158,7 @@ impl Stage {
                 extract(&core(0)?, "CalibeatingCore")?,
                 extract(&core(1)?, "BetaCore")?,
             ),
+            "DriftMemory" => Kind::DriftMemory(extract(&core(0)?, "DriftMemoryCore")?),
             other => {
                 return Err(PyValueError::new_err(format!(
                     "stage kind: no native stage {other:?}"
@@ -196,6 +204,25 @@ impl Stage {
         self.handle
             .bind(py)
             .call_method1("learn", (self.as_array(py, input)?, y))?;
+        Ok(())
+    }
+
+    /// `observe(input)`: only a drift memory's does something.
+    pub fn observe(&mut self, py: Python<'_>, input: &[f64]) -> PyResult<()> {
+        if let Kind::DriftMemory(core) = &self.kind {
+            let mut core = core.bind(py).borrow_mut();
+            if input.len() == core.n_classes {
+                let mut p = input.to_vec();
+                if clear_probabilities(&mut p) {
+                    core.observe_row(py, p);
+                    return Ok(());
+                }
+            }
+            drop(core);
+            self.handle
+                .bind(py)
+                .call_method1("observe", (self.as_array(py, input)?,))?;
+        }
         Ok(())
     }
 
@@ -291,6 +318,13 @@ impl Stage {
                 }
                 None => false,
             },
+            Kind::DriftMemory(core) => {
+                if input.len() != core.bind(py).borrow().n_classes || out.len() != input.len() {
+                    return false;
+                }
+                out.copy_from_slice(input);
+                clear_probabilities(out)
+            }
         }
     }
 
@@ -403,6 +437,23 @@ impl Stage {
                     }
                     _ => false,
                 }
+            }
+            Kind::DriftMemory(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let classes = core.n_classes;
+                let label = match quick_label(y, classes) {
+                    Some(label) => label as usize,
+                    None => return false,
+                };
+                if input.len() != classes {
+                    return false;
+                }
+                let mut p = input.to_vec();
+                if !clear_probabilities(&mut p) {
+                    return false;
+                }
+                core.learn_row(py, p, label);
+                true
             }
         }
     }
@@ -528,4 +579,194 @@ impl Sequence {
         }
         Ok(())
     }
+}
+
+/// A whole C-contiguous native float64 array of exactly `shape`, read; `None` otherwise.
+fn read_shaped(py: Python<'_>, x: &Bound<'_, PyAny>, shape: &[usize]) -> Option<Vec<f64>> {
+    let buffer = PyBuffer::<f64>::get(x).ok()?;
+    if buffer.shape() != shape || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+        return None;
+    }
+    buffer.to_vec(py).ok()
+}
+
+/// The core of `streamweights.adapters.Chain` when every stage has a native core: a
+/// `Portfolio` head (optional) and plain stages, each verb one call.
+///
+/// The trace is written flat into one float64 array: the input of every stage in order
+/// (the chain's input first), then the portfolio's rows, then the chain's output; the
+/// Python handle splits it into views of the shapes `shapes` lists.
+#[pyclass(module = "streamweights._native")]
+pub struct ChainCore {
+    head: Option<Py<PortfolioCore>>,
+    stages: Vec<Stage>,
+    shapes: Vec<Vec<usize>>,
+    output_len: usize,
+}
+
+impl ChainCore {
+    fn trace_len(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|shape| shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+#[pymethods]
+impl ChainCore {
+    /// `head`: the portfolio core of a first `Portfolio` stage (`None`: none), whose
+    /// inputs have `head_shape`; `specs`: the other stages (see `Stage::from_spec`).
+    #[new]
+    #[pyo3(signature = (head, head_shape, specs))]
+    fn new(
+        head: Option<Bound<'_, PortfolioCore>>,
+        head_shape: Vec<usize>,
+        specs: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let mut stages = Vec::new();
+        for spec in specs.try_iter()? {
+            stages.push(Stage::from_spec(&spec?)?);
+        }
+        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        let mut output_len = 0;
+        if let Some(core) = &head {
+            let core = core.borrow();
+            if core.count() == 0 || !core.is_native() {
+                return Err(PyValueError::new_err(
+                    "head: the portfolio's candidates are not driven by its core",
+                ));
+            }
+            shapes.push(head_shape);
+            output_len = core.width();
+        } else if stages.is_empty() {
+            return Err(PyValueError::new_err(
+                "stages: a chain needs at least one stage",
+            ));
+        }
+        for stage in &stages {
+            if !shapes.is_empty() && stage.input_len() != output_len {
+                return Err(PyValueError::new_err(
+                    "stages: a stage's input is not the previous stage's output",
+                ));
+            }
+            shapes.push(stage.shape.clone());
+            output_len = stage.output_len();
+        }
+        if let Some(core) = &head {
+            let core = core.borrow();
+            let width = core.width();
+            shapes.push(vec![core.trace_len() / width, width]);
+        }
+        Ok(ChainCore {
+            head: head.map(Bound::unbind),
+            stages,
+            shapes,
+            output_len,
+        })
+    }
+
+    /// Shapes of the trace's arrays, in order.
+    #[getter]
+    fn shapes(&self) -> Vec<Vec<usize>> {
+        self.shapes.clone()
+    }
+
+    /// Values the flat buffer holds: the trace, then the output.
+    #[getter]
+    fn size(&self) -> usize {
+        self.trace_len() + self.output_len
+    }
+
+    /// `observe_predict_trace(x)` into `buffer` when `x` is a C-contiguous float64
+    /// array of the first shape that the first stage's quick check clears (`true`);
+    /// `false`, with nothing changed, otherwise (the Python loop runs).
+    fn observe_predict(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let raw = match read_shaped(py, x, &self.shapes[0]) {
+            Some(raw) => raw,
+            None => return Ok(false),
+        };
+        let mut out = Vec::with_capacity(self.trace_len() + self.output_len);
+        out.extend_from_slice(&raw);
+        let mut rows = Vec::new();
+        let mut current = raw;
+        if let Some(head) = &self.head {
+            let mut core = head.bind(py).borrow_mut();
+            if !core.clear_values(&current) {
+                return Ok(false);
+            }
+            core.run_candidates(py)?;
+            let (count, width) = (core.count(), core.width());
+            rows.extend_from_slice(core.rows());
+            current = rows[count * width..(count + 1) * width].to_vec();
+        }
+        let recorded = self.head.is_some();
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            if recorded || index > 0 {
+                out.extend_from_slice(&current);
+            }
+            stage.observe(py, &current)?;
+            let mut next = vec![0.0; stage.output_len()];
+            stage.predict(py, &current, &mut next)?;
+            current = next;
+        }
+        out.extend_from_slice(&rows);
+        out.extend_from_slice(&current);
+        write_native(py, buffer, &out)?;
+        Ok(true)
+    }
+
+    /// `learn_trace(trace, y)` when every array of `trace` is a C-contiguous float64
+    /// array of its shape and the head's quick checks clear them and `y` (`true`);
+    /// `false`, with nothing changed, otherwise (the Python loop runs and decides).
+    fn learn(
+        &mut self,
+        py: Python<'_>,
+        trace: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let mut items = Vec::with_capacity(self.shapes.len());
+        for item in trace.try_iter()? {
+            let item = item?;
+            if items.len() == self.shapes.len() {
+                return Ok(false);
+            }
+            match read_shaped(py, &item, &self.shapes[items.len()]) {
+                Some(values) => items.push(values),
+                None => return Ok(false),
+            }
+        }
+        if items.len() != self.shapes.len() {
+            return Ok(false);
+        }
+        let inputs = match &self.head {
+            Some(head) => {
+                let mut core = head.bind(py).borrow_mut();
+                let label = match core.clear_label(y) {
+                    Some(label) => label,
+                    None => return Ok(false),
+                };
+                let rows = &items[items.len() - 1];
+                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(&items[0]) {
+                    return Ok(false);
+                }
+                core.learn_candidates(py, rows, &label)?;
+                &items[1..items.len() - 1]
+            }
+            None => &items[..],
+        };
+        for (stage, input) in self.stages.iter_mut().zip(inputs) {
+            stage.learn(py, input, y)?;
+        }
+        Ok(true)
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<ChainCore>()
 }

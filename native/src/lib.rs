@@ -57,5 +57,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     drift_evidence::register(module)?;
     drift_memory::register(module)?;
     portfolio::register(module)?;
+    chain::register(module)?;
     Ok(())
 }

@@ -113,7 +113,7 @@ impl PortfolioCore {
         Ok(())
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.weights.len()
     }
 
@@ -195,17 +195,27 @@ impl PortfolioCore {
         };
         let shape_ok = match self.n_classes {
             None => buffer.shape() == [self.n_models],
-            Some(classes) => {
-                classes < LEFT_TO_RIGHT_ROW && buffer.shape() == [self.n_models, classes]
-            }
+            Some(classes) => buffer.shape() == [self.n_models, classes],
         };
         if !shape_ok || !native_float64(&buffer) || !buffer.is_c_contiguous() {
             return false;
         }
-        self.input.resize(self.n_models * self.width, 0.0);
-        if buffer.copy_to_slice(py, &mut self.input).is_err() {
+        let mut raw = vec![0.0; self.n_models * self.width];
+        buffer.copy_to_slice(py, &mut raw).is_ok() && self.clear_values(&raw)
+    }
+
+    /// `clear_input` of raw values already read (row-major, `n_models * width`), into
+    /// `self.input`.
+    pub(crate) fn clear_values(&mut self, raw: &[f64]) -> bool {
+        if raw.len() != self.n_models * self.width
+            || self
+                .n_classes
+                .map_or(false, |classes| classes >= LEFT_TO_RIGHT_ROW)
+        {
             return false;
         }
+        self.input.clear();
+        self.input.extend_from_slice(raw);
         match self.n_classes {
             None => self.input.iter().all(|value| value.is_finite()),
             Some(classes) => {
@@ -232,7 +242,7 @@ impl PortfolioCore {
 
     /// The label as Python's check passes it on (an exact `int` in range; a finite
     /// `float` or `int` as a `float` for regression), or `None`.
-    fn clear_label<'py>(&self, y: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    pub(crate) fn clear_label<'py>(&self, y: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
         match self.n_classes {
             Some(classes) => {
                 let label: i64 = y.downcast_exact::<PyInt>().ok()?.extract().ok()?;
@@ -269,7 +279,7 @@ impl PortfolioCore {
     }
 
     /// Every candidate on `self.input`: the trace into `self.rows`.
-    fn run_candidates(&mut self, py: Python<'_>) -> PyResult<()> {
+    pub(crate) fn run_candidates(&mut self, py: Python<'_>) -> PyResult<()> {
         let count = self.count();
         let width = self.width;
         let total = self.trace_len();
@@ -305,7 +315,7 @@ impl PortfolioCore {
 
     /// Every candidate learns `y` on what it saw (`self.input`, the later rows of
     /// `trace`), then the weights step.
-    fn learn_candidates(
+    pub(crate) fn learn_candidates(
         &mut self,
         py: Python<'_>,
         trace: &[f64],
@@ -328,7 +338,20 @@ impl PortfolioCore {
         self.step_on_rows(trace, y)
     }
 
-    fn trace_len(&self) -> usize {
+    /// The trace of the last `run_candidates`.
+    pub(crate) fn rows(&self) -> &[f64] {
+        &self.rows
+    }
+
+    pub(crate) fn is_native(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
+    pub(crate) fn trace_len(&self) -> usize {
         let later: usize = self.candidates.iter().map(Sequence::later_len).sum();
         (self.count() + 1) * self.width + later
     }

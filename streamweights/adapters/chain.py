@@ -13,6 +13,17 @@ A stage with ``uses_features = True`` (``FeatureCorrection``) also needs the rec
 ``features``: ``predict_trace(x, features=...)`` hands it the packed vector
 ``[its input, the chain's input (the models' outputs), features]``, and that packed
 vector is what the trace keeps for it, so ``learn_trace`` needs nothing more.
+
+The verbs the pipeline calls per record (``observe_predict_trace``, ``learn_trace``) run
+in the native core (``native/src/chain.rs``, one call each) when every stage has a core it
+can drive: the ensembles, the calibrators, ``DriftMemory``, and a ``Portfolio`` of such
+stages as the first stage. The Python loop below stays for the rest, and it is the same
+computation: a chain with a stage that has no native core (``TestTimeAdapter``,
+``KalmanHead``, ``KalmanWeights``, ``PriorShift``, ``FeatureCorrection``, a user's own
+``Adapter`` subclass), an input the core's quick checks do not clear (a list, an entry at
+the tolerance's edge: Python's checks decide and name the field), and the verbs nobody
+calls per record. The loop is also the oracle (``tests/reference/chain.py``,
+``tests/adapters/test_native_chain.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter, adapter_spec, build_adapter
 
 #: What ``predict_trace`` returns besides the output: the input of every stage, in order,
@@ -75,6 +87,39 @@ class Chain(Adapter):
                              f"({sorted(feature_counts)})")
         #: Length of the ``features`` a feature stage needs (``None``: no stage needs them).
         self.n_features: int | None = feature_counts.pop() if feature_counts else None
+        self._make_core()
+
+    def _make_core(self) -> None:
+        """The native core over the stages' cores, when every stage has one (else
+        ``None``: the Python loop runs), and the layout of its flat trace."""
+        self._core = None
+        core = _chain_core(self.stages) if self.n_features is None else None
+        if core is None:
+            return
+        self._core = core
+        layout, start = [], 0
+        for shape in core.shapes:
+            stop = start + int(np.prod(shape, dtype=np.int64))
+            layout.append((start, stop, tuple(shape)))
+            start = stop
+        self._layout = layout
+        self._size = core.size
+        self._output = (start, self._size)
+        width = getattr(self.stages[-1], "n_classes", None)
+        self._scalar_output = width is None
+
+    @property
+    def native(self) -> bool:
+        """Whether the per-record verbs run in the native core."""
+        return self._core is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: the core is rebuilt over the copied stages."""
+        return {k: v for k, v in self.__dict__.items() if k != "_core"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._make_core()
 
     def check_features(self, features: Any) -> np.ndarray | None:
         """The prediction's ``features`` as a float64 vector when a stage needs them
@@ -130,6 +175,14 @@ class Chain(Adapter):
         """``observe`` then ``predict_trace`` in one pass: each stage observes its input,
         then its (updated) output feeds the next stage. This is what the pipeline does
         with every served prediction."""
+        core = self._core
+        if core is not None:
+            buffer = _empty(self._size)
+            if core.observe_predict(x, buffer):
+                start, stop = self._output
+                out = buffer[start:stop]
+                return (np.array(out[0]) if self._scalar_output else out.copy(),
+                        tuple(buffer[a:b].reshape(shape) for a, b, shape in self._layout))
         features = self.check_features(features)
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
@@ -151,6 +204,9 @@ class Chain(Adapter):
         chain share one label space (checked at construction), so a bad label is
         rejected by the first stage and leaves the whole chain unchanged.
         """
+        core = self._core
+        if core is not None and core.learn(trace, y):
+            return  # every stage learnt in one core call
         traced = [stage for stage in self.stages if _traced(stage)]
         expected = len(self.stages) + len(traced)
         if len(trace) != expected:
@@ -209,17 +265,45 @@ class Chain(Adapter):
             stage.load_state_dict(stage_state)
 
 
-def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | None:
+_empty = np.empty
+
+
+def _chain_core(stages: list[Adapter]) -> Any:
+    """A ``ChainCore`` over ``stages``, or ``None`` when one of them has no core it can
+    drive (or the first stage does not say its input's shape)."""
+    from streamweights.adapters.portfolio import Portfolio
+
+    first = stages[0]
+    n_models, n_classes = getattr(first, "n_models", None), getattr(first, "n_classes", None)
+    if not isinstance(n_models, int):
+        return None
+    shape = (n_models,) if n_classes is None else (n_models, n_classes)
+    head, rest, rest_shape = None, stages, shape
+    if type(first) is Portfolio:
+        if not first.native:
+            return None
+        head, rest = first._core, stages[1:]
+        rest_shape = () if n_classes is None else (n_classes,)
+    specs = native_stage_specs(rest, rest_shape) if rest else []
+    if specs is None:
+        return None
+    return _native.ChainCore(head, list(shape), specs)
+
+
+def native_stage(stage: Adapter, shape: tuple[int, ...],
+                 observing: bool = True) -> tuple[Any, ...] | None:
     """The spec by which the core drives ``stage`` on inputs of ``shape`` (``native/src/
     chain.rs``): ``(kind, handle, cores, shape, output length)``; ``None`` when the stage
     has no native core the chain core knows (a subclass counts as unknown: it may
-    override a verb)."""
+    override a verb). ``observing=False``: for a driver that never calls ``observe``
+    (a ``Portfolio``'s candidates), so only stages whose ``observe`` does nothing."""
     from streamweights.adapters.calibration import (
         Calibeating,
         OnlineBetaScaling,
         OnlinePlatt,
         OnlineTemperature,
     )
+    from streamweights.adapters.drift_memory import DriftMemory
     from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
 
     kind = type(stage)
@@ -232,6 +316,8 @@ def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | No
         spec = ("Platt" if kind is OnlinePlatt else "Beta", (stage._core,))  # type: ignore[attr-defined]
     elif kind is OnlineTemperature:
         spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is DriftMemory and observing:
+        spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
     elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]
                                                       OnlineBetaScaling):
         base = stage.base  # type: ignore[attr-defined]
@@ -242,14 +328,14 @@ def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | No
     return (spec[0], stage, spec[1], tuple(shape), width)
 
 
-def native_stage_specs(stages: list[Adapter],
-                       shape: tuple[int, ...]) -> list[tuple[Any, ...]] | None:
+def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
+                       observing: bool = True) -> list[tuple[Any, ...]] | None:
     """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
     one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
     one of them has no native core."""
     specs = []
     for stage in stages:
-        spec = native_stage(stage, shape)
+        spec = native_stage(stage, shape, observing)
         if spec is None or getattr(stage, "uses_features", False):
             return None
         specs.append(spec)

@@ -199,7 +199,8 @@ class Portfolio(Adapter):
                                            self.probability_floor, self.drift_share)
         shape = (self.n_models,) if self.n_classes is None else (self.n_models,
                                                                   self.n_classes)
-        specs = [native_stage_specs(chain.stages, shape) for chain in self.chains]
+        specs = [native_stage_specs(chain.stages, shape, observing=False)
+                 for chain in self.chains]
         if all(spec is not None for spec in specs):
             self._core.bind_candidates(specs)
         self._count = len(self.chains)
