@@ -26,6 +26,7 @@ use crate::drift_memory::DriftMemoryCore;
 use crate::expert_losses::{
     finite_update, native_float64, read_flat, read_target, write_native, Mixer, Scratch, Target,
 };
+use crate::feature_correction::FeatureCorrectionCore;
 use crate::fixed_share::FixedShareCore;
 use crate::hedge::HedgeCore;
 use crate::kalman::KalmanCore;
@@ -50,6 +51,8 @@ enum Kind {
     CalibeatingBeta(Py<CalibeatingCore>, Py<BetaCore>),
     /// The only kind here whose `observe` does something.
     DriftMemory(Py<DriftMemoryCore>),
+    /// Takes the packed `[its input, the chain's input, features]`.
+    FeatureCorrection(Py<FeatureCorrectionCore>),
 }
 
 /// One stage: its core, its Python handle (for what the quick path does not clear) and
@@ -159,6 +162,9 @@ impl Stage {
                 extract(&core(1)?, "BetaCore")?,
             ),
             "DriftMemory" => Kind::DriftMemory(extract(&core(0)?, "DriftMemoryCore")?),
+            "FeatureCorrection" => {
+                Kind::FeatureCorrection(extract(&core(0)?, "FeatureCorrectionCore")?)
+            }
             other => {
                 return Err(PyValueError::new_err(format!(
                     "stage kind: no native stage {other:?}"
@@ -174,6 +180,11 @@ impl Stage {
             output_len,
             scratch: Vec::new(),
         })
+    }
+
+    /// Whether the stage takes the packed `[input, chain input, features]`.
+    pub fn packs(&self) -> bool {
+        matches!(self.kind, Kind::FeatureCorrection(_))
     }
 
     pub fn input_len(&self) -> usize {
@@ -325,6 +336,19 @@ impl Stage {
                 out.copy_from_slice(input);
                 clear_probabilities(out)
             }
+            Kind::FeatureCorrection(core) => {
+                let core = core.bind(py).borrow();
+                let mut packed = input.to_vec();
+                if core.check(&mut packed).is_err() {
+                    return false;
+                }
+                let served = core.inner.predict(&packed);
+                if served.len() != out.len() {
+                    return false;
+                }
+                out.copy_from_slice(&served);
+                true
+            }
         }
     }
 
@@ -454,6 +478,16 @@ impl Stage {
                 }
                 core.learn_row(py, p, label);
                 true
+            }
+            Kind::FeatureCorrection(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let label = match quick_label(y, core.inner.settings.n_classes) {
+                    Some(label) => label as usize,
+                    None => return false,
+                };
+                let mut packed = input.to_vec();
+                // a refused (non-finite) update changes nothing: the handle then raises
+                core.check(&mut packed).is_ok() && core.inner.learn(&packed, label).is_ok()
             }
         }
     }
@@ -645,7 +679,7 @@ impl ChainCore {
             ));
         }
         for stage in &stages {
-            if !shapes.is_empty() && stage.input_len() != output_len {
+            if !shapes.is_empty() && !stage.packs() && stage.input_len() != output_len {
                 return Err(PyValueError::new_err(
                     "stages: a stage's input is not the previous stage's output",
                 ));
@@ -681,16 +715,24 @@ impl ChainCore {
     /// `observe_predict_trace(x)` into `buffer` when `x` is a C-contiguous float64
     /// array of the first shape that the first stage's quick check clears (`true`);
     /// `false`, with nothing changed, otherwise (the Python loop runs).
+    #[pyo3(signature = (x, buffer, features=None))]
     fn observe_predict(
         &mut self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         buffer: &Bound<'_, PyAny>,
+        features: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let raw = match read_shaped(py, x, &self.shapes[0]) {
             Some(raw) => raw,
             None => return Ok(false),
         };
+        let features = match features {
+            Some(features) => read_flat(py, features)?,
+            None if self.stages.iter().any(Stage::packs) => return Ok(false),
+            None => Vec::new(),
+        };
+        let chain_input = raw.clone();
         let mut out = Vec::with_capacity(self.trace_len() + self.output_len);
         out.extend_from_slice(&raw);
         let mut rows = Vec::new();
@@ -707,6 +749,18 @@ impl ChainCore {
         }
         let recorded = self.head.is_some();
         for (index, stage) in self.stages.iter_mut().enumerate() {
+            if stage.packs() {
+                current.extend_from_slice(&chain_input);
+                current.extend_from_slice(&features);
+                if current.len() != stage.input_len() {
+                    return Err(PyValueError::new_err(format!(
+                        "features: the packed input of a feature stage needs {} numbers, \
+                         got {}",
+                        stage.input_len(),
+                        current.len()
+                    )));
+                }
+            }
             if recorded || index > 0 {
                 out.extend_from_slice(&current);
             }

@@ -93,7 +93,7 @@ class Chain(Adapter):
         """The native core over the stages' cores, when every stage has one (else
         ``None``: the Python loop runs), and the layout of its flat trace."""
         self._core = None
-        core = _chain_core(self.stages) if self.n_features is None else None
+        core = _chain_core(self.stages)
         if core is None:
             return
         self._core = core
@@ -178,7 +178,8 @@ class Chain(Adapter):
         core = self._core
         if core is not None:
             buffer = _empty(self._size)
-            if core.observe_predict(x, buffer):
+            checked = self.check_features(features)  # the loop's first check too
+            if core.observe_predict(x, buffer, checked):
                 start, stop = self._output
                 out = buffer[start:stop]
                 return (np.array(out[0]) if self._scalar_output else out.copy(),
@@ -284,7 +285,7 @@ def _chain_core(stages: list[Adapter]) -> Any:
             return None
         head, rest = first._core, stages[1:]
         rest_shape = () if n_classes is None else (n_classes,)
-    specs = native_stage_specs(rest, rest_shape) if rest else []
+    specs = native_stage_specs(rest, rest_shape, features=True) if rest else []
     if specs is None:
         return None
     return _native.ChainCore(head, list(shape), specs)
@@ -305,6 +306,7 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
     )
     from streamweights.adapters.drift_memory import DriftMemory
     from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
+    from streamweights.adapters.feature_correction import FeatureCorrection
 
     kind = type(stage)
     width = getattr(stage, "n_classes", None) or 1
@@ -318,6 +320,8 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
         spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
     elif kind is DriftMemory and observing:
         spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is FeatureCorrection:
+        spec = ("FeatureCorrection", (stage._core,))  # type: ignore[attr-defined]
     elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]
                                                       OnlineBetaScaling):
         base = stage.base  # type: ignore[attr-defined]
@@ -329,14 +333,21 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
 
 
 def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
-                       observing: bool = True) -> list[tuple[Any, ...]] | None:
+                       observing: bool = True,
+                       features: bool = False) -> list[tuple[Any, ...]] | None:
     """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
     one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
-    one of them has no native core."""
+    one of them has no native core. ``features``: the driver packs a feature stage's
+    input (``[its input, the chain's input, features]``, a ``Chain``); a portfolio's
+    candidates do not get features (their feature stages keep the Python loop)."""
     specs = []
     for stage in stages:
-        spec = native_stage(stage, shape, observing)
-        if spec is None or getattr(stage, "uses_features", False):
+        packs = getattr(stage, "uses_features", False)
+        if packs and not features:
+            return None
+        spec = native_stage(stage, (stage.input_size,) if packs else shape,  # type: ignore[attr-defined]
+                            observing)
+        if spec is None:
             return None
         specs.append(spec)
         width = getattr(stage, "n_classes", None)

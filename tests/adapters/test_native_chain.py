@@ -18,6 +18,7 @@ from streamweights.adapters import (
     Calibeating,
     Chain,
     DriftMemory,
+    FeatureCorrection,
     FixedShare,
     Hedge,
     OnlinePlatt,
@@ -85,7 +86,7 @@ def _stream(shape, n, seed):
     return drifting_stream(kwargs, n, seed)
 
 
-def _replay(chains, outputs, labels, seed, snapshot_traces=False):
+def _replay(chains, outputs, labels, seed, snapshot_traces=False, features=None):
     """Serve every event on each chain, learn its label 0..60 events later from the kept
     trace (late, out of order; as the pipeline's join restores it after a restart when
     ``snapshot_traces``), a drift alarm every ~7,000 events; served outputs and traces
@@ -94,7 +95,8 @@ def _replay(chains, outputs, labels, seed, snapshot_traces=False):
     delays = rng.integers(0, 60, size=len(labels))
     pending = []
     for t, (x, y) in enumerate(zip(outputs, labels, strict=True)):
-        served = [chain.observe_predict_trace(x) for chain in chains]
+        extra = None if features is None else features[t]
+        served = [chain.observe_predict_trace(x, extra) for chain in chains]
         first_out, first_trace = served[0]
         for out, trace in served[1:]:
             assert out.shape == first_out.shape and np.array_equal(out, first_out), t
@@ -200,3 +202,25 @@ def test_drift_memory_inputs_its_quick_check_refuses_take_the_checked_path():
     checked.learn([1, 0], np.int64(1))
     quick.learn([1.0, 0.0], 1)
     _same_state(checked, quick)
+
+
+def test_a_feature_stage_gets_its_packed_input_in_the_core_bit_for_bit():
+    """``[its input, the chain's input, features]`` packed in the core, as the loop packs
+    it; features that explain part of the label the models miss."""
+    def build(_):
+        return [FixedShare(n_models=3, n_classes=2), OnlinePlatt(),
+                FeatureCorrection(n_classes=2, n_models=3, n_features=4),
+                DriftMemory(16, 2)]
+    ours, oracle = Chain(build(None)), ReferenceChain(build(None))
+    assert ours.native
+    n = 25_000
+    outputs, labels = _stream((3, 2), n, seed=17)
+    rng = np.random.default_rng(18)
+    features = rng.normal(size=(n, 4))
+    labels = [int(y) if abs(f[0]) < 1.0 else int(f[0] > 0) for y, f in
+              zip(labels, features, strict=True)]
+    _replay([ours, oracle], outputs, labels, seed=19, features=features)
+    _same_state(ours, oracle)
+    with pytest.raises(ValueError, match="features"):
+        ours.observe_predict_trace(outputs[0])
+    _same_state(ours, oracle)
