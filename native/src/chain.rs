@@ -32,6 +32,7 @@ use crate::hedge::HedgeCore;
 use crate::kalman::KalmanCore;
 use crate::platt::{clip_probability, PlattCore};
 use crate::portfolio::PortfolioCore;
+use crate::prior_shift::PriorShiftCore;
 use crate::probability_input::{clear_probabilities, quick_label};
 use crate::stacking::{Stacking, StackingCore};
 use crate::temperature::{floored, TemperatureCore};
@@ -53,6 +54,27 @@ enum Kind {
     DriftMemory(Py<DriftMemoryCore>),
     /// Takes the packed `[its input, the chain's input, features]`.
     FeatureCorrection(Py<FeatureCorrectionCore>),
+    /// Observes too (the label-free re-estimate of the class mix).
+    PriorShift(Py<PriorShiftCore>),
+}
+
+/// PriorShift's quick input check (its own bounds, as its handle's) on a slice: the
+/// vector renormalised by its left-to-right sum, or `None`.
+fn prior_input(core: &PriorShiftCore, input: &[f64]) -> Option<Vec<f64>> {
+    if input.len() != core.config.n_classes {
+        return None;
+    }
+    let mut total = 0.0;
+    for &item in input {
+        if !(0.0 <= item && item <= core.high) {
+            return None;
+        }
+        total += item;
+    }
+    if (total - 1.0).abs() > core.quick_tolerance {
+        return None;
+    }
+    Some(input.iter().map(|&item| item / total).collect())
 }
 
 /// One stage: its core, its Python handle (for what the quick path does not clear) and
@@ -162,6 +184,7 @@ impl Stage {
                 extract(&core(1)?, "BetaCore")?,
             ),
             "DriftMemory" => Kind::DriftMemory(extract(&core(0)?, "DriftMemoryCore")?),
+            "PriorShift" => Kind::PriorShift(extract(&core(0)?, "PriorShiftCore")?),
             "FeatureCorrection" => {
                 Kind::FeatureCorrection(extract(&core(0)?, "FeatureCorrectionCore")?)
             }
@@ -220,6 +243,19 @@ impl Stage {
 
     /// `observe(input)`: only a drift memory's does something.
     pub fn observe(&mut self, py: Python<'_>, input: &[f64]) -> PyResult<()> {
+        if let Kind::PriorShift(core) = &self.kind {
+            let mut guard = core.bind(py).borrow_mut();
+            let core = &mut *guard;
+            if let Some(p) = prior_input(core, input) {
+                core.estimator.observe(&core.config, &p);
+                return Ok(());
+            }
+            drop(guard);
+            self.handle
+                .bind(py)
+                .call_method1("observe", (self.as_array(py, input)?,))?;
+            return Ok(());
+        }
         if let Kind::DriftMemory(core) = &self.kind {
             let mut core = core.bind(py).borrow_mut();
             if input.len() == core.n_classes {
@@ -335,6 +371,16 @@ impl Stage {
                 }
                 out.copy_from_slice(input);
                 clear_probabilities(out)
+            }
+            Kind::PriorShift(core) => {
+                let core = core.bind(py).borrow();
+                match prior_input(&core, input) {
+                    Some(p) if out.len() == p.len() => {
+                        core.estimator.predict(&core.config, &p, out);
+                        true
+                    }
+                    _ => false,
+                }
             }
             Kind::FeatureCorrection(core) => {
                 let core = core.bind(py).borrow();
@@ -478,6 +524,20 @@ impl Stage {
                 }
                 core.learn_row(py, p, label);
                 true
+            }
+            Kind::PriorShift(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                match (
+                    quick_label(y, core.config.n_classes),
+                    prior_input(core, input),
+                ) {
+                    (Some(label), Some(p)) => {
+                        core.estimator.learn(&core.config, &p, label as usize);
+                        true
+                    }
+                    _ => false,
+                }
             }
             Kind::FeatureCorrection(core) => {
                 let mut core = core.bind(py).borrow_mut();

@@ -16,14 +16,15 @@ vector is what the trace keeps for it, so ``learn_trace`` needs nothing more.
 
 The verbs the pipeline calls per record (``observe_predict_trace``, ``learn_trace``) run
 in the native core (``native/src/chain.rs``, one call each) when every stage has a core it
-can drive: the ensembles, the calibrators, ``DriftMemory``, and a ``Portfolio`` of such
-stages as the first stage. The Python loop below stays for the rest, and it is the same
-computation: a chain with a stage that has no native core (``TestTimeAdapter``,
-``KalmanHead``, ``KalmanWeights``, ``PriorShift``, ``FeatureCorrection``, a user's own
-``Adapter`` subclass), an input the core's quick checks do not clear (a list, an entry at
-the tolerance's edge: Python's checks decide and name the field), and the verbs nobody
-calls per record. The loop is also the oracle (``tests/reference/chain.py``,
-``tests/adapters/test_native_chain.py``).
+can drive: the ensembles, the calibrators, ``PriorShift``, ``DriftMemory``,
+``FeatureCorrection`` (the core packs its input), and a ``Portfolio`` of such stages as
+the first stage. The Python loop below stays for the rest, and it is the same
+computation: a chain with a stage that has no native core the chain core knows
+(``TestTimeAdapter``, ``KalmanHead``, ``KalmanWeights``, a user's own ``Adapter``
+subclass, a portfolio whose candidates hold an observing or a feature stage), an input
+the core's quick checks do not clear (a list, an entry at the tolerance's edge: Python's
+checks decide and name the field), and the verbs nobody calls per record. The loop is
+also the oracle (``tests/reference/chain.py``, ``tests/adapters/test_native_chain.py``).
 """
 
 from __future__ import annotations
@@ -307,6 +308,7 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
     from streamweights.adapters.drift_memory import DriftMemory
     from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
     from streamweights.adapters.feature_correction import FeatureCorrection
+    from streamweights.adapters.prior_shift import PriorShift
 
     kind = type(stage)
     width = getattr(stage, "n_classes", None) or 1
@@ -320,6 +322,8 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
         spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
     elif kind is DriftMemory and observing:
         spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is PriorShift and observing:
+        spec = ("PriorShift", (stage._core,))  # type: ignore[attr-defined]
     elif kind is FeatureCorrection:
         spec = ("FeatureCorrection", (stage._core,))  # type: ignore[attr-defined]
     elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]

@@ -64,7 +64,8 @@ The mixture's state and arithmetic live in the native core (``native/src/portfol
 When every stage of every candidate has a native core (the defaults do), the core also
 drives the candidates: ``observe_predict_traced`` and ``learn_traced`` are one call each,
 with the stages' own quick paths on slices (``native/src/chain.rs``). A candidate with a
-stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage) keeps
+stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage, a
+stage whose ``observe`` does something: ``DriftMemory``, ``PriorShift``) keeps
 the Python loop over :class:`~streamweights.adapters.chain.Chain` handles, and only the
 weight step runs in the core; both paths give the same bits (the Python loop is the
 oracle ``tests/reference/portfolio.py``; ``tests/adapters/test_native_portfolio.py``).
