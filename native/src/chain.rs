@@ -610,13 +610,15 @@ impl Sequence {
     }
 
     /// Run `input` through every stage: the last output into `out`, the inputs of stages
-    /// 1.. (each the previous output) into `later`, in order.
+    /// 1.. (each the previous output) into `later`, in order. `observe`: each stage first
+    /// observes its input (`Chain.observe_predict_trace`), else it is pure.
     pub fn predict(
         &mut self,
         py: Python<'_>,
         input: &[f64],
         later: &mut [f64],
         out: &mut [f64],
+        observe: bool,
     ) -> PyResult<()> {
         let count = self.stages.len();
         let mut position = 0;
@@ -630,6 +632,9 @@ impl Sequence {
                     let length = self.stages[index].input_len();
                     &later[position - length..position]
                 };
+                if observe {
+                    self.stages[index].observe(py, source)?;
+                }
                 self.stages[index].predict(py, source, out)?;
             } else {
                 let (before, after) = later.split_at_mut(position);
@@ -638,6 +643,9 @@ impl Sequence {
                 } else {
                     &before[position - self.stages[index].input_len()..]
                 };
+                if observe {
+                    self.stages[index].observe(py, source)?;
+                }
                 self.stages[index].predict(py, source, &mut after[..width])?;
                 position += width;
             }
@@ -802,7 +810,7 @@ impl ChainCore {
             if !core.clear_values(&current) {
                 return Ok(false);
             }
-            core.run_candidates(py)?;
+            core.run_candidates(py, true)?;
             let (count, width) = (core.count(), core.width());
             rows.extend_from_slice(core.rows());
             current = rows[count * width..(count + 1) * width].to_vec();

@@ -278,8 +278,9 @@ impl PortfolioCore {
             .then_some(values)
     }
 
-    /// Every candidate on `self.input`: the trace into `self.rows`.
-    pub(crate) fn run_candidates(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Every candidate on `self.input` (each stage observing its input first when
+    /// `observe`): the trace into `self.rows`.
+    pub(crate) fn run_candidates(&mut self, py: Python<'_>, observe: bool) -> PyResult<()> {
         let count = self.count();
         let width = self.width;
         let total = self.trace_len();
@@ -296,6 +297,7 @@ impl PortfolioCore {
                 &self.input,
                 &mut later[position..position + length],
                 &mut served[index * width..(index + 1) * width],
+                observe,
             );
             if outcome.is_err() {
                 break;
@@ -430,33 +432,37 @@ impl PortfolioCore {
         self.trace_len()
     }
 
-    /// `predict_traced` of checked model outputs: the trace (each candidate's output,
-    /// the mixture, the later stage inputs) written into `rows`, a float64 array of
-    /// `trace_size` values.
+    /// `predict_traced` of checked model outputs (`observe`: `observe_predict_traced`):
+    /// the trace (each candidate's output, the mixture, the later stage inputs) written
+    /// into `rows`, a float64 array of `trace_size` values.
+    #[pyo3(signature = (outputs, rows, observe=false))]
     fn predict_into(
         &mut self,
         py: Python<'_>,
         outputs: &Bound<'_, PyAny>,
         rows: &Bound<'_, PyAny>,
+        observe: bool,
     ) -> PyResult<()> {
         self.require_candidates()?;
         self.input = read_flat(py, outputs)?;
-        self.run_candidates(py)?;
+        self.run_candidates(py, observe)?;
         write_native(py, rows, &self.rows)
     }
 
     /// `predict_traced` of the raw outputs `x` when the quick check clears them (the
     /// trace into `rows`, `true`); `false`, with nothing done, otherwise.
+    #[pyo3(signature = (x, rows, observe=false))]
     fn predict_raw(
         &mut self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         rows: &Bound<'_, PyAny>,
+        observe: bool,
     ) -> PyResult<bool> {
         if self.candidates.is_empty() || !self.clear_input(py, x) {
             return Ok(false);
         }
-        self.run_candidates(py)?;
+        self.run_candidates(py, observe)?;
         write_native(py, rows, &self.rows)?;
         Ok(true)
     }

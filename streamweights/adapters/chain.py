@@ -21,7 +21,7 @@ can drive: the ensembles, the calibrators, ``PriorShift``, ``DriftMemory``,
 the first stage. The Python loop below stays for the rest, and it is the same
 computation: a chain with a stage that has no native core the chain core knows
 (``TestTimeAdapter``, ``KalmanHead``, ``KalmanWeights``, a user's own ``Adapter``
-subclass, a portfolio whose candidates hold an observing or a feature stage), an input
+subclass, a portfolio whose candidates hold a feature stage), an input
 the core's quick checks do not clear (a list, an entry at the tolerance's edge: Python's
 checks decide and name the field), and the verbs nobody calls per record. The loop is
 also the oracle (``tests/reference/chain.py``, ``tests/adapters/test_native_chain.py``).
@@ -292,13 +292,11 @@ def _chain_core(stages: list[Adapter]) -> Any:
     return _native.ChainCore(head, list(shape), specs)
 
 
-def native_stage(stage: Adapter, shape: tuple[int, ...],
-                 observing: bool = True) -> tuple[Any, ...] | None:
+def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | None:
     """The spec by which the core drives ``stage`` on inputs of ``shape`` (``native/src/
     chain.rs``): ``(kind, handle, cores, shape, output length)``; ``None`` when the stage
     has no native core the chain core knows (a subclass counts as unknown: it may
-    override a verb). ``observing=False``: for a driver that never calls ``observe``
-    (a ``Portfolio``'s candidates), so only stages whose ``observe`` does nothing."""
+    override a verb)."""
     from streamweights.adapters.calibration import (
         Calibeating,
         OnlineBetaScaling,
@@ -320,9 +318,9 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
         spec = ("Platt" if kind is OnlinePlatt else "Beta", (stage._core,))  # type: ignore[attr-defined]
     elif kind is OnlineTemperature:
         spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is DriftMemory and observing:
+    elif kind is DriftMemory:
         spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is PriorShift and observing:
+    elif kind is PriorShift:
         spec = ("PriorShift", (stage._core,))  # type: ignore[attr-defined]
     elif kind is FeatureCorrection:
         spec = ("FeatureCorrection", (stage._core,))  # type: ignore[attr-defined]
@@ -337,7 +335,6 @@ def native_stage(stage: Adapter, shape: tuple[int, ...],
 
 
 def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
-                       observing: bool = True,
                        features: bool = False) -> list[tuple[Any, ...]] | None:
     """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
     one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
@@ -349,8 +346,7 @@ def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
         packs = getattr(stage, "uses_features", False)
         if packs and not features:
             return None
-        spec = native_stage(stage, (stage.input_size,) if packs else shape,  # type: ignore[attr-defined]
-                            observing)
+        spec = native_stage(stage, (stage.input_size,) if packs else shape)  # type: ignore[attr-defined]
         if spec is None:
             return None
         specs.append(spec)

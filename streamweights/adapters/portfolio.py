@@ -64,8 +64,7 @@ The mixture's state and arithmetic live in the native core (``native/src/portfol
 When every stage of every candidate has a native core (the defaults do), the core also
 drives the candidates: ``observe_predict_traced`` and ``learn_traced`` are one call each,
 with the stages' own quick paths on slices (``native/src/chain.rs``). A candidate with a
-stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage, a
-stage whose ``observe`` does something: ``DriftMemory``, ``PriorShift``) keeps
+stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage) keeps
 the Python loop over :class:`~streamweights.adapters.chain.Chain` handles, and only the
 weight step runs in the core; both paths give the same bits (the Python loop is the
 oracle ``tests/reference/portfolio.py``; ``tests/adapters/test_native_portfolio.py``).
@@ -200,8 +199,7 @@ class Portfolio(Adapter):
                                            self.probability_floor, self.drift_share)
         shape = (self.n_models,) if self.n_classes is None else (self.n_models,
                                                                   self.n_classes)
-        specs = [native_stage_specs(chain.stages, shape, observing=False)
-                 for chain in self.chains]
+        specs = [native_stage_specs(chain.stages, shape) for chain in self.chains]
         if all(spec is not None for spec in specs):
             self._core.bind_candidates(specs)
         self._count = len(self.chains)
@@ -337,12 +335,13 @@ class Portfolio(Adapter):
             mixed = [m + weight * p for m, p in zip(mixed, row, strict=True)]
         return np.array(mixed) if self.n_classes is not None else np.array(mixed[0])
 
-    def _native_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_traced`` in one core call: the core checks ``x`` the quick way
-        (``check_model_outputs``'s arithmetic) or Python checks it first."""
+    def _native_traced(self, x: Any, observe: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_traced`` (``observe``: ``observe_predict_traced``) in one core call:
+        the core checks ``x`` the quick way (``check_model_outputs``'s arithmetic) or
+        Python checks it first."""
         rows = _empty(self._trace_shape)
-        if not self._core.predict_raw(x, rows):
-            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows)
+        if not self._core.predict_raw(x, rows, observe):
+            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows, observe)
         served = rows[self._count]
         return (served.copy() if self.n_classes is not None else np.array(served[0])), rows
 
@@ -351,7 +350,7 @@ class Portfolio(Adapter):
         row ``N`` the mixture served, then every candidate's stage inputs after its first
         stage (whose input is ``x``)."""
         if self._native:
-            return self._native_traced(x)
+            return self._native_traced(x, False)
         outputs = self._check(x)
         rows, later = [], []
         for chain in self.chains:
@@ -362,11 +361,9 @@ class Portfolio(Adapter):
         return mixed, np.array([*rows, np.reshape(mixed, self._width).tolist(), *later])
 
     def observe_predict_traced(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``observe`` then ``predict_traced`` in one pass (what the pipeline serves).
-        Natively: the candidates' stages observe nothing (none of the native kinds
-        does), so this is ``predict_traced``."""
+        """``observe`` then ``predict_traced`` in one pass (what the pipeline serves)."""
         if self._native:
-            return self._native_traced(x)
+            return self._native_traced(x, True)
         outputs = self._check(x)
         rows, later = [], []
         for chain in self.chains:

@@ -27,6 +27,7 @@ from streamweights.adapters import (
     Portfolio,
     PriorShift,
 )
+from streamweights.adapters.base import _REGISTRY
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from tests.adapters.test_native_ensemble import drifting_stream
 from tests.reference.chain import Chain as ReferenceChain
@@ -160,18 +161,24 @@ def test_inputs_the_core_does_not_clear_run_the_python_loop_to_the_same_bits():
 
 
 class _OwnPlatt(OnlinePlatt):
-    """A user's subclass: it may override a verb, so the core does not drive it."""
+    """A user's subclass: it may override a verb, so the core does not drive it (a
+    leading underscore keeps it out of the registry but while a test puts it there)."""
 
 
 def test_a_chain_with_a_stage_without_a_native_core_keeps_the_loop():
     stages = [FixedShare(n_models=3, n_classes=2), _OwnPlatt()]
     chain = Chain(stages)
     assert not chain.native
-    ours = Chain([Portfolio(n_models=3, n_classes=2, candidates=[
-        [{"type": "FixedShare"}, {"type": "PriorShift"}]]), DriftMemory(8, 2)])
+    _REGISTRY["_OwnPlatt"] = _OwnPlatt
+    try:
+        candidates = [[{"type": "FixedShare"}, {"type": "_OwnPlatt"}], [{"type": "Hedge"}]]
+        ours = Chain([Portfolio(n_models=3, n_classes=2, candidates=candidates),
+                      DriftMemory(8, 2)])
+        oracle = ReferenceChain([ReferencePortfolio(n_models=3, n_classes=2,
+                                                    candidates=candidates), DriftMemory(8, 2)])
+    finally:
+        _REGISTRY.pop("_OwnPlatt")
     assert not ours.native  # the portfolio's candidates run in Python: so does the chain
-    oracle = ReferenceChain([ReferencePortfolio(n_models=3, n_classes=2, candidates=[
-        [{"type": "FixedShare"}, {"type": "PriorShift"}]]), DriftMemory(8, 2)])
     outputs, labels = _stream((3, 2), 3_000, seed=9)
     _replay([ours, oracle], outputs, labels, seed=4)
     _same_state(ours, oracle)

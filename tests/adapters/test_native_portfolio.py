@@ -17,7 +17,8 @@ import pickle
 import numpy as np
 import pytest
 
-from streamweights.adapters import Portfolio
+from streamweights.adapters import Hedge, Portfolio
+from streamweights.adapters.base import _REGISTRY
 from streamweights.adapters.state_codec import dumps_state
 from tests.adapters.test_native_ensemble import drifting_stream
 from tests.reference.portfolio import Portfolio as ReferencePortfolio
@@ -141,11 +142,37 @@ def test_a_trace_row_the_quick_check_refuses_goes_through_the_handle_to_the_same
     _same_state(ours, oracle)
 
 
-def test_a_candidate_without_a_native_core_keeps_the_python_loop_with_the_same_bits():
+def test_candidates_with_observing_stages_run_natively_with_the_same_bits():
+    """DriftMemory and PriorShift observe every served input: the core has them observe
+    in ``observe_predict_traced`` and not in the pure ``predict_traced``, as the loop."""
     kwargs = {"n_models": 2, "n_classes": 3, "drift_share": 0.5, "candidates": [
         [{"type": "FixedShare", "share": 0.05}, {"type": "OnlineTemperature"},
          {"type": "DriftMemory", "capacity": 8}],
-        [{"type": "Hedge"}], [{"type": "OnlineStacking"}]]}
+        [{"type": "Hedge"}, {"type": "PriorShift"}], [{"type": "OnlineStacking"}]]}
+    ours, oracle = Portfolio(**kwargs), ReferencePortfolio(**kwargs)
+    assert ours.native
+    outputs, labels = _stream(kwargs, 20_000, seed=12)
+    for start in range(0, 20_000, 2_000):
+        _replay([ours, oracle], outputs[start:start + 1_990], labels[start:start + 1_990],
+                seed=start)
+        for x in outputs[start + 1_990:start + 2_000]:  # pure: nothing observed
+            served = [p.predict_traced(x) for p in (ours, oracle)]
+            assert np.array_equal(served[0][0], served[1][0])
+            assert np.array_equal(served[0][1], served[1][1])
+    _same_state(ours, oracle)
+
+
+class _OwnHedge(Hedge):
+    """A user's subclass: it may override a verb, so the core does not drive it (a
+    leading underscore keeps it out of the registry but while a test puts it there)."""
+
+
+def test_a_candidate_without_a_native_core_keeps_the_python_loop_with_the_same_bits(
+        monkeypatch):
+    monkeypatch.setitem(_REGISTRY, "_OwnHedge", _OwnHedge)
+    kwargs = {"n_models": 2, "n_classes": 3, "drift_share": 0.5, "candidates": [
+        [{"type": "FixedShare", "share": 0.05}, {"type": "OnlineTemperature"}],
+        [{"type": "_OwnHedge"}], [{"type": "OnlineStacking"}]]}
     ours, oracle = Portfolio(**kwargs), ReferencePortfolio(**kwargs)
     assert not ours.native
     outputs, labels = _stream(kwargs, 5_000, seed=12)
