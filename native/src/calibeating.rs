@@ -135,7 +135,7 @@ impl Records {
 /// Python handle of [`Records`].
 #[pyclass(module = "streamweights._native", name = "CalibeatingCore")]
 pub struct CalibeatingCore {
-    inner: Records,
+    pub(crate) inner: Records,
 }
 
 fn parse_u128(text: &str, name: &str) -> PyResult<u128> {

@@ -77,7 +77,7 @@ struct Slot {
 #[pyclass(name = "DriftMemoryCore", module = "streamweights._native")]
 pub struct DriftMemoryCore {
     capacity: usize,
-    n_classes: usize,
+    pub(crate) n_classes: usize,
     quota: f64,
     timeliness_weight: f64,
     uncertainty_scale: f64,
@@ -362,7 +362,7 @@ impl DriftMemoryCore {
     }
 
     /// `observe` on a checked row (feeding the detector its entropy if it monitors that).
-    fn observe_row(&mut self, py: Python<'_>, p: Vec<f64>) {
+    pub(crate) fn observe_row(&mut self, py: Python<'_>, p: Vec<f64>) {
         let label = argmax(&p);
         let entropy = entropy(&p);
         let normalised = entropy / self.log_classes;
@@ -376,7 +376,7 @@ impl DriftMemoryCore {
     }
 
     /// `learn` on a checked row and label (feeding the detector the loss if it monitors it).
-    fn learn_row(&mut self, py: Python<'_>, p: Vec<f64>, label: usize) {
+    pub(crate) fn learn_row(&mut self, py: Python<'_>, p: Vec<f64>, label: usize) {
         let stamp = self.signals;
         let predicted = argmax(&p);
         let entropy = entropy(&p);

@@ -324,8 +324,8 @@ pub trait Mixer {
 /// Scratch space of a handle, so the per-event verbs allocate nothing but their result.
 #[derive(Clone, Debug, Default)]
 pub struct Scratch {
-    outputs: Vec<f64>,
-    losses: Vec<f64>,
+    pub(crate) outputs: Vec<f64>,
+    pub(crate) losses: Vec<f64>,
 }
 
 impl Scratch {

@@ -93,7 +93,7 @@ pub struct Settings {
 /// The head's state and arithmetic, with no Python types inside.
 #[derive(Clone, Debug)]
 pub struct Correction {
-    settings: Settings,
+    pub(crate) settings: Settings,
     /// Regressors: the constant, then the standardised logits and features.
     m: usize,
     /// `m × C`, row-major (`weights[j * C + c]`).
@@ -356,7 +356,7 @@ impl Correction {
 /// Python handle over [`Correction`]: ``streamweights._native.FeatureCorrectionCore``.
 #[pyclass(module = "streamweights._native")]
 pub struct FeatureCorrectionCore {
-    inner: Correction,
+    pub(crate) inner: Correction,
 }
 
 type State = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, f64, u64);
@@ -504,7 +504,7 @@ impl FeatureCorrectionCore {
 }
 
 impl FeatureCorrectionCore {
-    fn check(&self, packed: &mut [f64]) -> PyResult<()> {
+    pub(crate) fn check(&self, packed: &mut [f64]) -> PyResult<()> {
         if packed.len() != self.inner.input_size() {
             return Err(PyValueError::new_err(format!(
                 "x: expected shape ({},), got ({},)",

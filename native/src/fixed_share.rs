@@ -123,8 +123,8 @@ impl Mixer for FixedShareState {
 /// The core of `streamweights.adapters.FixedShare` (see that class for the maths).
 #[pyclass(module = "streamweights._native")]
 pub struct FixedShareCore {
-    state: FixedShareState,
-    scratch: Scratch,
+    pub(crate) state: FixedShareState,
+    pub(crate) scratch: Scratch,
 }
 
 #[pymethods]

@@ -155,8 +155,8 @@ impl Mixer for HedgeState {
 /// The core of `streamweights.adapters.Hedge` (see that class for the maths and options).
 #[pyclass(module = "streamweights._native")]
 pub struct HedgeCore {
-    state: HedgeState,
-    scratch: Scratch,
+    pub(crate) state: HedgeState,
+    pub(crate) scratch: Scratch,
 }
 
 #[pymethods]

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 mod adwin;
 mod beta;
 mod calibeating;
+mod chain;
 mod conformal;
 mod drift_evidence;
 mod drift_memory;
@@ -22,6 +23,7 @@ mod kalman;
 mod newton;
 mod page_hinkley;
 mod platt;
+mod portfolio;
 mod prior_shift;
 mod probability_input;
 mod scores;
@@ -54,5 +56,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     stacking::register(module)?;
     drift_evidence::register(module)?;
     drift_memory::register(module)?;
+    portfolio::register(module)?;
+    chain::register(module)?;
     Ok(())
 }

@@ -125,7 +125,7 @@ macro_rules! binary_calibrator_handle {
         #[doc = concat!("Python handle of [`", stringify!($inner), "`].")]
         #[pyclass(module = "streamweights._native", name = $name)]
         pub struct $handle {
-            inner: $inner,
+            pub(crate) inner: $inner,
         }
 
         #[pymethods]

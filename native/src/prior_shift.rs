@@ -222,12 +222,12 @@ impl Estimator {
 /// The core of `PriorShift` (see the module docs). Inputs are validated by the handle.
 #[pyclass(module = "streamweights._native")]
 pub struct PriorShiftCore {
-    config: Config,
-    estimator: Estimator,
+    pub(crate) config: Config,
+    pub(crate) estimator: Estimator,
     /// The quick probability check (`check_probability_vector`'s): entries in [0, high],
     /// |Σ - 1| <= quick_tolerance.
-    high: f64,
-    quick_tolerance: f64,
+    pub(crate) high: f64,
+    pub(crate) quick_tolerance: f64,
     scratch: Vec<f64>,
 }
 

@@ -48,9 +48,13 @@ pub fn quick_probabilities(x: &Bound<'_, PyAny>, out: &mut [f64]) -> bool {
             Err(_) => false,
         }
     };
-    if !read {
-        return false;
-    }
+    read && clear_probabilities(out)
+}
+
+/// The fast path's check of values already read: every entry in `[0, 1 + tolerance]`,
+/// the left-to-right sum well inside the tolerance; renormalised in place. `false`: not
+/// cleared (the values may be half renormalised; callers keep their own copy).
+pub fn clear_probabilities(out: &mut [f64]) -> bool {
     let high = 1.0 + PROBABILITY_TOLERANCE;
     let mut total = 0.0;
     for &value in out.iter() {

@@ -73,9 +73,9 @@ impl Stacking {
 /// The stacking-specific half of `streamweights.adapters.OnlineStacking`.
 #[pyclass(module = "streamweights._native")]
 pub struct StackingCore {
-    stacking: Stacking,
-    outputs: Vec<f64>,
-    design: Vec<f64>,
+    pub(crate) stacking: Stacking,
+    pub(crate) outputs: Vec<f64>,
+    pub(crate) design: Vec<f64>,
 }
 
 #[pymethods]

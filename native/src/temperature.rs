@@ -28,7 +28,7 @@ pub struct Temperature {
 }
 
 /// Each probability floored at `PROBABILITY_FLOOR` (the reference's `np.maximum`).
-fn floored(values: Vec<f64>) -> Vec<f64> {
+pub(crate) fn floored(values: Vec<f64>) -> Vec<f64> {
     values
         .into_iter()
         .map(|v| {
@@ -218,7 +218,7 @@ impl Temperature {
 /// Python handle of [`Temperature`]; inputs are validated by the Python adapter.
 #[pyclass(module = "streamweights._native", name = "TemperatureCore")]
 pub struct TemperatureCore {
-    inner: Temperature,
+    pub(crate) inner: Temperature,
 }
 
 impl TemperatureCore {

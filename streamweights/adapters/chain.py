@@ -16,6 +16,18 @@ vector is what the trace keeps for it, so ``learn_trace`` needs nothing more. A 
 with ``forwards_features = True`` and an ``n_features`` (a ``Portfolio`` with a feature
 candidate) gets the features as they are (``predict_traced(x, features=...)``) and keeps
 what its candidates need in its own trace.
+
+The verbs the pipeline calls per record (``observe_predict_trace``, ``learn_trace``) run
+in the native core (``native/src/chain.rs``, one call each) when every stage has a core it
+can drive: the ensembles, the calibrators, ``PriorShift``, ``DriftMemory``,
+``FeatureCorrection`` (the core packs its input), and a ``Portfolio`` of such stages as
+the first stage. The Python loop below stays for the rest, and it is the same
+computation: a chain with a stage that has no native core the chain core knows
+(``TestTimeAdapter``, ``KalmanHead``, ``KalmanWeights``, a user's own ``Adapter``
+subclass, a portfolio whose candidates hold a feature stage), an input
+the core's quick checks do not clear (a list, an entry at the tolerance's edge: Python's
+checks decide and name the field), and the verbs nobody calls per record. The loop is
+also the oracle (``tests/reference/chain.py``, ``tests/adapters/test_native_chain.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import Adapter, adapter_spec, build_adapter
 
 #: What ``predict_trace`` returns besides the output: the input of every stage, in order,
@@ -81,6 +94,39 @@ class Chain(Adapter):
                              f"({sorted(feature_counts)})")
         #: Length of the ``features`` a feature stage needs (``None``: no stage needs them).
         self.n_features: int | None = feature_counts.pop() if feature_counts else None
+        self._make_core()
+
+    def _make_core(self) -> None:
+        """The native core over the stages' cores, when every stage has one (else
+        ``None``: the Python loop runs), and the layout of its flat trace."""
+        self._core = None
+        core = _chain_core(self.stages)
+        if core is None:
+            return
+        self._core = core
+        layout, start = [], 0
+        for shape in core.shapes:
+            stop = start + int(np.prod(shape, dtype=np.int64))
+            layout.append((start, stop, tuple(shape)))
+            start = stop
+        self._layout = layout
+        self._size = core.size
+        self._output = (start, self._size)
+        width = getattr(self.stages[-1], "n_classes", None)
+        self._scalar_output = width is None
+
+    @property
+    def native(self) -> bool:
+        """Whether the per-record verbs run in the native core."""
+        return self._core is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: the core is rebuilt over the copied stages."""
+        return {k: v for k, v in self.__dict__.items() if k != "_core"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._make_core()
 
     def check_features(self, features: Any) -> np.ndarray | None:
         """The prediction's ``features`` as a float64 vector when a stage needs them
@@ -126,6 +172,15 @@ class Chain(Adapter):
         """``observe`` then ``predict_trace`` in one pass: each stage observes its input,
         then its (updated) output feeds the next stage. This is what the pipeline does
         with every served prediction."""
+        core = self._core
+        if core is not None:
+            buffer = _empty(self._size)
+            checked = self.check_features(features)  # the loop's first check too
+            if core.observe_predict(x, buffer, checked):
+                start, stop = self._output
+                out = buffer[start:stop]
+                return (np.array(out[0]) if self._scalar_output else out.copy(),
+                        tuple(buffer[a:b].reshape(shape) for a, b, shape in self._layout))
         features = self.check_features(features)
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
@@ -150,6 +205,9 @@ class Chain(Adapter):
         chain share one label space (checked at construction), so a bad label is
         rejected by the first stage and leaves the whole chain unchanged.
         """
+        core = self._core
+        if core is not None and core.learn(trace, y):
+            return  # every stage learnt in one core call
         traced = [stage for stage in self.stages if _traced(stage)]
         expected = len(self.stages) + len(traced)
         if len(trace) != expected:
@@ -232,6 +290,92 @@ def _forwards(stage: Adapter) -> bool:
     feature candidate)."""
     return bool(getattr(stage, "forwards_features", False)) \
         and getattr(stage, "n_features", None) is not None
+_empty = np.empty
+
+
+def _chain_core(stages: list[Adapter]) -> Any:
+    """A ``ChainCore`` over ``stages``, or ``None`` when one of them has no core it can
+    drive (or the first stage does not say its input's shape)."""
+    from streamweights.adapters.portfolio import Portfolio
+
+    first = stages[0]
+    n_models, n_classes = getattr(first, "n_models", None), getattr(first, "n_classes", None)
+    if not isinstance(n_models, int):
+        return None
+    shape = (n_models,) if n_classes is None else (n_models, n_classes)
+    head, rest, rest_shape = None, stages, shape
+    if type(first) is Portfolio:
+        if not first.native:
+            return None
+        head, rest = first._core, stages[1:]
+        rest_shape = () if n_classes is None else (n_classes,)
+    specs = native_stage_specs(rest, rest_shape, features=True) if rest else []
+    if specs is None:
+        return None
+    return _native.ChainCore(head, list(shape), specs)
+
+
+def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | None:
+    """The spec by which the core drives ``stage`` on inputs of ``shape`` (``native/src/
+    chain.rs``): ``(kind, handle, cores, shape, output length)``; ``None`` when the stage
+    has no native core the chain core knows (a subclass counts as unknown: it may
+    override a verb)."""
+    from streamweights.adapters.calibration import (
+        Calibeating,
+        OnlineBetaScaling,
+        OnlinePlatt,
+        OnlineTemperature,
+    )
+    from streamweights.adapters.drift_memory import DriftMemory
+    from streamweights.adapters.ensemble import FixedShare, Hedge, OnlineStacking
+    from streamweights.adapters.feature_correction import FeatureCorrection
+    from streamweights.adapters.prior_shift import PriorShift
+
+    kind = type(stage)
+    width = getattr(stage, "n_classes", None) or 1
+    if kind is FixedShare or kind is Hedge:
+        spec: tuple[Any, ...] = (kind.__name__, (stage._core,))  # type: ignore[attr-defined]
+    elif kind is OnlineStacking:
+        spec = ("Stacking", (stage._core, stage._filter._core))  # type: ignore[attr-defined]
+    elif kind is OnlinePlatt or kind is OnlineBetaScaling:
+        spec = ("Platt" if kind is OnlinePlatt else "Beta", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is OnlineTemperature:
+        spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is DriftMemory:
+        spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is PriorShift:
+        spec = ("PriorShift", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is FeatureCorrection:
+        spec = ("FeatureCorrection", (stage._core,))  # type: ignore[attr-defined]
+    elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]
+                                                      OnlineBetaScaling):
+        base = stage.base  # type: ignore[attr-defined]
+        spec = ("CalibeatingPlatt" if type(base) is OnlinePlatt else "CalibeatingBeta",
+                (stage._core, base._core))  # type: ignore[attr-defined]
+    else:
+        return None
+    return (spec[0], stage, spec[1], tuple(shape), width)
+
+
+def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
+                       features: bool = False) -> list[tuple[Any, ...]] | None:
+    """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
+    one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
+    one of them has no native core. ``features``: the driver packs a feature stage's
+    input (``[its input, the chain's input, features]``, a ``Chain``); a portfolio's
+    candidates do not get features (their feature stages keep the Python loop)."""
+    specs = []
+    for stage in stages:
+        packs = getattr(stage, "uses_features", False)
+        if packs and not features:
+            return None
+        spec = native_stage(stage, (stage.input_size,) if packs else shape)  # type: ignore[attr-defined]
+        if spec is None:
+            return None
+        specs.append(spec)
+        width = getattr(stage, "n_classes", None)
+        shape = () if width is None else (width,)
+    return specs
 
 
 def _traced(stage: Adapter) -> bool:

@@ -308,7 +308,7 @@ class DriftMemory(Adapter):
     # same numbers) and the checked verb runs.
     def observe(self, x: Any) -> None:
         if not self._core.observe(x):
-            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes).tolist())
+            self._core.observe_checked(check_probability_vector(x, "x", self.n_classes))
 
     def observe_many(self, xs: Any) -> None:
         self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
@@ -317,7 +317,7 @@ class DriftMemory(Adapter):
         if not self._core.learn(x, y):
             label = check_class_label(y, "y", self.n_classes)
             self._core.learn_checked(
-                check_probability_vector(x, "x", self.n_classes).tolist(), label)
+                check_probability_vector(x, "x", self.n_classes), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):

@@ -67,6 +67,15 @@ whole rows of width C), from which ``learn_traced`` packs the same input again.
 Arithmetic order (kept so a port gives the same bits): sums over candidates run left to
 right, ``i = 0 .. N-1``, in Python floats.
 
+The mixture's state and arithmetic live in the native core (``native/src/portfolio.rs``).
+When every stage of every candidate has a native core (the defaults do), the core also
+drives the candidates: ``observe_predict_traced`` and ``learn_traced`` are one call each,
+with the stages' own quick paths on slices (``native/src/chain.rs``). A candidate with a
+stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage) keeps
+the Python loop over :class:`~streamweights.adapters.chain.Chain` handles, and only the
+weight step runs in the core; both paths give the same bits (the Python loop is the
+oracle ``tests/reference/portfolio.py``; ``tests/adapters/test_native_portfolio.py``).
+
 References
 ----------
 Herbster & Warmuth (1998), "Tracking the best expert", Machine Learning 32.
@@ -85,8 +94,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from streamweights import _native
 from streamweights.adapters.base import _REGISTRY, Adapter, build_adapter
-from streamweights.adapters.chain import Chain, check_feature_vector
+from streamweights.adapters.chain import Chain, check_feature_vector, native_stage_specs
 from streamweights.adapters.validation import (
     check_class_label,
     check_count,
@@ -247,14 +257,46 @@ class Portfolio(Adapter):
         #: Rows of width ``C`` (1 for regression) that carry the features in the trace.
         self._feature_rows = 0 if self.n_features is None else \
             -(-self.n_features // self._width)
-        count = len(self.chains)
-        self._weights = [1.0 / count] * count
-        self._cumulative_loss = [0.0] * count
-        self._mixture_loss = 0.0
-        self._mixability_gap = 0.0  # regression (AdaHedge) only
-        self._n_learned = 0
-        if self.n_classes is None:
-            self._weights = _exponential_weights(self._cumulative_loss, self._rate())
+        self._make_core()
+
+    def _make_core(self) -> None:
+        """The core holding the mixture; it drives the candidates too when it can."""
+        self._core = _native.PortfolioCore(len(self.chains), self.n_models, self.n_classes,
+                                           self.probability_floor, self.drift_share)
+        shape = (self.n_models,) if self.n_classes is None else (self.n_models,
+                                                                  self.n_classes)
+        specs = [native_stage_specs(chain.stages, shape) for chain in self.chains]
+        if all(spec is not None for spec in specs):
+            self._core.bind_candidates(specs)
+        self._count = len(self.chains)
+        self._native = bool(self._core.native)
+        self._trace_shape = (self._core.trace_size // self._width, self._width)
+
+    @property
+    def native(self) -> bool:
+        """Whether the core drives the candidates (one call per verb)."""
+        return self._native
+
+    # The mixture's state, read from the core (plain floats, as before).
+    @property
+    def _weights(self) -> list[float]:
+        return self._core.weights()
+
+    @property
+    def _cumulative_loss(self) -> list[float]:
+        return self._core.cumulative_loss()
+
+    @property
+    def _mixture_loss(self) -> float:
+        return self._core.get_state()[2]
+
+    @property
+    def _mixability_gap(self) -> float:
+        return self._core.get_state()[3]
+
+    @property
+    def _n_learned(self) -> int:
+        return self._core.get_state()[4]
 
     # -- configuration ---------------------------------------------------------------
     @staticmethod
@@ -338,9 +380,7 @@ class Portfolio(Adapter):
 
     def _rate(self) -> float:
         """AdaHedge's ``eta = ln N / Delta`` (``inf`` while nothing was mixed)."""
-        if self._mixability_gap <= 0.0:
-            return math.inf
-        return math.log(len(self.chains)) / self._mixability_gap
+        return self._core.current_rate
 
     def describe(self) -> dict[str, Any]:
         """Weights, mean losses and the regret so far against its bound (plain floats)."""
@@ -369,12 +409,24 @@ class Portfolio(Adapter):
         (``None`` otherwise); ValueError naming ``features`` when missing or malformed."""
         return check_feature_vector(features, self.n_features)
 
+    def _native_traced(self, x: Any, observe: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_traced`` (``observe``: ``observe_predict_traced``) in one core call:
+        the core checks ``x`` the quick way (``check_model_outputs``'s arithmetic) or
+        Python checks it first."""
+        rows = _empty(self._trace_shape)
+        if not self._core.predict_raw(x, rows, observe):
+            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows, observe)
+        served = rows[self._count]
+        return (served.copy() if self.n_classes is not None else np.array(served[0])), rows
+
     def _served(self, x: Any, features: Any, observe: bool) -> tuple[np.ndarray, np.ndarray]:
         """The mixture and its trace: rows ``0..N-1`` each candidate's output, row ``N``
         the mixture served, then every candidate's stage inputs after its first stage
         (whose input is ``x``; a feature stage's own input ``p``, the first ``C`` numbers
         of its packed vector), then the features (zero-padded to whole rows), which
         ``learn_traced`` packs again with ``x``."""
+        if self._native:
+            return self._native_traced(x, observe)
         outputs = self._check(x)
         vector = self.check_features(features)
         rows, later = [], []
@@ -421,6 +473,8 @@ class Portfolio(Adapter):
         """Every candidate learns on what it saw when ``served`` was computed, then the
         weights take the Fixed-Share step on the candidates' losses. Everything is
         checked before the first change, so a refused label changes nothing."""
+        if self._native and self._core.learn_raw(x, served, y):
+            return  # the core's quick checks cleared x, the trace and y
         outputs = self._check(x)
         if self.n_classes is None:
             label: Any = float(check_target(y, "y")[0])
@@ -437,6 +491,9 @@ class Portfolio(Adapter):
             raise ValueError("trace: the portfolio's served rows are not finite")
         features = None if self.n_features is None else \
             rows[len(rows) - self._feature_rows:].ravel()[:self.n_features]
+        if self._native:
+            self._core.learn(np.ascontiguousarray(outputs), np.ascontiguousarray(rows), label)
+            return
         position = count + 1
         for chain, length in zip(self.chains, lengths, strict=True):
             inputs = [_pack(row, outputs, features) if _packs(stage) else row
@@ -445,50 +502,21 @@ class Portfolio(Adapter):
             chain.learn_trace((outputs, *inputs), label)
             position += length
         if self.n_classes is None:
-            self._update_regression([float(rows[i, 0]) for i in range(count)],
-                                    float(rows[count, 0]), label)
+            self._core.update_regression([float(rows[i, 0]) for i in range(count)],
+                                         float(rows[count, 0]), label)
         else:
-            self._update_weights([float(rows[i, label]) for i in range(count)],
-                                 float(rows[count, label]))
-
-    def _update_regression(self, values: list[float], served: float, target: float) -> None:
-        """AdaHedge step on the candidates' squared errors (regression)."""
-        losses = [(v - target) ** 2 for v in values]
-        self._mixability_gap += _mixability_gap(self._weights, losses, self._rate())
-        self._mixture_loss += (served - target) ** 2
-        self._cumulative_loss = [c + loss for c, loss in
-                                 zip(self._cumulative_loss, losses, strict=True)]
-        self._n_learned += 1
-        self._weights = _exponential_weights(self._cumulative_loss, self._rate())
-
-    def _update_weights(self, probabilities: list[float], served: float) -> None:
-        """Bayes step (eta = 1) on the floored probabilities of the label, then share
-        ``alpha_t = 1 / (t + 1)`` back to uniform (t = labels learned, this one
-        included). ``served``: the mixture's probability of the label when it was served
-        (with late labels the weights have moved since), for the regret account."""
-        floor = self.probability_floor
-        likelihoods = [max(p, floor) for p in probabilities]
-        posterior = [w * q for w, q in zip(self._weights, likelihoods, strict=True)]
-        total = 0.0
-        for value in posterior:
-            total += value
-        self._mixture_loss -= math.log(max(served, floor))
-        self._cumulative_loss = [c - math.log(q) for c, q in
-                                 zip(self._cumulative_loss, likelihoods, strict=True)]
-        self._n_learned += 1
-        share = 1.0 / (self._n_learned + 1)
-        spread = share / len(posterior)
-        keep = (1.0 - share) / total
-        self._weights = [p * keep + spread for p in posterior]
+            self._core.update_weights([float(rows[i, label]) for i in range(count)],
+                                      float(rows[count, label]))
 
     def on_drift(self) -> None:
         """Every candidate reacts its own way; the weights move ``drift_share`` of their
         mass back to uniform (none by default: the mixture tracks by itself)."""
+        if self._native:
+            self._core.on_drift()  # each stage's handle, then the weights
+            return
         for chain in self.chains:
             chain.on_drift()
-        if self.drift_share > 0.0 and self.n_classes is not None:
-            spread = self.drift_share / len(self._weights)
-            self._weights = [(1.0 - self.drift_share) * w + spread for w in self._weights]
+        self._core.drift_weights()
 
     # -- state -------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -501,10 +529,24 @@ class Portfolio(Adapter):
         return config
 
     def _get_state(self) -> dict[str, Any]:
+        weights, cumulative_loss, mixture_loss, mixability_gap, n_learned = \
+            self._core.get_state()
         return {"candidates": [chain.state_dict() for chain in self.chains],
-                "weights": np.array(self._weights), "cumulative_loss":
-                np.array(self._cumulative_loss), "mixture_loss": self._mixture_loss,
-                "mixability_gap": self._mixability_gap, "n_learned": self._n_learned}
+                "weights": np.array(weights), "cumulative_loss": np.array(cumulative_loss),
+                "mixture_loss": mixture_loss, "mixability_gap": mixability_gap,
+                "n_learned": n_learned}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy: the core travels as the mixture's state and is rebuilt
+        over the copied candidates (a compiled handle does not travel)."""
+        return {**{k: v for k, v in self.__dict__.items() if k != "_core"},
+                "_core_state": self._core.get_state()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        core_state = state.pop("_core_state")
+        self.__dict__.update(state)
+        self._make_core()
+        self._core.set_state(*core_state)
 
     def upgrade_snapshot(self, state_dict: Any) -> Any:
         """Each candidate chain upgrades its own part (see ``Chain.upgrade_snapshot``)."""
@@ -523,14 +565,19 @@ class Portfolio(Adapter):
         if len(parts) != len(self.chains):
             raise ValueError(f"Portfolio.load_state_dict: snapshot has {len(parts)} "
                              f"candidates, this portfolio {len(self.chains)}")
+        weights = [float(w) for w in np.asarray(state["weights"], dtype=np.float64).ravel()]
+        cumulative = [float(v) for v in
+                      np.asarray(state["cumulative_loss"], dtype=np.float64).ravel()]
+        mixture_loss = float(state["mixture_loss"])
+        mixability_gap = float(state["mixability_gap"])
+        n_learned = int(state["n_learned"])
+        if len(weights) != len(self.chains) or len(cumulative) != len(self.chains):
+            raise ValueError(f"Portfolio.load_state_dict: weights and cumulative_loss need "
+                             f"{len(self.chains)} values (one per candidate), got "
+                             f"{len(weights)} and {len(cumulative)}")
         for chain, part in zip(self.chains, parts, strict=True):
             chain.load_state_dict(part)
-        self._weights = [float(w) for w in np.asarray(state["weights"], dtype=np.float64)]
-        self._cumulative_loss = [float(v) for v in
-                                 np.asarray(state["cumulative_loss"], dtype=np.float64)]
-        self._mixture_loss = float(state["mixture_loss"])
-        self._mixability_gap = float(state["mixability_gap"])
-        self._n_learned = int(state["n_learned"])
+        self._core.set_state(weights, cumulative, mixture_loss, mixability_gap, n_learned)
 
 
 def _packs(stage: Adapter) -> bool:
@@ -544,35 +591,7 @@ def _pack(row: np.ndarray, outputs: np.ndarray, features: np.ndarray | None) -> 
     return np.concatenate([row, np.ravel(outputs), features])
 
 
-def _exponential_weights(cumulative: list[float], rate: float) -> list[float]:
-    """``softmax(-rate * L)`` (an infinite rate: uniform over the leaders); sums left to
-    right."""
-    best = min(cumulative)
-    if math.isinf(rate):
-        raw = [1.0 if c == best else 0.0 for c in cumulative]
-    else:
-        raw = [math.exp(-rate * (c - best)) for c in cumulative]
-    total = 0.0
-    for value in raw:
-        total += value
-    return [value / total for value in raw]
-
-
-def _mixability_gap(weights: list[float], losses: list[float], rate: float) -> float:
-    """Hedge loss minus mix loss of one round (AdaHedge's delta), never negative."""
-    hedge = 0.0
-    for weight, loss in zip(weights, losses, strict=True):
-        hedge += weight * loss
-    support = [(w, loss) for w, loss in zip(weights, losses, strict=True) if w > 0.0]
-    best = min(loss for _, loss in support)
-    if math.isinf(rate):
-        mix = best
-    else:
-        kept = 0.0
-        for weight, loss in support:
-            kept += weight * math.exp(-rate * (loss - best))
-        mix = best - math.log(kept) / rate
-    return max(0.0, hedge - mix)
+_empty = np.empty
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -1,0 +1,894 @@
+//! Stages driven in sequence by the core: the per-event verbs of a `Chain` (and of each
+//! candidate chain of a `Portfolio`) without going back to Python between stages.
+//!
+//! A [`Stage`] holds the compiled core of one Python adapter handle (`FixedShare`,
+//! `Hedge`, `OnlineStacking`, `OnlinePlatt`, `OnlineBetaScaling`, `OnlineTemperature`,
+//! `Calibeating` over a native base) as a `Py<...>` reference: the Python handle stays
+//! the owner of the state (its `state_dict` / `load_state_dict` work unchanged) and the
+//! stage borrows the core mutably for the length of one verb, under the GIL.
+//!
+//! Each verb is the handle's own quick path, on a slice instead of a Python object: the
+//! same input check (the row renormalised by its left-to-right sum), the same arithmetic.
+//! What the quick path does not clear (an input at the tolerance's edge, a non-finite
+//! update, a label that is not a plain int) goes to the Python handle's verb with the
+//! input as a numpy array, exactly as the Python loop would have called it: so an event
+//! gives the same numbers, or raises the same error, on either path. `on_drift` always
+//! goes through the handle (rare, and some handles do more than the core there).
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use crate::beta::BetaCore;
+use crate::calibeating::CalibeatingCore;
+use crate::drift_memory::DriftMemoryCore;
+use crate::expert_losses::{
+    finite_update, native_float64, read_flat, read_target, write_native, Mixer, Scratch, Target,
+};
+use crate::feature_correction::FeatureCorrectionCore;
+use crate::fixed_share::FixedShareCore;
+use crate::hedge::HedgeCore;
+use crate::kalman::KalmanCore;
+use crate::platt::{clip_probability, PlattCore};
+use crate::portfolio::PortfolioCore;
+use crate::prior_shift::PriorShiftCore;
+use crate::probability_input::{clear_probabilities, quick_label};
+use crate::stacking::{Stacking, StackingCore};
+use crate::temperature::{floored, TemperatureCore};
+
+/// Which core a stage drives (and, for the two-core stages, the second one).
+enum Kind {
+    FixedShare(Py<FixedShareCore>),
+    Hedge(Py<HedgeCore>),
+    /// The stacking head and the `KalmanWeights` filter holding its weights.
+    Stacking(Py<StackingCore>, Py<KalmanCore>),
+    Platt(Py<PlattCore>),
+    Beta(Py<BetaCore>),
+    Temperature(Py<TemperatureCore>),
+    /// Calibeating's records over an `OnlinePlatt` base.
+    CalibeatingPlatt(Py<CalibeatingCore>, Py<PlattCore>),
+    /// Calibeating's records over an `OnlineBetaScaling` base.
+    CalibeatingBeta(Py<CalibeatingCore>, Py<BetaCore>),
+    /// The only kind here whose `observe` does something.
+    DriftMemory(Py<DriftMemoryCore>),
+    /// Takes the packed `[its input, the chain's input, features]`.
+    FeatureCorrection(Py<FeatureCorrectionCore>),
+    /// Observes too (the label-free re-estimate of the class mix).
+    PriorShift(Py<PriorShiftCore>),
+}
+
+/// PriorShift's quick input check (its own bounds, as its handle's) on a slice: the
+/// vector renormalised by its left-to-right sum, or `None`.
+fn prior_input(core: &PriorShiftCore, input: &[f64]) -> Option<Vec<f64>> {
+    if input.len() != core.config.n_classes {
+        return None;
+    }
+    let mut total = 0.0;
+    for &item in input {
+        if !(0.0 <= item && item <= core.high) {
+            return None;
+        }
+        total += item;
+    }
+    if (total - 1.0).abs() > core.quick_tolerance {
+        return None;
+    }
+    Some(input.iter().map(|&item| item / total).collect())
+}
+
+/// One stage: its core, its Python handle (for what the quick path does not clear) and
+/// the shape of its input.
+pub struct Stage {
+    kind: Kind,
+    handle: PyObject,
+    shape: Vec<usize>,
+    input_len: usize,
+    output_len: usize,
+    scratch: Vec<f64>,
+}
+
+/// An ensemble's mixture of one event (`input` K*C values) into `out`, or `false`.
+fn mix_quick<M: Mixer>(mixer: &M, scratch: &mut Scratch, input: &[f64], out: &mut [f64]) -> bool {
+    if input.len() != scratch.outputs.len() {
+        return false;
+    }
+    scratch.outputs.copy_from_slice(input);
+    if !mixer.experts().clear_outputs(&mut scratch.outputs) {
+        return false;
+    }
+    mixer.experts().mix(mixer.weights(), &scratch.outputs, out);
+    true
+}
+
+/// An ensemble's `learn` of one event, or `false` with nothing changed.
+fn mixer_learn<M: Mixer>(
+    mixer: &mut M,
+    scratch: &mut Scratch,
+    input: &[f64],
+    y: &Bound<'_, PyAny>,
+) -> bool {
+    if input.len() != scratch.outputs.len() {
+        return false;
+    }
+    scratch.outputs.copy_from_slice(input);
+    if !mixer.experts().clear_outputs(&mut scratch.outputs) {
+        return false;
+    }
+    let target = match read_target(y, mixer.experts()) {
+        Some(target) => target,
+        None => return false,
+    };
+    mixer
+        .experts()
+        .losses(&scratch.outputs, target, &mut scratch.losses);
+    if !finite_update(&scratch.losses) {
+        return false;
+    }
+    mixer.learn_losses(&scratch.losses);
+    true
+}
+
+/// A binary probability pair's class-1 score, cleared and clipped, or `None`.
+fn binary_score(input: &[f64]) -> Option<f64> {
+    if input.len() != 2 {
+        return None;
+    }
+    let mut p = [input[0], input[1]];
+    if clear_probabilities(&mut p) {
+        Some(clip_probability(p[1]))
+    } else {
+        None
+    }
+}
+
+fn binary_output(q: f64, out: &mut [f64]) {
+    out[0] = 1.0 - q;
+    out[1] = q;
+}
+
+fn extract<T: pyo3::PyClass>(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Py<T>> {
+    item.downcast::<T>()
+        .map(|bound| bound.clone().unbind())
+        .map_err(|_| PyValueError::new_err(format!("stage core: expected a {what}")))
+}
+
+impl Stage {
+    /// A stage from its spec `(kind, handle, cores, input shape, output length)`, as
+    /// `streamweights.adapters.chain.native_stage` writes it.
+    pub fn from_spec(spec: &Bound<'_, PyAny>) -> PyResult<Stage> {
+        let (kind, handle, cores, shape, output_len): (
+            String,
+            PyObject,
+            Bound<'_, PyTuple>,
+            Vec<usize>,
+            usize,
+        ) = spec.extract()?;
+        let core = |index: usize| cores.get_item(index);
+        let kind = match kind.as_str() {
+            "FixedShare" => Kind::FixedShare(extract(&core(0)?, "FixedShareCore")?),
+            "Hedge" => Kind::Hedge(extract(&core(0)?, "HedgeCore")?),
+            "Stacking" => Kind::Stacking(
+                extract(&core(0)?, "StackingCore")?,
+                extract(&core(1)?, "KalmanCore")?,
+            ),
+            "Platt" => Kind::Platt(extract(&core(0)?, "PlattCore")?),
+            "Beta" => Kind::Beta(extract(&core(0)?, "BetaCore")?),
+            "Temperature" => Kind::Temperature(extract(&core(0)?, "TemperatureCore")?),
+            "CalibeatingPlatt" => Kind::CalibeatingPlatt(
+                extract(&core(0)?, "CalibeatingCore")?,
+                extract(&core(1)?, "PlattCore")?,
+            ),
+            "CalibeatingBeta" => Kind::CalibeatingBeta(
+                extract(&core(0)?, "CalibeatingCore")?,
+                extract(&core(1)?, "BetaCore")?,
+            ),
+            "DriftMemory" => Kind::DriftMemory(extract(&core(0)?, "DriftMemoryCore")?),
+            "PriorShift" => Kind::PriorShift(extract(&core(0)?, "PriorShiftCore")?),
+            "FeatureCorrection" => {
+                Kind::FeatureCorrection(extract(&core(0)?, "FeatureCorrectionCore")?)
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "stage kind: no native stage {other:?}"
+                )))
+            }
+        };
+        let input_len = shape.iter().product();
+        Ok(Stage {
+            kind,
+            handle,
+            shape,
+            input_len,
+            output_len,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Whether the stage takes the packed `[input, chain input, features]`.
+    pub fn packs(&self) -> bool {
+        matches!(self.kind, Kind::FeatureCorrection(_))
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// `predict(input)` into `out` (`output_len` values).
+    pub fn predict(&mut self, py: Python<'_>, input: &[f64], out: &mut [f64]) -> PyResult<()> {
+        if self.predict_quick(py, input, out) {
+            return Ok(());
+        }
+        let result = self
+            .handle
+            .bind(py)
+            .call_method1("predict", (self.as_array(py, input)?,))?;
+        self.read_output(py, &result, out)
+    }
+
+    /// `learn(input, y)` with `y` the label object the chain was given.
+    pub fn learn(&mut self, py: Python<'_>, input: &[f64], y: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.learn_quick(py, input, y) {
+            return Ok(());
+        }
+        self.handle
+            .bind(py)
+            .call_method1("learn", (self.as_array(py, input)?, y))?;
+        Ok(())
+    }
+
+    /// `observe(input)`: only a drift memory's does something.
+    pub fn observe(&mut self, py: Python<'_>, input: &[f64]) -> PyResult<()> {
+        if let Kind::PriorShift(core) = &self.kind {
+            let mut guard = core.bind(py).borrow_mut();
+            let core = &mut *guard;
+            if let Some(p) = prior_input(core, input) {
+                core.estimator.observe(&core.config, &p);
+                return Ok(());
+            }
+            drop(guard);
+            self.handle
+                .bind(py)
+                .call_method1("observe", (self.as_array(py, input)?,))?;
+            return Ok(());
+        }
+        if let Kind::DriftMemory(core) = &self.kind {
+            let mut core = core.bind(py).borrow_mut();
+            if input.len() == core.n_classes {
+                let mut p = input.to_vec();
+                if clear_probabilities(&mut p) {
+                    core.observe_row(py, p);
+                    return Ok(());
+                }
+            }
+            drop(core);
+            self.handle
+                .bind(py)
+                .call_method1("observe", (self.as_array(py, input)?,))?;
+        }
+        Ok(())
+    }
+
+    /// The handle's `on_drift`.
+    pub fn on_drift(&self, py: Python<'_>) -> PyResult<()> {
+        self.handle.bind(py).call_method0("on_drift")?;
+        Ok(())
+    }
+
+    fn predict_quick(&mut self, py: Python<'_>, input: &[f64], out: &mut [f64]) -> bool {
+        match &self.kind {
+            Kind::FixedShare(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                mix_quick(&core.state, &mut core.scratch, input, out)
+            }
+            Kind::Hedge(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                mix_quick(&core.state, &mut core.scratch, input, out)
+            }
+            Kind::Stacking(core, kalman) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                if input.len() != core.outputs.len() {
+                    return false;
+                }
+                core.outputs.copy_from_slice(input);
+                if !core.stacking.experts.clear_outputs(&mut core.outputs) {
+                    return false;
+                }
+                core.stacking.design(&core.outputs, &mut core.design);
+                let filter = &kalman.bind(py).borrow().filter;
+                let features = core.stacking.n_features();
+                let width = core.stacking.experts.width();
+                self.scratch.resize(width, 0.0);
+                for (row, mean) in core
+                    .design
+                    .chunks_exact(features)
+                    .zip(self.scratch.iter_mut())
+                {
+                    let mut one = [0.0];
+                    filter.predictive_means(row, &mut one);
+                    *mean = one[0];
+                }
+                if core.stacking.experts.n_classes.is_none() {
+                    out[..width].copy_from_slice(&self.scratch);
+                } else {
+                    core.stacking.combine(&self.scratch, out);
+                }
+                true
+            }
+            Kind::Platt(core) => match binary_score(input) {
+                Some(f) => {
+                    binary_output(core.bind(py).borrow().inner.probability(f), out);
+                    true
+                }
+                None => false,
+            },
+            Kind::Beta(core) => match binary_score(input) {
+                Some(f) => {
+                    binary_output(core.bind(py).borrow().inner.probability(f), out);
+                    true
+                }
+                None => false,
+            },
+            Kind::Temperature(core) => {
+                let core = core.bind(py).borrow();
+                if input.len() != core.inner.n_classes {
+                    return false;
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(input);
+                if !clear_probabilities(&mut self.scratch) {
+                    return false;
+                }
+                core.inner.predict_into(&self.scratch, out);
+                true
+            }
+            Kind::CalibeatingPlatt(records, base) => match binary_score(input) {
+                Some(f) => {
+                    let q = base.bind(py).borrow().inner.probability(f);
+                    binary_output(records.bind(py).borrow().inner.forecast(q), out);
+                    true
+                }
+                None => false,
+            },
+            Kind::CalibeatingBeta(records, base) => match binary_score(input) {
+                Some(f) => {
+                    let q = base.bind(py).borrow().inner.probability(f);
+                    binary_output(records.bind(py).borrow().inner.forecast(q), out);
+                    true
+                }
+                None => false,
+            },
+            Kind::DriftMemory(core) => {
+                if input.len() != core.bind(py).borrow().n_classes || out.len() != input.len() {
+                    return false;
+                }
+                out.copy_from_slice(input);
+                clear_probabilities(out)
+            }
+            Kind::PriorShift(core) => {
+                let core = core.bind(py).borrow();
+                match prior_input(&core, input) {
+                    Some(p) if out.len() == p.len() => {
+                        core.estimator.predict(&core.config, &p, out);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::FeatureCorrection(core) => {
+                let core = core.bind(py).borrow();
+                let mut packed = input.to_vec();
+                if core.check(&mut packed).is_err() {
+                    return false;
+                }
+                let served = core.inner.predict(&packed);
+                if served.len() != out.len() {
+                    return false;
+                }
+                out.copy_from_slice(&served);
+                true
+            }
+        }
+    }
+
+    fn learn_quick(&mut self, py: Python<'_>, input: &[f64], y: &Bound<'_, PyAny>) -> bool {
+        match &self.kind {
+            Kind::FixedShare(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                mixer_learn(&mut core.state, &mut core.scratch, input, y)
+            }
+            Kind::Hedge(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                mixer_learn(&mut core.state, &mut core.scratch, input, y)
+            }
+            Kind::Stacking(core, kalman) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                if input.len() != core.outputs.len() {
+                    return false;
+                }
+                core.outputs.copy_from_slice(input);
+                if !core.stacking.experts.clear_outputs(&mut core.outputs) {
+                    return false;
+                }
+                let target = match read_target(y, &core.stacking.experts) {
+                    Some(target) => target,
+                    None => return false,
+                };
+                core.stacking.design(&core.outputs, &mut core.design);
+                let mut filter_guard = kalman.bind(py).borrow_mut();
+                let design = &core.design;
+                let outcome = match target {
+                    Target::Value(value) => {
+                        if !Stacking::update_is_finite(design, value) {
+                            return false;
+                        }
+                        filter_guard.filter.guarded(|filter| {
+                            filter.learn_one(design, Some(&[value]), None);
+                            Ok(())
+                        })
+                    }
+                    Target::Class(label) => {
+                        let classes = core.stacking.experts.width();
+                        let mut targets = vec![0.0; classes];
+                        targets[label] = 1.0;
+                        filter_guard
+                            .filter
+                            .guarded(|filter| filter.learn_block(design, Some(&targets), None))
+                    }
+                };
+                outcome.is_ok()
+            }
+            Kind::Platt(core) => match (binary_score(input), quick_label(y, 2)) {
+                (Some(f), Some(label)) => {
+                    core.bind(py).borrow_mut().inner.learn(&[f], &[label], None);
+                    true
+                }
+                _ => false,
+            },
+            Kind::Beta(core) => match (binary_score(input), quick_label(y, 2)) {
+                (Some(f), Some(label)) => {
+                    core.bind(py).borrow_mut().inner.learn(&[f], &[label], None);
+                    true
+                }
+                _ => false,
+            },
+            Kind::Temperature(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let classes = core.inner.n_classes;
+                if input.len() != classes {
+                    return false;
+                }
+                let mut p = input.to_vec();
+                if !clear_probabilities(&mut p) {
+                    return false;
+                }
+                match quick_label(y, classes) {
+                    Some(label) => {
+                        core.inner.learn(&floored(p), &[label]);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Kind::CalibeatingPlatt(records, base) => {
+                match (binary_score(input), quick_label(y, 2)) {
+                    (Some(f), Some(label)) => {
+                        let mut served = Vec::with_capacity(1);
+                        base.bind(py)
+                            .borrow_mut()
+                            .inner
+                            .learn(&[f], &[label], Some(&mut served));
+                        records.bind(py).borrow_mut().inner.record(served[0], label);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::CalibeatingBeta(records, base) => {
+                match (binary_score(input), quick_label(y, 2)) {
+                    (Some(f), Some(label)) => {
+                        let mut served = Vec::with_capacity(1);
+                        base.bind(py)
+                            .borrow_mut()
+                            .inner
+                            .learn(&[f], &[label], Some(&mut served));
+                        records.bind(py).borrow_mut().inner.record(served[0], label);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::DriftMemory(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let classes = core.n_classes;
+                let label = match quick_label(y, classes) {
+                    Some(label) => label as usize,
+                    None => return false,
+                };
+                if input.len() != classes {
+                    return false;
+                }
+                let mut p = input.to_vec();
+                if !clear_probabilities(&mut p) {
+                    return false;
+                }
+                core.learn_row(py, p, label);
+                true
+            }
+            Kind::PriorShift(core) => {
+                let mut guard = core.bind(py).borrow_mut();
+                let core = &mut *guard;
+                match (
+                    quick_label(y, core.config.n_classes),
+                    prior_input(core, input),
+                ) {
+                    (Some(label), Some(p)) => {
+                        core.estimator.learn(&core.config, &p, label as usize);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Kind::FeatureCorrection(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let label = match quick_label(y, core.inner.settings.n_classes) {
+                    Some(label) => label as usize,
+                    None => return false,
+                };
+                let mut packed = input.to_vec();
+                // a refused (non-finite) update changes nothing: the handle then raises
+                core.check(&mut packed).is_ok() && core.inner.learn(&packed, label).is_ok()
+            }
+        }
+    }
+
+    /// `input` as the numpy array the Python loop would have passed (its shape).
+    fn as_array<'py>(&self, py: Python<'py>, input: &[f64]) -> PyResult<Bound<'py, PyAny>> {
+        let numpy = py.import("numpy")?;
+        let array = numpy.call_method1("array", (PyList::new(py, input)?,))?;
+        array.call_method1("reshape", (PyTuple::new(py, &self.shape)?,))
+    }
+
+    /// A handle's output, flattened, into `out`.
+    fn read_output(
+        &self,
+        py: Python<'_>,
+        result: &Bound<'_, PyAny>,
+        out: &mut [f64],
+    ) -> PyResult<()> {
+        let numpy = py.import("numpy")?;
+        let flat = numpy.call_method1("ravel", (result,))?;
+        let values = read_flat(py, &flat)?;
+        if values.len() != out.len() {
+            return Err(PyValueError::new_err(format!(
+                "stage output: expected {} values, got {}",
+                out.len(),
+                values.len()
+            )));
+        }
+        out.copy_from_slice(&values);
+        Ok(())
+    }
+}
+
+/// A sequence of stages, each consuming the previous one's output.
+pub struct Sequence {
+    pub stages: Vec<Stage>,
+}
+
+impl Sequence {
+    pub fn from_specs(specs: &Bound<'_, PyAny>) -> PyResult<Sequence> {
+        let mut stages = Vec::new();
+        for spec in specs.try_iter()? {
+            stages.push(Stage::from_spec(&spec?)?);
+        }
+        if stages.is_empty() {
+            return Err(PyValueError::new_err(
+                "stages: a chain needs at least one stage",
+            ));
+        }
+        Ok(Sequence { stages })
+    }
+
+    /// Values of the trace after the first stage's input: the inputs of stages 1..
+    pub fn later_len(&self) -> usize {
+        self.stages[1..].iter().map(Stage::input_len).sum()
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.stages.last().map_or(0, Stage::output_len)
+    }
+
+    /// Run `input` through every stage: the last output into `out`, the inputs of stages
+    /// 1.. (each the previous output) into `later`, in order. `observe`: each stage first
+    /// observes its input (`Chain.observe_predict_trace`), else it is pure.
+    pub fn predict(
+        &mut self,
+        py: Python<'_>,
+        input: &[f64],
+        later: &mut [f64],
+        out: &mut [f64],
+        observe: bool,
+    ) -> PyResult<()> {
+        let count = self.stages.len();
+        let mut position = 0;
+        for index in 0..count {
+            let last = index + 1 == count;
+            let width = self.stages[index].output_len();
+            if last {
+                let source: &[f64] = if index == 0 {
+                    input
+                } else {
+                    let length = self.stages[index].input_len();
+                    &later[position - length..position]
+                };
+                if observe {
+                    self.stages[index].observe(py, source)?;
+                }
+                self.stages[index].predict(py, source, out)?;
+            } else {
+                let (before, after) = later.split_at_mut(position);
+                let source: &[f64] = if index == 0 {
+                    input
+                } else {
+                    &before[position - self.stages[index].input_len()..]
+                };
+                if observe {
+                    self.stages[index].observe(py, source)?;
+                }
+                self.stages[index].predict(py, source, &mut after[..width])?;
+                position += width;
+            }
+        }
+        Ok(())
+    }
+
+    /// Teach every stage `y` on the input it saw: `input` for the first, `later` (as
+    /// [`Sequence::predict`] wrote it) for the others.
+    pub fn learn(
+        &mut self,
+        py: Python<'_>,
+        input: &[f64],
+        later: &[f64],
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let mut position = 0;
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            if index == 0 {
+                stage.learn(py, input, y)?;
+            } else {
+                let length = stage.input_len();
+                stage.learn(py, &later[position..position + length], y)?;
+                position += length;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_drift(&self, py: Python<'_>) -> PyResult<()> {
+        for stage in &self.stages {
+            stage.on_drift(py)?;
+        }
+        Ok(())
+    }
+}
+
+/// A whole C-contiguous native float64 array of exactly `shape`, read; `None` otherwise.
+fn read_shaped(py: Python<'_>, x: &Bound<'_, PyAny>, shape: &[usize]) -> Option<Vec<f64>> {
+    let buffer = PyBuffer::<f64>::get(x).ok()?;
+    if buffer.shape() != shape || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+        return None;
+    }
+    buffer.to_vec(py).ok()
+}
+
+/// The core of `streamweights.adapters.Chain` when every stage has a native core: a
+/// `Portfolio` head (optional) and plain stages, each verb one call.
+///
+/// The trace is written flat into one float64 array: the input of every stage in order
+/// (the chain's input first), then the portfolio's rows, then the chain's output; the
+/// Python handle splits it into views of the shapes `shapes` lists.
+#[pyclass(module = "streamweights._native")]
+pub struct ChainCore {
+    head: Option<Py<PortfolioCore>>,
+    stages: Vec<Stage>,
+    shapes: Vec<Vec<usize>>,
+    output_len: usize,
+}
+
+impl ChainCore {
+    fn trace_len(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|shape| shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+#[pymethods]
+impl ChainCore {
+    /// `head`: the portfolio core of a first `Portfolio` stage (`None`: none), whose
+    /// inputs have `head_shape`; `specs`: the other stages (see `Stage::from_spec`).
+    #[new]
+    #[pyo3(signature = (head, head_shape, specs))]
+    fn new(
+        head: Option<Bound<'_, PortfolioCore>>,
+        head_shape: Vec<usize>,
+        specs: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let mut stages = Vec::new();
+        for spec in specs.try_iter()? {
+            stages.push(Stage::from_spec(&spec?)?);
+        }
+        let mut shapes: Vec<Vec<usize>> = Vec::new();
+        let mut output_len = 0;
+        if let Some(core) = &head {
+            let core = core.borrow();
+            if core.count() == 0 || !core.is_native() {
+                return Err(PyValueError::new_err(
+                    "head: the portfolio's candidates are not driven by its core",
+                ));
+            }
+            shapes.push(head_shape);
+            output_len = core.width();
+        } else if stages.is_empty() {
+            return Err(PyValueError::new_err(
+                "stages: a chain needs at least one stage",
+            ));
+        }
+        for stage in &stages {
+            if !shapes.is_empty() && !stage.packs() && stage.input_len() != output_len {
+                return Err(PyValueError::new_err(
+                    "stages: a stage's input is not the previous stage's output",
+                ));
+            }
+            shapes.push(stage.shape.clone());
+            output_len = stage.output_len();
+        }
+        if let Some(core) = &head {
+            let core = core.borrow();
+            let width = core.width();
+            shapes.push(vec![core.trace_len() / width, width]);
+        }
+        Ok(ChainCore {
+            head: head.map(Bound::unbind),
+            stages,
+            shapes,
+            output_len,
+        })
+    }
+
+    /// Shapes of the trace's arrays, in order.
+    #[getter]
+    fn shapes(&self) -> Vec<Vec<usize>> {
+        self.shapes.clone()
+    }
+
+    /// Values the flat buffer holds: the trace, then the output.
+    #[getter]
+    fn size(&self) -> usize {
+        self.trace_len() + self.output_len
+    }
+
+    /// `observe_predict_trace(x)` into `buffer` when `x` is a C-contiguous float64
+    /// array of the first shape that the first stage's quick check clears (`true`);
+    /// `false`, with nothing changed, otherwise (the Python loop runs).
+    #[pyo3(signature = (x, buffer, features=None))]
+    fn observe_predict(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+        features: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let raw = match read_shaped(py, x, &self.shapes[0]) {
+            Some(raw) => raw,
+            None => return Ok(false),
+        };
+        let features = match features {
+            Some(features) => read_flat(py, features)?,
+            None if self.stages.iter().any(Stage::packs) => return Ok(false),
+            None => Vec::new(),
+        };
+        let chain_input = raw.clone();
+        let mut out = Vec::with_capacity(self.trace_len() + self.output_len);
+        out.extend_from_slice(&raw);
+        let mut rows = Vec::new();
+        let mut current = raw;
+        if let Some(head) = &self.head {
+            let mut core = head.bind(py).borrow_mut();
+            if !core.clear_values(&current) {
+                return Ok(false);
+            }
+            core.run_candidates(py, true)?;
+            let (count, width) = (core.count(), core.width());
+            rows.extend_from_slice(core.rows());
+            current = rows[count * width..(count + 1) * width].to_vec();
+        }
+        let recorded = self.head.is_some();
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            if stage.packs() {
+                current.extend_from_slice(&chain_input);
+                current.extend_from_slice(&features);
+                if current.len() != stage.input_len() {
+                    return Err(PyValueError::new_err(format!(
+                        "features: the packed input of a feature stage needs {} numbers, \
+                         got {}",
+                        stage.input_len(),
+                        current.len()
+                    )));
+                }
+            }
+            if recorded || index > 0 {
+                out.extend_from_slice(&current);
+            }
+            stage.observe(py, &current)?;
+            let mut next = vec![0.0; stage.output_len()];
+            stage.predict(py, &current, &mut next)?;
+            current = next;
+        }
+        out.extend_from_slice(&rows);
+        out.extend_from_slice(&current);
+        write_native(py, buffer, &out)?;
+        Ok(true)
+    }
+
+    /// `learn_trace(trace, y)` when every array of `trace` is a C-contiguous float64
+    /// array of its shape and the head's quick checks clear them and `y` (`true`);
+    /// `false`, with nothing changed, otherwise (the Python loop runs and decides).
+    fn learn(
+        &mut self,
+        py: Python<'_>,
+        trace: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let mut items = Vec::with_capacity(self.shapes.len());
+        for item in trace.try_iter()? {
+            let item = item?;
+            if items.len() == self.shapes.len() {
+                return Ok(false);
+            }
+            match read_shaped(py, &item, &self.shapes[items.len()]) {
+                Some(values) => items.push(values),
+                None => return Ok(false),
+            }
+        }
+        if items.len() != self.shapes.len() {
+            return Ok(false);
+        }
+        let inputs = match &self.head {
+            Some(head) => {
+                let mut core = head.bind(py).borrow_mut();
+                let label = match core.clear_label(y) {
+                    Some(label) => label,
+                    None => return Ok(false),
+                };
+                let rows = &items[items.len() - 1];
+                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(&items[0]) {
+                    return Ok(false);
+                }
+                core.learn_candidates(py, rows, &label)?;
+                &items[1..items.len() - 1]
+            }
+            None => &items[..],
+        };
+        for (stage, input) in self.stages.iter_mut().zip(inputs) {
+            stage.learn(py, input, y)?;
+        }
+        Ok(true)
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<ChainCore>()
+}

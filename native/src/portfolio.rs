@@ -1,0 +1,633 @@
+//! The online mixture of `streamweights.adapters.Portfolio`, and its candidate chains
+//! driven in one call per verb.
+//!
+//! The mixture's state (weights, cumulative losses, the regret account, AdaHedge's gap)
+//! lives here; its arithmetic is portfolio.py's, in the same order (sums left to right
+//! over the candidates, `f64` as Python's floats; the oracle is
+//! `tests/reference/portfolio.py`). When every stage of every candidate has a native core
+//! (see `chain.rs`), `predict_into` / `learn` run the candidates too, so a portfolio event
+//! is one call from Python; otherwise the Python handle drives the candidates and calls
+//! `update_weights` / `update_regression` here.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::types::{PyFloat, PyInt};
+
+use crate::chain::Sequence;
+use crate::expert_losses::{native_float64, read_flat, write_native, PROBABILITY_TOLERANCE};
+
+/// A quick look clears outputs only this far inside the tolerance (validation.py's
+/// `_QUICK_SUM_MARGIN`): at the edge, Python's check decides.
+const QUICK_SUM_MARGIN: f64 = 1e-12;
+/// numpy sums a row of fewer than 8 values left to right; longer rows pairwise, which
+/// the quick check does not reproduce (those go through Python's check).
+const LEFT_TO_RIGHT_ROW: usize = 8;
+
+#[pyclass(module = "streamweights._native")]
+pub struct PortfolioCore {
+    n_models: usize,
+    /// Classes per served row (`None`: regression, one value).
+    n_classes: Option<usize>,
+    width: usize,
+    probability_floor: f64,
+    drift_share: f64,
+    weights: Vec<f64>,
+    cumulative_loss: Vec<f64>,
+    mixture_loss: f64,
+    mixability_gap: f64,
+    n_learned: i64,
+    /// The squared error's exponent, kept in a field so that `powf` stays a call to the
+    /// C library's `pow` (Python's `** 2`), which a constant 2 would let the compiler
+    /// turn into a multiplication (they differ in the last bit about once in a
+    /// thousand).
+    square: f64,
+    candidates: Vec<Sequence>,
+    rows: Vec<f64>,
+    input: Vec<f64>,
+}
+
+/// `softmax(-rate * L)` (an infinite rate: uniform over the leaders), sums left to right.
+fn exponential_weights(cumulative: &[f64], rate: f64) -> Vec<f64> {
+    let best = cumulative.iter().copied().fold(f64::INFINITY, f64::min);
+    let raw: Vec<f64> = cumulative
+        .iter()
+        .map(|&c| {
+            if rate.is_infinite() {
+                if c == best {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                (-rate * (c - best)).exp()
+            }
+        })
+        .collect();
+    let mut total = 0.0;
+    for &value in &raw {
+        total += value;
+    }
+    raw.iter().map(|&value| value / total).collect()
+}
+
+/// Hedge loss minus mix loss of one round (AdaHedge's delta), never negative.
+fn mixability_gap(weights: &[f64], losses: &[f64], rate: f64) -> f64 {
+    let mut hedge = 0.0;
+    for (&weight, &loss) in weights.iter().zip(losses) {
+        hedge += weight * loss;
+    }
+    let mut best = f64::INFINITY;
+    for (&weight, &loss) in weights.iter().zip(losses) {
+        if weight > 0.0 && loss < best {
+            best = loss;
+        }
+    }
+    let mix = if rate.is_infinite() {
+        best
+    } else {
+        let mut kept = 0.0;
+        for (&weight, &loss) in weights.iter().zip(losses) {
+            if weight > 0.0 {
+                kept += weight * (-rate * (loss - best)).exp();
+            }
+        }
+        best - kept.ln() / rate
+    };
+    let gap = hedge - mix;
+    if gap > 0.0 {
+        gap
+    } else {
+        0.0
+    }
+}
+
+impl PortfolioCore {
+    fn require_candidates(&self) -> PyResult<()> {
+        if self.candidates.is_empty() {
+            return Err(PyValueError::new_err(
+                "PortfolioCore: no candidates bound (the Python handle drives them)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// AdaHedge's `eta = ln N / Delta` (`inf` while nothing was mixed).
+    fn rate(&self) -> f64 {
+        if self.mixability_gap <= 0.0 {
+            f64::INFINITY
+        } else {
+            (self.count() as f64).ln() / self.mixability_gap
+        }
+    }
+
+    fn step_weights(&mut self, probabilities: &[f64], served: f64) {
+        let floor = self.probability_floor;
+        let likelihoods: Vec<f64> = probabilities
+            .iter()
+            .map(|&p| if floor > p { floor } else { p })
+            .collect();
+        let posterior: Vec<f64> = self
+            .weights
+            .iter()
+            .zip(&likelihoods)
+            .map(|(&w, &q)| w * q)
+            .collect();
+        let mut total = 0.0;
+        for &value in &posterior {
+            total += value;
+        }
+        self.mixture_loss -= (if floor > served { floor } else { served }).ln();
+        for (c, &q) in self.cumulative_loss.iter_mut().zip(&likelihoods) {
+            *c -= q.ln();
+        }
+        self.n_learned += 1;
+        let share = 1.0 / (self.n_learned + 1) as f64;
+        let spread = share / posterior.len() as f64;
+        let keep = (1.0 - share) / total;
+        self.weights = posterior.iter().map(|&p| p * keep + spread).collect();
+    }
+
+    fn step_regression(&mut self, values: &[f64], served: f64, target: f64) {
+        let square = self.square;
+        let losses: Vec<f64> = values.iter().map(|&v| (v - target).powf(square)).collect();
+        self.mixability_gap += mixability_gap(&self.weights, &losses, self.rate());
+        self.mixture_loss += (served - target).powf(square);
+        for (c, &loss) in self.cumulative_loss.iter_mut().zip(&losses) {
+            *c += loss;
+        }
+        self.n_learned += 1;
+        self.weights = exponential_weights(&self.cumulative_loss, self.rate());
+    }
+
+    /// The weight step on the served rows (`rows` as `predict_into` writes them).
+    fn step_on_rows(&mut self, rows: &[f64], y: &Bound<'_, PyAny>) -> PyResult<()> {
+        let count = self.count();
+        let width = self.width;
+        match self.n_classes {
+            None => {
+                let target: f64 = y.extract()?;
+                let values: Vec<f64> = (0..count).map(|i| rows[i * width]).collect();
+                self.step_regression(&values, rows[count * width], target);
+            }
+            Some(_) => {
+                let label: usize = y.extract()?;
+                let probabilities: Vec<f64> = (0..count).map(|i| rows[i * width + label]).collect();
+                self.step_weights(&probabilities, rows[count * width + label]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The deployed models' outputs `x` as `check_model_outputs` returns them (rows
+    /// renormalised by numpy's row sum), into `self.input`, when `x` is a C-contiguous
+    /// native float64 array of the right shape whose values are clearly valid; `false`
+    /// (Python checks it, and raises or accepts) otherwise.
+    fn clear_input(&mut self, py: Python<'_>, x: &Bound<'_, PyAny>) -> bool {
+        let buffer = match PyBuffer::<f64>::get(x) {
+            Ok(buffer) => buffer,
+            Err(_) => return false,
+        };
+        let shape_ok = match self.n_classes {
+            None => buffer.shape() == [self.n_models],
+            Some(classes) => buffer.shape() == [self.n_models, classes],
+        };
+        if !shape_ok || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+            return false;
+        }
+        let mut raw = vec![0.0; self.n_models * self.width];
+        buffer.copy_to_slice(py, &mut raw).is_ok() && self.clear_values(&raw)
+    }
+
+    /// `clear_input` of raw values already read (row-major, `n_models * width`), into
+    /// `self.input`.
+    pub(crate) fn clear_values(&mut self, raw: &[f64]) -> bool {
+        if raw.len() != self.n_models * self.width
+            || self
+                .n_classes
+                .map_or(false, |classes| classes >= LEFT_TO_RIGHT_ROW)
+        {
+            return false;
+        }
+        self.input.clear();
+        self.input.extend_from_slice(raw);
+        match self.n_classes {
+            None => self.input.iter().all(|value| value.is_finite()),
+            Some(classes) => {
+                let high = 1.0 + PROBABILITY_TOLERANCE;
+                for row in self.input.chunks_exact_mut(classes) {
+                    let mut total = 0.0;
+                    for &value in row.iter() {
+                        if !(0.0..=high).contains(&value) {
+                            return false; // also NaN; inf is above `high`
+                        }
+                        total += value;
+                    }
+                    if (total - 1.0).abs() > PROBABILITY_TOLERANCE - QUICK_SUM_MARGIN {
+                        return false;
+                    }
+                    for value in row.iter_mut() {
+                        *value /= total;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// The label as Python's check passes it on (an exact `int` in range; a finite
+    /// `float` or `int` as a `float` for regression), or `None`.
+    pub(crate) fn clear_label<'py>(&self, y: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+        match self.n_classes {
+            Some(classes) => {
+                let label: i64 = y.downcast_exact::<PyInt>().ok()?.extract().ok()?;
+                (label >= 0 && (label as u64) < classes as u64).then(|| y.clone())
+            }
+            None => {
+                let value: f64 =
+                    if y.is_exact_instance_of::<PyFloat>() || y.is_exact_instance_of::<PyInt>() {
+                        y.extract().ok()?
+                    } else {
+                        return None;
+                    };
+                value
+                    .is_finite()
+                    .then(|| PyFloat::new(y.py(), value).into_any())
+            }
+        }
+    }
+
+    /// The served rows `rows` of a trace when they are a C-contiguous native float64
+    /// array of the trace's shape, all finite.
+    fn clear_rows(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+        let buffer = PyBuffer::<f64>::get(rows).ok()?;
+        let total = self.trace_len();
+        let shape_ok = buffer.shape() == [total / self.width, self.width];
+        if !shape_ok || !native_float64(&buffer) || !buffer.is_c_contiguous() {
+            return None;
+        }
+        let values = buffer.to_vec(py).ok()?;
+        values
+            .iter()
+            .all(|value| value.is_finite())
+            .then_some(values)
+    }
+
+    /// Every candidate on `self.input` (each stage observing its input first when
+    /// `observe`): the trace into `self.rows`.
+    pub(crate) fn run_candidates(&mut self, py: Python<'_>, observe: bool) -> PyResult<()> {
+        let count = self.count();
+        let width = self.width;
+        let total = self.trace_len();
+        let mut trace = std::mem::take(&mut self.rows);
+        trace.clear();
+        trace.resize(total, 0.0);
+        let (served, later) = trace.split_at_mut((count + 1) * width);
+        let mut position = 0;
+        let mut outcome = Ok(());
+        for (index, candidate) in self.candidates.iter_mut().enumerate() {
+            let length = candidate.later_len();
+            outcome = candidate.predict(
+                py,
+                &self.input,
+                &mut later[position..position + length],
+                &mut served[index * width..(index + 1) * width],
+                observe,
+            );
+            if outcome.is_err() {
+                break;
+            }
+            position += length;
+        }
+        for column in 0..width {
+            let mut mixed = 0.0;
+            for (index, &weight) in self.weights.iter().enumerate() {
+                mixed += weight * served[index * width + column];
+            }
+            served[count * width + column] = mixed;
+        }
+        self.rows = trace;
+        outcome
+    }
+
+    /// Every candidate learns `y` on what it saw (`self.input`, the later rows of
+    /// `trace`), then the weights step.
+    pub(crate) fn learn_candidates(
+        &mut self,
+        py: Python<'_>,
+        trace: &[f64],
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let input = std::mem::take(&mut self.input);
+        let later = &trace[(self.count() + 1) * self.width..];
+        let mut position = 0;
+        let mut outcome = Ok(());
+        for candidate in self.candidates.iter_mut() {
+            let length = candidate.later_len();
+            outcome = candidate.learn(py, &input, &later[position..position + length], y);
+            if outcome.is_err() {
+                break;
+            }
+            position += length;
+        }
+        self.input = input;
+        outcome?;
+        self.step_on_rows(trace, y)
+    }
+
+    /// The trace of the last `run_candidates`.
+    pub(crate) fn rows(&self) -> &[f64] {
+        &self.rows
+    }
+
+    pub(crate) fn is_native(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
+    pub(crate) fn trace_len(&self) -> usize {
+        let later: usize = self.candidates.iter().map(Sequence::later_len).sum();
+        (self.count() + 1) * self.width + later
+    }
+}
+
+#[pymethods]
+impl PortfolioCore {
+    #[new]
+    #[pyo3(signature = (n_candidates, n_models, n_classes, probability_floor, drift_share))]
+    fn new(
+        n_candidates: usize,
+        n_models: usize,
+        n_classes: Option<usize>,
+        probability_floor: f64,
+        drift_share: f64,
+    ) -> PyResult<Self> {
+        if n_candidates == 0 {
+            return Err(PyValueError::new_err("candidates: at least one"));
+        }
+        let mut core = PortfolioCore {
+            n_models,
+            n_classes,
+            width: n_classes.unwrap_or(1),
+            probability_floor,
+            drift_share,
+            weights: vec![1.0 / n_candidates as f64; n_candidates],
+            cumulative_loss: vec![0.0; n_candidates],
+            mixture_loss: 0.0,
+            mixability_gap: 0.0,
+            n_learned: 0,
+            square: 2.0,
+            candidates: Vec::new(),
+            rows: Vec::new(),
+            input: Vec::new(),
+        };
+        if n_classes.is_none() {
+            core.weights = exponential_weights(&core.cumulative_loss, core.rate());
+        }
+        Ok(core)
+    }
+
+    /// Drive the candidates here: one list of stage specs per candidate (see
+    /// `chain.rs`'s `Stage::from_spec`).
+    fn bind_candidates(&mut self, candidates: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut bound = Vec::new();
+        for specs in candidates.try_iter()? {
+            let sequence = Sequence::from_specs(&specs?)?;
+            if sequence.output_len() != self.width {
+                return Err(PyValueError::new_err(
+                    "candidates: a candidate's output is not one served row",
+                ));
+            }
+            bound.push(sequence);
+        }
+        if bound.len() != self.count() {
+            return Err(PyValueError::new_err(format!(
+                "candidates: {} bound for {} weights",
+                bound.len(),
+                self.count()
+            )));
+        }
+        self.candidates = bound;
+        Ok(())
+    }
+
+    /// Whether the candidates run here.
+    #[getter]
+    fn native(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
+    /// Rows of the trace: `(N + 1) * width` served values, then every candidate's stage
+    /// inputs after its first.
+    #[getter]
+    fn trace_size(&self) -> usize {
+        self.trace_len()
+    }
+
+    /// `predict_traced` of checked model outputs (`observe`: `observe_predict_traced`):
+    /// the trace (each candidate's output, the mixture, the later stage inputs) written
+    /// into `rows`, a float64 array of `trace_size` values.
+    #[pyo3(signature = (outputs, rows, observe=false))]
+    fn predict_into(
+        &mut self,
+        py: Python<'_>,
+        outputs: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        observe: bool,
+    ) -> PyResult<()> {
+        self.require_candidates()?;
+        self.input = read_flat(py, outputs)?;
+        self.run_candidates(py, observe)?;
+        write_native(py, rows, &self.rows)
+    }
+
+    /// `predict_traced` of the raw outputs `x` when the quick check clears them (the
+    /// trace into `rows`, `true`); `false`, with nothing done, otherwise.
+    #[pyo3(signature = (x, rows, observe=false))]
+    fn predict_raw(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        observe: bool,
+    ) -> PyResult<bool> {
+        if self.candidates.is_empty() || !self.clear_input(py, x) {
+            return Ok(false);
+        }
+        self.run_candidates(py, observe)?;
+        write_native(py, rows, &self.rows)?;
+        Ok(true)
+    }
+
+    /// `learn_traced` of checked outputs, the trace rows `predict_into` wrote (checked
+    /// finite, of the right size) and the checked label: every candidate learns on what
+    /// it saw, then the weights step.
+    fn learn(
+        &mut self,
+        py: Python<'_>,
+        outputs: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.require_candidates()?;
+        self.input = read_flat(py, outputs)?;
+        let trace = read_flat(py, rows)?;
+        if trace.len() != self.trace_len() {
+            return Err(PyValueError::new_err(format!(
+                "trace: expected {} values, got {}",
+                self.trace_len(),
+                trace.len()
+            )));
+        }
+        self.learn_candidates(py, &trace, y)
+    }
+
+    /// `learn_traced` on raw `x`, `rows`, `y` when the quick checks clear all three
+    /// (`true`); `false`, with nothing changed, otherwise (Python checks them).
+    fn learn_raw(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if self.candidates.is_empty() {
+            return Ok(false);
+        }
+        let label = match self.clear_label(y) {
+            Some(label) => label,
+            None => return Ok(false),
+        };
+        let trace = match self.clear_rows(py, rows) {
+            Some(trace) => trace,
+            None => return Ok(false),
+        };
+        if !self.clear_input(py, x) {
+            return Ok(false);
+        }
+        self.learn_candidates(py, &trace, &label)?;
+        Ok(true)
+    }
+
+    /// Every candidate's `on_drift` (through its handles); then the weights' share.
+    fn on_drift(&mut self, py: Python<'_>) -> PyResult<()> {
+        for candidate in &self.candidates {
+            candidate.on_drift(py)?;
+        }
+        self.drift_weights();
+        Ok(())
+    }
+
+    /// Move `drift_share` of the weight back to uniform (classification only).
+    fn drift_weights(&mut self) {
+        if self.drift_share > 0.0 && self.n_classes.is_some() {
+            let spread = self.drift_share / self.count() as f64;
+            let keep = 1.0 - self.drift_share;
+            for weight in self.weights.iter_mut() {
+                *weight = keep * *weight + spread;
+            }
+        }
+    }
+
+    /// The Fixed-Share step on each candidate's probability of the label and the
+    /// mixture's (what the Python-driven path calls after its candidates learned).
+    fn update_weights(&mut self, probabilities: Vec<f64>, served: f64) -> PyResult<()> {
+        if probabilities.len() != self.count() {
+            return Err(PyValueError::new_err("probabilities: one per candidate"));
+        }
+        self.step_weights(&probabilities, served);
+        Ok(())
+    }
+
+    /// The AdaHedge step on each candidate's value, the mixture's and the target.
+    fn update_regression(&mut self, values: Vec<f64>, served: f64, target: f64) -> PyResult<()> {
+        if values.len() != self.count() {
+            return Err(PyValueError::new_err("values: one per candidate"));
+        }
+        self.step_regression(&values, served, target);
+        Ok(())
+    }
+
+    fn weights(&self) -> Vec<f64> {
+        self.weights.clone()
+    }
+
+    fn cumulative_loss(&self) -> Vec<f64> {
+        self.cumulative_loss.clone()
+    }
+
+    /// AdaHedge's current rate (`inf` while nothing was mixed).
+    #[getter]
+    fn current_rate(&self) -> f64 {
+        self.rate()
+    }
+
+    /// `(weights, cumulative_loss, mixture_loss, mixability_gap, n_learned)`.
+    fn get_state(&self) -> (Vec<f64>, Vec<f64>, f64, f64, i64) {
+        (
+            self.weights.clone(),
+            self.cumulative_loss.clone(),
+            self.mixture_loss,
+            self.mixability_gap,
+            self.n_learned,
+        )
+    }
+
+    fn set_state(
+        &mut self,
+        weights: Vec<f64>,
+        cumulative_loss: Vec<f64>,
+        mixture_loss: f64,
+        mixability_gap: f64,
+        n_learned: i64,
+    ) -> PyResult<()> {
+        let count = self.count();
+        if weights.len() != count || cumulative_loss.len() != count {
+            return Err(PyValueError::new_err(format!(
+                "state: weights and cumulative_loss need {count} values (one per candidate), \
+                 got {} and {}; the snapshot is of another configuration",
+                weights.len(),
+                cumulative_loss.len()
+            )));
+        }
+        self.weights = weights;
+        self.cumulative_loss = cumulative_loss;
+        self.mixture_loss = mixture_loss;
+        self.mixability_gap = mixability_gap;
+        self.n_learned = n_learned;
+        Ok(())
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<PortfolioCore>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_weights_are_uniform_over_leaders_at_infinite_rate() {
+        assert_eq!(
+            exponential_weights(&[1.0, 0.5, 0.5], f64::INFINITY),
+            vec![0.0, 0.5, 0.5]
+        );
+        let weights = exponential_weights(&[0.0, 1.0], 1.0);
+        assert!((weights[0] + weights[1] - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn gap_is_never_negative() {
+        assert_eq!(mixability_gap(&[0.5, 0.5], &[1.0, 1.0], 2.0), 0.0);
+        assert!(mixability_gap(&[0.5, 0.5], &[0.0, 4.0], 1.0) > 0.0);
+    }
+}
