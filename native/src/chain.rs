@@ -581,9 +581,13 @@ impl Stage {
     }
 }
 
-/// A sequence of stages, each consuming the previous one's output.
+/// A sequence of stages, each consuming the previous one's output (a portfolio's
+/// candidate). A feature stage (not the first) takes the packed `[its input, the
+/// sequence's input, features]`; its slot of the trace keeps only its own input, as the
+/// Python portfolio's trace does, and the packed vector is built again to learn.
 pub struct Sequence {
     pub stages: Vec<Stage>,
+    packed: Vec<f64>,
 }
 
 impl Sequence {
@@ -597,82 +601,152 @@ impl Sequence {
                 "stages: a chain needs at least one stage",
             ));
         }
-        Ok(Sequence { stages })
+        if stages[0].packs() {
+            return Err(PyValueError::new_err(
+                "stages: a candidate's first stage cannot take features",
+            ));
+        }
+        Ok(Sequence {
+            stages,
+            packed: Vec::new(),
+        })
     }
 
-    /// Values of the trace after the first stage's input: the inputs of stages 1..
+    /// Whether a stage takes the packed input (the sequence needs the features).
+    pub fn packs(&self) -> bool {
+        self.stages.iter().any(Stage::packs)
+    }
+
+    /// Whether each feature stage's input is its own input, `input_len` values of the
+    /// sequence's input and `n_features` features (and every other stage's input the
+    /// previous output).
+    pub fn fits(&self, input_len: usize, n_features: usize) -> bool {
+        (1..self.stages.len()).all(|index| {
+            let own = self.stages[index - 1].output_len();
+            let expected = if self.stages[index].packs() {
+                own + input_len + n_features
+            } else {
+                own
+            };
+            self.stages[index].input_len() == expected
+        })
+    }
+
+    /// Values stage `index` (>= 1) keeps in the trace: its input, or for a feature
+    /// stage its own part of it (the previous stage's output).
+    fn slot_len(&self, index: usize) -> usize {
+        if self.stages[index].packs() {
+            self.stages[index - 1].output_len()
+        } else {
+            self.stages[index].input_len()
+        }
+    }
+
+    /// Values of the trace after the first stage's input: the slots of stages 1..
     pub fn later_len(&self) -> usize {
-        self.stages[1..].iter().map(Stage::input_len).sum()
+        (1..self.stages.len())
+            .map(|index| self.slot_len(index))
+            .sum()
     }
 
     pub fn output_len(&self) -> usize {
         self.stages.last().map_or(0, Stage::output_len)
     }
 
-    /// Run `input` through every stage: the last output into `out`, the inputs of stages
+    /// Run `input` through every stage: the last output into `out`, the slots of stages
     /// 1.. (each the previous output) into `later`, in order. `observe`: each stage first
-    /// observes its input (`Chain.observe_predict_trace`), else it is pure.
+    /// observes its input (`Chain.observe_predict_trace`), else it is pure. `features`:
+    /// what a feature stage's packed input ends with.
     pub fn predict(
         &mut self,
         py: Python<'_>,
         input: &[f64],
+        features: &[f64],
         later: &mut [f64],
         out: &mut [f64],
         observe: bool,
     ) -> PyResult<()> {
         let count = self.stages.len();
+        let mut packed = std::mem::take(&mut self.packed);
         let mut position = 0;
+        let mut outcome = Ok(());
         for index in 0..count {
-            let last = index + 1 == count;
+            let slot_len = if index == 0 { 0 } else { self.slot_len(index) };
             let width = self.stages[index].output_len();
-            if last {
-                let source: &[f64] = if index == 0 {
-                    input
-                } else {
-                    let length = self.stages[index].input_len();
-                    &later[position - length..position]
-                };
-                if observe {
-                    self.stages[index].observe(py, source)?;
-                }
-                self.stages[index].predict(py, source, out)?;
+            let (before, after) = later.split_at_mut(position);
+            let slot: &[f64] = if index == 0 {
+                input
             } else {
-                let (before, after) = later.split_at_mut(position);
-                let source: &[f64] = if index == 0 {
-                    input
-                } else {
-                    &before[position - self.stages[index].input_len()..]
-                };
-                if observe {
-                    self.stages[index].observe(py, source)?;
+                &before[position - slot_len..]
+            };
+            let stage = &mut self.stages[index];
+            let source: &[f64] = if stage.packs() {
+                packed.clear();
+                packed.extend_from_slice(slot);
+                packed.extend_from_slice(input);
+                packed.extend_from_slice(features);
+                &packed
+            } else {
+                slot
+            };
+            if observe {
+                outcome = stage.observe(py, source);
+                if outcome.is_err() {
+                    break;
                 }
-                self.stages[index].predict(py, source, &mut after[..width])?;
-                position += width;
             }
+            outcome = if index + 1 == count {
+                stage.predict(py, source, out)
+            } else {
+                stage.predict(py, source, &mut after[..width])
+            };
+            if outcome.is_err() {
+                break;
+            }
+            position += width;
         }
-        Ok(())
+        self.packed = packed;
+        outcome
     }
 
     /// Teach every stage `y` on the input it saw: `input` for the first, `later` (as
-    /// [`Sequence::predict`] wrote it) for the others.
+    /// [`Sequence::predict`] wrote it, with `features` for a feature stage) for the
+    /// others.
     pub fn learn(
         &mut self,
         py: Python<'_>,
         input: &[f64],
+        features: &[f64],
         later: &[f64],
         y: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let mut packed = std::mem::take(&mut self.packed);
         let mut position = 0;
-        for (index, stage) in self.stages.iter_mut().enumerate() {
-            if index == 0 {
-                stage.learn(py, input, y)?;
+        let mut outcome = Ok(());
+        for index in 0..self.stages.len() {
+            let source: &[f64] = if index == 0 {
+                input
             } else {
-                let length = stage.input_len();
-                stage.learn(py, &later[position..position + length], y)?;
+                let length = self.slot_len(index);
+                let slot = &later[position..position + length];
                 position += length;
+                if self.stages[index].packs() {
+                    packed.clear();
+                    packed.extend_from_slice(slot);
+                    packed.extend_from_slice(input);
+                    packed.extend_from_slice(features);
+                    &packed
+                } else {
+                    slot
+                }
+            };
+            outcome = self.stages[index].learn(py, source, y);
+            if outcome.is_err() {
+                break;
             }
         }
-        Ok(())
+        self.packed = packed;
+        outcome
     }
 
     pub fn on_drift(&self, py: Python<'_>) -> PyResult<()> {
@@ -807,7 +881,12 @@ impl ChainCore {
         let mut current = raw;
         if let Some(head) = &self.head {
             let mut core = head.bind(py).borrow_mut();
-            if !core.clear_values(&current) {
+            let head_features: &[f64] = if core.needs_features() {
+                &features
+            } else {
+                &[]
+            };
+            if !core.set_features(head_features) || !core.clear_values(&current) {
                 return Ok(false);
             }
             core.run_candidates(py, true)?;

@@ -46,6 +46,10 @@ pub struct PortfolioCore {
     candidates: Vec<Sequence>,
     rows: Vec<f64>,
     input: Vec<f64>,
+    /// Length of each prediction's features when a candidate packs them (`None`: none
+    /// does), and the features of the event being served.
+    n_features: Option<usize>,
+    features: Vec<f64>,
 }
 
 /// `softmax(-rate * L)` (an infinite rate: uniform over the leaders), sums left to right.
@@ -287,7 +291,10 @@ impl PortfolioCore {
         let mut trace = std::mem::take(&mut self.rows);
         trace.clear();
         trace.resize(total, 0.0);
-        let (served, later) = trace.split_at_mut((count + 1) * width);
+        let feature_len = self.feature_rows() * width;
+        let (trace_rows, feature_rows) = trace.split_at_mut(total - feature_len);
+        feature_rows[..self.features.len()].copy_from_slice(&self.features);
+        let (served, later) = trace_rows.split_at_mut((count + 1) * width);
         let mut position = 0;
         let mut outcome = Ok(());
         for (index, candidate) in self.candidates.iter_mut().enumerate() {
@@ -295,6 +302,7 @@ impl PortfolioCore {
             outcome = candidate.predict(
                 py,
                 &self.input,
+                &self.features,
                 &mut later[position..position + length],
                 &mut served[index * width..(index + 1) * width],
                 observe,
@@ -324,12 +332,14 @@ impl PortfolioCore {
         y: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let input = std::mem::take(&mut self.input);
-        let later = &trace[(self.count() + 1) * self.width..];
+        let feature_start = trace.len() - self.feature_rows() * self.width;
+        let features = &trace[feature_start..feature_start + self.n_features.unwrap_or(0)];
+        let later = &trace[(self.count() + 1) * self.width..feature_start];
         let mut position = 0;
         let mut outcome = Ok(());
         for candidate in self.candidates.iter_mut() {
             let length = candidate.later_len();
-            outcome = candidate.learn(py, &input, &later[position..position + length], y);
+            outcome = candidate.learn(py, &input, features, &later[position..position + length], y);
             if outcome.is_err() {
                 break;
             }
@@ -355,7 +365,40 @@ impl PortfolioCore {
 
     pub(crate) fn trace_len(&self) -> usize {
         let later: usize = self.candidates.iter().map(Sequence::later_len).sum();
-        (self.count() + 1) * self.width + later
+        (self.count() + 1 + self.feature_rows()) * self.width + later
+    }
+
+    /// Whether the candidates need each prediction's features.
+    pub(crate) fn needs_features(&self) -> bool {
+        self.n_features.is_some()
+    }
+
+    /// Rows of width `width` that carry the features at the end of the trace.
+    fn feature_rows(&self) -> usize {
+        self.n_features
+            .map_or(0, |count| (count + self.width - 1) / self.width)
+    }
+
+    /// Take `features` for the next `run_candidates` when the candidates need that many
+    /// (none when they need none); `false` otherwise.
+    pub(crate) fn set_features(&mut self, features: &[f64]) -> bool {
+        if features.len() != self.n_features.unwrap_or(0) {
+            return false;
+        }
+        self.features.clear();
+        self.features.extend_from_slice(features);
+        true
+    }
+
+    /// The features of `features` (a float64 array, or `None`) when they fit.
+    fn read_features(&mut self, py: Python<'_>, features: Option<&Bound<'_, PyAny>>) -> bool {
+        match features {
+            Some(features) => match read_flat(py, features) {
+                Ok(values) => self.set_features(&values),
+                Err(_) => false,
+            },
+            None => self.set_features(&[]),
+        }
     }
 }
 
@@ -388,6 +431,8 @@ impl PortfolioCore {
             candidates: Vec::new(),
             rows: Vec::new(),
             input: Vec::new(),
+            n_features: None,
+            features: Vec::new(),
         };
         if n_classes.is_none() {
             core.weights = exponential_weights(&core.cumulative_loss, core.rate());
@@ -396,9 +441,16 @@ impl PortfolioCore {
     }
 
     /// Drive the candidates here: one list of stage specs per candidate (see
-    /// `chain.rs`'s `Stage::from_spec`).
-    fn bind_candidates(&mut self, candidates: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `chain.rs`'s `Stage::from_spec`); `n_features`: the length of each prediction's
+    /// features, when a candidate's feature stage packs them.
+    #[pyo3(signature = (candidates, n_features=None))]
+    fn bind_candidates(
+        &mut self,
+        candidates: &Bound<'_, PyAny>,
+        n_features: Option<usize>,
+    ) -> PyResult<()> {
         let mut bound = Vec::new();
+        let input_len = self.n_models * self.width;
         for specs in candidates.try_iter()? {
             let sequence = Sequence::from_specs(&specs?)?;
             if sequence.output_len() != self.width {
@@ -406,7 +458,18 @@ impl PortfolioCore {
                     "candidates: a candidate's output is not one served row",
                 ));
             }
+            if sequence.packs() && n_features.is_none()
+                || !sequence.fits(input_len, n_features.unwrap_or(0))
+            {
+                return Err(PyValueError::new_err(
+                    "candidates: a stage's input is not the previous output (with the \
+                     models' outputs and the features, for a feature stage)",
+                ));
+            }
             bound.push(sequence);
+        }
+        if n_features == Some(0) {
+            return Err(PyValueError::new_err("n_features: at least one"));
         }
         if bound.len() != self.count() {
             return Err(PyValueError::new_err(format!(
@@ -416,6 +479,8 @@ impl PortfolioCore {
             )));
         }
         self.candidates = bound;
+        self.n_features = n_features;
+        self.features = vec![0.0; n_features.unwrap_or(0)];
         Ok(())
     }
 
@@ -435,15 +500,24 @@ impl PortfolioCore {
     /// `predict_traced` of checked model outputs (`observe`: `observe_predict_traced`):
     /// the trace (each candidate's output, the mixture, the later stage inputs) written
     /// into `rows`, a float64 array of `trace_size` values.
-    #[pyo3(signature = (outputs, rows, observe=false))]
+    /// `features`: the prediction's checked features (a float64 array), when the
+    /// candidates need them.
+    #[pyo3(signature = (outputs, rows, observe=false, features=None))]
     fn predict_into(
         &mut self,
         py: Python<'_>,
         outputs: &Bound<'_, PyAny>,
         rows: &Bound<'_, PyAny>,
         observe: bool,
+        features: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         self.require_candidates()?;
+        if !self.read_features(py, features) {
+            return Err(PyValueError::new_err(format!(
+                "features: expected {} numbers",
+                self.n_features.unwrap_or(0)
+            )));
+        }
         self.input = read_flat(py, outputs)?;
         self.run_candidates(py, observe)?;
         write_native(py, rows, &self.rows)
@@ -451,15 +525,19 @@ impl PortfolioCore {
 
     /// `predict_traced` of the raw outputs `x` when the quick check clears them (the
     /// trace into `rows`, `true`); `false`, with nothing done, otherwise.
-    #[pyo3(signature = (x, rows, observe=false))]
+    #[pyo3(signature = (x, rows, observe=false, features=None))]
     fn predict_raw(
         &mut self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         rows: &Bound<'_, PyAny>,
         observe: bool,
+        features: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        if self.candidates.is_empty() || !self.clear_input(py, x) {
+        if self.candidates.is_empty()
+            || !self.read_features(py, features)
+            || !self.clear_input(py, x)
+        {
             return Ok(false);
         }
         self.run_candidates(py, observe)?;

@@ -24,7 +24,7 @@ can drive: the ensembles, the calibrators, ``PriorShift``, ``DriftMemory``,
 the first stage. The Python loop below stays for the rest, and it is the same
 computation: a chain with a stage that has no native core the chain core knows
 (``TestTimeAdapter``, ``KalmanHead``, ``KalmanWeights``, a user's own ``Adapter``
-subclass, a portfolio whose candidates hold a feature stage), an input
+subclass, a portfolio whose candidates the portfolio core cannot drive), an input
 the core's quick checks do not clear (a list, an entry at the tolerance's edge: Python's
 checks decide and name the field), and the verbs nobody calls per record. The loop is
 also the oracle (``tests/reference/chain.py``, ``tests/adapters/test_native_chain.py``).
@@ -362,8 +362,8 @@ def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
     """Specs of a sequence of stages whose first takes inputs of ``shape`` (each later
     one the previous output: ``(C,)``, or ``()`` for a regression value); ``None`` when
     one of them has no native core. ``features``: the driver packs a feature stage's
-    input (``[its input, the chain's input, features]``, a ``Chain``); a portfolio's
-    candidates do not get features (their feature stages keep the Python loop)."""
+    input (``[its input, the chain's input, features]``: a ``Chain``, and a portfolio's
+    candidates, whose core keeps only the stage's own input in the trace)."""
     specs = []
     for stage in stages:
         packs = getattr(stage, "uses_features", False)

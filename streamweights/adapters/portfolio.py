@@ -70,11 +70,13 @@ right, ``i = 0 .. N-1``, in Python floats.
 The mixture's state and arithmetic live in the native core (``native/src/portfolio.rs``).
 When every stage of every candidate has a native core (the defaults do), the core also
 drives the candidates: ``observe_predict_traced`` and ``learn_traced`` are one call each,
-with the stages' own quick paths on slices (``native/src/chain.rs``). A candidate with a
-stage the core does not know (a user's adapter, ``KalmanWeights``, a feature stage) keeps
-the Python loop over :class:`~streamweights.adapters.chain.Chain` handles, and only the
-weight step runs in the core; both paths give the same bits (the Python loop is the
-oracle ``tests/reference/portfolio.py``; ``tests/adapters/test_native_portfolio.py``).
+with the stages' own quick paths on slices (``native/src/chain.rs``); it packs a feature
+stage's input and writes and reads the trace as the loop does. A candidate with a
+stage the core does not know (a user's adapter, ``KalmanWeights``) keeps the Python loop
+over :class:`~streamweights.adapters.chain.Chain` handles, and only the weight step runs
+in the core; both paths give the same bits (the Python loop is the oracle
+``tests/reference/portfolio.py``; ``tests/adapters/test_native_portfolio.py``; with
+features, ``test_native_portfolio_features.py``).
 
 References
 ----------
@@ -87,6 +89,7 @@ Theory 59.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -265,9 +268,15 @@ class Portfolio(Adapter):
                                            self.probability_floor, self.drift_share)
         shape = (self.n_models,) if self.n_classes is None else (self.n_models,
                                                                   self.n_classes)
-        specs = [native_stage_specs(chain.stages, shape) for chain in self.chains]
+        # a feature stage gets its input packed by the core, as the loop packs it; never
+        # the first stage (whose input is the models' outputs, not a trace row)
+        specs = [None if _packs(chain.stages[0]) else
+                 native_stage_specs(chain.stages, shape, features=True)
+                 for chain in self.chains]
         if all(spec is not None for spec in specs):
-            self._core.bind_candidates(specs)
+            # stages that do not fit together stay unbound: the loop runs and says why
+            with contextlib.suppress(ValueError):
+                self._core.bind_candidates(specs, self.n_features)
         self._count = len(self.chains)
         self._native = bool(self._core.native)
         self._trace_shape = (self._core.trace_size // self._width, self._width)
@@ -409,13 +418,23 @@ class Portfolio(Adapter):
         (``None`` otherwise); ValueError naming ``features`` when missing or malformed."""
         return check_feature_vector(features, self.n_features)
 
-    def _native_traced(self, x: Any, observe: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _native_traced(self, x: Any, features: Any,
+                       observe: bool) -> tuple[np.ndarray, np.ndarray]:
         """``predict_traced`` (``observe``: ``observe_predict_traced``) in one core call:
         the core checks ``x`` the quick way (``check_model_outputs``'s arithmetic) or
-        Python checks it first."""
+        Python checks it first; ``features`` are checked here (after ``x`` when both are
+        wrong, as the loop does)."""
+        vector = None
+        if self.n_features is not None:
+            try:
+                vector = np.ascontiguousarray(self.check_features(features))
+            except ValueError:
+                self._check(x)  # the loop names x first
+                raise
         rows = _empty(self._trace_shape)
-        if not self._core.predict_raw(x, rows, observe):
-            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows, observe)
+        if not self._core.predict_raw(x, rows, observe, vector):
+            self._core.predict_into(np.ascontiguousarray(self._check(x)), rows, observe,
+                                    vector)
         served = rows[self._count]
         return (served.copy() if self.n_classes is not None else np.array(served[0])), rows
 
@@ -426,7 +445,7 @@ class Portfolio(Adapter):
         of its packed vector), then the features (zero-padded to whole rows), which
         ``learn_traced`` packs again with ``x``."""
         if self._native:
-            return self._native_traced(x, observe)
+            return self._native_traced(x, features, observe)
         outputs = self._check(x)
         vector = self.check_features(features)
         rows, later = [], []
