@@ -8,6 +8,11 @@
 //! (see `chain.rs`), `predict_into` / `learn` run the candidates too, so a portfolio event
 //! is one call from Python; otherwise the Python handle drives the candidates and calls
 //! `update_weights` / `update_regression` here.
+//!
+//! A candidate's `FeatureCorrection` stage gets the packed `[its input, the models'
+//! outputs, features]` (see `Sequence`); the trace keeps only the stage's own input and,
+//! after every candidate's rows, the features zero-padded to whole rows of `width`, which
+//! `learn` packs again: the layout of portfolio.py's `_served`.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
