@@ -13,8 +13,8 @@
 //! What is returned is the parsed objects themselves (`outputs`, `features`, `label` as
 //! given, `int` stays `int`) except `ts`, which Python turns into a `float`: an exact
 //! `float` is returned as is, an `int` is converted with round-to-nearest-even, as
-//! Python's `float(int)` does. Integers outside `i64` (orjson gives up to `u64`) and
-//! anything unusual go to Python.
+//! Python's `float(int)` does. Integers outside `i128` (orjson's are `i64` or `u64`) and
+//! anything orjson does not make (subclasses, NaN) go to Python.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -32,14 +32,15 @@ const PREDICTION: u8 = 1;
 const LABEL: u8 = 2;
 
 /// A number as `_numbers` accepts it: an exact `float` within the bound (NaN is not), or
-/// an exact `int` (`bool` is not) that fits `i64`, so far inside the bound.
+/// an exact `int` (`bool` is not) that fits `i128` (orjson's fit `i64` or `u64`), so far
+/// inside the bound.
 fn is_number(item: &Bound<'_, PyAny>) -> bool {
     if let Ok(value) = item.downcast_exact::<PyFloat>() {
         let value = value.value();
         return (-MAX_MAGNITUDE..=MAX_MAGNITUDE).contains(&value);
     }
     match item.downcast_exact::<PyInt>() {
-        Ok(value) => value.extract::<i64>().is_ok(),
+        Ok(value) => value.extract::<i128>().is_ok(),
         Err(_) => false,
     }
 }
@@ -65,7 +66,7 @@ fn timestamp<'py>(value: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     if let Ok(float) = value.downcast_exact::<PyFloat>() {
         return float.value().is_finite().then(|| value.clone());
     }
-    let whole: i64 = value.downcast_exact::<PyInt>().ok()?.extract().ok()?;
+    let whole: i128 = value.downcast_exact::<PyInt>().ok()?.extract().ok()?;
     // `as` rounds to nearest, ties to even: what Python's `float(int)` does.
     Some(PyFloat::new(value.py(), whole as f64).into_any())
 }
