@@ -234,7 +234,8 @@ def test_hand_built_objects_go_to_python() -> None:
     raw = orjson.dumps(base)
     assert _native.check_record(base, raw, 0) is not None
     for obj in [Dict(base), {**base, "label": 2**130}, {**base, "ts": float("nan")},
-                {**base, "ts": 2**200}, {**base, "label": float("inf")}, {**base, 1: 1}, [base], None]:
+                {**base, "ts": 2**200}, {**base, "label": float("inf")}, {**base, 1: 1},
+                [base], None]:
         assert _native.check_record(obj, raw, 0) is None, obj
 
 
