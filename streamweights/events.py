@@ -18,7 +18,10 @@ type, an unknown field, a duplicate key, NaN / Infinity, a number beyond
 dead-letter header) and whose message names the field. Nothing else escapes, whatever
 the bytes (``tests/test_fuzz.py``, ``bench/fuzz.py``). Encoding is compact JSON via
 orjson, chosen because it decodes and encodes these records several times faster than
-the standard library (``bench/events.py`` measures both).
+the standard library (``bench/events.py`` measures both). A well-formed record's checks
+run in the native core in one call (``_native.check_record``, a quick path that only ever
+accepts); whatever it does not clear goes through the Python validators below, which stay
+the reference and give every refusal its reason and message.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from streamweights._native import check_record as _check_record
 
 SCHEMA_VERSION = 1
 
@@ -163,27 +168,56 @@ def encode(record: Prediction | Label | Adapted | Weights) -> bytes:
 
 
 def decode(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
-    """Decode a prediction or a label (told apart by their fields)."""
+    """Decode a prediction or a label (told apart by their fields).
+
+    A well-formed record is validated by the core in one call (``check_record``); anything
+    else goes to the Python validators, which raise the usual :class:`RecordError`."""
     raw = _as_bytes(raw)
-    obj = _load(raw, max_bytes)
+    obj = _parse(raw, max_bytes)
+    fields = _check_record(obj, raw, _ANY)
+    if fields is not None:
+        return Prediction(*fields) if len(fields) == 5 else Label(*fields)
+    return _decode_python(obj, raw, _ANY)
+
+
+def decode_prediction(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Prediction:
+    """Decode a record that must be a prediction."""
+    raw = _as_bytes(raw)
+    obj = _parse(raw, max_bytes)
+    fields = _check_record(obj, raw, _PREDICTION)
+    if fields is not None:
+        return Prediction(*fields)
+    return _prediction(_check_schema(obj), raw)
+
+
+def decode_label(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Label:
+    """Decode a record that must be a label."""
+    raw = _as_bytes(raw)
+    obj = _parse(raw, max_bytes)
+    fields = _check_record(obj, raw, _LABEL)
+    if fields is not None:
+        return Label(*fields)
+    return _label(_check_schema(obj), raw)
+
+
+#: ``check_record``'s kinds: decide by the fields, a prediction, a label.
+_ANY, _PREDICTION, _LABEL = 0, 1, 2
+
+
+def _decode_python(obj: Any, raw: bytes, kind: int) -> Record:
+    """The Python validators on a parsed record: the error path of the decoders, and the
+    oracle the core's quick path is tested against."""
+    obj = _check_schema(obj)
+    if kind == _PREDICTION:
+        return _prediction(obj, raw)
+    if kind == _LABEL:
+        return _label(obj, raw)
     if "outputs" in obj:
         return _prediction(obj, raw)
     if "label" in obj:
         return _label(obj, raw)
     raise RecordError("missing_field", "record: neither 'outputs' (prediction) nor 'label' "
                       "(label) present")
-
-
-def decode_prediction(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Prediction:
-    """Decode a record that must be a prediction."""
-    raw = _as_bytes(raw)
-    return _prediction(_load(raw, max_bytes), raw)
-
-
-def decode_label(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Label:
-    """Decode a record that must be a label."""
-    raw = _as_bytes(raw)
-    return _label(_load(raw, max_bytes), raw)
 
 
 def _as_bytes(raw: bytes | str) -> bytes:
@@ -203,16 +237,20 @@ def _as_bytes(raw: bytes | str) -> bytes:
     return raw
 
 
-def _load(raw: bytes, max_bytes: int) -> dict[str, Any]:
+def _parse(raw: bytes, max_bytes: int) -> Any:
     """One strict parse: size first, then orjson, whose refusals are sorted into reasons
     without a second parser ever seeing the text."""
     size = len(raw)
     if size > max_bytes:
         raise RecordError("oversized", f"record: {size} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise _parse_error(raw, error) from None
+
+
+def _check_schema(obj: Any) -> dict[str, Any]:
+    """A JSON object of a schema version this build understands."""
     if type(obj) is not dict:
         raise RecordError("wrong_type", f"record: expected a JSON object, got "
                           f"{type(obj).__name__}")

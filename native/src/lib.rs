@@ -26,6 +26,7 @@ mod platt;
 mod portfolio;
 mod prior_shift;
 mod probability_input;
+mod record_check;
 mod scores;
 mod stacking;
 mod temperature;
@@ -58,5 +59,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     drift_memory::register(module)?;
     portfolio::register(module)?;
     chain::register(module)?;
+    record_check::register(module)?;
     Ok(())
 }
