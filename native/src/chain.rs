@@ -24,7 +24,7 @@ use crate::beta::BetaCore;
 use crate::calibeating::CalibeatingCore;
 use crate::drift_memory::DriftMemoryCore;
 use crate::expert_losses::{
-    finite_update, native_float64, read_flat, read_target, write_native, Mixer, Scratch, Target,
+    learn_cleared, native_float64, read_flat, read_target, write_native, Mixer, Scratch, Target,
 };
 use crate::feature_correction::FeatureCorrectionCore;
 use crate::fixed_share::FixedShareCore;
@@ -115,18 +115,7 @@ fn mixer_learn<M: Mixer>(
     if !mixer.experts().clear_outputs(&mut scratch.outputs) {
         return false;
     }
-    let target = match read_target(y, mixer.experts()) {
-        Some(target) => target,
-        None => return false,
-    };
-    mixer
-        .experts()
-        .losses(&scratch.outputs, target, &mut scratch.losses);
-    if !finite_update(&scratch.losses) {
-        return false;
-    }
-    mixer.learn_losses(&scratch.losses);
-    true
+    learn_cleared(mixer, scratch, y)
 }
 
 /// A binary probability pair's class-1 score, cleared and clipped, or `None`.

@@ -410,6 +410,13 @@ pub fn learn_quick<M: Mixer>(
     if !read_event(py, x, mixer.experts(), &mut scratch.outputs) {
         return false;
     }
+    learn_cleared(mixer, scratch, y)
+}
+
+/// The rest of `learn` once the event's outputs in `scratch.outputs` cleared the quick
+/// check: the label's quick check, the losses, the finiteness guard and the step;
+/// `false` with nothing changed when the label or the update is refused.
+pub fn learn_cleared<M: Mixer>(mixer: &mut M, scratch: &mut Scratch, y: &Bound<'_, PyAny>) -> bool {
     let target = match read_target(y, mixer.experts()) {
         Some(target) => target,
         None => return false,

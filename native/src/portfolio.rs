@@ -22,6 +22,7 @@ use pyo3::types::{PyFloat, PyInt};
 
 use crate::chain::Sequence;
 use crate::expert_losses::{native_float64, read_flat, write_native, PROBABILITY_TOLERANCE};
+use crate::hedge::mixability_gap;
 
 /// A quick look clears outputs only this far inside the tolerance (validation.py's
 /// `_QUICK_SUM_MARGIN`): at the edge, Python's check decides.
@@ -79,37 +80,6 @@ fn exponential_weights(cumulative: &[f64], rate: f64) -> Vec<f64> {
         total += value;
     }
     raw.iter().map(|&value| value / total).collect()
-}
-
-/// Hedge loss minus mix loss of one round (AdaHedge's delta), never negative.
-fn mixability_gap(weights: &[f64], losses: &[f64], rate: f64) -> f64 {
-    let mut hedge = 0.0;
-    for (&weight, &loss) in weights.iter().zip(losses) {
-        hedge += weight * loss;
-    }
-    let mut best = f64::INFINITY;
-    for (&weight, &loss) in weights.iter().zip(losses) {
-        if weight > 0.0 && loss < best {
-            best = loss;
-        }
-    }
-    let mix = if rate.is_infinite() {
-        best
-    } else {
-        let mut kept = 0.0;
-        for (&weight, &loss) in weights.iter().zip(losses) {
-            if weight > 0.0 {
-                kept += weight * (-rate * (loss - best)).exp();
-            }
-        }
-        best - kept.ln() / rate
-    };
-    let gap = hedge - mix;
-    if gap > 0.0 {
-        gap
-    } else {
-        0.0
-    }
 }
 
 impl PortfolioCore {
