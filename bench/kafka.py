@@ -45,9 +45,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import heapq
+import io
 import os
 import pathlib
+import pstats
 import statistics
 import subprocess
 import sys
@@ -308,6 +311,33 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
             "achieved_rate": count / produced_for}
 
 
+def profile_ours(bootstrap: str, topics: Topics, inputs: dict[str, str],
+                 args: argparse.Namespace, total: int, state_dir: str) -> None:
+    """One more bounded replica under cProfile: where a replica's time goes, grouped by
+    the part of the service (cProfile slows it down; shares, not rates)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_ours(bootstrap, topics, inputs, args.streams, total, args.checkpoint_records,
+             state_dir, args.adapted)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    whole = max(entry[3] for entry in stats.stats.values())  # the outermost call's time
+    parts = {"pipeline (Pipeline.process)": "pipeline.py:process",
+             "decode": "events.py:decode", "checkpoint (task snapshots + transaction)":
+             "kafka_runtime.py:checkpoint", "outputs (encode + produce)": "service.py:_route",
+             "source (poll, unpack, merge, release)": "kafka_source.py:open"}
+    print(f"\nprofile of one replica (cProfile, {whole:.1f} s; cumulative shares, nested "
+          "parts overlap):")
+    for name, where in parts.items():
+        file, function = where.split(":")
+        cumulative = sum(entry[3] for (path, _, func), entry in stats.stats.items()
+                         if path.endswith(file) and func == function)
+        print(f"  {cumulative / whole:6.1%}  {name}")
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    print(text.getvalue())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", help="an existing broker (default: start one)")
@@ -322,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float,
                         help="skip the throughput rounds; measure latency at this many "
                              "records/s")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, profile one more replica under cProfile")
     parser.add_argument("--adapted", action="store_true",
                         help="also publish every adapted prediction (configs/kafka.yaml: off)")
     args = parser.parse_args(argv)
@@ -383,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"{best_ours / best_ceiling:.1%} of the ceiling (goal >= 50%); "
                   f"consume-only with kafka-python's fetch defaults {max(at_defaults):,.0f} "
                   f"records/s")
+        if args.profile:
+            profile_ours(bootstrap, topics, inputs, args, total,
+                         str(pathlib.Path(workdir) / "profile"))
         rate = best_ours / 2 if args.rate is None else args.rate
         label = "half of ours' rate" if args.rate is None else "a set rate"
         print(f"\nlatency at {label} "
