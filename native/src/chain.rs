@@ -37,6 +37,78 @@ use crate::probability_input::{clear_probabilities, quick_label};
 use crate::stacking::{Stacking, StackingCore};
 use crate::temperature::{floored, TemperatureCore};
 
+// Platt and beta scaling are the same verbs on other core types (`PlattCore`, `BetaCore`),
+// so their match arms share these bodies. Each is `false` with nothing changed when the
+// input (a binary distribution) or the label does not clear the quick check.
+
+/// Serve a binary calibrator: its probability of class 1 for the input's score.
+macro_rules! serve_binary {
+    ($py:expr, $core:expr, $input:expr, $out:expr) => {
+        match binary_score($input) {
+            Some(f) => {
+                binary_output($core.bind($py).borrow().inner.probability(f), $out);
+                true
+            }
+            None => false,
+        }
+    };
+}
+
+/// Serve Calibeating over a binary calibrator: the base's probability, then its forecast.
+macro_rules! serve_calibeating {
+    ($py:expr, $records:expr, $base:expr, $input:expr, $out:expr) => {
+        match binary_score($input) {
+            Some(f) => {
+                let q = $base.bind($py).borrow().inner.probability(f);
+                binary_output($records.bind($py).borrow().inner.forecast(q), $out);
+                true
+            }
+            None => false,
+        }
+    };
+}
+
+/// Teach a binary calibrator one labelled score.
+macro_rules! learn_binary {
+    ($py:expr, $core:expr, $input:expr, $y:expr) => {
+        match (binary_score($input), quick_label($y, 2)) {
+            (Some(f), Some(label)) => {
+                $core
+                    .bind($py)
+                    .borrow_mut()
+                    .inner
+                    .learn(&[f], &[label], None);
+                true
+            }
+            _ => false,
+        }
+    };
+}
+
+/// Teach Calibeating over a binary calibrator: the base learns (and says what it had
+/// served), then the records take that forecast and the label.
+macro_rules! learn_calibeating {
+    ($py:expr, $records:expr, $base:expr, $input:expr, $y:expr) => {
+        match (binary_score($input), quick_label($y, 2)) {
+            (Some(f), Some(label)) => {
+                let mut served = Vec::with_capacity(1);
+                $base
+                    .bind($py)
+                    .borrow_mut()
+                    .inner
+                    .learn(&[f], &[label], Some(&mut served));
+                $records
+                    .bind($py)
+                    .borrow_mut()
+                    .inner
+                    .record(served[0], label);
+                true
+            }
+            _ => false,
+        }
+    };
+}
+
 /// Which core a stage drives (and, for the two-core stages, the second one).
 enum Kind {
     FixedShare(Py<FixedShareCore>),
@@ -311,20 +383,8 @@ impl Stage {
                 }
                 true
             }
-            Kind::Platt(core) => match binary_score(input) {
-                Some(f) => {
-                    binary_output(core.bind(py).borrow().inner.probability(f), out);
-                    true
-                }
-                None => false,
-            },
-            Kind::Beta(core) => match binary_score(input) {
-                Some(f) => {
-                    binary_output(core.bind(py).borrow().inner.probability(f), out);
-                    true
-                }
-                None => false,
-            },
+            Kind::Platt(core) => serve_binary!(py, core, input, out),
+            Kind::Beta(core) => serve_binary!(py, core, input, out),
             Kind::Temperature(core) => {
                 let core = core.bind(py).borrow();
                 if input.len() != core.inner.n_classes {
@@ -338,22 +398,12 @@ impl Stage {
                 core.inner.predict_into(&self.scratch, out);
                 true
             }
-            Kind::CalibeatingPlatt(records, base) => match binary_score(input) {
-                Some(f) => {
-                    let q = base.bind(py).borrow().inner.probability(f);
-                    binary_output(records.bind(py).borrow().inner.forecast(q), out);
-                    true
-                }
-                None => false,
-            },
-            Kind::CalibeatingBeta(records, base) => match binary_score(input) {
-                Some(f) => {
-                    let q = base.bind(py).borrow().inner.probability(f);
-                    binary_output(records.bind(py).borrow().inner.forecast(q), out);
-                    true
-                }
-                None => false,
-            },
+            Kind::CalibeatingPlatt(records, base) => {
+                serve_calibeating!(py, records, base, input, out)
+            }
+            Kind::CalibeatingBeta(records, base) => {
+                serve_calibeating!(py, records, base, input, out)
+            }
             Kind::DriftMemory(core) => {
                 if input.len() != core.bind(py).borrow().n_classes || out.len() != input.len() {
                     return false;
@@ -437,20 +487,8 @@ impl Stage {
                 };
                 outcome.is_ok()
             }
-            Kind::Platt(core) => match (binary_score(input), quick_label(y, 2)) {
-                (Some(f), Some(label)) => {
-                    core.bind(py).borrow_mut().inner.learn(&[f], &[label], None);
-                    true
-                }
-                _ => false,
-            },
-            Kind::Beta(core) => match (binary_score(input), quick_label(y, 2)) {
-                (Some(f), Some(label)) => {
-                    core.bind(py).borrow_mut().inner.learn(&[f], &[label], None);
-                    true
-                }
-                _ => false,
-            },
+            Kind::Platt(core) => learn_binary!(py, core, input, y),
+            Kind::Beta(core) => learn_binary!(py, core, input, y),
             Kind::Temperature(core) => {
                 let mut core = core.bind(py).borrow_mut();
                 let classes = core.inner.n_classes;
@@ -470,33 +508,9 @@ impl Stage {
                 }
             }
             Kind::CalibeatingPlatt(records, base) => {
-                match (binary_score(input), quick_label(y, 2)) {
-                    (Some(f), Some(label)) => {
-                        let mut served = Vec::with_capacity(1);
-                        base.bind(py)
-                            .borrow_mut()
-                            .inner
-                            .learn(&[f], &[label], Some(&mut served));
-                        records.bind(py).borrow_mut().inner.record(served[0], label);
-                        true
-                    }
-                    _ => false,
-                }
+                learn_calibeating!(py, records, base, input, y)
             }
-            Kind::CalibeatingBeta(records, base) => {
-                match (binary_score(input), quick_label(y, 2)) {
-                    (Some(f), Some(label)) => {
-                        let mut served = Vec::with_capacity(1);
-                        base.bind(py)
-                            .borrow_mut()
-                            .inner
-                            .learn(&[f], &[label], Some(&mut served));
-                        records.bind(py).borrow_mut().inner.record(served[0], label);
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            Kind::CalibeatingBeta(records, base) => learn_calibeating!(py, records, base, input, y),
             Kind::DriftMemory(core) => {
                 let mut core = core.bind(py).borrow_mut();
                 let classes = core.n_classes;
