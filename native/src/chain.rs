@@ -355,11 +355,7 @@ impl Stage {
             Kind::Stacking(core, kalman) => {
                 let mut guard = core.bind(py).borrow_mut();
                 let core = &mut *guard;
-                if input.len() != core.outputs.len() {
-                    return false;
-                }
-                core.outputs.copy_from_slice(input);
-                if !core.stacking.experts.clear_outputs(&mut core.outputs) {
+                if !core.take_outputs(input) {
                     return false;
                 }
                 core.stacking.design(&core.outputs, &mut core.design);
@@ -452,11 +448,7 @@ impl Stage {
             Kind::Stacking(core, kalman) => {
                 let mut guard = core.bind(py).borrow_mut();
                 let core = &mut *guard;
-                if input.len() != core.outputs.len() {
-                    return false;
-                }
-                core.outputs.copy_from_slice(input);
-                if !core.stacking.experts.clear_outputs(&mut core.outputs) {
+                if !core.take_outputs(input) {
                     return false;
                 }
                 let target = match read_target(y, &core.stacking.experts) {

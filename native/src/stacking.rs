@@ -276,6 +276,17 @@ impl StackingCore {
 }
 
 impl StackingCore {
+    /// Copy one event's outputs (a chain's slice) into `outputs` when they clear the
+    /// quick check (the right length, probabilities renormalised as Python's check
+    /// does); `false` otherwise.
+    pub(crate) fn take_outputs(&mut self, input: &[f64]) -> bool {
+        if input.len() != self.outputs.len() {
+            return false;
+        }
+        self.outputs.copy_from_slice(input);
+        self.stacking.experts.clear_outputs(&mut self.outputs)
+    }
+
     /// The prediction of the design rows in `self.design`: the filter's predictive
     /// means and, for classes, their floored mixture, into `out` (`width` values).
     fn predict_design(&self, core: &KalmanCore, out: &mut [f64]) {
