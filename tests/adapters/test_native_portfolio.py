@@ -50,15 +50,17 @@ def _stream(kwargs: dict, n: int, seed: int) -> tuple[np.ndarray, list]:
 
 
 def _replay(portfolios: list, outputs: np.ndarray, labels: list, seed: int,
-            check_every: int = 1) -> None:
-    """Serve every event on each portfolio and learn its label 0..60 events later (late
-    and out of order, from the trace kept at prediction time), with a drift alarm every
-    ~7,000 events; outputs and traces compared bit for bit as they are served."""
+            check_every: int = 1, features: np.ndarray | None = None) -> None:
+    """Serve every event on each portfolio (with its row of ``features`` when given) and
+    learn its label 0..60 events later (late and out of order, from the trace kept at
+    prediction time), with a drift alarm every ~7,000 events; outputs and traces compared
+    bit for bit as they are served."""
     rng = np.random.default_rng(seed)
     delays = rng.integers(0, 60, size=len(labels))
     pending: list = []
     for t, (x, y) in enumerate(zip(outputs, labels, strict=True)):
-        served = [portfolio.observe_predict_traced(x) for portfolio in portfolios]
+        given = {} if features is None else {"features": features[t]}
+        served = [portfolio.observe_predict_traced(x, **given) for portfolio in portfolios]
         if t % check_every == 0:
             first_out, first_trace = served[0]
             for out, trace in served[1:]:

@@ -20,6 +20,7 @@ from streamweights.adapters import Chain, DriftMemory, Portfolio
 from streamweights.adapters import portfolio as portfolio_module
 from streamweights.adapters.state_codec import dumps_state
 from tests.adapters.test_native_ensemble import drifting_stream
+from tests.adapters.test_native_portfolio import _replay, _same_state
 
 N_EVENTS = 100_000
 
@@ -54,35 +55,6 @@ def python_loop(monkeypatch, **kwargs) -> Portfolio:
     return loop
 
 
-def _replay(portfolios: list, outputs: np.ndarray, features: np.ndarray, labels: list,
-            seed: int) -> None:
-    """Serve every event on each portfolio and learn its label 0..60 events later (late
-    and out of order, from the trace kept at prediction time), a drift alarm every ~7,000
-    events; outputs and traces compared bit for bit as they are served."""
-    rng = np.random.default_rng(seed)
-    delays = rng.integers(0, 61, size=len(labels))
-    pending: list = []
-    for t, (x, f, y) in enumerate(zip(outputs, features, labels, strict=True)):
-        served = [p.observe_predict_traced(x, features=f) for p in portfolios]
-        first_out, first_trace = served[0]
-        for out, trace in served[1:]:
-            assert out.shape == first_out.shape and trace.shape == first_trace.shape
-            assert np.array_equal(out, first_out), f"event {t}: served differ"
-            assert np.array_equal(trace, first_trace), f"event {t}: traces differ"
-        heapq.heappush(pending, (t + int(delays[t]), t, x, [tr for _, tr in served], y))
-        while pending and pending[0][0] <= t:
-            _, _, x_seen, traces, label = heapq.heappop(pending)
-            for portfolio, trace in zip(portfolios, traces, strict=True):
-                portfolio.learn_traced(x_seen, trace, label)
-        if t % 7_001 == 7_000:
-            for portfolio in portfolios:
-                portfolio.on_drift()
-
-
-def _same_state(left, right) -> None:
-    assert dumps_state(left.state_dict()) == dumps_state(right.state_dict())
-
-
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=[name for name, _ in CONFIGS])
 def test_native_feature_portfolio_equals_the_python_loop_bit_for_bit(name, kwargs,
                                                                      monkeypatch):
@@ -90,7 +62,7 @@ def test_native_feature_portfolio_equals_the_python_loop_bit_for_bit(name, kwarg
     assert ours.native, "the feature candidate's stages all have native cores"
     assert "FeatureCorrection" in ours.names[-1]
     outputs, features, labels = featured_stream(kwargs, N_EVENTS, seed=31)
-    _replay([ours, loop], outputs, features, labels, seed=7)
+    _replay([ours, loop], outputs, labels, seed=7, features=features)
     _same_state(ours, loop)
     assert ours.describe() == loop.describe()
     weights = ours.candidate_weights()
@@ -136,11 +108,11 @@ def test_snapshots_move_between_native_and_loop_and_continue_alike(monkeypatch):
     kwargs = CONFIGS[0][1]
     outputs, features, labels = featured_stream(kwargs, 6_000, seed=5)
     loop = python_loop(monkeypatch, **kwargs)
-    _replay([loop], outputs[:3_000], features[:3_000], labels[:3_000], seed=1)
+    _replay([loop], outputs[:3_000], labels[:3_000], seed=1, features=features[:3_000])
     ours = Portfolio(**kwargs)
     ours.load_state_dict(loop.state_dict())
     _same_state(ours, loop)
-    _replay([ours, loop], outputs[3_000:], features[3_000:], labels[3_000:], seed=2)
+    _replay([ours, loop], outputs[3_000:], labels[3_000:], seed=2, features=features[3_000:])
     back = python_loop(monkeypatch, **kwargs)
     back.load_state_dict(ours.state_dict())
     _same_state(back, ours)
@@ -153,7 +125,7 @@ def test_bad_inputs_raise_the_loops_errors_and_change_nothing(monkeypatch):
     kwargs = CONFIGS[1][1]
     ours, loop = Portfolio(**kwargs), python_loop(monkeypatch, **kwargs)
     outputs, features, labels = featured_stream(kwargs, 600, seed=9)
-    _replay([ours, loop], outputs[:500], features[:500], labels[:500], seed=4)
+    _replay([ours, loop], outputs[:500], labels[:500], seed=4, features=features[:500])
     before = dumps_state(ours.state_dict())
     _same_state(ours, loop)
     x, f = outputs[500], features[500]
