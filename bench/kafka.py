@@ -320,6 +320,8 @@ def profile_ours(bootstrap: str, topics: Topics, inputs: dict[str, str],
     run_ours(bootstrap, topics, inputs, args.streams, total, args.checkpoint_records,
              state_dir, args.adapted)
     profiler.disable()
+    if args.profile_dump:
+        profiler.dump_stats(args.profile_dump)
     stats = pstats.Stats(profiler)
     whole = max(entry[3] for entry in stats.stats.values())  # the outermost call's time
     parts = {"pipeline (Pipeline.process)": "pipeline.py:process",
@@ -354,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
                              "records/s")
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, profile one more replica under cProfile")
+    parser.add_argument("--profile-dump", default=None, metavar="PATH",
+                        help="with --profile, also write the raw cProfile stats here")
     parser.add_argument("--adapted", action="store_true",
                         help="also publish every adapted prediction (configs/kafka.yaml: off)")
     args = parser.parse_args(argv)
