@@ -7,11 +7,14 @@ prediction older than the newest event time seen minus the TTL is expired). Noth
 leaves silently: every eviction is counted by cause and returned to the caller, which
 counts and logs it.
 
-For snapshots each entry is encoded once (JSON, arrays bit exact) the first time a
-snapshot holds it and that text is kept until the entry leaves: a snapshot of a stream
-joins the kept texts instead of re-encoding every waiting prediction each commit (it
-was 82% of a commit's encoding time), and the result is the same text as encoding the
-entries afresh.
+For snapshots each entry is encoded once, the first time a snapshot holds it, and that
+text is kept until the entry leaves: a snapshot of a stream joins the kept texts instead of
+re-encoding every waiting prediction each commit (it was 82% of a commit's encoding time).
+An entry's text is the compact JSON ``[id, ts, skeleton, data]``: the payload packed by
+``state_codec.pack_state`` (all its arrays' bytes in one base64 string, their dtypes and
+shapes in a skeleton shared by entries that look alike), about 2 µs an entry instead of
+14 µs as tagged JSON arrays. :func:`decode_entry` gives back ``[id, ts, payload]`` with the
+payload bit for bit as it was, as ``state_dict()["entries"]`` holds it.
 
 Entries are kept in arrival order. Within a task the runtime merges records in
 event-time order, so arrival order is event-time order and expiry only ever looks at
@@ -20,11 +23,14 @@ the head; a prediction that arrives out of order expires when it reaches the hea
 
 from __future__ import annotations
 
+import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from streamweights.adapters.state_codec import dumps_state
+from streamweights.adapters.state_codec import pack_state, unpack_state
 
 
 @dataclass(slots=True)
@@ -34,6 +40,33 @@ class Pending:
     id: str
     ts: float
     payload: Any
+
+
+def _float_text(value: float) -> str:
+    """``value`` as a float in JSON, as ``json.dumps`` writes it (NaN and infinities too)."""
+    value = float(value)
+    if math.isfinite(value):
+        return float.__repr__(value)
+    return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+
+
+def encode_entry(event_id: str, ts: float, payload: Any) -> str:
+    """One waiting prediction as the compact JSON text ``[id, ts, skeleton, data]`` (see
+    the module doc); ``ts`` is written as a float, as a restore reads it back."""
+    skeleton, data = pack_state(payload)
+    text = (encode_basestring_ascii(event_id) if type(event_id) is str
+            else json.dumps(event_id))
+    return f'[{text},{_float_text(ts)},{skeleton},"{data}"]'
+
+
+def decode_entry(entry: Any) -> list[Any]:
+    """``[id, ts, payload]`` from an entry :func:`encode_entry` wrote, parsed from its
+    JSON; ValueError if it is not one."""
+    if not isinstance(entry, list) or len(entry) != 4 or not isinstance(entry[3], str):
+        raise ValueError("join entry: expected [id, ts, skeleton, data], got "
+                         f"{str(entry)[:80]}")
+    event_id, ts, skeleton, data = entry
+    return [event_id, ts, unpack_state(skeleton, data)]
 
 
 class PendingJoin:
@@ -47,7 +80,7 @@ class PendingJoin:
         self.max_pending = int(max_pending)
         self.ttl_seconds = float(ttl_seconds)
         self._entries: OrderedDict[str, Pending] = OrderedDict()
-        #: id -> the entry's JSON text, for entries already encoded once (see module doc).
+        #: id -> the entry's :func:`encode_entry` text, once encoded (see module doc).
         self._encoded: dict[str, str] = {}
         self.expired_total = 0
         self.evicted_total = 0
@@ -98,14 +131,15 @@ class PendingJoin:
         return expired
 
     def encoded_entries(self) -> str:
-        """The entries as the JSON array ``dumps_state(state_dict()["entries"])`` gives,
-        byte for byte, encoding only the entries not encoded before."""
+        """The entries as a JSON array of :func:`encode_entry` texts, in arrival order,
+        encoding only the entries not encoded before (:func:`decode_entry` reads each
+        back as ``state_dict()["entries"]`` holds it)."""
         cache = self._encoded
         parts = []
         for entry in self._entries.values():
             text = cache.get(entry.id)
             if text is None:
-                text = cache[entry.id] = dumps_state([entry.id, entry.ts, entry.payload])
+                text = cache[entry.id] = encode_entry(entry.id, entry.ts, entry.payload)
             parts.append(text)
         return "[" + ",".join(parts) + "]"
 

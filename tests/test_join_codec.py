@@ -1,0 +1,220 @@
+"""The join's compact entry encoding: a waiting prediction written as ``[id, ts, skeleton,
+data]`` (all its arrays' bytes in one base64 string) reads back bit for bit as it was,
+with the same Python types as the tagged-JSON form (``dumps_state``) gave back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from streamweights.adapters import dumps_state, loads_state, state_codec
+from streamweights.adapters.state_codec import pack_state, unpack_state
+from streamweights.join import PendingJoin, decode_entry, encode_entry
+
+
+def assert_same_tree(got, expected, where="payload"):
+    """Same types, same dict keys in the same order, arrays with the same dtype, shape
+    and bytes (so NaN payloads and signed zeros count), floats with the same bits."""
+    assert type(got) is type(expected), f"{where}: {type(got)} != {type(expected)}"
+    if isinstance(expected, dict):
+        assert list(got) == list(expected), where
+        for key in expected:
+            assert_same_tree(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_same_tree(a, b, f"{where}[{i}]")
+    elif isinstance(expected, np.ndarray):
+        assert got.dtype == expected.dtype and got.dtype.str == expected.dtype.str, where
+        assert got.shape == expected.shape, where
+        assert got.tobytes() == expected.tobytes(), where
+        assert got.flags.writeable and got.flags.c_contiguous, where
+    elif isinstance(expected, float):
+        assert np.float64(got).tobytes() == np.float64(expected).tobytes(), where
+    else:
+        assert got == expected, where
+
+
+def odd_floats(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random float64s with the values a careless codec loses: NaNs with payloads and
+    sign, signed zeros, infinities, subnormals."""
+    values = rng.standard_normal(shape)
+    flat = values.reshape(-1)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, 5e-324, -2.2250738585072014e-308])
+    specials = np.concatenate([specials, np.frombuffer(
+        np.array([0x7FF8000000000001, 0xFFF0000000000123], dtype="<u8").tobytes(), "<f8")])
+    for i in range(0, flat.size, 3):
+        flat[i] = specials[(i // 3) % specials.size]
+    return values
+
+
+def demo_payload(rng: np.random.Generator) -> dict:
+    """What the demo chain keeps per prediction: a trace of three stage inputs, the
+    served probabilities and the conformal thresholds every layer served."""
+    return {"trace": [odd_floats(rng, (3, 2)), odd_floats(rng, (2,)), odd_floats(rng, (9, 2))],
+            "served": odd_floats(rng, (2,)), "conformal": odd_floats(rng, (4, 18))}
+
+
+def payloads() -> list:
+    rng = np.random.default_rng(7)
+    big_endian = odd_floats(rng, (2, 3)).astype(">f8")
+    return [
+        demo_payload(rng),
+        # torch-style: frozen probabilities as a list of floats, head features
+        {"trace": [odd_floats(rng, (2, 3))], "served": odd_floats(rng, (3,)),
+         "head_features": rng.standard_normal(5).astype(np.float32),
+         "frozen": [0.25, -0.0, 1e-300, math.inf]},
+        # regression: a 0-d served value, an empty trace stage, other dtypes
+        {"trace": [np.zeros((0, 2)), big_endian, np.arange(4, dtype=np.int64)],
+         "served": np.array(0.5), "mask": np.array([True, False])},
+        # non-array parts: nested dicts, tuples (come back as lists), numpy scalars
+        # (come back as Python numbers), None, strings
+        {"conformal": None, "note": "é\"\\", "pair": (1, 2.5), "scale": np.float64(0.1),
+         "count": np.int32(3), "nested": {"a": [np.ones(2), {"b": np.float32(2.0)}]},
+         "served": np.array([np.nan])},
+        {},
+        [np.ones(3), 1, "x"],
+        np.arange(6.0).reshape(2, 3)[:, ::2],  # not contiguous
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(payloads())))
+def test_packed_round_trip_is_bit_exact_and_matches_the_tagged_json_form(index):
+    payload = payloads()[index]
+    skeleton, data = pack_state(payload)
+    got = unpack_state(json.loads(skeleton), data)
+    assert_same_tree(got, loads_state(dumps_state(payload)) if not _has_big_endian(payload)
+                     else _expected_with_byte_order(payload))
+    again = pack_state(got)
+    assert again == (skeleton, data)  # same state, same text: restores are deterministic
+
+
+def _has_big_endian(tree) -> bool:
+    if isinstance(tree, dict):
+        return any(_has_big_endian(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return any(_has_big_endian(v) for v in tree)
+    return isinstance(tree, np.ndarray) and tree.dtype.byteorder == ">"
+
+
+def _expected_with_byte_order(payload):
+    """The tagged JSON form turns big-endian arrays little-endian; the packed form keeps
+    the dtype as it was (a stricter round trip): the expectation is the payload itself,
+    with the tagged form's type mapping for everything else."""
+    expected = loads_state(dumps_state(payload))
+    expected["trace"][1] = payload["trace"][1]
+    return expected
+
+
+def test_fast_path_and_generic_path_write_the_same_text():
+    """A payload of arrays and lists of arrays takes the cached-skeleton path; the same
+    payload with one extra plain value takes the generic one: same skeleton text for the
+    shared part, and a second payload of the same structure reuses the first's skeleton
+    (cache hit) with its own values."""
+    rng = np.random.default_rng(1)
+    first, second = demo_payload(rng), demo_payload(rng)
+    state_codec._skeletons.clear()
+    skeleton, data = pack_state(first)
+    assert len(state_codec._skeletons) == 1
+    generic = state_codec._packed_skeleton(first, [])
+    assert skeleton == generic
+    skeleton2, data2 = pack_state(second)
+    assert skeleton2 == skeleton and data2 != data and len(state_codec._skeletons) == 1
+    assert_same_tree(unpack_state(json.loads(skeleton2), data2), second)
+    with_extra = {**first, "frozen": [0.5, 0.5]}
+    skeleton3, data3 = pack_state(with_extra)
+    assert skeleton3 == skeleton[:-1] + ',"frozen":[0.5,0.5]}' and data3 == data
+    assert len(state_codec._skeletons) == 1  # (not cached: it holds values)
+
+
+def test_structure_changes_are_not_mistaken_for_a_cached_one():
+    """Same keys, other dtype / shape / trace length / key order: each its own skeleton."""
+    base = {"trace": [np.ones(2)], "served": np.ones(2)}
+    variants = [base,
+                {"trace": [np.ones(2, dtype=np.float32)], "served": np.ones(2)},
+                {"trace": [np.ones((2, 1))], "served": np.ones(2)},
+                {"trace": [np.ones(2), np.ones(2)], "served": np.ones(2)},
+                {"served": np.ones(2), "trace": [np.ones(2)]},
+                {"trace": [np.ones(2)], "served": np.ones(2).astype(">f8")},
+                {"trace": np.ones(2), "served": [np.ones(2)]}]
+    for payload in variants:
+        skeleton, data = pack_state(payload)
+        assert_same_tree(unpack_state(json.loads(skeleton), data),
+                         {k: list(v) if isinstance(v, list) else v for k, v in payload.items()})
+    assert len({pack_state(p)[0] for p in variants}) == len(variants)
+
+
+def test_what_cannot_round_trip_is_refused():
+    with pytest.raises(ValueError, match="object and structured arrays cannot be packed"):
+        pack_state({"trace": [np.array([object()])]})
+    with pytest.raises(ValueError, match="object and structured arrays cannot be packed"):
+        pack_state({"served": np.zeros(2, dtype=[("a", "<f8")])})
+    with pytest.raises(ValueError, match="dict keys must be strings"):
+        pack_state({1: np.ones(2)})
+    with pytest.raises(ValueError, match="dict keys must be strings"):
+        pack_state({"nested": {2: 1.0}})
+    with pytest.raises(ValueError, match="cannot encode value of type set"):
+        pack_state({"served": {1, 2}})
+
+
+def test_damaged_packed_data_is_refused_not_misread():
+    skeleton, data = pack_state({"served": np.ones(2), "trace": [np.ones(3)]})
+    parsed = json.loads(skeleton)
+    short = json.loads(skeleton)
+    short["trace"][0]["__nd__"][1] = [4]
+    with pytest.raises(ValueError, match="an array of 32 bytes starts at 16"):
+        unpack_state(short, data)
+    long = json.loads(skeleton)
+    long["trace"][0]["__nd__"][1] = [2]
+    with pytest.raises(ValueError, match="packed arrays take 32 bytes, 40 were written"):
+        unpack_state(long, data)
+    negative = json.loads(skeleton)
+    negative["served"]["__nd__"][1] = [-1]
+    with pytest.raises(ValueError, match=r"shape \[-1\] cannot be"):
+        unpack_state(negative, data)
+    with pytest.raises(ValueError, match=r"dtype \|O and shape"):
+        unpack_state({"a": {"__nd__": ["|O", [1]]}}, "AAAAAAAAAAA=")
+    assert_same_tree(unpack_state(parsed, data), {"served": np.ones(2), "trace": [np.ones(3)]})
+
+
+def test_entry_text_is_json_and_reads_back_as_the_state_dict_holds_it():
+    payload = demo_payload(np.random.default_rng(3))
+    for event_id, ts in (("e1", 1e9 + 0.25), ('quo"te/é\n', 1_700_000_000), ("x", math.nan),
+                         ("y", -math.inf)):
+        text = encode_entry(event_id, ts, payload)
+        entry = json.loads(text)
+        assert len(entry) == 4 and entry[0] == event_id
+        got_id, got_ts, got_payload = decode_entry(entry)
+        assert got_id == event_id and isinstance(got_ts, float)
+        assert np.float64(got_ts).tobytes() == np.float64(float(ts)).tobytes()
+        assert_same_tree(got_payload, payload)
+        assert encode_entry(got_id, got_ts, got_payload) == text
+    with pytest.raises(ValueError, match=r"expected \[id, ts, skeleton, data\]"):
+        decode_entry(["e1", 1.0, {"served": 1}])
+
+
+def test_join_encodes_each_entry_once_and_reads_back_its_state():
+    """encoded_entries is the JSON array of the entries' texts, in arrival order; an entry
+    leaving (joined, evicted, expired) drops its kept text, and a new one is encoded."""
+    rng = np.random.default_rng(5)
+    join = PendingJoin(max_pending=4, ttl_seconds=10)
+    kept = {}
+    for i in range(12):
+        payload = demo_payload(rng)
+        kept[f"e{i}"] = payload
+        join.add(f"e{i}", 100.0 + i, payload)
+        if i % 3 == 1:
+            join.pop(f"e{i - 1}")
+        if i == 9:
+            assert join.expire(118.0)  # (ts < 108: the oldest ones)
+        entries = json.loads(join.encoded_entries())
+        assert [e[0] for e in entries] == [e.id for e in join._entries.values()]
+        assert set(join._encoded) == {e.id for e in join._entries.values()}
+        for entry in entries:
+            event_id, ts, payload = decode_entry(entry)
+            assert ts == join.get(event_id).ts
+            assert_same_tree(payload, kept[event_id])
+    assert join.evicted_total and join.joined_total and join.expired_total
