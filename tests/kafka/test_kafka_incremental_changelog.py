@@ -1,6 +1,7 @@
 """The changelog keyed per stream (issue 11 item 4): a commit writes only the streams
-changed in its cycle; a restart from those records, and from a format-1 task snapshot of
-the previous release, ends with the uninterrupted run's results."""
+changed in its cycle; a restart from those records, from a format-1 task snapshot of an
+older release, and from the previous release's format-2 stream records, ends with the
+uninterrupted run's results."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from kafka import KafkaProducer
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import parse_config
-from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, TASK_SNAPSHOT_FORMAT
 from streamweights.runtime.service import Service
+from streamweights.runtime.state_store import STREAM_RECORD_FORMAT, decode_stream_record
 from tests.kafka.helpers import (
     by_stream,
     kafka_document,
@@ -27,6 +29,7 @@ from tests.kafka.helpers import (
 from tests.kafka.test_kafka_crash import cli
 from tests.service.test_incremental_state import (
     STREAMS,
+    format_2_stream_record,
     stream_configs,
     write_bursty_input,
     write_config,
@@ -61,7 +64,9 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     wrote only the streams that changed in its cycle (fewer than 8 after the first); both
     restarts end with the uninterrupted embedded run's summary and weights versions
     (restart (b) those after the snapshot's), each version once; restart (b) says it
-    restored a format-1 snapshot and its next commit rewrote the task per stream."""
+    restored a format-1 snapshot and its next commit rewrote the task per stream.
+    And (c): a fresh group on a changelog holding the same commits as the previous
+    release's format-2 stream records ends the same as (b) and writes format-3 records."""
     input_path = tmp_path / "input.jsonl"
     lines = write_bursty_input(input_path, predictions=1200, delay=6.5)  # no ts ties
     service = Service(parse_config(yaml.safe_load(
@@ -84,17 +89,21 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     documents = [loads_state(zlib.decompress(r.value)) for r in committed]
     assert {r.key for r in committed} <= {b"s/" + n.encode() for n in STREAMS} | {b"0"}
     per_commit = defaultdict(set)  # a commit's records share the task's offsets
-    for document in documents:
-        assert document["format"] == 2 and document["task"] == 0
+    for record, document in zip(committed, documents, strict=True):
+        assert document["format"] == (STREAM_RECORD_FORMAT if record.key != b"0"
+                                      else TASK_SNAPSHOT_FORMAT) and document["task"] == 0
         per_commit[json.dumps(document["offsets"], sort_keys=True)].update(document["streams"])
     assert len(per_commit) >= 5  # 7 commits (an idle one may repeat offsets)
     sizes = [len(streams) for streams in per_commit.values()]
     assert sizes[0] == len(STREAMS) and all(0 < size < len(STREAMS) for size in sizes[1:])
 
-    # the previous release's form of the same committed state: one blob for task 0
+    # the release before the previous one's form of the same committed state: one blob
+    # for task 0
     streams = {}
-    for document in documents:
-        streams.update(document["streams"])
+    for record in committed:
+        if record.key != b"0":
+            name, state, _ = decode_stream_record(record.value, "test")
+            streams[name] = state
     legacy = {**{k: v for k, v in documents[-1].items() if k != "streams"}, "format": 1,
               "streams": streams}
     legacy_topics = {**topics, "changelog": topic_factory("changelog-v1", partitions=1,
@@ -130,3 +139,35 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     rewritten = read_records(kafka_bootstrap, legacy_topics["changelog"])
     assert rewritten[0].key == b"0" and {r.key for r in rewritten[1:9]} == \
         {b"s/" + n.encode() for n in STREAMS}
+
+    # (c) the previous release's per-stream records (format 2: waiting predictions as
+    # tagged JSON arrays) of the same commits, in the same order, on a new changelog
+    v2_topics = {**topics, "changelog": topic_factory("changelog-v2", partitions=1,
+                                                      config={"cleanup.policy": "compact"}),
+                 "weights": topic_factory("weights-v2", partitions=1)}
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for record in committed:
+        value = record.value
+        if record.key != b"0":
+            name, state, meta = decode_stream_record(value, "test")
+            value = format_2_stream_record(
+                name, state, {k: v for k, v in meta.items() if k != "format"})
+            assert loads_state(zlib.decompress(value))["format"] == 2
+        producer.send(v2_topics["changelog"], key=record.key, partition=0, value=value)
+    producer.flush()
+    producer.close()
+    v2_config = _kafka_config(tmp_path / "v2", kafka_bootstrap, v2_topics,
+                              group_id="group-v2", transactional_id="tx-v2")
+    summary_path = tmp_path / "v2-summary.json"
+    restarted = cli("--config", str(v2_config), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert json.loads(summary_path.read_text())["streams"] == expected_streams
+    weights = by_stream(read_topic(kafka_bootstrap, v2_topics["weights"]))
+    _versions_once_each(weights)
+    for name, values in weights.items():
+        first = streams[name]["weights_version"] + 1
+        assert values == expected_weights[name][first - 1:], name
+    written = read_records(kafka_bootstrap, v2_topics["changelog"])[len(committed):]
+    assert written and all(
+        loads_state(zlib.decompress(r.value))["format"] == STREAM_RECORD_FORMAT
+        for r in written if r.key != b"0")

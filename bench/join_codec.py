@@ -1,0 +1,129 @@
+"""The join's waiting predictions in a snapshot: per-entry encode cost, old form and new.
+
+One stream with the demo config's chain (``configs/demo.yaml``: the Portfolio of four
+candidate chains, DriftMemory, conformal sets) serves ``--entries`` predictions whose
+labels have not come yet, so they all wait in its join. Then, side by side in this run:
+
+* per entry, encode: the previous release's form (``dumps_state([id, ts, payload])``:
+  a tagged dict and a base64 per array) against ``join.encode_entry`` (all the entry's
+  arrays in one base64 string, the skeleton of dtypes and shapes cached by structure);
+* per entry, decode: ``loads_state`` of the old text against ``json.loads`` +
+  ``join.decode_entry``;
+* the stream record with every entry encoded afresh (the kept texts dropped first), the
+  previous release's format 2 (``dumps_state`` of the whole document, zlib level 1)
+  against ``encode_stream_record`` (format 3), with its bytes;
+* what the rest of a stream record costs: the stream's other state parts through
+  ``dumps_state``, and zlib at level 1 of the whole text.
+
+Each figure is the best of ``--repeats`` timed runs (the machine may be shared: say how
+loaded it was when quoting them).
+
+Run: ``python bench/join_codec.py [--entries 2000] [--repeats 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import time
+import zlib
+from collections.abc import Callable
+
+import yaml
+
+from streamweights import events
+from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.config import parse_config
+from streamweights.join import decode_entry, encode_entry
+from streamweights.pipeline import Pipeline
+from streamweights.runtime.state_store import encode_stream_record
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def best_of(repeats: int, work: Callable[[], object]) -> float:
+    """The fastest of ``repeats`` runs of ``work``, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def demo_stream(entries: int, seed: int = 3):
+    """The demo config's first stream with ``entries`` predictions waiting in its join."""
+    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    document["streams"] = [{**document["streams"][0], "name": "demo"}]
+    pipeline = Pipeline(parse_config(document).streams)
+    stream = pipeline.streams["demo"]
+    stream.join.max_pending = max(stream.join.max_pending, entries)
+    models = list(stream.config.models)
+    rng = random.Random(seed)
+    for i in range(entries):
+        p = round(rng.uniform(0.05, 0.95), 6)
+        pipeline.process(events.decode(json.dumps({
+            "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
+            "outputs": {m: [round(1 - p, 6), p] for m in models}}).encode()))
+    assert len(stream.join) == entries
+    return stream
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    stream = demo_stream(args.entries)
+    waiting = list(stream.join._entries.values())
+    n = len(waiting)
+    payload = waiting[0].payload
+    shapes = [(k, getattr(v, "shape", None) or [a.shape for a in v]) for k, v in payload.items()]
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {n} entries, "
+          f"payload {shapes}")
+
+    old_texts = [dumps_state([e.id, e.ts, e.payload]) for e in waiting]
+    new_texts = [encode_entry(e.id, e.ts, e.payload) for e in waiting]
+    old = best_of(args.repeats, lambda: [dumps_state([e.id, e.ts, e.payload])
+                                         for e in waiting])
+    new = best_of(args.repeats, lambda: [encode_entry(e.id, e.ts, e.payload)
+                                         for e in waiting])
+    print(f"encode per entry: old {old / n * 1e6:.2f} µs, new {new / n * 1e6:.2f} µs "
+          f"(x{old / new:.1f}); text {sum(map(len, old_texts)) / n:.0f} -> "
+          f"{sum(map(len, new_texts)) / n:.0f} chars")
+    old = best_of(args.repeats, lambda: [loads_state(t) for t in old_texts])
+    new = best_of(args.repeats, lambda: [decode_entry(json.loads(t)) for t in new_texts])
+    print(f"decode per entry: old {old / n * 1e6:.2f} µs, new {new / n * 1e6:.2f} µs "
+          f"(x{old / new:.1f})")
+
+    def old_record() -> bytes:
+        document = {"format": 2, "streams": {"demo": stream.state_dict()}}
+        return zlib.compress(dumps_state(document).encode("utf-8"), 1)
+
+    def new_record() -> bytes:
+        stream.join._encoded.clear()  # every entry afresh, as a first commit does
+        return encode_stream_record("demo", stream)
+
+    old = best_of(args.repeats, old_record)
+    new = best_of(args.repeats, new_record)
+    cached = best_of(args.repeats, lambda: encode_stream_record("demo", stream))
+    print(f"stream record, all entries afresh: old {old * 1e3:.2f} ms ({len(old_record()):,} "
+          f"bytes), new {new * 1e3:.2f} ms ({len(new_record()):,} bytes) (x{old / new:.1f}); "
+          f"new with every entry kept from the last commit {cached * 1e3:.2f} ms")
+
+    state = stream.state_dict(join_entries=False)
+    print("rest of the record (dumps_state per part):", ", ".join(
+        f"{key} {best_of(args.repeats, lambda v=value: dumps_state(v)) * 1e6:.0f} µs"
+        for key, value in state.items()))
+    text = zlib.decompress(encode_stream_record("demo", stream))
+    for level in (1, 6):
+        took = best_of(args.repeats, lambda lv=level: zlib.compress(text, lv))
+        print(f"zlib level {level} of the {len(text):,}-byte text: {took * 1e3:.2f} ms, "
+              f"{len(zlib.compress(text, level)):,} bytes")
+
+
+if __name__ == "__main__":
+    main()
