@@ -19,6 +19,7 @@ from streamweights.config import load_config
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
 from streamweights.runtime.kafka_source import wait_for_assignment
 from streamweights.runtime.service import Service
+from streamweights.runtime.state_store import decode_stream_record
 from tests.kafka.helpers import (
     REPO,
     STREAMS,
@@ -124,7 +125,9 @@ def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
     latest = {r.partition: loads_state(zlib.decompress(r.value).decode()) for r in committed}
     states = {}  # each stream's newest committed state (the changelog is keyed per stream)
     for record in committed:
-        states.update(loads_state(zlib.decompress(record.value).decode())["streams"])
+        if record.key.startswith(b"s/"):  # (a task-keyed record holds no stream)
+            name, state, _ = decode_stream_record(record.value, "test")
+            states[name] = state
     offsets = committed_offsets(kafka_bootstrap, config.kafka.group_id, topics, PARTITIONS)
     for number, snapshot in latest.items():
         for kind in ("predictions", "labels"):
