@@ -24,7 +24,6 @@ the head; a prediction that arrives out of order expires when it reaches the hea
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -45,7 +44,7 @@ class Pending:
 def _float_text(value: float) -> str:
     """``value`` as a float in JSON, as ``json.dumps`` writes it (NaN and infinities too)."""
     value = float(value)
-    if math.isfinite(value):
+    if value - value == 0.0:  # finite
         return float.__repr__(value)
     return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
 

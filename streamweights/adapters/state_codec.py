@@ -154,18 +154,22 @@ def pack_state(tree: Any) -> tuple[str, str]:
     arrays: list[np.ndarray] = []
     key: list[Any] = []
     ndarray = np.ndarray
+    add_array, add_key = arrays.append, key.append
     if type(tree) is dict:
         for name, value in tree.items():
+            add_key(name)
             if type(value) is ndarray:
-                arrays.append(value)
-                key += (name, value.dtype, value.shape)
+                add_array(value)
+                add_key(value.dtype)
+                add_key(value.shape)
             elif type(value) is list:
-                key += (name, len(value))
+                add_key(len(value))
                 for item in value:
                     if type(item) is not ndarray:
                         break
-                    arrays.append(item)
-                    key += (item.dtype, item.shape)
+                    add_array(item)
+                    add_key(item.dtype)
+                    add_key(item.shape)
                 else:
                     continue
                 key = []
