@@ -12,13 +12,19 @@ labels have not come yet, so they all wait in its join. Then, side by side in th
 * the stream record with every entry encoded afresh (the kept texts dropped first), the
   previous release's format 2 (``dumps_state`` of the whole document, zlib level 1)
   against ``encode_stream_record`` (format 3), with its bytes;
-* what the rest of a stream record costs: the stream's other state parts through
-  ``dumps_state``, and zlib at level 1 of the whole text.
+* the rest of a stream record: the stream's state without the waiting predictions as
+  the previous release wrote it (``dumps_state``, a ``repr`` per float, a base64 per
+  array) against ``pack_state`` (format 3), the parts that cost most, and zlib at level 1
+  (and 6, for comparison) of the whole text.
+
+Labels for all but the newest ``--waiting`` predictions arrive too (the state's
+windows fill as a running stream's do); ``--config`` picks another stream configuration
+(``configs/kafka.yaml`` is the Kafka bench's).
 
 Each figure is the best of ``--repeats`` timed runs (the machine may be shared: say how
 loaded it was when quoting them).
 
-Run: ``python bench/join_codec.py [--entries 2000] [--repeats 7]``.
+Run: ``python bench/join_codec.py [--entries 2000] [--repeats 7] [--config configs/kafka.yaml]``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import Callable
 import yaml
 
 from streamweights import events
-from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.adapters.state_codec import dumps_state, loads_state, pack_state
 from streamweights.config import parse_config
 from streamweights.join import decode_entry, encode_entry
 from streamweights.pipeline import Pipeline
@@ -54,20 +60,26 @@ def best_of(repeats: int, work: Callable[[], object]) -> float:
     return min(times)
 
 
-def demo_stream(entries: int, seed: int = 3):
-    """The demo config's first stream with ``entries`` predictions waiting in its join."""
-    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+def demo_stream(entries: int, seed: int = 3, config: pathlib.Path = REPO / "configs" / "demo.yaml",
+                labelled: int = 0):
+    """The config's first stream after ``labelled`` predictions with their labels, then
+    ``entries`` predictions waiting in its join."""
+    document = yaml.safe_load(config.read_text())
     document["streams"] = [{**document["streams"][0], "name": "demo"}]
     pipeline = Pipeline(parse_config(document).streams)
     stream = pipeline.streams["demo"]
     stream.join.max_pending = max(stream.join.max_pending, entries)
     models = list(stream.config.models)
     rng = random.Random(seed)
-    for i in range(entries):
+    for i in range(labelled + entries):
         p = round(rng.uniform(0.05, 0.95), 6)
         pipeline.process(events.decode(json.dumps({
             "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
             "outputs": {m: [round(1 - p, 6), p] for m in models}}).encode()))
+        if i < labelled:
+            pipeline.process(events.decode(json.dumps({
+                "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
+                "label": int(rng.random() < p)}).encode()))
     assert len(stream.join) == entries
     return stream
 
@@ -76,8 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--labelled", type=int, default=2000)
+    parser.add_argument("--config", type=pathlib.Path, default=REPO / "configs" / "demo.yaml")
     args = parser.parse_args()
-    stream = demo_stream(args.entries)
+    stream = demo_stream(args.entries, config=args.config, labelled=args.labelled)
     waiting = list(stream.join._entries.values())
     n = len(waiting)
     payload = waiting[0].payload
@@ -115,9 +129,14 @@ def main() -> None:
           f"new with every entry kept from the last commit {cached * 1e3:.2f} ms")
 
     state = stream.state_dict(join_entries=False)
-    print("rest of the record (dumps_state per part):", ", ".join(
-        f"{key} {best_of(args.repeats, lambda v=value: dumps_state(v)) * 1e6:.0f} µs"
-        for key, value in state.items()))
+    old = best_of(args.repeats, lambda: dumps_state(state))
+    new = best_of(args.repeats, lambda: pack_state(state))
+    skeleton, data = pack_state(state)
+    print(f"rest of the record (state without the waiting predictions): old {old * 1e6:.0f} "
+          f"µs ({len(dumps_state(state)):,} chars), new {new * 1e6:.0f} µs "
+          f"({len(skeleton) + len(data):,} chars) (x{old / new:.1f}); old by part: " + ", ".join(
+              f"{key} {took * 1e6:.0f} µs" for key, value in state.items()
+              if (took := best_of(args.repeats, lambda v=value: dumps_state(v))) > 20e-6))
     text = zlib.decompress(encode_stream_record("demo", stream))
     for level in (1, 6):
         took = best_of(args.repeats, lambda lv=level: zlib.compress(text, lv))

@@ -110,38 +110,90 @@ def loads_state(text: str | bytes) -> Any:
 # -- Packed form: one byte string for all of a tree's arrays -------------------------------
 #
 # A tree written this way is two texts: its *skeleton*, the compact JSON of the tree with
-# every array replaced by ``{"__nd__": [dtype, shape]}``, and the base64 of all its arrays'
-# bytes (C order, each in its own dtype, byte order included) one after the other, in the
-# order the skeleton names them (depth first, dict keys in their order). Encoding a tree of
-# a few small arrays this way costs one base64 for the lot instead of a tagged dict and a
-# base64 per array, and a tree whose arrays have the same dtypes, shapes and keys as one
-# packed before reuses that one's skeleton text (the join's waiting predictions all look
-# alike). Decoding gives back the same tree as ``loads_state(dumps_state(tree))``: same
-# keys in the same order, arrays with the same dtype, shape and bits, numpy scalars as
-# Python numbers, tuples as lists.
+# every array replaced by ``{"__nd__": [dtype, shape]}`` and every list of at least
+# ``_FLOATS_MIN`` Python floats by ``{"__f8__": length}``, and the base64 of all those
+# arrays' and lists' bytes (arrays in C order, each in its own dtype, byte order included;
+# float lists as little-endian float64) one after the other, in the order the skeleton
+# names them (depth first, dict keys in their order). Encoding a tree of small arrays this
+# way costs one base64 for the lot instead of a tagged dict and a base64 per array, a long
+# list of floats costs a copy instead of a ``repr`` per float (a DriftMemory's evidence
+# window: 500 of them), and a tree whose arrays have the same dtypes, shapes and keys as
+# one packed before reuses that one's skeleton text (the join's waiting predictions all
+# look alike). Decoding gives back the same tree as ``loads_state(dumps_state(tree))``:
+# same keys in the same order, arrays with the same dtype, shape and bits, float lists as
+# lists of the same floats, numpy scalars as Python numbers, tuples as lists. A dict of
+# one key named like a marker is refused (it would read back as an array).
 
 _PACKED_TAG = "__nd__"
+_FLOATS_TAG = "__f8__"
+_TAGS = frozenset((_PACKED_TAG, _FLOATS_TAG))
+#: Shorter float lists stay JSON (their marker would be about as long as the numbers).
+_FLOATS_MIN = 4
+_FLOAT64_LE = np.dtype("<f8")
+#: Values written as they are, without a look inside.
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+_FLOAT_ONLY = frozenset((float,))
+_LIST_ONLY = frozenset((list,))
 #: Skeletons kept by structure (see ``pack_state``); a handful per stream configuration.
 #: Cleared when it grows past this, so odd shapes cannot grow it without bound.
 _SKELETONS_MAX = 1024
 _skeletons: dict[tuple[Any, ...], str] = {}
 
 
+def _marked(tree: Any, arrays: list[np.ndarray]) -> Any:
+    """A copy of ``tree`` with its arrays and long float lists replaced by their markers
+    (appended to ``arrays`` in order) and numpy scalars by Python numbers; refuses
+    non-string dict keys (``json.dumps`` would quietly turn 1 into "1")."""
+    if isinstance(tree, dict):
+        if len(tree) == 1 and next(iter(tree)) in _TAGS:
+            raise ValueError(f"state: a dict of the one key {next(iter(tree))!r} cannot be "
+                             "packed (it is the packed form's marker)")
+        marked = {}
+        for key, value in tree.items():
+            if not isinstance(key, str):
+                raise ValueError(f"state: dict keys must be strings, got {key!r}")
+            marked[key] = value if type(value) in _PLAIN else _marked(value, arrays)
+        return marked
+    if isinstance(tree, list | tuple):
+        kinds = set(map(type, tree))
+        if not kinds <= _PLAIN and any(issubclass(kind, np.generic) for kind in kinds):
+            # numpy scalars as the Python numbers they read back as, first: the choice
+            # to pack must be the same for the list a restore reads back (determinism)
+            tree = [value.item() if isinstance(value, np.generic) else value
+                    for value in tree]
+            kinds = set(map(type, tree))
+        if kinds <= _PLAIN:  # (a list of numbers, strings: as it is, or packed if floats)
+            if len(tree) >= _FLOATS_MIN and kinds == _FLOAT_ONLY:
+                arrays.append(np.array(tree, dtype=_FLOAT64_LE))
+                return {_FLOATS_TAG: len(tree)}
+            return tree
+        if kinds == _LIST_ONLY:  # rows (a ring of pairs): short plain rows without a call
+            rows = []
+            for row in tree:
+                row_kinds = set(map(type, row))
+                rows.append(row if row_kinds <= _PLAIN and (
+                    len(row) < _FLOATS_MIN or row_kinds != _FLOAT_ONLY)
+                    else _marked(row, arrays))
+            return rows
+        return [value if type(value) in _PLAIN else _marked(value, arrays) for value in tree]
+    if isinstance(tree, np.ndarray):
+        if tree.dtype.hasobject or tree.dtype.fields is not None:
+            raise ValueError("state: object and structured arrays cannot be packed")
+        arrays.append(tree)
+        return {_PACKED_TAG: [tree.dtype.str, list(tree.shape)]}
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree  # anything else: json.dumps calls _refuse
+
+
+def _refuse(value: Any) -> Any:
+    raise ValueError(f"state: cannot encode value of type {type(value).__name__}")
+
+
 def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
     """The skeleton text of ``tree``, appending its arrays to ``arrays`` in order."""
-
-    def leaf(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            if value.dtype.hasobject or value.dtype.fields is not None:
-                raise ValueError("state: object and structured arrays cannot be packed")
-            arrays.append(value)
-            return {_PACKED_TAG: [value.dtype.str, list(value.shape)]}
-        if isinstance(value, np.generic):
-            return value.item()
-        raise ValueError(f"state: cannot encode value of type {type(value).__name__}")
-
-    _check_keys(tree)
-    return json.dumps(tree, separators=(",", ":"), allow_nan=True, default=leaf)
+    return json.dumps(_marked(tree, arrays), separators=(",", ":"), allow_nan=True,
+                      default=_refuse)
 
 
 def pack_state(tree: Any) -> tuple[str, str]:
@@ -198,23 +250,32 @@ def unpack_state(skeleton: Any, data: str) -> Any:
     raw = a2b_base64(data)
     offset = 0
 
-    def walk(tree: Any) -> Any:
+    def take(dtype: np.dtype, count: int) -> np.ndarray:
         nonlocal offset
+        size = dtype.itemsize * count
+        if offset + size > len(raw):
+            raise ValueError(f"state: packed arrays end at byte {len(raw)}, an array of "
+                             f"{size} bytes starts at {offset}")
+        array = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+        offset += size
+        return array
+
+    def walk(tree: Any) -> Any:
         if isinstance(tree, dict):
-            if _PACKED_TAG in tree and len(tree) == 1:
-                dtype, shape = tree[_PACKED_TAG]
-                dtype = np.dtype(dtype)
-                if dtype.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
-                    raise ValueError(f"state: a packed array of dtype {dtype.str} and shape "
-                                     f"{shape} cannot be (not written by pack_state)")
-                size = dtype.itemsize * math.prod(shape)
-                if offset + size > len(raw):
-                    raise ValueError(f"state: packed arrays end at byte {len(raw)}, an array "
-                                     f"of {size} bytes starts at {offset}")
-                array = np.frombuffer(raw, dtype=dtype, count=math.prod(shape),
-                                      offset=offset).reshape(shape).copy()
-                offset += size
-                return array
+            if len(tree) == 1:
+                if _PACKED_TAG in tree:
+                    dtype, shape = tree[_PACKED_TAG]
+                    dtype = np.dtype(dtype)
+                    if dtype.hasobject or not all(type(n) is int and n >= 0 for n in shape):
+                        raise ValueError(f"state: a packed array of dtype {dtype.str} and "
+                                         f"shape {shape} cannot be (not written by pack_state)")
+                    return take(dtype, math.prod(shape)).reshape(shape).copy()
+                if _FLOATS_TAG in tree:
+                    count = tree[_FLOATS_TAG]
+                    if type(count) is not int or count < 0:
+                        raise ValueError(f"state: a packed float list of length {count!r} "
+                                         "cannot be (not written by pack_state)")
+                    return take(_FLOAT64_LE, count).tolist()
             return {key: walk(value) for key, value in tree.items()}
         if isinstance(tree, list):
             return [walk(value) for value in tree]

@@ -67,7 +67,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamweights.adapters.state_codec import dumps_state, loads_state
+from streamweights.adapters.state_codec import dumps_state, loads_state, pack_state, unpack_state
 from streamweights.join import decode_entry
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
@@ -94,9 +94,10 @@ _NAME = re.compile(r"snapshot-(?P<seq>[0-9]{12})\.snap")
 #: First line of a per-stream payload (a whole-state payload is a JSON document: "{").
 STREAMS_MAGIC = b"streamweights-streams\n"
 #: Layout of one stream record (its JSON document's "format"). 2: the stream's state as
-#: ``dumps_state`` writes it (the previous release; read). 3: the same, except that each of
-#: the join's waiting predictions is ``join.encode_entry``'s compact ``[id, ts, skeleton,
-#: data]`` (its arrays' bytes in one base64 string) instead of tagged JSON arrays.
+#: ``dumps_state`` writes it (the previous release; read). 3: the state packed
+#: (``state_codec.pack_state``: arrays and long float lists in one base64 string) and each
+#: of the join's waiting predictions as ``join.encode_entry``'s compact ``[id, ts,
+#: skeleton, data]`` (see :func:`encode_stream_record`).
 STREAM_RECORD_FORMAT = 3
 #: The stream record formats this build reads.
 STREAM_RECORD_FORMATS = (2, 3)
@@ -167,23 +168,18 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
 def encode_stream_record(name: str, stream: StreamPipeline,
                          meta: dict[str, Any] | None = None) -> bytes:
     """One stream's state as a record: zlib (level 1) of the JSON document
-    ``{"format": 3, **meta, "streams": {name: state}}``, where ``state`` is the text
-    ``dumps_state(stream.state_dict())`` gives, byte for byte, except that the join's
-    waiting predictions are its kept compact encoding (``join.encode_entry``, each entry
-    encoded once, when a snapshot first holds it). The same bytes go to a local snapshot
-    (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
-    changelog, keyed by the stream."""
-    state = stream.state_dict(join_entries=False)
-    parts = []
-    for key, value in state.items():
-        if key == "join":  # {"entries": [...], counters...}: entries first, as state_dict
-            counters = dumps_state({k: v for k, v in value.items() if k != "entries"})
-            text = '{"entries":' + stream.join.encoded_entries() + "," + counters[1:]
-        else:
-            text = dumps_state(value)
-        parts.append(json.dumps(key) + ":" + text)
+    ``{"format": 3, **meta, "streams": {name: {"state": skeleton, "data": base64,
+    "entries": [entry, ...]}}}``: the stream's state without the join's waiting
+    predictions packed by ``state_codec.pack_state`` (its arrays and long float lists in
+    one base64 string), and the waiting predictions as the join's kept compact encoding
+    (``join.encode_entry``, each entry encoded once, when a snapshot first holds it). The
+    same bytes go to a local snapshot (no ``meta``) and, with the task's offsets and counts
+    as ``meta``, to the Kafka changelog, keyed by the stream. Deterministic: a stream
+    restored from a record writes the same record."""
+    skeleton, data = pack_state(stream.state_dict(join_entries=False))
     head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
-    text = head[:-1] + ',"streams":{' + json.dumps(name) + ":{" + ",".join(parts) + "}}}"
+    text = (f'{head[:-1]},"streams":{{{json.dumps(name)}:{{"state":{skeleton},"data":"{data}",'
+            f'"entries":{stream.join.encoded_entries()}}}}}}}')
     return zlib.compress(text.encode("utf-8"), 1)
 
 
@@ -201,8 +197,9 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
                 "that wrote it, or start from an empty state")
         ((name, state),) = document.pop("streams").items()
         if version == 3:
-            join = state["join"]
-            join["entries"] = [decode_entry(entry) for entry in join["entries"]]
+            packed = state
+            state = unpack_state(packed["state"], packed["data"])
+            state["join"]["entries"] = [decode_entry(entry) for entry in packed["entries"]]
         return str(name), state, document
     except SnapshotError:
         raise
