@@ -9,6 +9,10 @@ and numpy scalars become Python numbers. Python floats survive JSON unchanged (`
 round-trips float64 exactly), big integers (random-generator states) stay integers, and
 arrays keep every bit because their bytes are copied, not printed. ``decode_state``
 reverses the mapping. Dict keys must be strings.
+
+``pack_state`` / ``unpack_state`` write the same trees more compactly and faster (all the
+arrays' and long float lists' bytes in one base64 string beside a JSON skeleton): the form
+stream records use for a stream's state and for each of the join's waiting predictions.
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def pack_state(tree: Any) -> tuple[str, str]:
     Fast path for what the join holds, a dict whose values are arrays or lists of arrays:
     its structure (keys, dtypes, shapes) is looked up among the skeletons made before, so
     the cost is a few attribute reads, one join of the arrays' bytes and one base64
-    (about 2 µs for the demo chain's 5 arrays against 14 µs as tagged JSON)."""
+    (about 2 µs for the demo chain's 5 arrays against 15 µs as tagged JSON)."""
     arrays: list[np.ndarray] = []
     key: list[Any] = []
     ndarray = np.ndarray
