@@ -302,6 +302,30 @@ def test_stream_record_of_another_format_is_refused_with_what_to_do():
         decode_stream_record(b"not zlib", "x")
 
 
+def test_damaged_format_3_record_is_refused_not_misread():
+    """A format-3 record whose packed bytes do not fit its skeleton (here: the state's
+    base64 cut short, an entry's array bytes cut short, an entry of three items) is
+    a SnapshotError naming where, not a state read from the wrong bytes or a crash."""
+    pipeline = _pipeline()
+    stream = pipeline.streams["demo"]
+    models = list(stream.config.models)
+    for i in range(30):
+        pipeline.process(events.decode(json.dumps({
+            "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
+            "outputs": {m: [0.4, 0.6] for m in models}}).encode()))
+    document = json.loads(zlib.decompress(encode_stream_record("demo", stream)))
+    packed = document["streams"]["demo"]
+    assert len(packed["entries"]) == 30
+    damages = {"state": lambda p: p.update(data=p["data"][:-8]),
+               "entry": lambda p: p["entries"][3].__setitem__(3, p["entries"][3][3][:-8]),
+               "form": lambda p: p["entries"][0].pop()}
+    for what, damage in damages.items():
+        copy = json.loads(json.dumps(document))
+        damage(copy["streams"]["demo"])
+        with pytest.raises(SnapshotError, match=f"{what}: stream record cannot be decoded"):
+            decode_stream_record(zlib.compress(json.dumps(copy).encode()), what)
+
+
 def test_changed_marks_only_touched_streams():
     """A record marks its own stream changed; a save clears it (state_dict loading)."""
     pipeline = _pipeline(("a", "b", "c"))
