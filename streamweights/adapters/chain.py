@@ -110,6 +110,10 @@ class Chain(Adapter):
             layout.append((start, stop, tuple(shape)))
             start = stop
         self._layout = layout
+        #: The same, as what ``observe_predict_trace`` slices: a 1-D entry is its slice
+        #: already (no reshape), an entry of another shape is reshaped.
+        self._views = [(start, stop, None if len(shape) == 1 else shape)
+                       for start, stop, shape in layout]
         self._size = core.size
         self._output = (start, self._size)
         width = getattr(self.stages[-1], "n_classes", None)
@@ -180,7 +184,8 @@ class Chain(Adapter):
                 start, stop = self._output
                 out = buffer[start:stop]
                 return (np.array(out[0]) if self._scalar_output else out.copy(),
-                        tuple(buffer[a:b].reshape(shape) for a, b, shape in self._layout))
+                        tuple(buffer[a:b] if shape is None else buffer[a:b].reshape(shape)
+                              for a, b, shape in self._views))
         features = self.check_features(features)
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
