@@ -48,8 +48,11 @@ class StreamUncertainty:
         if estimate is not None and n_classes is not None:
             self.estimates = [ConfidenceEstimate(n_classes, estimate["window"])
                               for _ in self.forecasters]
-        #: Per-record constants: the wire keys of the levels, the shape of what is kept.
+        #: Per-record constants: the wire keys of the levels, the shape of what is kept
+        #: (every layer is built from one block: one row of thresholds each, one width).
         self._keys = [level_key(a) for a in self.layers[0].alphas] if self.layers else []
+        self._kept_shape = (len(self.layers), self.layers[0]._core.served_len()) \
+            if self.layers else (0, 0)
         self._core = _native.UncertaintyCore(
             self.classification, [layer._core for layer in self.layers],
             [monitor._core for monitor in self.monitors],
@@ -66,12 +69,14 @@ class StreamUncertainty:
         output's sets or intervals (``None`` without conformal) and the thresholds
         every layer served, to keep with the prediction (one row per layer). ``rows``:
         the same as plain lists (``[served, *raw]``), when the caller has them."""
-        wire, kept, width = self._core.serve(self._rows(served, raw) if rows is None
-                                             else rows)
+        if rows is None:
+            rows = self._rows(served, raw)
         if not self.layers:
+            self._core.serve(rows)  # the estimates' expected scores
             return None, None
-        return (dict(zip(self._keys, wire, strict=True)),
-                np.array(kept, dtype=np.float64).reshape(len(self.layers), width))
+        kept = np.empty(self._kept_shape)  # the core writes the thresholds into it
+        wire = self._core.serve_into(rows, kept)
+        return dict(zip(self._keys, wire, strict=True)), kept
 
     def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float,
               rows: list[Any] | None = None) -> None:
@@ -80,8 +85,9 @@ class StreamUncertainty:
         ``rows``: ``[served, *raw]`` as plain lists, when the caller has them."""
         if kept is None:
             thresholds = []
-        elif type(kept) is np.ndarray and kept.dtype == np.float64:
-            thresholds = kept.ravel().tolist()
+        elif (type(kept) is np.ndarray and kept.dtype == np.float64
+              and kept.flags.c_contiguous):
+            thresholds = kept  # the core reads the array as it is, in C order
         else:
             thresholds = np.asarray(kept, dtype=np.float64).reshape(-1).tolist()
         self._core.learn(thresholds, self._rows(served, raw) if rows is None else rows,
