@@ -122,6 +122,11 @@ class StreamPipeline:
         self._tracked = [i for i in range(len(self.chain.stages)) if i not in self._memories]
         self._stage_evidence = {i: RiseEvidence() for i in self._tracked} \
             if self._memories and self.classification else {}
+        #: Where each tracked stage's output is when the label comes: the next stage's
+        #: input in the trace, or (the last stage) what was served (``None``).
+        last = len(self.chain.stages) - 1
+        self._loss_slots = [(None if index == last else index + 1, evidence)
+                            for index, evidence in self._stage_evidence.items()]
         # Per-record constants (the config is frozen): what the hot path would otherwise
         # look up or rebuild on every record.
         self._models = tuple(config.models)
@@ -381,11 +386,10 @@ class StreamPipeline:
                             value: int | float) -> None:
         """Feed each tracked stage's evidence the log-loss of what it output for this event
         (stage i's output is stage i+1's input; the last stage's is what was served)."""
-        if not self._stage_evidence:
-            return
-        count = len(trace)
-        for index, evidence in self._stage_evidence.items():
-            output = trace[index + 1] if index + 1 < count else served
+        for slot, evidence in self._loss_slots:
+            # (the last stage's output is what was served: a trace goes on after the
+            # stages' inputs with the portfolio's own rows, not with the output)
+            output = served if slot is None else trace[slot]
             probability = min(max(float(output[value]), _STAGE_LOSS_CLIP), 1.0)
             evidence.update(-math.log(probability))
 
