@@ -134,6 +134,7 @@ class StreamPipeline:
         #: arrays back as arrays: its traces need no re-wrapping when the label comes.
         self._array_trace = self.chain.native
         self._no_features = self.chain.n_features is None
+        self._rows_path = self._no_features and config.torch is None and self.chain.native
         self.predictions = 0
         self.labels = 0
         self.weights_version = 0
@@ -210,14 +211,25 @@ class StreamPipeline:
         return np.array(rows, dtype=np.float64)
 
     def on_prediction(self, prediction: Prediction) -> Outcome:
-        outcome = Outcome(stream=self.name)
         self.changed = True  # (set before the checks: a refused record may cost a write)
         ts = prediction.ts
         latest = self.latest_ts
         if latest is not None and not ts - latest <= self.config.max_event_time_skew_seconds:
             self._check_event_time(ts)  # (the same test first: most records pass it)
-        outputs = self.outputs_array(prediction)
+        # The quick path (no torch model, no feature stage: nothing between the checks
+        # below and serving can refuse the record): the outputs go to the core as the
+        # decoded lists; anything it does not clear takes the path below, which checks
+        # and names what is wrong in the usual order.
+        rows = self._quick_rows(prediction.outputs) if self._rows_path else None
         join = self.join
+        if rows is not None and prediction.id not in join:
+            try:
+                result = self.chain.observe_predict_rows(rows)
+            except ValueError as error:
+                raise RecordError("invalid_outputs", str(error)) from None
+            if result is not None:
+                return self._served(prediction, *result)
+        outputs = self.outputs_array(prediction)
         if prediction.id in join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
                               "waiting for its label")
@@ -246,6 +258,25 @@ class StreamPipeline:
             raise RecordError("invalid_outputs", str(error)) from None
         if inputs is not None:
             self.torch_model.observe(inputs)  # only once the record is accepted
+        return self._served(prediction, served, trace, head_features, frozen)
+
+    def _quick_rows(self, outputs: dict[str, Any]) -> list[Any] | None:
+        """The decoded outputs in configured order when every configured model, and
+        nothing else, is there (``None`` otherwise: ``outputs_array`` says what is wrong)."""
+        if len(outputs) != len(self._models):
+            return None
+        try:
+            return [outputs[m] for m in self._models]
+        except KeyError:
+            return None
+
+    def _served(self, prediction: Prediction, served: np.ndarray, trace: tuple[Any, ...],
+                head_features: Any = None, frozen: np.ndarray | None = None) -> Outcome:
+        """An accepted prediction, once the chain served it: time, join, uncertainty,
+        the adapted record, publishing."""
+        outcome = Outcome(stream=self.name)
+        ts = prediction.ts
+        join = self.join
         self._advance_time(ts, outcome)
         payload = {"trace": list(trace), "served": served}
         if head_features is not None:

@@ -192,6 +192,12 @@ def _bad_records(stream: StreamConfig, pending_id: str, ts: float):
         (prediction({**good, models[2]: [math.inf, 0.0]}), "invalid_outputs", "inf"),
         (prediction({**good, models[0]: [-0.5, 1.5]}), "invalid_outputs", "[0, 1]"),
         (prediction(good, record_id=pending_id), "duplicate_id", pending_id),
+        # a duplicate id with bad outputs: their shape is checked first, their values
+        # after the id (the core's quick path on the decoded lists keeps that order)
+        (prediction({**good, models[0]: [0.2, 0.3, 0.5]}, record_id=pending_id),
+         "wrong_shape", models[0]),
+        (prediction({**good, models[1]: [0.5, 0.6]}, record_id=pending_id), "duplicate_id",
+         pending_id),
         (Label(name, "never-predicted", ts, 1), "unmatched_label", "never-predicted"),
         (Label(name, pending_id, ts, 2), "invalid_label", "unknown class"),
         (Label(name, pending_id, ts, -1), "invalid_label", "unknown class"),
