@@ -32,14 +32,13 @@ to the artifact store by the runtime).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, Portfolio, PriorShift
-from streamweights.adapters.drift_evidence import RiseEvidence
+from streamweights.adapters.drift_evidence import RiseEvidence, update_log_losses
 from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
@@ -125,8 +124,9 @@ class StreamPipeline:
         #: Where each tracked stage's output is when the label comes: the next stage's
         #: input in the trace, or (the last stage) what was served (``None``).
         last = len(self.chain.stages) - 1
-        self._loss_slots = [(None if index == last else index + 1, evidence)
-                            for index, evidence in self._stage_evidence.items()]
+        self._loss_slots = [None if index == last else index + 1
+                            for index in self._stage_evidence]
+        self._evidence_cores = [evidence._core for evidence in self._stage_evidence.values()]
         # Per-record constants (the config is frozen): what the hot path would otherwise
         # look up or rebuild on every record.
         self._models = tuple(config.models)
@@ -417,12 +417,13 @@ class StreamPipeline:
                             value: int | float) -> None:
         """Feed each tracked stage's evidence the log-loss of what it output for this event
         (stage i's output is stage i+1's input; the last stage's is what was served)."""
-        for slot, evidence in self._loss_slots:
-            # (the last stage's output is what was served: a trace goes on after the
-            # stages' inputs with the portfolio's own rows, not with the output)
-            output = served if slot is None else trace[slot]
-            probability = min(max(float(output[value]), _STAGE_LOSS_CLIP), 1.0)
-            evidence.update(-math.log(probability))
+        if not self._evidence_cores:
+            return
+        # (the last stage's output is what was served: a trace goes on after the stages'
+        # inputs with the portfolio's own rows, not with the output)
+        update_log_losses(self._evidence_cores,
+                          [served if slot is None else trace[slot] for slot in self._loss_slots],
+                          value, _STAGE_LOSS_CLIP)
 
     def _moved_stages(self, fired: list[int]) -> list[int]:
         """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,
