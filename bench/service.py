@@ -106,7 +106,8 @@ def generate_records(config: ServiceConfig, n_events: int | None) -> list[bytes]
             print(f"  generated {len(records):,} records ...", flush=True)
     seconds = time.perf_counter() - started
     print(f"generated {len(records):,} records of scenario {source.scenario!r} "
-          f"({source.events:,} events, seed {source.seed}) in {seconds:.1f}s "
+          f"({'the default number of' if source.events is None else f'{source.events:,}'} "
+          f"events, seed {source.seed}) in {seconds:.1f}s "
           f"({len(records) / seconds:,.0f} records/s, not timed)", flush=True)
     return records
 

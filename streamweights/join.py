@@ -21,11 +21,14 @@ holds it.
 Entries are kept in arrival order. Within a task the runtime merges records in
 event-time order, so arrival order is event-time order and expiry only ever looks at
 the head; a prediction that arrives out of order expires when it reaches the head.
+The head's event time is kept (``head_ts``), so a caller can tell in one comparison
+whether :meth:`expire` has anything to do (the per-record path asks on every record).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -84,6 +87,17 @@ class PendingJoin:
         self.expired_total = 0
         self.evicted_total = 0
         self.joined_total = 0
+        #: The oldest entry (``None`` when empty) and its event time (``inf`` when empty):
+        #: ``expire(now)`` removes something exactly when ``not head_ts >= now - ttl``.
+        self._head: Pending | None = None
+        self.head_ts = math.inf
+
+    def _new_head(self) -> None:
+        """Re-read the oldest entry after it may have left."""
+        for head in self._entries.values():
+            self._head, self.head_ts = head, head.ts
+            return
+        self._head, self.head_ts = None, math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -101,6 +115,8 @@ class PendingJoin:
             self._encoded.pop(evicted[-1].id, None)
         self.evicted_total += len(evicted)
         self._entries[event_id] = Pending(event_id, ts, payload)
+        if evicted or self._head is None:
+            self._new_head()
         return evicted
 
     def get(self, event_id: str) -> Pending | None:
@@ -113,6 +129,8 @@ class PendingJoin:
         if entry is not None:
             self.joined_total += 1
             self._encoded.pop(event_id, None)
+            if entry is self._head:
+                self._new_head()
         return entry
 
     def expire(self, now: float) -> list[Pending]:
@@ -127,6 +145,8 @@ class PendingJoin:
             expired.append(entries.popitem(last=False)[1])
             self._encoded.pop(expired[-1].id, None)
         self.expired_total += len(expired)
+        if expired:
+            self._new_head()
         return expired
 
     def encoded_entries(self) -> str:
@@ -158,6 +178,7 @@ class PendingJoin:
             (event_id, Pending(event_id, float(ts), payload))
             for event_id, ts, payload in state["entries"])
         self._encoded = {}
+        self._new_head()
         self.expired_total = int(state["expired_total"])
         self.evicted_total = int(state["evicted_total"])
         self.joined_total = int(state["joined_total"])

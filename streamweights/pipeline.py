@@ -32,14 +32,13 @@ to the artifact store by the runtime).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamweights.adapters import Adapter, DriftMemory, Portfolio, PriorShift
-from streamweights.adapters.drift_evidence import RiseEvidence
+from streamweights.adapters.drift_evidence import RiseEvidence, update_log_losses
 from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
 from streamweights.config import ENSEMBLE_TYPES, ConfigError, StreamConfig
 from streamweights.events import Adapted, Label, Prediction, RecordError, Weights
@@ -116,11 +115,26 @@ class StreamPipeline:
         self._outputs_shape = ((len(config.models), config.n_classes) if self.classification
                                else (len(config.models),))
         self._memories = [i for i, s in enumerate(self.chain.stages) if isinstance(s, DriftMemory)]
+        self._memory_stages = [self.chain.stages[i] for i in self._memories]
         # Per-component reactions: the log-loss of every stage's output that is not a
         # memory (a memory passes its input through) carries its own rise evidence.
         self._tracked = [i for i in range(len(self.chain.stages)) if i not in self._memories]
         self._stage_evidence = {i: RiseEvidence() for i in self._tracked} \
             if self._memories and self.classification else {}
+        #: Where each tracked stage's output is when the label comes: the next stage's
+        #: input in the trace, or (the last stage) what was served (``None``).
+        last = len(self.chain.stages) - 1
+        self._loss_slots = [None if index == last else index + 1
+                            for index in self._stage_evidence]
+        self._evidence_cores = [evidence._core for evidence in self._stage_evidence.values()]
+        # Per-record constants (the config is frozen): what the hot path would otherwise
+        # look up or rebuild on every record.
+        self._models = tuple(config.models)
+        #: The native chain writes every trace entry as an array, and a snapshot gives
+        #: arrays back as arrays: its traces need no re-wrapping when the label comes.
+        self._array_trace = self.chain.native
+        self._no_features = self.chain.n_features is None
+        self._rows_path = self._no_features and config.torch is None and self.chain.native
         self.predictions = 0
         self.labels = 0
         self.weights_version = 0
@@ -160,12 +174,13 @@ class StreamPipeline:
     def outputs_array(self, prediction: Prediction) -> np.ndarray:
         """The models' outputs as ``(K, C)`` (or ``(K,)``) in configured order."""
         outputs = prediction.outputs
-        if self.torch_model is None and len(outputs) == len(self.config.models):
+        models = self._models
+        if self.torch_model is None and len(outputs) == len(models):
             # Quick path for a well-formed record (every configured model, nothing else,
             # the right shape); anything else goes through the checks below, which say
             # what is wrong. The decoder has checked the values are finite numbers.
             try:
-                array = np.array([outputs[m] for m in self.config.models], dtype=np.float64)
+                array = np.array([outputs[m] for m in models], dtype=np.float64)
             except (KeyError, ValueError, TypeError):
                 array = None
             if array is not None and array.shape == self._outputs_shape:
@@ -196,11 +211,26 @@ class StreamPipeline:
         return np.array(rows, dtype=np.float64)
 
     def on_prediction(self, prediction: Prediction) -> Outcome:
-        outcome = Outcome(stream=self.name)
         self.changed = True  # (set before the checks: a refused record may cost a write)
-        self._check_event_time(prediction.ts)
+        ts = prediction.ts
+        latest = self.latest_ts
+        if latest is not None and not ts - latest <= self.config.max_event_time_skew_seconds:
+            self._check_event_time(ts)  # (the same test first: most records pass it)
+        # The quick path (no torch model, no feature stage: nothing between the checks
+        # below and serving can refuse the record): the outputs go to the core as the
+        # decoded lists; anything it does not clear takes the path below, which checks
+        # and names what is wrong in the usual order.
+        rows = self._quick_rows(prediction.outputs) if self._rows_path else None
+        join = self.join
+        if rows is not None and prediction.id not in join:
+            try:
+                result = self.chain.observe_predict_rows(rows)
+            except ValueError as error:
+                raise RecordError("invalid_outputs", str(error)) from None
+            if result is not None:
+                return self._served(prediction, *result)
         outputs = self.outputs_array(prediction)
-        if prediction.id in self.join:
+        if prediction.id in join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
                               "waiting for its label")
         head_features = inputs = frozen = None
@@ -212,11 +242,14 @@ class StreamPipeline:
             row, head_features = self.torch_model.serve(inputs)
             frozen = self.torch_model.frozen_probabilities(inputs)
             outputs[self._model_index[self.torch_model.name]] = row
-        try:  # a FeatureCorrection stage learns from the prediction's features
-            features = self.chain.check_features(prediction.features)
-        except ValueError as error:
-            reason = "missing_features" if prediction.features is None else "invalid_features"
-            raise RecordError(reason, str(error)) from None
+        features = None
+        if not self._no_features:
+            try:  # a FeatureCorrection stage learns from the prediction's features
+                features = self.chain.check_features(prediction.features)
+            except ValueError as error:
+                reason = "missing_features" if prediction.features is None \
+                    else "invalid_features"
+                raise RecordError(reason, str(error)) from None
         try:
             # The first stage is an ensemble (config enforces it): its observe is a no-op
             # and its predict validates the outputs before any later stage observes.
@@ -225,27 +258,51 @@ class StreamPipeline:
             raise RecordError("invalid_outputs", str(error)) from None
         if inputs is not None:
             self.torch_model.observe(inputs)  # only once the record is accepted
-        self._advance_time(prediction.ts, outcome)
+        return self._served(prediction, served, trace, head_features, frozen)
+
+    def _quick_rows(self, outputs: dict[str, Any]) -> list[Any] | None:
+        """The decoded outputs in configured order when every configured model, and
+        nothing else, is there (``None`` otherwise: ``outputs_array`` says what is wrong)."""
+        if len(outputs) != len(self._models):
+            return None
+        try:
+            return [outputs[m] for m in self._models]
+        except KeyError:
+            return None
+
+    def _served(self, prediction: Prediction, served: np.ndarray, trace: tuple[Any, ...],
+                head_features: Any = None, frozen: np.ndarray | None = None) -> Outcome:
+        """An accepted prediction, once the chain served it: time, join, uncertainty,
+        the adapted record, publishing."""
+        outcome = Outcome(stream=self.name)
+        ts = prediction.ts
+        join = self.join
+        self._advance_time(ts, outcome)
         payload = {"trace": list(trace), "served": served}
         if head_features is not None:
             payload["head_features"] = head_features
         if frozen is not None:
             payload["frozen"] = frozen.tolist()
         wire = None
+        proba = served.tolist() if self.classification else None
         if self.uncertainty is not None:  # the sets served now are the ones scored later
-            wire, kept = self.uncertainty.serve(served, trace[0])
+            wire, kept = self.uncertainty.serve(
+                served, trace[0], None if proba is None else [proba, *trace[0].tolist()])
             if kept is not None:
                 payload["conformal"] = kept
-        outcome.evicted = self.join.add(prediction.id, prediction.ts, payload)
+        evicted = join.add(prediction.id, ts, payload)
+        if evicted:
+            outcome.evicted = evicted
         self.predictions += 1
         if self.classification:
-            outcome.adapted = Adapted(self.name, prediction.id, prediction.ts,
-                                      served.tolist(), None, self.weights_version, sets=wire)
+            outcome.adapted = Adapted(self.name, prediction.id, ts, proba, None,
+                                      self.weights_version, sets=wire)
         else:
-            outcome.adapted = Adapted(self.name, prediction.id, prediction.ts, None,
-                                      float(served), self.weights_version, intervals=wire)
-        self._maybe_export(prediction.ts, outcome)
-        self._maybe_publish(prediction.ts, outcome)
+            outcome.adapted = Adapted(self.name, prediction.id, ts, None, float(served),
+                                      self.weights_version, intervals=wire)
+        if self.torch_model is not None:
+            self._maybe_export(ts, outcome)
+        self._maybe_publish(ts, outcome)
         return outcome
 
     def on_label(self, label: Label) -> Outcome:
@@ -254,42 +311,63 @@ class StreamPipeline:
         before changing anything: a refused label leaves the stream as it was."""
         outcome = Outcome(stream=self.name)
         self.changed = True
-        value = self._check_label(label)
-        self._check_event_time(label.ts)
-        pending = self.join.get(label.id)
+        value = label.label
+        if not (self.classification and type(value) is int
+                and 0 <= value < self.config.n_classes):  # (the common case, checked)
+            value = self._check_label(label)
+        ts = label.ts
+        latest = self.latest_ts
+        if latest is not None and not ts - latest <= self.config.max_event_time_skew_seconds:
+            self._check_event_time(ts)  # (the same test first: most records pass it)
+        join = self.join
+        pending = join.get(label.id)
         if pending is None:
             raise RecordError("unmatched_label", f"id: no prediction {label.id!r} is waiting "
                               "(never seen, already labelled, or expired)")
-        trace = tuple(np.asarray(t) for t in pending.payload["trace"])
-        served = np.asarray(pending.payload["served"])
+        payload = pending.payload
+        trace = tuple(payload["trace"]) if self._array_trace else \
+            tuple(np.asarray(t) for t in payload["trace"])
+        served = payload["served"]
+        if type(served) is not np.ndarray:
+            served = np.asarray(served)
         raw = trace[0]
-        if "frozen" in pending.payload:  # score the deployed torch model as it was shipped
+        if "frozen" in payload:  # score the deployed torch model as it was shipped
             raw = raw.copy()
-            raw[self._model_index[self.torch_model.name]] = pending.payload["frozen"]
-        drift_before = [self.chain.stages[i].drift_count for i in self._memories]
+            raw[self._model_index[self.torch_model.name]] = payload["frozen"]
+        memories = self._memory_stages
+        drift_before = [memory.drift_count for memory in memories] if memories else None
         try:
             self.chain.learn_trace(trace, value)
         except NonFiniteUpdate as error:
             raise RecordError("non_finite_state", f"label: {error}; the stream keeps its "
                               "last good state") from None
         if self.torch_model is not None:
-            self.torch_model.learn(pending.payload.get("head_features"), value)
-        self.join.pop(label.id)
-        self._advance_time(label.ts, outcome)
-        self.scores.update(raw, served, value)
-        if self.uncertainty is not None:
-            self.uncertainty.learn(pending.payload.get("conformal"), served, trace[0], value)
+            self.torch_model.learn(payload.get("head_features"), value)
+        join.pop(label.id)
+        self._advance_time(ts, outcome)
+        if self.classification and raw is trace[0]:  # the rows as lists, made once
+            raw_rows, proba = raw.tolist(), served.tolist()
+            self.scores.update(raw_rows, proba, value)
+            if self.uncertainty is not None:
+                self.uncertainty.learn(payload.get("conformal"), served, raw, value,
+                                       [proba, *raw_rows])
+        else:
+            self.scores.update(raw, served, value)
+            if self.uncertainty is not None:
+                self.uncertainty.learn(payload.get("conformal"), served, trace[0], value)
         self.labels += 1
         self.labels_since_publish += 1
         outcome.learned = True
-        self._track_stage_losses(trace, served, value)
-        drift_after = [self.chain.stages[i].drift_count for i in self._memories]
-        if drift_after != drift_before:
-            fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
-                                          strict=True) if a != b]
-            outcome.drift = self._react_to_drift(label, fired)
-        self._maybe_export(label.ts, outcome)
-        self._maybe_publish(label.ts, outcome)
+        if memories:
+            self._track_stage_losses(trace, served, value)
+            drift_after = [memory.drift_count for memory in memories]
+            if drift_after != drift_before:
+                fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
+                                              strict=True) if a != b]
+                outcome.drift = self._react_to_drift(label, fired)
+        if self.torch_model is not None:
+            self._maybe_export(ts, outcome)
+        self._maybe_publish(ts, outcome)
         return outcome
 
     def _check_label(self, label: Label) -> int | float:
@@ -327,21 +405,25 @@ class StreamPipeline:
                           "move the stream's time on)")
 
     def _advance_time(self, ts: float, outcome: Outcome) -> None:
-        if self.latest_ts is None or ts > self.latest_ts:
-            self.latest_ts = ts
-        outcome.expired.extend(self.join.expire(self.latest_ts))
+        latest = self.latest_ts
+        if latest is None or ts > latest:
+            self.latest_ts = latest = ts
+        join = self.join
+        if not join.head_ts >= latest - join.ttl_seconds:  # expire's own test on its head
+            outcome.expired.extend(join.expire(latest))
 
     # -- drift and publishing ---------------------------------------------------------
     def _track_stage_losses(self, trace: tuple[np.ndarray, ...], served: np.ndarray,
                             value: int | float) -> None:
         """Feed each tracked stage's evidence the log-loss of what it output for this event
         (stage i's output is stage i+1's input; the last stage's is what was served)."""
-        if not self._stage_evidence:
+        if not self._evidence_cores:
             return
-        outputs = (*trace[1:], served)
-        for index, evidence in self._stage_evidence.items():
-            probability = min(max(float(outputs[index][value]), _STAGE_LOSS_CLIP), 1.0)
-            evidence.update(-math.log(probability))
+        # (the last stage's output is what was served: a trace goes on after the stages'
+        # inputs with the portfolio's own rows, not with the output)
+        update_log_losses(self._evidence_cores,
+                          [served if slot is None else trace[slot] for slot in self._loss_slots],
+                          value, _STAGE_LOSS_CLIP)
 
     def _moved_stages(self, fired: list[int]) -> list[int]:
         """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,

@@ -19,6 +19,8 @@ from streamweights._native import (
     PROBABILITY_FLOOR,
     ClassificationScore,
     RegressionScore,
+    update_classification_scores,
+    update_regression_scores,
 )
 
 __all__ = ["ECE_BINS", "PROBABILITY_FLOOR", "ClassificationScore", "RegressionScore",
@@ -44,12 +46,20 @@ class StreamScores:
         factory = ClassificationScore if classification else RegressionScore
         self.models = [factory() for _ in model_names]
         self.adapted = factory()
+        #: Every score in update order (the models', then the adapted output's), for the
+        #: core's one-call update.
+        self._all = [*self.models, self.adapted]
 
     def update(self, raw_outputs: np.ndarray, adapted: np.ndarray, label: int | float) -> None:
+        """Score each model's row of ``raw_outputs`` and the ``adapted`` output on
+        ``label`` (one core call; a list of rows is taken as it is)."""
         rows = raw_outputs.tolist() if type(raw_outputs) is np.ndarray else raw_outputs
-        for score, output in zip(self.models, rows, strict=True):
-            score.update(output, label)
-        self.adapted.update(adapted, label)
+        if len(rows) != len(self.models):
+            raise ValueError(f"raw_outputs: {len(rows)} rows for {len(self.models)} models")
+        if self.classification:
+            update_classification_scores(self._all, [*rows, adapted], label)
+        else:
+            update_regression_scores(self._all, [*rows, float(adapted)], label)
 
     def primary(self, summary: dict[str, float]) -> float:
         return summary["log_loss"] if self.classification else summary["mse"]

@@ -48,6 +48,11 @@ class StreamUncertainty:
         if estimate is not None and n_classes is not None:
             self.estimates = [ConfidenceEstimate(n_classes, estimate["window"])
                               for _ in self.forecasters]
+        #: Per-record constants: the wire keys of the levels, the shape of what is kept
+        #: (every layer is built from one block: one row of thresholds each, one width).
+        self._keys = [level_key(a) for a in self.layers[0].alphas] if self.layers else []
+        self._kept_shape = (len(self.layers), self.layers[0]._core.served_len()) \
+            if self.layers else (0, 0)
         self._core = _native.UncertaintyCore(
             self.classification, [layer._core for layer in self.layers],
             [monitor._core for monitor in self.monitors],
@@ -58,23 +63,35 @@ class StreamUncertainty:
             return [served.tolist(), *raw.tolist()]
         return [float(served), *(float(v) for v in raw)]
 
-    def serve(self, served: Any, raw: np.ndarray) -> tuple[dict[str, Any] | None, Any]:
+    def serve(self, served: Any, raw: np.ndarray,
+              rows: list[Any] | None = None) -> tuple[dict[str, Any] | None, Any]:
         """For a prediction the chain served (``raw``: the models' rows): the adapted
         output's sets or intervals (``None`` without conformal) and the thresholds
-        every layer served, to keep with the prediction (one row per layer)."""
-        wire, kept, width = self._core.serve(self._rows(served, raw))
+        every layer served, to keep with the prediction (one row per layer). ``rows``:
+        the same as plain lists (``[served, *raw]``), when the caller has them."""
+        if rows is None:
+            rows = self._rows(served, raw)
         if not self.layers:
+            self._core.serve(rows)  # the estimates' expected scores
             return None, None
-        keys = [level_key(a) for a in self.layers[0].alphas]
-        return (dict(zip(keys, wire, strict=True)),
-                np.array(kept, dtype=np.float64).reshape(len(self.layers), width))
+        kept = np.empty(self._kept_shape)  # the core writes the thresholds into it
+        wire = self._core.serve_into(rows, kept)
+        return dict(zip(self._keys, wire, strict=True)), kept
 
-    def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float) -> None:
+    def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float,
+              rows: list[Any] | None = None) -> None:
         """The label ``value`` of a prediction served as ``served`` from ``raw``; the
-        chain validated the outputs and the pipeline the label: no second check."""
-        thresholds = [] if kept is None else np.asarray(kept, dtype=np.float64).reshape(
-            -1).tolist()
-        self._core.learn(thresholds, self._rows(served, raw), value)
+        chain validated the outputs and the pipeline the label: no second check.
+        ``rows``: ``[served, *raw]`` as plain lists, when the caller has them."""
+        if kept is None:
+            thresholds = []
+        elif (type(kept) is np.ndarray and kept.dtype == np.float64
+              and kept.flags.c_contiguous):
+            thresholds = kept  # the core reads the array as it is, in C order
+        else:
+            thresholds = np.asarray(kept, dtype=np.float64).reshape(-1).tolist()
+        self._core.learn(thresholds, self._rows(served, raw) if rows is None else rows,
+                         value)
 
     def describe(self) -> dict[str, Any] | None:
         """For the weights record: the method and the adapted output's thresholds now."""

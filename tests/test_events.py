@@ -390,3 +390,34 @@ def test_every_new_reason_is_documented_in_the_readme():
     for reason in ("duplicate_key", "invalid_utf8", "too_deep", "out_of_range", "non_finite",
                    "internal_error", "event_time_skew", "non_finite_state"):
         assert f"`{reason}`" in readme, reason
+
+
+def test_record_types_keep_their_dataclass_behaviour_with_the_quick_init():
+    """Prediction, Label and Adapted are made with an ``__init__`` that sets the slots
+    directly (``events._slot_init``, made once per record): the same signature and
+    defaults, frozen, equal and hashable by value, ``dataclasses.replace`` and pickle
+    work, and a missing argument is the usual TypeError."""
+    import dataclasses
+    import inspect
+    import pickle
+
+    from streamweights.events import Adapted
+
+    for cls, args in ((Prediction, ("s", "i", 1.0, {"a": [0.5, 0.5]})),
+                      (Label, ("s", "i", 1.0, 1)),
+                      (Adapted, ("s", "i", 1.0, [0.5, 0.5], None, 3))):
+        names = [field.name for field in dataclasses.fields(cls)]
+        assert list(inspect.signature(cls).parameters) == names
+        record = cls(*args)
+        by_name = cls(**dict(zip(names, args, strict=False)))
+        assert record == by_name
+        if cls is Label:  # (the others hold lists and dicts)
+            assert hash(record) == hash(by_name)
+        for field in dataclasses.fields(cls)[len(args):]:
+            assert getattr(record, field.name) == field.default
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.stream = "other"  # type: ignore[misc]
+        assert dataclasses.replace(record, id="j").id == "j"
+        assert pickle.loads(pickle.dumps(record)) == record
+        with pytest.raises(TypeError, match="missing"):
+            cls("s")

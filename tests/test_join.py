@@ -174,3 +174,34 @@ def test_state_dict_is_a_snapshot_not_a_view():
     join.pop("a")
     assert [entry[0] for entry in state["entries"]] == ["a"]
     assert state["joined_total"] == 0
+
+
+def test_head_ts_is_the_oldest_entrys_event_time_after_every_operation():
+    """``head_ts`` lets the per-record path skip ``expire`` when it has nothing to do, so
+    it must be exactly the head's ts (``inf`` when empty) after every change: adds
+    (out of order too), evictions, pops of the head and of others, expiries, a
+    restore. A stale value would skip an expiry (or hold one)."""
+    rng = random.Random(5)
+    join = PendingJoin(max_pending=6, ttl_seconds=5.0)
+    assert join.head_ts == float("inf")
+    now, ids = 0.0, []
+    for step in range(3_000):
+        draw = rng.random()
+        if draw < 0.45:
+            now += rng.random()
+            event_id = f"e{step}"
+            join.add(event_id, now - rng.random() * 3, None)  # some arrive out of order
+            ids.append(event_id)
+        elif draw < 0.75 and ids:
+            join.pop(ids.pop(rng.randrange(len(ids))))
+        elif draw < 0.9:
+            expired = join.expire(now)
+            skipped = join.head_ts >= now - join.ttl_seconds
+            assert skipped == (join.expire(now) == [])  # what the pipeline's test relies on
+            assert all(entry.ts < now - 5.0 for entry in expired)
+        else:
+            restored = PendingJoin(max_pending=6, ttl_seconds=5.0)
+            restored.load_state_dict(loads_state(dumps_state(join.state_dict())))
+            join = restored
+        oldest = next(iter(join.state_dict()["entries"]), None)
+        assert join.head_ts == (float("inf") if oldest is None else oldest[1])

@@ -15,6 +15,7 @@ from collections import deque
 import numpy as np
 import pytest
 
+from streamweights.adapters import dumps_state
 from streamweights.uncertainty import StreamUncertainty
 from tests.reference.uncertainty import StreamUncertainty as ReferenceUncertainty
 
@@ -136,3 +137,29 @@ def test_a_snapshot_that_does_not_fit_changes_nothing():
     with pytest.raises(ValueError, match="weights"):
         layer.load_state_dict(broken)
     assert repr(layer.state_dict()) == before
+
+
+def test_core_serve_into_and_learn_from_the_array_equal_the_list_verbs():
+    """The pipeline's path (``serve_into`` writing the thresholds into an array, ``learn``
+    reading that array) keeps the same thresholds and state as ``serve`` / ``learn``
+    with flat lists, event by event; an array of the wrong size is refused."""
+    conformal = {"alpha": [0.1, 0.05], "method": "dtaci", "compare_raw": True}
+    by_array = StreamUncertainty(conformal, {"window": 50}, MODELS, 3)
+    by_list = StreamUncertainty(conformal, {"window": 50}, MODELS, 3)
+    rng = np.random.default_rng(4)
+    pending = deque()
+    for served, raw, label in _classification_stream(rng, 3_000, 3):
+        rows = [served.tolist(), *raw.tolist()]
+        kept = np.empty(by_array._kept_shape)
+        wire = by_array._core.serve_into(rows, kept)
+        want_wire, flat, width = by_list._core.serve(rows)
+        assert wire == want_wire and kept.ravel().tolist() == flat
+        assert kept.shape == (len(by_list.layers), width)
+        pending.append((kept, flat, rows, label))
+        if len(pending) > 20:
+            kept, flat, rows, label = pending.popleft()
+            by_array._core.learn(kept, rows, label)
+            by_list._core.learn(flat, rows, label)
+    assert dumps_state(by_array.state_dict()) == dumps_state(by_list.state_dict())
+    with pytest.raises((ValueError, BufferError)):
+        by_array._core.serve_into(rows, np.empty(3))

@@ -75,3 +75,33 @@ def test_numpy_rows_and_lists_score_alike_and_a_bad_label_changes_nothing():
         score.update([0.2, 0.8], 2)
     assert score.state_dict() == before
     assert score.summary()["count"] == 2
+
+
+def test_stream_scores_one_call_equals_each_score_updated_in_turn():
+    """``StreamScores.update`` scores every model and the served output in one core call
+    (``update_classification_scores`` / ``update_regression_scores``): the same state,
+    bit for bit, as updating each score object by itself, and a wrong number of rows
+    is refused before anything changes."""
+    from streamweights.scoring import StreamScores
+
+    rng = np.random.default_rng(3)
+    for classification in (True, False):
+        scores = StreamScores(["a", "b", "c"], classification)
+        factory = ClassificationScore if classification else RegressionScore
+        singles = [factory() for _ in range(4)]
+        for _ in range(2_000):
+            if classification:
+                rows = _drifting_probabilities(rng, 4, 3)
+                label = int(rng.integers(3))
+            else:
+                rows = rng.normal(size=4) * 10
+                label = float(rng.normal() * 10)
+            scores.update(rows[:3], rows[3], label)
+            for score, row in zip(singles, rows, strict=True):
+                score.update(row.tolist() if classification else float(row), label)
+        state = scores.state_dict()
+        assert state == {"models": [s.state_dict() for s in singles[:3]],
+                         "adapted": singles[3].state_dict()}
+        with pytest.raises(ValueError, match="rows"):
+            scores.update(rows[:2], rows[3], label)
+        assert scores.state_dict() == state

@@ -192,6 +192,12 @@ def _bad_records(stream: StreamConfig, pending_id: str, ts: float):
         (prediction({**good, models[2]: [math.inf, 0.0]}), "invalid_outputs", "inf"),
         (prediction({**good, models[0]: [-0.5, 1.5]}), "invalid_outputs", "[0, 1]"),
         (prediction(good, record_id=pending_id), "duplicate_id", pending_id),
+        # a duplicate id with bad outputs: their shape is checked first, their values
+        # after the id (the core's quick path on the decoded lists keeps that order)
+        (prediction({**good, models[0]: [0.2, 0.3, 0.5]}, record_id=pending_id),
+         "wrong_shape", models[0]),
+        (prediction({**good, models[1]: [0.5, 0.6]}, record_id=pending_id), "duplicate_id",
+         pending_id),
         (Label(name, "never-predicted", ts, 1), "unmatched_label", "never-predicted"),
         (Label(name, pending_id, ts, 2), "invalid_label", "unknown class"),
         (Label(name, pending_id, ts, -1), "invalid_label", "unknown class"),
@@ -502,6 +508,33 @@ def test_a_drift_in_one_stage_reacts_in_that_stage_only():
     assert np.array_equal(curvature, 100.0 * np.eye(2))
     assert np.array_equal(stages[0].state_dict()["state"]["weights"],
                           twin[0].state_dict()["state"]["weights"])
+
+
+def test_a_stage_after_a_portfolio_and_its_memory_tracks_the_served_loss(records):
+    """Scenario: Portfolio -> DriftMemory -> OnlinePlatt (the tracked stage comes last, and
+    the trace goes on after the stages' inputs with the portfolio's own rows).
+    We expect: every label is learnt (before, the last stage's loss was read from the
+    portfolio's rows: a TypeError on the first label) and that stage's rise evidence is
+    fed the log-loss of what was served, as a twin RiseEvidence fed by hand."""
+    from streamweights.adapters.drift_evidence import RiseEvidence
+
+    (config,) = parse_config({"streams": [{
+        "name": _demo_stream().name, "classes": 2, "models": list(_demo_stream().models),
+        "adapters": [{"type": "Portfolio"}, {"type": "DriftMemory", "capacity": 16},
+                     {"type": "OnlinePlatt"}]}]}).streams
+    pipeline = Pipeline([config])
+    twin, served = RiseEvidence(), {}
+    for record in records[:2_000]:
+        outcome = pipeline.process(record)
+        assert not outcome.dead_letters and outcome.drift is None
+        if outcome.adapted is not None:
+            served[record.id] = outcome.adapted.proba
+        else:
+            assert outcome.learned
+            twin.update(-math.log(min(max(served.pop(record.id)[record.label], 1e-6), 1.0)))
+    stream = pipeline.streams[config.name]
+    assert sorted(stream._stage_evidence) == [0, 2]
+    assert stream._stage_evidence[2].get_state() == twin.get_state()
 
 
 def test_replayed_drift_scenario_reports_drift(stream):

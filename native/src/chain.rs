@@ -18,7 +18,7 @@
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyFloat, PyInt, PyList, PyTuple};
 
 use crate::beta::BetaCore;
 use crate::calibeating::CalibeatingCore;
@@ -860,10 +860,85 @@ impl ChainCore {
         buffer: &Bound<'_, PyAny>,
         features: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let raw = match read_shaped(py, x, &self.shapes[0]) {
-            Some(raw) => raw,
-            None => return Ok(false),
+        match read_shaped(py, x, &self.shapes[0]) {
+            Some(raw) => self.observe_predict_raw(py, raw, buffer, features),
+            None => Ok(false),
+        }
+    }
+
+    /// `observe_predict` for the chain's input given as Python lists of numbers (one
+    /// list per model for a `(K, C)` input, one list for `(K,)`), read with the shape
+    /// checked: the pipeline's per-record path, which then makes no array of the
+    /// decoded outputs. The same numbers as the float64 array of those lists; `false`,
+    /// with nothing changed, for anything else.
+    #[pyo3(signature = (rows, buffer, features=None))]
+    fn observe_predict_rows(
+        &mut self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+        features: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        match read_rows(rows, &self.shapes[0]) {
+            Some(raw) => self.observe_predict_raw(py, raw, buffer, features),
+            None => Ok(false),
+        }
+    }
+    /// `learn_trace(trace, y)` when every array of `trace` is a C-contiguous float64
+    /// array of its shape and the head's quick checks clear them and `y` (`true`);
+    /// `false`, with nothing changed, otherwise (the Python loop runs and decides).
+    fn learn(
+        &mut self,
+        py: Python<'_>,
+        trace: &Bound<'_, PyAny>,
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let mut items = Vec::with_capacity(self.shapes.len());
+        for item in trace.try_iter()? {
+            let item = item?;
+            if items.len() == self.shapes.len() {
+                return Ok(false);
+            }
+            match read_shaped(py, &item, &self.shapes[items.len()]) {
+                Some(values) => items.push(values),
+                None => return Ok(false),
+            }
+        }
+        if items.len() != self.shapes.len() {
+            return Ok(false);
+        }
+        let inputs = match &self.head {
+            Some(head) => {
+                let mut core = head.bind(py).borrow_mut();
+                let label = match core.clear_label(y) {
+                    Some(label) => label,
+                    None => return Ok(false),
+                };
+                let rows = &items[items.len() - 1];
+                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(&items[0]) {
+                    return Ok(false);
+                }
+                core.learn_candidates(py, rows, &label)?;
+                &items[1..items.len() - 1]
+            }
+            None => &items[..],
         };
+        for (stage, input) in self.stages.iter_mut().zip(inputs) {
+            stage.learn(py, input, y)?;
+        }
+        Ok(true)
+    }
+}
+
+impl ChainCore {
+    /// The body of `observe_predict` once the input is read (`raw`, in C order).
+    fn observe_predict_raw(
+        &mut self,
+        py: Python<'_>,
+        raw: Vec<f64>,
+        buffer: &Bound<'_, PyAny>,
+        features: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         let features = match features {
             Some(features) => read_flat(py, features)?,
             None if self.stages.iter().any(Stage::packs) => return Ok(false),
@@ -916,51 +991,49 @@ impl ChainCore {
         write_native(py, buffer, &out)?;
         Ok(true)
     }
+}
 
-    /// `learn_trace(trace, y)` when every array of `trace` is a C-contiguous float64
-    /// array of its shape and the head's quick checks clear them and `y` (`true`);
-    /// `false`, with nothing changed, otherwise (the Python loop runs and decides).
-    fn learn(
-        &mut self,
-        py: Python<'_>,
-        trace: &Bound<'_, PyAny>,
-        y: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        let mut items = Vec::with_capacity(self.shapes.len());
-        for item in trace.try_iter()? {
-            let item = item?;
-            if items.len() == self.shapes.len() {
-                return Ok(false);
+/// Python lists of numbers of `shape` (`[K, C]`: K lists of C; `[K]`: one list of K), in
+/// C order; `None` for anything else (a tuple, an array, a wrong length, a non-number).
+fn read_rows(rows: &Bound<'_, PyAny>, shape: &[usize]) -> Option<Vec<f64>> {
+    let rows = rows.downcast::<PyList>().ok()?;
+    match shape {
+        [count] => {
+            if rows.len() != *count {
+                return None;
             }
-            match read_shaped(py, &item, &self.shapes[items.len()]) {
-                Some(values) => items.push(values),
-                None => return Ok(false),
+            rows.iter().map(|value| read_number(&value)).collect()
+        }
+        [count, width] => {
+            if rows.len() != *count {
+                return None;
             }
-        }
-        if items.len() != self.shapes.len() {
-            return Ok(false);
-        }
-        let inputs = match &self.head {
-            Some(head) => {
-                let mut core = head.bind(py).borrow_mut();
-                let label = match core.clear_label(y) {
-                    Some(label) => label,
-                    None => return Ok(false),
-                };
-                let rows = &items[items.len() - 1];
-                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(&items[0]) {
-                    return Ok(false);
+            let mut out = Vec::with_capacity(count * width);
+            for row in rows.iter() {
+                let row = row.downcast::<PyList>().ok()?;
+                if row.len() != *width {
+                    return None;
                 }
-                core.learn_candidates(py, rows, &label)?;
-                &items[1..items.len() - 1]
+                for value in row.iter() {
+                    out.push(read_number(&value)?);
+                }
             }
-            None => &items[..],
-        };
-        for (stage, input) in self.stages.iter_mut().zip(inputs) {
-            stage.learn(py, input, y)?;
+            Some(out)
         }
-        Ok(true)
+        _ => None,
     }
+}
+
+/// A Python float, or an int as numpy's float64 conversion rounds it; `None` for
+/// anything else (a bool included: the decoder never gives one).
+fn read_number(value: &Bound<'_, PyAny>) -> Option<f64> {
+    if let Ok(float) = value.downcast_exact::<PyFloat>() {
+        return Some(float.value());
+    }
+    if value.downcast_exact::<PyInt>().is_ok() {
+        return value.extract::<f64>().ok();
+    }
+    None
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::IntoPyObjectExt;
 
+use crate::expert_losses::{read_flat, write_native};
 use crate::scores::PROBABILITY_FLOOR;
 
 /// How badly a label fits a prediction.
@@ -1035,6 +1036,45 @@ impl UncertaintyCore {
         py: Python<'_>,
         rows: &Bound<'_, PyList>,
     ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        self.serve_rows(py, rows)
+    }
+
+    /// `serve`, with the thresholds written into `out` (a float64 array of exactly their
+    /// size, e.g. layers x `served_len`) instead of returned as a list: the pipeline keeps
+    /// them as an array with the prediction, and a list of ~70 floats made into an
+    /// array cost more than the serving itself. Returns the sets or intervals.
+    fn serve_into(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyList>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<PyObject>> {
+        let (wire, kept, _) = self.serve_rows(py, rows)?;
+        write_native(py, out, &kept)?;
+        Ok(wire)
+    }
+
+    /// The label of a prediction served from `rows` with thresholds `kept` (flat, as
+    /// `serve` returned them, or the array `serve_into` filled): estimates, coverage,
+    /// then every layer learns.
+    fn learn(
+        &self,
+        py: Python<'_>,
+        kept: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyList>,
+        label: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let kept = read_flat(py, kept)?;
+        self.learn_rows(py, kept, rows, label)
+    }
+}
+
+impl UncertaintyCore {
+    fn serve_rows(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyList>,
+    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
         let mut wire = None;
         let mut kept = Vec::new();
         let mut width = 0;
@@ -1099,9 +1139,7 @@ impl UncertaintyCore {
         Ok((wire, kept, width))
     }
 
-    /// The label of a prediction served from `rows` with thresholds `kept` (flat, as
-    /// `serve` returned them): estimates, coverage, then every layer learns.
-    fn learn(
+    fn learn_rows(
         &self,
         py: Python<'_>,
         kept: Vec<f64>,

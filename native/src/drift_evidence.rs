@@ -17,6 +17,9 @@ use std::collections::VecDeque;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::expert_losses::read_flat;
 
 /// Bets as fractions of the largest allowed one (1/m).
 pub const BET_FRACTIONS: [f64; 5] = [0.02, 0.05, 0.15, 0.3, 0.5];
@@ -429,8 +432,52 @@ impl PyRiseEvidence {
     }
 }
 
+/// A stream's per-stage evidence on one label, in one call: for each pair in order,
+/// `evidence.update(-ln(min(max(output[label], clip), 1)))` (the comparisons as
+/// Python's `min` / `max` make them), `output` a float64 array or a list. The same
+/// losses and updates as that Python loop, bit for bit.
+#[pyfunction]
+fn update_log_losses(
+    py: Python<'_>,
+    evidence: &Bound<'_, PyList>,
+    outputs: &Bound<'_, PyList>,
+    label: usize,
+    clip: f64,
+) -> PyResult<()> {
+    if evidence.len() != outputs.len() {
+        return Err(PyValueError::new_err(format!(
+            "outputs: {} for {} evidence statistics",
+            outputs.len(),
+            evidence.len()
+        )));
+    }
+    for (core, output) in evidence.iter().zip(outputs.iter()) {
+        let values = read_flat(py, &output)?;
+        let probability = match values.get(label) {
+            Some(&value) => value,
+            None => {
+                return Err(PyValueError::new_err(format!(
+                    "label: class {label} is outside 0..{}",
+                    values.len()
+                )))
+            }
+        };
+        let floored = if clip > probability {
+            clip
+        } else {
+            probability
+        };
+        let clipped = if 1.0 < floored { 1.0 } else { floored };
+        core.downcast::<PyRiseEvidence>()?
+            .borrow_mut()
+            .update(-clipped.ln())?;
+    }
+    Ok(())
+}
+
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyRiseEvidence>()?;
+    module.add_function(wrap_pyfunction!(update_log_losses, module)?)?;
     Ok(())
 }
 

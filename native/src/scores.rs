@@ -248,10 +248,60 @@ impl RegressionScore {
     }
 }
 
+/// `scores[i].update(rows[i], label)` for every `i` in order, in one call (a stream
+/// scores each deployed model and the served output on every label). The same numbers
+/// and errors as the calls one by one; a length mismatch is refused before any update.
+#[pyfunction]
+fn update_classification_scores(
+    scores: &Bound<'_, PyList>,
+    rows: &Bound<'_, PyList>,
+    label: i64,
+) -> PyResult<()> {
+    if scores.len() != rows.len() {
+        return Err(PyValueError::new_err(format!(
+            "rows: {} forecasts for {} scores",
+            rows.len(),
+            scores.len()
+        )));
+    }
+    for (score, row) in scores.iter().zip(rows.iter()) {
+        score
+            .downcast::<ClassificationScore>()?
+            .borrow_mut()
+            .update(&row, label)?;
+    }
+    Ok(())
+}
+
+/// `scores[i].update(values[i], target)` for every `i` in order, in one call.
+#[pyfunction]
+fn update_regression_scores(
+    scores: &Bound<'_, PyList>,
+    values: Vec<f64>,
+    target: f64,
+) -> PyResult<()> {
+    if scores.len() != values.len() {
+        return Err(PyValueError::new_err(format!(
+            "values: {} forecasts for {} scores",
+            values.len(),
+            scores.len()
+        )));
+    }
+    for (score, value) in scores.iter().zip(values) {
+        score
+            .downcast::<RegressionScore>()?
+            .borrow_mut()
+            .update(value, target);
+    }
+    Ok(())
+}
+
 /// Adds the score classes and constants to the module.
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ClassificationScore>()?;
     module.add_class::<RegressionScore>()?;
+    module.add_function(wrap_pyfunction!(update_classification_scores, module)?)?;
+    module.add_function(wrap_pyfunction!(update_regression_scores, module)?)?;
     module.add("PROBABILITY_FLOOR", PROBABILITY_FLOOR)?;
     module.add("ECE_BINS", ECE_BINS)?;
     Ok(())

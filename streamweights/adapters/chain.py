@@ -110,6 +110,10 @@ class Chain(Adapter):
             layout.append((start, stop, tuple(shape)))
             start = stop
         self._layout = layout
+        #: The same, as what ``observe_predict_trace`` slices: a 1-D entry is its slice
+        #: already (no reshape), an entry of another shape is reshaped.
+        self._views = [(slice(start, stop), None if len(shape) == 1 else shape)
+                       for start, stop, shape in layout]
         self._size = core.size
         self._output = (start, self._size)
         width = getattr(self.stages[-1], "n_classes", None)
@@ -175,12 +179,10 @@ class Chain(Adapter):
         core = self._core
         if core is not None:
             buffer = _empty(self._size)
-            checked = self.check_features(features)  # the loop's first check too
+            # (the loop's first check too; without a feature stage it gives None)
+            checked = None if self.n_features is None else self.check_features(features)
             if core.observe_predict(x, buffer, checked):
-                start, stop = self._output
-                out = buffer[start:stop]
-                return (np.array(out[0]) if self._scalar_output else out.copy(),
-                        tuple(buffer[a:b].reshape(shape) for a, b, shape in self._layout))
+                return self._split(buffer)
         features = self.check_features(features)
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
@@ -197,6 +199,29 @@ class Chain(Adapter):
             inputs.append(np.asarray(x, dtype=np.float64))
             x = output
         return np.asarray(x), tuple(inputs) + tuple(extras)
+
+    def observe_predict_rows(self, rows: list[Any]) -> tuple[np.ndarray, Trace] | None:
+        """``observe_predict_trace`` for a chain without feature stages whose input comes
+        as Python lists of numbers (one list per model, or one list of values), as a
+        decoded record holds them, when the core clears them: no array of them is made
+        (the trace's first entry is the core's copy). ``None``, with nothing changed,
+        otherwise: call ``observe_predict_trace`` with the array, which decides."""
+        core = self._core
+        if core is None or self.n_features is not None:
+            return None
+        buffer = _empty(self._size)
+        if core.observe_predict_rows(rows, buffer):
+            return self._split(buffer)
+        return None
+
+    def _split(self, buffer: np.ndarray) -> tuple[np.ndarray, Trace]:
+        """The output and the trace entries in the core's flat buffer (views of it)."""
+        start, stop = self._output
+        out = buffer[start:stop]
+        # (the output's own part of the fresh buffer: no trace entry shares it)
+        return (np.array(out[0]) if self._scalar_output else out,
+                tuple([buffer[part] if shape is None else buffer[part].reshape(shape)
+                       for part, shape in self._views]))
 
     def learn_trace(self, trace: Trace, y: Any) -> None:
         """Teach every stage the label ``y`` on the input it saw at prediction time.

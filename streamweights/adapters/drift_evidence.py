@@ -109,6 +109,13 @@ from typing import Any
 from streamweights import _native
 from streamweights.adapters.validation import check_count, check_in_range
 
+#: ``update_log_losses(cores, outputs, label, clip)``: feed each ``cores[i]`` (a
+#: :class:`RiseEvidence`'s ``_core``) the log-loss of ``outputs[i][label]`` clipped to
+#: ``[clip, 1]``, in order, in one core call (a stream tracks every stage's own loss on
+#: every label): the same numbers as ``update(-math.log(min(max(p, clip), 1.0)))`` one
+#: by one.
+update_log_losses = _native.update_log_losses
+
 #: Bets as fractions of the largest allowed one (1/m). A fraction c earns most on a
 #: rise to about (1 + c/(1 − c)) · m for 0/1 losses; 0.02-0.5 covers rises from a few
 #: per cent to several-fold. Averaging five costs log 5 ≈ 1.6 in log-evidence.

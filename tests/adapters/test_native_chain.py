@@ -236,3 +236,39 @@ def test_a_feature_stage_gets_its_packed_input_in_the_core_bit_for_bit():
     with pytest.raises(ValueError, match="features"):
         ours.observe_predict_trace(outputs[0])
     _same_state(ours, oracle)
+
+
+@pytest.mark.parametrize(("name", "build", "shape"), CHAINS, ids=[c[0] for c in CHAINS])
+def test_outputs_as_decoded_lists_serve_what_the_array_serves(name, build, shape):
+    """``observe_predict_rows`` (the pipeline's path: the decoded record's lists, no
+    array made) serves the same outputs and traces, bit for bit, and leaves the same
+    state as ``observe_predict_trace`` on the float64 array of the same lists; integers
+    (beyond 2**53 too) convert as numpy converts them. Anything else (a tuple, a wrong
+    length, a bool, a string) is declined with nothing changed."""
+    by_rows, by_array = Chain(build(Portfolio)), Chain(build(Portfolio))
+    outputs, labels = _stream(shape, 3_000, seed=11)
+    for t, (x, y) in enumerate(zip(outputs, labels, strict=True)):
+        rows = x.tolist()
+        if shape[1] is None and t % 97 == 0:  # integers, as a decoder may give them
+            rows = [int(v * 1e3) for v in rows]
+            rows[0] = 2**60 + 1  # not exactly representable: numpy's rounding
+        got = by_rows.observe_predict_rows(rows)
+        assert got is not None, t
+        want = by_array.observe_predict_trace(np.array(rows, dtype=np.float64))
+        assert np.array_equal(got[0], want[0]) and got[0].shape == want[0].shape, t
+        for ours, theirs in zip(got[1], want[1], strict=True):
+            assert ours.shape == theirs.shape and np.array_equal(ours, theirs), t
+        by_rows.learn_trace(got[1], y)
+        by_array.learn_trace(want[1], y)
+    _same_state(by_rows, by_array)
+    row = outputs[0].tolist()
+    refused = [tuple(row), row[:-1], [*row, row[0]], np.asarray(row)]
+    if shape[1] is None:
+        refused += [[True, *row[1:]], ["0.5", *row[1:]], [[v] for v in row]]
+    else:
+        refused += [[[True, False], *row[1:]] if shape[1] == 2 else [row[0][:-1], *row[1:]],
+                    [tuple(row[0]), *row[1:]], [row[0] + [0.0], *row[1:]]]
+    before = dumps_state(by_rows.state_dict())
+    for rows in refused:
+        assert by_rows.observe_predict_rows(rows) is None, rows
+    assert dumps_state(by_rows.state_dict()) == before

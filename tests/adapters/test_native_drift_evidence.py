@@ -173,3 +173,26 @@ def test_a_state_from_before_the_dependence_measure_loads_in_both(kind: str) -> 
         assert core.update(value) == reference.update(value)
         assert _bits(core.statistic) == _bits(reference.statistic)
     assert core.get_state() == reference.get_state()
+
+
+def test_update_log_losses_equals_the_python_loop_bit_for_bit():
+    """The pipeline feeds every tracked stage's loss in one call (``update_log_losses``):
+    the same clipped log-losses and statistics, bit for bit, as ``update(-math.log(min(
+    max(p, clip), 1.0)))`` per stage, for arrays and lists, probabilities at 0, 1, below
+    the clip and in between; a label outside the output is refused."""
+    from streamweights.adapters.drift_evidence import update_log_losses
+
+    rng = np.random.default_rng(8)
+    ours = [RiseEvidence(warmup=20, lag=10) for _ in range(3)]
+    loop = [RiseEvidence(warmup=20, lag=10) for _ in range(3)]
+    for t in range(20_000):
+        p = rng.dirichlet([0.3, 0.3, 0.3], size=3)
+        p[t % 3, t % 7 % 3] = (0.0, 1.0, 1e-9, 1e-6)[t % 4]
+        outputs = [p[0], p[1].tolist(), p[2]]
+        label = int(rng.integers(3))
+        update_log_losses([e._core for e in ours], outputs, label, 1e-6)
+        for evidence, output in zip(loop, outputs, strict=True):
+            evidence.update(-math.log(min(max(float(output[label]), 1e-6), 1.0)))
+    assert [e.get_state() for e in ours] == [e.get_state() for e in loop]
+    with pytest.raises(ValueError, match="label"):
+        update_log_losses([ours[0]._core], [p[0]], 3, 1e-6)
