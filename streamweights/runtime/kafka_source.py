@@ -148,6 +148,22 @@ class TaskMerge:
             self.keys[side] = key
         self.buffers[side].append((key, side, offset, raw))
 
+    def add_records(self, side: int, records: list[Any]) -> None:
+        """Buffer a fetched batch of ``ConsumerRecord``s of one partition: :meth:`add` for
+        each, in order, with the per-record lookups done once per batch."""
+        buffer, max_skew = self.buffers[side], self.max_skew
+        append, inf = buffer.append, -math.inf
+        previous, anchor = self.last[side], self.keys[side]
+        for record in records:
+            raw = record.value
+            ts = key = event_time(raw)
+            if previous is not None and ts - previous > max_skew:
+                key = anchor
+            if ts != inf:
+                previous, anchor = ts, key
+            append((key, side, record.offset, raw))
+        self.last[side], self.keys[side] = previous, anchor
+
     def __len__(self) -> int:
         return len(self.buffers[0]) + len(self.buffers[1])
 
@@ -429,8 +445,7 @@ class KafkaSource:
             task = self.tasks.get(tp.partition)
             if task is None:
                 task = self.tasks[tp.partition] = TaskMerge(self.max_event_time_skew)
-            for record in records:
-                task.add(side, record.offset, event_time(record.value), record.value)
+            task.add_records(side, records)
             fetched += len(records)
             if records:
                 self._last_data[tp] = time.monotonic()

@@ -431,6 +431,8 @@ class Service:
         """Every output of one record encoded before any is written, so a record that
         cannot be encoded writes nothing rather than half of its outputs."""
         adapted = None if outcome.adapted is None else events.encode(outcome.adapted)
+        if not outcome.weights:  # most records publish no weights version
+            return adapted, []
         return adapted, [events.encode(weights) for weights in outcome.weights]
 
     def _route(self, outcome: Outcome, position: int, raw: bytes | None = None,
@@ -438,14 +440,17 @@ class Service:
         adapted, weights_encoded = encoded if encoded is not None else self._encode(outcome)
         if adapted is not None and "adapted" in self.sinks:
             self.sinks["adapted"].write(adapted)
-        for artifact in outcome.artifacts:  # before the weights record that names it
-            assert self.artifacts is not None  # a torch stream implies a store
-            self.artifacts.write(artifact.stream, artifact.version, artifact.data,
-                                 artifact.digest)
-        for weights, weights_raw in zip(outcome.weights, weights_encoded, strict=True):
-            self._emit_weights(weights, weights_raw)
-        for letter in outcome.dead_letters:
-            self._dead_letter(letter, position, raw)
+        if outcome.artifacts:
+            for artifact in outcome.artifacts:  # before the weights record that names it
+                assert self.artifacts is not None  # a torch stream implies a store
+                self.artifacts.write(artifact.stream, artifact.version, artifact.data,
+                                     artifact.digest)
+        if outcome.weights:
+            for weights, weights_raw in zip(outcome.weights, weights_encoded, strict=True):
+                self._emit_weights(weights, weights_raw)
+        if outcome.dead_letters:
+            for letter in outcome.dead_letters:
+                self._dead_letter(letter, position, raw)
         if outcome.expired or outcome.evicted:
             stream = self._stream_of(outcome)
             if outcome.expired:
