@@ -11,7 +11,13 @@ from typing import NamedTuple
 import orjson
 import pytest
 
-from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, TaskMerge, release_run
+from streamweights.runtime.kafka_source import (
+    LABELS,
+    PREDICTIONS,
+    KafkaSource,
+    TaskMerge,
+    release_run,
+)
 from tests.reference.kafka_merge import release_one
 
 
@@ -121,3 +127,39 @@ def test_release_run_holds_a_task_back_until_its_partner_is_known():
     assert asked == [0, 1]
     tasks[0].add(LABELS, 0, 1.5, b"l0")
     assert [entry[3] for _, entry in release_run(tasks, lambda n: (False, False))] == [b"p0"]
+
+
+def test_offsets_and_origin_follow_the_records_handed_out_not_the_run():
+    """Scenario: a run of 6 records is taken from the buffers; the caller stops after 4
+    (a bound, a stop request) and later opens the source again. We expect: at each
+    record, ``next_offsets`` (what a commit writes), ``released_counts`` and
+    ``last_origin`` (a dead letter's origin) name the records handed out so far and no
+    more; the second ``open`` goes on with the 5th record, nothing lost or repeated."""
+    source = KafkaSource("unused:9092", "preds", "labels", group_id="g")
+    source.consumer = object()  # never asked: both tasks count as caught up
+    source._passable = {0: (True, True), 1: (True, True)}
+    source.tasks = {0: TaskMerge(), 1: TaskMerge()}
+    source.tasks[0].add(PREDICTIONS, 7, 1.0, b"a")
+    source.tasks[0].add(LABELS, 3, 2.0, b"b")
+    source.tasks[1].add(PREDICTIONS, 0, 1.5, b"c")
+    source.tasks[1].add(LABELS, 0, 3.0, b"d")
+    source.tasks[0].add(PREDICTIONS, 8, 4.0, b"e")
+    source.tasks[1].add(PREDICTIONS, 1, 5.0, b"f")
+    seen = []
+    records = source.open(10)
+    for position, raw in records:
+        seen.append((position, raw, source.last_origin, source.next_offsets(),
+                     dict(source.released_counts)))
+        if len(seen) == 4:
+            break
+    records.close()
+    assert [raw for _, raw, *_ in seen] == [b"a", b"c", b"b", b"d"]
+    assert seen[0][2:] == (("preds", 0, 7), {("preds", 0): 8}, {0: 1})
+    assert seen[1][2:] == (("preds", 1, 0), {("preds", 0): 8, ("preds", 1): 1}, {0: 1, 1: 1})
+    assert seen[3][2:] == (("labels", 1, 0), {("preds", 0): 8, ("preds", 1): 1,
+                                              ("labels", 0): 4, ("labels", 1): 1},
+                           {0: 2, 1: 2})
+    again = source.open(14)
+    assert [next(again), next(again)] == [(14, b"e"), (15, b"f")]
+    assert source.last_origin == ("preds", 1, 1)
+    assert source.next_offsets()[("preds", 0)] == 9 and source.released_counts == {0: 3, 1: 3}
