@@ -27,7 +27,10 @@ throughput, alternating rounds, best of ``--rounds`` each:
   input offsets (configs/kafka.yaml's cadence). Outputs as configs/kafka.yaml: weights
   versions (every 1,000 labels per stream), no adapted topic (``--adapted`` adds one
   record per prediction). Its rate counts from the first record released (group join
-  excluded) to the last commit.
+  excluded) to the last commit. Beside it: how long its thread was blocked (wall minus
+  thread CPU) in kafka-python's ``poll`` (a fetch response not there yet) and in the
+  transaction calls (``send_offsets_to_transaction`` + ``commit_transaction``, one
+  round each per commit), the waits that no per-record work can shorten.
 
 latency — the same replica as a separate ``streamweights run`` process, live (not
 bounded), committing every ``--commit-ms``; this process produces fresh records at half
@@ -58,6 +61,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import yaml
@@ -185,11 +190,45 @@ def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, s
     return document
 
 
+@contextlib.contextmanager
+def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterator[None]:
+    """While inside: add up, per kafka-python call that can wait on the broker, how long
+    the calling thread was blocked in it (wall time minus the thread's CPU time) once
+    ``active()`` (the group join before the first record is left out): the consumer's
+    ``poll`` (waiting for a fetch response) and the producer's
+    ``send_offsets_to_transaction`` + ``commit_transaction`` (transaction round trips)."""
+    patched = [(KafkaConsumer, "poll", "poll"),
+               (KafkaProducer, "send_offsets_to_transaction", "transaction"),
+               (KafkaProducer, "commit_transaction", "transaction")]
+
+    def timed(method: Any, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if active():
+                    waits[name] = waits.get(name, 0.0) + (time.perf_counter() - wall) - (
+                        time.thread_time() - cpu)
+        return call
+
+    originals = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in patched]
+    for (owner, attribute, name), (_, _, method) in zip(patched, originals, strict=True):
+        setattr(owner, attribute, timed(method, name))
+    try:
+        yield
+    finally:
+        for owner, attribute, method in originals:
+            setattr(owner, attribute, method)
+
+
 def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
              total: int, checkpoint_records: int, state_dir: str,
-             adapted: bool) -> tuple[float, int]:
+             adapted: bool, waits: dict[str, float] | None = None) -> tuple[float, int]:
     """One bounded replica from a fresh group; records/s from the first record released,
-    and the number of transactions committed."""
+    and the number of transactions committed. ``waits``, if given, receives the seconds
+    the replica's thread was blocked in ``poll`` and in transaction calls
+    (:func:`blocked_time`)."""
     document = config_document(bootstrap, inputs, topics.outputs(adapted), streams, state_dir,
                                checkpoint_records=checkpoint_records, checkpoint_seconds=5,
                                bounded=True, publish_every_labels=1000)
@@ -205,7 +244,8 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
 
     service.source.open = timed_open
     try:
-        summary = service.run()
+        with blocked_time(waits if waits is not None else {}, lambda: bool(first)):
+            summary = service.run()
         ended = time.perf_counter()
         commits = service.state.commits
     finally:
@@ -404,14 +444,18 @@ def main(argv: list[str] | None = None) -> None:
                                         total, settings))
             at_defaults.append(consume_only(bootstrap, list(inputs.values()),
                                             args.partitions, total, defaults))
+            waits: dict[str, float] = {}
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
                                      args.checkpoint_records,
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
-                                     args.adapted)
+                                     args.adapted, waits)
             ours.append(rate)
             print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s "
                   f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}), "
-                  f"ours {rate:,.0f} records/s ({commits} transactions)", flush=True)
+                  f"ours {rate:,.0f} records/s ({commits} transactions; its thread blocked "
+                  f"{waits.get('poll', 0.0):.2f} s in poll, "
+                  f"{waits.get('transaction', 0.0):.2f} s in transaction calls, of "
+                  f"{total / rate:.1f} s)", flush=True)
         if args.rate is None:
             best_ceiling, best_ours = max(ceiling), max(ours)
             print(f"\nthroughput (best of {args.rounds}): ours {best_ours:,.0f} records/s per "

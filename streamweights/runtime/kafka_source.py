@@ -148,6 +148,22 @@ class TaskMerge:
             self.keys[side] = key
         self.buffers[side].append((key, side, offset, raw))
 
+    def add_records(self, side: int, records: list[Any]) -> None:
+        """Buffer a fetched batch of ``ConsumerRecord``s of one partition: :meth:`add` for
+        each, in order, with the per-record lookups done once per batch."""
+        buffer, max_skew = self.buffers[side], self.max_skew
+        append, inf = buffer.append, -math.inf
+        previous, anchor = self.last[side], self.keys[side]
+        for record in records:
+            raw = record.value
+            ts = key = event_time(raw)
+            if previous is not None and ts - previous > max_skew:
+                key = anchor
+            if ts != inf:
+                previous, anchor = ts, key
+            append((key, side, record.offset, raw))
+        self.last[side], self.keys[side] = previous, anchor
+
     def __len__(self) -> int:
         return len(self.buffers[0]) + len(self.buffers[1])
 
@@ -164,6 +180,54 @@ class TaskMerge:
             return None
         _, side, offset, raw = chosen.popleft()
         return side, offset, raw
+
+
+def release_run(tasks: dict[int, TaskMerge], passable: Callable[[int], tuple[bool, bool]]
+                ) -> list[tuple[int, tuple[float, int, int, bytes]]]:
+    """Every record that can be released now, in release order, as ``(task number,
+    buffered entry)`` with the entry ``(key, side, offset, raw)`` popped from its buffer.
+
+    The order is the one record-at-a-time release gives (kept as the oracle in
+    ``tests/reference/kafka_merge.py``): the next record is the head that comes first by
+    ``(key, side, offset, task number)`` among the tasks that may release one; a task
+    whose next head waits for its other partition (empty and, per ``passable(number)``,
+    not caught up) may not, and stays so until the next fetch, since only a fetch adds
+    records or moves what ``passable`` reads. So one call per fetch computes what used to
+    take one call (a heap over every task, two slices per head) per record: one heap of
+    partition heads, one comparison path per record. ``passable`` is asked only for a task
+    that has a partition left empty, at most once per task.
+    """
+    heads = []
+    for number, task in tasks.items():
+        for buffer in task.buffers:
+            if buffer:
+                key, side, offset, _ = buffer[0]
+                heads.append((key, side, offset, number))
+    if not heads:
+        return []
+    heapq.heapify(heads)
+    flags: dict[int, tuple[bool, bool]] = {}
+    run = []
+    append = run.append
+    heapreplace, heappop = heapq.heapreplace, heapq.heappop
+    while heads:
+        _, side, _, number = heads[0]
+        buffers = tasks[number].buffers
+        if not buffers[1 - side]:  # its partner may still bring something earlier
+            caught_up = flags.get(number)
+            if caught_up is None:
+                caught_up = flags[number] = passable(number)
+            if not caught_up[1 - side]:
+                heappop(heads)  # blocked until the next fetch (its only head)
+                continue
+        buffer = buffers[side]
+        append((number, buffer.popleft()))
+        if buffer:
+            key, _, offset, _ = buffer[0]
+            heapreplace(heads, (key, side, offset, number))
+        else:
+            heappop(heads)
+    return run
 
 
 class KafkaSource:
@@ -224,8 +288,15 @@ class KafkaSource:
         self._last_group_check = 0.0
         #: The group has completed a join that gave this member its tasks (maybe none).
         self._joined = False
-        #: ``(topic, partition, offset)`` of the record last yielded (dead-letter origin).
-        self.last_origin: tuple[str, int, int] | None = None
+        #: ``(task number, buffered entry)`` of the record last yielded (see last_origin).
+        self._last: tuple[int, tuple[float, int, int, bytes]] | None = None
+        #: Records taken out of the buffers in merged order by the last
+        #: :func:`release_run`, and how many of them were yielded so far (a new ``open``
+        #: resumes there; a roll-back drops the rest with the buffers).
+        self._run: list[tuple[int, tuple[float, int, int, bytes]]] = []
+        self._run_position = 0
+        #: task number -> ``((predictions topic, n), (labels topic, n))``: offset keys.
+        self._partition_keys: dict[int, tuple[tuple[str, int], ...]] = {}
         #: Records released per task (restored from its snapshot on assignment).
         self.released_counts: dict[int, int] = {}
         #: ``on_rebalance(owned, revoked) -> {(topic, partition): offset}``: called in the
@@ -301,17 +372,33 @@ class KafkaSource:
         if self.consumer is None:
             self.connect()
         sequence = start
+        released, counts, keys = self._released, self.released_counts, self._partition_keys
         while True:
             if self._rebalanced and self.on_rebalance is not None:
                 self._fetch()  # roll back before releasing anything more
                 continue
-            released = self._release()
-            if released is not None:
-                topic, partition, offset, raw = released
-                self.last_origin = (topic, partition, offset)
-                self._last_release = time.monotonic()
-                yield sequence, raw
+            run = self._run
+            # Per record: the offsets and counts a commit reads, then the record. A
+            # commit between two records (the caller's checkpoint) may fail and ask for a
+            # roll-back: the rest of the run is then dropped with the buffers.
+            while self._run_position < len(run):
+                if self._rebalanced and self.on_rebalance is not None:
+                    break
+                number, entry = self._last = run[self._run_position]
+                self._run_position += 1
+                task_keys = keys.get(number)
+                if task_keys is None:
+                    task_keys = keys[number] = tuple((topic, number) for topic in self.topics)
+                released[task_keys[entry[1]]] = entry[2] + 1
+                counts[number] = counts.get(number, 0) + 1
+                yield sequence, entry[3]
                 sequence += 1
+            if self._run_position:  # a run was handed out
+                self._last_release = time.monotonic()
+            if self._rebalanced and self.on_rebalance is not None:
+                continue
+            self._run, self._run_position = self._release_run(), 0
+            if self._run:
                 continue
             if self.stop_at_end and self._at_end():
                 return
@@ -345,6 +432,7 @@ class KafkaSource:
             revoked = sorted(self._owned - owned)
             self._owned = owned
             self.tasks.clear()
+            self._run, self._run_position = [], 0
             self._released.clear()
             self._start_tasks(sorted(owned), self.on_rebalance(sorted(owned), revoked))
             batches = {}
@@ -357,8 +445,7 @@ class KafkaSource:
             task = self.tasks.get(tp.partition)
             if task is None:
                 task = self.tasks[tp.partition] = TaskMerge(self.max_event_time_skew)
-            for record in records:
-                task.add(side, record.offset, event_time(record.value), record.value)
+            task.add_records(side, records)
             fetched += len(records)
             if records:
                 self._last_data[tp] = time.monotonic()
@@ -466,30 +553,27 @@ class KafkaSource:
             flags.append(idle)
         return flags[0], flags[1]
 
-    def _release(self) -> tuple[str, int, int, bytes] | None:
-        """The next record of the task whose head comes first; ``None`` if none is ready."""
-        candidates = []
-        for number, task in self.tasks.items():
-            if not task:
-                continue
-            heads = [buffer[0][:3] for buffer in task.buffers if buffer]
-            candidates.append((min(heads), number))
-        heapq.heapify(candidates)
-        while candidates:
-            _, number = heapq.heappop(candidates)
-            task = self.tasks[number]
-            caught_up = self._passable.get(number)
-            if caught_up is None:
-                caught_up = self._passable[number] = (
-                    (True, True) if self._drained(number) else self._caught_up(number))
-            popped = task.pop(caught_up)
-            if popped is not None:
-                side, offset, raw = popped
-                topic = self.topics[side]
-                self._released[(topic, number)] = offset + 1
-                self.released_counts[number] = self.released_counts.get(number, 0) + 1
-                return topic, number, offset, raw
-        return None
+    def _release_run(self) -> list[tuple[int, tuple[float, int, int, bytes]]]:
+        """Every record releasable before the next fetch, in merged order (see
+        :func:`release_run`), taken out of the task buffers."""
+        return release_run(self.tasks, self._passable_of)
+
+    def _passable_of(self, number: int) -> tuple[bool, bool]:
+        """Whether each partition of task ``number`` may be passed (read to its end, or
+        fetched to the end of a bounded replay), worked out once per fetch."""
+        caught_up = self._passable.get(number)
+        if caught_up is None:
+            caught_up = self._passable[number] = (
+                (True, True) if self._drained(number) else self._caught_up(number))
+        return caught_up
+
+    @property
+    def last_origin(self) -> tuple[str, int, int] | None:
+        """``(topic, partition, offset)`` of the record last yielded (dead-letter origin)."""
+        if self._last is None:
+            return None
+        number, (_, side, offset, _) = self._last
+        return self.topics[side], number, offset
 
     def _drained(self, number: int) -> bool:
         """Bounded mode: both partitions of the task are fetched up to their end."""

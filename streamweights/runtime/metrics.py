@@ -47,10 +47,128 @@ prequential means over the whole run (for regression streams, ``log_loss`` holds
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 _CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class _CounterChild:
+    """One labelled series of a :class:`LoopCounter`: a plain float."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class LoopCounter:
+    """A labelled counter that only the service loop's thread increments, once per record.
+
+    prometheus_client's ``Counter`` takes a lock per increment (~0.5 us, 3-4 increments a
+    record); here an increment is a float addition (~0.05 us) and the scrape, on the HTTP
+    thread, reads the floats as they are. With one writer that reads exactly what the
+    locked counter would at that moment (no batching, no delay: a scrape never sees a
+    processed record uncounted for longer than the record takes). Exposed as
+    prometheus_client exposes a ``Counter`` (``<name>_total`` and ``<name>_created``)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._children: dict[tuple[str, ...], _CounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _CounterChild:
+        """The series of these label values (created at 0 on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
+            child = self._children[values] = _CounterChild()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):  # one atomic copy
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class _HistogramChild:
+    """One labelled series of a :class:`LoopHistogram`: counts per bucket (not
+    cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # bucket i counts amount <= bounds[i] (Prometheus' "le"), the last one the rest
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopHistogram:
+    """A labelled histogram observed once per record by the service loop's thread only:
+    :class:`LoopCounter`'s reasoning (no lock, ~0.2 us an observation instead of ~1.2 us,
+    read as it is at scrape time; the bucket counts are copied at once, so the count is
+    their total, and the sum is at most the observation in flight behind, as with
+    prometheus_client's per-value locks). Exposed as a prometheus_client ``Histogram``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _HistogramChild:
+        """The series of these label values (created empty on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
+            child = self._children[values] = _HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            counts, total = list(child.counts), child.sum
+            buckets, running = [], 0
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))
+            family.add_metric(list(values), buckets, total)
+            family.samples.append(Sample(self.name + "_created",
+                                         dict(zip(self.labelnames, values, strict=True)),
+                                         child.created))
+        yield family
 
 
 class ServiceMetrics:
@@ -59,10 +177,11 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.events = Counter("streamweights_events", "Records processed.",
-                              ["stream", "kind"], registry=r)
-        self.joined = Counter("streamweights_labels_joined", "Labels joined to a prediction.",
-                              ["stream"], registry=r)
+        # per record: lock-free, single-writer (the loop's thread) series
+        self.events = LoopCounter("streamweights_events", "Records processed.",
+                                  ["stream", "kind"], r)
+        self.joined = LoopCounter("streamweights_labels_joined",
+                                  "Labels joined to a prediction.", ["stream"], r)
         self.expired = Counter("streamweights_predictions_expired",
                                "Predictions that left the join without a label.",
                                ["stream", "cause"], registry=r)
@@ -90,9 +209,9 @@ class ServiceMetrics:
                                              buckets=_CHECKPOINT_BUCKETS, registry=r)
         self.snapshot_bytes = Gauge("streamweights_snapshot_bytes",
                                     "Size of the last snapshot written.", registry=r)
-        self.update_latency = Histogram("streamweights_update_latency_seconds",
-                                        "Time to process one record through the pipeline.",
-                                        ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.update_latency = LoopHistogram("streamweights_update_latency_seconds",
+                                            "Time to process one record through the "
+                                            "pipeline.", ["kind"], _LATENCY_BUCKETS, r)
         self.transactions = Counter("streamweights_kafka_transactions", "Kafka transactions "
                                     "ended, by outcome.", ["outcome"], registry=r)
         self.rebalances = Counter("streamweights_kafka_rebalances", "Task assignments "

@@ -333,25 +333,31 @@ class Service:
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
         progress_count = 0
+        # Per record below: only what a record needs (bound, process, the latency
+        # observation, position, checkpoint cadence); the rest every 256 records.
         latency = {}
+        bounded = self.max_records is not None
+        every_records = config.checkpoint_every_records
+        process, clock = self._process, time.perf_counter
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
             # A record the source has handed over is processed before a stop is honoured:
             # the Kafka source counts it as consumed in the offsets the stop commits.
-            if self._bound_reached(position):  # a file source skipped blank lines past it
+            # (a file source may have skipped blank lines past the bound)
+            if bounded and self._bound_reached(position):
                 return
-            began = time.perf_counter()
-            kind = self._process(position, raw)
+            began = clock()
+            kind = process(position, raw)
             child = latency.get(kind)
             if child is None:
                 child = latency[kind] = self.metrics.update_latency.labels(kind)
-            child.observe(time.perf_counter() - began)
+            child.observe(clock() - began)
             self.position = position + 1
             self.records_seen += 1
             if kill_at is not None and self.position == kill_at:
                 faults.kill()
-            if self._bound_reached(self.position):
+            if bounded and self._bound_reached(self.position):
                 return
-            if processed - last_checkpoint_records >= config.checkpoint_every_records:
+            if processed - last_checkpoint_records >= every_records:
                 self.checkpoint()
                 last_checkpoint_records = processed
                 last_checkpoint_time = time.monotonic()
@@ -425,6 +431,8 @@ class Service:
         """Every output of one record encoded before any is written, so a record that
         cannot be encoded writes nothing rather than half of its outputs."""
         adapted = None if outcome.adapted is None else events.encode(outcome.adapted)
+        if not outcome.weights:  # most records publish no weights version
+            return adapted, []
         return adapted, [events.encode(weights) for weights in outcome.weights]
 
     def _route(self, outcome: Outcome, position: int, raw: bytes | None = None,
@@ -432,14 +440,17 @@ class Service:
         adapted, weights_encoded = encoded if encoded is not None else self._encode(outcome)
         if adapted is not None and "adapted" in self.sinks:
             self.sinks["adapted"].write(adapted)
-        for artifact in outcome.artifacts:  # before the weights record that names it
-            assert self.artifacts is not None  # a torch stream implies a store
-            self.artifacts.write(artifact.stream, artifact.version, artifact.data,
-                                 artifact.digest)
-        for weights, weights_raw in zip(outcome.weights, weights_encoded, strict=True):
-            self._emit_weights(weights, weights_raw)
-        for letter in outcome.dead_letters:
-            self._dead_letter(letter, position, raw)
+        if outcome.artifacts:
+            for artifact in outcome.artifacts:  # before the weights record that names it
+                assert self.artifacts is not None  # a torch stream implies a store
+                self.artifacts.write(artifact.stream, artifact.version, artifact.data,
+                                     artifact.digest)
+        if outcome.weights:
+            for weights, weights_raw in zip(outcome.weights, weights_encoded, strict=True):
+                self._emit_weights(weights, weights_raw)
+        if outcome.dead_letters:
+            for letter in outcome.dead_letters:
+                self._dead_letter(letter, position, raw)
         if outcome.expired or outcome.evicted:
             stream = self._stream_of(outcome)
             if outcome.expired:

@@ -1,0 +1,87 @@
+"""The loop's per-record metrics (records, joined labels, update latency) are lock-free
+single-writer series (``metrics.LoopCounter`` / ``LoopHistogram``): /metrics must read
+exactly as prometheus_client's own Counter and Histogram would with the same increments."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamweights.runtime.metrics import _LATENCY_BUCKETS, ServiceMetrics
+
+
+def _series(registry: CollectorRegistry, names: set[str]) -> dict:
+    """Samples of the named families, ``_created`` (a wall-clock time) left out."""
+    found = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if family.name in names:
+            found[family.name] = (family.type, family.documentation, sorted(
+                (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+                for sample in family.samples if not sample.name.endswith("_created")))
+    return found
+
+
+def test_loop_series_read_as_prometheus_client_series():
+    """Scenario: the same random increments and latencies (bucket edges, tiny, huge) go
+    to the service's metrics and to prometheus_client's Counter and Histogram of the same
+    names. We expect: identical exposition (type, help, every bucket, count, sum, total),
+    and a ``_created`` series per child as prometheus_client gives."""
+    metrics, reference = ServiceMetrics(), CollectorRegistry()
+    events = Counter("streamweights_events", "Records processed.", ["stream", "kind"],
+                     registry=reference)
+    joined = Counter("streamweights_labels_joined", "Labels joined to a prediction.",
+                     ["stream"], registry=reference)
+    latency = Histogram("streamweights_update_latency_seconds", "Time to process one record "
+                        "through the pipeline.", ["kind"], buckets=_LATENCY_BUCKETS,
+                        registry=reference)
+    generator = random.Random(5)
+    values = [*_LATENCY_BUCKETS, 0.0, 1e-9, 3.3e-5, 0.07, 12.0]
+    for _ in range(20_000):
+        stream, kind = generator.choice("ab"), generator.choice(("prediction", "label"))
+        seconds = generator.choice(values)
+        metrics.events.labels(stream, kind).inc()
+        events.labels(stream, kind).inc()
+        metrics.update_latency.labels(kind).observe(seconds)
+        latency.labels(kind).observe(seconds)
+        if kind == "label" and generator.random() < 0.7:
+            metrics.joined.labels(stream).inc()
+            joined.labels(stream).inc()
+    names = {"streamweights_events", "streamweights_labels_joined",
+             "streamweights_update_latency_seconds"}
+    ours = _series(metrics.registry, names)
+    assert ours == _series(reference, names) and set(ours) == names
+    created = [line for line in generate_latest(metrics.registry).decode().splitlines()
+               if line.startswith("streamweights_update_latency_seconds_created{")]
+    assert len(created) == 2
+
+
+def test_a_scrape_during_the_loop_is_consistent():
+    """Scenario: a scrape thread reads /metrics while the loop's thread observes. We
+    expect: in every scrape each histogram's count equals its +Inf bucket and buckets
+    never decrease (a torn read would break Prometheus' histogram rules)."""
+    metrics = ServiceMetrics()
+    child = metrics.update_latency.labels("prediction")
+    done = threading.Event()
+
+    def observe() -> None:
+        for index in range(200_000):
+            child.observe((index % 97) * 1e-5)
+        done.set()
+
+    worker = threading.Thread(target=observe)
+    worker.start()
+    scrapes = 0
+    while not done.is_set() or scrapes == 0:
+        for family in text_string_to_metric_families(generate_latest(metrics.registry)
+                                                     .decode()):
+            if family.name != "streamweights_update_latency_seconds":
+                continue
+            buckets = [s.value for s in family.samples if s.name.endswith("_bucket")]
+            count = [s.value for s in family.samples if s.name.endswith("_count")]
+            assert buckets == sorted(buckets) and count == [buckets[-1]]
+        scrapes += 1
+    worker.join()
+    assert scrapes > 1
