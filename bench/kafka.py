@@ -22,9 +22,10 @@ throughput, alternating rounds, best of ``--rounds`` each:
 * ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
   bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
   output topics each round: consume (``read_committed``), merge per task, decode,
-  adapt, publish weights versions and adapted records, and every
-  ``--checkpoint-records`` records commit a transaction with the task snapshots and the
-  input offsets (configs/kafka.yaml's cadence). Outputs as configs/kafka.yaml: weights
+  adapt, publish weights versions and adapted records, and commit a transaction with
+  the task snapshots and the input offsets at configs/kafka.yaml's cadence (``checkpoint:
+  every_records`` / ``every_seconds``, whichever comes first; ``--checkpoint-records`` /
+  ``--checkpoint-seconds`` override them). Outputs as configs/kafka.yaml: weights
   versions (every 1,000 labels per stream), no adapted topic (``--adapted`` adds one
   record per prediction). Its rate counts from the first record released (group join
   excluded) to the last commit. Beside it: how long its thread was blocked (wall minus
@@ -223,15 +224,16 @@ def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterato
 
 
 def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
-             total: int, checkpoint_records: int, state_dir: str,
+             total: int, checkpoint: tuple[int, float], state_dir: str,
              adapted: bool, waits: dict[str, float] | None = None) -> tuple[float, int]:
     """One bounded replica from a fresh group; records/s from the first record released,
     and the number of transactions committed. ``waits``, if given, receives the seconds
     the replica's thread was blocked in ``poll`` and in transaction calls
     (:func:`blocked_time`)."""
     document = config_document(bootstrap, inputs, topics.outputs(adapted), streams, state_dir,
-                               checkpoint_records=checkpoint_records, checkpoint_seconds=5,
-                               bounded=True, publish_every_labels=1000)
+                               checkpoint_records=checkpoint[0],
+                               checkpoint_seconds=checkpoint[1], bounded=True,
+                               publish_every_labels=1000)
     service = Service(parse_config(document))
     first: list[float] = []
     opened = service.source.open
@@ -357,7 +359,8 @@ def profile_ours(bootstrap: str, topics: Topics, inputs: dict[str, str],
     the part of the service (cProfile slows it down; shares, not rates)."""
     profiler = cProfile.Profile()
     profiler.enable()
-    run_ours(bootstrap, topics, inputs, args.streams, total, args.checkpoint_records,
+    run_ours(bootstrap, topics, inputs, args.streams, total,
+             (args.checkpoint_records, args.checkpoint_seconds),
              state_dir, args.adapted)
     profiler.disable()
     if args.profile_dump:
@@ -388,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=40_000,
                         help="predictions per stream (records are ~2x)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--checkpoint-records", type=int, default=1000)
+    cadence = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())["checkpoint"]
+    parser.add_argument("--checkpoint-records", type=int, default=cadence["every_records"],
+                        help="records per transaction (default: configs/kafka.yaml's)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=cadence["every_seconds"],
+                        help="seconds per transaction (default: configs/kafka.yaml's)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--rate", type=float,
@@ -428,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
         probe = config_document(bootstrap, inputs, {"weights": "w", "changelog": "c",
                                                     "adapted": None}, args.streams, workdir,
                                 checkpoint_records=args.checkpoint_records,
-                                checkpoint_seconds=5, bounded=True, publish_every_labels=1000)
+                                checkpoint_seconds=args.checkpoint_seconds, bounded=True,
+                                publish_every_labels=1000)
         settings = consumer_settings(client_settings(parse_config(probe).kafka, KafkaConsumer))
         print("consumer settings (service and ceiling): " + ", ".join(
             f"{key}={settings[key]}" for key in ("max_poll_records", "max_partition_fetch_bytes",
@@ -446,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                                             args.partitions, total, defaults))
             waits: dict[str, float] = {}
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
-                                     args.checkpoint_records,
+                                     (args.checkpoint_records, args.checkpoint_seconds),
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
                                      args.adapted, waits)
             ours.append(rate)
