@@ -331,7 +331,16 @@ class KafkaSource:
 
     # -- setup --------------------------------------------------------------------------
     def connect(self) -> None:
-        """Create the consumer, check both topics exist and are co-partitioned, subscribe."""
+        """Create the consumer, subscribe, check both topics exist and are co-partitioned.
+
+        Subscribing comes first, then a fresh metadata fetch (``topics()``): kafka-python
+        remembers the partitions it assigned from only through a metadata answer that
+        arrives after ``subscribe``. Without one before the first join (the group
+        coordinator of a warm broker answers at once), the group leader assigns with an
+        empty snapshot, and the answer arriving a moment later starts a second rebalance
+        of the very same partitions: every replica start paid ~1 s of stalled input
+        (issue 11; ``tests/kafka/test_kafka_single_join.py``). The group is joined only
+        by the first ``poll``, so subscribing before the checks joins nothing early."""
         from kafka import KafkaConsumer
         from kafka.errors import KafkaTimeoutError
 
@@ -342,6 +351,8 @@ class KafkaSource:
         except KafkaTimeoutError:  # kafka-python: 'Unable to bootstrap from ...'
             raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
                                     f"{self.bootstrap_servers}") from None
+        self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
+        self.consumer.topics()  # metadata answered after subscribe: see the docstring
         counts = []
         for topic in self.topics:
             partitions = self.consumer.partitions_for_topic(topic)
@@ -363,7 +374,6 @@ class KafkaSource:
             self._end = self.consumer.end_offsets(
                 [TopicPartition(topic, number) for topic in self.topics
                  for number in range(counts[0])])
-        self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
 
     # -- reading ------------------------------------------------------------------------
     def open(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
