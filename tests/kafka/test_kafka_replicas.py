@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streamweights.config import load_config
 from streamweights.runtime.kafka_runtime import task_of
 from tests.kafka.helpers import (
+    EVENTS_PER_STREAM,
     REPO,
     STREAMS,
     assert_versions_once_each,
@@ -64,7 +65,9 @@ def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
     ends; stopped with SIGTERM, B exits 0; a bounded run of the same group then only
     publishes the final versions, and the summary and the read_committed weights topic
     (versions 1..n per stream, none twice) equal an uninterrupted embedded run."""
-    lines = write_input(tmp_path / "input.jsonl")
+    # Four times the usual input: a replica now runs a task of the usual size in well
+    # under the ~2 s the second replica takes to join, so A was never seen mid-task.
+    lines = write_input(tmp_path / "input.jsonl", events=4 * EVENTS_PER_STREAM)
     reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     assert {task_of(name, PARTITIONS) for name, _ in STREAMS} == {0, 1}
 
