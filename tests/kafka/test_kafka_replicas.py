@@ -72,11 +72,11 @@ def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
     # All input is written first: live arrival order between the two topics is not what
     # this test is about (see the runtime's Guarantees), taking a task over is.
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
-    # A transaction every 50 records (results do not depend on the cadence): a replica
+    # A transaction every 20 records (results do not depend on the cadence): a replica
     # now runs a whole task in well under the ~2 s the second one takes to join, so at
-    # every 200 records A was sometimes never seen mid-task.
+    # every 200 (and 50) records A was sometimes never seen mid-task.
     paths = {name: write_kafka_config(tmp_path / name, kafka_bootstrap, topics,
-                                      checkpoint_every_records=50, stop_at_end=False,
+                                      checkpoint_every_records=20, stop_at_end=False,
                                       transactional_id=f"tx-{name}-{topics['predictions']}")
              for name in ("a", "b")}
     group = load_config(paths["a"]).kafka.group_id
