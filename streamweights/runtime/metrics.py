@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
@@ -62,6 +63,24 @@ from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 _CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+def _init_family(family: Any, name: str, documentation: str, labelnames: list[str],
+                 registry: CollectorRegistry) -> None:
+    """The fields every loop-written family has (no children yet), then registered."""
+    family.name, family.documentation, family.labelnames = name, documentation, labelnames
+    family._children = {}
+    registry.register(family)
+
+
+def _child(family: Any, values: tuple[str, ...], make: Callable[[], Any]) -> Any:
+    """``family``'s series of these label values, made by ``make`` on first use."""
+    child = family._children.get(values)
+    if child is None:
+        if len(values) != len(family.labelnames):
+            raise ValueError(f"{family.name}: labels {family.labelnames}, got {values}")
+        child = family._children[values] = make()
+    return child
 
 
 class _CounterChild:
@@ -89,18 +108,11 @@ class LoopCounter:
 
     def __init__(self, name: str, documentation: str, labelnames: list[str],
                  registry: CollectorRegistry) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self._children: dict[tuple[str, ...], _CounterChild] = {}
-        registry.register(self)
+        _init_family(self, name, documentation, labelnames, registry)
 
     def labels(self, *values: str) -> _CounterChild:
         """The series of these label values (created at 0 on first use)."""
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
-            child = self._children[values] = _CounterChild()
-        return child
+        return _child(self, values, _CounterChild)
 
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
@@ -139,19 +151,12 @@ class LoopHistogram:
 
     def __init__(self, name: str, documentation: str, labelnames: list[str],
                  buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
         self.bounds = tuple(float(bound) for bound in buckets)
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        registry.register(self)
+        _init_family(self, name, documentation, labelnames, registry)
 
     def labels(self, *values: str) -> _HistogramChild:
         """The series of these label values (created empty on first use)."""
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
-            child = self._children[values] = _HistogramChild(self.bounds)
-        return child
+        return _child(self, values, lambda: _HistogramChild(self.bounds))
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
