@@ -16,6 +16,14 @@ variable is set::
                                                    yet removed)
     STREAMWEIGHTS_TEST_KILL_AT=restored            after a restore (or a fresh start) has
                                                    truncated the outputs
+
+A second variable holds the Kafka source's input back, so that a test can first let a
+consumer group settle (which replica owns which task) and only then let records flow,
+whatever the speed of the machine::
+
+    STREAMWEIGHTS_TEST_HOLD_UNTIL=PATH             release no input record until the file
+                                                   PATH exists (the consumer keeps polling,
+                                                   joining rebalances and buffering)
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import os
 import signal
 
 KILL_AT_ENV = "STREAMWEIGHTS_TEST_KILL_AT"
+HOLD_UNTIL_ENV = "STREAMWEIGHTS_TEST_HOLD_UNTIL"
 _POINT = tuple(os.environ.get(KILL_AT_ENV, "").split(":")) if os.environ.get(KILL_AT_ENV) \
     else None
+_hold_path: str | None = os.environ.get(HOLD_UNTIL_ENV) or None
 
 
 def kill() -> None:
@@ -49,3 +59,15 @@ def kill_position() -> int | None:
     if _POINT is not None and len(_POINT) == 2 and _POINT[0] == "record":
         return int(_POINT[1])
     return None
+
+
+def holding() -> bool:
+    """Whether input is still held back (see the module docstring); once the file
+    exists, never again (one look at the file system per call until then)."""
+    global _hold_path
+    if _hold_path is None:
+        return False
+    if os.path.exists(_hold_path):
+        _hold_path = None
+        return False
+    return True

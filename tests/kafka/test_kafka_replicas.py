@@ -15,6 +15,7 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.config import load_config
+from streamweights.runtime.faults import HOLD_UNTIL_ENV, KILL_AT_ENV
 from streamweights.runtime.kafka_runtime import task_of
 from tests.kafka.helpers import (
     REPO,
@@ -30,10 +31,11 @@ from tests.kafka.helpers import (
 )
 
 PARTITIONS = 2  # with two partitions "demo" and "other" hash to different tasks
+KILL_AT = 1_500  # A's input position (records of its one task) at which it kills itself
 
 
-def start(config_path, log_path) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+def start(config_path, log_path, variables: dict[str, str] | None = None) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(variables or {})}
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
                                  "--config", str(config_path)], stdout=subprocess.DEVNULL,
@@ -57,13 +59,14 @@ def wait_for(condition, timeout: float, what: str, detail=lambda: "") -> None:
 def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: replicas A and B (same group, own transactional ids, live mode) share
-    two tasks, one stream each, on input written beforehand; A is killed with SIGKILL
-    while its task is part-way (some of it committed, not all). We expect: before the
-    kill A and B owned one task each; afterwards B is
-    assigned both tasks, restores A's from the changelog and commits the inputs to their
-    ends; stopped with SIGTERM, B exits 0; a bounded run of the same group then only
-    publishes the final versions, and the summary and the read_committed weights topic
-    (versions 1..n per stream, none twice) equal an uninterrupted embedded run."""
+    two tasks, one stream each, on input written beforehand; both hold the input back
+    until the group has given each one task, then A kills itself with SIGKILL after
+    KILL_AT records of its task (some of it committed, not all). We expect: before the
+    kill A and B owned one task each; afterwards B is assigned both tasks, restores A's
+    from the changelog and commits the inputs to their ends; stopped with SIGTERM, B
+    exits 0; a bounded run of the same group then only publishes the final versions, and
+    the summary and the read_committed weights topic (versions 1..n per stream, none
+    twice) equal an uninterrupted embedded run."""
     lines = write_input(tmp_path / "input.jsonl")
     reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     assert {task_of(name, PARTITIONS) for name, _ in STREAMS} == {0, 1}
@@ -72,46 +75,53 @@ def test_survivor_takes_over_a_killed_replicas_task_with_identical_weights(
     # All input is written first: live arrival order between the two topics is not what
     # this test is about (see the runtime's Guarantees), taking a task over is.
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
-    # A transaction every 20 records (results do not depend on the cadence): a replica
-    # now runs a whole task in well under the ~2 s the second one takes to join, so at
-    # every 200 (and 50) records A was sometimes never seen mid-task.
+    # A transaction every 20 records (results do not depend on the cadence), so that A
+    # has committed part of its task when it dies.
     paths = {name: write_kafka_config(tmp_path / name, kafka_bootstrap, topics,
                                       checkpoint_every_records=20, stop_at_end=False,
                                       transactional_id=f"tx-{name}-{topics['predictions']}")
              for name in ("a", "b")}
     group = load_config(paths["a"]).kafka.group_id
     logs = {name: tmp_path / f"{name}.log" for name in paths}
-    processes = {name: start(paths[name], logs[name]) for name in paths}
+    # Neither replica releases a record before the gate file exists, and A dies at a
+    # fixed record of its task: what A has done when it dies does not depend on how
+    # fast this machine is or on how long the second replica takes to join.
+    gate = tmp_path / "gate"
+    hold = {HOLD_UNTIL_ENV: str(gate)}
+    processes = {"a": start(paths["a"], logs["a"], {**hold, KILL_AT_ENV: f"record:{KILL_AT}"}),
+                 "b": start(paths["b"], logs["b"], hold)}
     watcher = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
                             enable_auto_commit=False)
     inputs = [TopicPartition(topics[kind], n) for kind in ("predictions", "labels")
               for n in range(PARTITIONS)]
     end = watcher.end_offsets(inputs)
+    task_records = len(lines) // PARTITIONS
+    assert 0 < KILL_AT < task_records / 2, "A must die part-way through its task"
 
     def committed() -> dict:
         return {tp: watcher.committed(tp) or 0 for tp in inputs}
 
+    def owned() -> list[list[int]]:
+        return [(assignments(logs[name]) or [[]])[-1] for name in ("a", "b")]
+
+    def one_task_each() -> bool:
+        tasks = owned()
+        return all(tasks) and sorted(tasks[0] + tasks[1]) == [0, 1]
+
+    def detail() -> str:
+        return (f"committed {committed()}, end {end}\nA's log:\n"
+                f"{logs['a'].read_text()[-3000:]}\nB's log:\n{logs['b'].read_text()[-6000:]}")
+
     try:
-        state = {}
-
-        def a_mid_task() -> bool:
-            owned = [assignments(logs[name])[-1:] for name in ("a", "b")]
-            if not all(owned) or not all(tasks for (tasks,) in owned) \
-                    or sorted(owned[0][0] + owned[1][0]) != [0, 1]:
-                return False
-            partition = TopicPartition(topics["predictions"], owned[0][0][0])
-            state["a"], state["partition"] = owned[0][0], partition
-            return 0 < committed()[partition] < end[partition]
-
-        def detail() -> str:
-            return (f"committed {committed()}, end {end}\nA's log:\n"
-                    f"{logs['a'].read_text()[-3000:]}\nB's log:\n{logs['b'].read_text()[-6000:]}")
-
-        wait_for(a_mid_task, 45, "one task per replica and A part-way through its task", detail)
-        processes["a"].send_signal(signal.SIGKILL)
-        processes["a"].wait(timeout=10)
+        wait_for(one_task_each, 60, "the group to give each replica one task", detail)
+        a_task = owned()[0]
+        gate.touch()
+        assert processes["a"].wait(timeout=60) == -signal.SIGKILL, logs["a"].read_text()[-3000:]
+        assert owned()[0] == a_task, "A's task moved before A died"
+        partition = TopicPartition(topics["predictions"], a_task[0])
         at_kill = committed()
-        assert at_kill[state["partition"]] < end[state["partition"]], "A finished first"
+        assert 0 < at_kill[partition] < end[partition], \
+            f"A must have committed part of its task, not all of it; {detail()}"
 
         wait_for(lambda: assignments(logs["b"])[-1] == [0, 1], 40, "B to take A's task", detail)
         wait_for(lambda: committed() == end, 30, "B to commit to the end", detail)
