@@ -209,7 +209,8 @@ class KafkaConfig:
     #: this often (a live input that keeps catching up would otherwise commit after
     #: every small batch and spend its time committing).
     idle_commit_ms: int = 100
-    #: A task snapshot above this fraction of the changelog's message limit is refused.
+    #: A stream record above this fraction of the changelog's message limit is written in
+    #: parts of at most that size (``runtime/changelog_parts.py``).
     snapshot_limit_fraction: float = 0.5
     #: The changelog's message limit; ``None`` = ask the broker at start-up.
     max_message_bytes: int | None = None

@@ -44,8 +44,10 @@ Failure scenarios
       cycle is recomputed. Three failures in a row end the process (non-zero exit):
       fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
     * A stream's record larger than ``snapshot_limit_fraction`` of the changelog's
-      message limit is refused with an error naming its size (``streamweights_snapshot_bytes`` shows
-      the trend long before), instead of failing inside the broker.
+      message limit (many predictions waiting for late labels) is written in parts of at
+      most that size, in the same transaction, plus a small head (``changelog_parts``);
+      a restore joins them and checks their length and CRC. Once per stream and process a
+      warning names the size; ``streamweights_snapshot_bytes`` shows the trend.
 
 Limitations (this is what the guarantee does NOT cover)
     * Kafka transactions themselves: the guarantee is the broker's read-committed
@@ -87,12 +89,22 @@ from typing import TYPE_CHECKING, Any
 from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import KafkaConfig
+from streamweights.runtime.changelog_parts import (
+    SPLIT_STREAM_RECORD_FORMAT,
+    is_split_head,
+    join_parts,
+    parse_part_key,
+    part_key,
+    split_record,
+    strip_head,
+)
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
 from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
+    SnapshotFormatError,
     decode_stream_record,
     encode_stream_record,
 )
@@ -106,13 +118,16 @@ log = logging.getLogger("streamweights")
 #: number) holding every stream's state, rewritten whole at each commit (still read, and
 #: rewritten per stream at the next commit). 2: one record per stream changed in a commit
 #: (key ``s/<stream>``, the state and the task's offsets and counts), or one keyed by the
-#: task number with the offsets and counts alone when none changed.
+#: task number with the offsets and counts alone when none changed. A stream record too
+#: large for one message is written in parts (``changelog_parts``: keys ``p/<k>/<stream>``
+#: and a head, format 4, keyed ``s/<stream>``); the layout number stays 2.
 TASK_SNAPSHOT_FORMAT = 2
 LEGACY_TASK_SNAPSHOT_FORMAT = 1
 #: The "format" a partition's newest record may carry: a task-keyed record's, or a stream
 #: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2 or 3; either way the
 #: changelog's layout is 2).
-_NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS)
+_NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS,
+                          SPLIT_STREAM_RECORD_FORMAT)
 STREAM_KEY_PREFIX = b"s/"
 #: Test-only fault injection: raise before the N-th ``commit_transaction`` of a process.
 FAIL_BEFORE_COMMIT_ENV = "STREAMWEIGHTS_TEST_FAIL_BEFORE_COMMIT"
@@ -127,6 +142,8 @@ class TaskRecords:
     meta: dict[str, Any]
     streams: dict[str, Any] = field(default_factory=dict)
     legacy_streams: dict[str, Any] = field(default_factory=dict)
+    #: per stream whose newest record was written in parts: how many
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -262,6 +279,10 @@ class KafkaRuntime:
         self._task_streams: dict[int, list[str]] = {}
         #: task number -> its offsets and counts (JSON) as its newest record holds them.
         self._written_meta: dict[int, str] = {}
+        #: per owned stream: how many parts its newest changelog record has (0: one
+        #: message), so a commit deletes (tombstones) the parts a smaller record leaves
+        self._parts_written: dict[str, int] = {}
+        self._split_reported: set[str] = set()
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
 
@@ -403,7 +424,7 @@ class KafkaRuntime:
         total = 0
         for number in sorted(self.owned):
             for key, data in self._encode_task(service, number, released):
-                total += len(data)
+                total += len(data) if data is not None else 0
                 self.dirty = True
                 self.producer.send(self.kafka.changelog_topic, key=key, value=data,
                                    partition=number)
@@ -553,19 +574,41 @@ class KafkaRuntime:
         else:  # nothing new: the task's newest record says all there is
             return []
         self._written_meta[number] = written
-        allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
-        for key, data in records:
-            if len(data) > allowed:
-                service.metrics.snapshot_bytes.set(len(data))
-                raise SnapshotError(
-                    f"task {number} snapshot is {len(data):,} bytes, above "
-                    f"kafka.snapshot_limit_fraction ({self.kafka.snapshot_limit_fraction}) of "
-                    f"the changelog's message limit ({self.limit:,} bytes) in its record "
-                    f"{key.decode('utf-8', 'replace')!r}; lower join.max_pending or adapter "
-                    "capacities, or raise max.message.bytes on the changelog topic")
+        if changed:
+            records = self._split_large(records, meta)
         for name in changed:  # a failed commit rolls the task back from the changelog
             streams[name].changed = False
         return records
+
+    def _split_large(self, records: list[tuple[bytes, bytes]], meta: dict[str, Any]
+                     ) -> list[tuple[bytes, bytes | None]]:
+        """Stream records as they go to the changelog: one larger than
+        ``snapshot_limit_fraction`` of the message limit as its parts and a head (see
+        ``changelog_parts``), each part of a previous, larger record of the stream that
+        is no longer used as a tombstone (``None``)."""
+        allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
+        out: list[tuple[bytes, bytes | None]] = []
+        for key, data in records:
+            name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
+            count = 0
+            if len(data) > allowed:
+                parts, head = split_record(data, meta, allowed)
+                count = len(parts)
+                out.extend((part_key(name, index), part) for index, part in enumerate(parts))
+                if name not in self._split_reported:
+                    self._split_reported.add(name)
+                    log.warning("kafka: stream %s's changelog record is %s bytes, above "
+                                "kafka.snapshot_limit_fraction (%s) of the changelog's "
+                                "message limit (%s bytes): written in %d parts (mostly "
+                                "predictions waiting for their labels; join.max_pending "
+                                "bounds them)", name, f"{len(data):,}",
+                                self.kafka.snapshot_limit_fraction, f"{self.limit:,}", count)
+                data = head
+            out.extend((part_key(name, index), None)
+                       for index in range(count, self._parts_written.get(name, 0)))
+            self._parts_written[name] = count
+            out.append((key, data))
+        return out
 
     def _update_lag(self, service: Service, released: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition
@@ -609,6 +652,8 @@ class KafkaRuntime:
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
         self._written_meta = {}
+        self._parts_written = {name: count for snapshot in snapshots.values()
+                               for name, count in snapshot.parts.items()}
         self.task_invalid = {}
         self.task_exhausted = {}
         self.source.released_counts.clear()
@@ -695,6 +740,7 @@ class KafkaRuntime:
         newest: dict[int, bytes] = {}
         legacy: dict[int, bytes] = {}
         latest: dict[int, dict[bytes, bytes]] = {}
+        parts: dict[int, dict[str, dict[int, bytes]]] = {}
         try:
             partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
             consumer.assign(partitions)
@@ -715,6 +761,10 @@ class KafkaRuntime:
                         elif record.key == str(tp.partition).encode():
                             legacy[tp.partition] = record.value
                         else:
+                            part = parse_part_key(record.key)
+                            if part is not None:  # never the newest: its head follows it
+                                parts.setdefault(tp.partition, {}).setdefault(
+                                    part[0], {})[part[1]] = record.value
                             continue
                         newest[tp.partition] = record.value
         finally:
@@ -723,6 +773,8 @@ class KafkaRuntime:
         for number, data in newest.items():
             where = f"kafka.changelog_topic: task {number}"
             meta = _decode_task_record(data, where)
+            if is_split_head(meta):
+                meta = strip_head(meta)
             task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
             if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
                 task.legacy_streams = {}
@@ -730,8 +782,18 @@ class KafkaRuntime:
                     old = _decode_task_record(legacy[number], where)
                     if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
                         task.legacy_streams = old.get("streams") or {}
-            for data in latest.get(number, {}).values():
-                name, state, _ = decode_stream_record(data, where)
+            for key, data in latest.get(number, {}).items():
+                try:
+                    name, state, _ = decode_stream_record(data, where)
+                except SnapshotFormatError:  # a head of parts has its own format
+                    head = _decode_task_record(data, where)
+                    if not is_split_head(head):
+                        raise
+                    name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
+                    whole = join_parts(head, parts.get(number, {}).get(name, {}),
+                                       f"{where}, stream {name}")
+                    task.parts[name] = int(head["parts"])
+                    name, state, _ = decode_stream_record(whole, where)
                 task.streams[name] = state
             found[number] = task
         return found

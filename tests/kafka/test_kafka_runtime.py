@@ -9,13 +9,14 @@ import zlib
 
 import orjson
 import pytest
-import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
-from streamweights.runtime.exceptions import SnapshotError
+from streamweights.runtime.changelog_parts import join_parts, parse_part_key
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, InjectedCommitError
 from streamweights.runtime.service import Service
+from streamweights.runtime.state_store import decode_stream_record
 from tests.kafka.helpers import (
     STREAMS,
     by_stream,
@@ -104,30 +105,63 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
             assert snapshot["offsets"].get(topic, 0) == ends[TopicPartition(topic, number)]
 
 
-def test_snapshot_above_the_message_limit_fraction_is_refused(
-        tmp_path, kafka_bootstrap, topic_factory):
+def test_stream_records_above_the_message_limit_fraction_go_in_parts_and_restore(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
     """Scenario: the changelog's message limit is configured as 2 KiB and the fraction
-    0.5, far below what a task snapshot of a chain with a 64-state drift memory needs.
-    We expect: the first commit raises a SnapshotError naming the size, the limit and the
-    setting, the snapshot-size metric shows the refused size, and nothing is committed."""
-    lines = write_input(tmp_path / "input.jsonl", events=300)
+    0.5, far below what a stream record of a chain with a 64-state drift memory needs
+    (before, the first commit stopped the replica with a SnapshotError); the 4th commit
+    fails after its records were sent (test hook), and a second process restarts from the
+    changelog. We expect: the committed changelog holds each stream's record as parts of
+    at most 1 KiB (keys ``p/<k>/<stream>``) and a head of format 4 keyed ``s/<stream>``
+    whose parts join to a record that decodes; and the restarted run's summary and
+    weights equal the uninterrupted embedded run's, each weights version once."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=300)
+    expected = json.loads(orjson.dumps(run_embedded(tmp_path / "embedded", input_path)
+                                       ["streams"]))
+    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
+                                 .splitlines())
     topics = make_topics(topic_factory, partitions=1)
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
     document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
                               checkpoint_every_records=100, max_message_bytes=2048,
                               snapshot_limit_fraction=0.5)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    monkeypatch.setenv(FAIL_BEFORE_COMMIT_ENV, "4")
     service = Service(parse_config(document))
     try:
-        with pytest.raises(SnapshotError, match=r"task 0 snapshot is [\d,]+ bytes, above "
-                           r"kafka.snapshot_limit_fraction \(0.5\).*\(2,048 bytes\)"):
+        with pytest.raises(InjectedCommitError):
             service.run()
-        size = service.metrics.registry.get_sample_value("streamweights_snapshot_bytes")
     finally:
         service.close()
-    assert size > 1024
-    assert read_topic(kafka_bootstrap, topics["changelog"]) == []
-    assert read_topic(kafka_bootstrap, topics["weights"]) == []
+    monkeypatch.delenv(FAIL_BEFORE_COMMIT_ENV)
+
+    committed = read_records(kafka_bootstrap, topics["changelog"])
+    heads = {record.key: record for record in committed if record.key.startswith(b"s/")}
+    assert set(heads) == {b"s/" + name.encode() for name, _ in STREAMS}
+    parts = {}
+    for record in committed:
+        found = parse_part_key(record.key)
+        if found is not None:
+            assert len(record.value) <= 1024
+            parts.setdefault(found[0], {})[found[1]] = record.value
+    for key, record in heads.items():
+        head = loads_state(zlib.decompress(record.value))
+        assert head["format"] == 4 and head["parts"] >= 2, head
+        name = key[2:].decode()
+        whole = join_parts(head, parts[name], "test")
+        assert decode_stream_record(whole, "test")[0] == name
+
+    restarted = Service(parse_config(document))
+    try:
+        summary = restarted.run()
+    finally:
+        restarted.close()
+    assert json.loads(orjson.dumps(summary["streams"])) == expected
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == expected_weights
+    for name, values in weights.items():
+        versions = [orjson.loads(value)["version"] for value in values]
+        assert versions == list(range(1, len(versions) + 1)), name
 
 
 def test_a_failed_commit_is_recovered_in_process_with_identical_results(

@@ -1,0 +1,83 @@
+"""Stream records too large for one changelog message, written in parts
+(``runtime/changelog_parts.py``) and the runtime's choice of what a commit writes."""
+
+from __future__ import annotations
+
+import os
+import types
+import zlib
+
+import pytest
+
+from streamweights.adapters.state_codec import loads_state
+from streamweights.runtime.changelog_parts import (
+    SPLIT_STREAM_RECORD_FORMAT,
+    is_split_head,
+    join_parts,
+    parse_part_key,
+    part_key,
+    split_record,
+    strip_head,
+)
+from streamweights.runtime.exceptions import SnapshotError
+from streamweights.runtime.kafka_runtime import KafkaRuntime
+
+META = {"task": 0, "config_digest": "d", "invalid": {}, "records": 7,
+        "offsets": {"predictions": 4, "labels": 3}, "exhausted": False}
+
+
+def test_parts_join_back_to_the_record_and_the_head_keeps_the_task_fields():
+    data = os.urandom(2500)
+    parts, head_bytes = split_record(data, META, 1000)
+    assert [len(part) for part in parts] == [1000, 1000, 500]
+    head = loads_state(zlib.decompress(head_bytes))
+    assert is_split_head(head) and head["format"] == SPLIT_STREAM_RECORD_FORMAT
+    assert join_parts(head, dict(enumerate(parts)), "here") == data
+    assert strip_head(head) == {"format": SPLIT_STREAM_RECORD_FORMAT, **META}
+
+
+def test_a_missing_or_foreign_part_is_refused_naming_where():
+    data = os.urandom(300)
+    parts, head_bytes = split_record(data, META, 100)
+    head = loads_state(zlib.decompress(head_bytes))
+    with pytest.raises(SnapshotError, match=r"task 0: .*3 parts lacks part\(s\) \[1\]"):
+        join_parts(head, {0: parts[0], 2: parts[2]}, "task 0")
+    other, _ = split_record(os.urandom(300), META, 100)
+    with pytest.raises(SnapshotError, match="does not check"):
+        join_parts(head, {0: parts[0], 1: other[1], 2: parts[2]}, "task 0")
+    with pytest.raises(SnapshotError, match="lacks parts, bytes or crc32"):
+        join_parts({"format": SPLIT_STREAM_RECORD_FORMAT}, {}, "task 0")
+
+
+@pytest.mark.parametrize("name", ["demo", "a/b/c", "12", "ünïcode"])
+def test_part_keys_round_trip_any_stream_name(name):
+    assert parse_part_key(part_key(name, 12)) == (name, 12)
+
+
+@pytest.mark.parametrize("key", [b"s/demo", b"p/x/demo", b"p/12", b"0", b"p//demo"])
+def test_other_keys_are_not_parts(key):
+    assert parse_part_key(key) is None
+
+
+def _runtime(limit: int) -> KafkaRuntime:
+    runtime = object.__new__(KafkaRuntime)  # the splitting alone: no broker
+    runtime.limit = limit
+    runtime.kafka = types.SimpleNamespace(snapshot_limit_fraction=0.5)
+    runtime._parts_written = {}
+    runtime._split_reported = set()
+    return runtime
+
+
+def test_a_commit_tombstones_the_parts_a_smaller_record_no_longer_uses():
+    runtime = _runtime(limit=200)  # parts of at most 100 bytes
+    big = runtime._split_large([(b"s/demo", os.urandom(350))], META)
+    assert [key for key, _ in big] == [b"p/0/demo", b"p/1/demo", b"p/2/demo", b"p/3/demo",
+                                       b"s/demo"]
+    smaller = runtime._split_large([(b"s/demo", os.urandom(150))], META)
+    assert [(key, value is None) for key, value in smaller] == [
+        (b"p/0/demo", False), (b"p/1/demo", False), (b"p/2/demo", True),
+        (b"p/3/demo", True), (b"s/demo", False)]
+    record = os.urandom(80)
+    fits = runtime._split_large([(b"s/demo", record)], META)
+    assert fits == [(b"p/0/demo", None), (b"p/1/demo", None), (b"s/demo", record)]
+    assert runtime._split_large([(b"s/demo", record)], META) == [(b"s/demo", record)]
