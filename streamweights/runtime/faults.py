@@ -21,9 +21,10 @@ A second variable holds the Kafka source's input back, so that a test can first 
 consumer group settle (which replica owns which task) and only then let records flow,
 whatever the speed of the machine::
 
-    STREAMWEIGHTS_TEST_HOLD_UNTIL=PATH             release no input record until the file
-                                                   PATH exists (the consumer keeps polling,
-                                                   joining rebalances and buffering)
+    STREAMWEIGHTS_TEST_HOLD_UNTIL=PATH             release no input record from position
+    STREAMWEIGHTS_TEST_HOLD_AT=N  (default 0)      N on until the file PATH exists (the
+                                                   consumer keeps polling, joining
+                                                   rebalances and buffering; no idle commit)
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import signal
 
 KILL_AT_ENV = "STREAMWEIGHTS_TEST_KILL_AT"
 HOLD_UNTIL_ENV = "STREAMWEIGHTS_TEST_HOLD_UNTIL"
+HOLD_AT_ENV = "STREAMWEIGHTS_TEST_HOLD_AT"
 _POINT = tuple(os.environ.get(KILL_AT_ENV, "").split(":")) if os.environ.get(KILL_AT_ENV) \
     else None
 _hold_path: str | None = os.environ.get(HOLD_UNTIL_ENV) or None
+_hold_at = int(os.environ.get(HOLD_AT_ENV) or 0)
 
 
 def kill() -> None:
@@ -71,3 +74,14 @@ def holding() -> bool:
         _hold_path = None
         return False
     return True
+
+
+def held_from() -> int | None:
+    """The input position from which input is held back, or ``None`` (no gate, or the
+    gate's file exists)."""
+    return _hold_at if holding() else None
+
+
+def hold_file() -> str | None:
+    """The gate's file while input is held back (for the log line that says so)."""
+    return _hold_path

@@ -320,6 +320,7 @@ class KafkaSource:
         self.stop_event: Any = None
         self._rebalanced = False
         self._client_drained = False
+        self._hold_logged = False
         #: Per task, whether each partition may be passed (see ``_release``), worked out
         #: once per fetch: positions and watermarks only move when the consumer polls.
         self._passable: dict[int, tuple[bool, bool]] = {}
@@ -389,10 +390,14 @@ class KafkaSource:
                 self._fetch()  # roll back before releasing anything more
                 continue
             run = self._run
+            end = len(run)
+            held = faults.held_from() if end > self._run_position else None
+            if held is not None:  # a test holds input back from position ``held`` on
+                end = min(end, self._run_position + max(0, held - sequence))
             # Per record: the offsets and counts a commit reads, then the record. A
             # commit between two records (the caller's checkpoint) may fail and ask for a
             # roll-back: the rest of the run is then dropped with the buffers.
-            while self._run_position < len(run):
+            while self._run_position < end:
                 if self._rebalanced and self.on_rebalance is not None:
                     break
                 number, entry = self._last = run[self._run_position]
@@ -407,6 +412,15 @@ class KafkaSource:
             if self._run_position:  # a run was handed out
                 self._last_release = time.monotonic()
             if self._rebalanced and self.on_rebalance is not None:
+                continue
+            if self._run_position < len(run):  # held back (faults.held_from): keep polling
+                if not self._hold_logged:
+                    self._hold_logged = True
+                    log.info("kafka source: input held at position %d until %s exists "
+                             "(test hook)", sequence, faults.hold_file())
+                if self.stop_event is not None and self.stop_event.is_set():
+                    return
+                self._fetch()
                 continue
             self._run, self._run_position = self._release_run(), 0
             if self._run:
@@ -574,10 +588,7 @@ class KafkaSource:
 
     def _release_run(self) -> list[tuple[int, tuple[float, int, int, bytes]]]:
         """Every record releasable before the next fetch, in merged order (see
-        :func:`release_run`), taken out of the task buffers. (A test may hold the input
-        back: ``faults.holding``.)"""
-        if faults.holding():
-            return []
+        :func:`release_run`), taken out of the task buffers."""
         return release_run(self.tasks, self._passable_of)
 
     def _passable_of(self, number: int) -> tuple[bool, bool]:

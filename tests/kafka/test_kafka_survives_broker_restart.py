@@ -12,6 +12,7 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.config import load_config
+from streamweights.runtime.faults import HOLD_AT_ENV, HOLD_UNTIL_ENV
 from tests.kafka.helpers import (
     REPO,
     assert_versions_once_each,
@@ -24,23 +25,35 @@ from tests.kafka.helpers import (
     write_kafka_config,
 )
 
+#: Input position at which the service holds its input back while the broker restarts;
+#: the last commit before it is at 6,000 (every 2,000 records), so ~1,300 records' outputs
+#: (weights versions among them) sit in the open transaction.
+HOLD_AT = 7_300
+
 
 def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factory):
     """Scenario: the service (a `streamweights run` subprocess, bounded, a transaction
-    every 300 records) is part-way through ~12,000 records when the broker is stopped
-    and started again (same data directory and port). We expect: the service exits 0 by
-    itself, its summary equals an uninterrupted embedded run, and the read_committed
-    weights topic holds each stream's versions 1..n once, equal to that run's."""
+    every 2,000 records, no idle commits) holds its input back (test hook) at record
+    7,300 of ~12,000, three commits in and with a transaction open, and the broker is
+    stopped and started again (same data directory and port) while it waits; then the
+    input flows again. We expect: the service was still running, unable to finish, while
+    the broker was down; it exits 0 by itself; its summary equals an uninterrupted
+    embedded run, and the read_committed weights topic holds each stream's versions
+    1..n once, equal to that run's."""
     bootstrap = kafka_broker.bootstrap
     lines = write_input(tmp_path / "input.jsonl")
+    assert 6_000 < HOLD_AT < len(lines)
     reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     topics = make_topics(topic_factory, 3)
     produce_inputs(bootstrap, lines, topics["predictions"], topics["labels"])
     config_path = write_kafka_config(tmp_path / "kafka", bootstrap, topics,
-                                     checkpoint_every_records=300)
+                                     checkpoint_every_records=2_000,
+                                     idle_commit_ms=3_600_000)
     group = load_config(config_path).kafka.group_id
     summary_path = tmp_path / "summary.json"
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    gate = tmp_path / "gate"
+    environment = {**os.environ, "PYTHONPATH": str(REPO), HOLD_UNTIL_ENV: str(gate),
+                   HOLD_AT_ENV: str(HOLD_AT)}
     log_path = tmp_path / "service.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "streamweights", "run",
@@ -49,21 +62,22 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
                                    stdout=subprocess.DEVNULL, stderr=log, env=environment,
                                    cwd=REPO)
     try:
+        deadline = time.monotonic() + 90
+        while "input held at position" not in log_path.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                log_path.read_text()[-3000:]
+            time.sleep(0.05)
         watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)
         inputs = [TopicPartition(topics[kind], n) for kind in ("predictions", "labels")
                   for n in range(3)]
-        deadline = time.monotonic() + 60
-        done = 0
-        while time.monotonic() < deadline and process.poll() is None:
-            done = sum(watcher.committed(tp) or 0 for tp in inputs)
-            if done >= len(lines) // 4:
-                break
-            time.sleep(0.05)
+        done = sum(watcher.committed(tp) or 0 for tp in inputs)
         watcher.close()
-        assert process.poll() is None and len(lines) // 4 <= done < len(lines), \
-            "the run ended before the broker restart"
-        kafka_broker.restart()
+        assert 0 < done < HOLD_AT, f"committed {done}: not part-way with a cycle open"
+        kafka_broker.stop()
+        assert process.poll() is None, "the service ended while the broker was down"
+        kafka_broker.start()
+        gate.touch()
         returncode = process.wait(timeout=120)
     finally:
         if process.poll() is None:
