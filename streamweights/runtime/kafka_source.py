@@ -182,6 +182,34 @@ class TaskMerge:
         return side, offset, raw
 
 
+def back_pressure(tasks: dict[int, TaskMerge], assigned: set[Any], paused: set[Any],
+                  topics: tuple[str, str], max_buffered: int) -> tuple[list[Any], list[Any]]:
+    """``(pause, resume)``: the assigned partitions to pause and to resume so that, after
+    a fetch, exactly those whose task holds ``max_buffered`` or more of their records are
+    paused (bounded memory: a partition far ahead of its partner waits for it).
+
+    Every *assigned* partition is checked, not only those of tasks holding records:
+    kafka-python keeps a partition's paused flag across a group rebalance that leaves the
+    partition with the same member, while the runtime's roll-back drops its task's
+    buffers. Looking only at buffered tasks, a task whose two partitions were both paused
+    when the group rebalanced was never resumed and never received a record again (the
+    replica-takeover livelock, ``tests/kafka/test_kafka_flow_control.py``). Partitions
+    are kafka-python ``TopicPartition``s; the lists come sorted."""
+    pause, resume = [], []
+    sides = {topics[PREDICTIONS]: PREDICTIONS, topics[LABELS]: LABELS}
+    for tp in assigned:
+        side = sides.get(tp.topic)
+        if side is None:
+            continue
+        task = tasks.get(tp.partition)
+        full = task is not None and len(task.buffers[side]) >= max_buffered
+        if full and tp not in paused:
+            pause.append(tp)
+        elif not full and tp in paused:
+            resume.append(tp)
+    return sorted(pause), sorted(resume)
+
+
 def release_run(tasks: dict[int, TaskMerge], passable: Callable[[int], tuple[bool, bool]]
                 ) -> list[tuple[int, tuple[float, int, int, bytes]]]:
     """Every record that can be released now, in release order, as ``(task number,
@@ -251,6 +279,14 @@ class KafkaSource:
     max_buffered
         Per-partition bound on records held for the merge; a partition that runs this far
         ahead of its partner is paused until the partner catches up (bounded memory).
+        Pausing is decided after each poll, over every assigned partition (see
+        :func:`back_pressure`), and one poll may bring up to ``max_poll_records`` records
+        of one partition, so the worst case per side of a task is
+        ``max_buffered + max_poll_records - 1`` records (19,999 with the defaults, ~5 MiB
+        of predictions), plus what kafka-python keeps parked for a paused partition (at
+        most one fetch response's share, ``max_partition_fetch_bytes``). A group
+        rebalance drops the buffers of the tasks it rolls back, and the partitions of
+        those tasks are resumed at the same fetch.
     max_task_idle_ms
         Live mode: a partition read to its high watermark counts as idle (so its partner's
         records may pass it) only after it brought nothing new for this long. A producer
@@ -420,8 +456,6 @@ class KafkaSource:
 
     def _fetch(self) -> int:
         """Poll once; return how many records were buffered."""
-        from kafka import TopicPartition
-
         restore_parked_records(self.consumer)
         batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         if complete_orphaned_rejoin(self.consumer):
@@ -459,19 +493,8 @@ class KafkaSource:
             fetched += len(records)
             if records:
                 self._last_data[tp] = time.monotonic()
-        # Back-pressure: pause a partition far ahead of its partner, resume it once drained.
-        pause, resume = [], []
-        paused = self.consumer.paused()
-        for number, task in self.tasks.items():
-            for side in (PREDICTIONS, LABELS):
-                tp = TopicPartition(self.topics[side], number)
-                if tp not in assigned:
-                    continue
-                if len(task.buffers[side]) >= self.max_buffered:
-                    if tp not in paused:
-                        pause.append(tp)
-                elif tp in paused:
-                    resume.append(tp)
+        pause, resume = back_pressure(self.tasks, assigned, self.consumer.paused(),
+                                      self.topics, self.max_buffered)
         if pause:
             self.consumer.pause(*pause)
         if resume:
