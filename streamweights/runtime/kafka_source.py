@@ -359,7 +359,8 @@ class KafkaSource:
         #: once per fetch: positions and watermarks only move when the consumer polls.
         self._passable: dict[int, tuple[bool, bool]] = {}
         self._owned: set[int] = set()
-        #: When a record was last released, and when a stall was last reported.
+        #: When a record was last released (or records began waiting while none did:
+        #: see ``_buffer``), and when a stall was last reported.
         self._last_release = time.monotonic()
         self._last_stall_report = 0.0
         #: How long buffered records may wait, unreleased, before a warning says why.
@@ -483,6 +484,25 @@ class KafkaSource:
         elif self.on_rebalance is None:
             self._rebalanced = False
             self._forget_revoked(assigned)
+        fetched = self._buffer(batches, time.monotonic())
+        pause, resume = back_pressure(self.tasks, assigned, self.consumer.paused(),
+                                      self.topics, self.max_buffered)
+        if pause:
+            self.consumer.pause(*pause)
+        if resume:
+            self.consumer.resume(*resume)
+        if self.on_fetched is not None:
+            self.on_fetched()
+        return fetched
+
+    def _buffer(self, batches: dict[Any, list[Any]], now: float) -> int:
+        """Add a poll's records (``{TopicPartition: [ConsumerRecord]}``) to their tasks;
+        return how many. Records arriving while none waited restart the stall clock
+        (``_last_release``): the stall warning is about records waiting, and a replica
+        that had nothing buffered (no tasks yet, tasks just assigned or rolled back, all
+        released) waited for nothing. Records joining others that already wait do not:
+        a partition still bringing records while its partner never does is a stall."""
+        waiting = any(len(task) for task in self.tasks.values())
         fetched = 0
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
@@ -492,15 +512,9 @@ class KafkaSource:
             task.add_records(side, records)
             fetched += len(records)
             if records:
-                self._last_data[tp] = time.monotonic()
-        pause, resume = back_pressure(self.tasks, assigned, self.consumer.paused(),
-                                      self.topics, self.max_buffered)
-        if pause:
-            self.consumer.pause(*pause)
-        if resume:
-            self.consumer.resume(*resume)
-        if self.on_fetched is not None:
-            self.on_fetched()
+                self._last_data[tp] = now
+        if fetched and not waiting:
+            self._last_release = now
         return fetched
 
     def _start_tasks(self, numbers: list[int], offsets: dict[tuple[str, int], int]) -> None:
@@ -527,13 +541,18 @@ class KafkaSource:
         released for that long: the merge is waiting for a partition that neither brings
         records nor counts as caught up. Says, per task, what it waits for."""
         now = time.monotonic()
-        if (now - self._last_release < self.stall_report_seconds
-                or now - self._last_stall_report < self.stall_report_seconds
-                or not any(len(task) for task in self.tasks.values())):
+        if not self._stall_due(now):
             return
         self._last_stall_report = now
         log.warning("kafka source: nothing released for %.0fs although records are buffered: %s",
                     now - self._last_release, "; ".join(self.describe_tasks()))
+
+    def _stall_due(self, now: float) -> bool:
+        """Records are buffered, none was released for ``stall_report_seconds`` since
+        they began waiting, and the last report is that old too."""
+        return (now - self._last_release >= self.stall_report_seconds
+                and now - self._last_stall_report >= self.stall_report_seconds
+                and any(len(task) for task in self.tasks.values()))
 
     def describe_tasks(self) -> list[str]:
         """Per owned task: buffered records, position and high watermark of each input
