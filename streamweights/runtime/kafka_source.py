@@ -183,6 +183,34 @@ class TaskMerge:
         return side, offset, raw
 
 
+def back_pressure(tasks: dict[int, TaskMerge], assigned: set[Any], paused: set[Any],
+                  topics: tuple[str, str], max_buffered: int) -> tuple[list[Any], list[Any]]:
+    """``(pause, resume)``: the assigned partitions to pause and to resume so that, after
+    a fetch, exactly those whose task holds ``max_buffered`` or more of their records are
+    paused (bounded memory: a partition far ahead of its partner waits for it).
+
+    Every *assigned* partition is checked, not only those of tasks holding records:
+    kafka-python keeps a partition's paused flag across a group rebalance that leaves the
+    partition with the same member, while the runtime's roll-back drops its task's
+    buffers. Looking only at buffered tasks, a task whose two partitions were both paused
+    when the group rebalanced was never resumed and never received a record again (the
+    replica-takeover livelock, ``tests/kafka/test_kafka_flow_control.py``). Partitions
+    are kafka-python ``TopicPartition``s; the lists come sorted."""
+    pause, resume = [], []
+    sides = {topics[PREDICTIONS]: PREDICTIONS, topics[LABELS]: LABELS}
+    for tp in assigned:
+        side = sides.get(tp.topic)
+        if side is None:
+            continue
+        task = tasks.get(tp.partition)
+        full = task is not None and len(task.buffers[side]) >= max_buffered
+        if full and tp not in paused:
+            pause.append(tp)
+        elif not full and tp in paused:
+            resume.append(tp)
+    return sorted(pause), sorted(resume)
+
+
 def release_run(tasks: dict[int, TaskMerge], passable: Callable[[int], tuple[bool, bool]]
                 ) -> list[tuple[int, tuple[float, int, int, bytes]]]:
     """Every record that can be released now, in release order, as ``(task number,
@@ -252,6 +280,14 @@ class KafkaSource:
     max_buffered
         Per-partition bound on records held for the merge; a partition that runs this far
         ahead of its partner is paused until the partner catches up (bounded memory).
+        Pausing is decided after each poll, over every assigned partition (see
+        :func:`back_pressure`), and one poll may bring up to ``max_poll_records`` records
+        of one partition, so the worst case per side of a task is
+        ``max_buffered + max_poll_records - 1`` records (19,999 with the defaults, ~5 MiB
+        of predictions), plus what kafka-python keeps parked for a paused partition (at
+        most one fetch response's share, ``max_partition_fetch_bytes``). A group
+        rebalance drops the buffers of the tasks it rolls back, and the partitions of
+        those tasks are resumed at the same fetch.
     max_task_idle_ms
         Live mode: a partition read to its high watermark counts as idle (so its partner's
         records may pass it) only after it brought nothing new for this long. A producer
@@ -325,7 +361,8 @@ class KafkaSource:
         #: once per fetch: positions and watermarks only move when the consumer polls.
         self._passable: dict[int, tuple[bool, bool]] = {}
         self._owned: set[int] = set()
-        #: When a record was last released, and when a stall was last reported.
+        #: When a record was last released (or records began waiting while none did:
+        #: see ``_buffer``), and when a stall was last reported.
         self._last_release = time.monotonic()
         self._last_stall_report = 0.0
         #: How long buffered records may wait, unreleased, before a warning says why.
@@ -435,8 +472,6 @@ class KafkaSource:
 
     def _fetch(self) -> int:
         """Poll once; return how many records were buffered."""
-        from kafka import TopicPartition
-
         restore_parked_records(self.consumer)
         batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         if complete_orphaned_rejoin(self.consumer):
@@ -464,6 +499,25 @@ class KafkaSource:
         elif self.on_rebalance is None:
             self._rebalanced = False
             self._forget_revoked(assigned)
+        fetched = self._buffer(batches, time.monotonic())
+        pause, resume = back_pressure(self.tasks, assigned, self.consumer.paused(),
+                                      self.topics, self.max_buffered)
+        if pause:
+            self.consumer.pause(*pause)
+        if resume:
+            self.consumer.resume(*resume)
+        if self.on_fetched is not None:
+            self.on_fetched()
+        return fetched
+
+    def _buffer(self, batches: dict[Any, list[Any]], now: float) -> int:
+        """Add a poll's records (``{TopicPartition: [ConsumerRecord]}``) to their tasks;
+        return how many. Records arriving while none waited restart the stall clock
+        (``_last_release``): the stall warning is about records waiting, and a replica
+        that had nothing buffered (no tasks yet, tasks just assigned or rolled back, all
+        released) waited for nothing. Records joining others that already wait do not:
+        a partition still bringing records while its partner never does is a stall."""
+        waiting = any(len(task) for task in self.tasks.values())
         fetched = 0
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
@@ -473,26 +527,9 @@ class KafkaSource:
             task.add_records(side, records)
             fetched += len(records)
             if records:
-                self._last_data[tp] = time.monotonic()
-        # Back-pressure: pause a partition far ahead of its partner, resume it once drained.
-        pause, resume = [], []
-        paused = self.consumer.paused()
-        for number, task in self.tasks.items():
-            for side in (PREDICTIONS, LABELS):
-                tp = TopicPartition(self.topics[side], number)
-                if tp not in assigned:
-                    continue
-                if len(task.buffers[side]) >= self.max_buffered:
-                    if tp not in paused:
-                        pause.append(tp)
-                elif tp in paused:
-                    resume.append(tp)
-        if pause:
-            self.consumer.pause(*pause)
-        if resume:
-            self.consumer.resume(*resume)
-        if self.on_fetched is not None:
-            self.on_fetched()
+                self._last_data[tp] = now
+        if fetched and not waiting:
+            self._last_release = now
         return fetched
 
     def _start_tasks(self, numbers: list[int], offsets: dict[tuple[str, int], int]) -> None:
@@ -519,13 +556,18 @@ class KafkaSource:
         released for that long: the merge is waiting for a partition that neither brings
         records nor counts as caught up. Says, per task, what it waits for."""
         now = time.monotonic()
-        if (now - self._last_release < self.stall_report_seconds
-                or now - self._last_stall_report < self.stall_report_seconds
-                or not any(len(task) for task in self.tasks.values())):
+        if not self._stall_due(now):
             return
         self._last_stall_report = now
         log.warning("kafka source: nothing released for %.0fs although records are buffered: %s",
                     now - self._last_release, "; ".join(self.describe_tasks()))
+
+    def _stall_due(self, now: float) -> bool:
+        """Records are buffered, none was released for ``stall_report_seconds`` since
+        they began waiting, and the last report is that old too."""
+        return (now - self._last_release >= self.stall_report_seconds
+                and now - self._last_stall_report >= self.stall_report_seconds
+                and any(len(task) for task in self.tasks.values()))
 
     def describe_tasks(self) -> list[str]:
         """Per owned task: buffered records, position and high watermark of each input
