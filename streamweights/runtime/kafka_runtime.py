@@ -43,6 +43,12 @@ Failure scenarios
       id and a roll-back of every owned task to its last committed snapshot; the lost
       cycle is recomputed. Three failures in a row end the process (non-zero exit):
       fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
+    * kafka-python's transactional calls wait without a limit, and after a broker
+      restart that outlived the transaction timeout its producer can stay stuck in a
+      commit or report as committed a cycle whose records failed. Commit, offsets and
+      abort wait at most ``transaction_timeout_ms`` + 10 s, every send of a committed
+      cycle is checked, and a send the producer refuses ends the cycle at once; any of
+      these is handled as a failed commit (``transaction_calls``).
     * A stream's record larger than ``snapshot_limit_fraction`` of the changelog's
       message limit (many predictions waiting for late labels) is written in parts of at
       most that size, in the same transaction, plus a small head (``changelog_parts``);
@@ -107,6 +113,13 @@ from streamweights.runtime.state_store import (
     SnapshotFormatError,
     decode_stream_record,
     encode_stream_record,
+)
+from streamweights.runtime.transaction_calls import (
+    TransactionStuckError,
+    abort,
+    check_delivered,
+    commit,
+    send_offsets,
 )
 
 if TYPE_CHECKING:
@@ -201,8 +214,13 @@ class TransactionalSink:
         return self._sent
 
     def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
-        self.runtime.dirty = True
-        self.runtime.producer.send(self.topic, value=raw, key=stream_key(raw), headers=headers)
+        runtime = self.runtime
+        runtime.dirty = True
+        try:
+            runtime.sent.append(runtime.producer.send(self.topic, value=raw,
+                                                      key=stream_key(raw), headers=headers))
+        except Exception as error:  # the producer cannot take it: the cycle is lost
+            runtime.on_send_failed(error)
         self._sent += 1
 
     def flush(self) -> None:
@@ -255,6 +273,12 @@ class KafkaRuntime:
                              "max_request_size": max(self.limit + 64 * 1024, 1_048_576),
                              **client_settings(kafka, KafkaProducer)}
         self._producer_settings = producer_settings
+        #: Longest wait for a transactional request (commit, offsets): past the
+        #: transaction timeout the broker aborts the cycle anyway; 10 s more covers a
+        #: slow answer (see ``transaction_calls``: kafka-python waits for ever).
+        self._request_timeout = producer_settings["transaction_timeout_ms"] / 1000 + 10.0
+        #: The futures of what the open transaction sent (checked after its commit).
+        self.sent: list[Any] = []
         self._recoveries = 0
         try:
             self.producer = self._new_producer()
@@ -412,6 +436,7 @@ class KafkaRuntime:
         self.producer.begin_transaction()
         self._in_transaction = True
         self.dirty = False
+        self.sent = []
 
     def checkpoint(self, service: Service) -> int:
         """Commit the cycle: snapshots + offsets + the outputs already sent, atomically."""
@@ -421,13 +446,9 @@ class KafkaRuntime:
         if self.source.consumer is None or not self._in_transaction:
             return 0
         released = self.source.next_offsets()
-        total = 0
-        for number in sorted(self.owned):
-            for key, data in self._encode_task(service, number, released):
-                total += len(data) if data is not None else 0
-                self.dirty = True
-                self.producer.send(self.kafka.changelog_topic, key=key, value=data,
-                                   partition=number)
+        changelog = [(number, key, data) for number in sorted(self.owned)
+                     for key, data in self._encode_task(service, number, released)]
+        total = sum(len(data) for _, _, data in changelog if data is not None)
         service.metrics.snapshot_bytes.set(total)
         offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)
                    for (topic, number), offset in released.items() if number in self.owned}
@@ -440,14 +461,19 @@ class KafkaRuntime:
             self._abort_and_begin()
             return 0
         try:
+            for number, key, data in changelog:
+                self.dirty = True
+                self.sent.append(self.producer.send(self.kafka.changelog_topic, key=key,
+                                                    value=data, partition=number))
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, group)
+                send_offsets(self.producer, offsets, group, self._request_timeout)
             self.commits += 1
             if self._fail_before_commit is not None and self.commits == self._fail_before_commit:
                 self.producer.flush()  # the cycle's records really are in the log
                 raise InjectedCommitError(f"{FAIL_BEFORE_COMMIT_ENV}: failing before commit "
                                             f"{self.commits}")
-            self.producer.commit_transaction()
+            commit(self.producer, self._request_timeout)
+            check_delivered(self.sent)
         except InjectedCommitError:
             service.metrics.transactions.labels("abort").inc()
             self._abort()
@@ -475,7 +501,12 @@ class KafkaRuntime:
             raise error
         log.warning("kafka: commit failed (%s: %s); restarting the producer and resuming "
                     "from the last committed snapshots", type(error).__name__, error)
-        self._abort()
+        if isinstance(error, TransactionStuckError):
+            # an abort would wait on the same stuck producer; the new producer's
+            # init_transactions makes the broker abort what this one left open
+            self._in_transaction = False
+        else:
+            self._abort()
         self._replace_producer()
         self._begin()
         self.source._rebalanced = True  # the source rolls back at its next fetch
@@ -493,7 +524,9 @@ class KafkaRuntime:
         was fenced: cut off from the broker past the transaction timeout, its transaction
         was aborted and its epoch bumped) is replaced, and the cycle begins on the new one;
         the caller rolls the tasks back to their last committed snapshots either way."""
-        self._abort()
+        if not self._abort():  # a producer that cannot abort cannot be trusted further
+            log.warning("kafka: starting a new producer with the same transactional id")
+            self._replace_producer()
         try:
             self._begin()
         except Exception as error:
@@ -538,13 +571,26 @@ class KafkaRuntime:
         self._last_lag_update = time.monotonic()
         self._update_lag(service, self.source.next_offsets())
 
-    def _abort(self) -> None:
+    def _abort(self) -> bool:
+        """Abort the open transaction (bounded wait); whether the producer did."""
         self._in_transaction = False
         try:
-            self.producer.abort_transaction()
+            abort(self.producer, self._request_timeout)
         except Exception as error:  # fenced / broken producer: the broker aborts it
             log.warning("kafka: abort_transaction failed (%s); the broker aborts the "
                         "transaction when it times out or the restart fences it", error)
+            return False
+        return True
+
+    def on_send_failed(self, error: Exception) -> None:
+        """A record could not even be handed to the producer (e.g. it is in an error
+        state after the broker aborted its transaction): the open cycle cannot commit.
+        Recover at once, as after a failed commit; what the current record still writes
+        goes to the new transaction, which the roll-back at the next fetch aborts."""
+        if self.source._rebalanced:  # already rolling back: the cycle is dropped anyway
+            return
+        self._recover(TransactionStuckError(f"kafka: a send failed ({type(error).__name__}: "
+                                            f"{error})"))
 
     def _encode_task(self, service: Service, number: int,
                      released: dict[tuple[str, int], int]) -> list[tuple[bytes, bytes]]:
@@ -808,7 +854,11 @@ class KafkaRuntime:
         try:
             if self._in_transaction:
                 self._abort()
-            self.producer.close(timeout=5)
+            try:
+                self.producer.close(timeout=5)
+            except Exception as error:  # a broken producer: the broker aborts what it left
+                log.warning("kafka: the producer did not close cleanly (%s: %s)",
+                            type(error).__name__, error)
         finally:
             self.source.close()
 

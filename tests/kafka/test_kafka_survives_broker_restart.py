@@ -31,15 +31,39 @@ from tests.kafka.helpers import (
 HOLD_AT = 7_300
 
 
+def _unreadable(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records of ``topic`` written but not (yet) readable at read_committed: those of
+    open transactions (the high watermark minus the last stable offset)."""
+    parts = [TopicPartition(topic, n) for n in range(partitions)]
+    ends = {}
+    for isolation in ("read_uncommitted", "read_committed"):
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
+        try:
+            ends[isolation] = sum(consumer.end_offsets(parts).values())
+        finally:
+            consumer.close()
+    return ends["read_uncommitted"] - ends["read_committed"]
+
+
+def _wait(condition, seconds: float, what: str, log_path) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; " \
+            f"{log_path.read_text(errors='replace')[-3000:]}"
+        time.sleep(0.1)
+
+
 def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factory):
     """Scenario: the service (a `streamweights run` subprocess, bounded, a transaction
-    every 2,000 records, no idle commits) holds its input back (test hook) at record
-    7,300 of ~12,000, three commits in and with a transaction open, and the broker is
-    stopped and started again (same data directory and port) while it waits; then the
-    input flows again. We expect: the service was still running, unable to finish, while
-    the broker was down; it exits 0 by itself; its summary equals an uninterrupted
-    embedded run, and the read_committed weights topic holds each stream's versions
-    1..n once, equal to that run's."""
+    every 2,000 records, no idle commits, a 5 s transaction timeout) holds its input back
+    (test hook) at record 7,300 of ~12,000, three commits in, with a transaction open
+    that holds weights records; the broker is stopped and started again (same data
+    directory and port) and, before the input flows again, aborts that transaction as
+    timed out. We expect: the service was still running while the broker was down; its
+    next commit fails and it recovers by itself (a new producer, tasks rolled back to
+    the changelog; kafka-python's own commit used to wait for ever here), exits 0; its
+    summary equals an uninterrupted embedded run, and the read_committed weights topic
+    holds each stream's versions 1..n once, equal to that run's."""
     bootstrap = kafka_broker.bootstrap
     lines = write_input(tmp_path / "input.jsonl")
     assert 6_000 < HOLD_AT < len(lines)
@@ -74,9 +98,13 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
         done = sum(watcher.committed(tp) or 0 for tp in inputs)
         watcher.close()
         assert 0 < done < HOLD_AT, f"committed {done}: not part-way with a cycle open"
+        _wait(lambda: _unreadable(bootstrap, topics["weights"], 3) > 0, 30,
+              "the open transaction's weights records to reach the broker", log_path)
         kafka_broker.stop()
         assert process.poll() is None, "the service ended while the broker was down"
         kafka_broker.start()
+        _wait(lambda: _unreadable(bootstrap, topics["weights"], 3) == 0, 60,
+              "the restarted broker to abort the timed-out transaction", log_path)
         gate.touch()
         returncode = process.wait(timeout=120)
     finally:
@@ -84,6 +112,7 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
             process.kill()
             process.wait()
     assert returncode == 0, log_path.read_text()[-4000:]
+    assert "kafka: commit failed" in log_path.read_text(), "the recovery path did not run"
     summary = json.loads(summary_path.read_text())
     assert summary["streams"] == reference
     weights = by_stream(read_topic(bootstrap, topics["weights"]))
