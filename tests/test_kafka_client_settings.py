@@ -4,10 +4,12 @@ them is checked against the broker in ``tests/kafka/test_kafka_runtime.py``."""
 
 from __future__ import annotations
 
+import pytest
 from kafka import KafkaConsumer
 
 from streamweights.config import parse_config
-from streamweights.runtime.kafka_runtime import client_settings
+from streamweights.runtime.exceptions import RuntimeSetupError
+from streamweights.runtime.kafka_runtime import check_client_settings, client_settings
 from streamweights.runtime.kafka_source import THROUGHPUT_SETTINGS, consumer_settings
 
 
@@ -39,3 +41,21 @@ def test_kafka_client_overrides_each_fetch_setting_and_keeps_the_rest():
     assert settings["max_poll_records"] == 500
     assert settings["max_partition_fetch_bytes"] == 4 << 20
     assert "linger_ms" not in settings
+
+
+def test_settings_the_runtime_owns_are_refused_naming_what_to_set():
+    """Scenario: ``kafka.client`` sets keys the runtime sets itself (a duplicate keyword
+    made the client constructor raise a TypeError, reported as an unreachable broker) or
+    that exactly-once depends on. We expect: each refused with its key and what to do;
+    ``client_id`` (a user's own, e.g. for broker quotas) and unknown keys as before."""
+    for key, value, hint in [("group_id", "g", "kafka.group_id"),
+                             ("isolation_level", "read_uncommitted", "read_committed"),
+                             ("enable_auto_commit", True, "transactions"),
+                             ("transactional_id", "t", "kafka.transactional_id"),
+                             ("enable_idempotence", False, "idempotent")]:
+        with pytest.raises(RuntimeSetupError, match=rf"kafka\.client\.{key}: set by the "
+                                                     rf"runtime.*{hint}"):
+            check_client_settings(_kafka(**{key: value}))
+    check_client_settings(_kafka(client_id="fraud-team", max_poll_records=500))
+    with pytest.raises(RuntimeSetupError, match="not a kafka-python client setting"):
+        check_client_settings(_kafka(max_pole_records=500))

@@ -189,12 +189,29 @@ def client_settings(kafka: KafkaConfig, client: type) -> dict[str, Any]:
             **{k: v for k, v in kafka.client.items() if k in client.DEFAULT_CONFIG}}
 
 
+#: ``kafka.client`` keys the runtime sets itself, and why: a client created with one of
+#: these twice fails with a TypeError, and one overridden would break exactly-once.
+RESERVED_CLIENT_SETTINGS = {
+    "bootstrap_servers": "set kafka.bootstrap_servers",
+    "group_id": "set kafka.group_id",
+    "transactional_id": "set kafka.transactional_id",
+    "isolation_level": "the runtime reads read_committed (exactly-once)",
+    "enable_auto_commit": "offsets are committed in the runtime's transactions",
+    "enable_idempotence": "transactions need the idempotent producer",
+}
+
+
 def check_client_settings(kafka: KafkaConfig) -> None:
+    """Refuse ``kafka.client`` keys that kafka-python does not know, or that the runtime
+    sets itself (:data:`RESERVED_CLIENT_SETTINGS`), naming the key and what to do."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
     known = (set(KafkaConsumer.DEFAULT_CONFIG) | set(KafkaProducer.DEFAULT_CONFIG)
              | set(KafkaAdminClient.DEFAULT_CONFIG))
     for key in kafka.client:
+        if key in RESERVED_CLIENT_SETTINGS:
+            raise RuntimeSetupError(f"kafka.client.{key}: set by the runtime, not here "
+                                    f"({RESERVED_CLIENT_SETTINGS[key]})")
         if key not in known:
             raise RuntimeSetupError(f"kafka.client.{key}: not a kafka-python client setting")
 
@@ -325,9 +342,10 @@ class KafkaRuntime:
 
         kafka = self.kafka
         try:
+            # kafka.client's client_id, if any, wins (one key: a TypeError otherwise)
             admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers,
-                                     client_id=f"{kafka.group_id}-setup",
-                                     **{"bootstrap_timeout_ms": 10_000,
+                                     **{"client_id": f"{kafka.group_id}-setup",
+                                        "bootstrap_timeout_ms": 10_000,
                                         **client_settings(kafka, KafkaAdminClient)})
         except Exception as error:
             raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "

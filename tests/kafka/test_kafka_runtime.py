@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
+from streamweights.runtime import kafka_runtime
 from streamweights.runtime.changelog_parts import join_parts, parse_part_key
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, InjectedCommitError
 from streamweights.runtime.service import Service
@@ -165,7 +166,7 @@ def test_stream_records_above_the_message_limit_fraction_go_in_parts_and_restore
 
 
 def test_a_failed_commit_is_recovered_in_process_with_identical_results(
-        tmp_path, kafka_bootstrap, topic_factory):
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
     """Scenario: the 3rd commit_transaction of the runtime's producer raises a Kafka
     error (as when a broker restart timed the transaction out and fenced the producer),
     after that cycle's outputs and snapshots were sent. We expect: the run carries on by
@@ -183,17 +184,18 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
                                          checkpoint_every_records=400))
     service = Service(config)
     first_producer = service.state.producer
-    real_commit = first_producer.commit_transaction
+    real_commit = kafka_runtime.commit  # the runtime's (bounded) commit call
     calls = {"n": 0}
 
-    def flaky_commit(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            first_producer.flush()
-            raise KafkaError("injected: transaction timed out during a broker restart")
-        return real_commit(*args, **kwargs)
+    def flaky_commit(producer, timeout):
+        if producer is first_producer:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                producer.flush()
+                raise KafkaError("injected: transaction timed out during a broker restart")
+        return real_commit(producer, timeout)
 
-    first_producer.commit_transaction = flaky_commit
+    monkeypatch.setattr(kafka_runtime, "commit", flaky_commit)
     try:
         summary = service.run()
         aborts = service.metrics.registry.get_sample_value(
@@ -216,9 +218,11 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
 def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: ``kafka.client`` sets tiny fetches (7 records per poll, 2 KiB per
-    partition) in place of the throughput defaults. We expect: the consumer runs with the
-    user's values, and the many short polls give the embedded run's summary and weights
-    bit for bit (the merge does not depend on how records arrive)."""
+    partition) in place of the throughput defaults, and its own ``client_id`` (which
+    used to make start-up fail: the setup's admin client got it twice). We expect: the
+    consumer runs with the user's values, and the many short polls give the embedded
+    run's summary and weights bit for bit (the merge does not depend on how records
+    arrive)."""
     input_path = tmp_path / "input.jsonl"
     lines = write_input(input_path, events=1_000)
     embedded_summary = run_embedded(tmp_path / "embedded", input_path)
@@ -226,7 +230,8 @@ def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
     document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics)
     document["kafka"]["client"].update({"max_poll_records": 7,
-                                        "max_partition_fetch_bytes": 2048})
+                                        "max_partition_fetch_bytes": 2048,
+                                        "client_id": "fraud-team"})
     service = Service(parse_config(document))
     try:
         summary = service.run()
@@ -234,6 +239,7 @@ def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
     finally:
         service.close()
     assert consumer_config["max_poll_records"] == 7
+    assert consumer_config["client_id"] == "fraud-team"
     assert consumer_config["max_partition_fetch_bytes"] == 2048
     assert consumer_config["fetch_max_bytes"] == 50 << 20  # the default that was not set
     assert summary["complete"] and summary["records"] == len(lines)
