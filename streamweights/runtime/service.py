@@ -47,7 +47,7 @@ from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
-from streamweights.runtime.sources import JsonlSource, ReplaySource, make_source
+from streamweights.runtime.sources import make_source
 from streamweights.runtime.state_store import (
     LocalStateStore,
     StateDirLock,
@@ -55,11 +55,6 @@ from streamweights.runtime.state_store import (
 )
 
 log = logging.getLogger("streamweights")
-
-#: Longest run of records the embedded loop hands to ``Pipeline.process_many`` at once:
-#: the loop reads the clock every 16 records (checkpoint cadence, progress), so a run
-#: ends on that grid and every check sees the state at exactly the record it always did.
-RUN_RECORDS = 16
 
 #: Dead-letter records keep at most this much of the offending input, so one oversized
 #: record cannot blow up the dead-letter sink (the size itself is in the reason).
@@ -333,9 +328,6 @@ class Service:
 
     # -- processing -------------------------------------------------------------------
     def _loop(self) -> None:
-        if self._reads_ahead():
-            self._loop_runs()
-            return
         config = self.config
         kill_at = faults.kill_position()
         last_checkpoint_records = 0
@@ -387,146 +379,6 @@ class Service:
         self._exhausted = True
         if not self.state.finished_before():
             self._finish()
-
-    def _reads_ahead(self) -> bool:
-        """Whether the loop may take a run of records from the source before processing
-        them: only the local sources, whose records are all there (a replay, a file).
-        Not standard input, which can wait for the next line while one is ready, and not
-        Kafka, whose source counts what it handed out in the offsets a commit writes
-        (``kafka_source.open``); those take one record at a time."""
-        source = self.source
-        return type(self.state) is LocalCheckpoints and (
-            type(source) is ReplaySource
-            or (type(source) is JsonlSource and source.path != "-"))
-
-    def _loop_runs(self) -> None:
-        """``_loop`` for a source that can be read ahead: runs of up to ``RUN_RECORDS``
-        records through ``Pipeline.process_many``. A run ends wherever the record-at-a-time
-        loop would look at the state: the 16-record clock grid, a checkpoint by count,
-        ``max_records`` and a ``record:N`` kill point, so checkpoints, bounds and kill
-        points fall on the same records, and each record is still timed, counted and
-        routed on its own. A stop request is honoured at the end of a run (at most
-        ``RUN_RECORDS - 1`` records later than one at a time would)."""
-        config = self.config
-        kill_at = faults.kill_position()
-        last_checkpoint_records = processed = progress_count = 0
-        last_checkpoint_time = last_progress = started = time.monotonic()
-        bound = self.max_records
-        every_records = config.checkpoint_every_records
-        records = iter(self.source.open(self.position))
-        run: list[tuple[int, bytes]] = []
-        while True:
-            # The run may take records until the next point where the state is looked at
-            # (RUN_RECORDS is the clock grid of ``processed & 15`` below).
-            room = min(RUN_RECORDS - (processed & 15),
-                       last_checkpoint_records + every_records - processed)
-            ended = stopped = False  # the source ended / the bound or a kill point is here
-            rejected = None
-            run.clear()
-            while len(run) < room:
-                item = next(records, None)
-                if item is None:
-                    ended = True
-                    break
-                position, raw = item
-                if bound is not None and self._bound_reached(position):
-                    stopped = True
-                    break
-                if type(raw) is Rejected:  # processed on its own, after the run
-                    rejected = item
-                    break
-                run.append(item)
-                if (kill_at is not None and position + 1 == kill_at) or (
-                        bound is not None and position + 1 >= bound):
-                    break
-            if run:
-                self._process_run(run)
-                processed += len(run)
-                last = run[-1][0] + 1
-                self.records_seen += len(run)
-                self.position = last
-                if kill_at is not None and last == kill_at:
-                    faults.kill()
-                if bound is not None and self._bound_reached(last):
-                    return
-            if rejected is not None:
-                position = rejected[0]
-                began = time.perf_counter()
-                self.metrics.update_latency.labels(self._process(position, rejected[1])) \
-                    .observe(time.perf_counter() - began)
-                processed += 1
-                self.records_seen += 1
-                self.position = position + 1
-                if kill_at is not None and self.position == kill_at:
-                    faults.kill()
-                if bound is not None and self._bound_reached(self.position):
-                    return
-            if processed - last_checkpoint_records >= every_records:
-                self.checkpoint()
-                last_checkpoint_records = processed
-                last_checkpoint_time = time.monotonic()
-            if processed & 15 == 0 and (run or rejected is not None):
-                now = time.monotonic()
-                if now - last_checkpoint_time >= config.checkpoint_every_seconds:
-                    self.checkpoint()
-                    last_checkpoint_records, last_checkpoint_time = processed, now
-                if processed & 255 == 0 and now - last_progress >= config.progress_every_seconds:
-                    self._progress(processed - progress_count, now - last_progress,
-                                   processed, now - started)
-                    progress_count, last_progress = processed, now
-            if stopped:  # (the next record is at the bound: as the per-record loop)
-                return
-            if ended:
-                break
-            if self._stop.is_set():
-                log.info("stop requested: checkpointing at input position %d", self.position)
-                return
-        if self._stop.is_set():
-            log.info("stop requested: checkpointing at input position %d", self.position)
-            return
-        self._exhausted = True
-        if not self.state.finished_before():
-            self._finish()
-
-    def _process_run(self, run: list[tuple[int, bytes]]) -> None:
-        """Decode, apply and route a run of ``(position, raw)`` records in one
-        ``Pipeline.process_many`` call; each record is counted, timed (its own decode,
-        processing and encoding, by the clock stamps the pipeline takes for us) and routed
-        as ``_process`` would."""
-        clock = time.perf_counter
-        latency = self.metrics.update_latency
-        previous = clock()
-        results = self.pipeline.process_many([raw for _, raw in run], clock)
-        counters = self._event_counters
-        for (position, raw), (kind, outcome, encoded, stamp) in zip(run, results, strict=True):
-            if kind == "error":  # a bug: dead-lettered as internal_error, the stream goes on
-                stage, error, record = encoded
-                if record is not None:
-                    self._count_event(record.stream, "prediction" if type(record) is
-                                      events.Prediction else "label")
-                self._route(self._internal_error(error, stage, position, raw, record),
-                            position)
-                kind = "invalid"
-            elif kind == "invalid":
-                self._route(outcome, position)
-            else:
-                counter = counters.get((outcome.stream, kind))
-                if counter is None:
-                    counter = self._count_event(outcome.stream, kind)
-                else:
-                    counter.inc()
-                self._route(outcome, position, raw, encoded)
-            latency.labels(kind).observe(stamp - previous)
-            previous = stamp
-
-    def _count_event(self, stream: str, kind: str) -> Any:
-        """Count one decoded record of ``stream`` (its counter, made on first use)."""
-        counter = self._event_counters.get((stream, kind))
-        if counter is None:
-            counter = self._event_counters[(stream, kind)] = \
-                self.metrics.events.labels(stream, kind)
-        counter.inc()
-        return counter
 
     def _process(self, position: int, raw: bytes | Rejected) -> str:
         """Decode and apply one record. Nothing raised here stops the stream: a contract
