@@ -646,8 +646,7 @@ class Pipeline:
         stream = self.streams.get(record.stream)
         try:
             if stream is None:
-                raise RecordError("unknown_stream", f"stream: unknown stream {record.stream!r} "
-                                  f"(configured: {', '.join(self.streams)})")
+                raise self._unknown_stream(record.stream)
             if isinstance(record, Prediction):
                 return stream.on_prediction(record)
             return stream.on_label(record)
@@ -681,12 +680,11 @@ class Pipeline:
         decode, encode = _events.decode, _events.encode  # (looked up per run, not bound)
         results: list[tuple[str, Outcome | None, Any, float]] = []
         append = results.append
-        no_outputs: tuple[None, list[bytes]] = (None, [])
         for raw in raws:
             try:
                 record = decode(raw)
             except RecordError as error:
-                append(("invalid", self.reject(error, raw), no_outputs,
+                append(("invalid", self.reject(error, raw), (None, []),
                         0.0 if clock is None else clock()))
                 continue
             except Exception as error:
@@ -698,9 +696,7 @@ class Pipeline:
                 stream = streams.get(record.stream)
                 try:
                     if stream is None:
-                        raise RecordError("unknown_stream", f"stream: unknown stream "
-                                          f"{record.stream!r} (configured: "
-                                          f"{', '.join(streams)})")
+                        raise self._unknown_stream(record.stream)
                     outcome = stream.on_prediction(record) if kind == "prediction" \
                         else stream.on_label(record)
                 except RecordError as error:
@@ -715,6 +711,10 @@ class Pipeline:
                 continue
             append((kind, outcome, encoded, 0.0 if clock is None else clock()))
         return results
+
+    def _unknown_stream(self, name: str) -> RecordError:
+        return RecordError("unknown_stream", f"stream: unknown stream {name!r} "
+                           f"(configured: {', '.join(self.streams)})")
 
     def reject(self, error: RecordError, raw: bytes | None, stream: str | None = None,
                record_id: str | None = None) -> Outcome:
