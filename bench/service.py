@@ -15,7 +15,9 @@ chain FixedShare → OnlinePlatt → DriftMemory(ADWIN), prequential scores of t
 models and the served output, drift reaction, weights versions) → ``events.encode`` of the
 adapted record and of every weights version. ``--service-loop`` also times the service's
 own per-record path (``Service._process``: the same plus Prometheus counters, the latency
-histogram and routing to sinks, here none).
+histogram and routing to sinks, here none). ``ours, batch entry point`` is the same work
+through ``Pipeline.process_many`` in runs of 16 records (the same outputs; today a Python
+loop over the per-record path, so it times what a run saves in dispatch alone).
 
 river — the closest pure-river pipeline, built to be fast and fair:
 
@@ -46,7 +48,8 @@ for four forecasters. The comparison is conservative for ours.
 Timing: fresh state per round, rounds alternate ours / river so machine noise hits both
 alike, best round of each is reported. ``--one-core`` pins the process to one CPU first
 (``os.sched_setaffinity``); ``--profile`` runs ours once under cProfile and prints the
-top 15 functions by own time.
+top 15 functions by own time; ``--split`` prints the per-record split (decode, process
+with its native core calls by name, encode).
 
 Run: ``python bench/service.py [--rounds 5] [--events 60000] [--one-core] [--profile]``.
 """
@@ -135,6 +138,28 @@ def ours_run(records: list[bytes]) -> Callable[[Pipeline], object]:
                 out += len(encode(outcome.adapted))
             for weights in outcome.weights:
                 out += len(encode(weights))
+        return out
+
+    return run
+
+
+def ours_many_run(records: list[bytes], run_records: int) -> Callable[[Pipeline], object]:
+    """``Pipeline.process_many`` over runs of ``run_records`` records (decode, process and
+    encode inside): the batch entry point, the same outputs as ``ours_run``."""
+    runs = [records[start:start + run_records] for start in range(0, len(records),
+                                                                   run_records)]
+
+    def run(pipeline: Pipeline) -> object:
+        process_many = pipeline.process_many
+        out = 0
+        for chunk in runs:
+            for kind, _, encoded, _ in process_many(chunk):
+                if kind != "error":
+                    adapted, weights = encoded
+                    if adapted is not None:
+                        out += len(adapted)
+                    for raw in weights:
+                        out += len(raw)
         return out
 
     return run
@@ -386,6 +411,75 @@ PHASES = (
 )
 
 
+def split_ours(config: ServiceConfig, records: list[bytes], rounds: int = 3) -> str:
+    """Where one record's time goes, per input record (best of ``rounds``, no profiler
+    for the phases): decode alone, ``Pipeline.process`` on the decoded records, encode of
+    what they produced; inside process, the native core's calls (own time under cProfile,
+    which adds its per-call cost, so an upper bound) and the rest (Python glue: join,
+    records, outcomes, dispatch, numpy views)."""
+    def best(run: Callable[[], object]) -> float:
+        fastest = math.inf
+        for _ in range(rounds):
+            gc.collect()
+            started = time.perf_counter()
+            run()
+            fastest = min(fastest, time.perf_counter() - started)
+        return fastest
+
+    decode, encode = events.decode, events.encode
+    decoded = [decode(raw) for raw in records]
+
+    def decode_all() -> None:
+        for raw in records:
+            decode(raw)
+
+    def process_all(pipeline: Pipeline | None = None) -> Pipeline:
+        pipeline = pipeline or Pipeline(config.streams)
+        process = pipeline.process
+        for record in decoded:
+            process(record)
+        return pipeline
+
+    pipeline = Pipeline(config.streams)
+    outcomes = [pipeline.process(record) for record in decoded]
+    produced = [o.adapted for o in outcomes if o.adapted is not None] + \
+        [w for o in outcomes for w in o.weights]
+    del outcomes
+
+    def encode_all() -> None:
+        for record in produced:
+            encode(record)
+
+    full = ours_run(records)
+    seconds = {"whole loop (decode -> process -> encode)":
+               best(lambda: full(Pipeline(config.streams))),
+               "decode": best(decode_all), "process": best(process_all),
+               "encode": best(encode_all)}
+    profiler = cProfile.Profile()
+    fresh = Pipeline(config.streams)
+    profiler.enable()
+    process_all(fresh)
+    profiler.disable()
+    native: dict[str, float] = {}
+    for (filename, _, function), row in pstats.Stats(profiler).stats.items():
+        if filename == "~" and "streamweights._native" in function:
+            parts = function.split("'")  # "<method 'learn' of 'streamweights._native.X' ..."
+            name = f"{parts[3].rsplit('.', 1)[1]}.{parts[1]}" if len(parts) >= 4 \
+                else function.rsplit(".", 1)[1].rstrip(">")
+            native[name] = native.get(name, 0.0) + row[2]
+    per = 1e6 / len(records)
+    lines = [f"per-record split ({len(records):,} records, µs per input record):"]
+    lines += [f"  {seconds[name] * per:6.2f}  {name}" for name in seconds]
+    total = sum(native.values())
+    lines.append(f"  {total * per:6.2f}    of process: native core calls (upper bound)")
+    for name, value in sorted(native.items(), key=lambda item: -item[1]):
+        if value * per >= 0.01:
+            lines.append(f"  {value * per:6.2f}      {name}")
+    lines.append(f"  {(seconds['process'] - total) * per:6.2f}    of process: the rest "
+                 "(Python glue, numpy views, dicts)")
+    return "\n".join(lines)
+
+
 def profile_ours(contender: Contender, top: int) -> str:
     state = contender.setup()
     gc.collect()
@@ -431,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                              "metrics, latency histogram, routing)")
     parser.add_argument("--profile", action="store_true",
                         help="profile one run of ours (cProfile, top 15 by own time)")
+    parser.add_argument("--split", action="store_true",
+                        help="print where one record's time goes: decode, process (native "
+                             "core calls vs the rest), encode")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -455,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                   "log-loss/Brier/accuracy of 3 models + served",
                   river_like_setup(config), river_like_run(records)),
     ]
+    contenders.append(Contender("ours, batch entry point: Pipeline.process_many over runs of 16",
+                                ours_setup(config), ours_many_run(records, 16)))
     scratch = None
     if args.service_loop:
         scratch = tempfile.TemporaryDirectory(prefix="sw-bench-")
@@ -500,9 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     results["ours_over_river_like_for_like"] = contenders[2].best / contenders[0].best
     print(f"  ours / river = {ratio:.2f}x  (goal >= 3x; goal >= 30,000 events/s on one core)")
     print(f"  ours / river like-for-like = {contenders[2].best / contenders[0].best:.2f}x")
+    print(f"  batch entry point / river like-for-like = "
+          f"{contenders[2].best / contenders[3].best:.2f}x")
     if args.service_loop:
-        print(f"  service loop / river = {contenders[1].best / contenders[3].best:.2f}x")
+        print(f"  service loop / river = {contenders[1].best / contenders[4].best:.2f}x")
 
+    if args.split:
+        print("\n" + split_ours(config, records))
     if args.profile:
         print("\nprofile of ours, one run (top 15 by own time; cProfile slows it down):")
         print(profile_ours(contenders[0], 15))

@@ -32,11 +32,13 @@ to the artifact store by the runtime).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from streamweights import events as _events
 from streamweights.adapters import Adapter, DriftMemory, Portfolio, PriorShift
 from streamweights.adapters.drift_evidence import RiseEvidence, update_log_losses
 from streamweights.adapters.validation import NonFiniteUpdate, check_class_label
@@ -644,13 +646,75 @@ class Pipeline:
         stream = self.streams.get(record.stream)
         try:
             if stream is None:
-                raise RecordError("unknown_stream", f"stream: unknown stream {record.stream!r} "
-                                  f"(configured: {', '.join(self.streams)})")
+                raise self._unknown_stream(record.stream)
             if isinstance(record, Prediction):
                 return stream.on_prediction(record)
             return stream.on_label(record)
         except RecordError as error:
             return self.reject(error, None, record.stream, record.id)
+
+    def process_many(self, raws: Iterable[bytes], clock: Callable[[], float] | None = None
+                     ) -> list[tuple[str, Outcome | None, Any, float]]:
+        """Decode, apply and encode a run of raw records, in order, each exactly as
+        ``events.decode`` -> :meth:`process` -> ``events.encode`` would one at a time:
+        state, outputs, dead letters and counters are the same whatever the run's
+        boundaries (every record is finished before the next one starts; what a run
+        saves is the per-record dispatch, not any of the work).
+
+        One ``(kind, outcome, encoded, stamp)`` per record:
+
+        * ``"prediction"`` / ``"label"``: a decoded record; ``outcome`` is what it
+          produced (a dead letter if its stream refused it) and ``encoded`` its outputs as
+          ``(adapted bytes or None, [weights bytes])``, encoded before any is written;
+        * ``"invalid"``: refused at decode; ``outcome`` holds the dead letter, ``encoded``
+          is ``(None, [])``;
+        * ``"error"``: an unexpected exception (a bug, never a contract breach); nothing
+          is counted here: ``outcome`` is ``None`` and ``encoded`` is ``(stage, error,
+          record)``, ``stage`` ``"decode"`` or ``"process"`` and ``record`` the decoded
+          record or ``None``, for the caller to log and dead-letter.
+
+        ``stamp`` is ``clock()`` read once the record is done (``0.0`` without a clock):
+        the runtime passes its clock to time each record of a run; the pipeline reads
+        none of its own."""
+        streams = self.streams
+        decode, encode = _events.decode, _events.encode  # (looked up per run, not bound)
+        results: list[tuple[str, Outcome | None, Any, float]] = []
+        append = results.append
+        for raw in raws:
+            try:
+                record = decode(raw)
+            except RecordError as error:
+                append(("invalid", self.reject(error, raw), (None, []),
+                        0.0 if clock is None else clock()))
+                continue
+            except Exception as error:
+                append(("error", None, ("decode", error, None),
+                        0.0 if clock is None else clock()))
+                continue
+            kind = "prediction" if type(record) is Prediction else "label"
+            try:
+                stream = streams.get(record.stream)
+                try:
+                    if stream is None:
+                        raise self._unknown_stream(record.stream)
+                    outcome = stream.on_prediction(record) if kind == "prediction" \
+                        else stream.on_label(record)
+                except RecordError as error:
+                    outcome = self.reject(error, None, record.stream, record.id)
+                adapted = outcome.adapted
+                encoded = (None if adapted is None else encode(adapted),
+                           [encode(weights) for weights in outcome.weights]
+                           if outcome.weights else [])
+            except Exception as error:
+                append(("error", None, ("process", error, record),
+                        0.0 if clock is None else clock()))
+                continue
+            append((kind, outcome, encoded, 0.0 if clock is None else clock()))
+        return results
+
+    def _unknown_stream(self, name: str) -> RecordError:
+        return RecordError("unknown_stream", f"stream: unknown stream {name!r} "
+                           f"(configured: {', '.join(self.streams)})")
 
     def reject(self, error: RecordError, raw: bytes | None, stream: str | None = None,
                record_id: str | None = None) -> Outcome:
