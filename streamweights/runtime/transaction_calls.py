@@ -28,38 +28,37 @@ class TransactionStuckError(RuntimeError):
     was not delivered: the producer cannot be trusted with the next cycle."""
 
 
-def _bounded(producer: Any, request: Any, what: str, timeout: float) -> None:
-    producer._sender.wakeup()
+#: Each public producer call and the transaction manager call it starts with.
+_STARTS = {"commit_transaction": "begin_commit", "abort_transaction": "begin_abort",
+           "send_offsets_to_transaction": "send_offsets_to_transaction"}
+
+
+def _call(producer: Any, name: str, timeout: float, *args: Any) -> None:
+    """``producer.<name>(*args)``, waiting at most ``timeout`` s for its answer."""
+    start = getattr(getattr(producer, "_transaction_manager", None), _STARTS[name], None)
+    sender = getattr(producer, "_sender", None)
+    if start is None or sender is None:  # not the client this was written against
+        getattr(producer, name)(*args)
+        return
+    request = start(*args)
+    sender.wakeup()
     if not request.wait(timeout_ms=timeout * 1000):
-        raise TransactionStuckError(f"kafka: {what} got no answer in {timeout:.0f}s")
+        raise TransactionStuckError(f"kafka: {name} got no answer in {timeout:.0f}s")
 
 
 def send_offsets(producer: Any, offsets: dict[Any, Any], group: Any, timeout: float) -> None:
     """``producer.send_offsets_to_transaction(offsets, group)``, at most ``timeout`` s."""
-    manager = getattr(producer, "_transaction_manager", None)
-    if manager is None or not hasattr(producer, "_sender"):
-        producer.send_offsets_to_transaction(offsets, group)
-        return
-    _bounded(producer, manager.send_offsets_to_transaction(offsets, group),
-             "send_offsets_to_transaction", timeout)
+    _call(producer, "send_offsets_to_transaction", timeout, offsets, group)
 
 
 def commit(producer: Any, timeout: float) -> None:
     """``producer.commit_transaction()``, at most ``timeout`` s."""
-    manager = getattr(producer, "_transaction_manager", None)
-    if manager is None or not hasattr(producer, "_sender"):
-        producer.commit_transaction()
-        return
-    _bounded(producer, manager.begin_commit(), "commit_transaction", timeout)
+    _call(producer, "commit_transaction", timeout)
 
 
 def abort(producer: Any, timeout: float) -> None:
     """``producer.abort_transaction()``, at most ``timeout`` s."""
-    manager = getattr(producer, "_transaction_manager", None)
-    if manager is None or not hasattr(producer, "_sender"):
-        producer.abort_transaction()
-        return
-    _bounded(producer, manager.begin_abort(), "abort_transaction", timeout)
+    _call(producer, "abort_transaction", timeout)
 
 
 def check_delivered(futures: list[Any]) -> None:
