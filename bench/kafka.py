@@ -78,6 +78,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
+from streamweights.runtime import kafka_runtime  # noqa: E402
 from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
 from streamweights.runtime.kafka_source import (  # noqa: E402
     THROUGHPUT_SETTINGS,
@@ -196,11 +197,13 @@ def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterato
     """While inside: add up, per kafka-python call that can wait on the broker, how long
     the calling thread was blocked in it (wall time minus the thread's CPU time) once
     ``active()`` (the group join before the first record is left out): the consumer's
-    ``poll`` (waiting for a fetch response) and the producer's
-    ``send_offsets_to_transaction`` + ``commit_transaction`` (transaction round trips)."""
+    ``poll`` (waiting for a fetch response) and the runtime's bounded
+    ``send_offsets_to_transaction`` + ``commit_transaction`` (transaction round trips;
+    wrapped where the runtime calls them, ``kafka_runtime.send_offsets`` / ``commit``,
+    since they do not go through the producer's public methods)."""
     patched = [(KafkaConsumer, "poll", "poll"),
-               (KafkaProducer, "send_offsets_to_transaction", "transaction"),
-               (KafkaProducer, "commit_transaction", "transaction")]
+               (kafka_runtime, "send_offsets", "transaction"),
+               (kafka_runtime, "commit", "transaction")]
 
     def timed(method: Any, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
