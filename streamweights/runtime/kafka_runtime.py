@@ -611,14 +611,16 @@ class KafkaRuntime:
                                             f"{error})"))
 
     def _encode_task(self, service: Service, number: int,
-                     released: dict[tuple[str, int], int]) -> list[tuple[bytes, bytes]]:
+                     released: dict[tuple[str, int], int]
+                     ) -> list[tuple[bytes, bytes | None]]:
         """Task ``number``'s changelog records for this commit, as ``(key, value)``: one
         per stream changed since the last commit, keyed ``s/<stream>`` (its state and the
-        task's offsets and counts), or, when none changed but the offsets or counts did
-        (dead letters alone, a fresh task), one keyed by the task number with those
-        alone; nothing if nothing changed. Every record carries the task's offsets and
-        counts as of this commit, so the newest record of the partition says where the
-        task resumes."""
+        task's offsets and counts; a large one as parts and a head, with tombstones,
+        value ``None``, for parts no longer used: :meth:`_split_large`), or, when none
+        changed but the offsets or counts did (dead letters alone, a fresh task), one
+        keyed by the task number with those alone; nothing if nothing changed. Every
+        record carries the task's offsets and counts as of this commit, so the newest
+        record of the partition says where the task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
                    if (topic, number) in released}
         meta = {"task": number, "config_digest": self.config_digest,
