@@ -634,6 +634,11 @@ def describe(stage: Adapter) -> dict[str, Any]:
     return found
 
 
+def _no_clock() -> float:
+    """The stamp of a record when ``process_many`` is given no clock."""
+    return 0.0
+
+
 class Pipeline:
     """All configured streams; routes each record to its stream."""
 
@@ -646,7 +651,8 @@ class Pipeline:
         stream = self.streams.get(record.stream)
         try:
             if stream is None:
-                raise self._unknown_stream(record.stream)
+                raise RecordError("unknown_stream", f"stream: unknown stream {record.stream!r} "
+                                  f"(configured: {', '.join(self.streams)})")
             if isinstance(record, Prediction):
                 return stream.on_prediction(record)
             return stream.on_label(record)
@@ -676,45 +682,31 @@ class Pipeline:
         ``stamp`` is ``clock()`` read once the record is done (``0.0`` without a clock):
         the runtime passes its clock to time each record of a run; the pipeline reads
         none of its own."""
-        streams = self.streams
-        decode, encode = _events.decode, _events.encode  # (looked up per run, not bound)
+        decode, encode, process = _events.decode, _events.encode, self.process
+        stamp = clock if clock is not None else _no_clock
         results: list[tuple[str, Outcome | None, Any, float]] = []
         append = results.append
         for raw in raws:
             try:
                 record = decode(raw)
             except RecordError as error:
-                append(("invalid", self.reject(error, raw), (None, []),
-                        0.0 if clock is None else clock()))
+                append(("invalid", self.reject(error, raw), (None, []), stamp()))
                 continue
             except Exception as error:
-                append(("error", None, ("decode", error, None),
-                        0.0 if clock is None else clock()))
+                append(("error", None, ("decode", error, None), stamp()))
                 continue
             kind = "prediction" if type(record) is Prediction else "label"
             try:
-                stream = streams.get(record.stream)
-                try:
-                    if stream is None:
-                        raise self._unknown_stream(record.stream)
-                    outcome = stream.on_prediction(record) if kind == "prediction" \
-                        else stream.on_label(record)
-                except RecordError as error:
-                    outcome = self.reject(error, None, record.stream, record.id)
+                outcome = process(record)
                 adapted = outcome.adapted
                 encoded = (None if adapted is None else encode(adapted),
                            [encode(weights) for weights in outcome.weights]
                            if outcome.weights else [])
             except Exception as error:
-                append(("error", None, ("process", error, record),
-                        0.0 if clock is None else clock()))
+                append(("error", None, ("process", error, record), stamp()))
                 continue
-            append((kind, outcome, encoded, 0.0 if clock is None else clock()))
+            append((kind, outcome, encoded, stamp()))
         return results
-
-    def _unknown_stream(self, name: str) -> RecordError:
-        return RecordError("unknown_stream", f"stream: unknown stream {name!r} "
-                           f"(configured: {', '.join(self.streams)})")
 
     def reject(self, error: RecordError, raw: bytes | None, stream: str | None = None,
                record_id: str | None = None) -> Outcome:

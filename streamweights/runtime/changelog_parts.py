@@ -29,8 +29,8 @@ PART_KEY_PREFIX = b"p/"
 #: The ``format`` of a head record: a format-3 stream record split into parts. A release
 #: that does not know it refuses it by its number, with its own clear message.
 SPLIT_STREAM_RECORD_FORMAT = 4
-#: Fields of a head besides the task's offsets and counts.
-HEAD_FIELDS = ("format", "parts", "bytes", "crc32")
+#: Fields a head adds to the task's offsets and counts (and its ``format``).
+HEAD_FIELDS = ("parts", "bytes", "crc32")
 
 
 def part_key(name: str, index: int) -> bytes:
@@ -90,5 +90,4 @@ def join_parts(head: dict[str, Any], parts: dict[int, bytes], where: str) -> byt
 def strip_head(document: dict[str, Any]) -> dict[str, Any]:
     """A head's task fields alone (offsets, counts, ...), as any stream record has them,
     with ``format`` kept: the split-specific fields removed."""
-    return {key: value for key, value in document.items()
-            if key not in HEAD_FIELDS or key == "format"}
+    return {key: value for key, value in document.items() if key not in HEAD_FIELDS}
