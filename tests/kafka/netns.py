@@ -241,7 +241,9 @@ class Network:
         if node not in self.forwarders:
             raise ValueError(f"{node!r} was not made a forwarded node")
         path = self._control_path(node)
-        partial = path.with_suffix(".partial")
+        # Each writer has a temporary name of its own: the forwarder writes its stats
+        # next to this file, and one shared ".partial" let either rename the other's.
+        partial = path.with_suffix(".control-partial")
         partial.write_text(json.dumps({"loss": loss, "delay_ms": delay_ms}))
         partial.rename(path)
         time.sleep(0.3)
@@ -300,7 +302,7 @@ def forward(inner: str, outer: str, control: str, seed: int = 12) -> None:
                     settings = json.loads(control_path.read_text())
                     loss, delay = float(settings["loss"]), float(settings["delay_ms"]) / 1000
                     mtime = stamp
-            partial = stats_path.with_suffix(".partial")
+            partial = stats_path.with_suffix(".stats-partial")
             partial.write_text(json.dumps(counts))
             partial.rename(stats_path)
         timeout = min(0.05, max(0.0, queue[0][0] - now)) if queue else 0.05
