@@ -37,9 +37,11 @@ latency — the same replica as a separate ``streamweights run`` process, live (
 bounded), committing every ``--commit-ms``; this process produces fresh records at half
 of ours' best rate, paced by the clock, and a ``read_committed`` reader of the weights
 topic matches each new version (its ``ts`` is the label's that triggered it) to the
-moment that label was sent, producing from the moment the replica owns its tasks. p50/p99
-over the versions after a 3 s warm-up; the p50 of the first and last thirds shows whether
-the replica keeps up, and the p99 after the first third leaves the warm-up out.
+moment that label was sent, producing from the moment the replica owns its tasks (this
+process's heap frozen first, so its own garbage collections do not stall the producer or
+the reader's clock). p50/p99 over the versions after a 3 s warm-up; the p50 of the first
+and last thirds shows whether the replica keeps up, and the p99 after the first third
+leaves the warm-up out.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import heapq
 import io
 import os
@@ -79,6 +82,7 @@ from kafka.admin import NewTopic  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
 from streamweights.runtime import kafka_runtime  # noqa: E402
+from streamweights.runtime.heap import startup_heap_frozen  # noqa: E402
 from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
 from streamweights.runtime.kafka_source import (  # noqa: E402
     THROUGHPUT_SETTINGS,
@@ -249,7 +253,9 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
 
     service.source.open = timed_open
     try:
-        with blocked_time(waits if waits is not None else {}, lambda: bool(first)):
+        # as `streamweights run` does: start-up's heap frozen while records flow
+        with startup_heap_frozen(), \
+                blocked_time(waits if waits is not None else {}, lambda: bool(first)):
             summary = service.run()
         ended = time.perf_counter()
         commits = service.state.commits
@@ -309,6 +315,11 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
 
     threading.Thread(target=watch_log, daemon=True).start()
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    # This process's own full collections (its heap holds the generated records and the
+    # rounds before) paused it for up to 160 ms at a time, stalling the producer and
+    # delaying the reader's clock: freeze that heap so the figures time the replica.
+    gc.collect()
+    gc.freeze()
     try:
         if not joined.wait(60):  # produce once the replica owns its tasks
             raise RuntimeError("the service did not join its group in 60 s:\n"
@@ -330,6 +341,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         produced_for = time.perf_counter() - started
         time.sleep(2)  # let the last versions commit
     finally:
+        gc.unfreeze()
         stop.set()
         reader.join(timeout=5)
         producer.close()

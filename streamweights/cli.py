@@ -18,6 +18,7 @@ import orjson
 from streamweights import __version__
 from streamweights.config import TABLE_KINDS, ConfigError, load_config
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.replay import SCENARIOS
 from streamweights.runtime.state_store import LocalStateStore
 
@@ -191,7 +192,9 @@ def _run(args: argparse.Namespace) -> int:
     log.info("streamweights %s: source %s, %d stream(s), state in %s", __version__,
              service.source.name, len(config.streams), service.state_dir)
     try:
-        summary = service.run()
+        with startup_heap_frozen() as frozen:  # start-up's objects leave the full scans
+            log.debug("froze %d start-up objects out of garbage collection", frozen)
+            summary = service.run()
     finally:
         service.close()
     elapsed = time.monotonic() - started
