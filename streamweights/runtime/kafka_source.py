@@ -323,6 +323,8 @@ class KafkaSource:
         #: Bounded mode: every input partition's end offset at connect time.
         self._end: dict[Any, int] = {}
         self._last_group_check = 0.0
+        #: Polls in a row that raised a retriable client error (see :meth:`_poll`).
+        self._poll_failures = 0
         #: The group has completed a join that gave this member its tasks (maybe none).
         self._joined = False
         #: ``(task number, buffered entry)`` of the record last yielded (see last_origin).
@@ -471,9 +473,12 @@ class KafkaSource:
             self._report_stall()
 
     def _fetch(self) -> int:
-        """Poll once; return how many records were buffered."""
+        """Poll once; return how many records were buffered (0 when the poll failed on a
+        retriable client error: :meth:`_poll`)."""
         restore_parked_records(self.consumer)
-        batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        batches = self._poll()
+        if batches is None:
+            return 0
         if complete_orphaned_rejoin(self.consumer):
             log.warning("kafka: the consumer left a group rejoin half-done (a kafka-python "
                         "3.0 race); asked it to finish the rejoin")
@@ -531,6 +536,36 @@ class KafkaSource:
         if fetched and not waiting:
             self._last_release = now
         return fetched
+
+    def _poll(self) -> dict[Any, list[Any]] | None:
+        """``consumer.poll``, or ``None`` when it raised a retriable kafka-python error.
+
+        While the broker is down, kafka-python 3.0 usually returns empty polls, but a poll
+        that has to refresh metadata (validating fetch positions, finding the group
+        coordinator) can raise ``KafkaConnectionError: 111 ECONNREFUSED`` instead; that
+        ended a replica during a broker restart (``tests/kafka/
+        test_kafka_survives_broker_restart.py``, one CI run). Such a poll is treated as an
+        empty one after waiting the poll timeout (no busy loop), with one warning per
+        outage and an info line when polls succeed again. A non-retriable error still
+        ends the process."""
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        except KafkaError as error:
+            if not getattr(error, "retriable", False):
+                raise
+            if not self._poll_failures:
+                log.warning("kafka: poll failed (%s: %s); retrying every %d ms until the "
+                            "broker answers", type(error).__name__, error,
+                            self.poll_timeout_ms)
+            self._poll_failures += 1
+            time.sleep(self.poll_timeout_ms / 1000)
+            return None
+        if self._poll_failures:
+            log.info("kafka: polls succeed again after %d failed", self._poll_failures)
+            self._poll_failures = 0
+        return batches
 
     def _start_tasks(self, numbers: list[int], offsets: dict[tuple[str, int], int]) -> None:
         """Seek newly owned tasks to where their state left off; forget what was fetched."""
