@@ -81,7 +81,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
-from streamweights.runtime import kafka_runtime  # noqa: E402
+from streamweights.runtime import transaction_calls  # noqa: E402
 from streamweights.runtime.heap import startup_heap_frozen  # noqa: E402
 from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
 from streamweights.runtime.kafka_source import (  # noqa: E402
@@ -201,13 +201,12 @@ def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterato
     """While inside: add up, per kafka-python call that can wait on the broker, how long
     the calling thread was blocked in it (wall time minus the thread's CPU time) once
     ``active()`` (the group join before the first record is left out): the consumer's
-    ``poll`` (waiting for a fetch response) and the runtime's bounded
-    ``send_offsets_to_transaction`` + ``commit_transaction`` (transaction round trips;
-    wrapped where the runtime calls them, ``kafka_runtime.send_offsets`` / ``commit``,
-    since they do not go through the producer's public methods)."""
+    ``poll`` (waiting for a fetch response) and the runtime's wait for a cycle's commit
+    (``InFlightCommit.wait``: the commit's offsets and ``commit_transaction`` round
+    trips run on a thread of their own; the replica's thread waits only for what is
+    left of them when it needs the next transaction)."""
     patched = [(KafkaConsumer, "poll", "poll"),
-               (kafka_runtime, "send_offsets", "transaction"),
-               (kafka_runtime, "commit", "transaction")]
+               (transaction_calls.InFlightCommit, "wait", "transaction")]
 
     def timed(method: Any, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:

@@ -9,8 +9,14 @@ stream changed in the cycle to the compacted changelog topic (one record per str
 keyed ``s/<stream>``, in its task's partition, each carrying the task's input offsets and
 counts; a task none of whose streams changed gets one record keyed by its number with
 the offsets and counts alone), plus the input offsets (``send_offsets_to_transaction``
-with the consumer's group metadata), and is committed; the next one begins at once. So a
-commit costs in proportion to the streams that changed, not to the streams held. On
+with the consumer's group metadata), and is committed. The commit's round trips (the
+offsets, ``commit_transaction``, the delivery check) wait on a thread of their own
+(``transaction_calls.InFlightCommit``) while the loop goes on with the next records; what
+those records write is held, in order, and sent once the commit is done and the next
+cycle has begun, and a failed commit drops it with the rest of what the roll-back
+recomputes. At most one commit is in flight: the next checkpoint, a rebalance and a stop
+wait for it. So a commit costs in proportion to the streams that changed, not to the
+streams held, and the loop does not stop for the broker's answer. On
 assignment of a task (in the main loop, never in a client callback, so no blocking work
 runs on the client's IO thread) its changelog partition is read (``read_committed``, up
 to the end), each stream restored from its newest record, and both input partitions are
@@ -115,10 +121,9 @@ from streamweights.runtime.state_store import (
     encode_stream_record,
 )
 from streamweights.runtime.transaction_calls import (
+    InFlightCommit,
     TransactionStuckError,
     abort,
-    check_delivered,
-    commit,
     send_offsets,
 )
 
@@ -231,13 +236,7 @@ class TransactionalSink:
         return self._sent
 
     def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
-        runtime = self.runtime
-        runtime.dirty = True
-        try:
-            runtime.sent.append(runtime.producer.send(self.topic, value=raw,
-                                                      key=stream_key(raw), headers=headers))
-        except Exception as error:  # the producer cannot take it: the cycle is lost
-            runtime.on_send_failed(error)
+        self.runtime.send(self.topic, raw, stream_key(raw), headers)
         self._sent += 1
 
     def flush(self) -> None:
@@ -313,6 +312,10 @@ class KafkaRuntime:
         self.task_exhausted: dict[int, bool] = {}
         self.commits = 0
         self._in_transaction = False
+        #: The previous cycle's commit while it waits on the broker (see ``_settle``),
+        #: and what the records processed meanwhile wrote, in order, for the next cycle.
+        self._committing: InFlightCommit | None = None
+        self._held: list[tuple[str, bytes, bytes | None, Any]] = []
         #: Something was sent in the open transaction (a rebalance must abort it).
         self.dirty = False
         self._initial: dict[str, str] = {}
@@ -456,11 +459,70 @@ class KafkaRuntime:
         self.dirty = False
         self.sent = []
 
+    def send(self, topic: str, value: bytes, key: bytes | None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Write one output record into the open cycle; while the previous cycle's commit
+        is still in flight, hold it (in order) for the next cycle, which begins when that
+        commit is done."""
+        if self._committing is not None:
+            self._settle(block=False)
+            if self._committing is not None:
+                self._held.append((topic, value, key, headers))
+                return
+        self.dirty = True
+        try:
+            self.sent.append(self.producer.send(topic, value=value, key=key, headers=headers))
+        except Exception as error:  # the producer cannot take it: the cycle is lost
+            self.on_send_failed(error)
+
+    def wait_committed(self) -> bool:
+        """Block until the cycle whose commit is in flight (if any) is committed and the
+        next one has begun; ``False`` if that commit failed (handled as a failed commit:
+        the tasks roll back at the next fetch)."""
+        return self._settle()
+
+    def _settle(self, block: bool = True) -> bool:
+        """Take the in-flight commit's answer (waiting for it unless ``block`` is false and
+        it has none yet). On success: bookkeeping, the next transaction begins and the
+        records held meanwhile are sent into it. On failure: as a failed commit in the
+        main loop (``_recover``); the held records are dropped, since the roll-back
+        recomputes the records that wrote them. Returns whether the previous cycle is
+        committed (``True`` when nothing was in flight)."""
+        cycle = self._committing
+        if cycle is None or (not block and not cycle.done):
+            return cycle is None
+        error = cycle.wait()
+        self._committing = None
+        held, self._held = self._held, []
+        service = self.service
+        assert service is not None, "restore() starts the runtime"
+        if error is not None:
+            service.metrics.transactions.labels("abort").inc()
+            self._in_transaction = True  # the failed cycle's transaction is still open
+            self._recover(error)
+            return False
+        self._recoveries = 0
+        self._committed_offsets = cycle.released
+        self._last_commit = self._last_lag_update = time.monotonic()
+        service.metrics.transactions.labels("commit").inc()
+        self._update_lag(service, cycle.released)
+        self._begin()
+        for topic, value, key, headers in held:
+            self.send(topic, value, key, headers)
+        return True
+
     def checkpoint(self, service: Service) -> int:
-        """Commit the cycle: snapshots + offsets + the outputs already sent, atomically."""
+        """Commit the cycle: snapshots + offsets + the outputs already sent, atomically.
+
+        The commit's waits on the broker run on a thread of their own
+        (:class:`InFlightCommit`) while the loop goes on with the next records; this
+        waits first for the previous cycle's commit (``_settle``), so at most one is in
+        flight and cycles commit in order."""
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        if not self._settle():
+            return 0  # that cycle failed: the tasks roll back at the next fetch
         if self.source.consumer is None or not self._in_transaction:
             return 0
         released = self.source.next_offsets()
@@ -483,15 +545,13 @@ class KafkaRuntime:
                 self.dirty = True
                 self.sent.append(self.producer.send(self.kafka.changelog_topic, key=key,
                                                     value=data, partition=number))
-            if offsets:
-                send_offsets(self.producer, offsets, group, self._request_timeout)
             self.commits += 1
             if self._fail_before_commit is not None and self.commits == self._fail_before_commit:
+                if offsets:
+                    send_offsets(self.producer, offsets, group, self._request_timeout)
                 self.producer.flush()  # the cycle's records really are in the log
                 raise InjectedCommitError(f"{FAIL_BEFORE_COMMIT_ENV}: failing before commit "
                                             f"{self.commits}")
-            commit(self.producer, self._request_timeout)
-            check_delivered(self.sent)
         except InjectedCommitError:
             service.metrics.transactions.labels("abort").inc()
             self._abort()
@@ -500,13 +560,10 @@ class KafkaRuntime:
             service.metrics.transactions.labels("abort").inc()
             self._recover(error)
             return 0
-        self._recoveries = 0
         self._in_transaction = False
-        self._committed_offsets = released
-        self._last_commit = self._last_lag_update = time.monotonic()
-        service.metrics.transactions.labels("commit").inc()
-        self._update_lag(service, released)
-        self._begin()
+        self._committing = InFlightCommit(self.producer, offsets, group, self.sent,
+                                          self._request_timeout, released)
+        self.sent = []
         return total
 
     def _recover(self, error: Exception) -> None:
@@ -558,6 +615,8 @@ class KafkaRuntime:
         checkpoint (which a quiet input may never reach), but at most every
         ``kafka.idle_commit_ms``: a live input that keeps catching up would otherwise
         commit after every small batch."""
+        if self._committing is not None and not self._settle(block=False):
+            return  # still in flight (the next idle poll looks again), or failed
         if (self.service is not None and self._in_transaction
                 and time.monotonic() - self._last_commit >= self.kafka.idle_commit_ms / 1000
                 and (self.dirty or self.source.next_offsets() != self._committed_offsets)):
@@ -574,6 +633,7 @@ class KafkaRuntime:
         try:
             started = time.perf_counter()
             service.checkpoint()
+            self._settle()  # committed before the tasks move, not merely in flight
             log.info("kafka: rebalance: committed the cycle in %.3fs before the tasks move",
                      time.perf_counter() - started)
         except Exception as error:  # never raise inside the client's listener
@@ -583,6 +643,8 @@ class KafkaRuntime:
 
     def _on_fetched(self) -> None:
         """Refresh the consumer-lag metric about once a second (between commits too)."""
+        if self._committing is not None:  # done by now? the next cycle begins
+            self._settle(block=False)
         service = self.service
         if service is None or time.monotonic() - self._last_lag_update < 1.0:
             return
@@ -680,8 +742,12 @@ class KafkaRuntime:
         from kafka import TopicPartition
 
         consumer = self.source.consumer
+        assigned = consumer.assignment()
         for (topic, number), offset in released.items():
-            highwater = consumer.highwater(TopicPartition(topic, number))
+            partition = TopicPartition(topic, number)
+            if partition not in assigned:  # moved away since (a commit settled late)
+                continue
+            highwater = consumer.highwater(partition)
             if highwater is not None:
                 service.metrics.consumer_lag.labels(topic, str(number)).set(highwater - offset)
 
@@ -704,6 +770,7 @@ class KafkaRuntime:
         service = self.service
         assert service is not None, "restore() starts the runtime"
         started = time.perf_counter()
+        self._settle()  # the last cycle's commit decides what the tasks restore from
         if self.dirty:
             service.metrics.transactions.labels("abort").inc()
             self._abort_and_begin()
@@ -872,6 +939,12 @@ class KafkaRuntime:
 
     def close(self) -> None:
         try:
+            if self._committing is not None:
+                try:
+                    self._settle()
+                except Exception as error:  # a third failure in a row: nothing to resume
+                    log.warning("kafka: the last commit failed at close (%s: %s)",
+                                type(error).__name__, error)
             if self._in_transaction:
                 self._abort()
             try:

@@ -157,6 +157,10 @@ class LocalCheckpoints:
     def finished_before(self) -> bool:
         return False
 
+    def wait_committed(self) -> bool:
+        """A local snapshot is written when ``checkpoint`` returns: nothing in flight."""
+        return True
+
     def close(self) -> None:
         """Release the state folder (the sinks belong to the service)."""
         self.lock.release()
@@ -305,6 +309,7 @@ class Service:
             if not self._exhausted and not self._bound_reached(self.position):
                 self._loop()
             self.checkpoint()
+            self.state.wait_committed()  # (Kafka: the commit is not merely in flight)
         finally:
             for sink in self.sinks.values():
                 sink.flush()

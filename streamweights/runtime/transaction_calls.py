@@ -73,3 +73,51 @@ def check_delivered(futures: list[Any]) -> None:
             raise TransactionStuckError(f"kafka: a record of the committed cycle was not "
                                         f"delivered ({type(future.exception).__name__}: "
                                         f"{future.exception})")
+
+
+class InFlightCommit:
+    """One cycle's commit (its offsets, then ``commit_transaction``, then the check that
+    every record of the cycle was delivered) on a thread of its own.
+
+    The calls wait on the broker (two to four round trips and the transaction markers,
+    5-40 ms here), during which the replica's thread can go on decoding and adapting the
+    next records, as long as it does not touch the producer: the runtime holds what those
+    records write until :meth:`wait` says the commit is done and the next transaction has
+    begun (``KafkaRuntime._settle``). The thread only waits; all bookkeeping stays on the
+    caller's thread."""
+
+    def __init__(self, producer: Any, offsets: dict[Any, Any], group: Any,
+                 sent: list[Any], timeout: float, released: dict[Any, int]) -> None:
+        import threading
+
+        self.released = released
+        self.error: Exception | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(producer, offsets, group, sent, timeout),
+            name="streamweights-commit", daemon=True)
+        self._thread.start()
+
+    def _run(self, producer: Any, offsets: dict[Any, Any], group: Any, sent: list[Any],
+             timeout: float) -> None:
+        try:
+            if offsets:
+                send_offsets(producer, offsets, group, timeout)
+            commit(producer, timeout)
+            check_delivered(sent)
+        except Exception as error:  # reported to the caller's thread by wait()
+            self.error = error
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        """The commit has an answer (success or :attr:`error`)."""
+        return self._done.is_set()
+
+    def wait(self) -> Exception | None:
+        """Block until the commit has an answer; its error, or ``None`` if it committed.
+        (The calls are bounded by ``timeout`` each, so this is too.)"""
+        self._done.wait()
+        self._thread.join()
+        return self.error

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
-from streamweights.runtime import kafka_runtime
+from streamweights.runtime import transaction_calls
 from streamweights.runtime.changelog_parts import join_parts, parse_part_key
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, InjectedCommitError
 from streamweights.runtime.service import Service
@@ -184,7 +184,8 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
                                          checkpoint_every_records=400))
     service = Service(config)
     first_producer = service.state.producer
-    real_commit = kafka_runtime.commit  # the runtime's (bounded) commit call
+    # the runtime's (bounded) commit call, made by its in-flight commit's thread
+    real_commit = transaction_calls.commit
     calls = {"n": 0}
 
     def flaky_commit(producer, timeout):
@@ -195,7 +196,7 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
                 raise KafkaError("injected: transaction timed out during a broker restart")
         return real_commit(producer, timeout)
 
-    monkeypatch.setattr(kafka_runtime, "commit", flaky_commit)
+    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
     try:
         summary = service.run()
         aborts = service.metrics.registry.get_sample_value(
@@ -213,6 +214,66 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     for name, _ in STREAMS:
         versions = [orjson.loads(v)["version"] for v in weights[name]]
         assert versions == list(range(1, len(versions) + 1))
+
+
+def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
+    """Scenario: every commit_transaction of the runtime takes 150 ms longer (a slow
+    broker), with adapted predictions published and a transaction every 300 records. The
+    commit waits on its own thread (``transaction_calls.InFlightCommit``) while the loop
+    goes on. We expect: records were processed during in-flight commits and their outputs
+    held for the next cycle (counted here), and still the read_committed weights and
+    adapted records equal the embedded run's, each version once, with no abort."""
+    import threading
+    import time
+
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=1_500)
+    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
+    topics = make_topics(topic_factory, adapted=True)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                                         checkpoint_every_records=300))
+    service = Service(config)
+    real_commit = transaction_calls.commit
+    commit_threads = set()
+
+    def slow_commit(producer, timeout):
+        commit_threads.add(threading.current_thread().name)
+        time.sleep(0.15)
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", slow_commit)
+    runtime = service.state
+    real_send, held_at_send = runtime.send, []
+
+    def counting_send(topic, value, key, headers=None):
+        real_send(topic, value, key, headers)
+        if runtime._committing is not None:
+            held_at_send.append(len(runtime._held))
+
+    runtime.send = counting_send
+    try:
+        summary = service.run()
+        aborts = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "abort"})
+        commits = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "commit"})
+    finally:
+        service.close()
+    assert commit_threads == {"streamweights-commit"}  # never the loop's own thread
+    assert held_at_send and max(held_at_send) > 0, "no output was held during a commit"
+    assert not aborts and commits >= len(lines) // 300
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    folder = tmp_path / "embedded"
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == by_stream((folder / "weights.jsonl").read_bytes().splitlines())
+    for name, _ in STREAMS:
+        versions = [orjson.loads(v)["version"] for v in weights[name]]
+        assert versions == list(range(1, len(versions) + 1))
+    assert by_stream(read_topic(kafka_bootstrap, topics["adapted"])) == \
+        by_stream((folder / "adapted.jsonl").read_bytes().splitlines())
 
 
 def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
