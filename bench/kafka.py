@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = consumer_settings(client_settings(parse_config(probe).kafka, KafkaConsumer))
         print("consumer settings (service and ceiling): " + ", ".join(
             f"{key}={settings[key]}" for key in ("max_poll_records", "max_partition_fetch_bytes",
-                                                 "fetch_max_bytes", "isolation_level")),
+                                                 "fetch_max_bytes", "fetch_max_wait_ms",
+                                                 "isolation_level")),
               flush=True)
         # kafka-python's own fetch defaults (500 records per poll, 1 MiB per partition), to
         # show what the throughput settings are worth; never the ceiling

@@ -68,6 +68,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert consumer_config["max_poll_records"] == 10_000
     assert consumer_config["max_partition_fetch_bytes"] == 4 << 20
     assert consumer_config["fetch_max_bytes"] == 50 << 20
+    assert consumer_config["fetch_max_wait_ms"] == 20
     assert consumer_config["session_timeout_ms"] == 6000  # and kafka.client's own
     assert summary["complete"] and summary["records"] == len(lines)
     assert commits >= len(lines) // 500
