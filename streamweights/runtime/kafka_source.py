@@ -302,7 +302,9 @@ class KafkaSource:
         records may pass it) only after it brought nothing new for this long. A producer
         of the two topics is rarely exactly in step; without a wait, a label whose
         prediction is still in flight could be released first. Default 0 (the foundation's
-        behaviour); the Kafka runtime sets ``kafka.max_task_idle_ms``.
+        behaviour); the Kafka runtime sets ``kafka.max_task_idle_ms``. A bounded replay
+        (``stop_at_end``) does not wait: a partition fetched to the end it had at start-up
+        has nothing more to come within the bound.
     poll_timeout_ms
         Longest single wait for records; keeps each loop iteration short, far inside
         ``max_poll_interval_ms``.
@@ -667,7 +669,10 @@ class KafkaSource:
                 # taking it as the end let the partner's records pass and changed the
                 # merged order of a committed cycle (seen in the broker-restart test).
                 idle = False
-            if idle and self.max_task_idle:
+            if idle and self.max_task_idle and end is None:
+                # Live mode only: a partition fetched to its end of a bounded replay has
+                # nothing more to wait for (what is written after start-up is past the
+                # bound), so its partner's records pass it at once, not 100 ms later.
                 idle = time.monotonic() - self._last_data.get(tp, 0.0) >= self.max_task_idle
             flags.append(idle)
         return flags[0], flags[1]

@@ -277,6 +277,53 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
         by_stream((folder / "adapted.jsonl").read_bytes().splitlines())
 
 
+def test_a_bounded_replay_does_not_wait_out_max_task_idle_at_a_partition_end(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: a bounded replay (``stop_at_end``) with ``kafka.max_task_idle_ms`` at 10
+    minutes, small fetches and a back-pressure bound of 40 records. Labels come after
+    their predictions, so in each task the predictions partition is fetched to its end
+    while the labels partition, paused, still holds records behind it. The idle
+    wait is for live input (a producer's writes to the two topics lag each other); a
+    partition fetched to its end of a bounded replay has nothing more to come. We expect:
+    the run ends (in a thread, well before 10 minutes) with the embedded run's summary
+    and weights."""
+    import threading
+
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=800)
+    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
+    topics = make_topics(topic_factory)
+    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                              max_task_idle_ms=600_000)
+    document["kafka"]["client"].update({"max_poll_records": 50,
+                                        "max_partition_fetch_bytes": 4096})
+    service = Service(parse_config(document))
+    # Back-pressure pauses a partition 40 records ahead of its partner (10,000 by
+    # default), so the labels partition cannot be read to its end before its
+    # predictions partner is passed: as in a long replay, whose labels run far ahead.
+    service.source.max_buffered = 40
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(summary=service.run()),
+                              daemon=True)
+    try:
+        runner.start()
+        runner.join(timeout=120)
+        finished = not runner.is_alive()
+        if not finished:
+            service.request_stop()
+            runner.join(timeout=60)
+    finally:
+        service.close()
+    assert finished, "the replay waited for max_task_idle_ms at a partition's end"
+    summary = result["summary"]
+    assert summary["records"] == len(lines)
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == \
+        by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
+
+
 def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: ``kafka.client`` sets tiny fetches (7 records per poll, 2 KiB per
