@@ -628,11 +628,12 @@ class KafkaRuntime:
         (the eager protocol revokes every task, so kept ones lose nothing either). On
         any failure the main loop's abort-and-roll-back path applies, as before."""
         service = self.service
-        if service is None or not self._in_transaction or self.source.consumer is None:
+        if (service is None or self.source.consumer is None
+                or not (self._in_transaction or self._committing is not None)):
             return
         try:
             started = time.perf_counter()
-            service.checkpoint()
+            service.checkpoint()  # (first waits for a commit in flight, then commits)
             self._settle()  # committed before the tasks move, not merely in flight
             log.info("kafka: rebalance: committed the cycle in %.3fs before the tasks move",
                      time.perf_counter() - started)
