@@ -5,6 +5,8 @@ embedded service's numbers bit for bit."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 
 import orjson
@@ -19,7 +21,9 @@ from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, Injected
 from streamweights.runtime.service import Service
 from streamweights.runtime.state_store import decode_stream_record
 from tests.kafka.helpers import (
+    EVENTS_PER_STREAM,
     STREAMS,
+    assert_versions_once_each,
     by_stream,
     kafka_document,
     make_config,
@@ -39,6 +43,19 @@ def run_embedded(folder, input_path) -> dict:
         service.close()
 
 
+def replayed_inputs(tmp_path, bootstrap, topic_factory, events=EVENTS_PER_STREAM,
+                    **topic_options) -> tuple[list[bytes], dict, dict[str, str]]:
+    """The two streams' input written as JSONL, the embedded run's summary on it (outputs
+    in ``tmp_path / "embedded"``), and new topics holding that input: ``(lines, summary,
+    topics)``."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_input(input_path, events=events)
+    summary = run_embedded(tmp_path / "embedded", input_path)
+    topics = make_topics(topic_factory, **topic_options)
+    produce_inputs(bootstrap, lines, topics["predictions"], topics["labels"])
+    return lines, summary, topics
+
+
 def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: two drifting streams (~12,000 records) through the full Kafka runtime
@@ -47,12 +64,8 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     versions read with read_committed are 1..n per stream; the group's committed offsets
     are the ends of the inputs; the changelog holds one snapshot per task whose offsets
     are those same ends."""
-    input_path = tmp_path / "input.jsonl"
-    lines = write_input(input_path)
-    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
-
-    topics = make_topics(topic_factory, adapted=True)
-    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, adapted=True)
     config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
                                          checkpoint_every_records=500))
     service = Service(config)
@@ -79,9 +92,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     embedded_weights = by_stream((folder / "weights.jsonl").read_bytes().splitlines())
     kafka_weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert kafka_weights == embedded_weights
-    for name, _ in STREAMS:
-        versions = [orjson.loads(v)["version"] for v in kafka_weights[name]]
-        assert versions == list(range(1, len(versions) + 1))
+    assert_versions_once_each(kafka_weights)
     assert by_stream(read_topic(kafka_bootstrap, topics["adapted"])) == \
         by_stream((folder / "adapted.jsonl").read_bytes().splitlines())
 
@@ -176,11 +187,8 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     stream, none twice) equal the embedded run's."""
     from kafka.errors import KafkaError
 
-    input_path = tmp_path / "input.jsonl"
-    lines = write_input(input_path, events=1_500)
-    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
-    topics = make_topics(topic_factory)
-    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=1_500)
     config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
                                          checkpoint_every_records=400))
     service = Service(config)
@@ -212,9 +220,7 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
                                 .splitlines())
-    for name, _ in STREAMS:
-        versions = [orjson.loads(v)["version"] for v in weights[name]]
-        assert versions == list(range(1, len(versions) + 1))
+    assert_versions_once_each(weights)
 
 
 def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
@@ -225,14 +231,9 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
     goes on. We expect: records were processed during in-flight commits and their outputs
     held for the next cycle (counted here), and still the read_committed weights and
     adapted records equal the embedded run's, each version once, with no abort."""
-    import threading
-    import time
-
-    input_path = tmp_path / "input.jsonl"
-    lines = write_input(input_path, events=1_500)
-    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
-    topics = make_topics(topic_factory, adapted=True)
-    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=1_500,
+                                                      adapted=True)
     config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
                                          checkpoint_every_records=300))
     service = Service(config)
@@ -270,9 +271,7 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
     folder = tmp_path / "embedded"
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == by_stream((folder / "weights.jsonl").read_bytes().splitlines())
-    for name, _ in STREAMS:
-        versions = [orjson.loads(v)["version"] for v in weights[name]]
-        assert versions == list(range(1, len(versions) + 1))
+    assert_versions_once_each(weights)
     assert by_stream(read_topic(kafka_bootstrap, topics["adapted"])) == \
         by_stream((folder / "adapted.jsonl").read_bytes().splitlines())
 
@@ -287,13 +286,8 @@ def test_a_bounded_replay_does_not_wait_out_max_task_idle_at_a_partition_end(
     partition fetched to its end of a bounded replay has nothing more to come. We expect:
     the run ends (in a thread, well before 10 minutes) with the embedded run's summary
     and weights."""
-    import threading
-
-    input_path = tmp_path / "input.jsonl"
-    lines = write_input(input_path, events=800)
-    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
-    topics = make_topics(topic_factory)
-    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=800)
     document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
                               max_task_idle_ms=600_000)
     document["kafka"]["client"].update({"max_poll_records": 50,
@@ -332,11 +326,8 @@ def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
     consumer runs with the user's values, and the many short polls give the embedded
     run's summary and weights bit for bit (the merge does not depend on how records
     arrive)."""
-    input_path = tmp_path / "input.jsonl"
-    lines = write_input(input_path, events=1_000)
-    embedded_summary = run_embedded(tmp_path / "embedded", input_path)
-    topics = make_topics(topic_factory)
-    produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=1_000)
     document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics)
     document["kafka"]["client"].update({"max_poll_records": 7,
                                         "max_partition_fetch_bytes": 2048,
