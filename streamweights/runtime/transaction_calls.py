@@ -92,7 +92,6 @@ class InFlightCommit:
 
         self.released = released
         self.error: Exception | None = None
-        self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(producer, offsets, group, sent, timeout),
             name="streamweights-commit", daemon=True)
@@ -107,17 +106,14 @@ class InFlightCommit:
             check_delivered(sent)
         except Exception as error:  # reported to the caller's thread by wait()
             self.error = error
-        finally:
-            self._done.set()
 
     @property
     def done(self) -> bool:
-        """The commit has an answer (success or :attr:`error`)."""
-        return self._done.is_set()
+        """The commit has an answer (success or :attr:`error`): its thread has ended."""
+        return not self._thread.is_alive()
 
     def wait(self) -> Exception | None:
         """Block until the commit has an answer; its error, or ``None`` if it committed.
         (The calls are bounded by ``timeout`` each, so this is too.)"""
-        self._done.wait()
         self._thread.join()
         return self.error
