@@ -83,6 +83,7 @@ from kafka.admin import NewTopic  # noqa: E402
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
 from streamweights.runtime import transaction_calls  # noqa: E402
 from streamweights.runtime.heap import startup_heap_frozen  # noqa: E402
+from streamweights.runtime.kafka_records import use_native_reader  # noqa: E402
 from streamweights.runtime.kafka_runtime import client_settings  # noqa: E402
 from streamweights.runtime.kafka_source import (  # noqa: E402
     THROUGHPUT_SETTINGS,
@@ -148,13 +149,17 @@ def produce_all(bootstrap: str, lines: list[bytes], predictions: str, labels: st
 
 
 def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
-                 settings: dict) -> float:
+                 settings: dict, native_reader: bool = False) -> float:
     """kafka-python reading both topics with the service's own consumer settings
     (``settings``: :func:`~streamweights.runtime.kafka_source.consumer_settings` of the
     benchmark's config), no group (``assign``), nothing done per record. Records/s from
     the moment the first batch is fetched (connecting and the first fetch excluded, as
-    ours' clock starts at its first released record), the first batch counted."""
+    ours' clock starts at its first released record), the first batch counted.
+    ``native_reader``: fetched batches read by the core, as the service's consumer reads
+    them (``runtime/kafka_records.py``); the ceiling itself is kafka-python's own reader."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **settings)
+    if native_reader and not use_native_reader(consumer):
+        raise RuntimeError("the native record reader does not fit this kafka-python")
     try:
         assigned = [TopicPartition(t, n) for t in topics for n in range(partitions)]
         consumer.assign(assigned)
@@ -461,12 +466,14 @@ def main(argv: list[str] | None = None) -> None:
         # show what the throughput settings are worth; never the ceiling
         defaults = {**settings, **{key: KafkaConsumer.DEFAULT_CONFIG[key]
                                    for key in THROUGHPUT_SETTINGS}}
-        ceiling, ours, at_defaults = [], [], []
+        ceiling, ours, at_defaults, native = [], [], [], []
         for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
             ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
                                         total, settings))
             at_defaults.append(consume_only(bootstrap, list(inputs.values()),
                                             args.partitions, total, defaults))
+            native.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
+                                       total, settings, native_reader=True))
             waits: dict[str, float] = {}
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
                                      (args.checkpoint_records, args.checkpoint_seconds),
@@ -474,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
                                      args.adapted, waits)
             ours.append(rate)
             print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s "
-                  f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}), "
+                  f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}; with "
+                  f"the service's native record reader {native[-1]:,.0f}), "
                   f"ours {rate:,.0f} records/s ({commits} transactions; its thread blocked "
                   f"{waits.get('poll', 0.0):.2f} s in poll, "
                   f"{waits.get('transaction', 0.0):.2f} s in transaction calls, of "
@@ -485,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"replica, kafka-python consume-only {best_ceiling:,.0f} records/s -> "
                   f"{best_ours / best_ceiling:.1%} of the ceiling (goal >= 50%); "
                   f"consume-only with kafka-python's fetch defaults {max(at_defaults):,.0f} "
-                  f"records/s")
+                  f"records/s; with the native record reader the service uses "
+                  f"{max(native):,.0f} records/s (ours {best_ours / max(native):.1%} of it)")
         if args.profile:
             profile_ours(bootstrap, topics, inputs, args, total,
                          str(pathlib.Path(workdir) / "profile"))

@@ -19,6 +19,7 @@ mod expert_losses;
 mod feature_correction;
 mod fixed_share;
 mod hedge;
+mod kafka_records;
 mod kalman;
 mod newton;
 mod page_hinkley;
@@ -60,5 +61,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     portfolio::register(module)?;
     chain::register(module)?;
     record_check::register(module)?;
+    kafka_records::register(module)?;
     Ok(())
 }

@@ -36,6 +36,7 @@ import orjson
 
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError
+from streamweights.runtime.kafka_records import use_native_reader
 
 log = logging.getLogger("streamweights")
 
@@ -403,6 +404,8 @@ class KafkaSource:
         except KafkaTimeoutError:  # kafka-python: 'Unable to bootstrap from ...'
             raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
                                     f"{self.bootstrap_servers}") from None
+        # fetched batches' records read by the core (runtime/kafka_records.py)
+        self.native_reader = use_native_reader(self.consumer)
         self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
         self.consumer.topics()  # metadata answered after subscribe: see the docstring
         counts = []
