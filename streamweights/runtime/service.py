@@ -409,7 +409,7 @@ class Service:
         counter.inc()
         try:
             outcome = self.pipeline.process(record)
-            encoded = self._encode(outcome)
+            encoded = self._encode(outcome, "adapted" in self.sinks)
         except Exception as error:
             self._route(self._internal_error(error, "process", position, raw, record),
                         position)
@@ -432,10 +432,14 @@ class Service:
                                     record.id if record is not None else None)
 
     @staticmethod
-    def _encode(outcome: Outcome) -> tuple[bytes | None, list[bytes]]:
+    def _encode(outcome: Outcome, adapted_wanted: bool = True
+                ) -> tuple[bytes | None, list[bytes]]:
         """Every output of one record encoded before any is written, so a record that
-        cannot be encoded writes nothing rather than half of its outputs."""
-        adapted = None if outcome.adapted is None else events.encode(outcome.adapted)
+        cannot be encoded writes nothing rather than half of its outputs. Without an
+        adapted sink (``outputs.adapted`` / ``kafka.adapted_topic`` unset, the default)
+        the adapted record is not encoded at all: ~0.6 µs per prediction for nothing."""
+        adapted = None if outcome.adapted is None or not adapted_wanted \
+            else events.encode(outcome.adapted)
         if not outcome.weights:  # most records publish no weights version
             return adapted, []
         return adapted, [events.encode(weights) for weights in outcome.weights]
