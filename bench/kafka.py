@@ -18,7 +18,9 @@ throughput, alternating rounds, best of ``--rounds`` each:
   every record of both topics and doing nothing with it. Its clock starts when the first
   batch arrives (connect and first fetch excluded, as for ours). Beside it, for reference
   only, the same consumer with kafka-python's fetch defaults (500 records per poll, 1 MiB
-  per partition), which is what the service read with before issue 11.
+  per partition), which is what the service read with before issue 11; and the same
+  consumer with the native record reader the service's consumer uses
+  (``runtime/kafka_records.py``), which shows how far the client itself now goes.
 * ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
   bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
   output topics each round: consume (``read_committed``), merge per task, decode,
