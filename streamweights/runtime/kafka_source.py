@@ -381,6 +381,9 @@ class KafkaSource:
         self._last_stall_report = 0.0
         #: How long buffered records may wait, unreleased, before a warning says why.
         self.stall_report_seconds = 5.0
+        #: Whether the consumer's fetched batches are read by the core
+        #: (``runtime/kafka_records.py``); set by :meth:`connect`.
+        self.native_reader = False
 
     # -- setup --------------------------------------------------------------------------
     def connect(self) -> None:

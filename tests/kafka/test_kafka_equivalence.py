@@ -1,5 +1,6 @@
 """Must-hold #1 of the Kafka runtime: the same input through Kafka and through the
-embedded JSONL source gives the same weights, bit for bit."""
+embedded JSONL source gives the same weights, bit for bit (the Kafka side reading its
+fetched batches with the core's record reader, ``runtime/kafka_records.py``)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,8 @@ def test_same_stream_through_kafka_and_jsonl_gives_identical_weights(
                       runtime=Runtime(source, sinks, LocalCheckpoints(str(tmp_path / "state"))))
     try:
         kafka_summary = service.run()
+        # every record below went through the core's batch reader, not kafka-python's
+        assert source.native_reader
     finally:
         service.close()
         source.close()
