@@ -46,9 +46,7 @@ def v2_batch(rng: random.Random, base: int, count: int, *, gzip: bool = False,
                        value=value, headers=headers)
     data = builder.build()
     if append_time:
-        attributes = struct.unpack_from(">h", data, 21)[0] | DefaultRecordBatch.TIMESTAMP_TYPE_MASK
-        struct.pack_into(">h", data, 21, attributes)
-        reseal(data)
+        set_attribute(data, DefaultRecordBatch.TIMESTAMP_TYPE_MASK)
     struct.pack_into(">q", data, 0, base)
     struct.pack_into(">i", data, 12, epoch)
     return bytes(data)
@@ -62,9 +60,7 @@ def control_batch(base: int, producer_id: int, abort: bool) -> bytes:
     builder.append(0, timestamp=1_700_000_000_000, key=struct.pack(">hh", 0, 0 if abort else 1),
                    value=b"\x00\x00\x00\x00\x00\x00", headers=[])
     data = builder.build()
-    attributes = struct.unpack_from(">h", data, 21)[0] | DefaultRecordBatch.CONTROL_MASK
-    struct.pack_into(">h", data, 21, attributes)
-    reseal(data)
+    set_attribute(data, DefaultRecordBatch.CONTROL_MASK)
     struct.pack_into(">q", data, 0, base)
     return bytes(data)
 
@@ -75,6 +71,13 @@ def legacy_batch(rng: random.Random, base: int, count: int) -> bytes:
         builder.append(base + i, timestamp=1_700_000_000_000 + i,
                        key=None if i % 2 else b"k%d" % i, value=rng.randbytes(30))
     return bytes(builder.build())
+
+
+def set_attribute(data: bytearray, mask: int) -> None:
+    """Set a flag of a v2 batch's attributes (the builder sets no control or append-time
+    flag) and reseal its CRC."""
+    struct.pack_into(">h", data, 21, struct.unpack_from(">h", data, 21)[0] | mask)
+    reseal(data)
 
 
 def reseal(data: bytearray) -> None:

@@ -177,7 +177,6 @@ fn read_batch_records<'py>(
         return Err(PyValueError::new_err("pos: past the end of the buffer"));
     }
     let new = py.get_type::<PyTuple>().getattr("__new__")?;
-    let none = py.None();
     let records = PyList::empty(py);
     let sizes = PyList::empty(py);
     let mut reader = Reader { buffer: &data, pos };
@@ -222,7 +221,7 @@ fn read_batch_records<'py>(
             optional(fields.key),
             optional(fields.value),
             headers.into_any().unbind(),
-            none.clone_ref(py),
+            py.None(),
             size_of(fields.key).into_pyobject(py)?.into_any().unbind(),
             size_of(fields.value).into_pyobject(py)?.into_any().unbind(),
             header_size.into_pyobject(py)?.into_any().unbind(),

@@ -64,8 +64,7 @@ def _build() -> type:
                     raise CorruptRecordError(f"Record batch for partition {tp} at offset "
                                              f"{batch.base_offset} failed crc check")
                 if batch.magic != 2:  # legacy message formats: the client's own reader
-                    yield from self._legacy_records(tp, batch, key_deserializer,
-                                                    value_deserializer)
+                    yield from self._legacy_records(tp, batch)
                     batch = records.next_batch()
                     continue
                 self.leader_epoch = batch.leader_epoch
@@ -99,9 +98,9 @@ def _build() -> type:
                 self.next_fetch_offset = last_batch.next_offset
             self.drain()
 
-        def _legacy_records(self, tp: Any, batch: Any, key_deserializer: Any,
-                            value_deserializer: Any) -> Any:
-            """A v0/v1 batch, record by record as the client reads it."""
+        def _legacy_records(self, tp: Any, batch: Any) -> Any:
+            """A v0/v1 batch, record by record as the client reads it (installed only
+            without deserializers: keys and values are the bytes read)."""
             for record in batch:
                 if self.check_crcs and not record.validate_crc():
                     raise CorruptRecordError(f"Record for partition {tp} at offset "
