@@ -5,11 +5,15 @@ them is checked against the broker in ``tests/kafka/test_kafka_runtime.py``."""
 from __future__ import annotations
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from streamweights.config import parse_config
 from streamweights.runtime.exceptions import RuntimeSetupError
-from streamweights.runtime.kafka_runtime import check_client_settings, client_settings
+from streamweights.runtime.kafka_runtime import (
+    check_client_settings,
+    client_settings,
+    transactional_producer_settings,
+)
 from streamweights.runtime.kafka_source import THROUGHPUT_SETTINGS, consumer_settings
 
 
@@ -59,3 +63,22 @@ def test_settings_the_runtime_owns_are_refused_naming_what_to_set():
     check_client_settings(_kafka(client_id="fraud-team", max_poll_records=500))
     with pytest.raises(RuntimeSetupError, match="not a kafka-python client setting"):
         check_client_settings(_kafka(max_pole_records=500))
+
+
+def test_the_transactional_producer_retries_a_refused_transaction_step_after_20_ms():
+    """Scenario: the replica's producer settings, without and with ``kafka.client``
+    producer keys. We expect: ``retry_backoff_ms`` 20, not kafka-python's 100 (the sleep
+    before every retried ``AddPartitionsToTxn`` / ``AddOffsetsToTxn``, refused while the
+    previous commit's markers are written), the exactly-once settings, a request size
+    that holds the largest changelog record, and the user's own keys winning."""
+    settings = transactional_producer_settings(
+        1_048_588, client_settings(_kafka(max_poll_records=500), KafkaProducer))
+    assert settings["retry_backoff_ms"] == 20 < KafkaProducer.DEFAULT_CONFIG["retry_backoff_ms"]
+    assert settings["enable_idempotence"] is True and settings["acks"] == "all"
+    assert settings["transaction_timeout_ms"] == 10_000
+    assert settings["max_request_size"] >= 1_048_588 + 64 * 1024
+    assert "max_poll_records" not in settings  # a consumer key stays the consumer's
+    assert set(settings) <= set(KafkaProducer.DEFAULT_CONFIG)
+    tuned = transactional_producer_settings(
+        1_048_588, client_settings(_kafka(retry_backoff_ms=50, linger_ms=0), KafkaProducer))
+    assert tuned["retry_backoff_ms"] == 50 and tuned["linger_ms"] == 0

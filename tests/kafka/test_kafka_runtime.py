@@ -74,6 +74,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
         commits = service.state.commits
         limit = service.state.limit
         consumer_config = dict(service.source.consumer.config)
+        producer_config = dict(service.state.producer.config)
     finally:
         service.close()
 
@@ -83,6 +84,9 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert consumer_config["fetch_max_bytes"] == 50 << 20
     assert consumer_config["fetch_max_wait_ms"] == 20
     assert consumer_config["session_timeout_ms"] == 6000  # and kafka.client's own
+    # ... and the transactional producer's (kafka_runtime.transactional_producer_settings)
+    assert producer_config["retry_backoff_ms"] == 20
+    assert producer_config["transactional_id"] and producer_config["enable_idempotence"]
     assert summary["complete"] and summary["records"] == len(lines)
     assert commits >= len(lines) // 500
     assert limit == 1_048_588  # the changelog's max.message.bytes, asked of the broker
