@@ -33,7 +33,7 @@ to the artifact store by the runtime).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,19 +88,36 @@ class Artifact:
     digest: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Outcome:
     """What one input record produced."""
 
-    adapted: Adapted | None = None
-    weights: list[Weights] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    expired: list[Pending] = field(default_factory=list)
-    evicted: list[Pending] = field(default_factory=list)
-    drift: dict[str, Any] | None = None
-    learned: bool = False
-    stream: str | None = None
-    artifacts: list[Artifact] = field(default_factory=list)
+    adapted: Adapted | None
+    weights: list[Weights]
+    dead_letters: list[DeadLetter]
+    expired: list[Pending]
+    evicted: list[Pending]
+    drift: dict[str, Any] | None
+    learned: bool
+    stream: str | None
+    artifacts: list[Artifact]
+
+    def __init__(self, adapted: Adapted | None = None, weights: list[Weights] | None = None,
+                 dead_letters: list[DeadLetter] | None = None,
+                 expired: list[Pending] | None = None, evicted: list[Pending] | None = None,
+                 drift: dict[str, Any] | None = None, learned: bool = False,
+                 stream: str | None = None, artifacts: list[Artifact] | None = None) -> None:
+        # Written out: one is made per record, and the generated ``__init__`` calls a
+        # default factory per list (0.47 µs against 0.31 here).
+        self.adapted = adapted
+        self.weights = [] if weights is None else weights
+        self.dead_letters = [] if dead_letters is None else dead_letters
+        self.expired = [] if expired is None else expired
+        self.evicted = [] if evicted is None else evicted
+        self.drift = drift
+        self.learned = learned
+        self.stream = stream
+        self.artifacts = [] if artifacts is None else artifacts
 
 
 class StreamPipeline:
@@ -137,6 +154,9 @@ class StreamPipeline:
         self._array_trace = self.chain.native
         self._no_features = self.chain.n_features is None
         self._rows_path = self._no_features and config.torch is None and self.chain.native
+        self._every_labels = config.publish_every_labels
+        self._every_seconds = config.publish_every_seconds
+        self._one_memory = len(self._memory_stages) == 1
         self.predictions = 0
         self.labels = 0
         self.weights_version = 0
@@ -279,7 +299,13 @@ class StreamPipeline:
         outcome = Outcome(stream=self.name)
         ts = prediction.ts
         join = self.join
-        self._advance_time(ts, outcome)
+        # The stream's event time moves on, and the join expires what its TTL left behind
+        # (expire's own test on its head: one comparison on most records).
+        latest = self.latest_ts
+        if latest is None or ts > latest:
+            self.latest_ts = latest = ts
+        if not join.head_ts >= latest - join.ttl_seconds:
+            outcome.expired.extend(join.expire(latest))
         payload = {"trace": list(trace), "served": served}
         if head_features is not None:
             payload["head_features"] = head_features
@@ -304,8 +330,17 @@ class StreamPipeline:
                                       self.weights_version, intervals=wire)
         if self.torch_model is not None:
             self._maybe_export(ts, outcome)
-        self._maybe_publish(ts, outcome)
+        if self._publish_may_be_due(ts):
+            self._maybe_publish(ts, outcome)
         return outcome
+
+    def _publish_may_be_due(self, ts: float) -> bool:
+        """What :meth:`_maybe_publish` would decide, without its writes: ``False`` only
+        when it would do nothing (the per-record check; the rare ``True`` calls it)."""
+        since = self.labels_since_publish
+        last = self.last_publish_ts
+        return (last is None or since >= self._every_labels
+                or (since > 0 and ts - last >= self._every_seconds))
 
     def on_label(self, label: Label) -> Outcome:
         """Every check comes before the first change of state, and the first change is
@@ -337,7 +372,12 @@ class StreamPipeline:
             raw = raw.copy()
             raw[self._model_index[self.torch_model.name]] = payload["frozen"]
         memories = self._memory_stages
-        drift_before = [memory.drift_count for memory in memories] if memories else None
+        if not memories:
+            drift_before = None
+        elif self._one_memory:
+            drift_before = memories[0].drift_count
+        else:
+            drift_before = [memory.drift_count for memory in memories]
         try:
             self.chain.learn_trace(trace, value)
         except NonFiniteUpdate as error:
@@ -346,7 +386,13 @@ class StreamPipeline:
         if self.torch_model is not None:
             self.torch_model.learn(payload.get("head_features"), value)
         join.pop(label.id)
-        self._advance_time(ts, outcome)
+        # The stream's event time moves on, and the join expires what its TTL left behind
+        # (expire's own test on its head: one comparison on most records).
+        latest = self.latest_ts
+        if latest is None or ts > latest:
+            self.latest_ts = latest = ts
+        if not join.head_ts >= latest - join.ttl_seconds:
+            outcome.expired.extend(join.expire(latest))
         if self.classification and raw is trace[0]:  # the rows as lists, made once
             raw_rows, proba = raw.tolist(), served.tolist()
             self.scores.update(raw_rows, proba, value)
@@ -361,15 +407,26 @@ class StreamPipeline:
         self.labels_since_publish += 1
         outcome.learned = True
         if memories:
-            self._track_stage_losses(trace, served, value)
-            drift_after = [memory.drift_count for memory in memories]
-            if drift_after != drift_before:
-                fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
-                                              strict=True) if a != b]
-                outcome.drift = self._react_to_drift(label, fired)
+            # Each tracked stage's evidence gets the log-loss of what that stage output
+            # (stage i's output is stage i+1's input; the last stage's is what was served:
+            # a trace goes on after the stages' inputs with the portfolio's own rows).
+            if self._evidence_cores:
+                update_log_losses(self._evidence_cores,
+                                  [served if slot is None else trace[slot]
+                                   for slot in self._loss_slots], value, _STAGE_LOSS_CLIP)
+            if self._one_memory:
+                if memories[0].drift_count != drift_before:
+                    outcome.drift = self._react_to_drift(label, list(self._memories))
+            else:
+                drift_after = [memory.drift_count for memory in memories]
+                if drift_after != drift_before:
+                    fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
+                                                  strict=True) if a != b]
+                    outcome.drift = self._react_to_drift(label, fired)
         if self.torch_model is not None:
             self._maybe_export(ts, outcome)
-        self._maybe_publish(ts, outcome)
+        if self._publish_may_be_due(ts):
+            self._maybe_publish(ts, outcome)
         return outcome
 
     def _check_label(self, label: Label) -> int | float:
@@ -406,27 +463,7 @@ class StreamPipeline:
                           f"{count} of {SKEW_CONFIRMATIONS} agreeing records that would "
                           "move the stream's time on)")
 
-    def _advance_time(self, ts: float, outcome: Outcome) -> None:
-        latest = self.latest_ts
-        if latest is None or ts > latest:
-            self.latest_ts = latest = ts
-        join = self.join
-        if not join.head_ts >= latest - join.ttl_seconds:  # expire's own test on its head
-            outcome.expired.extend(join.expire(latest))
-
     # -- drift and publishing ---------------------------------------------------------
-    def _track_stage_losses(self, trace: tuple[np.ndarray, ...], served: np.ndarray,
-                            value: int | float) -> None:
-        """Feed each tracked stage's evidence the log-loss of what it output for this event
-        (stage i's output is stage i+1's input; the last stage's is what was served)."""
-        if not self._evidence_cores:
-            return
-        # (the last stage's output is what was served: a trace goes on after the stages'
-        # inputs with the portfolio's own rows, not with the output)
-        update_log_losses(self._evidence_cores,
-                          [served if slot is None else trace[slot] for slot in self._loss_slots],
-                          value, _STAGE_LOSS_CLIP)
-
     def _moved_stages(self, fired: list[int]) -> list[int]:
         """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,
         the stage that feeds the memory that confirmed the drift (its output is the loss
