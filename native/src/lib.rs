@@ -15,6 +15,7 @@ mod chain;
 mod conformal;
 mod drift_evidence;
 mod drift_memory;
+mod event_time;
 mod expert_losses;
 mod feature_correction;
 mod fixed_share;
@@ -62,5 +63,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     chain::register(module)?;
     record_check::register(module)?;
     kafka_records::register(module)?;
+    event_time::register(module)?;
     Ok(())
 }

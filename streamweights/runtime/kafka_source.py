@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+from streamweights._native import event_times
 
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError
@@ -161,13 +162,19 @@ class TaskMerge:
 
     def add_records(self, side: int, records: list[Any]) -> None:
         """Buffer a fetched batch of ``ConsumerRecord``s of one partition: :meth:`add` for
-        each, in order, with the per-record lookups done once per batch."""
+        each, in order, with the per-record lookups done once per batch. The event times
+        are read by the core in one call (``native/src/event_time.rs``: the record's
+        ``ts`` without parsing it into Python objects, which the decoder does later);
+        a record it leaves undecided (``None``) is read by :func:`event_time`."""
         buffer, max_skew = self.buffers[side], self.max_skew
         append, inf = buffer.append, -math.inf
         previous, anchor = self.last[side], self.keys[side]
-        for record in records:
+        times = event_times([record.value for record in records])
+        for record, ts in zip(records, times, strict=True):
             raw = record.value
-            ts = key = event_time(raw)
+            if ts is None:
+                ts = event_time(raw)
+            key = ts
             if previous is not None and ts - previous > max_skew:
                 key = anchor
             if ts != inf:
