@@ -138,17 +138,8 @@ impl<'a> Scanner<'a> {
                 }
                 loop {
                     self.value(depth + 1)?;
-                    self.skip_space();
-                    match self.peek()? {
-                        b',' => {
-                            self.at += 1;
-                            self.skip_space();
-                        }
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -198,18 +189,25 @@ impl<'a> Scanner<'a> {
             } else {
                 self.value(depth + 1)?;
             }
-            self.skip_space();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_space();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(ts);
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(ts);
             }
+        }
+    }
+
+    /// After an item of an array or object: `Some(true)` past a comma (another item
+    /// follows), `Some(false)` past the closing `close`, `None` for anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.skip_space();
+        let byte = self.peek()?;
+        self.at += 1;
+        if byte == b',' {
+            self.skip_space();
+            Some(true)
+        } else if byte == close {
+            Some(false)
+        } else {
+            None
         }
     }
 }
