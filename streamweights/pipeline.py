@@ -156,7 +156,6 @@ class StreamPipeline:
         self._rows_path = self._no_features and config.torch is None and self.chain.native
         self._every_labels = config.publish_every_labels
         self._every_seconds = config.publish_every_seconds
-        self._one_memory = len(self._memory_stages) == 1
         self.predictions = 0
         self.labels = 0
         self.weights_version = 0
@@ -299,13 +298,7 @@ class StreamPipeline:
         outcome = Outcome(stream=self.name)
         ts = prediction.ts
         join = self.join
-        # The stream's event time moves on, and the join expires what its TTL left behind
-        # (expire's own test on its head: one comparison on most records).
-        latest = self.latest_ts
-        if latest is None or ts > latest:
-            self.latest_ts = latest = ts
-        if not join.head_ts >= latest - join.ttl_seconds:
-            outcome.expired.extend(join.expire(latest))
+        self._advance_time(ts, outcome)
         payload = {"trace": list(trace), "served": served}
         if head_features is not None:
             payload["head_features"] = head_features
@@ -330,17 +323,8 @@ class StreamPipeline:
                                       self.weights_version, intervals=wire)
         if self.torch_model is not None:
             self._maybe_export(ts, outcome)
-        if self._publish_may_be_due(ts):
-            self._maybe_publish(ts, outcome)
+        self._maybe_publish(ts, outcome)
         return outcome
-
-    def _publish_may_be_due(self, ts: float) -> bool:
-        """What :meth:`_maybe_publish` would decide, without its writes: ``False`` only
-        when it would do nothing (the per-record check; the rare ``True`` calls it)."""
-        since = self.labels_since_publish
-        last = self.last_publish_ts
-        return (last is None or since >= self._every_labels
-                or (since > 0 and ts - last >= self._every_seconds))
 
     def on_label(self, label: Label) -> Outcome:
         """Every check comes before the first change of state, and the first change is
@@ -372,12 +356,7 @@ class StreamPipeline:
             raw = raw.copy()
             raw[self._model_index[self.torch_model.name]] = payload["frozen"]
         memories = self._memory_stages
-        if not memories:
-            drift_before = None
-        elif self._one_memory:
-            drift_before = memories[0].drift_count
-        else:
-            drift_before = [memory.drift_count for memory in memories]
+        drift_before = [memory.drift_count for memory in memories] if memories else None
         try:
             self.chain.learn_trace(trace, value)
         except NonFiniteUpdate as error:
@@ -386,13 +365,7 @@ class StreamPipeline:
         if self.torch_model is not None:
             self.torch_model.learn(payload.get("head_features"), value)
         join.pop(label.id)
-        # The stream's event time moves on, and the join expires what its TTL left behind
-        # (expire's own test on its head: one comparison on most records).
-        latest = self.latest_ts
-        if latest is None or ts > latest:
-            self.latest_ts = latest = ts
-        if not join.head_ts >= latest - join.ttl_seconds:
-            outcome.expired.extend(join.expire(latest))
+        self._advance_time(ts, outcome)
         if self.classification and raw is trace[0]:  # the rows as lists, made once
             raw_rows, proba = raw.tolist(), served.tolist()
             self.scores.update(raw_rows, proba, value)
@@ -414,19 +387,14 @@ class StreamPipeline:
                 update_log_losses(self._evidence_cores,
                                   [served if slot is None else trace[slot]
                                    for slot in self._loss_slots], value, _STAGE_LOSS_CLIP)
-            if self._one_memory:
-                if memories[0].drift_count != drift_before:
-                    outcome.drift = self._react_to_drift(label, list(self._memories))
-            else:
-                drift_after = [memory.drift_count for memory in memories]
-                if drift_after != drift_before:
-                    fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
-                                                  strict=True) if a != b]
-                    outcome.drift = self._react_to_drift(label, fired)
+            drift_after = [memory.drift_count for memory in memories]
+            if drift_after != drift_before:
+                fired = [i for i, b, a in zip(self._memories, drift_before, drift_after,
+                                              strict=True) if a != b]
+                outcome.drift = self._react_to_drift(label, fired)
         if self.torch_model is not None:
             self._maybe_export(ts, outcome)
-        if self._publish_may_be_due(ts):
-            self._maybe_publish(ts, outcome)
+        self._maybe_publish(ts, outcome)
         return outcome
 
     def _check_label(self, label: Label) -> int | float:
@@ -463,6 +431,14 @@ class StreamPipeline:
                           f"{count} of {SKEW_CONFIRMATIONS} agreeing records that would "
                           "move the stream's time on)")
 
+    def _advance_time(self, ts: float, outcome: Outcome) -> None:
+        latest = self.latest_ts
+        if latest is None or ts > latest:
+            self.latest_ts = latest = ts
+        join = self.join
+        if not join.head_ts >= latest - join.ttl_seconds:  # expire's own test on its head
+            outcome.expired.extend(join.expire(latest))
+
     # -- drift and publishing ---------------------------------------------------------
     def _moved_stages(self, fired: list[int]) -> list[int]:
         """The stages whose own log-loss shows a rise (``STAGE_EVIDENCE``); if none does,
@@ -498,12 +474,12 @@ class StreamPipeline:
         return event
 
     def _maybe_publish(self, ts: float, outcome: Outcome) -> None:
-        if self.last_publish_ts is None:
-            self.last_publish_ts = ts
-        due_labels = self.labels_since_publish >= self.config.publish_every_labels
-        due_time = (self.labels_since_publish > 0
-                    and ts - self.last_publish_ts >= self.config.publish_every_seconds)
-        if due_labels or due_time:
+        """A new weights version when ``publish_every_labels`` labels or
+        ``publish_every_seconds`` of event time (with a label since) have passed."""
+        since, last = self.labels_since_publish, self.last_publish_ts
+        if last is None:
+            self.last_publish_ts = last = ts
+        if since >= self._every_labels or (since > 0 and ts - last >= self._every_seconds):
             outcome.weights.append(self.publish(ts))
 
     def _maybe_export(self, ts: float, outcome: Outcome) -> None:

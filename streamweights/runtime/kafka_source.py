@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from streamweights._native import event_times
 
+from streamweights import _native
 from streamweights.runtime import faults
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.kafka_records import use_native_reader
@@ -169,7 +169,7 @@ class TaskMerge:
         buffer, max_skew = self.buffers[side], self.max_skew
         append, inf = buffer.append, -math.inf
         previous, anchor = self.last[side], self.keys[side]
-        times = event_times([record.value for record in records])
+        times = _native.event_times([record.value for record in records])
         for record, ts in zip(records, times, strict=True):
             raw = record.value
             if ts is None:
