@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from streamweights import _native
 from streamweights import events as _events
 from streamweights.adapters import Adapter, DriftMemory, Portfolio, PriorShift
 from streamweights.adapters.drift_evidence import RiseEvidence, update_log_losses
@@ -47,6 +48,8 @@ from streamweights.events import Adapted, Label, Prediction, RecordError, Weight
 from streamweights.join import Pending, PendingJoin
 from streamweights.scoring import StreamScores
 from streamweights.uncertainty import StreamUncertainty
+
+learn_served = _native.learn_served
 
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
@@ -154,6 +157,17 @@ class StreamPipeline:
         self._array_trace = self.chain.native
         self._no_features = self.chain.n_features is None
         self._rows_path = self._no_features and config.torch is None and self.chain.native
+        #: A classification stream on that path keeps the core's flat record of each
+        #: prediction whole in the join; its label is learnt, scored, taught to the
+        #: uncertainty layers and fed to the stages' evidence in one core call
+        #: (``learn_served``), from the layout below.
+        self._fused_labels = self._rows_path and self.classification
+        self._all_scores = self.scores._all
+        if self._fused_labels:
+            ranges = self.chain.trace_ranges()
+            self._raw_range, self._width = ranges[0], config.n_classes
+            self._evidence_ranges = [ranges[-1] if slot is None else ranges[slot]
+                                     for slot in self._loss_slots]
         self._every_labels = config.publish_every_labels
         self._every_seconds = config.publish_every_seconds
         self.predictions = 0
@@ -245,11 +259,12 @@ class StreamPipeline:
         join = self.join
         if rows is not None and prediction.id not in join:
             try:
-                result = self.chain.observe_predict_rows(rows)
+                buffer = self.chain.observe_predict_buffer(rows)
             except ValueError as error:
                 raise RecordError("invalid_outputs", str(error)) from None
-            if result is not None:
-                return self._served(prediction, *result)
+            if buffer is not None:  # the join keeps the core's flat record whole
+                return self._served(prediction, self.chain.output_of(buffer), None,
+                                    {"buffer": buffer})
         outputs = self.outputs_array(prediction)
         if prediction.id in join:
             raise RecordError("duplicate_id", f"id: prediction {prediction.id!r} is already "
@@ -279,7 +294,12 @@ class StreamPipeline:
             raise RecordError("invalid_outputs", str(error)) from None
         if inputs is not None:
             self.torch_model.observe(inputs)  # only once the record is accepted
-        return self._served(prediction, served, trace, head_features, frozen)
+        payload = {"trace": list(trace), "served": served}
+        if head_features is not None:
+            payload["head_features"] = head_features
+        if frozen is not None:
+            payload["frozen"] = frozen.tolist()
+        return self._served(prediction, served, trace[0], payload)
 
     def _quick_rows(self, outputs: dict[str, Any]) -> list[Any] | None:
         """The decoded outputs in configured order when every configured model, and
@@ -291,24 +311,28 @@ class StreamPipeline:
         except KeyError:
             return None
 
-    def _served(self, prediction: Prediction, served: np.ndarray, trace: tuple[Any, ...],
-                head_features: Any = None, frozen: np.ndarray | None = None) -> Outcome:
+    def _served(self, prediction: Prediction, served: np.ndarray, raw: np.ndarray | None,
+                payload: dict[str, Any]) -> Outcome:
         """An accepted prediction, once the chain served it: time, join, uncertainty,
-        the adapted record, publishing."""
+        the adapted record, publishing. ``payload`` is what waits in the join for the
+        label: the core's flat record (``{"buffer": ...}``, ``raw`` ``None``: it is in
+        there) or the trace and the served output."""
         outcome = Outcome(stream=self.name)
         ts = prediction.ts
         join = self.join
         self._advance_time(ts, outcome)
-        payload = {"trace": list(trace), "served": served}
-        if head_features is not None:
-            payload["head_features"] = head_features
-        if frozen is not None:
-            payload["frozen"] = frozen.tolist()
         wire = None
         proba = served.tolist() if self.classification else None
         if self.uncertainty is not None:  # the sets served now are the ones scored later
-            wire, kept = self.uncertainty.serve(
-                served, trace[0], None if proba is None else [proba, *trace[0].tolist()])
+            if raw is not None:
+                wire, kept = self.uncertainty.serve(
+                    served, raw, None if proba is None else [proba, *raw.tolist()])
+            elif self._fused_labels:
+                wire, kept = self.uncertainty.serve_flat(payload["buffer"], self._raw_range,
+                                                         self._width)
+            else:
+                wire, kept = self.uncertainty.serve(served, self.chain.input_of(
+                    payload["buffer"]))
             if kept is not None:
                 payload["conformal"] = kept
         evicted = join.add(prediction.id, ts, payload)
@@ -346,11 +370,32 @@ class StreamPipeline:
             raise RecordError("unmatched_label", f"id: no prediction {label.id!r} is waiting "
                               "(never seen, already labelled, or expired)")
         payload = pending.payload
-        trace = tuple(payload["trace"]) if self._array_trace else \
-            tuple(np.asarray(t) for t in payload["trace"])
-        served = payload["served"]
-        if type(served) is not np.ndarray:
-            served = np.asarray(served)
+        buffer = payload.get("buffer")
+        if buffer is not None:  # the core's flat record of the prediction
+            if self._fused_labels:
+                uncertainty = self.uncertainty
+                try:
+                    if uncertainty is None:
+                        fired = learn_served(self.chain.core, buffer, value, self._all_scores,
+                                             self._evidence_cores, self._evidence_ranges,
+                                             _STAGE_LOSS_CLIP)
+                    else:
+                        fired = learn_served(self.chain.core, buffer, value, self._all_scores,
+                                             self._evidence_cores, self._evidence_ranges,
+                                             _STAGE_LOSS_CLIP, uncertainty.core,
+                                             uncertainty.thresholds(payload.get("conformal")))
+                except NonFiniteUpdate as error:
+                    raise RecordError("non_finite_state", f"label: {error}; the stream keeps "
+                                      "its last good state") from None
+                if fired is not None:
+                    return self._learned(label, fired, outcome)
+            served, trace = self.chain.split(buffer)  # the general path decides
+        else:
+            trace = tuple(payload["trace"]) if self._array_trace else \
+                tuple(np.asarray(t) for t in payload["trace"])
+            served = payload["served"]
+            if type(served) is not np.ndarray:
+                served = np.asarray(served)
         raw = trace[0]
         if "frozen" in payload:  # score the deployed torch model as it was shipped
             raw = raw.copy()
@@ -394,6 +439,22 @@ class StreamPipeline:
                 outcome.drift = self._react_to_drift(label, fired)
         if self.torch_model is not None:
             self._maybe_export(ts, outcome)
+        self._maybe_publish(ts, outcome)
+        return outcome
+
+    def _learned(self, label: Label, fired: list[int], outcome: Outcome) -> Outcome:
+        """The rest of a label once ``learn_served`` taught the chain, scored the models
+        and the served output, taught the uncertainty layers and fed each stage's
+        evidence (what ``on_label``'s general path does, in the same order of state
+        changes per part)."""
+        ts = label.ts
+        self.join.pop(label.id)
+        self._advance_time(ts, outcome)
+        self.labels += 1
+        self.labels_since_publish += 1
+        outcome.learned = True
+        if fired:
+            outcome.drift = self._react_to_drift(label, fired)
         self._maybe_publish(ts, outcome)
         return outcome
 

@@ -78,20 +78,41 @@ class StreamUncertainty:
         wire = self._core.serve_into(rows, kept)
         return dict(zip(self._keys, wire, strict=True)), kept
 
+    def serve_flat(self, buffer: np.ndarray, raw: tuple[int, int],
+                   width: int) -> tuple[dict[str, Any] | None, Any]:
+        """``serve`` for a classification stream from the chain core's flat record of the
+        prediction (``Chain.observe_predict_buffer``): the models' rows are
+        ``buffer[raw[0]:raw[1]]``, ``width`` classes each, the adapted output the
+        buffer's last ``width`` values. No lists of them are made."""
+        if not self.layers:
+            self._core.serve_flat(buffer, raw, width)
+            return None, None
+        kept = np.empty(self._kept_shape)
+        wire = self._core.serve_flat(buffer, raw, width, kept)
+        return dict(zip(self._keys, wire, strict=True)), kept
+
     def learn(self, kept: Any, served: Any, raw: np.ndarray, value: int | float,
               rows: list[Any] | None = None) -> None:
         """The label ``value`` of a prediction served as ``served`` from ``raw``; the
         chain validated the outputs and the pipeline the label: no second check.
         ``rows``: ``[served, *raw]`` as plain lists, when the caller has them."""
+        self._core.learn(self.thresholds(kept),
+                         self._rows(served, raw) if rows is None else rows, value)
+
+    @staticmethod
+    def thresholds(kept: Any) -> Any:
+        """What ``serve`` kept with a prediction, as the core reads it back: the array as
+        it is when it is C-ordered float64 (a snapshot may hold lists)."""
         if kept is None:
-            thresholds = []
-        elif (type(kept) is np.ndarray and kept.dtype == np.float64
-              and kept.flags.c_contiguous):
-            thresholds = kept  # the core reads the array as it is, in C order
-        else:
-            thresholds = np.asarray(kept, dtype=np.float64).reshape(-1).tolist()
-        self._core.learn(thresholds, self._rows(served, raw) if rows is None else rows,
-                         value)
+            return []
+        if type(kept) is np.ndarray and kept.dtype == np.float64 and kept.flags.c_contiguous:
+            return kept  # the core reads the array as it is, in C order
+        return np.asarray(kept, dtype=np.float64).reshape(-1).tolist()
+
+    @property
+    def core(self) -> Any:
+        """The native core that serves and learns (``UncertaintyCore``)."""
+        return self._core
 
     def describe(self) -> dict[str, Any] | None:
         """For the weights record: the method and the adapted output's thresholds now."""

@@ -776,7 +776,8 @@ pub struct ChainCore {
 }
 
 impl ChainCore {
-    fn trace_len(&self) -> usize {
+    /// Values of the trace in the flat buffer (the output follows them).
+    pub fn trace_len(&self) -> usize {
         self.shapes
             .iter()
             .map(|shape| shape.iter().product::<usize>())
@@ -907,6 +908,51 @@ impl ChainCore {
         if items.len() != self.shapes.len() {
             return Ok(false);
         }
+        let slices: Vec<&[f64]> = items.iter().map(Vec::as_slice).collect();
+        self.learn_items(py, &slices, y)
+    }
+}
+
+impl ChainCore {
+    /// The trace's entries in a flat buffer of `size` values as `observe_predict` wrote
+    /// it (the output, last, is not part of the trace); `None` for another length.
+    pub fn split_trace<'a>(&self, values: &'a [f64]) -> Option<Vec<&'a [f64]>> {
+        if values.len() != self.trace_len() + self.output_len {
+            return None;
+        }
+        let mut items = Vec::with_capacity(self.shapes.len());
+        let mut start = 0;
+        for shape in &self.shapes {
+            let stop = start + shape.iter().product::<usize>();
+            items.push(&values[start..stop]);
+            start = stop;
+        }
+        Some(items)
+    }
+
+    /// The drift count of every drift memory among the stages after the head, with its
+    /// index in the Python chain's stages (the head, when there is one, is stage 0).
+    pub fn drift_counts(&self, py: Python<'_>) -> Vec<(usize, i64)> {
+        let offset = usize::from(self.head.is_some());
+        self.stages
+            .iter()
+            .enumerate()
+            .filter_map(|(index, stage)| match &stage.kind {
+                Kind::DriftMemory(core) => {
+                    Some((index + offset, core.bind(py).borrow().drift_count))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `learn` once the trace is read (one slice per shape, in order).
+    pub fn learn_items(
+        &mut self,
+        py: Python<'_>,
+        items: &[&[f64]],
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         let inputs = match &self.head {
             Some(head) => {
                 let mut core = head.bind(py).borrow_mut();
@@ -914,14 +960,14 @@ impl ChainCore {
                     Some(label) => label,
                     None => return Ok(false),
                 };
-                let rows = &items[items.len() - 1];
-                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(&items[0]) {
+                let rows = items[items.len() - 1];
+                if !rows.iter().all(|value| value.is_finite()) || !core.clear_values(items[0]) {
                     return Ok(false);
                 }
                 core.learn_candidates(py, rows, &label)?;
                 &items[1..items.len() - 1]
             }
-            None => &items[..],
+            None => items,
         };
         for (stage, input) in self.stages.iter_mut().zip(inputs) {
             stage.learn(py, input, y)?;

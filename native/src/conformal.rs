@@ -1054,6 +1054,29 @@ impl UncertaintyCore {
         Ok(wire)
     }
 
+    /// `serve_into` for a classification stream from the chain core's flat record of the
+    /// prediction (`ChainCore`'s buffer): the rows are the adapted output (the buffer's
+    /// last `width` values) then the models' rows (`raw`, the trace's first entry, a
+    /// `(start, stop)` range of the buffer, `width` values per model). The same numbers
+    /// as `serve_into` of those rows as lists. `out`: `None` when there are no layers.
+    #[pyo3(signature = (buffer, raw, width, out=None))]
+    fn serve_flat(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        raw: (usize, usize),
+        width: usize,
+        out: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PyObject>> {
+        let values = read_flat(py, buffer)?;
+        let rows = self.flat_rows(&values, raw, width)?;
+        let (wire, kept, _) = self.serve_probabilities(py, &rows)?;
+        if let Some(out) = out {
+            write_native(py, out, &kept)?;
+        }
+        Ok(wire)
+    }
+
     /// The label of a prediction served from `rows` with thresholds `kept` (flat, as
     /// `serve` returned them, or the array `serve_into` filled): estimates, coverage,
     /// then every layer learns.
@@ -1080,30 +1103,7 @@ impl UncertaintyCore {
         let mut width = 0;
         if self.classification {
             let rows: Vec<Vec<f64>> = rows.extract()?;
-            for (estimate, row) in self.estimates.iter().zip(&rows) {
-                estimate
-                    .borrow_mut(py)
-                    .estimate
-                    .expected
-                    .push(expected_scores(row));
-            }
-            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
-                let layer = layer.borrow(py);
-                let layer = &layer.layer;
-                let served = layer.served_state();
-                width = served.len();
-                let levels = &served[..layer.alphas.len()];
-                let sets: Vec<Vec<usize>> = levels
-                    .iter()
-                    .map(|&q| class_set_of(layer.kind, &rows[index], q))
-                    .collect();
-                let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
-                monitor.borrow_mut(py).coverage.record_served(&sizes);
-                if index == 0 {
-                    wire = Some(to_object(py, sets)?);
-                }
-                kept.extend_from_slice(&served);
-            }
+            return self.serve_probabilities(py, &rows);
         } else {
             let values: Vec<f64> = rows.extract()?;
             for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
@@ -1139,6 +1139,122 @@ impl UncertaintyCore {
         Ok((wire, kept, width))
     }
 
+    /// The adapted output's row then the models' rows in a chain core's flat record.
+    pub(crate) fn flat_rows(
+        &self,
+        values: &[f64],
+        raw: (usize, usize),
+        width: usize,
+    ) -> PyResult<Vec<Vec<f64>>> {
+        let (start, stop) = raw;
+        if !self.classification
+            || width == 0
+            || start > stop
+            || stop > values.len()
+            || values.len() < width
+            || (stop - start) % width != 0
+        {
+            return Err(PyValueError::new_err(format!(
+                "buffer: no classification rows of width {width} at {start}..{stop} of {}",
+                values.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(1 + (stop - start) / width);
+        rows.push(values[values.len() - width..].to_vec());
+        rows.extend(values[start..stop].chunks(width).map(<[f64]>::to_vec));
+        Ok(rows)
+    }
+
+    /// `serve` of a classification stream's rows (adapted first, then each model's).
+    pub(crate) fn serve_probabilities(
+        &self,
+        py: Python<'_>,
+        rows: &[Vec<f64>],
+    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        let mut wire = None;
+        let mut kept = Vec::new();
+        let mut width = 0;
+        for (estimate, row) in self.estimates.iter().zip(rows) {
+            estimate
+                .borrow_mut(py)
+                .estimate
+                .expected
+                .push(expected_scores(row));
+        }
+        for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+            let layer = layer.borrow(py);
+            let layer = &layer.layer;
+            let served = layer.served_state();
+            width = served.len();
+            let levels = &served[..layer.alphas.len()];
+            let sets: Vec<Vec<usize>> = levels
+                .iter()
+                .map(|&q| class_set_of(layer.kind, &rows[index], q))
+                .collect();
+            let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
+            monitor.borrow_mut(py).coverage.record_served(&sizes);
+            if index == 0 {
+                wire = Some(to_object(py, sets)?);
+            }
+            kept.extend_from_slice(&served);
+        }
+        Ok((wire, kept, width))
+    }
+
+    /// The thresholds every layer expects back with a label, in all.
+    fn kept_len(&self, py: Python<'_>) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.borrow(py).layer.served_len())
+            .sum()
+    }
+
+    /// `learn` of a classification stream's label `y` (rows as `serve_probabilities`).
+    pub(crate) fn learn_probabilities(
+        &self,
+        py: Python<'_>,
+        kept: &[f64],
+        rows: &[Vec<f64>],
+        y: usize,
+    ) -> PyResult<()> {
+        let expected = self.kept_len(py);
+        if kept.len() != expected {
+            return Err(PyValueError::new_err(format!(
+                "conformal: the pending prediction kept {} thresholds, the layers expect \
+                 {expected}",
+                kept.len()
+            )));
+        }
+        if rows.iter().any(|r| y >= r.len()) {
+            return Err(PyValueError::new_err(
+                "label: class outside the probabilities",
+            ));
+        }
+        for (estimate, row) in self.estimates.iter().zip(rows) {
+            estimate
+                .borrow_mut(py)
+                .estimate
+                .realised
+                .push(realised_scores(row, y));
+        }
+        let mut start = 0;
+        for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+            let mut layer = layer.borrow_mut(py);
+            let layer = &mut layer.layer;
+            let width = layer.served_len();
+            let thresholds = &kept[start..start + width];
+            start += width;
+            let s = layer.kind.of_class(&rows[index], y);
+            let flags = thresholds[..layer.alphas.len()]
+                .iter()
+                .map(|&q| if s > q { 0 } else { 1 })
+                .collect();
+            monitor.borrow_mut(py).coverage.record_label(flags);
+            layer.learn_scored(s, thresholds);
+        }
+        Ok(())
+    }
+
     fn learn_rows(
         &self,
         py: Python<'_>,
@@ -1161,32 +1277,7 @@ impl UncertaintyCore {
         if self.classification {
             let rows: Vec<Vec<f64>> = rows.extract()?;
             let y: usize = label.extract()?;
-            if rows.iter().any(|r| y >= r.len()) {
-                return Err(PyValueError::new_err(
-                    "label: class outside the probabilities",
-                ));
-            }
-            for (estimate, row) in self.estimates.iter().zip(&rows) {
-                estimate
-                    .borrow_mut(py)
-                    .estimate
-                    .realised
-                    .push(realised_scores(row, y));
-            }
-            let mut start = 0;
-            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
-                let mut layer = layer.borrow_mut(py);
-                let layer = &mut layer.layer;
-                let thresholds = &kept[start..start + widths[index]];
-                start += widths[index];
-                let s = layer.kind.of_class(&rows[index], y);
-                let flags = thresholds[..layer.alphas.len()]
-                    .iter()
-                    .map(|&q| if s > q { 0 } else { 1 })
-                    .collect();
-                monitor.borrow_mut(py).coverage.record_label(flags);
-                layer.learn_scored(s, thresholds);
-            }
+            return self.learn_probabilities(py, &kept, &rows, y);
         } else {
             let values: Vec<f64> = rows.extract()?;
             let y: f64 = label.extract()?;

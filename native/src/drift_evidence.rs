@@ -360,7 +360,7 @@ impl PyRiseEvidence {
     }
 
     /// Feed one loss; refuses anything but a finite number >= 0 (state untouched).
-    fn update(&mut self, value: f64) -> PyResult<bool> {
+    pub(crate) fn update(&mut self, value: f64) -> PyResult<bool> {
         if !(0.0..f64::INFINITY).contains(&value) {
             return Err(PyValueError::new_err(
                 "loss: must be a finite number >= 0".to_string(),

@@ -96,7 +96,7 @@ pub struct DriftMemoryCore {
     standardise_warmup: i64,
     moments: (i64, f64, f64),
     signals: i64,
-    drift_count: i64,
+    pub(crate) drift_count: i64,
     last_drift_step: Option<i64>,
     change_point: Option<i64>,
     candidate: Option<(i64, i64)>,

@@ -22,6 +22,7 @@ mod fixed_share;
 mod hedge;
 mod kafka_records;
 mod kalman;
+mod label_step;
 mod newton;
 mod page_hinkley;
 mod platt;
@@ -58,6 +59,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     fixed_share::register(module)?;
     stacking::register(module)?;
     drift_evidence::register(module)?;
+    label_step::register(module)?;
     drift_memory::register(module)?;
     portfolio::register(module)?;
     chain::register(module)?;

@@ -182,7 +182,7 @@ class Chain(Adapter):
             # (the loop's first check too; without a feature stage it gives None)
             checked = None if self.n_features is None else self.check_features(features)
             if core.observe_predict(x, buffer, checked):
-                return self._split(buffer)
+                return self.split(buffer)
         features = self.check_features(features)
         outputs, inputs, extras = x, [], []
         for stage in self.stages:
@@ -206,15 +206,20 @@ class Chain(Adapter):
         decoded record holds them, when the core clears them: no array of them is made
         (the trace's first entry is the core's copy). ``None``, with nothing changed,
         otherwise: call ``observe_predict_trace`` with the array, which decides."""
+        buffer = self.observe_predict_buffer(rows)
+        return None if buffer is None else self.split(buffer)
+
+    def observe_predict_buffer(self, rows: list[Any]) -> np.ndarray | None:
+        """``observe_predict_rows`` without splitting: the core's flat record of the
+        event (the trace, then the output; ``split`` gives the arrays), which the core
+        can learn from as it is (``_native.learn_served``). ``None`` as there."""
         core = self._core
         if core is None or self.n_features is not None:
             return None
         buffer = _empty(self._size)
-        if core.observe_predict_rows(rows, buffer):
-            return self._split(buffer)
-        return None
+        return buffer if core.observe_predict_rows(rows, buffer) else None
 
-    def _split(self, buffer: np.ndarray) -> tuple[np.ndarray, Trace]:
+    def split(self, buffer: np.ndarray) -> tuple[np.ndarray, Trace]:
         """The output and the trace entries in the core's flat buffer (views of it)."""
         start, stop = self._output
         out = buffer[start:stop]
@@ -222,6 +227,26 @@ class Chain(Adapter):
         return (np.array(out[0]) if self._scalar_output else out,
                 tuple([buffer[part] if shape is None else buffer[part].reshape(shape)
                        for part, shape in self._views]))
+
+    def output_of(self, buffer: np.ndarray) -> np.ndarray:
+        """The output in the core's flat buffer, as ``split`` gives it."""
+        start, stop = self._output
+        return np.array(buffer[start]) if self._scalar_output else buffer[start:stop]
+
+    def input_of(self, buffer: np.ndarray) -> np.ndarray:
+        """The chain's input (the models' outputs) in the core's flat buffer, as the
+        first trace entry ``split`` gives."""
+        part, shape = self._views[0]
+        return buffer[part] if shape is None else buffer[part].reshape(shape)
+
+    def trace_ranges(self) -> list[tuple[int, int]]:
+        """Where each trace entry, then the output, lies in the core's flat buffer."""
+        return [(start, stop) for start, stop, _ in self._layout] + [self._output]
+
+    @property
+    def core(self) -> Any:
+        """The native core (``None``: the Python loop runs)."""
+        return self._core
 
     def learn_trace(self, trace: Trace, y: Any) -> None:
         """Teach every stage the label ``y`` on the input it saw at prediction time.

@@ -1,0 +1,142 @@
+//! One label of a classification stream, in one core call: what `StreamPipeline.on_label`
+//! does with the core's own record of the prediction (the flat buffer `ChainCore` wrote
+//! when it served it, kept whole in the join) instead of its trace split into arrays.
+//!
+//! In order, as the pipeline's general path does them: every stage of the chain learns
+//! (the chain core's quick path; what it does not clear declines the whole call, with
+//! nothing changed, and the pipeline's general path decides), then the raw models and
+//! the served output are scored, the uncertainty layers (conformal sets, performance
+//! estimates) learn it, then each tracked stage's rise evidence takes the
+//! log-loss of that stage's output. What comes back says which drift memories fired.
+//! The arithmetic is the same code as the per-object calls (`ClassificationSums::update`,
+//! `RiseEvidence::update`), so the numbers are the same bit for bit.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::chain::ChainCore;
+use crate::conformal::UncertaintyCore;
+use crate::drift_evidence::PyRiseEvidence;
+use crate::expert_losses::read_flat;
+use crate::scores::ClassificationScore;
+
+/// `-ln(min(max(p, clip), 1))`, the comparisons made as Python's `min` / `max` make them
+/// (a NaN stays NaN and is refused by the evidence).
+fn clipped_log_loss(probability: f64, clip: f64) -> f64 {
+    let floored = if clip > probability {
+        clip
+    } else {
+        probability
+    };
+    let clipped = if 1.0 < floored { 1.0 } else { floored };
+    -clipped.ln()
+}
+
+/// The label `y` (a class, an `int` the pipeline checked) of the prediction the chain
+/// core served into `buffer`.
+///
+/// `scores`: one `ClassificationScore` per deployed model (their rows are the trace's
+/// first entry, `(K, C)`) then the served output's (the buffer's last `C` values);
+/// `evidence` with `ranges`: each tracked stage's `RiseEvidence` and where its output
+/// lies in the buffer (`(start, stop)`), fed the log-loss clipped at `clip`;
+/// `uncertainty` (with `kept`, the thresholds its `serve_flat` wrote for the prediction,
+/// `None` for none): the stream's conformal layers and estimates learn the label.
+///
+/// Returns `None`, with nothing changed, when the buffer is not one this chain wrote
+/// (length, dtype) or the chain's quick path does not clear it; otherwise the Python
+/// stage index of every drift memory whose drift count moved (usually none).
+#[pyfunction]
+#[pyo3(signature = (chain, buffer, y, scores, evidence, ranges, clip, uncertainty=None, kept=None))]
+#[allow(clippy::too_many_arguments)]
+fn learn_served(
+    py: Python<'_>,
+    chain: &Bound<'_, ChainCore>,
+    buffer: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    scores: &Bound<'_, PyList>,
+    evidence: &Bound<'_, PyList>,
+    ranges: Vec<(usize, usize)>,
+    clip: f64,
+    uncertainty: Option<&Bound<'_, UncertaintyCore>>,
+    kept: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Vec<usize>>> {
+    if evidence.len() != ranges.len() {
+        return Err(PyValueError::new_err(format!(
+            "ranges: {} for {} evidence statistics",
+            ranges.len(),
+            evidence.len()
+        )));
+    }
+    let label: usize = match y.extract() {
+        Ok(label) => label,
+        Err(_) => return Ok(None),
+    };
+    let values = read_flat(py, buffer)?;
+    let mut core = chain.borrow_mut();
+    let items = match core.split_trace(&values) {
+        Some(items) => items,
+        None => return Ok(None),
+    };
+    let raw = items[0];
+    let width = values.len() - core.trace_len();
+    if width == 0 || raw.len() % width != 0 || scores.len() != raw.len() / width + 1 {
+        return Err(PyValueError::new_err(format!(
+            "scores: {} for a trace whose models' rows are {} values of width {width}",
+            scores.len(),
+            raw.len()
+        )));
+    }
+    let outside = |&(start, stop): &(usize, usize)| {
+        stop > values.len() || stop.saturating_sub(start) <= label
+    };
+    if label >= width || ranges.iter().any(outside) {
+        return Ok(None);
+    }
+    let before = core.drift_counts(py);
+    if !core.learn_items(py, &items, y)? {
+        return Ok(None);
+    }
+    let after = core.drift_counts(py);
+    drop(core);
+    let served = &values[values.len() - width..];
+    for (index, score) in scores.iter().enumerate() {
+        let row = if index * width < raw.len() {
+            &raw[index * width..(index + 1) * width]
+        } else {
+            served
+        };
+        score
+            .downcast::<ClassificationScore>()?
+            .borrow_mut()
+            .sums
+            .update(row, label);
+    }
+    if let Some(uncertainty) = uncertainty {
+        let uncertainty = uncertainty.borrow();
+        let thresholds = match kept {
+            Some(kept) => read_flat(py, kept)?,
+            None => Vec::new(),
+        };
+        let rows = uncertainty.flat_rows(&values, (0, raw.len()), width)?;
+        uncertainty.learn_probabilities(py, &thresholds, &rows, label)?;
+    }
+    for (statistic, &(start, _)) in evidence.iter().zip(&ranges) {
+        statistic
+            .downcast::<PyRiseEvidence>()?
+            .borrow_mut()
+            .update(clipped_log_loss(values[start + label], clip))?;
+    }
+    Ok(Some(
+        before
+            .iter()
+            .zip(&after)
+            .filter(|(old, new)| old.1 != new.1)
+            .map(|(old, _)| old.0)
+            .collect(),
+    ))
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(learn_served, module)?)
+}
