@@ -26,7 +26,7 @@ from streamweights.runtime.exceptions import SnapshotError
 
 #: Key prefix of a stream record's parts (``p/<k>/<stream>``).
 PART_KEY_PREFIX = b"p/"
-#: The ``format`` of a head record: a format-3 stream record split into parts. A release
+#: The ``format`` of a head record: a stream record (format 3 or 5) split into parts. A release
 #: that does not know it refuses it by its number, with its own clear message.
 SPLIT_STREAM_RECORD_FORMAT = 4
 #: Fields a head adds to the task's offsets and counts (and its ``format``).

@@ -142,7 +142,7 @@ log = logging.getLogger("streamweights")
 TASK_SNAPSHOT_FORMAT = 2
 LEGACY_TASK_SNAPSHOT_FORMAT = 1
 #: The "format" a partition's newest record may carry: a task-keyed record's, or a stream
-#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2 or 3; either way the
+#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2, 3 or 5; either way the
 #: changelog's layout is 2).
 _NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS,
                           SPLIT_STREAM_RECORD_FORMAT)
@@ -848,7 +848,7 @@ class KafkaRuntime:
             raise SnapshotError(f"{where}: snapshot format {meta.get('format')}, this build "
                                 f"reads {LEGACY_TASK_SNAPSHOT_FORMAT} and "
                                 f"{TASK_SNAPSHOT_FORMAT} (stream records "
-                                f"{' and '.join(map(str, STREAM_RECORD_FORMATS))}); restore "
+                                f"{', '.join(map(str, STREAM_RECORD_FORMATS))}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
         if meta["config_digest"] != self.config_digest:

@@ -97,10 +97,15 @@ STREAMS_MAGIC = b"streamweights-streams\n"
 #: ``dumps_state`` writes it (the previous release; read). 3: the state packed
 #: (``state_codec.pack_state``: arrays and long float lists in one base64 string) and each
 #: of the join's waiting predictions as ``join.encode_entry``'s compact ``[id, ts,
-#: skeleton, data]`` (see :func:`encode_stream_record`).
-STREAM_RECORD_FORMAT = 3
-#: The stream record formats this build reads.
-STREAM_RECORD_FORMATS = (2, 3)
+#: skeleton, data]`` (see :func:`encode_stream_record`). 5: as 3, but a waiting prediction
+#: of a classification stream on the native chain may hold the core's flat record of it
+#: (``{"buffer": ...}``, see ``StreamPipeline.on_prediction``) instead of its trace
+#: arrays; a release that reads 3 would take it for a broken entry, so the number moves
+#: and such a release refuses the record with its own clear line. (4 is the head of a
+#: record split into parts, ``changelog_parts``.)
+STREAM_RECORD_FORMAT = 5
+#: The stream record formats this build reads (3 and 5 are decoded alike).
+STREAM_RECORD_FORMATS = (2, 3, 5)
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
@@ -168,7 +173,7 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
 def encode_stream_record(name: str, stream: StreamPipeline,
                          meta: dict[str, Any] | None = None) -> bytes:
     """One stream's state as a record: zlib (level 1) of the JSON document
-    ``{"format": 3, **meta, "streams": {name: {"state": skeleton, "data": base64,
+    ``{"format": 5, **meta, "streams": {name: {"state": skeleton, "data": base64,
     "entries": [entry, ...]}}}``: the stream's state without the join's waiting
     predictions packed by ``state_codec.pack_state`` (its arrays and long float lists in
     one base64 string), and the waiting predictions as the join's kept compact encoding
@@ -183,20 +188,26 @@ def encode_stream_record(name: str, stream: StreamPipeline,
     return zlib.compress(text.encode("utf-8"), 1)
 
 
+def _listed(numbers: tuple[int, ...]) -> str:
+    """``2, 3 and 5``."""
+    words = [str(number) for number in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it) and the
-    record's other fields (``meta``) in a record of :func:`encode_stream_record` (format 3)
-    or of the previous release (format 2), or SnapshotError naming ``where``."""
+    record's other fields (``meta``) in a record of :func:`encode_stream_record` (format 5)
+    or of earlier releases (formats 3 and 2), or SnapshotError naming ``where``."""
     try:
         document = loads_state(zlib.decompress(data))
         version = document.get("format") if isinstance(document, dict) else None
         if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
                 f"{where}: stream record format {version}, this build reads "
-                f"{' and '.join(map(str, STREAM_RECORD_FORMATS))}; restore with the release "
+                f"{_listed(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
         ((name, state),) = document.pop("streams").items()
-        if version == 3:
+        if version in (3, 5):
             packed = state
             state = unpack_state(packed["state"], packed["data"])
             state["join"]["entries"] = [decode_entry(entry) for entry in packed["entries"]]

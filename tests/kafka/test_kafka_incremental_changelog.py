@@ -66,7 +66,8 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     (restart (b) those after the snapshot's), each version once; restart (b) says it
     restored a format-1 snapshot and its next commit rewrote the task per stream.
     And (c): a fresh group on a changelog holding the same commits as the previous
-    release's format-2 stream records ends the same as (b) and writes format-3 records."""
+    release's format-2 stream records ends the same as (b) and writes this release's
+    stream records."""
     input_path = tmp_path / "input.jsonl"
     lines = write_bursty_input(input_path, predictions=1200, delay=6.5)  # no ts ties
     service = Service(parse_config(yaml.safe_load(

@@ -222,7 +222,7 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
     """Scenario: a folder of per-stream snapshots whose stream records are all format 2
     (the previous release's: waiting predictions as tagged JSON arrays), rewritten from a
     bounded run's own snapshots.
-    We expect: the run restores them, its next checkpoints write format-3 records on top
+    We expect: the run restores them, its next checkpoints write this release's records on top
     of that chain, and the run continued to the end has the uninterrupted run's outputs
     byte for byte."""
     input_path, _, expected, _ = bursty
@@ -295,15 +295,15 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
 
 def test_stream_record_of_another_format_is_refused_with_what_to_do():
     data = zlib.compress(b'{"format":4,"streams":{"demo":{}}}')
-    with pytest.raises(SnapshotFormatError, match="stream record format 4, this build reads 2 "
-                       "and 3; restore with the release that wrote it"):
+    with pytest.raises(SnapshotFormatError, match="stream record format 4, this build reads 2, "
+                       "3 and 5; restore with the release that wrote it"):
         decode_stream_record(data, "x")
     with pytest.raises(SnapshotError, match="x: stream record cannot be decoded"):
         decode_stream_record(b"not zlib", "x")
 
 
 def test_damaged_format_3_record_is_refused_not_misread():
-    """A format-3 record whose packed bytes do not fit its skeleton (here: the state's
+    """A record of this release whose packed bytes do not fit its skeleton (here: the state's
     base64 cut short, an entry's array bytes cut short, an entry of three items) is
     a SnapshotError naming where, not a state read from the wrong bytes or a crash."""
     pipeline = _pipeline()

@@ -1,4 +1,4 @@
-"""A torch stream's state through a stream record (format 3): its waiting predictions carry
+"""A torch stream's state through a stream record (format 5): its waiting predictions carry
 more than arrays (the head's features and the frozen model's probabilities as float
 lists), so they take the packed form's general path, not the join's cached one."""
 
