@@ -176,8 +176,11 @@ def service_setup(config: ServiceConfig, state_dir: str) -> Callable[[], object]
     def setup() -> object:
         # A fresh state folder per round: each Service holds its folder's lock for its life.
         folder = os.path.join(state_dir, f"round-{next(rounds)}")
+        # (a Kafka config's streams over the replayed records: the loop, not the broker)
         bare = dataclasses.replace(config, http_port=None, adapted_path=None,
-                                   weights_path=None, dead_letter_path=None, state_dir=folder)
+                                   weights_path=None, dead_letter_path=None, state_dir=folder,
+                                   source=dataclasses.replace(config.source, kind="replay"),
+                                   kafka=None)
         return Service(bare, state_dir=folder)
 
     return setup
