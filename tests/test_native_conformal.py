@@ -15,8 +15,10 @@ from collections import deque
 import numpy as np
 import pytest
 
+from streamweights import _native
 from streamweights.adapters import dumps_state
 from streamweights.uncertainty import StreamUncertainty
+from tests.reference.conformal.scores import ScoreWindow as ReferenceWindow
 from tests.reference.uncertainty import StreamUncertainty as ReferenceUncertainty
 
 MODELS = ("a", "b", "c")
@@ -163,3 +165,24 @@ def test_core_serve_into_and_learn_from_the_array_equal_the_list_verbs():
     assert dumps_state(by_array.state_dict()) == dumps_state(by_list.state_dict())
     with pytest.raises((ValueError, BufferError)):
         by_array._core.serve_into(rows, np.empty(3))
+
+
+@pytest.mark.parametrize("size", [2, 3, 17, 1000])
+def test_score_window_keeps_the_references_sorted_copy_value_for_value(size):
+    """Scenario: the core's score window (which moves the values between the evicted
+    score's place and the new one's in one shift) and the reference's (delete, then
+    insort) take the same scores: many exact ties, -0.0 beside 0.0, runs of one value,
+    and continuous draws, past several wraps of the ring. We expect: after every push the
+    same ring, head and sorted copy, float for float (signs of zero included)."""
+    rng = np.random.default_rng(size)
+    ours, reference = _native.ScoreWindowCore(size), ReferenceWindow(size)
+    pools = [np.array([0.0, -0.0, 1.0, 0.5, 0.5, 2.0]), rng.random(7), rng.random(5000)]
+    for step in range(6 * size + 3000):
+        pool = pools[(step // 50) % 3]
+        value = float(pool[rng.integers(len(pool))])
+        ours.push(value)
+        reference.push(value)
+        got, want = ours.ordered, reference.ordered
+        assert [(v, math.copysign(1.0, v)) for v in got] == \
+            [(v, math.copysign(1.0, v)) for v in want], step
+        assert ours.ring == reference.ring and ours.head == reference.head, step
