@@ -1111,45 +1111,36 @@ impl UncertaintyCore {
         py: Python<'_>,
         rows: &Bound<'_, PyList>,
     ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
-        let mut wire = None;
-        let mut kept = Vec::new();
-        let mut width = 0;
         if self.classification {
             let rows: Vec<Vec<f64>> = rows.extract()?;
             return self.serve_probabilities(py, &rows);
-        } else {
-            let values: Vec<f64> = rows.extract()?;
-            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
-                let layer = layer.borrow(py);
-                let layer = &layer.layer;
-                let served = layer.served_state();
-                width = served.len();
-                let levels = &served[..layer.alphas.len()];
-                let sizes: Vec<f64> = levels
+        }
+        let values: Vec<f64> = rows.extract()?;
+        self.serve_layers(py, |_, index, levels| {
+            let sizes = levels
+                .iter()
+                .map(|&q| {
+                    if q.is_infinite() {
+                        f64::INFINITY
+                    } else {
+                        2.0 * q.max(0.0)
+                    }
+                })
+                .collect();
+            let intervals = if index == 0 {
+                let intervals: Vec<Vec<Option<f64>>> = levels
                     .iter()
                     .map(|&q| {
-                        if q.is_infinite() {
-                            f64::INFINITY
-                        } else {
-                            2.0 * q.max(0.0)
-                        }
+                        let (lo, hi) = interval_of(values[index], q);
+                        vec![finite(lo), finite(hi)]
                     })
                     .collect();
-                monitor.borrow_mut(py).coverage.record_served(&sizes);
-                if index == 0 {
-                    let intervals: Vec<Vec<Option<f64>>> = levels
-                        .iter()
-                        .map(|&q| {
-                            let (lo, hi) = interval_of(values[index], q);
-                            vec![finite(lo), finite(hi)]
-                        })
-                        .collect();
-                    wire = Some(to_object(py, intervals)?);
-                }
-                kept.extend_from_slice(&served);
-            }
-        }
-        Ok((wire, kept, width))
+                Some(to_object(py, intervals)?)
+            } else {
+                None
+            };
+            Ok((sizes, intervals))
+        })
     }
 
     /// The adapted output's row then the models' rows in a chain core's flat record.
@@ -1184,9 +1175,6 @@ impl UncertaintyCore {
         py: Python<'_>,
         rows: &[Vec<f64>],
     ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
-        let mut wire = None;
-        let mut kept = Vec::new();
-        let mut width = 0;
         for (estimate, row) in self.estimates.iter().zip(rows) {
             estimate
                 .borrow_mut(py)
@@ -1194,32 +1182,83 @@ impl UncertaintyCore {
                 .expected
                 .push(expected_scores(row));
         }
+        self.serve_layers(py, |layer, index, levels| {
+            let sets: Vec<Vec<usize>> = levels
+                .iter()
+                .map(|&q| class_set_of(layer.kind, &rows[index], q))
+                .collect();
+            let sizes = sets.iter().map(|s| s.len() as f64).collect();
+            let sets = if index == 0 {
+                Some(to_object(py, sets)?)
+            } else {
+                None
+            };
+            Ok((sizes, sets))
+        })
+    }
+
+    /// Every layer's served thresholds, flat, with their count per layer: each monitor
+    /// records the set sizes `serve(layer, index, levels)` gives for its layer, and the
+    /// wire form it gives for the adapted output's layer (index 0) is returned.
+    #[allow(clippy::type_complexity)]
+    fn serve_layers(
+        &self,
+        py: Python<'_>,
+        mut serve: impl FnMut(&Layer, usize, &[f64]) -> PyResult<(Vec<f64>, Option<PyObject>)>,
+    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        let mut wire = None;
+        let mut kept = Vec::new();
+        let mut width = 0;
         for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
             let layer = layer.borrow(py);
             let layer = &layer.layer;
             let served = layer.served_state();
             width = served.len();
-            let levels = &served[..layer.alphas.len()];
-            let sets: Vec<Vec<usize>> = levels
-                .iter()
-                .map(|&q| class_set_of(layer.kind, &rows[index], q))
-                .collect();
-            let sizes: Vec<f64> = sets.iter().map(|s| s.len() as f64).collect();
+            let (sizes, form) = serve(layer, index, &served[..layer.alphas.len()])?;
             monitor.borrow_mut(py).coverage.record_served(&sizes);
             if index == 0 {
-                wire = Some(to_object(py, sets)?);
+                wire = form;
             }
             kept.extend_from_slice(&served);
         }
         Ok((wire, kept, width))
     }
 
-    /// The thresholds every layer expects back with a label, in all.
-    fn kept_len(&self, py: Python<'_>) -> usize {
-        self.layers
+    /// Refuses thresholds kept with a prediction that the layers do not expect back.
+    fn check_kept(&self, py: Python<'_>, kept: &[f64]) -> PyResult<()> {
+        let expected: usize = self
+            .layers
             .iter()
             .map(|l| l.borrow(py).layer.served_len())
-            .sum()
+            .sum();
+        if kept.len() != expected {
+            return Err(PyValueError::new_err(format!(
+                "conformal: the pending prediction kept {} thresholds, the layers expect \
+                 {expected}",
+                kept.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every layer learns its score of the label (`score(layer, index)`, index 0 the
+    /// adapted output) on the thresholds it served, and its monitor records the cover.
+    fn learn_layers(&self, py: Python<'_>, kept: &[f64], score: impl Fn(&Layer, usize) -> f64) {
+        let mut start = 0;
+        for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
+            let mut layer = layer.borrow_mut(py);
+            let layer = &mut layer.layer;
+            let width = layer.served_len();
+            let thresholds = &kept[start..start + width];
+            start += width;
+            let s = score(layer, index);
+            let flags = thresholds[..layer.alphas.len()]
+                .iter()
+                .map(|&q| if s > q { 0 } else { 1 })
+                .collect();
+            monitor.borrow_mut(py).coverage.record_label(flags);
+            layer.learn_scored(s, thresholds);
+        }
     }
 
     /// `learn` of a classification stream's label `y` (rows as `serve_probabilities`).
@@ -1230,14 +1269,7 @@ impl UncertaintyCore {
         rows: &[Vec<f64>],
         y: usize,
     ) -> PyResult<()> {
-        let expected = self.kept_len(py);
-        if kept.len() != expected {
-            return Err(PyValueError::new_err(format!(
-                "conformal: the pending prediction kept {} thresholds, the layers expect \
-                 {expected}",
-                kept.len()
-            )));
-        }
+        self.check_kept(py, kept)?;
         if rows.iter().any(|r| y >= r.len()) {
             return Err(PyValueError::new_err(
                 "label: class outside the probabilities",
@@ -1250,21 +1282,9 @@ impl UncertaintyCore {
                 .realised
                 .push(realised_scores(row, y));
         }
-        let mut start = 0;
-        for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
-            let mut layer = layer.borrow_mut(py);
-            let layer = &mut layer.layer;
-            let width = layer.served_len();
-            let thresholds = &kept[start..start + width];
-            start += width;
-            let s = layer.kind.of_class(&rows[index], y);
-            let flags = thresholds[..layer.alphas.len()]
-                .iter()
-                .map(|&q| if s > q { 0 } else { 1 })
-                .collect();
-            monitor.borrow_mut(py).coverage.record_label(flags);
-            layer.learn_scored(s, thresholds);
-        }
+        self.learn_layers(py, kept, |layer, index| {
+            layer.kind.of_class(&rows[index], y)
+        });
         Ok(())
     }
 
@@ -1275,40 +1295,15 @@ impl UncertaintyCore {
         rows: &Bound<'_, PyList>,
         label: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let widths: Vec<usize> = self
-            .layers
-            .iter()
-            .map(|l| l.borrow(py).layer.served_len())
-            .collect();
-        if kept.len() != widths.iter().sum::<usize>() {
-            return Err(PyValueError::new_err(format!(
-                "conformal: the pending prediction kept {} thresholds, the layers expect {}",
-                kept.len(),
-                widths.iter().sum::<usize>()
-            )));
-        }
+        self.check_kept(py, &kept)?;
         if self.classification {
             let rows: Vec<Vec<f64>> = rows.extract()?;
             let y: usize = label.extract()?;
             return self.learn_probabilities(py, &kept, &rows, y);
-        } else {
-            let values: Vec<f64> = rows.extract()?;
-            let y: f64 = label.extract()?;
-            let mut start = 0;
-            for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
-                let mut layer = layer.borrow_mut(py);
-                let layer = &mut layer.layer;
-                let thresholds = &kept[start..start + widths[index]];
-                start += widths[index];
-                let s = (y - values[index]).abs();
-                let flags = thresholds[..layer.alphas.len()]
-                    .iter()
-                    .map(|&q| if s > q { 0 } else { 1 })
-                    .collect();
-                monitor.borrow_mut(py).coverage.record_label(flags);
-                layer.learn_scored(s, thresholds);
-            }
         }
+        let values: Vec<f64> = rows.extract()?;
+        let y: f64 = label.extract()?;
+        self.learn_layers(py, &kept, |_, index| (y - values[index]).abs());
         Ok(())
     }
 }
