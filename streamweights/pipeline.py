@@ -49,8 +49,6 @@ from streamweights.join import Pending, PendingJoin
 from streamweights.scoring import StreamScores
 from streamweights.uncertainty import StreamUncertainty
 
-learn_served = _native.learn_served
-
 #: Drift events remembered in the weights record (the count is exact; this is the tail).
 DRIFT_HISTORY = 20
 
@@ -375,15 +373,12 @@ class StreamPipeline:
             if self._fused_labels:
                 uncertainty = self.uncertainty
                 try:
-                    if uncertainty is None:
-                        fired = learn_served(self.chain.core, buffer, value, self._all_scores,
-                                             self._evidence_cores, self._evidence_ranges,
-                                             _STAGE_LOSS_CLIP)
-                    else:
-                        fired = learn_served(self.chain.core, buffer, value, self._all_scores,
-                                             self._evidence_cores, self._evidence_ranges,
-                                             _STAGE_LOSS_CLIP, uncertainty.core,
-                                             uncertainty.thresholds(payload.get("conformal")))
+                    fired = _native.learn_served(
+                        self.chain.core, buffer, value, self._all_scores, self._evidence_cores,
+                        self._evidence_ranges, _STAGE_LOSS_CLIP,
+                        None if uncertainty is None else uncertainty.core,
+                        None if uncertainty is None
+                        else uncertainty.thresholds(payload.get("conformal")))
                 except NonFiniteUpdate as error:
                     raise RecordError("non_finite_state", f"label: {error}; the stream keeps "
                                       "its last good state") from None
