@@ -43,8 +43,9 @@ fn clipped_log_loss(probability: f64, clip: f64) -> f64 {
 /// `uncertainty` (with `kept`, the thresholds its `serve_flat` wrote for the prediction,
 /// `None` for none): the stream's conformal layers and estimates learn the label.
 ///
-/// Returns `None`, with nothing changed, when the buffer is not one this chain wrote
-/// (length, dtype) or the chain's quick path does not clear it; otherwise the Python
+/// Returns `None`, with nothing changed, when the buffer does not have the length of
+/// this chain's records, the label is outside the classes, or the chain's quick path
+/// does not clear the record; otherwise the Python
 /// stage index of every drift memory whose drift count moved (usually none).
 #[pyfunction]
 #[pyo3(signature = (chain, buffer, y, scores, evidence, ranges, clip, uncertainty=None, kept=None))]
