@@ -432,6 +432,18 @@ impl PyRiseEvidence {
     }
 }
 
+/// `-ln(min(max(p, clip), 1))`, the comparisons made as Python's `min` / `max` make them
+/// (a NaN stays NaN, and the evidence refuses it): a stage's log-loss on one label.
+pub(crate) fn clipped_log_loss(probability: f64, clip: f64) -> f64 {
+    let floored = if clip > probability {
+        clip
+    } else {
+        probability
+    };
+    let clipped = if 1.0 < floored { 1.0 } else { floored };
+    -clipped.ln()
+}
+
 /// A stream's per-stage evidence on one label, in one call: for each pair in order,
 /// `evidence.update(-ln(min(max(output[label], clip), 1)))` (the comparisons as
 /// Python's `min` / `max` make them), `output` a float64 array or a list. The same
@@ -462,15 +474,9 @@ fn update_log_losses(
                 )))
             }
         };
-        let floored = if clip > probability {
-            clip
-        } else {
-            probability
-        };
-        let clipped = if 1.0 < floored { 1.0 } else { floored };
         core.downcast::<PyRiseEvidence>()?
             .borrow_mut()
-            .update(-clipped.ln())?;
+            .update(clipped_log_loss(probability, clip))?;
     }
     Ok(())
 }

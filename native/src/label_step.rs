@@ -9,7 +9,7 @@
 //! estimates) learn it, then each tracked stage's rise evidence takes the
 //! log-loss of that stage's output. What comes back says which drift memories fired.
 //! The arithmetic is the same code as the per-object calls (`ClassificationSums::update`,
-//! `RiseEvidence::update`), so the numbers are the same bit for bit.
+//! `clipped_log_loss` and `RiseEvidence::update`), so the numbers are the same bit for bit.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -17,21 +17,9 @@ use pyo3::types::PyList;
 
 use crate::chain::ChainCore;
 use crate::conformal::UncertaintyCore;
-use crate::drift_evidence::PyRiseEvidence;
+use crate::drift_evidence::{clipped_log_loss, PyRiseEvidence};
 use crate::expert_losses::read_flat;
 use crate::scores::ClassificationScore;
-
-/// `-ln(min(max(p, clip), 1))`, the comparisons made as Python's `min` / `max` make them
-/// (a NaN stays NaN and is refused by the evidence).
-fn clipped_log_loss(probability: f64, clip: f64) -> f64 {
-    let floored = if clip > probability {
-        clip
-    } else {
-        probability
-    };
-    let clipped = if 1.0 < floored { 1.0 } else { floored };
-    -clipped.ln()
-}
 
 /// The label `y` (a class, an `int` the pipeline checked) of the prediction the chain
 /// core served into `buffer`.
