@@ -119,6 +119,7 @@ from streamweights.runtime.state_store import (
     SnapshotFormatError,
     decode_stream_record,
     encode_stream_record,
+    listed_formats,
 )
 from streamweights.runtime.transaction_calls import (
     InFlightCommit,
@@ -848,7 +849,7 @@ class KafkaRuntime:
             raise SnapshotError(f"{where}: snapshot format {meta.get('format')}, this build "
                                 f"reads {LEGACY_TASK_SNAPSHOT_FORMAT} and "
                                 f"{TASK_SNAPSHOT_FORMAT} (stream records "
-                                f"{', '.join(map(str, STREAM_RECORD_FORMATS))}); restore "
+                                f"{listed_formats(STREAM_RECORD_FORMATS)}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
         if meta["config_digest"] != self.config_digest:

@@ -188,8 +188,8 @@ def encode_stream_record(name: str, stream: StreamPipeline,
     return zlib.compress(text.encode("utf-8"), 1)
 
 
-def _listed(numbers: tuple[int, ...]) -> str:
-    """``2, 3 and 5``."""
+def listed_formats(numbers: tuple[int, ...]) -> str:
+    """Format numbers as a refusal message names them: ``2, 3 and 5``."""
     words = [str(number) for number in numbers]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
@@ -204,7 +204,7 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
         if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
                 f"{where}: stream record format {version}, this build reads "
-                f"{_listed(STREAM_RECORD_FORMATS)}; restore with the release "
+                f"{listed_formats(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
         ((name, state),) = document.pop("streams").items()
         if version in (3, 5):
