@@ -45,6 +45,7 @@ from streamweights.adapters.state_codec import dumps_state, loads_state, pack_st
 from streamweights.config import parse_config
 from streamweights.join import decode_entry, encode_entry
 from streamweights.pipeline import Pipeline
+from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.state_store import encode_stream_record
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -137,7 +138,10 @@ def main() -> None:
           f"({len(skeleton) + len(data):,} chars) (x{old / new:.1f}); old by part: " + ", ".join(
               f"{key} {took * 1e6:.0f} µs" for key, value in state.items()
               if (took := best_of(args.repeats, lambda v=value: dumps_state(v))) > 20e-6))
-    text = zlib.decompress(encode_stream_record("demo", stream))
+    text = decompress(encode_stream_record("demo", stream))
+    took = best_of(args.repeats, lambda: compress(text))
+    print(f"zstd level 1 of the {len(text):,}-byte text: {took * 1e3:.2f} ms, "
+          f"{len(compress(text)):,} bytes")
     for level in (1, 6):
         took = best_of(args.repeats, lambda lv=level: zlib.compress(text, lv))
         print(f"zlib level {level} of the {len(text):,}-byte text: {took * 1e3:.2f} ms, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import types
-import zlib
 
 import pytest
 
@@ -19,6 +18,7 @@ from streamweights.runtime.changelog_parts import (
     split_record,
     strip_head,
 )
+from streamweights.runtime.compression import decompress
 from streamweights.runtime.exceptions import SnapshotError
 from streamweights.runtime.kafka_runtime import KafkaRuntime
 
@@ -30,7 +30,7 @@ def test_parts_join_back_to_the_record_and_the_head_keeps_the_task_fields():
     data = os.urandom(2500)
     parts, head_bytes = split_record(data, META, 1000)
     assert [len(part) for part in parts] == [1000, 1000, 500]
-    head = loads_state(zlib.decompress(head_bytes))
+    head = loads_state(decompress(head_bytes))
     assert is_split_head(head) and head["format"] == SPLIT_STREAM_RECORD_FORMAT
     assert join_parts(head, dict(enumerate(parts)), "here") == data
     assert strip_head(head) == {"format": SPLIT_STREAM_RECORD_FORMAT, **META}
@@ -39,7 +39,7 @@ def test_parts_join_back_to_the_record_and_the_head_keeps_the_task_fields():
 def test_a_missing_or_foreign_part_is_refused_naming_where():
     data = os.urandom(300)
     parts, head_bytes = split_record(data, META, 100)
-    head = loads_state(zlib.decompress(head_bytes))
+    head = loads_state(decompress(head_bytes))
     with pytest.raises(SnapshotError, match=r"task 0: .*3 parts lacks part\(s\) \[1\]"):
         join_parts(head, {0: parts[0], 2: parts[2]}, "task 0")
     other, _ = split_record(os.urandom(300), META, 100)

@@ -22,6 +22,7 @@ import zlib
 from typing import Any
 
 from streamweights.adapters.state_codec import dumps_state
+from streamweights.runtime.compression import compress
 from streamweights.runtime.exceptions import SnapshotError
 
 #: Key prefix of a stream record's parts (``p/<k>/<stream>``).
@@ -51,14 +52,15 @@ def parse_part_key(key: bytes) -> tuple[str, int] | None:
 def split_record(data: bytes, meta: dict[str, Any], allowed: int
                  ) -> tuple[list[bytes], bytes]:
     """``(parts, head)`` for a stream record ``data`` larger than ``allowed`` bytes: the
-    parts are consecutive slices of at most ``allowed`` bytes, the head the zlib of the
-    JSON ``{"format": 4, **meta, "parts": n, "bytes": len(data), "crc32": ...}``."""
+    parts are consecutive slices of at most ``allowed`` bytes, the head the compressed
+    (``compression.compress``) JSON ``{"format": 4, **meta, "parts": n, "bytes":
+    len(data), "crc32": ...}``."""
     if allowed < 1:
         raise ValueError(f"allowed must be positive, got {allowed}")
     parts = [data[start:start + allowed] for start in range(0, len(data), allowed)]
     head = {"format": SPLIT_STREAM_RECORD_FORMAT, **meta, "parts": len(parts),
             "bytes": len(data), "crc32": zlib.crc32(data)}
-    return parts, zlib.compress(dumps_state(head).encode("utf-8"), 1)
+    return parts, compress(dumps_state(head).encode("utf-8"))
 
 
 def is_split_head(document: dict[str, Any]) -> bool:

@@ -94,7 +94,6 @@ import logging
 import os
 import socket
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +109,7 @@ from streamweights.runtime.changelog_parts import (
     split_record,
     strip_head,
 )
+from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
@@ -166,10 +166,11 @@ class TaskRecords:
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
-    """Any changelog record's document (zlib of JSON), or SnapshotError naming ``where``."""
+    """Any changelog record's document (compressed JSON: ``compression.decompress``), or
+    SnapshotError naming ``where``."""
     try:
-        document = loads_state(zlib.decompress(data).decode("utf-8"))
-    except (zlib.error, ValueError, RecursionError) as error:
+        document = loads_state(decompress(data).decode("utf-8"))
+    except (ValueError, RecursionError) as error:
         raise SnapshotError(f"{where}: changelog record cannot be decoded "
                             f"({type(error).__name__}: {error})") from None
     if not isinstance(document, dict):
@@ -718,7 +719,7 @@ class KafkaRuntime:
         elif self._written_meta.get(number) != written:
             document = {"format": TASK_SNAPSHOT_FORMAT, **meta, "streams": {}}
             records = [(str(number).encode(),
-                        zlib.compress(dumps_state(document).encode("utf-8"), 1))]
+                        compress(dumps_state(document).encode("utf-8")))]
         else:  # nothing new: the task's newest record says all there is
             return []
         self._written_meta[number] = written

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 from streamweights.adapters.state_codec import dumps_state, loads_state, pack_state, unpack_state
 from streamweights.join import decode_entry
 from streamweights.runtime import faults
+from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 
 if TYPE_CHECKING:
@@ -172,7 +173,8 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
 
 def encode_stream_record(name: str, stream: StreamPipeline,
                          meta: dict[str, Any] | None = None) -> bytes:
-    """One stream's state as a record: zlib (level 1) of the JSON document
+    """One stream's state as a record: one zstd frame (``compression.compress``) of the
+    JSON document
     ``{"format": 5, **meta, "streams": {name: {"state": skeleton, "data": base64,
     "entries": [entry, ...]}}}``: the stream's state without the join's waiting
     predictions packed by ``state_codec.pack_state`` (its arrays and long float lists in
@@ -185,7 +187,7 @@ def encode_stream_record(name: str, stream: StreamPipeline,
     head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
     text = (f'{head[:-1]},"streams":{{{json.dumps(name)}:{{"state":{skeleton},"data":"{data}",'
             f'"entries":{stream.join.encoded_entries()}}}}}}}')
-    return zlib.compress(text.encode("utf-8"), 1)
+    return compress(text.encode("utf-8"))
 
 
 def listed_formats(numbers: tuple[int, ...]) -> str:
@@ -199,7 +201,7 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
     record's other fields (``meta``) in a record of :func:`encode_stream_record` (format 5)
     or of earlier releases (formats 3 and 2), or SnapshotError naming ``where``."""
     try:
-        document = loads_state(zlib.decompress(data))
+        document = loads_state(decompress(data))
         version = document.get("format") if isinstance(document, dict) else None
         if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
@@ -214,8 +216,7 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
         return str(name), state, document
     except SnapshotError:
         raise
-    except (zlib.error, ValueError, RecursionError, KeyError, TypeError, AttributeError
-            ) as error:
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as error:
         raise SnapshotError(f"{where}: stream record cannot be decoded "
                             f"({type(error).__name__}: {error})") from None
 

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 
 from kafka import TopicPartition
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import load_config
+from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
 from streamweights.runtime.kafka_source import wait_for_assignment
 from streamweights.runtime.service import Service
@@ -122,7 +122,7 @@ def test_commit_failing_after_outputs_were_sent_rolls_back_to_the_last_snapshot(
     committed = read_records(kafka_bootstrap, topics["changelog"])
     everything = read_records(kafka_bootstrap, topics["changelog"], "read_uncommitted")
     assert len(everything) > len(committed) > 0  # the 5th cycle's snapshots: aborted
-    latest = {r.partition: loads_state(zlib.decompress(r.value).decode()) for r in committed}
+    latest = {r.partition: loads_state(decompress(r.value).decode()) for r in committed}
     states = {}  # each stream's newest committed state (the changelog is keyed per stream)
     for record in committed:
         if record.key.startswith(b"s/"):  # (a task-keyed record holds no stream)

@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import parse_config
+from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, TASK_SNAPSHOT_FORMAT
 from streamweights.runtime.service import Service
 from streamweights.runtime.state_store import STREAM_RECORD_FORMAT, decode_stream_record
@@ -87,7 +88,7 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     assert failed.returncode != 0 and "failing before commit 8" in failed.stderr
 
     committed = read_records(kafka_bootstrap, topics["changelog"])
-    documents = [loads_state(zlib.decompress(r.value)) for r in committed]
+    documents = [loads_state(decompress(r.value)) for r in committed]
     assert {r.key for r in committed} <= {b"s/" + n.encode() for n in STREAMS} | {b"0"}
     per_commit = defaultdict(set)  # a commit's records share the task's offsets
     for record, document in zip(committed, documents, strict=True):
@@ -153,7 +154,7 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
             name, state, meta = decode_stream_record(value, "test")
             value = format_2_stream_record(
                 name, state, {k: v for k, v in meta.items() if k != "format"})
-            assert loads_state(zlib.decompress(value))["format"] == 2
+            assert loads_state(decompress(value))["format"] == 2
         producer.send(v2_topics["changelog"], key=record.key, partition=0, value=value)
     producer.flush()
     producer.close()
@@ -170,5 +171,5 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
         assert values == expected_weights[name][first - 1:], name
     written = read_records(kafka_bootstrap, v2_topics["changelog"])[len(committed):]
     assert written and all(
-        loads_state(zlib.decompress(r.value))["format"] == STREAM_RECORD_FORMAT
+        loads_state(decompress(r.value))["format"] == STREAM_RECORD_FORMAT
         for r in written if r.key != b"0")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import zlib
 
 import orjson
 import pytest
@@ -17,6 +16,7 @@ from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
 from streamweights.runtime import transaction_calls
 from streamweights.runtime.changelog_parts import join_parts, parse_part_key
+from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, InjectedCommitError
 from streamweights.runtime.service import Service
 from streamweights.runtime.state_store import decode_stream_record
@@ -114,7 +114,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert sum(ends.values()) == len(lines)
     latest = {}
     for record in read_records(kafka_bootstrap, topics["changelog"]):
-        latest[record.partition] = loads_state(zlib.decompress(record.value).decode())
+        latest[record.partition] = loads_state(decompress(record.value).decode())
     assert sorted(latest) == [0, 1, 2]
     for number, snapshot in latest.items():
         assert snapshot["task"] == number
@@ -162,7 +162,7 @@ def test_stream_records_above_the_message_limit_fraction_go_in_parts_and_restore
             assert len(record.value) <= 1024
             parts.setdefault(found[0], {})[found[1]] = record.value
     for key, record in heads.items():
-        head = loads_state(zlib.decompress(record.value))
+        head = loads_state(decompress(record.value))
         assert head["format"] == 4 and head["parts"] >= 2, head
         name = key[2:].decode()
         whole = join_parts(head, parts[name], "test")

@@ -17,6 +17,7 @@ from streamweights import events
 from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import parse_config
 from streamweights.pipeline import Pipeline
+from streamweights.runtime.compression import decompress
 from streamweights.runtime.exceptions import SnapshotError
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.state_store import (
@@ -313,7 +314,7 @@ def test_damaged_format_3_record_is_refused_not_misread():
         pipeline.process(events.decode(json.dumps({
             "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
             "outputs": {m: [0.4, 0.6] for m in models}}).encode()))
-    document = json.loads(zlib.decompress(encode_stream_record("demo", stream)))
+    document = json.loads(decompress(encode_stream_record("demo", stream)))
     packed = document["streams"]["demo"]
     assert len(packed["entries"]) == 30
     damages = {"state": lambda p: p.update(data=p["data"][:-8]),
