@@ -14,8 +14,9 @@ throughput, alternating rounds, best of ``--rounds`` each:
   (``assign`` + ``seek_to_beginning``) created with exactly the settings the service's
   consumer gets (``kafka_source.consumer_settings`` of this config's ``kafka.client``
   and security settings, imported, not copied: read_committed, 10,000 records per poll,
-  4 MiB per partition, 50 MiB per fetch), polling with the service's timeout, reading
-  every record of both topics and doing nothing with it. Its clock starts when the first
+  4 MiB per partition, 50 MiB per fetch) and the thread switch interval the service
+  runs with (``service.THREAD_SWITCH_INTERVAL``), polling with the service's timeout,
+  reading every record of both topics and doing nothing with it. Its clock starts when the first
   batch arrives (connect and first fetch excluded, as for ours). Beside it, for reference
   only, the same consumer with kafka-python's fetch defaults (500 records per poll, 1 MiB
   per partition), which is what the service read with before issue 11; and the same
@@ -96,7 +97,7 @@ from streamweights.runtime.kafka_source import (  # noqa: E402
     consumer_settings,
 )
 from streamweights.runtime.replay import ReplayStream  # noqa: E402
-from streamweights.runtime.service import Service  # noqa: E402
+from streamweights.runtime.service import THREAD_SWITCH_INTERVAL, Service  # noqa: E402
 
 #: The poll timeout the service's source uses (its default).
 POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
@@ -161,10 +162,14 @@ def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
     the moment the first batch is fetched (connecting and the first fetch excluded, as
     ours' clock starts at its first released record), the first batch counted.
     ``native_reader``: fetched batches read by the core, as the service's consumer reads
-    them (``runtime/kafka_records.py``); the ceiling itself is kafka-python's own reader."""
+    them (``runtime/kafka_records.py``); the ceiling itself is kafka-python's own reader.
+    Runs with the thread switch interval the service runs with (``Service.run``), so
+    kafka-python's network thread gets the GIL as soon as it does in ours."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **settings)
     if native_reader and not use_native_reader(consumer):
         raise RuntimeError("the native record reader does not fit this kafka-python")
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(THREAD_SWITCH_INTERVAL)  # as the service runs (Service.run)
     try:
         assigned = [TopicPartition(t, n) for t in topics for n in range(partitions)]
         consumer.assign(assigned)
@@ -179,6 +184,7 @@ def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
             count += fetched
         return count / (time.perf_counter() - started)
     finally:
+        sys.setswitchinterval(previous_interval)
         consumer.close()
 
 
@@ -329,6 +335,10 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     # delaying the reader's clock: freeze that heap so the figures time the replica.
     gc.collect()
     gc.freeze()
+    # The reader thread shares this process with the paced producer: with CPython's 5 ms
+    # switch interval its clock could read up to 5 ms late at each hand-over.
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(THREAD_SWITCH_INTERVAL)
     try:
         if not joined.wait(60):  # produce once the replica owns its tasks
             raise RuntimeError("the service did not join its group in 60 s:\n"
@@ -356,6 +366,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         replica_cores = (process_cpu_seconds(service.pid) - cpu_before[1]) / produced_for
         time.sleep(2)  # let the last versions commit
     finally:
+        sys.setswitchinterval(previous_interval)
         gc.unfreeze()
         stop.set()
         reader.join(timeout=5)
@@ -531,6 +542,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{found['first_third_p50_ms']:.0f} ms, of the last third "
               f"{found['last_third_p50_ms']:.0f} ms (a rise = the replica falls behind); "
               f"p99 after the first third {found['steady_p99_ms']:.0f} ms")
+        if found["achieved_rate"] < 0.9 * rate:
+            print(f"note: the load generator reached only {found['achieved_rate']:,.0f} of the "
+                  f"{rate:,.0f} records/s asked (it is CPU-bound on this machine): the "
+                  "latency above is at that lower rate, with the cores saturated")
         print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, this "
               f"process (load generator + reader) {found['generator_cores']:.2f} cores, "
               f"of {os.cpu_count()} shared with the broker")

@@ -4,12 +4,14 @@ the clock every 16 records, not every 256."""
 
 from __future__ import annotations
 
+import sys
+
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamweights.config import load_config
-from streamweights.runtime.service import Service
+from streamweights.runtime.service import THREAD_SWITCH_INTERVAL, Service
 
 
 def _checkpoints(service: Service) -> int:
@@ -39,3 +41,28 @@ def test_time_cadence_is_checked_every_16_records(config_factory):
         assert _checkpoints(service) == records // 16 + 1
     finally:
         service.close()
+
+
+def test_run_shortens_the_thread_switch_interval_and_restores_it(config_factory):
+    """Scenario: a replay of the demo, the interpreter's switch interval read at every
+    checkpoint (inside the loop) and after the run.
+    We expect: THREAD_SWITCH_INTERVAL while the service runs (the commit's and the
+    network threads' hand-overs wait at most that long), the caller's value after."""
+    path = config_factory("switch", events=300)
+    service = Service(load_config(path))
+    seen = []
+    checkpoint = service.checkpoint
+
+    def observed_checkpoint() -> None:
+        seen.append(sys.getswitchinterval())
+        checkpoint()
+
+    service.checkpoint = observed_checkpoint
+    before = sys.getswitchinterval()
+    try:
+        service.run()
+    finally:
+        service.close()
+    assert before != THREAD_SWITCH_INTERVAL
+    assert seen and set(seen) == {THREAD_SWITCH_INTERVAL}
+    assert sys.getswitchinterval() == before
