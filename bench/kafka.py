@@ -37,17 +37,21 @@ throughput, alternating rounds, best of ``--rounds`` each:
   round each per commit), the waits that no per-record work can shorten.
 
 latency — the same replica as a separate ``streamweights run`` process, live (not
-bounded), committing every ``--commit-ms``; this process produces fresh records at half
-of ours' best rate, paced by the clock, and a ``read_committed`` reader of the weights
-topic matches each new version (its ``ts`` is the label's that triggered it) to the
-moment that label was sent, producing from the moment the replica owns its tasks (this
-process's heap frozen first, so its own garbage collections do not stall the producer or
-the reader's clock). p50/p99 over the versions after a 3 s warm-up; the p50 of the first
-and last thirds shows whether the replica keeps up, and the p99 after the first third
-leaves the warm-up out. It also prints the CPU the replica and this process (the load
-generator: kafka-python's producer, paced by the clock, and the reader) used while
-producing: on a 2-core machine the generator takes ~0.7 of a core at 20,000 records/s,
-and a replica left with ~0.5 of a core falls behind at a rate it sustains alone.
+bounded), committing every ``--commit-ms``. A load generator produces fresh records at
+half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compiled here
+against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=1``), started and
+connected before the clock starts, told to go once the replica owns its tasks; it notes
+the wall time at which each label is handed to its producer. (Until this release the
+generator was kafka-python's producer in this process: ~40 µs of Python per record, it
+took ~0.8 of the 2 cores at 17-18k records/s and could not reach half of ours' rate, so
+the replica was measured starved of CPU by its own load.) A ``read_committed`` reader of
+the weights topic, in this process (heap frozen, so its garbage collections do not
+delay its clock), notes the wall time each new version is readable; a version's ``ts``
+is that of the label that triggered it. p50/p99 over the versions of labels sent after a
+3 s warm-up; the p50 of the first and last thirds shows whether the replica keeps up,
+and the p99 after the first third leaves the warm-up out. It also prints the CPU the
+replica, the generator and the reader used while producing, and says so when the
+generator fell short of the rate asked.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -280,6 +284,26 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
     return total / (ended - first[0]), commits
 
 
+def java_generator(workdir: pathlib.Path) -> list[str]:
+    """The command that runs ``bench/LoadGenerator.java``, compiled into ``workdir``
+    against the broker's own kafka-clients jar (``tests/kafka/broker.py`` fetched it)."""
+    from tests.kafka.broker import fetch_jars, find_java
+
+    lib = fetch_jars()
+    java = find_java()
+    javac = pathlib.Path(java).with_name("javac")
+    if not javac.exists():
+        raise RuntimeError(f"bench/kafka.py's latency load generator needs javac next to "
+                           f"{java} (a JDK, not only a JRE)")
+    classes = workdir / "java"
+    classes.mkdir(parents=True, exist_ok=True)
+    clients = sorted(lib.glob("kafka-clients-*.jar"))
+    subprocess.run([str(javac), "-nowarn", "-cp", str(clients[-1]), "-d", str(classes),
+                    str(REPO / "bench" / "LoadGenerator.java")], check=True)
+    return [java, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", f"{classes}:{lib}/*",
+            "LoadGenerator"]
+
+
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
             seconds: float, commit_ms: int, state_dir: str) -> dict[str, float]:
     """Label sent → weights version readable (read_committed), at ``rate`` records/s."""
@@ -289,15 +313,31 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
                                checkpoint_records=10_000_000,
                                checkpoint_seconds=commit_ms / 1000, bounded=False,
                                publish_every_labels=100)
-    config_path = pathlib.Path(state_dir) / "latency.yaml"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
+    folder = pathlib.Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "latency.yaml"
     config_path.write_text(yaml.safe_dump(document))
+    # The records to send, and which (stream, ts) each label is (what a weights version
+    # names), worked out before anything is timed.
+    count = int(rate * seconds)
+    label_of: dict[int, tuple[str, float]] = {}
+    with open(folder / "records.tsv", "wb") as prepared:
+        for index, raw in enumerate(lines[:count]):
+            record = orjson.loads(raw)
+            is_label = "label" in record
+            if is_label:
+                label_of[index] = (record["stream"], record["ts"])
+            prepared.write(b"L\t" if is_label else b"P\t")
+            prepared.write(record["stream"].encode() + b"\t" + raw + b"\n")
+    generator = subprocess.Popen(
+        [*java_generator(folder), bootstrap, inputs["predictions"], inputs["labels"],
+         str(rate), str(folder / "records.tsv"), str(folder / "sent.txt")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     service = subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
                                 "--config", str(config_path)], cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sent: dict[tuple[str, float], float] = {}
-    seen: list[tuple[float, float]] = []  # (sent at, latency)
+    readable: list[tuple[str, float, float]] = []  # (stream, ts, wall time read)
     stop = threading.Event()
 
     def read_weights() -> None:
@@ -307,12 +347,10 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         try:
             while not stop.is_set():
                 for records in consumer.poll(timeout_ms=20).values():
-                    now = time.perf_counter()
+                    now = time.time()
                     for record in records:
                         weights = orjson.loads(record.value)
-                        at = sent.get((weights["stream"], weights["ts"]))
-                        if at is not None:
-                            seen.append((at, now - at))
+                        readable.append((weights["stream"], weights["ts"], now))
         finally:
             consumer.close()
 
@@ -329,57 +367,54 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
                 joined.set()
 
     threading.Thread(target=watch_log, daemon=True).start()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     # This process's own full collections (its heap holds the generated records and the
-    # rounds before) paused it for up to 160 ms at a time, stalling the producer and
-    # delaying the reader's clock: freeze that heap so the figures time the replica.
+    # rounds before) paused it for up to 160 ms at a time, delaying the reader's clock:
+    # freeze that heap; and hand the GIL over as often as the service does.
     gc.collect()
     gc.freeze()
-    # The reader thread shares this process with the paced producer: with CPython's 5 ms
-    # switch interval its clock could read up to 5 ms late at each hand-over.
     previous_interval = sys.getswitchinterval()
     sys.setswitchinterval(THREAD_SWITCH_INTERVAL)
     try:
+        assert generator.stdout is not None and generator.stdin is not None
+        if generator.stdout.readline().strip() != "ready":
+            raise RuntimeError("the load generator did not start (bench/LoadGenerator.java)")
         if not joined.wait(60):  # produce once the replica owns its tasks
             raise RuntimeError("the service did not join its group in 60 s:\n"
                                + "".join(log_lines[-20:]))
-        count = int(rate * seconds)
-        cpu_before = (process_cpu_seconds(os.getpid()), process_cpu_seconds(service.pid))
-        started = time.perf_counter()
-        for index, raw in enumerate(lines[:count]):
-            due = started + index / rate
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            is_label, key = route(raw)
-            if is_label:
-                record = orjson.loads(raw)
-                sent.setdefault((record["stream"], record["ts"]), time.perf_counter())
-            producer.send(inputs["labels" if is_label else "predictions"], key=key,
-                          value=raw)
-        producer.flush()
-        produced_for = time.perf_counter() - started
-        # How the 2 cores were shared while producing: this process is the load
-        # generator (kafka-python's producer, paced) and the reader; on a small machine
-        # it takes CPU the replica would otherwise have.
-        generator_cores = (process_cpu_seconds(os.getpid()) - cpu_before[0]) / produced_for
-        replica_cores = (process_cpu_seconds(service.pid) - cpu_before[1]) / produced_for
+        cpu_before = {pid: process_cpu_seconds(pid)
+                      for pid in (os.getpid(), service.pid, generator.pid)}
+        started = time.time()
+        generator.stdin.write("go\n")
+        generator.stdin.flush()
+        done = generator.stdout.readline().split()
+        if not done or done[0] != "done":
+            raise RuntimeError(f"the load generator failed: {done}")
+        produced_for = time.time() - started
+        # How the 2 cores were shared while producing (the broker has the rest)
+        cores = {pid: (process_cpu_seconds(pid) - before) / produced_for
+                 for pid, before in cpu_before.items()}
         time.sleep(2)  # let the last versions commit
     finally:
         sys.setswitchinterval(previous_interval)
         gc.unfreeze()
         stop.set()
         reader.join(timeout=5)
-        producer.close()
-        service.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            service.wait(timeout=30)
-        if service.poll() is None:
-            service.kill()
+        for process in (generator, service):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            if process.poll() is None:
+                process.kill()
     warnings = [line for line in log_lines if "warn" in line.lower()]
     if warnings:
         print(f"  the service logged {len(warnings)} warning(s); first: {warnings[0].strip()}")
-    warm = [lat for at, lat in sorted(seen) if at - started > 3.0]
+    sent_at = {}
+    for line in (folder / "sent.txt").read_text().splitlines():
+        index, micros = line.split()
+        sent_at[label_of[int(index)]] = int(micros) / 1e6
+    seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)])
+                  for stream, ts, now in readable if (stream, ts) in sent_at)
+    warm = [lat for at, lat in seen if at - started > 3.0]
     if len(warm) < 20:
         error = "".join(log_lines)[-2000:]
         raise RuntimeError(f"only {len(warm)} weights versions were matched; service said:\n"
@@ -391,8 +426,8 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
             "last_third_p50_ms": 1000 * statistics.median(warm[-third:]),
             "steady_p99_ms": 1000 * statistics.quantiles(warm[third:], n=100)[98],
             "p99_ms": 1000 * quantiles[98], "max_ms": 1000 * max(warm),
-            "achieved_rate": count / produced_for, "generator_cores": generator_cores,
-            "replica_cores": replica_cores}
+            "achieved_rate": float(done[1]), "generator_cores": cores[generator.pid],
+            "reader_cores": cores[os.getpid()], "replica_cores": cores[service.pid]}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -546,9 +581,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"note: the load generator reached only {found['achieved_rate']:,.0f} of the "
                   f"{rate:,.0f} records/s asked (it is CPU-bound on this machine): the "
                   "latency above is at that lower rate, with the cores saturated")
-        print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, this "
-              f"process (load generator + reader) {found['generator_cores']:.2f} cores, "
-              f"of {os.cpu_count()} shared with the broker")
+        print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, the "
+              f"load generator (Java) {found['generator_cores']:.2f}, this process (the "
+              f"reader) {found['reader_cores']:.2f}, of 2 shared with the broker")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Instant;
+import java.util.List;
+import java.util.Properties;
+import java.util.concurrent.locks.LockSupport;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+
+/**
+ * The load generator of bench/kafka.py's latency measurement: produces prepared records to
+ * the predictions and labels topics at a set rate, paced by the clock, and writes down when
+ * each label was handed to the producer.
+ *
+ * <p>Why Java: kafka-python's producer costs ~40 us of Python per record, so at 20,000
+ * records/s the generator itself took ~0.8 of this 2-core machine and could not reach the
+ * rate asked; the replica measured was starved of CPU by its own load. The Java client (the
+ * broker's own kafka-clients jar) does the same sends for a small part of that.
+ *
+ * <p>Arguments: bootstrap, predictions topic, labels topic, records/s, input file (one record
+ * per line: {@code P|L <tab> key <tab> JSON value}), output file. Prints "ready" once its
+ * producer knows both topics, waits for a line "go" on stdin, produces, and writes one line
+ * {@code <line index> <epoch microseconds>} per label sent, then "done <records/s>".
+ */
+public final class LoadGenerator {
+    private LoadGenerator() {}
+
+    public static void main(String[] args) throws IOException {
+        String bootstrap = args[0];
+        String predictions = args[1];
+        String labels = args[2];
+        double rate = Double.parseDouble(args[3]);
+        List<String> lines = Files.readAllLines(Path.of(args[4]), StandardCharsets.UTF_8);
+        int count = lines.size();
+        boolean[] isLabel = new boolean[count];
+        byte[][] keys = new byte[count][];
+        byte[][] values = new byte[count][];
+        for (int i = 0; i < count; i++) {
+            String line = lines.get(i);
+            int first = line.indexOf('\t');
+            int second = line.indexOf('\t', first + 1);
+            isLabel[i] = line.charAt(0) == 'L';
+            keys[i] = line.substring(first + 1, second).getBytes(StandardCharsets.UTF_8);
+            values[i] = line.substring(second + 1).getBytes(StandardCharsets.UTF_8);
+        }
+        Properties settings = new Properties();
+        settings.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        // every record acknowledged by the log; 5 ms batching, the Java client's default
+        // since Kafka 4.0 (KIP-1030): with 1 ms the broker took ~0.75 of the 2 cores at
+        // 25,000 records/s and the replica's commits waited on it
+        settings.put(ProducerConfig.ACKS_CONFIG, "all");
+        settings.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+        settings.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class);
+        settings.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class);
+        long[] sentMicros = new long[count];
+        try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(settings)) {
+            producer.partitionsFor(predictions);
+            producer.partitionsFor(labels);
+            System.out.println("ready");
+            System.out.flush();
+            BufferedReader input = new BufferedReader(
+                    new InputStreamReader(System.in, StandardCharsets.UTF_8));
+            if (!"go".equals(input.readLine())) {
+                return;
+            }
+            long start = System.nanoTime();
+            for (int i = 0; i < count; i++) {
+                long wait = start + (long) (i * 1e9 / rate) - System.nanoTime();
+                if (wait > 0) {
+                    LockSupport.parkNanos(wait);
+                }
+                if (isLabel[i]) {
+                    Instant now = Instant.now();
+                    sentMicros[i] = now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
+                }
+                producer.send(new ProducerRecord<>(isLabel[i] ? labels : predictions, keys[i],
+                        values[i]));
+            }
+            producer.flush();
+            double seconds = (System.nanoTime() - start) / 1e9;
+            try (PrintWriter output = new PrintWriter(Files.newBufferedWriter(Path.of(args[5])))) {
+                for (int i = 0; i < count; i++) {
+                    if (isLabel[i]) {
+                        output.println(i + " " + sentMicros[i]);
+                    }
+                }
+            }
+            System.out.println("done " + (count / seconds));
+            System.out.flush();
+        }
+    }
+}
