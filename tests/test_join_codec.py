@@ -254,3 +254,16 @@ def test_long_float_lists_are_packed_and_read_back_as_the_same_floats():
         unpack_state(damaged, data)
     with pytest.raises(ValueError, match="it is the packed form's marker"):
         pack_state({"a": {"__f8__": 3}})
+
+
+def test_a_ring_of_short_plain_rows_is_kept_as_it_is_and_others_are_looked_into():
+    """Rows that are all short and plain are written as they are in one check; a row with
+    a numpy scalar or of four floats or more sends the ring through the per-row path."""
+    plain = [[i, i % 2 == 0] for i in range(50)] + [["a", None, 0.5]]
+    assert json.loads(pack_state({"ring": plain})[0]) == {"ring": plain}
+    with_numpy = [[1, 2], [np.int64(3), 4]]
+    assert json.loads(pack_state({"ring": with_numpy})[0]) == {"ring": [[1, 2], [3, 4]]}
+    with_long = [[1, 2], [0.1, 0.2, 0.3, 0.4]]
+    skeleton, data = pack_state({"ring": with_long})
+    assert json.loads(skeleton)["ring"] == [[1, 2], {"__f8__": 4}]
+    assert unpack_state(json.loads(skeleton), data) == {"ring": with_long}

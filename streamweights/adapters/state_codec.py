@@ -21,6 +21,7 @@ import base64
 import json
 import math
 from binascii import a2b_base64, b2a_base64
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,9 @@ def _marked(tree: Any, arrays: list[np.ndarray]) -> Any:
                 return {_FLOATS_TAG: len(tree)}
             return tree
         if kinds == _LIST_ONLY:  # rows (a ring of pairs): short plain rows without a call
+            if (max(map(len, tree)) < _FLOATS_MIN
+                    and set(map(type, chain.from_iterable(tree))) <= _PLAIN):
+                return tree  # every row short and plain: kept as it is, as below, in C
             rows = []
             for row in tree:
                 row_kinds = set(map(type, row))
