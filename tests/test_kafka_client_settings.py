@@ -25,12 +25,14 @@ def _kafka(**client):
 
 def test_the_consumer_fetches_for_throughput_not_with_kafka_pythons_defaults():
     """Scenario: no ``kafka.client``. We expect: 10,000 records per poll (kafka-python's
-    default is 500), 4 MiB per partition (default 1 MiB), 50 MiB per fetch, read_committed,
-    and those are valid kafka-python consumer settings."""
+    default is 500), 4 MiB per partition (default 1 MiB), 50 MiB per fetch, a fetch
+    answered from 32 KiB on (default 1 byte), read_committed, and those are valid
+    kafka-python consumer settings."""
     settings = consumer_settings(client_settings(_kafka(), KafkaConsumer))
     assert settings["max_poll_records"] == 10_000
     assert settings["max_partition_fetch_bytes"] == 4 << 20
     assert settings["fetch_max_bytes"] == 50 << 20
+    assert settings["fetch_min_bytes"] == 32 << 10
     assert settings["isolation_level"] == "read_committed"
     assert set(THROUGHPUT_SETTINGS) <= set(KafkaConsumer.DEFAULT_CONFIG)
     assert KafkaConsumer.DEFAULT_CONFIG["max_poll_records"] < settings["max_poll_records"]

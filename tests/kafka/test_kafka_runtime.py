@@ -83,6 +83,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert consumer_config["max_partition_fetch_bytes"] == 4 << 20
     assert consumer_config["fetch_max_bytes"] == 50 << 20
     assert consumer_config["fetch_max_wait_ms"] == 20
+    assert consumer_config["fetch_min_bytes"] == 32 << 10
     assert consumer_config["session_timeout_ms"] == 6000  # and kafka.client's own
     # ... and the transactional producer's (kafka_runtime.transactional_producer_settings)
     assert producer_config["retry_backoff_ms"] == 20
