@@ -17,7 +17,7 @@ from streamweights import events
 from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import parse_config
 from streamweights.pipeline import Pipeline
-from streamweights.runtime.compression import decompress
+from streamweights.runtime.compression import ZSTD_MAGIC, decompress
 from streamweights.runtime.exceptions import SnapshotError
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.state_store import (
@@ -303,17 +303,41 @@ def test_stream_record_of_another_format_is_refused_with_what_to_do():
         decode_stream_record(b"not zlib", "x")
 
 
+def _serve(pipeline: Pipeline, count: int, label_every: int = 0) -> None:
+    """``count`` predictions of stream "demo" (and a label for every ``label_every``-th)."""
+    models = list(pipeline.streams["demo"].config.models)
+    for i in range(count):
+        pipeline.process(events.decode(json.dumps({
+            "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
+            "outputs": {m: [0.4, 0.6] for m in models}}).encode()))
+        if label_every and i % label_every == 0:
+            pipeline.process(events.decode(json.dumps({
+                "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i + 0.5,
+                "label": 1}).encode()))
+
+
+def test_stream_record_is_a_zstd_frame_and_a_zlib_one_reads_alike():
+    """A record this release writes is one zstd frame (runtime/compression.py); the same
+    document as an earlier release's zlib record decodes to the same state and meta."""
+    pipeline = _pipeline()
+    _serve(pipeline, 40, label_every=3)
+    record = encode_stream_record("demo", pipeline.streams["demo"], {"task": 0})
+    assert record.startswith(ZSTD_MAGIC)
+    legacy = zlib.compress(decompress(record), 1)
+    name, state, meta = decode_stream_record(record, "new")
+    old_name, old_state, old_meta = decode_stream_record(legacy, "old")
+    assert (old_name, old_meta) == (name, meta)
+    assert dumps_state(old_state) == dumps_state(state)
+    assert name == "demo" and meta["task"] == 0 and len(state["join"]["entries"]) > 20
+
+
 def test_damaged_format_3_record_is_refused_not_misread():
     """A record of this release whose packed bytes do not fit its skeleton (here: the state's
     base64 cut short, an entry's array bytes cut short, an entry of three items) is
     a SnapshotError naming where, not a state read from the wrong bytes or a crash."""
     pipeline = _pipeline()
     stream = pipeline.streams["demo"]
-    models = list(stream.config.models)
-    for i in range(30):
-        pipeline.process(events.decode(json.dumps({
-            "schema": 1, "stream": "demo", "id": f"e{i}", "ts": 1e9 + i,
-            "outputs": {m: [0.4, 0.6] for m in models}}).encode()))
+    _serve(pipeline, 30)
     document = json.loads(decompress(encode_stream_record("demo", stream)))
     packed = document["streams"]["demo"]
     assert len(packed["entries"]) == 30
