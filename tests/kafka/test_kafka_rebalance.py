@@ -14,6 +14,7 @@ import time
 from kafka import KafkaConsumer
 
 from streamweights.config import load_config
+from streamweights.runtime.faults import HOLD_AT_ENV, HOLD_UNTIL_ENV
 from tests.kafka.helpers import (
     REPO,
     assert_versions_once_each,
@@ -31,8 +32,11 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: a bounded `streamweights run` (3 tasks, a transaction every 300 records)
     works through ~12,000 records while a second member joins its group (taking tasks
-    away from it) and leaves again (giving them back), three times. We expect: the
-    service logged more than one assignment (the rebalances happened while it worked),
+    away from it) and leaves again (giving them back), three times: twice while the
+    service is held a third of the way in (the test hook: whatever the machine's speed,
+    it is mid-stream with an open cycle; unheld, a fast replica finished all 12,000
+    records before the first newcomer had joined), once after it is let go. We expect:
+    the service logged more than one assignment (the rebalances happened mid-stream),
     committed its open cycle before each move instead of aborting it (nothing redone),
     exits 0, and its summary and read_committed weights topic (versions 1..n once each)
     equal an uninterrupted embedded run."""
@@ -45,7 +49,9 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     group = load_config(config_path).kafka.group_id
     summary_path = tmp_path / "summary.json"
     log_path = tmp_path / "service.log"
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    gate = tmp_path / "gate"
+    environment = {**os.environ, "PYTHONPATH": str(REPO), HOLD_UNTIL_ENV: str(gate),
+                   HOLD_AT_ENV: str(len(lines) // 3)}
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
                                     "--config", str(config_path), "--summary",
@@ -53,11 +59,13 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
                                    stderr=log, env=environment, cwd=REPO)
     try:
         deadline = time.monotonic() + 60
-        while "assigned tasks" not in log_path.read_text(errors="replace"):
+        while "input held at position" not in log_path.read_text(errors="replace"):
             assert time.monotonic() < deadline and process.poll() is None, \
                 log_path.read_text()[-3000:]
             time.sleep(0.05)
-        for _ in range(3):
+        for round_number in range(3):
+            if round_number == 2:
+                gate.touch()  # the third newcomer comes while it works on
             if process.poll() is not None:
                 break
             intruder = KafkaConsumer(topics["predictions"], topics["labels"],
@@ -69,6 +77,7 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
                 intruder.poll(timeout_ms=100)
             intruder.close(autocommit=False)
             time.sleep(0.3)
+        gate.touch()
         returncode = process.wait(timeout=120)
     finally:
         if process.poll() is None:
