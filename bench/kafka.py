@@ -14,13 +14,14 @@ throughput, alternating rounds, best of ``--rounds`` each:
   (``assign`` + ``seek_to_beginning``) created with exactly the settings the service's
   consumer gets (``kafka_source.consumer_settings`` of this config's ``kafka.client``
   and security settings, imported, not copied: read_committed, 10,000 records per poll,
-  4 MiB per partition, 50 MiB per fetch) and the thread switch interval the service
-  runs with (``service.THREAD_SWITCH_INTERVAL``), polling with the service's timeout,
-  reading every record of both topics and doing nothing with it. Its clock starts when the first
-  batch arrives (connect and first fetch excluded, as for ours). Beside it, for reference
-  only, the same consumer with kafka-python's fetch defaults (500 records per poll, 1 MiB
-  per partition), which is what the service read with before issue 11; and the same
-  consumer with the native record reader the service's consumer uses
+  4 MiB per partition, 50 MiB and at least 32 KiB per fetch) and the thread switch
+  interval the service runs with (``service.THREAD_SWITCH_INTERVAL``), polling with the
+  service's timeout, reading every record of both topics and doing nothing with it. Its
+  clock starts when the first batch arrives (connect and first fetch excluded, as for
+  ours). Beside it, for reference only, the same consumer with kafka-python's fetch
+  defaults (500 records per poll, 1 MiB per partition, 1 byte at least), which is what
+  the service read with before issue 11; and the same consumer with the native record
+  reader the service's consumer uses
   (``runtime/kafka_records.py``), which shows how far the client itself now goes.
 * ours — one replica of the Kafka runtime (``Service`` with ``source.kind: kafka``,
   bounded: ``stop_at_end``), in this process, from a fresh consumer group and fresh
@@ -39,7 +40,7 @@ throughput, alternating rounds, best of ``--rounds`` each:
 latency — the same replica as a separate ``streamweights run`` process, live (not
 bounded), committing every ``--commit-ms``. A load generator produces fresh records at
 half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compiled here
-against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=1``), started and
+against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started and
 connected before the clock starts, told to go once the replica owns its tasks; it notes
 the wall time at which each label is handed to its producer. (Until this release the
 generator was kafka-python's producer in this process: ~40 µs of Python per record, it
@@ -411,7 +412,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     sent_at = {}
     for line in (folder / "sent.txt").read_text().splitlines():
         index, micros = line.split()
-        sent_at[label_of[int(index)]] = int(micros) / 1e6
+        sent_at.setdefault(label_of[int(index)], int(micros) / 1e6)  # the first send
     seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)])
                   for stream, ts, now in readable if (stream, ts) in sent_at)
     warm = [lat for at, lat in seen if at - started > 3.0]
@@ -523,8 +524,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = consumer_settings(client_settings(parse_config(probe).kafka, KafkaConsumer))
         print("consumer settings (service and ceiling): " + ", ".join(
             f"{key}={settings[key]}" for key in ("max_poll_records", "max_partition_fetch_bytes",
-                                                 "fetch_max_bytes", "fetch_max_wait_ms",
-                                                 "isolation_level")),
+                                                 "fetch_max_bytes", "fetch_min_bytes",
+                                                 "fetch_max_wait_ms", "isolation_level")),
               flush=True)
         # kafka-python's own fetch defaults (500 records per poll, 1 MiB per partition), to
         # show what the throughput settings are worth; never the ceiling
@@ -579,11 +580,12 @@ def main(argv: list[str] | None = None) -> None:
               f"p99 after the first third {found['steady_p99_ms']:.0f} ms")
         if found["achieved_rate"] < 0.9 * rate:
             print(f"note: the load generator reached only {found['achieved_rate']:,.0f} of the "
-                  f"{rate:,.0f} records/s asked (it is CPU-bound on this machine): the "
+                  f"{rate:,.0f} records/s asked (the machine could not carry it): the "
                   "latency above is at that lower rate, with the cores saturated")
         print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, the "
               f"load generator (Java) {found['generator_cores']:.2f}, this process (the "
-              f"reader) {found['reader_cores']:.2f}, of 2 shared with the broker")
+              f"reader) {found['reader_cores']:.2f}, of {os.cpu_count()} shared with the "
+              "broker")
 
 
 if __name__ == "__main__":
