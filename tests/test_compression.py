@@ -21,21 +21,23 @@ def test_round_trip_and_the_zlib_of_earlier_releases():
     assert decompress(compress(b"")) == b""
 
 
-def test_damaged_frames_are_refused():
-    text = json.dumps(list(range(5000))).encode()
-    frame = compress(text)
-    damaged = {"cut": frame[:-4], "header only": frame[:6], "trailing": frame + b"\0",
-               "two frames": frame + frame, "garbage": b"not a record",
-               "zlib cut": zlib.compress(text)[:-3], "empty": b""}
-    for what, data in damaged.items():
-        with pytest.raises(ValueError):
-            decompress(data)
-        assert what
+_TEXT = json.dumps(list(range(5000))).encode()
+_FRAME = compress(_TEXT)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(_FRAME[:-4], id="cut"), pytest.param(_FRAME[:6], id="header only"),
+    pytest.param(_FRAME + b"\0", id="trailing"), pytest.param(_FRAME + _FRAME, id="two frames"),
+    pytest.param(b"not a record", id="garbage"),
+    pytest.param(zlib.compress(_TEXT)[:-3], id="zlib cut"), pytest.param(b"", id="empty")])
+def test_damaged_frames_are_refused(data):
+    with pytest.raises(ValueError):
+        decompress(data)
 
 
 def test_a_frame_claiming_far_more_than_its_size_is_refused_before_decoding():
-    bomb = compress(b"\0" * (300 << 20))  # 300 MiB of zeros in a few KiB
-    assert len(bomb) * MAX_RATIO + (1 << 20) < 300 << 20
+    bomb = compress(b"\0" * (64 << 20))  # 64 MiB of zeros in a few KiB
+    assert len(bomb) * MAX_RATIO + (1 << 20) < 64 << 20
     with pytest.raises(ValueError, match="out of bounds"):
         decompress(bomb)
 
