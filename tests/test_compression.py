@@ -41,3 +41,23 @@ def test_a_frame_claiming_far_more_than_its_size_is_refused_before_decoding():
     with pytest.raises(ValueError, match="out of bounds"):
         decompress(bomb)
 
+
+
+def test_a_frame_stating_a_small_size_cannot_write_more():
+    # 50 MB of zeros whose header is changed to state 1,000 bytes: the decoder's buffer is
+    # the stated size, so it fails at once rather than after writing the 50 MB.
+    frame = compress(b"\0" * 50_000_000)
+    stated = frame[4] >> 6  # Frame_Content_Size_flag (RFC 8878, 3.1.1.1.1): 2 = 4 bytes
+    assert stated == 2 and int.from_bytes(frame[6:10], "little") == 50_000_000
+    lying = frame[:6] + (1000).to_bytes(4, "little") + frame[10:]
+    with pytest.raises(ValueError, match="zstd frame"):
+        decompress(lying)
+
+
+def test_a_zlib_bomb_stops_at_the_bound():
+    bomb = zlib.compress(b"\0" * (64 << 20), 9)  # ~64 KiB: 1,000x
+    assert len(bomb) * MAX_RATIO + (1 << 20) < 64 << 20
+    with pytest.raises(ValueError, match="more than"):
+        decompress(bomb)
+    with pytest.raises(ValueError, match="followed by other bytes"):
+        decompress(zlib.compress(_TEXT) + b"\0")

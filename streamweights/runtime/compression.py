@@ -40,17 +40,29 @@ def compress(data: bytes) -> bytes:
 
 def decompress(data: bytes) -> bytes:
     """The bytes that ``compress`` (or zlib, in earlier releases) was given; ValueError if
-    ``data`` is neither exactly one whole zstd frame nor a zlib stream."""
+    ``data`` is neither exactly one whole zstd frame nor one whole zlib stream, or would
+    give more than ``MAX_RATIO`` times its size (plus 1 MiB): a record is refused before
+    that much memory is taken, whatever its header says."""
+    bound = MAX_RATIO * len(data) + _SLACK
     if not data.startswith(ZSTD_MAGIC):
-        try:
-            return zlib.decompress(data)
+        try:  # (at most ``bound`` bytes come out: a zlib bomb stops there)
+            reader = zlib.decompressobj()
+            text = reader.decompress(data, bound)
         except zlib.error as error:
             raise ValueError(f"neither a zstd frame nor a zlib stream ({error})") from None
+        if reader.unconsumed_tail:
+            raise ValueError(f"zlib stream: more than {bound} bytes from a {len(data)}-byte "
+                             "record")
+        if not reader.eof or reader.unused_data:
+            raise ValueError("zlib stream: truncated, or followed by other bytes")
+        return text
     try:
         size = zstandard.get_frame_parameters(data).content_size
-        if size == zstandard.CONTENTSIZE_UNKNOWN or size > MAX_RATIO * len(data) + _SLACK:
+        if size == zstandard.CONTENTSIZE_UNKNOWN or size > bound:
             raise ValueError(f"zstd frame: content size {size} not stated or out of bounds "
                              f"for a {len(data)}-byte frame")
+        # The decoder's buffer is the stated size: a frame that would write more than it
+        # states fails there ("Destination buffer is too small"), not at the frame's end.
         reader = zstandard.ZstdDecompressor().decompressobj()
         text = reader.decompress(data)
         if not reader.eof or reader.unused_data or len(text) != size:
