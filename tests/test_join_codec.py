@@ -267,3 +267,44 @@ def test_a_ring_of_short_plain_rows_is_kept_as_it_is_and_others_are_looked_into(
     skeleton, data = pack_state({"ring": with_long})
     assert json.loads(skeleton)["ring"] == [[1, 2], {"__f8__": 4}]
     assert unpack_state(json.loads(skeleton), data) == {"ring": with_long}
+
+
+@pytest.mark.parametrize("tree", [
+    pytest.param({"a": math.nan}, id="dict value"),
+    pytest.param({"a": [1, -math.inf]}, id="short list"),
+    pytest.param({"ring": [[1, 0.5], [2, math.inf]]}, id="short rows"),
+    pytest.param({"rows": [[0.1, 0.2, 0.3, 0.4], [1, math.nan]]}, id="a short row among rows"),
+    pytest.param({"mixed": [np.ones(2), math.inf]}, id="list with an array"),
+    pytest.param({"scalar": np.float64(math.nan)}, id="numpy scalar"),
+    pytest.param(math.inf, id="the tree itself")])
+def test_a_non_finite_plain_float_is_written_as_json_writes_it_and_reads_back(tree):
+    """orjson would write NaN and infinities as null: a skeleton holding one is written by
+    json (NaN, Infinity), and reads back as the same floats."""
+    skeleton, data = pack_state(tree)
+    assert "NaN" in skeleton or "Infinity" in skeleton
+    got = unpack_state(json.loads(skeleton), data)
+    assert_same_tree(got, loads_state(dumps_state(tree)))
+    assert pack_state(got) == (skeleton, data)
+
+
+def test_a_finite_skeleton_is_orjson_text_and_refusals_are_unchanged():
+    """A skeleton of finite floats is orjson's spelling (``0.00001`` where json writes
+    ``1e-05``, UTF-8 as it is); what orjson writes but json refuses is still refused; what
+    orjson refuses but json writes (an int beyond 64 bits, a lone surrogate) is written
+    by json."""
+    import dataclasses
+    import datetime
+
+    skeleton, _ = pack_state({"tiny": 1e-05, "name": "é", "pair": (1, 2.5)})
+    assert skeleton == '{"tiny":0.00001,"name":"é","pair":[1,2.5]}'
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+
+    for value in (Point(1.0), datetime.date(2026, 12, 1)):
+        with pytest.raises(ValueError, match="cannot encode value of type"):
+            pack_state({"odd": value})
+    for tree in ({"big": 2**70}, {"surrogate": "\ud800"}):
+        skeleton, data = pack_state(tree)
+        assert json.loads(skeleton) == tree and unpack_state(json.loads(skeleton), data) == tree

@@ -25,6 +25,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 _ARRAY_TAG = "__ndarray__"
 
@@ -145,10 +146,24 @@ _SKELETONS_MAX = 1024
 _skeletons: dict[tuple[Any, ...], str] = {}
 
 
-def _marked(tree: Any, arrays: list[np.ndarray]) -> Any:
+class _NonFiniteError(Exception):
+    """A NaN or infinity among a tree's plain floats: orjson would write it as ``null``,
+    so the skeleton is written by ``json`` instead (see ``_packed_skeleton``)."""
+
+
+def _check_floats(values: Any) -> None:
+    """Raise _NonFiniteError if a float among ``values`` is NaN or infinite (``x - x`` is 0.0
+    for a finite one, NaN otherwise)."""
+    for value in values:
+        if type(value) is float and value - value:
+            raise _NonFiniteError
+
+
+def _marked(tree: Any, arrays: list[np.ndarray], finite: bool = True) -> Any:
     """A copy of ``tree`` with its arrays and long float lists replaced by their markers
     (appended to ``arrays`` in order) and numpy scalars by Python numbers; refuses
-    non-string dict keys (``json.dumps`` would quietly turn 1 into "1")."""
+    non-string dict keys (``json.dumps`` would quietly turn 1 into "1"). With ``finite``
+    raises _NonFiniteError on a plain float that is NaN or infinite (packed ones may be)."""
     if isinstance(tree, dict):
         if len(tree) == 1 and next(iter(tree)) in _TAGS:
             raise ValueError(f"state: a dict of the one key {next(iter(tree))!r} cannot be "
@@ -157,7 +172,13 @@ def _marked(tree: Any, arrays: list[np.ndarray]) -> Any:
         for key, value in tree.items():
             if not isinstance(key, str):
                 raise ValueError(f"state: dict keys must be strings, got {key!r}")
-            marked[key] = value if type(value) in _PLAIN else _marked(value, arrays)
+            kind = type(value)
+            if kind is float:
+                if finite and value - value:
+                    raise _NonFiniteError
+                marked[key] = value
+            else:
+                marked[key] = value if kind in _PLAIN else _marked(value, arrays, finite)
         return marked
     if isinstance(tree, list | tuple):
         kinds = set(map(type, tree))
@@ -171,37 +192,71 @@ def _marked(tree: Any, arrays: list[np.ndarray]) -> Any:
             if len(tree) >= _FLOATS_MIN and kinds == _FLOAT_ONLY:
                 arrays.append(np.array(tree, dtype=_FLOAT64_LE))
                 return {_FLOATS_TAG: len(tree)}
+            if finite and float in kinds:
+                _check_floats(tree)
             return tree
         if kinds == _LIST_ONLY:  # rows (a ring of pairs): short plain rows without a call
-            if (max(map(len, tree)) < _FLOATS_MIN
-                    and set(map(type, chain.from_iterable(tree))) <= _PLAIN):
-                return tree  # every row short and plain: kept as it is, as below, in C
+            if max(map(len, tree)) < _FLOATS_MIN:
+                row_kinds = set(map(type, chain.from_iterable(tree)))
+                if row_kinds <= _PLAIN:
+                    if finite and float in row_kinds:
+                        _check_floats(chain.from_iterable(tree))
+                    return tree  # every row short and plain: kept as it is, as below, in C
             rows = []
             for row in tree:
                 row_kinds = set(map(type, row))
-                rows.append(row if row_kinds <= _PLAIN and (
-                    len(row) < _FLOATS_MIN or row_kinds != _FLOAT_ONLY)
-                    else _marked(row, arrays))
+                if row_kinds <= _PLAIN and (len(row) < _FLOATS_MIN
+                                            or row_kinds != _FLOAT_ONLY):
+                    if finite and float in row_kinds:
+                        _check_floats(row)
+                    rows.append(row)
+                else:
+                    rows.append(_marked(row, arrays, finite))
             return rows
-        return [value if type(value) in _PLAIN else _marked(value, arrays) for value in tree]
+        if finite and float in kinds:
+            _check_floats(tree)
+        return [value if type(value) in _PLAIN else _marked(value, arrays, finite)
+                for value in tree]
     if isinstance(tree, np.ndarray):
         if tree.dtype.hasobject or tree.dtype.fields is not None:
             raise ValueError("state: object and structured arrays cannot be packed")
         arrays.append(tree)
         return {_PACKED_TAG: [tree.dtype.str, list(tree.shape)]}
     if isinstance(tree, np.generic):
-        return tree.item()
-    return tree  # anything else: json.dumps calls _refuse
+        tree = tree.item()
+    if finite and type(tree) is float and tree - tree:
+        raise _NonFiniteError
+    return tree  # anything else: the encoder calls _refuse
 
 
 def _refuse(value: Any) -> Any:
     raise ValueError(f"state: cannot encode value of type {type(value).__name__}")
 
 
+#: orjson writes these natively where ``json`` would call ``default``: pass them to it
+#: too, so that both refuse the same values.
+_ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                  | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
 def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
-    """The skeleton text of ``tree``, appending its arrays to ``arrays`` in order."""
-    return json.dumps(_marked(tree, arrays), separators=(",", ":"), allow_nan=True,
-                      default=_refuse)
+    """The skeleton text of ``tree``, appending its arrays to ``arrays`` in order.
+
+    Written by orjson (a tenth of ``json``'s time on a stream's state: 0.7 ms of a default
+    config stream's 3.9 ms record) when every plain float is finite; by ``json`` (which
+    writes ``NaN`` and ``Infinity``, read back by ``json.loads``) when one is not, or
+    when orjson refuses a value (an int beyond 64 bits, a lone surrogate, a type
+    ``_refuse`` names). The two texts differ in spelling only (``0.00001`` / ``1e-05``,
+    raw UTF-8 / ``\\u`` escapes): both read back as the same tree, and the same tree
+    always takes the same path (deterministic)."""
+    start = len(arrays)
+    try:
+        return orjson.dumps(_marked(tree, arrays), default=_refuse,
+                            option=_ORJSON_STRICT).decode("utf-8")
+    except (_NonFiniteError, orjson.JSONEncodeError):
+        del arrays[start:]
+    return json.dumps(_marked(tree, arrays, finite=False), separators=(",", ":"),
+                      allow_nan=True, default=_refuse)
 
 
 def pack_state(tree: Any) -> tuple[str, str]:
