@@ -96,7 +96,7 @@ class Adapter:
         return {
             "adapter": type(self).__name__,
             "version": type(self).state_version,
-            "config": copy.deepcopy(self.get_config()),
+            "config": config_copy(self.get_config()),
             "state": state if self.fresh_state else copy.deepcopy(state),
         }
 
@@ -148,9 +148,29 @@ def _differing_keys(left: dict[str, Any], right: dict[str, Any]) -> list[str]:
     return [k for k in keys if encode_state(left.get(k)) != encode_state(right.get(k))] or ["?"]
 
 
+_IMMUTABLE = frozenset((str, int, float, bool, type(None)))
+
+
+def config_copy(tree: Any) -> Any:
+    """A deep copy of a configuration (JSON-like: dicts, lists, tuples of plain values):
+    containers rebuilt, plain values shared, anything else through ``copy.deepcopy``.
+    A state_dict copies each nested adapter's config at every level it is named (a
+    portfolio's candidates' stages four times over); ``copy.deepcopy``'s memo made that
+    half of a default-config stream's ``state_dict`` time."""
+    kind = type(tree)
+    if kind is dict:
+        return {key: value if type(value) in _IMMUTABLE else config_copy(value)
+                for key, value in tree.items()}
+    if kind is list:
+        return [value if type(value) in _IMMUTABLE else config_copy(value) for value in tree]
+    if kind is tuple:
+        return tuple(config_copy(value) for value in tree)
+    return tree if kind in _IMMUTABLE else copy.deepcopy(tree)
+
+
 def adapter_spec(adapter: Adapter) -> dict[str, Any]:
     """``{"adapter": name, "config": {...}}``: enough to rebuild a fresh copy."""
-    return {"adapter": type(adapter).__name__, "config": copy.deepcopy(adapter.get_config())}
+    return {"adapter": type(adapter).__name__, "config": config_copy(adapter.get_config())}
 
 
 def build_adapter(spec: dict[str, Any]) -> Adapter:
