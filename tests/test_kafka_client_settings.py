@@ -76,11 +76,15 @@ def test_the_transactional_producer_retries_a_refused_transaction_step_after_20_
     settings = transactional_producer_settings(
         1_048_588, client_settings(_kafka(max_poll_records=500), KafkaProducer))
     assert settings["retry_backoff_ms"] == 20 < KafkaProducer.DEFAULT_CONFIG["retry_backoff_ms"]
+    # batches big enough that a burst of adapted records does not wake the sender per record
+    assert settings["batch_size"] == 256 << 10 > KafkaProducer.DEFAULT_CONFIG["batch_size"]
     assert settings["enable_idempotence"] is True and settings["acks"] == "all"
     assert settings["transaction_timeout_ms"] == 10_000
     assert settings["max_request_size"] >= 1_048_588 + 64 * 1024
     assert "max_poll_records" not in settings  # a consumer key stays the consumer's
     assert set(settings) <= set(KafkaProducer.DEFAULT_CONFIG)
     tuned = transactional_producer_settings(
-        1_048_588, client_settings(_kafka(retry_backoff_ms=50, linger_ms=0), KafkaProducer))
+        1_048_588, client_settings(_kafka(retry_backoff_ms=50, linger_ms=0,
+                                          batch_size=16384), KafkaProducer))
     assert tuned["retry_backoff_ms"] == 50 and tuned["linger_ms"] == 0
+    assert tuned["batch_size"] == 16384

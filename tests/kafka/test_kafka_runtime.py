@@ -87,6 +87,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert consumer_config["session_timeout_ms"] == 6000  # and kafka.client's own
     # ... and the transactional producer's (kafka_runtime.transactional_producer_settings)
     assert producer_config["retry_backoff_ms"] == 20
+    assert producer_config["batch_size"] == 256 << 10
     assert producer_config["transactional_id"] and producer_config["enable_idempotence"]
     assert summary["complete"] and summary["records"] == len(lines)
     assert commits >= len(lines) // 500
