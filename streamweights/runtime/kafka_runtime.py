@@ -114,6 +114,7 @@ from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
+from streamweights.runtime.lean_send import Sender, lean_sender
 from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
     SnapshotFormatError,
@@ -326,6 +327,9 @@ class KafkaRuntime:
         self._request_timeout = producer_settings["transaction_timeout_ms"] / 1000 + 10.0
         #: The futures of what the open transaction sent (checked after its commit).
         self.sent: list[Any] = []
+        #: How output records are sent (``lean_send.lean_sender``), and for which producer.
+        self._send_record: Sender | None = None
+        self._sender_of: Any = None
         self._recoveries = 0
         try:
             self.producer = self._new_producer()
@@ -501,8 +505,11 @@ class KafkaRuntime:
                 self._held.append((topic, value, key, headers))
                 return
         self.dirty = True
+        producer = self.producer
+        if self._sender_of is not producer:  # (a new producer after a recovery)
+            self._send_record, self._sender_of = lean_sender(producer), producer
         try:
-            self.sent.append(self.producer.send(topic, value=value, key=key, headers=headers))
+            self.sent.append(self._send_record(topic, value, key, headers))
         except Exception as error:  # the producer cannot take it: the cycle is lost
             self.on_send_failed(error)
 
