@@ -327,12 +327,9 @@ class KafkaRuntime:
         self._request_timeout = producer_settings["transaction_timeout_ms"] / 1000 + 10.0
         #: The futures of what the open transaction sent (checked after its commit).
         self.sent: list[Any] = []
-        #: How output records are sent (``lean_send.lean_sender``), and for which producer.
-        self._send_record: Sender | None = None
-        self._sender_of: Any = None
         self._recoveries = 0
         try:
-            self.producer = self._new_producer()
+            self._use_new_producer()
         except Exception as error:
             raise RuntimeSetupError(f"kafka.bootstrap_servers: cannot reach a Kafka broker at "
                                     f"{kafka.bootstrap_servers} ({type(error).__name__})"
@@ -365,12 +362,15 @@ class KafkaRuntime:
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
 
-    def _new_producer(self) -> Any:
+    def _use_new_producer(self) -> None:
+        """A new transactional producer, and how output records are sent through it
+        (``lean_send.lean_sender``, bound to that producer)."""
         from kafka import KafkaProducer
 
-        return KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
-                             transactional_id=self.transactional_id,
-                             **self._producer_settings)
+        self.producer = KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
+                                      transactional_id=self.transactional_id,
+                                      **self._producer_settings)
+        self._send_record: Sender = lean_sender(self.producer)
 
     # -- setup --------------------------------------------------------------------------
     def _setup_topics(self) -> int:
@@ -505,9 +505,6 @@ class KafkaRuntime:
                 self._held.append((topic, value, key, headers))
                 return
         self.dirty = True
-        producer = self.producer
-        if self._sender_of is not producer:  # (a new producer after a recovery)
-            self._send_record, self._sender_of = lean_sender(producer), producer
         try:
             self.sent.append(self._send_record(topic, value, key, headers))
         except Exception as error:  # the producer cannot take it: the cycle is lost
@@ -629,7 +626,7 @@ class KafkaRuntime:
         whatever the old one still had open)."""
         with contextlib.suppress(Exception):  # a fenced producer may not close cleanly
             self.producer.close(timeout=5)
-        self.producer = self._new_producer()
+        self._use_new_producer()
         self.producer.init_transactions()
 
     def _abort_and_begin(self) -> None:

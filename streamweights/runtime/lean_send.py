@@ -90,11 +90,9 @@ def lean_sender(producer: Any) -> Sender:
 
 def _unsupported(producer: Any) -> str | None:
     """Why the lean path does not apply to ``producer`` (``None``: it does)."""
-    try:
-        import kafka
-        from kafka.partitioner.default import DefaultPartitioner
-    except ImportError as error:  # (the runtime imports kafka before this)
-        return f"kafka-python not importable ({error})"
+    import kafka
+    from kafka.partitioner.default import DefaultPartitioner
+
     if not kafka.__version__.startswith("3.0."):
         return f"kafka-python {kafka.__version__}, written against 3.0.x"
     missing = [name for name in _NEEDED if not hasattr(producer, name)]
