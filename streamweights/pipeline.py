@@ -714,6 +714,7 @@ class Pipeline:
     def __init__(self, streams: list[StreamConfig] | tuple[StreamConfig, ...]) -> None:
         self.streams = {config.name: StreamPipeline(config) for config in streams}
         self.invalid: dict[str, int] = {}
+        self._lane: Any = False  # built by record_lane() on first use
 
     def process(self, record: Prediction | Label) -> Outcome:
         """Apply one decoded record; a bad one comes back as a dead letter."""
@@ -776,6 +777,34 @@ class Pipeline:
                 continue
             append((kind, outcome, encoded, stamp()))
         return results
+
+    def record_lane(self) -> Any | None:
+        """The core's record lane over the streams it can take whole, or ``None`` when
+        none can: a classification stream whose chain the core drives (no torch model,
+        no feature stage) without conformal sets or estimates. ``lane.process(raw,
+        adapted)`` applies a raw record exactly as ``events.decode`` -> :meth:`process`
+        -> ``events.encode`` of its adapted record would, or returns ``None`` with
+        nothing changed (``native/src/lane.rs`` says which records it takes and what it
+        returns). Built once; it holds the stream objects, which live as long as this."""
+        if self._lane is not False:
+            return self._lane
+        entries = []
+        for name, stream in self.streams.items():
+            chain, join = stream.chain, stream.join
+            if not (stream._fused_labels and stream.uncertainty is None
+                    and stream.torch_model is None and chain.core is not None
+                    and stream._every_labels < 1 << 62):
+                continue
+            entries.append((stream, name, list(stream.config.models), stream.config.n_classes,
+                            float(stream.config.max_event_time_skew_seconds),
+                            join.ttl_seconds, join.max_pending, stream._every_labels,
+                            float(stream._every_seconds), chain._size, chain._output,
+                            stream._all_scores, stream._evidence_cores,
+                            list(stream._evidence_ranges), _STAGE_LOSS_CLIP))
+        self._lane = None if not entries else _native.RecordLane(
+            self, entries, (Pending, Label, RecordError, NonFiniteUpdate, Outcome, np.empty),
+            _events.DEFAULT_MAX_RECORD_BYTES)
+        return self._lane
 
     def reject(self, error: RecordError, raw: bytes | None, stream: str | None = None,
                record_id: str | None = None) -> Outcome:

@@ -990,6 +990,24 @@ impl ChainCore {
             None if self.stages.iter().any(Stage::packs) => return Ok(false),
             None => Vec::new(),
         };
+        match self.serve(py, raw, features)? {
+            Some(out) => {
+                write_native(py, buffer, &out)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Observe and predict one event whose input is `raw` (in C order): the flat
+    /// record `observe_predict` writes (the trace, then the output), or `None`, with
+    /// nothing changed, when the head's quick checks do not clear it.
+    pub(crate) fn serve(
+        &mut self,
+        py: Python<'_>,
+        raw: Vec<f64>,
+        features: Vec<f64>,
+    ) -> PyResult<Option<Vec<f64>>> {
         let chain_input = raw.clone();
         let mut out = Vec::with_capacity(self.trace_len() + self.output_len);
         out.extend_from_slice(&raw);
@@ -1003,7 +1021,7 @@ impl ChainCore {
                 &[]
             };
             if !core.set_features(head_features) || !core.clear_values(&current) {
-                return Ok(false);
+                return Ok(None);
             }
             core.run_candidates(py, true)?;
             let (count, width) = (core.count(), core.width());
@@ -1034,8 +1052,7 @@ impl ChainCore {
         }
         out.extend_from_slice(&rows);
         out.extend_from_slice(&current);
-        write_native(py, buffer, &out)?;
-        Ok(true)
+        Ok(Some(out))
     }
 }
 

@@ -213,7 +213,7 @@ impl<'a> Scanner<'a> {
 }
 
 /// A numeric `ts` literal as Python's `float` of orjson's value, when certain.
-fn number_value(text: &[u8]) -> Reading {
+pub(crate) fn number_value(text: &[u8]) -> Reading {
     let text = std::str::from_utf8(text).ok()?;
     if !text.contains(['.', 'e', 'E']) {
         let digits = text.trim_start_matches('-').len();

@@ -38,7 +38,7 @@ use crate::scores::ClassificationScore;
 #[pyfunction]
 #[pyo3(signature = (chain, buffer, y, scores, evidence, ranges, clip, uncertainty=None, kept=None))]
 #[allow(clippy::too_many_arguments)]
-fn learn_served(
+pub(crate) fn learn_served(
     py: Python<'_>,
     chain: &Bound<'_, ChainCore>,
     buffer: &Bound<'_, PyAny>,

@@ -23,6 +23,7 @@ mod hedge;
 mod kafka_records;
 mod kalman;
 mod label_step;
+mod lane;
 mod newton;
 mod page_hinkley;
 mod platt;
@@ -66,5 +67,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     record_check::register(module)?;
     kafka_records::register(module)?;
     event_time::register(module)?;
+    lane::register(module)?;
     Ok(())
 }

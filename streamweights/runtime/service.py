@@ -215,6 +215,15 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
     return Runtime(source, sinks, state)
 
 
+def _decoded_or_none(raw: bytes) -> events.Record | None:
+    """The record ``raw`` holds, or ``None``: for an internal error's dead letter, which
+    names the record's stream and id when it has them."""
+    try:
+        return events.decode(raw)
+    except Exception:
+        return None
+
+
 def config_digest(streams: Any) -> str:
     """What a snapshot's ``config_digest`` is checked against: the streams' settings.
     ``n_features`` (added later) counts only when set, so a state folder written before
@@ -267,6 +276,9 @@ class Service:
         self.records_seen = 0
         self.http: HttpServer | None = None
         self._stop = threading.Event()
+        #: The core's lane for the streams it takes whole (``None``: every record
+        #: takes the general path in ``_process``).
+        self._lane = self.pipeline.record_lane()
         self._event_counters: dict[tuple[str, str], Any] = {}
         self._joined_counters: dict[str, Any] = {}
         self._exhausted = False
@@ -405,6 +417,16 @@ class Service:
         """Decode and apply one record. Nothing raised here stops the stream: a contract
         breach is dead-lettered with its reason, anything else (a bug) as
         ``internal_error`` naming the exception, and the loop goes on."""
+        lane = self._lane
+        if lane is not None and type(raw) is bytes:
+            try:
+                done = lane.process(raw, "adapted" in self.sinks)
+            except Exception as error:
+                self._route(self._internal_error(error, "process", position, raw,
+                                                 _decoded_or_none(raw)), position)
+                return "invalid"
+            if done is not None:
+                return self._laned(done, position, raw)
         if isinstance(raw, Rejected):  # a source row that cannot become a record
             self._route(self.pipeline.reject(events.RecordError(raw.reason, raw.error), raw.raw,
                                              raw.stream, raw.id), position)
@@ -431,6 +453,34 @@ class Service:
                         position)
             return "invalid"
         self._route(outcome, position, raw, encoded)
+        return kind
+
+    def _laned(self, done: tuple[tuple[str, str], Any], position: int, raw: bytes) -> str:
+        """Count and route a record the core's lane applied (``Pipeline.record_lane``):
+        what the general path above does with the same outcome."""
+        key, result = done
+        counter = self._event_counters.get(key)
+        if counter is None:
+            counter = self._event_counters[key] = self.metrics.events.labels(*key)
+        counter.inc()
+        kind = key[1]
+        if result is None:  # applied, nothing to write
+            if kind == "label":
+                joined = self._joined_counters.get(key[0])
+                if joined is None:
+                    joined = self._joined_counters[key[0]] = self.metrics.joined.labels(key[0])
+                joined.inc()
+            return kind
+        if type(result) is bytes:  # the adapted record
+            self.sinks["adapted"].write(result)
+            return kind
+        try:  # an Outcome: a refusal, a drift, a weights version
+            encoded = self._encode(result, "adapted" in self.sinks)
+        except Exception as error:
+            self._route(self._internal_error(error, "process", position, raw,
+                                             _decoded_or_none(raw)), position)
+            return "invalid"
+        self._route(result, position, raw, encoded)
         return kind
 
     def _internal_error(self, error: Exception, stage: str, position: int, raw: bytes,

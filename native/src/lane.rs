@@ -1,0 +1,896 @@
+//! The record lane: one core call takes a raw prediction or label from its JSON bytes to
+//! the stream's updated state, for the records that need nothing else.
+//!
+//! `StreamPipeline`'s per-record path in Python decodes the record with orjson, checks
+//! it field by field, builds a `Prediction` / `Label`, routes it, runs the chain in the
+//! core, and updates the join, the clock and the counters: ~7 µs a record, of which the
+//! chain's arithmetic is about one. `RecordLane.process(raw, adapted)` does the same
+//! steps here for a classification stream whose chain the core drives whole (no torch
+//! model, no feature stage, no conformal layer or estimate), reading and writing the
+//! same Python objects (`StreamPipeline`'s attributes, its `PendingJoin`'s entries) so
+//! that the state is exactly what the Python path leaves, bit for bit.
+//!
+//! The lane only takes a record when it is certain of every answer Python would give:
+//!
+//! * the bytes are UTF-8, at most `max_bytes` long, and a JSON object of exactly
+//!   `schema` (the integer 1), `stream`, `id` (non-empty strings without escapes), `ts`
+//!   and either `outputs` (an object of one non-empty list of numbers per model, each
+//!   name once) or `label` (an integer literal); numbers within the subset whose value
+//!   is certainly orjson's (as `event_time::number_value`'s: at most 17 significant
+//!   digits, a two-digit exponent) and within the contract's bound;
+//! * the stream is one of the lane's, the outputs name exactly its models with one
+//!   probability per class, the label is a class;
+//! * nothing on the record's path needs Python: no event-time skew to judge, no
+//!   prediction waiting under the same id, no expiry or eviction in the join, no
+//!   weights version due, no drift confirmed.
+//!
+//! For anything else `process` returns `None` with nothing changed and the Python path
+//! runs as before, so every refusal, its reason and its message stay Python's. The
+//! chain's own refusals (invalid probabilities, a non-finite update) and a confirmed
+//! drift are handed back to the pipeline's own methods (`reject`, `_learned`), which
+//! write the outcome the Python path would. `tests/test_record_lane.py` holds the lane
+//! to the Python path on long streams mixed with malformed and unusual records.
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+
+use crate::chain::ChainCore;
+use crate::expert_losses::write_native;
+use crate::label_step::learn_served;
+use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
+
+/// A number as read: an integer literal (Python's `int`) or any other (a `float`).
+#[derive(Clone, Copy)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    /// The `float` Python makes of it (`float(int)` rounds to nearest even, as `as`).
+    fn value(self) -> f64 {
+        match self {
+            Number::Int(whole) => whole as f64,
+            Number::Float(value) => value,
+        }
+    }
+}
+
+/// What a record says, when it is within the lane's subset.
+struct Record<'a> {
+    stream: &'a [u8],
+    id: &'a [u8],
+    ts: f64,
+    /// A prediction's outputs: each model's name and its numbers, in the record's order.
+    outputs: Vec<(&'a [u8], Vec<f64>)>,
+    /// A label's class (an integer literal); `None` for a prediction.
+    label: Option<i64>,
+}
+
+/// A cursor over a record's bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// `byte` next (after any space), stepped over.
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.skip_space();
+        if self.peek()? != byte {
+            return None;
+        }
+        self.at += 1;
+        Some(())
+    }
+
+    /// After an item: `Some(true)` past a comma, `Some(false)` past `close`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.skip_space();
+        let byte = self.peek()?;
+        self.at += 1;
+        match byte {
+            b',' => Some(true),
+            _ if byte == close => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes (the opening quote next, after any space): its bytes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.bytes[start..self.at - 1]);
+                }
+                // an escape is left to Python; a raw control character is not JSON
+                b'\\' | 0x00..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// A number (after any space) in the subset whose value is certainly orjson's: an
+    /// integer literal of at most 18 digits, or a decimal one of at most 17 significant
+    /// digits and an exponent of at most two (`event_time::number_value`'s subset),
+    /// within the contract's bound.
+    fn number(&mut self) -> Option<Number> {
+        self.skip_space();
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let digits_start = self.at;
+        let digits = self.digits();
+        if digits == 0 || (digits > 1 && self.bytes[digits_start] == b'0') {
+            return None; // no digit, or a leading zero: not JSON
+        }
+        let mut whole = true;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            whole = false;
+        }
+        let mantissa_end = self.at;
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !(1..=2).contains(&self.digits()) {
+                return None;
+            }
+            whole = false;
+        }
+        // (the bytes are ASCII digits and signs: valid UTF-8)
+        let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+        if whole {
+            if digits > 18 {
+                return None; // orjson's int may be u64: left to Python
+            }
+            return Some(Number::Int(text.parse().ok()?));
+        }
+        let significant = self.bytes[digits_start..mantissa_end]
+            .iter()
+            .filter(|byte| byte.is_ascii_digit())
+            .skip_while(|&&byte| byte == b'0')
+            .count();
+        if significant > 17 {
+            return None;
+        }
+        let value: f64 = text.parse().ok()?; // correctly rounded, as orjson's
+        if (-MAX_MAGNITUDE..=MAX_MAGNITUDE).contains(&value) {
+            Some(Number::Float(value))
+        } else {
+            None
+        }
+    }
+
+    /// A non-empty list of numbers, as floats.
+    fn numbers(&mut self) -> Option<Vec<f64>> {
+        self.expect(b'[')?;
+        let mut values = Vec::with_capacity(4);
+        loop {
+            values.push(self.number()?.value());
+            if !self.more(b']')? {
+                return Some(values);
+            }
+        }
+    }
+
+    /// `outputs`: a non-empty object of lists, each name once.
+    fn outputs(&mut self) -> Option<Vec<(&'a [u8], Vec<f64>)>> {
+        self.expect(b'{')?;
+        let mut outputs: Vec<(&'a [u8], Vec<f64>)> = Vec::with_capacity(4);
+        loop {
+            let name = self.string()?;
+            if outputs.iter().any(|(seen, _)| *seen == name) {
+                return None; // a duplicate key: Python refuses it
+            }
+            self.expect(b':')?;
+            outputs.push((name, self.numbers()?));
+            if !self.more(b'}')? {
+                return Some(outputs);
+            }
+        }
+    }
+}
+
+/// The record's fields when it is a prediction or label within the subset.
+///
+/// The bytes are not checked as UTF-8 whole: outside strings the lane reads only ASCII,
+/// every name it reads must equal a configured one, and the id is checked when it
+/// becomes a Python string, so a record with invalid UTF-8 is never taken.
+fn read_record(bytes: &[u8]) -> Option<Record<'_>> {
+    let mut cursor = Cursor { bytes, at: 0 };
+    cursor.expect(b'{')?;
+    let (mut schema, mut stream, mut id, mut ts) = (None, None, None, None);
+    let (mut outputs, mut label) = (None, None);
+    loop {
+        let key = cursor.string()?;
+        cursor.expect(b':')?;
+        let fresh = match key {
+            b"schema" => schema.replace(cursor.number()?).is_none(),
+            b"stream" => stream.replace(cursor.string()?).is_none(),
+            b"id" => id.replace(cursor.string()?).is_none(),
+            b"ts" => ts.replace(cursor.number()?).is_none(),
+            b"outputs" => outputs.replace(cursor.outputs()?).is_none(),
+            b"label" => label.replace(cursor.number()?).is_none(),
+            _ => return None, // `features`, or an unknown field: Python decides
+        };
+        if !fresh {
+            return None; // a duplicate key
+        }
+        if !cursor.more(b'}')? {
+            break;
+        }
+    }
+    cursor.skip_space();
+    if cursor.at != bytes.len() {
+        return None;
+    }
+    match schema? {
+        Number::Int(version) if version == SCHEMA_VERSION => {}
+        _ => return None,
+    }
+    let (stream, id) = (stream?, id?);
+    if stream.is_empty() || id.is_empty() {
+        return None;
+    }
+    let ts = ts?.value();
+    let label = match (outputs.is_some(), label) {
+        (true, None) => None,
+        (false, Some(Number::Int(class))) => Some(class),
+        _ => return None,
+    };
+    Some(Record {
+        stream,
+        id,
+        ts,
+        outputs: outputs.unwrap_or_default(),
+        label,
+    })
+}
+
+/// A float as orjson writes it: Python's `repr` digits (the shortest that read back,
+/// the closest of those to the value: Ryu's), fixed notation for decimal exponents -5
+/// to 15 (`1.0`, `0.00001`), else scientific with a signed exponent and no padding
+/// (`1e-6`, `1.5e+16`); `null` for NaN and the infinities, as orjson.
+pub fn write_float(out: &mut Vec<u8>, value: f64) {
+    if !value.is_finite() {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(value).as_bytes();
+    let (negative, text) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    // Ryu's own layout (fixed or scientific) read back as digits and a decimal exponent.
+    let (mantissa, mut exponent) = match text.iter().position(|&byte| byte == b'e') {
+        Some(at) => (
+            &text[..at],
+            std::str::from_utf8(&text[at + 1..])
+                .ok()
+                .and_then(|e| e.parse::<i32>().ok())
+                .unwrap_or(0),
+        ),
+        None => (text, 0),
+    };
+    let point = mantissa
+        .iter()
+        .position(|&byte| byte == b'.')
+        .unwrap_or(mantissa.len());
+    let mut digits: Vec<u8> = mantissa
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_digit)
+        .collect();
+    exponent += point as i32 - 1;
+    let leading = digits.iter().take_while(|&&digit| digit == b'0').count();
+    if leading == digits.len() {
+        digits = vec![b'0'];
+        exponent = 0;
+    } else {
+        digits.drain(..leading);
+        exponent -= leading as i32;
+        while digits.len() > 1 && digits.last() == Some(&b'0') {
+            digits.pop();
+        }
+    }
+    if negative {
+        out.push(b'-');
+    }
+    if (-5..16).contains(&exponent) {
+        if exponent >= 0 {
+            let whole = exponent as usize + 1;
+            for index in 0..whole {
+                out.push(*digits.get(index).unwrap_or(&b'0'));
+            }
+            out.push(b'.');
+            if digits.len() > whole {
+                out.extend_from_slice(&digits[whole..]);
+            } else {
+                out.push(b'0');
+            }
+        } else {
+            out.extend_from_slice(b"0.");
+            for _ in 0..(-exponent - 1) {
+                out.push(b'0');
+            }
+            out.extend_from_slice(&digits);
+        }
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        if exponent > 0 {
+            out.push(b'+');
+        }
+        out.extend_from_slice(exponent.to_string().as_bytes());
+    }
+}
+
+/// `write_float` as text: how the tests hold it to orjson.
+#[pyfunction]
+fn json_float(value: f64) -> PyResult<String> {
+    if !value.is_finite() {
+        return Err(PyValueError::new_err("value: not finite"));
+    }
+    let mut out = Vec::new();
+    write_float(&mut out, value);
+    Ok(String::from_utf8(out).expect("ASCII"))
+}
+
+/// One stream the lane takes records for, with what its per-record path reads from
+/// its frozen config.
+struct LaneStream {
+    pipeline: Py<PyAny>,
+    /// The `__dict__` of the stream's pipeline, its join and its chain: their plain
+    /// attributes read and written directly (none is a property or a slot).
+    state: Py<PyDict>,
+    join_state: Py<PyDict>,
+    chain_state: Py<PyDict>,
+    /// `(name, "prediction")` and `(name, "label")`: what `process` returns.
+    prediction_key: Py<PyTuple>,
+    label_key: Py<PyTuple>,
+    /// `(prediction_key, None)` and `(label_key, None)`: a record done with nothing to
+    /// route, returned without making a tuple per record.
+    prediction_done: Py<PyTuple>,
+    label_done: Py<PyTuple>,
+    name: Py<PyString>,
+    models: Vec<Vec<u8>>,
+    width: usize,
+    skew_limit: f64,
+    ttl: f64,
+    max_pending: usize,
+    every_labels: i64,
+    every_seconds: f64,
+    size: usize,
+    output: (usize, usize),
+    scores: Py<PyList>,
+    evidence: Py<PyList>,
+    ranges: Vec<(usize, usize)>,
+    clip: f64,
+}
+
+/// What the lane needs from Python: classes and functions it calls.
+struct Helpers {
+    pending: Py<PyAny>,
+    label: Py<PyAny>,
+    record_error: Py<PyAny>,
+    non_finite: Py<PyAny>,
+    outcome: Py<PyAny>,
+    empty: Py<PyAny>,
+}
+
+/// `Helpers` as Python passes them.
+type HelperObjects = (
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+);
+
+/// The record lane of one `Pipeline` (see the module doc).
+#[pyclass(module = "streamweights._native")]
+pub struct RecordLane {
+    pipeline: Py<PyAny>,
+    streams: Vec<LaneStream>,
+    index: HashMap<Vec<u8>, usize>,
+    max_bytes: usize,
+    helpers: Helpers,
+}
+
+/// `dict[key]` of an object's `__dict__` (a missing attribute is a bug: KeyError).
+fn get<'py>(dict: &Bound<'py, PyDict>, key: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+    dict.get_item(key)?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(key.clone().unbind()))
+}
+
+/// The pipeline's time after `ts` (`latest_ts` moves forward only).
+fn advanced(latest: Option<f64>, ts: f64) -> f64 {
+    match latest {
+        Some(latest) if ts <= latest => latest,
+        _ => ts,
+    }
+}
+
+fn optional_float(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if value.is_none() {
+        Ok(None)
+    } else {
+        value.extract().map(Some)
+    }
+}
+
+#[pymethods]
+impl RecordLane {
+    /// `pipeline`: the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
+    /// name, models, width, skew_limit, ttl, max_pending, every_labels, every_seconds,
+    /// size, (output_start, output_stop), scores, evidence, ranges, clip)`; `helpers`:
+    /// `(Pending, Label, RecordError, NonFiniteUpdate, Outcome, numpy.empty)`.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        pipeline: Py<PyAny>,
+        streams: &Bound<'_, PyList>,
+        helpers: HelperObjects,
+        max_bytes: usize,
+    ) -> PyResult<Self> {
+        let mut lane_streams = Vec::with_capacity(streams.len());
+        let mut index = HashMap::new();
+        for item in streams.iter() {
+            let item = item.downcast::<PyTuple>()?;
+            if item.len() != 15 {
+                return Err(PyValueError::new_err(
+                    "streams: expected tuples of 15 fields",
+                ));
+            }
+            let field = |at: usize| item.get_item(at);
+            let stream: Py<PyAny> = field(0)?.unbind();
+            let name: String = field(1)?.extract()?;
+            let models: Vec<String> = field(2)?.extract()?;
+            let width: usize = field(3)?.extract()?;
+            let skew_limit: f64 = field(4)?.extract()?;
+            let ttl: f64 = field(5)?.extract()?;
+            let max_pending: usize = field(6)?.extract()?;
+            let every_labels: i64 = field(7)?.extract()?;
+            let every_seconds: f64 = field(8)?.extract()?;
+            let size: usize = field(9)?.extract()?;
+            let output: (usize, usize) = field(10)?.extract()?;
+            let scores: Py<PyList> = field(11)?.downcast_into::<PyList>()?.unbind();
+            let evidence: Py<PyList> = field(12)?.downcast_into::<PyList>()?.unbind();
+            let ranges: Vec<(usize, usize)> = field(13)?.extract()?;
+            let clip: f64 = field(14)?.extract()?;
+            if output.1 != size || output.1 - output.0 != width || width == 0 {
+                return Err(PyValueError::new_err(format!(
+                    "streams: {name}: the output {output:?} is not the last {width} of {size} values"
+                )));
+            }
+            if index
+                .insert(name.as_bytes().to_vec(), lane_streams.len())
+                .is_some()
+            {
+                return Err(PyValueError::new_err(format!("streams: {name} twice")));
+            }
+            let key = |kind: &str| PyTuple::new(py, [name.as_str(), kind]).map(Bound::unbind);
+            let done = |key: &Py<PyTuple>| {
+                PyTuple::new(py, [key.bind(py).as_any(), &py.None().into_bound(py)])
+                    .map(Bound::unbind)
+            };
+            let (prediction_key, label_key) = (key("prediction")?, key("label")?);
+            let bound = stream.bind(py);
+            let join = bound.getattr("join")?;
+            let dict_of = |object: &Bound<'_, PyAny>| -> PyResult<Py<PyDict>> {
+                Ok(object
+                    .getattr("__dict__")?
+                    .downcast_into::<PyDict>()?
+                    .unbind())
+            };
+            lane_streams.push(LaneStream {
+                state: dict_of(bound)?,
+                join_state: dict_of(&join)?,
+                chain_state: dict_of(&bound.getattr("chain")?)?,
+                pipeline: stream,
+                prediction_done: done(&prediction_key)?,
+                label_done: done(&label_key)?,
+                prediction_key,
+                label_key,
+                name: PyString::new(py, &name).unbind(),
+                models: models.iter().map(|m| m.as_bytes().to_vec()).collect(),
+                width,
+                skew_limit,
+                ttl,
+                max_pending,
+                every_labels,
+                every_seconds,
+                size,
+                output,
+                scores,
+                evidence,
+                ranges,
+                clip,
+            });
+        }
+        let (pending, label, record_error, non_finite, outcome, empty) = helpers;
+        Ok(RecordLane {
+            pipeline,
+            streams: lane_streams,
+            index,
+            max_bytes,
+            helpers: Helpers {
+                pending,
+                label,
+                record_error,
+                non_finite,
+                outcome,
+                empty,
+            },
+        })
+    }
+
+    /// Apply one raw record if the lane can (see the module doc). Returns `None`, with
+    /// nothing changed, when Python must; otherwise `(key, result)`: `key` is `(stream,
+    /// kind)`, `result` the adapted record's bytes (a prediction, when `adapted`), `None`
+    /// (done, nothing to route) or the `Outcome` to route (a refusal or a drift).
+    fn process<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &Bound<'py, PyBytes>,
+        adapted: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let bytes = raw.as_bytes();
+        if bytes.len() > self.max_bytes {
+            return Ok(None);
+        }
+        let record = match read_record(bytes) {
+            Some(record) => record,
+            None => return Ok(None),
+        };
+        let stream = match self.index.get(record.stream) {
+            Some(&at) => &self.streams[at],
+            None => return Ok(None),
+        };
+        match record.label {
+            None => self.prediction(py, stream, &record, adapted),
+            Some(label) => self.label(py, stream, &record, label),
+        }
+    }
+}
+
+impl RecordLane {
+    fn prediction<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &LaneStream,
+        record: &Record<'_>,
+        adapted: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if record.outputs.len() != stream.models.len() {
+            return Ok(None);
+        }
+        let mut rows = Vec::with_capacity(stream.models.len() * stream.width);
+        for model in &stream.models {
+            match record.outputs.iter().find(|(name, _)| name == model) {
+                Some((_, row)) if row.len() == stream.width => rows.extend_from_slice(row),
+                _ => return Ok(None),
+            }
+        }
+        let ts = record.ts;
+        let state = stream.state.bind(py);
+        let join_state = stream.join_state.bind(py);
+        let latest = optional_float(&get(state, intern!(py, "latest_ts"))?)?;
+        if let Some(latest) = latest {
+            if ts - latest > stream.skew_limit {
+                return Ok(None); // the skew rule decides, in Python
+            }
+        }
+        let now = advanced(latest, ts);
+        let head_ts: f64 = get(join_state, intern!(py, "head_ts"))?.extract()?;
+        if head_ts < now - stream.ttl {
+            return Ok(None); // something expires
+        }
+        let entries = get(join_state, intern!(py, "_entries"))?;
+        let entries = entries.downcast::<PyDict>()?;
+        let id = match std::str::from_utf8(record.id) {
+            Ok(id) => PyString::new(py, id),
+            Err(_) => return Ok(None), // not UTF-8: Python's refusal
+        };
+        if entries.len() >= stream.max_pending || entries.contains(&id)? {
+            return Ok(None); // an eviction, or a duplicate id
+        }
+        let since: i64 = get(state, intern!(py, "labels_since_publish"))?.extract()?;
+        let last = optional_float(&get(state, intern!(py, "last_publish_ts"))?)?;
+        let due = since >= stream.every_labels
+            || (since > 0 && ts - last.unwrap_or(ts) >= stream.every_seconds);
+        if due {
+            return Ok(None); // a weights version
+        }
+        state.set_item(intern!(py, "changed"), true)?;
+        let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
+        let core = core.downcast::<ChainCore>()?;
+        let served = core.borrow_mut().serve(py, rows, Vec::new());
+        let values = match served {
+            Ok(Some(values)) if values.len() == stream.size => values,
+            Ok(_) => return Ok(None), // not cleared, nothing changed
+            Err(error) => {
+                // `on_prediction`'s refusal, as `Pipeline.process` turns it into a letter
+                let message = error.value(py).str()?;
+                let reason = self
+                    .helpers
+                    .record_error
+                    .bind(py)
+                    .call1(("invalid_outputs", message))?;
+                let outcome = self.pipeline.bind(py).call_method1(
+                    intern!(py, "reject"),
+                    (reason, py.None(), stream.name.bind(py), id),
+                )?;
+                return Ok(Some(PyTuple::new(
+                    py,
+                    [stream.prediction_key.bind(py).as_any(), &outcome],
+                )?));
+            }
+        };
+        let ts_object = PyFloat::new(py, ts);
+        if latest.is_none_or_less(ts) {
+            state.set_item(intern!(py, "latest_ts"), &ts_object)?;
+        }
+        let buffer = self.helpers.empty.bind(py).call1((stream.size,))?;
+        write_native(py, &buffer, &values)?;
+        let payload = PyDict::new(py);
+        payload.set_item(intern!(py, "buffer"), buffer)?;
+        let pending = self
+            .helpers
+            .pending
+            .bind(py)
+            .call1((&id, &ts_object, payload))?;
+        entries.as_any().set_item(&id, &pending)?;
+        if get(join_state, intern!(py, "_head"))?.is_none() {
+            join_state.set_item(intern!(py, "_head"), &pending)?;
+            join_state.set_item(intern!(py, "head_ts"), &ts_object)?;
+        }
+        let predictions: i64 = get(state, intern!(py, "predictions"))?.extract()?;
+        state.set_item(intern!(py, "predictions"), predictions + 1)?;
+        if last.is_none() {
+            state.set_item(intern!(py, "last_publish_ts"), &ts_object)?;
+        }
+        let key = stream.prediction_key.bind(py).as_any().clone();
+        if !adapted {
+            return Ok(Some(stream.prediction_done.bind(py).clone()));
+        }
+        let version: i64 = get(state, intern!(py, "weights_version"))?.extract()?;
+        let served = &values[stream.output.0..stream.output.1];
+        let encoded = encode_adapted(record, ts, served, version);
+        Ok(Some(PyTuple::new(
+            py,
+            [key, PyBytes::new(py, &encoded).into_any()],
+        )?))
+    }
+
+    fn label<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &LaneStream,
+        record: &Record<'_>,
+        class: i64,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if class < 0 || class as usize >= stream.width {
+            return Ok(None);
+        }
+        let ts = record.ts;
+        let pipeline = stream.pipeline.bind(py);
+        let state = stream.state.bind(py);
+        let join_state = stream.join_state.bind(py);
+        let latest = optional_float(&get(state, intern!(py, "latest_ts"))?)?;
+        if let Some(latest) = latest {
+            if ts - latest > stream.skew_limit {
+                return Ok(None);
+            }
+        }
+        let entries = get(join_state, intern!(py, "_entries"))?;
+        let entries = entries.downcast::<PyDict>()?;
+        let id = match std::str::from_utf8(record.id) {
+            Ok(id) => PyString::new(py, id),
+            Err(_) => return Ok(None), // not UTF-8: Python's refusal
+        };
+        let pending = match entries.get_item(&id)? {
+            Some(pending) => pending,
+            None => return Ok(None), // unmatched: Python's letter
+        };
+        let payload = pending.getattr(intern!(py, "payload"))?;
+        let buffer = match payload.downcast::<PyDict>() {
+            Ok(payload) if payload.len() == 1 => payload.get_item(intern!(py, "buffer"))?,
+            _ => None,
+        };
+        let buffer = match buffer {
+            Some(buffer) => buffer,
+            None => return Ok(None),
+        };
+        let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
+        let core = core.downcast::<ChainCore>()?;
+        state.set_item(intern!(py, "changed"), true)?;
+        let label = class.into_pyobject(py)?;
+        let fired = learn_served(
+            py,
+            core,
+            &buffer,
+            label.as_any(),
+            stream.scores.bind(py),
+            stream.evidence.bind(py),
+            stream.ranges.clone(),
+            stream.clip,
+            None,
+            None,
+        );
+        let key = stream.label_key.bind(py).as_any().clone();
+        let fired = match fired {
+            Ok(Some(fired)) => fired,
+            Ok(None) => return Ok(None), // not cleared, nothing changed
+            Err(error) if error.is_instance(py, self.helpers.non_finite.bind(py)) => {
+                let message = format!(
+                    "label: {}; the stream keeps its last good state",
+                    error.value(py).str()?
+                );
+                let reason = self
+                    .helpers
+                    .record_error
+                    .bind(py)
+                    .call1(("non_finite_state", message))?;
+                let outcome = self.pipeline.bind(py).call_method1(
+                    intern!(py, "reject"),
+                    (reason, py.None(), stream.name.bind(py), id),
+                )?;
+                return Ok(Some(PyTuple::new(py, [key, outcome])?));
+            }
+            Err(error) => return Err(error),
+        };
+        // What `_learned` does next, unless something on its path needs Python.
+        let now = advanced(latest, ts);
+        let head = get(join_state, intern!(py, "_head"))?;
+        // The oldest entry once this one leaves (`PendingJoin._new_head`'s answer):
+        // `Some(None)` for none, `None` when this one is not the oldest (it stays).
+        let mut new_head = None;
+        if pending.is(&head) {
+            let mut keys = entries.as_any().try_iter()?;
+            keys.next(); // the head itself
+            new_head = Some(match keys.next() {
+                Some(next) => {
+                    let next = entries.as_any().get_item(next?)?;
+                    let next_ts = next.getattr(intern!(py, "ts"))?;
+                    Some((next, next_ts))
+                }
+                None => None,
+            });
+        }
+        let head_after: f64 = match &new_head {
+            Some(Some((_, next_ts))) => next_ts.extract()?,
+            Some(None) => f64::INFINITY,
+            None => get(join_state, intern!(py, "head_ts"))?.extract()?,
+        };
+        let since: i64 = get(state, intern!(py, "labels_since_publish"))?.extract::<i64>()? + 1;
+        let last = optional_float(&get(state, intern!(py, "last_publish_ts"))?)?;
+        let due = since >= stream.every_labels
+            || (since > 0 && ts - last.unwrap_or(ts) >= stream.every_seconds);
+        if !fired.is_empty() || due || head_after < now - stream.ttl {
+            let label =
+                self.helpers
+                    .label
+                    .bind(py)
+                    .call1((stream.name.bind(py), &id, ts, &label))?;
+            let outcome = self.helpers.outcome.bind(py).call(
+                (),
+                Some(&[("stream", stream.name.bind(py))].into_py_dict(py)?),
+            )?;
+            let outcome =
+                pipeline.call_method1(intern!(py, "_learned"), (label, fired, outcome))?;
+            return Ok(Some(PyTuple::new(py, [key, outcome])?));
+        }
+        // `PendingJoin.pop`, then the clock and the counters.
+        entries.as_any().del_item(&id)?;
+        let joined: i64 = get(join_state, intern!(py, "joined_total"))?.extract()?;
+        join_state.set_item(intern!(py, "joined_total"), joined + 1)?;
+        let encoded = get(join_state, intern!(py, "_encoded"))?;
+        let encoded = encoded.downcast::<PyDict>()?;
+        if encoded.contains(&id)? {
+            encoded.del_item(&id)?;
+        }
+        match new_head {
+            Some(Some((next, next_ts))) => {
+                join_state.set_item(intern!(py, "_head"), next)?;
+                join_state.set_item(intern!(py, "head_ts"), next_ts)?;
+            }
+            Some(None) => {
+                join_state.set_item(intern!(py, "_head"), py.None())?;
+                join_state.set_item(intern!(py, "head_ts"), f64::INFINITY)?;
+            }
+            None => {}
+        }
+        let ts_object = PyFloat::new(py, ts);
+        if latest.is_none_or_less(ts) {
+            state.set_item(intern!(py, "latest_ts"), &ts_object)?;
+        }
+        let labels: i64 = get(state, intern!(py, "labels"))?.extract()?;
+        state.set_item(intern!(py, "labels"), labels + 1)?;
+        state.set_item(intern!(py, "labels_since_publish"), since)?;
+        if last.is_none() {
+            state.set_item(intern!(py, "last_publish_ts"), &ts_object)?;
+        }
+        Ok(Some(stream.label_done.bind(py).clone()))
+    }
+}
+
+/// `Option<f64>` as the pipeline's clock: whether `ts` moves it (`None`, or later).
+trait Clock {
+    fn is_none_or_less(&self, ts: f64) -> bool;
+}
+
+impl Clock for Option<f64> {
+    fn is_none_or_less(&self, ts: f64) -> bool {
+        match self {
+            None => true,
+            Some(latest) => ts > *latest,
+        }
+    }
+}
+
+/// The adapted record `events.encode(Adapted(...))` writes for a served prediction:
+/// the stream's name and the id as they came (no escapes in them), the rest as orjson.
+fn encode_adapted(record: &Record<'_>, ts: f64, served: &[f64], version: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + record.id.len() + 24 * served.len());
+    out.extend_from_slice(b"{\"schema\":1,\"stream\":\"");
+    out.extend_from_slice(record.stream);
+    out.extend_from_slice(b"\",\"id\":\"");
+    out.extend_from_slice(record.id);
+    out.extend_from_slice(b"\",\"ts\":");
+    write_float(&mut out, ts);
+    out.extend_from_slice(b",\"proba\":[");
+    for (index, &value) in served.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_float(&mut out, value);
+    }
+    out.extend_from_slice(b"],\"weights_version\":");
+    out.extend_from_slice(version.to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<RecordLane>()?;
+    module.add_function(wrap_pyfunction!(json_float, module)?)
+}
