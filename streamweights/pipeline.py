@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from streamweights import _native
 from streamweights import events as _events
@@ -781,7 +782,7 @@ class Pipeline:
     def record_lane(self) -> Any | None:
         """The core's record lane over the streams it can take whole, or ``None`` when
         none can: a classification stream whose chain the core drives (no torch model,
-        no feature stage) without conformal sets or estimates. ``lane.process(raw,
+        no feature stage), with its conformal sets and estimates. ``lane.process(raw,
         adapted)`` applies a raw record exactly as ``events.decode`` -> :meth:`process`
         -> ``events.encode`` of its adapted record would, or returns ``None`` with
         nothing changed (``native/src/lane.rs`` says which records it takes and what it
@@ -791,16 +792,20 @@ class Pipeline:
         entries = []
         for name, stream in self.streams.items():
             chain, join = stream.chain, stream.join
-            if not (stream._fused_labels and stream.uncertainty is None
-                    and stream.torch_model is None and chain.core is not None
-                    and stream._every_labels < 1 << 62):
+            if not (stream._fused_labels and stream.torch_model is None
+                    and chain.core is not None and stream._every_labels < 1 << 62):
                 continue
+            uncertainty = stream.uncertainty
+            if uncertainty is not None:
+                uncertainty = (uncertainty, bool(uncertainty.layers), uncertainty._kept_shape,
+                               [orjson.dumps(key) for key in uncertainty._keys],
+                               stream._raw_range)
             entries.append((stream, name, list(stream.config.models), stream.config.n_classes,
                             float(stream.config.max_event_time_skew_seconds),
                             join.ttl_seconds, join.max_pending, stream._every_labels,
                             float(stream._every_seconds), chain._size, chain._output,
                             stream._all_scores, stream._evidence_cores,
-                            list(stream._evidence_ranges), _STAGE_LOSS_CLIP))
+                            list(stream._evidence_ranges), _STAGE_LOSS_CLIP, uncertainty))
         self._lane = None if not entries else _native.RecordLane(
             self, entries, (Pending, Label, RecordError, NonFiniteUpdate, Outcome, np.empty),
             _events.DEFAULT_MAX_RECORD_BYTES)

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from streamweights import _native, events
-from streamweights.adapters import dumps_state
+from streamweights.adapters import dumps_state, loads_state
 from streamweights.config import StreamConfig
 from streamweights.pipeline import Outcome, Pipeline
 from tests.test_pipeline_batch import (
@@ -88,15 +88,19 @@ def _mixed(seed: int) -> list[bytes]:
     return _with_bad_records(replay + _switching(3_000, seed, after), replay, seed)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_the_lane_gives_what_the_general_path_gives(seed):
-    """Scenario: the Kafka config's chain (FixedShare -> OnlinePlatt -> DriftMemory) fed
-    a replay, a stream whose best model turns bad, and bad records (fuzzed, duplicates,
-    unmatched labels, an unknown stream, wrong shapes, far-future times). We expect:
-    record by record what decode -> process -> encode gives, the same counters and the
-    same state; most records taken by the lane, drift reactions among them."""
+@pytest.mark.parametrize(("config", "seed"), [("kafka.yaml", 1), ("kafka.yaml", 2),
+                                              ("demo.yaml", 1)])
+def test_the_lane_gives_what_the_general_path_gives(config, seed):
+    """Scenario: the Kafka config's chain (FixedShare -> OnlinePlatt -> DriftMemory) and
+    the default one (a portfolio of four candidate chains, a drift memory, conformal
+    sets on the adapted output and each model, estimates), fed a replay, a stream whose
+    best model turns bad, and bad records (fuzzed, duplicates, unmatched labels, an
+    unknown stream, wrong shapes, far-future times). We expect: record by record what
+    decode -> process -> encode gives (the conformal sets in the adapted records
+    included), the same counters and the same state; most records taken by the lane,
+    drift reactions among them."""
     raws = _mixed(seed)
-    taken, laned = _check_same(_streams("kafka.yaml"), raws)
+    taken, laned = _check_same(_streams(config), raws)
     assert taken > 0.9 * len(raws)
     assert laned.streams["demo"].drift_total >= 1
 
@@ -216,10 +220,18 @@ def test_the_lane_writes_the_adapted_record_only_when_asked():
 
 
 def test_streams_the_lane_cannot_take_whole_have_none():
-    """Scenario: the default config (a portfolio with conformal sets). We expect: no lane
-    (every record takes the general path); the Kafka config's stream has one."""
-    assert Pipeline(_streams("demo.yaml")).record_lane() is None
-    assert Pipeline(_streams("kafka.yaml")).record_lane() is not None
+    """Scenario: a regression stream (the lane reads classification streams only) beside
+    the Kafka config's stream, then alone. We expect: the lane takes the classification
+    stream's records and leaves the regression stream's to Python; alone, no lane."""
+    regression = StreamConfig(name="r", task="regression", n_classes=None,
+                              models=("a", "b"), adapters=({"type": "Hedge"},))
+    pipeline = Pipeline([*_streams("kafka.yaml"), regression])
+    lane = pipeline.record_lane()
+    assert lane.process(_record(id="x", ts=1.0, outputs=_OUTPUTS), False) is not None
+    raw = orjson.dumps({"schema": 1, "stream": "r", "id": "x", "ts": 1.0,
+                        "outputs": {"a": 0.5, "b": 1.5}})
+    assert lane.process(raw, False) is None
+    assert Pipeline([regression]).record_lane() is None
 
 
 def _random_doubles(count: int, seed: int) -> list[float]:
@@ -246,3 +258,30 @@ def test_floats_are_written_as_orjson_writes_them():
               + [rng.random() * 10.0 ** rng.randint(-8, 18) for _ in range(50_000)])
     for value in values:
         assert _native.json_float(value) == orjson.dumps(value).decode(), repr(value)
+
+
+@pytest.mark.parametrize("config", ["kafka.yaml", "demo.yaml"])
+def test_a_restored_stream_goes_on_through_the_lane_as_an_uninterrupted_run(config):
+    """Scenario: half of a stream through the lane, a snapshot of that state (through
+    its JSON text), the rest through the lane in a fresh pipeline that loaded it. We
+    expect: the second half's results and the final state equal one uninterrupted run of
+    the general path."""
+    raws = _mixed(4)
+    half = len(raws) // 2
+    general = Pipeline(_streams(config))
+    expected = _one_at_a_time(general, raws)
+    first = Pipeline(_streams(config))
+    _through_lane(first, raws[:half])
+    restored = Pipeline(_streams(config))
+    restored.load_state_dict(loads_state(dumps_state(first.state_dict())))
+    got, taken = _through_lane(restored, raws[half:])
+    assert taken > 0.9 * (len(raws) - half)
+    for index, ((kind, outcome, encoded), (want_kind, want, want_encoded)) in enumerate(
+            zip(got, expected[half:], strict=True)):
+        assert kind == want_kind and encoded == want_encoded, index
+        if outcome is None:
+            assert _plain(want, kind), index
+        else:
+            assert _comparable(outcome) == _comparable(want), index
+    assert restored.summary() == general.summary()
+    assert dumps_state(restored.state_dict()) == dumps_state(general.state_dict())

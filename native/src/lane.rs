@@ -6,8 +6,8 @@
 //! core, and updates the join, the clock and the counters: ~7 µs a record, of which the
 //! chain's arithmetic is about one. `RecordLane.process(raw, adapted)` does the same
 //! steps here for a classification stream whose chain the core drives whole (no torch
-//! model, no feature stage, no conformal layer or estimate), reading and writing the
-//! same Python objects (`StreamPipeline`'s attributes, its `PendingJoin`'s entries) so
+//! model, no feature stage; its conformal sets and estimates included), reading and
+//! writing the same Python objects (`StreamPipeline`'s attributes, its `PendingJoin`'s entries) so
 //! that the state is exactly what the Python path leaves, bit for bit.
 //!
 //! The lane only takes a record when it is certain of every answer Python would give:
@@ -33,13 +33,15 @@
 
 use std::collections::HashMap;
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::chain::ChainCore;
-use crate::expert_losses::write_native;
+use crate::conformal::UncertaintyCore;
+use crate::expert_losses::{native_float64, write_native};
 use crate::label_step::learn_served;
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
 
@@ -403,7 +405,32 @@ struct LaneStream {
     evidence: Py<PyList>,
     ranges: Vec<(usize, usize)>,
     clip: f64,
+    uncertainty: Option<LaneUncertainty>,
 }
+
+/// A stream's conformal layers and estimates (`StreamUncertainty`), as the lane serves
+/// and teaches them (`serve_flat`, then `learn_served`).
+struct LaneUncertainty {
+    /// The `StreamUncertainty`'s `__dict__` (its `_core`, read per record).
+    state: Py<PyDict>,
+    /// Whether there are conformal layers (sets and kept thresholds) or only estimates.
+    layers: bool,
+    /// `_kept_shape`: the thresholds kept with a prediction, one row per layer.
+    kept_shape: (usize, usize),
+    /// The wire keys of the levels, each as JSON text (`"0.1"`).
+    keys: Vec<Vec<u8>>,
+    /// Where the models' rows lie in the chain's flat record.
+    raw: (usize, usize),
+}
+
+/// `(StreamUncertainty, has layers, kept shape, JSON keys, raw range)` as Python passes it.
+type UncertaintyFields<'py> = (
+    Bound<'py, PyAny>,
+    bool,
+    (usize, usize),
+    Vec<Vec<u8>>,
+    (usize, usize),
+);
 
 /// What the lane needs from Python: classes and functions it calls.
 struct Helpers {
@@ -475,9 +502,9 @@ impl RecordLane {
         let mut index = HashMap::new();
         for item in streams.iter() {
             let item = item.downcast::<PyTuple>()?;
-            if item.len() != 15 {
+            if item.len() != 16 {
                 return Err(PyValueError::new_err(
-                    "streams: expected tuples of 15 fields",
+                    "streams: expected tuples of 16 fields",
                 ));
             }
             let field = |at: usize| item.get_item(at);
@@ -496,6 +523,23 @@ impl RecordLane {
             let evidence: Py<PyList> = field(12)?.downcast_into::<PyList>()?.unbind();
             let ranges: Vec<(usize, usize)> = field(13)?.extract()?;
             let clip: f64 = field(14)?.extract()?;
+            let uncertainty = field(15)?;
+            let uncertainty = if uncertainty.is_none() {
+                None
+            } else {
+                let (holder, layers, kept_shape, keys, raw): UncertaintyFields<'_> =
+                    uncertainty.extract()?;
+                Some(LaneUncertainty {
+                    state: holder
+                        .getattr("__dict__")?
+                        .downcast_into::<PyDict>()?
+                        .unbind(),
+                    layers,
+                    kept_shape,
+                    keys,
+                    raw,
+                })
+            };
             if output.1 != size || output.1 - output.0 != width || width == 0 {
                 return Err(PyValueError::new_err(format!(
                     "streams: {name}: the output {output:?} is not the last {width} of {size} values"
@@ -544,6 +588,7 @@ impl RecordLane {
                 evidence,
                 ranges,
                 clip,
+                uncertainty,
             });
         }
         let (pending, label, record_error, non_finite, outcome, empty) = helpers;
@@ -673,6 +718,21 @@ impl RecordLane {
         write_native(py, &buffer, &values)?;
         let payload = PyDict::new(py);
         payload.set_item(intern!(py, "buffer"), buffer)?;
+        // `StreamUncertainty.serve_flat`: the sets served now are the ones scored later.
+        let mut sets = None;
+        if let Some(uncertainty) = &stream.uncertainty {
+            let core = get(uncertainty.state.bind(py), intern!(py, "_core"))?;
+            let core = core.downcast::<UncertaintyCore>()?.borrow();
+            let rows = core.flat_rows(&values, uncertainty.raw, stream.width)?;
+            let (wire, kept, _) = core.serve_probabilities(py, &rows)?;
+            if uncertainty.layers {
+                let (count, width) = uncertainty.kept_shape;
+                let array = self.helpers.empty.bind(py).call1(((count, width),))?;
+                write_native(py, &array, &kept)?;
+                payload.set_item(intern!(py, "conformal"), array)?;
+                sets = wire;
+            }
+        }
         let pending = self
             .helpers
             .pending
@@ -694,7 +754,11 @@ impl RecordLane {
         }
         let version: i64 = get(state, intern!(py, "weights_version"))?.extract()?;
         let served = &values[stream.output.0..stream.output.1];
-        let encoded = encode_adapted(record, ts, served, version);
+        let sets = match (&stream.uncertainty, sets) {
+            (Some(uncertainty), Some(wire)) => Some((&uncertainty.keys, wire)),
+            _ => None,
+        };
+        let encoded = encode_adapted(py, record, ts, served, sets, version)?;
         Ok(Some(PyTuple::new(
             py,
             [key, PyBytes::new(py, &encoded).into_any()],
@@ -732,13 +796,34 @@ impl RecordLane {
             None => return Ok(None), // unmatched: Python's letter
         };
         let payload = pending.getattr(intern!(py, "payload"))?;
-        let buffer = match payload.downcast::<PyDict>() {
-            Ok(payload) if payload.len() == 1 => payload.get_item(intern!(py, "buffer"))?,
-            _ => None,
+        // The core's flat record and, with conformal layers, the thresholds served
+        // (a native array, as `serve_flat` made it: anything else, a snapshot's lists,
+        // takes the general path, which reads them back first).
+        let payload = match payload.downcast::<PyDict>() {
+            Ok(payload) => payload,
+            Err(_) => return Ok(None),
         };
-        let buffer = match buffer {
+        let buffer = match payload.get_item(intern!(py, "buffer"))? {
             Some(buffer) => buffer,
             None => return Ok(None),
+        };
+        let layers = matches!(&stream.uncertainty, Some(u) if u.layers);
+        let kept = payload.get_item(intern!(py, "conformal"))?;
+        if payload.len() != 1 + usize::from(layers) || kept.is_some() != layers {
+            return Ok(None);
+        }
+        if let Some(kept) = &kept {
+            match PyBuffer::<f64>::get(kept) {
+                Ok(view) if view.is_c_contiguous() && native_float64(&view) => {}
+                _ => return Ok(None),
+            }
+        }
+        let uncertainty = match &stream.uncertainty {
+            Some(uncertainty) => Some(
+                get(uncertainty.state.bind(py), intern!(py, "_core"))?
+                    .downcast_into::<UncertaintyCore>()?,
+            ),
+            None => None,
         };
         let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
         let core = core.downcast::<ChainCore>()?;
@@ -753,8 +838,8 @@ impl RecordLane {
             stream.evidence.bind(py),
             stream.ranges.clone(),
             stream.clip,
-            None,
-            None,
+            uncertainty.as_ref(),
+            kept.as_ref(),
         );
         let key = stream.label_key.bind(py).as_any().clone();
         let fired = match fired {
@@ -869,7 +954,14 @@ impl Clock for Option<f64> {
 
 /// The adapted record `events.encode(Adapted(...))` writes for a served prediction:
 /// the stream's name and the id as they came (no escapes in them), the rest as orjson.
-fn encode_adapted(record: &Record<'_>, ts: f64, served: &[f64], version: i64) -> Vec<u8> {
+fn encode_adapted(
+    py: Python<'_>,
+    record: &Record<'_>,
+    ts: f64,
+    served: &[f64],
+    sets: Option<(&Vec<Vec<u8>>, PyObject)>,
+    version: i64,
+) -> PyResult<Vec<u8>> {
     let mut out = Vec::with_capacity(96 + record.id.len() + 24 * served.len());
     out.extend_from_slice(b"{\"schema\":1,\"stream\":\"");
     out.extend_from_slice(record.stream);
@@ -884,10 +976,48 @@ fn encode_adapted(record: &Record<'_>, ts: f64, served: &[f64], version: i64) ->
         }
         write_float(&mut out, value);
     }
-    out.extend_from_slice(b"],\"weights_version\":");
+    out.push(b']');
+    if let Some((keys, wire)) = sets {
+        // `dict(zip(keys, wire))`: each level's set of classes
+        let wire = wire.bind(py).downcast::<PyList>()?.clone();
+        if wire.len() != keys.len() {
+            return Err(PyValueError::new_err("sets: one per level expected"));
+        }
+        out.extend_from_slice(b",\"sets\":{");
+        for (index, (key, set)) in keys.iter().zip(wire.iter()).enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            out.push(b':');
+            write_json(&mut out, &set)?;
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"weights_version\":");
     out.extend_from_slice(version.to_string().as_bytes());
     out.push(b'}');
-    out
+    Ok(out)
+}
+
+/// A list of integers or floats (nested or not) as orjson writes it.
+fn write_json(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(list) = value.downcast::<PyList>() {
+        out.push(b'[');
+        for (index, item) in list.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_json(out, &item)?;
+        }
+        out.push(b']');
+    } else if let Ok(float) = value.downcast_exact::<PyFloat>() {
+        write_float(out, float.value());
+    } else {
+        let whole: i64 = value.extract()?;
+        out.extend_from_slice(whole.to_string().as_bytes());
+    }
+    Ok(())
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
