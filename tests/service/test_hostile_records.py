@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from streamweights.config import SourceConfig, load_config
-from streamweights.pipeline import StreamPipeline
+from streamweights.pipeline import Pipeline, StreamPipeline
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
 from tests.service.conftest import cli, read_json
@@ -173,6 +173,24 @@ def test_any_exception_on_one_record_is_an_internal_error_dead_letter(
             raise KeyError("injected")
         return real_on_label(self, label)
 
+    real_record_lane = Pipeline.record_lane
+
+    class FaultyLane:
+        """The core's record lane with the same fault: the label never reaches
+        ``on_label`` when the lane applies it."""
+
+        def __init__(self, lane):
+            self.lane = lane
+
+        def process(self, raw, adapted):
+            if raw == label_line:
+                raise KeyError("injected")
+            return self.lane.process(raw, adapted)
+
+    def faulty_record_lane(self):
+        lane = real_record_lane(self)
+        return None if lane is None else FaultyLane(lane)
+
     from streamweights import events
 
     real_decode = events.decode
@@ -188,6 +206,7 @@ def test_any_exception_on_one_record_is_an_internal_error_dead_letter(
         with monkeypatch.context() as patch:
             if name == "dirty":
                 patch.setattr(StreamPipeline, "on_label", faulty_on_label)
+                patch.setattr(Pipeline, "record_lane", faulty_record_lane)
                 patch.setattr(events, "decode", faulty_decode)
             service = Service(config)
             try:
