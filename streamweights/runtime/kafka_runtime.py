@@ -274,8 +274,12 @@ class TransactionalSink:
     def position(self) -> int:
         return self._sent
 
-    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
-        self.runtime.send(self.topic, raw, stream_key(raw), headers)
+    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None,
+              key: bytes | None = None) -> None:
+        """Send one record keyed by its stream: ``key`` when the caller knows it (the
+        record's ``stream`` field, encoded), else read from the record."""
+        self.runtime.send(self.topic, raw, key if key is not None else stream_key(raw),
+                          headers)
         self._sent += 1
 
     def flush(self) -> None:

@@ -66,8 +66,8 @@ class KafkaSink:
         """Records handed to the producer so far."""
         return self._sent
 
-    def write(self, raw: bytes, key: bytes | None = None,
-              headers: list[tuple[str, bytes]] | None = None) -> None:
+    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None,
+              key: bytes | None = None) -> None:
         self._raise_pending()
         future = self.producer.send(self.topic, value=raw, headers=headers,
                                     key=key if key is not None else stream_key(raw))

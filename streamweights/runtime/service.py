@@ -281,6 +281,7 @@ class Service:
         self._lane = self.pipeline.record_lane()
         self._event_counters: dict[tuple[str, str], Any] = {}
         self._joined_counters: dict[str, Any] = {}
+        self._stream_keys: dict[str, bytes | None] = {}
         self._exhausted = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -472,7 +473,7 @@ class Service:
                 joined.inc()
             return kind
         if type(result) is bytes:  # the adapted record
-            self.sinks["adapted"].write(result)
+            self.sinks["adapted"].write(result, key=self._stream_key(key[0]))
             return kind
         try:  # an Outcome: a refusal, a drift, a weights version
             encoded = self._encode(result, "adapted" in self.sinks)
@@ -514,7 +515,8 @@ class Service:
                encoded: tuple[bytes | None, list[bytes]] | None = None) -> None:
         adapted, weights_encoded = encoded if encoded is not None else self._encode(outcome)
         if adapted is not None and "adapted" in self.sinks:
-            self.sinks["adapted"].write(adapted)
+            self.sinks["adapted"].write(adapted, key=self._stream_key(outcome.adapted.stream)
+                                        if outcome.adapted is not None else None)
         if outcome.artifacts:
             for artifact in outcome.artifacts:  # before the weights record that names it
                 assert self.artifacts is not None  # a torch stream implies a store
@@ -545,6 +547,19 @@ class Service:
             self.metrics.drift.labels(stream).inc()
             log.warning("drift detected on stream %s after %d labels; reaction: %s", stream,
                         outcome.drift["label_count"], outcome.drift["reaction"])
+
+    def _stream_key(self, stream: str) -> bytes | None:
+        """A stream's name as the Kafka message key of its outputs (what the sinks would
+        read back from each record's ``stream`` field), encoded once per stream."""
+        try:
+            return self._stream_keys[stream]
+        except KeyError:
+            try:
+                key = stream.encode("utf-8")
+            except UnicodeEncodeError:  # no UTF-8 form: the sink reads the record
+                key = None
+            self._stream_keys[stream] = key
+            return key
 
     def _stream_of(self, outcome: Outcome) -> str:
         return outcome.stream or "?"
@@ -585,7 +600,7 @@ class Service:
         if encoded is None:
             encoded = events.encode(weights)
         if "weights" in self.sinks:
-            self.sinks["weights"].write(encoded)
+            self.sinks["weights"].write(encoded, key=self._stream_key(weights.stream))
         self.view.weights[weights.stream] = encoded
         self._publish_metrics(weights.stream)
 

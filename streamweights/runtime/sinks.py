@@ -35,9 +35,10 @@ class JsonlSink:
         """Bytes written so far (the checkpoint stores this)."""
         return self._position
 
-    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def write(self, raw: bytes, headers: list[tuple[str, bytes]] | None = None,
+              key: bytes | None = None) -> None:
         """Append one line; ``headers`` (Kafka's dead-letter metadata) are already in the
-        record for files and are ignored."""
+        record for files and are ignored, as is ``key`` (a Kafka message key)."""
         self._handle.write(raw)
         self._handle.write(b"\n")
         self._position += len(raw) + 1
