@@ -638,6 +638,32 @@ impl RecordLane {
 }
 
 impl RecordLane {
+    /// A record the stream refused: the dead letter `Pipeline.process` makes of the
+    /// `RecordError` (`reject`, which counts it), returned with the record's key.
+    fn refused<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &LaneStream,
+        key: &Bound<'py, PyAny>,
+        reason: &str,
+        message: String,
+        id: &Bound<'py, PyString>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let error = self
+            .helpers
+            .record_error
+            .bind(py)
+            .call1((reason, message))?;
+        let outcome = self.pipeline.bind(py).call_method1(
+            intern!(py, "reject"),
+            (error, py.None(), stream.name.bind(py), id),
+        )?;
+        Ok(Some(PyTuple::new(py, [key, &outcome])?))
+    }
+
+    /// `on_prediction` then `_served`, when nothing on the way needs Python: every
+    /// check before the first change, then the chain, the uncertainty layers, the join,
+    /// the clock and the counters, in the general path's order.
     fn prediction<'py>(
         &self,
         py: Python<'py>,
@@ -693,21 +719,10 @@ impl RecordLane {
             Ok(Some(values)) if values.len() == stream.size => values,
             Ok(_) => return Ok(None), // not cleared, nothing changed
             Err(error) => {
-                // `on_prediction`'s refusal, as `Pipeline.process` turns it into a letter
-                let message = error.value(py).str()?;
-                let reason = self
-                    .helpers
-                    .record_error
-                    .bind(py)
-                    .call1(("invalid_outputs", message))?;
-                let outcome = self.pipeline.bind(py).call_method1(
-                    intern!(py, "reject"),
-                    (reason, py.None(), stream.name.bind(py), id),
-                )?;
-                return Ok(Some(PyTuple::new(
-                    py,
-                    [stream.prediction_key.bind(py).as_any(), &outcome],
-                )?));
+                // `on_prediction`'s refusal
+                let message = error.value(py).str()?.to_string();
+                let key = stream.prediction_key.bind(py).as_any();
+                return self.refused(py, stream, key, "invalid_outputs", message, &id);
             }
         };
         let ts_object = PyFloat::new(py, ts);
@@ -765,6 +780,9 @@ impl RecordLane {
         )?))
     }
 
+    /// `on_label` on the flat record then `_learned`: `learn_served`, then the join,
+    /// the clock and the counters (or `_learned` itself for a drift, an expiry or a
+    /// weights version).
     fn label<'py>(
         &self,
         py: Python<'py>,
@@ -850,16 +868,7 @@ impl RecordLane {
                     "label: {}; the stream keeps its last good state",
                     error.value(py).str()?
                 );
-                let reason = self
-                    .helpers
-                    .record_error
-                    .bind(py)
-                    .call1(("non_finite_state", message))?;
-                let outcome = self.pipeline.bind(py).call_method1(
-                    intern!(py, "reject"),
-                    (reason, py.None(), stream.name.bind(py), id),
-                )?;
-                return Ok(Some(PyTuple::new(py, [key, outcome])?));
+                return self.refused(py, stream, &key, "non_finite_state", message, &id);
             }
             Err(error) => return Err(error),
         };
