@@ -142,6 +142,7 @@ def _unusual() -> list[tuple[bytes, bool]]:
         (_record(id="a", ts=12.0, label=1), True),
         (b'{"schema":1,"stream":"demo","id":"b","ts":12.5,"label":-0}', True),
         (_record(id="\u00e9t\u00e9", ts=13.0, outputs=_OUTPUTS), True),  # raw UTF-8
+        (_record(id="a\x7fb/<>\u2028", ts=13.0, outputs=_OUTPUTS), True),  # none escaped
         (b'{"schema":1,"stream":"demo","id":"\\u00e9","ts":13,"outputs":' + outputs + b"}",
          False),  # an escape
         (_record(id="d", ts=13.0, outputs=_OUTPUTS, features=[1.0]), False),
