@@ -786,7 +786,13 @@ class Pipeline:
         adapted)`` applies a raw record exactly as ``events.decode`` -> :meth:`process`
         -> ``events.encode`` of its adapted record would, or returns ``None`` with
         nothing changed (``native/src/lane.rs`` says which records it takes and what it
-        returns). Built once; it holds the stream objects, which live as long as this."""
+        returns). Built once; it holds the stream objects, which live as long as this.
+
+        ``None`` too while :meth:`process` is wrapped (an instance attribute, as
+        ``evaluation.trace.TraceRecorder`` installs): the lane would bypass the wrapper,
+        so every record goes through it instead."""
+        if "process" in self.__dict__:
+            return None
         if self._lane is not False:
             return self._lane
         entries = []

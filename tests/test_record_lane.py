@@ -286,3 +286,20 @@ def test_a_restored_stream_goes_on_through_the_lane_as_an_uninterrupted_run(conf
             assert _comparable(outcome) == _comparable(want), index
     assert restored.summary() == general.summary()
     assert dumps_state(restored.state_dict()) == dumps_state(general.state_dict())
+
+
+def test_a_wrapped_process_sees_every_record():
+    """Scenario: ``run --report``'s recorder wraps the pipeline's ``process`` (a lane built
+    before it was installed included). We expect: no lane while it is wrapped, so the
+    recorder sees every record; the lane again once the wrapper is gone."""
+    from streamweights.evaluation.trace import TraceRecorder
+
+    pipeline = Pipeline(_streams("kafka.yaml"))
+    assert pipeline.record_lane() is not None
+    recorder = TraceRecorder(pipeline).install()
+    assert pipeline.record_lane() is None
+    raws = list(_replay(200))
+    _one_at_a_time(pipeline, raws)
+    assert recorder.records == len(raws)
+    del pipeline.process
+    assert pipeline.record_lane() is not None

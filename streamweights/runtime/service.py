@@ -363,6 +363,9 @@ class Service:
     # -- processing -------------------------------------------------------------------
     def _loop(self) -> None:
         config = self.config
+        # Asked again here: a wrapper installed on the pipeline's process since the
+        # service was built (``run --report``'s recorder) must see every record.
+        self._lane = self.pipeline.record_lane()
         kill_at = faults.kill_position()
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
