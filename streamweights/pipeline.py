@@ -32,6 +32,7 @@ to the artifact store by the runtime).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -813,7 +814,8 @@ class Pipeline:
                             stream._all_scores, stream._evidence_cores,
                             list(stream._evidence_ranges), _STAGE_LOSS_CLIP, uncertainty))
         self._lane = None if not entries else _native.RecordLane(
-            self, entries, (Pending, Label, RecordError, NonFiniteUpdate, Outcome, np.empty),
+            weakref.ref(self), entries,
+            (Pending, Label, RecordError, NonFiniteUpdate, Outcome, np.empty),
             _events.DEFAULT_MAX_RECORD_BYTES)
         return self._lane
 

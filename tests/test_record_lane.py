@@ -303,3 +303,17 @@ def test_a_wrapped_process_sees_every_record():
     assert recorder.records == len(raws)
     del pipeline.process
     assert pipeline.record_lane() is not None
+
+
+def test_a_pipeline_with_a_lane_is_freed():
+    """Scenario: a pipeline builds its lane and is dropped. We expect: it is collected
+    (the lane holds it weakly; a cycle through a native object would never be)."""
+    import gc
+    import weakref
+
+    pipeline = Pipeline(_streams("demo.yaml"))
+    pipeline.record_lane().process(_record(id="a", ts=1.0, outputs=_OUTPUTS), True)
+    gone = weakref.ref(pipeline)
+    del pipeline
+    gc.collect()
+    assert gone() is None

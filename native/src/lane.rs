@@ -455,6 +455,8 @@ type HelperObjects = (
 /// The record lane of one `Pipeline` (see the module doc).
 #[pyclass(module = "streamweights._native")]
 pub struct RecordLane {
+    /// A weak reference to the `Pipeline` (it holds the lane: no cycle for the
+    /// collector to find, which a pyclass without `__traverse__` would leak).
     pipeline: Py<PyAny>,
     streams: Vec<LaneStream>,
     index: HashMap<Vec<u8>, usize>,
@@ -486,7 +488,7 @@ fn optional_float(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
 
 #[pymethods]
 impl RecordLane {
-    /// `pipeline`: the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
+    /// `pipeline`: a weak reference to the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
     /// name, models, width, skew_limit, ttl, max_pending, every_labels, every_seconds,
     /// size, (output_start, output_stop), scores, evidence, ranges, clip)`; `helpers`:
     /// `(Pending, Label, RecordError, NonFiniteUpdate, Outcome, numpy.empty)`.
@@ -654,7 +656,8 @@ impl RecordLane {
             .record_error
             .bind(py)
             .call1((reason, message))?;
-        let outcome = self.pipeline.bind(py).call_method1(
+        let pipeline = self.pipeline.bind(py).call0()?; // (a weak reference)
+        let outcome = pipeline.call_method1(
             intern!(py, "reject"),
             (error, py.None(), stream.name.bind(py), id),
         )?;
