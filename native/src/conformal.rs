@@ -71,6 +71,11 @@ pub fn class_set_of(kind: ScoreKind, p: &[f64], q: f64) -> Vec<usize> {
     (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).collect()
 }
 
+/// How many classes `class_set_of` would hold.
+pub fn class_set_len(kind: ScoreKind, p: &[f64], q: f64) -> usize {
+    (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).count()
+}
+
 /// `[value - q, value + q]`; a negative threshold gives `[value, value]`.
 pub fn interval_of(value: f64, q: f64) -> (f64, f64) {
     if q < 0.0 {
@@ -207,6 +212,12 @@ pub struct Layer {
     pub thresholds: Vec<f64>,
 }
 
+/// `out` becomes `values`, reusing its allocation (refreshed on every label).
+fn overwrite(out: &mut Vec<f64>, values: impl Iterator<Item = f64>) {
+    out.clear();
+    out.extend(values);
+}
+
 fn miss(value: f64, q: f64) -> f64 {
     if value > q {
         1.0
@@ -232,16 +243,22 @@ impl Layer {
     /// The thresholds a prediction served now is judged by: per level, then (DtACI)
     /// every expert's, level by level.
     pub fn served_state(&self) -> Vec<f64> {
-        let mut served = self.thresholds.clone();
+        let mut served = Vec::with_capacity(self.served_len());
+        self.extend_served(&mut served);
+        served
+    }
+
+    /// `served_state` appended to `out` (no vector of its own per prediction).
+    pub fn extend_served(&self, out: &mut Vec<f64>) {
+        out.extend_from_slice(&self.thresholds);
         if let Method::Dtaci {
             expert_thresholds, ..
         } = &self.method
         {
             for row in expert_thresholds {
-                served.extend_from_slice(row);
+                out.extend_from_slice(row);
             }
         }
-        served
     }
 
     pub fn served_len(&self) -> usize {
@@ -300,23 +317,24 @@ impl Layer {
                 for (row, &alpha) in alphas.iter().enumerate() {
                     let eta = etas[row];
                     let start = n_levels + row * k;
-                    let mut raised = Vec::with_capacity(k);
+                    // The raised weights in place, then normalised and shared in place.
+                    let raised = &mut weights[row];
                     let mut total = 0.0;
-                    for (&level, &weight) in levels[row].iter().zip(&weights[row]) {
+                    for (&level, weight) in levels[row].iter().zip(raised.iter_mut()) {
                         let gap = beta - level;
                         let loss = alpha * gap - if gap < 0.0 { gap } else { 0.0 };
-                        let w = weight * (-eta * loss).exp();
-                        raised.push(w);
+                        let w = *weight * (-eta * loss).exp();
+                        *weight = w;
                         total += w;
                     }
-                    weights[row] = if total > 0.0 {
-                        raised
-                            .iter()
-                            .map(|&w| (1.0 - *sigma) * w / total + share)
-                            .collect()
+                    if total > 0.0 {
+                        for w in raised.iter_mut() {
+                            *w = (1.0 - *sigma) * *w / total + share;
+                        }
                     } else {
-                        vec![1.0 / k as f64; k]
-                    };
+                        raised.clear();
+                        raised.resize(k, 1.0 / k as f64);
+                    }
                     for (i, level) in levels[row].iter_mut().enumerate() {
                         *level += steps[i] * (alpha - miss(value, served[start + i]));
                     }
@@ -329,7 +347,8 @@ impl Layer {
         let ordered = &self.window.ordered;
         match &mut self.method {
             Method::Aci { levels, .. } => {
-                self.thresholds = levels.iter().map(|&l| quantile(ordered, 1.0 - l)).collect();
+                let thresholds = levels.iter().map(|&l| quantile(ordered, 1.0 - l));
+                overwrite(&mut self.thresholds, thresholds);
             }
             Method::Pid {
                 gain,
@@ -367,21 +386,18 @@ impl Layer {
                 expert_thresholds,
                 ..
             } => {
-                self.thresholds = levels
-                    .iter()
-                    .zip(weights.iter())
-                    .map(|(levels, weights)| {
-                        let mut mixed = 0.0;
-                        for (&level, &weight) in levels.iter().zip(weights) {
-                            mixed += weight * level;
-                        }
-                        quantile(ordered, 1.0 - mixed)
-                    })
-                    .collect();
-                *expert_thresholds = levels
-                    .iter()
-                    .map(|row| row.iter().map(|&l| quantile(ordered, 1.0 - l)).collect())
-                    .collect();
+                let thresholds = levels.iter().zip(weights.iter()).map(|(levels, weights)| {
+                    let mut mixed = 0.0;
+                    for (&level, &weight) in levels.iter().zip(weights) {
+                        mixed += weight * level;
+                    }
+                    quantile(ordered, 1.0 - mixed)
+                });
+                overwrite(&mut self.thresholds, thresholds);
+                expert_thresholds.resize_with(levels.len(), Vec::new);
+                for (row, out) in levels.iter().zip(expert_thresholds.iter_mut()) {
+                    overwrite(out, row.iter().map(|&l| quantile(ordered, 1.0 - l)));
+                }
             }
         }
     }
@@ -703,19 +719,22 @@ impl Coverage {
         }
     }
 
-    fn record_label(&mut self, flags: Vec<u8>) {
+    fn record_label(&mut self, flags: &[u8]) {
         self.labelled += 1;
         for (i, &flag) in flags.iter().enumerate() {
             self.covered[i] += u64::from(flag);
             self.ring_covered[i] += u64::from(flag);
         }
         if self.ring.len() < self.rolling {
-            self.ring.push(flags);
+            self.ring.push(flags.to_vec());
         } else {
-            for (i, &flag) in self.ring[self.head].iter().enumerate() {
+            // The oldest row leaves the rolling counts; its slot takes the new flags.
+            let oldest = &mut self.ring[self.head];
+            for (i, &flag) in oldest.iter().enumerate() {
                 self.ring_covered[i] -= u64::from(flag);
             }
-            self.ring[self.head] = flags;
+            oldest.clear();
+            oldest.extend_from_slice(flags);
             self.head = (self.head + 1) % self.rolling;
         }
     }
@@ -749,7 +768,7 @@ impl CoverageCore {
         if covered.len() != self.coverage.covered.len() || covered.iter().any(|&f| f > 1) {
             return Err(PyValueError::new_err("covered: one 0/1 flag per level"));
         }
-        self.coverage.record_label(covered);
+        self.coverage.record_label(&covered);
         Ok(())
     }
     /// `(labelled, covered, served, size_sums, unbounded, ring length, ring_covered)`.
@@ -1183,17 +1202,21 @@ impl UncertaintyCore {
                 .push(expected_scores(row));
         }
         self.serve_layers(py, |layer, index, levels| {
+            let row = &rows[index];
+            if index > 0 {
+                // Only the adapted output's sets go on the wire: the models' are counted.
+                let sizes = levels
+                    .iter()
+                    .map(|&q| class_set_len(layer.kind, row, q) as f64)
+                    .collect();
+                return Ok((sizes, None));
+            }
             let sets: Vec<Vec<usize>> = levels
                 .iter()
-                .map(|&q| class_set_of(layer.kind, &rows[index], q))
+                .map(|&q| class_set_of(layer.kind, row, q))
                 .collect();
             let sizes = sets.iter().map(|s| s.len() as f64).collect();
-            let sets = if index == 0 {
-                Some(to_object(py, sets)?)
-            } else {
-                None
-            };
-            Ok((sizes, sets))
+            Ok((sizes, Some(to_object(py, sets)?)))
         })
     }
 
@@ -1207,19 +1230,21 @@ impl UncertaintyCore {
         mut serve: impl FnMut(&Layer, usize, &[f64]) -> PyResult<(Vec<f64>, Option<PyObject>)>,
     ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
         let mut wire = None;
-        let mut kept = Vec::new();
         let mut width = 0;
+        let capacity = self.layers.iter().map(|l| l.borrow(py).layer.served_len());
+        let mut kept = Vec::with_capacity(capacity.sum());
         for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
             let layer = layer.borrow(py);
             let layer = &layer.layer;
-            let served = layer.served_state();
-            width = served.len();
-            let (sizes, form) = serve(layer, index, &served[..layer.alphas.len()])?;
+            let start = kept.len();
+            layer.extend_served(&mut kept);
+            width = kept.len() - start;
+            let served = &kept[start..start + layer.alphas.len()];
+            let (sizes, form) = serve(layer, index, served)?;
             monitor.borrow_mut(py).coverage.record_served(&sizes);
             if index == 0 {
                 wire = form;
             }
-            kept.extend_from_slice(&served);
         }
         Ok((wire, kept, width))
     }
@@ -1245,6 +1270,7 @@ impl UncertaintyCore {
     /// adapted output) on the thresholds it served, and its monitor records the cover.
     fn learn_layers(&self, py: Python<'_>, kept: &[f64], score: impl Fn(&Layer, usize) -> f64) {
         let mut start = 0;
+        let mut flags = Vec::new();
         for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
             let mut layer = layer.borrow_mut(py);
             let layer = &mut layer.layer;
@@ -1252,11 +1278,13 @@ impl UncertaintyCore {
             let thresholds = &kept[start..start + width];
             start += width;
             let s = score(layer, index);
-            let flags = thresholds[..layer.alphas.len()]
-                .iter()
-                .map(|&q| if s > q { 0 } else { 1 })
-                .collect();
-            monitor.borrow_mut(py).coverage.record_label(flags);
+            flags.clear();
+            flags.extend(
+                thresholds[..layer.alphas.len()]
+                    .iter()
+                    .map(|&q| if s > q { 0 } else { 1 }),
+            );
+            monitor.borrow_mut(py).coverage.record_label(&flags);
             layer.learn_scored(s, thresholds);
         }
     }
