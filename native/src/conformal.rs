@@ -71,6 +71,9 @@ pub fn class_set_of(kind: ScoreKind, p: &[f64], q: f64) -> Vec<usize> {
     (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).collect()
 }
 
+/// One set of classes per level (`class_set_of` of each level's threshold).
+pub type ClassSets = Vec<Vec<usize>>;
+
 /// How many classes `class_set_of` would hold.
 pub fn class_set_len(kind: ScoreKind, p: &[f64], q: f64) -> usize {
     (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).count()
@@ -1102,11 +1105,11 @@ impl UncertaintyCore {
     ) -> PyResult<Option<PyObject>> {
         let values = read_flat(py, buffer)?;
         let rows = self.flat_rows(&values, raw, width)?;
-        let (wire, kept, _) = self.serve_probabilities(py, &rows)?;
+        let (sets, kept, _) = self.serve_probabilities(py, &rows)?;
         if let Some(out) = out {
             write_native(py, out, &kept)?;
         }
-        Ok(wire)
+        sets.map(|sets| to_object(py, sets)).transpose()
     }
 
     /// The label of a prediction served from `rows` with thresholds `kept` (flat, as
@@ -1132,7 +1135,12 @@ impl UncertaintyCore {
     ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
         if self.classification {
             let rows: Vec<Vec<f64>> = rows.extract()?;
-            return self.serve_probabilities(py, &rows);
+            let (sets, kept, width) = self.serve_probabilities(py, &rows)?;
+            return Ok((
+                sets.map(|sets| to_object(py, sets)).transpose()?,
+                kept,
+                width,
+            ));
         }
         let values: Vec<f64> = rows.extract()?;
         self.serve_layers(py, |_, index, levels| {
@@ -1163,12 +1171,12 @@ impl UncertaintyCore {
     }
 
     /// The adapted output's row then the models' rows in a chain core's flat record.
-    pub(crate) fn flat_rows(
+    pub(crate) fn flat_rows<'v>(
         &self,
-        values: &[f64],
+        values: &'v [f64],
         raw: (usize, usize),
         width: usize,
-    ) -> PyResult<Vec<Vec<f64>>> {
+    ) -> PyResult<Vec<&'v [f64]>> {
         let (start, stop) = raw;
         if !self.classification
             || width == 0
@@ -1183,26 +1191,27 @@ impl UncertaintyCore {
             )));
         }
         let mut rows = Vec::with_capacity(1 + (stop - start) / width);
-        rows.push(values[values.len() - width..].to_vec());
-        rows.extend(values[start..stop].chunks(width).map(<[f64]>::to_vec));
+        rows.push(&values[values.len() - width..]);
+        rows.extend(values[start..stop].chunks(width));
         Ok(rows)
     }
 
-    /// `serve` of a classification stream's rows (adapted first, then each model's).
-    pub(crate) fn serve_probabilities(
+    /// `serve` of a classification stream's rows (adapted first, then each model's);
+    /// the adapted output's sets per level come back as the core's vectors.
+    pub(crate) fn serve_probabilities<R: AsRef<[f64]>>(
         &self,
         py: Python<'_>,
-        rows: &[Vec<f64>],
-    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        rows: &[R],
+    ) -> PyResult<(Option<ClassSets>, Vec<f64>, usize)> {
         for (estimate, row) in self.estimates.iter().zip(rows) {
             estimate
                 .borrow_mut(py)
                 .estimate
                 .expected
-                .push(expected_scores(row));
+                .push(expected_scores(row.as_ref()));
         }
         self.serve_layers(py, |layer, index, levels| {
-            let row = &rows[index];
+            let row = rows[index].as_ref();
             if index > 0 {
                 // Only the adapted output's sets go on the wire: the models' are counted.
                 let sizes = levels
@@ -1216,7 +1225,7 @@ impl UncertaintyCore {
                 .map(|&q| class_set_of(layer.kind, row, q))
                 .collect();
             let sizes = sets.iter().map(|s| s.len() as f64).collect();
-            Ok((sizes, Some(to_object(py, sets)?)))
+            Ok((sizes, Some(sets)))
         })
     }
 
@@ -1224,11 +1233,11 @@ impl UncertaintyCore {
     /// records the set sizes `serve(layer, index, levels)` gives for its layer, and the
     /// wire form it gives for the adapted output's layer (index 0) is returned.
     #[allow(clippy::type_complexity)]
-    fn serve_layers(
+    fn serve_layers<T>(
         &self,
         py: Python<'_>,
-        mut serve: impl FnMut(&Layer, usize, &[f64]) -> PyResult<(Vec<f64>, Option<PyObject>)>,
-    ) -> PyResult<(Option<PyObject>, Vec<f64>, usize)> {
+        mut serve: impl FnMut(&Layer, usize, &[f64]) -> PyResult<(Vec<f64>, Option<T>)>,
+    ) -> PyResult<(Option<T>, Vec<f64>, usize)> {
         let mut wire = None;
         let mut width = 0;
         let capacity = self.layers.iter().map(|l| l.borrow(py).layer.served_len());
@@ -1290,15 +1299,15 @@ impl UncertaintyCore {
     }
 
     /// `learn` of a classification stream's label `y` (rows as `serve_probabilities`).
-    pub(crate) fn learn_probabilities(
+    pub(crate) fn learn_probabilities<R: AsRef<[f64]>>(
         &self,
         py: Python<'_>,
         kept: &[f64],
-        rows: &[Vec<f64>],
+        rows: &[R],
         y: usize,
     ) -> PyResult<()> {
         self.check_kept(py, kept)?;
-        if rows.iter().any(|r| y >= r.len()) {
+        if rows.iter().any(|r| y >= r.as_ref().len()) {
             return Err(PyValueError::new_err(
                 "label: class outside the probabilities",
             ));
@@ -1308,10 +1317,10 @@ impl UncertaintyCore {
                 .borrow_mut(py)
                 .estimate
                 .realised
-                .push(realised_scores(row, y));
+                .push(realised_scores(row.as_ref(), y));
         }
         self.learn_layers(py, kept, |layer, index| {
-            layer.kind.of_class(&rows[index], y)
+            layer.kind.of_class(rows[index].as_ref(), y)
         });
         Ok(())
     }

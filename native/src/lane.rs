@@ -40,7 +40,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::chain::ChainCore;
-use crate::conformal::UncertaintyCore;
+use crate::conformal::{ClassSets, UncertaintyCore};
 use crate::expert_losses::{native_float64, write_native};
 use crate::label_step::learn_served;
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
@@ -311,23 +311,30 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
         .iter()
         .position(|&byte| byte == b'.')
         .unwrap_or(mantissa.len());
-    let mut digits: Vec<u8> = mantissa
-        .iter()
-        .copied()
-        .filter(u8::is_ascii_digit)
-        .collect();
-    exponent += point as i32 - 1;
-    let leading = digits.iter().take_while(|&&digit| digit == b'0').count();
-    if leading == digits.len() {
-        digits = vec![b'0'];
-        exponent = 0;
-    } else {
-        digits.drain(..leading);
-        exponent -= leading as i32;
-        while digits.len() > 1 && digits.last() == Some(&b'0') {
-            digits.pop();
-        }
+    // The significant digits, on the stack (Ryu writes at most 17 of them, and a fixed
+    // layout at most 21 digits in all).
+    let mut all = [0u8; 32];
+    let mut count = 0;
+    for &byte in mantissa.iter().filter(|byte| byte.is_ascii_digit()) {
+        all[count] = byte;
+        count += 1;
     }
+    exponent += point as i32 - 1;
+    let leading = all[..count]
+        .iter()
+        .take_while(|&&digit| digit == b'0')
+        .count();
+    let digits: &[u8] = if leading == count {
+        exponent = 0;
+        b"0"
+    } else {
+        exponent -= leading as i32;
+        let mut end = count;
+        while end - leading > 1 && all[end - 1] == b'0' {
+            end -= 1;
+        }
+        &all[leading..end]
+    };
     if negative {
         out.push(b'-');
     }
@@ -348,7 +355,7 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
             for _ in 0..(-exponent - 1) {
                 out.push(b'0');
             }
-            out.extend_from_slice(&digits);
+            out.extend_from_slice(digits);
         }
     } else {
         out.push(digits[0]);
@@ -360,8 +367,27 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
         if exponent > 0 {
             out.push(b'+');
         }
-        out.extend_from_slice(exponent.to_string().as_bytes());
+        write_integer(out, i64::from(exponent));
     }
+}
+
+/// An integer's decimal digits, as Python writes it (no allocation).
+fn write_integer(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    let mut magnitude = value.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `write_float` as text: how the tests hold it to orjson.
@@ -776,7 +802,7 @@ impl RecordLane {
             (Some(uncertainty), Some(wire)) => Some((&uncertainty.keys, wire)),
             _ => None,
         };
-        let encoded = encode_adapted(py, record, ts, served, sets, version)?;
+        let encoded = encode_adapted(record, ts, served, sets, version)?;
         Ok(Some(PyTuple::new(
             py,
             [key, PyBytes::new(py, &encoded).into_any()],
@@ -967,11 +993,10 @@ impl Clock for Option<f64> {
 /// The adapted record `events.encode(Adapted(...))` writes for a served prediction:
 /// the stream's name and the id as they came (no escapes in them), the rest as orjson.
 fn encode_adapted(
-    py: Python<'_>,
     record: &Record<'_>,
     ts: f64,
     served: &[f64],
-    sets: Option<(&Vec<Vec<u8>>, PyObject)>,
+    sets: Option<(&Vec<Vec<u8>>, ClassSets)>,
     version: i64,
 ) -> PyResult<Vec<u8>> {
     let mut out = Vec::with_capacity(96 + record.id.len() + 24 * served.len());
@@ -991,45 +1016,30 @@ fn encode_adapted(
     out.push(b']');
     if let Some((keys, wire)) = sets {
         // `dict(zip(keys, wire))`: each level's set of classes
-        let wire = wire.bind(py).downcast::<PyList>()?.clone();
         if wire.len() != keys.len() {
             return Err(PyValueError::new_err("sets: one per level expected"));
         }
         out.extend_from_slice(b",\"sets\":{");
-        for (index, (key, set)) in keys.iter().zip(wire.iter()).enumerate() {
+        for (index, (key, set)) in keys.iter().zip(&wire).enumerate() {
             if index > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(key);
-            out.push(b':');
-            write_json(&mut out, &set)?;
+            out.extend_from_slice(b":[");
+            for (at, &class) in set.iter().enumerate() {
+                if at > 0 {
+                    out.push(b',');
+                }
+                write_integer(&mut out, class as i64);
+            }
+            out.push(b']');
         }
         out.push(b'}');
     }
     out.extend_from_slice(b",\"weights_version\":");
-    out.extend_from_slice(version.to_string().as_bytes());
+    write_integer(&mut out, version);
     out.push(b'}');
     Ok(out)
-}
-
-/// A list of integers or floats (nested or not) as orjson writes it.
-fn write_json(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    if let Ok(list) = value.downcast::<PyList>() {
-        out.push(b'[');
-        for (index, item) in list.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            write_json(out, &item)?;
-        }
-        out.push(b']');
-    } else if let Ok(float) = value.downcast_exact::<PyFloat>() {
-        write_float(out, float.value());
-    } else {
-        let whole: i64 = value.extract()?;
-        out.extend_from_slice(whole.to_string().as_bytes());
-    }
-    Ok(())
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
