@@ -10,6 +10,8 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::arrays;
+
 /// Absolute tolerance on `sum(p) == 1`, as `validation.PROBABILITY_TOLERANCE`.
 pub const PROBABILITY_TOLERANCE: f64 = 1e-3;
 /// A quick look clears a row only this far inside the tolerance (`_QUICK_SUM_MARGIN`);
@@ -258,6 +260,9 @@ pub fn write_native(py: Python<'_>, out: &Bound<'_, PyAny>, values: &[f64]) -> P
 
 /// A checked batch as one flat vector: a C-contiguous float64 buffer, or any sequence.
 pub fn read_flat(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if let Some(values) = arrays::read(values) {
+        return Ok(values); // a NumPy array: no buffer protocol
+    }
     if let Ok(buffer) = PyBuffer::<f64>::get(values) {
         if buffer.is_c_contiguous() && native_float64(&buffer) {
             return buffer.to_vec(py);

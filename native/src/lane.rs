@@ -33,15 +33,14 @@
 
 use std::collections::HashMap;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
+use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
-use crate::expert_losses::{native_float64, write_native};
 use crate::label_step::learn_served;
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
 
@@ -465,18 +464,10 @@ struct Helpers {
     record_error: Py<PyAny>,
     non_finite: Py<PyAny>,
     outcome: Py<PyAny>,
-    empty: Py<PyAny>,
 }
 
 /// `Helpers` as Python passes them.
-type HelperObjects = (
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-);
+type HelperObjects = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 
 /// The record lane of one `Pipeline` (see the module doc).
 #[pyclass(module = "streamweights._native")]
@@ -517,7 +508,7 @@ impl RecordLane {
     /// `pipeline`: a weak reference to the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
     /// name, models, width, skew_limit, ttl, max_pending, every_labels, every_seconds,
     /// size, (output_start, output_stop), scores, evidence, ranges, clip)`; `helpers`:
-    /// `(Pending, Label, RecordError, NonFiniteUpdate, Outcome, numpy.empty)`.
+    /// `(Pending, Label, RecordError, NonFiniteUpdate, Outcome)`.
     #[new]
     fn new(
         py: Python<'_>,
@@ -619,7 +610,7 @@ impl RecordLane {
                 uncertainty,
             });
         }
-        let (pending, label, record_error, non_finite, outcome, empty) = helpers;
+        let (pending, label, record_error, non_finite, outcome) = helpers;
         Ok(RecordLane {
             pipeline,
             streams: lane_streams,
@@ -631,7 +622,6 @@ impl RecordLane {
                 record_error,
                 non_finite,
                 outcome,
-                empty,
             },
         })
     }
@@ -758,8 +748,7 @@ impl RecordLane {
         if latest.is_none_or_less(ts) {
             state.set_item(intern!(py, "latest_ts"), &ts_object)?;
         }
-        let buffer = self.helpers.empty.bind(py).call1((stream.size,))?;
-        write_native(py, &buffer, &values)?;
+        let buffer = arrays::vector(py, &values);
         let payload = PyDict::new(py);
         payload.set_item(intern!(py, "buffer"), buffer)?;
         // `StreamUncertainty.serve_flat`: the sets served now are the ones scored later.
@@ -771,8 +760,7 @@ impl RecordLane {
             let (wire, kept, _) = core.serve_probabilities(py, &rows)?;
             if uncertainty.layers {
                 let (count, width) = uncertainty.kept_shape;
-                let array = self.helpers.empty.bind(py).call1(((count, width),))?;
-                write_native(py, &array, &kept)?;
+                let array = arrays::matrix(py, &kept, count, width)?;
                 payload.set_item(intern!(py, "conformal"), array)?;
                 sets = wire;
             }
@@ -860,9 +848,8 @@ impl RecordLane {
             return Ok(None);
         }
         if let Some(kept) = &kept {
-            match PyBuffer::<f64>::get(kept) {
-                Ok(view) if view.is_c_contiguous() && native_float64(&view) => {}
-                _ => return Ok(None),
+            if !arrays::is_readable(kept) {
+                return Ok(None);
             }
         }
         let uncertainty = match &stream.uncertainty {

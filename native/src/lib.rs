@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adwin;
+mod arrays;
 mod beta;
 mod calibeating;
 mod chain;

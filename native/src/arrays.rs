@@ -1,0 +1,58 @@
+//! NumPy arrays made and read through NumPy's C API (rust-numpy) rather than a Python
+//! call (`numpy.empty`, `numpy.array(list)`) or the buffer protocol. The per-record path
+//! makes one or two small arrays per prediction and reads them back with its label;
+//! each Python-level route cost several times the copy itself.
+
+use numpy::{PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// A new one-dimensional float64 array holding `values`.
+pub fn vector<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyArray1<f64>> {
+    PyArray1::from_slice(py, values)
+}
+
+/// A new C-ordered `(rows, columns)` float64 array holding `values` row by row.
+pub fn matrix<'py>(
+    py: Python<'py>,
+    values: &[f64],
+    rows: usize,
+    columns: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    if rows.checked_mul(columns) != Some(values.len()) {
+        return Err(PyValueError::new_err(format!(
+            "matrix: {} values do not fill {rows} x {columns}",
+            values.len()
+        )));
+    }
+    // SAFETY: `new` leaves the elements uninitialised; the array was just made,
+    // C-ordered and `rows * columns` elements long, nothing else (Python or Rust) can
+    // reach it yet, and all of its elements are written here before it is handed out.
+    unsafe {
+        let array = PyArray2::<f64>::new(py, [rows, columns], false);
+        std::ptr::copy_nonoverlapping(values.as_ptr(), array.data(), values.len());
+        Ok(array)
+    }
+}
+
+/// The values of a C-contiguous float64 NumPy array (native byte order, any shape) in
+/// memory order; `None` for anything else (a list, another dtype, a strided view), which
+/// callers read their slower way.
+pub fn read(value: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+    let array = value.downcast::<PyArrayDyn<f64>>().ok()?;
+    if !array.is_c_contiguous() {
+        return None;
+    }
+    let view = array.try_readonly().ok()?;
+    view.as_slice().ok().map(<[f64]>::to_vec)
+}
+
+/// Whether `value` is an array of the kind `read` takes (what a caller checks before it
+/// changes anything; `read` itself may still refuse one that Rust code holds mutably
+/// borrowed, which the callers' slower way then reads).
+pub fn is_readable(value: &Bound<'_, PyAny>) -> bool {
+    match value.downcast::<PyArrayDyn<f64>>() {
+        Ok(array) => array.is_c_contiguous(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,70 @@
+"""How the core reads and makes NumPy arrays (``native/src/arrays.rs``): a C-contiguous
+native float64 array is read through NumPy's C API; anything else (another byte order,
+another dtype, a strided view, a list) is read the slower way as before, to the same
+values; arrays the lane makes are ordinary, owned, writable float64 arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamweights import Hedge
+from streamweights.pipeline import Pipeline
+from tests.test_pipeline_batch import _replay, _streams
+
+
+def _core(n_models: int = 3) -> object:
+    return Hedge(n_models=n_models, n_classes=2)._core
+
+
+def _rows(seed: int, n_models: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.01, 0.99, size=n_models)
+    return np.stack([p, 1.0 - p], axis=1)  # (models, classes), C-ordered float64
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_readable_form_gives_the_same_mixture(seed: int) -> None:
+    rows = _rows(seed)
+    flat = rows.ravel()
+    expected = _core().predict_checked(flat)
+    forms = {
+        "2-D": rows,  # any shape when C-contiguous: read in memory order
+        "big-endian": flat.astype(">f8"),
+        "strided": np.stack([flat, np.zeros(flat.size)], axis=1)[:, 0],
+        "list": flat.tolist(),
+        "tuple": tuple(flat),
+    }
+    for name, form in forms.items():
+        assert _core().predict_checked(form) == expected, name
+
+
+def test_a_float32_array_is_read_as_its_float64_values() -> None:
+    flat = _rows(9).astype(np.float32).ravel()
+    assert _core().predict_checked(flat) == _core().predict_checked(flat.astype(np.float64))
+
+
+def test_a_wrong_dtype_is_refused_not_reinterpreted() -> None:
+    with pytest.raises((TypeError, ValueError)):
+        _core().predict_checked(np.array([1, 0, 1, 0, 1, 0], dtype=np.int64).view("S8"))
+
+
+def test_the_lanes_arrays_are_owned_writable_float64() -> None:
+    """The join keeps the flat record and the conformal thresholds the lane made: plain
+    C-ordered float64 arrays that own their memory (as ``numpy.empty`` made them)."""
+    pipeline = Pipeline(_streams("demo.yaml"))
+    lane = pipeline.record_lane()
+    assert lane is not None
+    taken = 0
+    for raw in _replay(400):
+        taken += lane.process(raw, False) is not None
+    assert taken > 0
+    entries = list(pipeline.streams["demo"].join._entries.values())
+    assert entries
+    for entry in entries:
+        for name, array in entry.payload.items():
+            assert type(array) is np.ndarray, name
+            assert array.dtype == np.float64 and array.flags.c_contiguous, name
+            assert array.flags.owndata and array.flags.writeable, name
+        assert entry.payload["buffer"].ndim == 1
+        assert entry.payload["conformal"].ndim == 2
