@@ -56,3 +56,14 @@ pub fn is_readable(value: &Bound<'_, PyAny>) -> bool {
         Err(_) => false,
     }
 }
+
+/// `[1 - q, q]` as a new float64 array: a binary calibrator's output for its class-1
+/// probability `q` (Python's `1.0 - q`, the same double).
+#[pyfunction]
+pub fn binary_output(py: Python<'_>, q: f64) -> Bound<'_, PyArray1<f64>> {
+    vector(py, &[1.0 - q, q])
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(binary_output, module)?)
+}

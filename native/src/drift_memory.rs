@@ -12,10 +12,12 @@
 //! uncertainties, can differ from the reference's in the last bits; documented in the
 //! differential test). Ties go to the first item in storage order, as `argmax` does.
 
+use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::adwin::PyAdwin;
+use crate::arrays;
 use crate::drift_evidence::PyRiseEvidence;
 use crate::page_hinkley::PyPageHinkley;
 use crate::probability_input::{quick_label, quick_probabilities};
@@ -489,10 +491,14 @@ impl DriftMemoryCore {
 
     /// `predict(x)` (a pass-through, renormalised) when `x` clears the fast input check;
     /// None when it does not (the caller runs Python's full check).
-    fn predict(&self, x: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> Option<Bound<'py, PyArray1<f64>>> {
         let mut p = vec![0.0; self.n_classes];
         if quick_probabilities(x, &mut p) {
-            Some(p)
+            Some(arrays::vector(py, &p))
         } else {
             None
         }

@@ -19,9 +19,12 @@
 // Index loops read like the matrix algebra they implement (A[i, j], Φ[i, l]).
 #![allow(clippy::needless_range_loop)]
 
+use numpy::PyArray1;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::arrays;
 
 // Adam constants for the forgetting logit and the log noise (Kingma & Ba).
 const ADAM_MEAN_DECAY: f64 = 0.9;
@@ -1026,16 +1029,20 @@ impl KalmanCore {
         })
     }
 
-    /// `predict(x)` for a 1-d float64 buffer of length n_features; None when `x` is not
-    /// one (the handle validates and converts it, then calls again).
-    fn predict(&mut self, x: &Bound<'_, PyAny>) -> PyResult<Option<Vec<f64>>> {
+    /// `predict(x)` (a new array) for a 1-d float64 buffer of length n_features; None
+    /// when `x` is not one (the handle validates and converts it, then calls again).
+    fn predict<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
         let mut features = std::mem::take(&mut self.filter.scratch_x);
         let outcome = read_vector(x, &mut features, "x");
         let result = match outcome {
             Ok(true) => {
                 let mut out = vec![0.0; self.filter.config.n_outputs];
                 self.filter.predict(&features, &mut out);
-                Ok(Some(out))
+                Ok(Some(arrays::vector(py, &out)))
             }
             Ok(false) => Ok(None),
             Err(error) => Err(error),

@@ -50,6 +50,7 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(core_version, module)?)?;
+    arrays::register(module)?;
     scores::register(module)?;
     conformal::register(module)?;
     adwin::register(module)?;

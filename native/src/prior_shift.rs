@@ -12,9 +12,12 @@
 //! numpy's `sum` (left to right below 8 classes, pairwise from 8 on). So the two agree
 //! bit for bit below 8 classes on Python 3.11, and to rounding otherwise.
 
+use numpy::PyArray1;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::arrays;
 
 /// The fixed configuration (validated by the Python handle).
 #[derive(Clone, Debug)]
@@ -321,22 +324,30 @@ impl PriorShiftCore {
 
     /// `predict(x)` when `x` passes the quick check; None otherwise (see
     /// `quick_probabilities`).
-    fn predict(&mut self, x: &Bound<'_, PyAny>) -> PyResult<Option<Vec<f64>>> {
+    fn predict<'py>(
+        &mut self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
         if !self.quick_probabilities(x)? {
             return Ok(None);
         }
         let mut out = vec![0.0; self.config.n_classes];
         self.estimator
             .predict(&self.config, &self.scratch, &mut out);
-        Ok(Some(out))
+        Ok(Some(arrays::vector(py, &out)))
     }
 
-    /// The served output for one probability vector validated by the handle.
-    fn predict_checked(&self, p: Vec<f64>) -> PyResult<Vec<f64>> {
+    /// The served output (a new array) for one probability vector validated by the handle.
+    fn predict_checked<'py>(
+        &self,
+        py: Python<'py>,
+        p: Vec<f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         check_length(&p, self.config.n_classes, "x")?;
         let mut out = vec![0.0; p.len()];
         self.estimator.predict(&self.config, &p, &mut out);
-        Ok(out)
+        Ok(arrays::vector(py, &out))
     }
 
     /// Served outputs for validated rows, flat (n * C), row after row.

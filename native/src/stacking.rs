@@ -7,8 +7,10 @@
 //! reference is `tests/reference/stacking.py`. Sums run left to right (see
 //! `expert_losses`), as numpy's own sums over fewer than 8 terms do.
 
+use numpy::PyArray1;
 use pyo3::prelude::*;
 
+use crate::arrays;
 use crate::expert_losses::{
     read_event, read_flat, read_target, write_native, Experts, Loss, Target,
 };
@@ -180,22 +182,20 @@ impl StackingCore {
 
     /// `predict(x)` in one call: quick check, design, the filter's predictive means
     /// (`kalman`, the `KalmanWeights` core holding the weights) and, for classes, the
-    /// floored mixture, written into `out`; `false` when `x` is not cleared.
-    fn predict_with(
+    /// floored mixture, as a new array (`width` values); `None` when `x` is not cleared.
+    fn predict_with<'py>(
         &mut self,
-        py: Python<'_>,
-        x: &Bound<'_, PyAny>,
-        kalman: &Bound<'_, KalmanCore>,
-        out: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        kalman: &Bound<'py, KalmanCore>,
+    ) -> Option<Bound<'py, PyArray1<f64>>> {
         if !read_event(py, x, &self.stacking.experts, &mut self.outputs) {
-            return Ok(false);
+            return None;
         }
         self.stacking.design(&self.outputs, &mut self.design);
         let mut served = vec![0.0; self.stacking.experts.width()];
         self.predict_design(&kalman.borrow(), &mut served);
-        write_native(py, out, &served)?;
-        Ok(true)
+        Some(arrays::vector(py, &served))
     }
 
     /// `predict_many` of a checked batch (`(n, K)` or `(n, K, C)`, flat): every row as

@@ -6,9 +6,11 @@
 //! `max` is the first largest score, and the bias mode takes the generic ONS step of
 //! `newton.rs` in dimension `1 + C`. Bit for bit equal to the reference.
 
+use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::arrays;
 use crate::newton::Newton;
 use crate::platt::check_state;
 use crate::probability_input::{quick_label, quick_probabilities};
@@ -266,14 +268,18 @@ impl TemperatureCore {
 
     /// `predict` of a raw input `x`, or `None` when the core's input check does not
     /// clear it (the Python adapter then checks it itself).
-    fn predict_input(&self, x: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+    fn predict_input<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> Option<Bound<'py, PyArray1<f64>>> {
         let mut p = vec![0.0; self.inner.n_classes];
         if !quick_probabilities(x, &mut p) {
             return None;
         }
         let mut out = vec![0.0; p.len()];
         self.inner.predict_into(&p, &mut out);
-        Some(out)
+        Some(arrays::vector(py, &out))
     }
 
     /// `learn(x, y)` on raw inputs: `true` when the core's input check cleared both and
@@ -293,11 +299,11 @@ impl TemperatureCore {
     }
 
     /// Calibrated probabilities of one validated probability vector.
-    fn predict(&self, p: Vec<f64>) -> PyResult<Vec<f64>> {
+    fn predict<'py>(&self, py: Python<'py>, p: Vec<f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         self.check_rows(&p, &[0])?;
         let mut out = vec![0.0; p.len()];
         self.inner.predict_into(&p, &mut out);
-        Ok(out)
+        Ok(arrays::vector(py, &out))
     }
 
     /// `predict` of each row of a flat row-major batch, flat.

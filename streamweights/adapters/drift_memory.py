@@ -298,7 +298,7 @@ class DriftMemory(Adapter):
         out = self._core.predict(x)
         if out is None:
             return np.array(check_probability_vector(x, "x", self.n_classes))
-        return np.array(out)
+        return out  # a new float64 array, made by the core
 
     def predict_many(self, xs: Any) -> np.ndarray:
         return self._check_rows(xs, "xs")

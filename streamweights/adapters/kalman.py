@@ -341,7 +341,7 @@ class KalmanWeights(Adapter):
         out = self._core.predict(x)
         if out is None:  # not a float64 vector of the right length: convert or refuse
             out = self._core.predict(as_finite_array(x, "x", (self.n_features,)))
-        return np.array(out)
+        return out  # a new float64 array, made by the core
 
     def predict_many(self, xs: Any) -> np.ndarray:
         rows = self._check_rows(xs, "xs")
@@ -478,7 +478,7 @@ class KalmanWeights(Adapter):
     # -- validated entry points (used by OnlineStacking, which validates its own input) --
     def _predict_row(self, x: np.ndarray) -> np.ndarray:
         """``predict`` of one already validated float64 row ``(n_features,)``."""
-        return np.array(self._core.predict(x))
+        return self._core.predict(x)
 
     def _predictive_means(self, rows: np.ndarray) -> np.ndarray:
         """Predictive means of validated rows: ``(K,)`` for one row, ``(b, K)`` for

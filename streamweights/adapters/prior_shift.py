@@ -251,7 +251,7 @@ class PriorShift(Adapter):
         out = self._core.predict(x)
         if out is None:
             out = self._core.predict_checked(check_probability_vector(x, "x", self.n_classes))
-        return np.array(out)
+        return out  # a new float64 array, made by the core
 
     def predict_many(self, xs: Any) -> np.ndarray:
         p = self._check_rows(xs, "xs")

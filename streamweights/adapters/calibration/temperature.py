@@ -136,7 +136,7 @@ class OnlineTemperature(Adapter):
         out = self._core.predict_input(x)  # the core clears the usual inputs itself
         if out is None:  # anything else: Python's checks, which raise or accept
             out = self._core.predict(check_probability_vector(x, "x", self.n_classes))
-        return np.array(out)
+        return out  # a new float64 array, made by the core
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if len(xs) == 0:

@@ -211,8 +211,8 @@ class OnlineStacking(Adapter):
 
     # -- the contract -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
-        out = _empty(self._output_shape)
-        if self._core.predict_with(x, self._filter._core, out):  # one call: quick path
+        out = self._core.predict_with(x, self._filter._core)  # one call: quick path
+        if out is not None:  # a new float64 array, made by the core
             return out if self.n_classes is not None else out.reshape(())
         design = _empty(self._design_shape)  # not cleared quickly: check fully (may raise)
         self._core.design_checked(self._checked(x), design)
