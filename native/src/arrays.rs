@@ -3,13 +3,25 @@
 //! makes one or two small arrays per prediction and reads them back with its label;
 //! each Python-level route cost several times the copy itself.
 
-use numpy::{PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{PyArray0, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// A new one-dimensional float64 array holding `values`.
 pub fn vector<'py>(py: Python<'py>, values: &[f64]) -> Bound<'py, PyArray1<f64>> {
     PyArray1::from_slice(py, values)
+}
+
+/// A new zero-dimensional float64 array holding `value` (a regression output).
+pub fn scalar(py: Python<'_>, value: f64) -> Bound<'_, PyArray0<f64>> {
+    // SAFETY: `new` leaves the one element uninitialised; the array was just made and
+    // nothing else can reach it yet, and its element is written here before it is
+    // handed out.
+    unsafe {
+        let array = PyArray0::<f64>::new(py, [], false);
+        array.data().write(value);
+        array
+    }
 }
 
 /// A new C-ordered `(rows, columns)` float64 array holding `values` row by row.

@@ -7,7 +7,6 @@
 //! reference is `tests/reference/stacking.py`. Sums run left to right (see
 //! `expert_losses`), as numpy's own sums over fewer than 8 terms do.
 
-use numpy::PyArray1;
 use pyo3::prelude::*;
 
 use crate::arrays;
@@ -182,20 +181,24 @@ impl StackingCore {
 
     /// `predict(x)` in one call: quick check, design, the filter's predictive means
     /// (`kalman`, the `KalmanWeights` core holding the weights) and, for classes, the
-    /// floored mixture, as a new array (`width` values); `None` when `x` is not cleared.
+    /// floored mixture, as a new array (one value per class, or a zero-dimensional one
+    /// for regression); `None` when `x` is not cleared.
     fn predict_with<'py>(
         &mut self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         kalman: &Bound<'py, KalmanCore>,
-    ) -> Option<Bound<'py, PyArray1<f64>>> {
+    ) -> Option<Bound<'py, PyAny>> {
         if !read_event(py, x, &self.stacking.experts, &mut self.outputs) {
             return None;
         }
         self.stacking.design(&self.outputs, &mut self.design);
         let mut served = vec![0.0; self.stacking.experts.width()];
         self.predict_design(&kalman.borrow(), &mut served);
-        Some(arrays::vector(py, &served))
+        Some(match self.stacking.experts.n_classes {
+            Some(_) => arrays::vector(py, &served).into_any(),
+            None => arrays::scalar(py, served[0]).into_any(),
+        })
     }
 
     /// `predict_many` of a checked batch (`(n, K)` or `(n, K, C)`, flat): every row as

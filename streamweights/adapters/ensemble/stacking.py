@@ -212,8 +212,8 @@ class OnlineStacking(Adapter):
     # -- the contract -----------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
         out = self._core.predict_with(x, self._filter._core)  # one call: quick path
-        if out is not None:  # a new float64 array, made by the core
-            return out if self.n_classes is not None else out.reshape(())
+        if out is not None:  # a new float64 array (0-d for regression), made by the core
+            return out
         design = _empty(self._design_shape)  # not cleared quickly: check fully (may raise)
         self._core.design_checked(self._checked(x), design)
         return self._predict_design(design)
