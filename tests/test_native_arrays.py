@@ -68,3 +68,28 @@ def test_the_lanes_arrays_are_owned_writable_float64() -> None:
             assert array.flags.owndata and array.flags.writeable, name
         assert entry.payload["buffer"].ndim == 1
         assert entry.payload["conformal"].ndim == 2
+
+
+def _adapters() -> list:
+    from streamweights import DriftMemory, KalmanWeights, OnlinePlatt, OnlineTemperature, PriorShift
+    return [OnlinePlatt(), OnlineTemperature(n_classes=2), PriorShift(n_classes=2),
+            DriftMemory(n_classes=2, capacity=8), KalmanWeights(n_features=2)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_per_event_verbs_read_every_form_alike(index: int) -> None:
+    """A C-contiguous float64 input is copied through NumPy's C API; a big-endian one, a
+    strided view and a list take the older paths. Fed the same values in each form, two
+    copies of an adapter learn and serve the same numbers, bit for bit."""
+    rng = np.random.default_rng(index)
+    fast, slow = _adapters()[index], _adapters()[index]
+    for step in range(300):
+        q = float(rng.uniform(0.05, 0.95))
+        x = np.array([1.0 - q, q])
+        forms = [x.astype(">f8"), np.stack([x, x], axis=1)[:, 0], x.tolist()]
+        other = forms[step % 3]
+        assert np.array_equal(fast.predict(x), slow.predict(other)), step
+        label = int(rng.random() < q)
+        fast.learn(x, label if index != 4 else q)
+        slow.learn(other, label if index != 4 else q)
+    assert np.array_equal(fast.predict(x), slow.predict(x.tolist()))

@@ -59,6 +59,27 @@ pub fn read(value: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
     view.as_slice().ok().map(<[f64]>::to_vec)
 }
 
+/// `value` copied into `out` when it is a C-contiguous float64 NumPy array (native byte
+/// order) of exactly `shape`: `Some(true)`; `Some(false)` for such an array of another
+/// shape; `None` for anything else, which callers read their slower way (the buffer
+/// protocol), so what they accept does not change.
+pub fn copy_exact(value: &Bound<'_, PyAny>, shape: &[usize], out: &mut [f64]) -> Option<bool> {
+    let array = value.downcast::<PyArrayDyn<f64>>().ok()?;
+    if !array.is_c_contiguous() {
+        return None;
+    }
+    if array.shape() != shape {
+        return Some(false);
+    }
+    let view = array.try_readonly().ok()?;
+    let values = view.as_slice().ok()?;
+    if values.len() != out.len() {
+        return Some(false);
+    }
+    out.copy_from_slice(values);
+    Some(true)
+}
+
 /// Whether `value` is an array of the kind `read` takes (what a caller checks before it
 /// changes anything; `read` itself may still refuse one that Rust code holds mutably
 /// borrowed, which the callers' slower way then reads).

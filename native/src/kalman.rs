@@ -853,6 +853,13 @@ impl Filter {
 /// such a buffer (the handle then converts and validates it in Python); a ValueError
 /// naming `name` when it holds NaN or inf.
 fn read_vector(value: &Bound<'_, PyAny>, target: &mut [f64], name: &str) -> PyResult<bool> {
+    let n = target.len();
+    if let Some(read) = arrays::copy_exact(value, &[n], target) {
+        if read {
+            check_finite(target, name)?;
+        }
+        return Ok(read);
+    }
     let buffer = match PyBuffer::<f64>::get(value) {
         Ok(buffer) => buffer,
         Err(_) => return Ok(false),

@@ -13,6 +13,8 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyList, PyTuple};
 
+use crate::arrays;
+
 /// Absolute tolerance on `sum(p) == 1` (validation.py's `PROBABILITY_TOLERANCE`).
 pub const PROBABILITY_TOLERANCE: f64 = 1e-3;
 /// Sums this close to the tolerance's edge go to Python's full check (`_QUICK_SUM_MARGIN`).
@@ -38,6 +40,8 @@ pub fn quick_probabilities(x: &Bound<'_, PyAny>, out: &mut [f64]) -> bool {
         list.len() == n && float_items(list.iter(), out)
     } else if let Ok(tuple) = x.downcast_exact::<PyTuple>() {
         tuple.len() == n && float_items(tuple.iter(), out)
+    } else if let Some(read) = arrays::copy_exact(x, &[n], out) {
+        read
     } else {
         match PyBuffer::<f64>::get(x) {
             Ok(buffer) => {
