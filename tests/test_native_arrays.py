@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamweights import Hedge
+from streamweights import (
+    DriftMemory,
+    Hedge,
+    KalmanWeights,
+    OnlinePlatt,
+    OnlineTemperature,
+    PriorShift,
+)
 from streamweights.pipeline import Pipeline
 from tests.test_pipeline_batch import _replay, _streams
 
@@ -71,7 +78,6 @@ def test_the_lanes_arrays_are_owned_writable_float64() -> None:
 
 
 def _adapters() -> list:
-    from streamweights import DriftMemory, KalmanWeights, OnlinePlatt, OnlineTemperature, PriorShift
     return [OnlinePlatt(), OnlineTemperature(n_classes=2), PriorShift(n_classes=2),
             DriftMemory(n_classes=2, capacity=8), KalmanWeights(n_features=2)]
 

@@ -68,7 +68,12 @@ pub fn aps_mass(p: &[f64], y: usize) -> f64 {
 
 /// The classes whose score is at most `q`, in class order.
 pub fn class_set_of(kind: ScoreKind, p: &[f64], q: f64) -> Vec<usize> {
-    (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).collect()
+    class_members(kind, p, q).collect()
+}
+
+/// The classes of `class_set_of`, one by one.
+fn class_members(kind: ScoreKind, p: &[f64], q: f64) -> impl Iterator<Item = usize> + '_ {
+    (0..p.len()).filter(move |&k| kind.of_class(p, k) <= q)
 }
 
 /// One set of classes per level (`class_set_of` of each level's threshold).
@@ -76,7 +81,7 @@ pub type ClassSets = Vec<Vec<usize>>;
 
 /// How many classes `class_set_of` would hold.
 pub fn class_set_len(kind: ScoreKind, p: &[f64], q: f64) -> usize {
-    (0..p.len()).filter(|&k| kind.of_class(p, k) <= q).count()
+    class_members(kind, p, q).count()
 }
 
 /// `[value - q, value + q]`; a negative threshold gives `[value, value]`.

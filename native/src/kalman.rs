@@ -853,22 +853,29 @@ impl Filter {
 /// such a buffer (the handle then converts and validates it in Python); a ValueError
 /// naming `name` when it holds NaN or inf.
 fn read_vector(value: &Bound<'_, PyAny>, target: &mut [f64], name: &str) -> PyResult<bool> {
+    let read = copy_vector(value, target)?;
+    if read {
+        check_finite(target, name)?;
+    }
+    Ok(read)
+}
+
+/// Copy a 1-d native float64 buffer of exactly `target`'s length into it (a NumPy array
+/// through NumPy's C API, anything else through the buffer protocol); `Ok(false)` when
+/// `value` is not such a buffer.
+pub fn copy_vector(value: &Bound<'_, PyAny>, target: &mut [f64]) -> PyResult<bool> {
     let n = target.len();
     if let Some(read) = arrays::copy_exact(value, &[n], target) {
-        if read {
-            check_finite(target, name)?;
-        }
         return Ok(read);
     }
     let buffer = match PyBuffer::<f64>::get(value) {
         Ok(buffer) => buffer,
         Err(_) => return Ok(false),
     };
-    if !native_float64(&buffer) || buffer.dimensions() != 1 || buffer.item_count() != target.len() {
+    if !native_float64(&buffer) || buffer.dimensions() != 1 || buffer.item_count() != n {
         return Ok(false);
     }
     buffer.copy_to_slice(value.py(), target)?;
-    check_finite(target, name)?;
     Ok(true)
 }
 

@@ -13,7 +13,6 @@
 //! bit for bit below 8 classes on Python 3.11, and to rounding otherwise.
 
 use numpy::PyArray1;
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -240,23 +239,8 @@ impl PriorShiftCore {
     /// `value` is not such a buffer or does not pass (the handle then validates it in
     /// Python, which accepts it with the same result or raises the usual message).
     fn quick_probabilities(&mut self, value: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let n = self.config.n_classes;
-        match arrays::copy_exact(value, &[n], &mut self.scratch) {
-            Some(false) => return Ok(false),
-            Some(true) => {}
-            None => {
-                let buffer = match PyBuffer::<f64>::get(value) {
-                    Ok(buffer) => buffer,
-                    Err(_) => return Ok(false),
-                };
-                if !crate::kalman::native_float64(&buffer)
-                    || buffer.dimensions() != 1
-                    || buffer.item_count() != n
-                {
-                    return Ok(false);
-                }
-                buffer.copy_to_slice(value.py(), &mut self.scratch)?;
-            }
+        if !crate::kalman::copy_vector(value, &mut self.scratch)? {
+            return Ok(false);
         }
         let mut total = 0.0;
         for item in &self.scratch {
