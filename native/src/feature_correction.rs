@@ -8,8 +8,12 @@
 //! index (class `c = 0..C-1`, regressor `j = 0..m-1`); the numpy reference uses `@` and
 //! `mean` (pairwise / BLAS order), so the two agree to rounding, not bit for bit.
 
+use numpy::PyArray1;
 use pyo3::exceptions::{PyArithmeticError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::arrays;
+use crate::kalman::copy_vector;
 
 /// Probabilities are floored here before the log (as in the Python reference).
 const PROBABILITY_FLOOR: f64 = 1e-6;
@@ -67,6 +71,21 @@ pub fn check_packed(packed: &mut [f64], n_classes: usize, n_models: usize) -> Re
     Ok(())
 }
 
+/// Whether every value is finite: no early exit, so the check of the `m × m`
+/// covariance runs as vector instructions rather than one branch per element.
+fn all_finite(values: &[f64]) -> bool {
+    values.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
+/// `Σ a_j b_j`, left to right.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut total = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        total += x * y;
+    }
+    total
+}
+
 fn row_sum(row: &[f64]) -> f64 {
     let mut total = 0.0;
     for value in row {
@@ -104,13 +123,19 @@ pub struct Correction {
     variance: Vec<f64>,
     guard_weight: f64,
     n_learned: u64,
+    /// Where `learn` writes the next covariance before it is kept (swapped in only
+    /// when the whole update is finite): one allocation for the head's life, not one
+    /// `m × m` vector per label. Not state.
+    next_covariance: Vec<f64>,
 }
 
-/// What one event's head computes: regressors, raw regressors, corrected probabilities.
+/// What one event's head computes: regressors, raw regressors, corrected probabilities,
+/// and `P z` when the moderation needed it (learn uses the same vector).
 struct Head {
     z: Vec<f64>,
     raw: Vec<f64>,
     corrected: Vec<f64>,
+    gain: Option<Vec<f64>>,
 }
 
 impl Correction {
@@ -126,6 +151,7 @@ impl Correction {
             variance: Vec::new(),
             guard_weight: 0.5,
             n_learned: 0,
+            next_covariance: Vec::new(),
         };
         correction.reset();
         correction
@@ -188,12 +214,15 @@ impl Correction {
             }
             *slot = total;
         }
+        let mut gain = None;
         if self.settings.moderate {
-            let spread = self.quadratic_form(&z);
+            let pz = self.gain(&z);
+            let spread = dot(&z, &pz);
             let shrink = (1.0 + MODERATION * spread).sqrt();
             for value in correction.iter_mut() {
                 *value /= shrink;
             }
+            gain = Some(pz);
         }
         let mut logits: Vec<f64> = packed[..c]
             .iter()
@@ -213,31 +242,34 @@ impl Correction {
             z,
             raw,
             corrected: logits,
+            gain,
         }
     }
 
     /// `P z`, each row summed left to right.
     fn gain(&self, z: &[f64]) -> Vec<f64> {
         let m = self.m;
-        (0..m)
-            .map(|i| {
-                let mut total = 0.0;
-                for (j, zj) in z.iter().enumerate() {
-                    total += self.covariance[i * m + j] * zj;
-                }
-                total
-            })
-            .collect()
-    }
-
-    /// `zᵀ P z` as `z · (P z)`.
-    fn quadratic_form(&self, z: &[f64]) -> f64 {
-        let gain = self.gain(z);
-        let mut total = 0.0;
-        for (zj, gj) in z.iter().zip(&gain) {
-            total += zj * gj;
+        let mut gain = Vec::with_capacity(m);
+        // Four rows at a time: each row's sum still runs left to right (the same bits),
+        // but four independent sums keep the adder busy where one waits on itself.
+        let mut rows = self.covariance.chunks_exact(4 * m);
+        for block in rows.by_ref() {
+            let (r0, rest) = block.split_at(m);
+            let (r1, rest) = rest.split_at(m);
+            let (r2, r3) = rest.split_at(m);
+            let (mut t0, mut t1, mut t2, mut t3) = (0.0, 0.0, 0.0, 0.0);
+            for (j, &zj) in z.iter().enumerate() {
+                t0 += r0[j] * zj;
+                t1 += r1[j] * zj;
+                t2 += r2[j] * zj;
+                t3 += r3[j] * zj;
+            }
+            gain.extend_from_slice(&[t0, t1, t2, t3]);
         }
-        total
+        for row in rows.remainder().chunks_exact(m) {
+            gain.push(dot(row, z));
+        }
+        gain
     }
 
     fn served(&self, proba: &[f64], corrected: Vec<f64>) -> Vec<f64> {
@@ -281,23 +313,32 @@ impl Correction {
         for value in q {
             curvature += value * (1.0 - value);
         }
-        let gain = self.gain(&head.z);
-        let mut spread = 0.0;
-        for (zj, gj) in head.z.iter().zip(&gain) {
-            spread += zj * gj;
-        }
+        // `P z`: the moderation's, when it was computed (the same vector, bit for bit).
+        let gain = match head.gain {
+            Some(gain) => gain,
+            None => self.gain(&head.z),
+        };
+        let spread = dot(&head.z, &gain);
         let denominator = 1.0 + curvature * spread;
         let factor = curvature / denominator;
         let gamma = self.settings.forgetting;
         let keep = gamma * gamma;
         let refill = (1.0 - keep) * self.settings.prior_variance;
-        let mut covariance = vec![0.0; m * m];
-        for i in 0..m {
-            for j in 0..m {
-                let updated = self.covariance[i * m + j] - factor * (gain[i] * gain[j]);
-                covariance[i * m + j] = keep * updated + if i == j { refill } else { 0.0 };
+        let mut covariance = std::mem::take(&mut self.next_covariance);
+        covariance.resize(m * m, 0.0);
+        for (i, (row, old)) in covariance
+            .chunks_exact_mut(m)
+            .zip(self.covariance.chunks_exact(m))
+            .enumerate()
+        {
+            let gi = gain[i];
+            for ((value, &old), &gj) in row.iter_mut().zip(old).zip(&gain) {
+                *value = keep * (old - factor * (gi * gj)) + 0.0;
             }
+            let diagonal = old[i] - factor * (gi * gain[i]);
+            row[i] = keep * diagonal + refill;
         }
+        let finite = all_finite(&covariance);
         let mut weights = vec![0.0; m * c];
         for j in 0..m {
             let step = gain[j] / denominator;
@@ -315,11 +356,12 @@ impl Correction {
             mean[i] = self.mean[i] + rate * delta;
             variance[i] = (1.0 - rate) * (self.variance[i] + rate * delta * delta);
         }
-        let finite = weights.iter().all(|v| v.is_finite())
-            && covariance.iter().all(|v| v.is_finite())
+        let finite = finite
+            && weights.iter().all(|v| v.is_finite())
             && variance.iter().all(|v| v.is_finite())
             && mean.iter().all(|v| v.is_finite());
         if !finite {
+            self.next_covariance = covariance; // (its buffer, for the next label)
             return Err(
                 "FeatureCorrection: the update is not finite for this event \
                         (features too large for the arithmetic)"
@@ -327,7 +369,7 @@ impl Correction {
             );
         }
         self.weights = weights;
-        self.covariance = covariance;
+        self.next_covariance = std::mem::replace(&mut self.covariance, covariance);
         self.mean = mean;
         self.variance = variance;
         self.guard_weight = guard_weight;
@@ -399,10 +441,30 @@ impl FeatureCorrectionCore {
         })
     }
 
-    /// Served probabilities for one packed input (checked and renormalised first).
-    fn predict(&self, mut packed: Vec<f64>) -> PyResult<Vec<f64>> {
+    /// Served probabilities (a new array) for one packed input given as a float64
+    /// vector of the packed length (see `kalman::copy_vector`), checked and renormalised
+    /// first; `None` for any other form, which the handle converts and passes to
+    /// `predict_checked`.
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
+        let mut packed = vec![0.0; self.inner.input_size()];
+        if !copy_vector(x, &mut packed)? {
+            return Ok(None);
+        }
+        self.predict_checked(py, packed).map(Some)
+    }
+
+    /// Served probabilities (a new array) for one packed input the handle converted.
+    fn predict_checked<'py>(
+        &self,
+        py: Python<'py>,
+        mut packed: Vec<f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         self.check(&mut packed)?;
-        Ok(self.inner.predict(&packed))
+        Ok(arrays::vector(py, &self.inner.predict(&packed)))
     }
 
     /// Served probabilities for a batch of packed inputs (flat, row by row).
@@ -418,9 +480,21 @@ impl FeatureCorrectionCore {
         }))
     }
 
+    /// Learn one label when `x` is a float64 vector of the packed length (as `predict`):
+    /// true; false (nothing read, nothing changed) for any other form, which the handle
+    /// converts and passes to `learn_checked`.
+    fn learn(&mut self, x: &Bound<'_, PyAny>, label: usize) -> PyResult<bool> {
+        let mut packed = vec![0.0; self.inner.input_size()];
+        if !copy_vector(x, &mut packed)? {
+            return Ok(false);
+        }
+        self.learn_checked(packed, label)?;
+        Ok(true)
+    }
+
     /// Learn one label: ValueError for a bad input, ArithmeticError (state unchanged) for
     /// an update that would not be finite.
-    fn learn(&mut self, mut packed: Vec<f64>, label: usize) -> PyResult<()> {
+    fn learn_checked(&mut self, mut packed: Vec<f64>, label: usize) -> PyResult<()> {
         self.check_label(label)?;
         self.check(&mut packed)?;
         self.inner

@@ -221,8 +221,13 @@ class FeatureCorrection(Adapter):
         return packed.tolist()
 
     # -- the verbs ----------------------------------------------------------------------
+    # ``predict`` and ``learn`` first offer ``x`` to the core as it is (a float64 vector
+    # of the packed length is read directly); any other form is converted here first.
     def predict(self, x: Any) -> np.ndarray:
-        return np.array(self._core.predict(self._edge(x)))
+        out = self._core.predict(x)
+        if out is None:
+            out = self._core.predict_checked(self._edge(x))
+        return out  # a new float64 array, made by the core
 
     def predict_many(self, xs: Any) -> np.ndarray:
         if not len(xs):
@@ -233,10 +238,11 @@ class FeatureCorrection(Adapter):
     def learn(self, x: Any, y: Any) -> None:
         """One extended-Kalman step on the label (at the head's current output for ``x``),
         the drift transition, then the guard and the standardiser take the event in."""
-        label = check_class_label(y, "y", self.n_classes)
-        packed = self._edge(x)
-        try:
-            self._core.learn(packed, label)  # ValueError for a bad x passes through
+        label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
+            y, "y", self.n_classes)
+        try:  # ValueError for a bad x passes through
+            if not self._core.learn(x, label):
+                self._core.learn_checked(self._edge(x), label)
         except ArithmeticError as error:  # a non-finite update, refused: nothing changed
             raise NonFiniteUpdate(str(error)) from None
 
