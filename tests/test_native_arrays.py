@@ -16,6 +16,7 @@ from streamweights import (
     OnlineTemperature,
     PriorShift,
 )
+from streamweights.adapters import FeatureCorrection
 from streamweights.pipeline import Pipeline
 from tests.test_pipeline_batch import _replay, _streams
 
@@ -99,3 +100,45 @@ def test_per_event_verbs_read_every_form_alike(index: int) -> None:
         fast.learn(x, label if index != 4 else q)
         slow.learn(other, label if index != 4 else q)
     assert np.array_equal(fast.predict(x), slow.predict(x.tolist()))
+
+
+def _unaligned(values: np.ndarray) -> np.ndarray:
+    """The same float64 values in a C-contiguous array whose data is not 8-byte aligned
+    (a view one byte into a buffer): read byte for byte, not as aligned doubles."""
+    array = np.frombuffer(b"\0" + values.astype(np.float64).tobytes(), dtype=np.float64,
+                          offset=1)
+    assert array.flags.c_contiguous and not array.flags.aligned
+    return array
+
+
+def test_an_unaligned_array_reads_as_its_values() -> None:
+    rows = _rows(11).ravel()
+    assert _core().predict_checked(_unaligned(rows)) == _core().predict_checked(rows)
+    temperature = OnlineTemperature(n_classes=2)
+    x = np.array([0.3, 0.7])
+    assert np.array_equal(temperature.predict(_unaligned(x)), temperature.predict(x))
+
+
+def test_feature_correction_reads_every_form_alike() -> None:
+    """FeatureCorrection's per-event verbs take a packed float64 vector directly and
+    convert anything else first (a list, float32, another byte order, an unaligned or
+    strided view): two copies fed the same values learn and serve the same bits."""
+    rng = np.random.default_rng(3)
+    fast = FeatureCorrection(n_classes=2, n_models=2, n_features=3)
+    slow = FeatureCorrection(n_classes=2, n_models=2, n_features=3)
+    for step in range(400):
+        p = rng.dirichlet([1.0, 1.0])
+        packed = FeatureCorrection.pack(p, rng.dirichlet([1.0, 1.0], size=2),
+                                        rng.normal(size=3))
+        forms = [packed.tolist(), packed.astype(">f8"), _unaligned(packed),
+                 np.stack([packed, packed], axis=1)[:, 0]]
+        other = forms[step % len(forms)]
+        served = fast.predict(packed)
+        assert served.dtype == np.float64 and served.shape == (2,)
+        assert np.array_equal(served, slow.predict(other)), step
+        label = int(rng.random() < p[1])
+        fast.learn(packed, label)
+        slow.learn(other, label)
+    assert np.array_equal(fast.head_weights_, slow.head_weights_)
+    with pytest.raises(ValueError, match="expected shape"):
+        fast.predict(np.zeros(3))

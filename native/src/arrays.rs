@@ -55,8 +55,9 @@ pub fn read(value: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
     if !array.is_c_contiguous() {
         return None;
     }
-    let view = array.try_readonly().ok()?;
-    view.as_slice().ok().map(<[f64]>::to_vec)
+    let mut out = vec![0.0; array.len()];
+    copy_contiguous(array, &mut out);
+    Some(out)
 }
 
 /// `value` copied into `out` when it is a C-contiguous float64 NumPy array (native byte
@@ -68,16 +69,37 @@ pub fn copy_exact(value: &Bound<'_, PyAny>, shape: &[usize], out: &mut [f64]) ->
     if !array.is_c_contiguous() {
         return None;
     }
-    if array.shape() != shape {
+    if array.shape() != shape || array.len() != out.len() {
         return Some(false);
     }
-    let view = array.try_readonly().ok()?;
-    let values = view.as_slice().ok()?;
-    if values.len() != out.len() {
-        return Some(false);
-    }
-    out.copy_from_slice(values);
+    copy_contiguous(array, out);
     Some(true)
+}
+
+/// The elements of a C-contiguous float64 array copied into `out` (as long), byte for
+/// byte. Not through rust-numpy's borrow checker (`try_readonly`): its registration and
+/// release cost more than the copy of a few numbers, and it protects nothing here; no
+/// Rust reference into the array is made, so this is the memory copy the buffer
+/// protocol's `PyBuffer_ToContiguous` (the slower way) makes of the same bytes.
+fn copy_contiguous(array: &Bound<'_, PyArrayDyn<f64>>, out: &mut [f64]) {
+    let bytes = std::mem::size_of_val(out);
+    debug_assert_eq!(array.len(), out.len());
+    if bytes == 0 {
+        return;
+    }
+    // SAFETY: `array` is C-contiguous (checked by every caller) with `array.len()`
+    // elements of 8 bytes (its dtype is float64: the downcast checked it), so its data
+    // pointer starts `bytes` readable bytes; `out` is a distinct Rust allocation of the
+    // same length. The copy is bytewise (`u8`), so neither side needs f64 alignment (a
+    // NumPy array may be unaligned), and it runs with the GIL held, as the buffer
+    // protocol's copy does.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            array.data() as *const u8,
+            out.as_mut_ptr() as *mut u8,
+            bytes,
+        );
+    }
 }
 
 /// Whether `value` is an array of the kind `read` takes (what a caller checks before it
