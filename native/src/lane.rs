@@ -32,6 +32,7 @@
 //! to the Python path on long streams mixed with malformed and unusual records.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -431,7 +432,17 @@ struct LaneStream {
     ranges: Vec<(usize, usize)>,
     clip: f64,
     uncertainty: Option<LaneUncertainty>,
+    /// Records this lane applied and returned as done (`prediction_done` /
+    /// `label_done`): predictions, labels, and labels joined (every done label joined
+    /// one). The service adds them to its event counters when scraped (`counts`)
+    /// instead of a Python increment per record.
+    done_counts: [AtomicU64; 3],
 }
+
+/// Indices into `LaneStream::done_counts`.
+const DONE_PREDICTIONS: usize = 0;
+const DONE_LABELS: usize = 1;
+const DONE_JOINED: usize = 2;
 
 /// A stream's conformal layers and estimates (`StreamUncertainty`), as the lane serves
 /// and teaches them (`serve_flat`, then `learn_served`).
@@ -608,6 +619,7 @@ impl RecordLane {
                 ranges,
                 clip,
                 uncertainty,
+                done_counts: Default::default(),
             });
         }
         let (pending, label, record_error, non_finite, outcome) = helpers;
@@ -626,10 +638,30 @@ impl RecordLane {
         })
     }
 
+    /// `[(stream, predictions, labels, joined)]`: per stream, the records this lane
+    /// returned as done (`(key, None)`) since it was made, and the labels among them
+    /// (each joined its prediction). Only the loop's thread changes them; a reader on
+    /// another thread sees each count as it stands (monotonic).
+    fn done_counts<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyString>, u64, u64, u64)> {
+        self.streams
+            .iter()
+            .map(|stream| {
+                let [predictions, labels, joined] = &stream.done_counts;
+                (
+                    stream.name.bind(py).clone(),
+                    predictions.load(Ordering::Relaxed),
+                    labels.load(Ordering::Relaxed),
+                    joined.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
     /// Apply one raw record if the lane can (see the module doc). Returns `None`, with
     /// nothing changed, when Python must; otherwise `(key, result)`: `key` is `(stream,
     /// kind)`, `result` the adapted record's bytes (a prediction, when `adapted`), `None`
-    /// (done, nothing to route) or the `Outcome` to route (a refusal or a drift).
+    /// (done, nothing to route: counted in `done_counts`) or the `Outcome` to route (a
+    /// refusal or a drift).
     fn process<'py>(
         &self,
         py: Python<'py>,
@@ -782,6 +814,7 @@ impl RecordLane {
         }
         let key = stream.prediction_key.bind(py).as_any().clone();
         if !adapted {
+            stream.done_counts[DONE_PREDICTIONS].fetch_add(1, Ordering::Relaxed);
             return Ok(Some(stream.prediction_done.bind(py).clone()));
         }
         let version: i64 = get(state, intern!(py, "weights_version"))?.extract()?;
@@ -959,6 +992,8 @@ impl RecordLane {
         if last.is_none() {
             state.set_item(intern!(py, "last_publish_ts"), &ts_object)?;
         }
+        stream.done_counts[DONE_LABELS].fetch_add(1, Ordering::Relaxed);
+        stream.done_counts[DONE_JOINED].fetch_add(1, Ordering::Relaxed);
         Ok(Some(stream.label_done.bind(py).clone()))
     }
 }

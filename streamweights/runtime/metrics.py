@@ -88,12 +88,16 @@ class _CounterChild:
 
     __slots__ = ("created", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, created: float | None = None) -> None:
         self.value = 0.0
-        self.created = time.time()
+        self.created = time.time() if created is None else created
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
+
+
+#: ``() -> {label values: count}``: counts kept outside a :class:`LoopCounter`.
+CountSource = Callable[[], dict[tuple[str, ...], float]]
 
 
 class LoopCounter:
@@ -104,23 +108,44 @@ class LoopCounter:
     thread, reads the floats as they are. With one writer that reads exactly what the
     locked counter would at that moment (no batching, no delay: a scrape never sees a
     processed record uncounted for longer than the record takes). Exposed as
-    prometheus_client exposes a ``Counter`` (``<name>_total`` and ``<name>_created``)."""
+    prometheus_client exposes a ``Counter`` (``<name>_total`` and ``<name>_created``).
+
+    Counts kept elsewhere may be added (:meth:`count_also`): the core's record lane
+    counts the records it applies itself, and a scrape adds them to the series."""
 
     def __init__(self, name: str, documentation: str, labelnames: list[str],
                  registry: CollectorRegistry) -> None:
+        self._sources: list[CountSource] = []
+        self._sources_since: float | None = None
         _init_family(self, name, documentation, labelnames, registry)
 
     def labels(self, *values: str) -> _CounterChild:
         """The series of these label values (created at 0 on first use)."""
-        return _child(self, values, _CounterChild)
+        return _child(self, values, lambda: _CounterChild(self._sources_since))
+
+    def count_also(self, source: CountSource) -> None:
+        """Add ``source()`` (label values -> a count that only grows) to these series at
+        every scrape. Series are then created as of this call, so a series first counted
+        by a source and later incremented here keeps one creation time."""
+        if self._sources_since is None:
+            self._sources_since = time.time()
+        self._sources.append(source)
 
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        extra: dict[tuple[str, ...], float] = {}
+        for source in self._sources:
+            for values, count in source().items():
+                extra[values] = extra.get(values, 0) + count
         for values, child in list(self._children.items()):  # one atomic copy
-            family.add_metric(values, child.value, created=child.created)
+            family.add_metric(values, child.value + float(extra.pop(values, 0)),
+                              created=child.created)
+        for values, count in extra.items():  # counted by a source alone so far
+            if count:
+                family.add_metric(values, float(count), created=self._sources_since)
         yield family
 
 

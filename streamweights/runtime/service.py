@@ -297,6 +297,8 @@ class Service:
         #: Counter children by label values, made on first use (per record a lookup).
         self._event_counters = _Children(self.metrics.events)  # (stream, kind)
         self._joined_counters = _Children(self.metrics.joined)  # stream
+        self._counted_lanes: list[Any] = []
+        self._count_lane(self._lane)
         self._stream_keys: dict[str, bytes | None] = {}
         self._exhausted = False
 
@@ -382,6 +384,7 @@ class Service:
         # Asked again here: a wrapper installed on the pipeline's process since the
         # service was built (``run --report``'s recorder) must see every record.
         self._lane = self.pipeline.record_lane()
+        self._count_lane(self._lane)
         kill_at = faults.kill_position()
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
@@ -446,6 +449,8 @@ class Service:
                                                  _decoded_or_none(raw)), position)
                 return "invalid"
             if done is not None:
+                if done[1] is None:  # applied, nothing to route; the lane counted it
+                    return done[0][1]
                 return self._laned(done, position, raw)
         if isinstance(raw, Rejected):  # a source row that cannot become a record
             self._route(self.pipeline.reject(events.RecordError(raw.reason, raw.error), raw.raw,
@@ -470,19 +475,33 @@ class Service:
         return self._deliver(outcome, kind, position, raw, record)
 
     def _laned(self, done: tuple[tuple[str, str], Any], position: int, raw: bytes) -> str:
-        """Count and route a record the core's lane applied (``Pipeline.record_lane``):
-        what the general path above does with the same outcome."""
+        """Count and route a record the core's lane applied with something to write
+        (``Pipeline.record_lane``): what the general path above does with the same
+        outcome. (A record done with nothing to write is counted by the lane itself.)"""
         key, result = done
         self._event_counters[key].inc()
-        kind = key[1]
-        if result is None:  # applied, nothing to write
-            if kind == "label":
-                self._joined_counters[key[0]].inc()
-            return kind
         if type(result) is bytes:  # the adapted record
             self.sinks["adapted"].write(result, key=self._stream_key(key[0]))
-            return kind
-        return self._deliver(result, kind, position, raw)  # a refusal, a drift, a version
+            return key[1]
+        return self._deliver(result, key[1], position, raw)  # a refusal, a drift, a version
+
+    def _count_lane(self, lane: Any) -> None:
+        """Expose the records ``lane`` applies and counts itself (``done_counts``: those
+        with nothing to route) in the event and joined counters, once per lane."""
+        if lane is None or lane in self._counted_lanes:
+            return
+        self._counted_lanes.append(lane)
+
+        def events() -> dict[tuple[str, ...], float]:
+            counts: dict[tuple[str, ...], float] = {}
+            for stream, predictions, labels, _ in lane.done_counts():
+                counts[stream, "prediction"] = predictions
+                counts[stream, "label"] = labels
+            return counts
+
+        self.metrics.events.count_also(events)
+        self.metrics.joined.count_also(
+            lambda: {(stream,): joined for stream, _, _, joined in lane.done_counts()})
 
     def _deliver(self, outcome: Outcome, kind: str, position: int, raw: bytes,
                  record: events.Record | None = None) -> str:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamweights.config import load_config
 from streamweights.runtime.metrics import _LATENCY_BUCKETS, ServiceMetrics
+from streamweights.runtime.service import Service
 
 
 def _series(registry: CollectorRegistry, names: set[str]) -> dict:
@@ -85,3 +89,74 @@ def test_a_scrape_during_the_loop_is_consistent():
         scrapes += 1
     worker.join()
     assert scrapes > 1
+
+
+@pytest.mark.parametrize("adapted", [True, False])
+def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted):
+    """Scenario: the demo replayed twice, once through the core's record lane (which
+    counts the records it applies with nothing to route itself; the service adds those
+    counts at scrape time) and once with every record on the general path (the lane off:
+    ``Pipeline.process`` wrapped), with and without an adapted sink (with one, every
+    prediction has a record to route and is counted in Python).
+    We expect: the same event and joined series; the lane counted most labels itself."""
+    names = {"streamweights_events", "streamweights_labels_joined"}
+
+    def run(name: str, lane: bool) -> tuple[dict, list]:
+        path = config_factory(name, events=1500)
+        document = yaml.safe_load(path.read_text())
+        if not adapted:
+            document["outputs"]["adapted"] = None
+        path.write_text(yaml.safe_dump(document))
+        service = Service(load_config(path))
+        try:
+            if not lane:
+                service.pipeline.process = service.pipeline.process  # wrapped: no lane
+            service.run()
+            lanes = service.pipeline.record_lane()
+            return (_series(service.metrics.registry, names),
+                    lanes.done_counts() if lanes is not None else [])
+        finally:
+            service.close()
+
+    laned, counts = run("lane", True)
+    general, none = run("general", False)
+    assert laned == general and none == []
+    samples = dict(((name, labels), value) for name, labels, value
+                   in general["streamweights_events"][2])
+    labels = samples["streamweights_events_total", (("kind", "label"), ("stream", "demo"))]
+    [(stream, predictions, lane_labels, joined)] = counts
+    assert stream == "demo" and lane_labels == joined and lane_labels > 0.9 * labels
+    assert (predictions == 0) == adapted
+
+
+def test_counts_kept_elsewhere_add_to_the_series():
+    """Scenario: a loop counter with an outside source of counts (as the lane's), some
+    series counted by the source alone, some here alone, some by both.
+    We expect: each series reads the sum; a source-only series appears once its count is
+    positive; a series keeps the creation time it was first exposed with."""
+    metrics = ServiceMetrics()
+    outside = {("a", "label"): 0, ("b", "label"): 3}
+    metrics.events.count_also(lambda: dict(outside))
+    metrics.events.labels("b", "label").inc(2)
+    metrics.events.labels("c", "prediction").inc()
+
+    def read() -> dict:
+        text = generate_latest(metrics.registry).decode()
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name.startswith("streamweights_events") for sample in family.samples}
+
+    first = read()
+    total = "streamweights_events_total"
+    assert first[total, (("kind", "label"), ("stream", "b"))] == 5.0
+    assert first[total, (("kind", "prediction"), ("stream", "c"))] == 1.0
+    assert (total, (("kind", "label"), ("stream", "a"))) not in first
+    outside[("a", "label")] = 4
+    second = read()
+    assert second[total, (("kind", "label"), ("stream", "a"))] == 4.0
+    created = "streamweights_events_created"
+    metrics.events.labels("a", "label").inc()
+    third = read()
+    assert third[total, (("kind", "label"), ("stream", "a"))] == 5.0
+    assert third[created, (("kind", "label"), ("stream", "a"))] \
+        == second[created, (("kind", "label"), ("stream", "a"))]
