@@ -30,20 +30,16 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from streamweights import _native
 from streamweights.adapters.state_codec import pack_state, unpack_state
 
-
-@dataclass(slots=True)
-class Pending:
-    """A served prediction waiting for its label."""
-
-    id: str
-    ts: float
-    payload: Any
+#: A served prediction waiting for its label: ``Pending(id, ts, payload)``, read-only
+#: attributes of those names, compared and shown as a dataclass would be. Native
+#: (``native/src/pending.rs``): the record lane makes one per prediction.
+Pending = _native.Pending
 
 
 def _nonfinite_text(value: float) -> str:

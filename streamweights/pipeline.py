@@ -815,7 +815,7 @@ class Pipeline:
                             list(stream._evidence_ranges), _STAGE_LOSS_CLIP, uncertainty))
         self._lane = None if not entries else _native.RecordLane(
             weakref.ref(self), entries,
-            (Pending, Label, RecordError, NonFiniteUpdate, Outcome),
+            (Label, RecordError, NonFiniteUpdate, Outcome),
             _events.DEFAULT_MAX_RECORD_BYTES)
         return self._lane
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
 from streamweights.adapters import dumps_state, loads_state
-from streamweights.join import PendingJoin
+from streamweights.join import Pending, PendingJoin
 
 
 def _ids(entries):
@@ -205,3 +207,27 @@ def test_head_ts_is_the_oldest_entrys_event_time_after_every_operation():
             join = restored
         oldest = next(iter(join.state_dict()["entries"]), None)
         assert join.head_ts == (float("inf") if oldest is None else oldest[1])
+
+
+def test_a_pending_entry_reads_compares_and_is_collected_as_a_dataclass_would():
+    """Scenario: ``Pending`` (native since the record lane makes one per prediction).
+    We expect: its three fields as given (the same objects), read-only; equality field by
+    field; a dataclass-style repr; a cycle through its payload collected."""
+    payload = {"buffer": [0.25, 0.75]}
+    entry = Pending("p-1", 12.5, payload)
+    assert entry.id == "p-1" and entry.ts == 12.5 and entry.payload is payload
+    with pytest.raises(AttributeError):
+        entry.payload = {}
+    assert entry == Pending("p-1", 12.5, {"buffer": [0.25, 0.75]})
+    assert entry != Pending("p-1", 13.0, payload) and entry != ("p-1", 12.5, payload)
+    assert repr(entry) == "Pending(id='p-1', ts=12.5, payload={'buffer': [0.25, 0.75]})"
+
+    class Box:
+        pass
+
+    box = Box()
+    box.entry = Pending("p-2", 1.0, box)  # a cycle: box -> entry -> payload (box)
+    gone = weakref.ref(box)
+    del box
+    gc.collect()
+    assert gone() is None

@@ -43,6 +43,7 @@ use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
 use crate::label_step::learn_served;
+use crate::pending::Pending;
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
 
 /// A number as read: an integer literal (Python's `int`) or any other (a `float`).
@@ -470,7 +471,6 @@ type UncertaintyFields<'py> = (
 
 /// What the lane needs from Python: classes and functions it calls.
 struct Helpers {
-    pending: Py<PyAny>,
     label: Py<PyAny>,
     record_error: Py<PyAny>,
     non_finite: Py<PyAny>,
@@ -478,7 +478,7 @@ struct Helpers {
 }
 
 /// `Helpers` as Python passes them.
-type HelperObjects = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
+type HelperObjects = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 
 /// The record lane of one `Pipeline` (see the module doc).
 #[pyclass(module = "streamweights._native")]
@@ -519,7 +519,7 @@ impl RecordLane {
     /// `pipeline`: a weak reference to the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
     /// name, models, width, skew_limit, ttl, max_pending, every_labels, every_seconds,
     /// size, (output_start, output_stop), scores, evidence, ranges, clip)`; `helpers`:
-    /// `(Pending, Label, RecordError, NonFiniteUpdate, Outcome)`.
+    /// `(Label, RecordError, NonFiniteUpdate, Outcome)`.
     #[new]
     fn new(
         py: Python<'_>,
@@ -622,14 +622,13 @@ impl RecordLane {
                 done_counts: Default::default(),
             });
         }
-        let (pending, label, record_error, non_finite, outcome) = helpers;
+        let (label, record_error, non_finite, outcome) = helpers;
         Ok(RecordLane {
             pipeline,
             streams: lane_streams,
             index,
             max_bytes,
             helpers: Helpers {
-                pending,
                 label,
                 record_error,
                 non_finite,
@@ -797,11 +796,14 @@ impl RecordLane {
                 sets = wire;
             }
         }
-        let pending = self
-            .helpers
-            .pending
-            .bind(py)
-            .call1((&id, &ts_object, payload))?;
+        let pending = Bound::new(
+            py,
+            Pending {
+                id: id.clone().into_any().unbind(),
+                ts: ts_object.clone().into_any().unbind(),
+                payload: payload.into_any().unbind(),
+            },
+        )?;
         entries.as_any().set_item(&id, &pending)?;
         if get(join_state, intern!(py, "_head"))?.is_none() {
             join_state.set_item(intern!(py, "_head"), &pending)?;
@@ -863,7 +865,10 @@ impl RecordLane {
             Some(pending) => pending,
             None => return Ok(None), // unmatched: Python's letter
         };
-        let payload = pending.getattr(intern!(py, "payload"))?;
+        let payload = match pending.downcast::<Pending>() {
+            Ok(pending) => pending.get().payload.bind(py).clone(),
+            Err(_) => return Ok(None), // (the join holds only `Pending`s)
+        };
         // The core's flat record and, with conformal layers, the thresholds served
         // (a native array, as `serve_flat` made it: anything else, a snapshot's lists,
         // takes the general path, which reads them back first).
@@ -933,7 +938,10 @@ impl RecordLane {
             new_head = Some(match keys.next() {
                 Some(next) => {
                     let next = entries.as_any().get_item(next?)?;
-                    let next_ts = next.getattr(intern!(py, "ts"))?;
+                    let next_ts = match next.downcast::<Pending>() {
+                        Ok(next) => next.get().ts.bind(py).clone(),
+                        Err(_) => next.getattr(intern!(py, "ts"))?,
+                    };
                     Some((next, next_ts))
                 }
                 None => None,

@@ -32,6 +32,7 @@ mod label_step;
 mod lane;
 mod newton;
 mod page_hinkley;
+mod pending;
 mod platt;
 mod portfolio;
 mod prior_shift;
@@ -75,5 +76,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     kafka_records::register(module)?;
     event_time::register(module)?;
     lane::register(module)?;
+    pending::register(module)?;
     Ok(())
 }
