@@ -71,6 +71,15 @@ pub fn check_packed(packed: &mut [f64], n_classes: usize, n_models: usize) -> Re
     Ok(())
 }
 
+/// A batch's numbers in order: a C-contiguous float64 array's, read directly; anything
+/// else as a sequence of floats.
+fn flat_input(value: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    match arrays::read(value) {
+        Some(values) => Ok(values),
+        None => value.extract(),
+    }
+}
+
 /// Whether every value is finite: no early exit, so the check of the `m × m`
 /// covariance runs as vector instructions rather than one branch per element.
 fn all_finite(values: &[f64]) -> bool {
@@ -467,8 +476,10 @@ impl FeatureCorrectionCore {
         Ok(arrays::vector(py, &self.inner.predict(&packed)))
     }
 
-    /// Served probabilities for a batch of packed inputs (flat, row by row).
-    fn predict_many(&self, py: Python<'_>, mut packed: Vec<f64>) -> PyResult<Vec<f64>> {
+    /// Served probabilities for a batch of packed inputs (flat, row by row: a list, or
+    /// a C-contiguous float64 array read in memory order).
+    fn predict_many(&self, py: Python<'_>, packed: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+        let mut packed = flat_input(packed)?;
         self.check_many(&mut packed)?;
         let size = self.inner.input_size();
         let inner = &self.inner;
@@ -507,9 +518,10 @@ impl FeatureCorrectionCore {
     fn learn_many(
         &mut self,
         py: Python<'_>,
-        mut packed: Vec<f64>,
+        packed: &Bound<'_, PyAny>,
         labels: Vec<usize>,
     ) -> PyResult<usize> {
+        let mut packed = flat_input(packed)?;
         let size = self.inner.input_size();
         if packed.len() != size * labels.len() {
             return Err(PyValueError::new_err(format!(

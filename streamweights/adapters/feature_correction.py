@@ -196,17 +196,17 @@ class FeatureCorrection(Adapter):
                                np.ravel(np.asarray(outputs, dtype=np.float64)),
                                np.ravel(np.asarray(features, dtype=np.float64))])
 
-    def _checked_many(self, xs: Any) -> list[float]:
-        """A batch of packed inputs, flattened for the core (which checks every row, in
-        order, before using any). A batch that converts whole to a 2-D float64 array of
-        rows of the packed length is flattened in one step; anything else row by row, so
-        a bad row is named."""
+    def _checked_many(self, xs: Any) -> np.ndarray | list[float]:
+        """A batch of packed inputs for the core (which checks every row, in order,
+        before using any): as one C-contiguous float64 array when it converts whole to
+        rows of the packed length (read by the core directly), else flattened row by row,
+        so a bad row is named."""
         try:
             whole = np.asarray(xs, dtype=np.float64)
         except (TypeError, ValueError):
             whole = None
         if whole is not None and whole.ndim == 2 and whole.shape[1] == self.input_size:
-            return whole.ravel().tolist()
+            return np.ascontiguousarray(whole)
         flat: list[float] = []
         for index, x in enumerate(xs):
             try:
