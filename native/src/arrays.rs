@@ -103,8 +103,7 @@ fn copy_contiguous(array: &Bound<'_, PyArrayDyn<f64>>, out: &mut [f64]) {
 }
 
 /// Whether `value` is an array of the kind `read` takes (what a caller checks before it
-/// changes anything; `read` itself may still refuse one that Rust code holds mutably
-/// borrowed, which the callers' slower way then reads).
+/// changes anything: `read` then reads it).
 pub fn is_readable(value: &Bound<'_, PyAny>) -> bool {
     match value.downcast::<PyArrayDyn<f64>>() {
         Ok(array) => array.is_c_contiguous(),

@@ -435,8 +435,8 @@ struct LaneStream {
     uncertainty: Option<LaneUncertainty>,
     /// Records this lane applied and returned as done (`prediction_done` /
     /// `label_done`): predictions, labels, and labels joined (every done label joined
-    /// one). The service adds them to its event counters when scraped (`counts`)
-    /// instead of a Python increment per record.
+    /// one). The service adds them to its event counters when scraped (read by
+    /// `done_counts`) instead of a Python increment per record.
     done_counts: [AtomicU64; 3],
 }
 
