@@ -13,7 +13,8 @@ use pyo3::exceptions::{PyArithmeticError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::arrays;
-use crate::kalman::copy_vector;
+use crate::expert_losses::read_flat;
+use crate::kalman::{all_finite, copy_vector, dot};
 
 /// Probabilities are floored here before the log (as in the Python reference).
 const PROBABILITY_FLOOR: f64 = 1e-6;
@@ -69,30 +70,6 @@ pub fn check_packed(packed: &mut [f64], n_classes: usize, n_models: usize) -> Re
         }
     }
     Ok(())
-}
-
-/// A batch's numbers in order: a C-contiguous float64 array's, read directly; anything
-/// else as a sequence of floats.
-fn flat_input(value: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
-    match arrays::read(value) {
-        Some(values) => Ok(values),
-        None => value.extract(),
-    }
-}
-
-/// Whether every value is finite: no early exit, so the check of the `m × m`
-/// covariance runs as vector instructions rather than one branch per element.
-fn all_finite(values: &[f64]) -> bool {
-    values.iter().fold(true, |ok, v| ok & v.is_finite())
-}
-
-/// `Σ a_j b_j`, left to right.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut total = 0.0;
-    for (x, y) in a.iter().zip(b) {
-        total += x * y;
-    }
-    total
 }
 
 fn row_sum(row: &[f64]) -> f64 {
@@ -479,7 +456,7 @@ impl FeatureCorrectionCore {
     /// Served probabilities for a batch of packed inputs (flat, row by row: a list, or
     /// a C-contiguous float64 array read in memory order).
     fn predict_many(&self, py: Python<'_>, packed: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
-        let mut packed = flat_input(packed)?;
+        let mut packed = read_flat(py, packed)?;
         self.check_many(&mut packed)?;
         let size = self.inner.input_size();
         let inner = &self.inner;
@@ -521,7 +498,7 @@ impl FeatureCorrectionCore {
         packed: &Bound<'_, PyAny>,
         labels: Vec<usize>,
     ) -> PyResult<usize> {
-        let mut packed = flat_input(packed)?;
+        let mut packed = read_flat(py, packed)?;
         let size = self.inner.input_size();
         if packed.len() != size * labels.len() {
             return Err(PyValueError::new_err(format!(

@@ -118,7 +118,8 @@ pub struct Filter {
     scratch_draws: Vec<f64>,
 }
 
-fn dot(left: &[f64], right: &[f64]) -> f64 {
+/// `Σ left_j right_j`, left to right.
+pub(crate) fn dot(left: &[f64], right: &[f64]) -> f64 {
     let mut total = 0.0;
     for (a, b) in left.iter().zip(right) {
         total += a * b;
@@ -128,7 +129,7 @@ fn dot(left: &[f64], right: &[f64]) -> f64 {
 
 /// True when no value is NaN or ±inf. An integer fold over the exponent bits (no early
 /// exit), so the compiler can vectorise it: this runs on the whole state every update.
-fn all_finite(values: &[f64]) -> bool {
+pub(crate) fn all_finite(values: &[f64]) -> bool {
     const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
     values.iter().fold(0u64, |bad, v| {
         bad | u64::from(v.to_bits() & EXPONENT == EXPONENT)
