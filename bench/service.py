@@ -19,8 +19,9 @@ versions) → ``events.encode`` of the adapted record and of every weights versi
 write an adapted record per prediction, as river's side does. ``ours, general path
 only`` runs every record the second way (the code before the lane), for comparison.
 ``--service-loop`` also times the service's
-own per-record path (``Service._process``: the same plus Prometheus counters, the latency
-histogram and routing to sinks, here none). ``ours, batch entry point`` is the same work
+own loop (``Service._loop`` over the records in memory: the same plus Prometheus counters,
+the latency histogram, routing to sinks, here none, and the loop's per-record checks; no
+checkpoints). ``ours, batch entry point`` is the same work
 through ``Pipeline.process_many`` in runs of 16 records (the same outputs; today a Python
 loop over the per-record path, so it times what a run saves in dispatch alone).
 
@@ -126,7 +127,7 @@ def ours_setup(config: ServiceConfig) -> Callable[[], Pipeline]:
 
 
 def ours_run(records: list[bytes], lane: bool = True) -> Callable[[Pipeline], object]:
-    """What ``Service._process`` does per record: the core's record lane
+    """What ``Service._loop`` does per record: the core's record lane
     (``Pipeline.record_lane``) for the records it takes, which hands back the adapted
     record's bytes or an outcome to encode, else decode -> process -> encode. With
     ``lane=False`` every record takes the general path (the code before the lane)."""
@@ -201,25 +202,28 @@ def service_setup(config: ServiceConfig, state_dir: str) -> Callable[[], object]
     def setup() -> object:
         # A fresh state folder per round: each Service holds its folder's lock for its life.
         folder = os.path.join(state_dir, f"round-{next(rounds)}")
-        # (a Kafka config's streams over the replayed records: the loop, not the broker)
+        # (a Kafka config's streams over the replayed records: the loop, not the broker;
+        # no checkpoints, which are not per-record work)
         bare = dataclasses.replace(config, http_port=None, adapted_path=None,
                                    weights_path=None, dead_letter_path=None, state_dir=folder,
                                    source=dataclasses.replace(config.source, kind="replay"),
-                                   kafka=None)
+                                   kafka=None, checkpoint_every_records=1 << 62,
+                                   checkpoint_every_seconds=math.inf)
         return Service(bare, state_dir=folder)
 
     return setup
 
 
 def service_run(records: list[bytes]) -> Callable[[object], object]:
+    from streamweights.runtime.sources import RecordsSource
+
     def run(service) -> object:
-        # The body of Service._loop for one record, minus checkpoints and progress lines.
-        process = service._process
-        latency = service.metrics.update_latency
-        for position, raw in enumerate(records):
-            began = time.perf_counter()
-            kind = process(position, raw)
-            latency.labels(kind).observe(time.perf_counter() - began)
+        # ``Service._loop`` itself over the records in memory (the lane or the general
+        # path, counters, the latency histogram, position and cadence checks), ending
+        # at the bound, before the end-of-input weights versions.
+        service.source = RecordsSource(records)
+        service.max_records = len(records)
+        service._loop()
         return service.pipeline.summary()
 
     return run

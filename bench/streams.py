@@ -12,9 +12,10 @@ scores. Steps, each timed:
    and at the end of the input a weights version of every stream and a full checkpoint):
    this includes each stream's one-off costs (its Prometheus series, its first weights
    version), so records/s here is a floor; RSS after it, per stream;
-3. steady: ``--steady-rounds`` more rounds through the service's own per-record path
-   (``Service._process``: decode, pipeline, metrics, outputs), no checkpoint: records/s
-   of a replica that holds every stream already;
+3. steady: ``--steady-rounds`` more rounds through the service's own loop
+   (``Service._loop`` over the records in memory: the core's lane or decode and
+   pipeline, metrics, outputs), no checkpoint: records/s of a replica that holds every
+   stream already;
 4. commits: for k in 1, 10, 100, 1,000, 10,000 (capped at ``--streams``), one more
    prediction on each of k streams, then one checkpoint: its stream records, bytes and
    time. Commit cost should grow with k, not with the number of streams held; a commit
@@ -33,7 +34,9 @@ Run: ``python bench/streams.py [--streams 10000] [--first-rounds 1] [--steady-ro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import pathlib
 import random
 import tempfile
@@ -43,6 +46,7 @@ import yaml
 
 from streamweights.config import parse_config
 from streamweights.runtime.service import Service
+from streamweights.runtime.sources import RecordsSource
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("logistic_regression", "naive_bayes", "hoeffding_tree")
@@ -155,10 +159,16 @@ def main() -> None:
               "one-off costs per stream and the final full checkpoint included); RSS "
               f"{(rss_run - rss_start) / args.streams:,.0f} B per stream after it "
               f"({pending:,} predictions pending), {rss_run / 2**20:,.0f} MiB in all")
-        process = service._process
+        # The service's own loop over the steady records (the lane or the general path,
+        # counters, the latency histogram, position and cadence checks), without its
+        # checkpoints (the table below times those), ending at the bound before the
+        # end-of-input weights versions.
+        service.source = RecordsSource(steady, first=service.position)
+        service.max_records = service.position + len(steady)
+        service.config = dataclasses.replace(config, checkpoint_every_records=1 << 62,
+                                             checkpoint_every_seconds=math.inf)
         started, cpu = time.perf_counter(), time.process_time()
-        for position, raw in enumerate(steady, start=lines + 1):
-            process(position, raw)
+        service._loop()
         steady_seconds, steady_cpu = time.perf_counter() - started, time.process_time() - cpu
         print(f"steady: {len(steady):,} records in {steady_seconds:.2f} s = "
               f"{len(steady) / steady_seconds:,.0f} records/s ({len(steady) / steady_cpu:,.0f}"

@@ -30,7 +30,7 @@ from tests.test_pipeline_batch import (
 
 
 def _through_lane(pipeline: Pipeline, raws: list[bytes]) -> tuple[list, int]:
-    """What ``Service._process`` does: the lane, else the general path. Returns one
+    """What ``Service._loop`` does per record: the lane, else the general path. Returns one
     ``(kind, outcome or None, encoded)`` per record (``None``: the lane applied it and
     had nothing to route) and how many records the lane took."""
     lane = pipeline.record_lane()

@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -480,6 +481,45 @@ struct Helpers {
 /// `Helpers` as Python passes them.
 type HelperObjects = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 
+/// How long the lane took over the records it applied, by kind (prediction, label):
+/// a histogram's counts per bucket (not cumulative, the last is past every bound) and
+/// the sum, in seconds. The service's latency histogram adds them at scrape time
+/// (`latency_counts`) instead of timing each of those records in Python.
+struct LaneLatency {
+    bounds: Vec<f64>,
+    counts: [Vec<AtomicU64>; 2],
+    /// Each kind's sum as the bits of an `f64`. Only the thread holding the GIL writes
+    /// or reads them (every method runs under it), so a load then a store is exact.
+    sums: [AtomicU64; 2],
+}
+
+impl LaneLatency {
+    fn new(bounds: Vec<f64>) -> Self {
+        let counts = || (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        LaneLatency {
+            counts: [counts(), counts()],
+            sums: Default::default(),
+            bounds,
+        }
+    }
+
+    /// One record of `kind` (0 prediction, 1 label) that took `seconds`: counted in the
+    /// first bucket whose bound it does not exceed (Prometheus' `le`).
+    fn observe(&self, kind: usize, seconds: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[kind][bucket].fetch_add(1, Ordering::Relaxed);
+        let sum = f64::from_bits(self.sums[kind].load(Ordering::Relaxed)) + seconds;
+        self.sums[kind].store(sum.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Indices into `LaneLatency`'s counts and sums.
+const KIND_NAMES: [&str; 2] = ["prediction", "label"];
+
 /// The record lane of one `Pipeline` (see the module doc).
 #[pyclass(module = "streamweights._native")]
 pub struct RecordLane {
@@ -490,6 +530,8 @@ pub struct RecordLane {
     index: HashMap<Vec<u8>, usize>,
     max_bytes: usize,
     helpers: Helpers,
+    /// Set by `time_records`: each record the lane applies is timed here.
+    latency: Option<LaneLatency>,
 }
 
 /// `dict[key]` of an object's `__dict__` (a missing attribute is a bug: KeyError).
@@ -634,7 +676,52 @@ impl RecordLane {
                 non_finite,
                 outcome,
             },
+            latency: None,
         })
+    }
+
+    /// From now on, time every record the lane applies (from its bytes to the result
+    /// returned, whatever that is) into a histogram with these bucket bounds (seconds,
+    /// ascending), read by `latency_counts`. Asked again with the same bounds it keeps
+    /// its counts (they only grow, as a Prometheus histogram's must).
+    fn time_records(&mut self, bounds: Vec<f64>) -> PyResult<()> {
+        if bounds.iter().any(|bound| bound.is_nan())
+            || bounds.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Err(PyValueError::new_err("bounds: expected ascending numbers"));
+        }
+        match &self.latency {
+            None => self.latency = Some(LaneLatency::new(bounds)),
+            Some(latency) if latency.bounds == bounds => {}
+            Some(latency) => {
+                return Err(PyValueError::new_err(format!(
+                    "bounds: the lane already times records with bounds {:?}",
+                    latency.bounds
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `[(kind, counts, sum)]` for `"prediction"` and `"label"`: the records the lane
+    /// applied since `time_records`, per bucket (not cumulative; the last past every
+    /// bound), and the seconds they took in all. Empty when not timing.
+    fn latency_counts(&self) -> Vec<(&'static str, Vec<u64>, f64)> {
+        match &self.latency {
+            None => Vec::new(),
+            Some(latency) => KIND_NAMES
+                .iter()
+                .enumerate()
+                .map(|(kind, &name)| {
+                    let counts = latency.counts[kind]
+                        .iter()
+                        .map(|count| count.load(Ordering::Relaxed))
+                        .collect();
+                    let sum = f64::from_bits(latency.sums[kind].load(Ordering::Relaxed));
+                    (name, counts, sum)
+                })
+                .collect(),
+        }
     }
 
     /// `[(stream, predictions, labels, joined)]`: per stream, the records this lane
@@ -660,13 +747,14 @@ impl RecordLane {
     /// nothing changed, when Python must; otherwise `(key, result)`: `key` is `(stream,
     /// kind)`, `result` the adapted record's bytes (a prediction, when `adapted`), `None`
     /// (done, nothing to route: counted in `done_counts`) or the `Outcome` to route (a
-    /// refusal or a drift).
+    /// refusal or a drift). With `time_records` on, a record applied is timed too.
     fn process<'py>(
         &self,
         py: Python<'py>,
         raw: &Bound<'py, PyBytes>,
         adapted: bool,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let began = self.latency.as_ref().map(|_| Instant::now());
         let bytes = raw.as_bytes();
         if bytes.len() > self.max_bytes {
             return Ok(None);
@@ -679,10 +767,14 @@ impl RecordLane {
             Some(&at) => &self.streams[at],
             None => return Ok(None),
         };
-        match record.label {
-            None => self.prediction(py, stream, &record, adapted),
-            Some(label) => self.label(py, stream, &record, label),
+        let (kind, result) = match record.label {
+            None => (0, self.prediction(py, stream, &record, adapted)),
+            Some(label) => (1, self.label(py, stream, &record, label)),
+        };
+        if let (Some(began), Some(latency), Ok(Some(_))) = (began, &self.latency, &result) {
+            latency.observe(kind, began.elapsed().as_secs_f64());
         }
+        result
     }
 }
 

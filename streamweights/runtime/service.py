@@ -239,6 +239,11 @@ def _decoded_or_none(raw: bytes) -> events.Record | None:
         return None
 
 
+#: A record the core's lane raised on, once ``Service._lane_failed`` dead-lettered it:
+#: the loop takes it as applied with nothing more to route.
+_HANDLED = ((None, "invalid"), None)
+
+
 def config_digest(streams: Any) -> str:
     """What a snapshot's ``config_digest`` is checked against: the streams' settings.
     ``n_features`` (added later) counts only when set, so a state folder written before
@@ -291,6 +296,9 @@ class Service:
         self.records_seen = 0
         self.http: HttpServer | None = None
         self._stop = threading.Event()
+        #: ``_stop`` as a plain flag, read by the loop after every record (a method call
+        #: less per record than ``_stop.is_set()``); only ``request_stop`` sets either.
+        self._stop_requested = False
         #: The core's lane for the streams it takes whole (``None``: every record
         #: takes the general path in ``_process``).
         self._lane = self.pipeline.record_lane()
@@ -305,6 +313,7 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Stop after the current record (signal handler)."""
+        self._stop_requested = True
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -383,35 +392,49 @@ class Service:
         config = self.config
         # Asked again here: a wrapper installed on the pipeline's process since the
         # service was built (``run --report``'s recorder) must see every record.
-        self._lane = self.pipeline.record_lane()
-        self._count_lane(self._lane)
+        self._lane = lane = self.pipeline.record_lane()
+        self._count_lane(lane)
+        apply = lane.process if lane is not None else None
+        adapted_wanted = "adapted" in self.sinks
         kill_at = faults.kill_position()
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
         progress_count = 0
-        # Per record below: only what a record needs (bound, process, the latency
-        # observation, position, checkpoint cadence); the clock every 16 records.
+        # Per record below: only what a record needs (bound, apply, position, checkpoint
+        # cadence); the clock every 16 records. A record the core's lane applies is
+        # counted and timed by the lane (``_count_lane``); any other is timed here.
         latency = {}
-        bounded = self.max_records is not None
+        bound = self.max_records
+        bounded = bound is not None
         every_records = config.checkpoint_every_records
-        process, clock = self._process, time.perf_counter
+        general, clock = self._process_general, time.perf_counter
         for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
             # A record the source has handed over is processed before a stop is honoured:
             # the Kafka source counts it as consumed in the offsets the stop commits.
             # (a file source may have skipped blank lines past the bound)
-            if bounded and self._bound_reached(position):
+            if bounded and position >= bound and self._bound_reached(position):
                 return
-            began = clock()
-            kind = process(position, raw)
-            child = latency.get(kind)
-            if child is None:
-                child = latency[kind] = self.metrics.update_latency.labels(kind)
-            child.observe(clock() - began)
+            done = None
+            if apply is not None and type(raw) is bytes:
+                try:
+                    done = apply(raw, adapted_wanted)
+                except Exception as error:
+                    self._lane_failed(error, position, raw)
+                    done = _HANDLED
+            if done is None:  # the general path
+                began = clock()
+                kind = general(position, raw)
+                child = latency.get(kind)
+                if child is None:
+                    child = latency[kind] = self.metrics.update_latency.labels(kind)
+                child.observe(clock() - began)
+            elif done[1] is not None:  # applied by the lane, with something to route
+                self._laned(done, position, raw)
             self.position = position + 1
             self.records_seen += 1
             if kill_at is not None and self.position == kill_at:
                 faults.kill()
-            if bounded and self._bound_reached(self.position):
+            if bounded and self.position >= bound and self._bound_reached(self.position):
                 return
             if processed - last_checkpoint_records >= every_records:
                 self.checkpoint()
@@ -426,7 +449,7 @@ class Service:
                     self._progress(processed - progress_count, now - last_progress,
                                    processed, now - started)
                     progress_count, last_progress = processed, now
-            if self._stop.is_set():
+            if self._stop_requested:
                 log.info("stop requested: checkpointing at input position %d", self.position)
                 return
         if self._stop.is_set():  # a live source returned because a stop was requested
@@ -436,22 +459,21 @@ class Service:
         if not self.state.finished_before():
             self._finish()
 
-    def _process(self, position: int, raw: bytes | Rejected) -> str:
-        """Decode and apply one record. Nothing raised here stops the stream: a contract
-        breach is dead-lettered with its reason, anything else (a bug) as
-        ``internal_error`` naming the exception, and the loop goes on."""
-        lane = self._lane
-        if lane is not None and type(raw) is bytes:
-            try:
-                done = lane.process(raw, "adapted" in self.sinks)
-            except Exception as error:
-                self._route(self._internal_error(error, "process", position, raw,
-                                                 _decoded_or_none(raw)), position)
-                return "invalid"
-            if done is not None:
-                if done[1] is None:  # applied, nothing to route; the lane counted it
-                    return done[0][1]
-                return self._laned(done, position, raw)
+    def _lane_failed(self, error: Exception, position: int, raw: bytes) -> None:
+        """The core's lane raised on a record (a bug, never a contract breach): the
+        record is dead-lettered as ``internal_error`` and the loop goes on. Timed here as
+        an ``invalid`` record (the lane times only what it applies)."""
+        began = time.perf_counter()
+        self._route(self._internal_error(error, "process", position, raw,
+                                         _decoded_or_none(raw)), position)
+        self.metrics.update_latency.labels("invalid").observe(time.perf_counter() - began)
+
+    def _process_general(self, position: int, raw: bytes | Rejected) -> str:
+        """Decode and apply one record the core's lane did not take (the loop tries the
+        lane first). Nothing raised here stops the stream: a contract breach is
+        dead-lettered with its reason, anything else (a bug) as ``internal_error``
+        naming the exception, and the loop goes on. Returns the record's kind, or
+        ``"invalid"``."""
         if isinstance(raw, Rejected):  # a source row that cannot become a record
             self._route(self.pipeline.reject(events.RecordError(raw.reason, raw.error), raw.raw,
                                              raw.stream, raw.id), position)
@@ -487,7 +509,9 @@ class Service:
 
     def _count_lane(self, lane: Any) -> None:
         """Expose the records ``lane`` applies and counts itself (``done_counts``: those
-        with nothing to route) in the event and joined counters, once per lane."""
+        with nothing to route) in the event and joined counters, and the time it takes
+        over every record it applies (``time_records``) in the latency histogram, once
+        per lane."""
         if lane is None or lane in self._counted_lanes:
             return
         self._counted_lanes.append(lane)
@@ -502,6 +526,10 @@ class Service:
         self.metrics.events.count_also(events)
         self.metrics.joined.count_also(
             lambda: {(stream,): joined for stream, _, _, joined in lane.done_counts()})
+        latency = self.metrics.update_latency
+        lane.time_records(list(latency.bounds))
+        latency.observe_also(lambda: {(kind,): (counts, seconds)
+                                      for kind, counts, seconds in lane.latency_counts()})
 
     def _deliver(self, outcome: Outcome, kind: str, position: int, raw: bytes,
                  record: events.Record | None = None) -> str:

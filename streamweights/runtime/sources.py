@@ -6,8 +6,9 @@ what ``open(start)`` resumes from.
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from streamweights.config import SourceConfig
@@ -64,6 +65,18 @@ class JsonlSource:
         finally:
             if handle is not sys.stdin.buffer:
                 handle.close()
+
+
+class RecordsSource:
+    """Raw records held in memory, the first at position ``first``: the service's own
+    loop over records a benchmark or an embedding program already has."""
+
+    def __init__(self, records: Sequence[bytes], first: int = 0, name: str = "memory") -> None:
+        self.records, self.first, self.name = records, first, name
+
+    def open(self, start: int) -> Iterator[tuple[int, bytes]]:
+        skip = max(0, start - self.first)
+        return enumerate(itertools.islice(self.records, skip, None), self.first + skip)
 
 
 def make_source(config: SourceConfig) -> ReplaySource | JsonlSource:

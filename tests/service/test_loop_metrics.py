@@ -98,8 +98,16 @@ def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted
     counts at scrape time) and once with every record on the general path (the lane off:
     ``Pipeline.process`` wrapped), with and without an adapted sink (with one, every
     prediction has a record to route and is counted in Python).
-    We expect: the same event and joined series; the lane counted most labels itself."""
+    We expect: the same event and joined series, and the same number of records per
+    kind in the latency histogram (the lane times the records it applies itself); the
+    lane counted most labels itself."""
     names = {"streamweights_events", "streamweights_labels_joined"}
+    latency_name = "streamweights_update_latency_seconds"
+
+    def latency_counts(service: Service) -> dict:
+        found = _series(service.metrics.registry, {latency_name})[latency_name][2]
+        return {labels: value for name, labels, value in found
+                if name == latency_name + "_count"}
 
     def run(name: str, lane: bool) -> tuple[dict, list]:
         path = config_factory(name, events=1500)
@@ -113,7 +121,8 @@ def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted
                 service.pipeline.process = service.pipeline.process  # wrapped: no lane
             service.run()
             lanes = service.pipeline.record_lane()
-            return (_series(service.metrics.registry, names),
+            return ({**_series(service.metrics.registry, names),
+                     "latency": latency_counts(service)},
                     lanes.done_counts() if lanes is not None else [])
         finally:
             service.close()
@@ -124,6 +133,9 @@ def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted
     samples = dict(((name, labels), value) for name, labels, value
                    in general["streamweights_events"][2])
     labels = samples["streamweights_events_total", (("kind", "label"), ("stream", "demo"))]
+    for kind in ("prediction", "label"):  # every record timed once, under its kind
+        assert laned["latency"][(("kind", kind),)] == samples[
+            "streamweights_events_total", (("kind", kind), ("stream", "demo"))] > 1000
     [(stream, predictions, lane_labels, joined)] = counts
     assert stream == "demo" and lane_labels == joined and lane_labels > 0.9 * labels
     assert (predictions == 0) == adapted
@@ -160,3 +172,78 @@ def test_counts_kept_elsewhere_add_to_the_series():
     assert third[total, (("kind", "label"), ("stream", "a"))] == 5.0
     assert third[created, (("kind", "label"), ("stream", "a"))] \
         == second[created, (("kind", "label"), ("stream", "a"))]
+
+
+def test_observations_kept_elsewhere_add_to_the_histogram():
+    """Scenario: the latency histogram with an outside source of observations (as the
+    lane's timing: counts per bucket, not cumulative, and a sum), series observed by the
+    source alone, here alone and by both; then a source with the wrong number of buckets.
+    We expect: each series' buckets, count and sum are the totals of both; a
+    source-only series appears once it has an observation; a wrong source is an error,
+    not a wrong exposition."""
+    metrics = ServiceMetrics()
+    histogram = metrics.update_latency
+    width = len(histogram.bounds) + 1
+    outside = {("label",): ([0] * width, 0.0), ("prediction",): ([2] + [0] * (width - 2) + [1],
+                                                               3.5)}
+    histogram.observe_also(lambda: dict(outside))
+    histogram.labels("prediction").observe(histogram.bounds[1])
+    histogram.labels("invalid").observe(1.0)
+
+    def read() -> dict:
+        text = generate_latest(metrics.registry).decode()
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "streamweights_update_latency_seconds"
+                for sample in family.samples}
+
+    name = "streamweights_update_latency_seconds"
+    first = read()
+    prediction = (("kind", "prediction"),)
+    assert first[name + "_count", prediction] == 4.0
+    assert first[name + "_sum", prediction] == 3.5 + histogram.bounds[1]
+    assert first[name + "_bucket", (("kind", "prediction"), ("le", "1e-05"))] == 2.0
+    assert first[name + "_bucket", (("kind", "prediction"), ("le", "2.5e-05"))] == 3.0
+    assert first[name + "_bucket", (("kind", "prediction"), ("le", "+Inf"))] == 4.0
+    assert first[name + "_count", (("kind", "invalid"),)] == 1.0
+    assert (name + "_count", (("kind", "label"),)) not in first
+    outside[("label",)] = ([0, 5] + [0] * (width - 2), 1e-4)
+    second = read()
+    assert second[name + "_count", (("kind", "label"),)] == 5.0
+    assert second[name + "_bucket", (("kind", "label"), ("le", "1e-05"))] == 0.0
+    outside[("label",)] = ([1], 0.0)
+    with pytest.raises(ValueError, match="bucket counts"):
+        read()
+
+
+def test_the_lane_times_what_it_applies():
+    """Scenario: the demo's records through the core's lane with timing on
+    (``time_records``, as the service asks), then asked again with the same and with
+    other bounds, and with bounds out of order.
+    We expect: every record the lane applied counted once under its kind, each in one
+    bucket, with a positive sum; the same bounds again keep the counts; other bounds
+    and unordered ones are refused."""
+    from streamweights.pipeline import Pipeline
+    from tests.test_pipeline_batch import _replay, _streams  # (the demo's records)
+
+    pipeline = Pipeline(_streams("demo.yaml"))
+    lane = pipeline.record_lane()
+    bounds = [1e-5, 1e-3, 1.0]
+    assert lane.latency_counts() == []
+    lane.time_records(bounds)
+    applied = {"prediction": 0, "label": 0}
+    for raw in _replay(400):
+        done = lane.process(raw, True)
+        if done is not None:
+            applied[done[0][1]] += 1
+    counts = {kind: (buckets, seconds) for kind, buckets, seconds in lane.latency_counts()}
+    assert set(counts) == {"prediction", "label"}
+    for kind, (buckets, seconds) in counts.items():
+        assert len(buckets) == len(bounds) + 1 and sum(buckets) == applied[kind] > 100
+        assert 0 < seconds < 10
+    lane.time_records(bounds)
+    assert {kind: (b, s) for kind, b, s in lane.latency_counts()} == counts
+    with pytest.raises(ValueError, match="already times"):
+        lane.time_records([1e-5, 1e-3])
+    with pytest.raises(ValueError, match="ascending"):
+        lane.time_records([1e-3, 1e-5])
