@@ -30,15 +30,19 @@
 //! drift are handed back to the pipeline's own methods (`reject`, `_learned`), which
 //! write the outcome the Python path would. `tests/test_record_lane.py` holds the lane
 //! to the Python path on long streams mixed with malformed and unusual records.
+//!
+//! `RecordLane.drain` is the service loop's inner loop around `process`: it pulls raw
+//! records from the source's iterator one at a time and applies them until one needs
+//! Python or the loop must act between two records (`tests/test_lane_drain.py`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyIterator, PyList, PyString, PyTuple};
 
 use crate::arrays;
 use crate::chain::ChainCore;
@@ -520,6 +524,51 @@ impl LaneLatency {
 /// Indices into `LaneLatency`'s counts and sums.
 const KIND_NAMES: [&str; 2] = ["prediction", "label"];
 
+/// A stop request the service's loop and `RecordLane.drain` read after every record:
+/// set once (by a signal handler, or another thread), never cleared.
+#[pyclass(module = "streamweights._native", frozen)]
+pub struct StopFlag {
+    requested: AtomicBool,
+}
+
+#[pymethods]
+impl StopFlag {
+    #[new]
+    fn new() -> Self {
+        StopFlag {
+            requested: AtomicBool::new(false),
+        }
+    }
+
+    fn set(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    fn is_set(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
+/// What `RecordLane.drain` stopped at (its second result).
+/// The limit, a bound, a kill position or a stop request: nothing is pending.
+const DRAIN_PAUSED: u8 = 0;
+/// The records ran out.
+const DRAIN_ENDED: u8 = 1;
+/// A record the lane did not take, or not a `(position, bytes)` item: Python's.
+const DRAIN_GENERAL: u8 = 2;
+/// A record the lane applied with something to route (the result is handed back).
+const DRAIN_APPLIED: u8 = 3;
+/// A record the lane raised on (the exception is handed back).
+const DRAIN_FAILED: u8 = 4;
+
+/// `drain`'s answer: `(records applied and done, status, item, result)`.
+type Drained<'py> = (
+    usize,
+    u8,
+    Option<Bound<'py, PyAny>>,
+    Option<Bound<'py, PyAny>>,
+);
+
 /// The record lane of one `Pipeline` (see the module doc).
 #[pyclass(module = "streamweights._native")]
 pub struct RecordLane {
@@ -741,6 +790,86 @@ impl RecordLane {
                 )
             })
             .collect()
+    }
+
+    /// The service loop's inner loop: pull `(position, raw)` items from `records` one at a
+    /// time and apply each the lane takes with nothing to route, as `Service._loop`
+    /// would (after each, `position` and `records_seen` in the service's `state`, its
+    /// `__dict__`), until `limit` records are done or one needs Python. Each item is
+    /// pulled only when the one before is finished, so a record waits for nothing
+    /// that came after it. Stops, returning `(done, status, item, result)`:
+    ///
+    /// * `DRAIN_PAUSED` (0): `limit` records done, or after the record that reaches
+    ///   `kill_at` or `bound` (the position after it), or a stop request (`stop`);
+    /// * `DRAIN_ENDED` (1): `records` ran out;
+    /// * `DRAIN_GENERAL` (2): `item` was pulled and not applied: the lane did not take
+    ///   it, it is not a `(position, bytes)` pair, or its position is at `bound`;
+    /// * `DRAIN_APPLIED` (3): the lane applied `item` and `result` is `process`'s
+    ///   answer to route; `position` and `records_seen` are not moved for it;
+    /// * `DRAIN_FAILED` (4): the lane raised `result` (an exception) on `item`.
+    ///
+    /// An exception from `records` itself propagates, as from Python's `for`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (records, state, adapted, limit, stop, bound, kill_at))]
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        records: &Bound<'py, PyAny>,
+        state: &Bound<'py, PyDict>,
+        adapted: bool,
+        limit: usize,
+        stop: &Bound<'py, StopFlag>,
+        bound: Option<i64>,
+        kill_at: Option<i64>,
+    ) -> PyResult<Drained<'py>> {
+        let mut iterator = records.downcast::<PyIterator>()?.clone();
+        let stop = stop.get();
+        let mut done = 0;
+        while done < limit {
+            let item = match iterator.next() {
+                None => return Ok((done, DRAIN_ENDED, None, None)),
+                Some(item) => item?,
+            };
+            let pair = match item.downcast::<PyTuple>() {
+                Ok(pair) if pair.len() == 2 => pair.clone(),
+                _ => return Ok((done, DRAIN_GENERAL, Some(item), None)),
+            };
+            let position: i64 = match pair.get_item(0)?.extract() {
+                Ok(position) => position,
+                Err(_) => return Ok((done, DRAIN_GENERAL, Some(item), None)),
+            };
+            if matches!(bound, Some(bound) if position >= bound) {
+                return Ok((done, DRAIN_GENERAL, Some(item), None));
+            }
+            let raw = pair.get_item(1)?;
+            let raw = match raw.downcast::<PyBytes>() {
+                Ok(raw) => raw,
+                Err(_) => return Ok((done, DRAIN_GENERAL, Some(item), None)),
+            };
+            let result = match self.process(py, raw, adapted) {
+                Err(error) => {
+                    let error = error.into_value(py).into_bound(py).into_any();
+                    return Ok((done, DRAIN_FAILED, Some(item), Some(error)));
+                }
+                Ok(None) => return Ok((done, DRAIN_GENERAL, Some(item), None)),
+                Ok(Some(result)) => result,
+            };
+            if !result.get_item(1)?.is_none() {
+                return Ok((done, DRAIN_APPLIED, Some(item), Some(result.into_any())));
+            }
+            done += 1;
+            let next = position + 1;
+            state.set_item(intern!(py, "position"), next)?;
+            let seen: i64 = get(state, intern!(py, "records_seen"))?.extract()?;
+            state.set_item(intern!(py, "records_seen"), seen + 1)?;
+            if kill_at == Some(next)
+                || matches!(bound, Some(bound) if next >= bound)
+                || stop.is_set()
+            {
+                break;
+            }
+        }
+        Ok((done, DRAIN_PAUSED, None, None))
     }
 
     /// Apply one raw record if the lane can (see the module doc). Returns `None`, with
@@ -1166,5 +1295,6 @@ fn encode_adapted(
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RecordLane>()?;
+    module.add_class::<StopFlag>()?;
     module.add_function(wrap_pyfunction!(json_float, module)?)
 }

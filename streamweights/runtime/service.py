@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from streamweights import events
+from streamweights import _native, events
 from streamweights.config import ServiceConfig
 from streamweights.pipeline import DeadLetter, Outcome, Pipeline
 from streamweights.runtime import faults
@@ -239,9 +239,10 @@ def _decoded_or_none(raw: bytes) -> events.Record | None:
         return None
 
 
-#: A record the core's lane raised on, once ``Service._lane_failed`` dead-lettered it:
-#: the loop takes it as applied with nothing more to route.
-_HANDLED = ((None, "invalid"), None)
+#: What ``RecordLane.drain`` stopped at (``native/src/lane.rs``): paused between records,
+#: the source ended, a record for the general path, one the lane applied with something
+#: to route, one the lane raised on.
+_DRAIN_PAUSED, _DRAIN_ENDED, _DRAIN_GENERAL, _DRAIN_APPLIED, _DRAIN_FAILED = range(5)
 
 
 def config_digest(streams: Any) -> str:
@@ -296,9 +297,9 @@ class Service:
         self.records_seen = 0
         self.http: HttpServer | None = None
         self._stop = threading.Event()
-        #: ``_stop`` as a plain flag, read by the loop after every record (a method call
-        #: less per record than ``_stop.is_set()``); only ``request_stop`` sets either.
-        self._stop_requested = False
+        #: ``_stop`` as the core's flag, which the lane's drain reads after every record
+        #: without calling into Python; only ``request_stop`` sets either.
+        self._stop_flag = _native.StopFlag()
         #: The core's lane for the streams it takes whole (``None``: every record
         #: takes the general path in ``_process``).
         self._lane = self.pipeline.record_lane()
@@ -313,7 +314,7 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Stop after the current record (signal handler)."""
-        self._stop_requested = True
+        self._stop_flag.set()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -394,48 +395,30 @@ class Service:
         # service was built (``run --report``'s recorder) must see every record.
         self._lane = lane = self.pipeline.record_lane()
         self._count_lane(lane)
-        apply = lane.process if lane is not None else None
+        drain = lane.drain if lane is not None else None
         adapted_wanted = "adapted" in self.sinks
         kill_at = faults.kill_position()
         last_checkpoint_records = 0
         last_checkpoint_time = last_progress = started = time.monotonic()
         progress_count = 0
-        # Per record below: only what a record needs (bound, apply, position, checkpoint
-        # cadence); the clock every 16 records. A record the core's lane applies is
-        # counted and timed by the lane (``_count_lane``); any other is timed here.
         latency = {}
         bound = self.max_records
         bounded = bound is not None
         every_records = config.checkpoint_every_records
         general, clock = self._process_general, time.perf_counter
-        for processed, (position, raw) in enumerate(self.source.open(self.position), start=1):
-            # A record the source has handed over is processed before a stop is honoured:
-            # the Kafka source counts it as consumed in the offsets the stop commits.
-            # (a file source may have skipped blank lines past the bound)
-            if bounded and position >= bound and self._bound_reached(position):
-                return
-            done = None
-            if apply is not None and type(raw) is bytes:
-                try:
-                    done = apply(raw, adapted_wanted)
-                except Exception as error:
-                    self._lane_failed(error, position, raw)
-                    done = _HANDLED
-            if done is None:  # the general path
-                began = clock()
-                kind = general(position, raw)
-                child = latency.get(kind)
-                if child is None:
-                    child = latency[kind] = self.metrics.update_latency.labels(kind)
-                child.observe(clock() - began)
-            elif done[1] is not None:  # applied by the lane, with something to route
-                self._laned(done, position, raw)
-            self.position = position + 1
-            self.records_seen += 1
+        state, stop = self.__dict__, self._stop_flag
+
+        def after(processed: int) -> bool:
+            """What follows a record (or the last of a run the lane drained, which ends
+            wherever one of these could act): the kill hook, the bound, the checkpoint
+            cadence (the clock every 16 records), progress lines, a stop request. True:
+            the loop ends."""
+            nonlocal last_checkpoint_records, last_checkpoint_time, last_progress
+            nonlocal progress_count
             if kill_at is not None and self.position == kill_at:
                 faults.kill()
             if bounded and self.position >= bound and self._bound_reached(self.position):
-                return
+                return True
             if processed - last_checkpoint_records >= every_records:
                 self.checkpoint()
                 last_checkpoint_records = processed
@@ -449,8 +432,60 @@ class Service:
                     self._progress(processed - progress_count, now - last_progress,
                                    processed, now - started)
                     progress_count, last_progress = processed, now
-            if self._stop_requested:
+            if stop.is_set():
                 log.info("stop requested: checkpointing at input position %d", self.position)
+                return True
+            return False
+
+        # Most records never reach this frame: the core's lane pulls them from the source
+        # one at a time and applies them (``RecordLane.drain``: position and records_seen
+        # moved, counted and timed by the lane, see ``_count_lane``), up to the next
+        # record after which ``after`` could act, and hands back any record that needs
+        # Python. A record the source has handed over is processed before a stop is
+        # honoured: the Kafka source counts it as consumed in the offsets the stop commits.
+        records = iter(self.source.open(self.position))
+        processed = 0
+        while True:
+            status, result = _DRAIN_GENERAL, None
+            if drain is not None:
+                limit = min(16 - (processed & 15),
+                            every_records - (processed - last_checkpoint_records))
+                done, status, item, result = drain(records, state, adapted_wanted,
+                                                   max(limit, 1), stop, bound, kill_at)
+                processed += done
+                # Only a pause can fall where ``after`` acts (the drain pauses at the
+                # first record after which it could): otherwise nothing was due after
+                # the records it applied, and a record it pulled since (``item``) must
+                # be processed before anything ends the loop, a stop included.
+                if status == _DRAIN_PAUSED:
+                    if after(processed):
+                        return
+                    continue
+                if status == _DRAIN_ENDED:
+                    break
+            else:
+                item = next(records, None)
+                if item is None:
+                    break
+            position, raw = item
+            processed += 1
+            # (a file source may have skipped blank lines past the bound)
+            if bounded and position >= bound and self._bound_reached(position):
+                return
+            if status == _DRAIN_APPLIED:  # by the lane, with something to route
+                self._laned(result, position, raw)
+            elif status == _DRAIN_FAILED:
+                self._lane_failed(result, position, raw)
+            else:  # the general path
+                began = clock()
+                kind = general(position, raw)
+                child = latency.get(kind)
+                if child is None:
+                    child = latency[kind] = self.metrics.update_latency.labels(kind)
+                child.observe(clock() - began)
+            self.position = position + 1
+            self.records_seen += 1
+            if after(processed):
                 return
         if self._stop.is_set():  # a live source returned because a stop was requested
             log.info("stop requested: checkpointing at input position %d", self.position)

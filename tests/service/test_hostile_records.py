@@ -14,7 +14,12 @@ import yaml
 from streamweights.config import SourceConfig, load_config
 from streamweights.pipeline import Pipeline, StreamPipeline
 from streamweights.runtime.replay import ReplayStream
-from streamweights.runtime.service import Service
+from streamweights.runtime.service import (
+    _DRAIN_ENDED,
+    _DRAIN_FAILED,
+    _DRAIN_GENERAL,
+    Service,
+)
 from tests.service.conftest import cli, read_json
 
 OUTPUTS = ('{"logistic_regression":[0.4,0.6],"naive_bayes":[0.5,0.5],'
@@ -176,8 +181,9 @@ def test_any_exception_on_one_record_is_an_internal_error_dead_letter(
     real_record_lane = Pipeline.record_lane
 
     class FaultyLane:
-        """The core's record lane with the same fault: the label never reaches
-        ``on_label`` when the lane applies it."""
+        """The core's record lane with the same fault: it raises on the label (the loop
+        gets the exception from ``drain``, as when the core raises) and hands every other
+        record to the general path, one per call."""
 
         def __init__(self, lane):
             self.lane = lane
@@ -185,10 +191,13 @@ def test_any_exception_on_one_record_is_an_internal_error_dead_letter(
         def __getattr__(self, name):  # counting and timing: the real lane's
             return getattr(self.lane, name)
 
-        def process(self, raw, adapted):
-            if raw == label_line:
-                raise KeyError("injected")
-            return self.lane.process(raw, adapted)
+        def drain(self, records, state, adapted, limit, stop, bound, kill_at):
+            item = next(records, None)
+            if item is None:
+                return 0, _DRAIN_ENDED, None, None
+            if item[1] == label_line:
+                return 0, _DRAIN_FAILED, item, KeyError("injected")
+            return 0, _DRAIN_GENERAL, item, None
 
     def faulty_record_lane(self):
         lane = real_record_lane(self)
