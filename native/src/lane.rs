@@ -521,7 +521,7 @@ impl LaneLatency {
     }
 }
 
-/// Indices into `LaneLatency`'s counts and sums.
+/// The kinds `LaneLatency` counts, by their index in its counts and sums.
 const KIND_NAMES: [&str; 2] = ["prediction", "label"];
 
 /// A stop request the service's loop and `RecordLane.drain` read after every record:

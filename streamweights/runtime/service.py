@@ -301,7 +301,7 @@ class Service:
         #: without calling into Python; only ``request_stop`` sets either.
         self._stop_flag = _native.StopFlag()
         #: The core's lane for the streams it takes whole (``None``: every record
-        #: takes the general path in ``_process``).
+        #: takes the general path, ``_process_general``).
         self._lane = self.pipeline.record_lane()
         #: Counter children by label values, made on first use (per record a lookup).
         self._event_counters = _Children(self.metrics.events)  # (stream, kind)
