@@ -30,7 +30,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -296,10 +295,10 @@ class Service:
         self.position = 0
         self.records_seen = 0
         self.http: HttpServer | None = None
-        self._stop = threading.Event()
-        #: ``_stop`` as the core's flag, which the lane's drain reads after every record
-        #: without calling into Python; only ``request_stop`` sets either.
-        self._stop_flag = _native.StopFlag()
+        #: A stop request (``request_stop``): the core's flag, which the lane's drain
+        #: reads after every record without calling into Python, and which the Kafka
+        #: source reads while it waits for input (``is_set``).
+        self._stop = _native.StopFlag()
         #: The core's lane for the streams it takes whole (``None``: every record
         #: takes the general path, ``_process_general``).
         self._lane = self.pipeline.record_lane()
@@ -314,7 +313,6 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Stop after the current record (signal handler)."""
-        self._stop_flag.set()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -406,7 +404,7 @@ class Service:
         bounded = bound is not None
         every_records = config.checkpoint_every_records
         general, clock = self._process_general, time.perf_counter
-        state, stop = self.__dict__, self._stop_flag
+        state, stop = self.__dict__, self._stop
 
         def after(processed: int) -> bool:
             """What follows a record (or the last of a run the lane drained, which ends
