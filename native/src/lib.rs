@@ -26,6 +26,7 @@ mod expert_losses;
 mod feature_correction;
 mod fixed_share;
 mod hedge;
+mod kafka_batch;
 mod kafka_records;
 mod kalman;
 mod label_step;
@@ -74,6 +75,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     chain::register(module)?;
     record_check::register(module)?;
     kafka_records::register(module)?;
+    kafka_batch::register(module)?;
     event_time::register(module)?;
     lane::register(module)?;
     pending::register(module)?;
