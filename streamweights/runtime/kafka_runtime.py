@@ -374,7 +374,8 @@ class KafkaRuntime:
         self.producer = KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
                                       transactional_id=self.transactional_id,
                                       **self._producer_settings)
-        self._send_record: Sender = lean_sender(self.producer)
+        self._sender = lean_sender(self.producer)
+        self._send_record: Sender = self._sender.send
 
     # -- setup --------------------------------------------------------------------------
     def _setup_topics(self) -> int:
@@ -493,6 +494,7 @@ class KafkaRuntime:
         self.source.connect()
 
     def _begin(self) -> None:
+        self._sender.discard()  # batches still open here belong to a cycle that did not commit
         self.producer.begin_transaction()
         self._in_transaction = True
         self.dirty = False
@@ -510,7 +512,9 @@ class KafkaRuntime:
                 return
         self.dirty = True
         try:
-            self.sent.append(self._send_record(topic, value, key, headers))
+            future = self._send_record(topic, value, key, headers)
+            if future is not None:  # else it waits in a batch: hand_over gives its future
+                self.sent.append(future)
         except Exception as error:  # the producer cannot take it: the cycle is lost
             self.on_send_failed(error)
 
@@ -580,6 +584,7 @@ class KafkaRuntime:
             self._abort_and_begin()
             return 0
         try:
+            self.sent.extend(self._sender.hand_over())  # the cycle's open batches
             for number, key, data in changelog:
                 self.dirty = True
                 self.sent.append(self.producer.send(self.kafka.changelog_topic, key=key,
@@ -682,9 +687,17 @@ class KafkaRuntime:
                         type(error).__name__, error)
 
     def _on_fetched(self) -> None:
-        """Refresh the consumer-lag metric about once a second (between commits too)."""
+        """After every poll: the records written since the last one go to the producer
+        (the lean sender's open batches, so they reach the broker during the cycle, as
+        ``send`` would have them, not all at its commit); the consumer-lag metric about
+        once a second (between commits too)."""
         if self._committing is not None:  # done by now? the next cycle begins
             self._settle(block=False)
+        if self._committing is None and self._in_transaction:
+            try:
+                self.sent.extend(self._sender.hand_over())
+            except Exception as error:  # the producer cannot take them: the cycle is lost
+                self.on_send_failed(error)
         service = self.service
         if service is None or time.monotonic() - self._last_lag_update < 1.0:
             return

@@ -1,11 +1,14 @@
 """The runtime's lean send path (``runtime/lean_send.py``) against a real broker: records
-land in the partitions ``KafkaProducer.send`` puts them in, with the same keys, values
-and headers; an aborted transaction hides them from ``read_committed`` readers as it
-hides ``send``'s; what the lean path does not cover goes through ``send``."""
+gathered into core-built batches land in the partitions ``KafkaProducer.send`` puts them
+in, in the order sent, with the same keys and values; batches fill and are handed over
+mid-cycle; a record the lean path does not cover goes through ``send`` without
+overtaking or being overtaken; an aborted cycle's records (handed over or still open)
+never become visible; producers it was not written for use ``send``."""
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 
 import pytest
 from kafka import KafkaProducer
@@ -14,6 +17,7 @@ from kafka.serializer import Serializer
 
 from streamweights.runtime.kafka_runtime import transactional_producer_settings
 from streamweights.runtime.lean_send import LEAN_MAX_BYTES, lean_sender
+from streamweights.runtime.transaction_calls import check_delivered
 from tests.kafka.helpers import read_records
 
 
@@ -42,72 +46,122 @@ class _Identity(Serializer):
         return data
 
 
-def _send_all(sender, producer, topic, records) -> list:
+class _PlainSender:
+    """Every record through ``KafkaProducer.send`` (what the lean path must match)."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+
+    def send(self, topic, value, key, headers):
+        return self._producer.send(topic, value=value, key=key, headers=headers)
+
+    def hand_over(self) -> list:
+        return []
+
+
+def _send_cycle(sender, producer, topic, records) -> list:
+    """One committed transaction of ``records``; the futures the runtime would check."""
     producer.begin_transaction()
-    futures = [sender(topic, value, key, headers) for key, value, headers in records]
+    futures = [sender.send(topic, value, key, headers) for key, value, headers in records]
+    futures = [future for future in futures if future is not None] + sender.hand_over()
     producer.commit_transaction()
-    return [future.get(timeout=30) for future in futures]
+    check_delivered(futures)  # raises unless every batch and plain send was delivered
+    return futures
+
+
+def _by_partition(records) -> dict[int, list[tuple]]:
+    found = defaultdict(list)
+    for record in records:
+        found[record.partition].append((record.key, record.value, tuple(record.headers)))
+    return dict(found)
 
 
 def test_lean_sends_land_as_send_puts_them(kafka_bootstrap, topic_factory):
     lean_topic = topic_factory("lean", partitions=5)
     plain_topic = topic_factory("plain", partitions=5)
     keyed = [(f"stream-{i % 17}".encode(), b'{"n":%d}' % i, None) for i in range(400)]
-    odd = [(None, b'{"no":"key"}', None),  # no key: the client's sticky choice
-           (b"stream-1", b'{"with":"headers"}', [("reason", b"bad"), ("origin", b"x")]),
+    odd = [(b"stream-3", b'{"with":"headers"}', [("reason", b"bad"), ("origin", b"x")]),
            (b"stream-2", b"x" * (LEAN_MAX_BYTES + 1), None)]  # too big for the lean path
-    records = keyed + odd
+    records = keyed[:200] + odd + keyed[200:]
     producer = _producer(kafka_bootstrap)
     try:
         producer.partitions_for(lean_topic)  # (its metadata: the first send would wait)
         counting = producer.send = _CountingSend(producer)
         sender = lean_sender(producer)
-        lean_meta = _send_all(sender, producer, lean_topic, records)
+        futures = _send_cycle(sender, producer, lean_topic, records)
         assert counting.calls == len(odd)  # every small keyed record took the lean path
-        plain_meta = _send_all(lambda t, v, k, h: producer.send(t, value=v, key=k, headers=h),
-                               producer, plain_topic, records)
+        assert len(futures) < len(records) // 10  # a future per batch, not per record
+        _send_cycle(_PlainSender(producer), producer, plain_topic, records)
     finally:
         producer.close()
-    # the same partition for every keyed record as send() chose, in the same order
-    assert [m.partition for m in lean_meta[:len(keyed)]] == \
-        [m.partition for m in plain_meta[:len(keyed)]]
-    assert len({m.partition for m in lean_meta}) > 1
-    read = read_records(kafka_bootstrap, lean_topic)
-    assert sorted((r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in read) == \
-        sorted((m.partition, m.offset, key, value, tuple(headers or ()))
-               for m, (key, value, headers) in zip(lean_meta, records, strict=True))
+    lean = _by_partition(read_records(kafka_bootstrap, lean_topic))
+    # the same partition for every record as send() chose, in the order sent, with the
+    # headers and the big record where send() put them among the lean ones
+    assert lean == _by_partition(read_records(kafka_bootstrap, plain_topic))
+    assert len(lean) > 1
+    assert sum(len(found) for found in lean.values()) == len(records)
 
 
-def test_an_aborted_transaction_hides_lean_sends(kafka_bootstrap, topic_factory):
+def test_full_batches_are_handed_over_mid_cycle(kafka_bootstrap, topic_factory):
+    topic = topic_factory("small", partitions=2)
+    producer = _producer(kafka_bootstrap, batch_size=1024)
+    records = [(b"s%d" % (i % 2), b'{"n":%06d}' % i + b"y" * (i % 50), None)
+               for i in range(3000)]
+    try:
+        producer.partitions_for(topic)
+        sender = lean_sender(producer)
+        futures = _send_cycle(sender, producer, topic, records)
+    finally:
+        producer.close()
+    assert len(futures) > 50  # ~1 KiB each: many batches per partition in one cycle
+    read = read_records(kafka_bootstrap, topic)
+    per_key = defaultdict(list)
+    for record in read:
+        per_key[record.key].append(record.value)
+    assert dict(per_key) == {key: [v for k, v, _ in records if k == key]
+                             for key in (b"s0", b"s1")}
+
+
+def test_an_aborted_cycle_hides_its_records_handed_over_or_open(kafka_bootstrap,
+                                                                topic_factory):
     topic = topic_factory("aborted", partitions=3)
     producer = _producer(kafka_bootstrap)
     try:
+        producer.partitions_for(topic)
         sender = lean_sender(producer)
         producer.begin_transaction()
         for i in range(50):
-            sender(topic, b"aborted-%d" % i, b"s%d" % (i % 3), None)
+            sender.send(topic, b"aborted-%d" % i, b"s%d" % (i % 3), None)
+        handed = sender.hand_over()
         producer.flush()
+        for i in range(20):  # still open when the cycle is dropped
+            sender.send(topic, b"open-%d" % i, b"s%d" % (i % 3), None)
         producer.abort_transaction()
-        _send_all(sender, producer, topic, [(b"s1", b"kept", None)])
+        sender.discard()
+        _send_cycle(sender, producer, topic, [(b"s1", b"kept", None)])
     finally:
         producer.close()
+    assert 1 <= len(handed) <= 3  # one batch per partition the three keys hash to
     assert [r.value for r in read_records(kafka_bootstrap, topic)] == [b"kept"]
     uncommitted = read_records(kafka_bootstrap, topic, isolation="read_uncommitted")
-    assert len(uncommitted) == 51  # they were written, and the markers hide them
+    # the handed-over ones were written and the markers hide them; the open ones never left
+    assert sorted(r.value for r in uncommitted) == \
+        sorted([b"aborted-%d" % i for i in range(50)] + [b"kept"])
 
 
 @pytest.mark.parametrize("extra", [
     pytest.param({"partitioner": StickyPartitioner()}, id="another partitioner"),
-    pytest.param({"value_serializer": _Identity()}, id="a serializer")])
+    pytest.param({"value_serializer": _Identity()}, id="a serializer"),
+    pytest.param({"compression_type": "gzip"}, id="compression")])
 def test_producers_it_was_not_written_for_use_send(kafka_bootstrap, topic_factory, extra):
     topic = topic_factory("other", partitions=2)
     producer = _producer(kafka_bootstrap, **extra)
     try:
         producer.partitions_for(topic)
         counting = producer.send = _CountingSend(producer)
-        meta = _send_all(lean_sender(producer), producer, topic,
-                         [(b"k", b"v1", None), (b"k", b"v2", None)])
+        futures = _send_cycle(lean_sender(producer), producer, topic,
+                              [(b"k", b"v1", None), (b"k", b"v2", None)])
     finally:
         producer.close()
-    assert counting.calls == 2 and len(meta) == 2
-    assert sorted(r.value for r in read_records(kafka_bootstrap, topic)) == [b"v1", b"v2"]
+    assert counting.calls == 2 and len(futures) == 2
+    assert [r.value for r in read_records(kafka_bootstrap, topic)] == [b"v1", b"v2"]
