@@ -92,6 +92,9 @@ class InFlightCommit:
 
         self.released = released
         self.error: Exception | None = None
+        #: Set by the thread as its last step: read on every record sent while the
+        #: commit is in flight, where asking the thread ``is_alive()`` cost ~1-4 µs.
+        self.answered = False
         self._thread = threading.Thread(
             target=self._run, args=(producer, offsets, group, sent, timeout),
             name="streamweights-commit", daemon=True)
@@ -106,11 +109,14 @@ class InFlightCommit:
             check_delivered(sent)
         except Exception as error:  # reported to the caller's thread by wait()
             self.error = error
+        finally:
+            self.answered = True
 
     @property
     def done(self) -> bool:
-        """The commit has an answer (success or :attr:`error`): its thread has ended."""
-        return not self._thread.is_alive()
+        """The commit has an answer (success or :attr:`error`); :meth:`wait` then returns
+        at once."""
+        return self.answered
 
     def wait(self) -> Exception | None:
         """Block until the commit has an answer; its error, or ``None`` if it committed.
