@@ -37,8 +37,10 @@ cycle begins). Anything else (no key, headers, a bigger record, a closed produce
 topic without metadata yet, serializers, compression, another partitioner, a client
 whose layout this was not written against) goes to ``producer.send`` as before, after
 that topic's open batches are handed over, so a partition's records keep their order.
-Measured: ~9.5 µs of the loop's thread per record on the earlier per-record lean path,
-~0.5 µs here (``bench/kafka.py --adapted``, README).
+Measured (``bench/producer_send.py``: 60,000 adapted-sized records in one transaction,
+send to commit, CPU of both the loop's thread and the client's sender thread): ~1.0 µs
+per record against ~20 µs through ``KafkaProducer.send`` (the earlier per-record lean
+path took ~9.5 µs of the loop's thread).
 """
 
 from __future__ import annotations
