@@ -374,7 +374,7 @@ class KafkaRuntime:
         self.producer = KafkaProducer(bootstrap_servers=self.kafka.bootstrap_servers,
                                       transactional_id=self.transactional_id,
                                       **self._producer_settings)
-        self._sender = lean_sender(self.producer)
+        self._sender = lean_sender(self.producer, self._output_limits)
         self._send_record: Sender = self._sender.send
 
     # -- setup --------------------------------------------------------------------------
@@ -435,7 +435,14 @@ class KafkaRuntime:
                     f"kafka.changelog_topic: {kafka.changelog_topic!r} has "
                     f"{counts[kafka.changelog_topic]} partitions, the inputs {partitions}; it "
                     "needs at least as many (one per task)")
-            self.limit = kafka.max_message_bytes or self._message_limit(admin)
+            self.limit = kafka.max_message_bytes or self._message_limit(admin,
+                                                                         kafka.changelog_topic)
+            # The lean sender's batches stay within what each output topic accepts: a
+            # batch the broker refuses as too large would be split by the client without
+            # completing the future the runtime checks.
+            self._output_limits = {topic: self._message_limit(admin, topic)
+                                   for topic in (kafka.weights_topic, kafka.adapted_topic)
+                                   if topic}
             return partitions
         except RuntimeSetupError:
             raise
@@ -458,19 +465,20 @@ class KafkaRuntime:
                                         f"{timeout:.0f}s")
             time.sleep(0.05)
 
-    def _message_limit(self, admin: Any) -> int:
-        """The changelog topic's ``max.message.bytes`` (broker default if not readable)."""
+    @staticmethod
+    def _message_limit(admin: Any, topic: str) -> int:
+        """``topic``'s ``max.message.bytes`` (broker default if not readable)."""
         from kafka.admin import ConfigResource, ConfigResourceType
 
         try:
             found = admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, self.kafka.changelog_topic,
+                [ConfigResource(ConfigResourceType.TOPIC, topic,
                                 configs=["max.message.bytes"])], config_filter="all")
             value = _find_config_value(found, "max.message.bytes")
             return int(value) if value is not None else BROKER_DEFAULT_MESSAGE_BYTES
         except Exception as error:  # an old broker or ACLs: fall back, say so
             log.warning("kafka: cannot read max.message.bytes of %s (%s); assuming %d",
-                        self.kafka.changelog_topic, error, BROKER_DEFAULT_MESSAGE_BYTES)
+                        topic, error, BROKER_DEFAULT_MESSAGE_BYTES)
             return BROKER_DEFAULT_MESSAGE_BYTES
 
     # -- state backend (called by the service) ------------------------------------------

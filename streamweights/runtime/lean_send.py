@@ -141,22 +141,30 @@ class _BuiltRecords:
 
 
 class _Partition:
-    """One partition's open batch (``None`` until a record for it comes in a cycle)."""
+    """One partition's open batch (``None`` until a record for it comes in a cycle) and
+    the most bytes a batch for it may take."""
 
-    __slots__ = ("builder", "topic_partition")
+    __slots__ = ("batch_size", "builder", "topic_partition")
 
-    def __init__(self, topic_partition: Any) -> None:
+    def __init__(self, topic_partition: Any, batch_size: int) -> None:
         self.topic_partition = topic_partition
+        self.batch_size = batch_size
         self.builder: Any = None
 
 
 class LeanSender:
     """The runtime's way of sending output records through ``producer`` (see the module's
     docstring): :attr:`send` per record, :meth:`hand_over` before a commit,
-    :meth:`discard` when a cycle begins."""
+    :meth:`discard` when a cycle begins.
 
-    def __init__(self, producer: Any) -> None:
+    ``limits``: the ``max.message.bytes`` of the topics it writes, where known; a batch
+    for such a topic stays within it (and within the producer's ``batch_size``). A batch
+    the broker refused as too large would be split by the client into batches of its
+    own, whose answers never reach the batch's future that delivery is checked on."""
+
+    def __init__(self, producer: Any, limits: dict[str, int] | None = None) -> None:
         self.producer = producer
+        self._limits = dict(limits or {})
         #: Produce futures of the batches handed over in this cycle.
         self._handed: list[Any] = []
         #: Partitions with an open batch, in the order they opened.
@@ -223,7 +231,8 @@ class LeanSender:
         topic_partition = TopicPartition(topic, number)
         partition = self._partitions.get(topic_partition)
         if partition is None:
-            partition = self._partitions[topic_partition] = _Partition(topic_partition)
+            size = min(self._batch_size, self._limits.get(topic, self._batch_size))
+            partition = self._partitions[topic_partition] = _Partition(topic_partition, size)
         self._routes[(topic, key)] = partition
         return partition
 
@@ -236,7 +245,7 @@ class LeanSender:
     def _open_batch(self, partition: _Partition) -> Any:
         self.producer._transaction_manager.maybe_add_partition_to_transaction(
             partition.topic_partition)
-        builder = partition.builder = _native.RecordBatchBuilder(self._batch_size)
+        builder = partition.builder = _native.RecordBatchBuilder(partition.batch_size)
         self._open[partition.topic_partition] = partition
         return builder
 
@@ -295,9 +304,10 @@ class LeanSender:
         self._handed = []
 
 
-def lean_sender(producer: Any) -> LeanSender:
-    """The lean sender bound to ``producer`` (see the module's docstring)."""
-    return LeanSender(producer)
+def lean_sender(producer: Any, limits: dict[str, int] | None = None) -> LeanSender:
+    """The lean sender bound to ``producer`` (see the module's docstring and
+    :class:`LeanSender` for ``limits``)."""
+    return LeanSender(producer, limits)
 
 
 def _unsupported(producer: Any) -> str | None:

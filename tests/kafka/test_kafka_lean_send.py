@@ -17,7 +17,7 @@ from kafka.serializer import Serializer
 
 from streamweights.runtime.kafka_runtime import transactional_producer_settings
 from streamweights.runtime.lean_send import LEAN_MAX_BYTES, lean_sender
-from streamweights.runtime.transaction_calls import check_delivered
+from streamweights.runtime.transaction_calls import TransactionStuckError, check_delivered
 from tests.kafka.helpers import read_records
 
 
@@ -165,3 +165,31 @@ def test_producers_it_was_not_written_for_use_send(kafka_bootstrap, topic_factor
         producer.close()
     assert counting.calls == 2 and len(futures) == 2
     assert [r.value for r in read_records(kafka_bootstrap, topic)] == [b"v1", b"v2"]
+
+
+def test_batches_stay_within_the_topics_message_limit(kafka_bootstrap, topic_factory):
+    """A topic whose ``max.message.bytes`` (20,000 here) is below the producer's batch
+    size: told the limit, the sender keeps every batch within it and every record is
+    delivered; not told, the broker refuses the big batches, the client splits them
+    into batches of its own, and the batch future the runtime checks never completes
+    (what the runtime now avoids by passing each output topic's limit)."""
+    records = [(b"s%d" % (i % 3), b'{"n":%06d,"pad":"%s"}' % (i, b"z" * 150), None)
+               for i in range(3000)]
+    outcomes = {}
+    for told in (True, False):
+        topic = topic_factory(f"limit-{told}", partitions=3,
+                              config={"max.message.bytes": "20000"})
+        producer = _producer(kafka_bootstrap)
+        try:
+            producer.partitions_for(topic)
+            sender = lean_sender(producer, {topic: 20_000} if told else None)
+            try:
+                outcomes[told] = len(_send_cycle(sender, producer, topic, records))
+            except TransactionStuckError as error:
+                outcomes[told] = error
+        finally:
+            producer.close()
+        if told:
+            assert len(read_records(kafka_bootstrap, topic)) == len(records)
+    assert outcomes[True] > 3 * 2  # 20,000-byte batches: several per partition
+    assert isinstance(outcomes[False], TransactionStuckError)
