@@ -16,11 +16,12 @@ batch in the core (``_native.RecordBatchBuilder``: one call per record, the byte
 kafka-python's builder writes) and hands it to the accumulator as one ``ProducerBatch``
 when it is full, after every poll of the replica's consumer and before the cycle's
 changelog records and commit (:meth:`LeanSender.hand_over`, which the runtime calls
-then). From there the client's own
-sender thread drains it like any batch: it assigns the producer id, epoch and sequence
-(written into the header then), sends, retries, splits a batch the broker finds too
-large, and fails or aborts it with the transaction. Delivery is checked per batch (its
-produce future) instead of per record.
+then). From there the client's own sender thread drains it like any batch: it assigns
+the producer id, epoch and sequence (written into the header then), sends, retries, and
+fails or aborts it with the transaction. Delivery is checked per batch (its produce
+future) instead of per record, so a batch stays within its topic's ``max.message.bytes``
+where the runtime knows it: one the broker refused as too large would be split by the
+client into batches whose answers never reach that future.
 
 The partition is the producer's own partitioner's answer, asked once per topic, key and
 partition count (the default partitioner hashes the key over the sorted partition ids,
@@ -167,23 +168,22 @@ class LeanSender:
         self._limits = dict(limits or {})
         #: Produce futures of the batches handed over in this cycle.
         self._handed: list[Any] = []
-        #: Partitions with an open batch, in the order they opened.
-        self._open: dict[Any, _Partition] = {}
+        #: Every partition written to, by ``TopicPartition`` (those with an open batch
+        #: have a ``builder``).
+        self._partitions: dict[Any, _Partition] = {}
         reason = _unsupported(producer)
         if reason is not None:
             log.debug("lean send path not used: %s", reason)
             self.send: Sender = self._plain
             return
         self._routes: dict[tuple[str, bytes], _Partition] = {}
-        self._partitions: dict[Any, _Partition] = {}
         self._counts: dict[str, int] = {}  # topic -> partition count the routes assume
         self._batch_size = producer._accumulator.config["batch_size"]
         self.send = self._make_send()
 
     def _plain(self, topic: str, value: bytes, key: bytes | None,
                headers: list[tuple[str, bytes]] | None) -> Any:
-        if self._open:
-            self._hand_over_topic(topic)
+        self._hand_over_topic(topic)
         return self.producer.send(topic, value=value, key=key, headers=headers)
 
     def _make_send(self) -> Sender:
@@ -219,10 +219,7 @@ class LeanSender:
         known = producer._metadata.partitions_for_topic(topic)
         if not known:
             return None
-        count = self._counts.setdefault(topic, len(known))
-        if count != len(known):  # grown since the routes were made: route afresh
-            self._forget(topic)
-            self._counts[topic] = len(known)
+        self._note_count(topic, len(known))
         number = producer._partition(topic, None, key, None, key, None)
         if number is None:
             return None
@@ -236,17 +233,20 @@ class LeanSender:
         self._routes[(topic, key)] = partition
         return partition
 
-    def _forget(self, topic: str) -> None:
-        """Drop ``topic``'s routes (its open batches are handed over first)."""
+    def _note_count(self, topic: str, count: int) -> None:
+        """``topic`` has ``count`` partitions: if its routes were made for another count,
+        hand its open batches over and drop the routes (the next records route afresh)."""
+        if self._counts.setdefault(topic, count) == count:
+            return
         self._hand_over_topic(topic)
         for route in [route for route in self._routes if route[0] == topic]:
             del self._routes[route]
+        self._counts[topic] = count
 
     def _open_batch(self, partition: _Partition) -> Any:
         self.producer._transaction_manager.maybe_add_partition_to_transaction(
             partition.topic_partition)
         builder = partition.builder = _native.RecordBatchBuilder(partition.batch_size)
-        self._open[partition.topic_partition] = partition
         return builder
 
     def _hand_over_one(self, partition: _Partition) -> None:
@@ -257,7 +257,6 @@ class LeanSender:
         from kafka.producer.producer_batch import ProducerBatch
 
         builder, partition.builder = partition.builder, None
-        del self._open[partition.topic_partition]
         if builder is None or builder.count == 0:
             return
         accumulator = self.producer._accumulator
@@ -276,31 +275,31 @@ class LeanSender:
         self.producer._sender.wakeup()
 
     def _hand_over_topic(self, topic: str) -> None:
-        for partition in [p for p in self._open.values() if p.topic_partition.topic == topic]:
-            self._hand_over_one(partition)
+        for partition in self._partitions.values():
+            if partition.builder is not None and partition.topic_partition.topic == topic:
+                self._hand_over_one(partition)
 
     def hand_over(self) -> list[Any]:
         """Hand every open batch to the producer; the produce futures of the cycle's batches
         (every one of them must succeed for the cycle to count as delivered). Also looks
         again at the partition counts the routes assume."""
-        for partition in list(self._open.values()):
-            self._hand_over_one(partition)
+        for partition in self._partitions.values():
+            if partition.builder is not None:
+                self._hand_over_one(partition)
         handed, self._handed = self._handed, []
-        if handed and self._counts:
+        if handed:
             metadata = self.producer._metadata
-            for topic, count in list(self._counts.items()):
+            for topic in list(self._counts):
                 known = metadata.partitions_for_topic(topic)
-                if known and len(known) != count:
-                    self._forget(topic)
-                    self._counts[topic] = len(known)
+                if known:
+                    self._note_count(topic, len(known))
         return handed
 
     def discard(self) -> None:
         """Drop the open batches (a cycle that did not commit: its records are recomputed
         after the roll-back) and forget the futures of batches handed over in it."""
-        for partition in self._open.values():
+        for partition in self._partitions.values():
             partition.builder = None
-        self._open.clear()
         self._handed = []
 
 
