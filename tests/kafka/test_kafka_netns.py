@@ -121,6 +121,23 @@ def end_offsets(bootstrap: str, topics: dict[str, str]) -> dict:
         consumer.close()
 
 
+def uncommitted_records(bootstrap: str, topic: str) -> int:
+    """Records of ``topic`` at the broker that no transaction has ended yet: the high
+    watermark less the last stable offset, summed over its partitions (> 0 while an open
+    transaction holds records there)."""
+    ends = {}
+    for level in ("read_uncommitted", "read_committed"):
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level)
+        try:
+            partitions = [TopicPartition(topic, number)
+                          for number in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends[level] = consumer.end_offsets(partitions)
+        finally:
+            consumer.close()
+    return sum(ends["read_uncommitted"][tp] - ends["read_committed"][tp]
+               for tp in ends["read_uncommitted"])
+
+
 def final_bounded_run(cluster: Cluster, tmp_path, topics, node: str = "r2") -> dict:
     """A bounded run of the same group on ``node``: it resumes every task from its last
     committed snapshot, finishes the input and publishes the final versions."""
@@ -204,12 +221,18 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
                        topics["labels"])
         ends = end_offsets(cluster.bootstrap, topics)
 
-        def a_quiet() -> bool:
+        def a_quiet_in_open_transaction() -> bool:
+            # Quiet committed offsets alone do not show that A has written anything: A
+            # holds a record up to 3 s (max_task_idle_ms) and never commits while quiet,
+            # so the cut could meet no transaction of A's at the broker. Its adapted
+            # records there, not yet committed, show one (B commits within 100 ms).
             before = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
             time.sleep(1.5)
-            return before == committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
+            quiet = before == committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
+            return quiet and uncommitted_records(cluster.bootstrap, topics["adapted"]) > 0
 
-        wait_for(a_quiet, 60, "A to read the second part and go quiet", detail)
+        wait_for(a_quiet_in_open_transaction, 60,
+                 "A to write the second part into its open transaction and go quiet", detail)
         at_cut = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
         assert 0 < sum(at_cut[tp] for tp in a_inputs) < sum(ends[tp] for tp in a_inputs), \
             "A has no open transaction to cut: " + detail()
