@@ -96,22 +96,46 @@ pub fn interval_of(value: f64, q: f64) -> (f64, f64) {
 /// The `level` quantile of ascending `ordered` in the conformal sense: the
 /// `ceil(level (n + 1))`-th smallest, `+inf` past the largest, `-inf` below the first.
 /// (A NaN level, which validation never lets through, serves everything: `+inf`.)
+///
+/// The rank is rounded up in integers, not by libm's `ceil` (a call on baseline x86-64,
+/// 72 of them per label in the default's layers): for an integer `n`, `ceil(x) > n`
+/// exactly when `x > n`, and `ceil(x) < 1` exactly when `x <= 0`; between them the
+/// truncation of `x` is exact and the rank is it, or one more when `x` has a fraction.
 pub fn quantile(ordered: &[f64], level: f64) -> f64 {
     let n = ordered.len();
-    let rank = (level * (n as f64 + 1.0)).ceil();
-    if rank.is_nan() || rank > n as f64 {
-        f64::INFINITY
-    } else if rank < 1.0 {
+    let position = level * (n as f64 + 1.0);
+    if position.is_nan() || position > n as f64 {
+        f64::INFINITY // past the largest, or NaN
+    } else if position <= 0.0 {
         f64::NEG_INFINITY
     } else {
-        ordered[rank as usize - 1]
+        let whole = position as usize; // 0 < position <= n: exact
+        let rank = if (whole as f64) < position {
+            whole + 1
+        } else {
+            whole
+        };
+        ordered[rank - 1]
     }
 }
 
 /// `1 - #{scores < value} / (n + 1)`: the largest miscoverage level still covering it.
 pub fn covered(ordered: &[f64], value: f64) -> f64 {
-    let below = ordered.partition_point(|&v| v < value);
+    covered_by(ordered, ordered.partition_point(|&v| v < value))
+}
+
+/// `covered` when `below = #{scores < value}` is known.
+fn covered_by(ordered: &[f64], below: usize) -> f64 {
     1.0 - below as f64 / (ordered.len() as f64 + 1.0)
+}
+
+/// `#{scores <= value}` from `below = #{scores < value}`: the equals of `value` follow
+/// the scores below it (usually none; searched, not walked, when a run of ties is long).
+fn not_above(ordered: &[f64], value: f64, below: usize) -> usize {
+    match ordered.get(below) {
+        Some(&next) if next <= value => below + ordered[below..].partition_point(|&v| v <= value),
+        _ => below,
+    }
 }
 
 /// The last `size` scores in arrival order (a ring) and sorted (for quantiles).
@@ -138,10 +162,16 @@ impl Window {
     /// shift of the values between the two places instead of two shifts of the tails:
     /// the same sorted copy, value for value, at a third of the moves on average.
     pub fn push(&mut self, value: f64) {
+        let end = self.ordered.partition_point(|&v| v <= value);
+        self.push_before(value, end);
+    }
+
+    /// `push`, told `end = #{scores <= value}` in the window as it is (the caller has
+    /// searched for `value` already).
+    fn push_before(&mut self, value: f64, end: usize) {
         if self.ring.len() < self.size {
             self.ring.push(value);
-            let at = self.ordered.partition_point(|&v| v <= value);
-            self.ordered.insert(at, value);
+            self.ordered.insert(end, value);
             return;
         }
         let oldest = self.ring[self.head];
@@ -150,7 +180,6 @@ impl Window {
         let removed = self.ordered.partition_point(|&v| v < oldest);
         // Where the reference inserts, counted once `removed` is gone: the removed value
         // is among those <= `value` exactly when it lies before their end.
-        let end = self.ordered.partition_point(|&v| v <= value);
         let at = if removed < end { end - 1 } else { end };
         match at.cmp(&removed) {
             std::cmp::Ordering::Greater => self.ordered.copy_within(removed + 1..at + 1, removed),
@@ -278,13 +307,18 @@ impl Layer {
 
     /// A label whose score is `value`, judged by what was `served` with its prediction.
     pub fn learn_scored(&mut self, value: f64, served: &[f64]) {
-        self.update(value, served);
-        self.window.push(value);
+        // One search serves DtACI's coverage level and the window's insert point.
+        let ordered = &self.window.ordered;
+        let below = ordered.partition_point(|&v| v < value);
+        let end = not_above(ordered, value, below);
+        self.update(value, served, below);
+        self.window.push_before(value, end);
         self.labels += 1;
         self.refresh();
     }
 
-    fn update(&mut self, value: f64, served: &[f64]) {
+    /// `below`: how many of the window's scores are below `value`.
+    fn update(&mut self, value: f64, served: &[f64], below: usize) {
         let alphas = &self.alphas;
         match &mut self.method {
             Method::Aci { step, levels } => {
@@ -318,7 +352,7 @@ impl Layer {
                 weights,
                 ..
             } => {
-                let beta = covered(&self.window.ordered, value);
+                let beta = covered_by(&self.window.ordered, below);
                 let k = steps.len();
                 let n_levels = alphas.len();
                 let share = *sigma / k as f64;
