@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use crate::adwin::PyAdwin;
 use crate::arrays;
 use crate::drift_evidence::PyRiseEvidence;
+use crate::expert_losses::read_flat;
 use crate::page_hinkley::PyPageHinkley;
 use crate::probability_input::{quick_label, quick_probabilities};
 
@@ -523,7 +524,8 @@ impl DriftMemoryCore {
     }
 
     /// `observe_checked` over checked rows (flattened), as a loop of it.
-    fn observe_many(&mut self, py: Python<'_>, rows: Vec<f64>) -> PyResult<()> {
+    fn observe_many(&mut self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<()> {
+        let rows = read_flat(py, rows)?; // an array read directly, or a list
         if rows.len() % self.n_classes != 0 {
             return Err(PyValueError::new_err("xs: not a whole number of rows"));
         }
@@ -558,7 +560,13 @@ impl DriftMemoryCore {
 
     /// `learn_checked` over checked rows (flattened) and labels, as a loop of it; the
     /// labels are all checked first.
-    fn learn_many(&mut self, py: Python<'_>, rows: Vec<f64>, labels: Vec<i64>) -> PyResult<()> {
+    fn learn_many(
+        &mut self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        labels: Vec<i64>,
+    ) -> PyResult<()> {
+        let rows = read_flat(py, rows)?; // an array read directly, or a list
         let n = self.n_classes;
         if rows.len() != labels.len() * n {
             return Err(PyValueError::new_err(

@@ -28,6 +28,7 @@ from streamweights.adapters.drift_evidence import RiseEvidence
 from streamweights.adapters.validation import (
     as_finite_array,
     check_class_label,
+    check_class_labels,
     check_count,
     check_in_range,
     check_probability_batch,
@@ -311,7 +312,7 @@ class DriftMemory(Adapter):
             self._core.observe_checked(check_probability_vector(x, "x", self.n_classes))
 
     def observe_many(self, xs: Any) -> None:
-        self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
+        self._core.observe_many(self._check_rows(xs, "xs"))
 
     def learn(self, x: Any, y: Any) -> None:
         if not self._core.learn(x, y):
@@ -323,8 +324,8 @@ class DriftMemory(Adapter):
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
         rows = self._check_rows(xs, "xs")
-        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        self._core.learn_many(rows.reshape(-1).tolist(), labels)
+        labels = check_class_labels(ys, "ys", self.n_classes).tolist()
+        self._core.learn_many(rows, labels)
 
     def on_drift(self) -> None:
         """Evict items stored before the last change point this memory found (idempotent)."""

@@ -27,6 +27,7 @@ from streamweights.adapters.validation import (
     NonFiniteUpdate,
     as_finite_array,
     check_class_label,
+    check_class_labels,
     check_count,
     check_in_range,
     check_positive,
@@ -257,7 +258,7 @@ class FeatureCorrection(Adapter):
     def learn_many(self, xs: Any, ys: Any) -> None:
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
-        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
+        labels = check_class_labels(ys, "ys", self.n_classes).tolist()
         flat = self._checked_many(xs)
         try:
             self._core.learn_many(flat, labels)  # every row checked before the first step

@@ -35,6 +35,7 @@ from streamweights.adapters.validation import (
     PROBABILITY_TOLERANCE,
     as_finite_array,
     check_class_label,
+    check_class_labels,
     check_count,
     check_in_range,
     check_positive,
@@ -257,14 +258,14 @@ class PriorShift(Adapter):
         p = self._check_rows(xs, "xs")
         if not len(p):
             return p / p.sum(axis=1, keepdims=True)
-        return np.array(self._core.predict_many(p.reshape(-1).tolist())).reshape(p.shape)
+        return self._core.predict_many(p).reshape(p.shape)
 
     def observe(self, x: Any) -> None:
         if not self._core.observe(x):
             self._core.observe_checked(check_probability_vector(x, "x", self.n_classes))
 
     def observe_many(self, xs: Any) -> None:
-        self._core.observe_many(self._check_rows(xs, "xs").reshape(-1).tolist())
+        self._core.observe_many(self._check_rows(xs, "xs"))
 
     def learn(self, x: Any, y: Any) -> None:
         label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
@@ -276,8 +277,8 @@ class PriorShift(Adapter):
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} inputs but {len(ys)} labels")
         rows = self._check_rows(xs, "xs")
-        labels = [check_class_label(y, f"ys[{i}]", self.n_classes) for i, y in enumerate(ys)]
-        self._core.learn_many(rows.reshape(-1).tolist(), labels)
+        labels = check_class_labels(ys, "ys", self.n_classes).tolist()
+        self._core.learn_many(rows, labels)
 
     def on_drift(self) -> None:
         """Restart the averaging; reset π̂ to π_s when ``reset_on_drift``."""
