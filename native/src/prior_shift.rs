@@ -17,6 +17,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::arrays;
+use crate::expert_losses::read_flat;
 
 /// The fixed configuration (validated by the Python handle).
 #[derive(Clone, Debug)]
@@ -100,17 +101,30 @@ impl Estimator {
     }
 
     /// One unlabelled model output (reference `_observe_unchecked`).
+    ///
+    /// Like every step below, in place: no vector is made per event (the reference's
+    /// intermediate vectors are the same doubles, computed in the same order).
     pub fn observe(&mut self, config: &Config, p: &[f64]) {
         if self.warming_up(config) {
             self.learn_source(config, p);
             return;
         }
-        let weighted: Vec<f64> = self.ratio.iter().zip(p).map(|(w, v)| w * v).collect();
-        let total = sum(&weighted);
+        let mut total = 0.0;
+        for (w, v) in self.ratio.iter().zip(p) {
+            total += w * v;
+        }
         // log of the input's likelihood under the corrected mix over the source mix
         self.add_evidence(total.ln());
-        let responsibilities: Vec<f64> = weighted.iter().map(|v| v / total).collect();
-        self.step(config, &responsibilities, 1.0);
+        // the E step's responsibilities, `ratio_k p_k / total`, moved toward
+        let (step, keep) = self.next_step(config, 1.0);
+        let mut moved_total = 0.0;
+        for ((prior, w), v) in self.prior.iter_mut().zip(&self.ratio).zip(p) {
+            let responsibility = w * v / total;
+            let moved = (keep * *prior + step * responsibility).max(config.prior_floor);
+            *prior = moved;
+            moved_total += moved;
+        }
+        self.normalise_prior(config, moved_total);
         self.refine_source(config, p);
     }
 
@@ -126,9 +140,16 @@ impl Estimator {
         }
         // log of the label's probability, corrected over uncorrected
         self.add_evidence(self.ratio[label].ln() - total.ln());
-        let mut one_hot = vec![0.0; config.n_classes];
-        one_hot[label] = 1.0;
-        self.step(config, &one_hot, config.label_weight);
+        // moved toward the label's one-hot vector
+        let (step, keep) = self.next_step(config, config.label_weight);
+        let mut moved_total = 0.0;
+        for (class, prior) in self.prior.iter_mut().enumerate() {
+            let target = if class == label { 1.0 } else { 0.0 };
+            let moved = (keep * *prior + step * target).max(config.prior_floor);
+            *prior = moved;
+            moved_total += moved;
+        }
+        self.normalise_prior(config, moved_total);
         self.refine_source(config, p);
     }
 
@@ -152,28 +173,29 @@ impl Estimator {
         }
     }
 
-    /// CUSUM step (Page 1954).
     fn add_evidence(&mut self, log_ratio: f64) {
         self.evidence = (self.evidence + log_ratio).max(0.0);
     }
 
-    fn step(&mut self, config: &Config, responsibilities: &[f64], weight: f64) {
+    /// The next averaging step's size, `min(weight max(1 / (t + offset), min_step), 1)`,
+    /// and what the old estimate keeps (`1 - step`).
+    fn next_step(&mut self, config: &Config, weight: f64) -> (f64, f64) {
         self.steps += 1;
         let mut step = 1.0 / (self.steps as f64 + config.step_offset);
         if step < config.min_step {
             step = config.min_step;
         }
         step = (weight * step).min(1.0);
-        let keep = 1.0 - step;
-        let moved: Vec<f64> = self
-            .prior
-            .iter()
-            .zip(responsibilities)
-            .map(|(old, new)| (keep * old + step * new).max(config.prior_floor))
-            .collect();
-        let total = sum(&moved);
-        let prior: Vec<f64> = moved.iter().map(|v| v / total).collect();
-        self.set_prior(config, prior);
+        (step, 1.0 - step)
+    }
+
+    /// `prior` holds the moved (floored) estimate summing to `total`: normalise it and
+    /// bring the ratios in step.
+    fn normalise_prior(&mut self, config: &Config, total: f64) {
+        for value in self.prior.iter_mut() {
+            *value /= total;
+        }
+        self.refresh_ratio(config);
     }
 
     fn learn_source(&mut self, config: &Config, p: &[f64]) {
@@ -186,35 +208,44 @@ impl Estimator {
         }
         self.source_count += 1;
         let count = self.source_count as f64;
-        let mean: Vec<f64> = source_sum.iter().map(|s| s / count).collect();
-        let total = sum(&mean);
+        // π_s: the mean output, normalised, floored, normalised again (in place)
+        self.source.clear();
+        self.source.extend(source_sum.iter().map(|s| s / count));
+        let total = sum(&self.source);
         // The floor keeps π_s > 0 for a class the model never predicts.
-        let floored: Vec<f64> = mean
-            .iter()
-            .map(|v| (v / total).max(config.prior_floor))
-            .collect();
-        let total = sum(&floored);
-        self.source = floored.iter().map(|v| v / total).collect();
+        let mut floored_total = 0.0;
+        for value in self.source.iter_mut() {
+            *value = (*value / total).max(config.prior_floor);
+            floored_total += *value;
+        }
+        for value in self.source.iter_mut() {
+            *value /= floored_total;
+        }
         if self.source_count <= config.source_window {
             self.reset_estimate(config);
         } else {
-            let prior = self.prior.clone();
-            self.set_prior(config, prior); // the ratios change with π_s
+            self.refresh_ratio(config); // the ratios change with π_s
         }
     }
 
     pub fn set_prior(&mut self, config: &Config, prior: Vec<f64>) {
-        for ((ratio, value), source) in self.ratio.iter_mut().zip(&prior).zip(&self.source) {
+        self.prior = prior;
+        self.refresh_ratio(config);
+    }
+
+    /// `ratio_k = min(π̂_k / π_s,k, max_ratio)` from the current `prior` and `source`.
+    fn refresh_ratio(&mut self, config: &Config) {
+        for ((ratio, value), source) in self.ratio.iter_mut().zip(&self.prior).zip(&self.source) {
             *ratio = (value / source).min(config.max_ratio);
         }
-        self.prior = prior;
     }
 
     fn reset_estimate(&mut self, config: &Config) {
         self.steps = 0;
         self.evidence = 0.0;
-        let source = self.source.clone();
-        self.set_prior(config, source);
+        self.prior.clear();
+        self.prior.extend_from_slice(&self.source);
+        self.refresh_ratio(config);
     }
 }
 
@@ -341,14 +372,20 @@ impl PriorShiftCore {
         Ok(arrays::vector(py, &out))
     }
 
-    /// Served outputs for validated rows, flat (n * C), row after row.
-    fn predict_many(&self, rows: Vec<f64>) -> Vec<f64> {
+    /// Served outputs for validated rows, flat (n * C), row after row, as a new float64
+    /// array. `rows`: a float64 array read directly (any shape, read flat), or a list.
+    fn predict_many<'py>(
+        &self,
+        py: Python<'py>,
+        rows: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let rows = read_flat(py, rows)?;
         let n = self.config.n_classes;
         let mut out = vec![0.0; rows.len()];
         for (row, target) in rows.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
             self.estimator.predict(&self.config, row, target);
         }
-        out
+        Ok(arrays::vector(py, &out))
     }
 
     /// `observe(x)` when `x` passes the quick check; false otherwise.
@@ -366,12 +403,15 @@ impl PriorShiftCore {
         Ok(())
     }
 
-    /// Observe validated rows (flat, n * C) in order.
-    fn observe_many(&mut self, rows: Vec<f64>) {
+    /// Observe validated rows (flat, n * C) in order (an array or a list, as
+    /// `predict_many`).
+    fn observe_many(&mut self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<()> {
+        let rows = read_flat(py, rows)?;
         let n = self.config.n_classes;
         for row in rows.chunks_exact(n) {
             self.estimator.observe(&self.config, row);
         }
+        Ok(())
     }
 
     /// `learn(x, y)` with a validated label when `x` passes the quick check; false
@@ -397,7 +437,13 @@ impl PriorShiftCore {
     }
 
     /// Learn validated rows (flat, n * C) with their labels, in order.
-    fn learn_many(&mut self, rows: Vec<f64>, labels: Vec<usize>) -> PyResult<()> {
+    fn learn_many(
+        &mut self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        labels: Vec<usize>,
+    ) -> PyResult<()> {
+        let rows = read_flat(py, rows)?;
         let n = self.config.n_classes;
         if rows.len() != labels.len() * n || labels.iter().any(|y| *y >= n) {
             return Err(PyValueError::new_err(
