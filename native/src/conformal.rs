@@ -1457,3 +1457,115 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_realised_scores, module)?)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `quantile` as first written, with libm's `ceil`: the integer rounding must agree.
+    fn quantile_by_ceil(ordered: &[f64], level: f64) -> f64 {
+        let n = ordered.len();
+        let rank = (level * (n as f64 + 1.0)).ceil();
+        if rank.is_nan() || rank > n as f64 {
+            f64::INFINITY
+        } else if rank < 1.0 {
+            f64::NEG_INFINITY
+        } else {
+            ordered[rank as usize - 1]
+        }
+    }
+
+    #[test]
+    fn quantile_rounds_the_rank_up_as_ceil_does() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            0.05,
+            0.1,
+            0.9,
+            0.95,
+            1.0 - f64::EPSILON,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            2.0,
+        ];
+        for n in [0usize, 1, 2, 3, 9, 10, 99, 1000] {
+            let ordered: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            let mut levels: Vec<f64> = specials.to_vec();
+            // exact multiples of 1 / (n + 1), and their neighbours
+            for k in 0..=n + 1 {
+                let level = k as f64 / (n as f64 + 1.0);
+                levels.extend([level, level.next_up_compat(), level.next_down_compat()]);
+            }
+            levels.extend((0..2000).map(|_| uniform() * 1.2 - 0.1));
+            for level in levels {
+                let (got, want) = (quantile(&ordered, level), quantile_by_ceil(&ordered, level));
+                assert_eq!(got.to_bits(), want.to_bits(), "n {n}, level {level:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_search_pushes_as_two_do() {
+        // Scores with many ties (a few distinct values) and without, windows full and not.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |distinct: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % distinct) as f64 / distinct as f64
+        };
+        for (size, distinct) in [(1, 3), (5, 2), (50, 4), (200, 1_000_000), (64, 1)] {
+            let mut plain = Window::new(size);
+            let mut shared = Window::new(size);
+            for _ in 0..5_000 {
+                let value = next(distinct);
+                plain.push(value);
+                let below = shared.ordered.partition_point(|&v| v < value);
+                let end = not_above(&shared.ordered, value, below);
+                assert_eq!(
+                    covered_by(&shared.ordered, below),
+                    covered(&shared.ordered, value)
+                );
+                shared.push_before(value, end);
+                assert_eq!(plain.ordered, shared.ordered);
+                assert_eq!(plain.ring, shared.ring);
+            }
+        }
+    }
+
+    /// `f64::next_up` / `next_down` (stable only from Rust 1.86; the crate builds on 1.63).
+    trait NextCompat {
+        fn next_up_compat(self) -> f64;
+        fn next_down_compat(self) -> f64;
+    }
+
+    impl NextCompat for f64 {
+        fn next_up_compat(self) -> f64 {
+            if self.is_nan() || self == f64::INFINITY {
+                return self;
+            }
+            if self == 0.0 {
+                return f64::from_bits(1);
+            }
+            let bits = self.to_bits();
+            f64::from_bits(if self > 0.0 { bits + 1 } else { bits - 1 })
+        }
+
+        fn next_down_compat(self) -> f64 {
+            -(-self).next_up_compat()
+        }
+    }
+}
