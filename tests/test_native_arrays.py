@@ -16,7 +16,7 @@ from streamweights import (
     OnlineTemperature,
     PriorShift,
 )
-from streamweights.adapters import FeatureCorrection
+from streamweights.adapters import FeatureCorrection, dumps_state, loads_state
 from streamweights.pipeline import Pipeline
 from tests.test_pipeline_batch import _replay, _streams
 
@@ -76,6 +76,39 @@ def test_the_lanes_arrays_are_owned_writable_float64() -> None:
             assert array.flags.owndata and array.flags.writeable, name
         assert entry.payload["buffer"].ndim == 1
         assert entry.payload["conformal"].ndim == 2
+
+
+def test_the_lanes_flat_payload_reads_as_the_dict_it_replaced() -> None:
+    """Scenario: the lane keeps a prediction's payload as the core's vectors; Python
+    reads ``payload`` (a snapshot, the general path), compares entries and restores a
+    snapshot. We expect: each read is a fresh dict ``{"buffer", "conformal"}`` with the
+    same numbers; an entry equals itself and a copy restored from the snapshot (whose
+    payload is a given dict again) holds the same numbers; the restored pipeline's
+    entries are not flat and its lane still learns from them."""
+    pipeline = Pipeline(_streams("demo.yaml"))
+    lane = pipeline.record_lane()
+    for raw in _replay(400):
+        lane.process(raw, False)
+    join = pipeline.streams["demo"].join
+    entry, other = list(join._entries.values())[:2]
+    first, second = entry.payload, entry.payload
+    assert first is not second and list(first) == ["buffer", "conformal"]
+    assert all(np.array_equal(first[key], second[key]) for key in first)
+    assert entry == entry and entry != other
+    assert repr(entry).startswith(f"Pending(id={entry.id!r}, ts={entry.ts!r}, payload={{")
+    restored = Pipeline(_streams("demo.yaml"))
+    restored.load_state_dict(loads_state(dumps_state(pipeline.state_dict())))
+    twin = restored.streams["demo"].join._entries[entry.id]
+    assert type(twin.payload) is dict
+    assert all(np.array_equal(np.asarray(twin.payload[key]), first[key]) for key in first)
+    # Both sides continue alike: the flat entries and the restored ones learn the same.
+    rest = _replay(800)[400:]
+    restored_lane = restored.record_lane()
+    got = [restored_lane.process(raw, True) for raw in rest]
+    want = [lane.process(raw, True) for raw in rest]
+    assert any(type(done[1]) is bytes for done in want if done)
+    assert [done[1] if done else None for done in got] == \
+        [done[1] if done else None for done in want]
 
 
 def _adapters() -> list:

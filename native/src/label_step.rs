@@ -62,8 +62,46 @@ pub(crate) fn learn_served(
         Err(_) => return Ok(None),
     };
     let values = read_flat(py, buffer)?;
+    let thresholds = match (uncertainty, kept) {
+        (Some(_), Some(kept)) => read_flat(py, kept)?,
+        _ => Vec::new(),
+    };
+    learn_served_values(
+        py,
+        chain,
+        &values,
+        (label, y),
+        scores,
+        evidence,
+        ranges,
+        clip,
+        uncertainty.map(|core| (core, &thresholds[..])),
+    )
+}
+
+/// `learn_served` on the flat record `values` and the label (`label`, the object it was
+/// read from); `uncertainty` with the thresholds kept for the prediction (empty for none).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn learn_served_values(
+    py: Python<'_>,
+    chain: &Bound<'_, ChainCore>,
+    values: &[f64],
+    (label, y): (usize, &Bound<'_, PyAny>),
+    scores: &Bound<'_, PyList>,
+    evidence: &Bound<'_, PyList>,
+    ranges: Vec<(usize, usize)>,
+    clip: f64,
+    uncertainty: Option<(&Bound<'_, UncertaintyCore>, &[f64])>,
+) -> PyResult<Option<Vec<usize>>> {
+    if evidence.len() != ranges.len() {
+        return Err(PyValueError::new_err(format!(
+            "ranges: {} for {} evidence statistics",
+            ranges.len(),
+            evidence.len()
+        )));
+    }
     let mut core = chain.borrow_mut();
-    let items = match core.split_trace(&values) {
+    let items = match core.split_trace(values) {
         Some(items) => items,
         None => return Ok(None),
     };
@@ -101,14 +139,10 @@ pub(crate) fn learn_served(
             .sums
             .update(row, label);
     }
-    if let Some(uncertainty) = uncertainty {
+    if let Some((uncertainty, thresholds)) = uncertainty {
         let uncertainty = uncertainty.borrow();
-        let thresholds = match kept {
-            Some(kept) => read_flat(py, kept)?,
-            None => Vec::new(),
-        };
-        let rows = uncertainty.flat_rows(&values, (0, raw.len()), width)?;
-        uncertainty.learn_probabilities(py, &thresholds, &rows, label)?;
+        let rows = uncertainty.flat_rows(values, (0, raw.len()), width)?;
+        uncertainty.learn_probabilities(py, thresholds, &rows, label)?;
     }
     for (statistic, &(start, _)) in evidence.iter().zip(&ranges) {
         statistic

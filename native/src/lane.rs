@@ -47,8 +47,9 @@ use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyIterator, PyList, PySt
 use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
-use crate::label_step::learn_served;
-use crate::pending::Pending;
+use crate::expert_losses::read_flat;
+use crate::label_step::learn_served_values;
+use crate::pending::{Flat, Pending};
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
 
 /// A number as read: an integer literal (Python's `int`) or any other (a `float`).
@@ -1000,11 +1001,9 @@ impl RecordLane {
         if latest.is_none_or_less(ts) {
             state.set_item(intern!(py, "latest_ts"), &ts_object)?;
         }
-        let buffer = arrays::vector(py, &values);
-        let payload = PyDict::new(py);
-        payload.set_item(intern!(py, "buffer"), buffer)?;
         // `StreamUncertainty.serve_flat`: the sets served now are the ones scored later.
         let mut sets = None;
+        let mut kept_rows = None;
         if let Some(uncertainty) = &stream.uncertainty {
             let core = get(uncertainty.state.bind(py), intern!(py, "_core"))?;
             let core = core.downcast::<UncertaintyCore>()?.borrow();
@@ -1012,18 +1011,27 @@ impl RecordLane {
             let (wire, kept, _) = core.serve_probabilities(py, &rows)?;
             if uncertainty.layers {
                 let (count, width) = uncertainty.kept_shape;
-                let array = arrays::matrix(py, &kept, count, width)?;
-                payload.set_item(intern!(py, "conformal"), array)?;
+                if count.checked_mul(width) != Some(kept.len()) {
+                    return Err(PyValueError::new_err(format!(
+                        "conformal: {} thresholds do not fill {count} x {width}",
+                        kept.len()
+                    )));
+                }
+                kept_rows = Some((kept, count, width));
                 sets = wire;
             }
         }
+        // The payload stays the core's vectors (`Pending::flat`), read back by the label.
         let pending = Bound::new(
             py,
-            Pending {
-                id: id.clone().into_any().unbind(),
-                ts: ts_object.clone().into_any().unbind(),
-                payload: payload.into_any().unbind(),
-            },
+            Pending::flat(
+                id.clone().into_any().unbind(),
+                ts_object.clone().into_any().unbind(),
+                Flat {
+                    buffer: values,
+                    kept: kept_rows,
+                },
+            ),
         )?;
         entries.as_any().set_item(&id, &pending)?;
         if get(join_state, intern!(py, "_head"))?.is_none() {
@@ -1041,6 +1049,7 @@ impl RecordLane {
             return Ok(Some(stream.prediction_done.bind(py).clone()));
         }
         let version: i64 = get(state, intern!(py, "weights_version"))?.extract()?;
+        let values = &pending.get().flat.as_ref().expect("made flat above").buffer;
         let served = &values[stream.output.0..stream.output.1];
         let sets = match (&stream.uncertainty, sets) {
             (Some(uncertainty), Some(wire)) => Some((&uncertainty.keys, wire)),
@@ -1086,31 +1095,53 @@ impl RecordLane {
             Some(pending) => pending,
             None => return Ok(None), // unmatched: Python's letter
         };
-        let payload = match pending.downcast::<Pending>() {
-            Ok(pending) => pending.get().payload.bind(py).clone(),
+        let pending = match pending.downcast::<Pending>() {
+            Ok(pending) => pending.clone(),
             Err(_) => return Ok(None), // (the join holds only `Pending`s)
         };
-        // The core's flat record and, with conformal layers, the thresholds served
-        // (a native array, as `serve_flat` made it: anything else, a snapshot's lists,
-        // takes the general path, which reads them back first).
-        let payload = match payload.downcast::<PyDict>() {
-            Ok(payload) => payload,
-            Err(_) => return Ok(None),
-        };
-        let buffer = match payload.get_item(intern!(py, "buffer"))? {
-            Some(buffer) => buffer,
-            None => return Ok(None),
-        };
         let layers = matches!(&stream.uncertainty, Some(u) if u.layers);
-        let kept = payload.get_item(intern!(py, "conformal"))?;
-        if payload.len() != 1 + usize::from(layers) || kept.is_some() != layers {
-            return Ok(None);
-        }
-        if let Some(kept) = &kept {
-            if !arrays::is_readable(kept) {
-                return Ok(None);
+        // The core's flat record and, with conformal layers, the thresholds served: as
+        // the lane kept them, or (an entry restored from a snapshot) a payload dict with
+        // a native array of thresholds, read here; anything else, a snapshot's lists,
+        // takes the general path, which reads them back first.
+        let read_back: (Vec<f64>, Option<Vec<f64>>);
+        let (values, kept): (&[f64], Option<&[f64]>) = match &pending.get().flat {
+            Some(flat) => {
+                if flat.kept.is_some() != layers {
+                    return Ok(None);
+                }
+                (
+                    &flat.buffer,
+                    flat.kept.as_ref().map(|(kept, _, _)| &kept[..]),
+                )
             }
-        }
+            None => {
+                let payload = pending.get().payload_object(py)?;
+                let payload = match payload.downcast::<PyDict>() {
+                    Ok(payload) => payload.clone(),
+                    Err(_) => return Ok(None),
+                };
+                let buffer = match payload.get_item(intern!(py, "buffer"))? {
+                    Some(buffer) => buffer,
+                    None => return Ok(None),
+                };
+                let kept = payload.get_item(intern!(py, "conformal"))?;
+                if payload.len() != 1 + usize::from(layers) || kept.is_some() != layers {
+                    return Ok(None);
+                }
+                if let Some(kept) = &kept {
+                    if !arrays::is_readable(kept) {
+                        return Ok(None);
+                    }
+                }
+                let kept = match &kept {
+                    Some(kept) => Some(read_flat(py, kept)?),
+                    None => None,
+                };
+                read_back = (read_flat(py, &buffer)?, kept);
+                (&read_back.0, read_back.1.as_deref())
+            }
+        };
         let uncertainty = match &stream.uncertainty {
             Some(uncertainty) => Some(
                 get(uncertainty.state.bind(py), intern!(py, "_core"))?
@@ -1122,17 +1153,16 @@ impl RecordLane {
         let core = core.downcast::<ChainCore>()?;
         state.set_item(intern!(py, "changed"), true)?;
         let label = class.into_pyobject(py)?;
-        let fired = learn_served(
+        let fired = learn_served_values(
             py,
             core,
-            &buffer,
-            label.as_any(),
+            values,
+            (class as usize, label.as_any()),
             stream.scores.bind(py),
             stream.evidence.bind(py),
             stream.ranges.clone(),
             stream.clip,
-            uncertainty.as_ref(),
-            kept.as_ref(),
+            uncertainty.as_ref().map(|core| (core, kept.unwrap_or(&[]))),
         );
         let key = stream.label_key.bind(py).as_any().clone();
         let fired = match fired {

@@ -6,29 +6,89 @@
 //! its payload back by attribute lookup; made and read here, each is a struct write and
 //! a field read. Python code sees the same attributes (`id`, `ts`, `payload`, read-only,
 //! as nothing ever rebinds them) and the same dataclass-style `repr` and equality.
+//!
+//! The record lane keeps its payload as plain vectors (`Flat`: the chain's flat record
+//! and the conformal thresholds served with it) and reads them back with the label:
+//! no dict, no NumPy arrays made per prediction, none read and freed per label. Python
+//! code that asks for `payload` (a snapshot, the general path) gets the dict the lane
+//! used to store, `{"buffer": 1-d array, "conformal": 2-d array}`, made on each read.
 
 use pyo3::basic::CompareOp;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
+use crate::arrays;
+
 /// A served prediction waiting for its label: its id, its event time and what the
-/// chain kept to learn from the label (the payload), each the object it was given.
+/// chain kept to learn from the label (the payload), each the object it was given, or
+/// the lane's flat payload.
 #[pyclass(module = "streamweights._native", frozen)]
 pub struct Pending {
     #[pyo3(get)]
     pub id: Py<PyAny>,
     #[pyo3(get)]
     pub ts: Py<PyAny>,
-    #[pyo3(get)]
-    pub payload: Py<PyAny>,
+    /// The payload given (`None` when `flat` holds it).
+    pub given: Option<Py<PyAny>>,
+    pub flat: Option<Flat>,
+}
+
+/// The record lane's payload: the chain core's flat record of the prediction and, with
+/// conformal layers, the thresholds each layer served (`rows × width`, row after row).
+#[derive(Debug, PartialEq)]
+pub struct Flat {
+    pub buffer: Vec<f64>,
+    pub kept: Option<(Vec<f64>, usize, usize)>,
+}
+
+impl Pending {
+    /// A waiting prediction holding the lane's flat payload.
+    pub fn flat(id: Py<PyAny>, ts: Py<PyAny>, flat: Flat) -> Self {
+        Pending {
+            id,
+            ts,
+            given: None,
+            flat: Some(flat),
+        }
+    }
+
+    /// The payload as Python sees it: the object given, or the dict made from `flat`.
+    pub fn payload_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(given) = &self.given {
+            return Ok(given.bind(py).clone());
+        }
+        let flat = self
+            .flat
+            .as_ref()
+            .expect("a pending prediction holds a given or a flat payload");
+        let payload = PyDict::new(py);
+        payload.set_item(intern!(py, "buffer"), arrays::vector(py, &flat.buffer))?;
+        if let Some((kept, rows, width)) = &flat.kept {
+            let kept = arrays::matrix(py, kept, *rows, *width)?;
+            payload.set_item(intern!(py, "conformal"), kept)?;
+        }
+        Ok(payload.into_any())
+    }
 }
 
 #[pymethods]
 impl Pending {
     #[new]
     fn new(id: Py<PyAny>, ts: Py<PyAny>, payload: Py<PyAny>) -> Self {
-        Pending { id, ts, payload }
+        Pending {
+            id,
+            ts,
+            given: Some(payload),
+            flat: None,
+        }
+    }
+
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.payload_object(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -36,11 +96,12 @@ impl Pending {
             "Pending(id={}, ts={}, payload={})",
             self.id.bind(py).repr()?,
             self.ts.bind(py).repr()?,
-            self.payload.bind(py).repr()?
+            self.payload_object(py)?.repr()?
         ))
     }
 
-    /// Equal to another `Pending` whose three fields are equal (a dataclass's `==`).
+    /// Equal to another `Pending` whose three fields are equal (a dataclass's `==`; two
+    /// flat payloads compare by their numbers).
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<PyObject> {
         let py = other.py();
         let other = match other.downcast::<Pending>() {
@@ -48,9 +109,13 @@ impl Pending {
             Err(_) => return Ok(py.NotImplemented()),
         };
         let same = || -> PyResult<bool> {
-            Ok(self.id.bind(py).eq(&other.id)?
-                && self.ts.bind(py).eq(&other.ts)?
-                && self.payload.bind(py).eq(&other.payload)?)
+            if !(self.id.bind(py).eq(&other.id)? && self.ts.bind(py).eq(&other.ts)?) {
+                return Ok(false);
+            }
+            match (&self.flat, &other.flat) {
+                (Some(mine), Some(theirs)) => Ok(mine == theirs),
+                _ => self.payload_object(py)?.eq(other.payload_object(py)?),
+            }
         };
         match op {
             CompareOp::Eq => Ok(same()?.into_pyobject(py)?.to_owned().into_any().unbind()),
@@ -59,11 +124,14 @@ impl Pending {
         }
     }
 
-    /// The collector may find a cycle through a payload: the three objects are visited.
+    /// The collector may find a cycle through a payload: the objects are visited.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.id)?;
         visit.call(&self.ts)?;
-        visit.call(&self.payload)
+        if let Some(given) = &self.given {
+            visit.call(given)?;
+        }
+        Ok(())
     }
 }
 
