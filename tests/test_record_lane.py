@@ -317,3 +317,27 @@ def test_a_pipeline_with_a_lane_is_freed():
     del pipeline
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize(("literal", "taken"), [
+    ("0.40000000000000001", True),  # 17 significant digits
+    ("0.400000000000000001", False),  # 18
+    ("0.00040000000000000001", True),  # 17 after the leading zeros
+    ("0.000400000000000000001", False),  # 18 after them
+    ("4.0000000000000001e-1", True),
+    ("40.000000000000001e-2", True),  # 17, the point inside them
+    ("400.000000000000001e-3", False),  # 18
+    ("0.0", True),
+    ("0e0", True),
+    ("00.4", False),  # a leading zero: not JSON
+])
+def test_the_lane_reads_numbers_up_to_17_significant_digits(literal, taken):
+    """Scenario: a prediction whose first probability is written with a given number of
+    significant digits (leading zeros, a point inside them, exponents). We expect: the
+    lane takes it when the literal has at most 17 significant digits (its value is then
+    certainly orjson's) and leaves it to Python otherwise or when it is not JSON."""
+    pipeline = Pipeline(_streams("kafka.yaml"))
+    lane = pipeline.record_lane()
+    raw = (b'{"schema":1,"stream":"demo","id":"x","ts":1,"outputs":{"logistic_regression":['
+           + literal.encode() + b',0.6],"naive_bayes":[0.5,0.5],"hoeffding_tree":[0.9,0.1]}}')
+    assert (lane.process(raw, True) is not None) == taken

@@ -159,15 +159,24 @@ impl<'a> Cursor<'a> {
         if digits == 0 || (digits > 1 && self.bytes[digits_start] == b'0') {
             return None; // no digit, or a leading zero: not JSON
         }
+        // The mantissa's leading zeros, counted while scanning: a lone "0" before the
+        // point, then the fraction's own leading zeros.
+        let mut leading = usize::from(self.bytes[digits_start] == b'0');
+        let mut fraction = 0;
         let mut whole = true;
         if self.peek() == Some(b'.') {
             self.at += 1;
-            if self.digits() == 0 {
+            let fraction_start = self.at;
+            fraction = self.digits();
+            if fraction == 0 {
                 return None;
+            }
+            if leading == 1 {
+                let zeros = self.bytes[fraction_start..self.at].iter();
+                leading += zeros.take_while(|&&byte| byte == b'0').count();
             }
             whole = false;
         }
-        let mantissa_end = self.at;
         if let Some(b'e' | b'E') = self.peek() {
             self.at += 1;
             if let Some(b'+' | b'-') = self.peek() {
@@ -186,11 +195,7 @@ impl<'a> Cursor<'a> {
             }
             return Some(Number::Int(text.parse().ok()?));
         }
-        let significant = self.bytes[digits_start..mantissa_end]
-            .iter()
-            .filter(|byte| byte.is_ascii_digit())
-            .skip_while(|&&byte| byte == b'0')
-            .count();
+        let significant = digits + fraction - leading;
         if significant > 17 {
             return None;
         }
