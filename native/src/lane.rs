@@ -304,6 +304,19 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
     }
     let mut buffer = ryu::Buffer::new();
     let text = buffer.format_finite(value).as_bytes();
+    // Ryu writes fixed notation for exactly the decimal exponents -5 to 15, digits and
+    // point as below (`0.0`, `123.0`, `0.00012`): then its text is the answer as it is
+    // (`layout_float` would rebuild the same bytes; a unit test compares the two).
+    if !text.contains(&b'e') {
+        out.extend_from_slice(text);
+        return;
+    }
+    layout_float(out, text);
+}
+
+/// `write_float` from Ryu's text in any of its layouts: its digits and decimal exponent
+/// read back and written in orjson's.
+fn layout_float(out: &mut Vec<u8>, text: &[u8]) {
     let (negative, text) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
@@ -1332,4 +1345,50 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RecordLane>()?;
     module.add_class::<StopFlag>()?;
     module.add_function(wrap_pyfunction!(json_float, module)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ryu's fixed-notation text is what the full layout writes, for every value that
+    /// takes the short way: random bit patterns, round numbers, powers of ten at the
+    /// edges of the fixed range, signed zeros and subnormals.
+    #[test]
+    fn ryus_fixed_text_is_the_layouts() {
+        let mut state = 0x853c_49e6_748f_ea9b_u64;
+        let mut values: Vec<f64> = vec![0.0, -0.0, 1.0, -1.0, 0.5, 123.0, 1e15, 9.999e15];
+        values.extend([
+            1e16,
+            1e-5,
+            1e-6,
+            0.00012,
+            1.5e-5,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+        ]);
+        for exponent in -8..18 {
+            let power = 10f64.powi(exponent);
+            values.extend([power, -power, power * 1.25, power * 0.999_999_9]);
+        }
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            values.push(f64::from_bits(state));
+            values.push((state >> 11) as f64 / (1u64 << 53) as f64); // in [0, 1)
+        }
+        let mut short = 0;
+        for value in values.into_iter().filter(|v| v.is_finite()) {
+            let mut fast = Vec::new();
+            write_float(&mut fast, value);
+            let mut full = Vec::new();
+            let mut buffer = ryu::Buffer::new();
+            layout_float(&mut full, buffer.format_finite(value).as_bytes());
+            assert_eq!(fast, full, "{value:e}");
+            short += usize::from(!fast.contains(&b'e'));
+        }
+        assert!(short > 200_000, "the short way was taken {short} times");
+    }
 }
