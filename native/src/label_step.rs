@@ -50,13 +50,7 @@ pub(crate) fn learn_served(
     uncertainty: Option<&Bound<'_, UncertaintyCore>>,
     kept: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Option<Vec<usize>>> {
-    if evidence.len() != ranges.len() {
-        return Err(PyValueError::new_err(format!(
-            "ranges: {} for {} evidence statistics",
-            ranges.len(),
-            evidence.len()
-        )));
-    }
+    check_ranges(evidence, &ranges)?;
     let label: usize = match y.extract() {
         Ok(label) => label,
         Err(_) => return Ok(None),
@@ -93,13 +87,7 @@ pub(crate) fn learn_served_values(
     clip: f64,
     uncertainty: Option<(&Bound<'_, UncertaintyCore>, &[f64])>,
 ) -> PyResult<Option<Vec<usize>>> {
-    if evidence.len() != ranges.len() {
-        return Err(PyValueError::new_err(format!(
-            "ranges: {} for {} evidence statistics",
-            ranges.len(),
-            evidence.len()
-        )));
-    }
+    check_ranges(evidence, &ranges)?;
     let mut core = chain.borrow_mut();
     let items = match core.split_trace(values) {
         Some(items) => items,
@@ -158,6 +146,18 @@ pub(crate) fn learn_served_values(
             .map(|(old, _)| old.0)
             .collect(),
     ))
+}
+
+/// One `(start, stop)` range per tracked stage's evidence statistic.
+fn check_ranges(evidence: &Bound<'_, PyList>, ranges: &[(usize, usize)]) -> PyResult<()> {
+    if evidence.len() != ranges.len() {
+        return Err(PyValueError::new_err(format!(
+            "ranges: {} for {} evidence statistics",
+            ranges.len(),
+            evidence.len()
+        )));
+    }
+    Ok(())
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
