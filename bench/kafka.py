@@ -309,8 +309,12 @@ def java_generator(workdir: pathlib.Path) -> list[str]:
 
 
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
-            seconds: float, commit_ms: int, state_dir: str) -> dict[str, float]:
-    """Label sent → weights version readable (read_committed), at ``rate`` records/s."""
+            seconds: float, commit_ms: int, state_dir: str,
+            dump: str | None = None) -> dict[str, float]:
+    """Label sent → weights version readable (read_committed), at ``rate`` records/s.
+
+    With ``dump``, also writes each version's send time (seconds from the go) and
+    latency, then the service's log, there: where in the run the slow versions were."""
     inputs = {"predictions": topics.make("predictions"), "labels": topics.make("labels")}
     outputs = topics.outputs()
     document = config_document(bootstrap, inputs, outputs, streams, state_dir,
@@ -419,6 +423,12 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)])
                   for stream, ts, now in readable if (stream, ts) in sent_at)
     warm = [lat for at, lat in seen if at - started > 3.0]
+    if dump is not None:
+        with open(dump, "w") as out:
+            out.write(f"# go at {started:.3f} (epoch s); sent_s latency_ms\n")
+            out.writelines(f"{at - started:.3f} {1000 * lat:.1f}\n" for at, lat in seen)
+            out.write("# the service's log\n")
+            out.writelines(log_lines)
     if len(warm) < 20:
         error = "".join(log_lines)[-2000:]
         raise RuntimeError(f"only {len(warm)} weights versions were matched; service said:\n"
@@ -488,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float,
                         help="skip the throughput rounds; measure latency at this many "
                              "records/s")
+    parser.add_argument("--latency-dump", metavar="PATH",
+                        help="write each weights version's send time and latency, then the "
+                             "service's log, to PATH")
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, profile one more replica under cProfile")
     parser.add_argument("--profile-dump", default=None, metavar="PATH",
@@ -586,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.commit_ms} ms, {args.latency_seconds:.0f} s) ...", flush=True)
         more = generate(args.streams, int(rate * args.latency_seconds / args.streams) + 1000)
         found = latency(bootstrap, topics, more, args.streams, rate, args.latency_seconds,
-                        args.commit_ms, str(pathlib.Path(workdir) / "latency"))
+                        args.commit_ms, str(pathlib.Path(workdir) / "latency"),
+                        args.latency_dump)
         print(f"label produced -> weights version readable (read_committed), "
               f"{found['versions']} versions at {found['achieved_rate']:,.0f} records/s: "
               f"p50 {found['p50_ms']:.0f} ms, p99 {found['p99_ms']:.0f} ms, "

@@ -532,6 +532,11 @@ class KafkaRuntime:
         the tasks roll back at the next fetch)."""
         return self._settle()
 
+    def commit_in_flight(self) -> bool:
+        """The previous cycle's commit has no answer yet: a checkpoint now would wait on
+        it (the service's loop defers a due one meanwhile and goes on with records)."""
+        return self._committing is not None and not self._committing.answered
+
     def _settle(self, block: bool = True) -> bool:
         """Take the in-flight commit's answer (waiting for it unless ``block`` is false and
         it has none yet). On success: bookkeeping, the next transaction begins and the

@@ -72,6 +72,14 @@ DEAD_LETTER_MAX_RAW = 64 * 1024
 #: the duration of :meth:`Service.run` and restored after it.
 THREAD_SWITCH_INTERVAL = 0.001
 
+#: How far a due checkpoint may wait for the previous commit still in flight (Kafka), in
+#: ``checkpoint.every_records`` intervals, while the loop goes on with the next records.
+#: Blocking on that commit instead capped a replica at one cadence's worth of records per
+#: commit: with commits taking 100-400 ms on a loaded broker, less than the input rate,
+#: so a backlog built up and label -> weights latency grew to seconds. Past the cap
+#: (a commit that slow) the loop blocks on it as before, bounding the records held.
+DEFERRED_CHECKPOINT_RECORDS = 4
+
 
 class LocalCheckpoints:
     """The embedded state backend: whole-service snapshots in a local folder, which this
@@ -172,6 +180,10 @@ class LocalCheckpoints:
     def wait_committed(self) -> bool:
         """A local snapshot is written when ``checkpoint`` returns: nothing in flight."""
         return True
+
+    def commit_in_flight(self) -> bool:
+        """Never: a local checkpoint is done when it returns."""
+        return False
 
     def close(self) -> None:
         """Release the state folder (the sinks belong to the service)."""
@@ -403,8 +415,18 @@ class Service:
         bound = self.max_records
         bounded = bound is not None
         every_records = config.checkpoint_every_records
+        every_seconds = config.checkpoint_every_seconds
+        wait_cap = DEFERRED_CHECKPOINT_RECORDS * every_records
+        in_flight = self.state.commit_in_flight
         general, clock = self._process_general, time.perf_counter
         state, stop = self.__dict__, self._stop
+
+        def deferred(since: int) -> bool:
+            """A checkpoint now due waits, while the records keep coming, for the previous
+            one's commit still in flight on the broker (Kafka), rather than blocking the
+            loop on it: up to ``DEFERRED_CHECKPOINT_RECORDS`` intervals' worth of records,
+            then it blocks as before."""
+            return since < wait_cap and in_flight()
 
         def after(processed: int) -> bool:
             """What follows a record (or the last of a run the lane drained, which ends
@@ -417,13 +439,14 @@ class Service:
                 faults.kill()
             if bounded and self.position >= bound and self._bound_reached(self.position):
                 return True
-            if processed - last_checkpoint_records >= every_records:
+            since = processed - last_checkpoint_records
+            if since >= every_records and not deferred(since):
                 self.checkpoint()
                 last_checkpoint_records = processed
                 last_checkpoint_time = time.monotonic()
             if processed & 15 == 0:  # the clock every 16 records: a 100 ms cadence holds
                 now = time.monotonic()  # from ~200 records/s (slower inputs commit when idle)
-                if now - last_checkpoint_time >= config.checkpoint_every_seconds:
+                if now - last_checkpoint_time >= every_seconds and not deferred(since):
                     self.checkpoint()
                     last_checkpoint_records, last_checkpoint_time = processed, now
                 if processed & 255 == 0 and now - last_progress >= config.progress_every_seconds:
@@ -446,8 +469,9 @@ class Service:
         while True:
             status, result = _DRAIN_GENERAL, None
             if drain is not None:
-                limit = min(16 - (processed & 15),
-                            every_records - (processed - last_checkpoint_records))
+                limit = 16 - (processed & 15)
+                if processed - last_checkpoint_records < every_records:
+                    limit = min(limit, every_records - (processed - last_checkpoint_records))
                 done, status, item, result = drain(records, state, adapted_wanted,
                                                    max(limit, 1), stop, bound, kill_at)
                 processed += done
