@@ -38,7 +38,7 @@ from tests.service.test_incremental_state import (
 
 
 def _kafka_config(folder, bootstrap, topics, **options):
-    document = kafka_document(folder, bootstrap, topics, checkpoint_every_records=150,
+    document = kafka_document(folder, bootstrap, topics, checkpoint_every_records=50,
                               **options)
     document["streams"] = stream_configs()
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def _versions_once_each(weights):
 def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: eight streams whose records come in blocks, all in one task (one
-    partition), a commit every 150 records; the 8th commit fails after its records were
+    partition), a commit due every 50 records; the 8th commit fails after its records were
     sent (test hook) and the process exits. Then (a) a restart on the same topics, and
     (b) a fresh group on a new changelog topic that holds only a format-1 task snapshot
     (the previous release's one blob per task) made from the committed per-stream

@@ -18,7 +18,7 @@ from streamweights.runtime import transaction_calls
 from streamweights.runtime.changelog_parts import join_parts, parse_part_key
 from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, InjectedCommitError
-from streamweights.runtime.service import Service
+from streamweights.runtime.service import DEFERRED_CHECKPOINT_RECORDS, Service
 from streamweights.runtime.state_store import decode_stream_record
 from tests.kafka.helpers import (
     EVENTS_PER_STREAM,
@@ -59,8 +59,10 @@ def replayed_inputs(tmp_path, bootstrap, topic_factory, events=EVENTS_PER_STREAM
 def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: two drifting streams (~12,000 records) through the full Kafka runtime
-    (3 partitions, a transaction every 500 records) and through the embedded service.
-    We expect: equal summaries and per-stream weights/adapted records; the weights
+    (3 partitions, a transaction due every 500 records) and through the embedded service.
+    We expect: equal summaries and per-stream weights/adapted records; a commit at least
+    every DEFERRED_CHECKPOINT_RECORDS x 500 records (one due while the previous is in
+    flight waits for it, up to that many); the weights
     versions read with read_committed are 1..n per stream; the group's committed offsets
     are the ends of the inputs; the changelog holds one snapshot per task whose offsets
     are those same ends."""
@@ -90,7 +92,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     assert producer_config["batch_size"] == 256 << 10
     assert producer_config["transactional_id"] and producer_config["enable_idempotence"]
     assert summary["complete"] and summary["records"] == len(lines)
-    assert commits >= len(lines) // 500
+    assert commits >= len(lines) // (DEFERRED_CHECKPOINT_RECORDS * 500)
     assert limit == 1_048_588  # the changelog's max.message.bytes, asked of the broker
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
@@ -234,9 +236,12 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
     """Scenario: every commit_transaction of the runtime takes 150 ms longer (a slow
     broker), with adapted predictions published and a transaction every 300 records. The
     commit waits on its own thread (``transaction_calls.InFlightCommit``) while the loop
-    goes on. We expect: records were processed during in-flight commits and their outputs
-    held for the next cycle (counted here), and still the read_committed weights and
-    adapted records equal the embedded run's, each version once, with no abort."""
+    goes on, and a checkpoint falling due meanwhile waits for it (up to
+    DEFERRED_CHECKPOINT_RECORDS intervals) rather than stopping the loop. We expect:
+    records were processed during in-flight commits and their outputs held for the next
+    cycle (counted here), more of them than one interval's records could write (the
+    loop went on past a due checkpoint), and still the read_committed weights and adapted
+    records equal the embedded run's, each version once, with no abort."""
     lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
                                                       topic_factory, events=1_500,
                                                       adapted=True)
@@ -270,8 +275,8 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
     finally:
         service.close()
     assert commit_threads == {"streamweights-commit"}  # never the loop's own thread
-    assert held_at_send and max(held_at_send) > 0, "no output was held during a commit"
-    assert not aborts and commits >= len(lines) // 300
+    assert held_at_send and max(held_at_send) > 300, "the loop stopped at a due checkpoint"
+    assert not aborts and commits >= len(lines) // (DEFERRED_CHECKPOINT_RECORDS * 300)
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
     folder = tmp_path / "embedded"
