@@ -74,7 +74,9 @@ Limitations (this is what the guarantee does NOT cover)
       nothing is redone; every owned task is then restored from that snapshot. If that
       commit fails, or the member was evicted (``on_partitions_lost``: session expired,
       fenced), the open transaction is aborted instead and up to one checkpoint interval
-      is redone by whoever owns the task next. Revoked tasks' streams keep their reset
+      is redone by whoever owns the task next (up to four while a slow commit is in
+      flight: a due checkpoint waits for it that long, see
+      ``service.DEFERRED_CHECKPOINT_RECORDS``). Revoked tasks' streams keep their reset
       state in this process (its summary covers only what it owns). That commit runs on
       the consumer's IO thread inside ``poll`` (kafka-python's listener contract): while
       it waits for the broker (usually 5-30 ms; as long as the broker is unreachable if
