@@ -620,8 +620,10 @@ class KafkaRuntime:
             self._recover(error)
             return 0
         self._in_transaction = False
-        self._committing = InFlightCommit(self.producer, offsets, group, self.sent,
-                                          self._request_timeout, released)
+        steps = service.metrics.commit_seconds
+        self._committing = InFlightCommit(
+            self.producer, offsets, group, self.sent, self._request_timeout, released,
+            lambda step, seconds: steps.labels(step).observe(seconds))
         self.sent = []
         return total
 

@@ -23,6 +23,7 @@ streamweights_ready                               gauge      —
 streamweights_kafka_transactions_total            counter    outcome (commit|abort)
 streamweights_kafka_rebalances_total              counter    —
 streamweights_kafka_restore_seconds               histogram  —
+streamweights_kafka_commit_seconds                histogram  step (offsets|commit)
 streamweights_kafka_consumer_lag                  gauge      topic, partition
 streamweights_conformal_coverage                  gauge      stream, forecaster, alpha, window
 streamweights_conformal_target_coverage           gauge      stream, alpha
@@ -281,6 +282,11 @@ class ServiceMetrics:
         self.restore_seconds = Histogram("streamweights_kafka_restore_seconds", "Time to "
                                          "restore newly assigned tasks from the changelog.",
                                          buckets=_CHECKPOINT_BUCKETS, registry=r)
+        self.commit_seconds = Histogram("streamweights_kafka_commit_seconds", "Time the "
+                                        "broker took to answer a cycle's commit, by step: "
+                                        "its offsets into the transaction, then "
+                                        "commit_transaction.", ["step"],
+                                        buckets=_CHECKPOINT_BUCKETS, registry=r)
         self.consumer_lag = Gauge("streamweights_kafka_consumer_lag", "Records of an input "
                                   "partition not yet committed (at the last commit).",
                                   ["topic", "partition"], registry=r)

@@ -240,8 +240,10 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
     DEFERRED_CHECKPOINT_RECORDS intervals) rather than stopping the loop. We expect:
     records were processed during in-flight commits and their outputs held for the next
     cycle (counted here), more of them than one interval's records could write (the
-    loop went on past a due checkpoint), and still the read_committed weights and adapted
-    records equal the embedded run's, each version once, with no abort."""
+    loop went on past a due checkpoint), each commit's steps timed in
+    ``streamweights_kafka_commit_seconds`` (the commit step >= 150 ms), and still the
+    read_committed weights and adapted records equal the embedded run's, each version
+    once, with no abort."""
     lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
                                                       topic_factory, events=1_500,
                                                       adapted=True)
@@ -272,9 +274,17 @@ def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
             "streamweights_kafka_transactions_total", {"outcome": "abort"})
         commits = service.metrics.registry.get_sample_value(
             "streamweights_kafka_transactions_total", {"outcome": "commit"})
+        commit_step = {suffix: service.metrics.registry.get_sample_value(
+            f"streamweights_kafka_commit_seconds_{suffix}", {"step": "commit"})
+            for suffix in ("count", "sum")}
+        offsets_steps = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_commit_seconds_count", {"step": "offsets"})
     finally:
         service.close()
     assert commit_threads == {"streamweights-commit"}  # never the loop's own thread
+    # each commit's two steps are timed: commit_transaction took the added 150 ms
+    assert commit_step["count"] == commits and commit_step["sum"] >= 0.15 * commits
+    assert 0 < offsets_steps <= commits
     assert held_at_send and max(held_at_send) > 300, "the loop stopped at a due checkpoint"
     assert not aborts and commits >= len(lines) // (DEFERRED_CHECKPOINT_RECORDS * 300)
     assert json.loads(orjson.dumps(summary["streams"])) == \
