@@ -25,6 +25,7 @@ the current record, write a checkpoint, flush the sinks and exit 0.
 from __future__ import annotations
 
 import base64
+import faulthandler
 import hashlib
 import logging
 import os
@@ -328,8 +329,14 @@ class Service:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT stop after the current record (with a checkpoint); SIGUSR1
+        writes every thread's Python stack to stderr and the run goes on, so a replica
+        that seems stuck (a commit waiting on the broker, a source waiting for input)
+        shows where without a debugger (``kill -USR1 PID``)."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if hasattr(signal, "SIGUSR1"):  # not on Windows
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def start_http(self) -> None:
         if self.config.http_port is None:

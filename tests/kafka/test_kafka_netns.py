@@ -98,6 +98,17 @@ def log_text(path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def thread_stacks(process: subprocess.Popen, log_path) -> str:
+    """Every thread's Python stack of a running replica, for a failure message: SIGUSR1
+    makes the service write them to its stderr, which is its log here."""
+    if process.poll() is not None:
+        return f"(exited with {process.returncode})"
+    before = len(log_text(log_path))
+    os.kill(process.pid, signal.SIGUSR1)  # ip netns exec execs: the pid is the service's
+    time.sleep(1.0)
+    return log_text(log_path)[before:][-6000:]
+
+
 def assignments(path) -> list[list[int]]:
     """Every task list the replica logged on assignment, in order."""
     return [[int(n) for n in re.findall(r"\d+", found)]
@@ -203,9 +214,11 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
 
     def detail() -> str:
         offsets = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
-        return (f"committed {offsets}, end {ends}"
+        return (f"committed {offsets}, end {ends}, uncommitted adapted records "
+                f"{uncommitted_records(cluster.bootstrap, topics['adapted'])}"
                 f"\nA's log:\n{log_text(logs['a'])[-3000:]}\nB's log:\n"
-                f"{log_text(logs['b'])[-3000:]}")
+                f"{log_text(logs['b'])[-3000:]}"
+                f"\nA's threads:\n{thread_stacks(processes['a'], logs['a'])}")
 
     try:
         owned: dict[str, list[int]] = {}

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.state_store import LocalStateStore
-from tests.service.conftest import cli, read_json, start_cli
+from tests.service.conftest import REPO, cli, read_json, start_cli
 from tests.service.drifting import outputs, run_cli, write_config, write_drifting_input
 from tests.service.drifting import start_cli as start_drifting
 
@@ -89,6 +93,53 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(config_factory):
     result = cli("run", "--config", str(config), "--summary", str(summary_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_json(summary_path) == expected
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_run_goes_on(tmp_path):
+    """Scenario: a service reading stdin has processed half its input and waits for
+    more; it gets SIGUSR1. We expect: every thread's Python stack on stderr, the main
+    thread's showing the service loop; the process still running; the rest of the
+    input then processed to the same per-stream summary as a run on the whole file."""
+    lines = write_drifting_input(tmp_path / "input.jsonl", predictions=600)
+    reference = run_cli("run", "--config", str(write_config(tmp_path / "file",
+                                                            tmp_path / "input.jsonl")),
+                        "--summary", str(tmp_path / "file" / "summary.json"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    config = write_config(tmp_path / "stdin", tmp_path / "input.jsonl")
+    document = yaml.safe_load(config.read_text())
+    document["source"] = {"kind": "jsonl", "path": "-"}
+    config.write_text(yaml.safe_dump(document))
+    stderr_path = tmp_path / "stdin" / "stderr.log"
+    half = len(lines) // 2
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamweights", "run", "--config", str(config),
+             "--summary", str(tmp_path / "stdin" / "summary.json")],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    try:
+        assert process.stdin is not None
+        process.stdin.write("".join(line + "\n" for line in lines[:half]).encode())
+        process.stdin.flush()
+        time.sleep(3)  # it reads and processes the first half, then waits on stdin
+        process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while "most recent call first" not in stderr_path.read_text(errors="replace"):
+            assert process.poll() is None, stderr_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "no stack dump on stderr"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the rest of the dump
+        assert process.poll() is None, "SIGUSR1 ended the process"
+        process.stdin.write("".join(line + "\n" for line in lines[half:]).encode())
+        process.stdin.close()
+        assert process.wait(timeout=120) == 0, stderr_path.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    dump = stderr_path.read_text()
+    assert "_loop" in dump and "service.py" in dump, dump[-3000:]
+    assert (read_json(tmp_path / "stdin" / "summary.json")["streams"]
+            == read_json(tmp_path / "file" / "summary.json")["streams"])
 
 
 def test_rerun_of_a_finished_state_changes_nothing(config_factory):
