@@ -534,6 +534,19 @@ class KafkaRuntime:
         the tasks roll back at the next fetch)."""
         return self._settle()
 
+    def describe(self) -> list[str]:
+        """Where the replica stands, a line per fact (the SIGUSR1 report): the cycle
+        (open, committing, records held for the next one, commits so far), what it
+        holds unsent, then the source's tasks and client (``KafkaSource.describe``)."""
+        committing = self._committing
+        cycle = ("commit in flight (answered)" if committing is not None and committing.answered
+                 else "commit in flight" if committing is not None
+                 else "transaction open" if self._in_transaction else "no transaction")
+        return [f"cycle: {cycle}, {len(self._held)} record(s) held for the next cycle, "
+                f"{len(self.sent)} send(s) in this cycle, dirty {self.dirty}, "
+                f"{self.commits} commit(s), owned tasks {sorted(self.owned)}",
+                *self.source.describe()]
+
     def commit_in_flight(self) -> bool:
         """The previous cycle's commit has no answer yet: a checkpoint now would wait on
         it (the service's loop defers a due one meanwhile and goes on with records)."""

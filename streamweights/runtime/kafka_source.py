@@ -637,6 +637,50 @@ class KafkaSource:
                 and now - self._last_stall_report >= self.stall_report_seconds
                 and any(len(task) for task in self.tasks.values()))
 
+    def describe(self) -> list[str]:
+        """Per owned task its buffers and partitions, then the client's assignment, its
+        paused partitions and, where kafka-python 3.0's fetcher shows them, the fetched
+        responses queued, the in-line records and those parked for a paused partition (a
+        partition with any of these is not fetched again until they are consumed)."""
+        if self.consumer is None:
+            return ["not connected"]
+        # Reads only: this runs from a signal handler, possibly inside a poll, so nothing
+        # here may call into the client (``position`` could send a request).
+        from kafka import TopicPartition
+
+        assignment = getattr(getattr(self.consumer, "_subscriptions", None), "assignment", {})
+        now = time.monotonic()
+        lines = []
+        for number in sorted(set(self.tasks) | self._owned):
+            task = self.tasks.get(number)
+            parts = []
+            for side, topic in enumerate(self.topics):
+                tp = TopicPartition(topic, number)
+                state = assignment.get(tp)
+                position = getattr(getattr(state, "position", None), "offset", None)
+                seen = self._last_data.get(tp)
+                parts.append(f"{('predictions', 'labels')[side]} buffered "
+                             f"{len(task.buffers[side]) if task else 0} position {position} "
+                             f"highwater {getattr(state, 'highwater', None)} last data "
+                             f"{'never' if seen is None else f'{now - seen:.1f}s ago'}")
+            lines.append(f"task {number}: " + ", ".join(parts))
+        lines.append(f"assigned {sorted(map(tuple, self.consumer.assignment()))}, paused "
+                     f"{sorted(map(tuple, self.consumer.paused()))}")
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is not None:
+            def queued(name: str) -> list[tuple[str, int]]:
+                found = getattr(fetcher, name, None) or ()
+                return sorted(tuple(getattr(entry, "topic_partition", entry))
+                              for entry in list(found))
+
+            current = getattr(fetcher, "_next_partition_records", None)
+            lines.append(
+                f"client fetcher: completed {queued('_completed_fetches')}, in line "
+                f"{None if current is None else (tuple(current.topic_partition), bool(current))}"
+                f", parked {queued('_paused_partition_records')}, parked completed "
+                f"{queued('_paused_completed_fetches')}")
+        return lines
+
     def describe_tasks(self) -> list[str]:
         """Per owned task: buffered records, position and high watermark of each input
         partition, and whether it counts as caught up (for stall diagnostics)."""

@@ -336,7 +336,20 @@ class Service:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         if hasattr(signal, "SIGUSR1"):  # not on Windows
-            faulthandler.register(signal.SIGUSR1, all_threads=True)
+            # The stacks at once (from C, whatever the threads do); then, chained, the
+            # state report, which Python runs on the main thread at its next bytecode.
+            signal.signal(signal.SIGUSR1, self.report_state)
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+
+    def report_state(self, *_: Any) -> None:
+        """Log where the run stands (signal handler, SIGUSR1): input position, records
+        seen and, from the state backend that has one (Kafka), its cycle, tasks and
+        client."""
+        describe = getattr(self.state, "describe", None)
+        lines = describe() if describe is not None else []
+        log.warning("state on request (SIGUSR1): position %d, %d record(s) seen%s",
+                    self.position, self.records_seen,
+                    "".join(f"; {line}" for line in lines))
 
     def start_http(self) -> None:
         if self.config.http_port is None:

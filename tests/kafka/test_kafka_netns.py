@@ -99,8 +99,9 @@ def log_text(path) -> str:
 
 
 def thread_stacks(process: subprocess.Popen, log_path) -> str:
-    """Every thread's Python stack of a running replica, for a failure message: SIGUSR1
-    makes the service write them to its stderr, which is its log here."""
+    """Every thread's Python stack of a running replica and its state report (cycle,
+    tasks, client), for a failure message: SIGUSR1 makes the service write them to its
+    stderr, which is its log here."""
     if process.poll() is not None:
         return f"(exited with {process.returncode})"
     before = len(log_text(log_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(config_factory):
 def test_sigusr1_writes_every_threads_stack_and_the_run_goes_on(tmp_path):
     """Scenario: a service reading stdin has processed half its input and waits for
     more; it gets SIGUSR1. We expect: every thread's Python stack on stderr, the main
-    thread's showing the service loop; the process still running; the rest of the
+    thread's showing the service loop, and a log line with its position (the records
+    read so far); the process still running; the rest of the
     input then processed to the same per-stream summary as a run on the whole file."""
     lines = write_drifting_input(tmp_path / "input.jsonl", predictions=600)
     reference = run_cli("run", "--config", str(write_config(tmp_path / "file",
@@ -124,9 +126,10 @@ def test_sigusr1_writes_every_threads_stack_and_the_run_goes_on(tmp_path):
         time.sleep(3)  # it reads and processes the first half, then waits on stdin
         process.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 30
-        while "most recent call first" not in stderr_path.read_text(errors="replace"):
+        while not all(part in stderr_path.read_text(errors="replace")
+                      for part in ("most recent call first", "state on request")):
             assert process.poll() is None, stderr_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, "no stack dump on stderr"
+            assert time.monotonic() < deadline, "no stack dump or state report on stderr"
             time.sleep(0.05)
         time.sleep(0.5)  # the rest of the dump
         assert process.poll() is None, "SIGUSR1 ended the process"
@@ -138,6 +141,10 @@ def test_sigusr1_writes_every_threads_stack_and_the_run_goes_on(tmp_path):
             process.kill()
     dump = stderr_path.read_text()
     assert "_loop" in dump and "service.py" in dump, dump[-3000:]
+    (report,) = [json.loads(line) for line in dump.splitlines()
+                 if "state on request" in line]
+    position = int(re.search(r"position (\d+),", report["message"]).group(1))
+    assert 0 < position <= half, report  # half, unless the machine is slow to read it
     assert (read_json(tmp_path / "stdin" / "summary.json")["streams"]
             == read_json(tmp_path / "file" / "summary.json")["streams"])
 
