@@ -648,7 +648,7 @@ class KafkaSource:
         # here may call into the client (``position`` could send a request).
         from kafka import TopicPartition
 
-        assignment = getattr(getattr(self.consumer, "_subscriptions", None), "assignment", {})
+        assignment = getattr(getattr(self.consumer, "_subscription", None), "assignment", {})
         now = time.monotonic()
         lines = []
         for number in sorted(set(self.tasks) | self._owned):

@@ -55,10 +55,17 @@ class BufferWatch:
 
     def __init__(self, source: KafkaSource) -> None:
         self.source, self.largest = source, 0
+        #: ``source.describe()`` (the SIGUSR1 report) at the first fetch that left a
+        #: partition paused, with the paused partitions and their positions then.
+        self.paused_report: tuple[list[str], dict[tuple[str, int], int]] | None = None
 
     def __call__(self) -> None:
         for task in self.source.tasks.values():
             self.largest = max(self.largest, *map(len, task.buffers))
+        consumer = self.source.consumer
+        if self.paused_report is None and consumer.paused():
+            positions = {tuple(tp): consumer.position(tp) for tp in consumer.paused()}
+            self.paused_report = (self.source.describe(), positions)
 
 
 def run_with_deadline(service: Service) -> dict:
@@ -106,6 +113,16 @@ def test_a_topic_far_ahead_of_its_partner_is_merged_in_order(
     assert by_stream(read_topic(kafka_bootstrap, weights)) == reference_weights
     assert all(len(versions) > 3 for versions in reference_weights.values())
     assert MAX_BUFFERED <= watch.largest < MAX_BUFFERED + MAX_POLL_RECORDS
+    # The state report read the client's own state, without calling into it: the
+    # paused partitions as paused, each task's partitions at the client's positions.
+    assert watch.paused_report is not None
+    report, positions = watch.paused_report
+    assert f"paused {sorted(positions)}" in " ".join(report), report
+    for (topic, number), position in positions.items():
+        side = "predictions" if topic == predictions else "labels"
+        (task_line,) = [line for line in report if line.startswith(f"task {number}:")]
+        assert f"{side} buffered" in task_line and f"position {position} " in task_line, \
+            report
 
 
 def test_a_task_paused_when_the_group_rebalances_is_resumed(
