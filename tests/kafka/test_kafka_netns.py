@@ -8,6 +8,7 @@ uninterrupted embedded run, every version once under read_committed."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -134,20 +135,35 @@ def end_offsets(bootstrap: str, topics: dict[str, str]) -> dict:
 
 
 def uncommitted_records(bootstrap: str, topic: str) -> int:
-    """Records of ``topic`` at the broker that no transaction has ended yet: the high
-    watermark less the last stable offset, summed over its partitions (> 0 while an open
-    transaction holds records there)."""
-    ends = {}
-    for level in ("read_uncommitted", "read_committed"):
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level)
-        try:
-            partitions = [TopicPartition(topic, number)
-                          for number in sorted(consumer.partitions_for_topic(topic) or ())]
-            ends[level] = consumer.end_offsets(partitions)
-        finally:
+    """Records of ``topic`` at the broker that no transaction has ended yet, summed over
+    its partitions (see :class:`OpenRecords`)."""
+    with contextlib.closing(OpenRecords(bootstrap, topic)) as open_records:
+        return sum(open_records.counts().values())
+
+
+class OpenRecords:
+    """Per partition of ``topic``, the records at the broker that no transaction has ended
+    yet: the high watermark less the last stable offset (> 0 while an open transaction
+    holds records there). Two consumers kept open, so one look costs two metadata round
+    trips, not four client start-ups: a test can look every 100 ms."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumers = {level: KafkaConsumer(bootstrap_servers=bootstrap,
+                                               isolation_level=level)
+                          for level in ("read_uncommitted", "read_committed")}
+        consumer = self.consumers["read_committed"]
+        self.partitions = [TopicPartition(topic, number)
+                           for number in sorted(consumer.partitions_for_topic(topic) or ())]
+
+    def counts(self) -> dict[int, int]:
+        ends = {level: consumer.end_offsets(self.partitions)
+                for level, consumer in self.consumers.items()}
+        return {tp.partition: ends["read_uncommitted"][tp] - ends["read_committed"][tp]
+                for tp in self.partitions}
+
+    def close(self) -> None:
+        for consumer in self.consumers.values():
             consumer.close()
-    return sum(ends["read_uncommitted"][tp] - ends["read_committed"][tp]
-               for tp in ends["read_uncommitted"])
 
 
 def final_bounded_run(cluster: Cluster, tmp_path, topics, node: str = "r2") -> dict:
@@ -179,9 +195,10 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
     """Scenario: replicas A (node r0) and B (node r1) share two tasks, one stream each.
     60% of the input is written, both replicas join and own one task each; then the rest
     is written. A transaction commits every 2,000 records and a quiet input never
-    triggers a commit on A, so A's share of the second part sits in an open transaction.
-    A's bridge port then goes down for 14 s: past the group session (6 s) and the
-    transaction timeout (5 s). The link comes back.
+    triggers a commit on A, so A's share of the second part goes into an open
+    transaction; as soon as A's records of it are at the broker (and before the broker's
+    transaction timeout rolls it back), A's bridge port goes down for 14 s: past the
+    group session (6 s) and the transaction timeout (5 s). The link comes back.
     We expect: before the cut A's committed offsets are short of the end (work in an
     open transaction); B is assigned both tasks while A is away; A, back, finds itself
     fenced (its transaction aborted, its generation gone: a warning in its log),
@@ -235,18 +252,17 @@ def test_replica_cut_off_mid_transaction_is_fenced_and_weights_match(cluster, tm
                        topics["labels"])
         ends = end_offsets(cluster.bootstrap, topics)
 
-        def a_quiet_in_open_transaction() -> bool:
-            # Quiet committed offsets alone do not show that A has written anything: A
-            # holds a record up to 3 s (max_task_idle_ms) and never commits while quiet,
-            # so the cut could meet no transaction of A's at the broker. Its adapted
-            # records there, not yet committed, show one (B commits within 100 ms).
-            before = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
-            time.sleep(1.5)
-            quiet = before == committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
-            return quiet and uncommitted_records(cluster.bootstrap, topics["adapted"]) > 0
-
-        wait_for(a_quiet_in_open_transaction, 60,
-                 "A to write the second part into its open transaction and go quiet", detail)
+        # The cut must meet A's records of the cycle after its last commit at the broker,
+        # in its open transaction. That window is short: the broker rolls an open
+        # transaction back 5 s (A's transaction timeout) after its first write, and A
+        # never commits a quiet input. Waiting for the group's committed offsets to stay
+        # put 1.5 s first (B commits every 100 ms until it is done) missed the window in
+        # about one run in five (the broker's log: "rollback of ongoing transaction ...
+        # due to timeout" before the look). So: A's own output partition (keyed by
+        # stream, co-partitioned with its task), looked at every 100 ms.
+        with contextlib.closing(OpenRecords(cluster.bootstrap, topics["adapted"])) as seen:
+            wait_for(lambda: seen.counts()[task] > 0, 60,
+                     "A to write into an open transaction", detail)
         at_cut = committed_offsets(cluster.bootstrap, group, topics, PARTITIONS)
         assert 0 < sum(at_cut[tp] for tp in a_inputs) < sum(ends[tp] for tp in a_inputs), \
             "A has no open transaction to cut: " + detail()
