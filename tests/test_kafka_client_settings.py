@@ -13,6 +13,7 @@ from streamweights.runtime.kafka_runtime import (
     check_client_settings,
     client_settings,
     transactional_producer_settings,
+    warn_idle_commit_past_timeout,
 )
 from streamweights.runtime.kafka_source import THROUGHPUT_SETTINGS, consumer_settings
 
@@ -88,3 +89,25 @@ def test_the_transactional_producer_retries_a_refused_transaction_step_after_20_
                                           batch_size=16384), KafkaProducer))
     assert tuned["retry_backoff_ms"] == 50 and tuned["linger_ms"] == 0
     assert tuned["batch_size"] == 16384
+
+
+def test_an_idle_commit_past_the_transaction_timeout_is_warned_about(caplog):
+    """Scenario: ``kafka.idle_commit_ms`` at, above and below the producer's transaction
+    timeout (the default 10 s, or a ``kafka.client`` value). We expect: a warning that
+    names both values exactly when the idle commit is not below the timeout (the broker
+    would roll back what a quiet input left in the open transaction); none otherwise."""
+    timeout = transactional_producer_settings(
+        1 << 20, client_settings(_kafka(), KafkaProducer))["transaction_timeout_ms"]
+    shorter = transactional_producer_settings(
+        1 << 20, client_settings(_kafka(transaction_timeout_ms=5_000), KafkaProducer))
+    cases = [(100, timeout, False), (timeout, timeout, True), (600_000, timeout, True),
+             (600_000, shorter["transaction_timeout_ms"], True), (4_999, 5_000, False)]
+    for idle_commit_ms, transaction_timeout_ms, warned in cases:
+        caplog.clear()
+        assert warn_idle_commit_past_timeout(idle_commit_ms, transaction_timeout_ms) is warned
+        messages = [record.getMessage() for record in caplog.records]
+        assert bool(messages) is warned
+        if warned:
+            assert f"({idle_commit_ms})" in messages[0]
+            assert f"({transaction_timeout_ms} ms)" in messages[0]
+    assert shorter["transaction_timeout_ms"] == 5_000

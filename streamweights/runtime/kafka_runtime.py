@@ -262,6 +262,20 @@ def check_client_settings(kafka: KafkaConfig) -> None:
             raise RuntimeSetupError(f"kafka.client.{key}: not a kafka-python client setting")
 
 
+def warn_idle_commit_past_timeout(idle_commit_ms: int, transaction_timeout_ms: int) -> bool:
+    """Warn (and say so) when a quiet input's open transaction outlives the broker's
+    patience: the broker rolls back a transaction ``transaction_timeout_ms`` after its
+    first write, so with ``kafka.idle_commit_ms`` that long or longer every quiet spell
+    after a write ends in a failed commit, a new producer and the interval redone."""
+    if idle_commit_ms < transaction_timeout_ms:
+        return False
+    log.warning("kafka.idle_commit_ms (%d) is not below the producer's transaction timeout "
+                "(%d ms): the broker rolls back what a quiet input leaves in the open "
+                "transaction before it is committed, and the interval is redone",
+                idle_commit_ms, transaction_timeout_ms)
+    return True
+
+
 class TransactionalSink:
     """An output topic written through the runtime's transactional producer: what is
     written becomes visible only when the cycle's transaction commits."""
@@ -331,6 +345,8 @@ class KafkaRuntime:
         #: transaction timeout the broker aborts the cycle anyway; 10 s more covers a
         #: slow answer (see ``transaction_calls``: kafka-python waits for ever).
         self._request_timeout = producer_settings["transaction_timeout_ms"] / 1000 + 10.0
+        warn_idle_commit_past_timeout(kafka.idle_commit_ms,
+                                      producer_settings["transaction_timeout_ms"])
         #: The futures of what the open transaction sent (checked after its commit).
         self.sent: list[Any] = []
         self._recoveries = 0
