@@ -74,6 +74,15 @@ class ConfigError(ValueError):
         super().__init__(text)
 
 
+#: The checkpoint cadence in Kafka mode when the config gives none (configs/kafka.yaml's):
+#: a transaction every 100 ms (Kafka Streams' commit interval under exactly-once) or every
+#: 10,000 records. The embedded default (30 s) would outlive the producer's transaction
+#: timeout (10 s): at a rate that never leaves the input quiet but takes longer than that
+#: to reach the record cadence, the broker would roll every cycle back before its commit.
+KAFKA_CHECKPOINT_RECORDS = 10_000
+KAFKA_CHECKPOINT_SECONDS = 0.1
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """One stream: its deployed models, its adapter chain, its join and publishing."""
@@ -296,8 +305,10 @@ def parse_config(document: Any) -> ServiceConfig:
         source=source,
         streams=streams,
         state_dir=root.get("state_dir", str, default="./streamweights-state"),
-        checkpoint_every_records=checkpoint.positive_int("every_records", 20_000),
-        checkpoint_every_seconds=checkpoint.positive_float("every_seconds", 30.0),
+        checkpoint_every_records=checkpoint.positive_int(
+            "every_records", KAFKA_CHECKPOINT_RECORDS if kafka else 20_000),
+        checkpoint_every_seconds=checkpoint.positive_float(
+            "every_seconds", KAFKA_CHECKPOINT_SECONDS if kafka else 30.0),
         http_host=http.get("host", str, default="127.0.0.1"),
         http_port=port,
         http_token_file=token_file,

@@ -711,3 +711,19 @@ def test_a_torch_model_too_large_to_build_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^streams\[digits\]\.torch: cannot build the model "
                                           r"\(RuntimeError: .*allocate"):
         Pipeline(config.streams)
+
+
+def test_kafka_mode_checkpoints_every_100_ms_unless_told_otherwise():
+    """Scenario: a Kafka config with no ``checkpoint`` block, one with its own, and an
+    embedded config with none. We expect: Kafka mode's own defaults (10,000 records or
+    0.1 s: the embedded 30 s would outlive the producer's 10 s transaction timeout), the
+    given values where given, and the embedded defaults (20,000 records or 30 s)."""
+    kafka = {**_document(), "source": {"kind": "kafka"},
+             "kafka": {"bootstrap_servers": "broker:9092"}}
+    config = parse_config(kafka)
+    assert (config.checkpoint_every_records, config.checkpoint_every_seconds) == (10_000, 0.1)
+    given = parse_config({**kafka, "checkpoint": {"every_records": 500, "every_seconds": 2}})
+    assert (given.checkpoint_every_records, given.checkpoint_every_seconds) == (500, 2.0)
+    embedded = parse_config(_document())
+    assert (embedded.checkpoint_every_records,
+            embedded.checkpoint_every_seconds) == (20_000, 30.0)

@@ -13,6 +13,7 @@ from streamweights.runtime.kafka_runtime import (
     check_client_settings,
     client_settings,
     transactional_producer_settings,
+    warn_checkpoint_past_timeout,
     warn_idle_commit_past_timeout,
 )
 from streamweights.runtime.kafka_source import THROUGHPUT_SETTINGS, consumer_settings
@@ -111,3 +112,20 @@ def test_an_idle_commit_past_the_transaction_timeout_is_warned_about(caplog):
             assert f"({idle_commit_ms})" in messages[0]
             assert f"({transaction_timeout_ms} ms)" in messages[0]
     assert shorter["transaction_timeout_ms"] == 5_000
+
+
+def test_a_checkpoint_cadence_past_the_transaction_timeout_is_warned_about(caplog):
+    """Scenario: ``checkpoint.every_seconds`` below, at and above a transaction timeout.
+    We expect: a warning naming both values (and Kafka mode's default) exactly when the
+    cadence is not below the timeout; none otherwise."""
+    for every_seconds, transaction_timeout_ms, warned in (
+            (0.1, 10_000, False), (9.999, 10_000, False), (10, 10_000, True),
+            (30, 10_000, True), (3600, 5_000, True)):
+        caplog.clear()
+        assert warn_checkpoint_past_timeout(every_seconds, transaction_timeout_ms) is warned
+        messages = [record.getMessage() for record in caplog.records]
+        assert bool(messages) is warned
+        if warned:
+            assert f"every_seconds ({every_seconds:g})" in messages[0]
+            assert f"({transaction_timeout_ms} ms)" in messages[0]
+            assert "default is 0.1 s" in messages[0]

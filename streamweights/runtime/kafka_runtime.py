@@ -101,7 +101,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
-from streamweights.config import KafkaConfig
+from streamweights.config import KAFKA_CHECKPOINT_SECONDS, KafkaConfig
 from streamweights.runtime.changelog_parts import (
     SPLIT_STREAM_RECORD_FORMAT,
     is_split_head,
@@ -276,6 +276,21 @@ def warn_idle_commit_past_timeout(idle_commit_ms: int, transaction_timeout_ms: i
     return True
 
 
+def warn_checkpoint_past_timeout(every_seconds: float, transaction_timeout_ms: int) -> bool:
+    """Warn (and say so) when ``checkpoint.every_seconds`` is not below the producer's
+    transaction timeout: an input that never goes quiet but takes longer than the timeout
+    to reach ``checkpoint.every_records`` then has each cycle rolled back by the broker
+    before its commit, and three failed commits in a row end the process."""
+    if every_seconds * 1000 < transaction_timeout_ms:
+        return False
+    log.warning("checkpoint.every_seconds (%g) is not below the producer's transaction "
+                "timeout (%d ms): at an input rate that reaches neither a quiet poll nor "
+                "checkpoint.every_records within the timeout, the broker rolls each cycle "
+                "back before its commit (Kafka mode's default is %g s)",
+                every_seconds, transaction_timeout_ms, KAFKA_CHECKPOINT_SECONDS)
+    return True
+
+
 class TransactionalSink:
     """An output topic written through the runtime's transactional producer: what is
     written becomes visible only when the cycle's transaction commits."""
@@ -344,7 +359,9 @@ class KafkaRuntime:
         #: Longest wait for a transactional request (commit, offsets): past the
         #: transaction timeout the broker aborts the cycle anyway; 10 s more covers a
         #: slow answer (see ``transaction_calls``: kafka-python waits for ever).
-        self._request_timeout = producer_settings["transaction_timeout_ms"] / 1000 + 10.0
+        #: The broker rolls back an open transaction this long after its first write.
+        self.transaction_timeout_ms: int = producer_settings["transaction_timeout_ms"]
+        self._request_timeout = self.transaction_timeout_ms / 1000 + 10.0
         warn_idle_commit_past_timeout(kafka.idle_commit_ms,
                                       producer_settings["transaction_timeout_ms"])
         #: The futures of what the open transaction sent (checked after its commit).

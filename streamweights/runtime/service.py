@@ -207,10 +207,15 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
     streams before the state folder is locked (and so created): a refused config leaves
     nothing behind."""
     if config.source.kind == "kafka":
-        from streamweights.runtime.kafka_runtime import KafkaRuntime
+        from streamweights.runtime.kafka_runtime import (
+            KafkaRuntime,
+            warn_checkpoint_past_timeout,
+        )
 
         assert config.kafka is not None  # the config requires the block
         kafka = KafkaRuntime(config.kafka, config_digest)
+        warn_checkpoint_past_timeout(config.checkpoint_every_seconds,
+                                     kafka.transaction_timeout_ms)
         kafka.source.max_event_time_skew = max(
             stream.max_event_time_skew_seconds for stream in config.streams)
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
