@@ -352,6 +352,8 @@ class KafkaRuntime:
         self.source.on_revoked = self._on_revoked
         self.source.on_fetched = self._on_fetched
         self._last_commit = time.monotonic()
+        #: When the open cycle's transaction began (``_begin``).
+        self._began = self._last_commit
         self._last_lag_update = 0.0
         self._committed_offsets: dict[tuple[str, int], int] = {}
         self._producer_settings = producer_settings = transactional_producer_settings(
@@ -540,6 +542,7 @@ class KafkaRuntime:
         self._sender.discard()  # batches still open here belong to a cycle that did not commit
         self.producer.begin_transaction()
         self._in_transaction = True
+        self._began = time.monotonic()
         self.dirty = False
         self.sent = []
 
@@ -673,6 +676,19 @@ class KafkaRuntime:
         self.sent = []
         return total
 
+    def _timeout_hint(self) -> str:
+        """For a failed commit's log line: when the cycle's transaction had been open
+        longer than the producer's transaction timeout, the likely cause (the broker
+        rolled it back) and what to change; else nothing. (Measured from the cycle's
+        begin, not its first write, where the broker's clock starts: hence "likely".)"""
+        open_for = time.monotonic() - self._began
+        if open_for * 1000 < self.transaction_timeout_ms:
+            return ""
+        return (f"; the transaction had been open {open_for:.1f}s, past the producer's "
+                f"transaction timeout ({self.transaction_timeout_ms} ms), so the broker likely "
+                f"rolled it back: commit more often (checkpoint.every_seconds, "
+                f"kafka.idle_commit_ms)")
+
     def _recover(self, error: Exception) -> None:
         """A commit failed (e.g. the broker restarted and timed the transaction out, which
         fences this producer): start a new producer with the same transactional id and
@@ -682,7 +698,8 @@ class KafkaRuntime:
         if self._recoveries > 3:
             raise error
         log.warning("kafka: commit failed (%s: %s); restarting the producer and resuming "
-                    "from the last committed snapshots", type(error).__name__, error)
+                    "from the last committed snapshots%s", type(error).__name__, error,
+                    self._timeout_hint())
         if isinstance(error, TransactionStuckError):
             # an abort would wait on the same stuck producer; the new producer's
             # init_transactions makes the broker abort what this one left open

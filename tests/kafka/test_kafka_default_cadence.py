@@ -44,31 +44,30 @@ def produce_paced(bootstrap: str, lines: list[bytes], topics: dict[str, str],
         done.set()
 
 
-def test_a_busy_slow_input_commits_within_the_transaction_timeout_by_default(
-        tmp_path, kafka_bootstrap, topic_factory):
-    """Scenario: a live replica whose config has no ``checkpoint`` block (and no idle
-    commits, so only the cadence commits), a 3 s transaction timeout, and an input
-    written at 400 records/s for 8 s, never quiet for a poll. We expect: offsets committed
-    while the input is still being written (the 0.1 s default cadence, not 30 s); no
-    failed commit in the log; SIGTERM then commits the rest and exits 0, every record's
-    offset committed."""
+def run_live(tmp_path, bootstrap: str, topic_factory, checkpoint: dict | None
+             ) -> tuple[int, int, str, int, int]:
+    """A live replica (``checkpoint`` as its config's block, ``None``: none; no idle
+    commits, so only the cadence commits; a 3 s transaction timeout) while the input is
+    written at ``RATE`` for ``SECONDS``, then SIGTERM. Returns the most offsets seen
+    committed while writing, the replica's exit code, its stderr, the offsets committed
+    at the end and the number of records written."""
     lines = write_input(tmp_path / "input.jsonl", events=RATE * SECONDS // 4)
     topics = make_topics(topic_factory, PARTITIONS)
     path = write_kafka_config(
-        tmp_path / "kafka", kafka_bootstrap, topics, stop_at_end=False, idle_commit_ms=600_000,
+        tmp_path / "kafka", bootstrap, topics, stop_at_end=False, idle_commit_ms=600_000,
         client={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
                 "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS})
     document = yaml.safe_load(path.read_text())
     del document["checkpoint"]
+    if checkpoint is not None:
+        document["checkpoint"] = checkpoint
     path.write_text(yaml.safe_dump(document))
-    config = load_config(path)
-    assert config.checkpoint_every_seconds * 1000 < TRANSACTION_TIMEOUT_MS
-    group = config.kafka.group_id
+    group = load_config(path).kafka.group_id
 
     process = cli("--config", str(path), wait=False)
     done = threading.Event()
-    writer = threading.Thread(target=produce_paced,
-                              args=(kafka_bootstrap, lines, topics, done), daemon=True)
+    writer = threading.Thread(target=produce_paced, args=(bootstrap, lines, topics, done),
+                              daemon=True)
     try:
         time.sleep(3)  # joined and assigned (an empty input meanwhile)
         writer.start()
@@ -76,7 +75,7 @@ def test_a_busy_slow_input_commits_within_the_transaction_timeout_by_default(
         while not done.wait(0.5):
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
             while_writing = max(while_writing, sum(
-                committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values()))
+                committed_offsets(bootstrap, group, topics, PARTITIONS).values()))
         writer.join()
         time.sleep(1)
         process.send_signal(signal.SIGTERM)
@@ -85,9 +84,41 @@ def test_a_busy_slow_input_commits_within_the_transaction_timeout_by_default(
         if process.poll() is None:
             process.kill()
             process.wait()
-    stderr = process.stderr.read().decode()
+    final = sum(committed_offsets(bootstrap, group, topics, PARTITIONS).values())
+    return while_writing, code, process.stderr.read().decode(), final, len(lines)
+
+
+def test_a_busy_slow_input_commits_within_the_transaction_timeout_by_default(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: a live replica whose config has no ``checkpoint`` block (and no idle
+    commits, so only the cadence commits), a 3 s transaction timeout, and an input
+    written at 400 records/s for 8 s, never quiet for a poll. We expect: offsets committed
+    while the input is still being written (the 0.1 s default cadence, not 30 s); no
+    failed commit in the log; SIGTERM then commits the rest and exits 0, every record's
+    offset committed."""
+    while_writing, code, stderr, final, written = run_live(tmp_path, kafka_bootstrap,
+                                                           topic_factory, None)
     assert code == 0, stderr[-3000:]
     assert "commit failed" not in stderr and "could not commit" not in stderr, stderr[-3000:]
-    assert while_writing > len(lines) // 4, (while_writing, stderr[-3000:])
-    final = committed_offsets(kafka_bootstrap, group, topics, PARTITIONS)
-    assert sum(final.values()) == len(lines), (final, stderr[-3000:])
+    assert "checkpoint.every_seconds" not in stderr, stderr[-3000:]  # no cadence warning
+    assert while_writing > written // 4, (while_writing, stderr[-3000:])
+    assert final == written, (final, stderr[-3000:])
+
+
+def test_a_cadence_past_the_transaction_timeout_is_warned_about_and_its_failure_explained(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the same input and replica, but ``checkpoint.every_seconds: 30`` (the
+    embedded default, above the 3 s transaction timeout) and ``every_records`` out of
+    reach. We expect: the start-up warning naming both values; nothing committed while
+    the input is written; a failed commit whose log line says the transaction had been
+    open past the timeout and what to change."""
+    while_writing, _, stderr, _, _ = run_live(
+        tmp_path, kafka_bootstrap, topic_factory,
+        {"every_records": 1_000_000, "every_seconds": 30})
+    assert "checkpoint.every_seconds (30) is not below the producer's transaction timeout " \
+        f"({TRANSACTION_TIMEOUT_MS} ms)" in stderr, stderr[-3000:]
+    assert while_writing == 0, stderr[-3000:]
+    failures = [line for line in stderr.splitlines() if "commit failed" in line]
+    assert failures, stderr[-3000:]
+    assert "past the producer's transaction timeout (3000 ms)" in failures[0], failures
+    assert "checkpoint.every_seconds, kafka.idle_commit_ms" in failures[0], failures
