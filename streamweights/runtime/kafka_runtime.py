@@ -364,8 +364,7 @@ class KafkaRuntime:
         #: The broker rolls back an open transaction this long after its first write.
         self.transaction_timeout_ms: int = producer_settings["transaction_timeout_ms"]
         self._request_timeout = self.transaction_timeout_ms / 1000 + 10.0
-        warn_idle_commit_past_timeout(kafka.idle_commit_ms,
-                                      producer_settings["transaction_timeout_ms"])
+        warn_idle_commit_past_timeout(kafka.idle_commit_ms, self.transaction_timeout_ms)
         #: The futures of what the open transaction sent (checked after its commit).
         self.sent: list[Any] = []
         self._recoveries = 0

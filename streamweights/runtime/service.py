@@ -335,9 +335,9 @@ class Service:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT stop after the current record (with a checkpoint); SIGUSR1
-        writes every thread's Python stack to stderr and the run goes on, so a replica
-        that seems stuck (a commit waiting on the broker, a source waiting for input)
-        shows where without a debugger (``kill -USR1 PID``)."""
+        writes every thread's Python stack to stderr and logs :meth:`report_state`, and
+        the run goes on, so a replica that seems stuck (a commit waiting on the broker, a
+        source waiting for input) shows where without a debugger (``kill -USR1 PID``)."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         if hasattr(signal, "SIGUSR1"):  # not on Windows
