@@ -15,6 +15,7 @@ import orjson
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.errors import NodeNotReadyError
 
 from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime.replay import ReplayStream
@@ -139,9 +140,12 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
         end = consumer.end_offsets(partitions)
         records: dict[TopicPartition, list] = defaultdict(list)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if all(consumer.position(tp) >= end[tp] for tp in partitions):
-                break
+        while not all(consumer.position(tp) >= end[tp] for tp in partitions):
+            # a partial read would pass for missing records: say it timed out instead
+            assert time.monotonic() < deadline, (
+                f"read_records({topic!r}, {isolation}): positions "
+                f"{[consumer.position(tp) for tp in partitions]} short of the end "
+                f"{[end[tp] for tp in partitions]} after 60 s")
             for tp, batch in consumer.poll(timeout_ms=100).items():
                 records[tp].extend(batch)
         return [record for tp in partitions for record in records[tp]]
@@ -180,7 +184,18 @@ def topic_maker(admin: KafkaAdminClient, tag: str) -> Callable[..., str]:
     def make(prefix: str = "t", *, partitions: int = 1,
              config: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{tag}-{uuid.uuid4().hex[:8]}"
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1,
+                                              topic_configs=config or {})])
+                break
+            except NodeNotReadyError:
+                # the session's admin client after a test restarted the broker: its
+                # connection is in reconnect back-off for a moment
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         wait_for_leaders(admin, name, partitions)
         return name
 
