@@ -92,6 +92,18 @@ def test_the_transactional_producer_retries_a_refused_transaction_step_after_20_
     assert tuned["batch_size"] == 16384
 
 
+def _check_warnings(caplog, warn, cases) -> None:
+    """``warn(value, timeout)`` for each ``(value, timeout, warned, parts)``: it returns
+    ``warned``, logs one message exactly when it does, and that message holds ``parts``."""
+    for value, transaction_timeout_ms, warned, parts in cases:
+        caplog.clear()
+        assert warn(value, transaction_timeout_ms) is warned
+        messages = [record.getMessage() for record in caplog.records]
+        assert bool(messages) is warned
+        for part in parts if warned else ():
+            assert part in messages[0], messages
+
+
 def test_an_idle_commit_past_the_transaction_timeout_is_warned_about(caplog):
     """Scenario: ``kafka.idle_commit_ms`` at, above and below the producer's transaction
     timeout (the default 10 s, or a ``kafka.client`` value). We expect: a warning that
@@ -103,14 +115,9 @@ def test_an_idle_commit_past_the_transaction_timeout_is_warned_about(caplog):
         1 << 20, client_settings(_kafka(transaction_timeout_ms=5_000), KafkaProducer))
     cases = [(100, timeout, False), (timeout, timeout, True), (600_000, timeout, True),
              (600_000, shorter["transaction_timeout_ms"], True), (4_999, 5_000, False)]
-    for idle_commit_ms, transaction_timeout_ms, warned in cases:
-        caplog.clear()
-        assert warn_idle_commit_past_timeout(idle_commit_ms, transaction_timeout_ms) is warned
-        messages = [record.getMessage() for record in caplog.records]
-        assert bool(messages) is warned
-        if warned:
-            assert f"({idle_commit_ms})" in messages[0]
-            assert f"({transaction_timeout_ms} ms)" in messages[0]
+    _check_warnings(caplog, warn_idle_commit_past_timeout,
+                    [(idle, limit, warned, (f"({idle})", f"({limit} ms)"))
+                     for idle, limit, warned in cases])
     assert shorter["transaction_timeout_ms"] == 5_000
 
 
@@ -118,14 +125,9 @@ def test_a_checkpoint_cadence_past_the_transaction_timeout_is_warned_about(caplo
     """Scenario: ``checkpoint.every_seconds`` below, at and above a transaction timeout.
     We expect: a warning naming both values (and Kafka mode's default) exactly when the
     cadence is not below the timeout; none otherwise."""
-    for every_seconds, transaction_timeout_ms, warned in (
-            (0.1, 10_000, False), (9.999, 10_000, False), (10, 10_000, True),
-            (30, 10_000, True), (3600, 5_000, True)):
-        caplog.clear()
-        assert warn_checkpoint_past_timeout(every_seconds, transaction_timeout_ms) is warned
-        messages = [record.getMessage() for record in caplog.records]
-        assert bool(messages) is warned
-        if warned:
-            assert f"every_seconds ({every_seconds:g})" in messages[0]
-            assert f"({transaction_timeout_ms} ms)" in messages[0]
-            assert "default is 0.1 s" in messages[0]
+    cases = [(0.1, 10_000, False), (9.999, 10_000, False), (10, 10_000, True),
+             (30, 10_000, True), (3600, 5_000, True)]
+    _check_warnings(caplog, warn_checkpoint_past_timeout,
+                    [(seconds, limit, warned, (f"every_seconds ({seconds:g})",
+                                               f"({limit} ms)", "default is 0.1 s"))
+                     for seconds, limit, warned in cases])

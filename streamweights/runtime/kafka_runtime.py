@@ -262,18 +262,27 @@ def check_client_settings(kafka: KafkaConfig) -> None:
             raise RuntimeSetupError(f"kafka.client.{key}: not a kafka-python client setting")
 
 
+def _warn_past_timeout(interval_ms: float, transaction_timeout_ms: int, message: str,
+                       *args: Any) -> bool:
+    """Log ``message % args`` as a warning when a commit interval (``interval_ms``) is
+    not below the producer's transaction timeout, the age at which the broker rolls an
+    open transaction back; whether it warned."""
+    if interval_ms < transaction_timeout_ms:
+        return False
+    log.warning(message, *args)
+    return True
+
+
 def warn_idle_commit_past_timeout(idle_commit_ms: int, transaction_timeout_ms: int) -> bool:
     """Warn (and say so) when a quiet input's open transaction outlives the broker's
     patience: the broker rolls back a transaction ``transaction_timeout_ms`` after its
     first write, so with ``kafka.idle_commit_ms`` that long or longer every quiet spell
     after a write ends in a failed commit, a new producer and the interval redone."""
-    if idle_commit_ms < transaction_timeout_ms:
-        return False
-    log.warning("kafka.idle_commit_ms (%d) is not below the producer's transaction timeout "
-                "(%d ms): the broker rolls back what a quiet input leaves in the open "
-                "transaction before it is committed, and the interval is redone",
-                idle_commit_ms, transaction_timeout_ms)
-    return True
+    return _warn_past_timeout(
+        idle_commit_ms, transaction_timeout_ms,
+        "kafka.idle_commit_ms (%d) is not below the producer's transaction timeout (%d ms): "
+        "the broker rolls back what a quiet input leaves in the open transaction before it "
+        "is committed, and the interval is redone", idle_commit_ms, transaction_timeout_ms)
 
 
 def warn_checkpoint_past_timeout(every_seconds: float, transaction_timeout_ms: int) -> bool:
@@ -281,14 +290,13 @@ def warn_checkpoint_past_timeout(every_seconds: float, transaction_timeout_ms: i
     transaction timeout: an input that never goes quiet but takes longer than the timeout
     to reach ``checkpoint.every_records`` then has each cycle rolled back by the broker
     before its commit, and three failed commits in a row end the process."""
-    if every_seconds * 1000 < transaction_timeout_ms:
-        return False
-    log.warning("checkpoint.every_seconds (%g) is not below the producer's transaction "
-                "timeout (%d ms): at an input rate that reaches neither a quiet poll nor "
-                "checkpoint.every_records within the timeout, the broker rolls each cycle "
-                "back before its commit (Kafka mode's default is %g s)",
-                every_seconds, transaction_timeout_ms, KAFKA_CHECKPOINT_SECONDS)
-    return True
+    return _warn_past_timeout(
+        every_seconds * 1000, transaction_timeout_ms,
+        "checkpoint.every_seconds (%g) is not below the producer's transaction timeout "
+        "(%d ms): at an input rate that reaches neither a quiet poll nor "
+        "checkpoint.every_records within the timeout, the broker rolls each cycle back "
+        "before its commit (Kafka mode's default is %g s)",
+        every_seconds, transaction_timeout_ms, KAFKA_CHECKPOINT_SECONDS)
 
 
 class TransactionalSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import pathlib
@@ -151,6 +152,40 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
         return [record for tp in partitions for record in records[tp]]
     finally:
         consumer.close()
+
+
+def uncommitted_records(bootstrap: str, topic: str, partitions: int | None = None) -> int:
+    """Records of ``topic`` at the broker that no transaction has ended yet, summed over
+    its partitions (see :class:`OpenRecords`)."""
+    with contextlib.closing(OpenRecords(bootstrap, topic, partitions)) as open_records:
+        return sum(open_records.counts().values())
+
+
+class OpenRecords:
+    """Per partition of ``topic``, the records at the broker that no transaction has ended
+    yet: the high watermark less the last stable offset (> 0 while an open transaction
+    holds records there). Two consumers kept open, so one look costs two metadata round
+    trips, not four client start-ups: a test can look every 100 ms. ``partitions``: the
+    topic's partition count when known (metadata read from the broker otherwise, which
+    right after a broker restart may not list the topic yet)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int | None = None) -> None:
+        self.consumers = {level: KafkaConsumer(bootstrap_servers=bootstrap,
+                                               isolation_level=level)
+                          for level in ("read_uncommitted", "read_committed")}
+        numbers = range(partitions) if partitions is not None else sorted(
+            self.consumers["read_committed"].partitions_for_topic(topic) or ())
+        self.partitions = [TopicPartition(topic, number) for number in numbers]
+
+    def counts(self) -> dict[int, int]:
+        ends = {level: consumer.end_offsets(self.partitions)
+                for level, consumer in self.consumers.items()}
+        return {tp.partition: ends["read_uncommitted"][tp] - ends["read_committed"][tp]
+                for tp in self.partitions}
+
+    def close(self) -> None:
+        for consumer in self.consumers.values():
+            consumer.close()
 
 
 def read_topic(bootstrap: str, topic: str) -> list[bytes]:

@@ -25,6 +25,7 @@ from streamweights.config import load_config
 from tests.kafka.broker import KafkaBroker
 from tests.kafka.helpers import (
     REPO,
+    OpenRecords,
     assert_versions_once_each,
     by_stream,
     committed_offsets,
@@ -33,6 +34,7 @@ from tests.kafka.helpers import (
     produce_inputs,
     read_records,
     read_topic,
+    uncommitted_records,
     write_input,
     write_kafka_config,
 )
@@ -132,38 +134,6 @@ def end_offsets(bootstrap: str, topics: dict[str, str]) -> dict:
                                      for number in range(PARTITIONS)])
     finally:
         consumer.close()
-
-
-def uncommitted_records(bootstrap: str, topic: str) -> int:
-    """Records of ``topic`` at the broker that no transaction has ended yet, summed over
-    its partitions (see :class:`OpenRecords`)."""
-    with contextlib.closing(OpenRecords(bootstrap, topic)) as open_records:
-        return sum(open_records.counts().values())
-
-
-class OpenRecords:
-    """Per partition of ``topic``, the records at the broker that no transaction has ended
-    yet: the high watermark less the last stable offset (> 0 while an open transaction
-    holds records there). Two consumers kept open, so one look costs two metadata round
-    trips, not four client start-ups: a test can look every 100 ms."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumers = {level: KafkaConsumer(bootstrap_servers=bootstrap,
-                                               isolation_level=level)
-                          for level in ("read_uncommitted", "read_committed")}
-        consumer = self.consumers["read_committed"]
-        self.partitions = [TopicPartition(topic, number)
-                           for number in sorted(consumer.partitions_for_topic(topic) or ())]
-
-    def counts(self) -> dict[int, int]:
-        ends = {level: consumer.end_offsets(self.partitions)
-                for level, consumer in self.consumers.items()}
-        return {tp.partition: ends["read_uncommitted"][tp] - ends["read_committed"][tp]
-                for tp in self.partitions}
-
-    def close(self) -> None:
-        for consumer in self.consumers.values():
-            consumer.close()
 
 
 def final_bounded_run(cluster: Cluster, tmp_path, topics, node: str = "r2") -> dict:

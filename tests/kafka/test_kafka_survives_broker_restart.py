@@ -21,6 +21,7 @@ from tests.kafka.helpers import (
     make_topics,
     produce_inputs,
     read_topic,
+    uncommitted_records,
     write_input,
     write_kafka_config,
 )
@@ -29,20 +30,6 @@ from tests.kafka.helpers import (
 #: the last commit before it is at 6,000 (every 2,000 records), so ~1,300 records' outputs
 #: (weights versions among them) sit in the open transaction.
 HOLD_AT = 7_300
-
-
-def _unreadable(bootstrap: str, topic: str, partitions: int) -> int:
-    """Records of ``topic`` written but not (yet) readable at read_committed: those of
-    open transactions (the high watermark minus the last stable offset)."""
-    parts = [TopicPartition(topic, n) for n in range(partitions)]
-    ends = {}
-    for isolation in ("read_uncommitted", "read_committed"):
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
-        try:
-            ends[isolation] = sum(consumer.end_offsets(parts).values())
-        finally:
-            consumer.close()
-    return ends["read_uncommitted"] - ends["read_committed"]
 
 
 def _wait(condition, seconds: float, what: str, log_path) -> None:
@@ -103,12 +90,12 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
             time.sleep(0.1)
         watcher.close()
         assert 0 < done < HOLD_AT, f"committed {done}: not part-way with a cycle open"
-        _wait(lambda: _unreadable(bootstrap, topics["weights"], 3) > 0, 30,
+        _wait(lambda: uncommitted_records(bootstrap, topics["weights"], 3) > 0, 30,
               "the open transaction's weights records to reach the broker", log_path)
         kafka_broker.stop()
         assert process.poll() is None, "the service ended while the broker was down"
         kafka_broker.start()
-        _wait(lambda: _unreadable(bootstrap, topics["weights"], 3) == 0, 60,
+        _wait(lambda: uncommitted_records(bootstrap, topics["weights"], 3) == 0, 60,
               "the restarted broker to abort the timed-out transaction", log_path)
         gate.touch()
         returncode = process.wait(timeout=120)
