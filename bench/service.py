@@ -12,13 +12,13 @@ An *event* is one input record, a prediction or a label (what
 ours — exactly what the service does per record, minus I/O and metrics: the core's
 record lane (``Pipeline.record_lane``: one core call from the raw bytes to the stream's
 updated state and the adapted record's bytes, for a classification stream whose chain
-the core drives whole and that has no conformal layer) for every record it takes, else
-``events.decode`` (orjson + strict validation) → ``Pipeline.process`` (join, the chain,
-prequential scores of the deployed models and the served output, drift reaction, weights
-versions) → ``events.encode`` of the adapted record and of every weights version. Both
-write an adapted record per prediction, as river's side does. ``ours, general path
-only`` runs every record the second way (the code before the lane), for comparison.
-``--service-loop`` also times the service's
+the core drives whole, its conformal layers and estimates included) for every record it
+takes, else ``events.decode`` (orjson + strict validation) → ``Pipeline.process`` (join,
+the chain, prequential scores of the deployed models and the served output, drift
+reaction, weights versions) → ``events.encode`` of the adapted record and of every
+weights version. Both write an adapted record per prediction, as river's side does.
+``ours, general path only`` runs every record the second way (the code before the lane),
+for comparison. ``--service-loop`` also times the service's
 own loop (``Service._loop`` over the records in memory: the same plus Prometheus counters,
 the latency histogram, routing to sinks, here none, and the loop's per-record checks; no
 checkpoints). ``ours, batch entry point`` is the same work

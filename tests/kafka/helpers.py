@@ -130,7 +130,13 @@ def by_stream(values: list[bytes]) -> dict[str, list[bytes]]:
 
 
 def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") -> list:
-    """Every record of ``topic`` visible at this isolation, in offset order per partition."""
+    """Every record of ``topic`` visible at this isolation, in offset order per partition.
+
+    ``read_committed`` first waits until no transaction holds records of the topic open
+    (last stable offset = high watermark on every partition): a commit's markers reach
+    the partitions after the producer's commit returns, and a read that stops at a last
+    stable offset still short of them returns a committed history cut short, which looks
+    like missing records. A transaction the broker never ends fails here, by partition."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              isolation_level=isolation, enable_auto_commit=False)
     try:
@@ -138,9 +144,11 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
         partitions = [TopicPartition(topic, number) for number in numbers]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + 60
+        if isolation == "read_committed":
+            _wait_until_settled(bootstrap, topic, len(partitions), deadline)
         end = consumer.end_offsets(partitions)
         records: dict[TopicPartition, list] = defaultdict(list)
-        deadline = time.monotonic() + 60
         while not all(consumer.position(tp) >= end[tp] for tp in partitions):
             # a partial read would pass for missing records: say it timed out instead
             assert time.monotonic() < deadline, (
@@ -152,6 +160,16 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
         return [record for tp in partitions for record in records[tp]]
     finally:
         consumer.close()
+
+
+def _wait_until_settled(bootstrap: str, topic: str, partitions: int, deadline: float) -> None:
+    """Until no open transaction holds records of ``topic`` (see ``read_records``)."""
+    with contextlib.closing(OpenRecords(bootstrap, topic, partitions)) as open_records:
+        while any((counts := open_records.counts()).values()):
+            assert time.monotonic() < deadline, (
+                f"read_records({topic!r}): records no transaction has ended, per partition "
+                f"(high watermark less last stable offset), still {counts} after 60 s")
+            time.sleep(0.1)
 
 
 def uncommitted_records(bootstrap: str, topic: str, partitions: int | None = None) -> int:
@@ -204,6 +222,24 @@ def embedded_reference(tmp_path: pathlib.Path, lines_path: pathlib.Path
         service.close()
     weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
     return json.loads(orjson.dumps(summary["streams"])), weights
+
+
+def weights_difference(got: dict[str, list[bytes]], expected: dict[str, list[bytes]]) -> str:
+    """Where two per-stream weights histories part, a line per stream: the versions each
+    holds and the first record whose bytes differ (for a failing equality's message)."""
+    def versions(values: list[bytes]) -> list[int]:
+        return [orjson.loads(value)["version"] for value in values]
+
+    lines = []
+    for name in sorted(set(got) | set(expected)):
+        mine, theirs = got.get(name, []), expected.get(name, [])
+        line = f"{name}: read versions {versions(mine)}, expected {versions(theirs)}"
+        differ = [i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b]
+        if differ:
+            line += (f"; first difference at index {differ[0]}: {mine[differ[0]][:300]!r} "
+                     f"vs {theirs[differ[0]][:300]!r}")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:

@@ -22,6 +22,7 @@ from tests.kafka.helpers import (
     produce_inputs,
     read_topic,
     uncommitted_records,
+    weights_difference,
     write_input,
     write_kafka_config,
 )
@@ -108,6 +109,12 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
     summary = json.loads(summary_path.read_text())
     assert summary["streams"] == reference
     weights = by_stream(read_topic(bootstrap, topics["weights"]))
-    assert weights == reference_weights, "\n".join(
-        line for line in log_path.read_text().splitlines() if '"progress"' not in line)[-4000:]
+    if weights != reference_weights:
+        again = by_stream(read_topic(bootstrap, topics["weights"]))
+        log = "\n".join(line for line in log_path.read_text().splitlines()
+                        if '"progress"' not in line)[-4000:]
+        raise AssertionError(f"the weights topic differs from the uninterrupted run's:\n"
+                             f"{weights_difference(weights, reference_weights)}\n"
+                             f"a second read: {weights_difference(again, reference_weights)}\n"
+                             f"{log}")
     assert_versions_once_each(weights)
