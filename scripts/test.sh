@@ -13,6 +13,8 @@
 #                    bookworm's kubectl 1.20 embeds v2), else kustomize v5.5.0 built from
 #                    the Go module proxy into the ignored .cache/bin (about a minute, once)
 #   Kafka jars       Maven Central -> .cache/kafka (tests/kafka/broker.py fetch)
+#   Rust unit tests  cargo test on native/ (its own tests of the core's pieces, which
+#                    pytest cannot reach: about half a minute once, then a second)
 #
 # The image test's Debian base (mmdebstrap) is made and cached under .cache/image by the
 # test itself (tests/deploy/test_image_build.py), so it stays next to what it checks.
@@ -93,5 +95,12 @@ fi
 
 # --- the Kafka broker's jars ------------------------------------------------------------
 .venv/bin/python -m tests.kafka.broker fetch >/dev/null
+
+# --- the native core's Rust unit tests (a failure stops here, before pytest) -------------
+if ! cargo_log="$(cargo test --release --quiet --manifest-path native/Cargo.toml 2>&1)"; then
+    echo "$cargo_log" >&2
+    say "the native core's Rust unit tests failed (cargo test --release in native/)"
+    exit 1
+fi
 
 exec .venv/bin/python -m pytest "$@"
