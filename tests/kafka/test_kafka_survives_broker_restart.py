@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from streamweights.config import load_config
@@ -20,6 +21,7 @@ from tests.kafka.helpers import (
     embedded_reference,
     make_topics,
     produce_inputs,
+    read_records,
     read_topic,
     uncommitted_records,
     weights_difference,
@@ -110,11 +112,17 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
     assert summary["streams"] == reference
     weights = by_stream(read_topic(bootstrap, topics["weights"]))
     if weights != reference_weights:
+        # What tells a read that stopped short from records the log does not hold:
+        # a second read, and every record written, aborted ones included, by offset.
         again = by_stream(read_topic(bootstrap, topics["weights"]))
+        written = [(r.partition, r.offset, orjson.loads(r.value)["stream"],
+                    orjson.loads(r.value)["version"])
+                   for r in read_records(bootstrap, topics["weights"], "read_uncommitted")]
         log = "\n".join(line for line in log_path.read_text().splitlines()
                         if '"progress"' not in line)[-4000:]
         raise AssertionError(f"the weights topic differs from the uninterrupted run's:\n"
                              f"{weights_difference(weights, reference_weights)}\n"
                              f"a second read: {weights_difference(again, reference_weights)}\n"
-                             f"{log}")
+                             f"written (partition, offset, stream, version), aborted "
+                             f"included: {written}\n{log}")
     assert_versions_once_each(weights)
