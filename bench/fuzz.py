@@ -11,7 +11,15 @@ Counted: exceptions other than ``RecordError``, accepted records that break the 
 refusals by reason. The figures go in the issue's note; ``tests/test_fuzz.py`` runs the
 same properties for a few seconds in CI.
 
-Run: ``python bench/fuzz.py [--inputs 1000000] [--seed 12] [--renew 5000]``.
+``--lane`` fuzzes the core's record lane instead (``native/src/lane.rs``: its own JSON
+reader, which takes most records in production): replays of the demo stream (1,500
+events each) with a quarter of the records respelled and a twentieth mutated
+(``tests/fuzzing.respelled``), each replay fed to a pipeline through the lane and to one
+through decode -> process -> encode; counted: replays whose outputs, counters or state
+differ in any bit (``tests/test_record_lane._check_same``), and how many records the
+lane took.
+
+Run: ``python bench/fuzz.py [--inputs 1000000] [--seed 12] [--renew 5000] [--lane]``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from collections import Counter
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from streamweights import events
+from tests import fuzzing
 from tests.fuzzing import (
     ContractBreachError,
     check_contract,
@@ -43,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--renew", type=int, default=5_000,
                         help="inputs per pipeline before a fresh one")
+    parser.add_argument("--lane", action="store_true",
+                        help="fuzz the record lane against the general path instead")
     args = parser.parse_args(argv)
+    if args.lane:
+        return lane_main(args.inputs, args.seed)
     rng = random.Random(args.seed)
     reasons: Counter[str] = Counter()
     crashes: Counter[str] = Counter()
@@ -108,6 +121,36 @@ def main(argv: list[str] | None = None) -> int:
     for sample in samples:
         print(sample)
     return 1 if crashes or breaches or slowest > 0.1 else 0
+
+
+def lane_main(inputs: int, seed: int) -> int:
+    """The lane fuzz (see the module doc): replays until ``inputs`` records are fed."""
+    from tests.test_pipeline_batch import _replay, _streams
+    from tests.test_record_lane import _check_same
+
+    streams = _streams("demo.yaml")
+    fed = taken = respelled = 0
+    failures: list[str] = []
+    started = time.perf_counter()
+    replay = _replay(1_500)
+    number = seed
+    while fed < inputs:
+        raws, changed = fuzzing.respelled(replay, random.Random(number))
+        try:
+            taken += _check_same(streams, raws)[0]
+        except AssertionError as error:  # the record index is the assertion's message
+            failures.append(f"replay seed {number}: {error!r}"[:300])
+        fed += len(raws)
+        respelled += len(changed)
+        number += 1
+        if fed // 100_000 != (fed - len(raws)) // 100_000:
+            print(f"  {fed:,} records, {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"records: {fed:,} in {number - seed:,} replays ({respelled:,} respelled), "
+          f"{time.perf_counter() - started:.1f} s; the lane took {taken:,}")
+    print(f"replays that differ from the general path: {len(failures)}")
+    for failure in failures[:5]:
+        print(failure)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -108,6 +111,99 @@ def random_input(rng: random.Random, index: int) -> bytes:
     if draw < 0.95:
         return generated(rng)
     return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+
+
+#: A number token of a record as the wire writes it (not inside a string: the records
+#: mutated here hold no digits in their strings but ids and model names, which a number
+#: token cannot start inside since they follow a quote).
+_NUMBER = re.compile(rb"(?<=[:\[,])-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _digits(rng: random.Random, count: int, lead: bool = False) -> bytes:
+    first = str(rng.randint(1, 9)) if lead else str(rng.randint(0, 9))
+    return (first + "".join(str(rng.randint(0, 9)) for _ in range(count - 1))).encode()
+
+
+def number_literal(rng: random.Random) -> bytes:
+    """A number as JSON may spell it, or nearly: signs, leading zeros, fractions of up
+    to 25 digits, exponents of every form, and invalid neighbours (``+1``, ``01``,
+    ``1.``, ``.5``, ``1e``) now and then."""
+    sign = rng.choice([b"", b"", b"", b"-", b"+"])
+    draw = rng.random()
+    whole = (b"0" if draw < 0.5 else _digits(rng, rng.randint(1, 20), lead=True)
+             if draw < 0.95 else rng.choice([b"00", b"01", b""]))
+    draw = rng.random()
+    fraction = (b"" if draw < 0.2 else b"." + _digits(rng, rng.randint(1, 25))
+                if draw < 0.97 else b".")
+    draw = rng.random()
+    exponent = (b"" if draw < 0.6 else rng.choice([b"e", b"E"]) + rng.choice([b"", b"+", b"-"])
+                + _digits(rng, rng.randint(1, 3)) if draw < 0.98 else b"e")
+    return sign + whole + fraction + exponent
+
+
+def same_number(token: bytes, rng: random.Random) -> bytes:
+    """``token`` (a JSON number) spelled another way with the same exact value: the point
+    moved against the exponent, trailing or leading zeros, ``e``/``E``, a ``+`` or
+    leading zeros in the exponent (``0.25`` -> ``25e-2``, ``0.0025E+02``, ``2.50e-01``)."""
+    sign, digits, exponent = Decimal(token.decode()).as_tuple()
+    assert isinstance(exponent, int)
+    if not any(digits):  # a zero: a float one's fraction and exponent can change
+        if not any(mark in token for mark in (b".", b"e", b"E")):
+            return token  # an integer 0 (or -0, which reads as +0) stays as it is
+        return (("-" if sign else "") + "0" + rng.choice([".0", ".000", "e0", ".0E+00"])
+                ).encode()
+    zeros = rng.randint(0, 3)
+    text = "".join(map(str, digits)) + "0" * zeros
+    exponent -= zeros
+    if rng.random() < 0.3:  # 0.000ddd form
+        lead = rng.randint(0, 3)
+        mantissa, power = "0." + "0" * lead + text, exponent + len(text) + lead
+    else:
+        point = rng.randint(1, len(text))
+        mantissa = text[:point] + ("." + text[point:] if point < len(text) else "")
+        power = exponent + len(text) - point
+    spelled = ("-" if sign else "") + mantissa
+    if power or rng.random() < 0.3:
+        digits_of_power = str(abs(power)).rjust(rng.randint(1, 3), "0")
+        spelled += (rng.choice("eE") + ("-" if power < 0 else rng.choice(["", "+"]))
+                    + digits_of_power)
+    return spelled.encode()
+
+
+def respell(raw: bytes, rng: random.Random) -> bytes:
+    """``raw`` with one to three of its numbers spelled anew (mostly the same value,
+    ``same_number``; else any ``number_literal``) or, half the time, with whitespace of
+    every JSON kind put between its tokens: records a parser must read exactly as the
+    decoder does, or refuse as it does."""
+    if rng.random() < 0.5:
+        numbers = list(_NUMBER.finditer(raw))
+        data = bytearray(raw)
+        for match in sorted(rng.sample(numbers, min(len(numbers), rng.randint(1, 3))),
+                            key=lambda m: m.start(), reverse=True):
+            data[match.start():match.end()] = (same_number(match.group(), rng)
+                                               if rng.random() < 0.7 else number_literal(rng))
+        return bytes(data)
+    out = bytearray()
+    for byte in raw:
+        out.append(byte)
+        if byte in b":,[]{}" and rng.random() < 0.3:
+            out += bytes(rng.choice(b" \t\n\r") for _ in range(rng.randint(1, 3)))
+    return bytes(out)
+
+
+def respelled(raws: Sequence[bytes], rng: random.Random) -> tuple[list[bytes], set[int]]:
+    """``raws`` with a quarter of them respelled (``respell``) and a twentieth mutated
+    (``mutate``), in place; also the indices respelled. The lane fuzz's input: records
+    the core's own JSON reader takes must read exactly as ``events.decode`` reads them."""
+    out, changed = [], set()
+    for index, raw in enumerate(raws):
+        draw = rng.random()
+        if draw < 0.25:
+            changed.add(index)
+            out.append(respell(raw, rng))
+        else:
+            out.append(mutate(raw, rng) if draw < 0.3 else raw)
+    return out, changed
 
 
 class ContractBreachError(AssertionError):

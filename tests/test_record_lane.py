@@ -19,6 +19,7 @@ from streamweights import _native, events
 from streamweights.adapters import dumps_state, loads_state
 from streamweights.config import StreamConfig
 from streamweights.pipeline import Outcome, Pipeline
+from tests import fuzzing
 from tests.test_pipeline_batch import (
     _comparable,
     _one_at_a_time,
@@ -29,17 +30,21 @@ from tests.test_pipeline_batch import (
 )
 
 
-def _through_lane(pipeline: Pipeline, raws: list[bytes]) -> tuple[list, int]:
+def _through_lane(pipeline: Pipeline, raws: list[bytes],
+                  taken_at: list[int] | None = None) -> tuple[list, int]:
     """What ``Service._loop`` does per record: the lane, else the general path. Returns one
     ``(kind, outcome or None, encoded)`` per record (``None``: the lane applied it and
-    had nothing to route) and how many records the lane took."""
+    had nothing to route) and how many records the lane took (their indices appended to
+    ``taken_at`` when given)."""
     lane = pipeline.record_lane()
     assert lane is not None
     results, taken = [], 0
-    for raw in raws:
+    for index, raw in enumerate(raws):
         done = lane.process(raw, True)
         if done is not None:
             taken += 1
+            if taken_at is not None:
+                taken_at.append(index)
             (stream, kind), result = done
             assert stream == "demo" and kind in ("prediction", "label")
             if result is None or type(result) is bytes:
@@ -62,11 +67,12 @@ def _plain(outcome: Outcome, kind: str) -> bool:
             and outcome.learned == (kind == "label"))
 
 
-def _check_same(streams: tuple[StreamConfig, ...], raws: list[bytes]) -> tuple[int, Pipeline]:
+def _check_same(streams: tuple[StreamConfig, ...], raws: list[bytes],
+                taken_at: list[int] | None = None) -> tuple[int, Pipeline]:
     general = Pipeline(streams)
     expected = _one_at_a_time(general, raws)
     laned = Pipeline(streams)
-    got, taken = _through_lane(laned, raws)
+    got, taken = _through_lane(laned, raws, taken_at)
     assert len(got) == len(expected) == len(raws)
     for index, ((kind, outcome, encoded), (want_kind, want, want_encoded)) in enumerate(
             zip(got, expected, strict=True)):
@@ -103,6 +109,23 @@ def test_the_lane_gives_what_the_general_path_gives(config, seed):
     taken, laned = _check_same(_streams(config), raws)
     assert taken > 0.9 * len(raws)
     assert laned.streams["demo"].drift_total >= 1
+
+
+@pytest.mark.parametrize(("config", "seed"), [("demo.yaml", 1), ("demo.yaml", 2),
+                                              ("kafka.yaml", 3)])
+def test_numbers_and_spacing_spelled_anew_read_as_the_decoder_reads_them(config, seed):
+    """Scenario: a replay with a quarter of its records respelled (numbers written another
+    way with the same value, point and exponent moved, zeros added, ``E``, ``+``; or any
+    number, valid or nearly; or whitespace between tokens) and a twentieth mutated at
+    the byte level (``tests/fuzzing.py``). We expect: record by record what decode ->
+    process -> encode gives, the same counters and state, and the lane's own reader
+    taking most respelled records (not leaving them all to Python). ``bench/fuzz.py
+    --lane`` runs the same over a million records."""
+    raws, changed = fuzzing.respelled(_replay(1_500), random.Random(seed))
+    taken_at: list[int] = []
+    taken, _ = _check_same(_streams(config), raws, taken_at)
+    assert taken > 0.7 * len(raws)  # (79% with these seeds)
+    assert len(changed.intersection(taken_at)) > 0.4 * len(changed)  # (51%)
 
 
 def test_the_lane_leaves_expiry_eviction_and_publishing_to_python():
