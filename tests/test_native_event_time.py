@@ -13,7 +13,7 @@ import orjson
 
 from streamweights import _native
 from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, TaskMerge, event_time
-from tests.fuzzing import mutate, random_input, valid_record
+from tests.fuzzing import mutate, random_input, respell, valid_record
 
 
 def _bits(value: float) -> bytes:
@@ -85,15 +85,19 @@ def test_the_core_reads_ts_literals_as_orjson_does():
 
 def test_the_core_agrees_on_valid_mutated_and_random_records():
     """Scenario: the fuzzer's valid records, their byte mutations (broken structure,
-    escapes, invalid UTF-8, NaN, huge numbers, deep nesting) and random inputs. We
-    expect: wherever the core answers, orjson's answer; every valid record answered."""
+    escapes, invalid UTF-8, NaN, huge numbers, deep nesting), their respellings (numbers
+    written another way, whitespace between tokens) and random inputs. We expect:
+    wherever the core answers, orjson's answer; every valid record answered, and most
+    respelled ones."""
     rng = random.Random(5)
     valid = [valid_record(rng, index) for index in range(3_000)]
     assert _agree(valid) == len(valid)
     mutated = [mutate(raw, rng) for raw in valid for _ in range(3)]
     randoms = [random_input(rng, index) for index in range(6_000)]
+    respelled = [respell(raw, rng) for raw in valid for _ in range(3)]
     _agree(mutated)
     _agree(randoms)
+    assert _agree(respelled) > len(respelled) // 2
     deep = [b'{"ts":1,"a":' + b"[" * depth + b"]" * depth + b"}" for depth in (10, 127, 129, 400)]
     answered = [reading is not None for reading in _native.event_times(deep)]
     assert answered == [True, True, False, False]
