@@ -168,16 +168,17 @@ impl Correction {
         let rows = 1 + self.settings.n_models;
         let mut raw = Vec::with_capacity(self.m - 1);
         for row in 0..rows {
-            let logs: Vec<f64> = packed[row * c..(row + 1) * c]
-                .iter()
-                .map(|p| p.max(PROBABILITY_FLOOR).ln())
-                .collect();
-            let mut total = 0.0;
-            for value in &logs {
-                total += value;
+            // The row's logs go in place, then are centred there (no vector per row).
+            let start = raw.len();
+            raw.extend(
+                packed[row * c..(row + 1) * c]
+                    .iter()
+                    .map(|p| p.max(PROBABILITY_FLOOR).ln()),
+            );
+            let centre = row_sum(&raw[start..]) / c as f64;
+            for value in &mut raw[start..] {
+                *value -= centre;
             }
-            let centre = total / c as f64;
-            raw.extend(logs.iter().map(|value| value - centre));
         }
         raw.extend_from_slice(&packed[rows * c..]);
         raw
