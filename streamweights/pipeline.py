@@ -123,8 +123,13 @@ class Outcome:
         self.artifacts = [] if artifacts is None else artifacts
 
 
-class StreamPipeline:
-    """One stream's chain, join, scores and weights versions."""
+class StreamPipeline(_native.StreamCounters):
+    """One stream's chain, join, scores and weights versions.
+
+    Its counters and clocks (``predictions``, ``labels``, ``weights_version``,
+    ``labels_since_publish``, ``last_publish_ts``, ``latest_ts``, ``changed``) are fields of
+    the native base class: plain attributes to Python, and fields the core's record lane
+    moves without a dictionary write (``native/src/stream_counters.rs``)."""
 
     def __init__(self, config: StreamConfig) -> None:
         self.config = config

@@ -51,6 +51,7 @@ use crate::expert_losses::read_flat;
 use crate::label_step::learn_served_values;
 use crate::pending::{Flat, Pending};
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
+use crate::stream_counters::StreamCounters;
 
 /// A number as read: an integer literal (Python's `int`) or any other (a `float`).
 #[derive(Clone, Copy)]
@@ -430,9 +431,10 @@ fn json_float(value: f64) -> PyResult<String> {
 /// its frozen config.
 struct LaneStream {
     pipeline: Py<PyAny>,
-    /// The `__dict__` of the stream's pipeline, its join and its chain: their plain
-    /// attributes read and written directly (none is a property or a slot).
-    state: Py<PyDict>,
+    /// The stream's counters and clocks (the pipeline itself, whose base class they are).
+    counters: Py<StreamCounters>,
+    /// The `__dict__` of the stream's join and its chain: their plain attributes read and
+    /// written directly (none is a property or a slot).
     join_state: Py<PyDict>,
     chain_state: Py<PyDict>,
     /// `(name, "prediction")` and `(name, "label")`: what `process` returns.
@@ -616,14 +618,6 @@ fn advanced(latest: Option<f64>, ts: f64) -> f64 {
     }
 }
 
-fn optional_float(value: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    if value.is_none() {
-        Ok(None)
-    } else {
-        value.extract().map(Some)
-    }
-}
-
 #[pymethods]
 impl RecordLane {
     /// `pipeline`: a weak reference to the `Pipeline`; `streams`: per stream the tuple `(stream_pipeline,
@@ -706,7 +700,7 @@ impl RecordLane {
                     .unbind())
             };
             lane_streams.push(LaneStream {
-                state: dict_of(bound)?,
+                counters: bound.downcast::<StreamCounters>()?.clone().unbind(),
                 join_state: dict_of(&join)?,
                 chain_state: dict_of(&bound.getattr("chain")?)?,
                 pipeline: stream,
@@ -972,9 +966,12 @@ impl RecordLane {
             }
         }
         let ts = record.ts;
-        let state = stream.state.bind(py);
+        let counters = stream.counters.bind(py);
         let join_state = stream.join_state.bind(py);
-        let latest = optional_float(&get(state, intern!(py, "latest_ts"))?)?;
+        let (latest, since, last) = {
+            let c = counters.borrow();
+            (c.latest_ts, c.labels_since_publish, c.last_publish_ts)
+        };
         if let Some(latest) = latest {
             if ts - latest > stream.skew_limit {
                 return Ok(None); // the skew rule decides, in Python
@@ -994,14 +991,12 @@ impl RecordLane {
         if entries.len() >= stream.max_pending || entries.contains(&id)? {
             return Ok(None); // an eviction, or a duplicate id
         }
-        let since: i64 = get(state, intern!(py, "labels_since_publish"))?.extract()?;
-        let last = optional_float(&get(state, intern!(py, "last_publish_ts"))?)?;
         let due = since >= stream.every_labels
             || (since > 0 && ts - last.unwrap_or(ts) >= stream.every_seconds);
         if due {
             return Ok(None); // a weights version
         }
-        state.set_item(intern!(py, "changed"), true)?;
+        counters.borrow_mut().changed = true;
         let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
         let core = core.downcast::<ChainCore>()?;
         let served = core.borrow_mut().serve(py, rows, Vec::new());
@@ -1017,7 +1012,7 @@ impl RecordLane {
         };
         let ts_object = PyFloat::new(py, ts);
         if latest.is_none_or_less(ts) {
-            state.set_item(intern!(py, "latest_ts"), &ts_object)?;
+            counters.borrow_mut().latest_ts = Some(ts);
         }
         // `StreamUncertainty.serve_flat`: the sets served now are the ones scored later.
         let mut sets = None;
@@ -1056,17 +1051,19 @@ impl RecordLane {
             join_state.set_item(intern!(py, "_head"), &pending)?;
             join_state.set_item(intern!(py, "head_ts"), &ts_object)?;
         }
-        let predictions: i64 = get(state, intern!(py, "predictions"))?.extract()?;
-        state.set_item(intern!(py, "predictions"), predictions + 1)?;
-        if last.is_none() {
-            state.set_item(intern!(py, "last_publish_ts"), &ts_object)?;
-        }
+        let version = {
+            let mut counters = counters.borrow_mut();
+            counters.predictions += 1;
+            if last.is_none() {
+                counters.last_publish_ts = Some(ts);
+            }
+            counters.weights_version
+        };
         let key = stream.prediction_key.bind(py).as_any().clone();
         if !adapted {
             stream.done_counts[DONE_PREDICTIONS].fetch_add(1, Ordering::Relaxed);
             return Ok(Some(stream.prediction_done.bind(py).clone()));
         }
-        let version: i64 = get(state, intern!(py, "weights_version"))?.extract()?;
         let values = &pending.get().flat.as_ref().expect("made flat above").buffer;
         let served = &values[stream.output.0..stream.output.1];
         let sets = match (&stream.uncertainty, sets) {
@@ -1095,9 +1092,9 @@ impl RecordLane {
         }
         let ts = record.ts;
         let pipeline = stream.pipeline.bind(py);
-        let state = stream.state.bind(py);
+        let counters = stream.counters.bind(py);
         let join_state = stream.join_state.bind(py);
-        let latest = optional_float(&get(state, intern!(py, "latest_ts"))?)?;
+        let latest = counters.borrow().latest_ts;
         if let Some(latest) = latest {
             if ts - latest > stream.skew_limit {
                 return Ok(None);
@@ -1169,7 +1166,7 @@ impl RecordLane {
         };
         let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
         let core = core.downcast::<ChainCore>()?;
-        state.set_item(intern!(py, "changed"), true)?;
+        counters.borrow_mut().changed = true;
         let label = class.into_pyobject(py)?;
         let fired = learn_served_values(
             py,
@@ -1221,8 +1218,10 @@ impl RecordLane {
             Some(None) => f64::INFINITY,
             None => get(join_state, intern!(py, "head_ts"))?.extract()?,
         };
-        let since: i64 = get(state, intern!(py, "labels_since_publish"))?.extract::<i64>()? + 1;
-        let last = optional_float(&get(state, intern!(py, "last_publish_ts"))?)?;
+        let (since, last) = {
+            let counters = counters.borrow();
+            (counters.labels_since_publish + 1, counters.last_publish_ts)
+        };
         let due = since >= stream.every_labels
             || (since > 0 && ts - last.unwrap_or(ts) >= stream.every_seconds);
         if !fired.is_empty() || due || head_after < now - stream.ttl {
@@ -1259,15 +1258,16 @@ impl RecordLane {
             }
             None => {}
         }
-        let ts_object = PyFloat::new(py, ts);
-        if latest.is_none_or_less(ts) {
-            state.set_item(intern!(py, "latest_ts"), &ts_object)?;
-        }
-        let labels: i64 = get(state, intern!(py, "labels"))?.extract()?;
-        state.set_item(intern!(py, "labels"), labels + 1)?;
-        state.set_item(intern!(py, "labels_since_publish"), since)?;
-        if last.is_none() {
-            state.set_item(intern!(py, "last_publish_ts"), &ts_object)?;
+        {
+            let mut counters = counters.borrow_mut();
+            if latest.is_none_or_less(ts) {
+                counters.latest_ts = Some(ts);
+            }
+            counters.labels += 1;
+            counters.labels_since_publish = since;
+            if last.is_none() {
+                counters.last_publish_ts = Some(ts);
+            }
         }
         stream.done_counts[DONE_LABELS].fetch_add(1, Ordering::Relaxed);
         stream.done_counts[DONE_JOINED].fetch_add(1, Ordering::Relaxed);

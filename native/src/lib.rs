@@ -41,6 +41,7 @@ mod probability_input;
 mod record_check;
 mod scores;
 mod stacking;
+mod stream_counters;
 mod temperature;
 
 /// The core's version, to check that the compiled module matches the Python package.
@@ -79,5 +80,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     event_time::register(module)?;
     lane::register(module)?;
     pending::register(module)?;
+    stream_counters::register(module)?;
     Ok(())
 }
