@@ -108,6 +108,35 @@ def test_clean_replay_serves_every_prediction_and_learns_every_label(stream, rec
             assert outcome.adapted is None
 
 
+def test_counters_are_plain_attributes_held_by_the_native_base(stream, records):
+    """Scenario: a stream's counters and clocks (a native base class since the lane
+    writes them as fields) read, written and restored from Python. We expect: Python
+    numbers and ``None`` as before (a clock is a float, an integer written to it reads
+    back as one), a wrong type refused with ``TypeError`` and nothing changed, no copy in
+    the instance ``__dict__`` to go stale, and a snapshot's values restored exactly."""
+    pipeline = Pipeline([stream])
+    state = pipeline.streams[stream.name]
+    assert (state.predictions, state.labels, state.weights_version) == (0, 0, 0)
+    assert state.latest_ts is None and state.last_publish_ts is None
+    assert state.changed is False
+    _run(pipeline, records[:500])
+    assert type(state.predictions) is int and state.predictions > 0
+    assert type(state.latest_ts) is float and state.changed is True
+    names = ("predictions", "labels", "weights_version", "labels_since_publish",
+             "last_publish_ts", "latest_ts", "changed")
+    assert not set(names) & set(vars(state))
+    before = state.latest_ts
+    with pytest.raises(TypeError):
+        state.latest_ts = "soon"
+    assert state.latest_ts == before
+    state.latest_ts = 7
+    assert state.latest_ts == 7.0 and type(state.latest_ts) is float
+    state.latest_ts = before
+    restored = _restored(pipeline, [stream]).streams[stream.name]
+    assert [getattr(restored, n) for n in names[:-1]] == [getattr(state, n) for n in names[:-1]]
+    assert restored.changed is False  # loaded: nothing to write yet
+
+
 def test_two_pipelines_on_the_same_records_end_identical(stream, records):
     first, second = Pipeline([stream]), Pipeline([stream])
     out_first, out_second = _run(first, records), _run(second, records)
