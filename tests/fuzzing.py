@@ -113,9 +113,8 @@ def random_input(rng: random.Random, index: int) -> bytes:
     return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
 
 
-#: A number token of a record as the wire writes it (not inside a string: the records
-#: mutated here hold no digits in their strings but ids and model names, which a number
-#: token cannot start inside since they follow a quote).
+#: A number token as the wire writes it: one right after ``:``, ``[`` or ``,`` (a digit
+#: inside an id or a model name follows a letter, a dash or a quote, so is not matched).
 _NUMBER = re.compile(rb"(?<=[:\[,])-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
@@ -192,9 +191,10 @@ def respell(raw: bytes, rng: random.Random) -> bytes:
 
 
 def respelled(raws: Sequence[bytes], rng: random.Random) -> tuple[list[bytes], set[int]]:
-    """``raws`` with a quarter of them respelled (``respell``) and a twentieth mutated
-    (``mutate``), in place; also the indices respelled. The lane fuzz's input: records
-    the core's own JSON reader takes must read exactly as ``events.decode`` reads them."""
+    """A copy of ``raws`` with a quarter of them respelled (``respell``) and a twentieth
+    mutated (``mutate``), each at its place; also the indices respelled. The lane fuzz's
+    input: records the core's own JSON reader takes must read exactly as
+    ``events.decode`` reads them."""
     out, changed = [], set()
     for index, raw in enumerate(raws):
         draw = rng.random()
