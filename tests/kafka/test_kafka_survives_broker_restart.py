@@ -3,6 +3,7 @@ operator action and ends with the uninterrupted run's weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -81,17 +82,17 @@ def test_service_rides_out_a_broker_restart(tmp_path, kafka_broker, topic_factor
             assert process.poll() is None and time.monotonic() < deadline, \
                 log_path.read_text()[-3000:]
             time.sleep(0.05)
-        watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
         inputs = [TopicPartition(topics[kind], n) for kind in ("predictions", "labels")
                   for n in range(3)]
-        # The first commit may still be on its way when the input is held (a due
-        # checkpoint waits for the commit in flight while records go on): wait for it.
-        done, deadline = 0, time.monotonic() + 30
-        while done == 0 and time.monotonic() < deadline:
-            done = sum(watcher.committed(tp) or 0 for tp in inputs)
-            time.sleep(0.1)
-        watcher.close()
+        with contextlib.closing(KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                              enable_auto_commit=False)) as watcher:
+            def committed() -> int:
+                return sum(watcher.committed(tp) or 0 for tp in inputs)
+
+            # The first commit may still be on its way when the input is held (a due
+            # checkpoint waits for the commit in flight while records go on): wait for it.
+            _wait(lambda: committed() > 0, 30, "the first commit", log_path)
+            done = committed()
         assert 0 < done < HOLD_AT, f"committed {done}: not part-way with a cycle open"
         _wait(lambda: uncommitted_records(bootstrap, topics["weights"], 3) > 0, 30,
               "the open transaction's weights records to reach the broker", log_path)
