@@ -573,9 +573,12 @@ class KafkaRuntime:
 
     def wait_committed(self) -> bool:
         """Block until the cycle whose commit is in flight (if any) is committed and the
-        next one has begun; ``False`` if that commit failed (handled as a failed commit:
-        the tasks roll back at the next fetch)."""
-        return self._settle()
+        next one has begun. ``False`` if that commit, or an earlier one whose failure
+        is still to be acted on, failed, or a rebalance is pending: the tasks roll back
+        to their last committed snapshots at the next fetch, so what was processed since
+        is not committed and must be read again (``Service.run`` does, to the end of a
+        bounded input)."""
+        return self._settle() and not self.source._rebalanced
 
     def describe(self) -> list[str]:
         """Where the replica stands, a line per fact (the SIGUSR1 report): the cycle

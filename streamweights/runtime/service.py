@@ -397,15 +397,36 @@ class Service:
             self.view.ready = True
             self.metrics.ready.set(1)
             self._refresh_view()
-            if not self._exhausted and not self._bound_reached(self.position):
-                self._loop()
-            self.checkpoint()
-            self.state.wait_committed()  # (Kafka: the commit is not merely in flight)
+            while True:
+                if not self._exhausted and not self._bound_reached(self.position):
+                    self._loop()
+                self.checkpoint()
+                if self.state.wait_committed():  # (Kafka: committed, not merely in flight)
+                    break
+                if not self._redo_uncommitted():
+                    break
         finally:
             sys.setswitchinterval(previous_interval)
             for sink in self.sinks.values():
                 sink.flush()
         return self.summary()
+
+    def _redo_uncommitted(self) -> bool:
+        """The run's last commit failed (Kafka: e.g. a broker restart fenced the producer
+        and the answer came only after the input ended), so its tasks roll back to their
+        last committed snapshots and offsets. A run that ended with its input reads on
+        from there to the end again (``True``: loop once more), since a bounded run
+        promises its outputs committed when it returns; one stopped by a request or
+        ``--max-records`` ends as asked, its last cycle left to the next run (logged)."""
+        if self._exhausted and not self._stop.is_set():
+            log.warning("the run's last commit failed after its input ended: reading on "
+                        "from the last committed offsets to the end again")
+            self._exhausted = False
+            return True
+        log.warning("the last commit failed as the run stopped: what was processed since "
+                    "the previous commit is not committed; the next run resumes from the "
+                    "last committed offsets and redoes it")
+        return False
 
     def close(self) -> None:
         if self.http is not None:

@@ -4,6 +4,7 @@ embedded service's numbers bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,12 +26,14 @@ from tests.kafka.helpers import (
     STREAMS,
     assert_versions_once_each,
     by_stream,
+    committed_offsets,
     kafka_document,
     make_config,
     make_topics,
     produce_inputs,
     read_records,
     read_topic,
+    weights_difference,
     write_input,
 )
 
@@ -229,6 +232,68 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     assert weights == by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
                                 .splitlines())
     assert_versions_once_each(weights)
+
+
+def test_a_commit_that_fails_after_the_input_ended_is_redone_before_the_run_exits(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
+    """Scenario: a bounded replay whose last cycle's commit (the final weights versions,
+    the snapshots, the offsets to the input's end) fails with a Kafka error after its
+    records were sent, as when a broker restart fenced the producer and the failure is
+    only seen once the input has ended (the broker-restart test caught the service
+    exiting 0 then, with that cycle's outputs never committed). We expect: the runtime
+    recovers (one abort, a new producer, every task rolled back to its last committed
+    snapshot), reads on from the committed offsets to the end again and commits before
+    the run returns; the summary and the read_committed weights (each version once)
+    equal the embedded run's; the group's committed offsets are the input's end
+    offsets; and a second run on the same group finds every task finished, publishes
+    nothing more and returns the same summary."""
+    from kafka.errors import KafkaError
+
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=1_500)
+    document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                              checkpoint_every_records=400)
+    service = Service(parse_config(document))
+    first_producer = service.state.producer
+    real_commit = transaction_calls.commit
+    failed = []
+
+    def failing_once_at_the_end(producer, timeout):
+        if service._exhausted and not failed:  # the input has ended: the last cycle
+            failed.append(producer is first_producer)
+            producer.flush()  # its records really are in the log, uncommitted
+            raise KafkaError("injected: the producer was fenced while the input ended")
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", failing_once_at_the_end)
+    try:
+        summary = service.run()
+        aborts = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "abort"})
+        replaced = service.state.producer is not first_producer
+    finally:
+        service.close()
+    assert failed == [True] and replaced and aborts == 1
+    assert summary["records"] == len(lines)
+    expected_streams = json.loads(orjson.dumps(embedded_summary["streams"]))
+    assert json.loads(orjson.dumps(summary["streams"])) == expected_streams
+    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
+                                 .splitlines())
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == expected_weights, weights_difference(weights, expected_weights)
+    assert_versions_once_each(weights)
+    offsets = committed_offsets(kafka_bootstrap, document["kafka"]["group_id"], topics, 3)
+    with contextlib.closing(KafkaConsumer(bootstrap_servers=kafka_bootstrap)) as reader:
+        assert offsets == reader.end_offsets(list(offsets))
+
+    monkeypatch.setattr(transaction_calls, "commit", real_commit)
+    again = Service(parse_config(document))
+    try:
+        rerun = again.run()
+    finally:
+        again.close()
+    assert json.loads(orjson.dumps(rerun["streams"])) == expected_streams
+    assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == expected_weights
 
 
 def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
