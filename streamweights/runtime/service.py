@@ -423,9 +423,10 @@ class Service:
                         "from the last committed offsets to the end again")
             self._exhausted = False
             return True
-        log.warning("the last commit failed as the run stopped: what was processed since "
-                    "the previous commit is not committed; the next run resumes from the "
-                    "last committed offsets and redoes it")
+        log.warning("the last commit failed as the run stopped (a stop request or "
+                    "--max-records): what was processed since the previous commit is not "
+                    "committed; the next run resumes from the last committed offsets and "
+                    "redoes it")
         return False
 
     def close(self) -> None:

@@ -296,6 +296,61 @@ def test_a_commit_that_fails_after_the_input_ended_is_redone_before_the_run_exit
     assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == expected_weights
 
 
+def test_a_stop_whose_last_commit_fails_leaves_that_cycle_to_the_next_run(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch, caplog):
+    """Scenario: a stop is requested part-way through a bounded replay (as SIGTERM does)
+    and the commit the stop makes fails with a Kafka error after its records were sent.
+    We expect: the run returns without reading on (it was asked to stop) and logs that
+    the next run redoes the uncommitted cycle; the group's committed offsets stop short
+    of the input's end; and a second run on the same group reads the rest, after which
+    the read_committed weights equal the embedded run's, each version once, and the
+    summary is the embedded run's."""
+    from kafka.errors import KafkaError
+
+    lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
+                                                      topic_factory, events=1_500)
+    document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
+                              checkpoint_every_records=400)
+    service = Service(parse_config(document))
+    real_commit = transaction_calls.commit
+    calls = []
+
+    def stop_at_the_second_then_fail(producer, timeout):
+        calls.append(service._stop.is_set())
+        if len(calls) == 2:
+            service.request_stop()  # the loop stops at its next record
+        elif calls[-1] and calls.count(True) == 1:  # the commit the stop makes
+            producer.flush()
+            raise KafkaError("injected: the producer was fenced as the run stopped")
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", stop_at_the_second_then_fail)
+    try:
+        with caplog.at_level("WARNING", logger="streamweights"):
+            service.run()
+    finally:
+        service.close()
+    assert calls.count(True) == 1, calls  # no commit after the failed one: no read-on
+    assert "the next run resumes from the last committed offsets" in caplog.text
+    group = document["kafka"]["group_id"]
+    assert 0 < sum(committed_offsets(kafka_bootstrap, group, topics, 3).values()) < len(lines)
+
+    monkeypatch.setattr(transaction_calls, "commit", real_commit)
+    again = Service(parse_config(document))
+    try:
+        summary = again.run()
+    finally:
+        again.close()
+    assert json.loads(orjson.dumps(summary["streams"])) == \
+        json.loads(orjson.dumps(embedded_summary["streams"]))
+    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
+                                 .splitlines())
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == expected_weights, weights_difference(weights, expected_weights)
+    assert_versions_once_each(weights)
+    assert sum(committed_offsets(kafka_bootstrap, group, topics, 3).values()) == len(lines)
+
+
 def test_records_processed_while_a_commit_is_in_flight_go_out_in_the_next_cycle(
         tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
     """Scenario: every commit_transaction of the runtime takes 150 ms longer (a slow
