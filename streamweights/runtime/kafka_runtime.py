@@ -49,6 +49,11 @@ Failure scenarios
       id and a roll-back of every owned task to its last committed snapshot; the lost
       cycle is recomputed. Three failures in a row end the process (non-zero exit):
       fail-stop, the supervisor (Kubernetes) restarts it, and the previous point applies.
+      A failure seen only once a bounded input has ended (the last cycle's commit, or
+      one still in flight at the end) is recomputed the same way before the run returns
+      (``Service.run`` reads on from the committed offsets to the end again); one seen
+      as the run stops on request leaves that cycle to the next run, which resumes from
+      the committed offsets (logged).
     * kafka-python's transactional calls wait without a limit, and after a broker
       restart that outlived the transaction timeout its producer can stay stuck in a
       commit or report as committed a cycle whose records failed. Commit, offsets and
