@@ -55,7 +55,12 @@ is that of the label that triggered it. p50/p99 over the versions of labels sent
 3 s warm-up; the p50 of the first and last thirds shows whether the replica keeps up,
 and the p99 after the first third leaves the warm-up out. It also prints the CPU the
 replica, the generator and the reader used while producing, and says so when the
-generator fell short of the rate asked.
+generator fell short of the rate asked. The replica runs with its HTTP endpoints, as a
+deployed one does, and its ``/metrics`` are read once a second while the load runs (a
+Prometheus server would scrape less often): commits per second, the mean checkpoint call
+and ``commit_transaction`` step, the changelog bytes a commit wrote, and the largest
+count of predictions waiting for labels and of consumer lag seen, so a slow run says
+where the time went.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -72,12 +77,14 @@ import io
 import os
 import pathlib
 import pstats
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -93,6 +100,7 @@ sys.path[:] = [str(REPO)] + [entry for entry in sys.path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from streamweights.config import SourceConfig, parse_config  # noqa: E402
 from streamweights.runtime import transaction_calls  # noqa: E402
@@ -308,6 +316,75 @@ def java_generator(workdir: pathlib.Path) -> list[str]:
             "LoadGenerator"]
 
 
+#: What the latency phase samples from the replica's /metrics, once a second (as a
+#: Prometheus server scrapes a replica, if more often): name -> how samples are folded.
+REPLICA_SERIES = ("streamweights_snapshot_bytes", "streamweights_pending_labels",
+                  "streamweights_kafka_consumer_lag",
+                  "streamweights_checkpoint_duration_seconds_count",
+                  "streamweights_checkpoint_duration_seconds_sum",
+                  "streamweights_kafka_commit_seconds_count",
+                  "streamweights_kafka_commit_seconds_sum",
+                  "streamweights_kafka_transactions_total")
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float] | None:
+    """The replica's :data:`REPLICA_SERIES`, each summed over its label sets (a commit
+    step's and an outcome's kept apart as ``name{value}``); ``None`` while it does not
+    answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name not in REPLICA_SERIES:
+                continue
+            key = sample.name
+            if "step" in sample.labels or "outcome" in sample.labels:
+                key += "{" + sample.labels.get("step", sample.labels.get("outcome", "")) + "}"
+            found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
+def replica_figures(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """What the replica's samples say over the producing window: commits per second,
+    the mean checkpoint call (snapshot encoding and sends; it waits for a commit still
+    in flight) and ``commit_transaction`` step, the changelog bytes a commit wrote
+    (median and largest sampled), the predictions waiting for labels and the consumer
+    lag (largest sampled, all streams / partitions summed)."""
+    if len(samples) < 2:
+        return {}
+    (_, first), (_, last) = samples[0], samples[-1]
+    seconds = samples[-1][0] - samples[0][0]
+
+    def delta(key: str) -> float:
+        return last.get(key, 0.0) - first.get(key, 0.0)
+
+    checkpoints = delta("streamweights_checkpoint_duration_seconds_count")
+    commits = delta("streamweights_kafka_commit_seconds_count{commit}")
+    sizes = [values.get("streamweights_snapshot_bytes", 0.0) for _, values in samples]
+    return {
+        "commits_per_s": delta("streamweights_kafka_transactions_total{commit}") / seconds,
+        "aborts": delta("streamweights_kafka_transactions_total{abort}"),
+        "checkpoint_ms": 1000 * delta("streamweights_checkpoint_duration_seconds_sum")
+        / max(checkpoints, 1),
+        "commit_step_ms": 1000 * delta("streamweights_kafka_commit_seconds_sum{commit}")
+        / max(commits, 1),
+        "snapshot_bytes_p50": statistics.median(sizes), "snapshot_bytes_max": max(sizes),
+        "pending_max": max(values.get("streamweights_pending_labels", 0.0)
+                           for _, values in samples),
+        "lag_max": max(values.get("streamweights_kafka_consumer_lag", 0.0)
+                       for _, values in samples)}
+
+
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
             seconds: float, commit_ms: int, state_dir: str,
             dump: str | None = None) -> dict[str, float]:
@@ -341,8 +418,11 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         [*java_generator(folder), bootstrap, inputs["predictions"], inputs["labels"],
          str(rate), str(folder / "records.tsv"), str(folder / "sent.txt")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    service = subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
-                                "--config", str(config_path)], cwd=REPO,
+    # With its HTTP endpoints, as a deployed replica runs, sampled once a second below.
+    port = free_port()
+    service = subprocess.Popen([sys.executable, "-m", "streamweights", "run",
+                                "--http-port", str(port), "--config", str(config_path)],
+                               cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     readable: list[tuple[str, float, float]] = []  # (stream, ts, wall time read)
@@ -364,6 +444,18 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
 
     reader = threading.Thread(target=read_weights, daemon=True)
     reader.start()
+    samples: list[tuple[float, dict[str, float]]] = []  # (wall time, the replica's series)
+    producing = threading.Event()
+
+    def sample_replica() -> None:
+        while not stop.is_set():
+            if producing.is_set():
+                found = scrape(port)
+                if found is not None:
+                    samples.append((time.time(), found))
+            stop.wait(1.0)
+
+    threading.Thread(target=sample_replica, daemon=True).start()
     log_lines: list[str] = []
     joined = threading.Event()
 
@@ -392,12 +484,20 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         cpu_before = {pid: process_cpu_seconds(pid)
                       for pid in (os.getpid(), service.pid, generator.pid)}
         started = time.time()
+        producing.set()
+        found = scrape(port)  # the replica's series at the go
+        if found is not None:
+            samples.append((started, found))
         generator.stdin.write("go\n")
         generator.stdin.flush()
         done = generator.stdout.readline().split()
         if not done or done[0] != "done":
             raise RuntimeError(f"the load generator failed: {done}")
         produced_for = time.time() - started
+        found = scrape(port)  # and at the end of producing
+        if found is not None:
+            samples.append((time.time(), found))
+        producing.clear()
         # How the 2 cores were shared while producing (the broker has the rest)
         cores = {pid: (process_cpu_seconds(pid) - before) / produced_for
                  for pid, before in cpu_before.items()}
@@ -427,6 +527,9 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         with open(dump, "w") as out:
             out.write(f"# go at {started:.3f} (epoch s); sent_s latency_ms\n")
             out.writelines(f"{at - started:.3f} {1000 * lat:.1f}\n" for at, lat in seen)
+            out.write("# the replica's /metrics, sampled: seconds from the go, then series\n")
+            out.writelines(f"{at - started:.3f} {orjson.dumps(values).decode()}\n"
+                           for at, values in samples)
             out.write("# the service's log\n")
             out.writelines(log_lines)
     if len(warm) < 20:
@@ -441,7 +544,8 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
             "steady_p99_ms": 1000 * statistics.quantiles(warm[third:], n=100)[98],
             "p99_ms": 1000 * quantiles[98], "max_ms": 1000 * max(warm),
             "achieved_rate": float(done[1]), "generator_cores": cores[generator.pid],
-            "reader_cores": cores[os.getpid()], "replica_cores": cores[service.pid]}
+            "reader_cores": cores[os.getpid()], "replica_cores": cores[service.pid],
+            **replica_figures(sorted(samples))}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -612,6 +716,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"note: the load generator reached only {found['achieved_rate']:,.0f} of the "
                   f"{rate:,.0f} records/s asked (the machine could not carry it): the "
                   "latency above is at that lower rate, with the cores saturated")
+        if "commits_per_s" in found:
+            print(f"the replica while producing (its /metrics, sampled each second): "
+                  f"{found['commits_per_s']:.1f} commits/s, {found['aborts']:.0f} aborted; "
+                  f"a checkpoint call {found['checkpoint_ms']:.1f} ms on average (encoding "
+                  f"and sends, or waiting for a commit in flight), commit_transaction "
+                  f"{found['commit_step_ms']:.1f} ms; changelog bytes per commit "
+                  f"{found['snapshot_bytes_p50']:,.0f} (median), "
+                  f"{found['snapshot_bytes_max']:,.0f} (largest); predictions waiting for "
+                  f"labels up to {found['pending_max']:,.0f}, consumer lag up to "
+                  f"{found['lag_max']:,.0f} records")
         print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, the "
               f"load generator (Java) {found['generator_cores']:.2f}, this process (the "
               f"reader) {found['reader_cores']:.2f}, of {os.cpu_count()} shared with the "
