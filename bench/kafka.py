@@ -59,8 +59,13 @@ generator fell short of the rate asked. The replica runs with its HTTP endpoints
 deployed one does, and its ``/metrics`` are read once a second while the load runs (a
 Prometheus server would scrape less often): commits per second, the mean checkpoint call
 and ``commit_transaction`` step, the changelog bytes a commit wrote, and the largest
-count of predictions waiting for labels and of consumer lag seen, so a slow run says
-where the time went.
+count of predictions waiting for labels and of consumer lag seen; and, from the input
+topics' end offsets, how many records the generator had paced out but its producer had
+not yet written, per topic. A gap between the two topics wider than
+``kafka.max_task_idle_ms``'s worth of records lets labels pass the predictions they
+answer (the replica's contract for live input), so predictions wait for labels that have
+gone by and the snapshots grow: the input is skewed, and the latency then says more about
+the harness than the replica. So a slow run says where the time went.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -382,7 +387,10 @@ def replica_figures(samples: list[tuple[float, dict[str, float]]]) -> dict[str, 
         "pending_max": max(values.get("streamweights_pending_labels", 0.0)
                            for _, values in samples),
         "lag_max": max(values.get("streamweights_kafka_consumer_lag", 0.0)
-                       for _, values in samples)}
+                       for _, values in samples),
+        **{f"backlog_{kind}_max": max(values.get(f"generator_backlog_{kind}", 0.0)
+                                      for _, values in samples)
+           for kind in ("predictions", "labels")}}
 
 
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
@@ -406,10 +414,12 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     # names), worked out before anything is timed.
     count = int(rate * seconds)
     label_of: dict[int, tuple[str, float]] = {}
+    labels_before = [0]  # labels among the first i records, for i = 0 .. count
     with open(folder / "records.tsv", "wb") as prepared:
         for index, raw in enumerate(lines[:count]):
             record = orjson.loads(raw)
             is_label = "label" in record
+            labels_before.append(labels_before[-1] + is_label)
             if is_label:
                 label_of[index] = (record["stream"], record["ts"])
             prepared.write(b"L\t" if is_label else b"P\t")
@@ -447,13 +457,32 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     samples: list[tuple[float, dict[str, float]]] = []  # (wall time, the replica's series)
     producing = threading.Event()
 
+    went: list[float] = []  # when the generator was told to go
+
     def sample_replica() -> None:
-        while not stop.is_set():
-            if producing.is_set():
-                found = scrape(port)
-                if found is not None:
-                    samples.append((time.time(), found))
-            stop.wait(1.0)
+        """Each second: the replica's series, and how far the records the generator was
+        handed (by its pacing) are from those in the input topics' logs, per topic."""
+        from kafka import TopicPartition
+
+        watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        partitions = {kind: [TopicPartition(inputs[kind], n) for n in range(topics.partitions)]
+                      for kind in ("predictions", "labels")}
+        try:
+            while not stop.is_set():
+                if producing.is_set() and went:
+                    found = scrape(port)
+                    now = time.time()
+                    if found is not None:
+                        handed = min(count, int(rate * (now - went[0])))
+                        for kind, owned in partitions.items():
+                            written = sum(watcher.end_offsets(owned).values())
+                            expected = (labels_before[handed] if kind == "labels"
+                                        else handed - labels_before[handed])
+                            found[f"generator_backlog_{kind}"] = expected - written
+                        samples.append((now, found))
+                stop.wait(1.0)
+        finally:
+            watcher.close()
 
     threading.Thread(target=sample_replica, daemon=True).start()
     log_lines: list[str] = []
@@ -488,6 +517,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         found = scrape(port)  # the replica's series at the go
         if found is not None:
             samples.append((started, found))
+        went.append(time.time())
         generator.stdin.write("go\n")
         generator.stdin.flush()
         done = generator.stdout.readline().split()
@@ -725,7 +755,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"{found['snapshot_bytes_p50']:,.0f} (median), "
                   f"{found['snapshot_bytes_max']:,.0f} (largest); predictions waiting for "
                   f"labels up to {found['pending_max']:,.0f}, consumer lag up to "
-                  f"{found['lag_max']:,.0f} records")
+                  f"{found['lag_max']:,.0f} records; records paced out by the load "
+                  f"generator but not yet in the log, at most "
+                  f"{found['backlog_predictions_max']:,.0f} predictions and "
+                  f"{found['backlog_labels_max']:,.0f} labels (a gap between "
+                  f"the two wider than kafka.max_task_idle_ms lets labels pass the "
+                  f"predictions they answer: the input, not the replica, is then skewed)")
         print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, the "
               f"load generator (Java) {found['generator_cores']:.2f}, this process (the "
               f"reader) {found['reader_cores']:.2f}, of {os.cpu_count()} shared with the "
