@@ -381,7 +381,9 @@ class Service:
 
     def run(self) -> dict[str, Any]:
         """Restore, process until the source ends, input position ``max_records`` or a
-        stop request; checkpoint; return the summary.
+        stop request; checkpoint; return the summary. A bounded run whose last commit
+        fails (Kafka) reads on from the committed offsets to the end again before it
+        returns (``_redo_uncommitted``).
 
         ``max_records`` bounds the input *position*, not the records of this run: with a
         file or replay source the same bounded command ends at the same record whether or
