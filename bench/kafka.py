@@ -65,7 +65,7 @@ not yet written, per topic. A gap between the two topics wider than
 ``kafka.max_task_idle_ms``'s worth of records lets labels pass the predictions they
 answer (the replica's contract for live input), so predictions wait for labels that have
 gone by and the snapshots grow: the input is skewed, and the latency then says more about
-the harness than the replica. So a slow run says where the time went.
+the harness than the replica.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -321,8 +321,9 @@ def java_generator(workdir: pathlib.Path) -> list[str]:
             "LoadGenerator"]
 
 
-#: What the latency phase samples from the replica's /metrics, once a second (as a
-#: Prometheus server scrapes a replica, if more often): name -> how samples are folded.
+#: The series the latency phase reads from the replica's /metrics, once a second (as a
+#: Prometheus server scrapes a replica, if more often); ``scrape`` sums each over its
+#: label sets.
 REPLICA_SERIES = ("streamweights_snapshot_bytes", "streamweights_pending_labels",
                   "streamweights_kafka_consumer_lag",
                   "streamweights_checkpoint_duration_seconds_count",
