@@ -38,12 +38,34 @@ from tests.kafka.helpers import (
 )
 
 
-def run_embedded(folder, input_path) -> dict:
-    service = Service(make_config(folder, input_path))
+def run_to_end(config) -> dict:
+    """Run a service on ``config`` to its end and close it; its summary."""
+    service = Service(config)
     try:
         return service.run()
     finally:
         service.close()
+
+
+def run_embedded(folder, input_path) -> dict:
+    return run_to_end(make_config(folder, input_path))
+
+
+def run_counting_aborts(service: Service) -> tuple[dict, float | None, object]:
+    """Run ``service`` to its end and close it: its summary, the transactions it counted
+    as aborted, and the producer it ended with (a recovery replaces the first)."""
+    try:
+        summary = service.run()
+        aborts = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "abort"})
+        return summary, aborts, service.state.producer
+    finally:
+        service.close()
+
+
+def embedded_weights(tmp_path) -> dict[str, list[bytes]]:
+    """The embedded run's weights records per stream (written by ``replayed_inputs``)."""
+    return by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
 
 
 def replayed_inputs(tmp_path, bootstrap, topic_factory, events=EVENTS_PER_STREAM,
@@ -143,8 +165,7 @@ def test_stream_records_above_the_message_limit_fraction_go_in_parts_and_restore
     lines = write_input(input_path, events=300)
     expected = json.loads(orjson.dumps(run_embedded(tmp_path / "embedded", input_path)
                                        ["streams"]))
-    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                 .splitlines())
+    expected_weights = embedded_weights(tmp_path)
     topics = make_topics(topic_factory, partitions=1)
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
     document = kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
@@ -175,11 +196,7 @@ def test_stream_records_above_the_message_limit_fraction_go_in_parts_and_restore
         whole = join_parts(head, parts[name], "test")
         assert decode_stream_record(whole, "test")[0] == name
 
-    restarted = Service(parse_config(document))
-    try:
-        summary = restarted.run()
-    finally:
-        restarted.close()
+    summary = run_to_end(parse_config(document))
     assert json.loads(orjson.dumps(summary["streams"])) == expected
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == expected_weights
@@ -217,20 +234,13 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
         return real_commit(producer, timeout)
 
     monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
-    try:
-        summary = service.run()
-        aborts = service.metrics.registry.get_sample_value(
-            "streamweights_kafka_transactions_total", {"outcome": "abort"})
-        replaced = service.state.producer is not first_producer
-    finally:
-        service.close()
-    assert calls["n"] == 3 and replaced and aborts == 1
+    summary, aborts, producer = run_counting_aborts(service)
+    assert calls["n"] == 3 and producer is not first_producer and aborts == 1
     assert summary["records"] == len(lines)
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
-    assert weights == by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                .splitlines())
+    assert weights == embedded_weights(tmp_path)
     assert_versions_once_each(weights)
 
 
@@ -266,19 +276,12 @@ def test_a_commit_that_fails_after_the_input_ended_is_redone_before_the_run_exit
         return real_commit(producer, timeout)
 
     monkeypatch.setattr(transaction_calls, "commit", failing_once_at_the_end)
-    try:
-        summary = service.run()
-        aborts = service.metrics.registry.get_sample_value(
-            "streamweights_kafka_transactions_total", {"outcome": "abort"})
-        replaced = service.state.producer is not first_producer
-    finally:
-        service.close()
-    assert failed == [True] and replaced and aborts == 1
+    summary, aborts, producer = run_counting_aborts(service)
+    assert failed == [True] and producer is not first_producer and aborts == 1
     assert summary["records"] == len(lines)
     expected_streams = json.loads(orjson.dumps(embedded_summary["streams"]))
     assert json.loads(orjson.dumps(summary["streams"])) == expected_streams
-    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                 .splitlines())
+    expected_weights = embedded_weights(tmp_path)
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == expected_weights, weights_difference(weights, expected_weights)
     assert_versions_once_each(weights)
@@ -287,11 +290,7 @@ def test_a_commit_that_fails_after_the_input_ended_is_redone_before_the_run_exit
         assert offsets == reader.end_offsets(list(offsets))
 
     monkeypatch.setattr(transaction_calls, "commit", real_commit)
-    again = Service(parse_config(document))
-    try:
-        rerun = again.run()
-    finally:
-        again.close()
+    rerun = run_to_end(parse_config(document))
     assert json.loads(orjson.dumps(rerun["streams"])) == expected_streams
     assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == expected_weights
 
@@ -336,15 +335,10 @@ def test_a_stop_whose_last_commit_fails_leaves_that_cycle_to_the_next_run(
     assert 0 < sum(committed_offsets(kafka_bootstrap, group, topics, 3).values()) < len(lines)
 
     monkeypatch.setattr(transaction_calls, "commit", real_commit)
-    again = Service(parse_config(document))
-    try:
-        summary = again.run()
-    finally:
-        again.close()
+    summary = run_to_end(parse_config(document))
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
-    expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
-                                 .splitlines())
+    expected_weights = embedded_weights(tmp_path)
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == expected_weights, weights_difference(weights, expected_weights)
     assert_versions_once_each(weights)
@@ -456,7 +450,7 @@ def test_a_bounded_replay_does_not_wait_out_max_task_idle_at_a_partition_end(
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
     assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == \
-        by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
+        embedded_weights(tmp_path)
 
 
 def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
@@ -487,4 +481,4 @@ def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
     assert json.loads(orjson.dumps(summary["streams"])) == \
         json.loads(orjson.dumps(embedded_summary["streams"]))
     assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == \
-        by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes().splitlines())
+        embedded_weights(tmp_path)
