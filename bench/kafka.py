@@ -82,7 +82,6 @@ import io
 import os
 import pathlib
 import pstats
-import socket
 import statistics
 import subprocess
 import sys
@@ -119,6 +118,7 @@ from streamweights.runtime.kafka_source import (  # noqa: E402
 )
 from streamweights.runtime.replay import ReplayStream  # noqa: E402
 from streamweights.runtime.service import THREAD_SWITCH_INTERVAL, Service  # noqa: E402
+from tests.kafka.broker import free_port  # noqa: E402
 
 #: The poll timeout the service's source uses (its default).
 POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
@@ -331,12 +331,6 @@ REPLICA_SERIES = ("streamweights_snapshot_bytes", "streamweights_pending_labels"
                   "streamweights_kafka_commit_seconds_count",
                   "streamweights_kafka_commit_seconds_sum",
                   "streamweights_kafka_transactions_total")
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float] | None:
