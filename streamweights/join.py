@@ -28,8 +28,6 @@ whether :meth:`expire` has anything to do (the per-record path asks on every rec
 from __future__ import annotations
 
 import json
-import math
-from collections import OrderedDict
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -67,114 +65,36 @@ def decode_entry(entry: Any) -> list[Any]:
     return [event_id, ts, unpack_state(skeleton, data)]
 
 
-class PendingJoin:
-    """Pending predictions keyed by id, bounded in count and in event-time age."""
+class PendingJoin(_native.PendingJoin):
+    """Pending predictions keyed by id, bounded in count and in event-time age.
 
-    def __init__(self, max_pending: int = 100_000, ttl_seconds: float = 86_400.0) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending: must be >= 1, got {max_pending}")
-        if not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds: must be > 0, got {ttl_seconds}")
-        self.max_pending = int(max_pending)
-        self.ttl_seconds = float(ttl_seconds)
-        self._entries: OrderedDict[str, Pending] = OrderedDict()
-        #: id -> the entry's :func:`encode_entry` text, once encoded (see module doc).
-        self._encoded: dict[str, str] = {}
-        self.expired_total = 0
-        self.evicted_total = 0
-        self.joined_total = 0
-        #: The oldest entry (``None`` when empty) and its event time (``inf`` when empty):
-        #: ``expire(now)`` removes something exactly when ``not head_ts >= now - ttl``.
-        self._head: Pending | None = None
-        self.head_ts = math.inf
+    The join itself is native (``native/src/join.rs``: the record lane adds and takes
+    entries without a Python dict in between); the verbs are ``add``, ``get``, ``pop``,
+    ``expire``, ``waiting()`` (the entries in arrival order), ``len`` and ``in``, with the
+    attributes ``max_pending``, ``ttl_seconds``, ``head_ts`` and the three counters
+    (``expired_total``, ``evicted_total``, ``joined_total``). This class adds the
+    snapshot verbs, whose entry texts are Python's codec (:func:`encode_entry`)."""
 
-    def _new_head(self) -> None:
-        """Re-read the oldest entry after it may have left."""
-        for head in self._entries.values():
-            self._head, self.head_ts = head, head.ts
-            return
-        self._head, self.head_ts = None, math.inf
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._entries
-
-    def add(self, event_id: str, ts: float, payload: Any) -> list[Pending]:
-        """Hold a prediction; return the entries pushed out to make room (counted)."""
-        if event_id in self._entries:
-            raise ValueError(f"id: prediction {event_id!r} is already waiting for its label")
-        evicted = []
-        while len(self._entries) >= self.max_pending:
-            evicted.append(self._entries.popitem(last=False)[1])
-            self._encoded.pop(evicted[-1].id, None)
-        self.evicted_total += len(evicted)
-        self._entries[event_id] = Pending(event_id, ts, payload)
-        if evicted or self._head is None:
-            self._new_head()
-        return evicted
-
-    def get(self, event_id: str) -> Pending | None:
-        """The waiting prediction for ``event_id`` (left in place), or ``None``."""
-        return self._entries.get(event_id)
-
-    def pop(self, event_id: str) -> Pending | None:
-        """Take the prediction a label belongs to, or ``None`` if it is not (or no longer) here."""
-        entry = self._entries.pop(event_id, None)
-        if entry is not None:
-            self.joined_total += 1
-            self._encoded.pop(event_id, None)
-            if entry is self._head:
-                self._new_head()
-        return entry
-
-    def expire(self, now: float) -> list[Pending]:
-        """Remove and return predictions older than ``now - ttl_seconds`` (event time)."""
-        horizon = now - self.ttl_seconds
-        expired = []
-        entries = self._entries
-        while entries:
-            head = next(iter(entries.values()))
-            if head.ts >= horizon:
-                break
-            expired.append(entries.popitem(last=False)[1])
-            self._encoded.pop(expired[-1].id, None)
-        self.expired_total += len(expired)
-        if expired:
-            self._new_head()
-        return expired
+    __slots__ = ()
 
     def encoded_entries(self) -> str:
         """The entries as a JSON array of :func:`encode_entry` texts, in arrival order,
         encoding only the entries not encoded before (:func:`decode_entry` reads each
         back as ``state_dict()["entries"]`` holds it)."""
-        cache = self._encoded
-        parts = []
-        for entry in self._entries.values():
-            text = cache.get(entry.id)
-            if text is None:
-                text = cache[entry.id] = encode_entry(entry.id, entry.ts, entry.payload)
-            parts.append(text)
-        return "[" + ",".join(parts) + "]"
+        return self.encoded_texts(encode_entry)
 
     def state_dict(self, entries: bool = True) -> dict[str, Any]:
         """The join's state; without ``entries`` the waiting predictions are left out
         (an empty list) for a caller that writes :meth:`encoded_entries` beside it."""
         return {
-            "entries": [[e.id, e.ts, e.payload] for e in self._entries.values()]
-            if entries else [],
+            "entries": [[e.id, e.ts, e.payload] for e in self.waiting()] if entries else [],
             "expired_total": self.expired_total,
             "evicted_total": self.evicted_total,
             "joined_total": self.joined_total,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._entries = OrderedDict(
-            (event_id, Pending(event_id, float(ts), payload))
-            for event_id, ts, payload in state["entries"])
-        self._encoded = {}
-        self._new_head()
-        self.expired_total = int(state["expired_total"])
-        self.evicted_total = int(state["evicted_total"])
-        self.joined_total = int(state["joined_total"])
+        self.restore([Pending(event_id, float(ts), payload)
+                      for event_id, ts, payload in state["entries"]],
+                     int(state["expired_total"]), int(state["evicted_total"]),
+                     int(state["joined_total"]))

@@ -155,8 +155,8 @@ def test_state_round_trip_restores_order_and_counters():
     restored = PendingJoin(max_pending=8, ttl_seconds=5.0)
     restored.load_state_dict(loads_state(text))
     assert dumps_state(restored.state_dict()) == text
-    assert [e.id for e in restored._entries.values()] == [e.id for e in join._entries.values()]
-    for ours, theirs in zip(join._entries.values(), restored._entries.values(), strict=True):
+    assert [e.id for e in restored.waiting()] == [e.id for e in join.waiting()]
+    for ours, theirs in zip(join.waiting(), restored.waiting(), strict=True):
         assert ours.ts == theirs.ts
         assert np.array_equal(ours.payload["served"], theirs.payload["served"])
     assert (restored.evicted_total, restored.expired_total, restored.joined_total) == (
@@ -231,3 +231,47 @@ def test_a_pending_entry_reads_compares_and_is_collected_as_a_dataclass_would():
     del box
     gc.collect()
     assert gone() is None
+
+
+def test_an_entry_left_waiting_while_many_join_behind_it_stays_the_head():
+    """Scenario: the native join keeps arrival order in a queue whose places go stale as
+    labels take entries from the middle (swept once stale places outnumber live ones).
+    One prediction never gets its label while 20,000 others arrive and are joined behind
+    it, a few left waiting. We expect: it stays the head (``head_ts``) throughout, it
+    expires first when its time comes, then the waiting ones in arrival order, and
+    ``waiting()`` always lists exactly the waiting entries in arrival order."""
+    join = PendingJoin(max_pending=1_000, ttl_seconds=100_000.0)
+    join.add("old", 0.0, None)
+    left = ["old"]
+    for step in range(1, 20_001):
+        join.add(f"e{step}", float(step), None)
+        if step % 5_000 == 0:
+            left.append(f"e{step}")  # left waiting
+        else:
+            assert join.pop(f"e{step}").ts == float(step)
+        assert join.head_ts == 0.0
+    assert _ids(join.waiting()) == left and len(join) == len(left)
+    assert join.joined_total == 20_000 - 4
+    assert _ids(join.expire(100_000.5)) == ["old"]
+    assert join.head_ts == 5_000.0
+    assert _ids(join.expire(200_000.0)) == left[1:]
+    assert join.head_ts == float("inf") and join.waiting() == []
+
+
+def test_bounds_can_be_changed_and_are_checked_as_at_construction():
+    """Scenario: a join's bounds are set after it holds entries (as the OrderedDict join's
+    plain attributes could be). We expect: a bad bound is refused with the constructor's
+    message and changes nothing; a lower max_pending evicts the oldest at the next add, a
+    shorter TTL expires at the next expire."""
+    join = PendingJoin(max_pending=5, ttl_seconds=100.0)
+    for i in range(5):
+        join.add(f"e{i}", float(i), None)
+    with pytest.raises(ValueError, match="max_pending: must be >= 1, got 0"):
+        join.max_pending = 0
+    with pytest.raises(ValueError, match="ttl_seconds: must be > 0, got nan"):
+        join.ttl_seconds = float("nan")
+    assert (join.max_pending, join.ttl_seconds) == (5, 100.0)
+    join.max_pending = 3
+    assert _ids(join.add("e5", 5.0, None)) == ["e0", "e1", "e2"]
+    join.ttl_seconds = 1.0
+    assert _ids(join.expire(4.5)) == ["e3"] and _ids(join.waiting()) == ["e4", "e5"]

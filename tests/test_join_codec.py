@@ -211,13 +211,29 @@ def test_join_encodes_each_entry_once_and_reads_back_its_state():
         if i == 9:
             assert join.expire(118.0)  # (ts < 108: the oldest ones)
         entries = json.loads(join.encoded_entries())
-        assert [e[0] for e in entries] == [e.id for e in join._entries.values()]
-        assert set(join._encoded) == {e.id for e in join._entries.values()}
+        assert [e[0] for e in entries] == [e.id for e in join.waiting()]
         for entry in entries:
             event_id, ts, payload = decode_entry(entry)
             assert ts == join.get(event_id).ts
             assert_same_tree(payload, kept[event_id])
     assert join.evicted_total and join.joined_total and join.expired_total
+    # Each entry's text is made once: a second snapshot encodes nothing anew, one more
+    # entry only that one, and the texts are the same as made afresh after a restore.
+    encoded: list[str] = []
+
+    def counting(event_id, ts, payload):
+        encoded.append(event_id)
+        return encode_entry(event_id, ts, payload)
+
+    kept_text = join.encoded_texts(counting)
+    assert encoded == []
+    join.add("new", 200.0, demo_payload(rng))
+    assert join.encoded_texts(counting) == kept_text[:-1] + "," + encode_entry(
+        "new", 200.0, join.get("new").payload) + "]"
+    assert encoded == ["new"]
+    join.restore(join.waiting(), 0, 0, 0)
+    assert join.encoded_texts(counting) == join.encoded_entries()
+    assert encoded == ["new", *(entry.id for entry in join.waiting())]
 
 
 def test_long_float_lists_are_packed_and_read_back_as_the_same_floats():

@@ -67,7 +67,7 @@ def test_the_lanes_arrays_are_owned_writable_float64() -> None:
     for raw in _replay(400):
         taken += lane.process(raw, False) is not None
     assert taken > 0
-    entries = list(pipeline.streams["demo"].join._entries.values())
+    entries = list(pipeline.streams["demo"].join.waiting())
     assert entries
     for entry in entries:
         for name, array in entry.payload.items():
@@ -90,7 +90,7 @@ def test_the_lanes_flat_payload_reads_as_the_dict_it_replaced() -> None:
     for raw in _replay(400):
         lane.process(raw, False)
     join = pipeline.streams["demo"].join
-    entry, other = list(join._entries.values())[:2]
+    entry, other = list(join.waiting())[:2]
     first, second = entry.payload, entry.payload
     assert first is not second and list(first) == ["buffer", "conformal"]
     assert all(np.array_equal(first[key], second[key]) for key in first)
@@ -98,7 +98,7 @@ def test_the_lanes_flat_payload_reads_as_the_dict_it_replaced() -> None:
     assert repr(entry).startswith(f"Pending(id={entry.id!r}, ts={entry.ts!r}, payload={{")
     restored = Pipeline(_streams("demo.yaml"))
     restored.load_state_dict(loads_state(dumps_state(pipeline.state_dict())))
-    twin = restored.streams["demo"].join._entries[entry.id]
+    twin = restored.streams["demo"].join.get(entry.id)
     assert type(twin.payload) is dict
     assert all(np.array_equal(np.asarray(twin.payload[key]), first[key]) for key in first)
     # Both sides continue alike: the flat entries and the restored ones learn the same.

@@ -190,7 +190,7 @@ def test_streams_do_not_touch_each_other(stream, records):
 
 # -- bad records ---------------------------------------------------------------------
 def _pending_id(pipeline: Pipeline, name: str) -> str:
-    return next(iter(pipeline.streams[name].join._entries))
+    return pipeline.streams[name].join.waiting()[0].id
 
 
 def _good_outputs(stream: StreamConfig) -> dict[str, list[float]]:
@@ -360,7 +360,7 @@ def test_join_ttl_expires_old_predictions_in_event_time(stream, records):
     for record, outcome in zip(records, outcomes, strict=True):
         for entry in outcome.expired:
             assert entry.ts < record.ts - 10.0
-    waiting = [entry.ts for entry in state.join._entries.values()]
+    waiting = [entry.ts for entry in state.join.waiting()]
     assert all(ts >= state.latest_ts - 10.0 for ts in waiting)
 
 

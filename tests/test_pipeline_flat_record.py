@@ -58,7 +58,7 @@ def _without_join_entries(state: dict) -> dict:
 
 def _entries(pipeline: Pipeline) -> list[tuple[str, float]]:
     return [(pending.id, pending.ts) for stream in pipeline.streams.values()
-            for pending in stream.join._entries.values()]
+            for pending in stream.join.waiting()]
 
 
 @pytest.mark.parametrize("config", ["demo.yaml", "kafka.yaml"])
@@ -103,7 +103,7 @@ def test_a_snapshot_of_trace_entries_goes_on_as_an_uninterrupted_run(config):
     expected = _one_at_a_time(reference, raws)
     before = _pipeline(_streams(config), "general")
     _one_at_a_time(before, raws[:half])
-    waiting = [pending.payload for pending in before.streams["demo"].join._entries.values()]
+    waiting = [pending.payload for pending in before.streams["demo"].join.waiting()]
     assert waiting and all("trace" in payload for payload in waiting)
     restored = _pipeline(_streams(config), "fused")
     restored.load_state_dict(loads_state(dumps_state(before.state_dict())))
@@ -127,7 +127,7 @@ def test_learn_served_refuses_what_it_cannot_use_and_changes_nothing():
     stream = pipeline.streams["demo"]
     record = events.decode(_replay(50)[0])
     stream.on_prediction(record)
-    buffer = next(iter(stream.join._entries.values())).payload["buffer"]
+    buffer = stream.join.waiting()[0].payload["buffer"]
     core = stream.chain.core
     before = dumps_state(stream.state_dict())
     args = (stream._all_scores, stream._evidence_cores, stream._evidence_ranges, 1e-6)

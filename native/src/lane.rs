@@ -7,7 +7,7 @@
 //! chain's arithmetic is about one. `RecordLane.process(raw, adapted)` does the same
 //! steps here for a classification stream whose chain the core drives whole (no torch
 //! model, no feature stage; its conformal sets and estimates included), reading and
-//! writing the same Python objects (`StreamPipeline`'s attributes, its `PendingJoin`'s entries) so
+//! writing the same objects (`StreamPipeline`'s attributes, its native `PendingJoin`) so
 //! that the state is exactly what the Python path leaves, bit for bit.
 //!
 //! The lane only takes a record when it is certain of every answer Python would give:
@@ -42,14 +42,15 @@ use std::time::Instant;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyFloat, PyIterator, PyList, PyString, PyTuple};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
 use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
 use crate::expert_losses::read_flat;
+use crate::join::{Held, PendingJoin};
 use crate::label_step::learn_served_values;
-use crate::pending::{Flat, Pending};
+use crate::pending::Flat;
 use crate::record_check::{MAX_MAGNITUDE, SCHEMA_VERSION};
 use crate::stream_counters::StreamCounters;
 
@@ -433,9 +434,9 @@ struct LaneStream {
     pipeline: Py<PyAny>,
     /// The stream's counters and clocks (the pipeline itself, whose base class they are).
     counters: Py<StreamCounters>,
-    /// The `__dict__` of the stream's join and its chain: their plain attributes read and
-    /// written directly (none is a property or a slot).
-    join_state: Py<PyDict>,
+    /// The stream's join (native: asked and changed directly).
+    join: Py<PendingJoin>,
+    /// The `__dict__` of the stream's chain: its core read directly (a plain attribute).
     chain_state: Py<PyDict>,
     /// `(name, "prediction")` and `(name, "label")`: what `process` returns.
     prediction_key: Py<PyTuple>,
@@ -701,7 +702,7 @@ impl RecordLane {
             };
             lane_streams.push(LaneStream {
                 counters: bound.downcast::<StreamCounters>()?.clone().unbind(),
-                join_state: dict_of(&join)?,
+                join: join.downcast_into::<PendingJoin>()?.unbind(),
                 chain_state: dict_of(&bound.getattr("chain")?)?,
                 pipeline: stream,
                 prediction_done: done(&prediction_key)?,
@@ -967,7 +968,7 @@ impl RecordLane {
         }
         let ts = record.ts;
         let counters = stream.counters.bind(py);
-        let join_state = stream.join_state.bind(py);
+        let join = stream.join.bind(py);
         let (latest, since, last) = {
             let c = counters.borrow();
             (c.latest_ts, c.labels_since_publish, c.last_publish_ts)
@@ -978,18 +979,18 @@ impl RecordLane {
             }
         }
         let now = advanced(latest, ts);
-        let head_ts: f64 = get(join_state, intern!(py, "head_ts"))?.extract()?;
-        if head_ts < now - stream.ttl {
-            return Ok(None); // something expires
-        }
-        let entries = get(join_state, intern!(py, "_entries"))?;
-        let entries = entries.downcast::<PyDict>()?;
-        let id = match std::str::from_utf8(record.id) {
-            Ok(id) => PyString::new(py, id),
+        let id_text = match std::str::from_utf8(record.id) {
+            Ok(id) => id,
             Err(_) => return Ok(None), // not UTF-8: Python's refusal
         };
-        if entries.len() >= stream.max_pending || entries.contains(&id)? {
-            return Ok(None); // an eviction, or a duplicate id
+        {
+            let join = join.borrow();
+            if join.head_ts() < now - stream.ttl {
+                return Ok(None); // something expires
+            }
+            if join.len() >= stream.max_pending || join.contains(id_text) {
+                return Ok(None); // an eviction, or a duplicate id
+            }
         }
         let due = since >= stream.every_labels
             || (since > 0 && ts - last.unwrap_or(ts) >= stream.every_seconds);
@@ -1007,10 +1008,10 @@ impl RecordLane {
                 // `on_prediction`'s refusal
                 let message = error.value(py).str()?.to_string();
                 let key = stream.prediction_key.bind(py).as_any();
+                let id = PyString::new(py, id_text);
                 return self.refused(py, stream, key, "invalid_outputs", message, &id);
             }
         };
-        let ts_object = PyFloat::new(py, ts);
         if latest.is_none_or_less(ts) {
             counters.borrow_mut().latest_ts = Some(ts);
         }
@@ -1034,43 +1035,41 @@ impl RecordLane {
                 sets = wire;
             }
         }
-        // The payload stays the core's vectors (`Pending::flat`), read back by the label.
-        let pending = Bound::new(
-            py,
-            Pending::flat(
-                id.clone().into_any().unbind(),
-                ts_object.clone().into_any().unbind(),
-                Flat {
-                    buffer: values,
-                    kept: kept_rows,
-                },
-            ),
-        )?;
-        entries.as_any().set_item(&id, &pending)?;
-        if get(join_state, intern!(py, "_head"))?.is_none() {
-            join_state.set_item(intern!(py, "_head"), &pending)?;
-            join_state.set_item(intern!(py, "head_ts"), &ts_object)?;
-        }
-        let version = {
+        let version = counters.borrow().weights_version;
+        // The adapted record, made before the flat record moves into the join (an error
+        // is raised after the state changes below, as when it was made after them).
+        let encoded = if adapted {
+            let served = &values[stream.output.0..stream.output.1];
+            let sets = match (&stream.uncertainty, sets) {
+                (Some(uncertainty), Some(wire)) => Some((&uncertainty.keys, wire)),
+                _ => None,
+            };
+            Some(encode_adapted(record, ts, served, sets, version))
+        } else {
+            None
+        };
+        // The payload stays the core's vectors, in the join itself (no Python object),
+        // read back by the label.
+        let flat = Flat {
+            buffer: values,
+            kept: kept_rows,
+        };
+        join.borrow_mut().insert(id_text, ts, Held::Flat(flat));
+        {
             let mut counters = counters.borrow_mut();
             counters.predictions += 1;
             if last.is_none() {
                 counters.last_publish_ts = Some(ts);
             }
-            counters.weights_version
-        };
-        let key = stream.prediction_key.bind(py).as_any().clone();
-        if !adapted {
-            stream.done_counts[DONE_PREDICTIONS].fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(stream.prediction_done.bind(py).clone()));
         }
-        let values = &pending.get().flat.as_ref().expect("made flat above").buffer;
-        let served = &values[stream.output.0..stream.output.1];
-        let sets = match (&stream.uncertainty, sets) {
-            (Some(uncertainty), Some(wire)) => Some((&uncertainty.keys, wire)),
-            _ => None,
+        let key = stream.prediction_key.bind(py).as_any().clone();
+        let encoded = match encoded {
+            Some(encoded) => encoded?,
+            None => {
+                stream.done_counts[DONE_PREDICTIONS].fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(stream.prediction_done.bind(py).clone()));
+            }
         };
-        let encoded = encode_adapted(record, ts, served, sets, version)?;
         Ok(Some(PyTuple::new(
             py,
             [key, PyBytes::new(py, &encoded).into_any()],
@@ -1093,26 +1092,23 @@ impl RecordLane {
         let ts = record.ts;
         let pipeline = stream.pipeline.bind(py);
         let counters = stream.counters.bind(py);
-        let join_state = stream.join_state.bind(py);
+        let join = stream.join.bind(py);
         let latest = counters.borrow().latest_ts;
         if let Some(latest) = latest {
             if ts - latest > stream.skew_limit {
                 return Ok(None);
             }
         }
-        let entries = get(join_state, intern!(py, "_entries"))?;
-        let entries = entries.downcast::<PyDict>()?;
-        let id = match std::str::from_utf8(record.id) {
-            Ok(id) => PyString::new(py, id),
+        let id_text = match std::str::from_utf8(record.id) {
+            Ok(id) => id,
             Err(_) => return Ok(None), // not UTF-8: Python's refusal
         };
-        let pending = match entries.get_item(&id)? {
-            Some(pending) => pending,
+        // Read in place: nothing on the way to the join's own change below asks the join
+        // (the borrow ends before any call back into the pipeline).
+        let waiting = join.borrow();
+        let held = match waiting.held(id_text) {
+            Some(held) => held,
             None => return Ok(None), // unmatched: Python's letter
-        };
-        let pending = match pending.downcast::<Pending>() {
-            Ok(pending) => pending.clone(),
-            Err(_) => return Ok(None), // (the join holds only `Pending`s)
         };
         let layers = matches!(&stream.uncertainty, Some(u) if u.layers);
         // The core's flat record and, with conformal layers, the thresholds served: as
@@ -1120,8 +1116,12 @@ impl RecordLane {
         // a native array of thresholds, read here; anything else, a snapshot's lists,
         // takes the general path, which reads them back first.
         let read_back: (Vec<f64>, Option<Vec<f64>>);
-        let (values, kept): (&[f64], Option<&[f64]>) = match &pending.get().flat {
-            Some(flat) => {
+        let flat = match held {
+            Held::Flat(flat) => Some(flat),
+            Held::Object(pending) => pending.get().flat.as_ref(),
+        };
+        let (values, kept): (&[f64], Option<&[f64]>) = match (flat, held) {
+            (Some(flat), _) => {
                 if flat.kept.is_some() != layers {
                     return Ok(None);
                 }
@@ -1130,7 +1130,8 @@ impl RecordLane {
                     flat.kept.as_ref().map(|(kept, _, _)| &kept[..]),
                 )
             }
-            None => {
+            (None, Held::Flat(_)) => unreachable!("a flat entry has its flat payload"),
+            (None, Held::Object(pending)) => {
                 let payload = pending.get().payload_object(py)?;
                 let payload = match payload.downcast::<PyDict>() {
                     Ok(payload) => payload.clone(),
@@ -1179,6 +1180,9 @@ impl RecordLane {
             stream.clip,
             uncertainty.as_ref().map(|core| (core, kept.unwrap_or(&[]))),
         );
+        // The oldest entry's event time once this one leaves; then the join is let go.
+        let head_after = waiting.head_ts_without(id_text);
+        drop(waiting);
         let key = stream.label_key.bind(py).as_any().clone();
         let fired = match fired {
             Ok(Some(fired)) => fired,
@@ -1188,36 +1192,13 @@ impl RecordLane {
                     "label: {}; the stream keeps its last good state",
                     error.value(py).str()?
                 );
+                let id = PyString::new(py, id_text);
                 return self.refused(py, stream, &key, "non_finite_state", message, &id);
             }
             Err(error) => return Err(error),
         };
         // What `_learned` does next, unless something on its path needs Python.
         let now = advanced(latest, ts);
-        let head = get(join_state, intern!(py, "_head"))?;
-        // The oldest entry once this one leaves (`PendingJoin._new_head`'s answer):
-        // `Some(None)` for none, `None` when this one is not the oldest (it stays).
-        let mut new_head = None;
-        if pending.is(&head) {
-            let mut keys = entries.as_any().try_iter()?;
-            keys.next(); // the head itself
-            new_head = Some(match keys.next() {
-                Some(next) => {
-                    let next = entries.as_any().get_item(next?)?;
-                    let next_ts = match next.downcast::<Pending>() {
-                        Ok(next) => next.get().ts.bind(py).clone(),
-                        Err(_) => next.getattr(intern!(py, "ts"))?,
-                    };
-                    Some((next, next_ts))
-                }
-                None => None,
-            });
-        }
-        let head_after: f64 = match &new_head {
-            Some(Some((_, next_ts))) => next_ts.extract()?,
-            Some(None) => f64::INFINITY,
-            None => get(join_state, intern!(py, "head_ts"))?.extract()?,
-        };
         let (since, last) = {
             let counters = counters.borrow();
             (counters.labels_since_publish + 1, counters.last_publish_ts)
@@ -1229,7 +1210,7 @@ impl RecordLane {
                 self.helpers
                     .label
                     .bind(py)
-                    .call1((stream.name.bind(py), &id, ts, &label))?;
+                    .call1((stream.name.bind(py), id_text, ts, &label))?;
             let outcome = self.helpers.outcome.bind(py).call(
                 (),
                 Some(&[("stream", stream.name.bind(py))].into_py_dict(py)?),
@@ -1239,25 +1220,7 @@ impl RecordLane {
             return Ok(Some(PyTuple::new(py, [key, outcome])?));
         }
         // `PendingJoin.pop`, then the clock and the counters.
-        entries.as_any().del_item(&id)?;
-        let joined: i64 = get(join_state, intern!(py, "joined_total"))?.extract()?;
-        join_state.set_item(intern!(py, "joined_total"), joined + 1)?;
-        let encoded = get(join_state, intern!(py, "_encoded"))?;
-        let encoded = encoded.downcast::<PyDict>()?;
-        if encoded.contains(&id)? {
-            encoded.del_item(&id)?;
-        }
-        match new_head {
-            Some(Some((next, next_ts))) => {
-                join_state.set_item(intern!(py, "_head"), next)?;
-                join_state.set_item(intern!(py, "head_ts"), next_ts)?;
-            }
-            Some(None) => {
-                join_state.set_item(intern!(py, "_head"), py.None())?;
-                join_state.set_item(intern!(py, "head_ts"), f64::INFINITY)?;
-            }
-            None => {}
-        }
+        join.borrow_mut().remove(id_text);
         {
             let mut counters = counters.borrow_mut();
             if latest.is_none_or_less(ts) {

@@ -26,6 +26,7 @@ mod expert_losses;
 mod feature_correction;
 mod fixed_share;
 mod hedge;
+mod join;
 mod kafka_batch;
 mod kafka_records;
 mod kalman;
@@ -80,6 +81,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     event_time::register(module)?;
     lane::register(module)?;
     pending::register(module)?;
+    join::register(module)?;
     stream_counters::register(module)?;
     Ok(())
 }

@@ -8,10 +8,12 @@
 //! as nothing ever rebinds them) and the same dataclass-style `repr` and equality.
 //!
 //! The record lane keeps its payload as plain vectors (`Flat`: the chain's flat record
-//! and the conformal thresholds served with it) and reads them back with the label:
-//! no dict, no NumPy arrays made per prediction, none read and freed per label. Python
-//! code that asks for `payload` (a snapshot, the general path) gets the dict the lane
-//! used to store, `{"buffer": 1-d array, "conformal": 2-d array}`, made on each read.
+//! and the conformal thresholds served with it), held in the native join itself
+//! (`join.rs`) and read back with the label: no `Pending`, dict or NumPy array made per
+//! prediction, none read and freed per label. Python code that asks the join for such
+//! an entry (a snapshot, the general path, an expiry) gets a `Pending` made then, whose
+//! `payload` is the dict the lane used to store, `{"buffer": 1-d array, "conformal":
+//! 2-d array}`, made on each read.
 
 use pyo3::basic::CompareOp;
 use pyo3::gc::PyVisit;
@@ -38,13 +40,23 @@ pub struct Pending {
 
 /// The record lane's payload: the chain core's flat record of the prediction and, with
 /// conformal layers, the thresholds each layer served (`rows × width`, row after row).
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Flat {
     pub buffer: Vec<f64>,
     pub kept: Option<(Vec<f64>, usize, usize)>,
 }
 
 impl Pending {
+    /// A waiting prediction holding the payload given (`PendingJoin.add`'s).
+    pub fn given(id: Py<PyAny>, ts: Py<PyAny>, payload: Py<PyAny>) -> Self {
+        Pending {
+            id,
+            ts,
+            given: Some(payload),
+            flat: None,
+        }
+    }
+
     /// A waiting prediction holding the lane's flat payload.
     pub fn flat(id: Py<PyAny>, ts: Py<PyAny>, flat: Flat) -> Self {
         Pending {
@@ -64,26 +76,27 @@ impl Pending {
             .flat
             .as_ref()
             .expect("a pending prediction holds a given or a flat payload");
-        let payload = PyDict::new(py);
-        payload.set_item(intern!(py, "buffer"), arrays::vector(py, &flat.buffer))?;
-        if let Some((kept, rows, width)) = &flat.kept {
-            let kept = arrays::matrix(py, kept, *rows, *width)?;
-            payload.set_item(intern!(py, "conformal"), kept)?;
-        }
-        Ok(payload.into_any())
+        flat_payload(py, flat)
     }
+}
+
+/// The payload dict Python sees for a flat payload: `{"buffer": 1-d array}`, plus
+/// `"conformal"` (a 2-d array) with conformal layers.
+pub fn flat_payload<'py>(py: Python<'py>, flat: &Flat) -> PyResult<Bound<'py, PyAny>> {
+    let payload = PyDict::new(py);
+    payload.set_item(intern!(py, "buffer"), arrays::vector(py, &flat.buffer))?;
+    if let Some((kept, rows, width)) = &flat.kept {
+        let kept = arrays::matrix(py, kept, *rows, *width)?;
+        payload.set_item(intern!(py, "conformal"), kept)?;
+    }
+    Ok(payload.into_any())
 }
 
 #[pymethods]
 impl Pending {
     #[new]
     fn new(id: Py<PyAny>, ts: Py<PyAny>, payload: Py<PyAny>) -> Self {
-        Pending {
-            id,
-            ts,
-            given: Some(payload),
-            flat: None,
-        }
+        Pending::given(id, ts, payload)
     }
 
     #[getter]

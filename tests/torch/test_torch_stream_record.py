@@ -39,7 +39,7 @@ def test_torch_stream_restored_from_its_stream_record_finishes_bit_for_bit(
     half = len(stream) // 2
     run(first, stream[:half])
     source = first.streams["digits"]
-    payload = next(iter(source.join._entries.values())).payload
+    payload = source.join.waiting()[0].payload
     assert {"head_features", "frozen"} <= set(payload)
     record = encode_stream_record("digits", source)
     name, state, _ = decode_stream_record(record, "test")

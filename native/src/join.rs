@@ -1,0 +1,483 @@
+//! `PendingJoin`: the served predictions waiting for their labels, keyed by id and kept
+//! in arrival order, bounded in count and in event-time age (Python face:
+//! `streamweights.join.PendingJoin`, a subclass that adds the snapshot verbs, which
+//! encode entries with Python's codec). The rules are `join.py`'s module doc.
+//!
+//! It was an `OrderedDict` of `Pending`s beside a few attributes, which the record lane
+//! read and wrote through the object's `__dict__`: about ten dict lookups a record and
+//! each id hashed as a new Python string twice. Here the lane asks the join directly.
+//!
+//! Layout: a hash map from id to entry, and the ids in arrival order in a queue. An
+//! entry that leaves from the middle (its label came) leaves its place in the queue
+//! stale (the place's sequence number is no longer the entry's): stale places are
+//! dropped when they reach the front, and swept out whenever they outnumber the live
+//! ones, so the front is always the oldest live entry, every operation is O(1)
+//! amortised, and the queue holds at most about twice the entries.
+//!
+//! Borrowing: the join is changed only in plain Rust sections; Python objects (a
+//! `Pending` made for an entry that leaves, an entry's snapshot text from Python's
+//! codec) are made with the join let go or only read, so another thread reading it
+//! meanwhile (the HTTP endpoints' summaries: `len`, the counters) never meets a join
+//! borrowed to change.
+
+use std::cmp::Ordering::{Equal, Greater};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyList, PyString};
+use pyo3::PyTraverseError;
+
+use crate::pending::{flat_payload, Flat, Pending};
+
+/// One waiting prediction: its place in arrival order, its event time (as a float, for
+/// the expiry tests), what it holds, and its snapshot text once made.
+struct Entry {
+    seq: u64,
+    ts: f64,
+    held: Held,
+    encoded: Option<Py<PyString>>,
+}
+
+/// What a waiting prediction holds: the `Pending` it was added as (from Python, or a
+/// restore), or the record lane's flat payload, kept without any Python object (a
+/// `Pending` is made of it when Python asks: `get`, `waiting`, and as it leaves).
+pub enum Held {
+    Object(Py<Pending>),
+    Flat(Flat),
+}
+
+/// The `Pending` Python sees for an entry, made anew for a flat one (`flat` cloned).
+fn pending_of(py: Python<'_>, id: &str, entry: &Entry) -> PyResult<Py<Pending>> {
+    match &entry.held {
+        Held::Object(pending) => Ok(pending.clone_ref(py)),
+        Held::Flat(flat) => made(py, id, entry.ts, flat.clone()),
+    }
+}
+
+/// The `Pending` of an entry that leaves (its flat payload moved, not copied).
+fn into_pending(py: Python<'_>, id: &str, entry: Entry) -> PyResult<Py<Pending>> {
+    match entry.held {
+        Held::Object(pending) => Ok(pending),
+        Held::Flat(flat) => made(py, id, entry.ts, flat),
+    }
+}
+
+fn checked_max_pending(max_pending: i64) -> PyResult<usize> {
+    if max_pending < 1 {
+        return Err(PyValueError::new_err(format!(
+            "max_pending: must be >= 1, got {max_pending}"
+        )));
+    }
+    Ok(max_pending as usize)
+}
+
+/// `not ttl > 0` is refused (NaN too), named as Python shows the float.
+fn checked_ttl(py: Python<'_>, ttl_seconds: f64) -> PyResult<f64> {
+    if ttl_seconds.is_nan() || ttl_seconds <= 0.0 {
+        let shown = PyFloat::new(py, ttl_seconds).repr()?;
+        return Err(PyValueError::new_err(format!(
+            "ttl_seconds: must be > 0, got {shown}"
+        )));
+    }
+    Ok(ttl_seconds)
+}
+
+/// The `Pending`s of entries that left (evicted or expired), in the order they left.
+fn leaving(py: Python<'_>, left: Vec<(Arc<str>, Entry)>) -> PyResult<Vec<Py<Pending>>> {
+    left.into_iter()
+        .map(|(id, entry)| into_pending(py, &id, entry))
+        .collect()
+}
+
+fn made(py: Python<'_>, id: &str, ts: f64, flat: Flat) -> PyResult<Py<Pending>> {
+    let id = PyString::new(py, id).into_any().unbind();
+    let ts = PyFloat::new(py, ts).into_any().unbind();
+    Py::new(py, Pending::flat(id, ts, flat))
+}
+
+/// Pending predictions keyed by id, bounded in count and in event-time age.
+#[pyclass(module = "streamweights._native", subclass)]
+pub struct PendingJoin {
+    #[pyo3(get)]
+    max_pending: usize,
+    #[pyo3(get)]
+    ttl_seconds: f64,
+    #[pyo3(get)]
+    expired_total: u64,
+    #[pyo3(get)]
+    evicted_total: u64,
+    #[pyo3(get)]
+    joined_total: u64,
+    entries: HashMap<Arc<str>, Entry>,
+    /// `(seq, id)` in arrival order; the front is live whenever any entry is.
+    order: VecDeque<(u64, Arc<str>)>,
+    next_seq: u64,
+}
+
+impl PendingJoin {
+    fn live(entries: &HashMap<Arc<str>, Entry>, seq: u64, id: &str) -> bool {
+        entries.get(id).map_or(false, |entry| entry.seq == seq)
+    }
+
+    /// Drops stale places at the front; sweeps them all once they outnumber the live.
+    fn settle(&mut self) {
+        let entries = &self.entries;
+        while let Some((seq, id)) = self.order.front() {
+            if Self::live(entries, *seq, id) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            self.order.retain(|(seq, id)| Self::live(entries, *seq, id));
+        }
+    }
+
+    fn head(&self) -> Option<&Entry> {
+        let (_, id) = self.order.front()?;
+        self.entries.get(id)
+    }
+
+    /// The oldest entry's event time; `inf` when none waits.
+    pub fn head_ts(&self) -> f64 {
+        self.head().map_or(f64::INFINITY, |entry| entry.ts)
+    }
+
+    /// `head_ts` as it will be once `id` (waiting) has left.
+    pub fn head_ts_without(&self, id: &str) -> f64 {
+        match self.order.front() {
+            Some((_, front)) if &**front == id => self
+                .order
+                .iter()
+                .skip(1)
+                .find(|(seq, id)| Self::live(&self.entries, *seq, id))
+                .and_then(|(_, id)| self.entries.get(id))
+                .map_or(f64::INFINITY, |entry| entry.ts),
+            _ => self.head_ts(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// What the entry under `id` holds, if one waits.
+    pub fn held(&self, id: &str) -> Option<&Held> {
+        self.entries.get(id).map(|entry| &entry.held)
+    }
+
+    /// Holds `held` under `id`, the newest; the caller has made sure that `id` is not
+    /// waiting and that there is room.
+    pub fn insert(&mut self, id: &str, ts: f64, held: Held) {
+        let id: Arc<str> = Arc::from(id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((seq, id.clone()));
+        self.entries.insert(
+            id,
+            Entry {
+                seq,
+                ts,
+                held,
+                encoded: None,
+            },
+        );
+    }
+
+    /// Takes the entry under `id` (a label joined it), if one waits.
+    fn take(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.joined_total += 1;
+        self.settle();
+        Some(entry)
+    }
+
+    /// `take` for the record lane, which has read what it needed already.
+    pub fn remove(&mut self, id: &str) -> bool {
+        self.take(id).is_some()
+    }
+
+    fn take_oldest(&mut self) -> Option<(Arc<str>, Entry)> {
+        let (_, id) = self.order.pop_front()?;
+        let entry = self.entries.remove(&id);
+        self.settle();
+        entry.map(|entry| (id, entry))
+    }
+
+    fn clear_entries(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+}
+
+#[pymethods]
+impl PendingJoin {
+    #[new]
+    #[pyo3(signature = (max_pending = 100_000, ttl_seconds = 86_400.0))]
+    fn new(py: Python<'_>, max_pending: i64, ttl_seconds: f64) -> PyResult<Self> {
+        Ok(PendingJoin {
+            max_pending: checked_max_pending(max_pending)?,
+            ttl_seconds: checked_ttl(py, ttl_seconds)?,
+            expired_total: 0,
+            evicted_total: 0,
+            joined_total: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+        })
+    }
+
+    /// The bounds can be changed (a test does; the pipeline sets them once). A lower
+    /// `max_pending` takes effect at the next `add`, as the `OrderedDict` join's did.
+    #[setter]
+    fn set_max_pending(&mut self, max_pending: i64) -> PyResult<()> {
+        self.max_pending = checked_max_pending(max_pending)?;
+        Ok(())
+    }
+
+    #[setter]
+    fn set_ttl_seconds(&mut self, py: Python<'_>, ttl_seconds: f64) -> PyResult<()> {
+        self.ttl_seconds = checked_ttl(py, ttl_seconds)?;
+        Ok(())
+    }
+
+    /// The oldest entry's event time (`inf` when empty): `expire(now)` removes something
+    /// exactly when `not head_ts >= now - ttl_seconds`.
+    #[getter(head_ts)]
+    fn py_head_ts(&self) -> f64 {
+        self.head_ts()
+    }
+
+    fn __len__(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn __contains__(&self, event_id: &Bound<'_, PyAny>) -> bool {
+        match event_id.downcast::<PyString>() {
+            Ok(id) => id.to_str().map_or(false, |id| self.contains(id)),
+            Err(_) => false,
+        }
+    }
+
+    /// Hold a prediction; return the entries pushed out to make room (counted).
+    fn add(
+        slf: &Bound<'_, Self>,
+        event_id: &Bound<'_, PyString>,
+        ts: &Bound<'_, PyAny>,
+        payload: Py<PyAny>,
+    ) -> PyResult<Vec<Py<Pending>>> {
+        let py = slf.py();
+        let id = event_id.to_str()?;
+        if slf.borrow().contains(id) {
+            return Err(PyValueError::new_err(format!(
+                "id: prediction {} is already waiting for its label",
+                event_id.repr()?
+            )));
+        }
+        let value: f64 = ts.extract()?;
+        let pending = Py::new(
+            py,
+            Pending::given(
+                event_id.clone().into_any().unbind(),
+                ts.clone().unbind(),
+                payload,
+            ),
+        )?;
+        let evicted = {
+            let mut join = slf.borrow_mut();
+            let mut evicted = Vec::new();
+            while join.entries.len() >= join.max_pending {
+                match join.take_oldest() {
+                    Some(left) => evicted.push(left),
+                    None => break,
+                }
+            }
+            join.evicted_total += evicted.len() as u64;
+            join.insert(id, value, Held::Object(pending));
+            evicted
+        };
+        leaving(py, evicted)
+    }
+
+    /// The waiting prediction for `event_id` (left in place), or `None`.
+    #[pyo3(name = "get")]
+    fn py_get(&self, event_id: &Bound<'_, PyAny>) -> PyResult<Option<Py<Pending>>> {
+        let id = match event_id.downcast::<PyString>() {
+            Ok(id) => id.to_str()?,
+            Err(_) => return Ok(None),
+        };
+        match self.entries.get(id) {
+            Some(entry) => pending_of(event_id.py(), id, entry).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Take the prediction a label belongs to, or `None` if it is not (or no longer) here.
+    fn pop(slf: &Bound<'_, Self>, event_id: &Bound<'_, PyAny>) -> PyResult<Option<Py<Pending>>> {
+        let id = match event_id.downcast::<PyString>() {
+            Ok(id) => id.to_str()?,
+            Err(_) => return Ok(None),
+        };
+        let entry = slf.borrow_mut().take(id);
+        match entry {
+            Some(entry) => into_pending(slf.py(), id, entry).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Remove and return predictions older than `now - ttl_seconds` (event time), oldest
+    /// first; an entry that arrived out of order leaves when it reaches the head.
+    fn expire(slf: &Bound<'_, Self>, now: f64) -> PyResult<Vec<Py<Pending>>> {
+        let expired = {
+            let mut join = slf.borrow_mut();
+            let horizon = now - join.ttl_seconds;
+            let mut expired = Vec::new();
+            // `not ts >= horizon`: a NaN event time expires as soon as it is the head.
+            let stays = |ts: f64| matches!(ts.partial_cmp(&horizon), Some(Greater | Equal));
+            while join.head().map_or(false, |head| !stays(head.ts)) {
+                match join.take_oldest() {
+                    Some(left) => expired.push(left),
+                    None => break,
+                }
+            }
+            join.expired_total += expired.len() as u64;
+            expired
+        };
+        leaving(slf.py(), expired)
+    }
+
+    /// The waiting predictions in arrival order.
+    fn waiting(&self, py: Python<'_>) -> PyResult<Vec<Py<Pending>>> {
+        let mut waiting = Vec::with_capacity(self.entries.len());
+        for (seq, id) in &self.order {
+            match self.entries.get(id) {
+                Some(entry) if entry.seq == *seq => waiting.push(pending_of(py, id, entry)?),
+                _ => {}
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// The entries as a JSON array of `encode(id, ts, payload)` texts, in arrival order;
+    /// each entry's text is made the first time and kept until it leaves.
+    fn encoded_texts(slf: &Bound<'_, Self>, encode: &Bound<'_, PyAny>) -> PyResult<String> {
+        let py = slf.py();
+        // The entries without a text, and `encode`'s arguments for each (read only).
+        let mut wanted = Vec::new();
+        {
+            let join = slf.borrow();
+            for (seq, id) in &join.order {
+                let entry = match join.entries.get(id) {
+                    Some(entry) if entry.seq == *seq && entry.encoded.is_none() => entry,
+                    _ => continue,
+                };
+                let arguments = match &entry.held {
+                    Held::Object(pending) => {
+                        let pending = pending.get();
+                        (
+                            pending.id.bind(py).clone(),
+                            pending.ts.bind(py).clone(),
+                            pending.payload_object(py)?,
+                        )
+                    }
+                    Held::Flat(flat) => (
+                        PyString::new(py, id).into_any(),
+                        PyFloat::new(py, entry.ts).into_any(),
+                        flat_payload(py, flat)?,
+                    ),
+                };
+                wanted.push((*seq, id.clone(), arguments));
+            }
+        }
+        // Python's codec runs with the join let go; the texts are kept after.
+        let mut made = Vec::with_capacity(wanted.len());
+        for (seq, id, arguments) in wanted {
+            let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
+            made.push((seq, id, text.unbind()));
+        }
+        let mut join = slf.borrow_mut();
+        for (seq, id, text) in made {
+            if let Some(entry) = join.entries.get_mut(&id) {
+                if entry.seq == seq {
+                    entry.encoded = Some(text);
+                }
+            }
+        }
+        let mut out = String::from("[");
+        for (seq, id) in &join.order {
+            let text = match join.entries.get(id) {
+                Some(entry) if entry.seq == *seq => entry.encoded.as_ref(),
+                _ => continue,
+            };
+            if let Some(text) = text {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(text.bind(py).to_str()?);
+            }
+        }
+        out.push(']');
+        Ok(out)
+    }
+
+    /// Replaces the whole join: `entries` (`Pending`s in arrival order; a repeated id
+    /// keeps its first place and its last entry, as an ordered dict built from them
+    /// would) and the three counters.
+    fn restore(
+        slf: &Bound<'_, Self>,
+        entries: &Bound<'_, PyList>,
+        expired_total: u64,
+        evicted_total: u64,
+        joined_total: u64,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // Everything is read before anything changes: a bad entry leaves the join as it was.
+        let mut read = Vec::with_capacity(entries.len());
+        for item in entries.iter() {
+            let pending = item.downcast_into::<Pending>()?;
+            let id: String = pending.get().id.bind(py).extract()?;
+            let ts: f64 = pending.get().ts.bind(py).extract()?;
+            read.push((id, ts, pending.unbind()));
+        }
+        let mut join = slf.borrow_mut();
+        join.clear_entries();
+        for (id, ts, pending) in read {
+            match join.entries.get_mut(id.as_str()) {
+                Some(entry) => {
+                    entry.ts = ts;
+                    entry.held = Held::Object(pending);
+                }
+                None => join.insert(&id, ts, Held::Object(pending)),
+            }
+        }
+        join.expired_total = expired_total;
+        join.evicted_total = evicted_total;
+        join.joined_total = joined_total;
+        Ok(())
+    }
+
+    /// The collector may find a cycle through a payload: the entries are visited.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for entry in self.entries.values() {
+            if let Held::Object(pending) = &entry.held {
+                visit.call(pending)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.clear_entries();
+    }
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<PendingJoin>()
+}
