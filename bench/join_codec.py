@@ -74,6 +74,8 @@ def demo_stream(entries: int, seed: int = 3, config: pathlib.Path = REPO / "conf
     pipeline = Pipeline(parse_config(document).streams)
     stream = pipeline.streams["demo"]
     stream.join.max_pending = max(stream.join.max_pending, entries)
+    # (one record a second of event time: no entry may expire before the last arrives)
+    stream.join.ttl_seconds = max(stream.join.ttl_seconds, labelled + entries + 1.0)
     models = list(stream.config.models)
     rng = random.Random(seed)
     for i in range(labelled + entries):
