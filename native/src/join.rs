@@ -402,14 +402,17 @@ impl PendingJoin {
             let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
             made.push((seq, id, text.unbind()));
         }
-        let mut join = slf.borrow_mut();
-        for (seq, id, text) in made {
-            if let Some(entry) = join.entries.get_mut(&id) {
-                if entry.seq == seq {
-                    entry.encoded = Some(text);
+        {
+            let mut join = slf.borrow_mut();
+            for (seq, id, text) in made {
+                if let Some(entry) = join.entries.get_mut(&id) {
+                    if entry.seq == seq {
+                        entry.encoded = Some(text);
+                    }
                 }
             }
         }
+        let join = slf.borrow();
         let mut out = String::from("[");
         for (seq, id) in &join.order {
             let text = match join.entries.get(id) {
