@@ -49,6 +49,25 @@ pub enum Held {
     Flat(Flat),
 }
 
+impl Held {
+    /// The lane's flat payload, held bare or inside a `Pending` (one the lane's payload
+    /// was handed out in and given back, as by a restore of `waiting()`).
+    pub fn flat(&self) -> Option<&Flat> {
+        match self {
+            Held::Flat(flat) => Some(flat),
+            Held::Object(pending) => pending.get().flat.as_ref(),
+        }
+    }
+
+    /// The payload as Python sees it (`Pending.payload`).
+    pub fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Held::Flat(flat) => flat_payload(py, flat),
+            Held::Object(pending) => pending.get().payload_object(py),
+        }
+    }
+}
+
 /// The `Pending` Python sees for an entry, made anew for a flat one (`flat` cloned).
 fn pending_of(py: Python<'_>, id: &str, entry: &Entry) -> PyResult<Py<Pending>> {
     match &entry.held {
@@ -136,6 +155,16 @@ impl PendingJoin {
         }
     }
 
+    /// The waiting entries in arrival order, with their ids (stale places skipped).
+    fn in_order(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
+        self.order
+            .iter()
+            .filter_map(move |(seq, id)| match self.entries.get(id) {
+                Some(entry) if entry.seq == *seq => Some((id, entry)),
+                _ => None,
+            })
+    }
+
     fn head(&self) -> Option<&Entry> {
         let (_, id) = self.order.front()?;
         self.entries.get(id)
@@ -150,12 +179,9 @@ impl PendingJoin {
     pub fn head_ts_without(&self, id: &str) -> f64 {
         match self.order.front() {
             Some((_, front)) if &**front == id => self
-                .order
-                .iter()
-                .skip(1)
-                .find(|(seq, id)| Self::live(&self.entries, *seq, id))
-                .and_then(|(_, id)| self.entries.get(id))
-                .map_or(f64::INFINITY, |entry| entry.ts),
+                .in_order()
+                .nth(1)
+                .map_or(f64::INFINITY, |(_, entry)| entry.ts),
             _ => self.head_ts(),
         }
     }
@@ -355,14 +381,9 @@ impl PendingJoin {
 
     /// The waiting predictions in arrival order.
     fn waiting(&self, py: Python<'_>) -> PyResult<Vec<Py<Pending>>> {
-        let mut waiting = Vec::with_capacity(self.entries.len());
-        for (seq, id) in &self.order {
-            match self.entries.get(id) {
-                Some(entry) if entry.seq == *seq => waiting.push(pending_of(py, id, entry)?),
-                _ => {}
-            }
-        }
-        Ok(waiting)
+        self.in_order()
+            .map(|(id, entry)| pending_of(py, id, entry))
+            .collect()
     }
 
     /// The entries as a JSON array of `encode(id, ts, payload)` texts, in arrival order;
@@ -373,27 +394,19 @@ impl PendingJoin {
         let mut wanted = Vec::new();
         {
             let join = slf.borrow();
-            for (seq, id) in &join.order {
-                let entry = match join.entries.get(id) {
-                    Some(entry) if entry.seq == *seq && entry.encoded.is_none() => entry,
-                    _ => continue,
-                };
-                let arguments = match &entry.held {
+            for (id, entry) in join.in_order().filter(|(_, entry)| entry.encoded.is_none()) {
+                let (id_object, ts_object) = match &entry.held {
                     Held::Object(pending) => {
                         let pending = pending.get();
-                        (
-                            pending.id.bind(py).clone(),
-                            pending.ts.bind(py).clone(),
-                            pending.payload_object(py)?,
-                        )
+                        (pending.id.bind(py).clone(), pending.ts.bind(py).clone())
                     }
-                    Held::Flat(flat) => (
+                    Held::Flat(_) => (
                         PyString::new(py, id).into_any(),
                         PyFloat::new(py, entry.ts).into_any(),
-                        flat_payload(py, flat)?,
                     ),
                 };
-                wanted.push((*seq, id.clone(), arguments));
+                let arguments = (id_object, ts_object, entry.held.payload(py)?);
+                wanted.push((entry.seq, id.clone(), arguments));
             }
         }
         // Python's codec runs with the join let go; the texts are kept after.
@@ -414,12 +427,8 @@ impl PendingJoin {
         }
         let join = slf.borrow();
         let mut out = String::from("[");
-        for (seq, id) in &join.order {
-            let text = match join.entries.get(id) {
-                Some(entry) if entry.seq == *seq => entry.encoded.as_ref(),
-                _ => continue,
-            };
-            if let Some(text) = text {
+        for (_, entry) in join.in_order() {
+            if let Some(text) = &entry.encoded {
                 if out.len() > 1 {
                     out.push(',');
                 }

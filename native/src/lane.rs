@@ -1116,12 +1116,8 @@ impl RecordLane {
         // a native array of thresholds, read here; anything else, a snapshot's lists,
         // takes the general path, which reads them back first.
         let read_back: (Vec<f64>, Option<Vec<f64>>);
-        let flat = match held {
-            Held::Flat(flat) => Some(flat),
-            Held::Object(pending) => pending.get().flat.as_ref(),
-        };
-        let (values, kept): (&[f64], Option<&[f64]>) = match (flat, held) {
-            (Some(flat), _) => {
+        let (values, kept): (&[f64], Option<&[f64]>) = match held.flat() {
+            Some(flat) => {
                 if flat.kept.is_some() != layers {
                     return Ok(None);
                 }
@@ -1130,9 +1126,8 @@ impl RecordLane {
                     flat.kept.as_ref().map(|(kept, _, _)| &kept[..]),
                 )
             }
-            (None, Held::Flat(_)) => unreachable!("a flat entry has its flat payload"),
-            (None, Held::Object(pending)) => {
-                let payload = pending.get().payload_object(py)?;
+            None => {
+                let payload = held.payload(py)?;
                 let payload = match payload.downcast::<PyDict>() {
                     Ok(payload) => payload.clone(),
                     Err(_) => return Ok(None),
