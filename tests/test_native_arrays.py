@@ -67,7 +67,7 @@ def test_the_lanes_arrays_are_owned_writable_float64() -> None:
     for raw in _replay(400):
         taken += lane.process(raw, False) is not None
     assert taken > 0
-    entries = list(pipeline.streams["demo"].join.waiting())
+    entries = pipeline.streams["demo"].join.waiting()
     assert entries
     for entry in entries:
         for name, array in entry.payload.items():
@@ -90,7 +90,7 @@ def test_the_lanes_flat_payload_reads_as_the_dict_it_replaced() -> None:
     for raw in _replay(400):
         lane.process(raw, False)
     join = pipeline.streams["demo"].join
-    entry, other = list(join.waiting())[:2]
+    entry, other = join.waiting()[:2]
     first, second = entry.payload, entry.payload
     assert first is not second and list(first) == ["buffer", "conformal"]
     assert all(np.array_equal(first[key], second[key]) for key in first)
