@@ -616,7 +616,7 @@ class StreamPipeline(_native.StreamCounters):
     # -- state ------------------------------------------------------------------------
     def state_dict(self, join_entries: bool = True) -> dict[str, Any]:
         """The stream's whole state; without ``join_entries`` the join's waiting
-        predictions are left out, for a snapshot that writes ``join.encoded_entries()``
+        predictions are left out, for a snapshot that writes ``join.encoded_segments()``
         beside it (each entry encoded once, not every commit)."""
         return {
             "chain": self.chain.state_dict(), "join": self.join.state_dict(join_entries),

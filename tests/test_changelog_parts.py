@@ -81,3 +81,58 @@ def test_a_commit_tombstones_the_parts_a_smaller_record_no_longer_uses():
     fits = runtime._split_large([(b"s/demo", record)], META)
     assert fits == [(b"p/0/demo", None), (b"p/1/demo", None), (b"s/demo", record)]
     assert runtime._split_large([(b"s/demo", record)], META) == [(b"s/demo", record)]
+
+
+def test_join_segments_in_parts_and_their_tombstones_read_back_as_the_state():
+    """A stream with predictions waiting, its records split as a 600-byte message limit
+    asks (the stream record and each join segment in parts, keys ``p/<k>/<stream>`` and
+    ``q/<k>/<id>/<stream>``), over three commits in which labels empty the first
+    segments (a tombstone for each, parts and all). We expect: a reader of everything
+    written gives back the stream's state at each commit, and the parts of the dropped
+    segments are deleted by the commit that drops them."""
+    import json
+
+    from streamweights import events
+    from streamweights.adapters.state_codec import dumps_state
+    from streamweights.runtime.changelog_parts import parse_segment_part_key
+    from streamweights.runtime.kafka_runtime import ChangelogReader
+    from streamweights.runtime.state_store import encode_stream
+    from tests.service.test_incremental_state import _pipeline
+
+    pipeline = _pipeline()
+    stream = pipeline.streams["demo"]
+    models = list(stream.config.models)
+    runtime = _runtime(limit=600)
+    log: list[tuple[bytes, bytes | None]] = []
+    served = 0
+    for commit in range(3):
+        for _ in range(12):
+            pipeline.process(events.decode(json.dumps({
+                "schema": 1, "stream": "demo", "id": f"e{served}", "ts": 1e9 + served,
+                "outputs": {m: [round(1 - p, 6), p] for m in models
+                            if (p := round(0.05 + (served * 0.618 % 0.9), 6))}}).encode()))
+            served += 1
+        for event in [e.id for e in stream.join.waiting()][:10 if commit else 0]:
+            pipeline.process(events.decode(json.dumps({
+                "schema": 1, "stream": "demo", "id": event, "ts": 1e9 + served,
+                "label": 1}).encode()))
+        written = encode_stream("demo", stream, META, segment_bytes=6000)
+        records = [(f"j/{s}/demo".encode(), data) for s, data in written.segments]
+        records += [(f"j/{s}/demo".encode(), None) for s in written.dropped]
+        records.append((b"s/demo", written.record))
+        out = runtime._split_large(records, META)
+        if commit:
+            assert written.dropped
+            deleted = {parse_segment_part_key(k)[1] for k, v in out
+                       if v is None and parse_segment_part_key(k)}
+            assert deleted == set(written.dropped)
+        assert all(v is None or len(v) <= 300 for _, v in out)
+        log.extend(out)
+        reader = ChangelogReader()
+        for key, value in log:
+            reader.add(0, key, value)
+        (task,) = reader.tasks().values()
+        state = task.streams["demo"]
+        state["join"].pop("segments")
+        assert dumps_state(state) == dumps_state(stream.state_dict()), commit
+        assert any(key.startswith(b"q/") for key, _ in log)

@@ -196,9 +196,16 @@ def test_entry_text_is_json_and_reads_back_as_the_state_dict_holds_it():
         decode_entry(["e1", 1.0, {"served": 1}])
 
 
+def _all_texts(join: PendingJoin, encode=encode_entry) -> str:
+    """Every waiting entry's text as a full snapshot writes them (one segment)."""
+    texts, _, _, _ = join.segment_delta(encode, 1 << 40, True)
+    return "[]" if not texts else texts[0][1]
+
+
 def test_join_encodes_each_entry_once_and_reads_back_its_state():
-    """encoded_entries is the JSON array of the entries' texts, in arrival order; an entry
-    leaving (joined, evicted, expired) drops its kept text, and a new one is encoded."""
+    """A full snapshot's segment is the JSON array of the entries' texts, in arrival
+    order; an entry leaving (joined, evicted, expired) drops its kept text, and a new one
+    is encoded."""
     rng = np.random.default_rng(5)
     join = PendingJoin(max_pending=4, ttl_seconds=10)
     kept = {}
@@ -210,7 +217,7 @@ def test_join_encodes_each_entry_once_and_reads_back_its_state():
             join.pop(f"e{i - 1}")
         if i == 9:
             assert join.expire(118.0)  # (ts < 108: the oldest ones)
-        entries = json.loads(join.encoded_entries())
+        entries = json.loads(_all_texts(join))
         assert [e[0] for e in entries] == [e.id for e in join.waiting()]
         for entry in entries:
             event_id, ts, payload = decode_entry(entry)
@@ -218,21 +225,24 @@ def test_join_encodes_each_entry_once_and_reads_back_its_state():
             assert_same_tree(payload, kept[event_id])
     assert join.evicted_total and join.joined_total and join.expired_total
     # Each entry's text is made once: a second snapshot encodes nothing anew, one more
-    # entry only that one, and the texts are the same as made afresh after a restore.
+    # entry only that one (incremental or full), and the texts are the same as made
+    # afresh after a restore.
     encoded: list[str] = []
 
     def counting(event_id, ts, payload):
         encoded.append(event_id)
         return encode_entry(event_id, ts, payload)
 
-    kept_text = join.encoded_texts(counting)
+    kept_text = _all_texts(join, counting)
     assert encoded == []
     join.add("new", 200.0, demo_payload(rng))
-    assert join.encoded_texts(counting) == kept_text[:-1] + "," + encode_entry(
-        "new", 200.0, join.get("new").payload) + "]"
+    new_text = encode_entry("new", 200.0, join.get("new").payload)
+    assert join.segment_delta(counting, 1 << 40, False)[0][0][1] == f"[{new_text}]"
+    assert encoded == ["new"]
+    assert _all_texts(join, counting) == kept_text[:-1] + "," + new_text + "]"
     assert encoded == ["new"]
     join.restore(join.waiting(), 0, 0, 0)
-    assert join.encoded_texts(counting) == join.encoded_entries()
+    assert _all_texts(join, counting) == _all_texts(join)
     assert encoded == ["new", *(entry.id for entry in join.waiting())]
 
 

@@ -21,7 +21,7 @@
 //! borrowed to change.
 
 use std::cmp::Ordering::{Equal, Greater};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
@@ -33,13 +33,27 @@ use pyo3::PyTraverseError;
 use crate::pending::{flat_payload, Flat, Pending};
 
 /// One waiting prediction: its place in arrival order, its event time (as a float, for
-/// the expiry tests), what it holds, and its snapshot text once made.
+/// the expiry tests), what it holds, its snapshot text once made, and the snapshot
+/// segment that text was written in (`(segment, index)`) once written.
 struct Entry {
     seq: u64,
     ts: f64,
     held: Held,
     encoded: Option<Py<PyString>>,
+    place: Option<(u32, u32)>,
 }
+
+/// Entries written to snapshots together (consecutive in arrival order): how many the
+/// segment holds and the indices of those that have left the join since.
+struct Segment {
+    size: u32,
+    gone: Vec<u32>,
+}
+
+/// What a snapshot of the join writes: the new segments' texts (`[id, text]`), the
+/// layout of every live segment in arrival order (`[id, size, gone indices, sorted]`),
+/// the next segment id, and the segments no longer needed since the last delta.
+type SegmentDelta = (Vec<(u32, String)>, Vec<(u32, u32, Vec<u32>)>, u32, Vec<u32>);
 
 /// What a waiting prediction holds: the `Pending` it was added as (from Python, or a
 /// restore), or the record lane's flat payload, kept without any Python object (a
@@ -134,6 +148,14 @@ pub struct PendingJoin {
     /// `(seq, id)` in arrival order; the front is live whenever any entry is.
     order: VecDeque<(u64, Arc<str>)>,
     next_seq: u64,
+    /// The snapshot segments that still hold a waiting entry, by id (ids grow with
+    /// arrival order); see `segment_delta`.
+    segments: BTreeMap<u32, Segment>,
+    next_segment: u32,
+    /// Entries that left from live segments (their `gone` lengths added up).
+    gone_total: usize,
+    /// Segments whose last entry left since the last `segment_delta`.
+    dropped: Vec<u32>,
 }
 
 impl PendingJoin {
@@ -213,6 +235,7 @@ impl PendingJoin {
                 ts,
                 held,
                 encoded: None,
+                place: None,
             },
         );
     }
@@ -221,8 +244,24 @@ impl PendingJoin {
     fn take(&mut self, id: &str) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.joined_total += 1;
+        self.forget(&entry);
         self.settle();
         Some(entry)
+    }
+
+    /// Notes in its snapshot segment that `entry` left; a segment left empty is dropped.
+    fn forget(&mut self, entry: &Entry) {
+        if let Some((id, index)) = entry.place {
+            if let Some(segment) = self.segments.get_mut(&id) {
+                segment.gone.push(index);
+                self.gone_total += 1;
+                if segment.gone.len() >= segment.size as usize {
+                    self.gone_total -= segment.gone.len();
+                    self.segments.remove(&id);
+                    self.dropped.push(id);
+                }
+            }
+        }
     }
 
     /// `take` for the record lane, which has read what it needed already.
@@ -233,6 +272,9 @@ impl PendingJoin {
     fn take_oldest(&mut self) -> Option<(Arc<str>, Entry)> {
         let (_, id) = self.order.pop_front()?;
         let entry = self.entries.remove(&id);
+        if let Some(entry) = &entry {
+            self.forget(entry);
+        }
         self.settle();
         entry.map(|entry| (id, entry))
     }
@@ -240,6 +282,85 @@ impl PendingJoin {
     fn clear_entries(&mut self) {
         self.entries.clear();
         self.order.clear();
+        self.segments.clear();
+        self.next_segment = 0;
+        self.gone_total = 0;
+        self.dropped.clear();
+    }
+
+    /// Makes the snapshot text of each of `wanted` (`(seq, id)` of waiting entries) that
+    /// has none with `encode(id, ts, payload)` (Python's codec, run with the join let
+    /// go) and keeps it.
+    fn encode_missing(
+        slf: &Bound<'_, Self>,
+        encode: &Bound<'_, PyAny>,
+        wanted: &[(u64, Arc<str>)],
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // `encode`'s arguments for each entry without a text (read only).
+        let mut calls = Vec::new();
+        {
+            let join = slf.borrow();
+            for (seq, id) in wanted {
+                let entry = match join.entries.get(id) {
+                    Some(entry) if entry.seq == *seq && entry.encoded.is_none() => entry,
+                    _ => continue,
+                };
+                let (id_object, ts_object) = match &entry.held {
+                    Held::Object(pending) => {
+                        let pending = pending.get();
+                        (pending.id.bind(py).clone(), pending.ts.bind(py).clone())
+                    }
+                    Held::Flat(_) => (
+                        PyString::new(py, id).into_any(),
+                        PyFloat::new(py, entry.ts).into_any(),
+                    ),
+                };
+                let arguments = (id_object, ts_object, entry.held.payload(py)?);
+                calls.push((*seq, id.clone(), arguments));
+            }
+        }
+        let mut made = Vec::with_capacity(calls.len());
+        for (seq, id, arguments) in calls {
+            let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
+            made.push((seq, id, text.unbind()));
+        }
+        let mut join = slf.borrow_mut();
+        for (seq, id, text) in made {
+            if let Some(entry) = join.entries.get_mut(&id) {
+                if entry.seq == seq {
+                    entry.encoded = Some(text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries the next snapshot writes, `(seq, id)` in arrival order: every one
+    /// for a rebase, else those not written yet. Those are the newest (an entry is
+    /// written in arrival order, and a restore either places every entry or none), so
+    /// the walk goes back from the newest and stops at the first one written.
+    fn to_write(&self, rebase: bool) -> Vec<(u64, Arc<str>)> {
+        if rebase {
+            return self
+                .in_order()
+                .map(|(id, entry)| (entry.seq, id.clone()))
+                .collect();
+        }
+        let mut fresh = Vec::new();
+        for (seq, id) in self.order.iter().rev() {
+            match self.entries.get(id) {
+                Some(entry) if entry.seq == *seq => {
+                    if entry.place.is_some() {
+                        break;
+                    }
+                    fresh.push((*seq, id.clone()));
+                }
+                _ => {} // a stale place
+            }
+        }
+        fresh.reverse();
+        fresh
     }
 }
 
@@ -257,6 +378,10 @@ impl PendingJoin {
             entries: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
+            segments: BTreeMap::new(),
+            next_segment: 0,
+            gone_total: 0,
+            dropped: Vec::new(),
         })
     }
 
@@ -283,6 +408,13 @@ impl PendingJoin {
 
     fn __len__(&self) -> usize {
         self.entries.len()
+    }
+
+    /// How many snapshot segments hold waiting entries (0: a snapshot of the join
+    /// writes every entry anyway).
+    #[getter]
+    fn segment_count(&self) -> usize {
+        self.segments.len()
     }
 
     fn __contains__(&self, event_id: &Bound<'_, PyAny>) -> bool {
@@ -386,57 +518,164 @@ impl PendingJoin {
             .collect()
     }
 
-    /// The entries as a JSON array of `encode(id, ts, payload)` texts, in arrival order;
-    /// each entry's text is made the first time and kept until it leaves.
-    fn encoded_texts(slf: &Bound<'_, Self>, encode: &Bound<'_, PyAny>) -> PyResult<String> {
+    /// What a snapshot of the join writes, incrementally: the entries not written
+    /// before go into new segments (texts of at most about `cap` bytes, `[text, ...]`,
+    /// in arrival order), and the layout says which entries of the live segments still
+    /// wait. Everything is written afresh (every live segment dropped) when `rebase`
+    /// is asked (a snapshot that cannot build on the ones before) or when more entries
+    /// have left the written segments than wait. The segments emptied since the last
+    /// call come back as dropped (once).
+    fn segment_delta(
+        slf: &Bound<'_, Self>,
+        encode: &Bound<'_, PyAny>,
+        cap: usize,
+        rebase: bool,
+    ) -> PyResult<SegmentDelta> {
         let py = slf.py();
-        // The entries without a text, and `encode`'s arguments for each (read only).
-        let mut wanted = Vec::new();
-        {
+        let (rebase, wanted) = {
             let join = slf.borrow();
-            for (id, entry) in join.in_order().filter(|(_, entry)| entry.encoded.is_none()) {
-                let (id_object, ts_object) = match &entry.held {
-                    Held::Object(pending) => {
-                        let pending = pending.get();
-                        (pending.id.bind(py).clone(), pending.ts.bind(py).clone())
-                    }
-                    Held::Flat(_) => (
-                        PyString::new(py, id).into_any(),
-                        PyFloat::new(py, entry.ts).into_any(),
-                    ),
-                };
-                let arguments = (id_object, ts_object, entry.held.payload(py)?);
-                wanted.push((entry.seq, id.clone(), arguments));
+            let rebase = rebase || join.gone_total > join.entries.len();
+            (rebase, join.to_write(rebase))
+        };
+        Self::encode_missing(slf, encode, &wanted)?;
+        let mut join = slf.borrow_mut();
+        if rebase {
+            let ids: Vec<u32> = join.segments.keys().copied().collect();
+            join.dropped.extend(ids);
+            join.segments.clear();
+            join.gone_total = 0;
+            for entry in join.entries.values_mut() {
+                entry.place = None;
             }
         }
-        // Python's codec runs with the join let go; the texts are kept after.
-        let mut made = Vec::with_capacity(wanted.len());
-        for (seq, id, arguments) in wanted {
-            let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
-            made.push((seq, id, text.unbind()));
-        }
-        {
-            let mut join = slf.borrow_mut();
-            for (seq, id, text) in made {
-                if let Some(entry) = join.entries.get_mut(&id) {
-                    if entry.seq == seq {
-                        entry.encoded = Some(text);
+        let mut written: Vec<(u32, String)> = Vec::new();
+        let mut size: u32 = 0;
+        for (seq, id) in wanted {
+            let full = written.last().map_or(true, |(_, text)| text.len() >= cap);
+            if full {
+                if let Some((segment, _)) = written.last() {
+                    if size > 0 {
+                        let segment = *segment;
+                        join.segments.insert(
+                            segment,
+                            Segment {
+                                size,
+                                gone: Vec::new(),
+                            },
+                        );
                     }
                 }
+                let segment = join.next_segment;
+                join.next_segment += 1;
+                written.push((segment, String::from("[")));
+                size = 0;
             }
-        }
-        let join = slf.borrow();
-        let mut out = String::from("[");
-        for (_, entry) in join.in_order() {
-            if let Some(text) = &entry.encoded {
-                if out.len() > 1 {
-                    out.push(',');
+            let (segment, out) = match written.last_mut() {
+                Some((segment, out)) => (*segment, out),
+                None => continue,
+            };
+            let entry = match join.entries.get_mut(&id) {
+                Some(entry) if entry.seq == seq => entry,
+                _ => continue,
+            };
+            let text = match &entry.encoded {
+                Some(text) => text.bind(py).to_str()?,
+                None => {
+                    return Err(PyValueError::new_err(
+                        "join segments: an entry has no snapshot text",
+                    ))
                 }
-                out.push_str(text.bind(py).to_str()?);
+            };
+            if size > 0 {
+                out.push(',');
+            }
+            out.push_str(text);
+            entry.place = Some((segment, size));
+            size += 1;
+        }
+        if let Some((segment, _)) = written.last() {
+            if size > 0 {
+                let segment = *segment;
+                join.segments.insert(
+                    segment,
+                    Segment {
+                        size,
+                        gone: Vec::new(),
+                    },
+                );
             }
         }
-        out.push(']');
-        Ok(out)
+        // (a segment left empty: its entries left while the codec ran; never read)
+        written.retain(|(segment, _)| join.segments.contains_key(segment));
+        for (_, text) in written.iter_mut() {
+            text.push(']');
+        }
+        let layout = join
+            .segments
+            .iter()
+            .map(|(id, segment)| {
+                let mut gone = segment.gone.clone();
+                gone.sort_unstable();
+                (*id, segment.size, gone)
+            })
+            .collect();
+        let dropped = std::mem::take(&mut join.dropped);
+        Ok((written, layout, join.next_segment, dropped))
+    }
+
+    /// After a `restore` from a snapshot: which segment each waiting entry was written
+    /// in, from the snapshot's `layout` (`[id, size, gone indices]` in arrival order) and
+    /// `next` segment id, so the next `segment_delta` builds on that snapshot. A layout
+    /// that does not fit the entries is refused (ValueError) and changes nothing.
+    fn assign_segments(&mut self, layout: Vec<(u32, u32, Vec<u32>)>, next: u32) -> PyResult<()> {
+        let mut segments = BTreeMap::new();
+        let mut places = Vec::new();
+        let mut gone_total = 0;
+        let mut previous: Option<u32> = None;
+        for (id, size, mut gone) in layout {
+            if id >= next || previous.map_or(false, |previous| id <= previous) {
+                return Err(PyValueError::new_err(format!(
+                    "join segments: segment {id} out of order (next {next})"
+                )));
+            }
+            previous = Some(id);
+            gone.sort_unstable();
+            gone.dedup();
+            if gone.len() >= size as usize || gone.last().map_or(false, |last| *last >= size) {
+                return Err(PyValueError::new_err(format!(
+                    "join segments: segment {id} of {size} entries lists {} gone",
+                    gone.len()
+                )));
+            }
+            let mut next_gone = gone.iter().peekable();
+            for index in 0..size {
+                if next_gone.peek() == Some(&&index) {
+                    next_gone.next();
+                } else {
+                    places.push((id, index));
+                }
+            }
+            gone_total += gone.len();
+            segments.insert(id, Segment { size, gone });
+        }
+        if places.len() != self.entries.len() {
+            return Err(PyValueError::new_err(format!(
+                "join segments: the layout holds {} waiting entries, the join {}",
+                places.len(),
+                self.entries.len()
+            )));
+        }
+        let ids: Vec<Arc<str>> = self.in_order().map(|(id, _)| id.clone()).collect();
+        for (id, place) in ids.iter().zip(places) {
+            if let Some(entry) = self.entries.get_mut(id) {
+                entry.place = Some(place);
+            }
+        }
+        self.segments = segments;
+        self.next_segment = next;
+        self.gone_total = gone_total;
+        self.dropped.clear();
+        Ok(())
     }
 
     /// Replaces the whole join: `entries` (`Pending`s in arrival order; a repeated id

@@ -1,8 +1,9 @@
 """A stream's changelog record too large for one Kafka message, written in parts.
 
-A stream record (``state_store.encode_stream_record``) grows with the predictions that
-wait for their labels: a burst of late labels at a high rate once made one larger than
-the changelog's message limit allows, and the replica stopped (fail-stop). Now a record
+A stream record (``state_store.encode_stream``) once grew with the predictions that
+wait for their labels (they are in join segment records of their own now, see below):
+a burst of late labels at a high rate made one larger than the changelog's message
+limit allows, and the replica stopped (fail-stop); a large state can still do that. Now a record
 above the allowed size is cut into parts, each its own message keyed
 ``p/<k>/<stream>`` (``k`` = 0, 1, ...), followed by a small *head* keyed ``s/<stream>``
 that carries the task's offsets and counts like any stream record, plus how many parts
@@ -12,6 +13,11 @@ comes last, so the partition's newest record is still one that says where the ta
 resumes. Compaction keeps the newest value of each key: parts that a later, smaller
 record no longer uses are deleted with tombstones by the writer, and ignored by a
 reader either way (the head says how many count).
+
+A stream's join writes its waiting predictions in *segment* records of their own (see
+``join.PendingJoin.encoded_segments``), keyed ``j/<id>/<stream>``; one too large is
+written in parts the same way, keyed ``q/<k>/<id>/<stream>``, its head under the
+segment's key. A segment no longer read is deleted with a tombstone, parts and all.
 
 Pure functions; the Kafka runtime calls them.
 """
@@ -27,6 +33,10 @@ from streamweights.runtime.exceptions import SnapshotError
 
 #: Key prefix of a stream record's parts (``p/<k>/<stream>``).
 PART_KEY_PREFIX = b"p/"
+#: Key prefix of a join segment's record (``j/<id>/<stream>``).
+SEGMENT_KEY_PREFIX = b"j/"
+#: Key prefix of a join segment record's parts (``q/<k>/<id>/<stream>``).
+SEGMENT_PART_KEY_PREFIX = b"q/"
 #: The ``format`` of a head record: a stream record (format 3 or 5) split into parts. A release
 #: that does not know it refuses it by its number, with its own clear message.
 SPLIT_STREAM_RECORD_FORMAT = 4
@@ -47,6 +57,45 @@ def parse_part_key(key: bytes) -> tuple[str, int] | None:
     if not slash or not index.isdigit():
         return None
     return name.decode("utf-8", "replace"), int(index)
+
+
+def segment_key(name: str, segment: int) -> bytes:
+    """The key of join segment ``segment`` of stream ``name``."""
+    return SEGMENT_KEY_PREFIX + f"{segment}/{name}".encode()
+
+
+def _number_and_rest(key: bytes, prefix: bytes) -> tuple[int, bytes] | None:
+    if not key.startswith(prefix):
+        return None
+    number, slash, rest = key[len(prefix):].partition(b"/")
+    if not slash or not number.isdigit():
+        return None
+    return int(number), rest
+
+
+def parse_segment_key(key: bytes) -> tuple[str, int] | None:
+    """``(stream, segment)`` of a join segment's key, or ``None`` if ``key`` is not one."""
+    found = _number_and_rest(key, SEGMENT_KEY_PREFIX)
+    return None if found is None else (found[1].decode("utf-8", "replace"), found[0])
+
+
+def parse_segment_part_key(key: bytes) -> tuple[str, int, int] | None:
+    """``(stream, segment, index)`` of a join segment part's key, or ``None``."""
+    found = _number_and_rest(key, SEGMENT_PART_KEY_PREFIX)
+    if found is None:
+        return None
+    segment = _number_and_rest(found[1], b"")
+    if segment is None:
+        return None
+    return segment[1].decode("utf-8", "replace"), segment[0], found[0]
+
+
+def record_part_key(key: bytes, index: int) -> bytes:
+    """The key of part ``index`` of the record keyed ``key`` (``s/<stream>``: a stream
+    record, ``j/<id>/<stream>``: a join segment)."""
+    if key.startswith(SEGMENT_KEY_PREFIX):
+        return SEGMENT_PART_KEY_PREFIX + str(index).encode() + b"/" + key[len(SEGMENT_KEY_PREFIX):]
+    return PART_KEY_PREFIX + str(index).encode() + b"/" + key[2:]
 
 
 def split_record(data: bytes, meta: dict[str, Any], allowed: int

@@ -7,8 +7,10 @@ records (or ``every_seconds``) the open transaction receives, after the outputs 
 sent in it (weights versions, adapted predictions, dead letters), the state of every
 stream changed in the cycle to the compacted changelog topic (one record per stream,
 keyed ``s/<stream>``, in its task's partition, each carrying the task's input offsets and
-counts; a task none of whose streams changed gets one record keyed by its number with
-the offsets and counts alone), plus the input offsets (``send_offsets_to_transaction``
+counts, after its join's new segments of waiting predictions, keyed ``j/<id>/<stream>``,
+and tombstones for the segments no longer read; a task none of whose streams changed
+gets one record keyed by its number with the offsets and counts alone), plus the input
+offsets (``send_offsets_to_transaction``
 with the consumer's group metadata), and is committed. The commit's round trips (the
 offsets, ``commit_transaction``, the delivery check) wait on a thread of their own
 (``transaction_calls.InFlightCommit``) while the loop goes on with the next records; what
@@ -60,11 +62,16 @@ Failure scenarios
       abort wait at most ``transaction_timeout_ms`` + 10 s, every send of a committed
       cycle is checked, and a send the producer refuses ends the cycle at once; any of
       these is handled as a failed commit (``transaction_calls``).
-    * A stream's record larger than ``snapshot_limit_fraction`` of the changelog's
-      message limit (many predictions waiting for late labels) is written in parts of at
-      most that size, in the same transaction, plus a small head (``changelog_parts``);
-      a restore joins them and checks their length and CRC. Once per stream and process a
-      warning names the size; ``streamweights_snapshot_bytes`` shows the trend.
+    * A record larger than ``snapshot_limit_fraction`` of the changelog's message limit
+      (a stream's whole state, or a join segment of predictions larger than that limit)
+      is written in parts of at most that size, in the same transaction, plus a small
+      head (``changelog_parts``); a restore joins them and checks their length and CRC.
+      Once per stream and process a warning names the size of a stream record in parts;
+      ``streamweights_snapshot_bytes`` shows the trend.
+    * A join segment that the stream's newest committed record lists but the changelog
+      lacks (deleted by hand, or by a retention set on a compacted topic) stops the
+      restore with a SnapshotError naming the stream and segment, not a state without
+      those predictions.
 
 Limitations (this is what the guarantee does NOT cover)
     * Kafka transactions themselves: the guarantee is the broker's read-committed
@@ -107,12 +114,16 @@ from typing import TYPE_CHECKING, Any
 from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import KAFKA_CHECKPOINT_SECONDS, KafkaConfig
+from streamweights.join import SEGMENT_BYTES
 from streamweights.runtime.changelog_parts import (
     SPLIT_STREAM_RECORD_FORMAT,
     is_split_head,
     join_parts,
     parse_part_key,
-    part_key,
+    parse_segment_key,
+    parse_segment_part_key,
+    record_part_key,
+    segment_key,
     split_record,
     strip_head,
 )
@@ -126,7 +137,7 @@ from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
     SnapshotFormatError,
     decode_stream_record,
-    encode_stream_record,
+    encode_stream,
     listed_formats,
 )
 from streamweights.runtime.transaction_calls import (
@@ -147,11 +158,14 @@ log = logging.getLogger("streamweights")
 #: (key ``s/<stream>``, the state and the task's offsets and counts), or one keyed by the
 #: task number with the offsets and counts alone when none changed. A stream record too
 #: large for one message is written in parts (``changelog_parts``: keys ``p/<k>/<stream>``
-#: and a head, format 4, keyed ``s/<stream>``); the layout number stays 2.
+#: and a head, format 4, keyed ``s/<stream>``); a stream record of format 6 reads its
+#: join's waiting predictions from segment records keyed ``j/<id>/<stream>`` (parts:
+#: ``q/<k>/<id>/<stream>``), which a release before it skips as not its own keys and
+#: then refuses the format-6 record by its number; the layout number stays 2.
 TASK_SNAPSHOT_FORMAT = 2
 LEGACY_TASK_SNAPSHOT_FORMAT = 1
 #: The "format" a partition's newest record may carry: a task-keyed record's, or a stream
-#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2, 3 or 5; either way the
+#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2, 3, 5 or 6; either way the
 #: changelog's layout is 2).
 _NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS,
                           SPLIT_STREAM_RECORD_FORMAT)
@@ -169,8 +183,9 @@ class TaskRecords:
     meta: dict[str, Any]
     streams: dict[str, Any] = field(default_factory=dict)
     legacy_streams: dict[str, Any] = field(default_factory=dict)
-    #: per stream whose newest record was written in parts: how many
-    parts: dict[str, int] = field(default_factory=dict)
+    #: per record key (a stream's, a join segment's) whose newest record was written in
+    #: parts: how many
+    parts: dict[bytes, int] = field(default_factory=dict)
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -184,6 +199,102 @@ def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise SnapshotError(f"{where}: changelog record is not a snapshot document")
     return document
+
+
+class ChangelogReader:
+    """Each task's state from its changelog partition's records, fed in offset order
+    (:meth:`add`): per stream its newest record, with the parts of one written in parts
+    and the join segments it reads; per task the newest record's offsets and counts, and
+    the newest format-1 task snapshot, if any. Pure: the runtime feeds it what a
+    ``read_committed`` consumer reads, a test what it read itself."""
+
+    def __init__(self) -> None:
+        self.newest: dict[int, bytes] = {}
+        self.legacy: dict[int, bytes] = {}
+        self.latest: dict[int, dict[bytes, bytes]] = {}
+        self.parts: dict[int, dict[str, dict[int, bytes]]] = {}
+        #: per task, per stream: its join segments' records by id
+        self.segments: dict[int, dict[str, dict[int, bytes]]] = {}
+        #: per task, per (stream, segment): the parts of a segment written in parts
+        self.segment_parts: dict[int, dict[tuple[str, int], dict[int, bytes]]] = {}
+
+    def add(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """One changelog record (a ``None`` value: a tombstone)."""
+        if key is None:
+            return  # not ours
+        segment = parse_segment_key(key)
+        if segment is not None:  # a join segment (never the newest)
+            held = self.segments.setdefault(partition, {}).setdefault(segment[0], {})
+            if value is None:  # deleted: no longer read
+                held.pop(segment[1], None)
+            else:
+                held[segment[1]] = value
+            return
+        if value is None:
+            return  # a tombstone of a part
+        if key.startswith(STREAM_KEY_PREFIX):
+            self.latest.setdefault(partition, {})[key] = value
+        elif key == str(partition).encode():
+            self.legacy[partition] = value
+        else:
+            part = parse_part_key(key)
+            if part is not None:  # never the newest: its head follows it
+                self.parts.setdefault(partition, {}).setdefault(part[0], {})[part[1]] = value
+            piece = parse_segment_part_key(key)
+            if piece is not None:
+                self.segment_parts.setdefault(partition, {}).setdefault(
+                    piece[:2], {})[piece[2]] = value
+            return
+        self.newest[partition] = value
+
+    def tasks(self) -> dict[int, TaskRecords]:
+        """The tasks read, decoded (SnapshotError naming the task if one cannot be)."""
+        found = {}
+        for number, data in self.newest.items():
+            where = f"kafka.changelog_topic: task {number}"
+            meta = _decode_task_record(data, where)
+            if is_split_head(meta):
+                meta = strip_head(meta)
+            task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
+            if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
+                task.legacy_streams = {}
+                if number in self.legacy:  # superseded by per-stream records, maybe not all
+                    old = _decode_task_record(self.legacy[number], where)
+                    if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
+                        task.legacy_streams = old.get("streams") or {}
+            for key, data in self.latest.get(number, {}).items():
+                name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
+                held = self.whole_segments(task, number, name, where)
+                try:
+                    name, state, _ = decode_stream_record(data, where, held)
+                except SnapshotFormatError:  # a head of parts has its own format
+                    head = _decode_task_record(data, where)
+                    if not is_split_head(head):
+                        raise
+                    whole = join_parts(head, self.parts.get(number, {}).get(name, {}),
+                                       f"{where}, stream {name}")
+                    task.parts[key] = int(head["parts"])
+                    name, state, _ = decode_stream_record(whole, where, held)
+                task.streams[name] = state
+            found[number] = task
+        return found
+
+    def whole_segments(self, task: TaskRecords, number: int, name: str, where: str
+                        ) -> dict[int, bytes]:
+        """Stream ``name``'s join segment records by id, each one written in parts
+        (a head under its key) joined whole; the parts counted in ``task.parts``."""
+        pieces = self.segment_parts.get(number, {})
+        whole = {}
+        for segment, data in self.segments.get(number, {}).get(name, {}).items():
+            found = pieces.get((name, segment))
+            if found:  # a segment is written once: with parts, its value is their head
+                head = _decode_task_record(data, where)
+                if is_split_head(head):
+                    data = join_parts(head, found, f"{where}, stream {name}, join segment "
+                                                   f"{segment}")
+                    task.parts[segment_key(name, segment)] = int(head["parts"])
+            whole[segment] = data
+        return whole
 
 
 class InjectedCommitError(RuntimeError):
@@ -408,9 +519,9 @@ class KafkaRuntime:
         self._task_streams: dict[int, list[str]] = {}
         #: task number -> its offsets and counts (JSON) as its newest record holds them.
         self._written_meta: dict[int, str] = {}
-        #: per owned stream: how many parts its newest changelog record has (0: one
-        #: message), so a commit deletes (tombstones) the parts a smaller record leaves
-        self._parts_written: dict[str, int] = {}
+        #: per record key (a stream's, a join segment's) written in parts: how many, so
+        #: a commit deletes (tombstones) the parts a smaller record, or none, leaves
+        self._parts_written: dict[bytes, int] = {}
         self._split_reported: set[str] = set()
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
@@ -826,7 +937,9 @@ class KafkaRuntime:
         """Task ``number``'s changelog records for this commit, as ``(key, value)``: one
         per stream changed since the last commit, keyed ``s/<stream>`` (its state and the
         task's offsets and counts; a large one as parts and a head, with tombstones,
-        value ``None``, for parts no longer used: :meth:`_split_large`), or, when none
+        value ``None``, for parts no longer used: :meth:`_split_large`), after its join's
+        new segments (``j/<id>/<stream>``) and tombstones for the segments it no longer
+        reads (``state_store.encode_stream``), or, when none
         changed but the offsets or counts did (dead letters alone, a fresh task), one
         keyed by the task number with those alone; nothing if nothing changed. Every
         record carries the task's offsets and counts as of this commit, so the newest
@@ -839,50 +952,67 @@ class KafkaRuntime:
                 "offsets": offsets, "exhausted": service._exhausted}
         streams = service.pipeline.streams
         changed = [name for name in self._task_streams.get(number, ()) if streams[name].changed]
-        written = dumps_state(meta)
+        written_meta = dumps_state(meta)
         if changed:
-            records = [(STREAM_KEY_PREFIX + name.encode("utf-8"),
-                        encode_stream_record(name, streams[name], meta)) for name in changed]
-        elif self._written_meta.get(number) != written:
+            # a segment no bigger than a message allows (one entry may still be: parts)
+            segment_bytes = max(1, min(SEGMENT_BYTES, self._allowed()))
+            records: list[tuple[bytes, bytes | None]] = []
+            for name in changed:
+                written = encode_stream(name, streams[name], meta, segment_bytes=segment_bytes)
+                records.extend((segment_key(name, segment), data)
+                               for segment, data in written.segments)
+                records.extend((segment_key(name, segment), None) for segment in written.dropped)
+                records.append((STREAM_KEY_PREFIX + name.encode("utf-8"), written.record))
+        elif self._written_meta.get(number) != written_meta:
             document = {"format": TASK_SNAPSHOT_FORMAT, **meta, "streams": {}}
             records = [(str(number).encode(),
                         compress(dumps_state(document).encode("utf-8")))]
         else:  # nothing new: the task's newest record says all there is
             return []
-        self._written_meta[number] = written
+        self._written_meta[number] = written_meta
         if changed:
             records = self._split_large(records, meta)
         for name in changed:  # a failed commit rolls the task back from the changelog
             streams[name].changed = False
         return records
 
-    def _split_large(self, records: list[tuple[bytes, bytes]], meta: dict[str, Any]
+    def _allowed(self) -> int:
+        """The most bytes one changelog record may have (``snapshot_limit_fraction`` of
+        the message limit); a larger one is written in parts."""
+        return int(self.limit * self.kafka.snapshot_limit_fraction)
+
+    def _split_large(self, records: list[tuple[bytes, bytes | None]], meta: dict[str, Any]
                      ) -> list[tuple[bytes, bytes | None]]:
-        """Stream records as they go to the changelog: one larger than
+        """Records as they go to the changelog: one larger than
         ``snapshot_limit_fraction`` of the message limit as its parts and a head (see
-        ``changelog_parts``), each part of a previous, larger record of the stream that
-        is no longer used as a tombstone (``None``)."""
-        allowed = int(self.limit * self.kafka.snapshot_limit_fraction)
+        ``changelog_parts``), each part of a previous, larger record under the same key
+        that is no longer used as a tombstone (``None``); a tombstone (a join segment no
+        longer read) takes its parts with it."""
+        allowed = self._allowed()
         out: list[tuple[bytes, bytes | None]] = []
         for key, data in records:
-            name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
             count = 0
-            if len(data) > allowed:
+            if data is not None and len(data) > allowed:
                 parts, head = split_record(data, meta, allowed)
                 count = len(parts)
-                out.extend((part_key(name, index), part) for index, part in enumerate(parts))
-                if name not in self._split_reported:
+                out.extend((record_part_key(key, index), part)
+                           for index, part in enumerate(parts))
+                name = key.decode("utf-8", "replace")
+                if key.startswith(STREAM_KEY_PREFIX) and name not in self._split_reported:
                     self._split_reported.add(name)
                     log.warning("kafka: stream %s's changelog record is %s bytes, above "
                                 "kafka.snapshot_limit_fraction (%s) of the changelog's "
-                                "message limit (%s bytes): written in %d parts (mostly "
-                                "predictions waiting for their labels; join.max_pending "
-                                "bounds them)", name, f"{len(data):,}",
-                                self.kafka.snapshot_limit_fraction, f"{self.limit:,}", count)
+                                "message limit (%s bytes): written in %d parts (its state "
+                                "alone is that large)", name[len(STREAM_KEY_PREFIX):],
+                                f"{len(data):,}", self.kafka.snapshot_limit_fraction,
+                                f"{self.limit:,}", count)
                 data = head
-            out.extend((part_key(name, index), None)
-                       for index in range(count, self._parts_written.get(name, 0)))
-            self._parts_written[name] = count
+            out.extend((record_part_key(key, index), None)
+                       for index in range(count, self._parts_written.get(key, 0)))
+            if count:
+                self._parts_written[key] = count
+            else:
+                self._parts_written.pop(key, None)
             out.append((key, data))
         return out
 
@@ -933,8 +1063,8 @@ class KafkaRuntime:
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
         self._written_meta = {}
-        self._parts_written = {name: count for snapshot in snapshots.values()
-                               for name, count in snapshot.parts.items()}
+        self._parts_written = {key: count for snapshot in snapshots.values()
+                               for key, count in snapshot.parts.items()}
         self.task_invalid = {}
         self.task_exhausted = {}
         self.source.released_counts.clear()
@@ -1007,9 +1137,8 @@ class KafkaRuntime:
 
     def _read_changelog(self, numbers: list[int], timeout: float = 60.0
                         ) -> dict[int, TaskRecords]:
-        """Each task's committed changelog records (absent: the task starts fresh): the
-        newest record's offsets and counts, the newest state of each stream, and the
-        streams of the newest format-1 task snapshot, if any."""
+        """Each task's committed changelog records (absent: the task starts fresh), as
+        :class:`ChangelogReader` makes them of what a ``read_committed`` reader reads."""
         from kafka import KafkaConsumer, TopicPartition
 
         # a group-less reader: kafka-python refuses a group_instance_id without a group
@@ -1018,10 +1147,7 @@ class KafkaRuntime:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, group_id=None,
                                  enable_auto_commit=False, isolation_level="read_committed",
                                  **settings)
-        newest: dict[int, bytes] = {}
-        legacy: dict[int, bytes] = {}
-        latest: dict[int, dict[bytes, bytes]] = {}
-        parts: dict[int, dict[str, dict[int, bytes]]] = {}
+        reader = ChangelogReader()
         try:
             partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
             consumer.assign(partitions)
@@ -1035,49 +1161,10 @@ class KafkaRuntime:
                                         f"{timeout:.0f}s")
                 for tp, batch in consumer.poll(timeout_ms=200).items():
                     for record in batch:
-                        if record.value is None or record.key is None:
-                            continue  # a tombstone, or not ours
-                        if record.key.startswith(STREAM_KEY_PREFIX):
-                            latest.setdefault(tp.partition, {})[record.key] = record.value
-                        elif record.key == str(tp.partition).encode():
-                            legacy[tp.partition] = record.value
-                        else:
-                            part = parse_part_key(record.key)
-                            if part is not None:  # never the newest: its head follows it
-                                parts.setdefault(tp.partition, {}).setdefault(
-                                    part[0], {})[part[1]] = record.value
-                            continue
-                        newest[tp.partition] = record.value
+                        reader.add(tp.partition, record.key, record.value)
         finally:
             consumer.close()
-        found = {}
-        for number, data in newest.items():
-            where = f"kafka.changelog_topic: task {number}"
-            meta = _decode_task_record(data, where)
-            if is_split_head(meta):
-                meta = strip_head(meta)
-            task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
-            if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
-                task.legacy_streams = {}
-                if number in legacy:  # superseded by per-stream records, maybe not all
-                    old = _decode_task_record(legacy[number], where)
-                    if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
-                        task.legacy_streams = old.get("streams") or {}
-            for key, data in latest.get(number, {}).items():
-                try:
-                    name, state, _ = decode_stream_record(data, where)
-                except SnapshotFormatError:  # a head of parts has its own format
-                    head = _decode_task_record(data, where)
-                    if not is_split_head(head):
-                        raise
-                    name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
-                    whole = join_parts(head, parts.get(number, {}).get(name, {}),
-                                       f"{where}, stream {name}")
-                    task.parts[name] = int(head["parts"])
-                    name, state, _ = decode_stream_record(whole, where)
-                task.streams[name] = state
-            found[number] = task
-        return found
+        return reader.tasks()
 
     def finished_before(self) -> bool:
         """A bounded replay whose every task had already finished (and published its

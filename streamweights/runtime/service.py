@@ -52,7 +52,7 @@ from streamweights.runtime.sources import make_source
 from streamweights.runtime.state_store import (
     LocalStateStore,
     StateDirLock,
-    encode_stream_record,
+    encode_stream,
 )
 
 log = logging.getLogger("streamweights")
@@ -156,14 +156,20 @@ class LocalCheckpoints:
         streams = service.pipeline.streams
         full = self.store.needs_full()
         names = list(streams) if full else service.pipeline.changed_streams()
-        full = len(names) == len(streams)  # every stream changed: a full one anyway
-        records = [(name, encode_stream_record(name, streams[name])) for name in names]
+        # Every stream changed: a full one costs no more, unless a join would write again
+        # the waiting predictions that the snapshots before hold (long label delays).
+        full = full or (len(names) == len(streams)
+                        and not any(streams[name].join.segment_count for name in names))
+        encoded = [(name, encode_stream(name, streams[name], rebase=full)) for name in names]
+        records = [(name, written.record) for name, written in encoded]
+        segments = [(name, segment, data) for name, written in encoded
+                    for segment, data in written.segments]
         size = self.store.save_streams({
             "position": service.position, "records_seen": service.records_seen,
             "exhausted": service._exhausted,
             "sinks": {name: sink.position for name, sink in service.sinks.items()},
             "source": service.source.name, "config_digest": service._config_digest,
-            "invalid": dict(service.pipeline.invalid)}, records, full)
+            "invalid": dict(service.pipeline.invalid)}, records, full, segments)
         for name in names:  # only once written (a failed write leaves them marked)
             streams[name].changed = False
         self.last_commit = (len(records), size)

@@ -25,13 +25,17 @@ The payload is per stream (what the service writes)::
     streamweights-streams\\n<meta JSON>\\n<stream record><stream record>...
 
 ``meta`` holds the input position, the output sinks' byte positions, the dead-letter
-counts, ``base`` (the number of the full snapshot this one builds on) and ``records``
-(``[[stream, bytes], ...]``: which stream records follow, in order). A stream record is
-:func:`encode_stream_record`'s bytes, the same bytes the Kafka runtime writes to its
-changelog topic keyed by the stream. A *full* snapshot holds a record of every stream; an
-*incremental* one only the streams changed since the snapshot before it. Restoring
-snapshot N reads N, N-1, ... back to its base and takes each stream's newest record, so
-a commit writes only what changed while a restore reads every stream once. When the
+counts, ``base`` (the number of the full snapshot this one builds on), ``records``
+(``[[stream, bytes], ...]``: which stream records follow, in order) and ``segments``
+(``[[stream, id, bytes], ...]``: the join segment records that follow those). A stream
+record and a segment record are :func:`encode_stream`'s bytes, the same bytes the Kafka
+runtime writes to its changelog topic keyed by the stream (and segment). A *full*
+snapshot holds a record of every stream and every segment its joins read; an
+*incremental* one only the streams changed since the snapshot before it, and of their
+joins only the new segments (a waiting prediction is written once, not at every commit
+of its stream). Restoring snapshot N reads N, N-1, ... back to its base and takes each
+stream's newest record and the segments it lists, so a commit writes only what changed
+while a restore reads every stream once. When the
 incremental snapshots since the base add up to more than the base itself (or 64 of them),
 the next commit writes a full one, which bounds the folder at about three times the
 state and the restore at 64 files. The payload of a whole-state JSON document (format 2
@@ -64,11 +68,12 @@ import pathlib
 import re
 import socket
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamweights.adapters.state_codec import dumps_state, loads_state, pack_state, unpack_state
-from streamweights.join import decode_entry
+from streamweights.join import SEGMENT_BYTES, decode_entry
 from streamweights.runtime import faults
 from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
@@ -98,15 +103,18 @@ STREAMS_MAGIC = b"streamweights-streams\n"
 #: ``dumps_state`` writes it (the previous release; read). 3: the state packed
 #: (``state_codec.pack_state``: arrays and long float lists in one base64 string) and each
 #: of the join's waiting predictions as ``join.encode_entry``'s compact ``[id, ts,
-#: skeleton, data]`` (see :func:`encode_stream_record`). 5: as 3, but a waiting prediction
+#: skeleton, data]`` (``join.encode_entry``). 5: as 3, but a waiting prediction
 #: of a classification stream on the native chain may hold the core's flat record of it
 #: (``{"buffer": ...}``, see ``StreamPipeline.on_prediction``) instead of its trace
 #: arrays; a release that reads 3 would take it for a broken entry, so the number moves
 #: and such a release refuses the record with its own clear line. (4 is the head of a
-#: record split into parts, ``changelog_parts``.)
-STREAM_RECORD_FORMAT = 5
+#: record split into parts, ``changelog_parts``.) 6: as 5, but the join's waiting
+#: predictions are not in the record: they are in *segment* records of their own, written
+#: once each (see ``join.PendingJoin.encoded_segments``), and the record holds their
+#: layout (which segments, which of their entries still wait).
+STREAM_RECORD_FORMAT = 6
 #: The stream record formats this build reads (3 and 5 are decoded alike).
-STREAM_RECORD_FORMATS = (2, 3, 5)
+STREAM_RECORD_FORMATS = (2, 3, 5, 6)
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
@@ -171,23 +179,65 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
     return snapshot
 
 
-def encode_stream_record(name: str, stream: StreamPipeline,
-                         meta: dict[str, Any] | None = None) -> bytes:
-    """One stream's state as a record: one zstd frame (``compression.compress``) of the
-    JSON document
-    ``{"format": 5, **meta, "streams": {name: {"state": skeleton, "data": base64,
-    "entries": [entry, ...]}}}``: the stream's state without the join's waiting
-    predictions packed by ``state_codec.pack_state`` (its arrays and long float lists in
-    one base64 string), and the waiting predictions as the join's kept compact encoding
-    (``join.encode_entry``, each entry encoded once, when a snapshot first holds it). The
-    same bytes go to a local snapshot (no ``meta``) and, with the task's offsets and counts
-    as ``meta``, to the Kafka changelog, keyed by the stream. Deterministic: a stream
-    restored from a record writes the same record."""
+@dataclass
+class StreamRecords:
+    """One stream's share of a commit (:func:`encode_stream`)."""
+
+    #: The stream's record: its state and the layout of its join's segments.
+    record: bytes
+    #: ``(segment id, bytes)`` of each new segment of its join: a record of its own.
+    segments: list[tuple[int, bytes]]
+    #: The join's segments no longer read (a changelog deletes their keys).
+    dropped: list[int]
+
+
+def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None = None,
+                  rebase: bool = False, segment_bytes: int = SEGMENT_BYTES) -> StreamRecords:
+    """One stream's state as records, each one zstd frame (``compression.compress``) of a
+    JSON document. The stream's record is
+    ``{"format": 6, **meta, "streams": {name: {"state": skeleton, "data": base64,
+    "join": layout}}}``: the stream's state without the join's waiting predictions packed
+    by ``state_codec.pack_state`` (its arrays and long float lists in one base64 string),
+    and which of the join's segments hold the waiting predictions. Each new segment is a
+    record ``{"format": 6, "stream": name, "segment": id, "entries": [entry, ...]}`` of
+    ``join.encode_entry`` texts (see ``join.PendingJoin.encoded_segments``): the join is
+    written incrementally, each waiting prediction once, unless ``rebase`` asks for every
+    one afresh (a snapshot that must stand alone). The same bytes go to a local snapshot
+    (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
+    changelog, keyed by the stream (and segment). Deterministic: a stream restored from
+    its records writes the same records."""
     skeleton, data = pack_state(stream.state_dict(join_entries=False))
+    delta = stream.join.encoded_segments(segment_bytes, rebase)
     head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
-    text = (f'{head[:-1]},"streams":{{{json.dumps(name)}:{{"state":{skeleton},"data":"{data}",'
-            f'"entries":{stream.join.encoded_entries()}}}}}}}')
-    return compress(text.encode("utf-8"))
+    quoted = json.dumps(name)
+    text = (f'{head[:-1]},"streams":{{{quoted}:{{"state":{skeleton},"data":"{data}",'
+            f'"join":{json.dumps(delta.layout, separators=(",", ":"))}}}}}}}')
+    segments = [(segment, compress(
+        f'{{"format":{STREAM_RECORD_FORMAT},"stream":{quoted},"segment":{segment},'
+        f'"entries":{entries}}}'.encode())) for segment, entries in delta.segments]
+    return StreamRecords(compress(text.encode("utf-8")), segments, list(delta.dropped))
+
+
+def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, bytes],
+                  where: str) -> list[list[Any]]:
+    """The waiting predictions a format-6 record's join ``layout`` lists, read from its
+    segments' records (``segments``: id -> bytes), in arrival order."""
+    entries = []
+    for segment, size, gone in layout["segments"]:
+        data = segments.get(int(segment))
+        if data is None:
+            raise SnapshotError(f"{where}: stream {name!r} lacks segment {segment} of its "
+                                "join's waiting predictions (records lost or deleted by hand)")
+        document = loads_state(decompress(data))
+        found = document.get("entries") if isinstance(document, dict) else None
+        if (not isinstance(found, list) or document.get("stream") != name
+                or document.get("segment") != segment or len(found) != size):
+            raise SnapshotError(f"{where}: stream {name!r}'s join segment {segment} is not "
+                                f"the one its record lists ({size} entries)")
+        left = set(gone)
+        entries.extend(decode_entry(entry) for index, entry in enumerate(found)
+                       if index not in left)
+    return entries
 
 
 def listed_formats(numbers: tuple[int, ...]) -> str:
@@ -196,10 +246,13 @@ def listed_formats(numbers: tuple[int, ...]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it) and the
-    record's other fields (``meta``) in a record of :func:`encode_stream_record` (format 5)
-    or of earlier releases (formats 3 and 2), or SnapshotError naming ``where``."""
+def decode_stream_record(data: bytes, where: str, segments: Mapping[int, bytes] | None = None
+                         ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it, plus the
+    join's segment layout) and the record's other fields (``meta``) in a stream record of
+    :func:`encode_stream` (format 6; ``segments`` holds the stream's join segment
+    records by id) or of earlier releases (formats 5, 3 and 2, the join inline), or
+    SnapshotError naming ``where``."""
     try:
         document = loads_state(decompress(data))
         version = document.get("format") if isinstance(document, dict) else None
@@ -209,10 +262,16 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
                 f"{listed_formats(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
         ((name, state),) = document.pop("streams").items()
-        if version in (3, 5):
+        if version in (3, 5, 6):
             packed = state
             state = unpack_state(packed["state"], packed["data"])
-            state["join"]["entries"] = [decode_entry(entry) for entry in packed["entries"]]
+            if version == 6:
+                layout = packed["join"]
+                state["join"]["entries"] = _join_entries(str(name), layout, segments or {},
+                                                         where)
+                state["join"]["segments"] = layout
+            else:
+                state["join"]["entries"] = [decode_entry(e) for e in packed["entries"]]
         return str(name), state, document
     except SnapshotError:
         raise
@@ -221,17 +280,23 @@ def decode_stream_record(data: bytes, where: str) -> tuple[str, dict[str, Any], 
                             f"({type(error).__name__}: {error})") from None
 
 
-def encode_streams_payload(meta: dict[str, Any], records: list[tuple[str, bytes]]) -> bytes:
-    """A per-stream snapshot payload (see the module docstring)."""
+def encode_streams_payload(meta: dict[str, Any], records: list[tuple[str, bytes]],
+                           segments: list[tuple[str, int, bytes]] = ()) -> bytes:
+    """A per-stream snapshot payload (see the module docstring): ``records`` are the
+    stream records, ``segments`` the join segment records, ``(stream, id, bytes)``."""
     head = {"format": SNAPSHOT_FORMAT, **meta,
             "records": [[name, len(data)] for name, data in records]}
+    if segments:
+        head["segments"] = [[name, segment, len(data)] for name, segment, data in segments]
     return (STREAMS_MAGIC + dumps_state(head).encode("utf-8") + b"\n"
-            + b"".join(data for _, data in records))
+            + b"".join(data for _, data in records)
+            + b"".join(data for _, _, data in segments))
 
 
 def _decode_streams_payload(payload: bytes) -> dict[str, Any]:
     """The meta of a per-stream payload, its stream records (undecoded) under
-    ``stream_records`` as ``[(name, bytes), ...]``."""
+    ``stream_records`` as ``[(name, bytes), ...]`` and its join segment records under
+    ``segment_records`` as ``[(name, id, bytes), ...]``."""
     start = len(STREAMS_MAGIC)
     end = payload.index(b"\n", start)
     meta = loads_state(payload[start:end])
@@ -240,10 +305,15 @@ def _decode_streams_payload(payload: bytes) -> dict[str, Any]:
     for name, size in meta.pop("records"):
         records.append((str(name), payload[offset:offset + int(size)]))
         offset += int(size)
+    segments = []
+    for name, segment, size in meta.pop("segments", ()):
+        segments.append((str(name), int(segment), payload[offset:offset + int(size)]))
+        offset += int(size)
     if offset != len(payload):
         raise ValueError(f"its stream records end at byte {offset}, the payload at "
                          f"{len(payload)}")
     meta["stream_records"] = records
+    meta["segment_records"] = segments
     return meta
 
 
@@ -278,6 +348,8 @@ class LocalStateStore:
         self._saves = 0
         #: What the latest per-stream snapshot builds on (None: no such snapshot yet).
         self._chain: Chain | None = None
+        #: The last per-stream write failed: the next one is full.
+        self._failed = False
 
     def snapshots(self) -> list[tuple[int, pathlib.Path]]:
         """The folder's snapshot files (damaged ones included), newest first."""
@@ -304,28 +376,36 @@ class LocalStateStore:
 
     def needs_full(self) -> bool:
         """The next :meth:`save_streams` has to be full: there is no per-stream snapshot
-        to build on, or the ones since the last full snapshot are many (``MAX_CHAIN``) or
-        add up to more bytes than it."""
+        to build on, a write failed since the last one (the joins took the segments it
+        held for written), or the ones since the last full snapshot are many
+        (``MAX_CHAIN``) or add up to more bytes than it."""
         chain = self._chain
-        return (chain is None or chain.length >= MAX_CHAIN
+        return (chain is None or self._failed or chain.length >= MAX_CHAIN
                 or chain.delta_bytes > chain.base_bytes)
 
     def save_streams(self, meta: dict[str, Any], records: list[tuple[str, bytes]],
-                     full: bool) -> int:
+                     full: bool, segments: list[tuple[str, int, bytes]] = ()) -> int:
         """Write a per-stream snapshot as the next numbered file, atomically: ``meta``
-        (position, sinks, counts) and ``records`` (``[(stream, encode_stream_record
-        bytes)]``): every stream's if ``full``, else only the changed ones (the rest are
-        read from the snapshots before it). Remove the files that neither this snapshot
-        nor the one before it needs; return the size in bytes."""
+        (position, sinks, counts), ``records`` (``[(stream, encode_stream(...).record)]``)
+        and the join segments written with them (``[(stream, id, bytes)]``): every
+        stream's record and every live segment if ``full``, else only the changed
+        streams' records and their new segments (the rest are read from the snapshots
+        before it). Remove the files that neither this snapshot nor the one before it
+        needs; return the size in bytes."""
         if not full and self._chain is None:
             raise ValueError("save_streams: an incremental snapshot needs a per-stream "
                              "snapshot to build on (check needs_full() first)")
         seq = self._next_seq()
         previous = self._chain
         base = seq if full else previous.base
-        data = frame_payload(encode_streams_payload({**meta, "base": base}, records))
-        self._write(seq, data, keep_from=min(base, seq - 1 if previous is None
-                                             else previous.base))
+        data = frame_payload(encode_streams_payload({**meta, "base": base}, records, segments))
+        try:
+            self._write(seq, data, keep_from=min(base, seq - 1 if previous is None
+                                                 else previous.base))
+        except BaseException:
+            self._failed = True
+            raise
+        self._failed = False
         if full:
             self._chain = Chain(base=seq, length=1, base_bytes=len(data), delta_bytes=0)
         else:
@@ -449,6 +529,9 @@ class LocalStateStore:
         the snapshots it builds on (back to its base), decoded under ``pipeline``."""
         base = int(head["base"])
         records = dict(head["stream_records"])
+        segments: dict[str, dict[int, bytes]] = {}
+        for name, segment, data in head["segment_records"]:
+            segments.setdefault(name, {})[segment] = data
         base_bytes, delta_bytes = (size, 0) if base == seq else (0, size)
         if not 0 < base <= seq or seq - base >= MAX_CHAIN:
             raise SnapshotError(f"snapshot-{seq:012d}.snap: builds on snapshot {base}, "
@@ -465,6 +548,8 @@ class LocalStateStore:
                                     f"{older:012d}.snap, which belongs to another chain")
             for name, data in found["stream_records"]:
                 records.setdefault(name, data)
+            for name, segment, data in found["segment_records"]:
+                segments.setdefault(name, {}).setdefault(segment, data)
             if older == base:
                 base_bytes = older_size
             else:
@@ -472,9 +557,10 @@ class LocalStateStore:
         streams = {}
         for name, data in records.items():
             decoded_name, state, _ = decode_stream_record(
-                data, f"snapshot-{seq:012d}.snap (stream {name!r})")
+                data, f"snapshot-{seq:012d}.snap (stream {name!r})", segments.get(name, {}))
             streams[decoded_name] = state
-        snapshot = {k: v for k, v in head.items() if k != "stream_records"}
+        snapshot = {k: v for k, v in head.items()
+                    if k not in ("stream_records", "segment_records")}
         snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 

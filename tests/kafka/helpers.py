@@ -19,8 +19,10 @@ from kafka.admin import NewTopic
 from kafka.errors import NodeNotReadyError
 
 from streamweights.config import SourceConfig, parse_config
+from streamweights.runtime.kafka_runtime import ChangelogReader, TaskRecords
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
+from streamweights.runtime.state_store import decode_stream_record
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STREAMS = (("demo", 7), ("other", 11))
@@ -160,6 +162,25 @@ def read_records(bootstrap: str, topic: str, isolation: str = "read_committed") 
         return [record for tp in partitions for record in records[tp]]
     finally:
         consumer.close()
+
+
+def stream_states(records: list) -> list[tuple[Any, str, dict, dict]]:
+    """``(record, stream, state, meta)`` for each stream record (``s/<stream>``) of changelog
+    ``records`` read in offset order, decoded with the join segments written up to it
+    (``j/<id>/<stream>``: a commit writes them before the stream's record), as a restore
+    from that point would read them. The state's join layout (``segments``) is left out,
+    so the state compares with ``state_dict()``."""
+    reader = ChangelogReader()
+    found = []
+    for record in records:
+        reader.add(record.partition, record.key, record.value)
+        if record.key.startswith(b"s/") and record.value is not None:
+            name = record.key[2:].decode()
+            held = reader.whole_segments(TaskRecords(meta={}), record.partition, name, "test")
+            name, state, meta = decode_stream_record(record.value, "test", held)
+            state["join"].pop("segments", None)
+            found.append((record, name, state, meta))
+    return found
 
 
 def _wait_until_settled(bootstrap: str, topic: str, partitions: int, deadline: float) -> None:

@@ -18,7 +18,7 @@ from streamweights.config import parse_config
 from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, TASK_SNAPSHOT_FORMAT
 from streamweights.runtime.service import Service
-from streamweights.runtime.state_store import STREAM_RECORD_FORMAT, decode_stream_record
+from streamweights.runtime.state_store import STREAM_RECORD_FORMAT
 from tests.kafka.helpers import (
     by_stream,
     kafka_document,
@@ -26,6 +26,7 @@ from tests.kafka.helpers import (
     produce_inputs,
     read_records,
     read_topic,
+    stream_states,
 )
 from tests.kafka.test_kafka_crash import cli
 from tests.service.test_incremental_state import (
@@ -61,7 +62,8 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     (b) a fresh group on a new changelog topic that holds only a format-1 task snapshot
     (the previous release's one blob per task) made from the committed per-stream
     records, with its own weights topic.
-    We expect: the committed changelog holds records keyed ``s/<stream>``, and a commit
+    We expect: the committed changelog holds records keyed ``s/<stream>`` (and the joins'
+    segments, ``j/<id>/<stream>``), and a commit
     wrote only the streams that changed in its cycle (fewer than 8 after the first); both
     restarts end with the uninterrupted embedded run's summary and weights versions
     (restart (b) those after the snapshot's), each version once; restart (b) says it
@@ -87,7 +89,12 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "8"})
     assert failed.returncode != 0 and "failing before commit 8" in failed.stderr
 
-    committed = read_records(kafka_bootstrap, topics["changelog"])
+    changelog = read_records(kafka_bootstrap, topics["changelog"])
+    segments = [r for r in changelog if r.key.startswith(b"j/")]
+    assert segments and all(r.key.decode().split("/", 2)[2] in STREAMS for r in segments)
+    decoded = {id(record): (name, state, meta) for record, name, state, meta
+               in stream_states(changelog)}  # with the join segments written before each
+    committed = [r for r in changelog if not r.key.startswith(b"j/")]
     documents = [loads_state(decompress(r.value)) for r in committed]
     assert {r.key for r in committed} <= {b"s/" + n.encode() for n in STREAMS} | {b"0"}
     per_commit = defaultdict(set)  # a commit's records share the task's offsets
@@ -104,7 +111,7 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     streams = {}
     for record in committed:
         if record.key != b"0":
-            name, state, _ = decode_stream_record(record.value, "test")
+            name, state, _ = decoded[id(record)]
             streams[name] = state
     legacy = {**{k: v for k, v in documents[-1].items() if k != "streams"}, "format": 1,
               "streams": streams}
@@ -139,7 +146,8 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
         assert orjson.loads(values[0])["version"] == first, name
         assert values == expected_weights[name][first - 1:], name
     rewritten = read_records(kafka_bootstrap, legacy_topics["changelog"])
-    assert rewritten[0].key == b"0" and {r.key for r in rewritten[1:9]} == \
+    stream_keys = [r.key for r in rewritten[1:] if not r.key.startswith(b"j/")]
+    assert rewritten[0].key == b"0" and set(stream_keys[:8]) == \
         {b"s/" + n.encode() for n in STREAMS}
 
     # (c) the previous release's per-stream records (format 2: waiting predictions as
@@ -151,7 +159,7 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     for record in committed:
         value = record.value
         if record.key != b"0":
-            name, state, meta = decode_stream_record(value, "test")
+            name, state, meta = decoded[id(record)]
             value = format_2_stream_record(
                 name, state, {k: v for k, v in meta.items() if k != "format"})
             assert loads_state(decompress(value))["format"] == 2
@@ -172,4 +180,4 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     written = read_records(kafka_bootstrap, v2_topics["changelog"])[len(committed):]
     assert written and all(
         loads_state(decompress(r.value))["format"] == STREAM_RECORD_FORMAT
-        for r in written if r.key != b"0")
+        for r in written if r.key != b"0" and r.value is not None)

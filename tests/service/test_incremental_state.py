@@ -25,7 +25,7 @@ from streamweights.runtime.state_store import (
     LocalStateStore,
     SnapshotFormatError,
     decode_stream_record,
-    encode_stream_record,
+    encode_stream,
     encode_streams_payload,
     frame_payload,
 )
@@ -176,6 +176,54 @@ def test_restart_from_an_incremental_chain_equals_the_uninterrupted_run(tmp_path
         assert got[name] == data, f"{name} differs after the kills"
 
 
+def _segment_entry_ids(store: LocalStateStore, incremental_only: bool) -> list[str]:
+    """The ids of the waiting predictions written in the folder's join segment records
+    (only in incremental snapshots, if asked), one per time written."""
+    ids = []
+    for seq, path in store.snapshots():
+        snapshot = store.read(path)
+        if incremental_only and snapshot["base"] == seq:
+            continue
+        for _, _, data in snapshot["segment_records"]:
+            ids.extend(entry[0] for entry in json.loads(decompress(data))["entries"])
+    return ids
+
+
+def test_long_label_delays_write_each_waiting_prediction_once(tmp_path):
+    """Scenario: labels 600 s (600 predictions) after their predictions, so each of the
+    eight streams holds ~75 waiting predictions at every checkpoint (every 150 records);
+    the run is killed with SIGKILL at records and inside snapshot writes, restarted after
+    each kill, and a second folder runs once without interruption.
+    We expect: the incremental snapshots write a waiting prediction in a join segment
+    about once (not again at every checkpoint of its stream, as a whole join would), the
+    restores read joins from chains of segment records, and adapted, weights and
+    dead-letter files and the summary equal the uninterrupted run's byte for byte."""
+    input_path = tmp_path / "input.jsonl"
+    write_bursty_input(input_path, predictions=1800, delay=600)
+    reference = tmp_path / "reference"
+    write_config(reference, input_path)
+    assert _run(reference, "--max-records", "2600").returncode == 0
+    store = LocalStateStore(reference / "state")
+    ids = _segment_entry_ids(store, incremental_only=True)
+    assert len(ids) > 200 and len(set(ids)) >= 0.9 * len(ids), (len(ids), len(set(ids)))
+    latest = store.load()
+    assert sum(len(s["join"]["entries"]) for s in latest["pipeline"]["streams"].values()) > 300
+    assert _run(reference).returncode == 0
+    expected = outputs(reference)
+
+    folder = tmp_path / "killed"
+    write_config(folder, input_path)
+    for point in ("record:900", "snapshot:3:partial", "record:2100", "snapshot:4:renamed"):
+        result = _run(folder, env={KILL_AT_ENV: point})
+        assert result.returncode == -signal.SIGKILL, (point, result.stderr[-2000:])
+        assert _segment_entry_ids(LocalStateStore(folder / "state"), incremental_only=False)
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = outputs(folder)
+    for name, data in expected.items():
+        assert got[name] == data, f"{name} differs after the kills"
+
+
 def test_whole_state_snapshot_of_the_previous_release_loads(tmp_path, bursty):
     """Scenario: a folder whose only snapshot is a whole-state format-2 JSON document, as
     the previous release wrote it (taken from a bounded run's state).
@@ -232,12 +280,19 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
     assert _run(folder, "--max-records", "1000").returncode == 0
     store = LocalStateStore(folder / "state")
     rewritten = 0
-    for _, path in store.snapshots():
-        snapshot = store.read(path)
+    read = [(path, store.read(path)) for _, path in store.snapshots()]  # newest first
+    for index, (path, snapshot) in enumerate(read):
+        segments: dict = {}  # each stream's join segments, from this file back
+        for _, older in read[index:]:
+            for name, segment, data in older["segment_records"]:
+                segments.setdefault(name, {}).setdefault(segment, data)
+        snapshot = dict(snapshot)
+        snapshot.pop("segment_records")
         records = []
         for name, data in snapshot.pop("stream_records"):
-            decoded_name, state, meta = decode_stream_record(data, name)
+            decoded_name, state, meta = decode_stream_record(data, name, segments.get(name))
             assert meta == {"format": STREAM_RECORD_FORMAT} and decoded_name == name
+            state["join"].pop("segments")
             records.append((name, format_2_stream_record(name, state)))
             rewritten += bool(state["join"]["entries"])
         path.write_bytes(frame_payload(encode_streams_payload(snapshot, records)))
@@ -247,8 +302,8 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
     assert "restored snapshot" in result.stderr
     newest = store.read(store.snapshots()[0][1])
     assert newest["stream_records"]
-    for name, data in newest["stream_records"]:
-        assert decode_stream_record(data, name)[2]["format"] == STREAM_RECORD_FORMAT
+    for _, data in newest["stream_records"]:
+        assert json.loads(decompress(data))["format"] == STREAM_RECORD_FORMAT
     result = _run(folder)
     assert result.returncode == 0, result.stderr[-2000:]
     got = outputs(folder)
@@ -262,8 +317,12 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
     decoded from a stream record encodes to the same text as ``state_dict()`` encoded
     afresh, and a stream restored from it writes the same record bytes (deterministic
     across a restore); the previous release's format-2 record of the same state decodes
-    to the same state."""
+    to the same state. The join's segments (a few entries each here) are kept as a
+    changelog keeps them: new ones added, dropped ones deleted; the record's layout
+    lists exactly the ones kept."""
     pipeline = _pipeline()
+    held: dict[int, bytes] = {}
+    most = 0
     restored = _pipeline().streams["demo"]
     stream = pipeline.streams["demo"]
     stream.join.max_pending = 7  # evictions too
@@ -280,24 +339,35 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
                     "schema": 1, "stream": "demo", "id": f"e{j}", "ts": 1e9 + i,
                     "label": rng.randint(0, 1)}).encode()))
         meta_in = {"task": 4} if i % 2 else None
-        record = encode_stream_record("demo", stream, meta_in)
-        name, state, meta = decode_stream_record(record, "x")
+        written = encode_stream("demo", stream, meta_in, rebase=i % 50 == 7,
+                                segment_bytes=4000)
+        held.update(written.segments)
+        for segment in written.dropped:
+            del held[segment]
+        record = written.record
+        name, state, meta = decode_stream_record(record, "x", held)
         assert name == "demo" and meta == {"format": STREAM_RECORD_FORMAT, **(meta_in or {})}
+        layout = state["join"].pop("segments")
+        assert sorted(held) == [segment for segment, _, _ in layout["segments"]]
+        most = max(most, len(held))
         assert dumps_state(state) == dumps_state(stream.state_dict()), i
         _, old_state, old_meta = decode_stream_record(
             format_2_stream_record("demo", stream.state_dict(), meta_in), "x")
         assert old_meta == {"format": 2, **(meta_in or {})}
         assert dumps_state(old_state) == dumps_state(state), i
         if i % 10 == 0:
+            state["join"]["segments"] = layout
             restored.load_state_dict(state)
-            assert encode_stream_record("demo", restored, meta_in) == record, i
+            again = encode_stream("demo", restored, meta_in, segment_bytes=4000)
+            assert (again.record, again.segments, again.dropped) == (record, [], []), i
     assert stream.join.evicted_total > 0 and stream.join.joined_total > 0
+    assert most > 3  # the join was written in several segments at once
 
 
 def test_stream_record_of_another_format_is_refused_with_what_to_do():
     data = zlib.compress(b'{"format":4,"streams":{"demo":{}}}')
     with pytest.raises(SnapshotFormatError, match="stream record format 4, this build reads 2, "
-                       "3 and 5; restore with the release that wrote it"):
+                       "3, 5 and 6; restore with the release that wrote it"):
         decode_stream_record(data, "x")
     with pytest.raises(SnapshotError, match="x: stream record cannot be decoded"):
         decode_stream_record(b"not zlib", "x")
@@ -321,34 +391,51 @@ def test_stream_record_is_a_zstd_frame_and_a_zlib_one_reads_alike():
     document as an earlier release's zlib record decodes to the same state and meta."""
     pipeline = _pipeline()
     _serve(pipeline, 40, label_every=3)
-    record = encode_stream_record("demo", pipeline.streams["demo"], {"task": 0})
-    assert record.startswith(ZSTD_MAGIC)
+    written = encode_stream("demo", pipeline.streams["demo"], {"task": 0})
+    record, segments = written.record, dict(written.segments)
+    assert record.startswith(ZSTD_MAGIC) and segments
+    assert all(data.startswith(ZSTD_MAGIC) for data in segments.values())
     legacy = zlib.compress(decompress(record), 1)
-    name, state, meta = decode_stream_record(record, "new")
-    old_name, old_state, old_meta = decode_stream_record(legacy, "old")
+    old_segments = {k: zlib.compress(decompress(v), 1) for k, v in segments.items()}
+    name, state, meta = decode_stream_record(record, "new", segments)
+    old_name, old_state, old_meta = decode_stream_record(legacy, "old", old_segments)
     assert (old_name, old_meta) == (name, meta)
     assert dumps_state(old_state) == dumps_state(state)
     assert name == "demo" and meta["task"] == 0 and len(state["join"]["entries"]) > 20
 
 
-def test_damaged_format_3_record_is_refused_not_misread():
+def test_damaged_stream_record_is_refused_not_misread():
     """A record of this release whose packed bytes do not fit its skeleton (here: the state's
-    base64 cut short, an entry's array bytes cut short, an entry of three items) is
-    a SnapshotError naming where, not a state read from the wrong bytes or a crash."""
+    base64 cut short, an entry's array bytes cut short, an entry of three items, a
+    segment of another stream, a segment missing) is a SnapshotError naming where, not a
+    state read from the wrong bytes or a crash."""
     pipeline = _pipeline()
     stream = pipeline.streams["demo"]
     _serve(pipeline, 30)
-    document = json.loads(decompress(encode_stream_record("demo", stream)))
-    packed = document["streams"]["demo"]
-    assert len(packed["entries"]) == 30
-    damages = {"state": lambda p: p.update(data=p["data"][:-8]),
-               "entry": lambda p: p["entries"][3].__setitem__(3, p["entries"][3][3][:-8]),
-               "form": lambda p: p["entries"][0].pop()}
-    for what, damage in damages.items():
-        copy = json.loads(json.dumps(document))
-        damage(copy["streams"]["demo"])
+    written = encode_stream("demo", stream)
+    document = json.loads(decompress(written.record))
+    ((segment, data),) = written.segments
+    entries = json.loads(decompress(data))
+    assert document["streams"]["demo"]["join"]["segments"] == [[segment, 30, []]]
+    assert len(entries["entries"]) == 30
+    damages = {"state": (lambda d: d["streams"]["demo"].update(
+                   data=d["streams"]["demo"]["data"][:-8]), None),
+               "entry": (None, lambda e: e["entries"][3].__setitem__(
+                   3, e["entries"][3][3][:-8])),
+               "form": (None, lambda e: e["entries"][0].pop())}
+    for what, (damage_record, damage_segment) in damages.items():
+        record, segment_copy = json.loads(json.dumps(document)), json.loads(json.dumps(entries))
+        (damage_record or damage_segment)(record if damage_record else segment_copy)
         with pytest.raises(SnapshotError, match=f"{what}: stream record cannot be decoded"):
-            decode_stream_record(zlib.compress(json.dumps(copy).encode()), what)
+            decode_stream_record(zlib.compress(json.dumps(record).encode()), what,
+                                 {segment: zlib.compress(json.dumps(segment_copy).encode())})
+    other = json.loads(json.dumps(entries))
+    other["stream"] = "other"
+    with pytest.raises(SnapshotError, match="join segment 0 is not the one its record lists"):
+        decode_stream_record(written.record, "x", {segment: zlib.compress(
+            json.dumps(other).encode())})
+    with pytest.raises(SnapshotError, match="lacks segment 0 of its join"):
+        decode_stream_record(written.record, "x", {})
 
 
 def test_changed_marks_only_touched_streams():
