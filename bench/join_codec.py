@@ -162,6 +162,7 @@ def main() -> None:
     # written before, so only the new predictions and the labels' marks are written.
     models = list(stream.config.models)
     served = iter(range(10**9))
+    next_ts = 1e9 + args.labelled + n  # one a second after the last one waiting
     encode_stream("demo", stream)  # every waiting entry written once
 
     def churn() -> None:
@@ -170,11 +171,11 @@ def main() -> None:
         for _ in range(args.churn):
             i = next(served)
             pipeline.process(events.decode(json.dumps({
-                "schema": 1, "stream": "demo", "id": f"c{i}", "ts": 2e9 + i,
+                "schema": 1, "stream": "demo", "id": f"c{i}", "ts": next_ts + i,
                 "outputs": {m: [0.4, 0.6] for m in models}}).encode()))
         for event_id in oldest:
             pipeline.process(events.decode(json.dumps({
-                "schema": 1, "stream": "demo", "id": event_id, "ts": 2e9 + i,
+                "schema": 1, "stream": "demo", "id": event_id, "ts": next_ts + i,
                 "label": 1}).encode()))
         assert len(stream.join) == n
 

@@ -294,8 +294,10 @@ def _inspect(state_dir: str) -> int:
         try:
             found = store.read(path)
             records = found.get("stream_records")
+            segments = found.get("segment_records") or ()
             print(f"{path.name}: intact" + ("" if records is None else
-                  f" ({len(records):,} stream record(s), " + (
+                  f" ({len(records):,} stream record(s), {len(segments):,} join "
+                  "segment(s), " + (
                       "full)" if found["base"] == seq else f"builds on {found['base']})")))
         except SnapshotError as error:
             print(f"{path.name}: {error}")

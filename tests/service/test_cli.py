@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,8 @@ def test_inspect_describes_a_snapshot(config_factory):
     assert result.returncode == 0
     assert "stream demo: 1,500 predictions" in result.stdout
     assert "naive_bayes" in result.stdout
+    assert re.search(r"intact \([0-9]+ stream record\(s\), [0-9]+ join segment\(s\), ",
+                     result.stdout), result.stdout
     empty = cli("inspect", str(config.parent / "nothing"))
     assert empty.returncode == 1
 
