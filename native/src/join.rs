@@ -539,6 +539,18 @@ impl PendingJoin {
         };
         Self::encode_missing(slf, encode, &wanted)?;
         let mut join = slf.borrow_mut();
+        // Checked before anything changes: an entry placed without its segment recorded
+        // would never be written.
+        let unencoded = wanted.iter().any(|(seq, id)| {
+            join.entries
+                .get(id)
+                .map_or(false, |entry| entry.seq == *seq && entry.encoded.is_none())
+        });
+        if unencoded {
+            return Err(PyValueError::new_err(
+                "join segments: an entry has no snapshot text",
+            ));
+        }
         if rebase {
             let ids: Vec<u32> = join.segments.keys().copied().collect();
             join.dropped.extend(ids);
@@ -580,11 +592,7 @@ impl PendingJoin {
             };
             let text = match &entry.encoded {
                 Some(text) => text.bind(py).to_str()?,
-                None => {
-                    return Err(PyValueError::new_err(
-                        "join segments: an entry has no snapshot text",
-                    ))
-                }
+                None => continue, // (checked above)
             };
             if size > 0 {
                 out.push(',');
