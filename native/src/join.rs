@@ -336,6 +336,20 @@ impl PendingJoin {
         Ok(())
     }
 
+    /// Records a segment just written with `size` entries (none: not recorded, so
+    /// neither listed in the layout nor written).
+    fn record_segment(&mut self, segment: u32, size: u32) {
+        if size > 0 {
+            self.segments.insert(
+                segment,
+                Segment {
+                    size,
+                    gone: Vec::new(),
+                },
+            );
+        }
+    }
+
     /// The entries the next snapshot writes, `(seq, id)` in arrival order: every one
     /// for a rebase, else those not written yet. Those are the newest (an entry is
     /// written in arrival order, and a restore either places every entry or none), so
@@ -566,16 +580,7 @@ impl PendingJoin {
             let full = written.last().map_or(true, |(_, text)| text.len() >= cap);
             if full {
                 if let Some((segment, _)) = written.last() {
-                    if size > 0 {
-                        let segment = *segment;
-                        join.segments.insert(
-                            segment,
-                            Segment {
-                                size,
-                                gone: Vec::new(),
-                            },
-                        );
-                    }
+                    join.record_segment(*segment, size);
                 }
                 let segment = join.next_segment;
                 join.next_segment += 1;
@@ -602,16 +607,7 @@ impl PendingJoin {
             size += 1;
         }
         if let Some((segment, _)) = written.last() {
-            if size > 0 {
-                let segment = *segment;
-                join.segments.insert(
-                    segment,
-                    Segment {
-                        size,
-                        gone: Vec::new(),
-                    },
-                );
-            }
+            join.record_segment(*segment, size);
         }
         // (a segment left empty: its entries left while the codec ran; never read)
         written.retain(|(segment, _)| join.segments.contains_key(segment));
