@@ -109,9 +109,10 @@ fi
 # core while the other idles; two workers on this 2-core kind of machine bring pytest's
 # part from ~32 to ~19 minutes (1,902 tests, measured 2026-12-03).
 # `--dist loadfile` keeps each test file on one worker, so a file's module fixtures are
-# made once and its tests run in their written order; every worker starts its own Kafka broker (free ports, its own temp dir) when it first needs
-# one. STREAMWEIGHTS_TEST_WORKERS=1 (or `-n 0`) runs everything in this one process,
-# which is what a debugger (`--pdb`) needs.
+# made once and its tests run in their written order; every worker starts its own Kafka
+# broker (free ports, its own temp dir) when it first needs one.
+# STREAMWEIGHTS_TEST_WORKERS=1 (or `-n 0`) runs everything in this one process, which is
+# what a debugger (`--pdb`) needs.
 workers="${STREAMWEIGHTS_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 [ "$workers" -gt 4 ] && workers=4
 if [ "$workers" -gt 1 ]; then
