@@ -15,7 +15,7 @@
 #   Kafka jars       Maven Central -> .cache/kafka (tests/kafka/broker.py fetch)
 #   Rust unit tests  cargo test on native/ (its own tests of the core's pieces, which
 #                    pytest cannot reach: about half a minute once, then a second)
-#   pytest           one worker per core (pytest-xdist), each test file whole on one
+#   pytest           one worker per core (pytest-xdist), each test file whole on one worker
 #
 # The image test's Debian base (mmdebstrap) is made and cached under .cache/image by the
 # test itself (tests/deploy/test_image_build.py), so it stays next to what it checks.
@@ -114,8 +114,10 @@ fi
 # STREAMWEIGHTS_TEST_WORKERS=1 (or `-n 0`) runs everything in this one process, which is
 # what a debugger (`--pdb`) needs.
 workers="${STREAMWEIGHTS_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
-[ "$workers" -gt 4 ] && workers=4
-if [ "$workers" -gt 1 ]; then
-    exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+if ! [[ "$workers" =~ ^[0-9]+$ ]]; then
+    say "STREAMWEIGHTS_TEST_WORKERS must be a whole number of workers, not '$workers'"
+    exit 2
 fi
-exec .venv/bin/python -m pytest "$@"
+parallel=()
+[ "$workers" -gt 1 ] && parallel=(-n "$((workers > 4 ? 4 : workers))" --dist loadfile)
+exec .venv/bin/python -m pytest "${parallel[@]}" "$@"
