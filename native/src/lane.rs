@@ -189,8 +189,12 @@ impl<'a> Cursor<'a> {
             }
             whole = false;
         }
-        // (the bytes are ASCII digits and signs: valid UTF-8)
-        let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+        let number = &self.bytes[start..self.at];
+        debug_assert!(number.is_ascii());
+        // SAFETY: the scan above moved past ASCII bytes only (a sign, digits, a point, an
+        // exponent mark and its sign), and ASCII is valid UTF-8. Checking again cost
+        // ~1.4% of a default-config record (several numbers per prediction).
+        let text = unsafe { std::str::from_utf8_unchecked(number) };
         if whole {
             if digits > 18 {
                 return None; // orjson's int may be u64: left to Python
