@@ -43,6 +43,15 @@ struct Entry {
     place: Option<(u32, u32)>,
 }
 
+/// A place in arrival order: the entry's sequence number, its event time and its id.
+/// The time is the entry's own (set once, at insertion), kept here so that the oldest
+/// entry's time, asked for on every record, is read without hashing its id.
+struct Place {
+    seq: u64,
+    ts: f64,
+    id: Arc<str>,
+}
+
 /// Entries written to snapshots together (consecutive in arrival order): how many the
 /// segment holds and the indices of those that have left the join since.
 struct Segment {
@@ -146,7 +155,7 @@ pub struct PendingJoin {
     joined_total: u64,
     entries: HashMap<Arc<str>, Entry>,
     /// `(seq, id)` in arrival order; the front is live whenever any entry is.
-    order: VecDeque<(u64, Arc<str>)>,
+    order: VecDeque<Place>,
     next_seq: u64,
     /// The snapshot segments that still hold a waiting entry, by id (ids grow with
     /// arrival order); see `segment_delta`.
@@ -166,14 +175,31 @@ impl PendingJoin {
     /// Drops stale places at the front; sweeps them all once they outnumber the live.
     fn settle(&mut self) {
         let entries = &self.entries;
-        while let Some((seq, id)) = self.order.front() {
-            if Self::live(entries, *seq, id) {
+        while let Some(place) = self.order.front() {
+            if Self::live(entries, place.seq, &place.id) {
                 break;
             }
             self.order.pop_front();
         }
+        self.sweep();
+    }
+
+    /// `settle` once the entry placed at `seq` has left: the front was live before, so
+    /// it still is unless it was that entry's place (no lookup in the common case).
+    fn settle_after(&mut self, seq: u64) {
+        if self.order.front().map_or(false, |place| place.seq == seq) {
+            self.order.pop_front();
+            self.settle();
+        } else {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
         if self.order.len() > 2 * self.entries.len() + 64 {
-            self.order.retain(|(seq, id)| Self::live(entries, *seq, id));
+            let entries = &self.entries;
+            self.order
+                .retain(|place| Self::live(entries, place.seq, &place.id));
         }
     }
 
@@ -181,26 +207,22 @@ impl PendingJoin {
     fn in_order(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
         self.order
             .iter()
-            .filter_map(move |(seq, id)| match self.entries.get(id) {
-                Some(entry) if entry.seq == *seq => Some((id, entry)),
+            .filter_map(move |place| match self.entries.get(&place.id) {
+                Some(entry) if entry.seq == place.seq => Some((&place.id, entry)),
                 _ => None,
             })
     }
 
-    fn head(&self) -> Option<&Entry> {
-        let (_, id) = self.order.front()?;
-        self.entries.get(id)
-    }
-
-    /// The oldest entry's event time; `inf` when none waits.
+    /// The oldest entry's event time; `inf` when none waits. (The front place is the
+    /// oldest live entry's whenever one waits, and none is left once none does.)
     pub fn head_ts(&self) -> f64 {
-        self.head().map_or(f64::INFINITY, |entry| entry.ts)
+        self.order.front().map_or(f64::INFINITY, |place| place.ts)
     }
 
     /// `head_ts` as it will be once `id` (waiting) has left.
     pub fn head_ts_without(&self, id: &str) -> f64 {
         match self.order.front() {
-            Some((_, front)) if &**front == id => self
+            Some(front) if &*front.id == id => self
                 .in_order()
                 .nth(1)
                 .map_or(f64::INFINITY, |(_, entry)| entry.ts),
@@ -227,7 +249,11 @@ impl PendingJoin {
         let id: Arc<str> = Arc::from(id);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.push_back((seq, id.clone()));
+        self.order.push_back(Place {
+            seq,
+            ts,
+            id: id.clone(),
+        });
         self.entries.insert(
             id,
             Entry {
@@ -245,7 +271,7 @@ impl PendingJoin {
         let entry = self.entries.remove(id)?;
         self.joined_total += 1;
         self.forget(&entry);
-        self.settle();
+        self.settle_after(entry.seq);
         Some(entry)
     }
 
@@ -270,7 +296,7 @@ impl PendingJoin {
     }
 
     fn take_oldest(&mut self) -> Option<(Arc<str>, Entry)> {
-        let (_, id) = self.order.pop_front()?;
+        let id = self.order.pop_front()?.id;
         let entry = self.entries.remove(&id);
         if let Some(entry) = &entry {
             self.forget(entry);
@@ -362,13 +388,13 @@ impl PendingJoin {
                 .collect();
         }
         let mut fresh = Vec::new();
-        for (seq, id) in self.order.iter().rev() {
-            match self.entries.get(id) {
-                Some(entry) if entry.seq == *seq => {
+        for place in self.order.iter().rev() {
+            match self.entries.get(&place.id) {
+                Some(entry) if entry.seq == place.seq => {
                     if entry.place.is_some() {
                         break;
                     }
-                    fresh.push((*seq, id.clone()));
+                    fresh.push((place.seq, place.id.clone()));
                 }
                 _ => {} // a stale place
             }
@@ -513,7 +539,7 @@ impl PendingJoin {
             let mut expired = Vec::new();
             // `not ts >= horizon`: a NaN event time expires as soon as it is the head.
             let stays = |ts: f64| matches!(ts.partial_cmp(&horizon), Some(Greater | Equal));
-            while join.head().map_or(false, |head| !stays(head.ts)) {
+            while join.len() > 0 && !stays(join.head_ts()) {
                 match join.take_oldest() {
                     Some(left) => expired.push(left),
                     None => break,
@@ -710,6 +736,13 @@ impl PendingJoin {
                     entry.held = Held::Object(pending);
                 }
                 None => join.insert(&id, ts, Held::Object(pending)),
+            }
+        }
+        // A repeated id's entry took the later time: its place takes it too.
+        let PendingJoin { order, entries, .. } = &mut *join;
+        for place in order.iter_mut() {
+            if let Some(entry) = entries.get(&place.id) {
+                place.ts = entry.ts;
             }
         }
         join.expired_total = expired_total;
