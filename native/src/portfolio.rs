@@ -105,31 +105,37 @@ impl PortfolioCore {
         }
     }
 
-    fn step_weights(&mut self, probabilities: &[f64], served: f64) {
+    /// The Fixed-Share step on the label: `probabilities` holds each of the `count`
+    /// candidates' probability of it, `served` the mixture's. The weights become the
+    /// posterior, then the shared mix, in place (the same operations, in the same
+    /// order, as building each vector anew: this runs on every label).
+    fn step_weights(&mut self, count: usize, probability: impl Fn(usize) -> f64, served: f64) {
         let floor = self.probability_floor;
-        let likelihoods: Vec<f64> = probabilities
-            .iter()
-            .map(|&p| if floor > p { floor } else { p })
-            .collect();
-        let posterior: Vec<f64> = self
-            .weights
-            .iter()
-            .zip(&likelihoods)
-            .map(|(&w, &q)| w * q)
-            .collect();
+        let likelihood = |i: usize| {
+            let p = probability(i);
+            if floor > p {
+                floor
+            } else {
+                p
+            }
+        };
+        self.weights.truncate(count);
         let mut total = 0.0;
-        for &value in &posterior {
-            total += value;
+        for (i, weight) in self.weights.iter_mut().enumerate() {
+            *weight *= likelihood(i); // the posterior, summed left to right
+            total += *weight;
         }
         self.mixture_loss -= (if floor > served { floor } else { served }).ln();
-        for (c, &q) in self.cumulative_loss.iter_mut().zip(&likelihoods) {
-            *c -= q.ln();
+        for (i, c) in self.cumulative_loss.iter_mut().take(count).enumerate() {
+            *c -= likelihood(i).ln();
         }
         self.n_learned += 1;
         let share = 1.0 / (self.n_learned + 1) as f64;
-        let spread = share / posterior.len() as f64;
+        let spread = share / self.weights.len() as f64;
         let keep = (1.0 - share) / total;
-        self.weights = posterior.iter().map(|&p| p * keep + spread).collect();
+        for weight in self.weights.iter_mut() {
+            *weight = *weight * keep + spread;
+        }
     }
 
     fn step_regression(&mut self, values: &[f64], served: f64, target: f64) {
@@ -156,8 +162,8 @@ impl PortfolioCore {
             }
             Some(_) => {
                 let label: usize = y.extract()?;
-                let probabilities: Vec<f64> = (0..count).map(|i| rows[i * width + label]).collect();
-                self.step_weights(&probabilities, rows[count * width + label]);
+                let served = rows[count * width + label];
+                self.step_weights(count, |i| rows[i * width + label], served);
             }
         }
         Ok(())
@@ -596,7 +602,7 @@ impl PortfolioCore {
         if probabilities.len() != self.count() {
             return Err(PyValueError::new_err("probabilities: one per candidate"));
         }
-        self.step_weights(&probabilities, served);
+        self.step_weights(probabilities.len(), |i| probabilities[i], served);
         Ok(())
     }
 
