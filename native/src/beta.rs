@@ -6,7 +6,7 @@
 
 use pyo3::prelude::*;
 
-use crate::newton::{project_onto_ball, Newton};
+use crate::newton::{overwrite, project_onto_ball, Newton};
 use crate::platt::{binary_calibrator_handle, sigmoid};
 
 /// Online beta scaling's state and arithmetic (plain Rust).
@@ -89,8 +89,12 @@ impl Beta {
                 c = projected[2];
             }
         }
-        newton.theta = vec![a, b, c];
-        newton.curvature = vec![k00, k01, k02, k01, k11, k12, k02, k12, k22];
+        // (written over in place: this runs on every label)
+        overwrite(&mut newton.theta, &[a, b, c]);
+        overwrite(
+            &mut newton.curvature,
+            &[k00, k01, k02, k01, k11, k12, k02, k12, k22],
+        );
     }
 }
 

@@ -266,6 +266,13 @@ fn shifted_solution(curvature: &[f64], d: usize, pulled: &[f64], lam: f64) -> Ve
     cholesky_solve(&shifted, d, pulled)
 }
 
+/// `target` becomes `values`, in its own allocation (the calibrators write their
+/// parameters back on every label).
+pub fn overwrite(target: &mut Vec<f64>, values: &[f64]) {
+    target.clear();
+    target.extend_from_slice(values);
+}
+
 /// `argmin_{||x|| <= radius} (x - theta)^T A (x - theta)`.
 ///
 /// The minimiser is `x(lam) = (A + lam I)^{-1} A theta` with the multiplier `lam >= 0` at

@@ -8,7 +8,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::newton::{project_onto_ball, Newton};
+use crate::newton::{overwrite, project_onto_ball, Newton};
 
 /// The sigmoid's argument is clipped to +-100 (authors' code).
 pub const SIGMOID_ARGUMENT_LIMIT: f64 = 100.0;
@@ -88,8 +88,9 @@ impl Platt {
                 b = projected[1];
             }
         }
-        newton.theta = vec![a, b];
-        newton.curvature = vec![k00, k01, k01, k11];
+        // (written over in place: this runs on every label)
+        overwrite(&mut newton.theta, &[a, b]);
+        overwrite(&mut newton.curvature, &[k00, k01, k01, k11]);
     }
 }
 
