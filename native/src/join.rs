@@ -8,11 +8,12 @@
 //! each id hashed as a new Python string twice. Here the lane asks the join directly.
 //!
 //! Layout: a hash map from id to entry, and the ids in arrival order in a queue. An
-//! entry that leaves from the middle (its label came) leaves its place in the queue
-//! stale (the place's sequence number is no longer the entry's): stale places are
-//! dropped when they reach the front, and swept out whenever they outnumber the live
-//! ones, so the front is always the oldest live entry, every operation is O(1)
-//! amortised, and the queue holds at most about twice the entries.
+//! entry that leaves from the middle (its label came) marks its place in the queue
+//! stale (found by its sequence number, which grows along the queue: a binary search,
+//! no hashing): stale places are dropped when they reach the front, and swept out
+//! whenever they outnumber the live ones, so the front is always the oldest live entry,
+//! every operation is O(1) amortised but the search's O(log n), and the queue holds at
+//! most about twice the entries.
 //!
 //! Borrowing: the join is changed only in plain Rust sections; Python objects (a
 //! `Pending` made for an entry that leaves, an entry's snapshot text from Python's
@@ -43,13 +44,15 @@ struct Entry {
     place: Option<(u32, u32)>,
 }
 
-/// A place in arrival order: the entry's sequence number, its event time and its id.
-/// The time is the entry's own (set once, at insertion), kept here so that the oldest
-/// entry's time, asked for on every record, is read without hashing its id.
+/// A place in arrival order: the entry's sequence number, its event time and its id,
+/// and whether the entry still waits there (`live`: the entry under `id` has this
+/// `seq`). The time is the entry's own (set once, at insertion), kept here so that the
+/// oldest entry's time, asked for on every record, is read without hashing its id.
 struct Place {
     seq: u64,
     ts: f64,
     id: Arc<str>,
+    live: bool,
 }
 
 /// Entries written to snapshots together (consecutive in arrival order): how many the
@@ -168,38 +171,23 @@ pub struct PendingJoin {
 }
 
 impl PendingJoin {
-    fn live(entries: &HashMap<Arc<str>, Entry>, seq: u64, id: &str) -> bool {
-        entries.get(id).map_or(false, |entry| entry.seq == seq)
-    }
-
     /// Drops stale places at the front; sweeps them all once they outnumber the live.
     fn settle(&mut self) {
-        let entries = &self.entries;
-        while let Some(place) = self.order.front() {
-            if Self::live(entries, place.seq, &place.id) {
-                break;
-            }
+        while self.order.front().map_or(false, |place| !place.live) {
             self.order.pop_front();
         }
-        self.sweep();
-    }
-
-    /// `settle` once the entry placed at `seq` has left: the front was live before, so
-    /// it still is unless it was that entry's place (no lookup in the common case).
-    fn settle_after(&mut self, seq: u64) {
-        if self.order.front().map_or(false, |place| place.seq == seq) {
-            self.order.pop_front();
-            self.settle();
-        } else {
-            self.sweep();
-        }
-    }
-
-    fn sweep(&mut self) {
         if self.order.len() > 2 * self.entries.len() + 64 {
-            let entries = &self.entries;
-            self.order
-                .retain(|place| Self::live(entries, place.seq, &place.id));
+            self.order.retain(|place| place.live);
+        }
+    }
+
+    /// Marks stale the place of the entry placed at `seq`, which has left.
+    fn mark_left(&mut self, seq: u64) {
+        let at = self.order.partition_point(|place| place.seq < seq);
+        if let Some(place) = self.order.get_mut(at) {
+            if place.seq == seq {
+                place.live = false;
+            }
         }
     }
 
@@ -253,6 +241,7 @@ impl PendingJoin {
             seq,
             ts,
             id: id.clone(),
+            live: true,
         });
         self.entries.insert(
             id,
@@ -271,7 +260,8 @@ impl PendingJoin {
         let entry = self.entries.remove(id)?;
         self.joined_total += 1;
         self.forget(&entry);
-        self.settle_after(entry.seq);
+        self.mark_left(entry.seq);
+        self.settle();
         Some(entry)
     }
 
