@@ -157,7 +157,7 @@ pub struct PendingJoin {
     #[pyo3(get)]
     joined_total: u64,
     entries: HashMap<Arc<str>, Entry>,
-    /// `(seq, id)` in arrival order; the front is live whenever any entry is.
+    /// The places in arrival order; the front is live whenever any entry is.
     order: VecDeque<Place>,
     next_seq: u64,
     /// The snapshot segments that still hold a waiting entry, by id (ids grow with
