@@ -172,11 +172,13 @@ impl DriftMemoryCore {
             if n < self.capacity {
                 Some(n)
             } else {
-                // The largest count among the stored items' classes: the largest count
-                // (`counts` holds the stored items' classes, a class stored only when
-                // counted), without a pass over the slots.
                 let counts = &self.counts;
-                let largest = counts.iter().copied().max().unwrap_or(0);
+                let largest = self
+                    .slots
+                    .iter()
+                    .map(|s| counts[s.label])
+                    .max()
+                    .unwrap_or(0);
                 self.highest(|s| counts[s.label] == largest, new_score)
             }
         } else {
