@@ -576,6 +576,18 @@ def profile_ours(contender: Contender, top: int) -> str:
     return "\n".join(lines) + "\n\n" + text.getvalue()
 
 
+def print_summary(contender: Contender) -> None:
+    """Run one of ours once on fresh state and print what its stream saw."""
+    pipeline = contender.setup()
+    contender.run(pipeline)
+    demo = next(iter(pipeline.summary()["streams"].values()))
+    print(f"{contender.name.split(':')[0]} processed {demo['predictions']:,} predictions, "
+          f"{demo['labels']:,} labels, {demo['drift_events']} drift events, invalid "
+          f"{pipeline.invalid or 0}; adapted log-loss "
+          f"{demo['scores']['adapted']['log_loss']:.4f} vs raw best "
+          f"{demo['scores']['raw_best']['log_loss']:.4f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -639,20 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                                     service_run(records)))
 
     # Sanity: both sides process the same stream to the end.
-    pipeline = contenders[0].setup()
-    contenders[0].run(pipeline)
-    demo = next(iter(pipeline.summary()["streams"].values()))
-    print(f"ours processed {demo['predictions']:,} predictions, {demo['labels']:,} labels, "
-          f"{demo['drift_events']} drift events, invalid {pipeline.invalid or 0}; "
-          f"adapted log-loss {demo['scores']['adapted']['log_loss']:.4f} vs raw best "
-          f"{demo['scores']['raw_best']['log_loss']:.4f}", flush=True)
-    same_pipeline = contenders[3].setup()
-    contenders[3].run(same_pipeline)
-    same_demo = next(iter(same_pipeline.summary()["streams"].values()))
-    print(f"ours, river's work, processed {same_demo['predictions']:,} predictions, "
-          f"{same_demo['labels']:,} labels, {same_demo['drift_events']} drift events, invalid "
-          f"{same_pipeline.invalid or 0}; adapted log-loss "
-          f"{same_demo['scores']['adapted']['log_loss']:.4f}", flush=True)
+    for contender in (contenders[0], contenders[3]):
+        print_summary(contender)
     river_state = contenders[1].setup()
     contenders[1].run(river_state)
     print(f"river processed {river_state.score._mean.n:,.0f} labels, log-loss "
