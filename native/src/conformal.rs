@@ -101,21 +101,27 @@ pub fn interval_of(value: f64, q: f64) -> (f64, f64) {
 /// 72 of them per label in the default's layers): for an integer `n`, `ceil(x) > n`
 /// exactly when `x > n`, and `ceil(x) < 1` exactly when `x <= 0`; between them the
 /// truncation of `x` is exact and the rank is it, or one more when `x` has a fraction.
+///
+/// The count goes through `i64`, not `usize`: x86-64 converts signed integers to and
+/// from doubles in one instruction each, unsigned 64-bit ones in a branchy sequence
+/// (~1% of the default's record lane). A window holds far fewer than 2^53 scores, so
+/// every count here is exact either way.
 pub fn quantile(ordered: &[f64], level: f64) -> f64 {
-    let n = ordered.len();
-    let position = level * (n as f64 + 1.0);
-    if position.is_nan() || position > n as f64 {
+    let n = ordered.len() as i64;
+    let count = n as f64;
+    let position = level * (count + 1.0);
+    if position.is_nan() || position > count {
         f64::INFINITY // past the largest, or NaN
     } else if position <= 0.0 {
         f64::NEG_INFINITY
     } else {
-        let whole = position as usize; // 0 < position <= n: exact
+        let whole = position as i64; // 0 < position <= n: exact
         let rank = if (whole as f64) < position {
             whole + 1
         } else {
             whole
         };
-        ordered[rank - 1]
+        ordered[(rank - 1) as usize]
     }
 }
 
@@ -126,7 +132,7 @@ pub fn covered(ordered: &[f64], value: f64) -> f64 {
 
 /// `covered` when `below = #{scores < value}` is known.
 fn covered_by(ordered: &[f64], below: usize) -> f64 {
-    1.0 - below as f64 / (ordered.len() as f64 + 1.0)
+    1.0 - below as i64 as f64 / (ordered.len() as i64 as f64 + 1.0)
 }
 
 /// `#{scores <= value}` from `below = #{scores < value}`: the equals of `value` follow
