@@ -1188,17 +1188,14 @@ impl UncertaintyCore {
             ));
         }
         let values: Vec<f64> = rows.extract()?;
-        self.serve_layers(py, |_, index, levels| {
-            let sizes = levels
-                .iter()
-                .map(|&q| {
-                    if q.is_infinite() {
-                        f64::INFINITY
-                    } else {
-                        2.0 * q.max(0.0)
-                    }
-                })
-                .collect();
+        self.serve_layers(py, |_, index, levels, sizes| {
+            sizes.extend(levels.iter().map(|&q| {
+                if q.is_infinite() {
+                    f64::INFINITY
+                } else {
+                    2.0 * q.max(0.0)
+                }
+            }));
             let intervals = if index == 0 {
                 let intervals: Vec<Vec<Option<f64>>> = levels
                     .iter()
@@ -1211,7 +1208,7 @@ impl UncertaintyCore {
             } else {
                 None
             };
-            Ok((sizes, intervals))
+            Ok(intervals)
         })
     }
 
@@ -1255,36 +1252,38 @@ impl UncertaintyCore {
                 .expected
                 .push(expected_scores(row.as_ref()));
         }
-        self.serve_layers(py, |layer, index, levels| {
+        self.serve_layers(py, |layer, index, levels, sizes| {
             let row = rows[index].as_ref();
             if index > 0 {
                 // Only the adapted output's sets go on the wire: the models' are counted.
-                let sizes = levels
-                    .iter()
-                    .map(|&q| class_set_len(layer.kind, row, q) as f64)
-                    .collect();
-                return Ok((sizes, None));
+                sizes.extend(
+                    levels
+                        .iter()
+                        .map(|&q| class_set_len(layer.kind, row, q) as f64),
+                );
+                return Ok(None);
             }
             let sets: Vec<Vec<usize>> = levels
                 .iter()
                 .map(|&q| class_set_of(layer.kind, row, q))
                 .collect();
-            let sizes = sets.iter().map(|s| s.len() as f64).collect();
-            Ok((sizes, Some(sets)))
+            sizes.extend(sets.iter().map(|s| s.len() as f64));
+            Ok(Some(sets))
         })
     }
 
     /// Every layer's served thresholds, flat, with their count per layer: each monitor
-    /// records the set sizes `serve(layer, index, levels)` gives for its layer, and the
-    /// wire form it gives for the adapted output's layer (index 0) is returned.
-    #[allow(clippy::type_complexity)]
+    /// records the set sizes `serve(layer, index, levels, sizes)` appends to the empty
+    /// `sizes` for its layer (one buffer for all layers), and the wire form it returns
+    /// for the adapted output's layer (index 0) is returned.
     fn serve_layers<T>(
         &self,
         py: Python<'_>,
-        mut serve: impl FnMut(&Layer, usize, &[f64]) -> PyResult<(Vec<f64>, Option<T>)>,
+        mut serve: impl FnMut(&Layer, usize, &[f64], &mut Vec<f64>) -> PyResult<Option<T>>,
     ) -> PyResult<(Option<T>, Vec<f64>, usize)> {
         let mut wire = None;
         let mut width = 0;
+        let mut sizes = Vec::new();
         let capacity = self.layers.iter().map(|l| l.borrow(py).layer.served_len());
         let mut kept = Vec::with_capacity(capacity.sum());
         for (index, (layer, monitor)) in self.layers.iter().zip(&self.monitors).enumerate() {
@@ -1294,7 +1293,8 @@ impl UncertaintyCore {
             layer.extend_served(&mut kept);
             width = kept.len() - start;
             let served = &kept[start..start + layer.alphas.len()];
-            let (sizes, form) = serve(layer, index, served)?;
+            sizes.clear();
+            let form = serve(layer, index, served, &mut sizes)?;
             monitor.borrow_mut(py).coverage.record_served(&sizes);
             if index == 0 {
                 wire = form;
