@@ -773,6 +773,13 @@ pub struct ChainCore {
     stages: Vec<Stage>,
     shapes: Vec<Vec<usize>>,
     output_len: usize,
+    /// `serve`'s buffers, kept between events: the values entering the stage at hand,
+    /// those it puts out, and the head's rows.
+    current: Vec<f64>,
+    next: Vec<f64>,
+    rows: Vec<f64>,
+    /// `learn_items_drifted`'s drift counts from before the label.
+    drift_before: Vec<i64>,
 }
 
 impl ChainCore {
@@ -835,6 +842,10 @@ impl ChainCore {
             stages,
             shapes,
             output_len,
+            current: Vec::new(),
+            next: Vec::new(),
+            rows: Vec::new(),
+            drift_before: Vec::new(),
         })
     }
 
@@ -930,20 +941,44 @@ impl ChainCore {
         Some(items)
     }
 
-    /// The drift count of every drift memory among the stages after the head, with its
-    /// index in the Python chain's stages (the head, when there is one, is stage 0).
-    pub fn drift_counts(&self, py: Python<'_>) -> Vec<(usize, i64)> {
+    /// Every drift memory among the stages after the head, with its index in the Python
+    /// chain's stages (the head, when there is one, is stage 0), and its drift count.
+    fn drift_memories<'a>(&'a self, py: Python<'a>) -> impl Iterator<Item = (usize, i64)> + 'a {
         let offset = usize::from(self.head.is_some());
         self.stages
             .iter()
             .enumerate()
-            .filter_map(|(index, stage)| match &stage.kind {
+            .filter_map(move |(index, stage)| match &stage.kind {
                 Kind::DriftMemory(core) => {
                     Some((index + offset, core.bind(py).borrow().drift_count))
                 }
                 _ => None,
             })
-            .collect()
+    }
+
+    /// `learn_items`, and which drift memories (their stage indices, as
+    /// `drift_memories` gives them) detected a drift while learning: `None` when the
+    /// label was not learned. The counts before are kept in a buffer of the chain's
+    /// (two small allocations per label otherwise; nothing when nothing drifted).
+    pub fn learn_items_drifted(
+        &mut self,
+        py: Python<'_>,
+        items: &[&[f64]],
+        y: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Vec<usize>>> {
+        let mut before = std::mem::take(&mut self.drift_before);
+        before.clear();
+        before.extend(self.drift_memories(py).map(|(_, count)| count));
+        let learned = self.learn_items(py, items, y)?;
+        let drifted = learned.then(|| {
+            self.drift_memories(py)
+                .zip(&before)
+                .filter(|((_, now), was)| now != *was)
+                .map(|((index, _), _)| index)
+                .collect()
+        });
+        self.drift_before = before;
+        Ok(drifted)
     }
 
     /// `learn` once the trace is read (one slice per shape, in order).
@@ -1008,30 +1043,42 @@ impl ChainCore {
         raw: Vec<f64>,
         features: Vec<f64>,
     ) -> PyResult<Option<Vec<f64>>> {
-        let chain_input = raw.clone();
+        // The stage-to-stage values and the head's rows live in buffers kept between
+        // events (three to five allocations per prediction otherwise); `raw` itself is
+        // the chain's input that a packing stage appends.
         let mut out = Vec::with_capacity(self.trace_len() + self.output_len);
         out.extend_from_slice(&raw);
-        let mut rows = Vec::new();
-        let mut current = raw;
-        if let Some(head) = &self.head {
+        let Self {
+            head,
+            stages,
+            current,
+            next,
+            rows,
+            ..
+        } = self;
+        current.clear();
+        rows.clear();
+        if let Some(head) = head {
             let mut core = head.bind(py).borrow_mut();
             let head_features: &[f64] = if core.needs_features() {
                 &features
             } else {
                 &[]
             };
-            if !core.set_features(head_features) || !core.clear_values(&current) {
+            if !core.set_features(head_features) || !core.clear_values(&raw) {
                 return Ok(None);
             }
             core.run_candidates(py, true)?;
             let (count, width) = (core.count(), core.width());
             rows.extend_from_slice(core.rows());
-            current = rows[count * width..(count + 1) * width].to_vec();
+            current.extend_from_slice(&rows[count * width..(count + 1) * width]);
+        } else {
+            current.extend_from_slice(&raw);
         }
-        let recorded = self.head.is_some();
-        for (index, stage) in self.stages.iter_mut().enumerate() {
+        let recorded = head.is_some();
+        for (index, stage) in stages.iter_mut().enumerate() {
             if stage.packs() {
-                current.extend_from_slice(&chain_input);
+                current.extend_from_slice(&raw);
                 current.extend_from_slice(&features);
                 if current.len() != stage.input_len() {
                     return Err(PyValueError::new_err(format!(
@@ -1043,15 +1090,16 @@ impl ChainCore {
                 }
             }
             if recorded || index > 0 {
-                out.extend_from_slice(&current);
+                out.extend_from_slice(current);
             }
-            stage.observe(py, &current)?;
-            let mut next = vec![0.0; stage.output_len()];
-            stage.predict(py, &current, &mut next)?;
-            current = next;
+            stage.observe(py, current)?;
+            next.clear();
+            next.resize(stage.output_len(), 0.0);
+            stage.predict(py, current, next)?;
+            std::mem::swap(current, next);
         }
-        out.extend_from_slice(&rows);
-        out.extend_from_slice(&current);
+        out.extend_from_slice(rows);
+        out.extend_from_slice(current);
         Ok(Some(out))
     }
 }

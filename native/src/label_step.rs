@@ -108,11 +108,10 @@ pub(crate) fn learn_served_values(
     if label >= width || ranges.iter().any(outside) {
         return Ok(None);
     }
-    let before = core.drift_counts(py);
-    if !core.learn_items(py, &items, y)? {
-        return Ok(None);
-    }
-    let after = core.drift_counts(py);
+    let drifted = match core.learn_items_drifted(py, &items, y)? {
+        Some(drifted) => drifted,
+        None => return Ok(None),
+    };
     drop(core);
     let served = &values[values.len() - width..];
     for (index, score) in scores.iter().enumerate() {
@@ -138,14 +137,7 @@ pub(crate) fn learn_served_values(
             .borrow_mut()
             .update(clipped_log_loss(values[start + label], clip))?;
     }
-    Ok(Some(
-        before
-            .iter()
-            .zip(&after)
-            .filter(|(old, new)| old.1 != new.1)
-            .map(|(old, _)| old.0)
-            .collect(),
-    ))
+    Ok(Some(drifted))
 }
 
 /// One `(start, stop)` range per tracked stage's evidence statistic.
