@@ -704,9 +704,35 @@ impl Sequence {
         outcome
     }
 
+    /// The first stage's core when the first stage is a FixedShare.
+    pub fn first_fixed_share(&self) -> Option<&Py<FixedShareCore>> {
+        match &self.stages[0].kind {
+            Kind::FixedShare(core) => Some(core),
+            _ => None,
+        }
+    }
+
+    /// The first stage's Python handle.
+    pub fn first_handle(&self) -> *mut pyo3::ffi::PyObject {
+        self.stages[0].handle.as_ptr()
+    }
+
+    /// The objects every stage holds (its Python handle and, for a FixedShare, its
+    /// core), to tell whether a stage is referenced once only.
+    pub fn objects(&self) -> impl Iterator<Item = *mut pyo3::ffi::PyObject> + '_ {
+        self.stages.iter().flat_map(|stage| {
+            let core = match &stage.kind {
+                Kind::FixedShare(core) => Some(core.as_ptr()),
+                _ => None,
+            };
+            std::iter::once(stage.handle.as_ptr()).chain(core)
+        })
+    }
+
     /// Teach every stage `y` on the input it saw: `input` for the first, `later` (as
     /// [`Sequence::predict`] wrote it, with `features` for a feature stage) for the
-    /// others.
+    /// others. `first_learned`: the first stage has been brought to its state after
+    /// this label already (see `PortfolioCore::learn_candidates`) and is skipped.
     pub fn learn(
         &mut self,
         py: Python<'_>,
@@ -714,11 +740,15 @@ impl Sequence {
         features: &[f64],
         later: &[f64],
         y: &Bound<'_, PyAny>,
+        first_learned: bool,
     ) -> PyResult<()> {
         let mut packed = std::mem::take(&mut self.packed);
         let mut position = 0;
         let mut outcome = Ok(());
         for index in 0..self.stages.len() {
+            if index == 0 && first_learned {
+                continue;
+            }
             let source: &[f64] = if index == 0 {
                 input
             } else {

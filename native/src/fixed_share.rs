@@ -67,6 +67,38 @@ impl FixedShareState {
         self.rate
     }
 
+    /// Whether `other` is in exactly this state and configuration, bit for bit: then the
+    /// same input and label move both to the same state (the learning is a function of
+    /// these alone), and [`FixedShareState::copy_state`] of one learned is the other's.
+    pub fn same_as(&self, other: &FixedShareState) -> bool {
+        let bits = |a: f64, b: f64| a.to_bits() == b.to_bits();
+        let all_bits =
+            |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| bits(x, y));
+        let experts = (&self.experts, &other.experts);
+        experts.0.n_models == experts.1.n_models
+            && experts.0.n_classes == experts.1.n_classes
+            && experts.0.loss == experts.1.loss
+            && bits(experts.0.probability_floor, experts.1.probability_floor)
+            && self.learning_rate.map(f64::to_bits) == other.learning_rate.map(f64::to_bits)
+            && bits(self.share, other.share)
+            && bits(self.mixability_gap, other.mixability_gap)
+            && self.n_learned == other.n_learned
+            && bits(self.log_models, other.log_models)
+            && bits(self.rate, other.rate)
+            && all_bits(&self.weights, &other.weights)
+            && all_bits(&self.cumulative_loss, &other.cumulative_loss)
+    }
+
+    /// Take `source`'s learned state (its configuration is this one's: `same_as` held
+    /// before both learned).
+    pub fn copy_state(&mut self, source: &FixedShareState) {
+        self.cumulative_loss.clone_from(&source.cumulative_loss);
+        self.weights.clone_from(&source.weights);
+        self.mixability_gap = source.mixability_gap;
+        self.n_learned = source.n_learned;
+        self.rate = source.rate;
+    }
+
     /// Move half of the mass back to uniform.
     pub fn on_drift(&mut self) {
         let uniform_half = 0.5 / self.experts.n_models as f64;

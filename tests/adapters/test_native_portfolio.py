@@ -182,6 +182,30 @@ def test_a_candidate_without_a_native_core_keeps_the_python_loop_with_the_same_b
     _same_state(ours, oracle)
 
 
+def test_twin_fixed_share_candidates_learn_apart_once_their_states_differ():
+    """Candidates whose first FixedShare is in the same state learn a label once in the
+    core (the other takes the state reached); once one is set apart (a snapshot loaded
+    into it), each learns on its own again, as the Python loop does."""
+    twin = [{"type": "FixedShare"}, {"type": "OnlinePlatt"}]
+    kwargs = {"n_models": 3, "n_classes": 2, "candidates": [
+        twin, [{"type": "FixedShare"}, {"type": "OnlineBetaScaling"}], twin,
+        [{"type": "OnlineStacking"}, {"type": "OnlinePlatt"}]]}
+    ours, oracle = Portfolio(**kwargs), ReferencePortfolio(**kwargs)
+    assert ours.native
+    outputs, labels = _stream(kwargs, 6_000, seed=21)
+    _replay([ours, oracle], outputs[:1_000], labels[:1_000], seed=3)
+    earlier = ours.chains[0].stages[0].state_dict()
+    _replay([ours, oracle], outputs[1_000:3_000], labels[1_000:3_000], seed=4)
+    for portfolio in (ours, oracle):
+        portfolio.chains[2].stages[0].load_state_dict(earlier)
+    _replay([ours, oracle], outputs[3_000:], labels[3_000:], seed=5)
+    _same_state(ours, oracle)
+    first, second, third = (dumps_state(ours.chains[i].stages[0].state_dict())
+                            for i in range(3))
+    assert first == second, "twins stay twins"
+    assert first != third, "the one set apart learned on its own"
+
+
 def test_a_refused_label_changes_nothing_on_the_native_path():
     ours = Portfolio(n_models=3, n_classes=2)
     outputs, labels = _stream({"n_models": 3, "n_classes": 2}, 300, seed=1)
