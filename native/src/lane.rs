@@ -139,11 +139,12 @@ impl<'a> Cursor<'a> {
     }
 
     fn digits(&mut self) -> usize {
-        let start = self.at;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.at += 1;
-        }
-        self.at - start
+        let count = self.bytes[self.at..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        self.at += count;
+        count
     }
 
     /// A number (after any space) in the subset whose value is certainly orjson's: an
