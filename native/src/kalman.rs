@@ -651,32 +651,40 @@ impl Filter {
         // per label in OnlineStacking's classification: ~17 small vectors otherwise).
         let mut arena = std::mem::take(&mut self.scratch_block);
         let b = rows.len() / self.config.n_features;
-        let outcome = match (b, self.config.n_outputs) {
-            // OnlineStacking's classification over two classes: one design row per
-            // class, one output.
-            (2, 1) => self.learn_block_in::<2, 1>(rows, targets, labels, &mut arena),
-            _ => self.learn_block_in::<0, 0>(rows, targets, labels, &mut arena),
+        let outcome = match (b, self.config.n_outputs, self.config.n_features) {
+            // OnlineStacking's classification over two classes (one design row per
+            // class, one output) of three to six models (or two to five and an
+            // intercept); other sizes take the general path.
+            (2, 1, 3) => self.learn_block_in::<2, 1, 3>(rows, targets, labels, &mut arena),
+            (2, 1, 4) => self.learn_block_in::<2, 1, 4>(rows, targets, labels, &mut arena),
+            (2, 1, 5) => self.learn_block_in::<2, 1, 5>(rows, targets, labels, &mut arena),
+            (2, 1, 6) => self.learn_block_in::<2, 1, 6>(rows, targets, labels, &mut arena),
+            (2, 1, _) => self.learn_block_in::<2, 1, 0>(rows, targets, labels, &mut arena),
+            _ => self.learn_block_in::<0, 0, 0>(rows, targets, labels, &mut arena),
         };
         self.scratch_block = arena;
         outcome
     }
 
-    /// The block update for `B` rows and `K` outputs known when compiled (0: read from
-    /// the arguments). The same operations in the same order either way, so the same
-    /// bits; with the sizes known the compiler unrolls the many loops over the rows and
-    /// outputs (for two rows and one output they cost more than the arithmetic: ~4,400
-    /// instructions per label in the default's OnlineStacking candidate).
-    fn learn_block_in<const B: usize, const K: usize>(
+    /// The block update for `B` rows, `K` outputs and `D` features known when compiled
+    /// (0: read from the arguments). The same operations in the same order either way,
+    /// so the same bits; with the sizes known the compiler unrolls the many short loops
+    /// (for two rows, one output and three features they cost more than the
+    /// arithmetic: ~4,400 instructions per label in the default's OnlineStacking
+    /// candidate, ~1,200 compiled for its sizes).
+    fn learn_block_in<const B: usize, const K: usize, const D: usize>(
         &mut self,
         rows: &[f64],
         targets: &[f64],
         labels: Option<&[usize]>,
         arena: &mut Vec<f64>,
     ) -> Result<(), String> {
-        let d = self.config.n_features;
+        let d = if D == 0 { self.config.n_features } else { D };
         let k = if K == 0 { self.config.n_outputs } else { K };
         let b = if B == 0 { rows.len() / d } else { B };
-        debug_assert!(k == self.config.n_outputs && b == rows.len() / d);
+        debug_assert!(
+            k == self.config.n_outputs && b == rows.len() / d && d == self.config.n_features
+        );
         let prior_variance = self.config.prior_variance;
         let row = |i: usize| &rows[i * d..(i + 1) * d];
         arena.clear();

@@ -74,6 +74,31 @@ def test_core_matches_reference_over_a_long_drifting_stream(name, kwargs):
     assert ours.filter_.n_updates_ == reference.filter_.n_updates_ >= N_EVENTS
 
 
+#: Binary classification: two design rows and one output, with 3-6 features (3-6 models,
+#: or 2-5 and an intercept) the Kalman block update's compiled sizes; 2 features take its
+#: general path.
+BINARY = [{"n_models": k, "n_classes": 2} for k in (2, 3, 4, 5, 6)] + [
+    {"n_models": 3, "n_classes": 2, "fit_intercept": True}]
+
+
+@pytest.mark.parametrize("kwargs", BINARY, ids=lambda kw: f"{kw['n_models']}-models"
+                         f"{'-intercept' if kw.get('fit_intercept') else ''}")
+def test_binary_classification_matches_reference_at_every_compiled_size(kwargs):
+    """Scenario: 20,000 drifting binary events, each predicted then learned. We expect:
+    every prediction and the final weights within 1e-9 relative of the numpy
+    reference, whichever compiled size of the block update ran."""
+    outputs, labels = drifting_stream(kwargs, 20_000, seed=kwargs["n_models"])
+    ours, reference = OnlineStacking(**kwargs), ReferenceStacking(**kwargs)
+    mine, theirs = [], []
+    for x, y in zip(outputs, labels, strict=True):
+        mine.append(ours.predict(x))
+        theirs.append(reference.predict(x))
+        ours.learn(x, y)
+        reference.learn(x, y)
+    np.testing.assert_allclose(np.array(mine), np.array(theirs), rtol=RTOL, atol=RTOL)
+    np.testing.assert_allclose(ours.weights_, reference.weights_, rtol=RTOL, atol=RTOL)
+
+
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_reference_snapshot_loads_and_batches_equal_the_loop(name, kwargs):
     """Scenario: a snapshot of the numpy implementation loads into the core's handle
