@@ -97,7 +97,8 @@ def test_dtaci_classification_with_estimates_matches_the_reference_over_1e5_even
 
 @pytest.mark.parametrize(("method", "options"), [
     ("aci", {"step": 0.01}), ("pid", {}), ("pid", {"gain": 0.0}), ("dtaci", {}),
-    ("dtaci", {"score": "aps", "window": 200}), ("aci", {"score": "aps"})])
+    ("dtaci", {"score": "aps", "window": 200}), ("aci", {"score": "aps"}),
+    ("dtaci", {"steps": [0.002, 0.01, 0.05]})])  # not the default eight experts
 def test_each_method_and_score_matches_the_reference(method, options):
     _compare({"alpha": [0.2, 0.1], "method": method, "compare_raw": True, **options},
              None, 4, 20_000, seed=2)

@@ -244,6 +244,77 @@ pub enum Method {
     },
 }
 
+/// DtACI's default number of experts (the Python class's `steps`, one per expert).
+const DTACI_EXPERTS: usize = 8;
+
+/// What one DtACI level's experts learn from a label: its miscoverage target `alpha`,
+/// learning rate `eta`, share `sigma`, the label's coverage level `beta` and its score
+/// `value`.
+struct DtaciExpert {
+    alpha: f64,
+    eta: f64,
+    sigma: f64,
+    beta: f64,
+    value: f64,
+}
+
+impl DtaciExpert {
+    /// The experts' weights raised, normalised and shared in place, then each expert's
+    /// level moved by its step towards the target (judged by the thresholds `served`
+    /// with the prediction). `K`: the number of experts when known at compile time (0:
+    /// `steps.len()`); the same operations in the same order either way.
+    fn step<const K: usize>(
+        &self,
+        steps: &[f64],
+        levels: &mut [f64],
+        weights: &mut Vec<f64>,
+        served: &[f64],
+    ) {
+        let k = if K == 0 { steps.len() } else { K };
+        let (steps, levels, served) = (&steps[..k], &mut levels[..k], &served[..k]);
+        let (alpha, eta, sigma) = (self.alpha, self.eta, self.sigma);
+        let share = sigma / k as f64;
+        let mut total = 0.0;
+        for (&level, weight) in levels.iter().zip(weights[..k].iter_mut()) {
+            let gap = self.beta - level;
+            let loss = alpha * gap - if gap < 0.0 { gap } else { 0.0 };
+            let w = *weight * (-eta * loss).exp();
+            *weight = w;
+            total += w;
+        }
+        if total > 0.0 {
+            for w in weights[..k].iter_mut() {
+                *w = (1.0 - sigma) * *w / total + share;
+            }
+        } else {
+            weights.clear();
+            weights.resize(k, 1.0 / k as f64);
+        }
+        for ((level, &step), &q) in levels.iter_mut().zip(steps).zip(served) {
+            *level += step * (alpha - miss(self.value, q));
+        }
+    }
+}
+
+/// `Σ weight_i level_i`, left to right, over `K` experts (0: as many as `levels`).
+fn mixed_level<const K: usize>(levels: &[f64], weights: &[f64]) -> f64 {
+    let k = if K == 0 { levels.len() } else { K };
+    let mut mixed = 0.0;
+    for (&level, &weight) in levels[..k].iter().zip(&weights[..k]) {
+        mixed += weight * level;
+    }
+    mixed
+}
+
+/// `out` becomes each of `K` experts' threshold (0: as many as `levels`).
+fn thresholds_into<const K: usize>(ordered: &[f64], levels: &[f64], out: &mut Vec<f64>) {
+    let k = if K == 0 { levels.len() } else { K };
+    out.resize(k, 0.0);
+    for (threshold, &level) in out[..k].iter_mut().zip(&levels[..k]) {
+        *threshold = quantile(ordered, 1.0 - level);
+    }
+}
+
 /// One online conformal layer (plain Rust; `ConformalCore` is its Python handle).
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -361,30 +432,23 @@ impl Layer {
                 let beta = covered_by(&self.window.ordered, below);
                 let k = steps.len();
                 let n_levels = alphas.len();
-                let share = *sigma / k as f64;
                 for (row, &alpha) in alphas.iter().enumerate() {
-                    let eta = etas[row];
                     let start = n_levels + row * k;
-                    // The raised weights in place, then normalised and shared in place.
-                    let raised = &mut weights[row];
-                    let mut total = 0.0;
-                    for (&level, weight) in levels[row].iter().zip(raised.iter_mut()) {
-                        let gap = beta - level;
-                        let loss = alpha * gap - if gap < 0.0 { gap } else { 0.0 };
-                        let w = *weight * (-eta * loss).exp();
-                        *weight = w;
-                        total += w;
-                    }
-                    if total > 0.0 {
-                        for w in raised.iter_mut() {
-                            *w = (1.0 - *sigma) * *w / total + share;
-                        }
+                    let expert = DtaciExpert {
+                        alpha,
+                        eta: etas[row],
+                        sigma: *sigma,
+                        beta,
+                        value,
+                    };
+                    let (levels, weights) = (&mut levels[row], &mut weights[row]);
+                    let served = &served[start..start + k];
+                    // DtACI's default of eight experts compiled for its size (its loops
+                    // unroll); any other count as it comes.
+                    if k == DTACI_EXPERTS {
+                        expert.step::<DTACI_EXPERTS>(steps, levels, weights, served);
                     } else {
-                        raised.clear();
-                        raised.resize(k, 1.0 / k as f64);
-                    }
-                    for (i, level) in levels[row].iter_mut().enumerate() {
-                        *level += steps[i] * (alpha - miss(value, served[start + i]));
+                        expert.step::<0>(steps, levels, weights, served);
                     }
                 }
             }
@@ -435,16 +499,21 @@ impl Layer {
                 ..
             } => {
                 let thresholds = levels.iter().zip(weights.iter()).map(|(levels, weights)| {
-                    let mut mixed = 0.0;
-                    for (&level, &weight) in levels.iter().zip(weights) {
-                        mixed += weight * level;
-                    }
+                    let mixed = if levels.len() == DTACI_EXPERTS {
+                        mixed_level::<DTACI_EXPERTS>(levels, weights)
+                    } else {
+                        mixed_level::<0>(levels, weights)
+                    };
                     quantile(ordered, 1.0 - mixed)
                 });
                 overwrite(&mut self.thresholds, thresholds);
                 expert_thresholds.resize_with(levels.len(), Vec::new);
                 for (row, out) in levels.iter().zip(expert_thresholds.iter_mut()) {
-                    overwrite(out, row.iter().map(|&l| quantile(ordered, 1.0 - l)));
+                    if row.len() == DTACI_EXPERTS {
+                        thresholds_into::<DTACI_EXPERTS>(ordered, row, out);
+                    } else {
+                        thresholds_into::<0>(ordered, row, out);
+                    }
                 }
             }
         }
