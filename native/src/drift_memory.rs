@@ -207,18 +207,14 @@ impl DriftMemoryCore {
         slot.is_some()
     }
 
-    /// Give the stored pseudo-labelled copy of `p` (youngest first) its true label: an
-    /// item observed as `p` (the same bits, pseudo-class and uncertainty H(p)). H(p) is
-    /// computed only once an item's bits match (most labels find no copy: two logs per
-    /// label saved).
-    fn relabel(&mut self, p: &[f64], predicted: usize, label: usize) -> bool {
+    /// Give the stored pseudo-labelled copy of `p` (youngest first) its true label.
+    fn relabel(&mut self, p: &[f64], predicted: usize, entropy: f64, label: usize) -> bool {
         let mut found: Option<usize> = None;
-        let mut uncertainty = None;
         for (index, slot) in self.slots.iter().enumerate() {
             if slot.pseudo
                 && slot.label == predicted
+                && slot.uncertainty == entropy
                 && same_bits(&slot.row, p)
-                && slot.uncertainty == *uncertainty.get_or_insert_with(|| entropy(p))
                 && found.map_or(true, |f| slot.birth > self.slots[f].birth)
             {
                 found = Some(index);
@@ -386,6 +382,7 @@ impl DriftMemoryCore {
     pub(crate) fn learn_row(&mut self, py: Python<'_>, p: Vec<f64>, label: usize) {
         let stamp = self.signals;
         let predicted = argmax(&p);
+        let entropy = entropy(&p);
         let value = if self.entropy_signal {
             f64::NAN
         } else if self.log_loss {
@@ -396,7 +393,7 @@ impl DriftMemoryCore {
         } else {
             1.0
         };
-        if !self.relabel(&p, predicted, label) {
+        if !self.relabel(&p, predicted, entropy, label) {
             self.add(p, None, label, 0.0, false, stamp);
         }
         if !value.is_nan() {
