@@ -654,7 +654,8 @@ impl Filter {
         let outcome = match (b, self.config.n_outputs, self.config.n_features) {
             // OnlineStacking's classification over two classes (one design row per
             // class, one output) of three to six models (or two to five and an
-            // intercept); other sizes take the general path.
+            // intercept); two rows and one output with other feature counts have the
+            // rows and outputs compiled only; everything else takes the general path.
             (2, 1, 3) => self.learn_block_in::<2, 1, 3>(rows, targets, labels, &mut arena),
             (2, 1, 4) => self.learn_block_in::<2, 1, 4>(rows, targets, labels, &mut arena),
             (2, 1, 5) => self.learn_block_in::<2, 1, 5>(rows, targets, labels, &mut arena),

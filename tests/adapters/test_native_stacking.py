@@ -75,8 +75,9 @@ def test_core_matches_reference_over_a_long_drifting_stream(name, kwargs):
 
 
 #: Binary classification: two design rows and one output, with 3-6 features (3-6 models,
-#: or 2-5 and an intercept) the Kalman block update's compiled sizes; 2 features take its
-#: general path.
+#: or 2-5 and an intercept) the Kalman block update's compiled sizes; 2 features take the
+#: instantiation with only the rows and output compiled (the fully general one runs in
+#: ``CONFIGS``' three-class case).
 BINARY = [{"n_models": k, "n_classes": 2} for k in (2, 3, 4, 5, 6)] + [
     {"n_models": 3, "n_classes": 2, "fit_intercept": True}]
 
