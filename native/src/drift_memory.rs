@@ -12,6 +12,8 @@
 //! uncertainties, can differ from the reference's in the last bits; documented in the
 //! differential test). Ties go to the first item in storage order, as `argmax` does.
 
+use std::sync::{Arc, Mutex, Weak};
+
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -85,7 +87,8 @@ pub struct DriftMemoryCore {
     timeliness_weight: f64,
     uncertainty_scale: f64,
     log_classes: f64,
-    timeliness: Vec<f64>,
+    /// Shared by every core built with the same table (see `shared_timeliness`).
+    timeliness: Arc<[f64]>,
     entropy_filter: Option<f64>,
     entropy_signal: bool,
     log_loss: bool,
@@ -127,6 +130,32 @@ fn entropy(p: &[f64]) -> f64 {
 
 fn same_bits(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The timeliness tables alive in this process, one per distinct table.
+static TIMELINESS_TABLES: Mutex<Vec<Weak<[f64]>>> = Mutex::new(Vec::new());
+
+/// `table` as an `Arc` shared with every live core whose table has the same bits: the
+/// table depends only on the capacity (2,561 doubles, 20 KiB, at the default 64), so a
+/// replica of 10,000 streams held 10,000 copies of it. Tables no core holds any more
+/// are dropped from the registry as new ones arrive.
+fn shared_timeliness(table: Vec<f64>) -> Arc<[f64]> {
+    // A poisoned lock only means another thread panicked while holding it; the registry
+    // is a cache of Weak pointers, valid whatever that thread was doing.
+    let mut tables = TIMELINESS_TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tables.retain(|weak| weak.strong_count() > 0);
+    for weak in tables.iter() {
+        if let Some(existing) = weak.upgrade() {
+            if same_bits(&existing, &table) {
+                return existing;
+            }
+        }
+    }
+    let shared: Arc<[f64]> = Arc::from(table);
+    tables.push(Arc::downgrade(&shared));
+    shared
 }
 
 impl DriftMemoryCore {
@@ -461,6 +490,7 @@ impl DriftMemoryCore {
             ));
         }
         let log_classes = (n_classes as f64).ln();
+        let timeliness = shared_timeliness(timeliness);
         Ok(DriftMemoryCore {
             capacity,
             n_classes,
@@ -804,6 +834,32 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_timeliness_tables_are_one_allocation_until_dropped() {
+        // Tables no other test builds (tests run in threads sharing the registry).
+        let table = vec![0.25, 0.5, 0.75, 0.125];
+        let first = shared_timeliness(table.clone());
+        let second = shared_timeliness(table.clone());
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = shared_timeliness(vec![0.25, 0.5, 0.75, 0.375]);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&other[..], &[0.25, 0.5, 0.75, 0.375]);
+        // -0.0 and 0.0 compare equal but are different tables: bits decide.
+        let zero = shared_timeliness(vec![0.0, 1.5]);
+        let negative_zero = shared_timeliness(vec![-0.0, 1.5]);
+        assert!(!Arc::ptr_eq(&zero, &negative_zero));
+        drop((first, second));
+        let registered = |probe: &[f64]| {
+            let tables = TIMELINESS_TABLES.lock().unwrap();
+            tables
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|table| same_bits(&table, probe))
+        };
+        assert!(!registered(&table)); // nobody holds it: gone
+        assert!(registered(&[0.25, 0.5, 0.75, 0.375]));
+    }
 
     #[test]
     fn run_length_finds_a_step() {

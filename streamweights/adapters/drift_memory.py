@@ -16,6 +16,7 @@ version it replaced is the oracle in ``tests/reference/drift_memory.py``
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -212,10 +213,6 @@ class DriftMemory(Adapter):
                  entropy_filter: float | None = None, standardise_warmup: int = 30,
                  significance: float | None = 1e-5, evidence_margin: float = 0.1) -> None:
         self.capacity = check_count(capacity, "capacity")
-        # Timeliness 1 / (1 + exp(-age / capacity)) looked up instead of recomputed on
-        # every offer; past 40 x capacity it is 1.0 to double precision.
-        ages = np.arange(40 * self.capacity + 1, dtype=np.float64)
-        self._timeliness = 1.0 / (1.0 + np.exp(ages / -self.capacity))
         self.n_classes = check_count(n_classes, "n_classes", minimum=2)
         if detector is not None and detector not in _DETECTORS:
             raise ValueError(f"detector: must be one of {_DETECTORS} or None, got {detector!r}")
@@ -245,7 +242,8 @@ class DriftMemory(Adapter):
         # The core feeds the detector and the evidence (objects shared with Python, which
         # writes their snapshots) itself: one call per verb.
         self._core = _native.DriftMemoryCore(
-            self.capacity, self.n_classes, self._timeliness.tolist(), self.timeliness_weight,
+            self.capacity, self.n_classes, _timeliness_table(self.capacity),
+            self.timeliness_weight,
             self.uncertainty_weight, self.entropy_filter, signal == "entropy", loss == "log",
             None if self._monitor is None else self._monitor.detector,
             None if self._evidence is None else self._evidence._core,
@@ -532,6 +530,16 @@ class _Monitor:
                              "was not written by this adapter: start it fresh and replay "
                              "the stream from the snapshot's offsets") from None
         return history, since_alarm, moments
+
+
+@functools.lru_cache(maxsize=16)
+def _timeliness_table(capacity: int) -> tuple[float, ...]:
+    """Timeliness ``1 / (1 + exp(-age / capacity))`` for ages 0 .. 40 x capacity (past that
+    it is 1.0 to double precision), looked up instead of recomputed on every offer.
+    numpy's exp, so scores keep the reference's bits. The same for every memory of a
+    capacity: computed once here, and the core keeps one copy per distinct table."""
+    ages = np.arange(40 * capacity + 1, dtype=np.float64)
+    return tuple((1.0 / (1.0 + np.exp(ages / -capacity))).tolist())
 
 
 def _check_options(options: Any) -> dict[str, Any]:
