@@ -120,17 +120,25 @@ from streamweights.runtime.replay import ReplayStream  # noqa: E402
 from streamweights.runtime.service import THREAD_SWITCH_INTERVAL, Service  # noqa: E402
 from tests.kafka.broker import free_port  # noqa: E402
 
+#: Records per generated event, at least: the prediction, and its label unless it is one
+#: of the scenario's missing ones (0.5%).
+RECORDS_PER_EVENT = 1.9
+
 #: The poll timeout the service's source uses (its default).
 POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
 
 
 def generate(streams: int, events_per_stream: int) -> list[bytes]:
-    """``streams`` replayed drifting streams merged in event-time order (as JSON lines)."""
+    """``streams`` replayed drifting streams merged in event-time order (as JSON lines).
+
+    Each record is kept as a compact copy: orjson's own output object holds ~4 KiB of heap
+    while it lives, so a latency phase of 40 s at 66,000 records/s held ~20 GB and was
+    killed for memory (the copies: ~0.2 KiB each)."""
     replays = []
     for number in range(streams):
         replay = ReplayStream(SourceConfig(events=events_per_stream, seed=number + 1,
                                            stream=f"s{number}"))
-        replays.append([raw for _, raw in replay.records()])
+        replays.append([bytes(memoryview(raw)) for _, raw in replay.records()])
         print(f"  generated stream s{number}: {len(replays[-1]):,} records", flush=True)
     return list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
 
@@ -408,6 +416,8 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     # The records to send, and which (stream, ts) each label is (what a weights version
     # names), worked out before anything is timed.
     count = int(rate * seconds)
+    if len(lines) < count:
+        raise RuntimeError(f"the latency phase needs {count:,} records, got {len(lines):,}")
     label_of: dict[int, tuple[str, float]] = {}
     labels_before = [0]  # labels among the first i records, for i = 0 .. count
     with open(folder / "records.tsv", "wb") as prepared:
@@ -726,7 +736,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nlatency at {label} "
               f"({rate:,.0f} records/s, commit every "
               f"{args.commit_ms} ms, {args.latency_seconds:.0f} s) ...", flush=True)
-        more = generate(args.streams, int(rate * args.latency_seconds / args.streams) + 1000)
+        # A prediction and (all but ~0.5% of the time) its label per event: ~2 records.
+        more = generate(args.streams,
+                        int(rate * args.latency_seconds / (RECORDS_PER_EVENT * args.streams))
+                        + 1000)
         found = latency(bootstrap, topics, more, args.streams, rate, args.latency_seconds,
                         args.commit_ms, str(pathlib.Path(workdir) / "latency"),
                         args.latency_dump)
