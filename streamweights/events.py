@@ -196,6 +196,13 @@ def encode(record: Prediction | Label | Adapted | Weights) -> bytes:
     return orjson.dumps(record.to_json())
 
 
+def encode_to_keep(record: Prediction | Label | Adapted | Weights) -> bytes:
+    """:func:`encode`, for bytes held a long time (the HTTP view's latest weights of every
+    stream): an exact-size copy, since the object orjson returns keeps its ~4 KiB working
+    buffer while it lives (4 KiB per stream held, 40 MB at 10,000 streams)."""
+    return bytes(memoryview(orjson.dumps(record.to_json())))
+
+
 def decode(raw: bytes | str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
     """Decode a prediction or a label (told apart by their fields).
 

@@ -1123,7 +1123,7 @@ class KafkaRuntime:
             stream.load_state_dict(state)
             stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
             if stream.latest_weights is not None:
-                service.view.weights[name] = events.encode(stream.latest_weights)
+                service.view.weights[name] = events.encode_to_keep(stream.latest_weights)
         if snapshot.legacy_streams:
             log.warning("%s: restored from a format-1 task snapshot; the next commit "
                         "rewrites its streams as per-stream records", where)

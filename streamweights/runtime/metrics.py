@@ -48,6 +48,7 @@ prequential means over the whole run (for regression streams, ``log_loss`` holds
 
 from __future__ import annotations
 
+import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -234,6 +236,45 @@ class LoopHistogram:
         yield family
 
 
+class _GaugeChild:
+    """One labelled series of a :class:`LoopGauge`: a plain float."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class LoopGauge:
+    """A labelled gauge that only the service loop's thread sets: the per-stream series.
+
+    A replica may hold 10,000 streams with ~60 series each (weights, scores, conformal
+    coverage, estimates); prometheus_client's ``Gauge`` makes each series a full metric
+    object with its own lock (~0.7 KiB), ~40 KiB per stream. Here a series is a slotted
+    float read as it is at scrape time (one writer: :class:`LoopCounter`'s reasoning).
+    Exposed as prometheus_client exposes a ``Gauge``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 registry: CollectorRegistry) -> None:
+        _init_family(self, name, documentation, labelnames, registry)
+
+    def labels(self, *values: str) -> _GaugeChild:
+        """The series of these label values (created at 0 on first use)."""
+        return _child(self, values, _GaugeChild)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):  # one atomic copy
+            family.add_metric(values, child.value)
+        yield family
+
+
 class ServiceMetrics:
     """All metrics of one service instance, in their own registry."""
 
@@ -245,26 +286,26 @@ class ServiceMetrics:
                                   ["stream", "kind"], r)
         self.joined = LoopCounter("streamweights_labels_joined",
                                   "Labels joined to a prediction.", ["stream"], r)
-        self.expired = Counter("streamweights_predictions_expired",
-                               "Predictions that left the join without a label.",
-                               ["stream", "cause"], registry=r)
-        self.pending = Gauge("streamweights_pending_labels",
-                             "Predictions waiting for their label.", ["stream"], registry=r)
-        self.ensemble_weight = Gauge("streamweights_ensemble_weight",
-                                     "Current ensemble weight of a deployed model.",
-                                     ["stream", "model"], registry=r)
-        self.portfolio_weight = Gauge("streamweights_portfolio_weight",
-                                      "Current mixture weight of a portfolio's candidate "
-                                      "chain.", ["stream", "candidate"], registry=r)
-        self.log_loss = Gauge("streamweights_log_loss", "Prequential mean log-loss (MSE for "
-                              "regression).", ["stream", "forecaster"], registry=r)
-        self.ece = Gauge("streamweights_ece", "Prequential top-label expected calibration "
-                         "error (15 bins).", ["stream", "forecaster"], registry=r)
-        self.drift = Counter("streamweights_drift_events", "Drift alarms acted upon.",
-                             ["stream"], registry=r)
-        self.weights_version = Gauge("streamweights_weights_version",
-                                     "Latest published weights version.", ["stream"],
-                                     registry=r)
+        self.expired = LoopCounter("streamweights_predictions_expired",
+                                   "Predictions that left the join without a label.",
+                                   ["stream", "cause"], r)
+        # per stream: set by the loop's thread, many series per stream
+        self.pending = LoopGauge("streamweights_pending_labels",
+                                 "Predictions waiting for their label.", ["stream"], r)
+        self.ensemble_weight = LoopGauge("streamweights_ensemble_weight",
+                                         "Current ensemble weight of a deployed model.",
+                                         ["stream", "model"], r)
+        self.portfolio_weight = LoopGauge("streamweights_portfolio_weight",
+                                          "Current mixture weight of a portfolio's candidate "
+                                          "chain.", ["stream", "candidate"], r)
+        self.log_loss = LoopGauge("streamweights_log_loss", "Prequential mean log-loss (MSE "
+                                  "for regression).", ["stream", "forecaster"], r)
+        self.ece = LoopGauge("streamweights_ece", "Prequential top-label expected calibration "
+                             "error (15 bins).", ["stream", "forecaster"], r)
+        self.drift = LoopCounter("streamweights_drift_events", "Drift alarms acted upon.",
+                                 ["stream"], r)
+        self.weights_version = LoopGauge("streamweights_weights_version",
+                                         "Latest published weights version.", ["stream"], r)
         self.invalid = Counter("streamweights_invalid_records", "Records sent to the dead "
                                "letter sink.", ["reason"], registry=r)
         self.checkpoint_duration = Histogram("streamweights_checkpoint_duration_seconds",
@@ -290,20 +331,19 @@ class ServiceMetrics:
         self.consumer_lag = Gauge("streamweights_kafka_consumer_lag", "Records of an input "
                                   "partition not yet committed (at the last commit).",
                                   ["topic", "partition"], registry=r)
-        self.conformal_coverage = Gauge(
+        self.conformal_coverage = LoopGauge(
             "streamweights_conformal_coverage", "Share of labels inside the conformal set "
-            "or interval served for them.", ["stream", "forecaster", "alpha", "window"],
-            registry=r)
-        self.conformal_target = Gauge("streamweights_conformal_target_coverage",
-                                      "Coverage the conformal layer targets (1 - alpha).",
-                                      ["stream", "alpha"], registry=r)
-        self.conformal_size = Gauge("streamweights_conformal_mean_size", "Mean conformal "
-                                    "set size (classes) or interval width served.",
-                                    ["stream", "forecaster", "alpha"], registry=r)
-        self.performance = Gauge("streamweights_performance", "Accuracy, Brier and log-loss "
-                                 "over a recent window: estimated without labels, or "
-                                 "realised.", ["stream", "forecaster", "metric", "source"],
-                                 registry=r)
+            "or interval served for them.", ["stream", "forecaster", "alpha", "window"], r)
+        self.conformal_target = LoopGauge("streamweights_conformal_target_coverage",
+                                          "Coverage the conformal layer targets (1 - alpha).",
+                                          ["stream", "alpha"], r)
+        self.conformal_size = LoopGauge("streamweights_conformal_mean_size", "Mean conformal "
+                                        "set size (classes) or interval width served.",
+                                        ["stream", "forecaster", "alpha"], r)
+        self.performance = LoopGauge("streamweights_performance", "Accuracy, Brier and "
+                                     "log-loss over a recent window: estimated without "
+                                     "labels, or realised.",
+                                     ["stream", "forecaster", "metric", "source"], r)
         self.ready = Gauge("streamweights_ready", "1 once state is restored and the source is "
                            "open.", registry=r)
 
@@ -324,5 +364,6 @@ class ServiceMetrics:
             for name, value in values.items():
                 if value is None:
                     continue
-                source, metric = name.split("_", 1)
+                # one copy of each label string, however many streams' series name it
+                source, metric = (sys.intern(part) for part in name.split("_", 1))
                 self.performance.labels(stream, forecaster, metric, source).set(value)

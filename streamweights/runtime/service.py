@@ -130,7 +130,7 @@ class LocalCheckpoints:
             sink.truncate(positions[name])
         for name, stream in service.pipeline.streams.items():
             if stream.latest_weights is not None:
-                service.view.weights[name] = events.encode(stream.latest_weights)
+                service.view.weights[name] = events.encode_to_keep(stream.latest_weights)
         faults.at("restored")
         log.info("restored snapshot %s at input position %d in %.3fs", loaded.path,
                  service.position, time.perf_counter() - started)
@@ -768,8 +768,8 @@ class Service:
 
     def _emit_weights(self, weights: events.Weights, encoded: bytes | None = None) -> None:
         """A new weights version: to the sink, to the HTTP view, into the metrics."""
-        if encoded is None:
-            encoded = events.encode(weights)
+        if encoded is None:  # (the core's lane hands its own exact-size bytes)
+            encoded = events.encode_to_keep(weights)
         if "weights" in self.sinks:
             self.sinks["weights"].write(encoded, key=self._stream_key(weights.stream))
         self.view.weights[weights.stream] = encoded

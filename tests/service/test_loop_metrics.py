@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamweights.config import load_config
@@ -60,6 +60,45 @@ def test_loop_series_read_as_prometheus_client_series():
     created = [line for line in generate_latest(metrics.registry).decode().splitlines()
                if line.startswith("streamweights_update_latency_seconds_created{")]
     assert len(created) == 2
+
+
+def test_per_stream_series_read_as_prometheus_client_series():
+    """Scenario: the per-stream gauges (weights, scores, conformal, estimates) and the
+    per-stream counters (expired predictions, drift alarms) are set and incremented at
+    random, in the same order, on the service's metrics and on prometheus_client's Gauge
+    and Counter of the same names, help and labels. We expect: identical exposition, value
+    for value (the last value set wins; a series set once stays), and the same family
+    order and types, so dashboards and promtool rules read them unchanged."""
+    metrics, reference = ServiceMetrics(), CollectorRegistry()
+    gauges = {name: getattr(metrics, name) for name in (
+        "pending", "ensemble_weight", "portfolio_weight", "log_loss", "ece",
+        "weights_version", "conformal_coverage", "conformal_target", "conformal_size",
+        "performance")}
+    counters = {name: getattr(metrics, name) for name in ("expired", "drift")}
+    twins = {name: Gauge(family.name, family.documentation, family.labelnames,
+                         registry=reference) for name, family in gauges.items()}
+    twins.update({name: Counter(family.name, family.documentation, family.labelnames,
+                                registry=reference) for name, family in counters.items()})
+    generator = random.Random(11)
+    for _ in range(5_000):
+        name = generator.choice([*gauges, *counters])
+        ours = gauges.get(name) or counters[name]
+        values = [generator.choice(("s0", "s1", "segment-00042", "0.1", "raw:nb"))
+                  for _ in ours.labelnames]
+        if name in gauges:
+            value = generator.choice((0.0, -0.0, 1.5, 1e-300, 7, generator.random()))
+            ours.labels(*values).set(value)
+            twins[name].labels(*values).set(value)
+        else:
+            amount = generator.choice((1, 2, 5))
+            ours.labels(*values).inc(amount)
+            twins[name].labels(*values).inc(amount)
+    names = {family.name for family in (*gauges.values(), *counters.values())}
+    ours = _series(metrics.registry, names)
+    assert ours == _series(reference, names) and set(ours) == names
+    assert {ours[family.name][0] for family in gauges.values()} == {"gauge"}
+    with pytest.raises(ValueError, match="labels"):
+        metrics.pending.labels("s0", "extra")
 
 
 def test_a_scrape_during_the_loop_is_consistent():
