@@ -24,6 +24,7 @@ from typing import Any
 
 from streamweights.adapters import Adapter, Chain, build_adapter
 from streamweights.adapters.base import _REGISTRY as ADAPTER_TYPES
+from streamweights.adapters.base import constructor_signature
 from streamweights.config_env import EnvironmentReferenceError, expand_environment
 from streamweights.config_yaml import ConfigYamlError, read_yaml
 
@@ -636,7 +637,7 @@ def _build_stage(spec: dict[str, Any], stream: StreamConfig, path: str) -> Adapt
     if kind not in ADAPTER_TYPES or kind == "Chain":
         known = ", ".join(sorted(set(ADAPTER_TYPES) - {"Chain"}))
         raise ConfigError(f"{path}.type: unknown adapter {kind!r}; known: {known}")
-    parameters = inspect.signature(ADAPTER_TYPES[kind]).parameters
+    parameters = constructor_signature(ADAPTER_TYPES[kind]).parameters
     implied: dict[str, Any] = {"n_models": len(stream.models), "n_classes": stream.n_classes}
     if kind == "Portfolio" and stream.n_features is not None:
         implied["n_features"] = stream.n_features  # its feature candidate's input

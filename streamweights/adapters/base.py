@@ -20,6 +20,8 @@ seed, so the same inputs and seed give the same numbers bit for bit.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -173,13 +175,30 @@ def adapter_spec(adapter: Adapter) -> dict[str, Any]:
     return {"adapter": type(adapter).__name__, "config": config_copy(adapter.get_config())}
 
 
+@functools.cache
+def constructor_signature(cls: type) -> inspect.Signature:
+    """``inspect.signature(cls)``, once per class: building a stream asks it of every
+    stage (~10 times for the default portfolio), and working it out took ~30% of the
+    time to build 10,000 streams. Signatures are immutable, so sharing one is safe."""
+    return inspect.signature(cls)
+
+
 def build_adapter(spec: dict[str, Any]) -> Adapter:
     """Build a fresh adapter from ``adapter_spec`` output (or a snapshot)."""
     name = spec.get("adapter") if isinstance(spec, dict) else None
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ValueError(f"adapter: unknown adapter {name!r}; known: {known}")
-    return _REGISTRY[name](**copy.deepcopy(spec.get("config") or {}))
+    config = spec.get("config") or {}
+    # The adapter must not share mutable values with the spec; a config of plain scalars
+    # (most of them) has none, and a shallow copy is ~10 times cheaper than a deep one.
+    if all(type(value) in _SCALARS for value in config.values()):
+        return _REGISTRY[name](**config)
+    return _REGISTRY[name](**copy.deepcopy(config))
+
+
+#: Immutable values an adapter config may hold as they are.
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def restore_adapter(state_dict: dict[str, Any]) -> Adapter:

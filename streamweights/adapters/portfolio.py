@@ -91,14 +91,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from streamweights import _native
-from streamweights.adapters.base import _REGISTRY, Adapter, build_adapter
+from streamweights.adapters.base import (
+    _REGISTRY,
+    Adapter,
+    build_adapter,
+    constructor_signature,
+)
 from streamweights.adapters.chain import Chain, check_feature_vector, native_stage_specs
 from streamweights.adapters.validation import (
     check_class_label,
@@ -330,7 +334,7 @@ class Portfolio(Adapter):
             raise ValueError(f"{path}.type: unknown adapter {kind!r}; known: "
                              f"{', '.join(sorted(set(_REGISTRY) - {'Chain', 'Portfolio'}))}")
         options = {k: v for k, v in spec.items() if k != "type"}
-        parameters = inspect.signature(_REGISTRY[kind]).parameters
+        parameters = constructor_signature(_REGISTRY[kind]).parameters
         for name, value in (("n_models", self.n_models), ("n_classes", self.n_classes)):
             if name in options:
                 raise ValueError(f"{path}.{name}: set by the portfolio; remove it")

@@ -16,6 +16,7 @@ path built on the second matches a per-event path built on the first bit for bit
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -211,7 +212,9 @@ def check_target(value: object, name: str, n_outputs: int = 1) -> np.ndarray:
 
 def check_positive(value: float, name: str) -> float:
     """Validate a strictly positive, finite hyper-parameter."""
-    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    finite = math.isfinite(value) if type(value) is float else (
+        isinstance(value, numbers.Real) and np.isfinite(value))
+    if not finite or value <= 0:
         raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -219,7 +222,10 @@ def check_positive(value: float, name: str) -> float:
 def check_in_range(value: float, name: str, low: float, high: float, *,
                    low_open: bool = True, high_open: bool = True) -> float:
     """Validate a hyper-parameter inside an interval (open ends by default)."""
-    ok = isinstance(value, numbers.Real) and np.isfinite(value)
+    # (a plain float first: the ABC check and numpy's isfinite were ~15% of the time to
+    # build 10,000 streams, ~65 checks each)
+    ok = math.isfinite(value) if type(value) is float else (
+        isinstance(value, numbers.Real) and np.isfinite(value))
     if ok:
         ok = (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high)
