@@ -60,11 +60,14 @@ def decode_state(tree: Any) -> Any:
     """Inverse of :func:`encode_state`."""
     if isinstance(tree, dict):
         if _ARRAY_TAG in tree:
-            raw = base64.b64decode(tree[_ARRAY_TAG])
-            return np.frombuffer(raw, dtype=np.dtype(tree["dtype"])).reshape(tree["shape"]).copy()
-        return {key: decode_state(value) for key, value in tree.items()}
+            return _decode_object(tree)
+        return {key: decode_state(value) if isinstance(value, dict | list) else value
+                for key, value in tree.items()}
     if isinstance(tree, list):
-        return [decode_state(value) for value in tree]
+        # only containers are descended into: a long list of numbers costs a type test
+        # per item, not a call (most of a default stream's restore, before)
+        return [decode_state(value) if isinstance(value, dict | list) else value
+                for value in tree]
     return tree
 
 
@@ -109,8 +112,19 @@ def dumps_state(tree: Any, *, sort_keys: bool = False) -> str:
 
 
 def loads_state(text: str | bytes) -> Any:
-    """Decode a JSON string written by :func:`dumps_state`."""
-    return decode_state(json.loads(text))
+    """Decode a JSON string written by :func:`dumps_state`: ``decode_state(json.loads(
+    text))``, with each tagged array decoded as the parser closes its object, so the tree
+    is not walked again in Python (the walk over long lists of numbers was most of the
+    time to restore a default stream from a snapshot chain)."""
+    return json.loads(text, object_hook=_decode_object)
+
+
+def _decode_object(value: dict[str, Any]) -> Any:
+    """One parsed JSON object: the array it tags, or itself."""
+    if _ARRAY_TAG in value:
+        raw = base64.b64decode(value[_ARRAY_TAG])
+        return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+    return value
 
 
 # -- Packed form: one byte string for all of a tree's arrays -------------------------------
@@ -339,9 +353,11 @@ def unpack_state(skeleton: Any, data: str) -> Any:
                         raise ValueError(f"state: a packed float list of length {count!r} "
                                          "cannot be (not written by pack_state)")
                     return take(_FLOAT64_LE, count).tolist()
-            return {key: walk(value) for key, value in tree.items()}
+            return {key: walk(value) if isinstance(value, dict | list) else value
+                    for key, value in tree.items()}
         if isinstance(tree, list):
-            return [walk(value) for value in tree]
+            return [walk(value) if isinstance(value, dict | list) else value
+                    for value in tree]
         return tree
 
     tree = walk(skeleton)
