@@ -65,7 +65,7 @@ def decode_state(tree: Any) -> Any:
                 for key, value in tree.items()}
     if isinstance(tree, list):
         # only containers are descended into: a long list of numbers costs a type test
-        # per item, not a call (most of a default stream's restore, before)
+        # per item, not a call
         return [decode_state(value) if isinstance(value, dict | list) else value
                 for value in tree]
     return tree

@@ -210,11 +210,17 @@ def check_target(value: object, name: str, n_outputs: int = 1) -> np.ndarray:
     return target.reshape(n_outputs)
 
 
+def _finite_real(value: object) -> bool:
+    """A finite real number. A plain float is checked without the ABC test and numpy's
+    ``isfinite`` (they were ~15% of the time to build 10,000 streams, ~65 checks each)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return isinstance(value, numbers.Real) and bool(np.isfinite(value))
+
+
 def check_positive(value: float, name: str) -> float:
     """Validate a strictly positive, finite hyper-parameter."""
-    finite = math.isfinite(value) if type(value) is float else (
-        isinstance(value, numbers.Real) and np.isfinite(value))
-    if not finite or value <= 0:
+    if not _finite_real(value) or value <= 0:
         raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -222,10 +228,7 @@ def check_positive(value: float, name: str) -> float:
 def check_in_range(value: float, name: str, low: float, high: float, *,
                    low_open: bool = True, high_open: bool = True) -> float:
     """Validate a hyper-parameter inside an interval (open ends by default)."""
-    # (a plain float first: the ABC check and numpy's isfinite were ~15% of the time to
-    # build 10,000 streams, ~65 checks each)
-    ok = math.isfinite(value) if type(value) is float else (
-        isinstance(value, numbers.Real) and np.isfinite(value))
+    ok = _finite_real(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high)
