@@ -263,7 +263,7 @@ class KalmanWeights(Adapter):
                              f"got {probabilities!r}")
         self.probabilities = probabilities
         self.n_samples = check_count(n_samples, "n_samples")
-        self.seed = check_count(seed, "seed", 0)
+        self.seed = check_count(seed, "seed", 0, maximum=None)  # numpy seeds any size
 
         shape = (self.n_features, self.n_outputs)
         if prior_mean is None:

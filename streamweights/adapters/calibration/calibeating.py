@@ -135,7 +135,7 @@ class Calibeating(Adapter):
             raise ValueError(f"mode: must be one of {', '.join(_MODES)}, got {mode!r}")
         self.mode = mode
         self.n_bins = check_count(n_bins, "n_bins", minimum=2)
-        self.seed = check_count(seed, "seed", minimum=0)
+        self.seed = check_count(seed, "seed", minimum=0, maximum=None)  # numpy seeds any size
         # The records and the hedging generator live in the core (calibeating.rs), which
         # draws from numpy's PCG64 stream: seeded here by numpy, continued there.
         generator = np.random.default_rng(self.seed)
