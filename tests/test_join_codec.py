@@ -334,3 +334,80 @@ def test_a_finite_skeleton_is_orjson_text_and_refusals_are_unchanged():
     for tree in ({"big": 2**70}, {"surrogate": "\ud800"}):
         skeleton, data = pack_state(tree)
         assert json.loads(skeleton) == tree and unpack_state(json.loads(skeleton), data) == tree
+
+
+def _record_text(skeleton: str, data: str) -> str:
+    """A stream record's text around one packed tree, as ``encode_stream`` writes it."""
+    return (f'{{"format":6,"offset":3,"streams":{{"s":{{"state":{skeleton},'
+            f'"data":"{data}","join":{{"segments":[]}}}}}}}}')
+
+
+@pytest.mark.parametrize("index", range(len(payloads())))
+def test_a_packed_record_parsed_whole_equals_the_skeleton_walked(index):
+    """``loads_packed`` builds the tree in the parser (no walk afterwards): the same tree,
+    bit for bit, writeable C-ordered arrays, as ``unpack_state`` gives."""
+    payload = payloads()[index]
+    skeleton, data = pack_state(payload)
+    document, slots = state_codec.loads_packed(_record_text(skeleton, data))
+    packed = document["streams"]["s"]
+    slots.fill(packed["data"])
+    assert_same_tree(packed["state"], unpack_state(json.loads(skeleton), data))
+    assert document["offset"] == 3 and packed["join"] == {"segments": []}
+
+
+def test_a_damaged_packed_record_is_refused_before_anything_huge_is_made():
+    skeleton, data = pack_state({"served": np.ones(2), "trace": [np.ones(3), [0.5] * 6]})
+    for bad in (skeleton.replace("[3]", "[4]"), skeleton.replace("[3]", "[2]"),
+                skeleton.replace('"__f8__":6', '"__f8__":5')):
+        document, slots = state_codec.loads_packed(_record_text(bad, data))
+        with pytest.raises(ValueError, match=r"packed arrays take \d+ bytes, 88 were"):
+            slots.fill(document["streams"]["s"]["data"])
+    # a shape of 10^12 doubles is refused at parse time, not allocated
+    with pytest.raises(ValueError, match="more than a text of"):
+        state_codec.loads_packed(_record_text(skeleton.replace("[3]", "[1000000000000]"),
+                                              data))
+    for marker, message in (('{"__nd__":["<f8",[-1]]}', r"shape \[-1\] cannot be"),
+                            ('{"__nd__":["|O",[1]]}', r"dtype \|O and shape"),
+                            ('{"__f8__":-2}', "float list of length -2"),
+                            ('{"__f8__":1.5}', "float list of length 1.5")):
+        with pytest.raises(ValueError, match=message):
+            state_codec.loads_packed(_record_text(f'{{"a":{marker}}}', "AAAAAAAAAAA="))
+
+
+def _alike_cases() -> list:
+    """Pairs of trees whose sorted encodings are equal or differ in the ways a fast
+    comparison could miss."""
+    rng = np.random.default_rng(3)
+    base = {"stages": [{"adapter": "OnlinePlatt", "config": {"lr": 0.1, "n": 2}},
+                       {"adapter": "DriftMemory", "config": {"capacity": 64, "d": None,
+                                                              "on": True, "x": [1.5, 2]}}],
+            "share": 0.01}
+    cases = [(base, json.loads(json.dumps(base))),
+             (base, dict(reversed(list(base.items()))))]  # key order: alike
+    for old, new in ((1, 1.0), (0.0, -0.0), (True, 1), (None, 0), ("1", 1), (1.5, 1.5000001),
+                     (float("nan"), float("nan")), (float("nan"), -float("nan")),
+                     (math.inf, math.inf), ([1, 2], (1, 2)), ([1, 2], [1, 2, 3]),
+                     ({"a": 1}, {"b": 1}), ({"a": 1}, {"a": 1, "b": 2}), (np.float64(1.5), 1.5),
+                     (np.ones(2), np.ones(2)), (np.ones(2), np.zeros(2)), (2**80, 2**80),
+                     (2**80, float(2**80)), ("é", "é"), (-0.0, -0.0)):
+        cases.append(({"share": old, "k": [1]}, {"share": new, "k": [1]}))
+        cases.append(({"share": new}, {"share": old}))
+    for _ in range(200):
+        left = {f"k{int(i)}": float(v) for i, v in zip(rng.integers(0, 5, 4),
+                                                        rng.choice([0.0, -0.0, 1.0, 2.5], 4))}
+        cases.append((left, dict(reversed(list(left.items())))))
+        cases.append((left, {k: -v for k, v in left.items()}))
+    return cases
+
+
+def test_encodes_alike_answers_what_comparing_the_sorted_encodings_answers():
+    from streamweights.adapters.state_codec import encodes_alike
+    answers = set()
+    for left, right in _alike_cases():
+        expected = dumps_state(left, sort_keys=True) == dumps_state(right, sort_keys=True)
+        assert encodes_alike(left, right) is expected, (left, right)
+        assert encodes_alike(right, left) is expected, (right, left)
+        answers.add(expected)
+    assert answers == {True, False}
+    with pytest.raises(ValueError, match="dict keys must be strings"):
+        encodes_alike({1: 2}, {1: 2})  # refused as the encoding refuses it

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamweights.adapters.state_codec import dumps_state, encode_state
+from streamweights.adapters.state_codec import encode_state, encodes_alike
 
 _REGISTRY: dict[str, type[Adapter]] = {}
 
@@ -109,15 +109,31 @@ class Adapter:
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state written by ``state_dict`` of an adapter with the same config."""
+        """Restore a state written by ``state_dict`` of an adapter with the same config.
+        The adapter keeps a copy: the caller's tree stays the caller's."""
+        self._load_checked(state_dict, owned=False)
+
+    def _load_checked(self, state_dict: Any, *, owned: bool) -> None:
+        """Check the snapshot's header and set its state, copied unless ``owned``."""
         state_dict = self.upgrade_snapshot(state_dict)
         state = snapshot_state(state_dict, type(self).__name__, type(self).state_version,
                                self.get_config())
-        self._set_state(tree_copy(state))
+        self._set_state(state if owned else tree_copy(state))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def load_part(adapter: Adapter, state_dict: Any) -> None:
+    """``adapter.load_state_dict(state_dict)`` for a part of a state its container's
+    ``_set_state`` received: that tree is already a private copy, so it is handed over, not
+    copied again (a portfolio's stages were copied once per nesting level, four times in
+    all). Adapters that load their own way (torch ones) get their ``load_state_dict``."""
+    if type(adapter).load_state_dict is Adapter.load_state_dict:
+        adapter._load_checked(state_dict, owned=True)
+    else:
+        adapter.load_state_dict(state_dict)
 
 
 def snapshot_state(state_dict: Any, name: str, state_version: int,
@@ -137,8 +153,7 @@ def snapshot_state(state_dict: Any, name: str, state_version: int,
             f"{name}.load_state_dict: snapshot format version {version}, this build reads "
             f"version {state_version}; replay the stream from the last offsets "
             "or restore with the streamweights release that wrote it")
-    stored = dumps_state(state_dict.get("config"), sort_keys=True)
-    if stored != dumps_state(config, sort_keys=True):  # key order of a config is no change
+    if not encodes_alike(state_dict.get("config"), config):  # key order is no change
         differing = _differing_keys(state_dict.get("config") or {}, config)
         raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
                          f"configuration (differs in: {', '.join(differing)})")
@@ -155,12 +170,12 @@ _IMMUTABLE = frozenset((str, int, float, bool, type(None)))
 
 def tree_copy(tree: Any) -> Any:
     """A deep copy of a configuration or a state (JSON-like: dicts, lists, tuples of plain
-    values, and arrays): containers rebuilt, plain values shared, anything else (arrays)
-    through ``copy.deepcopy``. No memo, so a subtree named twice is copied twice (these
-    trees share none). A state_dict copies each nested adapter's config at every level it
-    is named (a portfolio's candidates' stages four times over), and a load copies each
-    nested state likewise; ``copy.deepcopy``'s memo made that half of a default-config
-    stream's ``state_dict`` time, and 40% of its restore."""
+    values, and arrays): containers rebuilt, plain values shared, arrays of numbers copied
+    as ``deepcopy`` copies them, anything else through ``copy.deepcopy``. No memo, so a
+    subtree named twice is copied twice (these trees share none). A state_dict copies each
+    nested adapter's config at every level it is named (a portfolio's candidates' stages
+    four times over); ``copy.deepcopy``'s memo made that half of a default-config stream's
+    ``state_dict`` time, and 40% of its restore (for arrays, ~60% of copying them)."""
     kind = type(tree)
     if kind is dict:
         return {key: value if type(value) in _IMMUTABLE else tree_copy(value)
@@ -169,6 +184,8 @@ def tree_copy(tree: Any) -> Any:
         return [value if type(value) in _IMMUTABLE else tree_copy(value) for value in tree]
     if kind is tuple:
         return tuple(tree_copy(value) for value in tree)
+    if kind is np.ndarray and not tree.dtype.hasobject:
+        return tree.copy(order="K")  # what deepcopy does for it, without deepcopy's memo
     return tree if kind in _IMMUTABLE else copy.deepcopy(tree)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from streamweights import _native
-from streamweights.adapters.base import Adapter, adapter_spec, build_adapter
+from streamweights.adapters.base import Adapter, adapter_spec, build_adapter, load_part
 
 #: What ``predict_trace`` returns besides the output: the input of every stage, in order,
 #: then the own trace of each stage that keeps one (a ``Portfolio``'s candidates).
@@ -313,7 +313,7 @@ class Chain(Adapter):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         for stage, stage_state in zip(self.stages, state["stages"], strict=True):
-            stage.load_state_dict(stage_state)
+            load_part(stage, stage_state)
 
 
 def check_feature_vector(features: Any, n_features: int | None) -> np.ndarray | None:

@@ -102,6 +102,7 @@ from streamweights.adapters.base import (
     Adapter,
     build_adapter,
     constructor_signature,
+    load_part,
 )
 from streamweights.adapters.chain import Chain, check_feature_vector, native_stage_specs
 from streamweights.adapters.validation import (
@@ -599,7 +600,7 @@ class Portfolio(Adapter):
                              f"{len(self.chains)} values (one per candidate), got "
                              f"{len(weights)} and {len(cumulative)}")
         for chain, part in zip(self.chains, parts, strict=True):
-            chain.load_state_dict(part)
+            load_part(chain, part)
         self._core.set_state(weights, cumulative, mixture_loss, mixability_gap, n_learned)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -109,6 +110,28 @@ def test_state_dicts_share_nothing_mutable(case):
         elif isinstance(part, list):
             part.clear()
     assert dumps_state(adapter.state_dict()) == text
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_a_loaded_state_is_not_the_callers(case):
+    """``load_state_dict`` keeps a copy, nested adapters' parts included (containers hand
+    their parts down without copying them again): scribbling over the tree loaded from
+    leaves the adapter as it was."""
+    original = case.factory()
+    xs, ys = _stream(case, 5, 80)
+    _drive(original, case, xs, ys, collect=False)
+    snapshot = original.state_dict()
+    fresh = case.factory()
+    fresh.load_state_dict(snapshot)
+    text = dumps_state(fresh.state_dict())
+    for part in _mutable_parts(snapshot, {}).values():
+        if isinstance(part, np.ndarray) and part.size and part.dtype.kind == "f":
+            part.fill(np.nan)
+        elif isinstance(part, np.ndarray) and part.size and part.dtype.kind in "iu":
+            part.fill(7)
+        elif isinstance(part, list) and part and all(type(v) is float for v in part):
+            part[:] = [math.nan] * len(part)
+    assert dumps_state(fresh.state_dict()) == text
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -16,6 +16,7 @@ from streamweights.adapters.base import (
     Adapter,
     adapter_spec,
     build_adapter,
+    load_part,
     rng_from_state,
     rng_state,
 )
@@ -268,7 +269,7 @@ class Calibeating(Adapter):
                              f"{counts.shape} and {ones.shape}")
         random = rng_state(rng_from_state(state["random"]))  # checks and normalises it
         uniform = float(state["uniform"])
-        self.base.load_state_dict(state["base"])
+        load_part(self.base, state["base"])
         self._core.set_state(counts.ravel().tolist(), ones.ravel().tolist(), random["state"],
                              random["inc"], uniform)
         self._rng_extra = (random["has_uint32"], random["uinteger"])
