@@ -72,7 +72,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamweights.adapters.state_codec import dumps_state, loads_state, pack_state, unpack_state
+from streamweights.adapters.state_codec import (
+    dumps_state,
+    loads_packed,
+    loads_state,
+    pack_state,
+    unpack_state,
+)
 from streamweights.join import SEGMENT_BYTES, decode_entry
 from streamweights.runtime import faults
 from streamweights.runtime.compression import compress, decompress
@@ -254,24 +260,31 @@ def decode_stream_record(data: bytes, where: str, segments: Mapping[int, bytes] 
     records by id) or of earlier releases (formats 5, 3 and 2, the join inline), or
     SnapshotError naming ``where``."""
     try:
-        document = loads_state(decompress(data))
+        text = decompress(data)
+        # Today's format has one packed tree (the stream's state): the parser builds it
+        # whole (state_codec.loads_packed). Earlier ones are parsed again, plainly.
+        document, packed_slots = loads_packed(text)
         version = document.get("format") if isinstance(document, dict) else None
         if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
                 f"{where}: stream record format {version}, this build reads "
                 f"{listed_formats(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
+        if version != STREAM_RECORD_FORMAT:
+            document = loads_state(text)
         ((name, state),) = document.pop("streams").items()
-        if version in (3, 5, 6):
+        if version == STREAM_RECORD_FORMAT:
+            packed = state
+            packed_slots.fill(packed["data"])
+            state = packed["state"]
+            layout = packed["join"]
+            state["join"]["entries"] = _join_entries(str(name), layout, segments or {},
+                                                     where)
+            state["join"]["segments"] = layout
+        elif version in (3, 5):
             packed = state
             state = unpack_state(packed["state"], packed["data"])
-            if version == 6:
-                layout = packed["join"]
-                state["join"]["entries"] = _join_entries(str(name), layout, segments or {},
-                                                         where)
-                state["join"]["segments"] = layout
-            else:
-                state["join"]["entries"] = [decode_entry(e) for e in packed["entries"]]
+            state["join"]["entries"] = [decode_entry(e) for e in packed["entries"]]
         return str(name), state, document
     except SnapshotError:
         raise
