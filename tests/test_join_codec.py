@@ -393,8 +393,9 @@ def _alike_cases() -> list:
         cases.append(({"share": old, "k": [1]}, {"share": new, "k": [1]}))
         cases.append(({"share": new}, {"share": old}))
     for _ in range(200):
-        left = {f"k{int(i)}": float(v) for i, v in zip(rng.integers(0, 5, 4),
-                                                        rng.choice([0.0, -0.0, 1.0, 2.5], 4))}
+        keys = rng.integers(0, 5, 4)
+        values = rng.choice([0.0, -0.0, 1.0, 2.5], 4)
+        left = {f"k{int(i)}": float(v) for i, v in zip(keys, values, strict=True)}
         cases.append((left, dict(reversed(list(left.items())))))
         cases.append((left, {k: -v for k, v in left.items()}))
     return cases
@@ -411,3 +412,82 @@ def test_encodes_alike_answers_what_comparing_the_sorted_encodings_answers():
     assert answers == {True, False}
     with pytest.raises(ValueError, match="dict keys must be strings"):
         encodes_alike({1: 2}, {1: 2})  # refused as the encoding refuses it
+
+
+class _Floaty(float):
+    """A float subclass: not a plain value to either marking pass."""
+
+
+def _random_tree(rng: np.random.Generator, depth: int = 0, odd: bool = False):
+    """A state-like tree: dicts, lists, tuples, rows, arrays, plain leaves; with ``odd``,
+    now and then what only the Python pass handles or refuses."""
+    leaves = [lambda: float(rng.standard_normal()), lambda: int(rng.integers(-5, 5)),
+              lambda: "s" + str(int(rng.integers(9))), lambda: bool(rng.integers(2)),
+              lambda: None, lambda: -0.0, lambda: 2**70]
+    if odd:
+        leaves += [lambda: math.nan, lambda: math.inf, lambda: np.float64(0.5),
+                   lambda: np.int32(3), lambda: _Floaty(1.5), lambda: {"__nd__": 1},
+                   lambda: {1: 2.0}, lambda: np.array([object()]),
+                   lambda: np.ones(2, dtype=">f8"), lambda: np.zeros((2, 0))]
+    choice = int(rng.integers(0 if depth < 4 else 6, 10))
+    if choice == 0:
+        return {f"k{i}": _random_tree(rng, depth + 1, odd) for i in range(rng.integers(0, 5))}
+    if choice == 1:
+        return [_random_tree(rng, depth + 1, odd) for _ in range(rng.integers(0, 6))]
+    if choice == 2:
+        return tuple(_random_tree(rng, depth + 1, odd) for _ in range(rng.integers(0, 4)))
+    if choice == 3:  # rows: short plain ones, long float ones, or mixed
+        width = int(rng.integers(0, 7))
+        return [[float(v) for v in rng.standard_normal(width)] if rng.integers(3)
+                else [int(v) for v in rng.integers(0, 9, width)]
+                for _ in range(rng.integers(1, 5))]
+    if choice == 4:
+        return [float(v) for v in rng.standard_normal(int(rng.integers(0, 9)))]
+    if choice == 5:
+        return rng.standard_normal(tuple(int(n) for n in rng.integers(0, 4, rng.integers(0, 3))))
+    return leaves[int(rng.integers(len(leaves)))]()
+
+
+def _marking(marker, tree):
+    """(JSON of the marked tree, the appended arrays' dtypes/shapes/bytes) or the error."""
+    arrays: list = []
+    try:
+        marked = marker(tree, arrays)
+    except (ValueError, state_codec._NonFiniteError) as error:
+        return type(error).__name__, str(error)
+    text = json.dumps(marked, default=repr, allow_nan=True)
+    kinds = [type(value).__name__ for value in _walk_leaves(marked)]
+    return text, kinds, [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
+
+
+def _walk_leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _walk_leaves(value)
+    elif isinstance(tree, list | tuple):
+        yield type(tree)()
+        for value in tree:
+            yield from _walk_leaves(value)
+    else:
+        yield tree
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_the_core_marks_trees_as_the_python_pass_does(odd):
+    """``_marked_usual`` (the core's pass, falling back to Python's) against ``_marked``
+    on 3,000 random trees: the same marked tree (types of leaves and containers included),
+    the same arrays in the same order, the same refusals. Without odd parts the core must
+    mark nearly every tree itself (or this would test the fallback alone)."""
+    from streamweights import _native
+    rng = np.random.default_rng(11 + odd)
+    marked_by_core = 0
+    for _ in range(3000):
+        tree = {"state": _random_tree(rng, odd=odd),
+                "parts": [_random_tree(rng, 1, odd) for _ in range(3)]}
+        assert _marking(state_codec._marked_usual, tree) == _marking(state_codec._marked, tree)
+        gave_up = object()
+        marked_by_core += _native.mark_packed(tree, [], gave_up) is not gave_up
+    if odd:
+        assert 300 < marked_by_core < 2700  # both paths taken
+    else:
+        assert marked_by_core == 3000  # -0.0, 2**70, empty arrays: all usual

@@ -42,6 +42,7 @@ mod probability_input;
 mod record_check;
 mod scores;
 mod stacking;
+mod state_marks;
 mod stream_counters;
 mod temperature;
 
@@ -78,6 +79,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     record_check::register(module)?;
     kafka_records::register(module)?;
     kafka_batch::register(module)?;
+    state_marks::register(module)?;
     event_time::register(module)?;
     lane::register(module)?;
     pending::register(module)?;

