@@ -90,7 +90,6 @@ Theory 59.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -103,6 +102,7 @@ from streamweights.adapters.base import (
     build_adapter,
     constructor_signature,
     load_part,
+    tree_copy,
 )
 from streamweights.adapters.chain import Chain, check_feature_vector, native_stage_specs
 from streamweights.adapters.validation import (
@@ -251,7 +251,7 @@ class Portfolio(Adapter):
             raise ValueError("candidates: a non-empty list of chains (lists of stage specs)")
         self.candidates = [self._check_chain(chain, f"candidates[{i}]")
                            for i, chain in enumerate(specs)]
-        self._given_candidates = None if candidates is None else copy.deepcopy(self.candidates)
+        self._given_candidates = None if candidates is None else tree_copy(self.candidates)
         self.chains = [Chain([self._build_stage(stage, f"candidates[{i}][{j}]")
                               for j, stage in enumerate(chain)])
                        for i, chain in enumerate(self.candidates)]
@@ -325,7 +325,7 @@ class Portfolio(Adapter):
             if stage["type"] in ("Portfolio", "Chain"):
                 raise ValueError(f"{path}[{j}].type: {stage['type']} cannot be a stage of a "
                                  "candidate")
-            stages.append(copy.deepcopy(dict(stage)))
+            stages.append(tree_copy(dict(stage)))
         return stages
 
     def _build_stage(self, spec: dict[str, Any], path: str) -> Adapter:
@@ -545,7 +545,7 @@ class Portfolio(Adapter):
     # -- state -------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         config = {"n_models": self.n_models, "n_classes": self.n_classes,
-                  "candidates": copy.deepcopy(self._given_candidates),
+                  "candidates": tree_copy(self._given_candidates),
                   "probability_floor": self.probability_floor,
                   "drift_share": self.drift_share}
         if self._given_n_features is not None:  # absent otherwise: older snapshots load
