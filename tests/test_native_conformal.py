@@ -76,7 +76,12 @@ def _compare(conformal, estimate, n_classes, events, seed, delay=50):
         for key, value in want["state"].items():
             if key != "scores":
                 assert got["state"][key] == value, key
-    assert native.state_dict()["monitors"] == oracle.state_dict()["monitors"]
+    for got, want in zip(native.state_dict()["monitors"], oracle.state_dict()["monitors"],
+                         strict=True):
+        assert got.keys() == want.keys()
+        assert got["ring"].dtype == want["ring"].dtype == np.uint8
+        np.testing.assert_array_equal(got.pop("ring"), want.pop("ring"))
+        assert got == want
     return native
 
 
@@ -126,7 +131,38 @@ def test_a_restored_layer_serves_the_same_thresholds_and_continues_identically()
         np.testing.assert_array_equal(a[1], b[1])
         first.learn(a[1], served, raw, label)
         second.learn(b[1], served, raw, label)
-    assert repr(first.state_dict()) == repr(second.state_dict())
+    assert dumps_state(first.state_dict()) == dumps_state(second.state_dict())
+
+
+def test_a_coverage_ring_is_written_as_an_array_and_read_from_either_form():
+    """The rolling window's flags are a (labels, levels) uint8 array in a snapshot (packed
+    as bytes); releases before wrote a list of rows of ints, which still loads to the
+    same monitor. Rows of the wrong length or flags other than 0/1 are refused."""
+    monitor = _native.CoverageCore(2, 5)
+    flags = [[1, 0], [1, 1], [0, 0], [1, 1], [0, 1], [1, 0], [0, 1]]  # wraps once full
+    for row in flags:
+        monitor.record_served([2.0, math.inf])
+        monitor.record_label(row)
+    state = monitor.state_dict()
+    ring = state["ring"]
+    assert ring.dtype == np.uint8 and ring.shape == (5, 2) and state["head"] == 2
+    np.testing.assert_array_equal(ring, [[1, 0], [0, 1], [0, 0], [1, 1], [0, 1]])
+    counts = monitor.counts()
+    assert counts[5] == 5 and counts[6] == [2, 3]  # rows held, covered among them
+    for form in (ring, ring.tolist(), np.asfortranarray(ring)):
+        loaded = _native.CoverageCore(2, 5)
+        loaded.load_state_dict({**state, "ring": form})
+        assert loaded.counts() == counts
+        assert dumps_state(loaded.state_dict()) == dumps_state(state)
+        loaded.record_label([1, 1])
+        monitor_copy = _native.CoverageCore(2, 5)
+        monitor_copy.load_state_dict(state)
+        monitor_copy.record_label([1, 1])
+        assert loaded.counts() == monitor_copy.counts()
+    for bad in (np.zeros((5, 3), dtype=np.uint8), [[1, 0, 1]] * 5, [[2, 0]] * 5,
+                np.zeros((6, 2), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="does not fit"):
+            _native.CoverageCore(2, 5).load_state_dict({**state, "ring": bad})
 
 
 def test_a_snapshot_that_does_not_fit_changes_nothing():

@@ -397,20 +397,24 @@ class DriftMemory(Adapter):
         return state_dict
 
     def _get_state(self) -> dict[str, Any]:
-        stored = self._core.items()
+        items, shapes, labels, uncertainties, ages, stamps, pseudo = \
+            self._core.snapshot_items()
+        for index, shape in enumerate(shapes):
+            if shape is None:  # an item added as an array of another kind
+                item = _as_item(items[index])
+                items[index], shapes[index] = item.reshape(-1).copy(), list(item.shape)
         signals, drift_count, last_drift_step, change_point, candidate, unconfirmed = \
             self._core.counters()
-        items = [_as_item(entry[0]) for entry in stored]
         return {
             # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
             # a 0-d item into shape (1,).
-            "items": [item.reshape(-1).copy() for item in items],
-            "item_shapes": [list(item.shape) for item in items],
-            "labels": np.array([entry[1] for entry in stored], dtype=np.int64),
-            "uncertainties": np.array([entry[4] for entry in stored], dtype=np.float64),
-            "ages": np.array([entry[2] for entry in stored], dtype=np.int64),
-            "stamps": np.array([entry[5] for entry in stored], dtype=np.int64),
-            "pseudo": np.array([entry[6] for entry in stored], dtype=bool),
+            "items": items,
+            "item_shapes": shapes,
+            "labels": labels,
+            "uncertainties": uncertainties,
+            "ages": ages,
+            "stamps": stamps,
+            "pseudo": pseudo,
             "signals": signals,
             "drift_count": drift_count,
             "last_drift_step": last_drift_step,

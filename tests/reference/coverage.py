@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 #: Labels in the rolling coverage window (the issue's "rolling 500").
 ROLLING_LABELS = 500
 
@@ -80,7 +82,9 @@ class CoverageMonitor:
     def state_dict(self) -> dict[str, Any]:
         return {"labelled": self.labelled, "covered": list(self.covered),
                 "served": self.served, "size_sums": list(self.size_sums),
-                "unbounded": list(self.unbounded), "ring": [list(r) for r in self.ring],
+                "unbounded": list(self.unbounded),
+                "ring": np.array(self.ring, dtype=np.uint8).reshape(len(self.ring),
+                                                                   len(self.alphas)),
                 "head": self.head}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

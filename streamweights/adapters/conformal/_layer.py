@@ -175,7 +175,7 @@ class _ConformalLayer(Adapter):
 
     def _base_state(self) -> dict[str, Any]:
         # the ring as an array: its bytes (base64) take about half the room of floats
-        return {"scores": {"ring": np.array(self._core.ring, dtype=np.float64),
+        return {"scores": {"ring": self._core.ring_array(),
                            "head": self._core.head}, "labels": self._core.labels}
 
     def _get_state(self) -> dict[str, Any]:

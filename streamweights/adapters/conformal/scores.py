@@ -98,7 +98,7 @@ class ScoreWindow:
 
     def state(self) -> dict[str, Any]:
         # an array: its bytes (base64) take about half the room of printed floats
-        return {"ring": np.array(self.ring, dtype=np.float64), "head": self.head}
+        return {"ring": self._core.ring_array(), "head": self.head}
 
     def load(self, state: dict[str, Any]) -> None:
         self._core.load(np.asarray(state["ring"], dtype=np.float64).tolist(),
