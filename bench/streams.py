@@ -23,7 +23,12 @@ first line printed names them), its own join and scores. Steps, each timed:
    that the store makes full (every stream, because the incremental ones since the last
    full snapshot outgrew it) is marked;
 5. restore: a new service on the same folder restores the latest snapshot (every stream
-   read back through its chain).
+   read back through its chain);
+6. mature streams (``--mature-streams``, default 200, in a process of their own): the
+   steps above see streams after a record or two, their windows nearly empty; these run
+   ``--mature-rounds`` (default 1,500) predictions and labels each first, past the
+   conformal windows' 1,000 scores, the coverage monitors' 500 labels and the memory's
+   64 items: RSS per stream, and a full commit and a restore of them, per stream.
 
 The Kafka runtime writes the same per-stream records (plus the task's offsets) to its
 changelog, one message per changed stream, so its commit bytes follow the same column.
@@ -40,6 +45,8 @@ import json
 import math
 import pathlib
 import random
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -142,7 +149,17 @@ def main() -> None:
     parser.add_argument("--steady-rounds", type=int, default=2,
                         help="predictions per stream (each with its label) timed after it")
     parser.add_argument("--checkpoint-every", type=int, default=20_000)
+    parser.add_argument("--mature-streams", type=int, default=200,
+                        help="streams in the last step, each fed --mature-rounds first")
+    parser.add_argument("--mature-rounds", type=int, default=1_500,
+                        help="predictions (each with its label) per mature stream")
+    parser.add_argument("--mature-only", action="store_true",
+                        help="run the last step alone (the bench runs it so, in a process "
+                             "of its own, so that RSS is its own)")
     args = parser.parse_args()
+    if args.mature_only:
+        mature(args.mature_streams, args.mature_rounds)
+        return
     names = stream_names(args.streams)
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         folder = pathlib.Path(tmp)
@@ -224,6 +241,51 @@ def main() -> None:
         print(f"restore of {args.streams:,} streams (a chain of {len(files)} file(s), "
               f"{sum(f.stat().st_size for f in files):,} bytes; the service built before): "
               f"{restore_seconds:.2f} s, {restore_cpu:.2f} s CPU")
+    print(flush=True)
+    subprocess.run([sys.executable, __file__, "--mature-only",
+                    "--mature-streams", str(args.mature_streams),
+                    "--mature-rounds", str(args.mature_rounds)], check=True)
+
+
+def mature(count: int, rounds: int) -> None:
+    """Streams that have run a while: the steps above see streams after a record or two,
+    when their windows are nearly empty (the conformal layers' 1,000 scores, the coverage
+    monitors' 500 labels, the memory's 64 items fill later), so what a stream weighs
+    and costs to commit and restore once it has run for a while is measured here, on
+    fewer streams: RSS per stream (this process's own, from before the build), and a full
+    commit and a restore of them all, per stream."""
+    names = stream_names(count)
+    with tempfile.TemporaryDirectory(prefix="bench-streams-mature-") as tmp:
+        folder = pathlib.Path(tmp)
+        input_path = folder / "input.jsonl"
+        records = input_records(names, range(rounds), seed=11)
+        input_path.write_bytes(b"\n".join(records) + b"\n")
+        del records
+        document = config_document(folder, input_path, names, 1 << 62)
+        rss_start = rss_bytes()
+        service = Service(parse_config(document))
+        service.restore()
+        started = time.perf_counter()
+        service.run()  # ends with a full checkpoint: its records are the ones measured
+        run_seconds = time.perf_counter() - started
+        rss_run = rss_bytes()
+        touch(service, names, "mature")
+        started, cpu = time.perf_counter(), time.process_time()
+        service.checkpoint()
+        commit_seconds, commit_cpu = time.perf_counter() - started, time.process_time() - cpu
+        written, size = service.state.last_commit
+        service.close()
+        again = Service(parse_config(document))
+        started, cpu = time.perf_counter(), time.process_time()
+        again.restore()
+        restore_cpu = time.process_time() - cpu
+        again.close()
+    print(f"mature streams: {count:,} streams after {rounds:,} predictions and labels each "
+          f"({2 * count * rounds:,} records in {run_seconds:.1f} s): RSS "
+          f"{(rss_run - rss_start) / count:,.0f} B per stream; a commit of all "
+          f"{written:,}: {size / written:,.0f} bytes and {commit_cpu * 1e3 / written:.3f} ms "
+          f"CPU per stream ({commit_seconds * 1e3:.0f} ms wall in all); restore "
+          f"{restore_cpu * 1e3 / count:.3f} ms CPU per stream")
 
 
 if __name__ == "__main__":
