@@ -261,7 +261,7 @@ def mature(count: int, rounds: int) -> None:
         records = input_records(names, range(rounds), seed=11)
         input_path.write_bytes(b"\n".join(records) + b"\n")
         del records
-        document = config_document(folder, input_path, names, 1 << 62)
+        document = config_document(folder, input_path, names, 2**53 - 1)
         rss_start = rss_bytes()
         service = Service(parse_config(document))
         service.restore()
