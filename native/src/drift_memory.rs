@@ -734,9 +734,6 @@ impl DriftMemoryCore {
         self.counts.clone()
     }
 
-    /// Stored `(row or object, label, age, score, uncertainty, stamp, pseudo)` in storage
-    /// order (`row` is None when the item is an object).
-    #[allow(clippy::type_complexity)]
     /// The memory as its snapshot holds it: `(items, item_shapes, labels, uncertainties,
     /// ages, stamps, pseudo)`, items flattened to new float64 vectors with their shapes
     /// aside, the rest as arrays. An item kept as an array of another kind (from `add`)
@@ -787,6 +784,9 @@ impl DriftMemoryCore {
         ))
     }
 
+    /// Stored `(row or object, label, age, score, uncertainty, stamp, pseudo)` in storage
+    /// order (`row` is None when the item is an object).
+    #[allow(clippy::type_complexity)]
     fn items(&self, py: Python<'_>) -> Vec<(PyObject, usize, i64, f64, f64, i64, bool)> {
         self.slots
             .iter()
