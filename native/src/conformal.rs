@@ -966,7 +966,9 @@ impl CoverageCore {
                 "coverage: snapshot does not fit the monitor",
             ));
         }
-        for row in loaded.ring.chunks_exact(levels) {
+        for row in loaded.ring.chunks_exact(levels.max(1)) {
+            // (a monitor of no levels has no flags: `max` only keeps `chunks_exact` from
+            // panicking on 0)
             for (i, &flag) in row.iter().enumerate() {
                 loaded.ring_covered[i] += u64::from(flag);
             }
