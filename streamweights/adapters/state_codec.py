@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from binascii import a2b_base64, b2a_base64
 from itertools import chain
 from typing import Any
@@ -30,6 +31,11 @@ import orjson
 from streamweights import _native
 
 _ARRAY_TAG = "__ndarray__"
+#: A dtype as ``dtype.str`` writes one of an array these forms hold (byte order, kind,
+#: size, a datetime unit): anything else where a dtype is read is refused before numpy
+#: parses it (numpy reads "<f8," as a structured dtype through ``ast.literal_eval``: a
+#: damaged snapshot raised SyntaxError).
+_TYPESTR = re.compile(r"[<>|=][a-zA-Z][0-9]{1,9}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
 
 
 def encode_state(tree: Any) -> Any:
@@ -166,8 +172,12 @@ def loads_state(text: str | bytes) -> Any:
 def _decode_object(value: dict[str, Any]) -> Any:
     """One parsed JSON object: the array it tags, or itself."""
     if _ARRAY_TAG in value:
+        dtype = value.get("dtype")
+        if type(dtype) is not str or not _TYPESTR.fullmatch(dtype):
+            raise ValueError(f"state: a tagged array of dtype {str(dtype)[:40]!r} was not "
+                             "written by encode_state")
         raw = base64.b64decode(value[_ARRAY_TAG])
-        return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(value["shape"]).copy()
     return value
 
 
@@ -382,8 +392,11 @@ def pack_state(tree: Any) -> tuple[str, str]:
 
 def _packed_array(spec: Any) -> tuple[np.dtype, tuple[int, ...]]:
     """The dtype and shape a ``{"__nd__": [dtype, shape]}`` marker names, or ValueError."""
-    dtype, shape = spec
-    dtype = np.dtype(dtype)
+    if not (type(spec) is list and len(spec) == 2 and type(spec[0]) is str
+            and _TYPESTR.fullmatch(spec[0]) and type(spec[1]) is list):
+        raise ValueError(f"state: a packed array marker {str(spec)[:80]} was not written "
+                         "by pack_state")
+    dtype, shape = np.dtype(spec[0]), spec[1]
     if dtype.hasobject or not all(type(n) is int and n >= 0 for n in shape):
         raise ValueError(f"state: a packed array of dtype {dtype.str} and "
                          f"shape {shape} cannot be (not written by pack_state)")
