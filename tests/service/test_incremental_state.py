@@ -440,20 +440,21 @@ def test_damaged_stream_record_is_refused_not_misread():
 
 def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
     """The stream record is parsed straight into its tree (markers made into arrays by
-    the parser, filled from the data afterwards): 600 records with a few characters of
-    their text changed, cut or repeated each are read (when the damage hit a value) or
-    refused as a SnapshotError; no other exception, and nothing huge allocated."""
+    the parser, filled from the data afterwards): 600 records, then 300 join segments,
+    with a few characters of their text changed, cut or repeated each are read (when the
+    damage hit a value) or refused as a SnapshotError; no other exception, and nothing
+    huge allocated."""
     pipeline = _pipeline()
     stream = pipeline.streams["demo"]
     _serve(pipeline, 40, label_every=2)
     written = encode_stream("demo", stream)
     segments = dict(written.segments)
-    text = decompress(written.record).decode()
+    ((segment, segment_record),) = segments.items()
     rng = random.Random(5)
-    alphabet = '{}[]",:0123456789-.eE' + "abc_nd f8"
-    outcomes = {"read": 0, "refused": 0}
-    for _ in range(600):
-        damaged = list(text)
+    alphabet = '{}[]",:0123456789-.eE' + "abc_nd f8<>|"
+
+    def damage(data: bytes) -> bytes:
+        damaged = list(decompress(data).decode())
         for _ in range(rng.randint(1, 4)):
             at = rng.randrange(len(damaged))
             action = rng.random()
@@ -463,13 +464,30 @@ def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
                 del damaged[at:at + rng.randint(1, 40)]
             else:
                 damaged[at:at] = damaged[at:at + rng.randint(1, 40)]
-        record = zlib.compress("".join(damaged).encode())
+        return zlib.compress("".join(damaged).encode())
+
+    outcomes = {"read": 0, "refused": 0}
+    for index in range(900):  # the stream's record, then its join segment
+        record, held = ((damage(written.record), segments) if index < 600
+                        else (written.record, {segment: damage(segment_record)}))
         try:
-            decode_stream_record(record, "fuzz", segments)
+            decode_stream_record(record, "fuzz", held)
             outcomes["read"] += 1
         except SnapshotError:
             outcomes["refused"] += 1
-    assert outcomes["refused"] > 300 and outcomes["read"] > 10, outcomes
+    assert outcomes["refused"] > 450 and outcomes["read"] > 10, outcomes
+    # and aimed: dtypes numpy would parse as structured (through ast.literal_eval, which
+    # raised SyntaxError), a marker of the wrong form
+    for old, new in (('"<f8"', '"<f8,"'), ('"<f8"', '"(2,)<f8"'), ('"<f8",[', '"<f8",7,[')):
+        record_text = decompress(written.record).decode()
+        segment_text = decompress(segment_record).decode()
+        assert old in record_text and old in segment_text
+        for record, held in ((zlib.compress(record_text.replace(old, new, 1).encode()),
+                              segments),
+                             (written.record, {segment: zlib.compress(
+                                 segment_text.replace(old, new, 1).encode())})):
+            with pytest.raises(SnapshotError, match="stream record cannot be decoded"):
+                decode_stream_record(record, "aimed", held)
 
 
 def test_changed_marks_only_touched_streams():
