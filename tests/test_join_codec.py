@@ -494,3 +494,21 @@ def test_the_core_marks_trees_as_the_python_pass_does(odd):
         assert 300 < marked_by_core < 2700  # both paths taken
     else:
         assert marked_by_core == 3000  # -0.0, 2**70, empty arrays: all usual
+
+
+def test_the_core_leaves_deeply_nested_trees_to_the_python_pass():
+    """Past 200 levels the core gives up (the Python pass and its recursion limit decide):
+    a pathological tree cannot exhaust the native stack."""
+    from streamweights import _native
+    gave_up = object()
+    shallow: list = [1.5]
+    for _ in range(150):
+        shallow = [shallow, {"k": 2}]
+    marked = _native.mark_packed(shallow, [], gave_up)
+    assert marked is not gave_up and marked == shallow  # plain all the way down
+    deep: list = [1.5]
+    for _ in range(200_000):
+        deep = [deep, {"k": 2}]
+    assert _native.mark_packed(deep, [], gave_up) is gave_up
+    with pytest.raises(RecursionError):
+        pack_state({"deep": deep})

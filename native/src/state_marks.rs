@@ -75,10 +75,21 @@ fn or_unusual<T>(result: PyResult<T>) -> Result<T, Unusual> {
     result.map_err(|_| Unusual)
 }
 
-fn mark(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
+/// Containers nested deeper than this are left to the Python pass (whose recursion limit
+/// answers for them), so a pathological tree cannot exhaust this thread's stack.
+const DEPTH_MAX: usize = 200;
+
+fn mark(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
+    if depth > DEPTH_MAX {
+        return Err(Unusual);
+    }
     match kind_of(tree) {
-        Kind::Dict => mark_dict(tree.downcast::<PyDict>().map_err(|_| Unusual)?, arrays),
-        Kind::List | Kind::Tuple => mark_sequence(tree, arrays),
+        Kind::Dict => mark_dict(
+            tree.downcast::<PyDict>().map_err(|_| Unusual)?,
+            arrays,
+            depth,
+        ),
+        Kind::List | Kind::Tuple => mark_sequence(tree, arrays, depth),
         Kind::Array => mark_array(tree, arrays),
         Kind::Float if !finite(tree) => Err(Unusual),
         Kind::Float | Kind::OtherPlain => Ok(tree.clone().unbind()),
@@ -86,7 +97,7 @@ fn mark(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
     }
 }
 
-fn mark_dict(tree: &Bound<'_, PyDict>, arrays: &Bound<'_, PyList>) -> Marked {
+fn mark_dict(tree: &Bound<'_, PyDict>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
     let py = tree.py();
     let marked = PyDict::new(py);
     for (index, (key, value)) in tree.iter().enumerate() {
@@ -103,7 +114,7 @@ fn mark_dict(tree: &Bound<'_, PyDict>, arrays: &Bound<'_, PyList>) -> Marked {
         let entry = match kind_of(&value) {
             Kind::Float if !finite(&value) => return Err(Unusual),
             Kind::Float | Kind::OtherPlain => value.unbind(),
-            _ => mark(&value, arrays)?,
+            _ => mark(&value, arrays, depth + 1)?,
         };
         or_unusual(marked.set_item(key, entry))?;
     }
@@ -136,7 +147,7 @@ fn is_plain(kind: Kind) -> bool {
     kind == Kind::Float || kind == Kind::OtherPlain
 }
 
-fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
+fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
     let py = tree.py();
     let values = items(tree);
     let kinds: Vec<Kind> = values.iter().map(kind_of).collect();
@@ -154,14 +165,14 @@ fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked 
         return Ok(tree.clone().unbind()); // as it is (a tuple stays a tuple)
     }
     if !values.is_empty() && kinds.iter().all(|kind| *kind == Kind::List) {
-        return mark_rows(tree, &values, arrays);
+        return mark_rows(tree, &values, arrays, depth);
     }
     let mut marked = Vec::with_capacity(values.len());
     for (value, kind) in values.iter().zip(&kinds) {
         marked.push(match kind {
             Kind::Float if !finite(value) => return Err(Unusual),
             Kind::Float | Kind::OtherPlain => value.clone().unbind(),
-            _ => mark(value, arrays)?,
+            _ => mark(value, arrays, depth + 1)?,
         });
     }
     Ok(PyList::new(py, marked)
@@ -176,6 +187,7 @@ fn mark_rows(
     tree: &Bound<'_, PyAny>,
     rows: &[Bound<'_, PyAny>],
     arrays: &Bound<'_, PyList>,
+    depth: usize,
 ) -> Marked {
     let py = tree.py();
     let row_items: Vec<Vec<Bound<'_, PyAny>>> = rows.iter().map(items).collect();
@@ -205,7 +217,7 @@ fn mark_rows(
             }
             marked.push(row.clone().unbind());
         } else {
-            marked.push(mark(row, arrays)?);
+            marked.push(mark(row, arrays, depth + 1)?);
         }
     }
     Ok(PyList::new(py, marked)
@@ -254,7 +266,7 @@ fn mark_array(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
 /// caller's to remove.
 #[pyfunction]
 fn mark_packed(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, unusual: PyObject) -> PyObject {
-    mark(tree, arrays).unwrap_or(unusual)
+    mark(tree, arrays, 0).unwrap_or(unusual)
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
