@@ -29,6 +29,7 @@ from streamweights.runtime.state_store import (
     encode_streams_payload,
     frame_payload,
 )
+from tests.fuzzing import mutate
 from tests.service.conftest import DEMO_CONFIG
 from tests.service.drifting import OUTPUTS, outputs, run_cli
 
@@ -441,9 +442,9 @@ def test_damaged_stream_record_is_refused_not_misread():
 def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
     """The stream record is parsed straight into its tree (markers made into arrays by
     the parser, filled from the data afterwards): 600 records, then 300 join segments,
-    with a few characters of their text changed, cut or repeated each are read (when the
-    damage hit a value) or refused as a SnapshotError; no other exception, and nothing
-    huge allocated."""
+    each with one to four edits of the record fuzzer's (``tests.fuzzing.mutate``) are read
+    (when the damage hit a value) or refused as a SnapshotError; no other exception, and
+    nothing huge allocated."""
     pipeline = _pipeline()
     stream = pipeline.streams["demo"]
     _serve(pipeline, 40, label_every=2)
@@ -451,20 +452,9 @@ def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
     segments = dict(written.segments)
     ((segment, segment_record),) = segments.items()
     rng = random.Random(5)
-    alphabet = '{}[]",:0123456789-.eE' + "abc_nd f8<>|"
 
-    def damage(data: bytes) -> bytes:
-        damaged = list(decompress(data).decode())
-        for _ in range(rng.randint(1, 4)):
-            at = rng.randrange(len(damaged))
-            action = rng.random()
-            if action < 0.6:
-                damaged[at] = rng.choice(alphabet)
-            elif action < 0.8:
-                del damaged[at:at + rng.randint(1, 40)]
-            else:
-                damaged[at:at] = damaged[at:at + rng.randint(1, 40)]
-        return zlib.compress("".join(damaged).encode())
+    def damage(data: bytes) -> bytes:  # the record fuzzer's JSON mutations, recompressed
+        return zlib.compress(mutate(decompress(data), rng))
 
     outcomes = {"read": 0, "refused": 0}
     for index in range(900):  # the stream's record, then its join segment
