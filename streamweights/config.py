@@ -25,6 +25,7 @@ from typing import Any
 from streamweights.adapters import Adapter, Chain, build_adapter
 from streamweights.adapters.base import _REGISTRY as ADAPTER_TYPES
 from streamweights.adapters.base import constructor_signature
+from streamweights.adapters.validation import short_repr
 from streamweights.config_env import EnvironmentReferenceError, expand_environment
 from streamweights.config_yaml import ConfigYamlError, read_yaml
 
@@ -551,7 +552,7 @@ def _stream(item: Any, path: str) -> StreamConfig:
             raise ConfigError(f"{stage_path}: expected a mapping with a 'type'")
         if not isinstance(spec["type"], str):
             raise ConfigError(f"{stage_path}.type: expected an adapter name, got "
-                              f"{type(spec['type']).__name__} {_short(spec['type'])}")
+                              f"{type(spec['type']).__name__} {short_repr(spec['type'])}")
         _check_stage_numbers(spec, stage_path)
         specs.append(dict(spec))
     config = StreamConfig(
@@ -686,7 +687,7 @@ def _check_stage_numbers(spec: dict[str, Any], path: str) -> None:
             limit = STAGE_INTEGER_LIMITS.get(key, STAGE_INTEGER_MAXIMUM)
             if abs(value) > limit:
                 raise ConfigError(f"{where}: must be at most {limit:,}, got "
-                                  f"{_short(value)}")
+                                  f"{short_repr(value)}")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: must be a finite number, got {value}")
         elif isinstance(value, dict):
@@ -699,15 +700,6 @@ def _check_stage_numbers(spec: dict[str, Any], path: str) -> None:
     for name, value in spec.items():
         if name != "type":
             check(value, f"{path}.{name}", str(name))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a 5,000-digit number stays one line)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int beyond Python's digit limit for str()
-        return f"<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -727,8 +719,8 @@ class _Mapping:
         for key in value:
             if not isinstance(key, str):
                 where = f"{path}." if path else ""
-                raise ConfigError(f"{where}{_short(key)}: setting names are text, got "
-                                  f"{type(key).__name__} {_short(key)}")
+                raise ConfigError(f"{where}{short_repr(key)}: setting names are text, got "
+                                  f"{type(key).__name__} {short_repr(key)}")
         self.value = value
         self.path = path
         self.seen: set[str] = set()
@@ -750,17 +742,17 @@ class _Mapping:
                 value = float(value)
             except OverflowError:
                 raise ConfigError(f"{self._key_path(key)}: must be a finite number, got "
-                                  f"{_short(value)}") from None
+                                  f"{short_repr(value)}") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             hint = ""
             if kind in (int, float) and isinstance(value, str) and _looks_numeric(value):
                 hint = (" (YAML reads it as text: write the digits for an integer, or a "
                         "float with a dot, e.g. 1.0e+6)")
             raise ConfigError(f"{self._key_path(key)}: expected {kind.__name__}, got "
-                              f"{type(value).__name__} {_short(value)}{hint}")
+                              f"{type(value).__name__} {short_repr(value)}{hint}")
         if kind is int and abs(value) > MAX_INTEGER:
             raise ConfigError(f"{self._key_path(key)}: must be at most {MAX_INTEGER:,} "
-                              f"(2**53 - 1), got {_short(value)}")
+                              f"(2**53 - 1), got {short_repr(value)}")
         return value
 
     def sub(self, key: str, default: Any = ...) -> _Mapping:
@@ -778,7 +770,7 @@ class _Mapping:
             raise ConfigError(f"{self._key_path(key)}: must be >= {minimum}, got {value}")
         if value > maximum:
             raise ConfigError(f"{self._key_path(key)}: must be at most {maximum:,}, got "
-                              f"{_short(value)}")
+                              f"{short_repr(value)}")
         return value
 
     def positive_float(self, key: str, default: float) -> float:

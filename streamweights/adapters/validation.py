@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -223,20 +224,22 @@ def _finite_real(value: object) -> bool:
         return False
 
 
-def _shown(value: object, limit: int = 60) -> str:
-    """``repr(value)`` for an error message, cut to ``limit`` characters (a 400-digit
-    integer, or one past Python's digit limit for ``str``, whose ``repr`` raises)."""
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a 5,000-digit
+    number stays one line; past Python's digit limit for ``str`` its ``repr`` raises, so
+    the integer is described instead). The config's messages and the adapters' checks
+    quote values through it."""
     try:
         text = repr(value)
-    except ValueError:
-        return "an integer too long to print"
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def check_positive(value: float, name: str) -> float:
     """Validate a strictly positive, finite hyper-parameter."""
     if not _finite_real(value) or value <= 0:
-        raise ValueError(f"{name}: must be a positive finite number, got {_shown(value)}")
+        raise ValueError(f"{name}: must be a positive finite number, got {short_repr(value)}")
     return float(value)
 
 
@@ -250,7 +253,8 @@ def check_in_range(value: float, name: str, low: float, high: float, *,
     if not ok:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        raise ValueError(f"{name}: must be in {left}{low:g}, {high:g}{right}, got {_shown(value)}")
+        raise ValueError(f"{name}: must be in {left}{low:g}, {high:g}{right}, "
+                         f"got {short_repr(value)}")
     return float(value)
 
 
@@ -263,10 +267,10 @@ def check_count(value: int, name: str, minimum: int = 1,
     """Validate an integer hyper-parameter that is at least ``minimum`` and, unless
     ``maximum`` is None (a seed Python alone reads), at most ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {_shown(value)}")
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {short_repr(value)}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name}: must be an integer from {minimum} to {maximum}, "
-                         f"got {_shown(value)}")
+                         f"got {short_repr(value)}")
     return int(value)
 
 

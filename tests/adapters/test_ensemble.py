@@ -157,9 +157,11 @@ def test_on_drift_moves_weights_toward_uniform():
     ({"n_models": 3, "learning_rate": "fast"}, "learning_rate"),
     ({"n_models": 3, "n_classes": 1}, "n_classes"),
     # integers past float64's range (a float overflow, a repr past Python's digit limit)
-    ({"n_models": 3, "learning_rate": 10**400}, r"learning_rate: .*got 1000+\.\.\.$"),
-    ({"n_models": 3, "learning_rate": -10**5000}, "learning_rate: .*too long to print"),
-    ({"n_models": 10**5000}, "n_models: .*too long to print"),
+    ({"n_models": 3, "learning_rate": 10**400},
+     r"learning_rate: .*got 1000+\.\.\. \(401 characters\)$"),
+    ({"n_models": 3, "learning_rate": -10**5000},
+     "learning_rate: .*got <an integer of about 5000 digits>"),
+    ({"n_models": 10**5000}, "n_models: .*got <an integer of about 5000 digits>"),
     ({"n_models": 2**63}, "n_models: must be an integer from 1 to 9223372036854775807"),
 ])
 def test_bad_hyper_parameters_are_named(kwargs, message):
