@@ -235,6 +235,58 @@ def test_duplicate_stream_names():
     assert message.startswith("streams: stream name 'fraud' appears twice")
 
 
+def test_the_second_of_two_duplicated_names_is_named():
+    document = _document()
+    first = document["streams"][0]
+    document["streams"] = [first, dict(first, name="b"), dict(first, name="c"),
+                           dict(first, name="b"), dict(first, name="fraud")]
+    assert _error(document).startswith("streams: stream name 'b' appears twice")
+
+
+def _many_streams(count, **stream_changes):
+    document = _document(**stream_changes)
+    stream = document["streams"][0]
+    document["streams"] = [dict(copy.deepcopy(stream), name=f"s{i}") for i in range(count)]
+    return document
+
+
+def test_a_stage_shared_by_many_streams_is_built_once_to_validate_it(monkeypatch):
+    import streamweights.config as config_module
+
+    built = []
+    real = config_module._build_stage
+
+    def counting(spec, stream, path):
+        built.append((spec["type"], path))
+        return real(spec, stream, path)
+
+    monkeypatch.setattr(config_module, "_build_stage", counting)
+    config = parse_config(_many_streams(50))
+    assert len(config.streams) == 50
+    assert [kind for kind, _ in built] == ["FixedShare", "OnlinePlatt", "DriftMemory"]
+
+
+_VALIDATED_ONCE = [{"type": "FixedShare", "share": 0.01}, {"type": "OnlinePlatt"},
+                   {"type": "DriftMemory", "capacity": 1}]
+
+
+@pytest.mark.parametrize(("second", "expected"), [
+    # the same specs where the stream's sizes differ are validated again (and refused)
+    ({"classes": 3}, "streams[1].adapters[1].type: OnlinePlatt calibrates binary"),
+    # another option value is another stage
+    ({"adapters": [{"type": "FixedShare", "share": 2.0}]}, "streams[1].adapters[0].share"),
+    # so is an equal value of another type (True == 1, 1.0 == 1)
+    ({"adapters": [*_VALIDATED_ONCE[:2], {"type": "DriftMemory", "capacity": True}]},
+     "streams[1].adapters[2].capacity"),
+    ({"adapters": [*_VALIDATED_ONCE[:2], {"type": "DriftMemory", "capacity": 1.0}]},
+     "streams[1].adapters[2].capacity"),
+])
+def test_a_stage_that_differs_in_anything_is_validated_again(second, expected):
+    document = _many_streams(2, adapters=copy.deepcopy(_VALIDATED_ONCE))
+    document["streams"][1].update(second)
+    assert _error(document).startswith(expected)
+
+
 @pytest.mark.parametrize(("changes", "prefix"), [
     ({"classes": "two"}, "streams[0].classes: expected int, got str 'two'"),
     ({"classes": True}, "streams[0].classes: expected int, got bool"),
