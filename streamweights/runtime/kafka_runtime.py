@@ -129,6 +129,7 @@ from streamweights.runtime.changelog_parts import (
 )
 from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
@@ -1045,6 +1046,11 @@ class KafkaRuntime:
         """After any rebalance: abort what the open transaction holds and roll every owned
         task back to its last committed snapshot (fresh state if it has none), since the
         consumer resumes from the committed offsets. Returns the offsets to seek to."""
+        with collections_paused():  # many streams' states read back (see the heap module)
+            return self._roll_back_tasks(owned, revoked)
+
+    def _roll_back_tasks(self, owned: list[int],
+                         revoked: list[int]) -> dict[tuple[str, int], int]:
         service = self.service
         assert service is not None, "restore() starts the runtime"
         started = time.perf_counter()

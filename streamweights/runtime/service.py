@@ -43,6 +43,7 @@ from streamweights.pipeline import DeadLetter, Outcome, Pipeline
 from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
 from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
@@ -295,7 +296,8 @@ class Service:
         self.max_records = max_records if max_records is not None else max_events
         self.metrics = ServiceMetrics()
         self.view = ServiceView()
-        self.pipeline = Pipeline(config.streams)
+        with collections_paused():
+            self.pipeline = Pipeline(config.streams)
         self.artifacts: ArtifactStore | None = None
         if any(stream.torch is not None for stream in config.streams):
             self.artifacts = ArtifactStore(
@@ -377,7 +379,8 @@ class Service:
         log.info("http listening on %s:%d", self.config.http_host, self.http.port)
 
     def restore(self) -> None:
-        self.state.restore(self)
+        with collections_paused():
+            self.state.restore(self)
 
     def checkpoint(self) -> None:
         started = time.perf_counter()
