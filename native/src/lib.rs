@@ -27,6 +27,7 @@ mod feature_correction;
 mod fixed_share;
 mod hedge;
 mod join;
+mod json_tree;
 mod kafka_batch;
 mod kafka_records;
 mod kalman;
@@ -84,6 +85,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     lane::register(module)?;
     pending::register(module)?;
     join::register(module)?;
+    json_tree::register(module)?;
     stream_counters::register(module)?;
     Ok(())
 }

@@ -13,7 +13,8 @@ import zlib
 import pytest
 import yaml
 
-from streamweights import events
+from streamweights import _native, events
+from streamweights.adapters import state_codec
 from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import parse_config
 from streamweights.pipeline import Pipeline
@@ -478,6 +479,28 @@ def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
                                  segment_text.replace(old, new, 1).encode())})):
             with pytest.raises(SnapshotError, match="stream record cannot be decoded"):
                 decode_stream_record(record, "aimed", held)
+
+
+def test_a_stream_record_is_parsed_by_the_core_as_the_stdlib_parses_it():
+    """The core's JSON parser (``_native.loads_hooked``, tested against the stdlib in
+    tests/test_json_tree.py) takes a demo stream's record itself, and the state it gives,
+    packed arrays filled, is the stdlib parser's (with the same hook), bit for bit."""
+    pipeline = _pipeline()
+    _serve(pipeline, 60, label_every=2)
+    text = decompress(encode_stream("demo", pipeline.streams["demo"]).record)
+    gave_up = object()
+    assert _native.loads_hooked(text, lambda value: value, gave_up) is not gave_up
+    tree, slots = state_codec.loads_packed(text)
+    reference_slots = state_codec.PackedSlots(len(text))
+    reference = json.loads(text, object_hook=reference_slots.hook)
+    slots.fill(tree["streams"]["demo"]["data"])
+    reference_slots.fill(reference["streams"]["demo"]["data"])
+
+    def bits(value):
+        return [value.dtype.str, value.shape, value.tobytes().hex()]
+
+    assert (json.dumps(tree, default=bits) == json.dumps(reference, default=bits)
+            and "<f8" in json.dumps(tree, default=bits))
 
 
 def test_changed_marks_only_touched_streams():
