@@ -113,11 +113,13 @@ class Adapter:
         The adapter keeps a copy: the caller's tree stays the caller's."""
         self._load_checked(state_dict, owned=False)
 
-    def _load_checked(self, state_dict: Any, *, owned: bool) -> None:
-        """Check the snapshot's header and set its state, copied unless ``owned``."""
+    def _load_checked(self, state_dict: Any, *, owned: bool,
+                      config_checked: bool = False) -> None:
+        """Check the snapshot's header and set its state, copied unless ``owned``; the
+        configs are not compared again when ``config_checked`` (see :func:`load_part`)."""
         state_dict = self.upgrade_snapshot(state_dict)
         state = snapshot_state(state_dict, type(self).__name__, type(self).state_version,
-                               self.get_config())
+                               None if config_checked else self.get_config())
         self._set_state(state if owned else tree_copy(state))
 
     def __repr__(self) -> str:
@@ -125,23 +127,29 @@ class Adapter:
         return f"{type(self).__name__}({args})"
 
 
-def load_part(adapter: Adapter, state_dict: Any) -> None:
+def load_part(adapter: Adapter, state_dict: Any, *, config_checked: bool = False) -> None:
     """``adapter.load_state_dict(state_dict)`` for a part of a state its container's
     ``_set_state`` received: that tree is already a private copy, so it is handed over, not
     copied again (a portfolio's stages were copied once per nesting level, four times in
-    all). Adapters that load their own way (torch ones) get their ``load_state_dict``."""
+    all). ``config_checked``: the container's config holds this part's whole spec
+    (``adapter_spec``: a chain's stages, a calibeating's base) and was just compared with
+    the snapshot's, so the part's own copy of it is not compared again (each comparison
+    re-made and re-walked the nested configs: ~15% of restoring a default stream); its
+    adapter name and format version still are. Adapters that load their own way (torch
+    ones) get their ``load_state_dict``."""
     if type(adapter).load_state_dict is Adapter.load_state_dict:
-        adapter._load_checked(state_dict, owned=True)
+        adapter._load_checked(state_dict, owned=True, config_checked=config_checked)
     else:
         adapter.load_state_dict(state_dict)
 
 
 def snapshot_state(state_dict: Any, name: str, state_version: int,
-                   config: dict[str, Any]) -> Any:
+                   config: dict[str, Any] | None) -> Any:
     """The ``state`` of an adapter snapshot, once its header says it was written by
-    adapter ``name`` in format ``state_version`` with this ``config``; otherwise a
-    ValueError saying which of the three differs (shared by every adapter, torch ones
-    included, so a foreign snapshot is refused the same way everywhere)."""
+    adapter ``name`` in format ``state_version`` with this ``config`` (``None``: its
+    container compared it already); otherwise a ValueError saying which of the three
+    differs (shared by every adapter, torch ones included, so a foreign snapshot is
+    refused the same way everywhere)."""
     if not isinstance(state_dict, dict) or "state" not in state_dict:
         raise ValueError(f"{name}.load_state_dict: not a state dict (missing 'state')")
     if state_dict.get("adapter") != name:
@@ -153,7 +161,9 @@ def snapshot_state(state_dict: Any, name: str, state_version: int,
             f"{name}.load_state_dict: snapshot format version {version}, this build reads "
             f"version {state_version}; replay the stream from the last offsets "
             "or restore with the streamweights release that wrote it")
-    if not encodes_alike(state_dict.get("config"), config):  # key order is no change
+    # (encodes_alike: the same config written another way, keys in another order, is no
+    # change)
+    if config is not None and not encodes_alike(state_dict.get("config"), config):
         differing = _differing_keys(state_dict.get("config") or {}, config)
         raise ValueError(f"{name}.load_state_dict: snapshot was taken with another "
                          f"configuration (differs in: {', '.join(differing)})")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 from streamweights.adapters import (
+    Calibeating,
     Chain,
     DriftMemory,
     FixedShare,
@@ -14,6 +17,7 @@ from streamweights.adapters import (
     OnlineTemperature,
     PriorShift,
     dumps_state,
+    encode_state,
 )
 
 
@@ -78,3 +82,41 @@ def test_trace_length_is_checked():
     _, trace = chain.predict_trace(_outputs(np.random.default_rng(2), 1)[0])
     with pytest.raises(ValueError, match="trace"):
         chain.learn_trace(trace[:1], 1)
+
+
+def _chain() -> Chain:
+    return Chain([FixedShare(3, 2, share=0.01), Calibeating(OnlinePlatt(), n_bins=5)])
+
+
+def test_a_chain_snapshot_is_checked_against_the_chain_config_once():
+    """A chain compares its snapshot's config (every stage's whole spec, a calibeating's
+    base included) with its own; its parts then load without comparing their copies
+    again, but still check what adapter and format they are."""
+    source = _chain()
+    source.learn(np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]]), 1)
+    snapshot = source.state_dict()
+    # the calibeating's base's own copy of its config is not read again ...
+    loose = copy.deepcopy(snapshot)
+    loose["state"]["stages"][1]["state"]["base"]["config"] = {"stale": True}
+    target = _chain()
+    target.load_state_dict(loose)
+    assert encode_state(target.state_dict()) == encode_state(snapshot)
+    # ... the chain's config is (its stages' specs read from the stages' snapshots, see
+    # Chain.upgrade_snapshot): another stage option, or another base, is refused
+    for path, value in ((("state", "stages", 0, "config", "share"), 0.5),
+                        (("state", "stages", 1, "config", "base", "config", "lr"), 0.5)):
+        other = copy.deepcopy(snapshot)
+        place = other
+        for key in path[:-1]:
+            place = place[key]
+        place[path[-1]] = value
+        with pytest.raises(ValueError, match=r"Chain\.load_state_dict: snapshot was taken "
+                                             r"with another configuration"):
+            _chain().load_state_dict(other)
+    # and a part written by another adapter, or in another format, is refused
+    for field, value, message in (("adapter", "Hedge", "snapshot is of adapter 'Hedge'"),
+                                  ("version", 99, "snapshot format version 99")):
+        other = copy.deepcopy(snapshot)
+        other["state"]["stages"][1]["state"]["base"][field] = value
+        with pytest.raises(ValueError, match=message):
+            _chain().load_state_dict(other)

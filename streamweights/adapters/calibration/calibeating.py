@@ -269,7 +269,7 @@ class Calibeating(Adapter):
                              f"{counts.shape} and {ones.shape}")
         random = rng_state(rng_from_state(state["random"]))  # checks and normalises it
         uniform = float(state["uniform"])
-        load_part(self.base, state["base"])
+        load_part(self.base, state["base"], config_checked=True)  # in get_config's
         self._core.set_state(counts.ravel().tolist(), ones.ravel().tolist(), random["state"],
                              random["inc"], uniform)
         self._rng_extra = (random["has_uint32"], random["uinteger"])
