@@ -372,8 +372,8 @@ class Portfolio(Adapter):
             if type(first).__name__ not in ("Hedge", "FixedShare"):
                 continue
             total += weight
-            mixed = [m + weight * float(v) for m, v in
-                     zip(mixed, first.weights_, strict=True)]
+            mixed = [m + weight * v for m, v in
+                     zip(mixed, first.weights_.tolist(), strict=True)]
         if total <= 0.0:
             return None
         return np.array([m / total for m in mixed])
