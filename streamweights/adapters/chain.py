@@ -66,6 +66,7 @@ class Chain(Adapter):
     """
 
     fresh_state = True  # the stages' state_dicts, each a fresh copy (Adapter.fresh_state)
+    fresh_config = True  # the stages' specs, each a fresh copy (Adapter.fresh_config)
 
     def __init__(self, stages: list[Adapter | dict[str, Any]]) -> None:
         if not stages:

@@ -228,6 +228,7 @@ class Portfolio(Adapter):
     """
 
     fresh_state = True  # candidates' state_dicts and new arrays (Adapter.fresh_state)
+    fresh_config = True  # scalars and a copy of the given candidates (Adapter.fresh_config)
     #: The containing chain hands ``predict_traced`` the prediction's features (when
     #: ``n_features`` is not ``None``); each feature candidate gets its packed input.
     forwards_features: ClassVar[bool] = True

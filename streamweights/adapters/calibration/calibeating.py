@@ -116,6 +116,7 @@ class Calibeating(Adapter):
     n_classes = 2
 
     fresh_state = True  # _get_state reads the core anew on every call (see Adapter.fresh_state)
+    fresh_config = True  # scalars and the base's spec, a fresh copy (Adapter.fresh_config)
 
     def __init__(self, base: Adapter | dict[str, Any], mode: str = "tracking",
                  n_bins: int = 10, seed: int = 0) -> None:
