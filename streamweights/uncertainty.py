@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from streamweights import _native
+from streamweights.adapters.base import load_part
 from streamweights.adapters.conformal import build_layer, level_key
 from streamweights.adapters.performance_estimate import ConfidenceEstimate
 from streamweights.coverage import CoverageMonitor
@@ -138,14 +139,19 @@ class StreamUncertainty:
                 "monitors": [monitor.state_dict() for monitor in self.monitors],
                 "estimates": [estimate.state_dict() for estimate in self.estimates]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, owned: bool = False) -> None:
+        """Restore a state written by :meth:`state_dict`; ``owned``: the caller hands the
+        tree over, so the layers take their parts without copying them first."""
         if (len(state["layers"]) != len(self.layers)
                 or len(state["estimates"]) != len(self.estimates)):
             raise ValueError("snapshot: the stream's conformal / performance_estimate "
                              "blocks differ from the snapshot's; replay from the start or "
                              "restore with the config it was taken with")
         for layer, layer_state in zip(self.layers, state["layers"], strict=True):
-            layer.load_state_dict(layer_state)
+            if owned:
+                load_part(layer, layer_state)
+            else:
+                layer.load_state_dict(layer_state)
         for monitor, monitor_state in zip(self.monitors, state["monitors"], strict=True):
             monitor.load_state_dict(monitor_state)
         for estimate, estimate_state in zip(self.estimates, state["estimates"], strict=True):

@@ -77,11 +77,12 @@ def _stream_states(pipeline: Pipeline) -> dict[str, str]:
     return {name: dumps_state(s.state_dict()) for name, s in pipeline.streams.items()}
 
 
-def _restored(pipeline: Pipeline, streams) -> Pipeline:
-    """A fresh pipeline loaded from ``pipeline``'s snapshot after the JSON codec."""
+def _restored(pipeline: Pipeline, streams, owned: bool = False) -> Pipeline:
+    """A fresh pipeline loaded from ``pipeline``'s snapshot after the JSON codec
+    (``owned``: handed over, as a restore from a snapshot file does)."""
     text = dumps_state(pipeline.state_dict())
     fresh = Pipeline(streams)
-    fresh.load_state_dict(loads_state(text))
+    fresh.load_state_dict(loads_state(text), owned=owned)
     return fresh
 
 
@@ -145,23 +146,40 @@ def test_two_pipelines_on_the_same_records_end_identical(stream, records):
     assert first.summary() == second.summary()
 
 
+@pytest.mark.parametrize("owned", [False, True])
 @pytest.mark.parametrize("cut", [1, 1_777, 4_500])
-def test_snapshot_and_restore_mid_stream_equals_an_uninterrupted_run(stream, records, cut):
+def test_snapshot_and_restore_mid_stream_equals_an_uninterrupted_run(stream, records, cut,
+                                                                      owned):
     """Scenario: the pipeline is snapshotted after ``cut`` records (predictions waiting
     in the join, weights published, scores running), the snapshot goes through the JSON
-    state codec into a fresh pipeline, which processes the rest. We expect: every record
-    published after the cut and the final state equal the uninterrupted run bit for bit."""
+    state codec into a fresh pipeline (copied from, or handed over), which processes the
+    rest. We expect: every record published after the cut and the final state equal the
+    uninterrupted run bit for bit."""
     uninterrupted = Pipeline([stream])
     expected = _run(uninterrupted, records)
     first = Pipeline([stream])
     _run(first, records[:cut])
     assert len(first.streams[stream.name].join) > 0
-    resumed = _restored(first, [stream])
+    resumed = _restored(first, [stream], owned)
     assert dumps_state(resumed.state_dict()) == dumps_state(first.state_dict())
     continued = _run(resumed, records[cut:])
     assert _published(continued) == _published(expected[cut:])
     assert dumps_state(resumed.state_dict()) == dumps_state(uninterrupted.state_dict())
     assert resumed.summary() == uninterrupted.summary()
+
+
+def test_a_restore_not_handed_the_tree_leaves_it_as_it_was(stream, records):
+    """``load_state_dict`` without ``owned`` copies what it keeps: the caller's tree reads
+    the same after the restored pipeline has run on."""
+    first = Pipeline([stream])
+    _run(first, records[:1_500])
+    given = loads_state(dumps_state(first.state_dict()))
+    text = dumps_state(given)
+    resumed = Pipeline([stream])
+    resumed.load_state_dict(given)
+    _run(resumed, records[1_500:3_000])
+    assert dumps_state(given) == text
+    assert dumps_state(resumed.state_dict()) != text
 
 
 def test_restore_refuses_a_snapshot_without_the_configured_stream(stream):

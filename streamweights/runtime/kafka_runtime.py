@@ -1078,7 +1078,7 @@ class KafkaRuntime:
         for name, stream in service.pipeline.streams.items():
             number = task_of(name, self.partitions)
             if number in self.owned or number in revoked:
-                stream.load_state_dict(loads_state(self._initial[name]))
+                stream.load_state_dict(loads_state(self._initial[name]), owned=True)
                 service.view.weights.pop(name, None)
         for number in owned:
             self.task_invalid[number] = {}
@@ -1126,7 +1126,7 @@ class KafkaRuntime:
             stream = service.pipeline.streams.get(name)
             if stream is None:
                 continue
-            stream.load_state_dict(state)
+            stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
             stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
             if stream.latest_weights is not None:
                 service.view.weights[name] = events.encode_to_keep(stream.latest_weights)

@@ -118,7 +118,7 @@ class LocalCheckpoints:
                                     "config")
         started = time.perf_counter()
         try:
-            service.pipeline.load_state_dict(snapshot["pipeline"])
+            service.pipeline.load_state_dict(snapshot["pipeline"], owned=True)  # just read
             service.position = int(snapshot["position"])
             service.records_seen = int(snapshot["records_seen"])
             service._exhausted = bool(snapshot.get("exhausted", False))
