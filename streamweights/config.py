@@ -507,11 +507,14 @@ def _kafka_security(mapping: _Mapping, client: dict[str, Any]) -> KafkaSecurity:
                          ssl_check_hostname=check_hostname, **files)
 
 
-def _stream(item: Any, path: str, validated: set[tuple[Any, ...]]) -> StreamConfig:
+def _stream(item: Any, path: str,
+            validated: set[tuple[Any, ...]] | None = None) -> StreamConfig:
     """One stream's block. Each stage is built once to validate it; ``validated`` holds
     the stages (spec and the sizes the stream implies) already built for an earlier
     stream of this config, which are not built again (10,000 streams of one chain took
     ~4 s to parse, as long as building them for the service)."""
+    if validated is None:
+        validated = set()
     mapping = _Mapping(item, path)
     name = mapping.get("name", str)
     if not name or name in (".", "..") or not name.isprintable():
