@@ -133,6 +133,23 @@ impl<'py, 'a> Parser<'py, 'a> {
         self.text.get(self.at).copied()
     }
 
+    /// After a container's member: `true` past a `,` (another member follows), `false`
+    /// past the `close` byte (the container ends); anything else is unusual.
+    fn more(&mut self, close: u8) -> Parsed<bool> {
+        self.skip_space();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                Ok(true)
+            }
+            Some(byte) if byte == close => {
+                self.at += 1;
+                Ok(false)
+            }
+            _ => Err(Stop::Unusual),
+        }
+    }
+
     fn literal(&mut self, word: &[u8]) -> Parsed<()> {
         if self.text[self.at..].starts_with(word) {
             self.at += word.len();
@@ -192,14 +209,8 @@ impl<'py, 'a> Parser<'py, 'a> {
             self.at += 1;
             let value = self.value(depth)?;
             dict.set_item(key, value).map_err(Stop::Raised)?;
-            self.skip_space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    break;
-                }
-                _ => return Err(Stop::Unusual),
+            if !self.more(b'}')? {
+                break;
             }
         }
         if hooked {
@@ -220,14 +231,8 @@ impl<'py, 'a> Parser<'py, 'a> {
         } else {
             loop {
                 items.push(self.value(depth)?);
-                self.skip_space();
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b']') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(Stop::Unusual),
+                if !self.more(b']')? {
+                    break;
                 }
             }
         }
