@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -19,6 +22,7 @@ from kafka.admin import NewTopic
 from kafka.errors import NodeNotReadyError
 
 from streamweights.config import SourceConfig, parse_config
+from streamweights.runtime.faults import HOLD_AT_ENV, HOLD_UNTIL_ENV
 from streamweights.runtime.kafka_runtime import ChangelogReader, TaskRecords
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
@@ -317,6 +321,48 @@ def make_topics_at(bootstrap: str, tag: str, partitions: int, *,
         return make_topics(topic_maker(admin, tag), partitions, adapted=adapted)
     finally:
         admin.close()
+
+
+def start_held(config_path: pathlib.Path, log_path: pathlib.Path, gate: pathlib.Path,
+               at: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``streamweights run`` on ``config_path`` as a subprocess (log lines to
+    ``log_path``) whose input is held back from position ``at`` on until the file ``gate``
+    exists (test hook, ``runtime.faults``): a test that acts mid-stream (a signal, a kill)
+    then cannot lose the race to the end of the input, however fast the service or
+    loaded the machine. While held, the service commits nothing more on its own."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {}),
+                   HOLD_UNTIL_ENV: str(gate), HOLD_AT_ENV: str(at)}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "streamweights", "run", "--no-http",
+                                 "--config", str(config_path)],
+                                stdout=subprocess.DEVNULL, stderr=log, env=environment,
+                                cwd=REPO)
+
+
+def wait_until_held(process: subprocess.Popen, log_path: pathlib.Path, bootstrap: str,
+                    group: str, topics: dict[str, str], partitions: int,
+                    seconds: float = 90) -> int:
+    """Until ``process`` (see :func:`start_held`) has reached its hold and the group has
+    committed some of its input; returns the input records committed (summed offsets).
+    (A checkpoint due while an earlier commit is in flight waits for it while records
+    go on, so the newest commit may still be on its way when the hold is reached.)"""
+    inputs = [TopicPartition(topics[kind], number) for kind in ("predictions", "labels")
+              for number in range(partitions)]
+    deadline = time.monotonic() + seconds
+
+    def check(what: str) -> None:
+        log_text = log_path.read_text(errors="replace")
+        assert process.poll() is None, f"the service ended before {what}: {log_text[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {log_text[-3000:]}"
+        time.sleep(0.05)
+
+    while "input held at position" not in log_path.read_text(errors="replace"):
+        check("its input was held")
+    with contextlib.closing(KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                          enable_auto_commit=False)) as watcher:
+        while not (done := sum(watcher.committed(tp) or 0 for tp in inputs)):
+            check("a first commit")
+    return done
 
 
 def committed_offsets(bootstrap: str, group: str, topics: dict[str, str],

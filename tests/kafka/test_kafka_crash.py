@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from kafka import TopicPartition
 
@@ -30,12 +29,17 @@ from tests.kafka.helpers import (
     produce_inputs,
     read_records,
     read_topic,
+    start_held,
     stream_states,
+    wait_until_held,
     write_input,
     write_kafka_config,
 )
 
 PARTITIONS = 3
+#: Where the killed run's input is held (test hook): past a third of the ~12,000 records,
+#: with commits behind it and a transaction open.
+HOLD_AT = 4_150
 
 
 def cli(*args: str, env: dict | None = None, wait: bool = True):
@@ -52,12 +56,13 @@ def cli(*args: str, env: dict | None = None, wait: bool = True):
 def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: the service runs as a subprocess (`streamweights run`) on ~12,000 records
-    in 3 partitions, committing every 300 records; once some transactions have committed
-    (and more work is in flight) it is killed with SIGKILL, then started again with the
-    same config and runs to the end. We expect: the kill landed mid-stream (offsets
-    committed, but not all); the restart finishes with exit 0 and the same per-stream
-    summary as an uninterrupted embedded run; a read_committed reader of the weights topic
-    sees, per stream, exactly the uninterrupted run's versions 1..n, none twice or lost."""
+    in 3 partitions, committing every 300 records; its input is held back (test hook) at
+    record 4,150, with transactions committed and one open, and it is killed there with
+    SIGKILL, then started again with the same config and runs to the end. We expect: the
+    kill landed mid-stream (offsets committed, but not all); the restart finishes with
+    exit 0 and the same per-stream summary as an uninterrupted embedded run; a
+    read_committed reader of the weights topic sees, per stream, exactly the
+    uninterrupted run's versions 1..n, none twice or lost."""
     lines = write_input(tmp_path / "input.jsonl")
     reference_streams, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     topics = make_topics(topic_factory, PARTITIONS)
@@ -66,17 +71,10 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
                                      checkpoint_every_records=300)
     group = load_config(config_path).kafka.group_id
 
-    process = cli("--config", str(config_path), wait=False)
+    log_path = tmp_path / "service.log"
+    process = start_held(config_path, log_path, tmp_path / "gate", HOLD_AT)
     try:
-        deadline = time.monotonic() + 60
-        done = 0
-        while time.monotonic() < deadline and process.poll() is None:
-            done = sum(committed_offsets(kafka_bootstrap, group, topics, PARTITIONS).values())
-            if done >= len(lines) // 4:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed: " + \
-            process.stderr.read().decode()[-2000:]
+        done = wait_until_held(process, log_path, kafka_bootstrap, group, topics, PARTITIONS)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     finally:
@@ -84,7 +82,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_uninterrupted_weights(
             process.kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert len(lines) // 4 <= done < len(lines)
+    assert 0 < done < HOLD_AT
 
     summary_path = tmp_path / "summary.json"
     restarted = cli("--config", str(config_path), "--summary", str(summary_path))
