@@ -46,6 +46,7 @@ mod stacking;
 mod state_marks;
 mod stream_counters;
 mod temperature;
+mod tree_alike;
 
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]
@@ -87,5 +88,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     join::register(module)?;
     json_tree::register(module)?;
     stream_counters::register(module)?;
+    tree_alike::register(module)?;
     Ok(())
 }
