@@ -504,17 +504,7 @@ class PackedSlots:
         if self._size != len(raw):
             raise ValueError(f"state: packed arrays take {self._size} bytes, "
                              f"{len(raw)} were written")
-        octets = memoryview(raw)
-        offset = 0
-        for slot in self._slots:
-            if type(slot) is tuple:
-                values, count = slot
-                values.extend(np.frombuffer(raw, _FLOAT64_LE, count, offset).tolist())
-                offset += 8 * count
-            elif slot.size:  # the array's own memory, as bytes (any dtype, byte order)
-                size = slot.nbytes
-                memoryview(slot).cast("B")[:] = octets[offset:offset + size]
-                offset += size
+        _native.fill_packed(self._slots, raw)  # (native/src/packed_fill.rs)
 
 
 def loads_packed(text: str | bytes) -> tuple[Any, PackedSlots]:
