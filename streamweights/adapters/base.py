@@ -118,11 +118,13 @@ class Adapter:
         The adapter keeps a copy: the caller's tree stays the caller's."""
         self._load_checked(state_dict, owned=False)
 
-    def _load_checked(self, state_dict: Any, *, owned: bool,
-                      config_checked: bool = False) -> None:
+    def _load_checked(self, state_dict: Any, *, owned: bool, config_checked: bool = False,
+                      upgraded: bool = False) -> None:
         """Check the snapshot's header and set its state, copied unless ``owned``; the
-        configs are not compared again when ``config_checked`` (see :func:`load_part`)."""
-        state_dict = self.upgrade_snapshot(state_dict)
+        configs are not compared again when ``config_checked``, nor the snapshot upgraded
+        again when ``upgraded`` (see :func:`load_part`)."""
+        if not upgraded:
+            state_dict = self.upgrade_snapshot(state_dict)
         state = snapshot_state(state_dict, type(self).__name__, type(self).state_version,
                                None if config_checked else self.get_config())
         self._set_state(state if owned else tree_copy(state))
@@ -132,7 +134,8 @@ class Adapter:
         return f"{type(self).__name__}({args})"
 
 
-def load_part(adapter: Adapter, state_dict: Any, *, config_checked: bool = False) -> None:
+def load_part(adapter: Adapter, state_dict: Any, *, config_checked: bool = False,
+              upgraded: bool = False) -> None:
     """``adapter.load_state_dict(state_dict)`` for a part of a state its container's
     ``_set_state`` received: that tree is already a private copy, so it is handed over, not
     copied again (a portfolio's stages were copied once per nesting level, four times in
@@ -140,10 +143,13 @@ def load_part(adapter: Adapter, state_dict: Any, *, config_checked: bool = False
     (``adapter_spec``: a chain's stages, a calibeating's base) and was just compared with
     the snapshot's, so the part's own copy of it is not compared again (each comparison
     re-made and re-walked the nested configs: ~15% of restoring a default stream); its
-    adapter name and format version still are. Adapters that load their own way (torch
-    ones) get their ``load_state_dict``."""
+    adapter name and format version still are. ``upgraded``: the container's
+    ``upgrade_snapshot`` has upgraded this part already (a chain's stages, a portfolio's
+    chains), so it is not upgraded a second time (each pass re-made the part's dicts).
+    Adapters that load their own way (torch ones) get their ``load_state_dict``."""
     if type(adapter).load_state_dict is Adapter.load_state_dict:
-        adapter._load_checked(state_dict, owned=True, config_checked=config_checked)
+        adapter._load_checked(state_dict, owned=True, config_checked=config_checked,
+                              upgraded=upgraded)
     else:
         adapter.load_state_dict(state_dict)
 

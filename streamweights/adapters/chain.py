@@ -314,7 +314,8 @@ class Chain(Adapter):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         for stage, stage_state in zip(self.stages, state["stages"], strict=True):
-            load_part(stage, stage_state, config_checked=True)  # in the chain's config
+            # (its spec is in the chain's config, its part upgraded by upgrade_snapshot)
+            load_part(stage, stage_state, config_checked=True, upgraded=True)
 
 
 def check_feature_vector(features: Any, n_features: int | None) -> np.ndarray | None:

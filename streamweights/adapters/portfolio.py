@@ -601,7 +601,7 @@ class Portfolio(Adapter):
                              f"{len(self.chains)} values (one per candidate), got "
                              f"{len(weights)} and {len(cumulative)}")
         for chain, part in zip(self.chains, parts, strict=True):
-            load_part(chain, part)
+            load_part(chain, part, upgraded=True)  # (by upgrade_snapshot)
         self._core.set_state(weights, cumulative, mixture_loss, mixability_gap, n_learned)
 
 

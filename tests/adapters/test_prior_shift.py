@@ -351,3 +351,50 @@ def test_chain_snapshot_from_before_the_learned_source_prior_loads():
     np.testing.assert_array_equal(reader.stages[1].source_prior, [0.5, 0.5])
     assert dumps_state(reader.stages[0].state_dict()) == dumps_state(
         writer.stages[0].state_dict())
+
+
+def test_portfolio_snapshot_from_before_the_learned_source_prior_loads_upgrading_once(
+        monkeypatch):
+    """Scenario: a portfolio whose first candidate chain ends in PriorShift restarts from
+    a snapshot written before PriorShift had ``source_window`` and ``evidence_threshold``.
+    We expect: it loads (the stage upgrades its part, the chain's config takes the
+    upgraded spec) with the stage's estimate; the stage's upgrade runs once, not once per
+    nesting level (the portfolio's and the chain's upgrades already made it)."""
+    from streamweights.adapters import Portfolio
+
+    rng = np.random.default_rng(11)
+    p, labels = _imbalanced_stream(rng, 300, 0.31)
+    candidates = [[{"type": "FixedShare"}, {"type": "PriorShift", "source_prior": [0.5, 0.5]}],
+                  [{"type": "Hedge"}]]
+    writer = Portfolio(n_models=2, n_classes=2, candidates=candidates)
+    for row, label in zip(p, labels, strict=True):
+        outputs = np.stack([row, row[::-1]])
+        writer.observe(outputs)
+        writer.learn(outputs, label)
+    old = writer.state_dict()
+    old["config"]["candidates"][0][1] = {"type": "PriorShift"}  # as the reader's is given
+    chain = old["state"]["candidates"][0]
+    stage_config = chain["config"]["stages"][1]["config"]
+    stage_config["source_prior"] = None  # the old default meant uniform
+    for key in ("source_window", "evidence_threshold"):
+        del stage_config[key]
+    stage_snapshot = chain["state"]["stages"][1]
+    stage_snapshot["config"] = dict(stage_config)
+    for key in ("source", "source_sum", "source_count", "evidence"):
+        del stage_snapshot["state"][key]
+
+    calls = []
+    upgrade = PriorShift.upgrade_snapshot
+
+    def counted(self, state_dict):
+        calls.append(1)
+        return upgrade(self, state_dict)
+
+    monkeypatch.setattr(PriorShift, "upgrade_snapshot", counted)
+    reader = Portfolio(n_models=2, n_classes=2, candidates=[
+        [{"type": "FixedShare"}, {"type": "PriorShift"}], [{"type": "Hedge"}]])
+    reader.load_state_dict(old)
+    assert len(calls) == 1
+    stage, written = reader.chains[0].stages[1], writer.chains[0].stages[1]
+    np.testing.assert_array_equal(stage.prior_, written.prior_)
+    np.testing.assert_array_equal(stage.source_prior, [0.5, 0.5])
