@@ -4,6 +4,7 @@ with the same Python types as the tagged-JSON form (``dumps_state``) gave back."
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
@@ -375,6 +376,48 @@ def test_a_damaged_packed_record_is_refused_before_anything_huge_is_made():
                             ('{"__f8__":1.5}', "float list of length 1.5")):
         with pytest.raises(ValueError, match=message):
             state_codec.loads_packed(_record_text(f'{{"a":{marker}}}', "AAAAAAAAAAA="))
+
+
+def _parsed_packed(text: bytes, core: bool):
+    """A packed text parsed by ``loads_packed`` (the core making float-list slots) or by
+    the stdlib with ``PackedSlots.hook`` (the reference), then filled with as many bytes
+    as its slots name (at most as many as the text could hold): the tree and its slots,
+    or the error either step raised."""
+    try:
+        if core:
+            tree, slots = state_codec.loads_packed(text)
+        else:
+            slots = state_codec.PackedSlots(len(text))
+            tree = json.loads(text, object_hook=slots.hook)
+        size = min(len(text), sum(8 * slot[1] if type(slot) is tuple else slot.nbytes
+                                  for slot in slots._slots))
+        slots.fill(base64.b64encode(bytes(index % 251 for index in range(size))).decode())
+    except ValueError as error:
+        return ("error", str(error))
+    return tree, [(type(slot).__name__, slot[1] if type(slot) is tuple else slot.shape)
+                  for slot in slots._slots]
+
+
+@pytest.mark.parametrize("marker", ['{"__f8__":2}', '{"__f8__":0}', '{"__f8__":2,"__f8__":1}',
+                                    '{"__f8__":1,"x":1}', '{"x":1,"__f8__":1}',
+                                    '{"__f8__":true}', '{"__f8__":-1}', '{"__f8__":1.0}',
+                                    '{"__f8__":"1"}', '{"__f8__":null}', '{"__f8__":[1]}',
+                                    '{"__f8__":123456789012345678}', '{"__f8":1}'])
+def test_float_list_markers_the_core_makes_are_those_the_hook_makes(marker):
+    """``loads_packed`` lets the core turn valid float-list markers into slots itself (no
+    hook call); on every spelling of a marker, valid or not, the tree, the slots and any
+    error equal the stdlib parse with ``PackedSlots.hook``. (One difference: a count past
+    what the text can hold is refused by the hook as it parses, by the core's slots when
+    filled, with another message; neither allocates for it.)"""
+    text = f'{{"a":[{marker},{{"__nd__":["<f8",[2]]}},{marker},{{"b":{marker}}}]}}'.encode()
+    core, reference = _parsed_packed(text, core=True), _parsed_packed(text, core=False)
+    if reference[0] == "error" and "more than a text of" in reference[1]:
+        assert core[0] == "error" and "packed arrays take" in core[1]
+    elif reference[0] == "error":
+        assert core == reference
+    else:
+        assert core[1] == reference[1]
+        assert_same_tree(core[0], reference[0])
 
 
 def _alike_cases() -> list:

@@ -76,10 +76,32 @@ fn fill_array(array: &Bound<'_, PyUntypedArray>, raw: &[u8], offset: usize) -> P
     Ok(size)
 }
 
+/// The bytes a slot takes: `count` doubles, or the array's `len * itemsize`.
+fn slot_size(slot: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(pair) = slot.downcast::<PyTuple>() {
+        let count: usize = pair.get_item(1)?.extract()?;
+        Ok(count.saturating_mul(8))
+    } else {
+        let array = slot.downcast::<PyUntypedArray>()?;
+        Ok(array.len().saturating_mul(array.dtype().itemsize()))
+    }
+}
+
 /// Fill `slots` (arrays, and `(list, count)` pairs for float lists) from `raw`, in order;
-/// ValueError if `raw` does not hold exactly their bytes.
+/// ValueError, before anything is filled, if `raw` does not hold exactly their bytes.
 #[pyfunction]
 fn fill_packed(slots: &Bound<'_, PyList>, raw: &[u8]) -> PyResult<()> {
+    let mut total: usize = 0;
+    for slot in slots.iter() {
+        total = total.saturating_add(slot_size(&slot)?);
+    }
+    if total != raw.len() {
+        return Err(PyValueError::new_err(format!(
+            "state: packed arrays take {} bytes, {} were written",
+            total,
+            raw.len()
+        )));
+    }
     let mut offset = 0;
     for slot in slots.iter() {
         let taken = if let Ok(pair) = slot.downcast::<PyTuple>() {
