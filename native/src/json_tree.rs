@@ -24,7 +24,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString};
+
+use crate::packed_slots::SlotMaker;
 
 /// Nested containers past this are left to the stdlib (its recursion limit answers).
 const DEPTH_MAX: usize = 200;
@@ -44,8 +46,8 @@ struct Parser<'py, 'a> {
     text: &'a [u8],
     at: usize,
     hook: &'a Bound<'py, PyAny>,
-    /// Where float-list markers go instead of the hook (see [`float_slot`]), if given.
-    float_slots: Option<&'a Bound<'py, PyList>>,
+    /// What makes the packed form's markers into slots instead of the hook, if given.
+    slots: Option<SlotMaker<'py, 'a>>,
     /// Object keys already made (without escapes), reused as the stdlib's scanner reuses
     /// them: one str per distinct key, its hash computed once.
     keys: HashMap<&'a [u8], Bound<'py, PyString>, BuildHasherDefault<QuickHash>>,
@@ -216,9 +218,9 @@ impl<'py, 'a> Parser<'py, 'a> {
             }
         }
         if hooked {
-            if let Some(slots) = self.float_slots {
-                if let Some(list) = float_slot(&dict, slots).map_err(Stop::Raised)? {
-                    return Ok(list);
+            if let Some(slots) = self.slots.as_mut() {
+                if let Some(slot) = slots.make(&dict).map_err(Stop::Raised)? {
+                    return Ok(slot);
                 }
             }
             return self.hook.call1((dict,)).map_err(Stop::Raised);
@@ -431,46 +433,19 @@ impl<'py, 'a> Parser<'py, 'a> {
     }
 }
 
-/// The packed form's float-list marker (`state_codec.PackedSlots`): an object that is
-/// exactly `{"__f8__": n}`, `n` a non-negative int, becomes an empty list, appended with
-/// `n` to `slots` as the pair `(list, n)` that `PackedSlots.hook` would have appended (its
-/// values come later, from the record's data). `None` for any other object, which the
-/// hook then gets (an invalid count included: the hook's error says what is wrong).
-fn float_slot<'py>(
-    dict: &Bound<'py, PyDict>,
-    slots: &Bound<'py, PyList>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if dict.len() != 1 {
-        return Ok(None);
-    }
-    let count = match dict.get_item(FLOATS_TAG)? {
-        Some(count) => count,
-        None => return Ok(None),
-    };
-    if !count.is_exact_instance_of::<PyInt>() || !matches!(count.extract::<i64>(), Ok(n) if n >= 0)
-    {
-        return Ok(None);
-    }
-    let list = PyList::empty(dict.py());
-    slots.append((list.clone(), count))?;
-    Ok(Some(list.into_any()))
-}
-
-/// The packed form's float-list marker key (`state_codec._FLOATS_TAG`).
-const FLOATS_TAG: &str = "__f8__";
-
 /// `json.loads(text, object_hook=hook)` for a UTF-8 `text` and a hook that returns any
 /// object without a key starting with `__` unchanged (see the module docs), or `unusual`
-/// when this parse gave up (the caller then runs `json.loads` itself). With `float_slots`
-/// (a list), float-list markers do not reach the hook but that list (see [`float_slot`]).
+/// when this parse gave up (the caller then runs `json.loads` itself). With `slots` (a
+/// list), the packed form's usual markers do not reach the hook but become slots in that
+/// list (see `packed_slots::SlotMaker`).
 #[pyfunction]
-#[pyo3(signature = (text, hook, unusual, float_slots=None))]
+#[pyo3(signature = (text, hook, unusual, slots=None))]
 fn loads_hooked<'py>(
     py: Python<'py>,
     text: &[u8],
     hook: &Bound<'py, PyAny>,
     unusual: PyObject,
-    float_slots: Option<Bound<'py, PyList>>,
+    slots: Option<Bound<'py, PyList>>,
 ) -> PyResult<PyObject> {
     // Bytes the stdlib would decode as UTF-16 or UTF-32 (a zero in the first two), or
     // not as UTF-8: it decodes the whole text before it parses (so before any hook call,
@@ -483,7 +458,9 @@ fn loads_hooked<'py>(
         text,
         at: 0,
         hook,
-        float_slots: float_slots.as_ref(),
+        slots: slots
+            .as_ref()
+            .map(|slots| SlotMaker::new(slots, text.len())),
         keys: HashMap::default(),
     };
     let parsed = parser.value(0).and_then(|tree| {

@@ -34,7 +34,7 @@ mod kalman;
 mod label_step;
 mod lane;
 mod newton;
-mod packed_fill;
+mod packed_slots;
 mod page_hinkley;
 mod pending;
 mod platt;
@@ -83,7 +83,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     kafka_records::register(module)?;
     kafka_batch::register(module)?;
     state_marks::register(module)?;
-    packed_fill::register(module)?;
+    packed_slots::register(module)?;
     event_time::register(module)?;
     lane::register(module)?;
     pending::register(module)?;

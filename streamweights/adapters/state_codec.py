@@ -150,16 +150,17 @@ def loads_state(text: str | bytes) -> Any:
 
 
 def _core_loads(text: str | bytes, hook: Callable[[dict[str, Any]], Any],
-                float_slots: list | None = None) -> Any:
+                slots: list | None = None) -> Any:
     """``json.loads(text, object_hook=hook)`` by the core, for UTF-8 bytes (~2-3x faster:
     it calls ``hook`` only for objects with a key starting with ``__``, which is where
     this module's hooks act), or ``_UNUSUAL`` for a text it leaves to the stdlib parser
     (see ``native/src/json_tree.rs``), which the caller then runs from the start. With
-    ``float_slots``, valid float-list markers become ``PackedSlots`` slots in the core
-    (appended there as ``PackedSlots.hook`` appends them), not hook calls."""
+    ``slots`` (a ``PackedSlots``' list), the usual packed markers (float lists, native
+    float64 arrays) become slots in the core, appended there as ``PackedSlots.hook``
+    appends them, not hook calls (``native/src/packed_slots.rs``)."""
     if type(text) is not bytes:
         return _UNUSUAL
-    return _native.loads_hooked(text, hook, _UNUSUAL, float_slots)
+    return _native.loads_hooked(text, hook, _UNUSUAL, slots)
 
 
 def _decode_object(value: dict[str, Any]) -> Any:
@@ -474,8 +475,8 @@ class PackedSlots:
     def __init__(self, limit: int) -> None:
         self._slots: list[np.ndarray | tuple[list[float], int]] = []
         # Bytes the hook's slots name, checked against ``limit`` (the text's length: its
-        # base64 cannot hold more) before an array is allocated; float lists the core
-        # made allocate nothing until filled, where every slot's size is checked.
+        # base64 cannot hold more) before an array is allocated; the core checks the
+        # arrays it makes against the same limit. Filling checks every slot's size.
         self._size = 0
         self._limit = limit
 
@@ -505,7 +506,7 @@ class PackedSlots:
 
     def fill(self, data: str) -> None:
         """Copy ``data``'s bytes (base64) into the slots, in order; ValueError, before
-        any is filled, if they do not fit them exactly (``native/src/packed_fill.rs``)."""
+        any is filled, if they do not fit them exactly (``native/src/packed_slots.rs``)."""
         _native.fill_packed(self._slots, a2b_base64(data))
 
 
@@ -514,7 +515,7 @@ def loads_packed(text: str | bytes) -> tuple[Any, PackedSlots]:
     document, its packed markers already the (empty) arrays and lists they name, and the
     slots to fill from the tree's data string."""
     slots = PackedSlots(len(text))
-    tree = _core_loads(text, slots.hook, slots._slots)  # (float lists: made by the core)
+    tree = _core_loads(text, slots.hook, slots._slots)  # (usual markers: by the core)
     if tree is _UNUSUAL:
         slots = PackedSlots(len(text))  # the core's hook calls claimed slots: start over
         tree = json.loads(text, object_hook=slots.hook)

@@ -1,0 +1,245 @@
+//! The packed form's slots (`state_codec.PackedSlots`): made while a stream record is
+//! parsed, then filled from its data bytes.
+//!
+//! Making ([`SlotMaker`], called by the core's JSON parser): a default-config stream's
+//! record holds ~170 markers, `{"__f8__": n}` for a float list and
+//! `{"__nd__": [dtype, shape]}` for an array, each a Python hook call before. The usual
+//! ones, float lists and native float64 arrays, are made here, exactly as
+//! `PackedSlots.hook` makes them (an empty list, an uninitialised array of the shape),
+//! and appended to the same slot list in document order; any other marker, or a marker
+//! spelt any other way, still goes to the hook, whose errors say what is wrong.
+//!
+//! Filling ([`fill_packed`]): the decoded base64 is copied into the slots in order. Each
+//! array receives its own bytes as they were written (any dtype, any byte order: the
+//! bytewise copy Python made with `memoryview(slot).cast("B")[:] = ...`); each float list
+//! gets its values from little-endian doubles, as `frombuffer(raw, "<f8")` read them.
+
+use numpy::npyffi::NPY_ARRAY_WRITEABLE;
+use numpy::{PyArrayDescrMethods, PyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+
+/// The float-list marker's key (`state_codec._FLOATS_TAG`).
+const FLOATS_TAG: &str = "__f8__";
+/// The array marker's key (`state_codec._PACKED_TAG`).
+const PACKED_TAG: &str = "__nd__";
+/// The dtype string of the arrays made here: float64 in this machine's byte order, which
+/// is how `pack_state` names a native float64 array on a little-endian machine.
+const NATIVE_F8: &str = if cfg!(target_endian = "little") {
+    "<f8"
+} else {
+    ">f8"
+};
+
+/// Makes the usual markers' slots during a parse (see the module docs).
+pub struct SlotMaker<'py, 'a> {
+    slots: &'a Bound<'py, PyList>,
+    /// Bytes the arrays made here name, refused past `limit` before one is allocated.
+    claimed: usize,
+    /// The text's length: its base64 data cannot hold more bytes.
+    limit: usize,
+}
+
+impl<'py, 'a> SlotMaker<'py, 'a> {
+    pub fn new(slots: &'a Bound<'py, PyList>, limit: usize) -> Self {
+        SlotMaker {
+            slots,
+            claimed: 0,
+            limit,
+        }
+    }
+
+    /// The slot a one-key marker object stands for, appended to the slots, or `None` for
+    /// any object left to the hook. ValueError when an array's bytes would pass the
+    /// limit (as `PackedSlots._claim` refuses it).
+    pub fn make(&mut self, object: &Bound<'py, PyDict>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if object.len() != 1 {
+            return Ok(None);
+        }
+        if let Some(count) = object.get_item(FLOATS_TAG)? {
+            return self.float_list(&count);
+        }
+        match object.get_item(PACKED_TAG)? {
+            Some(spec) => self.array(&spec),
+            None => Ok(None),
+        }
+    }
+
+    /// `{"__f8__": n}`, `n` a non-negative int: an empty list, appended as `(list, n)`.
+    fn float_list(&mut self, count: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if natural(count).is_none() {
+            return Ok(None);
+        }
+        let list = PyList::empty(count.py());
+        self.slots.append((list.clone(), count))?;
+        Ok(Some(list.into_any()))
+    }
+
+    /// `{"__nd__": [dtype, shape]}` for a native float64 dtype and a shape of
+    /// non-negative ints: an uninitialised C-ordered array of that shape.
+    fn array(&mut self, spec: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let spec = match spec.downcast_exact::<PyList>() {
+            Ok(spec) if spec.len() == 2 => spec,
+            _ => return Ok(None),
+        };
+        let (code, shape) = (spec.get_item(0)?, spec.get_item(1)?);
+        let native = code.downcast_exact::<PyString>().map_or(false, |code| {
+            code.to_str().map_or(false, |code| code == NATIVE_F8)
+        });
+        let shape = match shape.downcast_exact::<PyList>() {
+            Ok(shape) if native => shape,
+            _ => return Ok(None),
+        };
+        let mut dims = Vec::with_capacity(shape.len());
+        let mut elements: usize = 1;
+        for dim in shape.iter() {
+            match natural(&dim) {
+                Some(n) => {
+                    dims.push(n);
+                    elements = elements.saturating_mul(n);
+                }
+                None => return Ok(None),
+            }
+        }
+        self.claimed = self.claimed.saturating_add(elements.saturating_mul(8));
+        if self.claimed > self.limit {
+            return Err(PyValueError::new_err(format!(
+                "state: packed arrays name {} bytes or more, more than a text of {} \
+                 characters holds",
+                self.claimed, self.limit
+            )));
+        }
+        // SAFETY: the array's memory is left uninitialised, as `np.empty` leaves it: no
+        // Rust reference to it is ever made here, every bit pattern is a valid f64 for
+        // NumPy to hold, and `fill_packed` writes all of it before the tree is used (a
+        // record whose data does not cover its slots is refused there).
+        let array = unsafe { PyArrayDyn::<f64>::new(spec.py(), dims, false) };
+        self.slots.append(&array)?;
+        Ok(Some(array.into_any()))
+    }
+}
+
+/// An exact non-negative int that fits an i64, as a usize.
+fn natural(value: &Bound<'_, PyAny>) -> Option<usize> {
+    if !value.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    match value.extract::<i64>() {
+        Ok(n) if n >= 0 => usize::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// `raw[offset..offset + size]`, or the error a record too short for its slots gets.
+fn bytes_at(raw: &[u8], offset: usize, size: usize) -> PyResult<&[u8]> {
+    offset
+        .checked_add(size)
+        .and_then(|end| raw.get(offset..end))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "state: packed arrays end at byte {}, a slot of {} bytes starts at {}",
+                raw.len(),
+                size,
+                offset
+            ))
+        })
+}
+
+/// A float list's values, `count` little-endian doubles at `offset`; returns the bytes
+/// taken.
+fn fill_floats(
+    values: &Bound<'_, PyList>,
+    count: usize,
+    raw: &[u8],
+    offset: usize,
+) -> PyResult<usize> {
+    let size = count.saturating_mul(8);
+    let bytes = bytes_at(raw, offset, size)?;
+    for chunk in bytes.chunks_exact(8) {
+        let mut double = [0u8; 8];
+        double.copy_from_slice(chunk);
+        values.append(f64::from_le_bytes(double))?;
+    }
+    Ok(size)
+}
+
+/// An array's memory, its own bytes at `offset`; returns the bytes taken.
+fn fill_array(array: &Bound<'_, PyUntypedArray>, raw: &[u8], offset: usize) -> PyResult<usize> {
+    let size = array.len().saturating_mul(array.dtype().itemsize());
+    if size == 0 {
+        return Ok(0);
+    }
+    let bytes = bytes_at(raw, offset, size)?;
+    // SAFETY: reading the flags word of a live array object (the GIL is held).
+    let writeable = unsafe { (*array.as_array_ptr()).flags & NPY_ARRAY_WRITEABLE != 0 };
+    if !array.is_c_contiguous() || !writeable {
+        return Err(PyValueError::new_err(
+            "state: a packed slot is not a writeable C-contiguous array",
+        ));
+    }
+    // SAFETY: the array is C-contiguous and writeable, its data holds `len * itemsize`
+    // = `size` bytes from its data pointer; `bytes` is exactly `size` bytes of a distinct
+    // Python bytes object. The copy is bytewise, so no alignment is assumed, and it runs
+    // with the GIL held; no Rust reference into the array's memory exists (the slot was
+    // made empty by the parser's hook and is reached by nothing else yet).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (*array.as_array_ptr()).data as *mut u8,
+            size,
+        );
+    }
+    Ok(size)
+}
+
+/// The bytes a slot takes: `count` doubles, or the array's `len * itemsize`.
+fn slot_size(slot: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(pair) = slot.downcast::<PyTuple>() {
+        let count: usize = pair.get_item(1)?.extract()?;
+        Ok(count.saturating_mul(8))
+    } else {
+        let array = slot.downcast::<PyUntypedArray>()?;
+        Ok(array.len().saturating_mul(array.dtype().itemsize()))
+    }
+}
+
+/// Fill `slots` (arrays, and `(list, count)` pairs for float lists) from `raw`, in order;
+/// ValueError, before anything is filled, if `raw` does not hold exactly their bytes.
+#[pyfunction]
+fn fill_packed(slots: &Bound<'_, PyList>, raw: &[u8]) -> PyResult<()> {
+    let mut total: usize = 0;
+    for slot in slots.iter() {
+        total = total.saturating_add(slot_size(&slot)?);
+    }
+    if total != raw.len() {
+        return Err(PyValueError::new_err(format!(
+            "state: packed arrays take {} bytes, {} were written",
+            total,
+            raw.len()
+        )));
+    }
+    let mut offset = 0;
+    for slot in slots.iter() {
+        let taken = if let Ok(pair) = slot.downcast::<PyTuple>() {
+            let values = pair.get_item(0)?;
+            let count: usize = pair.get_item(1)?.extract()?;
+            fill_floats(values.downcast::<PyList>()?, count, raw, offset)?
+        } else {
+            fill_array(slot.downcast::<PyUntypedArray>()?, raw, offset)?
+        };
+        offset += taken;
+    }
+    if offset != raw.len() {
+        return Err(PyValueError::new_err(format!(
+            "state: packed arrays take {} bytes, {} were written",
+            offset,
+            raw.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(fill_packed, module)?)
+}
