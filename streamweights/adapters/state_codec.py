@@ -138,8 +138,6 @@ def encodes_alike(left: Any, right: Any) -> bool:
 _plainly_alike = _native.plainly_alike
 
 
-
-
 def loads_state(text: str | bytes) -> Any:
     """Decode a JSON string written by :func:`dumps_state`: ``decode_state(json.loads(
     text))``, with each tagged array decoded as the parser closes its object, so the tree
