@@ -120,3 +120,30 @@ def test_a_chain_snapshot_is_checked_against_the_chain_config_once():
         other["state"]["stages"][1]["state"]["base"][field] = value
         with pytest.raises(ValueError, match=message):
             _chain().load_state_dict(other)
+
+
+def test_a_portfolio_checks_its_chains_stage_configs_though_upgraded_once():
+    """A portfolio's chains and their stages are upgraded once, by the portfolio's
+    ``upgrade_snapshot`` (not again as each part loads); the stages' configs are still
+    compared, through the chain configs that upgrade rebuilds from the stages' snapshots:
+    another option in a stage's own snapshot is refused."""
+    from streamweights.adapters import Portfolio
+
+    def portfolio() -> Portfolio:
+        return Portfolio(n_models=3, n_classes=2, candidates=[
+            [{"type": "FixedShare", "share": 0.01}, {"type": "OnlinePlatt"}],
+            [{"type": "Hedge"}]])
+
+    source = portfolio()
+    outputs = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    source.observe(outputs)
+    source.learn(outputs, 1)
+    snapshot = source.state_dict()
+    target = portfolio()
+    target.load_state_dict(snapshot)
+    assert encode_state(target.state_dict()) == encode_state(snapshot)
+    other = copy.deepcopy(snapshot)
+    other["state"]["candidates"][0]["state"]["stages"][0]["config"]["share"] = 0.5
+    with pytest.raises(ValueError, match=r"Chain\.load_state_dict: snapshot was taken "
+                                         r"with another configuration"):
+        portfolio().load_state_dict(other)
