@@ -61,6 +61,15 @@ fn floats_alike(left: f64, right: f64) -> bool {
     }
 }
 
+/// The items of two equally long lists (or tuples) alike pairwise, one level down.
+fn items_alike<'py>(
+    left: impl Iterator<Item = Bound<'py, PyAny>>,
+    right: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> bool {
+    depth < DEPTH_MAX && left.zip(right).all(|(l, r)| alike(&l, &r, depth + 1))
+}
+
 fn alike(left: &Bound<'_, PyAny>, right: &Bound<'_, PyAny>, depth: usize) -> bool {
     let kind = kind_of(left);
     if kind != kind_of(right) {
@@ -100,23 +109,13 @@ fn alike(left: &Bound<'_, PyAny>, right: &Bound<'_, PyAny>, depth: usize) -> boo
         }
         Kind::List => match (left.downcast::<PyList>(), right.downcast::<PyList>()) {
             (Ok(left), Ok(right)) => {
-                depth < DEPTH_MAX
-                    && left.len() == right.len()
-                    && left
-                        .iter()
-                        .zip(right.iter())
-                        .all(|(l, r)| alike(&l, &r, depth + 1))
+                left.len() == right.len() && items_alike(left.iter(), right.iter(), depth)
             }
             _ => false,
         },
         Kind::Tuple => match (left.downcast::<PyTuple>(), right.downcast::<PyTuple>()) {
             (Ok(left), Ok(right)) => {
-                depth < DEPTH_MAX
-                    && left.len() == right.len()
-                    && left
-                        .iter()
-                        .zip(right.iter())
-                        .all(|(l, r)| alike(&l, &r, depth + 1))
+                left.len() == right.len() && items_alike(left.iter(), right.iter(), depth)
             }
             _ => false,
         },
