@@ -322,6 +322,20 @@ def test_snapshot_from_before_the_learned_source_prior_continues_as_it_was():
         PriorShift(n_classes=2, min_step=0.01).load_state_dict(old)
 
 
+def _as_before_the_learned_source_prior(chain: dict, stage: int) -> None:
+    """Rewrite a chain snapshot's PriorShift stage (at ``stage``) as a release before
+    ``source_window`` and ``evidence_threshold`` wrote it, in the chain's config and in
+    the stage's own snapshot."""
+    stage_config = chain["config"]["stages"][stage]["config"]
+    stage_config["source_prior"] = None  # the old default meant uniform
+    for key in ("source_window", "evidence_threshold"):
+        del stage_config[key]
+    stage_snapshot = chain["state"]["stages"][stage]
+    stage_snapshot["config"] = dict(stage_config)
+    for key in ("source", "source_sum", "source_count", "evidence"):
+        del stage_snapshot["state"][key]
+
+
 def test_chain_snapshot_from_before_the_learned_source_prior_loads():
     """Scenario: a service restarts on this release from a chain snapshot (OnlineTemperature
     then PriorShift) written before PriorShift had ``source_window`` and
@@ -337,14 +351,7 @@ def test_chain_snapshot_from_before_the_learned_source_prior_loads():
         writer.observe(row)
         writer.learn(row, label)
     old = writer.state_dict()
-    stage_config = old["config"]["stages"][1]["config"]
-    stage_config["source_prior"] = None  # the old default meant uniform
-    for key in ("source_window", "evidence_threshold"):
-        del stage_config[key]
-    stage_snapshot = old["state"]["stages"][1]
-    stage_snapshot["config"] = dict(stage_config)
-    for key in ("source", "source_sum", "source_count", "evidence"):
-        del stage_snapshot["state"][key]
+    _as_before_the_learned_source_prior(old, 1)
     reader = Chain([OnlineTemperature(n_classes=2), PriorShift(2)])
     reader.load_state_dict(old)
     np.testing.assert_array_equal(reader.stages[1].prior_, writer.stages[1].prior_)
@@ -373,15 +380,7 @@ def test_portfolio_snapshot_from_before_the_learned_source_prior_loads_upgrading
         writer.learn(outputs, label)
     old = writer.state_dict()
     old["config"]["candidates"][0][1] = {"type": "PriorShift"}  # as the reader's is given
-    chain = old["state"]["candidates"][0]
-    stage_config = chain["config"]["stages"][1]["config"]
-    stage_config["source_prior"] = None  # the old default meant uniform
-    for key in ("source_window", "evidence_threshold"):
-        del stage_config[key]
-    stage_snapshot = chain["state"]["stages"][1]
-    stage_snapshot["config"] = dict(stage_config)
-    for key in ("source", "source_sum", "source_count", "evidence"):
-        del stage_snapshot["state"][key]
+    _as_before_the_learned_source_prior(old["state"]["candidates"][0], 1)
 
     calls = []
     upgrade = PriorShift.upgrade_snapshot
