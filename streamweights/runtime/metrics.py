@@ -54,7 +54,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -63,6 +63,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from streamweights.runtime.prometheus_text import Escapes, LineTemplate, family_header, plain
 
 _LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 _CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -73,6 +75,7 @@ def _init_family(family: Any, name: str, documentation: str, labelnames: list[st
     """The fields every loop-written family has (no children yet), then registered."""
     family.name, family.documentation, family.labelnames = name, documentation, labelnames
     family._children = {}
+    family._plain = True  # no label value of a child needs escaping (so far)
     registry.register(family)
 
 
@@ -82,6 +85,8 @@ def _child(family: Any, values: tuple[str, ...], make: Callable[[], Any]) -> Any
     if child is None:
         if len(values) != len(family.labelnames):
             raise ValueError(f"{family.name}: labels {family.labelnames}, got {values}")
+        if family._plain and not all(map(plain, values)):
+            family._plain = False
         child = family._children[values] = make()
     return child
 
@@ -137,19 +142,35 @@ class LoopCounter:
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _rows(self) -> list[tuple[tuple[str, ...], float, float | None]]:
+        """(label values, count, created) of every series, in exposition order: this
+        family's own series first, then those only a source has counted so far."""
         extra: dict[tuple[str, ...], float] = {}
         for source in self._sources:
             for values, count in source().items():
                 extra[values] = extra.get(values, 0) + count
-        for values, child in list(self._children.items()):  # one atomic copy
-            family.add_metric(values, child.value + float(extra.pop(values, 0)),
-                              created=child.created)
-        for values, count in extra.items():  # counted by a source alone so far
-            if count:
-                family.add_metric(values, float(count), created=self._sources_since)
+        rows = [(values, child.value + float(extra.pop(values, 0)), child.created)
+                for values, child in list(self._children.items())]  # one atomic copy
+        rows.extend((values, float(count), self._sources_since)
+                    for values, count in extra.items() if count)
+        return rows
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, count, created in self._rows():
+            family.add_metric(values, count, created=created)
         yield family
+
+    def render(self, out: list[str], escapes: Escapes) -> None:
+        """Append this family's exposition text (as ``generate_latest`` writes it)."""
+        rows = self._rows()
+        total = LineTemplate(self.name + "_total", tuple(self.labelnames))
+        out.append(family_header(self.name + "_total", self.documentation, "counter"))
+        out.extend(total.lines(((values, count) for values, count, _ in rows), escapes))
+        if rows:
+            created = LineTemplate(self.name + "_created", tuple(self.labelnames))
+            out.append(family_header(self.name + "_created", self.documentation, "gauge"))
+            out.extend(created.lines(((values, when) for values, _, when in rows), escapes))
 
 
 class _HistogramChild:
@@ -207,9 +228,10 @@ class LoopHistogram:
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        series: dict[tuple[str, ...], tuple[list[int], float, float]] = {
+    def _rows(self) -> list[tuple[tuple[str, ...], list[int], float, float | None]]:
+        """(label values, counts per bucket, sum, created) of every series with an
+        observation or a child, in exposition order (this family's own first)."""
+        series: dict[tuple[str, ...], tuple[list[int], float, float | None]] = {
             values: (list(child.counts), child.sum, child.created)
             for values, child in list(self._children.items())}  # one atomic copy
         for source in self._sources:
@@ -224,16 +246,44 @@ class LoopHistogram:
                     seen = ([0] * len(counts), 0.0, self._sources_since)
                 series[values] = ([a + b for a, b in zip(seen[0], counts, strict=True)],
                                   seen[1] + total, seen[2])
-        for values, (counts, total, created) in series.items():
-            buckets, running = [], 0
-            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-                running += count
-                buckets.append((floatToGoString(bound), running))
-            family.add_metric(list(values), buckets, total)
+        return [(values, counts, total, created)
+                for values, (counts, total, created) in series.items()]
+
+    def _cumulative(self, counts: list[int]) -> list[tuple[str, int]]:
+        """Prometheus' buckets: (``le`` as written, observations <= it)."""
+        buckets, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += count
+            buckets.append((floatToGoString(bound), running))
+        return buckets
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, counts, total, created in self._rows():
+            family.add_metric(list(values), self._cumulative(counts), total)
             family.samples.append(Sample(self.name + "_created",
                                          dict(zip(self.labelnames, values, strict=True)),
                                          created))
         yield family
+
+    def render(self, out: list[str], escapes: Escapes) -> None:
+        """Append this family's exposition text (as ``generate_latest`` writes it)."""
+        rows = self._rows()
+        names = tuple(self.labelnames)
+        bucket = LineTemplate(self.name + "_bucket", names, extra="le")
+        count = LineTemplate(self.name + "_count", names)
+        summed = LineTemplate(self.name + "_sum", names)
+        out.append(family_header(self.name, self.documentation, "histogram"))
+        for values, counts, total, _ in rows:
+            buckets = self._cumulative(counts)
+            out.extend(bucket.lines((((*values, le), float(running))
+                                     for le, running in buckets), escapes))
+            out.extend(count.lines(((values, float(buckets[-1][1])),), escapes))
+            out.extend(summed.lines(((values, float(total)),), escapes))
+        if rows:
+            created = LineTemplate(self.name + "_created", names)
+            out.append(family_header(self.name + "_created", self.documentation, "gauge"))
+            out.extend(created.lines(((values, when) for values, _, _, when in rows), escapes))
 
 
 class _GaugeChild:
@@ -274,12 +324,50 @@ class LoopGauge:
             family.add_metric(values, child.value)
         yield family
 
+    def render(self, out: list[str], escapes: Escapes) -> None:
+        """Append this family's exposition text (as ``generate_latest`` writes it)."""
+        template = LineTemplate(self.name, tuple(self.labelnames))
+        out.append(family_header(self.name, self.documentation, "gauge"))
+        children = list(self._children.items())  # one atomic copy
+        out.extend(template.lines(((values, child.value) for values, child in children),
+                                  None if self._plain else escapes))
+
+
+class _OrderedRegistry(CollectorRegistry):
+    """A registry that also remembers its collectors in the order they came (the
+    order ``generate_latest`` writes them in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_order: list[Any] = []
+
+    def register(self, collector: Any) -> None:
+        super().register(collector)
+        self.in_order.append(collector)
+
+    def unregister(self, collector: Any) -> None:
+        super().unregister(collector)
+        self.in_order.remove(collector)
+
+
+class _One:
+    """One collector as ``generate_latest`` takes a registry."""
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        return self.collector.collect()
+
+
+_WRITES_ITS_OWN_TEXT = (LoopCounter, LoopHistogram, LoopGauge)
+
 
 class ServiceMetrics:
     """All metrics of one service instance, in their own registry."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = _OrderedRegistry()
         r = self.registry
         # per record: lock-free, single-writer (the loop's thread) series
         self.events = LoopCounter("streamweights_events", "Records processed.",
@@ -346,6 +434,20 @@ class ServiceMetrics:
                                      ["stream", "forecaster", "metric", "source"], r)
         self.ready = Gauge("streamweights_ready", "1 once state is restored and the source is "
                            "open.", registry=r)
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` text: exactly ``generate_latest(self.registry)``, written
+        ~10x faster (the per-stream families write their own lines,
+        :mod:`streamweights.runtime.prometheus_text`; the few other series go through
+        prometheus_client)."""
+        out: list[str] = []
+        escapes = Escapes()
+        for collector in list(self.registry.in_order):
+            if isinstance(collector, _WRITES_ITS_OWN_TEXT):
+                collector.render(out, escapes)
+            else:
+                out.append(generate_latest(_One(collector)).decode("utf-8"))
+        return "".join(out).encode("utf-8")
 
     def publish_uncertainty(self, stream: str, summary: dict) -> None:
         """Set the conformal and performance gauges from ``StreamUncertainty.summary()``

@@ -17,10 +17,20 @@ from streamweights.runtime.metrics import _LATENCY_BUCKETS, ServiceMetrics
 from streamweights.runtime.service import Service
 
 
-def _series(registry: CollectorRegistry, names: set[str]) -> dict:
+def _text(source: ServiceMetrics | CollectorRegistry) -> str:
+    """/metrics: for the service's metrics, what it serves (``exposition()``), checked
+    byte for byte against prometheus_client's ``generate_latest`` of its registry."""
+    if not isinstance(source, ServiceMetrics):
+        return generate_latest(source).decode()
+    served = source.exposition()
+    assert served == generate_latest(source.registry)
+    return served.decode()
+
+
+def _series(source: ServiceMetrics | CollectorRegistry, names: set[str]) -> dict:
     """Samples of the named families, ``_created`` (a wall-clock time) left out."""
     found = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(_text(source)):
         if family.name in names:
             found[family.name] = (family.type, family.documentation, sorted(
                 (sample.name, tuple(sorted(sample.labels.items())), sample.value)
@@ -55,9 +65,9 @@ def test_loop_series_read_as_prometheus_client_series():
             joined.labels(stream).inc()
     names = {"streamweights_events", "streamweights_labels_joined",
              "streamweights_update_latency_seconds"}
-    ours = _series(metrics.registry, names)
+    ours = _series(metrics, names)
     assert ours == _series(reference, names) and set(ours) == names
-    created = [line for line in generate_latest(metrics.registry).decode().splitlines()
+    created = [line for line in _text(metrics).splitlines()
                if line.startswith("streamweights_update_latency_seconds_created{")]
     assert len(created) == 2
 
@@ -94,7 +104,7 @@ def test_per_stream_series_read_as_prometheus_client_series():
             ours.labels(*values).inc(amount)
             twins[name].labels(*values).inc(amount)
     names = {family.name for family in (*gauges.values(), *counters.values())}
-    ours = _series(metrics.registry, names)
+    ours = _series(metrics, names)
     assert ours == _series(reference, names) and set(ours) == names
     assert {ours[family.name][0] for family in gauges.values()} == {"gauge"}
     with pytest.raises(ValueError, match="labels"):
@@ -118,8 +128,7 @@ def test_a_scrape_during_the_loop_is_consistent():
     worker.start()
     scrapes = 0
     while not done.is_set() or scrapes == 0:
-        for family in text_string_to_metric_families(generate_latest(metrics.registry)
-                                                     .decode()):
+        for family in text_string_to_metric_families(_text(metrics)):
             if family.name != "streamweights_update_latency_seconds":
                 continue
             buckets = [s.value for s in family.samples if s.name.endswith("_bucket")]
@@ -144,7 +153,7 @@ def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted
     latency_name = "streamweights_update_latency_seconds"
 
     def latency_counts(service: Service) -> dict:
-        found = _series(service.metrics.registry, {latency_name})[latency_name][2]
+        found = _series(service.metrics, {latency_name})[latency_name][2]
         return {labels: value for name, labels, value in found
                 if name == latency_name + "_count"}
 
@@ -160,7 +169,7 @@ def test_records_the_lane_counts_read_as_the_python_path(config_factory, adapted
                 service.pipeline.process = service.pipeline.process  # wrapped: no lane
             service.run()
             lanes = service.pipeline.record_lane()
-            return ({**_series(service.metrics.registry, names),
+            return ({**_series(service.metrics, names),
                      "latency": latency_counts(service)},
                     lanes.done_counts() if lanes is not None else [])
         finally:
@@ -192,7 +201,7 @@ def test_counts_kept_elsewhere_add_to_the_series():
     metrics.events.labels("c", "prediction").inc()
 
     def read() -> dict:
-        text = generate_latest(metrics.registry).decode()
+        text = _text(metrics)
         return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(text)
                 if family.name.startswith("streamweights_events") for sample in family.samples}
@@ -230,7 +239,7 @@ def test_observations_kept_elsewhere_add_to_the_histogram():
     histogram.labels("invalid").observe(1.0)
 
     def read() -> dict:
-        text = generate_latest(metrics.registry).decode()
+        text = _text(metrics)
         return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(text)
                 if family.name == "streamweights_update_latency_seconds"
