@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -17,6 +18,7 @@ import urllib.request
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamweights.config import load_config
@@ -377,3 +379,41 @@ def test_fifty_concurrent_scrapers_all_answer(server):
     print(f"50 concurrent scrapers: p50 {ordered[250] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms,"
           f" max {ordered[-1] * 1000:.1f} ms")
     assert ordered[-1] < 5.0  # a timeout-sized wait would mean the backlog overflowed
+
+
+def test_metrics_are_gzipped_for_scrapers_that_accept_it():
+    """Scenario: a server over metrics with per-stream series for 300 streams; /metrics
+    asked as Prometheus asks (``Accept-Encoding: gzip``), with gzip refused (``q=0``),
+    through ``*``, and with no header.
+    We expect: gzip (``Content-Encoding: gzip``) whose content is byte for byte the
+    plain text, which is prometheus_client's ``generate_latest`` of the registry, and
+    several times smaller; plain text when gzip is not accepted; ``Vary`` each time."""
+    metrics = ServiceMetrics()
+    for number in range(300):
+        stream = f"segment-{number:05d}"
+        metrics.pending.labels(stream).set(number)
+        for forecaster in ("adapted", "raw_best"):
+            metrics.log_loss.labels(stream, forecaster).set(0.3 + number / 1e4)
+    view = ServiceView()
+    view.ready = True
+    server = HttpServer("127.0.0.1", 0, view, metrics)
+    server.start()
+    try:
+        plain_answers = []
+        for header in (None, "gzip;q=0", "identity"):
+            status, headers, body = _request(server.port, "/metrics",
+                                             {"Accept-Encoding": header} if header else {})
+            assert status == 200 and "Content-Encoding" not in headers, header
+            assert headers["Vary"] == "Accept-Encoding"
+            plain_answers.append(body)
+        assert plain_answers[0] == generate_latest(metrics.registry)
+        assert len(set(plain_answers)) == 1
+        for header in ("gzip", "deflate, gzip;q=0.5", "*"):
+            status, headers, body = _request(server.port, "/metrics",
+                                             {"Accept-Encoding": header})
+            assert status == 200 and headers["Content-Encoding"] == "gzip", header
+            assert int(headers["Content-Length"]) == len(body)
+            assert gzip.decompress(body) == plain_answers[0]
+            assert len(body) * 5 < len(plain_answers[0])
+    finally:
+        server.stop()
