@@ -8,12 +8,13 @@ import math
 import random
 import struct
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from streamweights.runtime.metrics import ServiceMetrics
-from streamweights.runtime.prometheus_text import Escapes, LineTemplate, go_float, plain
+from streamweights.runtime.prometheus_text import go_float, sample_lines
 
 #: Values at every edge of Go's and Python's float texts: the signs of zero and of
 #: infinity, NaN, the 1e6 and 1e16 switches to exponents, the extremes.
@@ -36,38 +37,42 @@ def _floats(count: int, seed: int) -> list[float]:
 
 
 def test_values_are_written_as_prometheus_client_writes_them():
-    """Scenario: edge values and 60,000 random doubles (every exponent) written by
-    ``go_float`` and by a line template's inline path; integers by ``go_float``.
+    """Scenario: edge values and 60,000 random doubles (every exponent) written by the
+    core alone (``go_float``) and in a sample line; integers and a bool in a line.
     We expect: exactly ``floatToGoString``'s text each time."""
-    template = LineTemplate("m", ("a",))
     values = [*EDGES, *_floats(20_000, 3)]
+    lines = sample_lines("m", ("a",), [(("x",), value) for value in values]).decode()
+    assert lines.splitlines() == [f'm{{a="x"}} {floatToGoString(v)}' for v in values]
     for value in values:
-        expected = floatToGoString(value)
-        assert go_float(value) == expected, value
-        assert template.lines([(("x",), value)], None) == [f'm{{a="x"}} {expected}\n'], value
-    for number in (0, 1, -1, 7, 999_999, 1_000_000, 12_345_678, 10**16, 10**22):
-        assert go_float(number) == floatToGoString(number), number
+        assert go_float(value) == floatToGoString(value), value
+    numbers = [0, 1, -1, 7, 999_999, 1_000_000, 12_345_678, 10**16, 10**22, True]
+    lines = sample_lines("m", (), [((), number) for number in numbers]).decode()
+    assert lines.splitlines() == [f"m {floatToGoString(n)}" for n in numbers]
 
 
 def test_label_values_are_escaped_and_sorted_as_prometheus_client_does():
     """Scenario: label values with backslashes, quotes, newlines, braces, commas and
-    non-ASCII text, labels given out of name order, plus an ``extra`` label.
-    We expect: the labels sorted by name, values escaped as the format says; ``plain``
-    tells which values need no escaping; a wrong number of values is an error."""
-    template = LineTemplate("m", ("stream", "alpha"), extra="le")
+    non-ASCII text, labels given out of name order, a value read from an attribute.
+    We expect: the labels sorted by name, values escaped as the format says, and the
+    parser reads the values back; a wrong number of label values, a label value that
+    is not a string and a value that is not a number are errors, not lines."""
     hostile = 'a\\b"c\nd{e},f=g ünï'
-    [line] = template.lines([((hostile, "0.1", "+Inf"), 2.0)], Escapes())
-    assert line == 'm{alpha="0.1",le="+Inf",stream="a\\\\b\\"c\\nd{e},f=g ünï"} 2.0\n'
-    [family] = text_string_to_metric_families(line)
+    line = sample_lines("m", ("stream", "alpha", "le"), [((hostile, "0.1", "+Inf"), 2.0)])
+    assert line == 'm{alpha="0.1",le="+Inf",stream="a\\\\b\\"c\\nd{e},f=g ünï"} 2.0\n'.encode()
+    [family] = text_string_to_metric_families(line.decode())
     assert family.samples[0].labels == {"alpha": "0.1", "le": "+Inf", "stream": hostile}
-    assert [plain(v) for v in ("segment-1", "ünï {x}", "a\\b", 'q"', "l\n", 3)] == \
-        [True, True, False, False, False, False]
-    try:
-        template.lines([(("only",), 1.0)], None)
-    except ValueError as error:
-        assert "3 label values" in str(error)
-    else:
-        raise AssertionError("a short label tuple was written")
+
+    class Child:
+        value = 0.25
+
+    assert sample_lines("g", ("s",), [(("x",), Child())], attribute="value") == \
+        b'g{s="x"} 0.25\n'
+    with pytest.raises(ValueError, match="3 label values expected"):
+        sample_lines("m", ("a", "b", "c"), [(("only",), 1.0)])
+    with pytest.raises(TypeError, match="label values must be str"):
+        sample_lines("m", ("a",), [((7,), 1.0)])
+    with pytest.raises(TypeError):
+        sample_lines("m", ("a",), [(("x",), "1.0")])
 
 
 def test_the_service_exposition_is_generate_latest_byte_for_byte():

@@ -48,6 +48,7 @@ use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
 use crate::expert_losses::read_flat;
+use crate::float_text::Decimal;
 use crate::join::{Held, PendingJoin};
 use crate::label_step::learn_served_values;
 use crate::pending::Flat;
@@ -324,77 +325,15 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
 /// `write_float` from Ryu's text in any of its layouts: its digits and decimal exponent
 /// read back and written in orjson's.
 fn layout_float(out: &mut Vec<u8>, text: &[u8]) {
-    let (negative, text) = match text.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, text),
-    };
-    // Ryu's own layout (fixed or scientific) read back as digits and a decimal exponent.
-    let (mantissa, mut exponent) = match text.iter().position(|&byte| byte == b'e') {
-        Some(at) => (
-            &text[..at],
-            std::str::from_utf8(&text[at + 1..])
-                .ok()
-                .and_then(|e| e.parse::<i32>().ok())
-                .unwrap_or(0),
-        ),
-        None => (text, 0),
-    };
-    let point = mantissa
-        .iter()
-        .position(|&byte| byte == b'.')
-        .unwrap_or(mantissa.len());
-    // The significant digits, on the stack (Ryu writes at most 17 of them, and a fixed
-    // layout at most 21 digits in all).
-    let mut all = [0u8; 32];
-    let mut count = 0;
-    for &byte in mantissa.iter().filter(|byte| byte.is_ascii_digit()) {
-        all[count] = byte;
-        count += 1;
-    }
-    exponent += point as i32 - 1;
-    let leading = all[..count]
-        .iter()
-        .take_while(|&&digit| digit == b'0')
-        .count();
-    let digits: &[u8] = if leading == count {
-        exponent = 0;
-        b"0"
-    } else {
-        exponent -= leading as i32;
-        let mut end = count;
-        while end - leading > 1 && all[end - 1] == b'0' {
-            end -= 1;
-        }
-        &all[leading..end]
-    };
-    if negative {
+    let decimal = Decimal::of_ryu(text);
+    let exponent = decimal.exponent;
+    if decimal.negative {
         out.push(b'-');
     }
     if (-5..16).contains(&exponent) {
-        if exponent >= 0 {
-            let whole = exponent as usize + 1;
-            for index in 0..whole {
-                out.push(*digits.get(index).unwrap_or(&b'0'));
-            }
-            out.push(b'.');
-            if digits.len() > whole {
-                out.extend_from_slice(&digits[whole..]);
-            } else {
-                out.push(b'0');
-            }
-        } else {
-            out.extend_from_slice(b"0.");
-            for _ in 0..(-exponent - 1) {
-                out.push(b'0');
-            }
-            out.extend_from_slice(digits);
-        }
+        decimal.write_fixed(out);
     } else {
-        out.push(digits[0]);
-        if digits.len() > 1 {
-            out.push(b'.');
-            out.extend_from_slice(&digits[1..]);
-        }
+        decimal.write_scientific(out);
         out.push(b'e');
         if exponent > 0 {
             out.push(b'+');
@@ -404,7 +343,7 @@ fn layout_float(out: &mut Vec<u8>, text: &[u8]) {
 }
 
 /// An integer's decimal digits, as Python writes it (no allocation).
-fn write_integer(out: &mut Vec<u8>, value: i64) {
+pub fn write_integer(out: &mut Vec<u8>, value: i64) {
     if value < 0 {
         out.push(b'-');
     }

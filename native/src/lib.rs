@@ -23,8 +23,10 @@ mod drift_evidence;
 mod drift_memory;
 mod event_time;
 mod expert_losses;
+mod exposition;
 mod feature_correction;
 mod fixed_share;
+mod float_text;
 mod hedge;
 mod join;
 mod json_tree;
@@ -91,5 +93,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     json_tree::register(module)?;
     stream_counters::register(module)?;
     tree_alike::register(module)?;
+    exposition::register(module)?;
     Ok(())
 }

