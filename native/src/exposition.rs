@@ -9,7 +9,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::float_text::Decimal;
 
@@ -61,76 +61,114 @@ fn write_label_value(out: &mut Vec<u8>, value: &[u8]) {
     }
 }
 
-/// The value of one row: `row[value_at]`, or that object's `attribute`, as a float
-/// (`float(v)`, as prometheus_client takes it).
-fn row_value(
-    row: &Bound<'_, PyTuple>,
-    value_at: usize,
-    attribute: Option<&Bound<'_, PyString>>,
-) -> PyResult<f64> {
-    let mut value = row.get_item(value_at)?;
-    if let Some(name) = attribute {
-        value = value.getattr(name)?;
-    }
+/// `value`, or its `attribute`, as a float (`float(v)`, as prometheus_client takes it).
+fn value_of(value: Bound<'_, PyAny>, attribute: Option<&Bound<'_, PyString>>) -> PyResult<f64> {
+    let value = match attribute {
+        Some(name) => value.getattr(name)?,
+        None => value,
+    };
     match value.downcast::<PyFloat>() {
         Ok(float) => Ok(float.value()),
         Err(_) => value.extract::<f64>(),
     }
 }
 
-/// One line per row of `rows` (a list of tuples): `row[0]` holds the label values in
-/// `labelnames` order, `row[value_at]` the value (or, with `attribute`, the object
-/// whose attribute it is: a series' child). Labels are written sorted by name.
+/// One family's sample lines, written into one buffer.
+struct Lines<'a> {
+    name: &'a str,
+    width: usize,
+    order: Vec<usize>,
+    /// What goes before each label's value, in name order: `{name="` or `,name="`.
+    openers: Vec<Vec<u8>>,
+    out: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(name: &'a str, labelnames: &[String], rows: usize) -> Self {
+        let width = labelnames.len();
+        let mut order: Vec<usize> = (0..width).collect();
+        order.sort_by(|&a, &b| labelnames[a].cmp(&labelnames[b]));
+        let openers = order
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| format!("{}{}=\"", if k == 0 { "{" } else { "," }, labelnames[i]))
+            .map(String::into_bytes)
+            .collect();
+        Self {
+            name,
+            width,
+            order,
+            openers,
+            out: Vec::with_capacity(rows * (name.len() + 24 * width + 24)),
+        }
+    }
+
+    /// One line: `values` (a tuple of `str`, in `labelnames` order) and the value.
+    fn push(&mut self, values: &Bound<'_, PyAny>, value: f64) -> PyResult<()> {
+        let name = self.name;
+        let values = values.downcast::<PyTuple>()?;
+        if values.len() != self.width {
+            return Err(PyValueError::new_err(format!(
+                "{name}: {} label values expected, got {}",
+                self.width,
+                values.repr()?
+            )));
+        }
+        let out = &mut self.out;
+        out.extend_from_slice(name.as_bytes());
+        for (opener, &i) in self.openers.iter().zip(&self.order) {
+            out.extend_from_slice(opener);
+            let label = values.get_item(i)?;
+            let label = label
+                .downcast::<PyString>()
+                .map_err(|_| PyTypeError::new_err(format!("{name}: label values must be str")))?;
+            write_label_value(out, label.to_str()?.as_bytes());
+            out.push(b'"');
+        }
+        if self.width > 0 {
+            out.push(b'}');
+        }
+        out.push(b' ');
+        write_go_float(out, value);
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// One line per series of `rows`: a dict (label values tuple -> value, or with
+/// `attribute` the object holding it: a family's children, read in place, so that a
+/// scrape makes no tuple per series for the collector to chase), or a list of tuples
+/// whose `row[0]` holds the label values and `row[value_at]` the value. Label values
+/// come in `labelnames` order; they are written sorted by name.
 #[pyfunction]
 #[pyo3(signature = (name, labelnames, rows, value_at = 1, attribute = None))]
 pub fn exposition_lines<'py>(
     py: Python<'py>,
     name: &str,
     labelnames: Vec<String>,
-    rows: &Bound<'py, PyList>,
+    rows: &Bound<'py, PyAny>,
     value_at: usize,
     attribute: Option<&Bound<'py, PyString>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let width = labelnames.len();
-    let mut order: Vec<usize> = (0..width).collect();
-    order.sort_by(|&a, &b| labelnames[a].cmp(&labelnames[b]));
-    // What goes before each label's value: `{name="` or `,name="`.
-    let openers: Vec<Vec<u8>> = order
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| format!("{}{}=\"", if k == 0 { "{" } else { "," }, labelnames[i]))
-        .map(String::into_bytes)
-        .collect();
-    let mut out = Vec::with_capacity(rows.len() * (name.len() + 24 * width + 24));
-    for row in rows.iter() {
-        let row = row.downcast::<PyTuple>()?;
-        let values = row.get_item(0)?;
-        let values = values.downcast::<PyTuple>()?;
-        if values.len() != width {
-            return Err(PyValueError::new_err(format!(
-                "{name}: {width} label values expected, got {}",
-                values.repr()?
-            )));
+    let lines = if let Ok(series) = rows.downcast::<PyDict>() {
+        let mut lines = Lines::new(name, &labelnames, series.len());
+        for (values, value) in series.iter() {
+            lines.push(&values, value_of(value, attribute)?)?;
         }
-        let value = row_value(row, value_at, attribute)?;
-        out.extend_from_slice(name.as_bytes());
-        for (opener, &i) in openers.iter().zip(&order) {
-            out.extend_from_slice(opener);
-            let label = values.get_item(i)?;
-            let label = label
-                .downcast::<PyString>()
-                .map_err(|_| PyTypeError::new_err(format!("{name}: label values must be str")))?;
-            write_label_value(&mut out, label.to_str()?.as_bytes());
-            out.push(b'"');
+        lines
+    } else {
+        let rows = rows.downcast::<PyList>()?;
+        let mut lines = Lines::new(name, &labelnames, rows.len());
+        for row in rows.iter() {
+            let row = row.downcast::<PyTuple>()?;
+            lines.push(
+                &row.get_item(0)?,
+                value_of(row.get_item(value_at)?, attribute)?,
+            )?;
         }
-        if width > 0 {
-            out.push(b'}');
-        }
-        out.push(b' ');
-        write_go_float(&mut out, value);
-        out.push(b'\n');
-    }
-    Ok(PyBytes::new(py, &out))
+        lines
+    };
+    Ok(PyBytes::new(py, &lines.out))
 }
 
 /// `write_go_float` as text: how the tests hold it to prometheus_client.

@@ -318,8 +318,10 @@ class LoopGauge:
     def render(self, out: list[bytes]) -> None:
         """Append this family's exposition text (as ``generate_latest`` writes it)."""
         out.append(family_header(self.name, self.documentation, "gauge"))
-        children = list(self._children.items())  # one atomic copy
-        out.append(sample_lines(self.name, self.labelnames, children, attribute="value"))
+        # The children read in place, in one core call that holds the GIL: the loop
+        # cannot set a value meanwhile, and no (values, child) tuple per series is made.
+        out.append(sample_lines(self.name, self.labelnames, self._children,
+                                attribute="value"))
 
 
 class _OrderedRegistry(CollectorRegistry):

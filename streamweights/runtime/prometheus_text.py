@@ -11,6 +11,7 @@ same bytes as ``prometheus_client.generate_latest`` (tests compare them byte for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from streamweights import _native
 
@@ -23,12 +24,14 @@ def family_header(name: str, documentation: str, kind: str) -> bytes:
     return f"# HELP {name} {text}\n# TYPE {name} {kind}\n".encode()
 
 
-def sample_lines(name: str, labelnames: Sequence[str], rows: list[tuple],
-                 value_at: int = 1, attribute: str | None = None) -> bytes:
-    """One sample line per row: ``row[0]`` holds the label values in ``labelnames``
-    order, ``row[value_at]`` the value, or with ``attribute`` the object holding it
-    (a series' child). Labels come out sorted by name and escaped, values as Go writes
-    them (``go_float``)."""
+def sample_lines(name: str, labelnames: Sequence[str],
+                 rows: list[tuple] | dict[tuple[str, ...], Any], value_at: int = 1,
+                 attribute: str | None = None) -> bytes:
+    """One sample line per series: ``rows`` a list of tuples, ``row[0]`` the label
+    values in ``labelnames`` order and ``row[value_at]`` the value, or a dict from label
+    values to the value; with ``attribute``, the object holding the value (a series'
+    child). Labels come out sorted by name and escaped, values as Go writes them
+    (``go_float``)."""
     return _native.exposition_lines(name, list(labelnames), rows, value_at, attribute)
 
 
