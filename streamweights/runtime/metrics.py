@@ -44,6 +44,10 @@ ensemble weights (Hedge / FixedShare first stages) averaged under the portfolio'
 
 ``forecaster`` is ``adapted``, ``raw_best`` or ``raw:<model>``. Loss and ECE gauges are
 prequential means over the whole run (for regression streams, ``log_loss`` holds MSE).
+
+``/metrics`` is :meth:`ServiceMetrics.exposition`: ``generate_latest``'s bytes, the
+per-stream families written by the core (~75 series a default stream; 0.3 s a scrape
+at 10,000 streams instead of 7 s).
 """
 
 from __future__ import annotations
