@@ -17,6 +17,8 @@ of ``/metrics`` on a fresh connection (as separate Prometheus instances and dash
 do), optionally with ``--idle`` extra connections held open and silent the whole time,
 and with ``--token`` every other request is ``/v1/streams`` with a bearer token. Every
 request must answer 200; latency is per request from connect to the last byte.
+``/metrics`` is asked for as Prometheus asks (``Accept-Encoding: gzip``; the service
+gzips it once per generation); ``--plain`` asks for plain text.
 
 Run: ``python bench/http_scrapers.py [--service busy|idle] [--scrapers 50] [--rounds 20]
 [--idle 0] [--token]``.
@@ -99,7 +101,7 @@ def _scrape(port: int, args: argparse.Namespace) -> tuple[list[float], list[str]
                     time.sleep(args.interval)
                 if args.interval > 0:
                     barrier.wait()
-            path, headers = "/metrics", {}
+            path, headers = "/metrics", ({} if args.plain else {"Accept-Encoding": "gzip"})
             if args.token and (index + round_) % 2:
                 path, headers = "/v1/streams", {"Authorization": "Bearer bench-token"}
             started = time.perf_counter()
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--scrapers", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--idle", type=int, default=0, help="silent connections held open")
+    parser.add_argument("--plain", action="store_true", help="ask for /metrics without "
+                        "gzip (Prometheus asks for gzip)")
     parser.add_argument("--token", action="store_true", help="also time /v1/streams with a "
                         "bearer token (the scrapers alternate)")
     parser.add_argument("--service", choices=("busy", "idle"), default="busy")
