@@ -247,6 +247,26 @@ def rng_state(generator: np.random.Generator) -> dict[str, Any]:
             "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
 
 
+#: What PCG64's state setter takes: 128-bit state and increment, a C ``int`` flag, and
+#: a spare 32-bit output.
+_RNG_BOUNDS = {"state": (0, 1 << 128), "inc": (0, 1 << 128),
+               "has_uint32": (-(1 << 31), 1 << 31), "uinteger": (0, 1 << 32)}
+
+
+def rng_state_checked(state: dict[str, Any]) -> dict[str, Any]:
+    """``rng_state(rng_from_state(state))`` without building a generator: the values
+    PCG64's state setter accepts (integers, or what ``int`` reads as one, in its ranges),
+    written as :func:`rng_state` writes them, else the error it raises (``OverflowError``
+    out of range). A generator costs ~12-50 us to build, ~8% of restoring a default
+    stream; this ~2 us. A test holds the two to the same answers."""
+    values = {name: int(state[name]) for name in _RNG_BOUNDS}
+    for name, (low, high) in _RNG_BOUNDS.items():
+        if not low <= values[name] < high:
+            raise OverflowError(f"random state: {name} {values[name]} is out of range")
+    return {"state": str(values["state"]), "inc": str(values["inc"]),
+            "has_uint32": values["has_uint32"], "uinteger": values["uinteger"]}
+
+
 def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
     """Rebuild a PCG64 generator from :func:`rng_state` output."""
     bit_generator = np.random.PCG64()

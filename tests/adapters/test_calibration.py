@@ -25,6 +25,7 @@ from streamweights.adapters import (
     adapter_spec,
     build_adapter,
 )
+from streamweights.adapters.base import rng_from_state, rng_state, rng_state_checked
 from streamweights.adapters.calibration._newton import NewtonStep, project_onto_ball
 
 N_ECE_BINS = 15
@@ -460,3 +461,42 @@ def test_temperature_is_clipped_and_starts_at_the_identity():
 def test_temperature_rejects_bad_settings(kwargs, word):
     with pytest.raises(ValueError, match=word):
         OnlineTemperature(**kwargs)
+
+
+def test_a_random_state_is_checked_as_the_generator_checks_it():
+    """Scenario: Calibeating's saved random states, valid ones (edges of every range,
+    strings, floats, bools as numbers) and invalid ones (out of range, negative, not a
+    number, a key missing), read by ``rng_state_checked`` and by a real PCG64 generator
+    built from them (what the restore did before). We expect: the same normalised state
+    for every valid one; an error of the same class for every invalid one."""
+    big, c_int = 1 << 128, 1 << 31
+    base = {"state": "12345", "inc": "7", "has_uint32": 0, "uinteger": 0}
+    generator = np.random.default_rng(8)
+    changes = [{}, {"inc": "8"}, {"state": str(big - 1)}, {"inc": big - 1},
+               {"has_uint32": c_int - 1}, {"has_uint32": -c_int}, {"has_uint32": 5},
+               {"has_uint32": True}, {"has_uint32": "1"}, {"uinteger": (1 << 32) - 1},
+               {"uinteger": 1.9}, {"state": 1.5}, {"state": str(big)}, {"inc": big + 1},
+               {"state": "-1"}, {"inc": -3}, {"has_uint32": c_int}, {"has_uint32": -c_int - 1},
+               {"uinteger": -1}, {"uinteger": 1 << 32}, {"uinteger": 1 << 64},
+               {"state": "x"}, {"inc": None}, {"uinteger": math.nan}, {"state": math.inf}]
+    changes += [{"state": str(int(generator.integers(0, 1 << 62)) << 66),
+                 "inc": str(int(generator.integers(0, 1 << 62)) * 2 + 1),
+                 "has_uint32": int(generator.integers(0, 2)),
+                 "uinteger": int(generator.integers(0, 1 << 32))} for _ in range(50)]
+    outcomes = {"valid": 0, "invalid": 0}
+    for change in changes:
+        state = {**base, **change}
+        try:
+            expected = rng_state(rng_from_state(state))
+        except Exception as error:  # its class is what the check must raise
+            with pytest.raises(type(error)):
+                rng_state_checked(state)
+            outcomes["invalid"] += 1
+        else:
+            assert rng_state_checked(state) == expected, change
+            outcomes["valid"] += 1
+    for key in base:
+        missing = {name: value for name, value in base.items() if name != key}
+        with pytest.raises(KeyError, match=key):
+            rng_state_checked(missing)
+    assert outcomes == {"valid": 62, "invalid": 13}

@@ -17,8 +17,8 @@ from streamweights.adapters.base import (
     adapter_spec,
     build_adapter,
     load_part,
-    rng_from_state,
     rng_state,
+    rng_state_checked,
 )
 from streamweights.adapters.calibration._newton import _BinaryNewtonCalibrator, binary_output
 from streamweights.adapters.validation import (
@@ -268,7 +268,7 @@ class Calibeating(Adapter):
         if counts.shape != expected or ones.shape != expected:
             raise ValueError(f"state: bin records of shape {expected} expected, got "
                              f"{counts.shape} and {ones.shape}")
-        random = rng_state(rng_from_state(state["random"]))  # checks and normalises it
+        random = rng_state_checked(state["random"])
         uniform = float(state["uniform"])
         load_part(self.base, state["base"], config_checked=True)  # in get_config's
         self._core.set_state(counts.ravel().tolist(), ones.ravel().tolist(), random["state"],
