@@ -3,9 +3,12 @@ else (cut short, followed by other bytes, a bomb) is a ValueError, never a wrong
 (That a stream record is one: tests/service/test_incremental_state.py.)"""
 
 import json
+import random
+import threading
 import zlib
 
 import pytest
+import zstandard
 
 from streamweights.runtime.compression import MAX_RATIO, ZSTD_MAGIC, compress, decompress
 
@@ -61,3 +64,35 @@ def test_a_zlib_bomb_stops_at_the_bound():
         decompress(bomb)
     with pytest.raises(ValueError, match="followed by other bytes"):
         decompress(zlib.compress(_TEXT) + b"\0")
+
+
+def test_the_reused_coders_write_and_read_as_fresh_ones():
+    """Scenario: records of many sizes compressed in turn by a thread's one compressor,
+    damaged frames refused in between by its one decompressor, and the same in a second
+    thread at once. We expect: every frame byte for byte what a fresh compressor
+    writes, and every record read back after a refusal."""
+    def run(seed: int, failures: list) -> None:
+        generator = random.Random(seed)
+        for _ in range(200):
+            text = bytes(generator.choice(b"abc{}:,0123456789") for _ in
+                         range(generator.choice((0, 1, 100, 5000, 70_000))))
+            frame = compress(text)
+            fresh = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(text)
+            if frame != fresh:
+                failures.append(("frame", len(text)))
+            if len(frame) > 12:
+                try:
+                    decompress(frame[:-3])
+                    failures.append(("cut frame read", len(text)))
+                except ValueError:
+                    pass
+            if decompress(frame) != text:
+                failures.append(("read", len(text)))
+
+    failures: list = []
+    threads = [threading.Thread(target=run, args=(seed, failures)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
