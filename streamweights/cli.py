@@ -170,33 +170,35 @@ def _run(args: argparse.Namespace) -> int:
     check_startup(dataclasses.replace(config, state_dir=args.state_dir or config.state_dir),
                   os.environ, objects=False)
     started = time.monotonic()
-    try:
-        service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
-    except OSError as error:  # an output file or folder that cannot be opened: one line
-        raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
-                                f"({error.strerror or error})") from None
-    except (ConfigError, RuntimeSetupError, SnapshotError):
-        raise
-    except Exception as error:
-        if args.verbose:
+    # Start-up's objects leave the full scans; the streams built and restored inside
+    # join them (runtime/heap.py), so neither is walked by the collector while it runs.
+    with startup_heap_frozen() as frozen:
+        log.debug("froze %d start-up objects out of garbage collection", frozen)
+        try:
+            service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
+        except OSError as error:  # an output file or folder that cannot be opened: one line
+            raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
+                                    f"({error.strerror or error})") from None
+        except (ConfigError, RuntimeSetupError, SnapshotError):
             raise
-        message = " ".join(str(error).split())[:300]
-        raise RuntimeSetupError(f"start-up failed ({type(error).__name__}: {message}); "
-                                "--verbose shows the traceback") from None
-    service.install_signal_handlers()
-    recorder = None
-    if args.report:
-        from streamweights.evaluation.trace import TraceRecorder
+        except Exception as error:
+            if args.verbose:
+                raise
+            message = " ".join(str(error).split())[:300]
+            raise RuntimeSetupError(f"start-up failed ({type(error).__name__}: {message}); "
+                                    "--verbose shows the traceback") from None
+        service.install_signal_handlers()
+        recorder = None
+        if args.report:
+            from streamweights.evaluation.trace import TraceRecorder
 
-        recorder = TraceRecorder(service.pipeline).install()
-    log.info("streamweights %s: source %s, %d stream(s), state in %s", __version__,
-             service.source.name, len(config.streams), service.state_dir)
-    try:
-        with startup_heap_frozen() as frozen:  # start-up's objects leave the full scans
-            log.debug("froze %d start-up objects out of garbage collection", frozen)
+            recorder = TraceRecorder(service.pipeline).install()
+        log.info("streamweights %s: source %s, %d stream(s), state in %s", __version__,
+                 service.source.name, len(config.streams), service.state_dir)
+        try:
             summary = service.run()
-    finally:
-        service.close()
+        finally:
+            service.close()
     elapsed = time.monotonic() - started
     if recorder is not None:
         recorder.save(args.report, meta={"source": service.source.name,
