@@ -55,10 +55,11 @@ def collections_paused() -> Iterator[None]:
     instead, until that block ends. Left to the young generations, 10,000 restored
     streams' objects were walked three times on their way up (~1.2 s of collections, the
     last a full one freeing nothing, right after the restore). Frozen, a stream's state
-    is still freed when it is dropped (a Kafka task revoked, a restore replacing a built
-    chain): its objects form no reference cycles, so their reference counts free them
-    (``tests/test_heap.py`` checks a real service's streams). A cycle made in the block
-    would wait for the outer block's end."""
+    is still freed when it is replaced (a restore replacing the built state, a Kafka
+    rebalance rolling a task back): its objects form no reference cycles, so their
+    reference counts free them (``tests/service/test_heap_streams.py`` checks the demo's
+    and the torch example's streams). A cycle made in the block would wait for the outer
+    block's end."""
     enabled = gc.isenabled()
     gc.disable()
     try:
