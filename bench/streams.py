@@ -32,6 +32,9 @@ first line printed names them), its own join and scores. Steps, each timed:
    conformal windows' 1,000 scores, the coverage monitors' 500 labels and the memory's
    64 items: RSS per stream, and a full commit and a restore of them, per stream.
 
+The garbage collector is set up as ``streamweights run`` sets it (start-up objects, then
+the streams built and restored, frozen out of its scans: ``runtime/heap.py``).
+
 The Kafka runtime writes the same per-stream records (plus the task's offsets) to its
 changelog, one message per changed stream, so its commit bytes follow the same column.
 The machine may be shared: say so when quoting the figures.
@@ -58,6 +61,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from streamweights.config import parse_config
+from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import RecordsSource
 
@@ -196,7 +200,9 @@ def main() -> None:
         mature(args.mature_streams, args.mature_rounds)
         return
     names = stream_names(args.streams)
-    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+    # The heap as `streamweights run` keeps it: start-up objects frozen before the
+    # service is built, the streams built and restored frozen with them (runtime/heap.py).
+    with startup_heap_frozen(), tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         folder = pathlib.Path(tmp)
         input_path = folder / "input.jsonl"
         first = input_records(names, range(args.first_rounds))
@@ -291,7 +297,8 @@ def mature(count: int, rounds: int) -> None:
     fewer streams: RSS per stream (this process's own, from before the build), and a full
     commit and a restore of them all, per stream."""
     names = stream_names(count)
-    with tempfile.TemporaryDirectory(prefix="bench-streams-mature-") as tmp:
+    with startup_heap_frozen(), \
+            tempfile.TemporaryDirectory(prefix="bench-streams-mature-") as tmp:
         folder = pathlib.Path(tmp)
         input_path = folder / "input.jsonl"
         records = input_records(names, range(rounds), seed=11)

@@ -31,15 +31,21 @@ MAX_RATIO = 256
 _SLACK = 1 << 20
 
 
+#: Frames stating up to this size share their thread's decompressor; larger ones get one
+#: of their own, freed after: a decompressor keeps buffers as large as the largest frame
+#: it has read (~6 MB after a 5 MB one), which a thread's shared one would hold for good.
+REUSE_MAX = 1 << 20
+
+
 class _PerThread(threading.local):
-    """One zstd compressor and decompressor per thread: making them costs ~15 us and a
-    context allocation each, once per stream record (10,000 at a full commit or a
-    restore of that many streams); an instance may not be shared between threads. Each
-    call starts a fresh frame (the context is reset), so the bytes are those of a new
-    instance."""
+    """One zstd decompressor per thread: making one costs ~15 us and a context
+    allocation, once per stream record (10,000 of them to restore 10,000 streams; an
+    instance may not be shared between threads), and a kept one holds ~1 MB. Each
+    frame is read by a fresh ``decompressobj``, so it reads as a new instance would.
+    Compressors are made per call: a kept one held ~2 MB after 160 KB records, a fixed
+    cost that small replicas would notice more than a full commit's ~15 us a stream."""
 
     def __init__(self) -> None:
-        self.compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
         self.decompressor = zstandard.ZstdDecompressor()
 
 
@@ -48,7 +54,7 @@ _PER_THREAD = _PerThread()
 
 def compress(data: bytes) -> bytes:
     """One zstd frame of ``data``, its size written in the frame header."""
-    return _PER_THREAD.compressor.compress(data)
+    return zstandard.ZstdCompressor(level=LEVEL, write_content_size=True).compress(data)
 
 
 def decompress(data: bytes) -> bytes:
@@ -76,7 +82,9 @@ def decompress(data: bytes) -> bytes:
                              f"for a {len(data)}-byte frame")
         # The decoder's buffer is the stated size: a frame that would write more than it
         # states fails there ("Destination buffer is too small"), not at the frame's end.
-        reader = _PER_THREAD.decompressor.decompressobj()
+        decompressor = (_PER_THREAD.decompressor if size <= REUSE_MAX
+                        else zstandard.ZstdDecompressor())
+        reader = decompressor.decompressobj()
         text = reader.decompress(data)
         if not reader.eof or reader.unused_data or len(text) != size:
             raise ValueError("zstd frame: truncated, or followed by other bytes")
