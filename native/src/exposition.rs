@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
-use crate::float_text::Decimal;
+use crate::float_text::{write_integer, Decimal};
 
 /// A sample's value as Prometheus' Go code writes it (`floatToGoString`): `+Inf`,
 /// `-Inf`, `NaN`; Python's `repr` (fixed notation for decimal exponents -4 to 15, else
@@ -35,11 +35,11 @@ pub fn write_go_float(out: &mut Vec<u8>, value: f64) {
         decimal.write_scientific(out);
         out.push(b'e');
         out.push(if exponent < 0 { b'-' } else { b'+' });
-        let magnitude = exponent.unsigned_abs();
+        let magnitude = exponent.abs();
         if magnitude < 10 {
-            out.push(b'0');
+            out.push(b'0'); // at least two digits, as Python's repr writes them
         }
-        out.extend_from_slice(magnitude.to_string().as_bytes());
+        write_integer(out, i64::from(magnitude));
     } else {
         decimal.write_fixed(out);
     }

@@ -1,6 +1,6 @@
-//! A float's shortest decimal digits (Python's `repr` digits, which Ryu computes) and
-//! the layouts the core writes them in: orjson's for records (`lane::write_float`) and
-//! Prometheus' for `/metrics` (`exposition`).
+//! Numbers as text: a float's shortest decimal digits (Python's `repr` digits, which Ryu
+//! computes) and the layouts the core writes them in, orjson's for records
+//! (`lane::write_float`) and Prometheus' for `/metrics` (`exposition`); integers' digits.
 
 /// A finite float as sign, significant digits (no leading zeros, no trailing zeros but
 /// the one digit of zero) and the decimal exponent of the first digit.
@@ -111,4 +111,23 @@ impl Decimal {
             out.extend_from_slice(&digits[1..]);
         }
     }
+}
+
+/// An integer's decimal digits, as Python writes it (no allocation).
+pub fn write_integer(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    let mut magnitude = value.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }

@@ -48,7 +48,7 @@ use crate::arrays;
 use crate::chain::ChainCore;
 use crate::conformal::{ClassSets, UncertaintyCore};
 use crate::expert_losses::read_flat;
-use crate::float_text::Decimal;
+use crate::float_text::{write_integer, Decimal};
 use crate::join::{Held, PendingJoin};
 use crate::label_step::learn_served_values;
 use crate::pending::Flat;
@@ -340,25 +340,6 @@ fn layout_float(out: &mut Vec<u8>, text: &[u8]) {
         }
         write_integer(out, i64::from(exponent));
     }
-}
-
-/// An integer's decimal digits, as Python writes it (no allocation).
-pub fn write_integer(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    let mut magnitude = value.unsigned_abs();
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (magnitude % 10) as u8;
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// `write_float` as text: how the tests hold it to orjson.
