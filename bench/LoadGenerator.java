@@ -17,7 +17,7 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
 /**
  * The load generator of bench/kafka.py's latency measurement: produces prepared records to
  * the predictions and labels topics at a set rate, paced by the clock, and writes down when
- * each label was handed to the producer.
+ * each label was handed to the producer and when the broker acknowledged it.
  *
  * <p>Why Java: kafka-python's producer costs ~40 us of Python per record, so at 20,000
  * records/s the generator itself took ~0.8 of this 2-core machine and could not reach the
@@ -27,7 +27,15 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * <p>Arguments: bootstrap, predictions topic, labels topic, records/s, input file (one record
  * per line: {@code P|L <tab> key <tab> JSON value}), output file. Prints "ready" once its
  * producer knows both topics, waits for a line "go" on stdin, produces, and writes one line
- * {@code <line index> <epoch microseconds>} per label sent, then "done <records/s>".
+ * {@code <line index> <sent> <acknowledged>} per label (epoch microseconds: handed to the
+ * producer; the producer's callback saw the broker's acknowledgement, 0 if it failed), then
+ * "done <records/s>".
+ *
+ * <p>The acknowledgement is an upper bound of when the label was in the log (the callback
+ * runs on the producer's I/O thread, late when this process is short of CPU): the time from
+ * it to a weights version is the part of the latency that is the replica's and the output
+ * path's, with the input path's delays (this producer's batching and the broker's append)
+ * left out.
  */
 public final class LoadGenerator {
     private LoadGenerator() {}
@@ -60,6 +68,7 @@ public final class LoadGenerator {
         settings.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class);
         settings.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class);
         long[] sentMicros = new long[count];
+        long[] ackedMicros = new long[count]; // written by the I/O thread, read after flush
         try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(settings)) {
             producer.partitionsFor(predictions);
             producer.partitionsFor(labels);
@@ -77,23 +86,36 @@ public final class LoadGenerator {
                     LockSupport.parkNanos(wait);
                 }
                 if (isLabel[i]) {
-                    Instant now = Instant.now();
-                    sentMicros[i] = now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
+                    sentMicros[i] = epochMicros();
                 }
-                producer.send(new ProducerRecord<>(isLabel[i] ? labels : predictions, keys[i],
-                        values[i]));
+                if (isLabel[i]) {
+                    int index = i;
+                    producer.send(new ProducerRecord<>(labels, keys[i], values[i]),
+                            (metadata, failure) -> {
+                                if (failure == null) {
+                                    ackedMicros[index] = epochMicros();
+                                }
+                            });
+                } else {
+                    producer.send(new ProducerRecord<>(predictions, keys[i], values[i]));
+                }
             }
             producer.flush();
             double seconds = (System.nanoTime() - start) / 1e9;
             try (PrintWriter output = new PrintWriter(Files.newBufferedWriter(Path.of(args[5])))) {
                 for (int i = 0; i < count; i++) {
                     if (isLabel[i]) {
-                        output.println(i + " " + sentMicros[i]);
+                        output.println(i + " " + sentMicros[i] + " " + ackedMicros[i]);
                     }
                 }
             }
             System.out.println("done " + (count / seconds));
             System.out.flush();
         }
+    }
+
+    private static long epochMicros() {
+        Instant now = Instant.now();
+        return now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
     }
 }

@@ -45,7 +45,8 @@ bounded), committing every ``--commit-ms``. A load generator produces fresh reco
 half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compiled here
 against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started and
 connected before the clock starts, told to go once the replica owns its tasks; it notes
-the wall time at which each label is handed to its producer. (Until this release the
+the wall time at which each label is handed to its producer, and when the producer's
+callback sees the broker acknowledge it. (Until this release the
 generator was kafka-python's producer in this process: ~40 µs of Python per record, it
 took ~0.8 of the 2 cores at 17-18k records/s and could not reach half of ours' rate, so
 the replica was measured starved of CPU by its own load.) A ``read_committed`` reader of
@@ -53,19 +54,25 @@ the weights topic, in this process (heap frozen, so its garbage collections do n
 delay its clock), notes the wall time each new version is readable; a version's ``ts``
 is that of the label that triggered it. p50/p99 over the versions of labels sent after a
 3 s warm-up; the p50 of the first and last thirds shows whether the replica keeps up,
-and the p99 after the first third leaves the warm-up out. It also prints the CPU the
-replica, the generator and the reader used while producing, and says so when the
+and the p99 after the first third leaves the warm-up out. The same figures are printed from
+each label's acknowledgement instead (an upper bound of when it was in the log: the input
+path's delays left out; never the headline), which says how much of the latency the input
+path is. It also prints the CPU the replica, the generator and the reader used while
+producing, and says so when the
 generator fell short of the rate asked. The replica runs with its HTTP endpoints, as a
 deployed one does, and its ``/metrics`` are read once a second while the load runs (a
 Prometheus server would scrape less often): commits per second, the mean checkpoint call
 and ``commit_transaction`` step, the changelog bytes a commit wrote, and the largest
 count of predictions waiting for labels and of consumer lag seen; and, from the input
 topics' end offsets, how many records the generator had paced out but its producer had
-not yet written, per topic. A gap between the two topics wider than
-``kafka.max_task_idle_ms``'s worth of records lets labels pass the predictions they
-answer (the replica's contract for live input), so predictions wait for labels that have
-gone by and the snapshots grow: the input is skewed, and the latency then says more about
-the harness than the replica.
+not yet written, per topic; and with each sample the cores the replica, the generator and
+the whole machine (the broker included) used since the last one, summed up over the
+seconds in which the replica's consumer lag rose and over the others: whether the
+replica fell behind on its own work or on a machine short of CPU. A gap between the two
+topics wider than ``kafka.max_task_idle_ms``'s worth of records lets labels pass the
+predictions they answer (the replica's contract for live input), so predictions wait for
+labels that have gone by and the snapshots grow: the input is skewed, and the latency then
+says more about the harness than the replica.
 
 The machine is small and shared (2 cores, the broker's JVM on the same cores), so
 absolute numbers move between runs; the ratio is what the rounds make comparable.
@@ -79,6 +86,8 @@ import cProfile
 import gc
 import heapq
 import io
+import itertools
+import math
 import os
 import pathlib
 import pstats
@@ -393,7 +402,29 @@ def replica_figures(samples: list[tuple[float, dict[str, float]]]) -> dict[str, 
                        for _, values in samples),
         **{f"backlog_{kind}_max": max(values.get(f"generator_backlog_{kind}", 0.0)
                                       for _, values in samples)
-           for kind in ("predictions", "labels")}}
+           for kind in ("predictions", "labels")},
+        **cores_while_lag(samples)}
+
+
+def cores_while_lag(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Mean cores the replica used, and the machine was busy, over the seconds in which
+    the replica's consumer lag rose (it fell behind its input) and over the others:
+    whether falling behind was its own work or a machine short of CPU."""
+    groups: dict[str, list[tuple[float, float]]] = {"rising": [], "other": []}
+    for (_, before), (_, after) in itertools.pairwise(samples):
+        if "cores_replica" not in after:
+            continue
+        lag = "streamweights_kafka_consumer_lag"
+        rising = after.get(lag, 0.0) - before.get(lag, 0.0) > 1000
+        groups["rising" if rising else "other"].append(
+            (after["cores_replica"], after["cores_machine"]))
+    found = {}
+    for name, values in groups.items():
+        found[f"{name}_seconds"] = float(len(values))
+        if values:
+            found[f"{name}_replica_cores"] = statistics.fmean(v for v, _ in values)
+            found[f"{name}_machine_cores"] = statistics.fmean(m for _, m in values)
+    return found
 
 
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
@@ -472,12 +503,19 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
         partitions = {kind: [TopicPartition(inputs[kind], n) for n in range(topics.partitions)]
                       for kind in ("predictions", "labels")}
+        last_cpu = cpu_now()
         try:
             while not stop.is_set():
                 if producing.is_set() and went:
                     found = scrape(port)
                     now = time.time()
+                    cpu = cpu_now()
                     if found is not None:
+                        # cores used since the last sample: the replica, the generator,
+                        # and all processes (the broker's JVM included)
+                        elapsed = cpu["wall"] - last_cpu["wall"]
+                        for key in ("replica", "generator", "machine"):
+                            found[f"cores_{key}"] = (cpu[key] - last_cpu[key]) / elapsed
                         handed = min(count, int(rate * (now - went[0])))
                         for kind, owned in partitions.items():
                             written = sum(watcher.end_offsets(owned).values())
@@ -485,9 +523,15 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
                                         else handed - labels_before[handed])
                             found[f"generator_backlog_{kind}"] = expected - written
                         samples.append((now, found))
+                    last_cpu = cpu
                 stop.wait(1.0)
         finally:
             watcher.close()
+
+    def cpu_now() -> dict[str, float]:
+        return {"wall": time.time(), "replica": process_cpu_seconds(service.pid),
+                "generator": process_cpu_seconds(generator.pid),
+                "machine": machine_busy_seconds()}
 
     threading.Thread(target=sample_replica, daemon=True).start()
     log_lines: list[str] = []
@@ -551,17 +595,27 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     warnings = [line for line in log_lines if "warn" in line.lower()]
     if warnings:
         print(f"  the service logged {len(warnings)} warning(s); first: {warnings[0].strip()}")
-    sent_at = {}
+    sent_at: dict[tuple[str, float], float] = {}
+    acked_at: dict[tuple[str, float], float] = {}
     for line in (folder / "sent.txt").read_text().splitlines():
-        index, micros = line.split()
-        sent_at.setdefault(label_of[int(index)], int(micros) / 1e6)  # the first send
-    seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)])
+        index, sent_micros, acked_micros = line.split()
+        label = label_of[int(index)]
+        if label not in sent_at:  # the first send
+            sent_at[label] = int(sent_micros) / 1e6
+            acked_at[label] = int(acked_micros) / 1e6 if int(acked_micros) else math.nan
+    seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)],
+                   now - acked_at[(stream, ts)])
                   for stream, ts, now in readable if (stream, ts) in sent_at)
-    warm = [lat for at, lat in seen if at - started > 3.0]
+    warm = [lat for at, lat, _ in seen if at - started > 3.0]
+    # From the broker's acknowledgement instead of the hand-over to the producer: the
+    # input path's delays (the generator's batching, the broker's append) left out.
+    from_ack = [lat for at, _, lat in seen if at - started > 3.0 and not math.isnan(lat)]
     if dump is not None:
         with open(dump, "w") as out:
-            out.write(f"# go at {started:.3f} (epoch s); sent_s latency_ms\n")
-            out.writelines(f"{at - started:.3f} {1000 * lat:.1f}\n" for at, lat in seen)
+            out.write(f"# go at {started:.3f} (epoch s); sent_s latency_ms "
+                      "from_acknowledgement_ms\n")
+            out.writelines(f"{at - started:.3f} {1000 * lat:.1f} {1000 * acked:.1f}\n"
+                           for at, lat, acked in seen)
             out.write("# the replica's /metrics, sampled: seconds from the go, then series\n")
             out.writelines(f"{at - started:.3f} {orjson.dumps(values).decode()}\n"
                            for at, values in samples)
@@ -578,9 +632,29 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
             "last_third_p50_ms": 1000 * statistics.median(warm[-third:]),
             "steady_p99_ms": 1000 * statistics.quantiles(warm[third:], n=100)[98],
             "p99_ms": 1000 * quantiles[98], "max_ms": 1000 * max(warm),
+            **acknowledged_figures(from_ack),
             "achieved_rate": float(done[1]), "generator_cores": cores[generator.pid],
             "reader_cores": cores[os.getpid()], "replica_cores": cores[service.pid],
             **replica_figures(sorted(samples))}
+
+
+def acknowledged_figures(latencies: list[float]) -> dict[str, float]:
+    """p50 / p99 / the p99 after the first third, from each label's acknowledgement by
+    the broker to its weights version readable (empty if too few were acknowledged)."""
+    if len(latencies) < 20:
+        return {}
+    third = max(len(latencies) // 3, 1)
+    return {"acked_p50_ms": 1000 * statistics.median(latencies),
+            "acked_p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
+            "acked_steady_p99_ms": 1000 * statistics.quantiles(latencies[third:], n=100)[98]}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy so far (``/proc/stat``: all but idle and
+    iowait), whoever used them."""
+    ticks = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0]
+             .split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -750,6 +824,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{found['first_third_p50_ms']:.0f} ms, of the last third "
               f"{found['last_third_p50_ms']:.0f} ms (a rise = the replica falls behind); "
               f"p99 after the first third {found['steady_p99_ms']:.0f} ms")
+        if "acked_p99_ms" in found:
+            print(f"the same versions from the broker's acknowledgement of the label (an "
+                  f"upper bound of when it was in the log; the input path left out, so "
+                  f"this flatters the replica by up to the ack's own delay): p50 "
+                  f"{found['acked_p50_ms']:.0f} ms, p99 {found['acked_p99_ms']:.0f} ms, "
+                  f"p99 after the first third {found['acked_steady_p99_ms']:.0f} ms")
         if found["achieved_rate"] < 0.9 * rate:
             print(f"note: the load generator reached only {found['achieved_rate']:,.0f} of the "
                   f"{rate:,.0f} records/s asked (the machine could not carry it): the "
@@ -769,6 +849,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"{found['backlog_labels_max']:,.0f} labels (a gap between "
                   f"the two wider than kafka.max_task_idle_ms lets labels pass the "
                   f"predictions they answer: the input, not the replica, is then skewed)")
+        if found.get("rising_seconds"):
+            print(f"the {found['rising_seconds']:.0f} sampled second(s) in which the "
+                  f"replica's consumer lag rose (by > 1,000 records): the replica used "
+                  f"{found['rising_replica_cores']:.2f} cores on average, the machine was "
+                  f"busy {found['rising_machine_cores']:.2f} of {os.cpu_count()}; in the "
+                  f"other {found['other_seconds']:.0f}: "
+                  f"{found.get('other_replica_cores', math.nan):.2f} and "
+                  f"{found.get('other_machine_cores', math.nan):.2f}")
         print(f"CPU while producing: the replica {found['replica_cores']:.2f} cores, the "
               f"load generator (Java) {found['generator_cores']:.2f}, this process (the "
               f"reader) {found['reader_cores']:.2f}, of {os.cpu_count()} shared with the "
