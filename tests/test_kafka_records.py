@@ -126,6 +126,23 @@ def test_random_v2_batches_read_the_same(seed: int) -> None:
         assert any(got for got, *_ in native if isinstance(got, list))
 
 
+def test_offsets_and_timestamps_past_64_bits_read_the_same() -> None:
+    """A base offset and first timestamp at the top of the 64-bit range: base + delta
+    passes it (a hostile or corrupted batch), and both readers give the same Python
+    ints (the native reader's wide path, not only its 64-bit one)."""
+    rng = random.Random(5)
+    data = bytearray(v2_batch(rng, 0, 40))
+    top = 2**63 - 10
+    struct.pack_into(">q", data, 0, top)  # base offset (outside the CRC)
+    struct.pack_into(">q", data, 27, top)  # first timestamp (inside it)
+    reseal(data)
+    stock, native = both(bytes(data), 5, fetch_offset=top)
+    assert native == stock
+    offsets = [record.offset for got, *_ in native if isinstance(got, list) for record in got]
+    assert offsets and max(offsets) >= 2**63  # the wide path ran
+    assert min(offsets) == top
+
+
 @pytest.mark.parametrize("abort", [True, False])
 def test_transactions_read_committed_skip_the_same_batches(abort: bool) -> None:
     rng = random.Random(5)
