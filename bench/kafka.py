@@ -494,6 +494,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     producing = threading.Event()
 
     went: list[float] = []  # when the generator was told to go
+    went_cpu: list[dict[str, float]] = []  # the CPU counters then
 
     def sample_replica() -> None:
         """Each second: the replica's series, and how far the records the generator was
@@ -503,10 +504,12 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         watcher = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
         partitions = {kind: [TopicPartition(inputs[kind], n) for n in range(topics.partitions)]
                       for kind in ("predictions", "labels")}
-        last_cpu = cpu_now()
+        last_cpu: dict[str, float] | None = None
         try:
             while not stop.is_set():
                 if producing.is_set() and went:
+                    if last_cpu is None:  # the first sample counts from the go
+                        last_cpu = went_cpu[0]
                     found = scrape(port)
                     now = time.time()
                     cpu = cpu_now()
@@ -566,6 +569,7 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         found = scrape(port)  # the replica's series at the go
         if found is not None:
             samples.append((started, found))
+        went_cpu.append(cpu_now())
         went.append(time.time())
         generator.stdin.write("go\n")
         generator.stdin.flush()
