@@ -87,8 +87,6 @@ public final class LoadGenerator {
                 }
                 if (isLabel[i]) {
                     sentMicros[i] = epochMicros();
-                }
-                if (isLabel[i]) {
                     int index = i;
                     producer.send(new ProducerRecord<>(labels, keys[i], values[i]),
                             (metadata, failure) -> {
