@@ -411,10 +411,10 @@ def cores_while_lag(samples: list[tuple[float, dict[str, float]]]) -> dict[str, 
     the replica's consumer lag rose (it fell behind its input) and over the others:
     whether falling behind was its own work or a machine short of CPU."""
     groups: dict[str, list[tuple[float, float]]] = {"rising": [], "other": []}
+    lag = "streamweights_kafka_consumer_lag"
     for (_, before), (_, after) in itertools.pairwise(samples):
         if "cores_replica" not in after:
             continue
-        lag = "streamweights_kafka_consumer_lag"
         rising = after.get(lag, 0.0) - before.get(lag, 0.0) > 1000
         groups["rising" if rising else "other"].append(
             (after["cores_replica"], after["cores_machine"]))
@@ -610,10 +610,11 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
     seen = sorted((sent_at[(stream, ts)], now - sent_at[(stream, ts)],
                    now - acked_at[(stream, ts)])
                   for stream, ts, now in readable if (stream, ts) in sent_at)
-    warm = [lat for at, lat, _ in seen if at - started > 3.0]
+    after_warm_up = [(lat, acked) for at, lat, acked in seen if at - started > 3.0]
+    warm = [lat for lat, _ in after_warm_up]
     # From the broker's acknowledgement instead of the hand-over to the producer: the
     # input path's delays (the generator's batching, the broker's append) left out.
-    from_ack = [lat for at, _, lat in seen if at - started > 3.0 and not math.isnan(lat)]
+    from_ack = [acked for _, acked in after_warm_up if not math.isnan(acked)]
     if dump is not None:
         with open(dump, "w") as out:
             out.write(f"# go at {started:.3f} (epoch s); sent_s latency_ms "
@@ -629,28 +630,26 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
         error = "".join(log_lines)[-2000:]
         raise RuntimeError(f"only {len(warm)} weights versions were matched; service said:\n"
                            f"{error}")
-    quantiles = statistics.quantiles(warm, n=100)
     third = max(len(warm) // 3, 1)
-    return {"versions": len(warm), "p50_ms": 1000 * quantiles[49],
+    return {"versions": len(warm), **tail_figures(warm),
             "first_third_p50_ms": 1000 * statistics.median(warm[:third]),
             "last_third_p50_ms": 1000 * statistics.median(warm[-third:]),
-            "steady_p99_ms": 1000 * statistics.quantiles(warm[third:], n=100)[98],
-            "p99_ms": 1000 * quantiles[98], "max_ms": 1000 * max(warm),
-            **acknowledged_figures(from_ack),
+            "max_ms": 1000 * max(warm),
+            **({} if len(from_ack) < 20 else tail_figures(from_ack, "acked_")),
             "achieved_rate": float(done[1]), "generator_cores": cores[generator.pid],
             "reader_cores": cores[os.getpid()], "replica_cores": cores[service.pid],
             **replica_figures(sorted(samples))}
 
 
-def acknowledged_figures(latencies: list[float]) -> dict[str, float]:
-    """p50 / p99 / the p99 after the first third, from each label's acknowledgement by
-    the broker to its weights version readable (empty if too few were acknowledged)."""
-    if len(latencies) < 20:
-        return {}
+def tail_figures(latencies: list[float], prefix: str = "") -> dict[str, float]:
+    """p50, p99 and the p99 after the first third (the warm-up left out), in ms, of
+    latencies in send order; ``prefix`` names another clock (``acked_``: from each label's
+    acknowledgement by the broker)."""
+    quantiles = statistics.quantiles(latencies, n=100)
     third = max(len(latencies) // 3, 1)
-    return {"acked_p50_ms": 1000 * statistics.median(latencies),
-            "acked_p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
-            "acked_steady_p99_ms": 1000 * statistics.quantiles(latencies[third:], n=100)[98]}
+    return {f"{prefix}p50_ms": 1000 * quantiles[49], f"{prefix}p99_ms": 1000 * quantiles[98],
+            f"{prefix}steady_p99_ms":
+                1000 * statistics.quantiles(latencies[third:], n=100)[98]}
 
 
 def machine_busy_seconds() -> float:
