@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import orjson
 
+from streamweights import _native
 from streamweights.config import parse_config
 from streamweights.events import Label, Prediction
 from streamweights.pipeline import SKEW_CONFIRMATIONS, Pipeline
-from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, TaskMerge
+from streamweights.runtime.kafka_source import LABELS, PREDICTIONS
 
 OUTPUTS = {"a": [0.3, 0.7], "b": [0.6, 0.4]}
 
@@ -83,13 +84,11 @@ def test_skew_state_survives_a_snapshot():
 def test_kafka_merge_releases_a_far_future_record_in_place():
     """Merged at 1e308 the record would wait for the labels partition to run dry, and
     every prediction behind it would be released after its own label."""
-    merge = TaskMerge(max_skew=100.0)
-    merge.add(PREDICTIONS, 0, 10.0, b"p0")
-    merge.add(PREDICTIONS, 1, 1e308, b"future")
-    merge.add(PREDICTIONS, 2, 11.0, b"p1")
-    merge.add(LABELS, 0, 10.5, b"l0")
-    merge.add(LABELS, 1, 11.5, b"l1")
-    order = []
-    while (released := merge.pop((True, False))) is not None:
-        order.append(released[2])
+    merges = _native.TaskMerges()
+    for side, offset, ts, raw in [(PREDICTIONS, 0, 10.0, b"p0"), (PREDICTIONS, 1, 1e308, b"future"),
+                                  (PREDICTIONS, 2, 11.0, b"p1"), (LABELS, 0, 10.5, b"l0"),
+                                  (LABELS, 1, 11.5, b"l1")]:
+        merges.add(0, side, offset, ts, raw, 100.0)
+    assert merges.release(lambda number: (True, False)) == 5
+    order = [merges.next_record() for _ in range(5)]
     assert order == [b"p0", b"future", b"l0", b"p1", b"l1"]

@@ -1,6 +1,7 @@
-"""The Kafka source's merge releases a whole run per call (``release_run``, one call per
-fetch) in exactly the order the record-at-a-time release gave (the oracle in
-``tests/reference/kafka_merge.py``): same merged order, so the same output bytes."""
+"""The Kafka source's merge, in the core (``native/src/kafka_merge.rs``), releases a whole
+run per call (``TaskMerges.release``, one call per fetch) in exactly the order the Python
+record-at-a-time release gave (the oracle in ``tests/reference/kafka_merge.py``), and
+buffers the same keys: same merged order, so the same output bytes."""
 
 from __future__ import annotations
 
@@ -11,18 +12,15 @@ from typing import NamedTuple
 import orjson
 import pytest
 
-from streamweights.runtime.kafka_source import (
-    LABELS,
-    PREDICTIONS,
-    KafkaSource,
-    TaskMerge,
-    release_run,
-)
-from tests.reference.kafka_merge import release_one
+from streamweights import _native
+from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, KafkaSource, event_time
+from tests.reference.kafka_merge import TaskMerge, release_one
+
+TaskMerges = _native.TaskMerges
 
 
 class Fetched(NamedTuple):
-    """What ``TaskMerge.add_records`` reads of a kafka-python ``ConsumerRecord``."""
+    """What ``TaskMerges.add_records`` reads of a kafka-python ``ConsumerRecord``."""
 
     offset: int
     value: bytes
@@ -56,7 +54,7 @@ def _replay(seed: int) -> None:
             for number in numbers for side in (PREDICTIONS, LABELS)}
     skew = generator.choice((100.0, 1e9))
     old = {number: TaskMerge(skew) for number in numbers}
-    new = {number: TaskMerge(skew) for number in numbers}
+    new = TaskMerges()
     cursors = dict.fromkeys(data, 0)
     old_out: list[tuple[int, int, int, bytes]] = []
     new_out: list[tuple[int, int, int, bytes]] = []
@@ -69,8 +67,8 @@ def _replay(seed: int) -> None:
                 batch = data[part][start:start + take]
                 for offset, ts, raw in batch:  # the oracle: one add per record
                     old[part[0]].add(part[1], offset, ts, raw)
-                new[part[0]].add_records(part[1], [Fetched(offset, raw) for offset, _, raw
-                                                    in batch])
+                new.add_records(part[0], part[1], [
+                    Fetched(offset, raw) for offset, _, raw in batch], event_time, skew)
                 cursors[part] = min(start + take, len(data[part]))
         # caught up: fetched to the end, or (live mode) randomly not yet known
         flags = {number: tuple(cursors[(number, side)] == len(data[(number, side)])
@@ -85,13 +83,17 @@ def _replay(seed: int) -> None:
 
         while (released := release_one(old, flags.__getitem__)) is not None:
             old_out.append(released)
-        new_out.extend((number, entry[1], entry[2], entry[3])
-                       for number, entry in release_run(new, passable))
+        run = new.release(passable)
+        for _ in range(run):
+            raw = new.next_record()
+            new_out.append((*new.last_origin(), raw))
+        assert new.next_record() is None and new.run_left() == 0
         assert len(asked) == len(set(asked))  # at most once per task per fetch
-        assert release_run(new, passable) == []  # nothing more until the next fetch
+        assert new.release(passable) == 0  # nothing more until the next fetch
         assert new_out == old_out
         for number in numbers:
-            assert old[number].buffers == new[number].buffers
+            for side in (PREDICTIONS, LABELS):
+                assert new.entries(number, side) == list(old[number].buffers[side])
         if all(cursors[part] == len(rows) for part, rows in data.items()) and not any(
                 len(merge) for merge in old.values()):
             break
@@ -99,34 +101,68 @@ def _replay(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(60))
-def test_release_run_gives_the_record_at_a_time_order(seed):
+def test_the_core_release_gives_the_record_at_a_time_order(seed):
     """Scenario: 1-5 tasks, each partition's event time with ties, steps back, unreadable
     and far-future records, fetched in random batches with random caught-up flags. We
-    expect: a batch buffered by ``add_records`` holds what one ``add`` per record gave
-    (ts read from the record), and after every fetch one ``release_run`` releases exactly
-    the records, in exactly the order, that releasing one at a time until nothing was
-    ready gave, and leaves the same records buffered."""
+    expect: a batch buffered by the core's ``add_records`` holds the keys one Python
+    ``add`` per record gave (ts read from the record), and after every fetch one core
+    ``release`` hands out exactly the records, with their origins, in exactly the order,
+    that the Python merge releasing one at a time until nothing was ready gave, and
+    leaves the same records buffered."""
     _replay(seed)
 
 
-def test_release_run_holds_a_task_back_until_its_partner_is_known():
+def _handed_out(merges: TaskMerges) -> list[bytes]:
+    """Every record of the current run, handed out."""
+    out = []
+    while (raw := merges.next_record()) is not None:
+        out.append(raw)
+    return out
+
+
+def test_release_holds_a_task_back_until_its_partner_is_known():
     """Scenario: task 0's labels partition is empty and not caught up; task 1 has both.
     We expect: task 1's records pass, task 0's prediction waits (asked once), and comes
     once its label arrives, before the later one."""
-    tasks = {0: TaskMerge(), 1: TaskMerge()}
-    tasks[0].add(PREDICTIONS, 0, 1.0, b"p0")
-    tasks[1].add(PREDICTIONS, 0, 2.0, b"q0")
-    tasks[1].add(LABELS, 0, 3.0, b"m0")
+    merges = TaskMerges()
+    merges.add(0, PREDICTIONS, 0, 1.0, b"p0", 1e9)
+    merges.add(1, PREDICTIONS, 0, 2.0, b"q0", 1e9)
+    merges.add(1, LABELS, 0, 3.0, b"m0", 1e9)
     asked = []
 
     def passable(number: int) -> tuple[bool, bool]:
         asked.append(number)
         return (False, False) if number == 0 else (True, True)
 
-    assert [entry[3] for _, entry in release_run(tasks, passable)] == [b"q0", b"m0"]
+    assert merges.release(passable) == 2
+    assert _handed_out(merges) == [b"q0", b"m0"]
     assert asked == [0, 1]
-    tasks[0].add(LABELS, 0, 1.5, b"l0")
-    assert [entry[3] for _, entry in release_run(tasks, lambda n: (False, False))] == [b"p0"]
+    assert merges.buffer_sizes() == {0: (1, 0), 1: (0, 0)} and merges.buffered() == 1
+    merges.add(0, LABELS, 0, 1.5, b"l0", 1e9)
+    assert merges.release(lambda n: (False, False)) == 1
+    assert _handed_out(merges) == [b"p0"]
+
+
+def test_a_run_is_handed_out_only_as_far_as_allowed_and_whole_before_the_next():
+    """Scenario: a run of three records, of which only one is allowed out (a test hook
+    holding input back), then the rest. We expect: one record, then nothing until more
+    are allowed; asking for the next run before this one is handed out is refused (its
+    records would be lost); a roll-back (``reset``) drops run and buffers but keeps the
+    last origin."""
+    merges = TaskMerges()
+    for offset in range(3):
+        merges.add(4, PREDICTIONS, offset, float(offset), b"p%d" % offset, 1e9)
+    assert merges.release(lambda n: (True, True)) == 3
+    merges.allow(1)
+    assert _handed_out(merges) == [b"p0"] and merges.run_left() == 2
+    with pytest.raises(ValueError, match="not handed out"):
+        merges.release(lambda n: (True, True))
+    merges.allow(99)
+    assert _handed_out(merges) == [b"p1", b"p2"] and merges.handed_out()
+    merges.add(4, LABELS, 0, 0.5, b"l0", 1e9)
+    merges.reset()
+    assert merges.buffered() == 0 and merges.run_left() == 0
+    assert merges.last_origin() == (4, PREDICTIONS, 2)
 
 
 def test_offsets_and_origin_follow_the_records_handed_out_not_the_run():
@@ -138,13 +174,11 @@ def test_offsets_and_origin_follow_the_records_handed_out_not_the_run():
     source = KafkaSource("unused:9092", "preds", "labels", group_id="g")
     source.consumer = object()  # never asked: both tasks count as caught up
     source._passable = {0: (True, True), 1: (True, True)}
-    source.tasks = {0: TaskMerge(), 1: TaskMerge()}
-    source.tasks[0].add(PREDICTIONS, 7, 1.0, b"a")
-    source.tasks[0].add(LABELS, 3, 2.0, b"b")
-    source.tasks[1].add(PREDICTIONS, 0, 1.5, b"c")
-    source.tasks[1].add(LABELS, 0, 3.0, b"d")
-    source.tasks[0].add(PREDICTIONS, 8, 4.0, b"e")
-    source.tasks[1].add(PREDICTIONS, 1, 5.0, b"f")
+    for number, side, offset, ts, raw in [
+            (0, PREDICTIONS, 7, 1.0, b"a"), (0, LABELS, 3, 2.0, b"b"),
+            (1, PREDICTIONS, 0, 1.5, b"c"), (1, LABELS, 0, 3.0, b"d"),
+            (0, PREDICTIONS, 8, 4.0, b"e"), (1, PREDICTIONS, 1, 5.0, b"f")]:
+        source.merges.add(number, side, offset, ts, raw, 1e9)
     seen = []
     records = source.open(10)
     for position, raw in records:

@@ -40,7 +40,7 @@ def test_the_stall_clock_starts_when_records_begin_to_wait():
     assert source._stall_due(start + 9 + source.stall_report_seconds)
     source._buffer(_batch("predictions", 2), start + 12)  # joins records already waiting
     assert source._stall_due(start + 14)
-    source.tasks.clear()  # all released (or rolled back), then new records
+    source.merges.reset()  # all released (or rolled back), then new records
     source._buffer(_batch("labels", 0), start + 20)
     assert not source._stall_due(start + 24)
     assert source._stall_due(start + 25)

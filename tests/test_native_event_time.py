@@ -12,8 +12,9 @@ import struct
 import orjson
 
 from streamweights import _native
-from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, TaskMerge, event_time
+from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, event_time
 from tests.fuzzing import mutate, random_input, respell, valid_record
+from tests.reference.kafka_merge import TaskMerge
 
 
 def _bits(value: float) -> bytes:
@@ -139,9 +140,12 @@ def test_the_merge_buffers_the_keys_the_record_by_record_oracle_gives():
             values.append(orjson.dumps({"schema": 1, "ts": ts, "label": 1}))
     records = [Record(offset, value) for offset, value in enumerate(values)]
     for side in (PREDICTIONS, LABELS):
-        batched, oracle = TaskMerge(max_skew=3600.0), TaskMerge(max_skew=3600.0)
-        batched.add_records(side, records)
+        batched, oracle = _native.TaskMerges(), TaskMerge(max_skew=3600.0)
+        batched.add_records(5, side, records, event_time, 3600.0)
         for record in records:
             oracle.add(side, record.offset, event_time(record.value), record.value)
-        assert list(batched.buffers[side]) == list(oracle.buffers[side])
-        assert batched.last == oracle.last and batched.keys == oracle.keys
+        assert batched.entries(5, side) == list(oracle.buffers[side])
+        # the skew rule's memory (latest readable ts, its key) carried on alike
+        batched.add(5, side, 400, 1_750_000_000 + 99 * 3600.0, b"jump", 3600.0)
+        oracle.add(side, 400, 1_750_000_000 + 99 * 3600.0, b"jump")
+        assert batched.entries(5, side)[-1] == oracle.buffers[side][-1]

@@ -242,7 +242,7 @@ pub(crate) fn number_value(text: &[u8]) -> Reading {
 }
 
 /// One record's reading (see the module doc).
-fn read(bytes: &[u8]) -> Reading {
+pub(crate) fn read(bytes: &[u8]) -> Reading {
     std::str::from_utf8(bytes).ok()?; // orjson refuses what is not UTF-8
     let mut scanner = Scanner { bytes, at: 0 };
     scanner.skip_space();

@@ -31,6 +31,7 @@ mod hedge;
 mod join;
 mod json_tree;
 mod kafka_batch;
+mod kafka_merge;
 mod kafka_records;
 mod kalman;
 mod label_step;
@@ -84,6 +85,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     record_check::register(module)?;
     kafka_records::register(module)?;
     kafka_batch::register(module)?;
+    kafka_merge::register(module)?;
     state_marks::register(module)?;
     packed_slots::register(module)?;
     event_time::register(module)?;

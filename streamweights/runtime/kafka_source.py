@@ -10,7 +10,9 @@ and releases records in a fixed order: event time ``ts``, then topic (prediction
 labels, as the embedded replay does at equal times), then offset. A record is released
 only when the other partition of its task has a buffered record to compare with, or has
 been read up to its high watermark (it is idle, nothing is known to be waiting). The same
-input therefore yields the same sequence, whatever the poll batches.
+input therefore yields the same sequence, whatever the poll batches. The merge and the
+hand-out of its records run in the core (``native/src/kafka_merge.rs``, ``TaskMerges``);
+this module drives it from the consumer.
 
 Assignment and revocation are noticed after each ``poll`` in the caller's thread (never
 in a rebalance-listener callback, which runs on the client's IO thread that also
@@ -24,11 +26,9 @@ buffered. The transactional cycle itself lives in :mod:`streamweights.runtime.ka
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -131,89 +131,12 @@ def event_time(raw: bytes) -> float:
     return -math.inf
 
 
-class TaskMerge:
-    """The fixed-order merge of one task's two partitions (pure: no Kafka calls).
-
-    ``add(side, offset, ts, raw)`` buffers a fetched record; ``pop(caught_up)`` releases
-    the next record in ``(ts, side, offset)`` order, or ``None`` when the order is not yet
-    known. ``caught_up[side]`` says the partition has nothing more to fetch right now.
-
-    >>> merge = TaskMerge()
-    >>> merge.add(LABELS, 0, 5.0, b"label")
-    >>> merge.pop((False, False)) is None  # predictions may still hold something earlier
-    True
-    >>> merge.add(PREDICTIONS, 0, 5.0, b"prediction")
-    >>> [merge.pop((True, True))[2] for _ in range(2)]
-    [b'prediction', b'label']
-    """
-
-    __slots__ = ("buffers", "keys", "last", "max_skew")
-
-    def __init__(self, max_skew: float = DEFAULT_MAX_SKEW) -> None:
-        self.buffers: tuple[deque, deque] = (deque(), deque())
-        self.max_skew = max_skew
-        self.last: list[float | None] = [None, None]  # each side's latest readable ts
-        self.keys: list[float] = [-math.inf, -math.inf]  # ... and the key it was merged at
-
-    def add(self, side: int, offset: int, ts: float, raw: bytes) -> None:
-        """Buffer a record. One whose ts jumps more than ``max_skew`` past its partition's
-        previous record is merged at that record's place instead: the pipeline refuses it
-        (``event_time_skew``), and merged at 1e308 it would hold back every record behind
-        it on its partition until the other partition ran dry."""
-        key = ts
-        previous = self.last[side]
-        if previous is not None and ts - previous > self.max_skew:
-            key = self.keys[side]
-        if ts != -math.inf:
-            self.last[side] = ts
-            self.keys[side] = key
-        self.buffers[side].append((key, side, offset, raw))
-
-    def add_records(self, side: int, records: list[Any]) -> None:
-        """Buffer a fetched batch of ``ConsumerRecord``s of one partition: :meth:`add` for
-        each, in order, with the per-record lookups done once per batch. The event times
-        are read by the core in one call (``native/src/event_time.rs``: the record's
-        ``ts`` without parsing it into Python objects, which the decoder does later);
-        a record it leaves undecided (``None``) is read by :func:`event_time`."""
-        buffer, max_skew = self.buffers[side], self.max_skew
-        append, inf = buffer.append, -math.inf
-        previous, anchor = self.last[side], self.keys[side]
-        times = _native.event_times([record.value for record in records])
-        for record, ts in zip(records, times, strict=True):
-            raw = record.value
-            if ts is None:
-                ts = event_time(raw)
-            key = ts
-            if previous is not None and ts - previous > max_skew:
-                key = anchor
-            if ts != inf:
-                previous, anchor = ts, key
-            append((key, side, record.offset, raw))
-        self.last[side], self.keys[side] = previous, anchor
-
-    def __len__(self) -> int:
-        return len(self.buffers[0]) + len(self.buffers[1])
-
-    def pop(self, caught_up: tuple[bool, bool]) -> tuple[int, int, bytes] | None:
-        """``(side, offset, raw)`` of the next record, or ``None`` to wait for more."""
-        predictions, labels = self.buffers
-        if predictions and labels:
-            chosen = predictions if predictions[0][:3] <= labels[0][:3] else labels
-        elif predictions and caught_up[LABELS]:
-            chosen = predictions
-        elif labels and caught_up[PREDICTIONS]:
-            chosen = labels
-        else:
-            return None
-        _, side, offset, raw = chosen.popleft()
-        return side, offset, raw
-
-
-def back_pressure(tasks: dict[int, TaskMerge], assigned: set[Any], paused: set[Any],
+def back_pressure(sizes: dict[int, tuple[int, int]], assigned: set[Any], paused: set[Any],
                   topics: tuple[str, str], max_buffered: int) -> tuple[list[Any], list[Any]]:
     """``(pause, resume)``: the assigned partitions to pause and to resume so that, after
     a fetch, exactly those whose task holds ``max_buffered`` or more of their records are
     paused (bounded memory: a partition far ahead of its partner waits for it).
+    ``sizes[task]`` is ``(predictions, labels)`` buffered (``TaskMerges.buffer_sizes``).
 
     Every *assigned* partition is checked, not only those of tasks holding records:
     kafka-python keeps a partition's paused flag across a group rebalance that leaves the
@@ -228,61 +151,12 @@ def back_pressure(tasks: dict[int, TaskMerge], assigned: set[Any], paused: set[A
         side = sides.get(tp.topic)
         if side is None:
             continue
-        task = tasks.get(tp.partition)
-        full = task is not None and len(task.buffers[side]) >= max_buffered
+        full = sizes.get(tp.partition, (0, 0))[side] >= max_buffered
         if full and tp not in paused:
             pause.append(tp)
         elif not full and tp in paused:
             resume.append(tp)
     return sorted(pause), sorted(resume)
-
-
-def release_run(tasks: dict[int, TaskMerge], passable: Callable[[int], tuple[bool, bool]]
-                ) -> list[tuple[int, tuple[float, int, int, bytes]]]:
-    """Every record that can be released now, in release order, as ``(task number,
-    buffered entry)`` with the entry ``(key, side, offset, raw)`` popped from its buffer.
-
-    The order is the one record-at-a-time release gives (kept as the oracle in
-    ``tests/reference/kafka_merge.py``): the next record is the head that comes first by
-    ``(key, side, offset, task number)`` among the tasks that may release one; a task
-    whose next head waits for its other partition (empty and, per ``passable(number)``,
-    not caught up) may not, and stays so until the next fetch, since only a fetch adds
-    records or moves what ``passable`` reads. So one call per fetch computes what used to
-    take one call (a heap over every task, two slices per head) per record: one heap of
-    partition heads, one comparison path per record. ``passable`` is asked only for a task
-    that has a partition left empty, at most once per task.
-    """
-    heads = []
-    for number, task in tasks.items():
-        for buffer in task.buffers:
-            if buffer:
-                key, side, offset, _ = buffer[0]
-                heads.append((key, side, offset, number))
-    if not heads:
-        return []
-    heapq.heapify(heads)
-    flags: dict[int, tuple[bool, bool]] = {}
-    run = []
-    append = run.append
-    heapreplace, heappop = heapq.heapreplace, heapq.heappop
-    while heads:
-        _, side, _, number = heads[0]
-        buffers = tasks[number].buffers
-        if not buffers[1 - side]:  # its partner may still bring something earlier
-            caught_up = flags.get(number)
-            if caught_up is None:
-                caught_up = flags[number] = passable(number)
-            if not caught_up[1 - side]:
-                heappop(heads)  # blocked until the next fetch (its only head)
-                continue
-        buffer = buffers[side]
-        append((number, buffer.popleft()))
-        if buffer:
-            key, _, offset, _ = buffer[0]
-            heapreplace(heads, (key, side, offset, number))
-        else:
-            heappop(heads)
-    return run
 
 
 class KafkaSource:
@@ -346,8 +220,12 @@ class KafkaSource:
         self.client_settings = dict(client_settings or {})
         self.name = f"kafka:{predictions_topic}+{labels_topic}"
         self.consumer: Any = None
-        self.tasks: dict[int, TaskMerge] = {}
+        #: The owned tasks' merge buffers and the run being handed out (in the core).
+        self.merges = _native.TaskMerges()
+        #: ``(topic, partition) -> next offset`` and task -> records released, as of the
+        #: last :meth:`_settle` (the core keeps what was handed out since).
         self._released: dict[Any, int] = {}
+        self._released_counts: dict[int, int] = {}
         #: Bounded mode: every input partition's end offset at connect time.
         self._end: dict[Any, int] = {}
         self._last_group_check = 0.0
@@ -355,17 +233,6 @@ class KafkaSource:
         self._poll_failures = 0
         #: The group has completed a join that gave this member its tasks (maybe none).
         self._joined = False
-        #: ``(task number, buffered entry)`` of the record last yielded (see last_origin).
-        self._last: tuple[int, tuple[float, int, int, bytes]] | None = None
-        #: Records taken out of the buffers in merged order by the last
-        #: :func:`release_run`, and how many of them were yielded so far (a new ``open``
-        #: resumes there; a roll-back drops the rest with the buffers).
-        self._run: list[tuple[int, tuple[float, int, int, bytes]]] = []
-        self._run_position = 0
-        #: task number -> ``((predictions topic, n), (labels topic, n))``: offset keys.
-        self._partition_keys: dict[int, tuple[tuple[str, int], ...]] = {}
-        #: Records released per task (restored from its snapshot on assignment).
-        self.released_counts: dict[int, int] = {}
         #: ``on_rebalance(owned, revoked) -> {(topic, partition): offset}``: called in the
         #: caller's thread after every group rebalance; rolls the owned tasks back to their
         #: last committed snapshots and says where to resume (missing: the group's
@@ -452,55 +319,52 @@ class KafkaSource:
     # -- reading ------------------------------------------------------------------------
     def open(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """Merged records as ``(sequence number, raw value)``; the sequence counts from
-        ``start`` (the embedded service's position). Offsets live in :meth:`next_offsets`."""
+        ``start`` (the embedded service's position). Offsets live in :meth:`next_offsets`.
+
+        The core's iterator (``MergedRecords``) hands out the current run record by
+        record, keeping per record the offsets and counts a commit reads; a commit
+        between two records (the caller's checkpoint) may fail and ask for a roll-back,
+        which is honoured before the next record (the rest of the run is dropped with the
+        buffers). Everything else is :meth:`_refill`'s. A new ``open`` resumes where the
+        last one stopped in the run."""
         if self.consumer is None:
             self.connect()
-        sequence = start
-        released, counts, keys = self._released, self.released_counts, self._partition_keys
+        return _native.MergedRecords(self.merges, self, self._refill, start)
+
+    def _refill(self, sequence: int) -> bool:
+        """What :meth:`open` does between runs, called by the core's iterator when the
+        run is handed out or held, or a roll-back is due: roll back, fetch, release the
+        next run. True once records may be handed out again (``sequence`` is the next
+        one's number); False when the input ended (a bounded replay is done, or a stop
+        was requested)."""
+        merges = self.merges
+        if merges.handed_out():  # a run was handed out
+            self._last_release = time.monotonic()
         while True:
             if self._rebalanced and self.on_rebalance is not None:
                 self._fetch()  # roll back before releasing anything more
                 continue
-            run = self._run
-            end = len(run)
-            held = faults.held_from() if end > self._run_position else None
-            if held is not None:  # a test holds input back from position ``held`` on
-                end = min(end, self._run_position + max(0, held - sequence))
-            # Per record: the offsets and counts a commit reads, then the record. A
-            # commit between two records (the caller's checkpoint) may fail and ask for a
-            # roll-back: the rest of the run is then dropped with the buffers.
-            while self._run_position < end:
-                if self._rebalanced and self.on_rebalance is not None:
-                    break
-                number, entry = self._last = run[self._run_position]
-                self._run_position += 1
-                task_keys = keys.get(number)
-                if task_keys is None:
-                    task_keys = keys[number] = tuple((topic, number) for topic in self.topics)
-                released[task_keys[entry[1]]] = entry[2] + 1
-                counts[number] = counts.get(number, 0) + 1
-                yield sequence, entry[3]
-                sequence += 1
-            if self._run_position:  # a run was handed out
-                self._last_release = time.monotonic()
-            if self._rebalanced and self.on_rebalance is not None:
-                continue
-            if self._run_position < len(run):  # held back (faults.held_from): keep polling
+            left = merges.run_left()
+            if left:
+                held = faults.held_from()  # a test holds input back from ``held`` on
+                allowed = left if held is None else min(left, max(0, held - sequence))
+                if allowed:
+                    merges.allow(allowed)
+                    return True
                 if not self._hold_logged:
                     self._hold_logged = True
                     log.info("kafka source: input held at position %d until %s exists "
                              "(test hook)", sequence, faults.hold_file())
                 if self.stop_event is not None and self.stop_event.is_set():
-                    return
+                    return False
                 self._fetch()
                 continue
-            self._run, self._run_position = self._release_run(), 0
-            if self._run:
+            if self._release_run():
                 continue
             if self.stop_at_end and self._at_end():
-                return
+                return False
             if self.stop_event is not None and self.stop_event.is_set():
-                return
+                return False
             if not self._fetch() and self.on_idle is not None:
                 self.on_idle()
             self._report_stall()
@@ -529,8 +393,7 @@ class KafkaSource:
             self._rebalanced = False
             revoked = sorted(self._owned - owned)
             self._owned = owned
-            self.tasks.clear()
-            self._run, self._run_position = [], 0
+            self.merges.reset()
             self._released.clear()
             self._start_tasks(sorted(owned), self.on_rebalance(sorted(owned), revoked))
             batches = {}
@@ -538,7 +401,7 @@ class KafkaSource:
             self._rebalanced = False
             self._forget_revoked(assigned)
         fetched = self._buffer(batches, time.monotonic())
-        pause, resume = back_pressure(self.tasks, assigned, self.consumer.paused(),
+        pause, resume = back_pressure(self.merges.buffer_sizes(), assigned, self.consumer.paused(),
                                       self.topics, self.max_buffered)
         if pause:
             self.consumer.pause(*pause)
@@ -555,14 +418,12 @@ class KafkaSource:
         that had nothing buffered (no tasks yet, tasks just assigned or rolled back, all
         released) waited for nothing. Records joining others that already wait do not:
         a partition still bringing records while its partner never does is a stall."""
-        waiting = any(len(task) for task in self.tasks.values())
+        waiting = self.merges.buffered() > 0
         fetched = 0
+        add, skew = self.merges.add_records, self.max_event_time_skew
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
-            task = self.tasks.get(tp.partition)
-            if task is None:
-                task = self.tasks[tp.partition] = TaskMerge(self.max_event_time_skew)
-            task.add_records(side, records)
+            add(tp.partition, side, records, event_time, skew)
             fetched += len(records)
             if records:
                 self._last_data[tp] = now
@@ -605,7 +466,6 @@ class KafkaSource:
         from kafka import TopicPartition
 
         for number in numbers:
-            self.tasks.pop(number, None)
             for topic in self.topics:
                 tp = TopicPartition(topic, number)
                 offset = offsets.get((topic, number))
@@ -635,7 +495,7 @@ class KafkaSource:
         they began waiting, and the last report is that old too."""
         return (now - self._last_release >= self.stall_report_seconds
                 and now - self._last_stall_report >= self.stall_report_seconds
-                and any(len(task) for task in self.tasks.values()))
+                and self.merges.buffered() > 0)
 
     def describe(self) -> list[str]:
         """Per owned task its buffers and partitions, then the client's assignment, its
@@ -651,8 +511,9 @@ class KafkaSource:
         assignment = getattr(getattr(self.consumer, "_subscription", None), "assignment", {})
         now = time.monotonic()
         lines = []
-        for number in sorted(set(self.tasks) | self._owned):
-            task = self.tasks.get(number)
+        sizes = self.merges.buffer_sizes()
+        for number in sorted(set(sizes) | self._owned):
+            buffered = sizes.get(number, (0, 0))
             parts = []
             for side, topic in enumerate(self.topics):
                 tp = TopicPartition(topic, number)
@@ -660,7 +521,7 @@ class KafkaSource:
                 position = getattr(getattr(state, "position", None), "offset", None)
                 seen = self._last_data.get(tp)
                 parts.append(f"{('predictions', 'labels')[side]} buffered "
-                             f"{len(task.buffers[side]) if task else 0} position {position} "
+                             f"{buffered[side]} position {position} "
                              f"highwater {getattr(state, 'highwater', None)} last data "
                              f"{'never' if seen is None else f'{now - seen:.1f}s ago'}")
             lines.append(f"task {number}: " + ", ".join(parts))
@@ -687,8 +548,9 @@ class KafkaSource:
         from kafka import TopicPartition
 
         lines = []
-        for number in sorted(set(self.tasks) | self._owned):
-            task = self.tasks.get(number)
+        sizes = self.merges.buffer_sizes()
+        for number in sorted(set(sizes) | self._owned):
+            buffered = sizes.get(number, (0, 0))
             caught_up = self._caught_up(number)
             parts = []
             for side, topic in enumerate(self.topics):
@@ -698,7 +560,7 @@ class KafkaSource:
                 except Exception as error:  # not assigned, or no position
                     position = type(error).__name__
                 parts.append(f"{('predictions', 'labels')[side]} buffered "
-                             f"{len(task.buffers[side]) if task else 0} position {position} "
+                             f"{buffered[side]} position {position} "
                              f"highwater {self.consumer.highwater(tp)} "
                              f"caught_up {caught_up[side]} paused "
                              f"{tp in self.consumer.paused()}")
@@ -708,9 +570,7 @@ class KafkaSource:
 
     def _forget_revoked(self, assigned: set) -> None:
         """Drop buffers of partitions no longer owned (their new owner re-reads them)."""
-        owned = {tp.partition for tp in assigned}
-        for number in [n for n in self.tasks if n not in owned]:
-            del self.tasks[number]
+        self.merges.forget_except(sorted({tp.partition for tp in assigned}))
 
     def _caught_up(self, number: int) -> tuple[bool, bool]:
         from kafka import TopicPartition
@@ -743,10 +603,12 @@ class KafkaSource:
             flags.append(idle)
         return flags[0], flags[1]
 
-    def _release_run(self) -> list[tuple[int, tuple[float, int, int, bytes]]]:
-        """Every record releasable before the next fetch, in merged order (see
-        :func:`release_run`), taken out of the task buffers."""
-        return release_run(self.tasks, self._passable_of)
+    def _release_run(self) -> int:
+        """Take every record releasable before the next fetch out of the task buffers, in
+        merged order, as the run to hand out (``TaskMerges.release``); return how many.
+        One call per fetch: only a fetch adds records or moves what ``_passable_of``
+        reads, so a task blocked on its partner stays blocked until then."""
+        return self.merges.release(self._passable_of)
 
     def _passable_of(self, number: int) -> tuple[bool, bool]:
         """Whether each partition of task ``number`` may be passed (read to its end, or
@@ -760,9 +622,10 @@ class KafkaSource:
     @property
     def last_origin(self) -> tuple[str, int, int] | None:
         """``(topic, partition, offset)`` of the record last yielded (dead-letter origin)."""
-        if self._last is None:
+        last = self.merges.last_origin()
+        if last is None:
             return None
-        number, (_, side, offset, _) = self._last
+        number, side, offset = last
         return self.topics[side], number, offset
 
     def _drained(self, number: int) -> bool:
@@ -787,7 +650,7 @@ class KafkaSource:
         """Bounded mode: the owned tasks are released to their ends and every other
         partition is committed (by its owner) to its end; checked at most 5 times a
         second, since the second half asks the group coordinator."""
-        if not self._joined or self._rebalanced or any(len(t) for t in self.tasks.values()):
+        if not self._joined or self._rebalanced or self.merges.buffered():
             return False
         assigned = self.consumer.assignment()
         if not all(self._drained(tp.partition) for tp in assigned):
@@ -810,7 +673,20 @@ class KafkaSource:
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per ``(topic, partition)``: the offset after the last record released, i.e.
         what to commit (the consumer's own position is ahead by the buffered records)."""
+        self._settle()
         return dict(self._released)
+
+    @property
+    def released_counts(self) -> dict[int, int]:
+        """Records released per task (restored from its snapshot on assignment); the
+        runtime reads and sets it."""
+        self._settle()
+        return self._released_counts
+
+    def _settle(self) -> None:
+        """Bring the offsets and counts up to the records handed out so far (the core
+        keeps them per record and moves them here when they are read)."""
+        self.merges.settle(self._released, self._released_counts, self.topics)
 
     def close(self) -> None:
         if self.consumer is not None:

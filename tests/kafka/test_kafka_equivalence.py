@@ -10,8 +10,14 @@ import random
 import orjson
 from kafka import KafkaProducer
 
+from streamweights import _native
 from streamweights.runtime.kafka_sink import KafkaSink
-from streamweights.runtime.kafka_source import LABELS, PREDICTIONS, KafkaSource, TaskMerge
+from streamweights.runtime.kafka_source import (
+    DEFAULT_MAX_SKEW,
+    LABELS,
+    PREDICTIONS,
+    KafkaSource,
+)
 from streamweights.runtime.service import LocalCheckpoints, Runtime, Service
 from tests.kafka.helpers import STREAMS, by_stream, make_config, read_topic, write_input
 
@@ -32,17 +38,17 @@ def test_task_merge_order_does_not_depend_on_fetch_batches():
 
     for trial in range(20):
         chooser = random.Random(trial)
-        merge, out = TaskMerge(), []
+        merges, out = _native.TaskMerges(), []
         cursors = {PREDICTIONS: 0, LABELS: 0}
         while len(out) < len(expected):
             side = chooser.choice((PREDICTIONS, LABELS))
             take = chooser.randint(0, 50)
             for offset, ts, raw in sides[side][cursors[side]:cursors[side] + take]:
-                merge.add(side, offset, ts, raw)
+                merges.add(0, side, offset, ts, raw, DEFAULT_MAX_SKEW)
             cursors[side] = min(cursors[side] + take, len(sides[side]))
             caught_up = tuple(cursors[s] == len(sides[s]) for s in (PREDICTIONS, LABELS))
-            while (popped := merge.pop(caught_up)) is not None:
-                out.append(popped[2])
+            run = merges.release(lambda number, flags=caught_up: flags)
+            out.extend(merges.next_record() for _ in range(run))
         assert out == [raw for *_, raw in expected]
 
 

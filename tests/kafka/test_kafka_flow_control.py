@@ -60,8 +60,8 @@ class BufferWatch:
         self.paused_report: tuple[list[str], dict[tuple[str, int], int]] | None = None
 
     def __call__(self) -> None:
-        for task in self.source.tasks.values():
-            self.largest = max(self.largest, *map(len, task.buffers))
+        for sizes in self.source.merges.buffer_sizes().values():
+            self.largest = max(self.largest, *sizes)
         consumer = self.source.consumer
         if self.paused_report is None and consumer.paused():
             positions = {tuple(tp): consumer.position(tp) for tp in consumer.paused()}
