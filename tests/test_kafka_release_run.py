@@ -197,3 +197,28 @@ def test_offsets_and_origin_follow_the_records_handed_out_not_the_run():
     assert [next(again), next(again)] == [(14, b"e"), (15, b"f")]
     assert source.last_origin == ("preds", 1, 1)
     assert source.next_offsets()[("preds", 0)] == 9 and source.released_counts == {0: 3, 1: 3}
+
+
+def test_consumer_records_are_read_by_index_as_by_attribute():
+    """Scenario: the same fetched batch as kafka-python's ``ConsumerRecord`` tuples, read
+    by index (the source passes the type and the two fields' places), and as other
+    objects with ``offset`` and ``value``, read by attribute; a tuple of another type is
+    given too. We expect: the same buffered entries, and the foreign tuple read by its
+    attributes, not by the places of ``ConsumerRecord``'s fields."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from streamweights.runtime.kafka_source import _RECORD_FIELDS
+
+    assert _RECORD_FIELDS is not None and _RECORD_FIELDS[0] is ConsumerRecord
+    values = [orjson.dumps({"ts": 1.5 * offset, "n": offset}) for offset in range(50)]
+    as_tuples = [ConsumerRecord("preds", 3, -1, 100 + offset, 0, 0, None, value, [], None,
+                                -1, len(value), -1) for offset, value in enumerate(values)]
+    by_index, by_attribute = TaskMerges(), TaskMerges()
+    by_index.add_records(3, PREDICTIONS, as_tuples, event_time, 1e9, _RECORD_FIELDS)
+    by_attribute.add_records(3, PREDICTIONS, [Fetched(100 + offset, value) for offset, value
+                                              in enumerate(values)], event_time, 1e9)
+    assert by_index.entries(3, PREDICTIONS) == by_attribute.entries(3, PREDICTIONS)
+    assert by_index.entries(3, PREDICTIONS)[7] == (10.5, PREDICTIONS, 107, values[7])
+    foreign = TaskMerges()
+    foreign.add_records(3, LABELS, [Fetched(5, values[2])], event_time, 1e9, _RECORD_FIELDS)
+    assert foreign.entries(3, LABELS) == [(3.0, LABELS, 5, values[2])]

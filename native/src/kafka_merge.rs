@@ -162,10 +162,13 @@ impl TaskMerges {
     }
 
     /// Buffer a fetched batch of one partition: `records` are kafka-python
-    /// `ConsumerRecord`s (anything with `offset` and `value`). Event times are read by
+    /// `ConsumerRecord`s (anything with `offset` and `value`; `fields`, when given, is
+    /// `(tuple type, offset's index, value's index)`: a record of exactly that type is
+    /// read by index, without an attribute lookup). Event times are read by
     /// the core (`event_time.rs`); a record it leaves undecided goes to `event_time`
     /// (`kafka_source.event_time`), called before the merges are borrowed, so Python
     /// code run meanwhile (a signal handler's `describe`) may read them.
+    #[pyo3(signature = (number, side, records, event_time, max_skew, fields=None))]
     fn add_records(
         merges: &Bound<'_, Self>,
         number: i64,
@@ -173,13 +176,27 @@ impl TaskMerges {
         records: &Bound<'_, PyList>,
         event_time: &Bound<'_, PyAny>,
         max_skew: f64,
+        fields: Option<(Bound<'_, PyAny>, usize, usize)>,
     ) -> PyResult<()> {
         check_side(side)?;
         let py = records.py();
         let mut batch = Vec::with_capacity(records.len());
         for record in records.iter() {
-            let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
-            let raw = record.getattr(intern!(py, "value"))?;
+            let by_index = match &fields {
+                Some((kind, offset, value)) if record.get_type().is(kind) => record
+                    .downcast::<PyTuple>()
+                    .ok()
+                    .map(|tuple| (tuple, *offset, *value)),
+                _ => None,
+            };
+            let (offset, raw) = match by_index {
+                Some((tuple, offset, value)) => (tuple.get_item(offset)?, tuple.get_item(value)?),
+                None => (
+                    record.getattr(intern!(py, "offset"))?,
+                    record.getattr(intern!(py, "value"))?,
+                ),
+            };
+            let offset: i64 = offset.extract()?;
             let reading = match raw.downcast_exact::<PyBytes>() {
                 Ok(bytes) => crate::event_time::read(bytes.as_bytes()),
                 Err(_) => None,
@@ -196,16 +213,6 @@ impl TaskMerges {
             push(task, side, offset, ts, raw, max_skew);
         }
         Ok(())
-    }
-
-    /// The task numbers holding buffered records (the caller works out, per fetch,
-    /// which of their partitions may be passed, for `release`).
-    fn buffered_tasks(&self) -> Vec<i64> {
-        self.tasks
-            .iter()
-            .filter(|(_, task)| task.len() > 0)
-            .map(|(&n, _)| n)
-            .collect()
     }
 
     /// `{task: (predictions buffered, labels buffered)}` for every task held.

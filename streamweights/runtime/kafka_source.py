@@ -102,6 +102,22 @@ THROUGHPUT_SETTINGS: dict[str, Any] = {
 }
 
 
+def _record_fields() -> tuple[type, int, int] | None:
+    """kafka-python's ``ConsumerRecord`` (a named tuple) and where ``offset`` and
+    ``value`` sit in it, so the core reads them by index; ``None``: by attribute."""
+    try:
+        from kafka.consumer.fetcher import ConsumerRecord
+
+        fields = ConsumerRecord._fields
+        return ConsumerRecord, fields.index("offset"), fields.index("value")
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+#: ``_record_fields()``, once.
+_RECORD_FIELDS = _record_fields()
+
+
 def consumer_settings(client_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the service's input consumer is created with besides the bootstrap
     servers and the group id: read_committed, the co-partitioning assignor,
@@ -423,7 +439,7 @@ class KafkaSource:
         add, skew = self.merges.add_records, self.max_event_time_skew
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
-            add(tp.partition, side, records, event_time, skew)
+            add(tp.partition, side, records, event_time, skew, _RECORD_FIELDS)
             fetched += len(records)
             if records:
                 self._last_data[tp] = now
