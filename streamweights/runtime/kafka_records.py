@@ -34,6 +34,9 @@ _NEEDED = ("_consume_aborted_transactions_up_to", "_contains_abort_marker",
 
 _native_class: type | None = None
 
+#: The end of a partition's records (``take``'s ``next`` default).
+_END = object()
+
 
 def native_partition_records() -> type:
     """The fetcher's ``PartitionRecords`` with the native record reader (made once)."""
@@ -52,6 +55,54 @@ def _build() -> type:
 
     class NativePartitionRecords(Fetcher.PartitionRecords):
         """The client's partition records; v2 batches' records read by the core."""
+
+        #: The current v2 batch's records as the core read them, their sizes, and how
+        #: many of them were handed out (``None``: no batch in hand).
+        _ready: list[Any] | None = None
+        _sizes: list[int] | None = None
+        _at = 0
+        #: The records before the fetch offset are skipped (the client's ``dropwhile``
+        #: has let a record through).
+        _passing = False
+
+        def _maybe_skip_record(self, record: Any) -> bool:
+            skip = super()._maybe_skip_record(record)
+            if not skip:
+                self._passing = True
+            return skip
+
+        def take(self, n: int | None = None) -> list[Any]:
+            """The client's ``take``: up to ``n`` records (all, for ``None``), an error
+            after some records kept for the next call. Records of the batch in hand are
+            taken as a slice, with the counters moved once per slice, not one Python
+            generator step each (~0.15 µs per record); the rest (a new batch, records
+            before the fetch offset, legacy batches, the end) goes through the client's
+            iterator as before, so the state after each call is the client's."""
+            self._maybe_raise_next_inline_exception()
+            records: list[Any] = []
+            try:
+                while n is None or len(records) < n:
+                    ready = self._ready
+                    if ready is not None and self._passing and self._at < len(ready):
+                        start = self._at
+                        stop = len(ready) if n is None else min(len(ready),
+                                                                start + n - len(records))
+                        chunk = ready[start:stop]
+                        self._at = stop
+                        self.records_read += stop - start
+                        self.bytes_read += sum(self._sizes[start:stop])
+                        self.next_fetch_offset = chunk[-1].offset + 1
+                        records.extend(chunk)
+                        continue
+                    record = next(self.record_iterator, _END)
+                    if record is _END:
+                        break
+                    records.append(record)
+            except Exception as error:
+                if not records:
+                    raise
+                self._next_inline_exception = error  # raised by the next call
+            return records
 
         def _unpack_records(self, tp: Any, records: Any, key_deserializer: Any,
                             value_deserializer: Any) -> Any:
@@ -85,11 +136,18 @@ def _build() -> type:
                     batch._buffer, batch._pos, batch.records_count, batch.base_offset,
                     batch.first_timestamp, batch.max_timestamp, batch.timestamp_type, topic,
                     partition, self.leader_epoch, ConsumerRecord)
-                for record, size in zip(found, sizes, strict=True):
+                # Handed out one at a time here, or in slices by ``take`` (which moves
+                # ``_at`` and the counters alike while this generator waits at a yield).
+                self._ready, self._sizes, self._at = found, sizes, 0
+                while self._at < len(found):
+                    index = self._at
+                    self._at = index + 1
+                    record = found[index]
                     self.records_read += 1
-                    self.bytes_read += size
+                    self.bytes_read += sizes[index]
                     self.next_fetch_offset = record.offset + 1
                     yield record
+                self._ready = self._sizes = None
                 if error is not None:
                     raise CorruptRecordError(f"Found invalid record structure: {error}")
                 batch = records.next_batch()
