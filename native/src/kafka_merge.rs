@@ -25,9 +25,11 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use pyo3::exceptions::PyValueError;
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::PyTraverseError;
 
 /// One buffered record: its merge key, offset and value (the raw bytes object).
 struct Buffered {
@@ -145,7 +147,8 @@ impl TaskMerges {
     }
 
     /// Buffer one record of task `number`'s partition `side` with event time `ts`
-    /// (`-inf`: unreadable), merged under the skew rule; a new task gets `max_skew`.
+    /// (`-inf`: unreadable), merged under the skew rule with `max_skew` (the source
+    /// passes the same limit at every call).
     fn add(
         &mut self,
         number: i64,
@@ -488,6 +491,14 @@ impl MergedRecords {
                 return Ok(None);
             }
         }
+    }
+
+    /// The collector may find a cycle through the source (should it ever hold the
+    /// iterator): the three references are visited.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.merges)?;
+        visit.call(&self.source)?;
+        visit.call(&self.refill)
     }
 
     /// End the iteration (as a generator's ``close``).
