@@ -9,8 +9,10 @@ import json
 import math
 
 import numpy as np
+import orjson
 import pytest
 
+from streamweights import _native
 from streamweights.adapters import dumps_state, loads_state, state_codec
 from streamweights.adapters.state_codec import pack_state, unpack_state
 from streamweights.join import PendingJoin, decode_entry, encode_entry
@@ -568,3 +570,98 @@ def test_the_core_leaves_deeply_nested_trees_to_the_python_pass():
     assert _native.mark_packed(deep, [], gave_up) is gave_up
     with pytest.raises(RecursionError):
         pack_state({"deep": deep})
+
+
+def _odd_ids(rng: np.random.Generator, count: int) -> list[str]:
+    """Ids with what ``encode_basestring_ascii`` escapes: quotes, backslashes, the short
+    escapes, other control characters, DEL, non-ASCII and characters past the BMP."""
+    pool = ['"', "\\", "\n", "\r", "\t", "\b", "\f", "\x00", "\x1f", "\x7f", "é", "\u2028",
+            "\uffff", "😀", "\U0010ffff", "a", "Z", "0", " ", "~", "/"]
+    return [("".join(rng.choice(pool, size=int(rng.integers(0, 12))))) for _ in range(count)]
+
+
+def _odd_times(rng: np.random.Generator, count: int) -> list[float]:
+    """Doubles of every magnitude (random bit patterns), the edges of ``repr``'s fixed
+    and scientific layouts, signed zeros, subnormals and the non-finite."""
+    edges = [0.0, -0.0, 1e-4, 9.999e-5, 1e-5, 1e15, 9.999999999999998e15, 1e16, 1e22,
+             5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.1, 1 / 3,
+             1_700_000_000.25, -1.5, 123456789.0, math.nan, math.inf, -math.inf]
+    bits = rng.integers(0, 2**64, size=count, dtype=np.uint64).view(np.float64)
+    return edges + [float(value) for value in bits]
+
+
+def test_the_cores_entry_text_is_encode_entrys_around_the_same_skeleton():
+    """Scenario: the ends the core writes around a flat payload's skeleton (``[id,ts,``
+    and ``,"data"]``), for odd ids, times of every magnitude (random bit patterns,
+    NaN payloads included) and buffers and conformal rows of several shapes. We expect:
+    prefix + ``pack_state``'s skeleton + suffix is ``encode_entry``'s text exactly."""
+    rng = np.random.default_rng(11)
+    times = _odd_times(rng, 3000)
+    ids = _odd_ids(rng, len(times))
+    for index, (event_id, ts) in enumerate(zip(ids, times, strict=True)):
+        buffer = rng.standard_normal(int(rng.integers(0, 12)))
+        if index % 7 == 0:
+            buffer = rng.integers(0, 2**64, size=buffer.size, dtype=np.uint64).view(np.float64)
+        payload = {"buffer": buffer.copy()}
+        kept = None
+        if index % 2:
+            rows, width = int(rng.integers(0, 4)), int(rng.integers(1, 4))
+            matrix = rng.standard_normal((rows, width))
+            payload["conformal"] = matrix.copy()
+            kept = (matrix.ravel().tolist(), rows, width)
+        prefix, suffix = _native.flat_entry_ends(event_id, ts, buffer.tolist(), kept)
+        skeleton, _ = pack_state(payload)
+        assert prefix + skeleton + suffix == encode_entry(event_id, ts, payload), (event_id, ts)
+
+
+def test_the_join_writes_flat_entries_itself_once_it_knows_their_skeleton():
+    """Scenario: the demo's predictions, with odd ids, through the record lane (which
+    keeps payloads flat), then a full snapshot of the join with a codec that counts its
+    calls. We expect: the
+    snapshot's text is what ``encode_entry`` writes for every waiting entry; the codec
+    was asked once (the first entry teaches the join the skeleton of that shape, the
+    core writes the rest); a different codec is asked again (what was learned holds for
+    its own codec only)."""
+    from streamweights.pipeline import Pipeline
+    from tests.test_pipeline_batch import _replay, _streams
+
+    predictions = [orjson.loads(raw) for raw in _replay(400) if b'"label"' not in raw]
+    rng = np.random.default_rng(2)
+    # (the lane leaves records with escapes in the id to Python: no quotes, backslashes
+    # or control characters here; ``_odd_ids`` covers those in the test above)
+    pool = ["é", "\u2028", "\uffff", "😀", "\U0010ffff", "\x7f", "a", " ", "~", "/"]
+    for index, record in enumerate(predictions):
+        picked = rng.choice(pool, size=int(rng.integers(0, 6)))
+        record["id"] = "".join(picked) + f"-{index}"
+    predictions = [orjson.dumps(record) for record in predictions]
+    pipeline = Pipeline(_streams("demo.yaml"))
+    lane = pipeline.record_lane()
+    for raw in predictions:
+        assert lane.process(raw, False) is not None  # the lane's, so held flat
+    join = pipeline.streams["demo"].join
+    waiting = join.waiting()
+    assert len(waiting) > 100
+    expected = "[" + ",".join(encode_entry(p.id, p.ts, p.payload) for p in waiting) + "]"
+    calls = []
+
+    def counting(event_id, ts, payload):
+        calls.append(event_id)
+        return encode_entry(event_id, ts, payload)
+
+    assert _all_texts(join, counting) == expected
+    assert len(calls) == 1
+
+    def other(event_id, ts, payload):
+        calls.append(event_id)
+        return encode_entry(event_id, ts, payload)
+
+    calls.clear()
+    assert _all_texts(join, other) == expected  # (texts kept: nothing is encoded anew)
+    assert calls == []
+    more = [orjson.loads(raw) for raw in _replay(480)[400:] if b'"label"' not in raw]
+    for record in more:
+        assert lane.process(orjson.dumps(record), False) is not None
+    texts, _, _, _ = join.segment_delta(other, 1 << 40, False)
+    assert len(calls) == 1 and len(texts) == 1  # asked again: a new codec
+    assert texts[0][1] == "[" + ",".join(encode_entry(p.id, p.ts, p.payload)
+                                         for p in join.waiting()[len(waiting):]) + "]"

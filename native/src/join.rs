@@ -31,6 +31,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyList, PyString};
 use pyo3::PyTraverseError;
 
+use crate::entry_text::{entry_ends, shape_of, FlatShape};
 use crate::pending::{flat_payload, Flat, Pending};
 
 /// One waiting prediction: its place in arrival order, its event time (as a float, for
@@ -143,6 +144,17 @@ fn made(py: Python<'_>, id: &str, ts: f64, flat: Flat) -> PyResult<Py<Pending>> 
     Py::new(py, Pending::flat(id, ts, flat))
 }
 
+/// How an entry's snapshot text is made (`PendingJoin::encode_missing`): by the
+/// Python codec, from these arguments, or by the core around the skeleton of its shape.
+enum Text<'py> {
+    Codec(
+        u64,
+        Arc<str>,
+        (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>),
+    ),
+    Core(u64, Arc<str>, FlatShape, String, String),
+}
+
 /// Pending predictions keyed by id, bounded in count and in event-time age.
 #[pyclass(module = "streamweights._native", subclass)]
 pub struct PendingJoin {
@@ -168,6 +180,11 @@ pub struct PendingJoin {
     gone_total: usize,
     /// Segments whose last entry left since the last `segment_delta`.
     dropped: Vec<u32>,
+    /// Per flat payload shape, the skeleton text `encode` wrote for it: the core then
+    /// writes such entries' texts itself (`entry_text.rs`). A cache, not state; it
+    /// holds for the codec it was learned from only (`skeleton_codec`).
+    skeletons: HashMap<FlatShape, String>,
+    skeleton_codec: Option<Py<PyAny>>,
 }
 
 impl PendingJoin {
@@ -305,43 +322,96 @@ impl PendingJoin {
     }
 
     /// Makes the snapshot text of each of `wanted` (`(seq, id)` of waiting entries) that
-    /// has none with `encode(id, ts, payload)` (Python's codec, run with the join let
-    /// go) and keeps it.
+    /// has none and keeps it. A flat payload of a shape whose skeleton is known gets its
+    /// text from the core (`entry_text.rs`); every other entry from `encode(id, ts,
+    /// payload)` (Python's codec, run with the join let go). A text `encode` wrote for a
+    /// flat payload teaches the join that shape's skeleton when the core's id, time and
+    /// data around it are exactly the text's (they always are: a check, not a guess).
     fn encode_missing(
         slf: &Bound<'_, Self>,
         encode: &Bound<'_, PyAny>,
         wanted: &[(u64, Arc<str>)],
     ) -> PyResult<()> {
         let py = slf.py();
-        // `encode`'s arguments for each entry without a text (read only).
-        let mut calls = Vec::new();
         {
+            let mut join = slf.borrow_mut();
+            let same_codec =
+                matches!(&join.skeleton_codec, Some(codec) if codec.bind(py).is(encode));
+            if !same_codec {
+                join.skeletons.clear();
+                join.skeleton_codec = Some(encode.clone().unbind());
+            }
+        }
+        // What to write for each entry without a text (read only): `encode`'s arguments,
+        // or, for a flat payload, what the core writes around its skeleton.
+        let mut work = Vec::new();
+        let mut skeletons = {
             let join = slf.borrow();
             for (seq, id) in wanted {
                 let entry = match join.entries.get(id) {
                     Some(entry) if entry.seq == *seq && entry.encoded.is_none() => entry,
                     _ => continue,
                 };
-                let (id_object, ts_object) = match &entry.held {
+                work.push(match &entry.held {
                     Held::Object(pending) => {
                         let pending = pending.get();
-                        (pending.id.bind(py).clone(), pending.ts.bind(py).clone())
+                        let arguments = (
+                            pending.id.bind(py).clone(),
+                            pending.ts.bind(py).clone(),
+                            pending.payload_object(py)?,
+                        );
+                        Text::Codec(*seq, id.clone(), arguments)
                     }
-                    Held::Flat(_) => (
-                        PyString::new(py, id).into_any(),
-                        PyFloat::new(py, entry.ts).into_any(),
-                    ),
-                };
-                let arguments = (id_object, ts_object, entry.held.payload(py)?);
-                calls.push((*seq, id.clone(), arguments));
+                    Held::Flat(flat) => {
+                        let (prefix, suffix) = entry_ends(id, entry.ts, flat);
+                        Text::Core(*seq, id.clone(), shape_of(flat), prefix, suffix)
+                    }
+                });
             }
-        }
-        let mut made = Vec::with_capacity(calls.len());
-        for (seq, id, arguments) in calls {
-            let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
+            join.skeletons.clone()
+        };
+        let mut made = Vec::with_capacity(work.len());
+        for item in work {
+            let (seq, id, text) = match item {
+                Text::Codec(seq, id, arguments) => (
+                    seq,
+                    id,
+                    encode.call1(arguments)?.downcast_into::<PyString>()?,
+                ),
+                Text::Core(seq, id, shape, prefix, suffix) => {
+                    if let Some(skeleton) = skeletons.get(&shape) {
+                        let text = [prefix.as_str(), skeleton, suffix.as_str()].concat();
+                        made.push((seq, id, PyString::new(py, &text).unbind()));
+                        continue;
+                    }
+                    // Unknown shape: the codec writes this one, and its text teaches it.
+                    let arguments = {
+                        let join = slf.borrow();
+                        match join.entries.get(&id) {
+                            Some(entry) if entry.seq == seq => (
+                                PyString::new(py, &id).into_any(),
+                                PyFloat::new(py, entry.ts).into_any(),
+                                entry.held.payload(py)?,
+                            ),
+                            _ => continue, // left meanwhile
+                        }
+                    };
+                    let text = encode.call1(arguments)?.downcast_into::<PyString>()?;
+                    let written = text.to_str()?;
+                    if written.len() > prefix.len() + suffix.len()
+                        && written.starts_with(&prefix)
+                        && written.ends_with(&suffix)
+                    {
+                        let skeleton = &written[prefix.len()..written.len() - suffix.len()];
+                        skeletons.insert(shape, skeleton.to_string());
+                    }
+                    (seq, id, text)
+                }
+            };
             made.push((seq, id, text.unbind()));
         }
         let mut join = slf.borrow_mut();
+        join.skeletons = skeletons;
         for (seq, id, text) in made {
             if let Some(entry) = join.entries.get_mut(&id) {
                 if entry.seq == seq {
@@ -412,6 +482,8 @@ impl PendingJoin {
             next_segment: 0,
             gone_total: 0,
             dropped: Vec::new(),
+            skeletons: HashMap::new(),
+            skeleton_codec: None,
         })
     }
 
@@ -748,11 +820,16 @@ impl PendingJoin {
                 visit.call(pending)?;
             }
         }
+        if let Some(codec) = &self.skeleton_codec {
+            visit.call(codec)?;
+        }
         Ok(())
     }
 
     fn __clear__(&mut self) {
         self.clear_entries();
+        self.skeleton_codec = None;
+        self.skeletons.clear();
     }
 }
 

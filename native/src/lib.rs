@@ -21,6 +21,7 @@ mod chain;
 mod conformal;
 mod drift_evidence;
 mod drift_memory;
+mod entry_text;
 mod event_time;
 mod expert_losses;
 mod exposition;
@@ -92,6 +93,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     lane::register(module)?;
     pending::register(module)?;
     join::register(module)?;
+    entry_text::register(module)?;
     json_tree::register(module)?;
     stream_counters::register(module)?;
     tree_alike::register(module)?;
