@@ -865,9 +865,13 @@ class KafkaRuntime:
         """Nothing new to read: commit what is pending now rather than at the next
         checkpoint (which a quiet input may never reach), but at most every
         ``kafka.idle_commit_ms``: a live input that keeps catching up would otherwise
-        commit after every small batch."""
+        commit after every small batch. Nothing while the tasks are due to roll back
+        (a failed commit noticed at this very poll, a rebalance): the source does that
+        first, and a commit now would only be aborted and counted as a second abort."""
         if self._committing is not None and not self._settle(block=False):
             return  # still in flight (the next idle poll looks again), or failed
+        if self.source._rebalanced:
+            return
         if (self.service is not None and self._in_transaction
                 and time.monotonic() - self._last_commit >= self.kafka.idle_commit_ms / 1000
                 and (self.dirty or self.source.next_offsets() != self._committed_offsets)):

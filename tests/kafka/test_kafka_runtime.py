@@ -500,3 +500,30 @@ def test_kafka_client_overrides_the_fetch_settings_and_results_stay_identical(
         json.loads(orjson.dumps(embedded_summary["streams"]))
     assert by_stream(read_topic(kafka_bootstrap, topics["weights"])) == \
         embedded_weights(tmp_path)
+
+
+def test_an_idle_poll_commits_nothing_while_a_roll_back_is_due(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: a failed commit was noticed at a poll that brought nothing (its
+    recovery raised the source's roll-back flag) while an idle commit is due (work
+    pending, the last commit long ago). We expect: the idle hook neither commits nor
+    counts an abort: the source rolls the tasks back first. (It used to try the commit,
+    find the flag and count a second abort for the one failure: a CI run of
+    ``test_a_failed_commit_is_recovered_in_process_with_identical_results`` saw 2.)"""
+    topics = make_topics(topic_factory)
+    service = Service(parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap,
+                                                  topics)))
+    runtime = service.state
+    try:
+        runtime.restore(service)
+        runtime.dirty, runtime._last_commit = True, 0.0
+        runtime.source._rebalanced = True
+        runtime._on_idle()
+        aborts = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_transactions_total", {"outcome": "abort"})
+        assert not aborts and runtime.commits == 0 and runtime._in_transaction
+        runtime.source._rebalanced = False  # rolled back: the idle commit goes ahead
+        runtime._on_idle()
+        assert runtime.commits == 1
+    finally:
+        service.close()
