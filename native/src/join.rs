@@ -333,7 +333,11 @@ impl PendingJoin {
         wanted: &[(u64, Arc<str>)],
     ) -> PyResult<()> {
         let py = slf.py();
-        {
+        // What to write for each entry without a text: `encode`'s arguments, or, for a
+        // flat payload, what the core writes around its skeleton; and the skeletons
+        // learned (dropped if they were learned from another codec).
+        let mut work = Vec::new();
+        let mut skeletons = {
             let mut join = slf.borrow_mut();
             let same_codec =
                 matches!(&join.skeleton_codec, Some(codec) if codec.bind(py).is(encode));
@@ -341,12 +345,6 @@ impl PendingJoin {
                 join.skeletons.clear();
                 join.skeleton_codec = Some(encode.clone().unbind());
             }
-        }
-        // What to write for each entry without a text (read only): `encode`'s arguments,
-        // or, for a flat payload, what the core writes around its skeleton.
-        let mut work = Vec::new();
-        let mut skeletons = {
-            let join = slf.borrow();
             for (seq, id) in wanted {
                 let entry = match join.entries.get(id) {
                     Some(entry) if entry.seq == *seq && entry.encoded.is_none() => entry,
@@ -368,7 +366,8 @@ impl PendingJoin {
                     }
                 });
             }
-            join.skeletons.clone()
+            // taken, not copied: put back below (a codec error leaves it to be relearned)
+            std::mem::take(&mut join.skeletons)
         };
         let mut made = Vec::with_capacity(work.len());
         for item in work {

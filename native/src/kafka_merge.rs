@@ -359,7 +359,17 @@ impl TaskMerges {
     /// The next record of the run (its raw value), or `None` when the run is handed out
     /// or held; keeps the offsets, counts and origin a commit and a dead letter read.
     fn next_record(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.next_raw(py)
+        if self.allowed == 0 {
+            return None;
+        }
+        let entry = self.run.get(self.position)?;
+        self.position += 1;
+        self.allowed -= 1;
+        self.released
+            .insert((entry.number, entry.side), entry.offset + 1);
+        *self.counts.entry(entry.number).or_insert(0) += 1;
+        self.last = Some((entry.number, entry.side, entry.offset));
+        Some(entry.raw.clone_ref(py))
     }
 
     /// Move what was handed out since the last call into `released`
@@ -391,22 +401,6 @@ impl TaskMerges {
     /// `(task, side, offset)` of the record last handed out, or `None`.
     fn last_origin(&self) -> Option<(i64, usize, i64)> {
         self.last
-    }
-}
-
-impl TaskMerges {
-    fn next_raw(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        if self.allowed == 0 {
-            return None;
-        }
-        let entry = self.run.get(self.position)?;
-        self.position += 1;
-        self.allowed -= 1;
-        self.released
-            .insert((entry.number, entry.side), entry.offset + 1);
-        *self.counts.entry(entry.number).or_insert(0) += 1;
-        self.last = Some((entry.number, entry.side, entry.offset));
-        Some(entry.raw.clone_ref(py))
     }
 }
 
@@ -475,7 +469,7 @@ impl MergedRecords {
             let rolling_back = source.getattr(intern!(py, "_rebalanced"))?.is_truthy()?
                 && !source.getattr(intern!(py, "on_rebalance"))?.is_none();
             if !rolling_back {
-                let raw = self.merges.borrow_mut(py).next_raw(py);
+                let raw = self.merges.borrow_mut(py).next_record(py);
                 if let Some(raw) = raw {
                     let sequence = self.sequence;
                     self.sequence += 1;
