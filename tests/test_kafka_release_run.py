@@ -207,20 +207,21 @@ def test_consumer_records_are_read_by_index_as_by_attribute():
     attributes, not by the places of ``ConsumerRecord``'s fields."""
     from kafka.consumer.fetcher import ConsumerRecord
 
-    from streamweights.runtime.kafka_source import _RECORD_FIELDS
+    from streamweights.runtime.kafka_source import record_fields
 
-    assert _RECORD_FIELDS is not None and _RECORD_FIELDS[0] is ConsumerRecord
+    fields = record_fields()
+    assert fields is not None and fields[0] is ConsumerRecord
     values = [orjson.dumps({"ts": 1.5 * offset, "n": offset}) for offset in range(50)]
     as_tuples = [ConsumerRecord("preds", 3, -1, 100 + offset, 0, 0, None, value, [], None,
                                 -1, len(value), -1) for offset, value in enumerate(values)]
     by_index, by_attribute = TaskMerges(), TaskMerges()
-    by_index.add_records(3, PREDICTIONS, as_tuples, event_time, 1e9, _RECORD_FIELDS)
+    by_index.add_records(3, PREDICTIONS, as_tuples, event_time, 1e9, fields)
     by_attribute.add_records(3, PREDICTIONS, [Fetched(100 + offset, value) for offset, value
                                               in enumerate(values)], event_time, 1e9)
     assert by_index.entries(3, PREDICTIONS) == by_attribute.entries(3, PREDICTIONS)
     assert by_index.entries(3, PREDICTIONS)[7] == (10.5, PREDICTIONS, 107, values[7])
     foreign = TaskMerges()
-    foreign.add_records(3, LABELS, [Fetched(5, values[2])], event_time, 1e9, _RECORD_FIELDS)
+    foreign.add_records(3, LABELS, [Fetched(5, values[2])], event_time, 1e9, fields)
     assert foreign.entries(3, LABELS) == [(3.0, LABELS, 5, values[2])]
 
 

@@ -102,7 +102,7 @@ THROUGHPUT_SETTINGS: dict[str, Any] = {
 }
 
 
-def _record_fields() -> tuple[type, int, int] | None:
+def record_fields() -> tuple[type, int, int] | None:
     """kafka-python's ``ConsumerRecord`` (a named tuple) and where ``offset`` and
     ``value`` sit in it, so the core reads them by index; ``None``: by attribute."""
     try:
@@ -113,9 +113,6 @@ def _record_fields() -> tuple[type, int, int] | None:
     except (ImportError, AttributeError, ValueError):
         return None
 
-
-#: ``_record_fields()``, once.
-_RECORD_FIELDS = _record_fields()
 
 
 def consumer_settings(client_settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -283,6 +280,9 @@ class KafkaSource:
         #: Whether the consumer's fetched batches are read by the core
         #: (``runtime/kafka_records.py``); set by :meth:`connect`.
         self.native_reader = False
+        #: kafka-python's record type and where ``offset`` and ``value`` sit in it
+        #: (:func:`record_fields`); set by :meth:`connect` (``None``: by attribute).
+        self.record_fields: tuple[type, int, int] | None = None
 
     # -- setup --------------------------------------------------------------------------
     def connect(self) -> None:
@@ -308,6 +308,7 @@ class KafkaSource:
                                     f"{self.bootstrap_servers}") from None
         # fetched batches' records read by the core (runtime/kafka_records.py)
         self.native_reader = use_native_reader(self.consumer)
+        self.record_fields = record_fields()
         self.consumer.subscribe(list(self.topics), listener=_rebalance_flag(self))
         self.consumer.topics()  # metadata answered after subscribe: see the docstring
         counts = []
@@ -439,7 +440,7 @@ class KafkaSource:
         add, skew = self.merges.add_records, self.max_event_time_skew
         for tp, records in batches.items():
             side = PREDICTIONS if tp.topic == self.topics[0] else LABELS
-            add(tp.partition, side, records, event_time, skew, _RECORD_FIELDS)
+            add(tp.partition, side, records, event_time, skew, self.record_fields)
             fetched += len(records)
             if records:
                 self._last_data[tp] = now
