@@ -15,6 +15,8 @@ use pyo3::prelude::*;
 use crate::arrays;
 use crate::expert_losses::read_flat;
 use crate::kalman::{all_finite, copy_vector, dot};
+use crate::probability_input::quick_label;
+use crate::wide;
 
 /// Probabilities are floored here before the log (as in the Python reference).
 const PROBABILITY_FLOOR: f64 = 1e-6;
@@ -34,10 +36,11 @@ const PROBABILITY_TOLERANCE: f64 = 1e-3;
 /// the Python validators do (same messages: the field, what is wrong) and renormalise
 /// each probability vector by its sum taken left to right.
 pub fn check_packed(packed: &mut [f64], n_classes: usize, n_models: usize) -> Result<(), String> {
-    if packed.iter().any(|v| v.is_nan()) {
-        return Err("x: contains NaN".to_string());
-    }
-    if packed.iter().any(|v| v.is_infinite()) {
+    // One vectorised pass for the usual case; which fault it is only when there is one.
+    if !all_finite(packed) {
+        if packed.iter().any(|v| v.is_nan()) {
+            return Err("x: contains NaN".to_string());
+        }
         return Err("x: contains inf".to_string());
     }
     let c = n_classes;
@@ -107,6 +110,10 @@ pub struct Correction {
     covariance: Vec<f64>,
     mean: Vec<f64>,
     variance: Vec<f64>,
+    /// `sqrt(variance + VARIANCE_FLOOR)` per regressor: the standardiser's divisors,
+    /// derived from `variance` whenever it changes (not state), so a head takes no square
+    /// root.
+    scale: Vec<f64>,
     guard_weight: f64,
     n_learned: u64,
     /// Where `learn` writes the next covariance before it is kept (swapped in only
@@ -116,12 +123,12 @@ pub struct Correction {
 }
 
 /// What one event's head computes: regressors, raw regressors, corrected probabilities,
-/// and `P z` when the moderation needed it (learn uses the same vector).
+/// and `P z` with `zᵀ P z` when the moderation needed them (learn uses the same values).
 struct Head {
     z: Vec<f64>,
     raw: Vec<f64>,
     corrected: Vec<f64>,
-    gain: Option<Vec<f64>>,
+    gain: Option<(Vec<f64>, f64)>,
 }
 
 impl Correction {
@@ -135,6 +142,7 @@ impl Correction {
             covariance: Vec::new(),
             mean: Vec::new(),
             variance: Vec::new(),
+            scale: Vec::new(),
             guard_weight: 0.5,
             n_learned: 0,
             next_covariance: Vec::new(),
@@ -152,8 +160,20 @@ impl Correction {
         }
         self.mean = vec![0.0; m - 1];
         self.variance = vec![0.0; m - 1];
+        self.rescale();
         self.guard_weight = 0.5;
         self.n_learned = 0;
+    }
+
+    /// The standardiser's divisors from the current variances.
+    #[inline(always)]
+    fn rescale(&mut self) {
+        self.scale.clear();
+        self.scale.extend(
+            self.variance
+                .iter()
+                .map(|variance| (variance + VARIANCE_FLOOR).sqrt()),
+        );
     }
 
     /// Length of the packed input.
@@ -163,6 +183,7 @@ impl Correction {
     }
 
     /// Centred log-probabilities of the upstream output and of each model, then features.
+    #[inline(always)]
     fn regressors(&self, packed: &[f64]) -> Vec<f64> {
         let c = self.settings.n_classes;
         let rows = 1 + self.settings.n_models;
@@ -184,14 +205,15 @@ impl Correction {
         raw
     }
 
+    #[inline(always)]
     fn head(&self, packed: &[f64]) -> Head {
         let (m, c) = (self.m, self.settings.n_classes);
         let raw = self.regressors(packed);
-        let mut z = Vec::with_capacity(m);
-        z.push(1.0);
-        for ((value, mean), variance) in raw.iter().zip(&self.mean).zip(&self.variance) {
-            let scaled = (value - mean) / (variance + VARIANCE_FLOOR).sqrt();
-            z.push(scaled.clamp(-MAX_STANDARDISED, MAX_STANDARDISED));
+        let mut z = vec![1.0; m];
+        for (((slot, value), mean), scale) in
+            z[1..].iter_mut().zip(&raw).zip(&self.mean).zip(&self.scale)
+        {
+            *slot = ((value - mean) / scale).clamp(-MAX_STANDARDISED, MAX_STANDARDISED);
         }
         let mut correction = vec![0.0; c];
         for (class, slot) in correction.iter_mut().enumerate() {
@@ -209,7 +231,7 @@ impl Correction {
             for value in correction.iter_mut() {
                 *value /= shrink;
             }
-            gain = Some(pz);
+            gain = Some((pz, spread));
         }
         let mut logits: Vec<f64> = packed[..c]
             .iter()
@@ -233,32 +255,20 @@ impl Correction {
         }
     }
 
-    /// `P z`, each row summed left to right.
+    /// `P z`, each entry summed left to right over `j`. `P` is symmetric (bit for bit:
+    /// every update writes `(i, j)` and `(j, i)` from the same products, and `set_state`
+    /// refuses anything else), so row `i` is column `i`: adding `z_j` times row `j` to
+    /// all entries at once keeps each entry's order (the same bits as a dot product per
+    /// row) and reads the matrix contiguously, which the compiler vectorises.
+    #[inline(always)]
     fn gain(&self, z: &[f64]) -> Vec<f64> {
         let m = self.m;
-        let mut gain = Vec::with_capacity(m);
-        // Four rows at a time: each row's sum still runs left to right (the same bits),
-        // but four independent sums keep the adder busy where one waits on itself.
-        let mut rows = self.covariance.chunks_exact(4 * m);
-        for block in rows.by_ref() {
-            let (r0, rest) = block.split_at(m);
-            let (r1, rest) = rest.split_at(m);
-            let (r2, r3) = rest.split_at(m);
-            let (mut t0, mut t1, mut t2, mut t3) = (0.0, 0.0, 0.0, 0.0);
-            for (j, &zj) in z.iter().enumerate() {
-                t0 += r0[j] * zj;
-                t1 += r1[j] * zj;
-                t2 += r2[j] * zj;
-                t3 += r3[j] * zj;
-            }
-            gain.extend_from_slice(&[t0, t1, t2, t3]);
-        }
-        for row in rows.remainder().chunks_exact(m) {
-            gain.push(dot(row, z));
-        }
+        let mut gain = vec![0.0; m];
+        wide::add_rows_scaled(&mut gain, &self.covariance, z);
         gain
     }
 
+    #[inline(always)]
     fn served(&self, proba: &[f64], corrected: Vec<f64>) -> Vec<f64> {
         if !self.settings.guard {
             return corrected;
@@ -273,6 +283,24 @@ impl Correction {
 
     /// The served probabilities for one packed input; changes nothing.
     pub fn predict(&self, packed: &[f64]) -> Vec<f64> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx") {
+                // SAFETY: AVX is present, the one feature `predict_avx` is compiled for.
+                return unsafe { self.predict_avx(packed) };
+            }
+        }
+        self.predict_inline(packed)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    unsafe fn predict_avx(&self, packed: &[f64]) -> Vec<f64> {
+        self.predict_inline(packed)
+    }
+
+    #[inline(always)]
+    fn predict_inline(&self, packed: &[f64]) -> Vec<f64> {
         let head = self.head(packed);
         self.served(&packed[..self.settings.n_classes], head.corrected)
     }
@@ -281,6 +309,24 @@ impl Correction {
     /// the standardiser take the event in. Refuses (changing nothing) an update whose
     /// result is not finite.
     pub fn learn(&mut self, packed: &[f64], label: usize) -> Result<(), String> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx") {
+                // SAFETY: AVX is present, the one feature `learn_avx` is compiled for.
+                return unsafe { self.learn_avx(packed, label) };
+            }
+        }
+        self.learn_inline(packed, label)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    unsafe fn learn_avx(&mut self, packed: &[f64], label: usize) -> Result<(), String> {
+        self.learn_inline(packed, label)
+    }
+
+    #[inline(always)]
+    fn learn_inline(&mut self, packed: &[f64], label: usize) -> Result<(), String> {
         let (m, c) = (self.m, self.settings.n_classes);
         let head = self.head(packed);
         let q = &head.corrected;
@@ -300,12 +346,15 @@ impl Correction {
         for value in q {
             curvature += value * (1.0 - value);
         }
-        // `P z`: the moderation's, when it was computed (the same vector, bit for bit).
-        let gain = match head.gain {
-            Some(gain) => gain,
-            None => self.gain(&head.z),
+        // `P z` and `zᵀ P z`: the moderation's, when it computed them (the same bits).
+        let (gain, spread) = match head.gain {
+            Some(computed) => computed,
+            None => {
+                let gain = self.gain(&head.z);
+                let spread = dot(&head.z, &gain);
+                (gain, spread)
+            }
         };
-        let spread = dot(&head.z, &gain);
         let denominator = 1.0 + curvature * spread;
         let factor = curvature / denominator;
         let gamma = self.settings.forgetting;
@@ -313,19 +362,14 @@ impl Correction {
         let refill = (1.0 - keep) * self.settings.prior_variance;
         let mut covariance = std::mem::take(&mut self.next_covariance);
         covariance.resize(m * m, 0.0);
-        for (i, (row, old)) in covariance
-            .chunks_exact_mut(m)
-            .zip(self.covariance.chunks_exact(m))
-            .enumerate()
-        {
-            let gi = gain[i];
-            for ((value, &old), &gj) in row.iter_mut().zip(old).zip(&gain) {
-                *value = keep * (old - factor * (gi * gj)) + 0.0;
-            }
-            let diagonal = old[i] - factor * (gi * gain[i]);
-            row[i] = keep * diagonal + refill;
-        }
-        let finite = all_finite(&covariance);
+        let finite = wide::rank_one_step(
+            &mut covariance,
+            &self.covariance,
+            &gain,
+            factor,
+            keep,
+            refill,
+        );
         let mut weights = vec![0.0; m * c];
         for j in 0..m {
             let step = gain[j] / denominator;
@@ -359,6 +403,7 @@ impl Correction {
         self.next_covariance = std::mem::replace(&mut self.covariance, covariance);
         self.mean = mean;
         self.variance = variance;
+        self.rescale();
         self.guard_weight = guard_weight;
         self.n_learned += 1;
         Ok(())
@@ -469,10 +514,14 @@ impl FeatureCorrectionCore {
         }))
     }
 
-    /// Learn one label when `x` is a float64 vector of the packed length (as `predict`):
-    /// true; false (nothing read, nothing changed) for any other form, which the handle
-    /// converts and passes to `learn_checked`.
-    fn learn(&mut self, x: &Bound<'_, PyAny>, label: usize) -> PyResult<bool> {
+    /// Learn one label when `y` is a plain `int` class and `x` a float64 vector of the
+    /// packed length (as `predict`): true; false (nothing read, nothing changed) for any
+    /// other form, which the handle checks, converts and passes to `learn_checked`.
+    fn learn(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let label = match quick_label(y, self.inner.settings.n_classes) {
+            Some(label) => label as usize,
+            None => return Ok(false),
+        };
         let mut packed = vec![0.0; self.inner.input_size()];
         if !copy_vector(x, &mut packed)? {
             return Ok(false);
@@ -556,11 +605,21 @@ impl FeatureCorrectionCore {
                 "state: array sizes do not match this FeatureCorrection's configuration",
             ));
         }
+        let symmetric = (0..m).all(|i| {
+            (i + 1..m).all(|j| covariance[i * m + j].to_bits() == covariance[j * m + i].to_bits())
+        });
+        if !symmetric {
+            return Err(PyValueError::new_err(
+                "state.covariance: must be symmetric, entry for entry (every covariance \
+                 this head writes is); it was changed after it was saved",
+            ));
+        }
         let inner = &mut self.inner;
         inner.weights = weights;
         inner.covariance = covariance;
         inner.mean = mean;
         inner.variance = variance;
+        inner.rescale();
         inner.guard_weight = guard_weight;
         inner.n_learned = n_learned;
         Ok(())

@@ -52,6 +52,7 @@ mod state_marks;
 mod stream_counters;
 mod temperature;
 mod tree_alike;
+mod wide;
 
 /// The core's version, to check that the compiled module matches the Python package.
 #[pyfunction]

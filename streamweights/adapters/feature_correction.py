@@ -247,10 +247,9 @@ class FeatureCorrection(Adapter):
     def learn(self, x: Any, y: Any) -> None:
         """One extended-Kalman step on the label (at the head's current output for ``x``),
         the drift transition, then the guard and the standardiser take the event in."""
-        label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
-            y, "y", self.n_classes)
-        try:  # ValueError for a bad x passes through
-            if not self._core.learn(x, label):
+        try:  # ValueError for a bad x or y passes through
+            if not self._core.learn(x, y):  # not a plain int class and a float64 row
+                label = check_class_label(y, "y", self.n_classes)
                 self._core.learn_checked(self._edge(x), label)
         except ArithmeticError as error:  # a non-finite update, refused: nothing changed
             raise NonFiniteUpdate(str(error)) from None

@@ -250,3 +250,51 @@ def json_round_trip(text):
     from streamweights.adapters import loads_state
 
     return loads_state(text)
+
+
+def test_labels_take_the_same_step_in_any_integral_form_and_bad_ones_change_nothing():
+    """Scenario: the same event learned with the label as a plain int, a numpy int, a bool
+    and a float with an integral value, then with an unknown class and a non-integral
+    one. We expect: the same state bit for bit the first four ways (the core takes plain
+    ints itself, Python converts the rest), a ValueError naming ``y`` and no change the
+    last two."""
+    outputs, features, labels = _stream(300, seed=4)
+    stages = [FeatureCorrection(n_classes=2, n_models=3, n_features=3) for _ in range(4)]
+    for stage in stages:
+        _run(stage, outputs[:200], features[:200], labels[:200])
+    packed = FeatureCorrection.pack(outputs[200].mean(axis=0), outputs[200], features[200])
+    for stage, label in zip(stages, (1, np.int64(1), True, 1.0), strict=True):
+        stage.learn(packed, label)
+    states = {dumps_state(stage.state_dict()) for stage in stages}
+    assert len(states) == 1
+    before = states.pop()
+    for bad, message in ((2, "unknown class 2"), (0.5, "must be an integer")):
+        with pytest.raises(ValueError, match=rf"^y: .*{message}"):
+            stages[0].learn(packed, bad)
+    assert dumps_state(stages[0].state_dict()) == before
+
+
+def test_a_state_whose_covariance_is_not_symmetric_is_refused():
+    """Scenario: a saved state with one off-diagonal covariance entry edited (its mirror
+    left alone). We expect: a ValueError that names ``state.covariance`` and says it must
+    be symmetric (every covariance the head writes is, and its arithmetic reads one
+    triangle for the other); the stage keeps its state. The unedited state loads."""
+    from streamweights.adapters import loads_state
+
+    outputs, features, labels = _stream(300, seed=5)
+    stage = FeatureCorrection(n_classes=2, n_models=3, n_features=3)
+    _run(stage, outputs, features, labels)
+    saved = dumps_state(stage.state_dict())
+    covariance = stage.state_dict()["state"]["covariance"]
+    assert np.array_equal(covariance, covariance.T) and covariance[1, 4] != 0.0
+    edited = loads_state(saved)
+    matrix = np.array(edited["state"]["covariance"], dtype=float)
+    matrix[1, 4] = np.nextafter(matrix[1, 4], 1.0)
+    edited["state"]["covariance"] = matrix
+    fresh = FeatureCorrection(n_classes=2, n_models=3, n_features=3)
+    untouched = dumps_state(fresh.state_dict())
+    with pytest.raises(ValueError, match=r"state\.covariance: must be symmetric"):
+        fresh.load_state_dict(edited)
+    assert dumps_state(fresh.state_dict()) == untouched
+    fresh.load_state_dict(loads_state(saved))
+    assert dumps_state(fresh.state_dict()) == saved
