@@ -620,7 +620,7 @@ impl FeatureCorrectionCore {
         if !symmetric {
             return Err(PyValueError::new_err(
                 "state.covariance: must be symmetric, entry for entry (every covariance \
-                 this head writes is); it was changed after it was saved",
+                 this head writes is: was the saved state edited?)",
             ));
         }
         let inner = &mut self.inner;
