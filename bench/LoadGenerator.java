@@ -82,6 +82,11 @@ public final class LoadGenerator {
         try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(settings)) {
             producer.partitionsFor(predictions);
             producer.partitionsFor(labels);
+            // The prepared records (~1.8M keys and values) were read into the young
+            // generation; one full collection now moves them to the old one before the
+            // clock starts. Left to the run, the first young collection copied them (a
+            // 67 ms pause, ~6,000 records late, in the first seconds); later ones, 5-15 ms.
+            System.gc();
             System.out.println("ready");
             System.out.flush();
             BufferedReader input = new BufferedReader(
