@@ -166,6 +166,7 @@ pub(crate) fn dot(left: &[f64], right: &[f64]) -> f64 {
 
 /// True when no value is NaN or ±inf. An integer fold over the exponent bits (no early
 /// exit), so the compiler can vectorise it: this runs on the whole state every update.
+#[inline]
 pub(crate) fn all_finite(values: &[f64]) -> bool {
     const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
     values.iter().fold(0u64, |bad, v| {

@@ -1,27 +1,48 @@
-//! Kernels over whole vectors that run on 256-bit registers where the CPU has AVX, chosen
-//! at run time (the extension itself is built for baseline x86-64, so one wheel or image
-//! serves every node).
+//! Code that runs on 256-bit registers where the CPU has AVX, chosen at run time (the
+//! extension itself is built for baseline x86-64, so one wheel or image serves every
+//! node): [`avx_dispatch`], and the vector kernels built with it.
 //!
-//! Only element-wise multiplies, adds and subtracts, each rounded on its own: AVX gives
-//! the same bits as SSE2 or scalar code for them (no fused multiply-add is ever formed;
-//! Rust does not contract `a * b + c`), so a restart on a node without AVX replays the
-//! same weights bit for bit. Each kernel's order of operations is the one its scalar
-//! loop states.
+//! Only element-wise multiplies, adds, subtracts, divides and square roots get wider,
+//! each rounded on its own: AVX gives the same bits as SSE2 or scalar code for them. No
+//! fused multiply-add is ever formed (FMA is a target feature of its own, never enabled,
+//! and Rust does not contract `a * b + c`) and no float sum is reordered, so a restart on
+//! a node without AVX replays the same weights bit for bit. Each kernel's order of
+//! operations is the one its plain loop states.
 
-/// `out[i] += Σ_j rows[j][i] * z[j]` for each `i`, `j` ascending: `rows` is `z.len()`
-/// rows of `out.len()` values, row-major. One row at a time, so every entry's sum runs
-/// in the order of `j`, whatever the register width.
-pub fn add_rows_scaled(out: &mut [f64], rows: &[f64], z: &[f64]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx") {
-            // SAFETY: the CPU was just found to support AVX, the only feature the
-            // function is compiled for; it touches memory only through its slices.
-            unsafe { add_rows_scaled_avx(out, rows, z) };
-            return;
+use crate::kalman::all_finite;
+
+/// Defines `fn $name(args) -> R` that calls `$plain(args)` as compiled for AVX where the
+/// CPU has AVX and as compiled for baseline x86-64 elsewhere. `$plain` should be
+/// `#[inline(always)]`, so that its body, and what it inlines, is built both ways.
+macro_rules! avx_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?)
+     $(-> $ret:ty)? => $plain:path) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx")]
+            unsafe fn avx_build($($arg: $ty),*) $(-> $ret)? {
+                $plain($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx") {
+                    // SAFETY: the CPU was just found to support AVX, the only feature
+                    // `avx_build` is compiled for; it is plain safe code otherwise.
+                    return unsafe { avx_build($($arg),*) };
+                }
+            }
+            $plain($($arg),*)
         }
-    }
-    add_rows_scaled_plain(out, rows, z);
+    };
+}
+pub(crate) use avx_dispatch;
+
+avx_dispatch! {
+    /// `out[i] += Σ_j rows[j][i] * z[j]` for each `i`, `j` ascending: `rows` is `z.len()`
+    /// rows of `out.len()` values, row-major. One row at a time, so every entry's sum
+    /// runs in the order of `j`, whatever the register width.
+    pub fn add_rows_scaled(out: &mut [f64], rows: &[f64], z: &[f64]) => add_rows_scaled_plain
 }
 
 #[inline(always)]
@@ -33,32 +54,19 @@ fn add_rows_scaled_plain(out: &mut [f64], rows: &[f64], z: &[f64]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn add_rows_scaled_avx(out: &mut [f64], rows: &[f64], z: &[f64]) {
-    add_rows_scaled_plain(out, rows, z);
-}
-
-/// The rank-one covariance step of an extended Kalman filter with forgetting:
-/// `next[i][j] = keep * (old[i][j] - factor * (g[i] * g[j])) + 0.0` off the diagonal and
-/// `keep * (old[i][i] - factor * (g[i] * g[i])) + refill` on it (`old` is `g.len()`
-/// square, row-major). Returns whether every new entry is finite.
-pub fn rank_one_step(
-    next: &mut [f64],
-    old: &[f64],
-    gain: &[f64],
-    factor: f64,
-    keep: f64,
-    refill: f64,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx") {
-            // SAFETY: as in `add_rows_scaled`: AVX is present, slices only.
-            return unsafe { rank_one_step_avx(next, old, gain, factor, keep, refill) };
-        }
-    }
-    rank_one_step_plain(next, old, gain, factor, keep, refill)
+avx_dispatch! {
+    /// The rank-one covariance step of an extended Kalman filter with forgetting:
+    /// `next[i][j] = keep * (old[i][j] - factor * (g[i] * g[j])) + 0.0` off the diagonal
+    /// and `keep * (old[i][i] - factor * (g[i] * g[i])) + refill` on it (`old` is
+    /// `g.len()` square, row-major). Returns whether every new entry is finite.
+    pub fn rank_one_step(
+        next: &mut [f64],
+        old: &[f64],
+        gain: &[f64],
+        factor: f64,
+        keep: f64,
+        refill: f64,
+    ) -> bool => rank_one_step_plain
 }
 
 #[inline(always)]
@@ -84,29 +92,6 @@ fn rank_one_step_plain(
         row[i] = keep * diagonal + refill;
     }
     all_finite(next)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn rank_one_step_avx(
-    next: &mut [f64],
-    old: &[f64],
-    gain: &[f64],
-    factor: f64,
-    keep: f64,
-    refill: f64,
-) -> bool {
-    rank_one_step_plain(next, old, gain, factor, keep, refill)
-}
-
-/// True when no value is NaN or ±inf: an integer fold over the exponent bits, no early
-/// exit, so it vectorises.
-#[inline(always)]
-fn all_finite(values: &[f64]) -> bool {
-    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
-    values.iter().fold(0u64, |bad, v| {
-        bad | u64::from(v.to_bits() & EXPONENT == EXPONENT)
-    }) == 0
 }
 
 #[cfg(test)]
