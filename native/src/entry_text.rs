@@ -91,23 +91,8 @@ pub fn push_float_repr(out: &mut String, value: f64) {
         out.push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
         return;
     }
-    let decimal = Decimal::of(value);
     let mut text = Vec::with_capacity(32);
-    if decimal.negative {
-        text.push(b'-');
-    }
-    if (-4..16).contains(&decimal.exponent) {
-        decimal.write_fixed(&mut text);
-    } else {
-        decimal.write_scientific(&mut text);
-        text.push(b'e');
-        text.push(if decimal.exponent < 0 { b'-' } else { b'+' });
-        let magnitude = decimal.exponent.unsigned_abs();
-        if magnitude < 10 {
-            text.push(b'0');
-        }
-        text.extend_from_slice(magnitude.to_string().as_bytes());
-    }
+    Decimal::of(value).write_python_repr(&mut text);
     // Digits, signs, '.', 'e': ASCII only.
     out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }

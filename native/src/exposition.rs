@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
-use crate::float_text::{write_integer, Decimal};
+use crate::float_text::Decimal;
 
 /// A sample's value as Prometheus' Go code writes it (`floatToGoString`): `+Inf`,
 /// `-Inf`, `NaN`; Python's `repr` (fixed notation for decimal exponents -4 to 15, else
@@ -32,14 +32,7 @@ pub fn write_go_float(out: &mut Vec<u8>, value: f64) {
         out.push(b'-');
     }
     if (value > 0.0 && exponent >= 6) || !(-4..16).contains(&exponent) {
-        decimal.write_scientific(out);
-        out.push(b'e');
-        out.push(if exponent < 0 { b'-' } else { b'+' });
-        let magnitude = exponent.abs();
-        if magnitude < 10 {
-            out.push(b'0'); // at least two digits, as Python's repr writes them
-        }
-        write_integer(out, i64::from(magnitude));
+        decimal.write_python_scientific(out);
     } else {
         decimal.write_fixed(out);
     }

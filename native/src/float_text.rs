@@ -1,6 +1,8 @@
 //! Numbers as text: a float's shortest decimal digits (Python's `repr` digits, which Ryu
 //! computes) and the layouts the core writes them in, orjson's for records
-//! (`lane::write_float`) and Prometheus' for `/metrics` (`exposition`); integers' digits.
+//! (`lane::write_float`), Prometheus' for `/metrics` (`exposition`) and Python's `repr`
+//! (`Decimal::write_python_repr`: snapshot texts, and Prometheus' own scientific form);
+//! integers' digits.
 
 /// A finite float as sign, significant digits (no leading zeros, no trailing zeros but
 /// the one digit of zero) and the decimal exponent of the first digit.
@@ -110,6 +112,32 @@ impl Decimal {
             out.push(b'.');
             out.extend_from_slice(&digits[1..]);
         }
+    }
+
+    /// Python's `repr` of the value: its sign, then fixed notation for decimal exponents
+    /// -4 to 15 (`0.0001`, `1000000000000000.0`), else [`Self::write_python_scientific`].
+    pub fn write_python_repr(&self, out: &mut Vec<u8>) {
+        if self.negative {
+            out.push(b'-');
+        }
+        if (-4..16).contains(&self.exponent) {
+            self.write_fixed(out);
+        } else {
+            self.write_python_scientific(out);
+        }
+    }
+
+    /// Scientific notation as Python's `repr` writes it, no sign: the mantissa, `e`, the
+    /// exponent's sign and at least two of its digits (`1e-05`, `1.5e+300`).
+    pub fn write_python_scientific(&self, out: &mut Vec<u8>) {
+        self.write_scientific(out);
+        out.push(b'e');
+        out.push(if self.exponent < 0 { b'-' } else { b'+' });
+        let magnitude = self.exponent.abs();
+        if magnitude < 10 {
+            out.push(b'0');
+        }
+        write_integer(out, i64::from(magnitude));
     }
 }
 

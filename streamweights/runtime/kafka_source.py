@@ -114,7 +114,6 @@ def record_fields() -> tuple[type, int, int] | None:
         return None
 
 
-
 def consumer_settings(client_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the service's input consumer is created with besides the bootstrap
     servers and the group id: read_committed, the co-partitioning assignor,
