@@ -129,6 +129,21 @@ class Adapter:
                                None if config_checked else self.get_config())
         self._set_state(state if owned else tree_copy(state))
 
+    # -- pickle / deepcopy ----------------------------------------------------------------
+    # A compiled core is no Python object and does not pickle, so an adapter travels as
+    # its snapshot: rebuilt from its config, then its state loaded (a round trip is bit
+    # exact, the contract every adapter keeps). Containers need nothing of their own: their
+    # snapshot holds their parts'.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"snapshot": self.state_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        snapshot = state["snapshot"]
+        self.__init__(**snapshot["config"])  # type: ignore[misc]
+        # (the tree is the copy pickle or deepcopy just made, and its config built this
+        # adapter: nothing to copy, compare or upgrade)
+        load_part(self, snapshot, config_checked=True, upgraded=True)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"

@@ -367,15 +367,6 @@ class DriftMemory(Adapter):
         return check_probability_batch(xs, name, self.n_classes)
 
     # -- state -----------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle / deepcopy: travels as its snapshot (compiled handles do not)."""
-        return {"snapshot": self.state_dict()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        snapshot = state["snapshot"]
-        self.__init__(**snapshot["config"])  # type: ignore[misc]
-        self.load_state_dict(snapshot)
-
     def get_config(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "n_classes": self.n_classes,
                 "detector": self.detector, "signal": self.signal, "loss": self.loss,

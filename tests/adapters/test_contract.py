@@ -6,10 +6,12 @@ module: JSON round trip, batch = sequential, bad input, determinism.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import math
 import pathlib
+import pickle
 
 import numpy as np
 import pytest
@@ -58,6 +60,28 @@ def test_json_round_trip_is_bit_exact(case):
     for a, b in zip(out_original, out_restored, strict=True):
         assert a.tobytes() == b.tobytes()
     assert dumps_state(restored.state_dict()) == dumps_state(original.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_pickle_and_deepcopy_continue_bit_exact_and_apart(case, how):
+    """A pickled or deep-copied adapter (compiled core included) has the original's state
+    and goes on with the same output bytes; the two then live apart: feeding one leaves
+    the other's state as it was."""
+    original = case.factory()
+    xs, ys = _stream(case, 6, 600)
+    _drive(original, case, xs[:200], ys[:200], collect=False)
+    twin = pickle.loads(pickle.dumps(original)) if how == "pickle" else copy.deepcopy(original)
+    assert type(twin) is type(original)
+    assert dumps_state(twin.state_dict()) == dumps_state(original.state_dict())
+    out_original = _drive(original, case, xs[200:400], ys[200:400], collect=True)
+    out_twin = _drive(twin, case, xs[200:400], ys[200:400], collect=True)
+    assert [a.tobytes() for a in out_twin] == [a.tobytes() for a in out_original]
+    assert dumps_state(twin.state_dict()) == dumps_state(original.state_dict())
+    kept = dumps_state(original.state_dict())
+    _drive(twin, case, xs[400:], ys[400:], collect=False)
+    assert dumps_state(original.state_dict()) == kept
+    assert dumps_state(twin.state_dict()) != kept
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

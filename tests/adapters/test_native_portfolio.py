@@ -107,11 +107,13 @@ def test_snapshots_move_between_the_two_and_continue_alike(name, kwargs):
     _same_state(back, ours)
 
 
-def test_pickle_and_deepcopy_rebind_the_core_to_the_copied_stages():
-    """(With candidates whose stages pickle: the calibrators' and the Kalman filter's
-    handles do not yet, so a default portfolio does not either, as before.)"""
-    kwargs = {"n_models": 3, "n_classes": 2, "candidates": [
-        [{"type": "Hedge"}], [{"type": "FixedShare", "share": 0.05}]]}
+@pytest.mark.parametrize("candidates", [
+    None,  # the default portfolio: calibrators and the Kalman filter among its stages
+    [[{"type": "Hedge"}], [{"type": "FixedShare", "share": 0.05}]]])
+def test_pickle_and_deepcopy_rebind_the_core_to_the_copied_stages(candidates):
+    kwargs = {"n_models": 3, "n_classes": 2}
+    if candidates is not None:
+        kwargs["candidates"] = candidates
     outputs, labels = _stream(kwargs, 4_000, seed=4)
     ours = Portfolio(**kwargs)
     _replay([ours], outputs[:2_000], labels[:2_000], seed=3)

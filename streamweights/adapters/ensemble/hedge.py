@@ -159,17 +159,6 @@ class Hedge(Adapter):
         self._core.on_drift()
 
     # -- state --------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle / deepcopy: the core travels as its state (a compiled handle does not)."""
-        return {**{k: v for k, v in self.__dict__.items() if k != "_core"},
-                "_core_state": self._get_state()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        core_state = state.pop("_core_state")
-        self.__dict__.update(state)
-        self._core = self._make_core()
-        self._set_state(core_state)
-
     def get_config(self) -> dict[str, Any]:
         return {"n_models": self.n_models, "n_classes": self.n_classes, "loss": self.loss,
                 "learning_rate": self.learning_rate,

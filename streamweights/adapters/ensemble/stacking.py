@@ -277,15 +277,6 @@ class OnlineStacking(Adapter):
         """Delegate to the filter: a one-off transition toward the uniform average."""
         self._filter.on_drift()
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle / deepcopy: the stacking core holds no state and is rebuilt."""
-        return {k: v for k, v in self.__dict__.items() if k != "_core"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._core = _native.StackingCore(self.n_models, self.n_classes, self.fit_intercept,
-                                          self.probability_floor)
-
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
 
