@@ -158,6 +158,42 @@ def test_a_loaded_state_is_not_the_callers(case):
     assert dumps_state(fresh.state_dict()) == text
 
 
+def _strided(x: np.ndarray) -> np.ndarray:
+    """The same values in a view that is not C-contiguous (every other element of a
+    buffer twice as long along the first axis)."""
+    spread = np.zeros((2 * x.shape[0], *x.shape[1:]))
+    spread[::2] = x
+    return spread[::2]
+
+
+def _other_form(value, form):
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim:
+        return value.tolist() if form == "list" else _strided(value)
+    return value
+
+
+def _numpy_scalar(label):
+    return np.int64(label) if type(label) is int else (
+        np.float64(label) if type(label) is float else label)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("form", ["list", "strided"])
+def test_the_form_of_an_input_decides_nothing(case, form):
+    """Inputs as nested lists or as non-contiguous views, labels as numpy scalars, give
+    the same output bytes and state as float64 arrays and Python numbers: the compiled
+    cores' quick paths take only the latter, everything else goes through Python's checks,
+    and the two ways must agree."""
+    xs, ys = _stream(case, 7, 300)
+    usual = case.factory()
+    out_usual = _drive(usual, case, xs, ys, collect=True)
+    other = case.factory()
+    out_other = _drive(other, case, [_other_form(x, form) for x in xs],
+                       [_numpy_scalar(y) for y in ys], collect=True)
+    assert [a.tobytes() for a in out_other] == [a.tobytes() for a in out_usual]
+    assert dumps_state(other.state_dict()) == dumps_state(usual.state_dict())
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_batch_forms_equal_sequential_loop(case):
     xs, ys = _stream(case, 4, 400)
