@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 
 use crate::arrays;
 use crate::expert_losses::read_flat;
+use crate::probability_input::quick_label;
 
 /// The fixed configuration (validated by the Python handle).
 #[derive(Clone, Debug)]
@@ -414,12 +415,14 @@ impl PriorShiftCore {
         Ok(())
     }
 
-    /// `learn(x, y)` with a validated label when `x` passes the quick check; false
-    /// otherwise (nothing learned).
-    fn learn(&mut self, x: &Bound<'_, PyAny>, label: usize) -> PyResult<bool> {
-        if label >= self.config.n_classes {
-            return Err(PyValueError::new_err(format!("y: unknown class {label}")));
-        }
+    /// `learn(x, y)` when `y` is a plain `int` class and `x` passes the quick check; false
+    /// otherwise, with nothing learned (the handle then checks both in Python, with the
+    /// usual messages: a bool, a NumPy integer or an integral float are labels too).
+    fn learn(&mut self, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let label = match quick_label(y, self.config.n_classes) {
+            Some(label) => label as usize,
+            None => return Ok(false),
+        };
         if !self.quick_probabilities(x)? {
             return Ok(false);
         }

@@ -268,9 +268,9 @@ class PriorShift(Adapter):
         self._core.observe_many(self._check_rows(xs, "xs"))
 
     def learn(self, x: Any, y: Any) -> None:
-        label = y if type(y) is int and 0 <= y < self.n_classes else check_class_label(
-            y, "y", self.n_classes)
-        if not self._core.learn(x, label):
+        # (the core takes a plain int class and a quick-checked ``x`` itself)
+        if not self._core.learn(x, y):
+            label = check_class_label(y, "y", self.n_classes)
             self._core.learn_checked(check_probability_vector(x, "x", self.n_classes), label)
 
     def learn_many(self, xs: Any, ys: Any) -> None:
