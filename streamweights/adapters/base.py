@@ -132,8 +132,9 @@ class Adapter:
     # -- pickle / deepcopy ----------------------------------------------------------------
     # A compiled core is no Python object and does not pickle, so an adapter travels as
     # its snapshot: rebuilt from its config, then its state loaded (a round trip is bit
-    # exact, the contract every adapter keeps). Containers need nothing of their own: their
-    # snapshot holds their parts'.
+    # exact, the contract every adapter keeps). A container's snapshot holds its parts', so
+    # this serves containers too; Chain and Portfolio keep their own (a copy of their dict,
+    # the core re-bound over the copied stages, which pickle through this).
     def __getstate__(self) -> dict[str, Any]:
         return {"snapshot": self.state_dict()}
 
