@@ -60,8 +60,10 @@ is not 500 ms (kafka-python's default, and this bench's before): now and then (o
 twice in 20 s) such a fetch ran its whole wait although commits had made versions
 readable meanwhile; the reader then saw nothing for ~490 ms while the replica went on
 committing ten times a second with its consumer lag flat, and a Java consumer reading the
-same topic beside it (kafka-clients 4.4, the same wait) saw new versions every ~100 ms:
-kafka-python's miss, not the broker's. In most of the runs
+same topic beside it (kafka-clients 4.4, the same wait) saw new versions every ~100 ms.
+kafka-python's network thread had built that fetch before the reader took the previous
+response's records, leaving those partitions out, so it named only the weights partition
+no stream writes to, and the broker held it the whole wait. In most of the runs
 whose p99 was over 250 ms, one to four such gaps were that tail. The longest gap between
 the reader's reads is printed with the figures; a version's ``ts``
 is that of the label that triggered it. p50/p99 over the versions of labels sent after a
