@@ -43,8 +43,11 @@ throughput, alternating rounds, best of ``--rounds`` each:
 latency — the same replica as a separate ``streamweights run`` process, live (not
 bounded), committing every ``--commit-ms``. A load generator produces fresh records at
 half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compiled here
-against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started and
-connected before the clock starts, told to go once the replica owns its tasks; it notes
+against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started,
+connected and warmed before the clock starts (``--generator-warm-up`` seconds of the same
+sends at the same rate to topics of its own, so its JVM has compiled its send path: started
+cold it took ~0.9 of the 2 cores in the run's first second), told to go once the replica
+owns its tasks; it notes
 the wall time at which each label is handed to its producer, and when the producer's
 callback sees the broker acknowledge it. (Until this release the
 generator was kafka-python's producer in this process: ~40 µs of Python per record, it
@@ -335,6 +338,13 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
     return total / (ended - first[0]), commits
 
 
+#: Seconds the Java load generator sends, at the rate asked, to warm-up topics of its own
+#: before the clock starts. Started cold, its JVM took ~0.9 of the 2 cores in the run's
+#: first second and ~0.45 in the next (interpreting and compiling its send path; ~0.26
+#: once warm), CPU the broker and the replica measured were short of just then.
+GENERATOR_WARM_UP_S = 3.0
+
+
 def java_generator(workdir: pathlib.Path) -> list[str]:
     """The command that runs ``bench/LoadGenerator.java``, compiled into ``workdir``
     against the broker's own kafka-clients jar (``tests/kafka/broker.py`` fetched it)."""
@@ -446,7 +456,8 @@ def cores_while_lag(samples: list[tuple[float, dict[str, float]]]) -> dict[str, 
 
 def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, rate: float,
             seconds: float, commit_ms: int, state_dir: str,
-            dump: str | None = None) -> dict[str, float]:
+            dump: str | None = None,
+            generator_warm_up: float = GENERATOR_WARM_UP_S) -> dict[str, float]:
     """Label sent → weights version readable (read_committed), at ``rate`` records/s.
 
     With ``dump``, also writes each version's send time (seconds from the go) and
@@ -477,9 +488,12 @@ def latency(bootstrap: str, topics: Topics, lines: list[bytes], streams: int, ra
                 label_of[index] = (record["stream"], record["ts"])
             prepared.write(b"L\t" if is_label else b"P\t")
             prepared.write(record["stream"].encode() + b"\t" + raw + b"\n")
+    # Topics only the generator's warm-up writes to (the replica does not read them).
+    warm_up = ([topics.make("warm-up-predictions"), topics.make("warm-up-labels"),
+                str(generator_warm_up)] if generator_warm_up > 0 else [])
     generator = subprocess.Popen(
         [*java_generator(folder), bootstrap, inputs["predictions"], inputs["labels"],
-         str(rate), str(folder / "records.tsv"), str(folder / "sent.txt")],
+         str(rate), str(folder / "records.tsv"), str(folder / "sent.txt"), *warm_up],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     # With its HTTP endpoints, as a deployed replica runs, sampled once a second below.
     port = free_port()
@@ -742,6 +756,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float,
                         help="skip the throughput rounds; measure latency at this many "
                              "records/s")
+    parser.add_argument("--generator-warm-up", type=float, default=GENERATOR_WARM_UP_S,
+                        metavar="SECONDS",
+                        help="seconds the load generator sends to topics of its own before "
+                             "the clock starts, to warm its JVM (0: start it cold)")
     parser.add_argument("--latency-dump", metavar="PATH",
                         help="write each weights version's send time and latency, then the "
                              "service's log, to PATH")
@@ -847,7 +865,7 @@ def main(argv: list[str] | None = None) -> None:
                         + 1000)
         found = latency(bootstrap, topics, more, args.streams, rate, args.latency_seconds,
                         args.commit_ms, str(pathlib.Path(workdir) / "latency"),
-                        args.latency_dump)
+                        args.latency_dump, args.generator_warm_up)
         print(f"label produced -> weights version readable (read_committed), "
               f"{found['versions']} versions at {found['achieved_rate']:,.0f} records/s: "
               f"p50 {found['p50_ms']:.0f} ms, p99 {found['p99_ms']:.0f} ms, "
