@@ -86,9 +86,9 @@ public final class LoadGenerator {
             producer.partitionsFor(predictions);
             producer.partitionsFor(labels);
             if (args.length >= 9) {
-                // This JVM starts cold: its first seconds of sending ran interpreted and
-                // compiling, ~0.9 of the machine's 2 cores against ~0.26 once warm, taken
-                // from the broker and the replica in the measured run's first seconds. A
+                // This JVM starts cold: its first second of sending ran interpreted and
+                // compiling, 0.68-0.98 of the machine's 2 cores against ~0.3 once warm,
+                // taken from the broker and the replica in the measured run's start. A
                 // producer feeding a deployed replica is warm and elsewhere, so the same
                 // sends warm it up first, to topics the replica does not read.
                 int warmUp = (int) Math.min(count, rate * Double.parseDouble(args[8]));

@@ -46,7 +46,7 @@ half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compi
 against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started,
 connected and warmed before the clock starts (``--generator-warm-up`` seconds of the same
 sends at the same rate to topics of its own, so its JVM has compiled its send path: started
-cold it took ~0.9 of the 2 cores in the run's first second), told to go once the replica
+cold it took 0.68-0.98 of the 2 cores in the run's first second), told to go once the replica
 owns its tasks; it notes
 the wall time at which each label is handed to its producer, and when the producer's
 callback sees the broker acknowledge it. (Until this release the
@@ -339,9 +339,10 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
 
 
 #: Seconds the Java load generator sends, at the rate asked, to warm-up topics of its own
-#: before the clock starts. Started cold, its JVM took ~0.9 of the 2 cores in the run's
-#: first second and ~0.45 in the next (interpreting and compiling its send path; ~0.26
-#: once warm), CPU the broker and the replica measured were short of just then.
+#: before the clock starts. Started cold, its JVM took 0.68-0.98 of the 2 cores in the
+#: run's first second and ~0.45 in the next (interpreting and compiling its send path;
+#: 0.28-0.34 in the first second once warmed, ~0.26 later), CPU the broker and the
+#: replica measured were short of just then.
 GENERATOR_WARM_UP_S = 3.0
 
 
