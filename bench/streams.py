@@ -26,11 +26,12 @@ first line printed names them), its own join and scores. Steps, each timed:
    full snapshot outgrew it) is marked;
 5. restore: a new service on the same folder restores the latest snapshot (every stream
    read back through its chain);
-6. mature streams (``--mature-streams``, default 200, in a process of their own): the
-   steps above see streams after a record or two, their windows nearly empty; these run
-   ``--mature-rounds`` (default 1,500) predictions and labels each first, past the
-   conformal windows' 1,000 scores, the coverage monitors' 500 labels and the memory's
-   64 items: RSS per stream, and a full commit and a restore of them, per stream.
+6. mature streams (``--mature-streams``, default 200, 0 to skip; in a process of its
+   own): the steps above see streams after a record or two, their windows nearly empty;
+   these run ``--mature-rounds`` (default 1,500) predictions and labels each first, past
+   the conformal windows' 1,000 scores, the coverage monitors' 500 labels and the
+   memory's 64 items: RSS per stream, and a full commit and a restore of them, per
+   stream.
 
 The garbage collector is set up as ``streamweights run`` sets it (start-up objects, then
 the streams built and restored, frozen out of its scans: ``runtime/heap.py``).
@@ -189,13 +190,16 @@ def main() -> None:
                         help="predictions per stream (each with its label) timed after it")
     parser.add_argument("--checkpoint-every", type=int, default=20_000)
     parser.add_argument("--mature-streams", type=int, default=200,
-                        help="streams in the last step, each fed --mature-rounds first")
+                        help="streams in the last step, each fed --mature-rounds first "
+                             "(0: skip that step)")
     parser.add_argument("--mature-rounds", type=int, default=1_500,
                         help="predictions (each with its label) per mature stream")
     parser.add_argument("--mature-only", action="store_true",
                         help="run the last step alone (the bench runs it so, in a process "
                              "of its own, so that RSS is its own)")
     args = parser.parse_args()
+    if args.mature_only and args.mature_streams <= 0:
+        parser.error("--mature-only needs --mature-streams of at least 1")
     if args.mature_only:
         mature(args.mature_streams, args.mature_rounds)
         return
@@ -284,6 +288,8 @@ def main() -> None:
               f"{sum(f.stat().st_size for f in files):,} bytes; the service built before): "
               f"{restore_seconds:.2f} s, {restore_cpu:.2f} s CPU")
     print(flush=True)
+    if args.mature_streams <= 0:
+        return
     subprocess.run([sys.executable, __file__, "--mature-only",
                     "--mature-streams", str(args.mature_streams),
                     "--mature-rounds", str(args.mature_rounds)], check=True)
