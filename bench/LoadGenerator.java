@@ -93,7 +93,7 @@ public final class LoadGenerator {
                 // sends warm it up first, to topics the replica does not read.
                 int warmUp = (int) Math.min(count, rate * Double.parseDouble(args[8]));
                 produce(producer, args[6], args[7], rate, warmUp, isLabel, keys, values,
-                        new long[count], new long[count]);
+                        new long[warmUp], new long[warmUp]);
                 producer.flush();
             }
             // The prepared records (~1.8M keys and values) were read into the young

@@ -44,12 +44,11 @@ latency — the same replica as a separate ``streamweights run`` process, live (
 bounded), committing every ``--commit-ms``. A load generator produces fresh records at
 half of ours' best rate, paced by the clock: ``bench/LoadGenerator.java``, compiled here
 against the broker's own kafka-clients jar (``acks=all``, ``linger.ms=5``), started,
-connected and warmed before the clock starts (``--generator-warm-up`` seconds of the same
-sends at the same rate to topics of its own, so its JVM has compiled its send path: started
-cold it took 0.68-0.98 of the 2 cores in the run's first second), told to go once the replica
-owns its tasks; it notes
-the wall time at which each label is handed to its producer, and when the producer's
-callback sees the broker acknowledge it. (Until this release the
+connected and warmed before the clock starts (``--generator-warm-up``: the same sends at
+the same rate to topics of its own; why, at ``GENERATOR_WARM_UP_S``), told to go once the
+replica owns its tasks; it notes the wall time at which each label is handed to its
+producer, and when the producer's callback sees the broker acknowledge it. (Until this
+release the
 generator was kafka-python's producer in this process: ~40 µs of Python per record, it
 took ~0.8 of the 2 cores at 17-18k records/s and could not reach half of ours' rate, so
 the replica was measured starved of CPU by its own load. It paces by the millisecond, not
