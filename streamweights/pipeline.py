@@ -729,6 +729,11 @@ class Pipeline:
     def __init__(self, streams: list[StreamConfig] | tuple[StreamConfig, ...]) -> None:
         self.streams = {config.name: StreamPipeline(config) for config in streams}
         self.invalid: dict[str, int] = {}
+        #: Where streams note that they changed (see :meth:`changed_streams`).
+        self._changes = _native.ChangedStreams()
+        self._stream_order = list(self.streams.items())
+        for index, stream in enumerate(self.streams.values()):
+            stream.attach_changes(self._changes, index)
         self._lane: Any = False  # built by record_lane() on first use
 
     def process(self, record: Prediction | Label) -> Outcome:
@@ -844,8 +849,15 @@ class Pipeline:
                 "invalid": dict(self.invalid)}
 
     def changed_streams(self) -> list[str]:
-        """Names of the streams touched since their state was last saved or loaded."""
-        return [name for name, stream in self.streams.items() if stream.changed]
+        """Names of the streams touched since their state was last saved or loaded, in
+        config order. Read from the streams' own notes of their flag turning on, so its
+        cost follows the streams changed, not the streams held (a scan of 10,000 flags
+        was ~0.7 ms of every commit); those still changed are noted again, so a commit
+        that fails and leaves them marked finds them next time."""
+        order = self._stream_order
+        still = [index for index in self._changes.drain() if order[index][1].changed]
+        self._changes.note_again(still)
+        return [order[index][0] for index in still]
 
     def load_state_dict(self, state: dict[str, Any], *, owned: bool = False) -> None:
         """Restore every stream (``owned``: see :meth:`StreamPipeline.load_state_dict`)."""

@@ -922,7 +922,7 @@ impl RecordLane {
         if due {
             return Ok(None); // a weights version
         }
-        counters.borrow_mut().changed = true;
+        counters.borrow_mut().mark_changed(py);
         let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
         let core = core.downcast::<ChainCore>()?;
         let served = core.borrow_mut().serve(py, rows, Vec::new());
@@ -1087,7 +1087,7 @@ impl RecordLane {
         };
         let core = get(stream.chain_state.bind(py), intern!(py, "_core"))?;
         let core = core.downcast::<ChainCore>()?;
-        counters.borrow_mut().changed = true;
+        counters.borrow_mut().mark_changed(py);
         let label = class.into_pyobject(py)?;
         let fired = learn_served_values(
             py,

@@ -3,6 +3,10 @@
 //! lane (`lane.rs`) reads and writes them as fields instead of as entries of the
 //! pipeline's `__dict__` (a dictionary lookup, and a new Python number, each), while
 //! Python code reads and writes them as the plain attributes they were.
+//!
+//! The `changed` flag is also noted in the pipeline's `ChangedStreams` when it turns on,
+//! so that a commit finds the streams to write without reading every stream's flag (a
+//! replica may hold 10,000 streams and change a handful between two commits).
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -29,9 +33,58 @@ pub struct StreamCounters {
     #[pyo3(get, set)]
     pub latest_ts: Option<f64>,
     /// Touched since the state was last saved or loaded (an incremental snapshot writes
-    /// only the streams with this set).
-    #[pyo3(get, set)]
-    pub changed: bool,
+    /// only the streams with this set). Set it through `mark_changed` (Rust) or the
+    /// attribute (Python), which note it in the pipeline's `ChangedStreams`.
+    changed: bool,
+    /// The pipeline's register of changed streams and this stream's place in it.
+    register: Option<(Py<ChangedStreams>, usize)>,
+}
+
+impl StreamCounters {
+    /// Set `changed`, noting the stream in its pipeline's register when it turns on.
+    pub fn mark_changed(&mut self, py: Python<'_>) {
+        if !self.changed {
+            self.changed = true;
+            self.note(py);
+        }
+    }
+
+    fn note(&self, py: Python<'_>) {
+        if let Some((register, index)) = &self.register {
+            register.bind(py).borrow_mut().marked.push(*index);
+        }
+    }
+}
+
+/// The streams of one pipeline whose `changed` flag turned on, by their index in the
+/// pipeline's order: every stream whose flag is on is here (perhaps more than once, or
+/// with its flag since turned off; `drain` hands them over once each, in order, and
+/// the pipeline notes again those still changed).
+#[pyclass(module = "streamweights._native")]
+#[derive(Default)]
+pub struct ChangedStreams {
+    marked: Vec<usize>,
+}
+
+#[pymethods]
+impl ChangedStreams {
+    #[new]
+    fn new() -> Self {
+        ChangedStreams::default()
+    }
+
+    /// The noted indices, ascending, each once; the register is left empty.
+    fn drain(&mut self) -> Vec<usize> {
+        let mut marked = std::mem::take(&mut self.marked);
+        marked.sort_unstable();
+        marked.dedup();
+        marked
+    }
+
+    /// Note `indices` (those of `drain` whose stream is still changed).
+    fn note_again(&mut self, indices: Vec<usize>) {
+        self.marked.extend(indices);
+    }
 }
 
 #[pymethods]
@@ -48,10 +101,35 @@ impl StreamCounters {
             last_publish_ts: None,
             latest_ts: None,
             changed: false,
+            register: None,
+        }
+    }
+
+    #[getter]
+    fn changed(&self) -> bool {
+        self.changed
+    }
+
+    #[setter]
+    fn set_changed(&mut self, py: Python<'_>, value: bool) {
+        if value {
+            self.mark_changed(py);
+        } else {
+            self.changed = false;
+        }
+    }
+
+    /// Note this stream (index `index` of its pipeline) in `register` whenever its
+    /// `changed` flag turns on from now on, and now if it is on.
+    fn attach_changes(&mut self, py: Python<'_>, register: Py<ChangedStreams>, index: usize) {
+        self.register = Some((register, index));
+        if self.changed {
+            self.note(py);
         }
     }
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<StreamCounters>()
+    module.add_class::<StreamCounters>()?;
+    module.add_class::<ChangedStreams>()
 }

@@ -518,6 +518,8 @@ class KafkaRuntime:
         self._initial: dict[str, str] = {}
         #: task number -> the configured streams Kafka's partitioner puts there.
         self._task_streams: dict[int, list[str]] = {}
+        #: stream -> its task number (the inverse of ``_task_streams``).
+        self._stream_task: dict[str, int] = {}
         #: task number -> its offsets and counts (JSON) as its newest record holds them.
         self._written_meta: dict[int, str] = {}
         #: per record key (a stream's, a join segment's) written in parts: how many, so
@@ -650,8 +652,10 @@ class KafkaRuntime:
         self._initial = {name: dumps_state(stream.state_dict())
                          for name, stream in service.pipeline.streams.items()}
         self._task_streams = {}
-        for name in service.pipeline.streams:
-            self._task_streams.setdefault(task_of(name, self.partitions), []).append(name)
+        self._stream_task = {name: task_of(name, self.partitions)
+                             for name in service.pipeline.streams}
+        for name, number in self._stream_task.items():
+            self._task_streams.setdefault(number, []).append(name)
         self.source.stop_event = service._stop
         try:
             self.producer.init_transactions()
@@ -956,7 +960,8 @@ class KafkaRuntime:
                 "records": self.source.released_counts.get(number, 0),
                 "offsets": offsets, "exhausted": service._exhausted}
         streams = service.pipeline.streams
-        changed = [name for name in self._task_streams.get(number, ()) if streams[name].changed]
+        task = self._stream_task
+        changed = [name for name in service.pipeline.changed_streams() if task[name] == number]
         written_meta = dumps_state(meta)
         if changed:
             # a segment no bigger than a message allows (one entry may still be: parts)

@@ -514,3 +514,48 @@ def test_changed_marks_only_touched_streams():
     assert pipeline.changed_streams() == ["b"]
     pipeline.streams["b"].load_state_dict(pipeline.streams["b"].state_dict())
     assert pipeline.changed_streams() == []
+
+
+def test_changed_streams_equal_a_scan_of_every_flag_whatever_marks_them():
+    """``changed_streams`` reads the streams' notes of their flag turning on instead of
+    every flag. Scenario: 400 random steps over six streams: a prediction or a label
+    through the core's record lane or through ``process``, the flag set or cleared from
+    Python, a stream's state loaded, a save that clears the names it was given, a save
+    that fails (flags left on).
+    We expect: after every step, the names in config order that a scan of every stream's
+    ``changed`` flag gives, and the lane took some of the records."""
+    names = ("a", "b", "c", "d", "e", "f")
+    pipeline = _pipeline(names)
+    lane = pipeline.record_lane()
+    models = list(pipeline.streams["a"].config.models)
+    rng = random.Random(3)
+    laned = 0
+
+    def record(name: str, step: int) -> bytes:
+        if rng.random() < 0.6:
+            return json.dumps({"schema": 1, "stream": name, "id": f"{name}{step}",
+                               "ts": 1e9 + step,
+                               "outputs": {m: [0.3, 0.7] for m in models}}).encode()
+        return json.dumps({"schema": 1, "stream": name, "id": f"{name}{step - 1}",
+                           "ts": 1e9 + step, "label": rng.randrange(2)}).encode()
+
+    for step in range(400):
+        name = rng.choice(names)
+        stream = pipeline.streams[name]
+        action = rng.randrange(7)
+        if action in (0, 1):
+            laned += lane.process(record(name, step), True) is not None
+        elif action == 2:
+            pipeline.process(events.decode(record(name, step)))
+        elif action == 3:
+            stream.changed = rng.random() < 0.5
+        elif action == 4:
+            stream.load_state_dict(stream.state_dict())
+        elif action == 5:  # a save: written, then cleared
+            for written in pipeline.changed_streams():
+                pipeline.streams[written].changed = False
+        else:  # a save that failed: the flags stay on
+            pipeline.changed_streams()
+        scanned = [n for n, s in pipeline.streams.items() if s.changed]
+        assert pipeline.changed_streams() == scanned, step
+    assert laned > 50
