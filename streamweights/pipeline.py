@@ -730,7 +730,7 @@ class Pipeline:
         self.streams = {config.name: StreamPipeline(config) for config in streams}
         self.invalid: dict[str, int] = {}
         #: Where streams note that they changed (see :meth:`changed_streams`).
-        self._changes = _native.ChangedStreams()
+        self._changes = _native.ChangedStreams(len(self.streams))
         self._stream_order = list(self.streams.items())
         for index, stream in enumerate(self.streams.values()):
             stream.attach_changes(self._changes, index)

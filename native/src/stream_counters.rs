@@ -51,7 +51,7 @@ impl StreamCounters {
 
     fn note(&self, py: Python<'_>) {
         if let Some((register, index)) = &self.register {
-            register.bind(py).borrow_mut().marked.push(*index);
+            register.bind(py).borrow_mut().note(*index);
         }
     }
 }
@@ -60,17 +60,36 @@ impl StreamCounters {
 /// pipeline's order: every stream whose flag is on is here (perhaps more than once, or
 /// with its flag since turned off; `drain` hands them over once each, in order, and
 /// the pipeline notes again those still changed).
+///
+/// A full snapshot writes every stream without asking which changed, so the notes may
+/// pile up between two drains: past twice the number of streams they are sorted and
+/// deduplicated in place (at most one note per stream remains), which bounds them.
 #[pyclass(module = "streamweights._native")]
-#[derive(Default)]
 pub struct ChangedStreams {
     marked: Vec<usize>,
+    /// Notes held before they are deduplicated.
+    limit: usize,
+}
+
+impl ChangedStreams {
+    fn note(&mut self, index: usize) {
+        if self.marked.len() >= self.limit {
+            self.marked.sort_unstable();
+            self.marked.dedup();
+        }
+        self.marked.push(index);
+    }
 }
 
 #[pymethods]
 impl ChangedStreams {
+    /// A register for a pipeline of `streams` streams.
     #[new]
-    fn new() -> Self {
-        ChangedStreams::default()
+    fn new(streams: usize) -> Self {
+        ChangedStreams {
+            marked: Vec::new(),
+            limit: streams.saturating_mul(2).max(64),
+        }
     }
 
     /// The noted indices, ascending, each once; the register is left empty.
@@ -83,7 +102,14 @@ impl ChangedStreams {
 
     /// Note `indices` (those of `drain` whose stream is still changed).
     fn note_again(&mut self, indices: Vec<usize>) {
-        self.marked.extend(indices);
+        for index in indices {
+            self.note(index);
+        }
+    }
+
+    /// Notes held now (a test's view of the bound).
+    fn __len__(&self) -> usize {
+        self.marked.len()
     }
 }
 

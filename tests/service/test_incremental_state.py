@@ -559,3 +559,19 @@ def test_changed_streams_equal_a_scan_of_every_flag_whatever_marks_them():
         scanned = [n for n, s in pipeline.streams.items() if s.changed]
         assert pipeline.changed_streams() == scanned, step
     assert laned > 50
+
+
+def test_notes_of_changed_streams_stay_bounded_when_no_one_asks():
+    """Full snapshots write every stream without asking which changed. Scenario: six
+    streams' flags turned on and off 10,000 times, ``changed_streams`` never called.
+    We expect: the notes held stay under the register's bound (twice the streams, at
+    least 64, plus the note being added), and then name exactly the streams whose flag
+    is on."""
+    pipeline = _pipeline(("a", "b", "c", "d", "e", "f"))
+    rng = random.Random(5)
+    for _ in range(10_000):
+        stream = rng.choice(list(pipeline.streams.values()))
+        stream.changed = not stream.changed
+        assert len(pipeline._changes) <= 65
+    scanned = [n for n, s in pipeline.streams.items() if s.changed]
+    assert scanned and pipeline.changed_streams() == scanned
