@@ -764,8 +764,12 @@ class KafkaRuntime:
         if self.source.consumer is None or not self._in_transaction:
             return 0
         released = self.source.next_offsets()
+        changed: dict[int, list[str]] = {}  # task -> its changed streams, config order
+        for name in service.pipeline.changed_streams():
+            changed.setdefault(self._stream_task[name], []).append(name)
         changelog = [(number, key, data) for number in sorted(self.owned)
-                     for key, data in self._encode_task(service, number, released)]
+                     for key, data in self._encode_task(service, number, released,
+                                                        changed.get(number, []))]
         total = sum(len(data) for _, _, data in changelog if data is not None)
         service.metrics.snapshot_bytes.set(total)
         offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)
@@ -941,16 +945,18 @@ class KafkaRuntime:
                                             f"{error})"))
 
     def _encode_task(self, service: Service, number: int,
-                     released: dict[tuple[str, int], int]
+                     released: dict[tuple[str, int], int], changed: list[str]
                      ) -> list[tuple[bytes, bytes | None]]:
         """Task ``number``'s changelog records for this commit, as ``(key, value)``: one
-        per stream changed since the last commit, keyed ``s/<stream>`` (its state and the
-        task's offsets and counts; a large one as parts and a head, with tombstones,
-        value ``None``, for parts no longer used: :meth:`_split_large`), after its join's
-        new segments (``j/<id>/<stream>``) and tombstones for the segments it no longer
-        reads (``state_store.encode_stream``), or, when none
-        changed but the offsets or counts did (dead letters alone, a fresh task), one
-        keyed by the task number with those alone; nothing if nothing changed. Every
+        per stream changed since the last commit (``changed``: the task's part of
+        ``Pipeline.changed_streams``, read once per commit for every task), keyed
+        ``s/<stream>`` (its state and the task's offsets and counts; a large one as parts
+        and a head, with tombstones, value ``None``, for parts no longer used:
+        :meth:`_split_large`), after its join's new segments (``j/<id>/<stream>``) and
+        tombstones for the segments it no longer reads (``state_store.encode_stream``),
+        or, when none changed but the offsets or counts did (dead letters alone, a fresh
+        task), one keyed by the task number with those alone; nothing if nothing
+        changed. Every
         record carries the task's offsets and counts as of this commit, so the newest
         record of the partition says where the task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
@@ -960,8 +966,6 @@ class KafkaRuntime:
                 "records": self.source.released_counts.get(number, 0),
                 "offsets": offsets, "exhausted": service._exhausted}
         streams = service.pipeline.streams
-        task = self._stream_task
-        changed = [name for name in service.pipeline.changed_streams() if task[name] == number]
         written_meta = dumps_state(meta)
         if changed:
             # a segment no bigger than a message allows (one entry may still be: parts)
