@@ -55,23 +55,37 @@ class CoverageMonitor:
         """``{"0.1": {"target", "coverage", "rolling_coverage", "mean_size", ...}}``."""
         from streamweights.adapters.conformal import level_key
 
-        labelled, covered, served, size_sums, unbounded, ring, ring_covered = \
-            self._core.counts()
+        counts = self._core.counts()
+        labelled, unbounded = counts[0], counts[4]
         found: dict[str, dict[str, float | int | None]] = {}
-        for i, alpha in enumerate(self.alphas):
-            bounded = served - unbounded[i]
-            found[level_key(alpha)] = {
-                "target": 1.0 - alpha,
-                "labels": labelled,
-                "coverage": covered[i] / labelled if labelled else None,
-                "rolling_coverage": ring_covered[i] / ring if ring else None,
-                "mean_size": size_sums[i] / bounded if bounded else None,
-                "unbounded": unbounded[i],
-            }
+        for i, (target, coverage, rolling, size) in enumerate(_levels(self.alphas, counts)):
+            found[level_key(self.alphas[i])] = {
+                "target": target, "labels": labelled, "coverage": coverage,
+                "rolling_coverage": rolling, "mean_size": size, "unbounded": unbounded[i]}
         return found
+
+    def levels(self) -> list[tuple[float, float | None, float | None, float | None]]:
+        """Per level, in ``alphas`` order: target, coverage, rolling coverage and mean
+        size (``None`` while not known): :meth:`summary`'s gauges without its dicts, for
+        a weights version's metrics."""
+        return _levels(self.alphas, self._core.counts())
 
     def state_dict(self) -> dict[str, Any]:
         return self._core.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._core.load_state_dict(state)
+
+
+def _levels(alphas: list[float], counts: tuple) -> list[
+        tuple[float, float | None, float | None, float | None]]:
+    """Target, coverage, rolling coverage and mean size per level from the core's
+    ``counts()``; ``None`` where nothing is counted yet (no label, nothing bounded)."""
+    labelled, covered, served, size_sums, unbounded, ring, ring_covered = counts
+    found = []
+    for i, alpha in enumerate(alphas):
+        bounded = served - unbounded[i]
+        found.append((1.0 - alpha, covered[i] / labelled if labelled else None,
+                      ring_covered[i] / ring if ring else None,
+                      size_sums[i] / bounded if bounded else None))
+    return found

@@ -117,9 +117,11 @@ class ConfidenceEstimate(Adapter):
 
     def estimates(self) -> dict[str, float | None]:
         """The six numbers by name (``None`` for an empty window)."""
-        values = self._core.means()
-        return {name: None if math.isnan(v) else v for name, v in zip(FIELDS, values,
-                                                                       strict=True)}
+        return dict(zip(FIELDS, self.values(), strict=True))
+
+    def values(self) -> list[float | None]:
+        """The six numbers in ``FIELDS`` order (``None`` for an empty window)."""
+        return [None if math.isnan(v) else v for v in self._core.means()]
 
     def get_config(self) -> dict[str, Any]:
         return {"n_classes": self.n_classes, "window": self.window}

@@ -52,7 +52,6 @@ at 10,000 streams instead of 7 s).
 
 from __future__ import annotations
 
-import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -442,24 +441,3 @@ class ServiceMetrics:
             else:
                 out.append(generate_latest(_One(collector)))
         return b"".join(out)
-
-    def publish_uncertainty(self, stream: str, summary: dict) -> None:
-        """Set the conformal and performance gauges from ``StreamUncertainty.summary()``
-        (values not yet known — no labels — are left unset)."""
-        for forecaster, levels in summary.get("coverage", {}).items():
-            for alpha, values in levels.items():
-                self.conformal_target.labels(stream, alpha).set(values["target"])
-                for window, key in (("run", "coverage"), ("rolling", "rolling_coverage")):
-                    if values[key] is not None:
-                        self.conformal_coverage.labels(stream, forecaster, alpha,
-                                                       window).set(values[key])
-                if values["mean_size"] is not None:
-                    self.conformal_size.labels(stream, forecaster, alpha).set(
-                        values["mean_size"])
-        for forecaster, values in summary.get("estimates", {}).items():
-            for name, value in values.items():
-                if value is None:
-                    continue
-                # one copy of each label string, however many streams' series name it
-                source, metric = (sys.intern(part) for part in name.split("_", 1))
-                self.performance.labels(stream, forecaster, metric, source).set(value)

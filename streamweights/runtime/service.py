@@ -56,6 +56,7 @@ from streamweights.runtime.state_store import (
     StateDirLock,
     encode_stream,
 )
+from streamweights.runtime.stream_gauges import StreamGauges, gauge_keys, gauge_values
 
 log = logging.getLogger("streamweights")
 
@@ -298,6 +299,7 @@ class Service:
         self.state_dir = state_dir or config.state_dir
         self.max_records = max_records if max_records is not None else max_events
         self.metrics = ServiceMetrics()
+        self._gauges: dict[str, StreamGauges] = {}
         self.view = ServiceView()
         with collections_paused():
             self.pipeline = Pipeline(config.streams)
@@ -784,25 +786,10 @@ class Service:
     # -- observability ----------------------------------------------------------------
     def _publish_metrics(self, name: str) -> None:
         stream = self.pipeline.streams[name]
-        metrics = self.metrics
-        metrics.weights_version.labels(name).set(stream.weights_version)
-        metrics.pending.labels(name).set(len(stream.join))
-        for model, weight in stream.ensemble_weights().items():
-            metrics.ensemble_weight.labels(name, model).set(weight)
-        for candidate, weight in stream.portfolio_weights().items():
-            metrics.portfolio_weight.labels(name, candidate).set(weight)
-        scores = stream.scores.summary()
-        primary = "log_loss" if stream.classification else "mse"
-        forecasters = {"adapted": scores["adapted"]}
-        if scores["raw_best"] is not None:
-            forecasters["raw_best"] = scores["raw_best"]
-        forecasters.update({f"raw:{m}": s for m, s in scores["models"].items()})
-        for label, values in forecasters.items():
-            metrics.log_loss.labels(name, label).set(values[primary])
-            if stream.classification:
-                metrics.ece.labels(name, label).set(values["ece"])
-        if stream.uncertainty is not None:
-            metrics.publish_uncertainty(name, stream.uncertainty.summary())
+        gauges = self._gauges.get(name)
+        if gauges is None:  # (a stream's series, found once: runtime/stream_gauges.py)
+            gauges = self._gauges[name] = StreamGauges(gauge_keys(self.metrics, stream))
+        gauges.set_all(gauge_values(stream))
         if name in self.view.streams:  # this stream's entry alone: a replica may hold
             # 10,000 streams, and every one's weights version would rebuild every entry
             self.view.streams[name] = self._stream_view(stream)
