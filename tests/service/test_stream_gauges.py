@@ -4,7 +4,9 @@ its family and set one by one: the same series, values and order in /metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from streamweights.config import load_config
+from streamweights.events import Prediction
 from streamweights.runtime.metrics import LoopGauge, ServiceMetrics
 from streamweights.runtime.service import Service
 from streamweights.runtime.stream_gauges import StreamGauges
@@ -166,3 +169,87 @@ def test_a_series_appears_with_its_first_value():
     assert [child.value for child in metrics.log_loss._children.values()] == [0.75, 0.25]
     with pytest.raises(ValueError, match="1 gauge values for 2 series"):
         gauges.set_all([1.0])
+
+
+def _many_streams(config_factory, tmp_path, count: int, active: int) -> Service:
+    """``count`` streams of the demo's config; the first ``active`` take 40 rounds of a
+    prediction and its label (publishing no version: every 1,000 labels)."""
+    demo = yaml.safe_load(config_factory().read_text())["streams"][0]
+    names = [f"s{i:02d}" for i in range(count)]
+    rng = random.Random(8)
+    lines = []
+    for i in range(40):
+        for name in names[:active]:
+            ts = 1_750_000_000 + i
+            p1 = round(rng.random(), 6)
+            lines.append(json.dumps({"schema": 1, "stream": name, "id": f"{name}-{i}",
+                                     "ts": ts, "outputs": {m: [round(1 - p1, 6), p1]
+                                                           for m in MODELS}}))
+            if i % 4:  # some wait
+                lines.append(json.dumps({"schema": 1, "stream": name, "id": f"{name}-{i}",
+                                         "ts": ts + 0.5, "label": int(p1 > 0.5)}))
+    input_path = tmp_path / "many.jsonl"
+    input_path.write_text("\n".join(lines) + "\n")
+    path = config_factory("many", streams=[{**demo, "name": name} for name in names],
+                          source={"kind": "jsonl", "path": str(input_path)})
+    return Service(load_config(path))
+
+
+def test_progress_refreshes_the_streams_that_moved_within_its_budget(config_factory,
+                                                                     tmp_path, caplog):
+    """Scenario: 25 streams, 6 of them take records; no weights version is published
+    during the input (the final ones left out). Then refreshes with no time budget (one
+    stream each), a progress line, a prediction on two streams, an unbounded refresh.
+    We expect: each refresh with no budget sets one stream's gauges, in turn, every
+    stream once (a stream never set is set once, moved or not); the progress line sums
+    the streams up (more than 20), naming none, and sets nothing (nothing moved); after
+    the two predictions the refresh sets exactly those two streams; the gauges then read
+    exactly as publishing every stream's metrics makes them."""
+    service = _many_streams(config_factory, tmp_path, 25, 6)
+    service.config = dataclasses.replace(service.config, progress_every_seconds=3600.0)
+    service._finish = lambda: None  # (the final versions would set every stream's gauges)
+    published: list[str] = []
+    publish = service._publish_metrics
+
+    def counted(name: str) -> None:
+        published.append(name)
+        publish(name)
+
+    service._publish_metrics = counted
+    try:
+        service.run()
+        assert published == []  # no version during the input
+        names = list(service.pipeline.streams)
+        for count in range(1, 26):
+            service._refresh_streams(0.0)
+            assert published == names[:count]
+        with caplog.at_level("INFO", logger="streamweights"):
+            service._progress(10, 1.0, 100, 10.0)
+        line = [r.getMessage() for r in caplog.records if " records (" in r.getMessage()][-1]
+        assert "25 streams: 60 predictions waiting for labels, 0 drift alarms" in line
+        assert "s00" not in line and len(published) == 25
+        for name in ("s07", "s03"):
+            service.pipeline.process(Prediction(name, "late", 1_750_000_100.0, {
+                model: [0.25, 0.75] for model in MODELS}))
+        service._refresh_streams(math.inf)
+        assert published[25:] == ["s03", "s07"]
+        refreshed = _gauge_text(service.metrics)
+        for name in names:
+            publish(name)
+        assert _gauge_text(service.metrics) == refreshed
+    finally:
+        service.close()
+
+
+def test_few_streams_are_named_in_progress_lines(config_factory, tmp_path, caplog):
+    """Scenario: 3 streams, 2 active; a progress line. We expect: each stream named with
+    its pending count and scores, as before."""
+    service = _many_streams(config_factory, tmp_path, 3, 2)
+    try:
+        service.run()
+        with caplog.at_level("INFO", logger="streamweights"):
+            service._progress(10, 1.0, 100, 10.0)
+    finally:
+        service.close()
+    line = [r.getMessage() for r in caplog.records if " records (" in r.getMessage()][-1]
+    assert all(f"s0{i}: pending " in line for i in range(3)) and "raw-best log_loss" in line
