@@ -16,7 +16,11 @@ first line printed names them), its own join and scores. Steps, each timed:
 3. steady: ``--steady-rounds`` more rounds through the service's own loop
    (``Service._loop`` over the records in memory: the core's lane or decode and
    pipeline, metrics, outputs), no checkpoint: records/s of a replica that holds every
-   stream already;
+   stream already, its records alone; then as many rounds again with the service's
+   checkpoints on, at the embedded default cadence (every 20,000 records or 30 s) and
+   at the Kafka runtime's (10,000 records or 0.1 s): what such a replica sustains.
+   Records interleaved over many streams change a stream the last checkpoint did not
+   write nearly every time, so its checkpoints bound it, not its records;
    then one /metrics of all of them: the service's writer against prometheus_client's
    ``generate_latest`` (the same bytes), CPU time each, and the gzip Prometheus gets;
 4. commits: for k in 1, 10, 100, 1,000, 10,000 (capped at ``--streams``), one more
@@ -62,7 +66,12 @@ import time
 import yaml
 from prometheus_client import generate_latest
 
-from streamweights.config import parse_config
+from streamweights.config import (
+    KAFKA_CHECKPOINT_RECORDS,
+    KAFKA_CHECKPOINT_SECONDS,
+    ServiceConfig,
+    parse_config,
+)
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import RecordsSource
@@ -182,6 +191,49 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
             f"{theirs:.3f} s (x{theirs / ours:.1f})")
 
 
+#: The service's checkpoint cadences: (what, every_records, every_seconds).
+CADENCES = (
+    ("the embedded default", ServiceConfig.checkpoint_every_records,
+     ServiceConfig.checkpoint_every_seconds),
+    ("the Kafka runtime's", KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS),
+)
+
+
+def with_checkpoints(service: Service, config: ServiceConfig, records: list[bytes],
+                     cadence: str, every_records: int, every_seconds: float) -> str:
+    """The steady loop again over ``records``, now with the service's checkpoints at a
+    cadence of its own: what a replica of these streams sustains. Interleaved over many
+    streams, nearly every record changes a stream the last checkpoint did not write, so
+    each checkpoint writes about as many streams as it covers records (up to all of
+    them). (The Kafka runtime sends the same stream records to its changelog in a
+    transaction; here they go to the local state folder, fsynced, as embedded.)"""
+    service.source = RecordsSource(records, first=service.position)
+    service.max_records = service.position + len(records)
+    service.config = dataclasses.replace(config, checkpoint_every_records=every_records,
+                                         checkpoint_every_seconds=every_seconds)
+    written: list[int] = []
+    checkpoint = service.checkpoint  # (the bound method: counted below, then put back)
+
+    def counted() -> None:
+        checkpoint()
+        written.append(service.state.last_commit[0])
+
+    service.checkpoint = counted
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        service._loop()
+        service.checkpoint()  # the records since the last one (the loop ends at the bound)
+    finally:
+        del service.checkpoint
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    streams = sum(written)
+    return (f"steady, checkpoints at {cadence} cadence (every {every_records:,} records or "
+            f"{every_seconds:g} s): {len(records):,} records in {seconds:.2f} s = "
+            f"{len(records) / seconds:,.0f} records/s ({len(records) / cpu:,.0f} per CPU "
+            f"second), {len(written)} checkpoints (one at the end) writing {streams:,} "
+            f"stream records, {streams / len(written):,.0f} each")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10_000)
@@ -255,6 +307,12 @@ def main() -> None:
               f"{len(steady) / steady_seconds:,.0f} records/s ({len(steady) / steady_cpu:,.0f}"
               f" per CPU second), all {args.streams:,} streams held; RSS "
               f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
+        rounds = args.first_rounds + args.steady_rounds
+        for cadence, every_records, every_seconds in CADENCES:
+            records = input_records(names, range(rounds, rounds + args.steady_rounds))
+            rounds += args.steady_rounds
+            print(with_checkpoints(service, config, records, cadence, every_records,
+                                   every_seconds))
         print(scrape_costs(service))
         print()
         state = service.state
