@@ -43,6 +43,7 @@ from streamweights.config import ServiceConfig
 from streamweights.pipeline import DeadLetter, Outcome, Pipeline
 from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
+from streamweights.runtime.checkpoint_load import CheckpointLoad
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
@@ -320,6 +321,7 @@ class Service:
         #: line's refresh starts (``_refresh_streams``)
         self._refreshed_marks: dict[str, tuple[int, int, int]] = {}
         self._refresh_cursor = 0
+        self._checkpoint_load = CheckpointLoad()
         self.view = ServiceView()
         with collections_paused():
             self.pipeline = Pipeline(config.streams)
@@ -411,8 +413,12 @@ class Service:
     def checkpoint(self) -> None:
         started = time.perf_counter()
         size = self.state.checkpoint(self)
-        self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.checkpoint_duration.observe(seconds)
         self.metrics.snapshot_bytes.set(size)
+        warning = self._checkpoint_load.record(seconds)
+        if warning is not None:
+            log.warning(warning)
 
     def run(self) -> dict[str, Any]:
         """Restore, process until the source ends, input position ``max_records`` or a
