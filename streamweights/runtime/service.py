@@ -96,11 +96,11 @@ PROGRESS_STREAMS_LISTED = 20
 PROGRESS_REFRESH_SECONDS = 0.02
 
 
-
 def _refresh_mark(stream: Any) -> tuple[int, int, int]:
     """What moves when a stream takes a record (or loads a state): its gauges and HTTP
     entry, set from it, need setting again once this differs."""
     return stream.predictions, stream.labels, len(stream.join)
+
 
 class LocalCheckpoints:
     """The embedded state backend: whole-service snapshots in a local folder, which this
