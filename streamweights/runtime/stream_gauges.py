@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from streamweights.adapters.conformal import level_key
 from streamweights.adapters.performance_estimate import FIELDS
 from streamweights.adapters.portfolio import Portfolio
 from streamweights.runtime.metrics import LoopGauge, ServiceMetrics
@@ -70,7 +71,7 @@ def gauge_keys(metrics: ServiceMetrics, stream: Any) -> list[GaugeKey]:
     if uncertainty is not None:
         for forecaster, monitor in zip(uncertainty.forecasters, uncertainty.monitors,
                                        strict=False):
-            for alpha in _level_keys(monitor.alphas):
+            for alpha in (level_key(alpha) for alpha in monitor.alphas):
                 keys += [(metrics.conformal_target, (name, alpha)),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "run")),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "rolling")),
@@ -119,9 +120,3 @@ def _forecasters(stream: Any) -> list[str]:
     ``Scores.summary`` orders them."""
     models = list(stream.scores.model_names)
     return ["adapted", *(["raw_best"] if models else []), *(f"raw:{m}" for m in models)]
-
-
-def _level_keys(alphas: list[float]) -> list[str]:
-    from streamweights.adapters.conformal import level_key
-
-    return [level_key(alpha) for alpha in alphas]
