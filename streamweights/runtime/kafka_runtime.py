@@ -956,9 +956,8 @@ class KafkaRuntime:
         tombstones for the segments it no longer reads (``state_store.encode_stream``),
         or, when none changed but the offsets or counts did (dead letters alone, a fresh
         task), one keyed by the task number with those alone; nothing if nothing
-        changed. Every
-        record carries the task's offsets and counts as of this commit, so the newest
-        record of the partition says where the task resumes."""
+        changed. Every record carries the task's offsets and counts as of this commit,
+        so the newest record of the partition says where the task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
                    if (topic, number) in released}
         meta = {"task": number, "config_digest": self.config_digest,
