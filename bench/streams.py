@@ -17,10 +17,15 @@ first line printed names them), its own join and scores. Steps, each timed:
    (``Service._loop`` over the records in memory: the core's lane or decode and
    pipeline, metrics, outputs), no checkpoint: records/s of a replica that holds every
    stream already, its records alone; then as many rounds again with the service's
-   checkpoints on, at the embedded default cadence (every 20,000 records or 30 s) and
-   at the Kafka runtime's (10,000 records or 0.1 s): what such a replica sustains.
-   Records interleaved over many streams change a stream the last checkpoint did not
-   write nearly every time, so its checkpoints bound it, not its records;
+   checkpoints on, at the embedded default cadence (every 20,000 records or 30 s; its
+   writes spread over 8 checkpoints, ``checkpoint.spread_over``), the same writing every
+   changed stream at each checkpoint, and at the Kafka runtime's cadence (10,000
+   records or 0.1 s, every changed stream written, as that runtime does): what such a
+   replica sustains. Records interleaved over many streams change a stream the last
+   checkpoint did not write nearly every time, so its checkpoints bound it, not its
+   records. After the spread line, a new service restores the folder (replaying the
+   input into the streams left unwritten) and its state is checked against the live
+   one's, byte for byte;
    then one /metrics of all of them: the service's writer against prometheus_client's
    ``generate_latest`` (the same bytes), CPU time each, and the gzip Prometheus gets;
 4. commits: for k in 1, 10, 100, 1,000, 10,000 (capped at ``--streams``), one more
@@ -66,6 +71,7 @@ import time
 import yaml
 from prometheus_client import generate_latest
 
+from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import (
     KAFKA_CHECKPOINT_RECORDS,
     KAFKA_CHECKPOINT_SECONDS,
@@ -191,22 +197,31 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
             f"{theirs:.3f} s (x{theirs / ours:.1f})")
 
 
-#: The service's checkpoint cadences: (what, every_records, every_seconds).
+#: The service's checkpoint cadences: (what, every_records, every_seconds, spread_over).
+#: The embedded runtime spreads its writes (``checkpoint.spread_over``, default 8), and
+#: is timed again writing every changed stream (``spread_over: 1``, as before it could)
+#: for the comparison; the Kafka runtime writes every changed stream at each commit.
 CADENCES = (
     ("the embedded default", ServiceConfig.checkpoint_every_records,
-     ServiceConfig.checkpoint_every_seconds),
-    ("the Kafka runtime's", KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS),
+     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over),
+    ("the embedded default, every changed stream written (spread_over: 1),",
+     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1),
+    ("the Kafka runtime's (every changed stream written, as it does)",
+     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1),
 )
 
 
 def with_checkpoints(service: Service, config: ServiceConfig, records: list[bytes],
-                     cadence: str, every_records: int, every_seconds: float) -> str:
+                     cadence: str, every_records: int, every_seconds: float,
+                     spread_over: int) -> str:
     """The steady loop again over ``records``, now with the service's checkpoints at a
     cadence of its own: what a replica of these streams sustains. Interleaved over many
     streams, nearly every record changes a stream the last checkpoint did not write, so
     each checkpoint writes about as many streams as it covers records (up to all of
-    them). (The Kafka runtime sends the same stream records to its changelog in a
-    transaction; here they go to the local state folder, fsynced, as embedded.)"""
+    them), unless it spreads them over ``spread_over`` checkpoints. (The Kafka runtime
+    sends the same stream records to its changelog in a transaction; here they go to the
+    local state folder, fsynced, as embedded.)"""
+    service.state.write_spread = spread_over
     service.source = RecordsSource(records, first=service.position)
     service.max_records = service.position + len(records)
     service.config = dataclasses.replace(config, checkpoint_every_records=every_records,
@@ -232,6 +247,31 @@ def with_checkpoints(service: Service, config: ServiceConfig, records: list[byte
             f"{len(records) / seconds:,.0f} records/s ({len(records) / cpu:,.0f} per CPU "
             f"second), {len(written)} checkpoints (one at the end) writing {streams:,} "
             f"stream records, {streams / len(written):,.0f} each")
+
+
+def restore_with_replay(service: Service, document: dict, records: list[bytes]) -> str:
+    """A new service restores the folder while ``service`` leaves it unwritten (its lock
+    let go meanwhile), the input being ``records`` (every record so far, from position
+    0): the streams the latest checkpoints left unwritten are replayed. Its pipeline
+    state must equal the live one's, byte for byte."""
+    service.state.lock.release()
+    try:
+        probe = Service(parse_config(document))
+        probe.source = RecordsSource(records)
+        started, cpu = time.perf_counter(), time.process_time()
+        probe.restore()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        equal = (dumps_state(probe.pipeline.state_dict())
+                 == dumps_state(service.pipeline.state_dict()))
+        replayed = probe.state.replayed
+        probe.close()
+    finally:
+        service.state.lock.acquire()
+    if not equal:
+        raise AssertionError("the restored state differs from the live one")
+    return (f"restore of that folder by a new service: {seconds:.2f} s ({cpu:.2f} s CPU), "
+            f"{replayed:,} records replayed into the streams its checkpoints left "
+            "unwritten; the state equals the live one's, byte for byte")
 
 
 def main() -> None:
@@ -280,6 +320,7 @@ def main() -> None:
         started, cpu = time.perf_counter(), time.process_time()
         summary = service.run()
         run_seconds, run_cpu = time.perf_counter() - started, time.process_time() - cpu
+        service._exhausted = False  # the steps below go on reading, as a live replica
         rss_run = rss_bytes()
         assert summary["records"] == lines, summary["records"]
         pending = sum(s["pending"] for s in summary["streams"].values())
@@ -308,11 +349,18 @@ def main() -> None:
               f" per CPU second), all {args.streams:,} streams held; RSS "
               f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
         rounds = args.first_rounds + args.steady_rounds
-        for cadence, every_records, every_seconds in CADENCES:
+        so_far = [*first, *steady]
+        for cadence, every_records, every_seconds, spread_over in CADENCES:
             records = input_records(names, range(rounds, rounds + args.steady_rounds))
             rounds += args.steady_rounds
+            so_far += records
             print(with_checkpoints(service, config, records, cadence, every_records,
-                                   every_seconds))
+                                   every_seconds, spread_over))
+            if spread_over > 1:
+                print(restore_with_replay(service, document, so_far))
+        # The table below times the writing of k changed streams: each commit writes
+        # every one (the touches are not in any input a restore could replay).
+        service.state.write_spread = 1
         print(scrape_costs(service))
         print()
         state = service.state

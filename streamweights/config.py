@@ -236,6 +236,12 @@ class ServiceConfig:
     state_dir: str = "./streamweights-state"
     checkpoint_every_records: int = 20_000
     checkpoint_every_seconds: float = 30.0
+    #: Embedded runtime: past this many streams changed since their last records, a
+    #: checkpoint writes the ``1 / checkpoint_spread_over`` of them with the oldest
+    #: records, and a restore replays the input into the others
+    #: (``runtime.service.LocalCheckpoints``). ``spread_over: 1`` writes all, always.
+    checkpoint_spread_above: int = 256
+    checkpoint_spread_over: int = 8
     http_host: str = "127.0.0.1"
     http_port: int | None = 9108
     #: A file holding the bearer token ``/v1/...`` requires (a mounted Secret); ``None``:
@@ -303,6 +309,10 @@ def parse_config(document: Any) -> ServiceConfig:
         root.get("kafka", object)
         raise ConfigError("kafka: only used with source.kind 'kafka'; set source.kind or "
                           "remove the block")
+    if kafka is not None and {"spread_above", "spread_over"} & set(checkpoint.value):
+        raise ConfigError("checkpoint.spread_above / spread_over: only used by the embedded "
+                          "runtime (the Kafka runtime writes every changed stream at each "
+                          "commit); remove them")
     log_format = logging.get("format", str, default="text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"logging.format: must be 'text' or 'json', got {log_format!r}")
@@ -314,6 +324,8 @@ def parse_config(document: Any) -> ServiceConfig:
             "every_records", KAFKA_CHECKPOINT_RECORDS if kafka else 20_000),
         checkpoint_every_seconds=checkpoint.positive_float(
             "every_seconds", KAFKA_CHECKPOINT_SECONDS if kafka else 30.0),
+        checkpoint_spread_above=checkpoint.positive_int("spread_above", 256),
+        checkpoint_spread_over=checkpoint.positive_int("spread_over", 8),
         http_host=http.get("host", str, default="127.0.0.1"),
         http_port=port,
         http_token_file=token_file,

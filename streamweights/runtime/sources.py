@@ -46,6 +46,9 @@ class JsonlSource:
     def __init__(self, path: str) -> None:
         self.path = path
         self.name = f"jsonl:{path}"
+        #: Standard input cannot be read again from an earlier position (a restore
+        #: that replays input needs to: ``service.LocalCheckpoints``).
+        self.rereadable = path != "-"
         if path != "-":
             try:
                 open(path, "rb").close()

@@ -94,7 +94,16 @@ if TYPE_CHECKING:
 #: line, per-stream records written incrementally (this release; see the module doc).
 #: The header's format stays 2 because the frame did not change: a reader that knows the
 #: frame checks the bytes before it looks at the payload's first line.
+#: 3: a per-stream payload as 2, but one that leaves some changed streams unwritten
+#: (``replay_from`` in its meta: a restore must replay the input into them, see
+#: ``service.LocalCheckpoints``). A release that reads 2 would restore such a snapshot
+#: with those streams behind, silently; the number moves so that it refuses it instead.
+#: Written only when a snapshot needs the replay, so a folder of a run whose checkpoints
+#: write every changed stream still restores with the release before.
 SNAPSHOT_FORMAT = 2
+REPLAY_SNAPSHOT_FORMAT = 3
+#: The snapshot formats this build reads in a numbered file's header.
+SNAPSHOT_FORMATS = (SNAPSHOT_FORMAT, REPLAY_SNAPSHOT_FORMAT)
 LEGACY_SNAPSHOT_FILE = "snapshot.json"
 LOCK_FILE = "lock"
 MAGIC = b"streamweights-snapshot"
@@ -135,9 +144,10 @@ class SnapshotFormatError(SnapshotError):
     not damage, so no fallback to an older snapshot either."""
 
 
-def snapshot_header(payload: bytes) -> bytes:
-    """The header line (with its newline) that belongs to ``payload``."""
-    return (f"streamweights-snapshot {SNAPSHOT_FORMAT} bytes={len(payload)} "
+def snapshot_header(payload: bytes, version: int = SNAPSHOT_FORMAT) -> bytes:
+    """The header line (with its newline) that belongs to ``payload`` of format
+    ``version``."""
+    return (f"streamweights-snapshot {version} bytes={len(payload)} "
             f"crc32={zlib.crc32(payload):08x} sha256={hashlib.sha256(payload).hexdigest()}\n"
             ).encode("ascii")
 
@@ -147,9 +157,9 @@ def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
     return frame_payload(dumps_state({"format": SNAPSHOT_FORMAT, **snapshot}).encode("utf-8"))
 
 
-def frame_payload(payload: bytes) -> bytes:
+def frame_payload(payload: bytes, version: int = SNAPSHOT_FORMAT) -> bytes:
     """A snapshot file's bytes: the header that belongs to ``payload``, then it."""
-    return snapshot_header(payload) + payload
+    return snapshot_header(payload, version) + payload
 
 
 def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
@@ -160,28 +170,32 @@ def decode_snapshot(data: bytes, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: damaged snapshot (no streamweights-snapshot header)")
     header, payload = data[:end + 1], data[end + 1:]
     parsed = _HEADER.fullmatch(header[:-1])
-    expected = snapshot_header(payload)
-    if (parsed is not None and int(parsed["format"]) != SNAPSHOT_FORMAT
-            and header != expected.replace(b" 2 ", b" " + parsed["format"] + b" ", 1)):
-        # (a format-2 file whose format digit alone was hit is damage, handled below)
+    version = int(parsed["format"]) if parsed is not None else SNAPSHOT_FORMAT
+    expected = snapshot_header(payload, version)
+    if version not in SNAPSHOT_FORMATS and header != expected:
+        # (a file of ours whose format digit alone was hit is damage, handled below)
         raise SnapshotFormatError(
-            f"{where}: snapshot format {int(parsed['format'])}, this build reads formats 1 "
-            f"and {SNAPSHOT_FORMAT}; restore with the release that wrote it, or start from an "
-            "empty state_dir")
-    if header != expected:
+            f"{where}: snapshot format {version}, this build reads formats 1, "
+            f"{listed_formats(SNAPSHOT_FORMATS)}; restore with the release that wrote it, or "
+            "start from an empty state_dir")
+    if header != expected or version not in SNAPSHOT_FORMATS:
         raise SnapshotError(f"{where}: damaged snapshot (its {len(payload)} bytes do not "
                             "match the length and checksums in its header)")
     try:
         if payload.startswith(STREAMS_MAGIC):
-            return _decode_streams_payload(payload)
-        snapshot = loads_state(payload)
+            snapshot = _decode_streams_payload(payload)
+        else:
+            snapshot = loads_state(payload)
     except (ValueError, RecursionError, KeyError, TypeError) as error:  # checksummed, so
         # written that way
         raise SnapshotError(f"{where}: snapshot passes its checksum but cannot be "
                             f"decoded ({type(error).__name__}: {error})") from None
-    if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
+    if not isinstance(snapshot, dict) or snapshot.get("format") not in SNAPSHOT_FORMATS:
         raise SnapshotError(f"{where}: snapshot passes its checksum but is not a format-"
                             f"{SNAPSHOT_FORMAT} state document")
+    if snapshot["format"] != version:  # the checksums do not cover the header's digit
+        raise SnapshotError(f"{where}: damaged snapshot (its header says format {version}, "
+                            f"its payload {snapshot['format']})")
     return snapshot
 
 
@@ -297,8 +311,8 @@ def encode_streams_payload(meta: dict[str, Any], records: list[tuple[str, bytes]
                            segments: list[tuple[str, int, bytes]] = ()) -> bytes:
     """A per-stream snapshot payload (see the module docstring): ``records`` are the
     stream records, ``segments`` the join segment records, ``(stream, id, bytes)``."""
-    head = {"format": SNAPSHOT_FORMAT, **meta,
-            "records": [[name, len(data)] for name, data in records]}
+    head = {"format": REPLAY_SNAPSHOT_FORMAT if "replay_from" in meta else SNAPSHOT_FORMAT,
+            **meta, "records": [[name, len(data)] for name, data in records]}
     if segments:
         head["segments"] = [[name, segment, len(data)] for name, segment, data in segments]
     return (STREAMS_MAGIC + dumps_state(head).encode("utf-8") + b"\n"
@@ -411,7 +425,9 @@ class LocalStateStore:
         seq = self._next_seq()
         previous = self._chain
         base = seq if full else previous.base
-        data = frame_payload(encode_streams_payload({**meta, "base": base}, records, segments))
+        data = frame_payload(encode_streams_payload({**meta, "base": base}, records, segments),
+                             REPLAY_SNAPSHOT_FORMAT if "replay_from" in meta
+                             else SNAPSHOT_FORMAT)
         try:
             self._write(seq, data, keep_from=min(base, seq - 1 if previous is None
                                                  else previous.base))
@@ -542,6 +558,9 @@ class LocalStateStore:
         the snapshots it builds on (back to its base), decoded under ``pipeline``."""
         base = int(head["base"])
         records = dict(head["stream_records"])
+        # The input position of the snapshot each stream's newest record is in: a
+        # stream the commits since left unwritten is replayed from there (service.py).
+        written = dict.fromkeys(records, int(head["position"]))
         segments: dict[str, dict[int, bytes]] = {}
         for name, segment, data in head["segment_records"]:
             segments.setdefault(name, {})[segment] = data
@@ -560,7 +579,9 @@ class LocalStateStore:
                 raise SnapshotError(f"snapshot-{seq:012d}.snap builds on snapshot-"
                                     f"{older:012d}.snap, which belongs to another chain")
             for name, data in found["stream_records"]:
-                records.setdefault(name, data)
+                if name not in records:
+                    records[name] = data
+                    written[name] = int(found["position"])
             for name, segment, data in found["segment_records"]:
                 segments.setdefault(name, {}).setdefault(segment, data)
             if older == base:
@@ -575,6 +596,7 @@ class LocalStateStore:
         snapshot = {k: v for k, v in head.items()
                     if k not in ("stream_records", "segment_records")}
         snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
+        snapshot["written"] = written
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 
     def load(self) -> dict[str, Any] | None:
@@ -598,7 +620,8 @@ class LocalStateStore:
         version = snapshot.get("format") if isinstance(snapshot, dict) else None
         if version != 1:
             raise SnapshotError(f"{path}: snapshot format {version}, this build reads formats "
-                                f"1 and {SNAPSHOT_FORMAT}; restore with the release that wrote "
+                                f"1, {listed_formats(SNAPSHOT_FORMATS)}; restore with the "
+                                "release that wrote "
                                 "it or start from an empty state_dir")
         return snapshot
 

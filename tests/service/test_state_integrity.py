@@ -223,9 +223,9 @@ def test_format_one_snapshot_is_restored_with_a_warning_and_replaced(tmp_path, d
 
     newest = sorted(state.glob("snapshot-*.snap"))[-1]
     payload = newest.read_bytes().split(b"\n", 1)[1]
-    newest.write_bytes(b"streamweights-snapshot 3 zstd=1 xxh3=0123abcd\n" + payload)
+    newest.write_bytes(b"streamweights-snapshot 4 zstd=1 xxh3=0123abcd\n" + payload)
     line = _error_line(_run(folder))
-    assert "snapshot format 3, this build reads formats 1 and 2" in line
+    assert "snapshot format 4, this build reads formats 1, 2 and 3" in line
 
 
 def test_snapshot_round_trip_is_byte_identical():

@@ -1,0 +1,208 @@
+"""Checkpoints that spread their writes: past ``checkpoint.spread_above`` changed streams
+a checkpoint writes the ``1 / spread_over`` of them with the oldest records, and a
+restore replays the input into the others (``runtime.service.LocalCheckpoints``).
+
+The bursty input of ``test_incremental_state`` (eight streams, records in blocks of 60, a
+checkpoint every 150 records, so 2-4 streams change between two checkpoints) with
+``spread_above: 1`` and ``spread_over: 2`` makes nearly every checkpoint leave a stream
+unwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import yaml
+
+from streamweights.adapters.state_codec import dumps_state
+from streamweights.config import ConfigError, load_config, parse_config
+from streamweights.runtime.faults import KILL_AT_ENV
+from streamweights.runtime.service import Service
+from streamweights.runtime.sources import JsonlSource
+from streamweights.runtime.state_store import LocalStateStore
+from tests.service.drifting import outputs
+from tests.service.test_incremental_state import (
+    STREAMS,
+    _run,
+    _streams_between,
+    write_bursty_input,
+    write_config,
+)
+
+
+def spread_config(folder, input_path, above: int = 1, over: int = 2):
+    path = write_config(folder, input_path)
+    document = yaml.safe_load(path.read_text())
+    document["checkpoint"].update(spread_above=above, spread_over=over)
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def with_refusals(lines: list[str]) -> list[str]:
+    """``lines`` with, after every 89th, a prediction its stream refuses (one model's
+    outputs missing): counted by reason in the pipeline's state, which a replay must
+    not count again."""
+    out = []
+    for number, line in enumerate(lines):
+        out.append(line)
+        if number % 89 == 88:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a truncated line
+                continue
+            out.append(json.dumps({"schema": 1, "stream": record["stream"],
+                                   "id": f"refused-{number}", "ts": record["ts"],
+                                   "outputs": {"naive_bayes": [0.5, 0.5]}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bursty(tmp_path_factory):
+    """The input, its lines and the outputs of a run that writes every changed stream."""
+    root = tmp_path_factory.mktemp("spread")
+    input_path = root / "input.jsonl"
+    lines = with_refusals(write_bursty_input(input_path))
+    input_path.write_text("\n".join(lines) + "\n")
+    folder = root / "reference"
+    write_config(folder, input_path)
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return input_path, lines, outputs(folder)
+
+
+def test_a_checkpoint_leaves_the_newest_streams_for_the_next_and_says_where_to_replay(
+        tmp_path, bursty):
+    """Scenario: the run bounded at 2,000 records, spreading over 2 checkpoints.
+    We expect: every incremental snapshot writes a part of the streams changed since
+    their records (those whose records are oldest), never one unchanged; a stream left
+    unwritten is written by a later one; ``replay_from`` is the oldest position among
+    the records of the streams left changed, absent when none is; the snapshots that
+    have it are of format 3, the others of format 2."""
+    input_path, lines, _ = bursty
+    folder = tmp_path / "bounded"
+    spread_config(folder, input_path)
+    assert _run(folder, "--max-records", "2000").returncode == 0
+    store = LocalStateStore(folder / "state")
+    kept = sorted(store.snapshots())
+    heads = {seq: store.read(path) for seq, path in kept}
+    latest = kept[-1][0]
+    base = heads[latest]["base"]
+    assert latest - base >= 3
+    written = dict.fromkeys(STREAMS, heads[base]["position"])
+    stale: set[str] = set()
+    left_some = 0
+    for seq in range(base + 1, latest + 1):
+        head = heads[seq]
+        stale |= _streams_between(lines, heads[seq - 1]["position"], head["position"])
+        names = [name for name, _ in head["stream_records"]]
+        assert set(names) <= stale
+        oldest = sorted(stale, key=lambda name: (written[name], STREAMS.index(name)))
+        assert sorted(names) == sorted(oldest[:max(1, -(-len(stale) // 2))]), seq
+        for name in names:
+            written[name] = head["position"]
+        stale -= set(names)
+        left_some += bool(stale)
+        assert head.get("replay_from") == (min(written[name] for name in stale)
+                                           if stale else None), seq
+        # format 3 exactly when a restore must replay: a release that reads 2 refuses it
+        header = dict(kept)[seq].read_bytes()[:25]
+        assert header == (b"streamweights-snapshot 3 " if stale
+                          else b"streamweights-snapshot 2 "), seq
+    assert left_some >= 3
+
+
+def _restored_state(config_path, max_records=None) -> tuple[bytes, Service]:
+    """The pipeline state a new service restores from the folder of ``config_path``."""
+    service = Service(load_config(config_path), max_records=max_records)
+    try:
+        service.restore()
+        assert service.position > 0
+        return dumps_state(service.pipeline.state_dict()).encode(), service
+    finally:
+        service.close()
+
+
+def test_a_restore_that_replays_gives_the_state_of_one_that_does_not(tmp_path, bursty):
+    """Scenario: the same bounded run (2,000 records) twice, writing every changed stream
+    at each checkpoint and spreading over 2 and over 3 checkpoints; each folder restored
+    by a new service. We expect: the spread ones replay records into the streams their
+    latest snapshot left unwritten, and every pipeline state restored is the same, byte
+    for byte (weights, joins, scores, detectors, counts)."""
+    input_path, _, _ = bursty
+    states = []
+    for name, over in (("all", 1), ("two", 2), ("three", 3)):
+        folder = tmp_path / name
+        path = spread_config(folder, input_path, over=over)
+        assert _run(folder, "--max-records", "2000").returncode == 0
+        state, service = _restored_state(path)
+        assert (service.state.replayed > 0) == (over > 1), name
+        states.append(state)
+    assert states[1] == states[0]
+    assert states[2] == states[0]
+
+
+def test_restarts_that_replay_equal_the_uninterrupted_run(tmp_path, bursty):
+    """Scenario: the run spreading its writes, killed with SIGKILL at input records and
+    inside snapshot writes, restarted after each kill, then run to the end.
+    We expect: adapted, weights and dead-letter files and the summary equal those of the
+    uninterrupted run that wrote every stream, byte for byte; some restores replayed
+    input (their log line says how many records, from where); the last snapshot, taken
+    at the input's end, left no stream unwritten."""
+    input_path, _, expected = bursty
+    folder = tmp_path / "killed"
+    spread_config(folder, input_path)
+    replays = 0
+    for point in ("record:700", "snapshot:3:partial", "record:1650", "snapshot:2:written",
+                  "snapshot:4:renamed", "record:3100"):
+        result = _run(folder, env={KILL_AT_ENV: point})
+        assert result.returncode == -signal.SIGKILL, (point, result.stderr[-2000:])
+        replays += "records replayed into the streams" in result.stderr
+    result = _run(folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    replays += "records replayed into the streams" in result.stderr
+    assert replays >= 3
+    got = outputs(folder)
+    for name, data in expected.items():
+        assert got[name] == data, f"{name} differs after the kills"
+    store = LocalStateStore(folder / "state")
+    assert "replay_from" not in store.read(store.snapshots()[0][1])
+
+
+def test_standard_input_and_few_streams_write_every_changed_stream(tmp_path, bursty):
+    """Scenario: the checkpoint's choice with 8 streams changed: spreading above 1 with
+    a file source, above 8 with a file source, above 1 reading standard input.
+    We expect: a part of them, then all, then all (standard input cannot be read again
+    from an earlier position)."""
+    input_path, _, _ = bursty
+    path = spread_config(tmp_path / "choice", input_path)
+    service = Service(load_config(path))
+    try:
+        service.restore()
+        state = service.state
+        state.written = {name: index for index, name in enumerate(STREAMS)}
+        assert state._due(list(STREAMS), service) == list(STREAMS[:4])
+        state.write_floor = 8
+        assert state._due(list(STREAMS), service) == list(STREAMS)
+        state.write_floor = 1
+        service.source = JsonlSource("-")
+        assert state._due(list(STREAMS), service) == list(STREAMS)
+    finally:
+        service.close()
+
+
+def test_spread_settings_are_checked_and_refused_in_kafka_mode(tmp_path):
+    """Scenario: ``spread_over: 0``; the keys in a Kafka config; the defaults.
+    We expect: the first two refused with a line that names the key, the defaults 256
+    and 8."""
+    document = yaml.safe_load(write_config(tmp_path, tmp_path / "in.jsonl").read_text())
+    defaults = parse_config(document)
+    assert (defaults.checkpoint_spread_above, defaults.checkpoint_spread_over) == (256, 8)
+    with pytest.raises(ConfigError, match=r"checkpoint\.spread_over"):
+        parse_config({**document, "checkpoint": {"spread_over": 0}})
+    kafka = {**document, "source": {"kind": "kafka"},
+             "kafka": {"bootstrap_servers": "127.0.0.1:9"},
+             "checkpoint": {"spread_above": 10}}
+    with pytest.raises(ConfigError, match="only used by the embedded runtime"):
+        parse_config(json.loads(json.dumps(kafka)))
