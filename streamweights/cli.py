@@ -310,6 +310,10 @@ def _inspect(state_dir: str) -> int:
     print(f"{state_dir}: snapshot format {snapshot['format']}, source {snapshot['source']}, "
           f"next input position {snapshot['position']}, {snapshot['records_seen']:,} records "
           f"seen{' (input exhausted)' if snapshot.get('exhausted') else ''}")
+    if "replay_from" in snapshot:
+        print(f"  spread checkpoints left streams unwritten: a restore replays input positions "
+              f"{snapshot['replay_from']} to {snapshot['position'] - 1} into them (the figures "
+              "below are each stream's as its newest record holds them)")
     for name, stream in snapshot["pipeline"]["streams"].items():
         weights = stream["latest_weights"] or {}
         print(f"  stream {name}: {stream['predictions']:,} predictions, {stream['labels']:,} "

