@@ -16,24 +16,25 @@ first line printed names them), its own join and scores. Steps, each timed:
 3. steady: ``--steady-rounds`` more rounds through the service's own loop
    (``Service._loop`` over the records in memory: the core's lane or decode and
    pipeline, metrics, outputs), no checkpoint: records/s of a replica that holds every
-   stream already, its records alone; then as many rounds again with the service's
-   checkpoints on, at the embedded default cadence (every 20,000 records or 30 s; its
-   writes spread over 8 checkpoints, ``checkpoint.spread_over``), the same writing every
-   changed stream at each checkpoint, and at the Kafka runtime's cadence (10,000
-   records or 0.1 s, every changed stream written, as that runtime does): what such a
-   replica sustains. Records interleaved over many streams change a stream the last
-   checkpoint did not write nearly every time, so its checkpoints bound it, not its
-   records. After the spread line, a new service restores the folder (replaying the
-   input into the streams left unwritten) and its state is checked against the live
-   one's, byte for byte;
+   stream already, its records alone; then ``--cadence-rounds`` (12) rounds with the
+   service's checkpoints on at the embedded default cadence (every 20,000 records or
+   30 s; its writes spread over 8 checkpoints, ``checkpoint.spread_over``), as many
+   again writing every changed stream at each checkpoint, and ``--steady-rounds`` at
+   the Kafka runtime's cadence (10,000 records or 0.1 s, every changed stream written,
+   as that runtime does): what such a replica sustains. Records interleaved over many
+   streams change a stream the last checkpoint did not write nearly every time, so its
+   checkpoints bound it, not its records. After the spread line, a new service
+   restores the folder (replaying the input into the streams left unwritten) and its
+   state is checked against the live one's, byte for byte;
    then one /metrics of all of them: the service's writer against prometheus_client's
    ``generate_latest`` (the same bytes), CPU time each, and the gzip Prometheus gets;
 4. commits: for k in 1, 10, 100, 1,000, 10,000 (capped at ``--streams``), one more
    prediction on each of k streams, then one checkpoint: its stream records, bytes and
    time. Commit cost should grow with k, not with the number of streams held; a commit
    that the store makes full (every stream, because the incremental ones since the last
-   full snapshot outgrew it) is marked. The first commit after a full snapshot also
-   deletes the files that snapshot replaced: it is timed apart, before the table;
+   full snapshot outgrew it) is marked. Before the table, commits of one changed stream
+   until one is full (the others' records copied from the chain: timed), and the first
+   commit after it, which also deletes the files that snapshot replaced, timed apart;
 5. restore: a new service on the same folder restores the latest snapshot (every stream
    read back through its chain);
 6. mature streams (``--mature-streams``, default 200, 0 to skip; in a process of its
@@ -81,6 +82,7 @@ from streamweights.config import (
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import RecordsSource
+from streamweights.runtime.state_store import MAX_CHAIN
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("logistic_regression", "naive_bayes", "hoeffding_tree")
@@ -197,17 +199,20 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
             f"{theirs:.3f} s (x{theirs / ours:.1f})")
 
 
-#: The service's checkpoint cadences: (what, every_records, every_seconds, spread_over).
+#: The service's checkpoint cadences: (what, every_records, every_seconds, spread_over,
+#: whether the line runs ``--cadence-rounds`` rather than ``--steady-rounds``).
 #: The embedded runtime spreads its writes (``checkpoint.spread_over``, default 8), and
 #: is timed again writing every changed stream (``spread_over: 1``, as before it could)
-#: for the comparison; the Kafka runtime writes every changed stream at each commit.
+#: for the comparison, both over enough checkpoints to include the full snapshot that
+#: comes every ~9 spread ones (two checkpoints alone would leave it out and flatter the
+#: spread line ~1.6x); the Kafka runtime writes every changed stream at each commit.
 CADENCES = (
     ("the embedded default", ServiceConfig.checkpoint_every_records,
-     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over),
+     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over, True),
     ("the embedded default, every changed stream written (spread_over: 1),",
-     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1),
+     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1, True),
     ("the Kafka runtime's (every changed stream written, as it does)",
-     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1),
+     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1, False),
 )
 
 
@@ -281,6 +286,10 @@ def main() -> None:
                         help="predictions per stream (each with its label) in the first run")
     parser.add_argument("--steady-rounds", type=int, default=2,
                         help="predictions per stream (each with its label) timed after it")
+    parser.add_argument("--cadence-rounds", type=int, default=12,
+                        help="predictions per stream (each with its label) of the lines at "
+                             "the embedded cadence (12 rounds: 12 checkpoints of 10,000 "
+                             "streams)")
     parser.add_argument("--checkpoint-every", type=int, default=20_000)
     parser.add_argument("--mature-streams", type=int, default=200,
                         help="streams in the last step, each fed --mature-rounds first "
@@ -350,9 +359,10 @@ def main() -> None:
               f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
         rounds = args.first_rounds + args.steady_rounds
         so_far = [*first, *steady]
-        for cadence, every_records, every_seconds, spread_over in CADENCES:
-            records = input_records(names, range(rounds, rounds + args.steady_rounds))
-            rounds += args.steady_rounds
+        for cadence, every_records, every_seconds, spread_over, long in CADENCES:
+            count = args.cadence_rounds if long else args.steady_rounds
+            records = input_records(names, range(rounds, rounds + count))
+            rounds += count
             so_far += records
             print(with_checkpoints(service, config, records, cadence, every_records,
                                    every_seconds, spread_over))
@@ -364,8 +374,22 @@ def main() -> None:
         print(scrape_costs(service))
         print()
         state = service.state
-        service.checkpoint()  # the steady records' streams: written, before the table
+        service.checkpoint()  # the streams the spread ones left: written, before the table
         rng = random.Random(1)
+        # Then commits of one changed stream until the store makes one full: it encodes
+        # that stream and copies every other one's newest record from the chain (timed
+        # as a line of its own).
+        for attempt in range(MAX_CHAIN + 1):
+            touch(service, rng.sample(names, 1), f"to-full-{attempt}")
+            full = state.store.needs_full()
+            started, cpu = time.perf_counter(), time.process_time()
+            service.checkpoint()
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            if full:
+                print(f"a full snapshot of 1 changed stream, every other one's record copied "
+                      f"from the chain: {state.last_commit[1]:,} bytes, {seconds:.2f} s wall, "
+                      f"{cpu:.2f} s CPU")
+                break
         # The first incremental snapshot after a full one also deletes the files of the
         # chain the full one replaced (tens of MB here, ~7 ms of unlinking): timed apart,
         # so that the table's first row is a commit like the others.
