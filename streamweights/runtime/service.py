@@ -303,8 +303,13 @@ class LocalCheckpoints:
         """For a full snapshot, every stream not in ``fresh``: its newest record in the
         chain, the join segments that record lists and the position it was taken at
         (``written`` in the snapshot's meta: a restore replays from there if the stream
-        has changed since). ``None`` if the chain lacks one of them."""
-        records, segments = self.store.newest_records()
+        has changed since). ``None`` if the chain lacks one of them, or a file of it can
+        no longer be read back intact."""
+        try:
+            records, segments = self.store.newest_records()
+        except SnapshotError as error:
+            log.warning("reading the snapshots a full one copies from: %s", error)
+            return None
         out_records: dict[str, bytes] = {}
         out_segments: list[tuple[str, int, bytes]] = []
         positions: dict[str, int] = {}

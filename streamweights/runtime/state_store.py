@@ -469,7 +469,10 @@ class LocalStateStore:
     def can_copy(self) -> bool:
         """The next full snapshot may copy records from the chain: there is one, and no
         write failed since (a failed write's joins took its segments for written)."""
-        return self._chain is not None and not self._failed and self._seq is not None
+        if self._chain is None or self._failed:
+            return False
+        self._next_seq()  # (after a restore: which file is the latest)
+        return True
 
     def _next_seq(self) -> int:
         if self._seq is None:

@@ -220,3 +220,44 @@ def test_spread_settings_are_checked_and_refused_in_kafka_mode(tmp_path):
              "checkpoint": {"spread_above": 10}}
     with pytest.raises(ConfigError, match="only used by the embedded runtime"):
         parse_config(json.loads(json.dumps(kafka)))
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_full_snapshot_after_a_restore_copies_or_encodes_when_it_cannot(
+        tmp_path, bursty, caplog, damaged):
+    """Scenario: a service restores a spread folder, takes ten more records and is made
+    to write a full snapshot; in the second case a byte of the chain's base was flipped
+    after the restore read it. We expect: the full snapshot encodes the streams due and
+    copies the others (intact chain), or, unable to read the chain back, says so and
+    encodes all eight; either way a new service restores the same state as the live
+    one, byte for byte."""
+    input_path, _, _ = bursty
+    path = spread_config(tmp_path / "full", input_path)
+    assert _run(tmp_path / "full", "--max-records", "2000").returncode == 0
+    service = Service(load_config(path))
+    try:
+        service.restore()
+        store = service.state.store
+        if damaged:
+            base = tmp_path / "full" / "state" / f"snapshot-{store._chain.base:012d}.snap"
+            data = bytearray(base.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            base.write_bytes(bytes(data))
+        store._chain.delta_bytes = 1 << 40  # the next snapshot full
+        service.max_records = service.position + 10
+        service._loop()  # ten more records, through the service's own loop
+        with caplog.at_level("WARNING", logger="streamweights"):
+            service.checkpoint()
+        encoded = service.state.last_commit[0]
+        live = dumps_state(service.pipeline.state_dict())
+    finally:
+        service.close()
+    copy_failed = "reading the snapshots a full one copies from" in caplog.text
+    assert copy_failed == damaged
+    assert encoded == 8 if damaged else 0 < encoded < 8
+    again = Service(load_config(path))
+    try:
+        again.restore()
+        assert dumps_state(again.pipeline.state_dict()) == live
+    finally:
+        again.close()
