@@ -200,6 +200,9 @@ class LocalCheckpoints:
         refused or fails again, with the same effect on its stream (none, or what the
         run's failure left), since it runs through the same code."""
         pipeline, written, end = service.pipeline, self.written, service.position
+        # The class's own verb: a wrapper installed on the instance (``run --report``'s
+        # recorder) traces what this process computes, not what an earlier one did.
+        process = type(pipeline).process
         invalid = dict(pipeline.invalid)
         applied = 0
         records = service.source.open(start)
@@ -217,7 +220,7 @@ class LocalCheckpoints:
                 if since is None or position < since:
                     continue
                 with contextlib.suppress(Exception):
-                    pipeline.process(record)
+                    process(pipeline, record)
                 applied += 1
         finally:
             close = getattr(records, "close", None)

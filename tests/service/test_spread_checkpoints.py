@@ -18,6 +18,7 @@ import yaml
 
 from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import ConfigError, load_config, parse_config
+from streamweights.evaluation.trace import TraceRecorder
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import JsonlSource
@@ -128,11 +129,14 @@ def test_a_checkpoint_leaves_the_newest_streams_for_the_next_and_says_where_to_r
 
 
 def _restored_state(config_path, max_records=None) -> tuple[bytes, Service]:
-    """The pipeline state a new service restores from the folder of ``config_path``."""
+    """The pipeline state a new service restores from the folder of ``config_path``
+    (with ``run --report``'s recorder installed, which must trace none of a replay)."""
     service = Service(load_config(config_path), max_records=max_records)
+    recorder = TraceRecorder(service.pipeline).install()
     try:
         service.restore()
         assert service.position > 0
+        assert recorder.records == 0
         return dumps_state(service.pipeline.state_dict()).encode(), service
     finally:
         service.close()
