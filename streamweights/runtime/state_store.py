@@ -27,7 +27,12 @@ The payload is per stream (what the service writes)::
 ``meta`` holds the input position, the output sinks' byte positions, the dead-letter
 counts, ``base`` (the number of the full snapshot this one builds on), ``records``
 (``[[stream, bytes], ...]``: which stream records follow, in order) and ``segments``
-(``[[stream, id, bytes], ...]``: the join segment records that follow those). A stream
+(``[[stream, id, bytes], ...]``: the join segment records that follow those); in a full
+snapshot that copied records from older ones, ``written`` (``{stream: position}``: the
+input position each copied record was taken at; the others, this snapshot's); in one
+that left changed streams unwritten (spread checkpoints, ``service.LocalCheckpoints``;
+such a snapshot is format 3), ``replay_from``: the oldest input position among those
+streams' records, from which a restore replays the input into them. A stream
 record and a segment record are :func:`encode_stream`'s bytes, the same bytes the Kafka
 runtime writes to its changelog topic keyed by the stream (and segment). A *full*
 snapshot holds a record of every stream and every segment its joins read; an
@@ -661,8 +666,7 @@ class LocalStateStore:
         if version != 1:
             raise SnapshotError(f"{path}: snapshot format {version}, this build reads formats "
                                 f"1, {listed_formats(SNAPSHOT_FORMATS)}; restore with the "
-                                "release that wrote "
-                                "it or start from an empty state_dir")
+                                "release that wrote it or start from an empty state_dir")
         return snapshot
 
 
