@@ -205,7 +205,7 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
 #: is timed again writing every changed stream (``spread_over: 1``, as before it could)
 #: for the comparison, both over enough checkpoints to include the full snapshot that
 #: comes every ~9 spread ones (two checkpoints alone would leave it out and flatter the
-#: spread line ~1.6x); the Kafka runtime writes every changed stream at each commit.
+#: spread line ~1.3-1.6x); the Kafka runtime writes every changed stream at each commit.
 CADENCES = (
     ("the embedded default", ServiceConfig.checkpoint_every_records,
      ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over, True),
