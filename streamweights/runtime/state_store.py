@@ -319,8 +319,8 @@ def encode_streams_payload(meta: dict[str, Any], records: list[tuple[str, bytes]
                            segments: list[tuple[str, int, bytes]] = ()) -> bytes:
     """A per-stream snapshot payload (see the module docstring): ``records`` are the
     stream records, ``segments`` the join segment records, ``(stream, id, bytes)``."""
-    head = {"format": REPLAY_SNAPSHOT_FORMAT if "replay_from" in meta else SNAPSHOT_FORMAT,
-            **meta, "records": [[name, len(data)] for name, data in records]}
+    head = {"format": _streams_payload_format(meta), **meta,
+            "records": [[name, len(data)] for name, data in records]}
     if segments:
         head["segments"] = [[name, segment, len(data)] for name, segment, data in segments]
     return (STREAMS_MAGIC + dumps_state(head).encode("utf-8") + b"\n"
@@ -350,6 +350,27 @@ def _decode_streams_payload(payload: bytes) -> dict[str, Any]:
     meta["stream_records"] = records
     meta["segment_records"] = segments
     return meta
+
+
+def _take_newest(found: dict[str, Any], records: dict[str, tuple[bytes, int]],
+                 segments: dict[str, dict[int, bytes]]) -> None:
+    """Add one per-stream snapshot's records, read newest snapshot first, to ``records``
+    (``{stream: (bytes, input position it was taken at)}``) and ``segments`` (``{stream:
+    {id: bytes}}``): a stream or segment already there came from a newer snapshot and
+    stays. A record a full snapshot copied from an older one keeps that one's position
+    (its meta's ``written``); the others have this snapshot's."""
+    position, positions = int(found["position"]), found.get("written", {})
+    for name, data in found["stream_records"]:
+        if name not in records:
+            records[name] = (data, int(positions.get(name, position)))
+    for name, segment, data in found["segment_records"]:
+        segments.setdefault(name, {}).setdefault(segment, data)
+
+
+def _streams_payload_format(meta: dict[str, Any]) -> int:
+    """The format of a per-stream snapshot with ``meta``: 3 when it left changed streams
+    for a restore to replay (``replay_from``), else 2."""
+    return REPLAY_SNAPSHOT_FORMAT if "replay_from" in meta else SNAPSHOT_FORMAT
 
 
 @dataclass
@@ -434,8 +455,7 @@ class LocalStateStore:
         previous = self._chain
         base = seq if full else previous.base
         data = frame_payload(encode_streams_payload({**meta, "base": base}, records, segments),
-                             REPLAY_SNAPSHOT_FORMAT if "replay_from" in meta
-                             else SNAPSHOT_FORMAT)
+                             _streams_payload_format(meta))
         try:
             self._write(seq, data, keep_from=min(base, seq - 1 if previous is None
                                                  else previous.base))
@@ -462,13 +482,8 @@ class LocalStateStore:
         records: dict[str, tuple[bytes, int]] = {}
         segments: dict[str, dict[int, bytes]] = {}
         for seq in range(self._seq, chain.base - 1, -1):
-            found = self.read(self.directory / f"snapshot-{seq:012d}.snap")
-            position, positions = int(found["position"]), found.get("written", {})
-            for name, data in found["stream_records"]:
-                if name not in records:
-                    records[name] = (data, int(positions.get(name, position)))
-            for name, segment, data in found["segment_records"]:
-                segments.setdefault(name, {}).setdefault(segment, data)
+            _take_newest(self.read(self.directory / f"snapshot-{seq:012d}.snap"), records,
+                         segments)
         return records, segments
 
     def can_copy(self) -> bool:
@@ -594,15 +609,9 @@ class LocalStateStore:
         """Snapshot ``seq`` whole: its meta, and each stream's newest record from it and
         the snapshots it builds on (back to its base), decoded under ``pipeline``."""
         base = int(head["base"])
-        records = dict(head["stream_records"])
-        # The input position of the snapshot each stream's newest record is in: a
-        # stream the commits since left unwritten is replayed from there (service.py).
-        # (a record a full snapshot copied from an older one has that one's position)
-        positions = head.get("written", {})
-        written = {name: int(positions.get(name, head["position"])) for name in records}
+        records: dict[str, tuple[bytes, int]] = {}
         segments: dict[str, dict[int, bytes]] = {}
-        for name, segment, data in head["segment_records"]:
-            segments.setdefault(name, {})[segment] = data
+        _take_newest(head, records, segments)
         base_bytes, delta_bytes = (size, 0) if base == seq else (0, size)
         if not 0 < base <= seq or seq - base >= MAX_CHAIN:
             raise SnapshotError(f"snapshot-{seq:012d}.snap: builds on snapshot {base}, "
@@ -617,20 +626,14 @@ class LocalStateStore:
             if found.get("base") != base or "stream_records" not in found:
                 raise SnapshotError(f"snapshot-{seq:012d}.snap builds on snapshot-"
                                     f"{older:012d}.snap, which belongs to another chain")
-            positions = found.get("written", {})
-            for name, data in found["stream_records"]:
-                if name not in records:
-                    records[name] = data
-                    written[name] = int(positions.get(name, found["position"]))
-            for name, segment, data in found["segment_records"]:
-                segments.setdefault(name, {}).setdefault(segment, data)
+            _take_newest(found, records, segments)
             if older == base:
                 base_bytes = older_size
             else:
                 delta_bytes += older_size
         streams = {}
         listed = {}
-        for name, data in records.items():
+        for name, (data, _) in records.items():
             decoded_name, state, _ = decode_stream_record(
                 data, f"snapshot-{seq:012d}.snap (stream {name!r})", segments.get(name, {}))
             streams[decoded_name] = state
@@ -640,7 +643,9 @@ class LocalStateStore:
         snapshot = {k: v for k, v in head.items()
                     if k not in ("stream_records", "segment_records")}
         snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
-        snapshot["written"] = written
+        # The input position each stream's newest record was taken at: a stream the
+        # commits since left unwritten is replayed from there (service.py).
+        snapshot["written"] = {name: position for name, (_, position) in records.items()}
         snapshot["listed"] = listed
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 

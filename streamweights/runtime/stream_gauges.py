@@ -71,7 +71,7 @@ def gauge_keys(metrics: ServiceMetrics, stream: Any) -> list[GaugeKey]:
     if uncertainty is not None:
         for forecaster, monitor in zip(uncertainty.forecasters, uncertainty.monitors,
                                        strict=False):
-            for alpha in (level_key(alpha) for alpha in monitor.alphas):
+            for alpha in map(level_key, monitor.alphas):
                 keys += [(metrics.conformal_target, (name, alpha)),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "run")),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "rolling")),
