@@ -310,6 +310,10 @@ def _inspect(state_dir: str) -> int:
     print(f"{state_dir}: snapshot format {snapshot['format']}, source {snapshot['source']}, "
           f"next input position {snapshot['position']}, {snapshot['records_seen']:,} records "
           f"seen{' (input exhausted)' if snapshot.get('exhausted') else ''}")
+    if "input" in snapshot:
+        print(f"  a restore first checks that the source file still starts with the "
+              f"{snapshot['input']['bytes']:,} bytes read (CRC-32 "
+              f"{snapshot['input']['crc32']:08x})")
     if "replay_from" in snapshot:
         print(f"  spread checkpoints left streams unwritten: a restore replays input positions "
               f"{snapshot['replay_from']} to {snapshot['position'] - 1} into them (the figures "

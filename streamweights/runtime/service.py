@@ -53,7 +53,7 @@ from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
 from streamweights.runtime.sinks import JsonlSink
-from streamweights.runtime.sources import make_source
+from streamweights.runtime.sources import check_input, input_digest, make_source
 from streamweights.runtime.state_store import (
     LocalStateStore,
     StateDirLock,
@@ -164,6 +164,7 @@ class LocalCheckpoints:
             raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
                                     "other stream settings; use a fresh state_dir or the old "
                                     "config")
+        check_input(service.source, snapshot.get("input"), self.state_dir)
         started = time.perf_counter()
         try:
             service.pipeline.load_state_dict(snapshot["pipeline"], owned=True)  # just read
@@ -280,6 +281,9 @@ class LocalCheckpoints:
             "sinks": {name: sink.position for name, sink in service.sinks.items()},
             "source": service.source.name, "config_digest": service._config_digest,
             "invalid": dict(service.pipeline.invalid)}
+        digest = input_digest(service.source, service.position)
+        if digest is not None:
+            meta["input"] = digest
         if copied is None:
             records = [(name, item.record) for name, item in encoded.items()]
             segments = [(name, segment, data) for name, item in encoded.items()

@@ -1,18 +1,22 @@
 """Where records come from: the built-in replay, or a JSONL file / standard input.
 
 A source yields ``(position, raw bytes)``; the position is what a checkpoint stores and
-what ``open(start)`` resumes from.
+what ``open(start)`` resumes from. A source read from a file also says what of the file
+a checkpoint was taken over (``input_digest``) and refuses a restore over a file changed
+since (``check_input``; :mod:`streamweights.runtime.input_digest`).
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from streamweights.config import SourceConfig
 from streamweights.runtime.exceptions import RuntimeSetupError
+from streamweights.runtime.input_digest import InputDigest, check_prefix, check_whole, prefix_digest
 from streamweights.runtime.replay import ReplayStream
 
 
@@ -22,6 +26,21 @@ class Source(Protocol):
     def open(self, start: int) -> Iterator[tuple[int, bytes]]:
         """Records from position ``start`` on."""
         ...
+
+
+def input_digest(source: object, position: int) -> dict[str, int] | None:
+    """What a checkpoint at input ``position`` records of ``source``'s input file (None:
+    no file to check)."""
+    digest = getattr(source, "input_digest", None)
+    return None if digest is None else digest(position)
+
+
+def check_input(source: object, recorded: Mapping[str, Any] | None, state_dir: object) -> None:
+    """Refuse (RuntimeSetupError) restoring a snapshot over an input file changed since it
+    was taken; a snapshot without the record (an earlier release's) is not checked."""
+    check = getattr(source, "check_input", None)
+    if check is not None and recorded is not None:
+        check(InputDigest.from_json(recorded), state_dir)
 
 
 class ReplaySource:
@@ -35,9 +54,72 @@ class ReplaySource:
         self.name = f"replay:{self.replay.scenario.name}"
         self.stream = config.stream
         self.models = self.replay.models
+        #: A table's file as it was opened: its rows are ordered when read, so a
+        #: checkpoint stands for the whole file (a built-in scenario has none).
+        self.path = config.path if self.replay.table is not None else None
+        self.digest = None if self.path is None else prefix_digest(self.path)
 
     def open(self, start: int) -> Iterator[tuple[int, bytes]]:
         return self.replay.records(start)
+
+    def input_digest(self, position: int) -> dict[str, int] | None:
+        return None if self.digest is None else self.digest.to_json()
+
+    def check_input(self, recorded: InputDigest, state_dir: object) -> None:
+        if self.path is not None and self.digest is not None:
+            check_whole(self.path, recorded, self.digest, state_dir)
+
+
+#: Bytes a JSONL source reads at a time.
+READ_BLOCK_BYTES = 1 << 20
+
+
+class _ReadTally:
+    """What a JSONL source has read, kept so that the CRC-32 of the file's bytes up to
+    any record of the current block's lines can be given when asked (``digest``), with
+    nothing counted per line: the lines completed in the current block (``lines``, the
+    first at ``first``, starting at byte ``start``), the block and the CRC of the bytes
+    before it; for a record before them, the digest of the bytes up to the previous
+    block's last newline (``left``: a longer prefix, blank lines only, read all the
+    same)."""
+
+    __slots__ = ("base_crc", "block", "block_start", "first", "left", "lines", "start")
+
+    def __init__(self) -> None:
+        self.base_crc = self.block_start = self.first = self.start = 0
+        self.block = b""
+        self.lines: list[bytes] = []
+        self.left = InputDigest()
+
+    def next_block(self, block: bytes, lines: list[bytes], first: int, partial: int) -> None:
+        """``block`` read; ``lines`` the lines it completes (``partial``: the bytes of
+        the first of them that came in blocks before), the first at position ``first``."""
+        previous, previous_start = self.block, self.block_start
+        if previous:
+            kept = len(previous) - partial  # up to its last newline (none: left as is)
+            if kept >= 0:  # (one CRC pass over the block: the prefix's, then the rest)
+                view = memoryview(previous)
+                self.left = InputDigest(previous_start + kept,
+                                        zlib.crc32(view[:kept], self.base_crc))
+                self.base_crc = zlib.crc32(view[kept:], self.left.crc32)
+            else:
+                self.base_crc = zlib.crc32(previous, self.base_crc)
+        self.block, self.block_start = block, previous_start + len(previous)
+        self.lines, self.first, self.start = lines, first, self.block_start - partial
+
+    def digest(self, position: int) -> InputDigest:
+        """The bytes up to the end of line ``position - 1`` (or a little further)."""
+        count = position - self.first
+        if count <= 0 or count > len(self.lines):
+            return self.left
+        end = self.start + sum(map(len, self.lines[:count])) + count  # (newlines)
+        return InputDigest(end, zlib.crc32(self.block[:end - self.block_start], self.base_crc))
+
+    def end_of_file(self) -> None:
+        """The whole file is read and its last line, which has no newline, handed out:
+        the digest of any later position is the whole file's."""
+        self.next_block(b"", [], self.first + len(self.lines), 0)
+        self.left = InputDigest(self.block_start, self.base_crc)
 
 
 class JsonlSource:
@@ -49,6 +131,9 @@ class JsonlSource:
         #: Standard input cannot be read again from an earlier position (a restore
         #: that replays input needs to: ``service.LocalCheckpoints``).
         self.rereadable = path != "-"
+        #: The prefix of the file the latest ``open`` has handed out records from, and
+        #: the one a restore checked (``input_digest``: the longer of the two).
+        self.read, self.checked = _ReadTally(), InputDigest()
         if path != "-":
             try:
                 open(path, "rb").close()
@@ -57,17 +142,54 @@ class JsonlSource:
                                         f"({error.strerror})") from None
 
     def open(self, start: int) -> Iterator[tuple[int, bytes]]:
+        self.read = _ReadTally()  # (now, not when the first record is asked for)
+        return self._lines(start, self.read)
+
+    def _lines(self, start: int, read: _ReadTally) -> Iterator[tuple[int, bytes]]:
+        """The file's lines (split at newlines, as iterating a binary file does), read a
+        block at a time (``read1``: from a pipe, what has been written so far), so that
+        the digest of what was handed out costs a CRC-32 pass over each block rather
+        than a call per line."""
         handle = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
+        first, partial = 0, b""  # the next line's number; its start, read so far
         try:
-            for position, line in enumerate(handle):
-                if position < start:
-                    continue
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield position, line
+            while True:
+                block = handle.read1(READ_BLOCK_BYTES)
+                if not block:
+                    break
+                lines = (partial + block if partial else block).split(b"\n")
+                carried = len(partial)
+                partial = lines.pop()  # (the last line's start; b"" after a newline)
+                read.next_block(block, lines, first, carried)
+                skip = start - first
+                for position, line in enumerate(lines[skip:] if skip > 0 else lines,
+                                                max(first, start)):
+                    line = line.rstrip(b"\r\n")
+                    if line.strip():
+                        yield position, line
+                first += len(lines)
+            line = partial.rstrip(b"\r\n")  # a last line without a newline
+            if first >= start and line.strip():
+                read.end_of_file()
+                yield first, line
         finally:
             if handle is not sys.stdin.buffer:
                 handle.close()
+
+    def input_digest(self, position: int) -> dict[str, int] | None:
+        """The file's prefix up to the record before ``position`` (the next record's:
+        the records before it are applied when a checkpoint is taken), or the one a
+        restore checked when nothing was read since; None for standard input, which
+        cannot be read again."""
+        if not self.rereadable:
+            return None
+        read = self.read.digest(position)
+        return (read if read.size >= self.checked.size else self.checked).to_json()
+
+    def check_input(self, recorded: InputDigest, state_dir: object) -> None:
+        if self.rereadable:
+            check_prefix(self.path, recorded, state_dir)
+            self.checked = recorded
 
 
 class RecordsSource:

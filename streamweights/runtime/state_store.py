@@ -32,7 +32,9 @@ snapshot that copied records from older ones, ``written`` (``{stream: position}`
 input position each copied record was taken at; the others, this snapshot's); in one
 that left changed streams unwritten (spread checkpoints, ``service.LocalCheckpoints``;
 such a snapshot is format 3), ``replay_from``: the oldest input position among those
-streams' records, from which a restore replays the input into them. A stream
+streams' records, from which a restore replays the input into them; with a file
+source, ``input`` (``{"bytes", "crc32"}``: the prefix of the file read, or the whole
+table, which a restore checks first: ``runtime.input_digest``). A stream
 record and a segment record are :func:`encode_stream`'s bytes, the same bytes the Kafka
 runtime writes to its changelog topic keyed by the stream (and segment). A *full*
 snapshot holds a record of every stream and every segment its joins read; an
