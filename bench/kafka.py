@@ -248,7 +248,7 @@ def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
 def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, str],
                     streams: int, state_dir: str, *, checkpoint_records: int,
                     checkpoint_seconds: float, bounded: bool,
-                    publish_every_labels: int) -> dict:
+                    publish_every_labels: int, max_share: float | None = None) -> dict:
     document = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())
     stream = document["streams"][0]
     stream["publish"] = {"every_labels": publish_every_labels, "every_seconds": 60}
@@ -258,6 +258,8 @@ def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, s
     document["logging"] = {"format": "text", "progress_every_seconds": 3600}
     document["checkpoint"] = {"every_records": checkpoint_records,
                               "every_seconds": checkpoint_seconds}
+    if max_share is not None:
+        document["checkpoint"]["max_share"] = max_share
     suffix = uuid.uuid4().hex[:8]
     document["kafka"].update({
         "bootstrap_servers": bootstrap, "group_id": f"bench-{suffix}",
@@ -303,7 +305,7 @@ def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterato
 
 
 def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
-             total: int, checkpoint: tuple[int, float], state_dir: str,
+             total: int, checkpoint: tuple[int, float, float | None], state_dir: str,
              adapted: bool, waits: dict[str, float] | None = None) -> tuple[float, int]:
     """One bounded replica from a fresh group; records/s from the first record released,
     and the number of transactions committed. ``waits``, if given, receives the seconds
@@ -312,7 +314,7 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
     document = config_document(bootstrap, inputs, topics.outputs(adapted), streams, state_dir,
                                checkpoint_records=checkpoint[0],
                                checkpoint_seconds=checkpoint[1], bounded=True,
-                               publish_every_labels=1000)
+                               publish_every_labels=1000, max_share=checkpoint[2])
     service = Service(parse_config(document))
     first: list[float] = []
     opened = service.source.open
@@ -715,7 +717,7 @@ def profile_ours(bootstrap: str, topics: Topics, inputs: dict[str, str],
     profiler = cProfile.Profile()
     profiler.enable()
     run_ours(bootstrap, topics, inputs, args.streams, total,
-             (args.checkpoint_records, args.checkpoint_seconds),
+             (args.checkpoint_records, args.checkpoint_seconds, args.max_share),
              state_dir, args.adapted)
     profiler.disable()
     if args.profile_dump:
@@ -751,7 +753,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="records per transaction (default: configs/kafka.yaml's)")
     parser.add_argument("--checkpoint-seconds", type=float, default=cadence["every_seconds"],
                         help="seconds per transaction (default: configs/kafka.yaml's)")
+    parser.add_argument("--max-share", type=float, default=None,
+                        help="checkpoint.max_share (default: the service's, 0.5)")
+    parser.add_argument("--unpaced-too", action="store_true",
+                        help="each round, also time a replica whose checkpoints are never "
+                             "held back (checkpoint.max_share 1, as before it was added)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the latency phase (its input takes minutes to generate "
+                             "for 1,000 streams, and at that many publishes no weights "
+                             "version in its window)")
     parser.add_argument("--commit-ms", type=int, default=100)
     parser.add_argument("--rate", type=float,
                         help="skip the throughput rounds; measure latency at this many "
@@ -809,7 +820,7 @@ def main(argv: list[str] | None = None) -> None:
         # show what the throughput settings are worth; never the ceiling
         defaults = {**settings, **{key: KafkaConsumer.DEFAULT_CONFIG[key]
                                    for key in THROUGHPUT_SETTINGS}}
-        ceiling, ours, at_defaults, native, with_adapted = [], [], [], [], []
+        ceiling, ours, at_defaults, native, with_adapted, unpaced = [], [], [], [], [], []
         for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
             ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
                                         total, settings))
@@ -818,11 +829,20 @@ def main(argv: list[str] | None = None) -> None:
             native.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
                                        total, settings, native_reader=True))
             waits: dict[str, float] = {}
-            rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total,
-                                     (args.checkpoint_records, args.checkpoint_seconds),
+            checkpoint = (args.checkpoint_records, args.checkpoint_seconds, args.max_share)
+            rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total, checkpoint,
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
                                      args.adapted, waits)
             ours.append(rate)
+            if args.unpaced_too:
+                unpaced_rate, unpaced_commits = run_ours(
+                    bootstrap, topics, inputs, args.streams, total,
+                    (args.checkpoint_records, args.checkpoint_seconds, 1.0),
+                    str(pathlib.Path(workdir) / f"round{round_number}-unpaced"), args.adapted)
+                unpaced.append(unpaced_rate)
+                print(f"  round {round_number}: ours with checkpoints never held back "
+                      f"(max_share 1) {unpaced_rate:,.0f} records/s ({unpaced_commits} "
+                      "transactions)", flush=True)
             print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s "
                   f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}; with "
                   f"the service's native record reader {native[-1]:,.0f}), "
@@ -832,8 +852,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{total / rate:.1f} s)", flush=True)
             if not args.adapted:
                 adapted_rate, adapted_commits = run_ours(
-                    bootstrap, topics, inputs, args.streams, total,
-                    (args.checkpoint_records, args.checkpoint_seconds),
+                    bootstrap, topics, inputs, args.streams, total, checkpoint,
                     str(pathlib.Path(workdir) / f"round{round_number}-adapted"), True)
                 with_adapted.append(adapted_rate)
                 print(f"  round {round_number}: ours publishing adapted records too "
@@ -847,6 +866,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"consume-only with kafka-python's fetch defaults {max(at_defaults):,.0f} "
                   f"records/s; with the native record reader the service uses "
                   f"{max(native):,.0f} records/s (ours {best_ours / max(native):.1%} of it)")
+            if unpaced:
+                print(f"ours with checkpoints never held back (best of {args.rounds}): "
+                      f"{max(unpaced):,.0f} records/s -> {max(unpaced) / best_ceiling:.1%} "
+                      f"of the ceiling (held back as the service does: {best_ours:,.0f})")
             if with_adapted:
                 print(f"ours publishing an adapted record per prediction too (best of "
                       f"{args.rounds}): {max(with_adapted):,.0f} records/s -> "
@@ -854,6 +877,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             profile_ours(bootstrap, topics, inputs, args, total,
                          str(pathlib.Path(workdir) / "profile"))
+        if args.no_latency:
+            return
         rate = best_ours / 2 if args.rate is None else args.rate
         label = "half of ours' rate" if args.rate is None else "a set rate"
         print(f"\nlatency at {label} "

@@ -21,9 +21,11 @@ first line printed names them), its own join and scores. Steps, each timed:
    30 s; its writes spread over 8 checkpoints, ``checkpoint.spread_over``), as many
    again writing every changed stream at each checkpoint, and ``--steady-rounds`` at
    the Kafka runtime's cadence (10,000 records or 0.1 s, every changed stream written,
-   as that runtime does): what such a replica sustains. Records interleaved over many
-   streams change a stream the last checkpoint did not write nearly every time, so its
-   checkpoints bound it, not its records. After the spread line, a new service
+   as that runtime does), twice: never held back after a long checkpoint and, as the
+   service does, held back (``checkpoint.max_share``): what such a replica sustains.
+   Records interleaved over many streams change a stream the last checkpoint did not
+   write nearly every time, so its checkpoints bound it, not its records. After the
+   spread line, a new service
    restores the folder (replaying the input into the streams left unwritten) and its
    state is checked against the live one's, byte for byte;
    then one /metrics of all of them: the service's writer against prometheus_client's
@@ -79,6 +81,7 @@ from streamweights.config import (
     ServiceConfig,
     parse_config,
 )
+from streamweights.runtime.checkpoint_pacing import CheckpointPacer
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import RecordsSource
@@ -206,31 +209,41 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
 #: for the comparison, both over enough checkpoints to include the full snapshot that
 #: comes every ~9 spread ones (two checkpoints alone would leave it out and flatter the
 #: spread line ~1.3-1.6x); the Kafka runtime writes every changed stream at each commit.
+#: The Kafka cadence is timed twice: with checkpoints held back after long ones as the
+#: service does (``checkpoint.max_share``, 0.5) and never held back (1, as before).
 CADENCES = (
     ("the embedded default", ServiceConfig.checkpoint_every_records,
-     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over, True),
+     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over,
+     ServiceConfig.checkpoint_max_share, True),
     ("the embedded default, every changed stream written (spread_over: 1),",
-     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1, True),
+     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1,
+     ServiceConfig.checkpoint_max_share, True),
+    ("the Kafka runtime's (every changed stream written, as it does), never held back "
+     "(max_share: 1),", KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1, 1.0, False),
     ("the Kafka runtime's (every changed stream written, as it does)",
-     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1, False),
+     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1,
+     ServiceConfig.checkpoint_max_share, False),
 )
 
 
 def with_checkpoints(service: Service, config: ServiceConfig, records: list[bytes],
                      cadence: str, every_records: int, every_seconds: float,
-                     spread_over: int) -> str:
+                     spread_over: int, max_share: float) -> str:
     """The steady loop again over ``records``, now with the service's checkpoints at a
     cadence of its own: what a replica of these streams sustains. Interleaved over many
     streams, nearly every record changes a stream the last checkpoint did not write, so
     each checkpoint writes about as many streams as it covers records (up to all of
-    them), unless it spreads them over ``spread_over`` checkpoints. (The Kafka runtime
+    them), unless it spreads them over ``spread_over`` checkpoints, or fewer checkpoints
+    are taken (``max_share``: after a long one, the next waits). (The Kafka runtime
     sends the same stream records to its changelog in a transaction; here they go to the
     local state folder, fsynced, as embedded.)"""
     service.state.write_spread = spread_over
+    service._pacer = CheckpointPacer(max_share)
     service.source = RecordsSource(records, first=service.position)
     service.max_records = service.position + len(records)
     service.config = dataclasses.replace(config, checkpoint_every_records=every_records,
-                                         checkpoint_every_seconds=every_seconds)
+                                         checkpoint_every_seconds=every_seconds,
+                                         checkpoint_max_share=max_share)
     written: list[int] = []
     checkpoint = service.checkpoint  # (the bound method: counted below, then put back)
 
@@ -248,7 +261,8 @@ def with_checkpoints(service: Service, config: ServiceConfig, records: list[byte
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     streams = sum(written)
     return (f"steady, checkpoints at {cadence} cadence (every {every_records:,} records or "
-            f"{every_seconds:g} s): {len(records):,} records in {seconds:.2f} s = "
+            f"{every_seconds:g} s, max_share {max_share:g}): {len(records):,} records in "
+            f"{seconds:.2f} s = "
             f"{len(records) / seconds:,.0f} records/s ({len(records) / cpu:,.0f} per CPU "
             f"second), {len(written)} checkpoints (one at the end) writing {streams:,} "
             f"stream records, {streams / len(written):,.0f} each")
@@ -359,13 +373,13 @@ def main() -> None:
               f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
         rounds = args.first_rounds + args.steady_rounds
         so_far = [*first, *steady]
-        for cadence, every_records, every_seconds, spread_over, long in CADENCES:
+        for cadence, every_records, every_seconds, spread_over, share, long in CADENCES:
             count = args.cadence_rounds if long else args.steady_rounds
             records = input_records(names, range(rounds, rounds + count))
             rounds += count
             so_far += records
             print(with_checkpoints(service, config, records, cadence, every_records,
-                                   every_seconds, spread_over))
+                                   every_seconds, spread_over, share))
             if spread_over > 1:
                 print(restore_with_replay(service, document, so_far))
         # The table below times the writing of k changed streams: each commit writes

@@ -242,6 +242,10 @@ class ServiceConfig:
     #: (``runtime.service.LocalCheckpoints``). ``spread_over: 1`` writes all, always.
     checkpoint_spread_above: int = 256
     checkpoint_spread_over: int = 8
+    #: The most of the loop's time checkpoints may take: after one that took ``d`` s the
+    #: next waits for ``d (1 - share) / share`` s of records, at most 1 s
+    #: (``runtime.checkpoint_pacing``). 1: never held back.
+    checkpoint_max_share: float = 0.5
     http_host: str = "127.0.0.1"
     http_port: int | None = 9108
     #: A file holding the bearer token ``/v1/...`` requires (a mounted Secret); ``None``:
@@ -326,6 +330,7 @@ def parse_config(document: Any) -> ServiceConfig:
             "every_seconds", KAFKA_CHECKPOINT_SECONDS if kafka else 30.0),
         checkpoint_spread_above=checkpoint.positive_int("spread_above", 256),
         checkpoint_spread_over=checkpoint.positive_int("spread_over", 8),
+        checkpoint_max_share=_share(checkpoint, "max_share", 0.5),
         http_host=http.get("host", str, default="127.0.0.1"),
         http_port=port,
         http_token_file=token_file,
@@ -403,6 +408,15 @@ def _source(mapping: _Mapping) -> SourceConfig:
                                   "remove it or set source.kind")
     mapping.reject_unknown()
     return config
+
+
+def _share(mapping: _Mapping, key: str, default: float) -> float:
+    """A share of time: a number in (0, 1]."""
+    value = mapping.get(key, float, default=default)
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ConfigError(f"{mapping._key_path(key)}: must be a share of the time in (0, 1] "
+                          f"(1: never held back), got {value}")
+    return value
 
 
 def _kafka(mapping: _Mapping | None) -> KafkaConfig:

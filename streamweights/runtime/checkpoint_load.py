@@ -52,6 +52,7 @@ class CheckpointLoad:
                 f"({count} of them, the longest {longest:.2f} s): the loop waits on them. "
                 "Each writes the whole state of the streams changed since their last "
                 "records (~0.5-1 ms a stream), so records spread over many streams cost that "
-                "much each; raise checkpoint.every_records / every_seconds (embedded: or "
+                "much each, and a checkpoint held back by checkpoint.max_share waits 1 s at "
+                "most; raise checkpoint.every_records / every_seconds (embedded: or "
                 "checkpoint.spread_over) or hold fewer streams per replica (README: Many "
                 "streams in one replica)")

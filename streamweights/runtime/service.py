@@ -46,6 +46,7 @@ from streamweights.pipeline import DeadLetter, Outcome, Pipeline
 from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.checkpoint_load import CheckpointLoad
+from streamweights.runtime.checkpoint_pacing import CheckpointPacer
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
@@ -86,6 +87,9 @@ THREAD_SWITCH_INTERVAL = 0.001
 #: so a backlog built up and label -> weights latency grew to seconds. Past the cap
 #: (a commit that slow) the loop blocks on it as before, bounding the records held.
 DEFERRED_CHECKPOINT_RECORDS = 4
+
+#: A checkpoint holding the next back at least this long is logged (once a run).
+PACING_NOTED_SECONDS = 0.05
 
 #: Streams named one by one in a progress line; a replica holding more gets their sums
 #: (10,000 streams made a ~1 MB line every ``progress_every_seconds``).
@@ -478,6 +482,9 @@ class Service:
         self._refreshed_marks: dict[str, tuple[int, int, int]] = {}
         self._refresh_cursor = 0
         self._checkpoint_load = CheckpointLoad()
+        #: holds the loop's next checkpoint back after a long one (many streams)
+        self._pacer = CheckpointPacer(config.checkpoint_max_share)
+        self._pacing_noted = False
         self.view = ServiceView()
         with collections_paused():
             self.pipeline = Pipeline(config.streams)
@@ -567,9 +574,18 @@ class Service:
             self.state.restore(self)
 
     def checkpoint(self) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         size = self.state.checkpoint(self)
         seconds = time.perf_counter() - started
+        cpu = time.thread_time() - cpu
+        # (on the loop's cadence clock)
+        rest = self._pacer.taken(cpu, time.monotonic())
+        if rest >= PACING_NOTED_SECONDS and not self._pacing_noted:
+            self._pacing_noted = True
+            log.info("a checkpoint took %.3f s of CPU: the next waits for %.3f s of records "
+                     "at least, so that checkpoints take at most checkpoint.max_share (%.2f) "
+                     "of the loop's time (said once)", cpu, rest,
+                     self.config.checkpoint_max_share)
         self.metrics.checkpoint_duration.observe(seconds)
         self.metrics.snapshot_bytes.set(size)
         warning = self._checkpoint_load.record(seconds)
@@ -664,6 +680,7 @@ class Service:
         every_seconds = config.checkpoint_every_seconds
         wait_cap = DEFERRED_CHECKPOINT_RECORDS * every_records
         in_flight = self.state.commit_in_flight
+        paced = self._pacer.allows  # (a long checkpoint holds the next back)
         general, clock = self._process_general, time.perf_counter
         state, stop = self.__dict__, self._stop
 
@@ -686,13 +703,15 @@ class Service:
             if bounded and self.position >= bound and self._bound_reached(self.position):
                 return True
             since = processed - last_checkpoint_records
-            if since >= every_records and not deferred(since):
+            if (since >= every_records and not deferred(since)
+                    and paced(time.monotonic())):
                 self.checkpoint()
                 last_checkpoint_records = processed
                 last_checkpoint_time = time.monotonic()
             if processed & 15 == 0:  # the clock every 16 records: a 100 ms cadence holds
                 now = time.monotonic()  # from ~200 records/s (slower inputs commit when idle)
-                if now - last_checkpoint_time >= every_seconds and not deferred(since):
+                if (now - last_checkpoint_time >= every_seconds and not deferred(since)
+                        and paced(now)):
                     self.checkpoint()
                     last_checkpoint_records, last_checkpoint_time = processed, now
                 if processed & 255 == 0 and now - last_progress >= config.progress_every_seconds:
