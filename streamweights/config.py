@@ -243,8 +243,8 @@ class ServiceConfig:
     checkpoint_spread_above: int = 256
     checkpoint_spread_over: int = 8
     #: The most of the loop's time checkpoints may take: after one that took ``d`` s the
-    #: next waits for ``d (1 - share) / share`` s of records, at most 1 s
-    #: (``runtime.checkpoint_pacing``). 1: never held back.
+    #: next waits for ``d (1 - share) / share`` s of records, at most 1 s, when it wrote
+    #: 64 changed streams or more (``runtime.checkpoint_pacing``). 1: never held back.
     checkpoint_max_share: float = 0.5
     http_host: str = "127.0.0.1"
     http_port: int | None = 9108

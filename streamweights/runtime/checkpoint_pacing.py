@@ -9,10 +9,11 @@ encoding. The pacer keeps checkpoints to at most ``checkpoint.max_share`` of the
 time: after one that used ``d`` seconds of the loop thread's CPU, the next waits for
 ``d × (1 − share) / share`` seconds of processing, at most :data:`PACING_CAP_SECONDS` (a
 Kafka transaction must commit well within the producer's timeout), on top of the usual
-cadence. Checkpoints of a few milliseconds (a few streams) are not held back: the
-cadence comes first. A longer interval means more records per checkpoint and later
-visible outputs (``read_committed`` readers of a Kafka replica), not different ones:
-what a checkpoint holds never depends on when it is taken.
+cadence. Checkpoints of fewer than :data:`PACING_MIN_STREAMS` changed streams hold
+nothing back: the cadence set holds exactly. A longer interval
+means more records per checkpoint and later visible outputs (``read_committed`` readers
+of a Kafka replica), not different ones: what a checkpoint holds never depends on when
+it is taken.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import math
 
 #: The longest a checkpoint is held back after the previous one ended.
 PACING_CAP_SECONDS = 1.0
+#: A checkpoint of fewer changed streams than this holds nothing back: the cadence set
+#: holds exactly for a replica of a few streams (a few ms a checkpoint, which a garbage
+#: collection inside it can make 80 ms), and a rest that short would barely bind.
+PACING_MIN_STREAMS = 64
 
 
 class CheckpointPacer:
@@ -38,12 +43,13 @@ class CheckpointPacer:
     def allows(self, now: float) -> bool:
         return now >= self.earliest
 
-    def taken(self, seconds: float, ended: float) -> float:
-        """A checkpoint used ``seconds`` of the loop thread's CPU (encoding and writing
-        its streams; not the wait for a broker's answer, which is not work the loop
-        could do fewer of) and ended at ``ended`` (monotonic seconds); returns the rest
-        that follows it."""
-        rest = min(seconds * self.rest_per_second, PACING_CAP_SECONDS)
+    def taken(self, seconds: float, ended: float, streams: int) -> float:
+        """A checkpoint of ``streams`` changed streams used ``seconds`` of the loop
+        thread's CPU (encoding and writing them; not the wait for a broker's answer,
+        which is not work the loop could do fewer of) and ended at ``ended`` (monotonic
+        seconds); returns the rest that follows it."""
+        rest = (0.0 if streams < PACING_MIN_STREAMS
+                else min(seconds * self.rest_per_second, PACING_CAP_SECONDS))
         self.earliest = ended + rest
         self.last = (seconds, rest)
         return rest

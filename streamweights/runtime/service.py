@@ -575,11 +575,11 @@ class Service:
 
     def checkpoint(self) -> None:
         started, cpu = time.perf_counter(), time.thread_time()
+        changed = len(self.pipeline.changed_streams())
         size = self.state.checkpoint(self)
         seconds = time.perf_counter() - started
         cpu = time.thread_time() - cpu
-        # (on the loop's cadence clock)
-        rest = self._pacer.taken(cpu, time.monotonic())
+        rest = self._pacer.taken(cpu, time.monotonic(), changed)  # (the cadence's clock)
         if rest >= PACING_NOTED_SECONDS and not self._pacing_noted:
             self._pacing_noted = True
             log.info("a checkpoint took %.3f s of CPU: the next waits for %.3f s of records "

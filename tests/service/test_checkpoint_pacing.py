@@ -13,26 +13,35 @@ import pytest
 import yaml
 
 from streamweights.config import ConfigError, load_config, parse_config
-from streamweights.runtime.checkpoint_pacing import PACING_CAP_SECONDS, CheckpointPacer
+from streamweights.runtime import checkpoint_pacing
+from streamweights.runtime.checkpoint_pacing import (
+    PACING_CAP_SECONDS,
+    PACING_MIN_STREAMS,
+    CheckpointPacer,
+)
 from streamweights.runtime.service import Service
 from tests.service.drifting import OUTPUTS, write_config, write_drifting_input
 
 
 def test_rest_is_the_share_of_the_checkpoint_capped():
-    """Scenario: checkpoints of 0.4 s, 0.1 s and 5 s of CPU under shares 0.5, 0.25, 1.
-    We expect: rests of 0.4 s (half the time), 0.3 s (a quarter), the cap for the
-    longest, and none at share 1; a checkpoint may be taken exactly when its rest ends."""
+    """Scenario: checkpoints of 0.4 s, 0.1 s and 5 s of CPU under shares 0.5, 0.25, 1,
+    and one of too few streams. We expect: rests of 0.4 s (half the time), 0.3 s (a
+    quarter), the cap for the longest, none at share 1 nor for too few streams; a
+    checkpoint may be taken exactly when its rest ends."""
     pacer = CheckpointPacer(0.5)
     assert pacer.allows(0.0)
-    assert pacer.taken(0.4, 10.4) == pytest.approx(0.4)
+    many = PACING_MIN_STREAMS
+    assert pacer.taken(0.4, 10.4, many) == pytest.approx(0.4)
     assert not pacer.allows(10.79)
     assert pacer.allows(10.8 + 1e-9)
-    assert CheckpointPacer(0.25).taken(0.1, 0.1) == pytest.approx(0.3)
+    assert CheckpointPacer(0.25).taken(0.1, 0.1, many) == pytest.approx(0.3)
+    few = CheckpointPacer(0.25)
+    assert few.taken(0.1, 1.0, many - 1) == 0.0 and few.allows(1.0)
     long = CheckpointPacer(0.5)
-    assert long.taken(5.0, 5.0) == PACING_CAP_SECONDS
+    assert long.taken(5.0, 5.0, many) == PACING_CAP_SECONDS
     assert long.last == (5.0, PACING_CAP_SECONDS)
     never = CheckpointPacer(1.0)
-    assert never.taken(5.0, 5.0) == 0.0 and never.allows(5.0)
+    assert never.taken(5.0, 5.0, many) == 0.0 and never.allows(5.0)
     for share in (0.0, -0.5, 1.5, math.nan):
         with pytest.raises(ValueError, match="max_share"):
             CheckpointPacer(share)
@@ -71,7 +80,16 @@ def _run(folder, input_path, share: float, checkpoint_seconds: float) -> tuple[i
     return len(taken), {name: (folder / name).read_bytes() for name in OUTPUTS}
 
 
-def test_long_checkpoints_are_paced_and_the_outputs_do_not_change(tmp_path):
+@pytest.fixture
+def any_stream_count(monkeypatch):
+    """Hold back after checkpoints of any number of changed streams (the drifting input
+    has one stream; the threshold is what ``test_a_few_streams_are_never_held_back``
+    checks)."""
+    monkeypatch.setattr(checkpoint_pacing, "PACING_MIN_STREAMS", 0)
+
+
+def test_long_checkpoints_are_paced_and_the_outputs_do_not_change(tmp_path,
+                                                                  any_stream_count):
     """Scenario: 400 records with a checkpoint due after each: once with checkpoints of
     5 ms never held back (share 1), once with checkpoints of 150 ms at share 0.5, where
     400 records take far less than the 150 ms rest. We expect: a checkpoint after
@@ -87,10 +105,22 @@ def test_long_checkpoints_are_paced_and_the_outputs_do_not_change(tmp_path):
     assert paced == unpaced
 
 
-def test_a_wait_inside_a_checkpoint_is_not_held_against_the_next(tmp_path):
+def test_a_few_streams_are_never_held_back(tmp_path):
+    """Scenario: one stream, a checkpoint due after every record, each taking 20 ms of
+    CPU at share 0.5. We expect: a checkpoint after every record all the same (fewer
+    than ``PACING_MIN_STREAMS`` changed streams hold nothing back)."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_drifting_input(input_path, predictions=40)
+    records = sum(1 for line in lines if line.strip())
+    count, _ = _run(tmp_path / "few", input_path, 0.5, 0.02)
+    assert count >= records
+
+
+def test_a_wait_inside_a_checkpoint_is_not_held_against_the_next(tmp_path,
+                                                                 any_stream_count):
     """Scenario: a checkpoint that sleeps 200 ms (as when it waits for a broker), then
-    one that computes for 200 ms, at share 0.5. We expect: the first asks for next to no
-    rest (its CPU time is the write's own, milliseconds), the second for as long as it
+    one that computes for 200 ms, at share 0.5. We expect: the first asks for no rest
+    (its CPU time is the write's own, milliseconds), the second for as long as it
     took."""
     input_path = tmp_path / "input.jsonl"
     write_drifting_input(input_path, predictions=20)
@@ -112,7 +142,7 @@ def test_a_wait_inside_a_checkpoint_is_not_held_against_the_next(tmp_path):
         service.state.checkpoint = asleep
         service.checkpoint()
         cpu, rest = service._pacer.last
-        assert cpu < 0.1 and rest < 0.1
+        assert cpu < 0.1 and rest == pytest.approx(cpu)
         service.state.checkpoint = busy
         service.checkpoint()
         cpu, rest = service._pacer.last
