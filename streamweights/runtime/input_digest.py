@@ -84,3 +84,51 @@ def check_whole(path: str, recorded: InputDigest, now: InputDigest, state_dir: o
             f"{now.size:,} bytes, CRC-32 {now.crc32:08x}. A table's rows are read whole "
             "(ordered by time), so a changed file is a new input: put the original back, "
             "or start over with a fresh state_dir")
+
+
+class ReadTally:
+    """What a JSONL source (``sources.JsonlSource``) has read, kept so that the CRC-32
+    of the file's bytes up to any record of the current block's lines can be given when
+    asked (``digest``), with nothing counted per line: the lines completed in the
+    current block (``lines``, the first at ``first``, starting at byte ``start``), the
+    block and the CRC of the bytes before it; for a record before them, the digest of
+    the bytes up to the previous block's last newline (``left``: a longer prefix, blank
+    lines only, read all the same)."""
+
+    __slots__ = ("base_crc", "block", "block_start", "first", "left", "lines", "start")
+
+    def __init__(self) -> None:
+        self.base_crc = self.block_start = self.first = self.start = 0
+        self.block = b""
+        self.lines: list[bytes] = []
+        self.left = InputDigest()
+
+    def next_block(self, block: bytes, lines: list[bytes], first: int, partial: int) -> None:
+        """``block`` read; ``lines`` the lines it completes (``partial``: the bytes of
+        the first of them that came in blocks before), the first at position ``first``."""
+        previous, previous_start = self.block, self.block_start
+        if previous:
+            kept = len(previous) - partial  # up to its last newline (none: left as is)
+            if kept >= 0:  # (one CRC pass over the block: the prefix's, then the rest)
+                view = memoryview(previous)
+                self.left = InputDigest(previous_start + kept,
+                                        zlib.crc32(view[:kept], self.base_crc))
+                self.base_crc = zlib.crc32(view[kept:], self.left.crc32)
+            else:
+                self.base_crc = zlib.crc32(previous, self.base_crc)
+        self.block, self.block_start = block, previous_start + len(previous)
+        self.lines, self.first, self.start = lines, first, self.block_start - partial
+
+    def digest(self, position: int) -> InputDigest:
+        """The bytes up to the end of line ``position - 1`` (or a little further)."""
+        count = position - self.first
+        if count <= 0 or count > len(self.lines):
+            return self.left
+        end = self.start + sum(map(len, self.lines[:count])) + count  # (newlines)
+        return InputDigest(end, zlib.crc32(self.block[:end - self.block_start], self.base_crc))
+
+    def end_of_file(self) -> None:
+        """The whole file is read and its last line, which has no newline, handed out:
+        past the lines there is only the whole file (``left``, as an empty block after
+        it leaves it)."""
+        self.next_block(b"", [], self.first + len(self.lines), 0)

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import itertools
 import sys
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from streamweights.config import SourceConfig
 from streamweights.runtime.exceptions import RuntimeSetupError
-from streamweights.runtime.input_digest import InputDigest, check_prefix, check_whole, prefix_digest
+from streamweights.runtime.input_digest import (
+    InputDigest,
+    ReadTally,
+    check_prefix,
+    check_whole,
+    prefix_digest,
+)
 from streamweights.runtime.replay import ReplayStream
 
 
@@ -74,54 +79,6 @@ class ReplaySource:
 READ_BLOCK_BYTES = 1 << 20
 
 
-class _ReadTally:
-    """What a JSONL source has read, kept so that the CRC-32 of the file's bytes up to
-    any record of the current block's lines can be given when asked (``digest``), with
-    nothing counted per line: the lines completed in the current block (``lines``, the
-    first at ``first``, starting at byte ``start``), the block and the CRC of the bytes
-    before it; for a record before them, the digest of the bytes up to the previous
-    block's last newline (``left``: a longer prefix, blank lines only, read all the
-    same)."""
-
-    __slots__ = ("base_crc", "block", "block_start", "first", "left", "lines", "start")
-
-    def __init__(self) -> None:
-        self.base_crc = self.block_start = self.first = self.start = 0
-        self.block = b""
-        self.lines: list[bytes] = []
-        self.left = InputDigest()
-
-    def next_block(self, block: bytes, lines: list[bytes], first: int, partial: int) -> None:
-        """``block`` read; ``lines`` the lines it completes (``partial``: the bytes of
-        the first of them that came in blocks before), the first at position ``first``."""
-        previous, previous_start = self.block, self.block_start
-        if previous:
-            kept = len(previous) - partial  # up to its last newline (none: left as is)
-            if kept >= 0:  # (one CRC pass over the block: the prefix's, then the rest)
-                view = memoryview(previous)
-                self.left = InputDigest(previous_start + kept,
-                                        zlib.crc32(view[:kept], self.base_crc))
-                self.base_crc = zlib.crc32(view[kept:], self.left.crc32)
-            else:
-                self.base_crc = zlib.crc32(previous, self.base_crc)
-        self.block, self.block_start = block, previous_start + len(previous)
-        self.lines, self.first, self.start = lines, first, self.block_start - partial
-
-    def digest(self, position: int) -> InputDigest:
-        """The bytes up to the end of line ``position - 1`` (or a little further)."""
-        count = position - self.first
-        if count <= 0 or count > len(self.lines):
-            return self.left
-        end = self.start + sum(map(len, self.lines[:count])) + count  # (newlines)
-        return InputDigest(end, zlib.crc32(self.block[:end - self.block_start], self.base_crc))
-
-    def end_of_file(self) -> None:
-        """The whole file is read and its last line, which has no newline, handed out:
-        the digest of any later position is the whole file's."""
-        self.next_block(b"", [], self.first + len(self.lines), 0)
-        self.left = InputDigest(self.block_start, self.base_crc)
-
-
 class JsonlSource:
     """One JSON record per line from a file, or ``-`` for standard input."""
 
@@ -133,7 +90,7 @@ class JsonlSource:
         self.rereadable = path != "-"
         #: The prefix of the file the latest ``open`` has handed out records from, and
         #: the one a restore checked (``input_digest``: the longer of the two).
-        self.read, self.checked = _ReadTally(), InputDigest()
+        self.read, self.checked = ReadTally(), InputDigest()
         if path != "-":
             try:
                 open(path, "rb").close()
@@ -142,10 +99,10 @@ class JsonlSource:
                                         f"({error.strerror})") from None
 
     def open(self, start: int) -> Iterator[tuple[int, bytes]]:
-        self.read = _ReadTally()  # (now, not when the first record is asked for)
+        self.read = ReadTally()  # (now, not when the first record is asked for)
         return self._lines(start, self.read)
 
-    def _lines(self, start: int, read: _ReadTally) -> Iterator[tuple[int, bytes]]:
+    def _lines(self, start: int, read: ReadTally) -> Iterator[tuple[int, bytes]]:
         """The file's lines (split at newlines, as iterating a binary file does), read a
         block at a time (``read1``: from a pipe, what has been written so far), so that
         the digest of what was handed out costs a CRC-32 pass over each block rather
