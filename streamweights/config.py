@@ -330,7 +330,7 @@ def parse_config(document: Any) -> ServiceConfig:
             "every_seconds", KAFKA_CHECKPOINT_SECONDS if kafka else 30.0),
         checkpoint_spread_above=checkpoint.positive_int("spread_above", 256),
         checkpoint_spread_over=checkpoint.positive_int("spread_over", 8),
-        checkpoint_max_share=_share(checkpoint, "max_share", 0.5),
+        checkpoint_max_share=_time_share(checkpoint, "max_share", 0.5),
         http_host=http.get("host", str, default="127.0.0.1"),
         http_port=port,
         http_token_file=token_file,
@@ -410,8 +410,8 @@ def _source(mapping: _Mapping) -> SourceConfig:
     return config
 
 
-def _share(mapping: _Mapping, key: str, default: float) -> float:
-    """A share of time: a number in (0, 1]."""
+def _time_share(mapping: _Mapping, key: str, default: float) -> float:
+    """A share of the loop's time: a number in (0, 1] (1: no limit)."""
     value = mapping.get(key, float, default=default)
     if not (math.isfinite(value) and 0 < value <= 1):
         raise ConfigError(f"{mapping._key_path(key)}: must be a share of the time in (0, 1] "
