@@ -75,8 +75,8 @@ def check_prefix(path: str, recorded: InputDigest, state_dir: object) -> None:
 
 
 def check_whole(path: str, recorded: InputDigest, now: InputDigest, state_dir: object) -> None:
-    """Refuse a table file (digest ``now``, taken when the source opened it) that is not
-    byte for byte the one a snapshot in ``state_dir`` was taken over."""
+    """Refuse a table file (digest ``now``, read by this run) that is not byte for byte
+    the one a snapshot in ``state_dir`` was taken over."""
     if now != recorded:
         raise RuntimeSetupError(
             f"state_dir {state_dir}: its snapshot was taken over {path} as it was then "

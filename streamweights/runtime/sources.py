@@ -59,20 +59,29 @@ class ReplaySource:
         self.name = f"replay:{self.replay.scenario.name}"
         self.stream = config.stream
         self.models = self.replay.models
-        #: A table's file as it was opened: its rows are ordered when read, so a
-        #: checkpoint stands for the whole file (a built-in scenario has none).
+        #: A table's file: its rows are ordered when read, so a checkpoint stands for
+        #: the whole file (a built-in scenario has none).
         self.path = config.path if self.replay.table is not None else None
-        self.digest = None if self.path is None else prefix_digest(self.path)
+        self._digest: InputDigest | None = None
 
     def open(self, start: int) -> Iterator[tuple[int, bytes]]:
         return self.replay.records(start)
 
+    def _whole_file(self) -> InputDigest | None:
+        """The table file's digest, read once when first asked (a restore's check or the
+        first checkpoint), not when the source is built (``validate`` builds it too)."""
+        if self._digest is None and self.path is not None:
+            self._digest = prefix_digest(self.path)
+        return self._digest
+
     def input_digest(self, position: int) -> dict[str, int] | None:
-        return None if self.digest is None else self.digest.to_json()
+        digest = self._whole_file()
+        return None if digest is None else digest.to_json()
 
     def check_input(self, recorded: InputDigest, state_dir: object) -> None:
-        if self.path is not None and self.digest is not None:
-            check_whole(self.path, recorded, self.digest, state_dir)
+        digest = self._whole_file()
+        if digest is not None:
+            check_whole(str(self.path), recorded, digest, state_dir)
 
 
 #: Bytes a JSONL source reads at a time.
