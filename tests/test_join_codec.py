@@ -14,7 +14,7 @@ import pytest
 
 from streamweights import _native
 from streamweights.adapters import dumps_state, loads_state, state_codec
-from streamweights.adapters.state_codec import pack_state, unpack_state
+from streamweights.adapters.state_codec import PackedPart, pack_state, unpack_state
 from streamweights.join import PendingJoin, decode_entry, encode_entry
 
 
@@ -547,7 +547,7 @@ def test_the_core_marks_trees_as_the_python_pass_does(odd):
                 "parts": [_random_tree(rng, 1, odd) for _ in range(3)]}
         assert _marking(state_codec._marked_usual, tree) == _marking(state_codec._marked, tree)
         gave_up = object()
-        marked_by_core += _native.mark_packed(tree, [], gave_up) is not gave_up
+        marked_by_core += _native.mark_packed(tree, [], gave_up, PackedPart) is not gave_up
     if odd:
         assert 300 < marked_by_core < 2700  # both paths taken
     else:
@@ -562,12 +562,12 @@ def test_the_core_leaves_deeply_nested_trees_to_the_python_pass():
     shallow: list = [1.5]
     for _ in range(150):
         shallow = [shallow, {"k": 2}]
-    marked = _native.mark_packed(shallow, [], gave_up)
+    marked = _native.mark_packed(shallow, [], gave_up, PackedPart)
     assert marked is not gave_up and marked == shallow  # plain all the way down
     deep: list = [1.5]
     for _ in range(200_000):
         deep = [deep, {"k": 2}]
-    assert _native.mark_packed(deep, [], gave_up) is gave_up
+    assert _native.mark_packed(deep, [], gave_up, PackedPart) is gave_up
     with pytest.raises(RecursionError):
         pack_state({"deep": deep})
 
@@ -665,3 +665,23 @@ def test_the_join_writes_flat_entries_itself_once_it_knows_their_skeleton():
     assert len(calls) == 1 and len(texts) == 1  # asked again: a new codec
     assert texts[0][1] == "[" + ",".join(encode_entry(p.id, p.ts, p.payload)
                                          for p in join.waiting()[len(waiting):]) + "]"
+
+
+def test_a_packed_part_writes_the_bytes_of_the_tree_it_holds():
+    """``PackedPart`` (an adapter's config packed once, ``Adapter.state_dict`` inside
+    ``configs_packed``) in a tree: the same skeleton and data as the tree it holds, with
+    its long float lists' bytes in their place among the others', by the core's pass and
+    by the Python pass (a NaN elsewhere in the state sends the whole tree there)."""
+    config = {"steps": [0.001, 0.002, 0.004, 0.008], "alphas": [0.1], "name": "x"}
+    part = state_codec.packed_part(config)
+    assert part is not None and len(part.arrays) == 1
+    for value in (1.5, float("nan")):
+        plain = {"before": np.arange(3.0), "config": config, "after": [value] * 5,
+                 "last": value}
+        with_part = {**plain, "config": part}
+        assert pack_state(with_part) == pack_state(plain)
+        skeleton, data = pack_state(with_part)
+        assert dumps_state(unpack_state(json.loads(skeleton), data)) == dumps_state(plain)
+    # what the core's pass does not take stays a tree, written with its state each time
+    assert state_codec.packed_part({"radius": float("inf")}) is None
+    assert state_codec.packed_part({"big": 2**70}) is None

@@ -6,13 +6,18 @@
 //!
 //! Only the usual trees are marked here: exact dicts with string keys, exact lists and
 //! tuples, exact NumPy arrays of numbers, and str, int, float, bool and None leaves, every
-//! float finite. For anything else (a subclass, a NumPy scalar, a non-finite float, a key
+//! float finite; and parts packed before (`state_codec.PackedPart`: an adapter's config,
+//! packed once when first written), whose text and arrays are taken as they are. For
+//! anything else (a subclass, a NumPy scalar, a non-finite float, a key
 //! or array the packed form refuses) the pass gives up and the caller runs the Python
 //! pass from the start, which is the reference: its result, or its error, stands.
 
-use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use std::cell::RefCell;
+
+use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 const PACKED_TAG: &str = "__nd__";
 const FLOATS_TAG: &str = "__f8__";
@@ -29,11 +34,13 @@ enum Kind {
     List,
     Tuple,
     Array,
+    /// A `state_codec.PackedPart`: its text and arrays, packed before.
+    Part,
     /// Anything else: the Python pass decides.
     Unusual,
 }
 
-fn kind_of(value: &Bound<'_, PyAny>) -> Kind {
+fn kind_of(value: &Bound<'_, PyAny>, part: &Bound<'_, PyType>) -> Kind {
     if value.is_exact_instance_of::<PyFloat>() {
         Kind::Float
     } else if value.is_exact_instance_of::<PyInt>()
@@ -50,6 +57,8 @@ fn kind_of(value: &Bound<'_, PyAny>) -> Kind {
         Kind::Tuple
     } else if value.is_exact_instance_of::<PyUntypedArray>() {
         Kind::Array
+    } else if value.get_type().is(part) {
+        Kind::Part
     } else {
         Kind::Unusual
     }
@@ -79,25 +88,33 @@ fn or_unusual<T>(result: PyResult<T>) -> Result<T, Unusual> {
 /// answers for them), so a pathological tree cannot exhaust this thread's stack.
 const DEPTH_MAX: usize = 200;
 
-fn mark(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
+/// What the pass reads besides the tree: the list the arrays go to, and the type of the
+/// parts packed before.
+struct Marking<'a, 'py> {
+    arrays: &'a Bound<'py, PyList>,
+    part: &'a Bound<'py, PyType>,
+    /// The dtype strings met so far, by dtype (a stream's ~70 arrays have three or four
+    /// dtypes; reading `dtype.str` made a new string each time: ~a third of an array's
+    /// marker). The dtypes are held, so an address stays theirs for the whole pass.
+    codes: RefCell<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>>,
+}
+
+fn mark<'py>(tree: &Bound<'py, PyAny>, to: &Marking<'_, 'py>, depth: usize) -> Marked {
     if depth > DEPTH_MAX {
         return Err(Unusual);
     }
-    match kind_of(tree) {
-        Kind::Dict => mark_dict(
-            tree.downcast::<PyDict>().map_err(|_| Unusual)?,
-            arrays,
-            depth,
-        ),
-        Kind::List | Kind::Tuple => mark_sequence(tree, arrays, depth),
-        Kind::Array => mark_array(tree, arrays),
+    match kind_of(tree, to.part) {
+        Kind::Dict => mark_dict(tree.downcast::<PyDict>().map_err(|_| Unusual)?, to, depth),
+        Kind::List | Kind::Tuple => mark_sequence(tree, to, depth),
+        Kind::Array => mark_array(tree, to),
+        Kind::Part => take_part(tree, to.arrays),
         Kind::Float if !finite(tree) => Err(Unusual),
         Kind::Float | Kind::OtherPlain => Ok(tree.clone().unbind()),
         Kind::Unusual => Err(Unusual),
     }
 }
 
-fn mark_dict(tree: &Bound<'_, PyDict>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
+fn mark_dict<'py>(tree: &Bound<'py, PyDict>, to: &Marking<'_, 'py>, depth: usize) -> Marked {
     let py = tree.py();
     let marked = PyDict::new(py);
     for (index, (key, value)) in tree.iter().enumerate() {
@@ -111,10 +128,10 @@ fn mark_dict(tree: &Bound<'_, PyDict>, arrays: &Bound<'_, PyList>, depth: usize)
                 return Err(Unusual); // refused by the Python pass, with its message
             }
         }
-        let entry = match kind_of(&value) {
+        let entry = match kind_of(&value, to.part) {
             Kind::Float if !finite(&value) => return Err(Unusual),
             Kind::Float | Kind::OtherPlain => value.unbind(),
-            _ => mark(&value, arrays, depth + 1)?,
+            _ => mark(&value, to, depth + 1)?,
         };
         or_unusual(marked.set_item(key, entry))?;
     }
@@ -147,17 +164,17 @@ fn is_plain(kind: Kind) -> bool {
     kind == Kind::Float || kind == Kind::OtherPlain
 }
 
-fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usize) -> Marked {
+fn mark_sequence<'py>(tree: &Bound<'py, PyAny>, to: &Marking<'_, 'py>, depth: usize) -> Marked {
     let py = tree.py();
     let values = items(tree);
-    let kinds: Vec<Kind> = values.iter().map(kind_of).collect();
+    let kinds: Vec<Kind> = values.iter().map(|value| kind_of(value, to.part)).collect();
     if kinds.contains(&Kind::Unusual) {
         return Err(Unusual); // a NumPy scalar among them, or something stranger
     }
     if kinds.iter().all(|kind| is_plain(*kind)) {
         let (all_floats, all_finite) = plain_floats(&values, &kinds);
         if values.len() >= FLOATS_MIN && all_floats {
-            return pack_floats(&values, arrays);
+            return pack_floats(&values, to.arrays);
         }
         if !all_finite {
             return Err(Unusual);
@@ -165,14 +182,14 @@ fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usi
         return Ok(tree.clone().unbind()); // as it is (a tuple stays a tuple)
     }
     if !values.is_empty() && kinds.iter().all(|kind| *kind == Kind::List) {
-        return mark_rows(tree, &values, arrays, depth);
+        return mark_rows(tree, &values, to, depth);
     }
     let mut marked = Vec::with_capacity(values.len());
     for (value, kind) in values.iter().zip(&kinds) {
         marked.push(match kind {
             Kind::Float if !finite(value) => return Err(Unusual),
             Kind::Float | Kind::OtherPlain => value.clone().unbind(),
-            _ => mark(value, arrays, depth + 1)?,
+            _ => mark(value, to, depth + 1)?,
         });
     }
     Ok(PyList::new(py, marked)
@@ -183,17 +200,17 @@ fn mark_sequence(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, depth: usi
 
 /// A list of lists (a ring of rows): kept as it is when every row is short and plain,
 /// otherwise row by row (plain rows that are short or not all floats kept as they are).
-fn mark_rows(
-    tree: &Bound<'_, PyAny>,
-    rows: &[Bound<'_, PyAny>],
-    arrays: &Bound<'_, PyList>,
+fn mark_rows<'py>(
+    tree: &Bound<'py, PyAny>,
+    rows: &[Bound<'py, PyAny>],
+    to: &Marking<'_, 'py>,
     depth: usize,
 ) -> Marked {
     let py = tree.py();
     let row_items: Vec<Vec<Bound<'_, PyAny>>> = rows.iter().map(items).collect();
     let row_kinds: Vec<Vec<Kind>> = row_items
         .iter()
-        .map(|row| row.iter().map(kind_of).collect())
+        .map(|row| row.iter().map(|value| kind_of(value, to.part)).collect())
         .collect();
     let longest = row_items.iter().map(Vec::len).max().unwrap_or(0);
     if longest < FLOATS_MIN && row_kinds.iter().flatten().all(|kind| is_plain(*kind)) {
@@ -217,7 +234,7 @@ fn mark_rows(
             }
             marked.push(row.clone().unbind());
         } else {
-            marked.push(mark(row, arrays, depth + 1)?);
+            marked.push(mark(row, to, depth + 1)?);
         }
     }
     Ok(PyList::new(py, marked)
@@ -240,33 +257,70 @@ fn pack_floats(values: &[Bound<'_, PyAny>], arrays: &Bound<'_, PyList>) -> Marke
         .map_err(|_| Unusual)?;
     or_unusual(arrays.append(crate::arrays::vector(py, &floats)))?;
     let marker = PyDict::new(py);
-    or_unusual(marker.set_item(FLOATS_TAG, floats.len()))?;
+    or_unusual(marker.set_item(intern!(py, FLOATS_TAG), floats.len()))?;
     Ok(marker.into_any().unbind())
 }
 
 /// An array of numbers: appended to `arrays`; its marker `{"__nd__": [dtype, shape]}`.
-fn mark_array(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
+fn mark_array<'py>(tree: &Bound<'py, PyAny>, to: &Marking<'_, 'py>) -> Marked {
     let py = tree.py();
     let array = tree.downcast::<PyUntypedArray>().map_err(|_| Unusual)?;
-    let dtype = array.dtype();
-    if dtype.has_object() || dtype.has_fields() {
-        return Err(Unusual); // refused by the Python pass, with its message
-    }
-    let code = or_unusual(dtype.getattr("str"))?;
+    let dtype = array.dtype().into_any();
+    let known = to
+        .codes
+        .borrow()
+        .iter()
+        .find(|(seen, _)| seen.is(&dtype))
+        .map(|(_, code)| code.clone());
+    let code = match known {
+        Some(code) => code,
+        None => {
+            let descr = dtype.downcast::<PyArrayDescr>().map_err(|_| Unusual)?;
+            if descr.has_object() || descr.has_fields() {
+                return Err(Unusual); // refused by the Python pass, with its message
+            }
+            let code = or_unusual(dtype.getattr(intern!(py, "str")))?;
+            to.codes.borrow_mut().push((dtype, code.clone()));
+            code
+        }
+    };
     let shape = PyList::new(py, array.shape()).map_err(|_| Unusual)?;
-    or_unusual(arrays.append(tree))?;
-    let spec = PyList::new(py, [code.into_any(), shape.into_any()]).map_err(|_| Unusual)?;
+    or_unusual(to.arrays.append(tree))?;
+    let spec = PyList::new(py, [code, shape.into_any()]).map_err(|_| Unusual)?;
     let marker = PyDict::new(py);
-    or_unusual(marker.set_item(PACKED_TAG, spec))?;
+    or_unusual(marker.set_item(intern!(py, PACKED_TAG), spec))?;
     Ok(marker.into_any().unbind())
+}
+
+/// A part packed before (`state_codec.PackedPart`): its arrays appended to `arrays`, its
+/// text (an `orjson.Fragment`, written as it is) in its place.
+fn take_part(part: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>) -> Marked {
+    let py = part.py();
+    let its_arrays = or_unusual(part.getattr(intern!(py, "arrays")))?;
+    let its_arrays = its_arrays.downcast::<PyTuple>().map_err(|_| Unusual)?;
+    for array in its_arrays.iter() {
+        or_unusual(arrays.append(array))?;
+    }
+    Ok(or_unusual(part.getattr(intern!(py, "text")))?.unbind())
 }
 
 /// `state_codec._marked(tree, arrays)` for the usual trees (see the module docs), or
 /// `unusual` when this pass gave up; arrays it appended before giving up are the
-/// caller's to remove.
+/// caller's to remove. Instances of `part` (`state_codec.PackedPart`) are taken as
+/// packed before.
 #[pyfunction]
-fn mark_packed(tree: &Bound<'_, PyAny>, arrays: &Bound<'_, PyList>, unusual: PyObject) -> PyObject {
-    mark(tree, arrays, 0).unwrap_or(unusual)
+fn mark_packed(
+    tree: &Bound<'_, PyAny>,
+    arrays: &Bound<'_, PyList>,
+    unusual: PyObject,
+    part: &Bound<'_, PyType>,
+) -> PyObject {
+    let marking = Marking {
+        arrays,
+        part,
+        codes: RefCell::new(Vec::new()),
+    };
+    mark(tree, &marking, 0).unwrap_or(unusual)
 }
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {

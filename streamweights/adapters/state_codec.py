@@ -277,6 +277,8 @@ def _marked(tree: Any, arrays: list[np.ndarray], finite: bool = True) -> Any:
             _check_floats(tree)
         return [value if type(value) in _PLAIN else _marked(value, arrays, finite)
                 for value in tree]
+    if type(tree) is PackedPart:
+        return _marked(tree.tree, arrays, finite)  # (the same tree, the long way)
     if isinstance(tree, np.ndarray):
         if tree.dtype.hasobject or tree.dtype.fields is not None:
             raise ValueError("state: object and structured arrays cannot be packed")
@@ -294,7 +296,7 @@ def _marked_usual(tree: Any, arrays: list[np.ndarray]) -> Any:
     tuples, arrays of numbers, plain finite leaves: ~15x faster); any other tree, and any
     refusal or non-finite float, by :func:`_marked` itself from the start."""
     start = len(arrays)
-    marked = _native.mark_packed(tree, arrays, _UNUSUAL)
+    marked = _native.mark_packed(tree, arrays, _UNUSUAL, PackedPart)
     if marked is _UNUSUAL:
         del arrays[start:]
         return _marked(tree, arrays)
@@ -312,6 +314,38 @@ def _refuse(value: Any) -> Any:
 #: too, so that both refuse the same values.
 _ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+class PackedPart:
+    """A part of a state tree packed once, written as it is wherever a tree holds it: an
+    adapter's config, the same at every commit of its stream, was ~20% of writing a
+    stream's record when built, copied, marked and written again each time
+    (``Adapter.state_dict`` inside ``configs_packed``). ``pack_state`` writes the same
+    bytes for a tree holding it as for one holding ``tree`` itself."""
+
+    __slots__ = ("arrays", "text", "tree")
+
+    def __init__(self, tree: Any, text: orjson.Fragment, arrays: tuple[np.ndarray, ...]):
+        self.tree = tree
+        #: Its skeleton text, as ``_packed_skeleton`` writes it with orjson.
+        self.text = text
+        #: Its arrays and long float lists, in order (their bytes follow the ones before).
+        self.arrays = arrays
+
+
+def packed_part(tree: Any) -> PackedPart | None:
+    """``tree`` packed now, to be written as it is later; None when the core's pass does
+    not take it (a NaN, a value only the Python pass writes): such a tree is written
+    with its state each time, as before."""
+    arrays: list[np.ndarray] = []
+    marked = _native.mark_packed(tree, arrays, _UNUSUAL, PackedPart)
+    if marked is _UNUSUAL:
+        return None
+    try:
+        text = orjson.dumps(marked, default=_refuse, option=_ORJSON_STRICT)
+    except (orjson.JSONEncodeError, ValueError):
+        return None
+    return PackedPart(tree, orjson.Fragment(text), tuple(arrays))
 
 
 def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:

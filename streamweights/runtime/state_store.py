@@ -79,6 +79,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamweights.adapters.base import configs_packed
 from streamweights.adapters.state_codec import (
     dumps_state,
     loads_packed,
@@ -235,7 +236,9 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
     changelog, keyed by the stream (and segment). Deterministic: a stream restored from
     its records writes the same records."""
-    skeleton, data = pack_state(stream.state_dict(join_entries=False))
+    with configs_packed():  # (the same bytes: each adapter's config packed once, kept)
+        tree = stream.state_dict(join_entries=False)
+    skeleton, data = pack_state(tree)
     delta = stream.join.encoded_segments(segment_bytes, rebase)
     head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
     quoted = json.dumps(name)

@@ -16,8 +16,8 @@ import pickle
 import numpy as np
 import pytest
 
-from streamweights.adapters.base import restore_adapter
-from streamweights.adapters.state_codec import dumps_state, encode_state, loads_state
+from streamweights.adapters.base import configs_packed, restore_adapter
+from streamweights.adapters.state_codec import dumps_state, encode_state, loads_state, pack_state
 
 _HERE = pathlib.Path(__file__).parent
 CASES = []
@@ -259,3 +259,35 @@ def test_load_refuses_foreign_snapshot(case):
     wrong_name = dict(state, adapter="SomethingElse")
     with pytest.raises(ValueError, match="SomethingElse"):
         adapter.load_state_dict(wrong_name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_configs_packed_write_the_same_record_bytes(case):
+    """Inside ``configs_packed`` (how a stream's record is written) each config is packed
+    once and kept: the packed form is the same bytes as the plain tree's, at the first
+    such call and after the state moved on, and a plain ``state_dict`` afterwards still
+    holds dict configs (the kept part does not leak out)."""
+    adapter = case.factory()
+    xs, ys = _stream(case, 8, 400)
+    for part in (slice(0, 150), slice(150, 400)):
+        _drive(adapter, case, xs[part], ys[part], collect=False)
+        with configs_packed():
+            packed = adapter.state_dict()
+        plain = adapter.state_dict()
+        assert pack_state(packed) == pack_state(plain)
+        assert isinstance(plain["config"], dict)
+        assert dumps_state(adapter.state_dict()) == dumps_state(plain)
+
+
+def test_configs_packed_holds_for_its_own_thread_only():
+    """A scrape or another thread asking a state while a commit packs configs gets dicts."""
+    import threading
+
+    adapter = CASES[0].factory()
+    seen = []
+    with configs_packed():
+        inside = adapter.state_dict()["config"]
+        thread = threading.Thread(target=lambda: seen.append(adapter.state_dict()["config"]))
+        thread.start()
+        thread.join()
+    assert not isinstance(inside, dict) and isinstance(seen[0], dict)
