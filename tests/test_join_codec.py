@@ -682,6 +682,10 @@ def test_a_packed_part_writes_the_bytes_of_the_tree_it_holds():
         assert pack_state(with_part) == pack_state(plain)
         skeleton, data = pack_state(with_part)
         assert dumps_state(unpack_state(json.loads(skeleton), data)) == dumps_state(plain)
+    # configs that pack alike share one part (a replica's streams, one config each)
+    assert state_codec.packed_part(dict(config)) is part
+    other = state_codec.packed_part({**config, "steps": [0.001, 0.002, 0.004, 0.009]})
+    assert other is not None and other is not part
     # what the core's pass does not take stays a tree, written with its state each time
     assert state_codec.packed_part({"radius": float("inf")}) is None
     assert state_codec.packed_part({"big": 2**70}) is None

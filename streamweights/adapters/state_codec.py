@@ -336,7 +336,9 @@ class PackedPart:
 def packed_part(tree: Any) -> PackedPart | None:
     """``tree`` packed now, to be written as it is later; None when the core's pass does
     not take it (a NaN, a value only the Python pass writes): such a tree is written
-    with its state each time, as before."""
+    with its state each time, as before. Parts that pack alike are one object (the
+    streams of a replica share their configs): kept once each, a part made in the midst
+    of a commit's passing garbage held the memory around it (~120 KB a stream)."""
     arrays: list[np.ndarray] = []
     marked = _native.mark_packed(tree, arrays, _UNUSUAL, PackedPart)
     if marked is _UNUSUAL:
@@ -345,7 +347,21 @@ def packed_part(tree: Any) -> PackedPart | None:
         text = orjson.dumps(marked, default=_refuse, option=_ORJSON_STRICT)
     except (orjson.JSONEncodeError, ValueError):
         return None
-    return PackedPart(tree, orjson.Fragment(text), tuple(arrays))
+    # (the text names each array's dtype and shape, so their bytes complete the key)
+    key = (text, *[array.tobytes() for array in arrays])
+    part = _parts.get(key)
+    if part is None:
+        part = PackedPart(tree, orjson.Fragment(text), tuple(arrays))
+        if len(_parts) >= _PARTS_MAX:
+            _parts.clear()
+        _parts[key] = part
+    return part
+
+
+#: Parts made so far, by text and array bytes (a few per stream configuration; cleared
+#: when it grows past the bound, so configs of every kind cannot grow it without bound).
+_PARTS_MAX = 4096
+_parts: dict[tuple[bytes, ...], PackedPart] = {}
 
 
 def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
