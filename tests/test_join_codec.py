@@ -5,8 +5,10 @@ with the same Python types as the tagged-JSON form (``dumps_state``) gave back."
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
+import pickle
 
 import numpy as np
 import orjson
@@ -682,6 +684,9 @@ def test_a_packed_part_writes_the_bytes_of_the_tree_it_holds():
         assert pack_state(with_part) == pack_state(plain)
         skeleton, data = pack_state(with_part)
         assert dumps_state(unpack_state(json.loads(skeleton), data)) == dumps_state(plain)
+    # never changed once made: a copy is itself; pickled, it comes back as the same part
+    assert copy.deepcopy({"config": part})["config"] is part and copy.copy(part) is part
+    assert pickle.loads(pickle.dumps(part)) is part
     # configs that pack alike share one part (a replica's streams, one config each)
     assert state_codec.packed_part(dict(config)) is part
     other = state_codec.packed_part({**config, "steps": [0.001, 0.002, 0.004, 0.009]})

@@ -332,6 +332,25 @@ class PackedPart:
         #: Its arrays and long float lists, in order (their bytes follow the ones before).
         self.arrays = arrays
 
+    # Never changed once made, so a copy is itself (an adapter's state copied whole
+    # inside ``configs_packed`` holds its parts' configs); pickled, it is made again from
+    # its tree (orjson's Fragment does not pickle).
+    def __copy__(self) -> PackedPart:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedPart:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _part_again, (self.tree,)
+
+
+def _part_again(tree: Any) -> PackedPart | Any:
+    """A pickled ``PackedPart`` read back: the part of its tree (or the tree itself, if
+    this build does not pack it)."""
+    part = packed_part(tree)
+    return tree if part is None else part
+
 
 def packed_part(tree: Any) -> PackedPart | None:
     """``tree`` packed now, to be written as it is later; None when the core's pass does
