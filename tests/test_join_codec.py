@@ -687,6 +687,11 @@ def test_a_packed_part_writes_the_bytes_of_the_tree_it_holds():
     # never changed once made: a copy is itself; pickled, it comes back as the same part
     assert copy.deepcopy({"config": part})["config"] is part and copy.copy(part) is part
     assert pickle.loads(pickle.dumps(part)) is part
+    # its arrays are read-only copies: an array a config holds stays its own
+    held = np.arange(3.0)
+    with_array = state_codec.packed_part({"mean": held})
+    assert held.flags.writeable and not with_array.arrays[0].flags.writeable
+    assert pack_state({"config": with_array}) == pack_state({"config": {"mean": held}})
     # configs that pack alike share one part (a replica's streams, one config each)
     assert state_codec.packed_part(dict(config)) is part
     other = state_codec.packed_part({**config, "steps": [0.001, 0.002, 0.004, 0.009]})

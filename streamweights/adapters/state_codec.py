@@ -370,7 +370,12 @@ def packed_part(tree: Any) -> PackedPart | None:
     key = (text, *[array.tobytes() for array in arrays])
     part = _parts.get(key)
     if part is None:
-        part = PackedPart(tree, orjson.Fragment(text), tuple(arrays))
+        kept = []
+        for array in arrays:  # copies (an array the config holds stays its own), shared
+            copied = array.copy()
+            copied.flags.writeable = False
+            kept.append(copied)
+        part = PackedPart(tree, orjson.Fragment(text), tuple(kept))
         if len(_parts) >= _PARTS_MAX:
             _parts.clear()
         _parts[key] = part
