@@ -18,6 +18,7 @@ stream records use for a stream's state and for each of the join's waiting predi
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
 import re
@@ -375,7 +376,8 @@ def packed_part(tree: Any) -> PackedPart | None:
             copied = array.copy()
             copied.flags.writeable = False
             kept.append(copied)
-        part = PackedPart(tree, orjson.Fragment(text), tuple(kept))
+        # (its tree a copy too: a list the config holds may be changed by its owner)
+        part = PackedPart(copy.deepcopy(tree), orjson.Fragment(text), tuple(kept))
         if len(_parts) >= _PARTS_MAX:
             _parts.clear()
         _parts[key] = part
