@@ -140,6 +140,7 @@ from streamweights.runtime.state_store import (
     decode_stream_record,
     encode_stream,
     listed_formats,
+    stream_record_head,
 )
 from streamweights.runtime.transaction_calls import (
     InFlightCommit,
@@ -970,8 +971,10 @@ class KafkaRuntime:
             # a segment no bigger than a message allows (one entry may still be: parts)
             segment_bytes = max(1, min(SEGMENT_BYTES, self._allowed()))
             records: list[tuple[bytes, bytes | None]] = []
+            head = stream_record_head(meta)
             for name in changed:
-                written = encode_stream(name, streams[name], meta, segment_bytes=segment_bytes)
+                written = encode_stream(name, streams[name], meta, segment_bytes=segment_bytes,
+                                        head=head)
                 records.extend((segment_key(name, segment), data)
                                for segment, data in written.segments)
                 records.extend((segment_key(name, segment), None) for segment in written.dropped)

@@ -221,8 +221,16 @@ class StreamRecords:
     listed: list[int] = field(default_factory=list)
 
 
+def stream_record_head(meta: dict[str, Any] | None = None) -> str:
+    """The JSON text a stream record of :func:`encode_stream` starts with, its format and
+    ``meta``: the same for every stream of a commit (a Kafka task's offsets and counts),
+    so a commit renders it once (~7 µs a stream otherwise)."""
+    return dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
+
+
 def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None = None,
-                  rebase: bool = False, segment_bytes: int = SEGMENT_BYTES) -> StreamRecords:
+                  rebase: bool = False, segment_bytes: int = SEGMENT_BYTES,
+                  head: str | None = None) -> StreamRecords:
     """One stream's state as records, each one zstd frame (``compression.compress``) of a
     JSON document. The stream's record is
     ``{"format": 6, **meta, "streams": {name: {"state": skeleton, "data": base64,
@@ -234,13 +242,15 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     written incrementally, each waiting prediction once, unless ``rebase`` asks for every
     one afresh (a snapshot that must stand alone). The same bytes go to a local snapshot
     (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
-    changelog, keyed by the stream (and segment). Deterministic: a stream restored from
+    changelog, keyed by the stream (and segment); ``head``, when given, is
+    :func:`stream_record_head` of that ``meta``. Deterministic: a stream restored from
     its records writes the same records."""
     with configs_packed():  # (the same bytes: each adapter's config packed once, kept)
         tree = stream.state_dict(join_entries=False)
     skeleton, data = pack_state(tree)
     delta = stream.join.encoded_segments(segment_bytes, rebase)
-    head = dumps_state({"format": STREAM_RECORD_FORMAT, **(meta or {})})
+    if head is None:
+        head = stream_record_head(meta)
     quoted = json.dumps(name)
     text = (f'{head[:-1]},"streams":{{{quoted}:{{"state":{skeleton},"data":"{data}",'
             f'"join":{json.dumps(delta.layout, separators=(",", ":"))}}}}}}}')
