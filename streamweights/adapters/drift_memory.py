@@ -473,12 +473,12 @@ class _Monitor:
             raise ValueError(f"detector_options: {factory.__name__} (river's parameters) "
                              f"rejected {arguments}: {error}") from None
 
-    def get_state(self, history: list[float], since_alarm: int,
+    def get_state(self, history: np.ndarray, since_alarm: int,
                   moments: tuple[int, float, float]) -> dict[str, Any]:
         detector = self.detector
         state: dict[str, Any] = {"river_version": _RIVER_STATE_LAYOUT, "kind": self.kind,
                                  "drift_detected": bool(detector.drift_detected),
-                                 "history": np.array(history, dtype=np.float64),
+                                 "history": np.asarray(history, dtype=np.float64),
                                  "since_alarm": since_alarm}
         if self.kind == "adwin":
             state["window"] = np.frombuffer(detector.window_state(), dtype=np.uint8).copy()
