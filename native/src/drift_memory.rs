@@ -702,10 +702,17 @@ impl DriftMemoryCore {
     fn set_monitor(
         &mut self,
         detector: &Bound<'_, PyAny>,
-        history: Vec<f64>,
+        history: &Bound<'_, PyAny>,
         since_alarm: i64,
         moments: (i64, f64, f64),
     ) -> PyResult<()> {
+        // (a float64 array of the length, as a restore hands it: copied whole; a list
+        // or any other sequence of floats: read a value at a time)
+        let mut copied = vec![0.0; HISTORY];
+        let history = match arrays::copy_exact(history, &[HISTORY], &mut copied) {
+            Some(true) => copied,
+            _ => history.extract::<Vec<f64>>()?,
+        };
         if history.len() != HISTORY {
             return Err(PyValueError::new_err(format!(
                 "state.detector.history: expected {} values, got {}",

@@ -487,7 +487,7 @@ class _Monitor:
             state["moments"] = np.array(moments, dtype=np.float64)
         return state
 
-    def set_state(self, state: dict[str, Any]) -> tuple[list[float], int,
+    def set_state(self, state: dict[str, Any]) -> tuple[np.ndarray, int,
                                                         tuple[int, float, float]]:
         """Load the detector's part into this (new) detector; return the core's part
         ``(history, since_alarm, moments)``, checked."""
@@ -501,10 +501,11 @@ class _Monitor:
         if state.get("kind") != self.kind:
             raise ValueError(f"state.detector: snapshot holds a {state.get('kind')!r} "
                              f"detector, this adapter uses {self.kind!r}")
-        history = np.asarray(state["history"], dtype=np.float64).reshape(-1).tolist()
-        if len(history) != _HISTORY:
+        history = np.ascontiguousarray(np.asarray(state["history"], dtype=np.float64)
+                                       .reshape(-1))
+        if history.size != _HISTORY:
             raise ValueError(f"state.detector.history: expected {_HISTORY} values, "
-                             f"got {len(history)}")
+                             f"got {history.size}")
         since_alarm = int(state["since_alarm"])
         moments = (0, 0.0, 0.0)
         if self.kind == "page_hinkley":
