@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from streamweights.adapters.state_codec import (
+    PackedPart,
     encode_state,
     encodes_alike,
     packed_part,
@@ -108,9 +109,8 @@ class Adapter:
         """Full state: ``{"adapter", "version", "config", "state"}``; arrays are copies.
         Inside :func:`configs_packed` the config is packed once and kept (see there)."""
         state = self._get_state()
-        if _CONFIGS_PACKED.get():
-            config = self._packed_config()
-        else:
+        config = self._packed_config() if _CONFIGS_PACKED.get() else None
+        if config is None:
             config = self.get_config() if self.fresh_config else tree_copy(self.get_config())
         return {
             "adapter": type(self).__name__,
@@ -119,14 +119,14 @@ class Adapter:
             "state": state if self.fresh_state else copy.deepcopy(state),
         }
 
-    def _packed_config(self) -> Any:
+    def _packed_config(self) -> PackedPart | None:
         """The config as ``state_codec.PackedPart``, packed at the first call and kept (a
-        config is its constructor's arguments: it does not change), or, when it does
-        not pack that way, a copy of it."""
+        config is its constructor's arguments: it does not change), or None when it does
+        not pack that way (``state_dict`` then writes it as a dict, as outside)."""
         part = self.__dict__.get("_config_part", _NOT_PACKED)
         if part is _NOT_PACKED:
             part = self._config_part = packed_part(self.get_config())
-        return part if part is not None else tree_copy(self.get_config())
+        return part
 
     def upgrade_snapshot(self, state_dict: Any) -> Any:
         """A snapshot written before options or state fields were added, in today's layout

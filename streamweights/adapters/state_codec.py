@@ -364,7 +364,7 @@ def packed_part(tree: Any) -> PackedPart | None:
     if marked is _UNUSUAL:
         return None
     try:
-        text = orjson.dumps(marked, default=_refuse, option=_ORJSON_STRICT)
+        text = _skeleton_text(marked)
     except (orjson.JSONEncodeError, ValueError):
         return None
     # (the text names each array's dtype and shape, so their bytes complete the key)
@@ -390,6 +390,13 @@ _PARTS_MAX = 4096
 _parts: dict[tuple[bytes, ...], PackedPart] = {}
 
 
+def _skeleton_text(marked: Any) -> bytes:
+    """A marked tree's skeleton as orjson writes it: one place for its options, so a
+    part packed before (``packed_part``) is the very text the tree holding it would
+    have had."""
+    return orjson.dumps(marked, default=_refuse, option=_ORJSON_STRICT)
+
+
 def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
     """The skeleton text of ``tree``, appending its arrays to ``arrays`` in order.
 
@@ -402,8 +409,7 @@ def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
     always takes the same path (deterministic)."""
     start = len(arrays)
     try:
-        return orjson.dumps(_marked_usual(tree, arrays), default=_refuse,
-                            option=_ORJSON_STRICT).decode("utf-8")
+        return _skeleton_text(_marked_usual(tree, arrays)).decode("utf-8")
     except (_NonFiniteError, orjson.JSONEncodeError):
         del arrays[start:]
     return json.dumps(_marked(tree, arrays, finite=False), separators=(",", ":"),
