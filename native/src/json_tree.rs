@@ -437,15 +437,18 @@ impl<'py, 'a> Parser<'py, 'a> {
 /// object without a key starting with `__` unchanged (see the module docs), or `unusual`
 /// when this parse gave up (the caller then runs `json.loads` itself). With `slots` (a
 /// list), the packed form's usual markers do not reach the hook but become slots in that
-/// list (see `packed_slots::SlotMaker`).
+/// list (see `packed_slots::SlotMaker`), naming at most `limit` bytes in all (default: the
+/// text's length, which a base64 data string inside it cannot exceed; a record whose
+/// data follows the text as raw bytes passes their length).
 #[pyfunction]
-#[pyo3(signature = (text, hook, unusual, slots=None))]
+#[pyo3(signature = (text, hook, unusual, slots=None, limit=None))]
 fn loads_hooked<'py>(
     py: Python<'py>,
     text: &[u8],
     hook: &Bound<'py, PyAny>,
     unusual: PyObject,
     slots: Option<Bound<'py, PyList>>,
+    limit: Option<usize>,
 ) -> PyResult<PyObject> {
     // Bytes the stdlib would decode as UTF-16 or UTF-32 (a zero in the first two), or
     // not as UTF-8: it decodes the whole text before it parses (so before any hook call,
@@ -460,7 +463,7 @@ fn loads_hooked<'py>(
         hook,
         slots: slots
             .as_ref()
-            .map(|slots| SlotMaker::new(slots, text.len())),
+            .map(|slots| SlotMaker::new(slots, limit.unwrap_or(text.len()))),
         keys: HashMap::default(),
     };
     let parsed = parser.value(0).and_then(|tree| {

@@ -105,8 +105,8 @@ impl<'py, 'a> SlotMaker<'py, 'a> {
         self.claimed = self.claimed.saturating_add(elements.saturating_mul(8));
         if self.claimed > self.limit {
             return Err(PyValueError::new_err(format!(
-                "state: packed arrays name {} bytes or more, more than a text of {} \
-                 characters holds",
+                "state: packed arrays name {} bytes or more, more than their data's {} \
+                 bytes can hold",
                 self.claimed, self.limit
             )));
         }

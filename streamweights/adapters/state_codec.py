@@ -149,17 +149,18 @@ def loads_state(text: str | bytes) -> Any:
 
 
 def _core_loads(text: str | bytes, hook: Callable[[dict[str, Any]], Any],
-                slots: list | None = None) -> Any:
+                slots: list | None = None, limit: int | None = None) -> Any:
     """``json.loads(text, object_hook=hook)`` by the core, for UTF-8 bytes (~2-3x faster:
     it calls ``hook`` only for objects with a key starting with ``__``, which is where
     this module's hooks act), or ``_UNUSUAL`` for a text it leaves to the stdlib parser
     (see ``native/src/json_tree.rs``), which the caller then runs from the start. With
     ``slots`` (a ``PackedSlots``' list), the usual packed markers (float lists, native
     float64 arrays) become slots in the core, appended there as ``PackedSlots.hook``
-    appends them, not hook calls (``native/src/packed_slots.rs``)."""
+    appends them, not hook calls (``native/src/packed_slots.rs``), naming at most
+    ``limit`` bytes (default: the text's length)."""
     if type(text) is not bytes:
         return _UNUSUAL
-    return _native.loads_hooked(text, hook, _UNUSUAL, slots)
+    return _native.loads_hooked(text, hook, _UNUSUAL, slots, limit)
 
 
 def _decode_object(value: dict[str, Any]) -> Any:
@@ -417,12 +418,23 @@ def _packed_skeleton(tree: Any, arrays: list[np.ndarray]) -> str:
 
 
 def pack_state(tree: Any) -> tuple[str, str]:
-    """``(skeleton, data)``: ``tree`` in packed form (see above); ``data`` is base64.
+    """``(skeleton, data)``: ``tree`` in packed form (see above); ``data`` is base64
+    (:func:`pack_state_raw`'s bytes, for a text that must hold them: the join's waiting
+    predictions)."""
+    skeleton, raw = pack_state_raw(tree)
+    return skeleton, b2a_base64(raw, newline=False).decode("ascii")
+
+
+def pack_state_raw(tree: Any) -> tuple[str, bytes]:
+    """``(skeleton, data)``: ``tree`` in packed form (see above), ``data`` the arrays'
+    bytes themselves, for a record that carries them beside its text (a stream record:
+    base64 took ~130 µs of writing a mature stream's ~740 µs record and ~400 µs of
+    reading it back).
 
     Fast path for what the join holds, a dict whose values are arrays or lists of arrays:
     its structure (keys, dtypes, shapes) is looked up among the skeletons made before, so
-    the cost is a few attribute reads, one join of the arrays' bytes and one base64
-    (about 2 µs for the demo chain's 5 arrays against 15 µs as tagged JSON)."""
+    the cost is a few attribute reads and one join of the arrays' bytes (about 2 µs for
+    the demo chain's 5 arrays against 15 µs as tagged JSON)."""
     arrays: list[np.ndarray] = []
     key: list[Any] = []
     ndarray = np.ndarray
@@ -460,8 +472,7 @@ def pack_state(tree: Any) -> tuple[str, str]:
     else:
         arrays = []
         skeleton = _packed_skeleton(tree, arrays)
-    data = b2a_base64(b"".join([array.tobytes() for array in arrays]), newline=False)
-    return skeleton, data.decode("ascii")
+    return skeleton, b"".join([array.tobytes() for array in arrays])
 
 
 def _packed_array(spec: Any) -> tuple[np.dtype, tuple[int, ...]]:
@@ -543,7 +554,7 @@ def unpack_state(skeleton: Any, data: str) -> Any:
 
 class PackedSlots:
     """The arrays and float lists a JSON text's packed markers name, made (empty) by the
-    parser itself and filled from their base64 afterwards (:meth:`fill`).
+    parser itself and filled from their data afterwards (:meth:`fill`, :meth:`fill_raw`).
 
     :func:`unpack_state` walks a parsed skeleton and builds the tree a second time; for a
     stream record, with one skeleton and one data string, the parser can build the final
@@ -554,9 +565,10 @@ class PackedSlots:
 
     def __init__(self, limit: int) -> None:
         self._slots: list[np.ndarray | tuple[list[float], int]] = []
-        # Bytes the hook's slots name, checked against ``limit`` (the text's length: its
-        # base64 cannot hold more) before an array is allocated; the core checks the
-        # arrays it makes against the same limit. Filling checks every slot's size.
+        # Bytes the hook's slots name, checked against ``limit`` (the most the data can
+        # hold: the text's length for base64 inside it) before an array is allocated;
+        # the core checks the arrays it makes against the same limit. Filling checks
+        # every slot's size.
         self._size = 0
         self._limit = limit
 
@@ -582,21 +594,29 @@ class PackedSlots:
         self._size += size
         if self._size > self._limit:  # refused before a huge shape is allocated
             raise ValueError(f"state: packed arrays name {self._size} bytes or more, "
-                             f"more than a text of {self._limit} characters holds")
+                             f"more than their data's {self._limit} bytes can hold")
 
     def fill(self, data: str) -> None:
         """Copy ``data``'s bytes (base64) into the slots, in order; ValueError, before
         any is filled, if they do not fit them exactly (``native/src/packed_slots.rs``)."""
         _native.fill_packed(self._slots, a2b_base64(data))
 
+    def fill_raw(self, data: bytes) -> None:
+        """As :meth:`fill`, from the bytes themselves (:func:`pack_state_raw`)."""
+        _native.fill_packed(self._slots, data)
 
-def loads_packed(text: str | bytes) -> tuple[Any, PackedSlots]:
+
+def loads_packed(text: str | bytes, limit: int | None = None) -> tuple[Any, PackedSlots]:
     """Parse a JSON text holding one packed tree (see :class:`PackedSlots`): the parsed
     document, its packed markers already the (empty) arrays and lists they name, and the
-    slots to fill from the tree's data string."""
-    slots = PackedSlots(len(text))
-    tree = _core_loads(text, slots.hook, slots._slots)  # (usual markers: by the core)
+    slots to fill from the tree's data. The markers may name at most ``limit`` bytes
+    (default: the text's length, which bounds a base64 data string inside it; a record
+    whose data follows its text passes the data's length)."""
+    if limit is None:
+        limit = len(text)
+    slots = PackedSlots(limit)
+    tree = _core_loads(text, slots.hook, slots._slots, limit)  # (usual markers: by the core)
     if tree is _UNUSUAL:
-        slots = PackedSlots(len(text))  # the core's hook calls claimed slots: start over
+        slots = PackedSlots(limit)  # the core's hook calls claimed slots: start over
         tree = json.loads(text, object_hook=slots.hook)
     return tree, slots

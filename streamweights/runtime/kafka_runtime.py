@@ -140,6 +140,7 @@ from streamweights.runtime.state_store import (
     decode_stream_record,
     encode_stream,
     listed_formats,
+    record_text,
     stream_record_head,
 )
 from streamweights.runtime.transaction_calls import (
@@ -160,15 +161,17 @@ log = logging.getLogger("streamweights")
 #: (key ``s/<stream>``, the state and the task's offsets and counts), or one keyed by the
 #: task number with the offsets and counts alone when none changed. A stream record too
 #: large for one message is written in parts (``changelog_parts``: keys ``p/<k>/<stream>``
-#: and a head, format 4, keyed ``s/<stream>``); a stream record of format 6 reads its
-#: join's waiting predictions from segment records keyed ``j/<id>/<stream>`` (parts:
+#: and a head, format 4, keyed ``s/<stream>``); a stream record of format 6 or 7 reads
+#: its join's waiting predictions from segment records keyed ``j/<id>/<stream>`` (parts:
 #: ``q/<k>/<id>/<stream>``), which a release before it skips as not its own keys and
-#: then refuses the format-6 record by its number; the layout number stays 2.
+#: then refuses the format-6 record by its number; the layout number stays 2. (A release
+#: that reads 6 cannot parse a format-7 record, whose data follows its text, and refuses
+#: it as one that "cannot be decoded": roll replicas forward, not back.)
 TASK_SNAPSHOT_FORMAT = 2
 LEGACY_TASK_SNAPSHOT_FORMAT = 1
 #: The "format" a partition's newest record may carry: a task-keyed record's, or a stream
-#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2, 3, 5 or 6; either way the
-#: changelog's layout is 2).
+#: record's (``state_store.STREAM_RECORD_FORMATS``: its own layout, 2, 3, 5, 6 or 7; either
+#: way the changelog's layout is 2).
 _NEWEST_RECORD_FORMATS = (TASK_SNAPSHOT_FORMAT, *STREAM_RECORD_FORMATS,
                           SPLIT_STREAM_RECORD_FORMAT)
 STREAM_KEY_PREFIX = b"s/"
@@ -191,10 +194,11 @@ class TaskRecords:
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
-    """Any changelog record's document (compressed JSON: ``compression.decompress``), or
-    SnapshotError naming ``where``."""
+    """Any changelog record's document (compressed JSON: ``compression.decompress``; of a
+    stream record, its text without the data that follows it: ``state_store.record_text``),
+    or SnapshotError naming ``where``."""
     try:
-        document = loads_state(decompress(data).decode("utf-8"))
+        document = loads_state(record_text(decompress(data))[0].decode("utf-8"))
     except (ValueError, RecursionError) as error:
         raise SnapshotError(f"{where}: changelog record cannot be decoded "
                             f"({type(error).__name__}: {error})") from None

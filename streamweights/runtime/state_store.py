@@ -84,7 +84,7 @@ from streamweights.adapters.state_codec import (
     dumps_state,
     loads_packed,
     loads_state,
-    pack_state,
+    pack_state_raw,
     unpack_state,
 )
 from streamweights.join import SEGMENT_BYTES, decode_entry
@@ -134,10 +134,18 @@ STREAMS_MAGIC = b"streamweights-streams\n"
 #: record split into parts, ``changelog_parts``.) 6: as 5, but the join's waiting
 #: predictions are not in the record: they are in *segment* records of their own, written
 #: once each (see ``join.PendingJoin.encoded_segments``), and the record holds their
-#: layout (which segments, which of their entries still wait).
-STREAM_RECORD_FORMAT = 6
+#: layout (which segments, which of their entries still wait). 7: as 6, but the packed
+#: state's data is not a base64 string inside the JSON text: the text ends at a newline
+#: and the data's bytes follow it (``"data"`` is their length; see :func:`record_text`).
+STREAM_RECORD_FORMAT = 7
 #: The stream record formats this build reads (3 and 5 are decoded alike).
-STREAM_RECORD_FORMATS = (2, 3, 5, 6)
+STREAM_RECORD_FORMATS = (2, 3, 5, 6, 7)
+#: How a format-7 record's text starts (its head is written format first): only such a
+#: text is cut at its first newline (:func:`record_text`). No JSON text written here holds
+#: a raw newline (compact separators; a newline in a string is escaped), so the cut is
+#: where the text ends.
+_RAW_DATA_HEAD = b'{"format":7,'
+
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
@@ -231,13 +239,14 @@ def stream_record_head(meta: dict[str, Any] | None = None) -> str:
 def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None = None,
                   rebase: bool = False, segment_bytes: int = SEGMENT_BYTES,
                   head: str | None = None) -> StreamRecords:
-    """One stream's state as records, each one zstd frame (``compression.compress``) of a
-    JSON document. The stream's record is
-    ``{"format": 6, **meta, "streams": {name: {"state": skeleton, "data": base64,
-    "join": layout}}}``: the stream's state without the join's waiting predictions packed
-    by ``state_codec.pack_state`` (its arrays and long float lists in one base64 string),
-    and which of the join's segments hold the waiting predictions. Each new segment is a
-    record ``{"format": 6, "stream": name, "segment": id, "entries": [entry, ...]}`` of
+    """One stream's state as records, each one zstd frame (``compression.compress``).
+    The stream's record is the JSON text
+    ``{"format": 7, **meta, "streams": {name: {"state": skeleton, "data": length,
+    "join": layout}}}``, a newline and ``length`` bytes of data: the stream's state
+    without the join's waiting predictions packed by ``state_codec.pack_state_raw`` (its
+    arrays' and long float lists' bytes, one after the other), and which of the join's
+    segments hold the waiting predictions. Each new segment is a record
+    ``{"format": 7, "stream": name, "segment": id, "entries": [entry, ...]}`` (JSON) of
     ``join.encode_entry`` texts (see ``join.PendingJoin.encoded_segments``): the join is
     written incrementally, each waiting prediction once, unless ``rebase`` asks for every
     one afresh (a snapshot that must stand alone). The same bytes go to a local snapshot
@@ -247,23 +256,33 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     its records writes the same records."""
     with configs_packed():  # (the same bytes: each adapter's config packed once, kept)
         tree = stream.state_dict(join_entries=False)
-    skeleton, data = pack_state(tree)
+    skeleton, data = pack_state_raw(tree)
     delta = stream.join.encoded_segments(segment_bytes, rebase)
     if head is None:
         head = stream_record_head(meta)
     quoted = json.dumps(name)
-    text = (f'{head[:-1]},"streams":{{{quoted}:{{"state":{skeleton},"data":"{data}",'
-            f'"join":{json.dumps(delta.layout, separators=(",", ":"))}}}}}}}')
+    text = (f'{head[:-1]},"streams":{{{quoted}:{{"state":{skeleton},"data":{len(data)},'
+            f'"join":{json.dumps(delta.layout, separators=(",", ":"))}}}}}}}\n')
     segments = [(segment, compress(
         f'{{"format":{STREAM_RECORD_FORMAT},"stream":{quoted},"segment":{segment},'
         f'"entries":{entries}}}'.encode())) for segment, entries in delta.segments]
-    return StreamRecords(compress(text.encode("utf-8")), segments, list(delta.dropped),
+    return StreamRecords(compress(text.encode("utf-8") + data), segments, list(delta.dropped),
                          [int(segment) for segment, _, _ in delta.layout["segments"]])
+
+
+def record_text(data: bytes) -> tuple[bytes, bytes | None]:
+    """A decompressed record's JSON text and, for a format-7 stream record, the packed
+    data's bytes that follow it (``None`` for any other record: all of it is text)."""
+    if data.startswith(_RAW_DATA_HEAD):
+        end = data.find(b"\n")
+        if end >= 0:
+            return data[:end], data[end + 1:]
+    return data, None
 
 
 def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, bytes],
                   where: str) -> list[list[Any]]:
-    """The waiting predictions a format-6 record's join ``layout`` lists, read from its
+    """The waiting predictions a format-6 or 7 record's join ``layout`` lists, read from its
     segments' records (``segments``: id -> bytes), in arrival order."""
     entries = []
     for segment, size, gone in layout["segments"]:
@@ -293,26 +312,36 @@ def decode_stream_record(data: bytes, where: str, segments: Mapping[int, bytes] 
                          ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The stream name, its state (as ``StreamPipeline.state_dict()`` gives it, plus the
     join's segment layout) and the record's other fields (``meta``) in a stream record of
-    :func:`encode_stream` (format 6; ``segments`` holds the stream's join segment
-    records by id) or of earlier releases (formats 5, 3 and 2, the join inline), or
-    SnapshotError naming ``where``."""
+    :func:`encode_stream` (format 7; ``segments`` holds the stream's join segment
+    records by id) or of earlier releases (format 6, the data as base64 in the text;
+    formats 5, 3 and 2, the join inline), or SnapshotError naming ``where``."""
     try:
-        text = decompress(data)
-        # Today's format has one packed tree (the stream's state): the parser builds it
+        text, raw = record_text(decompress(data))
+        # Formats 6 and 7 have one packed tree (the stream's state): the parser builds it
         # whole (state_codec.loads_packed). Earlier ones are parsed again, plainly.
-        document, packed_slots = loads_packed(text)
+        document, packed_slots = loads_packed(text, None if raw is None else len(raw))
         version = document.get("format") if isinstance(document, dict) else None
         if version not in STREAM_RECORD_FORMATS:
             raise SnapshotFormatError(
                 f"{where}: stream record format {version}, this build reads "
                 f"{listed_formats(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
-        if version != STREAM_RECORD_FORMAT:
+        if (version == STREAM_RECORD_FORMAT) != (raw is not None):
+            raise ValueError(f"a format-{version} record "
+                             + ("without its data's bytes" if raw is None else
+                                "with bytes after its text"))
+        if version < 6:
             document = loads_state(text)
         ((name, state),) = document.pop("streams").items()
-        if version == STREAM_RECORD_FORMAT:
+        if version >= 6:
             packed = state
-            packed_slots.fill(packed["data"])
+            if raw is None:
+                packed_slots.fill(packed["data"])
+            elif type(packed["data"]) is not int or packed["data"] != len(raw):
+                raise ValueError(f"its data is {len(raw)} bytes, its text says "
+                                 f"{packed['data']}")
+            else:
+                packed_slots.fill_raw(raw)
             state = packed["state"]
             layout = packed["join"]
             state["join"]["entries"] = _join_entries(str(name), layout, segments or {},

@@ -18,7 +18,7 @@ from streamweights.config import parse_config
 from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, TASK_SNAPSHOT_FORMAT
 from streamweights.runtime.service import Service
-from streamweights.runtime.state_store import STREAM_RECORD_FORMAT
+from streamweights.runtime.state_store import STREAM_RECORD_FORMAT, record_text
 from tests.kafka.helpers import (
     by_stream,
     kafka_document,
@@ -95,7 +95,7 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     decoded = {id(record): (name, state, meta) for record, name, state, meta
                in stream_states(changelog)}  # with the join segments written before each
     committed = [r for r in changelog if not r.key.startswith(b"j/")]
-    documents = [loads_state(decompress(r.value)) for r in committed]
+    documents = [loads_state(record_text(decompress(r.value))[0]) for r in committed]
     assert {r.key for r in committed} <= {b"s/" + n.encode() for n in STREAMS} | {b"0"}
     per_commit = defaultdict(set)  # a commit's records share the task's offsets
     for record, document in zip(committed, documents, strict=True):
@@ -179,5 +179,5 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
         assert values == expected_weights[name][first - 1:], name
     written = read_records(kafka_bootstrap, v2_topics["changelog"])[len(committed):]
     assert written and all(
-        loads_state(decompress(r.value))["format"] == STREAM_RECORD_FORMAT
+        loads_state(record_text(decompress(r.value))[0])["format"] == STREAM_RECORD_FORMAT
         for r in written if r.key != b"0" and r.value is not None)

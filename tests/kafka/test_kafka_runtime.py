@@ -28,6 +28,7 @@ from streamweights.runtime.kafka_runtime import (
     InjectedCommitError,
 )
 from streamweights.runtime.service import DEFERRED_CHECKPOINT_RECORDS, Service
+from streamweights.runtime.state_store import record_text
 from tests.kafka.helpers import (
     EVENTS_PER_STREAM,
     STREAMS,
@@ -151,7 +152,7 @@ def test_transactional_runtime_matches_embedded_and_commits_every_cycle(
     latest = {}
     for record in read_records(kafka_bootstrap, topics["changelog"]):
         if not record.key.startswith(b"j/"):  # (a join segment holds no offsets)
-            latest[record.partition] = loads_state(decompress(record.value).decode())
+            latest[record.partition] = loads_state(record_text(decompress(record.value))[0])
     assert sorted(latest) == [0, 1, 2]
     for number, snapshot in latest.items():
         assert snapshot["task"] == number

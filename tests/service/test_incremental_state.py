@@ -4,6 +4,7 @@ release's whole-state snapshots still load."""
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import random
@@ -18,7 +19,7 @@ from streamweights.adapters import state_codec
 from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import parse_config
 from streamweights.pipeline import Pipeline
-from streamweights.runtime.compression import ZSTD_MAGIC, decompress
+from streamweights.runtime.compression import ZSTD_MAGIC, compress, decompress
 from streamweights.runtime.exceptions import SnapshotError
 from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.state_store import (
@@ -29,6 +30,7 @@ from streamweights.runtime.state_store import (
     encode_stream,
     encode_streams_payload,
     frame_payload,
+    record_text,
     stream_record_head,
 )
 from tests.fuzzing import mutate
@@ -272,10 +274,27 @@ def format_2_stream_record(name: str, state: dict, meta: dict | None = None) -> 
     return zlib.compress(dumps_state(document).encode("utf-8"), 1)
 
 
-def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
+def format_6_stream_record(data: bytes) -> bytes:
+    """A format-7 stream record as the release before wrote the same state (format 6):
+    the packed state's data as a base64 string inside the text."""
+    text, raw = record_text(decompress(data))
+    document = json.loads(text)
+    assert document["format"] == 7
+    ((_, packed),) = document["streams"].items()
+    assert packed["data"] == len(raw)
+    head, tail = text.split(b',"data":%d,' % len(raw))
+    assert b'"data":' not in tail and head.startswith(b'{"format":7,')
+    text = (b'{"format":6,' + head[len(b'{"format":7,'):] + b',"data":"'
+            + base64.b64encode(raw) + b'",' + tail)
+    return compress(text)
+
+
+@pytest.mark.parametrize("previous", ["format 2", "format 6"])
+def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty, previous):
     """Scenario: a folder of per-stream snapshots whose stream records are all format 2
-    (the previous release's: waiting predictions as tagged JSON arrays), rewritten from a
-    bounded run's own snapshots.
+    (an older release's: waiting predictions as tagged JSON arrays) or format 6 (the
+    previous release's: the packed data as base64 in the text), rewritten from a bounded
+    run's own snapshots.
     We expect: the run restores them, its next checkpoints write this release's records on top
     of that chain, and the run continued to the end has the uninterrupted run's outputs
     byte for byte."""
@@ -292,15 +311,23 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
             for name, segment, data in older["segment_records"]:
                 segments.setdefault(name, {}).setdefault(segment, data)
         snapshot = dict(snapshot)
-        snapshot.pop("segment_records")
+        kept = snapshot.pop("segment_records")  # format 6 reads them, 2 holds its own
         records = []
         for name, data in snapshot.pop("stream_records"):
             decoded_name, state, meta = decode_stream_record(data, name, segments.get(name))
             assert meta == {"format": STREAM_RECORD_FORMAT} and decoded_name == name
+            if previous == "format 6":
+                old = format_6_stream_record(data)
+                old_name, old_state, _ = decode_stream_record(old, name, segments.get(name))
+                assert old_name == name and dumps_state(old_state) == dumps_state(state)
+                records.append((name, old))
+                rewritten += 1
+                continue
             state["join"].pop("segments")
             records.append((name, format_2_stream_record(name, state)))
             rewritten += bool(state["join"]["entries"])
-        path.write_bytes(frame_payload(encode_streams_payload(snapshot, records)))
+        path.write_bytes(frame_payload(encode_streams_payload(
+            snapshot, records, kept if previous == "format 6" else ())))
     assert rewritten > 0  # waiting predictions were in the old form
     result = _run(folder, "--max-records", "1200")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -308,7 +335,7 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty):
     newest = store.read(store.snapshots()[0][1])
     assert newest["stream_records"]
     for _, data in newest["stream_records"]:
-        assert json.loads(decompress(data))["format"] == STREAM_RECORD_FORMAT
+        assert json.loads(record_text(decompress(data))[0])["format"] == STREAM_RECORD_FORMAT
     result = _run(folder)
     assert result.returncode == 0, result.stderr[-2000:]
     got = outputs(folder)
@@ -373,7 +400,7 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
 def test_stream_record_of_another_format_is_refused_with_what_to_do():
     data = zlib.compress(b'{"format":4,"streams":{"demo":{}}}')
     with pytest.raises(SnapshotFormatError, match="stream record format 4, this build reads 2, "
-                       "3, 5 and 6; restore with the release that wrote it"):
+                       "3, 5, 6 and 7; restore with the release that wrote it"):
         decode_stream_record(data, "x")
     with pytest.raises(SnapshotError, match="x: stream record cannot be decoded"):
         decode_stream_record(b"not zlib", "x")
@@ -412,28 +439,40 @@ def test_stream_record_is_a_zstd_frame_and_a_zlib_one_reads_alike():
 
 def test_damaged_stream_record_is_refused_not_misread():
     """A record of this release whose packed bytes do not fit its skeleton (here: the state's
-    base64 cut short, an entry's array bytes cut short, an entry of three items, a
-    segment of another stream, a segment missing) is a SnapshotError naming where, not a
-    state read from the wrong bytes or a crash."""
+    data cut short, or longer than its text says, or without the newline before it, an
+    entry's array bytes cut short, an entry of three items, a segment of another stream,
+    a segment missing) is a SnapshotError naming where, not a state read from the wrong
+    bytes or a crash."""
     pipeline = _pipeline()
     stream = pipeline.streams["demo"]
     _serve(pipeline, 30)
     written = encode_stream("demo", stream)
-    document = json.loads(decompress(written.record))
+    text, raw = record_text(decompress(written.record))
+    document = json.loads(text)
     ((segment, data),) = written.segments
     entries = json.loads(decompress(data))
     assert document["streams"]["demo"]["join"]["segments"] == [[segment, 30, []]]
-    assert len(entries["entries"]) == 30
-    damages = {"state": (lambda d: d["streams"]["demo"].update(
-                   data=d["streams"]["demo"]["data"][:-8]), None),
-               "entry": (None, lambda e: e["entries"][3].__setitem__(
+    assert document["streams"]["demo"]["data"] == len(raw) > 8
+    assert decode_stream_record(_stream_record(document, raw), "intact", {segment: data})
+
+    def says(size):
+        return lambda d: d["streams"]["demo"].update(data=size)
+
+    damages = {"state": (says(len(raw)), raw[:-8], None),
+               "longer": (says(len(raw) - 8), raw, None),
+               "spelled": (says(str(len(raw))), raw, None),
+               "unsplit": (None, None, None),
+               "entry": (None, raw, lambda e: e["entries"][3].__setitem__(
                    3, e["entries"][3][3][:-8])),
-               "form": (None, lambda e: e["entries"][0].pop())}
-    for what, (damage_record, damage_segment) in damages.items():
+               "form": (None, raw, lambda e: e["entries"][0].pop())}
+    for what, (damage_record, data_bytes, damage_segment) in damages.items():
         record, segment_copy = json.loads(json.dumps(document)), json.loads(json.dumps(entries))
-        (damage_record or damage_segment)(record if damage_record else segment_copy)
+        if damage_record:
+            damage_record(record)
+        if damage_segment:
+            damage_segment(segment_copy)
         with pytest.raises(SnapshotError, match=f"{what}: stream record cannot be decoded"):
-            decode_stream_record(zlib.compress(json.dumps(record).encode()), what,
+            decode_stream_record(_stream_record(record, data_bytes), what,
                                  {segment: zlib.compress(json.dumps(segment_copy).encode())})
     other = json.loads(json.dumps(entries))
     other["stream"] = "other"
@@ -442,6 +481,13 @@ def test_damaged_stream_record_is_refused_not_misread():
             json.dumps(other).encode())})
     with pytest.raises(SnapshotError, match="lacks segment 0 of its join"):
         decode_stream_record(written.record, "x", {})
+
+
+def _stream_record(document: dict, data: bytes | None) -> bytes:
+    """A stream record of ``document`` (compact JSON, as written) and ``data`` after its
+    text (``None``: none, not even the newline)."""
+    text = json.dumps(document, separators=(",", ":")).encode()
+    return compress(text if data is None else text + b"\n" + data)
 
 
 def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
@@ -474,11 +520,11 @@ def test_a_stream_record_with_random_damage_is_read_or_refused_never_a_crash():
     # and aimed: dtypes numpy would parse as structured (through ast.literal_eval, which
     # raised SyntaxError), a marker of the wrong form
     for old, new in (('"<f8"', '"<f8,"'), ('"<f8"', '"(2,)<f8"'), ('"<f8",[', '"<f8",7,[')):
-        record_text = decompress(written.record).decode()
+        text, data = record_text(decompress(written.record))
         segment_text = decompress(segment_record).decode()
-        assert old in record_text and old in segment_text
-        for record, held in ((zlib.compress(record_text.replace(old, new, 1).encode()),
-                              segments),
+        assert old.encode() in text and old in segment_text
+        for record, held in ((compress(text.replace(old.encode(), new.encode(), 1) + b"\n"
+                                       + data), segments),
                              (written.record, {segment: zlib.compress(
                                  segment_text.replace(old, new, 1).encode())})):
             with pytest.raises(SnapshotError, match="stream record cannot be decoded"):
@@ -491,14 +537,14 @@ def test_a_stream_record_is_parsed_by_the_core_as_the_stdlib_parses_it():
     packed arrays filled, is the stdlib parser's (with the same hook), bit for bit."""
     pipeline = _pipeline()
     _serve(pipeline, 60, label_every=2)
-    text = decompress(encode_stream("demo", pipeline.streams["demo"]).record)
+    text, data = record_text(decompress(encode_stream("demo", pipeline.streams["demo"]).record))
     gave_up = object()
     assert _native.loads_hooked(text, lambda value: value, gave_up) is not gave_up
-    tree, slots = state_codec.loads_packed(text)
-    reference_slots = state_codec.PackedSlots(len(text))
+    tree, slots = state_codec.loads_packed(text, len(data))
+    reference_slots = state_codec.PackedSlots(len(data))
     reference = json.loads(text, object_hook=reference_slots.hook)
-    slots.fill(tree["streams"]["demo"]["data"])
-    reference_slots.fill(reference["streams"]["demo"]["data"])
+    slots.fill_raw(data)
+    reference_slots.fill_raw(data)
 
     def bits(value):
         return [value.dtype.str, value.shape, value.tobytes().hex()]
