@@ -699,3 +699,22 @@ def test_a_packed_part_writes_the_bytes_of_the_tree_it_holds():
     # what the core's pass does not take stays a tree, written with its state each time
     assert state_codec.packed_part({"radius": float("inf")}) is None
     assert state_codec.packed_part({"big": 2**70}) is None
+
+
+def test_packed_bytes_are_the_arrays_tobytes_joined():
+    """The core's ``packed_bytes`` writes what ``b"".join(a.tobytes() for a in arrays)``
+    writes, for every kind of array a packed tree may name: C-contiguous ones copied
+    from memory, others (transposed, strided, Fortran-ordered) through ``tobytes``; any
+    dtype and byte order, 0-d, empty; and refuses what is not an array."""
+    rng = np.random.default_rng(4)
+    square = rng.normal(size=(4, 5))
+    arrays = [square, square.T, square[:, ::2], np.asfortranarray(square),
+              np.array(3.5), np.zeros(0), np.zeros((0, 3)), np.arange(7, dtype=">i4"),
+              np.array([True, False, True]), rng.integers(0, 9, size=(2, 3), dtype=np.uint8),
+              square.astype(">f8"), np.arange(12, dtype=np.int64).reshape(3, 4)[1:, 1:]]
+    for count in range(len(arrays) + 1):
+        chosen = arrays[:count]
+        assert _native.packed_bytes(chosen) == b"".join(a.tobytes() for a in chosen)
+    assert _native.packed_bytes([]) == b""
+    with pytest.raises(TypeError):
+        _native.packed_bytes([square, [1.0, 2.0]])

@@ -18,7 +18,7 @@ use numpy::npyffi::NPY_ARRAY_WRITEABLE;
 use numpy::{PyArrayDescrMethods, PyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 /// The float-list marker's key (`state_codec._FLOATS_TAG`).
 const FLOATS_TAG: &str = "__f8__";
@@ -240,6 +240,75 @@ fn fill_packed(slots: &Bound<'_, PyList>, raw: &[u8]) -> PyResult<()> {
     Ok(())
 }
 
+/// The bytes of `arrays`, one after the other: what `b"".join(a.tobytes() for a in
+/// arrays)` gives, in one copy per array (a mature stream's record names ~210 arrays;
+/// their `tobytes` calls and the join took ~100 µs of writing it). A C-contiguous array's
+/// bytes are its memory as it is (what `tobytes` copies); any other array's come from
+/// its own `tobytes()`, as before.
+#[pyfunction]
+fn packed_bytes<'py>(
+    py: Python<'py>,
+    arrays: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut pieces: Vec<Piece<'py>> = Vec::with_capacity(arrays.len());
+    let mut total: usize = 0;
+    for item in arrays.iter() {
+        let array = item.downcast::<PyUntypedArray>()?;
+        let size = array.len().saturating_mul(array.dtype().itemsize());
+        let piece = if array.is_c_contiguous() {
+            Piece::Memory(array.clone(), size)
+        } else {
+            let bytes = item.call_method0("tobytes")?.downcast_into::<PyBytes>()?;
+            Piece::Copied(bytes)
+        };
+        total = total.saturating_add(match &piece {
+            Piece::Memory(_, size) => *size,
+            Piece::Copied(bytes) => bytes.as_bytes().len(),
+        });
+        pieces.push(piece);
+    }
+    PyBytes::new_with(py, total, |out| {
+        let mut at = 0;
+        for piece in &pieces {
+            match piece {
+                Piece::Memory(array, size) => {
+                    if *size > 0 {
+                        // SAFETY: the array is C-contiguous, so its data pointer starts
+                        // `len * itemsize` = `size` bytes of its elements; `out` is the
+                        // fresh bytes object's buffer of `total` bytes, of which
+                        // `at..at + size` is still unwritten (the sizes were summed
+                        // above, and nothing runs Python code in between: the GIL is
+                        // held, and no array can change). The copy is bytewise: no
+                        // alignment assumed.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                (*array.as_array_ptr()).data as *const u8,
+                                out[at..at + size].as_mut_ptr(),
+                                *size,
+                            );
+                        }
+                    }
+                    at += size;
+                }
+                Piece::Copied(bytes) => {
+                    let bytes = bytes.as_bytes();
+                    out[at..at + bytes.len()].copy_from_slice(bytes);
+                    at += bytes.len();
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One array's share of [`packed_bytes`]: its memory (C-contiguous, with its byte
+/// count), or what its `tobytes()` gave.
+enum Piece<'py> {
+    Memory(Bound<'py, PyUntypedArray>, usize),
+    Copied(Bound<'py, PyBytes>),
+}
+
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_function(wrap_pyfunction!(fill_packed, module)?)
+    module.add_function(wrap_pyfunction!(fill_packed, module)?)?;
+    module.add_function(wrap_pyfunction!(packed_bytes, module)?)
 }

@@ -433,7 +433,7 @@ def pack_state_raw(tree: Any) -> tuple[str, bytes]:
 
     Fast path for what the join holds, a dict whose values are arrays or lists of arrays:
     its structure (keys, dtypes, shapes) is looked up among the skeletons made before, so
-    the cost is a few attribute reads and one join of the arrays' bytes (about 2 µs for
+    the cost is a few attribute reads and one copy of the arrays' bytes (about 2 µs for
     the demo chain's 5 arrays against 15 µs as tagged JSON)."""
     arrays: list[np.ndarray] = []
     key: list[Any] = []
@@ -472,7 +472,7 @@ def pack_state_raw(tree: Any) -> tuple[str, bytes]:
     else:
         arrays = []
         skeleton = _packed_skeleton(tree, arrays)
-    return skeleton, b"".join([array.tobytes() for array in arrays])
+    return skeleton, _native.packed_bytes(arrays)
 
 
 def _packed_array(spec: Any) -> tuple[np.dtype, tuple[int, ...]]:
