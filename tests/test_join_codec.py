@@ -16,7 +16,12 @@ import pytest
 
 from streamweights import _native
 from streamweights.adapters import dumps_state, loads_state, state_codec
-from streamweights.adapters.state_codec import PackedPart, pack_state, unpack_state
+from streamweights.adapters.state_codec import (
+    PackedPart,
+    pack_state,
+    pack_state_raw,
+    unpack_state,
+)
 from streamweights.join import PendingJoin, decode_entry, encode_entry
 
 
@@ -373,6 +378,20 @@ def test_a_damaged_packed_record_is_refused_before_anything_huge_is_made():
     with pytest.raises(ValueError, match="more than their data's"):
         state_codec.loads_packed(_record_text(skeleton.replace("[3]", "[1000000000000]"),
                                               data))
+    # the data's bytes beside the text (a format-7 record): their count is the limit, by
+    # the core's slots (bytes) and by the stdlib's hook (a str) alike
+    raw = pack_state_raw({"served": np.ones(2), "trace": [np.ones(3), [0.5] * 6]})[1]
+    assert len(raw) == 88
+    text = _record_text(skeleton, "").replace('"data":""', '"data":88')
+    for parsed in (text.encode(), text):
+        document, slots = state_codec.loads_packed(parsed, len(raw))
+        slots.fill_raw(raw)
+        assert_same_tree(document["streams"]["s"]["state"], unpack_state(
+            json.loads(skeleton), data))
+        # (arrays are claimed as they are made; the core's float lists are allocated
+        # empty and checked when filled, above)
+        with pytest.raises(ValueError, match="more than their data's 39 bytes"):
+            state_codec.loads_packed(parsed, 39)
     for marker, message in (('{"__nd__":["<f8",[-1]]}', r"shape \[-1\] cannot be"),
                             ('{"__nd__":["|O",[1]]}', r"marker \['\|O', \[1\]\] was not"),
                             ('{"__nd__":["<f8,",[1]]}', "was not written by pack_state"),
