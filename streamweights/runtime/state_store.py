@@ -145,7 +145,6 @@ STREAM_RECORD_FORMATS = (2, 3, 5, 6, 7)
 #: a raw newline (compact separators; a newline in a string is escaped), so the cut is
 #: where the text ends.
 _RAW_DATA_HEAD = b'{"format":7,'
-
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
