@@ -328,7 +328,7 @@ def test_per_stream_snapshots_of_the_previous_release_load(tmp_path, bursty, pre
             rewritten += bool(state["join"]["entries"])
         path.write_bytes(frame_payload(encode_streams_payload(
             snapshot, records, kept if previous == "format 6" else ())))
-    assert rewritten > 0  # waiting predictions were in the old form
+    assert rewritten > 0  # records in the old form (format 2: with waiting predictions)
     result = _run(folder, "--max-records", "1200")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "restored snapshot" in result.stderr
@@ -452,6 +452,7 @@ def test_damaged_stream_record_is_refused_not_misread():
     ((segment, data),) = written.segments
     entries = json.loads(decompress(data))
     assert document["streams"]["demo"]["join"]["segments"] == [[segment, 30, []]]
+    assert len(entries["entries"]) == 30
     assert document["streams"]["demo"]["data"] == len(raw) > 8
     assert decode_stream_record(_stream_record(document, raw), "intact", {segment: data})
 
