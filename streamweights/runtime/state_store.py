@@ -140,11 +140,13 @@ STREAMS_MAGIC = b"streamweights-streams\n"
 STREAM_RECORD_FORMAT = 7
 #: The stream record formats this build reads (3 and 5 are decoded alike).
 STREAM_RECORD_FORMATS = (2, 3, 5, 6, 7)
-#: How a format-7 record's text starts (its head is written format first): only such a
-#: text is cut at its first newline (:func:`record_text`). No JSON text written here holds
-#: a raw newline (compact separators; a newline in a string is escaped), so the cut is
+#: The format whose packed data follows its text (the one :func:`encode_stream` writes).
+_RAW_DATA_FORMAT = 7
+#: How such a record's text starts (its head is written format first): only such a text
+#: is cut at its first newline (:func:`record_text`). No JSON text written here holds a
+#: raw newline (compact separators; a newline in a string is escaped), so the cut is
 #: where the text ends.
-_RAW_DATA_HEAD = b'{"format":7,'
+_RAW_DATA_HEAD = b'{"format":%d,' % _RAW_DATA_FORMAT
 #: At most this many snapshots from a full one to the latest: bounds the files a restore
 #: reads (64 x a commit's few hundred microseconds of reading = well under a second).
 MAX_CHAIN = 64
@@ -325,7 +327,7 @@ def decode_stream_record(data: bytes, where: str, segments: Mapping[int, bytes] 
                 f"{where}: stream record format {version}, this build reads "
                 f"{listed_formats(STREAM_RECORD_FORMATS)}; restore with the release "
                 "that wrote it, or start from an empty state")
-        if (version == STREAM_RECORD_FORMAT) != (raw is not None):
+        if (version == _RAW_DATA_FORMAT) != (raw is not None):
             raise ValueError(f"a format-{version} record "
                              + ("without its data's bytes" if raw is None else
                                 "with bytes after its text"))
