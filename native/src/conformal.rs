@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::IntoPyObjectExt;
 
+use crate::arrays;
 use crate::expert_losses::{read_flat, write_native};
 use crate::scores::PROBABILITY_FLOOR;
 
@@ -1061,16 +1062,33 @@ impl Blocks {
         out
     }
 
-    fn load(&mut self, blocks: Vec<Vec<f64>>) -> PyResult<()> {
-        if blocks.iter().any(|b| b.len() != 4) {
-            return Err(PyValueError::new_err(
-                "blocks: expected [count, s0, s1, s2] each",
-            ));
+    /// The blocks as a `(blocks, 4)` float64 array, one `[count, s0, s1, s2]` row each.
+    fn rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let values: Vec<f64> = self.blocks.iter().flatten().copied().collect();
+        arrays::matrix(py, &values, self.blocks.len(), 4)
+    }
+
+    /// Load blocks from a `(blocks, 4)` float64 array (how `rows` gives them) or a
+    /// sequence of `[count, s0, s1, s2]` sequences (records written before).
+    fn load(&mut self, blocks: &Bound<'_, PyAny>) -> PyResult<()> {
+        let refused = || PyValueError::new_err("blocks: expected [count, s0, s1, s2] each");
+        if let Ok(array) = blocks.downcast::<PyArray2<f64>>() {
+            if array.shape()[1] != 4 {
+                return Err(refused());
+            }
+            let values = array.to_owned_array();
+            self.blocks = values
+                .rows()
+                .into_iter()
+                .map(|b| [b[0], b[1], b[2], b[3]])
+                .collect();
+            return Ok(());
         }
-        self.blocks = blocks
-            .into_iter()
-            .map(|b| [b[0], b[1], b[2], b[3]])
-            .collect();
+        let rows: Vec<Vec<f64>> = blocks.extract()?;
+        if rows.iter().any(|b| b.len() != 4) {
+            return Err(refused());
+        }
+        self.blocks = rows.into_iter().map(|b| [b[0], b[1], b[2], b[3]]).collect();
         Ok(())
     }
 }
@@ -1157,11 +1175,20 @@ impl EstimateCore {
         out.extend_from_slice(&self.estimate.realised.means());
         out
     }
-    fn blocks(&self) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-        let dump = |b: &Blocks| b.blocks.iter().map(|x| x.to_vec()).collect();
-        (dump(&self.estimate.expected), dump(&self.estimate.realised))
+    /// The two windows' blocks, each a `(blocks, 4)` float64 array (a snapshot packs an
+    /// array's bytes as they are, where lists of lists were 200 Python objects each).
+    #[allow(clippy::type_complexity)]
+    fn blocks<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)> {
+        Ok((
+            self.estimate.expected.rows(py)?,
+            self.estimate.realised.rows(py)?,
+        ))
     }
-    fn load(&mut self, expected: Vec<Vec<f64>>, realised: Vec<Vec<f64>>) -> PyResult<()> {
+    /// Load the two windows' blocks, as arrays or as lists of rows (`Blocks::load`).
+    fn load(&mut self, expected: &Bound<'_, PyAny>, realised: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut estimate = self.estimate.clone();
         estimate.expected.load(expected)?;
         estimate.realised.load(realised)?;

@@ -15,10 +15,12 @@
 
 use std::collections::VecDeque;
 
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
+use crate::arrays;
 use crate::expert_losses::read_flat;
 
 /// Bets as fractions of the largest allowed one (1/m).
@@ -404,9 +406,31 @@ impl PyRiseEvidence {
         self.inner.wander()
     }
 
+    /// `(count, mean, squares, recent, statistics, dependence)`: the two windows as
+    /// float64 arrays (a snapshot packs an array's bytes as they are; a list of 500
+    /// floats was 500 Python objects made and then read back), the five statistics as
+    /// floats.
     #[allow(clippy::type_complexity)]
-    fn get_state(&self) -> (i64, f64, f64, Vec<f64>, Vec<f64>, Vec<f64>) {
-        self.inner.state()
+    fn get_state<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (
+        i64,
+        f64,
+        f64,
+        Bound<'py, PyArray1<f64>>,
+        Vec<f64>,
+        Bound<'py, PyArray1<f64>>,
+    ) {
+        let (count, mean, squares, recent, statistics, dependence) = self.inner.state();
+        (
+            count,
+            mean,
+            squares,
+            arrays::vector(py, &recent),
+            statistics,
+            arrays::vector(py, &dependence),
+        )
     }
 
     #[pyo3(signature = (count, mean, squares, recent, statistics, dependence=None))]
@@ -415,21 +439,33 @@ impl PyRiseEvidence {
         count: i64,
         mean: f64,
         squares: f64,
-        recent: Vec<f64>,
+        recent: &Bound<'_, PyAny>,
         statistics: Vec<f64>,
-        dependence: Option<Vec<f64>>,
+        dependence: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let dependence = dependence.map(float_values).transpose()?;
         self.inner
             .set_state(
                 count,
                 mean,
                 squares,
-                recent,
+                float_values(recent)?,
                 &statistics,
                 dependence.as_deref(),
             )
             .map_err(PyValueError::new_err)
     }
+}
+
+/// A window's values from a one-dimensional float64 array (how `get_state` gives them)
+/// or a sequence of floats (records written before it did).
+fn float_values(values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if let Ok(array) = values.downcast::<PyArray1<f64>>() {
+        return Ok(array
+            .to_vec()
+            .unwrap_or_else(|_| array.to_owned_array().to_vec()));
+    }
+    values.extract()
 }
 
 /// `-ln(min(max(p, clip), 1))`, the comparisons made as Python's `min` / `max` make them

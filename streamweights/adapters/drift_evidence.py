@@ -106,6 +106,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from streamweights import _native
 from streamweights.adapters.validation import check_count, check_in_range
 
@@ -221,7 +223,8 @@ class RiseEvidence:
                 "warmup": self.warmup, "lag": self.lag, "min_rise": self.min_rise}
 
     def get_state(self) -> dict[str, Any]:
-        """Plain floats; ``set_state`` of the same values continues bit for bit."""
+        """The counts and sums as floats, the two windows (``recent``, ``dependence``)
+        as float64 arrays; ``set_state`` of the same values continues bit for bit."""
         count, mean, squares, recent, statistics, dependence = self._core.get_state()
         return {"count": count, "mean": mean, "squares": squares,
                 "recent": recent, "statistics": statistics, "dependence": dependence}
@@ -234,6 +237,14 @@ class RiseEvidence:
         # Absent from snapshots written before the dependence measure: it starts afresh.
         dependence = state.get("dependence")
         self._core.set_state(int(state["count"]), float(state["mean"]),
-                             float(state["squares"]), [float(v) for v in state["recent"]],
-                             statistics,
-                             None if dependence is None else [float(v) for v in dependence])
+                             float(state["squares"]), _window(state["recent"]), statistics,
+                             None if dependence is None else _window(dependence))
+
+
+def _window(values: Any) -> Any:
+    """A saved window as the core reads it: a float64 array as it is (the core copies
+    it), anything else (a list, from records written before the windows were arrays)
+    as floats."""
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+        return values
+    return [float(v) for v in values]

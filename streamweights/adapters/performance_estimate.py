@@ -131,5 +131,13 @@ class ConfidenceEstimate(Adapter):
         return {"expected": expected, "realised": realised}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._core.load([[float(v) for v in b] for b in state["expected"]],
-                        [[float(v) for v in b] for b in state["realised"]])
+        self._core.load(_blocks(state["expected"]), _blocks(state["realised"]))
+
+
+def _blocks(values: Any) -> Any:
+    """A saved window's blocks as the core reads them: a ``(blocks, 4)`` float64 array
+    as it is (the core copies it), anything else (lists of rows, from records written
+    before the blocks were arrays) as floats."""
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 2:
+        return values
+    return [[float(v) for v in block] for block in values]

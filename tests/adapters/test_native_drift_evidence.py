@@ -3,8 +3,9 @@
 The core repeats the reference's arithmetic operation for operation (bets, the left-to-
 right sum of the five statistics, Welford's moments, the baseline), so the two agree bit
 for bit: alarms, statistic and baseline after every one of 10^5 values on drifting
-streams. Snapshots keep the reference's plain-value layout, so states written by either
-load into the other and continue identically.
+streams. Both write a state in one layout (the two windows as float64 arrays), and
+states written by either, or as plain lists by earlier releases, load into the other and
+continue identically.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def _bits(value: float | None) -> int | None:
     return None if value is None else np.float64(value).view(np.int64).item()
 
 
+def _plain(state: object) -> object:
+    """A state with its arrays as lists (both give the windows as float64 arrays), for
+    ``==`` and JSON."""
+    if isinstance(state, dict):
+        return {key: _plain(value) for key, value in state.items()}
+    if isinstance(state, tuple):
+        return tuple(_plain(value) for value in state)
+    return state.tolist() if isinstance(state, np.ndarray) else state
+
+
 @pytest.mark.parametrize(("seed", "kind", "options"), [
     (0, "zero_one", {}),
     (1, "log", {}),
@@ -77,7 +88,7 @@ def test_core_matches_reference_bit_for_bit(seed: int, kind: str,
             core.reset()
             reference.reset()
     assert alarms > 0
-    assert core.get_state() == reference.get_state()
+    assert _plain(core.get_state()) == _plain(reference.get_state())
     if kind == "runs":
         assert inflation > 3.0
 
@@ -91,12 +102,12 @@ def test_state_round_trip_both_ways(kind: str) -> None:
     for start in range(0, len(losses), 9973):
         for value in losses[start:start + 9973]:
             assert core.update(value) == reference.update(value)
-        written = json.loads(json.dumps(reference.get_state()))
-        assert written == json.loads(json.dumps(core.get_state()))
+        written = json.loads(json.dumps(_plain(reference.get_state())))
+        assert written == json.loads(json.dumps(_plain(core.get_state())))
         core = RiseEvidence()
         core.set_state(written)
         reference = ReferenceRiseEvidence()
-        reference.set_state(json.loads(json.dumps(core.get_state())))
+        reference.set_state(json.loads(json.dumps(_plain(core.get_state()))))
         assert _bits(core.statistic) == _bits(reference.statistic)
 
 
@@ -106,11 +117,11 @@ def test_bad_input_leaves_state_bit_identical() -> None:
     evidence = RiseEvidence(warmup=2, lag=3)
     for value in _drifting_losses(11, "zero_one")[:500]:
         evidence.update(value)
-    before = evidence.get_state()
+    before = _plain(evidence.get_state())
     for value in (math.nan, math.inf, -0.5):
         with pytest.raises(ValueError, match="loss: must be a finite number >= 0"):
             evidence.update(value)
-        assert evidence.get_state() == before
+        assert _plain(evidence.get_state()) == before
     damaged = {**before, "statistics": before["statistics"][:3]}
     with pytest.raises(ValueError, match=r"state\.evidence\.statistics: expected 5 values"):
         evidence.set_state(damaged)
@@ -119,7 +130,7 @@ def test_bad_input_leaves_state_bit_identical() -> None:
         evidence.set_state(damaged)
     with pytest.raises((ValueError, TypeError)):
         evidence.set_state({**before, "recent": ["x"]})
-    assert evidence.get_state() == before
+    assert _plain(evidence.get_state()) == before
 
 
 def test_core_update_many_equals_loop() -> None:
@@ -130,10 +141,10 @@ def test_core_update_many_equals_loop() -> None:
     flags = batch.update_many(losses)
     assert flags == [loop.update(value) for value in losses]
     assert any(flags)
-    assert batch.get_state() == loop.get_state()
+    assert _plain(batch.get_state()) == _plain(loop.get_state())
     with pytest.raises(ValueError, match=r"losses\[2\]"):
         batch.update_many([0.1, 0.2, math.nan])
-    assert batch.get_state() == loop.get_state()
+    assert _plain(batch.get_state()) == _plain(loop.get_state())
 
 
 def test_pickle_and_deepcopy_carry_the_core_state() -> None:
@@ -150,7 +161,7 @@ def test_pickle_and_deepcopy_carry_the_core_state() -> None:
     for value in losses[5000:]:
         alarm = evidence.update(value)
         assert all(other.update(value) == alarm for other in copies)
-    assert all(other.get_state() == evidence.get_state() for other in copies)
+    assert all(_plain(other.get_state()) == _plain(evidence.get_state()) for other in copies)
 
 
 @pytest.mark.parametrize("kind", ["zero_one", "runs"])
@@ -172,7 +183,7 @@ def test_a_state_from_before_the_dependence_measure_loads_in_both(kind: str) -> 
     for value in losses[30_000:]:
         assert core.update(value) == reference.update(value)
         assert _bits(core.statistic) == _bits(reference.statistic)
-    assert core.get_state() == reference.get_state()
+    assert _plain(core.get_state()) == _plain(reference.get_state())
 
 
 def test_update_log_losses_equals_the_python_loop_bit_for_bit():
@@ -193,6 +204,41 @@ def test_update_log_losses_equals_the_python_loop_bit_for_bit():
         update_log_losses([e._core for e in ours], outputs, label, 1e-6)
         for evidence, output in zip(loop, outputs, strict=True):
             evidence.update(-math.log(min(max(float(output[label]), 1e-6), 1.0)))
-    assert [e.get_state() for e in ours] == [e.get_state() for e in loop]
+    assert [_plain(e.get_state()) for e in ours] == [_plain(e.get_state()) for e in loop]
     with pytest.raises(ValueError, match="label"):
         update_log_losses([ours[0]._core], [p[0]], 3, 1e-6)
+
+
+def test_the_windows_are_arrays_and_list_states_load_alike() -> None:
+    """Scenario: after 3,000 dependent losses, the state's two windows are float64 arrays
+    holding the reference's floats. The state as it is, as plain lists (records written
+    before the windows were arrays) and with its windows as strided views loads into
+    three fresh evidences; all four continue with the same alarms and state for 5,000
+    more values. A window of the wrong shape or kind is refused."""
+    losses = _drifting_losses(17, "runs")[:8000]
+    evidence, reference = RiseEvidence(warmup=20, lag=30), ReferenceRiseEvidence(warmup=20, lag=30)
+    for value in losses[:3000]:
+        evidence.update(value)
+        reference.update(value)
+    state = evidence.get_state()
+    for key, length in (("recent", 30), ("dependence", 40)):
+        assert type(state[key]) is np.ndarray and state[key].dtype == np.float64
+        assert state[key].shape == (length,)
+        assert state[key].tolist() == _plain(reference.get_state())[key]
+    strided = {**state, **{key: np.repeat(state[key], 2)[::2]
+                           for key in ("recent", "dependence")}}
+    assert not strided["recent"].flags.c_contiguous
+    copies = []
+    for form in (state, _plain(state), strided):
+        copy = RiseEvidence(warmup=20, lag=30)
+        copy.set_state(form)
+        copies.append(copy)
+    for value in losses[3000:]:
+        alarm = evidence.update(value)
+        assert [copy.update(value) for copy in copies] == [alarm] * 3
+    assert all(_plain(copy.get_state()) == _plain(evidence.get_state()) for copy in copies)
+    before = _plain(evidence.get_state())
+    for bad in (np.zeros((2, 20)), np.array(["x"] * 30), None):
+        with pytest.raises((ValueError, TypeError)):
+            evidence.set_state({**evidence.get_state(), "recent": bad})
+    assert _plain(evidence.get_state()) == before

@@ -96,3 +96,48 @@ def test_estimate_drops_before_the_labels_show_it_under_covariate_shift():
     lead = realised_cross - estimated_cross
     assert estimated_cross - change < 200  # the estimate reacts within its window
     assert lead >= delay - 50, lead
+
+
+def test_the_blocks_are_arrays_and_list_states_load_alike():
+    """Scenario: after 1,300 served predictions and 1,250 labels on a window of 500, the
+    state's blocks are ``(blocks, 4)`` float64 arrays. The state as it is and as lists
+    of rows (records written before the blocks were arrays) load into two fresh
+    estimates that continue with the same six numbers as the original, bit for bit; a
+    block of the wrong width is refused and leaves the state as it was."""
+    rng = np.random.default_rng(4)
+    served = [rng.dirichlet([0.6, 0.6, 0.6]).tolist() for _ in range(2000)]
+    labels = [int(rng.integers(3)) for _ in served]
+    estimate = ConfidenceEstimate(n_classes=3, window=WINDOW)
+
+    def feed(target, start, stop):
+        for t in range(start, stop):
+            target.observe(served[t])
+            if t >= 50:
+                target.learn(served[t - 50], labels[t - 50])
+
+    feed(estimate, 0, 1300)
+    state = estimate.state_dict()["state"]
+    for key in ("expected", "realised"):
+        assert type(state[key]) is np.ndarray and state[key].dtype == np.float64
+        assert state[key].ndim == 2 and state[key].shape[1] == 4 and len(state[key]) > 1
+    as_lists = {key: value.tolist() for key, value in state.items()}
+    copies = []
+    for form in (state, as_lists):
+        copy = ConfidenceEstimate(n_classes=3, window=WINDOW)
+        copy.load_state_dict({**estimate.state_dict(), "state": form})
+        copies.append(copy)
+    for target in (estimate, *copies):
+        feed(target, 1300, 2000)
+    bits = [np.array(target.values(), dtype=np.float64).view(np.int64).tolist()
+            for target in (estimate, *copies)]
+    assert bits[1] == bits[0] and bits[2] == bits[0]
+    before = estimate.values()
+    for bad in (np.zeros((3, 3)), [[1.0, 0.5, 0.5]]):
+        try:
+            estimate.load_state_dict({**estimate.state_dict(),
+                                      "state": {**estimate.state_dict()["state"], "expected": bad}})
+        except (ValueError, TypeError) as error:
+            assert "blocks" in str(error) or "expected" in str(error)
+        else:
+            raise AssertionError(f"{bad!r} was loaded")
+    assert estimate.values() == before

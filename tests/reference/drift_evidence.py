@@ -52,6 +52,8 @@ import math
 from collections import deque
 from typing import Any
 
+import numpy as np
+
 from streamweights.adapters.validation import check_count, check_in_range
 
 #: Bets as fractions of the largest allowed one (1/m). A fraction c earns most on a
@@ -305,10 +307,12 @@ class RiseEvidence:
                 "warmup": self.warmup, "lag": self.lag, "min_rise": self.min_rise}
 
     def get_state(self) -> dict[str, Any]:
-        """Plain floats; ``set_state`` of the same values continues bit for bit."""
+        """The production layout (the two windows as float64 arrays, the rest floats);
+        ``set_state`` of the same values continues bit for bit."""
         return {"count": self._count, "mean": self._mean, "squares": self._squares,
-                "recent": list(self._recent), "statistics": list(self._statistics),
-                "dependence": list(self._dependence)}
+                "recent": np.array(self._recent, dtype=np.float64),
+                "statistics": list(self._statistics),
+                "dependence": np.array(self._dependence, dtype=np.float64)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         statistics = [float(v) for v in state["statistics"]]
