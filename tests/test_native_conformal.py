@@ -223,3 +223,44 @@ def test_score_window_keeps_the_references_sorted_copy_value_for_value(size):
         assert [(v, math.copysign(1.0, v)) for v in got] == \
             [(v, math.copysign(1.0, v)) for v in want], step
         assert ours.ring == reference.ring and ours.head == reference.head, step
+
+
+def test_a_score_ring_loads_alike_from_every_form_it_can_come_in():
+    """Scenario: a conformal layer after 1,200 events (its window of 1,000 wrapped), its
+    state loaded with the score ring as the float64 array a snapshot gives, as a list
+    (records before), a strided view, an unaligned view (a buffer at an odd offset: read
+    bytewise, no alignment assumed), a big-endian copy and a Fortran-ordered 2-D column
+    flattened by ``ravel``. We expect: every copy serves the same sets and ends in the
+    same state bytes as the original; a 2-D ring and a ring of text are refused."""
+    rng = np.random.default_rng(21)
+    config = {"alpha": [0.1], "method": "dtaci", "compare_raw": False}
+    layer = StreamUncertainty(config, None, MODELS, 3).layers[0]
+    events = list(_classification_stream(rng, 1_600, 3))
+    for served, _, label in events[:1_200]:
+        layer.learn(served, label)
+    state = layer.state_dict()
+    ring = state["state"]["scores"]["ring"]
+    assert ring.dtype == np.float64 and ring.ndim == 1 and len(ring) == 1000
+    unaligned = np.frombuffer(b"\0" + ring.tobytes(), dtype=np.float64, offset=1)
+    assert not unaligned.flags.aligned
+    forms = [ring, ring.tolist(), np.repeat(ring, 2)[::2], unaligned, ring.astype(">f8"),
+             np.asfortranarray(ring.reshape(-1, 1)).ravel()]
+    copies = []
+    for form in forms:
+        copy = StreamUncertainty(config, None, MODELS, 3).layers[0]
+        scores = {**state["state"]["scores"], "ring": form}
+        copy.load_state_dict({**state, "state": {**state["state"], "scores": scores}})
+        copies.append(copy)
+    for served, _, label in events[1_200:]:
+        sets = layer.predict(served)
+        for copy in copies:
+            np.testing.assert_array_equal(copy.predict(served), sets)
+        for target in (layer, *copies):
+            target.learn(served, label)
+    assert all(dumps_state(copy.state_dict()) == dumps_state(layer.state_dict())
+               for copy in copies)
+    for bad in (ring.reshape(10, 100), ["x"] * 1000):
+        scores = {**state["state"]["scores"], "ring": bad}
+        with pytest.raises((ValueError, TypeError)):
+            StreamUncertainty(config, None, MODELS, 3).layers[0].load_state_dict(
+                {**state, "state": {**state["state"], "scores": scores}})

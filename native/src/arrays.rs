@@ -60,6 +60,42 @@ pub fn read(value: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
     Some(out)
 }
 
+/// The values of a one-dimensional float64 array, in one copy when it is C-contiguous
+/// (how snapshots give windows back), or of any other sequence of floats (a list from an
+/// older record; a strided view, read element by element).
+pub fn vector_values(value: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if let Ok(array) = value.downcast::<PyArrayDyn<f64>>() {
+        if array.ndim() == 1 && array.is_c_contiguous() {
+            let mut out = vec![0.0; array.len()];
+            copy_contiguous(array, &mut out);
+            return Ok(out);
+        }
+    }
+    value.extract()
+}
+
+/// The values of a C-contiguous `(rows, columns)` float64 array, row after row:
+/// `Ok(None)` for anything else (callers read it their slower way), and an error for
+/// such an array with another number of columns.
+pub fn matrix_values(value: &Bound<'_, PyAny>, columns: usize) -> PyResult<Option<Vec<f64>>> {
+    let Ok(array) = value.downcast::<PyArrayDyn<f64>>() else {
+        return Ok(None);
+    };
+    if array.ndim() != 2 || !array.is_c_contiguous() {
+        return Ok(None);
+    }
+    let shape = array.shape();
+    if shape[1] != columns {
+        return Err(PyValueError::new_err(format!(
+            "expected {columns} columns, got an array of shape ({}, {})",
+            shape[0], shape[1]
+        )));
+    }
+    let mut out = vec![0.0; array.len()];
+    copy_contiguous(array, &mut out);
+    Ok(Some(out))
+}
+
 /// `value` copied into `out` when it is a C-contiguous float64 NumPy array (native byte
 /// order) of exactly `shape`: `Some(true)`; `Some(false)` for such an array of another
 /// shape; `None` for anything else, which callers read their slower way (the buffer

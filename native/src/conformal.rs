@@ -705,11 +705,12 @@ impl ConformalCore {
     /// `method_state`), then the cached thresholds.
     fn load(
         &mut self,
-        ring: Vec<f64>,
+        ring: &Bound<'_, PyAny>,
         head: usize,
         labels: u64,
         state: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let ring = arrays::vector_values(ring)?;
         let n = self.layer.alphas.len();
         let mut method = self.layer.method.clone();
         match &mut method {
@@ -801,8 +802,9 @@ impl ScoreWindowCore {
     fn ordered(&self) -> Vec<f64> {
         self.window.ordered.clone()
     }
-    fn load(&mut self, ring: Vec<f64>, head: usize) -> PyResult<()> {
-        self.window.load(ring, head)
+    /// Restores the ring (a float64 array, or a list from an older record).
+    fn load(&mut self, ring: &Bound<'_, PyAny>, head: usize) -> PyResult<()> {
+        self.window.load(arrays::vector_values(ring)?, head)
     }
 }
 
@@ -1072,14 +1074,9 @@ impl Blocks {
     /// sequence of `[count, s0, s1, s2]` sequences (records written before).
     fn load(&mut self, blocks: &Bound<'_, PyAny>) -> PyResult<()> {
         let refused = || PyValueError::new_err("blocks: expected [count, s0, s1, s2] each");
-        if let Ok(array) = blocks.downcast::<PyArray2<f64>>() {
-            if array.shape()[1] != 4 {
-                return Err(refused());
-            }
-            let values = array.to_owned_array();
+        if let Some(values) = arrays::matrix_values(blocks, 4).map_err(|_| refused())? {
             self.blocks = values
-                .rows()
-                .into_iter()
+                .chunks_exact(4)
                 .map(|b| [b[0], b[1], b[2], b[3]])
                 .collect();
             return Ok(());

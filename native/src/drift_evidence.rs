@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -443,29 +443,18 @@ impl PyRiseEvidence {
         statistics: Vec<f64>,
         dependence: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let dependence = dependence.map(float_values).transpose()?;
+        let dependence = dependence.map(arrays::vector_values).transpose()?;
         self.inner
             .set_state(
                 count,
                 mean,
                 squares,
-                float_values(recent)?,
+                arrays::vector_values(recent)?,
                 &statistics,
                 dependence.as_deref(),
             )
             .map_err(PyValueError::new_err)
     }
-}
-
-/// A window's values from a one-dimensional float64 array (how `get_state` gives them)
-/// or a sequence of floats (records written before it did).
-fn float_values(values: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
-    if let Ok(array) = values.downcast::<PyArray1<f64>>() {
-        return Ok(array
-            .to_vec()
-            .unwrap_or_else(|_| array.to_owned_array().to_vec()));
-    }
-    values.extract()
 }
 
 /// `-ln(min(max(p, clip), 1))`, the comparisons made as Python's `min` / `max` make them

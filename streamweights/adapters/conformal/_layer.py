@@ -28,6 +28,7 @@ from streamweights.adapters.conformal.scores import (
     ScoreWindow,
     class_set,
     interval,
+    ring_values,
     score,
 )
 from streamweights.adapters.validation import (
@@ -184,7 +185,7 @@ class _ConformalLayer(Adapter):
     def _set_state(self, state: dict[str, Any]) -> None:
         """Window, label count and method state at once: a bad snapshot changes nothing."""
         scores = state["scores"]
-        self._core.load(np.asarray(scores["ring"], dtype=np.float64).tolist(),
+        self._core.load(ring_values(scores["ring"]),
                         int(scores["head"]), int(state["labels"]), state)
 
 

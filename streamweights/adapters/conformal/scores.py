@@ -101,5 +101,13 @@ class ScoreWindow:
         return {"ring": self._core.ring_array(), "head": self.head}
 
     def load(self, state: dict[str, Any]) -> None:
-        self._core.load(np.asarray(state["ring"], dtype=np.float64).tolist(),
-                        int(state["head"]))
+        self._core.load(ring_values(state["ring"]), int(state["head"]))
+
+
+def ring_values(ring: Any) -> Any:
+    """A saved score ring as the core reads it: a one-dimensional float64 array (the core
+    copies a contiguous one in one go; a list of 1,000 floats made from it cost ~10 µs a
+    window at every restore), anything else as ``numpy.asarray(..., float64).tolist()``
+    made it before (lists from older records, and shapes the core refuses)."""
+    values = np.asarray(ring, dtype=np.float64)
+    return values if values.ndim == 1 else values.tolist()
