@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
 use crate::adwin::PyAdwin;
 use crate::arrays;
@@ -159,6 +160,16 @@ fn shared_timeliness(table: Vec<f64>) -> Arc<[f64]> {
 }
 
 impl DriftMemoryCore {
+    /// The width of the stored rows when there is at least one item and every item is a
+    /// float64 row of that one width (no item kept as an array of another kind).
+    fn rows_width(&self) -> Option<usize> {
+        let width = self.slots.first()?.row.len();
+        self.slots
+            .iter()
+            .all(|slot| slot.object.is_none() && slot.row.len() == width)
+            .then_some(width)
+    }
+
     fn score(&self, slot: &Slot) -> f64 {
         let last = self.timeliness.len() as i64 - 1;
         let age = self.adds - slot.birth;
@@ -751,37 +762,55 @@ impl DriftMemoryCore {
     }
 
     /// The memory as its snapshot holds it: `(items, item_shapes, labels, uncertainties,
-    /// ages, stamps, pseudo)`, items flattened to new float64 vectors with their shapes
-    /// aside, the rest as arrays. An item kept as an array of another kind (from `add`)
-    /// comes back as that array with shape `None`, for Python to flatten. One call, no
-    /// Python float per value: the memory was ~150 us of a default stream's state.
+    /// ages, stamps, pseudo)`, the last five as arrays. When every item is a float64 row
+    /// of one width (what the service stores: served probabilities), `items` is one
+    /// `(items, width)` float64 array and `item_shapes` is `None`: a mature stream's 64
+    /// rows were 64 arrays, each with its shape and marker in the record's text.
+    /// Otherwise (no item yet, or an item kept as an array of another kind, from `add`)
+    /// `items` is a list of new float64 vectors with their shapes aside, an item of
+    /// another kind as that array with shape `None`, for Python to flatten. One call, no
+    /// Python float per value.
     #[allow(clippy::type_complexity)]
     fn snapshot_items<'py>(
         &self,
         py: Python<'py>,
     ) -> PyResult<(
-        Vec<PyObject>,
-        Vec<Option<Vec<usize>>>,
+        PyObject,
+        Option<Vec<Option<Vec<usize>>>>,
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<f64>>,
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<bool>>,
     )> {
-        let mut items = Vec::with_capacity(self.slots.len());
-        let mut shapes = Vec::with_capacity(self.slots.len());
-        for slot in &self.slots {
-            match &slot.object {
-                Some(object) => {
-                    items.push(object.clone_ref(py));
-                    shapes.push(None);
-                }
-                None => {
-                    items.push(arrays::vector(py, &slot.row).into_any().unbind());
-                    shapes.push(Some(vec![slot.row.len()]));
-                }
+        let (items, shapes) = match self.rows_width() {
+            Some(width) => {
+                let values: Vec<f64> = self
+                    .slots
+                    .iter()
+                    .flat_map(|slot| slot.row.iter().copied())
+                    .collect();
+                let matrix = arrays::matrix(py, &values, self.slots.len(), width)?;
+                (matrix.into_any().unbind(), None)
             }
-        }
+            None => {
+                let mut items = Vec::with_capacity(self.slots.len());
+                let mut shapes = Vec::with_capacity(self.slots.len());
+                for slot in &self.slots {
+                    match &slot.object {
+                        Some(object) => {
+                            items.push(object.clone_ref(py));
+                            shapes.push(None);
+                        }
+                        None => {
+                            items.push(arrays::vector(py, &slot.row).into_any().unbind());
+                            shapes.push(Some(vec![slot.row.len()]));
+                        }
+                    }
+                }
+                (PyList::new(py, items)?.into_any().unbind(), Some(shapes))
+            }
+        };
         let column =
             |read: &dyn Fn(&Slot) -> i64| -> Vec<i64> { self.slots.iter().map(read).collect() };
         let labels = column(&|slot| slot.label as i64);

@@ -390,15 +390,17 @@ class DriftMemory(Adapter):
     def _get_state(self) -> dict[str, Any]:
         items, shapes, labels, uncertainties, ages, stamps, pseudo = \
             self._core.snapshot_items()
-        for index, shape in enumerate(shapes):
+        # Rows of one width come as one (items, width) array with no shapes; otherwise a
+        # list of items, each flattened with its shape aside.
+        for index, shape in enumerate(shapes or ()):
             if shape is None:  # an item added as an array of another kind
                 item = _as_item(items[index])
                 items[index], shapes[index] = item.reshape(-1).copy(), list(item.shape)
         signals, drift_count, last_drift_step, change_point, candidate, unconfirmed = \
             self._core.counters()
         return {
-            # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
-            # a 0-d item into shape (1,).
+            # One array of rows, or flattened items with the shapes aside: the JSON
+            # codec's contiguity step would turn a 0-d item into shape (1,).
             "items": items,
             "item_shapes": shapes,
             "labels": labels,
@@ -422,22 +424,11 @@ class DriftMemory(Adapter):
         if self.detector is not None:
             monitor = _Monitor(self.detector, self.detector_options, self.standardise_warmup)
             monitor_values = monitor.set_state(state["detector"])
-        rows: list[list[float] | None] = []
-        objects: list[np.ndarray | None] = []
-        for item, shape in zip(state["items"], state["item_shapes"], strict=True):
-            if _is_float_row(item, shape):  # (what the array below would make a row of)
-                rows.append(item)
-                objects.append(None)
-                continue
-            if _is_row_array(item, shape):  # (the same, as the snapshot codec gives it)
-                rows.append(item.tolist())
-                objects.append(None)
-                continue
-            item = np.array(item).reshape(shape)
-            is_row = item.dtype == np.float64 and item.ndim == 1
-            item.flags.writeable = False
-            rows.append(item.tolist() if is_row else None)
-            objects.append(None if is_row else item)
+        shapes = state["item_shapes"]
+        if shapes is None:  # rows of one width, as one array
+            rows, objects = _rows_of_matrix(state["items"])
+        else:
+            rows, objects = _rows_of_items(state["items"], shapes)
         columns = (np.asarray(state["labels"], np.int64).tolist(),
                    np.asarray(state["uncertainties"], np.float64).tolist(),
                    np.asarray(state["ages"], np.int64).tolist(),  # relative to adds = 0
@@ -460,6 +451,40 @@ class DriftMemory(Adapter):
                 self._evidence.set_state(state["evidence"])
             else:
                 self._evidence.reset()
+
+
+def _rows_of_matrix(items: Any) -> tuple[list[Any], list[Any]]:
+    """``(rows, objects)`` for the core from a memory stored as one ``(items, width)``
+    float64 array (how ``_get_state`` writes rows of one width)."""
+    matrix = np.asarray(items, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise ValueError("state.items: expected an array of rows (item_shapes is null), "
+                         f"got shape {matrix.shape}")
+    rows = matrix.tolist()
+    return rows, [None] * len(rows)
+
+
+def _rows_of_items(items: Any, shapes: Any) -> tuple[list[Any], list[Any]]:
+    """``(rows, objects)`` for the core from a memory stored as a list of flattened items
+    with their shapes aside: a float64 row goes to ``rows``, any other item (kept as
+    given to ``add``) to ``objects``, read-only."""
+    rows: list[list[float] | None] = []
+    objects: list[np.ndarray | None] = []
+    for item, shape in zip(items, shapes, strict=True):
+        if _is_float_row(item, shape):  # (what the array below would make a row of)
+            rows.append(item)
+            objects.append(None)
+            continue
+        if _is_row_array(item, shape):  # (the same, as the snapshot codec gives it)
+            rows.append(item.tolist())
+            objects.append(None)
+            continue
+        item = np.array(item).reshape(shape)
+        is_row = item.dtype == np.float64 and item.ndim == 1
+        item.flags.writeable = False
+        rows.append(item.tolist() if is_row else None)
+        objects.append(None if is_row else item)
+    return rows, objects
 
 
 def _is_float_row(item: Any, shape: Any) -> bool:

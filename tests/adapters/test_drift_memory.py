@@ -304,3 +304,44 @@ def test_hyper_parameters_are_validated(kwargs, field):
     arguments = {"capacity": 8, "n_classes": 2, **kwargs}
     with pytest.raises(ValueError, match=field):
         DriftMemory(**arguments)
+
+
+def test_rows_of_one_width_are_written_as_one_array_and_the_old_layout_still_loads():
+    """Scenario: a memory of served probabilities (rows of 3 floats, as the service stores)
+    after 400 observe/learn pairs, and one that also holds a float32 item. We expect: the
+    first writes its items as one (items, 3) float64 array with no shapes; the same
+    state in the layout of earlier records (a list of rows, shapes aside) loads to a
+    memory that continues identically; a memory with an item of another kind, or none,
+    keeps the list layout; a matrix of the wrong rank is refused, the state unchanged."""
+    rng = np.random.default_rng(12)
+    memory = DriftMemory(capacity=16, n_classes=3, detector="adwin")
+    assert memory.state_dict()["state"]["item_shapes"] == []
+    p = rng.dirichlet([0.5, 0.5, 0.5], size=700)
+    labels = rng.integers(3, size=700)
+    for row, label in zip(p[:400], labels[:400], strict=True):
+        memory.observe(row)
+        memory.learn(row, int(label))
+    state = memory.state_dict()
+    items = state["state"]["items"]
+    assert state["state"]["item_shapes"] is None
+    assert type(items) is np.ndarray and items.dtype == np.float64
+    assert items.shape == (len(memory), 3) and len(memory) == 16
+    old = {**state, "state": {**state["state"], "items": list(items.copy()),
+                              "item_shapes": [[3]] * len(items)}}
+    copies = [restore_adapter(loads_state(dumps_state(form))) for form in (state, old)]
+    for row, label in zip(p[400:], labels[400:], strict=True):
+        for target in (memory, *copies):
+            target.observe(row)
+            target.learn(row, int(label))
+    assert all(dumps_state(copy.state_dict()) == dumps_state(memory.state_dict())
+               for copy in copies)
+    mixed = DriftMemory(capacity=4, n_classes=3)
+    mixed.add(p[0], 0, 0.1)
+    mixed.add(p[1].astype(np.float32), 1, 0.2)
+    shapes = mixed.state_dict()["state"]["item_shapes"]
+    assert shapes == [[3], [3]] and mixed.state_dict()["state"]["items"][1].dtype == np.float32
+    before = dumps_state(memory.state_dict())
+    bad = {**state, "state": {**state["state"], "items": items[0]}}
+    with pytest.raises(ValueError, match="items"):
+        memory.load_state_dict(bad)
+    assert dumps_state(memory.state_dict()) == before

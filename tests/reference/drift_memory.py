@@ -541,11 +541,16 @@ class DriftMemory(Oracle):
 
     def _get_state(self) -> dict[str, Any]:
         n = self._size
+        rows = bool(self._items) and all(
+            item.dtype == np.float64 and item.ndim == 1 and len(item) == len(self._items[0])
+            for item in self._items)
         return {
-            # Flattened, with the shapes aside: the JSON codec's contiguity step would turn
-            # a 0-d item into shape (1,).
-            "items": [item.reshape(-1).copy() for item in self._items],
-            "item_shapes": [list(item.shape) for item in self._items],
+            # Rows of one width as one (items, width) array; otherwise flattened, with the
+            # shapes aside: the JSON codec's contiguity step would turn a 0-d item into
+            # shape (1,).
+            "items": (np.stack(self._items) if rows
+                      else [item.reshape(-1).copy() for item in self._items]),
+            "item_shapes": None if rows else [list(item.shape) for item in self._items],
             "labels": self._labels[:n].copy(),
             "uncertainties": self._uncertainties[:n].copy(),
             "ages": self._adds - self._births[:n],
@@ -568,8 +573,11 @@ class DriftMemory(Oracle):
             monitor.set_state(state["detector"])
         self._clear()
         self._monitor = monitor
-        items = [np.array(item).reshape(shape)
-                 for item, shape in zip(state["items"], state["item_shapes"], strict=True)]
+        if state["item_shapes"] is None:  # rows of one width, as one array
+            items = list(np.array(state["items"], dtype=np.float64))
+        else:
+            items = [np.array(item).reshape(shape)
+                     for item, shape in zip(state["items"], state["item_shapes"], strict=True)]
         n = len(items)
         for item in items:
             item.flags.writeable = False
