@@ -78,8 +78,10 @@ pub fn vector_values(value: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
 /// `Ok(None)` for anything else (callers read it their slower way), and an error for
 /// such an array with another number of columns.
 pub fn matrix_values(value: &Bound<'_, PyAny>, columns: usize) -> PyResult<Option<Vec<f64>>> {
-    let Ok(array) = value.downcast::<PyArrayDyn<f64>>() else {
-        return Ok(None);
+    // (a `match`, not `let ... else`: the image's builder has Debian's Rust 1.63)
+    let array = match value.downcast::<PyArrayDyn<f64>>() {
+        Ok(array) => array,
+        Err(_) => return Ok(None),
     };
     if array.ndim() != 2 || !array.is_c_contiguous() {
         return Ok(None);
