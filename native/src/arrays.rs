@@ -51,51 +51,28 @@ pub fn matrix<'py>(
 /// memory order; `None` for anything else (a list, another dtype, a strided view), which
 /// callers read their slower way.
 pub fn read(value: &Bound<'_, PyAny>) -> Option<Vec<f64>> {
+    contiguous_values(value.downcast::<PyArrayDyn<f64>>().ok()?)
+}
+
+/// The values, row after row, of a C-contiguous `(rows, columns)` float64 array; `None`
+/// for anything else (another number of columns included), which callers read their
+/// slower way, refusing what does not fit there.
+pub fn matrix_values(value: &Bound<'_, PyAny>, columns: usize) -> Option<Vec<f64>> {
     let array = value.downcast::<PyArrayDyn<f64>>().ok()?;
+    if array.ndim() != 2 || array.shape()[1] != columns {
+        return None;
+    }
+    contiguous_values(array)
+}
+
+/// The elements of a C-contiguous float64 array in a new vector; `None` for a strided one.
+fn contiguous_values(array: &Bound<'_, PyArrayDyn<f64>>) -> Option<Vec<f64>> {
     if !array.is_c_contiguous() {
         return None;
     }
     let mut out = vec![0.0; array.len()];
     copy_contiguous(array, &mut out);
     Some(out)
-}
-
-/// The values of a one-dimensional float64 array, in one copy when it is C-contiguous
-/// (how snapshots give windows back), or of any other sequence of floats (a list from an
-/// older record; a strided view, read element by element).
-pub fn vector_values(value: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
-    if let Ok(array) = value.downcast::<PyArrayDyn<f64>>() {
-        if array.ndim() == 1 && array.is_c_contiguous() {
-            let mut out = vec![0.0; array.len()];
-            copy_contiguous(array, &mut out);
-            return Ok(out);
-        }
-    }
-    value.extract()
-}
-
-/// The values of a C-contiguous `(rows, columns)` float64 array, row after row:
-/// `Ok(None)` for anything else (callers read it their slower way), and an error for
-/// such an array with another number of columns.
-pub fn matrix_values(value: &Bound<'_, PyAny>, columns: usize) -> PyResult<Option<Vec<f64>>> {
-    // (a `match`, not `let ... else`: the image's builder has Debian's Rust 1.63)
-    let array = match value.downcast::<PyArrayDyn<f64>>() {
-        Ok(array) => array,
-        Err(_) => return Ok(None),
-    };
-    if array.ndim() != 2 || !array.is_c_contiguous() {
-        return Ok(None);
-    }
-    let shape = array.shape();
-    if shape[1] != columns {
-        return Err(PyValueError::new_err(format!(
-            "expected {columns} columns, got an array of shape ({}, {})",
-            shape[0], shape[1]
-        )));
-    }
-    let mut out = vec![0.0; array.len()];
-    copy_contiguous(array, &mut out);
-    Ok(Some(out))
 }
 
 /// `value` copied into `out` when it is a C-contiguous float64 NumPy array (native byte

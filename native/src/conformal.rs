@@ -710,7 +710,7 @@ impl ConformalCore {
         labels: u64,
         state: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let ring = arrays::vector_values(ring)?;
+        let ring = read_flat(ring.py(), ring)?;
         let n = self.layer.alphas.len();
         let mut method = self.layer.method.clone();
         match &mut method {
@@ -804,7 +804,7 @@ impl ScoreWindowCore {
     }
     /// Restores the ring (a float64 array, or a list from an older record).
     fn load(&mut self, ring: &Bound<'_, PyAny>, head: usize) -> PyResult<()> {
-        self.window.load(arrays::vector_values(ring)?, head)
+        self.window.load(read_flat(ring.py(), ring)?, head)
     }
 }
 
@@ -1074,7 +1074,7 @@ impl Blocks {
     /// sequence of `[count, s0, s1, s2]` sequences (records written before).
     fn load(&mut self, blocks: &Bound<'_, PyAny>) -> PyResult<()> {
         let refused = || PyValueError::new_err("blocks: expected [count, s0, s1, s2] each");
-        if let Some(values) = arrays::matrix_values(blocks, 4).map_err(|_| refused())? {
+        if let Some(values) = arrays::matrix_values(blocks, 4) {
             self.blocks = values
                 .chunks_exact(4)
                 .map(|b| [b[0], b[1], b[2], b[3]])

@@ -443,13 +443,14 @@ impl PyRiseEvidence {
         statistics: Vec<f64>,
         dependence: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let dependence = dependence.map(arrays::vector_values).transpose()?;
+        let py = recent.py();
+        let dependence = dependence.map(|values| read_flat(py, values)).transpose()?;
         self.inner
             .set_state(
                 count,
                 mean,
                 squares,
-                arrays::vector_values(recent)?,
+                read_flat(py, recent)?,
                 &statistics,
                 dependence.as_deref(),
             )
