@@ -9,6 +9,7 @@ import copy
 import json
 import math
 import pickle
+import sys
 
 import numpy as np
 import orjson
@@ -431,6 +432,10 @@ def _parsed_packed(text: bytes, core: bool):
                                     '{"__nd__":["<f8",[0,3]]}', '{"__nd__":["<f8",[2,1,2]]}',
                                     '{"__nd__":[">f8",[2]]}', '{"__nd__":["<f4",[3]]}',
                                     '{"__nd__":["|b1",[3]]}', '{"__nd__":["|O",[1]]}',
+                                    '{"__nd__":["<i8",[2,2]]}', '{"__nd__":["|u1",[5]]}',
+                                    '{"__nd__":["<i4",[3]]}', '{"__nd__":[">i8",[1]]}',
+                                    '{"__nd__":["<u8",[1]]}', '{"__nd__":["=f8",[1]]}',
+                                    '{"__nd__":["|b1",[1000000]]}',
                                     '{"__nd__":["<f8",[-1]]}', '{"__nd__":["<f8",[1.0]]}',
                                     '{"__nd__":["<f8",[true]]}', '{"__nd__":["<f8",2]}',
                                     '{"__nd__":["<f8"]}', '{"__nd__":["<f8",[2],1]}',
@@ -438,8 +443,9 @@ def _parsed_packed(text: bytes, core: bool):
                                     '{"__nd__":["<f8",[2]],"__nd__":["<f8",[3]]}',
                                     '{"__nd__":["<f8",[100000000]]}'])
 def test_packed_markers_the_core_makes_are_those_the_hook_makes(marker):
-    """``loads_packed`` lets the core turn the usual markers (float lists, native float64
-    arrays) into slots itself (no hook call); on every spelling of a marker, valid or
+    """``loads_packed`` lets the core turn the usual markers (float lists, arrays of
+    float64, int64, uint8, bool, float32 and int32 in this machine's byte order) into
+    slots itself (no hook call); on every spelling of a marker, valid or
     not, the tree, the slots (kind, shape, dtype, flags) and any error equal the stdlib
     parse with ``PackedSlots.hook``. (One difference: a float-list count past what the
     text can hold is refused by the hook as it parses, by the core's slots when filled,
@@ -454,6 +460,31 @@ def test_packed_markers_the_core_makes_are_those_the_hook_makes(marker):
     else:
         assert core[1] == reference[1]
         assert_same_tree(core[0], reference[0])
+
+
+def test_the_core_makes_the_numeric_arrays_a_record_holds_without_the_hook():
+    """A default stream's record names int64, uint8 and bool arrays beside its float64
+    ones (~11 of ~50 arrays, each a Python hook call before): the core makes all of them
+    itself, of the dtype and shape named, and sends only other dtypes to the hook."""
+    native = "<" if sys.byteorder == "little" else ">"
+    made = [f"{native}f8", f"{native}i8", "|u1", "|b1", f"{native}f4", f"{native}i4"]
+    hooked = ["<u8", "|i1", "<f2", f"{'>' if native == '<' else '<'}i8"]
+    items = ",".join(f'{{"__nd__":["{code}",[2,1]]}}' for code in made + hooked)
+    text = f'{{"a":[{items}]}}'.encode()
+    calls: list[dict] = []
+    slots = state_codec.PackedSlots(len(text))
+
+    def hook(value):
+        calls.append(value)
+        return slots.hook(value)
+
+    tree = state_codec._core_loads(text, hook, slots._slots, len(text))
+    assert [call["__nd__"][0] for call in calls] == hooked
+    assert [array.dtype.str for array in tree["a"]] == made + hooked
+    assert all(array.shape == (2, 1) and array.flags.c_contiguous and array.flags.writeable
+               for array in tree["a"])
+    assert [slot is array for slot, array in zip(slots._slots, tree["a"], strict=True)] == \
+        [True] * len(tree["a"])
 
 
 def _alike_cases() -> list:

@@ -30,6 +30,8 @@ use crate::packed_slots::SlotMaker;
 
 /// Nested containers past this are left to the stdlib (its recursion limit answers).
 const DEPTH_MAX: usize = 200;
+/// Distinct keys a parse makes room for at once (a stream record has ~70).
+const KEYS_EXPECTED: usize = 128;
 /// Integers this long or shorter fit an i64; longer ones are left to the stdlib.
 const INT_DIGITS_MAX: usize = 18;
 
@@ -44,6 +46,9 @@ type Parsed<T> = Result<T, Stop>;
 struct Parser<'py, 'a> {
     py: Python<'py>,
     text: &'a [u8],
+    /// The same text as a `str` (checked once, whole): strings and numbers are sliced from
+    /// it at ASCII bytes (quotes, digits), so no slice needs checking again.
+    source: &'a str,
     at: usize,
     hook: &'a Bound<'py, PyAny>,
     /// What makes the packed form's markers into slots instead of the hook, if given.
@@ -262,17 +267,14 @@ impl<'py, 'a> Parser<'py, 'a> {
         if self.text.get(start + length) != Some(&b'"') {
             return self.string(); // escapes (or not a string): made as they come
         }
-        let text: &'a [u8] = self.text;
-        let raw = &text[start..start + length];
+        let source: &'a str = self.source;
+        let raw = source.get(start..start + length).ok_or(Stop::Unusual)?;
         self.at = start + length + 1;
-        if let Some(key) = self.keys.get(raw) {
+        if let Some(key) = self.keys.get(raw.as_bytes()) {
             return Ok(key.clone());
         }
-        let key = PyString::new(
-            self.py,
-            std::str::from_utf8(raw).map_err(|_| Stop::Unusual)?,
-        );
-        self.keys.insert(raw, key.clone());
+        let key = PyString::new(self.py, raw);
+        self.keys.insert(raw.as_bytes(), key.clone());
         Ok(key)
     }
 
@@ -290,10 +292,11 @@ impl<'py, 'a> Parser<'py, 'a> {
             }
         }
         self.at = end + 1;
-        let text: &'a [u8] = self.text;
-        std::str::from_utf8(&text[start..end])
+        let source: &'a str = self.source;
+        source
+            .get(start..end)
             .map(Cow::Borrowed)
-            .map_err(|_| Stop::Unusual)
+            .ok_or(Stop::Unusual)
     }
 
     /// A string with escapes, from its first character at `start`.
@@ -415,8 +418,8 @@ impl<'py, 'a> Parser<'py, 'a> {
                 float = true;
             }
         }
-        // ASCII digits and signs only: the slice is valid UTF-8.
-        let text = std::str::from_utf8(&self.text[start..self.at]).map_err(|_| Stop::Unusual)?;
+        // ASCII digits and signs only: a slice of the text at char boundaries.
+        let text = self.source.get(start..self.at).ok_or(Stop::Unusual)?;
         if float {
             let value: f64 = text.parse().map_err(|_| Stop::Unusual)?;
             return Ok(PyFloat::new(self.py, value).into_any());
@@ -453,18 +456,24 @@ fn loads_hooked<'py>(
     // Bytes the stdlib would decode as UTF-16 or UTF-32 (a zero in the first two), or
     // not as UTF-8: it decodes the whole text before it parses (so before any hook call,
     // whose error would otherwise come out instead of its decoding error).
-    if text.iter().take(2).any(|&byte| byte == 0) || std::str::from_utf8(text).is_err() {
+    if text.iter().take(2).any(|&byte| byte == 0) {
         return Ok(unusual);
     }
+    let source = match std::str::from_utf8(text) {
+        Ok(source) => source,
+        Err(_) => return Ok(unusual),
+    };
     let mut parser = Parser {
         py,
         text,
+        source,
         at: 0,
         hook,
         slots: slots
             .as_ref()
             .map(|slots| SlotMaker::new(slots, limit.unwrap_or(text.len()))),
-        keys: HashMap::default(),
+        // (a stream record names ~70 distinct keys: room for them from the start)
+        keys: HashMap::with_capacity_and_hasher(KEYS_EXPECTED, Default::default()),
     };
     let parsed = parser.value(0).and_then(|tree| {
         parser.skip_space();

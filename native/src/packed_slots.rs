@@ -4,10 +4,10 @@
 //! Making ([`SlotMaker`], called by the core's JSON parser): a default-config stream's
 //! record holds ~170 markers, `{"__f8__": n}` for a float list and
 //! `{"__nd__": [dtype, shape]}` for an array, each a Python hook call before. The usual
-//! ones, float lists and native float64 arrays, are made here, exactly as
-//! `PackedSlots.hook` makes them (an empty list, an uninitialised array of the shape),
-//! and appended to the same slot list in document order; any other marker, or a marker
-//! spelt any other way, still goes to the hook, whose errors say what is wrong.
+//! ones, float lists and arrays of the numeric dtypes in [`NATIVE_KINDS`], are made here,
+//! exactly as `PackedSlots.hook` makes them (an empty list, an uninitialised array of the
+//! shape), and appended to the same slot list in document order; any other marker, or a
+//! marker spelt any other way, still goes to the hook, whose errors say what is wrong.
 //!
 //! Filling ([`fill_packed`]): the decoded base64 is copied into the slots in order. Each
 //! array receives its own bytes as they were written (any dtype, any byte order: the
@@ -15,7 +15,7 @@
 //! gets its values from little-endian doubles, as `frombuffer(raw, "<f8")` read them.
 
 use numpy::npyffi::NPY_ARRAY_WRITEABLE;
-use numpy::{PyArrayDescrMethods, PyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{Element, PyArrayDescrMethods, PyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
@@ -24,13 +24,79 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 const FLOATS_TAG: &str = "__f8__";
 /// The array marker's key (`state_codec._PACKED_TAG`).
 const PACKED_TAG: &str = "__nd__";
-/// The dtype string of the arrays made here: float64 in this machine's byte order (as
-/// `pack_state` names a native float64 array: `"<f8"` on the machines we run on).
-const NATIVE_F8: &str = if cfg!(target_endian = "little") {
-    "<f8"
+/// The arrays made here, by the dtype string `pack_state` names them with on this machine
+/// (`dtype.str`: native byte order, `|` for one-byte kinds): float64 above all, and the
+/// int64, uint8 and bool arrays a default stream's record also holds (~11 of its ~50
+/// arrays, each a hook call before). Any other dtype goes to the hook.
+const NATIVE_KINDS: [(&str, Kind); 6] = if cfg!(target_endian = "little") {
+    [
+        ("<f8", Kind::F8),
+        ("<i8", Kind::I8),
+        ("|u1", Kind::U1),
+        ("|b1", Kind::B1),
+        ("<f4", Kind::F4),
+        ("<i4", Kind::I4),
+    ]
 } else {
-    ">f8"
+    [
+        (">f8", Kind::F8),
+        (">i8", Kind::I8),
+        ("|u1", Kind::U1),
+        ("|b1", Kind::B1),
+        (">f4", Kind::F4),
+        (">i4", Kind::I4),
+    ]
 };
+
+/// An element type of [`NATIVE_KINDS`].
+#[derive(Clone, Copy)]
+enum Kind {
+    F8,
+    I8,
+    U1,
+    B1,
+    F4,
+    I4,
+}
+
+impl Kind {
+    fn of(code: &str) -> Option<Kind> {
+        NATIVE_KINDS
+            .iter()
+            .find(|(name, _)| *name == code)
+            .map(|&(_, kind)| kind)
+    }
+
+    fn item_size(self) -> usize {
+        match self {
+            Kind::F8 | Kind::I8 => 8,
+            Kind::F4 | Kind::I4 => 4,
+            Kind::U1 | Kind::B1 => 1,
+        }
+    }
+
+    /// An uninitialised C-ordered array of this kind and `dims`, as `np.empty` makes it.
+    fn empty<'py>(self, py: Python<'py>, dims: Vec<usize>) -> Bound<'py, PyAny> {
+        match self {
+            Kind::F8 => empty::<f64>(py, dims),
+            Kind::I8 => empty::<i64>(py, dims),
+            Kind::U1 => empty::<u8>(py, dims),
+            Kind::B1 => empty::<bool>(py, dims),
+            Kind::F4 => empty::<f32>(py, dims),
+            Kind::I4 => empty::<i32>(py, dims),
+        }
+    }
+}
+
+/// See [`Kind::empty`].
+fn empty<T: Element>(py: Python<'_>, dims: Vec<usize>) -> Bound<'_, PyAny> {
+    // SAFETY: the array's memory is left uninitialised, as `np.empty` leaves it: no Rust
+    // reference to its elements is ever made here (so no `bool` with another byte than 0
+    // or 1 is ever read by Rust; NumPy holds any byte), and `fill_packed` writes all of
+    // it, bytewise, before the tree is used (a record whose data does not cover its slots
+    // is refused there).
+    unsafe { PyArrayDyn::<T>::new(py, dims, false) }.into_any()
+}
 
 /// Makes the usual markers' slots during a parse (see the module docs).
 pub struct SlotMaker<'py, 'a> {
@@ -76,19 +142,20 @@ impl<'py, 'a> SlotMaker<'py, 'a> {
         Ok(Some(list.into_any()))
     }
 
-    /// `{"__nd__": [dtype, shape]}` for a native float64 dtype and a shape of
-    /// non-negative ints: an uninitialised C-ordered array of that shape.
+    /// `{"__nd__": [dtype, shape]}` for a dtype of [`NATIVE_KINDS`] and a shape of
+    /// non-negative ints: an uninitialised C-ordered array of that dtype and shape.
     fn array(&mut self, spec: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let spec = match spec.downcast_exact::<PyList>() {
             Ok(spec) if spec.len() == 2 => spec,
             _ => return Ok(None),
         };
         let (code, shape) = (spec.get_item(0)?, spec.get_item(1)?);
-        let native = code.downcast_exact::<PyString>().map_or(false, |code| {
-            code.to_str().map_or(false, |code| code == NATIVE_F8)
-        });
-        let shape = match shape.downcast_exact::<PyList>() {
-            Ok(shape) if native => shape,
+        let kind = code
+            .downcast_exact::<PyString>()
+            .ok()
+            .and_then(|code| code.to_str().ok().and_then(Kind::of));
+        let (kind, shape) = match (kind, shape.downcast_exact::<PyList>()) {
+            (Some(kind), Ok(shape)) => (kind, shape),
             _ => return Ok(None),
         };
         let mut dims = Vec::with_capacity(shape.len());
@@ -102,7 +169,9 @@ impl<'py, 'a> SlotMaker<'py, 'a> {
                 None => return Ok(None),
             }
         }
-        self.claimed = self.claimed.saturating_add(elements.saturating_mul(8));
+        self.claimed = self
+            .claimed
+            .saturating_add(elements.saturating_mul(kind.item_size()));
         if self.claimed > self.limit {
             return Err(PyValueError::new_err(format!(
                 "state: packed arrays name {} bytes or more, more than their data's {} \
@@ -110,13 +179,9 @@ impl<'py, 'a> SlotMaker<'py, 'a> {
                 self.claimed, self.limit
             )));
         }
-        // SAFETY: the array's memory is left uninitialised, as `np.empty` leaves it: no
-        // Rust reference to it is ever made here, every bit pattern is a valid f64 for
-        // NumPy to hold, and `fill_packed` writes all of it before the tree is used (a
-        // record whose data does not cover its slots is refused there).
-        let array = unsafe { PyArrayDyn::<f64>::new(spec.py(), dims, false) };
+        let array = kind.empty(spec.py(), dims);
         self.slots.append(&array)?;
-        Ok(Some(array.into_any()))
+        Ok(Some(array))
     }
 }
 

@@ -154,10 +154,11 @@ def _core_loads(text: str | bytes, hook: Callable[[dict[str, Any]], Any],
     it calls ``hook`` only for objects with a key starting with ``__``, which is where
     this module's hooks act), or ``_UNUSUAL`` for a text it leaves to the stdlib parser
     (see ``native/src/json_tree.rs``), which the caller then runs from the start. With
-    ``slots`` (a ``PackedSlots``' list), the usual packed markers (float lists, native
-    float64 arrays) become slots in the core, appended there as ``PackedSlots.hook``
-    appends them, not hook calls (``native/src/packed_slots.rs``), naming at most
-    ``limit`` bytes (default: the text's length)."""
+    ``slots`` (a ``PackedSlots``' list), the usual packed markers (float lists, arrays of
+    the numeric dtypes a state holds, in native order) become slots in the core,
+    appended there as ``PackedSlots.hook`` appends them, not hook calls
+    (``native/src/packed_slots.rs``), naming at most ``limit`` bytes (default: the
+    text's length)."""
     if type(text) is not bytes:
         return _UNUSUAL
     return _native.loads_hooked(text, hook, _UNUSUAL, slots, limit)
