@@ -32,6 +32,9 @@ also the oracle (``tests/reference/chain.py``, ``tests/adapters/test_native_chai
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -107,7 +110,7 @@ class Chain(Adapter):
         self._core = core
         layout, start = [], 0
         for shape in core.shapes:
-            stop = start + int(np.prod(shape, dtype=np.int64))
+            stop = start + math.prod(shape)  # (the core's shapes: lists of ints)
             layout.append((start, stop, tuple(shape)))
             start = stop
         self._layout = layout
@@ -372,6 +375,20 @@ def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | No
     chain.rs``): ``(kind, handle, cores, shape, output length)``; ``None`` when the stage
     has no native core the chain core knows (a subclass counts as unknown: it may
     override a verb)."""
+    cores = _stage_cores().get(type(stage))
+    spec = None if cores is None else cores(stage)
+    if spec is None:
+        return None
+    width = getattr(stage, "n_classes", None) or 1
+    return (spec[0], stage, spec[1], tuple(shape), width)
+
+
+@functools.cache
+def _stage_cores() -> dict[type, Callable[[Any], tuple[str, tuple[Any, ...]] | None]]:
+    """By adapter class: the core's name for the stage and the cores it drives (``None``
+    for a stage of that class it cannot drive). Made at the first call (the adapters
+    import this module), once: importing them at every call was ~5% of building a
+    stream (~17 stages each)."""
     from streamweights.adapters.calibration import (
         Calibeating,
         OnlineBetaScaling,
@@ -383,30 +400,23 @@ def native_stage(stage: Adapter, shape: tuple[int, ...]) -> tuple[Any, ...] | No
     from streamweights.adapters.feature_correction import FeatureCorrection
     from streamweights.adapters.prior_shift import PriorShift
 
-    kind = type(stage)
-    width = getattr(stage, "n_classes", None) or 1
-    if kind is FixedShare or kind is Hedge:
-        spec: tuple[Any, ...] = (kind.__name__, (stage._core,))  # type: ignore[attr-defined]
-    elif kind is OnlineStacking:
-        spec = ("Stacking", (stage._core, stage._filter._core))  # type: ignore[attr-defined]
-    elif kind is OnlinePlatt or kind is OnlineBetaScaling:
-        spec = ("Platt" if kind is OnlinePlatt else "Beta", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is OnlineTemperature:
-        spec = ("Temperature", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is DriftMemory:
-        spec = ("DriftMemory", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is PriorShift:
-        spec = ("PriorShift", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is FeatureCorrection:
-        spec = ("FeatureCorrection", (stage._core,))  # type: ignore[attr-defined]
-    elif kind is Calibeating and type(stage.base) in (OnlinePlatt,  # type: ignore[attr-defined]
-                                                      OnlineBetaScaling):
-        base = stage.base  # type: ignore[attr-defined]
-        spec = ("CalibeatingPlatt" if type(base) is OnlinePlatt else "CalibeatingBeta",
-                (stage._core, base._core))  # type: ignore[attr-defined]
-    else:
+    def calibeating(stage: Any) -> tuple[str, tuple[Any, ...]] | None:
+        base = stage.base
+        if type(base) is OnlinePlatt:
+            return "CalibeatingPlatt", (stage._core, base._core)
+        if type(base) is OnlineBetaScaling:
+            return "CalibeatingBeta", (stage._core, base._core)
         return None
-    return (spec[0], stage, spec[1], tuple(shape), width)
+
+    def single(name: str) -> Callable[[Any], tuple[str, tuple[Any, ...]]]:
+        return lambda stage: (name, (stage._core,))
+
+    return {FixedShare: single("FixedShare"), Hedge: single("Hedge"),
+            OnlineStacking: lambda stage: ("Stacking", (stage._core, stage._filter._core)),
+            OnlinePlatt: single("Platt"), OnlineBetaScaling: single("Beta"),
+            OnlineTemperature: single("Temperature"), DriftMemory: single("DriftMemory"),
+            PriorShift: single("PriorShift"), FeatureCorrection: single("FeatureCorrection"),
+            Calibeating: calibeating}
 
 
 def native_stage_specs(stages: list[Adapter], shape: tuple[int, ...],
