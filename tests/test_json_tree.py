@@ -177,6 +177,38 @@ def test_escapes_and_surrogates():
         assert _check(text) is core_parses, text
 
 
+def test_strings_of_every_length_keys_and_values_alike():
+    """Keys and string values of 0 to 80 characters (one- to four-byte UTF-8, texts that
+    share their first or last 8 bytes, a text and its own prefix), each written several
+    times as keys and as values, and ``0.0`` beside its look-alikes: the reference's tree.
+    Short texts without escapes are made once per parse and shared (a key and a value
+    of the same text are one str); floats read ``0.0`` as one float, ``-0.0`` apart."""
+    rng = random.Random(5)
+    texts = []
+    for length in range(81):
+        for alphabet in ("ab", "aé", "a\u2028", "a\U0001f600"):
+            texts.append("".join(rng.choice(alphabet) for _ in range(length)))
+    texts += ["x" * 9 + "same-end", "y" * 9 + "same-end", "same-start" + "x" * 9,
+              "same-start" + "y" * 9, "prefix", "prefix!", "__nd__", "__nd_", "__"]
+    for ensure_ascii in (False, True):
+        for chunk in range(0, len(texts), 40):
+            part = texts[chunk:chunk + 40]
+            document = [{text: [text, text, 0.0, -0.0, 0.00, 1.0] for text in part},
+                        {text: text for text in reversed(part)}, part, part]
+            text = json.dumps(document, ensure_ascii=ensure_ascii).encode()
+            text = text.replace(b"0.0, -0.0, 0.0, 1.0", b"0.0, -0.0, 0.00, 0.0e0")
+            assert text.count(b"0.00, 0.0e0") == len(document[0])
+            assert _check(text), text[:200]
+            tree = _native.loads_hooked(text, lambda value: value, GAVE_UP)
+            for index, text_value in enumerate(part):
+                if len(text_value.encode()) <= 64 and not ensure_ascii:
+                    assert tree[2][index] is tree[3][index], text_value
+                zero, minus_zero, other_zero, exponent_zero = tree[0][text_value][2:]
+                assert zero is tree[0][part[0]][2]
+                assert struct.pack("<d", minus_zero) != struct.pack("<d", zero)
+                assert other_zero == exponent_zero == 0.0
+
+
 def test_deep_nesting_is_left_to_the_stdlib():
     assert _check(b"[" * 200 + b"]" * 200)
     assert not _check(b"[" * 201 + b"]" * 201)

@@ -30,8 +30,10 @@ use crate::packed_slots::SlotMaker;
 
 /// Nested containers past this are left to the stdlib (its recursion limit answers).
 const DEPTH_MAX: usize = 200;
-/// Distinct keys a parse makes room for at once (a stream record has ~70).
-const KEYS_EXPECTED: usize = 128;
+/// Distinct strings a parse makes room for at once (a stream record has ~210).
+const STRINGS_EXPECTED: usize = 256;
+/// Strings longer than this are made as they come, not shared (keys and codes are short).
+const SHARED_LENGTH_MAX: usize = 64;
 /// Integers this long or shorter fit an i64; longer ones are left to the stdlib.
 const INT_DIGITS_MAX: usize = 18;
 
@@ -53,9 +55,13 @@ struct Parser<'py, 'a> {
     hook: &'a Bound<'py, PyAny>,
     /// What makes the packed form's markers into slots instead of the hook, if given.
     slots: Option<SlotMaker<'py, 'a>>,
-    /// Object keys already made (without escapes), reused as the stdlib's scanner reuses
-    /// them: one str per distinct key, its hash computed once.
-    keys: HashMap<&'a [u8], Bound<'py, PyString>, BuildHasherDefault<QuickHash>>,
+    /// Strings already made (short ones without escapes), reused as the stdlib's scanner
+    /// reuses keys: one str per distinct text, its hash computed once. Values too (a
+    /// stream record's 129 string values are 30 texts: dtype codes, adapter names).
+    strings: HashMap<&'a [u8], Bound<'py, PyString>, BuildHasherDefault<QuickHash>>,
+    /// The float `0.0`, made at its first `0.0` (a young stream's record writes it 176
+    /// times of its 333 floats) and shared, as floats are immutable.
+    zero: Option<Bound<'py, PyAny>>,
 }
 
 /// A multiply-rotate hash over eight bytes at a time (FxHash's step): keys are short and
@@ -82,10 +88,23 @@ impl Hasher for QuickHash {
             word.copy_from_slice(chunk);
             self.add(u64::from_le_bytes(word));
         }
-        let mut last = [0u8; 8];
+        // The last bytes, read without copying a variable length into a buffer (the load
+        // of such a buffer waited on its stores: ~a fifth of a parse's key lookups). A
+        // text of 8 bytes or more ends with its last 8, overlapping; a shorter one's bytes
+        // are folded one by one. (The length was written first, as `Hash` for slices does.)
         let rest = chunks.remainder();
-        last[..rest.len()].copy_from_slice(rest);
-        self.add(u64::from_le_bytes(last));
+        if !rest.is_empty() {
+            let word = if bytes.len() >= 8 {
+                let mut last = [0u8; 8];
+                last.copy_from_slice(&bytes[bytes.len() - 8..]);
+                u64::from_le_bytes(last)
+            } else {
+                rest.iter()
+                    .rev()
+                    .fold(0u64, |word, &byte| (word << 8) | u64::from(byte))
+            };
+            self.add(word);
+        }
     }
 
     fn write_usize(&mut self, value: usize) {
@@ -174,7 +193,7 @@ impl<'py, 'a> Parser<'py, 'a> {
         match self.peek().ok_or(Stop::Unusual)? {
             b'{' => self.object(depth + 1),
             b'[' => self.array(depth + 1),
-            b'"' => Ok(self.string()?.into_any()),
+            b'"' => Ok(self.string()?.0.into_any()),
             b'-' | b'0'..=b'9' => self.number(),
             b't' => {
                 self.literal(b"true")?;
@@ -209,8 +228,8 @@ impl<'py, 'a> Parser<'py, 'a> {
             if self.peek() != Some(b'"') {
                 return Err(Stop::Unusual);
             }
-            let key = self.key()?;
-            hooked |= key.to_str().map_or(true, |text| text.starts_with("__"));
+            let (key, marked) = self.string()?;
+            hooked |= marked;
             self.skip_space();
             if self.peek() != Some(b':') {
                 return Err(Stop::Unusual);
@@ -255,27 +274,27 @@ impl<'py, 'a> Parser<'py, 'a> {
             .map_err(Stop::Raised)
     }
 
-    fn string(&mut self) -> Parsed<Bound<'py, PyString>> {
-        let text = self.string_text()?;
-        Ok(PyString::new(self.py, &text))
-    }
-
-    /// An object's key: made once per distinct key without escapes (see `keys`).
-    fn key(&mut self) -> Parsed<Bound<'py, PyString>> {
+    /// A string (a key or a value), from its opening quote, and whether it starts with
+    /// `__` (a key's object then goes to the hook): made once per distinct short text
+    /// without escapes (see `strings`).
+    fn string(&mut self) -> Parsed<(Bound<'py, PyString>, bool)> {
         let start = self.at + 1;
         let length = plain_run(self.text, start);
-        if self.text.get(start + length) != Some(&b'"') {
-            return self.string(); // escapes (or not a string): made as they come
+        if self.text.get(start + length) != Some(&b'"') || length > SHARED_LENGTH_MAX {
+            // escapes, or a long text: made as they come
+            let text = self.string_text()?;
+            return Ok((PyString::new(self.py, &text), text.starts_with("__")));
         }
         let source: &'a str = self.source;
         let raw = source.get(start..start + length).ok_or(Stop::Unusual)?;
         self.at = start + length + 1;
-        if let Some(key) = self.keys.get(raw.as_bytes()) {
-            return Ok(key.clone());
+        let marked = raw.starts_with("__");
+        if let Some(made) = self.strings.get(raw.as_bytes()) {
+            return Ok((made.clone(), marked));
         }
-        let key = PyString::new(self.py, raw);
-        self.keys.insert(raw.as_bytes(), key.clone());
-        Ok(key)
+        let made = PyString::new(self.py, raw);
+        self.strings.insert(raw.as_bytes(), made.clone());
+        Ok((made, marked))
     }
 
     /// A string's text, from its opening quote (the whole text is known to be UTF-8).
@@ -421,6 +440,13 @@ impl<'py, 'a> Parser<'py, 'a> {
         // ASCII digits and signs only: a slice of the text at char boundaries.
         let text = self.source.get(start..self.at).ok_or(Stop::Unusual)?;
         if float {
+            if text == "0.0" {
+                let py = self.py;
+                return Ok(self
+                    .zero
+                    .get_or_insert_with(|| PyFloat::new(py, 0.0).into_any())
+                    .clone());
+            }
             let value: f64 = text.parse().map_err(|_| Stop::Unusual)?;
             return Ok(PyFloat::new(self.py, value).into_any());
         }
@@ -472,8 +498,9 @@ fn loads_hooked<'py>(
         slots: slots
             .as_ref()
             .map(|slots| SlotMaker::new(slots, limit.unwrap_or(text.len()))),
-        // (a stream record names ~70 distinct keys: room for them from the start)
-        keys: HashMap::with_capacity_and_hasher(KEYS_EXPECTED, Default::default()),
+        // (a stream record holds ~210 distinct keys and short strings: room from the start)
+        strings: HashMap::with_capacity_and_hasher(STRINGS_EXPECTED, Default::default()),
+        zero: None,
     };
     let parsed = parser.value(0).and_then(|tree| {
         parser.skip_space();
