@@ -4,7 +4,7 @@
 //! Making ([`SlotMaker`], called by the core's JSON parser): a default-config stream's
 //! record holds ~170 markers, `{"__f8__": n}` for a float list and
 //! `{"__nd__": [dtype, shape]}` for an array, each a Python hook call before. The usual
-//! ones, float lists and arrays of the numeric dtypes in [`NATIVE_KINDS`], are made here,
+//! ones, float lists and arrays of the numeric dtypes of [`Kind`], are made here,
 //! exactly as `PackedSlots.hook` makes them (an empty list, an uninitialised array of the
 //! shape), and appended to the same slot list in document order; any other marker, or a
 //! marker spelt any other way, still goes to the hook, whose errors say what is wrong.
@@ -24,31 +24,17 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 const FLOATS_TAG: &str = "__f8__";
 /// The array marker's key (`state_codec._PACKED_TAG`).
 const PACKED_TAG: &str = "__nd__";
-/// The arrays made here, by the dtype string `pack_state` names them with on this machine
-/// (`dtype.str`: native byte order, `|` for one-byte kinds): float64 above all, and the
-/// int64, uint8 and bool arrays a default stream's record also holds (~11 of its ~50
-/// arrays, each a hook call before). Any other dtype goes to the hook.
-const NATIVE_KINDS: [(&str, Kind); 6] = if cfg!(target_endian = "little") {
-    [
-        ("<f8", Kind::F8),
-        ("<i8", Kind::I8),
-        ("|u1", Kind::U1),
-        ("|b1", Kind::B1),
-        ("<f4", Kind::F4),
-        ("<i4", Kind::I4),
-    ]
+/// The byte-order character of a multi-byte dtype string in this machine's order (as
+/// `pack_state` names a native array: `"<f8"` on the machines we run on).
+const NATIVE_ORDER: u8 = if cfg!(target_endian = "little") {
+    b'<'
 } else {
-    [
-        (">f8", Kind::F8),
-        (">i8", Kind::I8),
-        ("|u1", Kind::U1),
-        ("|b1", Kind::B1),
-        (">f4", Kind::F4),
-        (">i4", Kind::I4),
-    ]
+    b'>'
 };
 
-/// An element type of [`NATIVE_KINDS`].
+/// The arrays made here: float64 above all, and the int64, uint8 and bool arrays a
+/// default stream's record also holds (~11 of its ~50 arrays, each a hook call before),
+/// and float32 and int32. Any other dtype goes to the hook.
 #[derive(Clone, Copy)]
 enum Kind {
     F8,
@@ -60,11 +46,28 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind a dtype string names as `dtype.str` writes it: native byte order for a
+    /// multi-byte kind, `|` for a one-byte one (`"<f8"`, `"|b1"`); `None` for any other.
     fn of(code: &str) -> Option<Kind> {
-        NATIVE_KINDS
-            .iter()
-            .find(|(name, _)| *name == code)
-            .map(|&(_, kind)| kind)
+        let (order, name) = match code.as_bytes() {
+            [order, name @ ..] => (*order, name),
+            [] => return None,
+        };
+        let kind = match name {
+            b"f8" => Kind::F8,
+            b"i8" => Kind::I8,
+            b"u1" => Kind::U1,
+            b"b1" => Kind::B1,
+            b"f4" => Kind::F4,
+            b"i4" => Kind::I4,
+            _ => return None,
+        };
+        let wanted = if kind.item_size() == 1 {
+            b'|'
+        } else {
+            NATIVE_ORDER
+        };
+        (order == wanted).then_some(kind)
     }
 
     fn item_size(self) -> usize {
@@ -142,7 +145,7 @@ impl<'py, 'a> SlotMaker<'py, 'a> {
         Ok(Some(list.into_any()))
     }
 
-    /// `{"__nd__": [dtype, shape]}` for a dtype of [`NATIVE_KINDS`] and a shape of
+    /// `{"__nd__": [dtype, shape]}` for a dtype of a [`Kind`] and a shape of
     /// non-negative ints: an uninitialised C-ordered array of that dtype and shape.
     fn array(&mut self, spec: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let spec = match spec.downcast_exact::<PyList>() {
