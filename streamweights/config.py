@@ -236,10 +236,11 @@ class ServiceConfig:
     state_dir: str = "./streamweights-state"
     checkpoint_every_records: int = 20_000
     checkpoint_every_seconds: float = 30.0
-    #: Embedded runtime: past this many streams changed since their last records, a
-    #: checkpoint writes the ``1 / checkpoint_spread_over`` of them with the oldest
-    #: records, and a restore replays the input into the others
-    #: (``runtime.service.LocalCheckpoints``). ``spread_over: 1`` writes all, always.
+    #: Past this many streams changed since their last records, a checkpoint writes the
+    #: ``1 / checkpoint_spread_over`` of them with the oldest records, and a restore
+    #: replays the records since into the others: the input, embedded
+    #: (``runtime.service.LocalCheckpoints``); the records each Kafka commit logs in the
+    #: changelog (``runtime.commit_spread``). ``spread_over: 1`` writes all, always.
     checkpoint_spread_above: int = 256
     checkpoint_spread_over: int = 8
     #: The most of the loop's time checkpoints may take: after one that took ``d`` s the
@@ -313,10 +314,6 @@ def parse_config(document: Any) -> ServiceConfig:
         root.get("kafka", object)
         raise ConfigError("kafka: only used with source.kind 'kafka'; set source.kind or "
                           "remove the block")
-    if kafka is not None and {"spread_above", "spread_over"} & set(checkpoint.value):
-        raise ConfigError("checkpoint.spread_above / spread_over: only used by the embedded "
-                          "runtime (the Kafka runtime writes every changed stream at each "
-                          "commit); remove them")
     log_format = logging.get("format", str, default="text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"logging.format: must be 'text' or 'json', got {log_format!r}")

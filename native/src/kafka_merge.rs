@@ -129,6 +129,12 @@ pub struct TaskMerges {
     counts: BTreeMap<i64, i64>,
     /// `(task, side, offset)` of the record last handed out (kept across `reset`).
     last: Option<(i64, usize, i64)>,
+    /// While logging is on (`keep_log`): per task, the values handed out since
+    /// `take_logs`, each as its length (4 bytes, little-endian) and its bytes (a value
+    /// that is not bytes, a tombstone's `None`, as length 0). The Kafka runtime writes
+    /// them to the changelog, so that a stream left unwritten by a commit can be brought
+    /// up to it again by replaying them (`runtime/commit_spread.py`).
+    logs: Option<BTreeMap<i64, Vec<u8>>>,
 }
 
 #[pymethods]
@@ -143,7 +149,28 @@ impl TaskMerges {
             released: BTreeMap::new(),
             counts: BTreeMap::new(),
             last: None,
+            logs: None,
         }
+    }
+
+    /// Log the values handed out per task (`on`), or stop logging and drop the logs.
+    fn keep_log(&mut self, on: bool) {
+        self.logs = if on { Some(BTreeMap::new()) } else { None };
+    }
+
+    /// The logs kept since the last call, `{task: bytes}` (tasks with records only),
+    /// emptied; `{}` while logging is off.
+    fn take_logs<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let taken = PyDict::new(py);
+        if let Some(logs) = self.logs.as_mut() {
+            for (&number, log) in logs.iter_mut() {
+                if !log.is_empty() {
+                    taken.set_item(number, PyBytes::new(py, log))?;
+                    log.clear();
+                }
+            }
+        }
+        Ok(taken)
     }
 
     /// Buffer one record of task `number`'s partition `side` with event time `ts`
@@ -249,8 +276,8 @@ impl TaskMerges {
         self.tasks.retain(|number, _| owned.contains(number));
     }
 
-    /// Drop every buffer, the run and what was not yet settled (a roll-back: the tasks
-    /// restart from their snapshots). The last origin stays.
+    /// Drop every buffer, the run, what was not yet settled and the logs (a roll-back:
+    /// the tasks restart from their snapshots). The last origin stays.
     fn reset(&mut self) {
         self.tasks.clear();
         self.run.clear();
@@ -258,6 +285,9 @@ impl TaskMerges {
         self.allowed = 0;
         self.released.clear();
         self.counts.clear();
+        if let Some(logs) = self.logs.as_mut() {
+            logs.clear();
+        }
     }
 
     /// Records of the run not yet handed out.
@@ -369,6 +399,17 @@ impl TaskMerges {
             .insert((entry.number, entry.side), entry.offset + 1);
         *self.counts.entry(entry.number).or_insert(0) += 1;
         self.last = Some((entry.number, entry.side, entry.offset));
+        if let Some(logs) = self.logs.as_mut() {
+            let value = entry.raw.bind(py);
+            let bytes = value
+                .downcast::<PyBytes>()
+                .map(|value| value.as_bytes())
+                .unwrap_or(&[]);
+            let log = logs.entry(entry.number).or_default();
+            // a value longer than 4 GiB never gets here (Kafka's messages are far smaller)
+            log.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            log.extend_from_slice(bytes);
+        }
         Some(entry.raw.clone_ref(py))
     }
 

@@ -127,6 +127,13 @@ from streamweights.runtime.changelog_parts import (
     split_record,
     strip_head,
 )
+from streamweights.runtime.commit_spread import (
+    decode_log,
+    encode_log,
+    log_key,
+    oldest_due,
+    parse_log_key,
+)
 from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import collections_paused
@@ -191,6 +198,10 @@ class TaskRecords:
     #: per record key (a stream's, a join segment's) whose newest record was written in
     #: parts: how many
     parts: dict[bytes, int] = field(default_factory=dict)
+    #: per stream: the task's record count its newest record was written at
+    written: dict[str, int] = field(default_factory=dict)
+    #: the task's record logs (``runtime.commit_spread``) by their first record's number
+    logs: dict[int, bytes] = field(default_factory=dict)
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -223,6 +234,8 @@ class ChangelogReader:
         self.segments: dict[int, dict[str, dict[int, bytes]]] = {}
         #: per task, per (stream, segment): the parts of a segment written in parts
         self.segment_parts: dict[int, dict[tuple[str, int], dict[int, bytes]]] = {}
+        #: per task: its record logs by their first record's number
+        self.logs: dict[int, dict[int, bytes]] = {}
 
     def add(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """One changelog record (a ``None`` value: a tombstone)."""
@@ -235,6 +248,14 @@ class ChangelogReader:
                 held.pop(segment[1], None)
             else:
                 held[segment[1]] = value
+            return
+        logged = parse_log_key(key)
+        if logged is not None:  # a record log (never the newest)
+            held = self.logs.setdefault(partition, {})
+            if value is None:  # deleted: no stream needs it
+                held.pop(logged[1], None)
+            else:
+                held[logged[1]] = value
             return
         if value is None:
             return  # a tombstone of a part
@@ -272,7 +293,7 @@ class ChangelogReader:
                 name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
                 held = self.whole_segments(task, number, name, where)
                 try:
-                    name, state, _ = decode_stream_record(data, where, held)
+                    name, state, written = decode_stream_record(data, where, held)
                 except SnapshotFormatError:  # a head of parts has its own format
                     head = _decode_task_record(data, where)
                     if not is_split_head(head):
@@ -280,8 +301,10 @@ class ChangelogReader:
                     whole = join_parts(head, self.parts.get(number, {}).get(name, {}),
                                        f"{where}, stream {name}")
                     task.parts[key] = int(head["parts"])
-                    name, state, _ = decode_stream_record(whole, where, held)
+                    name, state, written = decode_stream_record(whole, where, held)
                 task.streams[name] = state
+                task.written[name] = int(written.get("records", 0))
+            task.logs = self.logs.get(number, {})
             found[number] = task
         return found
 
@@ -531,6 +554,25 @@ class KafkaRuntime:
         #: a commit deletes (tombstones) the parts a smaller record, or none, leaves
         self._parts_written: dict[bytes, int] = {}
         self._split_reported: set[str] = set()
+        #: Past ``spread_above`` changed streams a commit writes the ``1 / spread_over``
+        #: of them with the oldest records and logs the records for the others
+        #: (``runtime.commit_spread``); the service sets them from ``checkpoint.*``.
+        self.spread_above, self.spread_over = 256, 8
+        #: Whether commits may leave streams unwritten (more streams than
+        #: ``spread_above``, ``spread_over`` above 1): the merge then logs its records.
+        self._spreading = False
+        #: stream -> the commit (``commits``) that wrote its newest record (0: restored);
+        #: absent: it has none yet, so the next commit writes it.
+        self._written_at: dict[str, int] = {}
+        #: stream -> its task's record count when its newest record was written: a
+        #: restore replays the task's logged records from there into it.
+        self._written_count: dict[str, int] = {}
+        #: task -> ``(start, end)`` of each record log of it in the changelog, oldest
+        #: first, and its record count at the last commit (where its next log starts).
+        self._logs: dict[int, list[tuple[int, int]]] = {}
+        self._log_start: dict[int, int] = {}
+        #: Records replayed into streams by the last roll-back (for benchmarks and tests).
+        self.replayed = 0
         fault = os.environ.get(FAIL_BEFORE_COMMIT_ENV)
         self._fail_before_commit = int(fault) if fault else None
 
@@ -661,6 +703,9 @@ class KafkaRuntime:
                              for name in service.pipeline.streams}
         for name, number in self._stream_task.items():
             self._task_streams.setdefault(number, []).append(name)
+        self._spreading = (self.spread_over > 1
+                           and len(service.pipeline.streams) > self.spread_above)
+        self.source.merges.keep_log(self._spreading)
         self.source.stop_event = service._stop
         try:
             self.producer.init_transactions()
@@ -769,12 +814,25 @@ class KafkaRuntime:
         if self.source.consumer is None or not self._in_transaction:
             return 0
         released = self.source.next_offsets()
-        changed: dict[int, list[str]] = {}  # task -> its changed streams, config order
-        for name in service.pipeline.changed_streams():
+        logs = self.source.merges.take_logs()  # (empty unless spreading)
+        changed_streams = service.pipeline.changed_streams()
+        due = changed_streams
+        if self._spreading and not service._exhausted:
+            due = oldest_due(changed_streams, self._written_at, self.spread_above,
+                             self.spread_over)
+        changed: dict[int, list[str]] = {}  # task -> its streams due, config order
+        for name in due:
             changed.setdefault(self._stream_task[name], []).append(name)
+        left: dict[int, list[str]] = {}  # task -> its changed streams left for later
+        if len(due) < len(changed_streams):
+            chosen = set(due)
+            for name in changed_streams:
+                if name not in chosen:
+                    left.setdefault(self._stream_task[name], []).append(name)
         changelog = [(number, key, data) for number in sorted(self.owned)
-                     for key, data in self._encode_task(service, number, released,
-                                                        changed.get(number, []))]
+                     for key, data in (self._log_task(number, logs.get(number), left)
+                                       + self._encode_task(service, number, released,
+                                                           changed.get(number, [])))]
         total = sum(len(data) for _, _, data in changelog if data is not None)
         service.metrics.snapshot_bytes.set(total)
         offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)
@@ -992,8 +1050,36 @@ class KafkaRuntime:
         self._written_meta[number] = written_meta
         if changed:
             records = self._split_large(records, meta)
+        commit, count = self.commits + 1, meta["records"]
         for name in changed:  # a failed commit rolls the task back from the changelog
             streams[name].changed = False
+            self._written_at[name] = commit
+            self._written_count[name] = count
+        return records
+
+    def _log_task(self, number: int, framed: bytes | None, left: dict[int, list[str]]
+                  ) -> list[tuple[bytes, bytes | None]]:
+        """Task ``number``'s record logs for this commit (``runtime.commit_spread``),
+        before its stream records: the records handed out since the last commit
+        (``framed``) when streams of the task stay unwritten (``left``), and tombstones
+        for the logs that no stream left unwritten needs any more (all of them when none
+        is). Notes where the task's next log starts and, for the streams this commit
+        writes (``_encode_task``), the count their records are written at."""
+        count = self.source.released_counts.get(number, 0)
+        start = self._log_start.get(number, count)
+        self._log_start[number] = count
+        held = self._logs.setdefault(number, [])
+        records: list[tuple[bytes, bytes | None]] = []
+        waiting = left.get(number)
+        if waiting and framed:
+            for first, end, value in encode_log(start, count - start, framed,
+                                                self._allowed()):
+                records.append((log_key(number, first), value))
+                held.append((first, end))
+        needed = min((self._written_count[name] for name in waiting), default=count
+                     ) if waiting else count
+        while held and held[0][1] <= needed:
+            records.append((log_key(number, held.pop(0)[0]), None))
         return records
 
     def _allowed(self) -> int:
@@ -1088,6 +1174,9 @@ class KafkaRuntime:
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
         self._written_meta = {}
+        self._written_at, self._written_count = {}, {}
+        self._logs, self._log_start = {}, {}
+        self.replayed = 0
         self._parts_written = {key: count for snapshot in snapshots.values()
                                for key, count in snapshot.parts.items()}
         self.task_invalid = {}
@@ -1116,8 +1205,10 @@ class KafkaRuntime:
         elapsed = time.perf_counter() - started
         service.metrics.rebalances.inc()
         service.metrics.restore_seconds.observe(elapsed)
-        log.info("kafka: assigned tasks %s, restored %d snapshot(s) in %.3fs", owned,
-                 len(snapshots), elapsed)
+        log.info("kafka: assigned tasks %s, restored %d snapshot(s) in %.3fs%s", owned,
+                 len(snapshots), elapsed,
+                 f" ({self.replayed:,} logged records replayed into the streams their "
+                 "commits left unwritten)" if self.replayed else "")
         return offsets
 
     def _restore_task(self, service: Service, number: int,
@@ -1147,7 +1238,16 @@ class KafkaRuntime:
                 continue
             stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
             stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
-            if stream.latest_weights is not None:
+            if not stream.changed:
+                self._written_at[name] = 0
+                self._written_count[name] = snapshot.written.get(name, 0)
+        count = int(meta["records"])
+        self._log_start[number] = count
+        if snapshot.logs:
+            self._logs[number] = self._replay_logs(service, number, snapshot.logs, count)
+        for name in states:
+            stream = service.pipeline.streams.get(name)
+            if stream is not None and stream.latest_weights is not None:
                 service.view.weights[name] = events.encode_to_keep(stream.latest_weights)
         if snapshot.legacy_streams:
             log.warning("%s: restored from a format-1 task snapshot; the next commit "
@@ -1159,6 +1259,42 @@ class KafkaRuntime:
         self.source.released_counts[number] = int(meta["records"])
         self.task_exhausted[number] = bool(meta.get("exhausted"))
         return {(topic, number): int(offset) for topic, offset in meta["offsets"].items()}
+
+    def _replay_logs(self, service: Service, number: int, logs: dict[int, bytes],
+                     count: int) -> list[tuple[int, int]]:
+        """Apply task ``number``'s logged records (``runtime.commit_spread``) again, in
+        order, each to its stream if that stream's newest record was written before it
+        (at a smaller task count), up to the task's restored ``count``; return the logs'
+        ``(start, end)``, oldest first. Nothing is sent and nothing counted: the outputs
+        and counts up to the commit are in the topics and the task's record. A record the
+        run refused or failed on is refused or fails again, with the same effect on its
+        stream, since it runs through the same code (``LocalCheckpoints._replay``)."""
+        where = f"kafka.changelog_topic: task {number}"
+        pipeline = service.pipeline
+        process = type(pipeline).process  # the class's verb (see ``_replay`` there)
+        invalid = dict(pipeline.invalid)
+        written, tasks = self._written_count, self._stream_task
+        held: list[tuple[int, int]] = []
+        for start in sorted(logs):
+            first, records = decode_log(logs[start], where)
+            held.append((first, first + len(records)))
+            for index, raw in enumerate(records, first):
+                if index >= count:
+                    break
+                try:
+                    record = events.decode(raw)
+                except Exception:  # refused (or failed) at decode: no stream took it
+                    continue
+                name = record.stream
+                since = written.get(name)
+                if since is None or index < since or tasks.get(name) != number:
+                    continue
+                with contextlib.suppress(Exception):
+                    process(pipeline, record)
+                pipeline.streams[name].changed = True
+                self.replayed += 1
+        pipeline.invalid = invalid
+        return held
 
     def _read_changelog(self, numbers: list[int], timeout: float = 60.0
                         ) -> dict[int, TaskRecords]:

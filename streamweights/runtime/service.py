@@ -28,7 +28,6 @@ import base64
 import contextlib
 import faulthandler
 import hashlib
-import heapq
 import logging
 import os
 import signal
@@ -47,6 +46,7 @@ from streamweights.runtime import faults
 from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.checkpoint_load import CheckpointLoad
 from streamweights.runtime.checkpoint_pacing import CheckpointPacer
+from streamweights.runtime.commit_spread import oldest_due
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
@@ -347,12 +347,7 @@ class LocalCheckpoints:
         if (len(changed) <= floor or not getattr(service.source, "rereadable", True)
                 or service._exhausted):
             return changed
-        written = self.written
-        if any(name not in written for name in changed):  # (none: the first is full)
-            return changed
-        count = max(floor, -(-len(changed) // self.write_spread))
-        chosen = set(heapq.nsmallest(count, changed, key=written.__getitem__))
-        return [name for name in changed if name in chosen]
+        return oldest_due(changed, self.written, floor, self.write_spread)
 
     def on_dead_letter(self, reason: str) -> None:
         """Dead letters are counted in the pipeline state already."""
@@ -403,6 +398,8 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
                                      kafka.transaction_timeout_ms)
         kafka.source.max_event_time_skew = max(
             stream.max_event_time_skew_seconds for stream in config.streams)
+        kafka.spread_above = config.checkpoint_spread_above
+        kafka.spread_over = config.checkpoint_spread_over
         return Runtime(kafka.source, dict(kafka.sinks), kafka)
     source = make_source(config.source)
     check_source_matches_streams(source, pipeline)  # validate runs it too

@@ -33,12 +33,13 @@ STREAMS = (("demo", 7), ("other", 11))
 EVENTS_PER_STREAM = 3_000
 
 
-def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM) -> list[bytes]:
+def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM,
+                streams: tuple[tuple[str, int], ...] = STREAMS) -> list[bytes]:
     """Two replayed drifting streams interleaved in event-time order (as live producers
     write them), as JSONL; returns the lines. Each replay is already in event-time order
     (ties: prediction first), and the merge keeps each stream's own order."""
     replays = []
-    for stream, seed in STREAMS:
+    for stream, seed in streams:
         replay = ReplayStream(SourceConfig(events=events, seed=seed, stream=stream))
         replays.append([raw for _, raw in replay.records()])
     lines = list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
@@ -47,12 +48,13 @@ def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM) -> list[byt
 
 
 def config_document(folder: pathlib.Path, input_path: pathlib.Path,
-                    checkpoint_every_records: int = 10_000_000) -> dict[str, Any]:
+                    checkpoint_every_records: int = 10_000_000,
+                    streams: tuple[tuple[str, int], ...] = STREAMS) -> dict[str, Any]:
     """The embedded (JSONL) config of the two streams, outputs in ``folder``."""
     document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     stream = document["streams"][0]
     stream["publish"] = {"every_labels": 250, "every_seconds": 60}
-    document["streams"] = [{**stream, "name": name} for name, _ in STREAMS]
+    document["streams"] = [{**stream, "name": name} for name, _ in streams]
     document["source"] = {"kind": "jsonl", "path": str(input_path)}
     document["state_dir"] = str(folder / "state")
     document["checkpoint"] = {"every_records": checkpoint_every_records, "every_seconds": 3600}
@@ -64,15 +66,19 @@ def config_document(folder: pathlib.Path, input_path: pathlib.Path,
     return document
 
 
-def make_config(folder: pathlib.Path, input_path: pathlib.Path):
-    return parse_config(config_document(folder, input_path))
+def make_config(folder: pathlib.Path, input_path: pathlib.Path,
+                streams: tuple[tuple[str, int], ...] = STREAMS):
+    return parse_config(config_document(folder, input_path, streams=streams))
 
 
 def kafka_document(folder: pathlib.Path, bootstrap: str, topics: dict[str, str], *,
-                   checkpoint_every_records: int = 500, **kafka: Any) -> dict[str, Any]:
+                   checkpoint_every_records: int = 500,
+                   streams: tuple[tuple[str, int], ...] = STREAMS, **kafka: Any
+                   ) -> dict[str, Any]:
     """A ``source.kind: kafka`` config on ``topics`` (keys: predictions, labels, weights,
     adapted, dead_letter, changelog), bounded (``stop_at_end``), short group timeouts."""
-    document = config_document(folder, folder / "unused.jsonl", checkpoint_every_records)
+    document = config_document(folder, folder / "unused.jsonl", checkpoint_every_records,
+                               streams)
     document["source"] = {"kind": "kafka"}
     document["outputs"] = {}
     document["kafka"] = {
@@ -236,11 +242,12 @@ def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     return [record.value for record in read_records(bootstrap, topic)]
 
 
-def embedded_reference(tmp_path: pathlib.Path, lines_path: pathlib.Path
+def embedded_reference(tmp_path: pathlib.Path, lines_path: pathlib.Path,
+                       streams: tuple[tuple[str, int], ...] = STREAMS
                        ) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
     """The uninterrupted embedded run every Kafka result is compared with: its summary's
     streams (as JSON values) and its weights records per stream."""
-    service = Service(make_config(tmp_path / "embedded", lines_path))
+    service = Service(make_config(tmp_path / "embedded", lines_path, streams))
     try:
         summary = service.run()
     finally:
@@ -267,9 +274,10 @@ def weights_difference(got: dict[str, list[bytes]], expected: dict[str, list[byt
     return "\n".join(lines)
 
 
-def assert_versions_once_each(weights: dict[str, list[bytes]]) -> None:
+def assert_versions_once_each(weights: dict[str, list[bytes]],
+                              streams: tuple[tuple[str, int], ...] = STREAMS) -> None:
     """Each stream's weights versions are 1, 2, ... n: none missing, none twice."""
-    for name, _ in STREAMS:
+    for name, _ in streams:
         versions = [orjson.loads(value)["version"] for value in weights[name]]
         assert versions == list(range(1, len(versions) + 1)), name
 

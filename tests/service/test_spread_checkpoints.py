@@ -212,9 +212,10 @@ def test_standard_input_and_few_streams_write_every_changed_stream(tmp_path, bur
         service.close()
 
 
-def test_spread_settings_are_checked_and_refused_in_kafka_mode(tmp_path):
+def test_spread_settings_are_checked_and_reach_the_kafka_runtime_too(tmp_path):
     """Scenario: ``spread_over: 0``; the keys in a Kafka config; the defaults.
-    We expect: the first two refused with a line that names the key, the defaults 256
+    We expect: the first refused with a line that names the key; the second read (the
+    Kafka runtime spreads its commits too: ``runtime.commit_spread``); the defaults 256
     and 8."""
     document = yaml.safe_load(write_config(tmp_path, tmp_path / "in.jsonl").read_text())
     defaults = parse_config(document)
@@ -223,9 +224,9 @@ def test_spread_settings_are_checked_and_refused_in_kafka_mode(tmp_path):
         parse_config({**document, "checkpoint": {"spread_over": 0}})
     kafka = {**document, "source": {"kind": "kafka"},
              "kafka": {"bootstrap_servers": "127.0.0.1:9"},
-             "checkpoint": {"spread_above": 10}}
-    with pytest.raises(ConfigError, match="only used by the embedded runtime"):
-        parse_config(json.loads(json.dumps(kafka)))
+             "checkpoint": {"spread_above": 10, "spread_over": 4}}
+    config = parse_config(json.loads(json.dumps(kafka)))
+    assert (config.checkpoint_spread_above, config.checkpoint_spread_over) == (10, 4)
 
 
 @pytest.mark.parametrize("damaged", [False, True])

@@ -1,0 +1,158 @@
+"""Kafka commits that spread their stream writes (``runtime.commit_spread``): streams left
+unwritten by a commit are brought up to it at a restore by replaying the records the
+commit logged, so a kill -9, a failed commit rolled back in process, and a restart all
+end with the uninterrupted run's weights, and the logs are deleted once no stream needs
+them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import orjson
+import yaml
+
+from streamweights.config import parse_config
+from streamweights.runtime import transaction_calls
+from streamweights.runtime.kafka_runtime import ChangelogReader
+from streamweights.runtime.service import Service
+from tests.kafka.helpers import (
+    REPO,
+    assert_versions_once_each,
+    by_stream,
+    embedded_reference,
+    kafka_document,
+    make_topics,
+    produce_inputs,
+    read_records,
+    read_topic,
+    start_held,
+    wait_until_held,
+    write_input,
+)
+
+#: Six streams in two tasks: with ``spread_above: 1`` and ``spread_over: 3`` each commit
+#: writes the two of the changed streams whose records are oldest and logs the records
+#: for the other four.
+SPREAD_STREAMS = tuple((f"segment-{index}", 20 + index) for index in range(6))
+PARTITIONS = 2
+EVENTS = 700
+SPREAD = {"spread_above": 1, "spread_over": 3}
+
+
+def spread_document(folder, bootstrap, topics, every_records: int) -> dict:
+    document = kafka_document(folder, bootstrap, topics, streams=SPREAD_STREAMS,
+                              checkpoint_every_records=every_records)
+    document["checkpoint"].update(SPREAD)
+    return document
+
+
+def spread_inputs(tmp_path, bootstrap, topic_factory):
+    """The six streams' input, the embedded run's summary streams and weights on it, and
+    new topics holding it."""
+    lines = write_input(tmp_path / "input.jsonl", events=EVENTS, streams=SPREAD_STREAMS)
+    reference = embedded_reference(tmp_path, tmp_path / "input.jsonl", SPREAD_STREAMS)
+    topics = make_topics(topic_factory, PARTITIONS)
+    produce_inputs(bootstrap, lines, topics["predictions"], topics["labels"])
+    return lines, reference, topics
+
+
+def live_logs(bootstrap: str, topic: str) -> dict[int, dict[int, bytes]]:
+    """Per task, the record logs a restore would read from the changelog now."""
+    reader = ChangelogReader()
+    for record in read_records(bootstrap, topic):
+        reader.add(record.partition, record.key, record.value)
+    return {number: logs for number, logs in reader.logs.items() if logs}
+
+
+def test_kill_minus_nine_with_spread_commits_restarts_to_the_uninterrupted_weights(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: six streams in two partitions, commits every 150 records writing a third
+    of the changed streams each (``spread_above: 1``, ``spread_over: 3``); the service
+    (a subprocess) is held at record 3,500 with commits behind it and killed with
+    SIGKILL, then started again and run to the end. We expect: at the kill the changelog
+    holds record logs (streams were left unwritten); the restart says it replayed logged
+    records, exits 0 with the uninterrupted embedded run's per-stream summary, and the
+    weights topic holds each stream's versions exactly once, equal to that run's; at the
+    end no log is left (the last commit writes every stream and deletes them)."""
+    lines, (reference_streams, reference_weights), topics = spread_inputs(
+        tmp_path, kafka_bootstrap, topic_factory)
+    folder = tmp_path / "kafka"
+    folder.mkdir()
+    config_path = folder / "config.yaml"
+    config_path.write_text(yaml.safe_dump(spread_document(folder, kafka_bootstrap, topics,
+                                                          every_records=150)))
+    group = parse_config(yaml.safe_load(config_path.read_text())).kafka.group_id
+
+    log_path = tmp_path / "service.log"
+    process = start_held(config_path, log_path, tmp_path / "gate", 3_500)
+    try:
+        done = wait_until_held(process, log_path, kafka_bootstrap, group, topics, PARTITIONS)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert 0 < done < 3_500
+    assert live_logs(kafka_bootstrap, topics["changelog"])  # streams were left unwritten
+
+    summary_path = tmp_path / "summary.json"
+    restarted = subprocess.run(
+        [sys.executable, "-m", "streamweights", "run", "--no-http", "--config",
+         str(config_path), "--summary", str(summary_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "logged records replayed" in restarted.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["complete"] and summary["records"] == len(lines)
+    assert summary["streams"] == reference_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == reference_weights
+    assert_versions_once_each(weights, SPREAD_STREAMS)
+    assert live_logs(kafka_bootstrap, topics["changelog"]) == {}
+
+
+def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
+    """Scenario: the same six streams and spread, commits every 200 records; the 6th
+    commit_transaction raises a Kafka error after its outputs, stream records and logs
+    were sent. We expect: the run carries on by itself, every task rolled back to its
+    last committed records with the logged records replayed into the streams left
+    unwritten (some were), and its summary and weights equal the embedded run's."""
+    from kafka.errors import KafkaError
+
+    lines, (reference_streams, reference_weights), topics = spread_inputs(
+        tmp_path, kafka_bootstrap, topic_factory)
+    service = Service(parse_config(spread_document(tmp_path / "kafka", kafka_bootstrap,
+                                                   topics, every_records=200)))
+    first_producer = service.state.producer
+    real_commit = transaction_calls.commit
+    calls = {"n": 0}
+
+    def flaky_commit(producer, timeout):
+        if producer is first_producer:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                producer.flush()
+                raise KafkaError("injected: the commit failed")
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    try:
+        summary = service.run()
+        replayed = service.state.replayed
+    finally:
+        service.close()
+    assert calls["n"] == 6
+    assert replayed > 0
+    assert summary["records"] == len(lines)
+    assert json.loads(orjson.dumps(summary["streams"])) == reference_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == reference_weights
+    assert_versions_once_each(weights, SPREAD_STREAMS)
