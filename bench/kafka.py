@@ -97,6 +97,7 @@ absolute numbers move between runs; the ratio is what the rounds make comparable
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import cProfile
 import gc
@@ -157,18 +158,30 @@ POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
 
 
 def generate(streams: int, events_per_stream: int) -> list[bytes]:
-    """``streams`` replayed drifting streams merged in event-time order (as JSON lines).
+    """``streams`` replayed drifting streams merged in event-time order (as JSON lines),
+    generated on every core (each stream's replay trains its own models: ~0.4 s a stream
+    of 60 events, so 1,000 streams took ~7 minutes on one core).
 
     Each record is kept as a compact copy: orjson's own output object holds ~4 KiB of heap
     while it lives, so a latency phase of 40 s at 66,000 records/s held ~20 GB and was
     killed for memory (the copies: ~0.2 KiB each)."""
     replays = []
-    for number in range(streams):
-        replay = ReplayStream(SourceConfig(events=events_per_stream, seed=number + 1,
-                                           stream=f"s{number}"))
-        replays.append([bytes(memoryview(raw)) for _, raw in replay.records()])
-        print(f"  generated stream s{number}: {len(replays[-1]):,} records", flush=True)
+    workers = min(streams, os.cpu_count() or 1)
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        for number, records in enumerate(pool.map(
+                _replayed, range(streams), itertools.repeat(events_per_stream),
+                chunksize=max(1, min(16, streams // (4 * workers))))):
+            replays.append(records)
+            if number < 10 or (number + 1) % 100 == 0 or number + 1 == streams:
+                print(f"  generated stream s{number}: {len(records):,} records", flush=True)
     return list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
+
+
+def _replayed(number: int, events_per_stream: int) -> list[bytes]:
+    """Stream ``s<number>``'s replayed records (seed ``number + 1``), compact copies."""
+    replay = ReplayStream(SourceConfig(events=events_per_stream, seed=number + 1,
+                                       stream=f"s{number}"))
+    return [bytes(memoryview(raw)) for _, raw in replay.records()]
 
 
 def route(raw: bytes) -> tuple[bool, bytes]:
@@ -248,7 +261,8 @@ def consume_only(bootstrap: str, topics: list[str], partitions: int, total: int,
 def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, str],
                     streams: int, state_dir: str, *, checkpoint_records: int,
                     checkpoint_seconds: float, bounded: bool,
-                    publish_every_labels: int, max_share: float | None = None) -> dict:
+                    publish_every_labels: int, max_share: float | None = None,
+                    spread: tuple[int, int] | None = None) -> dict:
     document = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())
     stream = document["streams"][0]
     stream["publish"] = {"every_labels": publish_every_labels, "every_seconds": 60}
@@ -260,6 +274,8 @@ def config_document(bootstrap: str, inputs: dict[str, str], outputs: dict[str, s
                               "every_seconds": checkpoint_seconds}
     if max_share is not None:
         document["checkpoint"]["max_share"] = max_share
+    if spread is not None:
+        document["checkpoint"]["spread_above"], document["checkpoint"]["spread_over"] = spread
     suffix = uuid.uuid4().hex[:8]
     document["kafka"].update({
         "bootstrap_servers": bootstrap, "group_id": f"bench-{suffix}",
@@ -305,7 +321,8 @@ def blocked_time(waits: dict[str, float], active: Callable[[], bool]) -> Iterato
 
 
 def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
-             total: int, checkpoint: tuple[int, float, float | None], state_dir: str,
+             total: int, checkpoint: tuple[int, float, float | None, tuple[int, int] | None],
+             state_dir: str,
              adapted: bool, waits: dict[str, float] | None = None) -> tuple[float, int]:
     """One bounded replica from a fresh group; records/s from the first record released,
     and the number of transactions committed. ``waits``, if given, receives the seconds
@@ -314,7 +331,8 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
     document = config_document(bootstrap, inputs, topics.outputs(adapted), streams, state_dir,
                                checkpoint_records=checkpoint[0],
                                checkpoint_seconds=checkpoint[1], bounded=True,
-                               publish_every_labels=1000, max_share=checkpoint[2])
+                               publish_every_labels=1000, max_share=checkpoint[2],
+                               spread=checkpoint[3])
     service = Service(parse_config(document))
     first: list[float] = []
     opened = service.source.open
@@ -717,7 +735,7 @@ def profile_ours(bootstrap: str, topics: Topics, inputs: dict[str, str],
     profiler = cProfile.Profile()
     profiler.enable()
     run_ours(bootstrap, topics, inputs, args.streams, total,
-             (args.checkpoint_records, args.checkpoint_seconds, args.max_share),
+             (args.checkpoint_records, args.checkpoint_seconds, args.max_share, None),
              state_dir, args.adapted)
     profiler.disable()
     if args.profile_dump:
@@ -755,6 +773,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds per transaction (default: configs/kafka.yaml's)")
     parser.add_argument("--max-share", type=float, default=None,
                         help="checkpoint.max_share (default: the service's, 0.5)")
+    parser.add_argument("--spread-variants", nargs="*", default=[], metavar="ABOVE/OVER",
+                        help="also run, each round, a replica per checkpoint.spread_above/"
+                             "spread_over pair given (256/1: every changed stream written "
+                             "at each commit, as before commits were spread)")
     parser.add_argument("--unpaced-too", action="store_true",
                         help="each round, also time a replica whose checkpoints are never "
                              "held back (checkpoint.max_share 1, as before it was added)")
@@ -821,6 +843,8 @@ def main(argv: list[str] | None = None) -> None:
         defaults = {**settings, **{key: KafkaConsumer.DEFAULT_CONFIG[key]
                                    for key in THROUGHPUT_SETTINGS}}
         ceiling, ours, at_defaults, native, with_adapted, unpaced = [], [], [], [], [], []
+        variants = [tuple(int(part) for part in text.split("/")) for text in args.spread_variants]
+        spread_rates: dict[tuple[int, ...], list[float]] = {variant: [] for variant in variants}
         for round_number in range(1, args.rounds + 1 if args.rate is None else 1):
             ceiling.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
                                         total, settings))
@@ -829,28 +853,46 @@ def main(argv: list[str] | None = None) -> None:
             native.append(consume_only(bootstrap, list(inputs.values()), args.partitions,
                                        total, settings, native_reader=True))
             waits: dict[str, float] = {}
-            checkpoint = (args.checkpoint_records, args.checkpoint_seconds, args.max_share)
+            checkpoint = (args.checkpoint_records, args.checkpoint_seconds, args.max_share,
+                          None)
 
             def unpaced_replica(round_number: int) -> None:
                 unpaced_rate, unpaced_commits = run_ours(
                     bootstrap, topics, inputs, args.streams, total,
-                    (args.checkpoint_records, args.checkpoint_seconds, 1.0),
+                    (args.checkpoint_records, args.checkpoint_seconds, 1.0, None),
                     str(pathlib.Path(workdir) / f"round{round_number}-unpaced"), args.adapted)
                 unpaced.append(unpaced_rate)
                 print(f"  round {round_number}: ours with checkpoints never held back "
                       f"(max_share 1) {unpaced_rate:,.0f} records/s ({unpaced_commits} "
                       "transactions)", flush=True)
 
-            # (the two replicas take turns at running first, so that neither has the
-            # broker's warmer caches every round)
+            def spread_replicas(round_number: int) -> None:
+                for above, over in variants:
+                    rate, commits = run_ours(
+                        bootstrap, topics, inputs, args.streams, total,
+                        (args.checkpoint_records, args.checkpoint_seconds, args.max_share,
+                         (above, over)),
+                        str(pathlib.Path(workdir) / f"round{round_number}-{above}-{over}"),
+                        args.adapted)
+                    spread_rates[(above, over)].append(rate)
+                    print(f"  round {round_number}: ours with spread_above {above}, "
+                          f"spread_over {over}: {rate:,.0f} records/s ({commits} "
+                          "transactions)", flush=True)
+
+            # (the replicas take turns at running first, so that none has the broker's
+            # warmer caches every round)
             if args.unpaced_too and round_number % 2 == 0:
                 unpaced_replica(round_number)
+            if round_number % 2 == 0:
+                spread_replicas(round_number)
             rate, commits = run_ours(bootstrap, topics, inputs, args.streams, total, checkpoint,
                                      str(pathlib.Path(workdir) / f"round{round_number}"),
                                      args.adapted, waits)
             ours.append(rate)
             if args.unpaced_too and round_number % 2 == 1:
                 unpaced_replica(round_number)
+            if round_number % 2 == 1:
+                spread_replicas(round_number)
             print(f"  round {round_number}: consume-only {ceiling[-1]:,.0f} records/s "
                   f"(with kafka-python's fetch defaults {at_defaults[-1]:,.0f}; with "
                   f"the service's native record reader {native[-1]:,.0f}), "
@@ -878,6 +920,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"ours with checkpoints never held back (best of {args.rounds}): "
                       f"{max(unpaced):,.0f} records/s -> {max(unpaced) / best_ceiling:.1%} "
                       f"of the ceiling (held back as the service does: {best_ours:,.0f})")
+            for (above, over), rates in spread_rates.items():
+                print(f"ours with spread_above {above}, spread_over {over} (best of "
+                      f"{args.rounds}): {max(rates):,.0f} records/s -> "
+                      f"{max(rates) / best_ceiling:.1%} of the ceiling (the service's "
+                      f"settings: {best_ours:,.0f})")
             if with_adapted:
                 print(f"ours publishing an adapted record per prediction too (best of "
                       f"{args.rounds}): {max(with_adapted):,.0f} records/s -> "

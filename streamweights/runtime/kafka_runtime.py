@@ -817,6 +817,9 @@ class KafkaRuntime:
         logs = self.source.merges.take_logs()  # (empty unless spreading)
         changed_streams = service.pipeline.changed_streams()
         due = changed_streams
+        # The commit at the end of a bounded replay writes every changed stream: the
+        # final weights versions (``Service._finish``) change streams without a record,
+        # which no log could replay.
         if self._spreading and not service._exhausted:
             due = oldest_due(changed_streams, self._written_at, self.spread_above,
                              self.spread_over)
@@ -1193,6 +1196,12 @@ class KafkaRuntime:
             snapshot = snapshots.get(number)
             if snapshot is not None:
                 offsets.update(self._restore_task(service, number, snapshot))
+            elif self._spreading:  # a fresh task: its streams stand as written, fresh,
+                # at record 0 (a restore replays the logs from there into one without a
+                # record), so that their first writes spread as later ones do
+                for name in self._task_streams.get(number, ()):
+                    self._written_at[name], self._written_count[name] = 0, 0
+                self._log_start[number] = 0
             else:  # a fresh task: its first commit writes every stream, so that from
                 # then on the changelog holds a record of each
                 for name in self._task_streams.get(number, ()):
@@ -1241,11 +1250,15 @@ class KafkaRuntime:
             if not stream.changed:
                 self._written_at[name] = 0
                 self._written_count[name] = snapshot.written.get(name, 0)
+        for name in self._task_streams.get(number, ()):
+            if name not in states:  # no record yet: fresh, as written at record 0
+                self._written_at[name], self._written_count[name] = 0, 0
         count = int(meta["records"])
         self._log_start[number] = count
         if snapshot.logs:
             self._logs[number] = self._replay_logs(service, number, snapshot.logs, count)
-        for name in states:
+        for name in (*states, *(name for name in self._task_streams.get(number, ())
+                                if name not in states)):
             stream = service.pipeline.streams.get(name)
             if stream is not None and stream.latest_weights is not None:
                 service.view.weights[name] = events.encode_to_keep(stream.latest_weights)

@@ -18,6 +18,7 @@ import yaml
 from streamweights.config import parse_config
 from streamweights.runtime import transaction_calls
 from streamweights.runtime.kafka_runtime import ChangelogReader
+from streamweights.runtime.kafka_source import wait_for_assignment
 from streamweights.runtime.service import Service
 from tests.kafka.helpers import (
     REPO,
@@ -77,7 +78,10 @@ def test_kill_minus_nine_with_spread_commits_restarts_to_the_uninterrupted_weigh
     holds record logs (streams were left unwritten); the restart says it replayed logged
     records, exits 0 with the uninterrupted embedded run's per-stream summary, and the
     weights topic holds each stream's versions exactly once, equal to that run's; at the
-    end no log is left (the last commit writes every stream and deletes them)."""
+    end no log is left (the commit at the input's end writes every changed stream: the
+    final weights versions change streams without a record, so no log could replay
+    them) and a replica started on that changelog restores the uninterrupted run's
+    streams."""
     lines, (reference_streams, reference_weights), topics = spread_inputs(
         tmp_path, kafka_bootstrap, topic_factory)
     folder = tmp_path / "kafka"
@@ -116,6 +120,16 @@ def test_kill_minus_nine_with_spread_commits_restarts_to_the_uninterrupted_weigh
     assert weights == reference_weights
     assert_versions_once_each(weights, SPREAD_STREAMS)
     assert live_logs(kafka_bootstrap, topics["changelog"]) == {}
+
+    replica = Service(parse_config(yaml.safe_load(config_path.read_text())))
+    try:
+        replica.restore()
+        wait_for_assignment(replica.source)
+        assert replica.state.replayed == 0
+        assert json.loads(orjson.dumps(replica.pipeline.summary()["streams"])) == \
+            reference_streams
+    finally:
+        replica.close()
 
 
 def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
