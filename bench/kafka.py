@@ -141,6 +141,7 @@ from streamweights.runtime.kafka_source import (  # noqa: E402
     THROUGHPUT_SETTINGS,
     KafkaSource,
     consumer_settings,
+    wait_for_assignment,
 )
 from streamweights.runtime.replay import ReplayStream  # noqa: E402
 from streamweights.runtime.service import THREAD_SWITCH_INTERVAL, Service  # noqa: E402
@@ -355,6 +356,39 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
         service.close()
     assert summary["records"] == total, f"ours read {summary['records']} of {total}"
     return total / (ended - first[0]), commits
+
+
+def restore_after_stop(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: int,
+                       stop_at: int, checkpoint: tuple[int, float, float | None,
+                                                       tuple[int, int] | None],
+                       state_dir: str) -> tuple[float, int, int]:
+    """A replica from a fresh group stopped at input position ``stop_at`` (its stop
+    commits, as a SIGTERM's does), then a new replica on the same group and changelog:
+    the seconds from its ``restore`` to its tasks restored (every stream's newest record
+    read and loaded, and with spread commits the logged records replayed into the
+    streams left unwritten), the records it replayed, and the stop's transactions."""
+    document = config_document(bootstrap, inputs, topics.outputs(False), streams, state_dir,
+                               checkpoint_records=checkpoint[0],
+                               checkpoint_seconds=checkpoint[1], bounded=True,
+                               publish_every_labels=1000, max_share=checkpoint[2],
+                               spread=checkpoint[3])
+    stopped = Service(parse_config(document), max_records=stop_at)
+    try:
+        with startup_heap_frozen():
+            stopped.run()
+        commits = stopped.state.commits
+    finally:
+        stopped.close()
+    replica = Service(parse_config(document))
+    try:
+        began = time.perf_counter()
+        replica.restore()
+        wait_for_assignment(replica.source)
+        seconds = time.perf_counter() - began
+        replayed = replica.state.replayed
+    finally:
+        replica.close()
+    return seconds, replayed, commits
 
 
 #: Seconds the Java load generator sends, at the rate asked, to warm-up topics of its own
@@ -777,6 +811,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run, each round, a replica per checkpoint.spread_above/"
                              "spread_over pair given (256/1: every changed stream written "
                              "at each commit, as before commits were spread)")
+    parser.add_argument("--restore", action="store_true",
+                        help="after the rounds, stop a replica at 60%% of the input and time a "
+                             "new one's restore (with the service's settings and each "
+                             "--spread-variants pair)")
     parser.add_argument("--unpaced-too", action="store_true",
                         help="each round, also time a replica whose checkpoints are never "
                              "held back (checkpoint.max_share 1, as before it was added)")
@@ -929,6 +967,20 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"ours publishing an adapted record per prediction too (best of "
                       f"{args.rounds}): {max(with_adapted):,.0f} records/s -> "
                       f"{max(with_adapted) / best_ceiling:.1%} of the ceiling")
+        if args.restore:
+            stop_at = int(total * 0.6)
+            print(f"\nrestores after a stop at record {stop_at:,} of {total:,} (each on a "
+                  "fresh group):", flush=True)
+            settings_list = [("the service's settings", None)] + [
+                (f"spread_above {above}, spread_over {over}", (above, over))
+                for above, over in variants]
+            for what, spread in settings_list:
+                seconds, replayed, commits = restore_after_stop(
+                    bootstrap, topics, inputs, args.streams, stop_at,
+                    (args.checkpoint_records, args.checkpoint_seconds, args.max_share, spread),
+                    str(pathlib.Path(workdir) / f"restore-{what.replace(' ', '-')}"))
+                print(f"  {what}: restored in {seconds:.2f} s, {replayed:,} logged records "
+                      f"replayed ({commits} transactions before the stop)", flush=True)
         if args.profile:
             profile_ours(bootstrap, topics, inputs, args, total,
                          str(pathlib.Path(workdir) / "profile"))
