@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 import yaml
 
 from streamweights.config import parse_config
@@ -132,13 +133,16 @@ def test_kill_minus_nine_with_spread_commits_restarts_to_the_uninterrupted_weigh
         replica.close()
 
 
+@pytest.mark.parametrize("failing", [2, 6])
 def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
-        tmp_path, kafka_bootstrap, topic_factory, monkeypatch):
-    """Scenario: the same six streams and spread, commits every 200 records; the 6th
-    commit_transaction raises a Kafka error after its outputs, stream records and logs
-    were sent. We expect: the run carries on by itself, every task rolled back to its
-    last committed records with the logged records replayed into the streams left
-    unwritten (some were), and its summary and weights equal the embedded run's."""
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch, failing):
+    """Scenario: the same six streams and spread, commits every 200 records; the 2nd
+    (only the first wrote any stream: two of the six, the others have no record yet)
+    or the 6th commit_transaction raises a Kafka error after its outputs, stream records
+    and logs were sent. We expect: the run carries on by itself, every task rolled back
+    to its last committed records (fresh for a stream without one) with the logged
+    records replayed into the streams left unwritten (some were), and its summary and
+    weights equal the embedded run's."""
     from kafka.errors import KafkaError
 
     lines, (reference_streams, reference_weights), topics = spread_inputs(
@@ -152,7 +156,7 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     def flaky_commit(producer, timeout):
         if producer is first_producer:
             calls["n"] += 1
-            if calls["n"] == 6:
+            if calls["n"] == failing:
                 producer.flush()
                 raise KafkaError("injected: the commit failed")
         return real_commit(producer, timeout)
@@ -163,7 +167,7 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
         replayed = service.state.replayed
     finally:
         service.close()
-    assert calls["n"] == 6
+    assert calls["n"] == failing
     assert replayed > 0
     assert summary["records"] == len(lines)
     assert json.loads(orjson.dumps(summary["streams"])) == reference_streams
