@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+import yaml
 from kafka import KafkaConsumer
 
 from streamweights.config import load_config
@@ -28,8 +30,9 @@ from tests.kafka.helpers import (
 )
 
 
+@pytest.mark.parametrize("spread", [None, (1, 2)], ids=["every-stream", "spread"])
 def test_tasks_taken_away_and_given_back_end_with_identical_weights(
-        tmp_path, kafka_bootstrap, topic_factory):
+        tmp_path, kafka_bootstrap, topic_factory, spread):
     """Scenario: a bounded `streamweights run` (3 tasks, a transaction every 300 records)
     works through ~12,000 records while a second member joins its group (taking tasks
     away from it) and leaves again (giving them back), three times: twice while the
@@ -39,13 +42,19 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     the service logged more than one assignment (the rebalances happened mid-stream),
     committed its open cycle before each move instead of aborting it (nothing redone),
     exits 0, and its summary and read_committed weights topic (versions 1..n once each)
-    equal an uninterrupted embedded run."""
+    equal an uninterrupted embedded run. The same with commits that write one of the
+    two changed streams each (``spread_above: 1``, ``spread_over: 2``): a task given back
+    replays its logged records into the stream its commits left unwritten."""
     lines = write_input(tmp_path / "input.jsonl")
     reference, reference_weights = embedded_reference(tmp_path, tmp_path / "input.jsonl")
     topics = make_topics(topic_factory, 3)
     produce_inputs(kafka_bootstrap, lines, topics["predictions"], topics["labels"])
     config_path = write_kafka_config(tmp_path / "kafka", kafka_bootstrap, topics,
                                      checkpoint_every_records=300)
+    if spread is not None:
+        document = yaml.safe_load(config_path.read_text())
+        document["checkpoint"]["spread_above"], document["checkpoint"]["spread_over"] = spread
+        config_path.write_text(yaml.safe_dump(document))
     group = load_config(config_path).kafka.group_id
     summary_path = tmp_path / "summary.json"
     log_path = tmp_path / "service.log"
@@ -89,6 +98,8 @@ def test_tasks_taken_away_and_given_back_end_with_identical_weights(
     # every rebalance while it worked committed the cycle first instead of aborting it
     assert "before the tasks move" in log_text, log_text[-3000:]
     assert "aborted the open transaction" not in log_text, log_text[-3000:]
+    if spread is not None:
+        assert "logged records replayed" in log_text, log_text[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["streams"] == reference
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
