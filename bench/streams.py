@@ -79,6 +79,8 @@ from streamweights.adapters.state_codec import dumps_state
 from streamweights.config import (
     KAFKA_CHECKPOINT_RECORDS,
     KAFKA_CHECKPOINT_SECONDS,
+    KAFKA_SPREAD_ABOVE,
+    KAFKA_SPREAD_OVER,
     ServiceConfig,
     parse_config,
 )
@@ -203,8 +205,9 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
             f"{theirs:.3f} s (x{theirs / ours:.1f})")
 
 
-#: The service's checkpoint cadences: (what, every_records, every_seconds, spread_over,
-#: whether the line runs ``--cadence-rounds`` rather than ``--steady-rounds``).
+#: The service's checkpoint cadences: (what, every_records, every_seconds,
+#: (spread_above, spread_over), max_share, whether the line runs ``--cadence-rounds``
+#: rather than ``--steady-rounds``).
 #: The embedded runtime spreads its writes (``checkpoint.spread_over``, default 8), and
 #: is timed again writing every changed stream (``spread_over: 1``, as before it could)
 #: for the comparison, both over enough checkpoints to include the full snapshot that
@@ -217,23 +220,24 @@ def scrape_costs(service: Service, rounds: int = 3) -> str:
 #: 0.5) and writing every changed stream at each commit (``spread_over: 1``, as before).
 CADENCES = (
     ("the embedded default", ServiceConfig.checkpoint_every_records,
-     ServiceConfig.checkpoint_every_seconds, ServiceConfig.checkpoint_spread_over,
+     ServiceConfig.checkpoint_every_seconds,
+     (ServiceConfig.checkpoint_spread_above, ServiceConfig.checkpoint_spread_over),
      ServiceConfig.checkpoint_max_share, True),
     ("the embedded default, every changed stream written (spread_over: 1),",
-     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds, 1,
-     ServiceConfig.checkpoint_max_share, True),
+     ServiceConfig.checkpoint_every_records, ServiceConfig.checkpoint_every_seconds,
+     (ServiceConfig.checkpoint_spread_above, 1), ServiceConfig.checkpoint_max_share, True),
     ("the Kafka runtime's, every changed stream written (spread_over: 1, as before),",
-     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, 1,
+     KAFKA_CHECKPOINT_RECORDS, KAFKA_CHECKPOINT_SECONDS, (KAFKA_SPREAD_ABOVE, 1),
      ServiceConfig.checkpoint_max_share, False),
-    ("the Kafka runtime's (spread, as it does)", KAFKA_CHECKPOINT_RECORDS,
-     KAFKA_CHECKPOINT_SECONDS, ServiceConfig.checkpoint_spread_over,
+    ("the Kafka runtime's (spread as it does: above 32, over 40)", KAFKA_CHECKPOINT_RECORDS,
+     KAFKA_CHECKPOINT_SECONDS, (KAFKA_SPREAD_ABOVE, KAFKA_SPREAD_OVER),
      ServiceConfig.checkpoint_max_share, False),
 )
 
 
 def with_checkpoints(service: Service, config: ServiceConfig, records: list[bytes],
                      cadence: str, every_records: int, every_seconds: float,
-                     spread_over: int, max_share: float) -> str:
+                     spread: tuple[int, int], max_share: float) -> str:
     """The steady loop again over ``records``, now with the service's checkpoints at a
     cadence of its own: what a replica of these streams sustains. Interleaved over many
     streams, nearly every record changes a stream the last checkpoint did not write, so
@@ -242,7 +246,7 @@ def with_checkpoints(service: Service, config: ServiceConfig, records: list[byte
     are taken (``max_share``: after a long one, the next waits). (The Kafka runtime
     sends the same stream records to its changelog in a transaction; here they go to the
     local state folder, fsynced, as embedded.)"""
-    service.state.write_spread = spread_over
+    service.state.write_floor, service.state.write_spread = spread
     service._pacer = CheckpointPacer(max_share)
     service.source = RecordsSource(records, first=service.position)
     service.max_records = service.position + len(records)
@@ -378,14 +382,14 @@ def main() -> None:
               f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
         rounds = args.first_rounds + args.steady_rounds
         so_far = [*first, *steady]
-        for cadence, every_records, every_seconds, spread_over, share, long in CADENCES:
+        for cadence, every_records, every_seconds, spread, share, long in CADENCES:
             count = args.cadence_rounds if long else args.steady_rounds
             records = input_records(names, range(rounds, rounds + count))
             rounds += count
             so_far += records
             print(with_checkpoints(service, config, records, cadence, every_records,
-                                   every_seconds, spread_over, share))
-            if spread_over > 1:
+                                   every_seconds, spread, share))
+            if spread[1] > 1:
                 print(restore_with_replay(service, document, so_far))
         # The table below times the writing of k changed streams: each commit writes
         # every one (the touches are not in any input a restore could replay).
