@@ -113,7 +113,12 @@ from typing import TYPE_CHECKING, Any
 
 from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
-from streamweights.config import KAFKA_CHECKPOINT_SECONDS, KafkaConfig
+from streamweights.config import (
+    KAFKA_CHECKPOINT_SECONDS,
+    KAFKA_SPREAD_ABOVE,
+    KAFKA_SPREAD_OVER,
+    KafkaConfig,
+)
 from streamweights.join import SEGMENT_BYTES
 from streamweights.runtime.changelog_parts import (
     SPLIT_STREAM_RECORD_FORMAT,
@@ -557,12 +562,13 @@ class KafkaRuntime:
         #: Past ``spread_above`` changed streams a commit writes the ``1 / spread_over``
         #: of them with the oldest records and logs the records for the others
         #: (``runtime.commit_spread``); the service sets them from ``checkpoint.*``.
-        self.spread_above, self.spread_over = 256, 8
+        self.spread_above, self.spread_over = KAFKA_SPREAD_ABOVE, KAFKA_SPREAD_OVER
         #: Whether commits may leave streams unwritten (more streams than
         #: ``spread_above``, ``spread_over`` above 1): the merge then logs its records.
         self._spreading = False
-        #: stream -> the commit (``commits``) that wrote its newest record (0: restored);
-        #: absent: it has none yet, so the next commit writes it.
+        #: stream -> the commit (``commits``) that wrote its newest record (0: restored,
+        #: or fresh in a fresh task); absent (a stream of a format-1 snapshot, or of a
+        #: fresh task while commits do not spread): the next commit writes it.
         self._written_at: dict[str, int] = {}
         #: stream -> its task's record count when its newest record was written: a
         #: restore replays the task's logged records from there into it.
@@ -1066,8 +1072,8 @@ class KafkaRuntime:
         before its stream records: the records handed out since the last commit
         (``framed``) when streams of the task stay unwritten (``left``), and tombstones
         for the logs that no stream left unwritten needs any more (all of them when none
-        is). Notes where the task's next log starts and, for the streams this commit
-        writes (``_encode_task``), the count their records are written at."""
+        is). Notes where the task's next log starts (``_encode_task`` notes the count
+        the streams it writes are written at)."""
         count = self.source.released_counts.get(number, 0)
         start = self._log_start.get(number, count)
         self._log_start[number] = count
