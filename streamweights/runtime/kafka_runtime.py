@@ -1220,6 +1220,8 @@ class KafkaRuntime:
         elapsed = time.perf_counter() - started
         service.metrics.rebalances.inc()
         service.metrics.restore_seconds.observe(elapsed)
+        if self.replayed:
+            service.metrics.replayed_records.inc(self.replayed)
         log.info("kafka: assigned tasks %s, restored %d snapshot(s) in %.3fs%s", owned,
                  len(snapshots), elapsed,
                  f" ({self.replayed:,} logged records replayed into the streams their "

@@ -23,6 +23,7 @@ streamweights_ready                               gauge      —
 streamweights_kafka_transactions_total            counter    outcome (commit|abort)
 streamweights_kafka_rebalances_total              counter    —
 streamweights_kafka_restore_seconds               histogram  —
+streamweights_kafka_replayed_records_total        counter    —
 streamweights_kafka_commit_seconds                histogram  step (offsets|commit)
 streamweights_kafka_consumer_lag                  gauge      topic, partition
 streamweights_conformal_coverage                  gauge      stream, forecaster, alpha, window
@@ -405,6 +406,9 @@ class ServiceMetrics:
         self.restore_seconds = Histogram("streamweights_kafka_restore_seconds", "Time to "
                                          "restore newly assigned tasks from the changelog.",
                                          buckets=_CHECKPOINT_BUCKETS, registry=r)
+        self.replayed_records = Counter("streamweights_kafka_replayed_records", "Logged "
+                                        "records replayed at restores into the streams "
+                                        "spread commits left unwritten.", registry=r)
         self.commit_seconds = Histogram("streamweights_kafka_commit_seconds", "Time the "
                                         "broker took to answer a cycle's commit, by step: "
                                         "its offsets into the transaction, then "

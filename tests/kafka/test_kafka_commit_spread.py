@@ -141,7 +141,8 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     or the 6th commit_transaction raises a Kafka error after its outputs, stream records
     and logs were sent. We expect: the run carries on by itself, every task rolled back
     to its last committed records (fresh for a stream without one) with the logged
-    records replayed into the streams left unwritten (some were), and its summary and
+    records replayed into the streams left unwritten (some were; counted in
+    ``streamweights_kafka_replayed_records_total``), and its summary and
     weights equal the embedded run's."""
     from kafka.errors import KafkaError
 
@@ -165,10 +166,12 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     try:
         summary = service.run()
         replayed = service.state.replayed
+        counted = service.metrics.registry.get_sample_value(
+            "streamweights_kafka_replayed_records_total")
     finally:
         service.close()
     assert calls["n"] == failing
-    assert replayed > 0
+    assert replayed > 0 and counted == replayed  # (one roll-back replayed anything)
     assert summary["records"] == len(lines)
     assert json.loads(orjson.dumps(summary["streams"])) == reference_streams
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
