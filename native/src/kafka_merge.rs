@@ -13,9 +13,11 @@
 //! neither read to its end nor fetched to the end of a bounded replay) releases nothing
 //! more until the next fetch. `next_record` then hands the run out one record at a time,
 //! keeping what a commit reads (the offset after the last record handed out per
-//! partition, the records handed out per task) and the last record's origin (a dead
-//! letter's). Keys compare as Python's floats do: `-0.0` equals `0.0`; they are never NaN
-//! (a record without a readable finite `ts` sorts first, at `-inf`).
+//! partition, the records handed out per task), the last record's origin (a dead
+//! letter's) and, while asked to (`keep_log`), each task's values handed out since the
+//! last `take_logs` (what a spread commit logs in the changelog). Keys compare as
+//! Python's floats do: `-0.0` equals `0.0`; they are never NaN (a record without a
+//! readable finite `ts` sorts first, at `-inf`).
 //!
 //! Per record this is a few loads and stores, where the Python merge cost ~1.7 µs
 //! (buffering ~0.5, the run ~0.7, the per-record generator ~0.55): a fifth of a Kafka
