@@ -35,8 +35,9 @@ EVENTS_PER_STREAM = 3_000
 
 def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM,
                 streams: tuple[tuple[str, int], ...] = STREAMS) -> list[bytes]:
-    """Two replayed drifting streams interleaved in event-time order (as live producers
-    write them), as JSONL; returns the lines. Each replay is already in event-time order
+    """Replayed drifting streams (``streams``: names and seeds; two by default)
+    interleaved in event-time order (as live producers write them), as JSONL; returns the
+    lines. Each replay is already in event-time order
     (ties: prediction first), and the merge keeps each stream's own order."""
     replays = []
     for stream, seed in streams:
@@ -50,7 +51,8 @@ def write_input(path: pathlib.Path, events: int = EVENTS_PER_STREAM,
 def config_document(folder: pathlib.Path, input_path: pathlib.Path,
                     checkpoint_every_records: int = 10_000_000,
                     streams: tuple[tuple[str, int], ...] = STREAMS) -> dict[str, Any]:
-    """The embedded (JSONL) config of the two streams, outputs in ``folder``."""
+    """The embedded (JSONL) config of ``streams`` (the two by default), outputs in
+    ``folder``."""
     document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     stream = document["streams"][0]
     stream["publish"] = {"every_labels": 250, "every_seconds": 60}
