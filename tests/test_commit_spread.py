@@ -14,6 +14,7 @@ from streamweights import _native
 from streamweights.runtime.commit_spread import (
     decode_log,
     encode_log,
+    first_record,
     log_key,
     oldest_due,
     parse_log_key,
@@ -109,3 +110,11 @@ def test_the_merge_logs_what_it_hands_out_per_task_and_drops_it_on_reset():
     merges.add(2, PREDICTIONS, 0, 1.0, b"d", 1e9)
     merges.release(lambda n: (True, True))
     assert merges.next_record() == b"d" and merges.take_logs() == {}
+
+
+def test_first_record_of_framed_records():
+    """We expect: the first value of framed records (empty ones too), ``None`` for no
+    records."""
+    assert first_record(framed([b"ab", b"cde"])) == b"ab"
+    assert first_record(framed([b"", b"x"])) == b""
+    assert first_record(b"") is None

@@ -110,6 +110,15 @@ def decode_log(value: bytes, where: str) -> tuple[int, list[bytes]]:
     return start, records
 
 
+def first_record(framed: bytes) -> bytes | None:
+    """The first of framed records, or ``None`` if there is none: the one a commit reads
+    back of each log it takes, a check it can afford every time."""
+    if len(framed) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack_from(framed)
+    return framed[_LENGTH.size:_LENGTH.size + length]
+
+
 def _framed(data: bytes, offset: int) -> Iterator[bytes]:
     """The values of length-framed ``data`` from ``offset`` on."""
     end = len(data)

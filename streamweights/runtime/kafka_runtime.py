@@ -111,6 +111,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from streamweights import events
 from streamweights.adapters.state_codec import dumps_state, loads_state
 from streamweights.config import (
@@ -135,6 +137,7 @@ from streamweights.runtime.changelog_parts import (
 from streamweights.runtime.commit_spread import (
     decode_log,
     encode_log,
+    first_record,
     log_key,
     oldest_due,
     parse_log_key,
@@ -821,6 +824,9 @@ class KafkaRuntime:
             return 0
         released = self.source.next_offsets()
         logs = self.source.merges.take_logs()  # (empty unless spreading)
+        if logs and self._misrouted(logs):
+            self._spreading = False  # from this commit on every changed stream is written
+            self.source.merges.keep_log(False)
         changed_streams = service.pipeline.changed_streams()
         due = changed_streams
         # The commit at the end of a bounded replay writes every changed stream: the
@@ -1066,6 +1072,32 @@ class KafkaRuntime:
             self._written_count[name] = count
         return records
 
+    def _misrouted(self, logs: dict[int, bytes]) -> bool:
+        """Whether a record in ``logs`` (per task, as ``take_logs`` gives them) belongs to
+        a stream of another task, checked on each log's first record (a sample: a
+        producer that keys by stream with another partitioner than Kafka's default,
+        librdkafka's CRC32 say, puts most streams on other partitions than the ones
+        their state is written to, so the first commits see it). A restore replays a
+        task's logs only into its own streams, so spreading would lose such records: it
+        is turned off (logged once), and this commit writes every changed stream."""
+        tasks = self._stream_task
+        for number, framed in logs.items():
+            raw = first_record(framed)
+            try:
+                name = orjson.loads(raw)["stream"] if raw else None
+            except Exception:  # not a record: a dead letter, nobody's
+                continue
+            owner = tasks.get(name) if isinstance(name, str) else None
+            if owner is not None and owner != number:
+                log.error("kafka: stream %r's records arrive on partition %d, but Kafka's "
+                          "default partitioner (murmur2) puts its key on %d: spread commits "
+                          "are turned off for this run (every changed stream is written at "
+                          "each commit). Produce the input keyed by stream with the default "
+                          "partitioner, or set checkpoint.spread_over: 1", name, number,
+                          owner)
+                return True
+        return False
+
     def _log_task(self, number: int, framed: bytes | None, left: dict[int, list[str]]
                   ) -> list[tuple[bytes, bytes | None]]:
         """Task ``number``'s record logs for this commit (``runtime.commit_spread``),
@@ -1296,6 +1328,7 @@ class KafkaRuntime:
         invalid = dict(pipeline.invalid)
         written, tasks = self._written_count, self._stream_task
         held: list[tuple[int, int]] = []
+        strays: dict[str, int] = {}  # records of other tasks' streams (misrouted input)
         for start in sorted(logs):
             first, records = decode_log(logs[start], where)
             held.append((first, first + len(records)))
@@ -1308,13 +1341,24 @@ class KafkaRuntime:
                     continue
                 name = record.stream
                 since = written.get(name)
-                if since is None or index < since or tasks.get(name) != number:
+                owner = tasks.get(name)
+                if owner is not None and owner != number:
+                    strays[name] = strays.get(name, 0) + 1
+                    continue
+                if since is None or index < since or owner is None:
                     continue
                 with contextlib.suppress(Exception):
                     process(pipeline, record)
                 pipeline.streams[name].changed = True
                 self.replayed += 1
         pipeline.invalid = invalid
+        if strays:
+            log.error("%s: its logged records include %s of streams that Kafka's default "
+                      "partitioner puts on other partitions (%s): a spread commit may have "
+                      "left those streams without them, and they are not replayed. Produce "
+                      "the input keyed by stream with the default partitioner, or set "
+                      "checkpoint.spread_over: 1", where, f"{sum(strays.values()):,}",
+                      ", ".join(sorted(strays)))
         return held
 
     def _read_changelog(self, numbers: list[int], timeout: float = 60.0

@@ -177,3 +177,58 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
     assert weights == reference_weights
     assert_versions_once_each(weights, SPREAD_STREAMS)
+
+
+def test_input_on_other_partitions_than_its_keys_turns_spreading_off_and_stays_exact(
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch, caplog):
+    """Scenario: the six streams' records are produced keyed by stream but each to the
+    partition after the one Kafka's default partitioner gives its key (as a producer
+    with another partitioner, librdkafka's CRC32 say, does for most keys); spread
+    settings as above; the 4th commit_transaction fails. We expect: the first commit
+    finds a record of another task's stream in a task's log, says so in an error line
+    and turns spreading off (a restore replays a task's logs only into its own
+    streams, so those records would be lost); the roll-back replays nothing; summary and
+    weights equal the embedded run's."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    from streamweights.runtime.kafka_runtime import task_of
+
+    lines = write_input(tmp_path / "input.jsonl", events=EVENTS, streams=SPREAD_STREAMS)
+    reference_streams, reference_weights = embedded_reference(
+        tmp_path, tmp_path / "input.jsonl", SPREAD_STREAMS)
+    topics = make_topics(topic_factory, PARTITIONS)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=20)
+    for raw in lines:
+        record = orjson.loads(raw)
+        topic = topics["labels"] if "label" in record else topics["predictions"]
+        producer.send(topic, key=record["stream"].encode(), value=raw,
+                      partition=(task_of(record["stream"], PARTITIONS) + 1) % PARTITIONS)
+    producer.flush()
+    producer.close()
+    service = Service(parse_config(spread_document(tmp_path / "kafka", kafka_bootstrap,
+                                                   topics, every_records=200)))
+    first_producer = service.state.producer
+    real_commit = transaction_calls.commit
+    calls = {"n": 0}
+
+    def flaky_commit(producer, timeout):
+        if producer is first_producer:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                producer.flush()
+                raise KafkaError("injected: the commit failed")
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    try:
+        summary = service.run()
+        replayed = service.state.replayed
+    finally:
+        service.close()
+    assert "spread commits are turned off" in caplog.text
+    assert calls["n"] == 4 and replayed == 0
+    assert json.loads(orjson.dumps(summary["streams"])) == reference_streams
+    weights = by_stream(read_topic(kafka_bootstrap, topics["weights"]))
+    assert weights == reference_weights
+    assert_versions_once_each(weights, SPREAD_STREAMS)
