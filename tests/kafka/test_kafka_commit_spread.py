@@ -62,6 +62,28 @@ def spread_inputs(tmp_path, bootstrap, topic_factory):
     return lines, reference, topics
 
 
+def fail_commit_at(monkeypatch, service: Service, at: int) -> dict[str, int]:
+    """Make the ``at``-th commit_transaction of ``service``'s first producer raise a
+    Kafka error after flushing what it sent (outputs, stream records, logs); returns the
+    count of that producer's commit calls, kept up to date."""
+    from kafka.errors import KafkaError
+
+    first_producer = service.state.producer
+    real_commit = transaction_calls.commit
+    calls = {"n": 0}
+
+    def flaky_commit(producer, timeout):
+        if producer is first_producer:
+            calls["n"] += 1
+            if calls["n"] == at:
+                producer.flush()
+                raise KafkaError("injected: the commit failed")
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    return calls
+
+
 def live_logs(bootstrap: str, topic: str) -> dict[int, dict[int, bytes]]:
     """Per task, the record logs a restore would read from the changelog now."""
     reader = ChangelogReader()
@@ -144,25 +166,11 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     records replayed into the streams left unwritten (some were; counted in
     ``streamweights_kafka_replayed_records_total``), and its summary and
     weights equal the embedded run's."""
-    from kafka.errors import KafkaError
-
     lines, (reference_streams, reference_weights), topics = spread_inputs(
         tmp_path, kafka_bootstrap, topic_factory)
     service = Service(parse_config(spread_document(tmp_path / "kafka", kafka_bootstrap,
                                                    topics, every_records=200)))
-    first_producer = service.state.producer
-    real_commit = transaction_calls.commit
-    calls = {"n": 0}
-
-    def flaky_commit(producer, timeout):
-        if producer is first_producer:
-            calls["n"] += 1
-            if calls["n"] == failing:
-                producer.flush()
-                raise KafkaError("injected: the commit failed")
-        return real_commit(producer, timeout)
-
-    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    calls = fail_commit_at(monkeypatch, service, failing)
     try:
         summary = service.run()
         replayed = service.state.replayed
@@ -190,7 +198,6 @@ def test_input_on_other_partitions_than_its_keys_turns_spreading_off_and_stays_e
     streams, so those records would be lost); the roll-back replays nothing; summary and
     weights equal the embedded run's."""
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError
 
     from streamweights.runtime.kafka_runtime import task_of
 
@@ -208,19 +215,7 @@ def test_input_on_other_partitions_than_its_keys_turns_spreading_off_and_stays_e
     producer.close()
     service = Service(parse_config(spread_document(tmp_path / "kafka", kafka_bootstrap,
                                                    topics, every_records=200)))
-    first_producer = service.state.producer
-    real_commit = transaction_calls.commit
-    calls = {"n": 0}
-
-    def flaky_commit(producer, timeout):
-        if producer is first_producer:
-            calls["n"] += 1
-            if calls["n"] == 4:
-                producer.flush()
-                raise KafkaError("injected: the commit failed")
-        return real_commit(producer, timeout)
-
-    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    calls = fail_commit_at(monkeypatch, service, 4)
     try:
         summary = service.run()
         replayed = service.state.replayed
