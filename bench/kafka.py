@@ -158,23 +158,34 @@ READER_MAX_WAIT_MS = 50
 POLL_TIMEOUT_MS = KafkaSource.__init__.__kwdefaults__["poll_timeout_ms"]
 
 
-def generate(streams: int, events_per_stream: int) -> list[bytes]:
+def generate(streams: int, events_per_stream: int, distinct: int | None = None
+             ) -> list[bytes]:
     """``streams`` replayed drifting streams merged in event-time order (as JSON lines),
     generated on every core (each stream's replay trains its own models: ~0.4 s a stream
-    of 60 events, so 1,000 streams took ~7 minutes on one core).
+    of 60 events, so 1,000 streams took ~7 minutes on one core). With ``distinct``, only
+    that many are replayed and stream ``s<i>`` past them is a copy of ``s<i % distinct>``
+    under its own name and ids (10,000 streams would take ~35 minutes on two cores): what
+    the service does per record does not depend on two streams' records being equal, as
+    each stream has its own chain and join.
 
     Each record is kept as a compact copy: orjson's own output object holds ~4 KiB of heap
     while it lives, so a latency phase of 40 s at 66,000 records/s held ~20 GB and was
     killed for memory (the copies: ~0.2 KiB each)."""
     replays = []
-    workers = min(streams, os.cpu_count() or 1)
+    replayed = streams if distinct is None else max(1, min(distinct, streams))
+    workers = min(replayed, os.cpu_count() or 1)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         for number, records in enumerate(pool.map(
-                _replayed, range(streams), itertools.repeat(events_per_stream),
-                chunksize=max(1, min(16, streams // (4 * workers))))):
+                _replayed, range(replayed), itertools.repeat(events_per_stream),
+                chunksize=max(1, min(16, replayed // (4 * workers))))):
             replays.append(records)
-            if number < 10 or (number + 1) % 100 == 0 or number + 1 == streams:
+            if number < 10 or (number + 1) % 100 == 0 or number + 1 == replayed:
                 print(f"  generated stream s{number}: {len(records):,} records", flush=True)
+    for number in range(replayed, streams):
+        replays.append(_renamed(replays[number % replayed], number))
+    if replayed < streams:
+        print(f"  streams s{replayed}..s{streams - 1}: copies of s0..s{replayed - 1} under "
+              "their own names", flush=True)
     return list(heapq.merge(*replays, key=lambda raw: orjson.loads(raw)["ts"]))
 
 
@@ -183,6 +194,18 @@ def _replayed(number: int, events_per_stream: int) -> list[bytes]:
     replay = ReplayStream(SourceConfig(events=events_per_stream, seed=number + 1,
                                        stream=f"s{number}"))
     return [bytes(memoryview(raw)) for _, raw in replay.records()]
+
+
+def _renamed(records: list[bytes], number: int) -> list[bytes]:
+    """``records`` of one stream as stream ``s<number>``'s: its name and its ids' prefix."""
+    name = f"s{number}"
+    out = []
+    for raw in records:
+        record = orjson.loads(raw)
+        record["id"] = f"{name}-{record['id'].partition('-')[2]}"
+        record["stream"] = name
+        out.append(bytes(memoryview(orjson.dumps(record))))  # (compact: see generate)
+    return out
 
 
 def route(raw: bytes) -> tuple[bool, bytes]:
@@ -800,6 +823,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=40_000,
                         help="predictions per stream (records are ~2x)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--distinct", type=int, default=None, metavar="N",
+                        help="replay only N streams' models and make the others copies of "
+                             "them under their own names (each replay trains models: "
+                             "~0.4 s a stream; default: every stream its own)")
     cadence = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())["checkpoint"]
     parser.add_argument("--checkpoint-records", type=int, default=cadence["every_records"],
                         help="records per transaction (default: configs/kafka.yaml's)")
@@ -856,7 +883,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-state-"))
         print(f"broker {bootstrap}; generating {args.streams} streams x "
               f"{args.events:,} predictions ...", flush=True)
-        lines = generate(args.streams, args.events)
+        lines = generate(args.streams, args.events, args.distinct)
         topics = Topics(bootstrap, args.partitions)
         inputs = {"predictions": topics.make("predictions"), "labels": topics.make("labels")}
         produce_all(bootstrap, lines, inputs["predictions"], inputs["labels"])
@@ -994,7 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
         # A prediction and (all but ~0.5% of the time) its label per event: ~2 records.
         more = generate(args.streams,
                         int(rate * args.latency_seconds / (RECORDS_PER_EVENT * args.streams))
-                        + 1000)
+                        + 1000, args.distinct)
         found = latency(bootstrap, topics, more, args.streams, rate, args.latency_seconds,
                         args.commit_ms, str(pathlib.Path(workdir) / "latency"),
                         args.latency_dump, args.generator_warm_up)
