@@ -6,7 +6,7 @@ spread over thousands of streams nearly every record changes a stream of its own
 checkpoint costs about 0.5-1 ms per record it covers, and a replica's rate is set by
 its checkpoints rather than its records (README, "Many streams in one replica": 10,000
 streams ran at ~1,000-3,000 records/s at the Kafka cadence, ~100,000 with no
-checkpoint; the embedded runtime spreads those writes over several checkpoints,
+checkpoint; both runtimes now spread those writes over several checkpoints,
 ``checkpoint.spread_over``). Nothing else shows it but the checkpoint histogram; this
 turns it into a log line a user sees, with what to change.
 """
@@ -53,6 +53,7 @@ class CheckpointLoad:
                 "Each writes the whole state of the streams changed since their last "
                 "records (~0.5-1 ms a stream), so records spread over many streams cost that "
                 "much each, and a checkpoint held back by checkpoint.max_share waits 1 s at "
-                "most; raise checkpoint.every_records / every_seconds (embedded: or "
-                "checkpoint.spread_over) or hold fewer streams per replica (README: Many "
-                "streams in one replica)")
+                "most; raise checkpoint.spread_over (a checkpoint writes 1 / spread_over "
+                "of its changed streams, at least spread_above) or checkpoint.every_records "
+                "/ every_seconds, or hold fewer streams per replica (README: Many streams "
+                "in one replica)")
