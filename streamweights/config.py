@@ -85,16 +85,22 @@ KAFKA_CHECKPOINT_RECORDS = 10_000
 KAFKA_CHECKPOINT_SECONDS = 0.1
 #: The Kafka runtime's defaults for ``checkpoint.spread_above`` / ``spread_over``: its
 #: commits come ~300 times as often as the embedded checkpoints, so each writes fewer
-#: streams and a changed stream waits more of them (40 commits: ~4-8 s of input at the
-#: cadence, replayed from the changelog's logs at a restore). With the embedded 256 / 8
-#: a commit of 1,000 changed streams writes 256 (~130 ms, past the 0.1 s cadence), so
-#: ``max_share`` still holds the loop at half its time, as writing every one did. Measured
-#: with 1,000 streams in one replica (``bench/kafka.py --streams 1000 --events 120
-#: --spread-variants 256/1 256/8``, forty-seventh session, two rounds): 54,239-56,214
-#: records/s at 32 / 40, against 37,525-41,746 at 256 / 8 and 37,533-39,223 writing every
-#: changed stream (256 / 1); an earlier sitting gave 46,095-50,483 at 32 / 20.
+#: streams and a changed stream waits more of them. With the embedded 256 / 8 a commit of
+#: 1,000 changed streams writes 256 (~130 ms, past the 0.1 s cadence), so ``max_share``
+#: still holds the loop at half its time, as writing every one did. Measured with 1,000
+#: streams in one replica (``bench/kafka.py --streams 1000 --events 120 --spread-variants
+#: 256/1 256/8``, forty-seventh session, two rounds): 54,239-56,214 records/s at 32 / 40,
+#: against 37,525-41,746 at 256 / 8 and 37,533-39,223 writing every changed stream. Up to
+#: 32 x ``spread_over`` changed streams a commit writes 32, so ``spread_over`` only
+#: matters past that: with 10,000 streams 32 / 40 writes 250 a commit and ``max_share``
+#: binds again. 160 writes ~63 and each stream within ~160 commits: ``bench/kafka.py
+#: --streams 10000 --distinct 500 --events 150 --spread-variants 32/160 32/640 --restore``
+#: (forty-ninth session, 2,992,880 records): 41,412 records/s at 32 / 160 against 32,383
+#: at 32 / 40 and 39,581 at 32 / 640; stopped at 60% and restored by a new replica, 25.0 s
+#: (432,318 logged records replayed) against 28.3 s (197,741) and 34.5 s (1,000,305): the
+#: ~25 s of loading 10,000 streams' records dominates until the replay passes ~1M records.
 KAFKA_SPREAD_ABOVE = 32
-KAFKA_SPREAD_OVER = 40
+KAFKA_SPREAD_OVER = 160
 
 
 @dataclass(frozen=True)

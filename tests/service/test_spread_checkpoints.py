@@ -23,6 +23,7 @@ from streamweights.runtime.faults import KILL_AT_ENV
 from streamweights.runtime.service import Service
 from streamweights.runtime.sources import JsonlSource
 from streamweights.runtime.state_store import LocalStateStore
+from tests.service.conftest import REPO
 from tests.service.drifting import outputs, run_cli
 from tests.service.test_incremental_state import (
     STREAMS,
@@ -216,7 +217,8 @@ def test_spread_settings_are_checked_and_reach_the_kafka_runtime_too(tmp_path):
     """Scenario: ``spread_over: 0``; the keys in a Kafka config; the defaults.
     We expect: the first refused with a line that names the key; the second read (the
     Kafka runtime spreads its commits too: ``runtime.commit_spread``); the defaults 256
-    and 8."""
+    and 8 embedded, 32 and 160 in Kafka mode, as the annotated ``configs/kafka.yaml``
+    says."""
     document = yaml.safe_load(write_config(tmp_path, tmp_path / "in.jsonl").read_text())
     defaults = parse_config(document)
     assert (defaults.checkpoint_spread_above, defaults.checkpoint_spread_over) == (256, 8)
@@ -227,6 +229,11 @@ def test_spread_settings_are_checked_and_reach_the_kafka_runtime_too(tmp_path):
              "checkpoint": {"spread_above": 10, "spread_over": 4}}
     config = parse_config(json.loads(json.dumps(kafka)))
     assert (config.checkpoint_spread_above, config.checkpoint_spread_over) == (10, 4)
+    kafka_defaults = parse_config({**kafka, "checkpoint": {}})
+    assert (kafka_defaults.checkpoint_spread_above,
+            kafka_defaults.checkpoint_spread_over) == (32, 160)
+    example = load_config(REPO / "configs" / "kafka.yaml")
+    assert (example.checkpoint_spread_above, example.checkpoint_spread_over) == (32, 160)
 
 
 @pytest.mark.parametrize("damaged", [False, True])
