@@ -144,6 +144,7 @@ from streamweights.runtime.commit_spread import (
 )
 from streamweights.runtime.compression import compress, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
+from streamweights.runtime.fresh_states import fresh_states
 from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
@@ -551,7 +552,11 @@ class KafkaRuntime:
         self._held: list[tuple[str, bytes, bytes | None, Any]] = []
         #: Something was sent in the open transaction (a rebalance must abort it).
         self.dirty = False
+        #: stream -> the state it was built with, encoded (``runtime.fresh_states``).
         self._initial: dict[str, str] = {}
+        #: Streams still as built: of tasks this replica has not owned since ``restore``
+        #: or reset since it last did; a roll-back need not load their built state.
+        self._untouched: set[str] = set()
         #: task number -> the configured streams Kafka's partitioner puts there.
         self._task_streams: dict[int, list[str]] = {}
         #: stream -> its task number (the inverse of ``_task_streams``).
@@ -705,8 +710,8 @@ class KafkaRuntime:
         """Start transactions (fencing a killed predecessor) and join the group; tasks are
         restored as they are assigned."""
         self.service = service
-        self._initial = {name: dumps_state(stream.state_dict())
-                         for name, stream in service.pipeline.streams.items()}
+        self._initial = fresh_states(service.pipeline.streams.items())
+        self._untouched = set(service.pipeline.streams)
         self._task_streams = {}
         self._stream_task = {name: task_of(name, self.partitions)
                              for name in service.pipeline.streams}
@@ -1224,11 +1229,17 @@ class KafkaRuntime:
         self.task_exhausted = {}
         self.source.released_counts.clear()
         offsets: dict[tuple[str, int], int] = {}
+        untouched = self._untouched
         for name, stream in service.pipeline.streams.items():
-            number = task_of(name, self.partitions)
+            number = self._stream_task[name]
             if number in self.owned or number in revoked:
-                stream.load_state_dict(loads_state(self._initial[name]), owned=True)
+                if name not in untouched:
+                    stream.load_state_dict(loads_state(self._initial[name]), owned=True)
                 service.view.weights.pop(name, None)
+                if number in self.owned:
+                    untouched.discard(name)  # records, a snapshot or a replay come next
+                else:
+                    untouched.add(name)  # revoked: reset to its built state just now
         for number in owned:
             self.task_invalid[number] = {}
             snapshot = snapshots.get(number)
