@@ -98,7 +98,8 @@ KAFKA_CHECKPOINT_SECONDS = 0.1
 #: (forty-ninth session, 2,992,880 records): 41,412 records/s at 32 / 160 against 32,383
 #: at 32 / 40 and 39,581 at 32 / 640; stopped at 60% and restored by a new replica, 25.0 s
 #: (432,318 logged records replayed) against 28.3 s (197,741) and 34.5 s (1,000,305): the
-#: ~25 s of loading 10,000 streams' records dominates until the replay passes ~1M records.
+#: ~25 s of loading 10,000 streams' records dominates until the replay passes ~1M records
+#: (alternated on one broker, 100 events a stream: 16.4-18.6 s at 160, 18.1-18.3 s at 40).
 KAFKA_SPREAD_ABOVE = 32
 KAFKA_SPREAD_OVER = 160
 
