@@ -22,6 +22,7 @@ from kafka.admin import NewTopic
 from kafka.errors import NodeNotReadyError
 
 from streamweights.config import SourceConfig, parse_config
+from streamweights.runtime import transaction_calls
 from streamweights.runtime.faults import HOLD_AT_ENV, HOLD_UNTIL_ENV
 from streamweights.runtime.kafka_runtime import ChangelogReader, TaskRecords
 from streamweights.runtime.replay import ReplayStream
@@ -387,3 +388,27 @@ def committed_offsets(bootstrap: str, group: str, topics: dict[str, str],
                            for number in range(partitions))}
     finally:
         consumer.close()
+
+
+def fail_commit_at(monkeypatch: Any, service: Service, at: int,
+                   message: str = "injected: the commit failed") -> dict[str, int]:
+    """Make the ``at``-th commit_transaction of ``service``'s first producer raise a
+    Kafka error (``message``) after flushing what it sent (outputs, stream records,
+    logs), as a commit the broker timed out or fenced; returns the count of that
+    producer's commit calls, kept up to date."""
+    from kafka.errors import KafkaError
+
+    first_producer = service.state.producer
+    real_commit = transaction_calls.commit
+    calls = {"n": 0}
+
+    def flaky_commit(producer, timeout):
+        if producer is first_producer:
+            calls["n"] += 1
+            if calls["n"] == at:
+                producer.flush()
+                raise KafkaError(message)
+        return real_commit(producer, timeout)
+
+    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    return calls

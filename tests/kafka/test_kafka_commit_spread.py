@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from streamweights.config import parse_config
-from streamweights.runtime import transaction_calls
 from streamweights.runtime.kafka_runtime import ChangelogReader
 from streamweights.runtime.kafka_source import wait_for_assignment
 from streamweights.runtime.service import Service
@@ -26,6 +25,7 @@ from tests.kafka.helpers import (
     assert_versions_once_each,
     by_stream,
     embedded_reference,
+    fail_commit_at,
     kafka_document,
     make_topics,
     produce_inputs,
@@ -60,28 +60,6 @@ def spread_inputs(tmp_path, bootstrap, topic_factory):
     topics = make_topics(topic_factory, PARTITIONS)
     produce_inputs(bootstrap, lines, topics["predictions"], topics["labels"])
     return lines, reference, topics
-
-
-def fail_commit_at(monkeypatch, service: Service, at: int) -> dict[str, int]:
-    """Make the ``at``-th commit_transaction of ``service``'s first producer raise a
-    Kafka error after flushing what it sent (outputs, stream records, logs); returns the
-    count of that producer's commit calls, kept up to date."""
-    from kafka.errors import KafkaError
-
-    first_producer = service.state.producer
-    real_commit = transaction_calls.commit
-    calls = {"n": 0}
-
-    def flaky_commit(producer, timeout):
-        if producer is first_producer:
-            calls["n"] += 1
-            if calls["n"] == at:
-                producer.flush()
-                raise KafkaError("injected: the commit failed")
-        return real_commit(producer, timeout)
-
-    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
-    return calls
 
 
 def live_logs(bootstrap: str, topic: str) -> dict[int, dict[int, bytes]]:

@@ -35,6 +35,7 @@ from tests.kafka.helpers import (
     assert_versions_once_each,
     by_stream,
     committed_offsets,
+    fail_commit_at,
     kafka_document,
     make_config,
     make_topics,
@@ -232,8 +233,6 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     itself (a new producer, every task rolled back to its last committed snapshot), one
     abort is counted, and the summary and the read_committed weights (versions 1..n per
     stream, none twice) equal the embedded run's."""
-    from kafka.errors import KafkaError
-
     lines, embedded_summary, topics = replayed_inputs(tmp_path, kafka_bootstrap,
                                                       topic_factory, events=1_500)
     config = parse_config(kafka_document(tmp_path / "kafka", kafka_bootstrap, topics,
@@ -241,18 +240,8 @@ def test_a_failed_commit_is_recovered_in_process_with_identical_results(
     service = Service(config)
     first_producer = service.state.producer
     # the runtime's (bounded) commit call, made by its in-flight commit's thread
-    real_commit = transaction_calls.commit
-    calls = {"n": 0}
-
-    def flaky_commit(producer, timeout):
-        if producer is first_producer:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                producer.flush()
-                raise KafkaError("injected: transaction timed out during a broker restart")
-        return real_commit(producer, timeout)
-
-    monkeypatch.setattr(transaction_calls, "commit", flaky_commit)
+    calls = fail_commit_at(monkeypatch, service, 3,
+                           "injected: transaction timed out during a broker restart")
     summary, aborts, producer = run_counting_aborts(service)
     assert calls["n"] == 3 and producer is not first_producer and aborts == 1
     assert summary["records"] == len(lines)
