@@ -8,10 +8,12 @@ import itertools
 import random
 import struct
 
+import numpy as np
 import pytest
 
 from streamweights import _native
 from streamweights.runtime.commit_spread import (
+    WriteMarks,
     decode_log,
     encode_log,
     first_record,
@@ -38,6 +40,52 @@ def test_oldest_due_writes_all_up_to_the_floor_then_the_oldest_share():
     assert oldest_due(list("abcdef"), written, 1, 3) == ["e", "f"]
     assert oldest_due(list("abcdef"), written, 4, 3) == list("cdef")
     assert oldest_due([*"abcdef", "new"], written, 1, 3) == [*"abcdef", "new"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_write_marks_choose_as_oldest_due_and_name_the_logs_still_needed(seed):
+    """Scenario: 1-400 streams over 1-4 tasks, random marks and counts (ties common,
+    sometimes one never written), a random changed subset, random floor and spread.
+    We expect: ``WriteMarks.due`` picks the same streams as ``oldest_due`` over names
+    (which the embedded checkpoints use), and ``needed`` gives, per task with changed
+    streams left unwritten, the least count they were written at, and no other task."""
+    rng = random.Random(seed)
+    names = [f"s{index}" for index in range(rng.randrange(1, 401))]
+    tasks = [rng.randrange(rng.randrange(1, 5)) for _ in names]
+    marks = WriteMarks(names, tasks)
+    written, counts = {}, {}
+    for name in names:
+        if rng.random() < (0.002 if seed % 2 else 0.0):
+            continue  # never written
+        written[name], counts[name] = rng.randrange(6), rng.randrange(1_000)
+        marks.set(name, written[name], counts[name])
+    changed = sorted(rng.sample(range(len(names)), rng.randrange(len(names) + 1)))
+    floor, spread = rng.randrange(1, 40), rng.choice([1, 2, 5, 40, 160])
+    due = marks.due(np.asarray(changed, dtype=np.int64), floor, spread)
+    expected = oldest_due([names[index] for index in changed], written, floor, spread)
+    assert [names[index] for index in due.tolist()] == expected
+    left: dict[int, int] = {}
+    for index in sorted(set(changed) - set(due.tolist())):
+        task = tasks[index]
+        left[task] = min(left.get(task, counts[names[index]]), counts[names[index]])
+    assert marks.needed(np.asarray(changed, dtype=np.int64), due) == left
+    assert marks.counts() == counts
+    assert all(marks.count_of(name) == counts.get(name) for name in names)
+
+
+def test_write_marks_forget_and_take_many_at_once():
+    """We expect: ``set_many`` marks each stream given, ``clear`` forgets every mark (no
+    stream known written, so ``due`` writes every changed one)."""
+    marks = WriteMarks(list("abcd"), [0, 1, 0, 1])
+    marks.set_many(list("abcd"), 3, 70)
+    marks.set_many(["b"], 4, 90)
+    assert marks.counts() == {"a": 70, "b": 90, "c": 70, "d": 70}
+    changed = np.arange(4, dtype=np.int64)
+    assert marks.due(changed, 1, 2).tolist() == [0, 2]
+    assert marks.needed(changed, np.asarray([0, 2])) == {1: 70}
+    marks.clear()
+    assert marks.counts() == {} and marks.count_of("a") is None
+    assert marks.due(changed, 1, 2).tolist() == [0, 1, 2, 3]
 
 
 def test_log_keys_round_trip_and_other_keys_are_not_logs():

@@ -4,10 +4,12 @@
 //! pipeline's `__dict__` (a dictionary lookup, and a new Python number, each), while
 //! Python code reads and writes them as the plain attributes they were.
 //!
-//! The `changed` flag is also noted in the pipeline's `ChangedStreams` when it turns on,
-//! so that a commit finds the streams to write without reading every stream's flag (a
-//! replica may hold 10,000 streams and change a handful between two commits).
+//! The `changed` flag is also noted in the pipeline's `ChangedStreams` when it turns on
+//! and off, so that a commit finds the streams to write, and how many, without reading
+//! every stream's flag (a replica may hold 10,000 streams and change a handful between
+//! two commits).
 
+use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -56,28 +58,56 @@ impl StreamCounters {
     }
 }
 
-/// The streams of one pipeline whose `changed` flag turned on, by their index in the
-/// pipeline's order: every stream whose flag is on is here (perhaps more than once, or
-/// with its flag since turned off; `drain` hands them over once each, in order, and
-/// the pipeline notes again those still changed).
+/// The streams of one pipeline whose `changed` flag is on, by their index in the
+/// pipeline's order. A stream notes its flag turning on and off here, so the register
+/// knows every flag and their count without reading the streams (a replica may hold
+/// 10,000 streams; a commit asks which changed twice, once for the count alone).
 ///
-/// A full snapshot writes every stream without asking which changed, so the notes may
-/// pile up between two drains: past twice the number of streams they are sorted and
-/// deduplicated in place (at most one note per stream remains), which bounds them.
+/// The indices noted on are kept in a list that may still name streams since turned off,
+/// or one twice (off, then on again); `changed` sorts it and keeps those on, once each,
+/// and so does a note that finds it past twice the number of streams, which bounds it.
 #[pyclass(module = "streamweights._native")]
 pub struct ChangedStreams {
     marked: Vec<usize>,
-    /// Notes held before they are deduplicated.
+    /// Each stream's flag as last noted.
+    on: Vec<bool>,
+    /// How many of `on` are set.
+    count: usize,
+    /// Notes held before they are compacted.
     limit: usize,
 }
 
 impl ChangedStreams {
     fn note(&mut self, index: usize) {
+        if index >= self.on.len() {
+            self.on.resize(index + 1, false);
+        }
+        if self.on[index] {
+            return;
+        }
+        self.on[index] = true;
+        self.count += 1;
         if self.marked.len() >= self.limit {
-            self.marked.sort_unstable();
-            self.marked.dedup();
+            self.compact();
         }
         self.marked.push(index);
+    }
+
+    fn unnote(&mut self, index: usize) {
+        if let Some(flag) = self.on.get_mut(index) {
+            if *flag {
+                *flag = false;
+                self.count -= 1;
+            }
+        }
+    }
+
+    /// `marked` ascending, once each, only the streams still on.
+    fn compact(&mut self) {
+        self.marked.sort_unstable();
+        self.marked.dedup();
+        let on = &self.on;
+        self.marked.retain(|&index| on[index]);
     }
 }
 
@@ -88,23 +118,22 @@ impl ChangedStreams {
     fn new(streams: usize) -> Self {
         ChangedStreams {
             marked: Vec::new(),
+            on: vec![false; streams],
+            count: 0,
             limit: streams.saturating_mul(2).max(64),
         }
     }
 
-    /// The noted indices, ascending, each once; the register is left empty.
-    fn drain(&mut self) -> Vec<usize> {
-        let mut marked = std::mem::take(&mut self.marked);
-        marked.sort_unstable();
-        marked.dedup();
-        marked
+    /// The indices of the streams whose flag is on, ascending (they stay noted).
+    fn changed<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        self.compact();
+        let indices: Vec<i64> = self.marked.iter().map(|&index| index as i64).collect();
+        indices.into_pyarray(py)
     }
 
-    /// Note `indices` (those of `drain` whose stream is still changed).
-    fn note_again(&mut self, indices: Vec<usize>) {
-        for index in indices {
-            self.note(index);
-        }
+    /// How many streams' flags are on.
+    fn count(&self) -> usize {
+        self.count
     }
 
     /// Notes held now (a test's view of the bound).
@@ -140,8 +169,11 @@ impl StreamCounters {
     fn set_changed(&mut self, py: Python<'_>, value: bool) {
         if value {
             self.mark_changed(py);
-        } else {
+        } else if self.changed {
             self.changed = false;
+            if let Some((register, index)) = &self.register {
+                register.bind(py).borrow_mut().unnote(*index);
+            }
         }
     }
 

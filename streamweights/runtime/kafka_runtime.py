@@ -135,11 +135,11 @@ from streamweights.runtime.changelog_parts import (
     strip_head,
 )
 from streamweights.runtime.commit_spread import (
+    WriteMarks,
     decode_log,
     encode_log,
     first_record,
     log_key,
-    oldest_due,
     parse_log_key,
 )
 from streamweights.runtime.compression import compress, decompress
@@ -574,13 +574,13 @@ class KafkaRuntime:
         #: Whether commits may leave streams unwritten (more streams than
         #: ``spread_above``, ``spread_over`` above 1): the merge then logs its records.
         self._spreading = False
-        #: stream -> the commit (``commits``) that wrote its newest record (0: restored,
-        #: or fresh in a fresh task); absent (a stream of a format-1 snapshot, or of a
-        #: fresh task while commits do not spread): the next commit writes it.
-        self._written_at: dict[str, int] = {}
-        #: stream -> its task's record count when its newest record was written: a
-        #: restore replays the task's logged records from there into it.
-        self._written_count: dict[str, int] = {}
+        #: Per stream: the commit (``commits``) that wrote its newest record (0:
+        #: restored, or fresh in a fresh task; not known for a stream of a format-1
+        #: snapshot, or of a fresh task while commits do not spread: the next commit
+        #: writes it), and its task's record count then: a restore replays the task's
+        #: logged records from there into it. Set up at ``restore``.
+        self._marks = WriteMarks((), ())
+        self._stream_names: list[str] = []  # the pipeline's, in its config order
         #: task -> ``(start, end)`` of each record log of it in the changelog, oldest
         #: first, and its record count at the last commit (where its next log starts).
         self._logs: dict[int, list[tuple[int, int]]] = {}
@@ -717,6 +717,8 @@ class KafkaRuntime:
                              for name in service.pipeline.streams}
         for name, number in self._stream_task.items():
             self._task_streams.setdefault(number, []).append(name)
+        self._marks = WriteMarks(list(self._stream_task), list(self._stream_task.values()))
+        self._stream_names = list(self._stream_task)
         self._spreading = (self.spread_over > 1
                            and len(service.pipeline.streams) > self.spread_above)
         self.source.merges.keep_log(self._spreading)
@@ -832,25 +834,26 @@ class KafkaRuntime:
         if logs and self._misrouted(logs):
             self._spreading = False  # from this commit on every changed stream is written
             self.source.merges.keep_log(False)
-        changed_streams = service.pipeline.changed_streams()
-        due = changed_streams
+        changed_indices = service.pipeline.changed_indices()
+        due_indices = changed_indices
         # The commit at the end of a bounded replay writes every changed stream: the
         # final weights versions (``Service._finish``) change streams without a record,
         # which no log could replay.
         if self._spreading and not service._exhausted:
-            due = oldest_due(changed_streams, self._written_at, self.spread_above,
-                             self.spread_over)
+            due_indices = self._marks.due(changed_indices, self.spread_above,
+                                          self.spread_over)
+        # task -> the least record count its changed streams left for later were
+        # written at (a task not named has none left)
+        needed = (self._marks.needed(changed_indices, due_indices)
+                  if len(due_indices) < len(changed_indices) else {})
+        names = self._stream_names
         changed: dict[int, list[str]] = {}  # task -> its streams due, config order
-        for name in due:
+        for index in due_indices.tolist():
+            name = names[index]
             changed.setdefault(self._stream_task[name], []).append(name)
-        left: dict[int, list[str]] = {}  # task -> its changed streams left for later
-        if len(due) < len(changed_streams):
-            chosen = set(due)
-            for name in changed_streams:
-                if name not in chosen:
-                    left.setdefault(self._stream_task[name], []).append(name)
         changelog = [(number, key, data) for number in sorted(self.owned)
-                     for key, data in (self._log_task(number, logs.get(number), left)
+                     for key, data in (self._log_task(number, logs.get(number),
+                                                      needed.get(number))
                                        + self._encode_task(service, number, released,
                                                            changed.get(number, [])))]
         total = sum(len(data) for _, _, data in changelog if data is not None)
@@ -1070,11 +1073,9 @@ class KafkaRuntime:
         self._written_meta[number] = written_meta
         if changed:
             records = self._split_large(records, meta)
-        commit, count = self.commits + 1, meta["records"]
         for name in changed:  # a failed commit rolls the task back from the changelog
             streams[name].changed = False
-            self._written_at[name] = commit
-            self._written_count[name] = count
+        self._marks.set_many(changed, self.commits + 1, meta["records"])
         return records
 
     def _misrouted(self, logs: dict[int, bytes]) -> bool:
@@ -1103,12 +1104,13 @@ class KafkaRuntime:
                 return True
         return False
 
-    def _log_task(self, number: int, framed: bytes | None, left: dict[int, list[str]]
+    def _log_task(self, number: int, framed: bytes | None, needed: int | None
                   ) -> list[tuple[bytes, bytes | None]]:
         """Task ``number``'s record logs for this commit (``runtime.commit_spread``),
         before its stream records: the records handed out since the last commit
-        (``framed``) when streams of the task stay unwritten (``left``), and tombstones
-        for the logs that no stream left unwritten needs any more (all of them when none
+        (``framed``) when streams of the task stay unwritten (``needed``: the least
+        record count they were written at; ``None``: none stays), and tombstones for
+        the logs that no stream left unwritten needs any more (all of them when none
         is). Notes where the task's next log starts (``_encode_task`` notes the count
         the streams it writes are written at)."""
         count = self.source.released_counts.get(number, 0)
@@ -1116,14 +1118,13 @@ class KafkaRuntime:
         self._log_start[number] = count
         held = self._logs.setdefault(number, [])
         records: list[tuple[bytes, bytes | None]] = []
-        waiting = left.get(number)
-        if waiting and framed:
+        if needed is not None and framed:
             for first, end, value in encode_log(start, count - start, framed,
                                                 self._allowed()):
                 records.append((log_key(number, first), value))
                 held.append((first, end))
-        needed = min((self._written_count[name] for name in waiting), default=count
-                     ) if waiting else count
+        if needed is None:
+            needed = count
         while held and held[0][1] <= needed:
             records.append((log_key(number, held.pop(0)[0]), None))
         return records
@@ -1220,7 +1221,7 @@ class KafkaRuntime:
         snapshots = self._read_changelog(owned) if owned else {}
         self.owned = set(owned)
         self._written_meta = {}
-        self._written_at, self._written_count = {}, {}
+        self._marks.clear()
         self._logs, self._log_start = {}, {}
         self.replayed = 0
         self._parts_written = {key: count for snapshot in snapshots.values()
@@ -1248,8 +1249,7 @@ class KafkaRuntime:
             elif self._spreading:  # a fresh task: its streams stand as written, fresh,
                 # at record 0 (a restore replays the logs from there into one without a
                 # record), so that their first writes spread as later ones do
-                for name in self._task_streams.get(number, ()):
-                    self._written_at[name], self._written_count[name] = 0, 0
+                self._marks.set_many(self._task_streams.get(number, ()), 0, 0)
                 self._log_start[number] = 0
             else:  # a fresh task: its first commit writes every stream, so that from
                 # then on the changelog holds a record of each
@@ -1299,11 +1299,10 @@ class KafkaRuntime:
             stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
             stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
             if not stream.changed:
-                self._written_at[name] = 0
-                self._written_count[name] = snapshot.written.get(name, 0)
+                self._marks.set(name, 0, snapshot.written.get(name, 0))
         for name in self._task_streams.get(number, ()):
             if name not in states:  # no record yet: fresh, as written at record 0
-                self._written_at[name], self._written_count[name] = 0, 0
+                self._marks.set(name, 0, 0)
         count = int(meta["records"])
         self._log_start[number] = count
         if snapshot.logs:
@@ -1337,7 +1336,7 @@ class KafkaRuntime:
         pipeline = service.pipeline
         process = type(pipeline).process  # the class's verb (see ``_replay`` there)
         invalid = dict(pipeline.invalid)
-        written, tasks = self._written_count, self._stream_task
+        written, tasks = self._marks.counts(), self._stream_task
         held: list[tuple[int, int]] = []
         strays: dict[str, int] = {}  # records of other tasks' streams (misrouted input)
         for start in sorted(logs):

@@ -572,7 +572,7 @@ class Service:
 
     def checkpoint(self) -> None:
         started, cpu = time.perf_counter(), time.thread_time()
-        changed = len(self.pipeline.changed_streams())
+        changed = self.pipeline.changed_count()
         size = self.state.checkpoint(self)
         seconds = time.perf_counter() - started
         cpu = time.thread_time() - cpu

@@ -568,13 +568,14 @@ def test_changed_marks_only_touched_streams():
 
 
 def test_changed_streams_equal_a_scan_of_every_flag_whatever_marks_them():
-    """``changed_streams`` reads the streams' notes of their flag turning on instead of
-    every flag. Scenario: 400 random steps over six streams: a prediction or a label
+    """``changed_streams`` reads the streams' notes of their flag turning on and off
+    instead of every flag. Scenario: 400 random steps over six streams: a prediction or a label
     through the core's record lane or through ``process``, the flag set or cleared from
     Python, a stream's state loaded, a save that clears the names it was given, a save
     that fails (flags left on).
     We expect: after every step, the names in config order that a scan of every stream's
-    ``changed`` flag gives, and the lane took some of the records."""
+    ``changed`` flag gives (and their count and places, ``changed_count`` and
+    ``changed_indices``), and the lane took some of the records."""
     names = ("a", "b", "c", "d", "e", "f")
     pipeline = _pipeline(names)
     lane = pipeline.record_lane()
@@ -609,6 +610,9 @@ def test_changed_streams_equal_a_scan_of_every_flag_whatever_marks_them():
             pipeline.changed_streams()
         scanned = [n for n, s in pipeline.streams.items() if s.changed]
         assert pipeline.changed_streams() == scanned, step
+        assert pipeline.changed_count() == len(scanned), step
+        order = list(pipeline.streams)
+        assert [order[i] for i in pipeline.changed_indices().tolist()] == scanned, step
     assert laned > 50
 
 
@@ -616,13 +620,14 @@ def test_notes_of_changed_streams_stay_bounded_when_no_one_asks():
     """Full snapshots write every stream without asking which changed. Scenario: six
     streams' flags turned on and off 10,000 times, ``changed_streams`` never called.
     We expect: the notes held stay under the register's bound (twice the streams, at
-    least 64, plus the note being added), and then name exactly the streams whose flag
-    is on."""
+    least 64, plus the note being added), the count of flags on is right throughout,
+    and then the notes name exactly the streams whose flag is on."""
     pipeline = _pipeline(("a", "b", "c", "d", "e", "f"))
     rng = random.Random(5)
     for _ in range(10_000):
         stream = rng.choice(list(pipeline.streams.values()))
         stream.changed = not stream.changed
         assert len(pipeline._changes) <= 65
+        assert pipeline.changed_count() == sum(s.changed for s in pipeline.streams.values())
     scanned = [n for n, s in pipeline.streams.items() if s.changed]
     assert scanned and pipeline.changed_streams() == scanned
