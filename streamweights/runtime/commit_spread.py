@@ -62,7 +62,9 @@ class WriteMarks:
     every commit, about a quarter of one."""
 
     def __init__(self, names: Sequence[str], tasks: Sequence[int]) -> None:
-        self._index = {name: index for index, name in enumerate(names)}
+        #: The streams' names by place (what the places returned by :meth:`due` name).
+        self.names = list(names)
+        self._index = {name: index for index, name in enumerate(self.names)}
         self._task = np.asarray(tasks, dtype=np.int64).reshape(-1)
         self._at = np.full(len(names), -1, dtype=np.int64)
         self._count = np.zeros(len(names), dtype=np.int64)
@@ -82,17 +84,10 @@ class WriteMarks:
         indices = [self._index[name] for name in names]
         self._at[indices], self._count[indices] = commit, count
 
-    def count_of(self, name: str) -> int | None:
-        """The record count ``name`` was written at, ``None`` when not known."""
-        index = self._index.get(name)
-        if index is None or self._at[index] < 0:
-            return None
-        return int(self._count[index])
-
     def counts(self) -> dict[str, int]:
-        """:meth:`count_of` of every stream known to be written, by name."""
+        """The record count each stream known to be written was written at, by name."""
         known = self._at >= 0
-        names = list(self._index)
+        names = self.names
         return {names[index]: int(count) for index, count in
                 zip(np.flatnonzero(known).tolist(), self._count[known].tolist(), strict=True)}
 

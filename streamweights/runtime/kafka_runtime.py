@@ -580,7 +580,6 @@ class KafkaRuntime:
         #: writes it), and its task's record count then: a restore replays the task's
         #: logged records from there into it. Set up at ``restore``.
         self._marks = WriteMarks((), ())
-        self._stream_names: list[str] = []  # the pipeline's, in its config order
         #: task -> ``(start, end)`` of each record log of it in the changelog, oldest
         #: first, and its record count at the last commit (where its next log starts).
         self._logs: dict[int, list[tuple[int, int]]] = {}
@@ -718,7 +717,6 @@ class KafkaRuntime:
         for name, number in self._stream_task.items():
             self._task_streams.setdefault(number, []).append(name)
         self._marks = WriteMarks(list(self._stream_task), list(self._stream_task.values()))
-        self._stream_names = list(self._stream_task)
         self._spreading = (self.spread_over > 1
                            and len(service.pipeline.streams) > self.spread_above)
         self.source.merges.keep_log(self._spreading)
@@ -846,7 +844,7 @@ class KafkaRuntime:
         # written at (a task not named has none left)
         needed = (self._marks.needed(changed_indices, due_indices)
                   if len(due_indices) < len(changed_indices) else {})
-        names = self._stream_names
+        names = self._marks.names  # (the pipeline's config order, as its places)
         changed: dict[int, list[str]] = {}  # task -> its streams due, config order
         for index in due_indices.tolist():
             name = names[index]

@@ -569,10 +569,10 @@ def test_changed_marks_only_touched_streams():
 
 def test_changed_streams_equal_a_scan_of_every_flag_whatever_marks_them():
     """``changed_streams`` reads the streams' notes of their flag turning on and off
-    instead of every flag. Scenario: 400 random steps over six streams: a prediction or a label
-    through the core's record lane or through ``process``, the flag set or cleared from
-    Python, a stream's state loaded, a save that clears the names it was given, a save
-    that fails (flags left on).
+    instead of every flag. Scenario: 400 random steps over six streams: a prediction or
+    a label through the core's record lane or through ``process``, the flag set or
+    cleared from Python, a stream's state loaded, a save that clears the names it was
+    given, a save that fails (flags left on).
     We expect: after every step, the names in config order that a scan of every stream's
     ``changed`` flag gives (and their count and places, ``changed_count`` and
     ``changed_indices``), and the lane took some of the records."""
