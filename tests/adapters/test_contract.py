@@ -279,6 +279,25 @@ def test_configs_packed_write_the_same_record_bytes(case):
         assert dumps_state(adapter.state_dict()) == dumps_state(plain)
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_packing_a_config_gives_the_adapter_no_dict_of_its_own(case):
+    """Packing the config at a commit keeps it on the adapter without asking for the
+    instance's ``__dict__``, which would make CPython give every adapter a dict of its
+    own: one more object per stage that the collector walks at every full collection
+    (30,000 at 10,000 streams, made after the start-up heap was frozen). We expect: no
+    dict holding the kept part among the adapter's referents, and the part kept."""
+    import gc
+
+    adapter = case.factory()
+    xs, ys = _stream(case, 9, 50)
+    _drive(adapter, case, xs, ys, collect=False)
+    with configs_packed():
+        adapter.state_dict()
+    assert adapter._config_part is not None
+    assert not [r for r in gc.get_referents(adapter)
+                if type(r) is dict and "_config_part" in r]
+
+
 def test_configs_packed_holds_for_its_own_thread_only():
     """A scrape or another thread asking a state while a commit packs configs gets dicts."""
     import threading
