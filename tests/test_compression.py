@@ -10,11 +10,13 @@ import zlib
 import pytest
 import zstandard
 
+from streamweights.runtime import compression
 from streamweights.runtime.compression import (
     MAX_RATIO,
     REUSE_MAX,
     ZSTD_MAGIC,
     compress,
+    compressing,
     decompress,
 )
 
@@ -103,3 +105,38 @@ def test_the_reused_decompressor_reads_as_a_fresh_one():
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_a_commit_s_shared_compressor_writes_what_fresh_ones_write():
+    """Scenario: inside ``compressing()`` (as a commit encodes its streams), records of
+    sizes up and down (a large one then small ones: the context is reused across frames
+    of any size), a nested block, and another thread compressing at the same time. We
+    expect: every frame byte for byte what a fresh compressor writes (restart equality
+    relies on the bytes), one compressor lent per thread and none after the block."""
+    generator = random.Random(7)
+    texts = [bytes(generator.choice(b"abc{}:,0123456789") for _ in range(size))
+             for size in (70_000, 0, 1, 300, REUSE_MAX + 1, 5000, 100, 70_000, 2)]
+
+    def fresh(text: bytes) -> bytes:
+        return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(text)
+
+    others: list = []
+
+    def other_thread() -> None:
+        others.append(compression._PER_THREAD.compressor)
+        others.append(all(compress(text) == fresh(text) for text in texts))
+
+    with compressing():
+        lent = compression._PER_THREAD.compressor
+        frames = [compress(text) for text in texts]
+        with compressing():
+            assert compression._PER_THREAD.compressor is lent
+            frames.append(compress(texts[0]))
+        assert compression._PER_THREAD.compressor is lent
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert lent is not None
+    assert frames == [fresh(text) for text in texts + texts[:1]]
+    assert others == [None, True]
+    assert compression._PER_THREAD.compressor is None

@@ -142,7 +142,7 @@ from streamweights.runtime.commit_spread import (
     log_key,
     parse_log_key,
 )
-from streamweights.runtime.compression import compress, decompress
+from streamweights.runtime.compression import compress, compressing, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.fresh_states import fresh_states
 from streamweights.runtime.heap import collections_paused
@@ -849,11 +849,12 @@ class KafkaRuntime:
         for index in due_indices.tolist():
             name = names[index]
             changed.setdefault(self._stream_task[name], []).append(name)
-        changelog = [(number, key, data) for number in sorted(self.owned)
-                     for key, data in (self._log_task(number, logs.get(number),
-                                                      needed.get(number))
-                                       + self._encode_task(service, number, released,
-                                                           changed.get(number, [])))]
+        with compressing():  # (one zstd context for the commit's records)
+            changelog = [(number, key, data) for number in sorted(self.owned)
+                         for key, data in (self._log_task(number, logs.get(number),
+                                                          needed.get(number))
+                                           + self._encode_task(service, number, released,
+                                                               changed.get(number, [])))]
         total = sum(len(data) for _, _, data in changelog if data is not None)
         service.metrics.snapshot_bytes.set(total)
         offsets = {TopicPartition(topic, number): OffsetAndMetadata(offset, "", -1)

@@ -47,6 +47,7 @@ from streamweights.runtime.artifact_store import ArtifactStore
 from streamweights.runtime.checkpoint_load import CheckpointLoad
 from streamweights.runtime.checkpoint_pacing import CheckpointPacer
 from streamweights.runtime.commit_spread import oldest_due
+from streamweights.runtime.compression import compressing
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import collections_paused
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
@@ -275,7 +276,9 @@ class LocalCheckpoints:
                 log.warning("a full snapshot could not copy every stream's newest record "
                             "from the snapshots before it: encoding every stream instead")
                 changed = names = list(streams)
-        encoded = {name: encode_stream(name, streams[name], rebase=full) for name in names}
+        with compressing():  # (one zstd context for the snapshot's records)
+            encoded = {name: encode_stream(name, streams[name], rebase=full)
+                       for name in names}
         position, written = service.position, self.written
         left = ([] if len(names) == len(changed)
                 else [written[name] for name in set(changed).difference(names)])
