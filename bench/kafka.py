@@ -362,10 +362,16 @@ def run_ours(bootstrap: str, topics: Topics, inputs: dict[str, str], streams: in
     opened = service.source.open
 
     def timed_open(start: int = 0):
-        for item in opened(start):
-            if not first:
-                first.append(time.perf_counter())
-            yield item
+        # The first record's time, then the service's own iterator: a generator around
+        # it put a Python frame on every record's path that the service does not have
+        # (the core's lane pulls from the native iterator directly): ~4% of the loop.
+        records = iter(opened(start))
+        head = next(records, None)
+        if head is None:
+            return records
+        if not first:
+            first.append(time.perf_counter())
+        return itertools.chain((head,), records)
 
     service.source.open = timed_open
     try:
