@@ -11,7 +11,8 @@ publishing adapted predictions sends one record per prediction, so that was more
 the pipeline's whole work per record (``bench/kafka.py --adapted``).
 
 For the records the runtime writes most (adapted predictions, weights versions: small
-bytes keyed by stream, no headers) :class:`LeanSender` keeps, per partition, an open
+bytes keyed by stream, no headers; and, through :meth:`LeanSender.send_to`, the changelog
+records a commit writes to its tasks' partitions) :class:`LeanSender` keeps, per partition, an open
 batch in the core (``_native.RecordBatchBuilder``: one call per record, the bytes
 kafka-python's builder writes) and hands it to the accumulator as one ``ProducerBatch``
 when it is full, after every poll of the replica's consumer and before the cycle's
@@ -211,6 +212,39 @@ class LeanSender:
             return None
 
         return send
+
+    def send_to(self, topic: str, number: int, key: bytes, value: bytes | None) -> Any:
+        """Like ``send``, to partition ``number`` of ``topic`` as the caller names it (a
+        changelog record goes to its task's partition, whatever its key hashes to); a
+        tombstone (``value`` ``None``), a large record, or a producer the lean path does
+        not serve goes to ``producer.send`` after that topic's open batches, as ``send``
+        does."""
+        producer = self.producer
+        if (self.send == self._plain or value is None or type(key) is not bytes
+                or type(value) is not bytes or len(key) + len(value) > LEAN_MAX_BYTES
+                or producer._closed):
+            self._hand_over_topic(topic)
+            return producer.send(topic, value=value, key=key, partition=number)
+        from kafka.structs import TopicPartition
+
+        topic_partition = TopicPartition(topic, number)
+        partition = self._partitions.get(topic_partition)
+        if partition is None:
+            # The client sends a partition's batches only once its metadata knows the
+            # partition's leader, and it asks for a topic's metadata only when ``send``
+            # meets the topic: the first records take ``send``, which does.
+            if number not in (producer._metadata.partitions_for_topic(topic) or ()):
+                self._hand_over_topic(topic)
+                return producer.send(topic, value=value, key=key, partition=number)
+            size = min(self._batch_size, self._limits.get(topic, self._batch_size))
+            partition = self._partitions[topic_partition] = _Partition(topic_partition, size)
+        builder = partition.builder
+        if builder is None:
+            builder = self._open_batch(partition)
+        if not builder.append(key, value):  # full: hand it over, start the next
+            self._hand_over_one(partition)
+            self._open_batch(partition).append(key, value)
+        return None
 
     def _route(self, topic: str, key: bytes) -> _Partition | None:
         """The partition of ``key`` on ``topic`` as the producer's partitioner picks it

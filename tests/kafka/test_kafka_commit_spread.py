@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from streamweights.config import parse_config
+from streamweights.runtime import kafka_runtime
 from streamweights.runtime.kafka_runtime import ChangelogReader
 from streamweights.runtime.kafka_source import wait_for_assignment
 from streamweights.runtime.service import Service
@@ -133,9 +134,9 @@ def test_kill_minus_nine_with_spread_commits_restarts_to_the_uninterrupted_weigh
         replica.close()
 
 
-@pytest.mark.parametrize("failing", [2, 6])
+@pytest.mark.parametrize("failing, lean_max", [(2, None), (6, None), (6, 0)])
 def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
-        tmp_path, kafka_bootstrap, topic_factory, monkeypatch, failing):
+        tmp_path, kafka_bootstrap, topic_factory, monkeypatch, failing, lean_max):
     """Scenario: the same six streams and spread, commits every 200 records; the 2nd
     (only the first wrote any stream: two of the six, the others have no record yet)
     or the 6th commit_transaction raises a Kafka error after its outputs, stream records
@@ -143,11 +144,23 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     to its last committed records (fresh for a stream without one) with the logged
     records replayed into the streams left unwritten (some were; counted in
     ``streamweights_kafka_replayed_records_total``), and its summary and
-    weights equal the embedded run's."""
+    weights equal the embedded run's. The changelog records go through the lean path
+    (commits of ordinary size) and, with ``lean_max`` 0, through ``KafkaProducer.send``
+    (what a commit larger than ``LEAN_CHANGELOG_MAX`` takes): the same results."""
+    if lean_max is not None:
+        monkeypatch.setattr(kafka_runtime, "LEAN_CHANGELOG_MAX", lean_max)
     lines, (reference_streams, reference_weights), topics = spread_inputs(
         tmp_path, kafka_bootstrap, topic_factory)
     service = Service(parse_config(spread_document(tmp_path / "kafka", kafka_bootstrap,
                                                    topics, every_records=200)))
+    sent_through = []
+    lean_send_to = service.state._sender.send_to
+    monkeypatch.setattr(service.state._sender, "send_to", lambda *args: (
+        sent_through.append("lean"), lean_send_to(*args))[1])
+    plain_send = service.state.producer.send
+    monkeypatch.setattr(service.state.producer, "send", lambda *args, **kwargs: (
+        sent_through.append("send") if args[0] == service.state.kafka.changelog_topic
+        else None, plain_send(*args, **kwargs))[1])
     calls = fail_commit_at(monkeypatch, service, failing)
     try:
         summary = service.run()
@@ -157,6 +170,8 @@ def test_a_failed_spread_commit_is_rolled_back_in_process_by_replaying_the_logs(
     finally:
         service.close()
     assert calls["n"] == failing
+    assert ("lean" not in sent_through and "send" in sent_through if lean_max == 0
+            else "lean" in sent_through)
     assert replayed > 0 and counted == replayed  # (one roll-back replayed anything)
     assert summary["records"] == len(lines)
     assert json.loads(orjson.dumps(summary["streams"])) == reference_streams

@@ -102,6 +102,44 @@ def test_lean_sends_land_as_send_puts_them(kafka_bootstrap, topic_factory):
     assert sum(len(found) for found in lean.values()) == len(records)
 
 
+def test_records_sent_to_a_named_partition_land_there_in_order(kafka_bootstrap,
+                                                               topic_factory):
+    """``send_to`` (the changelog's records, each to its task's partition). Scenario: a
+    producer that has never seen the topic (no metadata: the first record of a partition
+    must take ``send``, which asks for it), 600 keyed records to partitions named by
+    the caller, not by their keys' hash, with tombstones and a record too big for the
+    lean path among them, in one committed cycle.
+    We expect: every record on the partition named, in the order sent per partition,
+    tombstones as tombstones; only the tombstones, the big record and the first record
+    (of each partition at most) took ``send``."""
+    topic = topic_factory("named", partitions=3)
+    records = []
+    for i in range(600):
+        value = None if i % 97 == 5 else b"v%d" % i
+        if i == 300:
+            value = b"z" * (LEAN_MAX_BYTES + 1)
+        records.append((i % 3, b"s/stream-%d" % (i % 11), value))
+    producer = _producer(kafka_bootstrap)
+    try:
+        counting = producer.send = _CountingSend(producer)
+        sender = lean_sender(producer)
+        producer.begin_transaction()
+        futures = [sender.send_to(topic, number, key, value) for number, key, value in records]
+        futures = [future for future in futures if future is not None] + sender.hand_over()
+        producer.commit_transaction()
+        check_delivered(futures)
+    finally:
+        producer.close()
+    odd = sum(1 for _, _, value in records if value is None or len(value) > LEAN_MAX_BYTES)
+    # the first record asks for the topic's metadata; later partitions may find it known
+    assert odd + 1 <= counting.calls <= odd + 3
+    found = defaultdict(list)
+    for record in read_records(kafka_bootstrap, topic):
+        found[record.partition].append((record.key, record.value))
+    assert dict(found) == {number: [(key, value) for n, key, value in records if n == number]
+                           for number in range(3)}
+
+
 def test_full_batches_are_handed_over_mid_cycle(kafka_bootstrap, topic_factory):
     topic = topic_factory("small", partitions=2)
     producer = _producer(kafka_bootstrap, batch_size=1024)
