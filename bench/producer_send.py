@@ -14,6 +14,13 @@ the commit), alternating, best of ``--rounds``. Timed: from the first send to th
 commit's answer, wall and CPU of this process (both the loop's thread and the client's
 sender thread, which shares the interpreter), per record. Every round's records are
 read back and counted, so a round that lost records fails instead of looking fast.
+
+``--changelog``: records shaped like a commit's changelog records instead (a stream's
+record, ~6 KB of zstd frame, and a join segment, ~1 KB, per stream; keys ``s/<stream>``
+and ``j/<segment>/<stream>``; each to its task's partition, named by the caller, as the
+runtime sends them): ``producer.send(topic, key=, value=, partition=)`` against
+``LeanSender.send_to``, which a commit up to ``kafka_runtime.LEAN_CHANGELOG_MAX`` uses.
+Incompressible bytes, as zstd's output is.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Run as a script, this file's folder comes first on sys.path; the repository must.
@@ -51,6 +59,23 @@ def records(count: int, streams: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def changelog_records(count: int, streams: int) -> list[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` like a commit's changelog records (see the module
+    doc); a stream's task is its number modulo the partitions, applied by the caller."""
+    import random
+
+    generator = random.Random(11)
+    out = []
+    for n in range(count):
+        stream = n // 2 % streams
+        if n % 2 == 0:
+            key, size = b"s/segment-%d" % stream, 6000
+        else:
+            key, size = b"j/%d/segment-%d" % (n, stream), 1000
+        out.append((stream, key, generator.randbytes(size)))
+    return out
+
+
 def committed_records(bootstrap: str, topic: str, partitions: int) -> int:
     """Records in ``topic``, written by one committed transaction: the end offsets, less
     the one commit marker each partition it wrote to holds."""
@@ -63,9 +88,10 @@ def committed_records(bootstrap: str, topic: str, partitions: int) -> int:
         consumer.close()
 
 
-def one_round(bootstrap: str, topic: str, pairs: list[tuple[bytes, bytes]],
+def one_round(bootstrap: str, topic: str, pairs: list[tuple[Any, ...]],
               lean: bool) -> tuple[float, float]:
-    """Wall and CPU seconds of one transaction of ``pairs`` (send ... commit)."""
+    """Wall and CPU seconds of one transaction of ``pairs`` (send ... commit): ``(key,
+    value)`` pairs, or ``(partition, key, value)`` triples sent to that partition."""
     producer = KafkaProducer(bootstrap_servers=bootstrap,
                              transactional_id=f"bench-send-{uuid.uuid4().hex[:8]}",
                              **transactional_producer_settings(1 << 20, {}))
@@ -75,11 +101,21 @@ def one_round(bootstrap: str, topic: str, pairs: list[tuple[bytes, bytes]],
         sender = LeanSender(producer) if lean else None
         producer.begin_transaction()
         wall, cpu = time.perf_counter(), time.process_time()
-        if sender is not None:
+        named = len(pairs[0]) == 3
+        if sender is not None and named:
+            send_to = sender.send_to
+            futures = [future for number, key, value in pairs
+                       if (future := send_to(topic, number, key, value)) is not None]
+            futures += sender.hand_over()
+        elif sender is not None:
             send = sender.send
             for key, value in pairs:
                 send(topic, value, key, None)
             futures = sender.hand_over()
+        elif named:
+            send = producer.send
+            futures = [send(topic, value=value, key=key, partition=number)
+                       for number, key, value in pairs]
         else:
             send = producer.send
             futures = [send(topic, value=value, key=key) for key, value in pairs]
@@ -99,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--records", type=int, default=60_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--changelog", action="store_true",
+                        help="changelog-shaped records to named partitions (module doc)")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         bootstrap = args.bootstrap
@@ -118,9 +156,16 @@ def main(argv: list[str] | None = None) -> None:
             admin.create_topics([NewTopic(topic, args.partitions, 1) for topic in topics])
         finally:
             admin.close()
-        pairs = records(args.records, args.streams)
-        print(f"broker {bootstrap}; {args.records:,} records of ~{len(pairs[0][1])} bytes "
-              f"per transaction, {args.streams} keys over {args.partitions} partitions",
+        if args.changelog:
+            pairs = [(stream % args.partitions, key, value) for stream, key, value
+                     in changelog_records(args.records, args.streams)]
+            size = sum(len(value) for _, _, value in pairs) // len(pairs)
+        else:
+            pairs = records(args.records, args.streams)
+            size = len(pairs[0][1])
+        print(f"broker {bootstrap}; {args.records:,} records of ~{size} bytes "
+              f"per transaction, {args.streams} keys over {args.partitions} partitions"
+              + (" (changelog-shaped, to named partitions)" if args.changelog else ""),
               flush=True)
         best: dict[str, tuple[float, float]] = {}
         for number in range(1, args.rounds + 1):

@@ -1,7 +1,8 @@
 """The core's Kafka record batch (``_native.RecordBatchBuilder``, used by
 ``runtime/lean_send.py``) against kafka-python's own builder: the same bytes for the same
-records, timestamps and producer state, the same answer to "does it fit", a CRC the
-client's reader accepts, and the records read back as written."""
+records (tombstones, a ``None`` value, among them), timestamps and producer state, the
+same answer to "does it fit", a CRC the client's reader accepts, and the records read
+back as written."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_batches_are_the_clients_bytes(seed):
         written = []
         for offset in range(rng.randrange(1, 200)):
             key = _random_bytes(rng, rng.randrange(0, 40))
-            value = _random_bytes(rng, rng.choice([0, 5, 200, 3000]))
+            size = rng.choice([None, 0, 5, 200, 3000])  # None: a tombstone
+            value = None if size is None else _random_bytes(rng, size)
             stamp = start + rng.randrange(-5000, 100_000)  # out of order too
             taken = ours.append(key, value, stamp)
             assert taken == (theirs.append(offset, stamp, key, value, []) is not None)

@@ -147,9 +147,11 @@ impl RecordBatchBuilder {
     }
 
     /// Appends one record without headers, stamped `timestamp_ms` (now when `None`);
-    /// `False` (and nothing appended) when it would take the batch past its size.
+    /// `False` (and nothing appended) when it would take the batch past its size. A
+    /// `None` value is a tombstone (value length -1, no bytes), as kafka-python writes
+    /// one: a changelog deletes a key that way within its other records.
     #[pyo3(signature = (key, value, timestamp_ms=None))]
-    fn append(&mut self, key: &[u8], value: &[u8], timestamp_ms: Option<i64>) -> bool {
+    fn append(&mut self, key: &[u8], value: Option<&[u8]>, timestamp_ms: Option<i64>) -> bool {
         let timestamp = timestamp_ms.unwrap_or_else(now_ms);
         let delta = if self.count == 0 {
             0
@@ -157,7 +159,11 @@ impl RecordBatchBuilder {
             timestamp.wrapping_sub(self.first_timestamp)
         };
         let offset = i64::from(self.count);
-        let (key_length, value_length) = (key.len() as i64, value.len() as i64);
+        let (value, value_length) = match value {
+            Some(value) => (value, value.len() as i64),
+            None => (&[][..], -1),
+        };
+        let key_length = key.len() as i64;
         let body = 1
             + varint_size(delta)
             + varint_size(offset)
