@@ -11,18 +11,18 @@ publishing adapted predictions sends one record per prediction, so that was more
 the pipeline's whole work per record (``bench/kafka.py --adapted``).
 
 For the records the runtime writes most (adapted predictions, weights versions: small
-bytes keyed by stream, no headers; and, through :meth:`LeanSender.send_to`, the changelog
-records a commit writes to its tasks' partitions) :class:`LeanSender` keeps, per partition, an open
-batch in the core (``_native.RecordBatchBuilder``: one call per record, the bytes
-kafka-python's builder writes) and hands it to the accumulator as one ``ProducerBatch``
-when it is full, after every poll of the replica's consumer and before the cycle's
-changelog records and commit (:meth:`LeanSender.hand_over`, which the runtime calls
-then). From there the client's own sender thread drains it like any batch: it assigns
-the producer id, epoch and sequence (written into the header then), sends, retries, and
-fails or aborts it with the transaction. Delivery is checked per batch (its produce
-future) instead of per record, so a batch stays within its topic's ``max.message.bytes``
-where the runtime knows it: one the broker refused as too large would be split by the
-client into batches whose answers never reach that future.
+bytes keyed by stream, no headers; and, through :meth:`LeanSender.send_to`, the
+changelog records a commit writes to its tasks' partitions) :class:`LeanSender` keeps,
+per partition, an open batch in the core (``_native.RecordBatchBuilder``: one call per
+record, the bytes kafka-python's builder writes) and hands it to the accumulator as one
+``ProducerBatch`` when it is full, after every poll of the replica's consumer and before
+the cycle's changelog records and commit (:meth:`LeanSender.hand_over`, which the
+runtime calls then). From there the client's own sender thread drains it like any batch:
+it assigns the producer id, epoch and sequence (written into the header then), sends,
+retries, and fails or aborts it with the transaction. Delivery is checked per batch (its
+produce future) instead of per record, so a batch stays within its topic's
+``max.message.bytes`` where the runtime knows it: one the broker refused as too large
+would be split by the client into batches whose answers never reach that future.
 
 The partition is the producer's own partitioner's answer, asked once per topic, key and
 partition count (the default partitioner hashes the key over the sorted partition ids,
