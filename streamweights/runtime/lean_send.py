@@ -213,15 +213,17 @@ class LeanSender:
 
         return send
 
-    def send_to(self, topic: str, number: int, key: bytes, value: bytes | None) -> Any:
+    def send_to(self, topic: str, number: int, key: bytes, value: bytes | None,
+                lean: bool = True) -> Any:
         """Like ``send``, to partition ``number`` of ``topic`` as the caller names it (a
         changelog record goes to its task's partition, whatever its key hashes to); a
         tombstone (``value`` ``None``) goes in the batch too, where the changelog puts it
         among a commit's records (handing the batch over at each one made batches of a
-        record or two). A large record, or a producer the lean path does not serve, goes
-        to ``producer.send`` after that topic's open batches, as ``send`` does."""
+        record or two). A large record, one the caller sends with ``lean`` false, or a
+        producer the lean path does not serve, goes to ``producer.send`` after that
+        topic's open batches, as ``send`` does."""
         producer = self.producer
-        if (self.send == self._plain or type(key) is not bytes
+        if (not lean or self.send == self._plain or type(key) is not bytes
                 or (value is not None and (type(value) is not bytes
                                            or len(key) + len(value) > LEAN_MAX_BYTES))
                 or producer._closed):
@@ -230,17 +232,13 @@ class LeanSender:
         # (a ``TopicPartition`` is a named tuple: the plain pair finds it)
         partition = self._partitions.get((topic, number))
         if partition is None:
-            from kafka.structs import TopicPartition
-
-            topic_partition = TopicPartition(topic, number)
             # The client sends a partition's batches only once its metadata knows the
             # partition's leader, and it asks for a topic's metadata only when ``send``
             # meets the topic: the first records take ``send``, which does.
             if number not in (producer._metadata.partitions_for_topic(topic) or ()):
                 self._hand_over_topic(topic)
                 return producer.send(topic, value=value, key=key, partition=number)
-            size = min(self._batch_size, self._limits.get(topic, self._batch_size))
-            partition = self._partitions[topic_partition] = _Partition(topic_partition, size)
+            partition = self._partition(topic, number)
         builder = partition.builder
         if builder is None:
             builder = self._open_batch(partition)
@@ -260,6 +258,12 @@ class LeanSender:
         number = producer._partition(topic, None, key, None, key, None)
         if number is None:
             return None
+        partition = self._routes[(topic, key)] = self._partition(topic, number)
+        return partition
+
+    def _partition(self, topic: str, number: int) -> _Partition:
+        """Partition ``number`` of ``topic`` as written to, made at its first record (its
+        batches within the topic's size limit)."""
         # (a ``TopicPartition`` is a named tuple: the plain pair finds it)
         partition = self._partitions.get((topic, number))
         if partition is None:
@@ -268,7 +272,6 @@ class LeanSender:
             topic_partition = TopicPartition(topic, number)
             size = min(self._batch_size, self._limits.get(topic, self._batch_size))
             partition = self._partitions[topic_partition] = _Partition(topic_partition, size)
-        self._routes[(topic, key)] = partition
         return partition
 
     def _note_count(self, topic: str, count: int) -> None:
