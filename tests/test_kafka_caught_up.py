@@ -46,3 +46,29 @@ def test_a_stale_high_watermark_does_not_end_a_bounded_partition():
     assert live._caught_up(0) == (True, True)
     readings._position[labels] = readings._highwater[labels] = 100  # really at its end
     assert bounded._caught_up(0) == (True, True)
+
+
+def test_a_bounded_partition_at_its_end_is_passable_before_the_client_is_drained():
+    """Scenario: task 0's predictions partition is fetched to the end recorded at start
+    (100 of 100), its labels partition is at 40 of 100, and the last poll returned a full
+    ``max_poll_records`` (the client may hold more records, so no high watermark is
+    trusted). We expect: bounded, the predictions partition is passable at once (it brings
+    nothing more before the bound: its labels need not wait for an emptier poll) and the
+    labels one is not; live, neither is until a poll drains the client; bounded again with
+    both at their ends, both are, as before."""
+    predictions, labels = TopicPartition("predictions", 0), TopicPartition("labels", 0)
+    readings = _Readings({predictions: 100, labels: 100}, {predictions: 100, labels: 40})
+    bounded = _source(stop_at_end=True)
+    bounded.consumer = readings
+    bounded._end = {predictions: 100, labels: 100}
+    bounded._client_drained = False
+    assert bounded._passable_of(0) == (True, False)
+    assert not bounded._drained(0)
+    live = _source(stop_at_end=False)
+    live.consumer = readings
+    live._client_drained = False
+    assert live._passable_of(0) == (False, False)
+    readings._position[labels] = 100
+    bounded._passable.clear()  # (worked out once per fetch)
+    assert bounded._passable_of(0) == (True, True)
+    assert bounded._drained(0)

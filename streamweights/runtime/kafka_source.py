@@ -631,8 +631,11 @@ class KafkaSource:
         fetched to the end of a bounded replay), worked out once per fetch."""
         caught_up = self._passable.get(number)
         if caught_up is None:
-            caught_up = self._passable[number] = (
-                (True, True) if self._drained(number) else self._caught_up(number))
+            ended = self._ended(number)
+            if not all(ended):
+                flags = self._caught_up(number)
+                ended = (ended[0] or flags[0], ended[1] or flags[1])
+            caught_up = self._passable[number] = ended
         return caught_up
 
     @property
@@ -646,21 +649,31 @@ class KafkaSource:
 
     def _drained(self, number: int) -> bool:
         """Bounded mode: both partitions of the task are fetched up to their end."""
+        return all(self._ended(number))
+
+    def _ended(self, number: int) -> tuple[bool, bool]:
+        """Bounded mode: whether each partition of the task is fetched up to the end it
+        had at start-up (every record of the replay handed to the merge), which makes it
+        passable at once: its partner's records need not wait for a poll that returns
+        fewer than ``max_poll_records`` (``_caught_up``'s rule). With the predictions read
+        to their end and the labels paused at ``max_buffered``, that rule cost a poll
+        waiting its whole timeout (100 ms) for every 10,000 labels per task in a
+        10,000-stream replay (``bench/kafka.py``). The merged order is the same: the
+        partition brings nothing more before the bound."""
         if not self.stop_at_end:
-            return False
+            return False, False
         from kafka import TopicPartition
 
+        flags = []
         for topic in self.topics:
             tp = TopicPartition(topic, number)
             end = self._end.get(tp)
-            if end is None:
-                return False
             try:
-                if self.consumer.position(tp, timeout_ms=0) < end:
-                    return False
+                flags.append(end is not None
+                             and self.consumer.position(tp, timeout_ms=0) >= end)
             except Exception:
-                return False
-        return True
+                flags.append(False)
+        return flags[0], flags[1]
 
     def _at_end(self) -> bool:
         """Bounded mode: the owned tasks are released to their ends and every other
@@ -735,22 +748,39 @@ def complete_orphaned_rejoin(consumer: Any) -> bool:
 
 
 def restore_parked_records(consumer: Any) -> None:
-    """Work around a kafka-python 3.0.x bug that starves a resumed partition; call before
-    every ``poll``.
+    """Work around two kafka-python 3.0.x bugs that hold back a resumed partition's
+    parked records; call before every ``poll``.
 
     Records already fetched for a partition that gets paused are parked, and handed back
-    after ``resume`` only if the fetcher's in-line slot is ``None``. That slot keeps the
-    last partition's drained (empty) records object instead, so the parked records never
-    come back, and a partition with parked records is never fetched again: the merge
-    waits for it forever. An empty in-line slot means the same as ``None`` everywhere
-    else in the fetcher, so clearing it is safe. Reproduced against the real broker in
-    ``tests/kafka/test_kafka_client_races.py``. A client without these internals is
-    left alone.
+    after ``resume`` only if, when a poll starts, the fetcher's in-line slot is ``None``:
+
+    * that slot keeps the last partition's drained (empty) records object instead, so
+      the parked records never come back, and a partition with parked records is never
+      fetched again: the merge waits for it forever. An empty in-line slot means the
+      same as ``None`` everywhere else in the fetcher, so it is cleared;
+    * when the slot holds records of a partition paused since, the poll parks them
+      itself but does not look at the parked records again: it returns nothing, sends
+      no fetch (every partition has records parked) and sleeps ``retry_backoff_ms``
+      (100 ms). A 10,000-stream replica (``bench/kafka.py``) lost ~7 s of a ~75 s replay
+      so, in ~70 empty polls. Such records are parked here, as the poll would, so the
+      poll starts with the slot free and hands the resumed partition's records back.
+
+    Both reproduced against the real broker in ``tests/kafka/test_kafka_client_races.py``.
+    A client without these internals is left alone.
     """
     fetcher = getattr(consumer, "_fetcher", None)
     current = getattr(fetcher, "_next_partition_records", None)
-    if current is not None and not current and getattr(fetcher, "_paused_partition_records",
-                                                       None):
+    parked = getattr(fetcher, "_paused_partition_records", None)
+    if current is None or not parked:
+        return
+    if not current:
+        fetcher._next_partition_records = None
+        return
+    partition = getattr(current, "topic_partition", None)
+    paused = consumer.paused()
+    if (partition in paused and partition not in parked
+            and any(waiting not in paused for waiting in parked)):
+        parked[partition] = current
         fetcher._next_partition_records = None
 
 

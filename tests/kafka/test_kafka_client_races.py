@@ -5,7 +5,10 @@ work-arounds getting the consumer out of them:
   killed peer's task, and once without any records at all, in earlier test runs;
 * records parked at ``pause`` and never handed back after ``resume``
   (``restore_parked_records``): what stalled the merge once a partition had run
-  ``max_buffered`` records ahead of its partner (seen in bench/kafka.py).
+  ``max_buffered`` records ahead of its partner (seen in bench/kafka.py);
+* a resumed partition's parked records skipped by a poll that finds a paused
+  partition's records in line (``restore_parked_records`` again): an empty poll that
+  sleeps the retry back-off, ~70 times in a 10,000-stream replay of bench/kafka.py.
 
 If a "without help" half starts failing, kafka-python fixed that bug: drop the
 work-around."""
@@ -108,5 +111,66 @@ def test_records_parked_by_pause_come_back_after_resume(kafka_bootstrap, topic_f
         assert counts[first] == stuck_at, "kafka-python handed the parked records back"
         poll(lambda: counts[first] == 1_000, helped=True)
         assert counts[first] == 1_000
+    finally:
+        consumer.close()
+
+
+def test_a_poll_finding_a_paused_partition_in_line_hands_back_a_resumed_ones_records(
+        kafka_bootstrap, topic_factory):
+    """Scenario: a two-partition topic, 1,000 records in each; a group-less consumer (10
+    records per poll) reads a few records of each partition, so that one partition's
+    records are in line in the client and the other's are parked (paused after a poll);
+    then the in-line one is paused and the parked one resumed. We expect: without help
+    the next poll (no wait: ``timeout_ms=0``) returns nothing, though the resumed
+    partition's records are in the client (the poll after it returns them); set up the
+    same way the other way round, with ``restore_parked_records`` before the poll, that
+    poll returns the resumed partition's records."""
+    topic = topic_factory("in-line", partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for index in range(2_000):
+        producer.send(topic, value=b"x" * 100, partition=index % 2)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None,
+                             max_poll_records=10, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    counts = dict.fromkeys(partitions, 0)
+
+    def poll_until(until) -> None:
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            for partition, records in consumer.poll(timeout_ms=100).items():
+                counts[partition] += len(records)
+
+    def one_poll(helped: bool) -> dict[TopicPartition, int]:
+        if helped:
+            restore_parked_records(consumer)
+        return {partition: len(records)
+                for partition, records in consumer.poll(timeout_ms=0).items()}
+
+    def in_line_and_parked(in_line: TopicPartition, parked: TopicPartition) -> bool:
+        fetcher = consumer._fetcher
+        current = fetcher._next_partition_records
+        return (current is not None and current.topic_partition == in_line
+                and parked in fetcher._paused_partition_records)
+
+    try:
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        poll_until(lambda: any(counts.values()))
+        first = next(p for p in partitions if counts[p])
+        other = next(p for p in partitions if p != first)
+        consumer.pause(first)
+        poll_until(lambda: counts[other] > 0)
+        consumer.pause(other)
+        consumer.resume(first)
+        assert in_line_and_parked(other, first)
+        assert one_poll(helped=False) == {}, "kafka-python handed the parked records back"
+        assert one_poll(helped=False) == {first: 10}
+        consumer.pause(first)
+        consumer.resume(other)
+        assert in_line_and_parked(first, other)
+        assert one_poll(helped=True) == {other: 10}
+        assert counts[other] < 1_000 and counts[first] < 1_000
     finally:
         consumer.close()
