@@ -1,6 +1,7 @@
-"""The Kafka source's back-pressure (``back_pressure``): after every fetch, exactly the
-assigned partitions whose task holds ``max_buffered`` or more of their records are
-paused, whether or not their task still has a buffer (a rebalance drops it)."""
+"""The Kafka source's back-pressure (``back_pressure``): before every poll and after every
+fetch, exactly the assigned partitions whose task holds ``max_buffered`` or more of
+their records are paused, whether or not their task still has a buffer (a rebalance
+drops it)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,49 @@ def test_exactly_the_full_partitions_are_paused():
         [TopicPartition("preds", 0)], [TopicPartition("preds", 1)])
     assert back_pressure(tasks, assigned, paused, TOPICS, 6) == (
         [], [TopicPartition("labels", 1), TopicPartition("preds", 1)])
+
+
+class _Consumer:
+    """What ``KafkaSource._fetch`` asks of a consumer (no broker): which partitions are
+    assigned and paused, and which were paused when ``poll`` was called."""
+
+    def __init__(self, assigned: set[TopicPartition], paused: set[TopicPartition]) -> None:
+        self.config = {"max_poll_records": 10}
+        self._assigned, self._paused = set(assigned), set(paused)
+        self.paused_at_poll: set[TopicPartition] | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+
+    def poll(self, timeout_ms: int = 0) -> dict:
+        self.paused_at_poll = set(self._paused)
+        return {}
+
+
+def test_a_partition_whose_buffer_drained_is_resumed_before_the_next_poll():
+    """Scenario: task 0's predictions partition was paused at the last fetch (it held
+    max_buffered records), and the run handed out since drained that buffer; task 1
+    still holds max_buffered labels. We expect: the next fetch resumes task 0's
+    predictions partition before it polls (a poll with it still paused parks the records
+    the client holds for it: kafka-python 3.0 then returns nothing and sleeps 100 ms),
+    while task 1's labels partition stays paused through the poll."""
+    from streamweights.runtime.kafka_source import KafkaSource
+
+    source = KafkaSource("localhost:1", TOPICS[0], TOPICS[1], group_id="g", max_buffered=3)
+    for offset in range(3):
+        source.merges.add(1, LABELS, offset, float(offset), b"l", 1e9)
+    drained, full = TopicPartition(TOPICS[0], 0), TopicPartition(TOPICS[1], 1)
+    consumer = _Consumer(_both(0) | _both(1), {drained, full})
+    source.consumer = consumer
+    assert source._fetch() == 0
+    assert consumer.paused_at_poll == {full}
+    assert consumer.paused() == {full}

@@ -387,7 +387,12 @@ class KafkaSource:
 
     def _fetch(self) -> int:
         """Poll once; return how many records were buffered (0 when the poll failed on a
-        retriable client error: :meth:`_poll`)."""
+        retriable client error: :meth:`_poll`). Back-pressure is applied before the poll
+        too: the run handed out since the last one drained buffers, and a partition
+        still paused for them would have its records in the client parked by the poll
+        (kafka-python 3.0 then returns nothing and sleeps its retry back-off, 100 ms:
+        twice a round of ``bench/kafka.py``'s default scenario)."""
+        self._apply_back_pressure(self.consumer.assignment())
         restore_parked_records(self.consumer)
         batches = self._poll()
         if batches is None:
@@ -417,15 +422,20 @@ class KafkaSource:
             self._rebalanced = False
             self._forget_revoked(assigned)
         fetched = self._buffer(batches, time.monotonic())
+        self._apply_back_pressure(assigned)
+        if self.on_fetched is not None:
+            self.on_fetched()
+        return fetched
+
+    def _apply_back_pressure(self, assigned: set[Any]) -> None:
+        """Pause and resume the ``assigned`` partitions as their tasks' buffers now
+        stand (:func:`back_pressure`)."""
         pause, resume = back_pressure(self.merges.buffer_sizes(), assigned, self.consumer.paused(),
                                       self.topics, self.max_buffered)
         if pause:
             self.consumer.pause(*pause)
         if resume:
             self.consumer.resume(*resume)
-        if self.on_fetched is not None:
-            self.on_fetched()
-        return fetched
 
     def _buffer(self, batches: dict[Any, list[Any]], now: float) -> int:
         """Add a poll's records (``{TopicPartition: [ConsumerRecord]}``) to their tasks;
