@@ -30,6 +30,36 @@ def settled(consumer: KafkaConsumer, partitions: int) -> bool:
             and not any(state._pending_revocation for state in states.values()))
 
 
+def filled_partitions(bootstrap: str, topic_factory, name: str
+                      ) -> tuple[KafkaConsumer, list[TopicPartition]]:
+    """A two-partition topic with 1,000 records of 100 bytes in each, and a group-less
+    consumer (10 records per poll) assigned to both from their beginnings."""
+    topic = topic_factory(name, partitions=2)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for index in range(2_000):
+        producer.send(topic, value=b"x" * 100, partition=index % 2)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             max_poll_records=10, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    return consumer, partitions
+
+
+def poll_counting(consumer: KafkaConsumer, counts: dict[TopicPartition, int], until,
+                  helped: bool = False) -> None:
+    """Poll (100 ms each, ``restore_parked_records`` first when ``helped``), adding the
+    records returned per partition to ``counts``, until ``until()`` or 10 s."""
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        if helped:
+            restore_parked_records(consumer)
+        for partition, records in consumer.poll(timeout_ms=100).items():
+            counts[partition] += len(records)
+
+
 def test_a_rejoin_orphaned_by_a_short_poll_is_completed(kafka_bootstrap, kafka_admin,
                                                           topic_factory):
     """Scenario: a group's only member (so the leader) owns a one-partition topic; two
@@ -75,28 +105,13 @@ def test_records_parked_by_pause_come_back_after_resume(kafka_bootstrap, topic_f
     resumes the first. We expect: without help the resumed partition returns nothing
     more for 3 s (its records stay parked); once ``restore_parked_records`` runs before
     each poll, all 1,000 of its records arrive."""
-    topic = topic_factory("parked", partitions=2)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    for index in range(2_000):
-        producer.send(topic, value=b"x" * 100, partition=index % 2)
-    producer.flush()
-    producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None,
-                             max_poll_records=10, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    consumer, partitions = filled_partitions(kafka_bootstrap, topic_factory, "parked")
     counts = dict.fromkeys(partitions, 0)
 
     def poll(until, helped: bool) -> None:
-        deadline = time.monotonic() + 10
-        while not until() and time.monotonic() < deadline:
-            if helped:
-                restore_parked_records(consumer)
-            for partition, records in consumer.poll(timeout_ms=100).items():
-                counts[partition] += len(records)
+        poll_counting(consumer, counts, until, helped)
 
     try:
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
         poll(lambda: any(counts.values()), helped=False)
         first = next(p for p in partitions if counts[p])
         other = next(p for p in partitions if p != first)
@@ -125,22 +140,8 @@ def test_a_poll_finding_a_paused_partition_in_line_hands_back_a_resumed_ones_rec
     partition's records are in the client (the poll after it returns them); set up the
     same way the other way round, with ``restore_parked_records`` before the poll, that
     poll returns the resumed partition's records."""
-    topic = topic_factory("in-line", partitions=2)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    for index in range(2_000):
-        producer.send(topic, value=b"x" * 100, partition=index % 2)
-    producer.flush()
-    producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None,
-                             max_poll_records=10, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    consumer, partitions = filled_partitions(kafka_bootstrap, topic_factory, "in-line")
     counts = dict.fromkeys(partitions, 0)
-
-    def poll_until(until) -> None:
-        deadline = time.monotonic() + 10
-        while not until() and time.monotonic() < deadline:
-            for partition, records in consumer.poll(timeout_ms=100).items():
-                counts[partition] += len(records)
 
     def one_poll(helped: bool) -> dict[TopicPartition, int]:
         if helped:
@@ -155,13 +156,11 @@ def test_a_poll_finding_a_paused_partition_in_line_hands_back_a_resumed_ones_rec
                 and parked in fetcher._paused_partition_records)
 
     try:
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        poll_until(lambda: any(counts.values()))
+        poll_counting(consumer, counts, lambda: any(counts.values()))
         first = next(p for p in partitions if counts[p])
         other = next(p for p in partitions if p != first)
         consumer.pause(first)
-        poll_until(lambda: counts[other] > 0)
+        poll_counting(consumer, counts, lambda: counts[other] > 0)
         consumer.pause(other)
         consumer.resume(first)
         assert in_line_and_parked(other, first)
