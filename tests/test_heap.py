@@ -7,7 +7,11 @@ replaced: tests/service/test_heap_streams.py.)"""
 import gc
 import weakref
 
-from streamweights.runtime.heap import collections_paused, startup_heap_frozen
+from streamweights.runtime.heap import (
+    YOUNG_GENERATION_THRESHOLD,
+    collections_paused,
+    startup_heap_frozen,
+)
 
 
 class Node:
@@ -30,6 +34,26 @@ def test_objects_alive_at_entry_are_frozen_for_the_block_and_collectable_after()
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert alive() is None  # back in the oldest generation, so freed
+
+
+def test_the_young_generation_is_collected_less_often_in_the_block_only():
+    caller = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        with startup_heap_frozen():
+            assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, 10, 10)
+            gc.collect()
+            before = gc.get_stats()[0]["collections"]
+            kept = [[] for _ in range(YOUNG_GENERATION_THRESHOLD // 2)]  # tracked lists
+            assert gc.get_stats()[0]["collections"] == before  # 700 would have run ~35
+            del kept
+        assert gc.get_threshold() == (700, 10, 10)
+        gc.set_threshold(90_000, 5, 5)  # a caller's larger threshold stays as it is
+        with startup_heap_frozen():
+            assert gc.get_threshold() == (90_000, 5, 5)
+        assert gc.get_threshold() == (90_000, 5, 5)
+    finally:
+        gc.set_threshold(*caller)
 
 
 def test_collections_paused_moves_survivors_to_the_oldest_generation_unwalked():
