@@ -381,6 +381,8 @@ def test_stream_record_is_the_state_dict_byte_for_byte():
         assert name == "demo" and meta == {"format": STREAM_RECORD_FORMAT, **(meta_in or {})}
         layout = state["join"].pop("segments")
         assert sorted(held) == [segment for segment, _, _ in layout["segments"]]
+        tight = json.dumps(layout, separators=(",", ":")).encode()  # the text it always was
+        assert record_text(decompress(record))[0].endswith(b'"join":' + tight + b"}}}"), i
         most = max(most, len(held))
         assert dumps_state(state) == dumps_state(stream.state_dict()), i
         _, old_state, old_meta = decode_stream_record(
