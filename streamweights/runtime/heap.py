@@ -35,8 +35,9 @@ from collections.abc import Iterator
 #: is 700). ``bench/kafka.py``'s 10,000-stream replica (2,992,880 records, gc.callbacks
 #: timing every collection, runs alternated on one kept broker): 2.4-3.5 s a run in
 #: collections at 700, 1.1-1.5 s at 10,000, 0.5-0.6 s at 50,000, its young collections
-#: 7-10 ms each. Unreachable cycles may wait for up to that many allocations (bytes to a
-#: few MB), as cycles always waited for the next collection.
+#: 7-10 ms each. What unreachable reference cycles hold waits longer to be freed: up to
+#: that many net allocations instead of 700 (objects freed by their reference counts, as
+#: a record's and a commit's are, go at once as before).
 YOUNG_GENERATION_THRESHOLD = 50_000
 
 
