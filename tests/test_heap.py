@@ -2,7 +2,8 @@
 only, and nothing frozen is leaked once it ends. collections_paused: no collections in
 the block, its survivors land in the oldest generation, or join someone else's frozen
 objects, which stay frozen. (That a stream's state, frozen so, is still freed when
-replaced: tests/service/test_heap_streams.py.)"""
+replaced: tests/service/test_heap_streams.py.) return_freed_pages: freed memory between
+live blocks leaves the resident set (a restore's: test_heap_streams.py too)."""
 
 import gc
 import weakref
@@ -10,6 +11,7 @@ import weakref
 from streamweights.runtime.heap import (
     YOUNG_GENERATION_THRESHOLD,
     collections_paused,
+    return_freed_pages,
     startup_heap_frozen,
 )
 
@@ -101,3 +103,25 @@ def test_collections_paused_keeps_a_disabled_collector_disabled():
         assert gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def test_freed_memory_between_live_blocks_leaves_the_resident_set():
+    """Scenario: 64 MiB in 48 KiB blocks (below glibc's mmap threshold: heap memory,
+    every page written), then seven in eight freed, the kept ones spread through it, so
+    the heap cannot shrink from its top. We expect: ``return_freed_pages`` reports pages
+    returned and the resident set falls by at least half of what was freed (~56 MiB)."""
+    blocks = [bytes([index % 251 + 1]) * (48 * 1024) for index in range(64 * 1024 // 48)]
+    kept = blocks[::8]
+    del blocks
+    before = _resident_bytes()
+    assert return_freed_pages() is True
+    assert before - _resident_bytes() > 28 * 2**20
+    assert len(kept) == 171 and kept[1][0] == 9  # (alive until here)

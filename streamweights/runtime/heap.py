@@ -23,13 +23,23 @@ collection per 700 net allocations made ~9,400 young collections a run at 10,000
 streams; each tenth promoted its survivors, so the long-lived objects a warming replica
 adds (its streams' Prometheus series, ~15 per stream) triggered ~74 full collections,
 the late ones walking ~430,000 objects for 130-200 ms each and freeing nothing.
+
+After a restore the pages of the memory it freed go back to the system
+(:func:`return_freed_pages`). Reading states back allocates a stream's decompressed
+record, its parsed tree and copies of its arrays, frees them, and keeps the arrays
+built from them between those holes, so glibc's heap cannot shrink from its top: 200
+streams of the default config that had run 1,500 records each restored into a fresh
+process at 314 KB of RSS a stream, ~100 KB of it freed memory, against 186 KB in the
+process that ran them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: The youngest generation's collection threshold while records flow (CPython's default
 #: is 700). ``bench/kafka.py``'s 10,000-stream replica (2,992,880 records, gc.callbacks
@@ -93,3 +103,24 @@ def collections_paused() -> Iterator[None]:
             if not others_frozen:
                 gc.unfreeze()
             gc.enable()
+
+
+def return_freed_pages() -> bool:
+    """Give the pages of freed heap memory back to the system (glibc's
+    ``malloc_trim(0)``, which also releases free pages inside the heap, not only at its
+    top as ``free`` does). True when some were returned; False when none were, or when
+    the C library has no such call (musl, macOS): nothing is done there. Results are
+    unaffected; the next allocations there fault fresh pages in, so call it after bulk
+    work (a restore), not per record."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # (the process's own C library)
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim

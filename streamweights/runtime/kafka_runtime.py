@@ -145,7 +145,7 @@ from streamweights.runtime.commit_spread import (
 from streamweights.runtime.compression import compress, compressing, decompress
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.fresh_states import fresh_states
-from streamweights.runtime.heap import collections_paused
+from streamweights.runtime.heap import collections_paused, return_freed_pages
 from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
@@ -1213,7 +1213,9 @@ class KafkaRuntime:
         task back to its last committed snapshot (fresh state if it has none), since the
         consumer resumes from the committed offsets. Returns the offsets to seek to."""
         with collections_paused():  # many streams' states read back (see the heap module)
-            return self._roll_back_tasks(owned, revoked)
+            offsets = self._roll_back_tasks(owned, revoked)
+        return_freed_pages()  # (and the memory that reading freed)
+        return offsets
 
     def _roll_back_tasks(self, owned: list[int],
                          revoked: list[int]) -> dict[tuple[str, int], int]:

@@ -49,7 +49,7 @@ from streamweights.runtime.checkpoint_pacing import CheckpointPacer
 from streamweights.runtime.commit_spread import oldest_due
 from streamweights.runtime.compression import compressing
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
-from streamweights.runtime.heap import collections_paused
+from streamweights.runtime.heap import collections_paused, return_freed_pages
 from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
 from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
@@ -572,6 +572,7 @@ class Service:
     def restore(self) -> None:
         with collections_paused():
             self.state.restore(self)
+        return_freed_pages()  # (what reading the states back freed: runtime/heap.py)
 
     def checkpoint(self) -> None:
         started, cpu = time.perf_counter(), time.thread_time()
