@@ -45,7 +45,8 @@ first line printed names them), its own join and scores. Steps, each timed:
    these run ``--mature-rounds`` (default 1,500) predictions and labels each first, past
    the conformal windows' 1,000 scores, the coverage monitors' 500 labels and the
    memory's 64 items: RSS per stream, and a full commit and a restore of them, per
-   stream.
+   stream; then a fresh process restores them (a replica restarting), and its RSS per
+   stream is printed beside the one of the process that ran them.
 
 The garbage collector is set up as ``streamweights run`` sets it (start-up objects, then
 the streams built and restored, frozen out of its scans: ``runtime/heap.py``).
@@ -322,7 +323,14 @@ def main() -> None:
     parser.add_argument("--mature-only", action="store_true",
                         help="run the last step alone (the bench runs it so, in a process "
                              "of its own, so that RSS is its own)")
+    parser.add_argument("--restore-rss", metavar="DOCUMENT",
+                        help="(the last step's own) restore the state folder of a config "
+                             "DOCUMENT (JSON) in this process; print the RSS per stream "
+                             "it took")
     args = parser.parse_args()
+    if args.restore_rss:
+        print(restore_rss(pathlib.Path(args.restore_rss)))
+        return
     if args.mature_only and args.mature_streams <= 0:
         parser.error("--mature-only needs --mature-streams of at least 1")
     if args.mature_only:
@@ -478,6 +486,8 @@ def mature(count: int, rounds: int) -> None:
         input_path.write_bytes(b"\n".join(records) + b"\n")
         del records
         document = config_document(folder, input_path, names, 2**53 - 1)
+        config_path = folder / "mature.json"  # (for the fresh process, below)
+        config_path.write_text(json.dumps(document))
         rss_start = rss_bytes()
         service = Service(parse_config(document))
         service.restore()
@@ -496,12 +506,30 @@ def mature(count: int, rounds: int) -> None:
         again.restore()
         restore_cpu = time.process_time() - cpu
         again.close()
+        restarted = subprocess.run([sys.executable, __file__, "--restore-rss",
+                                    str(config_path)], check=True, stdout=subprocess.PIPE,
+                                   text=True).stdout.strip()
     print(f"mature streams: {count:,} streams after {rounds:,} predictions and labels each "
           f"({2 * count * rounds:,} records in {run_seconds:.1f} s): RSS "
           f"{(rss_run - rss_start) / count:,.0f} B per stream; a commit of all "
           f"{written:,}: {size / written:,.0f} bytes and {commit_cpu * 1e3 / written:.3f} ms "
           f"CPU per stream ({commit_seconds * 1e3:.0f} ms wall in all); restore "
-          f"{restore_cpu * 1e3 / count:.3f} ms CPU per stream")
+          f"{restore_cpu * 1e3 / count:.3f} ms CPU per stream; {restarted}")
+
+
+def restore_rss(config_path: pathlib.Path) -> str:
+    """A fresh process (this one) restores the state folder of ``config_path``, as a
+    restarted replica does: its RSS per stream from before the service is built."""
+    document = json.loads(config_path.read_text())
+    with startup_heap_frozen():
+        rss_start = rss_bytes()
+        service = Service(parse_config(document))
+        service.restore()
+        rss_restored = rss_bytes()
+        count = len(service.pipeline.streams)
+        service.close()
+    return (f"a fresh process restoring them: RSS {(rss_restored - rss_start) / count:,.0f} "
+            "B per stream")
 
 
 if __name__ == "__main__":
