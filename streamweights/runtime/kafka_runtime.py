@@ -150,6 +150,7 @@ from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
 from streamweights.runtime.lean_send import Sender, lean_sender
+from streamweights.runtime.settings_digest import SettingsDigests
 from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
     SnapshotFormatError,
@@ -503,13 +504,13 @@ class KafkaRuntime:
     before anything is read.
     """
 
-    def __init__(self, kafka: KafkaConfig, config_digest: str) -> None:
+    def __init__(self, kafka: KafkaConfig, digests: SettingsDigests) -> None:
         check_client_settings(kafka)
         from kafka import KafkaAdminClient
 
         check_credentials(kafka, client_settings(kafka, KafkaAdminClient))
         self.kafka = kafka
-        self.config_digest = config_digest
+        self.digests = digests
         self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
         self.partitions = self._setup_topics()
         from kafka import KafkaConsumer, KafkaProducer
@@ -1060,7 +1061,7 @@ class KafkaRuntime:
         so the newest record of the partition says where the task resumes."""
         offsets = {topic: released[(topic, number)] for topic in self.source.topics
                    if (topic, number) in released}
-        meta = {"task": number, "config_digest": self.config_digest,
+        meta = {"task": number, **self.digests.meta(),
                 "invalid": self.task_invalid.get(number, {}),
                 "records": self.source.released_counts.get(number, 0),
                 "offsets": offsets, "exhausted": service._exhausted}
@@ -1302,7 +1303,7 @@ class KafkaRuntime:
                                 f"{listed_formats(STREAM_RECORD_FORMATS)}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
-        if meta["config_digest"] != self.config_digest:
+        if not self.digests.match(meta):
             raise RuntimeSetupError(f"kafka.changelog_topic: task {number}'s snapshot was "
                                     "taken with other stream settings; use a new "
                                     "changelog topic and group, or the old config")

@@ -27,14 +27,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import faulthandler
-import hashlib
 import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import orjson
@@ -54,6 +52,7 @@ from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
 from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
+from streamweights.runtime.settings_digest import SettingsDigests, settings_digests
 from streamweights.runtime.sinks import JsonlSink
 from streamweights.runtime.sources import check_input, input_digest, make_source
 from streamweights.runtime.state_store import (
@@ -165,7 +164,7 @@ class LocalCheckpoints:
             log.warning("%s is a format-1 snapshot (no checksum): restored as it is; the next "
                         "checkpoint replaces it with a checksummed one", loaded.path)
         snapshot = loaded.snapshot
-        if snapshot["config_digest"] != service._config_digest:
+        if not service._settings_digests.match(snapshot):
             raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
                                     "other stream settings; use a fresh state_dir or the old "
                                     "config")
@@ -286,7 +285,7 @@ class LocalCheckpoints:
             "position": position, "records_seen": service.records_seen,
             "exhausted": service._exhausted,
             "sinks": {name: sink.position for name, sink in service.sinks.items()},
-            "source": service.source.name, "config_digest": service._config_digest,
+            "source": service.source.name, **service._settings_digests.meta(),
             "invalid": dict(service.pipeline.invalid)}
         digest = input_digest(service.source, service.position)
         if digest is not None:
@@ -384,7 +383,7 @@ class Runtime:
     state: Any
 
 
-def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
+def build_runtime(config: ServiceConfig, state_dir: str, digests: SettingsDigests,
                   pipeline: Pipeline) -> Runtime:
     """The runtime the config asks for. A local source is opened and checked against the
     streams before the state folder is locked (and so created): a refused config leaves
@@ -396,7 +395,7 @@ def build_runtime(config: ServiceConfig, state_dir: str, config_digest: str,
         )
 
         assert config.kafka is not None  # the config requires the block
-        kafka = KafkaRuntime(config.kafka, config_digest)
+        kafka = KafkaRuntime(config.kafka, digests)
         warn_checkpoint_past_timeout(config.checkpoint_every_seconds,
                                      kafka.transaction_timeout_ms)
         kafka.source.max_event_time_skew = max(
@@ -448,21 +447,6 @@ def _decoded_or_none(raw: bytes) -> events.Record | None:
 _DRAIN_PAUSED, _DRAIN_ENDED, _DRAIN_GENERAL, _DRAIN_APPLIED, _DRAIN_FAILED = range(5)
 
 
-def config_digest(streams: Any) -> str:
-    """What a snapshot's ``config_digest`` is checked against: the streams' settings.
-    ``n_features`` (added later) counts only when set, so a state folder written before
-    it existed still restores with the same config."""
-    fields = []
-    for stream in streams:
-        # the fields as they are (orjson writes their dicts, lists and tuples as asdict's
-        # deep copies would be written, without ~60 us of copying per stream)
-        values = {field.name: getattr(stream, field.name) for field in dataclass_fields(stream)}
-        if values.get("n_features") is None:
-            values.pop("n_features", None)
-        fields.append(values)
-    return hashlib.sha256(orjson.dumps(fields)).hexdigest()
-
-
 class Service:
     """One service instance; its source, sinks and state backend come from
     :func:`build_runtime` (or are given, for tests and embedding)."""
@@ -495,9 +479,9 @@ class Service:
                 config.artifacts_dir or os.path.join(self.state_dir, "artifacts"),
                 config.artifacts_retain)
             self.view.artifacts = self.artifacts
-        self._config_digest = config_digest(config.streams)
+        self._settings_digests = settings_digests(config.streams)
         if runtime is None:
-            runtime = build_runtime(config, self.state_dir, self._config_digest,
+            runtime = build_runtime(config, self.state_dir, self._settings_digests,
                                     self.pipeline)
         else:  # given (tests, embedding): check it here
             try:

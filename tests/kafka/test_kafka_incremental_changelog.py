@@ -181,3 +181,46 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     assert written and all(
         loads_state(record_text(decompress(r.value))[0])["format"] == STREAM_RECORD_FORMAT
         for r in written if r.key != b"0" and r.value is not None)
+
+
+def test_a_restart_with_the_configs_keys_in_another_order_restores_the_tasks(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the eight bursty streams in one task, a commit every 50 records; the 4th
+    commit fails and the process exits. The restart's config has every stream mapping's
+    keys in the reverse order (the same settings, as a tool that rewrites YAML may leave
+    them). We expect: the restart restores the committed per-stream records (it was
+    refused for "other stream settings" before) and ends with the uninterrupted embedded
+    run's summary."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_bursty_input(input_path, predictions=400, delay=6.5)
+    service = Service(parse_config(yaml.safe_load(
+        write_config(tmp_path / "embedded", input_path).read_text())))
+    try:
+        expected_streams = json.loads(orjson.dumps(service.run()["streams"]))
+    finally:
+        service.close()
+    topics = make_topics(topic_factory, partitions=1)
+    produce_inputs(kafka_bootstrap, [line.encode() for line in lines], topics["predictions"],
+                   topics["labels"])
+    config_path = _kafka_config(tmp_path / "kafka", kafka_bootstrap, topics)
+    failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "4"})
+    assert failed.returncode != 0 and "failing before commit 4" in failed.stderr
+
+    document = yaml.safe_load(config_path.read_text())
+    document["streams"] = _reversed_keys(document["streams"])
+    reordered = tmp_path / "kafka" / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(document, sort_keys=False))
+    summary_path = tmp_path / "summary.json"
+    restarted = cli("--config", str(reordered), "--summary", str(summary_path))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "restored 1 snapshot(s)" in restarted.stderr
+    assert json.loads(summary_path.read_text())["streams"] == expected_streams
+
+
+def _reversed_keys(value):
+    """``value`` with every mapping's keys in the reverse order, recursively."""
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_keys(item) for item in value]
+    return value

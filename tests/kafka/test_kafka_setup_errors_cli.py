@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient
 from streamweights.config import load_config
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.kafka_runtime import KafkaRuntime
+from streamweights.runtime.settings_digest import settings_digests
 from tests.kafka.broker import free_port
 from tests.kafka.helpers import REPO, write_kafka_config
 
@@ -108,9 +109,9 @@ def test_client_settings_reach_the_clients_and_unknown_ones_are_refused(kafka_bo
     started = time.monotonic()
     with pytest.raises(RuntimeSetupError, match=re.escape(
             f"cannot reach a Kafka broker at {kafka_bootstrap}")):
-        KafkaRuntime(sasl, "digest")
+        KafkaRuntime(sasl, settings_digests(example.streams))
     assert time.monotonic() - started < 20
     misspelt = dataclasses.replace(example.kafka, client={"securty_protocol": "SSL"})
     with pytest.raises(RuntimeSetupError, match=re.escape(
             "kafka.client.securty_protocol: not a kafka-python client setting")):
-        KafkaRuntime(misspelt, "digest")
+        KafkaRuntime(misspelt, settings_digests(example.streams))

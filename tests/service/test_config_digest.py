@@ -1,5 +1,8 @@
 """A snapshot's config digest: new stream settings that are left unset do not change it,
-so a state folder written by an older release restores with the same config."""
+so a state folder written by an older release restores with the same config. Its
+settings digest: the same settings written in another key order give the same one, so
+such a config restores the state too (embedded and Kafka); a snapshot written before it
+existed is checked against the config digest as before."""
 
 from __future__ import annotations
 
@@ -8,9 +11,13 @@ import hashlib
 import pathlib
 
 import orjson
+import pytest
+import yaml
 
 from streamweights.config import load_config
-from streamweights.runtime.service import config_digest
+from streamweights.runtime.exceptions import RuntimeSetupError
+from streamweights.runtime.service import Service
+from streamweights.runtime.settings_digest import config_digest, settings_digests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: ``configs/demo.yaml``'s digest as the release before ``streams[].features`` wrote it.
@@ -41,3 +48,88 @@ def test_digest_of_every_example_config_is_the_one_asdict_gave():
             values.append(fields)
         expected = hashlib.sha256(orjson.dumps(values)).hexdigest()
         assert config_digest(streams) == expected, path
+
+
+def _reversed_keys(value):
+    """``value`` with every mapping's keys in the reverse order, recursively."""
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_keys(item) for item in value]
+    return value
+
+
+def test_the_settings_digest_ignores_key_order_and_nothing_else(tmp_path):
+    """Scenario: every example config, and a copy whose streams' mappings (adapter specs,
+    conformal and join blocks ...) list their keys in the reverse order; then one
+    setting changed. We expect: the same settings digest for the copy, where the config
+    digest (key order) differs for the demo; a changed setting changes both."""
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    for path in configs:
+        document = yaml.safe_load(path.read_text())
+        document["streams"] = _reversed_keys(document["streams"])
+        copy = tmp_path / path.name
+        copy.write_text(yaml.safe_dump(document, sort_keys=False))
+        given = settings_digests(load_config(str(path), environ={}).streams)
+        reordered = settings_digests(load_config(str(copy), environ={}).streams)
+        assert reordered.settings == given.settings, path
+        if path.name == "demo.yaml":
+            assert reordered.config != given.config
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    demo["streams"][0]["adapters"][1]["capacity"] = 32
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(demo))
+    given = settings_digests(load_config(str(ROOT / "configs" / "demo.yaml")).streams)
+    other = settings_digests(load_config(str(changed)).streams)
+    assert other.settings != given.settings and other.config != given.config
+
+
+def test_a_snapshot_is_checked_against_the_settings_digest_when_it_has_one():
+    """Scenario: snapshot metas as this release writes them (both digests) and as the
+    releases before did (the config digest alone). We expect: the first matched on the
+    settings digest only, the second on the config digest only."""
+    digests = settings_digests(load_config(str(ROOT / "configs" / "demo.yaml")).streams)
+    assert digests.match(digests.meta())
+    assert digests.match({"config_digest": "other", "settings_digest": digests.settings})
+    assert not digests.match({"config_digest": digests.config, "settings_digest": "other"})
+    assert digests.match({"config_digest": digests.config})
+    assert not digests.match({"config_digest": digests.settings})
+    assert not digests.match({})
+
+
+def test_a_config_with_its_keys_in_another_order_restores_the_state(config_factory,
+                                                                     tmp_path):
+    """Scenario: the demo's config runs to input position 250 of 300 events and
+    checkpoints; the same config with every stream mapping's keys in the reverse order
+    (as a tool that rewrites YAML may leave it) runs on with the same state folder; then
+    a config with one setting changed. We expect: the reordered one restores and reads
+    on from the position the first reached (it was refused for "other stream settings"
+    before); the changed one is refused."""
+    path = config_factory("first", events=300)
+    service = Service(load_config(str(path)), max_records=250)
+    try:
+        service.run()
+        position = service.position
+    finally:
+        service.close()
+    document = yaml.safe_load(path.read_text())
+    document["streams"] = _reversed_keys(document["streams"])
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(document, sort_keys=False))
+    again = Service(load_config(str(reordered)))
+    try:
+        again.restore()
+        assert again.position == position > 0
+        again.run()
+        assert again.position > position
+    finally:
+        again.close()
+    document["streams"][0]["join"]["max_pending"] = 99_999
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(document, sort_keys=False))
+    refused = Service(load_config(str(changed)))
+    try:
+        with pytest.raises(RuntimeSetupError, match="other stream settings"):
+            refused.restore()
+    finally:
+        refused.close()
