@@ -281,51 +281,67 @@ class LoopHistogram:
             out.append(sample_lines(self.name + "_created", names, rows, value_at=3))
 
 
-class _GaugeChild:
-    """One labelled series of a :class:`LoopGauge`: a plain float."""
+class _GaugeSeries:
+    """One labelled series of a :class:`LoopGauge`, as ``labels()`` hands it out: sets
+    the float its family keeps for these label values."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_key", "_values")
 
-    def __init__(self) -> None:
-        self.value = 0.0
+    def __init__(self, values: dict[tuple[str, ...], float], key: tuple[str, ...]) -> None:
+        self._values, self._key = values, key
+
+    @property
+    def value(self) -> float:
+        return self._values[self._key]
 
     def set(self, value: float) -> None:
-        self.value = float(value)
+        self._values[self._key] = float(value)
 
 
 class LoopGauge:
     """A labelled gauge that only the service loop's thread sets: the per-stream series.
 
-    A replica may hold 10,000 streams with ~60 series each (weights, scores, conformal
+    A replica may hold 10,000 streams with ~75 series each (weights, scores, conformal
     coverage, estimates); prometheus_client's ``Gauge`` makes each series a full metric
-    object with its own lock (~0.7 KiB), ~40 KiB per stream. Here a series is a slotted
-    float read as it is at scrape time (one writer: :class:`LoopCounter`'s reasoning).
-    Exposed as prometheus_client exposes a ``Gauge``."""
+    object with its own lock (~0.7 KiB), ~40 KiB per stream. Here a series is a float in
+    one dict per family, by its label values (``_children``), read as it is at scrape
+    time (one writer: :class:`LoopCounter`'s reasoning); no object per series, so a
+    stream's series cost their label tuple and their entry (an object per series, and a
+    key tuple to find it, were ~8 KB of a mature demo stream's ~186 KB). Exposed as
+    prometheus_client exposes a ``Gauge``."""
 
     def __init__(self, name: str, documentation: str, labelnames: list[str],
                  registry: CollectorRegistry) -> None:
         _init_family(self, name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> _GaugeChild:
+    def labels(self, *values: str) -> _GaugeSeries:
         """The series of these label values (created at 0 on first use)."""
-        return _child(self, values, _GaugeChild)
+        children = self._children
+        if values not in children:
+            self.check_labels(values)
+            children[values] = 0.0
+        return _GaugeSeries(children, values)
+
+    def check_labels(self, values: tuple[str, ...]) -> None:
+        """ValueError unless ``values`` has one value per label name."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
 
     def describe(self) -> list[Metric]:
         return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in list(self._children.items()):  # one atomic copy
-            family.add_metric(values, child.value)
+        for values, value in list(self._children.items()):  # one atomic copy
+            family.add_metric(values, value)
         yield family
 
     def render(self, out: list[bytes]) -> None:
         """Append this family's exposition text (as ``generate_latest`` writes it)."""
         out.append(family_header(self.name, self.documentation, "gauge"))
-        # The children read in place, in one core call that holds the GIL: the loop
-        # cannot set a value meanwhile, and no (values, child) tuple per series is made.
-        out.append(sample_lines(self.name, self.labelnames, self._children,
-                                attribute="value"))
+        # The values read in place, in one core call that holds the GIL: the loop cannot
+        # set one meanwhile.
+        out.append(sample_lines(self.name, self.labelnames, self._children))
 
 
 class _OrderedRegistry(CollectorRegistry):

@@ -10,7 +10,11 @@ more with 10,000 streams, whose series tables are out of the caches: a replica o
 sparse streams that publishes a version every minute each spent more on them than on
 its records. Here the series a stream can have are listed once from its config
 (:func:`gauge_keys`); each version reads the values in the same order
-(:func:`gauge_values`) and :class:`StreamGauges` sets them by position.
+(:func:`gauge_values`) and :class:`StreamGauges` sets them by position, straight into
+their families' dicts: a dict store per series, ~0.13-0.17 µs each at 10,000 streams
+against ~0.06 µs for an attribute of a kept series object, but versions are rare
+(every 1,000 labels or 60 s by default) and those objects and their key tuples were
+~8 KB of a mature stream.
 
 A value ``None`` is not known yet (no label, an empty window) and leaves its series
 unset; the series appears with its first value, as it always has, so the exposition is
@@ -32,27 +36,25 @@ GaugeKey = tuple[LoopGauge, tuple[str, ...]]
 
 
 class StreamGauges:
-    """One stream's gauge series, made on their first value and kept, set by position."""
+    """One stream's gauge series, each made on its first value, set by position: the
+    values live in their families' dicts (``LoopGauge._children``), keyed by label
+    values, so a series is a dict entry and nothing else."""
 
-    __slots__ = ("_keys", "_series")
+    __slots__ = ("_labels", "_stores")
 
     def __init__(self, keys: list[GaugeKey]) -> None:
-        self._keys = keys
-        self._series: list[Any] = [None] * len(keys)
+        for family, labels in keys:
+            family.check_labels(labels)
+        self._stores = [family._children for family, _ in keys]
+        self._labels = [labels for _, labels in keys]
 
     def set_all(self, values: list[Any]) -> None:
         """Set series ``i`` to ``float(values[i])``; ``None`` leaves it as it is."""
-        if len(values) != len(self._keys):
-            raise ValueError(f"{len(values)} gauge values for {len(self._keys)} series")
-        series = self._series
-        for index, value in enumerate(values):
-            if value is None:
-                continue
-            child = series[index]
-            if child is None:
-                family, labels = self._keys[index]
-                child = series[index] = family.labels(*labels)
-            child.value = float(value)
+        if len(values) != len(self._labels):
+            raise ValueError(f"{len(values)} gauge values for {len(self._labels)} series")
+        for store, labels, value in zip(self._stores, self._labels, values, strict=True):
+            if value is not None:
+                store[labels] = float(value)
 
 
 def gauge_keys(metrics: ServiceMetrics, stream: Any) -> list[GaugeKey]:
@@ -60,25 +62,28 @@ def gauge_keys(metrics: ServiceMetrics, stream: Any) -> list[GaugeKey]:
     the order :func:`gauge_values` reads them; fixed by the stream's config."""
     name = stream.name
     keys: list[GaugeKey] = [(metrics.weights_version, (name,)), (metrics.pending, (name,))]
-    keys += [(metrics.ensemble_weight, (name, model)) for model in stream.config.models]
-    keys += [(metrics.portfolio_weight, (name, candidate))
+    # (label values other than the stream's name are the same for many streams: one
+    # copy of each string, however many streams' series name it)
+    keys += [(metrics.ensemble_weight, (name, sys.intern(model)))
+             for model in stream.config.models]
+    keys += [(metrics.portfolio_weight, (name, sys.intern(candidate)))
              for candidate in _candidates(stream)]
-    for forecaster in _forecasters(stream):
+    for forecaster in map(sys.intern, _forecasters(stream)):
         keys.append((metrics.log_loss, (name, forecaster)))
         if stream.classification:
             keys.append((metrics.ece, (name, forecaster)))
     uncertainty = stream.uncertainty
     if uncertainty is not None:
-        for forecaster, monitor in zip(uncertainty.forecasters, uncertainty.monitors,
-                                       strict=False):
-            for alpha in map(level_key, monitor.alphas):
+        for forecaster, monitor in zip(map(sys.intern, uncertainty.forecasters),
+                                       uncertainty.monitors, strict=False):
+            for alpha in (sys.intern(level_key(alpha)) for alpha in monitor.alphas):
                 keys += [(metrics.conformal_target, (name, alpha)),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "run")),
                          (metrics.conformal_coverage, (name, forecaster, alpha, "rolling")),
                          (metrics.conformal_size, (name, forecaster, alpha))]
-        for forecaster in uncertainty.forecasters if uncertainty.estimates else ():
+        for forecaster in map(sys.intern, uncertainty.forecasters if uncertainty.estimates
+                              else ()):
             for field in FIELDS:
-                # one copy of each label string, however many streams' series name it
                 source, metric = (sys.intern(part) for part in field.split("_", 1))
                 keys.append((metrics.performance, (name, forecaster, metric, source)))
     return keys

@@ -157,8 +157,9 @@ def test_versions_set_the_gauges_as_one_lookup_per_series_did(config_factory, tm
 
 def test_a_series_appears_with_its_first_value():
     """Scenario: two series, one value unknown (``None``) at the first set and known at
-    the second. We expect: it is made only then, after the other, with the value; a list
-    of the wrong length is refused."""
+    the second. We expect: it is made only then, after the other, with the value, a
+    plain float in its family's dict; a list of the wrong length is refused, and so is a
+    series with the wrong number of label values."""
     metrics = ServiceMetrics()
     gauges = StreamGauges([(metrics.log_loss, ("s", "adapted")),
                            (metrics.log_loss, ("s", "raw_best"))])
@@ -166,9 +167,12 @@ def test_a_series_appears_with_its_first_value():
     assert list(metrics.log_loss._children) == [("s", "raw_best")]
     gauges.set_all([0.25, 0.75])
     assert list(metrics.log_loss._children) == [("s", "raw_best"), ("s", "adapted")]
-    assert [child.value for child in metrics.log_loss._children.values()] == [0.75, 0.25]
+    assert list(metrics.log_loss._children.values()) == [0.75, 0.25]
     with pytest.raises(ValueError, match="1 gauge values for 2 series"):
         gauges.set_all([1.0])
+    with pytest.raises(ValueError, match=r"streamweights_log_loss: labels \['stream', "
+                                         r"'forecaster'\], got \('s',\)"):
+        StreamGauges([(metrics.log_loss, ("s",))])
 
 
 def _many_streams(config_factory, tmp_path, count: int, active: int) -> Service:
