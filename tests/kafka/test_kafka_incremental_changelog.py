@@ -29,6 +29,7 @@ from tests.kafka.helpers import (
     stream_states,
 )
 from tests.kafka.test_kafka_crash import cli
+from tests.service.test_config_digest import reversed_keys
 from tests.service.test_incremental_state import (
     STREAMS,
     format_2_stream_record,
@@ -207,7 +208,7 @@ def test_a_restart_with_the_configs_keys_in_another_order_restores_the_tasks(
     assert failed.returncode != 0 and "failing before commit 4" in failed.stderr
 
     document = yaml.safe_load(config_path.read_text())
-    document["streams"] = _reversed_keys(document["streams"])
+    document["streams"] = reversed_keys(document["streams"])
     reordered = tmp_path / "kafka" / "reordered.yaml"
     reordered.write_text(yaml.safe_dump(document, sort_keys=False))
     summary_path = tmp_path / "summary.json"
@@ -216,11 +217,3 @@ def test_a_restart_with_the_configs_keys_in_another_order_restores_the_tasks(
     assert "restored 1 snapshot(s)" in restarted.stderr
     assert json.loads(summary_path.read_text())["streams"] == expected_streams
 
-
-def _reversed_keys(value):
-    """``value`` with every mapping's keys in the reverse order, recursively."""
-    if isinstance(value, dict):
-        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
-    if isinstance(value, list):
-        return [_reversed_keys(item) for item in value]
-    return value

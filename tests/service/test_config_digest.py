@@ -50,12 +50,12 @@ def test_digest_of_every_example_config_is_the_one_asdict_gave():
         assert config_digest(streams) == expected, path
 
 
-def _reversed_keys(value):
+def reversed_keys(value):
     """``value`` with every mapping's keys in the reverse order, recursively."""
     if isinstance(value, dict):
-        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
     if isinstance(value, list):
-        return [_reversed_keys(item) for item in value]
+        return [reversed_keys(item) for item in value]
     return value
 
 
@@ -67,7 +67,7 @@ def test_the_settings_digest_ignores_key_order_and_nothing_else(tmp_path):
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     for path in configs:
         document = yaml.safe_load(path.read_text())
-        document["streams"] = _reversed_keys(document["streams"])
+        document["streams"] = reversed_keys(document["streams"])
         copy = tmp_path / path.name
         copy.write_text(yaml.safe_dump(document, sort_keys=False))
         given = settings_digests(load_config(str(path), environ={}).streams)
@@ -113,7 +113,7 @@ def test_a_config_with_its_keys_in_another_order_restores_the_state(config_facto
     finally:
         service.close()
     document = yaml.safe_load(path.read_text())
-    document["streams"] = _reversed_keys(document["streams"])
+    document["streams"] = reversed_keys(document["streams"])
     reordered = tmp_path / "reordered.yaml"
     reordered.write_text(yaml.safe_dump(document, sort_keys=False))
     again = Service(load_config(str(reordered)))
