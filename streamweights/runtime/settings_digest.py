@@ -48,16 +48,11 @@ def settings_digests(streams: Any) -> SettingsDigests:
     return SettingsDigests(_digest(fields, 0), _digest(fields, orjson.OPT_SORT_KEYS))
 
 
-def config_digest(streams: Any) -> str:
-    """The digest of the streams' settings in the config's key order. ``n_features``
-    (added later) counts only when set, so a state folder written before it existed
-    still restores with the same config."""
-    return _digest(_fields(streams), 0)
-
-
 def _fields(streams: Any) -> list[dict[str, Any]]:
-    # the fields as they are (orjson writes their dicts, lists and tuples as asdict's
-    # deep copies would be written, without ~60 us of copying per stream)
+    """Each stream's settings as they are (orjson writes their dicts, lists and tuples as
+    asdict's deep copies would be written, without ~60 us of copying per stream).
+    ``n_features`` (added later) counts only when set, so a state folder written before
+    it existed still restores with the same config."""
     fields = []
     for stream in streams:
         values = {field.name: getattr(stream, field.name) for field in dataclass_fields(stream)}

@@ -17,7 +17,7 @@ import yaml
 from streamweights.config import load_config
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.service import Service
-from streamweights.runtime.settings_digest import config_digest, settings_digests
+from streamweights.runtime.settings_digest import settings_digests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: ``configs/demo.yaml``'s digest as the release before ``streams[].features`` wrote it.
@@ -26,9 +26,9 @@ DEMO_DIGEST = "2356593305c6155b56d7767e3d4d0b3ed75ec389df470a0b113567323e4fc0c8"
 
 def test_digest_unchanged_without_features_and_changed_with_them():
     streams = load_config(str(ROOT / "configs" / "demo.yaml")).streams
-    assert config_digest(streams) == DEMO_DIGEST
+    assert settings_digests(streams).config == DEMO_DIGEST
     declared = tuple(dataclasses.replace(s, n_features=4) for s in streams)
-    assert config_digest(declared) != DEMO_DIGEST
+    assert settings_digests(declared).config != DEMO_DIGEST
 
 
 def test_digest_of_every_example_config_is_the_one_asdict_gave():
@@ -47,7 +47,7 @@ def test_digest_of_every_example_config_is_the_one_asdict_gave():
                 del fields["n_features"]
             values.append(fields)
         expected = hashlib.sha256(orjson.dumps(values)).hexdigest()
-        assert config_digest(streams) == expected, path
+        assert settings_digests(streams).config == expected, path
 
 
 def reversed_keys(value):
