@@ -14,6 +14,7 @@ from streamweights.runtime.heap import (
     return_freed_pages,
     startup_heap_frozen,
 )
+from tests.process_memory import resident_bytes
 
 
 class Node:
@@ -105,14 +106,6 @@ def test_collections_paused_keeps_a_disabled_collector_disabled():
         gc.enable()
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def test_freed_memory_between_live_blocks_leaves_the_resident_set():
     """Scenario: 64 MiB in 48 KiB blocks (below glibc's mmap threshold: heap memory,
     every page written), then seven in eight freed, the kept ones spread through it, so
@@ -121,7 +114,7 @@ def test_freed_memory_between_live_blocks_leaves_the_resident_set():
     blocks = [bytes([index % 251 + 1]) * (48 * 1024) for index in range(64 * 1024 // 48)]
     kept = blocks[::8]
     del blocks
-    before = _resident_bytes()
+    before = resident_bytes()
     assert return_freed_pages() is True
-    assert before - _resident_bytes() > 28 * 2**20
+    assert before - resident_bytes() > 28 * 2**20
     assert len(kept) == 171 and kept[1][0] == 9  # (alive until here)

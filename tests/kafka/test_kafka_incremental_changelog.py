@@ -55,6 +55,32 @@ def _versions_once_each(weights):
         assert versions == list(range(versions[0], versions[0] + len(versions))), name
 
 
+def _embedded_then_failed_commit(tmp_path, bootstrap, topic_factory, *, predictions: int,
+                                 failing_commit: int):
+    """The bursty streams' input (``predictions`` of them, no ts ties) run embedded to
+    the end (outputs in ``tmp_path / "embedded"``), then produced to new one-partition
+    topics and run by the CLI in Kafka mode until its ``failing_commit``-th commit fails
+    (test hook) and the process exits: ``(the embedded summary's streams, the topics,
+    the Kafka config's path)``."""
+    input_path = tmp_path / "input.jsonl"
+    lines = write_bursty_input(input_path, predictions=predictions, delay=6.5)
+    service = Service(parse_config(yaml.safe_load(
+        write_config(tmp_path / "embedded", input_path).read_text())))
+    try:
+        expected_streams = json.loads(orjson.dumps(service.run()["streams"]))
+    finally:
+        service.close()
+    topics = make_topics(topic_factory, partitions=1)
+    produce_inputs(bootstrap, [line.encode() for line in lines], topics["predictions"],
+                   topics["labels"])
+    config_path = _kafka_config(tmp_path / "kafka", bootstrap, topics)
+    failed = cli("--config", str(config_path),
+                 env={FAIL_BEFORE_COMMIT_ENV: str(failing_commit)})
+    assert failed.returncode != 0
+    assert f"failing before commit {failing_commit}" in failed.stderr
+    return expected_streams, topics, config_path
+
+
 def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
         tmp_path, kafka_bootstrap, topic_factory):
     """Scenario: eight streams whose records come in blocks, all in one task (one
@@ -72,23 +98,10 @@ def test_restart_from_per_stream_changelog_and_from_a_format_one_snapshot(
     And (c): a fresh group on a changelog holding the same commits as the previous
     release's format-2 stream records ends the same as (b) and writes this release's
     stream records."""
-    input_path = tmp_path / "input.jsonl"
-    lines = write_bursty_input(input_path, predictions=1200, delay=6.5)  # no ts ties
-    service = Service(parse_config(yaml.safe_load(
-        write_config(tmp_path / "embedded", input_path).read_text())))
-    try:
-        expected_streams = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
+    expected_streams, topics, config_path = _embedded_then_failed_commit(
+        tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
     expected_weights = by_stream((tmp_path / "embedded" / "weights.jsonl").read_bytes()
                                  .splitlines())
-
-    topics = make_topics(topic_factory, partitions=1)
-    produce_inputs(kafka_bootstrap, [line.encode() for line in lines], topics["predictions"],
-                   topics["labels"])
-    config_path = _kafka_config(tmp_path / "kafka", kafka_bootstrap, topics)
-    failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "8"})
-    assert failed.returncode != 0 and "failing before commit 8" in failed.stderr
 
     changelog = read_records(kafka_bootstrap, topics["changelog"])
     segments = [r for r in changelog if r.key.startswith(b"j/")]
@@ -192,21 +205,8 @@ def test_a_restart_with_the_configs_keys_in_another_order_restores_the_tasks(
     them). We expect: the restart restores the committed per-stream records (it was
     refused for "other stream settings" before) and ends with the uninterrupted embedded
     run's summary."""
-    input_path = tmp_path / "input.jsonl"
-    lines = write_bursty_input(input_path, predictions=400, delay=6.5)
-    service = Service(parse_config(yaml.safe_load(
-        write_config(tmp_path / "embedded", input_path).read_text())))
-    try:
-        expected_streams = json.loads(orjson.dumps(service.run()["streams"]))
-    finally:
-        service.close()
-    topics = make_topics(topic_factory, partitions=1)
-    produce_inputs(kafka_bootstrap, [line.encode() for line in lines], topics["predictions"],
-                   topics["labels"])
-    config_path = _kafka_config(tmp_path / "kafka", kafka_bootstrap, topics)
-    failed = cli("--config", str(config_path), env={FAIL_BEFORE_COMMIT_ENV: "4"})
-    assert failed.returncode != 0 and "failing before commit 4" in failed.stderr
-
+    expected_streams, _, config_path = _embedded_then_failed_commit(
+        tmp_path, kafka_bootstrap, topic_factory, predictions=400, failing_commit=4)
     document = yaml.safe_load(config_path.read_text())
     document["streams"] = reversed_keys(document["streams"])
     reordered = tmp_path / "kafka" / "reordered.yaml"

@@ -14,14 +14,7 @@ import sys
 import streamweights.runtime.service as service_module
 from streamweights.config import load_config
 from streamweights.runtime.service import Service
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+from tests.process_memory import resident_bytes
 
 
 def main(config_path: str, keep_freed_pages: bool) -> None:
@@ -32,9 +25,9 @@ def main(config_path: str, keep_freed_pages: bool) -> None:
         service.restore()
         restored = sum(stream.labels > 0
                        for stream in service.pipeline.streams.values())
-        before = _resident_bytes()
+        before = resident_bytes()
         ctypes.CDLL(None).malloc_trim(0)
-        released = before - _resident_bytes()
+        released = before - resident_bytes()
     finally:
         service.close()
     print(json.dumps({"restored": restored, "released": released}))
