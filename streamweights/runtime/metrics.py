@@ -82,12 +82,17 @@ def _init_family(family: Any, name: str, documentation: str, labelnames: list[st
     registry.register(family)
 
 
+def check_label_values(family: Any, values: tuple[str, ...]) -> None:
+    """ValueError unless ``values`` has one value per label name of ``family``."""
+    if len(values) != len(family.labelnames):
+        raise ValueError(f"{family.name}: labels {family.labelnames}, got {values}")
+
+
 def _child(family: Any, values: tuple[str, ...], make: Callable[[], Any]) -> Any:
     """``family``'s series of these label values, made by ``make`` on first use."""
     child = family._children.get(values)
     if child is None:
-        if len(values) != len(family.labelnames):
-            raise ValueError(f"{family.name}: labels {family.labelnames}, got {values}")
+        check_label_values(family, values)
         child = family._children[values] = make()
     return child
 
@@ -314,14 +319,9 @@ class LoopGauge:
         """The series of these label values (created at 0 on first use)."""
         children = self._children
         if values not in children:
-            self.check_labels(values)
+            check_label_values(self, values)
             children[values] = 0.0
         return _GaugeSeries(children, values)
-
-    def check_labels(self, values: tuple[str, ...]) -> None:
-        """ValueError unless ``values`` has one value per label name."""
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
 
     def describe(self) -> list[Metric]:
         return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]

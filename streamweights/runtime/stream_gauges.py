@@ -30,7 +30,7 @@ from typing import Any
 from streamweights.adapters.conformal import level_key
 from streamweights.adapters.performance_estimate import FIELDS
 from streamweights.adapters.portfolio import Portfolio
-from streamweights.runtime.metrics import LoopGauge, ServiceMetrics
+from streamweights.runtime.metrics import LoopGauge, ServiceMetrics, check_label_values
 
 #: A series: its family and its label values.
 GaugeKey = tuple[LoopGauge, tuple[str, ...]]
@@ -45,7 +45,7 @@ class StreamGauges:
 
     def __init__(self, keys: list[GaugeKey]) -> None:
         for family, labels in keys:
-            family.check_labels(labels)
+            check_label_values(family, labels)
         self._stores = [family._children for family, _ in keys]
         self._labels = [labels for _, labels in keys]
 
