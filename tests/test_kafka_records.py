@@ -207,3 +207,40 @@ def test_the_reader_is_installed_only_without_deserializers() -> None:
     assert not use_native_reader(decoding)
     assert decoding._fetcher.PartitionRecords is Fetcher.PartitionRecords
     assert not use_native_reader(SimpleNamespace(config={}))  # no fetcher: left alone
+
+
+def test_records_are_the_clients_own_type_whatever_its_layout() -> None:
+    """The core fills a ``ConsumerRecord`` (a namedtuple: tuple layout) in place; a
+    record type that is a tuple subclass with an instance dict is made through
+    ``tuple.__new__`` instead. Both hold the client's fields, survive a collection, and
+    a record freed lets its items go."""
+    import gc
+    import sys
+
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from streamweights import _native
+
+    class WithDict(tuple):  # no __slots__: instances carry a dict
+        pass
+
+    batch = DefaultRecordBatch(v2_batch(random.Random(3), 40, 25))
+    arguments = (batch._buffer, batch._pos, batch.records_count, batch.base_offset,
+                 batch.first_timestamp, batch.max_timestamp, batch.timestamp_type,
+                 TP.topic, TP.partition, 7)
+    stock = Fetcher.PartitionRecords(0, TP, MemoryRecords(batch._buffer)).take()
+    filled, _, error = _native.read_batch_records(*arguments, ConsumerRecord)
+    made, _, made_error = _native.read_batch_records(*arguments, WithDict)
+    gc.collect()
+    assert error is None and made_error is None
+    assert [type(record) for record in filled] == [ConsumerRecord] * 25
+    assert [type(record) for record in made] == [WithDict] * 25
+    assert filled == [tuple(record) for record in made]
+    assert [record.offset for record in filled] == list(range(40, 65))
+    assert [(r.topic, r.partition, r.leader_epoch) for r in filled] == [(TP.topic, 3, 7)] * 25
+    assert [tuple(record) for record in filled] == [tuple(record) for record in stock]
+    value = filled[0].value
+    references = sys.getrefcount(value)
+    del filled
+    gc.collect()
+    assert sys.getrefcount(value) == references - 1  # the record let its items go
