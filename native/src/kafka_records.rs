@@ -157,12 +157,6 @@ fn py_int(py: Python<'_>, value: i128) -> PyObject {
     }
 }
 
-/// The records of an (uncompressed or already decompressed) v2 batch whose records start
-/// at `pos` of `buffer`: `(records, sizes, error)`. `records` are `record_type`
-/// (`ConsumerRecord`) tuples in batch order, `sizes` each record's `size_in_bytes`;
-/// `error` is `None`, or why reading stopped (the records before it are returned, as the
-/// client yields them before it raises). `count` is the batch header's record count;
-/// bytes left after the last record are an error, as in the client.
 /// Whether `record_type`'s instances are laid out as plain tuples (a namedtuple such as
 /// the client's `ConsumerRecord`: a subclass of `tuple` with `__slots__ = ()`, so no
 /// instance dict or extra fields), so that [`record_of`] may fill one directly.
@@ -184,8 +178,8 @@ fn tuple_layout(record_type: &Bound<'_, PyType>) -> bool {
 
 /// A `record_type` instance holding `items`: what `tuple.__new__(record_type, items)`
 /// makes (CPython's `tuple_subtype_new`: the type's `tp_alloc` for that many items, then
-/// each item stored), without its temporary tuple and Python-level call (~45% of reading
-/// a small record). Only for a type [`tuple_layout`] accepted.
+/// each item stored), without its temporary tuple and Python-level call (reading a record of
+/// ~100 bytes: ~390 -> ~285 ns). Only for a type [`tuple_layout`] accepted.
 fn record_of<'py>(
     record_type: &Bound<'py, PyType>,
     items: [PyObject; RECORD_FIELDS],
@@ -212,6 +206,12 @@ fn record_of<'py>(
     }
 }
 
+/// The records of an (uncompressed or already decompressed) v2 batch whose records start
+/// at `pos` of `buffer`: `(records, sizes, error)`. `records` are `record_type`
+/// (`ConsumerRecord`) tuples in batch order, `sizes` each record's `size_in_bytes`;
+/// `error` is `None`, or why reading stopped (the records before it are returned, as the
+/// client yields them before it raises). `count` is the batch header's record count;
+/// bytes left after the last record are an error, as in the client.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (buffer, pos, count, base_offset, first_timestamp, max_timestamp,
