@@ -9,18 +9,21 @@ record, every exception's type and every field the fetcher reads back must agree
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
+import sys
 from types import SimpleNamespace
 
 import pytest
-from kafka.consumer.fetcher import Fetcher, IsolationLevel
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher, IsolationLevel
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
+from streamweights import _native
 from streamweights.runtime.kafka_records import native_partition_records, use_native_reader
 
 TP = TopicPartition("predictions", 3)
@@ -214,13 +217,6 @@ def test_records_are_the_clients_own_type_whatever_its_layout() -> None:
     record type that is a tuple subclass with an instance dict is made through
     ``tuple.__new__`` instead. Both hold the client's fields, survive a collection, and
     a record freed lets its items go."""
-    import gc
-    import sys
-
-    from kafka.consumer.fetcher import ConsumerRecord
-
-    from streamweights import _native
-
     class WithDict(tuple):  # no __slots__: instances carry a dict
         pass
 
