@@ -172,7 +172,6 @@ fn tuple_layout(record_type: &Bound<'_, PyType>) -> bool {
         ours.tp_basicsize == plain.tp_basicsize
             && ours.tp_itemsize == plain.tp_itemsize
             && ours.tp_dictoffset == 0
-            && ours.tp_alloc.is_some()
     }
 }
 
