@@ -7,12 +7,12 @@ out, the control: what a restore leaves behind without it)."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 
 import streamweights.runtime.service as service_module
 from streamweights.config import load_config
+from streamweights.runtime.heap import return_freed_pages
 from streamweights.runtime.service import Service
 from tests.process_memory import resident_bytes
 
@@ -26,7 +26,7 @@ def main(config_path: str, keep_freed_pages: bool) -> None:
         restored = sum(stream.labels > 0
                        for stream in service.pipeline.streams.values())
         before = resident_bytes()
-        ctypes.CDLL(None).malloc_trim(0)
+        return_freed_pages()  # (heap's own: the control patches only the service's)
         released = before - resident_bytes()
     finally:
         service.close()
