@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                      "start of the input, not of this run, so the same command after a crash "
                      "ends at the same record")
     run.add_argument("--max-events", type=int, metavar="N", help=argparse.SUPPRESS)
+    run.add_argument("--fresh-changed-streams", action="store_true",
+                     help="at restore, start the streams whose settings changed since the "
+                          "snapshot fresh (the others restore); without it such a restore "
+                          "is refused, naming them")
     run.add_argument("--summary", help="write the JSON summary here")
     run.add_argument("--http-port", type=int, help="override http.port (0 = any free port)")
     run.add_argument("--no-http", action="store_true", help="do not serve HTTP endpoints")
@@ -175,7 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     with startup_heap_frozen() as frozen:
         log.debug("froze %d start-up objects out of garbage collection", frozen)
         try:
-            service = Service(config, state_dir=args.state_dir, max_records=args.max_records)
+            service = Service(config, state_dir=args.state_dir, max_records=args.max_records,
+                              fresh_changed_streams=args.fresh_changed_streams)
         except OSError as error:  # an output file or folder that cannot be opened: one line
             raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
                                     f"({error.strerror or error})") from None

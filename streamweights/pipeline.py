@@ -33,7 +33,7 @@ to the artifact store by the runtime).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -865,14 +865,18 @@ class Pipeline:
         """How many streams :meth:`changed_streams` would name, without listing them."""
         return self._changes.count()
 
-    def load_state_dict(self, state: dict[str, Any], *, owned: bool = False) -> None:
-        """Restore every stream (``owned``: see :meth:`StreamPipeline.load_state_dict`)."""
-        missing = set(self.streams) - set(state["streams"])
+    def load_state_dict(self, state: dict[str, Any], *, owned: bool = False,
+                        fresh: Collection[str] = ()) -> None:
+        """Restore every stream (``owned``: see :meth:`StreamPipeline.load_state_dict`)
+        but those in ``fresh``, which stay as built (new to the config, or their settings
+        changed since the state was saved); states of streams not held are left alone."""
+        missing = set(self.streams) - set(state["streams"]) - set(fresh)
         if missing:
             raise ValueError(f"snapshot: has no state for stream(s) {sorted(missing)}; was it "
                              "taken with another config?")
         for name, stream in self.streams.items():
-            stream.load_state_dict(state["streams"][name], owned=owned)
+            if name not in fresh:
+                stream.load_state_dict(state["streams"][name], owned=owned)
         self.invalid = {k: int(v) for k, v in state["invalid"].items()}
 
     def summary(self) -> dict[str, Any]:

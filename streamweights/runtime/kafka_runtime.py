@@ -150,7 +150,7 @@ from streamweights.runtime.kafka_security import check_credentials
 from streamweights.runtime.kafka_sink import stream_key
 from streamweights.runtime.kafka_source import KafkaSource
 from streamweights.runtime.lean_send import Sender, lean_sender
-from streamweights.runtime.settings_digest import SettingsDigests
+from streamweights.runtime.settings_digest import SettingsDigests, compare_streams, named
 from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
     SnapshotFormatError,
@@ -220,6 +220,8 @@ class TaskRecords:
     parts: dict[bytes, int] = field(default_factory=dict)
     #: per stream: the task's record count its newest record was written at
     written: dict[str, int] = field(default_factory=dict)
+    #: per stream: its settings digest as its newest record gives it (None: none there)
+    settings: dict[str, str | None] = field(default_factory=dict)
     #: the task's record logs (``runtime.commit_spread``) by their first record's number
     logs: dict[int, bytes] = field(default_factory=dict)
 
@@ -324,6 +326,7 @@ class ChangelogReader:
                     name, state, written = decode_stream_record(whole, where, held)
                 task.streams[name] = state
                 task.written[name] = int(written.get("records", 0))
+                task.settings[name] = written.get("stream_settings")
             task.logs = self.logs.get(number, {})
             found[number] = task
         return found
@@ -511,6 +514,9 @@ class KafkaRuntime:
         check_credentials(kafka, client_settings(kafka, KafkaAdminClient))
         self.kafka = kafka
         self.digests = digests
+        #: Streams whose settings changed since their records start fresh (the run's
+        #: ``--fresh-changed-streams``), rather than the restore being refused.
+        self.fresh_changed_streams = False
         self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
         self.partitions = self._setup_topics()
         from kafka import KafkaConsumer, KafkaProducer
@@ -1072,9 +1078,10 @@ class KafkaRuntime:
             segment_bytes = max(1, min(SEGMENT_BYTES, self._allowed()))
             records: list[tuple[bytes, bytes | None]] = []
             head = stream_record_head(meta)
+            own = self.digests.streams
             for name in changed:
                 written = encode_stream(name, streams[name], meta, segment_bytes=segment_bytes,
-                                        head=head)
+                                        head=head, settings=own[name])
                 records.extend((segment_key(name, segment), data)
                                for segment, data in written.segments)
                 records.extend((segment_key(name, segment), None) for segment in written.dropped)
@@ -1303,20 +1310,21 @@ class KafkaRuntime:
                                 f"{listed_formats(STREAM_RECORD_FORMATS)}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
-        if not self.digests.match(meta):
-            raise RuntimeSetupError(f"kafka.changelog_topic: task {number}'s snapshot was "
-                                    "taken with other stream settings; use a new "
-                                    "changelog topic and group, or the old config")
         states = dict(snapshot.legacy_streams)
         states.update(snapshot.streams)
+        fresh = self._check_settings(number, snapshot, states)
         for name, state in states.items():
             stream = service.pipeline.streams.get(name)
-            if stream is None:
+            if stream is None:  # removed from the config: kept in the changelog
+                continue
+            if name in fresh:  # changed settings: left as built, unmarked (so neither
+                stream.changed = True  # replayed nor left out of the next commit)
                 continue
             stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
-            stream.changed = name not in snapshot.streams  # (a format-1 state: rewrite it)
-            if not stream.changed:
+            if name in snapshot.streams:  # (replayed from its record's count on)
                 self._marks.set(name, 0, snapshot.written.get(name, 0))
+            # a format-1 state, or a record without its settings digest: rewrite it
+            stream.changed = snapshot.settings.get(name) is None
         for name in self._task_streams.get(number, ()):
             if name not in states:  # no record yet: fresh, as written at record 0
                 self._marks.set(name, 0, 0)
@@ -1339,6 +1347,34 @@ class KafkaRuntime:
         self.source.released_counts[number] = int(meta["records"])
         self.task_exhausted[number] = bool(meta.get("exhausted"))
         return {(topic, number): int(offset) for topic, offset in meta["offsets"].items()}
+
+    def _check_settings(self, number: int, snapshot: TaskRecords,
+                        states: dict[str, Any]) -> set[str]:
+        """The streams of task ``number`` that start fresh because their settings changed
+        since their records (``fresh_changed_streams``; RuntimeSetupError naming them
+        without it), after logging the streams the changelog holds that the config no
+        longer has. Every stream matches when the task's digest does."""
+        if self.digests.match(snapshot.meta):
+            return set()
+        saved = {name: snapshot.settings.get(name) for name in states}
+        changes = compare_streams(self.digests, saved, self._task_streams.get(number, ()))
+        where = f"kafka.changelog_topic: task {number}"
+        if changes.removed:
+            log.warning("%s: holds the state of %s, no longer in the config: kept in the "
+                        "changelog as saved, not restored (put the streams back, with their "
+                        "settings, to resume them)", where, named(changes.removed))
+        if changes.changed and not self.fresh_changed_streams:
+            raise RuntimeSetupError(changes.refusal(
+                f"{where}'s snapshot", "use the old config (or a new changelog topic and "
+                "group)"))
+        if changes.changed:
+            log.warning("%s: %s start(s) fresh under new settings "
+                        "(--fresh-changed-streams); their saved state is replaced at the "
+                        "next commit", where, named(changes.changed))
+        if changes.added:
+            log.info("%s: %s new to the config: start(s) fresh", where,
+                     named(changes.added))
+        return set(changes.changed)
 
     def _replay_logs(self, service: Service, number: int, logs: dict[int, bytes],
                      count: int) -> list[tuple[int, int]]:

@@ -52,7 +52,12 @@ from streamweights.runtime.http import HttpServer, ServiceView, load_http_token
 from streamweights.runtime.metrics import ServiceMetrics
 from streamweights.runtime.preflight import check_source_matches_streams
 from streamweights.runtime.replay import Rejected
-from streamweights.runtime.settings_digest import SettingsDigests, settings_digests
+from streamweights.runtime.settings_digest import (
+    SettingsDigests,
+    compare_streams,
+    named,
+    settings_digests,
+)
 from streamweights.runtime.sinks import JsonlSink
 from streamweights.runtime.sources import check_input, input_digest, make_source
 from streamweights.runtime.state_store import (
@@ -148,6 +153,12 @@ class LocalCheckpoints:
         #: The join segments each stream's newest record lists (a full snapshot that
         #: copies the record copies them with it).
         self.listed: dict[str, list[int]] = {}
+        #: Streams the snapshots hold that the config no longer has, with the position
+        #: of their newest record: a full snapshot copies them, so nothing is lost.
+        self.kept: dict[str, int] = {}
+        #: Streams whose settings changed since their records start fresh (the run's
+        #: ``--fresh-changed-streams``), rather than the restore being refused.
+        self.fresh_changed_streams = False
 
     def restore(self, service: Service) -> None:
         loaded = self.store.load_latest()
@@ -164,14 +175,12 @@ class LocalCheckpoints:
             log.warning("%s is a format-1 snapshot (no checksum): restored as it is; the next "
                         "checkpoint replaces it with a checksummed one", loaded.path)
         snapshot = loaded.snapshot
-        if not service._settings_digests.match(snapshot):
-            raise RuntimeSetupError(f"state_dir {self.state_dir}: its snapshot was taken with "
-                                    "other stream settings; use a fresh state_dir or the old "
-                                    "config")
+        fresh = self._check_settings(service, snapshot)
         check_input(service.source, snapshot.get("input"), self.state_dir)
         started = time.perf_counter()
         try:
-            service.pipeline.load_state_dict(snapshot["pipeline"], owned=True)  # just read
+            service.pipeline.load_state_dict(snapshot["pipeline"], owned=True,  # just read
+                                             fresh=fresh)
             service.position = int(snapshot["position"])
             service.records_seen = int(snapshot["records_seen"])
             service._exhausted = bool(snapshot.get("exhausted", False))
@@ -185,6 +194,20 @@ class LocalCheckpoints:
             sink.truncate(positions[name])
         self.written = dict(snapshot.get("written", {}))
         self.listed = dict(snapshot.get("listed", {}))
+        streams = service.pipeline.streams
+        self.kept = {name: self.written.pop(name) for name in list(self.written)
+                     if name not in streams}
+        for name in fresh:  # never written as they stand: not replayed, written next
+            self.written.pop(name, None)
+            self.listed.pop(name, None)
+            streams[name].changed = True
+        for name in snapshot.get("kept", ()):
+            if name in streams:  # put back: its record as saved, not the records the
+                self.written.pop(name, None)  # run took for dead letters meanwhile
+                streams[name].changed = True
+        for name, digest in snapshot.get("stream_settings", {}).items():
+            if digest is None and name in streams:  # rewritten with it: checked alone
+                streams[name].changed = True
         replay_from = snapshot.get("replay_from")
         if replay_from is not None and int(replay_from) < service.position:
             self.replayed = self._replay(service, int(replay_from))
@@ -196,6 +219,33 @@ class LocalCheckpoints:
                  service.position, time.perf_counter() - started,
                  f" ({self.replayed:,} records replayed into the streams it left "
                  f"unwritten, from input position {replay_from})" if self.replayed else "")
+
+    def _check_settings(self, service: Service, snapshot: dict[str, Any]) -> set[str]:
+        """The streams that start fresh because their settings changed since their
+        records (``fresh_changed_streams``; RuntimeSetupError naming them without it),
+        after logging the streams added to the config (fresh) and those removed (kept as
+        saved, not restored). All match when the snapshot's digest does."""
+        if service._settings_digests.match(snapshot):
+            return set()
+        saved = snapshot.get("stream_settings") or dict.fromkeys(
+            snapshot["pipeline"]["streams"])
+        changes = compare_streams(service._settings_digests, saved, service.pipeline.streams)
+        where = f"state_dir {self.state_dir}"
+        if changes.removed:
+            log.warning("%s: holds the state of %s, no longer in the config: kept in the "
+                        "snapshots as saved, not restored (put the streams back, with their "
+                        "settings, to resume them)", where, named(changes.removed))
+        if changes.changed and not self.fresh_changed_streams:
+            raise RuntimeSetupError(changes.refusal(f"{where}: its snapshot",
+                                                    "use the old config or a fresh state_dir"))
+        if changes.changed:
+            log.warning("%s: %s start(s) fresh under new settings (--fresh-changed-streams); "
+                        "their saved state is replaced at the next checkpoint", where,
+                        named(changes.changed))
+        if changes.added:
+            log.info("%s: %s new to the config: start(s) fresh at input position %d", where,
+                     named(changes.added), int(snapshot["position"]))
+        return set(changes.changed) | set(changes.added)
 
     def _replay(self, service: Service, start: int) -> int:
         """Apply the input from ``start`` to the restored position again to the streams
@@ -269,15 +319,19 @@ class LocalCheckpoints:
         full = full or (len(names) == len(streams)
                         and not any(streams[name].join.segment_count for name in names))
         copied = None
-        if full and len(names) < len(streams):
-            copied = self._copied(set(names), streams)
+        if full and (len(names) < len(streams) or self.kept):
+            copied = self._copied(set(names), streams) if store.can_copy() else None
             if copied is None:  # (never seen: the chain lacks what a stream lists)
                 log.warning("a full snapshot could not copy every stream's newest record "
-                            "from the snapshots before it: encoding every stream instead")
+                            "from the snapshots before it: encoding every stream instead%s",
+                            f"; the kept states of {named(list(self.kept))} (streams no "
+                            "longer in the config) are left out of it" if self.kept else "")
+                self.kept = {}
                 changed = names = list(streams)
+        own = service._settings_digests.streams
         with compressing():  # (one zstd context for the snapshot's records)
-            encoded = {name: encode_stream(name, streams[name], rebase=full)
-                       for name in names}
+            encoded = {name: encode_stream(name, streams[name], rebase=full,
+                                           settings=own[name]) for name in names}
         position, written = service.position, self.written
         left = ([] if len(names) == len(changed)
                 else [written[name] for name in set(changed).difference(names)])
@@ -297,12 +351,14 @@ class LocalCheckpoints:
         else:
             copied_records, segments, positions = copied
             records = [(name, encoded[name].record if name in encoded
-                        else copied_records[name]) for name in streams]
+                        else copied_records[name]) for name in (*streams, *self.kept)]
             segments += [(name, segment, data) for name, item in encoded.items()
                          for segment, data in item.segments]
             meta["written"] = positions
         if left:
             meta["replay_from"] = min(left)
+        if self.kept:
+            meta["kept"] = sorted(self.kept)
         size = store.save_streams(meta, records, full, segments)
         for name, item in encoded.items():  # only once written (a failed write leaves
             streams[name].changed = False  # them marked)
@@ -326,7 +382,7 @@ class LocalCheckpoints:
         out_records: dict[str, bytes] = {}
         out_segments: list[tuple[str, int, bytes]] = []
         positions: dict[str, int] = {}
-        for name in streams:
+        for name in (*streams, *self.kept):
             if name in fresh:
                 continue
             found = records.get(name)
@@ -453,9 +509,11 @@ class Service:
 
     def __init__(self, config: ServiceConfig, *, state_dir: str | None = None,
                  max_records: int | None = None, runtime: Runtime | None = None,
-                 max_events: int | None = None) -> None:
+                 max_events: int | None = None, fresh_changed_streams: bool = False) -> None:
         """``max_records``: stop at this input position (see :meth:`run`); ``max_events``
-        is its old name, kept for callers written before the rename."""
+        is its old name, kept for callers written before the rename.
+        ``fresh_changed_streams``: a restore starts the streams whose settings changed
+        since their records fresh, rather than refusing (``settings_digest``)."""
         self.config = config
         self.state_dir = state_dir or config.state_dir
         self.max_records = max_records if max_records is not None else max_events
@@ -492,6 +550,7 @@ class Service:
         self.source = runtime.source
         self.sinks = runtime.sinks
         self.state = runtime.state
+        self.state.fresh_changed_streams = fresh_changed_streams
         self.store = getattr(self.state, "store", None)
         self.position = 0
         self.records_seen = 0

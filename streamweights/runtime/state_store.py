@@ -241,7 +241,7 @@ def stream_record_head(meta: dict[str, Any] | None = None) -> str:
 
 def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None = None,
                   rebase: bool = False, segment_bytes: int = SEGMENT_BYTES,
-                  head: str | None = None) -> StreamRecords:
+                  head: str | None = None, settings: str | None = None) -> StreamRecords:
     """One stream's state as records, each one zstd frame (``compression.compress``).
     The stream's record is the JSON text
     ``{"format": 7, **meta, "streams": {name: {"state": skeleton, "data": length,
@@ -255,8 +255,11 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     one afresh (a snapshot that must stand alone). The same bytes go to a local snapshot
     (no ``meta``) and, with the task's offsets and counts as ``meta``, to the Kafka
     changelog, keyed by the stream (and segment); ``head``, when given, is
-    :func:`stream_record_head` of that ``meta``. Deterministic: a stream restored from
-    its records writes the same records."""
+    :func:`stream_record_head` of that ``meta``. ``settings``, the stream's own settings
+    digest (``settings_digest.SettingsDigests.streams``), goes in as
+    ``"stream_settings"``, so that a restore checks each stream against its own
+    settings. Deterministic: a stream restored from its records writes the same
+    records."""
     with configs_packed():  # (the same bytes: each adapter's config packed once, kept)
         tree = stream.state_dict(join_entries=False)
     skeleton, data = pack_state_raw(tree)
@@ -264,6 +267,8 @@ def encode_stream(name: str, stream: StreamPipeline, meta: dict[str, Any] | None
     if head is None:
         head = stream_record_head(meta)
     quoted = json.dumps(name)
+    if settings is not None:  # (a hex digest: nothing to escape)
+        head = f'{head[:-1]},"stream_settings":"{settings}"}}'
     # (the join's layout is ints and lists: orjson writes json.dumps' tight text, 20x faster)
     text = (f'{head[:-1]},"streams":{{{quoted}:{{"state":{skeleton},"data":{len(data)},'
             f'"join":{orjson.dumps(delta.layout).decode()}}}}}}}\n')
@@ -681,10 +686,12 @@ class LocalStateStore:
                 delta_bytes += older_size
         streams = {}
         listed = {}
+        settings = {}
         for name, (data, _) in records.items():
-            decoded_name, state, _ = decode_stream_record(
+            decoded_name, state, fields = decode_stream_record(
                 data, f"snapshot-{seq:012d}.snap (stream {name!r})", segments.get(name, {}))
             streams[decoded_name] = state
+            settings[decoded_name] = fields.get("stream_settings")
             layout = state["join"].get("segments")
             listed[decoded_name] = ([] if layout is None else
                                     [int(segment) for segment, _, _ in layout["segments"]])
@@ -695,6 +702,8 @@ class LocalStateStore:
         # commits since left unwritten is replayed from there (service.py).
         snapshot["written"] = {name: position for name, (_, position) in records.items()}
         snapshot["listed"] = listed
+        # Each stream's own settings digest (None: written before records carried one).
+        snapshot["stream_settings"] = settings
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 
     def load(self) -> dict[str, Any] | None:

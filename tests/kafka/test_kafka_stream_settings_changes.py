@@ -1,0 +1,72 @@
+"""A Kafka-mode restore under a config whose streams differ from the changelog's in some
+streams: each stream record carries its own stream's settings digest, so a stream added
+starts fresh, one removed stays in the changelog (not restored), and one whose settings
+changed is refused by name unless the run says ``--fresh-changed-streams``."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from streamweights.adapters.state_codec import loads_state
+from streamweights.config import parse_config
+from streamweights.runtime.compression import decompress
+from streamweights.runtime.settings_digest import settings_digests
+from streamweights.runtime.state_store import record_text
+from tests.kafka.helpers import read_records
+from tests.kafka.test_kafka_crash import cli
+from tests.kafka.test_kafka_incremental_changelog import _embedded_then_failed_commit
+from tests.service.test_stream_settings_changes import changed_settings
+
+#: Two streams with records on both sides of the failed commit.
+CHANGED, REMOVED, ADDED = "segment-2", "segment-7", "segment-new"
+
+
+def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootstrap,
+                                                          topic_factory):
+    """Scenario: the eight bursty streams in one task; the 4th commit fails and the
+    process exits. The restart's config changes ``segment-2``'s publishing, drops
+    ``segment-7`` and adds ``segment-new``: run without, then with
+    ``--fresh-changed-streams``, then once more without it.
+    We expect: the first exits 1 naming ``segment-2`` and the flag; the second restores
+    the six unchanged streams (their summaries are the uninterrupted embedded run's),
+    warns that ``segment-7``'s state stays in the changelog, starts ``segment-2`` fresh
+    and writes its record with its new settings digest; the third is not refused."""
+    expected, topics, config_path = _embedded_then_failed_commit(
+        tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
+    document = yaml.safe_load(config_path.read_text())
+    streams = [s for s in changed_settings(document["streams"], CHANGED) if s["name"] != REMOVED]
+    document["streams"] = [*streams, {**streams[0], "name": ADDED}]
+    changed = tmp_path / "kafka" / "changed.yaml"
+    changed.write_text(yaml.safe_dump(document))
+    summary = tmp_path / "summary.json"
+
+    refused = cli("--config", str(changed))
+    assert refused.returncode == 1
+    assert f"1 stream(s) changed since, '{CHANGED}';" in refused.stderr
+    assert "--fresh-changed-streams" in refused.stderr
+
+    fresh = cli("--config", str(changed), "--fresh-changed-streams", "--summary", str(summary))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert f"holds the state of '{REMOVED}', no longer in the config" in fresh.stderr
+    assert f"'{CHANGED}' start(s) fresh under new settings" in fresh.stderr
+    got = json.loads(summary.read_text())["streams"]
+    unchanged = set(expected) - {CHANGED, REMOVED}
+    assert len(unchanged) == 6
+    assert {name: got[name] for name in unchanged} == {name: expected[name]
+                                                       for name in unchanged}
+    assert got[CHANGED]["labels"] < expected[CHANGED]["labels"]  # (fresh at the restart)
+
+    own = settings_digests(parse_config(document).streams).streams
+    newest = {}
+    for record in read_records(kafka_bootstrap, topics["changelog"]):
+        if record.key.startswith(b"s/") and record.value is not None:
+            newest[record.key[2:].decode()] = loads_state(
+                record_text(decompress(record.value))[0])
+    assert newest[CHANGED]["stream_settings"] == own[CHANGED]
+    assert REMOVED in newest  # kept as saved
+
+    again = cli("--config", str(changed))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "changed since" not in again.stderr
