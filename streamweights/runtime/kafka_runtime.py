@@ -1371,8 +1371,8 @@ class KafkaRuntime:
             log.warning("%s: %s start(s) fresh under new settings "
                         "(--fresh-changed-streams); their saved state is replaced at the "
                         "next commit", where, named(changes.changed))
-        if changes.added:
-            log.info("%s: %s new to the config: start(s) fresh", where,
+        if changes.added:  # (or never written: a record is written once it changes)
+            log.info("%s: %s without a record (new to the config): start(s) fresh", where,
                      named(changes.added))
         return set(changes.changed)
 

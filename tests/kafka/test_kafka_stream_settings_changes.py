@@ -25,14 +25,15 @@ CHANGED, REMOVED, ADDED = "segment-2", "segment-7", "segment-new"
 
 def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootstrap,
                                                           topic_factory):
-    """Scenario: the eight bursty streams in one task; the 4th commit fails and the
+    """Scenario: the eight bursty streams in one task; the 8th commit fails and the
     process exits. The restart's config changes ``segment-2``'s publishing, drops
     ``segment-7`` and adds ``segment-new``: run without, then with
     ``--fresh-changed-streams``, then once more without it.
     We expect: the first exits 1 naming ``segment-2`` and the flag; the second restores
     the six unchanged streams (their summaries are the uninterrupted embedded run's),
-    warns that ``segment-7``'s state stays in the changelog, starts ``segment-2`` fresh
-    and writes its record with its new settings digest; the third is not refused."""
+    warns that ``segment-7``'s state stays in the changelog, starts ``segment-new`` and
+    ``segment-2`` fresh and writes the latter's record with its new settings digest; the
+    third is not refused."""
     expected, topics, config_path = _embedded_then_failed_commit(
         tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
     document = yaml.safe_load(config_path.read_text())
@@ -51,6 +52,7 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert f"holds the state of '{REMOVED}', no longer in the config" in fresh.stderr
     assert f"'{CHANGED}' start(s) fresh under new settings" in fresh.stderr
+    assert f"'{ADDED}' without a record (new to the config)" in fresh.stderr
     got = json.loads(summary.read_text())["streams"]
     unchanged = set(expected) - {CHANGED, REMOVED}
     assert len(unchanged) == 6

@@ -6,6 +6,7 @@ existed is checked against the config digest as before."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import pathlib
@@ -17,7 +18,13 @@ import yaml
 from streamweights.config import load_config
 from streamweights.runtime.exceptions import RuntimeSetupError
 from streamweights.runtime.service import Service
-from streamweights.runtime.settings_digest import settings_digests
+from streamweights.runtime.settings_digest import (
+    SettingsDigests,
+    StreamChanges,
+    compare_streams,
+    named,
+    settings_digests,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: ``configs/demo.yaml``'s digest as the release before ``streams[].features`` wrote it.
@@ -68,10 +75,10 @@ def test_the_settings_digest_ignores_key_order_and_nothing_else(tmp_path):
     for path in configs:
         document = yaml.safe_load(path.read_text())
         document["streams"] = reversed_keys(document["streams"])
-        copy = tmp_path / path.name
-        copy.write_text(yaml.safe_dump(document, sort_keys=False))
+        rewritten = tmp_path / path.name
+        rewritten.write_text(yaml.safe_dump(document, sort_keys=False))
         given = settings_digests(load_config(str(path), environ={}).streams)
-        reordered = settings_digests(load_config(str(copy), environ={}).streams)
+        reordered = settings_digests(load_config(str(rewritten), environ={}).streams)
         assert reordered.settings == given.settings, path
         if path.name == "demo.yaml":
             assert reordered.config != given.config
@@ -133,3 +140,48 @@ def test_a_config_with_its_keys_in_another_order_restores_the_state(config_facto
             refused.restore()
     finally:
         refused.close()
+
+
+def test_each_streams_own_digest_moves_with_its_settings_alone(tmp_path):
+    """Scenario: the demo's streams as given, with their mappings' keys reversed, and with
+    one stream's setting changed. We expect: each stream's own digest (32 hex digits)
+    ignores key order, and a changed setting moves that stream's digest alone; a stream
+    named otherwise, with the same settings, has another digest."""
+    path = ROOT / "configs" / "demo.yaml"
+    given = settings_digests(load_config(str(path)).streams)
+    assert given.streams and all(len(d) == 32 and int(d, 16) >= 0
+                                 for d in given.streams.values())
+    document = yaml.safe_load(path.read_text())
+    document["streams"] = reversed_keys(document["streams"])
+    document["streams"].append({**copy.deepcopy(document["streams"][0]), "name": "other"})
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(document, sort_keys=False))
+    reordered = settings_digests(load_config(str(edited)).streams)
+    first = document["streams"][0]["name"]
+    assert {k: v for k, v in reordered.streams.items() if k != "other"} == given.streams
+    assert reordered.streams["other"] != reordered.streams[first]
+    document["streams"][0]["join"]["max_pending"] = 99_999
+    edited.write_text(yaml.safe_dump(document, sort_keys=False))
+    changed = settings_digests(load_config(str(edited)).streams)
+    assert [k for k in changed.streams if changed.streams[k] != reordered.streams[k]] == [first]
+
+
+def test_streams_compared_one_by_one_and_the_refusal_names_the_changed():
+    """Scenario: saved digests against a config's: one stream as saved, one changed, one
+    saved without a digest (an older release), one only saved, one only configured.
+    We expect: each in its class, in config order; the refusal names the changed ones
+    (the first five, then how many more), the flag, the remedy, and why the unrecorded
+    one counts as changed."""
+    digests = SettingsDigests("c", "s", {"a": "1" * 32, "b": "2" * 32, "c": "3" * 32,
+                                         "new": "4" * 32})
+    saved = {"gone": "5" * 32, "c": None, "b": "0" * 32, "a": "1" * 32}
+    changes = compare_streams(digests, saved, ["a", "b", "c", "new"])
+    assert changes == StreamChanges(added=["new"], changed=["b", "c"], removed=["gone"],
+                                    unrecorded=["c"])
+    line = changes.refusal("state_dir x: its snapshot", "use the old config")
+    assert line.startswith("state_dir x: its snapshot was taken with other stream settings: "
+                           "2 stream(s) changed since, 'b', 'c' ('c' saved by a release")
+    assert line.endswith("run with --fresh-changed-streams to start those streams fresh "
+                         "(the others restore), or use the old config")
+    assert named([f"s{n}" for n in range(8)]) == "'s0', 's1', 's2', 's3', 's4' and 3 more"
+    assert named(["only"]) == "'only'"
