@@ -76,8 +76,12 @@ import time
 import yaml
 from prometheus_client import generate_latest
 
-from streamweights.adapters.state_codec import dumps_state
-from streamweights.config import (
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # (tests.process_memory, run from anywhere)
+    sys.path.insert(0, str(ROOT))
+
+from streamweights.adapters.state_codec import dumps_state  # noqa: E402
+from streamweights.config import (  # noqa: E402
     KAFKA_CHECKPOINT_RECORDS,
     KAFKA_CHECKPOINT_SECONDS,
     KAFKA_SPREAD_ABOVE,
@@ -85,22 +89,14 @@ from streamweights.config import (
     ServiceConfig,
     parse_config,
 )
-from streamweights.runtime.checkpoint_pacing import CheckpointPacer
-from streamweights.runtime.heap import startup_heap_frozen
-from streamweights.runtime.service import Service
-from streamweights.runtime.sources import RecordsSource
-from streamweights.runtime.state_store import MAX_CHAIN
+from streamweights.runtime.checkpoint_pacing import CheckpointPacer  # noqa: E402
+from streamweights.runtime.heap import startup_heap_frozen  # noqa: E402
+from streamweights.runtime.service import Service  # noqa: E402
+from streamweights.runtime.sources import RecordsSource  # noqa: E402
+from streamweights.runtime.state_store import MAX_CHAIN  # noqa: E402
+from tests.process_memory import resident_bytes  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("logistic_regression", "naive_bayes", "hoeffding_tree")
-
-
-def rss_bytes() -> int:
-    """This process's resident set size (``VmRSS``), in bytes."""
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def stream_names(count: int) -> list[str]:
@@ -131,7 +127,7 @@ def input_records(names: list[str], rounds: range, seed: int = 7) -> list[bytes]
 
 def config_document(folder: pathlib.Path, input_path: pathlib.Path, names: list[str],
                     checkpoint_every: int) -> dict:
-    document = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    document = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     stream = document["streams"][0]
     document["streams"] = [{**stream, "name": name} for name in names]
     document["source"] = {"kind": "jsonl", "path": str(input_path)}
@@ -349,19 +345,19 @@ def main() -> None:
                                             args.first_rounds + args.steady_rounds))
         document = config_document(folder, input_path, names, args.checkpoint_every)
 
-        rss_start = rss_bytes()
+        rss_start = resident_bytes()
         started = time.perf_counter()
         config = parse_config(document)
         service = Service(config)
         build_seconds = time.perf_counter() - started
-        rss_built = rss_bytes()
+        rss_built = resident_bytes()
 
         service.restore()
         started, cpu = time.perf_counter(), time.process_time()
         summary = service.run()
         run_seconds, run_cpu = time.perf_counter() - started, time.process_time() - cpu
         service._exhausted = False  # the steps below go on reading, as a live replica
-        rss_run = rss_bytes()
+        rss_run = resident_bytes()
         assert summary["records"] == lines, summary["records"]
         pending = sum(s["pending"] for s in summary["streams"].values())
 
@@ -387,7 +383,7 @@ def main() -> None:
         print(f"steady: {len(steady):,} records in {steady_seconds:.2f} s = "
               f"{len(steady) / steady_seconds:,.0f} records/s ({len(steady) / steady_cpu:,.0f}"
               f" per CPU second), all {args.streams:,} streams held; RSS "
-              f"{(rss_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
+              f"{(resident_bytes() - rss_start) / args.streams:,.0f} B per stream after it")
         rounds = args.first_rounds + args.steady_rounds
         so_far = [*first, *steady]
         for cadence, every_records, every_seconds, spread, share, long in CADENCES:
@@ -488,13 +484,13 @@ def mature(count: int, rounds: int) -> None:
         document = config_document(folder, input_path, names, 2**53 - 1)
         config_path = folder / "mature.json"  # (for the fresh process, below)
         config_path.write_text(json.dumps(document))
-        rss_start = rss_bytes()
+        rss_start = resident_bytes()
         service = Service(parse_config(document))
         service.restore()
         started = time.perf_counter()
         service.run()  # ends with a full checkpoint: its records are the ones measured
         run_seconds = time.perf_counter() - started
-        rss_run = rss_bytes()
+        rss_run = resident_bytes()
         touch(service, names, "mature")
         started, cpu = time.perf_counter(), time.process_time()
         service.checkpoint()
@@ -522,10 +518,10 @@ def restore_rss(config_path: pathlib.Path) -> str:
     restarted replica does: its RSS per stream from before the service is built."""
     document = json.loads(config_path.read_text())
     with startup_heap_frozen():
-        rss_start = rss_bytes()
+        rss_start = resident_bytes()
         service = Service(parse_config(document))
         service.restore()
-        rss_restored = rss_bytes()
+        rss_restored = resident_bytes()
         count = len(service.pipeline.streams)
         service.close()
     return (f"a fresh process restoring them: RSS {(rss_restored - rss_start) / count:,.0f} "

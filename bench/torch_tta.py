@@ -64,15 +64,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch
 
 from streamweights.adapters.torch import KalmanHead, TestTimeAdapter
+from tests.process_memory import resident_bytes
 from tests.torch import digits
 
 
 def rss_bytes() -> int:
+    """This process's resident set size after a collection, in bytes."""
     gc.collect()
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return resident_bytes()
 
 
 def state_bytes(tree) -> int:
