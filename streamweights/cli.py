@@ -20,6 +20,7 @@ from streamweights.config import TABLE_KINDS, ConfigError, load_config
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.replay import SCENARIOS
+from streamweights.runtime.settings_digest import compare_streams, named, settings_digests
 from streamweights.runtime.state_store import LocalStateStore
 
 log = logging.getLogger("streamweights")
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("config")
     inspect = commands.add_parser("inspect", help="describe a state folder's snapshot")
     inspect.add_argument("state_dir")
+    inspect.add_argument("--config", help="also say what a restore under this config would "
+                                          "do, stream by stream (exit 1 if it would be "
+                                          "refused for changed stream settings)")
     commands.add_parser("scenarios", help="list the built-in replay scenarios")
     evaluate = commands.add_parser("evaluate", help="run the evaluation suite: every adapter "
                                    "and river's answers on real and drifting streams")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.config)
         if args.command == "inspect":
-            return _inspect(args.state_dir)
+            return _inspect(args.state_dir, args.config)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "report":
@@ -295,7 +299,7 @@ def _report(run_dir: str, output: str | None) -> int:
     return 0
 
 
-def _inspect(state_dir: str) -> int:
+def _inspect(state_dir: str, config_path: str | None = None) -> int:
     store = LocalStateStore(state_dir)
     for seq, path in store.snapshots():  # each file verified; nothing is changed
         try:
@@ -333,4 +337,34 @@ def _inspect(state_dir: str) -> int:
     if snapshot["pipeline"]["invalid"]:
         print("  dead letters: " + ", ".join(f"{r} {n}" for r, n in
                                              sorted(snapshot["pipeline"]["invalid"].items())))
-    return 0
+    if snapshot.get("kept"):
+        print(f"  kept as saved, not restored (no longer in the config when it was "
+              f"written): {named(snapshot['kept'], shown=len(snapshot['kept']))}")
+    return 0 if config_path is None else _restore_plan(snapshot, config_path)
+
+
+def _restore_plan(snapshot: dict[str, Any], config_path: str) -> int:
+    """Print what a restore of ``snapshot`` under the config at ``config_path`` would do
+    with each stream (``runtime.settings_digest``); 1 if it would be refused."""
+    streams = load_config(config_path).streams
+    digests = settings_digests(streams)
+    names = [stream.name for stream in streams]
+    if digests.match(snapshot):
+        print(f"under {config_path}: the same stream settings; a restore restores all "
+              f"{len(names):,} stream(s)")
+        return 0
+    saved = snapshot.get("stream_settings") or dict.fromkeys(snapshot["pipeline"]["streams"])
+    changes = compare_streams(digests, saved, names)
+    restored = len(names) - len(changes.added) - len(changes.changed)
+    print(f"under {config_path}: other stream settings; a restore restores {restored:,} "
+          "stream(s) as saved")
+    for label, found in (("added (start fresh)", changes.added),
+                         ("removed (kept as saved, not restored)", changes.removed),
+                         ("changed (refused without --fresh-changed-streams, which starts "
+                          "them fresh)", changes.changed)):
+        if found:
+            print(f"  {label}: {named(found, shown=20)}")
+    if changes.unrecorded:
+        print(f"  of the changed, saved by a release that recorded no per-stream settings: "
+              f"{named(changes.unrecorded, shown=20)}")
+    return 1 if changes.changed else 0

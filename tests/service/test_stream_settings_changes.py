@@ -3,6 +3,7 @@ all: each stream is checked against its own settings digest (``settings_digest``
 A stream added starts fresh, one removed keeps its saved state in the snapshots (not
 restored), and one whose settings changed is refused by name unless the run says
 ``--fresh-changed-streams``, which starts it fresh while the others restore.
+``inspect STATE_DIR --config CONFIG`` says beforehand what a restore would do.
 
 The input is the eight bursty streams of ``test_incremental_state``; every run is the
 CLI's, bounded where a restart is wanted.
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from streamweights.runtime.state_store import LocalStateStore, decode_stream_record
-from tests.service.drifting import outputs
+from tests.service.drifting import outputs, run_cli
 from tests.service.test_incremental_state import (
     STREAMS,
     _run,
@@ -83,6 +84,11 @@ def newest_records(state: pathlib.Path) -> dict[str, dict]:
     return found
 
 
+def inspect(folder: pathlib.Path):
+    """``streamweights inspect`` of ``folder``'s state under its config."""
+    return run_cli("inspect", str(folder / "state"), "--config", str(folder / "config.yaml"))
+
+
 def snapshot_files(state: pathlib.Path) -> dict[str, bytes]:
     """The folder's files but its lock (which names the last process that held it)."""
     return {path.name: path.read_bytes() for path in state.iterdir() if path.name != "lock"}
@@ -105,6 +111,10 @@ def test_a_stream_added_to_the_config_starts_fresh_and_the_others_restore(tmp_pa
     write_config(folder, input_path)
     assert _run(folder, "--max-records", str(RESTART)).returncode == 0
     edit_streams(folder, lambda streams: [*streams, {**streams[0], "name": "segment-new"}])
+    plan = inspect(folder)
+    assert plan.returncode == 0, plan.stderr
+    assert "a restore restores 8 stream(s) as saved\n  added (start fresh): 'segment-new'\n" \
+        in plan.stdout
     result = _run(folder)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "'segment-new' new to the config: start(s) fresh" in result.stderr
@@ -134,6 +144,10 @@ def test_a_changed_stream_is_refused_by_name_unless_the_run_starts_it_fresh(tmp_
     assert _run(folder, "--max-records", str(RESTART)).returncode == 0
     before = snapshot_files(folder / "state")
     edit_streams(folder, changed_settings)
+    plan = inspect(folder)
+    assert plan.returncode == 1
+    assert ("a restore restores 7 stream(s) as saved\n  changed (refused without "
+            "--fresh-changed-streams, which starts them fresh): 'segment-3'\n") in plan.stdout
     refused = _run(folder)
     assert refused.returncode == 1
     assert "1 stream(s) changed since, 'segment-3';" in refused.stderr
@@ -186,7 +200,13 @@ def test_a_removed_stream_keeps_its_state_and_resumes_when_put_back(tmp_path, bu
     assert newest_records(folder / "state")["segment-7"] == saved
     dead = (folder / "dead-letter.jsonl").read_text()
     assert "segment-7" in dead
+    assert "kept as saved, not restored (no longer in the config when it was written): " \
+        "'segment-7'" in inspect(folder).stdout
     edit_streams(folder, lambda streams: [*streams, {**streams[0], "name": "segment-7"}])
+    plan = inspect(folder)
+    assert plan.returncode == 0
+    assert "a restore restores 8 stream(s) as saved\n" in plan.stdout
+    assert "added" not in plan.stdout and "changed" not in plan.stdout
     back = _run(folder)
     assert back.returncode == 0, back.stderr[-2000:]
     assert "no longer in the config" not in back.stderr
