@@ -21,7 +21,7 @@ from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.replay import SCENARIOS
 from streamweights.runtime.settings_digest import compare_streams, named, settings_digests
-from streamweights.runtime.state_store import LocalStateStore
+from streamweights.runtime.state_store import LocalStateStore, saved_stream_settings
 
 log = logging.getLogger("streamweights")
 
@@ -353,8 +353,7 @@ def _restore_plan(snapshot: dict[str, Any], config_path: str) -> int:
         print(f"under {config_path}: the same stream settings; a restore restores all "
               f"{len(names):,} stream(s)")
         return 0
-    saved = snapshot.get("stream_settings") or dict.fromkeys(snapshot["pipeline"]["streams"])
-    changes = compare_streams(digests, saved, names)
+    changes = compare_streams(digests, saved_stream_settings(snapshot), names)
     restored = len(names) - len(changes.added) - len(changes.changed)
     print(f"under {config_path}: other stream settings; a restore restores {restored:,} "
           "stream(s) as saved")

@@ -64,6 +64,7 @@ from streamweights.runtime.state_store import (
     LocalStateStore,
     StateDirLock,
     encode_stream,
+    saved_stream_settings,
 )
 from streamweights.runtime.stream_gauges import StreamGauges, gauge_keys, gauge_values
 
@@ -227,9 +228,8 @@ class LocalCheckpoints:
         saved, not restored). All match when the snapshot's digest does."""
         if service._settings_digests.match(snapshot):
             return set()
-        saved = snapshot.get("stream_settings") or dict.fromkeys(
-            snapshot["pipeline"]["streams"])
-        changes = compare_streams(service._settings_digests, saved, service.pipeline.streams)
+        changes = compare_streams(service._settings_digests, saved_stream_settings(snapshot),
+                                  service.pipeline.streams)
         where = f"state_dir {self.state_dir}"
         if changes.removed:
             log.warning("%s: holds the state of %s, no longer in the config: kept in the "

@@ -311,6 +311,14 @@ def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, byte
     return entries
 
 
+def saved_stream_settings(snapshot: dict[str, Any]) -> dict[str, str | None]:
+    """Each stream's settings digest in a snapshot :meth:`LocalStateStore.load_latest`
+    gave (``None`` for a stream whose record has none: a snapshot of a release before
+    per-stream digests, or one whole snapshot)."""
+    saved = snapshot.get("stream_settings")
+    return saved if saved is not None else dict.fromkeys(snapshot["pipeline"]["streams"])
+
+
 def listed_formats(numbers: tuple[int, ...]) -> str:
     """Format numbers as a refusal message names them: ``2, 3 and 5``."""
     words = [str(number) for number in numbers]
