@@ -20,7 +20,14 @@ from streamweights.config import TABLE_KINDS, ConfigError, load_config
 from streamweights.runtime.exceptions import RuntimeSetupError, SnapshotError
 from streamweights.runtime.heap import startup_heap_frozen
 from streamweights.runtime.replay import SCENARIOS
-from streamweights.runtime.settings_digest import compare_streams, named, settings_digests
+from streamweights.runtime.settings_digest import (
+    StreamChanges,
+    combined,
+    compare_streams,
+    named,
+    removed_only,
+    settings_digests,
+)
 from streamweights.runtime.state_store import LocalStateStore, saved_stream_settings
 
 log = logging.getLogger("streamweights")
@@ -73,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a config file and exit")
     validate.add_argument("config")
     inspect = commands.add_parser("inspect", help="describe a state folder's snapshot")
-    inspect.add_argument("state_dir")
+    inspect.add_argument("state_dir", nargs="?", help="the state folder (default: the "
+                                                      "config's state_dir)")
     inspect.add_argument("--config", help="also say what a restore under this config would "
                                           "do, stream by stream (exit 1 if it would be "
-                                          "refused for changed stream settings)")
+                                          "refused for changed stream settings); a Kafka "
+                                          "config's changelog topic is read for it")
     commands.add_parser("scenarios", help="list the built-in replay scenarios")
     evaluate = commands.add_parser("evaluate", help="run the evaluation suite: every adapter "
                                    "and river's answers on real and drifting streams")
@@ -299,7 +308,15 @@ def _report(run_dir: str, output: str | None) -> int:
     return 0
 
 
-def _inspect(state_dir: str, config_path: str | None = None) -> int:
+def _inspect(state_dir: str | None, config_path: str | None = None) -> int:
+    if state_dir is None:
+        if config_path is None:
+            print("inspect: give a state folder, or --config", file=sys.stderr)
+            return 2
+        config = load_config(config_path)
+        if config.source.kind == "kafka":
+            return _kafka_restore_plan(config, config_path)
+        state_dir = config.state_dir
     store = LocalStateStore(state_dir)
     for seq, path in store.snapshots():  # each file verified; nothing is changed
         try:
@@ -348,15 +365,44 @@ def _restore_plan(snapshot: dict[str, Any], config_path: str) -> int:
     with each stream (``runtime.settings_digest``); 1 if it would be refused."""
     streams = load_config(config_path).streams
     digests = settings_digests(streams)
-    names = [stream.name for stream in streams]
-    if digests.match(snapshot):
-        print(f"under {config_path}: the same stream settings; a restore restores all "
-              f"{len(names):,} stream(s)")
+    changes = compare_streams(digests, saved_stream_settings(snapshot),
+                              [stream.name for stream in streams])
+    return _print_plan(config_path, len(streams),
+                       removed_only(changes) if digests.match(snapshot) else changes)
+
+
+def _kafka_restore_plan(config: Any, config_path: str) -> int:
+    """:func:`_restore_plan` for a Kafka-mode config: each task's records in the
+    changelog topic against the config's streams of that task."""
+    from streamweights.runtime.kafka_runtime import read_changelog, task_of
+
+    reader = read_changelog(config.kafka)
+    if not reader.partitions:
+        print(f"kafka.changelog_topic {config.kafka.changelog_topic}: no such topic (a first "
+              "start: every stream starts fresh)")
         return 0
-    changes = compare_streams(digests, saved_stream_settings(snapshot), names)
-    restored = len(names) - len(changes.added) - len(changes.changed)
-    print(f"under {config_path}: other stream settings; a restore restores {restored:,} "
-          "stream(s) as saved")
+    digests = settings_digests(config.streams)
+    held: dict[int, list[str]] = {}
+    for stream in config.streams:
+        held.setdefault(task_of(stream.name, len(reader.partitions)), []).append(stream.name)
+    parts = []
+    for number, (meta, saved) in sorted(reader.stream_settings().items()):
+        changes = compare_streams(digests, saved, held.get(number, ()))
+        parts.append(removed_only(changes) if digests.match(meta) else changes)
+    print(f"kafka.changelog_topic {config.kafka.changelog_topic}: "
+          f"{len(reader.partitions):,} task(s), {len(reader.newest):,} with records")
+    return _print_plan(config_path, len(config.streams), combined(parts))
+
+
+def _print_plan(config_path: str, streams: int, changes: StreamChanges) -> int:
+    """Print a restore plan: every stream restored, or what differs; 1 if the restore
+    would be refused (streams whose settings changed)."""
+    if not (changes.added or changes.changed or changes.removed):
+        print(f"under {config_path}: the same stream settings; a restore restores all "
+              f"{streams:,} stream(s) it has records of")
+        return 0
+    restored = streams - len(changes.added) - len(changes.changed)
+    print(f"under {config_path}: a restore restores {restored:,} stream(s) as saved")
     for label, found in (("added (start fresh)", changes.added),
                          ("removed (kept as saved, not restored)", changes.removed),
                          ("changed (refused without --fresh-changed-streams, which starts "

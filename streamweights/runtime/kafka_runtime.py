@@ -258,6 +258,8 @@ class ChangelogReader:
         self.segment_parts: dict[int, dict[tuple[str, int], dict[int, bytes]]] = {}
         #: per task: its record logs by their first record's number
         self.logs: dict[int, dict[int, bytes]] = {}
+        #: the partitions (tasks) read (:func:`read_changelog`)
+        self.partitions: list[int] = []
 
     def add(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """One changelog record (a ``None`` value: a tombstone)."""
@@ -329,6 +331,30 @@ class ChangelogReader:
                 task.settings[name] = written.get("stream_settings")
             task.logs = self.logs.get(number, {})
             found[number] = task
+        return found
+
+    def stream_settings(self) -> dict[int, tuple[dict[str, Any], dict[str, str | None]]]:
+        """Per task read: its newest record's fields (the task's settings digests among
+        them) and each stream's settings digest as its newest record gives it (``None``:
+        none there), read from the records' text alone, states left undecoded (what
+        ``inspect --config`` compares with a config)."""
+        found = {}
+        for number, data in self.newest.items():
+            where = f"kafka.changelog_topic: task {number}"
+            meta = _decode_task_record(data, where)
+            saved: dict[str, str | None] = dict.fromkeys(meta.get("streams") or ())
+            if number in self.legacy:
+                old = _decode_task_record(self.legacy[number], where)
+                saved.update(dict.fromkeys(old.get("streams") or ()))
+            for key, value in self.latest.get(number, {}).items():
+                name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
+                document = _decode_task_record(value, where)
+                if is_split_head(document):
+                    document = _decode_task_record(join_parts(
+                        document, self.parts.get(number, {}).get(name, {}),
+                        f"{where}, stream {name}"), where)
+                saved[name] = document.get("stream_settings")
+            found[number] = (meta, saved)
         return found
 
     def whole_segments(self, task: TaskRecords, number: int, name: str, where: str
@@ -1313,6 +1339,11 @@ class KafkaRuntime:
         states = dict(snapshot.legacy_streams)
         states.update(snapshot.streams)
         fresh = self._check_settings(number, snapshot, states)
+        removed = sorted(name for name in states if name not in service.pipeline.streams)
+        if removed:
+            log.warning("%s: holds the state of %s, no longer in the config: kept in the "
+                        "changelog as saved, not restored (put the streams back, with their "
+                        "settings, to resume them)", where, named(removed))
         for name, state in states.items():
             stream = service.pipeline.streams.get(name)
             if stream is None:  # removed from the config: kept in the changelog
@@ -1352,17 +1383,12 @@ class KafkaRuntime:
                         states: dict[str, Any]) -> set[str]:
         """The streams of task ``number`` that start fresh because their settings changed
         since their records (``fresh_changed_streams``; RuntimeSetupError naming them
-        without it), after logging the streams the changelog holds that the config no
-        longer has. Every stream matches when the task's digest does."""
+        without it). Every stream matches when the task's digest does."""
         if self.digests.match(snapshot.meta):
             return set()
         saved = {name: snapshot.settings.get(name) for name in states}
         changes = compare_streams(self.digests, saved, self._task_streams.get(number, ()))
         where = f"kafka.changelog_topic: task {number}"
-        if changes.removed:
-            log.warning("%s: holds the state of %s, no longer in the config: kept in the "
-                        "changelog as saved, not restored (put the streams back, with their "
-                        "settings, to resume them)", where, named(changes.removed))
         if changes.changed and not self.fresh_changed_streams:
             raise RuntimeSetupError(changes.refusal(
                 f"{where}'s snapshot", "use the old config (or a new changelog topic and "
@@ -1428,32 +1454,7 @@ class KafkaRuntime:
                         ) -> dict[int, TaskRecords]:
         """Each task's committed changelog records (absent: the task starts fresh), as
         :class:`ChangelogReader` makes them of what a ``read_committed`` reader reads."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        # a group-less reader: kafka-python refuses a group_instance_id without a group
-        settings = client_settings(self.kafka, KafkaConsumer)
-        settings.pop("group_instance_id", None)
-        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, group_id=None,
-                                 enable_auto_commit=False, isolation_level="read_committed",
-                                 **settings)
-        reader = ChangelogReader()
-        try:
-            partitions = [TopicPartition(self.kafka.changelog_topic, n) for n in numbers]
-            consumer.assign(partitions)
-            consumer.seek_to_beginning(*partitions)
-            end = consumer.end_offsets(partitions)
-            deadline = time.monotonic() + timeout
-            while any(consumer.position(tp) < end[tp] for tp in partitions):
-                if time.monotonic() > deadline:
-                    raise SnapshotError(f"kafka.changelog_topic: could not read "
-                                        f"{self.kafka.changelog_topic} to its end in "
-                                        f"{timeout:.0f}s")
-                for tp, batch in consumer.poll(timeout_ms=200).items():
-                    for record in batch:
-                        reader.add(tp.partition, record.key, record.value)
-        finally:
-            consumer.close()
-        return reader.tasks()
+        return read_changelog(self.kafka, numbers, timeout).tasks()
 
     def finished_before(self) -> bool:
         """A bounded replay whose every task had already finished (and published its
@@ -1478,6 +1479,43 @@ class KafkaRuntime:
                             type(error).__name__, error)
         finally:
             self.source.close()
+
+
+def read_changelog(kafka: KafkaConfig, numbers: list[int] | None = None,
+                   timeout: float = 60.0) -> ChangelogReader:
+    """A :class:`ChangelogReader` fed every committed record of the changelog's partitions
+    ``numbers`` (all of the topic's when ``None``), up to their ends as of the call."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    # a group-less reader: kafka-python refuses a group_instance_id without a group
+    settings = client_settings(kafka, KafkaConsumer)
+    settings.pop("group_instance_id", None)
+    settings["allow_auto_create_topics"] = False  # (reading it must not create it)
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None,
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             **settings)
+    reader = ChangelogReader()
+    try:
+        if numbers is None:
+            numbers = sorted(consumer.partitions_for_topic(kafka.changelog_topic) or ())
+        reader.partitions = list(numbers)
+        if not numbers:  # (no such topic)
+            return reader
+        partitions = [TopicPartition(kafka.changelog_topic, n) for n in numbers]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise SnapshotError(f"kafka.changelog_topic: could not read "
+                                    f"{kafka.changelog_topic} to its end in {timeout:.0f}s")
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                for record in batch:
+                    reader.add(tp.partition, record.key, record.value)
+    finally:
+        consumer.close()
+    return reader
 
 
 def _find_config_value(found: Any, key: str) -> str | None:

@@ -198,6 +198,11 @@ class LocalCheckpoints:
         streams = service.pipeline.streams
         self.kept = {name: self.written.pop(name) for name in list(self.written)
                      if name not in streams}
+        if self.kept:
+            log.warning("state_dir %s: holds the state of %s, no longer in the config: kept "
+                        "in the snapshots as saved, not restored (put the streams back, with "
+                        "their settings, to resume them)", self.state_dir,
+                        named(sorted(self.kept)))
         for name in fresh:  # never written as they stand: not replayed, written next
             self.written.pop(name, None)
             self.listed.pop(name, None)
@@ -222,19 +227,14 @@ class LocalCheckpoints:
                  f"unwritten, from input position {replay_from})" if self.replayed else "")
 
     def _check_settings(self, service: Service, snapshot: dict[str, Any]) -> set[str]:
-        """The streams that start fresh because their settings changed since their
-        records (``fresh_changed_streams``; RuntimeSetupError naming them without it),
-        after logging the streams added to the config (fresh) and those removed (kept as
-        saved, not restored). All match when the snapshot's digest does."""
+        """The streams that start fresh: added to the config, or their settings changed
+        since their records (``fresh_changed_streams``; RuntimeSetupError naming them
+        without it). All match when the snapshot's digest does."""
         if service._settings_digests.match(snapshot):
             return set()
         changes = compare_streams(service._settings_digests, saved_stream_settings(snapshot),
                                   service.pipeline.streams)
         where = f"state_dir {self.state_dir}"
-        if changes.removed:
-            log.warning("%s: holds the state of %s, no longer in the config: kept in the "
-                        "snapshots as saved, not restored (put the streams back, with their "
-                        "settings, to resume them)", where, named(changes.removed))
         if changes.changed and not self.fresh_changed_streams:
             raise RuntimeSetupError(changes.refusal(f"{where}: its snapshot",
                                                     "use the old config or a fresh state_dir"))

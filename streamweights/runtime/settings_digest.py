@@ -91,6 +91,20 @@ def compare_streams(digests: SettingsDigests, saved: Mapping[str, str | None],
     return StreamChanges(added, changed, removed, unrecorded)
 
 
+def combined(parts: Iterable[StreamChanges]) -> StreamChanges:
+    """Several comparisons (one per Kafka task) as one, each list in the parts' order."""
+    parts = list(parts)
+    return StreamChanges(*([name for part in parts for name in getattr(part, field.name)]
+                           for field in dataclass_fields(StreamChanges)))
+
+
+def removed_only(changes: StreamChanges) -> StreamChanges:
+    """``changes`` where the snapshot's digest matched the config's: every stream the
+    config holds has its saved settings (a record without a digest is then no change),
+    so only the saved streams the config no longer holds differ."""
+    return StreamChanges([], [], changes.removed, [])
+
+
 def named(names: list[str], shown: int = 5) -> str:
     """Stream names for a log line: the first ``shown`` quoted, then how many more."""
     listed = ", ".join(repr(name) for name in names[:shown])

@@ -6,8 +6,12 @@ changed is refused by name unless the run says ``--fresh-changed-streams``."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import yaml
+from kafka import KafkaAdminClient
 
 from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
@@ -17,6 +21,7 @@ from streamweights.runtime.state_store import record_text
 from tests.kafka.helpers import read_records
 from tests.kafka.test_kafka_crash import cli
 from tests.kafka.test_kafka_incremental_changelog import _embedded_then_failed_commit
+from tests.service.conftest import REPO
 from tests.service.test_stream_settings_changes import changed_settings
 
 #: Two streams with records on both sides of the failed commit.
@@ -33,7 +38,8 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
     the six unchanged streams (their summaries are the uninterrupted embedded run's),
     warns that ``segment-7``'s state stays in the changelog, starts ``segment-new`` and
     ``segment-2`` fresh and writes the latter's record with its new settings digest; the
-    third is not refused."""
+    third is not refused and warns about ``segment-7`` again. ``inspect --config`` says
+    each time what the restart would do, and exits 1 where it is refused."""
     expected, topics, config_path = _embedded_then_failed_commit(
         tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
     document = yaml.safe_load(config_path.read_text())
@@ -42,6 +48,27 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
     changed = tmp_path / "kafka" / "changed.yaml"
     changed.write_text(yaml.safe_dump(document))
     summary = tmp_path / "summary.json"
+
+    plan = inspect(config_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "1 task(s), 1 with records" in plan.stdout
+    assert "the same stream settings; a restore restores all 8 stream(s)" in plan.stdout
+    plan = inspect(changed)
+    assert plan.returncode == 1, plan.stderr[-2000:]
+    assert (f"a restore restores 6 stream(s) as saved\n  added (start fresh): '{ADDED}'\n"
+            f"  removed (kept as saved, not restored): '{REMOVED}'\n  changed (refused "
+            f"without --fresh-changed-streams, which starts them fresh): '{CHANGED}'\n"
+            ) in plan.stdout
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({**document, "kafka": {
+        **document["kafka"], "changelog_topic": "no-such-changelog"}}))
+    plan = inspect(missing)
+    assert plan.returncode == 0 and "no-such-changelog: no such topic" in plan.stdout
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert "no-such-changelog" not in admin.list_topics()  # (not created by reading)
+    finally:
+        admin.close()
 
     refused = cli("--config", str(changed))
     assert refused.returncode == 1
@@ -69,6 +96,18 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
     assert newest[CHANGED]["stream_settings"] == own[CHANGED]
     assert REMOVED in newest  # kept as saved
 
+    plan = inspect(changed)
+    assert plan.returncode == 0, plan.stdout
+    assert "changed (" not in plan.stdout and f"removed (kept as saved, not restored): " \
+        f"'{REMOVED}'" in plan.stdout
     again = cli("--config", str(changed))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "changed since" not in again.stderr
+    assert f"holds the state of '{REMOVED}', no longer in the config" in again.stderr
+
+
+def inspect(config):
+    """``streamweights inspect --config CONFIG``: what a restart under it would do."""
+    return subprocess.run([sys.executable, "-m", "streamweights", "inspect", "--config",
+                           str(config)], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
