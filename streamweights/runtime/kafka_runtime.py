@@ -306,6 +306,7 @@ class ChangelogReader:
             meta = _decode_task_record(data, where)
             if is_split_head(meta):
                 meta = strip_head(meta)
+            meta.pop("stream_settings", None)  # (the newest record's stream's: not the task's)
             task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
             if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
                 task.legacy_streams = {}
@@ -587,6 +588,10 @@ class KafkaRuntime:
         self.owned: set[int] = set()
         self.task_invalid: dict[int, dict[str, int]] = {}
         self.task_exhausted: dict[int, bool] = {}
+        #: Per task: the streams its changelog holds that the config does not (kept as
+        #: saved), named in its records' meta so that a restore that finds one put back
+        #: does not replay into it the logged records it missed (dead letters then).
+        self.task_kept: dict[int, list[str]] = {}
         self.commits = 0
         self._in_transaction = False
         #: The previous cycle's commit while it waits on the broker (see ``_settle``),
@@ -1097,6 +1102,9 @@ class KafkaRuntime:
                 "invalid": self.task_invalid.get(number, {}),
                 "records": self.source.released_counts.get(number, 0),
                 "offsets": offsets, "exhausted": service._exhausted}
+        kept = self.task_kept.get(number)
+        if kept:
+            meta["kept"] = kept
         streams = service.pipeline.streams
         written_meta = dumps_state(meta)
         if changed:
@@ -1278,6 +1286,7 @@ class KafkaRuntime:
                                for key, count in snapshot.parts.items()}
         self.task_invalid = {}
         self.task_exhausted = {}
+        self.task_kept = {}
         self.source.released_counts.clear()
         offsets: dict[tuple[str, int], int] = {}
         untouched = self._untouched
@@ -1344,6 +1353,8 @@ class KafkaRuntime:
             log.warning("%s: holds the state of %s, no longer in the config: kept in the "
                         "changelog as saved, not restored (put the streams back, with their "
                         "settings, to resume them)", where, named(removed))
+            self.task_kept[number] = removed
+        put_back = set(meta.get("kept", ()))
         for name, state in states.items():
             stream = service.pipeline.streams.get(name)
             if stream is None:  # removed from the config: kept in the changelog
@@ -1352,10 +1363,11 @@ class KafkaRuntime:
                 stream.changed = True  # replayed nor left out of the next commit)
                 continue
             stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
-            if name in snapshot.streams:  # (replayed from its record's count on)
-                self._marks.set(name, 0, snapshot.written.get(name, 0))
-            # a format-1 state, or a record without its settings digest: rewrite it
-            stream.changed = snapshot.settings.get(name) is None
+            if name in snapshot.streams and name not in put_back:  # (replayed from its
+                self._marks.set(name, 0, snapshot.written.get(name, 0))  # record's count)
+            # a format-1 state, a record without its settings digest, or a stream put
+            # back (unmarked, as the fresh ones): rewrite it
+            stream.changed = snapshot.settings.get(name) is None or name in put_back
         for name in self._task_streams.get(number, ()):
             if name not in states:  # no record yet: fresh, as written at record 0
                 self._marks.set(name, 0, 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,9 @@ from kafka import KafkaAdminClient
 
 from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
+from streamweights.runtime.commit_spread import decode_log, parse_log_key
 from streamweights.runtime.compression import decompress
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
 from streamweights.runtime.settings_digest import settings_digests
 from streamweights.runtime.state_store import record_text
 from tests.kafka.helpers import read_records
@@ -111,3 +114,50 @@ def inspect(config):
     return subprocess.run([sys.executable, "-m", "streamweights", "inspect", "--config",
                            str(config)], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+
+
+def test_a_stream_put_back_takes_none_of_the_logged_records_it_missed(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the eight bursty streams in one task; the 8th commit fails. The restart
+    drops ``segment-7`` and spreads its commits (``spread_above: 1, spread_over: 2``, so
+    commits log the records that streams left unwritten need), and its 6th commit fails:
+    the changelog then holds logged records of ``segment-7`` (dead letters in that run)
+    newer than its record. Then two restarts that fail before their first commit (so the
+    changelog stays as it is): one with ``segment-7`` put back, one without it.
+    We expect: the task's records name ``segment-7`` as kept; both restarts replay the
+    same number of logged records (none into ``segment-7``: they were dead letters)."""
+    _, topics, config_path = _embedded_then_failed_commit(
+        tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
+    document = yaml.safe_load(config_path.read_text())
+    document["checkpoint"].update(spread_above=1, spread_over=2)
+    without = tmp_path / "kafka" / "without.yaml"
+    without.write_text(yaml.safe_dump({**document, "streams": [
+        s for s in document["streams"] if s["name"] != REMOVED]}))
+    put_back = tmp_path / "kafka" / "put-back.yaml"
+    put_back.write_text(yaml.safe_dump(document))
+    failed = cli("--config", str(without), env={FAIL_BEFORE_COMMIT_ENV: "6"})
+    assert failed.returncode != 0 and "failing before commit 6" in failed.stderr
+
+    written, missed, kept = 0, 0, None
+    records = read_records(kafka_bootstrap, topics["changelog"])
+    for record in records:
+        if record.key == b"s/" + REMOVED.encode() and record.value is not None:
+            written = loads_state(record_text(decompress(record.value))[0])["records"]
+        elif record.key.startswith(b"s/") and record.value is not None:
+            kept = loads_state(record_text(decompress(record.value))[0]).get("kept")
+    assert kept == [REMOVED]
+    for record in records:
+        if parse_log_key(record.key) is not None and record.value is not None:
+            start, logged = decode_log(record.value, "test")
+            missed += sum(json.loads(raw)["stream"] == REMOVED
+                          for index, raw in enumerate(logged, start) if index >= written
+                          and raw.startswith(b"{") and raw.rstrip().endswith(b"}"))
+    assert missed > 0  # (what a replay into the stream put back would take)
+
+    replayed = {}
+    for name, path in (("put back", put_back), ("without", without)):
+        restarted = cli("--config", str(path), env={FAIL_BEFORE_COMMIT_ENV: "1"})
+        assert "failing before commit 1" in restarted.stderr, restarted.stderr[-3000:]
+        found = re.search(r"([\d,]+) logged records replayed", restarted.stderr)
+        replayed[name] = int(found.group(1).replace(",", "")) if found else 0
+    assert replayed["put back"] == replayed["without"] > 0
