@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       "config's state_dir)")
     inspect.add_argument("--config", help="also say what a restore under this config would "
                                           "do, stream by stream (exit 1 if it would be "
-                                          "refused for changed stream settings); a Kafka "
-                                          "config's changelog topic is read for it")
+                                          "refused for changed stream settings, 0 if there "
+                                          "is nothing to restore); a Kafka config's "
+                                          "changelog topic is read for it")
     commands.add_parser("scenarios", help="list the built-in replay scenarios")
     evaluate = commands.add_parser("evaluate", help="run the evaluation suite: every adapter "
                                    "and river's answers on real and drifting streams")
@@ -331,6 +332,9 @@ def _inspect(state_dir: str | None, config_path: str | None = None) -> int:
             print(f"{path.name}: {error}")
     snapshot = store.load()
     if snapshot is None:
+        if config_path is not None:  # (the question is whether a restore is refused)
+            print(f"{state_dir}: no snapshot (a first start: every stream starts fresh)")
+            return 0
         print(f"{state_dir}: no snapshot")
         return 1
     print(f"{state_dir}: snapshot format {snapshot['format']}, source {snapshot['source']}, "

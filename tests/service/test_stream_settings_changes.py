@@ -109,6 +109,8 @@ def test_a_stream_added_to_the_config_starts_fresh_and_the_others_restore(tmp_pa
     input_path, _, reference = bursty
     folder = tmp_path / "added"
     write_config(folder, input_path)
+    first = inspect(folder)  # (nothing to restore yet: not a refusal)
+    assert first.returncode == 0 and "no snapshot (a first start" in first.stdout
     assert _run(folder, "--max-records", str(RESTART)).returncode == 0
     edit_streams(folder, lambda streams: [*streams, {**streams[0], "name": "segment-new"}])
     plan = inspect(folder)
