@@ -1,5 +1,5 @@
-"""Which stream settings a snapshot was taken with: digests of the streams' config, so a
-restore under other settings is refused rather than fed a state it cannot mean.
+"""Which stream settings a snapshot was taken with: digests of the streams' config, so
+that no stream is restored under settings its state cannot mean.
 
 Two digests are written. ``config_digest`` is the one every release wrote: the fields
 of each stream's settings in the order the config gave its keys. Written the same
@@ -16,7 +16,9 @@ Each stream's record also carries its own stream's settings digest
 is not all-or-nothing (:func:`compare_streams`): a stream added to the config starts
 fresh, one removed keeps its saved state (not restored), and only a stream whose own
 settings changed needs the operator's word (``run --fresh-changed-streams``) to start
-fresh; without it the restore is refused, naming the streams.
+fresh; without it the restore is refused, naming the streams. The whole-config digests
+stay the fast path: when they match, every stream does. ``inspect --config`` runs the
+same comparison before a config is rolled out.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def compare_streams(digests: SettingsDigests, saved: Mapping[str, str | None],
 def combined(parts: Iterable[StreamChanges]) -> StreamChanges:
     """Several comparisons (one per Kafka task) as one, each list in the parts' order."""
     parts = list(parts)
-    return StreamChanges(*([name for part in parts for name in getattr(part, field.name)]
-                           for field in dataclass_fields(StreamChanges)))
+    return StreamChanges(*([name for part in parts for name in getattr(part, column.name)]
+                           for column in dataclass_fields(StreamChanges)))
 
 
 def removed_only(changes: StreamChanges) -> StreamChanges:

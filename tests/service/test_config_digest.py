@@ -21,8 +21,10 @@ from streamweights.runtime.service import Service
 from streamweights.runtime.settings_digest import (
     SettingsDigests,
     StreamChanges,
+    combined,
     compare_streams,
     named,
+    removed_only,
     settings_digests,
 )
 
@@ -171,7 +173,8 @@ def test_streams_compared_one_by_one_and_the_refusal_names_the_changed():
     saved without a digest (an older release), one only saved, one only configured.
     We expect: each in its class, in config order; the refusal names the changed ones
     (the first five, then how many more), the flag, the remedy, and why the unrecorded
-    one counts as changed."""
+    one counts as changed. Two tasks' comparisons combine into one, a task whose
+    snapshot digest matched contributing its removed streams alone."""
     digests = SettingsDigests("c", "s", {"a": "1" * 32, "b": "2" * 32, "c": "3" * 32,
                                          "new": "4" * 32})
     saved = {"gone": "5" * 32, "c": None, "b": "0" * 32, "a": "1" * 32}
@@ -183,5 +186,8 @@ def test_streams_compared_one_by_one_and_the_refusal_names_the_changed():
                            "2 stream(s) changed since, 'b', 'c' ('c' saved by a release")
     assert line.endswith("run with --fresh-changed-streams to start those streams fresh "
                          "(the others restore), or use the old config")
+    other = compare_streams(digests, {"a": "1" * 32, "x": None}, ["a", "z"])
+    assert combined([changes, removed_only(other)]) == StreamChanges(
+        added=["new"], changed=["b", "c"], removed=["gone", "x"], unrecorded=["c"])
     assert named([f"s{n}" for n in range(8)]) == "'s0', 's1', 's2', 's3', 's4' and 3 more"
     assert named(["only"]) == "'only'"
