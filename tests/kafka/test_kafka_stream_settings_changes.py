@@ -1,15 +1,13 @@
 """A Kafka-mode restore under a config whose streams differ from the changelog's in some
 streams: each stream record carries its own stream's settings digest, so a stream added
-starts fresh, one removed stays in the changelog (not restored), and one whose settings
-changed is refused by name unless the run says ``--fresh-changed-streams``."""
+starts fresh, one removed stays in the changelog (not restored; put back, it takes none
+of the logged records it missed), and one whose settings changed is refused by name
+unless the run says ``--fresh-changed-streams``; ``inspect --config`` says so first."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import yaml
 from kafka import KafkaAdminClient
@@ -24,7 +22,7 @@ from streamweights.runtime.state_store import record_text
 from tests.kafka.helpers import read_records
 from tests.kafka.test_kafka_crash import cli
 from tests.kafka.test_kafka_incremental_changelog import _embedded_then_failed_commit
-from tests.service.conftest import REPO
+from tests.service.drifting import run_cli
 from tests.service.test_stream_settings_changes import changed_settings
 
 #: Two streams with records on both sides of the failed commit.
@@ -111,9 +109,7 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
 
 def inspect(config):
     """``streamweights inspect --config CONFIG``: what a restart under it would do."""
-    return subprocess.run([sys.executable, "-m", "streamweights", "inspect", "--config",
-                           str(config)], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    return run_cli("inspect", "--config", str(config))
 
 
 def test_a_stream_put_back_takes_none_of_the_logged_records_it_missed(
