@@ -390,20 +390,24 @@ def _kafka_restore_plan(config: Any, config_path: str) -> int:
     for stream in config.streams:
         held.setdefault(task_of(stream.name, len(reader.partitions)), []).append(stream.name)
     parts = []
-    for number, (meta, saved) in sorted(reader.stream_settings().items()):
+    saved_tasks = reader.stream_settings()
+    for number, (meta, saved) in sorted(saved_tasks.items()):
         changes = compare_streams(digests, saved, held.get(number, ()))
         parts.append(removed_only(changes) if digests.match(meta) else changes)
+    unsaved = sum(len(names) for number, names in held.items() if number not in saved_tasks)
     print(f"kafka.changelog_topic {config.kafka.changelog_topic}: "
-          f"{len(reader.partitions):,} task(s), {len(reader.newest):,} with records")
-    return _print_plan(config_path, len(config.streams), combined(parts))
+          f"{len(reader.partitions):,} task(s), {len(saved_tasks):,} with records"
+          + (f" (the {unsaved:,} stream(s) of the others start fresh)" if unsaved else ""))
+    return _print_plan(config_path, len(config.streams) - unsaved, combined(parts))
 
 
 def _print_plan(config_path: str, streams: int, changes: StreamChanges) -> int:
     """Print a restore plan: every stream restored, or what differs; 1 if the restore
     would be refused (streams whose settings changed)."""
     if not (changes.added or changes.changed or changes.removed):
-        print(f"under {config_path}: the same stream settings; a restore restores all "
-              f"{streams:,} stream(s) it has records of")
+        print(f"under {config_path}: " + (
+            f"the same stream settings; a restore restores all {streams:,} stream(s) it "
+            "has records of" if streams else "nothing to restore"))
         return 0
     restored = streams - len(changes.added) - len(changes.changed)
     print(f"under {config_path}: a restore restores {restored:,} stream(s) as saved")

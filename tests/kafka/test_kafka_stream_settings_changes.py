@@ -19,7 +19,7 @@ from streamweights.runtime.compression import decompress
 from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
 from streamweights.runtime.settings_digest import settings_digests
 from streamweights.runtime.state_store import record_text
-from tests.kafka.helpers import read_records
+from tests.kafka.helpers import make_topics, read_records
 from tests.kafka.test_kafka_crash import cli
 from tests.kafka.test_kafka_incremental_changelog import _embedded_then_failed_commit
 from tests.service.drifting import run_cli
@@ -65,6 +65,13 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
         **document["kafka"], "changelog_topic": "no-such-changelog"}}))
     plan = inspect(missing)
     assert plan.returncode == 0 and "no-such-changelog: no such topic" in plan.stdout
+    empty = make_topics(topic_factory, partitions=2)["changelog"]
+    missing.write_text(yaml.safe_dump({**document, "kafka": {
+        **document["kafka"], "changelog_topic": empty}}))
+    plan = inspect(missing)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert (f"{empty}: 2 task(s), 0 with records (the 8 stream(s) of the others start "
+            f"fresh)\nunder {missing}: nothing to restore\n") in plan.stdout
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         assert "no-such-changelog" not in admin.list_topics()  # (not created by reading)
