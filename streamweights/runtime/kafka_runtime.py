@@ -22,7 +22,10 @@ streams held, and the loop does not stop for the broker's answer. On
 assignment of a task (in the main loop, never in a client callback, so no blocking work
 runs on the client's IO thread) its changelog partition is read (``read_committed``, up
 to the end), each stream restored from its newest record, and both input partitions are
-sought to the offsets of the partition's newest record.
+sought to the offsets of the partition's newest record. Each stream's record carries its
+own settings digest (``settings_digest``): a stream new to the config starts fresh, one
+no longer in it stays in the changelog unrestored (the task's records name it ``kept``),
+and one whose settings changed is refused unless ``--fresh-changed-streams`` is given.
 
 Guarantees
     * Exactly-once effect: outputs, snapshots and input offsets of one cycle become

@@ -117,7 +117,9 @@ def _refresh_mark(stream: Any) -> tuple[int, int, int]:
 class LocalCheckpoints:
     """The embedded state backend: whole-service snapshots in a local folder, which this
     process locks (:class:`StateDirLock`) before anything in it or in the outputs is
-    touched.
+    touched. A restore checks each stream against its record's settings digest
+    (``settings_digest``); streams the config no longer has keep their records, which
+    every full snapshot copies (``kept``).
 
     A checkpoint writes the streams changed since their last record: all of them up to
     ``write_floor`` (``checkpoint.spread_above``); past it, the ``1 / write_spread``
