@@ -108,7 +108,12 @@ def _run(folder: pathlib.Path, *extra: str, env: dict | None = None):
 @pytest.fixture(scope="module")
 def bursty(tmp_path_factory):
     """The input, its lines, and the uninterrupted run's outputs and folder."""
-    root = tmp_path_factory.mktemp("bursty")
+    return bursty_reference(tmp_path_factory.mktemp("bursty"))
+
+
+def bursty_reference(root: pathlib.Path) -> tuple[pathlib.Path, list[str], dict, pathlib.Path]:
+    """The bursty input written in ``root``, its lines, and the outputs and folder of an
+    uninterrupted run over it (what a restarted run is compared with)."""
     input_path = root / "input.jsonl"
     lines = write_bursty_input(input_path)
     folder = root / "reference"

@@ -22,7 +22,7 @@ from tests.service.drifting import outputs, run_cli
 from tests.service.test_incremental_state import (
     STREAMS,
     _run,
-    write_bursty_input,
+    bursty_reference,
     write_config,
 )
 
@@ -32,15 +32,8 @@ CHANGED, RESTART = "segment-3", 1000
 
 @pytest.fixture(scope="module")
 def bursty(tmp_path_factory):
-    """The input, its lines and the uninterrupted eight-stream run's outputs."""
-    root = tmp_path_factory.mktemp("settings")
-    input_path = root / "input.jsonl"
-    lines = write_bursty_input(input_path)
-    folder = root / "reference"
-    write_config(folder, input_path)
-    result = _run(folder)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return input_path, lines, outputs(folder)
+    """The input, its lines, and the uninterrupted eight-stream run's outputs and folder."""
+    return bursty_reference(tmp_path_factory.mktemp("settings"))
 
 
 def edit_streams(folder: pathlib.Path, edit) -> None:
@@ -106,7 +99,7 @@ def test_a_stream_added_to_the_config_starts_fresh_and_the_others_restore(tmp_pa
     (no input names it) and the run goes on to the end. We expect: the restore is not
     refused; the outputs are byte for byte the uninterrupted run's for the eight streams;
     the log names the new stream; its record carries its own settings digest."""
-    input_path, _, reference = bursty
+    input_path, _, reference, _ = bursty
     folder = tmp_path / "added"
     write_config(folder, input_path)
     first = inspect(folder)  # (nothing to restore yet: not a refusal)
@@ -140,7 +133,7 @@ def test_a_changed_stream_is_refused_by_name_unless_the_run_starts_it_fresh(tmp_
     of a run of the new settings over the input without ``segment-3``'s lines before
     line 1,000; the third restarts without the flag (the fresh stream's record carries
     its new settings)."""
-    input_path, lines, reference = bursty
+    input_path, lines, reference, _ = bursty
     folder = tmp_path / "changed"
     write_config(folder, input_path)
     assert _run(folder, "--max-records", str(RESTART)).returncode == 0
@@ -188,7 +181,7 @@ def test_a_removed_stream_keeps_its_state_and_resumes_when_put_back(tmp_path, bu
     lost); put back, it restores from that record without a refusal, and its weights
     lines are those of a run over the input without its lines from 1,000 to 3,000 (the
     records it missed stay dead letters: none is replayed into it)."""
-    input_path, lines, _ = bursty
+    input_path, lines, _, _ = bursty
     folder = tmp_path / "removed"
     write_config(folder, input_path)
     assert _run(folder, "--max-records", str(RESTART)).returncode == 0
