@@ -243,8 +243,12 @@ fn read_batch_records<'py>(
     if pos > data.len() {
         return Err(PyValueError::new_err("pos: past the end of the buffer"));
     }
-    let direct = tuple_layout(record_type);
-    let new = py.get_type::<PyTuple>().getattr("__new__")?;
+    // `tuple.__new__`, looked up only for a record type that cannot be filled directly
+    let new = if tuple_layout(record_type) {
+        None
+    } else {
+        Some(py.get_type::<PyTuple>().getattr("__new__")?)
+    };
     let records = PyList::empty(py);
     let sizes = PyList::empty(py);
     let mut reader = Reader { buffer: &data, pos };
@@ -294,10 +298,9 @@ fn read_batch_records<'py>(
             py_int(py, size_of(fields.value)),
             py_int(py, header_size),
         ];
-        let record = if direct {
-            record_of(record_type, items)?
-        } else {
-            new.call1((record_type, PyTuple::new(py, items)?))?
+        let record = match &new {
+            None => record_of(record_type, items)?,
+            Some(new) => new.call1((record_type, PyTuple::new(py, items)?))?,
         };
         records.append(record)?;
         sizes.append(fields.size)?;
