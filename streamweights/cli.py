@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="at restore, start the streams whose settings changed since the "
                           "snapshot fresh (the others restore); without it such a restore "
                           "is refused, naming them")
+    run.add_argument("--drop-removed-streams", action="store_true",
+                     help="at restore, delete the saved state of the streams the config no "
+                          "longer has (a full snapshot without them; in Kafka mode, "
+                          "tombstones in the changelog); without it their state is kept as "
+                          "saved, so that putting a stream back resumes it")
     run.add_argument("--summary", help="write the JSON summary here")
     run.add_argument("--http-port", type=int, help="override http.port (0 = any free port)")
     run.add_argument("--no-http", action="store_true", help="do not serve HTTP endpoints")
@@ -194,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         log.debug("froze %d start-up objects out of garbage collection", frozen)
         try:
             service = Service(config, state_dir=args.state_dir, max_records=args.max_records,
-                              fresh_changed_streams=args.fresh_changed_streams)
+                              fresh_changed_streams=args.fresh_changed_streams,
+                              drop_removed_streams=args.drop_removed_streams)
         except OSError as error:  # an output file or folder that cannot be opened: one line
             raise RuntimeSetupError(f"cannot open {error.filename or 'a file'} "
                                     f"({error.strerror or error})") from None
@@ -412,7 +418,8 @@ def _print_plan(config_path: str, streams: int, changes: StreamChanges) -> int:
     restored = streams - len(changes.added) - len(changes.changed)
     print(f"under {config_path}: a restore restores {restored:,} stream(s) as saved")
     for label, found in (("added (start fresh)", changes.added),
-                         ("removed (kept as saved, not restored)", changes.removed),
+                         ("removed (kept as saved, not restored; run --drop-removed-streams "
+                          "deletes them)", changes.removed),
                          ("changed (refused without --fresh-changed-streams, which starts "
                           "them fresh)", changes.changed)):
         if found:

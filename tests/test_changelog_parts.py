@@ -136,3 +136,53 @@ def test_join_segments_in_parts_and_their_tombstones_read_back_as_the_state():
         state["join"].pop("segments")
         assert dumps_state(state) == dumps_state(stream.state_dict()), commit
         assert any(key.startswith(b"q/") for key, _ in log)
+
+
+def test_a_dropped_streams_tombstones_delete_its_record_segments_and_parts():
+    """A stream with predictions waiting, its record and join segments written in parts
+    (a 600-byte message limit), then dropped as ``--drop-removed-streams`` does: a
+    tombstone for each key its read-back record lists (``TaskRecords.keys``), each with
+    the parts its key was written in, before a task record. We expect: every key ever
+    written for the stream ends in a tombstone (so compaction deletes all of it), and a
+    reader of the whole log finds the task without the stream."""
+    import json
+
+    from streamweights import events
+    from streamweights.runtime.kafka_runtime import ChangelogReader
+    from streamweights.runtime.state_store import encode_stream
+    from tests.service.test_incremental_state import _pipeline
+
+    pipeline = _pipeline()
+    stream = pipeline.streams["demo"]
+    models = list(stream.config.models)
+    for served in range(60):
+        pipeline.process(events.decode(json.dumps({
+            "schema": 1, "stream": "demo", "id": f"e{served}", "ts": 1e9 + served,
+            "outputs": {m: [round(1 - p, 6), p] for m in models
+                        if (p := round(0.05 + (served * 0.618 % 0.9), 6))}}).encode()))
+    written = encode_stream("demo", stream, META, segment_bytes=6000)
+    writer = _runtime(limit=600)
+    log = writer._split_large([*((f"j/{s}/demo".encode(), data)
+                                 for s, data in written.segments),
+                               (b"s/demo", written.record)], META)
+    assert any(key.startswith(b"q/") for key, _ in log)  # segments in parts, too
+
+    reader = ChangelogReader()
+    for key, value in log:
+        reader.add(0, key, value)
+    (task,) = reader.tasks().values()
+    assert task.keys["demo"][-1] == b"s/demo" and len(task.keys["demo"]) == 1 + len(
+        written.segments)
+    restored = _runtime(limit=600)  # a restore's runtime: the parts it read back
+    restored._parts_written = dict(task.parts)
+    log += restored._split_large([(key, None) for key in task.keys["demo"]], META)
+    log.append((b"0", b"a task record"))
+
+    last: dict[bytes, bytes | None] = {}
+    for key, value in log:
+        last[key] = value
+    assert [key for key, value in last.items() if value is not None] == [b"0"]
+    reader = ChangelogReader()
+    for key, value in log:
+        reader.add(0, key, value)
+    assert reader.latest[0] == {} and reader.segments[0]["demo"] == {}

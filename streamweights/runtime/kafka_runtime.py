@@ -24,8 +24,10 @@ runs on the client's IO thread) its changelog partition is read (``read_committe
 to the end), each stream restored from its newest record, and both input partitions are
 sought to the offsets of the partition's newest record. Each stream's record carries its
 own settings digest (``settings_digest``): a stream new to the config starts fresh, one
-no longer in it stays in the changelog unrestored (the task's records name it ``kept``),
-and one whose settings changed is refused unless ``--fresh-changed-streams`` is given.
+no longer in it stays in the changelog unrestored (the task's records name it ``kept``;
+``--drop-removed-streams`` deletes it instead: tombstones for its records in the task's
+next commit), and one whose settings changed is refused unless
+``--fresh-changed-streams`` is given.
 
 Guarantees
     * Exactly-once effect: outputs, snapshots and input offsets of one cycle become
@@ -227,6 +229,9 @@ class TaskRecords:
     settings: dict[str, str | None] = field(default_factory=dict)
     #: the task's record logs (``runtime.commit_spread``) by their first record's number
     logs: dict[int, bytes] = field(default_factory=dict)
+    #: per stream: the keys of its newest record and of the join segments it reads
+    #: (what tombstones delete when the stream is dropped)
+    keys: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -284,8 +289,10 @@ class ChangelogReader:
             else:
                 held[logged[1]] = value
             return
-        if value is None:
-            return  # a tombstone of a part
+        if value is None:  # a tombstone: of a dropped stream's record, or of a part
+            if key.startswith(STREAM_KEY_PREFIX):
+                self.latest.get(partition, {}).pop(key, None)
+            return
         if key.startswith(STREAM_KEY_PREFIX):
             self.latest.setdefault(partition, {})[key] = value
         elif key == str(partition).encode():
@@ -333,6 +340,7 @@ class ChangelogReader:
                 task.streams[name] = state
                 task.written[name] = int(written.get("records", 0))
                 task.settings[name] = written.get("stream_settings")
+                task.keys[name] = [*(segment_key(name, segment) for segment in held), key]
             task.logs = self.logs.get(number, {})
             found[number] = task
         return found
@@ -547,6 +555,9 @@ class KafkaRuntime:
         #: Streams whose settings changed since their records start fresh (the run's
         #: ``--fresh-changed-streams``), rather than the restore being refused.
         self.fresh_changed_streams = False
+        #: Streams the config no longer has are deleted from the changelog at restore
+        #: (the run's ``--drop-removed-streams``), rather than kept as saved.
+        self.drop_removed_streams = False
         self.transactional_id = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
         self.partitions = self._setup_topics()
         from kafka import KafkaConsumer, KafkaProducer
@@ -595,6 +606,9 @@ class KafkaRuntime:
         #: saved), named in its records' meta so that a restore that finds one put back
         #: does not replay into it the logged records it missed (dead letters then).
         self.task_kept: dict[int, list[str]] = {}
+        #: Per task: the changelog keys of the streams it drops (``drop_removed_streams``),
+        #: which its next commit writes tombstones for.
+        self.task_dropped: dict[int, list[bytes]] = {}
         self.commits = 0
         self._in_transaction = False
         #: The previous cycle's commit while it waits on the broker (see ``_settle``),
@@ -1110,6 +1124,7 @@ class KafkaRuntime:
             meta["kept"] = kept
         streams = service.pipeline.streams
         written_meta = dumps_state(meta)
+        dropped = self.task_dropped.pop(number, None)
         if changed:
             # a segment no bigger than a message allows (one entry may still be: parts)
             segment_bytes = max(1, min(SEGMENT_BYTES, self._allowed()))
@@ -1123,14 +1138,16 @@ class KafkaRuntime:
                                for segment, data in written.segments)
                 records.extend((segment_key(name, segment), None) for segment in written.dropped)
                 records.append((STREAM_KEY_PREFIX + name.encode("utf-8"), written.record))
-        elif self._written_meta.get(number) != written_meta:
+        elif dropped or self._written_meta.get(number) != written_meta:
             document = {"format": TASK_SNAPSHOT_FORMAT, **meta, "streams": {}}
             records = [(str(number).encode(),
                         compress(dumps_state(document).encode("utf-8")))]
         else:  # nothing new: the task's newest record says all there is
             return []
         self._written_meta[number] = written_meta
-        if changed:
+        if dropped:  # before the record that says where the task resumes
+            records[:0] = [(key, None) for key in dropped]
+        if changed or dropped:
             records = self._split_large(records, meta)
         for name in changed:  # a failed commit rolls the task back from the changelog
             streams[name].changed = False
@@ -1290,6 +1307,7 @@ class KafkaRuntime:
         self.task_invalid = {}
         self.task_exhausted = {}
         self.task_kept = {}
+        self.task_dropped = {}
         self.source.released_counts.clear()
         offsets: dict[tuple[str, int], int] = {}
         untouched = self._untouched
@@ -1352,10 +1370,17 @@ class KafkaRuntime:
         states.update(snapshot.streams)
         fresh = self._check_settings(number, snapshot, states)
         removed = sorted(name for name in states if name not in service.pipeline.streams)
-        if removed:
+        if removed and self.drop_removed_streams:
+            log.warning("%s: drops the state of %s, no longer in the config "
+                        "(--drop-removed-streams): the task's next commit writes tombstones "
+                        "for their records", where, named(removed))
+            self.task_dropped[number] = [key for name in removed
+                                         for key in snapshot.keys.get(name, ())]
+        elif removed:
             log.warning("%s: holds the state of %s, no longer in the config: kept in the "
                         "changelog as saved, not restored (put the streams back, with their "
-                        "settings, to resume them)", where, named(removed))
+                        "settings, to resume them, or run with --drop-removed-streams to "
+                        "delete them)", where, named(removed))
             self.task_kept[number] = removed
         put_back = set(meta.get("kept", ()))
         for name, state in states.items():

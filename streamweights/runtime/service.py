@@ -119,7 +119,8 @@ class LocalCheckpoints:
     process locks (:class:`StateDirLock`) before anything in it or in the outputs is
     touched. A restore checks each stream against its record's settings digest
     (``settings_digest``); streams the config no longer has keep their records, which
-    every full snapshot copies (``kept``).
+    every full snapshot copies (``kept``), unless the run drops them
+    (``drop_removed_streams``: the first checkpoint is then a full one without them).
 
     A checkpoint writes the streams changed since their last record: all of them up to
     ``write_floor`` (``checkpoint.spread_above``); past it, the ``1 / write_spread``
@@ -162,6 +163,11 @@ class LocalCheckpoints:
         #: Streams whose settings changed since their records start fresh (the run's
         #: ``--fresh-changed-streams``), rather than the restore being refused.
         self.fresh_changed_streams = False
+        #: Streams the config no longer has are dropped at restore, not kept (the run's
+        #: ``--drop-removed-streams``): the first checkpoint is a full one without them.
+        self.drop_removed_streams = False
+        #: The next checkpoint is a full one (the snapshots before it hold dropped streams).
+        self._rebase = False
 
     def restore(self, service: Service) -> None:
         loaded = self.store.load_latest()
@@ -200,11 +206,20 @@ class LocalCheckpoints:
         streams = service.pipeline.streams
         self.kept = {name: self.written.pop(name) for name in list(self.written)
                      if name not in streams}
-        if self.kept:
+        if self.kept and self.drop_removed_streams:
+            log.warning("state_dir %s: drops the state of %s, no longer in the config "
+                        "(--drop-removed-streams): the next checkpoint is a full snapshot "
+                        "without them, and the one after it removes the snapshots that "
+                        "held them", self.state_dir, named(sorted(self.kept)))
+            for name in self.kept:
+                self.listed.pop(name, None)
+            self.kept = {}
+            self._rebase = True
+        elif self.kept:
             log.warning("state_dir %s: holds the state of %s, no longer in the config: kept "
                         "in the snapshots as saved, not restored (put the streams back, with "
-                        "their settings, to resume them)", self.state_dir,
-                        named(sorted(self.kept)))
+                        "their settings, to resume them, or run with --drop-removed-streams "
+                        "to delete them)", self.state_dir, named(sorted(self.kept)))
         for name in fresh:  # never written as they stand: not replayed, written next
             self.written.pop(name, None)
             self.listed.pop(name, None)
@@ -309,7 +324,7 @@ class LocalCheckpoints:
             sink.flush()
         streams = service.pipeline.streams
         store = self.store
-        full = store.needs_full()
+        full = store.needs_full() or self._rebase
         copy = full and store.can_copy() and len(self.written) == len(streams)
         if full and not copy:
             changed = names = list(streams)
@@ -367,6 +382,8 @@ class LocalCheckpoints:
             written[name] = position
             self.listed[name] = item.listed
         self.last_commit = (len(encoded), size)
+        if full:
+            self._rebase = False
         return size
 
     def _copied(self, fresh: set[str], streams: dict[str, Any]
@@ -511,11 +528,14 @@ class Service:
 
     def __init__(self, config: ServiceConfig, *, state_dir: str | None = None,
                  max_records: int | None = None, runtime: Runtime | None = None,
-                 max_events: int | None = None, fresh_changed_streams: bool = False) -> None:
+                 max_events: int | None = None, fresh_changed_streams: bool = False,
+                 drop_removed_streams: bool = False) -> None:
         """``max_records``: stop at this input position (see :meth:`run`); ``max_events``
         is its old name, kept for callers written before the rename.
         ``fresh_changed_streams``: a restore starts the streams whose settings changed
-        since their records fresh, rather than refusing (``settings_digest``)."""
+        since their records fresh, rather than refusing (``settings_digest``).
+        ``drop_removed_streams``: a restore deletes the saved state of streams the config
+        no longer has, rather than keeping it as saved."""
         self.config = config
         self.state_dir = state_dir or config.state_dir
         self.max_records = max_records if max_records is not None else max_events
@@ -553,6 +573,7 @@ class Service:
         self.sinks = runtime.sinks
         self.state = runtime.state
         self.state.fresh_changed_streams = fresh_changed_streams
+        self.state.drop_removed_streams = drop_removed_streams
         self.store = getattr(self.state, "store", None)
         self.position = 0
         self.records_seen = 0

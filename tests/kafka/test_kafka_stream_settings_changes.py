@@ -1,8 +1,9 @@
 """A Kafka-mode restore under a config whose streams differ from the changelog's in some
 streams: each stream record carries its own stream's settings digest, so a stream added
 starts fresh, one removed stays in the changelog (not restored; put back, it takes none
-of the logged records it missed), and one whose settings changed is refused by name
-unless the run says ``--fresh-changed-streams``; ``inspect --config`` says so first."""
+of the logged records it missed; ``--drop-removed-streams`` deletes it instead), and one
+whose settings changed is refused by name unless the run says
+``--fresh-changed-streams``; ``inspect --config`` says so first."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from streamweights.adapters.state_codec import loads_state
 from streamweights.config import parse_config
 from streamweights.runtime.commit_spread import decode_log, parse_log_key
 from streamweights.runtime.compression import decompress
-from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV
+from streamweights.runtime.kafka_runtime import FAIL_BEFORE_COMMIT_ENV, ChangelogReader
 from streamweights.runtime.settings_digest import settings_digests
 from streamweights.runtime.state_store import record_text
 from tests.kafka.helpers import make_topics, read_records
@@ -57,7 +58,8 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
     plan = inspect(changed)
     assert plan.returncode == 1, plan.stderr[-2000:]
     assert (f"a restore restores 6 stream(s) as saved\n  added (start fresh): '{ADDED}'\n"
-            f"  removed (kept as saved, not restored): '{REMOVED}'\n  changed (refused "
+            f"  removed (kept as saved, not restored; run --drop-removed-streams deletes "
+            f"them): '{REMOVED}'\n  changed (refused "
             f"without --fresh-changed-streams, which starts them fresh): '{CHANGED}'\n"
             ) in plan.stdout
     missing = tmp_path / "missing.yaml"
@@ -106,8 +108,8 @@ def test_a_restart_with_streams_added_removed_and_changed(tmp_path, kafka_bootst
 
     plan = inspect(changed)
     assert plan.returncode == 0, plan.stdout
-    assert "changed (" not in plan.stdout and f"removed (kept as saved, not restored): " \
-        f"'{REMOVED}'" in plan.stdout
+    assert "changed (" not in plan.stdout and f"removed (kept as saved, not restored; " \
+        f"run --drop-removed-streams deletes them): '{REMOVED}'" in plan.stdout
     again = cli("--config", str(changed))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "changed since" not in again.stderr
@@ -164,3 +166,49 @@ def test_a_stream_put_back_takes_none_of_the_logged_records_it_missed(
         found = re.search(r"([\d,]+) logged records replayed", restarted.stderr)
         replayed[name] = int(found.group(1).replace(",", "")) if found else 0
     assert replayed["put back"] == replayed["without"] > 0
+
+
+def test_a_removed_stream_dropped_by_the_run_leaves_the_changelog(
+        tmp_path, kafka_bootstrap, topic_factory):
+    """Scenario: the eight bursty streams in one task; the 8th commit fails. The restart
+    drops ``segment-7`` from the config with ``--drop-removed-streams``; then one more
+    restart without the flag. We expect: the first warns, naming the stream, and the
+    seven others' summaries are the uninterrupted embedded run's; every changelog key of
+    ``segment-7`` (its record, its join segments, their parts) ends in a tombstone, so
+    compaction deletes them all, and a reader of the changelog finds the task without
+    it; ``inspect --config`` then says a restore restores every stream; the second
+    restart does not name it."""
+    expected, topics, config_path = _embedded_then_failed_commit(
+        tmp_path, kafka_bootstrap, topic_factory, predictions=1200, failing_commit=8)
+    document = yaml.safe_load(config_path.read_text())
+    document["streams"] = [s for s in document["streams"] if s["name"] != REMOVED]
+    without = tmp_path / "kafka" / "without.yaml"
+    without.write_text(yaml.safe_dump(document))
+    summary = tmp_path / "summary.json"
+    dropping = cli("--config", str(without), "--drop-removed-streams", "--summary",
+                   str(summary))
+    assert dropping.returncode == 0, dropping.stderr[-3000:]
+    assert f"drops the state of '{REMOVED}', no longer in the config" in dropping.stderr
+    got = json.loads(summary.read_text())["streams"]
+    others = set(expected) - {REMOVED}
+    assert set(got) == others
+    assert {name: got[name] for name in others} == {name: expected[name] for name in others}
+
+    last: dict[bytes, bytes | None] = {}
+    reader = ChangelogReader()
+    for record in read_records(kafka_bootstrap, topics["changelog"]):
+        last[record.key] = record.value
+        reader.add(record.partition, record.key, record.value)
+    removed = {key for key in last if key.endswith(b"/" + REMOVED.encode())}
+    assert b"s/" + REMOVED.encode() in removed
+    assert any(key.startswith(b"j/") for key in removed)  # (predictions were waiting)
+    assert {key: last[key] for key in removed} == dict.fromkeys(removed)
+    (task,) = reader.tasks().values()
+    assert set(task.streams) == others and "kept" not in task.meta
+
+    plan = inspect(without)
+    assert plan.returncode == 0, plan.stdout
+    assert "the same stream settings; a restore restores all 7 stream(s)" in plan.stdout
+    again = cli("--config", str(without))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert REMOVED not in again.stderr

@@ -216,3 +216,50 @@ def test_a_removed_stream_keeps_its_state_and_resumes_when_put_back(tmp_path, bu
     expected = lines_of(outputs(alone)["weights.jsonl"], "segment-7")
     assert len(expected) >= 3
     assert lines_of(outputs(folder)["weights.jsonl"], "segment-7") == expected
+
+
+def snapshot_streams(state: pathlib.Path) -> set[str]:
+    """Every stream that a record in any snapshot file of the folder is of."""
+    store = LocalStateStore(state)
+    return {name for _, path in store.snapshots()
+            for name, _ in store.read(path)["stream_records"]}
+
+
+def test_a_removed_stream_is_deleted_when_the_run_drops_it(tmp_path, bursty):
+    """Scenario: the eight streams run to line 900 (where the snapshot chain does not ask
+    for a full snapshot next); ``segment-7`` is removed from the config and the run goes
+    on to line 1,000 with ``--drop-removed-streams`` (one checkpoint), then to the end
+    without it; then ``segment-7`` is put back in the config. We expect: the dropping
+    run warns, naming the stream, and its checkpoint is a full snapshot without it; once
+    the run after it has checkpointed, no snapshot file holds a record of it; that run
+    neither warns nor names it kept; the seven others' outputs are the uninterrupted
+    run's; put back, ``inspect`` says it would start fresh."""
+    input_path, _, reference, _ = bursty
+    folder = tmp_path / "dropped"
+    write_config(folder, input_path)
+    assert _run(folder, "--max-records", "900").returncode == 0
+    state = folder / "state"
+    store = LocalStateStore(state)
+    assert store.load_latest() is not None and not store.needs_full()  # (what is tested)
+    edit_streams(folder, lambda streams: [s for s in streams if s["name"] != "segment-7"])
+    plan = inspect(folder)
+    assert plan.returncode == 0
+    assert "removed (kept as saved, not restored; run --drop-removed-streams deletes " \
+        "them): 'segment-7'" in plan.stdout
+    latest = max(seq for seq, _ in store.snapshots())
+    dropping = _run(folder, "--drop-removed-streams", "--max-records", str(RESTART))
+    assert dropping.returncode == 0, dropping.stderr[-2000:]
+    assert "drops the state of 'segment-7', no longer in the config" in dropping.stderr
+    assert chain_base(state) == latest + 1  # its one checkpoint: a full snapshot
+    assert set(newest_records(state)) == set(STREAMS) - {"segment-7"}
+    after = _run(folder)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert "segment-7" not in after.stderr
+    assert snapshot_streams(state) == set(STREAMS) - {"segment-7"}
+    assert "kept as saved" not in inspect(folder).stdout
+    got = outputs(folder)
+    for name in ("adapted.jsonl", "weights.jsonl"):
+        assert lines_of(got[name], but="segment-7") == lines_of(reference[name],
+                                                                but="segment-7"), name
+    edit_streams(folder, lambda streams: [*streams, {**streams[0], "name": "segment-7"}])
+    assert "added (start fresh): 'segment-7'" in inspect(folder).stdout
