@@ -1437,9 +1437,10 @@ class KafkaRuntime:
             log.warning("%s: %s start(s) fresh under new settings "
                         "(--fresh-changed-streams); their saved state is replaced at the "
                         "next commit", where, named(changes.changed))
-        if changes.added:  # (or never written: a record is written once it changes)
-            log.info("%s: %s without a record (new to the config): start(s) fresh", where,
-                     named(changes.added))
+        if changes.added:  # (the task's records do not list its streams, so a stream
+            # new to the config and one that never took a record look the same)
+            log.info("%s: %s without a record (new to the config, or none written yet): "
+                     "start(s) fresh", where, named(changes.added))
         return set(changes.changed)
 
     def _replay_logs(self, service: Service, number: int, logs: dict[int, bytes],
