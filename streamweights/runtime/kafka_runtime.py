@@ -109,10 +109,12 @@ Limitations (this is what the guarantee does NOT cover)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +161,7 @@ from streamweights.runtime.settings_digest import SettingsDigests, compare_strea
 from streamweights.runtime.state_store import (
     STREAM_RECORD_FORMATS,
     SnapshotFormatError,
+    StreamStates,
     decode_stream_record,
     encode_stream,
     listed_formats,
@@ -218,20 +221,39 @@ class TaskRecords:
     """A task's state as read back from the changelog (see ``_read_changelog``)."""
 
     meta: dict[str, Any]
-    streams: dict[str, Any] = field(default_factory=dict)
+    #: per stream: its state, decoded from its newest record when asked for
+    #: (``StreamStates``: a restore takes them one at a time)
+    streams: Mapping[str, Any] = field(default_factory=dict)
     legacy_streams: dict[str, Any] = field(default_factory=dict)
     #: per record key (a stream's, a join segment's) whose newest record was written in
-    #: parts: how many
+    #: parts: how many (a stream's own record's, once it is decoded)
     parts: dict[bytes, int] = field(default_factory=dict)
-    #: per stream: the task's record count its newest record was written at
-    written: dict[str, int] = field(default_factory=dict)
-    #: per stream: its settings digest as its newest record gives it (None: none there)
-    settings: dict[str, str | None] = field(default_factory=dict)
     #: the task's record logs (``runtime.commit_spread``) by their first record's number
     logs: dict[int, bytes] = field(default_factory=dict)
     #: per stream: the keys of its newest record and of the join segments it reads
     #: (what tombstones delete when the stream is dropped)
     keys: dict[str, list[bytes]] = field(default_factory=dict)
+
+    @property
+    def written(self) -> Mapping[str, int]:
+        """Per stream: the task's record count its newest record was written at."""
+        return self._field("records")
+
+    @property
+    def settings(self) -> Mapping[str, str | None]:
+        """Per stream: its settings digest as its newest record gives it (``None``:
+        none there)."""
+        return self._field("stream_settings")
+
+    def count_parts(self, name: str) -> None:
+        """Count the parts stream ``name``'s record was written in (``parts``), as its
+        decoding does, for one that is not loaded (dropped: its parts get tombstones)."""
+        if isinstance(self.streams, StreamStates) and name in self.streams:
+            self.streams.field(name, "records")
+
+    def _field(self, key: str) -> Mapping[str, Any]:
+        streams = self.streams
+        return streams.view(key) if isinstance(streams, StreamStates) else {}
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -324,23 +346,13 @@ class ChangelogReader:
                     old = _decode_task_record(self.legacy[number], where)
                     if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
                         task.legacy_streams = old.get("streams") or {}
-            for key, data in self.latest.get(number, {}).items():
+            held = self.segments.get(number, {})
+            for key in self.latest.get(number, {}):
                 name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
-                held = self.whole_segments(task, number, name, where)
-                try:
-                    name, state, written = decode_stream_record(data, where, held)
-                except SnapshotFormatError:  # a head of parts has its own format
-                    head = _decode_task_record(data, where)
-                    if not is_split_head(head):
-                        raise
-                    whole = join_parts(head, self.parts.get(number, {}).get(name, {}),
-                                       f"{where}, stream {name}")
-                    task.parts[key] = int(head["parts"])
-                    name, state, written = decode_stream_record(whole, where, held)
-                task.streams[name] = state
-                task.written[name] = int(written.get("records", 0))
-                task.settings[name] = written.get("stream_settings")
-                task.keys[name] = [*(segment_key(name, segment) for segment in held), key]
+                task.keys[name] = [*(segment_key(name, segment)
+                                     for segment in held.get(name, ())), key]
+            task.streams = StreamStates(task.keys.keys(), functools.partial(
+                self.stream_state, task.parts, number, where))
             task.logs = self.logs.get(number, {})
             found[number] = task
         return found
@@ -369,10 +381,32 @@ class ChangelogReader:
             found[number] = (meta, saved)
         return found
 
-    def whole_segments(self, task: TaskRecords, number: int, name: str, where: str
+    def stream_state(self, parts: dict[bytes, int], number: int, where: str, name: str
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Stream ``name``'s state in task ``number`` and its newest record's other
+        fields, its record joined from its parts if it was written in parts; the parts
+        of it and of its join segments counted in ``parts`` (``TaskRecords.parts``)."""
+        key = STREAM_KEY_PREFIX + name.encode("utf-8")
+        data = self.latest[number][key]
+        held = self.whole_segments(parts, number, name, where)
+        try:
+            decoded, state, fields = decode_stream_record(data, where, held)
+        except SnapshotFormatError:  # a head of parts has its own format
+            head = _decode_task_record(data, where)
+            if not is_split_head(head):
+                raise
+            whole = join_parts(head, self.parts.get(number, {}).get(name, {}),
+                               f"{where}, stream {name}")
+            parts[key] = int(head["parts"])
+            decoded, state, fields = decode_stream_record(whole, where, held)
+        if decoded != name:
+            raise SnapshotError(f"{where}: the record keyed {key!r} holds stream {decoded!r}")
+        return state, fields
+
+    def whole_segments(self, parts: dict[bytes, int], number: int, name: str, where: str
                         ) -> dict[int, bytes]:
         """Stream ``name``'s join segment records by id, each one written in parts
-        (a head under its key) joined whole; the parts counted in ``task.parts``."""
+        (a head under its key) joined whole; the parts counted in ``parts``."""
         pieces = self.segment_parts.get(number, {})
         whole = {}
         for segment, data in self.segments.get(number, {}).get(name, {}).items():
@@ -382,7 +416,7 @@ class ChangelogReader:
                 if is_split_head(head):
                     data = join_parts(head, found, f"{where}, stream {name}, join segment "
                                                    f"{segment}")
-                    task.parts[segment_key(name, segment)] = int(head["parts"])
+                    parts[segment_key(name, segment)] = int(head["parts"])
             whole[segment] = data
         return whole
 
@@ -1302,8 +1336,6 @@ class KafkaRuntime:
         self._marks.clear()
         self._logs, self._log_start = {}, {}
         self.replayed = 0
-        self._parts_written = {key: count for snapshot in snapshots.values()
-                               for key, count in snapshot.parts.items()}
         self.task_invalid = {}
         self.task_exhausted = {}
         self.task_kept = {}
@@ -1335,6 +1367,9 @@ class KafkaRuntime:
                 # then on the changelog holds a record of each
                 for name in self._task_streams.get(number, ()):
                     service.pipeline.streams[name].changed = True
+        # (after the restores: a stream's own parts are counted as it is decoded)
+        self._parts_written = {key: count for snapshot in snapshots.values()
+                               for key, count in snapshot.parts.items()}
         service.records_seen = sum(self.source.released_counts.values())
         service.pipeline.invalid = {}
         for counts in self.task_invalid.values():
@@ -1366,14 +1401,17 @@ class KafkaRuntime:
                                 f"{listed_formats(STREAM_RECORD_FORMATS)}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
-        states = dict(snapshot.legacy_streams)
-        states.update(snapshot.streams)
+        # the streams with a state (a per-stream record's, else the format-1 snapshot's),
+        # each decoded as it is loaded
+        states = {**dict.fromkeys(snapshot.legacy_streams), **dict.fromkeys(snapshot.streams)}
         fresh = self._check_settings(number, snapshot, states)
         removed = sorted(name for name in states if name not in service.pipeline.streams)
         if removed and self.drop_removed_streams:
             log.warning("%s: drops the state of %s, no longer in the config "
                         "(--drop-removed-streams): the task's next commit writes tombstones "
                         "for their records", where, named(removed))
+            for name in removed:
+                snapshot.count_parts(name)
             self.task_dropped[number] = [key for name in removed
                                          for key in snapshot.keys.get(name, ())]
         elif removed:
@@ -1383,14 +1421,17 @@ class KafkaRuntime:
                         "delete them)", where, named(removed))
             self.task_kept[number] = removed
         put_back = set(meta.get("kept", ()))
-        for name, state in states.items():
+        for name in states:
             stream = service.pipeline.streams.get(name)
             if stream is None:  # removed from the config: kept in the changelog
                 continue
             if name in fresh:  # changed settings: left as built, unmarked (so neither
                 stream.changed = True  # replayed nor left out of the next commit)
                 continue
-            stream.load_state_dict(state, owned=True)  # decoded from the changelog just now
+            state = (snapshot.streams[name] if name in snapshot.streams  # decoded just now
+                     else snapshot.legacy_streams[name])
+            stream.load_state_dict(state, owned=True)
+            del state  # (freed before the next stream's is decoded)
             if name in snapshot.streams and name not in put_back:  # (replayed from its
                 self._marks.set(name, 0, snapshot.written.get(name, 0))  # record's count)
             # a format-1 state, a record without its settings digest, or a stream put
@@ -1420,7 +1461,7 @@ class KafkaRuntime:
         return {(topic, number): int(offset) for topic, offset in meta["offsets"].items()}
 
     def _check_settings(self, number: int, snapshot: TaskRecords,
-                        states: dict[str, Any]) -> set[str]:
+                        states: Collection[str]) -> set[str]:
         """The streams of task ``number`` that start fresh because their settings changed
         since their records (``fresh_changed_streams``; RuntimeSetupError naming them
         without it). Every stream matches when the task's digest does."""

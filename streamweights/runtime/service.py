@@ -202,7 +202,6 @@ class LocalCheckpoints:
         for name, sink in service.sinks.items():
             sink.truncate(positions[name])
         self.written = dict(snapshot.get("written", {}))
-        self.listed = dict(snapshot.get("listed", {}))
         streams = service.pipeline.streams
         self.kept = {name: self.written.pop(name) for name in list(self.written)
                      if name not in streams}
@@ -211,8 +210,6 @@ class LocalCheckpoints:
                         "(--drop-removed-streams): the next checkpoint is a full snapshot "
                         "without them, and the one after it removes the snapshots that "
                         "held them", self.state_dir, named(sorted(self.kept)))
-            for name in self.kept:
-                self.listed.pop(name, None)
             self.kept = {}
             self._rebase = True
         elif self.kept:
@@ -220,17 +217,20 @@ class LocalCheckpoints:
                         "in the snapshots as saved, not restored (put the streams back, with "
                         "their settings, to resume them, or run with --drop-removed-streams "
                         "to delete them)", self.state_dir, named(sorted(self.kept)))
+        listed = snapshot.get("listed", {})  # (a kept stream is decoded for it)
+        self.listed = {name: listed[name] for name in (*streams, *self.kept)
+                       if name in listed and name not in fresh}
         for name in fresh:  # never written as they stand: not replayed, written next
             self.written.pop(name, None)
-            self.listed.pop(name, None)
             streams[name].changed = True
         for name in snapshot.get("kept", ()):
             if name in streams:  # put back: its record as saved, not the records the
                 self.written.pop(name, None)  # run took for dead letters meanwhile
                 streams[name].changed = True
-        for name, digest in snapshot.get("stream_settings", {}).items():
-            if digest is None and name in streams:  # rewritten with it: checked alone
-                streams[name].changed = True
+        settings = snapshot.get("stream_settings", {})
+        for name in streams:  # a record without its settings digest: rewritten with it,
+            if name not in fresh and name in settings and settings[name] is None:
+                streams[name].changed = True  # so that it is checked alone
         replay_from = snapshot.get("replay_from")
         if replay_from is not None and int(replay_from) < service.position:
             self.replayed = self._replay(service, int(replay_from))

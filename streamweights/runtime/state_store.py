@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -75,7 +76,7 @@ import pathlib
 import re
 import socket
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -309,6 +310,117 @@ def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, byte
         entries.extend(decode_entry(entry) for index, entry in enumerate(found)
                        if index not in left)
     return entries
+
+
+class StreamStates(Mapping[str, dict[str, Any]]):
+    """The stream states of a per-stream snapshot (or a Kafka task's changelog), by
+    stream name, each decoded from its record when asked for, again at each ask: none is
+    held here. A restore takes them one at a time, so one stream's parse tree is freed
+    before the next one is built; decoded all at once, the trees' small objects (a few of
+    which the streams keep) were spread over Python's memory arenas, which then could not
+    be given back: a fresh process that restored 200 mature demo streams held 228 KB a
+    stream, 152 KB decoding one at a time (``bench/streams.py``'s mature step). Each
+    stream decoded leaves a few fields of its record (:meth:`field`): its settings digest,
+    the task's record count it was written at, the join segments it lists.
+
+    ``decode(name)`` gives stream ``name``'s state and its record's other fields
+    (``decode_stream_record``'s last two), or raises SnapshotError."""
+
+    def __init__(self, names: Collection[str],
+                 decode: Callable[[str], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        self._names = names
+        self._decode = decode
+        self._fields: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if name not in self._names:
+            raise KeyError(name)
+        state, fields = self._decode(name)
+        layout = state["join"].get("segments")
+        self._fields[name] = {
+            "stream_settings": fields.get("stream_settings"),
+            "records": int(fields.get("records", 0)),
+            "listed": [] if layout is None else [int(segment) for segment, _, _
+                                                 in layout["segments"]]}
+        return state
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def field(self, name: str, key: str) -> Any:
+        """Field ``key`` of stream ``name``'s record (``stream_settings``: its settings
+        digest, ``None`` if it has none; ``records``: the task's record count it was
+        written at; ``listed``: the join segments it lists), decoded for it if the stream
+        has not been yet."""
+        found = self._fields.get(name)
+        if found is None:
+            self[name]  # (decoded for its fields; the tree is dropped)
+            found = self._fields[name]
+        return found[key]
+
+    # (Views made when asked for, not held: held, they would make a reference cycle,
+    # which the restore's frozen heap would keep, records and all.)
+    def view(self, key: str) -> Mapping[str, Any]:
+        """Field ``key`` of every stream's record (:meth:`field`), by stream name."""
+        return _StreamField(self, key)
+
+    @property
+    def settings(self) -> Mapping[str, str | None]:
+        """Each stream's settings digest (``None``: its record has none)."""
+        return self.view("stream_settings")
+
+    @property
+    def listed(self) -> Mapping[str, list[int]]:
+        """The join segments each stream's record lists."""
+        return self.view("listed")
+
+
+def _snapshot_stream(records: dict[str, bytes], segments: dict[str, dict[int, bytes]],
+                     where: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stream ``name``'s state and fields from its record in a per-stream snapshot."""
+    where = f"{where} (stream {name!r})"
+    decoded, state, fields = decode_stream_record(records[name], where,
+                                                  segments.get(name, {}))
+    if decoded != name:
+        raise SnapshotError(f"{where}: the record holds stream {decoded!r}")
+    return state, fields
+
+
+def _decoded_whole(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``snapshot`` with its :class:`StreamStates` and their fields as plain dicts (each
+    stream decoded once)."""
+    states = snapshot.get("pipeline", {}).get("streams")
+    if not isinstance(states, StreamStates):
+        return snapshot
+    streams = {name: states[name] for name in states}
+    return {**snapshot, "pipeline": {**snapshot["pipeline"], "streams": streams},
+            "listed": dict(states.listed), "stream_settings": dict(states.settings)}
+
+
+class _StreamField(Mapping[str, Any]):
+    """One of :class:`StreamStates`' per-stream fields, by stream name."""
+
+    def __init__(self, states: StreamStates, key: str) -> None:
+        self._states = states
+        self._key = key
+
+    def __getitem__(self, name: str) -> Any:
+        return self._states.field(name, self._key)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._states
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
 
 
 def saved_stream_settings(snapshot: dict[str, Any]) -> dict[str, str | None]:
@@ -692,32 +804,25 @@ class LocalStateStore:
                 base_bytes = older_size
             else:
                 delta_bytes += older_size
-        streams = {}
-        listed = {}
-        settings = {}
-        for name, (data, _) in records.items():
-            decoded_name, state, fields = decode_stream_record(
-                data, f"snapshot-{seq:012d}.snap (stream {name!r})", segments.get(name, {}))
-            streams[decoded_name] = state
-            settings[decoded_name] = fields.get("stream_settings")
-            layout = state["join"].get("segments")
-            listed[decoded_name] = ([] if layout is None else
-                                    [int(segment) for segment, _, _ in layout["segments"]])
+        data = {name: found for name, (found, _) in records.items()}
+        streams = StreamStates(data.keys(), functools.partial(
+            _snapshot_stream, data, segments, f"snapshot-{seq:012d}.snap"))
         snapshot = {k: v for k, v in head.items()
                     if k not in ("stream_records", "segment_records")}
         snapshot["pipeline"] = {"streams": streams, "invalid": head["invalid"]}
         # The input position each stream's newest record was taken at: a stream the
         # commits since left unwritten is replayed from there (service.py).
         snapshot["written"] = {name: position for name, (_, position) in records.items()}
-        snapshot["listed"] = listed
+        snapshot["listed"] = streams.listed
         # Each stream's own settings digest (None: written before records carried one).
-        snapshot["stream_settings"] = settings
+        snapshot["stream_settings"] = streams.settings
         return snapshot, Chain(base, seq - base + 1, base_bytes, delta_bytes)
 
     def load(self) -> dict[str, Any] | None:
-        """The newest intact snapshot (nothing is renamed), or ``None``."""
+        """The newest intact snapshot (nothing is renamed), every stream decoded into
+        plain dicts (a restore takes :meth:`load_latest`'s one at a time), or ``None``."""
         loaded = self.load_latest(set_aside=False)
-        return None if loaded is None else loaded.snapshot
+        return None if loaded is None else _decoded_whole(loaded.snapshot)
 
     def _set_aside(self, damaged: list[tuple[pathlib.Path, str]]) -> None:
         for path, _ in damaged:

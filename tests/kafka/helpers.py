@@ -24,7 +24,7 @@ from kafka.errors import NodeNotReadyError
 from streamweights.config import SourceConfig, parse_config
 from streamweights.runtime import transaction_calls
 from streamweights.runtime.faults import HOLD_AT_ENV, HOLD_UNTIL_ENV
-from streamweights.runtime.kafka_runtime import ChangelogReader, TaskRecords
+from streamweights.runtime.kafka_runtime import ChangelogReader
 from streamweights.runtime.replay import ReplayStream
 from streamweights.runtime.service import Service
 from streamweights.runtime.state_store import decode_stream_record
@@ -189,7 +189,7 @@ def stream_states(records: list) -> list[tuple[Any, str, dict, dict]]:
         reader.add(record.partition, record.key, record.value)
         if record.key.startswith(b"s/") and record.value is not None:
             name = record.key[2:].decode()
-            held = reader.whole_segments(TaskRecords(meta={}), record.partition, name, "test")
+            held = reader.whole_segments({}, record.partition, name, "test")
             name, state, meta = decode_stream_record(record.value, "test", held)
             state["join"].pop("segments", None)
             found.append((record, name, state, meta))

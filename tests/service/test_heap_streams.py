@@ -114,5 +114,6 @@ def test_a_restore_gives_the_pages_it_freed_back(config_factory, tmp_path):
     control = _restore_probe(config, "--keep-freed-pages")
     restored = _restore_probe(config)
     assert control["restored"] == restored["restored"] == 300
-    assert control["released"] > 4 * 2**20, control
+    # (~3.6 MiB; over 4 when every state was decoded before any was loaded)
+    assert control["released"] > 2 * 2**20, control
     assert restored["released"] < 2**20, restored
