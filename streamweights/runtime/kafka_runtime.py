@@ -1401,11 +1401,11 @@ class KafkaRuntime:
                                 f"{listed_formats(STREAM_RECORD_FORMATS)}); restore "
                                 "with the release that wrote it, or use a new changelog "
                                 "topic and group")
-        # the streams with a state (a per-stream record's, else the format-1 snapshot's),
-        # each decoded as it is loaded
-        states = {**dict.fromkeys(snapshot.legacy_streams), **dict.fromkeys(snapshot.streams)}
-        fresh = self._check_settings(number, snapshot, states)
-        removed = sorted(name for name in states if name not in service.pipeline.streams)
+        # the streams with a saved state (a per-stream record's, else the format-1
+        # snapshot's), each decoded as it is loaded
+        saved = {**dict.fromkeys(snapshot.legacy_streams), **dict.fromkeys(snapshot.streams)}
+        fresh = self._check_settings(number, snapshot, saved)
+        removed = sorted(name for name in saved if name not in service.pipeline.streams)
         if removed and self.drop_removed_streams:
             log.warning("%s: drops the state of %s, no longer in the config "
                         "(--drop-removed-streams): the task's next commit writes tombstones "
@@ -1421,7 +1421,7 @@ class KafkaRuntime:
                         "delete them)", where, named(removed))
             self.task_kept[number] = removed
         put_back = set(meta.get("kept", ()))
-        for name in states:
+        for name in saved:
             stream = service.pipeline.streams.get(name)
             if stream is None:  # removed from the config: kept in the changelog
                 continue
@@ -1438,14 +1438,14 @@ class KafkaRuntime:
             # back (unmarked, as the fresh ones): rewrite it
             stream.changed = snapshot.settings.get(name) is None or name in put_back
         for name in self._task_streams.get(number, ()):
-            if name not in states:  # no record yet: fresh, as written at record 0
+            if name not in saved:  # no record yet: fresh, as written at record 0
                 self._marks.set(name, 0, 0)
         count = int(meta["records"])
         self._log_start[number] = count
         if snapshot.logs:
             self._logs[number] = self._replay_logs(service, number, snapshot.logs, count)
-        for name in (*states, *(name for name in self._task_streams.get(number, ())
-                                if name not in states)):
+        for name in (*saved, *(name for name in self._task_streams.get(number, ())
+                                if name not in saved)):
             stream = service.pipeline.streams.get(name)
             if stream is not None and stream.latest_weights is not None:
                 service.view.weights[name] = events.encode_to_keep(stream.latest_weights)
@@ -1461,13 +1461,13 @@ class KafkaRuntime:
         return {(topic, number): int(offset) for topic, offset in meta["offsets"].items()}
 
     def _check_settings(self, number: int, snapshot: TaskRecords,
-                        states: Collection[str]) -> set[str]:
+                        names: Collection[str]) -> set[str]:
         """The streams of task ``number`` that start fresh because their settings changed
         since their records (``fresh_changed_streams``; RuntimeSetupError naming them
         without it). Every stream matches when the task's digest does."""
         if self.digests.match(snapshot.meta):
             return set()
-        saved = {name: snapshot.settings.get(name) for name in states}
+        saved = {name: snapshot.settings.get(name) for name in names}
         changes = compare_streams(self.digests, saved, self._task_streams.get(number, ()))
         where = f"kafka.changelog_topic: task {number}"
         if changes.changed and not self.fresh_changed_streams:
