@@ -331,7 +331,9 @@ class ChangelogReader:
         self.newest[partition] = value
 
     def tasks(self) -> dict[int, TaskRecords]:
-        """The tasks read, decoded (SnapshotError naming the task if one cannot be)."""
+        """The tasks read: each one's offsets and counts decoded (SnapshotError naming
+        the task if they cannot be), its streams' states decoded when asked for
+        (``TaskRecords.streams``, a :class:`StreamStates`)."""
         found = {}
         for number, data in self.newest.items():
             where = f"kafka.changelog_topic: task {number}"

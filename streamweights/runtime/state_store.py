@@ -727,7 +727,9 @@ class LocalStateStore:
         """The newest intact snapshot, or ``None`` if the folder has none at all.
 
         A per-stream snapshot comes back whole: its meta plus ``pipeline`` (every
-        stream's newest record, read back to its full snapshot, decoded). Damaged newer
+        stream's newest record, read back to its full snapshot, as a
+        :class:`StreamStates` that decodes a stream when asked for: a record that cannot
+        be decoded in an intact file is found then, not here). Damaged newer
         ones, and newer ones that build on a damaged one, are listed in the result and,
         with ``set_aside``, renamed to ``*.corrupt`` so that the next checkpoint does not
         keep them as its fallback. If every snapshot is damaged: SnapshotError listing
@@ -780,7 +782,8 @@ class LocalStateStore:
     def _resolve(self, seq: int, head: dict[str, Any], size: int,
                  verified: Any) -> tuple[dict[str, Any], Chain]:
         """Snapshot ``seq`` whole: its meta, and each stream's newest record from it and
-        the snapshots it builds on (back to its base), decoded under ``pipeline``."""
+        the snapshots it builds on (back to its base), under ``pipeline`` (decoded when
+        asked for: :class:`StreamStates`)."""
         base = int(head["base"])
         records: dict[str, tuple[bytes, int]] = {}
         segments: dict[str, dict[int, bytes]] = {}
