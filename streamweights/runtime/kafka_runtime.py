@@ -221,39 +221,35 @@ class TaskRecords:
     """A task's state as read back from the changelog (see ``_read_changelog``)."""
 
     meta: dict[str, Any]
-    #: per stream: its state, decoded from its newest record when asked for
-    #: (``StreamStates``: a restore takes them one at a time)
-    streams: Mapping[str, Any] = field(default_factory=dict)
-    legacy_streams: dict[str, Any] = field(default_factory=dict)
-    #: per record key (a stream's, a join segment's) whose newest record was written in
-    #: parts: how many (a stream's own record's, once it is decoded)
-    parts: dict[bytes, int] = field(default_factory=dict)
-    #: the task's record logs (``runtime.commit_spread``) by their first record's number
-    logs: dict[int, bytes] = field(default_factory=dict)
+    #: per stream: its state, decoded from its newest record when asked for (a restore
+    #: takes them one at a time)
+    streams: StreamStates
     #: per stream: the keys of its newest record and of the join segments it reads
     #: (what tombstones delete when the stream is dropped)
-    keys: dict[str, list[bytes]] = field(default_factory=dict)
+    keys: dict[str, list[bytes]]
+    #: per record key (a stream's, a join segment's) whose newest record was written in
+    #: parts: how many (a stream's own record's, once it is decoded)
+    parts: dict[bytes, int]
+    #: the task's record logs (``runtime.commit_spread``) by their first record's number
+    logs: dict[int, bytes]
+    legacy_streams: dict[str, Any] = field(default_factory=dict)
 
     @property
     def written(self) -> Mapping[str, int]:
         """Per stream: the task's record count its newest record was written at."""
-        return self._field("records")
+        return self.streams.view("records")
 
     @property
     def settings(self) -> Mapping[str, str | None]:
         """Per stream: its settings digest as its newest record gives it (``None``:
         none there)."""
-        return self._field("stream_settings")
+        return self.streams.view("stream_settings")
 
     def count_parts(self, name: str) -> None:
         """Count the parts stream ``name``'s record was written in (``parts``), as its
         decoding does, for one that is not loaded (dropped: its parts get tombstones)."""
-        if isinstance(self.streams, StreamStates) and name in self.streams:
+        if name in self.streams:
             self.streams.field(name, "records")
-
-    def _field(self, key: str) -> Mapping[str, Any]:
-        streams = self.streams
-        return streams.view(key) if isinstance(streams, StreamStates) else {}
 
 
 def _decode_task_record(data: bytes, where: str) -> dict[str, Any]:
@@ -341,22 +337,25 @@ class ChangelogReader:
             if is_split_head(meta):
                 meta = strip_head(meta)
             meta.pop("stream_settings", None)  # (the newest record's stream's: not the task's)
-            task = TaskRecords(meta=meta, legacy_streams=meta.pop("streams", None) or {})
-            if task.meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
-                task.legacy_streams = {}
+            legacy = meta.pop("streams", None) or {}
+            if meta.get("format") != LEGACY_TASK_SNAPSHOT_FORMAT:
+                legacy = {}
                 if number in self.legacy:  # superseded by per-stream records, maybe not all
                     old = _decode_task_record(self.legacy[number], where)
                     if old.get("format") == LEGACY_TASK_SNAPSHOT_FORMAT:
-                        task.legacy_streams = old.get("streams") or {}
+                        legacy = old.get("streams") or {}
             held = self.segments.get(number, {})
+            keys = {}
             for key in self.latest.get(number, {}):
                 name = key[len(STREAM_KEY_PREFIX):].decode("utf-8")
-                task.keys[name] = [*(segment_key(name, segment)
-                                     for segment in held.get(name, ())), key]
-            task.streams = StreamStates(task.keys.keys(), functools.partial(
-                self.stream_state, task.parts, number, where))
-            task.logs = self.logs.get(number, {})
-            found[number] = task
+                keys[name] = [*(segment_key(name, segment) for segment in held.get(name, ())),
+                              key]
+            parts: dict[bytes, int] = {}
+            streams = StreamStates(keys.keys(), functools.partial(self.stream_state, parts,
+                                                                  number, where))
+            found[number] = TaskRecords(meta=meta, streams=streams, keys=keys, parts=parts,
+                                        logs=self.logs.get(number, {}),
+                                        legacy_streams=legacy)
         return found
 
     def stream_settings(self) -> dict[int, tuple[dict[str, Any], dict[str, str | None]]]:

@@ -312,7 +312,23 @@ def _join_entries(name: str, layout: dict[str, Any], segments: Mapping[int, byte
     return entries
 
 
-class StreamStates(Mapping[str, dict[str, Any]]):
+class _ByStreamName(Mapping[str, Any]):
+    """A mapping over a fixed collection of stream names (``_names``), its values
+    computed by the subclass's ``__getitem__``."""
+
+    _names: Collection[str]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class StreamStates(_ByStreamName):
     """The stream states of a per-stream snapshot (or a Kafka task's changelog), by
     stream name, each decoded from its record when asked for, again at each ask: none is
     held here. A restore takes them one at a time, so one stream's parse tree is freed
@@ -343,15 +359,6 @@ class StreamStates(Mapping[str, dict[str, Any]]):
             "listed": [] if layout is None else [int(segment) for segment, _, _
                                                  in layout["segments"]]}
         return state
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
 
     def field(self, name: str, key: str) -> Any:
         """Field ``key`` of stream ``name``'s record (``stream_settings``: its settings
@@ -403,24 +410,16 @@ def _decoded_whole(snapshot: dict[str, Any]) -> dict[str, Any]:
             "listed": dict(states.listed), "stream_settings": dict(states.settings)}
 
 
-class _StreamField(Mapping[str, Any]):
+class _StreamField(_ByStreamName):
     """One of :class:`StreamStates`' per-stream fields, by stream name."""
 
     def __init__(self, states: StreamStates, key: str) -> None:
+        self._names = states._names
         self._states = states
         self._key = key
 
     def __getitem__(self, name: str) -> Any:
         return self._states.field(name, self._key)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._states
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._states)
-
-    def __len__(self) -> int:
-        return len(self._states)
 
 
 def saved_stream_settings(snapshot: dict[str, Any]) -> dict[str, str | None]:
